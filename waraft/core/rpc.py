@@ -1,0 +1,211 @@
+"""Raft RPCs between servers and their version-tolerant wire form (WARaft's ``wa_raft_rpc.hrl``).
+
+An RPC is an envelope (term, sender identity) around one procedure payload. On the wire it is the
+plain list ``[procedure, term, sender_name, sender_node, [field, ...]]``. Decoding tolerates other
+versions the way WARaft does: a payload with fewer fields takes the defaults for the missing
+trailing ones, a longer payload has its extra trailing fields dropped, and the legacy envelope
+``[procedure, term, sender_node, [field, ...]]`` (no sender name) is accepted with the receiver's
+own server name as the sender's name.
+
+Refs (pre-vote rounds, handovers) are integers so that they compare equal after a round trip
+through msgpack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Final, TypeAlias
+
+from waraft.core.types import ElectionType, Entry, Identity
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """Leader → follower replication and heartbeat."""
+
+    prev_log_index: int = 0
+    prev_log_term: int = 0
+    entries: Sequence[Entry] = ()
+    commit_index: int = 0
+    trim_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesResponse:
+    """Follower → leader. ``match_index`` is the follower's last index when ``success`` is false."""
+
+    prev_log_index: int = 0
+    success: bool = False
+    match_index: int = 0
+    last_applied_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPreVote:
+    """Candidate → members: would you vote for me if I started an election?"""
+
+    ref: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PreVote:
+    """Reply to a pre-vote request. ``vote`` means the responder believes the leader is missing."""
+
+    ref: int = 0
+    vote: bool = False
+    last_log_index: int = 0
+    last_log_term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    """Candidate → members."""
+
+    election_type: ElectionType = ElectionType.NORMAL
+    last_log_index: int = 0
+    last_log_term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """Reply to a vote request (a candidate also sends ``Vote(True)`` to itself)."""
+
+    vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """Leader → chosen successor: append these entries, then start a forced election."""
+
+    ref: int = 0
+    prev_log_index: int = 0
+    prev_log_term: int = 0
+    entries: Sequence[Entry] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverFailed:
+    """Successor → leader: the handover identified by ``ref`` will not happen."""
+
+    ref: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyTerm:
+    """Reply to any RPC that carried a stale term; the envelope carries the newer term."""
+
+
+Payload: TypeAlias = (
+    AppendEntries
+    | AppendEntriesResponse
+    | RequestPreVote
+    | PreVote
+    | RequestVote
+    | Vote
+    | Handover
+    | HandoverFailed
+    | NotifyTerm
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RaftRpc:
+    """The envelope every server-to-server message travels in."""
+
+    term: int
+    sender: Identity
+    payload: Payload
+
+
+PROCEDURES: Final[dict[str, type[Any]]] = {
+    "append_entries": AppendEntries,
+    "append_entries_response": AppendEntriesResponse,
+    "request_pre_vote": RequestPreVote,
+    "pre_vote": PreVote,
+    "request_vote": RequestVote,
+    "vote": Vote,
+    "handover": Handover,
+    "handover_failed": HandoverFailed,
+    "notify_term": NotifyTerm,
+}
+_NAMES: Final[dict[type[Any], str]] = {cls: name for name, cls in PROCEDURES.items()}
+_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in PROCEDURES.values()
+}
+
+
+class RpcDecodeError(ValueError):
+    """The object is not a Raft RPC this version understands (unknown procedure, bad shape)."""
+
+
+def procedure_name(payload: Payload) -> str:
+    """The wire name of a payload's procedure (``"append_entries"``, ...)."""
+    return _NAMES[type(payload)]
+
+
+def to_wire(rpc: RaftRpc) -> list[Any]:
+    """The msgpack-ready list form of ``rpc``; entries stay ``Entry`` tuples (wire arrays)."""
+    payload = rpc.payload
+    values: list[Any] = []
+    for name in _FIELDS[type(payload)]:
+        value = getattr(payload, name)
+        if isinstance(value, ElectionType):
+            value = value.value
+        values.append(value)
+    return [_NAMES[type(payload)], rpc.term, rpc.sender.name, rpc.sender.node, values]
+
+
+def from_wire(obj: Any, own_name: str) -> RaftRpc:
+    """Decode the list form (current or legacy envelope), defaulting the payload's fields.
+
+    Raises ``RpcDecodeError`` for anything that is not a known procedure in a valid envelope.
+    """
+    if not isinstance(obj, (list, tuple)):
+        raise RpcDecodeError(f"RPC envelope must be a list, got {type(obj).__name__}")
+    if len(obj) == 5:
+        procedure, term, sender_name, sender_node, raw = obj
+    elif len(obj) == 4:
+        procedure, term, sender_node, raw = obj
+        sender_name = own_name
+    else:
+        raise RpcDecodeError(f"RPC envelope has {len(obj)} elements")
+    cls = PROCEDURES.get(procedure) if isinstance(procedure, str) else None
+    if cls is None:
+        raise RpcDecodeError(f"unknown procedure {procedure!r}")
+    if not isinstance(term, int) or isinstance(term, bool) or term < 0:
+        raise RpcDecodeError(f"bad term {term!r}")
+    if not isinstance(sender_name, str) or not isinstance(sender_node, str):
+        raise RpcDecodeError("sender name and node must be strings")
+    values = [] if raw is None else raw
+    if not isinstance(values, (list, tuple)):
+        raise RpcDecodeError("payload must be a list")
+    payload = _build_payload(cls, values)
+    return RaftRpc(term, Identity(sender_name, sender_node), payload)
+
+
+def _build_payload(cls: type[Any], values: Sequence[Any]) -> Payload:
+    names = _FIELDS[cls]
+    kwargs: dict[str, Any] = {}
+    # Fields missing at the end keep their dataclass defaults; extra trailing ones are dropped.
+    for name, value in zip(names, values, strict=False):
+        kwargs[name] = value
+    try:
+        if "entries" in kwargs:
+            kwargs["entries"] = [_entry(e) for e in kwargs["entries"]]
+        if "election_type" in kwargs:
+            kwargs["election_type"] = ElectionType(kwargs["election_type"])
+        payload: Payload = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise RpcDecodeError(f"bad {_NAMES[cls]} payload: {exc}") from exc
+    return payload
+
+
+def _entry(raw: Any) -> Entry:
+    if isinstance(raw, Entry):
+        return raw
+    if not isinstance(raw, (list, tuple)) or not 1 <= len(raw) <= 4:
+        raise ValueError(f"bad log entry {raw!r}")
+    if not isinstance(raw[0], int):
+        raise ValueError(f"bad log entry term {raw[0]!r}")
+    return Entry(*raw)

@@ -1,0 +1,81 @@
+"""Every per-partition setting the protocol core reads, under WARaft's names and defaults.
+
+``waraft.env`` resolves these from the application's configuration (search apps, fallback keys,
+table overrides, digest §7.5) and hands the core a ``Settings``; the server shell may swap in a
+fresh ``Settings`` at any time, because WARaft reads its settings live on every use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+ELECTION_MAX_WEIGHT = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Table-scoped and app-scoped knobs of digest §7.6 that the core needs."""
+
+    # app-scoped
+    raft_leader_eligible: bool = True
+    raft_election_weight: int = ELECTION_MAX_WEIGHT
+    # table-scoped
+    raft_max_pending_applies: int = 1000
+    raft_max_pending_apply_bytes: int = 32_000_000
+    raft_max_pending_high_priority_commits: int = 1500
+    raft_max_pending_low_priority_commits: int = 250
+    raft_max_pending_reads: int = 5000
+    raft_election_pre_vote: bool = False
+    raft_leader_check_quorum: bool = False
+    raft_leader_read_lease_ms: int = 0
+    raft_max_heartbeat_age_msecs: int = 180_000
+    raft_heartbeat_interval_ms: int = 120
+    raft_max_log_entries_per_heartbeat: int = 15
+    raft_max_heartbeat_size: int = 1024 * 1024
+    raft_commit_batch_interval_ms: int = 2
+    raft_commit_batch_max: int = 15
+    raft_max_retained_entries: int = 1_500_000
+    raft_apply_log_batch_size: int = 200
+    raft_apply_batch_max_bytes: int = 200 * 4 * 1024
+    raft_election_timeout_ms: int = 5000
+    raft_election_timeout_ms_max: int = 7500
+    raft_candidate_buffer_requests: bool = False
+    raft_liveness_grace_period_ms: int = 30_000
+    raft_stale_grace_period_entries: int = 5000
+    raft_promotion_grace_period_secs: int = 60
+    raft_max_handover_log_entries: int = 200
+    raft_handover_max_unapplied_entries: int | None = None  # None means "same as the above"
+    raft_max_handover_log_size: int = 50 * 1024 * 1024
+    raft_handover_timeout_ms: int = 600
+    raft_max_log_records_per_file: int = 200_000
+    raft_max_log_records: int | None = None  # None means raft_max_log_records_per_file * 10
+    raft_rotate_by_trim_index: bool = False
+    raft_log_heartbeat_binary_entries: bool = False
+    raft_snapshot_catchup_threshold: int = 100_000
+    raft_storage_notify_complete: bool = True
+    raft_storage_notify_complete_buffer: int = 100
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """Every setting's name."""
+        return frozenset(f.name for f in fields(cls))
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with some settings changed; unknown names raise ``TypeError``."""
+        unknown = set(overrides) - self.names()
+        if unknown:
+            raise TypeError(f"unknown raft settings: {sorted(unknown)}")
+        return replace(self, **overrides)
+
+    @property
+    def handover_max_unapplied_entries(self) -> int:
+        """The handover readiness bound on unapplied entries (WARaft falls back to 200)."""
+        value = self.raft_handover_max_unapplied_entries
+        return self.raft_max_handover_log_entries if value is None else value
+
+    @property
+    def log_rotation_keep(self) -> int:
+        """How many entries rotation keeps behind the rotate index."""
+        keep = self.raft_max_log_records
+        return self.raft_max_log_records_per_file * 10 if keep is None else keep
