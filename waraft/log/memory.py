@@ -1,0 +1,206 @@
+"""In-memory Raft log: WARaft's ``wa_raft_log_ets`` (no durability; the default provider).
+
+Entries live in a Python list with an index offset (cheaper than a dict keyed by index). An
+entry's size, used by size-capped reads, is the length of its msgpack encoding, computed once
+when it is appended. ``can_append`` always says yes and ``sync`` does nothing.
+
+Concurrency (see ``waraft.log.provider``): the list, its offset and the sizes are kept together
+in one ``_Run`` object. The writer appends to and truncates the current run in place; ``trim``
+(from any thread) builds a new, shorter run and swaps it in. Both hold ``_lock`` — once per
+batch, never per entry — so a trim cannot lose an append; reads take no lock and work on the run
+they fetched, which is always internally consistent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, Self
+
+from waraft.codec import packb
+from waraft.core.settings import Settings
+from waraft.core.types import Config, Entry, LogPos, Priority
+from waraft.log.provider import (
+    A,
+    FoldFn,
+    LogPositionError,
+    LogProvider,
+    count_within_bytes,
+    is_config_entry,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class _Run:
+    """Entries ``first, first + 1, ...`` with their encoded sizes."""
+
+    __slots__ = ("entries", "first", "sizes")
+
+    def __init__(self, first: int, entries: list[Entry], sizes: list[int]) -> None:
+        self.first = first
+        self.entries = entries
+        self.sizes = sizes
+
+
+def _entry(raw: Any) -> Entry:
+    return raw if type(raw) is Entry else Entry(*raw)
+
+
+class MemoryLog(LogProvider):
+    """WARaft's ETS log in Python."""
+
+    def __init__(self) -> None:
+        base = Entry(0)
+        self._run = _Run(0, [base], [len(packb(base))])
+        self._configs: list[int] = []  # ascending indices of config entries (writer-owned)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        settings: Settings | None = None,
+        **options: Any,
+    ) -> Self:
+        """A fresh, empty-but-for-the-base-entry log; ``path`` and ``settings`` are unused."""
+        return cls()
+
+    def close(self) -> None:
+        pass
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def first_index(self) -> int:
+        return self._run.first
+
+    def last_index(self) -> int:
+        run = self._run
+        return run.first + len(run.entries) - 1
+
+    def term(self, index: int) -> int | None:
+        run = self._run
+        offset = index - run.first
+        if offset < 0 or offset >= len(run.entries):
+            return None
+        return run.entries[offset].term
+
+    def get(self, index: int) -> Entry | None:
+        run = self._run
+        offset = index - run.first
+        if offset < 0 or offset >= len(run.entries):
+            return None
+        return run.entries[offset]
+
+    def _span(self, run: _Run, start: int, end: int, max_count: int) -> tuple[int, int]:
+        lo = start - run.first
+        if lo < 0 or lo >= len(run.entries) or max_count <= 0:
+            return 0, 0
+        hi = min(end - run.first + 1, len(run.entries), lo + max_count)
+        return (lo, hi) if hi > lo else (0, 0)
+
+    def entries(self, start: int, end: int, max_count: int, max_bytes: int) -> list[Entry]:
+        run = self._run
+        lo, hi = self._span(run, start, end, max_count)
+        if hi == lo:
+            return []
+        count = count_within_bytes(run.sizes[lo:hi], max_bytes)
+        return run.entries[lo : lo + count]
+
+    def fold(self, start: int, end: int, size_limit: int, fn: FoldFn[A], acc: A) -> A:
+        run = self._run
+        lo, hi = self._span(run, start, end, end - start + 1)
+        if hi == lo:
+            return acc
+        sizes = run.sizes
+        count = count_within_bytes(sizes[lo:hi], size_limit)
+        entries = run.entries
+        first = run.first
+        for offset in range(lo, lo + count):
+            acc = fn(first + offset, sizes[offset], entries[offset], acc)
+        return acc
+
+    def config(self) -> tuple[int, Config] | None:
+        configs = self._configs
+        if not configs:
+            return None
+        run = self._run
+        index = configs[-1]
+        offset = index - run.first
+        if offset < 0 or offset >= len(run.entries):
+            return None
+        command = run.entries[offset].command
+        return index, command[1]
+
+    def can_append(self, count: int, priority: Priority) -> bool:
+        return True
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def append(self, first_index: int, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        batch = [_entry(e) for e in entries]
+        sizes = [len(packb(e)) for e in batch]
+        configs = [first_index + i for i, e in enumerate(batch) if is_config_entry(e)]
+        with self._lock:
+            run = self._run
+            expected = run.first + len(run.entries)
+            if first_index != expected:
+                raise LogPositionError(
+                    f"append at {first_index} but the next index is {expected} (never overwrites)"
+                )
+            run.entries.extend(batch)
+            run.sizes.extend(sizes)
+            if configs:
+                self._configs.extend(configs)
+
+    def truncate(self, index: int) -> None:
+        with self._lock:
+            run = self._run
+            if index <= run.first:
+                raise LogPositionError(
+                    f"truncate at {index} would empty the log (first index {run.first})"
+                )
+            offset = index - run.first
+            if offset >= len(run.entries):
+                return
+            del run.entries[offset:]
+            del run.sizes[offset:]
+            configs = self._configs
+            while configs and configs[-1] >= index:
+                configs.pop()
+
+    def reset(self, position: LogPos) -> None:
+        if position.index < 0 or position.term < 0:
+            raise LogPositionError(f"invalid reset position {position}")
+        base = Entry(position.term)
+        with self._lock:
+            self._run = _Run(position.index, [base], [len(packb(base))])
+            self._configs = []
+
+    def trim(self, index: int) -> None:
+        with self._lock:
+            run = self._run
+            # Never delete the last entry: the log must stay non-empty.
+            cut = min(index, run.first + len(run.entries) - 1) - run.first
+            if cut <= 0:
+                return
+            # A new run rather than an in-place delete: readers on the writer thread may be
+            # holding the old run.
+            self._run = _Run(run.first + cut, run.entries[cut:], run.sizes[cut:])
+            first = run.first + cut
+            self._configs = [i for i in self._configs if i >= first]
+
+    def sync(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        status = super().status()
+        status["entries"] = len(self._run.entries)
+        return status
+
+
+__all__ = ["MemoryLog"]
