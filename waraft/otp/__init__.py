@@ -1,0 +1,94 @@
+"""``waraft.otp``: an Erlang/OTP-style actor runtime on pykka threads.
+
+Processes with call/cast/send and deferred replies, let-it-crash, links, monitors and exit
+signals (:mod:`~waraft.otp.process`); per-node name registries (:mod:`~waraft.otp.registry`)
+and nodes (:mod:`~waraft.otp.node`); timers (:mod:`~waraft.otp.timer`); a gen_statem helper
+(:mod:`~waraft.otp.statem`); supervisors (:mod:`~waraft.otp.supervisor`) and each node's root
+supervisor ``kernel_sup`` (:mod:`~waraft.otp.kernel`). Importing this package starts no thread.
+"""
+
+from waraft.otp import kernel, node, registry, supervisor, timer
+from waraft.otp.errors import (
+    ExitError,
+    OtpError,
+    RegistrationError,
+    StartError,
+    is_normal_exit,
+)
+from waraft.otp.node import Node, RemoteRouter
+from waraft.otp.pid import MonitorRef, Pid, Ref, make_ref
+from waraft.otp.process import (
+    Process,
+    Target,
+    call,
+    cast,
+    demonitor,
+    exit,
+    is_alive,
+    kill,
+    link,
+    monitor,
+    self_pid,
+    send,
+    send_request,
+    start,
+    start_link,
+    stop,
+    unlink,
+    wait_exit,
+    wait_response,
+)
+from waraft.otp.registry import register, registered, unregister, whereis
+from waraft.otp.reply import NOREPLY, LocalReplyTo, ReplyTo, reply
+from waraft.otp.statem import StateMachine
+from waraft.otp.timer import TimerRef, cancel_timer, send_after
+
+__all__ = [
+    "NOREPLY",
+    "ExitError",
+    "LocalReplyTo",
+    "MonitorRef",
+    "Node",
+    "OtpError",
+    "Pid",
+    "Process",
+    "Ref",
+    "RegistrationError",
+    "RemoteRouter",
+    "ReplyTo",
+    "StartError",
+    "StateMachine",
+    "Target",
+    "TimerRef",
+    "call",
+    "cancel_timer",
+    "cast",
+    "demonitor",
+    "exit",
+    "is_alive",
+    "is_normal_exit",
+    "kernel",
+    "kill",
+    "link",
+    "make_ref",
+    "monitor",
+    "node",
+    "register",
+    "registered",
+    "registry",
+    "reply",
+    "self_pid",
+    "send",
+    "send_after",
+    "send_request",
+    "start",
+    "start_link",
+    "stop",
+    "supervisor",
+    "timer",
+    "unlink",
+    "unregister",
+    "wait_exit",
+    "wait_response",
+    "whereis",
+]

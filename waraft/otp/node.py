@@ -1,0 +1,260 @@
+"""Nodes: independent runtimes (registry, ``kernel_sup``, identity) inside one Python process.
+
+Erlang keeps one registry per node. Tests run several "nodes" in one Python process, so the
+registry, the root supervisor and the node id belong to a :class:`Node`, and a call or cast to
+``(name, node_id)`` whose node lives in this process is delivered directly: that *is* the
+in-process distribution. ``set_link_filter`` cuts traffic between two local nodes for fault
+injection; ``set_remote_router`` plugs in the transport to nodes in other processes
+(``waraft.dist``).
+
+Which node is "current": inside an actor, the actor's node; elsewhere, the node activated for
+this thread with ``with some_node.activate():``; else the process default node, created lazily
+as ``nonode@nohost`` unless ``set_default``/``start_default`` chose another.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from waraft.otp.registry import Registry
+
+if TYPE_CHECKING:
+    from waraft.otp.pid import Pid
+    from waraft.otp.process import Process
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NODE_ID = "nonode@nohost"
+
+LinkFilter = Callable[[str, str], bool]
+
+
+class RemoteRouter(Protocol):
+    """Carries calls and casts to nodes outside this Python process (``waraft.dist``).
+
+    ``cast`` returns False when the message could not be sent. ``call`` raises
+    ``ExitError`` like a local call (``("nodedown", node)``, ``"timeout"``, ``"noproc"``, ...).
+    A router may also offer ``send(addr, msg) -> bool`` for ``handle_info`` delivery; without
+    it, ``send`` to a remote address is dropped.
+    """
+
+    def cast(self, addr: tuple[str, str], msg: Any) -> bool: ...
+
+    def call(self, addr: tuple[str, str], request: Any, timeout: float | None) -> Any: ...
+
+
+class _ThreadState(threading.local):
+    node: Node | None = None
+    proc: Process | None = None
+
+
+_tls = _ThreadState()
+_nodes_lock = threading.RLock()
+_local: dict[str, Node] = {}
+_default: Node | None = None
+_remote_router: RemoteRouter | None = None
+# Read lock-free on every cross-node send; None (the common case) costs one global lookup.
+_link_filter: LinkFilter | None = None
+_atexit_installed = False
+
+
+class Node:
+    """A runtime instance: ``id``, ``registry``, its processes and its ``kernel_sup``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.id = name
+        self.registry = Registry(name)
+        self._lock = threading.Lock()
+        # Insertion-ordered set of live processes, so stop() can go in reverse start order.
+        self._procs: dict[Pid, None] = {}
+        self._alive = True
+        self.kernel_lock = threading.Lock()
+        with _nodes_lock:
+            if name in _local:
+                raise ValueError(f"a node named {name!r} already exists in this process")
+            _local[name] = self
+            _install_atexit()
+
+    def __repr__(self) -> str:
+        return f"Node({self.id!r})"
+
+    @property
+    def alive(self) -> bool:
+        """False once :meth:`stop` has begun."""
+        return self._alive
+
+    @contextmanager
+    def activate(self) -> Iterator[Node]:
+        """Make this node current for the calling thread inside the ``with`` block."""
+        previous = _tls.node
+        _tls.node = self
+        try:
+            yield self
+        finally:
+            _tls.node = previous
+
+    def processes(self) -> list[Pid]:
+        """The live processes of this node, in start order."""
+        with self._lock:
+            return list(self._procs)
+
+    def _adopt(self, pid: Pid) -> None:
+        with self._lock:
+            if not self._alive:
+                from waraft.otp.errors import StartError
+
+                raise StartError("node_stopped")
+            self._procs[pid] = None
+
+    def _forget(self, pid: Pid) -> None:
+        with self._lock:
+            self._procs.pop(pid, None)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop ``kernel_sup`` (and its tree), then every other process, newest first.
+
+        Each process gets ``timeout`` seconds to run ``terminate``; one that does not stop is
+        killed (abandoned). Waits up to ``timeout`` more for the threads to finish. Idempotent.
+        """
+        from waraft.otp import process
+
+        with self._lock:
+            if not self._alive:
+                return
+            self._alive = False
+            snapshot = list(self._procs)
+        kernel = self.registry.whereis("kernel_sup")
+        if kernel is not None:
+            process.stop_or_kill(kernel, "shutdown", timeout)
+        # Roots first, newest first: a supervisor stops its own children in its order, and a
+        # child stopped behind its supervisor's back would only be restarted.
+        for pid in reversed(self.processes()):
+            if _is_root(pid):
+                process.stop_or_kill(pid, "shutdown", timeout)
+        for pid in reversed(self.processes()):
+            process.stop_or_kill(pid, "shutdown", timeout)
+        _join_threads(snapshot, timeout)
+        global _default
+        with _nodes_lock:
+            if _local.get(self.id) is self:
+                del _local[self.id]
+            if _default is self:
+                _default = None
+
+
+def _is_root(pid: Pid) -> bool:
+    actor = pid._actor
+    if actor is None:
+        return False
+    parent = actor.parent
+    return parent is None or parent._dead
+
+
+def _join_threads(pids: list[Pid], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    me = threading.current_thread()
+    for pid in pids:
+        thread = pid._thread
+        if thread is None or thread is me:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            logger.error("thread of %r still running after node stop (abandoned)", pid)
+
+
+def current() -> Node:
+    """The calling actor's node, else this thread's active node, else the default node."""
+    node = _tls.node
+    if node is not None:
+        return node
+    return default()
+
+
+def default() -> Node:
+    """The process default node, created on first use (``nonode@nohost``)."""
+    global _default
+    node = _default
+    if node is not None and node._alive:
+        return node
+    with _nodes_lock:
+        if _default is None or not _default._alive:
+            existing = _local.get(DEFAULT_NODE_ID)
+            _default = existing if existing is not None else Node(DEFAULT_NODE_ID)
+        return _default
+
+
+def set_default(node: Node) -> None:
+    """Make ``node`` the process default node."""
+    global _default
+    with _nodes_lock:
+        _default = node
+
+
+def start_default(node_id: str) -> Node:
+    """Create a node called ``node_id`` and make it the default node."""
+    node = Node(node_id)
+    set_default(node)
+    return node
+
+
+def local_nodes() -> dict[str, Node]:
+    """Every node alive in this Python process, keyed by id."""
+    with _nodes_lock:
+        return dict(_local)
+
+
+def get(node_id: str) -> Node | None:
+    """The local node with this id, or None."""
+    return _local.get(node_id)
+
+
+def set_remote_router(router: RemoteRouter | None) -> None:
+    """Install (or remove, with None) the router for nodes outside this process."""
+    global _remote_router
+    _remote_router = router
+
+
+def remote_router() -> RemoteRouter | None:
+    """The installed remote router, if any."""
+    return _remote_router
+
+
+def set_link_filter(fn: LinkFilter | None) -> None:
+    """Install a fault-injection filter between local nodes (None removes it).
+
+    ``fn(src_node_id, dst_node_id)`` returning False drops casts and sends from ``src`` to
+    ``dst`` and makes calls fail at once with ``ExitError(("nodedown", dst))``. Links,
+    monitors and exit signals are not filtered.
+    """
+    global _link_filter
+    _link_filter = fn
+
+
+def link_filter() -> LinkFilter | None:
+    """The installed link filter, if any."""
+    return _link_filter
+
+
+def stop_all(timeout: float = 5.0) -> None:
+    """Stop every local node (tests call this between cases; also run at interpreter exit)."""
+    for node in list(local_nodes().values()):
+        try:
+            node.stop(timeout)
+        except Exception:
+            logger.exception("stopping %r failed", node)
+
+
+def _install_atexit() -> None:
+    # Actor threads are daemons so a stuck actor cannot hang interpreter exit; stopping the
+    # nodes at exit still gives every terminate() a bounded chance to run.
+    global _atexit_installed
+    if not _atexit_installed:
+        _atexit_installed = True
+        atexit.register(stop_all, 2.0)

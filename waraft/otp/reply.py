@@ -1,0 +1,104 @@
+"""Reply handles (Erlang's ``From``).
+
+A :class:`ReplyTo` is completed exactly once, by any thread: ``reply(value)`` or
+``fail(reason)``; later completions are ignored. A handler that returns :data:`NOREPLY` passes
+the obligation to answer to whoever holds the handle (acceptor -> server -> storage).
+``waraft.dist`` subclasses :class:`ReplyTo` to answer callers on other nodes.
+"""
+
+from __future__ import annotations
+
+import abc
+from _thread import allocate_lock
+from typing import Any, Final
+
+from waraft.otp.errors import TIMEOUT, ExitError
+
+
+class _NoReply:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOREPLY"
+
+
+NOREPLY: Final[Any] = _NoReply()
+"""Returned by ``handle_call`` to defer the reply (``{noreply, State}``)."""
+
+
+class ReplyTo(abc.ABC):
+    """One-shot reply handle. Subclasses implement :meth:`_complete`.
+
+    The once-only rule is enforced here with a non-blocking lock acquire, which is atomic, so
+    concurrent completions from different threads are safe and cost no waiting.
+    """
+
+    __slots__ = ("_claim",)
+
+    def __init__(self) -> None:
+        self._claim = allocate_lock()
+
+    @property
+    def done(self) -> bool:
+        """True once completed (or given up by a timed-out caller)."""
+        return self._claim.locked()
+
+    def reply(self, value: Any) -> None:
+        """Answer the caller with ``value`` (ignored if already completed)."""
+        if self._claim.acquire(False):
+            self._complete(True, value)
+
+    def fail(self, reason: Any) -> None:
+        """Make the caller's call raise ``ExitError(reason)`` (ignored if already completed)."""
+        if self._claim.acquire(False):
+            self._complete(False, reason)
+
+    @abc.abstractmethod
+    def _complete(self, ok: bool, value: Any) -> None:
+        """Deliver the outcome; called at most once."""
+
+
+class LocalReplyTo(ReplyTo):
+    """A reply handle for a caller in this Python process: a future on a raw lock.
+
+    The waiting caller blocks on ``_ready`` (acquired at creation); completion releases it.
+    """
+
+    __slots__ = ("_ok", "_ready", "_value")
+
+    def __init__(self) -> None:
+        self._claim = allocate_lock()
+        ready = allocate_lock()
+        ready.acquire()
+        self._ready = ready
+        self._ok = False
+        self._value: Any = None
+
+    def _complete(self, ok: bool, value: Any) -> None:
+        self._ok = ok
+        self._value = value
+        self._ready.release()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until completed; return the value or raise ``ExitError``.
+
+        ``timeout`` in seconds (None = forever). On timeout the handle is claimed by the caller,
+        so a late reply is dropped, and ``ExitError("timeout")`` is raised.
+        """
+        ready = self._ready
+        got = ready.acquire() if timeout is None else ready.acquire(True, max(timeout, 0.0))
+        if not got:
+            if self._claim.acquire(False):
+                self._value = TIMEOUT
+                ready.release()  # a second wait() raises the same timeout at once
+                raise ExitError(TIMEOUT)
+            ready.acquire()  # a completion won the race; it releases in a moment
+        ready.release()  # keep the handle readable by a second wait()
+        if self._ok:
+            return self._value
+        raise ExitError(self._value)
+
+
+def reply(from_: ReplyTo, value: Any) -> None:
+    """Complete a deferred call (``gen_server:reply/2``)."""
+    from_.reply(value)

@@ -1,0 +1,151 @@
+"""Timers: ``send_after`` / ``cancel_timer`` on one shared heap thread.
+
+The thread is started on first use (importing this module starts nothing) and is a daemon.
+A due timer delivers its message with ``send`` (``handle_info``) from the timer thread, so
+firing never blocks on the receiver. Cancelled timers are dropped lazily when they reach the
+top of the heap; the heap is rebuilt when most of it is cancelled, so re-arming a timeout on
+every event (election timers) stays cheap.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from waraft.otp.node import Node
+    from waraft.otp.process import Target
+
+logger = logging.getLogger(__name__)
+
+_ARMED: Final = 0
+_FIRED: Final = 1
+_CANCELLED: Final = 2
+_COMPACT_MIN = 1024
+
+
+class TimerRef:
+    """Handle of one pending timer."""
+
+    __slots__ = ("_deadline", "_msg", "_node", "_state", "_target")
+
+    def __init__(self, deadline: float, target: Target, msg: Any, node: Node | None) -> None:
+        self._deadline = deadline
+        self._target = target
+        self._msg = msg
+        self._node = node
+        self._state = _ARMED
+
+    @property
+    def active(self) -> bool:
+        """True until the timer fires or is cancelled."""
+        return self._state == _ARMED
+
+    def remaining_ms(self) -> float | None:
+        """Milliseconds until it fires, or None if it fired or was cancelled."""
+        if self._state != _ARMED:
+            return None
+        return max(0.0, (self._deadline - time.monotonic()) * 1000.0)
+
+    def __repr__(self) -> str:
+        state = ("armed", "fired", "cancelled")[self._state]
+        return f"<TimerRef {state} -> {self._target!r}>"
+
+
+class _TimerService:
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, TimerRef]] = []
+        self._seq = itertools.count()
+        self._cancelled = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, ref: TimerRef) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (ref._deadline, next(self._seq), ref))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="otp:timer", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is ref:
+                self._cond.notify()
+
+    def cancel(self, ref: TimerRef) -> bool:
+        with self._cond:
+            if ref._state != _ARMED:
+                return False
+            ref._state = _CANCELLED
+            self._cancelled += 1
+            if self._cancelled > _COMPACT_MIN and self._cancelled * 2 > len(self._heap):
+                self._heap = [e for e in self._heap if e[2]._state == _ARMED]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+            return True
+
+    def _run(self) -> None:
+        while True:
+            due = self._next_due()
+            for ref in due:
+                _deliver(ref)
+
+    def _next_due(self) -> list[TimerRef]:
+        with self._cond:
+            heap = self._heap
+            while True:
+                if not heap:
+                    self._cond.wait()
+                    continue
+                wait = heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                due: list[TimerRef] = []
+                now = time.monotonic()
+                while heap and heap[0][0] <= now:
+                    ref = heapq.heappop(heap)[2]
+                    if ref._state == _ARMED:
+                        ref._state = _FIRED
+                        due.append(ref)
+                    elif self._cancelled > 0:
+                        self._cancelled -= 1
+                if due:
+                    return due
+
+
+def _deliver(ref: TimerRef) -> None:
+    from waraft.otp import process
+
+    try:
+        if ref._node is None:
+            process.send(ref._target, ref._msg)
+        else:
+            with ref._node.activate():
+                process.send(ref._target, ref._msg)
+    except Exception:
+        logger.exception("timer delivery to %r failed", ref._target)
+
+
+_service = _TimerService()
+
+
+def send_after(ms: float, target: Target, msg: Any) -> TimerRef:
+    """Deliver ``msg`` to ``target``'s ``handle_info`` after ``ms`` milliseconds.
+
+    A registered name is resolved when the timer fires, on the node current now.
+    Timers to a dead process are simply dropped when they fire.
+    """
+    from waraft.otp.node import current
+
+    # The arming node is current again at delivery: names resolve there, and the link filter
+    # sees the true sender node.
+    ref = TimerRef(time.monotonic() + ms / 1000.0, target, msg, current())
+    _service.add(ref)
+    return ref
+
+
+def cancel_timer(ref: TimerRef) -> bool:
+    """Cancel ``ref``; True if it had not fired yet (its message will not be sent)."""
+    return _service.cancel(ref)
