@@ -1,0 +1,279 @@
+"""Commands every state shares unless it overrides them (WARaft's ``command/4``, digest §2.14).
+
+Also the administrative paths that need storage: ``bootstrap``, snapshot installation
+(``snapshot_available``) and the older README's ``promote(..., config)`` on an empty replica.
+Those emit ``InstallSnapshot`` and finish when the shell reports ``SnapshotOpened``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from waraft.core import replication, snapshot, terms
+from waraft.core.config import normalize_config
+from waraft.core.effects import InstallSnapshot
+from waraft.core.events import (
+    AdjustConfig,
+    Bootstrap,
+    CommitBatch,
+    Disable,
+    Enable,
+    Event,
+    HandoverCandidates,
+    HandoverRequest,
+    IsPeerReady,
+    NotifyComplete,
+    Promote,
+    ReadBatch,
+    Resign,
+    SnapshotAvailable,
+    SnapshotOpened,
+    TermOrOffset,
+    Timeout,
+    TriggerElection,
+)
+from waraft.core.types import LogPos, Priority, State, error
+
+if TYPE_CHECKING:
+    from waraft.core.server import RaftCore
+
+_OPERATIONAL = (State.FOLLOWER, State.CANDIDATE, State.LEADER)
+
+
+def command(core: RaftCore, event: Event) -> None:
+    """The fallback for commands a state does not handle itself."""
+    state = core.state
+    match event:
+        case CommitBatch():
+            for from_, _ in event.items:
+                core.cancel_commit(from_, "not_leader", event.priority)
+        case ReadBatch():
+            for from_, _, _ in event.items:
+                core.cancel_read(from_, "not_leader")
+        case NotifyComplete():
+            notify_complete(core)
+        case TriggerElection() if state in _OPERATIONAL:
+            trigger_election(core, event)
+        case Promote() if state in _OPERATIONAL:
+            if event.config is not None and event.config != core.current_config():
+                core.reply(event.from_, error("already_bootstrapped"))
+            else:
+                promote(core, event.from_, event.term_or_offset, event.force)
+        case TriggerElection() | Promote():
+            core.reply(event.from_, error("invalid_state"))
+        case Resign():
+            core.reply(event.from_, error("not_leader"))
+        case AdjustConfig():
+            if event.reply_on_apply:
+                core.cancel_commit(event.from_, "not_leader", Priority.HIGH)
+            else:
+                core.reply(event.from_, error("not_leader"))
+        case SnapshotAvailable():
+            snapshot_available(core, event)
+        case SnapshotOpened():
+            snapshot_opened(core, event)
+        case HandoverCandidates() | IsPeerReady() | HandoverRequest():
+            core.reply(event.from_, error("not_leader"))
+        case Enable():
+            core.reply(event.from_, error("already_enabled"))
+        case Disable():
+            core.log_notice("disabling: %s", event.reason)
+            core.disable_reason = event.reason
+            core.goto(State.DISABLED)
+            core.reply(event.from_, "ok")
+        case Bootstrap():
+            core.reply(event.from_, error("already_bootstrapped"))
+        case Timeout():
+            pass  # a timeout this state does not arm (the shell raced a state change)
+        case _:
+            core.log_notice("drops unhandled command %r", event)
+
+
+def resolve_term(core: RaftCore, term_or_offset: TermOrOffset) -> int | None:
+    """``"current"``, ``"next"``, ``("next", n)`` or an absolute term; ``None`` if invalid."""
+    current = core.current_term
+    if term_or_offset == "current":
+        return current
+    if term_or_offset == "next":
+        return current + 1
+    if (
+        isinstance(term_or_offset, (tuple, list))
+        and len(term_or_offset) == 2
+        and term_or_offset[0] == "next"
+        and isinstance(term_or_offset[1], int)
+    ):
+        return current + term_or_offset[1]
+    if isinstance(term_or_offset, int) and not isinstance(term_or_offset, bool):
+        return term_or_offset
+    return None
+
+
+def notify_complete(core: RaftCore) -> None:
+    """Storage drained its queue: apply more if anything is committed."""
+    state = core.state
+    if state not in (State.LEADER, State.FOLLOWER, State.WITNESS):
+        return
+    if core.queues.apply_queue_size() > core.settings.raft_storage_notify_complete_buffer:
+        return
+    if state is State.LEADER:
+        replication.leader_apply_log(core)
+    else:
+        replication.apply_log(core, None)
+
+
+def trigger_election(core: RaftCore, event: TriggerElection) -> None:
+    """Start an election now; ``"current"`` means an election at the next term."""
+    term = resolve_term(core, event.term_or_offset)
+    if term is None or term < core.current_term:
+        core.reply(event.from_, error("rejected"))
+        return
+    if not core.settings.raft_leader_eligible:
+        core.reply(event.from_, error("ineligible"))
+        return
+    core.log_notice("starts an election on request")
+    if term > core.current_term:
+        terms.advance_term(core, term, None)
+    core.goto(State.CANDIDATE)
+    core.reply(event.from_, "ok")
+
+
+def promote(core: RaftCore, from_: Any, term_or_offset: TermOrOffset, force: bool) -> None:
+    """Administrative override: become leader of ``term`` without an election."""
+    term = resolve_term(core, term_or_offset)
+    reason = _promote_refusal(core, term, force)
+    if reason is not None:
+        core.reply(from_, error(reason))
+        return
+    assert term is not None
+    core.log_notice("promotes itself to leader of term %d", term)
+    if term > core.current_term:
+        terms.advance_term(core, term, core.node)
+    if force:
+        # No votes were collected: give check-quorum a full grace period from now, and do not
+        # let replies from an earlier tenure stand in for a fresh quorum.
+        core.last_quorum_ts = core.now
+        core.heartbeat_reply_ts = {}
+    core.goto(State.LEADER)
+    core.reply(from_, "ok")
+
+
+def _promote_refusal(core: RaftCore, term: int | None, force: bool) -> str | None:
+    current = core.current_term
+    if term is None or term < current:
+        return "invalid_term"
+    if term == current and core.leader is not None:
+        return "invalid_term"
+    if not core.settings.raft_leader_eligible:
+        return "ineligible"
+    if core.state is State.WITNESS:
+        return "invalid_state"
+    if not core.current_config().membership:
+        return "invalid_configuration"
+    if force or core.last_quorum_ts is None:
+        return None
+    grace_ms = core.settings.raft_promotion_grace_period_secs * 1000
+    if core.now - core.last_quorum_ts >= grace_ms:
+        return None
+    return "rejected"  # a leader was heard from recently
+
+
+# -- snapshots and bootstrap -----------------------------------------------------------------
+
+
+def snapshot_available(core: RaftCore, event: SnapshotAvailable) -> None:
+    """Outside ``stalled``: a newer snapshot sends us to ``stalled`` to install it."""
+    if (
+        core.state in (State.FOLLOWER, State.CANDIDATE, State.WITNESS)
+        and event.position.index > core.last_applied
+    ):
+        core.log_notice("installs a newer snapshot at %s", event.position)
+        core.goto(State.STALLED)
+        core.dispatch(event)
+        return
+    core.reply(event.from_, error("rejected"))
+
+
+def install_transfer(core: RaftCore, event: SnapshotAvailable) -> None:
+    """In ``stalled``: load a transferred snapshot newer than what we applied."""
+    position = event.position
+    if core.pending_install is not None or not (
+        position.index > core.last_applied or core.last_applied == 0
+    ):
+        core.reply(event.from_, error("rejected"))
+        return
+    core.pending_install = ("transfer", position, None)
+    core.emit(InstallSnapshot(event.from_, "transfer", position, root=event.root))
+
+
+def bootstrap(core: RaftCore, event: Bootstrap) -> None:
+    """In ``stalled``: an empty replica starts from an empty snapshot holding ``config``."""
+    if core.last_applied != 0 or core.pending_install is not None:
+        core.reply(event.from_, error("rejected"))
+        return
+    core.log_notice("bootstraps at %s with %s", event.position, event.config)
+    core.pending_install = ("bootstrap", event.position, None)
+    core.emit(
+        InstallSnapshot(
+            event.from_, "bootstrap", event.position, config=event.config, data=event.data
+        )
+    )
+
+
+PROMOTE_POSITION = LogPos(0, 0)
+
+
+def promote_with_config(core: RaftCore, event: Promote) -> None:
+    """The older README's ``promote(name, term, force, config)`` on an empty replica.
+
+    The config is installed first (as a bootstrap at position 0:0 would), then the replica is
+    promoted exactly as ``promote`` does.
+    """
+    if core.last_applied != 0 or core.pending_install is not None:
+        core.reply(event.from_, error("invalid_state"))
+        return
+    core.pending_install = ("promote", PROMOTE_POSITION, (event.term_or_offset, event.force))
+    core.emit(InstallSnapshot(event.from_, "promote", PROMOTE_POSITION, config=event.config))
+
+
+def snapshot_opened(core: RaftCore, event: SnapshotOpened) -> None:
+    """Storage finished an ``InstallSnapshot``: reset the log and take up the new position."""
+    pending = core.pending_install
+    if pending is None or pending[0] != event.purpose or pending[1] != event.position:
+        core.log_notice("ignores an unexpected snapshot report %r", event)
+        return
+    core.pending_install = None
+    if event.error is not None:
+        core.log_notice("could not load the %s snapshot: %r", event.purpose, event.error)
+        core.reply(event.from_, error(event.error))
+        return
+    position = event.position
+    storage_config = event.config
+    if storage_config is not None:
+        storage_config = (storage_config[0], normalize_config(storage_config[1]))
+    snapshot.reset_log(core, position, storage_config)
+    core.storage_label = event.label
+    if core.state is not State.STALLED:
+        # Disabled while storage was loading: keep the log consistent, stay where we are.
+        core.reply(event.from_, error("invalid_state"))
+        return
+    purpose = event.purpose
+    if purpose == "promote":
+        term_or_offset, force = pending[2]
+        promote(core, event.from_, term_or_offset, force)
+        return
+    if purpose == "bootstrap":
+        term = max(1, position.term)
+        if term > core.current_term:
+            if core.is_single_member():
+                terms.advance_term(core, term, core.node)
+                core.goto(State.LEADER)
+            else:
+                terms.advance_term(core, term, None)
+                core.goto(core.follower_or_witness())
+        else:
+            core.goto(core.follower_or_witness())
+    else:
+        if position.term > core.current_term:
+            terms.advance_term(core, position.term, None)
+        core.goto(core.follower_or_witness())
+    core.reply(event.from_, "ok")

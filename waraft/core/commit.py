@@ -1,0 +1,147 @@
+"""Pending commits on the leader: batching, appending, and cancelling (digest §2.11).
+
+Commits wait in two lists (high and low priority, arrival order) until the leader appends them
+as one batch per priority. Once appended, a commit's reply handle waits in ``queued`` (by log
+index) until storage applies the entry — or until the entry is truncated (``not_leader``), the
+log is reset by a snapshot (``cancelled``), or the server stops.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from waraft.core.effects import AppendLog, CancelReads
+from waraft.core.types import NOOP, READ_KEY, Entry, Priority, is_config_command
+
+if TYPE_CHECKING:
+    from waraft.core.server import RaftCore
+
+PendingItem = tuple[Any, tuple[Any, Any]]
+
+
+def has_pending_commits(core: RaftCore) -> bool:
+    return bool(core.pending_high or core.pending_low)
+
+
+def pending_count(core: RaftCore) -> int:
+    """Pending commits, or one for a lone pending read (it needs a marker entry)."""
+    count = len(core.pending_high) + len(core.pending_low)
+    return 1 if count == 0 and core.pending_read else count
+
+
+def add_pending(core: RaftCore, items: Any, priority: Priority) -> None:
+    """Queue admitted commits ``(from_, (key, command))`` behind the earlier ones."""
+    if priority is Priority.LOW:
+        core.pending_low.extend(items)
+    else:
+        core.pending_high.extend(items)
+
+
+def make_entry(core: RaftCore, key: Any, command: Any) -> Entry:
+    """A log entry of the current term, labelled when a label function is configured."""
+    label_fn = core.label_fn
+    if label_fn is None:
+        return Entry(core.current_term, key, command)
+    if command != NOOP and not is_config_command(command):
+        core.last_label = label_fn(core.last_label, command)
+    return Entry(core.current_term, key, command, core.last_label)
+
+
+def append(core: RaftCore, entries: list[Entry]) -> int:
+    """Append to the log (effect + overlay); returns the index of the first entry."""
+    first = core.log.append(entries)
+    core.emit(AppendLog(first, entries))
+    return first
+
+
+def commit_pending(core: RaftCore, priority: Priority) -> None:
+    """Append the pending commits of one priority (or a lone read marker) as one batch."""
+    high = core.pending_high
+    low = core.pending_low
+    if not high and not low:
+        if not core.pending_read:
+            return
+        # A read with no commits to ride on gets a marker entry so that a new quorum forms.
+        if not core.log.can_append(1, priority):
+            _stalled(core, priority, 1)
+            return
+        append(core, [make_entry(core, READ_KEY, NOOP)])
+        core.pending_read = False
+        return
+    pending = high if priority is Priority.HIGH else low
+    if not pending:
+        return
+    count = len(pending)
+    if not core.log.can_append(count, priority):
+        _stalled(core, priority, count)
+        return
+    term = core.current_term
+    label_fn = core.label_fn
+    if label_fn is None:
+        entries = [Entry(term, op[0], op[1]) for _, op in pending]
+    else:
+        entries = [make_entry(core, op[0], op[1]) for _, op in pending]
+    first = append(core, entries)
+    queued = core.queued
+    index = first
+    for from_, _ in pending:
+        queued[index] = (from_, priority)
+        index += 1
+    # At least one new entry will establish a fresh quorum, so waiting reads ride on it.
+    core.pending_read = False
+    if priority is Priority.HIGH:
+        core.pending_high = []
+    else:
+        core.pending_low = []
+    core.count(("commit.batch", priority.value))
+
+
+def _stalled(core: RaftCore, priority: Priority, count: int) -> None:
+    """The log refused a relaxed append: fail every pending commit and read."""
+    if core.metrics is not None:
+        core.metrics.countv(("raft", core.table, ("commit.skipped", priority.value)), count)
+    core.log_notice("log refused %d pending entries; cancelling pending requests", count)
+    cancel_pending(core, "commit_stalled")
+
+
+def cancel_pending(core: RaftCore, reason: Any) -> None:
+    """Fail pending (not yet appended) commits and reads with ``("error", reason)``."""
+    if core.pending_high:
+        for from_, _ in core.pending_high:
+            core.cancel_commit(from_, reason, Priority.HIGH)
+        core.pending_high = []
+    if core.pending_low:
+        for from_, _ in core.pending_low:
+            core.cancel_commit(from_, reason, Priority.LOW)
+        core.pending_low = []
+    if core.pending_read:
+        core.emit(CancelReads(reason))
+        core.pending_read = False
+
+
+def cancel_queued_range(core: RaftCore, start: int, end: int, reason: Any) -> None:
+    """Fail appended commits whose entries ``start..end`` are being truncated."""
+    queued = core.queued
+    if not queued or start > end:
+        return
+    if end - start + 1 > len(queued):
+        indices = sorted(i for i in queued if start <= i <= end)
+    else:
+        indices = [i for i in range(start, end + 1) if i in queued]
+    for index in indices:
+        from_, priority = queued.pop(index)
+        core.cancel_commit(from_, reason, priority)
+
+
+def cancel_queued(core: RaftCore, reason: Any) -> None:
+    """Fail every appended-but-unapplied commit (log reset, shutdown), in index order."""
+    queued = core.queued
+    for index in sorted(queued):
+        from_, priority = queued[index]
+        core.cancel_commit(from_, reason, priority)
+    core.queued = {}
+
+
+def cancel_pending_and_queued(core: RaftCore, reason: Any) -> None:
+    cancel_pending(core, reason)
+    cancel_queued(core, reason)

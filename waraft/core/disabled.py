@@ -1,0 +1,56 @@
+"""The ``disabled`` state: a replica unfit to take part (corruption, operator request).
+
+It behaves as if dead: no heartbeats, no pre-votes, no ``notify_term``; every vote request is
+refused. The reason is persisted so that it stays disabled across restarts; ``enable`` moves
+it to ``stalled`` (it must then be given fresh data).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from waraft.core import admin, terms
+from waraft.core.events import Disable, Enable, Event, Promote, TriggerElection
+from waraft.core.rpc import Payload, RequestVote, Vote
+from waraft.core.types import Identity, State, error
+
+if TYPE_CHECKING:
+    from waraft.core.server import RaftCore
+
+DEFAULT_REASON = "No reason specified."
+
+
+def enter(core: RaftCore, old: State) -> None:
+    from waraft.core.enter import enter_state
+
+    if old is State.DISABLED:
+        enter_state(core, State.DISABLED)
+        return
+    if core.disable_reason is None:
+        core.disable_reason = DEFAULT_REASON
+    enter_state(core, State.DISABLED)
+    terms.persist(core)
+
+
+def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
+    if isinstance(payload, RequestVote):
+        core.send(sender, Vote(False))
+
+
+def handle_event(core: RaftCore, event: Event) -> None:
+    match event:
+        case Enable():
+            core.log_notice("re-enabling: moving to stalled")
+            core.disable_reason = None
+            terms.persist(core)
+            core.goto(State.STALLED)
+            core.reply(event.from_, "ok")
+        case Disable():
+            # Already disabled: keep the new reason, durably (WARaft only updates memory here).
+            core.disable_reason = DEFAULT_REASON if event.reason is None else event.reason
+            terms.persist(core)
+            core.reply(event.from_, "ok")
+        case Promote() | TriggerElection():
+            core.reply(event.from_, error("invalid_state"))
+        case _:
+            admin.command(core, event)

@@ -1,0 +1,199 @@
+"""The ``leader`` state: accept commits and reads, replicate, commit, apply (Raft §5.3, §5.4).
+
+Replication rounds and the commit index live in ``replication``; pending commits in
+``commit``; reads in ``reads``; leadership transfer in ``handover``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from waraft.core import admin, commit, config, handover, reads, replication, snapshot
+from waraft.core.events import (
+    AdjustConfig,
+    CommitBatch,
+    Event,
+    HandoverCandidates,
+    HandoverRequest,
+    IsPeerReady,
+    ReadBatch,
+    Resign,
+    Timeout,
+)
+from waraft.core.rpc import (
+    AppendEntriesResponse,
+    Handover,
+    HandoverFailed,
+    Payload,
+    RequestPreVote,
+    RequestVote,
+    Vote,
+)
+from waraft.core.types import CONFIG, NOOP, Config, Identity, LogPos, Priority, State, error
+
+if TYPE_CHECKING:
+    from waraft.core.server import RaftCore
+
+
+def enter(core: RaftCore, old: State) -> None:
+    """Take office: recover the label chain, append a noop of our term, replicate at once."""
+    from waraft.core.enter import enter_state
+
+    enter_state(core, State.LEADER)
+    log = core.log
+    last = log.last_index()
+    last_entry = log.get(last)
+    if last_entry is None or last_entry.command is None:
+        core.last_label = core.storage_label  # reset log: the chain continues from storage
+    else:
+        core.last_label = last_entry.label
+    core.first_current_term_log_index = last + 1
+    core.handover_lease_state = handover.LEASE_UNAFFECTED
+    if not commit.has_pending_commits(core):
+        # Something of our own term to establish the first quorum on (buffered commits,
+        # if any, serve that purpose instead).
+        commit.append(core, [commit.make_entry(core, core.next_ref(), NOOP)])
+    replication.commit_and_replicate(core)
+    core.heartbeat_timeout()
+
+
+def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
+    match payload:
+        case AppendEntriesResponse(success=True):
+            on_append_success(core, sender, payload)
+        case AppendEntriesResponse():
+            on_append_failure(core, sender, payload)
+        case RequestVote():
+            core.send(sender, Vote(False))
+        case RequestPreVote():
+            from waraft.core import terms
+
+            terms.handle_request_pre_vote(core, sender, payload.ref)
+        case Handover():
+            core.send(sender, HandoverFailed(payload.ref))
+        case HandoverFailed():
+            handover.on_failed(core, sender, payload.ref)
+        case _:
+            pass  # append_entries, votes and pre-votes mean nothing to a leader
+
+
+def on_append_success(core: RaftCore, sender: Identity, response: AppendEntriesResponse) -> None:
+    node = sender.node
+    replication.update_heartbeat_reply_ts(core, node)
+    match = response.match_index
+    next_index = core.next_indices.get(node, core.first_current_term_log_index)
+    core.match_indices[node] = match
+    core.next_indices[node] = max(next_index, match + 1)
+    if response.last_applied_index is not None:
+        core.last_applied_indices[node] = response.last_applied_index
+    replication.advance_commit_index(core)
+    replication.leader_apply_log(core)
+    replication.maybe_heartbeat(core)
+
+
+def on_append_failure(core: RaftCore, sender: Identity, response: AppendEntriesResponse) -> None:
+    node = sender.node
+    core.count("leader.append.failure")
+    replication.update_heartbeat_reply_ts(core, node)
+    snapshot.maybe_request_snapshot(core, sender, response.match_index, response.last_applied_index)
+    # Trust the follower's end of log: it may have installed a snapshot since.
+    core.next_indices[node] = response.match_index + 1
+    if response.last_applied_index is not None:
+        core.last_applied_indices[node] = response.last_applied_index
+    replication.leader_apply_log(core)
+    replication.maybe_heartbeat(core)
+
+
+def handle_event(core: RaftCore, event: Event) -> None:
+    match event:
+        case Timeout():
+            on_timeout(core)
+        case CommitBatch():
+            on_commits(core, event)
+        case ReadBatch():
+            reads.leader_reads(core, event.items)
+        case AdjustConfig():
+            adjust_config(core, event)
+        case HandoverRequest():
+            handover.start(core, event.from_, event.peer)
+        case HandoverCandidates():
+            core.reply(event.from_, ("ok", handover.candidates(core)))
+        case IsPeerReady():
+            core.reply(event.from_, handover.is_peer_ready(core, event.peer))
+        case Resign():
+            core.log_notice("resigns")
+            core.goto(core.follower_or_witness())
+            core.reply(event.from_, "ok")
+        case _:
+            admin.command(core, event)
+
+
+def on_timeout(core: RaftCore) -> None:
+    """Heartbeat and batch timeouts are the same: a replication round (none mid-handover)."""
+    if core.handover is not None and not handover.check_timeout(core):
+        core.heartbeat_timeout()
+        return
+    replication.heartbeat(core)
+
+
+def on_commits(core: RaftCore, event: CommitBatch) -> None:
+    running = core.handover
+    if running is not None:
+        reason = ("notify_redirect", running[0])
+        for from_, _ in event.items:
+            core.cancel_commit(from_, reason, event.priority)
+        core.count("commit.rejected.handover")
+        return
+    commit.add_pending(core, event.items, event.priority)
+    replication.batch_or_heartbeat(core)
+
+
+# -- membership changes ----------------------------------------------------------------------
+
+
+def config_change_allowed(core: RaftCore, expected_index: int | None) -> str | None:
+    """``None`` if a new config may be appended now, else the error reason."""
+    if core.commit_index < core.first_current_term_log_index:
+        return "no_quorum"
+    config_index = core.config_index()
+    if config_index > core.last_applied:
+        return "not_ready"  # one uncommitted (unapplied) config at a time
+    if expected_index is not None and expected_index != config_index:
+        return "config_index_mismatch"
+    return None
+
+
+def adjust_config(core: RaftCore, event: AdjustConfig) -> None:
+    """Append one single-server membership change; it takes effect once appended."""
+    reason: Any = config_change_allowed(core, event.expected_index)
+    if reason is None:
+        result = config.adjust_config(
+            event.action,
+            core.current_config(),
+            core.self_id,
+            lambda peer: handover.is_ready(core, peer.node),
+        )
+        if result[0] == "ok":
+            if core.log.can_append(1, Priority.HIGH):
+                _append_config(core, event, result[1])
+                return
+            reason = "commit_stalled"
+        else:
+            reason = result[1]
+    core.log_notice("refuses config action %s: %s", event.action, reason)
+    if event.reply_on_apply:
+        core.cancel_commit(event.from_, reason, Priority.HIGH)
+    else:
+        core.reply(event.from_, error(reason))
+
+
+def _append_config(core: RaftCore, event: AdjustConfig, new_config: Config) -> None:
+    entry = commit.make_entry(core, core.next_ref(), (CONFIG, new_config))
+    index = commit.append(core, [entry])
+    core.log_notice("changes config to %s at %d", new_config, index)
+    if event.reply_on_apply:
+        core.queued[index] = (event.from_, Priority.HIGH)
+    replication.commit_and_replicate(core)
+    if not event.reply_on_apply:
+        core.reply(event.from_, ("ok", LogPos(index, core.current_term)))
+    core.heartbeat_timeout()

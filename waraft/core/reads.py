@@ -1,0 +1,98 @@
+"""Strong reads (digest §2.12).
+
+A leader serves a read at ``ReadIndex = max(commit_index, first index of its term)`` (raised
+to the caller's minimum index). Three paths:
+
+* a sole member that has applied up to the read index answers at once (``ReadNow``);
+* a valid leader lease (off by default) answers at once as well;
+* otherwise the read is queued in storage (``SubmitRead``) and the leader forces a new quorum
+  round by appending — a ``'$read'`` marker entry when no commit is pending to ride on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from waraft.core import commit, config, replication
+from waraft.core.effects import ReadNow, SubmitRead
+from waraft.core.handover import LEASE_IN_PROGRESS, LEASE_PENDING_RECONFIRMATION
+
+if TYPE_CHECKING:
+    from waraft.core.server import RaftCore
+
+
+def leader_reads(core: RaftCore, items: Any) -> None:
+    """Serve or queue a batch of ``(from_, command, min_index)`` reads on the leader."""
+    running = core.handover
+    if running is not None:
+        reason = ("notify_redirect", running[0])
+        for from_, _, _ in items:
+            core.count("read.rejected.handover")
+            core.cancel_read(from_, reason)
+        return
+    submitted = False
+    for from_, command, min_index in items:
+        read_index = max(core.commit_index, core.first_current_term_log_index)
+        if min_index is not None and min_index > read_index:
+            read_index = min_index
+        if (
+            not core.pending_high
+            and not core.pending_low
+            and read_index <= core.last_applied
+            and config.is_single_member(core.self_id, core.current_config())
+        ):
+            core.emit(ReadNow(from_, command))
+            continue
+        miss = lease_miss(core, read_index)
+        if miss is None:
+            core.count("leader.read.lease.hit")
+            core.emit(ReadNow(from_, command))
+            continue
+        core.count(("leader.read.lease.miss", miss))
+        core.emit(SubmitRead(read_index, from_, command))
+        core.pending_read = True
+        submitted = True
+    if submitted:
+        replication.batch_or_heartbeat(core)
+
+
+def lease_miss(core: RaftCore, read_index: int) -> str | None:
+    """``None`` when the leader lease covers a read at ``read_index``, else why not."""
+    lease_ms = core.settings.raft_leader_read_lease_ms
+    if lease_ms <= 0:
+        return "disabled"
+    if core.handover is not None or core.handover_lease_state == LEASE_IN_PROGRESS:
+        return "handover"
+    if core.handover_lease_state == LEASE_PENDING_RECONFIRMATION:
+        return "pending_reconfirmation"
+    if core.commit_index < core.first_current_term_log_index:
+        return "not_current_term"
+    last_quorum = core.last_quorum_ts
+    if last_quorum is None:
+        return "no_quorum_ts"
+    if core.last_applied < read_index:
+        return "not_applied"
+    if core.now - last_quorum > lease_ms:
+        return "stale"
+    return None
+
+
+def candidate_reads(core: RaftCore, items: Any) -> None:
+    """Buffered reads on a candidate: queued at the index the new term would start at.
+
+    Safe because losing the election cancels them (``cancel_pending`` on leaving).
+    """
+    base = core.log.last_index() + 1
+    for from_, command, min_index in items:
+        read_index = base if min_index is None else max(base, min_index)
+        core.emit(SubmitRead(read_index, from_, command))
+        core.pending_read = True
+
+
+def reject_reads(core: RaftCore, items: Any, reason: Any) -> None:
+    for from_, _, _ in items:
+        core.cancel_read(from_, reason)
+
+
+def has_pending(core: RaftCore) -> bool:
+    return commit.pending_count(core) > 0

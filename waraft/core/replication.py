@@ -1,0 +1,241 @@
+"""Leader replication, the commit index, and applying committed entries (digest §2.9).
+
+A replication round ("heartbeat") appends the pending commits, then sends every participant
+one ``append_entries`` carrying up to ``raft_max_log_entries_per_heartbeat`` entries (and
+``raft_max_heartbeat_size`` bytes) from its next index. Replication is pipelined: the next
+index moves past the sent entries at once, and a follower's failure response resets it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from waraft.core import commit, config, snapshot
+from waraft.core.effects import Apply, ApplyItem
+from waraft.core.errors import RaftCoreError
+from waraft.core.handover import LEASE_PENDING_RECONFIRMATION, LEASE_UNAFFECTED
+from waraft.core.rpc import AppendEntries
+from waraft.core.types import Config, Identity, Priority, State, TimeoutKind, is_config_command
+
+if TYPE_CHECKING:
+    from waraft.core.server import RaftCore
+
+_UNQUEUED = (None, Priority.HIGH)
+
+
+# -- rounds ----------------------------------------------------------------------------------
+
+
+def commit_and_replicate(core: RaftCore) -> None:
+    """Append pending commits (high, then low) and send one round to every participant."""
+    core.count("leader.heartbeat")
+    commit.commit_pending(core, Priority.HIGH)
+    commit.commit_pending(core, Priority.LOW)
+    cfg = core.current_config()
+    if config.is_single_member(core.self_id, cfg):
+        advance_commit_index(core)
+        leader_apply_log(core)
+        update_quorum_ts(core)
+    self_id = core.self_id
+    for peer in config.participants(cfg):
+        if peer != self_id:
+            replicate_to_peer(core, peer, cfg)
+
+
+def replicate_to_peer(core: RaftCore, peer: Identity, cfg: Config) -> None:
+    """Send ``peer`` its next entries (or a probe when the entry before them is trimmed)."""
+    log = core.log
+    node = peer.node
+    next_index = core.next_indices.get(node, core.first_current_term_log_index)
+    prev_index = next_index - 1
+    prev_term = log.term(prev_index)
+    core.heartbeat_send_ts[node] = core.now
+    last = log.last_index()
+    settings = core.settings
+    if prev_term is None:
+        # Nothing to match against locally: announce where our log ends instead.
+        core.count("leader.heartbeat.not_ready")
+        last_term = log.term(last)
+        core.send(peer, AppendEntries(last, last_term or 0, [], core.commit_index, 0))
+        return
+    max_entries = settings.raft_max_log_entries_per_heartbeat
+    max_bytes = settings.raft_max_heartbeat_size
+    if peer in cfg.witness:
+        # A witness never gets ahead of every data replica.
+        cap = min(
+            max_entries,
+            max(0, config.full_member_max(core.match_indices, 0, cfg) - next_index + 1),
+        )
+        entries = config.stub_entries_for_witness(
+            log.entries(next_index, last, cap, max_bytes) if cap > 0 else []
+        )
+    else:
+        entries = log.entries(next_index, last, max_entries, max_bytes)
+    trim_index = _trim_index(core, cfg, last)
+    core.send(peer, AppendEntries(prev_index, prev_term, entries, core.commit_index, trim_index))
+    # Pipelining: assume delivery; a failure response tells us where the follower really is.
+    core.next_indices[node] = prev_index + len(entries) + 1
+
+
+def _trim_index(core: RaftCore, cfg: Config, self_value: int) -> int:
+    """The lowest index every member holds (unknown members count as 0)."""
+    match = core.match_indices
+    self_node = core.node
+    lowest: int | None = None
+    for peer in cfg.membership:
+        node = peer.node
+        value = self_value if node == self_node else match.get(node, 0)
+        if lowest is None or value < lowest:
+            lowest = value
+    return 0 if lowest is None else lowest
+
+
+# -- commit index ----------------------------------------------------------------------------
+
+
+def advance_commit_index(core: RaftCore) -> None:
+    """Commit what a majority of members hold — but only from the current term (§5.4.2)."""
+    values = dict(core.match_indices)
+    values[core.node] = core.log.last_index()
+    quorum = config.compute_member_quorum(values, core.current_config())
+    if quorum is None:
+        return
+    if quorum < core.first_current_term_log_index:
+        core.count("apply.delay.old")
+        return
+    if quorum > core.commit_index:
+        core.commit_index = quorum
+
+
+# -- apply -----------------------------------------------------------------------------------
+
+
+def leader_apply_log(core: RaftCore) -> None:
+    """Apply on the leader; rotation may trim below what every member has applied."""
+    cfg = core.current_config()
+    match = core.match_indices
+    self_node = core.node
+    lowest: int | None = None
+    for peer in cfg.membership:
+        node = peer.node
+        value = core.last_applied if node == self_node else match.get(node, 0)
+        if lowest is None or value < lowest:
+            lowest = value
+    apply_log(core, 0 if lowest is None else lowest)
+
+
+def apply_log(core: RaftCore, trim_index: int | None) -> None:
+    """Send the next committed entries to storage (one ``Apply``), then maybe rotate the log.
+
+    ``trim_index`` ``None`` means no limit from the cluster (WARaft's ``infinity``).
+    """
+    commit_index = core.commit_index
+    last_applied = core.last_applied
+    if commit_index <= last_applied:
+        return
+    if core.queues.apply_queue_full():
+        core.count("apply.delay")
+        return
+    settings = core.settings
+    limited = min(commit_index, last_applied + settings.raft_apply_log_batch_size)
+    entries = core.log.entries(
+        last_applied + 1, limited, limited - last_applied, settings.raft_apply_batch_max_bytes
+    )
+    if not entries:
+        raise RaftCoreError(
+            f"committed entry {last_applied + 1} is missing from the log "
+            f"({core.log.first_index()}..{core.log.last_index()})"
+        )
+    queued = core.queued
+    pop = queued.pop
+    items: list[ApplyItem] = []
+    index = last_applied
+    for entry in entries:
+        index += 1
+        command = entry.command
+        if command is None:
+            raise RaftCoreError(f"cannot apply the term-only entry at {index}")
+        from_, priority = pop(index, _UNQUEUED) if queued else _UNQUEUED
+        items.append(ApplyItem(index, entry, from_, priority))
+        if type(command) is tuple and is_config_command(command):
+            core.cached_config = (index, command[1])
+    core.last_applied = index
+    core.emit(Apply(items))
+    rotate_floor = limited - settings.raft_max_retained_entries
+    rotate_index = index if trim_index is None else min(index, trim_index)
+    snapshot.rotate(core, max(rotate_floor, rotate_index))
+
+
+# -- liveness --------------------------------------------------------------------------------
+
+
+def update_heartbeat_reply_ts(core: RaftCore, node: str) -> None:
+    core.heartbeat_reply_ts[node] = core.now
+    update_quorum_ts(core)
+
+
+def update_quorum_ts(core: RaftCore) -> None:
+    """``last_quorum_ts``: the time a majority of members (self = now) last answered us."""
+    values = dict(core.heartbeat_reply_ts)
+    values[core.node] = core.now
+    quorum = config.compute_member_quorum(values, core.current_config())
+    if quorum is not None:
+        core.last_quorum_ts = quorum
+        if core.handover_lease_state == LEASE_PENDING_RECONFIRMATION:
+            core.handover_lease_state = LEASE_UNAFFECTED
+
+
+def leader_eligible(core: RaftCore) -> str:
+    """``"eligible"``, ``"ineligible"`` (not a member / not allowed) or ``"stale"``."""
+    settings = core.settings
+    if not (settings.raft_leader_eligible and core.is_self_member()):
+        return "ineligible"
+    if not settings.raft_leader_check_quorum:
+        return "eligible"
+    last = core.last_quorum_ts
+    if last is None or core.now - last > settings.raft_liveness_grace_period_ms:
+        return "stale"
+    return "eligible"
+
+
+# -- scheduling rounds -----------------------------------------------------------------------
+
+
+def batch_or_heartbeat(core: RaftCore) -> None:
+    """Wait a little for more commits unless enough are pending; else replicate now."""
+    settings = core.settings
+    interval = settings.raft_commit_batch_interval_ms
+    if interval > 0 and commit.pending_count(core) <= settings.raft_commit_batch_max:
+        core.count("commit.batch.delay")
+        core.set_timeout(TimeoutKind.BATCH_COMMIT, interval)
+    else:
+        heartbeat(core)
+
+
+def maybe_heartbeat(core: RaftCore) -> None:
+    """After a response: replicate now if the last round is old, else re-arm the heartbeat.
+
+    As in WARaft, re-arming replaces a pending batch timeout.
+    """
+    if core.handover is None:
+        sent = core.heartbeat_send_ts
+        if not sent or core.now - max(sent.values()) > core.settings.raft_heartbeat_interval_ms:
+            heartbeat(core)
+            return
+    core.heartbeat_timeout()
+
+
+def heartbeat(core: RaftCore) -> None:
+    """A replication round, or resignation if this replica may no longer lead."""
+    eligibility = leader_eligible(core)
+    if eligibility == "eligible":
+        commit_and_replicate(core)
+        core.heartbeat_timeout()
+        return
+    core.count(("leader.resign", eligibility))
+    core.log_notice("resigns from leadership because this node is %s", eligibility)
+    core.goto(core.follower_or_witness())
+
+
+def is_leader(core: RaftCore) -> bool:
+    return core.state is State.LEADER

@@ -1,0 +1,73 @@
+"""Snapshot and log-rotation decisions (digest §2.16, §4.4). Transfers happen elsewhere.
+
+* ``should_send_snapshot``: WARaft's three rules for a follower that failed an append.
+* ``reset_log``: after storage opened a snapshot, the log restarts from its position.
+* ``rotate``: batched trimming — trim to ``index - keep`` only once at least ``interval``
+  entries have piled up below that point.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from waraft.core import commit
+from waraft.core.effects import RequestSnapshot, ResetLog, TrimLog
+from waraft.core.types import Config, Identity, LogPos
+
+if TYPE_CHECKING:
+    from waraft.core.server import RaftCore
+
+
+def should_send_snapshot(
+    first_index: int,
+    follower_last_index: int,
+    follower_last_applied: int | None,
+    catchup_threshold: int,
+) -> bool:
+    """A follower needs a snapshot when it is empty (stalled), when the entries it needs are
+    trimmed away, or when it lags too far behind in applying."""
+    if follower_last_index == 0:
+        return True
+    if first_index > follower_last_index:
+        return True
+    if follower_last_applied is None:
+        return False
+    return follower_last_index - follower_last_applied > catchup_threshold
+
+
+def maybe_request_snapshot(
+    core: RaftCore, peer: Identity, follower_last_index: int, follower_last_applied: int | None
+) -> None:
+    """On a failed append: ask the catch-up coordinator for a snapshot if the rules say so."""
+    if should_send_snapshot(
+        core.log.first_index(),
+        follower_last_index,
+        follower_last_applied,
+        core.settings.raft_snapshot_catchup_threshold,
+    ):
+        core.count("leader.snapshot.request")
+        core.emit(RequestSnapshot(peer, peer in core.current_config().witness))
+
+
+def reset_log(core: RaftCore, position: LogPos, storage_config: tuple[int, Config] | None) -> None:
+    """Restart the log at ``position`` after storage loaded a snapshot there.
+
+    Commits waiting for entries that will never be applied here are cancelled.
+    """
+    core.emit(ResetLog(position))
+    core.log.reset(position)
+    commit.cancel_queued(core, "cancelled")
+    core.last_applied = position.index
+    core.commit_index = position.index
+    core.cached_config = storage_config
+
+
+def rotate(core: RaftCore, index: int) -> None:
+    """Trim in large batches, keeping ``log_rotation_keep`` entries behind ``index``."""
+    settings = core.settings
+    keep = settings.log_rotation_keep
+    target = index - keep
+    if target - core.log.first_index() >= settings.raft_max_log_records_per_file:
+        core.count("log.rotate")
+        core.emit(TrimLog(target))
+        core.log.trim(target)
