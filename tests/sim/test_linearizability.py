@@ -1,0 +1,163 @@
+"""The linearizability checker on hand-made and generated KV histories."""
+
+from __future__ import annotations
+
+import random
+
+from waraft.sim.history import History, Operation, Status
+from waraft.sim.linearizability import KVModel, check_history, check_partition
+
+
+def _w(h: History, c: int, value: str, start: int, end: int | None, status: str = "ok") -> None:
+    op = h.invoke(c, "commit", ("write", "t", "k", value), start)
+    _end(h, op, "ok", end, status)
+
+
+def _r(h: History, c: int, result: object, start: int, end: int | None, status: str = "ok") -> None:
+    op = h.invoke(c, "read", ("read", "t", "k"), start)
+    _end(h, op, result, end, status)
+
+
+def _end(h: History, op: Operation, result: object, end: int | None, status: str) -> None:
+    if end is None:
+        return
+    if status == "ok":
+        h.ok(op, result, end)
+    elif status == "fail":
+        h.fail(op, ("error", "not_leader"), end)
+    else:
+        h.unknown(op, ("error", "timeout"), end)
+
+
+def test_sequential_history_is_linearizable() -> None:
+    h = History()
+    _r(h, 1, "not_found", 0, 1)
+    _w(h, 1, "a", 2, 3)
+    _r(h, 2, ("ok", "a"), 4, 5)
+    _w(h, 1, "b", 6, 7)
+    _r(h, 2, ("ok", "b"), 8, 9)
+    assert check_history(h.ops).ok is True
+
+
+def test_stale_read_is_not_linearizable() -> None:
+    h = History()
+    _w(h, 1, "a", 0, 1)
+    _w(h, 1, "b", 2, 3)
+    _r(h, 2, ("ok", "a"), 4, 5)  # b completed before this read started
+    result = check_history(h.ops)
+    assert result.ok is False
+    assert result.failures[0].key == "k"
+    assert "linearizable=False" in result.explain()
+
+
+def test_concurrent_operations_may_take_either_order() -> None:
+    h = History()
+    _w(h, 1, "a", 0, 10)
+    _w(h, 2, "b", 1, 9)
+    _r(h, 3, ("ok", "a"), 11, 12)
+    assert check_history(h.ops).ok is True
+    h2 = History()
+    _w(h2, 1, "a", 0, 10)
+    _r(h2, 3, ("ok", "a"), 2, 3)  # the write may take effect before the read that sees it
+    _r(h2, 3, "not_found", 4, 5)  # ... but then the value cannot disappear again
+    assert check_history(h2.ops).ok is False
+
+
+def test_same_millisecond_counts_as_concurrent() -> None:
+    h = History()
+    _w(h, 1, "a", 0, 5)
+    _r(h, 2, "not_found", 5, 6)
+    assert check_history(h.ops).ok is True
+
+
+def test_failed_and_unknown_operations() -> None:
+    h = History()
+    _w(h, 1, "a", 0, 1, status="fail")
+    _r(h, 2, "not_found", 2, 3)
+    assert check_history(h.ops).ok is True
+    h2 = History()
+    _w(h2, 1, "a", 0, 1, status="fail")
+    _r(h2, 2, ("ok", "a"), 2, 3)  # a failed write was observed
+    assert check_history(h2.ops).ok is False
+    h3 = History()
+    _w(h3, 1, "a", 0, 1, status="unknown")
+    _r(h3, 2, "not_found", 2, 3)
+    _r(h3, 2, ("ok", "a"), 4, 5)  # an unknown write may take effect late ...
+    _r(h3, 2, ("ok", "a"), 6, 7)
+    assert check_history(h3.ops).ok is True
+    h4 = History()
+    _w(h4, 1, "a", 0, 1, status="unknown")
+    _r(h4, 2, ("ok", "a"), 2, 3)
+    _r(h4, 2, "not_found", 4, 5)  # ... but only once
+    assert check_history(h4.ops).ok is False
+    h5 = History()
+    _w(h5, 1, "a", 0, None)  # still pending: like unknown
+    _r(h5, 2, ("ok", "a"), 4, 5)
+    _r(h5, 2, "x", 6, 7, status="unknown")  # unknown reads are ignored
+    assert check_history(h5.ops).ok is True
+
+
+def test_deletes() -> None:
+    h = History()
+    _w(h, 1, "a", 0, 1)
+    op = h.invoke(1, "commit", ("delete", "t", "k"), 2)
+    h.ok(op, "ok", 3)
+    _r(h, 2, "not_found", 4, 5)
+    assert check_history(h.ops).ok is True
+    _r(h, 2, ("ok", "a"), 6, 7)
+    assert check_history(h.ops).ok is False
+
+
+def _random_history(seed: int, clients: int, ops: int, keys: int) -> list[Operation]:
+    """A history produced by an atomic register: each op takes effect at one instant inside its
+    [invoke, complete] interval. Linearizable by construction."""
+    rng = random.Random(seed)
+    h = History()
+    state: dict[str, str | None] = {}
+    events: list[tuple[int, int, Operation]] = []
+    free_at = [0] * clients
+    for i in range(ops):
+        c = rng.randrange(clients)
+        start = free_at[c] + rng.randint(0, 3)
+        point = start + rng.randint(0, 10)
+        end = point + rng.randint(0, 10)
+        free_at[c] = end + 1
+        key = f"k{rng.randrange(keys)}"
+        if rng.random() < 0.5:
+            op = h.invoke(c, "commit", ("write", "t", key, f"v{i}"), start)
+        else:
+            op = h.invoke(c, "read", ("read", "t", key), start)
+        events.append((point, i, op))
+        op.complete_ms = end  # completed below, in linearization order
+    for _, _, op in sorted(events, key=lambda e: (e[0], e[1])):
+        cmd = op.command
+        if cmd[0] == "write":
+            state[cmd[2]] = cmd[3]
+            op.result = "ok"
+        else:
+            value = state.get(cmd[2])
+            op.result = "not_found" if value is None else ("ok", value)
+        op.status = Status.OK
+    return h.ops
+
+
+def test_generated_histories_are_linearizable_and_mutants_are_not() -> None:
+    model = KVModel()
+    for seed in range(30):
+        ops = _random_history(seed, clients=5, ops=200, keys=3)
+        assert check_history(ops, model).ok is True, seed
+        reads = [op for op in ops if op.kind == "read" and op.result != "not_found"]
+        victim = reads[len(reads) // 2]
+        victim.result = ("ok", "never-written")
+        assert check_history(ops, model).ok is False, seed
+
+
+def test_budget_gives_undetermined_not_failure() -> None:
+    ops = _random_history(3, clients=8, ops=300, keys=1)
+    verdict = check_partition("k0", ops, KVModel(), budget=5)
+    assert verdict.ok is None
+
+
+def test_long_histories_are_decided_within_the_default_budget() -> None:
+    ops = _random_history(11, clients=10, ops=4000, keys=8)
+    assert check_history(ops).ok is True

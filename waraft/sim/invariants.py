@@ -1,0 +1,277 @@
+"""Raft's safety properties, checked incrementally after every simulated step.
+
+The checker is fed by the simulator (``waraft.sim.node`` calls the ``on_*`` hooks while it
+executes effects, and ``after_step`` once a step is done). Each check costs O(work done in the
+step), so it can run after every step of long randomized runs:
+
+* **election safety** — at most one leader per term (ever);
+* **leader append-only** — a node never truncates or resets its log while it is leader;
+* **log matching** — an ``(index, term)`` pair identifies one entry and one previous term, across
+  all logs and all time (by induction this gives Raft's log matching property);
+* **leader completeness** — an entry known committed while some node was in term ``T`` is in the
+  log of every leader of a term above ``T`` (checked when a leader appears and when a commit is
+  observed);
+* **commit safety** — one entry per committed index, and a commit index never beyond the log;
+* **state machine safety** — the same entry applied at the same index everywhere, and, on data
+  replicas, the same state digest at the same index;
+* **monotonic term** (persisted and in memory, across crashes) and **monotonic commit index**
+  (within one incarnation; a snapshot install may move it).
+
+Witnesses receive stubbed entries (users' commands replaced by ``noop_omitted``, same key and
+label); the entry comparisons accept a stub in place of the command it stands for.
+
+A violation raises ``InvariantViolation``; the simulator adds the seed and a trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from waraft.core.log_view import LogView
+from waraft.core.types import NOOP_OMITTED, DurableState, Entry, LogPos, State
+
+
+class InvariantViolation(AssertionError):
+    """A safety property does not hold. ``invariant`` names it; the simulator fills ``seed``,
+    ``time`` and ``trace`` before the exception reaches the caller."""
+
+    def __init__(self, invariant: str, message: str) -> None:
+        super().__init__(f"{invariant}: {message}")
+        self.invariant = invariant
+        self.message = message
+        self.seed: int | None = None
+        self.time: int | None = None
+        self.step: int | None = None
+        self.trace: list[str] = []
+        self.replay: str | None = None
+
+    def __str__(self) -> str:
+        head = f"{self.invariant}: {self.message}"
+        if self.seed is not None:
+            head += f" (seed {self.seed}, step {self.step}, t={self.time}ms)"
+        if self.replay:
+            head += f"\nreplay: {self.replay}"
+        if self.trace:
+            head += "\nlast steps:\n" + "\n".join(self.trace)
+        return head
+
+
+def same_entry(a: Entry, b: Entry) -> bool:
+    """Equal entries, or one is the witness stub of the other."""
+    if a == b:
+        return True
+    if a.term != b.term:
+        return False
+    if a.command is None or b.command is None:  # a term-only base entry
+        return True
+    if a.key != b.key or a.label != b.label:
+        return False
+    return a.command == NOOP_OMITTED or b.command == NOOP_OMITTED
+
+
+class InvariantChecker:
+    """Incremental checks over every node of one simulation (node ids are strings)."""
+
+    def __init__(self) -> None:
+        self.logs: dict[str, LogView] = {}
+        # (index, term) -> (entry, previous term) for every entry ever appended anywhere
+        self._entries: dict[tuple[int, int], tuple[Entry, int | None]] = {}
+        self.leaders: dict[int, str] = {}  # term -> leader
+        self._leader_now: dict[str, int] = {}  # node -> term, for nodes leading right now
+        self._term: dict[str, int] = {}  # highest term seen per node (memory or disk)
+        self._persisted_term: dict[str, int] = {}
+        self._commit: dict[str, int] = {}  # last commit index seen per node incarnation
+        self._commit_may_drop: set[str] = set()
+        # index -> (entry, lowest term of a node that saw it committed)
+        self.committed: dict[int, tuple[Entry, int]] = {}
+        self.applied: dict[int, Entry] = {}
+        self._digests: dict[int, int] = {}
+        self.checks = 0
+
+    # -- registration ----------------------------------------------------------------------------
+
+    def register(self, node: str, log: LogView) -> None:
+        self.logs[node] = log
+
+    # -- hooks called while effects run ----------------------------------------------------------
+
+    def on_persist(self, node: str, state: DurableState) -> None:
+        previous = self._persisted_term.get(node, 0)
+        if state.current_term < previous:
+            raise InvariantViolation(
+                "monotonic_term",
+                f"{node} persisted term {state.current_term} after term {previous}",
+            )
+        self._persisted_term[node] = state.current_term
+
+    def on_append(self, node: str, first_index: int, entries: Any, prev_term: int | None) -> None:
+        known = self._entries
+        prev = prev_term
+        index = first_index
+        for entry in entries:
+            pair = (index, entry.term)
+            seen = known.get(pair)
+            if seen is None:
+                known[pair] = (entry, prev)
+            else:
+                seen_entry, seen_prev = seen
+                if not same_entry(seen_entry, entry):
+                    raise InvariantViolation(
+                        "log_matching",
+                        f"{node} appended {entry} at {pair} where {seen_entry} was before",
+                    )
+                if seen_prev is not None and prev is not None and seen_prev != prev:
+                    raise InvariantViolation(
+                        "log_matching",
+                        f"{node} has term {prev} before {pair}, another log had {seen_prev}",
+                    )
+                if seen_prev is None and prev is not None:
+                    known[pair] = (seen_entry, prev)
+                if seen_entry.command == NOOP_OMITTED and entry.command != NOOP_OMITTED:
+                    known[pair] = (entry, known[pair][1])
+            prev = entry.term
+            index += 1
+
+    def on_truncate(self, node: str, index: int, leader: bool) -> None:
+        if leader:
+            raise InvariantViolation(
+                "leader_append_only", f"{node} truncated its log at {index} while leader"
+            )
+
+    def on_reset(self, node: str, position: LogPos, leader: bool) -> None:
+        if leader:
+            raise InvariantViolation(
+                "leader_append_only", f"{node} reset its log to {position} while leader"
+            )
+        self._commit_may_drop.add(node)
+
+    def on_apply(self, node: str, index: int, entry: Entry, digest: int | None) -> None:
+        """Storage applied ``entry`` at ``index``; ``digest`` is the data replica's state digest
+        after it (``None`` for witnesses)."""
+        seen = self.applied.get(index)
+        if seen is None:
+            self.applied[index] = entry
+        elif not same_entry(seen, entry):
+            raise InvariantViolation(
+                "state_machine_safety",
+                f"{node} applied {entry} at {index}, another node applied {seen}",
+            )
+        elif seen.command == NOOP_OMITTED and entry.command != NOOP_OMITTED:
+            self.applied[index] = entry
+        committed = self.committed.get(index)
+        if committed is not None and not same_entry(committed[0], entry):
+            raise InvariantViolation(
+                "state_machine_safety",
+                f"{node} applied {entry} at {index} but {committed[0]} was committed there",
+            )
+        if digest is not None:
+            known = self._digests.setdefault(index, digest)
+            if known != digest:
+                raise InvariantViolation(
+                    "state_machine_safety",
+                    f"{node}'s state after applying {index} differs from another replica's",
+                )
+
+    def on_restart(self, node: str, term: int, commit_index: int) -> None:
+        """A node restarted: its term must not go back; its commit index starts afresh."""
+        self._check_term(node, term)
+        self._commit[node] = commit_index
+        self._leader_now.pop(node, None)
+
+    def on_down(self, node: str) -> None:
+        self._leader_now.pop(node, None)
+
+    # -- after every step ------------------------------------------------------------------------
+
+    def _check_term(self, node: str, term: int) -> None:
+        previous = self._term.get(node, 0)
+        if term < previous:
+            raise InvariantViolation(
+                "monotonic_term", f"{node} is in term {term} after term {previous}"
+            )
+        self._term[node] = term
+
+    def after_step(self, node: str, state: State, term: int, commit_index: int) -> None:
+        """Checks that concern ``node`` once it finished a step."""
+        self.checks += 1
+        self._check_term(node, term)
+        log = self.logs[node]
+        if state is State.LEADER:
+            holder = self.leaders.get(term)
+            if holder is None:
+                self.leaders[term] = node
+                self._leader_now[node] = term
+                self._check_leader_complete(node, term, log)
+            elif holder != node:
+                raise InvariantViolation(
+                    "election_safety", f"{node} and {holder} are both leaders of term {term}"
+                )
+            else:
+                self._leader_now[node] = term
+        else:
+            self._leader_now.pop(node, None)
+        previous = self._commit.get(node, 0)
+        if commit_index != previous:
+            if commit_index < previous:
+                if node not in self._commit_may_drop:
+                    raise InvariantViolation(
+                        "monotonic_commit",
+                        f"{node}'s commit index went from {previous} to {commit_index}",
+                    )
+            else:
+                self._observe_commits(node, term, previous, commit_index, log)
+            self._commit[node] = commit_index
+        self._commit_may_drop.discard(node)
+
+    def _observe_commits(self, node: str, term: int, start: int, end: int, log: LogView) -> None:
+        if end > log.last_index():
+            raise InvariantViolation(
+                "commit_safety",
+                f"{node}'s commit index {end} is beyond its last index {log.last_index()}",
+            )
+        committed = self.committed
+        for index in range(max(start + 1, log.first_index()), end + 1):
+            entry = log.get(index)
+            if entry is None or entry.command is None:
+                continue  # the base entry: the snapshot's prefix is checked by its digest
+            seen = committed.get(index)
+            if seen is None:
+                committed[index] = (entry, term)
+                self._check_committed_in_leaders(index, entry, term)
+            else:
+                seen_entry, seen_term = seen
+                if not same_entry(seen_entry, entry):
+                    raise InvariantViolation(
+                        "commit_safety",
+                        f"{node} committed {entry} at {index} where {seen_entry} was committed",
+                    )
+                if term < seen_term:
+                    committed[index] = (seen_entry, term)
+                    self._check_committed_in_leaders(index, seen_entry, term)
+
+    def _check_committed_in_leaders(self, index: int, entry: Entry, term: int) -> None:
+        for leader, leader_term in self._leader_now.items():
+            if leader_term > term:
+                self._check_has(leader, leader_term, index, entry, term)
+
+    def _check_leader_complete(self, node: str, term: int, log: LogView) -> None:
+        first = log.first_index()
+        for index, (entry, commit_term) in self.committed.items():
+            if commit_term < term and index >= first:
+                self._check_has(node, term, index, entry, commit_term)
+
+    def _check_has(self, leader: str, term: int, index: int, entry: Entry, c_term: int) -> None:
+        log = self.logs[leader]
+        if index < log.first_index():
+            return
+        mine = log.get(index)
+        if (
+            mine is None
+            or (mine.command is not None and not same_entry(mine, entry))
+            or (mine.term != entry.term)
+        ):
+            raise InvariantViolation(
+                "leader_completeness",
+                f"leader {leader} of term {term} has {mine} at {index}, but {entry} was committed "
+                f"there in term {c_term}",
+            )

@@ -1,0 +1,204 @@
+"""A linearizability checker for simulated client histories (Wing & Gong search with Lowe's
+memoisation, as Porcupine does it), split per key (P-compositionality).
+
+Rules for the history:
+* ``ok`` operations took effect between their invocation and completion, with their result;
+* ``fail`` operations did not take effect and are ignored;
+* ``unknown`` (and still pending) commits may have taken effect at any time after invocation
+  (or never): their completion is placed after everything else, where nobody observes them;
+* ``unknown`` reads are dropped (a read without an answer has no effect).
+
+Two operations are ordered only when one completed strictly before the other was invoked
+(ties in the same millisecond count as concurrent). The search is bounded: past ``budget``
+search steps for one key, the verdict for that key is ``None`` (undetermined), never a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from waraft.sim.history import Operation, Status
+
+INFINITY = float("inf")
+
+
+class Model(Protocol):
+    """A sequential specification, partitioned by key."""
+
+    def partition(self, op: Operation) -> Hashable | None:
+        """The independent sub-history ``op`` belongs to (``None``: not checked)."""
+
+    def init(self) -> Hashable:
+        """The initial state of one partition."""
+
+    def step(self, state: Hashable, op: Operation) -> tuple[bool, Hashable]:
+        """Whether ``op`` (with ``op.result``; ``None`` if unknown) is legal in ``state``, and the
+        state after it."""
+
+
+class KVModel:
+    """The sequential spec of ``KVStateMachine`` (per key: the value, or ``None`` if absent)."""
+
+    def partition(self, op: Operation) -> Hashable | None:
+        command = op.command
+        if isinstance(command, tuple) and len(command) >= 3:
+            return command[2]  # type: ignore[no-any-return]
+        return None
+
+    def init(self) -> Hashable:
+        return None
+
+    def step(self, state: Hashable, op: Operation) -> tuple[bool, Hashable]:
+        command = op.command
+        verb = command[0]
+        if verb == "write":
+            return (op.status is not Status.OK or op.result == "ok"), command[3]
+        if verb == "delete":
+            return (op.status is not Status.OK or op.result == "ok"), None
+        if verb == "read":
+            expected = "not_found" if state is None else ("ok", state)
+            return op.result == expected, state
+        raise ValueError(f"KVModel cannot check {command!r}")
+
+
+@dataclass
+class PartitionVerdict:
+    key: Any
+    ok: bool | None  # None: search budget exhausted
+    operations: list[Operation]
+    steps: int
+
+
+@dataclass
+class LinearizabilityResult:
+    """``ok`` is ``True`` (linearizable), ``False`` (a key is not) or ``None`` (undetermined)."""
+
+    ok: bool | None
+    failures: list[PartitionVerdict] = field(default_factory=list)
+    undetermined: list[PartitionVerdict] = field(default_factory=list)
+    keys: int = 0
+    operations: int = 0
+
+    def explain(self, limit: int = 30) -> str:
+        lines = [
+            f"linearizable={self.ok} keys={self.keys} operations={self.operations} "
+            f"failing_keys={[v.key for v in self.failures]} "
+            f"undetermined_keys={[v.key for v in self.undetermined]}"
+        ]
+        for verdict in self.failures[:3]:
+            lines.append(f"-- key {verdict.key!r}: {len(verdict.operations)} operations")
+            ops = sorted(verdict.operations, key=lambda o: o.invoke_ms)
+            lines.extend(op.line() for op in ops[:limit])
+            if len(ops) > limit:
+                lines.append(f"   ... {len(ops) - limit} more")
+        return "\n".join(lines)
+
+
+def check_history(
+    ops: Iterable[Operation], model: Model | None = None, budget: int = 200_000
+) -> LinearizabilityResult:
+    """Check a whole history, key by key."""
+    model = model or KVModel()
+    parts: dict[Hashable, list[Operation]] = {}
+    total = 0
+    for op in ops:
+        if op.status is Status.FAIL:
+            continue
+        if op.kind == "read" and op.status is not Status.OK:
+            continue
+        key = model.partition(op)
+        if key is None:
+            continue
+        parts.setdefault(key, []).append(op)
+        total += 1
+    result = LinearizabilityResult(ok=True, keys=len(parts), operations=total)
+    for key, part in parts.items():
+        verdict = check_partition(key, part, model, budget)
+        if verdict.ok is False:
+            result.failures.append(verdict)
+        elif verdict.ok is None:
+            result.undetermined.append(verdict)
+    if result.failures:
+        result.ok = False
+    elif result.undetermined:
+        result.ok = None
+    return result
+
+
+def check_partition(
+    key: Any, ops: list[Operation], model: Model, budget: int = 200_000
+) -> PartitionVerdict:
+    """Search for a linearization of one key's operations."""
+    n = len(ops)
+    events: list[tuple[float, int, int]] = []
+    for i, op in enumerate(ops):
+        ret: float = (
+            op.complete_ms if op.status is Status.OK and op.complete_ms is not None else INFINITY
+        )
+        events.append((op.invoke_ms, 0, i))  # calls sort before returns at the same time
+        events.append((ret, 1, i))
+    events.sort()
+    # doubly linked list over event nodes; node = 2*i (call) / 2*i+1 (return); head = 2n
+    head = 2 * n
+    nxt = [-1] * (2 * n + 1)
+    prv = [-1] * (2 * n + 1)
+    last = head
+    for _, is_ret, i in events:
+        node = 2 * i + is_ret
+        nxt[last] = node
+        prv[node] = last
+        last = node
+    nxt[last] = -1
+
+    def lift(call: int) -> None:
+        ret = call + 1
+        nxt[prv[call]] = nxt[call]
+        prv[nxt[call]] = prv[call]
+        nxt[prv[ret]] = nxt[ret]
+        if nxt[ret] != -1:
+            prv[nxt[ret]] = prv[ret]
+
+    def unlift(call: int) -> None:
+        ret = call + 1
+        nxt[prv[ret]] = ret
+        if nxt[ret] != -1:
+            prv[nxt[ret]] = ret
+        nxt[prv[call]] = call
+        prv[nxt[call]] = call
+
+    step = model.step
+    state: Hashable = model.init()
+    linearized = 0
+    cache: set[tuple[int, Hashable]] = set()
+    stack: list[tuple[int, Hashable]] = []
+    entry = nxt[head]
+    steps = 0
+    while nxt[head] != -1:
+        steps += 1
+        if steps > budget:
+            return PartitionVerdict(key, None, ops, steps)
+        if entry & 1 == 0:  # a call
+            i = entry >> 1
+            ok, new_state = step(state, ops[i])
+            if ok:
+                new_lin = linearized | (1 << i)
+                memo = (new_lin, new_state)
+                if memo not in cache:
+                    cache.add(memo)
+                    stack.append((entry, state))
+                    state = new_state
+                    linearized = new_lin
+                    lift(entry)
+                    entry = nxt[head]
+                    continue
+            entry = nxt[entry]
+        else:  # a return: the operation it ends could not be linearized before it
+            if not stack:
+                return PartitionVerdict(key, False, ops, steps)
+            entry, state = stack.pop()
+            linearized &= ~(1 << (entry >> 1))
+            unlift(entry)
+            entry = nxt[entry]
+    return PartitionVerdict(key, True, ops, steps)

@@ -1,0 +1,246 @@
+"""``SimStorage``: the simulated storage server of one node (WARaft's ``wa_raft_storage``).
+
+It owns the node's replicated ``StateMachine`` and everything storage keeps next to it (the
+applied position, the config and its index, the last label, the witness flag), plus the apply
+queue that the core's ``QueueView`` sees. Work arrives as tasks in one FIFO, as messages arrive
+in the storage process's mailbox: apply items, immediate reads, snapshot installs and snapshot
+creations are handled strictly in the order they were queued. The node drains the FIFO after a
+configurable delay (``SimStorage.drain``).
+
+Raft commands are handled here, as WARaft's storage server does: ``noop`` and ``noop_omitted``
+only advance the position, ``(CONFIG, Config)`` updates the config (result ``("ok", LogPos)``),
+and a witness skips users' commands. Everything else goes to the state machine.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from waraft.core.effects import ApplyItem
+from waraft.core.types import NOOP, NOOP_OMITTED, Config, Entry, Identity, LogPos, Priority
+from waraft.sim.log import approx_size
+from waraft.sim.machine import StateMachine
+
+
+class StorageError(AssertionError):
+    """Storage was asked for something impossible (an out-of-order apply: a core bug)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A storage snapshot: what a snapshot directory holds (``data`` is ``None`` for witness
+    snapshots, which carry only metadata)."""
+
+    position: LogPos
+    config: tuple[int, Config] | None
+    label: Any
+    data: Any
+    digest: int
+    witness: bool = False
+
+
+class StorageHost(Protocol):
+    """Callbacks from storage into its node."""
+
+    def storage_reply(self, to: Any, value: Any, *, commit: Priority | None, read: bool) -> None:
+        """Answer a caller; release its commit slot (priority) or read slot."""
+
+    def storage_applied(self, index: int, entry: Entry, witness: bool) -> None:
+        """An entry was applied (for the invariant checker)."""
+
+
+class SimStorage:
+    """Simulated storage; also the node's ``QueueView`` (the apply-queue counters)."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        machine_factory: Callable[[], StateMachine],
+        host: StorageHost,
+        max_pending_applies: Callable[[], int],
+        max_pending_apply_bytes: Callable[[], int],
+    ) -> None:
+        self.identity = identity
+        self.machine_factory = machine_factory
+        self.machine = machine_factory()
+        self.host = host
+        self._max_applies = max_pending_applies
+        self._max_apply_bytes = max_pending_apply_bytes
+        self.position = LogPos(0, 0)
+        self.config: tuple[int, Config] | None = None
+        self.label: Any = None
+        self.witness = False
+        self.incomplete = False  # a witness snapshot was loaded: data is not trustworthy
+        self.digest = 0  # rolling hash of the users' commands applied, for cross-node checks
+        self.tasks: deque[tuple[Any, ...]] = deque()
+        self.apply_count = 0
+        self.apply_bytes = 0
+        self._reads: list[tuple[int, int, Any, Any]] = []  # (read_index, seq, from_, command)
+        self._read_seq = 0
+        self.applied_total = 0
+
+    # -- QueueView -------------------------------------------------------------------------------
+
+    def apply_queue_size(self) -> int:
+        return self.apply_count
+
+    def apply_queue_full(self) -> bool:
+        return (
+            self.apply_count >= self._max_applies() or self.apply_bytes >= self._max_apply_bytes()
+        )
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def read_queue_size(self) -> int:
+        return len(self._reads)
+
+    def is_data_replica(self) -> bool:
+        return not self.witness and not self.incomplete
+
+    def lose_volatile(self) -> None:
+        """A crash: the queues go (data, position and config survive in durable storage)."""
+        self.tasks.clear()
+        self.apply_count = 0
+        self.apply_bytes = 0
+        self._reads.clear()
+
+    def wipe(self) -> None:
+        """A crash with volatile storage: everything goes."""
+        self.lose_volatile()
+        self.position = LogPos(0, 0)
+        self.config = None
+        self.label = None
+        self.witness = False
+        self.incomplete = False
+        self.digest = 0
+        self.machine.restore(None)
+
+    def _set_config(self, config: tuple[int, Config] | None) -> None:
+        self.config = config
+        self.witness = config is not None and self.identity in config[1].witness
+
+    # -- enqueueing (from effects) ---------------------------------------------------------------
+
+    def enqueue_apply(self, items: Any) -> None:
+        for item in items:
+            size = approx_size(item.entry)
+            self.apply_count += 1
+            self.apply_bytes += size
+            self.tasks.append(("apply", item, size))
+
+    def enqueue_read_now(self, from_: Any, command: Any) -> None:
+        self.tasks.append(("read_now", from_, command))
+
+    def enqueue(self, task: tuple[Any, ...]) -> None:
+        self.tasks.append(task)
+
+    def submit_read(self, read_index: int, from_: Any, command: Any) -> None:
+        """A strong read, answered once storage applies an entry at or past ``read_index``."""
+        self._read_seq += 1
+        heapq.heappush(self._reads, (read_index, self._read_seq, from_, command))
+
+    def cancel_reads(self, reason: Any) -> None:
+        reads, self._reads = self._reads, []
+        for _, _, from_, _ in sorted(reads):
+            self.host.storage_reply(from_, ("error", reason), commit=None, read=True)
+
+    # -- the storage process ---------------------------------------------------------------------
+
+    def apply_item(self, item: ApplyItem, size: int) -> None:
+        """Apply one committed entry (WARaft's ``storage apply`` handling)."""
+        self.apply_count -= 1
+        self.apply_bytes -= size
+        index, entry = item.index, item.entry
+        position = self.position
+        if index == position.index:
+            # a re-apply of the current position only serves delayed reads
+            self._serve_reads()
+            return
+        if index != position.index + 1:
+            raise StorageError(
+                f"{self.identity.node}: out of order apply of {index} at position {position.index}"
+            )
+        command = entry.command
+        new_position = LogPos(index, entry.term)
+        result: Any
+        if command is None:
+            raise StorageError(f"{self.identity.node}: apply of the base entry at {index}")
+        if isinstance(command, tuple) and len(command) == 2 and command[0] == "config":
+            self._set_config((index, command[1]))
+            result = ("ok", new_position)
+        elif command in (NOOP, NOOP_OMITTED):
+            if command == NOOP_OMITTED:
+                self.incomplete = True
+            result = "ok"
+        elif self.witness:
+            result = "ok"
+        else:
+            result = self.machine.apply(command, index, entry.term)
+            self.digest = _mix(self.digest, index, command)
+        self.position = new_position
+        if entry.label is not None:
+            self.label = entry.label
+        self.applied_total += 1
+        self.host.storage_applied(index, entry, self.witness)
+        if item.reply_to is not None:
+            self.host.storage_reply(item.reply_to, result, commit=item.priority, read=False)
+        self._serve_reads()
+
+    def _serve_reads(self) -> None:
+        reads = self._reads
+        index = self.position.index
+        while reads and reads[0][0] <= index:
+            _, _, from_, command = heapq.heappop(reads)
+            self.host.storage_reply(from_, self.machine.read(command), commit=None, read=True)
+
+    def read_now(self, from_: Any, command: Any) -> None:
+        self.host.storage_reply(from_, self.machine.read(command), commit=None, read=True)
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def create_snapshot(self, witness: bool = False) -> Snapshot:
+        """A snapshot at the current position (witness snapshots carry no data)."""
+        return Snapshot(
+            position=self.position,
+            config=self.config,
+            label=self.label,
+            data=None if witness else self.machine.snapshot(),
+            digest=self.digest,
+            witness=witness or self.incomplete,
+        )
+
+    def make_empty_snapshot(self, position: LogPos, config: Config | None, data: Any) -> Snapshot:
+        """Bootstrap / promote: an empty snapshot with ``config`` and ``data`` at ``position``."""
+        machine = self.machine_factory()
+        machine.load_initial(data)
+        return Snapshot(
+            position=position,
+            config=None if config is None else (position.index, config),
+            label=None,
+            data=machine.snapshot(),
+            digest=hash(("bootstrap", position, repr(data))),
+        )
+
+    def open_snapshot(self, snapshot: Snapshot, expected: LogPos) -> Any:
+        """Load ``snapshot``; returns ``None`` or an error reason (state unchanged on error)."""
+        if snapshot.position != expected:
+            return "bad_position"
+        self.position = snapshot.position
+        self._set_config(snapshot.config)
+        self.label = snapshot.label
+        self.incomplete = snapshot.witness
+        self.digest = snapshot.digest
+        self.machine.restore(snapshot.data)
+        self._serve_reads()
+        return None
+
+
+def _mix(digest: int, index: int, command: Any) -> int:
+    try:
+        return hash((digest, index, command))
+    except TypeError:  # unhashable user command
+        return hash((digest, index, repr(command)))
