@@ -1,0 +1,226 @@
+"""In-memory storage: WARaft's ``wa_raft_storage_ets`` (the default, demo-grade provider).
+
+The key space is a dict; position, config, label and the incomplete mark are attributes. A
+snapshot is a directory holding ``data`` (one CRC-framed msgpack document with the metadata and
+every key/value pair) and ``metadata`` (position and config, readable without loading the data);
+opening one checks the position first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Mapping
+from typing import Any, Final, Self
+
+from waraft.codec import CodecError, packb, unpackb
+from waraft.core.types import Config, LogPos
+from waraft.storage.provider import (
+    BAD_POSITION,
+    NOT_FOUND,
+    OK,
+    StorageOptions,
+    StorageProvider,
+    UnknownCommandError,
+    command_kind,
+    write_file_durably,
+    write_metadata,
+)
+
+logger = logging.getLogger(__name__)
+
+DATA_FILE: Final = "data"
+_MAGIC: Final = b"WRAFTSS1"
+_HEADER: Final = struct.Struct("<8sIQ")  # magic, crc32(body), len(body)
+
+
+def _encode_snapshot(
+    position: LogPos,
+    config: tuple[LogPos, Config] | None,
+    label: Any,
+    incomplete: bool,
+    data: Mapping[Any, Any],
+) -> bytes:
+    body = packb(
+        {
+            "position": tuple(position),
+            "config": None if config is None else (tuple(config[0]), config[1]),
+            "label": label,
+            "incomplete": incomplete,
+            "data": list(data.items()),
+        }
+    )
+    return _HEADER.pack(_MAGIC, zlib.crc32(body), len(body)) + body
+
+
+def _decode_snapshot(raw: bytes) -> dict[str, Any]:
+    if len(raw) < _HEADER.size:
+        raise CodecError("snapshot data file is truncated")
+    magic, crc, length = _HEADER.unpack_from(raw)
+    body = memoryview(raw)[_HEADER.size :]
+    if magic != _MAGIC:
+        raise CodecError("not a waraft memory snapshot")
+    if len(body) != length:
+        raise CodecError(f"snapshot data holds {len(body)} bytes, expected {length}")
+    if zlib.crc32(body) != crc:
+        raise CodecError("snapshot data CRC mismatch")
+    doc = unpackb(body)
+    if not isinstance(doc, dict):
+        raise CodecError("snapshot data is not a map")
+    return doc
+
+
+class MemoryStorage(StorageProvider):
+    """WARaft's ETS storage in Python (not durable: a restart comes back empty)."""
+
+    def __init__(self, options: StorageOptions) -> None:
+        self.options = options
+        self._data: dict[Any, Any] = {}
+        self._position = LogPos(0, 0)
+        self._config: tuple[LogPos, Config] | None = None
+        self._label: Any = None
+        self._incomplete = False
+
+    @classmethod
+    def open(cls, options: StorageOptions, path: str | os.PathLike[str] | None = None) -> Self:
+        """A fresh, empty storage (``path`` is unused: nothing survives a restart)."""
+        return cls(options)
+
+    def close(self) -> None:
+        self._data = {}
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def position(self) -> LogPos:
+        return self._position
+
+    def config(self) -> tuple[LogPos, Config] | None:
+        return self._config
+
+    def label(self) -> Any:
+        return self._label
+
+    def incomplete(self) -> bool:
+        return self._incomplete
+
+    def status(self) -> dict[str, Any]:
+        status = super().status()
+        status["keys"] = len(self._data)
+        return status
+
+    # -- applying -----------------------------------------------------------------------------
+
+    def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
+        kind = command_kind(command)
+        if kind == "write" and len(command) == 4:
+            self._data[command[2]] = command[3]
+        elif kind == "delete" and len(command) == 3:
+            self._data.pop(command[2], None)
+        elif kind == "noop_omitted" and command == kind:
+            self._incomplete = True
+        elif not (kind == "noop" and command == kind):
+            raise UnknownCommandError(f"unknown storage command {command!r}")
+        if label is not None:
+            self._label = label
+        self._position = position
+        return OK
+
+    def apply_config(self, config: Config, position: LogPos) -> Any:
+        self.check_config(config)
+        self._config = (position, config)
+        self._position = position
+        return OK
+
+    def read(self, command: Any, position: LogPos) -> Any:
+        kind = command_kind(command)
+        if kind == "read" and len(command) == 3:
+            try:
+                return ("ok", self._data[command[2]])
+            except KeyError:
+                return NOT_FOUND
+        if kind == "noop" and command == kind:
+            return OK
+        raise UnknownCommandError(f"unknown storage read {command!r}")
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def create_snapshot(self, path: str | os.PathLike[str]) -> Any:
+        return self._write_snapshot(
+            os.fspath(path),
+            self._position,
+            self._config,
+            self._label,
+            self._incomplete,
+            self._data,
+        )
+
+    @staticmethod
+    def _write_snapshot(
+        path: str,
+        position: LogPos,
+        config: tuple[LogPos, Config] | None,
+        label: Any,
+        incomplete: bool,
+        data: Mapping[Any, Any],
+    ) -> Any:
+        try:
+            blob = _encode_snapshot(position, config, label, incomplete, data)
+            os.makedirs(path, exist_ok=True)
+            write_file_durably(os.path.join(path, DATA_FILE), blob)
+            write_metadata(path, "memory", position, config)
+        except (OSError, CodecError) as exc:
+            logger.error("cannot write snapshot %s: %s", path, exc)
+            return ("error", str(exc))
+        return OK
+
+    def open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
+        try:
+            with open(os.path.join(os.fspath(path), DATA_FILE), "rb") as f:
+                doc = _decode_snapshot(f.read())
+            position = LogPos(*doc["position"])
+            raw_config = doc["config"]
+            config = None if raw_config is None else (LogPos(*raw_config[0]), raw_config[1])
+            data = dict(doc["data"])
+            label = doc["label"]
+            incomplete = bool(doc["incomplete"])
+        except (OSError, CodecError, KeyError, TypeError, ValueError) as exc:
+            logger.error("cannot open snapshot %s: %s", path, exc)
+            return ("error", str(exc))
+        if position != expected:
+            return BAD_POSITION
+        if config is not None and incomplete:
+            # Check before swapping: the state stays as it was if this raises.
+            saved = self._incomplete
+            self._incomplete = True
+            try:
+                self.check_config(config[1])
+            finally:
+                self._incomplete = saved
+        self._data = data
+        self._position = position
+        self._config = config
+        self._label = label
+        self._incomplete = incomplete
+        return OK
+
+    @classmethod
+    def make_empty_snapshot(
+        cls,
+        options: StorageOptions,
+        path: str | os.PathLike[str],
+        position: LogPos,
+        config: Config,
+        data: Any,
+        *,
+        config_position: LogPos | None = None,
+    ) -> Any:
+        seed = dict(data) if isinstance(data, Mapping) else {}
+        config_at = position if config_position is None else config_position
+        return cls._write_snapshot(
+            os.fspath(path), position, (config_at, config), None, False, seed
+        )
+
+
+__all__ = ["DATA_FILE", "MemoryStorage"]

@@ -1,0 +1,299 @@
+"""The pluggable replicated state machine (WARaft's ``wa_raft_storage`` provider, digest §5.1).
+
+A storage provider holds the state machine of one partition: the applied data plus the Raft
+metadata that must change together with it — the position of the last applied entry, the
+newest applied config (with its position), the last label and the "incomplete" mark of a
+witness. It is driven by the partition's storage actor, from that actor's thread only: providers
+need not be thread-safe.
+
+Command semantics shared by the providers here (WARaft's ``wa_raft_storage_ets``):
+
+=====================================  ====================  ===============================
+command                                 ``apply`` result      ``read`` result
+=====================================  ====================  ===============================
+``"noop"``                              ``"ok"``              ``"ok"``
+``"noop_omitted"`` (witness stub)       ``"ok"``, marks the   —
+                                        storage incomplete
+``("write", table, key, value)``        ``"ok"``              —
+``("delete", table, key)``              ``"ok"``              —
+``("read", table, key)``                —                     ``("ok", value)`` / ``"not_found"``
+=====================================  ====================  ===============================
+
+The table element is ignored (one key space per partition, as in WARaft). Any other command
+raises ``UnknownCommandError``: the storage actor crashes and the partition restarts, as WARaft
+does. ``apply`` always advances ``position()`` to the entry's position.
+
+Errors: recoverable failures are returned as ``("error", reason)`` (snapshot I/O, a snapshot at
+the wrong position: ``("error", "bad_position")``); they leave the provider unchanged. Broken
+invariants raise (``InvalidIncompleteReplica``, ``UnknownCommandError``, I/O errors in the middle
+of an apply).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Self
+
+from waraft.codec import packb, unpackb
+from waraft.core.types import Config, Identity, LogPos, is_config_command
+
+OK: Final = "ok"
+NOT_FOUND: Final = "not_found"
+BAD_POSITION: Final = ("error", "bad_position")
+NOT_SUPPORTED: Final = ("error", "not_supported")
+METADATA_FILE: Final = "metadata"
+
+ApplyItem = tuple[Any, LogPos, Any]
+"""``(command, position, label)`` for ``apply_batch``; ``label`` is ``None`` when unlabelled."""
+
+
+class StorageError(Exception):
+    """Base class of storage provider errors."""
+
+
+class UnknownCommandError(StorageError, ValueError):
+    """A command (or read) the provider does not understand."""
+
+
+class InvalidIncompleteReplica(StorageError):
+    """The storage lacks data (a witness's) but the config makes this replica a data replica.
+
+    WARaft raises ``invalid_incomplete_replica``: applying such a config must not go on.
+    """
+
+    reason: Final = "invalid_incomplete_replica"
+
+    def __init__(self, identity: Identity) -> None:
+        super().__init__(f"invalid_incomplete_replica: {identity} holds incomplete data")
+        self.identity = identity
+
+
+@dataclass(frozen=True, slots=True)
+class StorageOptions:
+    """What a provider learns about its partition (a subset of WARaft's ``#raft_options{}``).
+
+    The runtime may pass any object with these attributes.
+    """
+
+    table: str
+    partition: int
+    identity: Identity  # this replica (WARaft's ``self``)
+    name: str = ""  # the storage actor's registered name
+    extra: dict[str, Any] = field(default_factory=dict)  # provider-specific settings
+
+
+def is_data_replica(identity: Identity, config: Config) -> bool:
+    """WARaft's ``is_data_replica``: a participant that is not a witness."""
+    return identity in config.participants and identity not in config.witness
+
+
+class StorageProvider(ABC):
+    """One partition's state machine (see the module docstring for the contracts)."""
+
+    options: StorageOptions
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def open(cls, options: StorageOptions, path: str | os.PathLike[str]) -> Self:
+        """Open the storage of the partition whose data directory is ``path``;
+        ``position()`` is valid right after."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def position(self) -> LogPos:
+        """The position of the last applied entry (``LogPos(0, 0)`` when nothing was)."""
+
+    @abstractmethod
+    def config(self) -> tuple[LogPos, Config] | None:
+        """The newest applied config with the position it was applied at."""
+
+    @abstractmethod
+    def label(self) -> Any:
+        """The label of the last labelled entry applied (``None`` if none)."""
+
+    @abstractmethod
+    def incomplete(self) -> bool:
+        """True once a ``noop_omitted`` was applied: this replica's data is partial."""
+
+    def status(self) -> dict[str, Any]:
+        """Provider facts for the partition's status output."""
+        config = self.config()
+        return {
+            "provider": type(self).__name__,
+            "position": self.position(),
+            "config_position": None if config is None else config[0],
+            "incomplete": self.incomplete(),
+        }
+
+    # -- applying -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
+        """Apply ``command`` at ``position``; store ``label`` too unless it is ``None``."""
+
+    @abstractmethod
+    def apply_config(self, config: Config, position: LogPos) -> Any:
+        """Store ``config`` as applied at ``position`` (which becomes ``position()``).
+
+        Returns ``"ok"`` or ``("error", reason)``; raises ``InvalidIncompleteReplica`` when the
+        storage is incomplete and ``config`` makes this replica a data replica.
+        """
+
+    def apply_batch(self, items: Sequence[ApplyItem]) -> list[Any]:
+        """Apply ``(command, position, label)`` items in order; one result per item.
+
+        A ``("config", Config)`` command goes to ``apply_config`` (its result is that of
+        ``apply_config``; the storage actor turns ``"ok"`` into ``("ok", position)``). Durable
+        providers apply the whole batch in one transaction: if an item raises, none of the
+        batch is applied. This default simply loops.
+        """
+        results = []
+        for command, position, label in items:
+            if is_config_command(command):
+                results.append(self.apply_config(command[1], position))
+            else:
+                results.append(self.apply(command, position, label))
+        return results
+
+    @abstractmethod
+    def read(self, command: Any, position: LogPos) -> Any:
+        """Answer a read at the current state; no side effects."""
+
+    def check_config(self, config: Config) -> None:
+        """WARaft's ``storage_check_config``: raise ``InvalidIncompleteReplica`` if needed."""
+        if self.incomplete() and is_data_replica(self.options.identity, config):
+            raise InvalidIncompleteReplica(self.options.identity)
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_snapshot(self, path: str | os.PathLike[str]) -> Any:
+        """Write a directory that ``open_snapshot`` reloads at ``position()``:
+        ``"ok"`` or ``("error", reason)``."""
+
+    @abstractmethod
+    def open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
+        """Replace the state by the snapshot in ``path`` if it sits at ``expected``.
+
+        ``"ok"``, or ``("error", "bad_position")`` / ``("error", reason)`` with the state
+        unchanged. Raises ``InvalidIncompleteReplica`` for an incomplete snapshot whose config
+        makes this replica a data replica.
+        """
+
+    def create_witness_snapshot(self, path: str | os.PathLike[str]) -> Any:
+        """A metadata-only snapshot (position and config, no data) for a witness."""
+        config = self.config()
+        if config is None:
+            return ("error", "no_config")
+        return self.make_empty_snapshot(
+            self.options, path, self.position(), config[1], None, config_position=config[0]
+        )
+
+    @classmethod
+    def make_empty_snapshot(
+        cls,
+        options: StorageOptions,
+        path: str | os.PathLike[str],
+        position: LogPos,
+        config: Config,
+        data: Any,
+        *,
+        config_position: LogPos | None = None,
+    ) -> Any:
+        """Write a snapshot holding only ``config`` at ``position`` (bootstrap / promote).
+
+        ``data`` is what ``bootstrap`` was given; WARaft's ETS storage ignores it, the providers
+        here seed their key space from it when it is a non-empty mapping.
+        ``config_position`` defaults to ``position``. Returns ``"ok"`` or ``("error", r)``.
+        """
+        return NOT_SUPPORTED
+
+
+# -- helpers shared by the providers ---------------------------------------------------------
+
+
+def command_kind(command: Any) -> str:
+    """The command's name, for dispatch (``UnknownCommandError`` if it has none)."""
+    if type(command) is str:
+        return command
+    if isinstance(command, tuple | list) and command and type(command[0]) is str:
+        return command[0]
+    raise UnknownCommandError(f"unknown storage command {command!r}")
+
+
+def write_metadata(
+    path: str, provider: str, position: LogPos, config: tuple[LogPos, Config] | None
+) -> None:
+    """Write the snapshot's ``metadata`` file (position and config, readable without the data)."""
+    body = packb(
+        {
+            "provider": provider,
+            "position": tuple(position),
+            "config": None if config is None else (tuple(config[0]), config[1]),
+        }
+    )
+    write_file_durably(os.path.join(path, METADATA_FILE), body)
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """The snapshot's ``metadata`` (``position`` as a ``LogPos``); raises ``OSError`` /
+    ``CodecError`` on a missing or bad file."""
+    with open(os.path.join(path, METADATA_FILE), "rb") as f:
+        meta = unpackb(f.read())
+    if not isinstance(meta, dict) or "position" not in meta:
+        raise ValueError("snapshot metadata lacks a position")
+    meta["position"] = LogPos(*meta["position"])
+    return meta
+
+
+def write_file_durably(target: str, data: bytes) -> None:
+    """Write ``data`` to ``target`` through a fsynced temporary file and a rename."""
+    temp = target + ".tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, target)
+    fsync_directory(os.path.dirname(target) or ".")
+
+
+def fsync_directory(path: str) -> None:
+    """Make renames and new files in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = [
+    "BAD_POSITION",
+    "METADATA_FILE",
+    "NOT_FOUND",
+    "NOT_SUPPORTED",
+    "OK",
+    "ApplyItem",
+    "InvalidIncompleteReplica",
+    "StorageError",
+    "StorageOptions",
+    "StorageProvider",
+    "UnknownCommandError",
+    "command_kind",
+    "is_data_replica",
+    "read_metadata",
+    "write_file_durably",
+    "write_metadata",
+]
