@@ -1,0 +1,135 @@
+"""Term, vote and disable reason kept across restarts (WARaft's ``wa_raft_durable_state``).
+
+File ``<partition dir>/state``: a 16-byte header — magic ``WRAFTDS1``, body length (u32 LE),
+CRC32 of the body (u32 LE) — followed by the msgpack body ``[current_term, voted_for,
+disable_reason]``.
+
+``store`` writes ``state.temp``, fsyncs it, renames it over ``state`` and fsyncs the directory,
+so a crash leaves either the old or the new state and a stored vote is durable before it is
+answered (WARaft renames without fsync; we fsync, as DESIGN.md says). ``load`` returns ``None``
+only when there is no state file: a truncated, corrupt or malformed file raises
+``DurableStateError`` — never an empty state, which could let a replica vote twice in a term.
+A leftover ``state.temp`` (a crash before the rename) is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import zlib
+from typing import Final
+
+from waraft.codec import CodecError, packb, unpackb
+from waraft.core.types import DurableState
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE: Final = "state"
+TEMP_FILE: Final = "state.temp"
+MAGIC: Final = b"WRAFTDS1"
+HEADER: Final = struct.Struct("<8sII")
+
+
+class DurableStateError(Exception):
+    """The state file exists but cannot be trusted (or cannot be written)."""
+
+
+def encode(state: DurableState) -> bytes:
+    """The state file's bytes for ``state``."""
+    try:
+        body = packb((state.current_term, state.voted_for, state.disable_reason))
+    except CodecError as exc:
+        raise DurableStateError(f"cannot encode durable state {state!r}: {exc}") from exc
+    return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def decode(data: bytes, path: str = STATE_FILE) -> DurableState:
+    """Parse a state file's bytes; raises ``DurableStateError`` naming ``path``."""
+    if len(data) < HEADER.size:
+        raise DurableStateError(f"state file {path} is truncated ({len(data)} bytes)")
+    magic, length, crc = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DurableStateError(f"state file {path} has a bad header (not a waraft state file)")
+    body = data[HEADER.size :]
+    if len(body) != length:
+        raise DurableStateError(
+            f"state file {path} holds {len(body)} body bytes, its header says {length}"
+        )
+    if zlib.crc32(body) != crc:
+        raise DurableStateError(f"state file {path} fails its CRC check")
+    try:
+        fields = unpackb(body)
+    except CodecError as exc:
+        raise DurableStateError(f"state file {path} has an undecodable body: {exc}") from exc
+    if type(fields) is not tuple or len(fields) != 3:
+        raise DurableStateError(f"state file {path} does not hold [term, voted_for, reason]")
+    term, voted_for, disable_reason = fields
+    if type(term) is not int or term < 0:
+        raise DurableStateError(f"state file {path} has an invalid current_term {term!r}")
+    if voted_for is not None and type(voted_for) is not str:
+        raise DurableStateError(f"state file {path} has an invalid voted_for {voted_for!r}")
+    return DurableState(term, voted_for, disable_reason)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def store(partition_path: str | os.PathLike[str], state: DurableState) -> None:
+    """Durably replace the partition's state file; raises ``DurableStateError`` on failure."""
+    directory = os.fspath(partition_path)
+    data = encode(state)
+    temp = os.path.join(directory, TEMP_FILE)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, os.path.join(directory, STATE_FILE))
+        _fsync_dir(directory)
+    except OSError as exc:
+        logger.error("cannot store durable state in %s: %s", directory, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise DurableStateError(f"cannot store durable state in {directory}: {exc}") from exc
+
+
+def load(partition_path: str | os.PathLike[str]) -> DurableState | None:
+    """The stored state, ``None`` when there is no state file (a new replica)."""
+    path = os.path.join(os.fspath(partition_path), STATE_FILE)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DurableStateError(f"cannot read state file {path}: {exc}") from exc
+    return decode(data, path)
+
+
+def sync(partition_path: str | os.PathLike[str]) -> None:
+    """fsync the state file if it exists (WARaft calls this on server termination; ``store``
+    already syncs, so this is only a belt-and-braces flush)."""
+    path = os.path.join(os.fspath(partition_path), STATE_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["STATE_FILE", "TEMP_FILE", "DurableStateError", "decode", "encode", "load", "store"]
