@@ -1,0 +1,435 @@
+"""Configuration lookup (WARaft's ``wa_raft_env``, digest §7.5 and §7.6).
+
+Erlang keeps settings in per-application environments; so does this module, per node (several
+nodes may share one Python process): ``set_env(app, key, value)``, ``unset_env``,
+``get_app_env``. WARaft's own application is called ``"waraft"`` here (``RAFT_APP``).
+
+Lookup, as in WARaft:
+
+* A *scope* is an application name (its registered search apps are consulted, see
+  ``register_application``), a ``(table, partition)`` pair (the application the partition was
+  registered under, ``register_partition``), or an explicit list of application names.
+* ``get_env(scope, key, default)`` looks ``key`` up in each search app in order, then in the
+  ``"waraft"`` app. A key may be ``(primary, fallback)``: the search apps are asked for
+  ``primary`` and the ``"waraft"`` app for ``fallback``.
+* ``get_table_env(scope, table, key, default)`` is the same, except that a value of the form
+  ``("table_overrides", {table: value}, app_default)`` resolves per table.
+* ``raft_config(key)`` reads a global key from the ``"waraft"`` app only, defaulting to
+  ``GLOBAL_DEFAULTS``.
+* Nothing is cached: every call reads the current values, so settings are live-tunable.
+  ``settings_for(app, table)`` resolves a fresh ``waraft.core.settings.Settings``.
+
+Divergence: an application that was never registered searches ``[app]`` (WARaft searches
+nothing but ``wa_raft``), and a ``table_overrides`` value in the ``"waraft"`` app resolves per
+table too.
+
+Node-local state is keyed by ``waraft.otp.node.current().id``; without ``waraft.otp.node`` every
+caller shares ``DEFAULT_NODE_ID``. Mutations take a lock; reads do not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from typing import Any, Final, TypeAlias
+
+from waraft.core.settings import ELECTION_MAX_WEIGHT, Settings
+
+RAFT_APP: Final = "waraft"
+DEFAULT_NODE_ID: Final = "nonode@nohost"
+TABLE_OVERRIDES: Final = "table_overrides"
+
+Key: TypeAlias = str | tuple[str, str]
+Scope: TypeAlias = str | tuple[str, int] | Sequence[str]
+
+GLOBAL_DEFAULTS: Final[Mapping[str, Any]] = {
+    "raft_metrics_module": None,
+    "raft_rpc_call_timeout": 10_000,
+    "raft_storage_call_timeout": 60_000,
+    "raft_max_snapshot_catchup": 5,
+    "raft_max_incoming_snapshot_transfers": 5,
+    "raft_max_incoming_witness_snapshot_transfers": 10,
+    "raft_catchup_rpc_timeout_ms": 5000,
+    "raft_transport_threads": 1,
+    "transport_idle_timeout_secs": 30,
+    "raft_transport_inactive_info_limit": 30,
+    "dist_transport_chunk_size": 1024 * 1024,
+    "dist_transport_max_inflight": 4,
+    "raft_server_message_queue_off_heap": True,
+}
+"""Global keys (read from the ``"waraft"`` app only) and their defaults."""
+
+APP_DEFAULTS: Final[Mapping[str, Any]] = {
+    "raft_database": None,  # required: database_path() raises when it is missing
+    "raft_leader_eligible": True,
+    "raft_election_weight": ELECTION_MAX_WEIGHT,
+    "transport_retain_min_secs": 300,
+    "raft_distribution_module": "waraft.dist",
+    "raft_log_module": "waraft.log.memory",
+    "raft_label_module": None,
+    "raft_storage_module": "waraft.storage.memory",
+    "raft_transport_module": "waraft.transport",
+}
+"""App-scoped keys and their defaults (module keys name Python modules)."""
+
+TABLE_DEFAULTS: Final[Mapping[str, Any]] = {
+    **{f.name: f.default for f in fields(Settings) if f.name not in APP_DEFAULTS},
+    "raft_snapshot_catchup_overloaded_backoff_ms": 10_000,
+    "raft_snapshot_catchup_completed_backoff_ms": 20_000,
+    "raft_snapshot_catchup_failed_backoff_ms": 10_000,
+    "raft_snapshot_catchup_precheck": False,
+    "raft_snapshot_catchup_precheck_timeout_ms": 1000,
+    "raft_storage_witness_apply_interval": 5000,
+}
+"""Table-scoped keys (``table_overrides`` allowed) and their defaults."""
+
+FALLBACK_KEYS: Final[Mapping[str, str]] = {
+    "raft_max_pending_applies": "raft_apply_queue_max_size",
+    "raft_max_retained_entries": "max_log_rotate_delay",
+    "raft_rotate_by_trim_index": "use_trim_index",
+    "raft_transport_module": "transport_module",
+}
+"""Keys whose ``"waraft"``-app lookup uses an older name (WARaft's ``{Primary, Fallback}``)."""
+
+# WARaft's boolean settings compare against one atom: ``=:= true`` (only True enables) or
+# ``=/= false`` (anything but False enables).
+_ONLY_TRUE: Final = frozenset(
+    {
+        "raft_election_pre_vote",
+        "raft_candidate_buffer_requests",
+        "raft_rotate_by_trim_index",
+        "raft_snapshot_catchup_precheck",
+        "raft_log_heartbeat_binary_entries",
+    }
+)
+_NOT_FALSE: Final = frozenset({"raft_leader_eligible", "raft_leader_check_quorum"})
+
+_MISSING: Final = object()
+
+
+class NoConfiguredDatabasePath(LookupError):
+    """``raft_database`` is not set for the scope (WARaft's ``no_configured_database_path``)."""
+
+    def __init__(self, scope: Any) -> None:
+        super().__init__(
+            f"no_configured_database_path: set the 'raft_database' key for {scope!r} "
+            f"(or for the {RAFT_APP!r} application) to the root directory of the Raft data"
+        )
+        self.scope = scope
+
+
+# -- node-local stores -------------------------------------------------------------------------
+
+_node_module: Any = None
+_node_checked = False
+
+
+def current_node_id() -> str:
+    """The id of the calling thread's node (``DEFAULT_NODE_ID`` without ``waraft.otp.node``)."""
+    global _node_module, _node_checked
+    if not _node_checked:
+        try:
+            _node_module = importlib.import_module("waraft.otp.node")
+        except ImportError:
+            _node_module = None
+        _node_checked = True
+    if _node_module is None:
+        return DEFAULT_NODE_ID
+    return str(_node_module.current().id)
+
+
+class _NodeEnv:
+    """One node's application environments and registrations."""
+
+    __slots__ = ("apps", "envs", "partitions", "weights")
+
+    def __init__(self) -> None:
+        self.envs: dict[str, dict[str, Any]] = {}
+        self.apps: dict[str, tuple[str, ...]] = {}
+        self.partitions: dict[tuple[str, int], str] = {}
+        self.weights: dict[str, int] = {}
+
+
+_lock = threading.Lock()
+_nodes: dict[str, _NodeEnv] = {}
+
+
+def _node_env(node: str | None) -> _NodeEnv:
+    key = current_node_id() if node is None else node
+    env = _nodes.get(key)
+    if env is None:
+        with _lock:
+            env = _nodes.setdefault(key, _NodeEnv())
+    return env
+
+
+def set_env(app: str, key: str, value: Any, *, node: str | None = None) -> None:
+    """Set ``key`` in application ``app``'s environment (Erlang's ``application:set_env``)."""
+    env = _node_env(node)
+    with _lock:
+        env.envs.setdefault(app, {})[key] = value
+
+
+def set_envs(app: str, values: Mapping[str, Any], *, node: str | None = None) -> None:
+    """Set several keys of ``app`` at once."""
+    env = _node_env(node)
+    with _lock:
+        env.envs.setdefault(app, {}).update(values)
+
+
+def unset_env(app: str, key: str, *, node: str | None = None) -> None:
+    """Remove ``key`` from ``app``'s environment (no error when it is not set)."""
+    env = _node_env(node)
+    with _lock:
+        app_env = env.envs.get(app)
+        if app_env is not None:
+            app_env.pop(key, None)
+
+
+def get_app_env(app: str, key: str, default: Any = None, *, node: str | None = None) -> Any:
+    """``key`` from ``app``'s own environment only (Erlang's ``application:get_env/3``)."""
+    app_env = _node_env(node).envs.get(app)
+    if app_env is None:
+        return default
+    return app_env.get(key, default)
+
+
+def clear(*, node: str | None = None) -> None:
+    """Forget every environment, registration and override of the node (tests)."""
+    key = current_node_id() if node is None else node
+    with _lock:
+        _nodes.pop(key, None)
+
+
+# -- registrations -----------------------------------------------------------------------------
+
+
+def register_application(
+    app: str, search_apps: Sequence[str] | None = None, *, node: str | None = None
+) -> None:
+    """Record ``app``'s config search apps (``waraft.sup`` does this; default ``[app]``)."""
+    env = _node_env(node)
+    with _lock:
+        env.apps[app] = tuple(search_apps) if search_apps is not None else (app,)
+
+
+def unregister_application(app: str, *, node: str | None = None) -> None:
+    env = _node_env(node)
+    with _lock:
+        env.apps.pop(app, None)
+
+
+def register_partition(table: str, partition: int, app: str, *, node: str | None = None) -> None:
+    """Record which application runs ``(table, partition)`` (for ``(table, partition)`` scopes)."""
+    env = _node_env(node)
+    with _lock:
+        env.partitions[(table, partition)] = app
+
+
+def unregister_partition(table: str, partition: int, *, node: str | None = None) -> None:
+    env = _node_env(node)
+    with _lock:
+        env.partitions.pop((table, partition), None)
+
+
+def search_apps(scope: Scope, *, node: str | None = None) -> tuple[str, ...]:
+    """The applications consulted (before ``"waraft"``) for ``scope``."""
+    env = _node_env(node)
+    if isinstance(scope, str):
+        return env.apps.get(scope, (scope,))
+    if (
+        isinstance(scope, tuple)
+        and len(scope) == 2
+        and isinstance(scope[0], str)
+        and isinstance(scope[1], int)
+    ):
+        app = env.partitions.get((scope[0], scope[1]))
+        return () if app is None else env.apps.get(app, (app,))
+    return tuple(str(a) for a in scope)
+
+
+# -- lookup ------------------------------------------------------------------------------------
+
+
+def _split(key: Key) -> tuple[str, str]:
+    if isinstance(key, tuple):
+        return key[0], key[1]
+    return key, key
+
+
+def _resolve_table(value: Any, table: str) -> Any:
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == 3
+        and value[0] == TABLE_OVERRIDES
+        and isinstance(value[1], Mapping)
+    ):
+        return value[1].get(table, value[2])
+    return value
+
+
+def _lookup(scope: Scope, key: Key, table: str | None, node: str | None) -> Any:
+    primary, fallback = _split(key)
+    env = _node_env(node)
+    envs = env.envs
+    for app in search_apps(scope, node=node):
+        app_env = envs.get(app)
+        if app_env is not None:
+            value = app_env.get(primary, _MISSING)
+            if value is not _MISSING:
+                return value if table is None else _resolve_table(value, table)
+    raft_env = envs.get(RAFT_APP)
+    if raft_env is None:
+        return _MISSING
+    value = raft_env.get(fallback, _MISSING)
+    if value is _MISSING or table is None:
+        return value
+    return _resolve_table(value, table)
+
+
+def lookup_env(scope: Scope, key: Key, *, node: str | None = None) -> tuple[bool, Any]:
+    """WARaft's ``get_env/2``: ``(True, value)`` or ``(False, None)``."""
+    value = _lookup(scope, key, None, node)
+    return (False, None) if value is _MISSING else (True, value)
+
+
+def get_env(scope: Scope, key: Key, default: Any = None, *, node: str | None = None) -> Any:
+    """WARaft's ``get_env/3`` (search apps, then the ``"waraft"`` app, then ``default``)."""
+    value = _lookup(scope, key, None, node)
+    return default if value is _MISSING else value
+
+
+def lookup_table_env(
+    scope: Scope, table: str, key: Key, *, node: str | None = None
+) -> tuple[bool, Any]:
+    """WARaft's ``get_table_env/3``: ``(True, value)`` or ``(False, None)``."""
+    value = _lookup(scope, key, table, node)
+    return (False, None) if value is _MISSING else (True, value)
+
+
+def get_table_env(
+    scope: Scope, table: str, key: Key, default: Any = None, *, node: str | None = None
+) -> Any:
+    """WARaft's ``get_table_env/4``: like ``get_env`` with ``table_overrides`` resolved."""
+    value = _lookup(scope, key, table, node)
+    return default if value is _MISSING else value
+
+
+def raft_config(key: str, default: Any = _MISSING, *, node: str | None = None) -> Any:
+    """A global key from the ``"waraft"`` app (WARaft's ``?RAFT_CONFIG``), defaulting to
+    ``GLOBAL_DEFAULTS[key]`` (``None`` for unknown keys) unless ``default`` is given."""
+    if default is _MISSING:
+        default = GLOBAL_DEFAULTS.get(key)
+    return get_app_env(RAFT_APP, key, default, node=node)
+
+
+def _key(name: str) -> Key:
+    fallback = FALLBACK_KEYS.get(name)
+    return name if fallback is None else (name, fallback)
+
+
+def _normalise(name: str, value: Any) -> Any:
+    if name in _ONLY_TRUE:
+        return value is True
+    if name in _NOT_FALSE:
+        return value is not False
+    return value
+
+
+def app_setting(scope: Scope, name: str, *, node: str | None = None) -> Any:
+    """An app-scoped key with its fallback name and ``APP_DEFAULTS`` default."""
+    return _normalise(name, get_env(scope, _key(name), APP_DEFAULTS.get(name), node=node))
+
+
+def table_setting(scope: Scope, table: str, name: str, *, node: str | None = None) -> Any:
+    """A table-scoped key with its fallback name and ``TABLE_DEFAULTS`` default."""
+    value = get_table_env(scope, table, _key(name), TABLE_DEFAULTS.get(name), node=node)
+    return _normalise(name, value)
+
+
+def database_path(scope: Scope, *, node: str | None = None) -> str:
+    """The root data directory (``raft_database``); raises ``NoConfiguredDatabasePath``."""
+    found, root = lookup_env(scope, "raft_database", node=node)
+    if not found or root is None:
+        raise NoConfiguredDatabasePath(scope)
+    return str(root)
+
+
+def election_weight(scope: Scope, *, node: str | None = None) -> int:
+    """The election weight (0 to 10): the override for the first search app, else the setting."""
+    apps = search_apps(scope, node=node)
+    if apps:
+        override = _node_env(node).weights.get(apps[0])
+        if override is not None:
+            return override
+    return int(get_env(apps, "raft_election_weight", ELECTION_MAX_WEIGHT, node=node))
+
+
+def set_election_weight_override(app: str, weight: int, *, node: str | None = None) -> None:
+    """Override ``app``'s election weight (WARaft keeps it in a persistent_term)."""
+    if not 0 <= weight <= ELECTION_MAX_WEIGHT:
+        raise ValueError(f"election weight must be within 0..{ELECTION_MAX_WEIGHT}")
+    env = _node_env(node)
+    with _lock:
+        env.weights[app] = weight
+
+
+def clear_election_weight_override(app: str, *, node: str | None = None) -> None:
+    env = _node_env(node)
+    with _lock:
+        env.weights.pop(app, None)
+
+
+_APP_SCOPED_SETTINGS: Final = ("raft_leader_eligible", "raft_election_weight")
+_TABLE_SCOPED_SETTINGS: Final = tuple(
+    f.name for f in fields(Settings) if f.name not in _APP_SCOPED_SETTINGS
+)
+
+
+def settings_for(scope: Scope, table: str, *, node: str | None = None) -> Settings:
+    """Every ``Settings`` field resolved now for ``scope`` (an app, usually) and ``table``."""
+    values: dict[str, Any] = {
+        "raft_leader_eligible": app_setting(scope, "raft_leader_eligible", node=node),
+        "raft_election_weight": election_weight(scope, node=node),
+    }
+    for name in _TABLE_SCOPED_SETTINGS:
+        values[name] = table_setting(scope, table, name, node=node)
+    return Settings(**values)
+
+
+__all__ = [
+    "APP_DEFAULTS",
+    "DEFAULT_NODE_ID",
+    "FALLBACK_KEYS",
+    "GLOBAL_DEFAULTS",
+    "RAFT_APP",
+    "TABLE_DEFAULTS",
+    "TABLE_OVERRIDES",
+    "Key",
+    "NoConfiguredDatabasePath",
+    "Scope",
+    "app_setting",
+    "clear",
+    "clear_election_weight_override",
+    "current_node_id",
+    "database_path",
+    "election_weight",
+    "get_app_env",
+    "get_env",
+    "get_table_env",
+    "lookup_env",
+    "lookup_table_env",
+    "raft_config",
+    "register_application",
+    "register_partition",
+    "search_apps",
+    "set_election_weight_override",
+    "set_env",
+    "set_envs",
+    "table_setting",
+    "unregister_application",
+    "unregister_partition",
+    "unset_env",
+]
