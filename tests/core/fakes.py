@@ -324,3 +324,17 @@ def settings(**overrides: Any) -> Settings:
 
 def leader_timeout() -> Timeout:
     return Timeout(TimeoutKind.HEARTBEAT)
+
+
+def make_leader(count: int = 3, **kwargs: Any) -> Node:
+    """Node 1 of a ``count``-member cluster, elected with node 2's vote (peers are not run)."""
+    from waraft.core.rpc import Vote
+
+    members = kwargs.pop("members", None) or ids(count)
+    node = make_node(1, members, **kwargs)
+    if node.state is not State.LEADER:
+        node.fire(kwargs.get("now", 0))
+        if node.state is State.CANDIDATE and count > 1:
+            node.rpc(ident(2), Vote(True), now=kwargs.get("now", 0))
+    assert node.state is State.LEADER, node.state
+    return node

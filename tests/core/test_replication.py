@@ -1,0 +1,383 @@
+"""Leader replication and the follower side: pipelining, caps, probes, truncation, witnesses."""
+
+from __future__ import annotations
+
+from waraft.core.effects import (
+    Apply,
+    CommitCancelled,
+    PersistState,
+    RequestSnapshot,
+    Send,
+    SetTimeout,
+    StateChanged,
+    TruncateLog,
+)
+from waraft.core.events import CommitBatch, Timeout
+from waraft.core.rpc import AppendEntries, AppendEntriesResponse
+from waraft.core.types import NOOP, NOOP_OMITTED, DurableState, Entry, LogPos, State, TimeoutKind
+
+from .fakes import entries_of, entry_size, ident, ids, make_leader, make_node, settings
+
+N1, N2, N3 = ident(1), ident(2), ident(3)
+HEARTBEAT = Timeout(TimeoutKind.HEARTBEAT)
+
+
+def appends_to(fx: list, peer: object) -> list[AppendEntries]:  # type: ignore[type-arg]
+    return [e.rpc.payload for e in fx if isinstance(e, Send) and e.to == peer]
+
+
+def commits(n: int, start: int = 0) -> CommitBatch:
+    return CommitBatch([(f"c{i}", (f"k{i}", ("write", i))) for i in range(start, start + n)])
+
+
+# -- leader ----------------------------------------------------------------------------------
+
+
+def test_pipelining_advances_next_index_on_send() -> None:
+    node = make_leader()
+    assert node.core.next_indices == {"n2": 3, "n3": 3}
+    node.handle(commits(3))
+    fx = node.handle(HEARTBEAT, now=5)
+    sent = appends_to(fx, N2)[0]
+    assert (sent.prev_log_index, sent.prev_log_term, len(sent.entries)) == (2, 2, 3)
+    assert node.core.next_indices["n2"] == 6
+    # a second round does not resend what is in flight
+    fx = node.handle(HEARTBEAT, now=10)
+    again = appends_to(fx, N2)[0]
+    assert (again.prev_log_index, again.entries) == (5, [])
+
+
+def test_entry_count_cap_per_message() -> None:
+    node = make_leader(settings=settings(raft_max_log_entries_per_heartbeat=4))
+    node.handle(commits(20))  # more than the batch max (15): replicated at once
+    first = appends_to(node.effects, N2)[0]
+    assert len(first.entries) == 4
+    assert node.core.next_indices["n2"] == 7
+    fx = node.handle(HEARTBEAT, now=200)
+    assert len(appends_to(fx, N2)[0].entries) == 4
+
+
+def test_byte_cap_per_message_keeps_at_least_one_entry() -> None:
+    big = CommitBatch([(f"c{i}", (f"k{i}", "x" * 1000)) for i in range(20)])
+    node = make_leader(settings=settings(raft_max_heartbeat_size=2500))
+    node.handle(big)
+    sent = appends_to(node.effects, N2)[0]
+    assert 1 <= len(sent.entries) <= 3
+    node2 = make_leader(settings=settings(raft_max_heartbeat_size=1))
+    node2.handle(big)
+    assert len(appends_to(node2.effects, N2)[0].entries) == 1
+
+
+def test_one_append_and_one_send_per_peer_for_a_batch() -> None:
+    node = make_leader(settings=settings(raft_max_log_entries_per_heartbeat=100))
+    fx = node.handle(commits(40))
+    kinds = [type(e).__name__ for e in fx]
+    assert kinds.count("AppendLog") == 1
+    assert kinds.count("Send") == 2
+    assert node.log.last_index() == 42
+
+
+def test_success_response_updates_match_and_commits_current_term() -> None:
+    node = make_leader()
+    node.handle(commits(2))
+    node.handle(HEARTBEAT, now=5)
+    fx = node.rpc(N2, AppendEntriesResponse(2, True, 4, 1), now=6)
+    assert node.core.match_indices["n2"] == 4
+    assert node.core.commit_index == 4
+    apply = next(e for e in fx if isinstance(e, Apply))
+    assert [i.index for i in apply.items] == [2, 3, 4]
+    assert [i.reply_to for i in apply.items] == [None, "c0", "c1"]
+    assert node.core.last_applied_indices["n2"] == 1
+
+
+def test_failure_response_resets_next_index_to_the_followers_end() -> None:
+    node = make_leader()
+    node.handle(commits(5))
+    node.handle(HEARTBEAT, now=5)
+    assert node.core.next_indices["n2"] == 8
+    node.rpc(N2, AppendEntriesResponse(7, False, 1, 1), now=6)
+    assert node.core.next_indices["n2"] == 2
+    fx = node.handle(HEARTBEAT, now=200)
+    resend = appends_to(fx, N2)[0]
+    assert resend.prev_log_index == 1 and len(resend.entries) == 6
+
+
+def test_response_triggers_a_round_only_when_the_last_is_old() -> None:
+    node = make_leader()
+    fx = node.rpc(N2, AppendEntriesResponse(1, True, 2, 1), now=50)
+    assert not appends_to(fx, N3)
+    assert fx[-1] == SetTimeout(TimeoutKind.HEARTBEAT, 120)
+    fx = node.rpc(N3, AppendEntriesResponse(1, True, 2, 1), now=121)
+    assert appends_to(fx, N3)
+
+
+def test_probe_when_the_previous_entry_is_trimmed() -> None:
+    node = make_leader(base=LogPos(10, 1))
+    node.log.items.extend(Entry(2, i, "x") for i in range(5))
+    node.core.next_indices["n2"] = 5  # below our first index (10)
+    fx = node.handle(HEARTBEAT, now=200)
+    probe = appends_to(fx, N2)[0]
+    last = node.log.last_index()
+    assert probe == AppendEntries(last, 2, [], node.core.commit_index, 0)
+
+
+def test_trim_index_is_the_lowest_member_match() -> None:
+    node = make_leader()
+    node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=1)
+    fx = node.handle(HEARTBEAT, now=200)
+    assert appends_to(fx, N2)[0].trim_index == 0  # n3 unknown
+    node.rpc(N3, AppendEntriesResponse(1, True, 2, 2), now=201)
+    fx = node.handle(HEARTBEAT, now=400)
+    assert appends_to(fx, N3)[0].trim_index == 2
+
+
+def test_non_voting_participants_get_entries_but_do_not_count() -> None:
+    n4 = ident(4)
+    node = make_leader(participants=[n4])
+    assert appends_to(node.effects, n4)
+    node.rpc(n4, AppendEntriesResponse(1, True, 2, 2), now=1)
+    assert node.core.commit_index == 1  # quorum needs n2 or n3
+    node.rpc(N3, AppendEntriesResponse(1, True, 2, 2), now=2)
+    assert node.core.commit_index == 2
+
+
+def test_only_current_term_entries_commit_by_counting() -> None:
+    node = make_leader(entries=entries_of([1, 1]))  # entries 2, 3 from term 1; noop at 4
+    assert node.core.first_current_term_log_index == 4
+    node.rpc(N2, AppendEntriesResponse(1, True, 3, 1), now=1)
+    assert node.core.commit_index == 1
+    node.rpc(N2, AppendEntriesResponse(3, True, 4, 1), now=2)
+    assert node.core.commit_index == 4
+
+
+def test_witness_gets_stubbed_entries_capped_by_full_members() -> None:
+    node = make_leader(members=[N1, N2, N3], witnesses=[N3])
+    assert appends_to(node.effects, N3)[0].entries == []  # no full member holds the noop yet
+    node.handle(commits(3))
+    node.handle(HEARTBEAT, now=5)
+    node.rpc(N2, AppendEntriesResponse(2, True, 4, 2), now=6)  # n2 holds up to 4
+    node.core.next_indices["n3"] = 2
+    fx = node.handle(HEARTBEAT, now=200)
+    sent = appends_to(fx, N3)[0]
+    assert [e.command for e in sent.entries] == [NOOP, NOOP_OMITTED, NOOP_OMITTED]
+    assert [e.term for e in sent.entries] == [2, 2, 2]
+    assert node.core.next_indices["n3"] == 5
+
+
+def test_snapshot_requested_for_an_empty_follower() -> None:
+    node = make_leader()
+    fx = node.rpc(N2, AppendEntriesResponse(2, False, 0, 0), now=1)
+    assert RequestSnapshot(N2, False) in fx
+
+
+def test_snapshot_requested_when_needed_entries_are_trimmed() -> None:
+    node = make_leader(base=LogPos(50, 1))
+    fx = node.rpc(N2, AppendEntriesResponse(50, False, 20, 20), now=1)
+    assert RequestSnapshot(N2, False) in fx
+    fx = node.rpc(N3, AppendEntriesResponse(50, False, 50, 50), now=2)
+    assert not [e for e in fx if isinstance(e, RequestSnapshot)]
+
+
+def test_snapshot_requested_when_far_behind_in_applying() -> None:
+    node = make_leader(settings=settings(raft_snapshot_catchup_threshold=10))
+    fx = node.rpc(N2, AppendEntriesResponse(1, False, 30, 19), now=1)
+    assert RequestSnapshot(N2, False) in fx
+    fx = node.rpc(N2, AppendEntriesResponse(1, False, 30, 20), now=2)
+    assert not [e for e in fx if isinstance(e, RequestSnapshot)]
+    fx = node.rpc(N2, AppendEntriesResponse(1, False, 30, None), now=3)
+    assert not [e for e in fx if isinstance(e, RequestSnapshot)]
+
+
+def test_snapshot_request_marks_witnesses() -> None:
+    node = make_leader(members=[N1, N2, N3], witnesses=[N3])
+    fx = node.rpc(N3, AppendEntriesResponse(1, False, 0, 0), now=1)
+    assert RequestSnapshot(N3, True) in fx
+
+
+# -- follower --------------------------------------------------------------------------------
+
+
+def test_follower_appends_and_reports_match_and_applied() -> None:
+    node = make_node(2, term=2)
+    node.queues.size = 1
+    entries = entries_of([2, 2])
+    fx = node.rpc(N1, AppendEntries(1, 1, entries, 2, 0))
+    assert node.log.terms() == [1, 2, 2]
+    response = next(e for e in fx if isinstance(e, Send)).rpc.payload
+    assert response == AppendEntriesResponse(1, True, 3, 0)
+    assert node.core.commit_index == 2
+    assert [i for i, _ in node.applied] == [2]
+    assert node.core.leader_commit_index == 2
+    assert isinstance(fx[-1], SetTimeout) and fx[-1].kind is TimeoutKind.ELECTION
+
+
+def test_follower_commit_never_passes_its_match() -> None:
+    node = make_node(2, term=2, entries=entries_of([1, 1, 1]))
+    node.rpc(N1, AppendEntries(1, 1, [], 9, 0))
+    assert node.core.commit_index == 1  # match is prev + 0 = 1
+    node.rpc(N1, AppendEntries(1, 1, entries_of([1]), 9, 0))
+    assert node.core.commit_index == 2
+
+
+def test_follower_rejects_out_of_range() -> None:
+    node = make_node(2, term=2)
+    for prev in (0, 5):
+        fx = node.rpc(N1, AppendEntries(prev, 1, entries_of([2]), 0, 0))
+        assert next(e for e in fx if isinstance(e, Send)).rpc.payload == AppendEntriesResponse(
+            prev, False, 1, 1
+        )
+    trimmed = make_node(2, term=2, base=LogPos(5, 1))
+    fx = trimmed.rpc(N1, AppendEntries(3, 1, [], 0, 0))
+    assert fx[0].rpc.payload.success is False and fx[0].rpc.payload.match_index == 5
+
+
+def test_follower_truncates_a_conflict_and_appends_the_rest() -> None:
+    node = make_node(2, term=3, entries=entries_of([1, 2, 2]))
+    new = entries_of([1, 3, 3])
+    fx = node.rpc(N1, AppendEntries(1, 1, new, 1, 0))
+    assert TruncateLog(3) in fx
+    assert node.log.terms() == [1, 1, 3, 3]
+    response = next(e for e in fx if isinstance(e, Send)).rpc.payload
+    assert response == AppendEntriesResponse(1, True, 4, 1)
+
+
+def test_follower_mismatched_previous_entry_truncates_and_rejects() -> None:
+    node = make_node(2, term=3, entries=entries_of([1, 2, 2]))
+    fx = node.rpc(N1, AppendEntries(3, 3, entries_of([3], first_index=4), 1, 0))
+    assert TruncateLog(3) in fx
+    assert node.log.terms() == [1, 1]
+    response = next(e for e in fx if isinstance(e, Send)).rpc.payload
+    assert response == AppendEntriesResponse(3, False, 2, 1)
+
+
+def test_follower_keeps_a_longer_matching_log() -> None:
+    node = make_node(2, term=2, entries=entries_of([2, 2, 2]))
+    fx = node.rpc(N1, AppendEntries(1, 1, entries_of([2]), 1, 0))
+    assert not [e for e in fx if isinstance(e, TruncateLog)]
+    assert node.log.last_index() == 4
+    assert fx[0].rpc.payload == AppendEntriesResponse(1, True, 2, 1)
+
+
+def test_conflict_below_commit_index_disables_the_replica() -> None:
+    node = make_node(2, term=3, entries=entries_of([2, 2]))
+    node.rpc(N1, AppendEntries(1, 1, [], 3, 0))
+    node.rpc(N1, AppendEntries(3, 2, [], 3, 0))
+    assert node.core.commit_index == 3
+    fx = node.rpc(N1, AppendEntries(1, 1, entries_of([3, 3]), 3, 0))
+    assert node.state is State.DISABLED
+    reason = node.core.disable_reason
+    assert isinstance(reason, str) and "index 2" in reason and "commit index 3" in reason
+    assert PersistState(DurableState(3, None, reason)) in fx
+    assert StateChanged(State.FOLLOWER, State.DISABLED) in fx
+    assert not [e for e in fx if isinstance(e, (TruncateLog, Send))]
+
+
+def test_follower_refuses_to_truncate_its_first_entry() -> None:
+    node = make_node(2, term=3, base=LogPos(5, 2), applied=5)
+    node.core.commit_index = 4  # pretend: below the snapshot (cannot normally happen)
+    fx = node.rpc(N1, AppendEntries(5, 3, [], 5, 0))
+    assert not [e for e in fx if isinstance(e, TruncateLog)]
+    assert fx[0].rpc.payload.success is False
+
+
+def test_truncation_cancels_queued_commits_with_not_leader() -> None:
+    node = make_leader()
+    node.handle(commits(2))
+    node.handle(HEARTBEAT, now=5)
+    assert set(node.core.queued) == {3, 4}
+    # a new leader of term 3 overwrites index 3 onwards
+    fx = node.rpc(N2, AppendEntries(2, 2, [Entry(3, "x", "new")], 2, 0), term=3, now=6)
+    cancelled = [e for e in fx if isinstance(e, CommitCancelled)]
+    assert [(c.to, c.reason) for c in cancelled] == [("c0", "not_leader"), ("c1", "not_leader")]
+    assert node.core.queued == {}
+    assert node.log.terms() == [1, 2, 3]
+
+
+def test_deposed_leader_keeps_queued_commits_that_later_commit() -> None:
+    node = make_leader()
+    node.handle(commits(1))
+    node.handle(HEARTBEAT, now=5)
+    node.rpc(N2, AppendEntries(3, 2, [], 0, 0), term=3, now=6)
+    assert node.state is State.FOLLOWER and 3 in node.core.queued
+    fx = node.rpc(N2, AppendEntries(3, 2, [], 3, 0), now=7)
+    items = next(e for e in fx if isinstance(e, Apply)).items
+    assert [(i.index, i.reply_to) for i in items] == [(2, None), (3, "c0")]
+
+
+def test_follower_switches_to_witness_when_the_config_says_so() -> None:
+    from waraft.core.config import make_config
+    from waraft.core.types import CONFIG
+
+    node = make_node(3, term=2)
+    cfg = make_config(ids(3), [N3])
+    fx = node.rpc(N1, AppendEntries(1, 1, [Entry(2, "c", (CONFIG, cfg))], 1, 0))
+    assert node.state is State.WITNESS
+    assert StateChanged(State.FOLLOWER, State.WITNESS) in fx
+    back = make_config(ids(3))
+    node.rpc(N1, AppendEntries(2, 2, [Entry(2, "c2", (CONFIG, back))], 1, 0))
+    assert node.state is State.FOLLOWER
+
+
+def test_follower_rotation_trims_in_batches() -> None:
+    s = settings(raft_max_log_records_per_file=10, raft_max_log_records=5)
+    node = make_node(2, term=2, settings=s)
+    node.rpc(N1, AppendEntries(1, 1, entries_of([2] * 14), 15, 0))
+    assert node.log.trims == []  # 15 - 5 - 1 = 9 < 10
+    node.rpc(N1, AppendEntries(15, 2, entries_of([2], first_index=16), 16, 0))
+    assert node.log.trims == [11]
+    assert node.log.first_index() == 11
+
+
+def test_rotation_by_trim_index_uses_the_leaders_trim_index() -> None:
+    s = settings(
+        raft_max_log_records_per_file=2, raft_max_log_records=0, raft_rotate_by_trim_index=True
+    )
+    node = make_node(2, term=2, settings=s)
+    node.rpc(N1, AppendEntries(1, 1, entries_of([2] * 9), 10, 4))
+    assert node.log.trims == [4]
+
+
+def test_leader_rotation_respects_members_and_the_retained_cap() -> None:
+    s = settings(
+        raft_max_log_records_per_file=2, raft_max_log_records=0, raft_commit_batch_interval_ms=0
+    )
+    node = make_leader(settings=s)
+    node.handle(commits(8))
+    node.rpc(N2, AppendEntriesResponse(2, True, 10, 10), now=1)
+    assert node.core.last_applied == 10
+    assert node.log.trims == []  # n3's match is unknown (0)
+    s2 = s.with_overrides(raft_max_retained_entries=3)
+    node2 = make_leader(settings=s2)
+    node2.handle(commits(8))
+    node2.rpc(N2, AppendEntriesResponse(2, True, 10, 10), now=1)
+    assert node2.log.trims == [7]
+
+
+def test_apply_batches_are_capped_and_resume_on_notify_complete() -> None:
+    from waraft.core.events import NotifyComplete
+
+    s = settings(raft_apply_log_batch_size=3)
+    node = make_node(2, term=2, settings=s)
+    node.rpc(N1, AppendEntries(1, 1, entries_of([2] * 7), 8, 0))
+    assert node.core.last_applied == 4
+    node.queues.size = 500
+    node.handle(NotifyComplete())
+    assert node.core.last_applied == 4  # queue above the notify buffer
+    node.queues.size = 0
+    node.handle(NotifyComplete())
+    assert node.core.last_applied == 7
+
+
+def test_apply_byte_cap_and_full_queue() -> None:
+    s = settings(raft_apply_batch_max_bytes=1)
+    node = make_node(2, term=2, settings=s)
+    node.queues.full = True
+    node.rpc(N1, AppendEntries(1, 1, entries_of([2] * 3), 4, 0))
+    assert node.core.last_applied == 1 and node.core.commit_index == 4
+    node.queues.full = False
+    node.rpc(N1, AppendEntries(4, 2, [], 4, 0))
+    assert node.core.last_applied == 2  # one entry per apply batch
+
+
+def test_entry_sizes_are_plausible() -> None:
+    assert entry_size(Entry(1, "k", "x" * 10)) > 10
