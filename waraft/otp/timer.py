@@ -80,7 +80,8 @@ class _TimerService:
             ref._state = _CANCELLED
             self._cancelled += 1
             if self._cancelled > _COMPACT_MIN and self._cancelled * 2 > len(self._heap):
-                self._heap = [e for e in self._heap if e[2]._state == _ARMED]
+                # In place: the timer thread holds a reference to this list.
+                self._heap[:] = [e for e in self._heap if e[2]._state == _ARMED]
                 heapq.heapify(self._heap)
                 self._cancelled = 0
             return True

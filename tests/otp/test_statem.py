@@ -1,0 +1,134 @@
+"""StateMachine: state timeouts, transitions, state enter, next_event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from waraft import otp
+
+from .helpers import WAIT, Events, wait_until
+
+
+class Machine(otp.StateMachine):
+    def init(self, events: Events) -> None:
+        self.events = events
+        self.transition("idle")
+
+    def on_enter(self, old_state: Any, new_state: Any) -> None:
+        self.events.add(("enter", old_state, new_state))
+
+    def handle_state_timeout(self, event: Any) -> None:
+        self.events.add(("timeout", self.state, event))
+        if event == "crash":
+            raise RuntimeError("timeout handler crashed")
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        op, *args = request
+        if op == "arm":
+            self.set_state_timeout(*args)
+        elif op == "go":
+            self.transition(args[0])
+        elif op == "cancel":
+            self.cancel_state_timeout()
+        elif op == "stale":
+            # Arm a short timeout, let it fire into our own mailbox while we are busy, then
+            # change state: the queued firing is stale and must be ignored.
+            self.set_state_timeout(1, "stale")
+            wait_until(lambda: self.actor_inbox.qsize() > 0)  # type: ignore[attr-defined]
+            self.transition("moved")
+        elif op == "events":
+            for event in args:
+                self.next_event(event)
+            self.events.add(("call", tuple(args)))
+        elif op == "armed":
+            return self.state_timeout_armed
+        return self.state
+
+    def handle_cast(self, msg: Any) -> None:
+        self.events.add(("cast", msg))
+
+    def handle_next_event(self, event: Any) -> None:
+        self.events.add(("next", event))
+        if event == "spawn":
+            self.next_event("spawned")
+
+
+def _start(events: Events) -> otp.Pid:
+    pid = Machine.start(events)
+    events.wait_len(1)
+    events.clear()
+    return pid
+
+
+def test_initial_transition_runs_on_enter_with_no_old_state() -> None:
+    events = Events()
+    Machine.start(events)
+    assert events.wait_len(1) == [("enter", None, "idle")]
+
+
+def test_state_timeout_fires_and_rearming_replaces_it() -> None:
+    events = Events()
+    pid = _start(events)
+    otp.call(pid, ("arm", 20, "first"))
+    otp.call(pid, ("arm", 40, "second"))
+    assert otp.call(pid, ("armed",)) is True
+    # "first" would have come first had it not been replaced.
+    assert events.wait_len(1) == [("timeout", "idle", "second")]
+    assert otp.call(pid, ("armed",)) is False
+
+
+def test_transition_cancels_the_state_timeout_and_repeat_state_runs_enter() -> None:
+    events = Events()
+    pid = _start(events)
+    otp.call(pid, ("arm", 20, "never"))
+    otp.call(pid, ("go", "busy"))
+    otp.call(pid, ("go", "busy"))  # repeat_state
+    otp.call(pid, ("arm", 60, "later"))
+    got = events.wait_len(3)
+    assert got == [
+        ("enter", "idle", "busy"),
+        ("enter", "busy", "busy"),
+        ("timeout", "busy", "later"),
+    ]
+
+
+def test_cancel_state_timeout() -> None:
+    events = Events()
+    pid = _start(events)
+    otp.call(pid, ("arm", 10, "never"))
+    otp.call(pid, ("cancel",))
+    otp.call(pid, ("arm", 50, "later"))
+    assert events.wait_len(1) == [("timeout", "idle", "later")]
+
+
+def test_stale_timeout_already_queued_is_ignored() -> None:
+    events = Events()
+    pid = _start(events)
+    assert otp.call(pid, ("stale",)) == "moved"
+    otp.call(pid, ("arm", 30, "fresh"))
+    assert events.wait_len(2) == [("enter", "idle", "moved"), ("timeout", "moved", "fresh")]
+
+
+def test_next_events_run_before_the_next_mailbox_message_in_order() -> None:
+    events = Events()
+    pid = _start(events)
+    otp.cast(pid, "before")
+    handle = otp.send_request(pid, ("events", "a", "spawn", "b"))
+    otp.cast(pid, "after")
+    otp.wait_response(handle, WAIT)
+    assert events.wait_len(7) == [
+        ("cast", "before"),
+        ("call", ("a", "spawn", "b")),
+        ("next", "a"),
+        ("next", "spawn"),
+        ("next", "b"),
+        ("next", "spawned"),
+        ("cast", "after"),
+    ]
+
+
+def test_crash_in_state_timeout_handler_stops_the_machine() -> None:
+    events = Events()
+    pid = _start(events)
+    otp.call(pid, ("arm", 1, "crash"))
+    assert otp.wait_exit(pid, WAIT) == ("error", "RuntimeError: timeout handler crashed")

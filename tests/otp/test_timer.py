@@ -1,0 +1,62 @@
+"""Timers: send_after / cancel_timer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from waraft import otp
+
+from .helpers import Events
+
+
+class Sink(otp.Process):
+    def init(self, events: Events) -> None:
+        self.events = events
+
+    def handle_info(self, msg: Any) -> None:
+        self.events.add(msg)
+
+
+def test_send_after_delivers_in_deadline_order() -> None:
+    events = Events()
+    pid = Sink.start(events)
+    otp.send_after(60, pid, "late")
+    otp.send_after(1, pid, "early")
+    otp.send_after(30, pid, "middle")
+    assert events.wait_len(3) == ["early", "middle", "late"]
+
+
+def test_cancelled_timer_never_fires() -> None:
+    events = Events()
+    pid = Sink.start(events)
+    ref = otp.send_after(5, pid, "cancelled")
+    assert ref.active and ref.remaining_ms() is not None
+    assert otp.cancel_timer(ref) is True
+    assert otp.cancel_timer(ref) is False
+    otp.send_after(20, pid, "marker")  # later deadline: once it is here, the other is gone
+    assert events.wait_len(1) == ["marker"]
+    assert not ref.active and ref.remaining_ms() is None
+
+
+def test_cancel_after_firing_returns_false() -> None:
+    events = Events()
+    pid = Sink.start(events)
+    ref = otp.send_after(0, pid, "now")
+    events.wait_len(1)
+    assert otp.cancel_timer(ref) is False
+
+
+def test_named_target_resolves_at_fire_time_on_the_arming_node(otp_node: otp.Node) -> None:
+    events = Events()
+    otp.send_after(10, "sink", "hello")
+    Sink.start(events, name="sink")  # registered after arming, before firing
+    assert events.wait_len(1) == ["hello"]
+
+
+def test_many_cancellations_compact_the_heap() -> None:
+    events = Events()
+    pid = Sink.start(events)
+    refs = [otp.send_after(10_000, pid, i) for i in range(3000)]
+    assert all(otp.cancel_timer(r) for r in refs)
+    otp.send_after(1, pid, "survivor")
+    assert events.wait_len(1) == ["survivor"]

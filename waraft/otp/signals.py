@@ -1,0 +1,123 @@
+"""Death and exit signals (internal): what happens, in any thread, when a process exits.
+
+``die(pid, reason)`` is the single exit path: mark the pid dead (reason first, so lock-free
+readers that see ``_dead`` also see why), release its name, fail every caller still waiting
+on it (queued calls and deferred ones), wake its thread so it can end, then tell links and
+monitors, and last set ``_done``: whoever waits on ``_done`` finds the EXIT/DOWN messages
+already queued. Linked processes that do not trap exits die in turn; the cascade is a loop,
+not a recursion.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from typing import Any
+
+import pykka
+
+from waraft.otp.errors import KILL, KILLED, NORMAL
+from waraft.otp.mailbox import CALL, DOWN, EXIT, LINK_EXIT, UNSET, WAKE_ENV, Envelope
+from waraft.otp.pid import Pid
+
+
+def die(pid: Pid, reason: Any) -> None:
+    """Make ``pid`` exit with ``reason`` now (no-op if it already exited)."""
+    work: deque[tuple[Pid, Any]] = deque([(pid, reason)])
+    while work:
+        victim, why = work.popleft()
+        work.extend(_finalize(victim, why))
+
+
+def _finalize(pid: Pid, reason: Any) -> list[tuple[Pid, Any]]:
+    with pid._lock:
+        if pid._dead:
+            return []
+        pid._exit_reason = reason
+        pid._dead = True
+        links = pid._links
+        pid._links = set()
+        monitors = pid._monitors
+        pid._monitors = {}
+    actor = pid._actor
+    name = pid._name
+    if name is not None:
+        pid._node.registry._release(name, pid)
+    pid._node._forget(pid)
+    if actor is not None:
+        actor.actor_stopped.set()
+        pykka.ActorRegistry.unregister(actor.actor_ref)
+        for from_ in list(actor._deferred):
+            from_.fail(reason)
+    _drain(pid, reason)
+    pid._inbox.put(WAKE_ENV)  # an idle thread wakes, sees it is stopped, and ends
+    kills: list[tuple[Pid, Any]] = []
+    for other in links:
+        kill_reason = exit_signal(other, pid, reason, via_link=True)
+        if kill_reason is not UNSET:
+            kills.append((other, kill_reason))
+    for ref, watcher in monitors.items():
+        if not watcher._dead:
+            watcher._inbox.put(Envelope(DOWN, (ref, pid, reason)))
+    pid._actor = None
+    pid._done.set()
+    return kills
+
+
+def _drain(pid: Pid, reason: Any) -> None:
+    inbox = pid._inbox
+    while True:
+        try:
+            env = inbox.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(env, Envelope):
+            if env.kind == CALL and env.from_ is not None:
+                env.from_.fail(reason)
+        elif getattr(env, "reply_to", None) is not None:  # someone used pykka's ask/stop
+            dead = pykka.ActorDeadError(f"{pid!r} exited: {reason!r}")
+            env.reply_to.set_exception((pykka.ActorDeadError, dead, None))
+
+
+def exit_signal(target: Pid, sender: Pid | None, reason: Any, *, via_link: bool) -> Any:
+    """Deliver an exit signal; return the reason ``target`` must die with, else ``UNSET``.
+
+    The trap decision is taken here, at delivery, so an EXIT message queues behind the
+    sender's earlier messages (per-pair FIFO holds).
+    """
+    if target._dead:
+        return UNSET
+    if reason == KILL and not via_link:
+        return KILLED
+    actor = target._actor
+    if actor is None:
+        return UNSET
+    if actor.trap_exit:
+        kind = LINK_EXIT if via_link else EXIT
+        target._inbox.put(Envelope(kind, (sender, reason)))
+        return UNSET
+    if reason == NORMAL:
+        if via_link and sender is not None:
+            with target._lock:
+                target._links.discard(sender)
+        return UNSET
+    return reason
+
+
+def unlink_pair(a: Pid, b: Pid) -> None:
+    """Remove the link between ``a`` and ``b`` (locks taken in pid order)."""
+    first, second = (a, b) if a._id < b._id else (b, a)
+    with first._lock, second._lock:
+        a._links.discard(b)
+        b._links.discard(a)
+
+
+def link_pair(a: Pid, b: Pid) -> bool:
+    """Link ``a`` and ``b``; False (and no link) if either is dead."""
+    first, second = (a, b) if a._id < b._id else (b, a)
+    with first._lock, second._lock:
+        if a._dead or b._dead:
+            return False
+        a._links.add(b)
+        b._links.add(a)
+        return True
