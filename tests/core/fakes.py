@@ -334,7 +334,8 @@ def make_leader(count: int = 3, **kwargs: Any) -> Node:
     node = make_node(1, members, **kwargs)
     if node.state is not State.LEADER:
         node.fire(kwargs.get("now", 0))
-        if node.state is State.CANDIDATE and count > 1:
-            node.rpc(ident(2), Vote(True), now=kwargs.get("now", 0))
+        for peer in members:
+            if node.state is State.CANDIDATE and peer != node.core.self_id:
+                node.rpc(peer, Vote(True), now=kwargs.get("now", 0))
     assert node.state is State.LEADER, node.state
     return node

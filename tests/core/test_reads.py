@@ -1,0 +1,166 @@
+"""Strong reads: read index with a '$read' marker, the single-member path, lease, buffering."""
+
+from __future__ import annotations
+
+from waraft.core.effects import (
+    AppendLog,
+    CancelReads,
+    ReadCancelled,
+    ReadNow,
+    SetTimeout,
+    SubmitRead,
+)
+from waraft.core.events import CommitBatch, HandoverRequest, ReadBatch, Timeout
+from waraft.core.rpc import AppendEntriesResponse, HandoverFailed, Vote
+from waraft.core.types import NOOP, READ_KEY, State, TimeoutKind
+
+from .fakes import Node, ident, make_leader, make_node, settings
+
+N2, N3 = ident(2), ident(3)
+BATCH = Timeout(TimeoutKind.BATCH_COMMIT)
+
+
+def read(from_: str = "r", command: object = "get", min_index: int | None = None) -> ReadBatch:
+    return ReadBatch([(from_, command, min_index)])
+
+
+def test_read_index_is_at_least_the_first_entry_of_the_term() -> None:
+    node = make_leader()
+    fx = node.handle(read())
+    assert fx == [SubmitRead(2, "r", "get"), SetTimeout(TimeoutKind.BATCH_COMMIT, 2)]
+    assert node.core.pending_read
+
+
+def test_read_index_is_raised_to_the_callers_minimum() -> None:
+    node = make_leader()
+    fx = node.handle(read(min_index=40))
+    assert fx[0] == SubmitRead(40, "r", "get")
+
+
+def test_lone_read_gets_a_marker_entry() -> None:
+    node = make_leader()
+    node.handle(read())
+    fx = node.handle(BATCH, now=2)
+    appends = [e for e in fx if isinstance(e, AppendLog)]
+    assert len(appends) == 1
+    (marker,) = appends[0].entries
+    assert (marker.key, marker.command, marker.term) == (READ_KEY, NOOP, 2)
+    assert not node.core.pending_read
+
+
+def test_read_rides_on_pending_commits_without_a_marker() -> None:
+    node = make_leader()
+    node.handle(CommitBatch([("c", ("k", "v"))]))
+    node.handle(read())
+    fx = node.handle(BATCH, now=2)
+    entries = [e for a in fx if isinstance(a, AppendLog) for e in a.entries]
+    assert [e.key for e in entries] == ["k"]
+    assert not node.core.pending_read
+
+
+def test_many_reads_share_one_marker() -> None:
+    node = make_leader()
+    node.handle(ReadBatch([(f"r{i}", "get", None) for i in range(5)]))
+    fx = node.handle(BATCH, now=2)
+    assert len([e for a in fx if isinstance(a, AppendLog) for e in a.entries]) == 1
+
+
+def test_single_member_reads_immediately_when_applied() -> None:
+    node = make_node(1, [ident(1)])
+    assert node.state is State.LEADER
+    assert node.handle(read("a", "x")) == [ReadNow("a", "x")]
+    assert node.handle(read("b", "x", min_index=50))[0] == SubmitRead(50, "b", "x")
+
+
+def test_single_member_with_pending_commits_goes_through_the_log() -> None:
+    node = make_node(1, [ident(1)])
+    node.handle(CommitBatch([("c", ("k", "v"))]))
+    fx = node.handle(read())
+    assert fx[0] == SubmitRead(2, "r", "get")
+
+
+def test_non_leader_rejects_reads() -> None:
+    node = make_node(2)
+    assert node.handle(read()) == [ReadCancelled("r", "not_leader")]
+
+
+def lease_leader(lease: int = 1000) -> Node:
+    node = make_leader(settings=settings(raft_leader_read_lease_ms=lease))
+    node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=10)  # commits the noop
+    assert node.core.commit_index == 2 and node.core.last_applied == 2
+    return node
+
+
+def test_lease_read_hits_while_the_quorum_is_fresh() -> None:
+    node = lease_leader()
+    assert node.handle(read(), now=500) == [ReadNow("r", "get")]
+    fx = node.handle(read(), now=1011)
+    assert fx[0] == SubmitRead(2, "r", "get")
+
+
+def test_lease_misses_until_the_term_has_committed() -> None:
+    node = make_leader(settings=settings(raft_leader_read_lease_ms=1000))
+    assert node.handle(read(), now=1)[0] == SubmitRead(2, "r", "get")
+
+
+def test_lease_misses_when_not_applied_far_enough() -> None:
+    node = lease_leader()
+    fx = node.handle(read(min_index=3), now=20)
+    assert fx[0] == SubmitRead(3, "r", "get")
+
+
+def test_lease_is_off_by_default() -> None:
+    node = make_leader()
+    node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=10)
+    assert node.handle(read(), now=11)[0] == SubmitRead(2, "r", "get")
+
+
+def test_lease_suspended_during_handover_and_reconfirmed_after_timeout() -> None:
+    n = lease_leader()
+    n.handle(HandoverRequest("op", "n2"), now=20)
+    assert n.core.handover_lease_state == "in_progress"
+    assert n.handle(read(), now=21)[0] == ReadCancelled("r", ("notify_redirect", "n2"))
+    # the handover times out: lease held until a fresh quorum answers
+    n.handle(Timeout(TimeoutKind.HEARTBEAT), now=700)
+    assert n.core.handover is None
+    assert n.core.handover_lease_state == "pending_reconfirmation"
+    assert n.handle(read(), now=701)[0] == SubmitRead(2, "r", "get")
+    n.rpc(N3, AppendEntriesResponse(2, True, 2, 2), now=702)
+    assert n.core.handover_lease_state == "unaffected"
+    assert n.handle(read(), now=703) == [ReadNow("r", "get")]
+
+
+def test_failed_handover_restores_the_lease_at_once() -> None:
+    n = lease_leader()
+    n.handle(HandoverRequest("op", "n2"), now=20)
+    ref = n.core.handover[1]
+    n.rpc(N2, HandoverFailed(ref), now=21)
+    assert n.core.handover is None
+    assert n.handle(read(), now=22) == [ReadNow("r", "get")]
+
+
+def test_candidate_buffers_reads_at_the_next_terms_first_index() -> None:
+    node = make_node(1, settings=settings(raft_candidate_buffer_requests=True))
+    node.fire()
+    fx = node.handle(ReadBatch([("a", "get", None), ("b", "get", 9)]))
+    assert fx == [SubmitRead(2, "a", "get"), SubmitRead(9, "b", "get")]
+    fx = node.rpc(N2, Vote(True))
+    assert node.state is State.LEADER
+    entries = [e for a in fx if isinstance(a, AppendLog) for e in a.entries]
+    assert [e.key for e in entries][1:] == [READ_KEY]  # the noop, then the marker
+
+
+def test_candidate_buffered_reads_cancelled_when_losing() -> None:
+    node = make_node(1, settings=settings(raft_candidate_buffer_requests=True))
+    node.fire()
+    node.handle(read())
+    fx = node.rpc(N2, Vote(False))
+    fx += node.rpc(N3, Vote(False))
+    assert node.state is State.FOLLOWER
+    assert CancelReads("not_leader") in fx
+
+
+def test_candidate_without_buffering_rejects_reads() -> None:
+    node = make_node(1)
+    node.fire()
+    assert node.handle(read()) == [ReadCancelled("r", "not_leader")]
