@@ -1,0 +1,97 @@
+"""waraft.info, waraft.metrics and waraft.label."""
+
+from __future__ import annotations
+
+import threading
+
+from waraft import info, metrics
+from waraft.core.types import State
+from waraft.label import CounterLabel, Label
+
+NODE = "info-test@node"
+
+
+def test_info_defaults_and_updates() -> None:
+    info.clear_node(node=NODE)
+    assert info.get_current_term_info("t", 1, node=NODE) is None
+    assert info.get_current_term("t", 1, node=NODE) is None
+    assert info.get_leader("t", 1, node=NODE) is None
+    assert info.get_status("t", 1, node=NODE) is None
+    assert info.get_state("t", 1, node=NODE) is None
+    assert info.get_live("t", 1, node=NODE) is False
+    assert info.get_lagging("t", 1, node=NODE) is True
+    assert info.get_stale("t", 1, node=NODE) is True
+    assert info.get_message_queue_length("raft_server_t_1", node=NODE) is None
+
+    info.set_current_term_info("t", 1, 5, "n1@h:1", None, node=NODE)
+    info.set_status("t", 1, State.LEADER, True, False, False, node=NODE)
+    info.set_message_queue_length("raft_server_t_1", 3, node=NODE)
+    assert info.get_current_term_info("t", 1, node=NODE) == (5, "n1@h:1", None)
+    assert info.get_current_term_and_leader("t", 1, node=NODE) == (5, "n1@h:1")
+    assert info.get_status("t", 1, node=NODE) == (State.LEADER, True, False, False)
+    assert info.get_live("t", 1, node=NODE) and not info.get_stale("t", 1, node=NODE)
+    assert info.get_message_queue_length("raft_server_t_1", node=NODE) == 3
+    assert info.get_status("t", 1, node="elsewhere@node") is None
+
+    info.clear("t", 1, "raft_server_t_1", node=NODE)
+    assert info.get_status("t", 1, node=NODE) is None
+    assert info.get_message_queue_length("raft_server_t_1", node=NODE) is None
+    assert info.get_current_term("t", 1, node=NODE) == 5
+    info.clear_node(node=NODE)
+
+
+def test_term_and_leader_are_read_together() -> None:
+    """A reader never sees a leader from another term (writers replace whole rows)."""
+    info.clear_node(node=NODE)
+    stop = threading.Event()
+    bad: list[tuple[int, str | None]] = []
+
+    def writer() -> None:
+        term = 0
+        while not stop.is_set():
+            term += 1
+            info.set_current_term_info("t", 2, term, f"leader-of-{term}", None, node=NODE)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        for _ in range(20_000):
+            pair = info.get_current_term_and_leader("t", 2, node=NODE)
+            if pair is not None and pair[1] != f"leader-of-{pair[0]}":
+                bad.append(pair)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not bad
+    info.clear_node(node=NODE)
+
+
+def test_metrics_install_and_counting() -> None:
+    assert isinstance(metrics.get(node=NODE), metrics.NoopMetrics)
+    metrics.count("t", "ignored")  # the no-op sink accepts everything
+    sink = metrics.CountingMetrics()
+    metrics.install(sink)
+    try:
+        metrics.count("t", "commit")
+        metrics.countv("t", "commit", 4)
+        metrics.gather("t", "heartbeat.size", 10)
+        metrics.gather_latency("t", "apply_log.latency_us", 30)
+        metrics.gather("t", "heartbeat.size", 20)
+        assert sink.counter(("raft", "t", "commit")) == 5
+        assert sink.summary(metrics.key("t", "heartbeat.size")) == {
+            "count": 2,
+            "sum": 30.0,
+            "min": 10,
+            "max": 20,
+            "mean": 15.0,
+        }
+        assert "counters" in sink.snapshot()
+    finally:
+        metrics.install(None)
+    assert isinstance(metrics.get(), metrics.NoopMetrics)
+
+
+def test_labels() -> None:
+    label: Label = CounterLabel()
+    assert label.new_label(None, ("write", "t", "k", 1)) == 1
+    assert label.new_label(41, "anything") == 42

@@ -1,0 +1,309 @@
+"""StorageProvider semantics for the memory and SQLite providers, snapshots, SQLite atomicity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.providers.conftest import A, B, C, make_config
+from waraft.core.types import LogPos
+from waraft.storage.memory import MemoryStorage
+from waraft.storage.provider import (
+    BAD_POSITION,
+    InvalidIncompleteReplica,
+    StorageOptions,
+    StorageProvider,
+    UnknownCommandError,
+    read_metadata,
+)
+from waraft.storage.sqlite import SqliteStorage
+
+OPTIONS = StorageOptions(table="t", partition=1, identity=A, name="raft_storage_t_1")
+PROVIDERS: dict[str, type[StorageProvider]] = {"memory": MemoryStorage, "sqlite": SqliteStorage}
+
+
+@pytest.fixture(params=sorted(PROVIDERS))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def storage(kind: str, tmp_path: Path) -> Iterator[StorageProvider]:
+    provider = PROVIDERS[kind].open(OPTIONS, tmp_path / "part")
+    yield provider
+    provider.close()
+
+
+def pos(index: int, term: int = 1) -> LogPos:
+    return LogPos(index, term)
+
+
+def test_fresh_storage(storage: StorageProvider) -> None:
+    assert storage.position() == LogPos(0, 0)
+    assert storage.config() is None
+    assert storage.label() is None
+    assert not storage.incomplete()
+    assert storage.read(("read", "t", "k"), storage.position()) == "not_found"
+    assert storage.read("noop", storage.position()) == "ok"
+
+
+def test_command_semantics(storage: StorageProvider) -> None:
+    assert storage.apply("noop", pos(1)) == "ok"
+    assert storage.apply(("write", "t", "k", 1000), pos(2)) == "ok"
+    assert storage.read(("read", "t", "k"), pos(2)) == ("ok", 1000)
+    # The table element is ignored: one key space per partition, as in WARaft.
+    assert storage.read(("read", "other", "k"), pos(2)) == ("ok", 1000)
+    assert storage.apply(("write", "t", ("tuple", 1), {"a": (1, 2)}), pos(3)) == "ok"
+    assert storage.read(("read", "t", ("tuple", 1)), pos(3)) == ("ok", {"a": (1, 2)})
+    assert storage.apply(("delete", "t", "k"), pos(4)) == "ok"
+    assert storage.apply(("delete", "t", "never-there"), pos(5)) == "ok"
+    assert storage.read(("read", "t", "k"), pos(5)) == "not_found"
+    assert storage.position() == pos(5)
+
+
+@pytest.mark.parametrize(
+    "command", [("frobnicate", "t"), ("write", "t", "k"), ("noop",), 42, None, "noop_please"]
+)
+def test_unknown_commands_raise(storage: StorageProvider, command: Any) -> None:
+    storage.apply(("write", "t", "k", 1), pos(1))
+    with pytest.raises(UnknownCommandError):
+        storage.apply(command, pos(2))
+    assert storage.position() == pos(1)
+    with pytest.raises(UnknownCommandError):
+        storage.read(("get", "t", "k"), pos(1))
+
+
+def test_labels_are_stored(storage: StorageProvider) -> None:
+    storage.apply(("write", "t", "k", 1), pos(1), label=7)
+    assert storage.label() == 7
+    storage.apply(("write", "t", "k", 2), pos(2))  # unlabelled: the label stays
+    assert storage.label() == 7
+    storage.apply("noop", pos(3), label=(8, "x"))
+    assert storage.label() == (8, "x")
+
+
+def test_config_apply_and_incomplete_witness(storage: StorageProvider) -> None:
+    config = make_config(A, B)
+    assert storage.apply_config(config, pos(4, 2)) == "ok"
+    assert storage.config() == (pos(4, 2), config)
+    assert storage.position() == pos(4, 2)
+    storage.apply("noop_omitted", pos(5, 2))
+    assert storage.incomplete()
+    # A is a data replica of this config: an incomplete storage must refuse it.
+    with pytest.raises(InvalidIncompleteReplica):
+        storage.apply_config(make_config(A, B, C), pos(6, 2))
+    assert storage.config() == (pos(4, 2), config)
+    assert storage.position() == pos(5, 2)
+    # As a witness it is fine.
+    witness_config = make_config(B, C, witness=(A,))
+    assert storage.apply_config(witness_config, pos(6, 2)) == "ok"
+    assert storage.config() == (pos(6, 2), witness_config)
+
+
+def test_apply_batch(storage: StorageProvider) -> None:
+    config = make_config(A)
+    results = storage.apply_batch(
+        [
+            (("write", "t", "a", 1), pos(1), None),
+            (("write", "t", "b", 2), pos(2), "l2"),
+            (("delete", "t", "a"), pos(3), None),
+            (("config", config), pos(4), None),
+            ("noop", pos(5), None),
+            (("write", "t", "a", 3), pos(6), None),
+        ]
+    )
+    assert results == ["ok"] * 6
+    assert storage.position() == pos(6)
+    assert storage.config() == (pos(4), config)
+    assert storage.label() == "l2"
+    assert storage.read(("read", "t", "a"), pos(6)) == ("ok", 3)
+    assert storage.read(("read", "t", "b"), pos(6)) == ("ok", 2)
+
+
+def test_snapshot_round_trip_with_position_check(kind: str, tmp_path: Path) -> None:
+    cls = PROVIDERS[kind]
+    source = cls.open(OPTIONS, tmp_path / "source")
+    config = make_config(A, B)
+    source.apply_config(config, pos(1))
+    for i in range(2, 50):
+        source.apply(("write", "t", f"k{i}", i), pos(i), label=i)
+    snapshot = tmp_path / "source" / "snapshot.49.1"
+    assert source.create_snapshot(snapshot) == "ok"
+    source.apply(("write", "t", "later", 1), pos(50))
+    assert read_metadata(str(snapshot))["position"] == pos(49)
+
+    target = cls.open(OPTIONS, tmp_path / "target")
+    target.apply(("write", "t", "old", 1), pos(3, 1))
+    assert target.open_snapshot(snapshot, pos(48)) == BAD_POSITION
+    assert target.open_snapshot(tmp_path / "nowhere", pos(49))[0] == "error"
+    # A failed open leaves the state as it was.
+    assert target.position() == pos(3, 1)
+    assert target.read(("read", "t", "old"), pos(3)) == ("ok", 1)
+    assert target.open_snapshot(snapshot, pos(49)) == "ok"
+    assert target.position() == pos(49)
+    assert target.config() == (pos(1), config)
+    assert target.label() == 49
+    assert target.read(("read", "t", "k17"), pos(49)) == ("ok", 17)
+    assert target.read(("read", "t", "old"), pos(49)) == "not_found"
+    assert target.read(("read", "t", "later"), pos(49)) == "not_found"
+    target.apply(("write", "t", "after", 2), pos(50))
+    assert target.read(("read", "t", "after"), pos(50)) == ("ok", 2)
+    source.close()
+    target.close()
+
+
+def test_corrupt_snapshot_is_an_error_not_a_crash(kind: str, tmp_path: Path) -> None:
+    cls = PROVIDERS[kind]
+    source = cls.open(OPTIONS, tmp_path / "source")
+    source.apply(("write", "t", "k", 1), pos(1))
+    snapshot = tmp_path / "snap"
+    assert source.create_snapshot(snapshot) == "ok"
+    data_file = next(p for p in snapshot.iterdir() if p.name != "metadata")
+    raw = bytearray(data_file.read_bytes())
+    del raw[len(raw) // 2 :]
+    data_file.write_bytes(bytes(raw))
+    target = cls.open(OPTIONS, tmp_path / "target")
+    result = target.open_snapshot(snapshot, pos(1))
+    assert result[0] == "error"
+    assert target.position() == LogPos(0, 0)
+    source.close()
+    target.close()
+
+
+def test_empty_snapshot_for_bootstrap(kind: str, tmp_path: Path) -> None:
+    cls = PROVIDERS[kind]
+    config = make_config(A)
+    path = tmp_path / "snapshot.1.1.bootstrap.tmp"
+    assert cls.make_empty_snapshot(OPTIONS, path, pos(1), config, {"seed": 5}) == "ok"
+    storage = cls.open(OPTIONS, tmp_path / "part")
+    assert storage.open_snapshot(path, pos(1)) == "ok"
+    assert storage.position() == pos(1)
+    assert storage.config() == (pos(1), config)
+    assert storage.read(("read", "t", "seed"), pos(1)) == ("ok", 5)
+    storage.close()
+
+
+def test_witness_snapshot_holds_metadata_only(kind: str, tmp_path: Path) -> None:
+    cls = PROVIDERS[kind]
+    source = cls.open(OPTIONS, tmp_path / "source")
+    assert source.create_witness_snapshot(tmp_path / "none")[0] == "error"  # no config yet
+    config = make_config(A, B, witness=(C,))
+    source.apply_config(config, pos(2))
+    source.apply(("write", "t", "k", 1), pos(3))
+    snapshot = tmp_path / "snapshot.3.1.witness"
+    assert source.create_witness_snapshot(snapshot) == "ok"
+    witness = cls.open(StorageOptions(table="t", partition=1, identity=C), tmp_path / "witness")
+    assert witness.open_snapshot(snapshot, pos(3)) == "ok"
+    assert witness.position() == pos(3)
+    assert witness.config() == (pos(2), config)
+    assert witness.read(("read", "t", "k"), pos(3)) == "not_found"
+    source.close()
+    witness.close()
+
+
+def test_incomplete_snapshot_cannot_make_a_data_replica(kind: str, tmp_path: Path) -> None:
+    cls = PROVIDERS[kind]
+    witness_options = StorageOptions("t", 1, C)
+    source = cls.open(witness_options, tmp_path / "source")  # C is the witness
+    source.apply_config(make_config(A, B, witness=(C,)), pos(1))
+    source.apply("noop_omitted", pos(2))
+    snapshot = tmp_path / "snap"
+    assert source.create_snapshot(snapshot) == "ok"
+    target = cls.open(witness_options, tmp_path / "target")
+    assert target.open_snapshot(snapshot, pos(2)) == "ok"
+    assert target.incomplete()
+    data_replica = cls.open(StorageOptions("t", 1, B), tmp_path / "other")
+    with pytest.raises(InvalidIncompleteReplica):
+        data_replica.open_snapshot(snapshot, pos(2))
+    assert data_replica.position() == LogPos(0, 0)
+    assert not data_replica.incomplete()
+    for s in (source, target, data_replica):
+        s.close()
+
+
+# -- SQLite durability --------------------------------------------------------------------------
+
+
+def test_sqlite_reopen_keeps_everything(tmp_path: Path) -> None:
+    storage = SqliteStorage.open(OPTIONS, tmp_path)
+    config = make_config(A, B)
+    storage.apply_config(config, pos(1))
+    storage.apply_batch([(("write", "t", k, k * 2), pos(k + 2), k) for k in range(100)])
+    storage.apply("noop_omitted", pos(102))
+    storage.close()
+    storage = SqliteStorage.open(OPTIONS, tmp_path)
+    assert storage.position() == pos(102)
+    assert storage.config() == (pos(1), config)
+    assert storage.label() == 99
+    assert storage.incomplete()
+    assert storage.read(("read", "t", 42), pos(102)) == ("ok", 84)
+    storage.close()
+
+
+def test_sqlite_batch_is_atomic(tmp_path: Path) -> None:
+    storage = SqliteStorage.open(OPTIONS, tmp_path)
+    storage.apply_batch([(("write", "t", "k", 1), pos(1), "l1")])
+    batch = [
+        (("write", "t", "k", 2), pos(2), "l2"),
+        (("config", make_config(A)), pos(3), None),
+        (("delete", "t", "k"), pos(4), None),
+        (("explode",), pos(5), None),  # raises mid-batch: the storage actor would crash
+    ]
+    with pytest.raises(UnknownCommandError):
+        storage.apply_batch(batch)
+    assert storage.position() == pos(1)
+    assert storage.read(("read", "t", "k"), pos(1)) == ("ok", 1)
+    assert storage.config() is None and storage.label() == "l1"
+    storage.close()
+    # And what is on disk agrees after a restart.
+    storage = SqliteStorage.open(OPTIONS, tmp_path)
+    assert storage.position() == pos(1)
+    assert storage.read(("read", "t", "k"), pos(1)) == ("ok", 1)
+    assert storage.config() is None and storage.label() == "l1"
+    storage.close()
+
+
+def test_sqlite_crash_in_the_middle_of_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while writing (an I/O error, a crash) never separates data and position."""
+    storage = SqliteStorage.open(OPTIONS, tmp_path)
+    storage.apply_batch([(("write", "t", i, i), pos(i + 1), None) for i in range(10)])
+    calls = [0]
+    real = storage._conn
+
+    class FailingConnection:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def executemany(self, sql: str, rows: Any) -> Any:
+            calls[0] += 1
+            if "meta" in sql:  # data written, position not yet
+                raise OSError("simulated crash before the position update")
+            return real.executemany(sql, rows)
+
+    monkeypatch.setattr(storage, "_conn", FailingConnection())
+    with pytest.raises(OSError):
+        storage.apply_batch([(("write", "t", i, -i), pos(i + 1), None) for i in range(10, 20)])
+    assert calls[0] >= 2
+    monkeypatch.undo()
+    assert storage.position() == pos(10)
+    assert storage.read(("read", "t", 15), pos(10)) == "not_found"
+    storage.close()
+    storage = SqliteStorage.open(OPTIONS, tmp_path)
+    assert storage.position() == pos(10)
+    assert storage.read(("read", "t", 15), pos(10)) == "not_found"
+    assert storage.read(("read", "t", 9), pos(10)) == ("ok", 9)
+    storage.close()
+
+
+def test_memory_storage_forgets_on_reopen(tmp_path: Path) -> None:
+    storage = MemoryStorage.open(OPTIONS, tmp_path)
+    storage.apply(("write", "t", "k", 1), pos(1))
+    storage.close()
+    storage = MemoryStorage.open(OPTIONS, tmp_path)
+    assert storage.position() == LogPos(0, 0)
+    assert storage.status()["keys"] == 0
