@@ -441,7 +441,7 @@ class SimNode:
 
     def _kick_storage(self) -> None:
         if self._storage_tick is None and self.up:
-            low, high = self.sim.config.apply_delay_ms
+            low, high = self.sim.slow_storage.get(self.id, self.sim.config.apply_delay_ms)
             delay = low if low >= high else self.rng.randint(low, high)
             self._storage_tick = self.sim.clock.schedule(
                 delay, self._storage_run, self.incarnation, target=self.id, label="storage"

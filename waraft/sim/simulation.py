@@ -168,6 +168,8 @@ class Simulation:
         self.unrouted_replies: list[tuple[Any, Any]] = []
         self.state_listeners: list[Callable[[SimNode, Any], None]] = []
         self.trace_hook: Callable[[str], None] | None = None
+        self.slow_storage: dict[str, tuple[int, int]] = {}  # node -> storage pickup delay
+        self.witnesses: set[str] = set()
         self._trace: deque[tuple[int, Scheduled]] = deque(maxlen=max(1, config.trace_size))
         self._submits = 0
         self.nodes: dict[str, SimNode] = {}
@@ -493,6 +495,8 @@ class Simulation:
     ) -> Config:
         """Bootstrap a brand-new cluster: every node of ``on`` (default: the config's
         participants) is bootstrapped at ``position`` with the same config."""
+        witnesses = list(witnesses)
+        self.witnesses.update(witnesses)
         config = self.cluster_config(members, witnesses, learners)
         targets = [p.node for p in config.participants] if on is None else list(on)
         calls = [

@@ -1,0 +1,458 @@
+"""Randomized fault schedules (the nemesis) and randomized scenarios for seed sweeps.
+
+``Nemesis`` injects faults into a running ``Simulation`` at seeded random times: crashes and
+restarts (of any node or of the leader), symmetric partitions, isolating the leader, one-way
+link cuts, network quality changes, slow storage, administrative actions (resign, handover,
+trigger_election), disable/enable, and membership changes (remove a member, add it back).
+Every fault is undone later, and ``calm()`` undoes everything at once.
+
+``random_scenario(seed)`` derives a whole scenario (cluster size, witnesses, settings, storage
+durability, effect batching, network, clients, which faults) from one seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from waraft.core.events import AdjustConfig
+from waraft.core.types import State
+from waraft.sim.client import ClientConfig, KVWorkload
+from waraft.sim.network import NetConfig
+from waraft.sim.simulation import SimConfig, Simulation, fast_settings
+
+
+@dataclass(frozen=True)
+class NemesisConfig:
+    """Which faults, how often (virtual ms) and with what weights."""
+
+    interval_ms: tuple[int, int] = (100, 1200)
+    downtime_ms: tuple[int, int] = (50, 2500)
+    partition_ms: tuple[int, int] = (200, 3000)
+    weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "crash": 3.0,
+            "crash_leader": 2.0,
+            "partition": 2.0,
+            "isolate_leader": 2.0,
+            "one_way": 1.0,
+            "flaky_net": 1.0,
+            "slow_storage": 0.5,
+            "resign": 0.5,
+            "handover": 1.0,
+            "trigger_election": 0.5,
+            "disable": 0.3,
+            "membership": 0.7,
+        }
+    )
+
+    def without(self, *kinds: str) -> NemesisConfig:
+        return replace(self, weights={k: w for k, w in self.weights.items() if k not in kinds})
+
+
+class Nemesis:
+    """Injects faults into ``sim`` until ``calm()``."""
+
+    def __init__(
+        self, sim: Simulation, config: NemesisConfig | None = None, seed: int | None = None
+    ) -> None:
+        self.sim = sim
+        self.config = config or NemesisConfig()
+        self.rng = random.Random(sim.rng.getrandbits(64) if seed is None else seed)
+        self.active = False
+        self.base_net = sim.network.config
+        self.log: list[str] = []
+        self.removed: list[str] = []  # nodes taken out of the config
+        self.disabled: set[str] = set()
+        self._kinds = [k for k, w in self.config.weights.items() if w > 0]
+        self._weights = [self.config.weights[k] for k in self._kinds]
+        self._actions: dict[str, Callable[[], None]] = {
+            "crash": self._crash_any,
+            "crash_leader": self._crash_leader,
+            "partition": self._partition,
+            "isolate_leader": self._isolate_leader,
+            "one_way": self._one_way,
+            "flaky_net": self._flaky_net,
+            "slow_storage": self._slow_storage,
+            "resign": self._resign,
+            "handover": self._handover,
+            "trigger_election": self._trigger_election,
+            "disable": self._disable,
+            "membership": self._membership,
+        }
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.active = True
+        self._schedule_next()
+
+    def _delay(self, bounds: tuple[int, int]) -> int:
+        low, high = bounds
+        return low if low >= high else self.rng.randint(low, high)
+
+    def _schedule_next(self) -> None:
+        if self.active and self._kinds:
+            self.sim.clock.schedule(
+                self._delay(self.config.interval_ms), self._act, label="nemesis"
+            )
+
+    def _later(self, delay: int, action: Callable[[], None], label: str) -> None:
+        self.sim.clock.schedule(delay, self._guarded, action, label=f"nemesis: {label}")
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        if self.active:
+            action()
+
+    def _note(self, text: str) -> None:
+        line = f"{self.sim.now}ms {text}"
+        self.log.append(line)
+        if self.sim.trace_hook is not None:
+            self.sim.trace_hook(f"nemesis: {line}")
+
+    def _act(self) -> None:
+        if not self.active:
+            return
+        kind = self.rng.choices(self._kinds, self._weights)[0]
+        self._actions[kind]()
+        self._schedule_next()
+
+    def calm(self) -> None:
+        """Stop injecting and undo every fault: heal, restore the network and storage speed,
+        enable disabled nodes, restart crashed ones."""
+        self.active = False
+        sim = self.sim
+        sim.heal()
+        sim.set_net(self.base_net)
+        sim.slow_storage.clear()
+        for node_id in sorted(self.disabled):
+            if sim.nodes[node_id].up:
+                sim.call(node_id, _enable, "enable")
+        self.disabled.clear()
+        sim.restart_all()
+        self._note("calm")
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _members(self) -> list[str]:
+        return [n for n in self.sim.node_ids if n not in self.removed]
+
+    def _config_members(self) -> list[str]:
+        sim = self.sim
+        leader = sim.leader()
+        source = sim.nodes[leader] if leader is not None else None
+        if source is None:
+            return self._members()
+        return [p.node for p in source.core.current_config().membership]
+
+    def _impaired(self, node_id: str) -> bool:
+        node = self.sim.nodes[node_id]
+        return (
+            not node.up
+            or node_id in self.disabled
+            or node.core.state in (State.STALLED, State.DISABLED)
+        )
+
+    def _can_lose_data(self, node_id: str) -> bool:
+        """May ``node_id`` lose its log (a volatile crash, or disable → enable → snapshot)?
+
+        Raft is only safe when acknowledged entries are never forgotten. A replica that comes
+        back stalled and is caught up from a snapshot below what it had acknowledged forgets
+        them (WARaft resets the log to the snapshot position), so this only happens while
+        every entry it holds is also held by a majority of the other members, and while enough
+        healthy voters remain to elect the leader that will send it the snapshot.
+        """
+        sim = self.sim
+        node = sim.nodes[node_id]
+        if not node.up or self._impaired(node_id):
+            return False
+        members = self._config_members()
+        majority = len(members) // 2 + 1
+        healthy = [m for m in members if m != node_id and not self._impaired(m)]
+        if len(healthy) < majority:
+            return False
+        last = node.log.last_index()
+        term = node.log.term(last)
+        holders = 0
+        for other_id in healthy:
+            other = sim.nodes[other_id]
+            if other.log.term(last) == term or other.storage.position.index >= last:
+                holders += 1
+        return holders >= majority
+
+    def _can_crash(self, node_id: str) -> bool:
+        sim = self.sim
+        if not sim.nodes[node_id].up:
+            return False
+        if sim.config.durable_log and sim.config.durable_storage:
+            return True
+        return self._can_lose_data(node_id)
+
+    # -- the faults ------------------------------------------------------------------------------
+
+    def _crash(self, node_id: str) -> None:
+        if not self._can_crash(node_id):
+            return
+        self.sim.crash(node_id)
+        self._note(f"crash {node_id}")
+
+        def restart() -> None:
+            self.sim.restart(node_id)
+            self._note(f"restart {node_id}")
+
+        self._later(self._delay(self.config.downtime_ms), restart, f"restart {node_id}")
+
+    def _crash_any(self) -> None:
+        self._crash(self.rng.choice(self.sim.node_ids))
+
+    def _crash_leader(self) -> None:
+        leader = self.sim.leader()
+        if leader is not None:
+            self._crash(leader)
+
+    def _heal_later(self) -> None:
+        def heal() -> None:
+            self.sim.heal()
+            self._note("heal")
+
+        self._later(self._delay(self.config.partition_ms), heal, "heal")
+
+    def _partition(self) -> None:
+        ids = list(self.sim.node_ids)
+        self.rng.shuffle(ids)
+        cut = self.rng.randint(1, len(ids) - 1)
+        self.sim.partition(ids[:cut], ids[cut:])
+        self._note(f"partition {sorted(ids[:cut])} | {sorted(ids[cut:])}")
+        self._heal_later()
+
+    def _isolate_leader(self) -> None:
+        leader = self.sim.leader()
+        if leader is not None:
+            self.sim.isolate(leader)
+            self._note(f"isolate {leader}")
+            self._heal_later()
+
+    def _one_way(self) -> None:
+        ids = self.sim.node_ids
+        for _ in range(self.rng.randint(1, len(ids))):
+            src, dst = self.rng.sample(ids, 2)
+            self.sim.block(src, dst)
+            self._note(f"block {src}->{dst}")
+        self._heal_later()
+
+    def _flaky_net(self) -> None:
+        rng = self.rng
+        net = NetConfig(
+            min_delay_ms=1,
+            max_delay_ms=rng.choice([5, 20, 60]),
+            loss=rng.choice([0.05, 0.2, 0.4]),
+            duplicate=rng.choice([0.0, 0.05, 0.2]),
+            reorder=rng.choice([0.0, 0.2]),
+            reorder_delay_ms=rng.choice([50, 300]),
+        )
+        self.sim.set_net(net)
+        self._note(f"net {net}")
+
+        def restore() -> None:
+            self.sim.set_net(self.base_net)
+            self._note("net restored")
+
+        self._later(self._delay(self.config.partition_ms), restore, "net restore")
+
+    def _slow_storage(self) -> None:
+        node_id = self.rng.choice(self.sim.node_ids)
+        self.sim.slow_storage[node_id] = (20, 200)
+        self._note(f"slow storage {node_id}")
+
+        def restore() -> None:
+            self.sim.slow_storage.pop(node_id, None)
+
+        self._later(self._delay(self.config.partition_ms), restore, f"storage {node_id} back")
+
+    def _resign(self) -> None:
+        leader = self.sim.leader()
+        if leader is not None:
+            self.sim.call(leader, _resign, "resign")
+            self._note(f"resign {leader}")
+
+    def _handover(self) -> None:
+        leader = self.sim.leader()
+        if leader is not None:
+            peers = [n for n in self._members() if n != leader]
+            peer = self.rng.choice([None, *peers])
+            self.sim.call(leader, lambda h: _handover(h, peer), "handover")
+            self._note(f"handover {leader} -> {peer}")
+
+    def _trigger_election(self) -> None:
+        node_id = self.rng.choice(self._members())
+        self.sim.call(node_id, _trigger, "trigger_election")
+        self._note(f"trigger_election {node_id}")
+
+    def _disable(self) -> None:
+        candidates = [n for n in self.sim.node_ids if n not in self.disabled]
+        node_id = self.rng.choice(candidates)
+        if not self._can_lose_data(node_id):
+            return
+        self.disabled.add(node_id)
+        self.sim.call(node_id, _disable, "disable")
+        self._note(f"disable {node_id}")
+
+        def enable() -> None:
+            if node_id in self.disabled:
+                self.disabled.discard(node_id)
+                self.sim.call(node_id, _enable, "enable")
+                self._note(f"enable {node_id}")
+
+        self._later(self._delay(self.config.downtime_ms), enable, f"enable {node_id}")
+
+    def _membership(self) -> None:
+        sim = self.sim
+        leader = sim.leader()
+        if leader is None:
+            return
+        if self.removed and (self.rng.random() < 0.6 or len(self._members()) <= 3):
+            node_id = self.removed[0]
+            verb = "add_witness" if node_id in sim.witnesses else "add"
+            action = (verb, sim.identity(node_id))
+            handle = sim.call(leader, lambda h: AdjustConfig(h, action), "adjust_config")
+            self._track_config(handle, lambda: self.removed.remove(node_id))
+            self._note(f"adjust {verb} {node_id} via {leader}")
+        elif len(self._members()) > 3:
+            node_id = self.rng.choice([n for n in self._members() if n != leader])
+            action = ("remove", sim.identity(node_id))
+            handle = sim.call(leader, lambda h: AdjustConfig(h, action), "adjust_config")
+            self._track_config(handle, lambda: self.removed.append(node_id))
+            self._note(f"adjust remove {node_id} via {leader}")
+
+    def _track_config(self, handle: Any, on_ok: Callable[[], None]) -> None:
+        # the change takes effect once appended: the ("ok", pos) reply says it was
+        def check() -> None:
+            if handle.done:
+                if isinstance(handle.result, tuple) and handle.result[0] == "ok":
+                    on_ok()
+            else:
+                self.sim.clock.schedule(10, check, label="nemesis: config reply")
+
+        self.sim.clock.schedule(10, check, label="nemesis: config reply")
+
+
+def _resign(h: Any) -> Any:
+    from waraft.core.events import Resign
+
+    return Resign(h)
+
+
+def _handover(h: Any, peer: str | None) -> Any:
+    from waraft.core.events import HandoverRequest
+
+    return HandoverRequest(h, peer)
+
+
+def _trigger(h: Any) -> Any:
+    from waraft.core.events import TriggerElection
+
+    return TriggerElection(h)
+
+
+def _disable(h: Any) -> Any:
+    from waraft.core.events import Disable
+
+    return Disable(h, "nemesis")
+
+
+def _enable(h: Any) -> Any:
+    from waraft.core.events import Enable
+
+    return Enable(h)
+
+
+# -- randomized scenarios --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything a sweep run needs, derived from its seed."""
+
+    seed: int
+    config: SimConfig
+    witnesses: tuple[str, ...]
+    clients: int
+    workload: KVWorkload
+    nemesis: NemesisConfig
+
+    def describe(self) -> str:
+        c = self.config
+        s = c.settings
+        n = c.nodes if isinstance(c.nodes, int) else len(c.nodes)
+        return (
+            f"nodes={n} witnesses={list(self.witnesses)} durable_log={c.durable_log} "
+            f"durable_storage={c.durable_storage} batch_effects={c.batch_effects} "
+            f"pre_vote={s.raft_election_pre_vote} check_quorum={s.raft_leader_check_quorum} "
+            f"lease={s.raft_leader_read_lease_ms} batch={s.raft_commit_batch_interval_ms}ms "
+            f"per_hb={s.raft_max_log_entries_per_heartbeat} "
+            f"catchup>{s.raft_snapshot_catchup_threshold} keep={s.log_rotation_keep} "
+            f"net=loss {c.net.loss} dup {c.net.duplicate} reorder {c.net.reorder} "
+            f"clients={self.clients} keys={self.workload.keys} "
+            f"faults={sorted(k for k, w in self.nemesis.weights.items() if w)}"
+        )
+
+
+def random_scenario(seed: int) -> Scenario:
+    """A seeded random mix of cluster shape, settings, durability, network and faults."""
+    rng = random.Random(seed * 7919 + 17)
+    nodes = rng.choice([3, 3, 3, 4, 5, 5])
+    witnesses: tuple[str, ...] = ()
+    if nodes >= 4 and rng.random() < 0.4:
+        witnesses = (f"n{nodes}",)
+    settings = fast_settings(
+        raft_election_pre_vote=rng.random() < 0.5,
+        raft_leader_check_quorum=rng.random() < 0.5,
+        raft_leader_read_lease_ms=rng.choice([0, 0, 0, 200]),
+        raft_commit_batch_interval_ms=rng.choice([0, 2, 2, 10]),
+        raft_commit_batch_max=rng.choice([1, 15, 15, 100]),
+        raft_max_log_entries_per_heartbeat=rng.choice([1, 3, 15, 15, 100]),
+        raft_apply_log_batch_size=rng.choice([1, 5, 200]),
+        raft_snapshot_catchup_threshold=rng.choice([30, 100_000]),
+        raft_max_log_records_per_file=rng.choice([10, 50, 200_000]),
+        raft_max_log_records=rng.choice([20, 100, None]),
+        raft_max_retained_entries=rng.choice([100, 1_500_000]),
+        raft_candidate_buffer_requests=rng.random() < 0.3,
+        raft_handover_timeout_ms=rng.choice([100, 300, 600]),
+        raft_max_handover_log_entries=rng.choice([10, 200]),
+    )
+    volatile = rng.random() < 0.2
+    net = NetConfig(
+        min_delay_ms=1,
+        max_delay_ms=rng.choice([2, 5, 15]),
+        loss=rng.choice([0.0, 0.0, 0.01, 0.05]),
+        duplicate=rng.choice([0.0, 0.0, 0.02]),
+        reorder=rng.choice([0.0, 0.05, 0.2]),
+        reorder_delay_ms=rng.choice([20, 100]),
+    )
+    config = SimConfig(
+        nodes=nodes,
+        seed=seed,
+        settings=settings,
+        net=net,
+        durable_log=not volatile,
+        durable_storage=not volatile,
+        batch_effects=rng.random() < 0.5,
+        apply_delay_ms=rng.choice([(0, 0), (0, 3), (0, 20)]),
+        apply_batch=rng.choice([1, 10, 50]),
+        trim_probability=rng.choice([1.0, 0.5]),
+        strip_on_trim=rng.random() < 0.3,
+        client=ClientConfig(attempt_timeout_ms=rng.choice([800, 1500, 3000])),
+    )
+    nemesis = NemesisConfig(interval_ms=rng.choice([(100, 600), (200, 1500), (500, 3000)]))
+    if nodes < 4:
+        nemesis = nemesis.without("membership")
+    return Scenario(
+        seed=seed,
+        config=config,
+        witnesses=witnesses,
+        clients=rng.randint(2, 5),
+        workload=KVWorkload(keys=rng.randint(1, 6)),
+        nemesis=nemesis,
+    )

@@ -1,0 +1,285 @@
+"""Randomized seed sweeps: ``python -m waraft.sim.sweep --seeds N [--steps S] [--start K]``.
+
+Each seed builds a random scenario (``waraft.sim.nemesis.random_scenario``), bootstraps the
+cluster, runs clients and the nemesis for at least ``--steps`` steps with every invariant
+checked after each step, then calms everything down and checks that the cluster recovers (a
+leader, a final write applied on every data replica) and that the client history is
+linearizable. Any violation makes the exit status non-zero and prints the seed, the violated
+property, the last steps and the exact command that replays the run (``--replay SEED``, which
+prints every step).
+
+The sweep pins ``PYTHONHASHSEED`` (re-executing itself when needed) so that a replay in another
+process makes exactly the same choices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from waraft.core.types import State
+from waraft.sim.history import Status
+from waraft.sim.invariants import InvariantViolation
+from waraft.sim.nemesis import Nemesis, Scenario, random_scenario
+from waraft.sim.simulation import Simulation
+
+DEFAULT_STEPS = 2000
+FINAL_KEY = "final"
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    steps: int = 0
+    virtual_ms: int = 0
+    seconds: float = 0.0
+    violation: str | None = None
+    invariant: str | None = None
+    linearizable: bool | None = True
+    operations: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    scenario: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.violation is not None
+
+
+def replay_command(seed: int, steps: int) -> str:
+    return f"python -m waraft.sim.sweep --replay {seed} --steps {steps}"
+
+
+def _final_write(sim: Simulation, seed: int) -> None:
+    """Recovery: a leader appears and one more write commits and reaches every data replica."""
+    deadline = sim.now + 60_000
+    result: Any = None
+    while sim.now < deadline:
+        if not sim.run_until(lambda: sim.leader() is not None, deadline - sim.now):
+            break
+        leader = sim.leader()
+        assert leader is not None
+        call = sim.submit(leader, ("write", "sim", FINAL_KEY, seed))
+        sim.run_until(lambda c=call: c.done, 5000)
+        result = call.result
+        if call.done and result == "ok":
+            break
+        sim.run_for(100)
+    else:
+        raise InvariantViolation("liveness", f"no final write within 60 s (last: {result!r})")
+    if result != "ok":
+        raise InvariantViolation("liveness", f"no leader to take the final write: {sim.describe()}")
+
+    def converged() -> bool:
+        leader = sim.leader()
+        if leader is None:
+            return False
+        config = sim.nodes[leader].core.current_config()
+        for node in sim.nodes.values():
+            if node.identity not in config.participants or node.identity in config.witness:
+                continue
+            if not node.up or node.core is None:
+                return False
+            if node.core.state in (State.DISABLED,):
+                continue
+            if node.storage.machine.read(("read", "sim", FINAL_KEY)) != ("ok", seed):
+                return False
+        return True
+
+    if not sim.run_until(converged, 60_000):
+        raise InvariantViolation(
+            "liveness", f"the final write did not reach every replica: {sim.describe()}"
+        )
+
+
+def run_scenario(
+    scenario: Scenario, steps: int, trace: Callable[[str], None] | None = None
+) -> SeedResult:
+    """Run one scenario; violations are reported in the result (never raised)."""
+    started = time.perf_counter()
+    result = SeedResult(scenario.seed, scenario=scenario.describe())
+    sim: Simulation | None = None
+    try:
+        sim = Simulation(scenario.config)
+        sim.trace_hook = trace
+        sim.bootstrap(witnesses=scenario.witnesses)
+        sim.add_clients(scenario.clients, scenario.workload)
+        nemesis = Nemesis(sim, scenario.nemesis)
+        nemesis.start()
+        while sim.steps < steps and sim.step():
+            pass
+        nemesis.calm()
+        sim.run_for(2000)
+        sim.stop_clients()
+        if not sim.run_until(sim.clients_idle, 30_000):
+            result.warnings.append("clients still busy after 30 s")
+        _final_write(sim, scenario.seed)
+        lin = sim.check_linearizable()
+        result.linearizable = lin.ok
+        if lin.ok is False:
+            raise InvariantViolation("linearizability", lin.explain())
+        _accounting(sim, result)
+    except InvariantViolation as violation:
+        violation.replay = replay_command(scenario.seed, steps)
+        result.violation = str(violation)
+        result.invariant = violation.invariant
+    finally:
+        if sim is not None:
+            result.steps = sim.steps
+            result.virtual_ms = sim.now
+            result.operations = sim.history.summary()
+            result.stats = dict(sim.stats)
+            result.stats["elections"] = sim.stats["enter_candidate"]
+            result.stats["snapshots"] = sim.catchup.completed
+            result.stats["leaders"] = len(sim.invariants.leaders)
+            result.stats["committed"] = len(sim.invariants.committed)
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def _accounting(sim: Simulation, result: SeedResult) -> None:
+    """Admission slots must all be released once everything settled (a soft check). Nodes
+    outside the config are skipped: a removed replica keeps what it had queued, as in WARaft."""
+    leader = sim.leader()
+    config = sim.nodes[leader].core.current_config() if leader else None
+    for node in sim.nodes.values():
+        if node.accounting_errors:
+            result.warnings.append(f"{node.id}: {node.accounting_errors[0]}")
+        if config is not None and node.identity not in config.participants:
+            continue
+        if node.up and node.admitted:
+            pending = sim.history.count(Status.PENDING)
+            result.warnings.append(
+                f"{node.id}: {len(node.admitted)} admission slots still held "
+                f"({pending} operations pending)"
+            )
+
+
+def run_seed(seed: int, steps: int = DEFAULT_STEPS, trace: Callable[[str], None] | None = None):
+    """Run the random scenario of ``seed`` for at least ``steps`` steps."""
+    return run_scenario(random_scenario(seed), steps, trace)
+
+
+def _run_one(args: tuple[int, int]) -> SeedResult:
+    seed, steps = args
+    return run_seed(seed, steps)
+
+
+def _pin_hash_seed(argv: list[str]) -> None:
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        os.execve(sys.executable, [sys.executable, "-m", "waraft.sim.sweep", *argv], env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m waraft.sim.sweep", description=__doc__)
+    parser.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps per seed")
+    parser.add_argument("--start", type=int, default=0, help="first seed")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--replay", type=int, default=None, metavar="SEED")
+    parser.add_argument("--quiet", action="store_true", help="replay: only the summary")
+    parser.add_argument("--no-pin", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(args_list)
+    if not args.no_pin and argv is None:
+        _pin_hash_seed(args_list)
+    if args.replay is not None:
+        return _replay(args.replay, args.steps, args.quiet)
+    return _sweep(args.start, args.seeds, args.steps, args.jobs)
+
+
+def _replay(seed: int, steps: int, quiet: bool) -> int:
+    scenario = random_scenario(seed)
+    print(f"seed {seed}: {scenario.describe()}")
+    result = run_scenario(scenario, steps, None if quiet else print)
+    _print_result(result, steps)
+    return 1 if result.failed else 0
+
+
+def _print_result(result: SeedResult, steps: int) -> None:
+    status = "VIOLATION" if result.failed else "ok"
+    print(
+        f"seed {result.seed}: {status} steps={result.steps} virtual={result.virtual_ms}ms "
+        f"time={result.seconds:.2f}s ops={result.operations} stats={result.stats}"
+    )
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+    if result.violation:
+        print(result.violation)
+        print(f"replay: {replay_command(result.seed, steps)}")
+
+
+def _sweep(start: int, count: int, steps: int, jobs: int) -> int:
+    seeds = list(range(start, start + count))
+    started = time.perf_counter()
+    results: list[SeedResult] = []
+    totals: Counter[str] = Counter()
+    work = [(seed, steps) for seed in seeds]
+    print(f"sweep: {count} seeds from {start}, at least {steps} steps each, {jobs} job(s)")
+    if jobs > 1:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            iterator = pool.imap_unordered(_run_one, work, chunksize=1)
+            _collect(iterator, results, totals, count, started, steps)
+    else:
+        _collect(map(_run_one, work), results, totals, count, started, steps)
+    elapsed = time.perf_counter() - started
+    failed = sorted((r for r in results if r.failed), key=lambda r: r.seed)
+    undetermined = [r.seed for r in results if r.linearizable is None]
+    warned = [r.seed for r in results if r.warnings]
+    print(
+        f"summary: {len(results)} seeds, {totals['steps']} steps, "
+        f"{totals['virtual_ms']} virtual ms, {elapsed:.1f}s wall, {len(failed)} violation(s)"
+    )
+    print(
+        f"  operations ok={totals['ok']} fail={totals['fail']} unknown={totals['unknown']}; "
+        f"elections={totals['elections']} crashes={totals['crash']} "
+        f"snapshots={totals['snapshots']} committed={totals['committed']}"
+    )
+    if undetermined:
+        print(f"  linearizability undetermined (search budget) for seeds {undetermined}")
+    if warned:
+        print(f"  warnings for seeds {warned[:20]}{' ...' if len(warned) > 20 else ''}")
+    for result in failed:
+        print(f"FAILED seed {result.seed} ({result.invariant}): {result.scenario}")
+        print(result.violation)
+        print(f"replay: {replay_command(result.seed, steps)}")
+    if failed:
+        print(f"failing seeds: {[r.seed for r in failed]}")
+    return 1 if failed else 0
+
+
+def _collect(
+    iterator: Any,
+    results: list[SeedResult],
+    totals: Counter[str],
+    count: int,
+    started: float,
+    steps: int,
+) -> None:
+    every = max(1, count // 20)
+    for result in iterator:
+        results.append(result)
+        totals["steps"] += result.steps
+        totals["virtual_ms"] += result.virtual_ms
+        for name, value in result.operations.items():
+            totals[name.split(".")[1]] += value
+        for name in ("elections", "crash", "snapshots", "committed"):
+            totals[name] += result.stats.get(name, 0)
+        if result.failed:
+            print(f"  seed {result.seed}: VIOLATION {result.invariant}", flush=True)
+        if len(results) % every == 0 or len(results) == count:
+            elapsed = time.perf_counter() - started
+            bad = sum(1 for r in results if r.failed)
+            print(f"  [{len(results)}/{count}] {elapsed:.1f}s, {bad} violation(s)", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
