@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogFact
     """Opens a log of the parametrised provider in a per-test directory (closed afterwards)."""
     opened: list[LogProvider] = []
 
-    def factory(**options: object) -> LogProvider:
+    def factory(**options: Any) -> LogProvider:
         log: LogProvider
         if request.param == "memory":
             log = MemoryLog.open(tmp_path)

@@ -362,7 +362,8 @@ def test_memory_holds_offsets_not_entries(tmp_path: Path) -> None:
     # 20 000 entries of ~420 bytes are ~8 MB on disk; memory keeps offsets and <= 200 entries.
     assert len(log._cache) <= 200
     assert used - base < 1_000_000
-    assert log.get(7).command[3] == value
+    seventh = log.get(7)
+    assert seventh is not None and seventh.command[3] == value
     log.close()
 
 

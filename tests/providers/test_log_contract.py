@@ -48,7 +48,8 @@ def test_append_and_read_back(open_log: LogFactory) -> None:
     assert [log.term(i) for i in range(11)] == [0] + [3] * 10
     assert log.get(4) == entries[3]
     # Commands come back as tuples equal to what was appended.
-    assert log.get(4).command == ("write", "t", 4, 40)
+    fourth = log.get(4)
+    assert fourth is not None and fourth.command == ("write", "t", 4, 40)
     assert log.last_position() == LogPos(10, 3)
 
 
@@ -71,7 +72,8 @@ def test_byte_limit_follows_the_fold_rule(open_log: LogFactory) -> None:
     """An entry is taken while the bytes taken before it are below the limit."""
     log = open_log()
     fill(log, 30)
-    sizes = log.fold(1, 30, 1 << 60, lambda i, size, e, acc: [*acc, size], [])
+    no_ints: list[int] = []
+    sizes = log.fold(1, 30, 1 << 60, lambda i, size, e, acc: [*acc, size], no_ints)
     assert len(sizes) == 30 and all(s > 0 for s in sizes)
     for limit in (1, sizes[0], sizes[0] + 1, sum(sizes[:5]), sum(sizes[:5]) + 1, 1 << 40):
         expected = 0
@@ -80,7 +82,7 @@ def test_byte_limit_follows_the_fold_rule(open_log: LogFactory) -> None:
             taken += sizes[expected]
             expected += 1
         assert len(log.entries(1, 30, 1000, limit)) == expected
-        folded = log.fold(1, 30, limit, lambda i, size, e, acc: [*acc, i], [])
+        folded = log.fold(1, 30, limit, lambda i, size, e, acc: [*acc, i], no_ints)
         assert folded == list(range(1, expected + 1))
 
 
@@ -187,7 +189,8 @@ def test_fold_terms_and_status(open_log: LogFactory) -> None:
     log = open_log()
     fill(log, 3, term=1)
     fill(log, 2, term=4)
-    terms = log.fold_terms(0, 100, lambda i, t, acc: [*acc, (i, t)], [])
+    no_pairs: list[tuple[int, int]] = []
+    terms = log.fold_terms(0, 100, lambda i, t, acc: [*acc, (i, t)], no_pairs)
     assert terms == [(0, 0), (1, 1), (2, 1), (3, 1), (4, 4), (5, 4)]
     status = log.status()
     assert status["first_index"] == 0 and status["last_index"] == 5
