@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from waraft.core.effects import PersistState, Reply, Send, StateChanged
@@ -26,9 +28,9 @@ from .fakes import Cluster, Node, entries_of, ident, ids, make_leader, make_node
 N1, N2, N3 = ident(1), ident(2), ident(3)
 
 
-def ready_leader(**kwargs: object) -> Node:
+def ready_leader(**kwargs: Any) -> Node:
     """A leader whose peers both hold and applied the noop."""
-    node = make_leader(settings=settings(raft_commit_batch_interval_ms=0), **kwargs)  # type: ignore[arg-type]
+    node = make_leader(settings=settings(raft_commit_batch_interval_ms=0), **kwargs)
     node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=1)
     node.rpc(N3, AppendEntriesResponse(1, True, 2, 2), now=1)
     return node

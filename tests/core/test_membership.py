@@ -1,0 +1,178 @@
+"""Membership changes through the leader: checks, the ten actions, effect on quorums."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from waraft.core.config import make_config
+from waraft.core.effects import AppendLog, Apply, CommitCancelled, Reply, Send
+from waraft.core.events import AdjustConfig, Timeout
+from waraft.core.rpc import AppendEntries, AppendEntriesResponse
+from waraft.core.types import CONFIG, Entry, Identity, LogPos, Priority, State, TimeoutKind
+
+from .fakes import Node, ident, ids, make_leader, make_node, settings
+
+N1, N2, N3, N4 = ident(1), ident(2), ident(3), ident(4)
+
+
+def committed_leader(**kwargs: Any) -> Node:
+    """A 3-member leader whose noop is committed and applied."""
+    node = make_leader(settings=settings(raft_commit_batch_interval_ms=0), **kwargs)
+    node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=1)
+    node.rpc(N3, AppendEntriesResponse(1, True, 2, 2), now=1)
+    assert node.core.commit_index == node.core.last_applied == 2
+    return node
+
+
+def test_adjust_config_appends_and_replies_with_the_position() -> None:
+    node = committed_leader()
+    fx = node.handle(AdjustConfig("op", ("add", N4)), now=2)
+    append = next(e for e in fx if isinstance(e, AppendLog))
+    (entry,) = append.entries
+    new = make_config([N1, N2, N3, N4])
+    assert entry.command == (CONFIG, new) and entry.term == 2
+    assert fx[-2] == Reply("op", ("ok", LogPos(3, 2)))
+    # effective as soon as appended: the new member is replicated to at once
+    assert node.core.current_config() == new and node.core.config_index() == 3
+    assert {e.to for e in fx if isinstance(e, Send)} == {N2, N3, N4}
+
+
+def test_the_new_config_counts_for_commits_immediately() -> None:
+    node = committed_leader()
+    node.handle(AdjustConfig("op", ("add", N4)), now=2)
+    node.rpc(N2, AppendEntriesResponse(2, True, 3, 2), now=3)
+    assert node.core.commit_index == 2  # 2 of 4 is not a majority
+    node.rpc(N4, AppendEntriesResponse(2, True, 3, 2), now=3)
+    assert node.core.commit_index == 3
+
+
+def test_config_change_requires_a_quorum_in_the_term() -> None:
+    node = make_leader()
+    assert node.handle(AdjustConfig("op", ("add", N4))) == [Reply("op", ("error", "no_quorum"))]
+
+
+def test_one_uncommitted_config_at_a_time() -> None:
+    node = committed_leader()
+    node.handle(AdjustConfig("op", ("add", N4)), now=2)
+    assert node.handle(AdjustConfig("op", "refresh"), now=3) == [
+        Reply("op", ("error", "not_ready"))
+    ]
+    node.rpc(N2, AppendEntriesResponse(2, True, 3, 2), now=4)
+    node.rpc(N3, AppendEntriesResponse(2, True, 3, 2), now=4)
+    assert node.core.last_applied == 3
+    assert node.handle(AdjustConfig("op", "refresh"), now=5)[-2] == Reply(
+        "op", ("ok", LogPos(4, 2))
+    )
+
+
+def test_expected_config_index() -> None:
+    node = committed_leader()
+    assert node.handle(AdjustConfig("op", ("add", N4), expected_index=7)) == [
+        Reply("op", ("error", "config_index_mismatch"))
+    ]
+    assert node.handle(AdjustConfig("op", ("add", N4), expected_index=1))[-2] == Reply(
+        "op", ("ok", LogPos(3, 2))
+    )
+
+
+def test_config_change_when_the_log_refuses() -> None:
+    node = committed_leader()
+    node.log.refuse_appends = True
+    assert node.handle(AdjustConfig("op", ("add", N4))) == [
+        Reply("op", ("error", "commit_stalled"))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("action", "reason"),
+    [
+        (("add", N2), "already_member"),
+        (("remove", N1), "cannot_remove_self"),
+        (("remove_membership", N1), "cannot_remove_self"),
+        (("demote_to_witness", N1), "cannot_demote_self"),
+        (("remove", Identity("x", "x")), "not_a_participant"),
+        (("promote_participant_if_ready", N4), "not_a_participant"),
+    ],
+)
+def test_action_errors_are_reported(action: object, reason: str) -> None:
+    node = committed_leader()
+    assert node.handle(AdjustConfig("op", action)) == [Reply("op", ("error", reason))]
+
+
+def test_promote_participant_uses_handover_readiness() -> None:
+    node = committed_leader(participants=[N4])
+    assert node.handle(AdjustConfig("op", ("promote_participant_if_ready", N4))) == [
+        Reply("op", ("error", "not_ready"))
+    ]
+    node.rpc(N4, AppendEntriesResponse(1, True, 2, 2), now=2)
+    fx = node.handle(AdjustConfig("op", ("promote_participant_if_ready", N4)), now=3)
+    assert fx[-2] == Reply("op", ("ok", LogPos(3, 2)))
+    assert N4 in node.core.current_config().membership
+
+
+def test_acceptor_path_replies_when_applied() -> None:
+    node = committed_leader()
+    fx = node.handle(AdjustConfig("caller", ("add", N4), reply_on_apply=True), now=2)
+    assert not [e for e in fx if isinstance(e, Reply)]
+    assert node.core.queued[3] == ("caller", Priority.HIGH)
+    node.rpc(N2, AppendEntriesResponse(2, True, 3, 2), now=3)
+    fx = node.rpc(N3, AppendEntriesResponse(2, True, 3, 2), now=3)
+    items = next(e for e in fx if isinstance(e, Apply)).items
+    assert [(i.index, i.reply_to) for i in items] == [(3, "caller")]
+    assert node.core.cached_config == (3, make_config([N1, N2, N3, N4]))
+
+
+def test_acceptor_path_failures_release_the_commit_slot() -> None:
+    node = committed_leader()
+    fx = node.handle(AdjustConfig("caller", ("add", N2), reply_on_apply=True))
+    assert fx == [CommitCancelled("caller", "already_member", Priority.HIGH)]
+    follower = make_node(2)
+    fx = follower.handle(AdjustConfig("caller", "refresh", reply_on_apply=True))
+    assert fx == [CommitCancelled("caller", "not_leader", Priority.HIGH)]
+    assert follower.handle(AdjustConfig("op", "refresh")) == [Reply("op", ("error", "not_leader"))]
+
+
+def test_single_member_config_change_commits_at_once() -> None:
+    node = make_node(1, [N1])
+    assert node.state is State.LEADER
+    fx = node.handle(AdjustConfig("op", ("add", N2)), now=1)
+    assert fx[-2] == Reply("op", ("ok", LogPos(3, 2)))
+    assert node.core.commit_index == 2  # now two members: needs n2
+    node.rpc(N2, AppendEntriesResponse(2, True, 3, 0), now=2)
+    assert node.core.commit_index == 3
+
+
+def test_removed_leader_config_is_refused_but_removing_others_works() -> None:
+    node = committed_leader()
+    fx = node.handle(AdjustConfig("op", ("remove", N3)), now=2)
+    assert fx[-2] == Reply("op", ("ok", LogPos(3, 2)))
+    assert node.core.current_config().participants == (N1, N2)
+    node.rpc(N2, AppendEntriesResponse(2, True, 3, 2), now=3)
+    assert node.core.commit_index == 3  # 2 of 2
+
+
+def test_demoting_a_peer_to_witness_switches_its_replication() -> None:
+    node = committed_leader()
+    node.handle(AdjustConfig("op", ("demote_to_witness", N3)), now=2)
+    assert node.core.current_config().witness == (N3,)
+    node.core.next_indices["n3"] = 2
+    fx = node.handle(Timeout(TimeoutKind.HEARTBEAT), now=300)
+    sent = next(e.rpc.payload for e in fx if isinstance(e, Send) and e.to == N3)
+    assert all(e.command in ("noop", (CONFIG, node.core.current_config())) for e in sent.entries)
+
+
+def test_removed_follower_stops_campaigning() -> None:
+    node = make_node(3, term=2)
+    cfg = make_config([N1, N2])
+    node.rpc(N1, AppendEntries(1, 1, [Entry(2, "c", (CONFIG, cfg))], 1, 0))
+    node.fire()
+    assert node.state is State.FOLLOWER
+
+
+def test_non_voting_participant_is_a_follower_that_never_campaigns() -> None:
+    node = make_node(4, ids(3), participants=[N4])
+    node.fire()
+    assert node.state is State.FOLLOWER
+    assert node.core.status(0)["witness"] is False
