@@ -1,0 +1,117 @@
+"""Random operation sequences against a plain model: both providers must agree with it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.providers.conftest import A, B, make_config
+from waraft.core.types import Config, Entry, LogPos
+from waraft.log.disk import DiskLog
+from waraft.log.memory import MemoryLog
+from waraft.log.provider import LogProvider
+
+CONFIGS = [make_config(A), make_config(A, B)]
+
+op = st.one_of(
+    st.tuples(st.just("append"), st.integers(1, 25), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("truncate"), st.floats(0, 1)),
+    st.tuples(st.just("reset"), st.integers(0, 300), st.integers(0, 3)),
+    st.tuples(st.just("trim"), st.floats(0, 1.2)),
+    st.tuples(st.just("reopen"), st.booleans()),
+)
+
+
+class Model:
+    def __init__(self) -> None:
+        self.first = 0
+        self.entries: list[Entry] = [Entry(0)]
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.entries) - 1
+
+    def config(self) -> tuple[int, Config] | None:
+        for offset in range(len(self.entries) - 1, -1, -1):
+            command = self.entries[offset].command
+            if isinstance(command, tuple) and command[0] == "config":
+                return self.first + offset, command[1]
+        return None
+
+
+def check(log: LogProvider, model: Model) -> None:
+    assert (log.first_index(), log.last_index()) == (model.first, model.last)
+    got = log.entries(model.first, model.last, 1 << 20, 1 << 60)
+    assert got == model.entries
+    assert [log.term(i) for i in range(model.first, model.last + 1)] == [
+        e.term for e in model.entries
+    ]
+    assert log.term(model.last + 1) is None and log.term(model.first - 1) is None
+    assert log.config() == model.config()
+
+
+def run(log: LogProvider, ops: list[Any], reopen: Any) -> None:
+    model = Model()
+    for step in ops:
+        kind = step[0]
+        if kind == "append":
+            _, count, bump, with_config = step
+            term = model.entries[-1].term + bump
+            start = model.last + 1
+            new = [Entry(term, ("k", i), ("write", "t", i, i)) for i in range(start, start + count)]
+            if with_config:
+                new[count // 2] = Entry(term, "cfg", ("config", CONFIGS[start % 2]), "lab")
+            log.append(start, new)
+            log.sync()
+            model.entries.extend(new)
+        elif kind == "truncate":
+            if model.last == model.first:
+                continue
+            index = model.first + 1 + int(step[1] * (model.last - model.first))
+            log.truncate(index)
+            del model.entries[index - model.first :]
+        elif kind == "reset":
+            position = LogPos(step[1], step[2])
+            log.reset(position)
+            model.first, model.entries = position.index, [Entry(position.term)]
+        elif kind == "trim":
+            index = model.first + int(step[1] * (model.last - model.first))
+            log.trim(index)
+            new_first = log.first_index()
+            assert model.first <= new_first <= max(model.first, min(index, model.last))
+            del model.entries[: new_first - model.first]
+            model.first = new_first
+        else:
+            log = reopen(log, step[1])
+        check(log, model)
+    log.close()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, max_size=25))
+def test_memory_log_matches_the_model(ops: list[Any]) -> None:
+    run(MemoryLog(), ops, lambda log, crash: log)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, max_size=25))
+def test_disk_log_matches_the_model(ops: list[Any]) -> None:
+    directory = tempfile.mkdtemp(prefix="waraft-model-")
+    options = {"max_records_per_file": 8, "cache_entries": 4}
+
+    def reopen(log: LogProvider, crash: bool) -> LogProvider:
+        assert isinstance(log, DiskLog)
+        if crash:
+            log._close_fds()  # kill -9: nothing more reaches the files
+        else:
+            log.close()
+        return DiskLog(directory, **options)
+
+    try:
+        run(DiskLog(directory, **options), ops, reopen)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
