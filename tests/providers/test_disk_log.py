@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import shutil
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -79,9 +80,21 @@ def test_crash_without_close_keeps_written_entries(tmp_path: Path) -> None:
 def test_second_open_of_a_live_log_is_refused(tmp_path: Path) -> None:
     log = open_disk(tmp_path)
     with pytest.raises(LogError, match="in use"):
-        open_disk(tmp_path)
+        open_disk(tmp_path, lock_timeout=0.05)
     log.close()
     open_disk(tmp_path).close()
+
+
+def test_open_waits_for_the_previous_owner(tmp_path: Path) -> None:
+    log = open_disk(tmp_path)
+    closer = threading.Timer(0.05, log.close)  # the previous owner terminating
+    closer.start()
+    try:
+        reopened = open_disk(tmp_path, lock_timeout=10)
+    finally:
+        closer.join(timeout=10)
+    assert reopened.last_index() == 0
+    reopened.close()
 
 
 def test_torn_tail_is_cut_at_every_offset(tmp_path: Path) -> None:

@@ -36,6 +36,13 @@ term change) and config entries in a short per-segment list, so ``config()`` nev
 last ``cache_entries`` to ``2 * cache_entries`` appended entries are also kept decoded, so a
 leader replicating the tail never reads the disk.
 
+Ownership
+---------
+An open DiskLog holds an exclusive ``flock`` on ``log/LOCK``; a second open of the same directory
+(in any process) waits up to ``lock_timeout`` seconds and then raises ``LogError``. The kernel
+drops the lock when a process dies, so kill -9 needs no cleanup; inside one process the previous
+owner must ``close()`` first (the partition's terminate path).
+
 Concurrency
 -----------
 As ``waraft.log.provider`` says: one writer thread, plus ``trim`` from any thread. Segment
@@ -54,6 +61,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
@@ -202,6 +210,7 @@ class DiskLog(LogProvider):
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
         max_unsynced_bytes: int = DEFAULT_MAX_UNSYNCED_BYTES,
         lock: bool = True,
+        lock_timeout: float = 1.0,
     ) -> None:
         """Open the log kept in ``directory`` (created if missing). Prefer ``DiskLog.open``."""
         if max_records_per_file < 1 or max_bytes_per_file < 1:
@@ -224,7 +233,7 @@ class DiskLog(LogProvider):
         self._closed = False
         self.fsyncs = 0  # fdatasync/fsync calls made by sync() (exposed for status/benchmarks)
         os.makedirs(self._dir, exist_ok=True)
-        self._lock_fd = self._take_lock() if lock else -1
+        self._lock_fd = self._take_lock(lock_timeout) if lock else -1
         self._dir_fd = os.open(self._dir, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._load()
@@ -252,14 +261,24 @@ class DiskLog(LogProvider):
 
     # -- opening ------------------------------------------------------------------------------
 
-    def _take_lock(self) -> int:
+    def _take_lock(self, timeout: float) -> int:
+        """Hold ``LOCK`` (flock) so that two live DiskLogs never share a directory; waits up
+        to ``timeout`` seconds for a previous owner (an exiting process, a partition being
+        restarted) to let go."""
         fd = os.open(os.path.join(self._dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LogError(f"log directory {self._dir} is in use by another open DiskLog") from None
-        return fd
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LogError(
+                        f"log directory {self._dir} is in use by another open DiskLog "
+                        "(in this process: close the previous instance first)"
+                    ) from None
+                time.sleep(0.01)
 
     def _segment_files(self) -> list[tuple[int, str]]:
         found = []
