@@ -103,6 +103,13 @@ def test_config_apply_and_incomplete_witness(storage: StorageProvider) -> None:
     assert storage.config() == (pos(6, 2), witness_config)
 
 
+def test_config_command_through_apply(storage: StorageProvider) -> None:
+    config = make_config(A)
+    assert storage.apply(("config", config), pos(2)) == "ok"
+    assert storage.config() == (pos(2), config)
+    assert storage.position() == pos(2)
+
+
 def test_apply_batch(storage: StorageProvider) -> None:
     config = make_config(A)
     results = storage.apply_batch(

@@ -16,15 +16,17 @@ from collections.abc import Mapping
 from typing import Any, Final, Self
 
 from waraft.codec import CodecError, packb, unpackb
-from waraft.core.types import Config, LogPos
+from waraft.core.types import Config, LogPos, is_config_command
 from waraft.storage.provider import (
     BAD_POSITION,
     NOT_FOUND,
     OK,
+    InvalidIncompleteReplica,
     StorageOptions,
     StorageProvider,
     UnknownCommandError,
     command_kind,
+    is_data_replica,
     write_file_durably,
     write_metadata,
 )
@@ -113,6 +115,8 @@ class MemoryStorage(StorageProvider):
     # -- applying -----------------------------------------------------------------------------
 
     def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
+        if is_config_command(command):
+            return self.apply_config(command[1], position)
         kind = command_kind(command)
         if kind == "write" and len(command) == 4:
             self._data[command[2]] = command[3]
@@ -190,14 +194,9 @@ class MemoryStorage(StorageProvider):
             return ("error", str(exc))
         if position != expected:
             return BAD_POSITION
-        if config is not None and incomplete:
-            # Check before swapping: the state stays as it was if this raises.
-            saved = self._incomplete
-            self._incomplete = True
-            try:
-                self.check_config(config[1])
-            finally:
-                self._incomplete = saved
+        if incomplete and config is not None and is_data_replica(self.options.identity, config[1]):
+            # Checked before swapping: the state stays as it was.
+            raise InvalidIncompleteReplica(self.options.identity)
         self._data = data
         self._position = position
         self._config = config

@@ -138,7 +138,9 @@ class StorageProvider(ABC):
 
     @abstractmethod
     def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
-        """Apply ``command`` at ``position``; store ``label`` too unless it is ``None``."""
+        """Apply ``command`` at ``position``; store ``label`` too unless it is ``None``.
+
+        A ``("config", Config)`` command is handed to ``apply_config``."""
 
     @abstractmethod
     def apply_config(self, config: Config, position: LogPos) -> Any:
