@@ -1,0 +1,102 @@
+"""RPC envelopes and WARaft's payload defaulting, and the core's handling of decoded RPCs."""
+
+from __future__ import annotations
+
+import pytest
+
+from waraft.core.rpc import (
+    AppendEntries,
+    AppendEntriesResponse,
+    HandoverFailed,
+    NotifyTerm,
+    PreVote,
+    RaftRpc,
+    RequestVote,
+    RpcDecodeError,
+    Vote,
+    from_wire,
+    to_wire,
+)
+from waraft.core.types import ElectionType, Entry, Identity, State
+
+from .fakes import ident, make_node
+
+N1 = ident(1)
+
+
+def test_round_trip() -> None:
+    rpc = RaftRpc(4, N1, AppendEntries(3, 2, [Entry(4, "k", "v")], 2, 1))
+    assert from_wire(to_wire(rpc), "me") == rpc
+    vote = RaftRpc(4, N1, RequestVote(ElectionType.FORCE, 9, 3))
+    assert to_wire(vote)[4][0] == "force"
+    assert from_wire(to_wire(vote), "me") == vote
+
+
+@pytest.mark.parametrize(
+    ("raw", "payload"),
+    [
+        (["append_entries", 2, "s", "n", [5]], AppendEntries(5, 0, (), 0, 0)),
+        (
+            ["append_entries_response", 2, "s", "n", [1, True, 3]],
+            AppendEntriesResponse(1, True, 3, None),
+        ),
+        (["pre_vote", 2, "s", "n", [7]], PreVote(7, False, 0, 0)),
+        (["request_vote", 2, "s", "n", []], RequestVote(ElectionType.NORMAL, 0, 0)),
+        (["vote", 2, "s", "n", None], Vote(False)),
+        (["notify_term", 2, "s", "n", None], NotifyTerm()),
+        # extra trailing fields from a newer version are dropped
+        (["vote", 2, "s", "n", [True, "future", 1]], Vote(True)),
+        (["handover_failed", 2, "s", "n", [3, 4]], HandoverFailed(3)),
+    ],
+)
+def test_payload_defaulting(raw: list[object], payload: object) -> None:
+    rpc = from_wire(raw, "me")
+    assert rpc.payload == payload
+    assert rpc.sender == Identity("s", "n") and rpc.term == 2
+
+
+def test_legacy_envelope_takes_our_own_name() -> None:
+    rpc = from_wire(["vote", 3, "n9", [True]], "raft_server_t_1")
+    assert rpc.sender == Identity("raft_server_t_1", "n9") and rpc.payload == Vote(True)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "nope",
+        ["vote"],
+        ["explode", 1, "s", "n", []],
+        ["vote", -1, "s", "n", []],
+        ["vote", 1, 5, "n", []],
+        ["vote", 1, "s", "n", "x"],
+        ["append_entries", 1, "s", "n", [1, 1, [["bad"]]]],
+        ["request_vote", 1, "s", "n", ["sometimes"]],
+    ],
+)
+def test_malformed_rpcs_are_refused(raw: object) -> None:
+    with pytest.raises(RpcDecodeError):
+        from_wire(raw, "me")
+
+
+def test_core_handles_defaulted_payloads() -> None:
+    """An old peer's short append_entries_response still updates the leader."""
+    from .fakes import make_leader
+
+    leader = make_leader()
+    short = from_wire(
+        [
+            "append_entries_response",
+            leader.core.current_term,
+            "raft_server_test_1",
+            "n2",
+            [1, True, 2],
+        ],
+        "x",
+    )
+    leader.handle(short, now=1)
+    assert leader.core.match_indices["n2"] == 2
+    assert "n2" not in leader.core.last_applied_indices  # defaulted to None, not recorded
+    follower = make_node(2, term=2)
+    heartbeat = from_wire(["append_entries", 2, "raft_server_test_1", "n1", [1, 1]], "x")
+    follower.handle(heartbeat, now=1)
+    assert follower.core.leader == N1 and follower.state is State.FOLLOWER
