@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from waraft.core.types import Config, Entry, Identity
 from waraft.log.disk import DiskLog
 from waraft.log.memory import MemoryLog
 from waraft.log.provider import LogProvider
 
-LogFactory = Callable[..., LogProvider]
-
-A = Identity("raft_server_t_1", "a@host")
-B = Identity("raft_server_t_1", "b@host")
-C = Identity("raft_server_t_1", "c@host")
-
-
-def make_config(*members: Identity, witness: tuple[Identity, ...] = ()) -> Config:
-    everyone = tuple(sorted({*members, *witness}))
-    return Config(1, tuple(sorted(members)), everyone, tuple(sorted(witness)))
-
-
-def writes(first_key: int, count: int, term: int = 1) -> list[Entry]:
-    """``count`` small write entries keyed ``first_key, first_key + 1, ...``."""
-    return [Entry(term, k, ("write", "t", k, k * 10)) for k in range(first_key, first_key + count)]
+from .helpers import LogFactory
 
 
 @pytest.fixture(params=["memory", "disk"])

@@ -6,9 +6,10 @@ import threading
 
 import pytest
 
-from tests.providers.conftest import A, B, C, make_config
 from waraft.codec import CodecError, packb, unpackb
 from waraft.core.types import Config, Entry, Identity, LogPos
+
+from .helpers import A, B, C, make_config
 
 
 def test_commands_and_named_tuples_round_trip_equal() -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.providers.conftest import A, make_config, writes
 from waraft.core.types import Entry, LogPos, Priority
 from waraft.log.disk import RESET_TEMP, SEGMENT_HEADER, DiskLog
 from waraft.log.provider import LogCorruptionError, LogError, LogWriteError
+
+from .helpers import A, make_config, writes
 
 
 def open_disk(path: Path, **options: object) -> DiskLog:

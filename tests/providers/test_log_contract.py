@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from tests.providers.conftest import A, B, C, LogFactory, make_config, writes
 from waraft.core.types import Entry, LogPos, Priority
 from waraft.log.provider import LogPositionError, LogProvider
+
+from .helpers import A, B, C, LogFactory, make_config, writes
 
 
 def fill(log: LogProvider, count: int, term: int = 1) -> list[Entry]:

@@ -9,11 +9,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.providers.conftest import A, B, make_config
 from waraft.core.types import Config, Entry, LogPos
 from waraft.log.disk import DiskLog
 from waraft.log.memory import MemoryLog
 from waraft.log.provider import LogProvider
+
+from .helpers import A, B, make_config
 
 CONFIGS = [make_config(A), make_config(A, B)]
 
@@ -101,7 +102,7 @@ def test_memory_log_matches_the_model(ops: list[Any]) -> None:
 @given(st.lists(op, max_size=25))
 def test_disk_log_matches_the_model(ops: list[Any]) -> None:
     directory = tempfile.mkdtemp(prefix="waraft-model-")
-    options = {"max_records_per_file": 8, "cache_entries": 4}
+    options: dict[str, Any] = {"max_records_per_file": 8, "cache_entries": 4}
 
     def reopen(log: LogProvider, crash: bool) -> LogProvider:
         assert isinstance(log, DiskLog)

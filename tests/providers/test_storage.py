@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from tests.providers.conftest import A, B, C, make_config
 from waraft.core.types import LogPos
 from waraft.storage.memory import MemoryStorage
 from waraft.storage.provider import (
@@ -20,6 +19,8 @@ from waraft.storage.provider import (
     read_metadata,
 )
 from waraft.storage.sqlite import SqliteStorage
+
+from .helpers import A, B, C, make_config
 
 OPTIONS = StorageOptions(table="t", partition=1, identity=A, name="raft_storage_t_1")
 PROVIDERS: dict[str, type[StorageProvider]] = {"memory": MemoryStorage, "sqlite": SqliteStorage}

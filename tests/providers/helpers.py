@@ -1,0 +1,24 @@
+"""Helpers shared by the provider tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from waraft.core.types import Config, Entry, Identity
+from waraft.log.provider import LogProvider
+
+LogFactory = Callable[..., LogProvider]
+
+A = Identity("raft_server_t_1", "a@host")
+B = Identity("raft_server_t_1", "b@host")
+C = Identity("raft_server_t_1", "c@host")
+
+
+def make_config(*members: Identity, witness: tuple[Identity, ...] = ()) -> Config:
+    everyone = tuple(sorted({*members, *witness}))
+    return Config(1, tuple(sorted(members)), everyone, tuple(sorted(witness)))
+
+
+def writes(first_key: int, count: int, term: int = 1) -> list[Entry]:
+    """``count`` small write entries keyed ``first_key, first_key + 1, ...``."""
+    return [Entry(term, k, ("write", "t", k, k * 10)) for k in range(first_key, first_key + count)]
