@@ -474,6 +474,7 @@ class Supervisor(Process):
         status, value = self._start(child)
         if status == "ok":
             child.pid = value
+            logger.info("%s: restarted child %r as %r", self._label, child.id, value)
             return None
         logger.error("%s: restart of child %r failed: %r", self._label, child.id, value)
         child.pid = old if isinstance(old, _Restarting) else _Restarting(_pid_or_none(old))
@@ -487,6 +488,7 @@ class Supervisor(Process):
         if status == "ok":
             if value is not None:
                 self._dyn[value] = args
+                logger.info("%s: restarted a %r child as %r", self._label, self._template.id, value)
             return None
         logger.error("%s: restart of a %r child failed: %r", self._label, self._template.id, value)
         marker = key if isinstance(key, _Restarting) else _Restarting(key)
@@ -518,6 +520,7 @@ class Supervisor(Process):
                 self._remove(child)
             else:
                 child.pid = value
+                logger.info("%s: restarted child %r as %r", self._label, child_id, value)
         return None
 
     def _try_again(self, key: Any) -> None:
