@@ -61,6 +61,8 @@ class FakeLog:
         self.items.extend(entries)
         self.refuse_appends = False
         self.trims: list[int] = []
+        self._config: tuple[int, Config] | None = None
+        self._scanned = -1
 
     # LogView
     def first_index(self) -> int:
@@ -93,12 +95,17 @@ class FakeLog:
         return out
 
     def config(self) -> tuple[int, Config] | None:
-        for offset in range(len(self.items) - 1, -1, -1):
-            command = self.items[offset].command
+        # Indexed like a real provider: only entries appended since the last call are scanned.
+        last = self.last_index()
+        for index in range(max(self._scanned + 1, self.first), last + 1):
+            command = self.items[index - self.first].command
             if is_config_command(command):
-                cfg: Config = command[1]
-                return (self.first + offset, cfg)
-        return None
+                self._config = (index, command[1])
+        self._scanned = last
+        known = self._config
+        if known is None or known[0] < self.first:
+            return None
+        return known
 
     def can_append(self, count: int, priority: Priority) -> bool:
         return not self.refuse_appends
@@ -111,9 +118,11 @@ class FakeLog:
         elif isinstance(effect, TruncateLog):
             assert effect.index > self.first
             del self.items[effect.index - self.first :]
+            self._config, self._scanned = None, -1
         elif isinstance(effect, ResetLog):
             self.first = effect.position.index
             self.items = [Entry(effect.position.term)]
+            self._config, self._scanned = None, -1
         elif isinstance(effect, TrimLog):
             self.trims.append(effect.index)
             if self.first < effect.index <= self.last_index():

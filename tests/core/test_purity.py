@@ -33,6 +33,20 @@ FORBIDDEN_MODULES = {
     "msgpack",
 }
 FORBIDDEN_CALLS = {"open", "input", "print", "exec", "eval", "__import__"}
+# The only standard modules the core may use (besides its own package).
+ALLOWED_MODULES = {
+    "__future__",
+    "bisect",
+    "collections",
+    "dataclasses",
+    "enum",
+    "functools",
+    "itertools",
+    "logging",
+    "math",
+    "typing",
+    "waraft",
+}
 
 
 def _core_files() -> list[Path]:
@@ -51,10 +65,14 @@ def _violations(path: Path) -> list[str]:
                     found.append(f"{path.name}:{node.lineno} import {alias.name}")
                 if alias.name.startswith("waraft") and not alias.name.startswith("waraft.core"):
                     found.append(f"{path.name}:{node.lineno} imports {alias.name} outside core")
+                if alias.name.split(".")[0] not in ALLOWED_MODULES:
+                    found.append(f"{path.name}:{node.lineno} imports {alias.name} (not allowed)")
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
             if node.level == 0 and module.split(".")[0] in FORBIDDEN_MODULES:
                 found.append(f"{path.name}:{node.lineno} from {module} import ...")
+            elif node.level == 0 and module.split(".")[0] not in ALLOWED_MODULES:
+                found.append(f"{path.name}:{node.lineno} from {module} (not allowed)")
             if (
                 node.level == 0
                 and module.startswith("waraft")
@@ -81,9 +99,9 @@ def test_checker_catches_impurity(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text(
         "import time\nfrom os import path\nimport waraft.server\n"
-        "from waraft.dist import x\nopen('f')\n"
+        "from waraft.dist import x\nopen('f')\nimport types\n"
     )
     found = _violations(bad)
-    assert len(found) == 5, found
+    assert len(found) == 7, found
     assert any("import time" in f for f in found)
     assert any("calls open()" in f for f in found)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from waraft.core import (
     candidate,
@@ -64,7 +63,18 @@ from waraft.core.types import (
 
 logger = logging.getLogger(__name__)
 
-_STATE_MODULES: dict[State, ModuleType] = {
+
+class _StateModule(Protocol):
+    """What each state module provides (``stalled``, ``follower``, ...)."""
+
+    def enter(self, core: RaftCore, old: State) -> None: ...
+
+    def handle_rpc(self, core: RaftCore, sender: Identity, payload: Payload) -> None: ...
+
+    def handle_event(self, core: RaftCore, event: Event) -> None: ...
+
+
+_STATE_MODULES: dict[State, _StateModule] = {
     State.STALLED: stalled,
     State.FOLLOWER: follower,
     State.CANDIDATE: candidate,
