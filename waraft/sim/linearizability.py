@@ -100,6 +100,7 @@ class LinearizabilityResult:
     undetermined: list[PartitionVerdict] = field(default_factory=list)
     keys: int = 0
     operations: int = 0
+    model: Any = None
 
     def explain(self, limit: int = 30) -> str:
         lines = [
@@ -108,11 +109,13 @@ class LinearizabilityResult:
             f"undetermined_keys={[v.key for v in self.undetermined]}"
         ]
         for verdict in self.failures[:3]:
-            lines.append(f"-- key {verdict.key!r}: {len(verdict.operations)} operations")
-            ops = sorted(verdict.operations, key=lambda o: o.invoke_ms)
-            lines.extend(op.line() for op in ops[:limit])
-            if len(ops) > limit:
-                lines.append(f"   ... {len(ops) - limit} more")
+            ops = sorted(verdict.operations, key=lambda o: (o.invoke_ms, o.id))
+            cut = _shortest_failing_prefix(verdict.key, ops, self.model)
+            lines.append(
+                f"-- key {verdict.key!r}: {len(ops)} operations; the first {cut} (by invocation) "
+                f"are already not linearizable; the last {limit} of those:"
+            )
+            lines.extend(op.line() for op in ops[max(0, cut - limit) : cut])
         return "\n".join(lines)
 
 
@@ -133,7 +136,7 @@ def check_history(
             continue
         parts.setdefault(key, []).append(op)
         total += 1
-    result = LinearizabilityResult(ok=True, keys=len(parts), operations=total)
+    result = LinearizabilityResult(ok=True, keys=len(parts), operations=total, model=model)
     for key, part in parts.items():
         verdict = check_partition(key, _prune(model, part), model, budget)
         if verdict.ok is False:
@@ -145,6 +148,18 @@ def check_history(
     elif result.undetermined:
         result.ok = None
     return result
+
+
+def _shortest_failing_prefix(key: Any, ops: list[Operation], model: Any) -> int:
+    """Diagnostics: the smallest n whose first n operations (by invocation) already fail."""
+    low, high = 1, len(ops)
+    while low < high:
+        mid = (low + high) // 2
+        if check_partition(key, _prune(model, ops[:mid]), model).ok is False:
+            high = mid
+        else:
+            low = mid + 1
+    return high
 
 
 def check_partition(

@@ -169,6 +169,7 @@ class Simulation:
         self.state_listeners: list[Callable[[SimNode, Any], None]] = []
         self.trace_hook: Callable[[str], None] | None = None
         self.slow_storage: dict[str, tuple[int, int]] = {}  # node -> storage pickup delay
+        self._disconnected: set[str] = set()
         self.witnesses: set[str] = set()
         self._trace: deque[tuple[int, Scheduled]] = deque(maxlen=max(1, config.trace_size))
         self._submits = 0
@@ -426,6 +427,23 @@ class Simulation:
         """Symmetric partition into ``groups``; nodes in no group are isolated."""
         self.network.partition(*groups, nodes=self.node_ids)
 
+    def disconnect(self, node_id: str) -> None:
+        """6.824's ``disconnect``: cut ``node_id`` off; a link works only while both of its
+        ends are connected. (``disconnect``/``connect`` rewrite every link: do not mix them
+        with ``partition``/``block`` in one test.)"""
+        self._disconnected.add(node_id)
+        self._apply_disconnected()
+
+    def connect(self, node_id: str) -> None:
+        """6.824's ``connect``: undo ``disconnect`` for ``node_id``."""
+        self._disconnected.discard(node_id)
+        self._apply_disconnected()
+
+    def _apply_disconnected(self) -> None:
+        self.network.heal()
+        for node_id in sorted(self._disconnected):
+            self.network.isolate(node_id, self.node_ids)
+
     def isolate(self, node_id: str) -> None:
         self.network.isolate(node_id, self.node_ids)
 
@@ -439,6 +457,7 @@ class Simulation:
         self.network.block(src, dst)
 
     def heal(self) -> None:
+        self._disconnected.clear()
         self.network.heal()
 
     def set_net(self, net: NetConfig) -> None:

@@ -1,0 +1,59 @@
+"""Minimal reproductions of core bugs found by the simulator (see /work/brief/CORE_BUGS.md).
+
+Each test states the correct behaviour and is marked ``xfail(strict=True)`` with the bug id
+while the bug is open: once the core is fixed the test passes, strict xfail turns that into a
+failure, and the marker must be removed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.sim.helpers import check_one_leader, one, write
+from waraft.sim import Simulation
+
+READ_K = ("read", "t", "k")
+
+
+def _three(seed: int) -> Simulation:
+    sim = Simulation(nodes=3, seed=seed)
+    sim.bootstrap()
+    return sim
+
+
+@pytest.mark.xfail(strict=True, reason="CORE-1: strong read answered by a deposed leader")
+def test_strong_read_on_a_deposed_leader_is_not_stale() -> None:
+    sim = _three(1)
+    old = check_one_leader(sim, sim.node_ids)
+    one(sim, write("v1", key="k"), 3)
+    sim.disconnect(old)
+    others = [n for n in sim.node_ids if n != old]
+    check_one_leader(sim, others)
+    one(sim, write("v2", key="k"), 2)  # committed while the old leader is cut off
+    read = sim.read(old, READ_K)  # the old leader still believes it leads
+    sim.run_for(300)
+    assert not read.done  # it cannot confirm its leadership: no answer yet
+    sim.connect(old)
+    assert sim.run_until(lambda: read.done, 5000)
+    # v2 was committed before the read was invoked: "v1" would be a stale read
+    assert read.result != ("ok", "v1"), read.result
+
+
+@pytest.mark.xfail(
+    strict=True, reason="CORE-1: strong read answered before leadership is confirmed"
+)
+def test_strong_read_waits_for_a_quorum_round_even_with_lagging_storage() -> None:
+    sim = _three(2)
+    old = check_one_leader(sim, sim.node_ids)
+    one(sim, write("v1", key="k"), 3)
+    sim.slow_storage[old] = (3000, 3000)  # the old leader's storage falls behind ...
+    for i in range(3):
+        sim.submit(old, write(f"w{i}", key="other"))
+    sim.run_for(100)  # ... those commit (majority) but are not yet applied on the old leader
+    sim.disconnect(old)
+    others = [n for n in sim.node_ids if n != old]
+    check_one_leader(sim, others)
+    one(sim, write("v2", key="k"), 2)
+    read = sim.read(old, READ_K)
+    sim.run_for(5000)  # storage catches up to the read index on the cut-off old leader
+    assert not read.done or read.result != ("ok", "v1"), read.result
