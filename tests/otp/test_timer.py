@@ -20,20 +20,25 @@ class Sink(otp.Process):
 def test_send_after_delivers_in_deadline_order() -> None:
     events = Events()
     pid = Sink.start(events)
-    otp.send_after(60, pid, "late")
-    otp.send_after(1, pid, "early")
-    otp.send_after(30, pid, "middle")
-    assert events.wait_len(3) == ["early", "middle", "late"]
+    refs = {
+        "late": otp.send_after(60, pid, "late"),
+        "early": otp.send_after(1, pid, "early"),
+        "middle": otp.send_after(30, pid, "middle"),
+    }
+    # Normally early, middle, late; derived from the deadlines so a stalled test thread
+    # cannot make the expectation wrong.
+    expected = sorted(refs, key=lambda k: refs[k]._deadline)
+    assert events.wait_len(3) == expected
 
 
 def test_cancelled_timer_never_fires() -> None:
     events = Events()
     pid = Sink.start(events)
-    ref = otp.send_after(5, pid, "cancelled")
+    ref = otp.send_after(200, pid, "cancelled")
     assert ref.active and ref.remaining_ms() is not None
     assert otp.cancel_timer(ref) is True
     assert otp.cancel_timer(ref) is False
-    otp.send_after(20, pid, "marker")  # later deadline: once it is here, the other is gone
+    otp.send_after(250, pid, "marker")  # later deadline: once it is here, the other is gone
     assert events.wait_len(1) == ["marker"]
     assert not ref.active and ref.remaining_ms() is None
 
@@ -48,7 +53,7 @@ def test_cancel_after_firing_returns_false() -> None:
 
 def test_named_target_resolves_at_fire_time_on_the_arming_node(otp_node: otp.Node) -> None:
     events = Events()
-    otp.send_after(10, "sink", "hello")
+    otp.send_after(200, "sink", "hello")
     Sink.start(events, name="sink")  # registered after arming, before firing
     assert events.wait_len(1) == ["hello"]
 

@@ -153,7 +153,7 @@ def _is_root(pid: Pid) -> bool:
     actor = pid._actor
     if actor is None:
         return False
-    parent = actor.parent
+    parent = actor._parent
     return parent is None or parent._dead
 
 

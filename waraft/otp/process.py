@@ -157,7 +157,7 @@ class Process(pykka.ThreadingActor):
         self.pid: Pid = Pid(boot.node, as_inbox(self.actor_inbox), self)
         boot.pid = self.pid
         self.node: _node.Node = boot.node
-        self.parent: Pid | None = boot.parent
+        self._parent: Pid | None = boot.parent
         self._deferred: set[ReplyTo] = set()
         self._deferred_limit = _DEFERRED_PRUNE_MIN
         self._next_events: deque[Any] = deque()
@@ -367,7 +367,7 @@ class Process(pykka.ThreadingActor):
             self._stop_reason = payload
 
     def _on_trapped_exit(self, sender: Pid | None, reason: Any) -> None:
-        if sender is not None and sender is self.parent:
+        if sender is not None and sender is self._parent:
             self._stop_reason = reason  # gen_server: an exit from the parent terminates
         else:
             self._dispatch_info(("EXIT", sender, reason))
