@@ -5,7 +5,6 @@ from __future__ import annotations
 from waraft.core.effects import (
     AppendLog,
     Apply,
-    CancelReads,
     CommitCancelled,
     ReadCancelled,
     Send,
@@ -91,7 +90,7 @@ def test_commit_stalled_cancels_every_pending_commit_and_read() -> None:
         ("lo0", "commit_stalled", Priority.LOW),
         ("lo1", "commit_stalled", Priority.LOW),
     ]
-    assert CancelReads("commit_stalled") in fx
+    assert ReadCancelled("r1", "commit_stalled") in fx
     assert not [e for e in fx if isinstance(e, AppendLog)]
     assert node.core.pending_high == node.core.pending_low == [] and not node.core.pending_read
 
@@ -124,7 +123,7 @@ def test_leaving_leader_cancels_pending_commits_with_not_leader() -> None:
     fx = node.handle(Resign("admin"))
     assert StateChanged(State.LEADER, State.FOLLOWER) in fx
     assert CommitCancelled("c0", "not_leader", Priority.HIGH) in fx
-    assert CancelReads("not_leader") in fx
+    assert ReadCancelled("r", "not_leader") in fx
     assert fx[-1].__class__.__name__ == "Reply"
 
 
@@ -161,7 +160,7 @@ def test_terminate_effects_cancel_pending_and_queued() -> None:
     fx = node.core.terminate_effects()
     assert fx == [
         CommitCancelled("p0", "not_leader", Priority.LOW),
-        CancelReads("not_leader"),
+        ReadCancelled("r", "not_leader"),
         CommitCancelled("c0", "not_leader", Priority.HIGH),
     ]
 

@@ -24,17 +24,27 @@ def read(from_: str = "r", command: object = "get", min_index: int | None = None
     return ReadBatch([(from_, command, min_index)])
 
 
-def test_read_index_is_at_least_the_first_entry_of_the_term() -> None:
+def submitted(fx: list) -> list[SubmitRead]:  # type: ignore[type-arg]
+    return [e for e in fx if isinstance(e, SubmitRead)]
+
+
+def test_read_waits_for_an_entry_appended_after_it() -> None:
     node = make_leader()
     fx = node.handle(read())
-    assert fx == [SubmitRead(2, "r", "get"), SetTimeout(TimeoutKind.BATCH_COMMIT, 2)]
-    assert node.core.pending_read
+    assert fx == [SetTimeout(TimeoutKind.BATCH_COMMIT, 2)]
+    assert node.core.pending_read and node.core.held_reads == [("r", "get", 2)]
+    fx = node.handle(BATCH, now=2)
+    append = next(e for e in fx if isinstance(e, AppendLog))
+    # the read index is the marker's index: only a quorum in this term can commit it
+    assert submitted(fx) == [SubmitRead(3, "r", "get")]
+    assert fx.index(append) < fx.index(submitted(fx)[0])
+    assert not node.core.pending_read and node.core.held_reads == []
 
 
 def test_read_index_is_raised_to_the_callers_minimum() -> None:
     node = make_leader()
-    fx = node.handle(read(min_index=40))
-    assert fx[0] == SubmitRead(40, "r", "get")
+    node.handle(read(min_index=40))
+    assert submitted(node.handle(BATCH, now=2)) == [SubmitRead(40, "r", "get")]
 
 
 def test_lone_read_gets_a_marker_entry() -> None:
@@ -69,14 +79,16 @@ def test_single_member_reads_immediately_when_applied() -> None:
     node = make_node(1, [ident(1)])
     assert node.state is State.LEADER
     assert node.handle(read("a", "x")) == [ReadNow("a", "x")]
-    assert node.handle(read("b", "x", min_index=50))[0] == SubmitRead(50, "b", "x")
+    node.handle(read("b", "x", min_index=50))
+    assert submitted(node.handle(BATCH, now=2)) == [SubmitRead(50, "b", "x")]
 
 
 def test_single_member_with_pending_commits_goes_through_the_log() -> None:
     node = make_node(1, [ident(1)])
     node.handle(CommitBatch([("c", ("k", "v"))]))
-    fx = node.handle(read())
-    assert fx[0] == SubmitRead(2, "r", "get")
+    assert not [e for e in node.handle(read()) if isinstance(e, ReadNow)]
+    fx = node.handle(BATCH, now=2)
+    assert submitted(fx) == [SubmitRead(3, "r", "get")]  # rides on the commit at 3
 
 
 def test_non_leader_rejects_reads() -> None:
@@ -94,25 +106,26 @@ def lease_leader(lease: int = 1000) -> Node:
 def test_lease_read_hits_while_the_quorum_is_fresh() -> None:
     node = lease_leader()
     assert node.handle(read(), now=500) == [ReadNow("r", "get")]
-    fx = node.handle(read(), now=1011)
-    assert fx[0] == SubmitRead(2, "r", "get")
+    node.handle(read(), now=1011)
+    assert node.core.held_reads == [("r", "get", 2)]
 
 
 def test_lease_misses_until_the_term_has_committed() -> None:
     node = make_leader(settings=settings(raft_leader_read_lease_ms=1000))
-    assert node.handle(read(), now=1)[0] == SubmitRead(2, "r", "get")
+    assert not [e for e in node.handle(read(), now=1) if isinstance(e, ReadNow)]
+    assert node.core.held_reads == [("r", "get", 2)]
 
 
 def test_lease_misses_when_not_applied_far_enough() -> None:
     node = lease_leader()
     fx = node.handle(read(min_index=3), now=20)
-    assert fx[0] == SubmitRead(3, "r", "get")
+    assert not [e for e in fx if isinstance(e, ReadNow)]
 
 
 def test_lease_is_off_by_default() -> None:
     node = make_leader()
     node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=10)
-    assert node.handle(read(), now=11)[0] == SubmitRead(2, "r", "get")
+    assert not [e for e in node.handle(read(), now=11) if isinstance(e, ReadNow)]
 
 
 def test_lease_suspended_during_handover_and_reconfirmed_after_timeout() -> None:
@@ -124,7 +137,7 @@ def test_lease_suspended_during_handover_and_reconfirmed_after_timeout() -> None
     n.handle(Timeout(TimeoutKind.HEARTBEAT), now=700)
     assert n.core.handover is None
     assert n.core.handover_lease_state == "pending_reconfirmation"
-    assert n.handle(read(), now=701)[0] == SubmitRead(2, "r", "get")
+    assert not [e for e in n.handle(read(), now=701) if isinstance(e, ReadNow)]
     n.rpc(N3, AppendEntriesResponse(2, True, 2, 2), now=702)
     assert n.core.handover_lease_state == "unaffected"
     assert n.handle(read(), now=703) == [ReadNow("r", "get")]
@@ -147,7 +160,9 @@ def test_candidate_buffers_reads_at_the_next_terms_first_index() -> None:
     fx = node.rpc(N2, Vote(True))
     assert node.state is State.LEADER
     entries = [e for a in fx if isinstance(a, AppendLog) for e in a.entries]
-    assert [e.key for e in entries][1:] == [READ_KEY]  # the noop, then the marker
+    # the new term's noop sits at the buffered reads' index: no marker is needed
+    assert [e.command for e in entries] == [NOOP] and node.log.last_index() == 2
+    assert not node.core.pending_read
 
 
 def test_candidate_buffered_reads_cancelled_when_losing() -> None:

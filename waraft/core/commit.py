@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from waraft.core.effects import AppendLog, CancelReads
+from waraft.core.effects import AppendLog, CancelReads, SubmitRead
 from waraft.core.types import NOOP, READ_KEY, Entry, Priority, is_config_command
 
 if TYPE_CHECKING:
@@ -48,10 +48,31 @@ def make_entry(core: RaftCore, key: Any, command: Any) -> Entry:
 
 
 def append(core: RaftCore, entries: list[Entry]) -> int:
-    """Append to the log (effect + overlay); returns the index of the first entry."""
+    """Append to the log (effect + overlay); returns the index of the first entry.
+
+    Reads held by the leader ride on the first appended entry (see ``release_reads``).
+    """
     first = core.log.append(entries)
     core.emit(AppendLog(first, entries))
+    if core.pending_read:
+        release_reads(core, first)
     return first
+
+
+def release_reads(core: RaftCore, index: int) -> None:
+    """Hand held reads to storage at ``index``, an entry appended after they arrived.
+
+    Storage answers them only once that entry is applied, i.e. committed in this leader's
+    term, so a quorum has confirmed the leadership after each read arrived (linearizable;
+    WARaft uses the commit index at arrival instead, which lets a deposed leader answer).
+    """
+    for from_, command, min_index in core.held_reads:
+        read_index = index if min_index is None or min_index < index else min_index
+        core.emit(SubmitRead(read_index, from_, command))
+        if read_index > core.read_index_high:
+            core.read_index_high = read_index
+    core.held_reads = []
+    core.pending_read = False
 
 
 def commit_pending(core: RaftCore, priority: Priority) -> None:
@@ -66,7 +87,6 @@ def commit_pending(core: RaftCore, priority: Priority) -> None:
             _stalled(core, priority, 1)
             return
         append(core, [make_entry(core, READ_KEY, NOOP)])
-        core.pending_read = False
         return
     pending = high if priority is Priority.HIGH else low
     if not pending:
@@ -87,8 +107,6 @@ def commit_pending(core: RaftCore, priority: Priority) -> None:
     for from_, _ in pending:
         queued[index] = (from_, priority)
         index += 1
-    # At least one new entry will establish a fresh quorum, so waiting reads ride on it.
-    core.pending_read = False
     if priority is Priority.HIGH:
         core.pending_high = []
     else:
@@ -105,7 +123,12 @@ def _stalled(core: RaftCore, priority: Priority, count: int) -> None:
 
 
 def cancel_pending(core: RaftCore, reason: Any) -> None:
-    """Fail pending (not yet appended) commits and reads with ``("error", reason)``."""
+    """Fail pending (not yet appended) commits and every read not yet answered.
+
+    Reads already handed to storage are failed there too (``CancelReads``): once this replica
+    stops leading, the entries they wait for may be another leader's, applied too early to
+    reflect writes committed before the read.
+    """
     if core.pending_high:
         for from_, _ in core.pending_high:
             core.cancel_commit(from_, reason, Priority.HIGH)
@@ -114,9 +137,14 @@ def cancel_pending(core: RaftCore, reason: Any) -> None:
         for from_, _ in core.pending_low:
             core.cancel_commit(from_, reason, Priority.LOW)
         core.pending_low = []
-    if core.pending_read:
+    if core.held_reads:
+        for from_, _, _ in core.held_reads:
+            core.cancel_read(from_, reason)
+        core.held_reads = []
+    if core.read_index_high > core.last_applied:
         core.emit(CancelReads(reason))
-        core.pending_read = False
+    core.read_index_high = 0
+    core.pending_read = False
 
 
 def cancel_queued_range(core: RaftCore, start: int, end: int, reason: Any) -> None:

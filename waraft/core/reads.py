@@ -49,7 +49,9 @@ def leader_reads(core: RaftCore, items: Any) -> None:
             core.emit(ReadNow(from_, command))
             continue
         core.count(("leader.read.lease.miss", miss))
-        core.emit(SubmitRead(read_index, from_, command))
+        # Held until an entry is appended for it (commit.release_reads); the read index
+        # computed here only matters as the caller's minimum.
+        core.held_reads.append((from_, command, read_index))
         core.pending_read = True
         submitted = True
     if submitted:
@@ -86,6 +88,7 @@ def candidate_reads(core: RaftCore, items: Any) -> None:
     for from_, command, min_index in items:
         read_index = base if min_index is None else max(base, min_index)
         core.emit(SubmitRead(read_index, from_, command))
+        core.read_index_high = max(core.read_index_high, read_index)
         core.pending_read = True
 
 

@@ -149,7 +149,11 @@ class RaftCore:
         # leader (pending lists are kept in arrival order)
         self.pending_high: list[tuple[Any, tuple[Any, Any]]] = []
         self.pending_low: list[tuple[Any, tuple[Any, Any]]] = []
-        self.pending_read = False
+        self.pending_read = False  # a read waits for an entry to be appended for it
+        # Leader reads not yet handed to storage: released at the next append (see reads).
+        self.held_reads: list[tuple[Any, Any, int | None]] = []
+        # Highest read index handed to storage in this role; reads may wait there unanswered.
+        self.read_index_high = 0
         self.queued: dict[int, tuple[Any, Priority]] = {}
         self.next_indices: dict[str, int] = {}
         self.match_indices: dict[str, int] = {}
