@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from waraft.core import commit, config, replication
+from waraft.core import config, replication
 from waraft.core.effects import ReadNow, SubmitRead
 from waraft.core.handover import LEASE_IN_PROGRESS, LEASE_PENDING_RECONFIRMATION
 
@@ -95,7 +95,3 @@ def candidate_reads(core: RaftCore, items: Any) -> None:
 def reject_reads(core: RaftCore, items: Any, reason: Any) -> None:
     for from_, _, _ in items:
         core.cancel_read(from_, reason)
-
-
-def has_pending(core: RaftCore) -> bool:
-    return commit.pending_count(core) > 0

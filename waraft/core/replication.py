@@ -15,7 +15,7 @@ from waraft.core.effects import Apply, ApplyItem
 from waraft.core.errors import RaftCoreError
 from waraft.core.handover import LEASE_PENDING_RECONFIRMATION, LEASE_UNAFFECTED
 from waraft.core.rpc import AppendEntries
-from waraft.core.types import Config, Identity, Priority, State, TimeoutKind, is_config_command
+from waraft.core.types import Config, Identity, Priority, TimeoutKind, is_config_command
 
 if TYPE_CHECKING:
     from waraft.core.server import RaftCore
@@ -235,7 +235,3 @@ def heartbeat(core: RaftCore) -> None:
     core.count(("leader.resign", eligibility))
     core.log_notice("resigns from leadership because this node is %s", eligibility)
     core.goto(core.follower_or_witness())
-
-
-def is_leader(core: RaftCore) -> bool:
-    return core.state is State.LEADER

@@ -182,7 +182,8 @@ class RaftCore:
         logger.info("%s starts as %s at term %d", self._tag(), initial.value, self.current_term)
         self.state = initial
         self._fx.append(StateChanged(None, initial))
-        self._count(f"{initial.value}.enter")
+        if self.metrics is not None:
+            self.count(f"{initial.value}.enter")
         _STATE_MODULES[initial].enter(self, initial)
         return self._finish()
 
@@ -273,7 +274,8 @@ class RaftCore:
             logger.info("%s becomes %s from %s", self._tag(), new.value, old.value)
         self.state = new
         self._fx.append(StateChanged(old, new))
-        self._count(f"{new.value}.enter")
+        if self.metrics is not None:
+            self.count(f"{new.value}.enter")
         _STATE_MODULES[new].enter(self, old)
 
     def follower_or_witness(self) -> State:
@@ -337,9 +339,6 @@ class RaftCore:
 
     # -- shared predicates ---------------------------------------------------------------------
 
-    def config(self) -> Config:
-        return self.current_config()
-
     def is_self_member(self) -> bool:
         return self.self_id in self.current_config().membership
 
@@ -374,10 +373,6 @@ class RaftCore:
     def log_notice(self, message: str, *args: Any) -> None:
         if logger.isEnabledFor(logging.INFO):
             logger.info("%s %s " + message, self._tag(), self.state.value, *args)
-
-    def _count(self, name: Any) -> None:
-        if self.metrics is not None:
-            self.metrics.count(("raft", self.table, name))
 
     def count(self, name: Any) -> None:
         if self.metrics is not None:
