@@ -1,13 +1,13 @@
 """Minimal reproductions of core bugs found by the simulator (see /work/brief/CORE_BUGS.md).
 
-Each test states the correct behaviour and is marked ``xfail(strict=True)`` with the bug id
-while the bug is open: once the core is fixed the test passes, strict xfail turns that into a
-failure, and the marker must be removed.
+Each test states the correct behaviour. While a bug is open its test is marked
+``xfail(strict=True)`` with the bug id; once fixed the marker goes and the test stays as a
+regression test.
+
+* CORE-1 (fixed in 274be3d): strong reads answered before leadership was confirmed.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from tests.sim.helpers import check_one_leader, one, write
 from waraft.sim import Simulation
@@ -21,7 +21,6 @@ def _three(seed: int) -> Simulation:
     return sim
 
 
-@pytest.mark.xfail(strict=True, reason="CORE-1: strong read answered by a deposed leader")
 def test_strong_read_on_a_deposed_leader_is_not_stale() -> None:
     sim = _three(1)
     old = check_one_leader(sim, sim.node_ids)
@@ -39,9 +38,6 @@ def test_strong_read_on_a_deposed_leader_is_not_stale() -> None:
     assert read.result != ("ok", "v1"), read.result
 
 
-@pytest.mark.xfail(
-    strict=True, reason="CORE-1: strong read answered before leadership is confirmed"
-)
 def test_strong_read_waits_for_a_quorum_round_even_with_lagging_storage() -> None:
     sim = _three(2)
     old = check_one_leader(sim, sim.node_ids)

@@ -1,0 +1,219 @@
+"""Every membership action end to end (digest §2.15), with the errors WARaft gives."""
+
+from __future__ import annotations
+
+from tests.sim.helpers import check_one_leader, index_of, one, wait_applied, write
+from waraft.core.events import AdjustConfig, Promote
+from waraft.core.types import Config, State
+from waraft.sim import Simulation, fast_settings
+
+
+def _cluster(nodes: int, members: list[str], seed: int, **kw: object) -> tuple[Simulation, str]:
+    sim = Simulation(nodes=nodes, seed=seed, **kw)  # type: ignore[arg-type]
+    sim.bootstrap(members=members)
+    leader = check_one_leader(sim, members)
+    one(sim, write("seed"), len(members))
+    return sim, leader
+
+
+def _config(sim: Simulation, node: str) -> Config:
+    return sim.core(node).current_config()  # type: ignore[no-any-return]
+
+
+def _ids(sim: Simulation, config_part: tuple[object, ...]) -> list[str]:
+    return sorted(p.node for p in config_part)  # type: ignore[attr-defined]
+
+
+def _adjust(sim: Simulation, node: str, verb: str, peer: str) -> object:
+    return sim.adjust_config(node, (verb, sim.identity(peer)))
+
+
+def _wait_config_applied(sim: Simulation, leader: str) -> None:
+    index = sim.core(leader).config_index()
+    assert sim.run_until(lambda: sim.core(leader).last_applied >= index, 5000)
+
+
+def test_add_a_voting_member() -> None:
+    sim, leader = _cluster(4, ["n1", "n2", "n3"], 1)
+    result = _adjust(sim, leader, "add", "n4")
+    assert result[0] == "ok"  # type: ignore[index]
+    assert _ids(sim, _config(sim, leader).membership) == ["n1", "n2", "n3", "n4"]
+    assert sim.run_until(lambda: sim.state("n4") is State.FOLLOWER, 5000)
+    _wait_config_applied(sim, leader)
+    assert _adjust(sim, leader, "add", "n4") == ("error", "already_member")
+    # four voters: two of them are no longer a majority
+    others = [n for n in sim.node_ids if n != leader]
+    sim.crash(others[0])
+    sim.crash(others[1])
+    call = sim.submit(leader, write("no quorum"))
+    sim.run_for(2000)
+    assert not call.done and index_of(sim, write("no quorum")) is None
+
+
+def test_add_participant_replicates_without_voting_then_promote_if_ready() -> None:
+    settings = fast_settings(raft_max_handover_log_entries=5, raft_handover_max_unapplied_entries=5)
+    sim, leader = _cluster(4, ["n1", "n2", "n3"], 2, settings=settings)
+    assert _adjust(sim, leader, "add_participant", "n4")[0] == "ok"  # type: ignore[index]
+    config = _config(sim, leader)
+    assert "n4" in _ids(sim, config.participants) and "n4" not in _ids(sim, config.membership)
+    index = one(sim, write("to learner"), 4)
+    wait_applied(sim, index, ["n4"])
+    _wait_config_applied(sim, leader)
+    assert _adjust(sim, leader, "add_participant", "n4") == ("error", "already_participating")
+    # a learner does not vote: with two voters down nothing commits, learner or not
+    voters = [n for n in ("n1", "n2", "n3") if n != leader]
+    sim.crash(voters[0])
+    sim.crash(voters[1])
+    call = sim.submit(leader, write("learner is no quorum"))
+    sim.run_for(2000)
+    assert not call.done
+    sim.restart(voters[0])
+    sim.restart(voters[1])
+    assert sim.run_until(lambda: call.done, 10_000)
+    leader = check_one_leader(sim, ["n1", "n2", "n3"])
+    _wait_config_applied(sim, leader)
+    # promotion waits until the learner is caught up
+    sim.disconnect("n4")
+    for i in range(10):
+        one(sim, write(i), 3)
+    assert _adjust(sim, leader, "promote_participant_if_ready", "n4") == ("error", "not_ready")
+    sim.connect("n4")
+    assert sim.run_until(
+        lambda: sim.nodes["n4"].log.last_index() >= sim.nodes[leader].log.last_index(), 5000
+    )
+    sim.run_for(500)
+    result = _adjust(sim, leader, "promote_participant_if_ready", "n4")
+    assert result[0] == "ok", result  # type: ignore[index]
+    assert "n4" in _ids(sim, _config(sim, leader).membership)
+    _wait_config_applied(sim, leader)
+    stranger_result = sim.adjust_config(leader, ("promote_participant_if_ready", ("x", "nx")))
+    assert stranger_result == ("error", "not_a_participant")
+
+
+def test_add_witness_and_remove_witness() -> None:
+    sim, leader = _cluster(4, ["n1", "n2", "n3"], 3)
+    assert _adjust(sim, leader, "add_witness", "n4")[0] == "ok"  # type: ignore[index]
+    config = _config(sim, leader)
+    assert "n4" in _ids(sim, config.membership) and "n4" in _ids(sim, config.witness)
+    assert sim.run_until(lambda: sim.state("n4") is State.WITNESS, 5000), sim.describe()
+    index = one(sim, write("w"), 4)
+    wait_applied(sim, index, ["n4"])
+    assert sim.nodes["n4"].storage.machine.read(("read", "t", "x")) == "not_found"
+    _wait_config_applied(sim, leader)
+    assert _adjust(sim, leader, "add_witness", "n4") == ("error", "already_witness")
+    data = next(n for n in ("n1", "n2", "n3") if n != leader)
+    assert _adjust(sim, leader, "remove_witness", data) == ("error", "not_a_witness")
+    assert _adjust(sim, leader, "remove_witness", "n4")[0] == "ok"  # type: ignore[index]
+    config = _config(sim, leader)
+    assert "n4" not in _ids(sim, config.participants) and not config.witness
+
+
+def test_add_witness_participant_gets_stubs_and_no_vote() -> None:
+    sim, leader = _cluster(4, ["n1", "n2", "n3"], 4)
+    assert _adjust(sim, leader, "add_witness_participant", "n4")[0] == "ok"  # type: ignore[index]
+    config = _config(sim, leader)
+    assert "n4" in _ids(sim, config.witness) and "n4" not in _ids(sim, config.membership)
+    assert sim.run_until(lambda: sim.state("n4") is State.WITNESS, 5000)  # via a snapshot
+    index = one(sim, write("stubbed"), 4)
+    wait_applied(sim, index, ["n4"])
+    entry = sim.nodes["n4"].log.get(index)
+    assert entry is not None and entry.command == "noop_omitted"
+
+
+def test_remove_a_member_and_errors() -> None:
+    sim, leader = _cluster(3, ["n1", "n2", "n3"], 5)
+    assert _adjust(sim, leader, "remove", leader) == ("error", "cannot_remove_self")
+    assert sim.adjust_config(leader, ("remove", ("x", "nx"))) == ("error", "not_a_participant")
+    victim = next(n for n in sim.node_ids if n != leader)
+    assert _adjust(sim, leader, "remove", victim)[0] == "ok"  # type: ignore[index]
+    assert victim not in _ids(sim, _config(sim, leader).participants)
+    _wait_config_applied(sim, leader)
+    last = sim.nodes[victim].log.last_index()
+    others = [n for n in sim.node_ids if n != victim]
+    for i in range(5):
+        one(sim, write(i), 2)
+    assert sim.nodes[victim].log.last_index() <= last + 1  # it gets nothing any more
+    # two voters left: both needed
+    sim.crash(next(n for n in others if n != leader))
+    call = sim.submit(leader, write("needs both"))
+    sim.run_for(1500)
+    assert not call.done
+
+
+def test_remove_membership_demotes_to_learner() -> None:
+    sim, leader = _cluster(3, ["n1", "n2", "n3"], 6)
+    victim = next(n for n in sim.node_ids if n != leader)
+    assert _adjust(sim, leader, "remove_membership", victim)[0] == "ok"  # type: ignore[index]
+    config = _config(sim, leader)
+    assert victim in _ids(sim, config.participants) and victim not in _ids(sim, config.membership)
+    index = one(sim, write("learner still learns"), 3)
+    wait_applied(sim, index, [victim])
+    _wait_config_applied(sim, leader)
+    assert _adjust(sim, leader, "remove_membership", victim) == ("error", "not_a_member")
+    # the learner never campaigns, even without a leader
+    sim.crash(leader)
+    sim.run_for(5000)
+    assert sim.term(victim) == sim.nodes[victim].core.current_term
+    assert sim.state(victim) is State.FOLLOWER
+
+
+def test_demote_to_witness() -> None:
+    sim, leader = _cluster(3, ["n1", "n2", "n3"], 7)
+    assert _adjust(sim, leader, "demote_to_witness", leader) == ("error", "cannot_demote_self")
+    victim = next(n for n in sim.node_ids if n != leader)
+    assert _adjust(sim, leader, "demote_to_witness", victim)[0] == "ok"  # type: ignore[index]
+    assert sim.run_until(lambda: sim.state(victim) is State.WITNESS, 5000)
+    _wait_config_applied(sim, leader)
+    assert _adjust(sim, leader, "demote_to_witness", victim) == ("error", "already_witness")
+    index = one(sim, write("after demotion"), 3)
+    entry = sim.nodes[victim].log.get(index)
+    assert entry is not None and entry.command == "noop_omitted"
+
+
+def test_refresh_and_change_errors() -> None:
+    sim, leader = _cluster(3, ["n1", "n2", "n3"], 8)
+    follower = next(n for n in sim.node_ids if n != leader)
+    assert sim.adjust_config(follower, "refresh") == ("error", "not_leader")
+    index = sim.core(leader).config_index()
+    assert sim.adjust_config(leader, "refresh", expected_index=index + 7) == (
+        "error",
+        "config_index_mismatch",
+    )
+    result = sim.adjust_config(leader, "refresh", expected_index=index)
+    assert result[0] == "ok"  # type: ignore[index]
+    # one uncommitted config at a time: cut the followers off and try twice
+    for n in sim.node_ids:
+        if n != leader:
+            sim.disconnect(n)
+    _wait_config_applied_or_not = sim.adjust_config(leader, "refresh")
+    assert _wait_config_applied_or_not in (("error", "not_ready"),) or (
+        _wait_config_applied_or_not[0] == "ok"  # type: ignore[index]
+        and sim.adjust_config(leader, "refresh") == ("error", "not_ready")
+    )
+
+
+def test_no_quorum_before_the_leader_committed_in_its_term() -> None:
+    sim, leader = _cluster(3, ["n1", "n2", "n3"], 9)
+    for n in sim.node_ids:
+        if n != leader:
+            sim.crash(n)
+    sim.run_for(3000)
+    assert sim.call_sync(leader, lambda h: Promote(h, "next", True)) == "ok"
+    assert sim.state(leader) is State.LEADER
+    assert sim.adjust_config(leader, "refresh") == ("error", "no_quorum")
+
+
+def test_config_change_through_the_acceptor_replies_on_apply() -> None:
+    sim, leader = _cluster(4, ["n1", "n2", "n3"], 10)
+    action = ("add", sim.identity("n4"))
+    # the acceptor path takes a commit slot and is answered by storage once applied
+    handle = sim.call(leader, lambda h: AdjustConfig(h, action, None, True), "adjust")
+    sim.nodes[leader].admitted[handle] = sim.config.client.priority
+    sim.nodes[leader].pending[sim.config.client.priority] += 1
+    sim.unadmitted_ok.discard(handle)
+    assert sim.run_until(lambda: handle.done, 5000)
+    assert handle.result[0] == "ok"
+    position = handle.result[1]
+    assert sim.nodes[leader].storage.config is not None
+    assert sim.nodes[leader].storage.config[0] == position.index
+    assert not sim.nodes[leader].admitted
