@@ -61,6 +61,8 @@ def test_candidates_exclude_peers_too_far_behind() -> None:
 def test_is_peer_ready() -> None:
     node = ready_leader(participants=[ident(4)])
     assert node.handle(IsPeerReady("op", N2)) == [Reply("op", "ok")]
+    wire_pair = ["raft_server_test_1", "n2"]  # a peer that crossed the wire as a list
+    assert node.handle(IsPeerReady("op", wire_pair)) == [Reply("op", "ok")]  # type: ignore[arg-type]
     assert node.handle(IsPeerReady("op", ident(4))) == [Reply("op", ("error", "not_ready"))]
     stranger = Identity("x", "x")
     assert node.handle(IsPeerReady("op", stranger)) == [Reply("op", ("error", "not_a_participant"))]

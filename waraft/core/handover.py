@@ -51,8 +51,10 @@ def candidates(core: RaftCore) -> list[str]:
     ]
 
 
-def is_peer_ready(core: RaftCore, peer: Identity) -> Any:
+def is_peer_ready(core: RaftCore, peer: Any) -> Any:
     """``"ok"`` or ``("error", not_a_participant | not_ready)``."""
+    if isinstance(peer, (list, tuple)) and len(peer) == 2:
+        peer = Identity(str(peer[0]), str(peer[1]))  # a pair that crossed the wire
     if peer not in config.participants(core.current_config()):
         return error("not_a_participant")
     if not is_ready(core, peer.node):
