@@ -1,10 +1,21 @@
-"""The partition's Raft log (WARaft's ``wa_raft_log``).
+"""The partition's Raft log (WARaft's ``wa_raft_log``): the log actor and the provider interface.
 
-For now this package exports the provider interface (``waraft.log.provider``); the providers are
-``waraft.log.memory.MemoryLog`` (WARaft's ETS log, the default) and ``waraft.log.disk.DiskLog``
-(durable segment files). The log actor is added to this module by the partition runtime.
+The providers are ``waraft.log.memory.MemoryLog`` (WARaft's ETS log, the default) and
+``waraft.log.disk.DiskLog`` (durable segment files), both behind ``waraft.log.provider``.
+
+As in WARaft, the log *actor* only serialises the destructive operations — open, reset,
+truncate (calls) and trim, flush (casts, run asynchronously so rotation never stalls the
+server). Appends and reads go straight from the server's thread to the provider it got back from
+``open``.
 """
 
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from waraft import env, otp
+from waraft.core.types import LogPos
 from waraft.log.provider import (
     LogCorruptionError,
     LogError,
@@ -14,11 +25,92 @@ from waraft.log.provider import (
     is_config_entry,
 )
 
+logger = logging.getLogger(__name__)
+
+
+def default_name(table: str, partition: int) -> str:
+    """``raft_log_<table>_<partition>``."""
+    return f"raft_log_{table}_{partition}"
+
+
+class LogServer(otp.Process):
+    """Owns the partition's log provider and runs its destructive operations."""
+
+    trap_exit = True
+
+    def init(self, options: Any) -> None:
+        self.name: str = options.log_name
+        settings = env.settings_for(options.application, options.table)
+        provider_cls = options.log_module
+        self.provider: LogProvider = provider_cls.open(options.database, settings)
+        logger.info("log %s opened %s", self.name, type(self.provider).__name__)
+
+    def terminate(self, reason: Any) -> None:
+        provider = getattr(self, "provider", None)
+        if provider is not None:
+            try:
+                provider.sync()
+            except LogError:
+                logger.exception("log %s: final sync failed", self.name)
+            provider.close()
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        kind = request[0]
+        provider = self.provider
+        if kind == "open":
+            position: LogPos = request[1]
+            if provider.open_at(position):
+                logger.info("log %s reset to %s to match storage", self.name, position)
+            return provider
+        if kind == "reset":
+            provider.reset(request[1])
+            return "ok"
+        if kind == "truncate":
+            provider.truncate(request[1])
+            return "ok"
+        if kind == "status":
+            return provider.status()
+        logger.warning("log %s got an unexpected call %r", self.name, request)
+        return ("error", "unknown_request")
+
+    def handle_cast(self, msg: Any) -> None:
+        kind = msg[0]
+        if kind == "trim":
+            try:
+                self.provider.trim(msg[1])
+            except LogError as exc:  # best effort, as WARaft's: a failed trim is only logged
+                logger.warning("log %s: trim to %s failed: %s", self.name, msg[1], exc)
+        elif kind == "flush":
+            self.provider.flush()
+        else:
+            logger.warning("log %s got an unexpected cast %r", self.name, msg)
+
+
+def start_link(options: Any) -> otp.Pid:
+    """Start the log actor registered as ``options.log_name``."""
+    pid: otp.Pid = LogServer.start_link(options, name=options.log_name)
+    return pid
+
+
+def child_spec(options: Any) -> dict[str, Any]:
+    """WARaft's child spec: permanent, 30 s shutdown."""
+    return {
+        "id": "wa_raft_log",
+        "start": (start_link, (options,)),
+        "restart": "permanent",
+        "shutdown": 30000,
+    }
+
+
 __all__ = [
     "LogCorruptionError",
     "LogError",
     "LogPositionError",
     "LogProvider",
+    "LogServer",
     "LogWriteError",
+    "child_spec",
+    "default_name",
     "is_config_entry",
+    "start_link",
 ]

@@ -1,11 +1,30 @@
-"""The partition's replicated state machine (WARaft's ``wa_raft_storage``).
+"""The partition's replicated state machine (WARaft's ``wa_raft_storage``): the storage actor and
+the provider interface.
 
-For now this package exports the provider interface (``waraft.storage.provider``); the providers
-are ``waraft.storage.memory.MemoryStorage`` (WARaft's ETS storage, the default) and
-``waraft.storage.sqlite.SqliteStorage`` (durable). The storage actor is added to this module by
-the partition runtime.
+The providers are ``waraft.storage.memory.MemoryStorage`` (WARaft's ETS storage, the default) and
+``waraft.storage.sqlite.SqliteStorage`` (durable), behind ``waraft.storage.provider``.
+
+The storage actor applies committed entries strictly in log order, answers each committing
+caller's reply handle itself (the reply never goes back through the server), answers the strong
+reads whose read index it has reached, and tells the server when its apply queue drains so that
+more committed entries are sent (WARaft's ``notify_complete``). An entry out of order is a broken
+invariant: the actor crashes and the partition restarts, as WARaft's does. A witness skips the
+data of commands (advancing its position) and applies a ``noop_omitted`` every
+``raft_storage_witness_apply_interval`` skipped entries.
 """
 
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+from waraft import env, otp
+from waraft.core.effects import ApplyItem as CoreApplyItem
+from waraft.core.types import NOOP, NOOP_OMITTED, Config, LogPos, Priority, is_config_command
 from waraft.storage.provider import (
     BAD_POSITION,
     NOT_FOUND,
@@ -19,15 +38,335 @@ from waraft.storage.provider import (
     is_data_replica,
 )
 
+logger = logging.getLogger(__name__)
+
+WITNESS_APPLY_INTERVAL_KEY = "raft_storage_witness_apply_interval"
+DEFAULT_WITNESS_APPLY_INTERVAL = 5000
+MAX_RETAINED_SNAPSHOT = 1
+_SNAPSHOT_RE = re.compile(r"^snapshot\.(\d+)\.(\d+)(\.witness)?$")
+
+
+class OutOfOrderApply(RuntimeError):
+    """Storage was handed an entry that does not follow its position."""
+
+
+def default_name(table: str, partition: int) -> str:
+    """``raft_storage_<table>_<partition>``."""
+    return f"raft_storage_{table}_{partition}"
+
+
+def snapshot_name(position: LogPos, witness: bool = False) -> str:
+    """WARaft's ``snapshot.<index>.<term>`` (``.witness`` for witness snapshots)."""
+    name = f"snapshot.{position.index}.{position.term}"
+    return name + ".witness" if witness else name
+
+
+def list_snapshots(path: str) -> list[tuple[LogPos, str]]:
+    """The snapshot directories in a partition directory, oldest first."""
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        match = _SNAPSHOT_RE.match(name)
+        if match and os.path.isdir(os.path.join(path, name)):
+            found.append((LogPos(int(match.group(1)), int(match.group(2))), name))
+    return sorted(found)
+
+
+class StorageServer(otp.Process):
+    """Owns the partition's storage provider."""
+
+    trap_exit = True
+
+    def init(self, options: Any) -> None:
+        self.options = options
+        self.name: str = options.storage_name
+        self.path: str = options.database
+        self.queues = options.queues
+        self.server: str = options.server_name
+        self.self_id = options.self_id
+        storage_options = StorageOptions(
+            options.table, options.partition, options.self_id, options.storage_name
+        )
+        os.makedirs(self.path, exist_ok=True)
+        self.provider: StorageProvider = options.storage_module.open(storage_options, self.path)
+        self.position: LogPos = self.provider.position()
+        self.skipped = 0
+        self._refresh_config()
+        self._witness_interval = int(
+            env.get_table_env(
+                options.application,
+                options.table,
+                WITNESS_APPLY_INTERVAL_KEY,
+                DEFAULT_WITNESS_APPLY_INTERVAL,
+            )
+        )
+        self._notify_complete = bool(
+            env.get_table_env(
+                options.application, options.table, "raft_storage_notify_complete", True
+            )
+        )
+        logger.info("storage %s opened at %s", self.name, self.position)
+
+    def terminate(self, reason: Any) -> None:
+        provider = getattr(self, "provider", None)
+        if provider is not None:
+            logger.info("storage %s terminating at %s: %r", self.name, self.position, reason)
+            provider.close()
+
+    def _refresh_config(self) -> None:
+        found = self.provider.config()
+        self.config: tuple[LogPos, Config] | None = found
+        self.witness = found is not None and self.self_id in found[1].witness
+
+    # -- applying -------------------------------------------------------------------------------
+
+    def handle_cast(self, msg: Any) -> None:
+        kind = msg[0]
+        if kind == "apply":
+            self._apply(msg[1], msg[2])
+        elif kind == "read_now":
+            _, from_, command = msg
+            self.queues.release_reads(1)
+            from_.reply(self.provider.read(command, self.position))
+        elif kind == "delete_snapshot":
+            self._delete_snapshot(msg[1])
+        else:
+            logger.warning("storage %s got an unexpected cast %r", self.name, msg)
+
+    def _apply(self, items: Sequence[CoreApplyItem], size: int) -> None:
+        queues = self.queues
+        queues.fulfill_apply(len(items), size)
+        replies: list[tuple[Any, Any]] = []
+        done = {Priority.HIGH: 0, Priority.LOW: 0}
+        chunk: list[tuple[Any, LogPos, Any]] = []
+        handles: list[tuple[Any, Priority]] = []
+        for index, entry, reply_to, priority in items:
+            expected = self.position.index + 1 + len(chunk)
+            if index < expected:
+                continue  # already applied (a re-apply after a reset); reads are served below
+            if index != expected:
+                raise OutOfOrderApply(
+                    f"storage {self.name} at {self.position} (+{len(chunk)}) got entry {index}"
+                )
+            position = LogPos(index, entry.term)
+            command = entry.command
+            if command is None:
+                raise OutOfOrderApply(f"storage {self.name} got the base entry at {index}")
+            if is_config_command(command) or (self.witness and command != NOOP):
+                self._apply_chunk(chunk, handles, replies)
+                result = self._apply_special(command, position, entry.label)
+                if reply_to is not None:
+                    replies.append((reply_to, result))
+                    done[priority] += 1
+                continue
+            chunk.append((command, position, entry.label))
+            if reply_to is not None:
+                handles.append((reply_to, priority))
+                done[priority] += 1
+            else:
+                handles.append((None, priority))
+        self._apply_chunk(chunk, handles, replies)
+        for priority, count in done.items():
+            if count:
+                queues.commits_finished(count, priority)
+        for reply_to, result in replies:
+            reply_to.reply(result)
+        self._serve_reads()
+        if self._notify_complete and queues.apply_queue_size() == 0:
+            otp.cast(self.server, ("notify_complete",))
+
+    def _apply_chunk(
+        self,
+        chunk: list[tuple[Any, LogPos, Any]],
+        handles: list[tuple[Any, Priority]],
+        replies: list[tuple[Any, Any]],
+    ) -> None:
+        if not chunk:
+            return
+        results = self.provider.apply_batch(chunk)
+        self.position = chunk[-1][1]
+        for (reply_to, _), result in zip(handles, results, strict=True):
+            if reply_to is not None:
+                replies.append((reply_to, result))
+        chunk.clear()
+        handles.clear()
+
+    def _apply_special(self, command: Any, position: LogPos, label: Any) -> Any:
+        """A config change, or a command a witness skips."""
+        if is_config_command(command):
+            result = self.provider.apply_config(command[1], position)
+            self.position = position
+            self._refresh_config()
+            return ("ok", position) if result == OK else result
+        # A witness keeps no data: advance the position, and now and then record it.
+        if self.skipped >= self._witness_interval:
+            self.skipped = 0
+            result = self.provider.apply(NOOP_OMITTED, position, label)
+        else:
+            self.skipped += 1
+            result = OK
+        self.position = position
+        return result
+
+    def _serve_reads(self) -> None:
+        reads = self.queues.take_reads(self.position.index)
+        if reads:
+            provider, position = self.provider, self.position
+            for from_, command in reads:
+                from_.reply(provider.read(command, position))
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        kind = request[0]
+        provider = self.provider
+        if kind == "open" or kind == "position":
+            return self.position
+        if kind == "config":
+            return self.config
+        if kind == "label":
+            return provider.label()
+        if kind == "read":
+            return provider.read(request[1], self.position)
+        if kind == "status":
+            status = {
+                "name": self.name,
+                "table": self.options.table,
+                "partition": self.options.partition,
+                "module": type(provider).__name__,
+                "last_applied": self.position.index,
+                "witness": self.witness,
+            }
+            status.update(provider.status())
+            return status
+        if kind == "open_snapshot":
+            return self._open_snapshot(request[1], request[2])
+        if kind == "make_empty_snapshot":
+            _, path, position, config, data = request
+            return type(provider).make_empty_snapshot(
+                provider.options, path, position, config, data
+            )
+        if kind == "create_snapshot":
+            return self._create_snapshot(request[1] if len(request) > 1 else None, False)
+        if kind == "create_witness_snapshot":
+            return self._create_snapshot(request[1] if len(request) > 1 else None, True)
+        logger.warning("storage %s got an unexpected call %r", self.name, request)
+        return ("error", "unknown_request")
+
+    def _open_snapshot(self, path: str, position: LogPos) -> Any:
+        logger.info("storage %s at %s opens snapshot %s", self.name, self.position, position)
+        result = self.provider.open_snapshot(path, position)
+        if result == OK:
+            self.position = position
+            self.skipped = 0
+            self._refresh_config()
+        return result
+
+    def _create_snapshot(self, name: str | None, witness: bool) -> Any:
+        position = self.position
+        name = name or snapshot_name(position, witness)
+        target = os.path.join(self.path, name)
+        if os.path.isdir(target):
+            return ("ok", position)  # an existing snapshot of that name is reused
+        self._cleanup_snapshots()
+        if witness:
+            result = self.provider.create_witness_snapshot(target)
+        else:
+            result = self.provider.create_snapshot(target)
+        return ("ok", position) if result == OK else result
+
+    def _cleanup_snapshots(self) -> None:
+        # Keep at most one older snapshot before making a new one.
+        snapshots = list_snapshots(self.path)
+        for _, name in snapshots[: max(0, len(snapshots) - MAX_RETAINED_SNAPSHOT)]:
+            self._delete_snapshot(name)
+
+    def _delete_snapshot(self, name: str) -> None:
+        if os.sep in name or name in ("", ".", ".."):
+            logger.warning("storage %s refuses to delete %r", self.name, name)
+            return
+        shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
+        logger.info("storage %s deleted snapshot %s", self.name, name)
+
+
+def start_link(options: Any) -> otp.Pid:
+    """Start the storage actor registered as ``options.storage_name``."""
+    pid: otp.Pid = StorageServer.start_link(options, name=options.storage_name)
+    return pid
+
+
+def child_spec(options: Any) -> dict[str, Any]:
+    """WARaft's child spec: transient, 30 s shutdown."""
+    return {
+        "id": "wa_raft_storage",
+        "start": (start_link, (options,)),
+        "restart": "transient",
+        "shutdown": 30000,
+    }
+
+
+# -- the API ------------------------------------------------------------------------------------
+
+STORAGE_TIMEOUT = 60.0  # raft_storage_call_timeout
+
+
+def read(storage: otp.Target, command: Any) -> Any:
+    """A local, non-consistent read at storage's current position."""
+    return otp.call(storage, ("read", command), STORAGE_TIMEOUT)
+
+
+def position(storage: otp.Target) -> LogPos:
+    """Storage's last applied position."""
+    result: LogPos = otp.call(storage, ("position",), STORAGE_TIMEOUT)
+    return result
+
+
+def status(storage: otp.Target) -> dict[str, Any]:
+    """Storage facts for status output."""
+    result: dict[str, Any] = otp.call(storage, ("status",), STORAGE_TIMEOUT)
+    return result
+
+
+def create_snapshot(storage: otp.Target, name: str | None = None) -> Any:
+    """``("ok", LogPos)`` once ``snapshot.<index>.<term>`` (or ``name``) exists."""
+    return otp.call(storage, ("create_snapshot", name), STORAGE_TIMEOUT)
+
+
+def create_witness_snapshot(storage: otp.Target, name: str | None = None) -> Any:
+    """Like ``create_snapshot`` but metadata only (``snapshot.<index>.<term>.witness``)."""
+    return otp.call(storage, ("create_witness_snapshot", name), STORAGE_TIMEOUT)
+
+
+def delete_snapshot(storage: otp.Target, name: str) -> None:
+    """Remove a snapshot directory (a cast)."""
+    otp.cast(storage, ("delete_snapshot", name))
+
+
 __all__ = [
     "BAD_POSITION",
     "NOT_FOUND",
     "OK",
     "ApplyItem",
     "InvalidIncompleteReplica",
+    "OutOfOrderApply",
     "StorageError",
     "StorageOptions",
     "StorageProvider",
+    "StorageServer",
     "UnknownCommandError",
+    "child_spec",
+    "create_snapshot",
+    "create_witness_snapshot",
+    "default_name",
+    "delete_snapshot",
     "is_data_replica",
+    "list_snapshots",
+    "position",
+    "read",
+    "snapshot_name",
+    "start_link",
+    "status",
 ]

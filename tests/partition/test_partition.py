@@ -1,0 +1,168 @@
+"""One partition on one node: supervision, durable state across restarts, admission, status,
+and the error cases of the public functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.partition.helpers import APP, addr, ident, start_node, state, wait_until
+from waraft import acceptor, durable_state, otp, part_sup, server, sup
+from waraft.core.types import LogPos
+
+SQLITE = "waraft.storage.sqlite:SqliteStorage"
+DISK = "waraft.log.disk:DiskLog"
+
+
+def _bootstrap_single(node: otp.Node, partition: int = 1) -> None:
+    config = server.make_config([ident(node, partition)])
+    assert server.bootstrap(addr("server", node, partition), LogPos(1, 1), config) == "ok"
+    wait_until(lambda: state(node, partition) == "leader")
+
+
+def test_partition_children_start_in_warafts_order_with_its_names(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1])
+    with node.activate():
+        children = otp.supervisor.which_children("raft_sup_test_1")
+        ids = [c[0] for c in children]
+        assert ids == [
+            "wa_raft_queue",
+            "wa_raft_storage",
+            "wa_raft_log",
+            "wa_raft_server",
+            "wa_raft_acceptor",
+            "wa_raft_transport_cleanup",
+        ]
+        for kind in ("queue", "storage", "log", "server", "acceptor", "transport_cleanup"):
+            assert otp.whereis(f"raft_{kind}_test_1") is not None, kind
+        opts = part_sup.options("test", 1)
+        assert opts is not None
+        assert opts.database == str(tmp_path / "n1" / "test.1")
+        assert otp.supervisor.count_children(sup.default_name(APP))["active"] == 1
+
+
+def test_killing_the_server_restarts_the_group_with_its_durable_state(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1], log_module=DISK, storage_module=SQLITE)
+    _bootstrap_single(node)
+    assert acceptor.commit(addr("acceptor", node), ("a", ("write", "t", "a", 1))) == "ok"
+    before = server.status(addr("server", node))
+    with node.activate():
+        old_storage = otp.whereis("raft_storage_test_1")
+        otp.kill("raft_server_test_1")  # untrappable, as a crash of its thread would be
+        wait_until(lambda: (p := otp.whereis("raft_storage_test_1")) and p is not old_storage)
+    wait_until(lambda: state(node) == "leader")
+    after = server.status(addr("server", node))
+    assert after["current_term"] >= before["current_term"]
+    assert after["last_applied"] >= before["last_applied"]
+    assert acceptor.read(addr("acceptor", node), ("read", "t", "a")) == ("ok", 1)
+
+
+def test_memory_partition_restart_keeps_term_and_vote_but_comes_back_stalled(
+    tmp_path: Path,
+) -> None:
+    node = start_node(tmp_path, "n1", [1])
+    _bootstrap_single(node)
+    term = server.status(addr("server", node))["current_term"]
+    with node.activate():
+        otp.kill("raft_acceptor_test_1")
+    wait_until(lambda: state(node) == "stalled")
+    status = server.status(addr("server", node))
+    assert status["current_term"] == term
+    assert status["voted_for"] == node.id
+    stored = durable_state.load(status["partition_path"])
+    assert stored is not None and stored.current_term == term
+
+
+def test_commit_admission_rejects_the_overflow_and_loses_nothing_accepted(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1], settings={"raft_max_pending_high_priority_commits": 5})
+    _bootstrap_single(node)
+    handles = [otp.LocalReplyTo() for _ in range(12)]
+    items = [(h, (i, ("write", "t", i, i))) for i, h in enumerate(handles)]
+    acceptor.commit_batch(addr("acceptor", node), items)
+    results = [h.wait(5) for h in handles]
+    assert results[:5] == ["ok"] * 5
+    assert results[5:] == [("error", "commit_queue_full")] * 7
+    for i in range(5):
+        assert acceptor.read(addr("acceptor", node), ("read", "t", i)) == ("ok", i)
+    assert acceptor.read(addr("acceptor", node), ("read", "t", 5)) == "not_found"
+    # The slots came back: the queue is empty again.
+    assert server.status(addr("server", node))["commit_queue_high"] == 0
+
+
+def test_read_admission_and_apply_queue_limits(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1], settings={"raft_max_pending_reads": 2})
+    _bootstrap_single(node)
+    handles = [otp.LocalReplyTo() for _ in range(4)]
+    acceptor.read_batch(addr("acceptor", node), [(h, ("read", "t", "x"), None) for h in handles])
+    results = [h.wait(5) for h in handles]
+    assert results == [
+        "not_found",
+        "not_found",
+        ("error", "read_queue_full"),
+        ("error", "read_queue_full"),
+    ]
+
+
+def test_status_carries_warafts_fields(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1])
+    status = server.status(addr("server", node))
+    for key in (
+        "state", "id", "table", "partition", "partition_path", "current_term", "voted_for",
+        "commit_index", "last_applied", "leader_id", "next_indices", "match_indices",
+        "log_module", "log_first", "log_last", "votes", "inflight_applies", "disable_reason",
+        "config", "config_index", "witness",
+    ):  # fmt: skip
+        assert key in status, key
+    assert status["state"] == "stalled"
+    assert (status["log_first"], status["log_last"], status["commit_index"]) == (0, 0, 0)
+    _bootstrap_single(node)
+    status = server.status(addr("server", node))
+    assert status["state"] == "leader"
+    assert status["leader_id"] == node.id
+    assert status["config"]["membership"] == [ident(node)]
+
+
+def test_public_functions_reject_bad_input_and_wrong_states(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1])
+    srv, acc = addr("server", node), addr("acceptor", node)
+    config = server.make_config([ident(node)])
+    # Bad input fails in the caller, before anything is sent.
+    with pytest.raises(ValueError):
+        server.bootstrap(srv, (1, -1), config)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        server.bootstrap(srv, LogPos(1, 1), "not a config")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        acceptor.commit(acc, ("only-a-key",))
+    with pytest.raises(ValueError):
+        acceptor.commit(acc, ("k", None))
+    with pytest.raises(ValueError):
+        acceptor.commit(acc, ("k", "noop"), priority="urgent")
+    # Wrong states answer errors.
+    assert acceptor.commit(acc, ("k", ("write", "t", "k", 1))) == ("error", "not_leader")
+    assert server.resign(srv) == ("error", "not_leader")
+    assert server.enable(srv) == ("error", "already_enabled")
+    assert server.handover(srv) == ("error", "not_leader")
+    assert server.adjust_config(srv, ("add", ident(node, 2))) == ("error", "not_leader")
+    _bootstrap_single(node)
+    assert server.bootstrap(srv, LogPos(1, 1), config)[0] == "error"
+    assert server.promote(srv, 0)[0] == "error"
+    assert server.disable(srv, "maintenance") == "ok"
+    assert state(node) == "disabled"
+    assert acceptor.commit(acc, ("k", ("write", "t", "k", 1))) == ("error", "not_leader")
+    assert server.enable(srv) == "ok"
+    assert state(node) == "stalled"
+    # Nobody holds the name: the server API raises, the acceptor maps it as WARaft does.
+    with pytest.raises(otp.ExitError):
+        server.status(("raft_server_nope_9", node.id))
+    assert acceptor.commit(("raft_acceptor_nope_9", node.id), ("k", "noop")) == (
+        "error",
+        "unreachable",
+    )
+
+
+def test_sup_rejects_bad_partition_args() -> None:
+    for bad in ({"table": "t"}, {"table": "", "partition": 1}, {"table": "t", "partition": 0},
+                {"table": "t", "partition": 1, "colour": "red"}):  # fmt: skip
+        with pytest.raises(ValueError):
+            sup.child_spec(APP, [bad])

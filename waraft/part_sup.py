@@ -1,0 +1,273 @@
+"""One partition's supervisor and its options (WARaft's ``wa_raft_part_sup``).
+
+``normalize_spec`` turns a partition's args (``{"table": ..., "partition": ..., providers...}``)
+into ``RaftOptions`` the way WARaft builds ``#raft_options{}``: the data directory
+``<raft_database>/<table>.<partition>``, WARaft's registered names, and each provider taken from
+the args, then the application's settings, then the defaults. The options are kept in a
+node-local registry (WARaft's persistent_term) so that ``registered_name`` helpers and the status
+table can find them.
+
+The supervisor is ``one_for_all`` with intensity 10 per second over six children started in this
+order (and stopped in reverse): queue, storage, log, server, acceptor, transport cleanup.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from waraft import env, otp
+from waraft.core.types import Identity
+from waraft.queue import Queues
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOG_MODULE = "waraft.log.memory:MemoryLog"
+DEFAULT_STORAGE_MODULE = "waraft.storage.memory:MemoryStorage"
+REQUIRED_ARGS = ("table", "partition")
+KNOWN_ARGS = frozenset(
+    {
+        "table",
+        "partition",
+        "distribution_module",
+        "log_module",
+        "label_module",
+        "storage_module",
+        "transport_module",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RaftOptions:
+    """Everything a partition's processes need to know (WARaft's ``#raft_options{}``)."""
+
+    application: str
+    table: str
+    partition: int
+    self_id: Identity
+    database: str
+    acceptor_name: str
+    log_name: str
+    queue_name: str
+    server_name: str
+    storage_name: str
+    supervisor_name: str
+    transport_cleanup_name: str
+    transport_directory: str
+    queues: Queues
+    log_module: Any
+    storage_module: Any
+    label_module: Any
+    distribution_module: Any
+    transport_module: Any
+
+    @property
+    def identifier(self) -> tuple[str, str, int]:
+        """WARaft's ``#raft_identifier{application, table, partition}``."""
+        return (self.application, self.table, self.partition)
+
+
+def default_name(table: str, partition: int) -> str:
+    """The partition supervisor's registered name ``raft_sup_<table>_<partition>``."""
+    return f"raft_sup_{table}_{partition}"
+
+
+def default_partition_path(root: str, table: str, partition: int) -> str:
+    """``<root>/<table>.<partition>``."""
+    return os.path.join(root, f"{table}.{partition}")
+
+
+_options_lock = threading.Lock()
+_options: dict[tuple[str, str, int], RaftOptions] = {}
+_fallback_roots: dict[str, str] = {}
+
+
+def options(table: str, partition: int, *, node: str | None = None) -> RaftOptions | None:
+    """The options the partition was last started with on this node, if any."""
+    return _options.get((node or env.current_node_id(), table, partition))
+
+
+def all_options(*, node: str | None = None) -> list[RaftOptions]:
+    """Every partition known on this node, ordered by (table, partition)."""
+    here = node or env.current_node_id()
+    found = [o for (n, _, _), o in _options.items() if n == here]
+    return sorted(found, key=lambda o: (o.table, o.partition))
+
+
+def registered_name(table: str, partition: int) -> str:
+    """The partition supervisor's name (from its options when registered)."""
+    opts = options(table, partition)
+    return default_name(table, partition) if opts is None else opts.supervisor_name
+
+
+def registered_partition_path(table: str, partition: int) -> str:
+    """The data directory of a registered partition; ``LookupError`` if not registered."""
+    opts = options(table, partition)
+    if opts is None:
+        raise LookupError(f"partition {table}/{partition} is not registered on this node")
+    return opts.database
+
+
+def resolve_module(value: Any) -> Any:
+    """A provider given as a class/object or as ``"package.module:Name"`` text."""
+    if not isinstance(value, str):
+        return value
+    module_name, _, attr = value.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr) if attr else module
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load provider {value!r}: {exc}") from exc
+
+
+def check_spec(spec: Any) -> dict[str, Any]:
+    """Validate one partition's args; raise ``ValueError`` with a clear message."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"partition args must be a dict, got {spec!r}")
+    missing = [k for k in REQUIRED_ARGS if k not in spec]
+    if missing:
+        raise ValueError(f"partition args {spec!r} lack {missing}")
+    unknown = set(spec) - KNOWN_ARGS
+    if unknown:
+        raise ValueError(f"partition args have unknown keys {sorted(unknown)}")
+    table, partition = spec["table"], spec["partition"]
+    if not isinstance(table, str) or not table or not table.replace("_", "a").isalnum():
+        raise ValueError(f"table must be a non-empty identifier string, got {table!r}")
+    if not isinstance(partition, int) or isinstance(partition, bool) or partition < 1:
+        raise ValueError(f"partition must be a positive integer, got {partition!r}")
+    return spec
+
+
+def _database_root(application: str) -> str:
+    try:
+        return env.database_path(application)
+    except env.NoConfiguredDatabasePath:
+        # WARaft insists on raft_database. The quick start sets nothing, so fall back to a
+        # throw-away directory, loudly: nothing written there is meant to survive.
+        node = env.current_node_id()
+        with _options_lock:
+            root = _fallback_roots.get(node)
+            if root is None:
+                root = tempfile.mkdtemp(prefix="waraft-")
+                _fallback_roots[node] = root
+                logger.warning(
+                    "raft_database is not set for application %r; using the temporary "
+                    "directory %s (set it with waraft.env.set_env(app, 'raft_database', path))",
+                    application,
+                    root,
+                )
+        return root
+
+
+def _module(spec: dict[str, Any], application: str, key: str, env_key: Any, default: Any) -> Any:
+    if key in spec:
+        return resolve_module(spec[key])
+    return resolve_module(env.get_env(application, env_key, default))
+
+
+def normalize_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
+    """Build a partition's options as WARaft's ``normalize_spec`` does."""
+    spec = check_spec(spec)
+    table: str = spec["table"]
+    partition: int = spec["partition"]
+    database = default_partition_path(_database_root(application), table, partition)
+    server_name = f"raft_server_{table}_{partition}"
+    settings = env.settings_for(application, table)
+    return RaftOptions(
+        application=application,
+        table=table,
+        partition=partition,
+        # The identity always uses the default server name, as WARaft's does.
+        self_id=Identity(server_name, otp.node.current().id),
+        database=database,
+        acceptor_name=f"raft_acceptor_{table}_{partition}",
+        log_name=f"raft_log_{table}_{partition}",
+        queue_name=f"raft_queue_{table}_{partition}",
+        server_name=server_name,
+        storage_name=f"raft_storage_{table}_{partition}",
+        supervisor_name=default_name(table, partition),
+        transport_cleanup_name=f"raft_transport_cleanup_{table}_{partition}",
+        transport_directory=os.path.join(database, "transport"),
+        queues=Queues(table, partition, settings),
+        log_module=_module(spec, application, "log_module", "raft_log_module", DEFAULT_LOG_MODULE),
+        storage_module=_module(
+            spec, application, "storage_module", "raft_storage_module", DEFAULT_STORAGE_MODULE
+        ),
+        label_module=_module(spec, application, "label_module", "raft_label_module", None),
+        distribution_module=_module(
+            spec, application, "distribution_module", "raft_distribution_module", None
+        ),
+        transport_module=_module(
+            spec,
+            application,
+            "transport_module",
+            ("raft_transport_module", "transport_module"),
+            None,
+        ),
+    )
+
+
+def _store_options(opts: RaftOptions) -> None:
+    key = (opts.self_id.node, opts.table, opts.partition)
+    with _options_lock:
+        previous = _options.get(key)
+        if previous is not None and _comparable(previous) != _comparable(opts):
+            logger.warning(
+                "storing changed options for partition %s/%s", opts.table, opts.partition
+            )
+        _options[key] = opts
+
+
+def _comparable(opts: RaftOptions) -> tuple[Any, ...]:
+    # The queues object is fresh on every normalisation; everything else must match.
+    return tuple(getattr(opts, f) for f in RaftOptions.__slots__ if f != "queues")
+
+
+def prepare_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
+    """Normalise and register a partition's options without starting it (tests, tools)."""
+    opts = normalize_spec(application, spec)
+    _store_options(opts)
+    return opts
+
+
+def child_specs(opts: RaftOptions) -> list[dict[str, Any]]:
+    """The six children in WARaft's start order with its restart types and shutdown times."""
+    from waraft import acceptor, log, queue, server, storage, transport_cleanup
+
+    return [
+        queue.child_spec(opts),
+        storage.child_spec(opts),
+        log.child_spec(opts),
+        server.child_spec(opts),
+        acceptor.child_spec(opts),
+        transport_cleanup.child_spec(opts),
+    ]
+
+
+FLAGS = {"strategy": "one_for_all", "intensity": 10, "period": 1}
+
+
+def start_link(application: str, spec: dict[str, Any]) -> otp.Pid:
+    """Start the partition's supervisor (registered ``raft_sup_<table>_<partition>``)."""
+    opts = normalize_spec(application, spec)
+    _store_options(opts)
+    env.register_partition(opts.table, opts.partition, application)
+    os.makedirs(opts.database, exist_ok=True)
+    return otp.supervisor.start_link(dict(FLAGS), child_specs(opts), name=opts.supervisor_name)
+
+
+def child_spec(application: str) -> dict[str, Any]:
+    """The template child of ``waraft.sup``'s simple_one_for_one supervisor."""
+    return {
+        "id": "wa_raft_part_sup",
+        "start": (start_link, (application,)),
+        "restart": "permanent",
+        "shutdown": "infinity",
+        "type": "supervisor",
+    }

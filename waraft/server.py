@@ -1,0 +1,630 @@
+"""A partition's Raft server: the actor around the pure core, and its public API
+(WARaft's ``wa_raft_server``).
+
+The protocol lives in ``waraft.core`` (``RaftCore``: events in, effects out). This module is the
+thin shell that feeds it events — RPCs from peers, commands from the acceptor, admin calls, state
+timeouts — and runs its effects:
+
+* **Persistence first.** Log writes go straight to the log provider (appends) or through the log
+  actor (truncate, reset, trim), term/vote/disable-reason changes are written and fsynced before
+  anything after them. Sends, replies, applies and read submissions wait in an outbox.
+* **Group commit.** The shell keeps handling queued mailbox messages before it flushes; a flush
+  does one ``sync()`` of the log (one fsync for a durable log) and then empties the outbox. So a
+  burst of commits or AppendEntries costs one fsync, and nothing that depends on those writes
+  leaves the process before they are durable.
+* **One message per batch.** A commit batch becomes one ``AppendLog``, one message per peer (RPCs
+  to the same peer in a flush travel together) and one apply message to storage.
+
+Every API function takes the server as a registered name (``raft_server_<table>_<partition>``), a
+pid or a ``(name, node)`` address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from waraft import durable_state, env, info, metrics, otp
+from waraft.core import config as core_config
+from waraft.core import events
+from waraft.core.effects import (
+    AppendLog,
+    Apply,
+    CancelReads,
+    CommitCancelled,
+    Effect,
+    InstallSnapshot,
+    PersistState,
+    ReadCancelled,
+    ReadNow,
+    Reply,
+    RequestSnapshot,
+    ResetLog,
+    Send,
+    SetTimeout,
+    StateChanged,
+    SubmitRead,
+    TrimLog,
+    TruncateLog,
+)
+from waraft.core.rpc import RaftRpc, RpcDecodeError, from_wire, to_wire
+from waraft.core.server import RaftCore
+from waraft.core.types import Config, DurableState, Identity, LogPos, State
+from waraft.part_sup import RaftOptions
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0  # raft_rpc_call_timeout, seconds
+STORAGE_TIMEOUT = 60.0  # raft_storage_call_timeout, seconds
+FLUSH_EVERY = 64  # events handled before a flush even when the mailbox never empties
+SETTINGS_REFRESH_MS = 1000  # WARaft reads settings live; we re-resolve them this often
+ENTRY_SIZE_ESTIMATE = 64  # apply-queue bytes for an entry whose command is not bytes
+
+make_config = core_config.make_config
+
+
+def default_name(table: str, partition: int) -> str:
+    """``raft_server_<table>_<partition>``."""
+    return f"raft_server_{table}_{partition}"
+
+
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def _entry_size(entry: Any) -> int:
+    command = entry.command
+    if isinstance(command, (bytes, bytearray, str)):
+        return len(command) + 16
+    return ENTRY_SIZE_ESTIMATE
+
+
+class RaftServer(otp.StateMachine):
+    """The actor that runs one partition's ``RaftCore``."""
+
+    trap_exit = True
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def init(self, options: RaftOptions) -> None:
+        self.options = options
+        self.name = options.server_name
+        self.table = options.table
+        self.partition = options.partition
+        self.self_id = options.self_id
+        self.queues = options.queues
+        self._settings_at = _now_ms()
+        settings = env.settings_for(options.application, options.table)
+        self.queues.settings = settings
+        self._local_nodes = otp.node.local_nodes
+        self._outbox: list[Effect] = []
+        self._events_since_flush = 0
+        self._log_dirty = False
+        self._internal: deque[Any] = deque()
+        self._published: tuple[Any, ...] | None = None
+        self._metrics = metrics.get()
+
+        position: LogPos = otp.call(options.storage_name, ("open",), STORAGE_TIMEOUT)
+        self.log = otp.call(options.log_name, ("open", position), None)
+        storage_config = otp.call(options.storage_name, ("config",), STORAGE_TIMEOUT)
+        label = otp.call(options.storage_name, ("label",), STORAGE_TIMEOUT)
+        durable = self._load_durable_state()
+        label_module = options.label_module
+        label_fn: Callable[[Any, Any], Any] | None = None
+        if label_module is not None:
+            label_fn = (
+                label_module() if isinstance(label_module, type) else label_module
+            ).new_label
+        self.core = RaftCore(
+            self.self_id,
+            self.table,
+            self.partition,
+            settings,
+            self.log,
+            self.queues,
+            position,
+            None if storage_config is None else (storage_config[0].index, storage_config[1]),
+            durable,
+            random.Random().random,
+            _now_ms(),
+            label_fn=label_fn,
+            storage_label=label,
+            metrics=self._metrics,
+        )
+        self._run(self.core.start(_now_ms()))
+        self._flush()
+
+    def _load_durable_state(self) -> DurableState | None:
+        try:
+            return durable_state.load(self.options.database)
+        except durable_state.DurableStateError as exc:
+            # A replica that cannot trust its term and vote must not vote or lead: come up
+            # disabled with the reason (the corrupt file stays for inspection; ``enable``
+            # starts afresh as a stalled replica).
+            logger.error("%s: durable state unreadable, starting disabled: %s", self.name, exc)
+            return DurableState(0, None, ("durable_state_error", str(exc)))
+
+    def terminate(self, reason: Any) -> None:
+        super().terminate(reason)
+        core = getattr(self, "core", None)
+        if core is not None:
+            try:
+                self._run(core.terminate_effects())
+                self._flush()
+            except Exception:
+                logger.exception("%s: cancelling pending requests failed", self.name)
+            with contextlib.suppress(OSError):
+                durable_state.sync(self.options.database)
+        info.clear(self.table, self.partition, self.name)
+        logger.info("%s terminating: %r", self.name, reason)
+
+    # -- mailbox --------------------------------------------------------------------------------
+
+    def handle_cast(self, msg: Any) -> None:
+        cls = type(msg)
+        if cls is RaftRpc or cls in _CAST_EVENTS:
+            self._step(msg)
+        elif cls is tuple and msg and msg[0] == "rpcs":
+            for wire in msg[1]:
+                rpc = self._decode_rpc(wire)
+                if rpc is not None:
+                    self._step(rpc)
+        elif cls is tuple and msg and msg[0] == "notify_complete":
+            self._step(events.NotifyComplete())
+        elif cls is tuple and msg and msg[0] == "handover":
+            self._step(events.HandoverRequest(None, msg[1] if len(msg) > 1 else None))
+        else:
+            logger.warning("%s dropped an unexpected cast %r", self.name, msg)
+        self._maybe_flush()
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        kind = request[0] if isinstance(request, tuple) and request else request
+        handler = _CALLS.get(kind)
+        if handler is None:
+            logger.warning("%s got an unknown command %r", self.name, request)
+            return ("error", "unknown_command")
+        result = handler(self, request, from_)
+        self._maybe_flush()
+        return result
+
+    def handle_state_timeout(self, event: Any) -> None:
+        self._refresh_settings()
+        self._step(events.Timeout(event))
+        self._maybe_flush()
+
+    def handle_info(self, msg: Any) -> None:
+        if not (isinstance(msg, tuple) and msg and msg[0] == "EXIT"):
+            # Linked helpers' exits are the supervisor's business; anything else is noise.
+            logger.debug("%s dropped message %r", self.name, msg)
+        self._maybe_flush()
+
+    def _decode_rpc(self, wire: Any) -> RaftRpc | None:
+        try:
+            return from_wire(wire, self.name)
+        except RpcDecodeError as exc:
+            logger.warning("%s dropped a malformed RPC: %s", self.name, exc)
+            return None
+
+    # -- stepping the core ----------------------------------------------------------------------
+
+    def _step(self, event: Any) -> None:
+        self._run(self.core.handle(event, _now_ms()))
+        while self._internal:
+            self._run(self.core.handle(self._internal.popleft(), _now_ms()))
+        self._events_since_flush += 1
+
+    def _maybe_flush(self) -> None:
+        """Run at the end of every handler. Group commit: while more messages wait, keep
+        taking them before paying for a sync and the sends (at most ``FLUSH_EVERY`` events)."""
+        if self._outbox or self._log_dirty:
+            if self._events_since_flush >= FLUSH_EVERY or self.actor_inbox.empty():
+                self._flush()
+        elif self.actor_inbox.empty():
+            self._publish_status()
+
+    def _run(self, effects: list[Effect]) -> None:
+        outbox = self._outbox
+        for effect in effects:
+            cls = type(effect)
+            if cls is Send or cls is Apply or cls is Reply:
+                outbox.append(effect)
+            elif cls is AppendLog:
+                self.log.append(effect.first_index, effect.entries)  # type: ignore[union-attr]
+                self._log_dirty = True
+            elif cls is SetTimeout:
+                self.set_state_timeout(effect.ms, effect.kind)  # type: ignore[union-attr]
+            elif cls is StateChanged:
+                self.cancel_state_timeout()
+                self._published = None  # publish the new state at the next flush
+            elif cls is PersistState:
+                durable_state.store(self.options.database, effect.state)  # type: ignore[union-attr]
+            elif cls is TruncateLog:
+                otp.call(self.options.log_name, ("truncate", effect.index), None)  # type: ignore[union-attr]
+                self._log_dirty = True
+            elif cls is ResetLog:
+                otp.call(self.options.log_name, ("reset", effect.position), None)  # type: ignore[union-attr]
+                self._log_dirty = True
+            elif cls is TrimLog:
+                otp.cast(self.options.log_name, ("trim", effect.index))  # type: ignore[union-attr]
+            elif cls is InstallSnapshot:
+                self._install_snapshot(effect)  # type: ignore[arg-type]
+            elif cls is RequestSnapshot:
+                self._request_snapshot(effect)  # type: ignore[arg-type]
+            else:  # replies, cancellations and reads go out after the sync
+                outbox.append(effect)
+
+    def _flush(self) -> None:
+        self._events_since_flush = 0
+        if self._log_dirty:
+            self._log_dirty = False
+            self.log.sync()
+        outbox = self._outbox
+        if outbox:
+            self._outbox = []
+            self._send_outbox(outbox)
+        self._publish_status()
+
+    def _send_outbox(self, outbox: list[Effect]) -> None:
+        sends: dict[Identity, list[RaftRpc]] = {}
+        applies: list[Any] = []
+        queues = self.queues
+        for effect in outbox:
+            cls = type(effect)
+            if cls is Send:
+                sends.setdefault(effect.to, []).append(effect.rpc)  # type: ignore[union-attr]
+            elif cls is Apply:
+                applies.extend(effect.items)  # type: ignore[union-attr]
+            elif cls is Reply:
+                if effect.to is not None:  # type: ignore[union-attr]
+                    effect.to.reply(effect.value)  # type: ignore[union-attr]
+            elif cls is CommitCancelled:
+                queues.commits_finished(1, effect.priority)  # type: ignore[union-attr]
+                if effect.to is not None:  # type: ignore[union-attr]
+                    effect.to.reply(("error", effect.reason))  # type: ignore[union-attr]
+            elif cls is ReadCancelled:
+                queues.release_reads(1)
+                if effect.to is not None:  # type: ignore[union-attr]
+                    effect.to.reply(("error", effect.reason))  # type: ignore[union-attr]
+            elif cls is SubmitRead:
+                queues.submit_read(effect.read_index, effect.from_, effect.command)  # type: ignore[union-attr]
+            elif cls is ReadNow:
+                otp.cast(self.options.storage_name, ("read_now", effect.from_, effect.command))  # type: ignore[union-attr]
+            elif cls is CancelReads:
+                error = ("error", effect.reason)  # type: ignore[union-attr]
+                for handle in queues.take_all_reads():
+                    if handle is not None:
+                        handle.reply(error)
+        if applies:
+            size = sum(map(_entry_size, (item.entry for item in applies)))
+            queues.reserve_apply(len(applies), size)
+            otp.cast(self.options.storage_name, ("apply", applies, size))
+        for peer, rpcs in sends.items():
+            self._send_rpcs(peer, rpcs)
+
+    def _send_rpcs(self, peer: Identity, rpcs: list[RaftRpc]) -> None:
+        address = (peer.name, peer.node)
+        if peer.node in self._local_nodes():
+            for rpc in rpcs:  # same Python process: hand the objects over as they are
+                otp.cast(address, rpc)
+        else:
+            otp.cast(address, ("rpcs", [to_wire(rpc) for rpc in rpcs]))
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def _install_snapshot(self, effect: InstallSnapshot) -> None:
+        """Run a snapshot installation against storage, then report back to the core."""
+        storage = self.options.storage_name
+        position = effect.position
+        result: Any
+        temp_dir: str | None = None
+        try:
+            if effect.purpose == "transfer":
+                assert effect.root is not None
+                result = otp.call(
+                    storage, ("open_snapshot", effect.root, position), STORAGE_TIMEOUT
+                )
+            else:
+                os.makedirs(self.options.database, exist_ok=True)
+                temp_dir = tempfile.mkdtemp(
+                    prefix=f"snapshot.{position.index}.{position.term}.bootstrap.",
+                    dir=self.options.database,
+                )
+                made = otp.call(
+                    storage,
+                    ("make_empty_snapshot", temp_dir, position, effect.config, effect.data),
+                    STORAGE_TIMEOUT,
+                )
+                result = (
+                    made
+                    if made != "ok"
+                    else otp.call(storage, ("open_snapshot", temp_dir, position), STORAGE_TIMEOUT)
+                )
+        except otp.ExitError as exc:
+            result = ("error", exc.reason)
+        finally:
+            if temp_dir is not None:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+        if result == "ok":
+            config = otp.call(storage, ("config",), STORAGE_TIMEOUT)
+            label = otp.call(storage, ("label",), STORAGE_TIMEOUT)
+            opened = events.SnapshotOpened(
+                effect.from_,
+                effect.purpose,
+                position,
+                None,
+                None if config is None else (config[0].index, config[1]),
+                label,
+            )
+        else:
+            error = result[1] if isinstance(result, tuple) and len(result) == 2 else result
+            opened = events.SnapshotOpened(effect.from_, effect.purpose, position, error)
+        self._internal.append(opened)
+
+    def _request_snapshot(self, effect: RequestSnapshot) -> None:
+        from waraft import snapshot_catchup
+
+        snapshot_catchup.catchup(self.options, effect.peer, effect.witness)
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def _refresh_settings(self) -> None:
+        now = _now_ms()
+        if now - self._settings_at >= SETTINGS_REFRESH_MS:
+            self._settings_at = now
+            settings = env.settings_for(self.options.application, self.table)
+            self.core.settings = settings
+            self.queues.settings = settings
+
+    def _publish_status(self) -> None:
+        core = self.core
+        leader = core.leader
+        key = (core.state, core.current_term, leader)
+        if key == self._published:
+            return
+        self._published = key
+        now = _now_ms()
+        candidate = core.voted_for if core.state is State.CANDIDATE else None
+        info.set_current_term_info(
+            self.table,
+            self.partition,
+            core.current_term,
+            None if leader is None else leader.node,
+            candidate,
+        )
+        live, lagging, stale = core.status_flags(now)
+        info.set_status(self.table, self.partition, core.state.value, live, lagging, stale)
+
+    def status(self) -> dict[str, Any]:
+        """The core's status plus what only the shell knows, with plain values."""
+        status = self.core.status(_now_ms())
+        status["partition_path"] = self.options.database
+        status["log_module"] = _module_name(self.options.log_module)
+        status["storage_module"] = _module_name(self.options.storage_module)
+        status["log_status"] = self.log.status()
+        status["commit_queue_high"] = self.queues.commit_queue_size()
+        status["read_queue"] = self.queues.read_queue_size()
+        status["name"] = self.name
+        return status
+
+    # -- admin commands -------------------------------------------------------------------------
+
+    def _call_status(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return self.status()
+
+    def _call_current_config(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return self.core.current_config()
+
+    def _call_handover_candidates(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return self.core.handover_candidates()
+
+    def _call_event(self, request: Any, from_: otp.ReplyTo) -> Any:
+        """Admin commands the core answers (through a Reply effect)."""
+        kind, *args = request
+        self._refresh_settings()
+        self._step(_EVENT_BUILDERS[kind](from_, *args))
+        return otp.NOREPLY
+
+
+def _module_name(module: Any) -> str:
+    if isinstance(module, type):
+        return f"{module.__module__}.{module.__qualname__}"
+    return str(module)
+
+
+_CAST_EVENTS = frozenset({events.CommitBatch, events.ReadBatch, events.AdjustConfig})
+
+_EVENT_BUILDERS: dict[str, Callable[..., Any]] = {
+    "bootstrap": events.Bootstrap,
+    "promote": events.Promote,
+    "trigger_election": events.TriggerElection,
+    "resign": events.Resign,
+    "handover": events.HandoverRequest,
+    "is_peer_ready": events.IsPeerReady,
+    "disable": events.Disable,
+    "enable": events.Enable,
+    "snapshot_available": events.SnapshotAvailable,
+    "adjust_config": lambda from_, action, index=None: events.AdjustConfig(from_, action, index),
+}
+
+_CALLS: dict[str, Callable[[RaftServer, Any, otp.ReplyTo], Any]] = {
+    "status": RaftServer._call_status,
+    "current_config": RaftServer._call_current_config,
+    "handover_candidates": RaftServer._call_handover_candidates,
+    **{kind: RaftServer._call_event for kind in _EVENT_BUILDERS},
+}
+
+
+def start_link(options: RaftOptions) -> otp.Pid:
+    """Start the server registered as ``options.server_name``."""
+    pid: otp.Pid = RaftServer.start_link(options, name=options.server_name)
+    return pid
+
+
+def child_spec(options: RaftOptions) -> dict[str, Any]:
+    """WARaft's child spec: transient, 30 s shutdown."""
+    return {
+        "id": "wa_raft_server",
+        "start": (start_link, (options,)),
+        "restart": "transient",
+        "shutdown": 30000,
+    }
+
+
+# -- the API ------------------------------------------------------------------------------------
+
+
+def _call(server: otp.Target, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+    return otp.call(server, request, timeout)
+
+
+def status(server: otp.Target, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """The server's status (WARaft's fields: state, current_term, commit_index, ...)."""
+    result: dict[str, Any] = _call(server, ("status",), timeout)
+    return result
+
+
+def membership(server: otp.Target) -> list[Identity]:
+    """The voting members of the effective config."""
+    return list(get_current_config(server).membership)
+
+
+def get_current_config(server: otp.Target) -> Config:
+    """The effective config (the newest appended config entry, or storage's)."""
+    result: Config = _call(server, ("current_config",))
+    return result
+
+
+def _check_position(position: Any) -> LogPos:
+    if (
+        not isinstance(position, tuple)
+        or len(position) != 2
+        or not all(isinstance(v, int) and v >= 0 for v in position)
+    ):
+        raise ValueError(
+            f"a log position is LogPos(index, term) of non-negative ints: {position!r}"
+        )
+    return LogPos(*position)
+
+
+def _check_config(config: Any) -> Config:
+    if isinstance(config, dict):
+        return core_config.normalize_config(config)
+    if not isinstance(config, Config):
+        raise ValueError(f"a config is built with waraft.server.make_config(...), got {config!r}")
+    return config
+
+
+def bootstrap(server: otp.Target, position: LogPos, config: Config, data: Any = None) -> Any:
+    """Make a brand-new replica part of a cluster: ``"ok"`` or ``("error", reason)``."""
+    request = ("bootstrap", _check_position(position), _check_config(config), data)
+    return _call(server, request, STORAGE_TIMEOUT)
+
+
+def promote(
+    server: otp.Target,
+    term_or_offset: Any = "current",
+    force: bool = False,
+    config: Config | None = None,
+) -> Any:
+    """Make the replica leader without an election (an administrative override).
+
+    The older README's form ``promote(name, term, force, config)`` bootstraps a stalled, empty
+    replica with ``config`` first.
+    """
+    checked = None if config is None else _check_config(config)
+    return _call(server, ("promote", term_or_offset, bool(force), checked), STORAGE_TIMEOUT)
+
+
+def trigger_election(server: otp.Target, term_or_offset: Any = "current") -> Any:
+    """Start an election now."""
+    return _call(server, ("trigger_election", term_or_offset))
+
+
+def resign(server: otp.Target) -> Any:
+    """A leader steps down."""
+    return _call(server, ("resign",))
+
+
+def handover(server: otp.Target, peer: str | None = None) -> Any:
+    """Transfer leadership to ``peer`` (a node id) or to a random ready peer."""
+    return _call(server, ("handover", peer))
+
+
+def handover_async(server: otp.Target, peer: str | None = None) -> None:
+    """``handover`` without waiting for the answer (WARaft's ``handover/1`` cast)."""
+    otp.cast(server, ("handover", peer))
+
+
+def handover_candidates(server: otp.Target) -> list[str]:
+    """Peers a handover could go to now."""
+    result: list[str] = _call(server, ("handover_candidates",))
+    return result
+
+
+def is_peer_ready(server: otp.Target, peer: Identity) -> Any:
+    """``"ok"`` or ``("error", not_a_participant | not_ready | not_leader)``."""
+    return _call(server, ("is_peer_ready", Identity(*peer)))
+
+
+def disable(server: otp.Target, reason: Any) -> Any:
+    """Take the replica out of the protocol; ``reason`` is persisted."""
+    return _call(server, ("disable", reason))
+
+
+def enable(server: otp.Target) -> Any:
+    """Bring a disabled replica back (as stalled)."""
+    return _call(server, ("enable",))
+
+
+def adjust_config(server: otp.Target, action: Any, index: int | None = None) -> Any:
+    """Change the membership; answered ``("ok", LogPos)`` as soon as the entry is appended."""
+    return _call(server, ("adjust_config", action, index))
+
+
+def refresh_config(server: otp.Target) -> Any:
+    """Re-append the current config."""
+    return adjust_config(server, "refresh")
+
+
+def snapshot_available(server: otp.Target, root: str, position: LogPos) -> Any:
+    """Tell the server a snapshot at ``position`` waits in directory ``root``."""
+    return _call(server, ("snapshot_available", root, _check_position(position)), STORAGE_TIMEOUT)
+
+
+def notify_complete(server: otp.Target) -> None:
+    """Storage drained its apply queue (a cast)."""
+    otp.cast(server, ("notify_complete",))
+
+
+__all__ = [
+    "RaftServer",
+    "adjust_config",
+    "bootstrap",
+    "child_spec",
+    "default_name",
+    "disable",
+    "enable",
+    "get_current_config",
+    "handover",
+    "handover_async",
+    "handover_candidates",
+    "is_peer_ready",
+    "make_config",
+    "membership",
+    "notify_complete",
+    "promote",
+    "refresh_config",
+    "resign",
+    "snapshot_available",
+    "start_link",
+    "status",
+    "trigger_election",
+]

@@ -1,0 +1,120 @@
+"""Deletes a partition's old incoming transfer directories (WARaft's ``wa_raft_transport_cleanup``).
+
+Every 30 s the actor lists ``<partition>/transport/`` and removes each sub-directory whose
+transfer ended more than ``transport_retain_min_secs`` (300) ago, or that no transfer on this
+node knows about and that has not been touched for that long.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+from waraft import env, otp
+
+logger = logging.getLogger(__name__)
+
+SCAN_INTERVAL_MS = 30_000
+DEFAULT_RETAIN_SECS = 300
+
+
+def default_name(table: str, partition: int) -> str:
+    """``raft_transport_cleanup_<table>_<partition>``."""
+    return f"raft_transport_cleanup_{table}_{partition}"
+
+
+class TransportCleanup(otp.Process):
+    """Periodic scan of the partition's transport directory."""
+
+    trap_exit = True
+
+    def init(self, options: Any) -> None:
+        self.options = options
+        self.directory: str = options.transport_directory
+        self._timer = otp.send_after(SCAN_INTERVAL_MS, self.pid, "scan")
+
+    def terminate(self, reason: Any) -> None:
+        otp.cancel_timer(self._timer)
+
+    def handle_info(self, msg: Any) -> None:
+        if msg == "scan":
+            self.scan()
+            self._timer = otp.send_after(SCAN_INTERVAL_MS, self.pid, "scan")
+        elif not (isinstance(msg, tuple) and msg and msg[0] == "EXIT"):
+            logger.debug("transport cleanup dropped %r", msg)
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        if request == ("scan",):
+            return self.scan()
+        return ("error", "unknown_request")
+
+    def retain_secs(self) -> float:
+        value = env.get_env(self.options.application, "transport_retain_min_secs", None)
+        return float(DEFAULT_RETAIN_SECS if value is None else value)
+
+    def scan(self) -> list[str]:
+        """Delete what is old enough; returns the removed directory names."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        retain = self.retain_secs()
+        now = time.time()
+        removed = []
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if not os.path.isdir(path):
+                continue
+            ended = _transfer_end_time(name)
+            if ended is _RUNNING:
+                continue
+            since = ended if isinstance(ended, float) else _last_touched(path)
+            if now - since >= retain:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+                logger.info("removed old transfer directory %s", path)
+        return removed
+
+
+_RUNNING = object()
+
+
+def _transfer_end_time(name: str) -> Any:
+    """When the transfer named ``name`` ended (wall-clock seconds), ``_RUNNING``, or ``None``
+    when no transfer on this node knows it."""
+    try:
+        from waraft import transport
+    except ImportError:
+        return None
+    lookup = getattr(transport, "transfer_end_time", None)
+    return None if lookup is None else lookup(name, running=_RUNNING)
+
+
+def _last_touched(path: str) -> float:
+    latest = os.path.getmtime(path)
+    for root, _, files in os.walk(path):
+        for file in files:
+            try:
+                latest = max(latest, os.path.getmtime(os.path.join(root, file)))
+            except OSError:
+                continue
+    return latest
+
+
+def start_link(options: Any) -> otp.Pid:
+    """Start the cleanup actor registered as ``options.transport_cleanup_name``."""
+    pid: otp.Pid = TransportCleanup.start_link(options, name=options.transport_cleanup_name)
+    return pid
+
+
+def child_spec(options: Any) -> dict[str, Any]:
+    """WARaft's child spec: permanent, 5 s shutdown."""
+    return {
+        "id": "wa_raft_transport_cleanup",
+        "start": (start_link, (options,)),
+        "restart": "permanent",
+        "shutdown": 5000,
+    }
