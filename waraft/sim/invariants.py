@@ -72,7 +72,10 @@ def same_entry(a: Entry, b: Entry) -> bool:
 class InvariantChecker:
     """Incremental checks over every node of one simulation (node ids are strings)."""
 
-    def __init__(self) -> None:
+    def __init__(self, disabled: frozenset[str] = frozenset()) -> None:
+        """``disabled`` names invariants not to enforce (mutation tests use it to show that
+        another property catches a bug too)."""
+        self.disabled = disabled
         self.logs: dict[str, LogView] = {}
         # (index, term) -> (entry, previous term) for every entry ever appended anywhere
         self._entries: dict[tuple[int, int], tuple[Entry, int | None]] = {}
@@ -88,6 +91,10 @@ class InvariantChecker:
         self._digests: dict[int, int] = {}
         self.checks = 0
 
+    def _violate(self, invariant: str, message: str) -> None:
+        if invariant not in self.disabled:
+            raise InvariantViolation(invariant, message)
+
     # -- registration ----------------------------------------------------------------------------
 
     def register(self, node: str, log: LogView) -> None:
@@ -98,7 +105,7 @@ class InvariantChecker:
     def on_persist(self, node: str, state: DurableState) -> None:
         previous = self._persisted_term.get(node, 0)
         if state.current_term < previous:
-            raise InvariantViolation(
+            self._violate(
                 "monotonic_term",
                 f"{node} persisted term {state.current_term} after term {previous}",
             )
@@ -116,12 +123,12 @@ class InvariantChecker:
             else:
                 seen_entry, seen_prev = seen
                 if not same_entry(seen_entry, entry):
-                    raise InvariantViolation(
+                    self._violate(
                         "log_matching",
                         f"{node} appended {entry} at {pair} where {seen_entry} was before",
                     )
                 if seen_prev is not None and prev is not None and seen_prev != prev:
-                    raise InvariantViolation(
+                    self._violate(
                         "log_matching",
                         f"{node} has term {prev} before {pair}, another log had {seen_prev}",
                     )
@@ -134,15 +141,11 @@ class InvariantChecker:
 
     def on_truncate(self, node: str, index: int, leader: bool) -> None:
         if leader:
-            raise InvariantViolation(
-                "leader_append_only", f"{node} truncated its log at {index} while leader"
-            )
+            self._violate("leader_append_only", f"{node} truncated its log at {index} while leader")
 
     def on_reset(self, node: str, position: LogPos, leader: bool) -> None:
         if leader:
-            raise InvariantViolation(
-                "leader_append_only", f"{node} reset its log to {position} while leader"
-            )
+            self._violate("leader_append_only", f"{node} reset its log to {position} while leader")
         self._commit_may_drop.add(node)
 
     def on_apply(self, node: str, index: int, entry: Entry, digest: int | None) -> None:
@@ -152,7 +155,7 @@ class InvariantChecker:
         if seen is None:
             self.applied[index] = entry
         elif not same_entry(seen, entry):
-            raise InvariantViolation(
+            self._violate(
                 "state_machine_safety",
                 f"{node} applied {entry} at {index}, another node applied {seen}",
             )
@@ -160,14 +163,14 @@ class InvariantChecker:
             self.applied[index] = entry
         committed = self.committed.get(index)
         if committed is not None and not same_entry(committed[0], entry):
-            raise InvariantViolation(
+            self._violate(
                 "state_machine_safety",
                 f"{node} applied {entry} at {index} but {committed[0]} was committed there",
             )
         if digest is not None:
             known = self._digests.setdefault(index, digest)
             if known != digest:
-                raise InvariantViolation(
+                self._violate(
                     "state_machine_safety",
                     f"{node}'s state after applying {index} differs from another replica's",
                 )
@@ -186,9 +189,7 @@ class InvariantChecker:
     def _check_term(self, node: str, term: int) -> None:
         previous = self._term.get(node, 0)
         if term < previous:
-            raise InvariantViolation(
-                "monotonic_term", f"{node} is in term {term} after term {previous}"
-            )
+            self._violate("monotonic_term", f"{node} is in term {term} after term {previous}")
         self._term[node] = term
 
     def after_step(self, node: str, state: State, term: int, commit_index: int) -> None:
@@ -203,7 +204,7 @@ class InvariantChecker:
                 self._leader_now[node] = term
                 self._check_leader_complete(node, term, log)
             elif holder != node:
-                raise InvariantViolation(
+                self._violate(
                     "election_safety", f"{node} and {holder} are both leaders of term {term}"
                 )
             else:
@@ -214,7 +215,7 @@ class InvariantChecker:
         if commit_index != previous:
             if commit_index < previous:
                 if node not in self._commit_may_drop:
-                    raise InvariantViolation(
+                    self._violate(
                         "monotonic_commit",
                         f"{node}'s commit index went from {previous} to {commit_index}",
                     )
@@ -225,7 +226,7 @@ class InvariantChecker:
 
     def _observe_commits(self, node: str, term: int, start: int, end: int, log: LogView) -> None:
         if end > log.last_index():
-            raise InvariantViolation(
+            self._violate(
                 "commit_safety",
                 f"{node}'s commit index {end} is beyond its last index {log.last_index()}",
             )
@@ -241,7 +242,7 @@ class InvariantChecker:
             else:
                 seen_entry, seen_term = seen
                 if not same_entry(seen_entry, entry):
-                    raise InvariantViolation(
+                    self._violate(
                         "commit_safety",
                         f"{node} committed {entry} at {index} where {seen_entry} was committed",
                     )
@@ -270,7 +271,7 @@ class InvariantChecker:
             or (mine.command is not None and not same_entry(mine, entry))
             or (mine.term != entry.term)
         ):
-            raise InvariantViolation(
+            self._violate(
                 "leader_completeness",
                 f"leader {leader} of term {term} has {mine} at {index}, but {entry} was committed "
                 f"there in term {c_term}",

@@ -33,7 +33,7 @@ from waraft.core.rpc import RaftRpc, procedure_name
 from waraft.core.settings import Settings
 from waraft.core.types import Config, Identity, LogPos, Priority, State
 from waraft.sim.catchup import SnapshotCatchup
-from waraft.sim.client import Client, ClientConfig, KVWorkload, Workload
+from waraft.sim.client import Client, ClientConfig, KVWorkload, Workload, is_error
 from waraft.sim.clock import Scheduled, VirtualClock
 from waraft.sim.history import History
 from waraft.sim.invariants import InvariantChecker, InvariantViolation
@@ -109,6 +109,7 @@ class SimConfig:
     core_factory: Callable[..., Any] = _default_core_factory
     client: ClientConfig = field(default_factory=ClientConfig)
     check_invariants: bool = True
+    disabled_invariants: frozenset[str] = frozenset()  # e.g. {"monotonic_term"} (tests only)
     trace_size: int = 40
 
     def with_(self, **changes: Any) -> SimConfig:
@@ -135,6 +136,30 @@ class Call:
         return f"<call {self.label} {'=> ' + repr(self.result) if self.done else 'pending'}>"
 
 
+class RecordedCall(Call):
+    """A ``Call`` that also records its operation in the simulation's history."""
+
+    __slots__ = ("key", "op", "sim")
+
+    def __init__(self, sim: Simulation, op: Any, key: Any, label: str) -> None:
+        super().__init__(label)
+        self.sim = sim
+        self.op = op
+        self.key = key
+
+    def on_reply(self, value: Any) -> None:
+        if self.done:
+            return
+        super().on_reply(value)
+        history, now = self.sim.history, self.sim.now
+        if not is_error(value):
+            history.ok(self.op, value, now)
+        elif self.op.kind == "read" or self.key not in self.sim.appended_keys:
+            history.fail(self.op, value, now)
+        else:
+            history.unknown(self.op, value, now)
+
+
 class Simulation:
     """A deterministic cluster simulation (see the module docstring)."""
 
@@ -156,7 +181,7 @@ class Simulation:
             self._is_up,
             config.net,
         )
-        self.invariants = InvariantChecker()
+        self.invariants = InvariantChecker(config.disabled_invariants)
         self.history = History()
         self.catchup = SnapshotCatchup(self)
         self.appended_keys: set[Any] = set()
@@ -528,12 +553,25 @@ class Simulation:
                 raise AssertionError(f"bootstrap of {node_id} failed: {call.result!r}")
         return config
 
-    def submit(self, node_id: str, command: Any, priority: Priority = Priority.HIGH) -> Call:
+    def submit(
+        self,
+        node_id: str,
+        command: Any,
+        priority: Priority = Priority.HIGH,
+        record: bool = False,
+    ) -> Call:
         """Commit ``command`` through a node's acceptor, as 6.824's ``Start()``; the handle is
-        answered with storage's result or an error."""
+        answered with storage's result or an error. ``record`` adds it to the history."""
         self._submits += 1
         key = ("c", "submit", self._submits, 1)
-        handle = Call(f"commit {command!r}")
+        label = f"commit {command!r}"
+        handle: Call
+        if record:
+            op = self.history.invoke(0, "commit", command, self.now, key=key)
+            op.node = node_id
+            handle = RecordedCall(self, op, key, label)
+        else:
+            handle = Call(label)
 
         def deliver() -> None:
             node = self.nodes[node_id]
@@ -545,9 +583,16 @@ class Simulation:
         self.clock.schedule(0, deliver, target=None, label=f"submit on {node_id}")
         return handle
 
-    def read(self, node_id: str, command: Any) -> Call:
-        """A strong read through a node's acceptor."""
-        handle = Call(f"read {command!r}")
+    def read(self, node_id: str, command: Any, record: bool = False) -> Call:
+        """A strong read through a node's acceptor (``record``: add it to the history)."""
+        label = f"read {command!r}"
+        handle: Call
+        if record:
+            op = self.history.invoke(0, "read", command, self.now)
+            op.node = node_id
+            handle = RecordedCall(self, op, None, label)
+        else:
+            handle = Call(label)
 
         def deliver() -> None:
             node = self.nodes[node_id]
