@@ -29,10 +29,11 @@ SETTINGS = Settings().with_overrides(
 
 
 class Sim:
-    def __init__(self, seed: int, size: int = 3) -> None:
+    def __init__(self, seed: int, size: int = 3, admin: bool = False) -> None:
         from waraft.core.config import make_config
 
         self.rng = random.Random(seed)
+        self.admin = admin
         self.members = ids(size)
         self.config = make_config(self.members)
         self.now = 0
@@ -119,7 +120,9 @@ class Sim:
                     (None, (self.now, ("cmd", self.now, i))) for i in range(self.rng.randint(1, 5))
                 ]
                 self.run(leader, self.cores[leader].handle(CommitBatch(batch), self.now))
-        elif roll < 0.022:
+        elif self.admin and roll < 0.03:
+            self.admin_op()
+        elif roll < 0.032:
             victim = self.rng.choice(self.members)
             # crash: keep only the durable state, the log (its effects were applied) and storage
             self.applied[victim] = {
@@ -129,12 +132,35 @@ class Sim:
             }
             self.boot(victim)
 
+    def admin_op(self) -> None:
+        """Handovers, membership changes, triggered elections and resignations."""
+        from waraft.core.events import AdjustConfig, HandoverRequest, Resign, TriggerElection
+
+        leader = next((m for m, c in self.cores.items() if c.state is State.LEADER), None)
+        choice = self.rng.randrange(4)
+        if choice == 0 and leader is not None:
+            self.run(leader, self.cores[leader].handle(HandoverRequest(None, None), self.now))
+        elif choice == 1 and leader is not None:
+            verb = self.rng.choice(
+                ["remove_membership", "promote_participant_if_ready", "demote_to_witness",
+                 "remove_witness", "add", "refresh"]
+            )  # fmt: skip
+            action = "refresh" if verb == "refresh" else (verb, self.rng.choice(self.members))
+            self.run(leader, self.cores[leader].handle(AdjustConfig(None, action), self.now))
+        elif choice == 2:
+            member = self.rng.choice(self.members)
+            self.run(member, self.cores[member].handle(TriggerElection(None), self.now))
+        elif leader is not None:
+            self.run(leader, self.cores[leader].handle(Resign(None), self.now))
+
     def check(self) -> None:
         # state machine safety: the same entry at an index on every node that applied it
-        by_index: dict[int, Entry] = {}
+        # (witnesses store stubs, so entries are compared by term and key)
+        by_index: dict[int, tuple[int, object]] = {}
         for applied in self.applied.values():
             for index, entry in applied.items():
-                assert by_index.setdefault(index, entry) == entry, f"divergent apply at {index}"
+                seen = (entry.term, entry.key)
+                assert by_index.setdefault(index, seen) == seen, f"divergent apply at {index}"
         # log matching on committed prefixes
         commits = {m: c.commit_index for m, c in self.cores.items()}
         for a in self.members:
@@ -153,4 +179,13 @@ def test_random_faults_keep_raft_safe(seed: int) -> None:
         sim.step()
     sim.check()
     assert sim.leaders_by_term, "no leader was ever elected"
+    assert max(len(a) for a in sim.applied.values()) > 1, "nothing was applied"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_admin_operations_keep_raft_safe(seed: int) -> None:
+    sim = Sim(seed, size=5, admin=True)
+    for _ in range(3000):
+        sim.step()
+    sim.check()
     assert max(len(a) for a in sim.applied.values()) > 1, "nothing was applied"
