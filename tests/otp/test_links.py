@@ -9,7 +9,7 @@ import pytest
 
 from waraft import otp
 
-from .helpers import WAIT, Events, Plain, Worker, crash
+from .helpers import WAIT, Events, Plain, Worker, crash, wait_until
 
 
 class Linker(otp.Process):
@@ -230,6 +230,7 @@ def test_kill_of_a_busy_process_takes_effect_at_once() -> None:
 
     thread = threading.Thread(target=caller)
     thread.start()
+    wait_until(lambda: busy._inbox.qsize() >= 2)  # the stop cast and the call are queued
     otp.kill(busy)
     thread.join(WAIT)
     assert waiting == ["killed"]
