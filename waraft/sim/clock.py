@@ -68,7 +68,11 @@ class VirtualClock:
         """Run ``action(*args)`` ``delay_ms`` from now (``delay_ms`` ≥ 0)."""
         if delay_ms < 0:
             raise ValueError(f"negative delay {delay_ms}")
-        return self.schedule_at(self.now + delay_ms, action, *args, target=target, label=label)
+        time_ms = self.now + delay_ms
+        self._seq += 1
+        item = Scheduled(time_ms, self._seq, target, label, action, args)
+        heapq.heappush(self._heap, (time_ms, self._seq, item))
+        return item
 
     def schedule_at(
         self,

@@ -66,7 +66,7 @@ def same_entry(a: Entry, b: Entry) -> bool:
         return True
     if a.key != b.key or a.label != b.label:
         return False
-    return a.command == NOOP_OMITTED or b.command == NOOP_OMITTED
+    return bool(a.command == NOOP_OMITTED or b.command == NOOP_OMITTED)
 
 
 class InvariantChecker:

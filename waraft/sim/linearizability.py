@@ -40,7 +40,10 @@ class Model(Protocol):
 
 def _prune(model: Any, ops: list[Operation]) -> list[Operation]:
     prune = getattr(model, "prune", None)
-    return ops if prune is None else prune(ops)  # type: ignore[no-any-return]
+    if prune is None:
+        return ops
+    pruned: list[Operation] = prune(ops)
+    return pruned
 
 
 class KVModel:
@@ -49,7 +52,8 @@ class KVModel:
     def partition(self, op: Operation) -> Hashable | None:
         command = op.command
         if isinstance(command, tuple) and len(command) >= 3:
-            return command[2]  # type: ignore[no-any-return]
+            key: Hashable = command[2]
+            return key
         return None
 
     def init(self) -> Hashable:

@@ -26,18 +26,24 @@ class LogContractError(AssertionError):
 
 def approx_size(obj: Any) -> int:
     """A cheap, deterministic stand-in for an entry's encoded size in bytes."""
-    if obj is None or isinstance(obj, bool):
-        return 1
-    if isinstance(obj, int):
-        return 9
-    if isinstance(obj, (str, bytes)):
+    kind = type(obj)
+    if kind is str or kind is bytes:
         return 5 + len(obj)
-    if isinstance(obj, tuple | list):
-        return 5 + sum(approx_size(x) for x in obj)
-    if isinstance(obj, dict):
+    if kind is int:
+        return 9
+    if obj is None or kind is bool:
+        return 1
+    if kind is tuple or kind is Entry or kind is list:
+        total = 5
+        for item in obj:
+            total += approx_size(item)
+        return total
+    if kind is dict:
         return 5 + sum(approx_size(k) + approx_size(v) for k, v in obj.items())
-    if isinstance(obj, Config):
+    if kind is Config:
         return 16 + 24 * (len(obj.participants) + len(obj.membership) + len(obj.witness))
+    if isinstance(obj, tuple):  # other NamedTuples (Identity, LogPos, ...)
+        return 5 + sum(approx_size(item) for item in obj)
     return 32
 
 

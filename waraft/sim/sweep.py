@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from waraft.core.types import State
@@ -67,7 +68,7 @@ def _final_write(sim: Simulation, seed: int) -> None:
         leader = sim.leader()
         assert leader is not None
         call = sim.submit(leader, ("write", "sim", FINAL_KEY, seed))
-        sim.run_until(lambda c=call: c.done, 5000)
+        sim.run_until(partial(_is_done, call), 5000)
         result = call.result
         if call.done and result == "ok":
             break
@@ -162,7 +163,13 @@ def _accounting(sim: Simulation, result: SeedResult) -> None:
             )
 
 
-def run_seed(seed: int, steps: int = DEFAULT_STEPS, trace: Callable[[str], None] | None = None):
+def _is_done(call: Any) -> bool:
+    return bool(call.done)
+
+
+def run_seed(
+    seed: int, steps: int = DEFAULT_STEPS, trace: Callable[[str], None] | None = None
+) -> SeedResult:
     """Run the random scenario of ``seed`` for at least ``steps`` steps."""
     return run_scenario(random_scenario(seed), steps, trace)
 
