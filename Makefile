@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests/
 
 demo: $(STAMP)
-	$(BIN)/python examples/supervision_demo.py
+	$(BIN)/python examples/quickstart.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

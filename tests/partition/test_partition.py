@@ -166,3 +166,16 @@ def test_sup_rejects_bad_partition_args() -> None:
                 {"table": "t", "partition": 1, "colour": "red"}):  # fmt: skip
         with pytest.raises(ValueError):
             sup.child_spec(APP, [bad])
+
+
+def test_the_older_readme_promote_with_a_config_bootstraps_and_leads(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1])
+    srv = addr("server", node)
+    assert server.promote(srv, 1, True, server.make_config([ident(node)])) == "ok"
+    status = server.status(srv)
+    # The seed README's status after its promote.
+    assert status["state"] == "leader"
+    assert (status["current_term"], status["commit_index"], status["last_applied"]) == (1, 1, 1)
+    assert status["log_last"] == 1
+    op = ("k", ("write", "test", "key", 1000))
+    assert acceptor.commit(addr("acceptor", node), op) == "ok"
