@@ -6,7 +6,8 @@ leader's storage at its applied position (a witness snapshot carries only metada
 ``snapshot_transfer_ms`` and, if the target is up and reachable from the source, delivers
 ``SnapshotAvailable(root, position)`` to it. The target's core then asks its storage to install
 it (``InstallSnapshot`` → ``SnapshotOpened``). Snapshots live in ``snapshots`` under their
-``root`` name (``sim://<source>/snapshot.<index>.<term>#<n>``).
+``root`` name (``sim://<source>/snapshot.<index>.<term>#<n>``). A transfer whose target does
+not answer within ``snapshot_timeout_ms`` fails (then ``snapshot_retry_failed_ms`` backoff).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class SnapshotCatchup:
         self.started = 0
         self.completed = 0
         self.failed = 0
+        self.timed_out = 0
 
     def request(self, source: str, target: str, witness: bool) -> None:
         sim = self.sim
@@ -117,9 +119,22 @@ class SnapshotCatchup:
             self._fail(transfer)
             return
         assert transfer.position is not None
+        # like WARaft's transport scan: a transfer nobody answers (the target crashed while
+        # installing, ...) times out and frees the target for a new one
+        sim.clock.schedule(
+            sim.config.snapshot_timeout_ms,
+            self._expire,
+            transfer,
+            label=f"snapshot transfer {transfer.id} deadline",
+        )
         target.handle(
             SnapshotAvailable(TransferReply(self, transfer), transfer.root, transfer.position)
         )
+
+    def _expire(self, transfer: Transfer) -> None:
+        if self.active.get(transfer.target) is transfer:
+            self.timed_out += 1
+            self._fail(transfer)
 
     def _fail(self, transfer: Transfer) -> None:
         self.failed += 1

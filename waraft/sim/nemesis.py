@@ -40,6 +40,7 @@ class NemesisConfig:
             "one_way": 1.0,
             "flaky_net": 1.0,
             "slow_storage": 0.5,
+            "log_stall": 0.5,
             "resign": 0.5,
             "handover": 1.0,
             "trigger_election": 0.5,
@@ -76,6 +77,7 @@ class Nemesis:
             "one_way": self._one_way,
             "flaky_net": self._flaky_net,
             "slow_storage": self._slow_storage,
+            "log_stall": self._log_stall,
             "resign": self._resign,
             "handover": self._handover,
             "trigger_election": self._trigger_election,
@@ -127,6 +129,8 @@ class Nemesis:
         sim.heal()
         sim.set_net(self.base_net)
         sim.slow_storage.clear()
+        for node in sim.nodes.values():
+            node.log.refuse_append = None
         for node_id in sorted(self.disabled):
             if sim.nodes[node_id].up:
                 sim.call(node_id, _enable, "enable")
@@ -271,6 +275,19 @@ class Nemesis:
 
         self._later(self._delay(self.config.partition_ms), restore, f"storage {node_id} back")
 
+    def _log_stall(self) -> None:
+        """The log refuses relaxed appends for a while (WARaft's ``skipped``: the leader answers
+        pending commits with ``commit_stalled``, followers reject appends)."""
+        node_id = self.rng.choice(self.sim.node_ids)
+        log = self.sim.nodes[node_id].log
+        log.refuse_append = _refuse_all
+        self._note(f"log stall {node_id}")
+
+        def restore() -> None:
+            log.refuse_append = None
+
+        self._later(self._delay(self.config.partition_ms), restore, f"log {node_id} back")
+
     def _resign(self) -> None:
         leader = self.sim.leader()
         if leader is not None:
@@ -338,6 +355,15 @@ class Nemesis:
         self.sim.clock.schedule(10, check, label="nemesis: config reply")
 
 
+def _refuse_all(count: int, priority: Any) -> bool:
+    return True
+
+
+def counter_label(last: Any, command: Any) -> Any:
+    """A label function for scenarios: each labelled entry carries the next integer."""
+    return 1 if last is None else last + 1
+
+
 def _resign(h: Any) -> Any:
     from waraft.core.events import Resign
 
@@ -394,6 +420,7 @@ class Scenario:
             f"per_hb={s.raft_max_log_entries_per_heartbeat} "
             f"catchup>{s.raft_snapshot_catchup_threshold} keep={s.log_rotation_keep} "
             f"net=loss {c.net.loss} dup {c.net.duplicate} reorder {c.net.reorder} "
+            f"labels={c.label_fn is not None} "
             f"clients={self.clients} keys={self.workload.keys} "
             f"faults={sorted(k for k, w in self.nemesis.weights.items() if w)}"
         )
@@ -444,6 +471,7 @@ def random_scenario(seed: int) -> Scenario:
         trim_probability=rng.choice([1.0, 0.5]),
         strip_on_trim=rng.random() < 0.3,
         client=ClientConfig(attempt_timeout_ms=rng.choice([800, 1500, 3000])),
+        label_fn=counter_label if rng.random() < 0.3 else None,
     )
     nemesis = NemesisConfig(interval_ms=rng.choice([(100, 600), (200, 1500), (500, 3000)]))
     if nodes < 4:

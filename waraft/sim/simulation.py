@@ -104,6 +104,7 @@ class SimConfig:
     snapshot_transfer_ms: tuple[int, int] = (10, 80)
     snapshot_retry_ok_ms: int = 200
     snapshot_retry_failed_ms: int = 100
+    snapshot_timeout_ms: int = 5000
     max_snapshot_catchup: int = 5
     label_fn: Callable[[Any, Any], Any] | None = None
     core_factory: Callable[..., Any] = _default_core_factory
