@@ -1,0 +1,116 @@
+"""A tiny waraft node for the multi-process dist tests (run with ``sys.executable``).
+
+Usage: ``python child_node.py NODE_ID [--curve PUBLIC SECRET] [--ping S] [--down S]``.
+Starts distribution, registers an ``echo`` process, prints ``READY <node id>`` on stdout and
+runs until stdin closes (the parent's end of the pipe) or ``("stop",)`` is called.
+
+``echo`` understands calls ``("echo", x)``, ``("defer", x)`` (replied from another thread),
+``("noreply",)``, ``("crash",)``, ``("stats",)``, ``("peers",)``, ``("cast_to", addr, msg)``,
+``("send_to", addr, msg)``, ``("call_to", addr, req, timeout)``, ``("flood", addr, n)``,
+``("set_fault", nodes)``, ``("clear_fault",)``, ``("stop",)``, and casts/infos
+``("cast_back", addr, msg)`` / ``("info_back", addr, msg)`` (answered with a cast/send).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from typing import Any
+
+from waraft import dist, otp
+
+_done = threading.Event()
+
+
+class Crasher(otp.Process):
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        raise ValueError("asked to crash")
+
+
+class Echo(otp.Process):
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        op = request[0]
+        if op == "echo":
+            return request[1]
+        if op == "defer":
+            threading.Timer(0.01, from_.reply, args=(("deferred", request[1]),)).start()
+            return otp.NOREPLY
+        if op == "noreply":
+            return otp.NOREPLY
+        if op == "crash":
+            # The reply handle goes to a throwaway process that crashes while holding it, so
+            # the caller must see that process's exit reason (and echo stays up).
+            otp.send_request(otp.start(Crasher), request, from_)
+            return otp.NOREPLY
+        if op == "stats":
+            return dist.stats()
+        if op == "peers":
+            return dist.peers()
+        if op == "cast_to":
+            return dist.cast(tuple(request[1]), request[2])
+        if op == "send_to":
+            return dist.send(tuple(request[1]), request[2])
+        if op == "call_to":
+            try:
+                return ("ok", otp.call(tuple(request[1]), request[2], request[3]))
+            except otp.ExitError as exc:
+                return ("exit", exc.reason)
+        if op == "flood":
+            addr, n = tuple(request[1]), request[2]
+            return sum(dist.cast(addr, ("flood", i)) for i in range(n))
+        if op == "set_fault":
+            dist.set_fault(request[1])
+            return "ok"
+        if op == "clear_fault":
+            dist.clear_fault()
+            return "ok"
+        if op == "stop":
+            _done.set()
+            return "ok"
+        raise ValueError(f"unknown request {request!r}")
+
+    def handle_cast(self, msg: Any) -> None:
+        if msg[0] == "cast_back":
+            otp.cast(tuple(msg[1]), msg[2])
+
+    def handle_info(self, msg: Any) -> None:
+        if isinstance(msg, tuple) and msg and msg[0] == "info_back":
+            otp.send(tuple(msg[1]), msg[2])
+
+
+def _watch_stdin() -> None:
+    sys.stdin.read()  # returns when the parent closes the pipe (or dies)
+    _done.set()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("node_id")
+    parser.add_argument("--curve", nargs=2, metavar=("PUBLIC", "SECRET"))
+    parser.add_argument("--ping", type=float, default=0.2)
+    parser.add_argument("--down", type=float, default=1.0)
+    args = parser.parse_args()
+    curve = None
+    if args.curve:
+        curve = {"public_key": args.curve[0], "secret_key": args.curve[1]}
+    node_id = dist.start(
+        args.node_id,
+        curve=curve,
+        ping_interval=args.ping,
+        down_after=args.down,
+        connect_timeout=args.down,
+    )
+    otp.start(Echo, name="echo")
+    threading.Thread(target=_watch_stdin, daemon=True).start()
+    print(f"READY {node_id}", flush=True)
+    _done.wait()
+    otp.node.stop_all(timeout=2.0)
+    dist.stop()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

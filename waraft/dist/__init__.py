@@ -1,0 +1,247 @@
+"""``waraft.dist``: Erlang distribution's role over ZeroMQ, with msgpack frames (never pickle).
+
+A node is one OS process whose id says how to reach it: ``name@host:port``. ``start(node_id)``
+binds a ROUTER on that endpoint, makes the process's default ``waraft.otp`` node carry the id
+and installs itself as otp's remote router, so that ``otp.cast/send/call((name, node_id), ...)``
+reach registered processes on other nodes::
+
+    waraft.dist.start("n1@127.0.0.1:7001")
+    otp.cast(("raft_server_t_1", "n2@127.0.0.1:7002"), msg)        # never blocks
+    otp.call(("raft_server_t_1", "n2@127.0.0.1:7002"), req, 5.0)    # ExitError on failure
+
+Semantics (WARaft's ``wa_raft_distribution``, Erlang's ``[noconnect, nosuspend]`` sends):
+
+* ``cast``/``send`` never block and never raise: when the peer's queue is full (``sndhwm``),
+  the peer is down or cut off by a fault, the message is dropped and counted; they return
+  False then.
+* ``call`` raises ``ExitError("timeout")``, ``ExitError(("nodedown", node))`` when the peer
+  is down, unreachable or lost while waiting (fast: a refused or lost TCP connection is seen at
+  once), ``ExitError("noproc")`` when no process has that name there, or the callee's exit
+  reason. A callee may defer its reply and complete ``from_`` from any thread.
+* Messages from one thread (one actor) to one node arrive in order (one DEALER each).
+* Frames are limited to ``max_frame_bytes``; malformed, oversized, unknown-version and
+  unknown-kind frames are dropped and counted (:func:`stats`) and never disturb the node.
+
+Hot path: encode a message once with :func:`encode` and ship the bytes to any number of peers
+with :func:`cast_bytes` (or :func:`send_bytes`); the receiver sees exactly what
+``cast(addr, msg)`` would have delivered. Frames of 64 KiB and more go to libzmq without a
+copy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from waraft import codec
+from waraft.dist.nodeid import NodeIdError, is_node_id, make, parse
+from waraft.dist.reply import RemoteReplyTo
+from waraft.dist.runtime import Dist
+from waraft.dist.settings import CurveConfig, DistSettings
+from waraft.otp import node as otp_node
+
+__all__ = [
+    "CurveConfig",
+    "DistSettings",
+    "NodeIdError",
+    "RemoteReplyTo",
+    "call",
+    "cast",
+    "cast_bytes",
+    "clear_fault",
+    "encode",
+    "is_node_id",
+    "is_started",
+    "make",
+    "node",
+    "parse",
+    "peers",
+    "send",
+    "send_bytes",
+    "set_fault",
+    "start",
+    "stats",
+    "stop",
+]
+
+_lock = threading.Lock()
+_dist: Dist | None = None
+_DEFAULTS = DistSettings()
+
+
+def start(
+    node_id: str,
+    *,
+    bind: str | None = None,
+    curve: CurveConfig | Mapping[str, Any] | None = None,
+    max_frame_bytes: int = _DEFAULTS.max_frame_bytes,
+    sndhwm: int = _DEFAULTS.sndhwm,
+    rcvhwm: int = _DEFAULTS.rcvhwm,
+    ping_interval: float = _DEFAULTS.ping_interval,
+    down_after: float = _DEFAULTS.down_after,
+    connect_timeout: float = _DEFAULTS.connect_timeout,
+    settings: DistSettings | None = None,
+) -> str:
+    """Make this process the node ``node_id`` (``name@host:port``) and return its id.
+
+    Port 0 binds an ephemeral port and the returned id carries the real one. ``bind``
+    overrides the listen endpoint (e.g. ``"tcp://0.0.0.0:7001"`` to listen on every interface
+    while the id advertises one address). ``curve`` (a :class:`CurveConfig` or a dict with its
+    fields) turns on CURVE encryption and authentication. ``settings`` gives every tunable at
+    once (the keyword arguments are ignored then). The default otp node becomes the one with
+    this id (created if needed), so start distribution before starting actors.
+
+    Raises ``RuntimeError`` if already started, ``NodeIdError`` for a bad id and
+    ``zmq.ZMQError`` if the endpoint cannot be bound.
+    """
+    global _dist
+    if settings is None:
+        settings = DistSettings(
+            max_frame_bytes=max_frame_bytes,
+            sndhwm=sndhwm,
+            rcvhwm=rcvhwm,
+            ping_interval=ping_interval,
+            down_after=down_after,
+            connect_timeout=connect_timeout,
+        )
+    curve_config = None if curve is None else CurveConfig.coerce(curve)
+    with _lock:
+        if _dist is not None:
+            raise RuntimeError(f"distribution already started as {_dist.node_id}")
+        _dist = Dist(node_id, bind=bind, curve=curve_config, settings=settings)
+        return _dist.node_id
+
+
+def stop(timeout: float = 2.0) -> None:
+    """Close every socket (linger 0), stop the threads and terminate the ZeroMQ context.
+
+    Bounded by about ``timeout`` seconds; calls still waiting fail with ``nodedown``. The otp
+    node and its actors keep running (without a remote router). ``start`` may be called
+    again afterwards. No-op when not started.
+    """
+    global _dist
+    with _lock:
+        dist, _dist = _dist, None
+    if dist is not None:
+        dist.stop(timeout)
+
+
+def is_started() -> bool:
+    """True between :func:`start` and :func:`stop`."""
+    return _dist is not None
+
+
+def node() -> str:
+    """This node's id (the current otp node's id when distribution is not started)."""
+    dist = _dist
+    return dist.node_id if dist is not None else otp_node.current().id
+
+
+def _running() -> Dist:
+    dist = _dist
+    if dist is None:
+        raise RuntimeError("waraft.dist is not started")
+    return dist
+
+
+def _local(node_id: str) -> bool:
+    dist = _dist
+    return (dist is not None and node_id == dist.node_id) or otp_node.get(node_id) is not None
+
+
+def cast(addr: tuple[str, str], msg: Any) -> bool:
+    """``otp.cast`` to ``(name, node_id)`` that reports whether the message was queued."""
+    if _local(addr[1]):
+        from waraft.otp import messaging
+
+        messaging.cast(addr, msg)
+        return True
+    return _running().cast(addr, msg)
+
+
+def send(addr: tuple[str, str], msg: Any) -> bool:
+    """``otp.send`` (to ``handle_info``) that reports whether the message was queued."""
+    if _local(addr[1]):
+        from waraft.otp import messaging
+
+        messaging.send(addr, msg)
+        return True
+    return _running().send(addr, msg)
+
+
+def call(addr: tuple[str, str], request: Any, timeout: float | None = 5.0) -> Any:
+    """``otp.call`` to ``(name, node_id)`` (see the module docstring for the errors)."""
+    from waraft.otp import messaging
+
+    return messaging.call(addr, request, timeout)
+
+
+def encode(msg: Any) -> bytes:
+    """Encode ``msg`` once for :func:`cast_bytes`/:func:`send_bytes` (``codec.packb``)."""
+    return codec.packb(msg)
+
+
+def cast_bytes(addr: tuple[str, str], payload: bytes) -> bool:
+    """Cast an already encoded message: ``payload`` must be ``encode(msg)``.
+
+    The receiver's ``handle_cast`` gets ``msg`` (decoded there, tuples for arrays); nothing is
+    re-encoded here, so one encoding can go to every peer. An invalid payload is dropped and
+    counted by the receiver. To a node in this process the payload is decoded and delivered
+    directly. Never blocks; False if dropped.
+    """
+    if _local(addr[1]):
+        return cast(addr, codec.unpackb(payload))
+    return _running().cast_bytes(addr, payload)
+
+
+def send_bytes(addr: tuple[str, str], payload: bytes) -> bool:
+    """:func:`cast_bytes`, delivered to ``handle_info``."""
+    if _local(addr[1]):
+        return send(addr, codec.unpackb(payload))
+    return _running().cast_bytes(addr, payload, info=True)
+
+
+def set_fault(
+    nodes: Iterable[str] = (),
+    *,
+    inbound: Iterable[str] = (),
+    outbound: Iterable[str] = (),
+) -> None:
+    """Fault injection: drop all traffic to and from ``nodes`` (plus frames arriving from
+    ``inbound`` and frames sent to ``outbound``, for one-way cuts), replacing any earlier
+    fault. Affects this process only: cut a node off by calling it on every node involved,
+    or on the isolated node with every other node. Calls to a node cut off outbound fail at
+    once with ``nodedown``; calls already waiting fail when liveness marks the peer down.
+    """
+    nodes = list(nodes)
+    _running().set_fault([*nodes, *inbound], [*nodes, *outbound])
+
+
+def clear_fault() -> None:
+    """Remove the fault: traffic flows again (peers come back up with the next ping)."""
+    _running().set_fault((), ())
+
+
+def stats() -> dict[str, int]:
+    """Counters since :func:`start` (empty when not started).
+
+    ``tx_msgs``/``tx_bytes`` sent, ``tx_dropped_full`` (peer queue at ``sndhwm``),
+    ``tx_dropped_nodedown``, ``tx_dropped_fault``, ``tx_oversized``, ``tx_encode_errors``,
+    ``tx_sockets`` (open DEALERs); ``rx_msgs``/``rx_bytes`` received, ``rx_malformed``,
+    ``rx_oversized``, ``rx_bad_version``, ``rx_unknown_kind``, ``rx_bad_identity``,
+    ``rx_dropped_fault``, ``rx_noproc`` (no such registered name), ``rx_late_replies``;
+    ``calls``, ``call_timeouts``, ``call_nodedown``; ``nodeup_events``, ``nodedown_events``;
+    ``conn_accepted``, ``conn_closed``, ``handshake_failed``, ``auth_denied``;
+    ``pending_calls``, ``peers``. Counters that never moved may be absent.
+    """
+    dist = _dist
+    return {} if dist is None else dist.stats()
+
+
+def peers() -> dict[str, dict[str, Any]]:
+    """Per known peer: ``state`` (connecting/up/down), ``since_s``, ``last_rx_ago_s``,
+    ``rtt_ms`` (last ping), ``rx``, ``tx``, ``tx_bytes``, ``tx_dropped_full``, ``links``
+    (open DEALERs), ``pings``, ``pongs``, ``down_events``, ``pending_calls``, ``fault``."""
+    dist = _dist
+    return {} if dist is None else dist.peer_status()

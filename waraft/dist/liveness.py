@@ -1,0 +1,249 @@
+"""The liveness thread: peer pings, socket monitors, dead-thread link reaping, CURVE auth.
+
+For every known peer this thread keeps a *probe*: a DEALER of its own to the peer's ROUTER,
+with a ZeroMQ socket monitor. The probe sends a PING whenever nothing has been heard from the
+peer for ``ping_interval`` (links that carry traffic are never pinged); the PONG comes back on
+the peer's own link to our ROUTER. The monitor reports TCP-level facts at once: a refused
+connect (peer not running) or a lost connection (peer died) marks the peer down immediately,
+so callers get ``nodedown`` in milliseconds instead of after ``down_after``; a completed
+handshake triggers an immediate ping so a returning peer is back up after one round trip.
+
+The same poll loop serves the ROUTER's monitor (connection counters) and, with CURVE, the ZAP
+handler that decides which client keys may connect. The loop polls for at most one tick
+(50 ms), so ``stop()`` is noticed quickly; it closes every socket it owns on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import zmq
+from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
+
+from waraft.dist import envelope
+from waraft.dist.links import apply_curve_client
+from waraft.dist.peers import Peer, PeerState
+
+if TYPE_CHECKING:
+    from waraft.dist.runtime import Dist
+
+logger = logging.getLogger(__name__)
+
+TICK = 0.05
+REAP_EVERY = 1.0
+_PROBE_HWM = 4  # a probe to a dead peer keeps a few pings queued, not thousands
+
+_PROBE_EVENTS = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+class _Probe:
+    __slots__ = ("monitor", "peer", "sock")
+
+    def __init__(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], peer: Peer) -> None:
+        self.sock = sock
+        self.monitor = monitor
+        self.peer = peer
+
+
+class Liveness(threading.Thread):
+    """Pings, monitors and authentication for one distribution instance."""
+
+    def __init__(
+        self,
+        dist: Dist,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        router_monitor: zmq.Socket[bytes],
+        zap: zmq.Socket[bytes] | None,
+    ) -> None:
+        super().__init__(name="dist:liveness", daemon=True)
+        self._dist = dist
+        self._ctx = ctx
+        self._router_monitor = router_monitor
+        self._zap = zap
+        self._probes: dict[str, _Probe] = {}
+        self._by_monitor: dict[zmq.Socket[bytes], _Probe] = {}
+        self._poller = zmq.Poller()
+        self._poller.register(router_monitor, zmq.POLLIN)
+        if zap is not None:
+            self._poller.register(zap, zmq.POLLIN)
+        self._next_reap = 0.0
+        self._probe_tags = 0
+        self.counts: dict[str, int] = {}
+        dist.counters.add_dict(self.counts)
+
+    def _count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        try:
+            while not self._dist.stopping:
+                self._step()
+        except Exception:
+            logger.exception("distribution liveness loop crashed")
+        finally:
+            self._close()
+
+    def _step(self) -> None:
+        for sock, _ in self._poller.poll(int(TICK * 1000)):
+            if sock is self._zap:
+                self._authenticate()
+            elif sock is self._router_monitor:
+                self._router_event()
+            else:
+                probe = self._by_monitor.get(sock)
+                if probe is not None:
+                    self._probe_event(probe)
+        self._check(time.monotonic())
+
+    def _check(self, now: float) -> None:
+        dist = self._dist
+        settings = dist.settings
+        for peer in dist.peers.all():
+            if peer.rx != peer.rx_seen:
+                peer.rx_seen = peer.rx
+                peer.last_rx = now
+            probe = self._probes.get(peer.node_id)
+            if probe is None:
+                self._open_probe(peer)
+                continue
+            state = peer.state
+            if state is PeerState.CONNECTING:
+                if now - peer.since > settings.connect_timeout:
+                    dist.peers.set_state(peer, PeerState.DOWN)
+            elif state is PeerState.UP and (
+                peer.last_rx is None or now - peer.last_rx > settings.down_after
+            ):
+                dist.peers.set_state(peer, PeerState.DOWN)
+            quiet = peer.last_rx is None or now - peer.last_rx >= settings.ping_interval
+            due = peer.ping_sent_at is None or now - peer.ping_sent_at >= settings.ping_interval
+            if quiet and due:
+                self._ping(probe, now)
+        if now >= self._next_reap:
+            self._next_reap = now + REAP_EVERY
+            reaped = dist.outbound.reap_dead_threads()
+            if reaped:
+                self.counts["links_reaped"] = self.counts.get("links_reaped", 0) + reaped
+
+    # ------------------------------------------------------------------ probes
+    def _open_probe(self, peer: Peer) -> None:
+        dist = self._dist
+        settings = dist.settings
+        self._probe_tags += 1
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, f"{dist.node_id}/p{self._probe_tags}".encode())
+        sock.setsockopt(zmq.SNDHWM, _PROBE_HWM)
+        sock.setsockopt(zmq.RCVHWM, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, settings.reconnect_ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, settings.reconnect_ivl_max_ms)
+        apply_curve_client(sock, dist.curve, peer.node_id)
+        monitor = sock.get_monitor_socket(_PROBE_EVENTS)
+        sock.connect(peer.endpoint)
+        probe = _Probe(sock, monitor, peer)
+        self._probes[peer.node_id] = probe
+        self._by_monitor[monitor] = probe
+        self._poller.register(monitor, zmq.POLLIN)
+        self._ping(probe, time.monotonic())
+
+    def _ping(self, probe: _Probe, now: float) -> None:
+        peer = probe.peer
+        fault_out = self._dist.fault_out()
+        if fault_out and peer.node_id in fault_out:
+            return
+        peer.ping_seq += 1
+        peer.ping_sent_at = now
+        try:
+            probe.sock.send(envelope.ping_frame(peer.ping_seq), zmq.NOBLOCK)
+        except zmq.Again:
+            self._count("pings_dropped")
+            return
+        peer.pings += 1
+
+    def _probe_event(self, probe: _Probe) -> None:
+        try:
+            event = parse_monitor_message(probe.monitor.recv_multipart(zmq.NOBLOCK))["event"]
+        except (zmq.Again, RuntimeError):
+            return
+        peer = probe.peer
+        dist = self._dist
+        faulted = peer.node_id in dist.fault_in() or peer.node_id in dist.fault_out()
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if not faulted:
+                self._ping(probe, time.monotonic())
+        elif event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_DISCONNECTED):
+            # Refused or lost at the TCP level: the peer process is gone (or restarting).
+            dist.peers.set_state(peer, PeerState.DOWN)
+        elif event & _HANDSHAKE_FAILED:
+            self._count("probe_handshake_failed")
+            logger.warning("handshake with %s failed (%s)", peer.node_id, event)
+            dist.peers.set_state(peer, PeerState.DOWN)
+
+    # ------------------------------------------------------------------ router monitor, ZAP
+    def _router_event(self) -> None:
+        try:
+            event = parse_monitor_message(self._router_monitor.recv_multipart(zmq.NOBLOCK))
+        except (zmq.Again, RuntimeError):
+            return
+        kind = event["event"]
+        if kind == zmq.EVENT_ACCEPTED:
+            self._count("conn_accepted")
+        elif kind == zmq.EVENT_DISCONNECTED:
+            self._count("conn_closed")
+        elif kind & _HANDSHAKE_FAILED:
+            self._count("handshake_failed")
+
+    def _authenticate(self) -> None:
+        """Answer one ZAP request (RFC 27): CURVE clients whose key is allowed get 200."""
+        zap = self._zap
+        assert zap is not None
+        try:
+            frames = zap.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        # libzmq always sends well-formed requests; a REP socket must answer regardless.
+        request_id = frames[1] if len(frames) > 1 else b""
+        mechanism = frames[5] if len(frames) > 5 else b""
+        curve = self._dist.curve
+        allowed = (
+            curve is not None
+            and mechanism == b"CURVE"
+            and len(frames) >= 7
+            and len(frames[6]) == 32
+            and curve.client_allowed(z85.encode(frames[6]))
+        )
+        if not allowed:
+            self._count("auth_denied")
+            logger.warning(
+                "refused a %s client (key not allowed)", mechanism.decode(errors="replace")
+            )
+        status = (b"200", b"OK") if allowed else (b"400", b"key not allowed")
+        zap.send_multipart([b"1.0", request_id, *status, b"", b""])
+
+    # ------------------------------------------------------------------ shutdown
+    def _close(self) -> None:
+        for probe in self._probes.values():
+            probe.sock.close(linger=0)
+            probe.monitor.close(linger=0)
+        self._probes.clear()
+        self._by_monitor.clear()
+        self._router_monitor.close(linger=0)
+        if self._zap is not None:
+            self._zap.close(linger=0)

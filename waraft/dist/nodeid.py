@@ -1,0 +1,86 @@
+"""Node ids: ``name@host:port``, which carry everything needed to reach a node.
+
+A node id names one OS process and the ZeroMQ endpoint its ROUTER listens on, so a membership
+config written with node ids works across machines without any registry. IPv6 hosts are written
+in brackets (``n1@[::1]:7001``). The sending side of a connection identifies itself with the
+ZeroMQ routing id ``<node_id>/<tag>``; :func:`sender_of` recovers the node id from it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+MAX_ID_BYTES = 200
+"""Routing ids are limited to 255 bytes by ZeroMQ; keep room for the ``/<tag>`` suffix."""
+
+
+class NodeAddress(NamedTuple):
+    """The parts of a node id."""
+
+    name: str
+    host: str
+    port: int
+
+
+class NodeIdError(ValueError):
+    """Not a node id of the form ``name@host:port``."""
+
+
+@lru_cache(maxsize=4096)
+def parse(node_id: str) -> NodeAddress:
+    """Split ``name@host:port``; raises :class:`NodeIdError` if it is not one."""
+    name, at, hostport = node_id.partition("@")
+    host, colon, port_text = hostport.rpartition(":")
+    if not at or not colon or not name or not host or "/" in node_id or "@" in hostport:
+        raise NodeIdError(f"not a node id (name@host:port): {node_id!r}")
+    if len(node_id.encode()) > MAX_ID_BYTES:
+        raise NodeIdError(f"node id longer than {MAX_ID_BYTES} bytes: {node_id!r}")
+    if host.startswith("[") != host.endswith("]"):
+        raise NodeIdError(f"unbalanced brackets around the host: {node_id!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise NodeIdError(f"bad port in node id: {node_id!r}")
+    return NodeAddress(name, host, int(port_text))
+
+
+def make(name: str, host: str, port: int) -> str:
+    """The node id for ``name`` listening on ``host:port`` (validated)."""
+    node_id = f"{name}@{host}:{port}"
+    parse(node_id)
+    return node_id
+
+
+@lru_cache(maxsize=4096)
+def endpoint(node_id: str) -> str:
+    """The ZeroMQ endpoint (``tcp://host:port``) of a node."""
+    address = parse(node_id)
+    return f"tcp://{address.host}:{address.port}"
+
+
+def with_port(node_id: str, port: int) -> str:
+    """``node_id`` with its port replaced (used when binding to port 0)."""
+    address = parse(node_id)
+    return make(address.name, address.host, port)
+
+
+def is_node_id(value: object) -> bool:
+    """True if ``value`` is a well-formed node id."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parse(value)
+    except NodeIdError:
+        return False
+    return True
+
+
+def sender_of(routing_id: bytes) -> str | None:
+    """The node id in a routing id ``<node_id>/<tag>``, or None if it is not one."""
+    try:
+        text = routing_id.decode()
+    except UnicodeDecodeError:
+        return None
+    node_id, slash, tag = text.rpartition("/")
+    if not slash or not tag or not is_node_id(node_id):
+        return None
+    return node_id

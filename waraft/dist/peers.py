@@ -1,0 +1,137 @@
+"""What this node knows about each other node: liveness state and counters.
+
+A peer is ``connecting`` from first contact until a frame arrives from it (``up``). It is
+``down`` when it has been silent for ``down_after`` seconds, when its connection is refused or
+lost, or when it never answered within ``connect_timeout``; any frame from it makes it ``up``
+again. While a peer is down, casts to it are dropped (counted) and calls fail at once with
+``("nodedown", node)``, as with Erlang's ``noconnect``.
+
+Writers: the receive thread (``rx``, ``rtt``), the liveness thread (everything else); state
+changes go through :meth:`PeerTable.set_state` under the table lock. Readers on the hot path
+(``state``) read one attribute without locking.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from waraft.dist import nodeid
+
+
+class PeerState(Enum):
+    """Liveness of a peer as seen from this node."""
+
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+
+
+class Peer:
+    """One remote node."""
+
+    __slots__ = (
+        "created",
+        "down_events",
+        "endpoint",
+        "last_rx",
+        "node_id",
+        "ping_sent_at",
+        "ping_seq",
+        "pings",
+        "pongs",
+        "rtt",
+        "rx",
+        "rx_seen",
+        "since",
+        "state",
+    )
+
+    def __init__(self, node_id: str, now: float) -> None:
+        self.node_id = node_id
+        self.endpoint = nodeid.endpoint(node_id)
+        self.state = PeerState.CONNECTING
+        self.created = now
+        self.since = now
+        self.rx = 0  # frames received (receive thread)
+        self.rx_seen = 0  # value of rx at the last liveness check
+        self.last_rx: float | None = None
+        self.ping_seq = 0
+        self.ping_sent_at: float | None = None
+        self.rtt: float | None = None
+        self.pings = 0
+        self.pongs = 0
+        self.down_events = 0
+
+    def __repr__(self) -> str:
+        return f"Peer({self.node_id!r}, {self.state.value})"
+
+
+StateListener = Callable[[Peer, PeerState, PeerState], None]
+
+
+class PeerTable:
+    """The peers of one distribution instance, created on first contact."""
+
+    def __init__(self, on_change: StateListener) -> None:
+        self._peers: dict[str, Peer] = {}
+        self._lock = threading.Lock()
+        self._on_change = on_change
+
+    def get(self, node_id: str) -> Peer:
+        """The peer for ``node_id``, created (``connecting``) if new.
+
+        Raises ``NodeIdError`` for a malformed id.
+        """
+        peer = self._peers.get(node_id)
+        if peer is not None:
+            return peer
+        nodeid.parse(node_id)
+        with self._lock:
+            peer = self._peers.get(node_id)
+            if peer is None:
+                peer = self._peers[node_id] = Peer(node_id, time.monotonic())
+            return peer
+
+    def find(self, node_id: str) -> Peer | None:
+        """The peer if it is known."""
+        return self._peers.get(node_id)
+
+    def all(self) -> list[Peer]:
+        """A snapshot of every known peer."""
+        with self._lock:
+            return list(self._peers.values())
+
+    def set_state(self, peer: Peer, state: PeerState) -> bool:
+        """Move ``peer`` to ``state``; True (and the listener runs) if it changed."""
+        with self._lock:
+            old = peer.state
+            if old is state:
+                return False
+            peer.state = state
+            peer.since = time.monotonic()
+            if state is PeerState.DOWN:
+                peer.down_events += 1
+        self._on_change(peer, old, state)
+        return True
+
+    def status(self, extra: Callable[[Peer], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """``peers()`` output: per node id, its state and counters (plus ``extra(peer)``)."""
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        for peer in self.all():
+            out[peer.node_id] = {
+                "state": peer.state.value,
+                "since_s": round(now - peer.since, 3),
+                "last_rx_ago_s": None if peer.last_rx is None else round(now - peer.last_rx, 3),
+                "rtt_ms": None if peer.rtt is None else round(peer.rtt * 1000.0, 3),
+                "rx": peer.rx,
+                "pings": peer.pings,
+                "pongs": peer.pongs,
+                "down_events": peer.down_events,
+                **extra(peer),
+            }
+        return out

@@ -1,0 +1,381 @@
+"""One running distribution instance: sockets, threads, peers, pending calls, counters.
+
+``waraft.dist`` keeps at most one :class:`Dist` per OS process and installs it into
+``waraft.otp`` as the remote router, so ``otp.cast/send/call((name, node_id), ...)`` to a node
+outside this process land here. Threads:
+
+* the receive thread (:mod:`~waraft.dist.receiver`) owns the ROUTER;
+* the liveness thread (:mod:`~waraft.dist.liveness`) owns the ping sockets, the socket monitors
+  and, with CURVE, the ZAP authentication handler;
+* every thread that sends owns its DEALERs (:mod:`~waraft.dist.links`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+
+from waraft import codec
+from waraft.dist import envelope, nodeid
+from waraft.dist.links import Outbound
+from waraft.dist.liveness import Liveness
+from waraft.dist.peers import Peer, PeerState, PeerTable
+from waraft.dist.receiver import Receiver
+from waraft.dist.reply import PendingCall
+from waraft.dist.settings import CurveConfig, DistSettings
+from waraft.otp import node as otp_node
+from waraft.otp.errors import TIMEOUT, ExitError
+
+logger = logging.getLogger(__name__)
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+"""Where libzmq asks for authentication decisions (fixed by the ZAP protocol, RFC 27)."""
+
+_ROUTER_EVENTS = (
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+class _ThreadCounters(threading.local):
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.registered = False
+
+
+class Counters:
+    """Counters written without locks: each thread increments its own dict."""
+
+    def __init__(self) -> None:
+        self._tls = _ThreadCounters()
+        self._all: list[dict[str, int]] = []
+        self._lock = threading.Lock()
+
+    def incr(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to ``key`` in the calling thread's dict."""
+        tls = self._tls
+        if not tls.registered:
+            with self._lock:
+                self._all.append(tls.counts)
+            tls.registered = True
+        counts = tls.counts
+        counts[key] = counts.get(key, 0) + n
+
+    def add_dict(self, counts: dict[str, int]) -> None:
+        """Include a dict owned (and written) by one thread in the totals."""
+        with self._lock:
+            self._all.append(counts)
+
+    def totals(self) -> dict[str, int]:
+        """The sum over every thread (each dict copied atomically under the GIL)."""
+        with self._lock:
+            dicts = list(self._all)
+        out: dict[str, int] = {}
+        for counts in dicts:
+            for key, value in counts.copy().items():
+                out[key] = out.get(key, 0) + value
+        return out
+
+
+class Dist:
+    """The distribution layer of this OS process (see ``waraft.dist`` for the public API)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        bind: str | None,
+        curve: CurveConfig | None,
+        settings: DistSettings,
+    ) -> None:
+        nodeid.parse(node_id)
+        self.settings = settings
+        self.curve = curve
+        self.counters = Counters()
+        self.peers = PeerTable(self._on_peer_change)
+        self._pending: dict[int, PendingCall] = {}
+        self._refs = itertools.count(1)
+        self._fault_in: frozenset[str] = frozenset()
+        self._fault_out: frozenset[str] = frozenset()
+        self.stopping = False
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._ctx.set(zmq.MAX_SOCKETS, settings.max_sockets)
+        zap = router = monitor = None
+        try:
+            if curve is not None:
+                zap = self._ctx.socket(zmq.REP)
+                zap.setsockopt(zmq.LINGER, 0)
+                zap.bind(ZAP_ENDPOINT)
+            router = self._make_router(curve)
+            monitor = router.get_monitor_socket(_ROUTER_EVENTS)
+            self.node_id = self._bind(router, node_id, bind)
+        except BaseException:
+            for sock in (monitor, router, zap):
+                if sock is not None:
+                    sock.close(linger=0)
+            self._ctx.term()
+            raise
+        self.outbound = Outbound(self._ctx, self.node_id, settings, curve)
+        existing = otp_node.get(self.node_id)
+        if existing is not None and existing.alive:
+            otp_node.set_default(existing)
+            self.otp_node = existing
+        else:
+            self.otp_node = otp_node.start_default(self.node_id)
+        self.receiver = Receiver(self, router)
+        self.liveness = Liveness(self, self._ctx, monitor, zap)
+        self.receiver.start()
+        self.liveness.start()
+        otp_node.set_remote_router(self)
+        logger.info("distribution started as %s", self.node_id)
+
+    # ------------------------------------------------------------------ setup
+    def _make_router(self, curve: CurveConfig | None) -> zmq.Socket[bytes]:
+        settings = self.settings
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.RCVHWM, settings.rcvhwm)
+        # libzmq cuts connections carrying a frame over twice the limit (memory protection);
+        # frames between the limit and that are dropped and counted by the receive thread.
+        router.setsockopt(zmq.MAXMSGSIZE, 2 * settings.max_frame_bytes)
+        # A restarted peer reuses routing ids; let the new connection take them over.
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if curve is not None:
+            router.setsockopt(zmq.CURVE_SERVER, 1)
+            router.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
+            router.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
+            router.setsockopt_string(zmq.ZAP_DOMAIN, "waraft")
+        return router
+
+    @staticmethod
+    def _bind(router: zmq.Socket[bytes], node_id: str, bind: str | None) -> str:
+        address = nodeid.parse(node_id)
+        if bind is None:
+            port = "*" if address.port == 0 else str(address.port)
+            bind = f"tcp://{address.host}:{port}"
+        router.bind(bind)
+        if address.port != 0:
+            return node_id
+        last = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        return nodeid.with_port(node_id, int(last.rpartition(":")[2]))
+
+    # ------------------------------------------------------------------ sending
+    def transmit(self, node_id: str, frame: bytes) -> bool:
+        """Queue ``frame`` for ``node_id`` if the peer is not down, not cut off by a fault
+        and the frame is within the size limit; count the reason otherwise."""
+        try:
+            peer = self.peers.get(node_id)
+        except nodeid.NodeIdError:
+            self.counters.incr("tx_bad_address")
+            return False
+        return self.transmit_to(peer, frame)
+
+    def transmit_to(self, peer: Peer, frame: bytes) -> bool:
+        """:meth:`transmit` to a known peer."""
+        if self._fault_out and peer.node_id in self._fault_out:
+            self.counters.incr("tx_dropped_fault")
+            return False
+        if peer.state is PeerState.DOWN:
+            self.counters.incr("tx_dropped_nodedown")
+            return False
+        if len(frame) > self.settings.max_frame_bytes:
+            self.counters.incr("tx_oversized")
+            logger.error("dropped a %d-byte frame to %s (over the limit)", len(frame), peer)
+            return False
+        try:
+            return self.outbound.send(peer, frame)
+        except zmq.ZMQError as exc:  # e.g. the socket limit: a cast never raises
+            self.counters.incr("tx_socket_errors")
+            logger.error("cannot send to %s: %s", peer.node_id, exc)
+            return False
+
+    def cast_bytes(self, addr: tuple[str, str], payload: bytes, *, info: bool = False) -> bool:
+        """Ship an already encoded message (``codec.packb(msg)``) to ``addr``."""
+        name, node_id = addr
+        frame = envelope.info_frame(name, payload) if info else envelope.cast_frame(name, payload)
+        return self.transmit(node_id, frame)
+
+    def _encode(self, msg: Any) -> bytes | None:
+        try:
+            return codec.packb(msg)
+        except codec.CodecError as exc:
+            self.counters.incr("tx_encode_errors")
+            logger.error("cannot encode a message for another node: %s", exc)
+            return None
+
+    # RemoteRouter protocol (waraft.otp.node) ----------------------------------------------
+    def cast(self, addr: tuple[str, str], msg: Any) -> bool:
+        """Deliver ``msg`` to ``handle_cast`` of ``addr``; False if dropped. Never blocks."""
+        payload = self._encode(msg)
+        return payload is not None and self.cast_bytes(addr, payload)
+
+    def send(self, addr: tuple[str, str], msg: Any) -> bool:
+        """Deliver ``msg`` to ``handle_info`` of ``addr``; False if dropped. Never blocks."""
+        payload = self._encode(msg)
+        return payload is not None and self.cast_bytes(addr, payload, info=True)
+
+    def call(self, addr: tuple[str, str], request: Any, timeout: float | None) -> Any:
+        """Call ``addr`` and wait up to ``timeout`` seconds (None = forever).
+
+        Raises ``ExitError`` with ``"timeout"``, ``("nodedown", node)`` (peer down, cut off by
+        a fault, unreachable, or lost while waiting), ``"noproc"`` or the callee's exit reason;
+        raises ``CodecError`` if ``request`` cannot be encoded.
+        """
+        name, node_id = addr
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            peer = self.peers.get(node_id)
+        except nodeid.NodeIdError:
+            raise ExitError(("nodedown", node_id)) from None
+        if (
+            self.stopping
+            or peer.state is PeerState.DOWN
+            or (self._fault_out and node_id in self._fault_out)
+        ):
+            self.counters.incr("call_nodedown")
+            raise ExitError(("nodedown", node_id))
+        ref = next(self._refs)
+        frame = envelope.call_frame(name, ref, codec.packb(request))
+        if len(frame) > self.settings.max_frame_bytes:
+            self.counters.incr("tx_oversized")
+            raise ExitError(("frame_too_large", len(frame)))
+        waiter = PendingCall(node_id)
+        self._pending[ref] = waiter
+        self.counters.incr("calls")
+        try:
+            if not self.outbound.send_wait(peer, frame, deadline):
+                self.counters.incr("call_timeouts")
+                raise ExitError("timeout" if not self.stopping else ("nodedown", node_id))
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return waiter.wait(remaining)
+            except ExitError as exc:
+                if exc.reason == TIMEOUT:
+                    self.counters.incr("call_timeouts")
+                elif isinstance(exc.reason, tuple) and exc.reason[:1] == ("nodedown",):
+                    self.counters.incr("call_nodedown")
+                raise
+        finally:
+            self._pending.pop(ref, None)
+
+    # ------------------------------------------------------------------ replies
+    def send_reply(self, peer: Peer, ref: int, ok: bool, value: Any) -> None:
+        """Answer call ``ref`` from ``peer`` (used by ``RemoteReplyTo``)."""
+        try:
+            payload = codec.packb(value)
+        except codec.CodecError as exc:
+            self.counters.incr("tx_encode_errors")
+            logger.error("cannot encode the reply to a call from %s: %s", peer.node_id, exc)
+            ok, payload = False, codec.packb(("badarg", f"unencodable reply: {exc}"))
+        if not self.transmit_to(peer, envelope.reply_frame(ref, ok, payload)):
+            self.counters.incr("tx_replies_dropped")
+
+    def complete_call(self, ref: int, ok: bool, value: Any) -> None:
+        """A REPLY/FAIL frame arrived (receive thread)."""
+        waiter = self._pending.pop(ref, None)
+        if waiter is None:
+            self.counters.incr("rx_late_replies")
+        elif ok:
+            waiter.reply(value)
+        else:
+            waiter.fail(value)
+
+    # ------------------------------------------------------------------ liveness
+    def _on_peer_change(self, peer: Peer, old: PeerState, new: PeerState) -> None:
+        if new is PeerState.DOWN:
+            self.counters.incr("nodedown_events")
+            logger.warning("node %s is down (was %s)", peer.node_id, old.value)
+            reason = ("nodedown", peer.node_id)
+            for waiter in list(self._pending.copy().values()):
+                if waiter.node == peer.node_id:
+                    waiter.fail(reason)
+        elif new is PeerState.UP:
+            self.counters.incr("nodeup_events")
+            logger.info("node %s is up", peer.node_id)
+
+    # ------------------------------------------------------------------ faults
+    def set_fault(self, inbound: Iterable[str], outbound: Iterable[str]) -> None:
+        """Drop frames from ``inbound`` nodes and to ``outbound`` nodes (replacing any
+        previous fault)."""
+        self._fault_in = frozenset(inbound)
+        self._fault_out = frozenset(outbound)
+
+    def fault_in(self) -> frozenset[str]:
+        """Nodes whose frames are currently dropped on arrival."""
+        return self._fault_in
+
+    def fault_out(self) -> frozenset[str]:
+        """Nodes to which frames are currently dropped."""
+        return self._fault_out
+
+    # ------------------------------------------------------------------ introspection
+    def stats(self) -> dict[str, int]:
+        """Every counter of this instance (see ``waraft.dist.stats``)."""
+        out = self.outbound.counters()
+        for key, value in self.counters.totals().items():
+            out[key] = out.get(key, 0) + value
+        out["pending_calls"] = len(self._pending)
+        out["peers"] = len(self.peers.all())
+        return out
+
+    def peer_status(self) -> dict[str, dict[str, Any]]:
+        """Per peer: liveness and counters (see ``waraft.dist.peers``)."""
+        per_link = self.outbound.per_peer()
+        pending: dict[str, int] = {}
+        for waiter in list(self._pending.copy().values()):
+            pending[waiter.node] = pending.get(waiter.node, 0) + 1
+        empty = {"links": 0, "tx": 0, "tx_bytes": 0, "tx_dropped_full": 0}
+
+        def extra(peer: Peer) -> dict[str, Any]:
+            return {
+                **per_link.get(peer.node_id, empty),
+                "pending_calls": pending.get(peer.node_id, 0),
+                "fault": peer.node_id in self._fault_in or peer.node_id in self._fault_out,
+            }
+
+        return self.peers.status(extra)
+
+    # ------------------------------------------------------------------ shutdown
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the threads, close every socket (linger 0) and terminate the context.
+
+        Calls still waiting fail with ``("nodedown", node)``. Bounded by about ``timeout``
+        seconds; if something could not be closed in time, the context is abandoned rather
+        than waited for.
+        """
+        deadline = time.monotonic() + timeout
+        self.stopping = True
+        if otp_node.remote_router() is self:
+            otp_node.set_remote_router(None)
+        for waiter in list(self._pending.copy().values()):
+            waiter.fail(("nodedown", waiter.node))
+        clean = True
+        for thread in (self.receiver, self.liveness):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                clean = False
+                logger.error("%s did not stop in time", thread.name)
+        clean = self.outbound.close_all(max(0.1, deadline - time.monotonic())) and clean
+        if clean:
+            self._terminate_context(max(0.1, deadline - time.monotonic()))
+        else:
+            logger.error("distribution context abandoned: some sockets could not be closed")
+        logger.info("distribution %s stopped", self.node_id)
+
+    def _terminate_context(self, timeout: float) -> None:
+        # Every socket is closed with linger 0 (reaped ones with a short linger), so term()
+        # returns at once; it runs in a helper thread anyway so stop() can never hang on it.
+        worker = threading.Thread(target=self._ctx.term, name="dist:term", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            logger.error("terminating the ZeroMQ context takes longer than %.1f s", timeout)
