@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from waraft.core import replication
-from waraft.sim.sweep import main, replay_command, run_seed
 from waraft.sim.simulation import Simulation
+from waraft.sim.sweep import main, replay_command, run_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = int(os.environ.get("WARAFT_SIM_SEEDS", "150"))  # `make sim` runs the long sweep
@@ -51,8 +51,13 @@ def _trace_digest(seed: int, hash_seed: str) -> str:
     )
     env = dict(os.environ, PYTHONHASHSEED=hash_seed)
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=120, check=True,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return out.stdout.strip()
 
