@@ -70,3 +70,35 @@ def test_a_partitioned_leader_is_replaced_and_steps_down_when_healed(tmp_path: P
         otp.node.set_link_filter(None)
         wait_until(lambda: state(old) == "follower")
         wait_until(lambda: storage.read(addr("storage", old), ("read", "t", "a")) == ("ok", 1))
+
+
+def test_info_publishes_term_leader_and_status_without_asking_the_server(tmp_path: Path) -> None:
+    from waraft import info
+
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        term = server.status(addr("server", leader))["current_term"]
+        for n in nodes:
+            with n.activate():
+                wait_until(lambda: info.get_current_term_and_leader("test", 1) == (term, leader.id))
+                expected = "leader" if n is leader else "follower"
+                wait_until(lambda expected=expected: info.get_state("test", 1) == expected)
+                wait_until(lambda: info.get_live("test", 1))
+
+
+def test_labels_chain_through_commits_and_reach_storage(tmp_path: Path) -> None:
+    from waraft import part_sup
+
+    with cluster(tmp_path, label_module="waraft.label:CounterLabel") as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+
+        for i in range(3):
+            assert acceptor.commit(addr("acceptor", leader), (i, ("write", "t", i, i))) == "ok"
+        for n in nodes:
+            with n.activate():
+                opts = part_sup.options("test", 1)
+                assert opts is not None and opts.label_module is not None
+                # Three labelled commands: the newest applied label is 3 everywhere.
+                wait_until(lambda: otp.call("raft_storage_test_1", ("label",)) == 3)
