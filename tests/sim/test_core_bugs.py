@@ -9,7 +9,10 @@ regression test.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.sim.helpers import check_one_leader, one, write
+from waraft.core.types import State
 from waraft.sim import Simulation
 
 READ_K = ("read", "t", "k")
@@ -53,3 +56,20 @@ def test_strong_read_waits_for_a_quorum_round_even_with_lagging_storage() -> Non
     read = sim.read(old, READ_K)
     sim.run_for(5000)  # storage catches up to the read index on the cut-off old leader
     assert not read.done or read.result != ("ok", "v1"), read.result
+
+
+@pytest.mark.xfail(strict=True, reason="CORE-2: re-enabled replica stalls forever")
+def test_re_enabled_replica_recovers_in_a_cluster_with_a_witness() -> None:
+    """Two data replicas and a witness: a caught-up follower is disabled, then enabled."""
+    sim = Simulation(nodes=3, seed=4)
+    sim.bootstrap(witnesses=["n3"])
+    leader = check_one_leader(sim, sim.node_ids)
+    data = next(n for n in ("n1", "n2") if n != leader)
+    one(sim, write("v1", key="k"), 3)
+    assert sim.run_until(lambda: sim.applied_index(data) == sim.applied_index(leader), 2000)
+    assert sim.disable(data, "maintenance") == "ok"
+    assert sim.enable(data) == "ok"  # stalled, holding data up to the leader's applied index
+    call = sim.submit(leader, write("v2", key="k"))
+    sim.run_for(20_000)
+    assert sim.state(data) is not State.STALLED, sim.describe()
+    assert call.done and call.result == "ok", call

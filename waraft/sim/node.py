@@ -285,11 +285,18 @@ class SimNode:
         dispatch = self._dispatch
         if self.sim.config.batch_effects:
             deferred = self._deferred
+            votes = []
             for effect in effects:
                 if isinstance(effect, _OUTWARD):
                     deferred.append(effect)
+                    if type(effect) is Send:
+                        votes.append(effect)
                 else:
                     dispatch[type(effect)](effect)
+            # the licence moves persistence before sends, so a granted vote must be durable
+            # once this event's persistence is done (later events may move the term on)
+            for effect in votes:
+                self._check_vote_durable(effect)
         else:
             for effect in effects:
                 dispatch[type(effect)](effect)
@@ -340,12 +347,13 @@ class SimNode:
 
     # outward
 
-    def _send(self, effect: Send) -> None:
+    def _check_vote_durable(self, effect: Send) -> None:
+        """A granted vote may leave only once it is durable (term and vote persisted)."""
         rpc = effect.rpc
         payload = rpc.payload
-        if type(payload) is Vote and payload.vote:
+        if type(payload) is Vote and payload.vote and not self.drop_persistence:
             durable = self.durable
-            if not self.drop_persistence and (
+            if (
                 durable is None
                 or durable.current_term != rpc.term
                 or durable.voted_for != effect.to.node
@@ -355,7 +363,11 @@ class SimNode:
                     f"{self.id} granted a vote to {effect.to.node} in term {rpc.term} "
                     f"with persisted state {durable}",
                 )
-        self.sim.send(self.id, effect.to.node, rpc)
+
+    def _send(self, effect: Send) -> None:
+        if not self.sim.config.batch_effects:
+            self._check_vote_durable(effect)  # in list order: what was persisted so far
+        self.sim.send(self.id, effect.to.node, effect.rpc)
 
     def _reply(self, effect: Reply) -> None:
         self.sim.reply(effect.to, effect.value)
