@@ -258,3 +258,32 @@ def test_replies_reach_calls(fake: type[FakeCore]) -> None:
     from waraft.core.events import Resign
 
     assert sim.call_sync("n1", lambda h: Resign(h)) == "ok"
+
+
+def test_batch_mode_checks_each_vote_against_its_own_events_persistence(
+    fake: type[FakeCore],
+) -> None:
+    """A vote granted for term 18, then a later event of the same batch moves to term 20: the
+    vote was durable when granted, so the deferred send is fine."""
+    sim = _sim(batch_effects=True)
+    scripts = iter(
+        [
+            [
+                PersistState(DurableState(18, "n2")),
+                Send(Identity("raft_server_sim_1", "n2"), _vote_rpc(18)),
+            ],
+            [PersistState(DurableState(20, None))],
+        ]
+    )
+    fake.script = staticmethod(  # type: ignore[assignment]
+        lambda core, event: next(scripts) if core.self_id.node == "n1" else []
+    )
+    for _ in range(2):
+        sim.clock.schedule(5, sim.nodes["n1"].handle, Timeout(TimeoutKind.HEARTBEAT), target="n1")
+    sim.run_for(10)
+    assert sim.nodes["n1"].durable == DurableState(20, None)
+    scripts = iter([[Send(Identity("raft_server_sim_1", "n2"), _vote_rpc(18))]])
+    sim.clock.schedule(5, sim.nodes["n1"].handle, Timeout(TimeoutKind.HEARTBEAT), target="n1")
+    with pytest.raises(InvariantViolation) as caught:
+        sim.run_for(10)
+    assert caught.value.invariant == "vote_durability"
