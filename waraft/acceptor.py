@@ -12,15 +12,27 @@ Every API function takes the acceptor as a registered name, a pid, or a ``(name,
 
 Besides WARaft's API, ``commit_batch`` / ``read_batch`` casts admit many requests at once and
 reach the server as one message: the hot path of the client library and of ``waraft.dist``.
+
+The client gateway (used by ``waraft.client`` from other nodes, where reply handles cannot
+travel): the cast ``("client_batch", reply_addr, batch_id, kind, items, priority)`` with
+``kind`` ``"commit"`` (items are ``(key, command)`` ops) or ``"read"`` (items are read
+commands) admits the whole batch as one ``commit_batch`` / ``read_batch``. Each item gets a slot
+of a :class:`BatchReply`; once every slot is filled (rejections at once, the rest as storage or
+the server answer them) ONE cast ``("client_reply", batch_id, results, leader_hint)`` goes back
+to ``reply_addr``, results in item order. ``leader_hint`` is the leader this node knows of for
+the partition when some result is an error (None otherwise), so a client redirects in one hop.
+A malformed batch is logged and dropped; a malformed item fails its own slot with
+``("error", ("badarg", text))``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from _thread import allocate_lock
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
-from waraft import otp
+from waraft import info, otp
 from waraft.core import events
 from waraft.core.types import Priority
 from waraft.part_sup import RaftOptions
@@ -91,6 +103,8 @@ class Acceptor(otp.Process):
             self._reject_tail(msg[1], self._commit(msg[1], msg[2]))
         elif kind == "read_batch":
             self._reject_tail(msg[1], self._read(msg[1]))
+        elif kind == "client_batch":
+            self._client_batch(msg)
         elif kind == "adjust_config":
             _, from_, action, index = msg
             result = self._adjust_config(from_, action, index)
@@ -140,6 +154,34 @@ class Acceptor(otp.Process):
         )
         return otp.NOREPLY
 
+    def _client_batch(self, msg: Any) -> None:
+        """The client gateway (see the module docstring)."""
+        parsed = parse_client_batch(msg)
+        if parsed is None:
+            logger.warning("acceptor %s dropped a malformed client batch", self.name)
+            return
+        reply_addr, batch_id, kind, items, priority = parsed
+        table, partition = self.queues.table, self.queues.partition
+        batch = BatchReply(
+            len(items),
+            lambda results, hint: otp.cast(reply_addr, ("client_reply", batch_id, results, hint)),
+            lambda: info.get_leader(table, partition),
+        )
+        if kind == "commit":
+            ops: list[tuple[otp.ReplyTo, Any]] = []
+            for index, item in enumerate(items):
+                slot = batch.slot(index)
+                try:
+                    ops.append((slot, check_op(item)))
+                except ValueError as exc:
+                    slot.reply(("error", ("badarg", str(exc))))
+            if ops:
+                self._reject_tail(ops, self._commit(ops, priority))
+        else:
+            reads = [(batch.slot(index), command, None) for index, command in enumerate(items)]
+            if reads:
+                self._reject_tail(reads, self._read(reads))
+
     @staticmethod
     def _single(outcome: tuple[int, str | None]) -> Any:
         # The server or storage answers an admitted request; a rejection is answered now.
@@ -154,6 +196,126 @@ class Acceptor(otp.Process):
         for item in items[admitted:]:
             if item[0] is not None:
                 item[0].reply(("error", reason))
+
+
+# -- the client gateway -------------------------------------------------------------------------
+
+_EMPTY: Final[Any] = object()
+MAX_CLIENT_BATCH: Final = 100_000
+"""Items accepted in one client batch (a bigger one is dropped as malformed)."""
+
+
+def parse_client_batch(
+    msg: Any,
+) -> tuple[tuple[str, str], int, str, Sequence[Any], Priority] | None:
+    """Check a ``client_batch`` cast's shape: ``(reply_addr, batch_id, kind, items, priority)``
+    or None when it is malformed (anything a peer may send must not crash the acceptor)."""
+    if not isinstance(msg, (tuple, list)) or len(msg) != 6:
+        return None
+    _, reply_addr, batch_id, kind, items, priority = msg
+    if not (
+        isinstance(reply_addr, (tuple, list))
+        and len(reply_addr) == 2
+        and all(isinstance(part, str) for part in reply_addr)
+        and isinstance(batch_id, int)
+        and kind in ("commit", "read")
+        and isinstance(items, (tuple, list))
+        and len(items) <= MAX_CLIENT_BATCH
+    ):
+        return None
+    try:
+        checked = priority_of(priority)
+    except ValueError:
+        return None
+    return (reply_addr[0], reply_addr[1]), batch_id, kind, items, checked
+
+
+class BatchReply:
+    """Collects the results of one client batch and delivers them all at once.
+
+    ``slot(i)`` is the reply handle of item ``i``. When the last slot is filled (from any
+    thread; each slot counts once), ``send(results, hint)`` is called exactly once, in the
+    thread that filled it, with the results in item order and ``hint = leader_hint()`` if some
+    result is an error (else None). A failed slot (``fail(reason)``) holds WARaft's mapping of
+    the exit reason (``map_exit``). An empty batch sends at once.
+    """
+
+    __slots__ = ("_leader_hint", "_lock", "_remaining", "_results", "_send")
+
+    def __init__(
+        self,
+        size: int,
+        send: Callable[[list[Any], Any], Any],
+        leader_hint: Callable[[], Any] = lambda: None,
+    ) -> None:
+        self._results: list[Any] = [_EMPTY] * size
+        self._remaining = size
+        self._lock = allocate_lock()
+        self._send = send
+        self._leader_hint = leader_hint
+        if size == 0:
+            send([], None)
+
+    def slot(self, index: int) -> BatchSlot:
+        """The reply handle of item ``index``."""
+        return BatchSlot(self, index)
+
+    @property
+    def remaining(self) -> int:
+        """Slots not filled yet."""
+        return self._remaining
+
+    def fill(self, index: int, value: Any) -> bool:
+        """Fill slot ``index`` (ignored if already filled); True if this filled it."""
+        with self._lock:
+            results = self._results
+            if results[index] is not _EMPTY:
+                return False
+            results[index] = value
+            self._remaining -= 1
+            done = self._remaining == 0
+        if done:
+            self._deliver()
+        return True
+
+    def _deliver(self) -> None:
+        results = self._results
+        hint = None
+        for value in results:
+            if type(value) is tuple and value and value[0] == "error":
+                hint = self._leader_hint()
+                break
+        try:
+            self._send(results, hint)
+        except Exception:
+            logger.exception("sending a client batch reply failed")
+
+
+class BatchSlot(otp.ReplyTo):
+    """One item's reply handle in a :class:`BatchReply` (no lock of its own: the batch's
+    lock makes completion once-only)."""
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: BatchReply, index: int) -> None:  # no per-slot lock
+        self._batch = batch
+        self._index = index
+
+    def __repr__(self) -> str:
+        return f"BatchSlot({self._index})"
+
+    @property
+    def done(self) -> bool:
+        return self._batch._results[self._index] is not _EMPTY
+
+    def reply(self, value: Any) -> None:
+        self._batch.fill(self._index, value)
+
+    def fail(self, reason: Any) -> None:
+        self._batch.fill(self._index, map_exit(reason))
+
+    def _complete(self, ok: bool, value: Any) -> None:  # pragma: no cover - reply/fail override
+        self._batch.fill(self._index, value if ok else map_exit(value))
 
 
 def start_link(options: RaftOptions) -> otp.Pid:
@@ -258,3 +420,19 @@ def adjust_config_async(
 ) -> None:
     """``adjust_config`` answered to ``from_``."""
     otp.cast(acceptor, ("adjust_config", from_, action, index))
+
+
+def client_batch(
+    acceptor: otp.Target,
+    reply_addr: tuple[str, str],
+    batch_id: int,
+    kind: str,
+    items: Sequence[Any],
+    priority: Any = Priority.HIGH,
+) -> None:
+    """Send a client-gateway batch (see the module docstring); the results come back to
+    ``reply_addr`` as one ``("client_reply", batch_id, results, leader_hint)`` cast."""
+    otp.cast(
+        acceptor,
+        ("client_batch", reply_addr, batch_id, kind, list(items), priority_of(priority).value),
+    )

@@ -1,0 +1,198 @@
+"""The acceptor's client gateway: the per-batch aggregator and one reply per batch."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.partition.helpers import addr, ident, start_node, wait_until
+from waraft import acceptor, otp, server
+from waraft.acceptor import BatchReply, parse_client_batch
+from waraft.core.types import LogPos
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[Any], Any]] = []
+        self.event = threading.Event()
+
+    def __call__(self, results: list[Any], hint: Any) -> None:
+        self.calls.append((list(results), hint))
+        self.event.set()
+
+
+def test_results_are_sent_once_in_item_order_when_the_last_slot_fills() -> None:
+    sent = Sent()
+    batch = BatchReply(3, sent, lambda: "n2@h:1")
+    slots = [batch.slot(i) for i in range(3)]
+    slots[2].reply("c")
+    slots[0].reply("a")
+    assert sent.calls == [] and batch.remaining == 1
+    assert not slots[1].done and slots[0].done
+    slots[1].reply("b")
+    assert sent.calls == [(["a", "b", "c"], None)]
+
+
+def test_a_slot_counts_once_and_later_completions_are_ignored() -> None:
+    sent = Sent()
+    batch = BatchReply(2, sent)
+    slot = batch.slot(0)
+    slot.reply("first")
+    slot.reply("second")
+    slot.fail("noproc")
+    assert batch.remaining == 1 and sent.calls == []
+    batch.slot(1).reply("x")
+    assert sent.calls == [(["first", "x"], None)]
+
+
+def test_errors_carry_the_leader_hint_and_failures_are_mapped() -> None:
+    sent = Sent()
+    batch = BatchReply(3, sent, lambda: "leader@h:1")
+    batch.slot(0).reply(("error", "not_leader"))
+    batch.slot(1).fail("timeout")
+    batch.slot(2).fail(("weird", 1))
+    results, hint = sent.calls[0]
+    assert hint == "leader@h:1"
+    assert results == [
+        ("error", "not_leader"),
+        ("error", "timeout"),
+        ("error", ("call_error", ("weird", 1))),
+    ]
+
+
+def test_an_empty_batch_is_answered_at_once() -> None:
+    sent = Sent()
+    BatchReply(0, sent)
+    assert sent.calls == [([], None)]
+
+
+def test_concurrent_fills_send_exactly_once() -> None:
+    sent = Sent()
+    size = 2000
+    batch = BatchReply(size, sent)
+    slots = [batch.slot(i) for i in range(size)]
+    start = threading.Barrier(4)
+
+    def fill(offset: int) -> None:
+        start.wait()
+        for i in range(offset, size, 4):
+            slots[i].reply(i)
+            slots[i].reply(-1)  # a duplicate never counts
+
+    threads = [threading.Thread(target=fill, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(sent.calls) == 1
+    assert sent.calls[0][0] == list(range(size))
+
+
+def test_a_failing_send_does_not_raise_into_the_completing_thread() -> None:
+    def boom(results: list[Any], hint: Any) -> None:
+        raise RuntimeError("socket gone")
+
+    batch = BatchReply(1, boom)
+    batch.slot(0).reply("ok")  # logged, not raised
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        None,
+        ("client_batch",),
+        ("client_batch", "addr", 1, "commit", [], "high"),
+        ("client_batch", ("a", 1), 1, "commit", [], "high"),
+        ("client_batch", ("a", "n@h:1"), "id", "commit", [], "high"),
+        ("client_batch", ("a", "n@h:1"), 1, "drop_table", [], "high"),
+        ("client_batch", ("a", "n@h:1"), 1, "commit", 5, "high"),
+        ("client_batch", ("a", "n@h:1"), 1, "commit", [], "urgent"),
+    ],
+)
+def test_malformed_batches_are_recognised(msg: Any) -> None:
+    assert parse_client_batch(msg) is None
+
+
+def test_a_well_formed_batch_parses() -> None:
+    parsed = parse_client_batch(("client_batch", ["c", "n@h:1"], 7, "read", (), "low"))
+    assert parsed is not None
+    assert parsed[0] == ("c", "n@h:1") and parsed[1] == 7 and parsed[2] == "read"
+
+
+# -- against a real single-node partition --------------------------------------------------------
+
+
+class Sink(otp.Process):
+    def init(self, inbox: list[Any], event: threading.Event) -> None:
+        self.inbox = inbox
+        self.event = event
+
+    def handle_cast(self, msg: Any) -> None:
+        self.inbox.append(msg)
+        self.event.set()
+
+
+def _single_node(tmp_path: Path, **settings: Any) -> otp.Node:
+    node = start_node(tmp_path, "gw", [1], settings)
+    config = server.make_config([ident(node)])
+    assert server.bootstrap(addr("server", node), LogPos(1, 1), config) == "ok"
+    wait_until(lambda: server.status(addr("server", node))["state"] == "leader")
+    return node
+
+
+def _sink(node: otp.Node) -> tuple[tuple[str, str], list[Any], threading.Event]:
+    inbox: list[Any] = []
+    event = threading.Event()
+    with node.activate():
+        otp.start(Sink, inbox, event, name="sink")
+    return ("sink", node.id), inbox, event
+
+
+def test_a_commit_batch_is_answered_with_one_cast(tmp_path: Path) -> None:
+    node = _single_node(tmp_path)
+    reply_addr, inbox, event = _sink(node)
+    items = [(b"k%d" % i, ("write", "test", f"key{i}", i)) for i in range(50)]
+    items.append("not an op")
+    with node.activate():
+        acceptor.client_batch(addr("acceptor", node), reply_addr, 41, "commit", items)
+    assert event.wait(10)
+    assert len(inbox) == 1
+    kind, batch_id, results, hint = inbox[0]
+    assert (kind, batch_id) == ("client_reply", 41)
+    assert results[:50] == ["ok"] * 50
+    assert results[50][0] == "error" and results[50][1][0] == "badarg"
+    assert hint == node.id  # an error result carries the known leader
+    event.clear()
+    reads = [("read", "test", "key3"), ("read", "test", "missing")]
+    with node.activate():
+        acceptor.client_batch(addr("acceptor", node), reply_addr, 42, "read", reads)
+    assert event.wait(10)
+    assert inbox[1] == ("client_reply", 42, [("ok", 3), "not_found"], None)
+
+
+def test_rejections_fill_their_slots_at_once(tmp_path: Path) -> None:
+    node = _single_node(tmp_path, raft_max_pending_high_priority_commits=3)
+    reply_addr, inbox, event = _sink(node)
+    items = [(b"k%d" % i, ("write", "test", "k", i)) for i in range(10)]
+    with node.activate():
+        acceptor.client_batch(addr("acceptor", node), reply_addr, 1, "commit", items)
+    assert event.wait(10)
+    _, _, results, _ = inbox[0]
+    assert results[:3] == ["ok"] * 3
+    assert results[3:] == [("error", "commit_queue_full")] * 7
+
+
+def test_malformed_gateway_casts_leave_the_acceptor_running(tmp_path: Path) -> None:
+    node = _single_node(tmp_path)
+    reply_addr, _inbox, event = _sink(node)
+    with node.activate():
+        before = otp.whereis("raft_acceptor_test_1")
+        for junk in [("client_batch",), ("client_batch", 1, 2, 3, 4, 5)]:
+            otp.cast(addr("acceptor", node), junk)
+        acceptor.client_batch(addr("acceptor", node), reply_addr, 9, "read", [("read", "t", "x")])
+    assert event.wait(10)
+    with node.activate():
+        assert otp.whereis("raft_acceptor_test_1") is before
