@@ -143,13 +143,16 @@ class Nemesis:
     def _members(self) -> list[str]:
         return [n for n in self.sim.node_ids if n not in self.removed]
 
-    def _config_members(self) -> list[str]:
-        sim = self.sim
-        leader = sim.leader()
-        source = sim.nodes[leader] if leader is not None else None
-        if source is None:
-            return self._members()
-        return [p.node for p in source.core.current_config().membership]
+    def _member_sets(self) -> list[list[str]]:
+        """The voting members of every config some up node currently uses (a change may be
+        appended on some nodes only): data-loss checks must hold for each of them."""
+        seen: dict[tuple[str, ...], None] = {}
+        for node in self.sim.nodes.values():
+            if node.up and node.core is not None:
+                members = tuple(p.node for p in node.core.current_config().membership)
+                if members:
+                    seen[members] = None
+        return [list(m) for m in seen] or [self._members()]
 
     def _impaired(self, node_id: str) -> bool:
         node = self.sim.nodes[node_id]
@@ -172,19 +175,21 @@ class Nemesis:
         node = sim.nodes[node_id]
         if not node.up or self._impaired(node_id):
             return False
-        members = self._config_members()
-        majority = len(members) // 2 + 1
-        healthy = [m for m in members if m != node_id and not self._impaired(m)]
-        if len(healthy) < majority:
-            return False
         last = node.log.last_index()
         term = node.log.term(last)
-        holders = 0
-        for other_id in healthy:
-            other = sim.nodes[other_id]
-            if other.log.term(last) == term or other.storage.position.index >= last:
-                holders += 1
-        return holders >= majority
+        for members in self._member_sets():
+            majority = len(members) // 2 + 1
+            healthy = [m for m in members if m != node_id and not self._impaired(m)]
+            if len(healthy) < majority:
+                return False
+            holders = 0
+            for other_id in healthy:
+                other = sim.nodes[other_id]
+                if other.log.term(last) == term or other.storage.position.index >= last:
+                    holders += 1
+            if holders < majority:
+                return False
+        return True
 
     def _can_crash(self, node_id: str) -> bool:
         sim = self.sim
