@@ -20,7 +20,36 @@ and the client history for linearizability. Test your own state machine by passi
     assert sim.check_linearizable().ok
 
 A broken invariant raises ``InvariantViolation`` with the seed, the step and a trace.
-``python -m waraft.sim.sweep`` runs randomized scenarios over many seeds.
+
+The API, by concern:
+
+* **Building** — ``Simulation(SimConfig(...))`` or ``Simulation(**fields)``: ``nodes`` (a
+  count or names), ``seed``, ``settings`` (``waraft.core.settings.Settings``; default
+  ``fast_settings()``), ``node_settings`` (per node), ``net`` (``NetConfig``), ``machine`` (a
+  ``StateMachine`` factory; default ``KVStateMachine``), ``durable_log`` / ``durable_storage``
+  (``False``: a restarted node comes back stalled and needs a snapshot), ``apply_delay_ms`` /
+  ``apply_batch`` (how storage drains its apply queue), ``batch_effects`` (run the effects
+  contract's persistence-first licence over same-millisecond events), ``trim_probability`` /
+  ``strip_on_trim``, snapshot timings, ``label_fn``, ``core_factory``.
+* **Running** — ``step()``, ``run_for(ms)``, ``run_until(predicate, timeout_ms)``,
+  ``run_steps(n)``; ``await_leader()``; ``trace_hook`` receives a line per step.
+* **Faults** — ``crash`` / ``restart``; ``partition(*groups)``, ``isolate``, ``block(src, dst)``
+  (one way), ``heal``; 6.824-style ``disconnect`` / ``connect``; ``set_net(NetConfig)``;
+  ``slow_storage[node] = (lo, hi)``; ``nodes[n].log.refuse_append`` (the log says "would
+  block"); ``Nemesis`` schedules random faults.
+* **Operating** — ``bootstrap(members, witnesses, learners, position, data)``,
+  ``submit`` / ``read`` (through a node's acceptor; ``record=True`` adds them to the history),
+  ``adjust_config``, ``handover``, ``resign``, ``trigger_election``, ``promote``, ``disable``,
+  ``enable``, or any event with ``call`` / ``call_sync``.
+* **Observing** — ``leader()``, ``leaders()``, ``state(n)``, ``term(n)``, ``nodes[n]`` (its
+  ``core``, ``log``, ``storage``, ``durable``), ``network`` counters, ``stats``,
+  ``invariants.committed`` / ``applied``, ``catchup``.
+* **Clients and histories** — ``add_clients(k, workload, ClientConfig)``, ``stop_clients``,
+  ``clients_idle``; ``history`` (``Operation``: invoke/complete times, ``ok`` / ``fail`` /
+  ``unknown``); ``check_linearizable(model)`` (``KVModel`` by default; bring a ``Model`` for
+  your own machine).
+* **Sweeps** — ``random_scenario(seed)`` and ``python -m waraft.sim.sweep --seeds N
+  [--steps S] [--start K] [--jobs J] | --replay SEED``.
 """
 
 from waraft.sim.client import ClientConfig, KVWorkload, Workload
