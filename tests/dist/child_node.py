@@ -1,6 +1,7 @@
 """A tiny waraft node for the multi-process dist tests (run with ``sys.executable``).
 
-Usage: ``python child_node.py NODE_ID [--curve PUBLIC SECRET] [--ping S] [--down S]``.
+Usage: ``python child_node.py NODE_ID [--curve PUBLIC SECRET [--allow KEY]...
+[--server-key NODE_ID=KEY]...] [--ping S] [--down S]``.
 Starts distribution, registers an ``echo`` process, prints ``READY <node id>`` on stdout and
 runs until stdin closes (the parent's end of the pipe) or ``("stop",)`` is called.
 
@@ -89,12 +90,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("node_id")
     parser.add_argument("--curve", nargs=2, metavar=("PUBLIC", "SECRET"))
+    parser.add_argument("--allow", action="append", default=[], help="extra client key")
+    parser.add_argument(
+        "--server-key", action="append", default=[], help="NODE_ID=KEY (Z85 keys may contain =)"
+    )
     parser.add_argument("--ping", type=float, default=0.2)
     parser.add_argument("--down", type=float, default=1.0)
     args = parser.parse_args()
     curve = None
     if args.curve:
-        curve = {"public_key": args.curve[0], "secret_key": args.curve[1]}
+        curve: dict[str, Any] | None = {"public_key": args.curve[0], "secret_key": args.curve[1]}
+        assert curve is not None
+        if args.allow:
+            curve["allowed_clients"] = [args.curve[0], *args.allow]
+        curve["server_keys"] = dict(item.split("=", 1) for item in args.server_key)
     node_id = dist.start(
         args.node_id,
         curve=curve,

@@ -1,14 +1,83 @@
-"""Test doubles for the waraft.dist tests."""
+"""Child node processes and test doubles for the waraft.dist tests."""
 
 from __future__ import annotations
 
+import os
+import selectors
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from waraft import otp
 
-WAIT = 10.0
+CHILD = Path(__file__).with_name("child_node.py")
+WAIT = 10.0  # the bound on every wait in these tests
+PING = 0.1  # fast liveness so down/up transitions happen within a test's budget
+DOWN = 0.6
+
+
+class Child:
+    """A node in a child process running ``child_node.py``."""
+
+    def __init__(self, proc: subprocess.Popen[str], node_id: str, log: Path) -> None:
+        self.proc = proc
+        self.node_id = node_id
+        self.log = log
+
+    @property
+    def echo(self) -> tuple[str, str]:
+        return ("echo", self.node_id)
+
+    def call(self, *request: Any, timeout: float = WAIT) -> Any:
+        return otp.call(self.echo, request, timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(WAIT)
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _read_ready(stdout: IO[str], proc: subprocess.Popen[str]) -> str:
+    deadline = time.monotonic() + WAIT
+    with selectors.DefaultSelector() as sel:
+        sel.register(stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if sel.select(timeout=0.1):
+                line = stdout.readline()
+                if line.startswith("READY "):
+                    return line.split()[1]
+                if not line and proc.poll() is not None:
+                    break
+    raise AssertionError("child node did not report READY in time")
+
+
+def spawn_child(name: str, log: Path, *extra: str) -> Child:
+    """Start ``child_node.py`` as ``name@127.0.0.1:<ephemeral>`` (or as ``name`` if it is a
+    whole node id) and wait for READY."""
+    node_id = name if "@" in name else f"{name}@127.0.0.1:0"
+    cmd = [sys.executable, str(CHILD), node_id, "--ping", str(PING)]
+    cmd += ["--down", str(DOWN), *extra]
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+        )
+    try:
+        assert proc.stdout is not None
+        node_id = _read_ready(proc.stdout, proc)
+    except BaseException:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(WAIT)
+        raise AssertionError(f"child failed to start:\n{log.read_text()}") from None
+    return Child(proc, node_id, log)
 
 
 class Inbox:
@@ -55,3 +124,11 @@ def start_sink(name: str = "sink") -> Inbox:
     inbox = Inbox()
     otp.start(Sink, inbox, name=name)
     return inbox
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
+    """Poll ``pred`` for states nothing signals (counters, peer states) within a deadline."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
+        time.sleep(0.005)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
-from tests.dist.conftest import DOWN, Child
-from tests.dist.helpers import start_sink
 from waraft import dist, otp
+
+from .helpers import DOWN, Child, start_sink
 
 
 def test_calls_return_values_through_msgpack(node: str, shared_child: Child) -> None:
@@ -78,8 +80,6 @@ def test_remote_reply_handle_names_the_caller(node: str, shared_child: Child) ->
 
 
 def test_call_to_a_node_nobody_runs_is_nodedown_fast(node: str) -> None:
-    import socket
-
     with socket.socket() as s:  # a port that is free now: nobody listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -102,8 +102,6 @@ def test_call_to_a_node_nobody_runs_is_nodedown_fast(node: str) -> None:
 def test_killed_node_fails_waiting_and_new_calls(node: str, spawn: Callable[..., Child]) -> None:
     child = spawn("victim")
     assert child.call("echo", 1) == 1
-    import threading
-
     outcome: list[object] = []
 
     def waiting_call() -> None:

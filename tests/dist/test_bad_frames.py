@@ -1,0 +1,151 @@
+"""Hostile input sent with raw ZeroMQ sockets changes nothing but the counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from waraft import codec, dist, otp
+from waraft.dist import envelope
+from waraft.dist.envelope import Kind
+
+from .helpers import Child, start_sink, wait_until
+
+LIMIT = 64 * 1024
+FAKE = "intruder@127.0.0.1:9"  # a well-formed node id nobody runs
+
+
+@pytest.fixture
+def small_node() -> Iterator[str]:
+    node_id = dist.start(
+        "parent@127.0.0.1:0",
+        max_frame_bytes=LIMIT,
+        ping_interval=0.1,
+        down_after=0.6,
+        connect_timeout=0.6,
+    )
+    try:
+        yield node_id
+    finally:
+        dist.stop()
+
+
+@pytest.fixture
+def raw() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _dealer(
+    ctx: zmq.Context[zmq.Socket[bytes]], node_id: str, identity: bytes
+) -> zmq.Socket[bytes]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, identity)
+    sock.connect(dist.nodeid.endpoint(node_id))
+    return sock
+
+
+def _wait_counter(key: str, at_least: int) -> None:
+    wait_until(lambda: dist.stats().get(key, 0) >= at_least, what=f"{key} >= {at_least}")
+
+
+def test_garbage_frames_are_dropped_and_counted(
+    small_node: str, raw: zmq.Context[zmq.Socket[bytes]], shared_child: Child
+) -> None:
+    inbox = start_sink()
+    sock = _dealer(raw, small_node, f"{FAKE}/raw".encode())
+    good = envelope.cast_frame("sink", codec.packb("after"))
+    bad = {
+        "rx_malformed": [
+            b"garbage",
+            b"",
+            good[: len(good) // 2],  # truncated
+            envelope.cast_frame("sink", b"\xc1"),
+            envelope.cast_frame("sink", b"\x91" * 50_000),
+            codec.packb((1, Kind.CALL, "sink", "not-a-ref", 1)),
+        ],
+        "rx_bad_version": [codec.packb((7, Kind.CAST, "sink", "v7"))],
+        "rx_unknown_kind": [codec.packb((1, 42, "sink", "?"))],
+        "rx_oversized": [envelope.cast_frame("sink", codec.packb(b"x" * LIMIT))],
+        "rx_late_replies": [envelope.reply_frame(123456, True, codec.packb("stray"))],
+        "rx_noproc": [envelope.cast_frame("nobody", codec.packb("lost"))],
+    }
+    for frames in bad.values():
+        for frame in frames:
+            sock.send(frame)
+    # Multipart shapes a DEALER of ours never sends: extra frames, REQ-style delimiter.
+    sock.send_multipart([good, b"extra"])
+    sock.send_multipart([b"", good])
+    sock.send(good)
+    assert inbox.wait_len(1) == [("cast", "after")]
+    stats = dist.stats()
+    for key, frames in bad.items():
+        expected = len(frames) + (2 if key == "rx_malformed" else 0)
+        assert stats.get(key, 0) == expected, key
+    # The node still works both ways.
+    assert shared_child.call("echo", "alive") == "alive"
+    assert shared_child.call("call_to", ("sink", small_node), 1, 5.0) == ("ok", ("sink", 1))
+
+
+def test_frames_without_a_node_identity_are_dropped(
+    small_node: str, raw: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    inbox = start_sink()
+    anonymous = raw.socket(zmq.DEALER)  # libzmq picks a random binary routing id
+    anonymous.setsockopt(zmq.LINGER, 0)
+    anonymous.connect(dist.nodeid.endpoint(small_node))
+    # (keep every socket referenced: a collected socket is closed before it sends)
+    socks = [_dealer(raw, small_node, ident) for ident in (b"no-node-here/1", b"\xff\xfe/2")]
+    for sock in [*socks, anonymous]:
+        sock.send(envelope.cast_frame("sink", codec.packb("x")))
+    _wait_counter("rx_bad_identity", 3)
+    good = _dealer(raw, small_node, f"{FAKE}/ok".encode())
+    good.send(envelope.cast_frame("sink", codec.packb("ok")))
+    assert inbox.wait_len(1) == [("cast", "ok")]
+
+
+def test_frames_beyond_twice_the_limit_cut_the_connection(
+    small_node: str, raw: zmq.Context[zmq.Socket[bytes]], shared_child: Child
+) -> None:
+    sock = _dealer(raw, small_node, f"{FAKE}/big".encode())
+    sock.send(b"\x94\x01\x00" + b"x" * (3 * LIMIT))
+    _wait_counter("conn_closed", 1)  # libzmq refused it (ZMQ_MAXMSGSIZE)
+    assert shared_child.call("call_to", ("nobody", small_node), 1, 5.0) == ("exit", "noproc")
+
+
+def test_a_raw_call_gets_its_answer_back(
+    small_node: str, raw: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    # A client that speaks the protocol by hand: its call is answered on its own ROUTER.
+    start_sink()
+    server = raw.socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    me = f"handmade@127.0.0.1:{port}"
+    sock = _dealer(raw, small_node, f"{me}/t".encode())
+    sock.send(envelope.call_frame("sink", 99, codec.packb("hi")))
+    assert server.poll(10_000), "no answer"
+    routing_id, frame = server.recv_multipart()
+    assert routing_id.decode().startswith(small_node + "/")
+    assert envelope.decode(frame, LIMIT) == (1, Kind.REPLY, 99, ("sink", "hi"))
+    sock.send(envelope.ping_frame(5))
+    assert server.poll(10_000), "no pong"
+    assert envelope.decode(server.recv_multipart()[1], LIMIT) == (1, Kind.PONG, 5)
+
+
+def test_sending_an_oversized_frame_is_refused_locally(
+    small_node: str, shared_child: Child
+) -> None:
+    big = b"x" * (LIMIT + 1)
+    assert dist.cast(shared_child.echo, ("echo", big)) is False
+    with pytest.raises(otp.ExitError) as info:
+        otp.call(shared_child.echo, ("echo", big), 5.0)
+    assert info.value.reason[0] == "frame_too_large"
+    assert dist.stats()["tx_oversized"] == 2
+    assert shared_child.call("echo", b"x" * (LIMIT // 2)) == b"x" * (LIMIT // 2)

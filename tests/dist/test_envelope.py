@@ -1,0 +1,117 @@
+"""Unit tests of node ids and the wire envelope (no sockets)."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from waraft import codec
+from waraft.dist import envelope, nodeid
+from waraft.dist.envelope import FrameError, Kind
+
+LIMIT = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("node_id", "parts"),
+    [
+        ("n1@127.0.0.1:7001", ("n1", "127.0.0.1", 7001)),
+        ("raft@host.example.com:0", ("raft", "host.example.com", 0)),
+        ("n2@[::1]:7002", ("n2", "[::1]", 7002)),
+    ],
+)
+def test_parse_node_ids(node_id: str, parts: tuple[str, str, int]) -> None:
+    assert tuple(nodeid.parse(node_id)) == parts
+    assert nodeid.make(*parts) == node_id
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "n1",
+        "n1@host",
+        "@h:1",
+        "n1@:1",
+        "n1@h:x",
+        "n1@h:70000",
+        "a/b@h:1",
+        "n@[::1:1",
+        "a@b@c:1",
+    ],
+)
+def test_reject_malformed_node_ids(bad: str) -> None:
+    with pytest.raises(nodeid.NodeIdError):
+        nodeid.parse(bad)
+    assert not nodeid.is_node_id(bad)
+
+
+def test_endpoint_and_sender_identity() -> None:
+    assert nodeid.endpoint("n1@127.0.0.1:7001") == "tcp://127.0.0.1:7001"
+    assert nodeid.endpoint("n2@[::1]:7002") == "tcp://[::1]:7002"
+    assert nodeid.sender_of(b"n1@127.0.0.1:7001/ab12.3") == "n1@127.0.0.1:7001"
+    for bad in (b"\x00\x01\x02", b"n1@127.0.0.1:7001", b"n1@127.0.0.1:7001/", b"junk/1", b"\xff/1"):
+        assert nodeid.sender_of(bad) is None
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        (envelope.cast_frame("srv", codec.packb(("m", 1))), (1, Kind.CAST, "srv", ("m", 1))),
+        (envelope.info_frame("srv", codec.packb(None)), (1, Kind.INFO, "srv", None)),
+        (envelope.call_frame("srv", 7, codec.packb([1])), (1, Kind.CALL, "srv", 7, (1,))),
+        (envelope.reply_frame(7, True, codec.packb("v")), (1, Kind.REPLY, 7, "v")),
+        (envelope.reply_frame(7, False, codec.packb("noproc")), (1, Kind.FAIL, 7, "noproc")),
+        (envelope.ping_frame(3), (1, Kind.PING, 3)),
+        (envelope.pong_frame(2**40), (1, Kind.PONG, 2**40)),
+    ],
+)
+def test_frames_round_trip(frame: bytes, expected: tuple[object, ...]) -> None:
+    assert envelope.decode(frame, LIMIT) == expected
+    # The concatenated frame is exactly what msgpack makes of the whole array.
+    assert frame == msgpack.packb(list(expected), use_bin_type=True)
+
+
+def test_trailing_fields_of_a_known_kind_are_ignored() -> None:
+    frame = codec.packb((1, Kind.CAST, "srv", "msg", "future-field"))
+    assert envelope.decode(frame, LIMIT)[:4] == (1, Kind.CAST, "srv", "msg")
+
+
+@pytest.mark.parametrize(
+    ("frame", "counter"),
+    [
+        (b"", "rx_malformed"),
+        (b"\x01\x02\x03", "rx_malformed"),
+        (codec.packb({"version": 1}), "rx_malformed"),
+        (codec.packb((2, Kind.CAST, "srv", "m")), "rx_bad_version"),
+        (codec.packb(("1", Kind.CAST, "srv", "m")), "rx_bad_version"),
+        (codec.packb((1, 99, "srv", "m")), "rx_unknown_kind"),
+        (codec.packb((1, "cast", "srv", "m")), "rx_unknown_kind"),
+        (codec.packb((1, True, "srv", "m")), "rx_unknown_kind"),
+        (codec.packb((1, Kind.CAST, "srv")), "rx_malformed"),
+        (codec.packb((1, Kind.CAST, 5, "m")), "rx_malformed"),
+        (codec.packb((1, Kind.CALL, "srv", "ref", "m")), "rx_malformed"),
+        (codec.packb((1, Kind.REPLY, "ref", "v")), "rx_malformed"),
+        (envelope.cast_frame("srv", codec.packb("m"))[:-1], "rx_malformed"),  # truncated
+        (envelope.cast_frame("srv", b"\xc1"), "rx_malformed"),  # never-used msgpack byte
+        (envelope.cast_frame("srv", b"\x91" * 100_000), "rx_malformed"),  # nesting bomb
+        (envelope.cast_frame("srv", b"x" * LIMIT), "rx_oversized"),
+    ],
+)
+def test_bad_frames_are_classified(frame: bytes, counter: str) -> None:
+    with pytest.raises(FrameError) as info:
+        envelope.decode(frame, LIMIT)
+    assert info.value.counter == counter
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_decode_never_fails_otherwise_on_garbage(data: bytes) -> None:
+    for frame in (data, b"\x94\x01" + data, b"\x95\x01\x02" + data):
+        try:
+            obj = envelope.decode(frame, LIMIT)
+        except FrameError:
+            continue
+        assert isinstance(obj, tuple) and obj[0] == 1

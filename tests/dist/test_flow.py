@@ -1,0 +1,117 @@
+"""Flow: non-blocking drop-on-full, pre-encoded payloads, large frames, link lifecycle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from waraft import codec, dist, otp
+
+from .helpers import Child, start_sink, wait_until
+
+
+@pytest.fixture
+def tiny_queue_node() -> Iterator[str]:
+    node_id = dist.start(
+        "parent@127.0.0.1:0", sndhwm=10, ping_interval=0.1, down_after=5.0, connect_timeout=5.0
+    )
+    try:
+        yield node_id
+    finally:
+        dist.stop()
+
+
+def test_casts_to_a_stuck_peer_never_block_and_drops_are_counted(tiny_queue_node: str) -> None:
+    # A peer that accepts the connection but never reads: its queues fill up.
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    stuck = ctx.socket(zmq.ROUTER)
+    stuck.setsockopt(zmq.LINGER, 0)
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.setsockopt(zmq.RCVBUF, 4096)
+    try:
+        port = stuck.bind_to_random_port("tcp://127.0.0.1")
+        addr = ("anyone", f"stuck@127.0.0.1:{port}")
+        payload = dist.encode(b"x" * 20_000)
+        n = 2000  # 40 MB: far beyond socket buffers and the 10-message queue
+        started = time.monotonic()
+        queued = sum(dist.cast_bytes(addr, payload) for _ in range(n))
+        elapsed = time.monotonic() - started
+        stats = dist.stats()
+        assert queued < n
+        assert stats["tx_dropped_full"] == n - queued
+        assert stats["tx_msgs"] == queued
+        assert elapsed < 5.0  # never blocked on the full queue
+        assert dist.peers()[addr[1]]["tx_dropped_full"] == n - queued
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_pre_encoded_payloads_are_delivered_as_if_cast(node: str, shared_child: Child) -> None:
+    inbox = start_sink()
+    payload = dist.encode(("cast_back", ("sink", node), ("pre", [1, 2])))
+    assert dist.cast_bytes(shared_child.echo, payload)
+    assert dist.cast_bytes(shared_child.echo, payload)  # the same bytes, shipped again
+    info = dist.encode(("info_back", ("sink", node), "pre-info"))
+    assert dist.send_bytes(shared_child.echo, info)
+    items = inbox.wait_len(3)
+    assert sorted(items) == [("cast", ("pre", (1, 2)))] * 2 + [("info", "pre-info")]
+
+
+def test_pre_encoded_payload_to_a_node_in_this_process(node: str) -> None:
+    inbox = start_sink()
+    assert dist.cast_bytes(("sink", node), dist.encode(("local", 1)))
+    assert inbox.wait_len(1) == [("cast", ("local", 1))]
+
+
+def test_invalid_pre_encoded_payload_is_dropped_by_the_receiver(
+    node: str, shared_child: Child
+) -> None:
+    before = shared_child.call("stats").get("rx_malformed", 0)
+    assert dist.cast_bytes(shared_child.echo, b"\xc1not msgpack")
+    wait_until(lambda: shared_child.call("stats").get("rx_malformed", 0) == before + 1)
+    assert shared_child.call("echo", "fine") == "fine"
+
+
+def test_large_frames_and_entry_batches(node: str, shared_child: Child) -> None:
+    blob = bytes(range(256)) * 8192  # 2 MiB: goes to libzmq without a copy
+    assert shared_child.call("echo", blob) == blob
+    entries = [(1, i, ("write", "t", f"k{i}", i)) for i in range(1000)]
+    encoded = codec.packb(entries)
+    assert shared_child.call("echo", encoded) == encoded  # entries encoded once, as bytes
+
+
+def test_links_of_finished_threads_are_closed(node: str, shared_child: Child) -> None:
+    assert shared_child.call("echo", 0) == 0
+
+    def worker() -> None:
+        assert dist.cast(shared_child.echo, ("nothing",))
+
+    threads = [threading.Thread(target=worker) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    outbound = dist._running().outbound
+    links = [link for link in outbound._links if link.thread in threads]
+    assert len(links) == 5 and not any(link.closed for link in links)
+    wait_until(lambda: dist.stats().get("links_reaped", 0) == 5, what="dead threads' links reaped")
+    assert all(link.closed and link not in outbound._links for link in links)
+    assert dist.stats()["tx_msgs"] >= 6  # totals survive the reaping
+
+
+def test_concurrent_callers_each_get_their_own_answer(node: str, shared_child: Child) -> None:
+    results: dict[int, list[object]] = {}
+
+    def caller(k: int) -> None:
+        results[k] = [otp.call(shared_child.echo, ("echo", (k, i)), 10.0) for i in range(50)]
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20.0)
+    assert results == {k: [(k, i) for i in range(50)] for k in range(8)}
