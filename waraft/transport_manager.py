@@ -1,0 +1,496 @@
+"""The transport manager actor, receiving side (WARaft's ``wa_raft_transport`` gen_server).
+
+Registered ``wa_raft_transport`` on every node (under ``waraft.app``). It answers the start
+handshake of a peer that wants to send a transport here, with WARaft's admission rules:
+
+1. capacity: fewer than ``raft_max_incoming_snapshot_transfers`` (5) running incoming
+   transports, or ``raft_max_incoming_witness_snapshot_transfers`` (10) for witness snapshots,
+   else ``receiver_overloaded``; then the partition provider's optional
+   ``transport_accept(meta, incoming_bytes)`` hook (the default provider refuses with
+   ``receiver_disk_full`` when the files cannot fit);
+2. an ID this node already knows is a ``duplicate``;
+3. every offered path must be relative and stay inside ``<transport_directory>/<ID>``, also
+   through any symlink already there; one bad path rejects the whole transport with
+   ``invalid_file_path`` before any record or directory exists.
+
+It records file completions (``complete`` casts from the workers on the sending side and from
+the receiving provider), and once every file of an incoming snapshot has arrived it calls
+``waraft.server.snapshot_available`` on the partition's server, synchronously, as WARaft does
+(a failure marks the transport failed with ``("notify_failed", reason)``). It also answers the
+advisory ``may_accept`` precheck and runs the idle scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Final
+
+from waraft import env, otp, part_sup
+from waraft.core.types import LogPos
+from waraft.transport_tables import (
+    ACTIVE,
+    COMPLETED,
+    FAILED,
+    REQUESTED,
+    RUNNING,
+    TIMED_OUT,
+    Info,
+    Tables,
+    count,
+    delete,
+    finish,
+    insert,
+    mono_ms,
+    now_ms,
+    setup_tables,
+    tables_for,
+    transport_info,
+    transport_module,
+    update,
+    update_file_info,
+)
+
+logger = logging.getLogger(__name__)
+
+NAME: Final = "wa_raft_transport"
+SCAN_INTERVAL_KEY: Final = "raft_transport_scan_interval_ms"  # ours: WARaft hard-codes 30 s
+DEFAULT_SCAN_INTERVAL_MS: Final = 30_000
+
+PARTITION_SUBDIRECTORY: Final = "transport"
+DEFAULT_MODULE: Final = "waraft.dist_transport"
+
+Meta = dict[str, Any]
+FileSpec = tuple[int, str, int]  # (file id, relative name, size) as offered by the sender
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def default_directory(database: str) -> str:
+    """``<database>/transport``: where a partition receives transports."""
+    return os.path.join(database, PARTITION_SUBDIRECTORY)
+
+
+def registered_directory(table: str, partition: int) -> str | None:
+    """The receiving directory of a partition registered on this node, or None."""
+    options = part_sup.options(table, partition)
+    return None if options is None else str(options.transport_directory)
+
+
+def registered_module(table: Any, partition: Any) -> Any:
+    """The partition's transport provider (``waraft.dist_transport`` when none is set)."""
+    module = None
+    if isinstance(table, str) and isinstance(partition, int):
+        options = part_sup.options(table, partition)
+        module = None if options is None else options.transport_module
+    # ``waraft.transport`` itself is not a provider (WARaft's kvstore example sets it by mistake).
+    if module is None or getattr(module, "__name__", None) == "waraft.transport":
+        module = part_sup.resolve_module(DEFAULT_MODULE)
+    return module
+
+
+def module_name(module: Any) -> str:
+    """How a provider is named in records and on the wire."""
+    if isinstance(module, type):
+        return f"{module.__module__}:{module.__qualname__}"
+    return str(getattr(module, "__name__", module))
+
+
+# -- path safety -------------------------------------------------------------------------------
+
+
+def safe_relative_path(name: Any, root: str) -> str | None:
+    """``root`` joined with ``name`` if ``name`` is a relative path that stays inside ``root``
+    (after ``..`` and after any symlink already under ``root``), else None."""
+    if not isinstance(name, str) or not name or "\x00" in name or os.path.isabs(name):
+        return None
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+        else:
+            parts.append(part)
+    if not parts:
+        return None
+    path = os.path.join(root, *parts)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real == real_root or os.path.commonpath([real_root, real]) != real_root:
+        return None  # a symlink under root points outside it (or at root itself)
+    return path
+
+
+def resolve_transport_files(
+    root: str, files: list[FileSpec]
+) -> list[tuple[int, str, str, int]] | None:
+    """Every offered file resolved under ``root`` as ``(file_id, name, path, size)``, or None
+    if any one is unsafe (so that the whole transport is rejected, nothing written)."""
+    resolved = []
+    seen: set[str] = set()
+    for file_id, name, size in files:
+        path = safe_relative_path(name, root)
+        if path is None or path in seen:
+            return None
+        seen.add(path)
+        resolved.append((file_id, name, path, size))
+    return resolved
+
+
+def _valid_offer(transport_id: Any, meta: Any, files: Any) -> list[FileSpec] | None:
+    if not isinstance(transport_id, int) or transport_id <= 0 or not isinstance(meta, dict):
+        return None
+    if meta.get("type") not in ("transfer", "snapshot"):
+        return None
+    if not isinstance(meta.get("table"), str) or not isinstance(meta.get("partition"), int):
+        return None
+    if meta["type"] == "snapshot":
+        position = meta.get("position")
+        if not isinstance(position, tuple | list) or len(position) != 2:
+            return None
+        if not all(isinstance(v, int) and v >= 0 for v in position):
+            return None
+    if not isinstance(files, list | tuple):
+        return None
+    offer: list[FileSpec] = []
+    for item in files:
+        if not isinstance(item, tuple | list) or len(item) != 3:
+            return None
+        file_id, name, size = item
+        if not isinstance(file_id, int) or not isinstance(size, int) or size < 0:
+            return None
+        offer.append((file_id, name, size))
+    if sorted(f[0] for f in offer) != list(range(1, len(offer) + 1)):
+        return None
+    return offer
+
+
+# -- the manager actor -------------------------------------------------------------------------
+
+
+class TransportManager(otp.Process):
+    """This node's transport manager: admits incoming transports, records file completions,
+    installs received snapshots and times out idle transports."""
+
+    trap_exit = True
+
+    def init(self) -> None:
+        if tables_for() is None:
+            setup_tables()
+        self._timer = self._schedule_scan()
+
+    def terminate(self, reason: Any) -> None:
+        otp.cancel_timer(self._timer)
+
+    def _schedule_scan(self) -> otp.TimerRef:
+        interval = env.raft_config(SCAN_INTERVAL_KEY, DEFAULT_SCAN_INTERVAL_MS)
+        return otp.send_after(float(interval), self.pid, "scan")
+
+    @property
+    def tables(self) -> Tables:
+        t = tables_for()
+        if t is None:  # the app supervisor restarted and rebuilt them under us
+            setup_tables()
+            t = tables_for()
+        assert t is not None
+        return t
+
+    # -- messages --------------------------------------------------------------------------
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        kind = request[0] if isinstance(request, tuple | list) and request else request
+        if kind == "transport" and len(request) == 6:
+            return self._receive(*request[1:])
+        if kind == "may_accept" and len(request) == 2:
+            return self._check_capacity(bool(request[1]))
+        if kind == "scan":
+            return self._scan()
+        logger.warning("transport manager got an unknown call %r", request)
+        return ("error", "unsupported")
+
+    def handle_cast(self, msg: Any) -> None:
+        if isinstance(msg, tuple) and len(msg) == 4 and msg[0] == "complete":
+            self._complete(msg[1], msg[2], msg[3])
+        else:
+            logger.warning("transport manager got an unknown cast %r", msg)
+
+    def handle_info(self, msg: Any) -> None:
+        if msg == "scan":
+            self._scan()
+            self._timer = self._schedule_scan()
+        elif not (isinstance(msg, tuple) and msg and msg[0] == "EXIT"):
+            logger.debug("transport manager dropped %r", msg)
+
+    # -- admission -------------------------------------------------------------------------
+
+    def _check_capacity(self, witness: bool) -> Any:
+        t = self.tables
+        with t.lock:
+            if witness:
+                limit = env.raft_config("raft_max_incoming_witness_snapshot_transfers")
+                active = t.active_witness_receives
+            else:
+                limit = env.raft_config("raft_max_incoming_snapshot_transfers")
+                active = t.active_receives
+        return ("error", "receiver_overloaded") if active >= int(limit) else "ok"
+
+    def _receive(self, transport_id: Any, peer: Any, module: Any, meta: Any, files: Any) -> Any:
+        offer = _valid_offer(transport_id, meta, files)
+        if offer is None:
+            logger.warning(
+                "transport manager rejects a malformed offer %r from %r", transport_id, peer
+            )
+            return ("error", "invalid_transport")
+        meta = dict(meta)
+        table, partition = meta["table"], meta["partition"]
+        if meta["type"] == "snapshot":
+            meta["position"] = LogPos(*meta["position"])
+            meta["witness"] = bool(meta.get("witness", False))
+        t = self.tables
+        admission = self._check_capacity(bool(meta.get("witness", False)))
+        provider = registered_module(table, partition)
+        if admission == "ok":
+            admission = _accept_hook(provider, meta, sum(size for _, _, size in offer))
+        with t.lock:
+            duplicate = transport_id in t.transports
+        if duplicate:
+            logger.warning("transport %s offered again by %s", transport_id, peer)
+            return ("error", "duplicate")
+        if admission != "ok":
+            count(table, "transport.receive.rejected")
+            logger.warning("transport %s from %s refused: %r", transport_id, peer, admission)
+            return admission
+        directory = registered_directory(table, partition)
+        if directory is None:
+            return ("error", "unknown_partition")
+        root = os.path.join(directory, str(transport_id))
+        resolved = resolve_transport_files(root, offer)
+        if resolved is None:
+            count(table, "transport.receive.rejected")
+            logger.warning("transport %s from %s refused: invalid file path", transport_id, peer)
+            return ("error", "invalid_file_path")
+        return self._admit(t, transport_id, str(peer), str(module), meta, root, resolved, provider)
+
+    def _admit(
+        self,
+        t: Tables,
+        transport_id: int,
+        peer: str,
+        module: str,
+        meta: Meta,
+        root: str,
+        resolved: list[tuple[int, str, str, int]],
+        provider: Any,
+    ) -> Any:
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as exc:
+            logger.error("transport %s: cannot create %s: %s", transport_id, root, exc)
+            return ("error", "failed")
+        count(meta["table"], "transport.receive")
+        logger.info(
+            "transport %s: receiving %d files from %s into %s",
+            transport_id,
+            len(resolved),
+            peer,
+            root,
+        )
+        with t.lock:
+            insert(
+                t,
+                transport_id,
+                {
+                    "type": "receiver",
+                    "status": RUNNING,
+                    "peer": peer,
+                    "module": module,
+                    "meta": meta,
+                    "root": root,
+                    "start_ts": now_ms(),
+                    "total_files": len(resolved),
+                    "completed_files": 0,
+                },
+            )
+            t.modules[transport_id] = provider
+            for file_id, name, path, size in resolved:
+                t.files[(transport_id, file_id)] = {
+                    "status": REQUESTED,
+                    "name": name,
+                    "path": path,
+                    "total_bytes": size,
+                    "completed_bytes": 0,
+                }
+        if not resolved:
+            self._received(transport_id)
+        return "ok"
+
+    # -- completion ------------------------------------------------------------------------
+
+    def _complete(self, transport_id: int, file_id: int, status: Any) -> None:
+        t = self.tables
+        now = now_ms()
+        ok = status == "ok"
+
+        def mark_file(info: Info) -> Info:
+            info["end_ts"] = now
+            if ok:
+                info["status"] = COMPLETED
+            else:
+                info["status"] = FAILED
+                info["error"] = status
+            return info
+
+        with t.lock:
+            info = t.transports.get(transport_id)
+            if info is None or update_file_info(transport_id, file_id, mark_file) != "ok":
+                logger.warning("transport %s: completion of unknown file %s", transport_id, file_id)
+                return
+            count(
+                info["meta"].get("table"), "transport.file.done" if ok else "transport.file.error"
+            )
+            if info["status"] != RUNNING:
+                return  # cancelled, failed or timed out meanwhile: the outcome stands
+            done = info["completed_files"] + 1
+            if not ok:
+                logger.warning("transport %s: file %s failed: %r", transport_id, file_id, status)
+                error = ("file", file_id, status)
+                update(
+                    t,
+                    transport_id,
+                    lambda i: finish({**i, "completed_files": done}, FAILED, error),
+                )
+                return
+            update(t, transport_id, lambda i: {**i, "completed_files": done})
+            if done < info["total_files"]:
+                return
+            if info["type"] == "sender":
+                update(t, transport_id, lambda i: finish(i, COMPLETED))
+                return
+        self._received(transport_id)
+
+    def _received(self, transport_id: int) -> None:
+        """Every file of an incoming transport is here: notify, then record the outcome.
+
+        The status stays ``running`` while the server installs the snapshot, as in WARaft
+        (where the notification runs inside the record update), so the admission counters
+        keep counting it and the idle scan cannot time it out meanwhile."""
+        t = self.tables
+        info = transport_info(transport_id)
+        if info is None:
+            return
+        provider = transport_module(transport_id)
+        hook = getattr(provider, "transport_complete", None)
+        if hook is not None:
+            try:
+                hook(transport_id)
+            except Exception:
+                logger.exception(
+                    "transport %s: the provider's completion hook failed", transport_id
+                )
+        result = _notify_server(transport_id, info)
+        with t.lock:
+            if result == "ok":
+                update(
+                    t,
+                    transport_id,
+                    lambda i: finish(i, COMPLETED) if i["status"] == RUNNING else i,
+                )
+            else:
+                update(
+                    t,
+                    transport_id,
+                    lambda i: (
+                        finish(i, FAILED, ("notify_failed", result[1]))
+                        if i["status"] == RUNNING
+                        else i
+                    ),
+                )
+
+    # -- scan ------------------------------------------------------------------------------
+
+    def _scan(self) -> list[int]:
+        """Time out idle transports and forget the oldest finished ones; returns the IDs that
+        timed out."""
+        t = self.tables
+        idle_ms = float(env.raft_config("transport_idle_timeout_secs")) * 1000.0
+        limit = int(env.raft_config("raft_transport_inactive_info_limit"))
+        now = mono_ms()
+        timed_out = []
+        with t.lock:
+            for transport_id, info in list(t.transports.items()):
+                if info["status"] == RUNNING and now - t.touched.get(transport_id, now) >= idle_ms:
+                    timed_out.append(transport_id)
+                    update(t, transport_id, lambda i: finish(i, TIMED_OUT))
+            inactive = sorted(i for i, info in t.transports.items() if info["status"] not in ACTIVE)
+            for transport_id in inactive[: max(0, len(inactive) - limit)]:
+                delete(t, transport_id)
+        for transport_id in timed_out:
+            logger.warning("transport %s timed out (idle)", transport_id)
+        return timed_out
+
+
+def _accept_hook(provider: Any, meta: Meta, incoming_bytes: int) -> Any:
+    hook = getattr(provider, "transport_accept", None)
+    if hook is None:
+        return "ok"
+    try:
+        answer = hook(meta, incoming_bytes)
+    except Exception as exc:
+        logger.exception("the transport provider's accept hook failed")
+        return ("error", ("accept_failed", repr(exc)))
+    if answer == "ok":
+        return "ok"
+    if isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "error":
+        return answer
+    return ("error", answer)
+
+
+def _notify_server(transport_id: int, info: Info) -> Any:
+    """Tell the partition's server about a received snapshot: ``"ok"`` or ``("error", r)``."""
+    meta = info["meta"]
+    if meta.get("type") != "snapshot":
+        logger.info("transport %s finished: %s (nothing to install)", transport_id, info["root"])
+        return "ok"
+    from waraft import server
+
+    options = part_sup.options(meta["table"], meta["partition"])
+    name = (
+        server.default_name(meta["table"], meta["partition"])
+        if options is None
+        else options.server_name
+    )
+    try:
+        answer = server.snapshot_available(name, info["root"], meta["position"])
+    except otp.ExitError as exc:
+        answer = ("error", exc.reason)
+    except ValueError as exc:
+        answer = ("error", str(exc))
+    if answer == "ok":
+        logger.info(
+            "transport %s: %s installed the snapshot at %s", transport_id, name, meta["position"]
+        )
+        return "ok"
+    logger.warning("transport %s: %s did not install the snapshot: %r", transport_id, name, answer)
+    if isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "error":
+        return answer
+    return ("error", answer)
+
+
+def start_link() -> otp.Pid:
+    """Start this node's manager, registered ``wa_raft_transport``."""
+    pid: otp.Pid = TransportManager.start_link(name=NAME)
+    return pid
+
+
+def child_spec() -> dict[str, Any]:
+    """WARaft's child spec: permanent, 5 s shutdown."""
+    return {
+        "id": "wa_raft_transport",
+        "start": (start_link, ()),
+        "restart": "permanent",
+        "shutdown": 5000,
+    }

@@ -1,0 +1,281 @@
+"""The transport records of this node (WARaft's ``wa_raft_transport_transports`` and
+``wa_raft_transport_files`` ETS tables, and the manager's receive counters).
+
+Several nodes may live in one Python process, so there is one ``Tables`` per node id, created by
+``setup_tables`` when ``waraft.app`` starts (WARaft's application supervisor owns the tables).
+Every access holds the node's lock; readers get copies. The record layout is documented in
+``waraft.transport``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from waraft import metrics, otp
+
+REQUESTED: Final = "requested"
+RUNNING: Final = "running"
+COMPLETED: Final = "completed"
+CANCELLED: Final = "cancelled"
+TIMED_OUT: Final = "timed_out"
+FAILED: Final = "failed"
+ACTIVE: Final = frozenset({REQUESTED, RUNNING})
+SENDING: Final = "sending"  # file statuses, besides requested / completed / failed
+RECEIVING: Final = "receiving"
+
+Info = dict[str, Any]
+
+
+class Tables:
+    """One node's transport and file records (WARaft's two public ETS tables and counters).
+
+    Every access holds ``lock``; readers get copies.
+    """
+
+    __slots__ = (
+        "active_receives",
+        "active_witness_receives",
+        "files",
+        "lock",
+        "modules",
+        "notify",
+        "queues",
+        "touched",
+        "transports",
+    )
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.transports: dict[int, Info] = {}
+        self.files: dict[tuple[int, int], Info] = {}
+        self.queues: dict[int, deque[int]] = {}
+        self.modules: dict[int, Any] = {}
+        self.notify: dict[int, otp.ReplyTo] = {}
+        self.touched: dict[int, int] = {}  # monotonic ms of the last update (idle detection)
+        self.active_receives = 0
+        self.active_witness_receives = 0
+
+
+_registry_lock = threading.Lock()
+_registry: dict[str, Tables] = {}
+
+
+def setup_tables(node: str | None = None) -> None:
+    """Create fresh tables for ``node`` (default: current). ``waraft.app`` does this at start,
+    as WARaft's application supervisor owns the ETS tables."""
+    key = node or otp.node.current().id
+    with _registry_lock:
+        live = otp.node.local_nodes()
+        for stale in [n for n in _registry if n not in live and n != key]:
+            del _registry[stale]  # nodes stopped in this process: drop their records
+        _registry[key] = Tables()
+
+
+def tables_for(node: str | None = None) -> Tables | None:
+    """The tables of ``node`` (default: current), or None before ``setup_tables``."""
+    return _registry.get(node or otp.node.current().id)
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds (``start_ts`` / ``end_ts``)."""
+    return time.time_ns() // 1_000_000
+
+
+def mono_ms() -> int:
+    """Monotonic milliseconds (activity stamps)."""
+    return time.monotonic_ns() // 1_000_000
+
+
+def count(table: Any, name: str) -> None:
+    """Count a ``("raft", table, name)`` metric."""
+    metrics.get().count(metrics.key(str(table), name))
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def transports() -> list[int]:
+    """The IDs of every transport this node knows about."""
+    t = tables_for()
+    if t is None:
+        return []
+    with t.lock:
+        return list(t.transports)
+
+
+def transport_info(transport_id: int, item: str | None = None) -> Any:
+    """A copy of the transport's record, or None; with ``item``, that field (or None)."""
+    t = tables_for()
+    if t is None:
+        return None
+    with t.lock:
+        info = t.transports.get(transport_id)
+        if info is None:
+            return None
+        return info.get(item) if item is not None else dict(info)
+
+
+def file_info(transport_id: int, file_id: int) -> Info | None:
+    """A copy of a file's record, or None."""
+    t = tables_for()
+    if t is None:
+        return None
+    with t.lock:
+        info = t.files.get((transport_id, file_id))
+        return None if info is None else dict(info)
+
+
+def is_running(transport_id: int) -> bool:
+    """True while the transport's status is ``running`` (providers check this between chunks)."""
+    return bool(transport_info(transport_id, "status") == RUNNING)
+
+
+def transport_module(transport_id: int) -> Any:
+    """The provider object handling this transport on this node, or None."""
+    t = tables_for()
+    return None if t is None else t.modules.get(transport_id)
+
+
+def update_file_info(transport_id: int, file_id: int, fn: Callable[[Info], Info]) -> str:
+    """Replace a file's record with ``fn(copy)``: ``"ok"`` or ``"not_found"``.
+
+    Any change counts as activity of the transport (for the idle timeout).
+    """
+    t = tables_for()
+    if t is None:
+        return "not_found"
+    with t.lock:
+        key = (transport_id, file_id)
+        info = t.files.get(key)
+        if info is None:
+            return "not_found"
+        new = fn(dict(info))
+        if new != info:
+            t.files[key] = new
+            t.touched[transport_id] = mono_ms()
+        return "ok"
+
+
+def add_file_bytes(transport_id: int, file_id: int, count: int, status: str | None = None) -> str:
+    """Add ``count`` to a file's ``completed_bytes`` (and set ``status`` if given)."""
+
+    def bump(info: Info) -> Info:
+        info["completed_bytes"] = info.get("completed_bytes", 0) + count
+        if status is not None:
+            info["status"] = status
+        return info
+
+    return update_file_info(transport_id, file_id, bump)
+
+
+def pop_file(transport_id: int) -> tuple[str, int] | str:
+    """The next queued file of a running transport: ``("ok", file_id)``, ``"empty"``, or
+    ``"not_found"`` (unknown, or no longer running)."""
+    t = tables_for()
+    if t is None:
+        return "not_found"
+    with t.lock:
+        queue = t.queues.get(transport_id)
+        info = t.transports.get(transport_id)
+        if queue is None or info is None or info["status"] != RUNNING:
+            return "not_found"
+        if not queue:
+            return "empty"
+        return ("ok", queue.popleft())
+
+
+def update(t: Tables, transport_id: int, fn: Callable[[Info], Info]) -> Info | None:
+    """Apply ``fn`` to a copy of the record, store the result, keep the receive counters and
+    answer a waiting ``transfer`` once the transport ended. Caller holds ``t.lock``."""
+    old = t.transports.get(transport_id)
+    if old is None:
+        return None
+    new = fn(dict(old))
+    if new == old:
+        return old
+    t.transports[transport_id] = new
+    t.touched[transport_id] = mono_ms()
+    _count_receives(t, old, new)
+    if new["status"] not in ACTIVE:
+        t.queues.pop(transport_id, None)
+        waiter = t.notify.pop(transport_id, None)
+        if waiter is not None:
+            waiter.reply(("ok", transport_id))
+    return new
+
+
+def insert(t: Tables, transport_id: int, info: Info) -> None:
+    """Add a new record. Caller holds ``t.lock``."""
+    t.transports[transport_id] = info
+    t.touched[transport_id] = mono_ms()
+    _count_receives(t, None, info)
+
+
+def _count_receives(t: Tables, old: Info | None, new: Info) -> None:
+    if new["type"] != "receiver":
+        return
+    was = old is not None and old["status"] == RUNNING
+    now = new["status"] == RUNNING
+    if was == now:
+        return
+    step = 1 if now else -1
+    if new["meta"].get("witness"):
+        t.active_witness_receives += step
+    else:
+        t.active_receives += step
+
+
+def finish(info: Info, status: str, error: Any = None) -> Info:
+    """``info`` ended with ``status`` (and ``error``) now."""
+    info["status"] = status
+    info["end_ts"] = now_ms()
+    if error is not None:
+        info["error"] = error
+    return info
+
+
+def delete(t: Tables, transport_id: int) -> None:
+    """Forget a transport and its files. Caller holds ``t.lock``."""
+    info = t.transports.pop(transport_id, None)
+    if info is None:
+        return
+    for file_id in range(1, info["total_files"] + 1):
+        t.files.pop((transport_id, file_id), None)
+    for table in (t.queues, t.modules, t.notify, t.touched):
+        table.pop(transport_id, None)
+
+
+__all__ = [
+    "ACTIVE",
+    "CANCELLED",
+    "COMPLETED",
+    "FAILED",
+    "RECEIVING",
+    "REQUESTED",
+    "RUNNING",
+    "SENDING",
+    "TIMED_OUT",
+    "Info",
+    "Tables",
+    "add_file_bytes",
+    "count",
+    "delete",
+    "file_info",
+    "finish",
+    "insert",
+    "is_running",
+    "mono_ms",
+    "now_ms",
+    "pop_file",
+    "setup_tables",
+    "tables_for",
+    "transport_info",
+    "transport_module",
+    "transports",
+    "update",
+    "update_file_info",
+]
