@@ -1,0 +1,383 @@
+"""The default file transport provider (WARaft's ``wa_raft_dist_transport``).
+
+Chunks travel as ordinary actor calls to the peer's receiver, registered
+``wa_raft_dist_transport`` on every node, so they reach an in-process node directly and a node
+in another process through ``waraft.dist``. Payloads are plain msgpack-friendly terms.
+
+Sender (runs inside a ``waraft.transport_worker``): reads the file in
+``dist_transport_chunk_size`` (1 MiB) chunks and sends ``("chunk", id, file_id, offset, data)``
+requests with at most ``dist_transport_max_inflight`` (4) unacknowledged; each acknowledgement
+is awaited at most ``dist_transport_ack_timeout_ms`` (5 s, WARaft's hard-coded wait). A missing
+acknowledgement, a refused chunk or a transport that stopped running ends the file with an
+error. At the end of the file it casts ``("complete", id, file_id)``.
+
+Receiver (this module's actor): opens each file lazily (creating its directories, never
+following a symlink at the file itself), writes every chunk at its offset (rejecting chunks of
+transports that are not running, and chunks outside the size announced at admission), and on
+``complete`` fsyncs the file and its directories up to the transfer root, checks the size, and
+reports the file to the local transport manager.
+
+``transport_accept`` refuses a transport with ``receiver_disk_full`` when its bytes do not fit
+on the destination's file system.
+
+Divergences: WARaft's receiver opens files in write mode (which truncates a file a restarted
+receiver had already written); ours never truncates, so a retried chunk lands at its offset.
+WARaft does not fsync received files nor check their sizes; we do both before reporting.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import shutil
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from waraft import env, otp, transport
+from waraft import transport_tables as tables
+from waraft.transport_tables import RECEIVING
+
+logger = logging.getLogger(__name__)
+
+NAME: Final = "wa_raft_dist_transport"
+ACK_TIMEOUT_KEY: Final = "dist_transport_ack_timeout_ms"  # ours: WARaft hard-codes 5000
+DEFAULT_ACK_TIMEOUT_MS: Final = 5000
+SWEEP_INTERVAL_MS: Final = 30_000
+
+
+# -- sender ------------------------------------------------------------------------------------
+
+
+class _Pending(Protocol):
+    def wait(self, timeout: float) -> Any: ...
+
+
+class _LocalPending:
+    """An acknowledgement from an in-process node (``otp.send_request``)."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: otp.ReplyTo) -> None:
+        self.handle = handle
+
+    def wait(self, timeout: float) -> Any:
+        return otp.wait_response(self.handle, timeout)
+
+
+class _RemotePending:
+    """An acknowledgement from another process: a blocking call on a helper thread, because
+    ``otp.send_request`` only reaches in-process nodes."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: concurrent.futures.Future[Any]) -> None:
+        self.future = future
+
+    def wait(self, timeout: float) -> Any:
+        try:
+            return self.future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self.future.cancel()
+            raise otp.ExitError("timeout") from None
+
+
+@dataclass(slots=True)
+class SenderState:
+    """Per-worker sender state: the peer and, for remote peers, the helper threads."""
+
+    peer: str
+    executor: concurrent.futures.ThreadPoolExecutor | None = None
+    sent_chunks: int = field(default=0)
+
+    def request(self, address: tuple[str, str], message: Any, timeout: float) -> _Pending:
+        """Send one chunk request without waiting for its reply."""
+        if address[1] in otp.node.local_nodes() or otp.node.remote_router() is None:
+            return _LocalPending(otp.send_request(address, message))
+        if self.executor is None:
+            inflight = int(env.raft_config("dist_transport_max_inflight"))
+            self.executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, inflight), thread_name_prefix="waraft-dist-transport"
+            )
+        here = otp.node.current()
+        return _RemotePending(self.executor.submit(_call_as, here, address, message, timeout))
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+
+
+def _call_as(node: otp.Node, address: tuple[str, str], message: Any, timeout: float) -> Any:
+    with node.activate():
+        return otp.call(address, message, timeout)
+
+
+def transport_init(peer: str) -> tuple[str, SenderState]:
+    """A worker's sender state for ``peer``."""
+    return ("ok", SenderState(peer))
+
+
+def transport_terminate(reason: Any, state: SenderState) -> None:
+    """The worker is stopping."""
+    state.close()
+
+
+def transport_send(transport_id: int, file_id: int, state: SenderState) -> tuple[Any, ...]:
+    """Send one file: ``("ok", state)`` or ``("stop", reason, state)``."""
+    info = tables.transport_info(transport_id)
+    if info is None:
+        return ("stop", ("invalid_transport", transport_id), state)
+    file = tables.file_info(transport_id, file_id)
+    if file is None:
+        return ("stop", ("invalid_file", transport_id, file_id), state)
+    try:
+        fd = os.open(file["path"], os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        logger.error("transport %s: cannot open %s: %s", transport_id, file["path"], exc)
+        return ("stop", ("failed_to_open_file", transport_id, file_id, exc.strerror), state)
+    try:
+        with contextlib.suppress(AttributeError, OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        error = _send_file(transport_id, file_id, fd, info["peer"], state)
+    finally:
+        os.close(fd)
+    if error is not None:
+        logger.warning("transport %s: file %s not sent: %r", transport_id, file_id, error)
+        return ("stop", error, state)
+    return ("ok", state)
+
+
+def _send_file(transport_id: int, file_id: int, fd: int, peer: str, state: SenderState) -> Any:
+    """The chunk loop with a window of ``dist_transport_max_inflight``; None or an error."""
+    chunk_size = max(1, int(env.raft_config("dist_transport_chunk_size")))
+    window = max(1, int(env.raft_config("dist_transport_max_inflight")))
+    ack_timeout = float(env.raft_config(ACK_TIMEOUT_KEY, DEFAULT_ACK_TIMEOUT_MS)) / 1000.0
+    address = (NAME, peer)
+    inflight: deque[_Pending] = deque()
+    offset = 0
+    eof = False
+    while True:
+        if not eof and len(inflight) < window:
+            if not tables.is_running(transport_id):
+                return ("not_running", transport_id, tables.transport_info(transport_id, "status"))
+            try:
+                data = os.pread(fd, chunk_size, offset)
+            except OSError as exc:
+                return ("read_failed", transport_id, file_id, exc.strerror)
+            if not data:
+                eof = True
+                continue
+            message = ("chunk", transport_id, file_id, offset, data)
+            inflight.append(state.request(address, message, ack_timeout))
+            state.sent_chunks += 1
+            tables.add_file_bytes(transport_id, file_id, len(data))
+            offset += len(data)
+            continue
+        if not inflight:
+            break
+        try:
+            reply = inflight.popleft().wait(ack_timeout)
+        except otp.ExitError as exc:
+            if exc.reason == "timeout":
+                return ("send_timed_out", transport_id, file_id)
+            return ("send_failed", transport_id, file_id, exc.reason)
+        if reply != "ok":
+            reason = reply[1] if isinstance(reply, tuple | list) and len(reply) == 2 else reply
+            return ("receiver_error", transport_id, file_id, reason)
+    otp.cast(address, ("complete", transport_id, file_id))
+    return None
+
+
+# -- admission ---------------------------------------------------------------------------------
+
+
+def transport_accept(meta: dict[str, Any], incoming_bytes: int) -> Any:
+    """Refuse (``receiver_disk_full``) a transport whose bytes cannot fit where it would land."""
+    directory = transport.registered_directory(meta.get("table", ""), meta.get("partition", 0))
+    probe = directory or "."
+    while not os.path.isdir(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return "ok"
+        probe = parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return "ok"
+    return ("error", "receiver_disk_full") if incoming_bytes > free else "ok"
+
+
+# -- receiver ----------------------------------------------------------------------------------
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _receiving(transport_id: int) -> bool:
+    """Chunks are written only for a running *incoming* transport (never into the files of
+    a transport this node is sending, whatever ID a peer names)."""
+    info = tables.transport_info(transport_id)
+    return info is not None and info["type"] == "receiver" and info["status"] == tables.RUNNING
+
+
+class DistTransport(otp.Process):
+    """This node's chunk receiver."""
+
+    trap_exit = True
+
+    def init(self) -> None:
+        self.fds: dict[tuple[int, int], int] = {}
+        self._timer = otp.send_after(SWEEP_INTERVAL_MS, self.pid, "sweep")
+
+    def terminate(self, reason: Any) -> None:
+        otp.cancel_timer(self._timer)
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        if isinstance(request, tuple | list) and len(request) == 5 and request[0] == "chunk":
+            return self._write(*request[1:])
+        logger.warning("dist transport got an unknown call %r", request)
+        return ("error", "unsupported")
+
+    def handle_cast(self, msg: Any) -> None:
+        if (
+            isinstance(msg, tuple | list)
+            and len(msg) == 3
+            and msg[0] == "complete"
+            and isinstance(msg[1], int)
+            and isinstance(msg[2], int)
+        ):
+            self._complete(msg[1], msg[2])
+        else:
+            logger.warning("dist transport got an unknown cast %r", msg)
+
+    def handle_info(self, msg: Any) -> None:
+        if msg == "sweep":
+            self._sweep()
+            self._timer = otp.send_after(SWEEP_INTERVAL_MS, self.pid, "sweep")
+        elif not (isinstance(msg, tuple) and msg and msg[0] == "EXIT"):
+            logger.debug("dist transport dropped %r", msg)
+
+    def _write(self, transport_id: Any, file_id: Any, offset: Any, data: Any) -> Any:
+        if not (isinstance(transport_id, int) and isinstance(file_id, int)):
+            return ("error", "invalid_chunk")
+        if not _receiving(transport_id):
+            self._close(transport_id, file_id)
+            return ("error", "not_running")
+        file = tables.file_info(transport_id, file_id)
+        if file is None:
+            return ("error", "invalid_file")
+        if not isinstance(data, bytes | bytearray) or not isinstance(offset, int) or offset < 0:
+            return ("error", "invalid_chunk")
+        if offset + len(data) > file["total_bytes"]:
+            return ("error", "chunk_out_of_range")
+        try:
+            fd = self._open(transport_id, file_id, file["path"])
+            view = memoryview(data)
+            at = offset
+            while view:
+                written = os.pwrite(fd, view, at)
+                view = view[written:]
+                at += written
+        except OSError as exc:
+            logger.warning("transport %s: writing file %s failed: %s", transport_id, file_id, exc)
+            return ("error", ("write_failed", exc.strerror))
+        tables.add_file_bytes(transport_id, file_id, len(data), RECEIVING)
+        return "ok"
+
+    def _open(self, transport_id: int, file_id: int, path: str) -> int:
+        key = (transport_id, file_id)
+        fd = self.fds.get(key)
+        if fd is None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags, 0o644)
+            self.fds[key] = fd
+        return fd
+
+    def _close(self, transport_id: int, file_id: int) -> None:
+        fd = self.fds.pop((transport_id, file_id), None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _complete(self, transport_id: int, file_id: int) -> None:
+        file = tables.file_info(transport_id, file_id)
+        info = tables.transport_info(transport_id)
+        if file is None or info is None or info["type"] != "receiver":
+            logger.warning("transport %s: completion of unknown file %s", transport_id, file_id)
+            return
+        try:
+            fd = self._open(transport_id, file_id, file["path"])  # an empty file has no chunk
+            try:
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                self._close(transport_id, file_id)
+            self._sync_directories(os.path.dirname(file["path"]), info["root"])
+        except OSError as exc:
+            logger.warning("transport %s: finishing file %s failed: %s", transport_id, file_id, exc)
+            transport.complete(transport_id, file_id, ("sync_failed", exc.strerror))
+            return
+        if size != file["total_bytes"]:
+            transport.complete(transport_id, file_id, ("size_mismatch", size, file["total_bytes"]))
+            return
+        transport.complete(transport_id, file_id, "ok")
+
+    @staticmethod
+    def _sync_directories(directory: str, root: str) -> None:
+        """fsync every directory from the file's up to the transfer root, and the root's
+        parent, so that the new names survive a crash."""
+        current = directory
+        while current.startswith(root) and current != os.path.dirname(current):
+            _fsync_directory(current)
+            if current == root:
+                break
+            current = os.path.dirname(current)
+        _fsync_directory(os.path.dirname(root))
+
+    def _sweep(self) -> None:
+        """Close the files of transports that stopped running (cut off or cancelled)."""
+        for transport_id, file_id in list(self.fds):
+            if not _receiving(transport_id):
+                self._close(transport_id, file_id)
+
+
+def start_link() -> otp.Pid:
+    """Start this node's chunk receiver, registered ``wa_raft_dist_transport``."""
+    pid: otp.Pid = DistTransport.start_link(name=NAME)
+    return pid
+
+
+def child_spec() -> dict[str, Any]:
+    """WARaft's child spec: transient, 5 s shutdown."""
+    return {
+        "id": "wa_raft_dist_transport",
+        "start": (start_link, ()),
+        "restart": "transient",
+        "shutdown": 5000,
+    }
+
+
+__all__ = [
+    "NAME",
+    "DistTransport",
+    "SenderState",
+    "child_spec",
+    "start_link",
+    "transport_accept",
+    "transport_init",
+    "transport_send",
+    "transport_terminate",
+]
