@@ -63,6 +63,7 @@ def start_link(
     """
     opts = dict(options or {})
     env.register_application(application, opts.get("config_search_apps"))
+    part_sup.resolve_module("waraft.app").ensure_started()  # node-wide transport & catch-up
     pid = otp.supervisor.start_link(
         dict(FLAGS), [part_sup.child_spec(application)], name=default_name(application)
     )

@@ -1,8 +1,13 @@
 """Deletes a partition's old incoming transfer directories (WARaft's ``wa_raft_transport_cleanup``).
 
-Every 30 s the actor lists ``<partition>/transport/`` and removes each sub-directory whose
-transfer ended more than ``transport_retain_min_secs`` (300) ago, or that no transfer on this
-node knows about and that has not been touched for that long.
+Every 30 s the actor lists ``<partition>/transport/`` and removes each sub-directory ``<ID>``
+whose transport (``waraft.transport``) ended more than ``transport_retain_min_secs`` (300) ago.
+A running transport's directory is never touched.
+
+Divergence: WARaft deletes a directory no transport record knows about at once; we wait until
+nothing in it has changed for ``transport_retain_min_secs``, since the manager forgets finished
+transports after ``raft_transport_inactive_info_limit`` of them and a freshly installed snapshot
+deserves the same grace period either way.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import shutil
 import time
 from typing import Any
 
-from waraft import env, otp
+from waraft import env, otp, transport
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +88,9 @@ _RUNNING = object()
 
 
 def _transfer_end_time(name: str) -> Any:
-    """When the transfer named ``name`` ended (wall-clock seconds), ``_RUNNING``, or ``None``
-    when no transfer on this node knows it."""
-    try:
-        from waraft import transport
-    except ImportError:
-        return None
-    lookup = getattr(transport, "transfer_end_time", None)
-    return None if lookup is None else lookup(name, running=_RUNNING)
+    """When the transport named ``name`` ended (wall-clock seconds), ``_RUNNING``, or None
+    when no transport on this node knows it."""
+    return transport.transfer_end_time(name, running=_RUNNING)
 
 
 def _last_touched(path: str) -> float:
