@@ -1,0 +1,265 @@
+"""Snapshot catch-up end to end: the leader's RequestSnapshot -> catch-up coordinator ->
+storage snapshot -> file transport -> receiving manager -> snapshot_available -> the receiver
+turns follower and replication continues."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.partition.helpers import APP, addr, ident, leader_of, state, wait_until
+from tests.transport.helpers import (
+    ChunkCutter,
+    ChunkLog,
+    on,
+    receiver_ids,
+    replace_receiver,
+    sender_ids,
+    set_raft,
+    start,
+    wait_status,
+)
+from waraft import acceptor, otp, part_sup, server, snapshot_catchup, storage, sup, transport
+from waraft.core.types import Identity, LogPos
+
+DISK = "waraft.log.disk:DiskLog"
+SQLITE = "waraft.storage.sqlite:SqliteStorage"
+
+
+@contextmanager
+def cluster(root: Path, size: int = 3, **kw: Any) -> Iterator[list[otp.Node]]:
+    nodes = [start(root, f"n{i + 1}", **kw) for i in range(size)]
+    try:
+        config = server.make_config([ident(n) for n in nodes])
+        for n in nodes:
+            assert server.bootstrap(addr("server", n), LogPos(1, 1), config) == "ok"
+        assert server.trigger_election(addr("server", nodes[0])) == "ok"
+        wait_until(lambda: leader_of(nodes))
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def _write(leader: otp.Node, count: int, prefix: str = "k") -> None:
+    for i in range(count):
+        op = (f"{prefix}{i}", ("write", "test", f"{prefix}{i}", i))
+        assert acceptor.commit(addr("acceptor", leader), op) == "ok"
+
+
+def _read(node: otp.Node, key: str) -> Any:
+    return storage.read(addr("storage", node), ("read", "test", key))
+
+
+def _snapshots(node: otp.Node) -> list[str]:
+    path = Path(server.status(addr("server", node))["partition_path"])
+    return sorted(p.name for p in path.iterdir() if p.name.startswith("snapshot."))
+
+
+def test_a_new_empty_member_is_caught_up_by_a_snapshot(tmp_path: Path) -> None:
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        _write(leader, 40)
+        newcomer = start(tmp_path, "n4")
+        assert state(newcomer) == "stalled"
+        result = server.adjust_config(addr("server", leader), ("add", ident(newcomer)))
+        assert result[0] == "ok"
+        wait_until(lambda: state(newcomer) == "follower")
+        # Storage holds the data it was sent, and replication carries on from there.
+        assert _read(newcomer, "k39") == ("ok", 39)
+        _write(leader, 5, prefix="after")
+        wait_until(lambda: _read(newcomer, "after4") == ("ok", 4))
+        (received,) = receiver_ids(newcomer)
+        info = on(newcomer, transport.transport_info, received)
+        assert info["meta"]["type"] == "snapshot" and info["meta"]["witness"] is False
+        assert info["status"] == "completed"
+        status = server.status(addr("server", newcomer))
+        assert status["log_first"] == info["meta"]["position"].index
+        # The leader's snapshot is deleted once no transport uses it.
+        wait_until(lambda: _snapshots(leader) == [])
+        assert on(leader, snapshot_catchup.which_transports) == []
+        assert on(leader, transport.transport_info, received, "status") == "completed"
+        newcomer.stop()
+
+
+def test_a_far_behind_follower_is_caught_up_after_the_leader_trimmed(tmp_path: Path) -> None:
+    settings = {
+        "raft_max_log_records_per_file": 10,
+        "raft_max_log_records": 20,
+        "raft_max_retained_entries": 30,
+    }
+    with cluster(tmp_path, settings=settings, log_module=DISK, storage_module=SQLITE) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        follower = next(n for n in nodes if n is not leader)
+        _write(leader, 5, prefix="early")
+        wait_until(lambda: _read(follower, "early4") == ("ok", 4))
+        behind = server.status(addr("server", follower))["log_last"]
+        spec = {"table": "test", "partition": 1, "log_module": DISK, "storage_module": SQLITE}
+        with follower.activate():
+            assert sup.stop_partition_under_application(APP, "test", 1) == "ok"
+        _write(leader, 150)
+        assert server.status(addr("server", leader))["log_first"] > behind
+        with follower.activate():
+            assert sup.start_partition_under_application(APP, spec)[0] == "ok"
+        # It comes back with its own (durable) log, too short for the leader to continue.
+        wait_until(lambda: _read(follower, "k149") == ("ok", 149))
+        assert state(follower) == "follower"
+        assert _read(follower, "early0") == ("ok", 0)
+        assert server.status(addr("server", follower))["log_first"] > behind
+        (received,) = receiver_ids(follower)
+        assert on(follower, transport.transport_info, received, "status") == "completed"
+        _write(leader, 3, prefix="later")
+        wait_until(lambda: _read(follower, "later2") == ("ok", 2))
+        wait_until(lambda: _snapshots(leader) == [])
+
+
+def test_a_witness_is_sent_a_witness_snapshot(tmp_path: Path) -> None:
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        _write(leader, 20)
+        witness = start(tmp_path, "w")
+        result = server.adjust_config(addr("server", leader), ("add_witness", ident(witness)))
+        assert result[0] == "ok"
+        wait_until(lambda: state(witness) == "witness")
+        (received,) = receiver_ids(witness)
+        info = on(witness, transport.transport_info, received)
+        assert info["meta"]["witness"] is True
+        sent_root = on(leader, transport.transport_info, received, "root")
+        assert os.path.basename(sent_root).endswith(".witness")
+        # Metadata only: the witness knows the position, not the data.
+        assert _read(witness, "k19") == "not_found"
+        assert storage.position(addr("storage", witness)).index >= info["meta"]["position"].index
+        wait_until(lambda: _snapshots(leader) == [])
+        witness.stop()
+
+
+def test_a_catchup_cut_off_midway_is_retried_until_it_completes(tmp_path: Path) -> None:
+    raft = {"dist_transport_chunk_size": 64, "transport_idle_timeout_secs": 0.3}
+    with cluster(tmp_path, raft=raft) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        _write(leader, 60)
+        newcomer = start(tmp_path, "n4", raft=raft)
+        cutter = ChunkCutter(newcomer.id, allow=4)
+        cutter.install()
+        assert server.adjust_config(addr("server", leader), ("add", ident(newcomer)))[0] == "ok"
+        wait_until(lambda: cutter.dropped > 0)
+        (first,) = wait_until(lambda: sender_ids(leader))
+        wait_status(leader, first, "failed")
+        wait_status(newcomer, first, "timed_out")
+        assert state(newcomer) == "stalled"
+        cutter.heal()
+        wait_until(lambda: state(newcomer) == "follower")
+        assert _read(newcomer, "k59") == ("ok", 59)
+        assert len(sender_ids(leader)) >= 2
+        assert on(leader, transport.transport_info, sender_ids(leader)[-1], "status") == (
+            "completed"
+        )
+        newcomer.stop()
+
+
+# -- the coordinator on its own ----------------------------------------------------------------
+
+
+def _single(tmp_path: Path, **kw: Any) -> otp.Node:
+    node = start(tmp_path, "leader", **kw)
+    config = server.make_config([ident(node)])
+    assert server.bootstrap(addr("server", node), LogPos(1, 1), config) == "ok"
+    wait_until(lambda: state(node) == "leader")
+    _write(node, 10)
+    return node
+
+
+def _ask(leader: otp.Node, target: otp.Node, witness: bool = False) -> None:
+    with leader.activate():
+        options = part_sup.options("test", 1)
+        snapshot_catchup.catchup(options, Identity("raft_server_test_1", target.id), witness)
+
+
+def _coordinator(node: otp.Node) -> dict[str, Any]:
+    return on(node, snapshot_catchup.state)
+
+
+def test_concurrent_catchups_are_limited_and_finished_ones_back_off(tmp_path: Path) -> None:
+    leader = _single(tmp_path, raft={"raft_max_snapshot_catchup": 1})
+    targets = [start(tmp_path, f"t{i}") for i in range(2)]
+    logs = [ChunkLog(hold=True) for _ in targets]
+    for target, log in zip(targets, logs, strict=True):
+        replace_receiver(target, log)
+    _ask(leader, targets[0])
+    wait_until(lambda: logs[0].wait_chunks(1, timeout=0))
+    _ask(leader, targets[1])
+    _ask(leader, targets[0])  # a target that already has a transport gets no second one
+    key0 = ("raft_server_test_1", targets[0].id)
+    state_now = _coordinator(leader)  # a call: the casts before it have been handled
+    assert list(state_now["transports"]) == [key0]
+    assert sender_ids(leader) == [state_now["transports"][key0]]
+    assert len(state_now["snapshots"]) == 1 and list(state_now["snapshots"].values()) == [1]
+    assert len(_snapshots(leader)) == 1
+    # The transport ends (cancelled here): the snapshot goes, the target backs off.
+    on(leader, transport.cancel, state_now["transports"][key0], "test")
+    wait_until(lambda: key0 in _coordinator(leader)["retry_backoffs"])
+    assert _coordinator(leader)["transports"] == {}
+    wait_until(lambda: _snapshots(leader) == [])
+    # Now the other target can be served.
+    set_raft(leader, raft_max_snapshot_catchup=5)
+    _ask(leader, targets[1])
+    wait_until(lambda: logs[1].wait_chunks(1, timeout=0))
+
+
+def test_an_overloaded_target_is_backed_off_and_its_snapshot_removed(tmp_path: Path) -> None:
+    leader = _single(tmp_path, settings={"raft_snapshot_catchup_overloaded_backoff_ms": 60_000})
+    busy = start(tmp_path, "busy", raft={"raft_max_incoming_snapshot_transfers": 0})
+    _ask(leader, busy)
+    wait_until(lambda: busy.id in _coordinator(leader)["overload_backoffs"])
+    (rejected,) = sender_ids(leader)
+    assert on(leader, transport.transport_info, rejected, "error") == (
+        "rejected",
+        "receiver_overloaded",
+    )
+    wait_until(lambda: _snapshots(leader) == [])
+    # While backing off, new requests for that node are dropped before any snapshot is made.
+    set_raft(busy, raft_max_incoming_snapshot_transfers=5)
+    _ask(leader, busy)
+    on(leader, snapshot_catchup.which_transports)  # the request has been handled by now
+    assert sender_ids(leader) == [rejected]
+
+
+def test_the_precheck_asks_the_target_before_making_a_snapshot(tmp_path: Path) -> None:
+    leader = _single(
+        tmp_path,
+        settings={
+            "raft_snapshot_catchup_precheck": True,
+            "raft_snapshot_catchup_overloaded_backoff_ms": 60_000,
+        },
+    )
+    busy = start(tmp_path, "busy", raft={"raft_max_incoming_witness_snapshot_transfers": 0})
+    _ask(leader, busy, witness=True)
+    wait_until(lambda: busy.id in _coordinator(leader)["overload_backoffs"])
+    assert sender_ids(leader) == []  # no transport was even offered
+    assert _snapshots(leader) == []
+
+
+def test_stopping_the_coordinator_cancels_its_transports_and_deletes_snapshots(
+    tmp_path: Path,
+) -> None:
+    leader = _single(tmp_path)
+    target = start(tmp_path, "t")
+    replace_receiver(target, ChunkLog(hold=True))
+    _ask(leader, target)
+    (transport_id,) = wait_until(lambda: sender_ids(leader))
+    wait_until(lambda: len(_snapshots(leader)) == 1)
+    sup_name = ("wa_raft_app_sup", leader.id)
+    assert otp.supervisor.terminate_child(sup_name, "wa_raft_snapshot_catchup") == "ok"
+    assert on(leader, transport.transport_info, transport_id, "status") == "cancelled"
+    wait_until(lambda: _snapshots(leader) == [])
+    # Requests made while it is down are dropped, not remembered.
+    _ask(leader, target)
+    assert otp.supervisor.restart_child(sup_name, "wa_raft_snapshot_catchup")[0] == "ok"
+    assert on(leader, snapshot_catchup.which_transports) == []

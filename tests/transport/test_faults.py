@@ -1,0 +1,165 @@
+"""Transfers that are cut off, idle transports, forgetting old records, and the cleanup of old
+transfer directories."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tests.partition.helpers import wait_until
+from tests.transport.helpers import (
+    ChunkCutter,
+    make_tree,
+    offer,
+    on,
+    read_tree,
+    receiver_ids,
+    set_app,
+    set_raft,
+    start,
+    wait_status,
+)
+from waraft import app, otp, transport
+
+SMALL_CHUNKS = {"dist_transport_chunk_size": 64, "dist_transport_max_inflight": 2}
+
+
+def test_a_transfer_cut_off_midway_fails_and_a_retry_completes(tmp_path: Path) -> None:
+    a = start(tmp_path, "a", raft=SMALL_CHUNKS)
+    b = start(tmp_path, "b", raft={**SMALL_CHUNKS, "transport_idle_timeout_secs": 0.3})
+    files = {"one": os.urandom(4096), "two/three": os.urandom(1000)}
+    src = make_tree(tmp_path / "src", files)
+    cutter = ChunkCutter(b.id, allow=5)
+    cutter.install()
+    first = on(a, transport.start_transfer, b.id, "test", 1, str(src))[1]
+    # The sender notices at once (the dropped chunk is never acknowledged) ...
+    wait_status(a, first, "failed")
+    assert on(a, transport.transport_info, first, "error")[2][0] == "send_failed"
+    assert cutter.dropped >= 1
+    # ... the receiver once the transport has been idle long enough.
+    wait_status(b, first, "timed_out")
+    received = on(b, transport.file_info, first, 1)
+    assert 0 < received["completed_bytes"] < received["total_bytes"]
+    cutter.heal()
+    second = on(a, transport.transfer, b.id, "test", 1, str(src), 10.0)[1]
+    assert second != first
+    wait_status(b, second, "completed")
+    root = on(b, transport.transport_info, second, "root")
+    assert read_tree(Path(root)) == files
+
+
+def test_a_receiver_killed_midway_is_restarted_and_a_retry_completes(tmp_path: Path) -> None:
+    """The chunk receiver dies with files open in a cut-off transfer; its supervisor restarts
+    it and the retried transfer completes."""
+    a = start(tmp_path, "a", raft={"dist_transport_chunk_size": 512})
+    b = start(tmp_path, "b")
+    files = {"f": os.urandom(64 * 1024)}
+    src = make_tree(tmp_path / "src", files)
+    cutter = ChunkCutter(b.id, allow=10)
+    cutter.install()
+    transport_id = on(a, transport.start_transfer, b.id, "test", 1, str(src))[1]
+    wait_status(a, transport_id, "failed")
+    with b.activate():
+        old = otp.whereis("wa_raft_dist_transport")
+        assert old is not None
+        otp.kill(old)
+        wait_until(lambda: (p := otp.whereis("wa_raft_dist_transport")) and p is not old)
+    cutter.heal()
+    retry = on(a, transport.transfer, b.id, "test", 1, str(src), 10.0)[1]
+    wait_status(b, retry, "completed")
+    assert read_tree(Path(on(b, transport.transport_info, retry, "root"))) == files
+
+
+def test_idle_transports_time_out_and_old_records_are_forgotten(tmp_path: Path) -> None:
+    b = start(
+        tmp_path,
+        "b",
+        raft={"transport_idle_timeout_secs": 0.2, "raft_transport_inactive_info_limit": 2},
+    )
+    for transport_id in (11, 12, 13):
+        assert offer(b, transport_id, [(1, "x", 5)]) == "ok"
+    # Nobody sends the data: the periodic scan times all three out, and keeps only the two
+    # newest finished records.
+    wait_until(lambda: receiver_ids(b) == [12, 13])
+    for transport_id in (12, 13):
+        assert on(b, transport.transport_info, transport_id, "status") == "timed_out"
+    assert on(b, transport.transfer_end_time, "12") is not None
+    assert on(b, transport.transfer_end_time, "11") is None
+    assert on(b, transport.transfer_end_time, "not-an-id") is None
+
+
+def test_a_running_transport_is_not_timed_out(tmp_path: Path) -> None:
+    b = start(tmp_path, "b", raft={"transport_idle_timeout_secs": 60})
+    assert offer(b, 21, [(1, "x", 5)]) == "ok"
+    assert on(b, transport.scan) == []
+    assert on(b, transport.transport_info, 21, "status") == "running"
+    assert on(b, transport.transfer_end_time, "21", "RUNNING") == "RUNNING"
+
+
+def _cleanup(node: otp.Node) -> list[str]:
+    removed: list[str] = otp.call(("raft_transport_cleanup_test_1", node.id), ("scan",))
+    return sorted(removed)
+
+
+def test_cleanup_removes_old_transfer_directories_but_never_running_ones(tmp_path: Path) -> None:
+    a = start(tmp_path, "a")
+    b = start(tmp_path, "b", raft={"transport_idle_timeout_secs": 60})
+    set_app(b, transport_retain_min_secs=100)
+    base = tmp_path / "b" / "test.1" / "transport"
+    # A finished transport, a running one, and two directories nobody knows about.
+    src = make_tree(tmp_path / "src", {"f": b"data"})
+    done = on(a, transport.transfer, b.id, "test", 1, str(src), 5.0)[1]
+    wait_status(b, done, "completed")
+    assert offer(b, 31, [(1, "x", 5)]) == "ok"
+    old = make_tree(base / "12345", {"stale": b"s"})
+    long_ago = time.time() - 1000
+    for path in (old / "stale", old):
+        os.utime(path, (long_ago, long_ago))
+    make_tree(base / "fresh-junk", {"f": b"f"})
+    # Only the long untouched unknown directory is old enough.
+    assert _cleanup(b) == ["12345"]
+    assert sorted(os.listdir(base)) == sorted([str(done), "31", "fresh-junk"])
+    set_app(b, transport_retain_min_secs=0)
+    assert _cleanup(b) == sorted([str(done), "fresh-junk"])
+    assert os.listdir(base) == ["31"]
+
+
+def test_the_node_wide_services_run_under_kernel_sup(tmp_path: Path) -> None:
+    a = start(tmp_path, "a")
+    with a.activate():
+        pid = otp.whereis(app.NAME)
+        assert pid is not None and app.ensure_started() is pid
+        kernel = [c[0] for c in otp.supervisor.which_children("kernel_sup")]
+        assert app.NAME in kernel
+        children = otp.supervisor.which_children(app.NAME)
+        assert [c[0] for c in children] == [
+            "wa_raft_transport",
+            "wa_raft_transport_sup",
+            "wa_raft_dist_transport",
+            "wa_raft_snapshot_catchup",
+        ]
+        for name in children:
+            assert otp.whereis(name[0]) is not None, name
+    # A node that only starts partitions gets them too (started by waraft.sup).
+    plain = otp.Node("plain@local")
+    with plain.activate():
+        from tests.partition.helpers import APP
+        from waraft import env, sup
+
+        env.set_env(APP, "raft_database", str(tmp_path / "plain"))
+        assert otp.supervisor.start_child("kernel_sup", sup.child_spec(APP, []))[0] == "ok"
+    wait_until(lambda: plain.registry.whereis("wa_raft_snapshot_catchup") is not None)
+
+
+def test_a_restarted_manager_keeps_the_records(tmp_path: Path) -> None:
+    b = start(tmp_path, "b")
+    assert offer(b, 41, [(1, "x", 5)]) == "ok"
+    with b.activate():
+        old = otp.whereis(transport.NAME)
+        assert old is not None
+        otp.kill(old)
+        wait_until(lambda: (p := otp.whereis(transport.NAME)) and p is not old)
+    assert on(b, transport.transport_info, 41, "status") == "running"
+    set_raft(b, raft_max_incoming_snapshot_transfers=1)
+    assert on(b, transport.may_accept, b.id, False) == ("error", "receiver_overloaded")

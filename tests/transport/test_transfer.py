@@ -1,0 +1,293 @@
+"""File transfers between two in-process nodes: content, chunking and the in-flight window,
+admission, path safety, cancellation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.partition.helpers import wait_until
+from tests.transport.helpers import (
+    ChunkLog,
+    make_tree,
+    offer,
+    on,
+    read_tree,
+    receiver_ids,
+    replace_receiver,
+    sample_tree,
+    set_raft,
+    snapshot_meta,
+    start,
+    wait_status,
+)
+from waraft import otp, transport
+
+
+def _pair(tmp_path: Path, **kw: object) -> tuple[otp.Node, otp.Node]:
+    return start(tmp_path, "a", **kw), start(tmp_path, "b", **kw)  # type: ignore[arg-type]
+
+
+def _received_root(node: otp.Node, transport_id: int) -> Path:
+    root = on(node, transport.transport_info, transport_id, "root")
+    assert root is not None
+    return Path(root)
+
+
+def test_a_directory_tree_arrives_intact_and_both_records_complete(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    files = sample_tree()
+    src = make_tree(tmp_path / "src", files)
+    result = on(a, transport.transfer, b.id, "test", 1, str(src), 10.0)
+    assert result[0] == "ok"
+    transport_id = result[1]
+    assert on(a, transport.transport_info, transport_id, "status") == "completed"
+    wait_status(b, transport_id, "completed")
+    dest = _received_root(b, transport_id)
+    assert dest == tmp_path / "b" / "test.1" / "transport" / str(transport_id)
+    assert read_tree(dest) == files
+    sent = on(a, transport.transport_info, transport_id)
+    got = on(b, transport.transport_info, transport_id)
+    assert (sent["type"], got["type"]) == ("sender", "receiver")
+    assert sent["total_files"] == got["total_files"] == got["completed_files"] == len(files)
+    assert got["peer"] == a.id and sent["peer"] == b.id
+    assert got["meta"] == {"type": "transfer", "table": "test", "partition": 1}
+    for file_id in range(1, len(files) + 1):
+        sent_file = on(a, transport.file_info, transport_id, file_id)
+        got_file = on(b, transport.file_info, transport_id, file_id)
+        assert sent_file["name"] == got_file["name"]
+        assert got_file["status"] == "completed"
+        assert (
+            got_file["completed_bytes"] == got_file["total_bytes"] == len(files[got_file["name"]])
+        )
+    assert on(b, transport.transfer_end_time, str(transport_id)) is not None
+
+
+def test_tiny_chunks_and_several_workers_still_reassemble_every_file(tmp_path: Path) -> None:
+    raft = {"dist_transport_chunk_size": 7, "dist_transport_max_inflight": 3}
+    a = start(tmp_path, "a", raft={**raft, "raft_transport_threads": 3})
+    b = start(tmp_path, "b", raft=raft)
+    files = {f"d{i % 3}/f{i}": os.urandom(100 + 37 * i) for i in range(9)}
+    src = make_tree(tmp_path / "src", files)
+    transport_id = on(a, transport.transfer, b.id, "test", 1, str(src), 20.0)[1]
+    wait_status(b, transport_id, "completed")
+    assert read_tree(_received_root(b, transport_id)) == files
+    workers = otp.supervisor.which_children(
+        (f"raft_transport_target_sup_{b.id}", a.id)  # the per-peer supervisor on the sender
+    )
+    assert len(workers) == 3
+
+
+def test_at_most_max_inflight_chunks_wait_for_an_acknowledgement(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path, raft={"dist_transport_chunk_size": 10, "dist_transport_max_inflight": 2})
+    log = ChunkLog(hold=True)
+    replace_receiver(b, log)
+    src = make_tree(tmp_path / "src", {"f": bytes(range(100))})  # 10 chunks
+    transport_id = on(a, transport.start_transfer, b.id, "test", 1, str(src))[1]
+    assert log.wait_chunks(2)
+    # The window is full: no third chunk until one is acknowledged.
+    assert not log.wait_chunks(3, timeout=0.3)
+    log.release(1)
+    assert log.wait_chunks(3)
+    assert not log.wait_chunks(4, timeout=0.2)
+    log.release_all()
+    wait_status(a, transport_id, "completed")
+    offsets = [offset for _, _, offset, _ in log.chunks]
+    assert offsets == list(range(0, 100, 10))
+    assert log.casts == [("complete", transport_id, 1)]
+
+
+def test_a_missing_acknowledgement_fails_the_transfer(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path, raft={"dist_transport_ack_timeout_ms": 200})
+    log = ChunkLog(hold=True)
+    replace_receiver(b, log)
+    src = make_tree(tmp_path / "src", {"f": b"x" * 10})
+    transport_id = on(a, transport.start_transfer, b.id, "test", 1, str(src))[1]
+    wait_status(a, transport_id, "failed")
+    error = on(a, transport.transport_info, transport_id, "error")
+    assert error == ("file", 1, ("send_timed_out", transport_id, 1))
+    assert log.casts == []  # never told the receiver the file was complete
+
+
+def test_incoming_snapshots_are_admitted_up_to_the_limits(tmp_path: Path) -> None:
+    b = start(
+        tmp_path,
+        "b",
+        raft={
+            "raft_max_incoming_snapshot_transfers": 2,
+            "raft_max_incoming_witness_snapshot_transfers": 1,
+        },
+    )
+    one_file = [(1, "data", 10)]
+    assert offer(b, 101, one_file, meta=snapshot_meta()) == "ok"
+    assert offer(b, 102, one_file, meta=snapshot_meta()) == "ok"
+    assert offer(b, 103, one_file, meta=snapshot_meta()) == ("error", "receiver_overloaded")
+    # Witness snapshots have their own budget.
+    assert offer(b, 104, one_file, meta=snapshot_meta(witness=True)) == "ok"
+    assert offer(b, 105, one_file, meta=snapshot_meta(witness=True)) == (
+        "error",
+        "receiver_overloaded",
+    )
+    assert on(b, transport.may_accept, b.id, False) == ("error", "receiver_overloaded")
+    assert on(b, transport.transport_info, 103) is None
+    # A finished transport frees its slot.
+    on(b, transport.cancel, 101, "test")
+    assert on(b, transport.may_accept, b.id, False) == "ok"
+    assert offer(b, 106, one_file, meta=snapshot_meta()) == "ok"
+    assert offer(b, 106, one_file, meta=snapshot_meta(witness=True)) == ("error", "duplicate")
+
+
+def test_the_sender_learns_the_receiver_is_overloaded(tmp_path: Path) -> None:
+    a = start(tmp_path, "a")
+    b = start(tmp_path, "b", raft={"raft_max_incoming_snapshot_transfers": 0})
+    src = make_tree(tmp_path / "src", {"data": b"d"})
+    result = on(a, transport.start_snapshot_transfer, b.id, "test", 1, (3, 1), str(src), False)
+    assert result == ("error", "receiver_overloaded")
+    (transport_id,) = on(a, transport.transports)
+    info = on(a, transport.transport_info, transport_id)
+    assert info["status"] == "failed"
+    assert info["error"] == ("rejected", "receiver_overloaded")
+    assert on(a, transport.may_accept, b.id, False) == ("error", "receiver_overloaded")
+    assert on(a, transport.may_accept, "nobody@nowhere", False) == ("error", "unsupported")
+
+
+class FullDisk:
+    """A provider whose admission hook reports a full disk (the default one checks free space)."""
+
+    @staticmethod
+    def transport_accept(meta: dict[str, object], incoming_bytes: int) -> object:
+        return ("error", "receiver_disk_full") if incoming_bytes > 0 else "ok"
+
+
+def test_the_provider_admission_hook_can_refuse_for_a_full_disk(tmp_path: Path) -> None:
+    a = start(tmp_path, "a")
+    b = start(tmp_path, "b", transport_module=f"{__name__}:FullDisk")
+    src = make_tree(tmp_path / "src", {"data": b"1234"})
+    assert on(a, transport.start_transfer, b.id, "test", 1, str(src)) == (
+        "error",
+        "receiver_disk_full",
+    )
+    assert receiver_ids(b) == []
+    # The default provider refuses only what cannot fit on the file system.
+    huge = 1 << 62
+    assert offer(a, 7, [(1, "x", huge)]) == ("error", "receiver_disk_full")
+    assert offer(a, 8, [(1, "x", 10)]) == "ok"
+
+
+@pytest.mark.parametrize(
+    "bad_name",
+    ["../x", "/etc/x", "a/../../x", "..", "", ".", "a/./../..", "x\x00y", "ok.txt"],
+)
+def test_an_unsafe_path_rejects_the_whole_transfer(tmp_path: Path, bad_name: str) -> None:
+    b = start(tmp_path, "b")
+    files = [(1, "ok.txt", 3), (2, "sub/fine", 3), (3, bad_name, 3)]  # "ok.txt" twice: a clash
+    assert offer(b, 4242, files) == ("error", "invalid_file_path")
+    assert on(b, transport.transport_info, 4242) is None
+    assert not (tmp_path / "b" / "test.1" / "transport" / "4242").exists()
+
+
+def test_a_symlink_escape_under_the_destination_rejects_the_transfer(tmp_path: Path) -> None:
+    b = start(tmp_path, "b")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "b" / "test.1" / "transport" / "77"
+    dest.mkdir(parents=True)
+    (dest / "link").symlink_to(outside)
+    (dest / "inner").symlink_to(dest / "sub", target_is_directory=True)
+    assert offer(b, 77, [(1, "fine", 1), (2, "link/x", 1)]) == ("error", "invalid_file_path")
+    assert offer(b, 77, [(1, "link", 1)]) == ("error", "invalid_file_path")
+    assert on(b, transport.transport_info, 77) is None
+    # A link that stays inside the destination is fine.
+    assert offer(b, 77, [(1, "inner/x", 1)]) == "ok"
+    assert list(outside.iterdir()) == []
+
+
+def test_normalised_relative_paths_are_accepted(tmp_path: Path) -> None:
+    root = str(tmp_path / "dest")
+    assert transport.safe_relative_path("a/../b", root) == os.path.join(root, "b")
+    assert transport.safe_relative_path("./a//b/", root) == os.path.join(root, "a", "b")
+    assert transport.safe_relative_path("../dest/x", root) is None
+
+
+def test_malformed_offers_are_refused(tmp_path: Path) -> None:
+    b = start(tmp_path, "b")
+    assert offer(b, 5, [(2, "x", 1)]) == ("error", "invalid_transport")  # IDs must be 1..n
+    assert offer(b, 5, [(1, "x", -1)]) == ("error", "invalid_transport")
+    assert offer(b, -5, []) == ("error", "invalid_transport")
+    assert offer(b, 5, [], meta={"type": "other"}) == ("error", "invalid_transport")
+    assert offer(b, 5, [], meta={"type": "transfer", "table": "test", "partition": 9}) == (
+        "error",
+        "unknown_partition",
+    )
+
+
+def test_an_empty_directory_completes_at_once(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    result = on(a, transport.transfer, b.id, "test", 1, str(src), 5.0)
+    assert on(a, transport.transport_info, result[1], "status") == "completed"
+    assert on(b, transport.transport_info, result[1], "status") == "completed"
+
+
+def test_symlinks_under_the_sender_root_are_not_followed(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"do not ship")
+    src = make_tree(tmp_path / "src", {"real": b"r"})
+    (src / "link").symlink_to(secret)
+    transport_id = on(a, transport.transfer, b.id, "test", 1, str(src), 5.0)[1]
+    wait_status(b, transport_id, "completed")
+    assert read_tree(_received_root(b, transport_id)) == {"real": b"r"}
+
+
+def test_a_cancelled_transfer_stops_sending(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path, raft={"dist_transport_chunk_size": 10, "dist_transport_max_inflight": 1})
+    log = ChunkLog(hold=True)
+    replace_receiver(b, log)
+    src = make_tree(tmp_path / "src", {"f": bytes(100)})
+    transport_id = on(a, transport.start_transfer, b.id, "test", 1, str(src))[1]
+    assert log.wait_chunks(1)
+    assert on(a, transport.cancel, transport_id, "enough") == "ok"
+    log.release_all()
+    wait_until(lambda: on(a, transport.file_info, transport_id, 1)["status"] != "sending")
+    assert len(log.chunks) <= 2
+    info = on(a, transport.transport_info, transport_id)
+    assert (info["status"], info["error"]) == ("cancelled", ("cancelled", "enough"))
+    assert on(a, transport.cancel, 99, "x") == ("error", "not_found")
+
+
+def test_starting_from_a_missing_directory_or_to_a_missing_node_fails(tmp_path: Path) -> None:
+    a = start(tmp_path, "a")
+    assert on(a, transport.start_transfer, a.id, "test", 1, str(tmp_path / "nope")) == (
+        "error",
+        "failed",
+    )
+    src = make_tree(tmp_path / "src", {"f": b"1"})
+    assert on(a, transport.start_transfer, "ghost@nowhere", "test", 1, str(src)) == (
+        "error",
+        "failed",
+    )
+    (transport_id,) = on(a, transport.transports)
+    assert on(a, transport.transport_info, transport_id, "error")[0] == "start"
+    set_raft(a, raft_transport_inactive_info_limit=0)
+    on(a, transport.scan)
+    assert on(a, transport.transports) == []
+
+
+def test_chunks_never_write_into_the_files_of_an_outgoing_transfer(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    replace_receiver(b, ChunkLog(hold=True))
+    src = make_tree(tmp_path / "src", {"f": b"original"})
+    transport_id = on(a, transport.start_transfer, b.id, "test", 1, str(src))[1]
+    # A peer naming the sender's own transport ID gets nothing written on the sender.
+    chunk = ("chunk", transport_id, 1, 0, b"EVIL")
+    assert otp.call(("wa_raft_dist_transport", a.id), chunk) == ("error", "not_running")
+    otp.cast(("wa_raft_dist_transport", a.id), ("complete", transport_id, 1))
+    assert otp.call(("wa_raft_dist_transport", a.id), ["chunk", [1], 1, 0, b""]) == (
+        "error",
+        "invalid_chunk",
+    )
+    assert (src / "f").read_bytes() == b"original"
