@@ -1,0 +1,133 @@
+"""waraft.client against in-process clusters (no sockets): routing, batching, redirects,
+retries, deadlines and close."""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.partition.helpers import cluster, leader_of, wait_until
+from waraft import otp
+from waraft.client import Client, partition_for, stable_hash
+
+_ids = itertools.count(1)
+
+
+def test_stable_hash_is_crc32_of_the_key_bytes() -> None:
+    assert stable_hash("user:1") == zlib.crc32(b"user:1")
+    assert stable_hash(b"user:1") == stable_hash("user:1")
+    assert stable_hash(("a", 1)) == stable_hash(("a", 1))
+    assert partition_for("user:1", 4) == zlib.crc32(b"user:1") % 4 + 1
+
+
+def test_keys_spread_over_every_partition() -> None:
+    seen = {partition_for(f"key{i}", 4) for i in range(200)}
+    assert seen == {1, 2, 3, 4}
+
+
+@pytest.fixture
+def client_node() -> Iterator[otp.Node]:
+    node = otp.Node(f"client{next(_ids)}@local")
+    yield node
+    node.stop()
+
+
+def _client(nodes: list[otp.Node], client_node: otp.Node, **kw: object) -> Client:
+    return Client(
+        [n.id for n in nodes],
+        table="test",
+        partitions=1,
+        node=client_node,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_partition_numbers_are_checked(tmp_path: Path, client_node: otp.Node) -> None:
+    c = Client(["x@local"], table="test", partitions=2, node=client_node, discover=False)
+    try:
+        assert c.partition_of(2) == 2
+        assert c.partition_of("k") in (1, 2)
+        with pytest.raises(ValueError):
+            c.partition_of(3)
+    finally:
+        c.close()
+
+
+def test_commits_and_reads_with_many_in_flight(tmp_path: Path, client_node: otp.Node) -> None:
+    with cluster(tmp_path) as nodes:
+        c = _client(nodes, client_node)
+        try:
+            futures = [c.commit_async(1, ("write", "test", f"k{i}", i)) for i in range(300)]
+            assert [f.result(10) for f in futures] == ["ok"] * 300
+            reads = [c.read_async(1, ("read", "test", f"k{i}")) for i in range(0, 300, 7)]
+            assert [f.result(10) for f in reads] == [("ok", i) for i in range(0, 300, 7)]
+            assert c.read(1, ("read", "test", "nope")) == "not_found"
+            stats = c.stats()
+            # Natural batching: far fewer frames than requests.
+            assert stats["batches"] < stats["requests"]
+            assert c.leader(1) == leader_of(nodes).id  # type: ignore[union-attr]
+        finally:
+            c.close()
+
+
+def test_a_follower_redirects_to_the_leader(tmp_path: Path, client_node: otp.Node) -> None:
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        follower = next(n for n in nodes if n is not leader)
+        c = _client([follower], client_node, discover=False)
+        try:
+            assert c.commit(1, ("write", "test", "a", 1)) == "ok"
+            assert c.stats()["redirects"] >= 1
+            assert c.leader(1) == leader.id  # type: ignore[union-attr]
+        finally:
+            c.close()
+
+
+def test_a_stopped_leader_is_replaced_and_requests_retried(
+    tmp_path: Path, client_node: otp.Node
+) -> None:
+    with cluster(tmp_path) as nodes:
+        c = _client(nodes, client_node, attempt_timeout=0.5, timeout=15.0)
+        try:
+            assert c.commit(1, ("write", "test", "before", 1)) == "ok"
+            old = leader_of(nodes)
+            assert old is not None
+            old.stop()
+            rest = [n for n in nodes if n is not old]
+            futures = [c.commit_async(1, ("write", "test", f"after{i}", i)) for i in range(20)]
+            assert [f.result(20) for f in futures] == ["ok"] * 20
+            new = wait_until(lambda: leader_of(rest))
+            assert c.leader(1) == new.id
+            assert c.read(1, ("read", "test", "before")) == ("ok", 1)
+        finally:
+            c.close()
+
+
+def test_requests_to_nowhere_time_out(client_node: otp.Node) -> None:
+    c = Client(
+        ["ghost@local"],
+        table="test",
+        partitions=1,
+        node=client_node,
+        discover=False,
+        attempt_timeout=0.2,
+        timeout=0.6,
+    )
+    try:
+        assert c.commit(1, ("write", "test", "k", 1)) == ("error", "timeout")
+        assert c.read(1, ("read", "test", "k"), timeout=0.3) == ("error", "timeout")
+    finally:
+        c.close()
+
+
+def test_close_answers_open_requests(client_node: otp.Node) -> None:
+    c = Client(["ghost@local"], table="test", partitions=1, node=client_node, discover=False)
+    future = c.commit_async(1, ("write", "test", "k", 1))
+    c.close()
+    assert future.result(5) == ("error", "closed")
+    assert c.commit_async(1, ("write", "test", "k", 2)).result(5) == ("error", "closed")
+    c.close()  # idempotent

@@ -1,0 +1,699 @@
+"""A client library for services outside the cluster (``waraft.client.Client``).
+
+The client is a small node of its own: it starts ``waraft.dist`` on an ephemeral port (or reuses
+the distribution this process already runs) and talks to the partitions' acceptors through the
+acceptor's client gateway (``waraft.acceptor``: one ``client_batch`` cast in, one
+``client_reply`` cast out per batch)::
+
+    with Client(["n1@10.0.0.1:7001", "n2@10.0.0.2:7001"], table="kv", partitions=4) as c:
+        c.commit("user:42", ("write", "kv", "user:42", b"..."))   # -> "ok"
+        c.read("user:42", ("read", "kv", "user:42"))             # -> ("ok", b"...")
+        futures = [c.commit_async(k, ("write", "kv", k, 1)) for k in keys]
+
+Results are what the acceptor API returns: the storage's answer (``"ok"``, ``("ok", value)``,
+``"not_found"``) or ``("error", reason)``; the client adds ``("error", "timeout")`` when a
+request's deadline passes and ``("error", "closed")`` when the client is closed. Futures
+(``concurrent.futures.Future``) always complete with such a value, never with an exception.
+
+**Routing.** ``partition_or_key`` is a partition number (an ``int``) or a key, routed with
+``partition_for(key, partitions) = stable_hash(key) % partitions + 1`` where ``stable_hash`` is
+CRC-32 of the key's bytes (UTF-8 for ``str``, the bytes themselves for ``bytes``, the msgpack
+encoding otherwise): the same on every machine and Python version (unlike ``hash()``).
+
+**Batching.** Requests go to a queue served by one sender thread. Each time it wakes it takes
+everything queued and sends, per destination acceptor, ONE frame with all of that partition's
+requests of a kind (up to ``max_batch`` items). While a frame is being encoded and sent, new
+requests accumulate and go in the next frame: natural batching, no fixed delay.
+
+**Leaders.** The client caches a leader per partition. Unknown leaders are found by asking a
+node's ``waraft_admin`` process (``waraft node`` registers it) in the background, and by the
+gateway itself: a reply carrying an error names the leader that node knows of, so a request
+sent to a follower is redirected in one hop. ``not_leader`` and ``("notify_redirect", node)``
+(a handover in progress) are retried at the new leader; ``commit_queue_full``,
+``apply_queue_full`` and ``read_queue_full`` are retried with exponential backoff; a node that
+does not answer a batch within ``attempt_timeout`` (or whose frame cannot be queued because it
+is down) is avoided for a while and the batch is retried elsewhere. Retries stop at the
+request's deadline (``timeout``) or after ``max_retries``.
+
+**Delivery guarantee.** A commit that was rejected (``not_leader`` from a follower, a full
+queue) was never appended, so retrying it is safe. A commit whose attempt timed out, or whose
+leader lost leadership after appending it, may or may not have been applied: the client retries
+it, so commits are *at least once* in those cases (as with any Raft client without session
+deduplication; WARaft's keys are opaque, not deduplicated). Idempotent commands (writes of a
+value, deletes) are unaffected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Final
+
+from waraft import codec, make_ref, otp
+
+logger = logging.getLogger(__name__)
+
+ADMIN_NAME: Final = "waraft_admin"
+"""The node admin process ``waraft node`` registers (see ``waraft.cli.admin``)."""
+
+DEFAULT_TIMEOUT: Final = 10.0
+DEFAULT_ATTEMPT_TIMEOUT: Final = 3.0
+DEFAULT_MAX_BATCH: Final = 1000
+DEFAULT_MAX_RETRIES: Final = 100
+SUSPECT_FOR: Final = 1.0
+"""Seconds a node that failed an attempt is avoided (unless every node is suspect)."""
+TICK: Final = 0.05
+"""How often (seconds) in-flight batches are checked for expiry."""
+
+_OVERLOAD: Final = frozenset({"commit_queue_full", "apply_queue_full", "read_queue_full"})
+CLOSED: Final = ("error", "closed")
+TIMEOUT: Final = ("error", "timeout")
+UNREACHABLE: Final = ("error", "unreachable")
+
+
+def stable_hash(key: Any) -> int:
+    """CRC-32 of the key's bytes (UTF-8 for str, raw for bytes, msgpack otherwise)."""
+    if isinstance(key, str):
+        data = key.encode()
+    elif isinstance(key, (bytes, bytearray, memoryview)):
+        data = bytes(key)
+    else:
+        data = codec.packb(key)
+    return zlib.crc32(data)
+
+
+def partition_for(key: Any, partitions: int) -> int:
+    """``stable_hash(key) % partitions + 1``: the partition (1-based) that owns ``key``."""
+    return stable_hash(key) % partitions + 1
+
+
+def local_address_for(node_id: str) -> str:
+    """This machine's address as seen on the route to ``node_id`` (no packet is sent)."""
+    from waraft.dist import parse
+
+    host = parse(node_id).host.strip("[]")
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return "127.0.0.1" if host != "::1" else "[::1]"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((host, 9))
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+    return f"[{address}]" if family == socket.AF_INET6 else address
+
+
+def _is_error(result: Any) -> bool:
+    return type(result) is tuple and len(result) == 2 and result[0] == "error"
+
+
+class _Request:
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "future",
+        "item",
+        "kind",
+        "last_error",
+        "partition",
+        "priority",
+    )
+
+    def __init__(
+        self, partition: int, kind: str, item: Any, priority: str, deadline: float
+    ) -> None:
+        self.partition = partition
+        self.kind = kind
+        self.item = item
+        self.priority = priority
+        self.deadline = deadline
+        self.future: Future[Any] = Future()
+        self.attempts = 0
+        self.last_error: Any = None
+
+
+class _Batch:
+    __slots__ = ("expires", "node", "partition", "requests")
+
+    def __init__(self, node: str, partition: int, requests: list[_Request], expires: float) -> None:
+        self.node = node
+        self.partition = partition
+        self.requests = requests
+        self.expires = expires
+
+
+class _Receiver(otp.Process):
+    """Gets ``("client_reply", batch_id, results, leader_hint)`` casts for its client."""
+
+    def init(self, client: Client) -> None:
+        self.client = client
+
+    def handle_cast(self, msg: Any) -> None:
+        if type(msg) is tuple and len(msg) == 4 and msg[0] == "client_reply":
+            _, batch_id, results, hint = msg
+            if isinstance(batch_id, int) and isinstance(results, (tuple, list)):
+                self.client._on_reply(batch_id, results, hint if isinstance(hint, str) else None)
+                return
+        logger.debug("client receiver dropped %r", msg)
+
+
+class Client:
+    """A connection to a waraft cluster for one table (see the module docstring).
+
+    ``nodes``: node ids to talk to (any subset of the cluster works; leaders anywhere in it
+    are followed). ``partitions``: how many partitions the table has (1..N). ``timeout``: the
+    default deadline of a request, seconds. ``node``: run in-process on this ``otp.Node``
+    instead of over ``waraft.dist`` (tests). ``host``: the address this client's node listens
+    on (default: the local address on the route to the first node). ``dist_options``: extra
+    keyword arguments for ``waraft.dist.start``.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[str],
+        table: str = "kv",
+        partitions: int = 4,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        priority: str = "high",
+        host: str | None = None,
+        node: otp.Node | None = None,
+        dist_options: dict[str, Any] | None = None,
+        discover: bool = True,
+    ) -> None:
+        if not nodes:
+            raise ValueError("a client needs at least one node id")
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        if priority not in ("high", "low"):
+            raise ValueError("priority must be 'high' or 'low'")
+        self.nodes = list(dict.fromkeys(nodes))
+        self.table = table
+        self.partitions = partitions
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.max_batch = max(1, max_batch)
+        self.max_retries = max_retries
+        self.priority = priority
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._ready: list[_Request] = []
+        self._delayed: list[tuple[float, int, _Request]] = []
+        self._inflight: dict[int, _Batch] = {}
+        self._leaders: dict[int, str] = {}
+        self._suspect: dict[str, float] = {}
+        self._rr = itertools.count()
+        self._seq = itertools.count()
+        self._batch_ids = itertools.count(1)
+        self._closed = False
+        self._counters: dict[str, int] = dict.fromkeys(
+            (
+                "requests",
+                "batches",
+                "items_sent",
+                "replies",
+                "retries",
+                "redirects",
+                "attempt_timeouts",
+                "send_failures",
+                "timeouts",
+            ),
+            0,
+        )
+        self._owns_dist = False
+        self._remote = node is None
+        self._node = node if node is not None else self._start_dist(host, dist_options or {})
+        name = f"waraft_client_{os.getpid()}_{id(self):x}"
+        self._receiver = otp.start(_Receiver, self, name=name, node=self._node)
+        self.reply_addr = (name, self._node.id)
+        self._sender = threading.Thread(target=self._run, name="waraft-client-sender", daemon=True)
+        self._sender.start()
+        if discover:
+            threading.Thread(
+                target=self._discover_quietly, name="waraft-client-discover", daemon=True
+            ).start()
+
+    def _start_dist(self, host: str | None, options: dict[str, Any]) -> otp.Node:
+        from waraft import dist
+
+        if not dist.is_started():
+            host = host or local_address_for(self.nodes[0])
+            dist.start(f"client{os.getpid()}x{random.randrange(1 << 30):x}@{host}:0", **options)
+            self._owns_dist = True
+        return otp.node.default()
+
+    # -- public API ------------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        """This client's node id."""
+        return self._node.id
+
+    def partition_of(self, partition_or_key: Any) -> int:
+        """The partition a request for ``partition_or_key`` goes to."""
+        if isinstance(partition_or_key, int) and not isinstance(partition_or_key, bool):
+            if not 1 <= partition_or_key <= self.partitions:
+                raise ValueError(
+                    f"partition {partition_or_key} is not in 1..{self.partitions} "
+                    "(to route an int key, use partition_for(key, partitions))"
+                )
+            return partition_or_key
+        return partition_for(partition_or_key, self.partitions)
+
+    def commit_async(
+        self,
+        partition_or_key: Any,
+        command: Any,
+        *,
+        timeout: float | None = None,
+        priority: str | None = None,
+    ) -> Future[Any]:
+        """Replicate ``command``; the future completes with storage's result of applying it."""
+        if command is None:
+            raise ValueError("a command must not be None")
+        return self._submit(
+            self.partition_of(partition_or_key),
+            "commit",
+            (make_ref(), command),
+            priority or self.priority,
+            timeout,
+        )
+
+    def read_async(
+        self, partition_or_key: Any, command: Any, *, timeout: float | None = None
+    ) -> Future[Any]:
+        """A strong (linearizable) read served by the partition's leader."""
+        return self._submit(self.partition_of(partition_or_key), "read", command, "high", timeout)
+
+    def commit(
+        self,
+        partition_or_key: Any,
+        command: Any,
+        *,
+        timeout: float | None = None,
+        priority: str | None = None,
+    ) -> Any:
+        """``commit_async(...)`` and wait for the result."""
+        future = self.commit_async(partition_or_key, command, timeout=timeout, priority=priority)
+        return self._wait(future, timeout)
+
+    def read(self, partition_or_key: Any, command: Any, *, timeout: float | None = None) -> Any:
+        """``read_async(...)`` and wait for the result."""
+        return self._wait(self.read_async(partition_or_key, command, timeout=timeout), timeout)
+
+    def commit_many(
+        self, requests: Iterable[tuple[Any, Any]], *, timeout: float | None = None
+    ) -> list[Future[Any]]:
+        """Submit many ``(partition_or_key, command)`` commits at once (one queue operation)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        batch = [
+            _Request(self.partition_of(pk), "commit", (make_ref(), cmd), self.priority, deadline)
+            for pk, cmd in requests
+        ]
+        self._enqueue(batch)
+        return [r.future for r in batch]
+
+    def leader(self, partition: int) -> str | None:
+        """The cached leader of ``partition`` (None when unknown)."""
+        return self._leaders.get(partition)
+
+    def leaders(self) -> dict[int, str]:
+        """Every cached leader."""
+        with self._lock:
+            return dict(self._leaders)
+
+    def refresh_leaders(self, timeout: float = 2.0) -> dict[int, str]:
+        """Ask the nodes who leads each partition (their ``waraft_admin``, else their servers'
+        status) and update the cache; returns what was learnt."""
+        learnt: dict[int, str] = {}
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or len(learnt) == self.partitions:
+                break
+            learnt.update(self._ask_leaders(node, min(remaining, 1.0)))
+        with self._lock:
+            self._leaders.update(learnt)
+        return learnt
+
+    def stats(self) -> dict[str, int]:
+        """Counters: requests, batches, items_sent, replies, retries, redirects,
+        attempt_timeouts, send_failures, timeouts, plus inflight and queued now."""
+        with self._lock:
+            out = dict(self._counters)
+            out["inflight_batches"] = len(self._inflight)
+            out["queued"] = len(self._ready) + len(self._delayed)
+        return out
+
+    def close(self) -> None:
+        """Stop the sender, answer every open request ``("error", "closed")`` and stop this
+        client's node (and ``waraft.dist`` if the client started it). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._ready) + [item[2] for item in self._delayed]
+            for batch in self._inflight.values():
+                pending.extend(batch.requests)
+            self._ready, self._delayed, self._inflight = [], [], {}
+            self._wake.notify_all()
+        self._sender.join(5.0)
+        for request in pending:
+            self._finish(request, CLOSED)
+        with contextlib.suppress(Exception):
+            otp.stop(self._receiver, "normal", 5.0)
+        if self._owns_dist:
+            from waraft import dist
+
+            dist.stop()
+            self._node.stop(timeout=2.0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- submission ------------------------------------------------------------------------------
+
+    def _submit(
+        self, partition: int, kind: str, item: Any, priority: str, timeout: float | None
+    ) -> Future[Any]:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        request = _Request(partition, kind, item, priority, deadline)
+        self._enqueue([request])
+        return request.future
+
+    def _enqueue(self, requests: list[_Request]) -> None:
+        with self._lock:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                self._counters["requests"] += len(requests)
+                was_idle = not self._ready
+                self._ready.extend(requests)
+                if was_idle:
+                    self._wake.notify()
+        if closed:
+            for request in requests:
+                self._finish(request, CLOSED)
+
+    def _wait(self, future: Future[Any], timeout: float | None) -> Any:
+        # The sender enforces the deadline; the margin only guards against a stuck sender.
+        limit = (self.timeout if timeout is None else timeout) + 5.0
+        try:
+            return future.result(limit)
+        except FutureTimeout:
+            return TIMEOUT
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[key] += n
+
+    @staticmethod
+    def _finish(request: _Request, result: Any) -> None:
+        future = request.future
+        if not future.done():
+            with contextlib.suppress(Exception):  # cancelled or completed meanwhile
+                future.set_result(result)
+
+    # -- the sender thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with self._node.activate():
+            try:
+                self._loop()
+            except Exception:
+                logger.exception("client sender crashed")
+
+    def _loop(self) -> None:
+        next_scan = time.monotonic() + TICK
+        while True:
+            with self._lock:
+                while not self._closed and not self._ready and not self._due(time.monotonic()):
+                    self._wake.wait(self._sleep_for(next_scan))
+                    if time.monotonic() >= next_scan:
+                        break
+                if self._closed:
+                    return
+                now = time.monotonic()
+                ready, self._ready = self._ready, []
+                while self._delayed and self._delayed[0][0] <= now:
+                    ready.append(heapq.heappop(self._delayed)[2])
+                expired: list[_Batch] = []
+                late: list[_Request] = []
+                if now >= next_scan:
+                    next_scan = now + TICK
+                    expired, late = self._scan(now)
+            if late:
+                self._count("timeouts", len(late))
+            for request in late:
+                self._finish(request, request.last_error or TIMEOUT)
+            if expired:
+                self._count("attempt_timeouts", len(expired))
+            for batch in expired:
+                logger.info("no answer from %s for partition %s", batch.node, batch.partition)
+                self._node_failed(batch.node, batch.requests, now)
+            if ready:
+                self._dispatch(ready, now)
+
+    def _due(self, now: float) -> bool:
+        return bool(self._delayed) and self._delayed[0][0] <= now
+
+    def _sleep_for(self, next_scan: float) -> float | None:
+        if not self._inflight and not self._delayed:
+            return None  # idle: wait for a request
+        wake = next_scan
+        if self._delayed:
+            wake = min(wake, self._delayed[0][0])
+        return max(0.0, wake - time.monotonic())
+
+    def _scan(self, now: float) -> tuple[list[_Batch], list[_Request]]:
+        """Under the lock: batches past their attempt deadline (removed) and requests past
+        their own deadline (still in flight, answered now)."""
+        expired = [bid for bid, batch in self._inflight.items() if batch.expires <= now]
+        batches = [self._inflight.pop(bid) for bid in expired]
+        late = [
+            request
+            for batch in self._inflight.values()
+            for request in batch.requests
+            if request.deadline <= now and not request.future.done()
+        ]
+        return batches, late
+
+    def _dispatch(self, ready: list[_Request], now: float) -> None:
+        groups: dict[tuple[int, str, str], list[_Request]] = {}
+        for request in ready:
+            if request.future.done():
+                continue
+            if request.deadline <= now:
+                self._count("timeouts")
+                self._finish(request, request.last_error or TIMEOUT)
+                continue
+            key = (request.partition, request.kind, request.priority)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [request]
+            else:
+                group.append(request)
+        for (partition, kind, priority), requests in groups.items():
+            node = self._target(partition, now)
+            address = (f"raft_acceptor_{self.table}_{partition}", node)
+            for start in range(0, len(requests), self.max_batch):
+                chunk = requests[start : start + self.max_batch]
+                self._send(address, partition, kind, priority, chunk, now)
+
+    def _send(
+        self,
+        address: tuple[str, str],
+        partition: int,
+        kind: str,
+        priority: str,
+        chunk: list[_Request],
+        now: float,
+    ) -> None:
+        batch_id = next(self._batch_ids)
+        expires = min(now + self.attempt_timeout, max(r.deadline for r in chunk))
+        with self._lock:
+            self._inflight[batch_id] = _Batch(address[1], partition, chunk, expires)
+            self._counters["batches"] += 1
+            self._counters["items_sent"] += len(chunk)
+        msg = ("client_batch", self.reply_addr, batch_id, kind, [r.item for r in chunk], priority)
+        if self._cast(address, msg):
+            return
+        with self._lock:
+            lost = self._inflight.pop(batch_id, None)
+            self._counters["send_failures"] += 1
+        if lost is not None:
+            self._node_failed(address[1], chunk, now)
+
+    def _cast(self, address: tuple[str, str], msg: Any) -> bool:
+        if not self._remote:
+            otp.cast(address, msg)
+            return True
+        from waraft import dist
+
+        try:
+            return dist.cast(address, msg)
+        except RuntimeError:  # distribution stopped under us
+            return False
+
+    # -- leaders and nodes -----------------------------------------------------------------------
+
+    def _target(self, partition: int, now: float) -> str:
+        leader = self._leaders.get(partition)
+        if leader is not None and self._suspect.get(leader, 0.0) <= now:
+            return leader
+        healthy = [n for n in self.nodes if self._suspect.get(n, 0.0) <= now]
+        pool = healthy or self.nodes
+        return pool[next(self._rr) % len(pool)]
+
+    def _set_leader(self, partition: int, node: str | None) -> None:
+        with self._lock:
+            if node is None:
+                self._leaders.pop(partition, None)
+            else:
+                self._leaders[partition] = node
+                if node not in self.nodes:
+                    self.nodes.append(node)  # a member we were not told about
+
+    def _node_failed(self, node: str, requests: list[_Request], now: float) -> None:
+        with self._lock:
+            self._suspect[node] = now + SUSPECT_FOR
+            for partition, leader in list(self._leaders.items()):
+                if leader == node:
+                    del self._leaders[partition]
+        for request in requests:
+            self._retry(request, UNREACHABLE, self._backoff(request))
+
+    def _on_reply(self, batch_id: int, results: Sequence[Any], hint: str | None) -> None:
+        """A ``client_reply`` arrived (the receiver's thread)."""
+        with self._lock:
+            batch = self._inflight.pop(batch_id, None)
+            if batch is None:
+                return  # expired and retried already
+            self._counters["replies"] += 1
+            self._suspect.pop(batch.node, None)
+        requests = batch.requests
+        if len(results) != len(requests):
+            logger.error("a reply for %d requests had %d results", len(requests), len(results))
+            for request in requests:
+                self._retry(request, ("error", "bad_reply"), self._backoff(request))
+            return
+        for request, result in zip(requests, results, strict=True):
+            if _is_error(result):
+                self._on_error(request, result, batch, hint)
+            else:
+                self._finish(request, result)
+        if self._leaders.get(batch.partition) is None and not all(map(_is_error, results)):
+            self._set_leader(batch.partition, batch.node)
+
+    def _on_error(self, request: _Request, result: Any, batch: _Batch, hint: str | None) -> None:
+        reason = result[1]
+        if reason == "not_leader":
+            new = hint if hint is not None and hint != batch.node else None
+            if self._leaders.get(batch.partition) in (batch.node, None) or new is not None:
+                self._set_leader(batch.partition, new)
+            self._count("redirects")
+            delay = 0.0 if new is not None and request.attempts < 3 else self._backoff(request)
+            self._retry(request, result, delay)
+        elif type(reason) is tuple and len(reason) == 2 and reason[0] == "notify_redirect":
+            if isinstance(reason[1], str):
+                self._set_leader(batch.partition, reason[1])
+            self._count("redirects")
+            self._retry(request, result, 0.01)
+        elif reason in _OVERLOAD:
+            self._retry(request, result, self._backoff(request))
+        else:
+            self._finish(request, result)
+
+    @staticmethod
+    def _backoff(request: _Request) -> float:
+        base = min(0.5, 0.01 * (2 ** min(request.attempts, 6)))
+        return base * (0.5 + random.random() / 2)
+
+    def _retry(self, request: _Request, error: Any, delay: float) -> None:
+        request.attempts += 1
+        request.last_error = error
+        if request.future.done():
+            return
+        now = time.monotonic()
+        if request.attempts > self.max_retries or now + delay >= request.deadline:
+            self._finish(request, error if error is not UNREACHABLE else TIMEOUT)
+            return
+        with self._lock:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                self._counters["retries"] += 1
+                if delay <= 0:
+                    self._ready.append(request)
+                else:
+                    heapq.heappush(self._delayed, (now + delay, next(self._seq), request))
+                self._wake.notify()
+        if closed:
+            self._finish(request, CLOSED)
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    def _discover_quietly(self) -> None:
+        with self._node.activate():
+            try:
+                self.refresh_leaders()
+            except Exception:
+                logger.debug("leader discovery failed", exc_info=True)
+
+    def _ask_leaders(self, node: str, timeout: float) -> dict[int, str]:
+        try:
+            answer = otp.call((ADMIN_NAME, node), ("leaders", self.table), timeout)
+        except otp.ExitError:
+            answer = None
+        except Exception:  # e.g. an encoding problem: fall back to the servers
+            answer = None
+        if isinstance(answer, dict):
+            return {
+                int(p): str(leader)
+                for p, leader in answer.items()
+                if isinstance(p, int) and isinstance(leader, str) and 1 <= p <= self.partitions
+            }
+        from waraft import server
+
+        learnt: dict[int, str] = {}
+        for partition in range(1, self.partitions + 1):
+            try:
+                status = server.status((f"raft_server_{self.table}_{partition}", node), timeout)
+            except otp.ExitError:
+                continue
+            leader = status.get("leader_id")
+            if isinstance(leader, str):
+                learnt[partition] = leader
+        return learnt
+
+
+__all__ = [
+    "ADMIN_NAME",
+    "CLOSED",
+    "TIMEOUT",
+    "UNREACHABLE",
+    "Client",
+    "local_address_for",
+    "partition_for",
+    "stable_hash",
+]
