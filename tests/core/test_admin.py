@@ -159,6 +159,22 @@ def test_stalled_accepts_any_snapshot_when_empty_and_stays_on_failure() -> None:
     assert node.state is State.STALLED
 
 
+def test_stalled_replica_accepts_a_snapshot_at_its_own_applied_index() -> None:
+    """CORE-2: a re-enabled replica must accept the leader's snapshot at the same position."""
+    node = make_node(2, base=LogPos(10, 2), term=3)
+    node.handle(Disable("op", "testing"))
+    node.handle(Enable("op"))
+    assert node.state is State.STALLED and node.core.last_applied == 10
+    fx = node.handle(SnapshotAvailable("op", "/in/2", LogPos(10, 2)))
+    assert fx == [InstallSnapshot("op", "transfer", LogPos(10, 2), root="/in/2")]
+    open_snapshot(node, fx[0], config=(10, node.core.current_config()))
+    assert node.state is State.FOLLOWER
+    assert node.handle(Disable("op", "again")) and node.handle(Enable("op"))
+    assert node.handle(SnapshotAvailable("op", "/old", LogPos(9, 2))) == [
+        Reply("op", ("error", "rejected"))
+    ]
+
+
 def test_stalled_rejects_heartbeats_with_zero_match() -> None:
     node = fresh(2)
     fx = node.rpc(N1, AppendEntries(5, 2, [], 5, 0), term=2, now=77)

@@ -194,11 +194,15 @@ def snapshot_available(core: RaftCore, event: SnapshotAvailable) -> None:
 
 
 def install_transfer(core: RaftCore, event: SnapshotAvailable) -> None:
-    """In ``stalled``: load a transferred snapshot newer than what we applied."""
+    """In ``stalled``: load a transferred snapshot at or past what we applied.
+
+    Deviation from WARaft (CORE-2), which wants a strictly newer index: a stalled replica does
+    not trust its own data, and a leader that needs this replica to commit cannot move its
+    snapshot past the position the replica already has (a re-enabled replica would then stay
+    stalled for ever). Reloading the committed state at the same index loses nothing.
+    """
     position = event.position
-    if core.pending_install is not None or not (
-        position.index > core.last_applied or core.last_applied == 0
-    ):
+    if core.pending_install is not None or position.index < core.last_applied:
         core.reply(event.from_, error("rejected"))
         return
     core.pending_install = ("transfer", position, None)
