@@ -336,6 +336,8 @@ class Nemesis:
             return
         if self.removed and (self.rng.random() < 0.6 or len(self._members()) <= 3):
             node_id = self.removed[0]
+            if not self._config_stays_live(add=node_id):
+                return
             verb = "add_witness" if node_id in sim.witnesses else "add"
             action = (verb, sim.identity(node_id))
             handle = sim.call(leader, lambda h: AdjustConfig(h, action), "adjust_config")
@@ -343,10 +345,22 @@ class Nemesis:
             self._note(f"adjust {verb} {node_id} via {leader}")
         elif len(self._members()) > 3:
             node_id = self.rng.choice([n for n in self._members() if n != leader])
+            if not self._config_stays_live(remove=node_id):
+                return
             action = ("remove", sim.identity(node_id))
             handle = sim.call(leader, lambda h: AdjustConfig(h, action), "adjust_config")
             self._track_config(handle, lambda: self.removed.append(node_id))
             self._note(f"adjust remove {node_id} via {leader}")
+
+    def _config_stays_live(self, add: str | None = None, remove: str | None = None) -> bool:
+        """Would every config in use, changed so, keep a majority of healthy voters? (A stalled
+        replica does not vote and only a leader can bring it back.)"""
+        for members in self._member_sets():
+            changed = {m for m in members if m != remove} | ({add} if add else set())
+            healthy = [m for m in changed if not self._impaired(m)]
+            if len(healthy) < len(changed) // 2 + 1:
+                return False
+        return True
 
     def _track_config(self, handle: Any, on_ok: Callable[[], None]) -> None:
         # the change takes effect once appended: the ("ok", pos) reply says it was
