@@ -73,33 +73,43 @@ def _header(n: int, kind: Kind) -> bytes:
     return bytes((_FIXARRAY | n, VERSION, int(kind)))
 
 
-_prefixes: dict[tuple[Kind, str], bytes] = {}
+# Per kind, registered name -> the encoded ``[version, kind, name`` prefix. Plain dicts keyed
+# by str: hashing an IntEnum member would run Python code on every send.
+_CAST_PREFIXES: dict[str, bytes] = {}
+_INFO_PREFIXES: dict[str, bytes] = {}
+_CALL_PREFIXES: dict[str, bytes] = {}
 
 
-def _named_prefix(kind: Kind, n: int, name: str) -> bytes:
-    key = (kind, name)
-    prefix = _prefixes.get(key)
-    if prefix is None:
-        prefix = _header(n, kind) + codec.packb(name)
-        if len(_prefixes) >= _MAX_PREFIX_CACHE:
-            _prefixes.clear()  # names are registered names, so this almost never happens
-        _prefixes[key] = prefix
+def _prefix(cache: dict[str, bytes], kind: Kind, n: int, name: str) -> bytes:
+    prefix = _header(n, kind) + codec.packb(name)
+    if len(cache) >= _MAX_PREFIX_CACHE:
+        cache.clear()  # names are registered names, so this almost never happens
+    cache[name] = prefix
     return prefix
 
 
 def cast_frame(name: str, payload: bytes) -> bytes:
     """A CAST frame for the registered ``name``; ``payload`` is one msgpack-encoded object."""
-    return _named_prefix(Kind.CAST, 4, name) + payload
+    prefix = _CAST_PREFIXES.get(name)
+    if prefix is None:
+        prefix = _prefix(_CAST_PREFIXES, Kind.CAST, 4, name)
+    return prefix + payload
 
 
 def info_frame(name: str, payload: bytes) -> bytes:
     """An INFO frame (delivered to ``handle_info``); ``payload`` as for :func:`cast_frame`."""
-    return _named_prefix(Kind.INFO, 4, name) + payload
+    prefix = _INFO_PREFIXES.get(name)
+    if prefix is None:
+        prefix = _prefix(_INFO_PREFIXES, Kind.INFO, 4, name)
+    return prefix + payload
 
 
 def call_frame(name: str, ref: int, payload: bytes) -> bytes:
     """A CALL frame; the answer comes back as REPLY or FAIL with the same ``ref``."""
-    return _named_prefix(Kind.CALL, 5, name) + codec.packb(ref) + payload
+    prefix = _CALL_PREFIXES.get(name)
+    if prefix is None:
+        prefix = _prefix(_CALL_PREFIXES, Kind.CALL, 5, name)
+    return prefix + codec.packb(ref) + payload
 
 
 _REPLY_HEADER: Final = _header(4, Kind.REPLY)

@@ -78,6 +78,7 @@ class PeerTable:
 
     def __init__(self, on_change: StateListener) -> None:
         self._peers: dict[str, Peer] = {}
+        self.by_id = self._peers  # read-only for others: lookups take no lock
         self._lock = threading.Lock()
         self._on_change = on_change
 

@@ -102,6 +102,7 @@ class Dist:
         self.curve = curve
         self.counters = Counters()
         self.peers = PeerTable(self._on_peer_change)
+        self._peer_map = self.peers.by_id  # read-only alias for the lock-free hot path
         self._pending: dict[int, PendingCall] = {}
         self._refs = itertools.count(1)
         self._fault_in: frozenset[str] = frozenset()
@@ -172,11 +173,13 @@ class Dist:
     def transmit(self, node_id: str, frame: bytes) -> bool:
         """Queue ``frame`` for ``node_id`` if the peer is not down, not cut off by a fault
         and the frame is within the size limit; count the reason otherwise."""
-        try:
-            peer = self.peers.get(node_id)
-        except nodeid.NodeIdError:
-            self.counters.incr("tx_bad_address")
-            return False
+        peer = self._peer_map.get(node_id)
+        if peer is None:
+            try:
+                peer = self.peers.get(node_id)
+            except nodeid.NodeIdError:
+                self.counters.incr("tx_bad_address")
+                return False
         return self.transmit_to(peer, frame)
 
     def transmit_to(self, peer: Peer, frame: bytes) -> bool:
