@@ -6,10 +6,10 @@ Starts distribution, registers an ``echo`` process, prints ``READY <node id>`` o
 runs until stdin closes (the parent's end of the pipe) or ``("stop",)`` is called.
 
 ``echo`` understands calls ``("echo", x)``, ``("defer", x)`` (replied from another thread),
-``("noreply",)``, ``("crash",)``, ``("stats",)``, ``("peers",)``, ``("cast_to", addr, msg)``,
-``("send_to", addr, msg)``, ``("call_to", addr, req, timeout)``, ``("flood", addr, n)``,
-``("set_fault", nodes)``, ``("clear_fault",)``, ``("stop",)``, and casts/infos
-``("cast_back", addr, msg)`` / ``("info_back", addr, msg)`` (answered with a cast/send).
+``("noreply",)``, ``("unencodable",)``, ``("crash",)``, ``("stats",)``, ``("peers",)``,
+``("cast_to", addr, msg)``, ``("send_to", addr, msg)``, ``("call_to", addr, req, timeout)``,
+``("flood", addr, n)``, ``("set_fault", nodes)``, ``("clear_fault",)``, ``("stop",)``, and
+casts/infos ``("cast_back", addr, msg)`` / ``("info_back", addr, msg)`` (answered with a cast/send).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class Echo(otp.Process):
         if op == "defer":
             threading.Timer(0.01, from_.reply, args=(("deferred", request[1]),)).start()
             return otp.NOREPLY
+        if op == "unencodable":
+            return object()
         if op == "noreply":
             return otp.NOREPLY
         if op == "crash":

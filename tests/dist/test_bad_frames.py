@@ -149,3 +149,22 @@ def test_sending_an_oversized_frame_is_refused_locally(
     assert info.value.reason[0] == "frame_too_large"
     assert dist.stats()["tx_oversized"] == 2
     assert shared_child.call("echo", b"x" * (LIMIT // 2)) == b"x" * (LIMIT // 2)
+
+
+def test_made_up_node_ids_cannot_fill_the_peer_table(
+    raw: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    node_id = dist.start(
+        "parent@127.0.0.1:0", settings=dist.DistSettings(max_peers=3, ping_interval=0.1)
+    )
+    try:
+        inbox = start_sink()
+        socks = [_dealer(raw, node_id, f"fake{i}@127.0.0.1:9/1".encode()) for i in range(6)]
+        for sock in socks:
+            sock.send(envelope.cast_frame("sink", codec.packb("x")))
+        wait_until(lambda: dist.stats().get("rx_peer_limit", 0) == 3)
+        assert len(dist.peers()) == 3 and len(inbox.wait_len(3)) == 3
+        assert dist.cast(("sink", "other@127.0.0.1:9"), "x") is False
+        assert dist.stats()["tx_peer_limit"] == 1
+    finally:
+        dist.stop()

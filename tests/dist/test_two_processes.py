@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from waraft import dist, otp
+from waraft import codec, dist, otp
 
 from .helpers import DOWN, Child, start_sink
 
@@ -53,6 +53,16 @@ def test_callee_crash_reaches_the_caller(node: str, shared_child: Child) -> None
         shared_child.call("crash")
     assert info.value.reason == ("error", "ValueError: asked to crash")
     assert shared_child.call("echo", "still here") == "still here"
+
+
+def test_unencodable_reply_fails_the_call(node: str, shared_child: Child) -> None:
+    with pytest.raises(otp.ExitError) as info:
+        shared_child.call("unencodable")
+    assert info.value.reason[0] == "badarg"
+    with pytest.raises(codec.CodecError):
+        shared_child.call("echo", object())  # the caller's own request: a programming error
+    assert dist.cast(shared_child.echo, object()) is False  # a cast never raises
+    assert dist.stats()["tx_encode_errors"] == 1
 
 
 def test_unknown_name_is_noproc(node: str, shared_child: Child) -> None:

@@ -73,10 +73,16 @@ class Peer:
 StateListener = Callable[[Peer, PeerState, PeerState], None]
 
 
+class PeerLimitError(Exception):
+    """The peer table is full (``max_peers``): a flood of made-up node ids cannot make this
+    node open a socket for each."""
+
+
 class PeerTable:
     """The peers of one distribution instance, created on first contact."""
 
-    def __init__(self, on_change: StateListener) -> None:
+    def __init__(self, on_change: StateListener, max_peers: int) -> None:
+        self._max = max_peers
         self._peers: dict[str, Peer] = {}
         self.by_id = self._peers  # read-only for others: lookups take no lock
         self._lock = threading.Lock()
@@ -85,7 +91,8 @@ class PeerTable:
     def get(self, node_id: str) -> Peer:
         """The peer for ``node_id``, created (``connecting``) if new.
 
-        Raises ``NodeIdError`` for a malformed id.
+        Raises ``NodeIdError`` for a malformed id and :class:`PeerLimitError` when
+        ``max_peers`` peers are known already.
         """
         peer = self._peers.get(node_id)
         if peer is not None:
@@ -94,6 +101,8 @@ class PeerTable:
         with self._lock:
             peer = self._peers.get(node_id)
             if peer is None:
+                if len(self._peers) >= self._max:
+                    raise PeerLimitError(node_id)
                 peer = self._peers[node_id] = Peer(node_id, time.monotonic())
             return peer
 

@@ -24,7 +24,7 @@ import zmq
 
 from waraft.dist import envelope, nodeid
 from waraft.dist.envelope import FrameError, Kind
-from waraft.dist.peers import Peer, PeerState
+from waraft.dist.peers import Peer, PeerLimitError, PeerState
 from waraft.dist.reply import RemoteReplyTo
 from waraft.otp import messaging
 from waraft.otp.errors import NOPROC
@@ -50,7 +50,7 @@ class Receiver(threading.Thread):
         # Written by this thread only; read (copied) by stats().
         self.counts: dict[str, int] = {"rx_msgs": 0, "rx_bytes": 0}
         dist.counters.add_dict(self.counts)
-        self._senders: dict[bytes, Peer | None] = {}
+        self._senders: dict[bytes, Peer] = {}
 
     def run(self) -> None:
         try:
@@ -103,21 +103,25 @@ class Receiver(threading.Thread):
         counts[key] = counts.get(key, 0) + 1
 
     def _sender(self, routing_id: bytes) -> Peer | None:
-        try:
-            return self._senders[routing_id]
-        except KeyError:
-            pass
+        """The peer a routing id belongs to (first frame on a connection); None, counted, if
+        it names no node or the peer table is full. Only valid ids are cached."""
         node_id = nodeid.sender_of(routing_id)
-        peer = None if node_id is None else self._dist.peers.get(node_id)
+        if node_id is None:
+            self._count("rx_bad_identity")
+            return None
+        try:
+            peer = self._dist.peers.get(node_id)
+        except PeerLimitError:
+            self._count("rx_peer_limit")
+            return None
         if len(self._senders) >= _MAX_SENDER_CACHE:
             self._senders.clear()
         self._senders[routing_id] = peer
         return peer
 
     def _handle(self, routing_id: bytes, frame: bytes) -> None:
-        peer = self._sender(routing_id)
+        peer = self._senders.get(routing_id) or self._sender(routing_id)
         if peer is None:
-            self._count("rx_bad_identity")
             return
         dist = self._dist
         if dist._fault_in and peer.node_id in dist._fault_in:
@@ -148,7 +152,7 @@ class Receiver(threading.Thread):
         elif kind == Kind.FAIL:
             dist.complete_call(obj[2], False, obj[3])
         elif kind == Kind.PING:
-            dist.outbound.send(peer, envelope.pong_frame(obj[2]))
+            dist.transmit_to(peer, envelope.pong_frame(obj[2]))  # (faults apply to pongs too)
         else:  # PONG
             self._pong(peer, obj[2])
 

@@ -25,7 +25,7 @@ from waraft import codec
 from waraft.dist import envelope, nodeid
 from waraft.dist.links import Outbound
 from waraft.dist.liveness import Liveness
-from waraft.dist.peers import Peer, PeerState, PeerTable
+from waraft.dist.peers import Peer, PeerLimitError, PeerState, PeerTable
 from waraft.dist.receiver import Receiver
 from waraft.dist.reply import PendingCall
 from waraft.dist.settings import CurveConfig, DistSettings
@@ -101,7 +101,7 @@ class Dist:
         self.settings = settings
         self.curve = curve
         self.counters = Counters()
-        self.peers = PeerTable(self._on_peer_change)
+        self.peers = PeerTable(self._on_peer_change, settings.max_peers)
         self._peer_map = self.peers.by_id  # read-only alias for the lock-free hot path
         self._pending: dict[int, PendingCall] = {}
         self._refs = itertools.count(1)
@@ -180,6 +180,9 @@ class Dist:
             except nodeid.NodeIdError:
                 self.counters.incr("tx_bad_address")
                 return False
+            except PeerLimitError:
+                self.counters.incr("tx_peer_limit")
+                return False
         return self.transmit_to(peer, frame)
 
     def transmit_to(self, peer: Peer, frame: bytes) -> bool:
@@ -237,7 +240,7 @@ class Dist:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             peer = self.peers.get(node_id)
-        except nodeid.NodeIdError:
+        except (nodeid.NodeIdError, PeerLimitError):
             raise ExitError(("nodedown", node_id)) from None
         if (
             self.stopping
@@ -255,6 +258,11 @@ class Dist:
         self._pending[ref] = waiter
         self.counters.incr("calls")
         try:
+            # The peer may have gone down since the check above, after the down listener
+            # scanned the pending calls: look again now that this call is visible to it.
+            if peer.state is PeerState.DOWN or self.stopping:
+                self.counters.incr("call_nodedown")
+                raise ExitError(("nodedown", node_id))
             if not self.outbound.send_wait(peer, frame, deadline):
                 self.counters.incr("call_timeouts")
                 raise ExitError("timeout" if not self.stopping else ("nodedown", node_id))

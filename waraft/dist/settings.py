@@ -88,6 +88,9 @@ class DistSettings:
     copy_threshold: int = 64 * 1024
     """Frames of at least this many bytes are handed to libzmq without a copy."""
 
+    max_peers: int = 1024
+    """Most distinct nodes this node talks to; frames from further routing ids are dropped."""
+
     max_sockets: int = 8192
     """libzmq's socket limit for the context (one DEALER per sending thread and peer)."""
 
