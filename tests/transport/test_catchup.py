@@ -211,6 +211,8 @@ def test_concurrent_catchups_are_limited_and_finished_ones_back_off(tmp_path: Pa
     set_raft(leader, raft_max_snapshot_catchup=5)
     _ask(leader, targets[1])
     wait_until(lambda: logs[1].wait_chunks(1, timeout=0))
+    for log in logs:
+        log.release_all()
 
 
 def test_an_overloaded_target_is_backed_off_and_its_snapshot_removed(tmp_path: Path) -> None:
@@ -251,7 +253,8 @@ def test_stopping_the_coordinator_cancels_its_transports_and_deletes_snapshots(
 ) -> None:
     leader = _single(tmp_path)
     target = start(tmp_path, "t")
-    replace_receiver(target, ChunkLog(hold=True))
+    log = ChunkLog(hold=True)
+    replace_receiver(target, log)
     _ask(leader, target)
     (transport_id,) = wait_until(lambda: sender_ids(leader))
     wait_until(lambda: len(_snapshots(leader)) == 1)
@@ -263,3 +266,4 @@ def test_stopping_the_coordinator_cancels_its_transports_and_deletes_snapshots(
     _ask(leader, target)
     assert otp.supervisor.restart_child(sup_name, "wa_raft_snapshot_catchup")[0] == "ok"
     assert on(leader, snapshot_catchup.which_transports) == []
+    log.release_all()

@@ -279,7 +279,8 @@ def test_starting_from_a_missing_directory_or_to_a_missing_node_fails(tmp_path: 
 
 def test_chunks_never_write_into_the_files_of_an_outgoing_transfer(tmp_path: Path) -> None:
     a, b = _pair(tmp_path)
-    replace_receiver(b, ChunkLog(hold=True))
+    log = ChunkLog(hold=True)
+    replace_receiver(b, log)
     src = make_tree(tmp_path / "src", {"f": b"original"})
     transport_id = on(a, transport.start_transfer, b.id, "test", 1, str(src))[1]
     # A peer naming the sender's own transport ID gets nothing written on the sender.
@@ -291,3 +292,4 @@ def test_chunks_never_write_into_the_files_of_an_outgoing_transfer(tmp_path: Pat
         "invalid_chunk",
     )
     assert (src / "f").read_bytes() == b"original"
+    log.release_all()
