@@ -5,11 +5,10 @@ Each test states the correct behaviour. While a bug is open its test is marked
 regression test.
 
 * CORE-1 (fixed in 274be3d): strong reads answered before leadership was confirmed.
+* CORE-2 (fixed in b8aa97d): a re-enabled replica deadlocked a cluster with a witness.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from tests.sim.helpers import check_one_leader, one, write
 from waraft.core.types import State
@@ -58,7 +57,6 @@ def test_strong_read_waits_for_a_quorum_round_even_with_lagging_storage() -> Non
     assert not read.done or read.result != ("ok", "v1"), read.result
 
 
-@pytest.mark.xfail(strict=True, reason="CORE-2: re-enabled replica stalls forever")
 def test_re_enabled_replica_recovers_in_a_cluster_with_a_witness() -> None:
     """Two data replicas and a witness: a caught-up follower is disabled, then enabled."""
     sim = Simulation(nodes=3, seed=4)
