@@ -337,7 +337,7 @@ def may_accept(peer: str, witness: bool, timeout: float | None = 1.0) -> Any:
     return ("error", "unsupported")
 
 
-def cancel(transport_id: int, reason: Any) -> Any:
+def cancel(transport_id: int, reason: Any = "cancelled") -> Any:
     """Stop a running transport: ``"ok"`` (also when it already ended) or
     ``("error", "not_found")``."""
     t = tables_for()
