@@ -361,3 +361,20 @@ def test_unreliable_network_with_all_options_stays_safe_and_live() -> None:
         sim.run_for(1500)
         sim.restart(victim)
     one(sim, write("end"), 5, timeout_ms=30_000)
+
+
+def test_volatile_witness_is_restored_from_a_metadata_only_snapshot() -> None:
+    sim = Simulation(nodes=3, seed=22, durable_log=False, durable_storage=False)
+    sim.bootstrap(witnesses=["n3"])
+    for i in range(5):
+        one(sim, write(i, key=f"k{i}"), 3)
+    sim.crash("n3")
+    sim.restart("n3")
+    assert sim.state("n3") is State.STALLED
+    assert sim.run_until(lambda: sim.state("n3") is State.WITNESS, 5000), sim.describe()
+    snapshot = next(iter(sim.catchup.snapshots.values()))
+    assert snapshot.witness and snapshot.data is None
+    storage = sim.nodes["n3"].storage
+    assert storage.incomplete and storage.witness and _data(sim, "n3") == {}
+    index = one(sim, write("after"), 3)
+    wait_applied(sim, index, ["n3"])
