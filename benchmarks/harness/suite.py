@@ -1,0 +1,343 @@
+"""``python -m benchmarks run``: the scenarios, each system's cluster, every measurement, the
+comparisons, and the files (JSON, PNG, Markdown) at the end."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import results
+from benchmarks.harness.procs import ProcessGroup
+from benchmarks.harness.progress import Progress
+from benchmarks.harness.resources import ResourceSampler
+from benchmarks.harness.runner import Cluster, Measurement, measure
+from benchmarks.harness.scenarios import Scenario
+from benchmarks.harness.workload import Workload
+
+
+@dataclass
+class Options:
+    scenarios: list[Scenario]
+    out: Path
+    systems: list[str] | None = None
+    nodes: int | None = None
+    partitions: int = 1
+    concurrency: list[int] | None = None
+    clients: int = 1
+    rate: float | None = None
+    workload: Workload = field(default_factory=Workload)
+    duration_s: float = 10.0
+    warmup_s: float = 3.0
+    durable: bool = False
+    settings: dict[str, str] = field(default_factory=dict)
+    pso_settings: dict[str, Any] = field(default_factory=dict)
+    failover_at_s: float | None = None
+    plot: bool = True
+    progress: bool | None = None
+    keep_data: bool = False
+    name: str = "results"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenarios": [s.key for s in self.scenarios],
+            "out": str(self.out),
+            "systems": self.systems,
+            "nodes": self.nodes,
+            "partitions": self.partitions,
+            "concurrency": self.concurrency,
+            "clients": self.clients,
+            "rate": self.rate,
+            "workload": self.workload.to_json(),
+            "duration_s": self.duration_s,
+            "warmup_s": self.warmup_s,
+            "durable": self.durable,
+            "settings": self.settings,
+            "pso_settings": self.pso_settings,
+            "failover_at_s": self.failover_at_s,
+        }
+
+
+def pysyncobj_available() -> bool:
+    return importlib.util.find_spec("pysyncobj") is not None
+
+
+def run_suite(opts: Options, argv: list[str]) -> dict[str, Any]:
+    progress = Progress(enabled=opts.progress)
+    doc = results.new_document(argv, opts.to_json())
+    doc["skipped"] = []
+    opts.out.mkdir(parents=True, exist_ok=True)
+    json_path = opts.out / f"{opts.name}.json"
+    progress.note(f"results -> {json_path}")
+    for scenario in opts.scenarios:
+        for system in _systems(scenario, opts, doc):
+            for record in _run_system(scenario, system, opts, progress):
+                doc["runs"].append(record)
+                progress.note(summary_line(record))
+                results.write(doc, json_path)  # partial results survive a crash
+    doc["comparisons"] = compare(doc["runs"])
+    for line in comparison_lines(doc["comparisons"]):
+        progress.note(line)
+    results.write(doc, json_path)
+    from benchmarks.harness.table import markdown
+
+    (opts.out / f"{opts.name}.md").write_text(markdown(doc))
+    if opts.plot:
+        try:
+            from benchmarks.harness.plot import plot
+
+            png = plot(doc, opts.out / f"{opts.name}.png")
+            progress.note(f"plot -> {png}")
+        except ImportError as exc:
+            progress.note(f"no plot: {exc}")
+    progress.note(f"table -> {opts.out / (opts.name + '.md')}")
+    if not opts.keep_data:
+        shutil.rmtree(opts.out / "data", ignore_errors=True)
+    return doc
+
+
+def _systems(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[str]:
+    chosen = [s for s in scenario.systems if opts.systems is None or s in opts.systems]
+    if not pysyncobj_available():
+        for system in [s for s in chosen if s.startswith("pysyncobj")]:
+            doc["skipped"].append(
+                {"scenario": scenario.key, "system": system, "reason": "pysyncobj not installed"}
+            )
+        chosen = [s for s in chosen if not s.startswith("pysyncobj")]
+    return chosen
+
+
+def _measurements(scenario: Scenario, system: str, opts: Options) -> list[Measurement]:
+    nodes = opts.nodes or scenario.nodes
+    concurrencies = [1] if scenario.mode == "sync" else (opts.concurrency or scenario.concurrency)
+    out = []
+    for concurrency in concurrencies:
+        out.append(
+            Measurement(
+                scenario=scenario.key,
+                system=system,
+                nodes=nodes,
+                partitions=opts.partitions if system == "waraft" else 1,
+                concurrency=concurrency,
+                clients=1 if system == "pysyncobj-inleader" else opts.clients,
+                mode=scenario.mode if not opts.rate or scenario.mode == "sync" else "open",
+                rate=opts.rate if scenario.mode != "sync" else None,
+                coalesce=scenario.coalesce,
+                workload=opts.workload,
+                warmup_s=opts.warmup_s,
+                duration_s=opts.duration_s,
+                durable=opts.durable,
+                failover_at_s=(
+                    (opts.failover_at_s if opts.failover_at_s is not None else opts.duration_s / 3)
+                    if scenario.failover
+                    else None
+                ),
+            )
+        )
+    return out
+
+
+def _run_system(
+    scenario: Scenario, system: str, opts: Options, progress: Progress
+) -> Iterator[dict[str, Any]]:
+    plan = _measurements(scenario, system, opts)
+    # A failover breaks the cluster: each of those measurements gets a fresh one.
+    groups = [[m] for m in plan] if scenario.failover else [plan]
+    for group_plan in groups:
+        first = group_plan[0]
+        tag = f"{scenario.key}-{system}-n{first.nodes}"
+        log_dir = opts.out / "logs" / tag
+        data_dir = opts.out / "data" / f"{tag}-{int(time.time() * 1000)}"
+        sampler = ResourceSampler()
+        sampler.start()
+        try:
+            with ProcessGroup(log_dir) as procs:
+                done = 0
+                try:
+                    with _cluster(system, scenario, first, opts, procs, data_dir, progress) as c:
+                        cluster, settings = c
+                        for m in group_plan:
+                            m.settings = settings
+                            record = _one(m, cluster, procs, sampler, progress, log_dir)
+                            done += 1
+                            yield record
+                except Exception as exc:  # the cluster did not start (or stop)
+                    for m in group_plan[done:]:
+                        yield _failed(m, exc, log_dir)
+        finally:
+            sampler.stop()
+
+
+def _one(
+    m: Measurement,
+    cluster: Cluster,
+    procs: ProcessGroup,
+    sampler: ResourceSampler,
+    progress: Progress,
+    log_dir: Path,
+) -> dict[str, Any]:
+    try:
+        record = measure(m, cluster, procs, sampler, progress)
+    except Exception as exc:
+        progress.done()
+        return _failed(m, exc, log_dir)
+    record.update(
+        {
+            "scenario": m.scenario,
+            "system": m.system,
+            "status": "ok",
+            "settings": m.settings,
+            "logs": str(log_dir),
+        }
+    )
+    # Stable key order for readers of the JSON.
+    head = ("id", "scenario", "system", "status")
+    return {k: record[k] for k in head} | {k: v for k, v in record.items() if k not in head}
+
+
+def _failed(m: Measurement, exc: BaseException, log_dir: Path) -> dict[str, Any]:
+    return {
+        "id": m.run_id,
+        "scenario": m.scenario,
+        "system": m.system,
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": traceback.format_exc(),
+        "config": m.describe(),
+        "settings": m.settings,
+        "logs": str(log_dir),
+    }
+
+
+@contextmanager
+def _cluster(
+    system: str,
+    scenario: Scenario,
+    m: Measurement,
+    opts: Options,
+    procs: ProcessGroup,
+    data_dir: Path,
+    progress: Progress,
+) -> Iterator[tuple[Cluster, dict[str, Any]]]:
+    started = time.monotonic()
+    cluster: Any
+    if system == "waraft":
+        from benchmarks.harness.waraft_cluster import WaraftCluster
+
+        cluster = WaraftCluster(
+            procs,
+            m.nodes,
+            m.partitions,
+            data_dir,
+            durable=opts.durable,
+            settings=opts.settings,
+        )
+        settings: dict[str, Any] = cluster.describe_settings()
+        progress.note(f"[{scenario.key}] starting waraft: {m.nodes} nodes, {m.partitions} part.")
+        cluster.start()
+        cluster.bootstrap()
+    else:
+        from benchmarks.harness.pso_cluster import PySyncObjCluster
+
+        conf = {**scenario.pso_conf, **opts.pso_settings}
+        cluster = PySyncObjCluster(procs, m.nodes, conf, data_dir if opts.durable else None)
+        settings = {"SyncObjConf": conf, "journal": opts.durable}
+        progress.note(f"[{scenario.key}] starting PySyncObj: {m.nodes} nodes")
+        cluster.start()
+        cluster.wait_leader()
+    progress.note(f"[{scenario.key}] cluster ready in {time.monotonic() - started:.1f}s")
+    try:
+        yield cluster, settings
+    finally:
+        cluster.stop()
+
+
+# -- reporting ------------------------------------------------------------------------------------
+
+
+def summary_line(run: dict[str, Any]) -> str:
+    if run["status"] != "ok":
+        return f"  {run['id']}: FAILED {run['error']} (logs: {run.get('logs')})"
+    lat = run["latency_ms"]["all"]
+    servers = [p for p in run["resources"]["processes"] if p["role"] == "server"]
+    cpu = sum(p["cpu_percent"] for p in servers)
+    rss = max((p["rss_peak_bytes"] for p in servers), default=0) / 2**20
+    text = (
+        f"  {run['id']}: {run['throughput']['ops_per_s']:,.0f} ops/s  "
+        f"p50 {lat['p50_ms']:.2f} p99 {lat['p99_ms']:.2f} p99.9 {lat['p99_9_ms']:.2f} ms  "
+        f"servers {cpu:.0f}% CPU, peak RSS {rss:.0f} MiB  "
+        f"errors {run['errors_total']}  elections {run['elections']['elections']}"
+    )
+    fo = run.get("failover")
+    if fo:
+        text += f"  | killed {fo['killed']}, writes back after {fo['recovery_s']} s"
+    return text
+
+
+def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """waraft against PySyncObj per scenario: the best throughput of each over the scenario's
+    concurrency levels, the ratio, and for the latency scenario the latency ratio."""
+    out = []
+    scenarios = dict.fromkeys(r["scenario"] for r in runs)
+    for sc in scenarios:
+        ok = [r for r in runs if r["scenario"] == sc and r["status"] == "ok"]
+        best: dict[str, dict[str, Any]] = {}
+        for r in ok:
+            cur = best.get(r["system"])
+            if cur is None or r["throughput"]["ops_per_s"] > cur["throughput"]["ops_per_s"]:
+                best[r["system"]] = r
+        ours = best.get("waraft")
+        if ours is None:
+            continue
+        for other in ("pysyncobj", "pysyncobj-inleader"):
+            theirs = best.get(other)
+            if theirs is None:
+                continue
+            a = ours["throughput"]["ops_per_s"]
+            b = theirs["throughput"]["ops_per_s"]
+            entry: dict[str, Any] = {
+                "scenario": sc,
+                "against": other,
+                "waraft_run": ours["id"],
+                "other_run": theirs["id"],
+                "waraft_ops_per_s": a,
+                "other_ops_per_s": b,
+                "throughput_ratio": round(a / b, 3) if b else None,
+                "waraft_p50_ms": ours["latency_ms"]["all"]["p50_ms"],
+                "other_p50_ms": theirs["latency_ms"]["all"]["p50_ms"],
+                "waraft_p99_ms": ours["latency_ms"]["all"]["p99_ms"],
+                "other_p99_ms": theirs["latency_ms"]["all"]["p99_ms"],
+            }
+            p50 = entry["waraft_p50_ms"]
+            entry["p50_latency_ratio"] = round(entry["other_p50_ms"] / p50, 3) if p50 else None
+            if ours.get("failover") and theirs.get("failover"):
+                entry["waraft_recovery_s"] = ours["failover"]["recovery_s"]
+                entry["other_recovery_s"] = theirs["failover"]["recovery_s"]
+            out.append(entry)
+    return out
+
+
+def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for c in comparisons:
+        ratio = c["throughput_ratio"]
+        text = (
+            f"[{c['scenario']}] waraft / {c['against']}: "
+            f"{c['waraft_ops_per_s']:,.0f} / {c['other_ops_per_s']:,.0f} ops/s = "
+            f"{ratio if ratio is not None else 'n/a'}x"
+        )
+        if c.get("p50_latency_ratio") is not None:
+            text += (
+                f"; p50 {c['waraft_p50_ms']:.2f} vs {c['other_p50_ms']:.2f} ms"
+                f" (PySyncObj/waraft {c['p50_latency_ratio']}x)"
+            )
+        if "waraft_recovery_s" in c:
+            text += f"; recovery {c['waraft_recovery_s']} vs {c['other_recovery_s']} s"
+        lines.append(text)
+    return lines

@@ -1,0 +1,197 @@
+"""A waraft cluster of N node processes on 127.0.0.1, run only through the public ``waraft``
+command: ``waraft node`` per node, ``waraft bootstrap`` once, ``waraft status --json`` for
+terms and leaders (never during a measured window: each call is a Python process of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness.procs import (
+    REPO_ROOT,
+    Managed,
+    ProcessGroup,
+    free_ports,
+    python_env,
+    wait_until,
+)
+
+TABLE = "kv"
+
+
+def waraft_argv(*args: str) -> list[str]:
+    """The ``waraft`` command run by this interpreter (same virtualenv, no PATH lookup)."""
+    return [sys.executable, "-m", "waraft.cli", *args]
+
+
+class WaraftCluster:
+    system = "waraft"
+
+    def __init__(
+        self,
+        group: ProcessGroup,
+        nodes: int,
+        partitions: int,
+        data_dir: Path,
+        *,
+        durable: bool = False,
+        settings: Mapping[str, str] | None = None,
+        log_level: str = "WARNING",
+    ) -> None:
+        self.group = group
+        self.nodes = nodes
+        self.partitions = partitions
+        self.data_dir = data_dir
+        self.durable = durable
+        self.settings = dict(settings or {})
+        self.log_level = log_level
+        ports = free_ports(nodes)
+        self.names = [f"n{i + 1}" for i in range(nodes)]
+        self.ids = [
+            f"{name}@127.0.0.1:{port}" for name, port in zip(self.names, ports, strict=True)
+        ]
+        self.listen = [f"127.0.0.1:{port}" for port in ports]
+        self.procs: list[Managed] = []
+
+    @property
+    def partition_list(self) -> str:
+        return f"1-{self.partitions}" if self.partitions > 1 else "1"
+
+    def describe_settings(self) -> dict[str, Any]:
+        return {
+            "providers": "durable (disk log, SQLite storage)" if self.durable else "memory",
+            "set": dict(self.settings),
+            "partitions": self.partitions,
+        }
+
+    def node_argv(self, i: int) -> list[str]:
+        argv = waraft_argv(
+            "node",
+            "--name", self.names[i],
+            "--listen", self.listen[i],
+            "--data-dir", str(self.data_dir / self.names[i]),
+            "--table", TABLE,
+            "--partitions", self.partition_list,
+            "--log-level", self.log_level,
+        )  # fmt: skip
+        if not self.durable:
+            argv.append("--memory")
+        for key, value in self.settings.items():
+            argv += ["--set", f"{key}={value}"]
+        return argv
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(self.nodes):
+            self.procs.append(self.group.spawn(self.names[i], self.node_argv(i), role="server"))
+        for proc in self.procs:
+            wait_until(
+                lambda p=proc: "READY " in _read(p.log_path),  # type: ignore[misc]
+                timeout,
+                f"{proc.name} to print READY",
+                check=self.check_alive,
+            )
+
+    def bootstrap(self, timeout: float = 60.0) -> list[dict[str, Any]]:
+        out = self._cli(
+            "bootstrap",
+            "--nodes", ",".join(self.ids),
+            "--table", TABLE,
+            "--partitions", self.partition_list,
+            "--timeout", str(timeout),
+            "--json",
+            timeout=timeout + 30,
+        )  # fmt: skip
+        summary: Any = json.loads(out)
+        rows = summary if isinstance(summary, list) else summary.get("partitions", summary)
+        return rows if isinstance(rows, list) else [summary]
+
+    def status(self, timeout: float = 3.0) -> list[dict[str, Any]]:
+        """Rows of ``waraft status --json`` for the live nodes."""
+        live = [self.ids[i] for i, p in enumerate(self.procs) if p.killed_at is None]
+        if not live:
+            return []
+        out = self._cli(
+            "status",
+            "--nodes", ",".join(live),
+            "--table", TABLE,
+            "--partitions", self.partition_list,
+            "--timeout", str(timeout),
+            "--json",
+            timeout=timeout * len(live) + 30,
+            check=False,
+        )  # fmt: skip
+        try:
+            rows = json.loads(out)
+        except ValueError:
+            return []
+        return [r for r in rows if isinstance(r, dict)]
+
+    def _cli(self, *args: str, timeout: float, check: bool = True) -> str:
+        proc = subprocess.run(
+            waraft_argv(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=python_env(),
+            cwd=str(REPO_ROOT),
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(
+                f"waraft {args[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc.stdout
+
+    # -- what the runner needs ---------------------------------------------------------------
+
+    def loadgen_spec(self) -> dict[str, Any]:
+        return {"nodes": list(self.ids), "table": TABLE, "partitions": self.partitions}
+
+    def terms(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.status():
+            if "error" in row or row.get("term") is None:
+                continue
+            key = str(row.get("partition"))
+            out[key] = max(out.get(key, 0), int(row["term"]))
+        return out
+
+    def leaders(self) -> dict[int, str]:
+        """partition → leader node id, from the nodes that say they lead."""
+        out: dict[int, str] = {}
+        for row in self.status():
+            if row.get("state") == "leader" and row.get("partition") is not None:
+                out[int(row["partition"])] = str(row["node"])
+        return out
+
+    def leader_process(self) -> Managed:
+        counts: dict[str, int] = {}
+        for node in self.leaders().values():
+            counts[node] = counts.get(node, 0) + 1
+        if not counts:
+            raise RuntimeError("no waraft leader to kill")
+        victim = max(counts, key=lambda n: counts[n])
+        return self.procs[self.ids.index(victim)]
+
+    def server_processes(self) -> list[Managed]:
+        return list(self.procs)
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.killed_at is None and not proc.alive():
+                raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            self.group.stop(proc, timeout=25.0)
+
+
+def _read(path: Path | None) -> str:
+    if path is None or not path.exists():
+        return ""
+    return path.read_text(errors="replace")
