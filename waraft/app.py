@@ -20,7 +20,16 @@ import logging
 import threading
 from typing import Any, Final
 
-from waraft import dist_transport, otp, snapshot_catchup, transport, transport_sup
+from waraft import (
+    dist_transport,
+    env,
+    metrics,
+    otp,
+    part_sup,
+    snapshot_catchup,
+    transport,
+    transport_sup,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +38,7 @@ FLAGS: Final = {"strategy": "one_for_one", "intensity": 5, "period": 1}
 
 
 def _init() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    _install_metrics()
     transport.setup_tables()
     children = [
         transport.child_spec(),
@@ -37,6 +47,16 @@ def _init() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         snapshot_catchup.child_spec(),
     ]
     return dict(FLAGS), children
+
+
+def _install_metrics() -> None:
+    """Install the metrics sink named by ``raft_metrics_module`` (as WARaft's app start does)."""
+    configured = env.raft_config("raft_metrics_module", None)
+    if configured is None:
+        return
+    sink = part_sup.resolve_module(configured)
+    metrics.install(sink() if isinstance(sink, type) else sink)
+    logger.info("metrics go to %r", configured)
 
 
 def start_link() -> otp.Pid:

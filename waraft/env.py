@@ -57,6 +57,8 @@ GLOBAL_DEFAULTS: Final[Mapping[str, Any]] = {
     "raft_transport_inactive_info_limit": 30,
     "dist_transport_chunk_size": 1024 * 1024,
     "dist_transport_max_inflight": 4,
+    "dist_transport_ack_timeout_ms": 5000,  # hard-coded in WARaft
+    "raft_transport_scan_interval_ms": 30000,  # hard-coded in WARaft
     "raft_server_message_queue_off_heap": True,
 }
 """Global keys (read from the ``"waraft"`` app only) and their defaults."""
@@ -70,7 +72,7 @@ APP_DEFAULTS: Final[Mapping[str, Any]] = {
     "raft_log_module": "waraft.log.memory",
     "raft_label_module": None,
     "raft_storage_module": "waraft.storage.memory",
-    "raft_transport_module": "waraft.transport",
+    "raft_transport_module": "waraft.dist_transport",
 }
 """App-scoped keys and their defaults (module keys name Python modules)."""
 

@@ -163,3 +163,14 @@ def test_a_restarted_manager_keeps_the_records(tmp_path: Path) -> None:
     assert on(b, transport.transport_info, 41, "status") == "running"
     set_raft(b, raft_max_incoming_snapshot_transfers=1)
     assert on(b, transport.may_accept, b.id, False) == ("error", "receiver_overloaded")
+
+
+def test_app_start_installs_the_configured_metrics_sink() -> None:
+    from waraft import app, env, metrics
+
+    node = otp.Node("metrics.1@local")
+    with node.activate():
+        env.set_env("waraft", "raft_metrics_module", "waraft.metrics:CountingMetrics")
+        app.ensure_started()
+        assert isinstance(metrics.get(), metrics.CountingMetrics)
+    node.stop()

@@ -35,6 +35,7 @@ from waraft.storage.provider import (
     StorageOptions,
     StorageProvider,
     UnknownCommandError,
+    fsync_directory,
     is_data_replica,
 )
 
@@ -272,11 +273,20 @@ class StorageServer(otp.Process):
         if os.path.isdir(target):
             return ("ok", position)  # an existing snapshot of that name is reused
         self._cleanup_snapshots()
+        # Written under a temporary name and renamed once complete, so that a crash midway
+        # never leaves a half-written directory that a later request would reuse.
+        partial = os.path.join(self.path, f".{name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
         if witness:
-            result = self.provider.create_witness_snapshot(target)
+            result = self.provider.create_witness_snapshot(partial)
         else:
-            result = self.provider.create_snapshot(target)
-        return ("ok", position) if result == OK else result
+            result = self.provider.create_snapshot(partial)
+        if result != OK:
+            shutil.rmtree(partial, ignore_errors=True)
+            return result
+        os.rename(partial, target)
+        fsync_directory(self.path)
+        return ("ok", position)
 
     def _cleanup_snapshots(self) -> None:
         # Keep at most one older snapshot before making a new one.
