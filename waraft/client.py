@@ -23,16 +23,20 @@ encoding otherwise): the same on every machine and Python version (unlike ``hash
 **Batching.** Requests go to a queue served by one sender thread. Each time it wakes it takes
 everything queued and sends, per destination acceptor, ONE frame with all of that partition's
 requests of a kind (up to ``max_batch`` items). While a frame is being encoded and sent, new
-requests accumulate and go in the next frame: natural batching, no fixed delay.
+requests accumulate and go in the next frame: natural batching, no fixed delay. At most
+``max_inflight`` requests per partition are in flight (WARaft's leader admits 1500 high-priority
+commits); the rest wait in the client until replies make room, so a burst is not turned into a
+storm of ``commit_queue_full`` rejections.
 
 **Leaders.** The client caches a leader per partition. Unknown leaders are found by asking a
 node's ``waraft_admin`` process (``waraft node`` registers it) in the background, and by the
 gateway itself: a reply carrying an error names the leader that node knows of, so a request
 sent to a follower is redirected in one hop. ``not_leader`` and ``("notify_redirect", node)``
 (a handover in progress) are retried at the new leader; ``commit_queue_full``,
-``apply_queue_full`` and ``read_queue_full`` are retried with exponential backoff; a node that
-does not answer a batch within ``attempt_timeout`` (or whose frame cannot be queued because it
-is down) is avoided for a while and the batch is retried elsewhere. Retries stop at the
+``apply_queue_full`` and ``read_queue_full`` are retried with exponential backoff. A node that
+``waraft.dist`` marks down (no answer to pings for ``down_after``), whose frame cannot be queued,
+or that does not answer a batch within ``attempt_timeout`` is avoided for a while and its
+batches are retried elsewhere. Retries stop at the
 request's deadline (``timeout``) or after ``max_retries``.
 
 **Delivery guarantee.** A commit that was rejected (``not_leader`` from a follower, a full
@@ -68,13 +72,16 @@ ADMIN_NAME: Final = "waraft_admin"
 """The node admin process ``waraft node`` registers (see ``waraft.cli.admin``)."""
 
 DEFAULT_TIMEOUT: Final = 10.0
-DEFAULT_ATTEMPT_TIMEOUT: Final = 3.0
+DEFAULT_ATTEMPT_TIMEOUT: Final = 5.0
 DEFAULT_MAX_BATCH: Final = 1000
+DEFAULT_MAX_INFLIGHT: Final = 1000
 DEFAULT_MAX_RETRIES: Final = 100
 SUSPECT_FOR: Final = 1.0
 """Seconds a node that failed an attempt is avoided (unless every node is suspect)."""
 TICK: Final = 0.05
 """How often (seconds) in-flight batches are checked for expiry."""
+LIVENESS_EVERY: Final = 0.25
+"""How often (seconds) the nodes of in-flight batches are checked against dist liveness."""
 
 _OVERLOAD: Final = frozenset({"commit_queue_full", "apply_queue_full", "read_queue_full"})
 CLOSED: Final = ("error", "closed")
@@ -189,6 +196,7 @@ class Client:
         *,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         priority: str = "high",
         host: str | None = None,
@@ -208,6 +216,7 @@ class Client:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.max_batch = max(1, max_batch)
+        self.max_inflight = max(1, max_inflight)
         self.max_retries = max_retries
         self.priority = priority
         self._lock = threading.Lock()
@@ -215,6 +224,8 @@ class Client:
         self._ready: list[_Request] = []
         self._delayed: list[tuple[float, int, _Request]] = []
         self._inflight: dict[int, _Batch] = {}
+        self._inflight_items: dict[int, int] = {}
+        self._held: dict[int, list[_Request]] = {}
         self._leaders: dict[int, str] = {}
         self._suspect: dict[str, float] = {}
         self._rr = itertools.count()
@@ -357,7 +368,8 @@ class Client:
         with self._lock:
             out = dict(self._counters)
             out["inflight_batches"] = len(self._inflight)
-            out["queued"] = len(self._ready) + len(self._delayed)
+            held = sum(map(len, self._held.values()))
+            out["queued"] = len(self._ready) + len(self._delayed) + held
         return out
 
     def close(self) -> None:
@@ -367,12 +379,15 @@ class Client:
             if self._closed:
                 return
             self._closed = True
+            self._wake.notify_all()
+        self._sender.join(5.0)
+        with self._lock:  # the sender is gone: nothing moves any more
             pending = list(self._ready) + [item[2] for item in self._delayed]
             for batch in self._inflight.values():
                 pending.extend(batch.requests)
-            self._ready, self._delayed, self._inflight = [], [], {}
-            self._wake.notify_all()
-        self._sender.join(5.0)
+            for held in self._held.values():
+                pending.extend(held)
+            self._ready, self._delayed, self._inflight, self._held = [], [], {}, {}
         for request in pending:
             self._finish(request, CLOSED)
         with contextlib.suppress(Exception):
@@ -444,6 +459,7 @@ class Client:
 
     def _loop(self) -> None:
         next_scan = time.monotonic() + TICK
+        next_liveness = next_scan
         while True:
             with self._lock:
                 while not self._closed and not self._ready and not self._due(time.monotonic()):
@@ -461,6 +477,9 @@ class Client:
                 if now >= next_scan:
                     next_scan = now + TICK
                     expired, late = self._scan(now)
+            if now >= next_liveness:
+                next_liveness = now + LIVENESS_EVERY
+                expired.extend(self._down_batches())
             if late:
                 self._count("timeouts", len(late))
             for request in late:
@@ -486,16 +505,48 @@ class Client:
 
     def _scan(self, now: float) -> tuple[list[_Batch], list[_Request]]:
         """Under the lock: batches past their attempt deadline (removed) and requests past
-        their own deadline (still in flight, answered now)."""
+        their own deadline (in flight or held; answered now)."""
         expired = [bid for bid, batch in self._inflight.items() if batch.expires <= now]
-        batches = [self._inflight.pop(bid) for bid in expired]
+        batches = [self._pop_batch(bid) for bid in expired]
         late = [
             request
             for batch in self._inflight.values()
             for request in batch.requests
             if request.deadline <= now and not request.future.done()
         ]
-        return batches, late
+        for partition, held in list(self._held.items()):
+            keep = [r for r in held if r.deadline > now]
+            if len(keep) != len(held):
+                late.extend(r for r in held if r.deadline <= now)
+                self._held[partition] = keep
+        return [b for b in batches if b is not None], late
+
+    def _pop_batch(self, batch_id: int) -> _Batch | None:
+        """Under the lock: forget an in-flight batch and give its room back."""
+        batch = self._inflight.pop(batch_id, None)
+        if batch is not None:
+            partition = batch.partition
+            self._inflight_items[partition] -= len(batch.requests)
+            held = self._held.pop(partition, None)
+            if held:
+                self._ready.extend(held)
+                self._wake.notify()
+        return batch
+
+    def _down_batches(self) -> list[_Batch]:
+        """In-flight batches to nodes that distribution marks down (removed)."""
+        if not self._remote or not self._inflight:
+            return []
+        from waraft import dist
+
+        states = dist.peers()
+        down = {node for node, peer in states.items() if peer.get("state") == "down"}
+        if not down:
+            return []
+        with self._lock:
+            lost = [bid for bid, batch in self._inflight.items() if batch.node in down]
+            batches = [self._pop_batch(bid) for bid in lost]
+        return [b for b in batches if b is not None]
 
     def _dispatch(self, ready: list[_Request], now: float) -> None:
         groups: dict[tuple[int, str, str], list[_Request]] = {}
@@ -513,6 +564,16 @@ class Client:
             else:
                 group.append(request)
         for (partition, kind, priority), requests in groups.items():
+            with self._lock:
+                room = self.max_inflight - self._inflight_items.get(partition, 0)
+                if room < len(requests):
+                    self._held.setdefault(partition, []).extend(requests[max(room, 0) :])
+                    requests = requests[: max(room, 0)]
+                self._inflight_items[partition] = self._inflight_items.get(partition, 0) + len(
+                    requests
+                )
+            if not requests:
+                continue
             node = self._target(partition, now)
             address = (f"raft_acceptor_{self.table}_{partition}", node)
             for start in range(0, len(requests), self.max_batch):
@@ -531,14 +592,20 @@ class Client:
         batch_id = next(self._batch_ids)
         expires = min(now + self.attempt_timeout, max(r.deadline for r in chunk))
         with self._lock:
-            self._inflight[batch_id] = _Batch(address[1], partition, chunk, expires)
-            self._counters["batches"] += 1
-            self._counters["items_sent"] += len(chunk)
+            closed = self._closed
+            if not closed:
+                self._inflight[batch_id] = _Batch(address[1], partition, chunk, expires)
+                self._counters["batches"] += 1
+                self._counters["items_sent"] += len(chunk)
+        if closed:
+            for request in chunk:
+                self._finish(request, CLOSED)
+            return
         msg = ("client_batch", self.reply_addr, batch_id, kind, [r.item for r in chunk], priority)
         if self._cast(address, msg):
             return
         with self._lock:
-            lost = self._inflight.pop(batch_id, None)
+            lost = self._pop_batch(batch_id)
             self._counters["send_failures"] += 1
         if lost is not None:
             self._node_failed(address[1], chunk, now)
@@ -570,6 +637,7 @@ class Client:
                 self._leaders.pop(partition, None)
             else:
                 self._leaders[partition] = node
+                self._suspect.pop(node, None)  # another node just vouched for it
                 if node not in self.nodes:
                     self.nodes.append(node)  # a member we were not told about
 
@@ -585,7 +653,7 @@ class Client:
     def _on_reply(self, batch_id: int, results: Sequence[Any], hint: str | None) -> None:
         """A ``client_reply`` arrived (the receiver's thread)."""
         with self._lock:
-            batch = self._inflight.pop(batch_id, None)
+            batch = self._pop_batch(batch_id)
             if batch is None:
                 return  # expired and retried already
             self._counters["replies"] += 1

@@ -1,0 +1,147 @@
+"""The ``waraft`` command: ``node``, ``bootstrap``, ``status``, ``shell``.
+
+Exit codes: 0 success; 1 the operation failed (a node unreachable, no leader elected, ...);
+2 bad usage (arguments, config file). ``waraft <command> --help`` documents each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from waraft import __version__
+from waraft.cli import common
+from waraft.cli.common import UsageError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    from waraft.cli import node, shell
+
+    parser = argparse.ArgumentParser(
+        prog="waraft",
+        description="waraft: WARaft (Raft for replicated state machines) in Python.",
+        epilog="Run 'waraft <command> --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"waraft {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    node.add_parser(sub)
+    _add_bootstrap(sub)
+    _add_status(sub)
+    shell.add_parser(sub)
+    return parser
+
+
+def _add_bootstrap(sub: Any) -> None:
+    p = sub.add_parser(
+        "bootstrap",
+        help="make a new cluster of the given nodes",
+        description="Bootstrap every partition on every node with the same config (all nodes "
+        "voting members) at LogPos(1, 1), elect one leader per partition spread round-robin "
+        "over the nodes, wait until each partition has a leader and print a summary. "
+        "Replicas that already hold data are left alone.",
+    )
+    common.nodes_arg(p)
+    common.table_args(p, common.DEFAULT_PARTITIONS)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for leaders")
+    p.add_argument(
+        "--no-balance", action="store_true", help="do not move leaders to their round-robin node"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    common.dist_args(p)
+    p.set_defaults(func=_bootstrap)
+
+
+def _add_status(sub: Any) -> None:
+    p = sub.add_parser(
+        "status",
+        help="status table of every partition on the nodes",
+        description="Print every partition of each node: state, term, leader, commit and "
+        "applied index, log bounds, queue sizes (pending commits/reads/applies) and liveness. "
+        "Exit status 1 when a node is unreachable.",
+    )
+    common.nodes_arg(p)
+    common.table_args(p, None)
+    p.add_argument("--json", action="store_true", help="print rows as JSON")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds per node")
+    common.dist_args(p)
+    p.set_defaults(func=_status)
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from waraft.cli import ops
+
+    common.setup_logging("WARNING")
+    nodes = common.parse_nodes(args.nodes)
+    partitions = common.parse_partitions(args.partitions)
+    log = (lambda line: None) if args.json else print
+    with common.client_node(nodes, **common.dist_options(args)):
+        results = ops.bootstrap_cluster(
+            nodes,
+            args.table,
+            partitions,
+            timeout=args.timeout,
+            balance=not args.no_balance,
+            log=log,
+        )
+    failed = [r for r in results if r.error]
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        print()
+        for r in results:
+            outcome = f"leader {r.leader} (term {r.term})" if r.leader else "NO LEADER"
+            suffix = f"  ERROR: {r.error}" if r.error else ""
+            print(f"{args.table}.{r.partition}: {outcome}{suffix}")
+        print(
+            f"{len(results) - len(failed)}/{len(results)} partitions have a leader"
+            if not failed
+            else f"{len(failed)} partition(s) failed"
+        )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from waraft.cli import ops
+
+    common.setup_logging("ERROR")
+    nodes = common.parse_nodes(args.nodes)
+    partitions = common.parse_partitions(args.partitions) if args.partitions else None
+    with common.client_node(nodes, **common.dist_options(args)):
+        rows = ops.collect_status(
+            nodes,
+            args.timeout,
+            args.table if partitions or args.table != common.DEFAULT_TABLE else None,
+            partitions,
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(ops.format_table(rows))
+    unreachable = any(r.get("error") == "unreachable" for r in rows)
+    return EXIT_FAILED if unreachable else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``waraft`` command; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        print(f"waraft {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+__all__ = ["main"]

@@ -1,0 +1,219 @@
+"""The node admin process ``waraft_admin`` that ``waraft node`` registers.
+
+It answers calls from tools and clients on other nodes (``otp.call(("waraft_admin", node),
+request)``) so that one round trip tells them about the whole node:
+
+======================================  ====================================================
+request                                 answer
+======================================  ====================================================
+``("ping",)``                           ``{"node", "pid", "app", "partitions", "uptime_s",
+                                        "version", "fault_injection"}``
+``("partitions",)``                     ``[(table, partition), ...]`` running here
+``("leaders", table)``                  ``{partition: leader node id}`` (from ``waraft.info``,
+                                        no call to any server)
+``("status_all",)``                     one status row per partition (see :func:`status_row`)
+``("bootstrap", table, partition,       ``waraft.server.bootstrap`` of the local replica
+(index, term), config)``                (the position is rebuilt as a ``LogPos`` here)
+``("dist_stats",)`` / ``("dist_peers",)``  ``waraft.dist.stats()`` / ``waraft.dist.peers()``
+``("set_fault", nodes, inbound, outbound)``  ``waraft.dist.set_fault(...)`` → ``"ok"``
+``("clear_fault",)``                    ``waraft.dist.clear_fault()`` → ``"ok"``
+======================================  ====================================================
+
+The fault-injection requests exist for tests and drills and are refused with
+``("error", "fault_injection_disabled")`` unless the node was started with
+``--allow-fault-injection``. Unknown requests get ``("error", "unknown_request")``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Final
+
+from waraft import __version__, info, otp, part_sup, server
+from waraft.core.types import LogPos
+
+logger = logging.getLogger(__name__)
+
+NAME: Final = "waraft_admin"
+STATUS_TIMEOUT: Final = 2.0
+
+
+def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
+    """The fields of a server status that status tables show (plain msgpack-able values)."""
+    config = status.get("config") or {}
+    members = [str(member[1]) for member in config.get("membership", ())]
+    row = {
+        "node": status.get("id"),
+        "table": status.get("table"),
+        "partition": status.get("partition"),
+        "state": status.get("state"),
+        "term": status.get("current_term"),
+        "voted_for": _node_of(status.get("voted_for")),
+        "leader": status.get("leader_id"),
+        "commit": status.get("commit_index"),
+        "applied": status.get("last_applied"),
+        "log_first": status.get("log_first"),
+        "log_last": status.get("log_last"),
+        # Admitted commits not applied yet, and strong reads waiting (admission counters).
+        "pending_commits": status.get("commit_queue_high", status.get("pending_high")),
+        "pending_reads": status.get("read_queue", 0),
+        "apply_queue": status.get("inflight_applies"),
+        "queued": status.get("queued"),
+        "config_index": status.get("config_index"),
+        "members": members,
+        "witness": bool(status.get("witness")),
+        "disable_reason": _plain(status.get("disable_reason")),
+    }
+    if flags is not None:
+        row["live"], row["lagging"], row["stale"] = bool(flags[1]), bool(flags[2]), bool(flags[3])
+    return row
+
+
+def _node_of(identity: Any) -> Any:
+    if isinstance(identity, (tuple, list)) and len(identity) == 2:
+        return identity[1]
+    return identity
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+class NodeAdmin(otp.Process):
+    """Answers the admin requests in the module docstring."""
+
+    def init(self, app: str, allow_faults: bool) -> None:
+        self.app = app
+        self.allow_faults = allow_faults
+        self.started = time.monotonic()
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        if not isinstance(request, tuple) or not request or not isinstance(request[0], str):
+            return ("error", "unknown_request")
+        handler = _HANDLERS.get(request[0])
+        if handler is None:
+            return ("error", "unknown_request")
+        try:
+            return handler(self, *request[1:])
+        except TypeError:
+            return ("error", "badarg")
+
+    def _ping(self) -> dict[str, Any]:
+        return {
+            "node": self.node.id,
+            "pid": os.getpid(),
+            "app": self.app,
+            "partitions": self._partitions(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "version": __version__,
+            "fault_injection": self.allow_faults,
+        }
+
+    def _partitions(self) -> list[tuple[str, int]]:
+        return [(o.table, o.partition) for o in part_sup.all_options(node=self.node.id)]
+
+    def _leaders(self, table: str) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for t, partition in self._partitions():
+            if t == table:
+                leader = info.get_leader(t, partition)
+                if leader is not None:
+                    out[partition] = leader
+        return out
+
+    def _status_all(self) -> list[dict[str, Any]]:
+        rows = []
+        for table, partition in self._partitions():
+            name = server.default_name(table, partition)
+            try:
+                status = server.status(name, timeout=STATUS_TIMEOUT)
+            except otp.ExitError as exc:
+                rows.append(
+                    {
+                        "node": self.node.id,
+                        "table": table,
+                        "partition": partition,
+                        "error": _plain(exc.reason),
+                    }
+                )
+                continue
+            rows.append(status_row(status, info.get_status(table, partition)))
+        return rows
+
+    def _bootstrap(self, table: str, partition: int, position: Any, config: Any) -> Any:
+        # Run locally: a LogPos crossing the wire arrives as a plain tuple, and the server's
+        # bootstrap needs the named tuple.
+        index, term = position
+        name = server.default_name(table, partition)
+        try:
+            return server.bootstrap(name, LogPos(int(index), int(term)), config)
+        except otp.ExitError as exc:
+            return ("error", ("call_error", _plain(exc.reason)))
+        except ValueError as exc:
+            return ("error", ("badarg", str(exc)))
+
+    def _dist_stats(self) -> dict[str, int]:
+        from waraft import dist
+
+        return dist.stats()
+
+    def _dist_peers(self) -> dict[str, Any]:
+        from waraft import dist
+
+        return dist.peers()
+
+    def _set_fault(self, nodes: Any = (), inbound: Any = (), outbound: Any = ()) -> Any:
+        if not self.allow_faults:
+            return ("error", "fault_injection_disabled")
+        from waraft import dist
+
+        logger.warning("fault injection: cut %s, inbound %s, outbound %s", nodes, inbound, outbound)
+        dist.set_fault(list(nodes), inbound=list(inbound), outbound=list(outbound))
+        return "ok"
+
+    def _clear_fault(self) -> Any:
+        if not self.allow_faults:
+            return ("error", "fault_injection_disabled")
+        from waraft import dist
+
+        logger.warning("fault injection cleared")
+        dist.clear_fault()
+        return "ok"
+
+
+_HANDLERS: Final[dict[str, Any]] = {
+    "ping": NodeAdmin._ping,
+    "partitions": NodeAdmin._partitions,
+    "leaders": NodeAdmin._leaders,
+    "status_all": NodeAdmin._status_all,
+    "bootstrap": NodeAdmin._bootstrap,
+    "dist_stats": NodeAdmin._dist_stats,
+    "dist_peers": NodeAdmin._dist_peers,
+    "set_fault": NodeAdmin._set_fault,
+    "clear_fault": NodeAdmin._clear_fault,
+}
+
+
+def start_link(app: str, allow_faults: bool = False) -> otp.Pid:
+    """Start the admin process registered ``waraft_admin``."""
+    pid: otp.Pid = NodeAdmin.start_link(app, allow_faults, name=NAME)
+    return pid
+
+
+def child_spec(app: str, allow_faults: bool = False) -> dict[str, Any]:
+    """A permanent worker for ``kernel_sup``."""
+    return {
+        "id": NAME,
+        "start": (start_link, (app, allow_faults)),
+        "restart": "permanent",
+        "shutdown": 5000,
+    }
+
+
+def call(node: str, *request: Any, timeout: float = 5.0) -> Any:
+    """``otp.call`` to the admin process of ``node``."""
+    return otp.call((NAME, node), tuple(request), timeout)

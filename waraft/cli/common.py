@@ -1,0 +1,185 @@
+"""Argument parsing helpers shared by the ``waraft`` subcommands, and the throw-away node the
+tool-like commands (``status``, ``bootstrap``, ``shell --attach``) talk to the cluster from."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from waraft import env
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TABLE = "kv"
+DEFAULT_PARTITIONS = "1-4"
+MAX_PARTITIONS = 100_000
+
+
+class UsageError(Exception):
+    """Bad input from the command line or a config file (exit code 2)."""
+
+
+def parse_partitions(text: str | int | Sequence[int]) -> list[int]:
+    """``"1-4"``, ``"1,3,5-7"``, ``4`` (one partition) or a list → sorted unique numbers ≥ 1."""
+    if isinstance(text, bool):
+        raise UsageError(f"not a partition list: {text!r}")
+    if isinstance(text, int):
+        items: list[int] = [text]
+    elif isinstance(text, str):
+        items = []
+        for part in text.replace(" ", "").split(","):
+            if not part:
+                raise UsageError(f"empty item in partition list {text!r}")
+            low, dash, high = part.partition("-")
+            try:
+                if dash:
+                    first, last = int(low), int(high)
+                    if last < first:
+                        raise UsageError(f"empty range {part!r} in {text!r}")
+                    if last - first >= MAX_PARTITIONS:
+                        raise UsageError(f"range {part!r} is too large")
+                    items.extend(range(first, last + 1))
+                else:
+                    items.append(int(part))
+            except ValueError:
+                raise UsageError(f"not a partition list (like 1-4 or 1,3,5-7): {text!r}") from None
+    else:
+        items = list(text)
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in items):
+            raise UsageError(f"partitions must be integers: {text!r}")
+    if not items or any(p < 1 for p in items):
+        raise UsageError(f"partitions are numbers from 1: {text!r}")
+    return sorted(set(items))
+
+
+def parse_nodes(text: str | Sequence[str]) -> list[str]:
+    """``"n1@h:p,n2@h:p"`` (or a list) → node ids, checked and de-duplicated in order."""
+    from waraft.dist import is_node_id
+
+    raw = text.split(",") if isinstance(text, str) else list(text)
+    nodes = [n.strip() for n in raw if n.strip()]
+    if not nodes:
+        raise UsageError("no node ids given")
+    bad = [n for n in nodes if not is_node_id(n)]
+    if bad:
+        raise UsageError(f"not node ids (name@host:port): {', '.join(bad)}")
+    return list(dict.fromkeys(nodes))
+
+
+def parse_value(text: str) -> Any:
+    """A setting's value: JSON when it parses (numbers, true/false, null, lists, quoted
+    strings), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` → ``(key, parse_value(value))``."""
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise UsageError(f"expected key=value, got {text!r}")
+    return key.strip(), parse_value(value.strip())
+
+
+def known_setting(key: str) -> str:
+    """Which scope a setting belongs to: ``"global"`` (the ``waraft`` app) or ``"app"``;
+    raises ``UsageError`` for an unknown key (a typo must not be silently ignored)."""
+    if key in env.GLOBAL_DEFAULTS:
+        return "global"
+    if key in env.APP_DEFAULTS or key in env.TABLE_DEFAULTS or key in env.FALLBACK_KEYS.values():
+        return "app"
+    raise UsageError(f"unknown setting {key!r} (see waraft.env for the list)")
+
+
+def apply_settings(app: str, settings: dict[str, Any]) -> None:
+    """``env.set_env`` each setting on the current node, global keys on the ``waraft`` app."""
+    for key, value in settings.items():
+        scope = known_setting(key)
+        env.set_env(env.RAFT_APP if scope == "global" else app, key, value)
+
+
+def nodes_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--nodes",
+        required=required,
+        metavar="N1@H:P,N2@H:P",
+        help="comma-separated node ids (name@host:port)",
+    )
+
+
+def table_args(parser: argparse.ArgumentParser, partitions_default: str | None) -> None:
+    parser.add_argument("--table", default=DEFAULT_TABLE, help="table name (default: %(default)s)")
+    parser.add_argument(
+        "--partitions",
+        default=partitions_default,
+        metavar="LIST",
+        help="partition numbers, e.g. 1-4 or 1,3,5-7"
+        + (f" (default: {partitions_default})" if partitions_default else ""),
+    )
+
+
+def dist_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("distribution")
+    group.add_argument(
+        "--ping-interval", type=float, metavar="S", help="ping a silent peer after S seconds"
+    )
+    group.add_argument(
+        "--down-after", type=float, metavar="S", help="mark a silent peer down after S seconds"
+    )
+
+
+def dist_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``waraft.dist.start`` keyword arguments from ``--ping-interval`` / ``--down-after``."""
+    options: dict[str, Any] = {}
+    if getattr(args, "ping_interval", None) is not None:
+        options["ping_interval"] = args.ping_interval
+    if getattr(args, "down_after", None) is not None:
+        options["down_after"] = args.down_after
+        options["connect_timeout"] = args.down_after
+    return options
+
+
+@contextmanager
+def client_node(nodes: Sequence[str], host: str | None = None, **dist_kw: Any) -> Iterator[str]:
+    """Run a throw-away distribution node (ephemeral port) for a command; yields its id.
+
+    Its host is ``host`` or the local address on the route to the first node, so that the
+    cluster's replies can reach it. Stopped (with its otp node) on exit. If this process
+    already runs distribution (the shell), that node is used and left running.
+    """
+    from waraft import dist, otp
+    from waraft.client import local_address_for
+
+    if dist.is_started():
+        yield dist.node()
+        return
+    address = host or local_address_for(nodes[0])
+    node_id = dist.start(
+        f"waraft-cli{os.getpid()}x{random.randrange(1 << 20):x}@{address}:0", **dist_kw
+    )
+    try:
+        yield node_id
+    finally:
+        dist.stop()
+        otp.node.stop_all(timeout=2.0)
+
+
+def setup_logging(level: str, prefix: str = "") -> None:
+    """Log to stderr at ``level`` (a name such as INFO)."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise UsageError(f"unknown log level {level!r}")
+    tag = f"{prefix} " if prefix else ""
+    logging.basicConfig(
+        level=numeric,
+        format=f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )

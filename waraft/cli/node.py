@@ -1,0 +1,346 @@
+"""``waraft node``: run one node (an OS process) serving a table's partitions.
+
+Settings come from a TOML file (``--config``) and flags; flags win. The file may hold every
+option at its top level (same names as the flags, with ``_`` for ``-``), a ``[settings]``
+table of ``waraft.env`` settings and a ``[dist]`` table of ``waraft.dist.start`` options::
+
+    name = "n1"
+    listen = "127.0.0.1:7001"
+    data_dir = "/var/lib/waraft/n1"
+    table = "kv"
+    partitions = "1-4"            # or [1, 2, 3, 4]
+    app = "kvstore"
+
+    [settings]
+    raft_election_timeout_ms = 1000
+
+    [dist]
+    ping_interval = 0.5
+    down_after = 3.0
+
+Start-up: ``waraft.dist.start(name@host:port)``, settings into ``waraft.env`` (``raft_database``
+= the data dir, durable log and storage providers unless ``--memory``), the node-wide services
+(``waraft.app``), the ``waraft_admin`` process, then the partitions under ``kernel_sup`` (with
+``--app-module M``, ``M.child_spec(app, raft_args)`` builds the application's supervisor
+instead of ``waraft.sup.child_spec``). Once serving, one line goes to stdout:
+``READY <node id> pid=<pid>``; logs go to stderr. SIGTERM or SIGINT stop the node cleanly (the
+otp node, then distribution) and the process exits 0; a second signal exits at once (1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from waraft.cli import common
+from waraft.cli.common import UsageError
+
+logger = logging.getLogger(__name__)
+
+DURABLE_LOG = "waraft.log.disk:DiskLog"
+DURABLE_STORAGE = "waraft.storage.sqlite:SqliteStorage"
+MEMORY_LOG = "waraft.log.memory:MemoryLog"
+MEMORY_STORAGE = "waraft.storage.memory:MemoryStorage"
+SHUTDOWN_TIMEOUT = 20.0
+"""Seconds a clean stop may take before the process gives up and exits 1."""
+
+
+@dataclass
+class NodeConfig:
+    """Everything ``waraft node`` needs (flags and TOML keys have these names)."""
+
+    name: str = ""
+    listen: str = ""
+    advertise: str | None = None
+    data_dir: str | None = None
+    table: str = common.DEFAULT_TABLE
+    partitions: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    app: str | None = None
+    app_module: str | None = None
+    memory: bool = False
+    allow_fault_injection: bool = False
+    log_level: str = "INFO"
+    settings: dict[str, Any] = field(default_factory=dict)
+    dist: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def application(self) -> str:
+        return self.app or self.table
+
+    def node_id(self) -> str:
+        """``name@host:port`` (the advertised host when listening on every interface)."""
+        host, port = split_listen(self.listen)
+        return f"{self.name}@{self.advertise or host}:{port}"
+
+    def bind(self) -> str | None:
+        """The ZeroMQ bind endpoint when it differs from the id's address."""
+        if self.advertise is None:
+            return None
+        host, port = split_listen(self.listen)
+        return f"tcp://{host}:{port}"
+
+    def check(self) -> NodeConfig:
+        if not self.name or "@" in self.name or "/" in self.name:
+            raise UsageError("--name is required: a node name without '@' or '/' (like n1)")
+        if not self.listen:
+            raise UsageError("--listen HOST:PORT is required (port 0 picks a free one)")
+        split_listen(self.listen)
+        if self.data_dir is None and not self.memory:
+            raise UsageError("--data-dir is required (or --memory for a throw-away node)")
+        from waraft import part_sup
+
+        try:
+            part_sup.check_spec({"table": self.table, "partition": self.partitions[0]})
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        for key in self.settings:
+            common.known_setting(key)
+        from waraft.dist import NodeIdError, parse
+
+        try:
+            parse(self.node_id())
+        except NodeIdError as exc:
+            raise UsageError(str(exc)) from None
+        return self
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 in brackets) → ``(host, port)``."""
+    host, colon, port = listen.rpartition(":")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen must be HOST:PORT, got {listen!r}")
+    return host, int(port)
+
+
+_FILE_KEYS = {f.name for f in fields(NodeConfig)}
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a node config file; unknown keys are an error."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"bad TOML in {path}: {exc}") from None
+    if isinstance(data.get("node"), dict):  # a [node] table is accepted too
+        data = {**data.pop("node"), **data}
+    unknown = set(data) - _FILE_KEYS
+    if unknown:
+        raise UsageError(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
+    for table_key in ("settings", "dist"):
+        if not isinstance(data.get(table_key, {}), dict):
+            raise UsageError(f"[{table_key}] in {path} must be a table")
+    return data
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    """Defaults, then the TOML file, then the flags that were given."""
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_toml(args.config))
+    for key in _FILE_KEYS - {"settings", "dist"}:
+        given = getattr(args, key, None)
+        if given is not None and given is not False:
+            values[key] = given
+    settings = dict(values.pop("settings", {}))
+    for assignment in args.set or []:
+        key, value = common.parse_assignment(assignment)
+        settings[key] = value
+    dist = dict(values.pop("dist", {}))
+    dist.update(common.dist_options(args))
+    if "partitions" in values:
+        values["partitions"] = common.parse_partitions(values["partitions"])
+    config = NodeConfig(**values, settings=settings, dist=dist)
+    return config.check()
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "node",
+        help="run a node until SIGTERM/SIGINT",
+        description="Run one waraft node serving a table's partitions. "
+        "Prints 'READY <node id> pid=<pid>' on stdout once serving; logs to stderr.",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
+    p.add_argument("--name", help="node name; the node id is NAME@HOST:PORT")
+    p.add_argument("--listen", metavar="HOST:PORT", help="endpoint to listen on (port 0: any)")
+    p.add_argument(
+        "--advertise", metavar="HOST", help="host in the node id (when listening on 0.0.0.0)"
+    )
+    p.add_argument("--data-dir", metavar="DIR", help="root of the Raft data (raft_database)")
+    p.add_argument("--table", help=f"table name (default: {common.DEFAULT_TABLE})")
+    p.add_argument(
+        "--partitions",
+        metavar="LIST",
+        help=f"partitions to serve, e.g. 1-4 (default: {common.DEFAULT_PARTITIONS})",
+    )
+    p.add_argument("--app", help="application name for settings (default: the table name)")
+    p.add_argument(
+        "--app-module",
+        metavar="MODULE",
+        help="module whose child_spec(app, raft_args) builds the app's supervisor",
+    )
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="in-memory log and storage (nothing survives a restart)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a waraft.env setting (repeatable), e.g. raft_election_timeout_ms=500",
+    )
+    p.add_argument(
+        "--allow-fault-injection",
+        action="store_true",
+        help="let waraft_admin set_fault/clear_fault (tests and drills only)",
+    )
+    p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    common.dist_args(p)
+    p.set_defaults(func=run)
+
+
+class NodeRuntime:
+    """A node started in this process: ``start()`` then ``stop()`` (the shell uses it too)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.node_id: str | None = None
+        self._temp_dir: str | None = None
+
+    def start(self) -> str:
+        """Start distribution, settings, services and partitions; return the node id."""
+        from waraft import dist, env, otp
+
+        config = self.config
+        data_dir = config.data_dir
+        if data_dir is None:
+            data_dir = self._temp_dir = tempfile.mkdtemp(prefix="waraft-node-")
+        os.makedirs(data_dir, exist_ok=True)
+        self.node_id = dist.start(config.node_id(), bind=config.bind(), **config.dist)
+        app = config.application
+        env.set_env(app, "raft_database", os.path.abspath(data_dir))
+        env.set_env(app, "raft_log_module", MEMORY_LOG if config.memory else DURABLE_LOG)
+        env.set_env(
+            app, "raft_storage_module", MEMORY_STORAGE if config.memory else DURABLE_STORAGE
+        )
+        common.apply_settings(app, config.settings)
+        _ensure_app_services()
+        from waraft.cli import admin
+
+        result = otp.supervisor.start_child(
+            "kernel_sup", admin.child_spec(app, config.allow_fault_injection)
+        )
+        _check_started("waraft_admin", result)
+        raft_args = [{"table": config.table, "partition": p} for p in config.partitions]
+        result = otp.supervisor.start_child("kernel_sup", self._app_spec(app, raft_args))
+        _check_started(f"application {app}", result)
+        logger.info(
+            "node %s serving %s partitions %s (data in %s, %s providers)",
+            self.node_id,
+            config.table,
+            config.partitions,
+            data_dir,
+            "memory" if config.memory else "durable",
+        )
+        return self.node_id
+
+    def _app_spec(self, app: str, raft_args: list[dict[str, Any]]) -> dict[str, Any]:
+        module_name = self.config.app_module
+        if module_name is None:
+            from waraft import sup
+
+            return sup.child_spec(app, raft_args)
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # so `--app-module examples.x` works from a checkout
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UsageError(f"cannot import --app-module {module_name}: {exc}") from None
+        spec: dict[str, Any] = module.child_spec(app, raft_args)
+        return spec
+
+    def stop(self) -> None:
+        """Stop the otp node (every partition terminates, durable state is synced), then
+        distribution."""
+        from waraft import dist, otp
+
+        otp.node.stop_all(timeout=5.0)
+        dist.stop()
+        if self._temp_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+        logger.info("node %s stopped", self.node_id)
+
+
+def _ensure_app_services() -> None:
+    try:
+        app_module = importlib.import_module("waraft.app")
+    except ImportError:
+        return
+    ensure = getattr(app_module, "ensure_started", None)
+    if ensure is not None:
+        ensure()
+
+
+def _check_started(what: str, result: Any) -> None:
+    if not (isinstance(result, tuple) and result and result[0] == "ok"):
+        raise RuntimeError(f"{what} did not start: {result!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``waraft node`` command."""
+    config = config_from_args(args)
+    common.setup_logging(config.log_level, config.name)
+    stop = threading.Event()
+    signals = {"count": 0}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            os._exit(1)  # asked twice: do not wait for a clean stop
+        logger.info("got %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    runtime = NodeRuntime(config)
+    try:
+        node_id = runtime.start()
+    except UsageError:
+        _stop_quietly(runtime)
+        raise
+    except Exception as exc:
+        logger.exception("node failed to start")
+        _stop_quietly(runtime)
+        print(f"waraft node: failed to start: {exc}", file=sys.stderr)
+        return 1
+    print(f"READY {node_id} pid={os.getpid()}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    watchdog = threading.Timer(SHUTDOWN_TIMEOUT, lambda: os._exit(1))
+    watchdog.daemon = True
+    watchdog.start()
+    runtime.stop()
+    watchdog.cancel()
+    return 0
+
+
+def _stop_quietly(runtime: NodeRuntime) -> None:
+    try:
+        runtime.stop()
+    except Exception:
+        logger.exception("stopping after a failed start failed")

@@ -1,0 +1,283 @@
+"""Cluster operations behind ``waraft bootstrap`` and ``waraft status`` (also used by the shell
+and the demo): bootstrapping every partition on every node, collecting and printing status.
+
+Everything here runs on the caller's node and reaches the cluster through ``(name, node)``
+addresses, so distribution must be running (``waraft.cli.common.client_node``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from waraft import otp, server
+from waraft.cli import admin
+from waraft.core.types import Identity, LogPos
+
+BOOTSTRAP_POSITION = LogPos(1, 1)
+ALREADY = ("already_bootstrapped", "rejected")
+"""Bootstrap errors meaning the replica holds data already (bootstrapping is idempotent)."""
+
+
+def server_name(table: str, partition: int) -> str:
+    return server.default_name(table, partition)
+
+
+@dataclass
+class PartitionResult:
+    """What bootstrapping one partition did."""
+
+    partition: int
+    intended: str
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+    leader: str | None = None
+    term: int | None = None
+    error: str | None = None
+
+
+def _bootstrap_one(node: str, table: str, partition: int, config: Any, timeout: float) -> Any:
+    """Bootstrap one replica through the node's ``waraft_admin`` (which calls the server
+    locally), or straight at the server when the node has no admin process."""
+    position = tuple(BOOTSTRAP_POSITION)
+    try:
+        return admin.call(node, "bootstrap", table, partition, position, config, timeout=timeout)
+    except otp.ExitError as exc:
+        if exc.reason != "noproc":
+            return ("error", _exit_text(exc.reason))
+    try:
+        name = server_name(table, partition)
+        return server.bootstrap((name, node), BOOTSTRAP_POSITION, config)
+    except otp.ExitError as exc:
+        return ("error", _exit_text(exc.reason))
+
+
+def _exit_text(reason: Any) -> str:
+    if isinstance(reason, tuple) and reason and reason[0] == "nodedown":
+        return "unreachable"
+    return str(reason)
+
+
+def _describe(result: Any) -> str:
+    if result == "ok":
+        return "ok"
+    if isinstance(result, tuple) and len(result) == 2 and result[1] in ALREADY:
+        return "already"
+    if isinstance(result, tuple) and len(result) == 2 and result[0] == "error":
+        return f"failed ({result[1]})"
+    return f"failed ({result!r})"
+
+
+def bootstrap_cluster(
+    nodes: Sequence[str],
+    table: str,
+    partitions: Sequence[int],
+    *,
+    timeout: float = 30.0,
+    balance: bool = True,
+    log: Callable[[str], None] = lambda line: None,
+) -> list[PartitionResult]:
+    """Bootstrap ``table``'s ``partitions`` on every node with one config (all ``nodes`` as
+    voting members) at ``LogPos(1, 1)``, start one election per partition with leaders spread
+    round-robin (partition p on ``nodes[(p - 1) % len(nodes)]``), and wait up to ``timeout``
+    seconds until every partition has a leader. With ``balance``, a partition whose election
+    went to another node is handed over to the intended one (best effort).
+
+    Replicas that already hold data answer ``already`` and are left alone (running it twice is
+    harmless). Returns one result per partition; ``error`` is set for a partition that failed.
+    """
+    results: list[PartitionResult] = []
+    for partition in partitions:
+        name = server_name(table, partition)
+        config = server.make_config([Identity(name, node) for node in nodes])
+        intended = nodes[(partition - 1) % len(nodes)]
+        result = PartitionResult(partition, intended)
+        for node in nodes:
+            answer = _bootstrap_one(node, table, partition, config, timeout)
+            result.bootstrap[node] = _describe(answer)
+        failed = [n for n, r in result.bootstrap.items() if r.startswith("failed")]
+        if failed:
+            result.error = "bootstrap failed on " + ", ".join(failed)
+        if result.bootstrap.get(intended) == "ok":
+            # If this fails, another member's election timeout elects someone.
+            with contextlib.suppress(otp.ExitError):
+                server.trigger_election((name, intended))
+        log(f"{table}.{partition}: " + ", ".join(f"{n} {r}" for n, r in result.bootstrap.items()))
+        results.append(result)
+    deadline = time.monotonic() + timeout
+    for result in results:
+        _wait_for_leader(nodes, table, result, deadline)
+    if balance:
+        _balance(nodes, table, results, deadline, log)
+    return results
+
+
+def find_leader(
+    nodes: Sequence[str], table: str, partition: int, timeout: float = 2.0
+) -> tuple[str | None, int | None]:
+    """``(leader node, term)`` as the nodes report it: a node that says it is leader wins,
+    else the leader most nodes name; ``(None, None)`` if nobody knows one."""
+    name = server_name(table, partition)
+    named: dict[str, int] = {}
+    best: tuple[str | None, int | None] = (None, None)
+    for node in nodes:
+        try:
+            status = server.status((name, node), timeout)
+        except otp.ExitError:
+            continue
+        term = status.get("current_term")
+        if status.get("state") == "leader" and (best[1] is None or (term or 0) > best[1]):
+            best = (node, term)
+        leader = status.get("leader_id")
+        if isinstance(leader, str):
+            named[leader] = named.get(leader, 0) + 1
+    if best[0] is None and named:
+        best = (max(named, key=lambda n: named[n]), None)
+    return best
+
+
+def _wait_for_leader(
+    nodes: Sequence[str], table: str, result: PartitionResult, deadline: float
+) -> None:
+    while True:
+        leader, term = find_leader(nodes, table, result.partition)
+        if leader is not None and term is not None:
+            result.leader, result.term = leader, term
+            return
+        if time.monotonic() >= deadline:
+            result.error = result.error or "no leader elected in time"
+            return
+        time.sleep(0.05)
+
+
+def _balance(
+    nodes: Sequence[str],
+    table: str,
+    results: list[PartitionResult],
+    deadline: float,
+    log: Callable[[str], None],
+) -> None:
+    moved = []
+    for result in results:
+        if result.leader is None or result.leader == result.intended or result.error:
+            continue
+        name = server_name(table, result.partition)
+        try:
+            answer = server.handover((name, result.leader), result.intended)
+        except otp.ExitError:
+            continue
+        if answer == "ok" or (isinstance(answer, tuple) and answer[0] == "ok"):
+            moved.append(result)
+    for result in moved:
+        end = min(deadline, time.monotonic() + 3.0)
+        while time.monotonic() < end:
+            leader, term = find_leader(nodes, table, result.partition)
+            if leader == result.intended and term is not None:
+                log(f"{table}.{result.partition}: leadership moved to {leader}")
+                result.leader, result.term = leader, term
+                break
+            time.sleep(0.05)
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+
+def node_rows(
+    node: str,
+    timeout: float = 3.0,
+    table: str | None = None,
+    partitions: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """The status rows of every partition on ``node`` (from its ``waraft_admin``), or of
+    ``table``'s ``partitions`` asked one by one when the node has no admin process. An
+    unreachable node gives one row with ``"error": "unreachable"``."""
+    try:
+        rows: list[dict[str, Any]] = list(admin.call(node, "status_all", timeout=timeout))
+    except otp.ExitError as exc:
+        if exc.reason != "noproc":
+            return [{"node": node, "error": "unreachable"}]
+        rows = _rows_without_admin(node, timeout, table, partitions)
+    if table is not None:
+        rows = [r for r in rows if r.get("table") in (None, table)]
+    if partitions is not None:
+        wanted = set(partitions)
+        rows = [r for r in rows if r.get("partition") is None or r.get("partition") in wanted]
+    return rows or [{"node": node, "error": "no partitions"}]
+
+
+def _rows_without_admin(
+    node: str, timeout: float, table: str | None, partitions: Sequence[int] | None
+) -> list[dict[str, Any]]:
+    if table is None or partitions is None:
+        return [{"node": node, "error": "no waraft_admin (give --table and --partitions)"}]
+    rows = []
+    for partition in partitions:
+        try:
+            status = server.status((server_name(table, partition), node), timeout)
+        except otp.ExitError as exc:
+            error = "unreachable" if exc.reason != "noproc" else "not running"
+            rows.append({"node": node, "table": table, "partition": partition, "error": error})
+            if exc.reason != "noproc":
+                break
+            continue
+        rows.append(admin.status_row(status))
+    return rows
+
+
+def collect_status(
+    nodes: Sequence[str],
+    timeout: float = 3.0,
+    table: str | None = None,
+    partitions: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Status rows of every node, in node order then (table, partition) order."""
+    rows: list[dict[str, Any]] = []
+    for node in nodes:
+        rows.extend(node_rows(node, timeout, table, partitions))
+    return rows
+
+
+COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+    ("NODE", lambda r: r.get("node")),
+    ("PARTITION", lambda r: f"{r['table']}.{r['partition']}" if "table" in r else "-"),
+    ("STATE", lambda r: r.get("error") or r.get("state")),
+    ("TERM", lambda r: r.get("term")),
+    ("LEADER", lambda r: r.get("leader")),
+    ("COMMIT", lambda r: r.get("commit")),
+    ("APPLIED", lambda r: r.get("applied")),
+    ("LOG", lambda r: f"{r['log_first']}-{r['log_last']}" if "log_first" in r else None),
+    (
+        "QUEUES C/R/A",
+        lambda r: (
+            f"{r['pending_commits']}/{r['pending_reads']}/{r['apply_queue']}"
+            if "pending_commits" in r
+            else None
+        ),
+    ),
+    ("LIVE", lambda r: _liveness(r)),
+]
+
+
+def _liveness(row: dict[str, Any]) -> str | None:
+    if "error" in row:
+        return None
+    if "live" not in row:
+        return "?"
+    if not row["live"]:
+        return "no"
+    return "lagging" if row.get("lagging") else "yes"
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """An ``etcdctl -w table``-style box table of status rows."""
+    header = [name for name, _ in COLUMNS]
+    body = [["" if (v := get(row)) is None else str(v) for _, get in COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: list[str]) -> str:
+        return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths, strict=True)) + "|"
+
+    return "\n".join([rule, line(header), rule, *(line(cells) for cells in body), rule])

@@ -1,0 +1,349 @@
+"""``waraft shell``: an interactive Python REPL with the waraft API and helpers preloaded.
+
+``--node NAME@HOST:PORT`` starts a node in the shell's process (with ``--data-dir``, ``--table``,
+``--partitions``... as ``waraft node``); ``--attach NODE`` starts a throw-away client node and
+points the helpers at a running node. ptpython or IPython is used when installed, else the
+standard ``code`` module with readline tab completion. ``-c CODE`` runs code and exits
+(non-interactive use, scripts, tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import code
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from waraft.cli import common
+from waraft.cli.common import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+class Helpers:
+    """The functions the shell preloads; they act on ``target`` (a node id) by default."""
+
+    def __init__(self, target: str, table: str, partitions: list[int], nodes: list[str]) -> None:
+        self.target = target
+        self.table = table
+        self.partitions = partitions
+        self._nodes = nodes
+        self._client: Any = None
+
+    # -- addressing ------------------------------------------------------------------------------
+
+    def _server(self, partition: int, node: str | None) -> tuple[str, str]:
+        return (f"raft_server_{self.table}_{partition}", node or self.target)
+
+    def nodes(self) -> list[str]:
+        """The cluster's nodes: the members of the target's partitions, else those given."""
+        from waraft import otp, server
+
+        found: list[str] = list(self._nodes)
+        for partition in self.partitions[:1]:
+            try:
+                config = server.get_current_config(self._server(partition, None))
+            except otp.ExitError:
+                continue
+            found.extend(member.node for member in config.membership)
+        return list(dict.fromkeys(found or [self.target]))
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self, partition: int | None = None, node: str | None = None) -> Any:
+        """One partition's full status dict, or (no argument) print the cluster's table."""
+        from waraft import server
+        from waraft.cli import ops
+
+        if partition is not None:
+            return server.status(self._server(partition, node))
+        print(ops.format_table(ops.collect_status([node] if node else self.nodes())))
+        return None
+
+    def leader(self, partition: int = 1) -> str | None:
+        """The node that leads ``partition`` (as the cluster reports it)."""
+        from waraft.cli import ops
+
+        return ops.find_leader(self.nodes(), self.table, partition)[0]
+
+    # -- admin -----------------------------------------------------------------------------------
+
+    def promote(self, partition: int = 1, node: str | None = None, force: bool = False) -> Any:
+        """Make ``node`` (default: the target) leader of ``partition`` without an election."""
+        from waraft import server
+
+        return server.promote(self._server(partition, node), "next", force)
+
+    def trigger_election(self, partition: int = 1, node: str | None = None) -> Any:
+        """Start an election on ``node`` for ``partition``."""
+        from waraft import server
+
+        return server.trigger_election(self._server(partition, node))
+
+    def resign(self, partition: int = 1, node: str | None = None) -> Any:
+        """The leader on ``node`` steps down."""
+        from waraft import server
+
+        return server.resign(self._server(partition, node))
+
+    def handover(self, partition: int = 1, to: str | None = None) -> Any:
+        """Move ``partition``'s leadership to ``to`` (or a ready peer)."""
+        from waraft import server
+
+        leader = self.leader(partition)
+        if leader is None:
+            return ("error", "no_leader")
+        return server.handover(self._server(partition, leader), to)
+
+    def bootstrap_cluster(
+        self,
+        nodes: Sequence[str] | None = None,
+        table: str | None = None,
+        partitions: Sequence[int] | None = None,
+    ) -> Any:
+        """Bootstrap ``partitions`` of ``table`` on ``nodes`` and elect spread leaders."""
+        from waraft.cli import ops
+
+        results = ops.bootstrap_cluster(
+            list(nodes or self.nodes()),
+            table or self.table,
+            list(partitions or self.partitions),
+            log=print,
+        )
+        return {r.partition: r.error or r.leader for r in results}
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def client(self) -> Any:
+        """A ``waraft.client.Client`` for the table (created on first use)."""
+        if self._client is None:
+            from waraft.client import Client
+
+            self._client = Client(self.nodes(), table=self.table, partitions=max(self.partitions))
+        return self._client
+
+    def commit(self, partition_or_key: Any, command: Any) -> Any:
+        """Replicate ``command`` on the partition (an int) or the key's partition."""
+        return self.client().commit(partition_or_key, command)
+
+    def read(self, partition_or_key: Any, command: Any) -> Any:
+        """A strong read on the partition (an int) or the key's partition."""
+        return self.client().read(partition_or_key, command)
+
+    def write(self, key: Any, value: Any) -> Any:
+        """``("write", table, key, value)`` on the key's partition."""
+        return self.commit(key, ("write", self.table, key, value))
+
+    def get(self, key: Any) -> Any:
+        """``("read", table, key)`` on the key's partition."""
+        return self.read(key, ("read", self.table, key))
+
+    def delete(self, key: Any) -> Any:
+        """``("delete", table, key)`` on the key's partition."""
+        return self.commit(key, ("delete", self.table, key))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+HELPERS = (
+    "status",
+    "leader",
+    "nodes",
+    "promote",
+    "trigger_election",
+    "resign",
+    "handover",
+    "bootstrap_cluster",
+    "commit",
+    "read",
+    "write",
+    "get",
+    "delete",
+    "client",
+)
+
+
+def namespace(helpers: Helpers) -> dict[str, Any]:
+    """The shell's globals: the API modules, types and the helpers."""
+    import waraft
+    from waraft import acceptor, dist, env, info, otp, server
+    from waraft.core.types import Identity, LogPos
+
+    ns: dict[str, Any] = {
+        "waraft": waraft,
+        "otp": otp,
+        "server": server,
+        "acceptor": acceptor,
+        "dist": dist,
+        "env": env,
+        "info": info,
+        "Identity": Identity,
+        "LogPos": LogPos,
+        "make_ref": waraft.make_ref,
+        "TABLE": helpers.table,
+        "PARTITIONS": helpers.partitions,
+        "NODE": helpers.target,
+        "helpers": helpers,
+    }
+    for name in HELPERS:
+        ns[name] = getattr(helpers, name)
+    ns["banner"] = lambda: print(banner(helpers))
+    return ns
+
+
+def banner(helpers: Helpers) -> str:
+    lines = [
+        f"waraft shell on {helpers.target} (this node: {_this_node()}), table "
+        f"{helpers.table!r}, partitions {helpers.partitions}",
+        "helpers: status() [table of every node] status(p) leader(p) nodes()",
+        "         promote(p, node, force) trigger_election(p, node) resign(p, node)",
+        "         handover(p, to)",
+        "         bootstrap_cluster(nodes, table, partitions)",
+        "         commit(p_or_key, cmd) read(p_or_key, cmd) write(k, v) get(k) delete(k) client()",
+        "modules: waraft otp server acceptor dist env info; types Identity LogPos make_ref",
+    ]
+    return "\n".join(lines)
+
+
+def _this_node() -> str:
+    import waraft
+
+    return waraft.node()
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "shell",
+        help="interactive REPL with the API preloaded",
+        description="An interactive Python shell with the waraft API and helpers preloaded.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--node", metavar="NAME@HOST:PORT", help="start a node in this process")
+    where.add_argument("--attach", metavar="NODE", help="talk to a running node")
+    p.add_argument("--data-dir", metavar="DIR", help="with --node: data directory")
+    p.add_argument("--memory", action="store_true", help="with --node: in-memory providers")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --node: a setting")
+    common.table_args(p, common.DEFAULT_PARTITIONS)
+    common.nodes_arg(p, required=False)
+    p.add_argument("-c", dest="code", metavar="CODE", help="run CODE in the shell and exit")
+    p.add_argument("--plain", action="store_true", help="use the standard code module REPL")
+    p.add_argument("--log-level", default="WARNING", help="default: %(default)s")
+    common.dist_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``waraft shell`` command."""
+    common.setup_logging(args.log_level)
+    partitions = common.parse_partitions(args.partitions)
+    nodes = common.parse_nodes(args.nodes) if args.nodes else []
+    runtime = None
+    from waraft import dist
+
+    if args.node:
+        runtime = _start_local_node(args, partitions)
+        target = runtime.node_id
+    else:
+        target = args.attach or (nodes[0] if nodes else None)
+        if target is None:
+            raise UsageError("give --node to start a node, or --attach NODE (or --nodes)")
+        common.parse_nodes([target])
+        from waraft.client import local_address_for
+
+        dist.start(
+            f"shell{os.getpid()}@{local_address_for(target)}:0",
+            **common.dist_options(args),
+        )
+    helpers = Helpers(target, args.table, partitions, nodes or [target])
+    try:
+        return _repl(namespace(helpers), banner(helpers), args)
+    finally:
+        helpers.close()
+        if runtime is not None:
+            runtime.stop()
+        else:
+            from waraft import otp
+
+            dist.stop()
+            otp.node.stop_all(timeout=2.0)
+
+
+def _start_local_node(args: argparse.Namespace, partitions: list[int]) -> Any:
+    from waraft.cli.node import NodeConfig, NodeRuntime, split_listen
+
+    name, at, rest = args.node.partition("@")
+    if not at:
+        raise UsageError("--node takes NAME@HOST:PORT")
+    split_listen(rest)
+    settings = dict(common.parse_assignment(a) for a in args.set or [])
+    config = NodeConfig(
+        name=name,
+        listen=rest,
+        data_dir=args.data_dir,
+        table=args.table,
+        partitions=partitions,
+        memory=args.memory or args.data_dir is None,
+        settings=settings,
+        dist=common.dist_options(args),
+    ).check()
+    runtime = NodeRuntime(config)
+    runtime.start()
+    return runtime
+
+
+def _repl(ns: dict[str, Any], text: str, args: argparse.Namespace) -> int:
+    if args.code is not None:
+        try:
+            exec(compile(args.code, "<waraft shell -c>", "exec"), ns)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            return 1
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive and not args.plain and (_try_ptpython(ns, text) or _try_ipython(ns, text)):
+        return 0
+    _readline_completion(ns)
+    code.interact(banner=text if interactive else "", local=ns, exitmsg="")
+    return 0
+
+
+def _try_ptpython(ns: dict[str, Any], text: str) -> bool:
+    try:
+        from ptpython.repl import embed  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    print(text)
+    embed(globals=ns, locals=ns)
+    return True
+
+
+def _try_ipython(ns: dict[str, Any], text: str) -> bool:
+    try:
+        import IPython  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    print(text)
+    IPython.start_ipython(argv=["--no-banner"], user_ns=ns)
+    return True
+
+
+def _readline_completion(ns: dict[str, Any]) -> None:
+    try:
+        import readline
+        import rlcompleter
+    except ImportError:
+        return
+    readline.set_completer(rlcompleter.Completer(ns).complete)
+    if "libedit" in (readline.__doc__ or ""):
+        readline.parse_and_bind("bind ^I rl_complete")
+    else:
+        readline.parse_and_bind("tab: complete")
