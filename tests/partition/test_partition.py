@@ -3,13 +3,16 @@ and the error cases of the public functions."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.partition.helpers import APP, addr, ident, start_node, state, wait_until
-from waraft import acceptor, durable_state, otp, part_sup, server, sup
+from waraft import acceptor, durable_state, otp, part_sup, server, storage, sup
 from waraft.core.types import LogPos
+from waraft.storage.memory import MemoryStorage
 
 SQLITE = "waraft.storage.sqlite:SqliteStorage"
 DISK = "waraft.log.disk:DiskLog"
@@ -179,3 +182,34 @@ def test_the_older_readme_promote_with_a_config_bootstraps_and_leads(tmp_path: P
     assert status["log_last"] == 1
     op = ("k", ("write", "test", "key", 1000))
     assert acceptor.commit(addr("acceptor", node), op) == "ok"
+
+
+class _FailingSnapshotStorage(MemoryStorage):
+    """Writes part of a snapshot, then fails, like a crash or a full disk midway."""
+
+    fail = True
+
+    def create_snapshot(self, path: Any) -> Any:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "data"), "wb") as f:
+            f.write(b"half")
+        if _FailingSnapshotStorage.fail:
+            return ("error", "disk_full")
+        return super().create_snapshot(path)
+
+
+def test_a_failed_snapshot_leaves_nothing_a_later_request_would_reuse(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1], storage_module=_FailingSnapshotStorage)
+    _bootstrap_single(node)
+    assert acceptor.commit(addr("acceptor", node), ("a", ("write", "t", "a", 1))) == "ok"
+    part_dir = server.status(addr("server", node))["partition_path"]
+    assert storage.create_snapshot(addr("storage", node)) == ("error", "disk_full")
+    assert storage.list_snapshots(part_dir) == []
+    assert [n for n in os.listdir(part_dir) if "snapshot" in n] == []
+    _FailingSnapshotStorage.fail = False
+    try:
+        ok, position = storage.create_snapshot(addr("storage", node))
+    finally:
+        _FailingSnapshotStorage.fail = True
+    assert ok == "ok"
+    assert storage.list_snapshots(part_dir) == [(position, f"snapshot.{position[0]}.{position[1]}")]
