@@ -119,22 +119,18 @@ class Dist:
             router = self._make_router(curve)
             monitor = router.get_monitor_socket(_ROUTER_EVENTS)
             self.node_id = self._bind(router, node_id, bind)
+            self.outbound = Outbound(self._ctx, self.node_id, settings, curve)
+            self.otp_node = self._adopt_otp_node()
+            self.receiver = Receiver(self, router)
+            self.liveness = Liveness(self, self._ctx, monitor, zap)
         except BaseException:
+            # Nothing runs yet: close what was opened so a failed start leaks nothing.
             for sock in (monitor, router, zap):
                 if sock is not None:
                     sock.close(linger=0)
             self._ctx.term()
             raise
-        self.outbound = Outbound(self._ctx, self.node_id, settings, curve)
-        existing = otp_node.get(self.node_id)
-        if existing is not None and existing.alive:
-            otp_node.set_default(existing)
-            self.otp_node = existing
-        else:
-            self.otp_node = otp_node.start_default(self.node_id)
-        self.receiver = Receiver(self, router)
-        self.liveness = Liveness(self, self._ctx, monitor, zap)
-        self.receiver.start()
+        self.receiver.start()  # from here on each thread closes the sockets it owns
         self.liveness.start()
         otp_node.set_remote_router(self)
         logger.info("distribution started as %s", self.node_id)
@@ -156,6 +152,15 @@ class Dist:
             router.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
             router.setsockopt_string(zmq.ZAP_DOMAIN, "waraft")
         return router
+
+    def _adopt_otp_node(self) -> otp_node.Node:
+        # Make the otp node with this id the process default (created unless it exists), so
+        # that names registered from now on are reachable from other nodes.
+        existing = otp_node.get(self.node_id)
+        if existing is not None and existing.alive:
+            otp_node.set_default(existing)
+            return existing
+        return otp_node.start_default(self.node_id)
 
     @staticmethod
     def _bind(router: zmq.Socket[bytes], node_id: str, bind: str | None) -> str:
@@ -242,11 +247,7 @@ class Dist:
             peer = self.peers.get(node_id)
         except (nodeid.NodeIdError, PeerLimitError):
             raise ExitError(("nodedown", node_id)) from None
-        if (
-            self.stopping
-            or peer.state is PeerState.DOWN
-            or (self._fault_out and node_id in self._fault_out)
-        ):
+        if self._fault_out and node_id in self._fault_out:
             self.counters.incr("call_nodedown")
             raise ExitError(("nodedown", node_id))
         ref = next(self._refs)
@@ -258,8 +259,8 @@ class Dist:
         self._pending[ref] = waiter
         self.counters.incr("calls")
         try:
-            # The peer may have gone down since the check above, after the down listener
-            # scanned the pending calls: look again now that this call is visible to it.
+            # Checked only once the call is visible in _pending: a peer going down from now
+            # on fails it through the down listener, and one down already is caught here.
             if peer.state is PeerState.DOWN or self.stopping:
                 self.counters.incr("call_nodedown")
                 raise ExitError(("nodedown", node_id))
