@@ -49,6 +49,8 @@ def test_start_twice_is_an_error_and_stop_is_idempotent() -> None:
         dist.stop()
     dist.stop()
     assert not dist.is_started()
+    assert dist.cast(("x", "elsewhere@127.0.0.1:1"), "m") is False  # no raise when stopped
+    assert dist.cast_bytes(("x", "elsewhere@127.0.0.1:1"), dist.encode("m")) is False
 
 
 def test_fixed_port_and_bad_ids() -> None:

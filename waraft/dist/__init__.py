@@ -22,10 +22,20 @@ Semantics (WARaft's ``wa_raft_distribution``, Erlang's ``[noconnect, nosuspend]`
 * Frames are limited to ``max_frame_bytes``; malformed, oversized, unknown-version and
   unknown-kind frames are dropped and counted (:func:`stats`) and never disturb the node.
 
-Hot path: encode a message once with :func:`encode` and ship the bytes to any number of peers
-with :func:`cast_bytes` (or :func:`send_bytes`); the receiver sees exactly what
-``cast(addr, msg)`` would have delivered. Frames of 64 KiB and more go to libzmq without a
-copy.
+Hot path (what the server shell should do):
+
+* send from the actor's own thread (its links keep per-(actor, node) FIFO order), with
+  :func:`cast` / :func:`cast_bytes` rather than ``otp.cast`` when the outcome matters: False
+  means dropped (WARaft's ``{error, nosuspend}``), so do not advance that peer's next index;
+* encode once, ship many: ``payload = encode(msg)`` then ``cast_bytes(addr, payload)`` for
+  every peer that gets the same message; the receiver sees exactly what ``cast(addr, msg)``
+  would have delivered. When only part of a message is shared (the entries of an
+  AppendEntries whose other fields differ per peer), encode that part once with
+  ``codec.packb`` and put the resulting ``bytes`` in the message: msgpack copies bytes
+  without walking them, and the receiver decodes them with ``codec.unpackb``;
+* answer remote callers by completing their ``from_`` (``from_.reply(value)``) from
+  whichever actor holds it: it goes straight back over ZeroMQ from that thread;
+* no ``call`` on the hot path. Frames of 64 KiB and more go to libzmq without a copy.
 """
 
 from __future__ import annotations
@@ -151,13 +161,15 @@ def _local(node_id: str) -> bool:
 
 
 def cast(addr: tuple[str, str], msg: Any) -> bool:
-    """``otp.cast`` to ``(name, node_id)`` that reports whether the message was queued."""
+    """``otp.cast`` to ``(name, node_id)`` that reports whether the message was queued (False
+    also when distribution is not started and the node is not in this process)."""
     if _local(addr[1]):
         from waraft.otp import messaging
 
         messaging.cast(addr, msg)
         return True
-    return _running().cast(addr, msg)
+    dist = _dist
+    return dist is not None and dist.cast(addr, msg)
 
 
 def send(addr: tuple[str, str], msg: Any) -> bool:
@@ -167,7 +179,8 @@ def send(addr: tuple[str, str], msg: Any) -> bool:
 
         messaging.send(addr, msg)
         return True
-    return _running().send(addr, msg)
+    dist = _dist
+    return dist is not None and dist.send(addr, msg)
 
 
 def call(addr: tuple[str, str], request: Any, timeout: float | None = 5.0) -> Any:
@@ -192,14 +205,16 @@ def cast_bytes(addr: tuple[str, str], payload: bytes) -> bool:
     """
     if _local(addr[1]):
         return cast(addr, codec.unpackb(payload))
-    return _running().cast_bytes(addr, payload)
+    dist = _dist
+    return dist is not None and dist.cast_bytes(addr, payload)
 
 
 def send_bytes(addr: tuple[str, str], payload: bytes) -> bool:
     """:func:`cast_bytes`, delivered to ``handle_info``."""
     if _local(addr[1]):
         return send(addr, codec.unpackb(payload))
-    return _running().cast_bytes(addr, payload, info=True)
+    dist = _dist
+    return dist is not None and dist.cast_bytes(addr, payload, info=True)
 
 
 def set_fault(
@@ -226,14 +241,17 @@ def clear_fault() -> None:
 def stats() -> dict[str, int]:
     """Counters since :func:`start` (empty when not started).
 
-    ``tx_msgs``/``tx_bytes`` sent, ``tx_dropped_full`` (peer queue at ``sndhwm``),
+    ``tx_msgs``/``tx_bytes`` queued to libzmq, ``tx_dropped_full`` (peer queue at ``sndhwm``),
     ``tx_dropped_nodedown``, ``tx_dropped_fault``, ``tx_oversized``, ``tx_encode_errors``,
-    ``tx_sockets`` (open DEALERs); ``rx_msgs``/``rx_bytes`` received, ``rx_malformed``,
+    ``tx_peer_limit``, ``tx_sockets`` (open DEALERs); ``rx_msgs``/``rx_bytes`` frames received
+    from identified peers (before decoding), ``rx_malformed``,
     ``rx_oversized``, ``rx_bad_version``, ``rx_unknown_kind``, ``rx_bad_identity``,
-    ``rx_dropped_fault``, ``rx_noproc`` (no such registered name), ``rx_late_replies``;
+    ``rx_dropped_fault``, ``rx_peer_limit``, ``rx_noproc`` (no such registered name),
+    ``rx_late_replies``, ``rx_handler_errors``;
     ``calls``, ``call_timeouts``, ``call_nodedown``; ``nodeup_events``, ``nodedown_events``;
-    ``conn_accepted``, ``conn_closed``, ``handshake_failed``, ``auth_denied``;
-    ``pending_calls``, ``peers``. Counters that never moved may be absent.
+    ``conn_accepted``, ``conn_closed``, ``handshake_failed``, ``auth_denied`` (ROUTER side),
+    ``probe_handshake_failed``, ``pings_dropped``, ``links_reaped``; ``pending_calls``,
+    ``peers``. Counters that never moved may be absent.
     """
     dist = _dist
     return {} if dist is None else dist.stats()
@@ -241,7 +259,8 @@ def stats() -> dict[str, int]:
 
 def peers() -> dict[str, dict[str, Any]]:
     """Per known peer: ``state`` (connecting/up/down), ``since_s``, ``last_rx_ago_s``,
-    ``rtt_ms`` (last ping), ``rx``, ``tx``, ``tx_bytes``, ``tx_dropped_full``, ``links``
-    (open DEALERs), ``pings``, ``pongs``, ``down_events``, ``pending_calls``, ``fault``."""
+    ``rtt_ms`` (last ping), ``rx``, ``pings``, ``pongs``, ``down_events``, ``pending_calls``,
+    ``fault``, and over the currently open DEALERs to it: ``links``, ``tx``, ``tx_bytes``,
+    ``tx_dropped_full``."""
     dist = _dist
     return {} if dist is None else dist.peer_status()
