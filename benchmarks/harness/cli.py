@@ -56,9 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--nodes",
         type=int,
+        nargs="+",
         choices=(1, 3, 5),
         default=None,
-        help="cluster size (default: the scenario's, 3; 5 for d)",
+        help="cluster sizes, one cluster per value (default: the scenario's, 3; 5 for d)",
     )
     run.add_argument("--partitions", type=int, default=1, help="waraft partitions (default 1)")
     run.add_argument(

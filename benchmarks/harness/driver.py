@@ -33,5 +33,9 @@ class Driver(ABC):
     def call(self, op: int, key: str, value: bytes | None, timeout: float) -> str | None:
         """One command, synchronously; returns None on success or the error kind."""
 
+    def stats(self) -> dict[str, int]:
+        """Counters of the client library (retries, redirects, ...) for the results."""
+        return {}
+
     @abstractmethod
     def close(self) -> None: ...

@@ -201,7 +201,9 @@ def main() -> int:
             run_sync(driver, stream, rec, emit, float(spec.get("request_timeout_s", 10.0)))
         else:
             raise ValueError(f"unknown mode {mode!r}")
-        emit("result", result=rec.result(), pid=os.getpid())
+        result = rec.result()
+        result["client_stats"] = driver.stats()
+        emit("result", result=result, pid=os.getpid())
         return 0
     finally:
         driver.close()

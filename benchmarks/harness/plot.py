@@ -20,13 +20,21 @@ COLORS = {"waraft": "tab:blue", "pysyncobj": "tab:orange", "pysyncobj-inleader":
 
 def plot(doc: dict[str, Any], path: Path) -> Path:
     runs = [r for r in doc["runs"] if r["status"] == "ok"]
+    sweep = [r for r in runs if r["config"]["mode"] != "sync" and not r.get("failover")]
     failovers = [r for r in runs if r.get("failover")]
-    panels = 2 + (1 if failovers else 0)
-    fig, axes = plt.subplots(panels, 1, figsize=(11, 4.2 * panels), squeeze=False)
-    _throughput(axes[0][0], runs)
-    _latency(axes[1][0], runs)
+    drawers: list[tuple[Any, list[dict[str, Any]]]] = []
+    if sweep:
+        drawers.append((_throughput, sweep))
+    if runs:
+        drawers.append((_latency, runs))
     if failovers:
-        _failover(axes[2][0], failovers)
+        drawers.append((_failover, failovers))
+    panels = max(1, len(drawers))
+    fig, axes = plt.subplots(panels, 1, figsize=(11, 4.2 * panels), squeeze=False)
+    for (draw, subset), row in zip(drawers, axes, strict=False):
+        draw(row[0], subset)
+    if not drawers:
+        axes[0][0].text(0.5, 0.5, "no successful run", ha="center", va="center")
     machine = doc["machine"]
     fig.suptitle(
         f"waraft benchmark — {machine['cpu_model']}, {machine['cores_logical']} cores, "
@@ -44,8 +52,6 @@ def _throughput(ax: Any, runs: list[dict[str, Any]]) -> None:
     series: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
     for r in runs:
         cfg = r["config"]
-        if cfg["mode"] == "sync" or r.get("failover"):
-            continue
         key = (r["scenario"], r["system"], cfg["nodes"])
         series.setdefault(key, []).append((cfg["concurrency"], r["throughput"]["ops_per_s"]))
     for (scenario, system, nodes), points in sorted(series.items()):

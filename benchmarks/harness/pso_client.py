@@ -68,6 +68,7 @@ class PySyncObjDriver(Driver):
         self.delayed: list[tuple[float, int]] = []  # (when, rid) re-sends after a back-off
         self.completions: list[tuple[int, int, str | None]] = []
         self._last_timeout_scan = 0.0
+        self.counters = {"frames": 0, "redirects": 0, "retries_after_timeout": 0, "requests": 0}
 
     # connection ----------------------------------------------------------------------------
 
@@ -95,6 +96,7 @@ class PySyncObjDriver(Driver):
         p = _Pending(op, key, value, token, self.leader, now, self.retry_after)
         p.give_up = now + self.give_up_after
         self.pending[rid] = p
+        self.counters["requests"] += 1
         self._queue(rid, p)
 
     def _queue(self, rid: int, p: _Pending) -> None:
@@ -107,12 +109,14 @@ class PySyncObjDriver(Driver):
                 box.append(req)
         else:
             self.socks[p.node].send(wire.pack(wire.KIND_BATCH, [req]))
+            self.counters["frames"] += 1
 
     def flush(self) -> None:
         if not self.outbox:
             return
         for node, reqs in self.outbox.items():
             self.socks[node].send(wire.pack(wire.KIND_BATCH, reqs))
+        self.counters["frames"] += len(self.outbox)
         self.outbox = {}
 
     def poll(self, timeout: float) -> list[tuple[int, int, str | None]]:
@@ -156,6 +160,7 @@ class PySyncObjDriver(Driver):
                 self.completions.append((p.op, p.token, str(error)))
 
     def _redirect(self, rid: int, p: _Pending, where: str | None) -> None:
+        self.counters["redirects"] += 1
         now = time.monotonic()
         if where is not None and where in self.endpoints:
             node = self.endpoints.index(where)
@@ -188,6 +193,7 @@ class PySyncObjDriver(Driver):
                 self.completions.append((p.op, p.token, "timeout"))
                 continue
             # The node did not answer in time (dead?): move on to the next one.
+            self.counters["retries_after_timeout"] += 1
             if p.node == self.leader:
                 self.leader = (self.leader + 1) % len(self.endpoints)
             p.node = self.leader
@@ -203,6 +209,9 @@ class PySyncObjDriver(Driver):
                 return "timeout"
             for _, _, error in self.poll(remaining):
                 return error
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
 
     @property
     def outstanding(self) -> int:

@@ -189,6 +189,11 @@ class ResourceSampler:
         for p in processes:
             by_role[p["role"]] = by_role.get(p["role"], 0.0) + p["cpu_s"]
         machine["cpu_s_by_role"] = {k: round(v, 3) for k, v in by_role.items()}
+        if "busy_cores" in machine and seconds:
+            # CPU the machine spent outside the processes of this run (other jobs, the
+            # harness itself, the kernel): a noisy neighbour makes the figures unreliable.
+            ours = sum(by_role.values()) / seconds
+            machine["other_busy_cores"] = round(max(0.0, machine["busy_cores"] - ours), 2)
         return {"window_s": round(seconds, 3), "processes": processes, "machine": machine}
 
     def untrack(self, pid: int) -> None:

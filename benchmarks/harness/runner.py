@@ -339,6 +339,7 @@ def _merge(m: Measurement, results: list[dict[str, Any]], window: Window) -> dic
     errors: dict[str, int] = {}
     errors_outside: dict[str, int] = {}
     sent = unfinished = 0
+    client_stats: dict[str, int] = {}
     bucket_ns = int(results[0]["timeline"]["bucket_ns"]) if results else 100_000_000
     length = max((len(r["timeline"]["ok"]) for r in results), default=0)
     tl_ok = [0] * length
@@ -351,6 +352,8 @@ def _merge(m: Measurement, results: list[dict[str, Any]], window: Window) -> dic
             errors[kind] = errors.get(kind, 0) + int(n)
         for kind, n in r.get("errors_outside_window", {}).items():
             errors_outside[kind] = errors_outside.get(kind, 0) + int(n)
+        for key, value in r.get("client_stats", {}).items():
+            client_stats[key] = client_stats.get(key, 0) + int(value)
         sent += int(r["sent_in_window"])
         unfinished += int(r["unfinished"])
         for i, n in enumerate(r["timeline"]["ok"]):
@@ -385,6 +388,7 @@ def _merge(m: Measurement, results: list[dict[str, Any]], window: Window) -> dic
         "errors_total": sum(errors.values()),
         "errors_outside_window": errors_outside,
         "unfinished": unfinished,
+        "client_stats": client_stats,
         "timeline": _coarse_timeline(tl_ok, tl_err, bucket_ns),
         "failover": None,
     }

@@ -4,6 +4,7 @@ comparisons, and the files (JSON, PNG, Markdown) at the end."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import time
 import traceback
@@ -27,7 +28,7 @@ class Options:
     scenarios: list[Scenario]
     out: Path
     systems: list[str] | None = None
-    nodes: int | None = None
+    nodes: list[int] | None = None
     partitions: int = 1
     concurrency: list[int] | None = None
     clients: int = 1
@@ -76,8 +77,8 @@ def run_suite(opts: Options, argv: list[str]) -> dict[str, Any]:
     json_path = opts.out / f"{opts.name}.json"
     progress.note(f"results -> {json_path}")
     for scenario in opts.scenarios:
-        for system in _systems(scenario, opts, doc):
-            for record in _run_system(scenario, system, opts, progress):
+        for nodes, system in _plan(scenario, opts, doc):
+            for record in _run_system(scenario, system, nodes, opts, progress):
                 doc["runs"].append(record)
                 progress.note(summary_line(record))
                 results.write(doc, json_path)  # partial results survive a crash
@@ -102,7 +103,8 @@ def run_suite(opts: Options, argv: list[str]) -> dict[str, Any]:
     return doc
 
 
-def _systems(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[str]:
+def _plan(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[tuple[int, str]]:
+    """(cluster size, system) pairs of a scenario, in run order."""
     chosen = [s for s in scenario.systems if opts.systems is None or s in opts.systems]
     if not pysyncobj_available():
         for system in [s for s in chosen if s.startswith("pysyncobj")]:
@@ -110,11 +112,10 @@ def _systems(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[str
                 {"scenario": scenario.key, "system": system, "reason": "pysyncobj not installed"}
             )
         chosen = [s for s in chosen if not s.startswith("pysyncobj")]
-    return chosen
+    return [(nodes, system) for nodes in (opts.nodes or [scenario.nodes]) for system in chosen]
 
 
-def _measurements(scenario: Scenario, system: str, opts: Options) -> list[Measurement]:
-    nodes = opts.nodes or scenario.nodes
+def _measurements(scenario: Scenario, system: str, nodes: int, opts: Options) -> list[Measurement]:
     concurrencies = [1] if scenario.mode == "sync" else (opts.concurrency or scenario.concurrency)
     out = []
     for concurrency in concurrencies:
@@ -144,9 +145,9 @@ def _measurements(scenario: Scenario, system: str, opts: Options) -> list[Measur
 
 
 def _run_system(
-    scenario: Scenario, system: str, opts: Options, progress: Progress
+    scenario: Scenario, system: str, nodes: int, opts: Options, progress: Progress
 ) -> Iterator[dict[str, Any]]:
-    plan = _measurements(scenario, system, opts)
+    plan = _measurements(scenario, system, nodes, opts)
     # A failover breaks the cluster: each of those measurements gets a fresh one.
     groups = [[m] for m in plan] if scenario.failover else [plan]
     for group_plan in groups:
@@ -155,6 +156,7 @@ def _run_system(
         log_dir = opts.out / "logs" / tag
         data_dir = opts.out / "data" / f"{tag}-{int(time.time() * 1000)}"
         sampler = ResourceSampler()
+        sampler.track("harness", "harness", os.getpid())
         sampler.start()
         try:
             with ProcessGroup(log_dir) as procs:
@@ -274,6 +276,9 @@ def summary_line(run: dict[str, Any]) -> str:
         f"servers {cpu:.0f}% CPU, peak RSS {rss:.0f} MiB  "
         f"errors {run['errors_total']}  elections {run['elections']['elections']}"
     )
+    other = run["resources"]["machine"].get("other_busy_cores", 0.0)
+    if other > 0.25:
+        text += f"  | NOISY: other processes used {other} cores"
     fo = run.get("failover")
     if fo:
         text += f"  | killed {fo['killed']}, writes back after {fo['recovery_s']} s"
@@ -281,12 +286,16 @@ def summary_line(run: dict[str, Any]) -> str:
 
 
 def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """waraft against PySyncObj per scenario: the best throughput of each over the scenario's
-    concurrency levels, the ratio, and for the latency scenario the latency ratio."""
+    """waraft against PySyncObj per scenario and cluster size: the best throughput of each over
+    the concurrency levels, the ratio, p50/p99 of those runs, recovery times for failovers."""
     out = []
-    scenarios = dict.fromkeys(r["scenario"] for r in runs)
-    for sc in scenarios:
-        ok = [r for r in runs if r["scenario"] == sc and r["status"] == "ok"]
+    groups = dict.fromkeys((r["scenario"], r["config"]["nodes"]) for r in runs)
+    for sc, nodes in groups:
+        ok = [
+            r
+            for r in runs
+            if r["scenario"] == sc and r["config"]["nodes"] == nodes and r["status"] == "ok"
+        ]
         best: dict[str, dict[str, Any]] = {}
         for r in ok:
             cur = best.get(r["system"])
@@ -303,6 +312,7 @@ def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             b = theirs["throughput"]["ops_per_s"]
             entry: dict[str, Any] = {
                 "scenario": sc,
+                "nodes": nodes,
                 "against": other,
                 "waraft_run": ours["id"],
                 "other_run": theirs["id"],
@@ -328,7 +338,7 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     for c in comparisons:
         ratio = c["throughput_ratio"]
         text = (
-            f"[{c['scenario']}] waraft / {c['against']}: "
+            f"[{c['scenario']}] {c['nodes']} nodes, waraft / {c['against']}: "
             f"{c['waraft_ops_per_s']:,.0f} / {c['other_ops_per_s']:,.0f} ops/s = "
             f"{ratio if ratio is not None else 'n/a'}x"
         )

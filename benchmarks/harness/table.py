@@ -54,8 +54,9 @@ def _in_flight(run: dict[str, Any]) -> str:
 def runs_table(runs: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| scenario | system | nodes | in flight | committed ops/s | p50 ms | p90 ms | p99 ms "
-        "| p99.9 ms | servers CPU % | client CPU % | peak RSS/node MiB | errors | elections |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| p99.9 ms | servers CPU % | client CPU % | peak RSS/node MiB | errors | elections "
+        "| other load (cores) |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for run in runs:
         sc = SCENARIO_NAMES.get(run["scenario"], run["scenario"])
@@ -63,7 +64,7 @@ def runs_table(runs: list[dict[str, Any]]) -> list[str]:
         if run["status"] != "ok":
             lines.append(
                 f"| {sc} | {system} | {run['config']['nodes']} | {_in_flight(run)} | failed: "
-                f"{run.get('error', '?')[:60]} | | | | | | | | | |"
+                f"{run.get('error', '?')[:60]} | | | | | | | | | | |"
             )
             continue
         lat = run["latency_ms"]["all"]
@@ -77,7 +78,8 @@ def runs_table(runs: list[dict[str, Any]]) -> list[str]:
             f"| {_ms(lat['p90_ms'])} | {_ms(lat['p99_ms'])} | {_ms(lat['p99_9_ms'])} "
             f"| {sum(p['cpu_percent'] for p in servers):.0f} "
             f"| {sum(p['cpu_percent'] for p in clients):.0f} | {rss:.0f} "
-            f"| {run['errors_total']} | {run['elections']['elections']} |"
+            f"| {run['errors_total']} | {run['elections']['elections']} "
+            f"| {run['resources']['machine'].get('other_busy_cores', 0.0):.2f} |"
         )
     return lines
 
@@ -86,14 +88,14 @@ def comparison_table(comparisons: list[dict[str, Any]]) -> list[str]:
     if not comparisons:
         return []
     lines = [
-        "| scenario | against | waraft ops/s | other ops/s | waraft / other | p50 ms waraft "
-        "| p50 ms other |",
-        "|---|---|--:|--:|--:|--:|--:|",
+        "| scenario | nodes | against | waraft ops/s | other ops/s | waraft / other "
+        "| p50 ms waraft | p50 ms other |",
+        "|---|--:|---|--:|--:|--:|--:|--:|",
     ]
     for c in comparisons:
         ratio = c["throughput_ratio"]
         lines.append(
-            f"| {SCENARIO_NAMES.get(c['scenario'], c['scenario'])} "
+            f"| {SCENARIO_NAMES.get(c['scenario'], c['scenario'])} | {c['nodes']} "
             f"| {SYSTEM_NAMES.get(c['against'], c['against'])} | {_num(c['waraft_ops_per_s'])} "
             f"| {_num(c['other_ops_per_s'])} | {f'{ratio:.2f}x' if ratio is not None else 'n/a'} "
             f"| {_ms(c['waraft_p50_ms'])} | {_ms(c['other_p50_ms'])} |"

@@ -119,5 +119,8 @@ class WaraftDriver(Driver):
             self.client.commit(key, ("write", self.table, key, value), timeout=timeout)
         )
 
+    def stats(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.client.stats().items()}
+
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,161 @@
+"""Unit tests of the benchmark harness's pure parts: histogram, mix, recorder window rules,
+failover analysis, comparisons, the Markdown table and the results schema check."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from benchmarks.harness import results
+from benchmarks.harness.histogram import Histogram, bucket_bounds, bucket_index
+from benchmarks.harness.recorder import Recorder
+from benchmarks.harness.runner import Measurement, _failover, _merge
+from benchmarks.harness.suite import compare
+from benchmarks.harness.table import markdown
+from benchmarks.harness.wire import OP_READ, OP_WRITE
+from benchmarks.harness.workload import OpStream, Window, Workload, parse_mix
+
+
+def test_bucket_bounds_contain_their_values() -> None:
+    rng = random.Random(7)
+    values = [0, 1, 255, 256, 257, 511, 512, 10**6, 2**40 + 12345]
+    values += [rng.randrange(1, 10**11) for _ in range(2000)]
+    for value in values:
+        low, high = bucket_bounds(bucket_index(value))
+        assert low <= value < high
+        assert (high - low) <= max(1, value // 128 + 1)  # below 1 % relative width
+
+
+def test_percentiles_match_sorted_samples_within_precision() -> None:
+    rng = random.Random(3)
+    samples = [int(rng.lognormvariate(13, 1.2)) for _ in range(20_000)]
+    hist = Histogram()
+    hist.record_many(samples)
+    ordered = sorted(samples)
+    for pct in (50.0, 90.0, 99.0, 99.9, 100.0):
+        exact = ordered[max(0, -(-len(ordered) * pct // 100) - 1).__int__()]
+        got = hist.percentile(pct)
+        assert exact <= got <= exact * 1.01 + 1
+    assert hist.total == len(samples)
+    assert hist.min == ordered[0] and hist.max == ordered[-1]
+
+
+def test_merge_and_json_round_trip() -> None:
+    a, b = Histogram(), Histogram()
+    a.record_many([5, 500, 50_000])
+    b.record_many([7, 7_000_000])
+    a.merge(Histogram.from_json(b.to_json()))
+    assert a.total == 5 and a.min == 5 and a.max == 7_000_000
+    assert a.percentile(100) == 7_000_000
+    assert Histogram().percentile(50) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "reads"),
+    [("write=1,read=0", 0.0), ("write=9,read=1", 0.1), ("read=1", 1.0), ("write=3, read=1", 0.25)],
+)
+def test_parse_mix(text: str, reads: float) -> None:
+    assert parse_mix(text) == pytest.approx(reads)
+
+
+@pytest.mark.parametrize("text", ["write=0,read=0", "update=1", "write=-1,read=2", "write"])
+def test_parse_mix_rejects_nonsense(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_mix(text)
+
+
+def test_op_stream_keeps_the_mix_and_the_value_size() -> None:
+    stream = OpStream(Workload(value_size=33, read_fraction=0.25, keyspace=100))
+    ops = [stream.next() for _ in range(1000)]
+    assert sum(op == OP_READ for op, _, _ in ops) == 250
+    assert all(len(v) == 33 for op, _, v in ops if op == OP_WRITE and v is not None)
+    assert len({k for _, k, _ in ops}) == 100
+
+
+def test_recorder_counts_only_the_window() -> None:
+    window = Window(t0_ns=0, warmup_ns=1000, duration_ns=1000)
+    rec = Recorder(window, bucket_ns=100)
+    rec.done(OP_WRITE, 100, 900, None)  # warm-up: not counted, no latency
+    rec.done(OP_WRITE, 900, 1100, None)  # completes in window: counted, sent before: no latency
+    rec.done(OP_WRITE, 1200, 1500, None)  # counted, latency 300
+    rec.done(OP_WRITE, 1900, 2300, None)  # sent in window, completes after: latency, not counted
+    rec.done(OP_WRITE, 1300, 1400, "timeout")
+    res = rec.result()
+    assert res["ok"]["write"] == 2
+    assert res["errors"] == {"timeout": 1}
+    lat = Histogram.from_json(res["latency"]["write"])
+    assert lat.total == 2 and lat.min == 300 and lat.max == 400
+    assert sum(res["timeline"]["ok"]) == 3  # the timeline ends with the window
+
+
+def _timeline(ok: list[int], bucket_ns: int) -> dict[str, Any]:
+    return {
+        "ok": {"write": 0, "read": 0},
+        "ok_outside_window": 0,
+        "sent_in_window": 0,
+        "unfinished": 0,
+        "errors": {},
+        "latency": {"write": Histogram().to_json(), "read": Histogram().to_json()},
+        "timeline": {"bucket_ns": bucket_ns, "ok": ok, "err": [0] * len(ok)},
+    }
+
+
+def test_failover_recovery_from_the_fine_timeline() -> None:
+    ms = 1_000_000
+    ok = [10] * 1000 + [0] * 1500 + [10] * 1000  # 1.5 s without any success after 1 s
+    window = Window(t0_ns=0, warmup_ns=500 * ms, duration_ns=3000 * ms)
+    fo = _failover([_timeline(ok, ms)], window, ("n1", 1000 * ms), {"elections": 1})
+    assert fo["killed"] == "n1"
+    assert fo["kill_at_s"] == 0.5
+    assert fo["recovery_s"] == 1.5
+    assert fo["max_gap_s"] == 1.5
+    assert fo["ops_per_s_before"] == 10_000
+    assert fo["elections"] == 1
+
+
+def _run(scenario: str, system: str, nodes: int, ops: float, p50: float) -> dict[str, Any]:
+    m = Measurement(scenario=scenario, system=system, nodes=nodes, partitions=1, concurrency=8)
+    window = Window(0, 10**9, 10**9)
+    record = _merge(m, [_timeline([0] * 20, 100_000_000)], window)
+    record.update(
+        scenario=scenario,
+        system=system,
+        status="ok",
+        settings={},
+        elections={"terms_before": {}, "terms_after": {}, "elections": 0},
+        resources={"window_s": 1.0, "processes": [], "machine": {"cores": 2}},
+    )
+    record["throughput"]["ops_per_s"] = ops
+    record["latency_ms"]["all"]["p50_ms"] = p50
+    return record
+
+
+def test_compare_pairs_runs_of_the_same_scenario_and_size() -> None:
+    runs = [
+        _run("a", "waraft", 3, 3000.0, 1.0),
+        _run("a", "waraft", 3, 4000.0, 2.0),
+        _run("a", "pysyncobj", 3, 1000.0, 4.0),
+        _run("a", "waraft", 1, 9000.0, 0.5),
+        _run("a", "pysyncobj-inleader", 1, 3000.0, 1.0),
+    ]
+    comparisons = {(c["nodes"], c["against"]): c for c in compare(runs)}
+    assert comparisons[(3, "pysyncobj")]["throughput_ratio"] == 4.0
+    assert comparisons[(3, "pysyncobj")]["p50_latency_ratio"] == 2.0
+    assert comparisons[(1, "pysyncobj-inleader")]["throughput_ratio"] == 3.0
+    assert (1, "pysyncobj") not in comparisons
+
+
+def test_table_and_schema_of_a_synthetic_document() -> None:
+    doc = results.new_document(["run", "--scenario", "a"], {})
+    doc["runs"] = [_run("a", "waraft", 3, 1234.0, 1.5), _run("a", "pysyncobj", 3, 617.0, 3.0)]
+    doc["comparisons"] = compare(doc["runs"])
+    assert results.validate(doc) == []
+    text = markdown(doc)
+    assert "python -m benchmarks run --scenario a" in text
+    assert "| a. pipelined | waraft | 3 | 8 | 1,234 |" in text
+    assert "2.00x" in text
+    del doc["runs"][0]["latency_ms"]["all"]["p99_ms"]
+    del doc["machine"]["git_commit"]
+    assert set(results.validate(doc)) == {"runs[0].latency_ms.all.p99_ms", "machine.git_commit"}
