@@ -10,6 +10,8 @@ regression test.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.sim.helpers import check_one_leader, one, write
 from waraft.core.types import State
 from waraft.sim import Simulation
@@ -71,3 +73,19 @@ def test_re_enabled_replica_recovers_in_a_cluster_with_a_witness() -> None:
     sim.run_for(20_000)
     assert sim.state(data) is not State.STALLED, sim.describe()
     assert call.done and call.result == "ok", call
+
+
+@pytest.mark.xfail(strict=True, reason="CORE-3: config with one data replica cannot commit")
+def test_removing_the_last_other_data_replica_does_not_wedge_the_cluster() -> None:
+    """Members n1, n2 and witness n3; the leader removes the other data replica."""
+    sim = Simulation(nodes=3, seed=5)
+    sim.bootstrap(witnesses=["n3"])
+    leader = check_one_leader(sim, sim.node_ids)
+    other = next(n for n in ("n1", "n2") if n != leader)
+    one(sim, write("v1", key="k"), 3)
+    result = sim.adjust_config(leader, ("remove", sim.identity(other)))
+    if result[0] == "error":
+        return  # refusing the change is a fine answer too
+    call = sim.submit(leader, write("v2", key="k"))
+    sim.run_for(10_000)
+    assert call.done and call.result == "ok", (call, sim.describe())
