@@ -139,11 +139,19 @@ def dist_args(parser: argparse.ArgumentParser) -> None:
 def dist_options(args: argparse.Namespace) -> dict[str, Any]:
     """``waraft.dist.start`` keyword arguments from ``--ping-interval`` / ``--down-after``."""
     options: dict[str, Any] = {}
-    if getattr(args, "ping_interval", None) is not None:
-        options["ping_interval"] = args.ping_interval
-    if getattr(args, "down_after", None) is not None:
-        options["down_after"] = args.down_after
-        options["connect_timeout"] = args.down_after
+    ping = getattr(args, "ping_interval", None)
+    down = getattr(args, "down_after", None)
+    if down is not None:
+        if down <= 0:
+            raise UsageError("--down-after must be positive")
+        options["down_after"] = down
+        options["connect_timeout"] = down
+        if ping is None:
+            ping = min(1.0, down / 4)  # the default ping interval would not fit
+    if ping is not None:
+        if ping <= 0 or (down is not None and ping >= down):
+            raise UsageError("--ping-interval must be positive and below --down-after")
+        options["ping_interval"] = ping
     return options
 
 

@@ -158,7 +158,13 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         key, value = common.parse_assignment(assignment)
         settings[key] = value
     dist = dict(values.pop("dist", {}))
-    dist.update(common.dist_options(args))
+    flags = common.dist_options(args)
+    if args.ping_interval is None and "ping_interval" in dist:
+        flags.pop("ping_interval", None)  # derived from --down-after; the file's value wins
+    dist.update(flags)
+    ping, down = dist.get("ping_interval"), dist.get("down_after")
+    if ping is not None and down is not None and not 0 < ping < down:
+        raise UsageError("the ping interval must be positive and below down_after")
     if "partitions" in values:
         values["partitions"] = common.parse_partitions(values["partitions"])
     config = NodeConfig(**values, settings=settings, dist=dist)

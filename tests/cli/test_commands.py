@@ -1,0 +1,154 @@
+"""The ``waraft`` commands as a user runs them (subprocesses) against a real 3-node cluster,
+and ``waraft node``'s life cycle (READY line, config file, SIGTERM / SIGINT, errors)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.multiprocess.harness import ROOT, Cluster, NodeProcess, child_env, waraft_cmd
+
+TIMEOUT = 60
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(args), input=stdin, capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=ROOT, env=child_env(),
+    )  # fmt: skip
+
+
+def waraft(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return run(*waraft_cmd(*args), stdin=stdin)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path_factory.mktemp("cli"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill_all()
+
+
+@pytest.fixture(scope="module")
+def nodes(cluster: Cluster) -> str:
+    """The cluster, bootstrapped with ``waraft bootstrap``; its node list."""
+    ids = ",".join(cluster.ids)
+    done = waraft("bootstrap", "--nodes", ids, "--partitions", "1-4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    for p in range(1, 5):
+        # Leaders spread round-robin: partition p on node (p - 1) % 3.
+        assert f"kv.{p}: leader {cluster.ids[(p - 1) % 3]} (term " in done.stdout
+        assert any(line.startswith(f"kv.{p}: ") and line.count(" ok") == 3 for line in lines)
+    assert "4/4 partitions have a leader" in done.stdout
+    return ids
+
+
+def test_bootstrap_twice_is_harmless(nodes: str) -> None:
+    again = waraft("bootstrap", "--nodes", nodes, "--partitions", "1-4", "--json")
+    assert again.returncode == 0, again.stderr
+    results = json.loads(again.stdout)
+    assert [r["partition"] for r in results] == [1, 2, 3, 4]
+    assert all(set(r["bootstrap"].values()) == {"already"} and r["leader"] for r in results)
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_status_prints_a_table_of_every_partition(cluster: Cluster, nodes: str) -> None:
+    done = waraft("status", "--nodes", nodes)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert _cells(lines[1])[:5] == ["NODE", "PARTITION", "STATE", "TERM", "LEADER"]
+    rows = [_cells(line) for line in lines[3:-1]]
+    assert len(rows) == 12
+    assert {(r[0], r[1]) for r in rows} == {
+        (n, f"kv.{p}") for n in cluster.ids for p in range(1, 5)
+    }
+    for p in range(1, 5):
+        mine = [r for r in rows if r[1] == f"kv.{p}"]
+        leaders = [r for r in mine if r[2] == "leader"]
+        assert len(leaders) == 1 and {r[4] for r in mine} == {leaders[0][0]}
+        assert {r[2] for r in mine} == {"leader", "follower"}
+        assert all(r[9] == "yes" for r in mine)
+
+
+def test_status_json_and_unreachable_nodes(cluster: Cluster, nodes: str) -> None:
+    done = waraft("status", "--nodes", nodes, "--json", "--partitions", "2", "--table", "kv")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert len(rows) == 3 and {r["partition"] for r in rows} == {2}
+    assert {"state", "term", "leader", "commit", "applied", "log_first", "log_last",
+            "pending_commits", "pending_reads", "apply_queue", "live"} <= set(rows[0])  # fmt: skip
+    dead = "ghost@127.0.0.1:1"
+    done = waraft("status", "--nodes", f"{nodes},{dead}", "--down-after", "0.5")
+    assert done.returncode == 1
+    assert any(dead in line and "unreachable" in line for line in done.stdout.splitlines())
+
+
+def test_shell_runs_code_against_a_running_node(cluster: Cluster, nodes: str) -> None:
+    code = (
+        "print(write('shell-key', 5)); print(get('shell-key')); "
+        "print(leader(1) in nodes()); print(status(2)['state'] in ('leader', 'follower')); "
+        "print(sorted(nodes()) == sorted(NODE.split(',') + " + repr(cluster.ids[1:]) + "))"
+    )
+    done = waraft("shell", "--attach", cluster.ids[0], "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["ok", "('ok', 5)", "True", "True", "True"]
+    failing = waraft("shell", "--attach", cluster.ids[0], "-c", "1 / 0")
+    assert failing.returncode == 1 and "ZeroDivisionError" in failing.stderr
+
+
+def test_shell_reads_statements_from_stdin(cluster: Cluster, nodes: str) -> None:
+    script = "x = get('shell-key')\nprint('got', x)\nstatus()\n"
+    done = waraft("shell", "--attach", cluster.ids[2], "--plain", stdin=script)
+    assert done.returncode == 0, done.stderr
+    assert "got ('ok', 5)" in done.stdout
+    assert done.stdout.count("| kv.") == 12  # status() printed the cluster table
+
+
+def test_node_stops_cleanly_on_sigterm_and_sigint(tmp_path: Path) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        node = NodeProcess(tmp_path, f"solo{int(sig)}", ["--partitions", "1"])
+        node.spawn()
+        try:
+            node_id = node.wait_ready()
+            assert node_id.startswith(f"solo{int(sig)}@127.0.0.1:") and node.port > 0
+            node.signal(sig)
+            assert node.proc is not None
+            assert node.proc.wait(20) == 0
+            assert "stopped" in node.log_tail()
+        finally:
+            node.kill()
+
+
+def test_node_from_a_config_file_and_a_busy_port(tmp_path: Path) -> None:
+    config = tmp_path / "n.toml"
+    config.write_text(
+        f'name = "cfg"\nlisten = "127.0.0.1:0"\ndata_dir = "{tmp_path / "data"}"\n'
+        'partitions = "1-2"\ntable = "t"\n[settings]\nraft_election_timeout_ms = 400\n'
+    )
+    node = NodeProcess(tmp_path, "ignored", [])
+    node.spawn = lambda: None  # type: ignore[method-assign]
+    proc = subprocess.Popen(
+        waraft_cmd("node", "--config", str(config)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(),
+    )  # fmt: skip
+    node.proc = proc
+    try:
+        node_id = node.wait_ready()
+        assert node_id.startswith("cfg@127.0.0.1:")
+        assert (tmp_path / "data" / "t.1").is_dir() and (tmp_path / "data" / "t.2").is_dir()
+        busy = waraft("node", "--name", "other", "--listen", f"127.0.0.1:{node.port}", "--memory")
+        assert busy.returncode == 1 and "failed to start" in busy.stderr
+    finally:
+        node.kill()

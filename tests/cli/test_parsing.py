@@ -1,0 +1,194 @@
+"""The ``waraft`` command without a cluster: argument parsing, config files, errors and exit
+codes, the status table's layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from waraft.cli import _parser, main
+from waraft.cli.common import (
+    UsageError,
+    known_setting,
+    parse_assignment,
+    parse_nodes,
+    parse_partitions,
+)
+from waraft.cli.node import NodeConfig, config_from_args
+from waraft.cli.ops import format_table
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1-4", [1, 2, 3, 4]), ("3", [3]), ("1,3,5-7", [1, 3, 5, 6, 7]), ("2, 1,2", [1, 2]),
+     (4, [4]), ([2, 1], [1, 2])],
+)  # fmt: skip
+def test_partition_lists(text: object, expected: list[int]) -> None:
+    assert parse_partitions(text) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["", "0", "4-1", "a", "1,,2", "-3", "1-", True, [1, "2"]])
+def test_bad_partition_lists(text: object) -> None:
+    with pytest.raises(UsageError):
+        parse_partitions(text)  # type: ignore[arg-type]
+
+
+def test_node_lists() -> None:
+    assert parse_nodes("n1@h:1, n2@h:2,n1@h:1") == ["n1@h:1", "n2@h:2"]
+    for bad in ("", "n1", "n1@h", "n1@h:x", "a@b:1,nope"):
+        with pytest.raises(UsageError):
+            parse_nodes(bad)
+
+
+def test_settings() -> None:
+    assert parse_assignment("raft_election_timeout_ms=500") == ("raft_election_timeout_ms", 500)
+    assert parse_assignment("raft_election_pre_vote=true") == ("raft_election_pre_vote", True)
+    assert parse_assignment("raft_database=/tmp/x") == ("raft_database", "/tmp/x")
+    assert known_setting("raft_rpc_call_timeout") == "global"
+    assert known_setting("raft_heartbeat_interval_ms") == "app"
+    with pytest.raises(UsageError):
+        parse_assignment("novalue")
+    with pytest.raises(UsageError, match="unknown setting"):
+        known_setting("raft_election_timeout")
+
+
+def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "node" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [("node", "--data-dir"), ("bootstrap", "round-robin"), ("status", "--json"),
+     ("shell", "--attach")],
+)  # fmt: skip
+def test_every_command_has_help(
+    command: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert expected in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["node"], "--name is required"),
+        (["node", "--name", "n1"], "--listen"),
+        (["node", "--name", "n1", "--listen", "127.0.0.1"], "HOST:PORT"),
+        (["node", "--name", "n1", "--listen", "127.0.0.1:0"], "--data-dir"),
+        (["node", "--name", "n@1", "--listen", "h:1", "--memory"], "without '@'"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--set", "bogus=1"],
+         "unknown setting"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--partitions", "4-1"],
+         "empty range"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--table", "bad table"],
+         "table"),
+        (["node", "--config", "/nonexistent/x.toml"], "cannot read config file"),
+        (["status", "--nodes", "nonsense"], "not node ids"),
+        (["bootstrap", "--nodes", "a@h:1", "--partitions", "x"], "partition list"),
+        (["shell"], "--attach"),
+    ],
+)  # fmt: skip
+def test_usage_errors_exit_2_with_a_message(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith(f"waraft {args[0]}: error:")
+
+
+def test_argparse_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["status"])  # --nodes is required
+    assert exc.value.code == 2
+
+
+def _config(tmp_path: Path, text: str, *flags: str) -> NodeConfig:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return config_from_args(_parser().parse_args(["node", "--config", str(path), *flags]))
+
+
+def test_a_toml_file_gives_everything_and_flags_win(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        """
+        name = "n7"
+        listen = "127.0.0.1:7007"
+        data_dir = "/var/lib/n7"
+        table = "orders"
+        partitions = [1, 2]
+        app = "shop"
+
+        [settings]
+        raft_election_timeout_ms = 900
+
+        [dist]
+        ping_interval = 0.5
+        """,
+        "--partitions", "3-5", "--set", "raft_heartbeat_interval_ms=20", "--down-after", "3",
+    )  # fmt: skip
+    assert config.node_id() == "n7@127.0.0.1:7007"
+    assert config.data_dir == "/var/lib/n7" and config.table == "orders"
+    assert config.application == "shop"
+    assert config.partitions == [3, 4, 5]
+    assert config.settings == {"raft_election_timeout_ms": 900, "raft_heartbeat_interval_ms": 20}
+    assert config.dist == {"ping_interval": 0.5, "down_after": 3.0, "connect_timeout": 3.0}
+    assert config.memory is False and config.bind() is None
+
+
+def test_a_node_table_and_advertised_host(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        '[node]\nname = "n1"\nlisten = "0.0.0.0:7001"\nadvertise = "10.0.0.5"\nmemory = true\n',
+    )
+    assert config.node_id() == "n1@10.0.0.5:7001"
+    assert config.bind() == "tcp://0.0.0.0:7001"
+    assert config.application == config.table == "kv" and config.partitions == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("name = ", "bad TOML"), ("nmae = 'x'", "unknown keys"), ("settings = 3", "must be a table")],
+)
+def test_bad_config_files(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        _config(tmp_path, text)
+
+
+def test_unreachable_nodes_make_status_and_bootstrap_fail(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Port 1 on 127.0.0.1: nothing listens there, the connection is refused at once.
+    nobody = "ghost@127.0.0.1:1"
+    assert main(["status", "--nodes", nobody, "--down-after", "0.5"]) == 1
+    out = capsys.readouterr().out
+    assert nobody in out and "unreachable" in out
+    code = main(["bootstrap", "--nodes", nobody, "--partitions", "1", "--timeout", "1",
+                 "--down-after", "0.5"])  # fmt: skip
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "failed (unreachable)" in out and "1 partition(s) failed" in out
+
+
+def test_status_table_layout() -> None:
+    rows = [
+        {"node": "n1@h:1", "table": "kv", "partition": 1, "state": "leader", "term": 3,
+         "leader": "n1@h:1", "commit": 10, "applied": 9, "log_first": 1, "log_last": 10,
+         "pending_commits": 2, "pending_reads": 0, "apply_queue": 1, "live": True,
+         "lagging": False},
+        {"node": "n2@h:2", "error": "unreachable"},
+    ]  # fmt: skip
+    lines = format_table(rows).splitlines()
+    assert lines[0] == lines[2] == lines[-1] and set(lines[0]) == {"+", "-"}
+    header = [cell.strip() for cell in lines[1].strip("|").split("|")]
+    assert header == ["NODE", "PARTITION", "STATE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG",
+                      "QUEUES C/R/A", "LIVE"]  # fmt: skip
+    first = [cell.strip() for cell in lines[3].strip("|").split("|")]
+    assert first == ["n1@h:1", "kv.1", "leader", "3", "n1@h:1", "10", "9", "1-10", "2/0/1", "yes"]
+    second = [cell.strip() for cell in lines[4].strip("|").split("|")]
+    assert second[:3] == ["n2@h:2", "-", "unreachable"] and set(second[3:]) == {""}
+    assert len({len(line) for line in lines}) == 1
