@@ -35,7 +35,7 @@ SETTINGS = {
     # A restarted node that has not heard its leader yet must not depose it (Raft §9.6).
     "raft_election_pre_vote": True,
 }
-DIST = {"ping_interval": 0.2, "down_after": 1.0}
+DIST: dict[str, Any] = {"ping_interval": 0.2, "down_after": 1.0}
 STEP_TIMEOUT = 20.0
 
 _t0 = time.monotonic()

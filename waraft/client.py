@@ -693,7 +693,7 @@ class Client:
 
     @staticmethod
     def _backoff(request: _Request) -> float:
-        base = min(0.5, 0.01 * (2 ** min(request.attempts, 6)))
+        base = min(0.5, 0.01 * (2.0 ** min(request.attempts, 6)))
         return base * (0.5 + random.random() / 2)
 
     def _retry(self, request: _Request, error: Any, delay: float) -> None:

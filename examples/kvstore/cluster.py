@@ -39,7 +39,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "raft_election_timeout_ms_max": 1000,
     "raft_heartbeat_interval_ms": 100,
 }
-DEFAULT_DIST = {"ping_interval": 0.25, "down_after": 1.5}
+DEFAULT_DIST: dict[str, Any] = {"ping_interval": 0.25, "down_after": 1.5}
 
 
 @dataclass
@@ -99,7 +99,7 @@ class LocalCluster:
         self.table = table
         self.partitions = list(partitions)
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
-        self.dist = {**DEFAULT_DIST, **(dist or {})}
+        self.dist: dict[str, Any] = {**DEFAULT_DIST, **(dist or {})}
         self.nodes = [
             NodeProc(
                 name=f"n{i}",

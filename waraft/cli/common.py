@@ -156,7 +156,7 @@ def dist_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextmanager
-def client_node(nodes: Sequence[str], host: str | None = None, **dist_kw: Any) -> Iterator[str]:
+def client_node(nodes: Sequence[str], *, host: str | None = None, **dist_kw: Any) -> Iterator[str]:
     """Run a throw-away distribution node (ephemeral port) for a command; yields its id.
 
     Its host is ``host`` or the local address on the route to the first node, so that the
