@@ -152,3 +152,12 @@ def test_node_from_a_config_file_and_a_busy_port(tmp_path: Path) -> None:
         assert busy.returncode == 1 and "failed to start" in busy.stderr
     finally:
         node.kill()
+
+
+def test_shell_with_a_node_of_its_own() -> None:
+    code = "print(bootstrap_cluster()); print(write('a', 1)); print(get('a')); status()"
+    done = waraft("shell", "--node", "sh@127.0.0.1:0", "--partitions", "1-2", "-c", code)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[2].startswith("{1: 'sh@127.0.0.1:") and "ok" in lines
+    assert "('ok', 1)" in lines and done.stdout.count("| leader ") == 2

@@ -192,3 +192,19 @@ def test_status_table_layout() -> None:
     second = [cell.strip() for cell in lines[4].strip("|").split("|")]
     assert second[:3] == ["n2@h:2", "-", "unreachable"] and set(second[3:]) == {""}
     assert len({len(line) for line in lines}) == 1
+
+
+def test_shell_namespace_banner_and_completion() -> None:
+    readline = pytest.importorskip("readline")
+    from waraft.cli import shell
+
+    helpers = shell.Helpers("n1@127.0.0.1:7001", "kv", [1, 2], ["n1@127.0.0.1:7001"])
+    ns = shell.namespace(helpers)
+    for name in (*shell.HELPERS, "waraft", "otp", "server", "acceptor", "dist", "LogPos"):
+        assert name in ns
+    text = shell.banner(helpers)
+    assert all(name in text for name in ("status()", "bootstrap_cluster", "promote", "leader"))
+    shell._readline_completion(ns)
+    complete = readline.get_completer()
+    assert complete("bootstrap_c", 0) == "bootstrap_cluster("
+    assert complete("server.stat", 0) == "server.status("
