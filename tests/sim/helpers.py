@@ -117,8 +117,11 @@ def wait_applied(sim: Simulation, index: int, nodes: list[str], timeout_ms: int 
 
 
 def assert_linearizable(sim: Simulation) -> None:
+    """The history is linearizable and the log agrees with every commit's answer."""
     result = sim.check_linearizable()
     assert result.ok is True, result.explain()
+    problems = sim.check_acknowledged()
+    assert not problems, problems[:5]
 
 
 def settle_clients(sim: Simulation, timeout_ms: int = 30_000) -> None:

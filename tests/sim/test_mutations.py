@@ -158,3 +158,21 @@ def test_unconfirmed_reads_mutation_is_caught_by_the_linearizability_checker(
     result = _stale_read_scenario().check_linearizable()
     assert result.ok is False
     assert result.failures[0].key == "k"
+
+
+def test_acknowledged_commits_are_checked_against_the_committed_log() -> None:
+    sim = Simulation(nodes=3, seed=8)
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    call = sim.submit(leader, write("real"), record=True)
+    assert sim.run_until(lambda: call.done, 2000) and call.result == "ok"
+    assert sim.check_acknowledged() == []
+    real = sim.history.ops[-1]
+    lost = sim.history.invoke(9, "commit", write("lost"), sim.now, key=("c", 9, 0, 1))
+    sim.history.ok(lost, "ok", sim.now)  # a client told "ok" for an entry that never committed
+    ghost = sim.history.invoke(9, "commit", write("ghost"), sim.now, key=real.key)
+    sim.history.fail(ghost, ("error", "not_leader"), sim.now)  # "failed", yet it is there
+    problems = sim.check_acknowledged()
+    assert len(problems) == 2
+    assert "acknowledged but never committed" in problems[0]
+    assert "failed but committed" in problems[1]

@@ -35,7 +35,7 @@ from waraft.core.types import Config, Identity, LogPos, Priority, State
 from waraft.sim.catchup import SnapshotCatchup
 from waraft.sim.client import Client, ClientConfig, KVWorkload, Workload, is_error
 from waraft.sim.clock import Scheduled, VirtualClock
-from waraft.sim.history import History
+from waraft.sim.history import History, Status
 from waraft.sim.invariants import InvariantChecker, InvariantViolation
 from waraft.sim.linearizability import LinearizabilityResult, Model, check_history
 from waraft.sim.machine import KVStateMachine, StateMachine
@@ -655,6 +655,25 @@ class Simulation:
         self, model: Model | None = None, budget: int = 200_000
     ) -> LinearizabilityResult:
         return check_history(self.history.ops, model, budget)
+
+    def check_acknowledged(self) -> list[str]:
+        """Commits against the committed log (call once the cluster has settled): every ``ok``
+        commit is committed, exactly once; no ``fail`` commit is; no log key is committed at
+        two indices. Returns the problems found (empty: all good)."""
+        where: dict[Any, list[int]] = {}
+        for index, (entry, _) in self.invariants.committed.items():
+            key = entry.key
+            if type(key) is tuple and key and key[0] == "c":
+                where.setdefault(key, []).append(index)
+        problems = [f"key {k} committed at {v}" for k, v in where.items() if len(v) > 1]
+        for op in self.history.ops:
+            if op.kind != "commit" or op.key is None:
+                continue
+            if op.status is Status.OK and op.key not in where:
+                problems.append(f"acknowledged but never committed: {op.line()}")
+            elif op.status is Status.FAIL and op.key in where:
+                problems.append(f"failed but committed at {where[op.key]}: {op.line()}")
+        return problems
 
     # -- whole-cluster views ---------------------------------------------------------------------
 

@@ -122,6 +122,9 @@ def run_scenario(
         if not sim.run_until(sim.clients_idle, 30_000):
             result.warnings.append("clients still busy after 30 s")
         _final_write(sim, scenario.seed)
+        problems = sim.check_acknowledged()
+        if problems:
+            raise InvariantViolation("durability", "; ".join(problems[:5]))
         lin = sim.check_linearizable()
         result.linearizable = lin.ok
         if lin.ok is False:
