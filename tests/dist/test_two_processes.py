@@ -162,3 +162,30 @@ def spawn_same_port(spawn: Callable[..., Child], port: int) -> Child:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_many_requests_in_flight_from_one_thread(node: str, shared_child: Child) -> None:
+    handles = [dist.send_request(shared_child.echo, ("echo", i)) for i in range(100)]
+    assert [dist.wait_response(h, 10.0) for h in handles] == list(range(100))
+    deferred = dist.send_request(shared_child.echo, ("defer", "later"))
+    assert dist.wait_response(deferred, 10.0) == ("deferred", "later")
+    assert dist.stats()["pending_calls"] == 0
+
+
+def test_unanswered_request_expires(node: str, shared_child: Child) -> None:
+    handle = dist.send_request(shared_child.echo, ("noreply",), timeout=0.2)
+    with pytest.raises(otp.ExitError) as info:
+        dist.wait_response(handle, 5.0)  # failed by the expiry sweep, not by this wait
+    assert info.value.reason == "timeout"
+    assert dist.stats()["pending_calls"] == 0
+
+
+def test_request_completes_a_given_handle(node: str, shared_child: Child) -> None:
+    # Any ReplyTo works: here a remote caller's style of handle is replaced by a local one.
+    handle = otp.LocalReplyTo()
+    assert dist.send_request(shared_child.echo, ("echo", "x"), handle) is handle
+    assert handle.wait(10.0) == "x"
+    bad = dist.send_request(("echo", "ghost@127.0.0.1:1"), ("echo", 1))
+    with pytest.raises(otp.ExitError) as info:
+        dist.wait_response(bad, 5.0)
+    assert info.value.reason == ("nodedown", "ghost@127.0.0.1:1")

@@ -18,6 +18,7 @@ Semantics (WARaft's ``wa_raft_distribution``, Erlang's ``[noconnect, nosuspend]`
   is down, unreachable or lost while waiting (fast: a refused or lost TCP connection is seen at
   once), ``ExitError("noproc")`` when no process has that name there, or the callee's exit
   reason. A callee may defer its reply and complete ``from_`` from any thread.
+  :func:`send_request` / :func:`wait_response` keep many calls in flight from one thread.
 * Messages from one thread (one actor) to one node arrive in order (one DEALER each).
 * Frames are limited to ``max_frame_bytes``; malformed, oversized, unknown-version and
   unknown-kind frames are dropped and counted (:func:`stats`) and never disturb the node.
@@ -50,6 +51,7 @@ from waraft.dist.reply import RemoteReplyTo
 from waraft.dist.runtime import Dist
 from waraft.dist.settings import CurveConfig, DistSettings
 from waraft.otp import node as otp_node
+from waraft.otp.reply import LocalReplyTo, ReplyTo
 
 __all__ = [
     "CurveConfig",
@@ -69,10 +71,12 @@ __all__ = [
     "peers",
     "send",
     "send_bytes",
+    "send_request",
     "set_fault",
     "start",
     "stats",
     "stop",
+    "wait_response",
 ]
 
 _lock = threading.Lock()
@@ -188,6 +192,37 @@ def call(addr: tuple[str, str], request: Any, timeout: float | None = 5.0) -> An
     from waraft.otp import messaging
 
     return messaging.call(addr, request, timeout)
+
+
+def send_request(
+    addr: tuple[str, str],
+    request: Any,
+    from_: ReplyTo | None = None,
+    timeout: float | None = 60.0,
+) -> ReplyTo:
+    """Send a call without waiting (``gen_server:send_request``); returns the handle the
+    answer completes (``from_``, or a new ``LocalReplyTo`` to give to :func:`wait_response`).
+
+    Many requests may be in flight at once from one thread. A request unanswered after
+    ``timeout`` seconds fails with ``"timeout"`` (so a lost one never pins memory); sending
+    failures (peer down, cut off, queue still full after 0.1 s) complete the handle at once.
+    To a node in this process it is ``otp.send_request``.
+    """
+    handle: ReplyTo = LocalReplyTo() if from_ is None else from_
+    dist = _dist
+    if _local(addr[1]) or dist is None:
+        from waraft.otp import messaging
+
+        return messaging.send_request(addr, request, handle)
+    dist.send_request(addr, request, handle, timeout)
+    return handle
+
+
+def wait_response(handle: ReplyTo, timeout: float | None = 5.0) -> Any:
+    """Wait for a :func:`send_request` answer; raises ``ExitError`` like ``call``."""
+    from waraft.otp import messaging
+
+    return messaging.wait_response(handle, timeout)
 
 
 def encode(msg: Any) -> bytes:

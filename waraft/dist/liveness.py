@@ -138,6 +138,7 @@ class Liveness(threading.Thread):
                 self._ping(probe, now)
         if now >= self._next_reap:
             self._next_reap = now + REAP_EVERY
+            dist.expire_requests(now)
             reaped = dist.outbound.reap_dead_threads()
             if reaped:
                 self.counts["links_reaped"] = self.counts.get("links_reaped", 0) + reaped

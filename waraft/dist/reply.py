@@ -2,15 +2,15 @@
 
 :class:`RemoteReplyTo` is the ``from_`` a local actor sees when a call came from another node:
 completing it (from any thread, once) sends a REPLY or FAIL frame back to the caller's node
-through the completing thread's own link. :class:`PendingCall` is the caller's side: a local
-future that also remembers which node it waits on, so that a ``nodedown`` can fail it.
+through the completing thread's own link. :class:`Outstanding` is the caller's side: the
+handle to complete and the node it waits on, so that a ``nodedown`` can fail it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from waraft.otp.reply import LocalReplyTo, ReplyTo
+from waraft.otp.reply import ReplyTo
 
 if TYPE_CHECKING:
     from waraft.dist.peers import Peer
@@ -40,11 +40,13 @@ class RemoteReplyTo(ReplyTo):
         self._dist.send_reply(self._peer, self._ref, ok, value)
 
 
-class PendingCall(LocalReplyTo):
-    """A call waiting for its REPLY/FAIL frame from ``node``."""
+class Outstanding:
+    """A request sent to ``node`` whose REPLY/FAIL has not arrived: the handle it completes
+    and, for asynchronous requests, when it is given up (monotonic seconds)."""
 
-    __slots__ = ("node",)
+    __slots__ = ("expires", "handle", "node")
 
-    def __init__(self, node: str) -> None:
-        super().__init__()
+    def __init__(self, handle: ReplyTo, node: str, expires: float | None) -> None:
+        self.handle = handle
         self.node = node
+        self.expires = expires

@@ -27,10 +27,11 @@ from waraft.dist.links import Outbound
 from waraft.dist.liveness import Liveness
 from waraft.dist.peers import Peer, PeerLimitError, PeerState, PeerTable
 from waraft.dist.receiver import Receiver
-from waraft.dist.reply import PendingCall
+from waraft.dist.reply import Outstanding
 from waraft.dist.settings import CurveConfig, DistSettings
 from waraft.otp import node as otp_node
 from waraft.otp.errors import TIMEOUT, ExitError
+from waraft.otp.reply import LocalReplyTo, ReplyTo
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class Dist:
         self.counters = Counters()
         self.peers = PeerTable(self._on_peer_change, settings.max_peers)
         self._peer_map = self.peers.by_id  # read-only alias for the lock-free hot path
-        self._pending: dict[int, PendingCall] = {}
+        self._pending: dict[int, Outstanding] = {}
         self._refs = itertools.count(1)
         self._fault_in: frozenset[str] = frozenset()
         self._fault_out: frozenset[str] = frozenset()
@@ -241,43 +242,84 @@ class Dist:
         a fault, unreachable, or lost while waiting), ``"noproc"`` or the callee's exit reason;
         raises ``CodecError`` if ``request`` cannot be encoded.
         """
-        name, node_id = addr
         deadline = None if timeout is None else time.monotonic() + timeout
+        handle = LocalReplyTo()
+        ref = self._request(addr, request, handle, deadline, None)
+        if ref is None:
+            return handle.wait(0)  # failed already: raises its reason
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return handle.wait(remaining)
+        except ExitError as exc:
+            if exc.reason == TIMEOUT:
+                self.counters.incr("call_timeouts")
+            elif isinstance(exc.reason, tuple) and exc.reason[:1] == ("nodedown",):
+                self.counters.incr("call_nodedown")
+            raise
+        finally:
+            self._pending.pop(ref, None)
+
+    def send_request(
+        self, addr: tuple[str, str], request: Any, handle: ReplyTo, timeout: float | None
+    ) -> None:
+        """Send a call without waiting (``gen_server:send_request``): the answer completes
+        ``handle``; without one within ``timeout`` seconds (None = never given up) the
+        handle fails with ``"timeout"``. Failures to send complete it at once."""
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        # Queue space is waited for briefly only: the caller does not want to block.
+        send_by = now + 0.1 if deadline is None else min(deadline, now + 0.1)
+        self._request(addr, request, handle, send_by, deadline)
+
+    def _request(
+        self,
+        addr: tuple[str, str],
+        request: Any,
+        handle: ReplyTo,
+        send_by: float | None,
+        expires: float | None,
+    ) -> int | None:
+        """Register and send a CALL frame; the reference, or None if ``handle`` was failed."""
+        name, node_id = addr
         try:
             peer = self.peers.get(node_id)
         except (nodeid.NodeIdError, PeerLimitError):
-            raise ExitError(("nodedown", node_id)) from None
+            handle.fail(("nodedown", node_id))
+            return None
         if self._fault_out and node_id in self._fault_out:
             self.counters.incr("call_nodedown")
-            raise ExitError(("nodedown", node_id))
+            handle.fail(("nodedown", node_id))
+            return None
         ref = next(self._refs)
         frame = envelope.call_frame(name, ref, codec.packb(request))
         if len(frame) > self.settings.max_frame_bytes:
             self.counters.incr("tx_oversized")
-            raise ExitError(("frame_too_large", len(frame)))
-        waiter = PendingCall(node_id)
-        self._pending[ref] = waiter
+            handle.fail(("frame_too_large", len(frame)))
+            return None
+        self._pending[ref] = Outstanding(handle, node_id, expires)
         self.counters.incr("calls")
-        try:
-            # Checked only once the call is visible in _pending: a peer going down from now
-            # on fails it through the down listener, and one down already is caught here.
-            if peer.state is PeerState.DOWN or self.stopping:
-                self.counters.incr("call_nodedown")
-                raise ExitError(("nodedown", node_id))
-            if not self.outbound.send_wait(peer, frame, deadline):
-                self.counters.incr("call_timeouts")
-                raise ExitError("timeout" if not self.stopping else ("nodedown", node_id))
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                return waiter.wait(remaining)
-            except ExitError as exc:
-                if exc.reason == TIMEOUT:
-                    self.counters.incr("call_timeouts")
-                elif isinstance(exc.reason, tuple) and exc.reason[:1] == ("nodedown",):
-                    self.counters.incr("call_nodedown")
-                raise
-        finally:
+        # Checked only once the request is visible in _pending: a peer going down from now
+        # on fails it through the down listener, and one down already is caught here.
+        if peer.state is PeerState.DOWN or self.stopping:
             self._pending.pop(ref, None)
+            self.counters.incr("call_nodedown")
+            handle.fail(("nodedown", node_id))
+            return None
+        if not self.outbound.send_wait(peer, frame, send_by):
+            self._pending.pop(ref, None)
+            self.counters.incr("call_timeouts")
+            handle.fail(("nodedown", node_id) if self.stopping else TIMEOUT)
+            return None
+        return ref
+
+    def expire_requests(self, now: float) -> None:
+        """Fail asynchronous requests that outlived their timeout (liveness thread)."""
+        for ref, entry in list(self._pending.copy().items()):
+            if entry.expires is not None and entry.expires <= now:
+                self._pending.pop(ref, None)
+                if not entry.handle.done:
+                    self.counters.incr("call_timeouts")
+                entry.handle.fail(TIMEOUT)
 
     # ------------------------------------------------------------------ replies
     def send_reply(self, peer: Peer, ref: int, ok: bool, value: Any) -> None:
@@ -293,13 +335,13 @@ class Dist:
 
     def complete_call(self, ref: int, ok: bool, value: Any) -> None:
         """A REPLY/FAIL frame arrived (receive thread)."""
-        waiter = self._pending.pop(ref, None)
-        if waiter is None:
+        entry = self._pending.pop(ref, None)
+        if entry is None:
             self.counters.incr("rx_late_replies")
         elif ok:
-            waiter.reply(value)
+            entry.handle.reply(value)
         else:
-            waiter.fail(value)
+            entry.handle.fail(value)
 
     # ------------------------------------------------------------------ liveness
     def _on_peer_change(self, peer: Peer, old: PeerState, new: PeerState) -> None:
@@ -307,9 +349,10 @@ class Dist:
             self.counters.incr("nodedown_events")
             logger.warning("node %s is down (was %s)", peer.node_id, old.value)
             reason = ("nodedown", peer.node_id)
-            for waiter in list(self._pending.copy().values()):
-                if waiter.node == peer.node_id:
-                    waiter.fail(reason)
+            for ref, entry in list(self._pending.copy().items()):
+                if entry.node == peer.node_id:
+                    self._pending.pop(ref, None)
+                    entry.handle.fail(reason)
         elif new is PeerState.UP:
             self.counters.incr("nodeup_events")
             logger.info("node %s is up", peer.node_id)
@@ -343,8 +386,8 @@ class Dist:
         """Per peer: liveness and counters (see ``waraft.dist.peers``)."""
         per_link = self.outbound.per_peer()
         pending: dict[str, int] = {}
-        for waiter in list(self._pending.copy().values()):
-            pending[waiter.node] = pending.get(waiter.node, 0) + 1
+        for entry in list(self._pending.copy().values()):
+            pending[entry.node] = pending.get(entry.node, 0) + 1
         empty = {"links": 0, "tx": 0, "tx_bytes": 0, "tx_dropped_full": 0}
 
         def extra(peer: Peer) -> dict[str, Any]:
@@ -368,8 +411,9 @@ class Dist:
         self.stopping = True
         if otp_node.remote_router() is self:
             otp_node.set_remote_router(None)
-        for waiter in list(self._pending.copy().values()):
-            waiter.fail(("nodedown", waiter.node))
+        for entry in list(self._pending.copy().values()):
+            entry.handle.fail(("nodedown", entry.node))
+        self._pending.clear()
         clean = True
         for thread in (self.receiver, self.liveness):
             thread.join(max(0.0, deadline - time.monotonic()))
