@@ -131,11 +131,12 @@ class Nemesis:
         sim.slow_storage.clear()
         for node in sim.nodes.values():
             node.log.refuse_append = None
-        for node_id in sorted(self.disabled):
-            if sim.nodes[node_id].up:
-                sim.call(node_id, _enable, "enable")
-        self.disabled.clear()
         sim.restart_all()
+        # after the restarts: a disabled node that was down keeps its (persisted) reason
+        for node in sim.nodes.values():
+            if node.core is not None and node.core.state is State.DISABLED:
+                sim.call(node.id, _enable, "enable")
+        self.disabled.clear()
         self._note("calm")
 
     # -- helpers ---------------------------------------------------------------------------------
