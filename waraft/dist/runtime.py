@@ -260,7 +260,11 @@ class Dist:
             self._pending.pop(ref, None)
 
     def send_request(
-        self, addr: tuple[str, str], request: Any, handle: ReplyTo, timeout: float | None
+        self,
+        addr: tuple[str, str],
+        request: Any,
+        handle: ReplyTo,
+        timeout: float | None = 60.0,
     ) -> None:
         """Send a call without waiting (``gen_server:send_request``): the answer completes
         ``handle``; without one within ``timeout`` seconds (None = never given up) the
