@@ -323,10 +323,14 @@ class Nemesis:
         self._note(f"disable {node_id}")
 
         def enable() -> None:
-            if node_id in self.disabled:
-                self.disabled.discard(node_id)
-                self.sim.call(node_id, _enable, "enable")
-                self._note(f"enable {node_id}")
+            if node_id not in self.disabled:
+                return
+            if not self.sim.nodes[node_id].up:  # down: try again once it is back
+                self._later(200, enable, f"enable {node_id} (retry)")
+                return
+            self.disabled.discard(node_id)
+            self.sim.call(node_id, _enable, "enable")
+            self._note(f"enable {node_id}")
 
         self._later(self._delay(self.config.downtime_ms), enable, f"enable {node_id}")
 
