@@ -164,6 +164,21 @@ def test_witness_gets_stubbed_entries_capped_by_full_members() -> None:
     assert node.core.next_indices["n3"] == 5
 
 
+def test_witness_follows_a_leader_that_is_the_only_data_replica() -> None:
+    """CORE-3: with no other full member the witness cap must not stop every commit."""
+    node = make_leader(members=[N1, N2, N3], witnesses=[N2, N3])
+    sent = appends_to(node.effects, N2)[0]
+    assert [e.command for e in sent.entries] == [NOOP]
+    node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=1)
+    assert node.core.commit_index == 2
+
+
+def test_witness_cap_ignores_non_voting_data_participants() -> None:
+    n4 = ident(4)
+    node = make_leader(members=[N1, N2], witnesses=[N2], participants=[n4])
+    assert [e.command for e in appends_to(node.effects, N2)[0].entries] == [NOOP]
+
+
 def test_snapshot_requested_for_an_empty_follower() -> None:
     node = make_leader()
     fx = node.rpc(N2, AppendEntriesResponse(2, False, 0, 0), now=1)

@@ -61,11 +61,7 @@ def replicate_to_peer(core: RaftCore, peer: Identity, cfg: Config) -> None:
     max_entries = settings.raft_max_log_entries_per_heartbeat
     max_bytes = settings.raft_max_heartbeat_size
     if peer in cfg.witness:
-        # A witness never gets ahead of every data replica.
-        cap = min(
-            max_entries,
-            max(0, config.full_member_max(core.match_indices, 0, cfg) - next_index + 1),
-        )
+        cap = min(max_entries, max(0, _witness_limit(core, cfg, last) - next_index + 1))
         entries = config.stub_entries_for_witness(
             log.entries(next_index, last, cap, max_bytes) if cap > 0 else []
         )
@@ -75,6 +71,21 @@ def replicate_to_peer(core: RaftCore, peer: Identity, cfg: Config) -> None:
     core.send(peer, AppendEntries(prev_index, prev_term, entries, core.commit_index, trim_index))
     # Pipelining: assume delivery; a failure response tells us where the follower really is.
     core.next_indices[node] = prev_index + len(entries) + 1
+
+
+def _witness_limit(core: RaftCore, cfg: Config, last: int) -> int:
+    """How far a witness may be replicated: what some other full member already holds.
+
+    This keeps every entry a witness helps commit on at least two data replicas. When this
+    leader is the only full member there is no second data replica to wait for, and the cap
+    would stop every commit for good (CORE-2/3: e.g. after removing the other data replica);
+    the witness then follows the leader's own log, as WARaft's rule cannot be met anyway.
+    """
+    witness = cfg.witness
+    self_id = core.self_id
+    if not any(p != self_id and p not in witness for p in cfg.membership):
+        return last
+    return config.full_member_max(core.match_indices, 0, cfg)
 
 
 def _trim_index(core: RaftCore, cfg: Config, self_value: int) -> int:
