@@ -78,7 +78,7 @@ def _witness_limit(core: RaftCore, cfg: Config, last: int) -> int:
 
     This keeps every entry a witness helps commit on at least two data replicas. When this
     leader is the only full member there is no second data replica to wait for, and the cap
-    would stop every commit for good (CORE-2/3: e.g. after removing the other data replica);
+    would stop every commit for good (CORE-3: e.g. after removing the other data replica);
     the witness then follows the leader's own log, as WARaft's rule cannot be met anyway.
     """
     witness = cfg.witness
