@@ -87,7 +87,7 @@ class Acceptor(otp.Process):
         kind = request[0]
         if kind == "commit":
             _, op, priority = request
-            return self._single(self._commit([(from_, op)], priority))
+            return self._single(self._commit([(from_, op)], priority_of(priority)))
         if kind == "read":
             _, command, min_index = request
             return self._single(self._read([(from_, command, min_index)]))
@@ -100,7 +100,7 @@ class Acceptor(otp.Process):
     def handle_cast(self, msg: Any) -> None:
         kind = msg[0]
         if kind == "commit_batch":
-            self._reject_tail(msg[1], self._commit(msg[1], msg[2]))
+            self._reject_tail(msg[1], self._commit(msg[1], priority_of(msg[2])))
         elif kind == "read_batch":
             self._reject_tail(msg[1], self._read(msg[1]))
         elif kind == "client_batch":
@@ -364,7 +364,8 @@ def commit(
     priority: Any = Priority.HIGH,
 ) -> Any:
     """Replicate ``op = (key, command)`` and return storage's result of applying it."""
-    request = ("commit", check_op(op), priority_of(priority))
+    # Priorities travel as their names: requests may cross the wire (msgpack).
+    request = ("commit", check_op(op), priority_of(priority).value)
     return call(acceptor, request, timeout)
 
 
@@ -372,7 +373,7 @@ def commit_async(
     acceptor: otp.Target, from_: otp.ReplyTo, op: Any, priority: Any = Priority.HIGH
 ) -> None:
     """Like ``commit`` but the answer goes to ``from_`` (any ``ReplyTo``)."""
-    otp.cast(acceptor, ("commit_batch", [(from_, check_op(op))], priority_of(priority)))
+    otp.cast(acceptor, ("commit_batch", [(from_, check_op(op))], priority_of(priority).value))
 
 
 def commit_batch(
@@ -380,7 +381,7 @@ def commit_batch(
 ) -> None:
     """Many ``commit_async`` at once: one message to the acceptor, one to the server."""
     checked = [(from_, check_op(op)) for from_, op in items]
-    otp.cast(acceptor, ("commit_batch", checked, priority_of(priority)))
+    otp.cast(acceptor, ("commit_batch", checked, priority_of(priority).value))
 
 
 def read(acceptor: otp.Target, command: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:

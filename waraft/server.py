@@ -442,15 +442,24 @@ def _module_name(module: Any) -> str:
 _CAST_EVENTS = frozenset({events.CommitBatch, events.ReadBatch, events.AdjustConfig})
 
 _EVENT_BUILDERS: dict[str, Callable[..., Any]] = {
-    "bootstrap": events.Bootstrap,
-    "promote": events.Promote,
-    "trigger_election": events.TriggerElection,
+    # Arguments may have crossed the wire (plain tuples): rebuild the typed values.
+    "bootstrap": lambda from_, pos, config, data=None: events.Bootstrap(
+        from_, _check_position(pos), _check_config(config), data
+    ),
+    "promote": lambda from_, term, force=False, config=None: events.Promote(
+        from_, _term_or_offset(term), bool(force), None if config is None else _check_config(config)
+    ),
+    "trigger_election": lambda from_, term="current": events.TriggerElection(
+        from_, _term_or_offset(term)
+    ),
     "resign": events.Resign,
     "handover": events.HandoverRequest,
-    "is_peer_ready": events.IsPeerReady,
+    "is_peer_ready": lambda from_, peer: events.IsPeerReady(from_, Identity(*peer)),
     "disable": events.Disable,
     "enable": events.Enable,
-    "snapshot_available": events.SnapshotAvailable,
+    "snapshot_available": lambda from_, root, pos: events.SnapshotAvailable(
+        from_, root, _check_position(pos)
+    ),
     "adjust_config": lambda from_, action, index=None: events.AdjustConfig(from_, action, index),
 }
 
@@ -512,6 +521,12 @@ def _check_position(position: Any) -> LogPos:
             f"a log position is LogPos(index, term) of non-negative ints: {position!r}"
         )
     return LogPos(*position)
+
+
+def _term_or_offset(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
 
 
 def _check_config(config: Any) -> Config:
