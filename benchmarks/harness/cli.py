@@ -133,6 +133,12 @@ def _parser() -> argparse.ArgumentParser:
         help="progress bar on stderr (default: when stderr is a terminal)",
     )
     run.add_argument("--keep-data", action="store_true", help="keep the nodes' data dirs")
+    run.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy profiles of every node and client over the measured window "
+        "(slows the run; figures of profiled runs are for finding time, not for the table)",
+    )
     run.set_defaults(func=cmd_run)
 
     table = sub.add_parser("table", help="the README Performance section from a results JSON")
@@ -190,6 +196,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         progress=args.progress,
         keep_data=args.keep_data,
         name=args.name,
+        profile=args.profile,
     )
     doc = run_suite(opts, argv)
     failed = [r for r in doc["runs"] if r["status"] != "ok"]

@@ -16,13 +16,14 @@ import zmq
 from benchmarks.harness.procs import Managed, ProcessGroup, free_ports, python_argv, wait_until
 from benchmarks.harness.pso_client import node_status
 
-#: Best throughput found on these machines (see README): replication every 10 ms in batches of
-#: up to 1 MiB, larger socket buffers, compaction rarely (it pickles the whole dict in the
-#: tick thread), a short tick so commands queued between socket events do not wait 50 ms.
+#: Best throughput found on these machines (the sweep is in benchmarks/README.md): replication
+#: every 5 ms in batches of up to 1 MiB, larger socket buffers, compaction rarely (it pickles
+#: the whole dict in the tick thread every 5000 entries by default, which cut throughput to a
+#: fifth), and a 2 ms tick so commands queued between socket events do not wait 50 ms.
 THROUGHPUT_CONF: dict[str, Any] = {
     "appendEntriesUseBatch": True,
-    "appendEntriesPeriod": 0.01,
-    "autoTickPeriod": 0.005,
+    "appendEntriesPeriod": 0.005,
+    "autoTickPeriod": 0.002,
     "appendEntriesBatchSizeBytes": 2**20,
     "sendBufferSize": 2**22,
     "recvBufferSize": 2**22,

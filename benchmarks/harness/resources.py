@@ -26,9 +26,10 @@ class _Tracked:
     proc: psutil.Process
     rss_peak: int = 0
     rss_first: int = 0
-    begin: tuple[float, float] | None = None
-    end: tuple[float, float] | None = None
-    last: tuple[float, float] | None = None
+    # (user s, system s, bytes written to storage, bytes read from storage)
+    begin: tuple[float, float, int, int] | None = None
+    end: tuple[float, float, int, int] | None = None
+    last: tuple[float, float, int, int] | None = None
     threads_peak: int = 0
     gone: bool = False
     ctx_switches: dict[str, int] = field(default_factory=dict)
@@ -46,9 +47,17 @@ class ResourceSampler:
         self._machine_begin: Any = None
         self._machine_end: Any = None
 
-    def track(self, name: str, role: str, pid: int) -> None:
+    def track(self, name: str, role: str, pid: int, born_in_window: bool = False) -> None:
+        """Follow ``pid`` (again and again is fine: a process is tracked once).
+        ``born_in_window``: the process started after the window opened, so all its CPU so far
+        belongs to the window."""
+        with self._lock:
+            if any(t.pid == pid for t in self._tracked):
+                return
         with contextlib.suppress(psutil.Error):
             tracked = _Tracked(name, role, pid, psutil.Process(pid))
+            if born_in_window:
+                tracked.begin = (0.0, 0.0, 0, 0)
             with self._lock:
                 self._tracked.append(tracked)
             self._sample(tracked)
@@ -100,7 +109,8 @@ class ResourceSampler:
             if cpu is None:
                 cpu = t.last
             if which == "begin":
-                t.begin = cpu
+                if t.begin is None:
+                    t.begin = cpu
             else:
                 t.end = cpu
         with self._lock:
@@ -110,17 +120,22 @@ class ResourceSampler:
                 self._machine_end = machine
 
     @staticmethod
-    def _cpu(t: _Tracked) -> tuple[float, float] | None:
+    def _cpu(t: _Tracked) -> tuple[float, float, int, int] | None:
         if t.gone:
             return None
         try:
             times = t.proc.cpu_times()
+            try:
+                io = t.proc.io_counters()
+                written, read = int(io.write_bytes), int(io.read_bytes)
+            except (psutil.AccessDenied, AttributeError):
+                written = read = 0
         except psutil.Error:
             t.gone = True
             return None
-        # Children of the process are not ours to count (no node forks except PySyncObj's
-        # optional dump writer, off in memory mode).
-        t.last = (times.user, times.system)
+        # Children of the process are not counted (no node forks, except PySyncObj's dump
+        # writer when a dump file is configured).
+        t.last = (times.user, times.system, written, read)
         return t.last
 
     def _sample(self, t: _Tracked) -> None:
@@ -157,9 +172,13 @@ class ResourceSampler:
         processes = []
         for t in tracked:
             user = system = 0.0
-            if t.begin is not None and t.end is not None:
-                user = max(0.0, t.end[0] - t.begin[0])
-                system = max(0.0, t.end[1] - t.begin[1])
+            written = read = 0
+            end = t.end if t.end is not None else t.last  # a killed process: its last sample
+            if t.begin is not None and end is not None:
+                user = max(0.0, end[0] - t.begin[0])
+                system = max(0.0, end[1] - t.begin[1])
+                written = max(0, end[2] - t.begin[2])
+                read = max(0, end[3] - t.begin[3])
             cpu = user + system
             processes.append(
                 {
@@ -173,6 +192,8 @@ class ResourceSampler:
                     "rss_peak_bytes": t.rss_peak,
                     "rss_start_bytes": t.rss_first,
                     "threads_peak": t.threads_peak,
+                    "disk_write_bytes": written,
+                    "disk_read_bytes": read,
                     "exited": t.gone,
                 }
             )

@@ -10,10 +10,12 @@ import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from benchmarks.harness.histogram import Histogram
 from benchmarks.harness.procs import Managed, ProcessGroup, python_argv
+from benchmarks.harness.profile import Profiler
 from benchmarks.harness.progress import Progress, track_window
 from benchmarks.harness.resources import ResourceSampler
 from benchmarks.harness.workload import Window, Workload
@@ -62,6 +64,7 @@ class Measurement:
     settings: dict[str, Any] = field(default_factory=dict)
     drain_s: float = 5.0
     request_timeout_s: float = 10.0
+    profile: bool = False
 
     @property
     def run_id(self) -> str:
@@ -140,8 +143,14 @@ def measure(
     sampler: ResourceSampler,
     progress: Progress,
     connect_timeout: float = 60.0,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run one measurement against a ready cluster and return its result record."""
+    profiler = Profiler(
+        group,
+        profile_dir or group.log_dir / "profiles" / m.run_id,
+        on_spawn=lambda spy: sampler.track(spy.name, "profiler", spy.pid, born_in_window=True),
+    )
     bucket_ns = 1_000_000 if m.failover_at_s is not None else 100_000_000
     label = f"[{m.scenario}] {m.system} n={m.nodes} " + (
         "sync" if m.mode == "sync" else f"c={m.concurrency}"
@@ -151,7 +160,9 @@ def measure(
             sampler.track(proc.name, "server", proc.pid)
     terms_before = cluster.terms()
     if m.system == "pysyncobj-inleader":
-        raw_results, window, kill = _run_in_leader(m, cluster, sampler, progress, label, bucket_ns)
+        raw_results, window, kill = _run_in_leader(
+            m, cluster, sampler, progress, label, bucket_ns, profiler
+        )
         client_procs: list[_ClientProc] = []
     else:
         client_procs = _start_clients(m, cluster, group, sampler, bucket_ns, connect_timeout)
@@ -163,6 +174,9 @@ def measure(
         sampler.set_window(window.start_ns, window.end_ns)
         for c in client_procs:
             c.send({"window": window.to_json()})
+        if m.profile:
+            targets = cluster.server_processes() + [c.managed for c in client_procs]
+            profiler.schedule(targets, window.start_ns, m.duration_s)
         kill = _maybe_failover(m, victim, group, window)
         track_window(
             progress,
@@ -183,6 +197,7 @@ def measure(
             raw_results.append(c.result)
     sampler.wait_window_end()
     killed = kill.result() if kill is not None else None
+    profile = profiler.collect() if m.profile else None
     terms_after = cluster.terms()
     resources = sampler.report()
     for c in client_procs:
@@ -190,6 +205,7 @@ def measure(
     record = _merge(m, raw_results, window)
     record["elections"] = _elections(terms_before, terms_after)
     record["resources"] = resources
+    record["profile"] = profile
     if killed is not None:
         record["failover"] = _failover(raw_results, window, killed, record["elections"])
     return record
@@ -288,6 +304,7 @@ def _run_in_leader(
     progress: Progress,
     label: str,
     bucket_ns: int,
+    profiler: Profiler,
 ) -> tuple[list[dict[str, Any]], Window, _Deferred | None]:
     from benchmarks.harness.pso_client import run_in_leader_load
 
@@ -317,6 +334,8 @@ def _run_in_leader(
             ctx.term()
 
     threading.Thread(target=run, name="bench-inleader", daemon=True).start()
+    if m.profile:
+        profiler.schedule(cluster.server_processes(), window.start_ns, m.duration_s)
     track_window(
         progress,
         label,

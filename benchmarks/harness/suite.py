@@ -44,6 +44,7 @@ class Options:
     progress: bool | None = None
     keep_data: bool = False
     name: str = "results"
+    profile: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class Options:
             "settings": self.settings,
             "pso_settings": self.pso_settings,
             "failover_at_s": self.failover_at_s,
+            "profile": self.profile,
         }
 
 
@@ -134,6 +136,7 @@ def _measurements(scenario: Scenario, system: str, nodes: int, opts: Options) ->
                 warmup_s=opts.warmup_s,
                 duration_s=opts.duration_s,
                 durable=opts.durable,
+                profile=opts.profile,
                 failover_at_s=(
                     (opts.failover_at_s if opts.failover_at_s is not None else opts.duration_s / 3)
                     if scenario.failover
@@ -185,7 +188,14 @@ def _one(
     log_dir: Path,
 ) -> dict[str, Any]:
     try:
-        record = measure(m, cluster, procs, sampler, progress)
+        record = measure(
+            m,
+            cluster,
+            procs,
+            sampler,
+            progress,
+            profile_dir=log_dir.parent.parent / "profiles" / m.run_id,
+        )
     except Exception as exc:
         progress.done()
         return _failed(m, exc, log_dir)
