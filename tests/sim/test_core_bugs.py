@@ -6,6 +6,8 @@ regression test.
 
 * CORE-1 (fixed in 274be3d): strong reads answered before leadership was confirmed.
 * CORE-2 (fixed in b8aa97d): a re-enabled replica deadlocked a cluster with a witness.
+* CORE-3 (fixed in e854491): one data replica plus witnesses could never commit.
+* CORE-4 (open): installing a snapshot forgets acknowledged entries past its position.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 
 from tests.sim.helpers import check_one_leader, one, write
 from waraft.core.types import State
-from waraft.sim import Simulation
+from waraft.sim import Simulation, fast_settings
 
 READ_K = ("read", "t", "k")
 
@@ -75,7 +77,6 @@ def test_re_enabled_replica_recovers_in_a_cluster_with_a_witness() -> None:
     assert call.done and call.result == "ok", call
 
 
-@pytest.mark.xfail(strict=True, reason="CORE-3: config with one data replica cannot commit")
 def test_removing_the_last_other_data_replica_does_not_wedge_the_cluster() -> None:
     """Members n1, n2 and witness n3; the leader removes the other data replica."""
     sim = Simulation(nodes=3, seed=5)
@@ -89,3 +90,32 @@ def test_removing_the_last_other_data_replica_does_not_wedge_the_cluster() -> No
     call = sim.submit(leader, write("v2", key="k"))
     sim.run_for(10_000)
     assert call.done and call.result == "ok", (call, sim.describe())
+
+
+@pytest.mark.xfail(strict=True, reason="CORE-4: snapshot install forgets acknowledged entries")
+def test_snapshot_install_keeps_acknowledged_entries_after_the_snapshot() -> None:
+    """A follower whose log runs past the leader's applied position gets a snapshot there: it
+    must not forget the entries after it (they were committed with its acknowledgement)."""
+    settings = fast_settings(raft_snapshot_catchup_threshold=5, raft_election_pre_vote=True)
+    sim = Simulation(nodes=3, seed=1, settings=settings, apply_batch=5)
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    follower, other = (n for n in sim.node_ids if n != leader)
+    one(sim, write("base"), 3)
+    sim.disconnect(other)  # commits need the follower's acknowledgement
+    sim.slow_storage[leader] = (100, 100)  # the leader applies 5 entries every 100 ms
+    base = sim.nodes[follower].log.last_index()
+    for i in range(12):
+        sim.submit(leader, write(f"w{i}"))
+    assert sim.run_until(lambda: sim.nodes[follower].log.last_index() >= base + 12, 1000)
+    # the follower refuses further appends: its commit index stays behind, it reports a
+    # failure, and the catch-up rule (end - applied > threshold) sends it a snapshot taken at
+    # the leader's applied position, below the follower's end of log
+    sim.nodes[follower].log.refuse_append = lambda count, priority: True
+    sim.submit(leader, write("z"))
+    assert sim.run_until(lambda: sim.catchup.completed > 0, 5000)
+    sim.crash(leader)
+    sim.nodes[follower].log.refuse_append = None
+    sim.connect(other)
+    sim.run_for(5000)  # follower and other elect a leader: it must hold w0..w11
+    assert all(sim.committed_command(i) is not None for i in range(base + 1, base + 13))

@@ -359,15 +359,11 @@ class Nemesis:
 
     def _config_stays_live(self, add: str | None = None, remove: str | None = None) -> bool:
         """Would every config in use, changed so, keep a majority of healthy voters? (A stalled
-        replica does not vote and only a leader can bring it back.) And at least two data
-        replicas: a witness is never sent entries no other data replica holds (CORE-3)."""
-        witnesses = self.sim.witnesses
+        replica does not vote and only a leader can bring it back.)"""
         for members in self._member_sets():
             changed = {m for m in members if m != remove} | ({add} if add else set())
             healthy = [m for m in changed if not self._impaired(m)]
             if len(healthy) < len(changed) // 2 + 1:
-                return False
-            if changed & witnesses and len(changed - witnesses) < 2:
                 return False
         return True
 
