@@ -131,3 +131,17 @@ def test_close_answers_open_requests(client_node: otp.Node) -> None:
     assert future.result(5) == ("error", "closed")
     assert c.commit_async(1, ("write", "test", "k", 2)).result(5) == ("error", "closed")
     c.close()  # idempotent
+
+
+def test_in_flight_requests_per_partition_are_capped(tmp_path: Path, client_node: otp.Node) -> None:
+    with cluster(tmp_path) as nodes:
+        c = _client(nodes, client_node, max_inflight=5, discover=False)
+        try:
+            futures = [c.commit_async(1, ("write", "test", f"c{i}", i)) for i in range(60)]
+            assert [f.result(20) for f in futures] == ["ok"] * 60
+            stats = c.stats()
+            # Never more than 5 requests out at once: at least 60 / 5 frames went out.
+            assert stats["batches"] >= 12 and stats["queued"] == 0
+            assert stats["items_sent"] - stats["retries"] == 60
+        finally:
+            c.close()
