@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests/
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -98,20 +98,22 @@ class Acceptor(otp.Process):
         return otp.NOREPLY
 
     def handle_cast(self, msg: Any) -> None:
-        kind = msg[0]
-        if kind == "commit_batch":
-            self._reject_tail(msg[1], self._commit(msg[1], priority_of(msg[2])))
-        elif kind == "read_batch":
-            self._reject_tail(msg[1], self._read(msg[1]))
-        elif kind == "client_batch":
+        # Casts may come from any peer that reaches this node: a malformed one is dropped
+        # here rather than crashing the acceptor (which would restart the whole partition).
+        kind = msg[0] if isinstance(msg, tuple) and msg else None
+        if kind == "client_batch":
             self._client_batch(msg)
-        elif kind == "adjust_config":
+        elif kind == "commit_batch" and _valid_batch(msg, 3, _valid_op) and _is_priority(msg[2]):
+            self._reject_tail(msg[1], self._commit(msg[1], priority_of(msg[2])))
+        elif kind == "read_batch" and _valid_batch(msg, 2, _valid_read):
+            self._reject_tail(msg[1], self._read(msg[1]))
+        elif kind == "adjust_config" and len(msg) == 4 and _is_handle(msg[1]):
             _, from_, action, index = msg
             result = self._adjust_config(from_, action, index)
             if result is not otp.NOREPLY and from_ is not None:
                 from_.reply(result)
         else:
-            logger.error("acceptor %s got an unexpected cast %r", self.name, msg)
+            logger.error("acceptor %s dropped a malformed or unknown cast %.200r", self.name, msg)
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -228,6 +230,38 @@ def parse_client_batch(
     except ValueError:
         return None
     return (reply_addr[0], reply_addr[1]), batch_id, kind, items, checked
+
+
+def _is_handle(value: Any) -> bool:
+    return value is None or isinstance(value, otp.ReplyTo)
+
+
+def _is_priority(value: Any) -> bool:
+    return isinstance(value, Priority) or value in ("high", "low")
+
+
+def _valid_op(item: Any) -> bool:
+    op = item[1]
+    return isinstance(op, (tuple, list)) and len(op) == 2 and op[1] is not None
+
+
+def _valid_read(item: Any) -> bool:
+    min_index = item[2]
+    return min_index is None or (type(min_index) is int and min_index >= 0)
+
+
+def _valid_batch(msg: Any, length: int, check: Any) -> bool:
+    """``msg`` is ``(kind, [(handle, ...), ...], ...)`` with items that pass ``check``."""
+    if len(msg) != length or not isinstance(msg[1], (list, tuple)):
+        return False
+    width = 2 if length == 3 else 3
+    return all(
+        isinstance(item, (tuple, list))
+        and len(item) == width
+        and _is_handle(item[0])
+        and check(item)
+        for item in msg[1]
+    )
 
 
 class BatchReply:

@@ -32,12 +32,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from waraft import durable_state, env, info, metrics, otp
+from waraft import durable_state, env, info, metrics, otp, storage
 from waraft.core import config as core_config
 from waraft.core import events
 from waraft.core.effects import (
     AppendLog,
     Apply,
+    ApplyItem,
     CancelReads,
     CommitCancelled,
     Effect,
@@ -172,14 +173,19 @@ class RaftServer(otp.StateMachine):
         cls = type(msg)
         if cls is RaftRpc or cls in _CAST_EVENTS:
             self._step(msg)
-        elif cls is tuple and msg and msg[0] == "rpcs":
+        elif (
+            cls is tuple
+            and len(msg) == 2
+            and msg[0] == "rpcs"
+            and isinstance(msg[1], (list, tuple))
+        ):
             for wire in msg[1]:
                 rpc = self._decode_rpc(wire)
                 if rpc is not None:
                     self._step(rpc)
         elif cls is tuple and msg and msg[0] == "notify_complete":
             self._step(events.NotifyComplete())
-        elif cls is tuple and msg and msg[0] == "handover":
+        elif cls is tuple and msg and msg[0] == "handover" and _peer_arg(msg):
             self._step(events.HandoverRequest(None, msg[1] if len(msg) > 1 else None))
         else:
             logger.warning("%s dropped an unexpected cast %r", self.name, msg)
@@ -231,35 +237,42 @@ class RaftServer(otp.StateMachine):
             self._publish_status()
 
     def _run(self, effects: list[Effect]) -> None:
+        """Persistence and timers now; everything that leaves the actor waits in the outbox."""
+        immediate = _IMMEDIATE
         outbox = self._outbox
         for effect in effects:
-            cls = type(effect)
-            if cls is Send or cls is Apply or cls is Reply:
+            handler = immediate.get(type(effect))
+            if handler is None:
                 outbox.append(effect)
-            elif cls is AppendLog:
-                self.log.append(effect.first_index, effect.entries)  # type: ignore[union-attr]
-                self._log_dirty = True
-            elif cls is SetTimeout:
-                self.set_state_timeout(effect.ms, effect.kind)  # type: ignore[union-attr]
-            elif cls is StateChanged:
-                self.cancel_state_timeout()
-                self._published = None  # publish the new state at the next flush
-            elif cls is PersistState:
-                durable_state.store(self.options.database, effect.state)  # type: ignore[union-attr]
-            elif cls is TruncateLog:
-                otp.call(self.options.log_name, ("truncate", effect.index), None)  # type: ignore[union-attr]
-                self._log_dirty = True
-            elif cls is ResetLog:
-                otp.call(self.options.log_name, ("reset", effect.position), None)  # type: ignore[union-attr]
-                self._log_dirty = True
-            elif cls is TrimLog:
-                otp.cast(self.options.log_name, ("trim", effect.index))  # type: ignore[union-attr]
-            elif cls is InstallSnapshot:
-                self._install_snapshot(effect)  # type: ignore[arg-type]
-            elif cls is RequestSnapshot:
-                self._request_snapshot(effect)  # type: ignore[arg-type]
-            else:  # replies, cancellations and reads go out after the sync
-                outbox.append(effect)
+            else:
+                handler(self, effect)
+
+    # Effects run at once (``_IMMEDIATE``): the log, the durable state, timers, snapshots.
+
+    def _append_log(self, effect: AppendLog) -> None:
+        self.log.append(effect.first_index, effect.entries)
+        self._log_dirty = True
+
+    def _truncate_log(self, effect: TruncateLog) -> None:
+        otp.call(self.options.log_name, ("truncate", effect.index), None)
+        self._log_dirty = True
+
+    def _reset_log(self, effect: ResetLog) -> None:
+        otp.call(self.options.log_name, ("reset", effect.position), None)
+        self._log_dirty = True
+
+    def _trim_log(self, effect: TrimLog) -> None:
+        otp.cast(self.options.log_name, ("trim", effect.index))
+
+    def _persist_state(self, effect: PersistState) -> None:
+        durable_state.store(self.options.database, effect.state)
+
+    def _set_timeout(self, effect: SetTimeout) -> None:
+        self.set_state_timeout(effect.ms, effect.kind)
+
+    def _state_changed(self, effect: StateChanged) -> None:
+        self.cancel_state_timeout()
+        self._published = None  # publish the new state at the next flush
 
     def _flush(self) -> None:
         self._events_since_flush = 0
@@ -273,39 +286,40 @@ class RaftServer(otp.StateMachine):
         self._publish_status()
 
     def _send_outbox(self, outbox: list[Effect]) -> None:
+        """After the sync: replies, reads, one apply message, one message per peer."""
         sends: dict[Identity, list[RaftRpc]] = {}
-        applies: list[Any] = []
+        applies: list[ApplyItem] = []
         queues = self.queues
         for effect in outbox:
-            cls = type(effect)
-            if cls is Send:
-                sends.setdefault(effect.to, []).append(effect.rpc)  # type: ignore[union-attr]
-            elif cls is Apply:
-                applies.extend(effect.items)  # type: ignore[union-attr]
-            elif cls is Reply:
-                if effect.to is not None:  # type: ignore[union-attr]
-                    effect.to.reply(effect.value)  # type: ignore[union-attr]
-            elif cls is CommitCancelled:
-                queues.commits_finished(1, effect.priority)  # type: ignore[union-attr]
-                if effect.to is not None:  # type: ignore[union-attr]
-                    effect.to.reply(("error", effect.reason))  # type: ignore[union-attr]
-            elif cls is ReadCancelled:
+            if isinstance(effect, Send):
+                sends.setdefault(effect.to, []).append(effect.rpc)
+            elif isinstance(effect, Apply):
+                applies.extend(effect.items)
+            elif isinstance(effect, Reply):
+                if effect.to is not None:
+                    effect.to.reply(effect.value)
+            elif isinstance(effect, CommitCancelled):
+                queues.commits_finished(1, effect.priority)
+                if effect.to is not None:
+                    effect.to.reply(("error", effect.reason))
+            elif isinstance(effect, ReadCancelled):
                 queues.release_reads(1)
-                if effect.to is not None:  # type: ignore[union-attr]
-                    effect.to.reply(("error", effect.reason))  # type: ignore[union-attr]
-            elif cls is SubmitRead:
-                queues.submit_read(effect.read_index, effect.from_, effect.command)  # type: ignore[union-attr]
-            elif cls is ReadNow:
-                otp.cast(self.options.storage_name, ("read_now", effect.from_, effect.command))  # type: ignore[union-attr]
-            elif cls is CancelReads:
-                error = ("error", effect.reason)  # type: ignore[union-attr]
+                if effect.to is not None:
+                    effect.to.reply(("error", effect.reason))
+            elif isinstance(effect, SubmitRead):
+                queues.submit_read(effect.read_index, effect.from_, effect.command)
+            elif isinstance(effect, ReadNow):
+                request = storage.ReadNowRequest(effect.from_, effect.command)
+                otp.cast(self.options.storage_name, request)
+            elif isinstance(effect, CancelReads):
+                error = ("error", effect.reason)
                 for handle in queues.take_all_reads():
                     if handle is not None:
                         handle.reply(error)
         if applies:
-            size = sum(map(_entry_size, (item.entry for item in applies)))
+            size = sum(_entry_size(item.entry) for item in applies)
             queues.reserve_apply(len(applies), size)
-            otp.cast(self.options.storage_name, ("apply", applies, size))
+            otp.cast(self.options.storage_name, storage.ApplyRequest(applies, size))
         for peer, rpcs in sends.items():
             self._send_rpcs(peer, rpcs)
 
@@ -433,11 +447,27 @@ class RaftServer(otp.StateMachine):
         return otp.NOREPLY
 
 
+def _peer_arg(msg: tuple[Any, ...]) -> bool:
+    return len(msg) == 1 or (len(msg) == 2 and (msg[1] is None or isinstance(msg[1], str)))
+
+
 def _module_name(module: Any) -> str:
     if isinstance(module, type):
         return f"{module.__module__}.{module.__qualname__}"
     return str(module)
 
+
+_IMMEDIATE: dict[type[Any], Callable[[RaftServer, Any], None]] = {
+    AppendLog: RaftServer._append_log,
+    TruncateLog: RaftServer._truncate_log,
+    ResetLog: RaftServer._reset_log,
+    TrimLog: RaftServer._trim_log,
+    PersistState: RaftServer._persist_state,
+    SetTimeout: RaftServer._set_timeout,
+    StateChanged: RaftServer._state_changed,
+    InstallSnapshot: RaftServer._install_snapshot,
+    RequestSnapshot: RaftServer._request_snapshot,
+}
 
 _CAST_EVENTS = frozenset({events.CommitBatch, events.ReadBatch, events.AdjustConfig})
 

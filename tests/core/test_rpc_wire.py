@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from waraft.core.rpc import (
@@ -100,3 +102,23 @@ def test_core_handles_defaulted_payloads() -> None:
     heartbeat = from_wire(["append_entries", 2, "raft_server_test_1", "n1", [1, 1]], "x")
     follower.handle(heartbeat, now=1)
     assert follower.core.leader == N1 and follower.state is State.FOLLOWER
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        ["append_entries", 1, "s", "n", ["x", 0, [], 0, 0]],
+        ["append_entries", 1, "s", "n", [0, 0, 5, 0, 0]],
+        ["append_entries", 1, "s", "n", [-1, 0, [], 0, 0]],
+        ["append_entries_response", 1, "s", "n", [0, "yes", 0, None]],
+        ["append_entries_response", 1, "s", "n", [0, True, 0, "x"]],
+        ["request_pre_vote", 1, "s", "n", ["ref"]],
+        ["vote", 1, "s", "n", [1]],
+        ["request_vote", 1, "s", "n", [7]],
+        ["request_vote", 1, "s", "n", ["sideways"]],
+        ["handover", 1, "s", "n", [1, 0, 0, {"not": "entries"}]],
+    ],
+)
+def test_fields_of_the_wrong_type_are_rejected_not_passed_on(wire: list[Any]) -> None:
+    with pytest.raises(RpcDecodeError):
+        from_wire(wire, "me")

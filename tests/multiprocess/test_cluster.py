@@ -140,13 +140,8 @@ def test_garbage_and_truncated_frames_change_nothing(cluster: Cluster, client: C
     assert "Traceback" not in cluster.nodes[target].log_path.read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (partition actors): a malformed cast from any peer crashes the acceptor, "
-    "server or storage, and one_for_all restarts the whole partition",
-)
 def test_malformed_messages_to_partition_actors_restart_nothing(cluster: Cluster) -> None:
-    # Runs last in this module: when the bug is present it restarts partitions.
+    # Runs last in this module: were it to fail, partitions would restart.
     from waraft import dist
 
     wait_until(cluster.converged)

@@ -184,11 +184,47 @@ def from_wire(obj: Any, own_name: str) -> RaftRpc:
     return RaftRpc(term, Identity(sender_name, sender_node), payload)
 
 
+def _is_index(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_optional_index(value: Any) -> bool:
+    return value is None or _is_index(value)
+
+
+def _is_bool(value: Any) -> bool:
+    return type(value) is bool
+
+
+def _is_ref(value: Any) -> bool:
+    return type(value) is int
+
+
+# A peer's RPC must not be able to crash the server with a field of the wrong type.
+_FIELD_CHECKS: Final[dict[str, Any]] = {
+    "prev_log_index": _is_index,
+    "prev_log_term": _is_index,
+    "commit_index": _is_index,
+    "trim_index": _is_index,
+    "match_index": _is_index,
+    "last_log_index": _is_index,
+    "last_log_term": _is_index,
+    "last_applied_index": _is_optional_index,
+    "success": _is_bool,
+    "vote": _is_bool,
+    "ref": _is_ref,
+    "entries": lambda value: isinstance(value, (list, tuple)),
+    "election_type": lambda value: isinstance(value, (str, ElectionType)),
+}
+
+
 def _build_payload(cls: type[Any], values: Sequence[Any]) -> Payload:
     names = _FIELDS[cls]
     kwargs: dict[str, Any] = {}
     # Fields missing at the end keep their dataclass defaults; extra trailing ones are dropped.
     for name, value in zip(names, values, strict=False):
+        if not _FIELD_CHECKS[name](value):
+            raise RpcDecodeError(f"bad {_NAMES[cls]} field {name}: {value!r}")
         kwargs[name] = value
     try:
         if "entries" in kwargs:

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from waraft import env, otp
@@ -45,6 +46,26 @@ WITNESS_APPLY_INTERVAL_KEY = "raft_storage_witness_apply_interval"
 DEFAULT_WITNESS_APPLY_INTERVAL = 5000
 MAX_RETAINED_SNAPSHOT = 1
 _SNAPSHOT_RE = re.compile(r"^snapshot\.(\d+)\.(\d+)(\.witness)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyRequest:
+    """The server's batch of committed entries (``apply`` in WARaft).
+
+    Internal messages are objects, not tuples, so that nothing arriving from another node
+    (msgpack gives tuples, never these) can impersonate the server.
+    """
+
+    items: Sequence[CoreApplyItem]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadNowRequest:
+    """Answer a read at the current position (``apply_read`` in WARaft)."""
+
+    from_: Any
+    command: Any
 
 
 class OutOfOrderApply(RuntimeError):
@@ -125,17 +146,16 @@ class StorageServer(otp.Process):
     # -- applying -------------------------------------------------------------------------------
 
     def handle_cast(self, msg: Any) -> None:
-        kind = msg[0]
-        if kind == "apply":
-            self._apply(msg[1], msg[2])
-        elif kind == "read_now":
-            _, from_, command = msg
+        cls = type(msg)
+        if cls is ApplyRequest:
+            self._apply(msg.items, msg.size)
+        elif cls is ReadNowRequest:
             self.queues.release_reads(1)
-            from_.reply(self.provider.read(command, self.position))
-        elif kind == "delete_snapshot":
+            msg.from_.reply(self.provider.read(msg.command, self.position))
+        elif cls is tuple and len(msg) == 2 and msg[0] == "delete_snapshot":
             self._delete_snapshot(msg[1])
         else:
-            logger.warning("storage %s got an unexpected cast %r", self.name, msg)
+            logger.warning("storage %s dropped an unexpected cast %.200r", self.name, msg)
 
     def _apply(self, items: Sequence[CoreApplyItem], size: int) -> None:
         queues = self.queues
@@ -294,8 +314,8 @@ class StorageServer(otp.Process):
         for _, name in snapshots[: max(0, len(snapshots) - MAX_RETAINED_SNAPSHOT)]:
             self._delete_snapshot(name)
 
-    def _delete_snapshot(self, name: str) -> None:
-        if os.sep in name or name in ("", ".", ".."):
+    def _delete_snapshot(self, name: Any) -> None:
+        if not isinstance(name, str) or not _SNAPSHOT_RE.match(name):
             logger.warning("storage %s refuses to delete %r", self.name, name)
             return
         shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
