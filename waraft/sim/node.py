@@ -50,7 +50,7 @@ from waraft.core.events import (
     SnapshotOpened,
     Timeout,
 )
-from waraft.core.rpc import RaftRpc, Vote
+from waraft.core.rpc import Vote
 from waraft.core.settings import Settings
 from waraft.core.types import DurableState, Entry, Identity, LogPos, Priority, State, TimeoutKind
 from waraft.sim.clock import Scheduled
@@ -163,11 +163,17 @@ class SimNode:
         """Start (or restart) the core from what survived: durable state, log, storage."""
         if self.up:
             raise RuntimeError(f"{self.id} is already up")
-        sim = self.sim
         self.incarnation += 1
         self.up = True
         position = self.storage.position
         self.log.open(position)
+        try:
+            self._build_and_start(position)
+        except Exception as exc:
+            raise CoreCrash(self.id, "start", exc) from exc
+
+    def _build_and_start(self, position: LogPos) -> None:
+        sim = self.sim
         self.core = sim.config.core_factory(
             self_id=self.identity,
             table=sim.config.table,
@@ -225,9 +231,6 @@ class SimNode:
             raise CoreCrash(self.id, event, exc) from exc
         self.sim.touched[self.id] = None
         self.run_effects(effects)
-
-    def deliver_rpc(self, rpc: RaftRpc) -> None:
-        self.handle(rpc)
 
     def accept_commit(self, handle: Any, key: Any, command: Any, priority: Priority) -> bool:
         """The acceptor's commit path: admission, then a one-item ``CommitBatch``.
