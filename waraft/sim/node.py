@@ -163,36 +163,37 @@ class SimNode:
         """Start (or restart) the core from what survived: durable state, log, storage."""
         if self.up:
             raise RuntimeError(f"{self.id} is already up")
+        sim = self.sim
         self.incarnation += 1
         self.up = True
         position = self.storage.position
         self.log.open(position)
         try:
-            self._build_and_start(position)
+            self.core = sim.config.core_factory(
+                self_id=self.identity,
+                table=sim.config.table,
+                partition=sim.config.partition,
+                settings=self.settings,
+                log=self.log,
+                queues=self.storage,
+                storage_position=position,
+                storage_config=self.storage.config,
+                durable=self.durable,
+                rand=self.rng.random,
+                now=self.now,
+                label_fn=sim.config.label_fn,
+                storage_label=self.storage.label,
+            )
         except Exception as exc:
-            raise CoreCrash(self.id, "start", exc) from exc
-
-    def _build_and_start(self, position: LogPos) -> None:
-        sim = self.sim
-        self.core = sim.config.core_factory(
-            self_id=self.identity,
-            table=sim.config.table,
-            partition=sim.config.partition,
-            settings=self.settings,
-            log=self.log,
-            queues=self.storage,
-            storage_position=position,
-            storage_config=self.storage.config,
-            durable=self.durable,
-            rand=self.rng.random,
-            now=self.now,
-            label_fn=sim.config.label_fn,
-            storage_label=self.storage.label,
-        )
+            raise CoreCrash(self.id, "construction", exc) from exc
         sim.invariants.on_restart(self.id, self.core.current_term, self.core.commit_index)
         sim.touched[self.id] = None
         self._role = None
-        self.run_effects(self.core.start(self.now))
+        try:
+            effects = self.core.start(self.now)
+        except Exception as exc:
+            raise CoreCrash(self.id, "start", exc) from exc
+        self.run_effects(effects)
 
     def crash(self) -> None:
         """Stop abruptly: keep the durable state, the log if durable, storage if durable."""
