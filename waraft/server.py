@@ -114,10 +114,16 @@ class RaftServer(otp.StateMachine):
         self._metrics = metrics.get()
 
         position: LogPos = otp.call(options.storage_name, ("open",), STORAGE_TIMEOUT)
-        self.log = otp.call(options.log_name, ("open", position), None)
+        self.log, log_corruption = otp.call(options.log_name, ("open", position), None)
         storage_config = otp.call(options.storage_name, ("config",), STORAGE_TIMEOUT)
         label = otp.call(options.storage_name, ("label",), STORAGE_TIMEOUT)
         durable = self._load_durable_state()
+        if log_corruption is not None:
+            # The log actor quarantined a corrupt log: never serve or vote on it (not persisted,
+            # so the reason disappears once the data directory is replaced).
+            term = 0 if durable is None else durable.current_term
+            voted = None if durable is None else durable.voted_for
+            durable = DurableState(term, voted, ("log_corruption", log_corruption))
         label_module = options.label_module
         label_fn: Callable[[Any, Any], Any] | None = None
         if label_module is not None:

@@ -39,10 +39,12 @@ def start_node(
     name: str,
     partitions: list[int],
     settings: dict[str, Any] | None = None,
+    node_id: str | None = None,
     **spec: Any,
 ) -> otp.Node:
-    """A node with its own data directory running ``partitions`` of table ``test``."""
-    node = otp.Node(f"{name}.{next(_ids)}@local")
+    """A node with its own data directory running ``partitions`` of table ``test``
+    (``node_id`` restarts a node under the id its data knows it by)."""
+    node = otp.Node(node_id or f"{name}.{next(_ids)}@local")
     with node.activate():
         env.set_env(APP, "raft_database", str(root / name))
         for key, value in {**FAST, **(settings or {})}.items():

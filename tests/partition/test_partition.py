@@ -213,3 +213,30 @@ def test_a_failed_snapshot_leaves_nothing_a_later_request_would_reuse(tmp_path: 
         _FailingSnapshotStorage.fail = True
     assert ok == "ok"
     assert storage.list_snapshots(part_dir) == [(position, f"snapshot.{position[0]}.{position[1]}")]
+
+
+def test_a_corrupt_log_disables_its_partition_and_spares_the_others(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1, 2], log_module=DISK, storage_module=SQLITE)
+    for partition in (1, 2):
+        _bootstrap_single(node, partition)
+        for i in range(50):
+            op = (i, ("write", "t", i, "x" * 100))
+            assert acceptor.commit(addr("acceptor", node, partition), op) == "ok"
+    path = server.status(addr("server", node, 1))["partition_path"]
+    node_id = node.id
+    node.stop()
+    segments = sorted(p for p in (Path(path) / "log").iterdir() if p.suffix == ".wal")
+    data = bytearray(segments[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte well before the tail
+    segments[0].write_bytes(bytes(data))
+
+    node = start_node(
+        tmp_path, "n1", [1, 2], node_id=node_id, log_module=DISK, storage_module=SQLITE
+    )
+    wait_until(lambda: state(node, 1) == "disabled")
+    reason = server.status(addr("server", node, 1))["disable_reason"]
+    assert reason[0] == "log_corruption" and "corruption" in reason[1]
+    assert acceptor.read(addr("acceptor", node, 1), ("read", "t", 1)) == ("error", "not_leader")
+    # The healthy partition on the same node serves as before.
+    wait_until(lambda: state(node, 2) == "leader")
+    assert acceptor.read(addr("acceptor", node, 2), ("read", "t", 49)) == ("ok", "x" * 100)

@@ -7,6 +7,12 @@ As in WARaft, the log *actor* only serialises the destructive operations — ope
 truncate (calls) and trim, flush (casts, run asynchronously so rotation never stalls the
 server). Appends and reads go straight from the server's thread to the provider it got back from
 ``open``.
+
+A log that fails verification when it is opened (``LogCorruptionError``) is *quarantined*: the
+files are left untouched, the server gets an empty in-memory stand-in together with the error,
+and comes up ``disabled`` with the reason, so the replica neither serves nor votes on bad data
+while the rest of the node runs on. To recover, stop the partition, move its data directory
+away and start it again: it comes back ``stalled`` and is caught up by a snapshot.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 from waraft import env, otp
 from waraft.core.types import LogPos
+from waraft.log.memory import MemoryLog
 from waraft.log.provider import (
     LogCorruptionError,
     LogError,
@@ -42,7 +49,13 @@ class LogServer(otp.Process):
         self.name: str = options.log_name
         settings = env.settings_for(options.application, options.table)
         provider_cls = options.log_module
-        self.provider: LogProvider = provider_cls.open(options.database, settings)
+        self.corruption: str | None = None
+        try:
+            self.provider: LogProvider = provider_cls.open(options.database, settings)
+        except LogCorruptionError as exc:
+            logger.error("log %s is corrupt and quarantined: %s", self.name, exc)
+            self.corruption = str(exc)
+            self.provider = MemoryLog.open(None, settings)
         logger.info("log %s opened %s", self.name, type(self.provider).__name__)
 
     def terminate(self, reason: Any) -> None:
@@ -59,9 +72,9 @@ class LogServer(otp.Process):
         provider = self.provider
         if kind == "open":
             position: LogPos = request[1]
-            if provider.open_at(position):
+            if self.corruption is None and provider.open_at(position):
                 logger.info("log %s reset to %s to match storage", self.name, position)
-            return provider
+            return (provider, self.corruption)
         if kind == "reset":
             provider.reset(request[1])
             return "ok"
