@@ -137,6 +137,42 @@ def test_snapshot_available_on_a_follower_goes_through_stalled() -> None:
     assert Reply("op", "ok") in fx
 
 
+def test_snapshot_inside_our_log_keeps_the_entries_after_it() -> None:
+    """CORE-4: acknowledged entries past the snapshot's position must survive the install."""
+    from waraft.core.effects import CommitCancelled, TrimLog
+    from waraft.core.types import Priority
+
+    from .fakes import entries_of
+
+    node = make_node(2, entries=entries_of([2] * 9), term=2)  # log 1..10, applied 1
+    node.rpc(N1, AppendEntries(10, 2, [], 9, 0))  # commit 9, everything applied
+    node.core.last_applied = 5  # pretend storage lagged behind: applied up to 5 only
+    node.core.queued = {4: ("a", Priority.HIGH), 7: ("b", Priority.LOW), 10: ("c", Priority.HIGH)}
+    fx = node.handle(SnapshotAvailable("op", "/in/3", LogPos(7, 2)))
+    fx = open_snapshot(node, fx[-1], config=(1, node.core.current_config()))
+    assert not [e for e in fx if isinstance(e, ResetLog)]
+    assert TrimLog(7) in fx
+    assert node.log.last_index() == 10 and node.log.first_index() == 7
+    assert (node.core.last_applied, node.core.commit_index) == (7, 9)
+    cancelled = [(e.to, e.reason) for e in fx if isinstance(e, CommitCancelled)]
+    assert cancelled == [("a", "cancelled"), ("b", "cancelled")]
+    assert node.core.queued == {10: ("c", Priority.HIGH)}
+    assert node.state is State.FOLLOWER and Reply("op", "ok") in fx
+    # the kept entries are applied from the snapshot on
+    node.rpc(N1, AppendEntries(10, 2, [], 10, 0))
+    assert [i for i, _ in node.applied][-3:] == [8, 9, 10]
+
+
+def test_snapshot_at_a_different_term_replaces_the_log() -> None:
+    from .fakes import entries_of
+
+    node = make_node(2, entries=entries_of([2] * 5), term=3)
+    fx = node.handle(SnapshotAvailable("op", "/in/4", LogPos(4, 3)))
+    fx = open_snapshot(node, fx[-1], config=(1, node.core.current_config()))
+    assert ResetLog(LogPos(4, 3)) in fx
+    assert node.log.terms() == [3] and node.log.first_index() == 4
+
+
 def test_old_snapshots_are_rejected() -> None:
     node = make_node(2, base=LogPos(10, 1))
     assert node.handle(SnapshotAvailable("op", "/x", LogPos(10, 1))) == [

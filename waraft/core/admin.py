@@ -254,7 +254,10 @@ def snapshot_opened(core: RaftCore, event: SnapshotOpened) -> None:
     storage_config = event.config
     if storage_config is not None:
         storage_config = (storage_config[0], normalize_config(storage_config[1]))
-    snapshot.reset_log(core, position, storage_config)
+    if event.purpose == "transfer":
+        snapshot.adopt_snapshot(core, position, storage_config)
+    else:
+        snapshot.reset_log(core, position, storage_config)  # a new replica: nothing to keep
     core.storage_label = event.label
     if core.state is not State.STALLED:
         # Disabled while storage was loading: keep the log consistent, stay where we are.

@@ -1,7 +1,9 @@
 """Snapshot and log-rotation decisions (digest §2.16, §4.4). Transfers happen elsewhere.
 
 * ``should_send_snapshot``: WARaft's three rules for a follower that failed an append.
-* ``reset_log``: after storage opened a snapshot, the log restarts from its position.
+* ``adopt_snapshot``: after storage opened a transferred snapshot, keep the log past its
+  position when the log holds that position (Raft §7), else restart the log there;
+  ``reset_log`` restarts it unconditionally (bootstrap).
 * ``rotate``: batched trimming — trim to ``index - keep`` only once at least ``interval``
   entries have piled up below that point.
 """
@@ -60,6 +62,35 @@ def reset_log(core: RaftCore, position: LogPos, storage_config: tuple[int, Confi
     core.last_applied = position.index
     core.commit_index = position.index
     core.cached_config = storage_config
+
+
+def adopt_snapshot(
+    core: RaftCore, position: LogPos, storage_config: tuple[int, Config] | None
+) -> None:
+    """Take up a transferred snapshot that storage now sits at.
+
+    If our log holds the snapshot's last entry (same index and term), the entries after it
+    stay: they may have been acknowledged and counted for a commit, and Raft forbids forgetting
+    those (§7; WARaft always resets, which loses them — CORE-4). Only the queued commits the
+    snapshot covers are cancelled, and the commit index never moves back. Otherwise the log
+    restarts at the snapshot's position.
+    """
+    log = core.log
+    index = position.index
+    if index > log.last_index() or log.term(index) != position.term:
+        reset_log(core, position, storage_config)
+        return
+    queued = core.queued
+    for covered in sorted(i for i in queued if i <= index):
+        from_, priority = queued.pop(covered)
+        core.cancel_commit(from_, "cancelled", priority)
+    core.last_applied = index
+    if core.commit_index < index:
+        core.commit_index = index
+    core.cached_config = storage_config
+    if log.first_index() < index:
+        core.emit(TrimLog(index))  # what precedes the snapshot is never needed again
+        log.trim(index)
 
 
 def rotate(core: RaftCore, index: int) -> None:
