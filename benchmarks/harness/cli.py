@@ -89,7 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         help="write/read weights, e.g. write=9,read=1 (reads are strong reads)",
     )
     run.add_argument("--keyspace", type=int, default=10_000, help="distinct keys (default 10000)")
-    run.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
+    run.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="measured seconds (default 10; 15 for the failover scenario)",
+    )
     run.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds (default 3)")
     run.add_argument(
         "--durable",

@@ -136,6 +136,26 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def filesystem_of(path: Path) -> dict[str, Any]:
+    """The mount holding ``path`` (durable figures depend on what fsync costs there)."""
+    path = path.resolve()
+    best: Any = None
+    for part in psutil.disk_partitions(all=True):
+        mount = Path(part.mountpoint)
+        if (path == mount or mount in path.parents) and (
+            best is None or len(part.mountpoint) > len(best.mountpoint)
+        ):
+            best = part
+    if best is None:
+        return {"path": str(path)}
+    return {
+        "path": str(path),
+        "mountpoint": best.mountpoint,
+        "fstype": best.fstype,
+        "device": best.device,
+    }
+
+
 def command_line(argv: list[str]) -> str:
     """The command as typed to reproduce the run (from the repository root)."""
     return " ".join(["python", "-m", "benchmarks", *map(shlex.quote, argv)])

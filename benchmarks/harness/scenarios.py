@@ -28,6 +28,8 @@ class Scenario:
     systems: tuple[str, ...] = ("waraft", "pysyncobj")
     failover: bool = False
     pso_conf: dict[str, Any] = field(default_factory=lambda: dict(THROUGHPUT_CONF))
+    #: A failover window must outlast the election timeout (waraft's default is 5-7.5 s).
+    min_duration_s: float = 0.0
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -72,6 +74,7 @@ SCENARIOS: dict[str, Scenario] = {
             "window; time until writes succeed again",
             concurrency=(256,),
             failover=True,
+            min_duration_s=15.0,
         ),
     )
 }

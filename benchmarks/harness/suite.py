@@ -22,6 +22,8 @@ from benchmarks.harness.runner import Cluster, Measurement, measure
 from benchmarks.harness.scenarios import Scenario
 from benchmarks.harness.workload import Workload
 
+DEFAULT_DURATION_S = 10.0
+
 
 @dataclass
 class Options:
@@ -34,7 +36,7 @@ class Options:
     clients: int = 1
     rate: float | None = None
     workload: Workload = field(default_factory=Workload)
-    duration_s: float = 10.0
+    duration_s: float | None = None  # None: 10 s, or the scenario's minimum when longer
     warmup_s: float = 3.0
     durable: bool = False
     settings: dict[str, str] = field(default_factory=dict)
@@ -76,6 +78,7 @@ def run_suite(opts: Options, argv: list[str]) -> dict[str, Any]:
     doc = results.new_document(argv, opts.to_json())
     doc["skipped"] = []
     opts.out.mkdir(parents=True, exist_ok=True)
+    doc["machine"]["data_filesystem"] = results.filesystem_of(opts.out)
     json_path = opts.out / f"{opts.name}.json"
     progress.note(f"results -> {json_path}")
     for scenario in opts.scenarios:
@@ -119,6 +122,9 @@ def _plan(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[tuple[
 
 def _measurements(scenario: Scenario, system: str, nodes: int, opts: Options) -> list[Measurement]:
     concurrencies = [1] if scenario.mode == "sync" else (opts.concurrency or scenario.concurrency)
+    duration = opts.duration_s
+    if duration is None:
+        duration = max(DEFAULT_DURATION_S, scenario.min_duration_s)
     out = []
     for concurrency in concurrencies:
         out.append(
@@ -134,11 +140,11 @@ def _measurements(scenario: Scenario, system: str, nodes: int, opts: Options) ->
                 coalesce=scenario.coalesce,
                 workload=opts.workload,
                 warmup_s=opts.warmup_s,
-                duration_s=opts.duration_s,
+                duration_s=duration,
                 durable=opts.durable,
                 profile=opts.profile,
                 failover_at_s=(
-                    (opts.failover_at_s if opts.failover_at_s is not None else opts.duration_s / 3)
+                    (opts.failover_at_s if opts.failover_at_s is not None else duration / 3)
                     if scenario.failover
                     else None
                 ),

@@ -158,14 +158,26 @@ def markdown(doc: dict[str, Any], heading: str = "## Performance") -> str:
     if first is not None:
         wl = first["workload"]
         mix = "writes only" if wl["read_fraction"] == 0 else f"{wl['read_fraction']:.0%} reads"
+        spans = {(r["config"]["warmup_s"], r["config"]["duration_s"]) for r in ok}
+        if len(spans) == 1:
+            timing = f"{first['warmup_s']:g} s warm-up, then {first['duration_s']:g} s measured"
+        else:
+            per = sorted({(r["scenario"], r["config"]["duration_s"]) for r in ok})
+            timing = f"{first['warmup_s']:g} s warm-up, then measured for " + ", ".join(
+                f"{d:g} s ({sc})" for sc, d in per
+            )
+        storage = "durable" if first["durable"] else "in-memory"
+        fs = doc["machine"].get("data_filesystem")
+        if first["durable"] and fs:
+            storage += f" ({fs.get('fstype')} on {fs.get('device')})"
         out += [
-            f"Each run: {first['warmup_s']:g} s warm-up, then {first['duration_s']:g} s measured; "
-            f"{wl['value_size']} B values over {wl['keyspace']:,} keys, {mix}; "
-            f"{'durable' if first['durable'] else 'in-memory'} log and storage; "
-            "every process (nodes and load generators) on this one machine. A committed "
-            "operation is a write acknowledged to the client after it was committed and "
-            "applied; latency runs from the (intended) send to that acknowledgement. "
-            "CPU is % of one core over the measured window, summed over processes.",
+            f"Each run: {timing}; {wl['value_size']} B values over {wl['keyspace']:,} keys, "
+            f"{mix}; {storage} log and storage; every process (nodes and load generators) on "
+            "this one machine. A committed operation is a write acknowledged to the client "
+            "after it was committed and applied; latency runs from the (intended) send to that "
+            "acknowledgement. CPU is % of one core over the measured window, summed over "
+            "processes; *other load* is CPU the machine spent outside the run's processes "
+            "(near 0 on a quiet machine; a high value means the figures were disturbed).",
             "",
         ]
     out += runs_table(runs)
