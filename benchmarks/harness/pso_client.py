@@ -254,6 +254,6 @@ def run_in_leader_load(
             raise RuntimeError(f"unexpected reply {kind!r}")
         if isinstance(body, dict) and body.get("error"):
             raise RuntimeError(f"in-leader load refused: {body['error']}")
-        return body  # type: ignore[no-any-return]
+        return body  # type: ignore[no-any-return, unused-ignore]
     finally:
         sock.close(linger=0)

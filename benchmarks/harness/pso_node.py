@@ -49,7 +49,7 @@ FAIL_NAMES = {
 }
 
 
-class KV(SyncObj):  # type: ignore[misc]
+class KV(SyncObj):  # type: ignore[misc, unused-ignore]
     """The replicated dict. Every attribute set after ``SyncObj.__init__`` is replicated state
     (PySyncObj snapshots them), so the request server keeps its state elsewhere."""
 
@@ -57,11 +57,11 @@ class KV(SyncObj):  # type: ignore[misc]
         super().__init__(raft, peers, conf)
         self.data: dict[str, bytes] = {}
 
-    @replicated  # type: ignore[misc]
+    @replicated  # type: ignore[misc, untyped-decorator, unused-ignore]
     def set(self, key: str, value: bytes) -> None:
         self.data[key] = value
 
-    @replicated  # type: ignore[misc]
+    @replicated  # type: ignore[misc, untyped-decorator, unused-ignore]
     def get(self, key: str) -> bytes | None:
         # Through the log: PySyncObj has no read index or lease, so this is its only
         # linearizable read, the counterpart of waraft's strong read.
@@ -157,7 +157,7 @@ class RequestServer:
 
     def _drain(self) -> None:
         sock = self.sock
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             ident = sock.recv(zmq.NOBLOCK)
             frame = sock.recv(zmq.NOBLOCK)
             try:

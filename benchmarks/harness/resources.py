@@ -169,16 +169,16 @@ class ResourceSampler:
             tracked = list(self._tracked)
             mb, me = self._machine_begin, self._machine_end
         seconds = (end - start) / 1e9 if start is not None and end is not None else 0.0
-        processes = []
+        processes: list[dict[str, Any]] = []
         for t in tracked:
             user = system = 0.0
             written = read = 0
-            end = t.end if t.end is not None else t.last  # a killed process: its last sample
-            if t.begin is not None and end is not None:
-                user = max(0.0, end[0] - t.begin[0])
-                system = max(0.0, end[1] - t.begin[1])
-                written = max(0, end[2] - t.begin[2])
-                read = max(0, end[3] - t.begin[3])
+            final = t.end if t.end is not None else t.last  # a killed process: its last sample
+            if t.begin is not None and final is not None:
+                user = max(0.0, final[0] - t.begin[0])
+                system = max(0.0, final[1] - t.begin[1])
+                written = max(0, final[2] - t.begin[2])
+                read = max(0, final[3] - t.begin[3])
             cpu = user + system
             processes.append(
                 {

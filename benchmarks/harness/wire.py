@@ -30,7 +30,7 @@ NOT_LEADER: Final = "not_leader"
 
 
 def pack(kind: str, body: Any) -> bytes:
-    return msgpack.packb([kind, body], use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb([kind, body], use_bin_type=True)  # type: ignore[no-any-return, unused-ignore]
 
 
 def unpack(frame: bytes) -> tuple[str, Any]:
