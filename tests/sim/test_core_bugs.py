@@ -7,12 +7,10 @@ regression test.
 * CORE-1 (fixed in 274be3d): strong reads answered before leadership was confirmed.
 * CORE-2 (fixed in b8aa97d): a re-enabled replica deadlocked a cluster with a witness.
 * CORE-3 (fixed in e854491): one data replica plus witnesses could never commit.
-* CORE-4 (open): installing a snapshot forgets acknowledged entries past its position.
+* CORE-4 (fixed in f03f714): installing a snapshot forgot acknowledged entries past it.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from tests.sim.helpers import check_one_leader, one, write
 from waraft.core.types import State
@@ -92,7 +90,6 @@ def test_removing_the_last_other_data_replica_does_not_wedge_the_cluster() -> No
     assert call.done and call.result == "ok", (call, sim.describe())
 
 
-@pytest.mark.xfail(strict=True, reason="CORE-4: snapshot install forgets acknowledged entries")
 def test_snapshot_install_keeps_acknowledged_entries_after_the_snapshot() -> None:
     """A follower whose log runs past the leader's applied position gets a snapshot there: it
     must not forget the entries after it (they were committed with its acknowledgement)."""

@@ -113,13 +113,19 @@ def test_commit_safety_and_monotonic_commit() -> None:
         checker3.after_step("a", State.FOLLOWER, 1, 9)  # beyond the log
 
 
-def test_commit_index_may_drop_after_a_snapshot_reset() -> None:
-    checker, logs = _checker("a")
-    _append(checker, logs, "a", _e(1, 1), _e(1, 2))
-    checker.after_step("a", State.FOLLOWER, 1, 3)
-    checker.on_reset("a", LogPos(2, 1), leader=False)
-    logs["a"].reset(LogPos(2, 1))
-    checker.after_step("a", State.FOLLOWER, 1, 2)
+def test_a_snapshot_reset_must_not_lower_the_commit_index_unless_relaxed() -> None:
+    for strict in (True, False):
+        checker, logs = _checker("a")
+        checker.strict_commit = strict
+        _append(checker, logs, "a", _e(1, 1), _e(1, 2))
+        checker.after_step("a", State.FOLLOWER, 1, 3)
+        checker.on_reset("a", LogPos(2, 1), leader=False)
+        logs["a"].reset(LogPos(2, 1))
+        if strict:  # since CORE-4's fix an install keeps the commit index
+            with _violation("monotonic_commit"):
+                checker.after_step("a", State.FOLLOWER, 1, 2)
+        else:
+            checker.after_step("a", State.FOLLOWER, 1, 2)
 
 
 def test_leader_completeness_at_election_and_at_commit() -> None:

@@ -76,6 +76,8 @@ class InvariantChecker:
         """``disabled`` names invariants not to enforce (mutation tests use it to show that
         another property catches a bug too)."""
         self.disabled = disabled
+        # a snapshot install (log reset) may lower a commit index unless this is set
+        self.strict_commit = True
         self.logs: dict[str, LogView] = {}
         # (index, term) -> (entry, previous term) for every entry ever appended anywhere
         self._entries: dict[tuple[int, int], tuple[Entry, int | None]] = {}
@@ -214,7 +216,7 @@ class InvariantChecker:
         previous = self._commit.get(node, 0)
         if commit_index != previous:
             if commit_index < previous:
-                if node not in self._commit_may_drop:
+                if node not in self._commit_may_drop or self.strict_commit:
                     self._violate(
                         "monotonic_commit",
                         f"{node}'s commit index went from {previous} to {commit_index}",

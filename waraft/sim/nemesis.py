@@ -465,7 +465,7 @@ def random_scenario(seed: int) -> Scenario:
         raft_commit_batch_max=rng.choice([1, 15, 15, 100]),
         raft_max_log_entries_per_heartbeat=rng.choice([1, 3, 15, 15, 100]),
         raft_apply_log_batch_size=rng.choice([1, 5, 200]),
-        raft_snapshot_catchup_threshold=rng.choice([30, 100_000]),
+        raft_snapshot_catchup_threshold=rng.choice([5, 30, 100_000]),
         raft_max_log_records_per_file=rng.choice([10, 50, 200_000]),
         raft_max_log_records=rng.choice([20, 100, None]),
         raft_max_retained_entries=rng.choice([100, 1_500_000]),
