@@ -28,6 +28,15 @@ requests accumulate and go in the next frame: natural batching, no fixed delay. 
 commits); the rest wait in the client until replies make room, so a burst is not turned into a
 storm of ``commit_queue_full`` rejections.
 
+**Packing** (``pack=True``, the default). A frame of several commits carries them as ONE
+``("$batch", commands)`` command, the commands msgpack-encoded once by the client: the leader
+appends, replicates and commits a single log entry for the whole frame without decoding it,
+and each replica's storage applies the commands in order (``waraft.storage.is_batch_command``);
+reads are packed the same way. Each request still gets its own result. The commands of one
+entry are applied atomically with respect to crashes (one storage batch) and in order; a
+failure of the entry (``not_leader``, ...) is the failure of every command in it.
+``pack=False`` makes every command its own log entry.
+
 **Leaders.** The client caches a leader per partition. Unknown leaders are found by asking a
 node's ``waraft_admin`` process (``waraft node`` registers it) in the background, and by the
 gateway itself: a reply carrying an error names the leader that node knows of, so a request
@@ -65,6 +74,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Final
 
 from waraft import codec, make_ref, otp
+from waraft.storage import BATCH
 
 logger = logging.getLogger(__name__)
 
@@ -152,13 +162,33 @@ class _Request:
 
 
 class _Batch:
-    __slots__ = ("expires", "node", "partition", "requests")
+    __slots__ = ("expires", "node", "packed", "partition", "requests")
 
-    def __init__(self, node: str, partition: int, requests: list[_Request], expires: float) -> None:
+    def __init__(
+        self,
+        node: str,
+        partition: int,
+        requests: list[_Request],
+        expires: float,
+        packed: bool = False,
+    ) -> None:
         self.node = node
         self.partition = partition
         self.requests = requests
         self.expires = expires
+        self.packed = packed
+
+
+def _pack(kind: str, chunk: list[_Request]) -> list[Any]:
+    """One ``$batch`` item for the whole chunk (see ``waraft.storage.is_batch_command``).
+
+    The commands are msgpack-encoded here, once: the leader appends and replicates the bytes
+    without decoding them; only each replica's storage does.
+    """
+    if kind == "commit":
+        blob = codec.packb([request.item[1] for request in chunk])
+        return [(make_ref(), (BATCH, blob))]
+    return [(BATCH, codec.packb([request.item for request in chunk]))]
 
 
 class _Receiver(otp.Process):
@@ -184,7 +214,8 @@ class Client:
     default deadline of a request, seconds. ``node``: run in-process on this ``otp.Node``
     instead of over ``waraft.dist`` (tests). ``host``: the address this client's node listens
     on (default: the local address on the route to the first node). ``dist_options``: extra
-    keyword arguments for ``waraft.dist.start``.
+    keyword arguments for ``waraft.dist.start``. ``pack``: send a frame's commits as one
+    ``$batch`` log entry (see Packing above).
     """
 
     def __init__(
@@ -199,6 +230,7 @@ class Client:
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         priority: str = "high",
+        pack: bool = True,
         host: str | None = None,
         node: otp.Node | None = None,
         dist_options: dict[str, Any] | None = None,
@@ -219,6 +251,7 @@ class Client:
         self.max_inflight = max(1, max_inflight)
         self.max_retries = max_retries
         self.priority = priority
+        self.pack = pack
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._ready: list[_Request] = []
@@ -591,17 +624,19 @@ class Client:
     ) -> None:
         batch_id = next(self._batch_ids)
         expires = min(now + self.attempt_timeout, max(r.deadline for r in chunk))
+        packed = self.pack and len(chunk) > 1
         with self._lock:
             closed = self._closed
             if not closed:
-                self._inflight[batch_id] = _Batch(address[1], partition, chunk, expires)
+                self._inflight[batch_id] = _Batch(address[1], partition, chunk, expires, packed)
                 self._counters["batches"] += 1
                 self._counters["items_sent"] += len(chunk)
         if closed:
             for request in chunk:
                 self._finish(request, CLOSED)
             return
-        msg = ("client_batch", self.reply_addr, batch_id, kind, [r.item for r in chunk], priority)
+        items = _pack(kind, chunk) if packed else [r.item for r in chunk]
+        msg = ("client_batch", self.reply_addr, batch_id, kind, items, priority)
         if self._cast(address, msg):
             return
         with self._lock:
@@ -659,6 +694,10 @@ class Client:
             self._counters["replies"] += 1
             self._suspect.pop(batch.node, None)
         requests = batch.requests
+        if batch.packed and len(results) == 1:
+            # One log entry carried the whole chunk: its result is the list of results.
+            packed = results[0]
+            results = [packed] * len(requests) if _is_error(packed) else packed
         if len(results) != len(requests):
             logger.error("a reply for %d requests had %d results", len(requests), len(results))
             for request in requests:

@@ -145,3 +145,31 @@ def test_in_flight_requests_per_partition_are_capped(tmp_path: Path, client_node
             assert stats["items_sent"] - stats["retries"] == 60
         finally:
             c.close()
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_packing_puts_a_burst_of_commits_in_one_log_entry(
+    tmp_path: Path, client_node: otp.Node, pack: bool
+) -> None:
+    from tests.partition.helpers import addr
+    from waraft import server
+
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        c = _client(nodes, client_node, pack=pack)
+        try:
+            assert c.commit(1, ("write", "test", "warm", 0)) == "ok"  # leader found
+            before = server.status(addr("server", leader))["log_last"]
+            futures = [c.commit_async(1, ("write", "test", i, i)) for i in range(300)]
+            assert [f.result(10) for f in futures] == ["ok"] * 300
+            reads = [c.read_async(1, ("read", "test", i)) for i in range(300)]
+            assert [f.result(10) for f in reads] == [("ok", i) for i in range(300)]
+            assert c.read(1, ("read", "test", "nope")) == "not_found"
+            entries = server.status(addr("server", leader))["log_last"] - before
+        finally:
+            c.close()
+        if pack:
+            assert entries < 60  # a few frames' worth, far fewer than the 300 commits
+        else:
+            assert entries >= 300

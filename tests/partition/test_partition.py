@@ -240,3 +240,18 @@ def test_a_corrupt_log_disables_its_partition_and_spares_the_others(tmp_path: Pa
     # The healthy partition on the same node serves as before.
     wait_until(lambda: state(node, 2) == "leader")
     assert acceptor.read(addr("acceptor", node, 2), ("read", "t", 49)) == ("ok", "x" * 100)
+
+
+def test_a_batch_command_applies_and_reads_many_commands_as_one_entry(tmp_path: Path) -> None:
+    from waraft import codec
+
+    node = start_node(tmp_path, "n1", [1])
+    _bootstrap_single(node)
+    acc = addr("acceptor", node)
+    before = server.status(addr("server", node))["log_last"]
+    writes = [("write", "t", i, i) for i in range(5)] + [("delete", "t", 0)]
+    assert acceptor.commit(acc, ("k", ("$batch", codec.packb(writes)))) == ["ok"] * 6
+    assert server.status(addr("server", node))["log_last"] == before + 1
+    reads = [("read", "t", i) for i in range(3)]
+    assert acceptor.read(acc, ("$batch", reads)) == ["not_found", ("ok", 1), ("ok", 2)]
+    assert acceptor.commit(acc, ("k", ("$batch", []))) == []

@@ -21,9 +21,9 @@ import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from waraft import env, otp
+from waraft import codec, env, otp
 from waraft.core.effects import ApplyItem as CoreApplyItem
 from waraft.core.types import NOOP, NOOP_OMITTED, Config, LogPos, Priority, is_config_command
 from waraft.storage.provider import (
@@ -66,6 +66,30 @@ class ReadNowRequest:
 
     from_: Any
     command: Any
+
+
+BATCH: Final = "$batch"
+
+
+def is_batch_command(command: Any) -> bool:
+    """``("$batch", commands)``: many commands applied (or read) as one log entry.
+
+    ``commands`` is a sequence of commands or their msgpack encoding (``bytes``, as the client
+    library ships them so that the leader never decodes them). The result is the list of the
+    commands' results, in order. This is how ``waraft.client`` packs the commands that pile up
+    while a frame is in flight: one log entry, one reply, for many writes.
+    """
+    return type(command) is tuple and len(command) == 2 and command[0] == BATCH
+
+
+def batch_commands(command: Any) -> Sequence[Any]:
+    """The commands of a ``$batch`` command (decoding them if they travel as bytes)."""
+    payload = command[1]
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        payload = codec.unpackb(payload)
+    if not isinstance(payload, (list, tuple)):
+        raise UnknownCommandError(f"a {BATCH} command holds a list of commands, not {payload!r}")
+    return payload
 
 
 class OutOfOrderApply(RuntimeError):
@@ -151,7 +175,7 @@ class StorageServer(otp.Process):
             self._apply(msg.items, msg.size)
         elif cls is ReadNowRequest:
             self.queues.release_reads(1)
-            msg.from_.reply(self.provider.read(msg.command, self.position))
+            msg.from_.reply(self._read(msg.command))
         elif cls is tuple and len(msg) == 2 and msg[0] == "delete_snapshot":
             self._delete_snapshot(msg[1])
         else:
@@ -162,34 +186,40 @@ class StorageServer(otp.Process):
         queues.fulfill_apply(len(items), size)
         replies: list[tuple[Any, Any]] = []
         done = {Priority.HIGH: 0, Priority.LOW: 0}
+        # Consecutive plain commands go to the provider as one apply_batch (one transaction
+        # for a durable provider); ``shapes`` says which results belong to which entry.
         chunk: list[tuple[Any, LogPos, Any]] = []
-        handles: list[tuple[Any, Priority]] = []
+        shapes: list[tuple[Any, int]] = []  # (reply_to, -1 for one result or n for a batch)
+        next_index = self.position.index + 1
         for index, entry, reply_to, priority in items:
-            expected = self.position.index + 1 + len(chunk)
-            if index < expected:
+            if index < next_index:
                 continue  # already applied (a re-apply after a reset); reads are served below
-            if index != expected:
-                raise OutOfOrderApply(
-                    f"storage {self.name} at {self.position} (+{len(chunk)}) got entry {index}"
-                )
+            if index != next_index:
+                raise OutOfOrderApply(f"storage {self.name} at {next_index - 1} got entry {index}")
+            next_index += 1
+            if reply_to is not None:
+                done[priority] += 1
             position = LogPos(index, entry.term)
             command = entry.command
             if command is None:
                 raise OutOfOrderApply(f"storage {self.name} got the base entry at {index}")
             if is_config_command(command) or (self.witness and command != NOOP):
-                self._apply_chunk(chunk, handles, replies)
+                self._apply_chunk(chunk, shapes, replies)
                 result = self._apply_special(command, position, entry.label)
                 if reply_to is not None:
                     replies.append((reply_to, result))
-                    done[priority] += 1
                 continue
-            chunk.append((command, position, entry.label))
-            if reply_to is not None:
-                handles.append((reply_to, priority))
-                done[priority] += 1
+            if is_batch_command(command):
+                commands = batch_commands(command)
+                chunk.extend((c, position, entry.label) for c in commands)
+                shapes.append((reply_to, len(commands)))
+                if not commands:  # an empty batch still moves the position
+                    chunk.append((NOOP, position, entry.label))
+                    shapes.append((None, -1))
             else:
-                handles.append((None, priority))
-        self._apply_chunk(chunk, handles, replies)
+                chunk.append((command, position, entry.label))
+                shapes.append((reply_to, -1))
+        self._apply_chunk(chunk, shapes, replies)
         for priority, count in done.items():
             if count:
                 queues.commits_finished(count, priority)
@@ -202,18 +232,25 @@ class StorageServer(otp.Process):
     def _apply_chunk(
         self,
         chunk: list[tuple[Any, LogPos, Any]],
-        handles: list[tuple[Any, Priority]],
+        shapes: list[tuple[Any, int]],
         replies: list[tuple[Any, Any]],
     ) -> None:
         if not chunk:
             return
         results = self.provider.apply_batch(chunk)
         self.position = chunk[-1][1]
-        for (reply_to, _), result in zip(handles, results, strict=True):
-            if reply_to is not None:
-                replies.append((reply_to, result))
+        at = 0
+        for reply_to, count in shapes:
+            if count < 0:
+                if reply_to is not None:
+                    replies.append((reply_to, results[at]))
+                at += 1
+            else:
+                if reply_to is not None:
+                    replies.append((reply_to, results[at : at + count]))
+                at += count
         chunk.clear()
-        handles.clear()
+        shapes.clear()
 
     def _apply_special(self, command: Any, position: LogPos, label: Any) -> Any:
         """A config change, or a command a witness skips."""
@@ -235,9 +272,15 @@ class StorageServer(otp.Process):
     def _serve_reads(self) -> None:
         reads = self.queues.take_reads(self.position.index)
         if reads:
-            provider, position = self.provider, self.position
             for from_, command in reads:
-                from_.reply(provider.read(command, position))
+                from_.reply(self._read(command))
+
+    def _read(self, command: Any) -> Any:
+        """A read at the current position; a ``$batch`` of reads answers a list."""
+        provider, position = self.provider, self.position
+        if is_batch_command(command):
+            return [provider.read(c, position) for c in batch_commands(command)]
+        return provider.read(command, position)
 
     # -- calls ----------------------------------------------------------------------------------
 
@@ -251,7 +294,7 @@ class StorageServer(otp.Process):
         if kind == "label":
             return provider.label()
         if kind == "read":
-            return provider.read(request[1], self.position)
+            return self._read(request[1])
         if kind == "status":
             status = {
                 "name": self.name,
@@ -377,6 +420,7 @@ def delete_snapshot(storage: otp.Target, name: str) -> None:
 
 __all__ = [
     "BAD_POSITION",
+    "BATCH",
     "NOT_FOUND",
     "OK",
     "ApplyItem",
@@ -387,11 +431,13 @@ __all__ = [
     "StorageProvider",
     "StorageServer",
     "UnknownCommandError",
+    "batch_commands",
     "child_spec",
     "create_snapshot",
     "create_witness_snapshot",
     "default_name",
     "delete_snapshot",
+    "is_batch_command",
     "is_data_replica",
     "list_snapshots",
     "position",
