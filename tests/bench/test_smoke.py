@@ -58,6 +58,42 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
     return out, json.loads((out / "results.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def failover(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Scenario e with short election timeouts, so that the window sees the recovery."""
+    out = tmp_path_factory.mktemp("failover")
+    systems = ["waraft", "pysyncobj"] if HAS_PYSYNCOBJ else ["waraft"]
+    proc = _bench(
+        "run",
+        "--scenario", "e",
+        "--systems", ",".join(systems),
+        "--concurrency", "8",
+        "--warmup", "0.3",
+        "--duration", "3",
+        "--failover-at", "0.3",
+        "--keyspace", "100",
+        "--no-progress",
+        "--no-plot",
+        "--settings", "raft_election_timeout_ms=300", "raft_election_timeout_ms_max=600",
+        "--pso-settings", "raftMinTimeout=0.3", "raftMaxTimeout=0.6",
+        "--out", str(out),
+        timeout=100,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"harness failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return dict(json.loads((out / "results.json").read_text()))
+
+
+@pytest.mark.timeout(110)
+def test_failover_kills_the_leader_and_writes_resume(failover: dict[str, Any]) -> None:
+    assert results.validate(failover) == []
+    for run in failover["runs"]:
+        fo = run["failover"]
+        killed = [p for p in run["resources"]["processes"] if p["name"] == fo["killed"]]
+        assert killed and killed[0]["role"] == "server", run["id"]
+        assert fo["recovery_s"] is not None, f"{run['id']}: no write succeeded after the kill"
+        assert run["elections"]["elections"] >= 1, run["id"]
+
+
 @pytest.mark.timeout(110)
 def test_results_carry_every_field(smoke: tuple[Path, dict[str, Any]]) -> None:
     _, doc = smoke
