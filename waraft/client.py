@@ -12,8 +12,10 @@ acceptor's client gateway (``waraft.acceptor``: one ``client_batch`` cast in, on
 
 Results are what the acceptor API returns: the storage's answer (``"ok"``, ``("ok", value)``,
 ``"not_found"``) or ``("error", reason)``; the client adds ``("error", "timeout")`` when a
-request's deadline passes and ``("error", "closed")`` when the client is closed. Futures
-(``concurrent.futures.Future``) always complete with such a value, never with an exception.
+request's deadline passes and ``("error", "closed")`` when the client is closed. The futures are
+``waraft.client.Future``: the ``concurrent.futures.Future`` methods a caller uses (``result``,
+``done``, ``add_done_callback``) at a fraction of the cost (no condition variable per request);
+they always complete with such a value, never with an exception.
 
 **Routing.** ``partition_or_key`` is a partition number (an ``int``) or a key, routed with
 ``partition_for(key, partitions) = stable_hash(key) % partitions + 1`` where ``stable_hash`` is
@@ -68,8 +70,8 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
+from _thread import allocate_lock
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Final
 
@@ -136,6 +138,79 @@ def _is_error(result: Any) -> bool:
     return type(result) is tuple and len(result) == 2 and result[0] == "error"
 
 
+_FUTURES_LOCK = allocate_lock()
+
+
+class Future:
+    """The result of one request (see the module docstring).
+
+    Completed once, by the client; ``result(timeout)`` blocks until then (raising
+    ``concurrent.futures.TimeoutError`` when ``timeout`` passes first), ``add_done_callback``
+    runs ``fn(future)`` on completion (at once if already complete). One module lock guards the
+    short critical sections: a request costs no lock or condition object of its own unless
+    someone blocks on it.
+    """
+
+    __slots__ = ("_callbacks", "_done", "_value", "_waiter")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+        self._callbacks: list[Callable[[Future], Any]] | None = None
+        self._waiter: Any = None
+
+    def done(self) -> bool:
+        """True once completed."""
+        return self._done
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The request's result, waiting up to ``timeout`` seconds (None: forever)."""
+        if not self._done:
+            with _FUTURES_LOCK:
+                if not self._done:
+                    if self._waiter is None:
+                        self._waiter = allocate_lock()
+                        self._waiter.acquire()
+                    waiter = self._waiter
+            if not self._done:
+                got = waiter.acquire() if timeout is None else waiter.acquire(True, timeout)
+                if got:
+                    waiter.release()  # let any other waiter through too
+                if not self._done:
+                    raise FutureTimeout()
+        return self._value
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(self)`` once the result is known."""
+        with _FUTURES_LOCK:
+            if not self._done:
+                if self._callbacks is None:
+                    self._callbacks = [fn]
+                else:
+                    self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def set_result(self, value: Any) -> bool:
+        """Complete the future (the client does this); False if it was complete already."""
+        with _FUTURES_LOCK:
+            if self._done:
+                return False
+            self._value = value
+            self._done = True
+            callbacks, self._callbacks = self._callbacks, None
+            waiter = self._waiter
+        if waiter is not None:
+            waiter.release()
+        if callbacks:
+            for fn in callbacks:
+                try:
+                    fn(self)
+                except Exception:
+                    logger.exception("a waraft.client future callback raised")
+        return True
+
+
 class _Request:
     __slots__ = (
         "attempts",
@@ -156,7 +231,7 @@ class _Request:
         self.item = item
         self.priority = priority
         self.deadline = deadline
-        self.future: Future[Any] = Future()
+        self.future = Future()
         self.attempts = 0
         self.last_error: Any = None
 
@@ -186,7 +261,7 @@ def _pack(kind: str, chunk: list[_Request]) -> list[Any]:
     without decoding them; only each replica's storage does.
     """
     if kind == "commit":
-        blob = codec.packb([request.item[1] for request in chunk])
+        blob = codec.packb([request.item for request in chunk])
         return [(make_ref(), (BATCH, blob))]
     return [(BATCH, codec.packb([request.item for request in chunk]))]
 
@@ -326,21 +401,22 @@ class Client:
         *,
         timeout: float | None = None,
         priority: str | None = None,
-    ) -> Future[Any]:
+    ) -> Future:
         """Replicate ``command``; the future completes with storage's result of applying it."""
         if command is None:
             raise ValueError("a command must not be None")
+        # Keys are made when a command is sent on its own: a packed one needs none.
         return self._submit(
             self.partition_of(partition_or_key),
             "commit",
-            (make_ref(), command),
+            command,
             priority or self.priority,
             timeout,
         )
 
     def read_async(
         self, partition_or_key: Any, command: Any, *, timeout: float | None = None
-    ) -> Future[Any]:
+    ) -> Future:
         """A strong (linearizable) read served by the partition's leader."""
         return self._submit(self.partition_of(partition_or_key), "read", command, "high", timeout)
 
@@ -362,11 +438,11 @@ class Client:
 
     def commit_many(
         self, requests: Iterable[tuple[Any, Any]], *, timeout: float | None = None
-    ) -> list[Future[Any]]:
+    ) -> list[Future]:
         """Submit many ``(partition_or_key, command)`` commits at once (one queue operation)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         batch = [
-            _Request(self.partition_of(pk), "commit", (make_ref(), cmd), self.priority, deadline)
+            _Request(self.partition_of(pk), "commit", cmd, self.priority, deadline)
             for pk, cmd in requests
         ]
         self._enqueue(batch)
@@ -441,7 +517,7 @@ class Client:
 
     def _submit(
         self, partition: int, kind: str, item: Any, priority: str, timeout: float | None
-    ) -> Future[Any]:
+    ) -> Future:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         request = _Request(partition, kind, item, priority, deadline)
         self._enqueue([request])
@@ -462,7 +538,7 @@ class Client:
             for request in requests:
                 self._finish(request, CLOSED)
 
-    def _wait(self, future: Future[Any], timeout: float | None) -> Any:
+    def _wait(self, future: Future, timeout: float | None) -> Any:
         # The sender enforces the deadline; the margin only guards against a stuck sender.
         limit = (self.timeout if timeout is None else timeout) + 5.0
         try:
@@ -476,10 +552,7 @@ class Client:
 
     @staticmethod
     def _finish(request: _Request, result: Any) -> None:
-        future = request.future
-        if not future.done():
-            with contextlib.suppress(Exception):  # cancelled or completed meanwhile
-                future.set_result(result)
+        request.future.set_result(result)
 
     # -- the sender thread -----------------------------------------------------------------------
 
@@ -635,7 +708,12 @@ class Client:
             for request in chunk:
                 self._finish(request, CLOSED)
             return
-        items = _pack(kind, chunk) if packed else [r.item for r in chunk]
+        if packed:
+            items = _pack(kind, chunk)
+        elif kind == "commit":
+            items = [(make_ref(), r.item) for r in chunk]
+        else:
+            items = [r.item for r in chunk]
         msg = ("client_batch", self.reply_addr, batch_id, kind, items, priority)
         if self._cast(address, msg):
             return

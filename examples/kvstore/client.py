@@ -26,11 +26,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from examples.kvstore import NUM_PARTITIONS, TABLE, partition
-from waraft.client import Client
+from waraft.client import Client, Future
 
 
 class KVStore:
@@ -53,10 +52,10 @@ class KVStore:
         """``"ok"`` once the delete is committed and applied, or ``("error", reason)``."""
         return self.client.commit(partition(key), ("delete", TABLE, key))
 
-    def read_async(self, key: Any) -> Future[Any]:
+    def read_async(self, key: Any) -> Future:
         return self.client.read_async(partition(key), ("read", TABLE, key))
 
-    def write_async(self, key: Any, value: Any) -> Future[Any]:
+    def write_async(self, key: Any, value: Any) -> Future:
         return self.client.commit_async(partition(key), ("write", TABLE, key, value))
 
     def close(self) -> None:

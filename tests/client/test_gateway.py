@@ -196,3 +196,22 @@ def test_malformed_gateway_casts_leave_the_acceptor_running(tmp_path: Path) -> N
     assert event.wait(10)
     with node.activate():
         assert otp.whereis("raft_acceptor_test_1") is before
+
+
+def test_client_future_waits_calls_back_once_and_times_out() -> None:
+    import threading
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from waraft.client import Future
+
+    future = Future()
+    seen: list[Any] = []
+    future.add_done_callback(lambda f: seen.append(f.result()))
+    with pytest.raises(FutureTimeout):
+        future.result(0.01)
+    threading.Timer(0.05, future.set_result, ("ok",)).start()
+    assert future.result(5) == "ok"
+    assert future.result(0) == "ok" and future.done()
+    assert future.set_result("again") is False  # completes once
+    future.add_done_callback(lambda f: seen.append(("late", f.result())))
+    assert seen == ["ok", ("late", "ok")]
