@@ -97,10 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds (default 3)")
     run.add_argument(
-        "--durable",
-        action="store_true",
-        help="waraft with the disk log and durable storage (PySyncObj: journal)",
+        "--storage",
+        choices=("memory", "durable", "both"),
+        default=None,
+        help="waraft's providers: memory (default), durable (disk log and SQLite storage; "
+        "PySyncObj: its journal) or both (each measurement in both modes, with the ratio)",
     )
+    run.add_argument("--durable", action="store_true", help="same as --storage durable")
     run.add_argument(
         "--failover-at",
         type=float,
@@ -159,6 +162,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _storage(args: argparse.Namespace) -> tuple[str, ...]:
+    choice = args.storage or ("durable" if args.durable else "memory")
+    return ("memory", "durable") if choice == "both" else (choice,)
+
+
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from benchmarks.harness.suite import Options, run_suite
 
@@ -193,7 +201,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         ),
         duration_s=args.duration,
         warmup_s=args.warmup,
-        durable=args.durable,
+        storage=_storage(args),
         settings=dict(args.settings),
         pso_settings={k: _json_value(v) for k, v in args.pso_settings},
         failover_at_s=args.failover_at,

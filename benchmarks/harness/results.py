@@ -72,7 +72,18 @@ PROCESS_FIELDS = (
     "rss_peak_bytes",
 )
 FAILOVER_FIELDS = ("killed", "kill_at_s", "recovery_s", "max_gap_s", "elections")
-DOC_FIELDS = ("schema", "created", "command", "argv", "machine", "options", "runs", "comparisons")
+DOC_FIELDS = (
+    "schema",
+    "created",
+    "command",
+    "argv",
+    "machine",
+    "options",
+    "runs",
+    "comparisons",
+    "durability",
+    "skipped",
+)
 MACHINE_FIELDS = (
     "cpu_model",
     "cores_logical",
@@ -172,6 +183,8 @@ def new_document(argv: list[str], options: dict[str, Any]) -> dict[str, Any]:
         "options": options,
         "runs": [],
         "comparisons": [],
+        "durability": [],
+        "skipped": [],
     }
 
 

@@ -38,7 +38,7 @@ class Options:
     workload: Workload = field(default_factory=Workload)
     duration_s: float | None = None  # None: 10 s, or the scenario's minimum when longer
     warmup_s: float = 3.0
-    durable: bool = False
+    storage: tuple[str, ...] = ("memory",)  # "memory" and/or "durable", run in this order
     settings: dict[str, str] = field(default_factory=dict)
     pso_settings: dict[str, Any] = field(default_factory=dict)
     failover_at_s: float | None = None
@@ -61,7 +61,7 @@ class Options:
             "workload": self.workload.to_json(),
             "duration_s": self.duration_s,
             "warmup_s": self.warmup_s,
-            "durable": self.durable,
+            "storage": list(self.storage),
             "settings": self.settings,
             "pso_settings": self.pso_settings,
             "failover_at_s": self.failover_at_s,
@@ -76,20 +76,26 @@ def pysyncobj_available() -> bool:
 def run_suite(opts: Options, argv: list[str]) -> dict[str, Any]:
     progress = Progress(enabled=opts.progress)
     doc = results.new_document(argv, opts.to_json())
-    doc["skipped"] = []
     opts.out.mkdir(parents=True, exist_ok=True)
     doc["machine"]["data_filesystem"] = results.filesystem_of(opts.out)
     json_path = opts.out / f"{opts.name}.json"
     progress.note(f"results -> {json_path}")
     for scenario in opts.scenarios:
-        for nodes, system in _plan(scenario, opts, doc):
-            for record in _run_system(scenario, system, nodes, opts, progress):
+        for durable, nodes, system in _plan(scenario, opts, doc):
+            for record in _run_system(scenario, system, nodes, durable, opts, progress):
                 doc["runs"].append(record)
                 progress.note(summary_line(record))
                 results.write(doc, json_path)  # partial results survive a crash
     doc["comparisons"] = compare(doc["runs"])
+    doc["durability"] = durability_costs(doc["runs"])
     for line in comparison_lines(doc["comparisons"]):
         progress.note(line)
+    for d in doc["durability"]:
+        progress.note(
+            f"[{d['scenario']}] {d['nodes']} nodes, {d['system']} durable / memory: "
+            f"{d['durable_ops_per_s']:,.0f} / {d['memory_ops_per_s']:,.0f} ops/s = "
+            f"{d['durable_over_memory']}"
+        )
     results.write(doc, json_path)
     from benchmarks.harness.table import markdown
 
@@ -108,8 +114,8 @@ def run_suite(opts: Options, argv: list[str]) -> dict[str, Any]:
     return doc
 
 
-def _plan(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[tuple[int, str]]:
-    """(cluster size, system) pairs of a scenario, in run order."""
+def _plan(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[tuple[bool, int, str]]:
+    """(durable, cluster size, system) of a scenario's clusters, in run order."""
     chosen = [s for s in scenario.systems if opts.systems is None or s in opts.systems]
     if not pysyncobj_available():
         for system in [s for s in chosen if s.startswith("pysyncobj")]:
@@ -117,10 +123,17 @@ def _plan(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[tuple[
                 {"scenario": scenario.key, "system": system, "reason": "pysyncobj not installed"}
             )
         chosen = [s for s in chosen if not s.startswith("pysyncobj")]
-    return [(nodes, system) for nodes in (opts.nodes or [scenario.nodes]) for system in chosen]
+    return [
+        (mode == "durable", nodes, system)
+        for mode in opts.storage
+        for nodes in (opts.nodes or [scenario.nodes])
+        for system in chosen
+    ]
 
 
-def _measurements(scenario: Scenario, system: str, nodes: int, opts: Options) -> list[Measurement]:
+def _measurements(
+    scenario: Scenario, system: str, nodes: int, durable: bool, opts: Options
+) -> list[Measurement]:
     concurrencies = [1] if scenario.mode == "sync" else (opts.concurrency or scenario.concurrency)
     duration = opts.duration_s
     if duration is None:
@@ -141,7 +154,7 @@ def _measurements(scenario: Scenario, system: str, nodes: int, opts: Options) ->
                 workload=opts.workload,
                 warmup_s=opts.warmup_s,
                 duration_s=duration,
-                durable=opts.durable,
+                durable=durable,
                 profile=opts.profile,
                 failover_at_s=(
                     (opts.failover_at_s if opts.failover_at_s is not None else duration / 3)
@@ -154,14 +167,14 @@ def _measurements(scenario: Scenario, system: str, nodes: int, opts: Options) ->
 
 
 def _run_system(
-    scenario: Scenario, system: str, nodes: int, opts: Options, progress: Progress
+    scenario: Scenario, system: str, nodes: int, durable: bool, opts: Options, progress: Progress
 ) -> Iterator[dict[str, Any]]:
-    plan = _measurements(scenario, system, nodes, opts)
+    plan = _measurements(scenario, system, nodes, durable, opts)
     # A failover breaks the cluster: each of those measurements gets a fresh one.
     groups = [[m] for m in plan] if scenario.failover else [plan]
     for group_plan in groups:
         first = group_plan[0]
-        tag = f"{scenario.key}-{system}-n{first.nodes}"
+        tag = f"{scenario.key}-{system}-n{first.nodes}" + ("-durable" if durable else "")
         log_dir = opts.out / "logs" / tag
         data_dir = opts.out / "data" / f"{tag}-{int(time.time() * 1000)}"
         sampler = ResourceSampler()
@@ -253,20 +266,26 @@ def _cluster(
             m.nodes,
             m.partitions,
             data_dir,
-            durable=opts.durable,
+            durable=m.durable,
             settings=opts.settings,
         )
         settings: dict[str, Any] = cluster.describe_settings()
-        progress.note(f"[{scenario.key}] starting waraft: {m.nodes} nodes, {m.partitions} part.")
+        progress.note(
+            f"[{scenario.key}] starting waraft: {m.nodes} nodes, {m.partitions} partition(s), "
+            + ("durable" if m.durable else "memory")
+        )
         cluster.start()
         cluster.bootstrap()
     else:
         from benchmarks.harness.pso_cluster import PySyncObjCluster
 
         conf = {**scenario.pso_conf, **opts.pso_settings}
-        cluster = PySyncObjCluster(procs, m.nodes, conf, data_dir if opts.durable else None)
-        settings = {"SyncObjConf": conf, "journal": opts.durable}
-        progress.note(f"[{scenario.key}] starting PySyncObj: {m.nodes} nodes")
+        cluster = PySyncObjCluster(procs, m.nodes, conf, data_dir if m.durable else None)
+        settings = {"SyncObjConf": conf, "journal": m.durable}
+        progress.note(
+            f"[{scenario.key}] starting PySyncObj: {m.nodes} nodes"
+            + (", journal" if m.durable else "")
+        )
         cluster.start()
         cluster.wait_leader()
     progress.note(f"[{scenario.key}] cluster ready in {time.monotonic() - started:.1f}s")
@@ -305,13 +324,9 @@ def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """waraft against PySyncObj per scenario and cluster size: the best throughput of each over
     the concurrency levels, the ratio, p50/p99 of those runs, recovery times for failovers."""
     out = []
-    groups = dict.fromkeys((r["scenario"], r["config"]["nodes"]) for r in runs)
-    for sc, nodes in groups:
-        ok = [
-            r
-            for r in runs
-            if r["scenario"] == sc and r["config"]["nodes"] == nodes and r["status"] == "ok"
-        ]
+    groups = dict.fromkeys(_group(r) for r in runs)
+    for sc, nodes, durable in groups:
+        ok = [r for r in runs if _group(r) == (sc, nodes, durable) and r["status"] == "ok"]
         best: dict[str, dict[str, Any]] = {}
         for r in ok:
             cur = best.get(r["system"])
@@ -329,6 +344,7 @@ def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry: dict[str, Any] = {
                 "scenario": sc,
                 "nodes": nodes,
+                "durable": durable,
                 "against": other,
                 "waraft_run": ours["id"],
                 "other_run": theirs["id"],
@@ -349,12 +365,60 @@ def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _group(run: dict[str, Any]) -> tuple[str, int, bool]:
+    return run["scenario"], int(run["config"]["nodes"]), bool(run["config"]["durable"])
+
+
+def durability_costs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Durable against memory mode for each (scenario, nodes, system) measured both ways: the
+    best throughput of each and their ratio (issue 7 asks for at least one half)."""
+    best: dict[tuple[str, int, str, bool], dict[str, Any]] = {}
+    for r in runs:
+        if r["status"] != "ok":
+            continue
+        key = (r["scenario"], int(r["config"]["nodes"]), r["system"], bool(r["config"]["durable"]))
+        cur = best.get(key)
+        if cur is None or r["throughput"]["ops_per_s"] > cur["throughput"]["ops_per_s"]:
+            best[key] = r
+    out = []
+    for (sc, nodes, system, durable), run in best.items():
+        if durable:
+            continue
+        other = best.get((sc, nodes, system, True))
+        if other is None:
+            continue
+        mem = run["throughput"]["ops_per_s"]
+        dur = other["throughput"]["ops_per_s"]
+        written = sum(
+            p.get("disk_write_bytes", 0)
+            for p in other["resources"]["processes"]
+            if p["role"] == "server"
+        )
+        out.append(
+            {
+                "scenario": sc,
+                "nodes": nodes,
+                "system": system,
+                "memory_run": run["id"],
+                "durable_run": other["id"],
+                "memory_ops_per_s": mem,
+                "durable_ops_per_s": dur,
+                "durable_over_memory": round(dur / mem, 3) if mem else None,
+                "durable_server_disk_write_bytes_per_s": round(
+                    written / other["window"]["duration_s"]
+                ),
+            }
+        )
+    return out
+
+
 def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     lines = []
     for c in comparisons:
         ratio = c["throughput_ratio"]
         text = (
-            f"[{c['scenario']}] {c['nodes']} nodes, waraft / {c['against']}: "
+            f"[{c['scenario']}] {c['nodes']} nodes{', durable' if c.get('durable') else ''}, "
+            f"waraft / {c['against']}: "
             f"{c['waraft_ops_per_s']:,.0f} / {c['other_ops_per_s']:,.0f} ops/s = "
             f"{ratio if ratio is not None else 'n/a'}x"
         )

@@ -61,6 +61,8 @@ def runs_table(runs: list[dict[str, Any]]) -> list[str]:
     for run in runs:
         sc = SCENARIO_NAMES.get(run["scenario"], run["scenario"])
         system = SYSTEM_NAMES.get(run["system"], run["system"])
+        if run["config"].get("durable"):
+            system += " (durable)"
         if run["status"] != "ok":
             lines.append(
                 f"| {sc} | {system} | {run['config']['nodes']} | {_in_flight(run)} | failed: "
@@ -95,10 +97,30 @@ def comparison_table(comparisons: list[dict[str, Any]]) -> list[str]:
     for c in comparisons:
         ratio = c["throughput_ratio"]
         lines.append(
-            f"| {SCENARIO_NAMES.get(c['scenario'], c['scenario'])} | {c['nodes']} "
+            f"| {SCENARIO_NAMES.get(c['scenario'], c['scenario'])}"
+            f"{' (durable)' if c.get('durable') else ''} | {c['nodes']} "
             f"| {SYSTEM_NAMES.get(c['against'], c['against'])} | {_num(c['waraft_ops_per_s'])} "
             f"| {_num(c['other_ops_per_s'])} | {f'{ratio:.2f}x' if ratio is not None else 'n/a'} "
             f"| {_ms(c['waraft_p50_ms'])} | {_ms(c['other_p50_ms'])} |"
+        )
+    return lines
+
+
+def durability_table(costs: list[dict[str, Any]]) -> list[str]:
+    if not costs:
+        return []
+    lines = [
+        "| scenario | nodes | system | memory ops/s | durable ops/s | durable / memory "
+        "| server disk writes MiB/s |",
+        "|---|--:|---|--:|--:|--:|--:|",
+    ]
+    for d in costs:
+        ratio = d["durable_over_memory"]
+        lines.append(
+            f"| {SCENARIO_NAMES.get(d['scenario'], d['scenario'])} | {d['nodes']} "
+            f"| {SYSTEM_NAMES.get(d['system'], d['system'])} | {_num(d['memory_ops_per_s'])} "
+            f"| {_num(d['durable_ops_per_s'])} | {f'{ratio:.2f}' if ratio is not None else 'n/a'} "
+            f"| {d['durable_server_disk_write_bytes_per_s'] / 2**20:.1f} |"
         )
     return lines
 
@@ -166,10 +188,14 @@ def markdown(doc: dict[str, Any], heading: str = "## Performance") -> str:
             timing = f"{first['warmup_s']:g} s warm-up, then measured for " + ", ".join(
                 f"{d:g} s ({sc})" for sc, d in per
             )
-        storage = "durable" if first["durable"] else "in-memory"
+        modes = {bool(r["config"]["durable"]) for r in ok}
+        storage = {
+            frozenset({False}): "in-memory",
+            frozenset({True}): "durable",
+        }.get(frozenset(modes), "in-memory and durable")
         fs = doc["machine"].get("data_filesystem")
-        if first["durable"] and fs:
-            storage += f" ({fs.get('fstype')} on {fs.get('device')})"
+        if True in modes and fs:
+            storage += f" (data on {fs.get('fstype')}, {fs.get('device')})"
         out += [
             f"Each run: {timing}; {wl['value_size']} B values over {wl['keyspace']:,} keys, "
             f"{mix}; {storage} log and storage; every process (nodes and load generators) on "
@@ -185,6 +211,10 @@ def markdown(doc: dict[str, Any], heading: str = "## Performance") -> str:
     if comp:
         out += ["", "waraft against PySyncObj (best of each over the scenario's runs):", ""]
         out += comp
+    dur = durability_table(doc.get("durability", []))
+    if dur:
+        out += ["", "Durable against memory mode (best of each):", ""]
+        out += dur
     fo = failover_table(runs)
     if fo:
         out += ["", "Failover (kill -9 of the leader under load):", ""]

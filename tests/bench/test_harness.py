@@ -12,7 +12,7 @@ from benchmarks.harness import results
 from benchmarks.harness.histogram import Histogram, bucket_bounds, bucket_index
 from benchmarks.harness.recorder import Recorder
 from benchmarks.harness.runner import Measurement, _failover, _merge
-from benchmarks.harness.suite import compare
+from benchmarks.harness.suite import compare, durability_costs
 from benchmarks.harness.table import markdown
 from benchmarks.harness.wire import OP_READ, OP_WRITE
 from benchmarks.harness.workload import OpStream, Window, Workload, parse_mix
@@ -159,3 +159,19 @@ def test_table_and_schema_of_a_synthetic_document() -> None:
     del doc["runs"][0]["latency_ms"]["all"]["p99_ms"]
     del doc["machine"]["git_commit"]
     assert set(results.validate(doc)) == {"runs[0].latency_ms.all.p99_ms", "machine.git_commit"}
+
+
+def test_durability_costs_pair_memory_and_durable_runs() -> None:
+    memory = _run("a", "waraft", 3, 40_000.0, 1.0)
+    durable = _run("a", "waraft", 3, 25_000.0, 2.0)
+    durable["config"]["durable"] = True
+    durable["resources"]["processes"] = [
+        {"role": "server", "disk_write_bytes": 3 * 2**20},
+        {"role": "client", "disk_write_bytes": 2**30},
+    ]
+    lone = _run("a", "pysyncobj", 3, 9_000.0, 1.0)
+    costs = durability_costs([memory, durable, lone])
+    assert len(costs) == 1
+    assert costs[0]["durable_over_memory"] == 0.625
+    assert costs[0]["durable_server_disk_write_bytes_per_s"] == 3 * 2**20  # over a 1 s window
+    assert {c["nodes"] for c in compare([memory, durable])} == set()  # no PySyncObj: no pair
