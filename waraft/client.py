@@ -73,6 +73,7 @@ import zlib
 from _thread import allocate_lock
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from typing import Any, Final
 
 from waraft import codec, make_ref, otp
@@ -214,7 +215,9 @@ class Future:
 class _Request:
     __slots__ = (
         "attempts",
+        "callback",
         "deadline",
+        "done",
         "future",
         "item",
         "kind",
@@ -224,16 +227,39 @@ class _Request:
     )
 
     def __init__(
-        self, partition: int, kind: str, item: Any, priority: str, deadline: float
+        self,
+        partition: int,
+        kind: str,
+        item: Any,
+        priority: str,
+        deadline: float,
+        callback: Callable[[Any], Any] | None = None,
     ) -> None:
         self.partition = partition
         self.kind = kind
         self.item = item
         self.priority = priority
         self.deadline = deadline
-        self.future = Future()
+        self.callback = callback
+        self.future = Future() if callback is None else None
+        self.done = False
         self.attempts = 0
         self.last_error: Any = None
+
+    def finish(self, result: Any) -> None:
+        """Complete the request once (later completions are ignored)."""
+        with _FUTURES_LOCK:
+            if self.done:
+                return
+            self.done = True
+        future = self.future
+        if future is not None:
+            future.set_result(result)
+            return
+        try:
+            self.callback(result)  # type: ignore[misc]
+        except Exception:
+            logger.exception("a waraft.client request callback raised")
 
 
 class _Batch:
@@ -401,8 +427,13 @@ class Client:
         *,
         timeout: float | None = None,
         priority: str | None = None,
-    ) -> Future:
-        """Replicate ``command``; the future completes with storage's result of applying it."""
+        callback: Callable[[Any], Any] | None = None,
+    ) -> Future | None:
+        """Replicate ``command``; the future completes with storage's result of applying it.
+
+        With ``callback``, no future is made: ``callback(result)`` runs in a client thread
+        once the result is known (keep it short), and None is returned.
+        """
         if command is None:
             raise ValueError("a command must not be None")
         # Keys are made when a command is sent on its own: a packed one needs none.
@@ -412,13 +443,21 @@ class Client:
             command,
             priority or self.priority,
             timeout,
+            callback,
         )
 
     def read_async(
-        self, partition_or_key: Any, command: Any, *, timeout: float | None = None
-    ) -> Future:
-        """A strong (linearizable) read served by the partition's leader."""
-        return self._submit(self.partition_of(partition_or_key), "read", command, "high", timeout)
+        self,
+        partition_or_key: Any,
+        command: Any,
+        *,
+        timeout: float | None = None,
+        callback: Callable[[Any], Any] | None = None,
+    ) -> Future | None:
+        """A strong (linearizable) read served by the partition's leader (``callback`` as in
+        ``commit_async``)."""
+        partition = self.partition_of(partition_or_key)
+        return self._submit(partition, "read", command, "high", timeout, callback)
 
     def commit(
         self,
@@ -437,16 +476,31 @@ class Client:
         return self._wait(self.read_async(partition_or_key, command, timeout=timeout), timeout)
 
     def commit_many(
-        self, requests: Iterable[tuple[Any, Any]], *, timeout: float | None = None
+        self,
+        requests: Iterable[tuple[Any, Any]],
+        *,
+        timeout: float | None = None,
+        callback: Callable[[int, Any], Any] | None = None,
     ) -> list[Future]:
-        """Submit many ``(partition_or_key, command)`` commits at once (one queue operation)."""
+        """Submit many ``(partition_or_key, command)`` commits at once (one queue operation).
+
+        Returns their futures; with ``callback``, ``callback(i, result)`` runs instead for the
+        ``i``-th request (no futures are made) and the list is empty.
+        """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        batch = [
-            _Request(self.partition_of(pk), "commit", cmd, self.priority, deadline)
-            for pk, cmd in requests
-        ]
+        partition_of, priority = self.partition_of, self.priority
+        if callback is None:
+            batch = [
+                _Request(partition_of(pk), "commit", cmd, priority, deadline)
+                for pk, cmd in requests
+            ]
+        else:
+            batch = [
+                _Request(partition_of(pk), "commit", cmd, priority, deadline, partial(callback, i))
+                for i, (pk, cmd) in enumerate(requests)
+            ]
         self._enqueue(batch)
-        return [r.future for r in batch]
+        return [] if callback is not None else [r.future for r in batch]  # type: ignore[misc]
 
     def leader(self, partition: int) -> str | None:
         """The cached leader of ``partition`` (None when unknown)."""
@@ -516,10 +570,16 @@ class Client:
     # -- submission ------------------------------------------------------------------------------
 
     def _submit(
-        self, partition: int, kind: str, item: Any, priority: str, timeout: float | None
-    ) -> Future:
+        self,
+        partition: int,
+        kind: str,
+        item: Any,
+        priority: str,
+        timeout: float | None,
+        callback: Callable[[Any], Any] | None = None,
+    ) -> Future | None:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        request = _Request(partition, kind, item, priority, deadline)
+        request = _Request(partition, kind, item, priority, deadline, callback)
         self._enqueue([request])
         return request.future
 
@@ -538,8 +598,9 @@ class Client:
             for request in requests:
                 self._finish(request, CLOSED)
 
-    def _wait(self, future: Future, timeout: float | None) -> Any:
+    def _wait(self, future: Future | None, timeout: float | None) -> Any:
         # The sender enforces the deadline; the margin only guards against a stuck sender.
+        assert future is not None
         limit = (self.timeout if timeout is None else timeout) + 5.0
         try:
             return future.result(limit)
@@ -552,7 +613,7 @@ class Client:
 
     @staticmethod
     def _finish(request: _Request, result: Any) -> None:
-        request.future.set_result(result)
+        request.finish(result)
 
     # -- the sender thread -----------------------------------------------------------------------
 
@@ -618,7 +679,7 @@ class Client:
             request
             for batch in self._inflight.values()
             for request in batch.requests
-            if request.deadline <= now and not request.future.done()
+            if request.deadline <= now and not request.done
         ]
         for partition, held in list(self._held.items()):
             keep = [r for r in held if r.deadline > now]
@@ -657,7 +718,7 @@ class Client:
     def _dispatch(self, ready: list[_Request], now: float) -> None:
         groups: dict[tuple[int, str, str], list[_Request]] = {}
         for request in ready:
-            if request.future.done():
+            if request.done:
                 continue
             if request.deadline <= now:
                 self._count("timeouts")
@@ -816,7 +877,7 @@ class Client:
     def _retry(self, request: _Request, error: Any, delay: float) -> None:
         request.attempts += 1
         request.last_error = error
-        if request.future.done():
+        if request.done:
             return
         now = time.monotonic()
         if request.attempts > self.max_retries or now + delay >= request.deadline:

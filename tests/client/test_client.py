@@ -173,3 +173,31 @@ def test_packing_puts_a_burst_of_commits_in_one_log_entry(
             assert entries < 60  # a few frames' worth, far fewer than the 300 commits
         else:
             assert entries >= 300
+
+
+def test_callbacks_replace_futures(tmp_path: Path, client_node: otp.Node) -> None:
+    import threading
+
+    with cluster(tmp_path) as nodes:
+        c = _client(nodes, client_node)
+        try:
+            got: dict[int, object] = {}
+            finished = threading.Event()
+
+            def on_result(i: int, result: object) -> None:
+                got[i] = result
+                if len(got) == 200:
+                    finished.set()
+
+            ops = [(1, ("write", "test", f"c{i}", i)) for i in range(200)]
+            assert c.commit_many(ops, callback=on_result) == []
+            assert finished.wait(10)
+            assert got == dict.fromkeys(range(200), "ok")
+            box: list[object] = []
+            done = threading.Event()
+            returned = c.read_async(
+                1, ("read", "test", "c7"), callback=lambda r: (box.append(r), done.set())
+            )
+            assert returned is None and done.wait(10) and box == [("ok", 7)]
+        finally:
+            c.close()

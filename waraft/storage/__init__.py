@@ -187,9 +187,9 @@ class StorageServer(otp.Process):
         replies: list[tuple[Any, Any]] = []
         done = {Priority.HIGH: 0, Priority.LOW: 0}
         # Consecutive plain commands go to the provider as one apply_batch (one transaction
-        # for a durable provider); ``shapes`` says which results belong to which entry.
+        # for a durable provider); a $batch entry is one apply_many of its own.
         chunk: list[tuple[Any, LogPos, Any]] = []
-        shapes: list[tuple[Any, int]] = []  # (reply_to, -1 for one result or n for a batch)
+        shapes: list[Any] = []  # the reply handle of each chunk item
         next_index = self.position.index + 1
         for index, entry, reply_to, priority in items:
             if index < next_index:
@@ -210,15 +210,14 @@ class StorageServer(otp.Process):
                     replies.append((reply_to, result))
                 continue
             if is_batch_command(command):
-                commands = batch_commands(command)
-                chunk.extend((c, position, entry.label) for c in commands)
-                shapes.append((reply_to, len(commands)))
-                if not commands:  # an empty batch still moves the position
-                    chunk.append((NOOP, position, entry.label))
-                    shapes.append((None, -1))
+                self._apply_chunk(chunk, shapes, replies)
+                result = self.provider.apply_many(batch_commands(command), position, entry.label)
+                self.position = position
+                if reply_to is not None:
+                    replies.append((reply_to, result))
             else:
                 chunk.append((command, position, entry.label))
-                shapes.append((reply_to, -1))
+                shapes.append(reply_to)
         self._apply_chunk(chunk, shapes, replies)
         for priority, count in done.items():
             if count:
@@ -232,23 +231,16 @@ class StorageServer(otp.Process):
     def _apply_chunk(
         self,
         chunk: list[tuple[Any, LogPos, Any]],
-        shapes: list[tuple[Any, int]],
+        shapes: list[Any],
         replies: list[tuple[Any, Any]],
     ) -> None:
         if not chunk:
             return
         results = self.provider.apply_batch(chunk)
         self.position = chunk[-1][1]
-        at = 0
-        for reply_to, count in shapes:
-            if count < 0:
-                if reply_to is not None:
-                    replies.append((reply_to, results[at]))
-                at += 1
-            else:
-                if reply_to is not None:
-                    replies.append((reply_to, results[at : at + count]))
-                at += count
+        for reply_to, result in zip(shapes, results, strict=True):
+            if reply_to is not None:
+                replies.append((reply_to, result))
         chunk.clear()
         shapes.clear()
 

@@ -12,7 +12,7 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Self
 
 from waraft.codec import CodecError, packb, unpackb
@@ -130,6 +130,33 @@ class MemoryStorage(StorageProvider):
             self._label = label
         self._position = position
         return OK
+
+    def apply_many(self, commands: Sequence[Any], position: LogPos, label: Any = None) -> list[Any]:
+        # The hot path of packed client batches: plain writes and deletes inline, anything
+        # else through apply(). Validation first, so a bad command changes nothing.
+        data = self._data
+        plain = True
+        for command in commands:
+            if not (
+                type(command) is tuple
+                and (
+                    (len(command) == 4 and command[0] == "write")
+                    or (len(command) == 3 and command[0] == "delete")
+                )
+            ):
+                plain = False
+                break
+        if not plain:
+            return [self.apply(command, position, label) for command in commands]
+        for command in commands:
+            if len(command) == 4:
+                data[command[2]] = command[3]
+            else:
+                data.pop(command[2], None)
+        if label is not None:
+            self._label = label
+        self._position = position
+        return [OK] * len(commands)
 
     def apply_config(self, config: Config, position: LogPos) -> Any:
         self.check_config(config)

@@ -166,6 +166,11 @@ class StorageProvider(ABC):
                 results.append(self.apply(command, position, label))
         return results
 
+    def apply_many(self, commands: Sequence[Any], position: LogPos, label: Any = None) -> list[Any]:
+        """Apply the commands of one ``$batch`` log entry, all at ``position``, atomically like
+        ``apply_batch`` (which this default calls); one result per command."""
+        return self.apply_batch([(command, position, label) for command in commands])
+
     @abstractmethod
     def read(self, command: Any, position: LogPos) -> Any:
         """Answer a read at the current state; no side effects."""
