@@ -133,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="PySyncObj SyncObjConf overrides (JSON values)",
     )
+    run.add_argument(
+        "--client-options",
+        type=_assignment,
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword arguments of waraft.client.Client (JSON values), e.g. pack=false",
+    )
     run.add_argument("--no-plot", action="store_true", help="skip the PNG")
     run.add_argument(
         "--progress",
@@ -204,6 +212,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         storage=_storage(args),
         settings=dict(args.settings),
         pso_settings={k: _json_value(v) for k, v in args.pso_settings},
+        client_options={k: _json_value(v) for k, v in args.client_options},
         failover_at_s=args.failover_at,
         plot=not args.no_plot,
         progress=args.progress,

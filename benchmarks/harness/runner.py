@@ -9,6 +9,7 @@ import queue
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,6 +66,7 @@ class Measurement:
     drain_s: float = 5.0
     request_timeout_s: float = 10.0
     profile: bool = False
+    client_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -238,6 +240,7 @@ def _start_clients(
             "drain_s": m.drain_s,
             "request_timeout_s": m.request_timeout_s,
             "connect_timeout_s": connect_timeout,
+            "client_options": m.client_options,
         }
         managed = group.spawn(
             f"{m.run_id}-client{i + 1}",
@@ -336,16 +339,33 @@ def _run_in_leader(
     threading.Thread(target=run, name="bench-inleader", daemon=True).start()
     if m.profile:
         profiler.schedule(cluster.server_processes(), window.start_ns, m.duration_s)
+    committed = _commit_counter(cluster) if progress.enabled else (lambda: 0)
     track_window(
         progress,
         label,
         window.t0_ns,
         window.warmup_ns,
         window.duration_ns,
-        lambda: 0,
+        committed,
         lambda: box._event.is_set(),
     )
     return [box.result()], window, None
+
+
+def _commit_counter(cluster: Cluster) -> Callable[[], int]:
+    """The leader's commit index, for the progress bar of in-leader runs (one status request
+    per redraw, only when the bar is shown)."""
+    status = cluster.status  # type: ignore[attr-defined] # PySyncObj only
+    leader = cluster.wait_leader()  # type: ignore[attr-defined]
+    last = [0]
+
+    def committed() -> int:
+        st = status(leader, 0.2)
+        if st is not None:
+            last[0] = int(st["commit_index"])
+        return last[0]
+
+    return committed
 
 
 # -- merging ------------------------------------------------------------------------------------

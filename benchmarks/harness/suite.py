@@ -40,6 +40,7 @@ class Options:
     warmup_s: float = 3.0
     storage: tuple[str, ...] = ("memory",)  # "memory" and/or "durable", run in this order
     settings: dict[str, str] = field(default_factory=dict)
+    client_options: dict[str, Any] = field(default_factory=dict)
     pso_settings: dict[str, Any] = field(default_factory=dict)
     failover_at_s: float | None = None
     plot: bool = True
@@ -64,6 +65,7 @@ class Options:
             "storage": list(self.storage),
             "settings": self.settings,
             "pso_settings": self.pso_settings,
+            "client_options": self.client_options,
             "failover_at_s": self.failover_at_s,
             "profile": self.profile,
         }
@@ -156,6 +158,7 @@ def _measurements(
                 duration_s=duration,
                 durable=durable,
                 profile=opts.profile,
+                client_options=dict(opts.client_options) if system == "waraft" else {},
                 failover_at_s=(
                     (opts.failover_at_s if opts.failover_at_s is not None else duration / 3)
                     if scenario.failover
@@ -270,6 +273,7 @@ def _cluster(
             settings=opts.settings,
         )
         settings: dict[str, Any] = cluster.describe_settings()
+        settings["client"] = _client_description(scenario, opts)
         progress.note(
             f"[{scenario.key}] starting waraft: {m.nodes} nodes, {m.partitions} partition(s), "
             + ("durable" if m.durable else "memory")
@@ -293,6 +297,21 @@ def _cluster(
         yield cluster, settings
     finally:
         cluster.stop()
+
+
+def _client_description(scenario: Scenario, opts: Options) -> dict[str, Any]:
+    """How the load generators use ``waraft.client.Client`` (defaults are the library's)."""
+    options = dict(opts.client_options)
+    if not scenario.coalesce:
+        options["max_batch"] = 1
+    return {
+        "options": options,
+        "api": "commit"
+        if scenario.mode == "sync"
+        else "commit_many"
+        if scenario.coalesce
+        else "commit_async",
+    }
 
 
 # -- reporting ------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ outside the cluster would use it.
 
 * Coalescing on (scenarios a, d, e): the commands of one loop turn are handed over with one
   ``commit_many`` call; the client's sender thread puts everything queued for a partition's
-  acceptor into one frame.
+  acceptor into one frame (and, with the client's default ``pack=True``, into one log entry:
+  ``--client-options pack=false`` keeps one entry per command).
 * Coalescing off (scenario b): ``Client(max_batch=1)`` and one ``commit_async`` per command, so
   every command travels in its own frame.
 * Synchronous (scenario c): ``Client.commit``, one call after the other.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import queue
 import time
-from concurrent.futures import Future
 from typing import Any
 
 from benchmarks.harness.driver import Driver
@@ -39,7 +39,7 @@ class WaraftDriver(Driver):
     def __init__(self, spec: dict[str, Any]) -> None:
         self.coalesces = bool(spec.get("coalesce", True))
         self.table = str(spec.get("table", "kv"))
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = dict(spec.get("client_options") or {})
         if not self.coalesces:
             options["max_batch"] = 1
         if "attempt_timeout_s" in spec:
@@ -93,7 +93,7 @@ class WaraftDriver(Driver):
         self.writes = []
         self.write_tokens = []
 
-    def _watch(self, future: Future[Any], op: int, token: int) -> None:
+    def _watch(self, future: Any, op: int, token: int) -> None:
         put = self.done.put
         future.add_done_callback(lambda f: put((op, token, f.result())))
 
