@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -238,13 +239,39 @@ def _print_result(result: SeedResult, steps: int) -> None:
         print(f"replay: {replay_command(result.seed, steps)}")
 
 
+def _code_version() -> str:
+    """The git commit of the working tree (``+dirty`` if it has changes), if known."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--", "waraft"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def _sweep(start: int, count: int, steps: int, jobs: int) -> int:
     seeds = list(range(start, start + count))
     started = time.perf_counter()
     results: list[SeedResult] = []
     totals: Counter[str] = Counter()
     work = [(seed, steps) for seed in seeds]
-    print(f"sweep: {count} seeds from {start}, at least {steps} steps each, {jobs} job(s)")
+    print(
+        f"sweep: {count} seeds from {start}, at least {steps} steps each, {jobs} job(s), "
+        f"code {_code_version()} (replays are exact at the same code)"
+    )
     if jobs > 1:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             iterator = pool.imap_unordered(_run_one, work, chunksize=1)
