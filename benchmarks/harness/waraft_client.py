@@ -9,12 +9,14 @@ outside the cluster would use it.
   every command travels in its own frame.
 * Synchronous (scenario c): ``Client.commit``, one call after the other.
 
-Results come back on the client's threads as futures; their done-callbacks put them on a
-``SimpleQueue`` that :meth:`poll` drains, so the generator loop stays single-threaded.
+Results come back on the client's threads, through the client's ``callback=`` hook (no future
+per request) or, with a client that has none, futures' done-callbacks; either way they land on
+a ``SimpleQueue`` that :meth:`poll` drains, so the generator loop stays single-threaded.
 """
 
 from __future__ import annotations
 
+import inspect
 import queue
 import time
 from typing import Any
@@ -52,6 +54,7 @@ class WaraftDriver(Driver):
             **options,
         )
         self.done: queue.SimpleQueue[tuple[int, int, Any]] = queue.SimpleQueue()
+        self.callbacks = "callback" in inspect.signature(Client.commit_many).parameters
         self.writes: list[tuple[str, tuple[str, str, str, bytes]]] = []
         self.write_tokens: list[int] = []
 
@@ -73,23 +76,37 @@ class WaraftDriver(Driver):
                 time.sleep(0.1)
 
     def submit(self, op: int, key: str, value: bytes | None, token: int) -> None:
+        put = self.done.put
         if op == OP_WRITE:
             command = ("write", self.table, key, value)
             if self.coalesces:
                 self.writes.append((key, command))  # type: ignore[arg-type]
                 self.write_tokens.append(token)
                 return
+            if self.callbacks:
+                self.client.commit_async(key, command, callback=lambda r: put((op, token, r)))
+                return
             future = self.client.commit_async(key, command)
         else:
-            future = self.client.read_async(key, ("read", self.table, key))
+            read = ("read", self.table, key)
+            if self.callbacks:
+                self.client.read_async(key, read, callback=lambda r: put((op, token, r)))
+                return
+            future = self.client.read_async(key, read)
         self._watch(future, op, token)
 
     def flush(self) -> None:
         if not self.writes:
             return
-        futures = self.client.commit_many(self.writes)
-        for future, token in zip(futures, self.write_tokens, strict=True):
-            self._watch(future, OP_WRITE, token)
+        tokens = self.write_tokens
+        if self.callbacks:
+            put = self.done.put
+            self.client.commit_many(
+                self.writes, callback=lambda i, r: put((OP_WRITE, tokens[i], r))
+            )
+        else:
+            for future, token in zip(self.client.commit_many(self.writes), tokens, strict=True):
+                self._watch(future, OP_WRITE, token)
         self.writes = []
         self.write_tokens = []
 
