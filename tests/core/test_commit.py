@@ -256,11 +256,15 @@ def test_candidate_without_buffering_rejects_commits() -> None:
     assert node.handle(batch(1)) == [CommitCancelled("c0", "not_leader", Priority.HIGH)]
 
 
-def test_heartbeat_after_response_replaces_the_batch_timer() -> None:
-    # WARaft quirk kept on purpose: a response re-arms the heartbeat timeout.
+def test_response_keeps_the_batch_timer_of_waiting_commits() -> None:
+    """CORE-5: a response must not push waiting commits back to the 120 ms heartbeat."""
     node = make_leader()
-    node.handle(batch(1))
-    fx = node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=1)
-    assert fx[-1] == SetTimeout(TimeoutKind.HEARTBEAT, 120)
-    fx = node.handle(HEARTBEAT, now=121)
+    node.handle(batch(1), now=10)  # batch due at 12
+    fx = node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=11)
+    assert fx[-1] == SetTimeout(TimeoutKind.BATCH_COMMIT, 1)
+    assert node.log.last_index() == 2
+    fx = node.rpc(N3, AppendEntriesResponse(1, True, 2, 2), now=12)  # the batch is due: flush
     assert [type(e).__name__ for e in fx].count("AppendLog") == 1
+    assert node.log.last_index() == 3
+    fx = node.rpc(N2, AppendEntriesResponse(2, True, 3, 3), now=13)
+    assert fx[-1] == SetTimeout(TimeoutKind.HEARTBEAT, 120)  # nothing waits any more

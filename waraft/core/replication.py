@@ -4,6 +4,10 @@ A replication round ("heartbeat") appends the pending commits, then sends every 
 one ``append_entries`` carrying up to ``raft_max_log_entries_per_heartbeat`` entries (and
 ``raft_max_heartbeat_size`` bytes) from its next index. Replication is pipelined: the next
 index moves past the sent entries at once, and a follower's failure response resets it.
+
+Two deviations from WARaft: an append response no longer replaces a pending batch timeout
+with the heartbeat timeout (``maybe_heartbeat``), and a leader that is the only full member
+replicates to witnesses (``_witness_limit``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ def commit_and_replicate(core: RaftCore) -> None:
     core.count("leader.heartbeat")
     commit.commit_pending(core, Priority.HIGH)
     commit.commit_pending(core, Priority.LOW)
+    core.batch_deadline = None
     cfg = core.current_config()
     if config.is_single_member(core.self_id, cfg):
         advance_commit_index(core)
@@ -218,20 +223,31 @@ def batch_or_heartbeat(core: RaftCore) -> None:
     interval = settings.raft_commit_batch_interval_ms
     if interval > 0 and commit.pending_count(core) <= settings.raft_commit_batch_max:
         core.count("commit.batch.delay")
+        core.batch_deadline = core.now + interval
         core.set_timeout(TimeoutKind.BATCH_COMMIT, interval)
     else:
         heartbeat(core)
 
 
 def maybe_heartbeat(core: RaftCore) -> None:
-    """After a response: replicate now if the last round is old, else re-arm the heartbeat.
+    """After a response: replicate now if the last round is old, else re-arm the timeout.
 
-    As in WARaft, re-arming replaces a pending batch timeout.
+    Deviation from WARaft (CORE-5): WARaft re-arms the heartbeat timeout here, replacing a
+    pending batch timeout, so a commit that arrived during the batch interval could wait a
+    whole heartbeat interval (120 ms) to be appended. While commits wait for their batch,
+    the batch timeout is kept (re-armed for the time left, or the batch flushed if it is due).
     """
     if core.handover is None:
         sent = core.heartbeat_send_ts
         if not sent or core.now - max(sent.values()) > core.settings.raft_heartbeat_interval_ms:
             heartbeat(core)
+            return
+        deadline = core.batch_deadline
+        if deadline is not None and commit.pending_count(core) > 0:
+            if deadline <= core.now:
+                heartbeat(core)
+            else:
+                core.set_timeout(TimeoutKind.BATCH_COMMIT, deadline - core.now)
             return
     core.heartbeat_timeout()
 

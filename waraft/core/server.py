@@ -7,6 +7,18 @@ ourselves (a candidate's own vote) are queued behind the current event. The per-
 lives in the state modules (``stalled``, ``follower``, ``candidate``, ``leader``, ``witness``,
 ``disabled``), shared Raft rules in ``terms``, ``replication``, ``commit``, ``reads``,
 ``handover``, ``admin`` and ``snapshot``.
+
+Deliberate deviations from WARaft (each documented where it is made):
+
+* strong reads wait for an entry appended after them and are failed when leadership ends
+  (``commit.release_reads``, ``commit.cancel_pending``): WARaft's are not linearizable;
+* a single-member cluster with pre-vote enabled elects itself (``candidate.start_pre_vote``);
+* a stalled replica accepts a snapshot at its own applied index (``admin.install_transfer``);
+* a leader that is the only full member replicates to witnesses (``replication``);
+* a transferred snapshot inside our log keeps the entries after it (``snapshot.adopt_snapshot``);
+* an append response keeps a pending batch timeout (``replication.maybe_heartbeat``);
+* a ``disable`` while disabled persists the new reason; replies follow the state change they
+  belong to, so nothing is acknowledged before it is durable.
 """
 
 from __future__ import annotations
@@ -161,6 +173,8 @@ class RaftCore:
         self.heartbeat_send_ts: dict[str, int] = {}
         self.heartbeat_reply_ts: dict[str, int] = {}
         self.first_current_term_log_index = 0
+        # When the armed batch timeout is due (None: no commits waiting for one).
+        self.batch_deadline: int | None = None
         self.handover: tuple[str, int, int] | None = None  # (peer node, ref, deadline ms)
         self.handover_lease_state: str = LEASE_UNAFFECTED
         # an InstallSnapshot we are waiting on: (purpose, position, extra)
