@@ -202,8 +202,8 @@ def measure(
     profile = profiler.collect() if m.profile else None
     terms_after = cluster.terms()
     resources = sampler.report()
-    for c in client_procs:
-        sampler.untrack(c.managed.pid)
+    for done in [c.managed for c in client_procs] + profiler.profilers():
+        sampler.untrack(done.pid)
     record = _merge(m, raw_results, window)
     record["elections"] = _elections(terms_before, terms_after)
     record["resources"] = resources
