@@ -1,15 +1,16 @@
-# Every target creates .venv when it is missing and (re)installs the package with its test and
-# dev extras whenever pyproject.toml or setup.cfg changed (tracked by a stamp file).
+# Every target creates .venv when it is missing and (re)installs the package with its test, dev
+# and bench extras whenever pyproject.toml or setup.cfg changed (tracked by a stamp file).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SEEDS ?= 100
+STEPS ?= 2000
 # mypy --strict covers the typed-strict layers; a path not written yet is skipped.
 STRICT_PATHS := waraft/core waraft/otp
 
-.PHONY: all venv test demo lint sim bench clean
+.PHONY: all venv test demo lint sim sim-deep bench clean
 
 all: test
 
@@ -17,7 +18,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml setup.cfg | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -38,11 +39,15 @@ lint: $(STAMP)
 	else echo "mypy: nothing to check yet"; fi
 
 sim: $(STAMP)
-	$(BIN)/python -m waraft.sim.sweep --seeds $(SEEDS)
+	$(BIN)/python -m waraft.sim.sweep --seeds $(SEEDS) --steps $(STEPS)
+
+# Some bugs need long runs to show (a lost write after a snapshot install took ~20k steps).
+sim-deep: $(STAMP)
+	$(BIN)/python -m waraft.sim.sweep --seeds $(SEEDS) --steps 20000
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench]'
-	$(BIN)/python -m benchmarks.otp_bench
+	$(BIN)/python -m benchmarks run --scenario all --out benchmarks/results/latest
+	$(BIN)/python -m benchmarks table benchmarks/results/latest/results.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -255,3 +255,16 @@ def test_a_batch_command_applies_and_reads_many_commands_as_one_entry(tmp_path: 
     reads = [("read", "t", i) for i in range(3)]
     assert acceptor.read(acc, ("$batch", reads)) == ["not_found", ("ok", 1), ("ok", 2)]
     assert acceptor.commit(acc, ("k", ("$batch", []))) == []
+
+
+def test_log_trims_never_pass_what_storage_has_applied(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1], log_module=DISK, storage_module=SQLITE)
+    _bootstrap_single(node)
+    for i in range(20):
+        assert acceptor.commit(addr("acceptor", node), (i, ("write", "t", i, i))) == "ok"
+    applied = storage.position(addr("storage", node))
+    with node.activate():
+        otp.cast("raft_log_test_1", ("trim", applied.index + 1000))  # far past storage
+        status = otp.call("raft_log_test_1", ("status",))  # behind the trim in the mailbox
+    assert status["first_index"] <= applied.index
+    assert status["last_index"] >= applied.index

@@ -48,6 +48,7 @@ class LogServer(otp.Process):
     def init(self, options: Any) -> None:
         self.name: str = options.log_name
         settings = env.settings_for(options.application, options.table)
+        self.storage_name: str = options.storage_name
         provider_cls = options.log_module
         self.corruption: str | None = None
         try:
@@ -89,14 +90,26 @@ class LogServer(otp.Process):
     def handle_cast(self, msg: Any) -> None:
         kind = msg[0]
         if kind == "trim":
-            try:
-                self.provider.trim(msg[1])
-            except LogError as exc:  # best effort, as WARaft's: a failed trim is only logged
-                logger.warning("log %s: trim to %s failed: %s", self.name, msg[1], exc)
+            self._trim(msg[1])
         elif kind == "flush":
             self.provider.flush()
         else:
             logger.warning("log %s got an unexpected cast %r", self.name, msg)
+
+    def _trim(self, index: int) -> None:
+        """Rotation: drop entries below ``index``, but never past what storage has applied,
+        so that a restart finds storage's position in the log (WARaft's rule: trims never pass
+        last_applied; the core's rotate index can run ahead of the storage actor)."""
+        try:
+            applied: LogPos = otp.call(self.storage_name, ("position",), 60.0)
+        except otp.ExitError as exc:
+            logger.warning("log %s: no trim, storage unreachable: %r", self.name, exc.reason)
+            return
+        target = min(index, applied.index)
+        try:
+            self.provider.trim(target)
+        except LogError as exc:  # best effort, as WARaft's: a failed trim is only logged
+            logger.warning("log %s: trim to %s failed: %s", self.name, target, exc)
 
 
 def start_link(options: Any) -> otp.Pid:
