@@ -26,9 +26,10 @@ encoding otherwise): the same on every machine and Python version (unlike ``hash
 everything queued and sends, per destination acceptor, ONE frame with all of that partition's
 requests of a kind (up to ``max_batch`` items). While a frame is being encoded and sent, new
 requests accumulate and go in the next frame: natural batching, no fixed delay. At most
-``max_inflight`` requests per partition are in flight (WARaft's leader admits 1500 high-priority
-commits); the rest wait in the client until replies make room, so a burst is not turned into a
-storm of ``commit_queue_full`` rejections.
+``max_inflight`` requests per partition are in flight (default 1000 unpacked, as WARaft's leader
+admits 1500 high-priority entries; 16384 packed, since a packed frame is one entry); the rest
+wait in the client until replies make room, so a burst is not turned into a storm of
+``commit_queue_full`` rejections.
 
 **Packing** (``pack=True``, the default). A frame of several commits carries them as ONE
 ``("$batch", commands)`` command, the commands msgpack-encoded once by the client: the leader
@@ -88,6 +89,7 @@ DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_ATTEMPT_TIMEOUT: Final = 5.0
 DEFAULT_MAX_BATCH: Final = 1000
 DEFAULT_MAX_INFLIGHT: Final = 1000
+DEFAULT_MAX_INFLIGHT_PACKED: Final = 16384
 DEFAULT_MAX_RETRIES: Final = 100
 SUSPECT_FOR: Final = 1.0
 """Seconds a node that failed an attempt is avoided (unless every node is suspect)."""
@@ -328,7 +330,7 @@ class Client:
         *,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
-        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        max_inflight: int | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         priority: str = "high",
         pack: bool = True,
@@ -349,6 +351,9 @@ class Client:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.max_batch = max(1, max_batch)
+        if max_inflight is None:
+            # The leader admits 1500 high-priority entries; packed, one entry holds a frame.
+            max_inflight = DEFAULT_MAX_INFLIGHT_PACKED if pack else DEFAULT_MAX_INFLIGHT
         self.max_inflight = max(1, max_inflight)
         self.max_retries = max_retries
         self.priority = priority
