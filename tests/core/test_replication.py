@@ -12,7 +12,7 @@ from waraft.core.effects import (
     StateChanged,
     TruncateLog,
 )
-from waraft.core.events import CommitBatch, Timeout
+from waraft.core.events import CommitBatch, HandoverRequest, Timeout
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse
 from waraft.core.types import NOOP, NOOP_OMITTED, DurableState, Entry, LogPos, State, TimeoutKind
 
@@ -396,3 +396,71 @@ def test_apply_byte_cap_and_full_queue() -> None:
 
 def test_entry_sizes_are_plausible() -> None:
     assert entry_size(Entry(1, "k", "x" * 10)) > 10
+
+
+# -- draining a backlog on responses (CORE-6) ------------------------------------------------
+
+
+def _answer_n2(node: object, fx: list, now: int) -> list:  # type: ignore[type-arg]
+    """Answer every append sent to n2 in ``fx`` with success; return the new effects."""
+    out: list = []  # type: ignore[type-arg]
+    for request in appends_to(fx, N2):
+        match = request.prev_log_index + len(request.entries)
+        out += node.rpc(
+            N2, AppendEntriesResponse(request.prev_log_index, True, match, match), now=now
+        )  # type: ignore[attr-defined]
+    return out
+
+
+def test_backlog_drains_on_responses_without_waiting_for_heartbeats() -> None:
+    s = settings(raft_commit_batch_interval_ms=0, raft_max_inflight_appends=1)
+    node = make_leader(settings=s)
+    _answer_n2(node, node.effects, now=0)  # the noop
+    node.handle(commits(100), now=1)  # 102 entries; 15 per message
+    fx = node.effects
+    round_trips = 0
+    while appends_to(fx, N2) and node.core.match_indices.get("n2", 0) < node.log.last_index():
+        round_trips += 1
+        assert all(len(r.entries) <= 15 for r in appends_to(fx, N2))
+        fx = _answer_n2(node, fx, now=2)  # the clock does not move: no heartbeat is due
+        assert not any(isinstance(e, SetTimeout) and e.kind is TimeoutKind.BATCH_COMMIT for e in fx)
+    assert node.core.match_indices["n2"] == node.log.last_index() == 102
+    assert round_trips == 7  # ceil(101 / 15)
+    assert node.core.commit_index == 102
+
+
+def test_inflight_appends_per_peer_are_bounded() -> None:
+    s = settings(raft_commit_batch_interval_ms=0, raft_max_inflight_appends=3)
+    node = make_leader(settings=s)
+    _answer_n2(node, node.effects, now=0)  # the noop
+    node.handle(commits(100), now=1)
+    first = appends_to(node.effects, N2)
+    assert len(first) == 1
+    fx = _answer_n2(node, node.effects, now=2)
+    sent = appends_to(fx, N2)
+    assert len(sent) == 3  # the answered one freed a slot; the pipeline holds 3
+    assert node.core.inflight["n2"] == 3
+    # a failure response resets the pipeline to the follower's end of log
+    node.rpc(N2, AppendEntriesResponse(20, False, 10, 10), now=3)
+    assert node.core.inflight["n2"] == 0 and node.core.next_indices["n2"] == 11
+
+
+def test_no_catch_up_when_the_peer_is_current_or_a_handover_runs() -> None:
+    s = settings(raft_commit_batch_interval_ms=0)
+    node = make_leader(settings=s)
+    fx = node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=1)
+    assert not appends_to(fx, N2)  # nothing beyond the noop to send
+    node.rpc(N3, AppendEntriesResponse(1, True, 2, 2), now=1)
+    node.handle(commits(30), now=2)  # 15 of them go out to each peer
+    node.handle(HandoverRequest("op", "n3"), now=3)
+    assert node.core.handover is not None
+    fx = node.rpc(N2, AppendEntriesResponse(2, True, 17, 2), now=4)
+    assert not appends_to(fx, N2)
+
+
+def test_witness_catch_up_respects_the_data_replica_cap() -> None:
+    s = settings(raft_commit_batch_interval_ms=0)
+    node = make_leader(members=[N1, N2, N3], witnesses=[N3], settings=s)
+    node.handle(commits(20), now=1)
+    fx = node.rpc(N3, AppendEntriesResponse(1, True, 1, 1), now=2)
+    assert appends_to(fx, N3) == []  # n2 holds nothing beyond 1 yet: nothing may go to n3

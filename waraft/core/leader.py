@@ -49,6 +49,7 @@ def enter(core: RaftCore, old: State) -> None:
         core.last_label = last_entry.label
     core.first_current_term_log_index = last + 1
     core.handover_lease_state = handover.LEASE_UNAFFECTED
+    core.inflight = {}
     if not commit.has_pending_commits(core):
         # Something of our own term to establish the first quorum on (buffered commits,
         # if any, serve that purpose instead).
@@ -86,9 +87,13 @@ def on_append_success(core: RaftCore, sender: Identity, response: AppendEntriesR
     core.next_indices[node] = max(next_index, match + 1)
     if response.last_applied_index is not None:
         core.last_applied_indices[node] = response.last_applied_index
+    inflight = core.inflight.get(node, 0)
+    if inflight > 0:
+        core.inflight[node] = inflight - 1
     replication.advance_commit_index(core)
     replication.leader_apply_log(core)
     replication.maybe_heartbeat(core)
+    replication.catch_up(core, sender)
 
 
 def on_append_failure(core: RaftCore, sender: Identity, response: AppendEntriesResponse) -> None:
@@ -98,6 +103,7 @@ def on_append_failure(core: RaftCore, sender: Identity, response: AppendEntriesR
     snapshot.maybe_request_snapshot(core, sender, response.match_index, response.last_applied_index)
     # Trust the follower's end of log: it may have installed a snapshot since.
     core.next_indices[node] = response.match_index + 1
+    core.inflight[node] = 0
     if response.last_applied_index is not None:
         core.last_applied_indices[node] = response.last_applied_index
     replication.leader_apply_log(core)

@@ -19,7 +19,7 @@ from waraft.core.effects import Apply, ApplyItem
 from waraft.core.errors import RaftCoreError
 from waraft.core.handover import LEASE_PENDING_RECONFIRMATION, LEASE_UNAFFECTED
 from waraft.core.rpc import AppendEntries
-from waraft.core.types import Config, Identity, Priority, TimeoutKind, is_config_command
+from waraft.core.types import Config, Identity, Priority, State, TimeoutKind, is_config_command
 
 if TYPE_CHECKING:
     from waraft.core.server import RaftCore
@@ -74,8 +74,38 @@ def replicate_to_peer(core: RaftCore, peer: Identity, cfg: Config) -> None:
         entries = log.entries(next_index, last, max_entries, max_bytes)
     trim_index = _trim_index(core, cfg, last)
     core.send(peer, AppendEntries(prev_index, prev_term, entries, core.commit_index, trim_index))
+    core.inflight[node] = core.inflight.get(node, 0) + 1
     # Pipelining: assume delivery; a failure response tells us where the follower really is.
     core.next_indices[node] = prev_index + len(entries) + 1
+
+
+def catch_up(core: RaftCore, peer: Identity) -> None:
+    """After a peer acknowledged an append: keep its pipeline full while it lags behind.
+
+    Deviation from WARaft (CORE-6), after etcd's handling of append responses: WARaft sends a
+    backlog only at batch or heartbeat pace (one message of ``raft_max_log_entries_per_heartbeat``
+    entries per round); here every success response tops the peer up with further messages, at
+    most ``raft_max_inflight_appends`` unanswered. Nothing is sent during a handover or when
+    the peer has nothing more to receive (a witness is still capped).
+    """
+    if core.state is not State.LEADER or core.handover is not None:
+        return
+    cfg = core.current_config()
+    if peer == core.self_id or peer not in config.participants(cfg):
+        return
+    node = peer.node
+    limit = core.settings.raft_max_inflight_appends
+    last = core.log.last_index()
+    sendable = _witness_limit(core, cfg, last) if peer in cfg.witness else last
+    next_indices = core.next_indices
+    inflight = core.inflight
+    while inflight.get(node, 0) < limit:
+        next_index = next_indices.get(node, core.first_current_term_log_index)
+        if next_index > sendable:
+            return
+        replicate_to_peer(core, peer, cfg)
+        if next_indices.get(node, next_index) <= next_index:
+            return  # a probe or an empty message: wait for the answer
 
 
 def _witness_limit(core: RaftCore, cfg: Config, last: int) -> int:

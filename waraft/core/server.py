@@ -172,6 +172,7 @@ class RaftCore:
         self.last_applied_indices: dict[str, int] = {}
         self.heartbeat_send_ts: dict[str, int] = {}
         self.heartbeat_reply_ts: dict[str, int] = {}
+        self.inflight: dict[str, int] = {}  # append_entries sent per peer, not yet answered
         self.first_current_term_log_index = 0
         # When the armed batch timeout is due (None: no commits waiting for one).
         self.batch_deadline: int | None = None

@@ -55,6 +55,10 @@ class Settings:
     raft_snapshot_catchup_threshold: int = 100_000
     raft_storage_notify_complete: bool = True
     raft_storage_notify_complete_buffer: int = 100
+    # Not a WARaft knob: unacknowledged append_entries per peer while a leader drains a
+    # replication backlog on responses (WARaft drains it only at batch or heartbeat pace;
+    # 0 restores that pacing).
+    raft_max_inflight_appends: int = 8
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -94,6 +94,7 @@ def advance_term(core: RaftCore, term: int, voted_for: str | None) -> None:
     core.match_indices = {}
     core.last_applied_indices = {}
     core.heartbeat_send_ts = {}
+    core.inflight = {}
     core.handover = None
     core.handover_lease_state = LEASE_UNAFFECTED
     # heartbeat_reply_ts survives: liveness evidence is independent of the term.
