@@ -5,9 +5,10 @@ one ``append_entries`` carrying up to ``raft_max_log_entries_per_heartbeat`` ent
 ``raft_max_heartbeat_size`` bytes) from its next index. Replication is pipelined: the next
 index moves past the sent entries at once, and a follower's failure response resets it.
 
-Two deviations from WARaft: an append response no longer replaces a pending batch timeout
-with the heartbeat timeout (``maybe_heartbeat``), and a leader that is the only full member
-replicates to witnesses (``_witness_limit``).
+Deviations from WARaft: an append response no longer replaces a pending batch timeout with
+the heartbeat timeout (``maybe_heartbeat``), it tops a lagging peer up between rounds
+(``catch_up``), and a leader that is the only full member replicates to witnesses
+(``_witness_limit``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ Deliberate deviations from WARaft (each documented where it is made):
 * a leader that is the only full member replicates to witnesses (``replication``);
 * a transferred snapshot inside our log keeps the entries after it (``snapshot.adopt_snapshot``);
 * an append response keeps a pending batch timeout (``replication.maybe_heartbeat``);
+* an append response tops a lagging peer up, bounded by ``raft_max_inflight_appends``
+  (``replication.catch_up``; 0 restores WARaft's one message per round);
 * a ``disable`` while disabled persists the new reason; replies follow the state change they
   belong to, so nothing is acknowledged before it is durable.
 """
