@@ -71,6 +71,15 @@ class Managed:
     role: str
     started_at: float = field(default_factory=time.monotonic)
     killed_at: float | None = None
+    log_offset: int = 0  # where this process's output starts in a log shared with earlier runs
+
+    def output(self) -> str:
+        """What this process wrote to its log (not what an earlier run left there)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_offset)
+            return f.read().decode(errors="replace")
 
     @property
     def pid(self) -> int:
@@ -120,6 +129,7 @@ class ProcessGroup:
         """Start ``argv``; stderr (and stdout unless piped) go to ``<log_dir>/<name>.log``."""
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop_all
+        offset = log_file.tell()
         self._files.append(log_file)
         popen = subprocess.Popen(
             list(argv),
@@ -130,7 +140,7 @@ class ProcessGroup:
             cwd=str(cwd or REPO_ROOT),
             start_new_session=True,  # Ctrl-C in the terminal reaches the harness only
         )
-        child = Managed(name=name, popen=popen, log_path=log_path, role=role)
+        child = Managed(name=name, popen=popen, log_path=log_path, role=role, log_offset=offset)
         self.children.append(child)
         log.debug("started %s pid %d: %s", name, popen.pid, " ".join(argv))
         return child

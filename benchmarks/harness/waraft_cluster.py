@@ -91,7 +91,7 @@ class WaraftCluster:
             self.procs.append(self.group.spawn(self.names[i], self.node_argv(i), role="server"))
         for proc in self.procs:
             wait_until(
-                lambda p=proc: "READY " in _read(p.log_path),  # type: ignore[misc]
+                lambda p=proc: "READY " in p.output(),  # type: ignore[misc]
                 timeout,
                 f"{proc.name} to print READY",
                 check=self.check_alive,
@@ -189,9 +189,3 @@ class WaraftCluster:
     def stop(self) -> None:
         for proc in self.procs:
             self.group.stop(proc, timeout=25.0)
-
-
-def _read(path: Path | None) -> str:
-    if path is None or not path.exists():
-        return ""
-    return path.read_text(errors="replace")
