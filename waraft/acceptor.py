@@ -32,15 +32,17 @@ from _thread import allocate_lock
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from waraft import info, otp
+from waraft import dist, info, otp
 from waraft.core import events
 from waraft.core.types import Priority
+from waraft.dist import inline as dist_inline
 from waraft.part_sup import RaftOptions
 from waraft.queue import Queues
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0  # raft_rpc_call_timeout, seconds
+FORWARD_EVERY = 4096  # admitted requests held before forwarding even if more are queued
 
 
 def default_name(table: str, partition: int) -> str:
@@ -76,14 +78,52 @@ class Acceptor(otp.Process):
         self.name = options.acceptor_name
         self.server = options.server_name
         self.queues: Queues = options.queues
+        # Admitted requests wait here until the mailbox is empty, then go to the server as
+        # one message per kind: requests that arrive together reach the core together.
+        self._commits: dict[Priority, list[tuple[Any, Any]]] = {Priority.HIGH: [], Priority.LOW: []}
+        self._reads: list[tuple[Any, Any, int | None]] = []
+        self._held = 0
+        dist.set_inline_handler(self.name, self._inline)
         logger.info("acceptor %s starting", self.name)
 
     def terminate(self, reason: Any) -> None:
+        # The server stops after us: what we admitted is still answered (by it, or by its
+        # own terminate cancelling its pending requests).
+        if dist_inline.handler(self.name) == self._inline:
+            dist.set_inline_handler(self.name, None)
+        self._forward()
         logger.info("acceptor %s terminating: %r", self.name, reason)
 
     # -- calls ----------------------------------------------------------------------------------
 
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        try:
+            return self._handle_call(request, from_)
+        finally:
+            self._maybe_forward()
+
+    def handle_cast(self, msg: Any) -> None:
+        try:
+            self._handle_cast(msg)
+        finally:
+            self._maybe_forward()
+
+    def _maybe_forward(self) -> None:
+        if self._held and (self._held >= FORWARD_EVERY or self.actor_inbox.empty()):
+            self._forward()
+
+    def _forward(self) -> None:
+        """Send everything admitted so far to the server (commits first, in arrival order)."""
+        self._held = 0
+        for priority, items in self._commits.items():
+            if items:
+                self._commits[priority] = []
+                otp.cast(self.server, events.CommitBatch(items, priority))
+        if self._reads:
+            reads, self._reads = self._reads, []
+            otp.cast(self.server, events.ReadBatch(reads))
+
+    def _handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         kind = request[0]
         if kind == "commit":
             _, op, priority = request
@@ -97,7 +137,7 @@ class Acceptor(otp.Process):
         logger.error("acceptor %s got an unexpected call %r", self.name, request)
         return otp.NOREPLY
 
-    def handle_cast(self, msg: Any) -> None:
+    def _handle_cast(self, msg: Any) -> None:
         # Casts may come from any peer that reaches this node: a malformed one is dropped
         # here rather than crashing the acceptor (which would restart the whole partition).
         kind = msg[0] if isinstance(msg, tuple) and msg else None
@@ -118,28 +158,39 @@ class Acceptor(otp.Process):
     # -- admission ------------------------------------------------------------------------------
 
     def _commit(
-        self, items: Sequence[tuple[Any, Any]], priority: Priority
+        self, items: Sequence[tuple[Any, Any]], priority: Priority, hold: bool = True
     ) -> tuple[int, str | None]:
-        """Admit commits in order and forward the admitted ones to the server in one message.
+        """Admit commits in order; the admitted ones go to the server with the next forward
+        (``hold``) or at once (the inline gateway, which runs outside the actor's thread).
 
         Returns how many were admitted and why the rest were rejected.
         """
         admitted, reason = self.queues.commits_started(len(items), priority)
         if admitted:
             batch = items if admitted == len(items) else items[:admitted]
-            otp.cast(self.server, events.CommitBatch(batch, priority))
+            if hold:
+                self._commits[priority].extend(batch)
+                self._held += admitted
+            else:
+                otp.cast(self.server, events.CommitBatch(batch, priority))
         if reason is not None:
             logger.warning(
                 "acceptor %s rejecting %d commits: %s", self.name, len(items) - admitted, reason
             )
         return admitted, reason
 
-    def _read(self, items: Sequence[tuple[Any, Any, int | None]]) -> tuple[int, str | None]:
+    def _read(
+        self, items: Sequence[tuple[Any, Any, int | None]], hold: bool = True
+    ) -> tuple[int, str | None]:
         """Admit strong reads like ``_commit`` admits commits."""
         admitted, reason = self.queues.reserve_reads(len(items))
         if admitted:
             batch = items if admitted == len(items) else items[:admitted]
-            otp.cast(self.server, events.ReadBatch(batch))
+            if hold:
+                self._reads.extend(batch)
+                self._held += admitted
+            else:
+                otp.cast(self.server, events.ReadBatch(batch))
         if reason is not None:
             logger.warning(
                 "acceptor %s rejecting %d reads: %s", self.name, len(items) - admitted, reason
@@ -150,13 +201,22 @@ class Acceptor(otp.Process):
         admitted, reason = self.queues.commits_started(1, Priority.HIGH)
         if not admitted:
             return ("error", reason)
+        self._forward()  # after the commits admitted before it
         otp.cast(
             self.server,
             events.AdjustConfig(from_, action, expected_index=index, reply_on_apply=True),
         )
         return otp.NOREPLY
 
-    def _client_batch(self, msg: Any) -> None:
+    def _inline(self, msg: Any) -> bool:
+        """``waraft.dist``'s receive thread hands client batches from other nodes straight to
+        the gateway (thread-safe: admission is the shared ``Queues``, then one cast)."""
+        if type(msg) is tuple and msg and msg[0] == "client_batch":
+            self._client_batch(msg, hold=False)
+            return True
+        return False
+
+    def _client_batch(self, msg: Any, hold: bool = True) -> None:
         """The client gateway (see the module docstring)."""
         parsed = parse_client_batch(msg)
         if parsed is None:
@@ -178,11 +238,11 @@ class Acceptor(otp.Process):
                 except ValueError as exc:
                     slot.reply(("error", ("badarg", str(exc))))
             if ops:
-                self._reject_tail(ops, self._commit(ops, priority))
+                self._reject_tail(ops, self._commit(ops, priority, hold))
         else:
             reads = [(batch.slot(index), command, None) for index, command in enumerate(items)]
             if reads:
-                self._reject_tail(reads, self._read(reads))
+                self._reject_tail(reads, self._read(reads, hold))
 
     @staticmethod
     def _single(outcome: tuple[int, str | None]) -> Any:

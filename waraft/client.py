@@ -295,18 +295,15 @@ def _pack(kind: str, chunk: list[_Request]) -> list[Any]:
 
 
 class _Receiver(otp.Process):
-    """Gets ``("client_reply", batch_id, results, leader_hint)`` casts for its client."""
+    """Gets ``("client_reply", batch_id, results, leader_hint)`` casts for its client (over
+    ``waraft.dist`` they are taken in the receive thread instead: see ``_on_cast``)."""
 
     def init(self, client: Client) -> None:
         self.client = client
 
     def handle_cast(self, msg: Any) -> None:
-        if type(msg) is tuple and len(msg) == 4 and msg[0] == "client_reply":
-            _, batch_id, results, hint = msg
-            if isinstance(batch_id, int) and isinstance(results, (tuple, list)):
-                self.client._on_reply(batch_id, results, hint if isinstance(hint, str) else None)
-                return
-        logger.debug("client receiver dropped %r", msg)
+        if not self.client._on_cast(msg):
+            logger.debug("client receiver dropped %r", msg)
 
 
 class Client:
@@ -391,6 +388,11 @@ class Client:
         name = f"waraft_client_{os.getpid()}_{id(self):x}"
         self._receiver = otp.start(_Receiver, self, name=name, node=self._node)
         self.reply_addr = (name, self._node.id)
+        if self._remote:
+            from waraft import dist
+
+            # Replies are handled in dist's receive thread: no hop to the receiver's thread.
+            dist.set_inline_handler(name, self._on_cast)
         self._sender = threading.Thread(target=self._run, name="waraft-client-sender", daemon=True)
         self._sender.start()
         if discover:
@@ -558,6 +560,10 @@ class Client:
             self._ready, self._delayed, self._inflight, self._held = [], [], {}, {}
         for request in pending:
             self._finish(request, CLOSED)
+        if self._remote:
+            from waraft import dist
+
+            dist.set_inline_handler(self.reply_addr[0], None)
         with contextlib.suppress(Exception):
             otp.stop(self._receiver, "normal", 5.0)
         if self._owns_dist:
@@ -828,6 +834,15 @@ class Client:
                     del self._leaders[partition]
         for request in requests:
             self._retry(request, UNREACHABLE, self._backoff(request))
+
+    def _on_cast(self, msg: Any) -> bool:
+        """A cast to this client's receiver; True when it was a well-formed reply."""
+        if type(msg) is tuple and len(msg) == 4 and msg[0] == "client_reply":
+            _, batch_id, results, hint = msg
+            if isinstance(batch_id, int) and isinstance(results, (tuple, list)):
+                self._on_reply(batch_id, results, hint if isinstance(hint, str) else None)
+                return True
+        return False
 
     def _on_reply(self, batch_id: int, results: Sequence[Any], hint: str | None) -> None:
         """A ``client_reply`` arrived (the receiver's thread)."""

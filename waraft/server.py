@@ -110,6 +110,7 @@ class RaftServer(otp.StateMachine):
         self._events_since_flush = 0
         self._log_dirty = False
         self._internal: deque[Any] = deque()
+        self._timeout: SetTimeout | None = None
         self._published: tuple[Any, ...] | None = None
         self._metrics = metrics.get()
 
@@ -236,7 +237,7 @@ class RaftServer(otp.StateMachine):
     def _maybe_flush(self) -> None:
         """Run at the end of every handler. Group commit: while more messages wait, keep
         taking them before paying for a sync and the sends (at most ``FLUSH_EVERY`` events)."""
-        if self._outbox or self._log_dirty:
+        if self._outbox or self._log_dirty or self._timeout is not None:
             if self._events_since_flush >= FLUSH_EVERY or self.actor_inbox.empty():
                 self._flush()
         elif self.actor_inbox.empty():
@@ -274,14 +275,21 @@ class RaftServer(otp.StateMachine):
         durable_state.store(self.options.database, effect.state)
 
     def _set_timeout(self, effect: SetTimeout) -> None:
-        self.set_state_timeout(effect.ms, effect.kind)
+        # Armed at the flush: a burst of commits re-arms the batch timeout once per event,
+        # and only the last arming can ever fire.
+        self._timeout = effect
 
     def _state_changed(self, effect: StateChanged) -> None:
         self.cancel_state_timeout()
+        self._timeout = None
         self._published = None  # publish the new state at the next flush
 
     def _flush(self) -> None:
         self._events_since_flush = 0
+        timeout = self._timeout
+        if timeout is not None:
+            self._timeout = None
+            self.set_state_timeout(timeout.ms, timeout.kind)
         if self._log_dirty:
             self._log_dirty = False
             self.log.sync()

@@ -42,10 +42,11 @@ Hot path (what the server shell should do):
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from waraft import codec
+from waraft.dist import inline
 from waraft.dist.nodeid import NodeIdError, is_node_id, make, parse
 from waraft.dist.reply import RemoteReplyTo
 from waraft.dist.runtime import Dist
@@ -73,6 +74,7 @@ __all__ = [
     "send_bytes",
     "send_request",
     "set_fault",
+    "set_inline_handler",
     "start",
     "stats",
     "stop",
@@ -250,6 +252,12 @@ def send_bytes(addr: tuple[str, str], payload: bytes) -> bool:
         return send(addr, codec.unpackb(payload))
     dist = _dist
     return dist is not None and dist.cast_bytes(addr, payload, info=True)
+
+
+def set_inline_handler(name: str, handler: Callable[[Any], bool] | None) -> None:
+    """Let the receive thread hand casts to ``name`` to ``handler(msg)`` directly (see
+    :mod:`waraft.dist.inline`); None removes it. Works whether or not distribution runs."""
+    inline.set_handler(name, handler)
 
 
 def set_fault(

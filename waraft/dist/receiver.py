@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from waraft.dist import envelope, nodeid
+from waraft.dist import envelope, inline, nodeid
 from waraft.dist.envelope import FrameError, Kind
 from waraft.dist.peers import Peer, PeerLimitError, PeerState
 from waraft.dist.reply import RemoteReplyTo
@@ -142,6 +142,9 @@ class Receiver(threading.Thread):
             dist.peers.set_state(peer, PeerState.UP)
         kind = obj[1]
         if kind == Kind.CAST:
+            fast = inline._handlers.get(obj[2]) if inline._handlers else None
+            if fast is not None and fast(obj[3]):
+                return
             self._deliver(obj[2], obj[3], messaging.cast)
         elif kind == Kind.REPLY:
             dist.complete_call(obj[2], True, obj[3])
