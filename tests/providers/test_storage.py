@@ -1,4 +1,8 @@
-"""StorageProvider semantics for the memory and SQLite providers, snapshots, SQLite atomicity."""
+"""StorageProvider semantics for the memory, SQLite and LMDB providers, snapshots, SQLite atomicity.
+
+LMDB-specific tests are in ``test_lmdb_storage.py``; the LMDB provider is left out of the shared
+contract when the ``lmdb`` package is not installed.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,12 @@ from .helpers import A, B, C, make_config
 
 OPTIONS = StorageOptions(table="t", partition=1, identity=A, name="raft_storage_t_1")
 PROVIDERS: dict[str, type[StorageProvider]] = {"memory": MemoryStorage, "sqlite": SqliteStorage}
+try:
+    from waraft.storage.lmdb import LmdbStorage
+except ImportError:  # the lmdb package is an optional dependency until pyproject lists it
+    pass
+else:
+    PROVIDERS["lmdb"] = LmdbStorage
 
 
 @pytest.fixture(params=sorted(PROVIDERS))
