@@ -28,6 +28,7 @@ A malformed batch is logged and dropped; a malformed item fails its own slot wit
 from __future__ import annotations
 
 import logging
+import threading
 from _thread import allocate_lock
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -83,6 +84,11 @@ class Acceptor(otp.Process):
         self._commits: dict[Priority, list[tuple[Any, Any]]] = {Priority.HIGH: [], Priority.LOW: []}
         self._reads: list[tuple[Any, Any, int | None]] = []
         self._held = 0
+        # The same, for client batches taken inline by waraft.dist's receive thread.
+        self._inline_lock = threading.Lock()
+        self._inline_commits: dict[Priority, list[tuple[Any, Any]]] = {}
+        self._inline_reads: list[tuple[Any, Any, int | None]] = []
+        dist.set_idle_hook(self.name, self._inline_forward)
         dist.set_inline_handler(self.name, self._inline)
         logger.info("acceptor %s starting", self.name)
 
@@ -91,6 +97,8 @@ class Acceptor(otp.Process):
         # own terminate cancelling its pending requests).
         if dist_inline.handler(self.name) == self._inline:
             dist.set_inline_handler(self.name, None)
+            dist.set_idle_hook(self.name, None)
+        self._inline_forward()
         self._forward()
         logger.info("acceptor %s terminating: %r", self.name, reason)
 
@@ -172,7 +180,8 @@ class Acceptor(otp.Process):
                 self._commits[priority].extend(batch)
                 self._held += admitted
             else:
-                otp.cast(self.server, events.CommitBatch(batch, priority))
+                with self._inline_lock:
+                    self._inline_commits.setdefault(priority, []).extend(batch)
         if reason is not None:
             logger.warning(
                 "acceptor %s rejecting %d commits: %s", self.name, len(items) - admitted, reason
@@ -190,7 +199,8 @@ class Acceptor(otp.Process):
                 self._reads.extend(batch)
                 self._held += admitted
             else:
-                otp.cast(self.server, events.ReadBatch(batch))
+                with self._inline_lock:
+                    self._inline_reads.extend(batch)
         if reason is not None:
             logger.warning(
                 "acceptor %s rejecting %d reads: %s", self.name, len(items) - admitted, reason
@@ -210,11 +220,21 @@ class Acceptor(otp.Process):
 
     def _inline(self, msg: Any) -> bool:
         """``waraft.dist``'s receive thread hands client batches from other nodes straight to
-        the gateway (thread-safe: admission is the shared ``Queues``, then one cast)."""
+        the gateway (admission is the shared, thread-safe ``Queues``); what it admits is
+        forwarded by ``_inline_forward`` once the receive thread has drained its socket."""
         if type(msg) is tuple and msg and msg[0] == "client_batch":
             self._client_batch(msg, hold=False)
             return True
         return False
+
+    def _inline_forward(self) -> None:
+        with self._inline_lock:
+            commits, self._inline_commits = self._inline_commits, {}
+            reads, self._inline_reads = self._inline_reads, []
+        for priority, items in commits.items():
+            otp.cast(self.server, events.CommitBatch(items, priority))
+        if reads:
+            otp.cast(self.server, events.ReadBatch(reads))
 
     def _client_batch(self, msg: Any, hold: bool = True) -> None:
         """The client gateway (see the module docstring)."""

@@ -74,6 +74,7 @@ __all__ = [
     "send_bytes",
     "send_request",
     "set_fault",
+    "set_idle_hook",
     "set_inline_handler",
     "start",
     "stats",
@@ -258,6 +259,12 @@ def set_inline_handler(name: str, handler: Callable[[Any], bool] | None) -> None
     """Let the receive thread hand casts to ``name`` to ``handler(msg)`` directly (see
     :mod:`waraft.dist.inline`); None removes it. Works whether or not distribution runs."""
     inline.set_handler(name, handler)
+
+
+def set_idle_hook(name: str, hook: Callable[[], None] | None) -> None:
+    """Have the receive thread call ``hook()`` each time it has drained its socket (see
+    :mod:`waraft.dist.inline`); None removes it."""
+    inline.set_idle_hook(name, hook)
 
 
 def set_fault(

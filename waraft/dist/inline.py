@@ -11,12 +11,16 @@ block (no ``call``), and must not raise (an exception is logged and the message 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 Handler = Callable[[Any], bool]
 
 _handlers: dict[str, Handler] = {}
+_idle: dict[str, Callable[[], None]] = {}
 
 
 def set_handler(name: str, handler: Handler | None) -> None:
@@ -30,3 +34,22 @@ def set_handler(name: str, handler: Handler | None) -> None:
 def handler(name: str) -> Handler | None:
     """The inline handler registered for ``name``, if any."""
     return _handlers.get(name)
+
+
+def set_idle_hook(name: str, hook: Callable[[], None] | None) -> None:
+    """Register (or remove) ``hook()``, called by the receive thread whenever it has taken
+    every frame that had arrived, before it waits for more: an inline handler that collects
+    work can hand it on there, one batch per burst of frames."""
+    if hook is None:
+        _idle.pop(name, None)
+    else:
+        _idle[name] = hook
+
+
+def run_idle_hooks() -> None:
+    """Called by the receive thread when its socket is drained."""
+    for hook in list(_idle.values()):
+        try:
+            hook()
+        except Exception:
+            logger.exception("an inline idle hook raised")

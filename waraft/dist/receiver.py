@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 POLL_MS = 50
+IDLE_EVERY = 64  # frames handled between idle hooks when the socket never drains
 _MAX_SENDER_CACHE = 65536
 
 
@@ -65,10 +66,14 @@ class Receiver(threading.Thread):
         recv = router.recv
         handle = self._handle
         dist = self._dist
+        since_idle = 0
         while not dist.stopping:
             try:
                 routing_id = recv(zmq.NOBLOCK)
             except zmq.Again:
+                since_idle = 0
+                if inline._idle:
+                    inline.run_idle_hooks()
                 router.poll(POLL_MS)
                 continue
             except zmq.ZMQError as exc:
@@ -77,6 +82,11 @@ class Receiver(threading.Thread):
                 logger.error("receive failed: %s", exc)
                 time.sleep(0.01)
                 continue
+            since_idle += 1
+            if since_idle >= IDLE_EVERY and inline._idle:
+                # Frames never stop arriving: do not hold collected work back forever.
+                since_idle = 0
+                inline.run_idle_hooks()
             # A multipart message is delivered whole, so these never wait.
             if not router.rcvmore:
                 self._count("rx_malformed")  # an envelope-less message (cannot come from a DEALER)
