@@ -1,0 +1,232 @@
+"""Shared tools of the durability tests: background writers that record every acknowledged
+write, the checks that every one of them is readable (strongly, and in a given node's own
+storage), catch-up waits, and readers/writers of the disk log's segment files.
+
+Node processes come from ``tests.multiprocess.harness`` (``Cluster``, ``NodeProcess``): on
+127.0.0.1, a restart reuses the node's port and data directory, and every process is killed by
+pid in the fixtures' finalizers.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.multiprocess.conftest import make_cluster
+from tests.multiprocess.harness import Cluster, NodeProcess, wait_until
+from waraft.client import Client, partition_for
+
+TABLE = "kv"
+SEGMENT_HEADER = struct.Struct("<8sQ")  # waraft.log.disk's format, restated to test it
+RECORD_HEADER = struct.Struct("<II")
+WRITE_TIMEOUT = 20.0
+
+
+def cluster_of(root: Path, partitions: Sequence[int], **settings: object) -> Iterator[Cluster]:
+    """A bootstrapped 3-node durable cluster (``make_cluster``), killed by pid at the end."""
+    yield from make_cluster(root, 3, partitions=tuple(partitions), **settings)
+
+
+def client_for(nodes: Sequence[str], partitions: int) -> Client:
+    return Client(list(nodes), table=TABLE, partitions=partitions, timeout=WRITE_TIMEOUT,
+                  attempt_timeout=2.0)  # fmt: skip
+
+
+class Writers:
+    """``threads`` writers, each committing a window of unique keys at a time through
+    ``commit_async`` and recording those acknowledged ``"ok"`` (key → value).
+
+    Any other result must be an ``("error", reason)`` (the write may or may not have been
+    applied: at least once); anything else is recorded in ``unexpected``.
+    """
+
+    def __init__(self, client: Client, prefix: str, threads: int = 4, window: int = 25) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.window = window
+        self.acked: dict[str, int] = {}
+        self.errors: list[tuple[str, Any]] = []
+        self.unexpected: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(w,), name=f"writer-{prefix}{w}", daemon=True)
+            for w in range(threads)
+        ]
+
+    def __enter__(self) -> Writers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self, w: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            keys = [f"{self.prefix}{w}-{i + n}" for n in range(self.window)]
+            futures = [
+                self.client.commit_async(k, ("write", TABLE, k, i + n)) for n, k in enumerate(keys)
+            ]
+            for n, (key, future) in enumerate(zip(keys, futures, strict=True)):
+                assert future is not None
+                result = future.result(WRITE_TIMEOUT + 10)
+                with self._lock:
+                    if result == "ok":
+                        self.acked[key] = i + n
+                    elif isinstance(result, tuple) and result and result[0] == "error":
+                        self.errors.append((key, result))
+                    else:
+                        self.unexpected.append((key, result))
+            i += self.window
+
+    def stop(self) -> None:
+        """Stop and wait for the writers (their last window completes or times out)."""
+        self._stop.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(WRITE_TIMEOUT + 15)
+        assert not any(t.is_alive() for t in self._threads), "a writer is stuck"
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.acked)
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of the writes acknowledged so far."""
+        with self._lock:
+            return dict(self.acked)
+
+    def wait_for(self, more: int, timeout: float = 30.0) -> int:
+        """Wait until ``more`` further writes are acknowledged; returns the new count."""
+        target = self.count() + more
+        return int(wait_until(lambda: self.count() >= target and self.count(), timeout=timeout))
+
+
+# -- checks ----------------------------------------------------------------------------------------
+
+
+def strong_read_mismatches(client: Client, expected: dict[str, int]) -> dict[str, Any]:
+    """Keys whose strong (leader) read does not return the expected value."""
+    keys = list(expected)
+    futures = [client.read_async(k, ("read", TABLE, k)) for k in keys]
+    results = [f.result(WRITE_TIMEOUT + 10) for f in futures if f is not None]
+    return {k: r for k, r in zip(keys, results, strict=True) if r != ("ok", expected[k])}
+
+
+def local_mismatches(
+    node: str, expected: dict[str, int], partitions: int, chunk: int = 2000
+) -> dict[str, Any]:
+    """Keys whose value in ``node``'s own storage (a local read through its storage actor
+    over distribution, no Raft involved) is not the expected one."""
+    from waraft import storage
+
+    by_partition: dict[int, list[str]] = {}
+    for key in expected:
+        by_partition.setdefault(partition_for(key, partitions), []).append(key)
+    wrong: dict[str, Any] = {}
+    for partition, keys in sorted(by_partition.items()):
+        name = storage.default_name(TABLE, partition)
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            command = ("$batch", [("read", TABLE, k) for k in part])
+            results = storage.read((name, node), command)
+            for key, result in zip(part, results, strict=True):
+                if result != ("ok", expected[key]):
+                    wrong[key] = result
+    return wrong
+
+
+def wait_local_complete(
+    node: str, expected: dict[str, int], partitions: int, timeout: float = 15.0
+) -> None:
+    """Wait until ``node``'s own storage holds every expected write (it may still be applying
+    the tail); fails with a sample of the missing ones."""
+    deadline = time.monotonic() + timeout
+    while True:
+        wrong = local_mismatches(node, expected, partitions)
+        if not wrong:
+            return
+        if time.monotonic() > deadline:
+            sample = dict(list(wrong.items())[:5])
+            raise AssertionError(f"{node} lacks {len(wrong)} acknowledged writes, e.g. {sample}")
+        time.sleep(0.1)
+
+
+def leader_commits(cluster: Cluster) -> dict[int, int]:
+    """Each partition's commit index at its (agreed) leader, now."""
+    commits: dict[int, int] = {}
+    for partition in cluster.partitions:
+        leader, _ = wait_until(lambda p=partition: cluster.leader(p), timeout=30)
+        row = wait_until(lambda p=partition, n=leader: cluster.rows([n]).get((n, p)))
+        commits[partition] = int(row["commit"])
+    return commits
+
+
+def wait_caught_up(cluster: Cluster, index: int, timeout: float = 30.0) -> dict[int, int]:
+    """Wait until node ``index`` follows every partition and has applied at least what each
+    leader had committed when this was called; returns those commit indexes."""
+    node = cluster.ids[index]
+    target = leader_commits(cluster)
+
+    def done() -> bool:
+        rows = cluster.rows([node])
+        for partition, commit in target.items():
+            row = rows.get((node, partition))
+            if row is None or row["applied"] is None or row["applied"] < commit:
+                return False
+            if row["state"] not in ("follower", "leader"):
+                return False
+        return True
+
+    wait_until(done, timeout=timeout)
+    return target
+
+
+def row_of(cluster: Cluster, index: int, partition: int) -> dict[str, Any]:
+    node = cluster.ids[index]
+    row: dict[str, Any] = wait_until(lambda: cluster.rows([node]).get((node, partition)))
+    return row
+
+
+# -- the disk log's files ----------------------------------------------------------------------
+
+
+def partition_dir(node: NodeProcess, partition: int) -> Path:
+    return node.data_dir / f"{TABLE}.{partition}"
+
+
+def segments(node: NodeProcess, partition: int) -> list[Path]:
+    """The log segment files of ``node``'s replica of ``partition``, oldest first."""
+    return sorted((partition_dir(node, partition) / "log").glob("*.wal"))
+
+
+def records(path: Path) -> list[tuple[int, int]]:
+    """``(offset, total length)`` of every CRC-valid record in a segment file."""
+    data = path.read_bytes()
+    pos, found = SEGMENT_HEADER.size, []
+    while pos + RECORD_HEADER.size <= len(data):
+        length, crc = RECORD_HEADER.unpack_from(data, pos)
+        body = pos + RECORD_HEADER.size
+        if body + length > len(data) or zlib.crc32(data[body : body + length]) != crc:
+            break
+        found.append((pos, RECORD_HEADER.size + length))
+        pos = body + length
+    return found
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,143 @@
+"""kill -9 under heavy writes (issue 7, items 6 and 7): no acknowledged write is ever lost.
+
+A 3-node cluster with the durable providers (``waraft.log.disk``, ``waraft.storage.sqlite``)
+serves two partitions (bootstrap puts their leaders on n1 and n2, so n3 starts as a pure
+follower). Writer threads commit unique keys without pause and record every write acknowledged
+``"ok"``. Then:
+
+* in a loop, one node is killed with SIGKILL (a follower and the leader of partition 1 in
+  turn), writes go on without it, and it is restarted on the same data directory and node id:
+  once it has applied what the leaders had committed, every write acknowledged so far is in its
+  own storage (a local read through its storage actor) and readable with a strong read;
+* all three nodes are killed with SIGKILL at the same instant and restarted: every write
+  acknowledged before the kill is still there, on every node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from tests.durability.helpers import (
+    Writers,
+    client_for,
+    cluster_of,
+    local_mismatches,
+    strong_read_mismatches,
+    wait_caught_up,
+    wait_local_complete,
+)
+from tests.multiprocess.harness import WAIT, Cluster, NodeProcess, wait_until
+
+PARTITIONS = (1, 2)
+_OPENED = re.compile(r"storage raft_storage_kv_(\d+) opened at LogPos\(index=(\d+)")
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory, dist_node: str) -> Iterator[Cluster]:
+    yield from cluster_of(tmp_path_factory.mktemp("kill9"), PARTITIONS)
+
+
+def _pick_victim(cluster: Cluster, round_: int) -> tuple[int, str]:
+    leaders = {p: wait_until(lambda p=p: cluster.leader(p), timeout=30)[0] for p in PARTITIONS}
+    if round_ % 2 == 1:
+        return cluster.index_of(leaders[1]), "leader of partition 1"
+    idle = [i for i, node in enumerate(cluster.ids) if node not in leaders.values()]
+    if idle:
+        return idle[0], "follower of every partition"
+    return next(i for i, n in enumerate(cluster.ids) if n != leaders[1]), "follower of partition 1"
+
+
+def _opened_at(node: NodeProcess) -> dict[int, int]:
+    """The applied index each partition's storage reopened at in the node's latest start (from
+    its log: ``storage raft_storage_kv_<p> opened at LogPos(index=<i>, ...)``)."""
+    found: dict[int, int] = {}
+    for match in _OPENED.finditer(node.log_path.read_text()):
+        found[int(match.group(1))] = int(match.group(2))
+    return found
+
+
+def _kill_restart_rounds(cluster: Cluster, rounds: int) -> None:
+    wait_until(cluster.converged, timeout=30)
+    client = client_for(cluster.ids, len(PARTITIONS))
+    try:
+        with Writers(client, "k") as writers:
+            writers.wait_for(200)
+            for round_ in range(rounds):
+                victim, role = _pick_victim(cluster, round_)
+                node = cluster.ids[victim]
+                cluster.nodes[victim].kill()
+                # The survivors keep acknowledging writes (after an election if needed).
+                writers.wait_for(300, timeout=40)
+                cluster.start([victim])
+                acked = writers.snapshot()
+                # It reopened its own storage where it was: data from its own disk.
+                opened = _opened_at(cluster.nodes[victim])
+                assert sorted(opened) == list(PARTITIONS) and min(opened.values()) > 0, opened
+                wait_caught_up(cluster, victim, timeout=40)
+                wait_local_complete(node, acked, len(PARTITIONS))
+                missing = strong_read_mismatches(client, acked)
+                assert missing == {}, f"round {round_} ({role} {node}): lost {len(missing)}"
+                writers.wait_for(100)
+        assert writers.unexpected == [], writers.unexpected[:5]
+        acked = writers.snapshot()
+        assert len(acked) > 1000, "too few writes to mean anything"
+        wait_until(cluster.converged, timeout=30)
+        assert strong_read_mismatches(client, acked) == {}
+        for node in cluster.ids:
+            assert local_mismatches(node, acked, len(PARTITIONS)) == {}, node
+        # Replay from their own disks caught them up: the leaders' logs were never trimmed, so
+        # no snapshot was needed (or sent).
+        for n in cluster.nodes:
+            assert "installed the snapshot" not in n.log_path.read_text(), n.name
+    finally:
+        client.close()
+
+
+def test_kill9_of_one_node_in_a_loop_under_writes_loses_no_acknowledged_write(
+    cluster: Cluster,
+) -> None:
+    _kill_restart_rounds(cluster, rounds=4)
+
+
+@pytest.mark.slow
+def test_kill9_soak_many_rounds(cluster: Cluster) -> None:
+    _kill_restart_rounds(cluster, rounds=20)
+
+
+def _kill_all_at_once(cluster: Cluster) -> None:
+    """SIGKILL to every node back to back (no node gets to run between the signals), then
+    reap them."""
+    pids = [n.pid for n in cluster.nodes if n.alive()]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    for node in cluster.nodes:
+        node.kill()
+
+
+def test_kill9_of_every_node_at_once_loses_no_acknowledged_write(cluster: Cluster) -> None:
+    wait_until(cluster.converged, timeout=30)
+    client = client_for(cluster.ids, len(PARTITIONS))
+    try:
+        with Writers(client, "all") as writers:
+            writers.wait_for(1500)
+            _kill_all_at_once(cluster)
+            acked_before = writers.snapshot()
+            cluster.start()
+            # Writes resume once the restarted cluster elected leaders again (requests that
+            # were in flight are retried: at least once).
+            writers.wait_for(300, timeout=WAIT * 2)
+        assert writers.unexpected == [], writers.unexpected[:5]
+        acked = writers.snapshot()
+        assert set(acked_before) <= set(acked)
+        wait_until(cluster.converged, timeout=30)
+        assert strong_read_mismatches(client, acked) == {}
+        for index, node in enumerate(cluster.ids):
+            wait_caught_up(cluster, index)
+            assert local_mismatches(node, acked, len(PARTITIONS)) == {}, node
+    finally:
+        client.close()
