@@ -1,6 +1,6 @@
 """Throughput of the log and storage providers (no actors, no network).
 
-Run: ``python -m benchmarks.providers_bench [--entries N] [--dir PATH]``.
+Run: ``python -m benchmarks.providers_bench [--entries N] [--dir PATH] [--storage-only]``.
 
 Measures
 * DiskLog append + sync with one fsync per batch (batches of 100 and 1000 small entries):
@@ -9,7 +9,10 @@ Measures
   tail) and cold reads (older entries read back from the segment files);
 * DiskLog open (recovery scan) time;
 * apply throughput in batches of 200 for MemoryStorage and SqliteStorage (synchronous NORMAL
-  and FULL).
+  and FULL);
+* ``apply_many`` of packed ``$batch`` entries of 1000 writes (100-byte values, 50k keys) for
+  MemoryStorage, SqliteStorage and LmdbStorage (default and ``lmdb_sync``), when the ``lmdb``
+  package is installed. ``--storage-only`` runs just the storage measurements.
 """
 
 from __future__ import annotations
@@ -122,33 +125,82 @@ def bench_storage(name: str, storage: StorageProvider, total: int, batch: int = 
     storage.close()
 
 
+def bench_apply_many(name: str, storage: StorageProvider, total: int, batch: int = 1000) -> None:
+    """Packed client batches: one ``apply_many`` (one transaction) per ``$batch`` entry."""
+    value = b"v" * 100
+    entries = [
+        [("write", "bench", i % 50_000, value) for i in range(first, first + batch)]
+        for first in range(0, total, batch)
+    ]
+    began = time.perf_counter()
+    for index, commands in enumerate(entries, 1):
+        storage.apply_many(commands, LogPos(index, 1))
+    report(f"{name} apply_many({batch})", batch * len(entries), time.perf_counter() - began, "cmds")
+    storage.close()
+
+
+def bench_storages(root: str, total: int) -> None:
+    bench_storage("MemoryStorage", MemoryStorage.open(OPTIONS, root), total)
+    bench_storage(
+        "SqliteStorage (synchronous=NORMAL)",
+        SqliteStorage.open(OPTIONS, os.path.join(root, "sqlite-normal")),
+        total,
+    )
+    full = StorageOptions(
+        OPTIONS.table, OPTIONS.partition, OPTIONS.identity, extra={"sqlite_synchronous": "FULL"}
+    )
+    bench_storage(
+        "SqliteStorage (synchronous=FULL)",
+        SqliteStorage.open(full, os.path.join(root, "sqlite-full")),
+        total // 4,
+    )
+    bench_apply_many("MemoryStorage", MemoryStorage.open(OPTIONS, root), total)
+    bench_apply_many(
+        "SqliteStorage (synchronous=NORMAL)",
+        SqliteStorage.open(OPTIONS, os.path.join(root, "sqlite-many")),
+        total,
+    )
+    try:
+        from waraft.storage.lmdb import LmdbStorage
+    except ImportError:
+        print("# LmdbStorage skipped: the lmdb package is not installed")
+        return
+    bench_storage(
+        "LmdbStorage (default)", LmdbStorage.open(OPTIONS, os.path.join(root, "lmdb-b")), total
+    )
+    bench_apply_many(
+        "LmdbStorage (default: no fsync)",
+        LmdbStorage.open(OPTIONS, os.path.join(root, "lmdb")),
+        total,
+    )
+    synced = StorageOptions(
+        OPTIONS.table, OPTIONS.partition, OPTIONS.identity, extra={"lmdb_sync": True}
+    )
+    bench_apply_many(
+        "LmdbStorage (lmdb_sync: fsync per batch)",
+        LmdbStorage.open(synced, os.path.join(root, "lmdb-sync")),
+        total // 4,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=200_000, help="entries per measurement")
     parser.add_argument("--dir", default=None, help="where to put the files (default: a temp dir)")
+    parser.add_argument(
+        "--storage-only", action="store_true", help="only the storage provider measurements"
+    )
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="waraft-bench-", dir=args.dir)
     try:
         total = args.entries
         print(f"# providers benchmark: {total:,} entries per run, files in {root}")
-        bench_disk_append(root, total, 100)
-        bench_disk_append(root, total, 1000)
-        bench_memory_log(total)
-        bench_reads(root, total)
-        bench_storage("MemoryStorage", MemoryStorage.open(OPTIONS, root), total)
-        bench_storage(
-            "SqliteStorage (synchronous=NORMAL)",
-            SqliteStorage.open(OPTIONS, os.path.join(root, "sqlite-normal")),
-            total,
-        )
-        full = StorageOptions(
-            OPTIONS.table, OPTIONS.partition, OPTIONS.identity, extra={"sqlite_synchronous": "FULL"}
-        )
-        bench_storage(
-            "SqliteStorage (synchronous=FULL)",
-            SqliteStorage.open(full, os.path.join(root, "sqlite-full")),
-            total // 4,
-        )
+        if not args.storage_only:
+            bench_disk_append(root, total, 100)
+            bench_disk_append(root, total, 1000)
+            bench_memory_log(total)
+            bench_reads(root, total)
+        bench_storages(root, total)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
