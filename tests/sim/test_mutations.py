@@ -27,7 +27,13 @@ def _figure8(seed: int) -> None:
     """Figure 8 of the Raft paper, scripted. Only n1 and n5 may campaign (election weight 0
     elsewhere); one-way cuts decide who receives what; one entry per AppendEntries so that an
     old entry and the new leader's noop travel separately."""
-    settings = fast_settings(raft_max_log_entries_per_heartbeat=1, raft_commit_batch_interval_ms=0)
+    # One entry per message and no response-driven top-ups (raft_max_inflight_appends=0), so
+    # the script controls exactly which entry reaches which node, as in the paper's figure.
+    settings = fast_settings(
+        raft_max_log_entries_per_heartbeat=1,
+        raft_commit_batch_interval_ms=0,
+        raft_max_inflight_appends=0,
+    )
     quiet = settings.with_overrides(raft_election_weight=0)
     sim = Simulation(
         nodes=5,
