@@ -475,13 +475,13 @@ def test_interrupted_staging_is_discarded(tmp_path: Path) -> None:
 # -- durability options, locking ------------------------------------------------------------------
 
 
-def test_sync_mode_reopens(tmp_path: Path) -> None:
-    storage = LmdbStorage.open(opts(lmdb_sync=True), tmp_path)
+def test_sync_is_the_default_and_no_sync_reopens(tmp_path: Path) -> None:
+    storage = LmdbStorage.open(OPTIONS, tmp_path)
     assert storage.status()["sync"] is True
     assert storage.env.flags()["sync"] and storage.env.flags()["metasync"]
     storage.apply_many([("write", "t", i, i) for i in range(100)], pos(1))
     storage.close()
-    storage = LmdbStorage.open(OPTIONS, tmp_path)
+    storage = LmdbStorage.open(opts(lmdb_sync=False), tmp_path)
     assert not storage.env.flags()["sync"]
     assert storage.position() == pos(1)
     assert get(storage, 99) == ("ok", 99)

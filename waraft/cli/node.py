@@ -47,7 +47,7 @@ from waraft.cli.common import UsageError
 logger = logging.getLogger(__name__)
 
 DURABLE_LOG = "waraft.log.disk:DiskLog"
-DURABLE_STORAGE = "waraft.storage.sqlite:SqliteStorage"
+DURABLE_STORAGE = "waraft.storage.lmdb:LmdbStorage"
 MEMORY_LOG = "waraft.log.memory:MemoryLog"
 MEMORY_STORAGE = "waraft.storage.memory:MemoryStorage"
 SHUTDOWN_TIMEOUT = 20.0

@@ -1,8 +1,11 @@
 """The partition's replicated state machine (WARaft's ``wa_raft_storage``): the storage actor and
 the provider interface.
 
-The providers are ``waraft.storage.memory.MemoryStorage`` (WARaft's ETS storage, the default) and
-``waraft.storage.sqlite.SqliteStorage`` (durable), behind ``waraft.storage.provider``.
+The providers are ``waraft.storage.memory.MemoryStorage`` (WARaft's ETS storage, the default),
+``waraft.storage.lmdb.LmdbStorage`` (durable, what ``waraft node`` uses) and
+``waraft.storage.sqlite.SqliteStorage`` (durable, standard library only), behind
+``waraft.storage.provider``. Provider-specific options come from the application setting
+``raft_storage_options`` (a dict, handed to the provider as ``StorageOptions.extra``).
 
 The storage actor applies committed entries strictly in log order, answers each committing
 caller's reply handle itself (the reply never goes back through the server), answers the strong
@@ -133,8 +136,11 @@ class StorageServer(otp.Process):
         self.queues = options.queues
         self.server: str = options.server_name
         self.self_id = options.self_id
+        extra = env.get_env(options.application, "raft_storage_options", None) or {}
+        if not isinstance(extra, dict):
+            raise ValueError(f"raft_storage_options must be a dict, got {extra!r}")
         storage_options = StorageOptions(
-            options.table, options.partition, options.self_id, options.storage_name
+            options.table, options.partition, options.self_id, options.storage_name, dict(extra)
         )
         os.makedirs(self.path, exist_ok=True)
         self.provider: StorageProvider = options.storage_module.open(storage_options, self.path)

@@ -17,32 +17,35 @@ at all. Commands are validated and encoded before the transaction starts (an unk
 an unencodable value or an ``InvalidIncompleteReplica`` changes nothing); an exception inside
 the transaction aborts it, and the cached metadata is only updated after the commit.
 
-Durability (options ``extra["lmdb_sync"]``, ``extra["lmdb_writemap"]``):
+Durability (options ``extra["lmdb_sync"]``, ``extra["lmdb_writemap"]``; set them for a node
+with the application setting ``raft_storage_options``):
 
-* default ``lmdb_sync=False`` (LMDB ``sync=False, metasync=False``) with ``writemap=True``: a
-  commit writes the pages and then the meta page (the commit point: LMDB picks the meta page
-  with the highest transaction id, and writes that id last) into a shared writable mapping of
-  ``data.mdb``. Those pages live in the kernel's page cache the moment the commit returns, so
-  they survive the death of the process — ``kill -9``, a crash, an ``os._exit`` — and a
+* default ``lmdb_sync=True`` (``sync=True, metasync=True``) with ``lmdb_writemap=False``: LMDB
+  writes the pages with ``pwrite`` and flushes the data pages and then the meta page (the commit
+  point: LMDB picks the meta page with the highest transaction id, and writes that id last) at
+  every commit — one ``fdatasync`` per applied batch, so a commit that returned survives power
+  loss, the environment stays consistent, and a full disk is an ordinary ``lmdb.Error`` (the
+  storage actor crashes; the partition restarts once there is room).
+* ``lmdb_sync=False``: nothing is flushed. Committed pages are in the kernel's page cache when
+  the commit returns, so they survive the death of the process (``kill -9``, a crash) and a
   process killed in the middle of a transaction leaves the previous commit intact (LMDB never
-  overwrites the pages of the last two commits). Nothing is fsynced, though: on power loss or a
-  kernel crash the disk may hold any mix of pages, so recent commits can be lost AND the
-  environment can be left corrupt (LMDB documents this for ``MDB_NOSYNC`` with
-  ``MDB_WRITEMAP``; LMDB has no checksums to notice it). After a host crash in this mode, treat
-  the replica's storage as lost: delete ``storage.lmdb`` and let it catch up by snapshot.
-* ``lmdb_sync=True`` (``sync=True, metasync=True``): the data pages and then the meta page are
-  flushed at every commit (an ``msync`` / ``fdatasync`` per batch), so a commit that returned
-  survives power loss and the environment stays consistent.
+  overwrites the pages of the last two commits). On power loss or a kernel crash recent commits
+  can be lost; with ``lmdb_writemap=True`` as well, the environment can even be left corrupt
+  (LMDB documents this for ``MDB_NOSYNC`` with ``MDB_WRITEMAP``; LMDB has no checksums to notice
+  it): after a host crash in that mode, delete ``storage.lmdb`` and let the replica catch up by
+  snapshot.
+* ``lmdb_writemap=True`` writes through a shared writable mapping: LMDB sizes ``data.mdb`` to
+  the whole map (a sparse file of ``lmdb_map_size``, default 64 GiB of address space, not of
+  disk), and a write into a hole the file system cannot allocate (disk full) kills the process
+  with ``SIGBUS`` — like a ``kill -9``: the last commit stays intact.
 
 Either way Raft stays safe for what is kept: the log holds every committed entry above the
 storage position (it is never trimmed past the applied position), so a lost tail is applied
 again on restart. ``close()`` flushes everything (``env.sync(force=True)``).
 
-Writable mapping caveats (``lmdb_writemap=True``, the default, for speed): LMDB sizes
-``data.mdb`` to the whole map (a sparse file, ``lmdb_map_size``, default 64 GiB of address
-space, not of disk), and a write into a hole that the file system cannot allocate (disk full)
-kills the process with ``SIGBUS`` — like a ``kill -9``: the last commit stays intact. With
-``lmdb_writemap=False`` LMDB writes with ``pwrite`` and a full disk is an ``lmdb.Error``.
+Measured on this project's 2-core machine (packed batches of 1000 writes, 100-byte values,
+including decoding the batch): defaults 1.4M writes/s; ``lmdb_sync=False`` 2.6-2.8M/s; SQLite
+0.44M/s; the in-memory storage 5.8M/s.
 
 Map size: when a transaction finds the map full (``MapFullError``) it is aborted, the map grows
 (at least doubles) and the transaction is retried once.
@@ -368,16 +371,16 @@ class LmdbStorage(StorageProvider):
 
     Not thread-safe: the storage actor's thread is the only user.
 
-    Options (``options.extra``): ``lmdb_sync`` (bool, default False: safe against process
-    crashes, not power loss), ``lmdb_map_size`` (initial map size in bytes, default 64 GiB),
-    ``lmdb_writemap`` (bool, default True).
+    Options (``options.extra``): ``lmdb_sync`` (bool, default True: a commit survives power
+    loss), ``lmdb_map_size`` (initial map size in bytes, default 64 GiB), ``lmdb_writemap``
+    (bool, default False).
     """
 
     def __init__(self, options: StorageOptions, directory: str) -> None:
         self.options = options
         extra = getattr(options, "extra", None) or {}
-        self._sync = bool(extra.get("lmdb_sync", False))
-        self._writemap = bool(extra.get("lmdb_writemap", True))
+        self._sync = bool(extra.get("lmdb_sync", True))
+        self._writemap = bool(extra.get("lmdb_writemap", False))
         self._map_size = int(extra.get("lmdb_map_size", DEFAULT_MAP_SIZE))
         if self._map_size <= 0:
             raise ValueError(f"bad lmdb_map_size {self._map_size!r}")
