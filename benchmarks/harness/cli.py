@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         "--storage",
         choices=("memory", "durable", "both"),
         default=None,
-        help="waraft's providers: memory (default), durable (disk log and SQLite storage; "
+        help="waraft's providers: memory (default), durable (disk log and LMDB storage, fsynced; "
         "PySyncObj: its journal) or both (each measurement in both modes, with the ratio)",
     )
     run.add_argument("--durable", action="store_true", help="same as --storage durable")

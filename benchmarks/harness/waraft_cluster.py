@@ -64,7 +64,7 @@ class WaraftCluster:
 
     def describe_settings(self) -> dict[str, Any]:
         return {
-            "providers": "durable (disk log, SQLite storage)" if self.durable else "memory",
+            "providers": "durable (disk log, LMDB storage)" if self.durable else "memory",
             "set": dict(self.settings),
             "partitions": self.partitions,
         }
