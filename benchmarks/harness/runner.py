@@ -161,6 +161,7 @@ def measure(
         if proc.killed_at is None:
             sampler.track(proc.name, "server", proc.pid)
     terms_before = cluster.terms()
+    fsyncs_before = _fsyncs(cluster)
     if m.system == "pysyncobj-inleader":
         raw_results, window, kill = _run_in_leader(
             m, cluster, sampler, progress, label, bucket_ns, profiler
@@ -201,11 +202,13 @@ def measure(
     killed = kill.result() if kill is not None else None
     profile = profiler.collect() if m.profile else None
     terms_after = cluster.terms()
+    fsyncs_after = _fsyncs(cluster)
     resources = sampler.report()
     for done in [c.managed for c in client_procs] + profiler.profilers():
         sampler.untrack(done.pid)
     record = _merge(m, raw_results, window)
     record["elections"] = _elections(terms_before, terms_after)
+    record["log_fsyncs"] = _fsync_rate(fsyncs_before, fsyncs_after)
     record["resources"] = resources
     record["profile"] = profile
     if killed is not None:
@@ -441,6 +444,24 @@ def _coarse_timeline(ok: list[int], err: list[int], bucket_ns: int) -> dict[str,
     ok_out = [round(sum(ok[i : i + factor]) * scale) for i in range(0, len(ok), factor)]
     err_out = [round(sum(err[i : i + factor]) * scale) for i in range(0, len(err), factor)]
     return {"bucket_s": bucket_ns * factor / 1e9, "ok_per_s": ok_out, "errors_per_s": err_out}
+
+
+def _fsyncs(cluster: Any) -> tuple[int, int] | None:
+    """(log fsyncs so far, monotonic ns) for clusters that report them (waraft's durable log)."""
+    count = getattr(cluster, "fsyncs", lambda: None)()
+    return None if count is None else (count, time.monotonic_ns())
+
+
+def _fsync_rate(
+    before: tuple[int, int] | None, after: tuple[int, int] | None
+) -> dict[str, Any] | None:
+    """Log group commits over the measurement (warm-up and window included: counted from
+    status queries made just before the load starts and just after it ends)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    seconds = (after[1] - before[1]) / 1e9
+    total = after[0] - before[0]
+    return {"fsyncs": total, "seconds": round(seconds, 3), "per_s": round(total / seconds, 1)}
 
 
 def _elections(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:

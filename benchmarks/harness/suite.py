@@ -330,6 +330,9 @@ def summary_line(run: dict[str, Any]) -> str:
         f"servers {cpu:.0f}% CPU, peak RSS {rss:.0f} MiB  "
         f"errors {run['errors_total']}  elections {run['elections']['elections']}"
     )
+    fsyncs = run.get("log_fsyncs")
+    if fsyncs:
+        text += f"  log fsyncs {fsyncs['per_s']:,.0f}/s"
     other = run["resources"]["machine"].get("other_busy_cores", 0.0)
     if other > 0.25:
         text += f"  | NOISY: other processes used {other} cores"

@@ -161,6 +161,13 @@ class WaraftCluster:
             out[key] = max(out.get(key, 0), int(row["term"]))
         return out
 
+    def fsyncs(self) -> int | None:
+        """Log group commits (fsyncs) so far, summed over every node and partition; None for
+        in-memory logs."""
+        counts = [row.get("log_fsyncs") for row in self.status() if "error" not in row]
+        known = [int(c) for c in counts if isinstance(c, int)]
+        return sum(known) if known else None
+
     def leaders(self) -> dict[int, str]:
         """partition → leader node id, from the nodes that say they lead."""
         out: dict[int, str] = {}

@@ -65,6 +65,8 @@ def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
         "members": members,
         "witness": bool(status.get("witness")),
         "disable_reason": _plain(status.get("disable_reason")),
+        # Group commits of a durable log (None for the in-memory one).
+        "log_fsyncs": (status.get("log_status") or {}).get("fsyncs"),
     }
     if flags is not None:
         row["live"], row["lagging"], row["stale"] = bool(flags[1]), bool(flags[2]), bool(flags[3])
