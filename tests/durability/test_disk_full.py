@@ -1,0 +1,196 @@
+"""Write errors (issue 7, item 7: "disk full gives a clear error and no corruption").
+
+A full disk is simulated without root: a follower is restarted with ``RLIMIT_FSIZE`` (and
+SIGXFSZ ignored), so that a write past the limit fails with ``EFBIG`` as a write to a full disk
+fails with ``ENOSPC``. The limit is chosen so that the file that hits it first is known: a disk
+log segment (after large values made the segments far larger than anything else), or SQLite's
+WAL (which grows by pages, to about 4 MiB before each checkpoint). Then:
+
+* the node reports the failed write in its log (``LogWriteError`` naming the log directory and
+  ``EFBIG``; SQLite's ``OperationalError``);
+* the rest of the cluster goes on committing;
+* after the limit is lifted (the node restarted without it), the node rejoins from its own
+  data: no corruption is found on open, and its storage holds every acknowledged write.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.durability.helpers import (
+    Writers,
+    client_for,
+    cluster_of,
+    local_mismatches,
+    segments,
+    strong_read_mismatches,
+    wait_caught_up,
+    wait_local_complete,
+)
+from tests.multiprocess.harness import (
+    ROOT,
+    Cluster,
+    NodeProcess,
+    _started,
+    child_env,
+    wait_until,
+    waraft_cmd,
+)
+from waraft.client import Client
+
+PARTITIONS = (1, 2)
+MIB = 1024 * 1024
+MARGIN = MIB // 4
+"""Bytes a file of the limited node may still grow by."""
+
+
+# Run in the child before it becomes the node (exec), rather than in a preexec_fn, which is
+# unsafe in a test process that runs threads. Ignored signals stay ignored across exec: a
+# write past the limit fails with EFBIG instead of killing the process with SIGXFSZ.
+LAUNCHER = """
+import os, resource, signal, sys
+limit = int(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+class LimitedNode(NodeProcess):
+    """A node process whose files may not grow past ``limit`` bytes (``RLIMIT_FSIZE``)."""
+
+    limit: int | None = None
+
+    def spawn(self) -> None:
+        cmd = waraft_cmd(
+            "node", "--name", self.name, "--listen", f"127.0.0.1:{self.port}",
+            "--data-dir", str(self.data_dir), *self.extra,
+        )  # fmt: skip
+        if self.limit is not None:
+            cmd = [sys.executable, "-c", LAUNCHER, str(self.limit), *cmd]
+        with self.log_path.open("a") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                cwd=ROOT,
+                env=child_env(),
+            )
+        _started.add(self.proc.pid)
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory, dist_node: str) -> Iterator[Cluster]:
+    yield from cluster_of(tmp_path_factory.mktemp("diskfull"), PARTITIONS)
+
+
+def _sizes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def _limit_for(data_dir: Path, target: str) -> int:
+    """A file size limit that the chosen kind of file reaches first: a log segment (every
+    other file is far smaller) or SQLite's WAL (which grows to about 4 MiB before each
+    checkpoint, far faster than the other files)."""
+    sizes = _sizes(data_dir)
+    wal = {k: v for k, v in sizes.items() if k.endswith("-wal")}
+    segs = {k: v for k, v in sizes.items() if k.endswith(".wal") and k not in wal}
+    others = {k: v for k, v in sizes.items() if k not in wal and k not in segs}
+    if target == "log":
+        limit = max(segs.values()) + MARGIN
+        assert max(wal.values()) < 5 * MIB and max(others.values()) + 4 * MIB < limit, sizes
+    else:
+        limit = max(list(segs.values()) + list(others.values())) + MARGIN
+        assert limit < 3 * MIB, sizes
+    return limit
+
+
+def _as_limited(cluster: Cluster, index: int) -> LimitedNode:
+    old = cluster.nodes[index]
+    node = LimitedNode(cluster.root, old.name, old.extra)
+    node.port, node.node_id = old.port, old.node_id
+    cluster.nodes[index] = node
+    return node
+
+
+def _bulk(client: Client, victim: NodeProcess, size: int) -> None:
+    """Overwrite a few keys with large values until every log segment file of ``victim`` is
+    over ``size`` bytes: its log files are then much larger than its SQLite files (the data
+    stays small, and SQLite's WAL is checkpointed at about 4 MiB)."""
+    blob = "x" * 8192
+    round_ = 0
+
+    def grown() -> bool:
+        return all(s.stat().st_size > size for p in PARTITIONS for s in segments(victim, p)[-1:])
+
+    while not grown():
+        round_ += 1
+        futures = [
+            client.commit_async(f"bulk{i}", ("write", "kv", f"bulk{i}", f"{round_}{blob}"))
+            for i in range(64)
+        ]
+        assert all(f is not None and f.result(30) == "ok" for f in futures)
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        ("storage", "OperationalError"),  # SQLite's WAL grows past the limit first
+        ("log", "LogWriteError"),  # a disk log segment grows past the limit first
+    ],
+)
+def test_a_full_disk_fails_cleanly_and_the_node_rejoins_intact(
+    cluster: Cluster, target: str, error: str
+) -> None:
+    wait_until(cluster.converged, timeout=30)
+    leaders = {wait_until(lambda p=p: cluster.leader(p))[0] for p in PARTITIONS}
+    victim = next(i for i, node in enumerate(cluster.ids) if node not in leaders)
+    victim_id = cluster.ids[victim]
+    client = client_for(cluster.ids, len(PARTITIONS))
+    try:
+        if target == "log":
+            _bulk(client, cluster.nodes[victim], 10 * MIB)
+        with Writers(client, "f") as writers:
+            writers.wait_for(2000)
+            cluster.nodes[victim].kill()
+            node = _as_limited(cluster, victim)
+            # A fresh stderr log for the limited run: the limit applies to it as well.
+            node.log_path = cluster.root / f"{node.name}-limited.log"
+            node.limit = _limit_for(node.data_dir, target)
+            cluster.start([victim])
+            text = wait_until(lambda: _write_error(node.log_path), timeout=40)
+            # The others go on committing without it.
+            writers.wait_for(1000, timeout=40)
+            node.kill()
+            node.limit = None
+            node.log_path = cluster.root / f"{node.name}-after.log"
+            cluster.start([victim])
+            acked = writers.snapshot()
+            wait_caught_up(cluster, victim, timeout=40)
+            wait_local_complete(victim_id, acked, len(PARTITIONS))
+        assert writers.unexpected == []
+        acked = writers.snapshot()
+        assert error in text, text[-3000:]
+        if target == "log":  # the error names the cause and the log's directory
+            assert "File too large" in text and str(node.data_dir) in text, text[-3000:]
+        after = node.log_path.read_text()
+        # Nothing corrupt was left behind (a torn tail is legitimate: SIGKILL may land in the
+        # middle of a write of the partition that had room).
+        assert "quarantined" not in after and "disabled" not in after, after[-3000:]
+        wait_until(cluster.converged, timeout=30)
+        assert local_mismatches(victim_id, acked, len(PARTITIONS)) == {}
+        assert strong_read_mismatches(client, acked) == {}
+    finally:
+        client.close()
+
+
+def _write_error(log: Path) -> str | None:
+    text = log.read_text(errors="replace")
+    return text if ("LogWriteError" in text or "OperationalError" in text) else None
