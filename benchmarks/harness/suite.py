@@ -270,7 +270,7 @@ def _cluster(
             m.partitions,
             data_dir,
             durable=m.durable,
-            settings=opts.settings,
+            settings={**scenario.waraft_settings, **opts.settings},
         )
         settings: dict[str, Any] = cluster.describe_settings()
         settings["client"] = _client_description(scenario, opts)
