@@ -113,7 +113,7 @@ class Writers:
 # -- checks ----------------------------------------------------------------------------------------
 
 
-def strong_read_mismatches(client: Client, expected: dict[str, int]) -> dict[str, Any]:
+def strong_read_mismatches(client: Client, expected: dict[str, Any]) -> dict[str, Any]:
     """Keys whose strong (leader) read does not return the expected value."""
     keys = list(expected)
     futures = [client.read_async(k, ("read", TABLE, k)) for k in keys]
@@ -122,7 +122,7 @@ def strong_read_mismatches(client: Client, expected: dict[str, int]) -> dict[str
 
 
 def local_mismatches(
-    node: str, expected: dict[str, int], partitions: int, chunk: int = 2000
+    node: str, expected: dict[str, Any], partitions: int, chunk: int = 2000
 ) -> dict[str, Any]:
     """Keys whose value in ``node``'s own storage (a local read through its storage actor
     over distribution, no Raft involved) is not the expected one."""
@@ -145,7 +145,7 @@ def local_mismatches(
 
 
 def wait_local_complete(
-    node: str, expected: dict[str, int], partitions: int, timeout: float = 15.0
+    node: str, expected: dict[str, Any], partitions: int, timeout: float = 15.0
 ) -> None:
     """Wait until ``node``'s own storage holds every expected write (it may still be applying
     the tail); fails with a sample of the missing ones."""
