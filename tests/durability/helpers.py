@@ -10,6 +10,7 @@ pid in the fixtures' finalizers.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import threading
 import time
@@ -194,6 +195,24 @@ def row_of(cluster: Cluster, index: int, partition: int) -> dict[str, Any]:
     node = cluster.ids[index]
     row: dict[str, Any] = wait_until(lambda: cluster.rows([node]).get((node, partition)))
     return row
+
+
+_BECAME_LEADER = re.compile(r"Server\[(\S+)@(\S+), term (\d+)\] becomes leader")
+
+
+def assert_one_leader_per_term(nodes: Sequence[NodeProcess]) -> int:
+    """Election safety, from the nodes' logs (every start of every node appends to the same
+    file): no two nodes ever became leader of a partition in the same term (a node that forgot
+    its vote or term across kill -9 could let that happen). Returns how many elections were
+    won."""
+    winners: dict[tuple[str, int], set[str]] = {}
+    for node in nodes:
+        for match in _BECAME_LEADER.finditer(node.log_path.read_text(errors="replace")):
+            key = (match.group(1), int(match.group(3)))
+            winners.setdefault(key, set()).add(match.group(2))
+    twice = {key: who for key, who in winners.items() if len(who) > 1}
+    assert twice == {}, f"two leaders in one term: {twice}"
+    return len(winners)
 
 
 # -- the disk log's files ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from tests.durability.helpers import (
     cluster_of,
     flip_byte,
     local_mismatches,
+    partition_dir,
     records,
     row_of,
     segments,
@@ -171,6 +172,33 @@ def test_a_torn_tail_is_cut_silently_and_the_node_rejoins(cluster: Cluster) -> N
         for partition in PARTITIONS:
             assert row_of(cluster, victim, partition)["state"] == "follower"
         assert local_mismatches(victim_id, acked, len(PARTITIONS)) == {}
+        assert strong_read_mismatches(client, acked) == {}
+    finally:
+        client.close()
+
+
+def test_a_corrupt_term_and_vote_file_disables_only_its_partition(cluster: Cluster) -> None:
+    # A replica that cannot trust its term and vote must not vote (it could vote twice in a
+    # term); the node's other partitions are unaffected.
+    victim = _follower_of_all(cluster)
+    node, victim_id = cluster.nodes[victim], cluster.ids[victim]
+    client = client_for(cluster.ids, len(PARTITIONS))
+    try:
+        with Writers(client, "s") as writers:
+            writers.wait_for(300)
+            node.kill()
+            state = partition_dir(node, 1) / "state"
+            flip_byte(state, state.stat().st_size - 1)
+            cluster.start([victim])
+            row = row_of(cluster, victim, 1)
+            assert row["state"] == "disabled", row
+            assert "durable_state_error" in str(row["disable_reason"]), row
+            writers.wait_for(300)
+        acked = writers.snapshot()
+        others = {k: v for k, v in acked.items() if client.partition_of(k) == 2}
+        wait_local_complete(victim_id, others, len(PARTITIONS))
+        assert row_of(cluster, victim, 2)["state"] == "follower"
+        assert row_of(cluster, victim, 1)["state"] == "disabled"
         assert strong_read_mismatches(client, acked) == {}
     finally:
         client.close()

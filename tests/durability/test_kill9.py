@@ -24,6 +24,7 @@ import pytest
 
 from tests.durability.helpers import (
     Writers,
+    assert_one_leader_per_term,
     client_for,
     cluster_of,
     local_mismatches,
@@ -106,6 +107,7 @@ def _kill_restart_rounds(cluster: Cluster, rounds: int) -> None:
         assert strong_read_mismatches(client, acked) == {}
         for node in cluster.ids:
             assert local_mismatches(node, acked, len(PARTITIONS)) == {}, node
+        assert assert_one_leader_per_term(cluster.nodes) >= len(PARTITIONS) + 2
         if not _rotating(cluster):
             # Replay from their own disks caught them up: the leaders' logs were never
             # trimmed, so no snapshot was needed (or sent).
@@ -158,5 +160,6 @@ def test_kill9_of_every_node_at_once_loses_no_acknowledged_write(cluster: Cluste
         for index, node in enumerate(cluster.ids):
             wait_caught_up(cluster, index)
             assert local_mismatches(node, acked, len(PARTITIONS)) == {}, node
+        assert assert_one_leader_per_term(cluster.nodes) >= 3 * len(PARTITIONS)
     finally:
         client.close()
