@@ -17,6 +17,7 @@ write in its own storage.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,50 @@ def test_a_snapshot_transfer_cut_by_kill9_is_retried_and_completes(
         assert strong_read_mismatches(client, acked) == {}
     finally:
         client.close()
+
+
+def _kill_during_catchup(cluster: Cluster, kills: int, seed: int) -> None:
+    """Wipe a follower, then kill -9 it again and again at random moments of its catch-up
+    (while the snapshot is made, sent, installed, or the log replayed after it), restarting
+    it each time on what it had on disk; it ends up caught up, with every write."""
+    import random
+
+    rng = random.Random(seed)
+    wait_until(cluster.converged, timeout=30)
+    leader, _ = wait_until(lambda: cluster.leader(1))
+    receiver = next(i for i in range(3) if cluster.ids[i] != leader)
+    rnode = cluster.nodes[receiver]
+    loaded = _load(cluster, 1000)
+    client = client_for(cluster.ids, len(PARTITIONS))
+    try:
+        with Writers(client, "rk", threads=2) as writers:
+            writers.wait_for(200)
+            rnode.kill()
+            shutil.rmtree(rnode.data_dir)
+            for _ in range(kills):
+                cluster.start([receiver])
+                time.sleep(rng.uniform(0.0, 1.5))  # the kill lands at a random moment
+                rnode.kill()
+            cluster.start([receiver])
+            acked = writers.snapshot()
+            wait_caught_up(cluster, receiver, timeout=60)
+            wait_local_complete(cluster.ids[receiver], acked, len(PARTITIONS))
+        assert writers.unexpected == []
+        acked = writers.snapshot()
+        wait_until(cluster.converged, timeout=30)
+        everything = {**loaded, **acked}
+        assert local_mismatches(cluster.ids[receiver], everything, len(PARTITIONS)) == {}
+        assert strong_read_mismatches(client, acked) == {}
+        assert "quarantined" not in rnode.log_path.read_text()
+    finally:
+        client.close()
+
+
+def test_a_follower_killed_at_random_moments_of_its_catchup_recovers(cluster: Cluster) -> None:
+    _kill_during_catchup(cluster, kills=4, seed=7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_kills_during_catchup_soak(cluster: Cluster, seed: int) -> None:
+    _kill_during_catchup(cluster, kills=12, seed=seed)
