@@ -31,8 +31,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, dist_node: str) -> Iterato
     reason="BUG: a committed command unknown to storage (e.g. ('bogus', 'kv', 'k') from any "
     "client) crash-loops the storage of every replica forever (UnknownCommandError on apply, "
     "partition restart, the same entry re-applied from the durable log): the partition never "
-    "serves again (every request: not_leader). Validate commands at admission (acceptor) or have storage answer "
-    "('error', ('unknown_command', ...)) for the entry instead of raising.",
+    "serves again (every request: not_leader). Validate commands at admission (acceptor) or "
+    "have storage answer ('error', ('unknown_command', ...)) for the entry instead of raising.",
 )
 def test_an_unknown_command_from_a_client_does_not_take_the_partition_down(
     cluster: Cluster,
