@@ -277,3 +277,24 @@ def test_log_trims_never_pass_what_storage_has_applied(tmp_path: Path) -> None:
         otp.cast("raft_log_test_1", ("trim", applied.index + 1000))  # far past storage
         otp.call("raft_log_test_1", ("status",))  # queued behind the trim
     assert _RecordingLog.trims == [applied.index]
+
+
+def test_unknown_commands_get_an_error_and_never_crash_the_partition(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1], log_module=DISK, storage_module=SQLITE)
+    _bootstrap_single(node)
+    acc = addr("acceptor", node)
+    storage_pid = node.registry.whereis("raft_storage_test_1")
+    bad = acceptor.commit(acc, ("k", ("bogus", "t", "k")))
+    assert bad[0] == "error" and bad[1][0] == "unknown_command"
+    packed = [("write", "t", "a", 1), ("frobnicate",), ("write", "t", "b", 2)]
+    results = acceptor.commit(acc, ("k2", ("$batch", packed)))
+    assert results[0] == "ok" and results[1][1][0] == "unknown_command" and results[2] == "ok"
+    assert acceptor.read(acc, ("read", "t", "b")) == ("ok", 2)
+    assert acceptor.read(acc, ("nonsense",))[1][0] == "unknown_command"
+    assert node.registry.whereis("raft_storage_test_1") is storage_pid  # never restarted
+    # The rejected entries replay the same way after a restart (no crash loop).
+    node_id = node.id
+    node.stop()
+    node = start_node(tmp_path, "n1", [1], node_id=node_id, log_module=DISK, storage_module=SQLITE)
+    wait_until(lambda: state(node) == "leader")
+    assert acceptor.read(addr("acceptor", node), ("read", "t", "a")) == ("ok", 1)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from waraft import codec, env, otp
+from waraft.codec import CodecError
 from waraft.core.effects import ApplyItem as CoreApplyItem
 from waraft.core.types import NOOP, NOOP_OMITTED, Config, LogPos, Priority, is_config_command
 from waraft.storage.provider import (
@@ -217,7 +218,7 @@ class StorageServer(otp.Process):
                 continue
             if is_batch_command(command):
                 self._apply_chunk(chunk, shapes, replies)
-                result = self.provider.apply_many(batch_commands(command), position, entry.label)
+                result = self._apply_many(self._commands_of(command), position, entry.label)
                 self.position = position
                 if reply_to is not None:
                     replies.append((reply_to, result))
@@ -242,13 +243,43 @@ class StorageServer(otp.Process):
     ) -> None:
         if not chunk:
             return
-        results = self.provider.apply_batch(chunk)
+        try:
+            results = self.provider.apply_batch(chunk)
+        except UnknownCommandError:
+            results = [
+                self._apply_one(command, position, label) for command, position, label in chunk
+            ]
         self.position = chunk[-1][1]
         for reply_to, result in zip(shapes, results, strict=True):
             if reply_to is not None:
                 replies.append((reply_to, result))
         chunk.clear()
         shapes.clear()
+
+    def _apply_one(self, command: Any, position: LogPos, label: Any) -> Any:
+        """Apply one entry on its own; a command the provider does not know is answered with
+        an error instead of crashing. Every replica applies the same log and answers the same,
+        so the state machines stay identical, and a bad request cannot turn into an entry that
+        crash-loops the partition each time it is replayed from the durable log (WARaft
+        crashes the storage here)."""
+        try:
+            return self.provider.apply_batch([(command, position, label)])[0]
+        except UnknownCommandError as exc:
+            logger.warning("storage %s rejects entry %s: %s", self.name, position, exc)
+            return ("error", ("unknown_command", str(exc)))
+
+    def _apply_many(self, commands: Sequence[Any], position: LogPos, label: Any) -> Any:
+        """A ``$batch`` entry; its commands the provider does not know get an error each."""
+        try:
+            return self.provider.apply_many(commands, position, label)
+        except UnknownCommandError:
+            results = []
+            for command in commands:
+                try:
+                    results.extend(self.provider.apply_many([command], position, label))
+                except UnknownCommandError as exc:
+                    results.append(("error", ("unknown_command", str(exc))))
+            return results
 
     def _apply_special(self, command: Any, position: LogPos, label: Any) -> Any:
         """A config change, or a command a witness skips."""
@@ -274,11 +305,25 @@ class StorageServer(otp.Process):
                 from_.reply(self._read(command))
 
     def _read(self, command: Any) -> Any:
-        """A read at the current position; a ``$batch`` of reads answers a list."""
-        provider, position = self.provider, self.position
+        """A read at the current position; a ``$batch`` of reads answers a list. A read the
+        provider does not understand gets an error, never a crash."""
         if is_batch_command(command):
-            return [provider.read(c, position) for c in batch_commands(command)]
-        return provider.read(command, position)
+            return [self._read_one(c) for c in self._commands_of(command)]
+        return self._read_one(command)
+
+    def _read_one(self, command: Any) -> Any:
+        try:
+            return self.provider.read(command, self.position)
+        except UnknownCommandError as exc:
+            return ("error", ("unknown_command", str(exc)))
+
+    @staticmethod
+    def _commands_of(command: Any) -> Sequence[Any]:
+        try:
+            return batch_commands(command)
+        except (UnknownCommandError, CodecError) as exc:
+            # A malformed batch is one unknown command: answered, not crashed on.
+            return [("$malformed_batch", str(exc))]
 
     # -- calls ----------------------------------------------------------------------------------
 

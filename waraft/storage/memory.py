@@ -133,8 +133,7 @@ class MemoryStorage(StorageProvider):
 
     def apply_many(self, commands: Sequence[Any], position: LogPos, label: Any = None) -> list[Any]:
         # The hot path of packed client batches: plain writes and deletes inline, anything
-        # else through apply(). Validation first, so a bad command changes nothing.
-        data = self._data
+        # else through apply(). Every command is checked first, so a bad one changes nothing.
         plain = True
         for command in commands:
             if not (
@@ -145,9 +144,10 @@ class MemoryStorage(StorageProvider):
                 )
             ):
                 plain = False
-                break
+                self._check(command)
         if not plain:
             return [self.apply(command, position, label) for command in commands]
+        data = self._data
         for command in commands:
             if len(command) == 4:
                 data[command[2]] = command[3]
@@ -157,6 +157,20 @@ class MemoryStorage(StorageProvider):
             self._label = label
         self._position = position
         return [OK] * len(commands)
+
+    @staticmethod
+    def _check(command: Any) -> None:
+        """Raise ``UnknownCommandError`` unless ``apply`` knows ``command``."""
+        if is_config_command(command):
+            return
+        kind = command_kind(command)
+        known = (
+            (kind == "write" and len(command) == 4)
+            or (kind == "delete" and len(command) == 3)
+            or (kind in ("noop", "noop_omitted") and command == kind)
+        )
+        if not known:
+            raise UnknownCommandError(f"unknown storage command {command!r}")
 
     def apply_config(self, config: Config, position: LogPos) -> Any:
         self.check_config(config)
