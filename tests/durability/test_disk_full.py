@@ -86,9 +86,29 @@ class LimitedNode(NodeProcess):
         _started.add(self.proc.pid)
 
 
+SQLITE = "waraft.storage.sqlite:SqliteStorage"
+TARGETS: dict[str, tuple[dict[str, object], str]] = {
+    # target: (cluster settings, what the node's log must show)
+    # A disk log segment grows past the limit first (the default storage, LMDB).
+    "log": ({}, "LogWriteError"),
+    # LMDB's data.mdb: small segment files, and a bulk load makes data.mdb the largest file.
+    "lmdb": ({"raft_max_log_records_per_file": 50}, "lmdb.Error"),
+    # SQLite's WAL (it grows by pages to about 4 MiB before each checkpoint).
+    "sqlite": ({"raft_storage_module": SQLITE}, "OperationalError"),
+}
+
+
+@pytest.fixture(params=sorted(TARGETS))
+def target(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def cluster(tmp_path_factory: pytest.TempPathFactory, dist_node: str) -> Iterator[Cluster]:
-    yield from cluster_of(tmp_path_factory.mktemp("diskfull"), PARTITIONS)
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, dist_node: str, target: str
+) -> Iterator[Cluster]:
+    settings = TARGETS[target][0]
+    yield from cluster_of(tmp_path_factory.mktemp("diskfull"), PARTITIONS, **settings)
 
 
 def _sizes(root: Path) -> dict[str, int]:
@@ -96,19 +116,19 @@ def _sizes(root: Path) -> dict[str, int]:
 
 
 def _limit_for(data_dir: Path, target: str) -> int:
-    """A file size limit that the chosen kind of file reaches first: a log segment (every
-    other file is far smaller) or SQLite's WAL (which grows to about 4 MiB before each
-    checkpoint, far faster than the other files)."""
+    """A file size limit that the target kind of file reaches first."""
     sizes = _sizes(data_dir)
-    wal = {k: v for k, v in sizes.items() if k.endswith("-wal")}
-    segs = {k: v for k, v in sizes.items() if k.endswith(".wal") and k not in wal}
-    others = {k: v for k, v in sizes.items() if k not in wal and k not in segs}
+    segs = {k: v for k, v in sizes.items() if k.endswith(".wal") and "/log/" in k}
+    big = {k: v for k, v in sizes.items() if k.endswith(("-wal", "data.mdb"))}
+    others = {k: v for k, v in sizes.items() if k not in segs and k not in big}
     if target == "log":
+        # Every storage file stays far below the segments while the node runs limited.
         limit = max(segs.values()) + MARGIN
-        assert max(wal.values()) < 5 * MIB and max(others.values()) + 4 * MIB < limit, sizes
+        assert max({**big, **others}.values()) + 4 * MIB < limit, sizes
     else:
-        limit = max(list(segs.values()) + list(others.values())) + MARGIN
-        assert limit < 3 * MIB, sizes
+        # SQLite's WAL / LMDB's data.mdb is past the limit or soon will be; nothing else.
+        limit = max({**segs, **others}.values()) + MARGIN
+        assert limit < 2 * MIB and max(big.values()) > limit - MARGIN, sizes
     return limit
 
 
@@ -122,8 +142,8 @@ def _as_limited(cluster: Cluster, index: int) -> LimitedNode:
 
 def _bulk(client: Client, victim: NodeProcess, size: int) -> None:
     """Overwrite a few keys with large values until every log segment file of ``victim`` is
-    over ``size`` bytes: its log files are then much larger than its SQLite files (the data
-    stays small, and SQLite's WAL is checkpointed at about 4 MiB)."""
+    over ``size`` bytes: its log files are then much larger than its storage files (the data
+    stays small)."""
     blob = "x" * 8192
     round_ = 0
 
@@ -139,16 +159,21 @@ def _bulk(client: Client, victim: NodeProcess, size: int) -> None:
         assert all(f is not None and f.result(30) == "ok" for f in futures)
 
 
-@pytest.mark.parametrize(
-    ("target", "error"),
-    [
-        ("storage", "OperationalError"),  # SQLite's WAL grows past the limit first
-        ("log", "LogWriteError"),  # a disk log segment grows past the limit first
-    ],
-)
+def _load_distinct(cluster: Cluster, count: int) -> None:
+    """``count`` distinct keys with 4 KiB values, one log entry each (small log entries,
+    several MiB of storage)."""
+    with Client(cluster.ids, table="kv", partitions=len(PARTITIONS), pack=False) as client:
+        futures = [
+            client.commit_async(f"big{i}", ("write", "kv", f"big{i}", f"{i}" + "y" * 4096))
+            for i in range(count)
+        ]
+        assert all(f is not None and f.result(60) == "ok" for f in futures)
+
+
 def test_a_full_disk_fails_cleanly_and_the_node_rejoins_intact(
-    cluster: Cluster, target: str, error: str
+    cluster: Cluster, target: str
 ) -> None:
+    error = TARGETS[target][1]
     wait_until(cluster.converged, timeout=30)
     leaders = {wait_until(lambda p=p: cluster.leader(p))[0] for p in PARTITIONS}
     victim = next(i for i, node in enumerate(cluster.ids) if node not in leaders)
@@ -157,6 +182,8 @@ def test_a_full_disk_fails_cleanly_and_the_node_rejoins_intact(
     try:
         if target == "log":
             _bulk(client, cluster.nodes[victim], 10 * MIB)
+        elif target == "lmdb":
+            _load_distinct(cluster, 1500)
         with Writers(client, "f") as writers:
             writers.wait_for(2000)
             cluster.nodes[victim].kill()
@@ -193,4 +220,5 @@ def test_a_full_disk_fails_cleanly_and_the_node_rejoins_intact(
 
 def _write_error(log: Path) -> str | None:
     text = log.read_text(errors="replace")
-    return text if ("LogWriteError" in text or "OperationalError" in text) else None
+    found = ("LogWriteError", "OperationalError", "lmdb.Error", "Error: mdb_")
+    return text if any(word in text for word in found) else None

@@ -1,8 +1,9 @@
 """kill -9 under heavy writes (issue 7, items 6 and 7): no acknowledged write is ever lost.
 
-A 3-node cluster with the durable providers (``waraft.log.disk``, ``waraft.storage.sqlite``)
-serves two partitions (bootstrap puts their leaders on n1 and n2, so n3 starts as a pure
-follower). Writer threads commit unique keys without pause and record every write acknowledged
+A 3-node cluster with the durable providers (``waraft.log.disk`` and the node's default
+storage, ``waraft.storage.lmdb``; also ``waraft.storage.sqlite``, and with aggressive log
+rotation) serves two partitions (bootstrap puts their leaders on n1 and n2, so n3 starts as a
+pure follower). Writer threads commit unique keys without pause and record every write acknowledged
 ``"ok"``. Then:
 
 * in a loop, one node is killed with SIGKILL (a follower and the leader of partition 1 in
@@ -47,11 +48,18 @@ ROTATING: dict[str, object] = {
 }
 
 
-@pytest.fixture(params=["plain", "rotating"])
+VARIANTS: dict[str, dict[str, object]] = {
+    "plain": {},  # the node's default durable providers (disk log, LMDB)
+    "rotating": ROTATING,
+    "sqlite": {"raft_storage_module": "waraft.storage.sqlite:SqliteStorage"},
+}
+
+
+@pytest.fixture(params=sorted(VARIANTS))
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dist_node: str
 ) -> Iterator[Cluster]:
-    settings = ROTATING if request.param == "rotating" else {}
+    settings = VARIANTS[request.param]
     yield from cluster_of(tmp_path_factory.mktemp("kill9"), PARTITIONS, **settings)
 
 
