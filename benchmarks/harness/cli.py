@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--clients",
         type=int,
-        default=1,
-        help="load-generator processes sharing the concurrency (default 1)",
+        default=None,
+        help="load-generator processes sharing the concurrency (default: the scenario's)",
     )
     run.add_argument(
         "--rate",
@@ -202,7 +202,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         nodes=args.nodes,
         partitions=args.partitions,
         concurrency=args.concurrency,
-        clients=max(1, args.clients),
+        clients=None if args.clients is None else max(1, args.clients),
         rate=args.rate,
         workload=Workload(
             value_size=args.value_size, read_fraction=read_fraction, keyspace=args.keyspace

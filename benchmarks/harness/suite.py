@@ -33,7 +33,7 @@ class Options:
     nodes: list[int] | None = None
     partitions: int = 1
     concurrency: list[int] | None = None
-    clients: int = 1
+    clients: int | None = None  # None: the scenario's
     rate: float | None = None
     workload: Workload = field(default_factory=Workload)
     duration_s: float | None = None  # None: 10 s, or the scenario's minimum when longer
@@ -149,7 +149,9 @@ def _measurements(
                 nodes=nodes,
                 partitions=opts.partitions if system == "waraft" else 1,
                 concurrency=concurrency,
-                clients=1 if system == "pysyncobj-inleader" else opts.clients,
+                clients=1
+                if system == "pysyncobj-inleader" or scenario.mode == "sync"
+                else (opts.clients or scenario.clients),
                 mode=scenario.mode if not opts.rate or scenario.mode == "sync" else "open",
                 rate=opts.rate if scenario.mode != "sync" else None,
                 coalesce=scenario.coalesce,
