@@ -836,12 +836,23 @@ class Client:
             self._retry(request, UNREACHABLE, self._backoff(request))
 
     def _on_cast(self, msg: Any) -> bool:
-        """A cast to this client's receiver; True when it was a well-formed reply."""
-        if type(msg) is tuple and len(msg) == 4 and msg[0] == "client_reply":
-            _, batch_id, results, hint = msg
-            if isinstance(batch_id, int) and isinstance(results, (tuple, list)):
-                self._on_reply(batch_id, results, hint if isinstance(hint, str) else None)
-                return True
+        """A cast to this client's receiver; True when it was a well-formed reply (one, or
+        several coalesced by the server: ``("client_replies", [(batch_id, results, hint)])``)."""
+        if type(msg) is not tuple or not msg:
+            return False
+        if msg[0] == "client_reply" and len(msg) == 4:
+            return self._reply_of(msg[1:])
+        if msg[0] == "client_replies" and len(msg) == 2 and isinstance(msg[1], (tuple, list)):
+            return all([self._reply_of(reply) for reply in msg[1]])
+        return False
+
+    def _reply_of(self, reply: Any) -> bool:
+        if not (isinstance(reply, (tuple, list)) and len(reply) == 3):
+            return False
+        batch_id, results, hint = reply
+        if isinstance(batch_id, int) and isinstance(results, (tuple, list)):
+            self._on_reply(batch_id, results, hint if isinstance(hint, str) else None)
+            return True
         return False
 
     def _on_reply(self, batch_id: int, results: Sequence[Any], hint: str | None) -> None:

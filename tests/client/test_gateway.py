@@ -215,3 +215,25 @@ def test_client_future_waits_calls_back_once_and_times_out() -> None:
     assert future.set_result("again") is False  # completes once
     future.add_done_callback(lambda f: seen.append(("late", f.result())))
     assert seen == ["ok", ("late", "ok")]
+
+
+def test_replies_completed_together_leave_as_one_frame_per_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from waraft import acceptor
+
+    sent: list[tuple[Any, Any]] = []
+    monkeypatch.setattr(acceptor.otp, "cast", lambda addr, msg: sent.append((addr, msg)))
+    a, b = ("client_a", "c1@h:1"), ("client_b", "c2@h:1")
+    acceptor.send_client_reply(a, 1, ["ok"], None)  # outside a block: at once
+    assert sent == [(a, ("client_reply", 1, ["ok"], None))]
+    sent.clear()
+    with acceptor.coalesced_replies():
+        acceptor.send_client_reply(a, 2, ["ok"], None)
+        acceptor.send_client_reply(b, 7, ["ok"], None)
+        acceptor.send_client_reply(a, 3, [("error", "not_leader")], "n1@h:1")
+        assert sent == []
+    assert sent == [
+        (a, ("client_replies", [(2, ["ok"], None), (3, [("error", "not_leader")], "n1@h:1")])),
+        (b, ("client_reply", 7, ["ok"], None)),
+    ]

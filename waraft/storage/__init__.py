@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from waraft import codec, env, otp
+from waraft.acceptor import coalesced_replies
 from waraft.codec import CodecError
 from waraft.core.effects import ApplyItem as CoreApplyItem
 from waraft.core.types import NOOP, NOOP_OMITTED, Config, LogPos, Priority, is_config_command
@@ -179,7 +180,8 @@ class StorageServer(otp.Process):
     def handle_cast(self, msg: Any) -> None:
         cls = type(msg)
         if cls is ApplyRequest:
-            self._apply(msg.items, msg.size)
+            with coalesced_replies():
+                self._apply(msg.items, msg.size)
         elif cls is ReadNowRequest:
             self.queues.release_reads(1)
             msg.from_.reply(self._read(msg.command))
