@@ -6,7 +6,7 @@ A follower is killed with SIGKILL and one of its segment files is damaged before
   segment, and inside the last one) is corruption: the partition comes up ``disabled`` with a
   reason naming the log corruption; it neither applies, nor accepts entries, nor votes (with
   the healthy replica of the other node gone, no leader can be elected), while the rest of the
-  cluster goes on committing;
+  cluster goes on committing; with its data directory moved away it is caught up again;
 * the last record cut short (a torn tail, as a crash mid-write leaves it) is repaired on open
   (cut, with a warning) and the node rejoins with every acknowledged write.
 """
@@ -113,6 +113,7 @@ def test_a_flipped_byte_disables_the_partition_which_neither_serves_nor_votes(
         assert older.exists() and last.exists()
         assert "is corrupt and quarantined" in node.log_path.read_text()
         _no_leader_without_the_disabled_vote(cluster, victim)
+        _recover_by_wiping(cluster, victim, acked)
     finally:
         client.close()
 
@@ -137,6 +138,20 @@ def _no_leader_without_the_disabled_vote(cluster: Cluster, victim: int) -> None:
     disabled = row_of(cluster, victim, 1)
     assert disabled["state"] == "disabled", disabled
     assert (disabled["term"], disabled["voted_for"]) == (was["term"], was["voted_for"]), disabled
+
+
+def _recover_by_wiping(cluster: Cluster, victim: int, acked: dict[str, int]) -> None:
+    """The documented way out (``waraft.log``): restart the killed leader, move the corrupt
+    replica's data away and start it again: it comes back stalled and a snapshot catches it
+    up."""
+    node = cluster.nodes[victim]
+    cluster.start([i for i, n in enumerate(cluster.nodes) if not n.alive()])
+    node.kill()
+    node.data_dir.rename(node.data_dir.with_name(node.name + ".corrupt"))
+    cluster.start([victim])
+    wait_caught_up(cluster, victim, timeout=40)
+    wait_local_complete(cluster.ids[victim], acked, len(PARTITIONS))
+    assert "installed the snapshot" in node.log_path.read_text()
 
 
 def _tear(path: Path, keep_of_last: int) -> int:
