@@ -77,7 +77,7 @@ def _push_past_rotation(cluster: Cluster, writers: Writers, away: str, held: int
 
 
 def _log_last(cluster: Cluster, index: int) -> int:
-    return max(row_of(cluster, index, p)["log_last"] for p in PARTITIONS)
+    return max(int(row_of(cluster, index, p)["log_last"]) for p in PARTITIONS)
 
 
 def _installs(node: NodeProcess) -> int:
