@@ -126,9 +126,11 @@ def _limit_for(data_dir: Path, target: str) -> int:
         limit = max(segs.values()) + MARGIN
         assert max({**big, **others}.values()) + 4 * MIB < limit, sizes
     else:
-        # SQLite's WAL / LMDB's data.mdb is past the limit or soon will be; nothing else.
         limit = max({**segs, **others}.values()) + MARGIN
-        assert limit < 2 * MIB and max(big.values()) > limit - MARGIN, sizes
+        if target == "sqlite":  # the WAL grows to 4 MiB before a checkpoint: it gets there
+            assert limit < 3 * MIB, sizes
+        else:  # LMDB's data.mdb already extends past it: new pages go there
+            assert max(big.values()) > limit, sizes
     return limit
 
 
