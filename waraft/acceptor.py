@@ -80,16 +80,15 @@ class Acceptor(otp.Process):
         self.name = options.acceptor_name
         self.server = options.server_name
         self.queues: Queues = options.queues
-        # Admitted requests wait here until the mailbox is empty, then go to the server as
-        # one message per kind: requests that arrive together reach the core together.
-        self._commits: dict[Priority, list[tuple[Any, Any]]] = {Priority.HIGH: [], Priority.LOW: []}
+        # Admitted requests wait here until whoever admitted them (this actor, or waraft.dist's
+        # receive thread for client batches taken inline) has nothing more queued; then they
+        # go to the server as one message per kind, so requests that arrive together reach the
+        # core together. The lock is held for list operations only.
+        self._lock = threading.Lock()
+        self._commits: dict[Priority, list[tuple[Any, Any]]] = {}
         self._reads: list[tuple[Any, Any, int | None]] = []
         self._held = 0
-        # The same, for client batches taken inline by waraft.dist's receive thread.
-        self._inline_lock = threading.Lock()
-        self._inline_commits: dict[Priority, list[tuple[Any, Any]]] = {}
-        self._inline_reads: list[tuple[Any, Any, int | None]] = []
-        dist.set_idle_hook(self.name, self._inline_forward)
+        dist.set_idle_hook(self.name, self._forward)
         dist.set_inline_handler(self.name, self._inline)
         logger.info("acceptor %s starting", self.name)
 
@@ -99,7 +98,6 @@ class Acceptor(otp.Process):
         if dist_inline.handler(self.name) == self._inline:
             dist.set_inline_handler(self.name, None)
             dist.set_idle_hook(self.name, None)
-        self._inline_forward()
         self._forward()
         logger.info("acceptor %s terminating: %r", self.name, reason)
 
@@ -123,14 +121,24 @@ class Acceptor(otp.Process):
 
     def _forward(self) -> None:
         """Send everything admitted so far to the server (commits first, in arrival order)."""
-        self._held = 0
-        for priority, items in self._commits.items():
-            if items:
-                self._commits[priority] = []
-                otp.cast(self.server, events.CommitBatch(items, priority))
-        if self._reads:
+        with self._lock:
+            commits, self._commits = self._commits, {}
             reads, self._reads = self._reads, []
+            self._held = 0
+        for priority, items in commits.items():
+            otp.cast(self.server, events.CommitBatch(items, priority))
+        if reads:
             otp.cast(self.server, events.ReadBatch(reads))
+
+    def _hold(self, commits: Sequence[tuple[Any, Any]], priority: Priority) -> None:
+        with self._lock:
+            self._commits.setdefault(priority, []).extend(commits)
+            self._held += len(commits)
+
+    def _hold_reads(self, reads: Sequence[tuple[Any, Any, int | None]]) -> None:
+        with self._lock:
+            self._reads.extend(reads)
+            self._held += len(reads)
 
     def _handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         kind = request[0]
@@ -167,41 +175,26 @@ class Acceptor(otp.Process):
     # -- admission ------------------------------------------------------------------------------
 
     def _commit(
-        self, items: Sequence[tuple[Any, Any]], priority: Priority, hold: bool = True
+        self, items: Sequence[tuple[Any, Any]], priority: Priority
     ) -> tuple[int, str | None]:
-        """Admit commits in order; the admitted ones go to the server with the next forward
-        (``hold``) or at once (the inline gateway, which runs outside the actor's thread).
+        """Admit commits in order; the admitted ones go to the server with the next forward.
 
         Returns how many were admitted and why the rest were rejected.
         """
         admitted, reason = self.queues.commits_started(len(items), priority)
         if admitted:
-            batch = items if admitted == len(items) else items[:admitted]
-            if hold:
-                self._commits[priority].extend(batch)
-                self._held += admitted
-            else:
-                with self._inline_lock:
-                    self._inline_commits.setdefault(priority, []).extend(batch)
+            self._hold(items if admitted == len(items) else items[:admitted], priority)
         if reason is not None:
             logger.warning(
                 "acceptor %s rejecting %d commits: %s", self.name, len(items) - admitted, reason
             )
         return admitted, reason
 
-    def _read(
-        self, items: Sequence[tuple[Any, Any, int | None]], hold: bool = True
-    ) -> tuple[int, str | None]:
+    def _read(self, items: Sequence[tuple[Any, Any, int | None]]) -> tuple[int, str | None]:
         """Admit strong reads like ``_commit`` admits commits."""
         admitted, reason = self.queues.reserve_reads(len(items))
         if admitted:
-            batch = items if admitted == len(items) else items[:admitted]
-            if hold:
-                self._reads.extend(batch)
-                self._held += admitted
-            else:
-                with self._inline_lock:
-                    self._inline_reads.extend(batch)
+            self._hold_reads(items if admitted == len(items) else items[:admitted])
         if reason is not None:
             logger.warning(
                 "acceptor %s rejecting %d reads: %s", self.name, len(items) - admitted, reason
@@ -222,22 +215,14 @@ class Acceptor(otp.Process):
     def _inline(self, msg: Any) -> bool:
         """``waraft.dist``'s receive thread hands client batches from other nodes straight to
         the gateway (admission is the shared, thread-safe ``Queues``); what it admits is
-        forwarded by ``_inline_forward`` once the receive thread has drained its socket."""
+        forwarded by ``_forward``, the idle hook, once the receive thread has drained its
+        socket."""
         if type(msg) is tuple and msg and msg[0] == "client_batch":
-            self._client_batch(msg, hold=False)
+            self._client_batch(msg)
             return True
         return False
 
-    def _inline_forward(self) -> None:
-        with self._inline_lock:
-            commits, self._inline_commits = self._inline_commits, {}
-            reads, self._inline_reads = self._inline_reads, []
-        for priority, items in commits.items():
-            otp.cast(self.server, events.CommitBatch(items, priority))
-        if reads:
-            otp.cast(self.server, events.ReadBatch(reads))
-
-    def _client_batch(self, msg: Any, hold: bool = True) -> None:
+    def _client_batch(self, msg: Any) -> None:
         """The client gateway (see the module docstring)."""
         parsed = parse_client_batch(msg)
         if parsed is None:
@@ -259,11 +244,11 @@ class Acceptor(otp.Process):
                 except ValueError as exc:
                     slot.reply(("error", ("badarg", str(exc))))
             if ops:
-                self._reject_tail(ops, self._commit(ops, priority, hold))
+                self._reject_tail(ops, self._commit(ops, priority))
         else:
             reads = [(batch.slot(index), command, None) for index, command in enumerate(items)]
             if reads:
-                self._reject_tail(reads, self._read(reads, hold))
+                self._reject_tail(reads, self._read(reads))
 
     @staticmethod
     def _single(outcome: tuple[int, str | None]) -> Any:
