@@ -177,7 +177,10 @@ def normalize_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
     table: str = spec["table"]
     partition: int = spec["partition"]
     database = default_partition_path(_database_root(application), table, partition)
-    server_name = f"raft_server_{table}_{partition}"
+    # Each process's module owns its name, as in WARaft (imported here: they import us).
+    from waraft import acceptor, log, queue, server, storage, transport_cleanup
+
+    server_name = server.default_name(table, partition)
     settings = env.settings_for(application, table)
     return RaftOptions(
         application=application,
@@ -186,13 +189,13 @@ def normalize_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
         # The identity always uses the default server name, as WARaft's does.
         self_id=Identity(server_name, otp.node.current().id),
         database=database,
-        acceptor_name=f"raft_acceptor_{table}_{partition}",
-        log_name=f"raft_log_{table}_{partition}",
-        queue_name=f"raft_queue_{table}_{partition}",
+        acceptor_name=acceptor.default_name(table, partition),
+        log_name=log.default_name(table, partition),
+        queue_name=queue.default_name(table, partition),
         server_name=server_name,
-        storage_name=f"raft_storage_{table}_{partition}",
+        storage_name=storage.default_name(table, partition),
         supervisor_name=default_name(table, partition),
-        transport_cleanup_name=f"raft_transport_cleanup_{table}_{partition}",
+        transport_cleanup_name=transport_cleanup.default_name(table, partition),
         transport_directory=os.path.join(database, "transport"),
         queues=Queues(table, partition, settings),
         log_module=_module(spec, application, "log_module", "raft_log_module", DEFAULT_LOG_MODULE),
