@@ -73,7 +73,7 @@ def replicate_to_peer(core: RaftCore, peer: Identity, cfg: Config) -> None:
         )
     else:
         entries = log.entries(next_index, last, max_entries, max_bytes)
-    trim_index = _trim_index(core, cfg, last)
+    trim_index = _member_floor(core, cfg, last)
     core.send(peer, AppendEntries(prev_index, prev_term, entries, core.commit_index, trim_index))
     core.inflight[node] = core.inflight.get(node, 0) + 1
     # Pipelining: assume delivery; a failure response tells us where the follower really is.
@@ -124,8 +124,11 @@ def _witness_limit(core: RaftCore, cfg: Config, last: int) -> int:
     return config.full_member_max(core.match_indices, 0, cfg)
 
 
-def _trim_index(core: RaftCore, cfg: Config, self_value: int) -> int:
-    """The lowest index every member holds (unknown members count as 0)."""
+def _member_floor(core: RaftCore, cfg: Config, self_value: int) -> int:
+    """The lowest value over the members: ``self_value`` for us, the others' match index.
+
+    Members we know nothing about count as 0.
+    """
     match = core.match_indices
     self_node = core.node
     lowest: int | None = None
@@ -158,17 +161,8 @@ def advance_commit_index(core: RaftCore) -> None:
 
 
 def leader_apply_log(core: RaftCore) -> None:
-    """Apply on the leader; rotation may trim below what every member has applied."""
-    cfg = core.current_config()
-    match = core.match_indices
-    self_node = core.node
-    lowest: int | None = None
-    for peer in cfg.membership:
-        node = peer.node
-        value = core.last_applied if node == self_node else match.get(node, 0)
-        if lowest is None or value < lowest:
-            lowest = value
-    apply_log(core, 0 if lowest is None else lowest)
+    """Apply on the leader; rotation trims only below what every member holds."""
+    apply_log(core, _member_floor(core, core.current_config(), core.last_applied))
 
 
 def apply_log(core: RaftCore, trim_index: int | None) -> None:
