@@ -234,11 +234,6 @@ def find_member_majority(mapping: Mapping[str, V], config: Config) -> V | None:
     return find_majority(values, len(membership))
 
 
-def member_values(mapping: Mapping[str, V], default: V, config: Config) -> list[V]:
-    """Every member's value, ``default`` for members missing from ``mapping``."""
-    return [mapping.get(p.node, default) for p in config.membership]
-
-
 def full_member_max(mapping: Mapping[str, int], default: int, config: Config) -> int:
     """The largest full (non-witness) member value, at least ``default``."""
     witness = config.witness

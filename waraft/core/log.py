@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from itertools import accumulate
-from typing import Any
 
 from waraft.core.log_view import LogView
 from waraft.core.types import Config, Entry, LogPos, Priority, is_config_command
@@ -253,7 +252,3 @@ class LogOverlay:
             self._trim_hint = index
         if self._reset is None and self._base_first < index <= self._base_last:
             self._base_first = index
-
-    def describe(self) -> dict[str, Any]:
-        """Bounds for debugging output."""
-        return {"first": self.first_index(), "last": self.last_index()}

@@ -90,8 +90,3 @@ def candidate_reads(core: RaftCore, items: Any) -> None:
         core.emit(SubmitRead(read_index, from_, command))
         core.read_index_high = max(core.read_index_high, read_index)
         core.pending_read = True
-
-
-def reject_reads(core: RaftCore, items: Any, reason: Any) -> None:
-    for from_, _, _ in items:
-        core.cancel_read(from_, reason)
