@@ -461,10 +461,10 @@ class Supervisor(Process):
             retry = self._restart_one(child)
         elif self._strategy == ONE_FOR_ALL:
             child.pid = None
-            retry = self._restart_group(child, list(self._ids))
+            retry = self._restart_group(list(self._ids))
         else:
             child.pid = None
-            retry = self._restart_group(child, self._ids[self._ids.index(child.id) :])
+            retry = self._restart_group(self._ids[self._ids.index(child.id) :])
         if retry is not None:
             # Back to the mailbox before retrying, so that calls (e.g. a shutdown) get in.
             process.cast(self.pid, ("try_again_restart", retry))
@@ -496,7 +496,7 @@ class Supervisor(Process):
         self._dyn_restarting += 1
         return marker
 
-    def _restart_group(self, failed: _Child, ids: list[Any]) -> Any:
+    def _restart_group(self, ids: list[Any]) -> Any:
         """one_for_all / rest_for_one: stop ``ids`` newest first, start them oldest first."""
         for child_id in reversed(ids):
             child = self._children[child_id]
