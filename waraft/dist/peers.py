@@ -34,7 +34,6 @@ class Peer:
     """One remote node."""
 
     __slots__ = (
-        "created",
         "down_events",
         "endpoint",
         "last_rx",
@@ -54,7 +53,6 @@ class Peer:
         self.node_id = node_id
         self.endpoint = nodeid.endpoint(node_id)
         self.state = PeerState.CONNECTING
-        self.created = now
         self.since = now
         self.rx = 0  # frames received (receive thread)
         self.rx_seen = 0  # value of rx at the last liveness check
@@ -105,10 +103,6 @@ class PeerTable:
                     raise PeerLimitError(node_id)
                 peer = self._peers[node_id] = Peer(node_id, time.monotonic())
             return peer
-
-    def find(self, node_id: str) -> Peer | None:
-        """The peer if it is known."""
-        return self._peers.get(node_id)
 
     def all(self) -> list[Peer]:
         """A snapshot of every known peer."""
