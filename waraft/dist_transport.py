@@ -38,6 +38,7 @@ from typing import Any, Final, Protocol
 
 from waraft import env, otp, transport
 from waraft import transport_tables as tables
+from waraft.storage.provider import fsync_directory
 from waraft.transport_tables import RECEIVING
 
 logger = logging.getLogger(__name__)
@@ -213,14 +214,6 @@ def transport_accept(meta: dict[str, Any], incoming_bytes: int) -> Any:
 # -- receiver ----------------------------------------------------------------------------------
 
 
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _receiving(transport_id: int) -> bool:
     """Chunks are written only for a running *incoming* transport (never into the files of
     a transport this node is sending, whatever ID a peer names)."""
@@ -341,11 +334,11 @@ class DistTransport(otp.Process):
         parent, so that the new names survive a crash."""
         current = directory
         while current.startswith(root) and current != os.path.dirname(current):
-            _fsync_directory(current)
+            fsync_directory(current)
             if current == root:
                 break
             current = os.path.dirname(current)
-        _fsync_directory(os.path.dirname(root))
+        fsync_directory(os.path.dirname(root))
 
     def _sweep(self) -> None:
         """Close the files of transports that stopped running (cut off or cancelled)."""

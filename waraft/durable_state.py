@@ -23,6 +23,7 @@ from typing import Final
 
 from waraft.codec import CodecError, packb, unpackb
 from waraft.core.types import DurableState
+from waraft.storage.provider import fsync_path, write_file_durably
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +74,6 @@ def decode(data: bytes, path: str = STATE_FILE) -> DurableState:
     return DurableState(term, voted_for, disable_reason)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def store(partition_path: str | os.PathLike[str], state: DurableState) -> None:
     """Durably replace the partition's state file; raises ``DurableStateError`` on failure."""
     directory = os.fspath(partition_path)
@@ -88,16 +81,7 @@ def store(partition_path: str | os.PathLike[str], state: DurableState) -> None:
     temp = os.path.join(directory, TEMP_FILE)
     try:
         os.makedirs(directory, exist_ok=True)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, os.path.join(directory, STATE_FILE))
-        _fsync_dir(directory)
+        write_file_durably(os.path.join(directory, STATE_FILE), data, temp)
     except OSError as exc:
         logger.error("cannot store durable state in %s: %s", directory, exc)
         with contextlib.suppress(OSError):
@@ -122,14 +106,8 @@ def sync(partition_path: str | os.PathLike[str]) -> None:
     """fsync the state file if it exists (WARaft calls this on server termination; ``store``
     already syncs, so this is only a belt-and-braces flush)."""
     path = os.path.join(os.fspath(partition_path), STATE_FILE)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        fsync_path(path)
 
 
 __all__ = ["STATE_FILE", "TEMP_FILE", "DurableStateError", "decode", "encode", "load", "store"]

@@ -100,6 +100,7 @@ from waraft.storage.provider import (
     UnknownCommandError,
     command_kind,
     fsync_directory,
+    fsync_path,
     is_data_replica,
     write_file_durably,
     write_metadata,
@@ -268,14 +269,6 @@ def _write_growing(
 
 
 # -- files --------------------------------------------------------------------------------------
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _checksum(path: str) -> tuple[int, int]:
@@ -637,7 +630,7 @@ class LmdbStorage(StorageProvider):
             copied = os.path.join(new, SNAPSHOT_FILE)
             # A copy, not a link: the live environment writes into its file in place.
             shutil.copyfile(os.path.join(directory, SNAPSHOT_FILE), copied)
-            _fsync_path(copied)
+            fsync_path(copied)
             fsync_directory(new)
         except OSError as exc:
             shutil.rmtree(new, ignore_errors=True)
@@ -722,7 +715,7 @@ class LmdbStorage(StorageProvider):
                 env.sync(True)
             finally:
                 env.close()
-            _fsync_path(temp)
+            fsync_path(temp)
             os.replace(temp, target)
             fsync_directory(directory)
             _write_checksum(directory, target)

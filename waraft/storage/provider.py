@@ -262,9 +262,10 @@ def read_metadata(path: str) -> dict[str, Any]:
     return meta
 
 
-def write_file_durably(target: str, data: bytes) -> None:
-    """Write ``data`` to ``target`` through a fsynced temporary file and a rename."""
-    temp = target + ".tmp"
+def write_file_durably(target: str, data: bytes, temp: str | None = None) -> None:
+    """Write ``data`` to ``target`` through a fsynced temporary file (``temp``, by default
+    ``target + ".tmp"``) and a rename, then fsync the directory."""
+    temp = target + ".tmp" if temp is None else temp
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
@@ -277,13 +278,17 @@ def write_file_durably(target: str, data: bytes) -> None:
     fsync_directory(os.path.dirname(target) or ".")
 
 
-def fsync_directory(path: str) -> None:
-    """Make renames and new files in ``path`` durable."""
+def fsync_path(path: str) -> None:
+    """fsync the file or directory ``path``; for a directory this makes renames and new files
+    in it durable."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_directory = fsync_path  # the name that says why at the call sites that sync a directory
 
 
 __all__ = [
@@ -299,6 +304,8 @@ __all__ = [
     "StorageProvider",
     "UnknownCommandError",
     "command_kind",
+    "fsync_directory",
+    "fsync_path",
     "is_data_replica",
     "read_metadata",
     "write_file_durably",

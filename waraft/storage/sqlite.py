@@ -44,6 +44,7 @@ from waraft.storage.provider import (
     UnknownCommandError,
     command_kind,
     fsync_directory,
+    fsync_path,
     is_data_replica,
     write_metadata,
 )
@@ -87,14 +88,6 @@ def _connect(path: str) -> sqlite3.Connection:
 def _connect_readonly(path: str) -> sqlite3.Connection:
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
     return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SqliteStorage(StorageProvider):
@@ -255,7 +248,7 @@ class SqliteStorage(StorageProvider):
                 dest.execute("PRAGMA journal_mode=DELETE")
             finally:
                 dest.close()
-            _fsync_file(temp)
+            fsync_path(temp)
             os.replace(temp, target)
             fsync_directory(directory)
             write_metadata(directory, "sqlite", self._position, self._config)
@@ -331,7 +324,7 @@ class SqliteStorage(StorageProvider):
                 conn.execute("COMMIT")
             finally:
                 conn.close()
-            _fsync_file(temp)
+            fsync_path(temp)
             os.replace(temp, target)
             fsync_directory(directory)
             write_metadata(directory, "sqlite", position, (config_at, config))
