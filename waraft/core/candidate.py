@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from waraft.core import admin, commit, config, reads, replication, terms
+from waraft.core.enter import enter_state
 from waraft.core.events import CommitBatch, Event, ReadBatch, Timeout
 from waraft.core.rpc import (
     AppendEntries,
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 
 def enter(core: RaftCore, old: State) -> None:
-    from waraft.core.enter import enter_state
-
     election_type = core.next_election_type
     core.next_election_type = ElectionType.NORMAL
     core.count("leader.election_started")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from waraft.core import admin, terms
+from waraft.core.enter import enter_state
 from waraft.core.events import Disable, Enable, Event, Promote, TriggerElection
 from waraft.core.rpc import Payload, RequestVote, Vote
 from waraft.core.types import Identity, State, error
@@ -21,8 +22,6 @@ DEFAULT_REASON = "No reason specified."
 
 
 def enter(core: RaftCore, old: State) -> None:
-    from waraft.core.enter import enter_state
-
     if old is State.DISABLED:
         enter_state(core, State.DISABLED)
         return

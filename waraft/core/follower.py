@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from waraft.core import admin, heartbeat, terms
+from waraft.core.enter import enter_state
 from waraft.core.events import Event, Timeout
 from waraft.core.rpc import (
     AppendEntries,
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
 
 
 def enter(core: RaftCore, old: State) -> None:
-    from waraft.core.enter import enter_state
-
     enter_state(core, State.FOLLOWER)
     core.election_timeout()
 

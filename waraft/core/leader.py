@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from waraft.core import admin, commit, config, handover, reads, replication, snapshot
+from waraft.core import admin, commit, config, handover, reads, replication, snapshot, terms
+from waraft.core.enter import enter_state
 from waraft.core.events import (
     AdjustConfig,
     CommitBatch,
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 
 def enter(core: RaftCore, old: State) -> None:
     """Take office: recover the label chain, append a noop of our term, replicate at once."""
-    from waraft.core.enter import enter_state
-
     enter_state(core, State.LEADER)
     log = core.log
     last = log.last_index()
@@ -67,8 +66,6 @@ def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
         case RequestVote():
             core.send(sender, Vote(False))
         case RequestPreVote():
-            from waraft.core import terms
-
             terms.handle_request_pre_vote(core, sender, payload.ref)
         case Handover():
             core.send(sender, HandoverFailed(payload.ref))

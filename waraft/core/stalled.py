@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from waraft.core import admin
+from waraft.core.enter import enter_state
 from waraft.core.events import (
     Bootstrap,
     Event,
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 
 def enter(core: RaftCore, old: State) -> None:
-    from waraft.core.enter import enter_state
-
     enter_state(core, State.STALLED)
 
 

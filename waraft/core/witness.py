@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from waraft.core import admin, heartbeat, terms
+from waraft.core.enter import enter_state
 from waraft.core.events import Event, Promote, Timeout, TriggerElection
 from waraft.core.rpc import (
     AppendEntries,
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 
 
 def enter(core: RaftCore, old: State) -> None:
-    from waraft.core.enter import enter_state
-
     enter_state(core, State.WITNESS)
     core.election_timeout()
 
