@@ -11,7 +11,7 @@ import zmq
 
 from waraft import codec, dist, otp
 
-from .helpers import Child, start_sink, wait_until
+from .helpers import WAIT, Child, start_sink, wait_until
 
 
 @pytest.fixture
@@ -87,17 +87,24 @@ def test_large_frames_and_entry_batches(node: str, shared_child: Child) -> None:
 def test_links_of_finished_threads_are_closed(node: str, shared_child: Child) -> None:
     assert shared_child.call("echo", 0) == 0
 
+    sent = threading.Barrier(6, timeout=WAIT)
+    release = threading.Event()
+
     def worker() -> None:
         assert dist.cast(shared_child.echo, ("nothing",))
+        sent.wait()
+        release.wait(WAIT)  # alive until its link is seen: the reaper must not take it early
 
     threads = [threading.Thread(target=worker) for _ in range(5)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    sent.wait()
     outbound = dist._running().outbound
     links = [link for link in outbound._links if link.thread in threads]
     assert len(links) == 5 and not any(link.closed for link in links)
+    release.set()
+    for t in threads:
+        t.join(WAIT)
     wait_until(lambda: dist.stats().get("links_reaped", 0) == 5, what="dead threads' links reaped")
     assert all(link.closed and link not in outbound._links for link in links)
     assert dist.stats()["tx_msgs"] >= 6  # totals survive the reaping
