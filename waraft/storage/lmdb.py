@@ -412,10 +412,7 @@ class LmdbStorage(StorageProvider):
             env.close()
             raise
         self._env = env
-        self._position: LogPos = meta["position"]
-        self._config: tuple[LogPos, Config] | None = meta["config"]
-        self._label: Any = meta["label"]
-        self._incomplete: bool = meta["incomplete"]
+        self._set_metadata(**meta)
 
     @property
     def env(self) -> lmdb.Environment:
@@ -441,20 +438,6 @@ class LmdbStorage(StorageProvider):
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
-
-    # -- metadata -----------------------------------------------------------------------------
-
-    def position(self) -> LogPos:
-        return self._position
-
-    def config(self) -> tuple[LogPos, Config] | None:
-        return self._config
-
-    def label(self) -> Any:
-        return self._label
-
-    def incomplete(self) -> bool:
-        return self._incomplete
 
     def status(self) -> dict[str, Any]:
         status = super().status()
@@ -561,10 +544,7 @@ class LmdbStorage(StorageProvider):
             position, config, label, incomplete, (self._config, self._label, self._incomplete)
         )
         _write_growing(self.env, self._kv, self._meta, ops, meta)
-        self._position = position
-        self._config = config
-        self._label = label
-        self._incomplete = incomplete
+        self._set_metadata(position, config, label, incomplete)
 
     def read(self, command: Any, position: LogPos) -> Any:
         kind = command_kind(command)

@@ -80,10 +80,7 @@ class MemoryStorage(StorageProvider):
     def __init__(self, options: StorageOptions) -> None:
         self.options = options
         self._data: dict[Any, Any] = {}
-        self._position = LogPos(0, 0)
-        self._config: tuple[LogPos, Config] | None = None
-        self._label: Any = None
-        self._incomplete = False
+        self._set_metadata(LogPos(0, 0), None, None, False)
 
     @classmethod
     def open(cls, options: StorageOptions, path: str | os.PathLike[str] | None = None) -> Self:
@@ -92,20 +89,6 @@ class MemoryStorage(StorageProvider):
 
     def close(self) -> None:
         self._data = {}
-
-    # -- metadata -----------------------------------------------------------------------------
-
-    def position(self) -> LogPos:
-        return self._position
-
-    def config(self) -> tuple[LogPos, Config] | None:
-        return self._config
-
-    def label(self) -> Any:
-        return self._label
-
-    def incomplete(self) -> bool:
-        return self._incomplete
 
     def status(self) -> dict[str, Any]:
         status = super().status()
@@ -239,10 +222,7 @@ class MemoryStorage(StorageProvider):
             # Checked before swapping: the state stays as it was.
             raise InvalidIncompleteReplica(self.options.identity)
         self._data = data
-        self._position = position
-        self._config = config
-        self._label = label
-        self._incomplete = incomplete
+        self._set_metadata(position, config, label, incomplete)
         return OK
 
     @classmethod

@@ -107,22 +107,36 @@ class StorageProvider(ABC):
     def close(self) -> None: ...
 
     # -- metadata -----------------------------------------------------------------------------
+    # Every provider caches these four; durable ones update them only after a commit.
 
-    @abstractmethod
+    _position: LogPos
+    _config: tuple[LogPos, Config] | None
+    _label: Any
+    _incomplete: bool
+
+    def _set_metadata(
+        self, position: LogPos, config: tuple[LogPos, Config] | None, label: Any, incomplete: bool
+    ) -> None:
+        self._position = position
+        self._config = config
+        self._label = label
+        self._incomplete = incomplete
+
     def position(self) -> LogPos:
         """The position of the last applied entry (``LogPos(0, 0)`` when nothing was)."""
+        return self._position
 
-    @abstractmethod
     def config(self) -> tuple[LogPos, Config] | None:
         """The newest applied config with the position it was applied at."""
+        return self._config
 
-    @abstractmethod
     def label(self) -> Any:
         """The label of the last labelled entry applied (``None`` if none)."""
+        return self._label
 
-    @abstractmethod
     def incomplete(self) -> bool:
         """True once a ``noop_omitted`` was applied: this replica's data is partial."""
+        return self._incomplete
 
     def status(self) -> dict[str, Any]:
         """Provider facts for the partition's status output."""

@@ -116,11 +116,7 @@ class SqliteStorage(StorageProvider):
             raise
 
     def _load_meta(self) -> None:
-        meta = _read_meta(self._conn)
-        self._position: LogPos = meta["position"]
-        self._config: tuple[LogPos, Config] | None = meta["config"]
-        self._label: Any = meta["label"]
-        self._incomplete: bool = meta["incomplete"]
+        self._set_metadata(**_read_meta(self._conn))
 
     @classmethod
     def open(cls, options: StorageOptions, path: str | os.PathLike[str]) -> Self:
@@ -129,20 +125,6 @@ class SqliteStorage(StorageProvider):
 
     def close(self) -> None:
         self._conn.close()
-
-    # -- metadata -----------------------------------------------------------------------------
-
-    def position(self) -> LogPos:
-        return self._position
-
-    def config(self) -> tuple[LogPos, Config] | None:
-        return self._config
-
-    def label(self) -> Any:
-        return self._label
-
-    def incomplete(self) -> bool:
-        return self._incomplete
 
     def status(self) -> dict[str, Any]:
         status = super().status()
@@ -216,10 +198,7 @@ class SqliteStorage(StorageProvider):
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-        self._position = position
-        self._config = config
-        self._label = label
-        self._incomplete = incomplete
+        self._set_metadata(position, config, label, incomplete)
         return results
 
     def read(self, command: Any, position: LogPos) -> Any:
