@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from waraft.core import config, replication
+from waraft.core import replication
 from waraft.core.effects import ReadNow, SubmitRead
 from waraft.core.handover import LEASE_IN_PROGRESS, LEASE_PENDING_RECONFIRMATION
 
@@ -39,7 +39,7 @@ def leader_reads(core: RaftCore, items: Any) -> None:
             not core.pending_high
             and not core.pending_low
             and read_index <= core.last_applied
-            and config.is_single_member(core.self_id, core.current_config())
+            and core.is_single_member()
         ):
             core.emit(ReadNow(from_, command))
             continue

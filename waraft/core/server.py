@@ -303,7 +303,7 @@ class RaftCore:
             return State.DISABLED
         if self.last_applied == 0 or self.cached_config is None:
             return State.STALLED
-        if config.is_single_member(self.self_id, self.current_config()):
+        if self.is_single_member():
             return State.CANDIDATE
         return self.follower_or_witness()
 
