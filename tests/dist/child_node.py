@@ -1,7 +1,8 @@
 """A tiny waraft node for the multi-process dist tests (run with ``sys.executable``).
 
-Usage: ``python child_node.py NODE_ID [--curve PUBLIC SECRET [--allow KEY]...
-[--server-key NODE_ID=KEY]...] [--ping S] [--down S]``.
+Usage: ``python child_node.py NODE_ID [--curve=PUBLIC,SECRET [--allow=KEY]...
+[--server-key NODE_ID=KEY]...] [--ping S] [--down S]``. Give keys in the ``--option=value``
+form: a Z85 key may begin with ``-``, which argparse would otherwise take for an option.
 Starts distribution, registers an ``echo`` process, prints ``READY <node id>`` on stdout and
 runs until stdin closes (the parent's end of the pipe) or ``("stop",)`` is called.
 
@@ -91,7 +92,7 @@ def _watch_stdin() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("node_id")
-    parser.add_argument("--curve", nargs=2, metavar=("PUBLIC", "SECRET"))
+    parser.add_argument("--curve", metavar="PUBLIC,SECRET")  # Z85 has no comma
     parser.add_argument("--allow", action="append", default=[], help="extra client key")
     parser.add_argument(
         "--server-key", action="append", default=[], help="NODE_ID=KEY (Z85 keys may contain =)"
@@ -101,10 +102,11 @@ def main() -> None:
     args = parser.parse_args()
     curve = None
     if args.curve:
-        curve: dict[str, Any] | None = {"public_key": args.curve[0], "secret_key": args.curve[1]}
+        public, secret = args.curve.split(",")
+        curve: dict[str, Any] | None = {"public_key": public, "secret_key": secret}
         assert curve is not None
         if args.allow:
-            curve["allowed_clients"] = [args.curve[0], *args.allow]
+            curve["allowed_clients"] = [public, *args.allow]
         curve["server_keys"] = dict(item.split("=", 1) for item in args.server_key)
     node_id = dist.start(
         args.node_id,

@@ -34,7 +34,8 @@ def curve_node() -> Iterator[str]:
 
 
 def _curve_child(spawn: Callable[..., Child], name: str, *extra: str) -> Child:
-    return spawn(name, "--curve", CLUSTER_PUBLIC.decode(), CLUSTER_SECRET.decode(), *extra)
+    # "--opt=value": a Z85 key may begin with "-" (see child_node.py).
+    return spawn(name, f"--curve={CLUSTER_PUBLIC.decode()},{CLUSTER_SECRET.decode()}", *extra)
 
 
 def test_nodes_sharing_the_cluster_key_talk_both_ways(
@@ -100,7 +101,7 @@ def test_explicit_per_node_keys(spawn: Callable[..., Child]) -> None:
         connect_timeout=DOWN,
     )
     try:
-        extra = ("--allow", public.decode(), "--server-key", f"{node_id}={public.decode()}")
+        extra = (f"--allow={public.decode()}", "--server-key", f"{node_id}={public.decode()}")
         child = _curve_child(spawn, child_id, *extra)
         inbox = start_sink()
         assert child.call("echo", "per-node keys") == "per-node keys"
