@@ -318,7 +318,7 @@ class Dist:
 
     def expire_requests(self, now: float) -> None:
         """Fail asynchronous requests that outlived their timeout (liveness thread)."""
-        for ref, entry in list(self._pending.copy().items()):
+        for ref, entry in self._pending.copy().items():
             if entry.expires is not None and entry.expires <= now:
                 self._pending.pop(ref, None)
                 if not entry.handle.done:
@@ -353,7 +353,7 @@ class Dist:
             self.counters.incr("nodedown_events")
             logger.warning("node %s is down (was %s)", peer.node_id, old.value)
             reason = ("nodedown", peer.node_id)
-            for ref, entry in list(self._pending.copy().items()):
+            for ref, entry in self._pending.copy().items():
                 if entry.node == peer.node_id:
                     self._pending.pop(ref, None)
                     entry.handle.fail(reason)
@@ -390,7 +390,7 @@ class Dist:
         """Per peer: liveness and counters (see ``waraft.dist.peers``)."""
         per_link = self.outbound.per_peer()
         pending: dict[str, int] = {}
-        for entry in list(self._pending.copy().values()):
+        for entry in self._pending.copy().values():
             pending[entry.node] = pending.get(entry.node, 0) + 1
         empty = {"links": 0, "tx": 0, "tx_bytes": 0, "tx_dropped_full": 0}
 
@@ -415,7 +415,7 @@ class Dist:
         self.stopping = True
         if otp_node.remote_router() is self:
             otp_node.set_remote_router(None)
-        for entry in list(self._pending.copy().values()):
+        for entry in self._pending.copy().values():
             entry.handle.fail(("nodedown", entry.node))
         self._pending.clear()
         clean = True
