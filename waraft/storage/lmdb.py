@@ -98,6 +98,7 @@ from waraft.storage.provider import (
     StorageOptions,
     StorageProvider,
     UnknownCommandError,
+    build_file_durably,
     command_kind,
     fsync_directory,
     fsync_path,
@@ -567,19 +568,16 @@ class LmdbStorage(StorageProvider):
 
     def create_snapshot(self, path: str | os.PathLike[str]) -> Any:
         directory = os.fspath(path)
+
+        def copy(temp: str) -> None:
+            with open(temp, "wb") as f:
+                # One read transaction: the copy sits exactly at the last commit, our position.
+                self.env.copyfd(f.fileno(), compact=True)
+
         try:
             os.makedirs(directory, exist_ok=True)
             target = os.path.join(directory, SNAPSHOT_FILE)
-            temp = target + ".tmp"
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                # One read transaction: the copy sits exactly at the last commit, our position.
-                self.env.copyfd(fd, compact=True)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, target)
-            fsync_directory(directory)
+            build_file_durably(target, copy)
             _write_checksum(directory, target)
             write_metadata(directory, "lmdb", self._position, self._config)
         except (OSError, lmdb.Error, CodecError) as exc:
@@ -673,31 +671,29 @@ class LmdbStorage(StorageProvider):
                     run.append((k, v) if len(k) <= _MAX_RAW_KEY else _long_entry(k, v))
             meta = _meta_items(position, (config_at, config), None, False, None)
             payload = sum(len(k) + len(v) for k, v in run)
+
+            def fill(temp: str) -> None:
+                # Written in place (no writemap: the file only grows as pages are used).
+                env = lmdb.open(
+                    temp,
+                    subdir=False,
+                    lock=False,
+                    writemap=False,
+                    sync=False,
+                    metasync=False,
+                    max_dbs=_MAX_DBS,
+                    map_size=-(-(4 * payload + _MIB) // _MIB) * _MIB,
+                    mode=0o644,
+                )
+                try:
+                    _write_growing(env, env.open_db(_KV), env.open_db(_META), [run], meta)
+                    env.sync(True)
+                finally:
+                    env.close()
+
             os.makedirs(directory, exist_ok=True)
             target = os.path.join(directory, SNAPSHOT_FILE)
-            temp = target + ".tmp"
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            # Written in place (no writemap: the file only grows as pages are used).
-            env = lmdb.open(
-                temp,
-                subdir=False,
-                lock=False,
-                writemap=False,
-                sync=False,
-                metasync=False,
-                max_dbs=_MAX_DBS,
-                map_size=-(-(4 * payload + _MIB) // _MIB) * _MIB,
-                mode=0o644,
-            )
-            try:
-                _write_growing(env, env.open_db(_KV), env.open_db(_META), [run], meta)
-                env.sync(True)
-            finally:
-                env.close()
-            fsync_path(temp)
-            os.replace(temp, target)
-            fsync_directory(directory)
+            build_file_durably(target, fill)
             _write_checksum(directory, target)
             write_metadata(directory, "lmdb", position, (config_at, config))
         except (OSError, lmdb.Error, CodecError) as exc:

@@ -31,9 +31,10 @@ of an apply).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Self
 
@@ -276,20 +277,27 @@ def read_metadata(path: str) -> dict[str, Any]:
     return meta
 
 
-def write_file_durably(target: str, data: bytes, temp: str | None = None) -> None:
-    """Write ``data`` to ``target`` through a fsynced temporary file (``temp``, by default
-    ``target + ".tmp"``) and a rename, then fsync the directory."""
+def build_file_durably(target: str, build: Callable[[str], None], temp: str | None = None) -> None:
+    """Have ``build`` write a fresh temporary file (``temp``, by default ``target + ".tmp"``),
+    then fsync it, rename it to ``target`` and fsync the directory: after a crash ``target``
+    is either whole or as it was."""
     temp = target + ".tmp" if temp is None else temp
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    build(temp)
+    fsync_path(temp)
     os.replace(temp, target)
     fsync_directory(os.path.dirname(target) or ".")
+
+
+def write_file_durably(target: str, data: bytes, temp: str | None = None) -> None:
+    """``build_file_durably`` for a file holding ``data``."""
+
+    def write(path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+
+    build_file_durably(target, write, temp)
 
 
 def fsync_path(path: str) -> None:
@@ -317,6 +325,7 @@ __all__ = [
     "StorageOptions",
     "StorageProvider",
     "UnknownCommandError",
+    "build_file_durably",
     "command_kind",
     "fsync_directory",
     "fsync_path",

@@ -42,9 +42,8 @@ from waraft.storage.provider import (
     StorageOptions,
     StorageProvider,
     UnknownCommandError,
+    build_file_durably,
     command_kind,
-    fsync_directory,
-    fsync_path,
     is_data_replica,
     write_metadata,
 )
@@ -214,12 +213,8 @@ class SqliteStorage(StorageProvider):
 
     def create_snapshot(self, path: str | os.PathLike[str]) -> Any:
         directory = os.fspath(path)
-        try:
-            os.makedirs(directory, exist_ok=True)
-            target = os.path.join(directory, SNAPSHOT_FILE)
-            temp = target + ".tmp"
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+
+        def copy(temp: str) -> None:
             dest = _connect(temp)
             try:
                 self._conn.backup(dest)
@@ -227,9 +222,10 @@ class SqliteStorage(StorageProvider):
                 dest.execute("PRAGMA journal_mode=DELETE")
             finally:
                 dest.close()
-            fsync_path(temp)
-            os.replace(temp, target)
-            fsync_directory(directory)
+
+        try:
+            os.makedirs(directory, exist_ok=True)
+            build_file_durably(os.path.join(directory, SNAPSHOT_FILE), copy)
             write_metadata(directory, "sqlite", self._position, self._config)
         except (OSError, sqlite3.Error, CodecError) as exc:
             logger.error("cannot write snapshot %s: %s", directory, exc)
@@ -280,12 +276,8 @@ class SqliteStorage(StorageProvider):
     ) -> Any:
         directory = os.fspath(path)
         config_at = position if config_position is None else config_position
-        try:
-            os.makedirs(directory, exist_ok=True)
-            target = os.path.join(directory, SNAPSHOT_FILE)
-            temp = target + ".tmp"
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+
+        def fill(temp: str) -> None:
             conn = _connect(temp)
             try:
                 for statement in _SCHEMA:
@@ -303,9 +295,10 @@ class SqliteStorage(StorageProvider):
                 conn.execute("COMMIT")
             finally:
                 conn.close()
-            fsync_path(temp)
-            os.replace(temp, target)
-            fsync_directory(directory)
+
+        try:
+            os.makedirs(directory, exist_ok=True)
+            build_file_durably(os.path.join(directory, SNAPSHOT_FILE), fill)
             write_metadata(directory, "sqlite", position, (config_at, config))
         except (OSError, sqlite3.Error, CodecError) as exc:
             logger.error("cannot write empty snapshot %s: %s", directory, exc)
