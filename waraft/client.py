@@ -559,7 +559,7 @@ class Client:
                 pending.extend(held)
             self._ready, self._delayed, self._inflight, self._held = [], [], {}, {}
         for request in pending:
-            self._finish(request, CLOSED)
+            request.finish(CLOSED)
         if self._remote:
             from waraft import dist
 
@@ -607,7 +607,7 @@ class Client:
                     self._wake.notify()
         if closed:
             for request in requests:
-                self._finish(request, CLOSED)
+                request.finish(CLOSED)
 
     def _wait(self, future: Future | None, timeout: float | None) -> Any:
         # The sender enforces the deadline; the margin only guards against a stuck sender.
@@ -621,10 +621,6 @@ class Client:
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self._counters[key] += n
-
-    @staticmethod
-    def _finish(request: _Request, result: Any) -> None:
-        request.finish(result)
 
     # -- the sender thread -----------------------------------------------------------------------
 
@@ -661,7 +657,7 @@ class Client:
             if late:
                 self._count("timeouts", len(late))
             for request in late:
-                self._finish(request, request.last_error or TIMEOUT)
+                request.finish(request.last_error or TIMEOUT)
             if expired:
                 self._count("attempt_timeouts", len(expired))
             for batch in expired:
@@ -733,7 +729,7 @@ class Client:
                 continue
             if request.deadline <= now:
                 self._count("timeouts")
-                self._finish(request, request.last_error or TIMEOUT)
+                request.finish(request.last_error or TIMEOUT)
                 continue
             key = (request.partition, request.kind, request.priority)
             group = groups.get(key)
@@ -778,7 +774,7 @@ class Client:
                 self._counters["items_sent"] += len(chunk)
         if closed:
             for request in chunk:
-                self._finish(request, CLOSED)
+                request.finish(CLOSED)
             return
         if packed:
             items = _pack(kind, chunk)
@@ -877,7 +873,7 @@ class Client:
             if _is_error(result):
                 self._on_error(request, result, batch, hint)
             else:
-                self._finish(request, result)
+                request.finish(result)
         if self._leaders.get(batch.partition) is None and not all(map(_is_error, results)):
             self._set_leader(batch.partition, batch.node)
 
@@ -898,7 +894,7 @@ class Client:
         elif reason in _OVERLOAD:
             self._retry(request, result, self._backoff(request))
         else:
-            self._finish(request, result)
+            request.finish(result)
 
     @staticmethod
     def _backoff(request: _Request) -> float:
@@ -912,7 +908,7 @@ class Client:
             return
         now = time.monotonic()
         if request.attempts > self.max_retries or now + delay >= request.deadline:
-            self._finish(request, error if error is not UNREACHABLE else TIMEOUT)
+            request.finish(error if error is not UNREACHABLE else TIMEOUT)
             return
         with self._lock:
             if self._closed:
@@ -926,7 +922,7 @@ class Client:
                     heapq.heappush(self._delayed, (now + delay, next(self._seq), request))
                 self._wake.notify()
         if closed:
-            self._finish(request, CLOSED)
+            request.finish(CLOSED)
 
     # -- discovery -------------------------------------------------------------------------------
 
