@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from waraft.core import config as core_config
 from waraft.core.events import (
     AdjustConfig,
     Bootstrap,
@@ -71,14 +72,7 @@ def make_config(
 ) -> Config:
     """A v1 config: ``members`` vote, ``witnesses`` (members or learners) keep no data,
     ``learners`` only receive replication."""
-    membership = tuple(sorted(set(members)))
-    participants = tuple(sorted(set(membership) | set(learners)))
-    return Config(
-        version=1,
-        membership=membership,
-        participants=participants,
-        witness=tuple(sorted(set(witnesses))),
-    )
+    return core_config.make_config(members, witnesses, participants=learners)
 
 
 @dataclass(frozen=True)
