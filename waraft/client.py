@@ -77,7 +77,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import Any, Final
 
-from waraft import codec, make_ref, otp
+from waraft import acceptor, codec, make_ref, otp
 from waraft.storage import BATCH
 
 logger = logging.getLogger(__name__)
@@ -749,7 +749,7 @@ class Client:
             if not requests:
                 continue
             node = self._target(partition, now)
-            address = (f"raft_acceptor_{self.table}_{partition}", node)
+            address = (acceptor.default_name(self.table, partition), node)
             for start in range(0, len(requests), self.max_batch):
                 chunk = requests[start : start + self.max_batch]
                 self._send(address, partition, kind, priority, chunk, now)
@@ -951,7 +951,7 @@ class Client:
         learnt: dict[int, str] = {}
         for partition in range(1, self.partitions + 1):
             try:
-                status = server.status((f"raft_server_{self.table}_{partition}", node), timeout)
+                status = server.status((server.default_name(self.table, partition), node), timeout)
             except otp.ExitError:
                 continue
             leader = status.get("leader_id")

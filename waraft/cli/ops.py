@@ -22,10 +22,6 @@ ALREADY = ("already_bootstrapped", "rejected")
 """Bootstrap errors meaning the replica holds data already (bootstrapping is idempotent)."""
 
 
-def server_name(table: str, partition: int) -> str:
-    return server.default_name(table, partition)
-
-
 @dataclass
 class PartitionResult:
     """What bootstrapping one partition did."""
@@ -48,7 +44,7 @@ def _bootstrap_one(node: str, table: str, partition: int, config: Any, timeout: 
         if exc.reason != "noproc":
             return ("error", _exit_text(exc.reason))
     try:
-        name = server_name(table, partition)
+        name = server.default_name(table, partition)
         return server.bootstrap((name, node), BOOTSTRAP_POSITION, config)
     except otp.ExitError as exc:
         return ("error", _exit_text(exc.reason))
@@ -90,7 +86,7 @@ def bootstrap_cluster(
     """
     results: list[PartitionResult] = []
     for partition in partitions:
-        name = server_name(table, partition)
+        name = server.default_name(table, partition)
         config = server.make_config([Identity(name, node) for node in nodes])
         intended = nodes[(partition - 1) % len(nodes)]
         result = PartitionResult(partition, intended)
@@ -119,7 +115,7 @@ def find_leader(
 ) -> tuple[str | None, int | None]:
     """``(leader node, term)`` as the nodes report it: a node that says it is leader wins,
     else the leader most nodes name; ``(None, None)`` if nobody knows one."""
-    name = server_name(table, partition)
+    name = server.default_name(table, partition)
     named: dict[str, int] = {}
     best: tuple[str | None, int | None] = (None, None)
     for node in nodes:
@@ -163,7 +159,7 @@ def _balance(
     for result in results:
         if result.leader is None or result.leader == result.intended or result.error:
             continue
-        name = server_name(table, result.partition)
+        name = server.default_name(table, result.partition)
         try:
             answer = server.handover((name, result.leader), result.intended)
         except otp.ExitError:
@@ -215,7 +211,7 @@ def _rows_without_admin(
     rows = []
     for partition in partitions:
         try:
-            status = server.status((server_name(table, partition), node), timeout)
+            status = server.status((server.default_name(table, partition), node), timeout)
         except otp.ExitError as exc:
             error = "unreachable" if exc.reason != "noproc" else "not running"
             rows.append({"node": node, "table": table, "partition": partition, "error": error})

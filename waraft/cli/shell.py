@@ -37,7 +37,9 @@ class Helpers:
     # -- addressing ------------------------------------------------------------------------------
 
     def _server(self, partition: int, node: str | None) -> tuple[str, str]:
-        return (f"raft_server_{self.table}_{partition}", node or self.target)
+        from waraft import server
+
+        return (server.default_name(self.table, partition), node or self.target)
 
     def nodes(self) -> list[str]:
         """The cluster's nodes: the members of the target's partitions, else those given."""
