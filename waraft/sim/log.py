@@ -120,9 +120,6 @@ class MemoryLog:
         """Every ``(index, entry)`` pair, base entry included (for tests and traces)."""
         return [(self._first + i, e) for i, e in enumerate(self._entries)]
 
-    def last_pos(self) -> LogPos:
-        return LogPos(self.last_index(), self._entries[-1].term)
-
     def copy(self) -> MemoryLog:
         clone = MemoryLog.__new__(MemoryLog)
         clone._size_fn = self._size_fn

@@ -124,9 +124,6 @@ class Network:
         """Restore every link."""
         self._blocked.clear()
 
-    def blocked_links(self) -> list[tuple[str, str]]:
-        return sorted(self._blocked)
-
     # -- sending ---------------------------------------------------------------------------------
 
     def _config_for(self, src: str, dst: str) -> NetConfig:

@@ -381,9 +381,6 @@ class Simulation:
     def core(self, node_id: str) -> Any:
         return self.nodes[node_id].core
 
-    def up_nodes(self) -> list[SimNode]:
-        return [n for n in self.nodes.values() if n.up]
-
     def leaders(self) -> list[str]:
         """Up nodes currently in the leader state."""
         return [n.id for n in self.nodes.values() if n.up and n.core.state is State.LEADER]
@@ -466,11 +463,6 @@ class Simulation:
 
     def isolate(self, node_id: str) -> None:
         self.network.isolate(node_id, self.node_ids)
-
-    def reconnect(self, node_id: str) -> None:
-        for other in self.node_ids:
-            self.network.unblock(node_id, other)
-            self.network.unblock(other, node_id)
 
     def block(self, src: str, dst: str) -> None:
         """Asymmetric: ``src`` can no longer reach ``dst``."""
