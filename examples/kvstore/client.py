@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from examples.kvstore import NUM_PARTITIONS, TABLE, partition
+from waraft.cli.common import parse_value
 from waraft.client import Client, Future
 
 
@@ -68,13 +69,6 @@ class KVStore:
         self.close()
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m examples.kvstore.client", description="kvstore read / write / delete"
@@ -93,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.op == "read":
             result = kv.read(args.key)
         elif args.op == "write":
-            result = kv.write(args.key, _value(args.value))
+            result = kv.write(args.key, parse_value(args.value))
         else:
             result = kv.delete(args.key)
     if isinstance(result, tuple) and result[0] == "ok":
