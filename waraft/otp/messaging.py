@@ -94,35 +94,35 @@ def whereis_target(target: Target) -> Pid | None:
 def cast(target: Target, msg: Any) -> None:
     """Deliver ``msg`` to ``handle_cast``; never raises (dropped if nobody is there)."""
     if type(target) is Pid and _node._link_filter is None:
-        pid: Any = target
+        if not target._dead:
+            target._inbox.put(Envelope(CAST, msg))
     else:
-        try:
-            pid = _resolve(target)
-        except _Unreachable:
-            return
-        if type(pid) is not Pid:
-            if pid is not None:
-                _remote_cast(pid, msg)
-            return
-    if not pid._dead:
-        pid._inbox.put(Envelope(CAST, msg))
+        _deliver(target, CAST, msg, _remote_cast)
 
 
 def send(target: Target, msg: Any) -> None:
     """Deliver ``msg`` to ``handle_info``; never raises."""
     if type(target) is Pid and _node._link_filter is None:
-        pid: Any = target
+        if not target._dead:
+            target._inbox.put(Envelope(INFO, msg))
     else:
-        try:
-            pid = _resolve(target)
-        except _Unreachable:
-            return
-        if type(pid) is not Pid:
-            if pid is not None:
-                _remote_send(pid, msg)
-            return
-    if not pid._dead:
-        pid._inbox.put(Envelope(INFO, msg))
+        _deliver(target, INFO, msg, _remote_send)
+
+
+def _deliver(
+    target: Target, kind: int, msg: Any, remote: Callable[[tuple[str, str], Any], None]
+) -> None:
+    """``cast``/``send`` to anything but a plain pid: resolve it (names, ``(name, node)``,
+    the link filter), then one mailbox put or the remote router; dropped if unreachable."""
+    try:
+        pid = _resolve(target)
+    except _Unreachable:
+        return
+    if type(pid) is Pid:
+        if not pid._dead:
+            pid._inbox.put(Envelope(kind, msg))
+    elif pid is not None:
+        remote(pid, msg)
 
 
 def _remote_cast(addr: tuple[str, str], msg: Any) -> None:
