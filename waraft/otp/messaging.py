@@ -118,11 +118,10 @@ def _deliver(
         pid = _resolve(target)
     except _Unreachable:
         return
-    if type(pid) is Pid:
-        if not pid._dead:
-            pid._inbox.put(Envelope(kind, msg))
-    elif pid is not None:
+    if isinstance(pid, tuple):
         remote(pid, msg)
+    elif pid is not None and not pid._dead:
+        pid._inbox.put(Envelope(kind, msg))
 
 
 def _remote_cast(addr: tuple[str, str], msg: Any) -> None:
