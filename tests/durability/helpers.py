@@ -191,6 +191,32 @@ def wait_caught_up(cluster: Cluster, index: int, timeout: float = 30.0) -> dict[
     return target
 
 
+def wait_rejoined(
+    cluster: Cluster, index: int, expected: dict[str, Any], timeout: float = 40.0
+) -> None:
+    """Wait until node ``index`` is caught up (``wait_caught_up``) and its own storage holds
+    every write of ``expected``."""
+    wait_caught_up(cluster, index, timeout=timeout)
+    wait_local_complete(cluster.ids[index], expected, len(cluster.partitions))
+
+
+def follower_of_all(cluster: Cluster) -> int:
+    """The index of a node that leads no partition, once the cluster converged (bootstrap
+    leaves one so with two partitions on three nodes)."""
+    wait_until(cluster.converged, timeout=30)
+    leaders = {wait_until(lambda p=p: cluster.leader(p))[0] for p in cluster.partitions}
+    return next(i for i, node in enumerate(cluster.ids) if node not in leaders)
+
+
+def settled(cluster: Cluster, writers: Writers) -> dict[str, int]:
+    """Once ``writers`` stopped: none of their writes failed unexpectedly; waits for the
+    cluster to converge and returns the acknowledged writes."""
+    assert writers.unexpected == [], writers.unexpected[:5]
+    acked = writers.snapshot()
+    wait_until(cluster.converged, timeout=30)
+    return acked
+
+
 def row_of(cluster: Cluster, index: int, partition: int) -> dict[str, Any]:
     node = cluster.ids[index]
     row: dict[str, Any] = wait_until(lambda: cluster.rows([node]).get((node, partition)))

@@ -26,14 +26,16 @@ from tests.durability.helpers import (
     client_for,
     cluster_of,
     flip_byte,
+    follower_of_all,
     local_mismatches,
     partition_dir,
     records,
     row_of,
     segments,
+    settled,
     strong_read_mismatches,
-    wait_caught_up,
     wait_local_complete,
+    wait_rejoined,
 )
 from tests.multiprocess.harness import Cluster, wait_until
 
@@ -45,12 +47,6 @@ SEGMENTS: dict[str, object] = {"raft_max_log_records_per_file": 40}
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory, dist_node: str) -> Iterator[Cluster]:
     yield from cluster_of(tmp_path_factory.mktemp("corrupt"), PARTITIONS, **SEGMENTS)
-
-
-def _follower_of_all(cluster: Cluster) -> int:
-    wait_until(cluster.converged, timeout=30)
-    leaders = {wait_until(lambda p=p: cluster.leader(p))[0] for p in PARTITIONS}
-    return next(i for i, node in enumerate(cluster.ids) if node not in leaders)
 
 
 def _fill(cluster: Cluster, writers: Writers, victim: int) -> None:
@@ -76,7 +72,7 @@ def _flip_inside(path: Path, which: str) -> int:
 def test_a_flipped_byte_disables_the_partition_which_neither_serves_nor_votes(
     cluster: Cluster,
 ) -> None:
-    victim = _follower_of_all(cluster)
+    victim = follower_of_all(cluster)
     node = cluster.nodes[victim]
     client = client_for(cluster.ids, len(PARTITIONS))
     try:
@@ -149,8 +145,7 @@ def _recover_by_wiping(cluster: Cluster, victim: int, acked: dict[str, int]) -> 
     node.kill()
     node.data_dir.rename(node.data_dir.with_name(node.name + ".corrupt"))
     cluster.start([victim])
-    wait_caught_up(cluster, victim, timeout=40)
-    wait_local_complete(cluster.ids[victim], acked, len(PARTITIONS))
+    wait_rejoined(cluster, victim, acked)
     assert "installed the snapshot" in node.log_path.read_text()
 
 
@@ -163,7 +158,7 @@ def _tear(path: Path, keep_of_last: int) -> int:
 
 
 def test_a_torn_tail_is_cut_silently_and_the_node_rejoins(cluster: Cluster) -> None:
-    victim = _follower_of_all(cluster)
+    victim = follower_of_all(cluster)
     node, victim_id = cluster.nodes[victim], cluster.ids[victim]
     client = client_for(cluster.ids, len(PARTITIONS))
     try:
@@ -175,12 +170,9 @@ def test_a_torn_tail_is_cut_silently_and_the_node_rejoins(cluster: Cluster) -> N
             _tear(segments(node, 2)[-1], 5)
             cluster.start([victim])
             acked = writers.snapshot()
-            wait_caught_up(cluster, victim, timeout=40)
-            wait_local_complete(victim_id, acked, len(PARTITIONS))
+            wait_rejoined(cluster, victim, acked)
             writers.wait_for(300)
-        assert writers.unexpected == []
-        acked = writers.snapshot()
-        wait_until(cluster.converged, timeout=30)
+        acked = settled(cluster, writers)
         text = node.log_path.read_text()
         assert text.count("cutting the torn tail") == len(PARTITIONS), node.log_tail()
         assert "quarantined" not in text
@@ -195,7 +187,7 @@ def test_a_torn_tail_is_cut_silently_and_the_node_rejoins(cluster: Cluster) -> N
 def test_a_corrupt_term_and_vote_file_disables_only_its_partition(cluster: Cluster) -> None:
     # A replica that cannot trust its term and vote must not vote (it could vote twice in a
     # term); the node's other partitions are unaffected.
-    victim = _follower_of_all(cluster)
+    victim = follower_of_all(cluster)
     node, victim_id = cluster.nodes[victim], cluster.ids[victim]
     client = client_for(cluster.ids, len(PARTITIONS))
     try:

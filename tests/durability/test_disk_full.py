@@ -26,11 +26,11 @@ from tests.durability.helpers import (
     Writers,
     client_for,
     cluster_of,
+    follower_of_all,
     local_mismatches,
     segments,
     strong_read_mismatches,
-    wait_caught_up,
-    wait_local_complete,
+    wait_rejoined,
 )
 from tests.multiprocess.harness import (
     ROOT,
@@ -176,9 +176,7 @@ def test_a_full_disk_fails_cleanly_and_the_node_rejoins_intact(
     cluster: Cluster, target: str
 ) -> None:
     error = TARGETS[target][1]
-    wait_until(cluster.converged, timeout=30)
-    leaders = {wait_until(lambda p=p: cluster.leader(p))[0] for p in PARTITIONS}
-    victim = next(i for i, node in enumerate(cluster.ids) if node not in leaders)
+    victim = follower_of_all(cluster)
     victim_id = cluster.ids[victim]
     client = client_for(cluster.ids, len(PARTITIONS))
     try:
@@ -202,8 +200,7 @@ def test_a_full_disk_fails_cleanly_and_the_node_rejoins_intact(
             node.log_path = cluster.root / f"{node.name}-after.log"
             cluster.start([victim])
             acked = writers.snapshot()
-            wait_caught_up(cluster, victim, timeout=40)
-            wait_local_complete(victim_id, acked, len(PARTITIONS))
+            wait_rejoined(cluster, victim, acked)
         assert writers.unexpected == []
         acked = writers.snapshot()
         assert error in text, text[-3000:]

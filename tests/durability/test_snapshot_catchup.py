@@ -29,12 +29,13 @@ from tests.durability.helpers import (
     Writers,
     client_for,
     cluster_of,
+    follower_of_all,
     leader_commits,
     local_mismatches,
     row_of,
+    settled,
     strong_read_mismatches,
-    wait_caught_up,
-    wait_local_complete,
+    wait_rejoined,
 )
 from tests.multiprocess.harness import Cluster, NodeProcess, wait_until
 from waraft import server
@@ -53,13 +54,6 @@ INSTALLED = "installed the snapshot"
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory, dist_node: str) -> Iterator[Cluster]:
     yield from cluster_of(tmp_path_factory.mktemp("catchup"), PARTITIONS, **ROTATION)
-
-
-def _follower_of_all(cluster: Cluster) -> int:
-    """A node that leads no partition (bootstrap leaves n3 so with two partitions)."""
-    wait_until(cluster.converged, timeout=30)
-    leaders = {wait_until(lambda p=p: cluster.leader(p))[0] for p in PARTITIONS}
-    return next(i for i, node in enumerate(cluster.ids) if node not in leaders)
 
 
 def _push_past_rotation(cluster: Cluster, writers: Writers, away: str, held: int) -> None:
@@ -114,7 +108,7 @@ def _check_snapshot_catchup(cluster: Cluster, index: int, installs_before: int) 
 def test_a_wiped_follower_comes_back_stalled_and_is_caught_up_by_a_snapshot(
     cluster: Cluster,
 ) -> None:
-    victim = _follower_of_all(cluster)
+    victim = follower_of_all(cluster)
     node, victim_id = cluster.nodes[victim], cluster.ids[victim]
     client = client_for(cluster.ids, len(PARTITIONS))
     try:
@@ -134,12 +128,9 @@ def test_a_wiped_follower_comes_back_stalled_and_is_caught_up_by_a_snapshot(
             finally:
                 _heal(cluster, victim)
             acked = writers.snapshot()
-            wait_caught_up(cluster, victim, timeout=40)
-            wait_local_complete(victim_id, acked, len(PARTITIONS))
+            wait_rejoined(cluster, victim, acked)
             writers.wait_for(200)  # the cluster goes on committing with it
-        assert writers.unexpected == []
-        acked = writers.snapshot()
-        wait_until(cluster.converged, timeout=30)
+        acked = settled(cluster, writers)
         _check_snapshot_catchup(cluster, victim, installs)
         assert local_mismatches(victim_id, acked, len(PARTITIONS)) == {}
         assert strong_read_mismatches(client, acked) == {}
@@ -150,7 +141,7 @@ def test_a_wiped_follower_comes_back_stalled_and_is_caught_up_by_a_snapshot(
 def test_a_far_behind_follower_with_its_data_is_caught_up_by_a_snapshot(
     cluster: Cluster,
 ) -> None:
-    victim = _follower_of_all(cluster)
+    victim = follower_of_all(cluster)
     node, victim_id = cluster.nodes[victim], cluster.ids[victim]
     client = client_for(cluster.ids, len(PARTITIONS))
     try:
@@ -162,11 +153,8 @@ def test_a_far_behind_follower_with_its_data_is_caught_up_by_a_snapshot(
             _push_past_rotation(cluster, writers, victim_id, held)
             cluster.start([victim])
             acked = writers.snapshot()
-            wait_caught_up(cluster, victim, timeout=40)
-            wait_local_complete(victim_id, acked, len(PARTITIONS))
-        assert writers.unexpected == []
-        acked = writers.snapshot()
-        wait_until(cluster.converged, timeout=30)
+            wait_rejoined(cluster, victim, acked)
+        acked = settled(cluster, writers)
         _check_snapshot_catchup(cluster, victim, installs)
         assert local_mismatches(victim_id, acked, len(PARTITIONS)) == {}
         assert strong_read_mismatches(client, acked) == {}
@@ -206,11 +194,8 @@ def test_a_brand_new_node_added_to_running_partitions_is_caught_up_and_serves(
             for partition in PARTITIONS:
                 _add_member(cluster, partition, new_id)
             acked = writers.snapshot()
-            wait_caught_up(cluster, 3, timeout=40)
-            wait_local_complete(new_id, acked, len(PARTITIONS))
-        assert writers.unexpected == []
-        acked = writers.snapshot()
-        wait_until(cluster.converged, timeout=30)
+            wait_rejoined(cluster, 3, acked)
+        acked = settled(cluster, writers)
         _check_snapshot_catchup(cluster, 3, 0)
         for (node, _), row in cluster.rows().items():
             assert new_id in row["members"] and len(row["members"]) == 4, (node, row)

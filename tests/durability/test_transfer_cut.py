@@ -30,9 +30,9 @@ from tests.durability.helpers import (
     local_mismatches,
     partition_dir,
     row_of,
+    settled,
     strong_read_mismatches,
-    wait_caught_up,
-    wait_local_complete,
+    wait_rejoined,
 )
 from tests.multiprocess.harness import Cluster, wait_until
 
@@ -119,11 +119,8 @@ def test_a_snapshot_transfer_cut_by_kill9_is_retried_and_completes(
             else:
                 cluster.start([sender])
             acked = writers.snapshot()
-            wait_caught_up(cluster, receiver, timeout=60)
-            wait_local_complete(cluster.ids[receiver], acked, len(PARTITIONS))
-        assert writers.unexpected == []
-        acked = writers.snapshot()
-        wait_until(cluster.converged, timeout=30)
+            wait_rejoined(cluster, receiver, acked, timeout=60)
+        acked = settled(cluster, writers)
         # A complete snapshot was installed (a second one may follow when the leader's log
         # moved past the first meanwhile), never the one that was cut.
         text = rnode.log_path.read_text()
@@ -163,11 +160,8 @@ def _kill_during_catchup(cluster: Cluster, kills: int, seed: int) -> None:
                 rnode.kill()
             cluster.start([receiver])
             acked = writers.snapshot()
-            wait_caught_up(cluster, receiver, timeout=60)
-            wait_local_complete(cluster.ids[receiver], acked, len(PARTITIONS))
-        assert writers.unexpected == []
-        acked = writers.snapshot()
-        wait_until(cluster.converged, timeout=30)
+            wait_rejoined(cluster, receiver, acked, timeout=60)
+        acked = settled(cluster, writers)
         everything = {**loaded, **acked}
         assert local_mismatches(cluster.ids[receiver], everything, len(PARTITIONS)) == {}
         assert strong_read_mismatches(client, acked) == {}
