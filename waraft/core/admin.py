@@ -35,12 +35,12 @@ from waraft.core.events import (
 from waraft.core.types import LogPos, Priority, State, error
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 _OPERATIONAL = (State.FOLLOWER, State.CANDIDATE, State.LEADER)
 
 
-def command(core: RaftCore, event: Event) -> None:
+def command(core: Replica, event: Event) -> None:
     """The fallback for commands a state does not handle itself."""
     state = core.state
     match event:
@@ -89,7 +89,7 @@ def command(core: RaftCore, event: Event) -> None:
             core.log_notice("drops unhandled command %r", event)
 
 
-def resolve_term(core: RaftCore, term_or_offset: TermOrOffset) -> int | None:
+def resolve_term(core: Replica, term_or_offset: TermOrOffset) -> int | None:
     """``"current"``, ``"next"``, ``("next", n)`` or an absolute term; ``None`` if invalid."""
     current = core.current_term
     if term_or_offset == "current":
@@ -108,7 +108,7 @@ def resolve_term(core: RaftCore, term_or_offset: TermOrOffset) -> int | None:
     return None
 
 
-def notify_complete(core: RaftCore) -> None:
+def notify_complete(core: Replica) -> None:
     """Storage drained its queue: apply more if anything is committed."""
     state = core.state
     if state not in (State.LEADER, State.FOLLOWER, State.WITNESS):
@@ -121,7 +121,7 @@ def notify_complete(core: RaftCore) -> None:
         replication.apply_log(core, None)
 
 
-def trigger_election(core: RaftCore, event: TriggerElection) -> None:
+def trigger_election(core: Replica, event: TriggerElection) -> None:
     """Start an election now; ``"current"`` means an election at the next term."""
     term = resolve_term(core, event.term_or_offset)
     if term is None or term < core.current_term:
@@ -137,7 +137,7 @@ def trigger_election(core: RaftCore, event: TriggerElection) -> None:
     core.reply(event.from_, "ok")
 
 
-def promote(core: RaftCore, from_: Any, term_or_offset: TermOrOffset, force: bool) -> None:
+def promote(core: Replica, from_: Any, term_or_offset: TermOrOffset, force: bool) -> None:
     """Administrative override: become leader of ``term`` without an election."""
     term = resolve_term(core, term_or_offset)
     reason = _promote_refusal(core, term, force)
@@ -157,7 +157,7 @@ def promote(core: RaftCore, from_: Any, term_or_offset: TermOrOffset, force: boo
     core.reply(from_, "ok")
 
 
-def _promote_refusal(core: RaftCore, term: int | None, force: bool) -> str | None:
+def _promote_refusal(core: Replica, term: int | None, force: bool) -> str | None:
     current = core.current_term
     if term is None or term < current:
         return "invalid_term"
@@ -180,7 +180,7 @@ def _promote_refusal(core: RaftCore, term: int | None, force: bool) -> str | Non
 # -- snapshots and bootstrap -----------------------------------------------------------------
 
 
-def snapshot_available(core: RaftCore, event: SnapshotAvailable) -> None:
+def snapshot_available(core: Replica, event: SnapshotAvailable) -> None:
     """Outside ``stalled``: a newer snapshot sends us to ``stalled`` to install it."""
     if (
         core.state in (State.FOLLOWER, State.CANDIDATE, State.WITNESS)
@@ -193,7 +193,7 @@ def snapshot_available(core: RaftCore, event: SnapshotAvailable) -> None:
     core.reply(event.from_, error("rejected"))
 
 
-def install_transfer(core: RaftCore, event: SnapshotAvailable) -> None:
+def install_transfer(core: Replica, event: SnapshotAvailable) -> None:
     """In ``stalled``: load a transferred snapshot at or past what we applied.
 
     Deviation from WARaft (CORE-2), which wants a strictly newer index: a stalled replica does
@@ -209,7 +209,7 @@ def install_transfer(core: RaftCore, event: SnapshotAvailable) -> None:
     core.emit(InstallSnapshot(event.from_, "transfer", position, root=event.root))
 
 
-def bootstrap(core: RaftCore, event: Bootstrap) -> None:
+def bootstrap(core: Replica, event: Bootstrap) -> None:
     """In ``stalled``: an empty replica starts from an empty snapshot holding ``config``."""
     if core.last_applied != 0 or core.pending_install is not None:
         core.reply(event.from_, error("rejected"))
@@ -226,7 +226,7 @@ def bootstrap(core: RaftCore, event: Bootstrap) -> None:
 PROMOTE_POSITION = LogPos(0, 0)
 
 
-def promote_with_config(core: RaftCore, event: Promote) -> None:
+def promote_with_config(core: Replica, event: Promote) -> None:
     """The older README's ``promote(name, term, force, config)`` on an empty replica.
 
     The config is installed first (as a bootstrap at position 0:0 would), then the replica is
@@ -239,7 +239,7 @@ def promote_with_config(core: RaftCore, event: Promote) -> None:
     core.emit(InstallSnapshot(event.from_, "promote", PROMOTE_POSITION, config=event.config))
 
 
-def snapshot_opened(core: RaftCore, event: SnapshotOpened) -> None:
+def snapshot_opened(core: Replica, event: SnapshotOpened) -> None:
     """Storage finished an ``InstallSnapshot``: reset the log and take up the new position."""
     pending = core.pending_install
     if pending is None or pending[0] != event.purpose or pending[1] != event.position:

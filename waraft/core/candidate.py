@@ -23,10 +23,10 @@ from waraft.core.rpc import (
 from waraft.core.types import ElectionType, Identity, State
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
-def enter(core: RaftCore, old: State) -> None:
+def enter(core: Replica, old: State) -> None:
     election_type = core.next_election_type
     core.next_election_type = ElectionType.NORMAL
     core.count("leader.election_started")
@@ -37,7 +37,7 @@ def enter(core: RaftCore, old: State) -> None:
         start_election(core, election_type)
 
 
-def start_pre_vote(core: RaftCore) -> None:
+def start_pre_vote(core: Replica) -> None:
     """Ask the members whether they miss a leader before disturbing anyone's term."""
     ref = core.next_ref()
     core.pre_vote_ref = ref
@@ -50,7 +50,7 @@ def start_pre_vote(core: RaftCore) -> None:
     _decide_pre_vote(core)
 
 
-def start_election(core: RaftCore, election_type: ElectionType) -> None:
+def start_election(core: Replica, election_type: ElectionType) -> None:
     """New term, vote for ourselves (persisted), ask every other member."""
     terms.advance_term(core, core.current_term + 1, core.node)
     pos = core.last_log_pos()
@@ -60,14 +60,14 @@ def start_election(core: RaftCore, election_type: ElectionType) -> None:
     core.election_timeout()
 
 
-def _send_to_members(core: RaftCore, payload: Payload) -> None:
+def _send_to_members(core: Replica, payload: Payload) -> None:
     self_id = core.self_id
     for peer in core.current_config().membership:
         if peer != self_id:
             core.send(peer, payload)
 
 
-def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
+def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:
     match payload:
         case AppendEntries() | Handover():
             # The term has a leader: follow it and let the follower handle this RPC.
@@ -85,7 +85,7 @@ def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
             pass
 
 
-def on_vote(core: RaftCore, sender: Identity, granted: bool) -> None:
+def on_vote(core: Replica, sender: Identity, granted: bool) -> None:
     core.votes[sender.node] = granted
     replication.update_heartbeat_reply_ts(core, sender.node)
     outcome = config.find_member_majority(core.votes, core.current_config())
@@ -103,7 +103,7 @@ def on_vote(core: RaftCore, sender: Identity, granted: bool) -> None:
         core.goto(core.follower_or_witness())
 
 
-def on_pre_vote(core: RaftCore, sender: Identity, reply: PreVote) -> None:
+def on_pre_vote(core: Replica, sender: Identity, reply: PreVote) -> None:
     if core.pre_vote_ref is None or reply.ref != core.pre_vote_ref:
         return  # another round
     pos = core.last_log_pos()
@@ -114,7 +114,7 @@ def on_pre_vote(core: RaftCore, sender: Identity, reply: PreVote) -> None:
     _decide_pre_vote(core)
 
 
-def _decide_pre_vote(core: RaftCore) -> None:
+def _decide_pre_vote(core: Replica) -> None:
     outcome = config.find_member_majority(core.pre_votes, core.current_config())
     if outcome is None:
         return
@@ -132,7 +132,7 @@ def _who(votes: dict[str, bool], value: bool) -> list[str]:
     return sorted(node for node, vote in votes.items() if vote is value)
 
 
-def handle_event(core: RaftCore, event: Event) -> None:
+def handle_event(core: Replica, event: Event) -> None:
     match event:
         case Timeout():
             if core.candidate_eligible():

@@ -14,22 +14,22 @@ from waraft.core.effects import AppendLog, CancelReads, SubmitRead
 from waraft.core.types import NOOP, READ_KEY, Entry, Priority, is_config_command
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 PendingItem = tuple[Any, tuple[Any, Any]]
 
 
-def has_pending_commits(core: RaftCore) -> bool:
+def has_pending_commits(core: Replica) -> bool:
     return bool(core.pending_high or core.pending_low)
 
 
-def pending_count(core: RaftCore) -> int:
+def pending_count(core: Replica) -> int:
     """Pending commits, or one for a lone pending read (it needs a marker entry)."""
     count = len(core.pending_high) + len(core.pending_low)
     return 1 if count == 0 and core.pending_read else count
 
 
-def add_pending(core: RaftCore, items: Any, priority: Priority) -> None:
+def add_pending(core: Replica, items: Any, priority: Priority) -> None:
     """Queue admitted commits ``(from_, (key, command))`` behind the earlier ones."""
     if priority is Priority.LOW:
         core.pending_low.extend(items)
@@ -37,7 +37,7 @@ def add_pending(core: RaftCore, items: Any, priority: Priority) -> None:
         core.pending_high.extend(items)
 
 
-def make_entry(core: RaftCore, key: Any, command: Any) -> Entry:
+def make_entry(core: Replica, key: Any, command: Any) -> Entry:
     """A log entry of the current term, labelled when a label function is configured."""
     label_fn = core.label_fn
     if label_fn is None:
@@ -47,7 +47,7 @@ def make_entry(core: RaftCore, key: Any, command: Any) -> Entry:
     return Entry(core.current_term, key, command, core.last_label)
 
 
-def append(core: RaftCore, entries: list[Entry]) -> int:
+def append(core: Replica, entries: list[Entry]) -> int:
     """Append to the log (effect + overlay); returns the index of the first entry.
 
     Reads held by the leader ride on the first appended entry (see ``release_reads``).
@@ -59,7 +59,7 @@ def append(core: RaftCore, entries: list[Entry]) -> int:
     return first
 
 
-def release_reads(core: RaftCore, index: int) -> None:
+def release_reads(core: Replica, index: int) -> None:
     """Hand held reads to storage at ``index``, an entry appended after they arrived.
 
     Storage answers them only once that entry is applied, i.e. committed in this leader's
@@ -75,7 +75,7 @@ def release_reads(core: RaftCore, index: int) -> None:
     core.pending_read = False
 
 
-def commit_pending(core: RaftCore, priority: Priority) -> None:
+def commit_pending(core: Replica, priority: Priority) -> None:
     """Append the pending commits of one priority (or a lone read marker) as one batch."""
     high = core.pending_high
     low = core.pending_low
@@ -114,7 +114,7 @@ def commit_pending(core: RaftCore, priority: Priority) -> None:
     core.count(("commit.batch", priority.value))
 
 
-def _stalled(core: RaftCore, priority: Priority, count: int) -> None:
+def _stalled(core: Replica, priority: Priority, count: int) -> None:
     """The log refused a relaxed append: fail every pending commit and read."""
     if core.metrics is not None:
         core.metrics.countv(("raft", core.table, ("commit.skipped", priority.value)), count)
@@ -122,7 +122,7 @@ def _stalled(core: RaftCore, priority: Priority, count: int) -> None:
     cancel_pending(core, "commit_stalled")
 
 
-def cancel_pending(core: RaftCore, reason: Any) -> None:
+def cancel_pending(core: Replica, reason: Any) -> None:
     """Fail pending (not yet appended) commits and every read not yet answered.
 
     Reads already handed to storage are failed there too (``CancelReads``): once this replica
@@ -147,7 +147,7 @@ def cancel_pending(core: RaftCore, reason: Any) -> None:
     core.pending_read = False
 
 
-def cancel_queued_range(core: RaftCore, start: int, end: int, reason: Any) -> None:
+def cancel_queued_range(core: Replica, start: int, end: int, reason: Any) -> None:
     """Fail appended commits whose entries ``start..end`` are being truncated."""
     queued = core.queued
     if not queued or start > end:
@@ -161,7 +161,7 @@ def cancel_queued_range(core: RaftCore, start: int, end: int, reason: Any) -> No
         core.cancel_commit(from_, reason, priority)
 
 
-def cancel_queued(core: RaftCore, reason: Any) -> None:
+def cancel_queued(core: Replica, reason: Any) -> None:
     """Fail every appended-but-unapplied commit (log reset, shutdown), in index order."""
     queued = core.queued
     for index in sorted(queued):
@@ -170,6 +170,6 @@ def cancel_queued(core: RaftCore, reason: Any) -> None:
     core.queued = {}
 
 
-def cancel_pending_and_queued(core: RaftCore, reason: Any) -> None:
+def cancel_pending_and_queued(core: Replica, reason: Any) -> None:
     cancel_pending(core, reason)
     cancel_queued(core, reason)

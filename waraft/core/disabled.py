@@ -16,12 +16,12 @@ from waraft.core.rpc import Payload, RequestVote, Vote
 from waraft.core.types import Identity, State, error
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 DEFAULT_REASON = "No reason specified."
 
 
-def enter(core: RaftCore, old: State) -> None:
+def enter(core: Replica, old: State) -> None:
     if old is State.DISABLED:
         enter_state(core, State.DISABLED)
         return
@@ -31,12 +31,12 @@ def enter(core: RaftCore, old: State) -> None:
     terms.persist(core)
 
 
-def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
+def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:
     if isinstance(payload, RequestVote):
         core.send(sender, Vote(False))
 
 
-def handle_event(core: RaftCore, event: Event) -> None:
+def handle_event(core: Replica, event: Event) -> None:
     match event:
         case Enable():
             core.log_notice("re-enabling: moving to stalled")

@@ -8,10 +8,10 @@ from waraft.core import commit, replication
 from waraft.core.types import State
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
-def enter_state(core: RaftCore, state: State) -> None:
+def enter_state(core: Replica, state: State) -> None:
     """Record the entry time, fix the leader field, and cancel pending requests.
 
     Pending commits and reads survive only into ``leader`` (a candidate may have buffered

@@ -18,15 +18,15 @@ from waraft.core.rpc import (
 from waraft.core.types import ElectionType, Identity, State
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
-def enter(core: RaftCore, old: State) -> None:
+def enter(core: Replica, old: State) -> None:
     enter_state(core, State.FOLLOWER)
     core.election_timeout()
 
 
-def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
+def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:
     match payload:
         case AppendEntries():
             heartbeat.handle_heartbeat(core, sender, payload)
@@ -40,7 +40,7 @@ def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
             pass  # responses, pre-votes, votes and stray handovers mean nothing here
 
 
-def on_handover(core: RaftCore, sender: Identity, request: Handover) -> None:
+def on_handover(core: Replica, sender: Identity, request: Handover) -> None:
     """Our leader asks us to take over: append its entries, then force an election."""
     core.count("follower.handover")
     settings = core.settings
@@ -70,7 +70,7 @@ def on_handover(core: RaftCore, sender: Identity, request: Handover) -> None:
     core.goto(State.CANDIDATE)
 
 
-def handle_event(core: RaftCore, event: Event) -> None:
+def handle_event(core: Replica, event: Event) -> None:
     if isinstance(event, Timeout):
         core.count("follower.timeout")
         if core.candidate_eligible():

@@ -12,18 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 from waraft.core import config
 from waraft.core.rpc import Handover
-from waraft.core.types import Identity, error
+from waraft.core.types import (
+    LEASE_IN_PROGRESS,
+    LEASE_PENDING_RECONFIRMATION,
+    LEASE_UNAFFECTED,
+    Identity,
+    error,
+)
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
-
-# WARaft's ``handover_lease_state``.
-LEASE_UNAFFECTED = "unaffected"
-LEASE_IN_PROGRESS = "in_progress"
-LEASE_PENDING_RECONFIRMATION = "pending_reconfirmation"
+    from waraft.core.replica import Replica
 
 
-def _cutoffs(core: RaftCore) -> tuple[int, int]:
+def _cutoffs(core: Replica) -> tuple[int, int]:
     settings = core.settings
     last = core.log.last_index()
     return (
@@ -32,7 +33,7 @@ def _cutoffs(core: RaftCore) -> tuple[int, int]:
     )
 
 
-def is_ready(core: RaftCore, node: str) -> bool:
+def is_ready(core: Replica, node: str) -> bool:
     """Close enough behind us, both in its log and in applying it (known values only)."""
     match = core.match_indices.get(node)
     applied = core.last_applied_indices.get(node)
@@ -42,7 +43,7 @@ def is_ready(core: RaftCore, node: str) -> bool:
     return match >= match_cutoff and applied >= apply_cutoff
 
 
-def candidates(core: RaftCore) -> list[str]:
+def candidates(core: Replica) -> list[str]:
     """Full members (not us) that are ready to take over."""
     return [
         peer.node
@@ -51,7 +52,7 @@ def candidates(core: RaftCore) -> list[str]:
     ]
 
 
-def is_peer_ready(core: RaftCore, peer: Any) -> Any:
+def is_peer_ready(core: Replica, peer: Any) -> Any:
     """``"ok"`` or ``("error", not_a_participant | not_ready)``."""
     if isinstance(peer, (list, tuple)) and len(peer) == 2:
         peer = Identity(str(peer[0]), str(peer[1]))  # a pair that crossed the wire
@@ -62,7 +63,7 @@ def is_peer_ready(core: RaftCore, peer: Any) -> Any:
     return "ok"
 
 
-def start(core: RaftCore, from_: Any, peer_node: str | None) -> None:
+def start(core: Replica, from_: Any, peer_node: str | None) -> None:
     """The leader's ``handover`` command: pick or check the target, then send the RPC."""
     if peer_node is None:
         options = candidates(core)
@@ -107,7 +108,7 @@ def start(core: RaftCore, from_: Any, peer_node: str | None) -> None:
     core.reply(from_, ("ok", peer_node))
 
 
-def on_failed(core: RaftCore, sender: Identity, ref: int) -> None:
+def on_failed(core: Replica, sender: Identity, ref: int) -> None:
     """The successor declined; in-flight heartbeat acks stay valid for the lease."""
     running = core.handover
     if running is not None and running[0] == sender.node and running[1] == ref:
@@ -116,7 +117,7 @@ def on_failed(core: RaftCore, sender: Identity, ref: int) -> None:
         core.handover_lease_state = LEASE_UNAFFECTED
 
 
-def check_timeout(core: RaftCore) -> bool:
+def check_timeout(core: Replica) -> bool:
     """On a leader timeout during a handover: ``True`` if the handover just expired.
 
     An expired handover clears the reply timestamps and holds the lease until a fresh quorum

@@ -18,7 +18,7 @@ from waraft.core.rpc import AppendEntries, AppendEntriesResponse
 from waraft.core.types import Entry, Identity, Priority, State
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
 class Fatal(Exception):
@@ -26,7 +26,7 @@ class Fatal(Exception):
 
 
 def append_entries(
-    core: RaftCore, prev_index: int, prev_term: int, entries: Sequence[Entry]
+    core: Replica, prev_index: int, prev_term: int, entries: Sequence[Entry]
 ) -> tuple[bool, int]:
     """Check and append a leader's entries: ``(accepted, match_or_last_index)``.
 
@@ -72,7 +72,7 @@ def append_entries(
 
 
 def _append_new(
-    core: RaftCore, new: Sequence[Entry], match: int, local_last: int
+    core: Replica, new: Sequence[Entry], match: int, local_last: int
 ) -> tuple[bool, int]:
     if not core.log.can_append(len(new), Priority.HIGH):
         core.log_notice("not ready to append %d entries after %d", len(new), local_last)
@@ -82,7 +82,7 @@ def _append_new(
 
 
 def _fatal_reason(
-    core: RaftCore,
+    core: Replica,
     prev_index: int,
     count: int,
     conflict: int,
@@ -102,7 +102,7 @@ def _fatal_reason(
     )
 
 
-def handle_heartbeat(core: RaftCore, leader: Identity, request: AppendEntries) -> None:
+def handle_heartbeat(core: Replica, leader: Identity, request: AppendEntries) -> None:
     """A follower's or witness's ``append_entries``: check, append, answer, commit, apply."""
     state = core.state
     try:
@@ -129,7 +129,7 @@ def handle_heartbeat(core: RaftCore, leader: Identity, request: AppendEntries) -
         core.goto(target)
 
 
-def disable(core: RaftCore, reason: Any) -> None:
+def disable(core: Replica, reason: Any) -> None:
     """Go to ``disabled`` with ``reason`` (persisted by the disabled state's enter)."""
     core.log_notice("disabling: %s", reason)
     core.disable_reason = reason

@@ -30,13 +30,23 @@ from waraft.core.rpc import (
     RequestVote,
     Vote,
 )
-from waraft.core.types import CONFIG, NOOP, Config, Identity, LogPos, Priority, State, error
+from waraft.core.types import (
+    CONFIG,
+    LEASE_UNAFFECTED,
+    NOOP,
+    Config,
+    Identity,
+    LogPos,
+    Priority,
+    State,
+    error,
+)
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
-def enter(core: RaftCore, old: State) -> None:
+def enter(core: Replica, old: State) -> None:
     """Take office: recover the label chain, append a noop of our term, replicate at once."""
     enter_state(core, State.LEADER)
     log = core.log
@@ -47,7 +57,7 @@ def enter(core: RaftCore, old: State) -> None:
     else:
         core.last_label = last_entry.label
     core.first_current_term_log_index = last + 1
-    core.handover_lease_state = handover.LEASE_UNAFFECTED
+    core.handover_lease_state = LEASE_UNAFFECTED
     core.inflight = {}
     if not commit.has_pending_commits(core):
         # Something of our own term to establish the first quorum on (buffered commits,
@@ -57,7 +67,7 @@ def enter(core: RaftCore, old: State) -> None:
     core.heartbeat_timeout()
 
 
-def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
+def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:
     match payload:
         case AppendEntriesResponse(success=True):
             on_append_success(core, sender, payload)
@@ -75,7 +85,7 @@ def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
             pass  # append_entries, votes and pre-votes mean nothing to a leader
 
 
-def on_append_success(core: RaftCore, sender: Identity, response: AppendEntriesResponse) -> None:
+def on_append_success(core: Replica, sender: Identity, response: AppendEntriesResponse) -> None:
     node = sender.node
     replication.update_heartbeat_reply_ts(core, node)
     match = response.match_index
@@ -93,7 +103,7 @@ def on_append_success(core: RaftCore, sender: Identity, response: AppendEntriesR
     replication.catch_up(core, sender)
 
 
-def on_append_failure(core: RaftCore, sender: Identity, response: AppendEntriesResponse) -> None:
+def on_append_failure(core: Replica, sender: Identity, response: AppendEntriesResponse) -> None:
     node = sender.node
     core.count("leader.append.failure")
     replication.update_heartbeat_reply_ts(core, node)
@@ -107,7 +117,7 @@ def on_append_failure(core: RaftCore, sender: Identity, response: AppendEntriesR
     replication.maybe_heartbeat(core)
 
 
-def handle_event(core: RaftCore, event: Event) -> None:
+def handle_event(core: Replica, event: Event) -> None:
     match event:
         case Timeout():
             on_timeout(core)
@@ -131,7 +141,7 @@ def handle_event(core: RaftCore, event: Event) -> None:
             admin.command(core, event)
 
 
-def on_timeout(core: RaftCore) -> None:
+def on_timeout(core: Replica) -> None:
     """Heartbeat and batch timeouts are the same: a replication round (none mid-handover)."""
     if core.handover is not None and not handover.check_timeout(core):
         core.heartbeat_timeout()
@@ -139,7 +149,7 @@ def on_timeout(core: RaftCore) -> None:
     replication.heartbeat(core)
 
 
-def on_commits(core: RaftCore, event: CommitBatch) -> None:
+def on_commits(core: Replica, event: CommitBatch) -> None:
     running = core.handover
     if running is not None:
         reason = ("notify_redirect", running[0])
@@ -154,7 +164,7 @@ def on_commits(core: RaftCore, event: CommitBatch) -> None:
 # -- membership changes ----------------------------------------------------------------------
 
 
-def config_change_allowed(core: RaftCore, expected_index: int | None) -> str | None:
+def config_change_allowed(core: Replica, expected_index: int | None) -> str | None:
     """``None`` if a new config may be appended now, else the error reason."""
     if core.commit_index < core.first_current_term_log_index:
         return "no_quorum"
@@ -166,7 +176,7 @@ def config_change_allowed(core: RaftCore, expected_index: int | None) -> str | N
     return None
 
 
-def adjust_config(core: RaftCore, event: AdjustConfig) -> None:
+def adjust_config(core: Replica, event: AdjustConfig) -> None:
     """Append one single-server membership change; it takes effect once appended."""
     reason: Any = config_change_allowed(core, event.expected_index)
     if reason is None:
@@ -190,7 +200,7 @@ def adjust_config(core: RaftCore, event: AdjustConfig) -> None:
         core.reply(event.from_, error(reason))
 
 
-def _append_config(core: RaftCore, event: AdjustConfig, new_config: Config) -> None:
+def _append_config(core: Replica, event: AdjustConfig, new_config: Config) -> None:
     entry = commit.make_entry(core, core.next_ref(), (CONFIG, new_config))
     index = commit.append(core, [entry])
     core.log_notice("changes config to %s at %d", new_config, index)

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from waraft.core import replication
 from waraft.core.effects import ReadNow, SubmitRead
-from waraft.core.handover import LEASE_IN_PROGRESS, LEASE_PENDING_RECONFIRMATION
+from waraft.core.types import LEASE_IN_PROGRESS, LEASE_PENDING_RECONFIRMATION
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
-def leader_reads(core: RaftCore, items: Any) -> None:
+def leader_reads(core: Replica, items: Any) -> None:
     """Serve or queue a batch of ``(from_, command, min_index)`` reads on the leader."""
     running = core.handover
     if running is not None:
@@ -58,7 +58,7 @@ def leader_reads(core: RaftCore, items: Any) -> None:
         replication.batch_or_heartbeat(core)
 
 
-def lease_miss(core: RaftCore, read_index: int) -> str | None:
+def lease_miss(core: Replica, read_index: int) -> str | None:
     """``None`` when the leader lease covers a read at ``read_index``, else why not."""
     lease_ms = core.settings.raft_leader_read_lease_ms
     if lease_ms <= 0:
@@ -79,7 +79,7 @@ def lease_miss(core: RaftCore, read_index: int) -> str | None:
     return None
 
 
-def candidate_reads(core: RaftCore, items: Any) -> None:
+def candidate_reads(core: Replica, items: Any) -> None:
     """Buffered reads on a candidate: queued at the index the new term would start at.
 
     Safe because losing the election cancels them (``cancel_pending`` on leaving).

@@ -18,12 +18,20 @@ from typing import TYPE_CHECKING
 from waraft.core import commit, config, snapshot
 from waraft.core.effects import Apply, ApplyItem
 from waraft.core.errors import RaftCoreError
-from waraft.core.handover import LEASE_PENDING_RECONFIRMATION, LEASE_UNAFFECTED
 from waraft.core.rpc import AppendEntries
-from waraft.core.types import Config, Identity, Priority, State, TimeoutKind, is_config_command
+from waraft.core.types import (
+    LEASE_PENDING_RECONFIRMATION,
+    LEASE_UNAFFECTED,
+    Config,
+    Identity,
+    Priority,
+    State,
+    TimeoutKind,
+    is_config_command,
+)
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 _UNQUEUED = (None, Priority.HIGH)
 
@@ -31,7 +39,7 @@ _UNQUEUED = (None, Priority.HIGH)
 # -- rounds ----------------------------------------------------------------------------------
 
 
-def commit_and_replicate(core: RaftCore) -> None:
+def commit_and_replicate(core: Replica) -> None:
     """Append pending commits (high, then low) and send one round to every participant."""
     core.count("leader.heartbeat")
     commit.commit_pending(core, Priority.HIGH)
@@ -48,7 +56,7 @@ def commit_and_replicate(core: RaftCore) -> None:
             replicate_to_peer(core, peer, cfg)
 
 
-def replicate_to_peer(core: RaftCore, peer: Identity, cfg: Config) -> None:
+def replicate_to_peer(core: Replica, peer: Identity, cfg: Config) -> None:
     """Send ``peer`` its next entries (or a probe when the entry before them is trimmed)."""
     log = core.log
     node = peer.node
@@ -80,7 +88,7 @@ def replicate_to_peer(core: RaftCore, peer: Identity, cfg: Config) -> None:
     core.next_indices[node] = prev_index + len(entries) + 1
 
 
-def catch_up(core: RaftCore, peer: Identity) -> None:
+def catch_up(core: Replica, peer: Identity) -> None:
     """After a peer acknowledged an append: keep its pipeline full while it lags behind.
 
     Deviation from WARaft (CORE-6), after etcd's handling of append responses: WARaft sends a
@@ -109,7 +117,7 @@ def catch_up(core: RaftCore, peer: Identity) -> None:
             return  # a probe or an empty message: wait for the answer
 
 
-def _witness_limit(core: RaftCore, cfg: Config, last: int) -> int:
+def _witness_limit(core: Replica, cfg: Config, last: int) -> int:
     """How far a witness may be replicated: what some other full member already holds.
 
     This keeps every entry a witness helps commit on at least two data replicas. When this
@@ -124,7 +132,7 @@ def _witness_limit(core: RaftCore, cfg: Config, last: int) -> int:
     return config.full_member_max(core.match_indices, 0, cfg)
 
 
-def _member_floor(core: RaftCore, cfg: Config, self_value: int) -> int:
+def _member_floor(core: Replica, cfg: Config, self_value: int) -> int:
     """The lowest value over the members: ``self_value`` for us, the others' match index.
 
     Members we know nothing about count as 0.
@@ -143,7 +151,7 @@ def _member_floor(core: RaftCore, cfg: Config, self_value: int) -> int:
 # -- commit index ----------------------------------------------------------------------------
 
 
-def advance_commit_index(core: RaftCore) -> None:
+def advance_commit_index(core: Replica) -> None:
     """Commit what a majority of members hold — but only from the current term (§5.4.2)."""
     values = dict(core.match_indices)
     values[core.node] = core.log.last_index()
@@ -160,12 +168,12 @@ def advance_commit_index(core: RaftCore) -> None:
 # -- apply -----------------------------------------------------------------------------------
 
 
-def leader_apply_log(core: RaftCore) -> None:
+def leader_apply_log(core: Replica) -> None:
     """Apply on the leader; rotation trims only below what every member holds."""
     apply_log(core, _member_floor(core, core.current_config(), core.last_applied))
 
 
-def apply_log(core: RaftCore, trim_index: int | None) -> None:
+def apply_log(core: Replica, trim_index: int | None) -> None:
     """Send the next committed entries to storage (one ``Apply``), then maybe rotate the log.
 
     ``trim_index`` ``None`` means no limit from the cluster (WARaft's ``infinity``).
@@ -210,12 +218,12 @@ def apply_log(core: RaftCore, trim_index: int | None) -> None:
 # -- liveness --------------------------------------------------------------------------------
 
 
-def update_heartbeat_reply_ts(core: RaftCore, node: str) -> None:
+def update_heartbeat_reply_ts(core: Replica, node: str) -> None:
     core.heartbeat_reply_ts[node] = core.now
     update_quorum_ts(core)
 
 
-def update_quorum_ts(core: RaftCore) -> None:
+def update_quorum_ts(core: Replica) -> None:
     """``last_quorum_ts``: the time a majority of members (self = now) last answered us."""
     values = dict(core.heartbeat_reply_ts)
     values[core.node] = core.now
@@ -226,7 +234,7 @@ def update_quorum_ts(core: RaftCore) -> None:
             core.handover_lease_state = LEASE_UNAFFECTED
 
 
-def leader_eligible(core: RaftCore) -> str:
+def leader_eligible(core: Replica) -> str:
     """``"eligible"``, ``"ineligible"`` (not a member / not allowed) or ``"stale"``."""
     settings = core.settings
     if not (settings.raft_leader_eligible and core.is_self_member()):
@@ -242,7 +250,7 @@ def leader_eligible(core: RaftCore) -> str:
 # -- scheduling rounds -----------------------------------------------------------------------
 
 
-def batch_or_heartbeat(core: RaftCore) -> None:
+def batch_or_heartbeat(core: Replica) -> None:
     """Wait a little for more commits unless enough are pending; else replicate now."""
     settings = core.settings
     interval = settings.raft_commit_batch_interval_ms
@@ -254,7 +262,7 @@ def batch_or_heartbeat(core: RaftCore) -> None:
         heartbeat(core)
 
 
-def maybe_heartbeat(core: RaftCore) -> None:
+def maybe_heartbeat(core: Replica) -> None:
     """After a response: replicate now if the last round is old, else re-arm the timeout.
 
     Deviation from WARaft (CORE-5): WARaft re-arms the heartbeat timeout here, replacing a
@@ -277,7 +285,7 @@ def maybe_heartbeat(core: RaftCore) -> None:
     core.heartbeat_timeout()
 
 
-def heartbeat(core: RaftCore) -> None:
+def heartbeat(core: Replica) -> None:
     """A replication round, or resignation if this replica may no longer lead."""
     eligibility = leader_eligible(core)
     if eligibility == "eligible":

@@ -26,14 +26,11 @@ Deliberate deviations from WARaft (each documented where it is made):
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from waraft.core import (
     candidate,
     commit,
-    config,
     disabled,
     follower,
     handover,
@@ -44,35 +41,19 @@ from waraft.core import (
     witness,
 )
 from waraft.core.effects import (
-    CommitCancelled,
     Effect,
-    ReadCancelled,
-    Reply,
-    Send,
-    SetTimeout,
     StateChanged,
 )
 from waraft.core.errors import RaftCoreError
 from waraft.core.events import Event
-from waraft.core.handover import (
+from waraft.core.replica import Replica
+from waraft.core.rpc import Payload, RaftRpc
+from waraft.core.types import (
     LEASE_IN_PROGRESS,
     LEASE_PENDING_RECONFIRMATION,
     LEASE_UNAFFECTED,
-)
-from waraft.core.log import LogOverlay
-from waraft.core.log_view import LogView, QueueView
-from waraft.core.metrics import Metrics
-from waraft.core.rpc import Payload, RaftRpc
-from waraft.core.settings import ELECTION_MAX_WEIGHT, Settings
-from waraft.core.types import (
-    Config,
-    DurableState,
-    ElectionType,
     Identity,
-    LogPos,
-    Priority,
     State,
-    TimeoutKind,
 )
 
 logger = logging.getLogger(__name__)
@@ -81,11 +62,11 @@ logger = logging.getLogger(__name__)
 class _StateModule(Protocol):
     """What each state module provides (``stalled``, ``follower``, ...)."""
 
-    def enter(self, core: RaftCore, old: State) -> None: ...
+    def enter(self, core: Replica, old: State) -> None: ...
 
-    def handle_rpc(self, core: RaftCore, sender: Identity, payload: Payload) -> None: ...
+    def handle_rpc(self, core: Replica, sender: Identity, payload: Payload) -> None: ...
 
-    def handle_event(self, core: RaftCore, event: Event) -> None: ...
+    def handle_event(self, core: Replica, event: Event) -> None: ...
 
 
 _STATE_MODULES: dict[State, _StateModule] = {
@@ -98,94 +79,8 @@ _STATE_MODULES: dict[State, _StateModule] = {
 }
 
 
-class RaftCore:
+class RaftCore(Replica):
     """One replica's Raft state machine. Deterministic given its inputs (see CORE_API.md)."""
-
-    def __init__(
-        self,
-        self_id: Identity,
-        table: str,
-        partition: int,
-        settings: Settings,
-        log: LogView,
-        queues: QueueView,
-        storage_position: LogPos,
-        storage_config: tuple[int, Config] | None,
-        durable: DurableState | None,
-        rand: Callable[[], float],
-        now: int,
-        label_fn: Callable[[Any, Any], Any] | None = None,
-        storage_label: Any = None,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.self_id = self_id
-        self.node = self_id.node
-        self.table = table
-        self.partition = partition
-        self.settings = settings
-        self.log = LogOverlay(log)
-        self.queues = queues
-        self.rand = rand
-        self.label_fn = label_fn
-        self.metrics = metrics
-        self.now = now
-        # Refs (pre-vote rounds, handovers, keys of entries we make) come from one counter.
-        self._ref_counter = int(rand() * (1 << 40))
-
-        self.commit_index = storage_position.index
-        self.last_applied = storage_position.index
-        self.cached_config: tuple[int, Config] | None = (
-            None
-            if storage_config is None
-            else (storage_config[0], config.normalize_config(storage_config[1]))
-        )
-        self.storage_label: Any = storage_label
-        self.last_label: Any = None
-        if durable is None:
-            self.current_term = storage_position.term
-            self.voted_for: str | None = None
-            self.disable_reason: Any = None
-        else:
-            self.current_term = durable.current_term
-            self.voted_for = durable.voted_for
-            self.disable_reason = durable.disable_reason
-
-        self.state: State = State.STALLED
-        self.leader: Identity | None = None
-        self.state_start_ts = now
-        self.last_quorum_ts: int | None = None
-        self.leader_commit_index: int | None = None
-        # candidate
-        self.votes: dict[str, bool] = {}
-        self.pre_vote_ref: int | None = None
-        self.pre_votes: dict[str, bool] = {}
-        self.next_election_type = ElectionType.NORMAL
-        # leader (pending lists are kept in arrival order)
-        self.pending_high: list[tuple[Any, tuple[Any, Any]]] = []
-        self.pending_low: list[tuple[Any, tuple[Any, Any]]] = []
-        self.pending_read = False  # a read waits for an entry to be appended for it
-        # Leader reads not yet handed to storage: released at the next append (see reads).
-        self.held_reads: list[tuple[Any, Any, int | None]] = []
-        # Highest read index handed to storage in this role; reads may wait there unanswered.
-        self.read_index_high = 0
-        self.queued: dict[int, tuple[Any, Priority]] = {}
-        self.next_indices: dict[str, int] = {}
-        self.match_indices: dict[str, int] = {}
-        self.last_applied_indices: dict[str, int] = {}
-        self.heartbeat_send_ts: dict[str, int] = {}
-        self.heartbeat_reply_ts: dict[str, int] = {}
-        self.inflight: dict[str, int] = {}  # append_entries sent per peer, not yet answered
-        self.first_current_term_log_index = 0
-        # When the armed batch timeout is due (None: no commits waiting for one).
-        self.batch_deadline: int | None = None
-        self.handover: tuple[str, int, int] | None = None  # (peer node, ref, deadline ms)
-        self.handover_lease_state: str = LEASE_UNAFFECTED
-        # an InstallSnapshot we are waiting on: (purpose, position, extra)
-        self.pending_install: tuple[str, LogPos, Any] | None = None
-
-        self._fx: list[Effect] = []
-        self._mailbox: deque[Event] = deque()
-        self._started = False
 
     # -- public entry points -------------------------------------------------------------------
 
@@ -224,25 +119,6 @@ class RaftCore:
             reason = ("notify_redirect", self.handover[0])
         commit.cancel_pending_and_queued(self, reason)
         return self._finish()
-
-    # -- read-only queries ---------------------------------------------------------------------
-
-    def current_config(self) -> Config:
-        """The effective config: the log's newest config if newer than storage's, else storage's."""
-        found = self.log.config()
-        cached = self.cached_config
-        if cached is None:
-            return config.make_config() if found is None else found[1]
-        if found is not None and found[0] > cached[0]:
-            return found[1]
-        return cached[1]
-
-    def config_index(self) -> int:
-        found = self.log.config()
-        cached = self.cached_config
-        if cached is None:
-            return 0 if found is None else found[0]
-        return cached[0] if found is None else max(found[0], cached[0])
 
     def status(self, now: int) -> dict[str, Any]:
         """WARaft's status fields that the core knows (digest §2.14)."""
@@ -295,9 +171,6 @@ class RaftCore:
             self.count(f"{new.value}.enter")
         _STATE_MODULES[new].enter(self, old)
 
-    def follower_or_witness(self) -> State:
-        return State.WITNESS if self.is_self_witness() else State.FOLLOWER
-
     def _initial_state(self) -> State:
         if self.disable_reason is not None:
             return State.DISABLED
@@ -306,101 +179,6 @@ class RaftCore:
         if self.is_single_member():
             return State.CANDIDATE
         return self.follower_or_witness()
-
-    # -- effect helpers ------------------------------------------------------------------------
-
-    def emit(self, effect: Effect) -> None:
-        self._fx.append(effect)
-
-    def send(self, to: Identity, payload: Payload, term: int | None = None) -> None:
-        """Cast an RPC; a cast to ourselves is queued behind the current event instead."""
-        rpc = RaftRpc(self.current_term if term is None else term, self.self_id, payload)
-        if to == self.self_id:
-            self._mailbox.append(rpc)
-        else:
-            self._fx.append(Send(to, rpc))
-
-    def reply(self, to: Any, value: Any) -> None:
-        """Answer a caller; ``None`` means nobody waits (a cast)."""
-        if to is not None:
-            self._fx.append(Reply(to, value))
-
-    def cancel_commit(self, to: Any, reason: Any, priority: Priority) -> None:
-        self._fx.append(CommitCancelled(to, reason, priority))
-
-    def cancel_read(self, to: Any, reason: Any) -> None:
-        self._fx.append(ReadCancelled(to, reason))
-
-    def set_timeout(self, kind: TimeoutKind, ms: int) -> None:
-        self._fx.append(SetTimeout(kind, ms))
-
-    def election_timeout(self) -> None:
-        """Arm a randomized election timeout scaled by the election weight (Raft §5.2)."""
-        settings = self.settings
-        low = settings.raft_election_timeout_ms
-        high = settings.raft_election_timeout_ms_max
-        timeout = low + 1 + int(self.rand() * (high - low)) if high > low else low
-        weight = settings.raft_election_weight
-        if 0 < weight <= ELECTION_MAX_WEIGHT:
-            timeout = timeout * ELECTION_MAX_WEIGHT // weight
-        else:
-            timeout = timeout * ELECTION_MAX_WEIGHT
-        self._fx.append(SetTimeout(TimeoutKind.ELECTION, timeout))
-
-    def heartbeat_timeout(self) -> None:
-        self._fx.append(SetTimeout(TimeoutKind.HEARTBEAT, self.settings.raft_heartbeat_interval_ms))
-
-    def next_ref(self) -> int:
-        self._ref_counter += 1
-        return self._ref_counter
-
-    # -- shared predicates ---------------------------------------------------------------------
-
-    def is_self_member(self) -> bool:
-        return self.self_id in self.current_config().membership
-
-    def is_self_witness(self) -> bool:
-        return self.self_id in self.current_config().witness
-
-    def is_single_member(self) -> bool:
-        return config.is_single_member(self.self_id, self.current_config())
-
-    def last_log_pos(self) -> LogPos:
-        log = self.log
-        last = log.last_index()
-        term = log.term(last)
-        if term is None:
-            raise RaftCoreError(f"log has no term at its last index {last}")
-        return LogPos(last, term)
-
-    def candidate_eligible(self) -> bool:
-        """May this replica start elections (eligible, a member, non-zero weight)?"""
-        settings = self.settings
-        return (
-            settings.raft_leader_eligible
-            and settings.raft_election_weight != 0
-            and self.is_self_member()
-        )
-
-    # -- logging and metrics -------------------------------------------------------------------
-
-    def _tag(self) -> str:
-        return f"Server[{self.table}.{self.partition}@{self.node}, term {self.current_term}]"
-
-    def log_notice(self, message: str, *args: Any) -> None:
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("%s %s " + message, self._tag(), self.state.value, *args)
-
-    def count(self, name: Any) -> None:
-        if self.metrics is not None:
-            self.metrics.count(("raft", self.table, name))
-
-    def gather(self, name: Any, value: float) -> None:
-        if self.metrics is not None:
-            self.metrics.gather(("raft", self.table, name), value)
-
-    def __repr__(self) -> str:
-        return f"<RaftCore {self.node} {self.state.value} term={self.current_term}>"
 
 
 __all__ = [

@@ -17,7 +17,7 @@ from waraft.core.effects import RequestSnapshot, ResetLog, TrimLog
 from waraft.core.types import Config, Identity, LogPos
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
 def should_send_snapshot(
@@ -38,7 +38,7 @@ def should_send_snapshot(
 
 
 def maybe_request_snapshot(
-    core: RaftCore, peer: Identity, follower_last_index: int, follower_last_applied: int | None
+    core: Replica, peer: Identity, follower_last_index: int, follower_last_applied: int | None
 ) -> None:
     """On a failed append: ask the catch-up coordinator for a snapshot if the rules say so."""
     if should_send_snapshot(
@@ -51,7 +51,7 @@ def maybe_request_snapshot(
         core.emit(RequestSnapshot(peer, peer in core.current_config().witness))
 
 
-def reset_log(core: RaftCore, position: LogPos, storage_config: tuple[int, Config] | None) -> None:
+def reset_log(core: Replica, position: LogPos, storage_config: tuple[int, Config] | None) -> None:
     """Restart the log at ``position`` after storage loaded a snapshot there.
 
     Commits waiting for entries that will never be applied here are cancelled.
@@ -65,7 +65,7 @@ def reset_log(core: RaftCore, position: LogPos, storage_config: tuple[int, Confi
 
 
 def adopt_snapshot(
-    core: RaftCore, position: LogPos, storage_config: tuple[int, Config] | None
+    core: Replica, position: LogPos, storage_config: tuple[int, Config] | None
 ) -> None:
     """Take up a transferred snapshot that storage now sits at.
 
@@ -93,7 +93,7 @@ def adopt_snapshot(
         log.trim(index)
 
 
-def rotate(core: RaftCore, index: int) -> None:
+def rotate(core: Replica, index: int) -> None:
     """Trim in large batches, keeping ``log_rotation_keep`` entries behind ``index``."""
     settings = core.settings
     keep = settings.log_rotation_keep

@@ -23,20 +23,20 @@ from waraft.core.rpc import AppendEntries, AppendEntriesResponse, Payload
 from waraft.core.types import Identity, State, error
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
-def enter(core: RaftCore, old: State) -> None:
+def enter(core: Replica, old: State) -> None:
     enter_state(core, State.STALLED)
 
 
-def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
+def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:
     if isinstance(payload, AppendEntries):
         core.last_quorum_ts = core.now
         core.send(sender, AppendEntriesResponse(payload.prev_log_index, False, 0, 0))
 
 
-def handle_event(core: RaftCore, event: Event) -> None:
+def handle_event(core: Replica, event: Event) -> None:
     match event:
         case Bootstrap():
             admin.bootstrap(core, event)

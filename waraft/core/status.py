@@ -8,10 +8,10 @@ from waraft.core import config
 from waraft.core.types import State
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
-def status(core: RaftCore, now: int) -> dict[str, Any]:
+def status(core: Replica, now: int) -> dict[str, Any]:
     """Everything the core knows; the shell adds ``partition_path`` and ``log_module``."""
     leader = core.leader
     log = core.log
@@ -44,7 +44,7 @@ def status(core: RaftCore, now: int) -> dict[str, Any]:
     }
 
 
-def status_flags(core: RaftCore, now: int) -> tuple[bool, bool, bool]:
+def status_flags(core: Replica, now: int) -> tuple[bool, bool, bool]:
     """``(live, lagging, stale)``.
 
     * stalled / disabled: never live, always lagging and stale;

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from waraft.core.effects import PersistState
 from waraft.core.errors import RaftCoreError
-from waraft.core.handover import LEASE_UNAFFECTED
 from waraft.core.rpc import (
     AppendEntries,
     Handover,
@@ -29,13 +28,13 @@ from waraft.core.rpc import (
     RequestVote,
     Vote,
 )
-from waraft.core.types import DurableState, ElectionType, Identity, State
+from waraft.core.types import LEASE_UNAFFECTED, DurableState, ElectionType, Identity, State
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
-def handle_rpc(core: RaftCore, rpc: RaftRpc) -> None:
+def handle_rpc(core: Replica, rpc: RaftRpc) -> None:
     """Apply the term rules, then hand the procedure to the current state."""
     term = rpc.term
     payload = rpc.payload
@@ -68,7 +67,7 @@ def handle_rpc(core: RaftCore, rpc: RaftRpc) -> None:
     core.dispatch_procedure(sender, payload)
 
 
-def on_advance_term(core: RaftCore, term: int) -> None:
+def on_advance_term(core: Replica, term: int) -> None:
     """WARaft's ``advance_term`` internal event: leaders and candidates step down."""
     state = core.state
     core.log_notice("advancing to new term %d", term)
@@ -80,7 +79,7 @@ def on_advance_term(core: RaftCore, term: int) -> None:
         core.goto(state)
 
 
-def advance_term(core: RaftCore, term: int, voted_for: str | None) -> None:
+def advance_term(core: Replica, term: int, voted_for: str | None) -> None:
     """Move to ``term``, forget everything about the old one, and persist before going on."""
     if term <= core.current_term:
         raise RaftCoreError(f"advance_term to {term} from {core.current_term}")
@@ -101,12 +100,12 @@ def advance_term(core: RaftCore, term: int, voted_for: str | None) -> None:
     persist(core)
 
 
-def persist(core: RaftCore) -> None:
+def persist(core: Replica) -> None:
     """Emit the durable state as it is now (term, vote, disable reason)."""
     core.emit(PersistState(DurableState(core.current_term, core.voted_for, core.disable_reason)))
 
 
-def is_leader_missing(core: RaftCore) -> bool:
+def is_leader_missing(core: Replica) -> bool:
     """No leader heartbeat (or leader quorum) for longer than the minimum election timeout."""
     last = core.last_quorum_ts
     if last is None:
@@ -114,13 +113,13 @@ def is_leader_missing(core: RaftCore) -> bool:
     return core.now - last > core.settings.raft_election_timeout_ms
 
 
-def handle_request_pre_vote(core: RaftCore, candidate: Identity, ref: int) -> None:
+def handle_request_pre_vote(core: Replica, candidate: Identity, ref: int) -> None:
     """Say whether we miss a leader, and where our log ends."""
     pos = core.last_log_pos()
     core.send(candidate, PreVote(ref, is_leader_missing(core), pos.index, pos.term))
 
 
-def handle_request_vote(core: RaftCore, candidate: Identity, request: RequestVote) -> None:
+def handle_request_vote(core: Replica, candidate: Identity, request: RequestVote) -> None:
     """Grant at most one vote per term, to a candidate whose log is at least as up to date."""
     voted_for = core.voted_for
     if voted_for is not None and voted_for != candidate.node:

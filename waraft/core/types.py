@@ -135,6 +135,12 @@ class DurableState(NamedTuple):
     disable_reason: Any = None
 
 
+# WARaft's ``handover_lease_state`` values (the handover module drives them; the replica
+# starts at LEASE_UNAFFECTED, so they live below both).
+LEASE_UNAFFECTED = "unaffected"
+LEASE_IN_PROGRESS = "in_progress"
+LEASE_PENDING_RECONFIRMATION = "pending_reconfirmation"
+
 ERROR = "error"
 OK = "ok"
 

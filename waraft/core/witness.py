@@ -24,15 +24,15 @@ from waraft.core.rpc import (
 from waraft.core.types import Identity, State, error
 
 if TYPE_CHECKING:
-    from waraft.core.server import RaftCore
+    from waraft.core.replica import Replica
 
 
-def enter(core: RaftCore, old: State) -> None:
+def enter(core: Replica, old: State) -> None:
     enter_state(core, State.WITNESS)
     core.election_timeout()
 
 
-def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
+def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:
     match payload:
         case AppendEntries():
             heartbeat.handle_heartbeat(core, sender, payload)
@@ -46,7 +46,7 @@ def handle_rpc(core: RaftCore, sender: Identity, payload: Payload) -> None:
             pass  # responses, pre-votes and votes mean nothing to a witness
 
 
-def handle_event(core: RaftCore, event: Event) -> None:
+def handle_event(core: Replica, event: Event) -> None:
     match event:
         case Timeout():
             core.election_timeout()  # only refreshes; a witness never campaigns
