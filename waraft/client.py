@@ -77,7 +77,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import Any, Final
 
-from waraft import acceptor, codec, make_ref, otp
+from waraft import make_ref, otp
+from waraft.partition import acceptor
+from waraft.services import codec
 from waraft.storage import BATCH
 
 logger = logging.getLogger(__name__)
@@ -946,7 +948,7 @@ class Client:
                 for p, leader in answer.items()
                 if isinstance(p, int) and isinstance(leader, str) and 1 <= p <= self.partitions
             }
-        from waraft import server
+        from waraft.partition import server
 
         learnt: dict[int, str] = {}
         for partition in range(1, self.partitions + 1):

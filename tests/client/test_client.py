@@ -152,7 +152,7 @@ def test_packing_puts_a_burst_of_commits_in_one_log_entry(
     tmp_path: Path, client_node: otp.Node, pack: bool
 ) -> None:
     from tests.partition.helpers import addr
-    from waraft import server
+    from waraft.partition import server
 
     with cluster(tmp_path) as nodes:
         leader = leader_of(nodes)

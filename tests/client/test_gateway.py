@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from tests.partition.helpers import addr, ident, start_node, wait_until
-from waraft import acceptor, otp, server
-from waraft.acceptor import BatchReply, parse_client_batch
+from waraft import otp
 from waraft.core.types import LogPos
+from waraft.partition import acceptor, server
+from waraft.partition.acceptor import BatchReply, parse_client_batch
 
 
 class Sent:
@@ -220,7 +221,7 @@ def test_client_future_waits_calls_back_once_and_times_out() -> None:
 def test_replies_completed_together_leave_as_one_frame_per_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from waraft import acceptor
+    from waraft.partition import acceptor
 
     sent: list[tuple[Any, Any]] = []
     monkeypatch.setattr(acceptor.otp, "cast", lambda addr, msg: sent.append((addr, msg)))

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from waraft import codec, dist, otp
+from waraft import dist, otp
+from waraft.services import codec
 from waraft.dist import envelope
 from waraft.dist.envelope import Kind
 

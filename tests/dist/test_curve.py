@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from waraft import codec, dist, otp
+from waraft import dist, otp
+from waraft.services import codec
 from waraft.dist import envelope
 
 from .helpers import DOWN, PING, Child, start_sink, wait_until

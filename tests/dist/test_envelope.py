@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from waraft import codec
+from waraft.services import codec
 from waraft.dist import envelope, nodeid
 from waraft.dist.envelope import FrameError, Kind
 

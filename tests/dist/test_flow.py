@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from waraft import codec, dist, otp
+from waraft import dist, otp
+from waraft.services import codec
 
 from .helpers import WAIT, Child, start_sink, wait_until
 

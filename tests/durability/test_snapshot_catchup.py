@@ -38,9 +38,9 @@ from tests.durability.helpers import (
     wait_rejoined,
 )
 from tests.multiprocess.harness import Cluster, NodeProcess, wait_until
-from waraft import server
 from waraft.client import Client
 from waraft.core.types import Identity
+from waraft.partition import server
 
 PARTITIONS = (1, 2)
 ROTATION: dict[str, object] = {

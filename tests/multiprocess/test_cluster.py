@@ -12,9 +12,10 @@ import zmq
 
 from tests.multiprocess.conftest import make_cluster
 from tests.multiprocess.harness import Cluster, wait_until
-from waraft import codec, storage
+from waraft import storage
 from waraft.client import Client, partition_for
 from waraft.dist import envelope
+from waraft.services import codec
 
 
 @pytest.fixture(scope="module")

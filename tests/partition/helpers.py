@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from waraft import env, otp, server, sup
+from waraft import otp
 from waraft.core.types import Identity, LogPos
+from waraft.partition import server, sup
+from waraft.services import env
 
 APP = "test_app"
 FAST = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.partition.helpers import addr, cluster, leader_of, state, wait_until
-from waraft import acceptor, otp, server, storage
+from waraft import otp, storage
+from waraft.partition import acceptor, server
 
 
 def test_commits_replicate_to_every_node_and_read_back(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_a_partitioned_leader_is_replaced_and_steps_down_when_healed(tmp_path: P
 
 
 def test_info_publishes_term_leader_and_status_without_asking_the_server(tmp_path: Path) -> None:
-    from waraft import info
+    from waraft.services import info
 
     with cluster(tmp_path) as nodes:
         leader = leader_of(nodes)
@@ -88,7 +89,7 @@ def test_info_publishes_term_leader_and_status_without_asking_the_server(tmp_pat
 
 
 def test_labels_chain_through_commits_and_reach_storage(tmp_path: Path) -> None:
-    from waraft import part_sup
+    from waraft.partition import part_sup
 
     with cluster(tmp_path, label_module="waraft.label:CounterLabel") as nodes:
         leader = leader_of(nodes)

@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 import pytest
 
 from tests.partition.helpers import APP, addr, ident, start_node, state, wait_until
-from waraft import acceptor, durable_state, otp, part_sup, server, storage, sup
+from waraft import otp, storage
 from waraft.core.types import LogPos
 from waraft.log.memory import MemoryLog
+from waraft.partition import acceptor, durable_state, part_sup, server, sup
 from waraft.storage.memory import MemoryStorage
 
 SQLITE = "waraft.storage.sqlite:SqliteStorage"
@@ -244,7 +245,7 @@ def test_a_corrupt_log_disables_its_partition_and_spares_the_others(tmp_path: Pa
 
 
 def test_a_batch_command_applies_and_reads_many_commands_as_one_entry(tmp_path: Path) -> None:
-    from waraft import codec
+    from waraft.services import codec
 
     node = start_node(tmp_path, "n1", [1])
     _bootstrap_single(node)

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from tests.partition.helpers import addr, ident, start_node, state, wait_until
-from waraft import acceptor, codec, otp, server
+from waraft import otp
 from waraft.core.types import LogPos
+from waraft.partition import acceptor, server
+from waraft.services import codec
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from waraft.codec import CodecError, packb, unpackb
 from waraft.core.types import Config, Entry, Identity, LogPos
+from waraft.services.codec import CodecError, packb, unpackb
 
 from .helpers import A, B, C, make_config
 

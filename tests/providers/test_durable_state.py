@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from waraft import durable_state
-from waraft.codec import packb
 from waraft.core.types import DurableState
-from waraft.durable_state import STATE_FILE, TEMP_FILE, DurableStateError
+from waraft.partition import durable_state
+from waraft.partition.durable_state import STATE_FILE, TEMP_FILE, DurableStateError
+from waraft.services.codec import packb
 
 
 def test_round_trip(tmp_path: Path) -> None:

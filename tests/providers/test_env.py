@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from waraft import env
 from waraft.core.settings import Settings
+from waraft.services import env
 
 NODE = "env-test@node"
 

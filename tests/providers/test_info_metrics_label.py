@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from waraft import info, metrics
 from waraft.core.types import State
-from waraft.label import CounterLabel, Label
+from waraft.services import info, metrics
+from waraft.services.label import CounterLabel, Label
 
 NODE = "info-test@node"
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import sys
 
-from waraft import app, dist, env, otp, sup
+from waraft import dist, otp
+from waraft.partition import app, sup
+from waraft.services import env
 
 APP = "test_app"
 FAST = {

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.partition.helpers import APP, FAST, wait_until
-from waraft import app, dist_transport, env, otp, sup, transport
+from waraft import otp, transport
+from waraft.partition import app, sup
+from waraft.services import env
+from waraft.transport import dist_transport
 
 FAST_RAFT = {
     "raft_transport_scan_interval_ms": 100,
@@ -145,7 +148,7 @@ def offer(
         "transport",
         transport_id,
         sender,
-        "waraft.dist_transport",
+        "waraft.transport.dist_transport",
         meta or {"type": "transfer", "table": "test", "partition": 1},
         files,
     )

@@ -22,8 +22,10 @@ from tests.transport.helpers import (
     start,
     wait_status,
 )
-from waraft import acceptor, otp, part_sup, server, snapshot_catchup, storage, sup, transport
+from waraft import otp, storage, transport
 from waraft.core.types import Identity, LogPos
+from waraft.partition import acceptor, part_sup, server, sup
+from waraft.transport import snapshot_catchup
 
 DISK = "waraft.log.disk:DiskLog"
 SQLITE = "waraft.storage.sqlite:SqliteStorage"

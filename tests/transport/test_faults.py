@@ -20,7 +20,8 @@ from tests.transport.helpers import (
     start,
     wait_status,
 )
-from waraft import app, otp, transport
+from waraft import otp, transport
+from waraft.partition import app
 
 SMALL_CHUNKS = {"dist_transport_chunk_size": 64, "dist_transport_max_inflight": 2}
 
@@ -145,7 +146,8 @@ def test_the_node_wide_services_run_under_kernel_sup(tmp_path: Path) -> None:
     plain = otp.Node("plain@local")
     with plain.activate():
         from tests.partition.helpers import APP
-        from waraft import env, sup
+        from waraft.partition import sup
+        from waraft.services import env
 
         env.set_env(APP, "raft_database", str(tmp_path / "plain"))
         assert otp.supervisor.start_child("kernel_sup", sup.child_spec(APP, []))[0] == "ok"
@@ -166,7 +168,8 @@ def test_a_restarted_manager_keeps_the_records(tmp_path: Path) -> None:
 
 
 def test_app_start_installs_the_configured_metrics_sink() -> None:
-    from waraft import app, env, metrics
+    from waraft.partition import app
+    from waraft.services import env, metrics
 
     node = otp.Node("metrics.1@local")
     with node.activate():

@@ -16,8 +16,10 @@ import pytest
 
 from tests.partition.helpers import APP, FAST, wait_until
 from tests.transport.helpers import FAST_CATCHUP, make_tree, read_tree, sample_tree
-from waraft import acceptor, app, dist, env, otp, server, storage, sup, transport
+from waraft import dist, otp, storage, transport
 from waraft.core.types import Identity, LogPos
+from waraft.partition import acceptor, app, server, sup
+from waraft.services import env
 
 CHILD = Path(__file__).with_name("child_node.py")
 WAIT = 15.0

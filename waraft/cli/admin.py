@@ -31,8 +31,10 @@ import os
 import time
 from typing import Any, Final
 
-from waraft import __version__, info, otp, part_sup, server
+from waraft import __version__, otp
 from waraft.core.types import LogPos
+from waraft.partition import part_sup, server
+from waraft.services import info
 
 logger = logging.getLogger(__name__)
 

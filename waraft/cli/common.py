@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from waraft import env
+from waraft.services import env
 
 logger = logging.getLogger(__name__)
 

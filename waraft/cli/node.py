@@ -96,7 +96,7 @@ class NodeConfig:
         split_listen(self.listen)
         if self.data_dir is None and not self.memory:
             raise UsageError("--data-dir is required (or --memory for a throw-away node)")
-        from waraft import part_sup
+        from waraft.partition import part_sup
 
         try:
             part_sup.check_spec({"table": self.table, "partition": self.partitions[0]})
@@ -228,7 +228,8 @@ class NodeRuntime:
 
     def start(self) -> str:
         """Start distribution, settings, services and partitions; return the node id."""
-        from waraft import dist, env, otp
+        from waraft import dist, otp
+        from waraft.services import env
 
         config = self.config
         data_dir = config.data_dir
@@ -266,7 +267,7 @@ class NodeRuntime:
     def _app_spec(self, app: str, raft_args: list[dict[str, Any]]) -> dict[str, Any]:
         module_name = self.config.app_module
         if module_name is None:
-            from waraft import sup
+            from waraft.partition import sup
 
             return sup.child_spec(app, raft_args)
         if os.getcwd() not in sys.path:
@@ -294,7 +295,7 @@ class NodeRuntime:
 
 def _ensure_app_services() -> None:
     try:
-        app_module = importlib.import_module("waraft.app")
+        app_module = importlib.import_module("waraft.partition.app")
     except ImportError:
         return
     ensure = getattr(app_module, "ensure_started", None)

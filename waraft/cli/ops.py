@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from waraft import otp, server
+from waraft import otp
 from waraft.cli import admin
 from waraft.core.types import Identity, LogPos
+from waraft.partition import server
 
 BOOTSTRAP_POSITION = LogPos(1, 1)
 ALREADY = ("already_bootstrapped", "rejected")

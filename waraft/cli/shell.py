@@ -37,13 +37,14 @@ class Helpers:
     # -- addressing ------------------------------------------------------------------------------
 
     def _server(self, partition: int, node: str | None) -> tuple[str, str]:
-        from waraft import server
+        from waraft.partition import server
 
         return (server.default_name(self.table, partition), node or self.target)
 
     def nodes(self) -> list[str]:
         """The cluster's nodes: the members of the target's partitions, else those given."""
-        from waraft import otp, server
+        from waraft import otp
+        from waraft.partition import server
 
         found: list[str] = list(self._nodes)
         for partition in self.partitions[:1]:
@@ -58,8 +59,8 @@ class Helpers:
 
     def status(self, partition: int | None = None, node: str | None = None) -> Any:
         """One partition's full status dict, or (no argument) print the cluster's table."""
-        from waraft import server
         from waraft.cli import ops
+        from waraft.partition import server
 
         if partition is not None:
             return server.status(self._server(partition, node))
@@ -76,25 +77,25 @@ class Helpers:
 
     def promote(self, partition: int = 1, node: str | None = None, force: bool = False) -> Any:
         """Make ``node`` (default: the target) leader of ``partition`` without an election."""
-        from waraft import server
+        from waraft.partition import server
 
         return server.promote(self._server(partition, node), "next", force)
 
     def trigger_election(self, partition: int = 1, node: str | None = None) -> Any:
         """Start an election on ``node`` for ``partition``."""
-        from waraft import server
+        from waraft.partition import server
 
         return server.trigger_election(self._server(partition, node))
 
     def resign(self, partition: int = 1, node: str | None = None) -> Any:
         """The leader on ``node`` steps down."""
-        from waraft import server
+        from waraft.partition import server
 
         return server.resign(self._server(partition, node))
 
     def handover(self, partition: int = 1, to: str | None = None) -> Any:
         """Move ``partition``'s leadership to ``to`` (or a ready peer)."""
-        from waraft import server
+        from waraft.partition import server
 
         leader = self.leader(partition)
         if leader is None:
@@ -175,8 +176,10 @@ HELPERS = (
 def namespace(helpers: Helpers) -> dict[str, Any]:
     """The shell's globals: the API modules, types and the helpers."""
     import waraft
-    from waraft import acceptor, dist, env, info, otp, server
+    from waraft import dist, otp
     from waraft.core.types import Identity, LogPos
+    from waraft.partition import acceptor, server
+    from waraft.services import env, info
 
     ns: dict[str, Any] = {
         "waraft": waraft,

@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from waraft import codec
+from waraft.services import codec
 from waraft.dist import inline
 from waraft.dist.nodeid import NodeIdError, is_node_id, make, parse
 from waraft.dist.reply import RemoteReplyTo

@@ -28,7 +28,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any, Final
 
-from waraft import codec
+from waraft.services import codec
 
 VERSION: Final = 1
 

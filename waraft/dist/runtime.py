@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from waraft import codec
+from waraft.services import codec
 from waraft.dist import envelope, nodeid
 from waraft.dist.links import Outbound
 from waraft.dist.liveness import Liveness

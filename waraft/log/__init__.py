@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from waraft import env, otp
+from waraft import otp
 from waraft.core.types import LogPos
 from waraft.log.memory import MemoryLog
 from waraft.log.provider import (
@@ -31,6 +31,7 @@ from waraft.log.provider import (
     LogWriteError,
     is_config_entry,
 )
+from waraft.services import env
 
 logger = logging.getLogger(__name__)
 

@@ -68,7 +68,6 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from typing import Any, Final, Self
 
-from waraft.codec import CodecError, packb, unpackb
 from waraft.core.settings import Settings
 from waraft.core.types import Config, Entry, LogPos, Priority
 from waraft.log.provider import (
@@ -80,6 +79,7 @@ from waraft.log.provider import (
     LogProvider,
     LogWriteError,
 )
+from waraft.services.codec import CodecError, packb, unpackb
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Self
 
-from waraft.codec import packb
 from waraft.core.settings import Settings
 from waraft.core.types import Config, Entry, LogPos, Priority
 from waraft.log.provider import (
@@ -30,6 +29,7 @@ from waraft.log.provider import (
     count_within_bytes,
     is_config_entry,
 )
+from waraft.services.codec import packb
 
 logger = logging.getLogger(__name__)
 

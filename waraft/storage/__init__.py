@@ -26,11 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from waraft import codec, env, otp
-from waraft.acceptor import coalesced_replies
-from waraft.codec import CodecError
+from waraft import otp
 from waraft.core.effects import ApplyItem as CoreApplyItem
 from waraft.core.types import NOOP, NOOP_OMITTED, Config, LogPos, Priority, is_config_command
+from waraft.partition.acceptor import coalesced_replies
+from waraft.services import codec, env
+from waraft.services.codec import CodecError
 from waraft.storage.provider import (
     BAD_POSITION,
     NOT_FOUND,

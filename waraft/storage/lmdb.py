@@ -86,8 +86,8 @@ from typing import Any, Final, Self
 import lmdb
 import msgpack
 
-from waraft.codec import CodecError, packb, unpackb
 from waraft.core.types import Config, LogPos, is_config_command
+from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.provider import (
     BAD_POSITION,
     NOT_FOUND,

@@ -15,8 +15,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Self
 
-from waraft.codec import CodecError, packb, unpackb
 from waraft.core.types import Config, LogPos, is_config_command
+from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.provider import (
     BAD_POSITION,
     NOT_FOUND,

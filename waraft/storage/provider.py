@@ -38,8 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Self
 
-from waraft.codec import packb, unpackb
 from waraft.core.types import Config, Identity, LogPos, is_config_command
+from waraft.services.codec import packb, unpackb
 
 OK: Final = "ok"
 NOT_FOUND: Final = "not_found"

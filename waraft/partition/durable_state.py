@@ -21,8 +21,8 @@ import struct
 import zlib
 from typing import Final
 
-from waraft.codec import CodecError, packb, unpackb
 from waraft.core.types import DurableState
+from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.provider import fsync_path, write_file_durably
 
 logger = logging.getLogger(__name__)

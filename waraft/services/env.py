@@ -72,7 +72,7 @@ APP_DEFAULTS: Final[Mapping[str, Any]] = {
     "raft_log_module": "waraft.log.memory",
     "raft_label_module": None,
     "raft_storage_module": "waraft.storage.memory",
-    "raft_transport_module": "waraft.dist_transport",
+    "raft_transport_module": "waraft.transport.dist_transport",
 }
 """App-scoped keys and their defaults (module keys name Python modules)."""
 

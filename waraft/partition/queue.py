@@ -198,3 +198,15 @@ def child_spec(options: Any) -> dict[str, Any]:
         "restart": "transient",
         "shutdown": 1000,
     }
+
+
+__all__ = [
+    "APPLY_QUEUE_FULL",
+    "COMMIT_QUEUE_FULL",
+    "READ_QUEUE_FULL",
+    "QueueProcess",
+    "Queues",
+    "child_spec",
+    "default_name",
+    "start_link",
+]

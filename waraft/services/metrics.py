@@ -12,7 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
-from waraft.env import current_node_id
+from waraft.services.env import current_node_id
 
 MetricKey = tuple[str, str, str]
 

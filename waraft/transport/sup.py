@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from waraft import otp, transport_target_sup
+from waraft import otp
+from waraft.transport import target_sup as transport_target_sup
 
 logger = logging.getLogger(__name__)
 

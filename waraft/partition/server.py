@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from waraft import durable_state, env, info, metrics, otp, storage
+from waraft import otp, storage
 from waraft.core import config as core_config
 from waraft.core import events
 from waraft.core.effects import (
@@ -59,7 +59,9 @@ from waraft.core.effects import (
 from waraft.core.rpc import RaftRpc, RpcDecodeError, from_wire, to_wire
 from waraft.core.server import RaftCore
 from waraft.core.types import Config, DurableState, Identity, LogPos, State
-from waraft.part_sup import RaftOptions
+from waraft.partition import durable_state
+from waraft.partition.part_sup import RaftOptions
+from waraft.services import env, info, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -397,7 +399,7 @@ class RaftServer(otp.StateMachine):
         self._internal.append(opened)
 
     def _request_snapshot(self, effect: RequestSnapshot) -> None:
-        from waraft import snapshot_catchup
+        from waraft.transport import snapshot_catchup
 
         snapshot_catchup.catchup(self.options, effect.peer, effect.witness)
 

@@ -18,7 +18,8 @@ import shutil
 import time
 from typing import Any
 
-from waraft import env, otp, transport
+from waraft import otp, transport
+from waraft.services import env
 
 logger = logging.getLogger(__name__)
 

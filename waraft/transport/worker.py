@@ -19,8 +19,8 @@ from collections import deque
 from typing import Any, Final
 
 from waraft import otp, transport
-from waraft import transport_tables as tables
-from waraft.transport_tables import SENDING, now_ms
+from waraft.transport import tables
+from waraft.transport.tables import SENDING, now_ms
 
 logger = logging.getLogger(__name__)
 

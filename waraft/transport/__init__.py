@@ -64,9 +64,10 @@ import time
 from collections import deque
 from typing import Any
 
-from waraft import env, otp
+from waraft import otp
 from waraft.core.types import LogPos
-from waraft.transport_manager import (
+from waraft.services import env
+from waraft.transport.manager import (
     NAME,
     TransportManager,
     child_spec,
@@ -78,7 +79,7 @@ from waraft.transport_manager import (
     safe_relative_path,
     start_link,
 )
-from waraft.transport_tables import (
+from waraft.transport.tables import (
     ACTIVE,
     CANCELLED,
     COMPLETED,
@@ -244,7 +245,7 @@ def _run(
         t.queues[transport_id] = deque(range(1, total + 1))
         update(t, transport_id, lambda i: {**i, "status": RUNNING})
     try:
-        from waraft import transport_sup
+        from waraft.transport import sup as transport_sup
 
         supervisor = transport_sup.get_or_start(peer)
         workers = [c[1] for c in otp.supervisor.which_children(supervisor)]

@@ -15,7 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-from waraft import metrics, otp
+from waraft import otp
+from waraft.services import metrics
 
 REQUESTED: Final = "requested"
 RUNNING: Final = "running"

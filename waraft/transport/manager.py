@@ -26,9 +26,11 @@ import logging
 import os
 from typing import Any, Final
 
-from waraft import env, otp, part_sup
+from waraft import otp
 from waraft.core.types import LogPos
-from waraft.transport_tables import (
+from waraft.partition import part_sup
+from waraft.services import env
+from waraft.transport.tables import (
     ACTIVE,
     COMPLETED,
     FAILED,
@@ -58,7 +60,7 @@ SCAN_INTERVAL_KEY: Final = "raft_transport_scan_interval_ms"  # ours: WARaft har
 DEFAULT_SCAN_INTERVAL_MS: Final = 30_000
 
 PARTITION_SUBDIRECTORY: Final = "transport"
-DEFAULT_MODULE: Final = "waraft.dist_transport"
+DEFAULT_MODULE: Final = "waraft.transport.dist_transport"
 
 Meta = dict[str, Any]
 FileSpec = tuple[int, str, int]  # (file id, relative name, size) as offered by the sender
@@ -455,7 +457,7 @@ def _notify_server(transport_id: int, info: Info) -> Any:
     if meta.get("type") != "snapshot":
         logger.info("transport %s finished: %s (nothing to install)", transport_id, info["root"])
         return "ok"
-    from waraft import server
+    from waraft.partition import server
 
     options = part_sup.options(meta["table"], meta["partition"])
     name = (

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any, NamedTuple
 
-from waraft.env import current_node_id
+from waraft.services.env import current_node_id
 
 
 class TermInfo(NamedTuple):

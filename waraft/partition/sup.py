@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from waraft import env, otp, part_sup
+from waraft import otp
+from waraft.partition import part_sup
+from waraft.services import env
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,9 @@ def start_link(
     """
     opts = dict(options or {})
     env.register_application(application, opts.get("config_search_apps"))
-    part_sup.resolve_module("waraft.app").ensure_started()  # node-wide transport & catch-up
+    part_sup.resolve_module(
+        "waraft.partition.app"
+    ).ensure_started()  # node-wide transport & catch-up
     pid = otp.supervisor.start_link(
         dict(FLAGS), [part_sup.child_spec(application)], name=default_name(application)
     )
@@ -104,3 +108,15 @@ def stop_partition_under_application(
 ) -> Any:
     """``stop_partition`` under ``raft_sup_<app>``."""
     return stop_partition(default_name(application), table_or_pid, partition)
+
+
+__all__ = [
+    "FLAGS",
+    "child_spec",
+    "default_name",
+    "start_link",
+    "start_partition",
+    "start_partition_under_application",
+    "stop_partition",
+    "stop_partition_under_application",
+]

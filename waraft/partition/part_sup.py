@@ -21,9 +21,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from waraft import env, otp
+from waraft import otp
 from waraft.core.types import Identity
-from waraft.queue import Queues
+from waraft.partition.queue import Queues
+from waraft.services import env
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,9 @@ def normalize_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
     partition: int = spec["partition"]
     database = default_partition_path(_database_root(application), table, partition)
     # Each process's module owns its name, as in WARaft (imported here: they import us).
-    from waraft import acceptor, log, queue, server, storage, transport_cleanup
+    from waraft import log, storage
+    from waraft.partition import acceptor, queue, server
+    from waraft.transport import cleanup as transport_cleanup
 
     server_name = server.default_name(table, partition)
     settings = env.settings_for(application, table)
@@ -241,7 +244,9 @@ def prepare_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
 
 def child_specs(opts: RaftOptions) -> list[dict[str, Any]]:
     """The six children in WARaft's start order with its restart types and shutdown times."""
-    from waraft import acceptor, log, queue, server, storage, transport_cleanup
+    from waraft import log, storage
+    from waraft.partition import acceptor, queue, server
+    from waraft.transport import cleanup as transport_cleanup
 
     return [
         queue.child_spec(opts),
@@ -274,3 +279,26 @@ def child_spec(application: str) -> dict[str, Any]:
         "shutdown": "infinity",
         "type": "supervisor",
     }
+
+
+__all__ = [
+    "DEFAULT_LOG_MODULE",
+    "DEFAULT_STORAGE_MODULE",
+    "FLAGS",
+    "KNOWN_ARGS",
+    "REQUIRED_ARGS",
+    "RaftOptions",
+    "all_options",
+    "check_spec",
+    "child_spec",
+    "child_specs",
+    "default_name",
+    "default_partition_path",
+    "normalize_spec",
+    "options",
+    "prepare_spec",
+    "registered_name",
+    "registered_partition_path",
+    "resolve_module",
+    "start_link",
+]

@@ -36,10 +36,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from waraft import env, otp, transport
-from waraft import transport_tables as tables
+from waraft import otp, transport
+from waraft.services import env
 from waraft.storage.provider import fsync_directory
-from waraft.transport_tables import RECEIVING
+from waraft.transport import tables
+from waraft.transport.tables import RECEIVING
 
 logger = logging.getLogger(__name__)
 

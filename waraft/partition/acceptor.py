@@ -34,12 +34,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
-from waraft import dist, info, otp
+from waraft import dist, otp
 from waraft.core import events
 from waraft.core.types import Priority
 from waraft.dist import inline as dist_inline
-from waraft.part_sup import RaftOptions
-from waraft.queue import Queues
+from waraft.partition.part_sup import RaftOptions
+from waraft.partition.queue import Queues
+from waraft.services import info
 
 logger = logging.getLogger(__name__)
 
@@ -576,3 +577,32 @@ def client_batch(
         acceptor,
         ("client_batch", reply_addr, batch_id, kind, list(items), priority_of(priority).value),
     )
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "FORWARD_EVERY",
+    "MAX_CLIENT_BATCH",
+    "Acceptor",
+    "BatchReply",
+    "BatchSlot",
+    "adjust_config",
+    "adjust_config_async",
+    "call",
+    "check_op",
+    "child_spec",
+    "client_batch",
+    "coalesced_replies",
+    "commit",
+    "commit_async",
+    "commit_batch",
+    "default_name",
+    "map_exit",
+    "parse_client_batch",
+    "priority_of",
+    "read",
+    "read_after",
+    "read_batch",
+    "send_client_reply",
+    "start_link",
+]

@@ -20,16 +20,11 @@ import logging
 import threading
 from typing import Any, Final
 
-from waraft import (
-    dist_transport,
-    env,
-    metrics,
-    otp,
-    part_sup,
-    snapshot_catchup,
-    transport,
-    transport_sup,
-)
+from waraft import otp, transport
+from waraft.partition import part_sup
+from waraft.services import env, metrics
+from waraft.transport import dist_transport, snapshot_catchup
+from waraft.transport import sup as transport_sup
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from waraft import env, otp, transport_worker
+from waraft import otp
+from waraft.services import env
+from waraft.transport import worker as transport_worker
 
 FLAGS: Final = {"strategy": "one_for_all", "intensity": 5, "period": 1}
 

@@ -36,8 +36,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from waraft import env, metrics, otp, part_sup, storage, transport
+from waraft import otp, storage, transport
 from waraft.core.types import Identity, LogPos
+from waraft.partition import part_sup
+from waraft.services import env, metrics
 
 logger = logging.getLogger(__name__)
 
