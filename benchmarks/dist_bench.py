@@ -1,4 +1,4 @@
-"""Benchmark of ``waraft.dist`` between two OS processes on loopback.
+"""Benchmark of ``waraft.distribution`` between two OS processes on loopback.
 
 Run: ``.venv/bin/python -m benchmarks.dist_bench [--repeat R] [--quick] [--senders]``.
 
@@ -61,10 +61,11 @@ from typing import Any
 
 import zmq
 
-from waraft import codec, dist, otp
-from waraft.dist.links import apply_curve_client
-from waraft.dist.peers import Peer
-from waraft.dist.settings import CurveConfig
+from waraft import codec, otp
+from waraft import distribution as dist
+from waraft.distribution.links import apply_curve_client
+from waraft.distribution.peers import Peer
+from waraft.distribution.settings import CurveConfig
 
 # A Raft AppendEntries heartbeat in its wire form: about 70 bytes.
 SMALL = (
@@ -415,11 +416,11 @@ def main() -> None:
         serve(args.outbound)
         return
     print(
-        f"waraft.dist benchmark: 2 processes on loopback, {os.cpu_count()} CPUs, "
+        f"waraft.distribution benchmark: 2 processes on loopback, {os.cpu_count()} CPUs, "
         f"zmq {zmq.zmq_version()}, median of {args.repeat}"
     )
     results = run_suite("threadlocal", args.repeat, args.quick, True)
-    _print("per-thread DEALERs (waraft.dist)", results)
+    _print("per-thread DEALERs (waraft.distribution)", results)
     if args.senders:
         for kind, title in (("queue", "single sender thread, SimpleQueue"),
                             ("inproc", "single sender thread, inproc PUSH/PULL")):  # fmt: skip

@@ -1,8 +1,8 @@
 """A client library for services outside the cluster (``waraft.client.Client``).
 
-The client is a small node of its own: it starts ``waraft.dist`` on an ephemeral port (or reuses
-the distribution this process already runs) and talks to the partitions' acceptors through the
-acceptor's client gateway (``waraft.acceptor``: one ``client_batch`` cast in, one
+The client is a small node of its own: it starts ``waraft.distribution`` on an ephemeral port (or
+reuses the distribution this process already runs) and talks to the partitions' acceptors through
+the acceptor's client gateway (``waraft.acceptor``: one ``client_batch`` cast in, one
 ``client_reply`` cast out per batch)::
 
     with Client(["n1@10.0.0.1:7001", "n2@10.0.0.2:7001"], table="kv", partitions=4) as c:
@@ -46,8 +46,8 @@ gateway itself: a reply carrying an error names the leader that node knows of, s
 sent to a follower is redirected in one hop. ``not_leader`` and ``("notify_redirect", node)``
 (a handover in progress) are retried at the new leader; ``commit_queue_full``,
 ``apply_queue_full`` and ``read_queue_full`` are retried with exponential backoff. A node that
-``waraft.dist`` marks down (no answer to pings for ``down_after``), whose frame cannot be queued,
-or that does not answer a batch within ``attempt_timeout`` is avoided for a while and its
+``waraft.distribution`` marks down (no answer to pings for ``down_after``), whose frame cannot be
+queued, or that does not answer a batch within ``attempt_timeout`` is avoided for a while and its
 batches are retried elsewhere. Retries stop at the
 request's deadline (``timeout``) or after ``max_retries``.
 
@@ -124,7 +124,7 @@ def partition_for(key: Any, partitions: int) -> int:
 
 def local_address_for(node_id: str) -> str:
     """This machine's address as seen on the route to ``node_id`` (no packet is sent)."""
-    from waraft.dist import parse
+    from waraft.distribution import parse
 
     host = parse(node_id).host.strip("[]")
     if host in ("127.0.0.1", "localhost", "::1"):
@@ -298,7 +298,7 @@ def _pack(kind: str, chunk: list[_Request]) -> list[Any]:
 
 class _Receiver(otp.Process):
     """Gets ``("client_reply", batch_id, results, leader_hint)`` casts for its client (over
-    ``waraft.dist`` they are taken in the receive thread instead: see ``_on_cast``)."""
+    ``waraft.distribution`` they are taken in the receive thread instead: see ``_on_cast``)."""
 
     def init(self, client: Client) -> None:
         self.client = client
@@ -314,9 +314,9 @@ class Client:
     ``nodes``: node ids to talk to (any subset of the cluster works; leaders anywhere in it
     are followed). ``partitions``: how many partitions the table has (1..N). ``timeout``: the
     default deadline of a request, seconds. ``node``: run in-process on this ``otp.Node``
-    instead of over ``waraft.dist`` (tests). ``host``: the address this client's node listens
-    on (default: the local address on the route to the first node). ``dist_options``: extra
-    keyword arguments for ``waraft.dist.start``. ``pack``: send a frame's commits as one
+    instead of over ``waraft.distribution`` (tests). ``host``: the address this client's node
+    listens on (default: the local address on the route to the first node). ``dist_options``: extra
+    keyword arguments for ``waraft.distribution.start``. ``pack``: send a frame's commits as one
     ``$batch`` log entry (see Packing above).
     """
 
@@ -391,7 +391,7 @@ class Client:
         self._receiver = otp.start(_Receiver, self, name=name, node=self._node)
         self.reply_addr = (name, self._node.id)
         if self._remote:
-            from waraft import dist
+            from waraft import distribution as dist
 
             # Replies are handled in dist's receive thread: no hop to the receiver's thread.
             dist.set_inline_handler(name, self._on_cast)
@@ -403,7 +403,7 @@ class Client:
             ).start()
 
     def _start_dist(self, host: str | None, options: dict[str, Any]) -> otp.Node:
-        from waraft import dist
+        from waraft import distribution as dist
 
         if not dist.is_started():
             host = host or local_address_for(self.nodes[0])
@@ -546,7 +546,7 @@ class Client:
 
     def close(self) -> None:
         """Stop the sender, answer every open request ``("error", "closed")`` and stop this
-        client's node (and ``waraft.dist`` if the client started it). Idempotent."""
+        client's node (and ``waraft.distribution`` if the client started it). Idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -563,13 +563,13 @@ class Client:
         for request in pending:
             request.finish(CLOSED)
         if self._remote:
-            from waraft import dist
+            from waraft import distribution as dist
 
             dist.set_inline_handler(self.reply_addr[0], None)
         with contextlib.suppress(Exception):
             otp.stop(self._receiver, "normal", 5.0)
         if self._owns_dist:
-            from waraft import dist
+            from waraft import distribution as dist
 
             dist.stop()
             self._node.stop(timeout=2.0)
@@ -713,7 +713,7 @@ class Client:
         """In-flight batches to nodes that distribution marks down (removed)."""
         if not self._remote or not self._inflight:
             return []
-        from waraft import dist
+        from waraft import distribution as dist
 
         states = dist.peers()
         down = {node for node, peer in states.items() if peer.get("state") == "down"}
@@ -797,7 +797,7 @@ class Client:
         if not self._remote:
             otp.cast(address, msg)
             return True
-        from waraft import dist
+        from waraft import distribution as dist
 
         try:
             return dist.cast(address, msg)

@@ -99,7 +99,7 @@ def test_checker_catches_impurity(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text(
         "import time\nfrom os import path\nimport waraft.server\n"
-        "from waraft.dist import x\nopen('f')\nimport types\n"
+        "from waraft.distribution import x\nopen('f')\nimport types\n"
     )
     found = _violations(bad)
     assert len(found) == 7, found

@@ -24,7 +24,8 @@ def _stop_otp_nodes() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def dist_node() -> Iterator[str]:
     """This process as a distribution node for the module."""
-    from waraft import dist, otp
+    from waraft import distribution as dist
+    from waraft import otp
 
     node_id = dist.start(
         "pytest@127.0.0.1:0", ping_interval=PING, down_after=DOWN, connect_timeout=DOWN

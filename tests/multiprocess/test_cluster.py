@@ -14,7 +14,7 @@ from tests.multiprocess.conftest import make_cluster
 from tests.multiprocess.harness import Cluster, wait_until
 from waraft import storage
 from waraft.client import Client, partition_for
-from waraft.dist import envelope
+from waraft.distribution import envelope
 from waraft.services import codec
 
 
@@ -148,7 +148,7 @@ def test_garbage_and_truncated_frames_change_nothing(cluster: Cluster, client: C
 
 def test_malformed_messages_to_partition_actors_restart_nothing(cluster: Cluster) -> None:
     # Runs last in this module: were it to fail, partitions would restart.
-    from waraft import dist
+    from waraft import distribution as dist
 
     wait_until(cluster.converged)
     target = cluster.ids[0]

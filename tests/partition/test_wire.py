@@ -1,5 +1,5 @@
 """Every public API request and reply must survive msgpack, because with a ``(name, node)``
-address on another OS process they cross the wire (``waraft.dist``). Here the requests and
+address on another OS process they cross the wire (``waraft.distribution``). Here the requests and
 replies of in-process calls are round-tripped through the codec to prove it."""
 
 from __future__ import annotations

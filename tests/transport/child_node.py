@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-from waraft import dist, otp
+from waraft import distribution as dist
+from waraft import otp
 from waraft.partition import app, sup
 from waraft.services import env
 

@@ -1,4 +1,4 @@
-"""The transport and snapshot catch-up between two OS processes over ``waraft.dist``
+"""The transport and snapshot catch-up between two OS processes over ``waraft.distribution``
 (ZeroMQ on 127.0.0.1): chunk requests, acknowledgements and records cross msgpack."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 
 from tests.partition.helpers import APP, FAST, wait_until
 from tests.transport.helpers import FAST_CATCHUP, make_tree, read_tree, sample_tree
-from waraft import dist, otp, storage, transport
+from waraft import distribution as dist
+from waraft import otp, storage, transport
 from waraft.core.types import Identity, LogPos
 from waraft.partition import acceptor, app, server, sup
 from waraft.services import env

@@ -14,9 +14,9 @@ request                                 answer
 ``("status_all",)``                     one status row per partition (see :func:`status_row`)
 ``("bootstrap", table, partition,       ``waraft.server.bootstrap`` of the local replica
 (index, term), config)``                (the position is rebuilt as a ``LogPos`` here)
-``("dist_stats",)`` / ``("dist_peers",)``  ``waraft.dist.stats()`` / ``waraft.dist.peers()``
-``("set_fault", nodes, inbound, outbound)``  ``waraft.dist.set_fault(...)`` → ``"ok"``
-``("clear_fault",)``                    ``waraft.dist.clear_fault()`` → ``"ok"``
+``("dist_stats",)`` / ``("dist_peers",)``  ``distribution.stats()`` / ``distribution.peers()``
+``("set_fault", nodes, inbound, outbound)``  ``distribution.set_fault(...)`` → ``"ok"``
+``("clear_fault",)``                    ``distribution.clear_fault()`` → ``"ok"``
 ======================================  ====================================================
 
 The fault-injection requests exist for tests and drills and are refused with
@@ -161,19 +161,19 @@ class NodeAdmin(otp.Process):
             return ("error", ("badarg", str(exc)))
 
     def _dist_stats(self) -> dict[str, int]:
-        from waraft import dist
+        from waraft import distribution as dist
 
         return dist.stats()
 
     def _dist_peers(self) -> dict[str, Any]:
-        from waraft import dist
+        from waraft import distribution as dist
 
         return dist.peers()
 
     def _set_fault(self, nodes: Any = (), inbound: Any = (), outbound: Any = ()) -> Any:
         if not self.allow_faults:
             return ("error", "fault_injection_disabled")
-        from waraft import dist
+        from waraft import distribution as dist
 
         logger.warning("fault injection: cut %s, inbound %s, outbound %s", nodes, inbound, outbound)
         dist.set_fault(list(nodes), inbound=list(inbound), outbound=list(outbound))
@@ -182,7 +182,7 @@ class NodeAdmin(otp.Process):
     def _clear_fault(self) -> Any:
         if not self.allow_faults:
             return ("error", "fault_injection_disabled")
-        from waraft import dist
+        from waraft import distribution as dist
 
         logger.warning("fault injection cleared")
         dist.clear_fault()

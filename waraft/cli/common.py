@@ -60,7 +60,7 @@ def parse_partitions(text: str | int | Sequence[int]) -> list[int]:
 
 def parse_nodes(text: str | Sequence[str]) -> list[str]:
     """``"n1@h:p,n2@h:p"`` (or a list) → node ids, checked and de-duplicated in order."""
-    from waraft.dist import is_node_id
+    from waraft.distribution import is_node_id
 
     raw = text.split(",") if isinstance(text, str) else list(text)
     nodes = [n.strip() for n in raw if n.strip()]
@@ -137,7 +137,7 @@ def dist_args(parser: argparse.ArgumentParser) -> None:
 
 
 def dist_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``waraft.dist.start`` keyword arguments from ``--ping-interval`` / ``--down-after``."""
+    """``distribution.start`` keyword arguments from ``--ping-interval`` / ``--down-after``."""
     options: dict[str, Any] = {}
     ping = getattr(args, "ping_interval", None)
     down = getattr(args, "down_after", None)
@@ -163,7 +163,8 @@ def client_node(nodes: Sequence[str], *, host: str | None = None, **dist_kw: Any
     cluster's replies can reach it. Stopped (with its otp node) on exit. If this process
     already runs distribution (the shell), that node is used and left running.
     """
-    from waraft import dist, otp
+    from waraft import distribution as dist
+    from waraft import otp
     from waraft.client import local_address_for
 
     if dist.is_started():

@@ -2,7 +2,7 @@
 
 Settings come from a TOML file (``--config``) and flags; flags win. The file may hold every
 option at its top level (same names as the flags, with ``_`` for ``-``), a ``[settings]``
-table of ``waraft.env`` settings and a ``[dist]`` table of ``waraft.dist.start`` options::
+table of ``waraft.env`` settings and a ``[dist]`` table of ``waraft.distribution.start`` options::
 
     name = "n1"
     listen = "127.0.0.1:7001"
@@ -18,13 +18,13 @@ table of ``waraft.env`` settings and a ``[dist]`` table of ``waraft.dist.start``
     ping_interval = 0.5
     down_after = 3.0
 
-Start-up: ``waraft.dist.start(name@host:port)``, settings into ``waraft.env`` (``raft_database``
-= the data dir, durable log and storage providers unless ``--memory``), the node-wide services
-(``waraft.app``), the ``waraft_admin`` process, then the partitions under ``kernel_sup`` (with
-``--app-module M``, ``M.child_spec(app, raft_args)`` builds the application's supervisor
-instead of ``waraft.sup.child_spec``). Once serving, one line goes to stdout:
-``READY <node id> pid=<pid>``; logs go to stderr. SIGTERM or SIGINT stop the node cleanly (the
-otp node, then distribution) and the process exits 0; a second signal exits at once (1).
+Start-up: ``waraft.distribution.start(name@host:port)``, settings into ``waraft.env``
+(``raft_database`` = the data dir, durable log and storage providers unless ``--memory``), the
+node-wide services (``waraft.app``), the ``waraft_admin`` process, then the partitions under
+``kernel_sup`` (with ``--app-module M``, ``M.child_spec(app, raft_args)`` builds the
+application's supervisor instead of ``waraft.sup.child_spec``). Once serving, one line goes to
+stdout: ``READY <node id> pid=<pid>``; logs go to stderr. SIGTERM or SIGINT stop the node cleanly
+(the otp node, then distribution) and the process exits 0; a second signal exits at once (1).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class NodeConfig:
             raise UsageError(str(exc)) from None
         for key in self.settings:
             common.known_setting(key)
-        from waraft.dist import NodeIdError, parse
+        from waraft.distribution import NodeIdError, parse
 
         try:
             parse(self.node_id())
@@ -228,7 +228,8 @@ class NodeRuntime:
 
     def start(self) -> str:
         """Start distribution, settings, services and partitions; return the node id."""
-        from waraft import dist, otp
+        from waraft import distribution as dist
+        from waraft import otp
         from waraft.services import env
 
         config = self.config
@@ -282,7 +283,8 @@ class NodeRuntime:
     def stop(self) -> None:
         """Stop the otp node (every partition terminates, durable state is synced), then
         distribution."""
-        from waraft import dist, otp
+        from waraft import distribution as dist
+        from waraft import otp
 
         otp.node.stop_all(timeout=5.0)
         dist.stop()

@@ -176,7 +176,8 @@ HELPERS = (
 def namespace(helpers: Helpers) -> dict[str, Any]:
     """The shell's globals: the API modules, types and the helpers."""
     import waraft
-    from waraft import dist, otp
+    from waraft import distribution as dist
+    from waraft import otp
     from waraft.core.types import Identity, LogPos
     from waraft.partition import acceptor, server
     from waraft.services import env, info
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     partitions = common.parse_partitions(args.partitions)
     nodes = common.parse_nodes(args.nodes) if args.nodes else []
     runtime = None
-    from waraft import dist
+    from waraft import distribution as dist
 
     if args.node:
         runtime = _start_local_node(args, partitions)

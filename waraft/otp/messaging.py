@@ -181,7 +181,7 @@ def send_request(target: Target, request: Any, from_: ReplyTo | None = None) -> 
     """Deliver a call without waiting (``gen_server:send_request``).
 
     The reply completes ``from_`` (a new :class:`LocalReplyTo` if None; wait on it with
-    :func:`wait_response`). ``waraft.dist`` passes its remote handle here to inject calls
+    :func:`wait_response`). ``waraft.distribution`` passes its remote handle here to inject calls
     from other nodes. Delivery failures complete the handle with ``fail``.
     """
     handle: ReplyTo = LocalReplyTo() if from_ is None else from_

@@ -5,7 +5,7 @@ registry, the root supervisor and the node id belong to a :class:`Node`, and a c
 ``(name, node_id)`` whose node lives in this process is delivered directly: that *is* the
 in-process distribution. ``set_link_filter`` cuts traffic between two local nodes for fault
 injection; ``set_remote_router`` plugs in the transport to nodes in other processes
-(``waraft.dist``).
+(``waraft.distribution``).
 
 Which node is "current": inside an actor, the actor's node; elsewhere, the node activated for
 this thread with ``with some_node.activate():``; else the process default node, created lazily
@@ -36,7 +36,7 @@ LinkFilter = Callable[[str, str], bool]
 
 
 class RemoteRouter(Protocol):
-    """Carries calls and casts to nodes outside this Python process (``waraft.dist``).
+    """Carries calls and casts to nodes outside this Python process (``waraft.distribution``).
 
     ``cast`` returns False when the message could not be sent. ``call`` raises
     ``ExitError`` like a local call (``("nodedown", node)``, ``"timeout"``, ``"noproc"``, ...).

@@ -3,7 +3,7 @@
 A :class:`ReplyTo` is completed exactly once, by any thread: ``reply(value)`` or
 ``fail(reason)``; later completions are ignored. A handler that returns :data:`NOREPLY` passes
 the obligation to answer to whoever holds the handle (acceptor -> server -> storage).
-``waraft.dist`` subclasses :class:`ReplyTo` to answer callers on other nodes.
+``waraft.distribution`` subclasses :class:`ReplyTo` to answer callers on other nodes.
 """
 
 from __future__ import annotations

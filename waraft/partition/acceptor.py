@@ -11,7 +11,7 @@ Every API function takes the acceptor as a registered name, a pid, or a ``(name,
 ``("error", "unreachable")``; any other exit is ``("error", ("call_error", reason))``.
 
 Besides WARaft's API, ``commit_batch`` / ``read_batch`` casts admit many requests at once and
-reach the server as one message: the hot path of the client library and of ``waraft.dist``.
+reach the server as one message: the hot path of the client library and of ``waraft.distribution``.
 
 The client gateway (used by ``waraft.client`` from other nodes, where reply handles cannot
 travel): the cast ``("client_batch", reply_addr, batch_id, kind, items, priority)`` with
@@ -34,10 +34,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
-from waraft import dist, otp
+from waraft import distribution as dist
+from waraft import otp
 from waraft.core import events
 from waraft.core.types import Priority
-from waraft.dist import inline as dist_inline
+from waraft.distribution import inline as dist_inline
 from waraft.partition.part_sup import RaftOptions
 from waraft.partition.queue import Queues
 from waraft.services import info
@@ -81,10 +82,10 @@ class Acceptor(otp.Process):
         self.name = options.acceptor_name
         self.server = options.server_name
         self.queues: Queues = options.queues
-        # Admitted requests wait here until whoever admitted them (this actor, or waraft.dist's
-        # receive thread for client batches taken inline) has nothing more queued; then they
-        # go to the server as one message per kind, so requests that arrive together reach the
-        # core together. The lock is held for list operations only.
+        # Admitted requests wait here until whoever admitted them (this actor, or the distribution's
+        # receive thread for client batches taken inline) has nothing more queued; then they go to
+        # the server as one message per kind, so requests that arrive together reach the core
+        # together. The lock is held for list operations only.
         self._lock = threading.Lock()
         self._commits: dict[Priority, list[tuple[Any, Any]]] = {}
         self._reads: list[tuple[Any, Any, int | None]] = []
@@ -214,7 +215,7 @@ class Acceptor(otp.Process):
         return otp.NOREPLY
 
     def _inline(self, msg: Any) -> bool:
-        """``waraft.dist``'s receive thread hands client batches from other nodes straight to
+        """The distribution's receive thread hands client batches from other nodes straight to
         the gateway (admission is the shared, thread-safe ``Queues``); what it admits is
         forwarded by ``_forward``, the idle hook, once the receive thread has drained its
         socket."""

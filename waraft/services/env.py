@@ -68,7 +68,7 @@ APP_DEFAULTS: Final[Mapping[str, Any]] = {
     "raft_leader_eligible": True,
     "raft_election_weight": ELECTION_MAX_WEIGHT,
     "transport_retain_min_secs": 300,
-    "raft_distribution_module": "waraft.dist",
+    "raft_distribution_module": "waraft.distribution",
     "raft_log_module": "waraft.log.memory",
     "raft_label_module": None,
     "raft_storage_module": "waraft.storage.memory",

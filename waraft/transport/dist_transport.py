@@ -2,7 +2,7 @@
 
 Chunks travel as ordinary actor calls to the peer's receiver, registered
 ``wa_raft_dist_transport`` on every node, so they reach an in-process node directly and a node
-in another process through ``waraft.dist``. Payloads are plain msgpack-friendly terms.
+in another process through ``waraft.distribution``. Payloads are plain msgpack-friendly terms.
 
 Sender (runs inside a ``waraft.transport_worker``): reads the file in
 ``dist_transport_chunk_size`` (1 MiB) chunks and sends ``("chunk", id, file_id, offset, data)``

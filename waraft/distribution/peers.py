@@ -19,7 +19,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from waraft.dist import nodeid
+from waraft.distribution import nodeid
 
 
 class PeerState(Enum):

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from waraft.distribution import envelope, nodeid
+from waraft.distribution.envelope import FrameError, Kind
 from waraft.services import codec
-from waraft.dist import envelope, nodeid
-from waraft.dist.envelope import FrameError, Kind
 
 LIMIT = 1 << 20
 

@@ -1,4 +1,4 @@
-"""Fixtures for the waraft.dist tests: this process as a node, child node processes.
+"""Fixtures for the waraft.distribution tests: this process as a node, child node processes.
 
 Everything listens on 127.0.0.1 with ephemeral ports. Every child process is killed by pid when
 its fixture ends, and every test ends with distribution stopped and no dist thread left.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from waraft import dist
+from waraft import distribution as dist
 
 from .helpers import DOWN, PING, Child, spawn_child
 

@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from waraft import dist, otp
+from waraft import distribution as dist
+from waraft import otp
+from waraft.distribution import envelope
 from waraft.services import codec
-from waraft.dist import envelope
 
 from .helpers import DOWN, PING, Child, start_sink, wait_until
 

@@ -64,7 +64,7 @@ def _key(value: bytes | str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class DistSettings:
-    """Tunables of one distribution instance (see ``waraft.dist.start``)."""
+    """Tunables of one distribution instance (see ``waraft.distribution.start``)."""
 
     max_frame_bytes: int = 16 * MiB
     """Largest frame accepted or sent. Bigger frames up to twice this are dropped and counted

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from waraft.otp.reply import ReplyTo
 
 if TYPE_CHECKING:
-    from waraft.dist.peers import Peer
-    from waraft.dist.runtime import Dist
+    from waraft.distribution.peers import Peer
+    from waraft.distribution.runtime import Dist
 
 
 class RemoteReplyTo(ReplyTo):

@@ -23,8 +23,8 @@ from typing import Any
 
 import zmq
 
-from waraft.dist.peers import Peer
-from waraft.dist.settings import CurveConfig, DistSettings
+from waraft.distribution.peers import Peer
+from waraft.distribution.settings import CurveConfig, DistSettings
 
 logger = logging.getLogger(__name__)
 

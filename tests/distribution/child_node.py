@@ -21,7 +21,8 @@ import sys
 import threading
 from typing import Any
 
-from waraft import dist, otp
+from waraft import distribution as dist
+from waraft import otp
 
 _done = threading.Event()
 

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from waraft.dist import envelope, inline, nodeid
-from waraft.dist.envelope import FrameError, Kind
-from waraft.dist.peers import Peer, PeerLimitError, PeerState
-from waraft.dist.reply import RemoteReplyTo
+from waraft.distribution import envelope, inline, nodeid
+from waraft.distribution.envelope import FrameError, Kind
+from waraft.distribution.peers import Peer, PeerLimitError, PeerState
+from waraft.distribution.reply import RemoteReplyTo
 from waraft.otp import messaging
 from waraft.otp.errors import NOPROC
 
 if TYPE_CHECKING:
-    from waraft.dist.runtime import Dist
+    from waraft.distribution.runtime import Dist
 
 logger = logging.getLogger(__name__)
 

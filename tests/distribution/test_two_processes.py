@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from waraft import dist, otp
+from waraft import distribution as dist
+from waraft import otp
 from waraft.services import codec
 
 from .helpers import DOWN, Child, start_sink

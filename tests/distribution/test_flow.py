@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from waraft import dist, otp
+from waraft import distribution as dist
+from waraft import otp
 from waraft.services import codec
 
 from .helpers import WAIT, Child, start_sink, wait_until

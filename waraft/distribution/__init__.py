@@ -1,11 +1,11 @@
-"""``waraft.dist``: Erlang distribution's role over ZeroMQ, with msgpack frames (never pickle).
+"""Erlang distribution's role over ZeroMQ, with msgpack frames (never pickle).
 
 A node is one OS process whose id says how to reach it: ``name@host:port``. ``start(node_id)``
 binds a ROUTER on that endpoint, makes the process's default ``waraft.otp`` node carry the id
 and installs itself as otp's remote router, so that ``otp.cast/send/call((name, node_id), ...)``
 reach registered processes on other nodes::
 
-    waraft.dist.start("n1@127.0.0.1:7001")
+    waraft.distribution.start("n1@127.0.0.1:7001")
     otp.cast(("raft_server_t_1", "n2@127.0.0.1:7002"), msg)        # never blocks
     otp.call(("raft_server_t_1", "n2@127.0.0.1:7002"), req, 5.0)    # ExitError on failure
 
@@ -45,14 +45,14 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from waraft.services import codec
-from waraft.dist import inline
-from waraft.dist.nodeid import NodeIdError, is_node_id, make, parse
-from waraft.dist.reply import RemoteReplyTo
-from waraft.dist.runtime import Dist
-from waraft.dist.settings import CurveConfig, DistSettings
+from waraft.distribution import inline
+from waraft.distribution.nodeid import NodeIdError, is_node_id, make, parse
+from waraft.distribution.reply import RemoteReplyTo
+from waraft.distribution.runtime import Dist
+from waraft.distribution.settings import CurveConfig, DistSettings
 from waraft.otp import node as otp_node
 from waraft.otp.reply import LocalReplyTo, ReplyTo
+from waraft.services import codec
 
 __all__ = [
     "CurveConfig",
@@ -158,7 +158,7 @@ def node() -> str:
 def _running() -> Dist:
     dist = _dist
     if dist is None:
-        raise RuntimeError("waraft.dist is not started")
+        raise RuntimeError("waraft.distribution is not started")
     return dist
 
 
@@ -257,13 +257,13 @@ def send_bytes(addr: tuple[str, str], payload: bytes) -> bool:
 
 def set_inline_handler(name: str, handler: Callable[[Any], bool] | None) -> None:
     """Let the receive thread hand casts to ``name`` to ``handler(msg)`` directly (see
-    :mod:`waraft.dist.inline`); None removes it. Works whether or not distribution runs."""
+    :mod:`waraft.distribution.inline`); None removes it. Works whether or not distribution runs."""
     inline.set_handler(name, handler)
 
 
 def set_idle_hook(name: str, hook: Callable[[], None] | None) -> None:
     """Have the receive thread call ``hook()`` each time it has drained its socket (see
-    :mod:`waraft.dist.inline`); None removes it."""
+    :mod:`waraft.distribution.inline`); None removes it."""
     inline.set_idle_hook(name, hook)
 
 

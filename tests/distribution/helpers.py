@@ -1,4 +1,4 @@
-"""Child node processes and test doubles for the waraft.dist tests."""
+"""Child node processes and test doubles for the waraft.distribution tests."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from waraft import dist, otp
+from waraft import distribution as dist
+from waraft import otp
 
 from .helpers import DOWN, Child, start_sink, wait_until
 

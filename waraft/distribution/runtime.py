@@ -1,13 +1,13 @@
 """One running distribution instance: sockets, threads, peers, pending calls, counters.
 
-``waraft.dist`` keeps at most one :class:`Dist` per OS process and installs it into
+``waraft.distribution`` keeps at most one :class:`Dist` per OS process and installs it into
 ``waraft.otp`` as the remote router, so ``otp.cast/send/call((name, node_id), ...)`` to a node
 outside this process land here. Threads:
 
-* the receive thread (:mod:`~waraft.dist.receiver`) owns the ROUTER;
-* the liveness thread (:mod:`~waraft.dist.liveness`) owns the ping sockets, the socket monitors
-  and, with CURVE, the ZAP authentication handler;
-* every thread that sends owns its DEALERs (:mod:`~waraft.dist.links`).
+* the receive thread (:mod:`~waraft.distribution.receiver`) owns the ROUTER;
+* the liveness thread (:mod:`~waraft.distribution.liveness`) owns the ping sockets, the socket
+  monitors and, with CURVE, the ZAP authentication handler;
+* every thread that sends owns its DEALERs (:mod:`~waraft.distribution.links`).
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from typing import Any
 
 import zmq
 
-from waraft.services import codec
-from waraft.dist import envelope, nodeid
-from waraft.dist.links import Outbound
-from waraft.dist.liveness import Liveness
-from waraft.dist.peers import Peer, PeerLimitError, PeerState, PeerTable
-from waraft.dist.receiver import Receiver
-from waraft.dist.reply import Outstanding
-from waraft.dist.settings import CurveConfig, DistSettings
+from waraft.distribution import envelope, nodeid
+from waraft.distribution.links import Outbound
+from waraft.distribution.liveness import Liveness
+from waraft.distribution.peers import Peer, PeerLimitError, PeerState, PeerTable
+from waraft.distribution.receiver import Receiver
+from waraft.distribution.reply import Outstanding
+from waraft.distribution.settings import CurveConfig, DistSettings
 from waraft.otp import node as otp_node
 from waraft.otp.errors import TIMEOUT, ExitError
 from waraft.otp.reply import LocalReplyTo, ReplyTo
+from waraft.services import codec
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Counters:
 
 
 class Dist:
-    """The distribution layer of this OS process (see ``waraft.dist`` for the public API)."""
+    """This OS process's distribution layer (``waraft.distribution`` has the public API)."""
 
     def __init__(
         self,
@@ -378,7 +378,7 @@ class Dist:
 
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, int]:
-        """Every counter of this instance (see ``waraft.dist.stats``)."""
+        """Every counter of this instance (see ``waraft.distribution.stats``)."""
         out = self.outbound.counters()
         for key, value in self.counters.totals().items():
             out[key] = out.get(key, 0) + value
@@ -387,7 +387,7 @@ class Dist:
         return out
 
     def peer_status(self) -> dict[str, dict[str, Any]]:
-        """Per peer: liveness and counters (see ``waraft.dist.peers``)."""
+        """Per peer: liveness and counters (see ``waraft.distribution.peers``)."""
         per_link = self.outbound.per_peer()
         pending: dict[str, int] = {}
         for entry in self._pending.copy().values():

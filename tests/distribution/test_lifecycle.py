@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from waraft import dist, otp
+from waraft import distribution as dist
+from waraft import otp
 
 from .helpers import DOWN, PING, Child
 

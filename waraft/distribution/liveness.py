@@ -24,12 +24,12 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from waraft.dist import envelope
-from waraft.dist.links import apply_curve_client
-from waraft.dist.peers import Peer, PeerState
+from waraft.distribution import envelope
+from waraft.distribution.links import apply_curve_client
+from waraft.distribution.peers import Peer, PeerState
 
 if TYPE_CHECKING:
-    from waraft.dist.runtime import Dist
+    from waraft.distribution.runtime import Dist
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from waraft import dist, otp
+from waraft import distribution as dist
+from waraft import otp
+from waraft.distribution import envelope
+from waraft.distribution.envelope import Kind
 from waraft.services import codec
-from waraft.dist import envelope
-from waraft.dist.envelope import Kind
 
 from .helpers import Child, start_sink, wait_until
 
