@@ -30,8 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 from _thread import allocate_lock
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from waraft import distribution as dist
@@ -40,8 +39,9 @@ from waraft.core import events
 from waraft.core.types import Priority
 from waraft.distribution import inline as dist_inline
 from waraft.partition.part_sup import RaftOptions
-from waraft.partition.queue import Queues
 from waraft.services import info
+from waraft.services.queues import Queues
+from waraft.services.replies import coalesced_replies, send_client_reply
 
 logger = logging.getLogger(__name__)
 
@@ -298,45 +298,6 @@ def parse_client_batch(
     except ValueError:
         return None
     return (reply_addr[0], reply_addr[1]), batch_id, kind, items, checked
-
-
-class _ReplyOutbox(threading.local):
-    depth = 0
-    pending: dict[tuple[str, str], list[tuple[int, Any, Any]]] | None = None
-
-
-_outbox = _ReplyOutbox()
-
-
-def send_client_reply(addr: tuple[str, str], batch_id: int, results: Any, hint: Any) -> None:
-    """Answer a client batch: at once, or, inside ``coalesced_replies()``, together with every
-    other reply to the same client in one ``("client_replies", [...])`` cast."""
-    if _outbox.depth:
-        pending = _outbox.pending
-        if pending is None:
-            pending = _outbox.pending = {}
-        pending.setdefault(addr, []).append((batch_id, results, hint))
-    else:
-        otp.cast(addr, ("client_reply", batch_id, results, hint))
-
-
-@contextmanager
-def coalesced_replies() -> Iterator[None]:
-    """Client-batch replies completed by this thread inside the block leave at its end, one
-    frame per client: storage wraps each applied batch in it, so a burst of one-command
-    requests costs one reply frame per client, not one per request."""
-    _outbox.depth += 1
-    try:
-        yield
-    finally:
-        _outbox.depth -= 1
-        if not _outbox.depth and _outbox.pending:
-            pending, _outbox.pending = _outbox.pending, None
-            for addr, replies in pending.items():
-                if len(replies) == 1:
-                    otp.cast(addr, ("client_reply", *replies[0]))
-                else:
-                    otp.cast(addr, ("client_replies", replies))
 
 
 def _is_handle(value: Any) -> bool:

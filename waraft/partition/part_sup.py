@@ -13,18 +13,23 @@ order (and stopped in reverse): queue, storage, log, server, acceptor, transport
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from waraft import otp
 from waraft.core.types import Identity
-from waraft.partition.queue import Queues
 from waraft.services import env
+from waraft.services.options import (
+    RaftOptions,
+    all_options,
+    options,
+    resolve_module,
+    store_options,
+)
+from waraft.services.queues import Queues
 
 logger = logging.getLogger(__name__)
 
@@ -44,36 +49,6 @@ KNOWN_ARGS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RaftOptions:
-    """Everything a partition's processes need to know (WARaft's ``#raft_options{}``)."""
-
-    application: str
-    table: str
-    partition: int
-    self_id: Identity
-    database: str
-    acceptor_name: str
-    log_name: str
-    queue_name: str
-    server_name: str
-    storage_name: str
-    supervisor_name: str
-    transport_cleanup_name: str
-    transport_directory: str
-    queues: Queues
-    log_module: Any
-    storage_module: Any
-    label_module: Any
-    distribution_module: Any
-    transport_module: Any
-
-    @property
-    def identifier(self) -> tuple[str, str, int]:
-        """WARaft's ``#raft_identifier{application, table, partition}``."""
-        return (self.application, self.table, self.partition)
-
-
 def default_name(table: str, partition: int) -> str:
     """The partition supervisor's registered name ``raft_sup_<table>_<partition>``."""
     return f"raft_sup_{table}_{partition}"
@@ -84,21 +59,8 @@ def default_partition_path(root: str, table: str, partition: int) -> str:
     return os.path.join(root, f"{table}.{partition}")
 
 
-_options_lock = threading.Lock()
-_options: dict[tuple[str, str, int], RaftOptions] = {}
+_fallback_lock = threading.Lock()
 _fallback_roots: dict[str, str] = {}
-
-
-def options(table: str, partition: int, *, node: str | None = None) -> RaftOptions | None:
-    """The options the partition was last started with on this node, if any."""
-    return _options.get((node or env.current_node_id(), table, partition))
-
-
-def all_options(*, node: str | None = None) -> list[RaftOptions]:
-    """Every partition known on this node, ordered by (table, partition)."""
-    here = node or env.current_node_id()
-    found = [o for (n, _, _), o in _options.items() if n == here]
-    return sorted(found, key=lambda o: (o.table, o.partition))
 
 
 def registered_name(table: str, partition: int) -> str:
@@ -113,18 +75,6 @@ def registered_partition_path(table: str, partition: int) -> str:
     if opts is None:
         raise LookupError(f"partition {table}/{partition} is not registered on this node")
     return opts.database
-
-
-def resolve_module(value: Any) -> Any:
-    """A provider given as a class/object or as ``"package.module:Name"`` text."""
-    if not isinstance(value, str):
-        return value
-    module_name, _, attr = value.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attr) if attr else module
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load provider {value!r}: {exc}") from exc
 
 
 def check_spec(spec: Any) -> dict[str, Any]:
@@ -152,7 +102,7 @@ def _database_root(application: str) -> str:
         # WARaft insists on raft_database. The quick start sets nothing, so fall back to a
         # throw-away directory, loudly: nothing written there is meant to survive.
         node = env.current_node_id()
-        with _options_lock:
+        with _fallback_lock:
             root = _fallback_roots.get(node)
             if root is None:
                 root = tempfile.mkdtemp(prefix="waraft-")
@@ -219,26 +169,10 @@ def normalize_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
     )
 
 
-def _store_options(opts: RaftOptions) -> None:
-    key = (opts.self_id.node, opts.table, opts.partition)
-    with _options_lock:
-        previous = _options.get(key)
-        if previous is not None and _comparable(previous) != _comparable(opts):
-            logger.warning(
-                "storing changed options for partition %s/%s", opts.table, opts.partition
-            )
-        _options[key] = opts
-
-
-def _comparable(opts: RaftOptions) -> tuple[Any, ...]:
-    # The queues object is fresh on every normalisation; everything else must match.
-    return tuple(getattr(opts, f) for f in RaftOptions.__slots__ if f != "queues")
-
-
 def prepare_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
     """Normalise and register a partition's options without starting it (tests, tools)."""
     opts = normalize_spec(application, spec)
-    _store_options(opts)
+    store_options(opts)
     return opts
 
 
@@ -264,7 +198,7 @@ FLAGS = {"strategy": "one_for_all", "intensity": 10, "period": 1}
 def start_link(application: str, spec: dict[str, Any]) -> otp.Pid:
     """Start the partition's supervisor (registered ``raft_sup_<table>_<partition>``)."""
     opts = normalize_spec(application, spec)
-    _store_options(opts)
+    store_options(opts)
     env.register_partition(opts.table, opts.partition, application)
     os.makedirs(opts.database, exist_ok=True)
     return otp.supervisor.start_link(dict(FLAGS), child_specs(opts), name=opts.supervisor_name)

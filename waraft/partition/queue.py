@@ -1,10 +1,7 @@
-"""Admission counters and the strong-read queue of one partition (WARaft's ``wa_raft_queue``).
+"""One partition's queue process (WARaft's ``wa_raft_queue``).
 
-WARaft keeps five atomics and an ETS table that any process may touch: the acceptor admits
-commits and reads against them, the server submits reads with their read index, storage drains
-the reads it can answer and releases commit and apply slots as it applies. Here the same state is a
-``Queues`` object shared by those actors' threads, guarded by one lock that is held only for a few
-integer operations (batches take it once, not once per command).
+The admission counters and the strong-read queue it stands for are a ``Queues`` object
+(:mod:`waraft.services.queues`, re-exported here) shared by the acceptor, server and storage.
 
 The ``queue`` actor itself owns nothing but its place in the partition's supervision tree: it is
 the first child, so a restart of the group resets every counter and drops every queued read, as
@@ -13,161 +10,13 @@ WARaft's does.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import threading
 from typing import Any
 
 from waraft import otp
-from waraft.core.settings import Settings
-from waraft.core.types import Priority
+from waraft.services.queues import APPLY_QUEUE_FULL, COMMIT_QUEUE_FULL, READ_QUEUE_FULL, Queues
 
 logger = logging.getLogger(__name__)
-
-COMMIT_QUEUE_FULL = "commit_queue_full"
-APPLY_QUEUE_FULL = "apply_queue_full"
-READ_QUEUE_FULL = "read_queue_full"
-
-
-class Queues:
-    """Thread-safe admission state of one partition.
-
-    Limits come from ``settings`` (WARaft reads them live; the server refreshes the object).
-    Every slot taken by ``commit_started`` / ``reserve_read`` / ``reserve_apply`` is released by
-    exactly one of the matching ``*_completed`` / ``*_cancelled`` / ``fulfill_*`` calls.
-    """
-
-    def __init__(self, table: str, partition: int, settings: Settings) -> None:
-        self.table = table
-        self.partition = partition
-        self.settings = settings
-        self._lock = threading.Lock()
-        self._seq = itertools.count()
-        self.reset()
-
-    def reset(self) -> None:
-        """Zero every counter and forget every queued read (the queue actor's init)."""
-        with self._lock:
-            self._apply_count = 0
-            self._apply_bytes = 0
-            self._pending = {Priority.HIGH: 0, Priority.LOW: 0}
-            self._read_count = 0
-            self._reads: list[tuple[int, int, Any, Any]] = []
-
-    # -- inspection -----------------------------------------------------------------------------
-
-    def commit_queue_size(self, priority: Priority = Priority.HIGH) -> int:
-        return self._pending[priority]
-
-    def commit_queue_full(self, priority: Priority = Priority.HIGH) -> bool:
-        return self._pending[priority] >= self._commit_limit(priority)
-
-    def apply_queue_size(self) -> int:
-        return self._apply_count
-
-    def apply_queue_byte_size(self) -> int:
-        return self._apply_bytes
-
-    def apply_queue_full(self) -> bool:
-        s = self.settings
-        return (
-            self._apply_count >= s.raft_max_pending_applies
-            or self._apply_bytes >= s.raft_max_pending_apply_bytes
-        )
-
-    def read_queue_size(self) -> int:
-        return self._read_count
-
-    def _commit_limit(self, priority: Priority) -> int:
-        s = self.settings
-        if priority is Priority.HIGH:
-            return s.raft_max_pending_high_priority_commits
-        return s.raft_max_pending_low_priority_commits
-
-    # -- commits --------------------------------------------------------------------------------
-
-    def commit_started(self, priority: Priority = Priority.HIGH) -> str | None:
-        """Admit one commit: ``None`` when admitted, else the rejection reason."""
-        return self.commits_started(1, priority)[1]
-
-    def commits_started(self, count: int, priority: Priority) -> tuple[int, str | None]:
-        """Admit up to ``count`` commits at once.
-
-        Returns how many were admitted (the first ones, in order) and the reason the rest were
-        rejected (``None`` when all were admitted).
-        """
-        with self._lock:
-            if self.apply_queue_full():
-                return 0, APPLY_QUEUE_FULL
-            room = self._commit_limit(priority) - self._pending[priority]
-            admitted = max(0, min(count, room))
-            self._pending[priority] += admitted
-        return admitted, (None if admitted == count else COMMIT_QUEUE_FULL)
-
-    def commits_finished(self, count: int, priority: Priority) -> None:
-        """Release ``count`` commit slots (completed or cancelled)."""
-        with self._lock:
-            self._pending[priority] = max(0, self._pending[priority] - count)
-
-    # -- reads ----------------------------------------------------------------------------------
-
-    def reserve_reads(self, count: int) -> tuple[int, str | None]:
-        """Admit up to ``count`` strong reads; like ``commits_started``."""
-        s = self.settings
-        with self._lock:
-            if self._apply_count >= s.raft_max_pending_applies:
-                return 0, APPLY_QUEUE_FULL
-            room = s.raft_max_pending_reads - self._read_count
-            admitted = max(0, min(count, room))
-            self._read_count += admitted
-        return admitted, (None if admitted == count else READ_QUEUE_FULL)
-
-    def release_reads(self, count: int) -> None:
-        """Release read slots of reads answered without going through the read queue."""
-        with self._lock:
-            self._read_count = max(0, self._read_count - count)
-
-    def submit_read(self, read_index: int, from_: Any, command: Any) -> None:
-        """Queue a read (its slot is already reserved) until storage reaches ``read_index``."""
-        with self._lock:
-            heapq.heappush(self._reads, (read_index, next(self._seq), from_, command))
-
-    def take_reads(self, position: int) -> list[tuple[Any, Any]]:
-        """Remove and return ``(from_, command)`` of every read whose index is ≤ ``position``,
-        in read-index order, releasing their slots. The caller answers them."""
-        reads = self._reads
-        if not reads or reads[0][0] > position:
-            return []
-        taken: list[tuple[Any, Any]] = []
-        with self._lock:
-            while reads and reads[0][0] <= position:
-                _, _, from_, command = heapq.heappop(reads)
-                taken.append((from_, command))
-            self._read_count = max(0, self._read_count - len(taken))
-        return taken
-
-    def take_all_reads(self) -> list[Any]:
-        """Remove every queued read, releasing their slots; returns the reply handles."""
-        with self._lock:
-            handles = [item[2] for item in self._reads]
-            self._reads = []
-            self._read_count = max(0, self._read_count - len(handles))
-        return handles
-
-    # -- applies --------------------------------------------------------------------------------
-
-    def reserve_apply(self, count: int, size: int) -> None:
-        """Account ``count`` entries of ``size`` bytes handed to storage."""
-        with self._lock:
-            self._apply_count += count
-            self._apply_bytes += size
-
-    def fulfill_apply(self, count: int, size: int) -> None:
-        """Storage took ``count`` entries of ``size`` bytes off its queue."""
-        with self._lock:
-            self._apply_count = max(0, self._apply_count - count)
-            self._apply_bytes = max(0, self._apply_bytes - size)
 
 
 def default_name(table: str, partition: int) -> str:

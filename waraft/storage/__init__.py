@@ -29,9 +29,9 @@ from typing import Any, Final
 from waraft import otp
 from waraft.core.effects import ApplyItem as CoreApplyItem
 from waraft.core.types import NOOP, NOOP_OMITTED, Config, LogPos, Priority, is_config_command
-from waraft.partition.acceptor import coalesced_replies
 from waraft.services import codec, env
 from waraft.services.codec import CodecError
+from waraft.services.replies import coalesced_replies
 from waraft.storage.provider import (
     BAD_POSITION,
     NOT_FOUND,

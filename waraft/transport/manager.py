@@ -28,8 +28,8 @@ from typing import Any, Final
 
 from waraft import otp
 from waraft.core.types import LogPos
-from waraft.partition import part_sup
 from waraft.services import env
+from waraft.services import options as partition_options
 from waraft.transport.tables import (
     ACTIVE,
     COMPLETED,
@@ -61,6 +61,8 @@ DEFAULT_SCAN_INTERVAL_MS: Final = 30_000
 
 PARTITION_SUBDIRECTORY: Final = "transport"
 DEFAULT_MODULE: Final = "waraft.transport.dist_transport"
+# How long the server may take to install a received snapshot (its raft_storage_call_timeout).
+SNAPSHOT_INSTALL_TIMEOUT: Final = 60.0
 
 Meta = dict[str, Any]
 FileSpec = tuple[int, str, int]  # (file id, relative name, size) as offered by the sender
@@ -76,7 +78,7 @@ def default_directory(database: str) -> str:
 
 def registered_directory(table: str, partition: int) -> str | None:
     """The receiving directory of a partition registered on this node, or None."""
-    options = part_sup.options(table, partition)
+    options = partition_options.options(table, partition)
     return None if options is None else str(options.transport_directory)
 
 
@@ -84,11 +86,11 @@ def registered_module(table: Any, partition: Any) -> Any:
     """The partition's transport provider (``waraft.dist_transport`` when none is set)."""
     module = None
     if isinstance(table, str) and isinstance(partition, int):
-        options = part_sup.options(table, partition)
+        options = partition_options.options(table, partition)
         module = None if options is None else options.transport_module
     # ``waraft.transport`` itself is not a provider (WARaft's kvstore example sets it by mistake).
     if module is None or getattr(module, "__name__", None) == "waraft.transport":
-        module = part_sup.resolve_module(DEFAULT_MODULE)
+        module = partition_options.resolve_module(DEFAULT_MODULE)
     return module
 
 
@@ -457,16 +459,22 @@ def _notify_server(transport_id: int, info: Info) -> Any:
     if meta.get("type") != "snapshot":
         logger.info("transport %s finished: %s (nothing to install)", transport_id, info["root"])
         return "ok"
-    from waraft.partition import server
-
-    options = part_sup.options(meta["table"], meta["partition"])
-    name = (
-        server.default_name(meta["table"], meta["partition"])
-        if options is None
-        else options.server_name
-    )
+    options = partition_options.options(meta["table"], meta["partition"])
+    if options is None:
+        logger.warning(
+            "transport %s: partition %s/%s is not on this node",
+            transport_id,
+            meta["table"],
+            meta["partition"],
+        )
+        return ("error", "not_registered")
+    name = options.server_name
     try:
-        answer = server.snapshot_available(name, info["root"], meta["position"])
+        # The server's snapshot_available call (waraft.partition.server handles it), made by
+        # registered name so that the transport layer need not import the partition's actors.
+        answer = otp.call(
+            name, ("snapshot_available", info["root"], meta["position"]), SNAPSHOT_INSTALL_TIMEOUT
+        )
     except otp.ExitError as exc:
         answer = ("error", exc.reason)
     except ValueError as exc:

@@ -38,8 +38,8 @@ from typing import Any, Final
 
 from waraft import otp, storage, transport
 from waraft.core.types import Identity, LogPos
-from waraft.partition import part_sup
 from waraft.services import env, metrics
+from waraft.services import options as partition_options
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class SnapshotCatchup(otp.Process):
     def _create_snapshot(
         self, table: str, partition: int, witness: bool
     ) -> tuple[LogPos, str] | None:
-        options = part_sup.options(table, partition)
+        options = partition_options.options(table, partition)
         if options is None:
             logger.warning("no partition %s/%s here to make a snapshot of", table, partition)
             return None
@@ -294,7 +294,7 @@ class SnapshotCatchup(otp.Process):
 
 
 def _delete_snapshot(table: str, partition: int, position: LogPos, witness: bool) -> None:
-    options = part_sup.options(table, partition)
+    options = partition_options.options(table, partition)
     name = options.storage_name if options is not None else storage.default_name(table, partition)
     storage.delete_snapshot(name, snapshot_name(position, witness))
 
