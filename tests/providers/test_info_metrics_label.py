@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from waraft.core.types import State
 from waraft.services import info, metrics
 from waraft.services.label import CounterLabel, Label
@@ -95,3 +97,24 @@ def test_labels() -> None:
     label: Label = CounterLabel()
     assert label.new_label(None, ("write", "t", "k", 1)) == 1
     assert label.new_label(41, "anything") == 42
+
+
+def test_label_function_accepts_a_label_class_or_object_and_refuses_anything_else() -> None:
+    from waraft.services.label import label_function
+
+    assert label_function(None) is None
+    by_class = label_function(CounterLabel)
+    assert by_class is not None and by_class(None, "c") == 1
+    by_object = label_function(CounterLabel())
+    assert by_object is not None and by_object(6, "c") == 7
+    with pytest.raises(ValueError, match="new_label"):
+        label_function(object())
+
+
+def test_a_partition_with_a_label_module_that_cannot_label_is_refused_before_it_starts() -> None:
+    from waraft.partition import part_sup
+
+    with pytest.raises(ValueError, match="new_label"):
+        part_sup.normalize_spec(
+            "label_app", {"table": "t", "partition": 1, "label_module": "waraft.services.env"}
+        )

@@ -21,7 +21,7 @@ from typing import Any
 
 from waraft import otp
 from waraft.core.types import Identity
-from waraft.services import env
+from waraft.services import env, label
 from waraft.services.options import (
     RaftOptions,
     all_options,
@@ -122,6 +122,12 @@ def _module(spec: dict[str, Any], application: str, key: str, env_key: Any, defa
     return resolve_module(env.get_env(application, env_key, default))
 
 
+def _label_module(spec: dict[str, Any], application: str) -> Any:
+    module = _module(spec, application, "label_module", "raft_label_module", None)
+    label.label_function(module)  # a module that cannot label is refused before anything starts
+    return module
+
+
 def normalize_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
     """Build a partition's options as WARaft's ``normalize_spec`` does."""
     spec = check_spec(spec)
@@ -155,7 +161,7 @@ def normalize_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
         storage_module=_module(
             spec, application, "storage_module", "raft_storage_module", DEFAULT_STORAGE_MODULE
         ),
-        label_module=_module(spec, application, "label_module", "raft_label_module", None),
+        label_module=_label_module(spec, application),
         distribution_module=_module(
             spec, application, "distribution_module", "raft_distribution_module", None
         ),

@@ -62,6 +62,7 @@ from waraft.core.types import Config, DurableState, Identity, LogPos, State
 from waraft.partition import durable_state
 from waraft.partition.part_sup import RaftOptions
 from waraft.services import env, info, metrics
+from waraft.services.label import label_function
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +128,7 @@ class RaftServer(otp.StateMachine):
             term = 0 if durable is None else durable.current_term
             voted = None if durable is None else durable.voted_for
             durable = DurableState(term, voted, ("log_corruption", log_corruption))
-        label_module = options.label_module
-        label_fn: Callable[[Any, Any], Any] | None = None
-        if label_module is not None:
-            label_fn = (
-                label_module() if isinstance(label_module, type) else label_module
-            ).new_label
+        label_fn = label_function(options.label_module)
         self.core = RaftCore(
             self.self_id,
             self.table,
