@@ -1,4 +1,11 @@
-"""The node-wide file transport manager (WARaft's ``wa_raft_transport``).
+"""The node-wide file transport: moving snapshots between nodes (WARaft's ``wa_raft_transport*``).
+
+This package owns the transport's public API and record tables (here, ``wa_raft_transport``),
+its manager process (``manager``), the worker supervisors and workers that move files
+(``sup``, ``target_sup``, ``worker``), the per-partition cleanup of old transfers (``cleanup``),
+the ZeroMQ file provider (``dist_transport``) and snapshot catch-up (``snapshot_catchup``). It
+finds partitions through the options registry (``waraft.services.options``) and never imports
+the partition's actors.
 
 A *transport* moves every regular file under a directory to a peer node. Each side keeps a
 record of it: the sender's (``type`` ``"sender"``) and the receiver's (``"receiver"``), under the
