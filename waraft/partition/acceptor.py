@@ -38,8 +38,8 @@ from waraft import otp
 from waraft.core import events
 from waraft.core.types import Priority
 from waraft.distribution import inline as dist_inline
-from waraft.partition.part_sup import RaftOptions
 from waraft.services import info
+from waraft.services.options import RaftOptions
 from waraft.services.queues import Queues
 from waraft.services.replies import coalesced_replies, send_client_reply
 

@@ -60,9 +60,9 @@ from waraft.core.rpc import RaftRpc, RpcDecodeError, from_wire, to_wire
 from waraft.core.server import RaftCore
 from waraft.core.types import Config, DurableState, Identity, LogPos, State
 from waraft.partition import durable_state
-from waraft.partition.part_sup import RaftOptions
 from waraft.services import env, info, metrics
 from waraft.services.label import label_function
+from waraft.services.options import RaftOptions
 
 logger = logging.getLogger(__name__)
 
