@@ -1,4 +1,5 @@
-"""waraft.otp tests: every test must leave no actor thread running."""
+"""waraft.otp tests: every test runs on both process types and must leave no actor thread
+(nor scheduler thread) running."""
 
 from __future__ import annotations
 
@@ -8,16 +9,23 @@ from collections.abc import Iterator
 
 import pytest
 
+from waraft import otp
 from waraft.otp import node
 
 
-@pytest.fixture(autouse=True)
-def _no_leaked_actor_threads() -> Iterator[None]:
+@pytest.fixture(autouse=True, params=[otp.THREAD, otp.SCHEDULED])
+def process_type(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The node-wide default process type of the test (classes that do not choose one)."""
     before = set(threading.enumerate())
-    yield
-    node.set_link_filter(None)
-    node.set_remote_router(None)
-    node.stop_all(timeout=5.0)
+    kind: str = request.param
+    otp.set_default_process_type(kind)
+    try:
+        yield kind
+    finally:
+        otp.set_default_process_type(None)
+        node.set_link_filter(None)
+        node.set_remote_router(None)
+        node.stop_all(timeout=5.0)
     deadline = time.monotonic() + 5.0
     leaked = [
         t

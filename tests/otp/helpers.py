@@ -42,6 +42,23 @@ class Events:
         return self.wait_for(lambda items: len(items) >= n, timeout)
 
 
+class Barrier:
+    """``n`` parties meet (``wait`` returns True) or time out (False); works in threads and
+    scheduled processes alike (the latter yield while they wait)."""
+
+    def __init__(self, n: int) -> None:
+        self._lock = threading.Lock()
+        self._left = n
+        self._met = otp.Event()
+
+    def wait(self, timeout: float) -> bool:
+        with self._lock:
+            self._left -= 1
+            if self._left == 0:
+                self._met.set()
+        return self._met.wait(timeout)
+
+
 def wait_until(pred: Callable[[], bool], timeout: float = WAIT) -> None:
     """Poll ``pred`` (for states nothing signals, e.g. a mailbox length) within a deadline."""
     deadline = time.monotonic() + timeout

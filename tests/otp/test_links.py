@@ -106,7 +106,7 @@ def test_unlink_flushes_an_exit_already_queued() -> None:
     a = Plain.start(events, "a")
     b = _linker(events, "b", trap=True)
     otp.call(b, ("link", a))
-    gate = threading.Event()
+    gate = otp.Event()
     otp.cast(b, ("hold_then_unlink", gate, a))
     crash(a)  # b is busy: the EXIT waits in its mailbox
     gate.set()
@@ -197,7 +197,7 @@ def test_demonitor_flushes_a_queued_down() -> None:
     a = Plain.start(events, "a")
     w = _linker(events, "w")
     ref = otp.call(w, ("monitor", a))
-    gate = threading.Event()
+    gate = otp.Event()
     otp.cast(w, ("hold_then_demonitor", gate, ref))
     otp.stop(a)
     gate.set()
@@ -217,7 +217,7 @@ def test_link_to_dead_process_delivers_noproc() -> None:
 def test_kill_of_a_busy_process_takes_effect_at_once() -> None:
     events = Events()
     busy = Worker.start(events, "busy", name="busy")
-    gate = threading.Event()
+    gate = otp.Event()
     otp.cast(busy, ("block", gate))
     otp.cast(busy, ("stop", "never handled"))
     waiting: list[Any] = []
@@ -236,9 +236,7 @@ def test_kill_of_a_busy_process_takes_effect_at_once() -> None:
     assert waiting == ["killed"]
     assert not busy.is_alive() and otp.whereis("busy") is None
     gate.set()
-    assert busy._thread is not None
-    busy._thread.join(WAIT)
-    assert not busy._thread.is_alive()
+    assert otp.sched.wait_loop_end(busy, WAIT)  # its thread or greenlet ended
     assert [e for e in events.list() if e[0] == "stop"] == []  # nothing ran after the kill
 
 

@@ -67,7 +67,7 @@ def test_registered_name_and_noproc() -> None:
 def test_call_timeout_then_late_reply_is_dropped() -> None:
     events = Events()
     pid = Worker.start(events, "w")
-    gate = threading.Event()
+    gate = otp.Event()
     with pytest.raises(otp.ExitError) as err:
         otp.call(pid, ("block", gate), timeout=0.05)
     assert err.value.reason == "timeout"
@@ -139,7 +139,7 @@ def test_crash_in_info_handler() -> None:
 def test_queued_calls_fail_with_the_exit_reason() -> None:
     events = Events()
     pid = Worker.start(events, "w")
-    gate = threading.Event()
+    gate = otp.Event()
     otp.cast(pid, ("block", gate))
     otp.cast(pid, "crash")
     results: list[Any] = []
@@ -271,7 +271,7 @@ def test_init_failure_is_a_start_error_and_frees_the_name(how: str, reason: Any)
 
 
 def test_init_timeout_kills_the_process() -> None:
-    gate = threading.Event()
+    gate = otp.Event()
 
     class Slow(otp.Process):
         def init(self) -> None:
@@ -303,7 +303,7 @@ def test_stop_runs_terminate_and_stop_self_replies_first() -> None:
 def test_stop_times_out_on_a_busy_process() -> None:
     events = Events()
     pid = Worker.start(events, "w")
-    gate = threading.Event()
+    gate = otp.Event()
     otp.cast(pid, ("block", gate))
     with pytest.raises(otp.ExitError) as err:
         otp.stop(pid, timeout=0.05)

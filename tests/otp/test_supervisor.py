@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -12,7 +11,17 @@ import pytest
 from waraft import otp
 from waraft.otp import supervisor as sup
 
-from .helpers import WAIT, Events, Plain, Worker, child_pid, crash, starts, worker_spec
+from .helpers import (
+    WAIT,
+    Barrier,
+    Events,
+    Plain,
+    Worker,
+    child_pid,
+    crash,
+    starts,
+    worker_spec,
+)
 
 
 def _tags(events: Events, kind: str) -> list[Any]:
@@ -38,7 +47,7 @@ class Recorder(Worker):
 
     def init(self, events: Events, tag: Any, *extra: Any) -> None:
         if tag == "a":
-            time.sleep(0.05)  # a window in which an asynchronous start would let b overtake
+            otp.sleep(0.05)  # a window in which an asynchronous start would let b overtake
         events.add(("saw", tag, sorted(n for n in otp.registered() if n in "abcd")))
         super().init(events, tag, *extra)
 
@@ -214,7 +223,7 @@ def test_escalation_through_two_levels() -> None:
 class Stubborn(Worker):
     """Traps exits and blocks in terminate until released."""
 
-    def init(self, events: Events, tag: Any, gate: threading.Event) -> None:
+    def init(self, events: Events, tag: Any, gate: otp.Event) -> None:
         super().init(events, tag)
         self.gate = gate
 
@@ -237,7 +246,7 @@ def test_child_ignoring_its_shutdown_timeout_is_abandoned(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     events = Events()
-    gate = threading.Event()
+    gate = otp.Event()
     spec = {
         "id": "stuck",
         "start": (lambda: Stubborn.start_link(events, "stuck", gate, name="stuck"), ()),
@@ -256,15 +265,14 @@ def test_child_ignoring_its_shutdown_timeout_is_abandoned(
         assert sup.restart_child(pid, "stuck")[0] == "ok"  # the name can be taken again
     finally:
         gate.set()
-    assert stuck._thread is not None
-    stuck._thread.join(WAIT)
+    assert otp.sched.wait_loop_end(stuck, WAIT)
     # The abandoned thread finished its terminate but reported nothing: it was already dead.
     assert ("stop", "stuck", "shutdown") in events.list()
 
 
 def test_brutal_kill_and_infinity() -> None:
     events = Events()
-    gate = threading.Event()
+    gate = otp.Event()
     specs = [
         worker_spec(events, "brutal", shutdown="brutal_kill"),
         {
@@ -290,23 +298,22 @@ def test_brutal_kill_and_infinity() -> None:
 class Gathering(Worker):
     """terminate waits at a barrier: it passes only if all children stop concurrently."""
 
-    def init(self, events: Events, tag: Any, barrier: threading.Barrier, *extra: Any) -> None:
+    def init(self, events: Events, tag: Any, barrier: Barrier, *extra: Any) -> None:
         super().init(events, tag, *extra)
         self.barrier = barrier
 
     def terminate(self, reason: Any) -> None:
         if reason != "shutdown":
             return
-        try:
-            self.barrier.wait(WAIT)
+        if self.barrier.wait(WAIT):
             self.events.add(("met", self.extra))
-        except threading.BrokenBarrierError:
+        else:
             self.events.add(("alone", self.extra))
 
 
 def test_simple_one_for_one() -> None:
     events = Events()
-    barrier = threading.Barrier(3)
+    barrier = Barrier(3)
     template = {"id": "conn", "start": (Gathering.start_link, (events, "conn", barrier))}
     pid = sup.start_link({"strategy": "simple_one_for_one", "intensity": 5}, [template])
     kids = [sup.start_child(pid, [i])[1] for i in range(3)]

@@ -11,7 +11,13 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from waraft import otp
 from waraft.otp import supervisor as sup
@@ -191,10 +197,14 @@ class SupervisorMachine(RuleBasedStateMachine):
             sup.stop(self.sup, "shutdown")
 
 
-SupervisorMachine.TestCase.settings = settings(
-    max_examples=50,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-test_supervisor_matches_reference_model = SupervisorMachine.TestCase
+def test_supervisor_matches_reference_model(process_type: str) -> None:
+    # A function rather than SupervisorMachine.TestCase, so the process-type fixture applies.
+    run_state_machine_as_test(
+        SupervisorMachine,
+        settings=settings(
+            max_examples=50,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

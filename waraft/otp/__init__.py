@@ -1,13 +1,15 @@
-"""``waraft.otp``: an Erlang/OTP-style actor runtime on pykka threads.
+"""``waraft.otp``: an Erlang/OTP-style actor runtime on pykka.
 
 Processes with call/cast/send and deferred replies, let-it-crash, links, monitors and exit
-signals (:mod:`~waraft.otp.process`); per-node name registries (:mod:`~waraft.otp.registry`)
-and nodes (:mod:`~waraft.otp.node`); timers (:mod:`~waraft.otp.timer`); a gen_statem helper
-(:mod:`~waraft.otp.statem`); supervisors (:mod:`~waraft.otp.supervisor`) and each node's root
-supervisor ``kernel_sup`` (:mod:`~waraft.otp.kernel`). Importing this package starts no thread.
+signals (:mod:`~waraft.otp.process`), each on a thread of its own or scheduled as a greenlet on
+a few scheduler threads per node (:mod:`~waraft.otp.sched`); per-node name registries
+(:mod:`~waraft.otp.registry`) and nodes (:mod:`~waraft.otp.node`); timers
+(:mod:`~waraft.otp.timer`); a gen_statem helper (:mod:`~waraft.otp.statem`); supervisors
+(:mod:`~waraft.otp.supervisor`) and each node's root supervisor ``kernel_sup``
+(:mod:`~waraft.otp.kernel`). Importing this package starts no thread.
 """
 
-from waraft.otp import kernel, node, registry, supervisor, timer
+from waraft.otp import kernel, node, registry, sched, supervisor, timer
 from waraft.otp.errors import (
     ExitError,
     OtpError,
@@ -40,11 +42,23 @@ from waraft.otp.process import (
 )
 from waraft.otp.registry import register, registered, unregister, whereis
 from waraft.otp.reply import NOREPLY, LocalReplyTo, ReplyTo, reply
+from waraft.otp.sched import (
+    SCHEDULED,
+    THREAD,
+    Event,
+    default_process_type,
+    set_default_process_type,
+    sleep,
+)
+from waraft.otp.sched import stats as scheduler_stats
 from waraft.otp.statem import StateMachine
 from waraft.otp.timer import TimerRef, cancel_timer, send_after
 
 __all__ = [
     "NOREPLY",
+    "SCHEDULED",
+    "THREAD",
+    "Event",
     "ExitError",
     "LocalReplyTo",
     "MonitorRef",
@@ -63,6 +77,7 @@ __all__ = [
     "call",
     "cancel_timer",
     "cast",
+    "default_process_type",
     "demonitor",
     "exit",
     "is_alive",
@@ -77,10 +92,14 @@ __all__ = [
     "registered",
     "registry",
     "reply",
+    "sched",
+    "scheduler_stats",
     "self_pid",
     "send",
     "send_after",
     "send_request",
+    "set_default_process_type",
+    "sleep",
     "start",
     "start_link",
     "stop",

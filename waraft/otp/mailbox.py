@@ -1,15 +1,15 @@
 """Mailbox entries shared by the process, messaging and signal modules (internal).
 
-A mailbox is a ``queue.SimpleQueue`` (a C queue: put/get cost a fraction of a microsecond and
-take no Python-level lock). pykka's loop reads ``envelope.message`` and hands it to
+A thread process's mailbox is a ``queue.SimpleQueue`` (a C queue: put/get cost a fraction of
+a microsecond and take no Python-level lock); a scheduled process's is a
+:class:`~waraft.otp.sched.SchedInbox`. pykka's loop reads ``envelope.message`` and hands it to
 ``on_receive``; our ``message`` is the envelope itself, so one allocation carries the kind,
 the payload and the reply handle.
 """
 
 from __future__ import annotations
 
-import queue
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 from typing import cast as _tcast
 
 from waraft.otp.reply import ReplyTo
@@ -48,6 +48,19 @@ class Envelope:
 WAKE_ENV: Final = Envelope(WAKE, None)
 
 
-def as_inbox(inbox: object) -> queue.SimpleQueue[Any]:
-    """pykka types the inbox as its own protocol; ours is always a SimpleQueue."""
-    return _tcast("queue.SimpleQueue[Any]", inbox)
+class Inbox(Protocol):
+    """What the runtime needs of a mailbox: ``queue.SimpleQueue`` (thread processes) and
+    :class:`~waraft.otp.sched.SchedInbox` (scheduled processes) both provide it."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None: ...
+
+    def get_nowait(self) -> Any: ...
+
+    def qsize(self) -> int: ...
+
+    def empty(self) -> bool: ...
+
+
+def as_inbox(inbox: object) -> Inbox:
+    """pykka types the inbox as its own protocol; ours always provides :class:`Inbox`."""
+    return _tcast(Inbox, inbox)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,10 +28,13 @@ from waraft.otp.registry import Registry
 if TYPE_CHECKING:
     from waraft.otp.pid import Pid
     from waraft.otp.process import Process
+    from waraft.otp.sched import SchedulerPool
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NODE_ID = "nonode@nohost"
+DEFAULT_MAX_PROCESSES = 262_144
+"""Erlang's default process limit; ``WARAFT_OTP_MAX_PROCESSES`` overrides it."""
 
 LinkFilter = Callable[[str, str], bool]
 
@@ -65,11 +69,36 @@ _atexit_installed = False
 
 
 class Node:
-    """A runtime instance: ``id``, ``registry``, its processes and its ``kernel_sup``."""
+    """A runtime instance: ``id``, ``registry``, its processes and its ``kernel_sup``.
 
-    def __init__(self, name: str) -> None:
+    ``process_type`` (``"thread"``/``"scheduled"``, None = the process-wide default) is the
+    type of processes whose class does not choose one; ``schedulers`` the number of scheduler
+    threads for scheduled processes (None = ``sched.default_schedulers()``), started with the
+    first one; ``long_hold_ms`` when a scheduled process's run is reported as too long;
+    ``max_processes`` the live processes beyond which a start fails with
+    ``StartError(("system_limit", text))`` (None = ``WARAFT_OTP_MAX_PROCESSES`` or 262,144).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        process_type: str | None = None,
+        schedulers: int | None = None,
+        long_hold_ms: float | None = None,
+        max_processes: int | None = None,
+    ) -> None:
+        from waraft.otp import sched
+
         self.name = name
         self.id = name
+        self.process_type = None if process_type is None else sched._check_type(process_type)
+        self._n_schedulers = schedulers
+        self._long_hold_ms = sched.DEFAULT_LONG_HOLD_MS if long_hold_ms is None else long_hold_ms
+        if max_processes is None:
+            max_processes = int(os.environ.get("WARAFT_OTP_MAX_PROCESSES", DEFAULT_MAX_PROCESSES))
+        self.max_processes = max_processes
+        self._pool: SchedulerPool | None = None
         self.registry = Registry(name)
         self._lock = threading.Lock()
         # Insertion-ordered set of live processes, so stop() can go in reverse start order.
@@ -105,12 +134,36 @@ class Node:
         with self._lock:
             return list(self._procs)
 
+    def _scheduler_pool(self) -> SchedulerPool:
+        """The node's scheduler threads, started on first use."""
+        pool = self._pool
+        if pool is not None:
+            return pool
+        from waraft.otp import sched
+
+        with self._lock:
+            if self._pool is None:
+                count = self._n_schedulers or sched.default_schedulers()
+                self._pool = sched.SchedulerPool(self, count, self._long_hold_ms)
+            return self._pool
+
     def _adopt(self, pid: Pid) -> None:
+        from waraft.otp.errors import StartError
+
         with self._lock:
             if not self._alive:
-                from waraft.otp.errors import StartError
-
                 raise StartError("node_stopped")
+            pool = self._pool
+            if pool is not None and pool.failure is not None:
+                raise StartError(pool.failure)
+            if len(self._procs) >= self.max_processes:
+                raise StartError(
+                    (
+                        "system_limit",
+                        f"node {self.id} already runs {len(self._procs)} processes "
+                        f"(max_processes={self.max_processes})",
+                    )
+                )
             self._procs[pid] = None
 
     def _forget(self, pid: Pid) -> None:
@@ -121,7 +174,8 @@ class Node:
         """Stop ``kernel_sup`` (and its tree), then every other process, newest first.
 
         Each process gets ``timeout`` seconds to run ``terminate``; one that does not stop is
-        killed (abandoned). Waits up to ``timeout`` more for the threads to finish. Idempotent.
+        killed (abandoned). Waits up to ``timeout`` more for the threads and greenlets to
+        finish, then ends the scheduler threads. Idempotent.
         """
         from waraft.otp import process
 
@@ -140,7 +194,11 @@ class Node:
                 process.stop_or_kill(pid, "shutdown", timeout)
         for pid in reversed(self.processes()):
             process.stop_or_kill(pid, "shutdown", timeout)
+        deadline = time.monotonic() + timeout
         _join_threads(snapshot, timeout)
+        pool = self._pool
+        if pool is not None:
+            pool.stop(deadline)
         global _default
         with _nodes_lock:
             if _local.get(self.id) is self:
@@ -158,15 +216,24 @@ def _is_root(pid: Pid) -> bool:
 
 
 def _join_threads(pids: list[Pid], timeout: float) -> None:
+    """Wait (bounded) for the threads and greenlets of ``pids`` to end."""
     deadline = time.monotonic() + timeout
     me = threading.current_thread()
+    caller = _tls.proc
     for pid in pids:
         thread = pid._thread
-        if thread is None or thread is me:
-            continue
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
-            logger.error("thread of %r still running after node stop (abandoned)", pid)
+        if thread is not None:
+            if thread is me:
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.error("thread of %r still running after node stop (abandoned)", pid)
+        elif (
+            pid._loop_done is not None
+            and (caller is None or caller.pid is not pid)
+            and not pid._loop_done.wait(max(0.0, deadline - time.monotonic()))
+        ):
+            logger.error("%r still running after node stop (abandoned)", pid)
 
 
 def current() -> Node:

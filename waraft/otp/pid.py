@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import itertools
 import threading
-from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
+from waraft.otp.sched import Event
+
 if TYPE_CHECKING:
+    from waraft.otp.mailbox import Inbox
     from waraft.otp.node import Node
     from waraft.otp.process import Process
 
@@ -39,6 +41,7 @@ class Pid:
         "_inbox",
         "_links",
         "_lock",
+        "_loop_done",
         "_monitors",
         "_name",
         "_node",
@@ -46,7 +49,7 @@ class Pid:
         "node_id",
     )
 
-    def __init__(self, node: Node, inbox: SimpleQueue[Any], actor: Process) -> None:
+    def __init__(self, node: Node, inbox: Inbox, actor: Process) -> None:
         self._id = next(_pid_ids)
         self.node_id: str = node.id
         self._node = node
@@ -57,9 +60,10 @@ class Pid:
         self._exit_reason: Any = None
         self._links: set[Pid] = set()
         self._monitors: dict[Ref, Pid] = {}
-        self._done = threading.Event()
+        self._done = Event()  # scheduled processes wait on it without holding a thread
         self._name: str | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # thread processes
+        self._loop_done: Event | None = None  # scheduled processes: set when the greenlet ends
 
     def __repr__(self) -> str:
         return f"<{self.node_id}.{self._id}>"

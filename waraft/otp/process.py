@@ -1,7 +1,12 @@
-"""Processes: Erlang-style actors on pykka threads.
+"""Processes: Erlang-style actors on pykka, on a thread each or scheduled.
 
-A :class:`Process` is a ``pykka.ThreadingActor`` driven through our own envelopes rather than
-pykka's ask/proxy machinery, so that the OTP rules hold:
+A :class:`Process` is a pykka actor driven through our own envelopes rather than pykka's
+ask/proxy machinery. It is one of two process types (:mod:`~waraft.otp.sched`): ``"thread"``
+runs it on an OS thread of its own, as a ``pykka.ThreadingActor``; ``"scheduled"`` runs it as a
+greenlet on one of its node's scheduler threads, through the same pykka actor loop (pykka's
+``_create_actor_inbox``/``_start_actor_loop`` hooks). The type is the class attribute
+``process_type`` if set, else the node's (``Node(process_type=...)``), else the process-wide
+default (:func:`~waraft.otp.sched.set_default_process_type`). Every rule below holds for both:
 
 * ``call`` puts one envelope carrying a :class:`~waraft.otp.reply.LocalReplyTo` into the
   callee's mailbox and waits on it; ``cast``/``send`` put one envelope and return. Mailboxes
@@ -16,14 +21,19 @@ pykka's ask/proxy machinery, so that the OTP rules hold:
   fails, nor when the process is killed by an exit signal it does not trap, nor on ``kill``
   (as in Erlang).
 
-Python cannot kill a thread, so an exit signal that kills a process (``"kill"``, or any
-abnormal reason to a process that does not trap exits) takes effect *at once* for the rest of
-the system: the process is marked dead, its name is released, waiting callers fail, links and
-monitors get the reason (``"killed"`` for ``kill``). Its thread stops at its next message
-boundary; a handler that is running at that moment runs to completion (its sends still go
-out) and no further message is handled. A process that ignores its supervisor's shutdown
-timeout is killed this way: it is *abandoned* (logged at error, reported as ``killed``), and if
-its thread is stuck forever it stays stuck, as a daemon thread.
+Python cannot kill a thread (nor a greenlet from another thread), so an exit signal that kills
+a process (``"kill"``, or any abnormal reason to a process that does not trap exits) takes
+effect *at once* for the rest of the system: the process is marked dead, its name is released,
+waiting callers fail, links and monitors get the reason (``"killed"`` for ``kill``). Its thread
+(or greenlet) stops at its next message boundary; a handler that is running at that moment runs
+to completion (its sends still go out) and no further message is handled. A process that
+ignores its supervisor's shutdown timeout is killed this way: it is *abandoned* (logged at
+error, reported as ``killed``), and if its thread is stuck forever it stays stuck, as a daemon
+thread.
+
+A scheduled process must not block its thread (sleep, I/O, ``threading`` waits): ``call``,
+``start``, ``stop``, ``wait_exit`` and :class:`~waraft.otp.sched.Event` yield instead. A class
+whose code must block sets ``process_type = "thread"``.
 
 Ordering: messages from one sender to one receiver arrive in order. Exit signals to a process
 that traps exits arrive as ``('EXIT', pid, reason)`` messages behind earlier messages; trap
@@ -37,11 +47,12 @@ import logging
 import queue
 import threading
 from collections import deque
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pykka
 
 from waraft.otp import node as _node
+from waraft.otp import sched as _sched
 from waraft.otp.errors import (
     KILLED,
     NORMAL,
@@ -86,6 +97,9 @@ from waraft.otp.messaging import (
 from waraft.otp.pid import MonitorRef, Pid, Ref, make_ref
 from waraft.otp.reply import NOREPLY, LocalReplyTo, ReplyTo, reply
 from waraft.otp.signals import die, link_pair, unlink_pair
+
+if TYPE_CHECKING:
+    import greenlet
 
 __all__ = [
     "NOREPLY",
@@ -150,8 +164,17 @@ class Process(pykka.ThreadingActor):
 
     trap_exit: bool = False
     use_daemon_thread: ClassVar[bool] = True
+    process_type: ClassVar[str | None] = None
+    """``"thread"``, ``"scheduled"``, or None for the node's / process-wide default."""
 
     def __init__(self, boot: _Boot) -> None:
+        node = boot.node
+        kind = type(self).process_type or node.process_type or _sched.default_process_type()
+        # Read by _create_actor_inbox, which pykka's __init__ calls.
+        self._sched: _sched.Scheduler | None = (
+            node._scheduler_pool().assign() if kind == _sched.SCHEDULED else None
+        )
+        self._greenlet: greenlet.greenlet | None = None
         super().__init__()
         self._boot: _Boot | None = boot
         self.pid: Pid = Pid(boot.node, as_inbox(self.actor_inbox), self)
@@ -163,6 +186,8 @@ class Process(pykka.ThreadingActor):
         self._next_events: deque[Any] = deque()
         self._monitoring: set[Ref] = set()
         self._stop_reason: Any = UNSET
+        if self._sched is not None:
+            self.pid._loop_done = _sched.Event()
         self._setup_identity(boot)
 
     def _setup_identity(self, boot: _Boot) -> None:
@@ -187,9 +212,32 @@ class Process(pykka.ThreadingActor):
         if boot.parent is not None:
             link_pair(pid, boot.parent)
 
-    @staticmethod
-    def _create_actor_inbox() -> queue.SimpleQueue[Any]:
-        return queue.SimpleQueue()
+    def _create_actor_inbox(self) -> Any:  # type: ignore[override]  # per instance, not static
+        if self._sched is None:
+            return queue.SimpleQueue()
+        inbox = _sched.SchedInbox()
+        inbox._proc = self
+        return inbox
+
+    def _start_actor_loop(self) -> None:
+        sched = self._sched
+        if sched is None:
+            super()._start_actor_loop()
+        else:
+            # The scheduler creates the greenlet in its own thread (a greenlet runs only on
+            # the thread that created it) when it first picks the process from its run queue.
+            sched.runq.put(self)
+
+    def _scheduled_main(self) -> None:
+        """The body of a scheduled process's greenlet: pykka's actor loop."""
+        _node._tls.proc = self
+        _node._tls.node = self.node
+        try:
+            self._actor_loop()
+        finally:
+            done = self.pid._loop_done
+            if done is not None:
+                done.set()
 
     # ------------------------------------------------------------------ starting
     @classmethod
@@ -223,7 +271,7 @@ class Process(pykka.ThreadingActor):
 
     # ------------------------------------------------------------------ callbacks
     def init(self, *args: Any) -> None:
-        """Runs in the new thread before any message; raise to fail the start."""
+        """Runs in the new process before any message; raise to fail the start."""
 
     def handle_call(self, request: Any, from_: ReplyTo) -> Any:
         """Answer a call: return the reply, or :data:`NOREPLY` and complete ``from_`` later."""
@@ -261,9 +309,10 @@ class Process(pykka.ThreadingActor):
         pid = self.pid
         _node._tls.node = boot.node
         _node._tls.proc = self
-        thread = threading.current_thread()
-        thread.name = f"otp:{type(self).__name__}{pid!r}"
-        pid._thread = thread
+        if self._sched is None:
+            thread = threading.current_thread()
+            thread.name = f"otp:{type(self).__name__}{pid!r}"
+            pid._thread = thread
         try:
             self.init(*boot.args)
             if self._stop_reason is not UNSET:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import abc
 from _thread import allocate_lock
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from waraft.otp.errors import TIMEOUT, ExitError
+from waraft.otp.sched import _GreenWaker, scheduled_caller, suspend
+
+if TYPE_CHECKING:
+    from waraft.otp.process import Process
 
 
 class _NoReply:
@@ -61,10 +65,12 @@ class ReplyTo(abc.ABC):
 class LocalReplyTo(ReplyTo):
     """A reply handle for a caller in this Python process: a future on a raw lock.
 
-    The waiting caller blocks on ``_ready`` (acquired at creation); completion releases it.
+    A waiting thread blocks on ``_ready`` (acquired at creation); completion releases it. A
+    waiting scheduled process instead leaves a waker in ``_waiter`` and yields its scheduler;
+    completion releases ``_ready`` first, then fires the waker.
     """
 
-    __slots__ = ("_ok", "_ready", "_value")
+    __slots__ = ("_ok", "_ready", "_value", "_waiter")
 
     def __init__(self) -> None:
         self._claim = allocate_lock()
@@ -73,20 +79,31 @@ class LocalReplyTo(ReplyTo):
         self._ready = ready
         self._ok = False
         self._value: Any = None
+        self._waiter: _GreenWaker | None = None
 
     def _complete(self, ok: bool, value: Any) -> None:
         self._ok = ok
         self._value = value
         self._ready.release()
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.fire()
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until completed; return the value or raise ``ExitError``.
 
         ``timeout`` in seconds (None = forever). On timeout the handle is claimed by the caller,
-        so a late reply is dropped, and ``ExitError("timeout")`` is raised.
+        so a late reply is dropped, and ``ExitError("timeout")`` is raised. Called from a
+        scheduled process, the wait yields the scheduler instead of blocking it.
         """
         ready = self._ready
-        got = ready.acquire() if timeout is None else ready.acquire(True, max(timeout, 0.0))
+        proc = scheduled_caller()
+        if proc is not None:
+            got = ready.acquire(False) or self._wait_scheduled(proc, timeout)
+        elif timeout is None:
+            got = ready.acquire()
+        else:
+            got = ready.acquire(True, max(timeout, 0.0))
         if not got:
             if self._claim.acquire(False):
                 self._value = TIMEOUT
@@ -97,6 +114,19 @@ class LocalReplyTo(ReplyTo):
         if self._ok:
             return self._value
         raise ExitError(self._value)
+
+    def _wait_scheduled(self, proc: Process, timeout: float | None) -> bool:
+        """Suspend ``proc`` until completion or timeout; True when ``_ready`` is acquired."""
+        ready = self._ready
+        waker = _GreenWaker(proc)
+        self._waiter = waker
+        if ready.acquire(False):  # completed between the caller's check and now
+            if not waker.cancel():
+                suspend(proc)  # the completion already queued us: take that resumption
+            return True
+        if waker.wait(timeout):
+            return ready.acquire(False)  # released before the waker fired
+        return False
 
 
 def reply(from_: ReplyTo, value: Any) -> None:

@@ -1,10 +1,14 @@
 """Timers: ``send_after`` / ``cancel_timer`` on one shared heap thread.
 
-The thread is started on first use (importing this module starts nothing) and is a daemon.
-A due timer delivers its message with ``send`` (``handle_info``) from the timer thread, so
-firing never blocks on the receiver. Cancelled timers are dropped lazily when they reach the
-top of the heap; the heap is rebuilt when most of it is cancelled, so re-arming a timeout on
-every event (election timers) stays cheap.
+The thread is started on first use (importing this module starts nothing) and is a daemon; it
+serves every node in this Python process, whatever their process type, so no timer ever costs a
+thread of its own. A due timer delivers its message with ``send`` (``handle_info``) from the
+timer thread: a mailbox post, which for a scheduled process only marks it runnable, so firing
+never blocks on the receiver. ``call_later`` (internal) runs a short callback on the timer
+thread instead; the scheduler uses it for the timeouts of waits inside scheduled processes.
+Cancelled timers are dropped lazily when they reach the top of the heap; the heap is rebuilt
+when most of it is cancelled, so re-arming a timeout on every event (election timers) stays
+cheap.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -116,11 +121,23 @@ class _TimerService:
                     return due
 
 
+class _CallbackRef(TimerRef):
+    """A timer that runs ``fn()`` on the timer thread instead of sending a message."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, deadline: float, fn: Callable[[], Any]) -> None:
+        super().__init__(deadline, "", None, None)
+        self._fn = fn
+
+
 def _deliver(ref: TimerRef) -> None:
     from waraft.otp import process
 
     try:
-        if ref._node is None:
+        if type(ref) is _CallbackRef:
+            ref._fn()  # never blocks: the scheduler's wake-ups are queue puts
+        elif ref._node is None:
             process.send(ref._target, ref._msg)
         else:
             with ref._node.activate():
@@ -143,6 +160,14 @@ def send_after(ms: float, target: Target, msg: Any) -> TimerRef:
     # The arming node is current again at delivery: names resolve there, and the link filter
     # sees the true sender node.
     ref = TimerRef(time.monotonic() + ms / 1000.0, target, msg, current())
+    _service.add(ref)
+    return ref
+
+
+def call_later(seconds: float, fn: Callable[[], Any]) -> TimerRef:
+    """Run ``fn()`` on the timer thread after ``seconds`` (internal: it must not block).
+    Cancel with :func:`cancel_timer`."""
+    ref = _CallbackRef(time.monotonic() + seconds, fn)
     _service.add(ref)
     return ref
 

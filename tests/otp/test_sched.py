@@ -1,0 +1,253 @@
+"""Scheduler-specific behaviour of scheduled processes (waraft.otp.sched).
+
+The OTP semantics common to both process types are covered by the rest of tests/otp, which
+runs on both; these tests pin what only the scheduler does: fairness, yielding waits, the
+long-hold report, the process limit, scheduler faults, thread opt-outs and timers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from waraft import otp
+from waraft.otp import sched
+
+from .helpers import WAIT, Events, Worker, wait_until
+
+
+@pytest.fixture(autouse=True)
+def _scheduled_only(process_type: str) -> Iterator[None]:
+    # The nodes here choose their process type themselves; one run is enough.
+    if process_type != otp.SCHEDULED:
+        pytest.skip("scheduler behaviour: run once, under the scheduled parameter")
+    yield
+
+
+def _node(name: str, **opts: Any) -> otp.Node:
+    opts.setdefault("process_type", otp.SCHEDULED)
+    return otp.Node(name, **opts)
+
+
+class Recorder(otp.Process):
+    """Appends ``(tag, msg)`` to a shared list per cast; a call returns how many it saw."""
+
+    def init(self, log: list[Any], tag: str) -> None:
+        self.log = log
+        self.tag = tag
+        self.seen = 0
+
+    def handle_cast(self, msg: Any) -> None:
+        self.seen += 1
+        self.log.append((self.tag, msg))
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        if request == "seen":
+            return self.seen
+        if request == "hold":  # blocks its scheduler thread on purpose
+            return request
+        raise AssertionError(request)
+
+
+class Hog(otp.Process):
+    """Blocks its scheduler thread (the wrong thing to do) until released."""
+
+    def handle_cast(self, msg: Any) -> None:
+        started, release = msg
+        started.set()
+        release.wait(WAIT)
+
+
+def test_a_busy_process_does_not_starve_another() -> None:
+    node = _node("fair@t", schedulers=1, long_hold_ms=10_000)
+    log: list[Any] = []
+    busy = Recorder.start(log, "busy", node=node)
+    quiet = Recorder.start(log, "quiet", node=node)
+    hog = Hog.start(node=node)
+    started, release = threading.Event(), threading.Event()
+    otp.cast(hog, (started, release))
+    assert started.wait(WAIT)  # the only scheduler is held: what follows is queued
+    n = 20 * sched.FAIRNESS_BUDGET
+    for i in range(n):
+        otp.cast(busy, i)
+    otp.cast(quiet, "hello")
+    release.set()
+    assert otp.call(busy, "seen") == n
+    assert otp.call(quiet, "seen") == 1
+    # busy ran first (queued first) but yielded after one budget of messages.
+    assert log.index(("quiet", "hello")) == sched.FAIRNESS_BUDGET
+
+
+class Asker(otp.Process):
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        op, target, timeout = request
+        try:
+            return ("ok", otp.call(target, op, timeout=timeout))
+        except otp.ExitError as exc:
+            return ("exit", exc.reason)
+
+
+class Answerer(otp.Process):
+    def init(self) -> None:
+        self.held: list[otp.ReplyTo] = []
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        if request == "ping":
+            return "pong"
+        if request == "never":
+            self.held.append(from_)
+            return otp.NOREPLY
+        if request == "answer_held":
+            for held in self.held:
+                held.reply("late")
+            return len(self.held)
+        raise AssertionError(request)
+
+
+def test_a_call_between_processes_on_one_scheduler_yields_instead_of_deadlocking() -> None:
+    node = _node("one@t", schedulers=1)
+    asker = Asker.start(node=node)
+    answerer = Answerer.start(node=node)
+    assert asker._actor._sched is answerer._actor._sched  # type: ignore[union-attr]
+    assert otp.call(asker, ("ping", answerer, WAIT)) == ("ok", "pong")
+    # The timeout of a call made inside a scheduled process comes from the timer service.
+    assert otp.call(asker, ("never", answerer, 0.05)) == ("exit", "timeout")
+    assert otp.call(answerer, "answer_held") == 1  # the late reply is dropped, nothing breaks
+    assert otp.call(asker, ("ping", answerer, WAIT)) == ("ok", "pong")
+    assert otp.call(asker, ("ping", asker, WAIT)) == ("exit", "calling_self")
+
+
+class Sleeper(otp.Process):
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        otp.sleep(request)
+        return "slept"
+
+
+def test_sleep_and_waits_yield_the_scheduler() -> None:
+    node = _node("sleep@t", schedulers=1)
+    sleeper = Sleeper.start(node=node)
+    other = Answerer.start(node=node)
+    handle = otp.send_request(sleeper, 0.3)
+    assert otp.call(other, "ping", timeout=0.2) == "pong"  # answered while sleeper sleeps
+    assert otp.wait_response(handle, WAIT) == "slept"
+
+
+class Blocker(otp.Process):
+    """A process that must block its thread (as a storage process would on fsync)."""
+
+    process_type = otp.THREAD
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        request.wait(WAIT)  # a threading.Event: blocks the OS thread
+        return "done"
+
+
+def test_a_thread_process_may_block_without_stalling_the_scheduler() -> None:
+    node = _node("mixed@t", schedulers=1)
+    blocker = Blocker.start(node=node)
+    other = Answerer.start(node=node)
+    assert blocker._thread is not None and other._thread is None
+    gate = threading.Event()
+    handle = otp.send_request(blocker, gate)
+    assert otp.call(other, "ping", timeout=1.0) == "pong"
+    gate.set()
+    assert otp.wait_response(handle, WAIT) == "done"
+
+
+def test_process_type_precedence_class_then_node_then_default() -> None:
+    otp.set_default_process_type(otp.THREAD)
+    threaded = otp.Node("thr@t")
+    scheduled = _node("sch@t")
+    assert Answerer.start(node=threaded)._thread is not None
+    assert Answerer.start(node=scheduled)._thread is None
+    assert Blocker.start(node=scheduled)._thread is not None  # the class wins
+    otp.set_default_process_type(otp.SCHEDULED)
+    assert Answerer.start(node=otp.Node("dflt@t"))._thread is None
+    with pytest.raises(ValueError):
+        otp.set_default_process_type("fibre")
+    with pytest.raises(ValueError):
+        otp.Node("bad@t", process_type="fibre")
+
+
+def test_default_type_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    otp.set_default_process_type(None)
+    monkeypatch.setenv("WARAFT_OTP_PROCESS_TYPE", "scheduled")
+    assert otp.default_process_type() == otp.SCHEDULED
+    monkeypatch.setenv("WARAFT_OTP_PROCESS_TYPE", "thread")
+    assert otp.default_process_type() == otp.THREAD
+    monkeypatch.setenv("WARAFT_OTP_SCHEDULERS", "3")
+    assert sched.default_schedulers() == 3
+
+
+def test_a_long_run_is_reported_with_the_process_name_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = _node("hold@t", schedulers=1, long_hold_ms=30)
+    hog = Hog.start(node=node)
+    started, release = threading.Event(), threading.Event()
+    with caplog.at_level(logging.WARNING, logger="waraft.otp.sched"):
+        otp.cast(hog, (started, release))
+        assert started.wait(WAIT)
+        # Reported while it still holds the scheduler: a stuck process is never silent.
+        wait_until(lambda: otp.scheduler_stats(node)["long_holds"] == 1)
+        assert f"Hog {hog!r} is holding" in caplog.text
+        release.set()
+        wait_until(lambda: "released" in caplog.text)
+    assert otp.scheduler_stats(node)["long_holds"] == 1  # one run, counted once
+    quick = Answerer.start(node=node)
+    for _ in range(10):
+        otp.call(quick, "ping")
+    assert otp.scheduler_stats(node)["long_holds"] == 1
+
+
+def test_spawning_past_the_process_limit_fails_the_start() -> None:
+    node = _node("limit@t", max_processes=3)
+    pids = [Answerer.start(node=node) for _ in range(3)]
+    with pytest.raises(otp.StartError) as err:
+        Answerer.start(name="fourth", node=node)
+    kind, text = err.value.reason
+    assert kind == "system_limit" and "max_processes=3" in text
+    assert node.registry.whereis("fourth") is None
+    otp.stop(pids[0])
+    assert otp.call(Answerer.start(name="fourth", node=node), "ping") == "pong"
+
+
+def test_an_exception_in_a_scheduler_thread_stops_the_node(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = _node("fault@t", schedulers=2)
+    events = Events()
+    a, b = (Worker.start(events, tag, node=node) for tag in "ab")
+    sched_a = a._actor._sched  # type: ignore[union-attr]
+    assert sched_a is not None and sched_a is not b._actor._sched  # type: ignore[union-attr]
+    gate = otp.Event()
+    otp.cast(a, ("block", gate))  # a caller waits on a: it must not hang
+    handle = otp.send_request(a, "ping")
+    sched_a.runq.put(object())  # not a process: the scheduler loop itself fails
+    with pytest.raises(otp.ExitError) as err:
+        otp.wait_response(handle, WAIT)
+    assert err.value.reason[0] == "scheduler_failed"
+    assert otp.wait_exit(a, WAIT)[0] == "scheduler_failed"
+    wait_until(lambda: not node.alive)
+    assert otp.wait_exit(b, WAIT) == "shutdown"  # the rest of the node was stopped in order
+    assert "crashed (AttributeError" in caplog.text and "stopping node fault@t" in caplog.text
+    assert otp.scheduler_stats(node)["failure"][0] == "scheduler_failed"
+    with pytest.raises(otp.StartError):
+        Answerer.start(node=node)
+
+
+def test_timers_and_thousands_of_processes_cost_no_thread_each() -> None:
+    node = _node("many@t", schedulers=2)
+    before = threading.active_count()
+    events = Events()
+    pids = [Worker.start(events, i, node=node) for i in range(2000)]
+    for pid in pids[:500]:
+        otp.timer.send_after(1, pid, "tick")
+    events.wait_for(lambda items: sum(1 for e in items if e[0] == "info") == 500)
+    # Two schedulers, plus the timer thread if this test started it.
+    assert threading.active_count() - before <= 3
+    assert otp.scheduler_stats(node)["processes"] == 2000

@@ -1,0 +1,507 @@
+"""Scheduled (lightweight) processes: greenlets on a few scheduler threads per node.
+
+Two process types exist (see :func:`set_default_process_type`):
+
+* ``"thread"``: a ``pykka.ThreadingActor`` with an OS thread of its own (the original type).
+  Use it for a process that must block: fsync, LMDB/SQLite transactions, socket loops.
+* ``"scheduled"``: the process is a greenlet run by one of its node's *scheduler threads*
+  (``Node(schedulers=...)``, default :func:`default_schedulers`). It costs a greenlet and a
+  mailbox, not a thread, so a node can hold thousands.
+
+How a scheduled process runs, as BEAM runs its processes:
+
+* Each scheduler thread owns a *run queue* of runnable processes and a *hub* greenlet that
+  switches into them one at a time. A process is pinned to the scheduler it was placed on at
+  spawn (round robin): a greenlet can only ever run on the thread that created it.
+* The mailbox (:class:`SchedInbox`) is a deque plus a "scheduled" flag. A put on an idle
+  process's mailbox sets the flag and pushes the process on its run queue; puts on a process
+  that is queued or running only append. No lock is held per message beyond the flag's
+  non-blocking acquire.
+* Fairness: a process that has handled :data:`FAIRNESS_BUDGET` messages in one run goes to
+  the back of its run queue, so a busy process cannot starve the others on its scheduler.
+* Blocking inside a scheduled process (``call``, ``start``, ``stop``, ``wait_exit``, a
+  supervisor waiting for a child, :class:`Event`) does not block the thread: the process
+  records a *waker*, switches back to the hub, and the waker (the reply, the event, or the
+  timeout armed on the timer service) puts it back on its run queue exactly once. ``call``
+  semantics (timeouts, a late reply dropped, ``calling_self``) are those of the thread type.
+* Code that blocks the thread (``time.sleep``, a ``threading`` primitive, I/O) stalls every
+  process on that scheduler. A run longer than ``Node(long_hold_ms=...)`` is logged with the
+  process's name and counted (:func:`stats` ``["long_holds"]``); a run still going on is
+  reported by a watchdog on the timer thread, so a stuck process is never a silent stall.
+* An exception escaping the scheduler loop itself (a bug, not a handler crash: handlers crash
+  only their process) kills every process on that scheduler with
+  ``("scheduler_failed", text)`` and stops the node, logged at CRITICAL.
+
+Importing this module starts no thread; a node's schedulers start with its first scheduled
+process and stop at the end of ``Node.stop()``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from _thread import allocate_lock
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+import greenlet
+
+from waraft.otp import node as _node
+
+if TYPE_CHECKING:
+    from waraft.otp.pid import Pid
+    from waraft.otp.process import Process
+    from waraft.otp.timer import TimerRef
+
+logger = logging.getLogger(__name__)
+
+THREAD: Final = "thread"
+SCHEDULED: Final = "scheduled"
+PROCESS_TYPES: Final = (THREAD, SCHEDULED)
+
+FAIRNESS_BUDGET: Final = 64
+"""Messages a scheduled process handles in one run before it yields to the next process.
+A yield costs a run-queue put and two greenlet switches (about 1 us); 64 keeps that under 2 %
+of the cheapest handler while a run of cheap messages stays well under a millisecond."""
+
+DEFAULT_LONG_HOLD_MS: Final = 100.0
+"""A run of one scheduled process longer than this is reported (log + ``long_holds``)."""
+
+_ENV_TYPE: Final = "WARAFT_OTP_PROCESS_TYPE"
+_ENV_SCHEDULERS: Final = "WARAFT_OTP_SCHEDULERS"
+
+_default_type: str | None = None
+
+
+def _check_type(kind: str) -> str:
+    if kind not in PROCESS_TYPES:
+        raise ValueError(f"unknown process type {kind!r}; expected one of {PROCESS_TYPES}")
+    return kind
+
+
+def set_default_process_type(kind: str | None) -> None:
+    """Set the process type of every class that does not choose one (``Process.process_type``)
+    on nodes that do not either (``Node(process_type=...)``). None restores the default:
+    the ``WARAFT_OTP_PROCESS_TYPE`` environment variable, else ``"thread"``."""
+    global _default_type
+    _default_type = None if kind is None else _check_type(kind)
+
+
+def default_process_type() -> str:
+    """The process-wide default process type (see :func:`set_default_process_type`)."""
+    if _default_type is not None:
+        return _default_type
+    return _check_type(os.environ.get(_ENV_TYPE, THREAD))
+
+
+def default_schedulers() -> int:
+    """Scheduler threads per node: ``WARAFT_OTP_SCHEDULERS``, else ``min(4, max(2, cpus))``.
+
+    Under the GIL only one thread runs Python at a time, so more schedulers add no throughput;
+    a second one keeps a node's other processes running (at the interpreter's switch interval)
+    while one process holds a scheduler too long, and lets C code that releases the GIL
+    overlap. Four caps the threads per node on larger machines.
+    """
+    env = os.environ.get(_ENV_SCHEDULERS)
+    if env:
+        return max(1, int(env))
+    return min(4, max(2, os.cpu_count() or 2))
+
+
+# ---------------------------------------------------------------------- waiting
+class _ThreadWaker:
+    """Wakes a waiting OS thread (fired at most once by its owner's contract)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = allocate_lock()
+        self._lock.acquire()
+
+    def fire(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._lock.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+
+    def cancel(self) -> bool:
+        return False
+
+
+class _GreenWaker:
+    """Puts a suspended scheduled process back on its run queue, exactly once.
+
+    ``fire`` (the awaited event), the timeout and ``cancel`` (the waiter found the event done
+    before suspending) race for one claim; only the winner acts, so the process is resumed
+    exactly once per suspension and never spuriously.
+    """
+
+    __slots__ = ("_claim", "_proc", "_timed_out")
+
+    def __init__(self, proc: Process) -> None:
+        self._claim = allocate_lock()
+        self._proc = proc
+        self._timed_out = False
+
+    def fire(self) -> None:
+        if self._claim.acquire(False):
+            proc = self._proc
+            proc._sched.runq.put(proc)  # type: ignore[union-attr]
+
+    def _expire(self) -> None:
+        if self._claim.acquire(False):
+            self._timed_out = True
+            proc = self._proc
+            proc._sched.runq.put(proc)  # type: ignore[union-attr]
+
+    def cancel(self) -> bool:
+        """Claim the waker without resuming; False if a fire already resumed the process."""
+        return self._claim.acquire(False)
+
+    def wait(self, timeout: float | None) -> bool:
+        """Suspend until fired (True) or ``timeout`` seconds passed (False)."""
+        from waraft.otp.timer import call_later, cancel_timer
+
+        timer: TimerRef | None = None
+        if timeout is not None:
+            timer = call_later(max(timeout, 0.0), self._expire)
+        suspend(self._proc)
+        if timer is not None and not self._timed_out:
+            cancel_timer(timer)
+        return not self._timed_out
+
+
+Waker = _ThreadWaker | _GreenWaker
+
+
+def scheduled_caller() -> Process | None:
+    """The calling scheduled process, or None (a thread process or a plain thread)."""
+    proc = _node._tls.proc
+    if proc is not None and proc._sched is not None:
+        return proc
+    return None
+
+
+def make_waker() -> Waker:
+    """A waker for the caller: suspends the calling scheduled process, else blocks the thread."""
+    proc = scheduled_caller()
+    return _ThreadWaker() if proc is None else _GreenWaker(proc)
+
+
+def suspend(proc: Process) -> None:
+    """Switch from ``proc``'s greenlet to its scheduler's hub; returns when it is resumed.
+
+    The thread-local "current process/node" belongs to the thread, which the other processes
+    on this scheduler share, so it is saved here and restored on resumption.
+    """
+    tls = _node._tls
+    node, me = tls.node, tls.proc
+    sched = proc._sched
+    assert sched is not None
+    sched.hub.switch()
+    tls.node, tls.proc = node, me
+
+
+class Event:
+    """A one-shot event (set once, never cleared) that both threads and scheduled processes
+    can wait on; a waiting scheduled process yields its scheduler. Used for ``Pid._done``."""
+
+    __slots__ = ("_flag", "_lock", "_waiters")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._lock = allocate_lock()
+        self._waiters: list[Waker] = []
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._lock:
+            if self._flag:
+                return
+            self._flag = True
+            waiters = self._waiters
+            self._waiters = []
+        for waker in waiters:
+            waker.fire()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until set; return False if ``timeout`` seconds passed first."""
+        if self._flag:
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        waker = make_waker()
+        with self._lock:
+            if self._flag:
+                return True
+            self._waiters.append(waker)
+        if not waker.wait(timeout):
+            with self._lock:
+                if waker in self._waiters:
+                    self._waiters.remove(waker)
+        return self._flag
+
+
+def sleep(seconds: float) -> None:
+    """Sleep without holding a scheduler: a scheduled process yields, a thread sleeps."""
+    proc = scheduled_caller()
+    if proc is None:
+        time.sleep(seconds)
+    else:
+        _GreenWaker(proc).wait(seconds)
+
+
+# ---------------------------------------------------------------------- mailbox
+class SchedInbox:
+    """The mailbox of a scheduled process (see the module docstring).
+
+    ``_flag`` is held while the process is on a run queue or running (and before it first
+    starts); whoever acquires it from idle must queue the process. ``get`` is called only by
+    the process itself, in its greenlet, through pykka's actor loop.
+    """
+
+    __slots__ = ("_flag", "_items", "_left", "_proc")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._flag = allocate_lock()
+        self._flag.acquire()  # not idle yet: the spawn queues it
+        self._proc: Process | None = None
+        self._left = FAIRNESS_BUDGET
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self._items.append(item)
+        if self._flag.acquire(False):
+            proc = self._proc
+            assert proc is not None and proc._sched is not None
+            proc._sched.runq.put(proc)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        items = self._items
+        proc = self._proc
+        assert proc is not None
+        while True:
+            if items:
+                self._left -= 1
+                if self._left < 0:
+                    # Budget spent: to the back of the run queue (the flag stays held).
+                    sched = proc._sched
+                    assert sched is not None
+                    sched.runq.put(proc)
+                    suspend(proc)
+                    self._left = FAIRNESS_BUDGET - 1
+                return items.popleft()
+            self._flag.release()
+            if items and self._flag.acquire(False):
+                continue  # a put raced with going idle; we still own the flag
+            # Idle: the next put that takes the flag queues us, and the hub resumes us here.
+            suspend(proc)
+            self._left = FAIRNESS_BUDGET
+
+    def get_nowait(self) -> Any:
+        try:
+            return self._items.popleft()
+        except IndexError:
+            raise queue.Empty from None
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+
+# ---------------------------------------------------------------------- schedulers
+_STOP: Final[Any] = None
+
+
+class Scheduler:
+    """One scheduler thread: a run queue and a hub greenlet that runs processes from it."""
+
+    def __init__(self, pool: SchedulerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.runq: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.hub: greenlet.greenlet = greenlet.getcurrent()  # replaced in the thread
+        self.current: Process | None = None
+        self.since = 0.0
+        self.reported = False
+        self.thread = threading.Thread(
+            target=self._main, name=f"otp:sched:{pool.node.id}:{index}", daemon=True
+        )
+
+    def __repr__(self) -> str:
+        return f"<scheduler {self.index} of {self.pool.node.id}>"
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.pool._scheduler_failed(self, exc)
+
+    def _loop(self) -> None:
+        self.hub = greenlet.getcurrent()
+        runq = self.runq
+        tls = _node._tls
+        limit = self.pool.long_hold
+        clock = time.monotonic
+        while True:
+            proc = runq.get()
+            if proc is _STOP:
+                return
+            g = proc._greenlet
+            if g is None:
+                g = proc._greenlet = greenlet.greenlet(proc._scheduled_main)
+            self.since = start = clock()
+            self.reported = False
+            self.current = proc
+            g.switch()
+            held = clock() - start
+            self.current = None
+            tls.proc = None
+            tls.node = None
+            if held > limit:
+                self.pool._long_hold(proc, held, self, finished=True)
+
+
+class SchedulerPool:
+    """A node's scheduler threads, started with its first scheduled process."""
+
+    def __init__(self, node: _node.Node, count: int, long_hold_ms: float) -> None:
+        self.node = node
+        self.long_hold = long_hold_ms / 1000.0
+        self.schedulers = [Scheduler(self, i) for i in range(count)]
+        self._next = itertools.count()
+        self.long_holds = 0
+        self.failure: Any = None
+        self._watchdog: TimerRef | None = None
+        self._stopped = False
+        self._lock = threading.Lock()
+        for sched in self.schedulers:
+            sched.thread.start()
+        self._arm_watchdog()
+
+    def assign(self) -> Scheduler:
+        """The scheduler a new process is pinned to (round robin)."""
+        return self.schedulers[next(self._next) % len(self.schedulers)]
+
+    # -------------------------------------------------------------- reporting
+    def _arm_watchdog(self) -> None:
+        from waraft.otp.timer import call_later
+
+        with self._lock:
+            if not self._stopped:
+                self._watchdog = call_later(self.long_hold, self._watch)
+
+    def _watch(self) -> None:
+        # Runs on the timer thread: reports a run still in progress (a stuck or looping
+        # process) once per run; the hub reports the final length when it returns.
+        now = time.monotonic()
+        for sched in self.schedulers:
+            proc = sched.current
+            if proc is not None and not sched.reported and now - sched.since > self.long_hold:
+                sched.reported = True
+                self._long_hold(proc, now - sched.since, sched, finished=False)
+        self._arm_watchdog()
+
+    def _long_hold(self, proc: Process, held: float, sched: Scheduler, *, finished: bool) -> None:
+        if finished and sched.reported:
+            logger.warning(
+                "%s %r released %r after %.0f ms", type(proc).__name__, proc.pid, sched, held * 1e3
+            )
+            return
+        with self._lock:
+            self.long_holds += 1
+        logger.warning(
+            "%s %r %s %r for %.0f ms (long_hold_ms=%.0f): it blocks every process on that "
+            "scheduler; blocking code belongs in a thread process (process_type = 'thread')",
+            type(proc).__name__,
+            proc.pid,
+            "held" if finished else "is holding",
+            sched,
+            held * 1e3,
+            self.long_hold * 1e3,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "schedulers": len(self.schedulers),
+            "run_queue": [s.runq.qsize() for s in self.schedulers],
+            "long_holds": self.long_holds,
+            "failure": self.failure,
+        }
+
+    # -------------------------------------------------------------- faults and stopping
+    def _scheduler_failed(self, sched: Scheduler, exc: BaseException) -> None:
+        from waraft.otp.signals import die
+
+        reason = ("scheduler_failed", f"{type(exc).__name__}: {exc}")
+        self.failure = reason
+        logger.critical(
+            "%r crashed (%s: %s); killing its processes and stopping node %s",
+            sched,
+            type(exc).__name__,
+            exc,
+            self.node.id,
+            exc_info=exc,
+        )
+        for pid in self.node.processes():
+            actor = pid._actor
+            if actor is not None and actor._sched is sched:
+                die(pid, reason)
+        # Stop the node from a thread of its own: stopping joins the schedulers.
+        threading.Thread(
+            target=self.node.stop, name=f"otp:stop:{self.node.id}", daemon=True
+        ).start()
+
+    def stop(self, deadline: float) -> None:
+        """Let the schedulers finish what is queued, then end their threads (bounded)."""
+        from waraft.otp.timer import cancel_timer
+
+        with self._lock:
+            self._stopped = True
+            if self._watchdog is not None:
+                cancel_timer(self._watchdog)
+        for sched in self.schedulers:
+            sched.runq.put(_STOP)
+        me = threading.current_thread()
+        for sched in self.schedulers:
+            if sched.thread is me:
+                continue
+            sched.thread.join(max(0.0, deadline - time.monotonic()))
+            if sched.thread.is_alive():
+                logger.error(
+                    "%r still running %r after node stop (abandoned)", sched, sched.current
+                )
+
+
+def stats(node: _node.Node | None = None) -> dict[str, Any]:
+    """Scheduler figures of ``node`` (default: current): ``schedulers`` (threads),
+    ``run_queue`` (runnable processes per scheduler), ``long_holds`` (runs reported as too
+    long), ``failure`` (None, or the reason the node was stopped), ``processes`` (live
+    processes of either type)."""
+    here = node if node is not None else _node.current()
+    pool = here._pool
+    out: dict[str, Any] = (
+        pool.stats()
+        if pool is not None
+        else {"schedulers": 0, "run_queue": [], "long_holds": 0, "failure": None}
+    )
+    out["processes"] = len(here.processes())
+    return out
+
+
+def wait_loop_end(pid: Pid, timeout: float | None) -> bool:
+    """Wait until ``pid``'s loop (its thread or greenlet) has ended; False on timeout."""
+    thread = pid._thread
+    if thread is not None:
+        thread.join(timeout)
+        return not thread.is_alive()
+    ended = pid._loop_done
+    return ended is None or ended.wait(timeout)
