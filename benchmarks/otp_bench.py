@@ -1,13 +1,26 @@
-"""Micro-benchmark of the waraft.otp hot path: cast, send-by-name, call, vs pykka tell/ask.
+"""Micro-benchmark of the waraft.otp hot path on both process types, vs pykka tell/ask.
 
-Run: ``.venv/bin/python -m benchmarks.otp_bench [N]``. Prints microseconds per message:
-"sender" is the cost paid by the casting thread, "end-to-end" includes the receiver handling
-every message (the throughput bound of one sender -> one actor stream).
+Run: ``.venv/bin/python -m benchmarks.otp_bench [N] [--spawn M] [--schedulers K]``.
+
+For each process type (``thread``: an OS thread per process; ``scheduled``: greenlets on K
+scheduler threads) it prints, in microseconds:
+
+* cast-and-handle: a plain thread casts N messages to one process, then a call confirms they
+  were all handled ("sender" is what the casting thread paid, "end-to-end" includes handling);
+  and the same from a process to a process on the same node, the pattern of a Raft
+  partition's actors talking to each other: ``near`` is a process the sender spawned (for the
+  scheduled type: on the sender's scheduler thread), ``far`` one started from outside (on the
+  other scheduler thread); for the thread type both are another thread;
+* call round trip: from a plain thread, and from a process to a near / far process;
+* spawn: starting M processes (``init`` returned) and stopping them, per process; with the
+  resident memory and OS threads they add, per process.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import gc
+import threading
 import time
 from typing import Any
 
@@ -29,6 +42,26 @@ class Counter(otp.Process):
         return request
 
 
+class Driver(otp.Process):
+    """Runs a loop of casts or calls to another process from inside a process."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        if request == "spawn":  # a scheduled child shares this process's scheduler
+            return Counter.start()
+        op, target, n = request
+        t0 = time.perf_counter()
+        if op == "cast":
+            for i in range(n):
+                otp.cast(target, i)
+            t1 = time.perf_counter()
+            assert otp.call(target, "count", timeout=60) == n
+        else:
+            for i in range(n):
+                otp.call(target, i)
+            t1 = time.perf_counter()
+        return t1 - t0, time.perf_counter() - t0
+
+
 class PykkaCounter(pykka.ThreadingActor):
     def __init__(self) -> None:
         super().__init__()
@@ -39,6 +72,14 @@ class PykkaCounter(pykka.ThreadingActor):
             return self.count
         self.count += 1
         return message
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def _casts(n: int, target: otp.Target) -> tuple[float, float]:
@@ -58,7 +99,57 @@ def _calls(n: int, pid: otp.Pid) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def _pykka(n: int) -> tuple[float, float, float]:
+def _spawn(m: int, node: otp.Node) -> tuple[float, float, float, float]:
+    gc.collect()
+    rss0, threads0 = _rss_kib(), threading.active_count()
+    t0 = time.perf_counter()
+    pids = [Counter.start(node=node) for _ in range(m)]
+    t1 = time.perf_counter()
+    rss1, threads1 = _rss_kib(), threading.active_count()
+    for pid in pids:
+        otp.stop(pid)
+    t2 = time.perf_counter()
+    return (
+        (t1 - t0) / m * 1e6,
+        (t2 - t1) / m * 1e6,
+        (rss1 - rss0) / m,
+        (threads1 - threads0) / m,
+    )
+
+
+def bench_type(kind: str, n: int, m: int, schedulers: int | None) -> None:
+    node = otp.Node(f"bench_{kind}", process_type=kind, schedulers=schedulers)
+    with node.activate():
+        try:
+            pid = Counter.start(name="bench_counter")
+            send_us, e2e_us = _casts(n, pid)
+            print(
+                f"[{kind:9}] cast thread->proc   : sender {send_us:6.2f}, end-to-end {e2e_us:6.2f}"
+            )
+            driver = Driver.start()
+            near = otp.call(driver, "spawn")  # scheduled: the driver's own scheduler
+            far = Counter.start()  # scheduled: round robin puts it on the next scheduler
+            for label, target in (("near", near), ("far", far)):
+                sent, done = otp.call(driver, ("cast", target, n), timeout=600)
+                print(
+                    f"[{kind:9}] cast proc->proc {label:4}: sender {sent / n * 1e6:6.2f}, "
+                    f"end-to-end {done / n * 1e6:6.2f}"
+                )
+            k = max(1, n // 10)
+            print(f"[{kind:9}] call thread->proc   : {_calls(k, pid):6.2f} per call")
+            for label, target in (("near", near), ("far", far)):
+                _, took = otp.call(driver, ("call", target, k), timeout=600)
+                print(f"[{kind:9}] call proc->proc {label:4}: {took / k * 1e6:6.2f} per call")
+            start_us, stop_us, kib, threads = _spawn(m, node)
+            print(
+                f"[{kind:9}] spawn {m} processes: start {start_us:6.1f} per process, stop "
+                f"{stop_us:6.1f}; +{kib:5.1f} KiB RSS and +{threads:4.2f} OS threads per process"
+            )
+        finally:
+            node.stop()
+
+
+def bench_pykka(n: int) -> None:
     ref = PykkaCounter.start()
     try:
         t0 = time.perf_counter()
@@ -67,34 +158,33 @@ def _pykka(n: int) -> tuple[float, float, float]:
         t1 = time.perf_counter()
         assert ref.ask("count", timeout=60) == n
         t2 = time.perf_counter()
-        m = max(1, n // 10)
+        k = max(1, n // 10)
         t3 = time.perf_counter()
-        for i in range(m):
+        for i in range(k):
             ref.ask(i)
         t4 = time.perf_counter()
     finally:
         ref.stop()
-    return (t1 - t0) / n * 1e6, (t2 - t0) / n * 1e6, (t4 - t3) / m * 1e6
+    print(
+        f"[pykka    ] tell thread->actor: sender {(t1 - t0) / n * 1e6:6.2f}, "
+        f"end-to-end {(t2 - t0) / n * 1e6:6.2f}"
+    )
+    print(f"[pykka    ] ask  thread->actor: {(t4 - t3) / k * 1e6:6.2f} per call")
 
 
-def main(argv: list[str]) -> None:
-    n = int(argv[1]) if len(argv) > 1 else 200_000
-    try:
-        pid = Counter.start(name="bench_counter")
-        send_us, e2e_us = _casts(n, pid)
-        print(f"cast to Pid      : sender {send_us:6.2f} us/msg, end-to-end {e2e_us:6.2f} us/msg")
-        otp.stop(pid)
-        pid = Counter.start(name="bench_counter")
-        send_us, e2e_us = _casts(n, "bench_counter")
-        print(f"cast to name     : sender {send_us:6.2f} us/msg, end-to-end {e2e_us:6.2f} us/msg")
-        call_us = _calls(max(1, n // 10), pid)
-        print(f"call round trip  : {call_us:6.2f} us/call")
-        tell_us, tell_e2e, ask_us = _pykka(n)
-        print(f"pykka tell       : sender {tell_us:6.2f} us/msg, end-to-end {tell_e2e:6.2f} us/msg")
-        print(f"pykka ask        : {ask_us:6.2f} us/call")
-    finally:
-        otp.node.stop_all()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("n", nargs="?", type=int, default=200_000, help="messages per test")
+    parser.add_argument("--spawn", type=int, default=1000, help="processes to spawn")
+    parser.add_argument("--schedulers", type=int, default=None, help="scheduler threads")
+    parser.add_argument("--types", default="thread,scheduled", help="process types to run")
+    args = parser.parse_args()
+    print("microseconds per message / call / process")
+    for kind in args.types.split(","):
+        bench_type(kind, args.n, args.spawn, args.schedulers)
+    bench_pykka(args.n)
+    otp.node.stop_all()
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main()

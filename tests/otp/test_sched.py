@@ -86,9 +86,12 @@ class Asker(otp.Process):
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         op, target, timeout = request
         try:
-            return ("ok", otp.call(target, op, timeout=timeout))
+            result = otp.call(target, op, timeout=timeout)
         except otp.ExitError as exc:
             return ("exit", exc.reason)
+        # Other processes ran on this thread meanwhile: "who am I" must survive the switch.
+        assert otp.self_pid() is self.pid and otp.node.current() is self.node
+        return ("ok", result)
 
 
 class Answerer(otp.Process):
@@ -251,3 +254,40 @@ def test_timers_and_thousands_of_processes_cost_no_thread_each() -> None:
     # Two schedulers, plus the timer thread if this test started it.
     assert threading.active_count() - before <= 3
     assert otp.scheduler_stats(node)["processes"] == 2000
+
+
+class Spawner(otp.Process):
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        if request == "spawn":
+            return Answerer.start_link()
+        return otp.supervisor.start_link(
+            {"strategy": "one_for_one"},
+            [
+                {"id": "w", "start": (Answerer.start_link, ())},
+                {
+                    "id": "s",
+                    "start": (otp.supervisor.start_link, ({}, [])),
+                    "type": "supervisor",
+                },
+            ],
+        )
+
+
+def _sched_of(pid: otp.Pid) -> sched.Scheduler | None:
+    actor = pid._actor
+    assert actor is not None
+    return actor._sched
+
+
+def test_placement_children_share_the_spawner_scheduler_subtrees_spread() -> None:
+    node = _node("place@t", schedulers=2)
+    first, second = Spawner.start(node=node), Spawner.start(node=node)
+    assert _sched_of(first) is not _sched_of(second)  # from a plain thread: round robin
+    child = otp.call(first, "spawn")
+    assert _sched_of(child) is _sched_of(first)
+    sup = otp.call(second, "sup")
+    assert _sched_of(sup) is _sched_of(second)
+    worker = otp.supervisor.which_children(sup)
+    by_id = {cid: pid for cid, pid, _type, _mods in worker}
+    assert _sched_of(by_id["w"]) is _sched_of(sup)  # a worker stays with its supervisor
+    assert _sched_of(by_id["s"]) is not _sched_of(sup)  # a child supervisor moves on

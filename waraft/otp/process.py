@@ -164,6 +164,7 @@ class Process(pykka.ThreadingActor):
 
     trap_exit: bool = False
     use_daemon_thread: ClassVar[bool] = True
+    _spread_children: bool = False  # set by a supervisor while it starts a child supervisor
     process_type: ClassVar[str | None] = None
     """``"thread"``, ``"scheduled"``, or None for the node's / process-wide default."""
 
@@ -171,9 +172,7 @@ class Process(pykka.ThreadingActor):
         node = boot.node
         kind = type(self).process_type or node.process_type or _sched.default_process_type()
         # Read by _create_actor_inbox, which pykka's __init__ calls.
-        self._sched: _sched.Scheduler | None = (
-            node._scheduler_pool().assign() if kind == _sched.SCHEDULED else None
-        )
+        self._sched: _sched.Scheduler | None = _place(node) if kind == _sched.SCHEDULED else None
         self._greenlet: greenlet.greenlet | None = None
         super().__init__()
         self._boot: _Boot | None = boot
@@ -461,6 +460,25 @@ class Process(pykka.ThreadingActor):
 
 
 # ---------------------------------------------------------------------- starting
+def _place(node: _node.Node) -> _sched.Scheduler:
+    """The scheduler of a new scheduled process on ``node``.
+
+    As BEAM does, a process spawned by a scheduled process of the same node shares its
+    scheduler: they exchange messages without waking another thread (a call in-thread costs
+    about a tenth of a call across scheduler threads, benchmarks/otp_bench.py). Spawns from
+    elsewhere, and child supervisors (whole subtrees), go round robin over the schedulers.
+    """
+    spawner = _node._tls.proc
+    if (
+        spawner is not None
+        and spawner._sched is not None
+        and spawner.node is node
+        and not spawner._spread_children
+    ):
+        return spawner._sched
+    return node._scheduler_pool().assign()
+
+
 def start(
     cls: type[Process],
     *args: Any,

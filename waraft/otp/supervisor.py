@@ -251,7 +251,13 @@ class Supervisor(Process):
             self._children[child.id] = child
 
     def _start(self, child: _Child, args: tuple[Any, ...] | None = None) -> StartResult:
-        status, value = _start_result(child.func, child.args if args is None else args)
+        # Scheduled placement: a child supervisor's subtree goes to the next scheduler, a
+        # worker shares its supervisor's (so a partition's workers call each other in-thread).
+        self._spread_children = child.type == "supervisor"
+        try:
+            status, value = _start_result(child.func, child.args if args is None else args)
+        finally:
+            self._spread_children = False
         if status == "ok" and value is not None:
             self._ensure_linked(value)
             logger.debug("%s: started child %r as %r", self._label, child.id, value)
