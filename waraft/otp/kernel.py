@@ -28,15 +28,14 @@ def kernel_sup(node: _node.Node | None = None) -> Pid:
     pid = here.registry.whereis(KERNEL_SUP)
     if pid is not None:
         return pid
-    with here.kernel_lock:
-        pid = here.registry.whereis(KERNEL_SUP)
-        if pid is not None:
-            return pid
-        try:
-            return supervisor.start(dict(FLAGS), [], name=KERNEL_SUP, node=here)
-        except StartError as exc:
-            reason = exc.reason
-            if isinstance(reason, tuple) and reason[0] == "already_started":
-                holder: Pid = reason[1]
-                return holder
-            raise
+    # No lock around the start: the name is taken before init runs, so of concurrent first
+    # users one starts it and the others get ``already_started`` with its pid. (A lock held
+    # across the start would block a scheduler thread whose process waits on it.)
+    try:
+        return supervisor.start(dict(FLAGS), [], name=KERNEL_SUP, node=here)
+    except StartError as exc:
+        reason = exc.reason
+        if isinstance(reason, tuple) and reason[0] == "already_started":
+            holder: Pid = reason[1]
+            return holder
+        raise

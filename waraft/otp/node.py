@@ -104,7 +104,6 @@ class Node:
         # Insertion-ordered set of live processes, so stop() can go in reverse start order.
         self._procs: dict[Pid, None] = {}
         self._alive = True
-        self.kernel_lock = threading.Lock()
         with _nodes_lock:
             if name in _local:
                 raise ValueError(f"a node named {name!r} already exists in this process")
