@@ -161,13 +161,15 @@ def test_a_thread_process_may_block_without_stalling_the_scheduler() -> None:
     assert otp.wait_response(handle, WAIT) == "done"
 
 
-def test_process_type_precedence_class_then_node_then_default() -> None:
+def test_process_type_precedence_start_then_class_then_node_then_default() -> None:
     otp.set_default_process_type(otp.THREAD)
     threaded = otp.Node("thr@t")
     scheduled = _node("sch@t")
     assert Answerer.start(node=threaded)._thread is not None
     assert Answerer.start(node=scheduled)._thread is None
     assert Blocker.start(node=scheduled)._thread is not None  # the class wins
+    assert Blocker.start(node=scheduled, process_type=otp.SCHEDULED)._thread is None  # start wins
+    assert Answerer.start(node=scheduled, process_type=otp.THREAD)._thread is not None
     otp.set_default_process_type(otp.SCHEDULED)
     assert Answerer.start(node=otp.Node("dflt@t"))._thread is None
     with pytest.raises(ValueError):

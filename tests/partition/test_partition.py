@@ -299,3 +299,23 @@ def test_unknown_commands_get_an_error_and_never_crash_the_partition(tmp_path: P
     node = start_node(tmp_path, "n1", [1], node_id=node_id, log_module=DISK, storage_module=SQLITE)
     wait_until(lambda: state(node) == "leader")
     assert acceptor.read(addr("acceptor", node), ("read", "t", "a")) == ("ok", 1)
+
+
+def _threaded(node: otp.Node, kind: str, partition: int = 1) -> bool:
+    with node.activate():
+        pid = otp.whereis(f"raft_{kind}_test_{partition}")
+    assert pid is not None, kind
+    return pid._thread is not None
+
+
+def test_partitions_run_scheduled_and_blocking_providers_get_threads(tmp_path: Path) -> None:
+    # Memory providers never block: the whole partition tree runs on the node's schedulers.
+    memory = start_node(tmp_path, "n1", [1])
+    _bootstrap_single(memory)
+    kinds = ("queue", "storage", "log", "server", "acceptor", "transport_cleanup")
+    assert [k for k in kinds if _threaded(memory, k)] == []
+    assert otp.scheduler_stats(memory)["schedulers"] >= 1
+    # The disk log and SQLite block on I/O: their owners (and the server, which appends and
+    # syncs the log itself) get threads of their own; the rest stays scheduled.
+    durable = start_node(tmp_path, "n2", [2], log_module=DISK, storage_module=SQLITE)
+    assert [k for k in kinds if _threaded(durable, k, 2)] == ["storage", "log", "server"]

@@ -114,8 +114,12 @@ class LogServer(otp.Process):
 
 
 def start_link(options: Any) -> otp.Pid:
-    """Start the log actor registered as ``options.log_name``."""
-    pid: otp.Pid = LogServer.start_link(options, name=options.log_name)
+    """Start the log actor registered as ``options.log_name``: scheduled for a provider that
+    never blocks (the memory log), on a thread of its own for one that does I/O."""
+    blocking = getattr(options.log_module, "blocking_io", True)
+    pid: otp.Pid = LogServer.start_link(
+        options, name=options.log_name, process_type=otp.THREAD if blocking else None
+    )
     return pid
 
 

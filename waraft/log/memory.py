@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from waraft.core.settings import Settings
 from waraft.core.types import Config, Entry, LogPos, Priority
@@ -51,6 +51,8 @@ def _entry(raw: Any) -> Entry:
 
 class MemoryLog(LogProvider):
     """WARaft's ETS log in Python."""
+
+    blocking_io: ClassVar[bool] = False
 
     def __init__(self) -> None:
         base = Entry(0)

@@ -39,7 +39,7 @@ from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from waraft.core.settings import Settings
 from waraft.core.types import Config, Entry, LogPos, Priority
@@ -75,6 +75,12 @@ class LogCorruptionError(LogError):
 
 class LogProvider(ABC):
     """A partition's Raft log (see the module docstring for the contracts)."""
+
+    blocking_io: ClassVar[bool] = True
+    """True if the provider's calls block on I/O (writes, fsync): the processes calling it
+    directly (the log server, the Raft server) then run on threads of their own rather than
+    on a scheduler thread shared with other partitions. Only a provider that never blocks
+    (the memory log) sets False."""
 
     # -- management -------------------------------------------------------------------------
 

@@ -4,13 +4,15 @@ A :class:`Process` is a pykka actor driven through our own envelopes rather than
 ask/proxy machinery. It is one of two process types (:mod:`~waraft.otp.sched`): ``"thread"``
 runs it on an OS thread of its own, as a ``pykka.ThreadingActor``; ``"scheduled"`` runs it as a
 greenlet on one of its node's scheduler threads, through the same pykka actor loop (pykka's
-``_create_actor_inbox``/``_start_actor_loop`` hooks). The type is the class attribute
-``process_type`` if set, else the node's (``Node(process_type=...)``), else the process-wide
-default (:func:`~waraft.otp.sched.set_default_process_type`). Every rule below holds for both:
+``_create_actor_inbox``/``_start_actor_loop`` hooks). The type is ``start(process_type=...)``
+if given, else the class attribute ``process_type`` if set, else the node's
+(``Node(process_type=...)``), else the process-wide default
+(:func:`~waraft.otp.sched.set_default_process_type`). Every rule below holds for both:
 
 * ``call`` puts one envelope carrying a :class:`~waraft.otp.reply.LocalReplyTo` into the
   callee's mailbox and waits on it; ``cast``/``send`` put one envelope and return. Mailboxes
-  are ``queue.SimpleQueue``; no other lock is taken per message.
+  are ``queue.SimpleQueue`` (thread) or a deque with a run-queue flag (scheduled); no other
+  lock is taken per message.
 * Let it crash: an exception escaping any handler (call, cast, info, a timer, a next event)
   stops the process with ``("error", "Type: text")``. ``terminate(reason)`` runs, every caller
   still waiting on this process fails with ``ExitError(reason)`` (deferred calls included,
@@ -141,15 +143,21 @@ _DEFERRED_PRUNE_MIN = 1024
 class _Boot:
     """What ``start`` hands to the new process."""
 
-    __slots__ = ("args", "name", "node", "parent", "pid", "ready")
+    __slots__ = ("args", "kind", "name", "node", "parent", "pid", "ready")
 
     def __init__(
-        self, args: tuple[Any, ...], name: str | None, node: _node.Node, parent: Pid | None
+        self,
+        args: tuple[Any, ...],
+        name: str | None,
+        node: _node.Node,
+        parent: Pid | None,
+        kind: str | None,
     ) -> None:
         self.args = args
         self.name = name
         self.node = node
         self.parent = parent
+        self.kind = kind
         self.pid: Pid | None = None
         self.ready = LocalReplyTo()
 
@@ -170,7 +178,12 @@ class Process(pykka.ThreadingActor):
 
     def __init__(self, boot: _Boot) -> None:
         node = boot.node
-        kind = type(self).process_type or node.process_type or _sched.default_process_type()
+        kind = (
+            boot.kind
+            or type(self).process_type
+            or node.process_type
+            or _sched.default_process_type()
+        )
         # Read by _create_actor_inbox, which pykka's __init__ calls.
         self._sched: _sched.Scheduler | None = _place(node) if kind == _sched.SCHEDULED else None
         self._greenlet: greenlet.greenlet | None = None
@@ -247,6 +260,7 @@ class Process(pykka.ThreadingActor):
         link: bool = False,
         timeout: float | None = None,
         node: _node.Node | None = None,
+        process_type: str | None = None,
     ) -> Pid:
         """Start a process running ``init(*args)``; return its pid once ``init`` returned.
 
@@ -254,8 +268,12 @@ class Process(pykka.ThreadingActor):
         ``StartError(("already_started", pid))`` and no thread is started). ``link`` links it
         to the calling process. Raises ``StartError(reason)`` if ``init`` fails, and
         ``StartError("timeout")`` (after killing it) if ``init`` takes longer than ``timeout``.
+        ``process_type`` overrides the class's for this process (e.g. ``"thread"`` when the
+        arguments make it block).
         """
-        return start(cls, *args, name=name, link=link, timeout=timeout, node=node)
+        return start(
+            cls, *args, name=name, link=link, timeout=timeout, node=node, process_type=process_type
+        )
 
     @classmethod
     def start_link(
@@ -264,9 +282,12 @@ class Process(pykka.ThreadingActor):
         name: str | None = None,
         timeout: float | None = None,
         node: _node.Node | None = None,
+        process_type: str | None = None,
     ) -> Pid:
         """``start`` + link to the calling process (a supervisor's child start function)."""
-        return start(cls, *args, name=name, link=True, timeout=timeout, node=node)
+        return start(
+            cls, *args, name=name, link=True, timeout=timeout, node=node, process_type=process_type
+        )
 
     # ------------------------------------------------------------------ callbacks
     def init(self, *args: Any) -> None:
@@ -486,11 +507,13 @@ def start(
     link: bool = False,
     timeout: float | None = None,
     node: _node.Node | None = None,
+    process_type: str | None = None,
 ) -> Pid:
     """Start ``cls`` (see :meth:`Process.start`)."""
     here = node if node is not None else _node.current()
     parent = self_pid() if link else None
-    boot = _Boot(args, name, here, parent)
+    kind = None if process_type is None else _sched._check_type(process_type)
+    boot = _Boot(args, name, here, parent, kind)
     # pykka's start builds the object (our __init__ registers the name and may refuse) and
     # starts the thread, whose on_start runs init.
     super(Process, cls).start(boot)
@@ -516,6 +539,9 @@ def start_link(
     name: str | None = None,
     timeout: float | None = None,
     node: _node.Node | None = None,
+    process_type: str | None = None,
 ) -> Pid:
     """``start`` + link to the calling process."""
-    return start(cls, *args, name=name, link=True, timeout=timeout, node=node)
+    return start(
+        cls, *args, name=name, link=True, timeout=timeout, node=node, process_type=process_type
+    )

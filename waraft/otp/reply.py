@@ -117,6 +117,8 @@ class LocalReplyTo(ReplyTo):
 
     def _wait_scheduled(self, proc: Process, timeout: float | None) -> bool:
         """Suspend ``proc`` until completion or timeout; True when ``_ready`` is acquired."""
+        if timeout is not None and timeout <= 0:
+            return False
         ready = self._ready
         waker = _GreenWaker(proc)
         self._waiter = waker

@@ -4,7 +4,8 @@ Two process types exist (see :func:`set_default_process_type`):
 
 * ``"thread"``: a ``pykka.ThreadingActor`` with an OS thread of its own (the original type).
   Use it for a process that must block: fsync, LMDB/SQLite transactions, socket loops.
-* ``"scheduled"``: the process is a greenlet run by one of its node's *scheduler threads*
+* ``"scheduled"`` (the default; ``WARAFT_OTP_PROCESS_TYPE=thread`` switches a whole Python
+  process back): the process is a greenlet run by one of its node's *scheduler threads*
   (``Node(schedulers=...)``, default :func:`default_schedulers`). It costs a greenlet and a
   mailbox, not a thread, so a node can hold thousands.
 
@@ -86,7 +87,7 @@ def _check_type(kind: str) -> str:
 def set_default_process_type(kind: str | None) -> None:
     """Set the process type of every class that does not choose one (``Process.process_type``)
     on nodes that do not either (``Node(process_type=...)``). None restores the default:
-    the ``WARAFT_OTP_PROCESS_TYPE`` environment variable, else ``"thread"``."""
+    the ``WARAFT_OTP_PROCESS_TYPE`` environment variable, else ``"scheduled"``."""
     global _default_type
     _default_type = None if kind is None else _check_type(kind)
 
@@ -95,7 +96,7 @@ def default_process_type() -> str:
     """The process-wide default process type (see :func:`set_default_process_type`)."""
     if _default_type is not None:
         return _default_type
-    return _check_type(os.environ.get(_ENV_TYPE, THREAD))
+    return _check_type(os.environ.get(_ENV_TYPE, SCHEDULED))
 
 
 def default_schedulers() -> int:

@@ -514,8 +514,12 @@ _CALLS: dict[str, Callable[[RaftServer, Any, otp.ReplyTo], Any]] = {
 
 
 def start_link(options: RaftOptions) -> otp.Pid:
-    """Start the server registered as ``options.server_name``."""
-    pid: otp.Pid = RaftServer.start_link(options, name=options.server_name)
+    """Start the server registered as ``options.server_name``. It appends to and syncs the log
+    provider itself, so it gets a thread of its own when that provider blocks (the disk log)."""
+    blocking = getattr(options.log_module, "blocking_io", True)
+    pid: otp.Pid = RaftServer.start_link(
+        options, name=options.server_name, process_type=otp.THREAD if blocking else None
+    )
     return pid
 
 

@@ -412,8 +412,12 @@ class StorageServer(otp.Process):
 
 
 def start_link(options: Any) -> otp.Pid:
-    """Start the storage actor registered as ``options.storage_name``."""
-    pid: otp.Pid = StorageServer.start_link(options, name=options.storage_name)
+    """Start the storage actor registered as ``options.storage_name``: scheduled for a provider
+    that never blocks (memory), on a thread of its own for LMDB, SQLite or any other."""
+    blocking = getattr(options.storage_module, "blocking_io", True)
+    pid: otp.Pid = StorageServer.start_link(
+        options, name=options.storage_name, process_type=otp.THREAD if blocking else None
+    )
     return pid
 
 

@@ -13,7 +13,7 @@ import os
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Self
+from typing import Any, ClassVar, Final, Self
 
 from waraft.core.types import Config, LogPos, is_config_command
 from waraft.services.codec import CodecError, packb, unpackb
@@ -76,6 +76,8 @@ def _decode_snapshot(raw: bytes) -> dict[str, Any]:
 
 class MemoryStorage(StorageProvider):
     """WARaft's ETS storage in Python (not durable: a restart comes back empty)."""
+
+    blocking_io: ClassVar[bool] = False
 
     def __init__(self, options: StorageOptions) -> None:
         self.options = options

@@ -36,7 +36,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Self
+from typing import Any, ClassVar, Final, Self
 
 from waraft.core.types import Config, Identity, LogPos, is_config_command
 from waraft.services.codec import packb, unpackb
@@ -93,6 +93,11 @@ def is_data_replica(identity: Identity, config: Config) -> bool:
 
 class StorageProvider(ABC):
     """One partition's state machine (see the module docstring for the contracts)."""
+
+    blocking_io: ClassVar[bool] = True
+    """True if the provider's calls block on I/O (LMDB/SQLite transactions, fsync): the storage
+    server then runs on a thread of its own rather than on a scheduler thread shared with other
+    partitions. Only a provider that never blocks (the memory storage) sets False."""
 
     options: StorageOptions
 

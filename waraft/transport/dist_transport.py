@@ -226,6 +226,7 @@ class DistTransport(otp.Process):
     """This node's chunk receiver."""
 
     trap_exit = True
+    process_type = otp.THREAD  # writes and fsyncs the chunks it receives
 
     def init(self) -> None:
         self.fds: dict[tuple[int, int], int] = {}

@@ -31,6 +31,7 @@ class TransportWorker(otp.Process):
     """Sends the queued files of every transport to ``peer``."""
 
     trap_exit = True
+    process_type = otp.THREAD  # reads the files it sends and waits for chunk acks
 
     def init(self, peer: str, number: int) -> None:
         self.peer = peer
