@@ -239,6 +239,7 @@ def test_an_exception_in_a_scheduler_thread_stops_the_node(
     assert otp.wait_exit(a, WAIT)[0] == "scheduler_failed"
     wait_until(lambda: not node.alive)
     assert otp.wait_exit(b, WAIT) == "shutdown"  # the rest of the node was stopped in order
+    assert otp.sched.wait_loop_end(a, 0)  # nobody waits for a loop that can never run again
     assert "crashed (AttributeError" in caplog.text and "stopping node fault@t" in caplog.text
     assert otp.scheduler_stats(node)["failure"][0] == "scheduler_failed"
     with pytest.raises(otp.StartError):
@@ -293,3 +294,42 @@ def test_placement_children_share_the_spawner_scheduler_subtrees_spread() -> Non
     by_id = {cid: pid for cid, pid, _type, _mods in worker}
     assert _sched_of(by_id["w"]) is _sched_of(sup)  # a worker stays with its supervisor
     assert _sched_of(by_id["s"]) is not _sched_of(sup)  # a child supervisor moves on
+
+
+class Syncer(otp.Process):
+    """Does blocking work (as an fsync would) through otp.blocking."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        op, arg = request
+        if op == "block":
+            return otp.blocking(arg.wait, WAIT)  # a threading.Event: really blocks
+        if op == "raise":
+            return otp.blocking(int, arg)
+        raise AssertionError(request)
+
+
+def test_blocking_runs_on_io_threads_while_the_scheduler_serves_others() -> None:
+    node = _node("io@t", schedulers=1, io_threads=2, long_hold_ms=50)
+    syncer = Syncer.start(node=node)
+    other = Answerer.start(node=node)
+    gate = threading.Event()
+    handle = otp.send_request(syncer, ("block", gate))
+    assert otp.call(other, "ping", timeout=1.0) == "pong"  # the scheduler is free
+    wait_until(lambda: any(t.name.startswith("otp:io:io@t") for t in threading.enumerate()))
+    otp.sleep(0.1)
+    gate.set()
+    assert otp.wait_response(handle, WAIT) is True
+    assert otp.scheduler_stats(node)["long_holds"] == 0  # the wait held no scheduler
+    with pytest.raises(otp.ExitError) as err:  # its exception is the caller's: a crash
+        otp.call(syncer, ("raise", "x"))
+    assert err.value.reason[0] == "error" and "ValueError" in err.value.reason[1]
+    assert otp.blocking(int, "7") == 7  # outside a process: a plain call
+
+
+def test_blocking_in_a_thread_process_is_a_plain_call() -> None:
+    node = _node("io2@t", process_type=otp.THREAD)
+    syncer = Syncer.start(node=node)
+    gate = threading.Event()
+    gate.set()
+    assert otp.call(syncer, ("block", gate)) is True
+    assert not [t for t in threading.enumerate() if t.name.startswith("otp:io:")]

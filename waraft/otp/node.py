@@ -28,7 +28,7 @@ from waraft.otp.registry import Registry
 if TYPE_CHECKING:
     from waraft.otp.pid import Pid
     from waraft.otp.process import Process
-    from waraft.otp.sched import SchedulerPool
+    from waraft.otp.sched import IoPool, SchedulerPool
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ class Node:
     type of processes whose class does not choose one; ``schedulers`` the number of scheduler
     threads for scheduled processes (None = ``sched.default_schedulers()``), started with the
     first one; ``long_hold_ms`` when a scheduled process's run is reported as too long;
-    ``max_processes`` the live processes beyond which a start fails with
+    ``io_threads`` the threads that run ``otp.blocking`` calls (None =
+    ``sched.default_io_threads()``), started with the first one; ``max_processes`` the live
+    processes beyond which a start fails with
     ``StartError(("system_limit", text))`` (None = ``WARAFT_OTP_MAX_PROCESSES`` or 262,144).
     """
 
@@ -87,6 +89,7 @@ class Node:
         schedulers: int | None = None,
         long_hold_ms: float | None = None,
         max_processes: int | None = None,
+        io_threads: int | None = None,
     ) -> None:
         from waraft.otp import sched
 
@@ -99,6 +102,8 @@ class Node:
             max_processes = int(os.environ.get("WARAFT_OTP_MAX_PROCESSES", DEFAULT_MAX_PROCESSES))
         self.max_processes = max_processes
         self._pool: SchedulerPool | None = None
+        self._n_io_threads = io_threads
+        self._io: IoPool | None = None
         self.registry = Registry(name)
         self._lock = threading.Lock()
         # Insertion-ordered set of live processes, so stop() can go in reverse start order.
@@ -145,6 +150,18 @@ class Node:
                 count = self._n_schedulers or sched.default_schedulers()
                 self._pool = sched.SchedulerPool(self, count, self._long_hold_ms)
             return self._pool
+
+    def _io_pool(self) -> IoPool:
+        """The node's I/O threads for ``otp.blocking``, started on first use."""
+        io = self._io
+        if io is not None:
+            return io
+        from waraft.otp import sched
+
+        with self._lock:
+            if self._io is None:
+                self._io = sched.IoPool(self, self._n_io_threads or sched.default_io_threads())
+            return self._io
 
     def _adopt(self, pid: Pid) -> None:
         from waraft.otp.errors import StartError
@@ -198,6 +215,9 @@ class Node:
         pool = self._pool
         if pool is not None:
             pool.stop(deadline)
+        io = self._io
+        if io is not None:
+            io.stop(deadline)
         global _default
         with _nodes_lock:
             if _local.get(self.id) is self:

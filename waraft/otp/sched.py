@@ -26,9 +26,11 @@ How a scheduled process runs, as BEAM runs its processes:
   timeout armed on the timer service) puts it back on its run queue exactly once. ``call``
   semantics (timeouts, a late reply dropped, ``calling_self``) are those of the thread type.
 * Code that blocks the thread (``time.sleep``, a ``threading`` primitive, I/O) stalls every
-  process on that scheduler. A run longer than ``Node(long_hold_ms=...)`` is logged with the
-  process's name and counted (:func:`stats` ``["long_holds"]``); a run still going on is
-  reported by a watchdog on the timer thread, so a stuck process is never a silent stall.
+  process on that scheduler: run it with :func:`blocking` (on the node's I/O threads, the
+  process suspended meanwhile) or make the process a thread process. A run longer than
+  ``Node(long_hold_ms=...)`` is logged with the process's name and counted
+  (:func:`stats` ``["long_holds"]``); a run still going on is reported by a watchdog on the
+  timer thread, so a stuck process is never a silent stall.
 * An exception escaping the scheduler loop itself (a bug, not a handler crash: handlers crash
   only their process) kills every process on that scheduler with
   ``("scheduler_failed", text)`` and stops the node, logged at CRITICAL.
@@ -47,6 +49,7 @@ import threading
 import time
 from _thread import allocate_lock
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import greenlet
@@ -74,6 +77,7 @@ DEFAULT_LONG_HOLD_MS: Final = 100.0
 
 _ENV_TYPE: Final = "WARAFT_OTP_PROCESS_TYPE"
 _ENV_SCHEDULERS: Final = "WARAFT_OTP_SCHEDULERS"
+_ENV_IO_THREADS: Final = "WARAFT_OTP_IO_THREADS"
 
 _default_type: str | None = None
 
@@ -247,6 +251,86 @@ class Event:
                 if waker in self._waiters:
                     self._waiters.remove(waker)
         return self._flag
+
+
+class _Job:
+    __slots__ = ("args", "error", "fn", "kwargs", "result", "waker")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], waker: Waker
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.waker = waker
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class IoPool:
+    """A node's I/O threads: they run :func:`blocking` calls of scheduled processes (BEAM's
+    dirty schedulers). Started on first use; ``Node(io_threads=...)`` or
+    ``WARAFT_OTP_IO_THREADS`` (default 4) threads, so that several partitions' fsyncs can be
+    in flight at once while the schedulers keep running."""
+
+    def __init__(self, node: _node.Node, count: int) -> None:
+        self.node = node
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._run, name=f"otp:io:{node.id}:{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self) -> None:
+        jobs = self.jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            try:
+                job.result = job.fn(*job.args, **job.kwargs)
+            except BaseException as exc:
+                job.error = exc
+            finally:
+                job.waker.fire()
+
+    def stop(self, deadline: float) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.error("%s still running a blocking call after node stop", thread.name)
+
+
+def default_io_threads() -> int:
+    """I/O threads per node: ``WARAFT_OTP_IO_THREADS``, else 4."""
+    env = os.environ.get(_ENV_IO_THREADS)
+    return max(1, int(env)) if env else 4
+
+
+def blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)``, which may block (fsync, a file or database call), and
+    return its result or raise its exception.
+
+    In a scheduled process it runs on the node's I/O threads while the process is suspended,
+    so the scheduler keeps running the node's other processes; the process handles nothing
+    else meanwhile, exactly as if it had called ``fn`` itself. Elsewhere (a thread process, a
+    plain thread) it is a plain call. ``fn`` runs outside any process: it must not rely on
+    ``self_pid()`` or the current node.
+    """
+    proc = scheduled_caller()
+    if proc is None:
+        return fn(*args, **kwargs)
+    waker = _GreenWaker(proc)
+    job = _Job(fn, args, kwargs, waker)
+    proc.node._io_pool().jobs.put(job)
+    waker.wait(None)
+    if job.error is not None:
+        raise job.error
+    return job.result
 
 
 def sleep(seconds: float) -> None:
@@ -452,10 +536,17 @@ class SchedulerPool:
             self.node.id,
             exc_info=exc,
         )
-        for pid in self.node.processes():
-            actor = pid._actor
-            if actor is not None and actor._sched is sched:
-                die(pid, reason)
+        stranded = [
+            pid
+            for pid in self.node.processes()
+            if pid._actor is not None and pid._actor._sched is sched
+        ]
+        for pid in stranded:
+            die(pid, reason)
+            # Their greenlets can never run again (this thread is ending): nobody should wait
+            # for those loops to end.
+            if pid._loop_done is not None:
+                pid._loop_done.set()
         # Stop the node from a thread of its own: stopping joins the schedulers.
         threading.Thread(
             target=self.node.stop, name=f"otp:stop:{self.node.id}", daemon=True
