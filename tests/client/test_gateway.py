@@ -238,3 +238,33 @@ def test_replies_completed_together_leave_as_one_frame_per_client(
         (a, ("client_replies", [(2, ["ok"], None), (3, [("error", "not_leader")], "n1@h:1")])),
         (b, ("client_reply", 7, ["ok"], None)),
     ]
+
+
+class _Replier(otp.Process):
+    """Answers client batches, optionally yielding its scheduler inside a coalescing block."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        target, batch_id, gate = request
+        if gate is None:
+            acceptor.send_client_reply(target, batch_id, ["ok"], None)
+            return "sent"
+        with acceptor.coalesced_replies():
+            acceptor.send_client_reply(target, batch_id, ["ok"], None)
+            gate.wait(5.0)  # an otp.Event: suspends this process, the scheduler runs others
+        return "sent"
+
+
+def test_a_scheduled_process_yielding_in_a_block_keeps_others_replies_out_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[Any] = []
+    monkeypatch.setattr(acceptor.otp, "cast", lambda addr, msg: sent.append(msg))
+    node = otp.Node("coalesce@t", process_type=otp.SCHEDULED, schedulers=1)
+    holder, other = _Replier.start(node=node), _Replier.start(node=node)
+    gate = otp.Event()
+    handle = otp.send_request(holder, (("c", "c@h:1"), 1, gate))
+    assert otp.call(other, (("c", "c@h:1"), 2, None)) == "sent"
+    assert sent == [("client_reply", 2, ["ok"], None)]  # not held in the holder's block
+    gate.set()
+    assert otp.wait_response(handle, 5.0) == "sent"
+    assert sent[1:] == [("client_reply", 1, ["ok"], None)]

@@ -1,36 +1,53 @@
 """Replies to client batches, coalesced per client (the acceptor's client gateway answers here).
 
 Whoever completes a client batch (the acceptor for errors, storage as it applies) answers with
-:func:`send_client_reply`; inside :func:`coalesced_replies` the replies a thread completes leave
-together at the end of the block, one frame per client. Storage wraps each applied batch in it,
-which is why this lives below both the partition's actors and the storage layer.
+:func:`send_client_reply`; inside :func:`coalesced_replies` the replies a thread (or scheduled
+process) completes leave together at the end of the block, one frame per client. Storage wraps
+each applied batch in it, which is why this lives below both the partition's actors and the
+storage layer.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from waraft import otp
 
 
-class _ReplyOutbox(threading.local):
-    depth = 0
-    pending: dict[tuple[str, str], list[tuple[int, Any, Any]]] | None = None
+class _ReplyOutbox:
+    __slots__ = ("depth", "pending")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: dict[tuple[str, str], list[tuple[int, Any, Any]]] | None = None
 
 
-_outbox = _ReplyOutbox()
+# A context variable rather than a thread-local: every thread and every greenlet (scheduled
+# process) has a context of its own, so a process that yields inside the block does not
+# collect the replies of the other processes sharing its scheduler thread.
+_outbox_var: ContextVar[_ReplyOutbox] = ContextVar("waraft_reply_outbox")
+
+
+def _outbox() -> _ReplyOutbox:
+    try:
+        return _outbox_var.get()
+    except LookupError:
+        box = _ReplyOutbox()
+        _outbox_var.set(box)
+        return box
 
 
 def send_client_reply(addr: tuple[str, str], batch_id: int, results: Any, hint: Any) -> None:
     """Answer a client batch: at once, or, inside ``coalesced_replies()``, together with every
     other reply to the same client in one ``("client_replies", [...])`` cast."""
-    if _outbox.depth:
-        pending = _outbox.pending
+    outbox = _outbox()
+    if outbox.depth:
+        pending = outbox.pending
         if pending is None:
-            pending = _outbox.pending = {}
+            pending = outbox.pending = {}
         pending.setdefault(addr, []).append((batch_id, results, hint))
     else:
         otp.cast(addr, ("client_reply", batch_id, results, hint))
@@ -41,13 +58,14 @@ def coalesced_replies() -> Iterator[None]:
     """Client-batch replies completed by this thread inside the block leave at its end, one
     frame per client: storage wraps each applied batch in it, so a burst of one-command
     requests costs one reply frame per client, not one per request."""
-    _outbox.depth += 1
+    outbox = _outbox()
+    outbox.depth += 1
     try:
         yield
     finally:
-        _outbox.depth -= 1
-        if not _outbox.depth and _outbox.pending:
-            pending, _outbox.pending = _outbox.pending, None
+        outbox.depth -= 1
+        if not outbox.depth and outbox.pending:
+            pending, outbox.pending = outbox.pending, None
             for addr, replies in pending.items():
                 if len(replies) == 1:
                     otp.cast(addr, ("client_reply", *replies[0]))
