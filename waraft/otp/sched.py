@@ -372,16 +372,22 @@ class SchedInbox:
         proc = self._proc
         assert proc is not None
         while True:
-            if items:
+            if self._left <= 0 and items:
+                # Budget spent and more to do: to the back of the run queue (flag kept).
+                sched = proc._sched
+                assert sched is not None
+                sched.runq.put(proc)
+                suspend(proc)
+                self._left = FAIRNESS_BUDGET
+            try:
+                # Pop, not test-then-pop: a dying process's mailbox is drained from other
+                # threads (signals.die), so it can empty between a test and a pop.
+                item = items.popleft()
+            except IndexError:
+                pass
+            else:
                 self._left -= 1
-                if self._left < 0:
-                    # Budget spent: to the back of the run queue (the flag stays held).
-                    sched = proc._sched
-                    assert sched is not None
-                    sched.runq.put(proc)
-                    suspend(proc)
-                    self._left = FAIRNESS_BUDGET - 1
-                return items.popleft()
+                return item
             self._flag.release()
             if items and self._flag.acquire(False):
                 continue  # a put raced with going idle; we still own the flag
