@@ -532,6 +532,9 @@ class SchedulerPool:
     def _scheduler_failed(self, sched: Scheduler, exc: BaseException) -> None:
         from waraft.otp.signals import die
 
+        # The exception may have left the failed process as this thread's "current" one.
+        _node._tls.proc = None
+        _node._tls.node = None
         reason = ("scheduler_failed", f"{type(exc).__name__}: {exc}")
         self.failure = reason
         logger.critical(
