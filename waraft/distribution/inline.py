@@ -21,6 +21,10 @@ Handler = Callable[[Any], bool]
 
 _handlers: dict[str, Handler] = {}
 _idle: dict[str, Callable[[], None]] = {}
+# Names whose idle hook has work to hand on. Only the receive thread adds (from an inline
+# handler) and takes, so a node with thousands of registered hooks runs only the few that
+# collected something in the last burst, and none at all while no frame arrives.
+_due: set[str] = set()
 
 
 def set_handler(name: str, handler: Handler | None) -> None:
@@ -37,19 +41,39 @@ def handler(name: str) -> Handler | None:
 
 
 def set_idle_hook(name: str, hook: Callable[[], None] | None) -> None:
-    """Register (or remove) ``hook()``, called by the receive thread whenever it has taken
-    every frame that had arrived, before it waits for more: an inline handler that collects
-    work can hand it on there, one batch per burst of frames."""
+    """Register (or remove) ``hook()``, called by the receive thread once it has taken every
+    frame that had arrived, before it waits for more, if :func:`idle_work_due` was called for
+    ``name`` since: an inline handler that collects work hands it on there, one batch per
+    burst of frames."""
     if hook is None:
         _idle.pop(name, None)
+        _due.discard(name)
     else:
         _idle[name] = hook
 
 
+def idle_work_due(name: str) -> None:
+    """Ask for ``name``'s idle hook at the end of the current burst (receive thread only:
+    call it from the inline handler that collected the work)."""
+    _due.add(name)
+
+
+def has_due_work() -> bool:
+    """Whether any idle hook is due (the receive thread's cheap check)."""
+    return bool(_due)
+
+
 def run_idle_hooks() -> None:
-    """Called by the receive thread when its socket is drained."""
-    for hook in list(_idle.values()):
+    """Called by the receive thread when its socket is drained: run the hooks that are due."""
+    if not _due:
+        return
+    due = list(_due)
+    _due.clear()
+    for name in due:
+        hook = _idle.get(name)
+        if hook is None:
+            continue
         try:
             hook()
         except Exception:
-            logger.exception("an inline idle hook raised")
+            logger.exception("the idle hook of %s raised", name)

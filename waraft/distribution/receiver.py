@@ -72,7 +72,7 @@ class Receiver(threading.Thread):
                 routing_id = recv(zmq.NOBLOCK)
             except zmq.Again:
                 since_idle = 0
-                if inline._idle:
+                if inline.has_due_work():
                     inline.run_idle_hooks()
                 router.poll(POLL_MS)
                 continue
@@ -83,7 +83,7 @@ class Receiver(threading.Thread):
                 time.sleep(0.01)
                 continue
             since_idle += 1
-            if since_idle >= IDLE_EVERY and inline._idle:
+            if since_idle >= IDLE_EVERY and inline.has_due_work():
                 # Frames never stop arriving: do not hold collected work back forever.
                 since_idle = 0
                 inline.run_idle_hooks()

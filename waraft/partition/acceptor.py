@@ -221,6 +221,7 @@ class Acceptor(otp.Process):
         socket."""
         if type(msg) is tuple and msg and msg[0] == "client_batch":
             self._client_batch(msg)
+            dist_inline.idle_work_due(self.name)
             return True
         return False
 
