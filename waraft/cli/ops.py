@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ from waraft.core.types import Identity, LogPos
 from waraft.partition import server
 
 BOOTSTRAP_POSITION = LogPos(1, 1)
+BOOTSTRAP_WORKERS = 16
+"""Partitions bootstrapped at once by ``bootstrap_cluster``."""
 ALREADY = ("already_bootstrapped", "rejected")
 """Bootstrap errors meaning the replica holds data already (bootstrapping is idempotent)."""
 
@@ -85,8 +88,8 @@ def bootstrap_cluster(
     Replicas that already hold data answer ``already`` and are left alone (running it twice is
     harmless). Returns one result per partition; ``error`` is set for a partition that failed.
     """
-    results: list[PartitionResult] = []
-    for partition in partitions:
+
+    def one(partition: int) -> PartitionResult:
         name = server.default_name(table, partition)
         config = server.make_config([Identity(name, node) for node in nodes])
         intended = nodes[(partition - 1) % len(nodes)]
@@ -101,14 +104,56 @@ def bootstrap_cluster(
             # If this fails, another member's election timeout elects someone.
             with contextlib.suppress(otp.ExitError):
                 server.trigger_election((name, intended))
-        log(f"{table}.{partition}: " + ", ".join(f"{n} {r}" for n, r in result.bootstrap.items()))
-        results.append(result)
-    deadline = time.monotonic() + timeout
-    for result in results:
-        _wait_for_leader(nodes, table, result, deadline)
+        return result
+
+    results: list[PartitionResult] = []
+    # Partitions are independent: keep several in flight so that a thousand of them cost a
+    # thousand round trips spread over the nodes, not a thousand in a row. Results (and log
+    # lines) still come in partition order.
+    workers = max(1, min(BOOTSTRAP_WORKERS, len(partitions)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="bootstrap") as pool:
+        for result in pool.map(one, partitions):
+            log(
+                f"{table}.{result.partition}: "
+                + ", ".join(f"{n} {r}" for n, r in result.bootstrap.items())
+            )
+            results.append(result)
+    _wait_for_leaders(nodes, table, results, time.monotonic() + timeout)
     if balance:
-        _balance(nodes, table, results, deadline, log)
+        _balance(nodes, table, results, time.monotonic() + timeout, log)
     return results
+
+
+def _wait_for_leaders(
+    nodes: Sequence[str], table: str, results: list[PartitionResult], deadline: float
+) -> None:
+    """Wait until every partition reports a leader, asking each node for all its rows at once
+    (one call per node per round, however many partitions)."""
+    waiting = {r.partition: r for r in results}
+    while waiting:
+        for partition, (leader, term) in _leaders(nodes, table, list(waiting)).items():
+            result = waiting.pop(partition)
+            result.leader, result.term = leader, term
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    for result in waiting.values():
+        result.error = result.error or "no leader elected in time"
+
+
+def _leaders(nodes: Sequence[str], table: str, partitions: list[int]) -> dict[int, tuple[str, int]]:
+    """``partition -> (node, term)`` of the replicas that say they lead (the highest term wins)."""
+    found: dict[int, tuple[str, int]] = {}
+    for node in nodes:
+        for row in node_rows(node, 3.0, table, partitions):
+            partition, term = row.get("partition"), row.get("term")
+            if row.get("state") != "leader" or not isinstance(term, int):
+                continue
+            if not isinstance(partition, int):
+                continue
+            if partition not in found or term > found[partition][1]:
+                found[partition] = (node, term)
+    return found
 
 
 def find_leader(
@@ -133,20 +178,6 @@ def find_leader(
     if best[0] is None and named:
         best = (max(named, key=lambda n: named[n]), None)
     return best
-
-
-def _wait_for_leader(
-    nodes: Sequence[str], table: str, result: PartitionResult, deadline: float
-) -> None:
-    while True:
-        leader, term = find_leader(nodes, table, result.partition)
-        if leader is not None and term is not None:
-            result.leader, result.term = leader, term
-            return
-        if time.monotonic() >= deadline:
-            result.error = result.error or "no leader elected in time"
-            return
-        time.sleep(0.05)
 
 
 def _balance(
