@@ -95,6 +95,31 @@ def test_status_json_and_unreachable_nodes(cluster: Cluster, nodes: str) -> None
     assert any(dead in line and "unreachable" in line for line in done.stdout.splitlines())
 
 
+def test_status_watch_redraws_the_table_until_its_count(cluster: Cluster, nodes: str) -> None:
+    done = waraft("status", "--nodes", nodes, "--watch", "0.2", "--count", "3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\x1b[H\x1b[2J") == 3  # one clear-screen per redraw
+    assert done.stdout.count("waraft status ") == 3
+    assert done.stdout.count("| kv.1 ") == 3 * 3  # every node's row in every redraw
+    bad = waraft("status", "--nodes", nodes, "--watch", "0")
+    assert bad.returncode != 0 and "positive" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_shell_status_of_a_partition_is_an_aligned_block(cluster: Cluster, nodes: str) -> None:
+    done = waraft("shell", "--attach", cluster.ids[0], "--plain", stdin="status(1)\n")
+    assert done.returncode == 0, done.stderr
+    # The console's prompts ("... ", ">>> ") may precede the echo on the same line.
+    lines = [
+        line.removeprefix(">>> ").removeprefix("... ")
+        for line in done.stdout.splitlines()
+        if " : " in line
+    ]
+    fields = dict(line.split(" : ", 1) for line in lines)
+    assert {k.strip() for k in fields} >= {"state", "current_term", "commit_index"}
+    assert len({line.index(" : ") for line in lines}) == 1  # the colons line up
+    assert fields[next(k for k in fields if k.strip() == "state")] in ("leader", "follower")
+
+
 def test_shell_runs_code_against_a_running_node(cluster: Cluster, nodes: str) -> None:
     code = (
         "print(write('shell-key', 5)); print(get('shell-key')); "

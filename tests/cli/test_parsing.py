@@ -208,3 +208,25 @@ def test_shell_namespace_banner_and_completion() -> None:
     complete = readline.get_completer()
     assert complete("bootstrap_c", 0) == "bootstrap_cluster("
     assert complete("server.stat", 0) == "server.status("
+
+
+def test_status_block_orders_the_main_fields_first_and_aligns_them() -> None:
+    from waraft.cli.ops import StatusBlock, format_status_block
+
+    status = {
+        "zeta": 1,
+        "state": "leader",
+        "current_term": 7,
+        "table": "kv",
+        "config": {"membership": [["raft_server_kv_1", "n1@h:1"]], "witness": [], "version": 1},
+        "leader_id": None,
+    }
+    lines = format_status_block(status).splitlines()
+    assert [line.split(" : ")[0].strip() for line in lines] == [
+        "table", "state", "current_term", "leader_id",
+        "config.membership", "config.witness", "config.version", "zeta",
+    ]  # fmt: skip
+    assert lines[4].endswith(": n1@h:1") and lines[3].endswith(": -")
+    assert len({line.index(" : ") for line in lines}) == 1
+    block = StatusBlock(status)
+    assert block["state"] == "leader" and repr(block) == format_status_block(status)

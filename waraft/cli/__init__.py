@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from waraft import __version__
@@ -69,6 +70,15 @@ def _add_status(sub: Any) -> None:
     common.table_args(p, None)
     p.add_argument("--json", action="store_true", help="print rows as JSON")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per node")
+    p.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="redraw the table every SECONDS (default 2) until Ctrl-C",
+    )
+    p.add_argument("--count", type=int, help="with --watch: stop after this many redraws")
     common.dist_args(p)
     p.set_defaults(func=_status)
 
@@ -112,19 +122,46 @@ def _status(args: argparse.Namespace) -> int:
     common.setup_logging("ERROR")
     nodes = common.parse_nodes(args.nodes)
     partitions = common.parse_partitions(args.partitions) if args.partitions else None
+    table = args.table if partitions or args.table != common.DEFAULT_TABLE else None
+    if args.watch is not None and args.watch <= 0:
+        raise UsageError("--watch needs a positive number of seconds")
     with common.client_node(nodes, **common.dist_options(args)):
-        rows = ops.collect_status(
-            nodes,
-            args.timeout,
-            args.table if partitions or args.table != common.DEFAULT_TABLE else None,
-            partitions,
-        )
+        if args.watch is not None:
+            return _watch_status(args, nodes, table, partitions)
+        rows = ops.collect_status(nodes, args.timeout, table, partitions)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
         print(ops.format_table(rows))
     unreachable = any(r.get("error") == "unreachable" for r in rows)
     return EXIT_FAILED if unreachable else EXIT_OK
+
+
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def _watch_status(
+    args: argparse.Namespace, nodes: list[str], table: str | None, partitions: list[int] | None
+) -> int:
+    """Redraw the status table every ``--watch`` seconds (``--count`` times, or until Ctrl-C,
+    which ends the watch normally)."""
+    from waraft.cli import ops
+
+    drawn = 0
+    try:
+        while args.count is None or drawn < args.count:
+            rows = ops.collect_status(nodes, args.timeout, table, partitions)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            header = f"waraft status  {stamp}  every {args.watch:g}s  (Ctrl-C to stop)"
+            body = json.dumps(rows, default=str) if args.json else ops.format_table(rows)
+            sys.stdout.write(("" if args.json else CLEAR_SCREEN) + header + "\n" + body + "\n")
+            sys.stdout.flush()
+            drawn += 1
+            if args.count is None or drawn < args.count:
+                time.sleep(args.watch)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

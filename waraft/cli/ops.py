@@ -309,3 +309,51 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths, strict=True)) + "|"
 
     return "\n".join([rule, line(header), rule, *(line(cells) for cells in body), rule])
+
+
+class StatusBlock(dict[str, Any]):
+    """A server's status dict that shows itself as an aligned block (the shell's ``status(p)``):
+    still a dict for code (``status(1)["state"]``), readable when the REPL echoes it."""
+
+    def __repr__(self) -> str:
+        return format_status_block(self)
+
+
+def format_status_block(status: dict[str, Any]) -> str:
+    """One ``key : value`` line per field, keys aligned, in a fixed order for the fields an
+    operator looks at first (state, term, leader, indexes), then the rest alphabetically.
+    The config shows as its membership, witnesses and version on one line each."""
+    first = [
+        "table",
+        "partition",
+        "id",
+        "state",
+        "current_term",
+        "leader_id",
+        "voted_for",
+        "commit_index",
+        "last_applied",
+        "log_first",
+        "log_last",
+    ]
+    keys = [k for k in first if k in status] + sorted(k for k in status if k not in first)
+    lines: list[tuple[str, str]] = []
+    for key in keys:
+        value = status[key]
+        if key == "config" and isinstance(value, dict):
+            for part in ("membership", "witness", "version"):
+                if part in value:
+                    shown = value[part]
+                    if isinstance(shown, (list, tuple)):
+                        shown = ", ".join(_member_text(m) for m in shown) or "-"
+                    lines.append((f"config.{part}", str(shown)))
+            continue
+        lines.append((key, "-" if value is None else str(value)))
+    width = max((len(k) for k, _ in lines), default=0)
+    return "\n".join(f"{k.ljust(width)} : {v}" for k, v in lines)
+
+
+def _member_text(member: Any) -> str:
+    if isinstance(member, (list, tuple)) and len(member) == 2:
+        return str(member[1])
+    return str(member)

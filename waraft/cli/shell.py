@@ -63,7 +63,7 @@ class Helpers:
         from waraft.partition import server
 
         if partition is not None:
-            return server.status(self._server(partition, node))
+            return ops.StatusBlock(server.status(self._server(partition, node)))
         print(ops.format_table(ops.collect_status([node] if node else self.nodes())))
         return None
 
