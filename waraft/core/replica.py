@@ -129,6 +129,12 @@ class Replica:
         self.handover_lease_state: str = LEASE_UNAFFECTED
         # an InstallSnapshot we are waiting on: (purpose, position, extra)
         self.pending_install: tuple[str, LogPos, Any] | None = None
+        # quiescence (see ``quiesce``): nodes the failure detector reports down, whether this
+        # replica is quiescent, the leader's last non-idle moment and its quiesce-round acks
+        self.down_nodes: set[str] = set()
+        self.quiescent = False
+        self.quiet_since = now
+        self.quiesce_acks: set[str] = set()
 
         self._fx: list[Effect] = []
         self._mailbox: deque[Event] = deque()
