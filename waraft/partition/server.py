@@ -40,6 +40,7 @@ from waraft.core.effects import (
     Apply,
     ApplyItem,
     CancelReads,
+    CancelTimeout,
     CommitCancelled,
     Effect,
     InstallSnapshot,
@@ -280,6 +281,11 @@ class RaftServer(otp.StateMachine):
         # and only the last arming can ever fire.
         self._timeout = effect
 
+    def _cancel_timeout(self, effect: CancelTimeout) -> None:
+        # Quiescent: no timer at all until an event wakes the core.
+        self.cancel_state_timeout()
+        self._timeout = None
+
     def _state_changed(self, effect: StateChanged) -> None:
         self.cancel_state_timeout()
         self._timeout = None
@@ -479,12 +485,15 @@ _IMMEDIATE: dict[type[Any], Callable[[RaftServer, Any], None]] = {
     TrimLog: RaftServer._trim_log,
     PersistState: RaftServer._persist_state,
     SetTimeout: RaftServer._set_timeout,
+    CancelTimeout: RaftServer._cancel_timeout,
     StateChanged: RaftServer._state_changed,
     InstallSnapshot: RaftServer._install_snapshot,
     RequestSnapshot: RaftServer._request_snapshot,
 }
 
-_CAST_EVENTS = frozenset({events.CommitBatch, events.ReadBatch, events.AdjustConfig})
+_CAST_EVENTS = frozenset(
+    {events.CommitBatch, events.ReadBatch, events.AdjustConfig, events.NodeLiveness}
+)
 
 _EVENT_BUILDERS: dict[str, Callable[..., Any]] = {
     # Arguments may have crossed the wire (plain tuples): rebuild the typed values.
