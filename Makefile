@@ -45,6 +45,11 @@ sim: $(STAMP)
 sim-deep: $(STAMP)
 	$(BIN)/python -m waraft.sim.sweep --seeds $(SEEDS) --steps 20000
 
+# What idle partitions cost (issue 13): threads, fds, RSS, idle CPU, terms, kill -9 failover.
+SCALE ?= 4,64,256
+scale: $(STAMP)
+	$(BIN)/python -m benchmarks.scale --partitions $(SCALE) --idle 20 --kill
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks run --scenario all --out benchmarks/results/latest
 	$(BIN)/python -m benchmarks table benchmarks/results/latest/results.json
