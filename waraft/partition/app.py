@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from waraft import distribution, otp, transport
 from waraft.core.events import NodeLiveness
-from waraft.partition import part_sup
+from waraft.partition import heartbeats, part_sup
 from waraft.services import env, metrics
 from waraft.transport import dist_transport, snapshot_catchup
 from waraft.transport import sup as transport_sup
@@ -36,6 +36,7 @@ FLAGS: Final = {"strategy": "one_for_one", "intensity": 5, "period": 1}
 def _init() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     _install_metrics()
     distribution.add_peer_listener(_fan_out_liveness)
+    heartbeats.install()
     transport.setup_tables()
     children = [
         transport.child_spec(),
