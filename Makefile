@@ -10,7 +10,7 @@ STEPS ?= 2000
 # mypy --strict holds for the whole package (the issues require it of waraft/core and waraft/otp).
 STRICT_PATHS := waraft
 
-.PHONY: all venv test demo lint sim sim-deep bench clean
+.PHONY: all venv test demo lint sim sim-deep scale bench clean
 
 all: test
 
@@ -48,7 +48,7 @@ sim-deep: $(STAMP)
 # What idle partitions cost (issue 13): threads, fds, RSS, idle CPU, terms, kill -9 failover.
 SCALE ?= 4,64,256
 scale: $(STAMP)
-	$(BIN)/python -m benchmarks.scale --partitions $(SCALE) --idle 20 --kill
+	$(BIN)/python -m benchmarks.scale --partitions $(SCALE) --idle 20 --sigstop --kill
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks run --scenario all --out benchmarks/results/latest

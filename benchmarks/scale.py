@@ -3,7 +3,9 @@
 For each P: start the nodes, bootstrap every partition, wait until idle, then measure per node
 over ``--idle`` seconds: OS threads, open fds, RSS, CPU (% of one core), and check that every
 partition's term is unchanged over the window. Optionally (``--kill``) kill -9 the node leading
-the most partitions and time until every partition it led has a new leader.
+the most partitions and time until every partition it led has a new leader; ``--sigstop``
+does the same with SIGSTOP (the node keeps its sockets open but answers nothing), then
+SIGCONT.
 
 Usage::
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -46,7 +50,12 @@ def _node_figures(pid: int) -> dict[str, Any]:
 
 
 def measure(
-    partitions: int, idle: float, settle: float, kill: bool, settings: dict[str, str]
+    partitions: int,
+    idle: float,
+    settle: float,
+    kill: bool,
+    settings: dict[str, str],
+    stop: bool = False,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="waraft-scale-") as tmp:
         root = Path(tmp)
@@ -85,6 +94,8 @@ def measure(
                     "quiescent_replicas": quiet,
                     "replicas": 3 * partitions,
                 }
+                if stop:
+                    result["sigstop_failover"] = _stop_leader(cluster)
                 if kill:
                     result["failover"] = _kill_leader(group, cluster)
                 return result
@@ -94,12 +105,31 @@ def measure(
                         group.kill9(proc)
 
 
+def _stop_leader(cluster: WaraftCluster) -> dict[str, Any]:
+    """SIGSTOP the busiest leader node (sockets stay open), time the re-election, SIGCONT."""
+    leaders = cluster.leaders()
+    victim = cluster.leader_process()
+    victim_id = cluster.ids[cluster.procs.index(victim)]
+    led = sorted(p for p, node in leaders.items() if node == victim_id)
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        return _wait_reelected(cluster, victim_id, led, time.monotonic())
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+        time.sleep(3.0)  # let it step down before anything else is measured
+
+
 def _kill_leader(group: ProcessGroup, cluster: WaraftCluster) -> dict[str, Any]:
     leaders = cluster.leaders()
     victim = cluster.leader_process()
     victim_id = cluster.ids[cluster.procs.index(victim)]
     led = sorted(p for p, node in leaders.items() if node == victim_id)
-    killed_at = group.kill9(victim)
+    return _wait_reelected(cluster, victim_id, led, group.kill9(victim))
+
+
+def _wait_reelected(
+    cluster: WaraftCluster, victim_id: str, led: list[int], killed_at: float
+) -> dict[str, Any]:
     deadline = killed_at + 60
     while time.monotonic() < deadline:
         now_leaders = cluster.leaders()
@@ -112,18 +142,20 @@ def _kill_leader(group: ProcessGroup, cluster: WaraftCluster) -> dict[str, Any]:
 def _table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| P | node | threads | fds | RSS MB | idle CPU %/core | bootstrap s | terms changed | "
-        "quiescent | kill -9 re-elect s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "quiescent | kill -9 re-elect s | SIGSTOP re-elect s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         fail = r.get("failover", {})
+        stopped = r.get("sigstop_failover", {})
         for name, n in r["nodes"].items():
             lines.append(
                 f"| {r['partitions']} | {name} | {n['threads']} | {n['fds']} | {n['rss_mb']} | "
                 f"{n['idle_cpu_pct']} | {r['bootstrap_s']} | "
                 f"{len(r['terms_changed'])}/{r['terms_checked']} | "
                 f"{r['quiescent_replicas']}/{r['replicas']} | "
-                f"{fail.get('all_reelected_s', '-')} ({fail.get('led', '-')} led) |"
+                f"{fail.get('all_reelected_s', '-')} ({fail.get('led', '-')} led) | "
+                f"{stopped.get('all_reelected_s', '-')} ({stopped.get('led', '-')} led) |"
             )
     return "\n".join(lines)
 
@@ -134,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle", type=float, default=20.0, help="measured idle window, seconds")
     p.add_argument("--settle", type=float, default=5.0, help="wait before measuring, seconds")
     p.add_argument("--kill", action="store_true", help="also kill -9 the busiest leader node")
+    p.add_argument(
+        "--sigstop", action="store_true", help="also SIGSTOP (then SIGCONT) the busiest leader"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
@@ -143,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         settings[key] = value
     results = []
     for count in (int(x) for x in args.partitions.split(",")):
-        result = measure(count, args.idle, args.settle, args.kill, settings)
+        result = measure(count, args.idle, args.settle, args.kill, settings, args.sigstop)
         results.append(result)
         print(json.dumps(result), flush=True)
     print(f"settings: {settings}")
