@@ -151,3 +151,22 @@ def test_a_cut_off_quiescent_leader_serves_no_stale_read() -> None:
     sim.run_for(3000)
     assert not (stale.done and stale.result == ("ok", None)), stale.result
     assert_linearizable(sim)
+
+
+def test_check_quorum_leader_survives_a_long_quiescence() -> None:
+    settings = fast_settings(raft_leader_check_quorum=True)
+    sim, leader = _quiet_cluster(seed=7, settings=settings)
+    term = sim.term(leader)
+    sim.run_for(10_000)  # far beyond the 1.5 s liveness grace period
+    one(sim, write(11, key="q"), 3)
+    assert sim.leader() == leader and sim.term(leader) == term
+
+
+def test_pre_vote_cluster_replaces_a_killed_quiescent_leader_in_time() -> None:
+    settings = fast_settings(raft_election_pre_vote=True, raft_leader_check_quorum=True)
+    sim, leader = _quiet_cluster(seed=8, settings=settings)
+    sim.run_for(5000)
+    sim.crash(leader)
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS)
+    one(sim, write(12), 2)

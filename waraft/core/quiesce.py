@@ -63,6 +63,8 @@ def before_event(core: Replica, event: Event) -> bool:
             core.quiet_since = core.now
     elif type(event) is not Timeout:
         core.quiet_since = core.now
+    elif core.quiescent:
+        return False  # a firing of the timer we cancelled: the shell should have dropped it
     if core.quiescent:
         wake(core, "event")
     return True
@@ -99,14 +101,23 @@ def wake(core: Replica, why: str) -> None:
     core.count(("quiesce.wake", why))
     core.log_notice("wakes from quiescence (%s)", why)
     if core.state is State.LEADER:
-        replication.heartbeat(core)
+        # A round now, without the check-quorum test: the quorum was silent because we were,
+        # and the next heartbeat timeout judges the answers to this round.
+        core.quiesce_woken_ts = core.now
+        replication.commit_and_replicate(core)
+        core.heartbeat_timeout()
     else:
+        if why == "event":
+            # Quiescent with the leader's node up counts as hearing from the leader (pre-vote
+            # and liveness flags see a present leader); a leader-node-down wake does not.
+            core.last_quorum_ts = core.now
         core.election_timeout()
 
 
 def reset(core: Replica) -> None:
     """A state change ends quiescence (the new state's enter arms its own timer)."""
     core.quiescent = False
+    core.quiesce_woken_ts = None
     core.quiesce_acks.clear()
     core.quiet_since = core.now
 

@@ -135,6 +135,7 @@ class Replica:
         self.quiescent = False
         self.quiet_since = now
         self.quiesce_acks: set[str] = set()
+        self.quiesce_woken_ts: int | None = None  # a leader's last wake (check-quorum grace)
 
         self._fx: list[Effect] = []
         self._mailbox: deque[Event] = deque()

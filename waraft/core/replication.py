@@ -251,6 +251,9 @@ def leader_eligible(core: Replica) -> str:
     if not settings.raft_leader_check_quorum:
         return "eligible"
     last = core.last_quorum_ts
+    woken = core.quiesce_woken_ts
+    if woken is not None and (last is None or woken > last):
+        last = woken  # the quorum was silent because we were quiescent: judge from the wake
     if last is None or core.now - last > settings.raft_liveness_grace_period_ms:
         return "stale"
     return "eligible"
