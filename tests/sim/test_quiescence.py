@@ -170,3 +170,16 @@ def test_pre_vote_cluster_replaces_a_killed_quiescent_leader_in_time() -> None:
     others = [n for n in sim.node_ids if n != leader]
     assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS)
     one(sim, write(12), 2)
+
+
+def test_a_follower_that_has_not_noticed_the_dead_leader_still_votes() -> None:
+    """Only one follower learns the leader's node is down; the other, still quiescent, must
+    not hold the election back with leader stickiness."""
+    sim, leader = _quiet_cluster(seed=9, liveness_interval_ms=0)
+    sim.crash(leader)
+    early, _late = [n for n in sim.node_ids if n != leader]
+    sim._guard(sim.nodes[early].handle, NodeLiveness(leader, False))
+    start = sim.now
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), ELECTION_MS)
+    assert sim.now - start <= ELECTION_MS

@@ -107,10 +107,9 @@ def wake(core: Replica, why: str) -> None:
         replication.commit_and_replicate(core)
         core.heartbeat_timeout()
     else:
-        if why == "event":
-            # Quiescent with the leader's node up counts as hearing from the leader (pre-vote
-            # and liveness flags see a present leader); a leader-node-down wake does not.
-            core.last_quorum_ts = core.now
+        # last_quorum_ts stays as old as the last round: a woken follower does not refuse
+        # votes for leader stickiness, so a peer that saw the leader's node die first is not
+        # held back by one that has not noticed yet (that would cost an election timeout).
         core.election_timeout()
 
 
