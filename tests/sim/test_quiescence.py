@@ -183,3 +183,16 @@ def test_a_follower_that_has_not_noticed_the_dead_leader_still_votes() -> None:
     others = [n for n in sim.node_ids if n != leader]
     assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), ELECTION_MS)
     assert sim.now - start <= ELECTION_MS
+
+
+def test_a_detector_flap_of_the_leader_node_does_not_cause_an_election() -> None:
+    sim, leader = _quiet_cluster(seed=10)
+    follower = next(n for n in sim.node_ids if n != leader)
+    terms = {n: sim.term(n) for n in sim.node_ids}
+    sim._guard(sim.nodes[follower].handle, NodeLiveness(leader, False))
+    assert not sim.core(follower).quiescent
+    sim.run_for(100)
+    sim._guard(sim.nodes[follower].handle, NodeLiveness(leader, True))
+    assert sim.core(follower).quiescent
+    sim.run_for(10_000)
+    assert {n: sim.term(n) for n in sim.node_ids} == terms

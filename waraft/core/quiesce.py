@@ -65,6 +65,7 @@ def before_event(core: Replica, event: Event) -> bool:
         core.quiet_since = core.now
     elif core.quiescent:
         return False  # a firing of the timer we cancelled: the shell should have dropped it
+    core.woken_by_leader_down = False  # traffic: a leader-node-up no longer re-quiesces
     if core.quiescent:
         wake(core, "event")
     return True
@@ -92,6 +93,17 @@ def on_node_liveness(core: Replica, event: NodeLiveness) -> None:
         leader = core.leader
         if leader is None or leader.node == node:
             wake(core, "leader_node_down")
+            core.woken_by_leader_down = True
+    elif event.up and core.woken_by_leader_down and state in (State.FOLLOWER, State.WITNESS):
+        # The leader's node answers again and nothing happened meanwhile: a flap of the
+        # detector. The leader is still quiescent and will not heartbeat, so a running
+        # timer would end in a needless election; go back to sleep instead.
+        leader = core.leader
+        if leader is not None and leader.node == node:
+            core.woken_by_leader_down = False
+            core.quiescent = True
+            core.count("quiesce.follower.resume")
+            core.emit(CancelTimeout())
 
 
 def wake(core: Replica, why: str) -> None:
@@ -116,6 +128,7 @@ def wake(core: Replica, why: str) -> None:
 def reset(core: Replica) -> None:
     """A state change ends quiescence (the new state's enter arms its own timer)."""
     core.quiescent = False
+    core.woken_by_leader_down = False
     core.quiesce_woken_ts = None
     core.quiesce_acks.clear()
     core.quiet_since = core.now

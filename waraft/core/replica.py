@@ -136,6 +136,8 @@ class Replica:
         self.quiet_since = now
         self.quiesce_acks: set[str] = set()
         self.quiesce_woken_ts: int | None = None  # a leader's last wake (check-quorum grace)
+        # a follower woken only by its leader's node going down (undone if it comes back)
+        self.woken_by_leader_down = False
 
         self._fx: list[Effect] = []
         self._mailbox: deque[Event] = deque()
