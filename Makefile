@@ -10,7 +10,7 @@ STEPS ?= 2000
 # mypy --strict holds for the whole package (the issues require it of waraft/core and waraft/otp).
 STRICT_PATHS := waraft
 
-.PHONY: all venv test demo lint sim sim-deep bench clean
+.PHONY: all venv test demo lint sim sim-deep scale bench clean
 
 all: test
 
@@ -44,6 +44,11 @@ sim: $(STAMP)
 # Some bugs need long runs to show (a lost write after a snapshot install took ~20k steps).
 sim-deep: $(STAMP)
 	$(BIN)/python -m waraft.sim.sweep --seeds $(SEEDS) --steps 20000
+
+# What idle partitions cost (issue 13): threads, fds, RSS, idle CPU, terms, kill -9 failover.
+SCALE ?= 4,64,256
+scale: $(STAMP)
+	$(BIN)/python -m benchmarks.scale --partitions $(SCALE) --idle 20 --sigstop --kill
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks run --scenario all --out benchmarks/results/latest

@@ -179,16 +179,17 @@ def test_status_table_layout() -> None:
         {"node": "n1@h:1", "table": "kv", "partition": 1, "state": "leader", "term": 3,
          "leader": "n1@h:1", "commit": 10, "applied": 9, "log_first": 1, "log_last": 10,
          "pending_commits": 2, "pending_reads": 0, "apply_queue": 1, "live": True,
-         "lagging": False},
+         "lagging": False, "quiescent": True},
         {"node": "n2@h:2", "error": "unreachable"},
     ]  # fmt: skip
     lines = format_table(rows).splitlines()
     assert lines[0] == lines[2] == lines[-1] and set(lines[0]) == {"+", "-"}
     header = [cell.strip() for cell in lines[1].strip("|").split("|")]
     assert header == ["NODE", "PARTITION", "STATE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG",
-                      "QUEUES C/R/A", "LIVE"]  # fmt: skip
+                      "QUEUES C/R/A", "LIVE", "QUIET"]  # fmt: skip
     first = [cell.strip() for cell in lines[3].strip("|").split("|")]
-    assert first == ["n1@h:1", "kv.1", "leader", "3", "n1@h:1", "10", "9", "1-10", "2/0/1", "yes"]
+    assert first == ["n1@h:1", "kv.1", "leader", "3", "n1@h:1", "10", "9", "1-10", "2/0/1", "yes",
+                     "yes"]  # fmt: skip
     second = [cell.strip() for cell in lines[4].strip("|").split("|")]
     assert second[:3] == ["n2@h:2", "-", "unreachable"] and set(second[3:]) == {""}
     assert len({len(line) for line in lines}) == 1

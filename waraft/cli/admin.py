@@ -66,6 +66,8 @@ def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
         "config_index": status.get("config_index"),
         "members": members,
         "witness": bool(status.get("witness")),
+        # Idle and silent (issue 13): no heartbeats, no election timer until woken.
+        "quiescent": bool(status.get("quiescent")),
         "disable_reason": _plain(status.get("disable_reason")),
         # Group commits of a durable log (None for the in-memory one).
         "log_fsyncs": (status.get("log_status") or {}).get("fsyncs"),

@@ -285,6 +285,7 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
         ),
     ),
     ("LIVE", lambda r: _liveness(r)),
+    ("QUIET", lambda r: None if "error" in r else ("yes" if r.get("quiescent") else "no")),
 ]
 
 

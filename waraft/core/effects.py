@@ -156,6 +156,11 @@ class SetTimeout:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelTimeout:
+    """Disarm the state timeout: the replica went quiescent and needs no timer."""
+
+
+@dataclass(frozen=True, slots=True)
 class StateChanged:
     """The server entered ``new`` (also on a repeat of the same state). Cancels the timeout."""
 
@@ -203,6 +208,7 @@ Effect: TypeAlias = (
     | ReadNow
     | CancelReads
     | SetTimeout
+    | CancelTimeout
     | StateChanged
     | RequestSnapshot
     | InstallSnapshot

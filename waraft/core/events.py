@@ -170,6 +170,18 @@ class NotifyComplete:
     """Storage drained its apply queue; apply more if anything is committed."""
 
 
+@dataclass(frozen=True, slots=True)
+class NodeLiveness:
+    """Node-level liveness changed: the node ``node`` answers (``up``) or stopped answering.
+
+    The runner's failure detector (pings answered by the peer node, not TCP state) delivers
+    this to every partition; only quiescence reads it (see ``quiesce``).
+    """
+
+    node: str
+    up: bool
+
+
 Event: TypeAlias = (
     RaftRpc
     | Timeout
@@ -188,4 +200,5 @@ Event: TypeAlias = (
     | SnapshotAvailable
     | SnapshotOpened
     | NotifyComplete
+    | NodeLiveness
 )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from waraft.core import commit, replication
-from waraft.core.effects import TruncateLog
+from waraft.core import commit, quiesce, replication
+from waraft.core.effects import CancelTimeout, TruncateLog
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse
 from waraft.core.types import Entry, Identity, Priority, State
 
@@ -113,20 +113,27 @@ def handle_heartbeat(core: Replica, leader: Identity, request: AppendEntries) ->
         disable(core, fatal.args[0])
         return
     applied = max(0, core.last_applied - core.queues.apply_queue_size())
-    core.send(leader, AppendEntriesResponse(request.prev_log_index, accepted, match, applied))
     core.last_quorum_ts = core.now
     core.leader_commit_index = request.commit_index
     if accepted:
         new_commit = min(request.commit_index, match)
         if new_commit > core.commit_index:
             core.commit_index = new_commit
+    target = core.follower_or_witness()
+    quiesced = target is state and accepted and quiesce.follower_ack(core, leader, request, match)
+    core.send(
+        leader, AppendEntriesResponse(request.prev_log_index, accepted, match, applied, quiesced)
+    )
+    if accepted:
         trim = request.trim_index if core.settings.raft_rotate_by_trim_index else None
         replication.apply_log(core, trim)
-    target = core.follower_or_witness()
-    if target is state:
-        core.election_timeout()
-    else:
+    target = core.follower_or_witness()  # applying may have changed the config
+    if target is not state:
         core.goto(target)
+    elif quiesced:
+        core.emit(CancelTimeout())
+    else:
+        core.election_timeout()
 
 
 def disable(core: Replica, reason: Any) -> None:

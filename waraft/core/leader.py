@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from waraft.core import admin, commit, config, handover, reads, replication, snapshot, terms
+from waraft.core import (
+    admin,
+    commit,
+    config,
+    handover,
+    quiesce,
+    reads,
+    replication,
+    snapshot,
+    terms,
+)
 from waraft.core.enter import enter_state
 from waraft.core.events import (
     AdjustConfig,
@@ -97,6 +107,8 @@ def on_append_success(core: Replica, sender: Identity, response: AppendEntriesRe
     inflight = core.inflight.get(node, 0)
     if inflight > 0:
         core.inflight[node] = inflight - 1
+    if response.quiesced:
+        quiesce.leader_ack(core, sender, response)
     replication.advance_commit_index(core)
     replication.leader_apply_log(core)
     replication.maybe_heartbeat(core)
@@ -145,6 +157,8 @@ def on_timeout(core: Replica) -> None:
     """Heartbeat and batch timeouts are the same: a replication round (none mid-handover)."""
     if core.handover is not None and not handover.check_timeout(core):
         core.heartbeat_timeout()
+        return
+    if quiesce.leader_round(core):
         return
     replication.heartbeat(core)
 

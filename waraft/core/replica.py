@@ -129,6 +129,15 @@ class Replica:
         self.handover_lease_state: str = LEASE_UNAFFECTED
         # an InstallSnapshot we are waiting on: (purpose, position, extra)
         self.pending_install: tuple[str, LogPos, Any] | None = None
+        # quiescence (see ``quiesce``): nodes the failure detector reports down, whether this
+        # replica is quiescent, the leader's last non-idle moment and its quiesce-round acks
+        self.down_nodes: set[str] = set()
+        self.quiescent = False
+        self.quiet_since = now
+        self.quiesce_acks: set[str] = set()
+        self.quiesce_woken_ts: int | None = None  # a leader's last wake (check-quorum grace)
+        # a follower woken only by its leader's node going down (undone if it comes back)
+        self.woken_by_leader_down = False
 
         self._fx: list[Effect] = []
         self._mailbox: deque[Event] = deque()

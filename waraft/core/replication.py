@@ -56,10 +56,16 @@ def commit_and_replicate(core: Replica) -> None:
             replicate_to_peer(core, peer, cfg)
 
 
-def replicate_to_peer(core: Replica, peer: Identity, cfg: Config) -> None:
-    """Send ``peer`` its next entries (or a probe when the entry before them is trimmed)."""
+def replicate_to_peer(core: Replica, peer: Identity, cfg: Config, quiesce: bool = False) -> None:
+    """Send ``peer`` its next entries (or a probe when the entry before them is trimmed).
+
+    ``quiesce`` marks the message as the leader's quiesce round (see ``quiesce``); any other
+    message withdraws the peer's acknowledgement of that round.
+    """
     log = core.log
     node = peer.node
+    if not quiesce:
+        core.quiesce_acks.discard(node)
     next_index = core.next_indices.get(node, core.first_current_term_log_index)
     prev_index = next_index - 1
     prev_term = log.term(prev_index)
@@ -82,7 +88,10 @@ def replicate_to_peer(core: Replica, peer: Identity, cfg: Config) -> None:
     else:
         entries = log.entries(next_index, last, max_entries, max_bytes)
     trim_index = _member_floor(core, cfg, last)
-    core.send(peer, AppendEntries(prev_index, prev_term, entries, core.commit_index, trim_index))
+    core.send(
+        peer,
+        AppendEntries(prev_index, prev_term, entries, core.commit_index, trim_index, quiesce),
+    )
     core.inflight[node] = core.inflight.get(node, 0) + 1
     # Pipelining: assume delivery; a failure response tells us where the follower really is.
     core.next_indices[node] = prev_index + len(entries) + 1
@@ -242,6 +251,9 @@ def leader_eligible(core: Replica) -> str:
     if not settings.raft_leader_check_quorum:
         return "eligible"
     last = core.last_quorum_ts
+    woken = core.quiesce_woken_ts
+    if woken is not None and (last is None or woken > last):
+        last = woken  # the quorum was silent because we were quiescent: judge from the wake
     if last is None or core.now - last > settings.raft_liveness_grace_period_ms:
         return "stale"
     return "eligible"

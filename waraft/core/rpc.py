@@ -29,6 +29,8 @@ class AppendEntries:
     entries: Sequence[Entry] = ()
     commit_index: int = 0
     trim_index: int = 0
+    # The leader is about to quiesce: a follower that holds everything may stop its timer.
+    quiesce: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,8 @@ class AppendEntriesResponse:
     success: bool = False
     match_index: int = 0
     last_applied_index: int | None = None
+    # Answer to a quiesce round: this follower holds everything and stopped its timer.
+    quiesced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +215,8 @@ _FIELD_CHECKS: Final[dict[str, Any]] = {
     "last_log_term": _is_index,
     "last_applied_index": _is_optional_index,
     "success": _is_bool,
+    "quiesce": _is_bool,
+    "quiesced": _is_bool,
     "vote": _is_bool,
     "ref": _is_ref,
     "entries": lambda value: isinstance(value, (list, tuple)),

@@ -20,7 +20,8 @@ Deliberate deviations from WARaft (each documented where it is made):
 * an append response tops a lagging peer up, bounded by ``raft_max_inflight_appends``
   (``replication.catch_up``; 0 restores WARaft's one message per round);
 * a ``disable`` while disabled persists the new reason; replies follow the state change they
-  belong to, so nothing is acknowledged before it is durable.
+  belong to, so nothing is acknowledged before it is durable;
+* an idle partition may quiesce: no heartbeats, no election timers (``quiesce``, issue 13).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from waraft.core import (
     follower,
     handover,
     leader,
+    quiesce,
     stalled,
     status,
     terms,
@@ -151,6 +153,8 @@ class RaftCore(Replica):
 
     def dispatch(self, event: Event) -> None:
         """Handle one event in the current state (RPCs go through term pre-processing)."""
+        if not quiesce.before_event(self, event):
+            return
         if type(event) is RaftRpc:
             terms.handle_rpc(self, event)
         else:
@@ -163,6 +167,7 @@ class RaftCore(Replica):
     def goto(self, new: State) -> None:
         """Transition to ``new`` (a repeat when equal) and run its enter function."""
         old = self.state
+        quiesce.reset(self)
         if old is not new:
             logger.info("%s becomes %s from %s", self._tag(), new.value, old.value)
         self.state = new

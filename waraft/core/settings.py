@@ -59,6 +59,12 @@ class Settings:
     # replication backlog on responses (WARaft drains it only at batch or heartbeat pace;
     # 0 restores that pacing).
     raft_max_inflight_appends: int = 8
+    # Not a WARaft knob (issue 13): a leader whose followers acknowledged everything and that
+    # saw no traffic for this long sends one quiesce round and then stops heartbeating; its
+    # followers stop their election timers while node-level liveness reports the leader's
+    # node up (``NodeLiveness`` events). 0 (the default) never quiesces: only enable it where
+    # the runner delivers node liveness, or a dead quiescent leader is never replaced.
+    raft_quiesce_after_ms: int = 0
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -41,6 +41,7 @@ def status(core: Replica, now: int) -> dict[str, Any]:
         "config": cfg.to_dict(),
         "config_index": core.config_index(),
         "witness": config.is_witness(core.self_id, cfg),
+        "quiescent": core.quiescent,
     }
 
 
@@ -55,7 +56,8 @@ def status_flags(core: Replica, now: int) -> tuple[bool, bool, bool]:
     """
     state = core.state
     settings = core.settings
-    last = core.last_quorum_ts
+    # A quiescent replica heard from its quorum / leader as recently as node liveness says.
+    last = now if core.quiescent else core.last_quorum_ts
     if state is State.STALLED or state is State.DISABLED:
         return (False, True, True)
     if state is State.LEADER:

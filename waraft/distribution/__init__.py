@@ -48,7 +48,7 @@ from typing import Any
 from waraft.distribution import inline
 from waraft.distribution.nodeid import NodeIdError, is_node_id, make, parse
 from waraft.distribution.reply import RemoteReplyTo
-from waraft.distribution.runtime import Dist
+from waraft.distribution.runtime import Dist, add_peer_listener, remove_peer_listener
 from waraft.distribution.settings import CurveConfig, DistSettings
 from waraft.otp import node as otp_node
 from waraft.otp.reply import LocalReplyTo, ReplyTo
@@ -59,6 +59,7 @@ __all__ = [
     "DistSettings",
     "NodeIdError",
     "RemoteReplyTo",
+    "add_peer_listener",
     "call",
     "cast",
     "cast_bytes",
@@ -70,6 +71,7 @@ __all__ = [
     "node",
     "parse",
     "peers",
+    "remove_peer_listener",
     "send",
     "send_bytes",
     "send_request",

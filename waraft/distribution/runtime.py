@@ -16,7 +16,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
@@ -85,6 +85,30 @@ class Counters:
             for key, value in counts.copy().items():
                 out[key] = out.get(key, 0) + value
         return out
+
+
+PeerListener = Callable[[str, bool], None]
+_peer_listeners: list[PeerListener] = []
+
+
+def add_peer_listener(listener: PeerListener) -> None:
+    """Call ``listener(node_id, up)`` (on the liveness thread) whenever a peer goes down or
+    comes back up; adding the same listener twice keeps one."""
+    if listener not in _peer_listeners:
+        _peer_listeners.append(listener)
+
+
+def remove_peer_listener(listener: PeerListener) -> None:
+    if listener in _peer_listeners:
+        _peer_listeners.remove(listener)
+
+
+def _notify_peer_listeners(node_id: str, up: bool) -> None:
+    for listener in list(_peer_listeners):
+        try:
+            listener(node_id, up)
+        except Exception:
+            logger.exception("peer listener %r failed", listener)
 
 
 class Dist:
@@ -357,9 +381,11 @@ class Dist:
                 if entry.node == peer.node_id:
                     self._pending.pop(ref, None)
                     entry.handle.fail(reason)
+            _notify_peer_listeners(peer.node_id, False)
         elif new is PeerState.UP:
             self.counters.incr("nodeup_events")
             logger.info("node %s is up", peer.node_id)
+            _notify_peer_listeners(peer.node_id, True)
 
     # ------------------------------------------------------------------ faults
     def set_fault(self, inbound: Iterable[str], outbound: Iterable[str]) -> None:

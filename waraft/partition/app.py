@@ -20,8 +20,9 @@ import logging
 import threading
 from typing import Any, Final
 
-from waraft import otp, transport
-from waraft.partition import part_sup
+from waraft import distribution, otp, transport
+from waraft.core.events import NodeLiveness
+from waraft.partition import heartbeats, part_sup
 from waraft.services import env, metrics
 from waraft.transport import dist_transport, snapshot_catchup
 from waraft.transport import sup as transport_sup
@@ -34,6 +35,8 @@ FLAGS: Final = {"strategy": "one_for_one", "intensity": 5, "period": 1}
 
 def _init() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     _install_metrics()
+    distribution.add_peer_listener(_fan_out_liveness)
+    heartbeats.install()
     transport.setup_tables()
     children = [
         transport.child_spec(),
@@ -52,6 +55,21 @@ def _install_metrics() -> None:
     sink = part_sup.resolve_module(configured)
     metrics.install(sink() if isinstance(sink, type) else sink)
     logger.info("metrics go to %r", configured)
+
+
+_SERVER_PREFIX: Final = "raft_server_"
+
+
+def _fan_out_liveness(node_id: str, up: bool) -> None:
+    """Node-level liveness for every local partition server (quiescence reads it).
+
+    Called on the distribution's liveness thread when a peer stops answering pings (killed,
+    cut off, or stopped) or answers again; each server gets a ``NodeLiveness`` cast.
+    """
+    event = NodeLiveness(node_id, up)
+    for name in otp.registered():
+        if name.startswith(_SERVER_PREFIX):
+            otp.cast(name, event)
 
 
 def start_link() -> otp.Pid:

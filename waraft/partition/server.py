@@ -40,6 +40,7 @@ from waraft.core.effects import (
     Apply,
     ApplyItem,
     CancelReads,
+    CancelTimeout,
     CommitCancelled,
     Effect,
     InstallSnapshot,
@@ -59,7 +60,7 @@ from waraft.core.effects import (
 from waraft.core.rpc import RaftRpc, RpcDecodeError, from_wire, to_wire
 from waraft.core.server import RaftCore
 from waraft.core.types import Config, DurableState, Identity, LogPos, State
-from waraft.partition import durable_state
+from waraft.partition import durable_state, heartbeats
 from waraft.services import env, info, metrics
 from waraft.services.label import label_function
 from waraft.services.options import RaftOptions
@@ -78,6 +79,13 @@ make_config = core_config.make_config
 def default_name(table: str, partition: int) -> str:
     """``raft_server_<table>_<partition>``."""
     return f"raft_server_{table}_{partition}"
+
+
+def _coalesce_settings(application: Any) -> int:
+    """The coalescing window in ms, or 0 when heartbeats are not coalesced."""
+    if not env.app_setting(application, "raft_coalesced_heartbeats"):
+        return 0
+    return max(1, int(env.app_setting(application, "raft_coalesced_heartbeat_window_ms")))
 
 
 def _now_ms() -> int:
@@ -116,6 +124,7 @@ class RaftServer(otp.StateMachine):
         self._timeout: SetTimeout | None = None
         self._published: tuple[Any, ...] | None = None
         self._metrics = metrics.get()
+        self._coalesce = _coalesce_settings(options.application)
 
         position: LogPos = otp.call(options.storage_name, ("open",), STORAGE_TIMEOUT)
         self.log, log_corruption = otp.call(options.log_name, ("open", position), None)
@@ -280,6 +289,11 @@ class RaftServer(otp.StateMachine):
         # and only the last arming can ever fire.
         self._timeout = effect
 
+    def _cancel_timeout(self, effect: CancelTimeout) -> None:
+        # Quiescent: no timer at all until an event wakes the core.
+        self.cancel_state_timeout()
+        self._timeout = None
+
     def _state_changed(self, effect: StateChanged) -> None:
         self.cancel_state_timeout()
         self._timeout = None
@@ -343,6 +357,10 @@ class RaftServer(otp.StateMachine):
         if peer.node in self._local_nodes():
             for rpc in rpcs:  # same Python process: hand the objects over as they are
                 otp.cast(address, rpc)
+        elif self._coalesce and all(heartbeats.is_heartbeat(rpc) for rpc in rpcs):
+            # Heartbeat-only batch: one frame per peer node with every other partition's.
+            coalescer = heartbeats.coalescer(self._coalesce)
+            coalescer.add(peer.node, peer.name, [to_wire(rpc) for rpc in rpcs])
         else:
             otp.cast(address, ("rpcs", [to_wire(rpc) for rpc in rpcs]))
 
@@ -411,6 +429,7 @@ class RaftServer(otp.StateMachine):
             settings = env.settings_for(self.options.application, self.table)
             self.core.settings = settings
             self.queues.settings = settings
+            self._coalesce = _coalesce_settings(self.options.application)
 
     def _publish_status(self) -> None:
         core = self.core
@@ -479,12 +498,15 @@ _IMMEDIATE: dict[type[Any], Callable[[RaftServer, Any], None]] = {
     TrimLog: RaftServer._trim_log,
     PersistState: RaftServer._persist_state,
     SetTimeout: RaftServer._set_timeout,
+    CancelTimeout: RaftServer._cancel_timeout,
     StateChanged: RaftServer._state_changed,
     InstallSnapshot: RaftServer._install_snapshot,
     RequestSnapshot: RaftServer._request_snapshot,
 }
 
-_CAST_EVENTS = frozenset({events.CommitBatch, events.ReadBatch, events.AdjustConfig})
+_CAST_EVENTS = frozenset(
+    {events.CommitBatch, events.ReadBatch, events.AdjustConfig, events.NodeLiveness}
+)
 
 _EVENT_BUILDERS: dict[str, Callable[..., Any]] = {
     # Arguments may have crossed the wire (plain tuples): rebuild the typed values.

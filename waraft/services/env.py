@@ -73,6 +73,10 @@ APP_DEFAULTS: Final[Mapping[str, Any]] = {
     "raft_label_module": None,
     "raft_storage_module": "waraft.storage.memory",
     "raft_transport_module": "waraft.transport.dist_transport",
+    # Not WARaft (issue 13): heartbeats of every partition towards a node travel as one frame
+    # per window (``waraft.partition.heartbeats``); False sends each partition's own.
+    "raft_coalesced_heartbeats": True,
+    "raft_coalesced_heartbeat_window_ms": 20,
 }
 """App-scoped keys and their defaults (module keys name Python modules)."""
 
@@ -106,7 +110,9 @@ _ONLY_TRUE: Final = frozenset(
         "raft_log_heartbeat_binary_entries",
     }
 )
-_NOT_FALSE: Final = frozenset({"raft_leader_eligible", "raft_leader_check_quorum"})
+_NOT_FALSE: Final = frozenset(
+    {"raft_leader_eligible", "raft_leader_check_quorum", "raft_coalesced_heartbeats"}
+)
 
 _MISSING: Final = object()
 

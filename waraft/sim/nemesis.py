@@ -46,6 +46,7 @@ class NemesisConfig:
             "trigger_election": 0.5,
             "disable": 0.3,
             "membership": 0.7,
+            "pause_leader": 1.0,
         }
     )
 
@@ -83,6 +84,7 @@ class Nemesis:
             "trigger_election": self._trigger_election,
             "disable": self._disable,
             "membership": self._membership,
+            "pause_leader": self._pause_leader,
         }
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -131,6 +133,8 @@ class Nemesis:
         sim.slow_storage.clear()
         for node in sim.nodes.values():
             node.log.refuse_append = None
+        for node_id in sim.node_ids:
+            sim.resume(node_id)
         sim.restart_all()
         # after the restarts: a disabled node that was down keeps its (persisted) reason
         for node in sim.nodes.values():
@@ -221,6 +225,20 @@ class Nemesis:
         leader = self.sim.leader()
         if leader is not None:
             self._crash(leader)
+
+    def _pause_leader(self) -> None:
+        """SIGSTOP the leader (up and connected, answering nothing), SIGCONT it later."""
+        leader = self.sim.leader()
+        if leader is None:
+            return
+        self.sim.pause(leader)
+        self._note(f"pause {leader}")
+
+        def resume() -> None:
+            self.sim.resume(leader)
+            self._note(f"resume {leader}")
+
+        self._later(self._delay(self.config.downtime_ms), resume, f"resume {leader}")
 
     def _heal_later(self) -> None:
         def heal() -> None:

@@ -27,6 +27,7 @@ from waraft.core.effects import (
     AppendLog,
     Apply,
     CancelReads,
+    CancelTimeout,
     CommitCancelled,
     InstallSnapshot,
     PersistState,
@@ -120,6 +121,9 @@ class SimNode:
         self.pending: dict[Any, int] = {Priority.HIGH: 0, Priority.LOW: 0, "read": 0}
         self._role: State | None = None  # the state as the effects being run say it is
         self._deferred: list[Any] = []
+        # SIGSTOP: the node is up (sockets open) but handles nothing until resumed
+        self.paused = False
+        self.paused_backlog: list[Event] = []
         self.drop_persistence = False  # a mutation hook: forget PersistState (tests only)
         self.state_changes = 0
         self.accounting_errors: list[str] = []
@@ -138,6 +142,7 @@ class SimNode:
             ReadNow: self._read_now,
             CancelReads: self._cancel_reads,
             SetTimeout: self._set_timeout,
+            CancelTimeout: self._cancel_timeout,
             StateChanged: self._state_changed,
             RequestSnapshot: self._request_snapshot,
             InstallSnapshot: self._install_snapshot,
@@ -207,6 +212,8 @@ class SimNode:
             self._storage_tick.cancel()
             self._storage_tick = None
         self._deferred.clear()
+        self.paused = False
+        self.paused_backlog.clear()
         self.admitted.clear()
         self.pending = dict.fromkeys(self.pending, 0)
         if config.durable_storage:
@@ -224,6 +231,9 @@ class SimNode:
         """Hand one event to the core and run its effects (the node must be up)."""
         core = self.core
         if core is None:
+            return
+        if self.paused:
+            self.paused_backlog.append(event)
             return
         self._role = core.state
         try:
@@ -439,6 +449,20 @@ class SimNode:
             target=self.id,
             label=f"timeout {effect.kind.value}",
         )
+
+    def _cancel_timeout(self, effect: CancelTimeout) -> None:
+        self._cancel_timer()
+
+    def pause(self) -> None:
+        """SIGSTOP: keep everything, handle nothing (events wait for ``resume``)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT: handle what arrived while paused, in order."""
+        self.paused = False
+        backlog, self.paused_backlog = self.paused_backlog, []
+        for event in backlog:
+            self.handle(event)
 
     def _fire_timer(self, incarnation: int, kind: TimeoutKind) -> None:
         if incarnation != self.incarnation or not self.up:

@@ -39,6 +39,7 @@ from waraft.sim.clock import Scheduled, VirtualClock
 from waraft.sim.history import History, Status
 from waraft.sim.invariants import InvariantChecker, InvariantViolation
 from waraft.sim.linearizability import LinearizabilityResult, Model, check_history
+from waraft.sim.liveness import LivenessMonitor
 from waraft.sim.machine import KVStateMachine, StateMachine
 from waraft.sim.network import NetConfig, Network
 from waraft.sim.node import CoreCrash, SimNode
@@ -46,7 +47,8 @@ from waraft.sim.node import CoreCrash, SimNode
 
 def fast_settings(**overrides: Any) -> Settings:
     """WARaft's defaults with timeouts shortened for simulation (election 500-1000 ms,
-    heartbeat 50 ms, liveness grace 1.5 s); the ratios stay WARaft's."""
+    heartbeat 50 ms, liveness grace 1.5 s); the ratios stay WARaft's. Quiescence is on
+    (after 400 ms idle), driven by the simulated failure detector (``SimConfig.liveness_*``)."""
     base = Settings(
         raft_election_timeout_ms=500,
         raft_election_timeout_ms_max=1000,
@@ -55,6 +57,7 @@ def fast_settings(**overrides: Any) -> Settings:
         raft_max_heartbeat_age_msecs=6000,
         raft_promotion_grace_period_secs=2,
         raft_handover_timeout_ms=300,
+        raft_quiesce_after_ms=400,
     )
     return base.with_overrides(**overrides) if overrides else base
 
@@ -106,6 +109,10 @@ class SimConfig:
     check_invariants: bool = True
     disabled_invariants: frozenset[str] = frozenset()  # e.g. {"monotonic_term"} (tests only)
     trace_size: int = 40
+    # The node-level failure detector (``waraft.sim.liveness``): ping interval (0: off) and
+    # how long a node may go unanswered before it is reported down.
+    liveness_interval_ms: int = 50
+    node_down_after_ms: int = 300
 
     def with_(self, **changes: Any) -> SimConfig:
         return replace(self, **changes)
@@ -202,6 +209,10 @@ class Simulation:
             self.invariants.register(node_id, node.log)
         for node in self.nodes.values():
             self._guard(node.start)
+        self.liveness = LivenessMonitor(
+            self, config.liveness_interval_ms, config.node_down_after_ms
+        )
+        self.liveness.start()
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -435,6 +446,20 @@ class Simulation:
         if not node.up:
             self.stats["restart"] += 1
             self._guard(node.start)
+
+    def pause(self, node_id: str) -> None:
+        """SIGSTOP a node: it stays up and connected but handles nothing until ``resume``."""
+        node = self.nodes[node_id]
+        if node.up and not node.paused:
+            self.stats["pause"] += 1
+            node.pause()
+
+    def resume(self, node_id: str) -> None:
+        """SIGCONT: the node handles, in order, everything that arrived while it was paused."""
+        node = self.nodes[node_id]
+        if node.paused:
+            self.stats["resume"] += 1
+            self._guard(node.resume)
 
     def restart_all(self) -> None:
         for node_id in self.node_ids:

@@ -1,0 +1,192 @@
+"""What idle partitions cost (issue 13): 3 ``waraft node`` processes in memory mode, P partitions.
+
+For each P: start the nodes, bootstrap every partition, wait until idle, then measure per node
+over ``--idle`` seconds: OS threads, open fds, RSS, CPU (% of one core), and check that every
+partition's term is unchanged over the window. Optionally (``--kill``) kill -9 the node leading
+the most partitions and time until every partition it led has a new leader; ``--sigstop``
+does the same with SIGSTOP (the node keeps its sockets open but answers nothing), then
+SIGCONT.
+
+Usage::
+
+    python -m benchmarks.scale --partitions 4,64,256 --idle 20 [--kill] [--set KEY=VALUE ...]
+
+``--set raft_quiesce_after_ms=0`` measures without quiescence. Everything runs through the
+public ``waraft`` command (``benchmarks.harness.waraft_cluster``); every process is killed
+by pid at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.harness.procs import ProcessGroup
+from benchmarks.harness.waraft_cluster import WaraftCluster
+
+DEFAULT_SETTINGS = {
+    "raft_quiesce_after_ms": "2000",
+}
+
+
+def _node_figures(pid: int) -> dict[str, Any]:
+    proc = psutil.Process(pid)
+    with proc.oneshot():
+        return {
+            "threads": proc.num_threads(),
+            "fds": proc.num_fds(),
+            "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+            "cpu_s": sum(proc.cpu_times()[:2]),
+        }
+
+
+def measure(
+    partitions: int,
+    idle: float,
+    settle: float,
+    kill: bool,
+    settings: dict[str, str],
+    stop: bool = False,
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="waraft-scale-") as tmp:
+        root = Path(tmp)
+        with ProcessGroup(root / "logs") as group:
+            cluster = WaraftCluster(group, 3, partitions, root / "data", settings=settings)
+            try:
+                cluster.start(timeout=120)
+                t0 = time.monotonic()
+                cluster.bootstrap(timeout=max(60.0, partitions * 0.5))
+                bootstrap_s = time.monotonic() - t0
+                time.sleep(settle)
+                terms_before = cluster.terms()
+                before = {p.name: _node_figures(p.pid) for p in cluster.procs}
+                w0 = time.monotonic()
+                time.sleep(idle)
+                window = time.monotonic() - w0
+                after = {p.name: _node_figures(p.pid) for p in cluster.procs}
+                terms_after = cluster.terms()
+                quiet = sum(1 for r in cluster.status() if r.get("quiescent"))
+                nodes = {}
+                for name, fig in after.items():
+                    cpu = (fig["cpu_s"] - before[name]["cpu_s"]) / window * 100
+                    nodes[name] = {
+                        "threads": fig["threads"],
+                        "fds": fig["fds"],
+                        "rss_mb": fig["rss_mb"],
+                        "idle_cpu_pct": round(cpu, 1),
+                    }
+                changed = sorted(k for k in terms_before if terms_after.get(k) != terms_before[k])
+                result: dict[str, Any] = {
+                    "partitions": partitions,
+                    "bootstrap_s": round(bootstrap_s, 1),
+                    "nodes": nodes,
+                    "terms_checked": len(terms_before),
+                    "terms_changed": changed,
+                    "quiescent_replicas": quiet,
+                    "replicas": 3 * partitions,
+                }
+                if stop:
+                    result["sigstop_failover"] = _stop_leader(cluster)
+                if kill:
+                    result["failover"] = _kill_leader(group, cluster)
+                return result
+            finally:
+                for proc in cluster.procs:
+                    if proc.killed_at is None:
+                        group.kill9(proc)
+
+
+def _stop_leader(cluster: WaraftCluster) -> dict[str, Any]:
+    """SIGSTOP the busiest leader node (sockets stay open), time the re-election, SIGCONT."""
+    leaders = cluster.leaders()
+    victim = cluster.leader_process()
+    victim_id = cluster.ids[cluster.procs.index(victim)]
+    led = sorted(p for p, node in leaders.items() if node == victim_id)
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        return _wait_reelected(cluster, victim_id, led, time.monotonic())
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+        time.sleep(3.0)  # let it step down before anything else is measured
+
+
+def _kill_leader(group: ProcessGroup, cluster: WaraftCluster) -> dict[str, Any]:
+    leaders = cluster.leaders()
+    victim = cluster.leader_process()
+    victim_id = cluster.ids[cluster.procs.index(victim)]
+    led = sorted(p for p, node in leaders.items() if node == victim_id)
+    return _wait_reelected(cluster, victim_id, led, group.kill9(victim))
+
+
+def _wait_reelected(
+    cluster: WaraftCluster, victim_id: str, led: list[int], killed_at: float
+) -> dict[str, Any]:
+    deadline = killed_at + 60
+    while time.monotonic() < deadline:
+        now_leaders = cluster.leaders()
+        if all(now_leaders.get(p) not in (None, victim_id) for p in led):
+            return {"led": len(led), "all_reelected_s": round(time.monotonic() - killed_at, 2)}
+        time.sleep(0.2)
+    return {"led": len(led), "all_reelected_s": None}
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| P | node | threads | fds | RSS MB | idle CPU %/core | bootstrap s | terms changed | "
+        "quiescent | kill -9 re-elect s | SIGSTOP re-elect s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        fail = r.get("failover", {})
+        stopped = r.get("sigstop_failover", {})
+        for name, n in r["nodes"].items():
+            lines.append(
+                f"| {r['partitions']} | {name} | {n['threads']} | {n['fds']} | {n['rss_mb']} | "
+                f"{n['idle_cpu_pct']} | {r['bootstrap_s']} | "
+                f"{len(r['terms_changed'])}/{r['terms_checked']} | "
+                f"{r['quiescent_replicas']}/{r['replicas']} | "
+                f"{fail.get('all_reelected_s', '-')} ({fail.get('led', '-')} led) | "
+                f"{stopped.get('all_reelected_s', '-')} ({stopped.get('led', '-')} led) |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--partitions", default="4,64,256", help="comma-separated P values")
+    p.add_argument("--idle", type=float, default=20.0, help="measured idle window, seconds")
+    p.add_argument("--settle", type=float, default=5.0, help="wait before measuring, seconds")
+    p.add_argument("--kill", action="store_true", help="also kill -9 the busiest leader node")
+    p.add_argument(
+        "--sigstop", action="store_true", help="also SIGSTOP (then SIGCONT) the busiest leader"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    settings = dict(DEFAULT_SETTINGS)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        settings[key] = value
+    results = []
+    for count in (int(x) for x in args.partitions.split(",")):
+        result = measure(count, args.idle, args.settle, args.kill, settings, args.sigstop)
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    print(f"settings: {settings}")
+    print(_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Coalesced heartbeats (issue 13): what is coalesced, one frame per node, fan-out on receipt."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from waraft import otp
+from waraft.core.rpc import AppendEntries, AppendEntriesResponse, RaftRpc, RequestVote
+from waraft.core.types import Entry, Identity
+from waraft.partition import heartbeats
+
+ME = Identity("raft_server_t_1", "a@h:1")
+
+
+def _rpc(payload: Any) -> RaftRpc:
+    return RaftRpc(3, ME, payload)
+
+
+def test_only_empty_appends_and_their_success_answers_are_heartbeats() -> None:
+    assert heartbeats.is_heartbeat(_rpc(AppendEntries(5, 3, [], 5, 0)))
+    assert not heartbeats.is_heartbeat(_rpc(AppendEntries(5, 3, [Entry(3, ("k", 1))], 5, 0)))
+    assert heartbeats.is_heartbeat(_rpc(AppendEntriesResponse(5, True, 5, 5)))
+    assert not heartbeats.is_heartbeat(_rpc(AppendEntriesResponse(5, True, 6, 5)))  # entries
+    assert not heartbeats.is_heartbeat(_rpc(AppendEntriesResponse(5, False, 2, 2)))
+    assert not heartbeats.is_heartbeat(_rpc(RequestVote()))
+
+
+def test_one_frame_per_node_per_window() -> None:
+    sent: list[tuple[tuple[str, str], Any]] = []
+    done = threading.Event()
+
+    def send(addr: tuple[str, str], msg: Any) -> None:
+        sent.append((addr, msg))
+        done.set()
+
+    co = heartbeats.Coalescer(30, send)
+    try:
+        for partition in range(1, 51):
+            co.add("b@h:2", f"raft_server_t_{partition}", [["append_entries", 1]])
+        co.add("c@h:3", "raft_server_t_1", [["append_entries", 2]])
+        assert done.wait(2.0)
+        time.sleep(0.05)
+        by_node = {addr[1]: msg for addr, msg in sent}
+        assert len(sent) == 2 and set(by_node) == {"b@h:2", "c@h:3"}
+        assert all(addr[0] == heartbeats.INLINE_NAME for addr, _ in sent)
+        tag, items = by_node["b@h:2"]
+        assert tag == heartbeats.FRAME_TAG and len(items) == 50
+        assert co.frames == 2 and co.rpcs == 51
+    finally:
+        co.stop()
+
+
+def test_receive_fans_out_to_local_servers() -> None:
+    got: list[Any] = []
+
+    class Sink(otp.Process):
+        def handle_cast(self, msg: Any) -> None:
+            got.append(msg)
+
+    node = otp.Node("hb.1@local")
+    try:
+        Sink.start(name="raft_server_t_7", node=node)
+        with node.activate():
+            assert heartbeats.receive(("heartbeats", [("raft_server_t_7", [["w"]])]))
+            assert heartbeats.receive(["heartbeats", [["nobody_here", [["w"]]]]])
+            assert not heartbeats.receive(("something", "else"))
+        deadline = time.monotonic() + 2
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert got == [("rpcs", [["w"]])]
+    finally:
+        node.stop()

@@ -1,0 +1,66 @@
+"""The partition shell runs quiescence (issue 13): idle servers cancel their timers, a strong
+read on a quiescent leader still works, and node liveness wakes followers into an election."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.partition.helpers import addr, cluster, leader_of, wait_until
+from waraft import otp
+from waraft.core.events import NodeLiveness
+from waraft.partition import acceptor, app, server
+
+QUIET = {"raft_quiesce_after_ms": 200}
+
+
+def _quiescent(node: otp.Node) -> bool:
+    return bool(server.status(addr("server", node), timeout=2)["quiescent"])
+
+
+def test_idle_servers_quiesce_and_a_read_wakes_the_leader(tmp_path: Path) -> None:
+    with cluster(tmp_path, settings=QUIET) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        op = ("k", ("write", "test", "key", 1))
+        assert acceptor.commit(addr("acceptor", leader), op) == "ok"
+        wait_until(lambda: all(_quiescent(n) for n in nodes), timeout=10)
+        term = server.status(addr("server", leader))["current_term"]
+        read = acceptor.read(addr("acceptor", leader), ("read", "test", "key"))
+        assert read == ("ok", 1)
+        wait_until(lambda: all(_quiescent(n) for n in nodes), timeout=10)
+        assert server.status(addr("server", leader))["current_term"] == term
+
+
+def test_leader_node_down_wakes_quiescent_followers_into_an_election(tmp_path: Path) -> None:
+    with cluster(tmp_path, settings=QUIET) as nodes:
+        old = leader_of(nodes)
+        assert old is not None
+        wait_until(lambda: all(_quiescent(n) for n in nodes), timeout=10)
+        cut = old.id
+        otp.node.set_link_filter(lambda src, dst: cut not in (src, dst))
+        try:
+            rest = [n for n in nodes if n is not old]
+            for n in rest:  # what the distribution's liveness thread does on nodedown
+                with n.activate():
+                    app._fan_out_liveness(cut, False)
+            new = wait_until(lambda: leader_of(rest), timeout=10)
+            assert new is not old
+        finally:
+            otp.node.set_link_filter(None)
+
+
+def test_without_node_liveness_a_quiescent_follower_never_elects(tmp_path: Path) -> None:
+    """The contract the runtime relies on: only NodeLiveness (or traffic) wakes a follower."""
+    with cluster(tmp_path, settings=QUIET) as nodes:
+        old = leader_of(nodes)
+        assert old is not None
+        wait_until(lambda: all(_quiescent(n) for n in nodes), timeout=10)
+        follower = next(n for n in nodes if n is not old)
+        otp.cast(addr("server", follower), NodeLiveness("someone@else", False))
+        otp.node.set_link_filter(lambda src, dst: old.id not in (src, dst))
+        try:
+            time.sleep(1.0)  # > the election timeout (300-500 ms)
+            assert _quiescent(follower)
+        finally:
+            otp.node.set_link_filter(None)

@@ -1,0 +1,198 @@
+"""Quiescence (issue 13) driven through the simulator: idle partitions go silent, wake on any
+traffic, and a dead, cut-off or stopped leader is replaced within detection plus one election
+timeout; histories stay linearizable."""
+
+from __future__ import annotations
+
+from waraft.core.events import NodeLiveness
+from waraft.core.types import State
+from waraft.sim import Simulation
+from waraft.sim.simulation import fast_settings
+
+from .helpers import assert_linearizable, check_one_leader, one, settle_clients, write
+
+# detection (down_after + one ping interval) + the longest election timeout + an election's
+# round trips
+DETECT_MS = 300 + 50
+ELECTION_MS = 1000
+BOUND_MS = DETECT_MS + ELECTION_MS + 200
+
+
+def _quiet_cluster(seed: int = 1, **config: object) -> tuple[Simulation, str]:
+    sim = Simulation(nodes=3, seed=seed, **config)
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    for i in range(3):
+        one(sim, write(i), 3)
+    assert sim.run_until(lambda: _all_quiescent(sim), 5000), sim.describe()
+    return sim, leader
+
+
+def _all_quiescent(sim: Simulation) -> bool:
+    return all(sim.core(n).quiescent for n in sim.node_ids)
+
+
+def test_an_idle_partition_goes_silent_and_keeps_its_term() -> None:
+    sim, leader = _quiet_cluster()
+    terms = {n: sim.term(n) for n in sim.node_ids}
+    sent = sim.network.sent_total
+    sim.run_for(20_000)
+    assert sim.network.sent_total == sent  # no heartbeat, no election
+    assert {n: sim.term(n) for n in sim.node_ids} == terms
+    assert sim.leader() == leader
+    assert all(sim.nodes[n].timer_kind is None for n in sim.node_ids)  # no armed timers
+    status = sim.core(leader).status(sim.now)
+    assert status["quiescent"] is True
+    # quiescent replicas still publish themselves live
+    assert all(sim.core(n).status_flags(sim.now)[0] for n in sim.node_ids)
+
+
+def test_off_switch_keeps_heartbeating() -> None:
+    sim = Simulation(nodes=3, seed=1, settings=fast_settings(raft_quiesce_after_ms=0))
+    sim.bootstrap()
+    check_one_leader(sim, sim.node_ids)
+    one(sim, write(1), 3)
+    sent = sim.network.sent_total
+    sim.run_for(3000)
+    assert not any(sim.core(n).quiescent for n in sim.node_ids)
+    assert sim.network.sent_total > sent + 50
+
+
+def test_a_commit_wakes_a_quiescent_leader_and_it_quiesces_again() -> None:
+    sim, leader = _quiet_cluster()
+    term = sim.term(leader)
+    one(sim, write(42, key="y"), 3)
+    assert sim.term(leader) == term
+    assert sim.run_until(lambda: all(sim.core(n).quiescent for n in sim.node_ids), 5000)
+
+
+def test_killed_leader_of_a_quiescent_partition_is_replaced_in_time() -> None:
+    sim, leader = _quiet_cluster()
+    sim.run_for(5000)
+    sim.crash(leader)
+    start = sim.now
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS), (
+        sim.describe()
+    )
+    assert sim.now - start <= BOUND_MS
+    one(sim, write(7), 2)
+
+
+def test_cut_off_leader_of_a_quiescent_partition_is_replaced_in_time() -> None:
+    sim, leader = _quiet_cluster(seed=3)
+    sim.isolate(leader)
+    start = sim.now
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS)
+    assert sim.now - start <= BOUND_MS
+    sim.heal()
+    check_one_leader(sim, sim.node_ids)
+    one(sim, write(8), 3)
+
+
+def test_stopped_but_connected_leader_is_detected_and_replaced() -> None:
+    """SIGSTOP: the leader is up and connected, it just answers nothing."""
+    sim, leader = _quiet_cluster(seed=5)
+    sim.pause(leader)
+    start = sim.now
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS)
+    assert sim.now - start <= BOUND_MS
+    sim.resume(leader)
+    new = check_one_leader(sim, sim.node_ids)
+    assert new != leader
+    one(sim, write(9), 3)
+
+
+def test_follower_stays_quiet_when_another_node_goes_down() -> None:
+    sim, leader = _quiet_cluster(seed=2)
+    followers = [n for n in sim.node_ids if n != leader]
+    watcher, other = followers
+    sim._guard(sim.nodes[watcher].handle, NodeLiveness(other, False))
+    assert sim.core(watcher).quiescent
+    sim._guard(sim.nodes[watcher].handle, NodeLiveness(leader, False))
+    assert not sim.core(watcher).quiescent
+    assert sim.nodes[watcher].timer_kind is not None
+
+
+def test_reads_and_writes_around_quiescence_are_linearizable() -> None:
+    for seed in range(3):
+        sim, _ = _quiet_cluster(seed=seed)
+        for _round in range(3):
+            sim.add_clients(3)
+            sim.run_for(800)
+            settle_clients(sim)
+            assert sim.run_until(lambda s=sim: _all_quiescent(s), 5000)
+        assert_linearizable(sim)
+
+
+def test_follower_that_sees_the_leader_node_down_does_not_quiesce() -> None:
+    sim, leader = _quiet_cluster(seed=4)
+    watcher = next(n for n in sim.node_ids if n != leader)
+    sim._guard(sim.nodes[watcher].handle, NodeLiveness(leader, False))
+    term = sim.term(leader)
+    sim.run_for(200)  # the watcher may still elect itself only after an election timeout
+    sim.liveness.down.add((watcher, leader))  # keep the detector's view consistent
+    one(sim, write(5, key="z"), 3)  # wake the leader; it tries to quiesce again
+    sim.run_for(300)
+    assert not sim.core(watcher).quiescent or sim.term(watcher) != term
+
+
+def test_a_cut_off_quiescent_leader_serves_no_stale_read() -> None:
+    sim, leader = _quiet_cluster(seed=6)
+    sim.isolate(leader)
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS)
+    new = next(n for n in others if sim.state(n) is State.LEADER)
+    done = sim.submit(new, ("write", "sim", "x", "fresh"), record=True)
+    assert sim.run_until(lambda: done.done, 3000) and done.result == "ok"
+    stale = sim.read(leader, ("read", "sim", "x"), record=True)
+    sim.run_for(3000)
+    assert not (stale.done and stale.result == ("ok", None)), stale.result
+    assert_linearizable(sim)
+
+
+def test_check_quorum_leader_survives_a_long_quiescence() -> None:
+    settings = fast_settings(raft_leader_check_quorum=True)
+    sim, leader = _quiet_cluster(seed=7, settings=settings)
+    term = sim.term(leader)
+    sim.run_for(10_000)  # far beyond the 1.5 s liveness grace period
+    one(sim, write(11, key="q"), 3)
+    assert sim.leader() == leader and sim.term(leader) == term
+
+
+def test_pre_vote_cluster_replaces_a_killed_quiescent_leader_in_time() -> None:
+    settings = fast_settings(raft_election_pre_vote=True, raft_leader_check_quorum=True)
+    sim, leader = _quiet_cluster(seed=8, settings=settings)
+    sim.run_for(5000)
+    sim.crash(leader)
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS)
+    one(sim, write(12), 2)
+
+
+def test_a_follower_that_has_not_noticed_the_dead_leader_still_votes() -> None:
+    """Only one follower learns the leader's node is down; the other, still quiescent, must
+    not hold the election back with leader stickiness."""
+    sim, leader = _quiet_cluster(seed=9, liveness_interval_ms=0)
+    sim.crash(leader)
+    early, _late = [n for n in sim.node_ids if n != leader]
+    sim._guard(sim.nodes[early].handle, NodeLiveness(leader, False))
+    start = sim.now
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), ELECTION_MS)
+    assert sim.now - start <= ELECTION_MS
+
+
+def test_a_detector_flap_of_the_leader_node_does_not_cause_an_election() -> None:
+    sim, leader = _quiet_cluster(seed=10)
+    follower = next(n for n in sim.node_ids if n != leader)
+    terms = {n: sim.term(n) for n in sim.node_ids}
+    sim._guard(sim.nodes[follower].handle, NodeLiveness(leader, False))
+    assert not sim.core(follower).quiescent
+    sim.run_for(100)
+    sim._guard(sim.nodes[follower].handle, NodeLiveness(leader, True))
+    assert sim.core(follower).quiescent
+    sim.run_for(10_000)
+    assert {n: sim.term(n) for n in sim.node_ids} == terms

@@ -1,0 +1,204 @@
+"""Quiescence: an idle partition stops heartbeating and its followers stop their timers.
+
+Not in WARaft (issue 13; after CockroachDB's quiesced ranges and dragonboat's quiesce).
+
+Leader side (``leader_round``, run instead of a heartbeat round): when quiescence is enabled
+(``raft_quiesce_after_ms`` > 0), nothing is pending (commits, reads, applies, handover), every
+participant holds the whole log, everything is committed and applied, no participant's node is
+reported down, and nothing happened for ``raft_quiesce_after_ms``, the leader sends one round
+of empty ``AppendEntries(quiesce=True)``. Once every participant answered that round with
+``quiesced=True`` (and was sent nothing else since), the leader goes quiescent: it cancels its
+heartbeat timeout and sends nothing until woken.
+
+Follower side (``follower_ack``): a follower or witness that accepted a quiesce round holding
+the leader's whole log, with everything committed, and whose leader's node is reported up,
+goes quiescent: it cancels its election timeout and answers ``quiesced=True``.
+
+Waking (``before_event``): every event or message for the partition wakes it — a command, a
+read, a config change, a vote, any RPC — except a ``NodeLiveness`` report, which wakes a
+follower only when its leader's node went down and a leader only when a participant's node
+changed. A woken leader replicates at once (so a strong read confirms leadership with a
+round: a quiescent leader's lease has run out); a woken follower re-arms its election timer,
+so a dead leader is replaced within the detector's delay plus one election timeout.
+
+Safety does not depend on any of this: quiescence only withholds timers, never changes terms,
+votes, logs or commit indices.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from waraft.core import commit, config, replication
+from waraft.core.effects import CancelTimeout
+from waraft.core.events import Event, NodeLiveness, Timeout
+from waraft.core.rpc import AppendEntries, AppendEntriesResponse, RaftRpc
+from waraft.core.types import Identity, State
+
+if TYPE_CHECKING:
+    from waraft.core.replica import Replica
+
+
+def enabled(core: Replica) -> bool:
+    return core.settings.raft_quiesce_after_ms > 0
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def before_event(core: Replica, event: Event) -> bool:
+    """Run ahead of every event; ``False`` means the event is consumed here.
+
+    Records node liveness, wakes a quiescent replica, and notes leader activity.
+    """
+    if type(event) is NodeLiveness:
+        on_node_liveness(core, event)
+        return False
+    if type(event) is RaftRpc:
+        payload = event.payload
+        # A response to an empty round is not traffic; anything else is.
+        if not (
+            type(payload) is AppendEntriesResponse and payload.match_index == core.commit_index
+        ):
+            core.quiet_since = core.now
+    elif type(event) is not Timeout:
+        core.quiet_since = core.now
+    elif core.quiescent:
+        return False  # a firing of the timer we cancelled: the shell should have dropped it
+    core.woken_by_leader_down = False  # traffic: a leader-node-up no longer re-quiesces
+    if core.quiescent:
+        wake(core, "event")
+    return True
+
+
+def on_node_liveness(core: Replica, event: NodeLiveness) -> None:
+    """Track which nodes the detector reports down; wake when it concerns this partition."""
+    node = event.node
+    if event.up:
+        if node not in core.down_nodes:
+            return
+        core.down_nodes.discard(node)
+    else:
+        if node in core.down_nodes:
+            return
+        core.down_nodes.add(node)
+    state = core.state
+    if state is State.LEADER:
+        if any(p.node == node for p in config.participants(core.current_config())):
+            core.quiesce_acks.discard(node)
+            core.quiet_since = core.now
+            if core.quiescent:
+                wake(core, "node_up" if event.up else "node_down")
+    elif core.quiescent and not event.up:
+        leader = core.leader
+        if leader is None or leader.node == node:
+            wake(core, "leader_node_down")
+            core.woken_by_leader_down = True
+    elif event.up and core.woken_by_leader_down and state in (State.FOLLOWER, State.WITNESS):
+        # The leader's node answers again and nothing happened meanwhile: a flap of the
+        # detector. The leader is still quiescent and will not heartbeat, so a running
+        # timer would end in a needless election; go back to sleep instead.
+        leader = core.leader
+        if leader is not None and leader.node == node:
+            core.woken_by_leader_down = False
+            core.quiescent = True
+            core.count("quiesce.follower.resume")
+            core.emit(CancelTimeout())
+
+
+def wake(core: Replica, why: str) -> None:
+    """Leave quiescence: a leader replicates now, a follower re-arms its election timer."""
+    core.quiescent = False
+    core.quiesce_acks.clear()
+    core.count(("quiesce.wake", why))
+    core.log_notice("wakes from quiescence (%s)", why)
+    if core.state is State.LEADER:
+        # A round now, without the check-quorum test: the quorum was silent because we were,
+        # and the next heartbeat timeout judges the answers to this round.
+        core.quiesce_woken_ts = core.now
+        replication.commit_and_replicate(core)
+        core.heartbeat_timeout()
+    else:
+        # last_quorum_ts stays as old as the last round: a woken follower does not refuse
+        # votes for leader stickiness, so a peer that saw the leader's node die first is not
+        # held back by one that has not noticed yet (that would cost an election timeout).
+        core.election_timeout()
+
+
+def reset(core: Replica) -> None:
+    """A state change ends quiescence (the new state's enter arms its own timer)."""
+    core.quiescent = False
+    core.woken_by_leader_down = False
+    core.quiesce_woken_ts = None
+    core.quiesce_acks.clear()
+    core.quiet_since = core.now
+
+
+# -- leader ------------------------------------------------------------------------------------
+
+
+def _leader_idle(core: Replica) -> bool:
+    if core.handover is not None or core.pending_read or core.held_reads or core.queued:
+        return False
+    if commit.has_pending_commits(core) or core.batch_deadline is not None:
+        return False
+    last = core.log.last_index()
+    if core.commit_index != last or core.last_applied != last:
+        return False
+    if core.queues.apply_queue_size() > 0:
+        return False
+    down = core.down_nodes
+    match = core.match_indices
+    self_id = core.self_id
+    for peer in config.participants(core.current_config()):
+        if peer == self_id:
+            continue
+        if peer.node in down or match.get(peer.node) != last:
+            return False
+    return core.now - core.quiet_since >= core.settings.raft_quiesce_after_ms
+
+
+def leader_round(core: Replica) -> bool:
+    """At a heartbeat timeout: quiesce, send the quiesce round, or ``False`` for a normal round."""
+    if not enabled(core) or replication.leader_eligible(core) != "eligible":
+        return False
+    if not _leader_idle(core):
+        core.quiesce_acks.clear()
+        return False
+    self_id = core.self_id
+    peers = [p for p in config.participants(core.current_config()) if p != self_id]
+    acks = core.quiesce_acks
+    if all(p.node in acks for p in peers):
+        core.quiescent = True
+        core.count("quiesce.leader")
+        core.log_notice("quiesces at %d", core.commit_index)
+        core.emit(CancelTimeout())
+        return True
+    cfg = core.current_config()
+    for peer in peers:
+        if peer.node not in acks:
+            replication.replicate_to_peer(core, peer, cfg, quiesce=True)
+    core.heartbeat_timeout()
+    return True
+
+
+def leader_ack(core: Replica, sender: Identity, response: AppendEntriesResponse) -> None:
+    """Count a follower's answer to the quiesce round."""
+    if response.quiesced and response.match_index == core.log.last_index():
+        core.quiesce_acks.add(sender.node)
+
+
+# -- follower / witness -----------------------------------------------------------------------
+
+
+def follower_ack(core: Replica, leader: Identity, request: AppendEntries, match: int) -> bool:
+    """After accepting ``request``: go quiescent if it is a quiesce round we fully hold."""
+    if not (request.quiesce and enabled(core)):
+        return False
+    if request.entries or match != request.prev_log_index or core.commit_index != match:
+        return False
+    if request.commit_index != match or leader.node in core.down_nodes:
+        return False
+    core.quiescent = True
+    core.count("quiesce.follower")
+    return True

@@ -1,0 +1,131 @@
+"""Coalesced heartbeats (issue 13): one frame per peer node per window, not one per partition.
+
+Every partition leader heartbeats every follower; with P partitions led towards a node that is
+P small frames per heartbeat interval, and as many responses. The partition server hands its
+*heartbeat-only* batches (empty ``AppendEntries`` and the success responses to them, see
+``is_heartbeat``) to this node-wide ``Coalescer`` instead of sending them; the coalescer waits
+``raft_coalesced_heartbeat_window_ms`` after the first one arrives, then sends everything
+gathered for a node as one ``("heartbeats", [(server_name, [wire_rpc, ...]), ...])`` cast to
+``raft_heartbeats`` on that node. There the distribution's receive thread hands the frame to
+``receive`` (an inline handler), which fans the RPCs out to the local partition servers as
+ordinary ``("rpcs", [...])`` casts. Responses travel back the same way.
+
+Entries and failed appends are never delayed: they carry data or recovery, and commit latency
+depends on them. Heartbeats lose nothing by waiting a few milliseconds (the election timeout is
+seconds), and a dropped frame is a dropped heartbeat, which Raft tolerates.
+
+Idle costs nothing: the flushing thread sleeps on a condition until something is queued, and
+a quiescent partition queues nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from waraft import distribution, otp
+from waraft.core.rpc import AppendEntries, AppendEntriesResponse, RaftRpc
+
+logger = logging.getLogger(__name__)
+
+INLINE_NAME: Final = "raft_heartbeats"
+FRAME_TAG: Final = "heartbeats"
+
+Send = Callable[[tuple[str, str], Any], Any]
+
+
+def is_heartbeat(rpc: RaftRpc) -> bool:
+    """An empty append (a heartbeat or commit-index update) or a success answer to one."""
+    payload = rpc.payload
+    if type(payload) is AppendEntries:
+        return not payload.entries
+    if type(payload) is AppendEntriesResponse:
+        return payload.success and payload.match_index == payload.prev_log_index
+    return False
+
+
+class Coalescer:
+    """Gathers heartbeat wires per destination node and sends one frame per node per window."""
+
+    def __init__(self, window_ms: int, send: Send | None = None) -> None:
+        self.window = max(0, window_ms) / 1000.0
+        self._send: Send = send or distribution.cast
+        self._cond = threading.Condition()
+        self._pending: dict[str, list[tuple[str, list[Any]]]] = {}
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.frames = 0
+        self.rpcs = 0
+
+    def add(self, node: str, name: str, wires: list[Any]) -> None:
+        """Queue ``wires`` for server ``name`` on ``node``; never blocks on the network."""
+        with self._cond:
+            self._pending.setdefault(node, []).append((name, wires))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="raft_heartbeats", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def flush(self) -> None:
+        """Send everything queued now (one frame per node)."""
+        with self._cond:
+            batch, self._pending = self._pending, {}
+        for node, items in batch.items():
+            self.frames += 1
+            self.rpcs += sum(len(wires) for _, wires in items)
+            try:
+                self._send((INLINE_NAME, node), (FRAME_TAG, items))
+            except Exception:
+                logger.exception("coalesced heartbeats to %s failed", node)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+            time.sleep(self.window)  # let the other partitions' heartbeats join the frame
+            self.flush()
+
+
+def receive(msg: Any) -> bool:
+    """Inline handler for ``raft_heartbeats``: fan a frame out to the local servers."""
+    if not (isinstance(msg, (list, tuple)) and len(msg) == 2 and msg[0] == FRAME_TAG):
+        return False
+    items: Sequence[Any] = msg[1] if isinstance(msg[1], (list, tuple)) else ()
+    for item in items:
+        if isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str):
+            otp.cast(item[0], ("rpcs", item[1]))
+    return True
+
+
+_lock = threading.Lock()
+_coalescer: Coalescer | None = None
+
+
+def coalescer(window_ms: int) -> Coalescer:
+    """This process's coalescer (created on first use with ``window_ms``)."""
+    global _coalescer
+    with _lock:
+        if _coalescer is None:
+            _coalescer = Coalescer(window_ms)
+        return _coalescer
+
+
+def install() -> None:
+    """Receive coalesced frames on this node (idempotent)."""
+    distribution.set_inline_handler(INLINE_NAME, receive)
