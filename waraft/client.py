@@ -392,6 +392,12 @@ class Client:
         self.reply_addr = (name, self._node.id)
         if self._remote:
             from waraft import distribution as dist
+            from waraft.distribution import policy
+
+            # The only thing nodes may send this client: the replies to its batches.
+            policy.allow(
+                name, casts={"client_reply": policy.MEMBER, "client_replies": policy.MEMBER}
+            )
 
             # Replies are handled in dist's receive thread: no hop to the receiver's thread.
             dist.set_inline_handler(name, self._on_cast)

@@ -98,6 +98,7 @@ def start(
     ping_interval: float = _DEFAULTS.ping_interval,
     down_after: float = _DEFAULTS.down_after,
     connect_timeout: float = _DEFAULTS.connect_timeout,
+    forget_after: float = _DEFAULTS.forget_after,
     settings: DistSettings | None = None,
 ) -> str:
     """Make this process the node ``node_id`` (``name@host:port``) and return its id.
@@ -121,6 +122,7 @@ def start(
             ping_interval=ping_interval,
             down_after=down_after,
             connect_timeout=connect_timeout,
+            forget_after=forget_after,
         )
     curve_config = None if curve is None else CurveConfig.coerce(curve)
     with _lock:

@@ -121,6 +121,11 @@ class Liveness(threading.Thread):
                 peer.rx_seen = peer.rx
                 peer.last_rx = now
             probe = self._probes.get(peer.node_id)
+            if probe is not None and probe.peer is not peer:
+                # The node was forgotten and came back as a new entry: a new probe for it.
+                self._close_probe(peer.node_id, probe)
+                dist.outbound.close_peer(peer.node_id)
+                probe = None
             if probe is None:
                 self._open_probe(peer)
                 continue
@@ -138,10 +143,32 @@ class Liveness(threading.Thread):
                 self._ping(probe, now)
         if now >= self._next_reap:
             self._next_reap = now + REAP_EVERY
+            self._forget(now)
             dist.expire_requests(now)
             reaped = dist.outbound.reap_dead_threads()
             if reaped:
                 self.counts["links_reaped"] = self.counts.get("links_reaped", 0) + reaped
+
+    def _forget(self, now: float) -> None:
+        """Release everything held for peers down longer than ``forget_after`` (and for peers
+        evicted from a full table): the entry, the probe and every thread's link."""
+        dist = self._dist
+        for peer in dist.peers.expire(now, dist.settings.forget_after):
+            logger.info("forgetting node %s (down for %.0f s)", peer.node_id, now - peer.since)
+        for node_id, probe in list(self._probes.items()):
+            if probe.peer.forgotten:
+                self._close_probe(node_id, probe)
+                closed = dist.outbound.close_peer(node_id)
+                self.counts["peers_forgotten"] = self.counts.get("peers_forgotten", 0) + 1
+                if closed:
+                    self.counts["links_closed"] = self.counts.get("links_closed", 0) + closed
+
+    def _close_probe(self, node_id: str, probe: _Probe) -> None:
+        del self._probes[node_id]
+        self._by_monitor.pop(probe.monitor, None)
+        self._poller.unregister(probe.monitor)
+        probe.sock.close(linger=0)
+        probe.monitor.close(linger=0)
 
     # ------------------------------------------------------------------ probes
     def _open_probe(self, peer: Peer) -> None:

@@ -6,6 +6,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from waraft.distribution.policy import RIGHTS
+
 MiB = 1024 * 1024
 
 
@@ -46,6 +48,12 @@ class CurveConfig:
     def server_key_for(self, node_id: str) -> bytes:
         """The public key to expect from ``node_id``'s ROUTER."""
         return _key(self.server_keys.get(node_id, self.public_key))
+
+    def rights_for(self, node_id: str, user_id: str | None) -> frozenset[str] | None:
+        """The rights of a connection that authenticated as ``user_id`` (what the ZAP handler
+        answered for its key) and claims ``node_id``; None if that key may not claim it.
+        Keys of this older, member-only form all carry every right."""
+        return RIGHTS
 
     def client_allowed(self, public_key_z85: bytes) -> bool:
         """Whether a client presenting this (Z85) public key may connect."""
@@ -97,6 +105,18 @@ class DistSettings:
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 1000
 
+    forget_after: float = 30.0
+    """A peer down for this long is forgotten: its entry, its probe and every socket opened
+    towards it are released (a client or CLI process that went away, or a made-up id a packet
+    named). Known peers come back on their next contact."""
+
+    admin_rate_per_sender: float = 50.0
+    """Rate-limited remote calls (status and admin verbs) per second from one node; the burst
+    is twice this. Raft, transport and client traffic are never rate limited."""
+
+    admin_rate_per_node: float = 200.0
+    """Rate-limited remote calls per second from all nodes together (burst twice this)."""
+
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1024:
             raise ValueError("max_frame_bytes must be at least 1024")
@@ -106,3 +126,7 @@ class DistSettings:
             raise ValueError("need 0 < ping_interval < down_after")
         if self.connect_timeout <= 0:
             raise ValueError("connect_timeout must be positive")
+        if self.forget_after <= 0:
+            raise ValueError("forget_after must be positive")
+        if self.admin_rate_per_sender <= 0 or self.admin_rate_per_node <= 0:
+            raise ValueError("admin rate limits must be positive")
