@@ -22,10 +22,22 @@ class Attacker:
     go to the address a routing id names), so an attacker on the node's host can read them.
     """
 
-    def __init__(self, ctx: zmq.Context[Any], node_id: str, name: str = "evil") -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        node_id: str,
+        name: str = "evil",
+        curve: tuple[bytes, bytes, bytes] | None = None,
+    ) -> None:
+        """``curve``: (public key, secret key, the node's public key) to connect with CURVE."""
         self.ctx = ctx
+        self.curve = curve
         self.inbox = ctx.socket(zmq.ROUTER)
         self.inbox.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            self.inbox.setsockopt(zmq.CURVE_SERVER, 1)
+            self.inbox.setsockopt(zmq.CURVE_PUBLICKEY, curve[0])
+            self.inbox.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
         port = self.inbox.bind_to_random_port("tcp://127.0.0.1")
         self.node_id = f"{name}@127.0.0.1:{port}"
         self.target = node_id
@@ -35,6 +47,10 @@ class Attacker:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, f"{claimed}/a{next(_refs)}".encode())
+        if self.curve is not None:
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self.curve[0])
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self.curve[1])
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.curve[2])
         sock.connect("tcp://" + self.target.partition("@")[2])
         return sock
 

@@ -250,20 +250,25 @@ class Liveness(threading.Thread):
         request_id = frames[1] if len(frames) > 1 else b""
         mechanism = frames[5] if len(frames) > 5 else b""
         curve = self._dist.curve
-        allowed = (
-            curve is not None
+        user = (
+            curve.user_for(z85.encode(frames[6]))
+            if curve is not None
             and mechanism == b"CURVE"
             and len(frames) >= 7
             and len(frames[6]) == 32
-            and curve.client_allowed(z85.encode(frames[6]))
+            else None
         )
-        if not allowed:
+        if user is None:
             self._count("auth_denied")
             logger.warning(
                 "refused a %s client (key not allowed)", mechanism.decode(errors="replace")
             )
-        status = (b"200", b"OK") if allowed else (b"400", b"key not allowed")
-        zap.send_multipart([b"1.0", request_id, *status, b"", b""])
+            status = (b"400", b"key not allowed")
+        else:
+            status = (b"200", b"OK")
+        # The User-Id (role and key name) rides on every message of the connection: the
+        # receive thread reads it to bind the connection's node id and rights to its key.
+        zap.send_multipart([b"1.0", request_id, *status, (user or "").encode(), b""])
 
     # ------------------------------------------------------------------ shutdown
     def _close(self) -> None:

@@ -76,6 +76,8 @@ class Receiver(threading.Thread):
         dist.counters.add_dict(self.counts)
         self._senders: dict[bytes, _Conn] = {}
         self._hosts: dict[str, frozenset[str]] = {}
+        rate = dist.settings.new_peers_per_s
+        self._new_peers = policy.TokenBucket(rate, 2 * rate)
         self._limiter = policy.RateLimiter(
             dist.settings.admin_rate_per_sender, dist.settings.admin_rate_per_node
         )
@@ -158,6 +160,9 @@ class Receiver(threading.Thread):
         rights = self._rights(node_id, head)
         if rights is None:
             self._count("rx_wrong_key")
+            return None
+        if node_id not in self._dist.peers.by_id and not self._new_peers.take(time.monotonic()):
+            self._count("rx_new_peer_limited")
             return None
         try:
             peer = self._dist.peers.get(node_id)
