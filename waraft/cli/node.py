@@ -46,6 +46,11 @@ from waraft.cli.common import UsageError
 
 logger = logging.getLogger(__name__)
 
+NODE_DEFAULT_SETTINGS: dict[str, Any] = {"raft_election_pre_vote": True}
+"""Where ``waraft node`` departs from WARaft's defaults (a ``--set`` or TOML value wins):
+pre-vote, so that a member that restarts or was cut off cannot depose a healthy leader by
+bumping the term (Raft thesis §9.6)."""
+
 DURABLE_LOG = "waraft.log.disk:DiskLog"
 DURABLE_STORAGE = "waraft.storage.lmdb:LmdbStorage"
 MEMORY_LOG = "waraft.log.memory:MemoryLog"
@@ -293,7 +298,7 @@ class NodeRuntime:
         env.set_env(
             app, "raft_storage_module", MEMORY_STORAGE if config.memory else DURABLE_STORAGE
         )
-        common.apply_settings(app, config.settings)
+        common.apply_settings(app, {**NODE_DEFAULT_SETTINGS, **config.settings})
         _ensure_app_services()
         from waraft.cli import admin
 
