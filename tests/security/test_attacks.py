@@ -237,7 +237,7 @@ def test_made_up_ids_expire_and_never_lock_anyone_out(
         sock.close(linger=500)
     time.sleep(1.0)
     # Beyond a rate, unknown ids are not even looked at (they would cost sockets).
-    assert stats(cluster, target).get("rx_new_peer_limited", 0) > 500
+    assert stats(cluster, target).get("rx_new_peer_limited", 0) > 100
     # A newcomer (a new client, a new CLI process) is answered despite the flood.
     fresh = Attacker(ctx, target, name="newcomer")
     deadline = time.monotonic() + 15

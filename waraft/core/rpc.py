@@ -13,7 +13,6 @@ through msgpack.
 
 from __future__ import annotations
 
-import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final, TypeAlias
@@ -28,19 +27,33 @@ a peer announcing 2**64 - 1 would leave a server that can never persist its next
 bound is far above anything an honest cluster reaches (2**62 elections at one per millisecond
 take 146 million years) and leaves room to count up from it."""
 
-_short = reprlib.Repr()
-_short.maxlevel = 3
-_short.maxstring = 60
-_short.maxother = 60
+_REPR_DEPTH: Final = 3
+_REPR_ITEMS: Final = 6
+_REPR_CHARS: Final = 80
 
 
-def short_repr(value: Any) -> str:
+def short_repr(value: Any, _depth: int = 0) -> str:
     """A bounded ``repr`` for error messages about wire data: never deep, never long, never
     raising (a peer's value may be nested 30 levels or be megabytes long)."""
     try:
-        return _short.repr(value)
+        if isinstance(value, dict):
+            if _depth >= _REPR_DEPTH:
+                return "{...}"
+            shown = [
+                f"{short_repr(k, _depth + 1)}: {short_repr(v, _depth + 1)}"
+                for k, v in list(value.items())[:_REPR_ITEMS]
+            ]
+            text = "{" + ", ".join(shown + ["..."] * (len(value) > _REPR_ITEMS)) + "}"
+        elif isinstance(value, (list, tuple)):
+            if _depth >= _REPR_DEPTH:
+                return "[...]"
+            shown = [short_repr(v, _depth + 1) for v in value[:_REPR_ITEMS]]
+            text = "[" + ", ".join(shown + ["..."] * (len(value) > _REPR_ITEMS)) + "]"
+        else:
+            text = repr(value)
     except Exception:  # a repr that fails must not turn a dropped RPC into a crash
         return f"<{type(value).__name__}>"
+    return text if len(text) <= _REPR_CHARS else text[: _REPR_CHARS - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)

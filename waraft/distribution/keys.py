@@ -74,7 +74,10 @@ def create(
             "public_key": public.decode(),
             "secret_key": secret.decode(),
         }
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise KeysError(f"{path} exists already: keys are never overwritten") from None
         with os.fdopen(fd, "w") as fh:
             json.dump(record, fh, indent=1)
         written.append(path)
