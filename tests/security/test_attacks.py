@@ -26,6 +26,13 @@ from waraft.partition import server
 
 TABLE = "kv"
 SERVER = "raft_server_kv_1"
+# Elections slow enough that a loaded 2-core machine does not hold one by itself: any change
+# of term or leader during a test is then the attack's doing.
+CALM = {
+    "raft_election_timeout_ms": 1500,
+    "raft_election_timeout_ms_max": 3000,
+    "raft_heartbeat_interval_ms": 100,
+}
 FORGET_AFTER = 2.0
 
 
@@ -34,7 +41,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, dist_node: str) -> Iterato
     root = tmp_path_factory.mktemp("attacks")
     conf = root / "dist.toml"
     conf.write_text(f"[dist]\nforget_after = {FORGET_AFTER}\n")
-    cluster = Cluster(root, 3, table=TABLE, partitions=(1,))
+    cluster = Cluster(root, 3, table=TABLE, partitions=(1,), settings=CALM)
     for node in cluster.nodes:
         node.extra += ["--config", str(conf)]
     try:

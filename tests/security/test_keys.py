@@ -26,6 +26,13 @@ from waraft.partition import server
 
 TABLE = "kv"
 SERVER = "raft_server_kv_1"
+# Elections slow enough that a loaded 2-core machine does not hold one by itself: any change
+# of term or leader during a test is then the attack's doing.
+CALM = {
+    "raft_election_timeout_ms": 1500,
+    "raft_election_timeout_ms_max": 3000,
+    "raft_heartbeat_interval_ms": 100,
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, key_dir: Path) -> Iterator
         connect_timeout=0.8,
     )
     assert node_id
-    cluster = Cluster(tmp_path_factory.mktemp("secure"), 3, partitions=(1,), keys=str(key_dir))
+    cluster = Cluster(
+        tmp_path_factory.mktemp("secure"), 3, partitions=(1,), settings=CALM, keys=str(key_dir)
+    )
     try:
         cluster.start()
         cluster.bootstrap()

@@ -145,7 +145,12 @@ def _check_dist(dist: dict[str, Any]) -> None:
             continue
         if key not in known:
             raise UsageError(f"unknown [dist] option {key!r}")
-        if type(value) not in (int, float) or (type(known[key]) is int and type(value) is not int):
+        if type(known[key]) is bool:
+            if type(value) is not bool:
+                raise UsageError(f"[dist] {key} must be true or false, got {value!r}"[:100])
+        elif type(value) not in (int, float) or (
+            type(known[key]) is int and type(value) is not int
+        ):
             raise UsageError(f"[dist] {key} must be a number, got {value!r}"[:100])
     try:
         DistSettings(**{k: v for k, v in dist.items() if k != "curve"})

@@ -154,6 +154,12 @@ class DistSettings:
     towards it are released (a client or CLI process that went away, or a made-up id a packet
     named). Known peers come back on their next contact."""
 
+    check_peer_host: bool = True
+    """A routing id must name a node on the host its connection comes from (replies and pings
+    go to the address a node id names, so this keeps a packet from making this node dial a
+    third address). Turn off only where addresses are translated (NAT) and peers' source
+    addresses differ from the hosts in their node ids; use keys then."""
+
     new_peers_per_s: float = 50.0
     """Unknown node ids accepted per second (burst twice this). Every new peer costs sockets
     and a probe; a flood of made-up ids is dropped beyond this rate (``rx_new_peer_limited``)
