@@ -203,7 +203,10 @@ def test_deeply_nested_and_oversized_frames_change_nothing(
     for _ in range(1000):
         nested = [nested]
     evil.raw(b"\x94\x01\x00" + msgpack.packb(SERVER) + msgpack.packb(nested))
-    evil.raw(b"\x94\x01\x00" + msgpack.packb("raft_acceptor_kv_1") + msgpack.packb(nested))
+    # A client batch (client traffic is walked for depth) and an admin call.
+    batch = ["client_batch", [SERVER, evil.node_id], 1, "commit", [[1, ["k", nested]]], "high"]
+    evil.raw(b"\x94\x01\x00" + msgpack.packb("raft_acceptor_kv_1") + msgpack.packb(batch))
+    evil.call("waraft_admin", ("leaders", nested))
     # Below the depth limit, but a malformed RPC whose repr would be deep if logged.
     shallow: Any = 0
     for _ in range(25):
@@ -211,6 +214,7 @@ def test_deeply_nested_and_oversized_frames_change_nothing(
     evil.cast(SERVER, ("rpcs", [["append_entries", 1, SERVER, evil.node_id, shallow]]))
     evil.cast(SERVER, ("rpcs", shallow))
     wait_until(lambda: stats(cluster, target).get("rx_too_deep", 0) >= deep_before + 2, timeout=5)
+    assert any(a[1] == envelope.Kind.FAIL and a[3] == "too_deep" for a in evil.answers())
     unharmed(cluster, client, before)
     evil.close()
 

@@ -166,13 +166,23 @@ def too_deep(obj: Any, limit: int) -> bool:
     return False
 
 
-def decode(frame: bytes, max_bytes: int) -> tuple[Any, ...]:
+def is_deep(frame: bytes, value: Any) -> bool:
+    """Whether ``value`` (the message decoded from ``frame``) nests deeper than the
+    :data:`MAX_DEPTH` a frame allows (the envelope being one level). C-speed for frames with
+    few containers; a walk of ``value`` otherwise (about 2.5 times a decode)."""
+    if len(frame.translate(None, _NOT_CONTAINER)) <= MAX_DEPTH:
+        return False
+    return too_deep(value, MAX_DEPTH - 1)
+
+
+def decode(frame: bytes, max_bytes: int, check_depth: bool = True) -> tuple[Any, ...]:
     """Check and decode one frame into its array (a tuple).
 
     The size and the version are checked before anything is decoded. Raises
     :class:`FrameError` with counter ``"rx_oversized"``, ``"rx_bad_version"``,
     ``"rx_malformed"``, ``"rx_too_deep"`` (nested deeper than :data:`MAX_DEPTH`) or
-    ``"rx_unknown_kind"``.
+    ``"rx_unknown_kind"``. ``check_depth=False`` leaves the depth to the caller
+    (:func:`is_deep`): the receive thread checks it only where it matters, after admission.
     """
     size = len(frame)
     if size > max_bytes:
@@ -185,7 +195,7 @@ def decode(frame: bytes, max_bytes: int) -> tuple[Any, ...]:
         obj = codec.unpackb(frame)
     except codec.CodecError as exc:
         raise FrameError("rx_malformed", str(exc)) from None
-    if len(frame.translate(None, _NOT_CONTAINER)) > MAX_DEPTH and too_deep(obj, MAX_DEPTH):
+    if check_depth and is_deep(frame, obj):
         raise FrameError("rx_too_deep", f"nested deeper than {MAX_DEPTH} levels")
     # The header bytes promise a tuple of at least 3 elements with VERSION first.
     kind = obj[1]

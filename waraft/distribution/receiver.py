@@ -49,6 +49,7 @@ _MAX_SENDER_CACHE = 65536
 _MAX_HOST_CACHE = 1024
 REFUSED = "refused"
 RATE_LIMITED = "rate_limited"
+TOO_DEEP = "too_deep"
 
 
 class _Conn:
@@ -226,7 +227,7 @@ class Receiver(threading.Thread):
         counts["rx_msgs"] += 1
         counts["rx_bytes"] += len(frame)
         try:
-            obj = envelope.decode(frame, self._max_bytes)
+            obj = envelope.decode(frame, self._max_bytes, check_depth=False)
         except FrameError as exc:
             self._count(exc.counter)
             logger.debug("dropped a frame from %s: %s", peer.node_id, exc)
@@ -237,7 +238,7 @@ class Receiver(threading.Thread):
             dist.peers.set_state(peer, PeerState.UP)
         kind = obj[1]
         if kind == Kind.CAST or kind == Kind.INFO:
-            if self._admit(conn.sender, obj[2], False, obj[3]) is not True:
+            if self._admit(conn.sender, obj[2], False, obj[3], frame) is not True:
                 return
             if kind == Kind.CAST:
                 fast = inline._handlers.get(obj[2]) if inline._handlers else None
@@ -247,18 +248,30 @@ class Receiver(threading.Thread):
             else:
                 self._deliver(obj[2], obj[3], messaging.send)
         elif kind == Kind.REPLY:
-            dist.complete_call(obj[2], True, obj[3], peer.node_id)
+            if not self._deep(frame, obj[3]):
+                dist.complete_call(obj[2], True, obj[3], peer.node_id)
         elif kind == Kind.CALL:
-            self._call(peer, conn.sender, obj[2], obj[3], obj[4])
+            self._call(peer, conn.sender, obj[2], obj[3], obj[4], frame)
         elif kind == Kind.FAIL:
-            dist.complete_call(obj[2], False, obj[3], peer.node_id)
+            if not self._deep(frame, obj[3]):
+                dist.complete_call(obj[2], False, obj[3], peer.node_id)
         elif kind == Kind.PING:
             dist.transmit_to(peer, envelope.pong_frame(obj[2]))  # (faults apply to pongs too)
         else:  # PONG
             self._pong(peer, obj[2])
 
-    def _admit(self, sender: Sender, name: str, call: bool, msg: Any) -> bool | str:
-        """True if ``msg`` may go to ``name``; else the reason (counted)."""
+    def _deep(self, frame: bytes, value: Any) -> bool:
+        if envelope.is_deep(frame, value):
+            self._count("rx_too_deep")
+            return True
+        return False
+
+    def _admit(self, sender: Sender, name: str, call: bool, msg: Any, frame: bytes) -> bool | str:
+        """True if ``msg`` may go to ``name``; else the reason (counted).
+
+        The nesting depth is checked here, after admission, and not for members' traffic
+        (Raft RPCs, whose shapes the server checks): walking a 1000-entry AppendEntries would
+        cost more than decoding it. Everything from clients and admins is checked."""
         rule = policy.rule_for(name, call, msg)
         if not policy.admits(rule, sender, msg):
             self._count("rx_refused")
@@ -268,6 +281,8 @@ class Receiver(threading.Thread):
         if rule.limited and not self._limiter.take(sender.node_id):
             self._count("rx_rate_limited")
             return RATE_LIMITED
+        if rule.right != policy.MEMBER and self._deep(frame, msg):
+            return TOO_DEEP
         return True
 
     def _deliver(self, name: str, msg: Any, fn: Any) -> None:
@@ -277,9 +292,11 @@ class Receiver(threading.Thread):
             return
         fn(pid, msg)
 
-    def _call(self, peer: Peer, sender: Sender, name: str, ref: int, request: Any) -> None:
+    def _call(
+        self, peer: Peer, sender: Sender, name: str, ref: int, request: Any, frame: bytes
+    ) -> None:
         handle = RemoteReplyTo(self._dist, peer, ref)
-        verdict = self._admit(sender, name, True, request)
+        verdict = self._admit(sender, name, True, request, frame)
         if verdict is not True:
             handle.fail(verdict)
             return
