@@ -100,16 +100,27 @@ def print_status(node_ids: list[str]) -> None:
 
 def run(root: Path) -> None:
     from waraft.cli import common, ops
+    from waraft.distribution import keys
 
-    cluster = LocalCluster(root, 3, base_port=0, settings=SETTINGS, dist=DIST)
+    # Secure by default: every node, and this process, connects with a key of the cluster
+    # (`waraft keys create DIR --nodes n1,n2,n3`); this process acts as the admin.
+    key_dir = root / "keys"
+    keys.create(key_dir, ["n1", "n2", "n3"])
+    cluster = LocalCluster(root, 3, base_port=0, settings=SETTINGS, dist=DIST, keys=key_dir)
     try:
-        step("1. Start 3 node processes (durable: DiskLog + SqliteStorage)")
-        say(f"data under {root}")
+        step("1. Start 3 node processes (durable: DiskLog + SqliteStorage, CURVE keys)")
+        say(f"data under {root}, keys in {key_dir}")
         cluster.start()
         for node in cluster.nodes:
             say(f"{node.name} is {node.node_id} (pid {node.pid})")
         ids = cluster.node_ids
-        with common.client_node(ids, **DIST, connect_timeout=DIST["down_after"]):
+        with common.client_node(
+            ids,
+            keys=str(key_dir),
+            key_name="admin",
+            **DIST,
+            connect_timeout=DIST["down_after"],
+        ):
             _scenario(cluster, ids, ops)
     finally:
         step("8. Stop everything")

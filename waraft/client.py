@@ -317,7 +317,9 @@ class Client:
     instead of over ``waraft.distribution`` (tests). ``host``: the address this client's node
     listens on (default: the local address on the route to the first node). ``dist_options``: extra
     keyword arguments for ``waraft.distribution.start``. ``pack``: send a frame's commits as one
-    ``$batch`` log entry (see Packing above).
+    ``$batch`` log entry (see Packing above). ``keys``: the cluster's key directory (``waraft
+    keys create``); the client then connects with identity ``key_name`` of it (a client key
+    reaches commits, reads and read-only status).
     """
 
     def __init__(
@@ -337,6 +339,8 @@ class Client:
         node: otp.Node | None = None,
         dist_options: dict[str, Any] | None = None,
         discover: bool = True,
+        keys: str | None = None,
+        key_name: str = "client",
     ) -> None:
         if not nodes:
             raise ValueError("a client needs at least one node id")
@@ -357,6 +361,8 @@ class Client:
         self.max_retries = max_retries
         self.priority = priority
         self.pack = pack
+        self._keys = keys  # a key directory (waraft keys create); used with identity key_name
+        self._key_name = key_name
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._ready: list[_Request] = []
@@ -392,6 +398,12 @@ class Client:
         self.reply_addr = (name, self._node.id)
         if self._remote:
             from waraft import distribution as dist
+            from waraft.distribution import policy
+
+            # The only thing nodes may send this client: the replies to its batches.
+            policy.allow(
+                name, casts={"client_reply": policy.MEMBER, "client_replies": policy.MEMBER}
+            )
 
             # Replies are handled in dist's receive thread: no hop to the receiver's thread.
             dist.set_inline_handler(name, self._on_cast)
@@ -404,10 +416,16 @@ class Client:
 
     def _start_dist(self, host: str | None, options: dict[str, Any]) -> otp.Node:
         from waraft import distribution as dist
+        from waraft.distribution import keys
 
         if not dist.is_started():
             host = host or local_address_for(self.nodes[0])
-            dist.start(f"client{os.getpid()}x{random.randrange(1 << 30):x}@{host}:0", **options)
+            name = f"client{os.getpid()}x{random.randrange(1 << 30):x}"
+            if self._keys is not None:
+                # Connect as the key's identity: the nodes accept only the cluster's keys.
+                options = {**options, "curve": keys.load(self._keys, self._key_name)}
+                name = keys.process_name(self._key_name, "client")
+            dist.start(f"{name}@{host}:0", **options)
             self._owns_dist = True
         return otp.node.default()
 

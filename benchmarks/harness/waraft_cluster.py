@@ -78,6 +78,8 @@ class WaraftCluster:
             "--table", TABLE,
             "--partitions", self.partition_list,
             "--log-level", self.log_level,
+            # Figures compare the protocol with other systems run without TLS: no CURVE.
+            "--insecure",
         )  # fmt: skip
         if not self.durable:
             argv.append("--memory")

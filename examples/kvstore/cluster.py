@@ -93,8 +93,10 @@ class LocalCluster:
         dist: dict[str, float] | None = None,
         table: str = TABLE,
         partitions: Sequence[int] = PARTITIONS,
+        keys: Path | None = None,
     ) -> None:
         self.root = Path(root).resolve()
+        self.keys = keys  # a key directory (waraft keys create); None: --insecure
         self.host = host
         self.table = table
         self.partitions = list(partitions)
@@ -162,6 +164,7 @@ class LocalCluster:
             "--ping-interval", str(self.dist["ping_interval"]),
             "--down-after", str(self.dist["down_after"]),
             "--allow-fault-injection",
+            *(("--keys", str(self.keys)) if self.keys is not None else ("--insecure",)),
         ]  # fmt: skip
         for key, value in self.settings.items():
             cmd += ["--set", f"{key}={json.dumps(value)}"]

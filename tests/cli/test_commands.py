@@ -143,7 +143,7 @@ def test_shell_reads_statements_from_stdin(cluster: Cluster, nodes: str) -> None
 
 def test_node_stops_cleanly_on_sigterm_and_sigint(tmp_path: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
-        node = NodeProcess(tmp_path, f"solo{int(sig)}", ["--partitions", "1"])
+        node = NodeProcess(tmp_path, f"solo{int(sig)}", ["--partitions", "1", "--insecure"])
         node.spawn()
         try:
             node_id = node.wait_ready()
@@ -160,7 +160,8 @@ def test_node_from_a_config_file_and_a_busy_port(tmp_path: Path) -> None:
     config = tmp_path / "n.toml"
     config.write_text(
         f'name = "cfg"\nlisten = "127.0.0.1:0"\ndata_dir = "{tmp_path / "data"}"\n'
-        'partitions = "1-2"\ntable = "t"\n[settings]\nraft_election_timeout_ms = 400\n'
+        'partitions = "1-2"\ntable = "t"\ninsecure = true\n'
+        "[settings]\nraft_election_timeout_ms = 400\n"
     )
     node = NodeProcess(tmp_path, "ignored", [])
     node.spawn = lambda: None  # type: ignore[method-assign]
@@ -173,7 +174,15 @@ def test_node_from_a_config_file_and_a_busy_port(tmp_path: Path) -> None:
         node_id = node.wait_ready()
         assert node_id.startswith("cfg@127.0.0.1:")
         assert (tmp_path / "data" / "t.1").is_dir() and (tmp_path / "data" / "t.2").is_dir()
-        busy = waraft("node", "--name", "other", "--listen", f"127.0.0.1:{node.port}", "--memory")
+        busy = waraft(
+            "node",
+            "--name",
+            "other",
+            "--listen",
+            f"127.0.0.1:{node.port}",
+            "--memory",
+            "--insecure",
+        )
         assert busy.returncode == 1 and "failed to start" in busy.stderr
     finally:
         node.kill()
@@ -181,7 +190,9 @@ def test_node_from_a_config_file_and_a_busy_port(tmp_path: Path) -> None:
 
 def test_shell_with_a_node_of_its_own() -> None:
     code = "print(bootstrap_cluster()); print(write('a', 1)); print(get('a')); status()"
-    done = waraft("shell", "--node", "sh@127.0.0.1:0", "--partitions", "1-2", "-c", code)
+    done = waraft(
+        "shell", "--node", "sh@127.0.0.1:0", "--partitions", "1-2", "--insecure", "-c", code
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[2].startswith("{1: 'sh@127.0.0.1:") and "ok" in lines

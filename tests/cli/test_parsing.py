@@ -87,6 +87,21 @@ def test_every_command_has_help(
         (["node", "--name", "n1", "--listen", "h:1", "--memory", "--table", "bad table"],
          "table"),
         (["node", "--config", "/nonexistent/x.toml"], "cannot read config file"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory"], "--insecure"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--insecure",
+          "--set", "raft_election_timeout_ms=soon"], "raft_election_timeout_ms must be an integer"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--insecure",
+          "--set", "raft_election_timeout_ms=0"], "between 1 and"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--insecure",
+          "--set", "raft_election_pre_vote=1"], "true or false"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--insecure",
+          "--set", "raft_heartbeat_interval_ms=99999"], "must be below"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--insecure",
+          "--down-after", "-1"], "positive"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--keys", "/nonexistent"],
+         "cannot read"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--keys", "/x", "--insecure"],
+         "exclude each other"),
         (["status", "--nodes", "nonsense"], "not node ids"),
         (["bootstrap", "--nodes", "a@h:1", "--partitions", "x"], "partition list"),
         (["shell"], "--attach"),
@@ -122,6 +137,7 @@ def test_a_toml_file_gives_everything_and_flags_win(tmp_path: Path) -> None:
         table = "orders"
         partitions = [1, 2]
         app = "shop"
+        insecure = true
 
         [settings]
         raft_election_timeout_ms = 900
@@ -143,7 +159,8 @@ def test_a_toml_file_gives_everything_and_flags_win(tmp_path: Path) -> None:
 def test_a_node_table_and_advertised_host(tmp_path: Path) -> None:
     config = _config(
         tmp_path,
-        '[node]\nname = "n1"\nlisten = "0.0.0.0:7001"\nadvertise = "10.0.0.5"\nmemory = true\n',
+        '[node]\nname = "n1"\nlisten = "0.0.0.0:7001"\nadvertise = "10.0.0.5"\nmemory = true\n'
+        "insecure = true\n",
     )
     assert config.node_id() == "n1@10.0.0.5:7001"
     assert config.bind() == "tcp://0.0.0.0:7001"

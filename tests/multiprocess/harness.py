@@ -159,18 +159,24 @@ class Cluster:
         table: str = "kv",
         partitions: Sequence[int] = (1, 2, 3, 4),
         settings: dict[str, Any] | None = None,
+        keys: str | None = None,
     ) -> None:
+        """``keys``: a key directory with a node key per node name (n1, n2, ...); without
+        one the nodes run ``--insecure``."""
         self.root = root
         self.table = table
         self.partitions = list(partitions)
         extra = [
             "--table", table, "--partitions", ",".join(map(str, partitions)),
             "--ping-interval", str(PING), "--down-after", str(DOWN),
-            "--allow-fault-injection", "--log-level", "INFO",
+            "--allow-fault-injection", "--log-level", "INFO", *(() if keys else ("--insecure",)),
         ]  # fmt: skip
         for key, value in {**FAST_SETTINGS, **(settings or {})}.items():
             extra += ["--set", f"{key}={json.dumps(value)}"]
-        self.nodes = [NodeProcess(root, f"n{i}", extra) for i in range(1, size + 1)]
+        self.nodes = [
+            NodeProcess(root, f"n{i}", [*extra, *(("--keys", keys) if keys else ())])
+            for i in range(1, size + 1)
+        ]
 
     @property
     def ids(self) -> list[str]:

@@ -160,7 +160,7 @@ def test_fault_injection_is_refused_unless_allowed(
 ) -> None:
     from tests.multiprocess.harness import NodeProcess
 
-    node = NodeProcess(tmp_path_factory.mktemp("nofault"), "solo", ["--memory"])
+    node = NodeProcess(tmp_path_factory.mktemp("nofault"), "solo", ["--memory", "--insecure"])
     node.spawn()
     try:
         node_id = node.wait_ready()

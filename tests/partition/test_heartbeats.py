@@ -72,3 +72,23 @@ def test_receive_fans_out_to_local_servers() -> None:
         assert got == [("rpcs", [["w"]])]
     finally:
         node.stop()
+
+
+def test_a_coalesced_frame_carries_only_its_senders_rpcs_to_partition_servers() -> None:
+    from waraft.core.rpc import to_wire
+    from waraft.distribution import policy
+
+    me = policy.Sender("n2@h:2", frozenset({policy.MEMBER}))
+    own = to_wire(RaftRpc(3, Identity("raft_server_kv_1", "n2@h:2"), AppendEntries(4, 3, [], 4)))
+    forged = to_wire(RaftRpc(3, Identity("raft_server_kv_1", "n9@h:9"), AppendEntries(4, 3, [], 4)))
+    ok = ("heartbeats", [("raft_server_kv_1", [own])])
+    assert heartbeats._frame_from_sender(me, ok)
+    # another node's heartbeat, a non-server target (the fan-out is an unchecked local cast)
+    assert not heartbeats._frame_from_sender(me, ("heartbeats", [("raft_server_kv_1", [forged])]))
+    assert not heartbeats._frame_from_sender(me, ("heartbeats", [("kernel_sup", [own])]))
+    assert not heartbeats._frame_from_sender(me, ("heartbeats", "junk"))
+    heartbeats.install()
+    rule = policy.rule_for(heartbeats.INLINE_NAME, False, ok)
+    assert policy.admits(rule, me, ok)
+    outsider = policy.Sender("c1@h:3", frozenset({policy.CLIENT}))
+    assert not policy.admits(rule, outsider, ok)

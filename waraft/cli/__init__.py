@@ -35,7 +35,42 @@ def _parser() -> argparse.ArgumentParser:
     _add_bootstrap(sub)
     _add_status(sub)
     shell.add_parser(sub)
+    _add_keys(sub)
     return parser
+
+
+def _add_keys(sub: Any) -> None:
+    p = sub.add_parser(
+        "keys",
+        help="create a cluster's CURVE keys",
+        description="'waraft keys create DIR --nodes n1,n2,n3' writes one key file per node, "
+        "per client and per admin identity, and DIR/cluster.json with every public key. Give "
+        "each process its own key file and cluster.json; nodes run with --keys DIR, clients "
+        "and tools with --keys DIR --as NAME.",
+    )
+    p.add_argument("action", choices=["create"])
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--nodes", required=True, metavar="N1,N2,...", help="node names (--name)")
+    p.add_argument("--clients", default="client", metavar="C1,...", help="default: %(default)s")
+    p.add_argument("--admins", default="admin", metavar="A1,...", help="default: %(default)s")
+    p.set_defaults(func=_keys)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from waraft.distribution import keys
+
+    def names(text: str) -> list[str]:
+        return [n.strip() for n in text.split(",") if n.strip()]
+
+    try:
+        written = keys.create(
+            args.directory, names(args.nodes), names(args.clients), names(args.admins)
+        )
+    except keys.KeysError as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        print(path)
+    return EXIT_OK
 
 
 def _add_bootstrap(sub: Any) -> None:
@@ -55,6 +90,7 @@ def _add_bootstrap(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     common.dist_args(p)
+    common.key_args(p, "admin")
     p.set_defaults(func=_bootstrap)
 
 
@@ -80,6 +116,7 @@ def _add_status(sub: Any) -> None:
     )
     p.add_argument("--count", type=int, help="with --watch: stop after this many redraws")
     common.dist_args(p)
+    common.key_args(p, "client")
     p.set_defaults(func=_status)
 
 
@@ -90,7 +127,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
     nodes = common.parse_nodes(args.nodes)
     partitions = common.parse_partitions(args.partitions)
     log = (lambda line: None) if args.json else print
-    with common.client_node(nodes, **common.dist_options(args)):
+    with common.client_node(
+        nodes, keys=args.keys, key_name=args.key_name, **common.dist_options(args)
+    ):
         results = ops.bootstrap_cluster(
             nodes,
             args.table,
@@ -125,7 +164,9 @@ def _status(args: argparse.Namespace) -> int:
     table = args.table if partitions or args.table != common.DEFAULT_TABLE else None
     if args.watch is not None and args.watch <= 0:
         raise UsageError("--watch needs a positive number of seconds")
-    with common.client_node(nodes, **common.dist_options(args)):
+    with common.client_node(
+        nodes, keys=args.keys, key_name=args.key_name, **common.dist_options(args)
+    ):
         if args.watch is not None:
             return _watch_status(args, nodes, table, partitions)
         rows = ops.collect_status(nodes, args.timeout, table, partitions)

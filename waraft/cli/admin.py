@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from waraft import __version__, otp
 from waraft.core.types import LogPos
+from waraft.distribution import policy
 from waraft.partition import part_sup, server
 from waraft.services import info
 
@@ -96,6 +97,16 @@ class NodeAdmin(otp.Process):
         self.app = app
         self.allow_faults = allow_faults
         self.started = time.monotonic()
+        read = policy.Rule(policy.CLIENT, limited=True)
+        write = policy.Rule(policy.ADMIN, limited=True)
+        policy.allow(
+            NAME,
+            calls={
+                **{verb: read for verb in ("ping", "partitions", "leaders", "status_all")},
+                **{verb: read for verb in ("dist_stats", "dist_peers")},
+                **{verb: write for verb in ("bootstrap", "set_fault", "clear_fault")},
+            },
+        )
 
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         if not isinstance(request, tuple) or not request or not isinstance(request[0], str):

@@ -136,6 +136,36 @@ def dist_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def key_args(parser: argparse.ArgumentParser, default_as: str) -> None:
+    """``--keys DIR`` / ``--as NAME`` / ``--insecure`` for the commands that talk to nodes."""
+    group = parser.add_argument_group("security")
+    group.add_argument(
+        "--keys", metavar="DIR", help="the cluster's key directory (made by 'waraft keys create')"
+    )
+    group.add_argument(
+        "--as",
+        dest="key_name",
+        default=default_as,
+        metavar="NAME",
+        help="which identity of DIR to use (default: %(default)s)",
+    )
+    group.add_argument(
+        "--insecure", action="store_true", help="no keys: no encryption, no authentication"
+    )
+
+
+def curve_for(keys: str | None, key_name: str, role: str | None = None) -> Any:
+    """The ``CurveConfig`` of identity ``key_name`` in ``keys`` (None without keys)."""
+    if keys is None:
+        return None
+    from waraft.distribution import keys as cluster_keys
+
+    try:
+        return cluster_keys.load(keys, key_name, role)
+    except cluster_keys.KeysError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def dist_options(args: argparse.Namespace) -> dict[str, Any]:
     """``distribution.start`` keyword arguments from ``--ping-interval`` / ``--down-after``."""
     options: dict[str, Any] = {}
@@ -156,8 +186,17 @@ def dist_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextmanager
-def client_node(nodes: Sequence[str], *, host: str | None = None, **dist_kw: Any) -> Iterator[str]:
+def client_node(
+    nodes: Sequence[str],
+    *,
+    host: str | None = None,
+    keys: str | None = None,
+    key_name: str = "admin",
+    **dist_kw: Any,
+) -> Iterator[str]:
     """Run a throw-away distribution node (ephemeral port) for a command; yields its id.
+
+    With ``keys`` (a key directory), it connects with identity ``key_name`` of it.
 
     Its host is ``host`` or the local address on the route to the first node, so that the
     cluster's replies can reach it. Stopped (with its otp node) on exit. If this process
@@ -171,9 +210,14 @@ def client_node(nodes: Sequence[str], *, host: str | None = None, **dist_kw: Any
         yield dist.node()
         return
     address = host or local_address_for(nodes[0])
-    node_id = dist.start(
-        f"waraft-cli{os.getpid()}x{random.randrange(1 << 20):x}@{address}:0", **dist_kw
-    )
+    curve = curve_for(keys, key_name)
+    if curve is not None:
+        from waraft.distribution.keys import process_name
+
+        name = process_name(key_name, "cli")
+    else:
+        name = f"waraft-cli{os.getpid()}x{random.randrange(1 << 20):x}"
+    node_id = dist.start(f"{name}@{address}:0", curve=curve, **dist_kw)
     try:
         yield node_id
     finally:

@@ -46,6 +46,11 @@ from waraft.cli.common import UsageError
 
 logger = logging.getLogger(__name__)
 
+NODE_DEFAULT_SETTINGS: dict[str, Any] = {"raft_election_pre_vote": True}
+"""Where ``waraft node`` departs from WARaft's defaults (a ``--set`` or TOML value wins):
+pre-vote, so that a member that restarts or was cut off cannot depose a healthy leader by
+bumping the term (Raft thesis §9.6)."""
+
 DURABLE_LOG = "waraft.log.disk:DiskLog"
 DURABLE_STORAGE = "waraft.storage.lmdb:LmdbStorage"
 MEMORY_LOG = "waraft.log.memory:MemoryLog"
@@ -68,6 +73,8 @@ class NodeConfig:
     app_module: str | None = None
     memory: bool = False
     allow_fault_injection: bool = False
+    keys: str | None = None
+    insecure: bool = False
     log_level: str = "INFO"
     settings: dict[str, Any] = field(default_factory=dict)
     dist: dict[str, Any] = field(default_factory=dict)
@@ -104,13 +111,51 @@ class NodeConfig:
             raise UsageError(str(exc)) from None
         for key in self.settings:
             common.known_setting(key)
+        from waraft.services import env
+
+        try:
+            env.check_settings(self.settings)
+        except env.BadSetting as exc:
+            raise UsageError(str(exc)) from None
+        _check_dist(self.dist)
         from waraft.distribution import NodeIdError, parse
 
         try:
             parse(self.node_id())
         except NodeIdError as exc:
             raise UsageError(str(exc)) from None
+        if self.keys is None and not self.insecure and "curve" not in self.dist:
+            raise UsageError(
+                "give the cluster's keys (--keys DIR, made by 'waraft keys create') or run "
+                "without encryption and authentication with --insecure"
+            )
+        if self.keys is not None and self.insecure:
+            raise UsageError("--keys and --insecure exclude each other")
+        common.curve_for(self.keys, self.name, "node")  # a missing or wrong key: one line
         return self
+
+
+def _check_dist(dist: dict[str, Any]) -> None:
+    """The ``[dist]`` table: known keys with numbers in range (as ``DistSettings`` checks)."""
+    from waraft.distribution import DistSettings
+
+    known = {f.name: f.default for f in fields(DistSettings)}
+    for key, value in dist.items():
+        if key == "curve":
+            continue
+        if key not in known:
+            raise UsageError(f"unknown [dist] option {key!r}")
+        if type(known[key]) is bool:
+            if type(value) is not bool:
+                raise UsageError(f"[dist] {key} must be true or false, got {value!r}"[:100])
+        elif type(value) not in (int, float) or (
+            type(known[key]) is int and type(value) is not int
+        ):
+            raise UsageError(f"[dist] {key} must be a number, got {value!r}"[:100])
+    try:
+        DistSettings(**{k: v for k, v in dist.items() if k != "curve"})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"[dist]: {exc}") from None
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -213,6 +258,16 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="let waraft_admin set_fault/clear_fault (tests and drills only)",
     )
+    p.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="the cluster's key directory (made by 'waraft keys create'); uses DIR/NAME.key",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run without keys: no encryption, any process that reaches the port may talk",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     common.dist_args(p)
     p.set_defaults(func=run)
@@ -237,14 +292,18 @@ class NodeRuntime:
         if data_dir is None:
             data_dir = self._temp_dir = tempfile.mkdtemp(prefix="waraft-node-")
         os.makedirs(data_dir, exist_ok=True)
-        self.node_id = dist.start(config.node_id(), bind=config.bind(), **config.dist)
+        dist_kw = dict(config.dist)
+        curve = common.curve_for(config.keys, config.name, "node")
+        if curve is not None:
+            dist_kw["curve"] = curve
+        self.node_id = dist.start(config.node_id(), bind=config.bind(), **dist_kw)
         app = config.application
         env.set_env(app, "raft_database", os.path.abspath(data_dir))
         env.set_env(app, "raft_log_module", MEMORY_LOG if config.memory else DURABLE_LOG)
         env.set_env(
             app, "raft_storage_module", MEMORY_STORAGE if config.memory else DURABLE_STORAGE
         )
-        common.apply_settings(app, config.settings)
+        common.apply_settings(app, {**NODE_DEFAULT_SETTINGS, **config.settings})
         _ensure_app_services()
         from waraft.cli import admin
 

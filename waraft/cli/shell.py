@@ -242,6 +242,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--plain", action="store_true", help="use the standard code module REPL")
     p.add_argument("--log-level", default="WARNING", help="default: %(default)s")
     common.dist_args(p)
+    common.key_args(p, "admin")
     p.set_defaults(func=run)
 
 
@@ -263,9 +264,15 @@ def run(args: argparse.Namespace) -> int:
         common.parse_nodes([target])
         from waraft.client import local_address_for
 
+        curve = common.curve_for(args.keys, args.key_name)
+        if curve is not None:
+            from waraft.distribution.keys import process_name
+
+            name = process_name(args.key_name, "shell")
+        else:
+            name = f"shell{os.getpid()}"
         dist.start(
-            f"shell{os.getpid()}@{local_address_for(target)}:0",
-            **common.dist_options(args),
+            f"{name}@{local_address_for(target)}:0", curve=curve, **common.dist_options(args)
         )
     helpers = Helpers(target, args.table, partitions, nodes or [target])
     try:
@@ -298,6 +305,8 @@ def _start_local_node(args: argparse.Namespace, partitions: list[int]) -> Any:
         memory=args.memory or args.data_dir is None,
         settings=settings,
         dist=common.dist_options(args),
+        keys=args.keys,
+        insecure=args.insecure,
     ).check()
     runtime = NodeRuntime(config)
     runtime.start()

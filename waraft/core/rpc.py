@@ -19,6 +19,42 @@ from typing import Any, Final, TypeAlias
 
 from waraft.core.types import ElectionType, Entry, Identity
 
+MAX_TERM: Final = 2**62
+"""The largest term an RPC may carry (log entry terms included); RPCs beyond it are refused.
+
+A term is stored as a msgpack integer (at most 2**64 - 1) and a candidate stores its term + 1:
+a peer announcing 2**64 - 1 would leave a server that can never persist its next term. The
+bound is far above anything an honest cluster reaches (2**62 elections at one per millisecond
+take 146 million years) and leaves room to count up from it."""
+
+_REPR_DEPTH: Final = 3
+_REPR_ITEMS: Final = 6
+_REPR_CHARS: Final = 80
+
+
+def short_repr(value: Any, _depth: int = 0) -> str:
+    """A bounded ``repr`` for error messages about wire data: never deep, never long, never
+    raising (a peer's value may be nested 30 levels or be megabytes long)."""
+    try:
+        if isinstance(value, dict):
+            if _depth >= _REPR_DEPTH:
+                return "{...}"
+            shown = [
+                f"{short_repr(k, _depth + 1)}: {short_repr(v, _depth + 1)}"
+                for k, v in list(value.items())[:_REPR_ITEMS]
+            ]
+            text = "{" + ", ".join(shown + ["..."] * (len(value) > _REPR_ITEMS)) + "}"
+        elif isinstance(value, (list, tuple)):
+            if _depth >= _REPR_DEPTH:
+                return "[...]"
+            shown = [short_repr(v, _depth + 1) for v in value[:_REPR_ITEMS]]
+            text = "[" + ", ".join(shown + ["..."] * (len(value) > _REPR_ITEMS)) + "]"
+        else:
+            text = repr(value)
+    except Exception:  # a repr that fails must not turn a dropped RPC into a crash
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= _REPR_CHARS else text[: _REPR_CHARS - 3] + "..."
+
 
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
@@ -176,9 +212,9 @@ def from_wire(obj: Any, own_name: str) -> RaftRpc:
         raise RpcDecodeError(f"RPC envelope has {len(obj)} elements")
     cls = PROCEDURES.get(procedure) if isinstance(procedure, str) else None
     if cls is None:
-        raise RpcDecodeError(f"unknown procedure {procedure!r}")
-    if not isinstance(term, int) or isinstance(term, bool) or term < 0:
-        raise RpcDecodeError(f"bad term {term!r}")
+        raise RpcDecodeError(f"unknown procedure {short_repr(procedure)}")
+    if not isinstance(term, int) or isinstance(term, bool) or not 0 <= term <= MAX_TERM:
+        raise RpcDecodeError(f"bad term {short_repr(term)}")
     if not isinstance(sender_name, str) or not isinstance(sender_node, str):
         raise RpcDecodeError("sender name and node must be strings")
     values = [] if raw is None else raw
@@ -190,6 +226,10 @@ def from_wire(obj: Any, own_name: str) -> RaftRpc:
 
 def _is_index(value: Any) -> bool:
     return type(value) is int and value >= 0
+
+
+def _is_term(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_TERM
 
 
 def _is_optional_index(value: Any) -> bool:
@@ -207,12 +247,12 @@ def _is_ref(value: Any) -> bool:
 # A peer's RPC must not be able to crash the server with a field of the wrong type.
 _FIELD_CHECKS: Final[dict[str, Any]] = {
     "prev_log_index": _is_index,
-    "prev_log_term": _is_index,
+    "prev_log_term": _is_term,
     "commit_index": _is_index,
     "trim_index": _is_index,
     "match_index": _is_index,
     "last_log_index": _is_index,
-    "last_log_term": _is_index,
+    "last_log_term": _is_term,
     "last_applied_index": _is_optional_index,
     "success": _is_bool,
     "quiesce": _is_bool,
@@ -230,7 +270,7 @@ def _build_payload(cls: type[Any], values: Sequence[Any]) -> Payload:
     # Fields missing at the end keep their dataclass defaults; extra trailing ones are dropped.
     for name, value in zip(names, values, strict=False):
         if not _FIELD_CHECKS[name](value):
-            raise RpcDecodeError(f"bad {_NAMES[cls]} field {name}: {value!r}")
+            raise RpcDecodeError(f"bad {_NAMES[cls]} field {name}: {short_repr(value)}")
         kwargs[name] = value
     try:
         if "entries" in kwargs:
@@ -239,7 +279,7 @@ def _build_payload(cls: type[Any], values: Sequence[Any]) -> Payload:
             kwargs["election_type"] = ElectionType(kwargs["election_type"])
         payload: Payload = cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise RpcDecodeError(f"bad {_NAMES[cls]} payload: {exc}") from exc
+        raise RpcDecodeError(f"bad {_NAMES[cls]} payload: {exc}") from None
     return payload
 
 
@@ -247,7 +287,7 @@ def _entry(raw: Any) -> Entry:
     if isinstance(raw, Entry):
         return raw
     if not isinstance(raw, (list, tuple)) or not 1 <= len(raw) <= 4:
-        raise ValueError(f"bad log entry {raw!r}")
-    if not isinstance(raw[0], int):
-        raise ValueError(f"bad log entry term {raw[0]!r}")
+        raise ValueError(f"bad log entry {short_repr(raw)}")
+    if type(raw[0]) is not int or not 0 <= raw[0] <= MAX_TERM:
+        raise ValueError(f"bad log entry term {short_repr(raw[0])}")
     return Entry(*raw)

@@ -100,6 +100,11 @@ def start(
     ping_interval: float = _DEFAULTS.ping_interval,
     down_after: float = _DEFAULTS.down_after,
     connect_timeout: float = _DEFAULTS.connect_timeout,
+    forget_after: float = _DEFAULTS.forget_after,
+    check_peer_host: bool = _DEFAULTS.check_peer_host,
+    new_peers_per_s: float = _DEFAULTS.new_peers_per_s,
+    admin_rate_per_sender: float = _DEFAULTS.admin_rate_per_sender,
+    admin_rate_per_node: float = _DEFAULTS.admin_rate_per_node,
     settings: DistSettings | None = None,
 ) -> str:
     """Make this process the node ``node_id`` (``name@host:port``) and return its id.
@@ -107,7 +112,10 @@ def start(
     Port 0 binds an ephemeral port and the returned id carries the real one. ``bind``
     overrides the listen endpoint (e.g. ``"tcp://0.0.0.0:7001"`` to listen on every interface
     while the id advertises one address). ``curve`` (a :class:`CurveConfig` or a dict with its
-    fields) turns on CURVE encryption and authentication. ``settings`` gives every tunable at
+    fields) turns on CURVE encryption and authentication (with ``waraft keys create``'s keys,
+    see :mod:`waraft.distribution.keys`, also per-key rights). The other keywords are the
+    fields of :class:`DistSettings`. What other nodes may send is limited by the allow-list
+    of :mod:`waraft.distribution.policy`. ``settings`` gives every tunable at
     once (the keyword arguments are ignored then). The default otp node becomes the one with
     this id (created if needed), so start distribution before starting actors.
 
@@ -123,6 +131,11 @@ def start(
             ping_interval=ping_interval,
             down_after=down_after,
             connect_timeout=connect_timeout,
+            forget_after=forget_after,
+            check_peer_host=check_peer_host,
+            new_peers_per_s=new_peers_per_s,
+            admin_rate_per_sender=admin_rate_per_sender,
+            admin_rate_per_node=admin_rate_per_node,
         )
     curve_config = None if curve is None else CurveConfig.coerce(curve)
     with _lock:

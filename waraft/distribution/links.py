@@ -100,7 +100,8 @@ class Outbound:
     def send(self, peer: Peer, frame: bytes) -> bool:
         """Queue ``frame`` for ``peer`` without blocking; False if dropped (queue full/closed)."""
         link = self._tls.links.get(peer.node_id)
-        if link is None:
+        if link is None or link.closed:
+            # None yet, or closed because the peer was forgotten (close_peer): open afresh.
             link = self._open(peer)
             if link is None:
                 return False
@@ -177,6 +178,23 @@ class Outbound:
         for link in dead:
             link.close(REAP_LINGER_MS)
         return len(dead)
+
+    def close_peer(self, node_id: str) -> int:
+        """Close every thread's link to ``node_id`` (a forgotten peer); returns how many. A
+        thread that sends to it again opens a new one."""
+        with self._lock:
+            gone = [link for link in self._links if link.peer.node_id == node_id]
+            for link in gone:
+                self._links.discard(link)
+                self._absorb(link)
+        for link in gone:
+            link.close(0)
+        return len(gone)
+
+    def open_links(self) -> int:
+        """How many links are open now (every thread)."""
+        with self._lock:
+            return len(self._links)
 
     def close_all(self, lock_timeout: float = 1.0) -> bool:
         """Close every link (linger 0). False if a link stayed busy past ``lock_timeout``

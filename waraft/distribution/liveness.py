@@ -121,6 +121,11 @@ class Liveness(threading.Thread):
                 peer.rx_seen = peer.rx
                 peer.last_rx = now
             probe = self._probes.get(peer.node_id)
+            if probe is not None and probe.peer is not peer:
+                # The node was forgotten and came back as a new entry: a new probe for it.
+                self._close_probe(peer.node_id, probe)
+                dist.outbound.close_peer(peer.node_id)
+                probe = None
             if probe is None:
                 self._open_probe(peer)
                 continue
@@ -138,10 +143,32 @@ class Liveness(threading.Thread):
                 self._ping(probe, now)
         if now >= self._next_reap:
             self._next_reap = now + REAP_EVERY
+            self._forget(now)
             dist.expire_requests(now)
             reaped = dist.outbound.reap_dead_threads()
             if reaped:
                 self.counts["links_reaped"] = self.counts.get("links_reaped", 0) + reaped
+
+    def _forget(self, now: float) -> None:
+        """Release everything held for peers down longer than ``forget_after`` (and for peers
+        evicted from a full table): the entry, the probe and every thread's link."""
+        dist = self._dist
+        for peer in dist.peers.expire(now, dist.settings.forget_after):
+            logger.info("forgetting node %s (down for %.0f s)", peer.node_id, now - peer.since)
+        for node_id, probe in list(self._probes.items()):
+            if probe.peer.forgotten:
+                self._close_probe(node_id, probe)
+                closed = dist.outbound.close_peer(node_id)
+                self.counts["peers_forgotten"] = self.counts.get("peers_forgotten", 0) + 1
+                if closed:
+                    self.counts["links_closed"] = self.counts.get("links_closed", 0) + closed
+
+    def _close_probe(self, node_id: str, probe: _Probe) -> None:
+        del self._probes[node_id]
+        self._by_monitor.pop(probe.monitor, None)
+        self._poller.unregister(probe.monitor)
+        probe.sock.close(linger=0)
+        probe.monitor.close(linger=0)
 
     # ------------------------------------------------------------------ probes
     def _open_probe(self, peer: Peer) -> None:
@@ -223,20 +250,25 @@ class Liveness(threading.Thread):
         request_id = frames[1] if len(frames) > 1 else b""
         mechanism = frames[5] if len(frames) > 5 else b""
         curve = self._dist.curve
-        allowed = (
-            curve is not None
+        user = (
+            curve.user_for(z85.encode(frames[6]))
+            if curve is not None
             and mechanism == b"CURVE"
             and len(frames) >= 7
             and len(frames[6]) == 32
-            and curve.client_allowed(z85.encode(frames[6]))
+            else None
         )
-        if not allowed:
+        if user is None:
             self._count("auth_denied")
             logger.warning(
                 "refused a %s client (key not allowed)", mechanism.decode(errors="replace")
             )
-        status = (b"200", b"OK") if allowed else (b"400", b"key not allowed")
-        zap.send_multipart([b"1.0", request_id, *status, b"", b""])
+            status = (b"400", b"key not allowed")
+        else:
+            status = (b"200", b"OK")
+        # The User-Id (role and key name) rides on every message of the connection: the
+        # receive thread reads it to bind the connection's node id and rights to its key.
+        zap.send_multipart([b"1.0", request_id, *status, (user or "").encode(), b""])
 
     # ------------------------------------------------------------------ shutdown
     def _close(self) -> None:

@@ -36,6 +36,7 @@ class Peer:
     __slots__ = (
         "down_events",
         "endpoint",
+        "forgotten",
         "last_rx",
         "node_id",
         "ping_sent_at",
@@ -63,6 +64,7 @@ class Peer:
         self.pings = 0
         self.pongs = 0
         self.down_events = 0
+        self.forgotten = False  # set once removed from the table: holders must look it up again
 
     def __repr__(self) -> str:
         return f"Peer({self.node_id!r}, {self.state.value})"
@@ -99,10 +101,35 @@ class PeerTable:
         with self._lock:
             peer = self._peers.get(node_id)
             if peer is None:
-                if len(self._peers) >= self._max:
+                if len(self._peers) >= self._max and not self._evict_one_down():
                     raise PeerLimitError(node_id)
                 peer = self._peers[node_id] = Peer(node_id, time.monotonic())
             return peer
+
+    def _evict_one_down(self) -> bool:
+        """Make room (table lock held): forget the peer down for longest, if any is down, so
+        a table filled by made-up ids never locks out a member or a client for long."""
+        down = [p for p in self._peers.values() if p.state is PeerState.DOWN]
+        if not down:
+            return False
+        oldest = min(down, key=lambda p: p.since)
+        del self._peers[oldest.node_id]
+        oldest.forgotten = True
+        return True
+
+    def expire(self, now: float, after: float) -> list[Peer]:
+        """Forget every peer down for at least ``after`` seconds; returns them (already marked
+        ``forgotten``) so that their sockets can be closed."""
+        with self._lock:
+            gone = [
+                p
+                for p in self._peers.values()
+                if p.state is PeerState.DOWN and now - p.since >= after
+            ]
+            for peer in gone:
+                del self._peers[peer.node_id]
+                peer.forgotten = True
+        return gone
 
     def all(self) -> list[Peer]:
         """A snapshot of every known peer."""

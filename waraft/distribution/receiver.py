@@ -8,6 +8,12 @@ not name a node, a size over the limit, another protocol version, bad msgpack, a
 or a bad shape — drops that frame and increments a counter; nothing a peer sends can stop or
 stall this loop.
 
+Who may send what is decided here, before anything reaches an actor (see
+:mod:`~waraft.distribution.policy`): a routing id must name a node on the host the connection
+comes from (so a packet can never make this node dial a third address), with CURVE the
+connection's key must be the one issued for that node id, and a cast or call must be on the
+allow-list of the registered name it is addressed to, with a right the sender holds.
+
 Delivery to local actors is a registry lookup and one mailbox put (``otp.cast``/``otp.send``
 to the pid, or ``otp.send_request`` with a :class:`RemoteReplyTo` for calls), so a slow actor
 never holds up the socket.
@@ -15,16 +21,19 @@ never holds up the socket.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from waraft.distribution import envelope, inline, nodeid
+from waraft.distribution import envelope, inline, nodeid, policy
 from waraft.distribution.envelope import FrameError, Kind
 from waraft.distribution.peers import Peer, PeerLimitError, PeerState
+from waraft.distribution.policy import Sender
 from waraft.distribution.reply import RemoteReplyTo
 from waraft.otp import messaging
 from waraft.otp.errors import NOPROC
@@ -37,6 +46,21 @@ logger = logging.getLogger(__name__)
 POLL_MS = 50
 IDLE_EVERY = 64  # frames handled between idle hooks when the socket never drains
 _MAX_SENDER_CACHE = 65536
+_MAX_HOST_CACHE = 1024
+REFUSED = "refused"
+RATE_LIMITED = "rate_limited"
+TOO_DEEP = "too_deep"
+
+
+class _Conn:
+    """What the receive thread knows about one routing id (one sending socket)."""
+
+    __slots__ = ("address", "peer", "sender")
+
+    def __init__(self, peer: Peer, sender: Sender, address: str | None) -> None:
+        self.peer = peer
+        self.sender = sender
+        self.address = address
 
 
 class Receiver(threading.Thread):
@@ -51,7 +75,13 @@ class Receiver(threading.Thread):
         # Written by this thread only; read (copied) by stats().
         self.counts: dict[str, int] = {"rx_msgs": 0, "rx_bytes": 0}
         dist.counters.add_dict(self.counts)
-        self._senders: dict[bytes, Peer] = {}
+        self._senders: dict[bytes, _Conn] = {}
+        self._hosts: dict[str, frozenset[str]] = {}
+        rate = dist.settings.new_peers_per_s
+        self._new_peers = policy.TokenBucket(rate, 2 * rate)
+        self._limiter = policy.RateLimiter(
+            dist.settings.admin_rate_per_sender, dist.settings.admin_rate_per_node
+        )
 
     def run(self) -> None:
         try:
@@ -69,7 +99,7 @@ class Receiver(threading.Thread):
         since_idle = 0
         while not dist.stopping:
             try:
-                routing_id = recv(zmq.NOBLOCK)
+                head = recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 since_idle = 0
                 if inline.has_due_work():
@@ -96,11 +126,11 @@ class Receiver(threading.Thread):
                 self._drain()
                 continue
             try:
-                handle(routing_id, frame)
+                handle(head, frame)
             except Exception:
                 # A bug in delivery must not take the node off the network.
                 self._count("rx_handler_errors")
-                logger.exception("failed to handle a frame from %r", routing_id)
+                logger.exception("failed to handle a frame from %r", head.bytes[:100])
 
     def _drain(self) -> None:
         router = self._router
@@ -112,12 +142,28 @@ class Receiver(threading.Thread):
         counts = self.counts
         counts[key] = counts.get(key, 0) + 1
 
-    def _sender(self, routing_id: bytes) -> Peer | None:
-        """The peer a routing id belongs to (first frame on a connection); None, counted, if
-        it names no node or the peer table is full. Only valid ids are cached."""
+    def _connection(self, head: zmq.Frame) -> _Conn | None:
+        """The connection a message came on (checked and cached per routing id): None,
+        counted, if it names no node, comes from another host than its node id names, holds
+        a key not issued for that node id, or the peer table is full."""
+        routing_id = head.bytes
+        conn = self._senders.get(routing_id)
+        address = _peer_address(head)
+        if conn is not None and conn.address == address and not conn.peer.forgotten:
+            return conn
         node_id = nodeid.sender_of(routing_id)
         if node_id is None:
             self._count("rx_bad_identity")
+            return None
+        if not self._from_its_host(node_id, address):
+            self._count("rx_wrong_host")
+            return None
+        rights = self._rights(node_id, head)
+        if rights is None:
+            self._count("rx_wrong_key")
+            return None
+        if node_id not in self._dist.peers.by_id and not self._new_peers.take(time.monotonic()):
+            self._count("rx_new_peer_limited")
             return None
         try:
             peer = self._dist.peers.get(node_id)
@@ -126,13 +172,53 @@ class Receiver(threading.Thread):
             return None
         if len(self._senders) >= _MAX_SENDER_CACHE:
             self._senders.clear()
-        self._senders[routing_id] = peer
-        return peer
+        conn = self._senders[routing_id] = _Conn(peer, Sender(node_id, rights), address)
+        return conn
 
-    def _handle(self, routing_id: bytes, frame: bytes) -> None:
-        peer = self._senders.get(routing_id) or self._sender(routing_id)
-        if peer is None:
+    def _rights(self, node_id: str, head: zmq.Frame) -> frozenset[str] | None:
+        """Every right without CURVE; with it, those of the key the connection authenticated
+        with, provided that key may speak for ``node_id`` (None otherwise)."""
+        curve = self._dist.curve
+        if curve is None:
+            return policy.RIGHTS
+        try:
+            user = head.get("User-Id")
+        except zmq.ZMQError:
+            user = None
+        return curve.rights_for(node_id, user if isinstance(user, str) else None)
+
+    def _from_its_host(self, node_id: str, address: str | None) -> bool:
+        """Whether a connection from ``address`` may use ``node_id``: the id's host must be
+        that address (or resolve to it). Replies and pings go to the node id's address, so
+        this is what keeps a packet from making this node dial anywhere else."""
+        if address is None or not self._dist.settings.check_peer_host:
+            return True  # not TCP (inproc/ipc), or checking turned off: nothing to compare
+        host = nodeid.parse(node_id).host.strip("[]")
+        return address in self._addresses_of(host)
+
+    def _addresses_of(self, host: str) -> frozenset[str]:
+        known = self._hosts.get(host)
+        if known is not None:
+            return known
+        try:
+            ipaddress.ip_address(host)
+            found = frozenset({host})
+        except ValueError:
+            # A host name: resolved once (this thread's only blocking lookup, on first contact).
+            try:
+                found = frozenset(str(info[4][0]) for info in socket.getaddrinfo(host, None))
+            except OSError:
+                found = frozenset()
+        if len(self._hosts) >= _MAX_HOST_CACHE:
+            self._hosts.clear()
+        self._hosts[host] = found
+        return found
+
+    def _handle(self, head: zmq.Frame, frame: bytes) -> None:
+        conn = self._connection(head)
+        if conn is None:
             return
+        peer = conn.peer
         dist = self._dist
         if dist._fault_in and peer.node_id in dist._fault_in:
             self._count("rx_dropped_fault")
@@ -141,7 +227,7 @@ class Receiver(threading.Thread):
         counts["rx_msgs"] += 1
         counts["rx_bytes"] += len(frame)
         try:
-            obj = envelope.decode(frame, self._max_bytes)
+            obj = envelope.decode(frame, self._max_bytes, check_depth=False)
         except FrameError as exc:
             self._count(exc.counter)
             logger.debug("dropped a frame from %s: %s", peer.node_id, exc)
@@ -151,23 +237,53 @@ class Receiver(threading.Thread):
             peer.last_rx = time.monotonic()
             dist.peers.set_state(peer, PeerState.UP)
         kind = obj[1]
-        if kind == Kind.CAST:
-            fast = inline._handlers.get(obj[2]) if inline._handlers else None
-            if fast is not None and fast(obj[3]):
+        if kind == Kind.CAST or kind == Kind.INFO:
+            if self._admit(conn.sender, obj[2], False, obj[3], frame) is not True:
                 return
-            self._deliver(obj[2], obj[3], messaging.cast)
+            if kind == Kind.CAST:
+                fast = inline._handlers.get(obj[2]) if inline._handlers else None
+                if fast is not None and fast(obj[3]):
+                    return
+                self._deliver(obj[2], obj[3], messaging.cast)
+            else:
+                self._deliver(obj[2], obj[3], messaging.send)
         elif kind == Kind.REPLY:
-            dist.complete_call(obj[2], True, obj[3])
+            if not self._deep(frame, obj[3]):
+                dist.complete_call(obj[2], True, obj[3], peer.node_id)
         elif kind == Kind.CALL:
-            self._call(peer, obj[2], obj[3], obj[4])
-        elif kind == Kind.INFO:
-            self._deliver(obj[2], obj[3], messaging.send)
+            self._call(peer, conn.sender, obj[2], obj[3], obj[4], frame)
         elif kind == Kind.FAIL:
-            dist.complete_call(obj[2], False, obj[3])
+            if not self._deep(frame, obj[3]):
+                dist.complete_call(obj[2], False, obj[3], peer.node_id)
         elif kind == Kind.PING:
             dist.transmit_to(peer, envelope.pong_frame(obj[2]))  # (faults apply to pongs too)
         else:  # PONG
             self._pong(peer, obj[2])
+
+    def _deep(self, frame: bytes, value: Any) -> bool:
+        if envelope.is_deep(frame, value):
+            self._count("rx_too_deep")
+            return True
+        return False
+
+    def _admit(self, sender: Sender, name: str, call: bool, msg: Any, frame: bytes) -> bool | str:
+        """True if ``msg`` may go to ``name``; else the reason (counted).
+
+        The nesting depth is checked here, after admission, and not for members' traffic
+        (Raft RPCs, whose shapes the server checks): walking a 1000-entry AppendEntries would
+        cost more than decoding it. Everything from clients and admins is checked."""
+        rule = policy.rule_for(name, call, msg)
+        if not policy.admits(rule, sender, msg):
+            self._count("rx_refused")
+            logger.debug("refused %s %s from %s", "call" if call else "cast", name, sender)
+            return REFUSED
+        assert rule is not None
+        if rule.limited and not self._limiter.take(sender.node_id):
+            self._count("rx_rate_limited")
+            return RATE_LIMITED
+        if rule.right != policy.MEMBER and self._deep(frame, msg):
+            return TOO_DEEP
+        return True
 
     def _deliver(self, name: str, msg: Any, fn: Any) -> None:
         pid = self._registry.whereis(name)
@@ -176,8 +292,14 @@ class Receiver(threading.Thread):
             return
         fn(pid, msg)
 
-    def _call(self, peer: Peer, name: str, ref: int, request: Any) -> None:
+    def _call(
+        self, peer: Peer, sender: Sender, name: str, ref: int, request: Any, frame: bytes
+    ) -> None:
         handle = RemoteReplyTo(self._dist, peer, ref)
+        verdict = self._admit(sender, name, True, request, frame)
+        if verdict is not True:
+            handle.fail(verdict)
+            return
         pid = self._registry.whereis(name)
         if pid is None:
             self._count("rx_noproc")
@@ -190,3 +312,12 @@ class Receiver(threading.Thread):
         sent = peer.ping_sent_at
         if seq == peer.ping_seq and sent is not None:
             peer.rtt = time.monotonic() - sent
+
+
+def _peer_address(head: zmq.Frame) -> str | None:
+    """The remote IP address of the connection a message arrived on (None if not TCP)."""
+    try:
+        address = head.get("Peer-Address")
+    except zmq.ZMQError:
+        return None
+    return address if isinstance(address, str) and address else None

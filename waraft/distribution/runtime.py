@@ -217,6 +217,8 @@ class Dist:
 
     def transmit_to(self, peer: Peer, frame: bytes) -> bool:
         """:meth:`transmit` to a known peer."""
+        if peer.forgotten:  # held by a reply handle while the table forgot it
+            return self.transmit(peer.node_id, frame)
         if self._fault_out and peer.node_id in self._fault_out:
             self.counters.incr("tx_dropped_fault")
             return False
@@ -361,8 +363,13 @@ class Dist:
         if not self.transmit_to(peer, envelope.reply_frame(ref, ok, payload)):
             self.counters.incr("tx_replies_dropped")
 
-    def complete_call(self, ref: int, ok: bool, value: Any) -> None:
-        """A REPLY/FAIL frame arrived (receive thread)."""
+    def complete_call(self, ref: int, ok: bool, value: Any, node_id: str) -> None:
+        """A REPLY/FAIL frame arrived from ``node_id`` (receive thread). Only the node that
+        was called can answer: a reply naming another node's call is dropped and counted."""
+        entry = self._pending.get(ref)
+        if entry is not None and entry.node != node_id:
+            self.counters.incr("rx_foreign_replies")
+            return
         entry = self._pending.pop(ref, None)
         if entry is None:
             self.counters.incr("rx_late_replies")
@@ -410,6 +417,7 @@ class Dist:
             out[key] = out.get(key, 0) + value
         out["pending_calls"] = len(self._pending)
         out["peers"] = len(self.peers.all())
+        out["links_open"] = self.outbound.open_links()
         return out
 
     def peer_status(self) -> dict[str, dict[str, Any]]:

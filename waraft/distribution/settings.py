@@ -6,6 +6,12 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from waraft.distribution.policy import ADMIN, CLIENT, MEMBER, RIGHTS
+
+_NODE_RIGHTS = frozenset({MEMBER, CLIENT})
+_CLIENT_RIGHTS = frozenset({CLIENT})
+_ADMIN_RIGHTS = frozenset({CLIENT, ADMIN})
+
 MiB = 1024 * 1024
 
 
@@ -22,12 +28,20 @@ class CurveConfig:
     * ``allowed_clients``: public keys allowed to connect. None (the default) allows this
       node's own key and every key in ``server_keys``, i.e. the cluster's members; anything
       else fails the handshake (counted as ``handshake_failed``).
+    * ``identities``: public key → ``(role, name)`` for the keys of a cluster made by
+      ``waraft keys create`` (see :mod:`waraft.distribution.keys`). When given, only these
+      keys may connect, and each connection gets the rights of its key's role: a ``node``
+      key is a member (and a client) and may claim only node ids named after it; ``client``
+      and ``admin`` keys may claim only ids whose name starts with ``<key name>.``; a client
+      reaches the client API, an admin the admin verbs too. ``server_keys`` may then be
+      keyed by a node's name (or by that prefix) instead of its full id.
     """
 
     public_key: bytes
     secret_key: bytes
     server_keys: Mapping[str, bytes] = field(default_factory=dict)
     allowed_clients: Collection[bytes] | None = None
+    identities: Mapping[bytes, tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
     def coerce(cls, value: CurveConfig | Mapping[str, Any]) -> CurveConfig:
@@ -36,19 +50,57 @@ class CurveConfig:
             return value
         server_keys = {str(k): _key(v) for k, v in dict(value.get("server_keys", {})).items()}
         allowed = value.get("allowed_clients")
+        identities = {
+            _key(k): (str(v[0]), str(v[1])) for k, v in dict(value.get("identities", {})).items()
+        }
         return cls(
             public_key=_key(value["public_key"]),
             secret_key=_key(value["secret_key"]),
             server_keys=server_keys,
             allowed_clients=None if allowed is None else frozenset(_key(k) for k in allowed),
+            identities=identities,
         )
 
     def server_key_for(self, node_id: str) -> bytes:
-        """The public key to expect from ``node_id``'s ROUTER."""
-        return _key(self.server_keys.get(node_id, self.public_key))
+        """The public key to expect from ``node_id``'s ROUTER: by full id, else by its name,
+        else by the name's prefix before the first ``.`` (a client process of that key)."""
+        keys = self.server_keys
+        found = keys.get(node_id)
+        if found is None:
+            name = node_id.partition("@")[0]
+            found = keys.get(name) or keys.get(name.partition(".")[0])
+        return _key(found if found is not None else self.public_key)
+
+    def user_for(self, public_key_z85: bytes) -> str | None:
+        """What the ZAP handler answers as the User-Id for a key: ``"role:name"`` for a
+        cluster identity, ``""`` for an allowed key of the older form, None if refused."""
+        if self.identities:
+            found = self.identities.get(public_key_z85)
+            return None if found is None else f"{found[0]}:{found[1]}"
+        return "" if self.client_allowed(public_key_z85) else None
+
+    def rights_for(self, node_id: str, user_id: str | None) -> frozenset[str] | None:
+        """The rights of a connection that authenticated as ``user_id`` (what the ZAP handler
+        answered for its key) and claims ``node_id``; None if that key may not claim it.
+        Keys of the older, member-only form (no ``identities``) carry every right."""
+        if not self.identities:
+            return RIGHTS
+        role, _, key_name = (user_id or "").partition(":")
+        name = node_id.partition("@")[0]
+        if role == "node":
+            return _NODE_RIGHTS if name == key_name else None
+        if not name.startswith(key_name + "."):
+            return None
+        if role == "client":
+            return _CLIENT_RIGHTS
+        if role == "admin":
+            return _ADMIN_RIGHTS
+        return None
 
     def client_allowed(self, public_key_z85: bytes) -> bool:
         """Whether a client presenting this (Z85) public key may connect."""
+        if self.identities:
+            return public_key_z85 in self.identities
         if self.allowed_clients is not None:
             return public_key_z85 in {_key(k) for k in self.allowed_clients}
         members = {_key(self.public_key), *(_key(k) for k in self.server_keys.values())}
@@ -97,6 +149,29 @@ class DistSettings:
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 1000
 
+    forget_after: float = 30.0
+    """A peer down for this long is forgotten: its entry, its probe and every socket opened
+    towards it are released (a client or CLI process that went away, or a made-up id a packet
+    named). Known peers come back on their next contact."""
+
+    check_peer_host: bool = True
+    """A routing id must name a node on the host its connection comes from (replies and pings
+    go to the address a node id names, so this keeps a packet from making this node dial a
+    third address). Turn off only where addresses are translated (NAT) and peers' source
+    addresses differ from the hosts in their node ids; use keys then."""
+
+    new_peers_per_s: float = 50.0
+    """Unknown node ids accepted per second (burst twice this). Every new peer costs sockets
+    and a probe; a flood of made-up ids is dropped beyond this rate (``rx_new_peer_limited``)
+    instead of starving the receive and liveness threads. Known peers are never limited."""
+
+    admin_rate_per_sender: float = 50.0
+    """Rate-limited remote calls (status and admin verbs) per second from one node; the burst
+    is twice this. Raft, transport and client traffic are never rate limited."""
+
+    admin_rate_per_node: float = 200.0
+    """Rate-limited remote calls per second from all nodes together (burst twice this)."""
+
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1024:
             raise ValueError("max_frame_bytes must be at least 1024")
@@ -106,3 +181,9 @@ class DistSettings:
             raise ValueError("need 0 < ping_interval < down_after")
         if self.connect_timeout <= 0:
             raise ValueError("connect_timeout must be positive")
+        if self.forget_after <= 0:
+            raise ValueError("forget_after must be positive")
+        if self.new_peers_per_s <= 0:
+            raise ValueError("new_peers_per_s must be positive")
+        if self.admin_rate_per_sender <= 0 or self.admin_rate_per_node <= 0:
+            raise ValueError("admin rate limits must be positive")

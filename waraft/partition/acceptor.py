@@ -38,6 +38,7 @@ from waraft import otp
 from waraft.core import events
 from waraft.core.types import Priority
 from waraft.distribution import inline as dist_inline
+from waraft.distribution import policy
 from waraft.services import info
 from waraft.services.options import RaftOptions
 from waraft.services.queues import Queues
@@ -92,6 +93,18 @@ class Acceptor(otp.Process):
         self._held = 0
         dist.set_idle_hook(self.name, self._forward)
         dist.set_inline_handler(self.name, self._inline)
+        # From the wire: client batches whose replies go back to the sender's own node,
+        # commits and reads for clients, membership changes for admins. The casts that carry
+        # local reply handles (commit_batch, read_batch, adjust_config) stay local.
+        policy.allow(
+            self.name,
+            casts={"client_batch": policy.Rule(policy.CLIENT, guard=policy.reply_to_sender(1))},
+            calls={
+                "commit": policy.CLIENT,
+                "read": policy.CLIENT,
+                "adjust_config": policy.Rule(policy.ADMIN, limited=True),
+            },
+        )
         logger.info("acceptor %s starting", self.name)
 
     def terminate(self, reason: Any) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from waraft import distribution, otp
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse, RaftRpc
+from waraft.distribution import policy
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,38 @@ class Coalescer:
             self.flush()
 
 
+SERVER_PREFIX: Final = "raft_server_"
+
+
+def wires_from_node(node: str, batch: Any) -> bool:
+    """Every wire RPC of ``batch`` names ``node`` as its sender: a node speaks only for itself
+    (with CURVE, its key proves which node that is)."""
+    if not isinstance(batch, (list, tuple)):
+        return False
+    for wire in batch:
+        if not isinstance(wire, (list, tuple)) or len(wire) not in (4, 5):
+            return False
+        if wire[len(wire) - 2] != node:  # sender_node: index 3 (current) or 2 (legacy)
+            return False
+    return True
+
+
+def _frame_from_sender(sender: policy.Sender, msg: Any) -> bool:
+    """A coalesced frame only carries its own node's RPCs, only to partition servers: the
+    fan-out below is a local cast, which no allow-list checks again."""
+    items = msg[1] if len(msg) == 2 else None
+    if not isinstance(items, (list, tuple)):
+        return False
+    return all(
+        isinstance(item, (list, tuple))
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and item[0].startswith(SERVER_PREFIX)
+        and wires_from_node(sender.node_id, item[1])
+        for item in items
+    )
+
+
 def receive(msg: Any) -> bool:
     """Inline handler for ``raft_heartbeats``: fan a frame out to the local servers."""
     if not (isinstance(msg, (list, tuple)) and len(msg) == 2 and msg[0] == FRAME_TAG):
@@ -127,5 +160,9 @@ def coalescer(window_ms: int) -> Coalescer:
 
 
 def install() -> None:
-    """Receive coalesced frames on this node (idempotent)."""
+    """Receive coalesced frames on this node (idempotent): from members only, each frame
+    checked by ``_frame_from_sender`` before the inline handler sees it."""
+    policy.allow(
+        INLINE_NAME, casts={FRAME_TAG: policy.Rule(policy.MEMBER, guard=_frame_from_sender)}
+    )
     distribution.set_inline_handler(INLINE_NAME, receive)

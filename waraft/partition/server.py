@@ -57,9 +57,10 @@ from waraft.core.effects import (
     TrimLog,
     TruncateLog,
 )
-from waraft.core.rpc import RaftRpc, RpcDecodeError, from_wire, to_wire
+from waraft.core.rpc import RaftRpc, RpcDecodeError, from_wire, short_repr, to_wire
 from waraft.core.server import RaftCore
 from waraft.core.types import Config, DurableState, Identity, LogPos, State
+from waraft.distribution import policy
 from waraft.partition import durable_state, heartbeats
 from waraft.services import env, info, metrics
 from waraft.services.label import label_function
@@ -125,6 +126,8 @@ class RaftServer(otp.StateMachine):
         self._published: tuple[Any, ...] | None = None
         self._metrics = metrics.get()
         self._coalesce = _coalesce_settings(options.application)
+        self.dropped_nonmember = 0
+        allow_remote(self.name)
 
         position: LogPos = otp.call(options.storage_name, ("open",), STORAGE_TIMEOUT)
         self.log, log_corruption = otp.call(options.log_name, ("open", position), None)
@@ -193,23 +196,24 @@ class RaftServer(otp.StateMachine):
             and msg[0] == "rpcs"
             and isinstance(msg[1], (list, tuple))
         ):
+            members = self.core.current_config().membership
             for wire in msg[1]:
                 rpc = self._decode_rpc(wire)
-                if rpc is not None:
+                if rpc is not None and self._from_member(rpc, members):
                     self._step(rpc)
         elif cls is tuple and msg and msg[0] == "notify_complete":
             self._step(events.NotifyComplete())
         elif cls is tuple and msg and msg[0] == "handover" and _peer_arg(msg):
             self._step(events.HandoverRequest(None, msg[1] if len(msg) > 1 else None))
         else:
-            logger.warning("%s dropped an unexpected cast %r", self.name, msg)
+            logger.warning("%s dropped an unexpected cast %s", self.name, short_repr(msg))
         self._maybe_flush()
 
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         kind = request[0] if isinstance(request, tuple) and request else request
         handler = _CALLS.get(kind)
         if handler is None:
-            logger.warning("%s got an unknown command %r", self.name, request)
+            logger.warning("%s got an unknown command %s", self.name, short_repr(request))
             return ("error", "unknown_command")
         result = handler(self, request, from_)
         self._maybe_flush()
@@ -223,8 +227,28 @@ class RaftServer(otp.StateMachine):
     def handle_info(self, msg: Any) -> None:
         if not (isinstance(msg, tuple) and msg and msg[0] == "EXIT"):
             # Linked helpers' exits are the supervisor's business; anything else is noise.
-            logger.debug("%s dropped message %r", self.name, msg)
+            logger.debug("%s dropped message %s", self.name, short_repr(msg))
         self._maybe_flush()
+
+    def _from_member(self, rpc: RaftRpc, members: tuple[Identity, ...]) -> bool:
+        """Whether a wire RPC may reach the core: its sender must be a member of the effective
+        config. A replica that knows no config yet (stalled, waiting to be added) takes RPCs
+        from anyone: that is how the leader that adds it first reaches it. Dropped RPCs are
+        counted (``rpc_dropped_nonmember`` in the status and in the metrics), so a forged
+        ``request_vote`` or ``append_entries`` from outside the cluster changes nothing."""
+        if not members or rpc.sender in members:
+            return True
+        self.dropped_nonmember += 1
+        self._metrics.count(("raft", "rpc_dropped_nonmember"))
+        if self.dropped_nonmember & (self.dropped_nonmember - 1) == 0:  # 1, 2, 4, 8, ... logged
+            logger.warning(
+                "%s dropped %d RPC(s) from non-members (last: %s from %s)",
+                self.name,
+                self.dropped_nonmember,
+                type(rpc.payload).__name__,
+                short_repr(rpc.sender),
+            )
+        return False
 
     def _decode_rpc(self, wire: Any) -> RaftRpc | None:
         try:
@@ -460,6 +484,7 @@ class RaftServer(otp.StateMachine):
         status["commit_queue_high"] = self.queues.commit_queue_size()
         status["read_queue"] = self.queues.read_queue_size()
         status["name"] = self.name
+        status["rpc_dropped_nonmember"] = self.dropped_nonmember
         return status
 
     # -- admin commands -------------------------------------------------------------------------
@@ -536,6 +561,47 @@ _CALLS: dict[str, Callable[[RaftServer, Any, otp.ReplyTo], Any]] = {
     "handover_candidates": RaftServer._call_handover_candidates,
     **{kind: RaftServer._call_event for kind in _EVENT_BUILDERS},
 }
+
+
+def _rpcs_from_sender(sender: policy.Sender, msg: Any) -> bool:
+    """Every RPC of an ``("rpcs", [...])`` batch names the connection's own node as its
+    sender."""
+    return heartbeats.wires_from_node(sender.node_id, msg[1] if len(msg) == 2 else None)
+
+
+_ADMIN_CALL = policy.Rule(policy.ADMIN, limited=True)
+_READ_CALL = policy.Rule(policy.CLIENT, limited=True)
+
+
+def allow_remote(name: str) -> None:
+    """What other nodes may send the server registered as ``name`` (see
+    ``waraft.distribution.policy``): members' Raft RPCs, read-only status for clients, the
+    admin verbs for admins. ``snapshot_available`` (it names a directory) and the casts that
+    only local processes send are not reachable from the wire."""
+    admin_verbs = (
+        "bootstrap",
+        "promote",
+        "trigger_election",
+        "resign",
+        "handover",
+        "disable",
+        "enable",
+        "adjust_config",
+    )
+    policy.allow(
+        name,
+        casts={
+            "rpcs": policy.Rule(policy.MEMBER, guard=_rpcs_from_sender),
+            "handover": _ADMIN_CALL,
+        },
+        calls={
+            "status": _READ_CALL,
+            "current_config": _READ_CALL,
+            "handover_candidates": _READ_CALL,
+            "is_peer_ready": _READ_CALL,
+            **{verb: _ADMIN_CALL for verb in admin_verbs},
+        },
+    )
 
 
 def start_link(options: RaftOptions) -> otp.Pid:

@@ -116,6 +116,75 @@ _NOT_FALSE: Final = frozenset(
 
 _MISSING: Final = object()
 
+MAX_SETTING_INT: Final = 2**53
+"""The largest integer setting (sizes, counts, milliseconds): far beyond any sane value, and
+small enough for every timer and wire format."""
+
+_AT_LEAST_ONE: Final = frozenset(
+    {
+        "raft_election_timeout_ms",
+        "raft_election_timeout_ms_max",
+        "raft_heartbeat_interval_ms",
+    }
+)
+_OPTIONAL_INT: Final = frozenset({"raft_handover_max_unapplied_entries", "raft_max_log_records"})
+
+
+class BadSetting(ValueError):
+    """A setting with a value of the wrong type or out of range."""
+
+
+def check_setting(key: str, value: Any) -> None:
+    """Check one setting's type and range (its default's type: bool, int >= 0 (>= 1 for the
+    election and heartbeat timeouts), str for modules and paths; ``raft_election_weight`` in
+    ``0..ELECTION_MAX_WEIGHT``). Raises :class:`BadSetting` saying what was expected; an
+    unknown key raises it too."""
+    for table in (GLOBAL_DEFAULTS, APP_DEFAULTS, TABLE_DEFAULTS):
+        if key in table:
+            default = table[key]
+            break
+    else:
+        if key not in FALLBACK_KEYS.values():
+            raise BadSetting(f"unknown setting {key!r}")
+        default = _MISSING
+    shown = repr(value)[:60]
+    if isinstance(default, bool):
+        if type(value) is not bool:
+            raise BadSetting(f"{key} must be true or false, got {shown}")
+    elif isinstance(default, int) or key in _OPTIONAL_INT or default is _MISSING:
+        if value is None and (key in _OPTIONAL_INT or default is _MISSING):
+            return
+        if type(value) is not int:
+            raise BadSetting(f"{key} must be an integer, got {shown}")
+        low = 1 if key in _AT_LEAST_ONE else 0
+        high = ELECTION_MAX_WEIGHT if key == "raft_election_weight" else MAX_SETTING_INT
+        if not low <= value <= high:
+            raise BadSetting(f"{key} must be between {low} and {high}, got {value}")
+    elif (isinstance(default, str) or default is None) and not (
+        (isinstance(value, str) and value) or (value is None and default is None)
+    ):
+        raise BadSetting(f"{key} must be a non-empty string, got {shown}")
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """:func:`check_setting` for each, then the relations between them (an election timeout
+    range that is not a range, a heartbeat no shorter than the election timeout)."""
+    for key, value in settings.items():
+        check_setting(key, value)
+    low = settings.get("raft_election_timeout_ms", TABLE_DEFAULTS["raft_election_timeout_ms"])
+    high = settings.get(
+        "raft_election_timeout_ms_max", TABLE_DEFAULTS["raft_election_timeout_ms_max"]
+    )
+    beat = settings.get("raft_heartbeat_interval_ms", TABLE_DEFAULTS["raft_heartbeat_interval_ms"])
+    if high < low:
+        raise BadSetting(
+            f"raft_election_timeout_ms_max ({high}) is below raft_election_timeout_ms ({low})"
+        )
+    if beat >= low:
+        raise BadSetting(
+            f"raft_heartbeat_interval_ms ({beat}) must be below raft_election_timeout_ms ({low})"
+        )
+
 
 class NoConfiguredDatabasePath(LookupError):
     """``raft_database`` is not set for the scope (WARaft's ``no_configured_database_path``)."""
@@ -415,10 +484,13 @@ __all__ = [
     "RAFT_APP",
     "TABLE_DEFAULTS",
     "TABLE_OVERRIDES",
+    "BadSetting",
     "Key",
     "NoConfiguredDatabasePath",
     "Scope",
     "app_setting",
+    "check_setting",
+    "check_settings",
     "clear",
     "clear_election_weight_override",
     "current_node_id",

@@ -29,6 +29,7 @@ from typing import Any, Final
 from waraft import otp
 from waraft.core.effects import ApplyItem as CoreApplyItem
 from waraft.core.types import NOOP, NOOP_OMITTED, Config, LogPos, Priority, is_config_command
+from waraft.distribution import policy
 from waraft.services import codec, env
 from waraft.services.codec import CodecError
 from waraft.services.replies import coalesced_replies
@@ -138,6 +139,9 @@ class StorageServer(otp.Process):
         self.path: str = options.database
         self.queues = options.queues
         self.server: str = options.server_name
+        # From the wire: local (non-consistent) reads and the applied position, for clients.
+        # Nothing that names a path or a module (snapshots, open, config) is reachable.
+        policy.allow(self.name, calls={"read": policy.CLIENT, "position": policy.CLIENT})
         self.self_id = options.self_id
         extra = env.get_env(options.application, "raft_storage_options", None) or {}
         if not isinstance(extra, dict):

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from waraft import otp, transport
+from waraft.distribution import policy
 from waraft.services import env
 from waraft.storage.provider import fsync_directory
 from waraft.transport import tables
@@ -229,6 +230,7 @@ class DistTransport(otp.Process):
     process_type = otp.THREAD  # writes and fsyncs the chunks it receives
 
     def init(self) -> None:
+        policy.allow(NAME, casts={"complete": policy.MEMBER}, calls={"chunk": policy.MEMBER})
         self.fds: dict[tuple[int, int], int] = {}
         self._timer = otp.send_after(SWEEP_INTERVAL_MS, self.pid, "sweep")
 

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from waraft import otp
 from waraft.core.types import LogPos
+from waraft.distribution import policy
 from waraft.services import env
 from waraft.services import options as partition_options
 from waraft.transport.tables import (
@@ -185,6 +186,16 @@ class TransportManager(otp.Process):
     def init(self) -> None:
         if tables_for() is None:
             setup_tables()
+        # Members offer transports (for themselves only) and report completions; the module
+        # a transport is handled with is always the partition's own, never the offer's.
+        policy.allow(
+            NAME,
+            casts={"complete": policy.MEMBER},
+            calls={
+                "transport": policy.Rule(policy.MEMBER, guard=policy.same_node(2)),
+                "may_accept": policy.MEMBER,
+            },
+        )
         self._timer = self._schedule_scan()
 
     def terminate(self, reason: Any) -> None:

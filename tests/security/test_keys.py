@@ -1,0 +1,206 @@
+"""The secure default: a cluster run with the keys of ``waraft keys create``.
+
+Only the cluster's keys connect; a node key speaks only for its own node; a client key reaches
+the client API and nothing else; admin verbs need an admin key; the CLI and the client take
+the keys. One 3-node cluster (one partition) is shared by the module.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from tests.multiprocess.harness import ROOT, Cluster, child_env, wait_until, waraft_cmd
+from tests.security.attacker import Attacker
+from waraft import distribution as dist
+from waraft import otp
+from waraft.distribution import envelope, keys
+from waraft.partition import server
+
+TABLE = "kv"
+SERVER = "raft_server_kv_1"
+# Elections slow enough that a loaded 2-core machine does not hold one by itself: any change
+# of term or leader during a test is then the attack's doing.
+CALM = {
+    "raft_election_timeout_ms": 1500,
+    "raft_election_timeout_ms_max": 3000,
+    "raft_heartbeat_interval_ms": 100,
+}
+
+
+@pytest.fixture(scope="module")
+def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("keys") / "keys"
+    code = subprocess.run(
+        waraft_cmd("keys", "create", str(root), "--nodes", "n1,n2,n3", "--clients", "app"),
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert code.returncode == 0, code.stderr
+    assert (root / "n1.key").stat().st_mode & 0o077 == 0  # secret keys are private
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, key_dir: Path) -> Iterator[Cluster]:
+    """The cluster, watched from this process with the admin key."""
+    node_id = dist.start(
+        f"{keys.process_name('admin', 'pytest')}@127.0.0.1:0",
+        curve=keys.load(key_dir, "admin"),
+        ping_interval=0.2,
+        down_after=0.8,
+        connect_timeout=0.8,
+    )
+    assert node_id
+    cluster = Cluster(
+        tmp_path_factory.mktemp("secure"), 3, partitions=(1,), settings=CALM, keys=str(key_dir)
+    )
+    try:
+        cluster.start()
+        cluster.bootstrap()
+        wait_until(cluster.converged)
+        yield cluster
+    finally:
+        cluster.kill_all()
+        dist.stop()
+        otp.node.stop_all(timeout=5.0)
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def curve_of(key_dir: Path, name: str) -> tuple[bytes, bytes, bytes]:
+    record = json.loads((key_dir / f"{name}.key").read_text())
+    node = json.loads((key_dir / "n1.key").read_text())
+    return record["public_key"].encode(), record["secret_key"].encode(), node["public_key"].encode()
+
+
+def picture(cluster: Cluster) -> dict[str, tuple[Any, ...]]:
+    return {
+        node: (row["term"], row["leader"], tuple(row["members"]), row["disable_reason"])
+        for (node, _), row in cluster.rows().items()
+    }
+
+
+def stats(cluster: Cluster, index: int) -> dict[str, int]:
+    result: dict[str, int] = cluster.admin(index, "dist_stats")
+    return result
+
+
+def fails_with(answers: list[tuple[Any, ...]], reason: str) -> bool:
+    replies = [a for a in answers if a[1] in (envelope.Kind.REPLY, envelope.Kind.FAIL)]
+    return bool(replies) and all(a[1] == envelope.Kind.FAIL and a[3] == reason for a in replies)
+
+
+def test_the_client_commits_and_reads_with_a_client_key(cluster: Cluster, key_dir: Path) -> None:
+    # In a process of its own (the client's identity is its process's node).
+    script = (
+        "import sys; from waraft.client import Client\n"
+        f"c = Client({cluster.ids!r}, table='kv', partitions=1, timeout=15.0,"
+        f" keys={str(key_dir)!r}, key_name='app')\n"
+        "assert c.commit(1, ('write', 'kv', 'secure', 1)) == 'ok'\n"
+        "assert c.read(1, ('read', 'kv', 'secure')) == ('ok', 1)\n"
+        "c.close()\n"
+    )
+    done = subprocess.run(
+        [*waraft_cmd()[:1], "-c", script], cwd=ROOT, env=child_env(), timeout=60,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_without_a_key_of_the_cluster_nothing_connects(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    before = picture(cluster)
+    denied = stats(cluster, 0).get("handshake_failed", 0)
+    plain = Attacker(ctx, cluster.ids[0])
+    plain.call("waraft_admin", ("ping",))
+    plain.cast(SERVER, ("rpcs", []))
+    public, secret = zmq.curve_keypair()
+    stranger = Attacker(ctx, cluster.ids[0], curve=(public, secret, curve_of(key_dir, "n1")[2]))
+    stranger.call("waraft_admin", ("ping",))
+    assert plain.answers(timeout=1.0) == [] and stranger.answers(timeout=1.0) == []
+    wait_until(lambda: stats(cluster, 0).get("handshake_failed", 0) > denied, timeout=5)
+    assert picture(cluster) == before
+    plain.close()
+    stranger.close()
+
+
+def test_a_client_key_reaches_the_client_api_only(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    before = picture(cluster)
+    leader = wait_until(lambda: cluster.leader(1))[0]
+    app = Attacker(ctx, leader, name="app.x1", curve=curve_of(key_dir, "app"))
+    app.call(SERVER, ("status",))
+    assert [a[1] for a in app.answers()] == [envelope.Kind.REPLY]  # read-only status: yes
+    for verb in (("disable", "evil"), ("adjust_config", ("remove", ["n2", "x"])), ("resign",)):
+        app.call(SERVER, verb)
+        assert fails_with(app.answers(), "refused"), verb
+    app.call("waraft_admin", ("clear_fault",))
+    assert fails_with(app.answers(), "refused")
+    status = server.status((SERVER, leader))
+    app.cast(SERVER, ("rpcs", [["request_vote", 10**6, SERVER, app.node_id, ["normal", 9, 9]]]))
+    time.sleep(0.3)
+    assert server.status((SERVER, leader))["current_term"] == status["current_term"]
+    assert picture(cluster) == before
+    app.close()
+
+
+def test_a_node_key_speaks_only_for_its_own_node(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    before = picture(cluster)
+    target = cluster.ids[0]
+    wrong = stats(cluster, 0).get("rx_wrong_key", 0)
+    n3 = curve_of(key_dir, "n3")
+    # n3's key claiming to be n2 (whose id names this host, so only the key can tell).
+    forged = Attacker(ctx, target, name="n3", curve=n3)
+    sock = forged.connect(cluster.ids[1])
+    rpc = ["request_vote", 10**6, SERVER, cluster.ids[1], ["normal", 10**9, 10**6]]
+    forged.cast(SERVER, ("rpcs", [rpc]), sock=sock)
+    # A client key claiming a node's name.
+    app = Attacker(ctx, target, name="n2", curve=curve_of(key_dir, "app"))
+    app.call("waraft_admin", ("ping",))
+    wait_until(lambda: stats(cluster, 0).get("rx_wrong_key", 0) >= wrong + 2, timeout=5)
+    time.sleep(0.3)
+    assert picture(cluster) == before
+    sock.close(0)
+    forged.close()
+    app.close()
+
+
+def test_admin_verbs_need_the_admin_key(cluster: Cluster) -> None:
+    # This process runs with the admin key.
+    assert cluster.admin(0, "set_fault", [], [], []) == "ok"
+    assert cluster.admin(0, "clear_fault") == "ok"
+
+
+def test_the_cli_takes_the_keys(cluster: Cluster, key_dir: Path) -> None:
+    nodes = ",".join(cluster.ids)
+
+    def status(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            waraft_cmd("status", "--nodes", nodes, "--json", "--timeout", "2", *extra),
+            cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    secure = status("--keys", str(key_dir), "--as", "app")
+    assert secure.returncode == 0, secure.stderr[-2000:]
+    assert len(json.loads(secure.stdout)) == 3
+    assert status().returncode == 1  # without keys: every node unreachable

@@ -1,0 +1,78 @@
+"""Unit tests of the allow-list, the rate limits and the key-bound rights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from waraft.distribution import keys, policy
+from waraft.distribution.policy import Rule, Sender
+
+
+@pytest.fixture(autouse=True)
+def _clean_rules() -> None:
+    policy.forget("svc")
+
+
+def test_only_listed_tags_with_the_right_get_through() -> None:
+    policy.allow(
+        "svc",
+        casts={"rpcs": Rule(policy.MEMBER, guard=policy.same_node(1))},
+        calls={"status": policy.CLIENT, "disable": Rule(policy.ADMIN, limited=True)},
+    )
+    member = Sender("n1@h:1", frozenset({policy.MEMBER, policy.CLIENT}))
+    client = Sender("app.x@h:2", frozenset({policy.CLIENT}))
+
+    def ok(sender: Sender, call: bool, msg: object) -> bool:
+        return policy.admits(policy.rule_for("svc", call, msg), sender, msg)
+
+    assert ok(member, False, ("rpcs", "n1@h:1"))
+    assert not ok(member, False, ("rpcs", "n2@h:1"))  # speaks for another node
+    assert not ok(client, False, ("rpcs", "app.x@h:2"))  # not a member
+    assert ok(client, True, ("status",))
+    assert not ok(client, True, ("disable", "x"))  # admin verb
+    assert not ok(member, True, ("rpcs", "n1@h:1"))  # a cast tag is not a call tag
+    assert not ok(member, True, ("terminate_child", "x"))
+    assert not ok(member, True, "status")  # not a tuple
+    assert policy.rule_for("kernel_sup", True, ("terminate_child", "x")) is None
+
+
+def test_a_guard_that_raises_refuses() -> None:
+    def broken(sender: Sender, msg: object) -> bool:
+        raise RuntimeError("boom")
+
+    policy.allow("svc", casts={"x": Rule(policy.CLIENT, guard=broken)})
+    msg = ("x",)
+    assert not policy.admits(
+        policy.rule_for("svc", False, msg), Sender("a.b@h:1", policy.RIGHTS), msg
+    )
+
+
+def test_rate_limits_per_sender_and_node_wide() -> None:
+    limiter = policy.RateLimiter(per_sender=10, node_wide=15)
+    first = sum(limiter.take("a@h:1") for _ in range(100))
+    assert first == 20  # the burst is twice the rate
+    second = sum(limiter.take("b@h:1") for _ in range(100))
+    assert second == 10  # what is left of the node-wide burst of 30
+
+
+def test_key_roles_bind_node_ids_and_rights(tmp_path: Path) -> None:
+    keys.create(tmp_path, ["n1", "n2"], ["app"], ["ops"])
+    curve = keys.load(tmp_path, "n1", "node")
+    assert curve.rights_for("n1@10.0.0.1:7001", "node:n1") == frozenset(
+        {policy.MEMBER, policy.CLIENT}
+    )
+    assert curve.rights_for("n2@10.0.0.2:7001", "node:n1") is None
+    assert curve.rights_for("app.cli1@h:1", "client:app") == frozenset({policy.CLIENT})
+    assert curve.rights_for("n1@h:1", "client:app") is None
+    assert curve.rights_for("ops.x@h:1", "admin:ops") == frozenset({policy.CLIENT, policy.ADMIN})
+    assert curve.rights_for("ops.x@h:1", None) is None
+    public = (tmp_path / "app.key").read_text().split('"public_key": "')[1][:40].encode()
+    assert curve.user_for(public) == "client:app"
+    assert curve.user_for(b"x" * 40) is None
+    assert curve.server_key_for("app.cli1@h:1") == public
+    with pytest.raises(keys.KeysError, match="not node"):
+        keys.load(tmp_path, "app", "node")
+    with pytest.raises(keys.KeysError, match="never overwritten"):
+        keys.create(tmp_path, ["n1"])

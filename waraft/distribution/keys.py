@@ -1,0 +1,132 @@
+"""A cluster's CURVE keys on disk: one directory made by ``waraft keys create``.
+
+Layout of the directory::
+
+    cluster.json      public keys only: {"identities": {public_key: [role, name]}}
+    <name>.key        one identity's key pair: {"role", "name", "public_key", "secret_key"}
+                      (mode 0600; give each process only its own file)
+
+Roles: ``node`` (one key per node, named after the node's ``--name``: it may claim only node
+ids ``<name>@host:port``), ``client`` (the client API: commits, reads, read-only status) and
+``admin`` (the client API and the admin verbs). A client or admin process runs with a node
+id whose name is ``<key name>.<anything>``; :func:`process_name` makes one.
+
+:func:`load` turns the directory and one identity into the ``CurveConfig`` that
+``waraft.distribution.start(curve=...)`` takes: every connection is then encrypted, only the
+cluster's keys can connect, and each connection gets its key's rights (see
+``waraft.distribution.policy``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import zmq
+
+from waraft.distribution.settings import CurveConfig
+
+CLUSTER_FILE: Final = "cluster.json"
+ROLES: Final = ("node", "client", "admin")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class KeysError(ValueError):
+    """A key directory or key file that cannot be used (missing, malformed, wrong role)."""
+
+
+def create(
+    directory: str | os.PathLike[str],
+    nodes: Sequence[str],
+    clients: Sequence[str] = ("client",),
+    admins: Sequence[str] = ("admin",),
+) -> list[Path]:
+    """Create a cluster's keys in ``directory`` (created if needed; existing key files are
+    never overwritten). Returns the files written."""
+    root = Path(directory)
+    wanted = [("node", n) for n in nodes] + [("client", c) for c in clients]
+    wanted += [("admin", a) for a in admins]
+    names = [name for _, name in wanted]
+    if not nodes:
+        raise KeysError("name at least one node")
+    for name in names:
+        if not _NAME.match(name):
+            raise KeysError(f"key names are letters, digits, '-' and '_': {name!r}")
+    if len(set(names)) != len(names):
+        raise KeysError("key names must be distinct")
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / CLUSTER_FILE).exists():
+        raise KeysError(f"{root / CLUSTER_FILE} exists already: keys are never overwritten")
+    identities: dict[str, list[str]] = {}
+    written = []
+    for role, name in wanted:
+        public, secret = zmq.curve_keypair()
+        identities[public.decode()] = [role, name]
+        path = root / f"{name}.key"
+        record = {
+            "role": role,
+            "name": name,
+            "public_key": public.decode(),
+            "secret_key": secret.decode(),
+        }
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise KeysError(f"{path} exists already: keys are never overwritten") from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, indent=1)
+        written.append(path)
+    cluster = root / CLUSTER_FILE
+    cluster.write_text(json.dumps({"identities": identities}, indent=1, sort_keys=True))
+    written.append(cluster)
+    return written
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise KeysError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise KeysError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise KeysError(f"{path} is not a JSON object")
+    return data
+
+
+def load(directory: str | os.PathLike[str], name: str, role: str | None = None) -> CurveConfig:
+    """The ``CurveConfig`` of identity ``name`` (``<directory>/<name>.key``), checked to have
+    ``role`` if given. Raises :class:`KeysError` with a one-line reason."""
+    root = Path(directory)
+    cluster = _read_json(root / CLUSTER_FILE)
+    record = _read_json(root / f"{name}.key")
+    if role is not None and record.get("role") != role:
+        raise KeysError(f"{root / (name + '.key')} is a {record.get('role')} key, not {role}")
+    raw = cluster.get("identities")
+    if not isinstance(raw, dict):
+        raise KeysError(f"{root / CLUSTER_FILE} has no identities")
+    try:
+        identities = {str(k): (str(v[0]), str(v[1])) for k, v in raw.items() if str(v[0]) in ROLES}
+        return CurveConfig.coerce(
+            {
+                "public_key": record["public_key"],
+                "secret_key": record["secret_key"],
+                "server_keys": {n: k for k, (_, n) in identities.items()},
+                "identities": identities,
+            }
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise KeysError(f"bad key material in {root}: {exc}") from None
+
+
+def process_name(key_name: str, tag: str) -> str:
+    """A node-id name for a client or admin process using key ``key_name``."""
+    return f"{key_name}.{tag}{os.getpid()}x{random.randrange(1 << 20):x}"
+
+
+__all__ = ["CLUSTER_FILE", "ROLES", "KeysError", "create", "load", "process_name"]

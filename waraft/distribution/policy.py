@@ -1,0 +1,219 @@
+"""What other nodes may ask of this one: an explicit allow-list per registered name.
+
+Nothing reaches a local process from the wire unless the process's registered name has a rule
+for the message: a cast or call is identified by its name and its *tag* (the first element of
+the tuple it carries, e.g. ``("rpcs", [...])`` or ``("status",)``); anything else — another
+tag, a name without rules (``kernel_sup``, ``raft_sup_*``, storage, logs), a message that is
+not a tuple headed by a string — is dropped and counted (``rx_refused``), and a refused call
+fails at once with ``"refused"``. Processes that serve other nodes register their rules when
+they start (:func:`allow`), so the list lives next to the code that handles the messages.
+
+Each rule names the *right* it needs:
+
+* ``member`` — Raft RPCs, transport and snapshot traffic between the cluster's nodes;
+* ``client`` — the client API: commits, reads, read-only status;
+* ``admin`` — verbs that change a partition or the node (bootstrap, promote, handover,
+  membership changes, fault injection).
+
+A connection's rights come from the key it authenticated with (see ``CurveConfig``); without
+CURVE (``--insecure``) every sender has every right and only the allow-list, the guards and
+the partition's membership checks apply. A rule may add a *guard*, a predicate on the sender
+and the message (e.g. "every RPC in this batch names the connection's own node as its
+sender", or "replies go back to the caller's own node"), and may be *rate limited*: status and
+admin calls share a per-sender and a node-wide token bucket so that a flood of them cannot
+starve the Raft traffic behind them (over the limit: counted as ``rx_rate_limited``, a call
+fails with ``"rate_limited"``).
+
+Thread safety: rules are written by the starting processes and read by the receive thread;
+each update replaces a whole dict entry (atomic under the GIL).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+MEMBER: Final = "member"
+CLIENT: Final = "client"
+ADMIN: Final = "admin"
+RIGHTS: Final = frozenset({MEMBER, CLIENT, ADMIN})
+"""Every right: what an unauthenticated sender has when CURVE is off (``--insecure``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sent a frame: the node id bound to the connection and the rights of its key."""
+
+    node_id: str
+    rights: frozenset[str]
+
+
+Guard = Callable[[Sender, Any], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a (name, tag) pair needs: a right, optionally a guard and rate limiting."""
+
+    right: str
+    guard: Guard | None = None
+    limited: bool = False
+
+    def __post_init__(self) -> None:
+        if self.right not in RIGHTS:
+            raise ValueError(f"unknown right {self.right!r}")
+
+
+RuleSpec = Rule | str
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    casts: Mapping[str, Rule]
+    calls: Mapping[str, Rule]
+
+
+_rules: dict[str, _Rules] = {}
+_open_names = False
+_OPEN_RULE: Final = Rule(MEMBER)
+
+
+def open_unlisted_names(enabled: bool) -> None:
+    """For tests of the distribution layer itself (and only them): let casts and calls to a
+    name without rules through to members, as before the allow-list existed. Off by default;
+    names with rules keep them."""
+    global _open_names
+    _open_names = enabled
+
+
+def _coerce(spec: RuleSpec) -> Rule:
+    return spec if isinstance(spec, Rule) else Rule(spec)
+
+
+def allow(
+    name: str,
+    *,
+    casts: Mapping[str, RuleSpec] | None = None,
+    calls: Mapping[str, RuleSpec] | None = None,
+) -> None:
+    """Set the remote requests the process registered as ``name`` accepts (replacing any
+    previous rules for that name). ``casts`` covers casts and infos."""
+    _rules[name] = _Rules(
+        {tag: _coerce(spec) for tag, spec in (casts or {}).items()},
+        {tag: _coerce(spec) for tag, spec in (calls or {}).items()},
+    )
+
+
+def forget(name: str) -> None:
+    """Remove every rule for ``name`` (its messages are refused from now on)."""
+    _rules.pop(name, None)
+
+
+def rule_for(name: str, call: bool, msg: Any) -> Rule | None:
+    """The rule admitting ``msg`` to ``name``, or None if nothing admits it."""
+    rules = _rules.get(name)
+    if rules is None:
+        return _OPEN_RULE if _open_names else None
+    if type(msg) is not tuple or not msg:
+        return None
+    tag = msg[0]
+    if type(tag) is not str:
+        return None
+    return (rules.calls if call else rules.casts).get(tag)
+
+
+def admits(rule: Rule | None, sender: Sender, msg: Any) -> bool:
+    """Whether ``rule`` lets ``sender`` deliver ``msg`` (rate limits aside). A guard that
+    raises refuses."""
+    if rule is None or rule.right not in sender.rights:
+        return False
+    guard = rule.guard
+    if guard is None:
+        return True
+    try:
+        return bool(guard(sender, msg))
+    except Exception:
+        return False
+
+
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; single-threaded (the receive thread)."""
+
+    __slots__ = ("_at", "_burst", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._at = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        """Take one token if there is one."""
+        tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
+
+class RateLimiter:
+    """Rate limits for limited rules: one bucket per sender node and one for the node."""
+
+    def __init__(self, per_sender: float, node_wide: float, max_senders: int = 4096) -> None:
+        self._per_sender = per_sender
+        self._node = TokenBucket(node_wide, 2 * node_wide)
+        self._senders: dict[str, TokenBucket] = {}
+        self._max = max_senders
+
+    def take(self, node_id: str) -> bool:
+        """Whether one more limited request from ``node_id`` may go through now."""
+        now = time.monotonic()
+        bucket = self._senders.get(node_id)
+        if bucket is None:
+            if len(self._senders) >= self._max:
+                self._senders.clear()  # made-up ids must not grow this without bound
+            bucket = self._senders[node_id] = TokenBucket(self._per_sender, 2 * self._per_sender)
+        return bucket.take(now) and self._node.take(now)
+
+
+def same_node(position: int) -> Guard:
+    """A guard: element ``position`` of the message is the sender's own node id (a node may
+    only speak for itself, and replies are never sent to a third node)."""
+
+    def guard(sender: Sender, msg: Any) -> bool:
+        return bool(len(msg) > position and msg[position] == sender.node_id)
+
+    return guard
+
+
+def reply_to_sender(position: int) -> Guard:
+    """A guard: element ``position`` is a ``(name, node)`` address on the sender's node."""
+
+    def guard(sender: Sender, msg: Any) -> bool:
+        addr = msg[position] if len(msg) > position else None
+        return bool(isinstance(addr, tuple) and len(addr) == 2 and addr[1] == sender.node_id)
+
+    return guard
+
+
+__all__ = [
+    "ADMIN",
+    "CLIENT",
+    "MEMBER",
+    "RIGHTS",
+    "RateLimiter",
+    "Rule",
+    "Sender",
+    "TokenBucket",
+    "admits",
+    "allow",
+    "forget",
+    "open_unlisted_names",
+    "reply_to_sender",
+    "rule_for",
+    "same_node",
+]
