@@ -14,6 +14,13 @@ more committed entries are sent (WARaft's ``notify_complete``). An entry out of 
 invariant: the actor crashes and the partition restarts, as WARaft's does. A witness skips the
 data of commands (advancing its position) and applies a ``noop_omitted`` every
 ``raft_storage_witness_apply_interval`` skipped entries.
+
+Exactly-once sessions (``waraft.core.sessions``) live here, so they work with every provider:
+each ``("$session", ...)`` command, plain or inside a ``$batch``, goes through the replicated
+dedup table before the provider sees it (a duplicate reaches the provider as a ``noop`` and is
+answered with the recorded result). Whenever the table changes it is written, as the value of
+the reserved key ``SESSIONS_KEY``, by ``apply_batch_then`` in the same transaction as the
+entries whose results it records, so it is in every snapshot and survives restarts.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any, Final
 
 from waraft import otp
 from waraft.core.effects import ApplyItem as CoreApplyItem
+from waraft.core.sessions import Apply, Done, Pending, SessionTable, is_session_command
 from waraft.core.types import NOOP, NOOP_OMITTED, Config, LogPos, Priority, is_config_command
 from waraft.services import codec, env
 from waraft.services.codec import CodecError
@@ -52,6 +60,9 @@ WITNESS_APPLY_INTERVAL_KEY = "raft_storage_witness_apply_interval"
 DEFAULT_WITNESS_APPLY_INTERVAL = 5000
 MAX_RETAINED_SNAPSHOT = 1
 _SNAPSHOT_RE = re.compile(r"^snapshot\.(\d+)\.(\d+)(\.witness)?$")
+SESSIONS_TABLE: Final = "$waraft"
+SESSIONS_KEY: Final = ("$waraft", "sessions")
+"""The reserved key holding the session table (``SessionTable.dump()``) in every provider."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +160,7 @@ class StorageServer(otp.Process):
         self.provider: StorageProvider = options.storage_module.open(storage_options, self.path)
         self.position: LogPos = self.provider.position()
         self.skipped = 0
+        self.sessions = self._load_sessions()
         self._refresh_config()
         self._witness_interval = int(
             env.get_table_env(
@@ -170,6 +182,19 @@ class StorageServer(otp.Process):
         if provider is not None:
             logger.info("storage %s terminating at %s: %r", self.name, self.position, reason)
             provider.close()
+
+    def _load_sessions(self) -> SessionTable:
+        """The session table stored in the provider (empty if none was ever written)."""
+        found = self.provider.read(("read", SESSIONS_TABLE, SESSIONS_KEY), self.position)
+        if type(found) is tuple and len(found) == 2 and found[0] == "ok":
+            return SessionTable.load(found[1])
+        return SessionTable()
+
+    def _sessions_write(self) -> list[Any]:
+        """The provider command storing the table, if it changed."""
+        if not self.sessions.changed:
+            return []
+        return [("write", SESSIONS_TABLE, SESSIONS_KEY, self.sessions.dump())]
 
     def _refresh_config(self) -> None:
         found = self.provider.config()
@@ -200,6 +225,7 @@ class StorageServer(otp.Process):
         # for a durable provider); a $batch entry is one apply_many of its own.
         chunk: list[tuple[Any, LogPos, Any]] = []
         shapes: list[Any] = []  # the reply handle of each chunk item
+        marks: list[Done | Apply | Pending] = []  # the session decision of each chunk item
         next_index = self.position.index + 1
         for index, entry, reply_to, priority in items:
             if index < next_index:
@@ -214,21 +240,33 @@ class StorageServer(otp.Process):
             if command is None:
                 raise OutOfOrderApply(f"storage {self.name} got the base entry at {index}")
             if is_config_command(command) or (self.witness and command != NOOP):
-                self._apply_chunk(chunk, shapes, replies)
+                self._apply_chunk(chunk, shapes, replies, marks)
                 result = self._apply_special(command, position, entry.label)
                 if reply_to is not None:
                     replies.append((reply_to, result))
                 continue
             if is_batch_command(command):
-                self._apply_chunk(chunk, shapes, replies)
-                result = self._apply_many(self._commands_of(command), position, entry.label)
+                self._apply_chunk(chunk, shapes, replies, marks)
+                commands = self._commands_of(command)
+                if any(is_session_command(c) for c in commands):
+                    result = self._apply_session_items(
+                        [(c, position, entry.label) for c in commands],
+                        [self.sessions.begin(c, index) for c in commands],
+                    )
+                else:
+                    result = self._apply_many(commands, position, entry.label)
                 self.position = position
                 if reply_to is not None:
                     replies.append((reply_to, result))
             else:
                 chunk.append((command, position, entry.label))
                 shapes.append(reply_to)
-        self._apply_chunk(chunk, shapes, replies)
+                if marks or is_session_command(command):
+                    # Marks are kept only once a session command shows up in this chunk.
+                    if not marks:
+                        marks.extend(Apply(c) for c, _, _ in chunk[:-1])
+                    marks.append(self.sessions.begin(command, index))
+        self._apply_chunk(chunk, shapes, replies, marks)
         for priority, count in done.items():
             if count:
                 queues.commits_finished(count, priority)
@@ -243,21 +281,75 @@ class StorageServer(otp.Process):
         chunk: list[tuple[Any, LogPos, Any]],
         shapes: list[Any],
         replies: list[tuple[Any, Any]],
+        marks: list[Done | Apply | Pending],
     ) -> None:
         if not chunk:
             return
-        try:
-            results = self.provider.apply_batch(chunk)
-        except UnknownCommandError:
-            results = [
-                self._apply_one(command, position, label) for command, position, label in chunk
-            ]
+        if marks:
+            results = self._apply_session_items(chunk, marks)
+            marks.clear()
+        else:
+            try:
+                results = self.provider.apply_batch(chunk)
+            except UnknownCommandError:
+                results = [
+                    self._apply_one(command, position, label) for command, position, label in chunk
+                ]
         self.position = chunk[-1][1]
         for reply_to, result in zip(shapes, results, strict=True):
             if reply_to is not None:
                 replies.append((reply_to, result))
         chunk.clear()
         shapes.clear()
+
+    def _apply_session_items(
+        self, items: Sequence[tuple[Any, LogPos, Any]], marks: Sequence[Done | Apply | Pending]
+    ) -> list[Any]:
+        """Apply items whose session decisions are ``marks`` (one per item): an answered or
+        pending duplicate reaches the provider as a ``noop``; the results of applied tagged
+        commands are recorded, and the table written with them in one ``apply_batch_then``."""
+        sessions = self.sessions
+        translated = [
+            (mark.command if type(mark) is Apply else NOOP, position, label)
+            for mark, (_, position, label) in zip(marks, items, strict=True)
+        ]
+
+        try:
+            results = self.provider.apply_batch_then(translated, self._recorder(marks))
+        except UnknownCommandError:
+            # One at a time, so only the unknown commands get errors (recorded like results).
+            results = []
+            for mark, item in zip(marks, translated, strict=True):
+                single = [mark]
+                try:
+                    results.extend(self.provider.apply_batch_then([item], self._recorder(single)))
+                except UnknownCommandError as exc:
+                    error = ("error", ("unknown_command", str(exc)))
+                    self.provider.apply_batch_then(
+                        [(NOOP, item[1], item[2])], self._recorder(single, error)
+                    )
+                    results.append(error)
+        return [
+            mark.result
+            if type(mark) is Done
+            else sessions.result(mark.session, mark.seq)
+            if type(mark) is Pending
+            else result
+            for mark, result in zip(marks, results, strict=True)
+        ]
+
+    def _recorder(self, marks: Sequence[Done | Apply | Pending], forced: Any = None) -> Any:
+        """A ``finalize`` recording the results of ``marks`` (or ``forced`` for each)."""
+
+        def record(results: list[Any]) -> list[Any]:
+            for mark, result in zip(marks, results, strict=True):
+                if type(mark) is Apply and mark.session is not None:
+                    self.sessions.finish(
+                        mark.session, mark.seq, result if forced is None else forced
+                    )
+            return self._sessions_write()
+
+        return record
 
     def _apply_one(self, command: Any, position: LogPos, label: Any) -> Any:
         """Apply one entry on its own; a command the provider does not know is answered with
@@ -372,6 +464,7 @@ class StorageServer(otp.Process):
         if result == OK:
             self.position = position
             self.skipped = 0
+            self.sessions = self._load_sessions()
             self._refresh_config()
         return result
 
@@ -473,6 +566,8 @@ __all__ = [
     "BATCH",
     "NOT_FOUND",
     "OK",
+    "SESSIONS_KEY",
+    "SESSIONS_TABLE",
     "ApplyItem",
     "InvalidIncompleteReplica",
     "OutOfOrderApply",

@@ -1,0 +1,101 @@
+"""Exactly-once sessions through a real partition's storage actor: a retried non-idempotent
+command applies once (plain and inside ``$batch``), and the table survives a restart of a
+durable partition and travels in snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.partition.helpers import addr, ident, start_node, state, wait_until
+from waraft import acceptor, codec, otp, server, storage
+from waraft.core.sessions import EXPIRED, call_command, register_command
+from waraft.core.types import LogPos
+from waraft.storage.memory import MemoryStorage
+from waraft.storage.provider import OK
+
+SQLITE = "waraft.storage.sqlite:SqliteStorage"
+LMDB = "waraft.storage.lmdb:LmdbStorage"
+DISK = "waraft.log.disk:DiskLog"
+
+
+class CountingStorage(MemoryStorage):
+    """Memory storage plus ``("bump", table, key)``: a non-idempotent counter."""
+
+    def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
+        if type(command) is tuple and command[:1] == ("bump",):
+            value = self._data.get(command[2], 0) + 1
+            self._data[command[2]] = value
+            self._position = position
+            return ("ok", value)
+        return super().apply(command, position, label)
+
+    def apply_many(self, commands: Any, position: LogPos, label: Any = None) -> list[Any]:
+        return [self.apply(command, position, label) for command in commands]
+
+    def apply_batch(self, items: Any) -> list[Any]:
+        for command, _, _ in items:
+            if not (type(command) is tuple and command[:1] == ("bump",)):
+                self._check(command)  # all or nothing, like the real providers
+        return [self.apply(c, p, label) for c, p, label in items]
+
+
+def _single(tmp_path: Path, **spec: Any) -> otp.Node:
+    node = start_node(tmp_path, "n1", [1], **spec)
+    config = server.make_config([ident(node)])
+    assert server.bootstrap(addr("server", node), LogPos(1, 1), config) == "ok"
+    wait_until(lambda: state(node) == "leader")
+    return node
+
+
+def test_a_retried_bump_applies_once_plain_and_packed(tmp_path: Path) -> None:
+    node = _single(tmp_path, storage_module=CountingStorage)
+    acc = addr("acceptor", node)
+    status, sid = acceptor.commit(acc, ("r", register_command(1000)))
+    assert status == "ok"
+    bump = ("bump", "t", "c")
+    assert acceptor.commit(acc, ("a", call_command(sid, 1, 1, bump))) == ("ok", 1)
+    assert acceptor.commit(acc, ("b", call_command(sid, 1, 1, bump))) == ("ok", 1)
+    # Inside one $batch: the retry of seq 2 next to seq 2 itself, and a retry of seq 1.
+    packed = [call_command(sid, 2, 1, bump), call_command(sid, 2, 1, bump)]
+    packed.append(call_command(sid, 1, 1, bump))
+    assert acceptor.commit(acc, ("c", ("$batch", codec.packb(packed)))) == [("ok", 2)] * 2 + [
+        ("ok", 1)
+    ]
+    # Plain entries committed back to back land in one storage chunk: dedup there too.
+    assert acceptor.commit(acc, ("d", call_command(sid, 3, 1, bump))) == ("ok", 3)
+    assert acceptor.commit(acc, ("e", bump)) == ("ok", 4)  # sessionless: applied each time
+    assert acceptor.read(acc, ("read", "t", "c")) == ("ok", 4)
+    assert acceptor.commit(acc, ("f", call_command(sid + 99, 1, 1, bump))) == EXPIRED
+
+
+@pytest.mark.parametrize("provider", [SQLITE, LMDB])
+def test_the_session_table_survives_a_restart_of_a_durable_partition(
+    tmp_path: Path, provider: str
+) -> None:
+    if provider == LMDB:
+        pytest.importorskip("lmdb")
+    node = _single(tmp_path, log_module=DISK, storage_module=provider)
+    acc = addr("acceptor", node)
+    _, sid = acceptor.commit(acc, ("r", register_command(1000)))
+    first = ("write", "t", "k", "A")
+    assert acceptor.commit(acc, ("a", call_command(sid, 1, 1, first))) == OK
+    node_id = node.id
+    node.stop()
+    node = start_node(
+        tmp_path, "n1", [1], node_id=node_id, log_module=DISK, storage_module=provider
+    )
+    wait_until(lambda: state(node) == "leader")
+    acc = addr("acceptor", node)
+    # The same (session, seq) with another payload is recognised as the retry it claims to be.
+    second = ("write", "t", "k", "B")
+    assert acceptor.commit(acc, ("b", call_command(sid, 1, 1, second))) == OK
+    assert acceptor.read(acc, ("read", "t", "k")) == ("ok", "A")
+    # A snapshot carries the table: it is stored under the reserved key.
+    found = storage.read(
+        addr("storage", node), ("read", storage.SESSIONS_TABLE, storage.SESSIONS_KEY)
+    )
+    assert found[0] == "ok" and found[1][1][0][0] == sid
+    node.stop()
