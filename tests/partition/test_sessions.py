@@ -99,3 +99,45 @@ def test_the_session_table_survives_a_restart_of_a_durable_partition(
     )
     assert found[0] == "ok" and found[1][1][0][0] == sid
     node.stop()
+
+
+@pytest.mark.parametrize("provider", ["memory", SQLITE])
+def test_append_and_incr_are_derived_writes_for_any_provider(tmp_path: Path, provider: str) -> None:
+    spec = {} if provider == "memory" else {"log_module": DISK, "storage_module": provider}
+    node = _single(tmp_path, **spec)
+    acc = addr("acceptor", node)
+    assert acceptor.commit(acc, ("a", ("incr", "t", "n", 2))) == ("ok", 2)
+    assert acceptor.commit(acc, ("b", ("incr", "t", "n", 3))) == ("ok", 5)
+    assert acceptor.commit(acc, ("c", ("append", "t", "l", "x"))) == OK
+    # In one $batch: each command sees the ones before it, writes and deletes included.
+    packed = [
+        ("append", "t", "l", "y"),
+        ("incr", "t", "n", 1),
+        ("delete", "t", "n"),
+        ("incr", "t", "n", 10),
+        ("write", "t", "s", "text"),
+        ("incr", "t", "s", 1),
+        ("append", "t", "s", 1),
+    ]
+    results = acceptor.commit(acc, ("d", ("$batch", codec.packb(packed))))
+    assert results == [
+        OK,
+        ("ok", 6),
+        OK,
+        ("ok", 10),
+        OK,
+        ("error", "not_an_integer"),
+        ("error", "not_a_list"),
+    ]
+    assert acceptor.read(acc, ("read", "t", "l")) == ("ok", ("x", "y"))
+    assert acceptor.read(acc, ("read", "t", "n")) == ("ok", 10)
+    assert acceptor.read(acc, ("read", "t", "s")) == ("ok", "text")
+    # Through a session, the retried append is recorded and not applied again.
+    _, sid = acceptor.commit(acc, ("r", register_command(1000)))
+    tagged = call_command(sid, 1, 1, ("append", "t", "l", "z"))
+    assert acceptor.commit(acc, ("e", tagged)) == OK
+    assert acceptor.commit(acc, ("f", tagged)) == OK
+    assert acceptor.commit(acc, ("g", call_command(sid, 2, 1, ("incr", "t", "n", 1)))) == ("ok", 11)
+    assert acceptor.commit(acc, ("h", call_command(sid, 2, 1, ("incr", "t", "n", 1)))) == ("ok", 11)
+    assert acceptor.read(acc, ("read", "t", "l")) == ("ok", ("x", "y", "z"))
+    assert acceptor.read(acc, ("read", "t", "n")) == ("ok", 11)

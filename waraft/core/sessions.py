@@ -90,6 +90,7 @@ class Apply:
     command: Any
     session: int | None = None
     seq: int = 0
+    result: Any = None  # the storage's own answer when it rewrote the command (``incr``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,28 @@ def batch_commands(command: Any) -> Sequence[Any]:
     return payload
 
 
+DERIVED: Final = frozenset({"append", "incr"})
+
+
+def is_derived_command(command: Any) -> bool:
+    """A read-modify-write command every provider gets as a plain ``write``:
+
+    * ``("incr", table, key, n)``: add the int ``n`` to the int at ``key`` (missing: 0);
+      answers ``("ok", new_value)``, or ``("error", "not_an_integer")`` changing nothing;
+    * ``("append", table, key, value)``: append ``value`` to the list at ``key`` (missing:
+      empty; stored and read back as a tuple); answers ``"ok"``, or ``("error", "not_a_list")``.
+
+    The storage actor turns them into writes from the state it has applied, the same on every
+    replica, so no provider needs to know them. Neither is idempotent: retried by a client
+    they apply again unless sent through a session (``waraft.core.sessions``).
+    """
+    return type(command) is tuple and len(command) == 4 and command[0] in DERIVED
+
+
+def _is_error(result: Any) -> bool:
+    return type(result) is tuple and len(result) == 2 and result[0] == "error"
+
+
 class OutOfOrderApply(RuntimeError):
     """Storage was handed an entry that does not follow its position."""
 
@@ -248,7 +270,7 @@ class StorageServer(otp.Process):
             if is_batch_command(command):
                 self._apply_chunk(chunk, shapes, replies, marks)
                 commands = self._commands_of(command)
-                if any(is_session_command(c) for c in commands):
+                if any(is_session_command(c) or is_derived_command(c) for c in commands):
                     result = self._apply_session_items(
                         [(c, position, entry.label) for c in commands],
                         [self.sessions.begin(c, index) for c in commands],
@@ -261,7 +283,7 @@ class StorageServer(otp.Process):
             else:
                 chunk.append((command, position, entry.label))
                 shapes.append(reply_to)
-                if marks or is_session_command(command):
+                if marks or is_session_command(command) or is_derived_command(command):
                     # Marks are kept only once a session command shows up in this chunk.
                     if not marks:
                         marks.extend(Apply(c) for c, _, _ in chunk[:-1])
@@ -309,11 +331,20 @@ class StorageServer(otp.Process):
         pending duplicate reaches the provider as a ``noop``; the results of applied tagged
         commands are recorded, and the table written with them in one ``apply_batch_then``."""
         sessions = self.sessions
-        translated = [
-            (mark.command if type(mark) is Apply else NOOP, position, label)
-            for mark, (_, position, label) in zip(marks, items, strict=True)
-        ]
-
+        translated: list[tuple[Any, LogPos, Any]] = []
+        derived: dict[int, Any] = {}  # item number -> the result of its derived command
+        for mark, (_, position, label) in zip(marks, items, strict=True):
+            command = mark.command if type(mark) is Apply else NOOP
+            if is_derived_command(command):
+                command, derived[len(translated)] = self._derive(command, translated)
+            translated.append((command, position, label))
+        if derived:
+            marks = [
+                Apply(mark.command, mark.session, mark.seq, derived[i])
+                if i in derived and type(mark) is Apply
+                else mark
+                for i, mark in enumerate(marks)
+            ]
         try:
             results = self.provider.apply_batch_then(translated, self._recorder(marks))
         except UnknownCommandError:
@@ -329,14 +360,43 @@ class StorageServer(otp.Process):
                         [(NOOP, item[1], item[2])], self._recorder(single, error)
                     )
                     results.append(error)
-        return [
-            mark.result
-            if type(mark) is Done
-            else sessions.result(mark.session, mark.seq)
-            if type(mark) is Pending
-            else result
-            for mark, result in zip(marks, results, strict=True)
-        ]
+        answers: list[Any] = []
+        for mark, result in zip(marks, results, strict=True):
+            if isinstance(mark, Pending):
+                answers.append(sessions.result(mark.session, mark.seq))
+            elif isinstance(mark, Done) or (mark.result is not None and not _is_error(result)):
+                answers.append(mark.result)  # answered by the table, or a derived command
+            else:
+                answers.append(result)
+        return answers
+
+    def _derive(self, command: Any, earlier: Sequence[tuple[Any, LogPos, Any]]) -> tuple[Any, Any]:
+        """``(provider command, result)`` for a read-modify-write command, against the state
+        the provider will have after ``earlier`` (this batch's commands before it)."""
+        kind, table, key, argument = command
+        current: Any = None
+        for previous, _, _ in reversed(earlier):
+            if type(previous) is tuple and len(previous) >= 3 and previous[2] == key:
+                if previous[0] == "write" and len(previous) == 4:
+                    current = ("ok", previous[3])
+                    break
+                if previous[0] == "delete" and len(previous) == 3:
+                    current = NOT_FOUND
+                    break
+        if current is None:
+            current = self.provider.read(("read", table, key), self.position)
+        found = current[1] if type(current) is tuple and current[0] == "ok" else None
+        if kind == "incr":
+            if found is None:
+                found = 0
+            if type(found) is not int or type(argument) is not int:
+                return NOOP, ("error", "not_an_integer")
+            return ("write", table, key, found + argument), ("ok", found + argument)
+        if found is None:
+            found = ()
+        if not isinstance(found, (list, tuple)):
+            return NOOP, ("error", "not_a_list")
+        return ("write", table, key, (*found, argument)), OK
 
     def _recorder(self, marks: Sequence[Done | Apply | Pending], forced: Any = None) -> Any:
         """A ``finalize`` recording the results of ``marks`` (or ``forced`` for each)."""
@@ -344,9 +404,11 @@ class StorageServer(otp.Process):
         def record(results: list[Any]) -> list[Any]:
             for mark, result in zip(marks, results, strict=True):
                 if type(mark) is Apply and mark.session is not None:
-                    self.sessions.finish(
-                        mark.session, mark.seq, result if forced is None else forced
-                    )
+                    if forced is not None:
+                        result = forced
+                    elif mark.result is not None and not _is_error(result):
+                        result = mark.result  # a derived command's own result
+                    self.sessions.finish(mark.session, mark.seq, result)
             return self._sessions_write()
 
         return record
@@ -584,6 +646,7 @@ __all__ = [
     "delete_snapshot",
     "is_batch_command",
     "is_data_replica",
+    "is_derived_command",
     "list_snapshots",
     "position",
     "read",
