@@ -10,7 +10,7 @@ STEPS ?= 2000
 # mypy --strict holds for the whole package (the issues require it of waraft/core and waraft/otp).
 STRICT_PATHS := waraft
 
-.PHONY: all venv test demo lint sim sim-deep bench clean
+.PHONY: all venv test demo lint sim sim-deep bench chaos clean
 
 all: test
 
@@ -44,6 +44,12 @@ sim: $(STAMP)
 # Some bugs need long runs to show (a lost write after a snapshot install took ~20k steps).
 sim-deep: $(STAMP)
 	$(BIN)/python -m waraft.sim.sweep --seeds $(SEEDS) --steps 20000
+
+# Jepsen-style run over real node processes (kill -9, SIGSTOP, restart-all, partitions); a
+# 15 s version runs inside `make test` (tests/chaos/test_chaos.py).
+CHAOS_SECONDS ?= 240
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.run --duration $(CHAOS_SECONDS) --out benchmarks/results/chaos
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks run --scenario all --out benchmarks/results/latest

@@ -254,7 +254,8 @@ def check_list_append(ops: Iterable[Operation], final: dict[Any, Any]) -> list[s
 
     ``ops`` hold commits ``("append", table, key, value)`` with values unique across the
     history, and reads ``("read", table, key)`` answered ``("ok", list)`` or ``"not_found"``;
-    ``final`` maps each key to its list as read after the run. Violations:
+    ``final`` maps each checked key to its list as read after the run (reads of other keys
+    are ignored). Violations:
 
     * a value twice in a final list (a retried append applied twice: a double apply);
     * an acknowledged (``ok``) append missing from its final list (a lost write);
@@ -291,6 +292,8 @@ def check_list_append(ops: Iterable[Operation], final: dict[Any, Any]) -> list[s
             violations.append(f"lost acknowledged append: {op.line()}")
     for op in reads:
         key = op.command[2]
+        if key not in finals:
+            continue  # not a list under check (a register, say)
         observed: tuple[Any, ...] = ()
         if type(op.result) is tuple and len(op.result) == 2 and op.result[0] == "ok":
             observed = tuple(op.result[1])
