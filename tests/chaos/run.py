@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import itertools
 import logging
 import os
 import random
@@ -79,13 +80,15 @@ class Recorder:
                 self.history.unknown(op, result, now)  # the client retried: maybe applied
 
 
-def _worker(cid: int, nodes: list[str], rec: Recorder, stop: threading.Event, seed: int) -> None:
+def _worker(
+    cid: int, nodes: list[str], rec: Recorder, stop: threading.Event, seed: int, sessions: bool
+) -> None:
     from waraft.client import Client
 
     rng = random.Random(seed * 1000 + cid)
     client = Client(
         nodes, table=TABLE, partitions=1, timeout=CALL_TIMEOUT, attempt_timeout=0.5,
-        sessions=True, discover=False,
+        sessions=sessions, discover=False,
     )  # fmt: skip
     try:
         seq = 0
@@ -235,7 +238,9 @@ def load(path: Path) -> tuple[list[Operation], dict[str, Any]]:
     return ops, dict(data["final"])
 
 
-def run(duration: float, seed: int, clients: int, interval: float, out: Path) -> int:
+def run(
+    duration: float, seed: int, clients: int, interval: float, out: Path, sessions: bool = True
+) -> int:
     from waraft import dist, otp
 
     rng = random.Random(seed)
@@ -261,7 +266,9 @@ def run(duration: float, seed: int, clients: int, interval: float, out: Path) ->
         rec = Recorder()
         stop = threading.Event()
         workers = [
-            threading.Thread(target=_worker, args=(c, nodes, rec, stop, seed), name=f"client{c}")
+            threading.Thread(
+                target=_worker, args=(c, nodes, rec, stop, seed, sessions), name=f"client{c}"
+            )
             for c in range(1, clients + 1)
         ]
         for w in workers:
@@ -281,11 +288,17 @@ def run(duration: float, seed: int, clients: int, interval: float, out: Path) ->
         final = _final_lists(nodes, time.monotonic() + 60)
         ops = list(rec.history.ops)
         violations = check(ops, final)
-        acked = sum(1 for o in ops if o.status is Status.OK and o.kind == "commit")
+        acked_at = sorted(
+            o.complete_ms for o in ops if o.status is Status.OK and o.kind == "commit"
+        )
+        acked = len(acked_at)
+        # The longest stretch without an acknowledged commit: the worst unavailability.
+        gap = max((b - a for a, b in itertools.pairwise(acked_at)), default=0)
         print(
             f"chaos: {len(ops)} ops, {acked} acknowledged commits, faults: "
             f"{', '.join(w for _, w in nemesis.log) or 'none'}; final lengths "
-            f"{ {k: len(v) for k, v in final.items()} }; violations: {len(violations)}"
+            f"{ {k: len(v) for k, v in final.items()} }; longest gap without an acknowledged "
+            f"commit {gap} ms; violations: {len(violations)}"
         )
         if violations:
             out.mkdir(parents=True, exist_ok=True)
@@ -310,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--interval", type=float, default=4.0, help="max seconds between faults")
     parser.add_argument("--out", type=Path, default=Path("chaos-out"))
+    parser.add_argument(
+        "--no-sessions", action="store_true", help="sessionless clients (shows double applies)"
+    )
     parser.add_argument("--check", type=Path, help="re-check a saved history instead of running")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -319,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(violations) or "no violation")
         return 1 if violations else 0
     print(f"chaos: seed {args.seed}, {args.duration:.0f} s")
-    return run(args.duration, args.seed, args.clients, args.interval, args.out)
+    return run(
+        args.duration, args.seed, args.clients, args.interval, args.out, not args.no_sessions
+    )
 
 
 if __name__ == "__main__":
