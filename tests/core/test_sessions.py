@@ -117,3 +117,13 @@ def test_bad_session_commands_are_answered_not_applied() -> None:
     assert table.begin(register_command(0), 1) == Done(("error", "bad_session_expiry"))
     decision = table.begin(("$session", "frob"), 2)
     assert isinstance(decision, Done) and decision.result[0] == "error"
+
+
+def test_finish_marks_the_table_changed_even_after_a_dump() -> None:
+    # The storage actor may dump (for a transaction that then fails) before re-recording.
+    table = SessionTable()
+    sid = table.begin(register_command(), 1).result[1]  # type: ignore[union-attr]
+    table.begin(call_command(sid, 1, 1, "x"), 2)
+    table.dump()
+    table.finish(sid, 1, "r")
+    assert table.changed and table.dump()[1][0][4] == ((1, "r"),)

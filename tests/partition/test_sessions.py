@@ -141,3 +141,22 @@ def test_append_and_incr_are_derived_writes_for_any_provider(tmp_path: Path, pro
     assert acceptor.commit(acc, ("h", call_command(sid, 2, 1, ("incr", "t", "n", 1)))) == ("ok", 11)
     assert acceptor.read(acc, ("read", "t", "l")) == ("ok", ("x", "y", "z"))
     assert acceptor.read(acc, ("read", "t", "n")) == ("ok", 11)
+
+
+def test_a_batch_with_an_unknown_tagged_command_records_its_error_durably(tmp_path: Path) -> None:
+    node = _single(tmp_path, log_module=DISK, storage_module=SQLITE)
+    acc = addr("acceptor", node)
+    _, sid = acceptor.commit(acc, ("r", register_command(1000)))
+    packed = [call_command(sid, 1, 1, ("frob",)), call_command(sid, 2, 1, ("write", "t", "q", 1))]
+    bad, good = acceptor.commit(acc, ("a", ("$batch", codec.packb(packed))))
+    assert bad[1][0] == "unknown_command" and good == OK
+    node_id = node.id
+    node.stop()
+    node = start_node(tmp_path, "n1", [1], node_id=node_id, log_module=DISK, storage_module=SQLITE)
+    wait_until(lambda: state(node) == "leader")
+    acc = addr("acceptor", node)
+    # seq 1 keeps its recorded error: a retry with a valid payload is not applied.
+    retry = call_command(sid, 1, 1, ("write", "t", "q", 2))
+    assert acceptor.commit(acc, ("b", retry))[1][0] == "unknown_command"
+    assert acceptor.read(acc, ("read", "t", "q")) == ("ok", 1)
+    node.stop()

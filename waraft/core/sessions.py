@@ -168,6 +168,7 @@ class SessionTable:
         found = self._sessions.get(session)
         if found is not None and seq in found.results:
             found.results[seq] = result
+            self.changed = True  # also after a dump() whose transaction then failed
 
     def result(self, session: int, seq: int) -> Any:
         """The recorded result of ``(session, seq)`` (for a ``Pending``)."""
