@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.multiprocess.harness import DOWN, PING, Cluster
-from waraft import codec
+from waraft.services import codec
 from waraft.sim import History, KVModel, Operation, Status, check_history, check_list_append
 
 TABLE = "kv"
@@ -241,7 +241,8 @@ def load(path: Path) -> tuple[list[Operation], dict[str, Any]]:
 def run(
     duration: float, seed: int, clients: int, interval: float, out: Path, sessions: bool = True
 ) -> int:
-    from waraft import dist, otp
+    from waraft import distribution as dist
+    from waraft import otp
 
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="chaos-"))

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from tests.partition.helpers import addr, ident, start_node, state, wait_until
-from waraft import acceptor, codec, otp, server, storage
+from waraft import otp, storage
 from waraft.core.sessions import EXPIRED, call_command, register_command
 from waraft.core.types import LogPos
+from waraft.partition import acceptor, server
+from waraft.services import codec
 from waraft.storage.memory import MemoryStorage
 from waraft.storage.provider import OK
 
