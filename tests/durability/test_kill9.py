@@ -53,6 +53,10 @@ VARIANTS: dict[str, dict[str, object]] = {
     "plain": {},  # the node's default durable providers (disk log, LMDB)
     "rotating": ROTATING,
     "sqlite": {"raft_storage_module": "waraft.storage.sqlite:SqliteStorage"},
+    # The per-partition segment-file log (the node's default is the node-wide WAL).
+    "disk": {"raft_log_module": "waraft.log.disk:DiskLog"},
+    "wal": {"raft_log_module": "waraft.log.wal:WalLog"},
+    "wal_rotating": {**ROTATING, "raft_log_module": "waraft.log.wal:WalLog"},
 }
 
 

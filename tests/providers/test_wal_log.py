@@ -167,3 +167,31 @@ def test_a_failed_write_refuses_further_writes(root: Path) -> None:
     with pytest.raises(LogWriteError):
         log.append(2, _entries(2, 1))
     assert not log.can_append(1, Priority.HIGH)
+
+
+def test_restarts_compact_the_wal_into_one_file(root: Path) -> None:
+    for _ in range(5):
+        log = WalLog.open(root / "kv.1")
+        start = log.last_index() + 1
+        log.append(start, _entries(start, 3))
+        log.sync()
+        _crash(log)
+    files = [n for n in os.listdir(root / "wal") if n.endswith(".wal")]
+    assert len(files) == 1
+    log = WalLog.open(root / "kv.1")
+    assert log.last_index() == 15 and log.entries(1, 15, 100, 1 << 30) == _entries(1, 15)
+
+
+def test_a_wiped_partition_directory_drops_its_log_in_the_wal(root: Path) -> None:
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 3))
+    log.sync()
+    other = WalLog.open(root / "kv.2")
+    other.append(1, _entries(1, 2))
+    other.sync()
+    _crash(log)
+    (root / "kv.1" / "wal-log").unlink()  # the directory was moved away and recreated
+    log = WalLog.open(root / "kv.1")
+    assert (log.first_index(), log.last_index()) == (0, 0)
+    other = WalLog.open(root / "kv.2")
+    assert other.last_index() == 2

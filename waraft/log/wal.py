@@ -74,6 +74,8 @@ FILE_HEADER: Final = struct.Struct("<8sQ")
 RECORD_HEADER: Final = struct.Struct("<II")
 SUFFIX: Final = ".wal"
 WAL_DIR: Final = "wal"
+MARKER: Final = "wal-log"
+"""An empty file in the partition directory: the WAL holds this directory's log."""
 MAX_PAYLOAD: Final = 1 << 30
 DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
@@ -211,6 +213,8 @@ class WalWriter:
         try:
             seq = self._recover()
             self._open_file(seq + 1)
+            if self.corruption is None:
+                self._compact_recovered()
         except BaseException:
             self._close_fds()
             raise
@@ -284,7 +288,28 @@ class WalWriter:
         self._recovered = logs
         return files[-1][0] if files else 0
 
-    def attach(self, key: str, log: WalLog) -> None:
+    def _compact_recovered(self) -> None:
+        """Start from one file: write every recovered log into the new file as a checkpoint,
+        make it durable, then delete the older files (so restarts do not pile up files)."""
+        records = [
+            _record(("c", key, first, _raw(entries)))
+            for key, (first, entries) in self._recovered.items()
+        ]
+        data = b"".join(records)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        os.fdatasync(self._fd)
+        self._size += len(data)
+        self._carried = len(data)
+        for key, (first, entries) in self._recovered.items():
+            self._pins[key] = first + len(entries) - 1
+        for path, _ in self._old:
+            os.unlink(path)
+        os.fsync(self._dir_fd)
+        self._old = []
+
+    def attach(self, key: str, log: WalLog, fresh: bool = False) -> None:
         """Hand ``key``'s recovered log (if any) to ``log`` and register it, atomically with
         respect to rotation (which must see the log either here or in ``log``); raises the
         node's corruption if there is one."""
@@ -294,6 +319,11 @@ class WalWriter:
             if key in self._logs:
                 raise LogError(f"partition {key} already has an open WalLog")
             recovered = self._recovered.pop(key, None)
+            if recovered is not None and fresh:
+                logger.warning(
+                    "WAL %s: dropping the log of %s (its directory is new)", self.directory, key
+                )
+                recovered = None
             if recovered is not None:
                 log.load(*recovered)
             else:
@@ -461,14 +491,14 @@ class WalWriter:
 class WalLog(MemoryLog):
     """A partition's log kept in memory and made durable through the node's ``WalWriter``."""
 
-    def __init__(self, writer: WalWriter, key: str) -> None:
+    def __init__(self, writer: WalWriter, key: str, fresh: bool = False) -> None:
         super().__init__()
         self._lock = threading.RLock()  # type: ignore[assignment]
         self._writer = writer
         self._key = key
         self._ticket = 0
         self._closed = False
-        writer.attach(key, self)
+        writer.attach(key, self, fresh)
 
     def load(self, first: int, entries: list[Entry]) -> None:
         """Install the recovered log (called by the writer from ``attach``)."""
@@ -490,7 +520,22 @@ class WalLog(MemoryLog):
         directory = options.pop("wal_dir", None) or os.path.join(os.path.dirname(path), WAL_DIR)
         writer = WalWriter.acquire(directory, **options)
         try:
-            return cls(writer, os.path.basename(path))
+            marker = os.path.join(path, MARKER)
+            fresh = not os.path.exists(marker)
+            log = cls(writer, os.path.basename(path), fresh)
+            if fresh:
+                # The partition directory is new or was wiped (moved away to be rebuilt by a
+                # snapshot): the WAL's log of it, if any, is reset; then the marker is made.
+                os.makedirs(path, exist_ok=True)
+                log.sync()
+                with open(marker, "wb") as f:
+                    os.fsync(f.fileno())
+                dir_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            return log
         except BaseException:
             writer.release()
             raise
