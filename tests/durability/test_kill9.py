@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.durability.helpers import (
+    DISK_LOG,
     Writers,
     assert_one_leader_per_term,
     client_for,
@@ -50,13 +51,12 @@ ROTATING: dict[str, object] = {
 
 
 VARIANTS: dict[str, dict[str, object]] = {
-    "plain": {},  # the node's default durable providers (disk log, LMDB)
+    "plain": {},  # the node's default durable providers (the node-wide WAL, LMDB)
     "rotating": ROTATING,
     "sqlite": {"raft_storage_module": "waraft.storage.sqlite:SqliteStorage"},
-    # The per-partition segment-file log (the node's default is the node-wide WAL).
-    "disk": {"raft_log_module": "waraft.log.disk:DiskLog"},
-    "wal": {"raft_log_module": "waraft.log.wal:WalLog"},
-    "wal_rotating": {**ROTATING, "raft_log_module": "waraft.log.wal:WalLog"},
+    # The per-partition segment-file log.
+    "disk": DISK_LOG,
+    "disk_rotating": {**ROTATING, **DISK_LOG},
 }
 
 

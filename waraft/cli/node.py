@@ -46,7 +46,8 @@ from waraft.cli.common import UsageError
 
 logger = logging.getLogger(__name__)
 
-DURABLE_LOG = "waraft.log.disk:DiskLog"
+DURABLE_LOG = "waraft.log.wal:WalLog"
+"""The node-wide write-ahead log (``waraft.log.disk:DiskLog`` stays available per partition)."""
 DURABLE_STORAGE = "waraft.storage.lmdb:LmdbStorage"
 MEMORY_LOG = "waraft.log.memory:MemoryLog"
 MEMORY_STORAGE = "waraft.storage.memory:MemoryStorage"

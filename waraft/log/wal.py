@@ -214,7 +214,16 @@ class WalWriter:
             seq = self._recover()
             self._open_file(seq + 1)
             if self.corruption is None:
-                self._compact_recovered()
+                try:
+                    self._compact_recovered()
+                except OSError as exc:
+                    # No room (a full disk): keep the old files, which still hold every log;
+                    # the active file goes back to its header.
+                    logger.warning("WAL %s: not compacted at start: %s", directory, exc)
+                    os.ftruncate(self._fd, FILE_HEADER.size)
+                    self._size, self._carried, self._pins = FILE_HEADER.size, 0, {}
+                else:
+                    self._drop_old_files()
         except BaseException:
             self._close_fds()
             raise
@@ -304,10 +313,14 @@ class WalWriter:
         self._carried = len(data)
         for key, (first, entries) in self._recovered.items():
             self._pins[key] = first + len(entries) - 1
-        for path, _ in self._old:
-            os.unlink(path)
+
+    def _drop_old_files(self) -> None:
+        """Delete the files made redundant by ``_compact_recovered`` (after its fsync)."""
+        old, self._old = self._old, []
+        for path, _ in old:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         os.fsync(self._dir_fd)
-        self._old = []
 
     def attach(self, key: str, log: WalLog, fresh: bool = False) -> None:
         """Hand ``key``'s recovered log (if any) to ``log`` and register it, atomically with
