@@ -26,6 +26,21 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _fd_kinds(pid: int) -> dict[str, int]:
+    """Open fds by kind: the file's base name for files, else socket/pipe/anon_inode."""
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":")[0] if ":" in target else os.path.basename(target)
+        if kind.endswith(".wal"):
+            kind = "*.wal"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1])[:8])
+
+
 def _rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -55,7 +70,12 @@ def measure(partitions: int, log_module: str | None, root: Path) -> dict[str, An
             ok = sum(1 for f in futures if f is not None and f.result(120) == "ok")
         written = time.monotonic()
         nodes = [
-            {"node": p.name, "fds": _fds(p.pid), "rss_mib": round(_rss_mib(p.pid), 1)}
+            {
+                "node": p.name,
+                "fds": _fds(p.pid),
+                "rss_mib": round(_rss_mib(p.pid), 1),
+                "fd_kinds": _fd_kinds(p.pid),
+            }
             for p in cluster.procs
         ]
         cluster.stop()
