@@ -95,7 +95,8 @@ TARGETS: dict[str, tuple[dict[str, object], str]] = {
     # LMDB's data.mdb: small segment files, and a bulk load makes data.mdb the largest file.
     "lmdb": ({"raft_max_log_records_per_file": 50, **DISK_LOG}, "lmdb.Error"),
     # The node-wide WAL file (the node's default log) grows past the limit first.
-    "wal": ({}, "LogWriteError"),
+    # It stalls (new writes refused, retried with backoff) rather than crash the partition.
+    "wal": ({}, "refusing new writes"),
     # SQLite's WAL (it grows by pages to about 4 MiB before each checkpoint).
     "sqlite": ({"raft_storage_module": SQLITE}, "OperationalError"),
 }
@@ -242,5 +243,5 @@ def test_a_full_disk_fails_cleanly_and_the_node_rejoins_intact(
 
 def _write_error(log: Path) -> str | None:
     text = log.read_text(errors="replace")
-    found = ("LogWriteError", "OperationalError", "lmdb.Error", "Error: mdb_")
+    found = ("LogWriteError", "OperationalError", "lmdb.Error", "Error: mdb_", "refusing new")
     return text if any(word in text for word in found) else None

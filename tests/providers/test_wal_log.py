@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,3 +197,36 @@ def test_a_wiped_partition_directory_drops_its_log_in_the_wal(root: Path) -> Non
     assert (log.first_index(), log.last_index()) == (0, 0)
     other = WalLog.open(root / "kv.2")
     assert other.last_index() == 2
+
+
+def test_a_full_disk_stalls_writes_and_they_resume_by_themselves(root: Path) -> None:
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 2))
+    log.sync()
+    real = os.write
+    full = threading.Event()
+    full.set()
+
+    def write(fd: int, data: Any) -> int:
+        if full.is_set() and fd == log._writer._fd:
+            real(fd, bytes(data)[:5])  # a partial write, then no room
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    os.write = write  # type: ignore[assignment]
+    try:
+        log.append(3, _entries(3, 2))
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (log.sync(), done.set()))
+        t.start()
+        assert not done.wait(0.5)  # not acknowledged while there is no room
+        assert log._writer.stalled is not None and not log.can_append(1, Priority.HIGH)
+        full.clear()  # room again
+        assert done.wait(10)
+        t.join()
+    finally:
+        os.write = real
+    assert log.can_append(1, Priority.HIGH)
+    _crash(log)
+    log = WalLog.open(root / "kv.1")  # the partial write was cut back: no corruption
+    assert log.entries(1, 4, 100, 1 << 30) == _entries(1, 2) + _entries(3, 2)

@@ -80,7 +80,19 @@ MAX_PAYLOAD: Final = 1 << 30
 DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
 
+STALL_BACKOFF_MIN: Final = 0.1
+STALL_BACKOFF_MAX: Final = 2.0
+"""Seconds between attempts to write a batch that failed (a full disk), doubling."""
+
 _Logs = dict[str, tuple[int, list[Entry]]]
+
+
+class _WriteFailed(Exception):
+    """A batch could not be written and the file was cut back: retry later."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _raw(entries: Sequence[Entry]) -> list[tuple[Any, ...]]:
@@ -180,6 +192,8 @@ class WalWriter:
         self.batches = 0
         self.corruption: LogCorruptionError | None = None
         self.broken: str | None = None
+        self.stalled: str | None = None  # a write failed (full disk); retried with backoff
+        self._backoff = STALL_BACKOFF_MIN
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[bytes] = []
         self._queue_pins: list[tuple[str, int]] = []  # (key, max appended index) per record
@@ -363,6 +377,8 @@ class WalWriter:
             os.fsync(self._dir_fd)
         except BaseException:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # so that a retry can create it again
             raise
         if self._fd >= 0:
             os.close(self._fd)
@@ -404,27 +420,72 @@ class WalWriter:
                 ticket = self._queued
             try:
                 self._write(batch, pins)
+            except _WriteFailed as failed:
+                # Nothing of the batch is in the file (it was cut back): keep the records,
+                # refuse new appends (can_append), and retry after a pause — a full disk
+                # resumes by itself once there is room, and nothing acknowledged is lost.
+                self._stall(batch, pins, failed.cause)
+                continue
             except OSError as exc:
                 with self._cond:
                     self.broken = f"write or fsync failed: {exc}"
                     self._cond.notify_all()
                 logger.error("WAL %s: %s", self.directory, self.broken)
                 return
+            if self.stalled is not None:
+                logger.warning("WAL %s: writes resumed after: %s", self.directory, self.stalled)
+                self._backoff = STALL_BACKOFF_MIN
             with self._cond:
+                self.stalled = None
                 self._synced = ticket
                 self._cond.notify_all()
             self._after_sync(ticket)
+
+    def _stall(self, batch: list[bytes], pins: list[tuple[str, int]], cause: OSError) -> None:
+        """Put ``batch`` back at the head of the queue and wait before the next attempt."""
+        with self._cond:
+            first = self.stalled is None
+            self.stalled = f"write failed: {cause}"
+            self._queue[:0] = batch
+            self._queue_pins[:0] = pins
+            self._cond.notify_all()
+        if first:
+            logger.error(
+                "WAL %s: %s; refusing new writes, retrying every %.1f s at most",
+                self.directory, self.stalled, STALL_BACKOFF_MAX,
+            )  # fmt: skip
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping, self._backoff)
+            if self._stopping:
+                # Stopping while stalled: what is queued was never acknowledged.
+                self._queue, self._queue_pins = [], []
+                self.broken = self.stalled
+                self._cond.notify_all()
+        self._backoff = min(STALL_BACKOFF_MAX, self._backoff * 2)
 
     def _write(self, batch: list[bytes], pins: list[tuple[str, int]]) -> None:
         # Carried-forward checkpoints do not count, so that live logs larger than a file do
         # not make every batch rotate.
         if self._size - self._carried >= self.max_file_bytes:
+            previous = (self._path, self._pins)
+            try:
+                self._open_file(self._seq + 1)
+            except OSError as exc:
+                raise _WriteFailed(exc) from exc
+            self._old.append(previous)
             self._rotate()
         data = b"".join(batch)
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                raise exc from None  # cannot cut back: the writer is broken
+            raise _WriteFailed(exc) from exc
         self._size += len(data)
         os.fdatasync(self._fd)
         self.fsyncs += 1
@@ -435,11 +496,9 @@ class WalWriter:
                 table[key] = pin
 
     def _rotate(self) -> None:
-        """Start the next file; checkpoint partitions that still need old files, and delete
-        the old files once those checkpoints are durable."""
-        self._old.append((self._path, self._pins))
+        """Called once the next file is open (``_old`` holds the previous one): checkpoint
+        the partitions that still need old files; delete those files once that is durable."""
         self._pins = {}
-        self._open_file(self._seq + 1)
         needed: dict[str, int] = {}
         for _, pins in self._old:
             for key, pin in pins.items():
@@ -498,6 +557,7 @@ class WalWriter:
             "wal_batches": self.batches,
             "wal_partitions": len(self._logs),
             "wal_broken": self.broken,
+            "wal_stalled": self.stalled,
         }
 
 
@@ -619,8 +679,10 @@ class WalLog(MemoryLog):
             return self._ticket, len(record)
 
     def can_append(self, count: int, priority: Priority) -> bool:
-        """False once the node's WAL refuses writes (the leader answers ``commit_stalled``)."""
-        return self._writer.broken is None
+        """False while the node's WAL cannot write (a full disk: it retries by itself) or has
+        failed for good; the leader then answers ``commit_stalled``."""
+        writer = self._writer
+        return writer.broken is None and writer.stalled is None
 
     def sync(self) -> None:
         self._writer.wait(self._ticket)
