@@ -46,12 +46,18 @@ from waraft.cli.common import UsageError
 
 logger = logging.getLogger(__name__)
 
-NODE_DEFAULT_SETTINGS: dict[str, Any] = {"raft_election_pre_vote": True}
+NODE_DEFAULT_SETTINGS: dict[str, Any] = {
+    "raft_election_pre_vote": True,
+    "raft_quiesce_after_ms": 2000,
+}
 """Where ``waraft node`` departs from WARaft's defaults (a ``--set`` or TOML value wins):
 pre-vote, so that a member that restarts or was cut off cannot depose a healthy leader by
-bumping the term (Raft thesis §9.6)."""
+bumping the term (Raft thesis §9.6); quiescence after 2 s idle, because a node runs under
+``waraft.distribution`` whose node liveness wakes the followers of a lost leader (the library
+default stays off: in-process nodes have no node liveness)."""
 
-DURABLE_LOG = "waraft.log.disk:DiskLog"
+DURABLE_LOG = "waraft.log.wal:WalLog"
+"""The node-wide write-ahead log (``waraft.log.disk:DiskLog`` stays available per partition)."""
 DURABLE_STORAGE = "waraft.storage.lmdb:LmdbStorage"
 MEMORY_LOG = "waraft.log.memory:MemoryLog"
 MEMORY_STORAGE = "waraft.storage.memory:MemoryStorage"
