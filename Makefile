@@ -10,7 +10,7 @@ STEPS ?= 2000
 # mypy --strict holds for the whole package (the issues require it of waraft/core and waraft/otp).
 STRICT_PATHS := waraft
 
-.PHONY: all venv test demo lint sim sim-deep scale bench clean
+.PHONY: all venv test demo lint sim sim-deep scale bench chaos clean
 
 all: test
 
@@ -49,6 +49,12 @@ sim-deep: $(STAMP)
 SCALE ?= 4,64,256
 scale: $(STAMP)
 	$(BIN)/python -m benchmarks.scale --partitions $(SCALE) --idle 20 --sigstop --kill
+
+# Jepsen-style run over real node processes (kill -9, SIGSTOP, restart-all, partitions); a
+# 15 s version runs inside `make test` (tests/chaos/test_chaos.py).
+CHAOS_SECONDS ?= 240
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.run --duration $(CHAOS_SECONDS) --out benchmarks/results/chaos
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks run --scenario all --out benchmarks/results/latest

@@ -57,6 +57,25 @@ leader lost leadership after appending it, may or may not have been applied: the
 it, so commits are *at least once* in those cases (as with any Raft client without session
 deduplication; WARaft's keys are opaque, not deduplicated). Idempotent commands (writes of a
 value, deletes) are unaffected.
+
+**Exactly-once sessions** (``sessions=True``, opt-in). The client registers one session per
+partition (a replicated command, on the first commit to that partition) and sends each commit as
+``("$session", "call", session, seq, acked, command)`` (``waraft.core.sessions``). Every retry of
+a request re-sends the same ``(session, seq)``, and every replica's storage applies a sequence
+number once and records its result, so a retried commit applies exactly once and the caller gets
+the result of the one application. Guarantee: a commit that completes with a result was applied
+exactly once; one that completes with ``("error", "timeout")`` was applied at most once (a later
+retry of it by the caller is a new request). A session idle for ``session_expire_after`` applied
+entries of its partition is forgotten by the replicas: its next commit answers
+``("error", "session_expired")`` (not applied) and the client registers a fresh session for the
+following ones. Sessions work packed or not (``pack=False``); reads are never tagged. Opt-in
+because a session costs a register entry per partition and a table record per outstanding
+commit, and because plain writes and deletes are idempotent already.
+
+**Many clients in one process.** Clients may be constructed and closed from many threads at
+once. Those that run over ``waraft.dist`` share one distribution node: the first starts it
+(unless the process runs one already), and it is stopped when the last client that uses it
+closes, never while another client still does.
 """
 
 from __future__ import annotations
@@ -78,6 +97,12 @@ from functools import partial
 from typing import Any, Final
 
 from waraft import make_ref, otp
+from waraft.core.sessions import (
+    DEFAULT_EXPIRE_AFTER,
+    EXPIRED,
+    call_command,
+    register_command,
+)
 from waraft.partition import acceptor
 from waraft.services import codec
 from waraft.storage import BATCH
@@ -99,6 +124,10 @@ TICK: Final = 0.05
 """How often (seconds) in-flight batches are checked for expiry."""
 LIVENESS_EVERY: Final = 0.25
 """How often (seconds) the nodes of in-flight batches are checked against dist liveness."""
+
+_DIST_LOCK = threading.Lock()
+_dist_users = 0  # clients using the shared distribution node (guarded by _DIST_LOCK)
+_dist_owned = False  # whether a client started it (then the last client out stops it)
 
 _OVERLOAD: Final = frozenset({"commit_queue_full", "apply_queue_full", "read_queue_full"})
 CLOSED: Final = ("error", "closed")
@@ -226,6 +255,7 @@ class _Request:
         "item",
         "kind",
         "last_error",
+        "on_done",
         "partition",
         "priority",
     )
@@ -249,6 +279,7 @@ class _Request:
         self.done = False
         self.attempts = 0
         self.last_error: Any = None
+        self.on_done: Callable[[Any], None] | None = None
 
     def finish(self, result: Any) -> None:
         """Complete the request once (later completions are ignored)."""
@@ -256,6 +287,8 @@ class _Request:
             if self.done:
                 return
             self.done = True
+        if self.on_done is not None:
+            self.on_done(result)
         future = self.future
         if future is not None:
             future.set_result(result)
@@ -341,6 +374,8 @@ class Client:
         discover: bool = True,
         keys: str | None = None,
         key_name: str = "client",
+        sessions: bool = False,
+        session_expire_after: int = DEFAULT_EXPIRE_AFTER,
     ) -> None:
         if not nodes:
             raise ValueError("a client needs at least one node id")
@@ -363,6 +398,12 @@ class Client:
         self.pack = pack
         self._keys = keys  # a key directory (waraft keys create); used with identity key_name
         self._key_name = key_name
+        self.sessions = sessions
+        self.session_expire_after = session_expire_after
+        # Per partition: [session id, next seq, outstanding seqs]; one lock per partition
+        # serialises its registration (a commit waits for it) without blocking the others.
+        self._sessions: dict[int, list[Any]] = {}
+        self._session_locks = {p: threading.Lock() for p in range(1, partitions + 1)}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._ready: list[_Request] = []
@@ -415,19 +456,37 @@ class Client:
             ).start()
 
     def _start_dist(self, host: str | None, options: dict[str, Any]) -> otp.Node:
+        """Join (or start) the process's distribution node; counted so that the last client
+        out stops it, and only if a client started it (never an application's own)."""
+        global _dist_users, _dist_owned
         from waraft import distribution as dist
         from waraft.distribution import keys
 
-        if not dist.is_started():
-            host = host or local_address_for(self.nodes[0])
-            name = f"client{os.getpid()}x{random.randrange(1 << 30):x}"
-            if self._keys is not None:
-                # Connect as the key's identity: the nodes accept only the cluster's keys.
-                options = {**options, "curve": keys.load(self._keys, self._key_name)}
-                name = keys.process_name(self._key_name, "client")
-            dist.start(f"{name}@{host}:0", **options)
-            self._owns_dist = True
-        return otp.node.default()
+        with _DIST_LOCK:
+            if not dist.is_started():
+                host = host or local_address_for(self.nodes[0])
+                name = f"client{os.getpid()}x{random.randrange(1 << 30):x}"
+                if self._keys is not None:
+                    # Connect as the key's identity: the nodes accept only the cluster's keys.
+                    options = {**options, "curve": keys.load(self._keys, self._key_name)}
+                    name = keys.process_name(self._key_name, "client")
+                dist.start(f"{name}@{host}:0", **options)
+                _dist_owned = True
+            _dist_users += 1
+            self._owns_dist = True  # this client holds one reference
+            return otp.node.default()
+
+    def _release_dist(self) -> None:
+        global _dist_users, _dist_owned
+        from waraft import distribution as dist
+
+        with _DIST_LOCK:
+            _dist_users -= 1
+            if _dist_users > 0 or not _dist_owned:
+                return
+            _dist_owned = False
+            dist.stop()
+            self._node.stop(timeout=2.0)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -463,15 +522,15 @@ class Client:
         """
         if command is None:
             raise ValueError("a command must not be None")
+        partition = self.partition_of(partition_or_key)
+        priority = priority or self.priority
+        if self.sessions:
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            request = _Request(partition, "commit", command, priority, deadline, callback)
+            self._enqueue([self._tag(request)])
+            return request.future
         # Keys are made when a command is sent on its own: a packed one needs none.
-        return self._submit(
-            self.partition_of(partition_or_key),
-            "commit",
-            command,
-            priority or self.priority,
-            timeout,
-            callback,
-        )
+        return self._submit(partition, "commit", command, priority, timeout, callback)
 
     def read_async(
         self,
@@ -526,6 +585,8 @@ class Client:
                 _Request(partition_of(pk), "commit", cmd, priority, deadline, partial(callback, i))
                 for i, (pk, cmd) in enumerate(requests)
             ]
+        if self.sessions:
+            batch = [self._tag(request) for request in batch]
         self._enqueue(batch)
         return [] if callback is not None else [r.future for r in batch]  # type: ignore[misc]
 
@@ -587,16 +648,64 @@ class Client:
         with contextlib.suppress(Exception):
             otp.stop(self._receiver, "normal", 5.0)
         if self._owns_dist:
-            from waraft import distribution as dist
-
-            dist.stop()
-            self._node.stop(timeout=2.0)
+            self._release_dist()
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def _tag(self, request: _Request) -> _Request:
+        """Wrap ``request``'s command in its partition's session with the next seq (retries
+        re-send ``request.item``, so they keep it); a registration failure completes the
+        request with that error instead."""
+        partition = request.partition
+        with self._session_locks[partition]:
+            state = self._sessions.get(partition)
+            if state is None:
+                remaining = request.deadline - time.monotonic()
+                registered = self._register(partition, max(0.0, remaining))
+                if _is_error(registered):
+                    request.item = ("$session", "register_failed")  # never sent
+                    request.finish(registered)
+                    return request
+                state = self._sessions[partition] = [registered, 1, set()]
+            sid, seq, outstanding = state
+            state[1] = seq + 1
+            outstanding.add(seq)
+            acked = min(outstanding)
+        request.item = call_command(sid, seq, acked, request.item)
+        request.on_done = partial(self._settled, partition, sid, seq)
+        return request
+
+    def _register(self, partition: int, timeout: float) -> Any:
+        """A new session's id on ``partition``, or an error."""
+        result = self._wait(
+            self._submit(
+                partition, "commit", register_command(self.session_expire_after), "high", timeout
+            ),
+            timeout,
+        )
+        if type(result) is tuple and len(result) == 2 and result[0] == "ok":
+            return result[1]
+        return result if _is_error(result) else ("error", ("bad_register_reply", result))
+
+    def _settled(self, partition: int, sid: int, seq: int, result: Any) -> None:
+        """A tagged request completed: its seq is no longer outstanding; an expired session
+        is dropped so that the next commit registers a new one."""
+        with self._session_locks[partition]:
+            state = self._sessions.get(partition)
+            if state is None or state[0] != sid:
+                return
+            if result == EXPIRED:
+                del self._sessions[partition]
+            # A timed-out seq is settled too: nobody retries it any more, and a copy of it
+            # still in flight is refused by the replicas once the acked floor passes it
+            # (``session_seq_acknowledged``), so it is applied at most once.
+            state[2].discard(seq)
 
     # -- submission ------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The kvstore client: read / write / delete, each routed to the key's partition.
+"""The kvstore client: read / write / delete / append / incr, each routed to the key's partition.
 
 As a library (one ``waraft.client.Client`` underneath; many requests may be in flight)::
 
@@ -8,12 +8,20 @@ As a library (one ``waraft.client.Client`` underneath; many requests may be in f
         kv.read("user:1")                        # ("ok", {"name": "ada"})
         kv.delete("user:1")                      # "ok"
         kv.read("user:1")                        # "not_found"
+        kv.append("log", "a")                    # "ok" (the value becomes ("a",))
+        kv.incr("hits", 2)                       # ("ok", 2)
+
+``append`` and ``incr`` are not idempotent, so ``KVStore`` runs its client with exactly-once
+sessions (``waraft.client``, ``sessions=True``): a commit the client retries after an ambiguous
+failure is applied once. Pass ``sessions=False`` to turn them off.
 
 From the shell::
 
     python -m examples.kvstore.client --nodes n1@127.0.0.1:7201 write k v
     python -m examples.kvstore.client --nodes n1@127.0.0.1:7201 read k
     python -m examples.kvstore.client --nodes n1@127.0.0.1:7201 delete k
+    python -m examples.kvstore.client --nodes n1@127.0.0.1:7201 append k v
+    python -m examples.kvstore.client --nodes n1@127.0.0.1:7201 incr k 5
 
 Values given on the command line are JSON when they parse as JSON, else text. Exit status: 0
 on success, 1 when the cluster answered with an error (``not_found`` for a read is printed and
@@ -34,9 +42,10 @@ from waraft.client import Client, Future
 
 
 class KVStore:
-    """read / write / delete on table ``kvstore`` through any of ``nodes``."""
+    """read / write / delete / append / incr on table ``kvstore`` through any of ``nodes``."""
 
     def __init__(self, nodes: Sequence[str], timeout: float = 5.0, **client_kw: Any) -> None:
+        client_kw.setdefault("sessions", True)
         self.client = Client(
             nodes, table=TABLE, partitions=NUM_PARTITIONS, timeout=timeout, **client_kw
         )
@@ -52,6 +61,15 @@ class KVStore:
     def delete(self, key: Any) -> Any:
         """``"ok"`` once the delete is committed and applied, or ``("error", reason)``."""
         return self.client.commit(partition(key), ("delete", TABLE, key))
+
+    def append(self, key: Any, value: Any) -> Any:
+        """Append ``value`` to the list at ``key`` (a missing key is an empty list): ``"ok"``,
+        ``("error", "not_a_list")`` or another ``("error", reason)``."""
+        return self.client.commit(partition(key), ("append", TABLE, key, value))
+
+    def incr(self, key: Any, n: int = 1) -> Any:
+        """Add ``n`` to the int at ``key`` (missing: 0): ``("ok", new_value)`` or an error."""
+        return self.client.commit(partition(key), ("incr", TABLE, key, n))
 
     def read_async(self, key: Any) -> Future:
         return self.client.read_async(partition(key), ("read", TABLE, key))
@@ -81,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     write.add_argument("key")
     write.add_argument("value")
     sub.add_parser("delete", help="remove a key").add_argument("key")
+    append = sub.add_parser("append", help="append to the list at a key (JSON or text)")
+    append.add_argument("key")
+    append.add_argument("value")
+    incr = sub.add_parser("incr", help="add an integer to the number at a key")
+    incr.add_argument("key")
+    incr.add_argument("n", type=int, nargs="?", default=1)
     args = parser.parse_args(argv)
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
     with KVStore(nodes, timeout=args.timeout) as kv:
@@ -88,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             result = kv.read(args.key)
         elif args.op == "write":
             result = kv.write(args.key, parse_value(args.value))
+        elif args.op == "append":
+            result = kv.append(args.key, parse_value(args.value))
+        elif args.op == "incr":
+            result = kv.incr(args.key, args.n)
         else:
             result = kv.delete(args.key)
     if isinstance(result, tuple) and result[0] == "ok":

@@ -33,6 +33,11 @@ def test_kvstore_cluster_and_client(tmp_path: Path) -> None:
         assert run(*kv, ids[2], "delete", "fruit").stdout == "ok\n"
         gone = run(*kv, ids[0], "read", "fruit")
         assert gone.returncode == 1 and gone.stdout == "not_found\n"
+        assert run(*kv, ids[0], "append", "list", "a").stdout == "ok\n"
+        assert run(*kv, ids[1], "append", "list", "b").stdout == "ok\n"
+        assert run(*kv, ids[2], "read", "list").stdout == '["a", "b"]\n'
+        assert run(*kv, ids[0], "incr", "hits", "5").stdout == "5\n"
+        assert run(*kv, ids[1], "incr", "hits").stdout == "6\n"
         status = run(*where, "status")
         assert status.returncode == 0 and status.stdout.count("| kvstore.") == 12
     finally:

@@ -27,6 +27,8 @@ TABLE = "kv"
 SEGMENT_HEADER = struct.Struct("<8sQ")  # waraft.log.disk's format, restated to test it
 RECORD_HEADER = struct.Struct("<II")
 WRITE_TIMEOUT = 20.0
+DISK_LOG: dict[str, object] = {"raft_log_module": "waraft.log.disk:DiskLog"}
+"""Settings for tests of the per-partition segment-file log (the node's default is the WAL)."""
 
 
 def cluster_of(root: Path, partitions: Sequence[int], **settings: object) -> Iterator[Cluster]:

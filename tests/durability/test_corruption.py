@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.durability.helpers import (
+    DISK_LOG,
     RECORD_HEADER,
     Writers,
     client_for,
@@ -41,7 +42,7 @@ from tests.multiprocess.harness import Cluster, wait_until
 
 PARTITIONS = (1, 2)
 # Small segment files (a few tens of records each) so that a replica has several of them.
-SEGMENTS: dict[str, object] = {"raft_max_log_records_per_file": 40}
+SEGMENTS: dict[str, object] = {"raft_max_log_records_per_file": 40, **DISK_LOG}
 
 
 @pytest.fixture

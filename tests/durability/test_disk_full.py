@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.durability.helpers import (
+    DISK_LOG,
     Writers,
     client_for,
     cluster_of,
@@ -90,9 +91,12 @@ SQLITE = "waraft.storage.sqlite:SqliteStorage"
 TARGETS: dict[str, tuple[dict[str, object], str]] = {
     # target: (cluster settings, what the node's log must show)
     # A disk log segment grows past the limit first (the default storage, LMDB).
-    "log": ({}, "LogWriteError"),
+    "log": (DISK_LOG, "LogWriteError"),
     # LMDB's data.mdb: small segment files, and a bulk load makes data.mdb the largest file.
-    "lmdb": ({"raft_max_log_records_per_file": 50}, "lmdb.Error"),
+    "lmdb": ({"raft_max_log_records_per_file": 50, **DISK_LOG}, "lmdb.Error"),
+    # The node-wide WAL file (the node's default log) grows past the limit first.
+    # It stalls (new writes refused, retried with backoff) rather than crash the partition.
+    "wal": ({}, "refusing new writes"),
     # SQLite's WAL (it grows by pages to about 4 MiB before each checkpoint).
     "sqlite": ({"raft_storage_module": SQLITE}, "OperationalError"),
 }
@@ -118,10 +122,10 @@ def _sizes(root: Path) -> dict[str, int]:
 def _limit_for(data_dir: Path, target: str) -> int:
     """A file size limit that the target kind of file reaches first."""
     sizes = _sizes(data_dir)
-    segs = {k: v for k, v in sizes.items() if k.endswith(".wal") and "/log/" in k}
+    segs = {k: v for k, v in sizes.items() if k.endswith(".wal")}  # segments, or the WAL
     big = {k: v for k, v in sizes.items() if k.endswith(("-wal", "data.mdb"))}
     others = {k: v for k, v in sizes.items() if k not in segs and k not in big}
-    if target == "log":
+    if target in ("log", "wal"):
         # Every storage file stays far below the segments while the node runs limited.
         limit = max(segs.values()) + MARGIN
         assert max({**big, **others}.values()) + 4 * MIB < limit, sizes
@@ -161,6 +165,24 @@ def _bulk(client: Client, victim: NodeProcess, size: int) -> None:
         assert all(f is not None and f.result(30) == "ok" for f in futures)
 
 
+def _bulk_wal(client: Client, victim: NodeProcess, size: int) -> None:
+    """As ``_bulk``, until the victim's active WAL file is over ``size`` bytes."""
+    blob = "x" * 8192
+    round_ = 0
+
+    def grown() -> bool:
+        files = sorted((victim.data_dir / "wal").glob("*.wal"))
+        return bool(files) and files[-1].stat().st_size > size
+
+    while not grown():
+        round_ += 1
+        futures = [
+            client.commit_async(f"bulk{i}", ("write", "kv", f"bulk{i}", f"{round_}{blob}"))
+            for i in range(64)
+        ]
+        assert all(f is not None and f.result(30) == "ok" for f in futures)
+
+
 def _load_distinct(cluster: Cluster, count: int) -> None:
     """``count`` distinct keys with 4 KiB values, one log entry each (small log entries,
     several MiB of storage)."""
@@ -182,6 +204,8 @@ def test_a_full_disk_fails_cleanly_and_the_node_rejoins_intact(
     try:
         if target == "log":
             _bulk(client, cluster.nodes[victim], 10 * MIB)
+        elif target == "wal":
+            _bulk_wal(client, cluster.nodes[victim], 10 * MIB)
         elif target == "lmdb":
             _load_distinct(cluster, 1500)
         with Writers(client, "f") as writers:
@@ -204,7 +228,7 @@ def test_a_full_disk_fails_cleanly_and_the_node_rejoins_intact(
         assert writers.unexpected == []
         acked = writers.snapshot()
         assert error in text, text[-3000:]
-        if target == "log":  # the error names the cause and the log's directory
+        if target in ("log", "wal"):  # the error names the cause and the log's directory
             assert "File too large" in text and str(node.data_dir) in text, text[-3000:]
         after = node.log_path.read_text()
         # Nothing corrupt was left behind (a torn tail is legitimate: SIGKILL may land in the
@@ -219,5 +243,5 @@ def test_a_full_disk_fails_cleanly_and_the_node_rejoins_intact(
 
 def _write_error(log: Path) -> str | None:
     text = log.read_text(errors="replace")
-    found = ("LogWriteError", "OperationalError", "lmdb.Error", "Error: mdb_")
+    found = ("LogWriteError", "OperationalError", "lmdb.Error", "Error: mdb_", "refusing new")
     return text if any(word in text for word in found) else None

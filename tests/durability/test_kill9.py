@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.durability.helpers import (
+    DISK_LOG,
     Writers,
     assert_one_leader_per_term,
     client_for,
@@ -50,9 +51,12 @@ ROTATING: dict[str, object] = {
 
 
 VARIANTS: dict[str, dict[str, object]] = {
-    "plain": {},  # the node's default durable providers (disk log, LMDB)
+    "plain": {},  # the node's default durable providers (the node-wide WAL, LMDB)
     "rotating": ROTATING,
     "sqlite": {"raft_storage_module": "waraft.storage.sqlite:SqliteStorage"},
+    # The per-partition segment-file log.
+    "disk": DISK_LOG,
+    "disk_rotating": {**ROTATING, **DISK_LOG},
 }
 
 

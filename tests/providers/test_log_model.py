@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from typing import Any
@@ -13,6 +14,7 @@ from waraft.core.types import Config, Entry, LogPos
 from waraft.log.disk import DiskLog
 from waraft.log.memory import MemoryLog
 from waraft.log.provider import LogProvider
+from waraft.log.wal import WalLog, WalWriter
 
 from .helpers import A, B, make_config
 
@@ -116,3 +118,45 @@ def test_disk_log_matches_the_model(ops: list[Any]) -> None:
         run(DiskLog(directory, **options), ops, reopen)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, max_size=25))
+def test_wal_log_matches_the_model(ops: list[Any]) -> None:
+    """The shared WAL with tiny files (so rotation, checkpoints and file deletion run often)
+    and an idle second partition that rotation must carry forward untouched."""
+    root = tempfile.mkdtemp(prefix="waraft-wal-model-")
+    options: dict[str, Any] = {"max_file_bytes": 600}
+    idle = [Entry(1, ("idle", i), ("write", "t", i, i)) for i in range(1, 6)]
+
+    def open_idle() -> WalLog:
+        return WalLog.open(f"{root}/kv.2", **options)
+
+    def reopen(log: LogProvider, crash: bool) -> LogProvider:
+        assert isinstance(log, WalLog)
+        writer = log._writer
+        if crash:
+            # kill -9 after the last fsync: the writer stops, no log is closed.
+            with WalWriter._registry_lock:
+                WalWriter._registry.pop(writer.directory, None)
+            writer.stop()
+        else:
+            log.close()
+        other = open_idle()
+        assert other.entries(1, 5, 100, 1 << 30) == idle
+        other.close()
+        return WalLog.open(f"{root}/kv.1", **options)
+
+    other = open_idle()
+    other.append(1, idle)
+    other.sync()
+    other.close()
+    log = WalLog.open(f"{root}/kv.1", **options)
+    try:
+        run(log, ops, reopen)
+    finally:
+        with WalWriter._registry_lock:
+            leftover = WalWriter._registry.pop(os.path.join(root, "wal"), None)
+        if leftover is not None:
+            leftover.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -325,3 +325,37 @@ def test_memory_storage_forgets_on_reopen(tmp_path: Path) -> None:
     storage = MemoryStorage.open(OPTIONS, tmp_path)
     assert storage.position() == LogPos(0, 0)
     assert storage.status()["keys"] == 0
+
+
+def test_apply_batch_then_stores_the_extra_commands_with_the_batch(
+    kind: str, tmp_path: Path
+) -> None:
+    provider = PROVIDERS[kind].open(OPTIONS, tmp_path / "part")
+    seen: list[list[Any]] = []
+
+    def finalize(results: list[Any]) -> list[Any]:
+        seen.append(results)
+        return [("write", "t", "extra", len(results))]
+
+    items = [(("write", "t", "a", 1), pos(1), None), (("write", "t", "b", 2), pos(2), None)]
+    assert provider.apply_batch_then(items, finalize) == ["ok", "ok"]
+    assert seen == [["ok", "ok"]]
+    assert provider.read(("read", "t", "extra"), pos(2)) == ("ok", 2)
+    assert provider.position() == pos(2)
+    provider.close()
+
+
+@pytest.mark.parametrize("durable", sorted(set(PROVIDERS) - {"memory"}))
+def test_apply_batch_then_is_one_transaction_in_durable_providers(
+    durable: str, tmp_path: Path
+) -> None:
+    provider = PROVIDERS[durable].open(OPTIONS, tmp_path / "part")
+    items = [(("write", "t", "a", 1), pos(1), None)]
+    with pytest.raises(UnknownCommandError):
+        provider.apply_batch_then(items, lambda results: [("bogus",)])
+    assert provider.read(("read", "t", "a"), provider.position()) == "not_found"
+    assert provider.position() == LogPos(0, 0)
+    provider.close()
+    reopened = PROVIDERS[durable].open(OPTIONS, tmp_path / "part")
+    assert reopened.position() == LogPos(0, 0)
+    reopened.close()

@@ -56,7 +56,8 @@ bumping the term (Raft thesis §9.6); quiescence after 2 s idle, because a node 
 ``waraft.distribution`` whose node liveness wakes the followers of a lost leader (the library
 default stays off: in-process nodes have no node liveness)."""
 
-DURABLE_LOG = "waraft.log.disk:DiskLog"
+DURABLE_LOG = "waraft.log.wal:WalLog"
+"""The node-wide write-ahead log (``waraft.log.disk:DiskLog`` stays available per partition)."""
 DURABLE_STORAGE = "waraft.storage.lmdb:LmdbStorage"
 MEMORY_LOG = "waraft.log.memory:MemoryLog"
 MEMORY_STORAGE = "waraft.storage.memory:MemoryStorage"

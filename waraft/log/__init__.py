@@ -1,7 +1,9 @@
 """The partition's Raft log (WARaft's ``wa_raft_log``): the log actor and the provider interface.
 
-The providers are ``waraft.log.memory.MemoryLog`` (WARaft's ETS log, the default) and
-``waraft.log.disk.DiskLog`` (durable segment files), both behind ``waraft.log.provider``.
+The providers are ``waraft.log.memory.MemoryLog`` (WARaft's ETS log, the default),
+``waraft.log.wal.WalLog`` (one write-ahead log per node shared by every partition, with group
+commit: ``waraft node``'s durable log) and ``waraft.log.disk.DiskLog`` (durable segment files
+per partition), all behind ``waraft.log.provider``.
 
 As in WARaft, the log *actor* only serialises the destructive operations — open, reset,
 truncate (calls) and trim, flush (casts, run asynchronously so rotation never stalls the

@@ -52,11 +52,17 @@ The API, by concern:
   [--steps S] [--start K] [--jobs J] | --replay SEED``.
 """
 
-from waraft.sim.client import ClientConfig, KVWorkload, Workload
+from waraft.sim.client import AppendWorkload, ClientConfig, KVWorkload, Workload
 from waraft.sim.clock import VirtualClock
 from waraft.sim.history import History, Operation, Status
 from waraft.sim.invariants import InvariantChecker, InvariantViolation
-from waraft.sim.linearizability import KVModel, LinearizabilityResult, Model, check_history
+from waraft.sim.linearizability import (
+    KVModel,
+    LinearizabilityResult,
+    Model,
+    check_history,
+    check_list_append,
+)
 from waraft.sim.log import MemoryLog
 from waraft.sim.machine import KVStateMachine, StateMachine
 from waraft.sim.nemesis import Nemesis, NemesisConfig, Scenario, random_scenario
@@ -65,6 +71,7 @@ from waraft.sim.simulation import Call, SimConfig, Simulation, fast_settings, ma
 from waraft.sim.storage import SimStorage, Snapshot
 
 __all__ = [
+    "AppendWorkload",
     "Call",
     "ClientConfig",
     "History",
@@ -91,6 +98,7 @@ __all__ = [
     "VirtualClock",
     "Workload",
     "check_history",
+    "check_list_append",
     "fast_settings",
     "make_config",
     "random_scenario",

@@ -8,6 +8,13 @@ any log (its pending entry was cancelled before reaching a log). Any other error
 makes a commit ``unknown``. After a definite failure the client retries the same operation
 (same history record, a new log key per attempt) until it succeeds, becomes unknown, or runs
 out of attempts or time.
+
+With sessions (``ClientConfig.sessions``) a client first registers a session (a recorded
+commit of ``("$session", "register", n)``) and tags each commit with ``(session, seq)``
+(``waraft.core.sessions``). A tagged commit whose outcome is unknown (a timeout, an error after
+its entry was appended) is then retried too, with the same ``(session, seq)``: the replicas
+apply it once, so the history records the one result. ``AppendWorkload`` makes double applies
+visible: checked by ``waraft.sim.check_list_append``.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from waraft.core.sessions import EXPIRED, call_command, register_command
 from waraft.core.types import Identity, Priority
 from waraft.sim.clock import Scheduled
 from waraft.sim.history import Operation
@@ -51,6 +59,21 @@ class KVWorkload:
 
 
 @dataclass(frozen=True, slots=True)
+class AppendWorkload:
+    """Appends of unique values (``"c<client>.<seq>"``) to a few keys, and strong reads."""
+
+    keys: int = 2
+    table: str = "sim"
+    append: float = 0.7
+
+    def next_op(self, rng: random.Random, client: int, seq: int) -> tuple[str, Any]:
+        key = f"l{rng.randrange(self.keys)}"
+        if rng.random() < self.append:
+            return "commit", ("append", self.table, key, f"c{client}.{seq}")
+        return "read", ("read", self.table, key)
+
+
+@dataclass(frozen=True, slots=True)
 class ClientConfig:
     """Timing of simulated clients (virtual milliseconds)."""
 
@@ -61,6 +84,8 @@ class ClientConfig:
     max_attempts: int = 10
     retry_backoff_ms: tuple[int, int] = (5, 60)
     priority: Priority = Priority.HIGH
+    sessions: bool = False  # tag commits with (session, seq) and retry unknown outcomes
+    session_expire_after: int = 100_000  # applied entries
 
 
 _MOVE_ON = frozenset({"not_leader", "unreachable", "timeout"})
@@ -73,14 +98,17 @@ def is_error(value: Any) -> bool:
 class ClientRequest:
     """The reply handle (``from_``) of one attempt of one operation."""
 
-    __slots__ = ("attempt", "client", "key", "op", "target")
+    __slots__ = ("attempt", "client", "command", "key", "op", "target")
 
-    def __init__(self, client: Client, op: Operation, attempt: int, key: Any, target: str):
+    def __init__(
+        self, client: Client, op: Operation, attempt: int, key: Any, target: str, command: Any
+    ):
         self.client = client
         self.op = op
         self.attempt = attempt
         self.key = key
         self.target = target
+        self.command = command  # what is sent: op.command, or it tagged with a session
 
     def on_reply(self, value: Any) -> None:
         self.client._reply_in_flight(self, value)
@@ -103,6 +131,9 @@ class Client:
         self.req: ClientRequest | None = None
         self.attempts = 0
         self.seq = 0
+        self.session: int | None = None
+        self.session_seq = 0
+        self.sent: Any = None  # the current operation's command as sent
         self.stopped = False
         self._timeout: Scheduled | None = None
 
@@ -124,8 +155,18 @@ class Client:
     def _issue(self) -> None:
         if self.stopped or self.op is not None:
             return
-        self.seq += 1
-        kind, command = self.workload.next_op(self.rng, self.id, self.seq)
+        if self.cfg.sessions and self.session is None:
+            kind, command = "commit", register_command(self.cfg.session_expire_after)
+            self.sent = command
+        else:
+            self.seq += 1
+            kind, command = self.workload.next_op(self.rng, self.id, self.seq)
+            self.sent = command
+            if self.cfg.sessions and kind == "commit" and self.session is not None:
+                self.session_seq += 1
+                # One operation in flight: every earlier seq is settled, so acked = seq.
+                seq = self.session_seq
+                self.sent = call_command(self.session, seq, seq, command)
         self.op = self.sim.history.invoke(self.id, kind, command, self.sim.clock.now)
         self.attempts = 0
         self._attempt()
@@ -136,7 +177,7 @@ class Client:
             return
         self.attempts += 1
         key = ("c", self.id, op.id, self.attempts) if op.kind == "commit" else None
-        req = ClientRequest(self, op, self.attempts, key, self.target)
+        req = ClientRequest(self, op, self.attempts, key, self.target, self.sent)
         self.req = req
         op.node = self.target
         op.key = key
@@ -157,7 +198,7 @@ class Client:
         if not node.up or node.core is None:
             req.on_reply(("error", "unreachable"))
         elif req.op.kind == "commit":
-            node.accept_commit(req, req.key, req.op.command, self.cfg.priority)
+            node.accept_commit(req, req.key, req.command, self.cfg.priority)
         else:
             node.accept_read(req, req.op.command)
 
@@ -183,34 +224,69 @@ class Client:
         op = self.op
         history = self.sim.history
         now = self.sim.clock.now
+        if value == EXPIRED and self._tagged(req):
+            self.session = None  # re-registered before the next operation
+            history.unknown(op, value, now)
+            self._finish()
+            return
         if not is_error(value):
+            command = op.command
+            if type(command) is tuple and command[:2] == ("$session", "register"):
+                self.session = value[1]
             history.ok(op, value, now)
             self._finish()
             return
         self._retarget(req, value[1])
-        definite = op.kind == "read" or req.key not in self.sim.appended_keys
-        if not definite:
+        # Definite only if no attempt of the operation reached a log (a tagged operation's
+        # earlier attempts may have been appended even when this one was not).
+        appended = self.sim.appended_keys
+        definite = op.kind == "read" or not any(
+            ("c", self.id, op.id, attempt) in appended for attempt in range(1, self.attempts + 1)
+        )
+        if not definite and not self._tagged(req):
             history.unknown(op, value, now)
             self._finish()
             return
-        if self.attempts < self.cfg.max_attempts and now - op.invoke_ms < self.cfg.max_op_ms:
-            if self._timeout is not None:
-                self._timeout.cancel()
-                self._timeout = None
-            self.req = None
-            self.sim.clock.schedule(
-                self._delay(self.cfg.retry_backoff_ms), self._attempt, label=f"c{self.id} retry"
-            )
+        if self._may_retry(now):
+            if not definite:
+                self.sim.stats["session_retries"] += 1
+            self._schedule_retry()
             return
-        history.fail(op, value, now)
+        if definite:
+            history.fail(op, value, now)
+        else:
+            history.unknown(op, value, now)
         self._finish()
+
+    def _tagged(self, req: ClientRequest) -> bool:
+        """Whether ``req`` carries a ``(session, seq)`` (retrying it is safe)."""
+        command = req.command
+        return type(command) is tuple and command[:2] == ("$session", "call")
+
+    def _may_retry(self, now: int) -> bool:
+        op = self.op
+        assert op is not None
+        return self.attempts < self.cfg.max_attempts and now - op.invoke_ms < self.cfg.max_op_ms
+
+    def _schedule_retry(self) -> None:
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        self.req = None
+        self.sim.clock.schedule(
+            self._delay(self.cfg.retry_backoff_ms), self._attempt, label=f"c{self.id} retry"
+        )
 
     def _timed_out(self, req: ClientRequest) -> None:
         if req is not self.req or self.op is None:
             return
         self._timeout = None
-        self.sim.history.unknown(self.op, ("error", "timeout"), self.sim.clock.now)
         self._retarget(req, "timeout")
+        if self._tagged(req) and self._may_retry(self.sim.clock.now):
+            self.sim.stats["session_retries"] += 1
+            self._schedule_retry()  # the same (session, seq): applied at most once
+            return
+        self.sim.history.unknown(self.op, ("error", "timeout"), self.sim.clock.now)
         self._finish()
 
     def _retarget(self, req: ClientRequest, reason: Any) -> None:

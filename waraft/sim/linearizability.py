@@ -51,7 +51,7 @@ class KVModel:
 
     def partition(self, op: Operation) -> Hashable | None:
         command = op.command
-        if isinstance(command, tuple) and len(command) >= 3:
+        if isinstance(command, tuple) and len(command) >= 3 and command[0] != "$session":
             key: Hashable = command[2]
             return key
         return None
@@ -81,6 +81,12 @@ class KVModel:
             return (op.status is not Status.OK or op.result == "ok"), command[3]
         if verb == "delete":
             return (op.status is not Status.OK or op.result == "ok"), None
+        if verb == "append":
+            current = state if isinstance(state, tuple) else ()
+            return (op.status is not Status.OK or op.result == "ok"), (*current, command[3])
+        if verb == "incr":
+            new = (state if isinstance(state, int) else 0) + command[3]
+            return (op.status is not Status.OK or op.result == ("ok", new)), new
         if verb == "read":
             expected = "not_found" if state is None else ("ok", state)
             return op.result == expected, state
@@ -241,3 +247,56 @@ def check_partition(
             unlift(entry)
             entry = nxt[entry]
     return PartitionVerdict(key, True, ops, steps)
+
+
+def check_list_append(ops: Iterable[Operation], final: dict[Any, Any]) -> list[str]:
+    """Elle-style check of a list-append history; returns the violations (empty: none).
+
+    ``ops`` hold commits ``("append", table, key, value)`` with values unique across the
+    history, and reads ``("read", table, key)`` answered ``("ok", list)`` or ``"not_found"``;
+    ``final`` maps each checked key to its list as read after the run (reads of other keys
+    are ignored). Violations:
+
+    * a value twice in a final list (a retried append applied twice: a double apply);
+    * an acknowledged (``ok``) append missing from its final list (a lost write);
+    * a ``fail``-ed append present (it certainly did not take effect);
+    * a value no append of that key wrote (a phantom);
+    * an acknowledged read that is not a prefix of the final list (appends reordered or lost
+      after being observed).
+
+    Unknown appends may be present or absent, once.
+    """
+    violations: list[str] = []
+    writers: dict[tuple[Any, Any], Operation] = {}
+    reads: list[Operation] = []
+    for op in ops:
+        command = op.command
+        if op.kind == "commit" and type(command) is tuple and command[:1] == ("append",):
+            writers[(command[2], command[3])] = op
+        elif op.kind == "read" and op.status is Status.OK:
+            reads.append(op)
+    finals = {key: tuple(values) if values else () for key, values in final.items()}
+    for key, values in finals.items():
+        seen: set[Any] = set()
+        for value in values:
+            if value in seen:
+                violations.append(f"duplicate: {value!r} appears twice in the final {key!r}")
+            seen.add(value)
+            writer = writers.get((key, value))
+            if writer is None:
+                violations.append(f"phantom: {value!r} in {key!r} was never appended there")
+            elif writer.status is Status.FAIL:
+                violations.append(f"failed append present: {writer.line()}")
+    for (key, value), op in writers.items():
+        if op.status is Status.OK and value not in finals.get(key, ()):
+            violations.append(f"lost acknowledged append: {op.line()}")
+    for op in reads:
+        key = op.command[2]
+        if key not in finals:
+            continue  # not a list under check (a register, say)
+        observed: tuple[Any, ...] = ()
+        if type(op.result) is tuple and len(op.result) == 2 and op.result[0] == "ok":
+            observed = tuple(op.result[1])
+        if finals.get(key, ())[: len(observed)] != observed:
+            violations.append(f"read not a prefix of the final {key!r}: {op.line()}")
+    return violations

@@ -7,7 +7,10 @@ WARaft's storage server does before calling its provider. Only users' commands d
 The default is ``KVStateMachine``, the twin of WARaft's ETS storage provider:
 ``("write", table, key, value)`` → ``"ok"``, ``("delete", table, key)`` → ``"ok"`` and, as
 reads, ``("read", table, key)`` → ``("ok", value)`` or ``"not_found"``, ``"noop"`` → ``"ok"``.
-(``table`` is carried but ignored, as in WARaft.)
+(``table`` is carried but ignored, as in WARaft.) It also has the storage actor's two
+non-idempotent commands (``waraft.storage.is_derived_command``): ``("append", table, key, v)``
+→ ``"ok"`` (the value becomes a tuple with ``v`` at its end) and ``("incr", table, key, n)`` →
+``("ok", new_value)``.
 """
 
 from __future__ import annotations
@@ -65,6 +68,18 @@ class KVStateMachine(StateMachine):
             if len(command) == 3 and command[0] == "delete":
                 self.data.pop(command[2], None)
                 return "ok"
+            if len(command) == 4 and command[0] == "append":
+                current = self.data.get(command[2], ())
+                if not isinstance(current, tuple):
+                    return ("error", "not_a_list")
+                self.data[command[2]] = (*current, command[3])
+                return "ok"
+            if len(command) == 4 and command[0] == "incr":
+                current = self.data.get(command[2], 0)
+                if type(current) is not int or type(command[3]) is not int:
+                    return ("error", "not_an_integer")
+                self.data[command[2]] = current + command[3]
+                return ("ok", current + command[3])
         raise UnknownCommand(command)
 
     def read(self, command: Any) -> Any:

@@ -9,7 +9,11 @@ configurable delay (``SimStorage.drain``).
 
 Raft commands are handled here, as WARaft's storage server does: ``noop`` and ``noop_omitted``
 only advance the position, ``(CONFIG, Config)`` updates the config (result ``("ok", LogPos)``),
-and a witness skips users' commands. Everything else goes to the state machine.
+and a witness skips users' commands. Everything else goes to the state machine, through the
+exactly-once session table (``waraft.core.sessions``, as the real storage actor does): a
+``("$session", ...)`` command registers or closes a session, or applies its inner command once
+per ``(session, seq)`` and answers a retry with the recorded result. The table is part of
+snapshots and survives crashes with durable storage.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from waraft.core.effects import ApplyItem
+from waraft.core.sessions import Apply, Done, SessionTable
 from waraft.core.types import NOOP, NOOP_OMITTED, Config, Entry, Identity, LogPos, Priority
 from waraft.sim.log import approx_size
 from waraft.sim.machine import StateMachine
@@ -41,6 +46,7 @@ class Snapshot:
     data: Any
     digest: int
     witness: bool = False
+    sessions: Any = None  # SessionTable.dump() (None: no sessions)
 
 
 class StorageHost(Protocol):
@@ -76,6 +82,7 @@ class SimStorage:
         self.witness = False
         self.incomplete = False  # a witness snapshot was loaded: data is not trustworthy
         self.digest = 0  # rolling hash of the users' commands applied, for cross-node checks
+        self.sessions = SessionTable()
         self.tasks: deque[tuple[Any, ...]] = deque()
         self.apply_count = 0
         self.apply_bytes = 0
@@ -117,6 +124,7 @@ class SimStorage:
         self.witness = False
         self.incomplete = False
         self.digest = 0
+        self.sessions = SessionTable()
         self.machine.restore(None)
 
     def _set_config(self, config: tuple[int, Config] | None) -> None:
@@ -179,7 +187,15 @@ class SimStorage:
         elif self.witness:
             result = "ok"
         else:
-            result = self.machine.apply(command, index, entry.term)
+            decision = self.sessions.begin(command, index)
+            if isinstance(decision, Apply):
+                result = self.machine.apply(decision.command, index, entry.term)
+                if decision.session is not None:
+                    self.sessions.finish(decision.session, decision.seq, result)
+            elif isinstance(decision, Done):
+                result = decision.result
+            else:  # a duplicate inside one entry cannot happen: one command per entry
+                result = self.sessions.result(decision.session, decision.seq)
             self.digest = _mix(self.digest, index, command)
         self.position = new_position
         if entry.label is not None:
@@ -211,6 +227,7 @@ class SimStorage:
             data=None if witness else self.machine.snapshot(),
             digest=self.digest,
             witness=witness or self.incomplete,
+            sessions=None if witness else self.sessions.dump_view(),
         )
 
     def make_empty_snapshot(self, position: LogPos, config: Config | None, data: Any) -> Snapshot:
@@ -234,6 +251,7 @@ class SimStorage:
         self.label = snapshot.label
         self.incomplete = snapshot.witness
         self.digest = snapshot.digest
+        self.sessions = SessionTable.load(snapshot.sessions)
         self.machine.restore(snapshot.data)
         self._serve_reads()
         return None

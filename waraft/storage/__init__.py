@@ -14,6 +14,13 @@ more committed entries are sent (WARaft's ``notify_complete``). An entry out of 
 invariant: the actor crashes and the partition restarts, as WARaft's does. A witness skips the
 data of commands (advancing its position) and applies a ``noop_omitted`` every
 ``raft_storage_witness_apply_interval`` skipped entries.
+
+Exactly-once sessions (``waraft.core.sessions``) live here, so they work with every provider:
+each ``("$session", ...)`` command, plain or inside a ``$batch``, goes through the replicated
+dedup table before the provider sees it (a duplicate reaches the provider as a ``noop`` and is
+answered with the recorded result). Whenever the table changes it is written, as the value of
+the reserved key ``SESSIONS_KEY``, by ``apply_batch_then`` in the same transaction as the
+entries whose results it records, so it is in every snapshot and survives restarts.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any, Final
 
 from waraft import otp
 from waraft.core.effects import ApplyItem as CoreApplyItem
+from waraft.core.sessions import Apply, Done, Pending, SessionTable, is_session_command
 from waraft.core.types import NOOP, NOOP_OMITTED, Config, LogPos, Priority, is_config_command
 from waraft.distribution import policy
 from waraft.services import codec, env
@@ -53,6 +61,9 @@ WITNESS_APPLY_INTERVAL_KEY = "raft_storage_witness_apply_interval"
 DEFAULT_WITNESS_APPLY_INTERVAL = 5000
 MAX_RETAINED_SNAPSHOT = 1
 _SNAPSHOT_RE = re.compile(r"^snapshot\.(\d+)\.(\d+)(\.witness)?$")
+SESSIONS_TABLE: Final = "$waraft"
+SESSIONS_KEY: Final = ("$waraft", "sessions")
+"""The reserved key holding the session table (``SessionTable.dump()``) in every provider."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +108,28 @@ def batch_commands(command: Any) -> Sequence[Any]:
     if not isinstance(payload, (list, tuple)):
         raise UnknownCommandError(f"a {BATCH} command holds a list of commands, not {payload!r}")
     return payload
+
+
+DERIVED: Final = frozenset({"append", "incr"})
+
+
+def is_derived_command(command: Any) -> bool:
+    """A read-modify-write command every provider gets as a plain ``write``:
+
+    * ``("incr", table, key, n)``: add the int ``n`` to the int at ``key`` (missing: 0);
+      answers ``("ok", new_value)``, or ``("error", "not_an_integer")`` changing nothing;
+    * ``("append", table, key, value)``: append ``value`` to the list at ``key`` (missing:
+      empty; stored and read back as a tuple); answers ``"ok"``, or ``("error", "not_a_list")``.
+
+    The storage actor turns them into writes from the state it has applied, the same on every
+    replica, so no provider needs to know them. Neither is idempotent: retried by a client
+    they apply again unless sent through a session (``waraft.core.sessions``).
+    """
+    return type(command) is tuple and len(command) == 4 and command[0] in DERIVED
+
+
+def _is_error(result: Any) -> bool:
+    return type(result) is tuple and len(result) == 2 and result[0] == "error"
 
 
 class OutOfOrderApply(RuntimeError):
@@ -153,6 +186,7 @@ class StorageServer(otp.Process):
         self.provider: StorageProvider = options.storage_module.open(storage_options, self.path)
         self.position: LogPos = self.provider.position()
         self.skipped = 0
+        self.sessions = self._load_sessions()
         self._refresh_config()
         self._witness_interval = int(
             env.get_table_env(
@@ -174,6 +208,19 @@ class StorageServer(otp.Process):
         if provider is not None:
             logger.info("storage %s terminating at %s: %r", self.name, self.position, reason)
             provider.close()
+
+    def _load_sessions(self) -> SessionTable:
+        """The session table stored in the provider (empty if none was ever written)."""
+        found = self.provider.read(("read", SESSIONS_TABLE, SESSIONS_KEY), self.position)
+        if type(found) is tuple and len(found) == 2 and found[0] == "ok":
+            return SessionTable.load(found[1])
+        return SessionTable()
+
+    def _sessions_write(self) -> list[Any]:
+        """The provider command storing the table, if it changed."""
+        if not self.sessions.changed:
+            return []
+        return [("write", SESSIONS_TABLE, SESSIONS_KEY, self.sessions.dump())]
 
     def _refresh_config(self) -> None:
         found = self.provider.config()
@@ -204,6 +251,7 @@ class StorageServer(otp.Process):
         # for a durable provider); a $batch entry is one apply_many of its own.
         chunk: list[tuple[Any, LogPos, Any]] = []
         shapes: list[Any] = []  # the reply handle of each chunk item
+        marks: list[Done | Apply | Pending] = []  # the session decision of each chunk item
         next_index = self.position.index + 1
         for index, entry, reply_to, priority in items:
             if index < next_index:
@@ -218,21 +266,33 @@ class StorageServer(otp.Process):
             if command is None:
                 raise OutOfOrderApply(f"storage {self.name} got the base entry at {index}")
             if is_config_command(command) or (self.witness and command != NOOP):
-                self._apply_chunk(chunk, shapes, replies)
+                self._apply_chunk(chunk, shapes, replies, marks)
                 result = self._apply_special(command, position, entry.label)
                 if reply_to is not None:
                     replies.append((reply_to, result))
                 continue
             if is_batch_command(command):
-                self._apply_chunk(chunk, shapes, replies)
-                result = self._apply_many(self._commands_of(command), position, entry.label)
+                self._apply_chunk(chunk, shapes, replies, marks)
+                commands = self._commands_of(command)
+                if any(is_session_command(c) or is_derived_command(c) for c in commands):
+                    result = self._apply_session_items(
+                        [(c, position, entry.label) for c in commands],
+                        [self.sessions.begin(c, index) for c in commands],
+                    )
+                else:
+                    result = self._apply_many(commands, position, entry.label)
                 self.position = position
                 if reply_to is not None:
                     replies.append((reply_to, result))
             else:
                 chunk.append((command, position, entry.label))
                 shapes.append(reply_to)
-        self._apply_chunk(chunk, shapes, replies)
+                if marks or is_session_command(command) or is_derived_command(command):
+                    # Marks are kept only once a session command shows up in this chunk.
+                    if not marks:
+                        marks.extend(Apply(c) for c, _, _ in chunk[:-1])
+                    marks.append(self.sessions.begin(command, index))
+        self._apply_chunk(chunk, shapes, replies, marks)
         for priority, count in done.items():
             if count:
                 queues.commits_finished(count, priority)
@@ -247,21 +307,115 @@ class StorageServer(otp.Process):
         chunk: list[tuple[Any, LogPos, Any]],
         shapes: list[Any],
         replies: list[tuple[Any, Any]],
+        marks: list[Done | Apply | Pending],
     ) -> None:
         if not chunk:
             return
-        try:
-            results = self.provider.apply_batch(chunk)
-        except UnknownCommandError:
-            results = [
-                self._apply_one(command, position, label) for command, position, label in chunk
-            ]
+        if marks:
+            results = self._apply_session_items(chunk, marks)
+            marks.clear()
+        else:
+            try:
+                results = self.provider.apply_batch(chunk)
+            except UnknownCommandError:
+                results = [
+                    self._apply_one(command, position, label) for command, position, label in chunk
+                ]
         self.position = chunk[-1][1]
         for reply_to, result in zip(shapes, results, strict=True):
             if reply_to is not None:
                 replies.append((reply_to, result))
         chunk.clear()
         shapes.clear()
+
+    def _apply_session_items(
+        self, items: Sequence[tuple[Any, LogPos, Any]], marks: Sequence[Done | Apply | Pending]
+    ) -> list[Any]:
+        """Apply items whose session decisions are ``marks`` (one per item): an answered or
+        pending duplicate reaches the provider as a ``noop``; the results of applied tagged
+        commands are recorded, and the table written with them in one ``apply_batch_then``."""
+        sessions = self.sessions
+        translated: list[tuple[Any, LogPos, Any]] = []
+        derived: dict[int, Any] = {}  # item number -> the result of its derived command
+        for mark, (_, position, label) in zip(marks, items, strict=True):
+            command = mark.command if type(mark) is Apply else NOOP
+            if is_derived_command(command):
+                command, derived[len(translated)] = self._derive(command, translated)
+            translated.append((command, position, label))
+        if derived:
+            marks = [
+                Apply(mark.command, mark.session, mark.seq, derived[i])
+                if i in derived and type(mark) is Apply
+                else mark
+                for i, mark in enumerate(marks)
+            ]
+        try:
+            results = self.provider.apply_batch_then(translated, self._recorder(marks))
+        except UnknownCommandError:
+            # One at a time, so only the unknown commands get errors (recorded like results).
+            results = []
+            for mark, item in zip(marks, translated, strict=True):
+                single = [mark]
+                try:
+                    results.extend(self.provider.apply_batch_then([item], self._recorder(single)))
+                except UnknownCommandError as exc:
+                    error = ("error", ("unknown_command", str(exc)))
+                    self.provider.apply_batch_then(
+                        [(NOOP, item[1], item[2])], self._recorder(single, error)
+                    )
+                    results.append(error)
+        answers: list[Any] = []
+        for mark, result in zip(marks, results, strict=True):
+            if isinstance(mark, Pending):
+                answers.append(sessions.result(mark.session, mark.seq))
+            elif isinstance(mark, Done) or (mark.result is not None and not _is_error(result)):
+                answers.append(mark.result)  # answered by the table, or a derived command
+            else:
+                answers.append(result)
+        return answers
+
+    def _derive(self, command: Any, earlier: Sequence[tuple[Any, LogPos, Any]]) -> tuple[Any, Any]:
+        """``(provider command, result)`` for a read-modify-write command, against the state
+        the provider will have after ``earlier`` (this batch's commands before it)."""
+        kind, table, key, argument = command
+        current: Any = None
+        for previous, _, _ in reversed(earlier):
+            if type(previous) is tuple and len(previous) >= 3 and previous[2] == key:
+                if previous[0] == "write" and len(previous) == 4:
+                    current = ("ok", previous[3])
+                    break
+                if previous[0] == "delete" and len(previous) == 3:
+                    current = NOT_FOUND
+                    break
+        if current is None:
+            current = self.provider.read(("read", table, key), self.position)
+        found = current[1] if type(current) is tuple and current[0] == "ok" else None
+        if kind == "incr":
+            if found is None:
+                found = 0
+            if type(found) is not int or type(argument) is not int:
+                return NOOP, ("error", "not_an_integer")
+            return ("write", table, key, found + argument), ("ok", found + argument)
+        if found is None:
+            found = ()
+        if not isinstance(found, (list, tuple)):
+            return NOOP, ("error", "not_a_list")
+        return ("write", table, key, (*found, argument)), OK
+
+    def _recorder(self, marks: Sequence[Done | Apply | Pending], forced: Any = None) -> Any:
+        """A ``finalize`` recording the results of ``marks`` (or ``forced`` for each)."""
+
+        def record(results: list[Any]) -> list[Any]:
+            for mark, result in zip(marks, results, strict=True):
+                if type(mark) is Apply and mark.session is not None:
+                    if forced is not None:
+                        result = forced
+                    elif mark.result is not None and not _is_error(result):
+                        result = mark.result  # a derived command's own result
+                    self.sessions.finish(mark.session, mark.seq, result)
+            return self._sessions_write()
+
+        return record
 
     def _apply_one(self, command: Any, position: LogPos, label: Any) -> Any:
         """Apply one entry on its own; a command the provider does not know is answered with
@@ -376,6 +530,7 @@ class StorageServer(otp.Process):
         if result == OK:
             self.position = position
             self.skipped = 0
+            self.sessions = self._load_sessions()
             self._refresh_config()
         return result
 
@@ -477,6 +632,8 @@ __all__ = [
     "BATCH",
     "NOT_FOUND",
     "OK",
+    "SESSIONS_KEY",
+    "SESSIONS_TABLE",
     "ApplyItem",
     "InvalidIncompleteReplica",
     "OutOfOrderApply",
@@ -493,6 +650,7 @@ __all__ = [
     "delete_snapshot",
     "is_batch_command",
     "is_data_replica",
+    "is_derived_command",
     "list_snapshots",
     "position",
     "read",

@@ -485,6 +485,19 @@ class LmdbStorage(StorageProvider):
         )
         return [OK] * len(commands)
 
+    def apply_batch_then(
+        self, items: Sequence[ApplyItem], finalize: Callable[[list[Any]], Sequence[Any]]
+    ) -> list[Any]:
+        """One transaction: every command this provider applies answers ``"ok"`` (anything
+        else raises before the transaction commits), so the results are known in advance and
+        ``finalize``'s commands join the same batch."""
+        if not items:
+            return []
+        extra = finalize([OK] * len(items))
+        _, position, _ = items[-1]
+        self.apply_batch([*items, *((command, position, None) for command in extra)])
+        return [OK] * len(items)
+
     def apply_batch(self, items: Sequence[ApplyItem]) -> list[Any]:
         """Apply every item in ONE transaction (all or nothing)."""
         if not items:

@@ -186,6 +186,25 @@ class StorageProvider(ABC):
                 results.append(self.apply(command, position, label))
         return results
 
+    def apply_batch_then(
+        self, items: Sequence[ApplyItem], finalize: Callable[[list[Any]], Sequence[Any]]
+    ) -> list[Any]:
+        """``apply_batch(items)``, then the commands ``finalize(results)`` returns, applied at
+        the last item's position; their results are not returned.
+
+        This is how the storage actor stores the exactly-once session table (a ``write`` of
+        a reserved key) with the results it records. A durable provider must make the two one
+        transaction, or a crash between them loses recorded results while the position says
+        the entries were applied. This default is two steps: enough for a provider whose state
+        is lost on a crash anyway (memory); the built-in durable providers override it.
+        """
+        results = self.apply_batch(items)
+        extra = finalize(results)
+        if extra and items:
+            _, position, _ = items[-1]
+            self.apply_batch([(command, position, None) for command in extra])
+        return results
+
     def apply_many(self, commands: Sequence[Any], position: LogPos, label: Any = None) -> list[Any]:
         """Apply the commands of one ``$batch`` log entry, all at ``position``, atomically like
         ``apply_batch`` (which this default calls); one result per command."""

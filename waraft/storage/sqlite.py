@@ -28,7 +28,7 @@ import logging
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Self
 
 from waraft.core.types import Config, LogPos, is_config_command
@@ -139,6 +139,19 @@ class SqliteStorage(StorageProvider):
 
     def apply_config(self, config: Config, position: LogPos) -> Any:
         return self.apply_batch(((("config", config), position, None),))[0]
+
+    def apply_batch_then(
+        self, items: Sequence[ApplyItem], finalize: Callable[[list[Any]], Sequence[Any]]
+    ) -> list[Any]:
+        """One transaction: every command this provider applies answers ``"ok"`` (anything
+        else raises before the transaction commits), so the results are known in advance and
+        ``finalize``'s commands join the same batch."""
+        if not items:
+            return []
+        extra = finalize([OK] * len(items))
+        _, position, _ = items[-1]
+        self.apply_batch([*items, *((command, position, None) for command in extra)])
+        return [OK] * len(items)
 
     def apply_batch(self, items: Sequence[ApplyItem]) -> list[Any]:
         """Apply every item in ONE transaction (all or nothing)."""

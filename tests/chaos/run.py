@@ -1,0 +1,345 @@
+"""A Jepsen-style chaos run over real ``waraft node`` processes (``make chaos``; a short run is
+part of ``make test`` through ``test_chaos.py``).
+
+Three durable nodes (``tests.multiprocess.harness.Cluster``: 127.0.0.1, fault injection on)
+serve one partition. Client threads, each with its own ``waraft.client.Client`` (exactly-once
+sessions on, every call bounded by ``timeout``), run two workloads at once:
+
+* a single register (``"r"``): unique writes and strong reads, checked for linearizability
+  with the simulator's checker (``waraft.sim.check_history`` and ``KVModel``);
+* list-append (``"l0"``, ``"l1"``): appends of unique values and strong reads, checked
+  Elle-style (``waraft.sim.check_list_append``): every acknowledged append exactly once in
+  the final list, every read a prefix of it, no duplicates, nothing failed or phantom.
+
+A nemesis thread injects, every ``--interval`` seconds, one of: kill -9 of a node (restarted
+with a ready deadline), SIGSTOP/SIGCONT, kill -9 of every node at once then restart, and a
+network partition isolating one node (``set_fault`` through the node's admin process).
+
+Everything is bounded: each node restart must report ready within ``READY_DEADLINE``; a
+watchdog dumps every thread's stack (``faulthandler``), kills every node by pid and exits 3 if
+the run overruns ``duration + SLACK``. A failing history is written to ``--out`` with the
+command that re-checks it (``--check FILE``). Exit status: 0 clean, 1 violations, 3 stuck.
+
+    python -m tests.chaos.run --duration 180 --seed 7 --out chaos-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import itertools
+import logging
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.multiprocess.harness import DOWN, PING, Cluster
+from waraft.services import codec
+from waraft.sim import History, KVModel, Operation, Status, check_history, check_list_append
+
+TABLE = "kv"
+LISTS = ("l0", "l1")
+REGISTER = "r"
+READY_DEADLINE = 30.0
+SLACK = 120.0
+CALL_TIMEOUT = 2.0
+logger = logging.getLogger("chaos")
+
+
+class Recorder:
+    """A thread-safe ``History`` with real-time milliseconds."""
+
+    def __init__(self) -> None:
+        self.history = History()
+        self.lock = threading.Lock()
+        self.start = time.monotonic()
+
+    def now(self) -> int:
+        return int((time.monotonic() - self.start) * 1000)
+
+    def invoke(self, client: int, kind: str, command: Any) -> Operation:
+        with self.lock:
+            return self.history.invoke(client, kind, command, self.now())
+
+    def complete(self, op: Operation, result: Any) -> None:
+        with self.lock:
+            now = max(self.now(), op.invoke_ms)
+            error = type(result) is tuple and len(result) == 2 and result[0] == "error"
+            if not error:
+                self.history.ok(op, result, now)
+            elif op.kind == "read":
+                self.history.fail(op, result, now)  # a read without an answer has no effect
+            else:
+                self.history.unknown(op, result, now)  # the client retried: maybe applied
+
+
+def _worker(
+    cid: int, nodes: list[str], rec: Recorder, stop: threading.Event, seed: int, sessions: bool
+) -> None:
+    from waraft.client import Client
+
+    rng = random.Random(seed * 1000 + cid)
+    client = Client(
+        nodes, table=TABLE, partitions=1, timeout=CALL_TIMEOUT, attempt_timeout=0.5,
+        sessions=sessions, discover=False,
+    )  # fmt: skip
+    try:
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            roll = rng.random()
+            if roll < 0.25:
+                kind, command = "commit", ("write", TABLE, REGISTER, f"w{cid}.{seq}")
+            elif roll < 0.4:
+                kind, command = "read", ("read", TABLE, REGISTER)
+            elif roll < 0.8:
+                key = rng.choice(LISTS)
+                kind, command = "commit", ("append", TABLE, key, f"a{cid}.{seq}")
+            else:
+                kind, command = "read", ("read", TABLE, rng.choice(LISTS))
+            op = rec.invoke(cid, kind, command)
+            if kind == "commit":
+                result = client.commit(1, command, timeout=CALL_TIMEOUT)
+            else:
+                result = client.read(1, command, timeout=CALL_TIMEOUT)
+            rec.complete(op, result)
+            if type(result) is tuple and result[:1] == ("error",):
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+class Nemesis:
+    """Faults on the cluster's node processes; ``heal`` undoes whatever is in effect."""
+
+    def __init__(self, cluster: Cluster, rng: random.Random) -> None:
+        self.cluster = cluster
+        self.rng = rng
+        self.log: list[tuple[float, str]] = []
+
+    def _note(self, what: str) -> None:
+        self.log.append((time.monotonic(), what))
+        logger.info("nemesis: %s", what)
+
+    def restart(self, index: int) -> None:
+        node = self.cluster.nodes[index]
+        node.kill()
+        node.spawn()
+        node.wait_ready(READY_DEADLINE)
+
+    def strike(self) -> None:
+        fault = self.rng.choice(("kill", "stop", "restart_all", "partition"))
+        nodes = self.cluster.nodes
+        index = self.rng.randrange(len(nodes))
+        if fault == "kill":
+            self._note(f"kill -9 {nodes[index].name}")
+            nodes[index].kill()
+            time.sleep(self.rng.uniform(0.2, 1.0))
+            nodes[index].spawn()
+            nodes[index].wait_ready(READY_DEADLINE)
+        elif fault == "stop":
+            self._note(f"SIGSTOP {nodes[index].name}")
+            nodes[index].signal(signal.SIGSTOP)
+            time.sleep(self.rng.uniform(0.5, 2.0))
+            nodes[index].signal(signal.SIGCONT)
+        elif fault == "restart_all":
+            self._note("kill -9 every node, restart all")
+            for node in nodes:
+                node.kill()
+            for node in nodes:
+                node.spawn()
+            for node in nodes:
+                node.wait_ready(READY_DEADLINE)
+        else:
+            ids = self.cluster.ids
+            cut = ids[index]
+            self._note(f"partition {nodes[index].name} away")
+            for i, node_id in enumerate(ids):
+                others = [n for n in ids if n != cut] if node_id == cut else [cut]
+                self._admin(i, "set_fault", others, [], [])
+            time.sleep(self.rng.uniform(1.0, 2.5))
+            self.heal()
+
+    def _admin(self, index: int, *request: Any) -> None:
+        try:
+            self.cluster.admin(index, *request, timeout=2.0)
+        except Exception as exc:  # a node just restarted or stopped: best effort
+            logger.warning("admin %s on n%d: %r", request[0], index + 1, exc)
+
+    def heal(self) -> None:
+        for i, node in enumerate(self.cluster.nodes):
+            node.signal(signal.SIGCONT)
+            if not node.alive():
+                node.spawn()
+                node.wait_ready(READY_DEADLINE)
+            self._admin(i, "clear_fault")
+
+
+def _final_lists(nodes: list[str], deadline: float) -> dict[str, Any]:
+    """The lists read strongly once the cluster is healed (retried until ``deadline``)."""
+    from waraft.client import Client
+
+    with Client(nodes, table=TABLE, partitions=1, timeout=CALL_TIMEOUT, discover=False) as c:
+        final: dict[str, Any] = {}
+        for key in LISTS:
+            while True:
+                result = c.read(1, ("read", TABLE, key))
+                if result == "not_found":
+                    final[key] = ()
+                    break
+                if type(result) is tuple and result[0] == "ok":
+                    final[key] = tuple(result[1])
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no final read of {key}: {result!r}")
+                time.sleep(0.2)
+    return final
+
+
+def check(ops: list[Operation], final: dict[str, Any]) -> list[str]:
+    """Every violation of the run: Elle-style list checks and register linearizability."""
+    violations = check_list_append(ops, final)
+    register = [op for op in ops if op.command[2] == REGISTER]
+    verdict = check_history(register, KVModel(), budget=2_000_000)
+    if verdict.ok is False:
+        violations.append("register not linearizable:\n" + verdict.explain())
+    return violations
+
+
+def save(path: Path, ops: list[Operation], final: dict[str, Any], violations: list[str]) -> None:
+    rows = [
+        (o.id, o.client, o.kind, o.command, o.invoke_ms, o.status.value, o.complete_ms, o.result)
+        for o in ops
+    ]
+    path.write_bytes(codec.packb({"ops": rows, "final": final}))
+    text = path.with_suffix(".txt")
+    text.write_text(
+        f"re-check: {sys.executable} -m tests.chaos.run --check {path}\n\n"
+        + "\n".join(violations)
+        + "\n\n"
+        + "\n".join(o.line() for o in ops)
+    )
+
+
+def load(path: Path) -> tuple[list[Operation], dict[str, Any]]:
+    data = codec.unpackb(path.read_bytes())
+    ops = []
+    for oid, client, kind, command, invoke, status, complete, result in data["ops"]:
+        op = Operation(oid, client, kind, command, invoke)
+        op.status, op.complete_ms, op.result = Status(status), complete, result
+        ops.append(op)
+    return ops, dict(data["final"])
+
+
+def run(
+    duration: float, seed: int, clients: int, interval: float, out: Path, sessions: bool = True
+) -> int:
+    from waraft import distribution as dist
+    from waraft import otp
+
+    rng = random.Random(seed)
+    root = Path(tempfile.mkdtemp(prefix="chaos-"))
+    cluster = Cluster(root, 3, partitions=(1,), settings={"raft_election_timeout_ms": 500})
+    stuck = threading.Event()
+
+    def watchdog() -> None:
+        if not finished.wait(duration + SLACK):
+            stuck.set()
+            sys.stderr.write("chaos: run overran its deadline; every thread's stack:\n")
+            faulthandler.dump_traceback(all_threads=True)
+            cluster.kill_all()
+            os._exit(3)
+
+    finished = threading.Event()
+    threading.Thread(target=watchdog, name="chaos-watchdog", daemon=True).start()
+    dist.start("chaos@127.0.0.1:0", ping_interval=PING, down_after=DOWN, connect_timeout=DOWN)
+    try:
+        cluster.start()
+        cluster.bootstrap()
+        nodes = cluster.ids
+        rec = Recorder()
+        stop = threading.Event()
+        workers = [
+            threading.Thread(
+                target=_worker, args=(c, nodes, rec, stop, seed, sessions), name=f"client{c}"
+            )
+            for c in range(1, clients + 1)
+        ]
+        for w in workers:
+            w.start()
+        nemesis = Nemesis(cluster, rng)
+        end = time.monotonic() + duration
+        time.sleep(min(interval, duration / 4))
+        while time.monotonic() < end:
+            nemesis.strike()
+            time.sleep(rng.uniform(interval * 0.5, interval))
+        nemesis.heal()
+        stop.set()
+        for w in workers:
+            w.join(CALL_TIMEOUT + 10)
+            if w.is_alive():
+                raise RuntimeError(f"{w.name} did not stop")
+        final = _final_lists(nodes, time.monotonic() + 60)
+        ops = list(rec.history.ops)
+        violations = check(ops, final)
+        acked_at = sorted(
+            o.complete_ms for o in ops if o.status is Status.OK and o.kind == "commit"
+        )
+        acked = len(acked_at)
+        # The longest stretch without an acknowledged commit: the worst unavailability.
+        gap = max((b - a for a, b in itertools.pairwise(acked_at)), default=0)
+        print(
+            f"chaos: {len(ops)} ops, {acked} acknowledged commits, faults: "
+            f"{', '.join(w for _, w in nemesis.log) or 'none'}; final lengths "
+            f"{ {k: len(v) for k, v in final.items()} }; longest gap without an acknowledged "
+            f"commit {gap} ms; violations: {len(violations)}"
+        )
+        if violations:
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"chaos-seed{seed}-{int(time.time())}.history"
+            save(path, ops, final, violations)
+            print("\n".join(violations[:20]))
+            print(f"history saved to {path} (re-check: python -m tests.chaos.run --check {path})")
+            return 1
+        shutil.rmtree(root, ignore_errors=True)  # kept for inspection when a check fails
+        return 0
+    finally:
+        finished.set()
+        cluster.kill_all()
+        dist.stop()
+        otp.node.stop_all(timeout=5.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos.run")
+    parser.add_argument("--duration", type=float, default=180.0, help="seconds of faults")
+    parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--interval", type=float, default=4.0, help="max seconds between faults")
+    parser.add_argument("--out", type=Path, default=Path("chaos-out"))
+    parser.add_argument(
+        "--no-sessions", action="store_true", help="sessionless clients (shows double applies)"
+    )
+    parser.add_argument("--check", type=Path, help="re-check a saved history instead of running")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.check:
+        ops, final = load(args.check)
+        violations = check(ops, final)
+        print("\n".join(violations) or "no violation")
+        return 1 if violations else 0
+    print(f"chaos: seed {args.seed}, {args.duration:.0f} s")
+    return run(
+        args.duration, args.seed, args.clients, args.interval, args.out, not args.no_sessions
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

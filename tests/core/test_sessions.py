@@ -1,0 +1,129 @@
+"""The pure exactly-once session table: apply once, recorded results, expiry by log distance,
+acknowledgement floors, duplicates inside one batch, and dump/load round trips."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from waraft.core.sessions import (
+    ACKNOWLEDGED,
+    EXPIRED,
+    Apply,
+    Done,
+    Pending,
+    SessionTable,
+    call_command,
+    close_command,
+    register_command,
+)
+
+
+class Counter:
+    """A non-idempotent state machine driven through the table (as the storage actor does)."""
+
+    def __init__(self) -> None:
+        self.table = SessionTable()
+        self.value = 0
+        self.index = 0
+
+    def commit(self, command: Any) -> Any:
+        self.index += 1
+        decision = self.table.begin(command, self.index)
+        if isinstance(decision, Done):
+            return decision.result
+        assert isinstance(decision, Apply)
+        self.value += decision.command[1]
+        result = ("ok", self.value)
+        if decision.session is not None:
+            self.table.finish(decision.session, decision.seq, result)
+        return result
+
+
+def test_a_retried_command_applies_once_and_answers_the_original_result() -> None:
+    sm = Counter()
+    status, sid = sm.commit(register_command(100))
+    assert status == "ok" and sid == 1
+    first = sm.commit(call_command(sid, 1, 1, ("incr", 5)))
+    assert first == ("ok", 5)
+    sm.commit(("incr", 1))  # untagged: always applied
+    assert sm.commit(call_command(sid, 1, 1, ("incr", 5))) == ("ok", 5)
+    assert sm.value == 6
+    assert sm.commit(call_command(sid, 2, 1, ("incr", 5))) == ("ok", 11)
+
+
+def test_acknowledged_results_are_dropped_and_answer_an_error() -> None:
+    sm = Counter()
+    _, sid = sm.commit(register_command())
+    sm.commit(call_command(sid, 1, 1, ("incr", 1)))
+    sm.commit(call_command(sid, 2, 2, ("incr", 1)))  # the client holds seq 1's result
+    assert sm.commit(call_command(sid, 1, 2, ("incr", 1))) == ACKNOWLEDGED
+    assert sm.value == 2
+    assert [len(row[4]) for row in sm.table.dump()[1]] == [1]
+
+
+def test_sessions_expire_after_idle_entries_the_same_way_on_every_replica() -> None:
+    sm = Counter()
+    _, sid = sm.commit(register_command(3))
+    _, other = sm.commit(register_command(1000))
+    for _ in range(3):
+        sm.commit(("incr", 0))  # entries 3..5: sid idle for 4 entries at index 6
+    assert sm.commit(call_command(sid, 1, 1, ("incr", 1))) == EXPIRED
+    assert sid not in sm.table and other in sm.table
+    assert sm.value == 0
+    # A session that stays active does not expire.
+    _, live = sm.commit(register_command(2))
+    for seq in range(1, 6):
+        assert sm.commit(call_command(live, seq, seq, ("incr", 1)))[0] == "ok"
+    assert sm.table.expire(sm.index + 3) == 1 and other in sm.table and live not in sm.table
+    assert sm.table.expire(sm.index + 2000) == 1 and len(sm.table) == 0
+
+
+def test_close_forgets_a_session() -> None:
+    sm = Counter()
+    _, sid = sm.commit(register_command())
+    assert sm.commit(close_command(sid)) == "ok"
+    assert sm.commit(call_command(sid, 1, 1, ("incr", 1))) == EXPIRED
+
+
+def test_a_duplicate_inside_one_batch_is_pending_until_the_first_finishes() -> None:
+    table = SessionTable()
+    sid = table.begin(register_command(), 1)
+    assert isinstance(sid, Done)
+    sid_value = sid.result[1]
+    first = table.begin(call_command(sid_value, 1, 1, "x"), 2)
+    second = table.begin(call_command(sid_value, 1, 1, "x"), 2)
+    assert first == Apply("x", sid_value, 1)
+    assert second == Pending(sid_value, 1)
+    table.finish(sid_value, 1, "result")
+    assert table.result(sid_value, 1) == "result"
+
+
+def test_dump_and_load_round_trip_and_keep_deduplicating() -> None:
+    sm = Counter()
+    _, sid = sm.commit(register_command(50))
+    sm.commit(call_command(sid, 1, 1, ("incr", 7)))
+    dumped = sm.table.dump()
+    assert not sm.table.changed
+    restored = SessionTable.load(dumped)
+    assert restored == sm.table
+    sm.table = restored
+    assert sm.commit(call_command(sid, 1, 1, ("incr", 7))) == ("ok", 7)
+    assert sm.value == 7
+    assert SessionTable.load(None) == SessionTable()
+
+
+def test_bad_session_commands_are_answered_not_applied() -> None:
+    table = SessionTable()
+    assert table.begin(register_command(0), 1) == Done(("error", "bad_session_expiry"))
+    decision = table.begin(("$session", "frob"), 2)
+    assert isinstance(decision, Done) and decision.result[0] == "error"
+
+
+def test_finish_marks_the_table_changed_even_after_a_dump() -> None:
+    # The storage actor may dump (for a transaction that then fails) before re-recording.
+    table = SessionTable()
+    sid = table.begin(register_command(), 1).result[1]  # type: ignore[union-attr]
+    table.begin(call_command(sid, 1, 1, "x"), 2)
+    table.dump()
+    table.finish(sid, 1, "r")
+    assert table.changed and table.dump()[1][0][4] == ((1, "r"),)

@@ -1,0 +1,164 @@
+"""Exactly-once sessions through a real partition's storage actor: a retried non-idempotent
+command applies once (plain and inside ``$batch``), and the table survives a restart of a
+durable partition and travels in snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.partition.helpers import addr, ident, start_node, state, wait_until
+from waraft import otp, storage
+from waraft.core.sessions import EXPIRED, call_command, register_command
+from waraft.core.types import LogPos
+from waraft.partition import acceptor, server
+from waraft.services import codec
+from waraft.storage.memory import MemoryStorage
+from waraft.storage.provider import OK
+
+SQLITE = "waraft.storage.sqlite:SqliteStorage"
+LMDB = "waraft.storage.lmdb:LmdbStorage"
+DISK = "waraft.log.disk:DiskLog"
+
+
+class CountingStorage(MemoryStorage):
+    """Memory storage plus ``("bump", table, key)``: a non-idempotent counter."""
+
+    def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
+        if type(command) is tuple and command[:1] == ("bump",):
+            value = self._data.get(command[2], 0) + 1
+            self._data[command[2]] = value
+            self._position = position
+            return ("ok", value)
+        return super().apply(command, position, label)
+
+    def apply_many(self, commands: Any, position: LogPos, label: Any = None) -> list[Any]:
+        return [self.apply(command, position, label) for command in commands]
+
+    def apply_batch(self, items: Any) -> list[Any]:
+        for command, _, _ in items:
+            if not (type(command) is tuple and command[:1] == ("bump",)):
+                self._check(command)  # all or nothing, like the real providers
+        return [self.apply(c, p, label) for c, p, label in items]
+
+
+def _single(tmp_path: Path, **spec: Any) -> otp.Node:
+    node = start_node(tmp_path, "n1", [1], **spec)
+    config = server.make_config([ident(node)])
+    assert server.bootstrap(addr("server", node), LogPos(1, 1), config) == "ok"
+    wait_until(lambda: state(node) == "leader")
+    return node
+
+
+def test_a_retried_bump_applies_once_plain_and_packed(tmp_path: Path) -> None:
+    node = _single(tmp_path, storage_module=CountingStorage)
+    acc = addr("acceptor", node)
+    status, sid = acceptor.commit(acc, ("r", register_command(1000)))
+    assert status == "ok"
+    bump = ("bump", "t", "c")
+    assert acceptor.commit(acc, ("a", call_command(sid, 1, 1, bump))) == ("ok", 1)
+    assert acceptor.commit(acc, ("b", call_command(sid, 1, 1, bump))) == ("ok", 1)
+    # Inside one $batch: the retry of seq 2 next to seq 2 itself, and a retry of seq 1.
+    packed = [call_command(sid, 2, 1, bump), call_command(sid, 2, 1, bump)]
+    packed.append(call_command(sid, 1, 1, bump))
+    assert acceptor.commit(acc, ("c", ("$batch", codec.packb(packed)))) == [("ok", 2)] * 2 + [
+        ("ok", 1)
+    ]
+    # Plain entries committed back to back land in one storage chunk: dedup there too.
+    assert acceptor.commit(acc, ("d", call_command(sid, 3, 1, bump))) == ("ok", 3)
+    assert acceptor.commit(acc, ("e", bump)) == ("ok", 4)  # sessionless: applied each time
+    assert acceptor.read(acc, ("read", "t", "c")) == ("ok", 4)
+    assert acceptor.commit(acc, ("f", call_command(sid + 99, 1, 1, bump))) == EXPIRED
+
+
+@pytest.mark.parametrize("provider", [SQLITE, LMDB])
+def test_the_session_table_survives_a_restart_of_a_durable_partition(
+    tmp_path: Path, provider: str
+) -> None:
+    if provider == LMDB:
+        pytest.importorskip("lmdb")
+    node = _single(tmp_path, log_module=DISK, storage_module=provider)
+    acc = addr("acceptor", node)
+    _, sid = acceptor.commit(acc, ("r", register_command(1000)))
+    first = ("write", "t", "k", "A")
+    assert acceptor.commit(acc, ("a", call_command(sid, 1, 1, first))) == OK
+    node_id = node.id
+    node.stop()
+    node = start_node(
+        tmp_path, "n1", [1], node_id=node_id, log_module=DISK, storage_module=provider
+    )
+    wait_until(lambda: state(node) == "leader")
+    acc = addr("acceptor", node)
+    # The same (session, seq) with another payload is recognised as the retry it claims to be.
+    second = ("write", "t", "k", "B")
+    assert acceptor.commit(acc, ("b", call_command(sid, 1, 1, second))) == OK
+    assert acceptor.read(acc, ("read", "t", "k")) == ("ok", "A")
+    # A snapshot carries the table: it is stored under the reserved key.
+    found = storage.read(
+        addr("storage", node), ("read", storage.SESSIONS_TABLE, storage.SESSIONS_KEY)
+    )
+    assert found[0] == "ok" and found[1][1][0][0] == sid
+    node.stop()
+
+
+@pytest.mark.parametrize("provider", ["memory", SQLITE])
+def test_append_and_incr_are_derived_writes_for_any_provider(tmp_path: Path, provider: str) -> None:
+    spec = {} if provider == "memory" else {"log_module": DISK, "storage_module": provider}
+    node = _single(tmp_path, **spec)
+    acc = addr("acceptor", node)
+    assert acceptor.commit(acc, ("a", ("incr", "t", "n", 2))) == ("ok", 2)
+    assert acceptor.commit(acc, ("b", ("incr", "t", "n", 3))) == ("ok", 5)
+    assert acceptor.commit(acc, ("c", ("append", "t", "l", "x"))) == OK
+    # In one $batch: each command sees the ones before it, writes and deletes included.
+    packed = [
+        ("append", "t", "l", "y"),
+        ("incr", "t", "n", 1),
+        ("delete", "t", "n"),
+        ("incr", "t", "n", 10),
+        ("write", "t", "s", "text"),
+        ("incr", "t", "s", 1),
+        ("append", "t", "s", 1),
+    ]
+    results = acceptor.commit(acc, ("d", ("$batch", codec.packb(packed))))
+    assert results == [
+        OK,
+        ("ok", 6),
+        OK,
+        ("ok", 10),
+        OK,
+        ("error", "not_an_integer"),
+        ("error", "not_a_list"),
+    ]
+    assert acceptor.read(acc, ("read", "t", "l")) == ("ok", ("x", "y"))
+    assert acceptor.read(acc, ("read", "t", "n")) == ("ok", 10)
+    assert acceptor.read(acc, ("read", "t", "s")) == ("ok", "text")
+    # Through a session, the retried append is recorded and not applied again.
+    _, sid = acceptor.commit(acc, ("r", register_command(1000)))
+    tagged = call_command(sid, 1, 1, ("append", "t", "l", "z"))
+    assert acceptor.commit(acc, ("e", tagged)) == OK
+    assert acceptor.commit(acc, ("f", tagged)) == OK
+    assert acceptor.commit(acc, ("g", call_command(sid, 2, 1, ("incr", "t", "n", 1)))) == ("ok", 11)
+    assert acceptor.commit(acc, ("h", call_command(sid, 2, 1, ("incr", "t", "n", 1)))) == ("ok", 11)
+    assert acceptor.read(acc, ("read", "t", "l")) == ("ok", ("x", "y", "z"))
+    assert acceptor.read(acc, ("read", "t", "n")) == ("ok", 11)
+
+
+def test_a_batch_with_an_unknown_tagged_command_records_its_error_durably(tmp_path: Path) -> None:
+    node = _single(tmp_path, log_module=DISK, storage_module=SQLITE)
+    acc = addr("acceptor", node)
+    _, sid = acceptor.commit(acc, ("r", register_command(1000)))
+    packed = [call_command(sid, 1, 1, ("frob",)), call_command(sid, 2, 1, ("write", "t", "q", 1))]
+    bad, good = acceptor.commit(acc, ("a", ("$batch", codec.packb(packed))))
+    assert bad[1][0] == "unknown_command" and good == OK
+    node_id = node.id
+    node.stop()
+    node = start_node(tmp_path, "n1", [1], node_id=node_id, log_module=DISK, storage_module=SQLITE)
+    wait_until(lambda: state(node) == "leader")
+    acc = addr("acceptor", node)
+    # seq 1 keeps its recorded error: a retry with a valid payload is not applied.
+    retry = call_command(sid, 1, 1, ("write", "t", "q", 2))
+    assert acceptor.commit(acc, ("b", retry))[1][0] == "unknown_command"
+    assert acceptor.read(acc, ("read", "t", "q")) == ("ok", 1)
+    node.stop()

@@ -1,0 +1,232 @@
+"""The node-wide write-ahead log (``waraft.log.wal``): sharing, group commit, recovery."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from waraft.core.types import Entry, Priority
+from waraft.log.provider import LogCorruptionError, LogWriteError
+from waraft.log.wal import WalLog, WalWriter
+
+
+def _entries(start: int, count: int, term: int = 1) -> list[Entry]:
+    return [Entry(term, f"k{i}", ("write", "t", f"k{i}", i)) for i in range(start, start + count)]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    with WalWriter._registry_lock:
+        leftover = [w for d, w in WalWriter._registry.items() if d.startswith(str(tmp_path))]
+        for writer in leftover:
+            WalWriter._registry.pop(writer.directory, None)
+    for writer in leftover:
+        writer.stop()
+
+
+def _crash(log: WalLog) -> None:
+    """kill -9 after the last fsync: the writer goes away, no partition is closed."""
+    writer = log._writer
+    with WalWriter._registry_lock:
+        WalWriter._registry.pop(writer.directory, None)
+    writer.stop()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_partitions_share_one_writer_and_the_fds_do_not_grow(root: Path) -> None:
+    before = _open_fds()
+    logs = [WalLog.open(root / f"kv.{p}") for p in range(1, 51)]
+    assert len({id(log._writer) for log in logs}) == 1
+    assert _open_fds() - before <= 4  # active file, directory, lock (+ nothing per partition)
+    for log in logs:
+        log.close()
+    assert _open_fds() <= before
+
+
+def test_group_commit_one_fsync_covers_many_partitions(root: Path) -> None:
+    logs = [WalLog.open(root / f"kv.{p}") for p in range(1, 17)]
+    writer = logs[0]._writer
+    barrier = threading.Barrier(len(logs))
+
+    def work(log: WalLog) -> None:
+        barrier.wait()
+        for i in range(1, 21):
+            log.append(i, _entries(i, 1))
+            log.sync()
+
+    threads = [threading.Thread(target=work, args=(log,)) for log in logs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # 16 partitions x 20 synced appends: batching must share fsyncs between partitions.
+    assert writer.fsyncs < 16 * 20
+    _crash(logs[0])
+    for p in range(1, 17):
+        log = WalLog.open(root / f"kv.{p}")
+        assert log.entries(1, 20, 100, 1 << 30) == [e for i in range(1, 21) for e in _entries(i, 1)]
+
+
+def test_sync_returns_only_after_the_fsync_covering_the_append(root: Path) -> None:
+    log = WalLog.open(root / "kv.1")
+    writer = log._writer
+    gate = threading.Event()
+    real = os.fdatasync
+    calls: list[int] = []
+
+    def slow_fdatasync(fd: int) -> None:
+        gate.wait(10)
+        calls.append(fd)
+        real(fd)
+
+    done = threading.Event()
+    os.fdatasync = slow_fdatasync  # type: ignore[assignment]
+    try:
+        log.append(1, _entries(1, 3))
+        t = threading.Thread(target=lambda: (log.sync(), done.set()))
+        t.start()
+        assert not done.wait(0.3)  # no fsync yet: not acknowledged
+        gate.set()
+        assert done.wait(10)
+        t.join()
+    finally:
+        os.fdatasync = real
+    assert calls and writer.fsyncs >= 1
+
+
+def test_torn_tail_is_cut_and_the_synced_prefix_survives(root: Path) -> None:
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 10))
+    log.sync()
+    path = log._writer._path
+    _crash(log)
+    with open(path, "ab") as f:
+        f.write(b"\x40\x00\x00\x00\x12\x34")  # a record header cut short by the crash
+    log = WalLog.open(root / "kv.1")
+    assert (log.first_index(), log.last_index()) == (0, 10)
+    log.append(11, _entries(11, 1))  # and it keeps working
+    log.sync()
+
+
+def test_a_corrupt_record_before_the_tail_is_reported_not_skipped(root: Path) -> None:
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 10))
+    log.sync()
+    log.append(11, _entries(11, 10))
+    log.sync()
+    path = log._writer._path
+    _crash(log)
+    data = bytearray(Path(path).read_bytes())
+    data[40] ^= 0xFF  # inside the first append record; the second one is intact
+    Path(path).write_bytes(bytes(data))
+    with pytest.raises(LogCorruptionError):
+        WalLog.open(root / "kv.1")
+
+
+def test_rotation_deletes_old_files_and_keeps_every_partitions_live_log(root: Path) -> None:
+    idle = WalLog.open(root / "kv.2", max_file_bytes=2000)
+    idle.append(1, _entries(1, 5))
+    idle.sync()
+    busy = WalLog.open(root / "kv.1")
+    for i in range(1, 400):
+        busy.append(i, _entries(i, 1))
+        busy.sync()
+        if i % 50 == 0:
+            busy.trim(i - 10)
+    files = [n for n in os.listdir(root / "wal") if n.endswith(".wal")]
+    assert len(files) <= 2
+    _crash(busy)
+    idle = WalLog.open(root / "kv.2")
+    assert idle.entries(1, 5, 100, 1 << 30) == _entries(1, 5)
+    busy = WalLog.open(root / "kv.1")
+    assert busy.last_index() == 399 and busy.first_index() <= 390
+
+
+def test_a_failed_write_refuses_further_writes(root: Path) -> None:
+    log = WalLog.open(root / "kv.1")
+    real = os.fdatasync
+
+    def failing(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    os.fdatasync = failing  # type: ignore[assignment]
+    try:
+        log.append(1, _entries(1, 1))
+        with pytest.raises(LogWriteError):
+            log.sync()
+    finally:
+        os.fdatasync = real
+    with pytest.raises(LogWriteError):
+        log.append(2, _entries(2, 1))
+    assert not log.can_append(1, Priority.HIGH)
+
+
+def test_restarts_compact_the_wal_into_one_file(root: Path) -> None:
+    for _ in range(5):
+        log = WalLog.open(root / "kv.1")
+        start = log.last_index() + 1
+        log.append(start, _entries(start, 3))
+        log.sync()
+        _crash(log)
+    files = [n for n in os.listdir(root / "wal") if n.endswith(".wal")]
+    assert len(files) == 1
+    log = WalLog.open(root / "kv.1")
+    assert log.last_index() == 15 and log.entries(1, 15, 100, 1 << 30) == _entries(1, 15)
+
+
+def test_a_wiped_partition_directory_drops_its_log_in_the_wal(root: Path) -> None:
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 3))
+    log.sync()
+    other = WalLog.open(root / "kv.2")
+    other.append(1, _entries(1, 2))
+    other.sync()
+    _crash(log)
+    (root / "kv.1" / "wal-log").unlink()  # the directory was moved away and recreated
+    log = WalLog.open(root / "kv.1")
+    assert (log.first_index(), log.last_index()) == (0, 0)
+    other = WalLog.open(root / "kv.2")
+    assert other.last_index() == 2
+
+
+def test_a_full_disk_stalls_writes_and_they_resume_by_themselves(root: Path) -> None:
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 2))
+    log.sync()
+    real = os.write
+    full = threading.Event()
+    full.set()
+
+    def write(fd: int, data: Any) -> int:
+        if full.is_set() and fd == log._writer._fd:
+            real(fd, bytes(data)[:5])  # a partial write, then no room
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    os.write = write  # type: ignore[assignment]
+    try:
+        log.append(3, _entries(3, 2))
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (log.sync(), done.set()))
+        t.start()
+        assert not done.wait(0.5)  # not acknowledged while there is no room
+        assert log._writer.stalled is not None and not log.can_append(1, Priority.HIGH)
+        full.clear()  # room again
+        assert done.wait(10)
+        t.join()
+    finally:
+        os.write = real
+    assert log.can_append(1, Priority.HIGH)
+    _crash(log)
+    log = WalLog.open(root / "kv.1")  # the partial write was cut back: no corruption
+    assert log.entries(1, 4, 100, 1 << 30) == _entries(1, 2) + _entries(3, 2)

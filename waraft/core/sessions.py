@@ -1,0 +1,242 @@
+"""Exactly-once client sessions: the replicated dedup table (Raft dissertation, section 6.3).
+
+A client that retries a commit whose outcome it does not know (a timeout, a leader lost after
+appending) may get the command into the log twice. Sessions make the second copy harmless: the
+client registers a session (itself a replicated command), tags every command with
+``(session, seq)``, and every replica records, per session, the result of each applied
+sequence number. A tagged command whose ``seq`` is already recorded is not applied again; its
+recorded result is returned instead, so the caller of a retried command gets the original
+result.
+
+Commands (all travel through the log like any other command, also inside ``$batch`` entries):
+
+* ``("$session", "register", expire_after)``: open a session. Its id is the log index of the
+  register entry (unique, and the same on every replica). Answers ``("ok", session_id)``.
+* ``("$session", "call", session_id, seq, acked, command)``: apply ``command`` once. ``acked``
+  is the client's promise that it holds the results of every ``seq < acked``: their records are
+  dropped (the table stays small while a session lives). A ``seq < acked`` of a recorded floor
+  answers ``("error", "session_seq_acknowledged")``.
+* ``("$session", "close", session_id)``: forget the session. Answers ``"ok"``.
+
+Expiry is measured in applied log entries, not in time: a session whose last register or call
+is more than ``expire_after`` entries behind the entry being applied is expired and answers
+``("error", "session_expired")``. Log distance is chosen over a clock because every replica
+applies the same entries at the same indices, so all replicas agree on which sessions are
+expired without any stamping by the leader, without trusting client clocks, and regardless of
+each node's configuration (``expire_after`` is chosen by the client and replicated in the
+register command). The cost is that idle time is counted in writes: on a quiet partition a
+session lives longer in seconds, never shorter, which is the safe side.
+
+The table is pure data (no clocks, no I/O). ``dump()`` gives a msgpack-friendly value that the
+storage actor writes into the provider in the same transaction as the applied position, so it
+is part of every snapshot and survives restarts; ``SessionTable.load`` reads it back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+logger = logging.getLogger(__name__)
+
+SESSION: Final = "$session"
+EXPIRED: Final = ("error", "session_expired")
+ACKNOWLEDGED: Final = ("error", "session_seq_acknowledged")
+DEFAULT_EXPIRE_AFTER: Final = 1_000_000
+_DUMP_VERSION: Final = 1
+
+
+def register_command(expire_after: int = DEFAULT_EXPIRE_AFTER) -> tuple[Any, ...]:
+    """The command that opens a session expiring after ``expire_after`` idle entries."""
+    return (SESSION, "register", int(expire_after))
+
+
+def call_command(session: int, seq: int, acked: int, command: Any) -> tuple[Any, ...]:
+    """``command`` tagged with ``(session, seq)``; every ``seq < acked`` is settled."""
+    return (SESSION, "call", session, seq, acked, command)
+
+
+def close_command(session: int) -> tuple[Any, ...]:
+    """The command that forgets ``session``."""
+    return (SESSION, "close", session)
+
+
+def is_session_command(command: Any) -> bool:
+    """Any ``("$session", ...)`` command."""
+    return type(command) is tuple and len(command) >= 2 and command[0] == SESSION
+
+
+@dataclass(slots=True)
+class _Session:
+    expire_after: int
+    last_active: int
+    floor: int = 0  # every seq below is acknowledged by the client; its record is dropped
+    results: dict[int, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The command is answered without applying anything (``result``)."""
+
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """Apply ``command`` to the state machine, then call ``SessionTable.finish(session, seq,
+    result)``; ``session`` is ``None`` for an untagged command (nothing to record)."""
+
+    command: Any
+    session: int | None = None
+    seq: int = 0
+    result: Any = None  # the storage's own answer when it rewrote the command (``incr``)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The same ``(session, seq)`` was begun earlier and not finished yet (a duplicate inside
+    one batch): its answer is ``SessionTable.result(session, seq)`` once that one finishes."""
+
+    session: int
+    seq: int
+
+
+_PENDING: Final = object()
+
+
+class SessionTable:
+    """Per-session records of applied sequence numbers and their results.
+
+    Contract: ``begin`` is called for every command in log order with its entry's index (the
+    commands of a ``$batch`` entry share its index); an ``Apply`` with a session must be
+    followed by ``finish`` before ``dump``. ``changed`` tells whether anything was recorded since
+    the last ``dump`` (so that untagged traffic costs no table write).
+    """
+
+    __slots__ = ("_sessions", "changed")
+
+    def __init__(self) -> None:
+        self._sessions: dict[int, _Session] = {}
+        self.changed = False
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session: object) -> bool:
+        return session in self._sessions
+
+    def begin(self, command: Any, index: int) -> Done | Apply | Pending:
+        """Decide what applying ``command`` at log ``index`` means."""
+        if not is_session_command(command):
+            return Apply(command)
+        kind = command[1]
+        if kind == "call" and len(command) == 6:
+            _, _, sid, seq, acked, inner = command
+            session = self._live(sid, index)
+            if session is None:
+                return Done(EXPIRED)
+            session.last_active = index
+            self.changed = True
+            if type(acked) is int and acked > session.floor:
+                session.floor = acked
+                for old in [s for s in session.results if s < acked]:
+                    if session.results[old] is not _PENDING:
+                        del session.results[old]
+            if seq in session.results:
+                recorded = session.results[seq]
+                return Pending(sid, seq) if recorded is _PENDING else Done(recorded)
+            if type(seq) is not int or seq < session.floor:
+                return Done(ACKNOWLEDGED)
+            session.results[seq] = _PENDING
+            return Apply(inner, sid, seq)
+        if kind == "register" and len(command) == 3:
+            expire_after = command[2]
+            if type(expire_after) is not int or expire_after <= 0:
+                return Done(("error", "bad_session_expiry"))
+            self._sessions[index] = _Session(expire_after, index)
+            self.changed = True
+            return Done(("ok", index))
+        if kind == "close" and len(command) == 3:
+            if self._sessions.pop(command[2], None) is not None:
+                self.changed = True
+            return Done("ok")
+        return Done(("error", ("unknown_command", f"bad session command {command!r}")))
+
+    def finish(self, session: int, seq: int, result: Any) -> None:
+        """Record ``result`` of the ``Apply`` that ``begin`` returned for ``(session, seq)``."""
+        found = self._sessions.get(session)
+        if found is not None and seq in found.results:
+            found.results[seq] = result
+            self.changed = True  # also after a dump() whose transaction then failed
+
+    def result(self, session: int, seq: int) -> Any:
+        """The recorded result of ``(session, seq)`` (for a ``Pending``)."""
+        found = self._sessions.get(session)
+        recorded = None if found is None else found.results.get(seq, _PENDING)
+        return EXPIRED if recorded is None or recorded is _PENDING else recorded
+
+    def _live(self, sid: Any, index: int) -> _Session | None:
+        session = self._sessions.get(sid)
+        if session is None:
+            return None
+        if index - session.last_active > session.expire_after:
+            # Dropped lazily: every replica reaches this same decision at this same index.
+            del self._sessions[sid]
+            self.changed = True
+            return None
+        return session
+
+    def expire(self, index: int) -> int:
+        """Drop every session expired at ``index`` (garbage collection; lookups already treat
+        them as expired). Returns how many were dropped."""
+        dead = [sid for sid, s in self._sessions.items() if index - s.last_active > s.expire_after]
+        for sid in dead:
+            del self._sessions[sid]
+        if dead:
+            self.changed = True
+        return len(dead)
+
+    def dump(self) -> tuple[Any, ...]:
+        """The whole table as plain tuples, ints and recorded results (msgpack-friendly);
+        clears ``changed``."""
+        self.changed = False
+        rows = tuple(
+            (
+                sid,
+                s.expire_after,
+                s.last_active,
+                s.floor,
+                tuple((seq, r) for seq, r in sorted(s.results.items()) if r is not _PENDING),
+            )
+            for sid, s in sorted(self._sessions.items())
+        )
+        return (_DUMP_VERSION, rows)
+
+    @classmethod
+    def load(cls, dumped: Any) -> SessionTable:
+        """The table ``dump`` described (an empty table for ``None``)."""
+        table = cls()
+        if dumped is None:
+            return table
+        version, rows = dumped
+        if version != _DUMP_VERSION:
+            raise ValueError(f"unknown session table version {version!r}")
+        for sid, expire_after, last_active, floor, results in rows:
+            table._sessions[sid] = _Session(
+                expire_after, last_active, floor, {seq: r for seq, r in results}
+            )
+        return table
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SessionTable) and self.dump_view() == other.dump_view()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def dump_view(self) -> tuple[Any, ...]:
+        """``dump()`` without clearing ``changed`` (for comparisons and status)."""
+        changed = self.changed
+        try:
+            return self.dump()
+        finally:
+            self.changed = changed

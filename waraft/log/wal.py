@@ -1,0 +1,706 @@
+"""A write-ahead log per node shared by every partition (``WalLog``), with group commit.
+
+Design (the idea of rabbitmq/ra's shared WAL, written from scratch)
+--------------------------------------------------------------------
+Every partition of a node whose data directories share a parent (``<raft_database>``) writes its
+log records into one ``WalWriter`` kept in ``<raft_database>/wal``. The writer owns one I/O
+thread and one open file: it takes every record queued by every partition since its last batch,
+writes them with one ``os.write`` and makes them durable with one ``fdatasync`` — one fsync per
+batch for the whole node, whatever the number of partitions. ``WalLog.sync`` returns only once
+an fsync covering every record the partition queued before the call has completed, so nothing
+is acknowledged before it is on disk. Open file descriptors per node: the active WAL file, the
+directory and a lock file, independent of the number of partitions.
+
+Each partition keeps its live entries in memory (``MemoryLog``); memory is bounded by log
+rotation (``trim``), as with the in-memory provider.
+
+File format
+-----------
+``<seq:020d>.wal``: a 16-byte header (magic ``WRAFTWL1``, sequence number u64le), then records
+``length:u32le | crc32(payload):u32le | payload``; the payload is a msgpack array whose first
+two items are the operation and the partition key (the partition directory's base name):
+
+* ``("a", key, first, [(term, key, command, label), ...])`` append (replay cuts the log at
+  ``first`` first, so replay is exact even after truncates);
+* ``("t", key, index)`` truncate; ``("r", key, index, term)`` reset;
+* ``("m", key, index)`` trim; ``("c", key, first, entries)`` checkpoint (the whole live log).
+
+Recovery, rotation, retention
+-----------------------------
+Opening the writer replays every file in order and rebuilds each partition's log; a partition's
+``WalLog.open`` takes its recovered log. A bad record in the last file with no valid record
+after it is a torn tail: it is cut (with a warning). Any other bad record is corruption: every
+``WalLog.open`` of that node raises ``LogCorruptionError`` (the log actor quarantines the replica
+and the node keeps running). After recovery the writer starts a new file.
+
+When the active file reaches ``max_file_bytes`` the writer starts the next one. Old files are
+then deleted once no partition still needs them: a partition whose first live index is at or
+below the highest index it appended into an old file is *checkpointed* (its whole live log is
+written as one record into the new file, queued under the partition's lock so record order is
+kept); once that checkpoint is durable, the old files are unlinked. Retention on disk is thus
+about ``max_file_bytes`` plus the partitions' live logs.
+
+Failures
+--------
+A failed write or fsync makes the writer refuse further writes (``LogWriteError`` from ``sync``
+and ``append``) until every partition has closed it and it is opened again: after a failed
+fsync the kernel may have dropped the dirty pages, so a retry could lie.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any, ClassVar, Final, Self
+
+from waraft.core.settings import Settings
+from waraft.core.types import Entry, LogPos, Priority
+from waraft.log.memory import MemoryLog, _Run
+from waraft.log.provider import LogCorruptionError, LogError, LogWriteError, is_config_entry
+from waraft.services.codec import CodecError, packb, unpackb
+
+logger = logging.getLogger(__name__)
+
+MAGIC: Final = b"WRAFTWL1"
+FILE_HEADER: Final = struct.Struct("<8sQ")
+RECORD_HEADER: Final = struct.Struct("<II")
+SUFFIX: Final = ".wal"
+WAL_DIR: Final = "wal"
+MARKER: Final = "wal-log"
+"""An empty file in the partition directory: the WAL holds this directory's log."""
+MAX_PAYLOAD: Final = 1 << 30
+DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
+
+STALL_BACKOFF_MIN: Final = 0.1
+STALL_BACKOFF_MAX: Final = 2.0
+"""Seconds between attempts to write a batch that failed (a full disk), doubling."""
+
+_Logs = dict[str, tuple[int, list[Entry]]]
+
+
+class _WriteFailed(Exception):
+    """A batch could not be written and the file was cut back: retry later."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _raw(entries: Sequence[Entry]) -> list[tuple[Any, ...]]:
+    return [(e.term, e.key, e.command, e.label) for e in entries]
+
+
+def _record(payload: tuple[Any, ...]) -> bytes:
+    data = packb(payload)
+    if len(data) > MAX_PAYLOAD:
+        raise LogError(f"WAL record of {len(data)} bytes exceeds {MAX_PAYLOAD}")
+    return RECORD_HEADER.pack(len(data), zlib.crc32(data)) + data
+
+
+def _replay(logs: _Logs, op: tuple[Any, ...]) -> None:
+    """Apply one decoded record to the recovered logs (raises on a malformed record)."""
+    kind, key = op[0], op[1]
+    if kind in ("a", "c"):
+        first, raw = int(op[2]), op[3]
+        entries = [Entry(*r) for r in raw]
+        current = logs.get(key)
+        if kind == "c" or current is None or first <= current[0]:
+            logs[key] = (first, entries)
+        else:
+            start, run = current
+            del run[first - start :]
+            if first != start + len(run):
+                raise CodecError(f"append at {first} leaves a gap after {start + len(run) - 1}")
+            run.extend(entries)
+    elif kind == "r":
+        logs[key] = (int(op[2]), [Entry(int(op[3]))])
+    elif kind in ("t", "m"):
+        current = logs.get(key)
+        if current is None:
+            return
+        start, run = current
+        index = int(op[2])
+        if kind == "t":
+            del run[max(1, index - start) :]
+        else:
+            cut = min(index, start + len(run) - 1) - start
+            if cut > 0:
+                logs[key] = (start + cut, run[cut:])
+    else:
+        raise CodecError(f"unknown WAL operation {kind!r}")
+
+
+def _scan(data: bytes, start: int) -> tuple[list[tuple[Any, ...]], int, str]:
+    """Decode records from ``start``; returns (ops, offset of the first bad record or -1, why)."""
+    ops: list[tuple[Any, ...]] = []
+    pos, end = start, len(data)
+    view = memoryview(data)
+    while pos < end:
+        if end - pos < RECORD_HEADER.size:
+            return ops, pos, "truncated record header"
+        length, crc = RECORD_HEADER.unpack_from(data, pos)
+        body = pos + RECORD_HEADER.size
+        if length == 0 or length > MAX_PAYLOAD or body + length > end:
+            return ops, pos, f"impossible record length {length}"
+        payload = view[body : body + length]
+        if zlib.crc32(payload) != crc:
+            return ops, pos, "CRC mismatch"
+        try:
+            op = unpackb(payload)
+        except CodecError as exc:
+            return ops, pos, f"undecodable record ({exc})"
+        if type(op) is not tuple or len(op) < 3 or type(op[1]) is not str:
+            return ops, pos, "malformed record"
+        ops.append(op)
+        pos = body + length
+    return ops, -1, ""
+
+
+def _valid_record_after(data: bytes, start: int) -> bool:
+    """True when some CRC-valid record begins after ``start`` (so a bad record is not a tail)."""
+    for pos in range(start + 1, len(data) - RECORD_HEADER.size):
+        length, crc = RECORD_HEADER.unpack_from(data, pos)
+        body = pos + RECORD_HEADER.size
+        if 3 <= length <= len(data) - body and zlib.crc32(data[body : body + length]) == crc:
+            return True
+    return False
+
+
+class WalWriter:
+    """The node-wide WAL: one file, one I/O thread, one fsync per batch (see module docstring).
+
+    Obtain it with ``WalWriter.acquire(directory)`` and give it back with ``release``.
+    """
+
+    _registry: ClassVar[dict[str, WalWriter]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, directory: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
+        self.directory = directory
+        self.max_file_bytes = max_file_bytes
+        self.refs = 0
+        self.fsyncs = 0
+        self.batches = 0
+        self.corruption: LogCorruptionError | None = None
+        self.broken: str | None = None
+        self.stalled: str | None = None  # a write failed (full disk); retried with backoff
+        self._backoff = STALL_BACKOFF_MIN
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[bytes] = []
+        self._queue_pins: list[tuple[str, int]] = []  # (key, max appended index) per record
+        self._queued = 0  # ticket of the newest queued record
+        self._synced = 0  # ticket of the newest durable record
+        self._stopping = False
+        self._recovered: _Logs = {}
+        self._logs: dict[str, WalLog] = {}  # open partitions (under _registry_lock)
+        self._old: list[tuple[str, dict[str, int]]] = []  # closed files and their pins
+        self._pins: dict[str, int] = {}  # key -> highest index appended into the active file
+        self._pending_delete: tuple[int, list[str]] | None = None
+        os.makedirs(directory, exist_ok=True)
+        self._lock_fd = os.open(
+            os.path.join(directory, "LOCK"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        )
+        deadline = time.monotonic() + 5.0  # a writer of this process may still be stopping
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(self._lock_fd)
+                    raise LogError(f"WAL directory {directory} is in use") from None
+                time.sleep(0.01)
+        self._dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = -1
+        self._size = 0
+        self._carried = 0  # bytes of checkpoints carried into the active file
+        self._path = ""
+        try:
+            seq = self._recover()
+            self._open_file(seq + 1)
+            if self.corruption is None:
+                try:
+                    self._compact_recovered()
+                except OSError as exc:
+                    # No room (a full disk): keep the old files, which still hold every log;
+                    # the active file goes back to its header.
+                    logger.warning("WAL %s: not compacted at start: %s", directory, exc)
+                    os.ftruncate(self._fd, FILE_HEADER.size)
+                    self._size, self._carried, self._pins = FILE_HEADER.size, 0, {}
+                else:
+                    self._drop_old_files()
+        except BaseException:
+            self._close_fds()
+            raise
+        self._thread = threading.Thread(target=self._run, name=f"wal-{directory}", daemon=True)
+        self._thread.start()
+
+    # -- registry -------------------------------------------------------------------------------
+
+    @classmethod
+    def acquire(cls, directory: str, **options: Any) -> WalWriter:
+        directory = os.path.abspath(directory)
+        with cls._registry_lock:
+            writer = cls._registry.get(directory)
+            if writer is None:
+                writer = cls._registry[directory] = cls(directory, **options)
+            writer.refs += 1
+            return writer
+
+    def release(self) -> None:
+        with WalWriter._registry_lock:
+            self.refs -= 1
+            if self.refs > 0:
+                return
+            WalWriter._registry.pop(self.directory, None)
+        self.stop()
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def _files(self) -> list[tuple[int, str]]:
+        found = []
+        for name in os.listdir(self.directory):
+            stem = name[: -len(SUFFIX)]
+            if name.endswith(SUFFIX) and stem.isdigit():
+                found.append((int(stem), os.path.join(self.directory, name)))
+        return sorted(found)
+
+    def _recover(self) -> int:
+        files = self._files()
+        logs: _Logs = {}
+        for number, (_seq, path) in enumerate(files):
+            with open(path, "rb") as f:
+                data = f.read()
+            last = number == len(files) - 1
+            header_ok = len(data) >= FILE_HEADER.size and data[:8] == MAGIC
+            if header_ok:
+                ops, bad_at, reason = _scan(data, FILE_HEADER.size)
+            else:
+                ops, bad_at, reason = [], 0, "bad file header"
+            if bad_at >= 0:
+                if not last or _valid_record_after(data, bad_at):
+                    self.corruption = LogCorruptionError(path, bad_at, reason)
+                    logger.error("WAL %s", self.corruption)
+                    return files[-1][0]
+                logger.warning(
+                    "cutting the torn tail of WAL file %s at byte %d (%s; %d bytes dropped)",
+                    path, bad_at, reason, len(data) - bad_at,
+                )  # fmt: skip
+                os.truncate(path, bad_at)
+            pins: dict[str, int] = {}
+            for op in ops:
+                try:
+                    _replay(logs, op)
+                except (CodecError, TypeError, ValueError) as exc:
+                    self.corruption = LogCorruptionError(path, 0, f"bad WAL record: {exc}")
+                    return files[-1][0]
+                if op[0] in ("a", "c"):
+                    pins[op[1]] = max(pins.get(op[1], -1), int(op[2]) + len(op[3]) - 1)
+                elif op[0] == "r":
+                    pins[op[1]] = max(pins.get(op[1], -1), int(op[2]))
+            self._old.append((path, pins))
+        self._recovered = logs
+        return files[-1][0] if files else 0
+
+    def _compact_recovered(self) -> None:
+        """Start from one file: write every recovered log into the new file as a checkpoint,
+        make it durable, then delete the older files (so restarts do not pile up files)."""
+        records = [
+            _record(("c", key, first, _raw(entries)))
+            for key, (first, entries) in self._recovered.items()
+        ]
+        data = b"".join(records)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        os.fdatasync(self._fd)
+        self._size += len(data)
+        self._carried = len(data)
+        for key, (first, entries) in self._recovered.items():
+            self._pins[key] = first + len(entries) - 1
+
+    def _drop_old_files(self) -> None:
+        """Delete the files made redundant by ``_compact_recovered`` (after its fsync)."""
+        old, self._old = self._old, []
+        for path, _ in old:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        os.fsync(self._dir_fd)
+
+    def attach(self, key: str, log: WalLog, fresh: bool = False) -> None:
+        """Hand ``key``'s recovered log (if any) to ``log`` and register it, atomically with
+        respect to rotation (which must see the log either here or in ``log``); raises the
+        node's corruption if there is one."""
+        if self.corruption is not None:
+            raise self.corruption
+        with WalWriter._registry_lock:
+            if key in self._logs:
+                raise LogError(f"partition {key} already has an open WalLog")
+            recovered = self._recovered.pop(key, None)
+            if recovered is not None and fresh:
+                logger.warning(
+                    "WAL %s: dropping the log of %s (its directory is new)", self.directory, key
+                )
+                recovered = None
+            if recovered is not None:
+                log.load(*recovered)
+            else:
+                # A brand-new log: its base entry Entry(0) at 0 must replay too.
+                log.load(0, [Entry(0)])
+                log._submit(("r", key, 0, 0), 0)
+            self._logs[key] = log
+
+    def unregister(self, key: str, state: tuple[int, list[Entry]]) -> None:
+        """A closed partition's log stays in the writer so that rotation carries it forward."""
+        with WalWriter._registry_lock:
+            if self._logs.get(key) is not None:
+                del self._logs[key]
+                self._recovered[key] = state
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _open_file(self, seq: int) -> None:
+        path = os.path.join(self.directory, f"{seq:020d}{SUFFIX}")
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, FILE_HEADER.pack(MAGIC, seq))
+            os.fdatasync(fd)
+            os.fsync(self._dir_fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # so that a retry can create it again
+            raise
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._path, self._size, self._seq = fd, path, FILE_HEADER.size, seq
+        self._carried = 0
+
+    def submit(self, record: bytes, key: str, pin: int) -> int:
+        """Queue ``record`` of partition ``key`` (``pin``: highest index it appends, or -1);
+        returns its ticket for ``wait``. Callers hold the partition's lock, so each
+        partition's records are queued in the order of its operations."""
+        with self._cond:
+            if self.broken is not None:
+                raise LogWriteError(
+                    errno.EIO, f"WAL {self.directory} refuses writes: {self.broken}"
+                )
+            self._queue.append(record)
+            self._queue_pins.append((key, pin))
+            self._queued += 1
+            self._cond.notify_all()
+            return self._queued
+
+    def wait(self, ticket: int) -> None:
+        """Block until the record with ``ticket`` (and every earlier one) is durable."""
+        with self._cond:
+            while self._synced < ticket:
+                if self.broken is not None:
+                    raise LogWriteError(errno.EIO, f"WAL {self.directory}: {self.broken}")
+                self._cond.wait(1.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue and self._stopping:
+                    return
+                batch, self._queue = self._queue, []
+                pins, self._queue_pins = self._queue_pins, []
+                ticket = self._queued
+            try:
+                self._write(batch, pins)
+            except _WriteFailed as failed:
+                # Nothing of the batch is in the file (it was cut back): keep the records,
+                # refuse new appends (can_append), and retry after a pause — a full disk
+                # resumes by itself once there is room, and nothing acknowledged is lost.
+                self._stall(batch, pins, failed.cause)
+                continue
+            except OSError as exc:
+                with self._cond:
+                    self.broken = f"write or fsync failed: {exc}"
+                    self._cond.notify_all()
+                logger.error("WAL %s: %s", self.directory, self.broken)
+                return
+            if self.stalled is not None:
+                logger.warning("WAL %s: writes resumed after: %s", self.directory, self.stalled)
+                self._backoff = STALL_BACKOFF_MIN
+            with self._cond:
+                self.stalled = None
+                self._synced = ticket
+                self._cond.notify_all()
+            self._after_sync(ticket)
+
+    def _stall(self, batch: list[bytes], pins: list[tuple[str, int]], cause: OSError) -> None:
+        """Put ``batch`` back at the head of the queue and wait before the next attempt."""
+        with self._cond:
+            first = self.stalled is None
+            self.stalled = f"write failed: {cause}"
+            self._queue[:0] = batch
+            self._queue_pins[:0] = pins
+            self._cond.notify_all()
+        if first:
+            logger.error(
+                "WAL %s: %s; refusing new writes, retrying every %.1f s at most",
+                self.directory, self.stalled, STALL_BACKOFF_MAX,
+            )  # fmt: skip
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping, self._backoff)
+            if self._stopping:
+                # Stopping while stalled: what is queued was never acknowledged.
+                self._queue, self._queue_pins = [], []
+                self.broken = self.stalled
+                self._cond.notify_all()
+        self._backoff = min(STALL_BACKOFF_MAX, self._backoff * 2)
+
+    def _write(self, batch: list[bytes], pins: list[tuple[str, int]]) -> None:
+        # Carried-forward checkpoints do not count, so that live logs larger than a file do
+        # not make every batch rotate.
+        if self._size - self._carried >= self.max_file_bytes:
+            previous = (self._path, self._pins)
+            try:
+                self._open_file(self._seq + 1)
+            except OSError as exc:
+                raise _WriteFailed(exc) from exc
+            self._old.append(previous)
+            self._rotate()
+        data = b"".join(batch)
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                raise exc from None  # cannot cut back: the writer is broken
+            raise _WriteFailed(exc) from exc
+        self._size += len(data)
+        os.fdatasync(self._fd)
+        self.fsyncs += 1
+        self.batches += 1
+        table = self._pins
+        for key, pin in pins:
+            if pin >= 0 and pin > table.get(key, -1):
+                table[key] = pin
+
+    def _rotate(self) -> None:
+        """Called once the next file is open (``_old`` holds the previous one): checkpoint
+        the partitions that still need old files; delete those files once that is durable."""
+        self._pins = {}
+        needed: dict[str, int] = {}
+        for _, pins in self._old:
+            for key, pin in pins.items():
+                needed[key] = max(needed.get(key, -1), pin)
+        last = self._queued
+        with WalWriter._registry_lock:
+            for key, pin in needed.items():
+                log = self._logs.get(key)
+                if log is not None:
+                    ticket, size = log.checkpoint_if_needed(pin)
+                    last = max(last, ticket)
+                    self._carried += size
+            for key, (first, entries) in self._recovered.items():
+                record = _record(("c", key, first, _raw(entries)))
+                last = self.submit(record, key, -1)
+                self._carried += len(record)
+                self._pins[key] = first + len(entries) - 1
+        earlier = self._pending_delete[1] if self._pending_delete else []
+        self._pending_delete = (last, [*earlier, *(path for path, _ in self._old)])
+        self._old = []
+
+    def note_checkpoint(self, key: str, last_index: int) -> None:
+        self._pins[key] = max(self._pins.get(key, -1), last_index)
+
+    def _after_sync(self, ticket: int) -> None:
+        pending = self._pending_delete
+        if pending is None or ticket < pending[0]:
+            return
+        self._pending_delete = None
+        for path in pending[1]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.fsync(self._dir_fd)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(30.0)
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._fd, self._dir_fd, self._lock_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._dir_fd = self._lock_fd = -1
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "wal_directory": self.directory,
+            "wal_file": self._path,
+            "wal_bytes": self._size,
+            "wal_fsyncs": self.fsyncs,
+            "wal_batches": self.batches,
+            "wal_partitions": len(self._logs),
+            "wal_broken": self.broken,
+            "wal_stalled": self.stalled,
+        }
+
+
+class WalLog(MemoryLog):
+    """A partition's log kept in memory and made durable through the node's ``WalWriter``."""
+
+    def __init__(self, writer: WalWriter, key: str, fresh: bool = False) -> None:
+        super().__init__()
+        self._lock = threading.RLock()  # type: ignore[assignment]
+        self._writer = writer
+        self._key = key
+        self._ticket = 0
+        self._closed = False
+        writer.attach(key, self, fresh)
+
+    def load(self, first: int, entries: list[Entry]) -> None:
+        """Install the recovered log (called by the writer from ``attach``)."""
+        self._run = _Run(first, entries, [len(packb(e)) for e in entries])
+        self._configs = [first + i for i, e in enumerate(entries) if is_config_entry(e)]
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        settings: Settings | None = None,
+        **options: Any,
+    ) -> Self:
+        """Open the log of partition directory ``path`` in the WAL of its parent directory
+        (``<parent>/wal``, or the option ``wal_dir``); ``max_file_bytes`` sets rotation."""
+        if path is None:
+            raise ValueError("WalLog needs a partition directory")
+        path = os.path.abspath(os.fspath(path))
+        directory = options.pop("wal_dir", None) or os.path.join(os.path.dirname(path), WAL_DIR)
+        writer = WalWriter.acquire(directory, **options)
+        try:
+            marker = os.path.join(path, MARKER)
+            fresh = not os.path.exists(marker)
+            log = cls(writer, os.path.basename(path), fresh)
+            if fresh:
+                # The partition directory is new or was wiped (moved away to be rebuilt by a
+                # snapshot): the WAL's log of it, if any, is reset; then the marker is made.
+                os.makedirs(path, exist_ok=True)
+                log.sync()
+                with open(marker, "wb") as f:
+                    os.fsync(f.fileno())
+                dir_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            return log
+        except BaseException:
+            writer.release()
+            raise
+
+    def _submit(self, op: tuple[Any, ...], pin: int) -> None:
+        try:
+            self._ticket = self._writer.submit(_record(op), self._key, pin)
+        except LogError:
+            raise
+        except Exception as exc:
+            raise LogWriteError(errno.EIO, f"WAL record for {self._key}: {exc}") from exc
+
+    def append(self, first_index: int, entries: Sequence[Entry]) -> None:
+        if self._closed:
+            raise LogError(f"log {self._key} is closed")
+        if not entries:
+            return
+        batch = [e if type(e) is Entry else Entry(*e) for e in entries]
+        with self._lock:
+            if self._writer.broken is not None:
+                raise LogWriteError(errno.EIO, f"WAL refuses writes: {self._writer.broken}")
+            super().append(first_index, batch)
+            try:
+                self._submit(
+                    ("a", self._key, first_index, _raw(batch)), first_index + len(batch) - 1
+                )
+            except LogError:
+                if first_index > self._run.first:  # undo: the log is as before the call
+                    super().truncate(first_index)
+                raise
+
+    def truncate(self, index: int) -> None:
+        with self._lock:
+            before = self.last_index()
+            super().truncate(index)
+            if index <= before:
+                self._submit(("t", self._key, index), -1)
+        self.sync()
+
+    def reset(self, position: LogPos) -> None:
+        with self._lock:
+            super().reset(position)
+            self._submit(("r", self._key, position.index, position.term), position.index)
+        self.sync()
+
+    def trim(self, index: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            first = self.first_index()
+            super().trim(index)
+            if self.first_index() > first and self._writer.broken is None:
+                with contextlib.suppress(LogError):
+                    self._submit(("m", self._key, self.first_index()), -1)
+
+    def checkpoint_if_needed(self, pin: int) -> tuple[int, int]:
+        """Called by the writer while rotating: if this log still needs entries written into
+        an old file (its first index is at or below ``pin``), queue the whole live log as one
+        record. Returns the ticket to wait for before deleting old files (0: none needed) and
+        the record's size."""
+        with self._lock:
+            run = self._run
+            if run.first > pin:
+                return 0, 0
+            record = _record(("c", self._key, run.first, _raw(run.entries)))
+            self._ticket = self._writer.submit(record, self._key, -1)
+            self._writer.note_checkpoint(self._key, self.last_index())
+            return self._ticket, len(record)
+
+    def can_append(self, count: int, priority: Priority) -> bool:
+        """False while the node's WAL cannot write (a full disk: it retries by itself) or has
+        failed for good; the leader then answers ``commit_stalled``."""
+        writer = self._writer
+        return writer.broken is None and writer.stalled is None
+
+    def sync(self) -> None:
+        self._writer.wait(self._ticket)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            run = self._run
+        # Outside our lock: rotation takes the registry lock, then a log's lock.
+        self._writer.unregister(self._key, (run.first, list(run.entries)))
+        self._writer.release()
+
+    def status(self) -> dict[str, Any]:
+        status = super().status()
+        status.update(self._writer.status())
+        return status
+
+
+__all__ = ["WalLog", "WalWriter"]
