@@ -1,5 +1,5 @@
-# Every target creates .venv when it is missing and (re)installs the package with its test, dev
-# and bench extras whenever pyproject.toml or setup.cfg changed (tracked by a stamp file).
+# Every target creates .venv when it is missing and (re)installs the package with its test, dev,
+# bench and metrics extras whenever pyproject.toml or setup.cfg changed (tracked by a stamp file).
 
 PYTHON ?= python3
 VENV := .venv
@@ -18,7 +18,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml setup.cfg | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench,metrics]'
 	touch $(STAMP)
 
 venv: $(STAMP)

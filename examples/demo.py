@@ -98,6 +98,28 @@ def print_status(node_ids: list[str]) -> None:
         print("    " + line)
 
 
+def print_metrics(cluster: LocalCluster) -> None:
+    """What a Prometheus server scraping the nodes sees (a few of n1's samples)."""
+    import urllib.request
+
+    for node in cluster.nodes:
+        say(
+            f"{node.name} serves Prometheus metrics at http://127.0.0.1:{node.metrics_port}/metrics"
+        )
+    first = cluster.nodes[0]
+    url = f"http://127.0.0.1:{first.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=STEP_TIMEOUT) as answer:
+        text = answer.read().decode()
+    shown = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("waraft_partition_term{", "waraft_partition_info{", "waraft_peers_up"))
+    ]
+    say(f"{first.name}: {len(text.splitlines())} lines, e.g.")
+    for line in shown[:7]:
+        say(f"  {line}")
+
+
 def run(root: Path) -> None:
     from waraft.cli import common, ops
     from waraft.distribution import keys
@@ -106,7 +128,9 @@ def run(root: Path) -> None:
     # (`waraft keys create DIR --nodes n1,n2,n3`); this process acts as the admin.
     key_dir = root / "keys"
     keys.create(key_dir, ["n1", "n2", "n3"])
-    cluster = LocalCluster(root, 3, base_port=0, settings=SETTINGS, dist=DIST, keys=key_dir)
+    cluster = LocalCluster(
+        root, 3, base_port=0, settings=SETTINGS, dist=DIST, keys=key_dir, metrics=True
+    )
     try:
         step("1. Start 3 node processes (durable: DiskLog + SqliteStorage, CURVE keys)")
         say(f"data under {root}, keys in {key_dir}")
@@ -152,6 +176,7 @@ def _scenario(cluster: LocalCluster, ids: list[str], ops: Any) -> None:
 
     step("4. Status of every partition on every node")
     print_status(ids)
+    print_metrics(cluster)
 
     step("5. SIGKILL the leader of partition 1")
     old_leader, old_term = ops.find_leader(ids, TABLE, 1)

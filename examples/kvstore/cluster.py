@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,7 @@ class NodeProc:
     log: Path
     pid: int | None = None
     node_id: str | None = None
+    metrics_port: int | None = None  # /metrics on the cluster's host, when serving metrics
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
@@ -62,6 +64,13 @@ class NodeProc:
         if self.proc is not None:
             return self.proc.poll() is None
         return _is_our_process(self.pid, self.data_dir)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _is_our_process(pid: int, marker: Path) -> bool:
@@ -94,7 +103,10 @@ class LocalCluster:
         table: str = TABLE,
         partitions: Sequence[int] = PARTITIONS,
         keys: Path | None = None,
+        metrics: bool = False,
     ) -> None:
+        """``metrics``: every node serves Prometheus metrics on a free port of ``host``
+        (``NodeProc.metrics_port``)."""
         self.root = Path(root).resolve()
         self.keys = keys  # a key directory (waraft keys create); None: --insecure
         self.host = host
@@ -112,6 +124,9 @@ class LocalCluster:
             )
             for i in range(1, size + 1)
         ]
+        if metrics:
+            for node in self.nodes:
+                node.metrics_port = _free_port(host)
         self._load_state()
 
     # -- state file ------------------------------------------------------------------------------
@@ -165,6 +180,7 @@ class LocalCluster:
             "--down-after", str(self.dist["down_after"]),
             "--allow-fault-injection",
             *(("--keys", str(self.keys)) if self.keys is not None else ("--insecure",)),
+            *(("--metrics", f"{self.host}:{node.metrics_port}") if node.metrics_port else ()),
         ]  # fmt: skip
         for key, value in self.settings.items():
             cmd += ["--set", f"{key}={json.dumps(value)}"]

@@ -81,6 +81,7 @@ class NodeConfig:
     allow_fault_injection: bool = False
     keys: str | None = None
     insecure: bool = False
+    metrics: str | None = None
     log_level: str = "INFO"
     settings: dict[str, Any] = field(default_factory=dict)
     dist: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +108,8 @@ class NodeConfig:
         if not self.listen:
             raise UsageError("--listen HOST:PORT is required (port 0 picks a free one)")
         split_listen(self.listen)
+        if self.metrics is not None:
+            split_listen(self.metrics, "--metrics")
         if self.data_dir is None and not self.memory:
             raise UsageError("--data-dir is required (or --memory for a throw-away node)")
         from waraft.partition import part_sup
@@ -164,11 +167,11 @@ def _check_dist(dist: dict[str, Any]) -> None:
         raise UsageError(f"[dist]: {exc}") from None
 
 
-def split_listen(listen: str) -> tuple[str, int]:
+def split_listen(listen: str, flag: str = "--listen") -> tuple[str, int]:
     """``host:port`` (IPv6 in brackets) → ``(host, port)``."""
     host, colon, port = listen.rpartition(":")
     if not colon or not host or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--listen must be HOST:PORT, got {listen!r}")
+        raise UsageError(f"{flag} must be HOST:PORT, got {listen!r}")
     return host, int(port)
 
 
@@ -274,6 +277,11 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="run without keys: no encryption, any process that reaches the port may talk",
     )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (the metrics extra)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     common.dist_args(p)
     p.set_defaults(func=run)
@@ -286,6 +294,7 @@ class NodeRuntime:
         self.config = config
         self.node_id: str | None = None
         self._temp_dir: str | None = None
+        self._metrics: Any = None
 
     def start(self) -> str:
         """Start distribution, settings, services and partitions; return the node id."""
@@ -320,6 +329,8 @@ class NodeRuntime:
         raft_args = [{"table": config.table, "partition": p} for p in config.partitions]
         result = otp.supervisor.start_child("kernel_sup", self._app_spec(app, raft_args))
         _check_started(f"application {app}", result)
+        if config.metrics is not None:
+            self._serve_metrics(config.metrics)
         logger.info(
             "node %s serving %s partitions %s (data in %s, %s providers)",
             self.node_id,
@@ -329,6 +340,19 @@ class NodeRuntime:
             "memory" if config.memory else "durable",
         )
         return self.node_id
+
+    def _serve_metrics(self, address: str) -> None:
+        from waraft import otp
+        from waraft.cli import metrics
+
+        host, port = split_listen(address, "--metrics")
+        try:
+            self._metrics = metrics.serve(host, port, otp.node.current())
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"--metrics {address}: {exc.strerror or exc}") from None
+        logger.info("metrics at http://%s:%d/metrics", host, self._metrics.server_port)
 
     def _app_spec(self, app: str, raft_args: list[dict[str, Any]]) -> dict[str, Any]:
         module_name = self.config.app_module
@@ -351,6 +375,9 @@ class NodeRuntime:
         from waraft import distribution as dist
         from waraft import otp
 
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
         otp.node.stop_all(timeout=5.0)
         dist.stop()
         if self._temp_dir is not None:

@@ -1,0 +1,92 @@
+"""``waraft node --metrics``: a real node serves the Prometheus text format at /metrics."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.multiprocess.harness import ROOT, NodeProcess, child_env, wait_until, waraft_cmd
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, int]]:
+    port = _free_port()
+    extra = ["--memory", "--insecure", "--partitions", "1-3", "--metrics", f"127.0.0.1:{port}"]
+    proc = NodeProcess(tmp_path_factory.mktemp("metrics"), "m1", extra)
+    try:
+        proc.spawn()
+        node_id = proc.wait_ready()
+        done = subprocess.run(
+            waraft_cmd("bootstrap", "--nodes", node_id, "--partitions", "1-3"),
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env=child_env(),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield proc, port
+    finally:
+        proc.kill()
+
+
+def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        assert answer.status == 200
+        text = answer.read().decode()
+    return {
+        family.name: [(dict(s.labels), s.value) for s in family.samples]
+        for family in text_string_to_metric_families(text)
+    }
+
+
+def test_a_scrape_parses_and_has_every_partition_and_the_node_figures(
+    node: tuple[NodeProcess, int],
+) -> None:
+    _, port = node
+    families = wait_until(
+        lambda: (f := _scrape(port)) and len(f["waraft_partition_term"]) == 3 and f
+    )
+    terms = {s[0]["partition"]: s[1] for s in families["waraft_partition_term"]}
+    assert set(terms) == {"1", "2", "3"} and all(term >= 1 for term in terms.values())
+    states = {s[0]["partition"]: s[0]["state"] for s in families["waraft_partition_info"]}
+    assert set(states.values()) == {"leader"}  # a single-node cluster leads every partition
+    commits = {s[0]["partition"]: s[1] for s in families["waraft_partition_commit_index"]}
+    applied = {s[0]["partition"]: s[1] for s in families["waraft_partition_applied_index"]}
+    assert all(commits[p] >= 1 and applied[p] <= commits[p] for p in commits)
+    assert all(value == 1.0 for _, value in families["waraft_partition_up"])
+    for name in ("waraft_processes", "waraft_os_threads", "waraft_peers_up"):
+        assert name in families, name
+    assert families["waraft_processes"][0][1] > 3 * 6  # six processes a partition, at least
+    assert families["waraft_scheduler_run_queue"], "one sample per scheduler"
+    assert {s[0]["direction"] for s in families["waraft_dist_messages"]} == {"in", "out"}
+
+
+def test_a_bad_or_busy_metrics_address_is_one_line_and_a_failed_start(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        waraft_cmd("node", "--name", "x", "--listen", "127.0.0.1:0", "--memory", "--insecure",
+                   "--metrics", "nowhere"),
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=child_env(),
+    )  # fmt: skip
+    assert bad.returncode != 0 and "--metrics must be HOST:PORT" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = subprocess.run(
+            waraft_cmd("node", "--name", "y", "--listen", "127.0.0.1:0", "--memory",
+                       "--insecure", "--metrics", f"127.0.0.1:{port}"),
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env=child_env(),
+        )  # fmt: skip
+    assert taken.returncode != 0 and f"--metrics 127.0.0.1:{port}" in taken.stderr
+    assert "Traceback" not in taken.stderr

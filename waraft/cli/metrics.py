@@ -1,0 +1,176 @@
+"""``waraft node --metrics HOST:PORT``: the node's figures in the Prometheus text format.
+
+Served at ``/metrics`` by ``prometheus_client`` (the ``metrics`` extra) from a thread of its
+own. Each scrape is collected afresh and costs one call to the node's ``waraft_admin``
+(``status_all``, which asks every local server for its status: about 11 us a partition on the
+scheduler) plus reads of counters the runtime keeps anyway; nothing is kept between scrapes.
+
+Families (labels in brackets):
+
+* per partition [table, partition]: ``waraft_partition_info`` [+ state, leader] (1),
+  ``waraft_partition_term``, ``waraft_partition_commit_index``,
+  ``waraft_partition_applied_index``, ``waraft_partition_log_entries``,
+  ``waraft_partition_pending_commits``, ``waraft_partition_pending_reads``,
+  ``waraft_partition_apply_queue``, ``waraft_partition_quiescent`` (1/0),
+  ``waraft_partition_up`` (0 when its server did not answer);
+* per node: ``waraft_peers_up``, ``waraft_peer_tx_messages`` / ``waraft_peer_rx_messages`` /
+  ``waraft_peer_tx_bytes`` [peer], ``waraft_dist_messages_total`` /
+  ``waraft_dist_bytes_total`` [direction], ``waraft_dist_dropped_total`` [reason],
+  ``waraft_processes``, ``waraft_os_threads``, ``waraft_scheduler_run_queue`` [scheduler],
+  ``waraft_scheduler_long_holds_total``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from waraft import otp
+from waraft.cli import admin
+
+logger = logging.getLogger(__name__)
+
+SCRAPE_TIMEOUT = 5.0
+"""Seconds a scrape waits for the node's status before it reports the node alone."""
+
+PARTITION_GAUGES: list[tuple[str, str, str]] = [
+    ("term", "term", "Current Raft term"),
+    ("commit", "commit_index", "Highest log index known committed"),
+    ("applied", "applied_index", "Highest log index applied to storage"),
+    ("pending_commits", "pending_commits", "Admitted commits not yet applied"),
+    ("pending_reads", "pending_reads", "Strong reads waiting"),
+    ("apply_queue", "apply_queue", "Entries waiting to be applied"),
+]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class NodeCollector:
+    """A ``prometheus_client`` collector for one otp node (see the module docstring)."""
+
+    def __init__(self, node: otp.Node) -> None:
+        self.node = node
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The status rows of the node's partitions (empty if the admin does not answer)."""
+        with self.node.activate():
+            try:
+                rows: list[dict[str, Any]] = list(
+                    otp.call(admin.NAME, ("status_all",), SCRAPE_TIMEOUT)
+                )
+            except otp.ExitError as exc:
+                logger.warning("metrics: no status from %s: %s", admin.NAME, exc.reason)
+                return []
+        return [r for r in rows if r.get("partition") is not None]
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["table", "partition"]
+        rows = self.rows()
+        info = GaugeMetricFamily(
+            "waraft_partition_info",
+            "A partition's state and leader",
+            labels=[*labels, "state", "leader"],
+        )
+        up = GaugeMetricFamily("waraft_partition_up", "1 when the server answered", labels=labels)
+        gauges = {
+            key: GaugeMetricFamily(f"waraft_partition_{name}", text, labels=labels)
+            for key, name, text in PARTITION_GAUGES
+        }
+        entries = GaugeMetricFamily(
+            "waraft_partition_log_entries", "Entries held in the log", labels=labels
+        )
+        quiet = GaugeMetricFamily(
+            "waraft_partition_quiescent", "1 while the partition is quiescent", labels=labels
+        )
+        for row in rows:
+            key = [str(row.get("table")), str(row.get("partition"))]
+            answered = not row.get("error")
+            up.add_metric(key, 1.0 if answered else 0.0)
+            if not answered:
+                continue
+            info.add_metric([*key, str(row.get("state")), str(row.get("leader") or "")], 1.0)
+            for field, family in gauges.items():
+                value = _number(row.get(field))
+                if value is not None:
+                    family.add_metric(key, value)
+            first, last = _number(row.get("log_first")), _number(row.get("log_last"))
+            if first is not None and last is not None:
+                entries.add_metric(key, max(0.0, last - first + 1))
+            quiet.add_metric(key, 1.0 if row.get("quiescent") else 0.0)
+        yield from (info, up, *gauges.values(), entries, quiet)
+        yield from self._node_families(GaugeMetricFamily, CounterMetricFamily)
+
+    def _node_families(self, gauge: Any, counter: Any) -> Iterator[Any]:
+        from waraft import distribution
+
+        peers = distribution.peers()
+        peers_up = gauge("waraft_peers_up", "Peers the node's liveness reports up")
+        peers_up.add_metric([], float(sum(1 for p in peers.values() if p.get("state") == "up")))
+        yield peers_up
+        for field, name, text in (
+            ("tx", "waraft_peer_tx_messages", "Messages sent to a peer over open links"),
+            ("tx_bytes", "waraft_peer_tx_bytes", "Bytes sent to a peer over open links"),
+            ("rx", "waraft_peer_rx_messages", "Messages received from a peer"),
+        ):
+            family = gauge(name, text, labels=["peer"])
+            for peer, figures in sorted(peers.items()):
+                value = _number(figures.get(field))
+                if value is not None:
+                    family.add_metric([peer], value)
+            yield family
+        stats = distribution.stats()
+        messages = counter("waraft_dist_messages", "Frames sent and received", labels=["direction"])
+        volume = counter("waraft_dist_bytes", "Bytes sent and received", labels=["direction"])
+        for direction, prefix in (("out", "tx"), ("in", "rx")):
+            messages.add_metric([direction], float(stats.get(f"{prefix}_msgs", 0)))
+            volume.add_metric([direction], float(stats.get(f"{prefix}_bytes", 0)))
+        dropped = counter("waraft_dist_dropped", "Frames dropped, by reason", labels=["reason"])
+        for name, value in sorted(stats.items()):
+            if "dropped" in name or "refused" in name or name.startswith("rx_too"):
+                dropped.add_metric([name], float(value))
+        yield from (messages, volume, dropped)
+        sched = otp.scheduler_stats(self.node)
+        processes = gauge("waraft_processes", "Live otp processes on the node")
+        processes.add_metric([], float(sched.get("processes", 0)))
+        threads = gauge("waraft_os_threads", "OS threads of the node's Python process")
+        threads.add_metric([], float(threading.active_count()))
+        run_queue = gauge(
+            "waraft_scheduler_run_queue", "Runnable processes per scheduler", labels=["scheduler"]
+        )
+        for index, length in enumerate(sched.get("run_queue", [])):
+            run_queue.add_metric([str(index)], float(length))
+        holds = counter(
+            "waraft_scheduler_long_holds", "Runs of a process that held a scheduler too long"
+        )
+        holds.add_metric([], float(sched.get("long_holds", 0)))
+        yield from (processes, threads, run_queue, holds)
+
+
+def serve(host: str, port: int, node: otp.Node) -> Any:
+    """Serve ``/metrics`` on ``host:port``; returns the HTTP server (``shutdown()`` stops it).
+
+    ``ImportError`` names the extra to install when ``prometheus_client`` is missing;
+    ``OSError`` when the address cannot be bound."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError as exc:
+        raise ImportError(
+            "--metrics needs the prometheus-client package (pip install 'waraft[metrics]')"
+        ) from exc
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+__all__ = ["NodeCollector", "serve"]
