@@ -83,6 +83,24 @@ def test_leader_stickiness_refuses_normal_votes_with_the_requests_term() -> None
     assert node.core.current_term == 3  # the term did not move
 
 
+def test_vote_requests_from_non_members_are_dropped_without_touching_the_term() -> None:
+    # Issue 15: one forged request_vote from a made-up node deposed a healthy leader.
+    outsider = ident(9)
+    leader = make_leader(3)
+    term = leader.core.current_term
+    for payload in (
+        RequestVote(ElectionType.FORCE, 10**6, 10**6),
+        RequestVote(ElectionType.ALLOWED, 10**6, 10**6),
+        RequestPreVote(1),
+    ):
+        fx = leader.rpc(outsider, payload, term=10**6)
+        assert fx == []
+        assert leader.core.state is State.LEADER and leader.core.current_term == term
+    # A member's request at a higher term still moves the term (the rule is membership only).
+    leader.rpc(N3, RequestVote(ElectionType.FORCE, 10**6, 10**6), term=10**6)
+    assert leader.core.current_term == 10**6
+
+
 def test_normal_vote_allowed_once_the_leader_is_missing() -> None:
     node = make_node(1, term=3)
     node.rpc(N2, AppendEntries(1, 1, [], 1, 0), now=1000)

@@ -2,6 +2,11 @@
 
 Pre-processing runs before any state handler, in WARaft's order:
 
+0. (waraft hardening) a vote or pre-vote request from a node outside the current config's
+   membership is dropped and counted, before its term is looked at: a non-member can never
+   win an election here, so its request can only be an attack or a stale removed node, and
+   letting its term through would depose a healthy leader. A replica with no config yet
+   (empty membership) still answers everyone, so a fresh cluster can bootstrap;
 1. an RPC with a stale term is dropped and answered with ``notify_term`` (not when disabled);
 2. a pre-vote request is handled without touching the term;
 3. a ``normal`` vote request is refused (with the *request's* term, and without advancing ours)
@@ -40,11 +45,14 @@ def handle_rpc(core: Replica, rpc: RaftRpc) -> None:
     payload = rpc.payload
     sender = rpc.sender
     current = core.current_term
+    ptype = type(payload)
+    if (ptype is RequestVote or ptype is RequestPreVote) and not _is_member(core, sender):
+        core.count("server.vote_request.non_member")
+        return
     if term < current:
         if core.state is not State.DISABLED:
             core.send(sender, NotifyTerm())
         return
-    ptype = type(payload)
     if ptype is RequestPreVote:
         core.dispatch_procedure(sender, payload)
         return
@@ -65,6 +73,15 @@ def handle_rpc(core: Replica, rpc: RaftRpc) -> None:
         core.leader = sender
         core.log_notice("leader is now %s", sender)
     core.dispatch_procedure(sender, payload)
+
+
+def _is_member(core: Replica, sender: Identity) -> bool:
+    """Whether ``sender``'s node votes in the current config (True while there is none)."""
+    membership = core.current_config().membership
+    if not membership:
+        return True
+    node = sender.node
+    return any(member.node == node for member in membership)
 
 
 def on_advance_term(core: Replica, term: int) -> None:
