@@ -174,7 +174,9 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str))
     else:
         print(ops.format_table(rows))
-    unreachable = any(r.get("error") == "unreachable" for r in rows)
+    unreachable = sorted({str(r.get("node")) for r in rows if r.get("error") == "unreachable"})
+    if unreachable:
+        print(f"waraft status: unreachable: {', '.join(unreachable)}", file=sys.stderr)
     return EXIT_FAILED if unreachable else EXIT_OK
 
 

@@ -306,7 +306,7 @@ class NodeRuntime:
         data_dir = config.data_dir
         if data_dir is None:
             data_dir = self._temp_dir = tempfile.mkdtemp(prefix="waraft-node-")
-        os.makedirs(data_dir, exist_ok=True)
+        _check_writable(data_dir)
         dist_kw = dict(config.dist)
         curve = common.curve_for(config.keys, config.name, "node")
         if curve is not None:
@@ -387,6 +387,18 @@ class NodeRuntime:
         logger.info("node %s stopped", self.node_id)
 
 
+def _check_writable(data_dir: str) -> None:
+    """Create ``data_dir`` and write a probe file in it, so a bad data dir is one usage error
+    at start rather than a storage failure later (root passes permission bits, so probe)."""
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".waraft-probe-", dir=data_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"data dir {data_dir} is not writable: {exc.strerror or exc}") from None
+
+
 def _ensure_app_services() -> None:
     try:
         app_module = importlib.import_module("waraft.partition.app")
@@ -425,7 +437,8 @@ def run(args: argparse.Namespace) -> int:
         _stop_quietly(runtime)
         raise
     except Exception as exc:
-        logger.exception("node failed to start")
+        # One line for the operator; the traceback only with --log-level DEBUG.
+        logger.debug("node failed to start", exc_info=True)
         _stop_quietly(runtime)
         print(f"waraft node: failed to start: {exc}", file=sys.stderr)
         return 1

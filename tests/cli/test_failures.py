@@ -1,0 +1,58 @@
+"""Every CLI failure an operator can cause is one clear line on stderr and a non-zero exit,
+never a traceback (each through a real subprocess)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from tests.cli.test_commands import waraft
+
+
+def _one_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("waraft ")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def test_node_address_in_use() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = waraft("node", "--name", "b", "--listen", f"127.0.0.1:{port}", "--memory")
+    assert done.returncode != 0
+    assert "Address already in use" in _one_line(done.stderr)
+
+
+def test_node_data_dir_not_writable(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a directory cannot be made under a file, even by root
+    done = waraft(
+        "node", "--name", "d", "--listen", "127.0.0.1:0", "--data-dir", str(blocker / "x")
+    )
+    assert done.returncode != 0
+    assert "is not writable" in _one_line(done.stderr)
+
+
+def test_node_unknown_setting() -> None:
+    done = waraft("node", "--name", "k", "--listen", "127.0.0.1:0", "--memory", "--set", "nope=1")
+    assert done.returncode == 2
+    assert "unknown setting 'nope'" in _one_line(done.stderr)
+
+
+def test_node_bad_config_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [\n")
+    done = waraft("node", "--config", str(bad))
+    assert done.returncode == 2 and "bad TOML" in _one_line(done.stderr)
+    done = waraft("node", "--config", str(tmp_path / "missing.toml"))
+    assert done.returncode == 2 and "cannot read config file" in _one_line(done.stderr)
+
+
+def test_status_of_an_unreachable_node() -> None:
+    done = waraft("status", "--nodes", "x@127.0.0.1:1", "--timeout", "1")
+    assert done.returncode == 1
+    assert "unreachable: x@127.0.0.1:1" in _one_line(done.stderr)
