@@ -37,6 +37,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -62,7 +63,9 @@ DURABLE_STORAGE = "waraft.storage.lmdb:LmdbStorage"
 MEMORY_LOG = "waraft.log.memory:MemoryLog"
 MEMORY_STORAGE = "waraft.storage.memory:MemoryStorage"
 SHUTDOWN_TIMEOUT = 20.0
-"""Seconds a clean stop may take before the process gives up and exits 1."""
+"""The bound on stopping a node (SIGTERM/SIGINT to exit): past it the node logs what it is
+abandoning (the processes still running), removes the temporary data dir it created, and
+exits 1 (``_abandon``)."""
 
 
 @dataclass
@@ -380,11 +383,16 @@ class NodeRuntime:
             self._metrics.server_close()
         otp.node.stop_all(timeout=5.0)
         dist.stop()
-        if self._temp_dir is not None:
+        self.remove_temp_dir()
+        logger.info("node %s stopped", self.node_id)
+
+    def remove_temp_dir(self) -> None:
+        """Remove the data dir this runtime created (``--memory`` without ``--data-dir``)."""
+        temp, self._temp_dir = self._temp_dir, None
+        if temp is not None:
             import shutil
 
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
-        logger.info("node %s stopped", self.node_id)
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _check_writable(data_dir: str) -> None:
@@ -445,12 +453,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"READY {node_id} pid={os.getpid()}", flush=True)
     while not stop.wait(0.5):
         pass
-    watchdog = threading.Timer(SHUTDOWN_TIMEOUT, lambda: os._exit(1))
+    started = time.monotonic()
+    watchdog = threading.Timer(SHUTDOWN_TIMEOUT, _abandon, args=(runtime,))
     watchdog.daemon = True
     watchdog.start()
     runtime.stop()
     watchdog.cancel()
+    logger.info("stopped in %.1f s (bound %.0f s)", time.monotonic() - started, SHUTDOWN_TIMEOUT)
     return 0
+
+
+def _abandon(runtime: NodeRuntime) -> None:
+    """The shutdown bound passed: say what is left behind, clean what we own, exit 1 now."""
+    from waraft import otp
+
+    left = [pid for node in otp.node.local_nodes().values() for pid in node.processes()]
+    logger.error(
+        "shutdown exceeded %.0f s: abandoning %d processes still running%s",
+        SHUTDOWN_TIMEOUT,
+        len(left),
+        f" (first: {', '.join(map(repr, left[:5]))})" if left else "",
+    )
+    runtime.remove_temp_dir()
+    logging.shutdown()
+    os._exit(1)
 
 
 def _stop_quietly(runtime: NodeRuntime) -> None:
