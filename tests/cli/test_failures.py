@@ -22,7 +22,9 @@ def test_node_address_in_use() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = waraft("node", "--name", "b", "--listen", f"127.0.0.1:{port}", "--memory")
+        done = waraft(
+            "node", "--name", "b", "--listen", f"127.0.0.1:{port}", "--memory", "--insecure"
+        )
     assert done.returncode != 0
     assert "Address already in use" in _one_line(done.stderr)
 
@@ -31,7 +33,14 @@ def test_node_data_dir_not_writable(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a directory cannot be made under a file, even by root
     done = waraft(
-        "node", "--name", "d", "--listen", "127.0.0.1:0", "--data-dir", str(blocker / "x")
+        "node",
+        "--name",
+        "d",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure",
+        "--data-dir",
+        str(blocker / "x"),
     )
     assert done.returncode != 0
     assert "is not writable" in _one_line(done.stderr)

@@ -22,7 +22,7 @@ def test_sigterm_under_load_is_bounded_and_cleans_up(tmp_path: Path) -> None:
     # No --data-dir: the node makes (and must remove) a temporary one.
     with node.log_path.open("a") as log:
         node.proc = subprocess.Popen(
-            waraft_cmd("node", "--name", "s1", "--listen", "127.0.0.1:0", "--memory",
+            waraft_cmd("node", "--name", "s1", "--listen", "127.0.0.1:0", "--memory", "--insecure",
                        "--partitions", "1-64"),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
             env=child_env(),
