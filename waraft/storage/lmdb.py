@@ -96,7 +96,7 @@ from waraft.storage.provider import (
     InvalidIncompleteReplica,
     StorageError,
     StorageOptions,
-    StorageProvider,
+    TransactionalStorage,
     UnknownCommandError,
     build_file_durably,
     command_kind,
@@ -360,7 +360,7 @@ def _recover_swap(directory: str) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-class LmdbStorage(StorageProvider):
+class LmdbStorage(TransactionalStorage):
     """Durable KV storage in one LMDB environment per partition (see the module docstring).
 
     Not thread-safe: the storage actor's thread is the only user.
@@ -484,19 +484,6 @@ class LmdbStorage(StorageProvider):
             ops, position, self._config, self._label if label is None else label, self._incomplete
         )
         return [OK] * len(commands)
-
-    def apply_batch_then(
-        self, items: Sequence[ApplyItem], finalize: Callable[[list[Any]], Sequence[Any]]
-    ) -> list[Any]:
-        """One transaction: every command this provider applies answers ``"ok"`` (anything
-        else raises before the transaction commits), so the results are known in advance and
-        ``finalize``'s commands join the same batch."""
-        if not items:
-            return []
-        extra = finalize([OK] * len(items))
-        _, position, _ = items[-1]
-        self.apply_batch([*items, *((command, position, None) for command in extra)])
-        return [OK] * len(items)
 
     def apply_batch(self, items: Sequence[ApplyItem]) -> list[Any]:
         """Apply every item in ONE transaction (all or nothing)."""

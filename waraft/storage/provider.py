@@ -264,6 +264,23 @@ class StorageProvider(ABC):
         return NOT_SUPPORTED
 
 
+class TransactionalStorage(StorageProvider):
+    """A provider whose ``apply_batch`` is one transaction that answers ``"ok"`` to every
+    command it applies (anything else raises before the transaction commits): the results of
+    a batch are known before it runs, so ``apply_batch_then`` puts ``finalize``'s commands in
+    the same transaction (the LMDB and SQLite providers)."""
+
+    def apply_batch_then(
+        self, items: Sequence[ApplyItem], finalize: Callable[[list[Any]], Sequence[Any]]
+    ) -> list[Any]:
+        if not items:
+            return []
+        extra = finalize([OK] * len(items))
+        _, position, _ = items[-1]
+        self.apply_batch([*items, *((command, position, None) for command in extra)])
+        return [OK] * len(items)
+
+
 # -- helpers shared by the providers ---------------------------------------------------------
 
 
@@ -348,6 +365,7 @@ __all__ = [
     "StorageError",
     "StorageOptions",
     "StorageProvider",
+    "TransactionalStorage",
     "UnknownCommandError",
     "build_file_durably",
     "command_kind",

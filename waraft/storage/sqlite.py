@@ -28,7 +28,7 @@ import logging
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Self
 
 from waraft.core.types import Config, LogPos, is_config_command
@@ -40,7 +40,7 @@ from waraft.storage.provider import (
     ApplyItem,
     InvalidIncompleteReplica,
     StorageOptions,
-    StorageProvider,
+    TransactionalStorage,
     UnknownCommandError,
     build_file_durably,
     command_kind,
@@ -89,7 +89,7 @@ def _connect_readonly(path: str) -> sqlite3.Connection:
     return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
 
-class SqliteStorage(StorageProvider):
+class SqliteStorage(TransactionalStorage):
     """Durable KV storage in one SQLite database per partition (see the module docstring).
 
     Not thread-safe: the storage actor's thread is the only user.
@@ -139,19 +139,6 @@ class SqliteStorage(StorageProvider):
 
     def apply_config(self, config: Config, position: LogPos) -> Any:
         return self.apply_batch(((("config", config), position, None),))[0]
-
-    def apply_batch_then(
-        self, items: Sequence[ApplyItem], finalize: Callable[[list[Any]], Sequence[Any]]
-    ) -> list[Any]:
-        """One transaction: every command this provider applies answers ``"ok"`` (anything
-        else raises before the transaction commits), so the results are known in advance and
-        ``finalize``'s commands join the same batch."""
-        if not items:
-            return []
-        extra = finalize([OK] * len(items))
-        _, position, _ = items[-1]
-        self.apply_batch([*items, *((command, position, None) for command in extra)])
-        return [OK] * len(items)
 
     def apply_batch(self, items: Sequence[ApplyItem]) -> list[Any]:
         """Apply every item in ONE transaction (all or nothing)."""
