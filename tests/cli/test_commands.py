@@ -197,3 +197,17 @@ def test_shell_with_a_node_of_its_own() -> None:
     lines = done.stdout.splitlines()
     assert lines[2].startswith("{1: 'sh@127.0.0.1:") and "ok" in lines
     assert "('ok', 1)" in lines and done.stdout.count("| leader ") == 2
+
+
+def test_bootstrap_of_more_partitions_than_the_admin_rate_limit_allows(tmp_path: Path) -> None:
+    """150 partitions would be 150 rate-limited admin calls (50/s, burst 100) if bootstrap
+    sent one per partition; it sends one bootstrap_many per node."""
+    proc = NodeProcess(tmp_path, "r1", ["--memory", "--insecure", "--partitions", "1-150"])
+    try:
+        proc.spawn()
+        node_id = proc.wait_ready()
+        done = waraft("bootstrap", "--nodes", node_id, "--partitions", "1-150")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+        assert "150/150 partitions have a leader" in done.stdout
+    finally:
+        proc.kill()

@@ -14,6 +14,9 @@ request                                 answer
 ``("status_all",)``                     one status row per partition (see :func:`status_row`)
 ``("bootstrap", table, partition,       ``waraft.server.bootstrap`` of the local replica
 (index, term), config)``                (the position is rebuilt as a ``LogPos`` here)
+``("bootstrap_many", table, [p, ...],   the same for many partitions, each with every node
+(index, term), [node, ...], [p, ...])`` of the list as a member, then an election on the
+                                        partitions of the last list; one result each
 ``("dist_stats",)`` / ``("dist_peers",)``  ``distribution.stats()`` / ``distribution.peers()``
 ``("set_fault", nodes, inbound, outbound)``  ``distribution.set_fault(...)`` → ``"ok"``
 ``("clear_fault",)``                    ``distribution.clear_fault()`` → ``"ok"``
@@ -32,7 +35,7 @@ import time
 from typing import Any, Final
 
 from waraft import __version__, otp
-from waraft.core.types import LogPos
+from waraft.core.types import Identity, LogPos
 from waraft.distribution import policy
 from waraft.partition import part_sup, server
 from waraft.services import info
@@ -104,7 +107,10 @@ class NodeAdmin(otp.Process):
             calls={
                 **{verb: read for verb in ("ping", "partitions", "leaders", "status_all")},
                 **{verb: read for verb in ("dist_stats", "dist_peers")},
-                **{verb: write for verb in ("bootstrap", "set_fault", "clear_fault")},
+                **{
+                    verb: write
+                    for verb in ("bootstrap", "bootstrap_many", "set_fault", "clear_fault")
+                },
             },
         )
 
@@ -173,6 +179,30 @@ class NodeAdmin(otp.Process):
         except ValueError as exc:
             return ("error", ("badarg", str(exc)))
 
+    def _bootstrap_many(
+        self, table: str, partitions: Any, position: Any, nodes: Any, elect: Any = ()
+    ) -> Any:
+        """Bootstrap ``table``'s ``partitions`` on this node in one call, each with the config
+        of every node in ``nodes`` as voting members, then trigger an election on each of the
+        ``elect`` partitions that bootstrapped here: what ``waraft bootstrap`` would otherwise
+        send as one rate-limited admin call per partition. One result per partition, in
+        order: ``(partition, bootstrap result, election result or None)``."""
+        members = [str(node) for node in nodes]
+        wanted = {int(p) for p in elect}
+        results = []
+        for partition in partitions:
+            name = server.default_name(table, int(partition))
+            config = server.make_config([Identity(name, node) for node in members])
+            answer = self._bootstrap(table, int(partition), position, config)
+            elected = None
+            if answer == "ok" and int(partition) in wanted:
+                try:
+                    elected = server.trigger_election(name)
+                except otp.ExitError as exc:
+                    elected = ("error", _plain(exc.reason))
+            results.append((int(partition), answer, elected))
+        return results
+
     def _dist_stats(self) -> dict[str, int]:
         from waraft import distribution as dist
 
@@ -208,6 +238,7 @@ _HANDLERS: Final[dict[str, Any]] = {
     "leaders": NodeAdmin._leaders,
     "status_all": NodeAdmin._status_all,
     "bootstrap": NodeAdmin._bootstrap,
+    "bootstrap_many": NodeAdmin._bootstrap_many,
     "dist_stats": NodeAdmin._dist_stats,
     "dist_peers": NodeAdmin._dist_peers,
     "set_fault": NodeAdmin._set_fault,

@@ -106,21 +106,70 @@ def bootstrap_cluster(
                 server.trigger_election((name, intended))
         return result
 
-    results: list[PartitionResult] = []
-    # Partitions are independent: keep several in flight so that a thousand of them cost a
-    # thousand round trips spread over the nodes, not a thousand in a row. Results (and log
-    # lines) still come in partition order.
-    workers = max(1, min(BOOTSTRAP_WORKERS, len(partitions)))
-    with ThreadPoolExecutor(workers, thread_name_prefix="bootstrap") as pool:
-        for result in pool.map(one, partitions):
-            log(
-                f"{table}.{result.partition}: "
-                + ", ".join(f"{n} {r}" for n, r in result.bootstrap.items())
-            )
-            results.append(result)
+    intended = {p: nodes[(p - 1) % len(nodes)] for p in partitions}
+    results = _bootstrap_per_node(nodes, table, partitions, intended, timeout)
+    if results is None:  # a node without bootstrap_many: one call per partition and node
+        results = []
+        # Partitions are independent: keep several in flight so that a thousand of them cost
+        # a thousand round trips spread over the nodes, not a thousand in a row.
+        workers = max(1, min(BOOTSTRAP_WORKERS, len(partitions)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="bootstrap") as pool:
+            results = list(pool.map(one, partitions))
+    for result in results:
+        log(
+            f"{table}.{result.partition}: "
+            + ", ".join(f"{n} {r}" for n, r in result.bootstrap.items())
+        )
     _wait_for_leaders(nodes, table, results, time.monotonic() + timeout)
     if balance:
         _balance(nodes, table, results, time.monotonic() + timeout, log)
+    return results
+
+
+def _bootstrap_per_node(
+    nodes: Sequence[str],
+    table: str,
+    partitions: Sequence[int],
+    intended: dict[int, str],
+    timeout: float,
+) -> list[PartitionResult] | None:
+    """Bootstrap with one ``bootstrap_many`` admin call per node (in parallel), each node
+    triggering the elections of the partitions it is meant to lead: three calls for a
+    3-node cluster however many partitions, where one call per partition and node would
+    run into the nodes' admin rate limit. None if a node does not know the verb."""
+
+    def on(node: str) -> dict[int, tuple[Any, Any]] | None:
+        elect = [p for p in partitions if intended[p] == node]
+        try:
+            answer = admin.call(
+                node, "bootstrap_many", table, list(partitions), tuple(BOOTSTRAP_POSITION),
+                list(nodes), elect, timeout=timeout,
+            )  # fmt: skip
+        except otp.ExitError as exc:
+            if exc.reason in ("noproc", "refused"):
+                return None
+            failed = ("error", _exit_text(exc.reason))
+            return {p: (failed, None) for p in partitions}
+        if not isinstance(answer, (list, tuple)):
+            return None  # ("error", "unknown_request"): an older node
+        return {int(p): (result, elected) for p, result, elected in answer}
+
+    with ThreadPoolExecutor(len(nodes), thread_name_prefix="bootstrap") as pool:
+        answers = dict(zip(nodes, pool.map(on, nodes), strict=True))
+    if any(answer is None for answer in answers.values()):
+        return None
+    results = []
+    for partition in partitions:
+        result = PartitionResult(partition, intended[partition])
+        for node in nodes:
+            found = answers[node]
+            assert found is not None
+            outcome = found.get(partition, (("error", "no answer"), None))[0]
+            result.bootstrap[node] = _describe(outcome)
+        failed = [n for n, r in result.bootstrap.items() if r.startswith("failed")]
+        if failed:
+            result.error = "bootstrap failed on " + ", ".join(failed)
+        results.append(result)
     return results
 
 
