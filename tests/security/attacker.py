@@ -15,6 +15,17 @@ from waraft.services import codec
 _refs = itertools.count(1_000_000)
 
 
+TABLE = "kv"
+SERVER = "raft_server_kv_1"
+# Elections slow enough that a loaded 2-core machine does not hold one by itself: any change
+# of term or leader during a test is then the attack's doing.
+CALM = {
+    "raft_election_timeout_ms": 1500,
+    "raft_election_timeout_ms_max": 3000,
+    "raft_heartbeat_interval_ms": 100,
+}
+
+
 class Attacker:
     """One connection to ``node_id`` presenting ``claimed`` (a node id) as its routing id.
 

@@ -18,21 +18,11 @@ import pytest
 import zmq
 
 from tests.multiprocess.harness import ROOT, Cluster, child_env, wait_until, waraft_cmd
-from tests.security.attacker import Attacker
+from tests.security.attacker import CALM, SERVER, Attacker
 from waraft import distribution as dist
 from waraft import otp
 from waraft.distribution import envelope, keys
 from waraft.partition import server
-
-TABLE = "kv"
-SERVER = "raft_server_kv_1"
-# Elections slow enough that a loaded 2-core machine does not hold one by itself: any change
-# of term or leader during a test is then the attack's doing.
-CALM = {
-    "raft_election_timeout_ms": 1500,
-    "raft_election_timeout_ms_max": 3000,
-    "raft_heartbeat_interval_ms": 100,
-}
 
 
 @pytest.fixture(scope="module")
