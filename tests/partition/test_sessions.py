@@ -162,3 +162,25 @@ def test_a_batch_with_an_unknown_tagged_command_records_its_error_durably(tmp_pa
     assert acceptor.commit(acc, ("b", retry))[1][0] == "unknown_command"
     assert acceptor.read(acc, ("read", "t", "q")) == ("ok", 1)
     node.stop()
+
+
+def test_clients_cannot_touch_the_reserved_session_key(tmp_path: Path) -> None:
+    node = _single(tmp_path)
+    acc = addr("acceptor", node)
+    _, sid = acceptor.commit(acc, ("r", register_command(1000)))
+    assert acceptor.commit(acc, ("a", call_command(sid, 1, 1, ("write", "t", "k", 1)))) == OK
+    key = storage.SESSIONS_KEY
+    refused = storage.RESERVED_KEY_ERROR
+    # plain, derived, sessioned, and inside a $batch (with an ordinary write next to it)
+    assert acceptor.commit(acc, ("b", ("write", "t", key, "forged"))) == refused
+    assert acceptor.commit(acc, ("c", ("append", "t", key, "x"))) == refused
+    assert acceptor.commit(acc, ("d", ("delete", "t", key))) == refused
+    assert acceptor.commit(acc, ("e", call_command(sid, 2, 1, ("write", "t", key, 0)))) == refused
+    packed = codec.packb([("write", "t", key, "forged"), ("write", "t", "k2", 2)])
+    assert acceptor.commit(acc, ("f", ("$batch", packed))) == [refused, OK]
+    assert acceptor.read(acc, ("read", "t", key)) == refused
+    # The table is intact: the retry of seq 1 is still recognised, seq 2 recorded its refusal.
+    assert acceptor.commit(acc, ("g", call_command(sid, 1, 1, ("write", "t", "k", 9)))) == OK
+    assert acceptor.read(acc, ("read", "t", "k")) == ("ok", 1)
+    assert acceptor.commit(acc, ("h", call_command(sid, 2, 1, ("write", "t", "k", 9)))) == refused
+    assert acceptor.read(acc, ("read", "t", "k2")) == ("ok", 2)

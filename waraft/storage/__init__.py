@@ -64,6 +64,9 @@ _SNAPSHOT_RE = re.compile(r"^snapshot\.(\d+)\.(\d+)(\.witness)?$")
 SESSIONS_TABLE: Final = "$waraft"
 SESSIONS_KEY: Final = ("$waraft", "sessions")
 """The reserved key holding the session table (``SessionTable.dump()``) in every provider."""
+RESERVED_KEY_ERROR: Final = ("error", "reserved_key")
+"""The answer to a client command or read naming ``SESSIONS_KEY``: the providers share one key
+space across tables, so without it a client could overwrite (or read) every session's record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,16 @@ def is_derived_command(command: Any) -> bool:
     they apply again unless sent through a session (``waraft.core.sessions``).
     """
     return type(command) is tuple and len(command) == 4 and command[0] in DERIVED
+
+
+def touches_reserved_key(command: Any) -> bool:
+    """Whether a client's command or read (``(kind, table, key, ...)``) names ``SESSIONS_KEY``."""
+    return (
+        type(command) is tuple
+        and len(command) >= 3
+        and type(command[2]) is tuple
+        and command[2] == SESSIONS_KEY
+    )
 
 
 def _is_error(result: Any) -> bool:
@@ -274,7 +287,10 @@ class StorageServer(otp.Process):
             if is_batch_command(command):
                 self._apply_chunk(chunk, shapes, replies, marks)
                 commands = self._commands_of(command)
-                if any(is_session_command(c) or is_derived_command(c) for c in commands):
+                if any(
+                    is_session_command(c) or is_derived_command(c) or touches_reserved_key(c)
+                    for c in commands
+                ):
                     result = self._apply_session_items(
                         [(c, position, entry.label) for c in commands],
                         [self.sessions.begin(c, index) for c in commands],
@@ -287,7 +303,12 @@ class StorageServer(otp.Process):
             else:
                 chunk.append((command, position, entry.label))
                 shapes.append(reply_to)
-                if marks or is_session_command(command) or is_derived_command(command):
+                if (
+                    marks
+                    or is_session_command(command)
+                    or is_derived_command(command)
+                    or touches_reserved_key(command)
+                ):
                     # Marks are kept only once a session command shows up in this chunk.
                     if not marks:
                         marks.extend(Apply(c) for c, _, _ in chunk[:-1])
@@ -339,7 +360,10 @@ class StorageServer(otp.Process):
         derived: dict[int, Any] = {}  # item number -> the result of its derived command
         for mark, (_, position, label) in zip(marks, items, strict=True):
             command = mark.command if type(mark) is Apply else NOOP
-            if is_derived_command(command):
+            if touches_reserved_key(command):
+                # Refused the same way on every replica; a session records the refusal.
+                command, derived[len(translated)] = NOOP, RESERVED_KEY_ERROR
+            elif is_derived_command(command):
                 command, derived[len(translated)] = self._derive(command, translated)
             translated.append((command, position, label))
         if derived:
@@ -473,6 +497,8 @@ class StorageServer(otp.Process):
         return self._read_one(command)
 
     def _read_one(self, command: Any) -> Any:
+        if touches_reserved_key(command):
+            return RESERVED_KEY_ERROR
         try:
             return self.provider.read(command, self.position)
         except UnknownCommandError as exc:
@@ -498,6 +524,10 @@ class StorageServer(otp.Process):
         if kind == "label":
             return provider.label()
         if kind == "read":
+            if touches_reserved_key(request[1]):
+                # The storage actor is never reachable from the wire (distribution.policy):
+                # a local caller (an operator, a test) may inspect the session table.
+                return provider.read(request[1], self.position)
             return self._read(request[1])
         if kind == "status":
             status = {
@@ -632,6 +662,7 @@ __all__ = [
     "BATCH",
     "NOT_FOUND",
     "OK",
+    "RESERVED_KEY_ERROR",
     "SESSIONS_KEY",
     "SESSIONS_TABLE",
     "ApplyItem",
