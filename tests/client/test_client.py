@@ -201,3 +201,63 @@ def test_callbacks_replace_futures(tmp_path: Path, client_node: otp.Node) -> Non
             assert returned is None and done.wait(10) and box == [("ok", 7)]
         finally:
             c.close()
+
+
+class _FakeGateway(otp.Process):
+    """A partition's acceptor stand-in: ``mode`` "swallow" never answers (a leader cut off
+    from its followers: it appends and waits for a quorum that never comes), "redirect"
+    answers every request ``not_leader`` naming ``hint`` (a follower that has not noticed yet
+    that its leader is gone), "lead" answers ``ok``."""
+
+    def init(self, mode: str, hint: str | None, seen: list[str]) -> None:
+        self.mode, self.hint, self.seen = mode, hint, seen
+
+    def handle_cast(self, msg: object) -> None:
+        assert isinstance(msg, tuple) and msg[0] == "client_batch"
+        _, reply_to, batch_id, _kind, items, _priority = msg
+        self.seen.append(self.mode)
+        if self.mode == "swallow":
+            return
+        if self.mode == "redirect":
+            results = [("error", "not_leader")] * len(items)
+        else:
+            results = ["ok"] * len(items)
+        otp.cast(reply_to, ("client_reply", batch_id, results, self.hint))
+
+
+def test_a_follower_naming_a_leader_that_just_failed_is_not_followed(
+    client_node: otp.Node,
+) -> None:
+    """The old leader is cut off from its followers but not from the client; until they elect
+    another one, the followers still name it. Going back to it on their word costs an attempt
+    timeout per try; the client asks the other nodes instead and finds the new leader after
+    ONE attempt timeout."""
+    from waraft.partition import acceptor
+
+    nodes = [otp.Node(f"fake{next(_ids)}@local") for _ in range(3)]
+    old, follower, new = (n.id for n in nodes)
+    seen: list[str] = []
+    name = acceptor.default_name("test", 1)
+    for node, mode, hint in zip(
+        nodes, ("swallow", "redirect", "lead"), (None, old, new), strict=True
+    ):
+        otp.start(_FakeGateway, mode, hint, seen, name=name, node=node)
+    c = Client(
+        [old, new, follower],  # round robin after the old leader's timeout: follower first
+        table="test",
+        partitions=1,
+        node=client_node,
+        discover=False,
+        attempt_timeout=0.3,
+        timeout=5.0,
+    )
+    try:
+        assert c.commit(1, ("write", "test", "k", 1)) == "ok"
+        stats = c.stats()
+        assert seen[0] == "swallow" and seen.count("swallow") == 1, seen
+        assert stats["attempt_timeouts"] == 1 and stats["stale_hints"] >= 1, stats
+        assert c.leader(1) == new
+    finally:
+        c.close()
+        for node in nodes:
+            node.stop()
