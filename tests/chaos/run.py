@@ -18,7 +18,8 @@ network partition isolating one node (``set_fault`` through the node's admin pro
 Everything is bounded: each node restart must report ready within ``READY_DEADLINE``; a
 watchdog dumps every thread's stack (``faulthandler``), kills every node by pid and exits 3 if
 the run overruns ``duration + SLACK``. A failing history is written to ``--out`` with the
-command that re-checks it (``--check FILE``). Exit status: 0 clean, 1 violations, 3 stuck.
+command that re-checks it (``--check FILE``). Exit status: 0 clean, 1 violations, 3 stuck or
+aborted (a fault that could not be undone; the stacks and the nodes' log tails are printed).
 
     python -m tests.chaos.run --duration 180 --seed 7 --out chaos-out
 """
@@ -334,6 +335,7 @@ def run(
             os._exit(3)
 
     finished = threading.Event()
+    stop = threading.Event()
     threading.Thread(target=watchdog, name="chaos-watchdog", daemon=True).start()
     dist.start("chaos@127.0.0.1:0", ping_interval=PING, down_after=DOWN, connect_timeout=DOWN)
     try:
@@ -341,10 +343,15 @@ def run(
         cluster.bootstrap()
         nodes = cluster.ids
         rec = Recorder()
-        stop = threading.Event()
+        # Daemons, and told to stop in ``finally``: a run that fails half-way (a node that
+        # never reports ready) must end, not wait at interpreter exit for client threads that
+        # keep retrying against a cluster that is gone.
         workers = [
             threading.Thread(
-                target=_worker, args=(c, nodes, rec, stop, seed, sessions), name=f"client{c}"
+                target=_worker,
+                args=(c, nodes, rec, stop, seed, sessions),
+                name=f"client{c}",
+                daemon=True,
             )
             for c in range(1, clients + 1)
         ]
@@ -390,7 +397,14 @@ def run(
             return 1
         shutil.rmtree(root, ignore_errors=True)  # kept for inspection when a check fails
         return 0
+    except Exception:
+        logger.exception("chaos: run aborted")
+        sys.stderr.write("chaos: every thread's stack:\n")
+        faulthandler.dump_traceback(all_threads=True)
+        sys.stderr.write(cluster.logs() + "\n")
+        return 3
     finally:
+        stop.set()
         finished.set()
         cluster.kill_all()
         dist.stop()
