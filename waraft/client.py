@@ -47,8 +47,8 @@ sent to a follower is redirected in one hop. ``not_leader`` and ``("notify_redir
 (a handover in progress) are retried at the new leader; ``commit_queue_full``,
 ``apply_queue_full`` and ``read_queue_full`` are retried with exponential backoff;
 ``not_leader`` without a usable hint (an election under way) is asked again at most every
-``NOT_LEADER_POLL`` s. A hint naming a node this client suspects is ignored: the follower has
-not noticed yet that the leader is gone. A node that
+``NOT_LEADER_POLL`` s. A hint naming a node that failed an attempt less than ``STALE_HINT`` s
+ago is ignored: the follower has not noticed yet that the leader is gone. A node that
 ``waraft.distribution`` marks down (no answer to pings for ``down_after``), whose frame cannot be
 queued, or that does not answer a batch within ``attempt_timeout`` is avoided for a while and its
 batches are retried elsewhere. Retries stop at the
@@ -125,6 +125,9 @@ SUSPECT_FOR: Final = 1.0
 """Seconds a node that failed an attempt is avoided (unless every node is suspect)."""
 NOT_LEADER_POLL: Final = 0.1
 """The longest wait (seconds, before jitter) between retries answered ``not_leader``."""
+STALE_HINT: Final = 0.5
+"""Seconds after a node failed an attempt during which a ``not_leader`` hint naming it is taken
+as stale (the follower has not noticed yet) and ignored."""
 TICK: Final = 0.05
 """How often (seconds) in-flight batches are checked for expiry."""
 LIVENESS_EVERY: Final = 0.25
@@ -418,6 +421,7 @@ class Client:
         self._held: dict[int, list[_Request]] = {}
         self._leaders: dict[int, str] = {}
         self._suspect: dict[str, float] = {}
+        self._failed_at: dict[str, float] = {}  # when a node last failed an attempt
         self._rr = itertools.count()
         self._seq = itertools.count()
         self._batch_ids = itertools.count(1)
@@ -622,7 +626,7 @@ class Client:
     def stats(self) -> dict[str, int]:
         """Counters: requests, batches, items_sent, replies, retries, redirects,
         attempt_timeouts, send_failures, timeouts, stale_hints (a follower named a leader
-        this client suspects), plus inflight and queued now."""
+        that had just failed an attempt), plus inflight and queued now."""
         with self._lock:
             out = dict(self._counters)
             out["inflight_batches"] = len(self._inflight)
@@ -961,6 +965,7 @@ class Client:
     def _node_failed(self, node: str, requests: list[_Request], now: float) -> None:
         with self._lock:
             self._suspect[node] = now + SUSPECT_FOR
+            self._failed_at[node] = now
             for partition, leader in list(self._leaders.items()):
                 if leader == node:
                     del self._leaders[partition]
@@ -1017,12 +1022,14 @@ class Client:
         reason = result[1]
         if reason == "not_leader":
             new = hint if hint is not None and hint != batch.node else None
-            if new is not None and self._suspect.get(new, 0.0) > time.monotonic():
-                # The follower still names a leader that did not answer us within the last
-                # SUSPECT_FOR: it has not noticed yet that the leader is gone (a partition,
-                # a crash, a SIGSTOP). Going back there costs another attempt_timeout per try,
-                # which is what stretched client-visible failovers to seconds in the chaos
-                # runs; ask another node instead until the followers name a new leader.
+            if new is not None and time.monotonic() - self._failed_at.get(new, -1e9) < STALE_HINT:
+                # The follower still names a leader that failed an attempt of ours moments
+                # ago: it has not noticed yet that the leader is gone (a partition, a crash, a
+                # SIGSTOP). Going back there costs another attempt_timeout per try, which is
+                # what stretched client-visible failovers to seconds in the chaos runs; ask
+                # another node instead until the followers name a new leader. Only for
+                # STALE_HINT seconds, about the followers' election timeout: a hint that
+                # persists past it means the leader is back (a short SIGSTOP) and is followed.
                 new = None
                 self._count("stale_hints")
             if self._leaders.get(batch.partition) in (batch.node, None) or new is not None:

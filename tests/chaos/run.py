@@ -424,7 +424,10 @@ def run(
             print("\n".join(violations[:20]))
             print(f"history saved to {path} (re-check: python -m tests.chaos.run --check {path})")
             return 1
-        shutil.rmtree(root, ignore_errors=True)  # kept for inspection when a check fails
+        if keep:
+            print(f"node data and logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)  # kept for inspection when a check fails
         return 0
     except Exception:
         logger.exception("chaos: run aborted")
@@ -451,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-sessions", action="store_true", help="sessionless clients (shows double applies)"
     )
     parser.add_argument("--check", type=Path, help="re-check a saved history instead of running")
-    parser.add_argument("--keep", action="store_true", help="save the history even if it passes")
+    parser.add_argument(
+        "--keep", action="store_true", help="save the history and the nodes' logs even if it passes"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.check:
