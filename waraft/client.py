@@ -45,7 +45,10 @@ node's ``waraft_admin`` process (``waraft node`` registers it) in the background
 gateway itself: a reply carrying an error names the leader that node knows of, so a request
 sent to a follower is redirected in one hop. ``not_leader`` and ``("notify_redirect", node)``
 (a handover in progress) are retried at the new leader; ``commit_queue_full``,
-``apply_queue_full`` and ``read_queue_full`` are retried with exponential backoff. A node that
+``apply_queue_full`` and ``read_queue_full`` are retried with exponential backoff;
+``not_leader`` without a usable hint (an election under way) is asked again at most every
+``NOT_LEADER_POLL`` s. A hint naming a node that failed an attempt less than ``STALE_HINT`` s
+ago is ignored: the follower has not noticed yet that the leader is gone. A node that
 ``waraft.distribution`` marks down (no answer to pings for ``down_after``), whose frame cannot be
 queued, or that does not answer a batch within ``attempt_timeout`` is avoided for a while and its
 batches are retried elsewhere. Retries stop at the
@@ -120,6 +123,11 @@ DEFAULT_MAX_INFLIGHT_PACKED: Final = 16384
 DEFAULT_MAX_RETRIES: Final = 100
 SUSPECT_FOR: Final = 1.0
 """Seconds a node that failed an attempt is avoided (unless every node is suspect)."""
+NOT_LEADER_POLL: Final = 0.1
+"""The longest wait (seconds, before jitter) between retries answered ``not_leader``."""
+STALE_HINT: Final = 0.5
+"""Seconds after a node failed an attempt during which a ``not_leader`` hint naming it is taken
+as stale (the follower has not noticed yet) and ignored."""
 TICK: Final = 0.05
 """How often (seconds) in-flight batches are checked for expiry."""
 LIVENESS_EVERY: Final = 0.25
@@ -413,6 +421,7 @@ class Client:
         self._held: dict[int, list[_Request]] = {}
         self._leaders: dict[int, str] = {}
         self._suspect: dict[str, float] = {}
+        self._failed_at: dict[str, float] = {}  # when a node last failed an attempt
         self._rr = itertools.count()
         self._seq = itertools.count()
         self._batch_ids = itertools.count(1)
@@ -428,6 +437,7 @@ class Client:
                 "attempt_timeouts",
                 "send_failures",
                 "timeouts",
+                "stale_hints",
             ),
             0,
         )
@@ -615,7 +625,8 @@ class Client:
 
     def stats(self) -> dict[str, int]:
         """Counters: requests, batches, items_sent, replies, retries, redirects,
-        attempt_timeouts, send_failures, timeouts, plus inflight and queued now."""
+        attempt_timeouts, send_failures, timeouts, stale_hints (a follower named a leader
+        that had just failed an attempt), plus inflight and queued now."""
         with self._lock:
             out = dict(self._counters)
             out["inflight_batches"] = len(self._inflight)
@@ -954,6 +965,7 @@ class Client:
     def _node_failed(self, node: str, requests: list[_Request], now: float) -> None:
         with self._lock:
             self._suspect[node] = now + SUSPECT_FOR
+            self._failed_at[node] = now
             for partition, leader in list(self._leaders.items()):
                 if leader == node:
                     del self._leaders[partition]
@@ -1010,10 +1022,20 @@ class Client:
         reason = result[1]
         if reason == "not_leader":
             new = hint if hint is not None and hint != batch.node else None
+            if new is not None and time.monotonic() - self._failed_at.get(new, -1e9) < STALE_HINT:
+                # The follower still names a leader that failed an attempt of ours moments
+                # ago: it has not noticed yet that the leader is gone (a partition, a crash, a
+                # SIGSTOP). Going back there costs another attempt_timeout per try, which is
+                # what stretched client-visible failovers to seconds in the chaos runs; ask
+                # another node instead until the followers name a new leader. Only for
+                # STALE_HINT seconds, about the followers' election timeout: a hint that
+                # persists past it means the leader is back (a short SIGSTOP) and is followed.
+                new = None
+                self._count("stale_hints")
             if self._leaders.get(batch.partition) in (batch.node, None) or new is not None:
                 self._set_leader(batch.partition, new)
             self._count("redirects")
-            delay = 0.0 if new is not None and request.attempts < 3 else self._backoff(request)
+            delay = 0.0 if new is not None and request.attempts < 3 else self._poll(request)
             self._retry(request, result, delay)
         elif type(reason) is tuple and len(reason) == 2 and reason[0] == "notify_redirect":
             if isinstance(reason[1], str):
@@ -1028,6 +1050,15 @@ class Client:
     @staticmethod
     def _backoff(request: _Request) -> float:
         base = min(0.5, 0.01 * (2.0 ** min(request.attempts, 6)))
+        return base * (0.5 + random.random() / 2)
+
+    @staticmethod
+    def _poll(request: _Request) -> float:
+        """The wait before asking again where the leader is (``not_leader`` without a usable
+        hint: an election is under way). Capped well below ``_backoff``'s 0.5 s: a
+        ``not_leader`` answer costs the node nothing, and each extra wait after the new leader
+        is elected adds directly to what the caller sees as unavailability."""
+        base = min(NOT_LEADER_POLL, 0.01 * (2.0 ** min(request.attempts, 6)))
         return base * (0.5 + random.random() / 2)
 
     def _retry(self, request: _Request, error: Any, delay: float) -> None:

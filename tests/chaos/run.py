@@ -18,7 +18,8 @@ network partition isolating one node (``set_fault`` through the node's admin pro
 Everything is bounded: each node restart must report ready within ``READY_DEADLINE``; a
 watchdog dumps every thread's stack (``faulthandler``), kills every node by pid and exits 3 if
 the run overruns ``duration + SLACK``. A failing history is written to ``--out`` with the
-command that re-checks it (``--check FILE``). Exit status: 0 clean, 1 violations, 3 stuck.
+command that re-checks it (``--check FILE``). Exit status: 0 clean, 1 violations, 3 stuck or
+aborted (a fault that could not be undone; the stacks and the nodes' log tails are printed).
 
     python -m tests.chaos.run --duration 180 --seed 7 --out chaos-out
 """
@@ -119,14 +120,21 @@ def _worker(
 class Nemesis:
     """Faults on the cluster's node processes; ``heal`` undoes whatever is in effect."""
 
-    def __init__(self, cluster: Cluster, rng: random.Random) -> None:
+    def __init__(self, cluster: Cluster, rng: random.Random, rec: Recorder) -> None:
         self.cluster = cluster
         self.rng = rng
-        self.log: list[tuple[float, str]] = []
+        self.rec = rec
+        # (start ms, end ms, kind, description) in the history's time base: the end is when
+        # the fault was undone (node restarted and ready, SIGCONT sent, partition healed).
+        self.log: list[tuple[int, int, str, str]] = []
 
-    def _note(self, what: str) -> None:
-        self.log.append((time.monotonic(), what))
+    def _note(self, kind: str, what: str) -> None:
+        self.log.append((self.rec.now(), -1, kind, what))
         logger.info("nemesis: %s", what)
+
+    def _done(self) -> None:
+        start, _, kind, what = self.log[-1]
+        self.log[-1] = (start, self.rec.now(), kind, what)
 
     def restart(self, index: int) -> None:
         node = self.cluster.nodes[index]
@@ -134,23 +142,36 @@ class Nemesis:
         node.spawn()
         node.wait_ready(READY_DEADLINE)
 
+    def _role(self, index: int) -> str:
+        """Whether node ``index`` leads the partition now (best effort: ``?`` when the
+        status query fails), so unavailability can be told apart for leader faults."""
+        try:
+            leader = self.cluster.leader(1)
+        except Exception:  # a node still restarting: unknown
+            return "?"
+        if leader is None:
+            return "?"
+        return "leader" if leader[0] == self.cluster.ids[index] else "follower"
+
     def strike(self) -> None:
         fault = self.rng.choice(("kill", "stop", "restart_all", "partition"))
         nodes = self.cluster.nodes
         index = self.rng.randrange(len(nodes))
-        if fault == "kill":
-            self._note(f"kill -9 {nodes[index].name}")
+        if fault != "restart_all":
+            fault = f"{fault}-{self._role(index)}"
+        if fault.startswith("kill"):
+            self._note(fault, f"kill -9 {nodes[index].name}")
             nodes[index].kill()
             time.sleep(self.rng.uniform(0.2, 1.0))
             nodes[index].spawn()
             nodes[index].wait_ready(READY_DEADLINE)
-        elif fault == "stop":
-            self._note(f"SIGSTOP {nodes[index].name}")
+        elif fault.startswith("stop"):
+            self._note(fault, f"SIGSTOP {nodes[index].name}")
             nodes[index].signal(signal.SIGSTOP)
             time.sleep(self.rng.uniform(0.5, 2.0))
             nodes[index].signal(signal.SIGCONT)
         elif fault == "restart_all":
-            self._note("kill -9 every node, restart all")
+            self._note(fault, "kill -9 every node, restart all")
             for node in nodes:
                 node.kill()
             for node in nodes:
@@ -160,12 +181,13 @@ class Nemesis:
         else:
             ids = self.cluster.ids
             cut = ids[index]
-            self._note(f"partition {nodes[index].name} away")
+            self._note(fault, f"partition {nodes[index].name} away")
             for i, node_id in enumerate(ids):
                 others = [n for n in ids if n != cut] if node_id == cut else [cut]
                 self._admin(i, "set_fault", others, [], [])
             time.sleep(self.rng.uniform(1.0, 2.5))
             self.heal()
+        self._done()
 
     def _admin(self, index: int, *request: Any) -> None:
         try:
@@ -213,34 +235,118 @@ def check(ops: list[Operation], final: dict[str, Any]) -> list[str]:
     return violations
 
 
-def save(path: Path, ops: list[Operation], final: dict[str, Any], violations: list[str]) -> None:
-    rows = [
-        (o.id, o.client, o.kind, o.command, o.invoke_ms, o.status.value, o.complete_ms, o.result)
-        for o in ops
+Fault = tuple[int, int, str, str]
+
+
+def unavailability(ops: list[Operation], faults: list[Fault]) -> list[tuple[Fault, int, int]]:
+    """Per fault ``(fault, gap ms, from ms)``: the longest stretch without an acknowledged
+    commit that ends after the fault began and before the next one began (so a stretch is
+    charged to the most recent fault; ``from`` is the last acknowledgement before it). The
+    clients keep trying all the time, so a stretch without acknowledgements is what a caller
+    saw as unavailability."""
+    acked = sorted(o.complete_ms for o in ops if o.status is Status.OK and o.kind == "commit")
+    out = []
+    for i, fault in enumerate(faults):
+        start = fault[0]
+        until = faults[i + 1][0] if i + 1 < len(faults) else (acked[-1] if acked else start)
+        worst, since = 0, start
+        for a, b in itertools.pairwise(acked):
+            if start < b <= until and b - a > worst:
+                worst, since = b - a, a
+        out.append((fault, worst, since))
+    return out
+
+
+def summary(ops: list[Operation], faults: list[Fault]) -> str:
+    """Worst unavailability per fault kind, and every fault with its own."""
+    per = unavailability(ops, faults)
+    kinds: dict[str, list[int]] = {}
+    for fault, gap, _ in per:
+        kinds.setdefault(fault[2], []).append(gap)
+    lines = [
+        f"  {kind:20} n={len(gaps):3}  worst {max(gaps):6} ms  "
+        f"median {sorted(gaps)[len(gaps) // 2]:6} ms"
+        for kind, gaps in sorted(kinds.items())
     ]
-    path.write_bytes(codec.packb({"ops": rows, "final": final}))
-    text = path.with_suffix(".txt")
-    text.write_text(
-        f"re-check: {sys.executable} -m tests.chaos.run --check {path}\n\n"
-        + "\n".join(violations)
-        + "\n\n"
-        + "\n".join(o.line() for o in ops)
-    )
+    lines += [
+        f"  @{f[0]:>7} ms {f[3]:32} ({f[2]}, undone after {f[1] - f[0]} ms): "
+        f"gap {gap} ms from {since}"
+        for f, gap, since in per
+    ]
+    return "\n".join(lines)
 
 
-def load(path: Path) -> tuple[list[Operation], dict[str, Any]]:
+PREFIX = "$prefix"
+
+
+def _compact(op: Operation, final: dict[str, Any]) -> Any:
+    """``op``'s result as saved: a read of a list that is a prefix of the final list is stored
+    as ``("$prefix", length)``. Lossless (``load`` rebuilds it from ``final``), and it keeps a
+    saved history linear in the run's length: every read of a list returns the whole list, so
+    a 10-minute run's reads held ~1.5 GB of list copies (and their text dump ~15 GB of RAM)."""
+    result = op.result
+    if op.kind != "read" or op.command[2] not in final or type(result) is not tuple:
+        return result
+    if len(result) == 2 and result[0] == "ok" and isinstance(result[1], (list, tuple)):
+        values = tuple(result[1])
+        if final[op.command[2]][: len(values)] == values:
+            return (PREFIX, len(values))
+    return result
+
+
+def save(
+    path: Path,
+    ops: list[Operation],
+    final: dict[str, Any],
+    violations: list[str],
+    faults: list[Fault] | None = None,
+) -> None:
+    """The history, the final lists and the faults (msgpack, ``--check`` re-checks it), and a
+    text version with list reads shortened to their length."""
+    final = {key: tuple(values) for key, values in final.items()}
+    rows = [
+        (o.id, o.client, o.kind, o.command, o.invoke_ms, o.status.value, o.complete_ms,
+         _compact(o, final))
+        for o in ops
+    ]  # fmt: skip
+    path.write_bytes(codec.packb({"ops": rows, "final": final, "faults": faults or []}))
+    with path.with_suffix(".txt").open("w") as text:
+        text.write(f"re-check: {sys.executable} -m tests.chaos.run --check {path}\n\n")
+        text.write("\n".join(violations) + "\n\n")
+        for fault in faults or ():
+            text.write(f"fault @{fault[0]}..{fault[1]} ms: {fault[3]} ({fault[2]})\n")
+        for o, row in zip(ops, rows, strict=True):
+            end = "…" if o.complete_ms is None else str(o.complete_ms)
+            text.write(
+                f"[{o.invoke_ms:>7}..{end:>7}] c{o.client} #{o.id} {o.kind} {o.command!r} -> "
+                f"{o.status.value} {row[7]!r}\n"
+            )
+
+
+def load(path: Path) -> tuple[list[Operation], dict[str, Any], list[Fault]]:
     data = codec.unpackb(path.read_bytes())
+    final = {key: tuple(values) for key, values in dict(data["final"]).items()}
     ops = []
     for oid, client, kind, command, invoke, status, complete, result in data["ops"]:
         op = Operation(oid, client, kind, command, invoke)
+        if type(result) in (tuple, list) and len(result) == 2 and result[0] == PREFIX:
+            result = ("ok", final[command[2]][: result[1]])
         op.status, op.complete_ms, op.result = Status(status), complete, result
         ops.append(op)
-    return ops, dict(data["final"])
+    faults = [tuple(f) for f in data.get("faults", ())]
+    return ops, final, faults  # type: ignore[return-value]
 
 
 def run(
-    duration: float, seed: int, clients: int, interval: float, out: Path, sessions: bool = True
+    duration: float,
+    seed: int,
+    clients: int,
+    interval: float,
+    out: Path,
+    sessions: bool = True,
+    keep: bool = False,
 ) -> int:
+    """One run; ``keep`` saves the history (with the faults) to ``out`` even when it passes."""
     from waraft import distribution as dist
     from waraft import otp
 
@@ -258,6 +364,7 @@ def run(
             os._exit(3)
 
     finished = threading.Event()
+    stop = threading.Event()
     threading.Thread(target=watchdog, name="chaos-watchdog", daemon=True).start()
     dist.start("chaos@127.0.0.1:0", ping_interval=PING, down_after=DOWN, connect_timeout=DOWN)
     try:
@@ -265,16 +372,21 @@ def run(
         cluster.bootstrap()
         nodes = cluster.ids
         rec = Recorder()
-        stop = threading.Event()
+        # Daemons, and told to stop in ``finally``: a run that fails half-way (a node that
+        # never reports ready) must end, not wait at interpreter exit for client threads that
+        # keep retrying against a cluster that is gone.
         workers = [
             threading.Thread(
-                target=_worker, args=(c, nodes, rec, stop, seed, sessions), name=f"client{c}"
+                target=_worker,
+                args=(c, nodes, rec, stop, seed, sessions),
+                name=f"client{c}",
+                daemon=True,
             )
             for c in range(1, clients + 1)
         ]
         for w in workers:
             w.start()
-        nemesis = Nemesis(cluster, rng)
+        nemesis = Nemesis(cluster, rng, rec)
         end = time.monotonic() + duration
         time.sleep(min(interval, duration / 4))
         while time.monotonic() < end:
@@ -297,20 +409,34 @@ def run(
         gap = max((b - a for a, b in itertools.pairwise(acked_at)), default=0)
         print(
             f"chaos: {len(ops)} ops, {acked} acknowledged commits, faults: "
-            f"{', '.join(w for _, w in nemesis.log) or 'none'}; final lengths "
+            f"{', '.join(f[3] for f in nemesis.log) or 'none'}; final lengths "
             f"{ {k: len(v) for k, v in final.items()} }; longest gap without an acknowledged "
             f"commit {gap} ms; violations: {len(violations)}"
         )
-        if violations:
+        print("unavailability (longest stretch without an acknowledged commit) per fault:")
+        print(summary(ops, nemesis.log))
+        if violations or keep:
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"chaos-seed{seed}-{int(time.time())}.history"
-            save(path, ops, final, violations)
+            save(path, ops, final, violations, nemesis.log)
+            print(f"history saved to {path}")
+        if violations:
             print("\n".join(violations[:20]))
             print(f"history saved to {path} (re-check: python -m tests.chaos.run --check {path})")
             return 1
-        shutil.rmtree(root, ignore_errors=True)  # kept for inspection when a check fails
+        if keep:
+            print(f"node data and logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)  # kept for inspection when a check fails
         return 0
+    except Exception:
+        logger.exception("chaos: run aborted")
+        sys.stderr.write("chaos: every thread's stack:\n")
+        faulthandler.dump_traceback(all_threads=True)
+        sys.stderr.write(cluster.logs() + "\n")
+        return 3
     finally:
+        stop.set()
         finished.set()
         cluster.kill_all()
         dist.stop()
@@ -328,16 +454,27 @@ def main(argv: list[str] | None = None) -> int:
         "--no-sessions", action="store_true", help="sessionless clients (shows double applies)"
     )
     parser.add_argument("--check", type=Path, help="re-check a saved history instead of running")
+    parser.add_argument(
+        "--keep", action="store_true", help="save the history and the nodes' logs even if it passes"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.check:
-        ops, final = load(args.check)
+        ops, final, faults = load(args.check)
+        if faults:
+            print(summary(ops, faults))
         violations = check(ops, final)
         print("\n".join(violations) or "no violation")
         return 1 if violations else 0
     print(f"chaos: seed {args.seed}, {args.duration:.0f} s")
     return run(
-        args.duration, args.seed, args.clients, args.interval, args.out, not args.no_sessions
+        args.duration,
+        args.seed,
+        args.clients,
+        args.interval,
+        args.out,
+        not args.no_sessions,
+        args.keep,
     )
 
 

@@ -31,3 +31,34 @@ def test_a_short_chaos_run_finds_no_violation(tmp_path: Path) -> None:
     assert "violations: 0" in out
     assert "acknowledged commits" in out
     assert not list(tmp_path.iterdir())  # no failing history saved
+
+
+def test_a_saved_history_round_trips_and_stays_small(tmp_path: Path) -> None:
+    """List reads that are prefixes of the final list are saved as their length (a long run's
+    reads would otherwise hold a copy of the list each); loading rebuilds them exactly, and a
+    read that is NOT a prefix is kept verbatim, so a re-check still finds it."""
+    from tests.chaos.run import check, load, save
+    from waraft.sim import Operation, Status
+
+    final = {"l0": tuple(f"a{i}" for i in range(500)), "l1": ()}
+    ops = []
+    for i in range(500):
+        op = Operation(2 * i, 1, "commit", ("append", "kv", "l0", f"a{i}"), 10 * i)
+        op.status, op.complete_ms, op.result = Status.OK, 10 * i + 5, "ok"
+        read = Operation(2 * i + 1, 2, "read", ("read", "kv", "l0"), 10 * i + 6)
+        read.status, read.complete_ms = Status.OK, 10 * i + 7
+        read.result = ("ok", list(final["l0"][: i + 1]))
+        ops += [op, read]
+    bad = Operation(1000, 3, "read", ("read", "kv", "l0"), 6000)
+    bad.status, bad.complete_ms, bad.result = Status.OK, 6001, ("ok", ["a1", "a0"])
+    ops.append(bad)
+    path = tmp_path / "h.history"
+    save(path, ops, final, [], [(5, 9, "kill-leader", "kill -9 n1")])
+    assert path.stat().st_size < 100_000  # ~1.2 MB with every read's list in full
+    loaded, got_final, faults = load(path)
+    assert got_final == final and faults == [(5, 9, "kill-leader", "kill -9 n1")]
+    assert [(o.result, o.status) for o in loaded[:-1]] == [
+        (("ok", tuple(o.result[1])) if o.kind == "read" else o.result, o.status) for o in ops[:-1]
+    ]
+    assert tuple(loaded[-1].result[1]) == ("a1", "a0")
+    assert any("read not a prefix" in v for v in check(loaded, got_final))

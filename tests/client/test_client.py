@@ -201,3 +201,103 @@ def test_callbacks_replace_futures(tmp_path: Path, client_node: otp.Node) -> Non
             assert returned is None and done.wait(10) and box == [("ok", 7)]
         finally:
             c.close()
+
+
+class _FakeGateway(otp.Process):
+    """A partition's acceptor stand-in: ``mode`` "swallow" never answers (a leader cut off
+    from its followers: it appends and waits for a quorum that never comes), "pause" swallows
+    one batch then leads, "redirect"
+    answers every request ``not_leader`` naming ``hint`` (a follower that has not noticed yet
+    that its leader is gone), "lead" answers ``ok``."""
+
+    def init(self, mode: str, hint: str | None, seen: list[str]) -> None:
+        self.mode, self.hint, self.seen = mode, hint, seen
+
+    def handle_cast(self, msg: object) -> None:
+        assert isinstance(msg, tuple) and msg[0] == "client_batch"
+        _, reply_to, batch_id, _kind, items, _priority = msg
+        self.seen.append(self.mode)
+        if self.mode == "swallow":
+            return
+        if self.mode == "pause":  # a leader SIGSTOPped for one batch, then back
+            self.mode = "lead"
+            return
+        if self.mode == "redirect":
+            results = [("error", "not_leader")] * len(items)
+        else:
+            results = ["ok"] * len(items)
+        otp.cast(reply_to, ("client_reply", batch_id, results, self.hint))
+
+
+def test_a_follower_naming_a_leader_that_just_failed_is_not_followed(
+    client_node: otp.Node,
+) -> None:
+    """The old leader is cut off from its followers but not from the client; until they elect
+    another one, the followers still name it. Going back to it on their word costs an attempt
+    timeout per try; the client asks the other nodes instead and finds the new leader after
+    ONE attempt timeout."""
+    from waraft.partition import acceptor
+
+    nodes = [otp.Node(f"fake{next(_ids)}@local") for _ in range(3)]
+    old, follower, new = (n.id for n in nodes)
+    seen: list[str] = []
+    name = acceptor.default_name("test", 1)
+    for node, mode, hint in zip(
+        nodes, ("swallow", "redirect", "lead"), (None, old, new), strict=True
+    ):
+        otp.start(_FakeGateway, mode, hint, seen, name=name, node=node)
+    c = Client(
+        [old, new, follower],  # round robin after the old leader's timeout: follower first
+        table="test",
+        partitions=1,
+        node=client_node,
+        discover=False,
+        attempt_timeout=0.3,
+        timeout=5.0,
+    )
+    try:
+        assert c.commit(1, ("write", "test", "k", 1)) == "ok"
+        stats = c.stats()
+        assert seen[0] == "swallow" and seen.count("swallow") == 1, seen
+        assert stats["attempt_timeouts"] == 1 and stats["stale_hints"] >= 1, stats
+        assert c.leader(1) == new
+    finally:
+        c.close()
+        for node in nodes:
+            node.stop()
+
+
+def test_a_leader_back_from_a_short_pause_is_followed_again(
+    client_node: otp.Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader paused for less than an election timeout is still the leader when it resumes,
+    and its followers keep naming it: past STALE_HINT their hint is followed again, even while
+    the node is still avoided as a suspect (made to last the whole test here)."""
+    from waraft import client as client_module
+    from waraft.partition import acceptor
+
+    monkeypatch.setattr(client_module, "STALE_HINT", 0.05)
+    monkeypatch.setattr(client_module, "SUSPECT_FOR", 60.0)
+    nodes = [otp.Node(f"fake{next(_ids)}@local") for _ in range(2)]
+    leader, follower = (n.id for n in nodes)
+    seen: list[str] = []
+    name = acceptor.default_name("test", 1)
+    for node, mode in zip(nodes, ("pause", "redirect"), strict=True):
+        otp.start(_FakeGateway, mode, leader, seen, name=name, node=node)
+    c = Client(
+        [leader, follower],
+        table="test",
+        partitions=1,
+        node=client_node,
+        discover=False,
+        attempt_timeout=0.3,
+        timeout=5.0,
+    )
+    try:
+        assert c.commit(1, ("write", "test", "k", 1)) == "ok"
+        assert seen[0] == "pause" and seen[-1] == "lead" and "redirect" in seen, seen
+        assert c.stats()["attempt_timeouts"] == 1
+    finally:
+        c.close()
+        for node in nodes:
+            node.stop()

@@ -87,3 +87,42 @@ def test_cli_reports_a_violation_with_its_replay_command(
     assert "FAILED seed 0 (core_crash)" in out
     assert "replay: python -m waraft.sim.sweep --replay 0 --steps 200" in out
     assert Simulation  # the module stays importable after the mutant run
+
+
+SESSION_SEED = 3  # a session scenario (random_scenario(3).sessions) whose retries dedupe
+
+
+def test_sweep_scenarios_include_session_clients_checked_for_exactly_once() -> None:
+    from waraft.sim.nemesis import random_scenario
+
+    share = sum(random_scenario(seed).sessions for seed in range(100))
+    assert 20 <= share <= 60  # sessions in a good part of `make sim`, not all of it
+    result = run_seed(SESSION_SEED, 2000)
+    assert not result.failed, result.violation
+    assert "sessions=True" in result.scenario
+    # Ambiguous commits were retried through sessions and the lists were checked.
+    assert result.stats["session_retries"] > 0 and result.stats["list_values"] > 50
+
+
+def test_a_session_table_that_applies_retries_again_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from waraft.core import sessions
+
+    begin = sessions.SessionTable.begin
+
+    def no_dedup(self: sessions.SessionTable, command: object, index: int) -> object:
+        decision = begin(self, command, index)
+        if (
+            isinstance(decision, sessions.Done)
+            and decision.result != sessions.EXPIRED
+            and isinstance(command, tuple)
+            and command[1] == "call"
+        ):
+            return sessions.Apply(command[5])  # the retry is applied a second time
+        return decision
+
+    monkeypatch.setattr(sessions.SessionTable, "begin", no_dedup)
+    result = run_seed(SESSION_SEED, 2000)
+    assert result.invariant == "exactly-once", result.violation
+    assert "duplicate" in (result.violation or "")

@@ -52,7 +52,7 @@ The API, by concern:
   [--steps S] [--start K] [--jobs J] | --replay SEED``.
 """
 
-from waraft.sim.client import AppendWorkload, ClientConfig, KVWorkload, Workload
+from waraft.sim.client import AppendWorkload, ClientConfig, KVWorkload, MixedWorkload, Workload
 from waraft.sim.clock import VirtualClock
 from waraft.sim.history import History, Operation, Status
 from waraft.sim.invariants import InvariantChecker, InvariantViolation
@@ -82,6 +82,7 @@ __all__ = [
     "KVWorkload",
     "LinearizabilityResult",
     "MemoryLog",
+    "MixedWorkload",
     "Model",
     "Nemesis",
     "NemesisConfig",

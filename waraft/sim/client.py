@@ -74,6 +74,39 @@ class AppendWorkload:
 
 
 @dataclass(frozen=True, slots=True)
+class MixedWorkload:
+    """Registers and lists at once (the sweep's session scenarios): unique writes, deletes and
+    reads on ``k<i>`` (checked for linearizability) and unique appends and reads on ``l<i>``
+    (checked Elle-style for double applies by ``check_list_append``)."""
+
+    keys: int = 2
+    lists: int = 2
+    table: str = "sim"
+    append: float = 0.4
+    write: float = 0.25
+    delete: float = 0.03
+    # the rest are reads, half of them of a list
+
+    def next_op(self, rng: random.Random, client: int, seq: int) -> tuple[str, Any]:
+        roll = rng.random()
+        if roll < self.append:
+            key = f"l{rng.randrange(self.lists)}"
+            return "commit", ("append", self.table, key, f"c{client}.{seq}")
+        if roll < self.append + self.write:
+            return "commit", (
+                "write",
+                self.table,
+                f"k{rng.randrange(self.keys)}",
+                f"v{client}.{seq}",
+            )
+        if roll < self.append + self.write + self.delete:
+            return "commit", ("delete", self.table, f"k{rng.randrange(self.keys)}")
+        if rng.random() < 0.5:
+            return "read", ("read", self.table, f"l{rng.randrange(self.lists)}")
+        return "read", ("read", self.table, f"k{rng.randrange(self.keys)}")
+
+
+@dataclass(frozen=True, slots=True)
 class ClientConfig:
     """Timing of simulated clients (virtual milliseconds)."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from waraft.core.events import AdjustConfig
 from waraft.core.types import State
-from waraft.sim.client import ClientConfig, KVWorkload
+from waraft.sim.client import ClientConfig, KVWorkload, MixedWorkload, Workload
 from waraft.sim.network import NetConfig
 from waraft.sim.simulation import SimConfig, Simulation, fast_settings
 
@@ -447,8 +447,9 @@ class Scenario:
     config: SimConfig
     witnesses: tuple[str, ...]
     clients: int
-    workload: KVWorkload
+    workload: Workload
     nemesis: NemesisConfig
+    sessions: bool = False  # clients with exactly-once sessions and list appends
 
     def describe(self) -> str:
         c = self.config
@@ -463,9 +464,14 @@ class Scenario:
             f"catchup>{s.raft_snapshot_catchup_threshold} keep={s.log_rotation_keep} "
             f"net=loss {c.net.loss} dup {c.net.duplicate} reorder {c.net.reorder} "
             f"labels={c.label_fn is not None} "
-            f"clients={self.clients} keys={self.workload.keys} "
+            f"clients={self.clients} keys={getattr(self.workload, 'keys', '?')} "
+            f"sessions={self.sessions} "
             f"faults={sorted(k for k, w in self.nemesis.weights.items() if w)}"
         )
+
+
+SESSION_SHARE = 0.4
+"""The share of sweep seeds whose clients use exactly-once sessions (see ``Scenario``)."""
 
 
 def random_scenario(seed: int) -> Scenario:
@@ -518,11 +524,27 @@ def random_scenario(seed: int) -> Scenario:
     nemesis = NemesisConfig(interval_ms=rng.choice([(100, 600), (200, 1500), (500, 3000)]))
     if nodes < 4:
         nemesis = nemesis.without("membership")
+    clients = rng.randint(2, 5)
+    workload: Workload = KVWorkload(keys=rng.randint(1, 6))
+    # Drawn from a generator of its own so that the scenarios of seeds without sessions stay
+    # what they were before sessions were added (seeds named in commits still replay).
+    sessions = random.Random(seed * 7919 + 29).random() < SESSION_SHARE
+    if sessions:
+        # Session clients retry ambiguous commits with the same (session, seq): appends make a
+        # double apply visible. A short expiry (in applied entries) makes some sessions expire
+        # mid-run, so re-registration is exercised too.
+        expire = random.Random(seed * 7919 + 31).choice([50, 400, 100_000])
+        config = replace(
+            config,
+            client=replace(config.client, sessions=True, session_expire_after=expire),
+        )
+        workload = MixedWorkload(keys=max(1, workload.keys // 2))  # type: ignore[attr-defined]
     return Scenario(
         seed=seed,
         config=config,
         witnesses=witnesses,
-        clients=rng.randint(2, 5),
-        workload=KVWorkload(keys=rng.randint(1, 6)),
+        clients=clients,
+        workload=workload,
         nemesis=nemesis,
+        sessions=sessions,
     )

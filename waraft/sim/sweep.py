@@ -4,7 +4,10 @@ Each seed builds a random scenario (``waraft.sim.nemesis.random_scenario``), boo
 cluster, runs clients and the nemesis for at least ``--steps`` steps with every invariant
 checked after each step, then calms everything down and checks that the cluster recovers (a
 leader, a final write applied on every data replica) and that the client history is
-linearizable. Any violation makes the exit status non-zero and prints the seed, the violated
+linearizable; in the scenarios whose clients use exactly-once sessions (``SESSION_SHARE`` of
+the seeds: registers and lists, ambiguous commits retried with the same ``(session, seq)``),
+that every list holds each acknowledged append exactly once (``check_list_append``). Any
+violation makes the exit status non-zero and prints the seed, the violated
 property, the last steps and the exact command that replays the run (``--replay SEED``, which
 prints every step).
 
@@ -29,6 +32,7 @@ from typing import Any
 from waraft.core.types import State
 from waraft.sim.history import Status
 from waraft.sim.invariants import InvariantViolation
+from waraft.sim.linearizability import check_list_append
 from waraft.sim.nemesis import Nemesis, Scenario, random_scenario
 from waraft.sim.simulation import Simulation
 
@@ -137,6 +141,8 @@ def run_scenario(
         problems = sim.check_acknowledged()
         if problems:
             raise InvariantViolation("durability", "; ".join(problems[:5]))
+        if scenario.sessions:
+            _check_exactly_once(sim, scenario.workload)
         lin = sim.check_linearizable()
         result.linearizable = lin.ok
         if lin.ok is False:
@@ -158,6 +164,33 @@ def run_scenario(
             result.stats["committed"] = len(sim.invariants.committed)
         result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_exactly_once(sim: Simulation, workload: Any) -> None:
+    """Session scenarios: every list as applied by every up-to-date data replica (they must
+    agree) checked Elle-style (``check_list_append``): a retried append applied twice, a lost
+    acknowledged append, a failed one present or a read that is not a prefix is a violation."""
+    lists = [f"l{i}" for i in range(getattr(workload, "lists", 0))]
+    leader = sim.leader()
+    assert leader is not None  # _final_write converged under a leader
+    config = sim.nodes[leader].core.current_config()
+    finals = []
+    for node in sim.nodes.values():
+        if node.identity not in config.participants or node.identity in config.witness:
+            continue
+        data = node.storage.machine.data  # type: ignore[attr-defined]
+        finals.append((node.id, {key: tuple(data.get(key, ())) for key in lists}))
+    first = finals[0][1]
+    for node_id, final in finals[1:]:
+        if final != first:
+            raise InvariantViolation(
+                "exactly-once", f"replicas disagree on the lists: {finals[0][0]} {first} "
+                f"vs {node_id} {final}"
+            )  # fmt: skip
+    problems = check_list_append(sim.history.ops, first)
+    if problems:
+        raise InvariantViolation("exactly-once", "; ".join(problems[:5]))
+    sim.stats["list_values"] = sum(len(v) for v in first.values())
 
 
 def _accounting(sim: Simulation, result: SeedResult) -> None:
@@ -291,6 +324,10 @@ def _sweep(start: int, count: int, steps: int, jobs: int) -> int:
         f"elections={totals['elections']} crashes={totals['crash']} "
         f"snapshots={totals['snapshots']} committed={totals['committed']}"
     )
+    print(
+        f"  sessions: {totals['session_seeds']} seeds with session clients, "
+        f"{totals['session_retries']} ambiguous commits retried, checked exactly-once"
+    )
     if undetermined:
         print(f"  linearizability undetermined (search budget) for seeds {undetermined}")
     if warned:
@@ -319,8 +356,9 @@ def _collect(
         totals["virtual_ms"] += result.virtual_ms
         for name, value in result.operations.items():
             totals[name.split(".")[1]] += value
-        for name in ("elections", "crash", "snapshots", "committed"):
+        for name in ("elections", "crash", "snapshots", "committed", "session_retries"):
             totals[name] += result.stats.get(name, 0)
+        totals["session_seeds"] += "sessions=True" in result.scenario
         if result.failed:
             print(f"  seed {result.seed}: VIOLATION {result.invariant}", flush=True)
         if len(results) % every == 0 or len(results) == count:
