@@ -269,3 +269,26 @@ def test_malformed_and_forged_signals_are_dropped(node: str, shared_child: Child
     assert pid.is_alive() and inbox.items == []
     otp.call(pid, ("die", "normal"))
     tables_empty(shared_child)
+
+
+def test_installed_links_and_monitors_are_bounded(node: str, shared_child: Child) -> None:
+    signals = dist._running().signals
+    signals.max_installed = 1
+    try:
+        shared_child.call("spawn", "v_limited", True)
+        pid, _ = watcher()
+        otp.register("limited_here", pid)
+        here = ("limited_here", node)
+        kept = shared_child.call("victim", "v_limited", ("monitor", here))
+        wait_until(lambda: dist.stats().get("remote_monitors_in") == 1)
+        over = shared_child.call("victim", "v_limited", ("monitor", here))
+        shared_child.call("victim", "v_limited", ("link", here))
+        want = {("DOWN", over, here, "system_limit"), ("EXIT", here, "system_limit")}
+        wait_until(lambda: set(shared_child.call("victim", "v_limited", ("infos",))) == want)
+        assert dist.stats()["rx_signals_over_limit"] == 2
+        assert kept != over
+    finally:
+        signals.max_installed = 1_000_000
+    otp.call(pid, ("die", "normal"))
+    shared_child.call("victim", "v_limited", ("die", "normal"))
+    tables_empty(shared_child)

@@ -53,6 +53,11 @@ SIGNALS: Final = "dist_signals"
 """The reserved name that link and monitor traffic between nodes is addressed to."""
 
 NOPROC: Final = "noproc"
+SYSTEM_LIMIT: Final = "system_limit"
+MAX_INSTALLED: Final = 1_000_000
+"""Links and monitors other nodes may hold on this node's processes, all nodes together;
+beyond it a request fails at once (``DOWN``/exit ``system_limit``) so that a member cannot
+grow this node's memory without bound."""
 _TAGS: Final = ("monitor", "demonitor", "down", "link", "unlink", "exit", "link_exit")
 # Each message's shape after the tag and the sender: the type of every further element
 # (None: any encodable value, i.e. an exit reason).
@@ -96,6 +101,7 @@ class DistSignals:
         self._lock = threading.Lock()
         self._ref_ids = itertools.count(1)
         self._closed = False
+        self.max_installed = MAX_INSTALLED
         # Ours, towards other nodes: monitors by ref id, and links (node, name, local pid id).
         self._out_monitors: dict[int, tuple[Pid, MonitorRef, tuple[str, str]]] = {}
         self._ref_id_of: dict[MonitorRef, int] = {}
@@ -214,11 +220,18 @@ class DistSignals:
             self._on_link_exit(node_id, msg[2], msg[3], msg[4])
         return True
 
+    def _full(self) -> bool:
+        full = len(self._in_monitors) + len(self._in_links) >= self.max_installed
+        if full:
+            self._dist.counters.incr("rx_signals_over_limit")
+        return full
+
     def _on_monitor(self, node_id: str, ref_id: int, name: str) -> None:
         pid = self._registry.whereis(name)
         key = (node_id, ref_id)
-        if pid is None or self._closed:
-            self._send(node_id, ("down", self._me, ref_id, NOPROC))
+        if pid is None or self._closed or self._full():
+            reason = NOPROC if pid is None or self._closed else SYSTEM_LIMIT
+            self._send(node_id, ("down", self._me, ref_id, reason))
             return
         local_ref = Ref()
         # Recorded before it is installed: a death in between finds (and pops) the entry.
@@ -257,8 +270,9 @@ class DistSignals:
 
     def _on_link(self, node_id: str, pid_id: int, name: str) -> None:
         pid = self._registry.whereis(name)
-        if pid is None or self._closed:
-            self._send(node_id, ("link_exit", self._me, name, pid_id, NOPROC))
+        if pid is None or self._closed or self._full():
+            reason = NOPROC if pid is None or self._closed else SYSTEM_LIMIT
+            self._send(node_id, ("link_exit", self._me, name, pid_id, reason))
             return
         end = RemotePid(node_id, pid_id)
         with self._lock:
