@@ -292,3 +292,18 @@ def test_installed_links_and_monitors_are_bounded(node: str, shared_child: Child
     otp.call(pid, ("die", "normal"))
     shared_child.call("victim", "v_limited", ("die", "normal"))
     tables_empty(shared_child)
+
+
+def test_a_demonitor_that_overtook_its_monitor_cancels_it(node: str, shared_child: Child) -> None:
+    otp.register("overtaken", otp.start(Watcher, Inbox()))
+    signals = ("dist_signals", node)
+    me = shared_child.node_id
+    # One thread sends both, so they arrive in this (wrong) order.
+    assert shared_child.call("cast_to", signals, ("demonitor", me, 77))
+    assert shared_child.call("cast_to", signals, ("monitor", me, 77, "overtaken"))
+    assert shared_child.call("cast_to", signals, ("monitor", me, 78, "overtaken"))
+    wait_until(lambda: dist.stats().get("remote_monitors_in") == 1)  # 78 only
+    time.sleep(0.1)
+    assert dist.stats().get("remote_monitors_in") == 1
+    assert shared_child.call("cast_to", signals, ("demonitor", me, 78))
+    tables_empty()

@@ -28,13 +28,20 @@ peer had installed here is removed: neither table keeps anything for a lost node
 Signals never block: one that cannot be queued (peer down, its queue full) is counted as
 ``signals_dropped``; a monitor or link whose request cannot be sent fails at once with
 ``"noconnection"``. Ordering is per sending thread, as for any message: an exit signal sent
-from the dying process's own thread follows its earlier messages.
+from the dying process's own thread follows its earlier messages. A process killed from
+another thread has its exit and demonitor signals sent from that thread, so they may overtake
+its own link or monitor request: a demonitor that arrives first is remembered (a tombstone per
+monitor reference, which is never reused) and cancels the late monitor; an exit that overtakes
+its link leaves that link installed (and counted in ``remote_links_in``) until the linked
+process exits or the node is lost. Other nodes may hold at most :data:`MAX_INSTALLED` links and
+monitors here.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
@@ -46,6 +53,9 @@ from waraft.services import codec
 
 if TYPE_CHECKING:
     from waraft.distribution.runtime import Dist
+
+TOMBSTONES: Final = 4096
+"""Monitors cancelled before they were installed that are remembered (see ``_on_demonitor``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +109,9 @@ class DistSignals:
         self._me = dist.node_id
         self._registry = dist.otp_node.registry
         self._lock = threading.Lock()
-        self._ref_ids = itertools.count(1)
+        # Never reused, not even by a restarted node with the same id (a random start), so a
+        # tombstone can never cancel a later monitor.
+        self._ref_ids = itertools.count(int.from_bytes(os.urandom(5), "big") + 1)
         self._closed = False
         self.max_installed = MAX_INSTALLED
         # Ours, towards other nodes: monitors by ref id, and links (node, name, local pid id).
@@ -111,6 +123,7 @@ class DistSignals:
         self._in_monitors: dict[tuple[str, int], tuple[Pid, Ref]] = {}
         self._in_links: dict[tuple[str, int, str], Pid] = {}
         self._in_link_names: dict[tuple[str, int, int], str] = {}
+        self._tombstones: dict[tuple[str, int], None] = {}
 
     # ------------------------------------------------------------------ sending
     def _send(self, node_id: str, msg: tuple[Any, ...]) -> bool:
@@ -236,6 +249,8 @@ class DistSignals:
         local_ref = Ref()
         # Recorded before it is installed: a death in between finds (and pops) the entry.
         with self._lock:
+            if self._tombstones.pop(key, 0) is None:
+                return  # its demonitor came first: never install it
             self._in_monitors[key] = (pid, local_ref)
         with pid._lock:
             alive = not pid._dead
@@ -247,8 +262,17 @@ class DistSignals:
             self._send(node_id, ("down", self._me, ref_id, pid._exit_reason))
 
     def _on_demonitor(self, node_id: str, ref_id: int) -> None:
+        key = (node_id, ref_id)
         with self._lock:
-            entry = self._in_monitors.pop((node_id, ref_id), None)
+            entry = self._in_monitors.pop(key, None)
+            if entry is None:
+                # Unknown: the DOWN crossed it, or it overtook its own monitor (sent from the
+                # thread of a watcher killed by another thread). Remembered, so that a late
+                # monitor request is not installed for nobody.
+                tombstones = self._tombstones
+                tombstones[key] = None
+                if len(tombstones) > TOMBSTONES:
+                    del tombstones[next(iter(tombstones))]
         if entry is not None:
             pid, local_ref = entry
             with pid._lock:
@@ -337,6 +361,8 @@ class DistSignals:
             in_monitors = [(k, v) for k, v in self._in_monitors.items() if lost(k[0])]
             for monitor_key, _ in in_monitors:
                 del self._in_monitors[monitor_key]
+            for tomb in [k for k in self._tombstones if lost(k[0])]:
+                del self._tombstones[tomb]
             in_links = [(k, v) for k, v in self._in_links.items() if lost(k[0])]
             for in_key, pid in in_links:
                 del self._in_links[in_key]
