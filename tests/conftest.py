@@ -1,7 +1,7 @@
 """Shared pytest fixtures for the whole suite.
 
 * Every test ends with all ``waraft.otp`` nodes stopped (if the test used the runtime) and the
-  process-wide link filter / remote router removed, so no actor outlives its test.
+  process-wide link filter / remote router / remote signals removed, so no actor outlives its test.
 * ``otp_node``: a fresh :class:`waraft.otp.node.Node`, current for the test's thread (actors
   started from the test inherit it); stopped afterwards.
 """
@@ -28,6 +28,7 @@ def _stop_otp_nodes() -> Iterator[None]:
     if node_mod is not None:
         node_mod.set_link_filter(None)
         node_mod.set_remote_router(None)
+        node_mod.set_remote_signals(None)
         node_mod.stop_all(timeout=5.0)
 
 

@@ -1,4 +1,5 @@
-"""``waraft node --metrics``: a real node serves the Prometheus text format at /metrics."""
+"""``waraft node --metrics``: a real (durable) node serves the Prometheus text format at
+/metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.multiprocess.harness import ROOT, NodeProcess, child_env, wait_until, waraft_cmd
+from waraft.cli import common
+from waraft.client import Client
 
 
 def _free_port() -> int:
@@ -24,7 +27,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, int]]:
     port = _free_port()
-    extra = ["--memory", "--insecure", "--partitions", "1-3", "--metrics", f"127.0.0.1:{port}"]
+    # Durable (the WAL), so that the fsync histogram has samples.
+    extra = ["--insecure", "--partitions", "1-3", "--metrics", f"127.0.0.1:{port}"]
     proc = NodeProcess(tmp_path_factory.mktemp("metrics"), "m1", extra)
     try:
         proc.spawn()
@@ -69,6 +73,45 @@ def test_a_scrape_parses_and_has_every_partition_and_the_node_figures(
     assert families["waraft_processes"][0][1] > 3 * 6  # six processes a partition, at least
     assert families["waraft_scheduler_run_queue"], "one sample per scheduler"
     assert {s[0]["direction"] for s in families["waraft_dist_messages"]} == {"in", "out"}
+
+
+def test_commits_reads_log_bytes_fsyncs_and_snapshot_transfers(
+    node: tuple[NodeProcess, int],
+) -> None:
+    proc, port = node
+    assert proc.node_id is not None
+    table = common.DEFAULT_TABLE
+    client = Client([proc.node_id], table=table, partitions=3, timeout=15.0)
+    try:
+        for i, partition in enumerate((1, 1, 1, 1, 2, 2)):
+            assert client.commit(partition, ("write", table, f"k{i}", i)) == "ok"
+        assert client.read(1, ("read", table, "k0")) == ("ok", 0)
+    finally:
+        client.close()
+    families = wait_until(
+        lambda: (f := _scrape(port)) and sum(v for _, v in f["waraft_partition_commits"]) >= 6 and f
+    )
+    commits = {s[0]["partition"]: s[1] for s in families["waraft_partition_commits"]}
+    reads = {s[0]["partition"]: s[1] for s in families["waraft_partition_reads"]}
+    assert commits == {"1": 4.0, "2": 2.0, "3": 0.0}
+    assert reads == {"1": 1.0, "2": 0.0, "3": 0.0}
+    log_bytes = {s[0]["partition"]: s[1] for s in families["waraft_partition_log_bytes"]}
+    # Every partition holds its config entry at least; the busiest holds the most bytes.
+    assert log_bytes["3"] > 0 and log_bytes["1"] > log_bytes["2"] > log_bytes["3"]
+    quiet = {s[0]["partition"]: s[1] for s in families["waraft_partition_quiescent"]}
+    assert set(quiet) == {"1", "2", "3"} and set(quiet.values()) <= {0.0, 1.0}
+    # One WAL for the node: cumulative buckets ending in +Inf = count, a positive sum.
+    fsync = families["waraft_log_fsync_seconds"]
+    logs = {s[0]["log"] for s in fsync}
+    assert len(logs) == 1 and str(proc.data_dir) in next(iter(logs))
+    buckets = [(s[0]["le"], s[1]) for s in fsync if "le" in s[0]]
+    counts = [value for _, value in buckets]
+    assert counts == sorted(counts) and buckets[-1][0] == "+Inf" and counts[-1] >= 6
+    total = {s[0].get("le", "sum"): s[1] for s in fsync if "le" not in s[0]}
+    assert total["sum"] > 0
+    # A single node never sends a snapshot: the family is there, with no samples yet.
+    assert "waraft_partition_snapshot_transfers" in families
+    assert families["waraft_partition_snapshot_transfers"] == []
 
 
 def test_a_bad_or_busy_metrics_address_is_one_line_and_a_failed_start(tmp_path: Path) -> None:

@@ -11,6 +11,10 @@ runs until stdin closes (the parent's end of the pipe) or ``("stop",)`` is calle
 ``("cast_to", addr, msg)``, ``("send_to", addr, msg)``, ``("call_to", addr, req, timeout)``,
 ``("flood", addr, n)``, ``("set_fault", nodes)``, ``("clear_fault",)``, ``("stop",)``, and
 casts/infos ``("cast_back", addr, msg)`` / ``("info_back", addr, msg)`` (answered with a cast/send).
+
+For links and monitors across nodes: ``("spawn", name, trap_exit)`` starts a :class:`Victim`
+registered as ``name``; ``("victim", name, request)`` calls it (see :class:`Victim`);
+``("reason", name)`` is ``(alive, exit_reason)`` of the last victim started as ``name``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,46 @@ from waraft import distribution as dist
 from waraft import otp
 
 _done = threading.Event()
+_victims: dict[str, otp.Pid] = {}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with pids and refs as their repr, so that it can travel back."""
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, (otp.Ref, otp.Pid, otp.RemotePid)):
+        return repr(value)
+    return value
+
+
+class Victim(otp.Process):
+    """Monitored or linked from the test process. Calls: ``("die", reason)`` (stops with
+    it), ``("link", addr)``, ``("monitor", addr)`` (returns the ref's repr), ``("unlink",
+    addr)``, ``("infos",)`` (the EXIT/DOWN messages it got, refs and pids as reprs)."""
+
+    def init(self, trap: bool) -> None:
+        self.trap_exit = trap
+        self.infos: list[Any] = []
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        op = request[0]
+        if op == "die":
+            self.stop_self(request[1])
+            return "ok"
+        if op == "link":
+            otp.link(tuple(request[1]))
+            return "ok"
+        if op == "unlink":
+            otp.unlink(tuple(request[1]))
+            return "ok"
+        if op == "monitor":
+            return repr(otp.monitor(tuple(request[1])))
+        if op == "infos":
+            return tuple(self.infos)
+        raise ValueError(f"unknown request {request!r}")
+
+    def handle_info(self, msg: Any) -> None:
+        self.infos.append(_plain(msg))
 
 
 class Crasher(otp.Process):
@@ -74,6 +118,14 @@ class Echo(otp.Process):
         if op == "stop":
             _done.set()
             return "ok"
+        if op == "spawn":
+            _victims[request[1]] = otp.start(Victim, request[2], name=request[1])
+            return "ok"
+        if op == "victim":
+            return otp.call(request[1], request[2], 5.0)
+        if op == "reason":
+            pid = _victims[request[1]]
+            return (pid.is_alive(), pid.exit_reason)
         raise ValueError(f"unknown request {request!r}")
 
     def handle_cast(self, msg: Any) -> None:

@@ -18,7 +18,10 @@ def test_down_and_up_transitions_reach_every_listener_once() -> None:
     def broken(node: str, up: bool) -> None:
         raise RuntimeError("a failing listener does not stop the others")
 
-    fake = SimpleNamespace(counters=Counters(), _pending={})
+    lost: list[str] = []
+    fake = SimpleNamespace(
+        counters=Counters(), _pending={}, signals=SimpleNamespace(node_down=lost.append)
+    )
     peer = Peer("b@127.0.0.1:9", 0.0)
     distribution.add_peer_listener(broken)
     distribution.add_peer_listener(listener)
@@ -31,3 +34,4 @@ def test_down_and_up_transitions_reach_every_listener_once() -> None:
         distribution.remove_peer_listener(listener)
         distribution.remove_peer_listener(broken)
     assert seen == [("b@127.0.0.1:9", False), ("b@127.0.0.1:9", True)]
+    assert lost == ["b@127.0.0.1:9"]  # remote links and monitors hear of the loss too

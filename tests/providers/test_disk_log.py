@@ -389,3 +389,20 @@ def test_segment_header_mismatch_is_corruption(tmp_path: Path) -> None:
     first.write_bytes(bytes(data))
     with pytest.raises(LogCorruptionError):
         open_disk(tmp_path, max_records_per_file=10)
+
+
+def test_syncs_are_timed_into_the_fsync_histogram(tmp_path: Path) -> None:
+    from waraft.log.provider import FSYNC_METRIC
+    from waraft.services import metrics
+
+    log = open_disk(tmp_path / "log")
+    label = os.path.abspath(log._dir)
+    log.sync()  # nothing written: no fsync, no sample
+    assert metrics.histograms(FSYNC_METRIC)[label]["count"] == 0
+    log.append(1, writes(1, 5))
+    log.sync()
+    snap = metrics.histograms(FSYNC_METRIC)[label]
+    assert snap["count"] == 1 and snap["sum"] > 0
+    assert log.status()["bytes"] > 0
+    log.close()
+    assert label not in metrics.histograms(FSYNC_METRIC)

@@ -118,3 +118,41 @@ def test_a_partition_with_a_label_module_that_cannot_label_is_refused_before_it_
         part_sup.normalize_spec(
             "label_app", {"table": "t", "partition": 1, "label_module": "waraft.services.env"}
         )
+
+
+def test_histogram_buckets_are_cumulative_and_end_in_inf() -> None:
+    hist = metrics.Histogram((0.001, 0.01, 0.1))
+    for seconds in (0.0005, 0.001, 0.005, 0.05, 3.0):
+        hist.observe(seconds)
+    snap = hist.snapshot()
+    # A sample equal to a bound counts in that bucket (le = less or equal).
+    assert snap["buckets"] == [(0.001, 2), (0.01, 3), (0.1, 4), (float("inf"), 5)]
+    assert snap["count"] == 5 and snap["sum"] == pytest.approx(3.0565)
+
+
+def test_histograms_are_registered_by_name_and_label_and_dropped() -> None:
+    first = metrics.histogram("test_latency", "/a")
+    assert metrics.histogram("test_latency", "/a") is first
+    first.observe(0.002)
+    metrics.histogram("test_latency", "/b")
+    found = metrics.histograms("test_latency")
+    assert set(found) == {"/a", "/b"} and found["/a"]["count"] == 1
+    metrics.drop_histogram("test_latency", "/a")
+    metrics.drop_histogram("test_latency", "/b")
+    assert metrics.histograms("test_latency") == {}
+
+
+def test_partition_events_are_counted_per_node_and_reach_the_sink() -> None:
+    sink = metrics.CountingMetrics()
+    metrics.install(sink, node=NODE)
+    try:
+        metrics.count_partition("t", 1, "snapshot_catchup.start", node=NODE)
+        metrics.count_partition("t", 1, "snapshot_catchup.start", node=NODE)
+        metrics.count_partition("t", 2, "snapshot_catchup.completed", node=NODE)
+        events = metrics.partition_events(node=NODE)
+        assert events[("t", 1, "snapshot_catchup.start")] == 2
+        assert events[("t", 2, "snapshot_catchup.completed")] == 1
+        assert metrics.partition_events(node="other@node") == {}
+        assert sink.counter(metrics.key("t", "snapshot_catchup.start")) == 2
+    finally:
+        metrics.install(None, node=NODE)

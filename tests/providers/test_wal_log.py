@@ -230,3 +230,19 @@ def test_a_full_disk_stalls_writes_and_they_resume_by_themselves(root: Path) -> 
     _crash(log)
     log = WalLog.open(root / "kv.1")  # the partial write was cut back: no corruption
     assert log.entries(1, 4, 100, 1 << 30) == _entries(1, 2) + _entries(3, 2)
+
+
+def test_group_commits_are_timed_into_the_fsync_histogram(root: Path) -> None:
+    from waraft.log.provider import FSYNC_METRIC
+    from waraft.services import metrics
+
+    log = WalLog.open(root / "kv.1")
+    directory = log._writer.directory
+    for i in range(1, 4):
+        log.append(i, _entries(i, 1))
+        log.sync()
+    snap = metrics.histograms(FSYNC_METRIC)[directory]
+    assert snap["count"] == log._writer.fsyncs >= 3 and snap["sum"] > 0
+    assert log.status()["bytes"] > 0  # the partition's entries, encoded
+    log.close()
+    assert directory not in metrics.histograms(FSYNC_METRIC)  # released with the writer

@@ -25,6 +25,7 @@ from tests.transport.helpers import (
 from waraft import otp, storage, transport
 from waraft.core.types import Identity, LogPos
 from waraft.partition import acceptor, part_sup, server, sup
+from waraft.services import metrics
 from waraft.transport import snapshot_catchup
 
 DISK = "waraft.log.disk:DiskLog"
@@ -85,6 +86,14 @@ def test_a_new_empty_member_is_caught_up_by_a_snapshot(tmp_path: Path) -> None:
         wait_until(lambda: _snapshots(leader) == [])
         assert on(leader, snapshot_catchup.which_transports) == []
         assert on(leader, transport.transport_info, received, "status") == "completed"
+        # Counted per partition for the metrics endpoint: sent (and finished) by the leader's
+        # node, taken in by the newcomer's (node ids recur between tests: at least once).
+        partition = status["partition"]
+        sent = metrics.partition_events(node=leader.id)
+        assert sent[("test", partition, "snapshot_catchup.start")] >= 1
+        assert sent[("test", partition, "snapshot_catchup.completed")] >= 1
+        taken = metrics.partition_events(node=newcomer.id)
+        assert taken[("test", partition, "snapshot_catchup.receive")] >= 1
         newcomer.stop()
 
 

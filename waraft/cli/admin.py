@@ -75,6 +75,10 @@ def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
         "disable_reason": _plain(status.get("disable_reason")),
         # Group commits of a durable log (None for the in-memory one).
         "log_fsyncs": (status.get("log_status") or {}).get("fsyncs"),
+        "log_bytes": (status.get("log_status") or {}).get("bytes"),
+        # Totals since the partition started, for rate() on the metrics endpoint.
+        "commits_total": status.get("commits_admitted"),
+        "reads_total": status.get("reads_admitted"),
     }
     if flags is not None:
         row["live"], row["lagging"], row["stale"] = bool(flags[1]), bool(flags[2]), bool(flags[3])

@@ -12,7 +12,13 @@ Families (labels in brackets):
   ``waraft_partition_applied_index``, ``waraft_partition_log_entries``,
   ``waraft_partition_pending_commits``, ``waraft_partition_pending_reads``,
   ``waraft_partition_apply_queue``, ``waraft_partition_quiescent`` (1/0),
-  ``waraft_partition_up`` (0 when its server did not answer);
+  ``waraft_partition_up`` (0 when its server did not answer), ``waraft_partition_log_bytes``;
+  counters ``waraft_partition_commits_total`` and ``waraft_partition_reads_total`` (admitted
+  since the partition started: ``rate()`` gives them per second) and
+  ``waraft_partition_snapshot_transfers_total`` [+ event: start, completed, failed, lost for
+  snapshots this node sent, receive for those it took in];
+* per durable log [log = its directory: the node's WAL, or a partition's disk log]: the
+  histogram ``waraft_log_fsync_seconds`` (one sample per group commit);
 * per node: ``waraft_peers_up``, ``waraft_peer_tx_messages`` / ``waraft_peer_rx_messages`` /
   ``waraft_peer_tx_bytes`` [peer], ``waraft_dist_messages_total`` /
   ``waraft_dist_bytes_total`` [direction], ``waraft_dist_dropped_total`` [reason],
@@ -29,6 +35,8 @@ from typing import Any
 
 from waraft import otp
 from waraft.cli import admin
+from waraft.log.provider import FSYNC_METRIC
+from waraft.services import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,17 @@ PARTITION_GAUGES: list[tuple[str, str, str]] = [
     ("pending_reads", "pending_reads", "Strong reads waiting"),
     ("apply_queue", "apply_queue", "Entries waiting to be applied"),
 ]
+
+
+PARTITION_COUNTERS: list[tuple[str, str, str]] = [
+    ("commits_total", "commits", "Commits admitted (rate() gives commits per second)"),
+    ("reads_total", "reads", "Strong reads admitted (rate() gives reads per second)"),
+]
+
+
+def _le(bound: float) -> str:
+    """A bucket's upper bound as the text format writes it (``+Inf`` for the last)."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 def _number(value: Any) -> float | None:
@@ -92,6 +111,13 @@ class NodeCollector:
         quiet = GaugeMetricFamily(
             "waraft_partition_quiescent", "1 while the partition is quiescent", labels=labels
         )
+        log_bytes = GaugeMetricFamily(
+            "waraft_partition_log_bytes", "Bytes held by the log", labels=labels
+        )
+        totals = {
+            field: CounterMetricFamily(f"waraft_partition_{name}", text, labels=labels)
+            for field, name, text in PARTITION_COUNTERS
+        }
         for row in rows:
             key = [str(row.get("table")), str(row.get("partition"))]
             answered = not row.get("error")
@@ -107,8 +133,42 @@ class NodeCollector:
             if first is not None and last is not None:
                 entries.add_metric(key, max(0.0, last - first + 1))
             quiet.add_metric(key, 1.0 if row.get("quiescent") else 0.0)
-        yield from (info, up, *gauges.values(), entries, quiet)
+            size = _number(row.get("log_bytes"))
+            if size is not None:
+                log_bytes.add_metric(key, size)
+            for field, total in totals.items():
+                value = _number(row.get(field))
+                if value is not None:
+                    total.add_metric(key, value)
+        yield from (info, up, *gauges.values(), entries, quiet, log_bytes, *totals.values())
+        yield self._snapshot_transfers(CounterMetricFamily)
+        yield self._fsync_latency()
         yield from self._node_families(GaugeMetricFamily, CounterMetricFamily)
+
+    def _snapshot_transfers(self, counter: Any) -> Any:
+        family = counter(
+            "waraft_partition_snapshot_transfers",
+            "Snapshot transfers, by event (start/completed/failed/lost sent, receive taken in)",
+            labels=["table", "partition", "event"],
+        )
+        events = metrics.partition_events(node=self.node.id)
+        for (table, partition, name), value in sorted(events.items()):
+            prefix, _, event = name.partition(".")
+            if prefix == "snapshot_catchup":
+                family.add_metric([table, str(partition), event], float(value))
+        return family
+
+    @staticmethod
+    def _fsync_latency() -> Any:
+        from prometheus_client.core import HistogramMetricFamily
+
+        family = HistogramMetricFamily(
+            "waraft_log_fsync_seconds", "Latency of a durable log's fsyncs", labels=["log"]
+        )
+        for label, snap in sorted(metrics.histograms(FSYNC_METRIC).items()):
+            buckets = [(_le(bound), float(n)) for bound, n in snap["buckets"]]
+            family.add_metric([label], buckets, sum_value=float(snap["sum"]))
+        return family
 
     def _node_families(self, gauge: Any, counter: Any) -> Iterator[Any]:
         from waraft import distribution

@@ -21,9 +21,10 @@ from typing import Any
 
 import zmq
 
-from waraft.distribution import envelope, nodeid
+from waraft.distribution import envelope, inline, nodeid
 from waraft.distribution.links import Outbound
 from waraft.distribution.liveness import Liveness
+from waraft.distribution.monitors import SIGNALS, DistSignals, allow_signals
 from waraft.distribution.peers import Peer, PeerLimitError, PeerState, PeerTable
 from waraft.distribution.receiver import Receiver
 from waraft.distribution.reply import Outstanding
@@ -146,6 +147,7 @@ class Dist:
             self.node_id = self._bind(router, node_id, bind)
             self.outbound = Outbound(self._ctx, self.node_id, settings, curve)
             self.otp_node = self._adopt_otp_node()
+            self.signals = DistSignals(self)
             self.receiver = Receiver(self, router)
             self.liveness = Liveness(self, self._ctx, monitor, zap)
         except BaseException:
@@ -155,9 +157,12 @@ class Dist:
                     sock.close(linger=0)
             self._ctx.term()
             raise
+        allow_signals()
+        inline.set_handler(SIGNALS, self.signals.handle)
         self.receiver.start()  # from here on each thread closes the sockets it owns
         self.liveness.start()
         otp_node.set_remote_router(self)
+        otp_node.set_remote_signals(self.signals)
         logger.info("distribution started as %s", self.node_id)
 
     # ------------------------------------------------------------------ setup
@@ -388,6 +393,7 @@ class Dist:
                 if entry.node == peer.node_id:
                     self._pending.pop(ref, None)
                     entry.handle.fail(reason)
+            self.signals.node_down(peer.node_id)
             _notify_peer_listeners(peer.node_id, False)
         elif new is PeerState.UP:
             self.counters.incr("nodeup_events")
@@ -418,6 +424,7 @@ class Dist:
         out["pending_calls"] = len(self._pending)
         out["peers"] = len(self.peers.all())
         out["links_open"] = self.outbound.open_links()
+        out.update(self.signals.counts())
         return out
 
     def peer_status(self) -> dict[str, dict[str, Any]]:
@@ -449,6 +456,11 @@ class Dist:
         self.stopping = True
         if otp_node.remote_router() is self:
             otp_node.set_remote_router(None)
+        if otp_node.remote_signals() is self.signals:
+            otp_node.set_remote_signals(None)
+        if inline.handler(SIGNALS) == self.signals.handle:
+            inline.set_handler(SIGNALS, None)
+        self.signals.close()  # every node is lost: noconnection to every link and monitor
         for entry in self._pending.copy().values():
             entry.handle.fail(("nodedown", entry.node))
         self._pending.clear()

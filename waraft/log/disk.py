@@ -71,6 +71,7 @@ from typing import Any, Final, Self
 from waraft.core.settings import Settings
 from waraft.core.types import Config, Entry, LogPos, Priority
 from waraft.log.provider import (
+    FSYNC_METRIC,
     A,
     FoldFn,
     LogCorruptionError,
@@ -79,6 +80,7 @@ from waraft.log.provider import (
     LogProvider,
     LogWriteError,
 )
+from waraft.services import metrics
 from waraft.services.codec import CodecError, packb, unpackb
 
 logger = logging.getLogger(__name__)
@@ -232,6 +234,7 @@ class DiskLog(LogProvider):
         self._broken: str | None = None
         self._closed = False
         self.fsyncs = 0  # fdatasync/fsync calls made by sync() (exposed for status/benchmarks)
+        self._fsync_latency = metrics.histogram(FSYNC_METRIC, os.path.abspath(self._dir))
         os.makedirs(self._dir, exist_ok=True)
         self._lock_fd = self._take_lock(lock_timeout) if lock else -1
         self._dir_fd = os.open(self._dir, os.O_RDONLY | os.O_CLOEXEC)
@@ -810,6 +813,7 @@ class DiskLog(LogProvider):
 
     def sync(self) -> None:
         self._check_writable()
+        started = time.perf_counter()
         try:
             for segment in self._dirty:
                 os.fdatasync(segment.fd)
@@ -821,6 +825,8 @@ class DiskLog(LogProvider):
             self._broken = f"sync failed: {exc}"
             logger.error("log %s: %s", self._dir, self._broken)
             raise LogWriteError(exc.errno or errno.EIO, self._broken) from exc
+        if self._dirty or self._dir_dirty:
+            self._fsync_latency.observe(time.perf_counter() - started)
         self._dirty = []
         self._dir_dirty = False
         self._unsynced_bytes = 0
@@ -830,6 +836,7 @@ class DiskLog(LogProvider):
             if self._closed:
                 return
             self._closed = True
+        metrics.drop_histogram(FSYNC_METRIC, os.path.abspath(self._dir))
         self._close_fds()
 
     def _close_fds(self) -> None:

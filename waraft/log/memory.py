@@ -201,7 +201,9 @@ class MemoryLog(LogProvider):
 
     def status(self) -> dict[str, Any]:
         status = super().status()
-        status["entries"] = len(self._run.entries)
+        run = self._run
+        status["entries"] = len(run.entries)
+        status["bytes"] = sum(run.sizes)  # encoded sizes; a durable log reports its files
         return status
 
 

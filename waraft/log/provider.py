@@ -39,12 +39,17 @@ from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Final, Self, TypeVar
 
 from waraft.core.settings import Settings
 from waraft.core.types import Config, Entry, LogPos, Priority
 
 A = TypeVar("A")
+
+FSYNC_METRIC: Final = "log_fsync_seconds"
+"""The latency histogram (:func:`waraft.services.metrics.histogram`) durable logs time their
+fsyncs into, labelled with their directory: the node's WAL (one per group commit) or a
+partition's disk log."""
 
 FoldFn = Callable[[int, int, Entry, A], A]
 """``fold`` callback: ``fn(index, size, entry, acc) -> acc``."""

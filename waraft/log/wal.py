@@ -64,7 +64,14 @@ from typing import Any, ClassVar, Final, Self
 from waraft.core.settings import Settings
 from waraft.core.types import Entry, LogPos, Priority
 from waraft.log.memory import MemoryLog, _Run
-from waraft.log.provider import LogCorruptionError, LogError, LogWriteError, is_config_entry
+from waraft.log.provider import (
+    FSYNC_METRIC,
+    LogCorruptionError,
+    LogError,
+    LogWriteError,
+    is_config_entry,
+)
+from waraft.services import metrics
 from waraft.services.codec import CodecError, packb, unpackb
 
 logger = logging.getLogger(__name__)
@@ -190,6 +197,7 @@ class WalWriter:
         self.refs = 0
         self.fsyncs = 0
         self.batches = 0
+        self.fsync_latency = metrics.histogram(FSYNC_METRIC, os.path.abspath(directory))
         self.corruption: LogCorruptionError | None = None
         self.broken: str | None = None
         self.stalled: str | None = None  # a write failed (full disk); retried with backoff
@@ -262,6 +270,7 @@ class WalWriter:
             if self.refs > 0:
                 return
             WalWriter._registry.pop(self.directory, None)
+        metrics.drop_histogram(FSYNC_METRIC, self.directory)
         self.stop()
 
     # -- recovery -------------------------------------------------------------------------------
@@ -487,7 +496,9 @@ class WalWriter:
                 raise exc from None  # cannot cut back: the writer is broken
             raise _WriteFailed(exc) from exc
         self._size += len(data)
+        started = time.perf_counter()
         os.fdatasync(self._fd)
+        self.fsync_latency.observe(time.perf_counter() - started)
         self.fsyncs += 1
         self.batches += 1
         table = self._pins

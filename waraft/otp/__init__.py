@@ -1,7 +1,8 @@
 """``waraft.otp``: an Erlang/OTP-style actor runtime on pykka.
 
 Processes with call/cast/send and deferred replies, let-it-crash, links, monitors and exit
-signals (:mod:`~waraft.otp.process`), each on a thread of its own or scheduled as a greenlet on
+signals, also to ``(name, node)`` on other nodes once ``waraft.distribution`` runs
+(:mod:`~waraft.otp.process`), each on a thread of its own or scheduled as a greenlet on
 a few scheduler threads per node (:mod:`~waraft.otp.sched`); per-node name registries
 (:mod:`~waraft.otp.registry`) and nodes (:mod:`~waraft.otp.node`); timers
 (:mod:`~waraft.otp.timer`); a gen_statem helper (:mod:`~waraft.otp.statem`); supervisors
@@ -18,7 +19,7 @@ from waraft.otp.errors import (
     is_normal_exit,
 )
 from waraft.otp.node import Node, RemoteRouter
-from waraft.otp.pid import MonitorRef, Pid, Ref, make_ref
+from waraft.otp.pid import MonitorRef, Pid, Ref, RemotePid, make_ref
 from waraft.otp.process import (
     Process,
     Target,
@@ -69,6 +70,7 @@ __all__ = [
     "Process",
     "Ref",
     "RegistrationError",
+    "RemotePid",
     "RemoteRouter",
     "ReplyTo",
     "StartError",

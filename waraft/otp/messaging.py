@@ -19,7 +19,14 @@ from waraft.otp.errors import CALLING_SELF, KILL, KILLED, NOPROC, NORMAL, TIMEOU
 from waraft.otp.mailbox import CALL, CAST, DOWN, EXIT, INFO, STOP, UNSET, Envelope
 from waraft.otp.pid import MonitorRef, Pid, Ref
 from waraft.otp.reply import LocalReplyTo, ReplyTo
-from waraft.otp.signals import die, exit_signal, link_pair, unlink_pair
+from waraft.otp.signals import (
+    die,
+    exit_signal,
+    link_pair,
+    remote_down,
+    remote_link_exit,
+    unlink_pair,
+)
 
 if TYPE_CHECKING:
     from waraft.otp.process import Process
@@ -213,14 +220,35 @@ def wait_response(handle: ReplyTo, timeout: float | None = 5.0) -> Any:
 
 
 # ---------------------------------------------------------------------- links and monitors
+NOCONNECTION = "noconnection"
+"""The reason of a DOWN or link exit when the other process's node is lost or unreachable."""
+
+
+def _remote_addr(target: Target) -> tuple[str, str] | None:
+    """``target`` as ``(name, node_id)`` if it is a process on a node outside this Python
+    process (links and monitors ignore the link filter, as in Erlang)."""
+    if isinstance(target, tuple) and len(target) == 2:
+        name, node_id = target
+        if node_id != _node.current().id and node_id not in _node._local:
+            return (name, node_id)
+    return None
+
+
 def link(target: Target) -> None:
     """Link the calling process with ``target`` (both directions).
 
     Linking to a process that does not exist delivers an exit signal ``noproc`` to the caller
-    (an ``('EXIT', target, 'noproc')`` message if it traps exits).
+    (an ``('EXIT', target, 'noproc')`` message if it traps exits). ``target`` may be a
+    ``(name, node_id)`` on another node: exits then travel both ways over the distribution,
+    a lost node counts as an exit with ``"noconnection"``, and the caller sees that process
+    as ``(name, node_id)`` in its ``EXIT`` messages.
     """
     proc = _current_process()
     me = proc.pid
+    addr = _remote_addr(target)
+    if addr is not None:
+        _link_remote(proc, addr)
+        return
     pid = target if type(target) is Pid else whereis_target(target)
     if pid is me or (pid is not None and link_pair(me, pid)):
         return
@@ -230,10 +258,34 @@ def link(target: Target) -> None:
         die(me, NOPROC)
 
 
+def _link_remote(proc: Process, addr: tuple[str, str]) -> None:
+    me = proc.pid
+    remote = _node._remote_signals
+    with me._lock:
+        known = addr in me._links
+        if not known:
+            me._links.add(addr)
+    if known:
+        return
+    if remote is not None:
+        remote.link(me, addr)
+    else:  # no distribution: the node is as unreachable as a lost one
+        remote_link_exit(me, addr, NOCONNECTION)
+
+
 def unlink(target: Target) -> None:
     """Remove the link between the caller and ``target``; an EXIT from it not yet handled
     is dropped (``unlink`` + flush)."""
     me = _current_process().pid
+    addr = _remote_addr(target)
+    if addr is not None:
+        with me._lock:
+            known = addr in me._links
+            me._links.discard(addr)
+        remote = _node._remote_signals
+        if known and remote is not None:
+            remote.unlink(me, addr)
+        return
     pid = target if type(target) is Pid else whereis_target(target)
     if pid is not None and pid is not me:
         unlink_pair(me, pid)
@@ -241,8 +293,22 @@ def unlink(target: Target) -> None:
 
 def monitor(target: Target) -> MonitorRef:
     """Monitor ``target``: ``('DOWN', ref, pid, reason)`` arrives in ``handle_info`` when it
-    exits; ``reason`` is ``"noproc"`` at once if it does not exist."""
+    exits; ``reason`` is ``"noproc"`` at once if it does not exist.
+
+    For a ``(name, node_id)`` on another node, the ``DOWN`` names that address and its reason
+    is the process's exit reason, ``"noproc"`` if no process has that name there, or
+    ``"noconnection"`` if the node is lost (or was never reachable)."""
     proc = _current_process()
+    addr = _remote_addr(target)
+    if addr is not None:
+        ref = MonitorRef(None, addr)
+        proc._monitoring.add(ref)
+        remote = _node._remote_signals
+        if remote is not None:
+            remote.monitor(proc.pid, ref, addr)
+        else:
+            remote_down(proc.pid, ref, addr, NOCONNECTION)
+        return ref
     pid = target if type(target) is Pid else whereis_target(target)
     ref = MonitorRef(pid)
     proc._monitoring.add(ref)
@@ -261,6 +327,11 @@ def demonitor(ref: Ref) -> bool:
     proc = _current_process()
     active = ref in proc._monitoring
     proc._monitoring.discard(ref)
+    if isinstance(ref, MonitorRef) and ref._remote is not None:
+        remote = _node._remote_signals
+        if active and remote is not None:
+            remote.demonitor(ref)
+        return active
     target = ref._target if isinstance(ref, MonitorRef) else None
     if target is not None:
         with target._lock:

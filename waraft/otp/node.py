@@ -5,7 +5,7 @@ registry, the root supervisor and the node id belong to a :class:`Node`, and a c
 ``(name, node_id)`` whose node lives in this process is delivered directly: that *is* the
 in-process distribution. ``set_link_filter`` cuts traffic between two local nodes for fault
 injection; ``set_remote_router`` plugs in the transport to nodes in other processes
-(``waraft.distribution``).
+(``waraft.distribution``) and ``set_remote_signals`` the carrier of links and monitors to them.
 
 Which node is "current": inside an actor, the actor's node; elsewhere, the node activated for
 this thread with ``with some_node.activate():``; else the process default node, created lazily
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from waraft.otp.registry import Registry
 
 if TYPE_CHECKING:
-    from waraft.otp.pid import Pid
+    from waraft.otp.pid import MonitorRef, Pid, Ref, RemoteLinkEnd, RemoteWatcher
     from waraft.otp.process import Process
     from waraft.otp.sched import IoPool, SchedulerPool
 
@@ -53,6 +53,40 @@ class RemoteRouter(Protocol):
     def call(self, addr: tuple[str, str], request: Any, timeout: float | None) -> Any: ...
 
 
+class RemoteSignals(Protocol):
+    """Carries links, monitors and exit signals to nodes outside this Python process
+    (``waraft.distribution``), as Erlang's distribution does.
+
+    Every method may be called from any thread, including one that is finalizing a dying
+    process, so none may block or raise. The implementation reports back through
+    :func:`waraft.otp.signals.remote_down` and :func:`waraft.otp.signals.remote_link_exit`.
+    """
+
+    def monitor(self, watcher: Pid, ref: MonitorRef, addr: tuple[str, str]) -> None:
+        """Ask ``addr``'s node to monitor it for ``watcher``; a ``DOWN`` for ``ref`` follows."""
+        ...
+
+    def demonitor(self, ref: MonitorRef) -> None:
+        """Cancel the remote monitor ``ref`` (no ``DOWN`` will be delivered for it)."""
+        ...
+
+    def link(self, pid: Pid, addr: tuple[str, str]) -> None:
+        """Link local ``pid`` (whose link set already holds ``addr``) with remote ``addr``."""
+        ...
+
+    def unlink(self, pid: Pid, addr: tuple[str, str]) -> None:
+        """Remove the link between local ``pid`` and remote ``addr``."""
+        ...
+
+    def exited(self, pid: Pid, end: RemoteLinkEnd, reason: Any) -> None:
+        """Local ``pid``, linked with the remote ``end``, exited with ``reason``."""
+        ...
+
+    def down(self, watcher: RemoteWatcher, ref: Ref, pid: Pid, reason: Any) -> None:
+        """Local ``pid``, monitored by the remote ``watcher``, exited with ``reason``."""
+        ...
+
+
 class _ThreadState(threading.local):
     node: Node | None = None
     proc: Process | None = None
@@ -63,6 +97,7 @@ _nodes_lock = threading.RLock()
 _local: dict[str, Node] = {}
 _default: Node | None = None
 _remote_router: RemoteRouter | None = None
+_remote_signals: RemoteSignals | None = None
 # Read lock-free on every cross-node send; None (the common case) costs one global lookup.
 _link_filter: LinkFilter | None = None
 _atexit_installed = False
@@ -310,6 +345,17 @@ def set_remote_router(router: RemoteRouter | None) -> None:
 def remote_router() -> RemoteRouter | None:
     """The installed remote router, if any."""
     return _remote_router
+
+
+def set_remote_signals(signals: RemoteSignals | None) -> None:
+    """Install (or remove, with None) the carrier of links and monitors to other processes."""
+    global _remote_signals
+    _remote_signals = signals
+
+
+def remote_signals() -> RemoteSignals | None:
+    """The installed carrier of remote links and monitors, if any."""
+    return _remote_signals
 
 
 def set_link_filter(fn: LinkFilter | None) -> None:

@@ -3,14 +3,16 @@
 A :class:`Pid` names one process for its whole life and after it: once the process is dead the
 pid keeps its exit reason, sends to it are dropped and calls to it fail with ``noproc``. Pids
 compare by identity (one object per process) and belong to this Python process only; remote
-processes are addressed as ``(name, node_id)``.
+processes are addressed as ``(name, node_id)``. A process on another node that linked itself to
+one of ours is seen here as a :class:`RemotePid` (the sender of its ``EXIT`` messages).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from waraft.otp.sched import Event
 
@@ -58,8 +60,10 @@ class Pid:
         self._lock = threading.Lock()
         self._dead = False
         self._exit_reason: Any = None
-        self._links: set[Pid] = set()
-        self._monitors: dict[Ref, Pid] = {}
+        # Local pids, plus the far ends of links across nodes (see RemoteLinkEnd).
+        self._links: set[Pid | RemoteLinkEnd] = set()
+        # Local watchers, plus RemoteWatcher for monitors installed from other nodes.
+        self._monitors: dict[Ref, Pid | RemoteWatcher] = {}
         self._done = Event()  # scheduled processes wait on it without holding a thread
         self._name: str | None = None
         self._thread: threading.Thread | None = None  # thread processes
@@ -101,13 +105,42 @@ class Ref:
 
 
 class MonitorRef(Ref):
-    """The reference returned by ``monitor``; remembers the monitored process."""
+    """The reference returned by ``monitor``; remembers the monitored process (a local pid,
+    or the ``(name, node_id)`` of a process on another node)."""
 
-    __slots__ = ("_target",)
+    __slots__ = ("_remote", "_target")
 
-    def __init__(self, target: Pid | None) -> None:
+    def __init__(self, target: Pid | None, remote: tuple[str, str] | None = None) -> None:
         super().__init__()
         self._target = target
+        self._remote = remote
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePid:
+    """A process on another node, known by its node and its number there: the sender of the
+    ``('EXIT', RemotePid, reason)`` a process gets when a remote process linked to it exits.
+    Compares by value."""
+
+    node_id: str
+    id: int
+
+    def __repr__(self) -> str:
+        return f"<{self.node_id}.{self.id}>"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteWatcher:
+    """A monitor installed by a process on ``node_id``; ``ref_id`` names it there."""
+
+    node_id: str
+    ref_id: int
+
+
+RemoteLinkEnd: TypeAlias = RemotePid | tuple[str, str]
+"""The far end of a link across nodes, as kept in a local pid's link set: a
+:class:`RemotePid` on the process that was linked to by name, ``(name, node_id)`` on the
+process that called ``link((name, node_id))``."""
 
 
 def make_ref() -> Ref:

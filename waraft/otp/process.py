@@ -96,7 +96,7 @@ from waraft.otp.messaging import (
     wait_response,
     whereis_target,
 )
-from waraft.otp.pid import MonitorRef, Pid, Ref, make_ref
+from waraft.otp.pid import MonitorRef, Pid, Ref, RemoteLinkEnd, make_ref
 from waraft.otp.reply import NOREPLY, LocalReplyTo, ReplyTo, reply
 from waraft.otp.signals import die, link_pair, unlink_pair
 
@@ -435,7 +435,7 @@ class Process(pykka.ThreadingActor):
         elif kind == STOP:
             self._stop_reason = payload
 
-    def _on_trapped_exit(self, sender: Pid | None, reason: Any) -> None:
+    def _on_trapped_exit(self, sender: Pid | RemoteLinkEnd | None, reason: Any) -> None:
         if sender is not None and sender is self._parent:
             self._stop_reason = reason  # gen_server: an exit from the parent terminates
         else:

@@ -6,19 +6,29 @@ on it (queued calls and deferred ones), wake its thread so it can end, then tell
 monitors, and last set ``_done``: whoever waits on ``_done`` finds the EXIT/DOWN messages
 already queued. Linked processes that do not trap exits die in turn; the cascade is a loop,
 not a recursion.
+
+Links and monitors across nodes: a dying process whose link set holds a remote end, or whose
+monitors include a :class:`~waraft.otp.pid.RemoteWatcher`, hands them to the installed
+:class:`~waraft.otp.node.RemoteSignals` (which sends them on without blocking), and so do the
+remote monitors it held itself (cancelled, as Erlang drops a dead process's monitors). What
+comes back from other nodes enters through :func:`remote_down` and :func:`remote_link_exit`.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 from collections import deque
 from typing import Any
 
 import pykka
 
+from waraft.otp import node as _node
 from waraft.otp.errors import KILL, KILLED, NORMAL
 from waraft.otp.mailbox import CALL, DOWN, EXIT, LINK_EXIT, UNSET, WAKE_ENV, Envelope
-from waraft.otp.pid import Pid
+from waraft.otp.pid import MonitorRef, Pid, Ref, RemoteLinkEnd
+
+logger = logging.getLogger(__name__)
 
 
 def die(pid: Pid, reason: Any) -> None:
@@ -52,16 +62,59 @@ def _finalize(pid: Pid, reason: Any) -> list[tuple[Pid, Any]]:
     _drain(pid, reason)
     pid._inbox.put(WAKE_ENV)  # an idle thread wakes, sees it is stopped, and ends
     kills: list[tuple[Pid, Any]] = []
+    remote = _node._remote_signals
     for other in links:
+        if type(other) is not Pid:
+            if remote is not None:
+                _safely(remote.exited, pid, other, reason)
+            continue
         kill_reason = exit_signal(other, pid, reason, via_link=True)
         if kill_reason is not UNSET:
             kills.append((other, kill_reason))
     for ref, watcher in monitors.items():
-        if not watcher._dead:
+        if type(watcher) is not Pid:
+            if remote is not None:
+                _safely(remote.down, watcher, ref, pid, reason)
+        elif not watcher._dead:
             watcher._inbox.put(Envelope(DOWN, (ref, pid, reason)))
+    if remote is not None and actor is not None and actor._monitoring:
+        for ref in list(actor._monitoring):
+            if isinstance(ref, MonitorRef) and ref._remote is not None:
+                _safely(remote.demonitor, ref)
     pid._actor = None
     pid._done.set()
     return kills
+
+
+def _safely(fn: Any, *args: Any) -> None:
+    # A failing carrier must not stop the rest of a process's exit from happening.
+    try:
+        fn(*args)
+    except Exception:
+        logger.exception("remote signal %s failed", getattr(fn, "__name__", fn))
+
+
+def remote_down(watcher: Pid, ref: Ref, who: tuple[str, str], reason: Any) -> None:
+    """Deliver ``('DOWN', ref, who, reason)`` to ``watcher`` for a monitor across nodes
+    (dropped if ``watcher`` is dead or has demonitored ``ref`` by the time it is handled)."""
+    if not watcher._dead:
+        watcher._inbox.put(Envelope(DOWN, (ref, who, reason)))
+
+
+def remote_link_exit(pid: Pid, end: RemoteLinkEnd, reason: Any) -> None:
+    """The remote ``end`` linked with ``pid`` exited with ``reason`` (or its node was lost:
+    ``"noconnection"``): act as a local exit signal over the link would. Ignored unless
+    ``end`` is still in ``pid``'s link set (an unlink since then wins)."""
+    with pid._lock:
+        if pid._dead or end not in pid._links:
+            return
+        actor = pid._actor
+        if actor is None or not actor.trap_exit:
+            # Gone before dying, so this death is not reported back along the same link.
+            pid._links.discard(end)
+    kill_reason = exit_signal(pid, end, reason, via_link=True)
+    if kill_reason is not UNSET:
+        die(pid, kill_reason)
 
 
 def _drain(pid: Pid, reason: Any) -> None:
@@ -79,7 +132,9 @@ def _drain(pid: Pid, reason: Any) -> None:
             env.reply_to.set_exception((pykka.ActorDeadError, dead, None))
 
 
-def exit_signal(target: Pid, sender: Pid | None, reason: Any, *, via_link: bool) -> Any:
+def exit_signal(
+    target: Pid, sender: Pid | RemoteLinkEnd | None, reason: Any, *, via_link: bool
+) -> Any:
     """Deliver an exit signal; return the reason ``target`` must die with, else ``UNSET``.
 
     The trap decision is taken here, at delivery, so an EXIT message queues behind the

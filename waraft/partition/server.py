@@ -483,6 +483,8 @@ class RaftServer(otp.StateMachine):
         status["log_status"] = self.log.status()
         status["commit_queue_high"] = self.queues.commit_queue_size()
         status["read_queue"] = self.queues.read_queue_size()
+        status["commits_admitted"] = self.queues.commits_admitted
+        status["reads_admitted"] = self.queues.reads_admitted
         status["name"] = self.name
         status["rpc_dropped_nonmember"] = self.dropped_nonmember
         return status

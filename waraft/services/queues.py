@@ -38,6 +38,9 @@ class Queues:
         self.settings = settings
         self._lock = threading.Lock()
         self._seq = itertools.count()
+        # Monotonic totals for the metrics endpoint (rate() gives per second); not reset.
+        self.commits_admitted = 0
+        self.reads_admitted = 0
         self.reset()
 
     def reset(self) -> None:
@@ -97,6 +100,7 @@ class Queues:
             room = self._commit_limit(priority) - self._pending[priority]
             admitted = max(0, min(count, room))
             self._pending[priority] += admitted
+            self.commits_admitted += admitted
         return admitted, (None if admitted == count else COMMIT_QUEUE_FULL)
 
     def commits_finished(self, count: int, priority: Priority) -> None:
@@ -115,6 +119,7 @@ class Queues:
             room = s.raft_max_pending_reads - self._read_count
             admitted = max(0, min(count, room))
             self._read_count += admitted
+            self.reads_admitted += admitted
         return admitted, (None if admitted == count else READ_QUEUE_FULL)
 
     def release_reads(self, count: int) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Final
 from waraft import otp
 from waraft.core.types import LogPos
 from waraft.distribution import policy
-from waraft.services import env
+from waraft.services import env, metrics
 from waraft.services import options as partition_options
 from waraft.transport.tables import (
     ACTIVE,
@@ -307,6 +307,8 @@ class TransportManager(otp.Process):
             logger.error("transport %s: cannot create %s: %s", transport_id, root, exc)
             return ("error", "failed")
         count(meta["table"], "transport.receive")
+        if meta["type"] == "snapshot":  # per partition, for the metrics endpoint
+            metrics.count_partition(meta["table"], meta["partition"], "snapshot_catchup.receive")
         logger.info(
             "transport %s: receiving %d files from %s into %s",
             transport_id,

@@ -204,7 +204,7 @@ class SnapshotCatchup(otp.Process):
                 key,
                 result[1],
             )
-            _count(table, "snapshot_catchup.start")
+            metrics.count_partition(table, partition, "snapshot_catchup.start")
             self.transports[key] = _Transport(app, table, partition, result[1], position, witness)
             self.snapshots[snapshot] = self.snapshots.get(snapshot, 0) + 1
             return
@@ -277,7 +277,8 @@ class SnapshotCatchup(otp.Process):
                 if status == transport.COMPLETED
                 else "raft_snapshot_catchup_failed_backoff_ms"
             )
-            _count(entry.table, f"snapshot_catchup.{status or 'lost'}")
+            outcome = f"snapshot_catchup.{status or 'lost'}"
+            metrics.count_partition(entry.table, entry.partition, outcome)
             logger.info("snapshot transport %s to %s ended: %s", entry.id, key, status)
             self._finish(key, entry, int(_setting(entry.application, entry.table, name)))
 
