@@ -4,6 +4,8 @@ timeout; histories stay linearizable."""
 
 from __future__ import annotations
 
+import pytest
+
 from waraft.core.events import NodeLiveness
 from waraft.core.types import State
 from waraft.sim import Simulation
@@ -160,6 +162,21 @@ def test_check_quorum_leader_survives_a_long_quiescence() -> None:
     sim.run_for(10_000)  # far beyond the 1.5 s liveness grace period
     one(sim, write(11, key="q"), 3)
     assert sim.leader() == leader and sim.term(leader) == term
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_check_quorum_leader_commits_at_once_after_waking_from_a_long_quiet(seed: int) -> None:
+    """Ported from the issue13b branch: the first write after a quiet far longer than the
+    liveness grace commits at the quiescent leader itself, without a resignation or a new
+    term (the grace restarts at the wake; the read lease does not)."""
+    settings = fast_settings(raft_leader_check_quorum=True)
+    sim, leader = _quiet_cluster(seed=seed, settings=settings)
+    term = sim.term(leader)
+    sim.run_for(10_000)  # far beyond the 1.5 s liveness grace period
+    call = sim.submit(leader, write(1, key="w"))
+    assert sim.run_until(lambda: call.done, 2000), sim.describe()
+    assert sim.leader() == leader
+    assert sim.term(leader) == term
 
 
 def test_pre_vote_cluster_replaces_a_killed_quiescent_leader_in_time() -> None:
