@@ -4,15 +4,11 @@ Not in WARaft (issue 13; after CockroachDB's quiesced ranges and dragonboat's qu
 
 Leader side (``leader_round``, run instead of a heartbeat round): when quiescence is enabled
 (``raft_quiesce_after_ms`` > 0), nothing is pending (commits, reads, applies, handover), every
-live participant holds the whole log, everything is committed and applied, and nothing
-happened for ``raft_quiesce_after_ms``, the leader sends one round
+participant holds the whole log, everything is committed and applied, no participant's node is
+reported down, and nothing happened for ``raft_quiesce_after_ms``, the leader sends one round
 of empty ``AppendEntries(quiesce=True)``. Once every participant answered that round with
 ``quiesced=True`` (and was sent nothing else since), the leader goes quiescent: it cancels its
-heartbeat timeout and sends nothing until woken. Participants on nodes the detector reports
-down are left out of both (as long as a majority of the members is live): otherwise every
-partition of a dead node would heartbeat until the node returned, and after a failover at
-1000 partitions that is thousands of rounds a second on the survivors; the dead node's
-return wakes the leader, which then catches it up.
+heartbeat timeout and sends nothing until woken.
 
 Follower side (``follower_ack``): a follower or witness that accepted a quiesce round holding
 the leader's whole log, with everything committed, and whose leader's node is reported up,
@@ -209,18 +205,10 @@ def _leader_idle(core: Replica) -> bool:
     down = core.down_nodes
     match = core.match_indices
     self_id = core.self_id
-    cfg = core.current_config()
-    for peer in config.participants(cfg):
-        if peer == self_id or peer.node in down:
-            continue  # a down peer's node wakes us when it answers again (on_node_liveness)
-        if match.get(peer.node) != last:
-            return False
-    if down:
-        # Quiescing past dead peers (after a node failure every partition it hosted keeps a
-        # dead participant until it is replaced) needs a live majority that holds everything.
-        members = config.members(cfg)
-        live = sum(1 for p in members if p == self_id or p.node not in down)
-        if 2 * live <= len(members):
+    for peer in config.participants(core.current_config()):
+        if peer == self_id:
+            continue
+        if peer.node in down or match.get(peer.node) != last:
             return False
     return core.now - core.quiet_since >= core.settings.raft_quiesce_after_ms
 
@@ -233,10 +221,7 @@ def leader_round(core: Replica) -> bool:
         core.quiesce_acks.clear()
         return False
     self_id = core.self_id
-    down = core.down_nodes
-    peers = [
-        p for p in config.participants(core.current_config()) if p != self_id and p.node not in down
-    ]
+    peers = [p for p in config.participants(core.current_config()) if p != self_id]
     acks = core.quiesce_acks
     if all(p.node in acks for p in peers):
         core.quiescent = True
