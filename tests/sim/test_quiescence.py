@@ -263,3 +263,25 @@ def test_the_successor_ranks_agree_and_spread_over_the_survivors() -> None:
         assert sorted(ranks.values()) == [(0, 2), (1, 2)]  # every replica agrees on one order
         firsts[next(n for n, r in ranks.items() if r == (0, 2))] += 1
     assert all(60 <= count <= 140 for count in firsts.values()), firsts
+
+
+def test_an_idle_leader_with_a_dead_follower_heartbeats_slowly_and_keeps_its_term() -> None:
+    """It cannot quiesce (its live follower would forget it and could vote for a node only
+    the leader cannot reach), but it need not heartbeat at the full rate either."""
+    sim, leader = _quiet_cluster(seed=11)
+    dead, live = (n for n in sim.node_ids if n != leader)
+    term = sim.term(leader)
+    sim.crash(dead)
+    assert sim.run_until(lambda: not sim.core(leader).quiescent, 2000)
+    sim.run_for(1000)  # past the quiet period (400 ms) that precedes slow rounds
+    slow = quiesce.slow_heartbeat_ms(sim.core(leader))
+    assert slow == 125  # a quarter of the 500 ms minimum election timeout
+    before = sim.network.sent[leader]
+    sim.run_for(5000)
+    sent = sim.network.sent[leader] - before  # two peers per round (the dead one counts)
+    assert 5000 // slow <= sent <= 2 * (5000 // slow + 2), sent  # full rate: 200
+    assert sim.term(live) == term and sim.state(live) is State.FOLLOWER
+    one(sim, write(21, key="d"), 2)  # a commit still goes through at once
+    assert sim.term(leader) == term
+    sim.restart(dead)
+    assert sim.run_until(lambda: _all_quiescent(sim), 5000), sim.describe()

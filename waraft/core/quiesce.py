@@ -8,7 +8,9 @@ participant holds the whole log, everything is committed and applied, no partici
 reported down, and nothing happened for ``raft_quiesce_after_ms``, the leader sends one round
 of empty ``AppendEntries(quiesce=True)``. Once every participant answered that round with
 ``quiesced=True`` (and was sent nothing else since), the leader goes quiescent: it cancels its
-heartbeat timeout and sends nothing until woken.
+heartbeat timeout and sends nothing until woken. A leader that would quiesce but for a
+participant on a node reported down stays awake and heartbeats every quarter of the minimum
+election timeout instead of every heartbeat interval (``slow_heartbeat_ms``).
 
 Follower side (``follower_ack``): a follower or witness that accepted a quiesce round holding
 the leader's whole log, with everything committed, and whose leader's node is reported up,
@@ -27,13 +29,13 @@ votes, logs or commit indices.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from waraft.core import commit, config, replication
 from waraft.core.effects import CancelTimeout
 from waraft.core.events import Event, NodeLiveness, Timeout
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse, RaftRpc
-from waraft.core.types import Identity, State
+from waraft.core.types import Identity, State, TimeoutKind
 
 if TYPE_CHECKING:
     from waraft.core.replica import Replica
@@ -192,34 +194,76 @@ def reset(core: Replica) -> None:
 # -- leader ------------------------------------------------------------------------------------
 
 
-def _leader_idle(core: Replica) -> bool:
+_BUSY: Final = 0
+_IDLE: Final = 1
+_IDLE_PEER_DOWN: Final = 2  # idle, but a participant's node is reported down
+
+
+def _leader_idle(core: Replica) -> int:
     if core.handover is not None or core.pending_read or core.held_reads or core.queued:
-        return False
+        return _BUSY
     if commit.has_pending_commits(core) or core.batch_deadline is not None:
-        return False
+        return _BUSY
     last = core.log.last_index()
     if core.commit_index != last or core.last_applied != last:
-        return False
+        return _BUSY
     if core.queues.apply_queue_size() > 0:
-        return False
+        return _BUSY
     down = core.down_nodes
     match = core.match_indices
     self_id = core.self_id
+    peer_down = False
     for peer in config.participants(core.current_config()):
         if peer == self_id:
             continue
-        if peer.node in down or match.get(peer.node) != last:
-            return False
-    return core.now - core.quiet_since >= core.settings.raft_quiesce_after_ms
+        if peer.node in down:
+            peer_down = True
+        elif match.get(peer.node) != last:
+            return _BUSY
+    if core.now - core.quiet_since < core.settings.raft_quiesce_after_ms:
+        return _BUSY
+    return _IDLE_PEER_DOWN if peer_down else _IDLE
+
+
+def slow_heartbeat_ms(core: Replica) -> int:
+    """The heartbeat interval of an idle leader that cannot quiesce because a participant's
+    node is down: a quarter of the minimum election timeout (never below the normal
+    interval), so its live followers' timers and leader stickiness still hold with a
+    heartbeat to spare."""
+    settings = core.settings
+    return max(settings.raft_heartbeat_interval_ms, settings.raft_election_timeout_ms // 4)
+
+
+def _slow_round(core: Replica) -> bool:
+    """An idle leader with a down participant heartbeats every ``slow_heartbeat_ms``.
+
+    It stays awake (a quiescent leader would let its live followers forget it, and one of
+    them would then vote for a node that only the leader cannot reach, breaking leader
+    stickiness), but without this rule every partition that has a replica on a dead node
+    heartbeats at the full rate until the node returns: after one node of three dies at
+    1000 partitions, about 8000 rounds a second on the two survivors, which starved the
+    elections that replace the dead node's leaders (10 s per election instead of a round
+    trip). ``False``: a normal round is due now.
+    """
+    interval = slow_heartbeat_ms(core)
+    sent = core.heartbeat_send_ts
+    elapsed = core.now - max(sent.values()) if sent else interval
+    if elapsed >= interval:
+        core.count("quiesce.leader.slow_round")
+        return False
+    core.set_timeout(TimeoutKind.HEARTBEAT, interval - elapsed)
+    return True
 
 
 def leader_round(core: Replica) -> bool:
-    """At a heartbeat timeout: quiesce, send the quiesce round, or ``False`` for a normal round."""
+    """At a heartbeat timeout: quiesce, send the quiesce round, hold a slow round back, or
+    ``False`` for a normal round."""
     if not enabled(core) or replication.leader_eligible(core) != "eligible":
         return False
-    if not _leader_idle(core):
+    idle = _leader_idle(core)
+    if idle != _IDLE:
         core.quiesce_acks.clear()
-        return False
+        return idle == _IDLE_PEER_DOWN and _slow_round(core)
     self_id = core.self_id
     peers = [p for p in config.participants(core.current_config()) if p != self_id]
     acks = core.quiesce_acks
