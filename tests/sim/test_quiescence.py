@@ -4,9 +4,13 @@ timeout; histories stay linearizable."""
 
 from __future__ import annotations
 
+import pytest
+
+from waraft.core import quiesce
 from waraft.core.events import NodeLiveness
 from waraft.core.types import State
 from waraft.sim import Simulation
+from waraft.sim.network import NetConfig
 from waraft.sim.simulation import fast_settings
 
 from .helpers import assert_linearizable, check_one_leader, one, settle_clients, write
@@ -162,6 +166,21 @@ def test_check_quorum_leader_survives_a_long_quiescence() -> None:
     assert sim.leader() == leader and sim.term(leader) == term
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_check_quorum_leader_commits_at_once_after_waking_from_a_long_quiet(seed: int) -> None:
+    """Ported from the issue13b branch: the first write after a quiet far longer than the
+    liveness grace commits at the quiescent leader itself, without a resignation or a new
+    term (the grace restarts at the wake; the read lease does not)."""
+    settings = fast_settings(raft_leader_check_quorum=True)
+    sim, leader = _quiet_cluster(seed=seed, settings=settings)
+    term = sim.term(leader)
+    sim.run_for(10_000)  # far beyond the 1.5 s liveness grace period
+    call = sim.submit(leader, write(1, key="w"))
+    assert sim.run_until(lambda: call.done, 2000), sim.describe()
+    assert sim.leader() == leader
+    assert sim.term(leader) == term
+
+
 def test_pre_vote_cluster_replaces_a_killed_quiescent_leader_in_time() -> None:
     settings = fast_settings(raft_election_pre_vote=True, raft_leader_check_quorum=True)
     sim, leader = _quiet_cluster(seed=8, settings=settings)
@@ -196,3 +215,73 @@ def test_a_detector_flap_of_the_leader_node_does_not_cause_an_election() -> None
     assert sim.core(follower).quiescent
     sim.run_for(10_000)
     assert {n: sim.term(n) for n in sim.node_ids} == terms
+
+
+def _failover_terms(seeds: range, net: NetConfig) -> list[int]:
+    """For each seed: crash the leader of a quiescent partition, return the terms the new
+    leader needed (1 = the first election won, more = split votes)."""
+    jumps = []
+    for seed in seeds:
+        sim, leader = _quiet_cluster(seed=seed)
+        sim.network.config = net  # the election round trips are slow, not the quiet period
+        term = sim.term(leader)
+        sim.crash(leader)
+        others = [n for n in sim.node_ids if n != leader]
+        if not sim.run_until(
+            lambda s=sim, o=others: any(s.state(n) is State.LEADER for n in o),  # type: ignore[misc]
+            5000,
+        ):
+            jumps.append(-1)  # no leader within 5 s
+            continue
+        new = next(n for n in others if sim.state(n) is State.LEADER)
+        jumps.append(sim.term(new) - term)
+    return jumps
+
+
+def test_survivors_of_a_dead_leader_node_take_turns_instead_of_splitting_votes() -> None:
+    """Every partition a dead node led wakes on both survivors at once; with independent
+    random timers and slow round trips (an election storm), elections split. The woken
+    followers draw from disjoint, ranked slots of the timeout range instead, so the first
+    candidate's vote request arrives before the second one's timer fires."""
+    slow = NetConfig(min_delay_ms=30, max_delay_ms=45)
+    jumps = _failover_terms(range(30), slow)
+    assert jumps == [1] * 30, jumps
+
+
+def test_the_successor_ranks_agree_and_spread_over_the_survivors() -> None:
+    sim, leader = _quiet_cluster(seed=3)
+    survivors = [n for n in sim.node_ids if n != leader]
+    firsts = {n: 0 for n in survivors}
+    for partition in range(200):
+        ranks = {}
+        for n in survivors:
+            core = sim.core(n)
+            saved = core.self_id
+            core.self_id = saved._replace(name=f"raft_server_t_{partition}")
+            ranks[n] = quiesce.successor_rank(core, leader)
+            core.self_id = saved
+        assert sorted(ranks.values()) == [(0, 2), (1, 2)]  # every replica agrees on one order
+        firsts[next(n for n, r in ranks.items() if r == (0, 2))] += 1
+    assert all(60 <= count <= 140 for count in firsts.values()), firsts
+
+
+def test_an_idle_leader_with_a_dead_follower_heartbeats_slowly_and_keeps_its_term() -> None:
+    """It cannot quiesce (its live follower would forget it and could vote for a node only
+    the leader cannot reach), but it need not heartbeat at the full rate either."""
+    sim, leader = _quiet_cluster(seed=11)
+    dead, live = (n for n in sim.node_ids if n != leader)
+    term = sim.term(leader)
+    sim.crash(dead)
+    assert sim.run_until(lambda: not sim.core(leader).quiescent, 2000)
+    sim.run_for(1000)  # past the quiet period (400 ms) that precedes slow rounds
+    slow = quiesce.slow_heartbeat_ms(sim.core(leader))
+    assert slow == 125  # a quarter of the 500 ms minimum election timeout
+    before = sim.network.sent[leader]
+    sim.run_for(5000)
+    sent = sim.network.sent[leader] - before  # two peers per round (the dead one counts)
+    assert 5000 // slow <= sent <= 2 * (5000 // slow + 2), sent  # full rate: 200
+    assert sim.term(live) == term and sim.state(live) is State.FOLLOWER
+    one(sim, write(21, key="d"), 2)  # a commit still goes through at once
+    assert sim.term(leader) == term
+    sim.restart(dead)
+    assert sim.run_until(lambda: _all_quiescent(sim), 5000), sim.describe()

@@ -206,12 +206,14 @@ class Replica:
     def set_timeout(self, kind: TimeoutKind, ms: int) -> None:
         self._fx.append(SetTimeout(kind, ms))
 
-    def election_timeout(self) -> None:
-        """Arm a randomized election timeout scaled by the election weight (Raft §5.2)."""
+    def election_timeout(self, timeout: int | None = None) -> None:
+        """Arm a randomized election timeout scaled by the election weight (Raft §5.2);
+        ``timeout``: an unscaled value chosen by the caller instead of the random draw."""
         settings = self.settings
         low = settings.raft_election_timeout_ms
         high = settings.raft_election_timeout_ms_max
-        timeout = low + 1 + int(self.rand() * (high - low)) if high > low else low
+        if timeout is None:
+            timeout = low + 1 + int(self.rand() * (high - low)) if high > low else low
         weight = settings.raft_election_weight
         if 0 < weight <= ELECTION_MAX_WEIGHT:
             timeout = timeout * ELECTION_MAX_WEIGHT // weight
