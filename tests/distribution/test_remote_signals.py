@@ -307,3 +307,22 @@ def test_a_demonitor_that_overtook_its_monitor_cancels_it(node: str, shared_chil
     assert dist.stats().get("remote_monitors_in") == 1
     assert shared_child.call("cast_to", signals, ("demonitor", me, 78))
     tables_empty()
+
+
+def test_stopping_distribution_is_noconnection_everywhere(node: str, shared_child: Child) -> None:
+    shared_child.call("spawn", "v_stop", False)
+    target = ("v_stop", shared_child.node_id)
+    pid, inbox = watcher(trap=True)
+    ref = otp.call(pid, ("monitor", target))
+    otp.call(pid, ("link", target))
+    wait_until(lambda: shared_child.call("stats")["remote_links_in"] == 1)
+    dist.stop()
+    items = inbox.wait_len(2)
+    assert sorted(items, key=repr) == sorted(
+        [("DOWN", ref, target, "noconnection"), ("EXIT", target, "noconnection")], key=repr
+    )
+    # Back on the network (under another port): the child dropped what we had installed.
+    dist.start("parent@127.0.0.1:0", ping_interval=0.1, down_after=0.6, connect_timeout=0.6)
+    tables_empty(shared_child)
+    # Its end of the link heard the same: it does not trap exits, so it died of it.
+    assert shared_child.call("reason", "v_stop") == (False, "noconnection")
