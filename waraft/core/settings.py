@@ -59,6 +59,11 @@ class Settings:
     # replication backlog on responses (WARaft drains it only at batch or heartbeat pace;
     # 0 restores that pacing).
     raft_max_inflight_appends: int = 8
+    # Not a WARaft knob (issue 14): estimated bytes of entries sent to one peer and not yet
+    # acknowledged. Past it the leader sends that peer only empty append_entries (heartbeats
+    # that keep its leadership and carry the commit index) until acknowledgements come back,
+    # so a slow or dead follower costs at most this much buffered per peer. 0 = unbounded.
+    raft_max_bytes_in_flight: int = 4 * 1024 * 1024
     # Not a WARaft knob (issue 13): a leader whose followers acknowledged everything and that
     # saw no traffic for this long sends one quiesce round and then stops heartbeating; its
     # followers stop their election timers while node-level liveness reports the leader's
