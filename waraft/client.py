@@ -45,11 +45,11 @@ node's ``waraft_admin`` process (``waraft node`` registers it) in the background
 gateway itself: a reply carrying an error names the leader that node knows of, so a request
 sent to a follower is redirected in one hop. ``not_leader`` and ``("notify_redirect", node)``
 (a handover in progress) are retried at the new leader; ``commit_queue_full``,
-``apply_queue_full`` and ``read_queue_full`` are retried with exponential backoff. A node that
-``waraft.distribution`` marks down (no answer to pings for ``down_after``), whose frame cannot be
-queued, or that does not answer a batch within ``attempt_timeout`` is avoided for a while and its
-batches are retried elsewhere. Retries stop at the
-request's deadline (``timeout``) or after ``max_retries``.
+``commit_queue_bytes_full``, ``apply_queue_full`` and ``read_queue_full`` are retried with
+exponential backoff. A node that ``waraft.distribution`` marks down (no answer to pings for
+``down_after``), whose frame cannot be queued, or that does not answer a batch within
+``attempt_timeout`` is avoided for a while and its batches are retried elsewhere. Retries stop
+at the request's deadline (``timeout``) or after ``max_retries``.
 
 **Delivery guarantee.** A commit that was rejected (``not_leader`` from a follower, a full
 queue) was never appended, so retrying it is safe. A commit whose attempt timed out, or whose
@@ -129,7 +129,9 @@ _DIST_LOCK = threading.Lock()
 _dist_users = 0  # clients using the shared distribution node (guarded by _DIST_LOCK)
 _dist_owned = False  # whether a client started it (then the last client out stops it)
 
-_OVERLOAD: Final = frozenset({"commit_queue_full", "apply_queue_full", "read_queue_full"})
+_OVERLOAD: Final = frozenset(
+    {"commit_queue_full", "commit_queue_bytes_full", "apply_queue_full", "read_queue_full"}
+)
 CLOSED: Final = ("error", "closed")
 TIMEOUT: Final = ("error", "timeout")
 UNREACHABLE: Final = ("error", "unreachable")

@@ -26,6 +26,10 @@ class Settings:
     raft_max_pending_high_priority_commits: int = 1500
     raft_max_pending_low_priority_commits: int = 250
     raft_max_pending_reads: int = 5000
+    # Not a WARaft knob (issue 14): estimated bytes of commands admitted and not yet handed to
+    # storage or cancelled, both priorities together; beyond it commits are refused with
+    # ``commit_queue_bytes_full`` (a client retries it like ``commit_queue_full``). 0 = unbounded.
+    raft_max_pending_commit_bytes: int = 16 * 1024 * 1024
     raft_election_pre_vote: bool = False
     raft_leader_check_quorum: bool = False
     raft_leader_read_lease_ms: int = 0

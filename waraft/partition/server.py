@@ -59,12 +59,13 @@ from waraft.core.effects import (
 )
 from waraft.core.rpc import RaftRpc, RpcDecodeError, from_wire, short_repr, to_wire
 from waraft.core.server import RaftCore
-from waraft.core.types import Config, DurableState, Identity, LogPos, State
+from waraft.core.types import Config, DurableState, Identity, LogPos, State, is_config_command
 from waraft.distribution import policy
 from waraft.partition import durable_state, heartbeats
 from waraft.services import env, info, metrics
 from waraft.services.label import label_function
 from waraft.services.options import RaftOptions
+from waraft.services.queues import command_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ DEFAULT_TIMEOUT = 10.0  # raft_rpc_call_timeout, seconds
 STORAGE_TIMEOUT = 60.0  # raft_storage_call_timeout, seconds
 FLUSH_EVERY = 64  # events handled before a flush even when the mailbox never empties
 SETTINGS_REFRESH_MS = 1000  # WARaft reads settings live; we re-resolve them this often
-ENTRY_SIZE_ESTIMATE = 64  # apply-queue bytes for an entry whose command is not bytes
+ENTRY_SIZE_ESTIMATE = 64  # the least apply-queue bytes counted for an entry
 
 make_config = core_config.make_config
 
@@ -94,10 +95,9 @@ def _now_ms() -> int:
 
 
 def _entry_size(entry: Any) -> int:
-    command = entry.command
-    if isinstance(command, (bytes, bytearray, str)):
-        return len(command) + 16
-    return ENTRY_SIZE_ESTIMATE
+    """Apply-queue bytes of an entry: its command's estimated payload (strings and bytes
+    inside tuples count, so ``raft_max_pending_apply_bytes`` bounds real writes) plus 16."""
+    return max(ENTRY_SIZE_ESTIMATE, 16 + command_bytes(entry.command))
 
 
 class RaftServer(otp.StateMachine):
@@ -353,6 +353,7 @@ class RaftServer(otp.StateMachine):
                     effect.to.reply(effect.value)
             elif isinstance(effect, CommitCancelled):
                 queues.commits_finished(1, effect.priority)
+                queues.commit_bytes_released(1)
                 if effect.to is not None:
                     effect.to.reply(("error", effect.reason))
             elif isinstance(effect, ReadCancelled):
@@ -372,6 +373,16 @@ class RaftServer(otp.StateMachine):
         if applies:
             size = sum(_entry_size(item.entry) for item in applies)
             queues.reserve_apply(len(applies), size)
+            # The callers' commits move from the commit queue's byte budget to the apply
+            # queue's (config changes were admitted without bytes).
+            handed, handed_bytes = 0, 0
+            for item in applies:
+                command = item.entry.command
+                if item.reply_to is not None and not is_config_command(command):
+                    handed += 1
+                    handed_bytes += command_bytes(command)
+            if handed:
+                queues.commit_bytes_released(handed, handed_bytes)
             otp.cast(self.options.storage_name, storage.ApplyRequest(applies, size))
         for peer, rpcs in sends.items():
             self._send_rpcs(peer, rpcs)
