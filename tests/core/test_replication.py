@@ -526,3 +526,35 @@ def test_zero_bytes_in_flight_means_unbounded() -> None:
     node = make_leader(settings=s)
     node.handle(_big_commits(60, 1000), now=1)
     assert sum(len(r.entries) for r in appends_to(node.effects, N2)) == 60
+
+
+# -- log retention in bytes (issue 14) -------------------------------------------------------
+
+
+def test_rotation_by_bytes_trims_applied_entries_beyond_the_budget() -> None:
+    s = settings(raft_commit_batch_interval_ms=0, raft_max_retained_bytes=5000)
+    node = make_leader(settings=s)
+    node.handle(_big_commits(8, 1000), now=1)
+    node.rpc(N2, AppendEntriesResponse(2, True, 10, 10), now=2)
+    assert node.core.last_applied == 10
+    # n3's match is unknown (0) and the entry-count rules keep everything, but the bytes do
+    # not fit: rotation keeps the newest applied entries within 3/4 of the budget
+    assert node.log.trims, "no byte-based trim"
+    first = node.log.first_index()
+    kept = sum(entry_size(node.log.get(i)) for i in range(first, 11))  # type: ignore[arg-type]
+    assert kept <= 5000 * 3 // 4
+    assert first <= 8  # the three newest (~1 kB each) are kept
+    # without a byte budget nothing is trimmed
+    node2 = make_leader(settings=s.with_overrides(raft_max_retained_bytes=0))
+    node2.handle(_big_commits(8, 1000), now=1)
+    node2.rpc(N2, AppendEntriesResponse(2, True, 10, 10), now=2)
+    assert node2.log.trims == []
+
+
+def test_rotation_by_bytes_never_trims_unapplied_entries() -> None:
+    s = settings(raft_commit_batch_interval_ms=0, raft_max_retained_bytes=1000)
+    node = make_leader(settings=s)
+    node.handle(_big_commits(8, 1000), now=1)
+    node.rpc(N2, AppendEntriesResponse(2, True, 5, 5), now=2)  # commits up to 5 only
+    assert node.core.last_applied == 5
+    assert node.log.first_index() == 5  # the last applied entry alone exceeds the budget

@@ -181,6 +181,16 @@ class LogOverlay:
         out.extend(self._app[app_start:take])
         return out
 
+    def retained_from(self, index: int, max_bytes: int) -> int:
+        """``LogView.retained_from`` over the provider's entries (entries appended in this
+        step are not counted: they are above anything applied before it), never below the
+        visible first index."""
+        first = self.first_index()
+        if self._reset is not None or index <= first:
+            return first
+        found = self.view.retained_from(min(index, self._base_last), max_bytes)
+        return max(first, found)
+
     def config(self) -> tuple[int, Config] | None:
         """The newest config entry still in the visible log."""
         if not self._cfg_known:

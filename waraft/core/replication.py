@@ -271,7 +271,20 @@ def apply_log(core: Replica, trim_index: int | None) -> None:
     core.emit(Apply(items))
     rotate_floor = limited - settings.raft_max_retained_entries
     rotate_index = index if trim_index is None else min(index, trim_index)
-    snapshot.rotate(core, max(rotate_floor, rotate_index))
+    snapshot.rotate(core, max(rotate_floor, rotate_index), _byte_floor(core, index))
+
+
+def _byte_floor(core: Replica, applied: int) -> int:
+    """Where byte-based rotation trims to (0: nowhere): once the applied entries the log
+    holds exceed ``raft_max_retained_bytes``, below the newest ones that fit in three
+    quarters of it, so trims come in batches rather than one per apply."""
+    limit = core.settings.raft_max_retained_bytes
+    if limit <= 0:
+        return 0
+    log = core.log
+    if log.retained_from(applied, limit) <= log.first_index():
+        return 0
+    return log.retained_from(applied, limit - limit // 4)
 
 
 # -- liveness --------------------------------------------------------------------------------

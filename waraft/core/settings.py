@@ -54,6 +54,14 @@ class Settings:
     raft_handover_timeout_ms: int = 600
     raft_max_log_records_per_file: int = 200_000
     raft_max_log_records: int | None = None  # None means raft_max_log_records_per_file * 10
+    # Not WARaft knobs (issue 14), byte bounds on the log. ``raft_max_retained_bytes``: bytes
+    # of applied entries a replica keeps (the in-memory and WAL providers count memory: encoded
+    # size plus ~200 per entry; the disk log counts disk); beyond it rotation trims (to 3/4),
+    # even below a lagging follower's match index, as ``raft_max_retained_entries`` does (that
+    # follower then gets a snapshot). 0 = no byte bound. ``raft_max_log_bytes_per_file``: the
+    # size at which the disk log starts a new segment and the node's WAL a new file.
+    raft_max_retained_bytes: int = 8 * 1024 * 1024
+    raft_max_log_bytes_per_file: int = 64 * 1024 * 1024
     raft_rotate_by_trim_index: bool = False
     raft_log_heartbeat_binary_entries: bool = False
     raft_snapshot_catchup_threshold: int = 100_000

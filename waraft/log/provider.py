@@ -139,6 +139,11 @@ class LogProvider(ABC):
         """Relaxed-append admission: ``False`` when appending ``count`` entries now would
         have to wait (the leader then answers ``commit_stalled``)."""
 
+    def retained_from(self, index: int, max_bytes: int) -> int:
+        """``LogView.retained_from``. This default keeps no byte bound (it answers
+        ``first_index()``): the providers of this package override it."""
+        return self.first_index()
+
     # -- writes -------------------------------------------------------------------------------
 
     @abstractmethod
@@ -213,6 +218,27 @@ def is_config_entry(entry: Entry) -> bool:
     )
 
 
+def retained_offset(
+    sizes: Sequence[int], lo: int, hi: int, total: int, max_bytes: int, overhead: int = 0
+) -> int:
+    """``retained_from`` over a list of sizes: the lowest offset ``i`` in ``[lo, hi]`` such
+    that ``sizes[i..hi]`` (each plus ``overhead``) sum to at most ``max_bytes`` (``hi`` when
+    ``sizes[hi]`` alone is larger). ``total`` is the sum of ``sizes[lo:]``; the walk covers
+    only the entries above ``hi`` and those dropped, so it is cheap while little is over."""
+    kept = total + overhead * (len(sizes) - lo)
+    for at in range(len(sizes) - 1, hi, -1):
+        kept -= sizes[at] + overhead
+    excess = kept - max_bytes
+    if excess <= 0:
+        return lo
+    dropped = 0
+    for at in range(lo, hi + 1):
+        dropped += sizes[at] + overhead
+        if dropped >= excess:
+            return min(hi, at + 1)
+    return hi
+
+
 def count_within_bytes(sizes: Iterable[int], max_bytes: int) -> int:
     """How many leading entries of ``sizes`` a size-capped read returns.
 
@@ -235,4 +261,5 @@ __all__ = [
     "LogWriteError",
     "count_within_bytes",
     "is_config_entry",
+    "retained_offset",
 ]

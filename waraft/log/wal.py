@@ -586,10 +586,14 @@ class WalLog(MemoryLog):
         **options: Any,
     ) -> Self:
         """Open the log of partition directory ``path`` in the WAL of its parent directory
-        (``<parent>/wal``, or the option ``wal_dir``); ``max_file_bytes`` sets rotation."""
+        (``<parent>/wal``, or the option ``wal_dir``); ``max_file_bytes`` (default: the
+        setting ``raft_max_log_bytes_per_file``) sets rotation."""
         if path is None:
             raise ValueError("WalLog needs a partition directory")
         path = os.path.abspath(os.fspath(path))
+        if settings is not None:
+            # Node-wide: the first partition to open the WAL sets its file size.
+            options.setdefault("max_file_bytes", settings.raft_max_log_bytes_per_file)
         directory = options.pop("wal_dir", None) or os.path.join(os.path.dirname(path), WAL_DIR)
         writer = WalWriter.acquire(directory, **options)
         try:
