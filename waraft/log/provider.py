@@ -168,6 +168,14 @@ class LogProvider(ABC):
 
     # -- helpers with a default implementation -----------------------------------------------
 
+    def sync_within(self, stalled_timeout: float) -> bool:
+        """``sync``, except that while the provider's writes are *stalled* (a full disk that
+        it retries by itself) it gives up after ``stalled_timeout`` seconds and returns False:
+        the writes stay queued, nothing of them may be acknowledged yet, and a later call
+        completes them. A provider that never stalls just syncs (this default)."""
+        self.sync()
+        return True
+
     def flush(self) -> None:
         """WARaft's best-effort ``flush``: the same as ``sync`` unless a provider says more."""
         self.sync()
