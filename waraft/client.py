@@ -45,7 +45,8 @@ node's ``waraft_admin`` process (``waraft node`` registers it) in the background
 gateway itself: a reply carrying an error names the leader that node knows of, so a request
 sent to a follower is redirected in one hop. ``not_leader`` and ``("notify_redirect", node)``
 (a handover in progress) are retried at the new leader; ``commit_queue_full``,
-``apply_queue_full`` and ``read_queue_full`` are retried with exponential backoff;
+``commit_queue_bytes_full``, ``apply_queue_full`` and ``read_queue_full`` are retried with
+exponential backoff;
 ``not_leader`` without a usable hint (an election under way) is asked again at most every
 ``NOT_LEADER_POLL`` s. A hint naming a node that failed an attempt less than ``STALE_HINT`` s
 ago is ignored: the follower has not noticed yet that the leader is gone. A node that
@@ -137,7 +138,9 @@ _DIST_LOCK = threading.Lock()
 _dist_users = 0  # clients using the shared distribution node (guarded by _DIST_LOCK)
 _dist_owned = False  # whether a client started it (then the last client out stops it)
 
-_OVERLOAD: Final = frozenset({"commit_queue_full", "apply_queue_full", "read_queue_full"})
+_OVERLOAD: Final = frozenset(
+    {"commit_queue_full", "commit_queue_bytes_full", "apply_queue_full", "read_queue_full"}
+)
 CLOSED: Final = ("error", "closed")
 TIMEOUT: Final = ("error", "timeout")
 UNREACHABLE: Final = ("error", "unreachable")

@@ -110,6 +110,15 @@ class FakeLog:
     def can_append(self, count: int, priority: Priority) -> bool:
         return not self.refuse_appends
 
+    def retained_from(self, index: int, max_bytes: int) -> int:
+        index = min(index, self.last_index())
+        total = 0
+        for at in range(index, self.first - 1, -1):
+            total += entry_size(self.items[at - self.first])
+            if total > max_bytes:
+                return min(index, at + 1)
+        return self.first
+
     # effects
     def apply(self, effect: Effect) -> None:
         if isinstance(effect, AppendLog):

@@ -464,3 +464,97 @@ def test_witness_catch_up_respects_the_data_replica_cap() -> None:
     node.handle(commits(20), now=1)
     fx = node.rpc(N3, AppendEntriesResponse(1, True, 1, 1), now=2)
     assert appends_to(fx, N3) == []  # n2 holds nothing beyond 1 yet: nothing may go to n3
+
+
+# -- bytes in flight per follower (issue 14) -------------------------------------------------
+
+
+def _big_commits(n: int, size: int) -> CommitBatch:
+    return CommitBatch([(f"b{i}", (f"k{i}", ("write", "x" * size))) for i in range(n)])
+
+
+def test_bytes_in_flight_per_peer_are_bounded() -> None:
+    s = settings(
+        raft_commit_batch_interval_ms=0,
+        raft_max_inflight_appends=100,
+        raft_max_bytes_in_flight=10_000,
+    )
+    node = make_leader(settings=s)
+    _answer_n2(node, node.effects, now=0)  # the noop
+    node.handle(_big_commits(60, 1000), now=1)  # ~60 kB: far beyond the budget
+    fx = node.effects
+    # n2 answers nothing: rounds keep going out, but only as empty heartbeats once full
+    for now in range(200, 2000, 200):
+        fx += node.handle(HEARTBEAT, now=now)
+    sent = appends_to(fx, N2)
+    carried = sum(len(r.entries) for r in sent)
+    assert 5 <= carried <= 11  # ~10 kB of ~1 kB entries, never the whole backlog
+    assert node.core.inflight_bytes["n2"] <= 10_000 + 1100
+    assert all(r.entries == [] for r in sent[-5:])  # heartbeats still go out
+    # acknowledgements free the budget and the rest follows, still within it per window
+    delivered = node.core.match_indices.get("n2", 0)
+    for _ in range(40):
+        fx = _answer_n2(node, fx, now=2000)
+        delivered = node.core.match_indices["n2"]
+        assert node.core.inflight_bytes.get("n2", 0) <= 10_000 + 1100
+        if delivered == node.log.last_index():
+            break
+    assert delivered == node.log.last_index()
+
+
+def test_failure_response_forgets_bytes_in_flight() -> None:
+    s = settings(raft_commit_batch_interval_ms=0, raft_max_bytes_in_flight=5_000)
+    node = make_leader(settings=s)
+    node.handle(_big_commits(20, 1000), now=1)
+    assert node.core.inflight_bytes["n2"] >= 5_000
+    node.rpc(N2, AppendEntriesResponse(20, False, 2, 2), now=3)
+    assert node.core.inflight_bytes.get("n2", 0) == 0
+    # the next round restarts from the follower's end of log with a fresh budget
+    fx = node.handle(HEARTBEAT, now=200)
+    resent = appends_to(fx, N2)[0]
+    assert resent.prev_log_index == 2 and len(resent.entries) >= 4
+    assert 0 < node.core.inflight_bytes["n2"] <= 5_000 + 1100
+
+
+def test_zero_bytes_in_flight_means_unbounded() -> None:
+    s = settings(
+        raft_commit_batch_interval_ms=0,
+        raft_max_inflight_appends=100,
+        raft_max_bytes_in_flight=0,
+        raft_max_log_entries_per_heartbeat=100,
+    )
+    node = make_leader(settings=s)
+    node.handle(_big_commits(60, 1000), now=1)
+    assert sum(len(r.entries) for r in appends_to(node.effects, N2)) == 60
+
+
+# -- log retention in bytes (issue 14) -------------------------------------------------------
+
+
+def test_rotation_by_bytes_trims_applied_entries_beyond_the_budget() -> None:
+    s = settings(raft_commit_batch_interval_ms=0, raft_max_retained_bytes=5000)
+    node = make_leader(settings=s)
+    node.handle(_big_commits(8, 1000), now=1)
+    node.rpc(N2, AppendEntriesResponse(2, True, 10, 10), now=2)
+    assert node.core.last_applied == 10
+    # n3's match is unknown (0) and the entry-count rules keep everything, but the bytes do
+    # not fit: rotation keeps the newest applied entries within 3/4 of the budget
+    assert node.log.trims, "no byte-based trim"
+    first = node.log.first_index()
+    kept = sum(entry_size(node.log.get(i)) for i in range(first, 11))  # type: ignore[arg-type]
+    assert kept <= 5000 * 3 // 4
+    assert first <= 8  # the three newest (~1 kB each) are kept
+    # without a byte budget nothing is trimmed
+    node2 = make_leader(settings=s.with_overrides(raft_max_retained_bytes=0))
+    node2.handle(_big_commits(8, 1000), now=1)
+    node2.rpc(N2, AppendEntriesResponse(2, True, 10, 10), now=2)
+    assert node2.log.trims == []
+
+
+def test_rotation_by_bytes_never_trims_unapplied_entries() -> None:
+    s = settings(raft_commit_batch_interval_ms=0, raft_max_retained_bytes=1000)
+    node = make_leader(settings=s)
+    node.handle(_big_commits(8, 1000), now=1)
+    node.rpc(N2, AppendEntriesResponse(2, True, 5, 5), now=2)  # commits up to 5 only
+    assert node.core.last_applied == 5
+    assert node.log.first_index() == 5  # the last applied entry alone exceeds the budget

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from waraft.core.types import Entry, LogPos, Priority
+from waraft.log.memory import ENTRY_MEMORY_OVERHEAD, MemoryLog
 from waraft.log.provider import LogPositionError, LogProvider
 
 from .helpers import A, B, C, LogFactory, make_config, writes
@@ -245,3 +246,27 @@ def test_concurrent_trim_while_appending(open_log: LogFactory) -> None:
     assert not thread.is_alive() and not errors
     assert log.first_index() > 1000
     check_contiguous(log)
+
+
+def test_retained_from_counts_bytes_back_from_an_index(open_log: LogFactory) -> None:
+    """``retained_from(index, max_bytes)``: the lowest index whose entries up to ``index`` fit
+    (the memory-holding providers add their per-entry overhead to the sizes ``fold`` gives)."""
+    log = open_log(max_records_per_file=7)  # several segments for the disk log
+    fill(log, 40)
+    log.trim(3)
+    first = log.first_index()
+    overhead = ENTRY_MEMORY_OVERHEAD if isinstance(log, MemoryLog) else 0
+    no_ints: list[int] = []
+    sizes = log.fold(first, 40, 1 << 60, lambda i, size, e, acc: [*acc, size + overhead], no_ints)
+
+    def expected(index: int, budget: int) -> int:
+        total = 0
+        for at in range(index, first - 1, -1):
+            total += sizes[at - first]
+            if total > budget:
+                return min(index, at + 1)
+        return first
+
+    for index in (first, first + 1, 20, 39, 40, 99):
+        for budget in (0, 1, sizes[-1], sum(sizes[-5:]), sum(sizes[-5:]) + 1, 1 << 40):
+            assert log.retained_from(index, budget) == expected(min(index, 40), budget)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,31 @@ def test_group_commits_are_timed_into_the_fsync_histogram(root: Path) -> None:
     assert log.status()["bytes"] > 0  # the partition's entries, encoded
     log.close()
     assert directory not in metrics.histograms(FSYNC_METRIC)  # released with the writer
+
+
+def test_sync_within_gives_up_on_a_stalled_wal_and_completes_later(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 2))
+    assert log.sync_within(0.0)  # not stalled: an ordinary sync
+    full = threading.Event()
+    full.set()
+
+    def fault(directory: str) -> OSError | None:
+        return OSError(errno.ENOSPC, "No space left on device") if full.is_set() else None
+
+    monkeypatch.setattr(WalWriter, "fault", fault)
+    log.append(3, _entries(3, 2))
+    started = time.monotonic()
+    assert not log.sync_within(0.2)  # stalled: gives up instead of blocking
+    assert time.monotonic() - started < 5.0
+    assert not log.sync_within(0.0)
+    full.clear()
+    deadline = time.monotonic() + 10
+    while not log.sync_within(0.0):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _crash(log)
+    log = WalLog.open(root / "kv.1")
+    assert log.entries(1, 4, 100, 1 << 30) == _entries(1, 2) + _entries(3, 2)

@@ -69,6 +69,8 @@ def enter(core: Replica, old: State) -> None:
     core.first_current_term_log_index = last + 1
     core.handover_lease_state = LEASE_UNAFFECTED
     core.inflight = {}
+    core.inflight_sent = {}
+    core.inflight_bytes = {}
     if not commit.has_pending_commits(core):
         # Something of our own term to establish the first quorum on (buffered commits,
         # if any, serve that purpose instead).
@@ -107,6 +109,7 @@ def on_append_success(core: Replica, sender: Identity, response: AppendEntriesRe
     inflight = core.inflight.get(node, 0)
     if inflight > 0:
         core.inflight[node] = inflight - 1
+    replication.acknowledge_bytes(core, node, match)
     if response.quiesced:
         quiesce.leader_ack(core, sender, response)
     replication.advance_commit_index(core)
@@ -123,6 +126,7 @@ def on_append_failure(core: Replica, sender: Identity, response: AppendEntriesRe
     # Trust the follower's end of log: it may have installed a snapshot since.
     core.next_indices[node] = response.match_index + 1
     core.inflight[node] = 0
+    replication.forget_bytes(core, node)
     if response.last_applied_index is not None:
         core.last_applied_indices[node] = response.last_applied_index
     replication.leader_apply_log(core)

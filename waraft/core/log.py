@@ -26,21 +26,34 @@ _ENTRY_OVERHEAD = 16
 _SCALAR_SIZE = 8
 
 
-def approx_size(entry: Entry) -> int:
-    """A cheap estimate of an entry's encoded size (for entries not yet in the provider).
-
-    Used only for the byte caps of entries appended during the current step; the provider's
-    own sizes are used for everything already in the log.
-    """
-    command = entry.command
-    if isinstance(command, (bytes, str)):
-        return _ENTRY_OVERHEAD + len(command)
-    if isinstance(command, tuple):
-        size = _ENTRY_OVERHEAD
-        for item in command:
-            size += len(item) if isinstance(item, (bytes, str)) else _SCALAR_SIZE
+def approx_command_size(command: object, depth: int = 0) -> int:
+    """A cheap estimate of a command's payload bytes: the lengths of its strings and bytes
+    plus a word per other scalar, through nested tuples, lists and dicts (a ``$batch`` of
+    large writes counts its writes). Past a nesting depth of 8 an item counts as one word."""
+    kind = type(command)
+    if kind is bytes or kind is str or kind is bytearray:
+        return len(command)  # type: ignore[arg-type]
+    if depth < 8 and (kind is tuple or kind is list):
+        size = 0
+        for item in command:  # type: ignore[attr-defined]
+            size += approx_command_size(item, depth + 1)
         return size
-    return _ENTRY_OVERHEAD + _SCALAR_SIZE
+    if depth < 8 and kind is dict:
+        size = 0
+        for key, value in command.items():  # type: ignore[attr-defined]
+            size += approx_command_size(key, depth + 1) + approx_command_size(value, depth + 1)
+        return size
+    return _SCALAR_SIZE
+
+
+def approx_size(entry: Entry) -> int:
+    """A cheap estimate of an entry's encoded size (for entries not yet in the provider, and
+    for the bytes a leader has in flight to each peer).
+
+    Used only for byte caps and budgets; the provider's own sizes are used for the byte caps
+    of reads of everything already in the log.
+    """
+    return _ENTRY_OVERHEAD + approx_command_size(entry.command)
 
 
 class LogOverlay:
@@ -167,6 +180,16 @@ class LogOverlay:
             return self._app[app_start:take]
         out.extend(self._app[app_start:take])
         return out
+
+    def retained_from(self, index: int, max_bytes: int) -> int:
+        """``LogView.retained_from`` over the provider's entries (entries appended in this
+        step are not counted: they are above anything applied before it), never below the
+        visible first index."""
+        first = self.first_index()
+        if self._reset is not None or index <= first:
+            return first
+        found = self.view.retained_from(min(index, self._base_last), max_bytes)
+        return max(first, found)
 
     def config(self) -> tuple[int, Config] | None:
         """The newest config entry still in the visible log."""

@@ -33,6 +33,11 @@ class LogView(Protocol):
     * ``can_append(count, priority)`` is the relaxed-append admission: ``False`` means appending
       now would block, and the leader answers the pending commits with ``commit_stalled``
       instead. The in-memory log always says ``True``.
+    * ``retained_from(index, max_bytes)`` is the lowest index ``i`` of the log, at most
+      ``index``, such that the entries ``i..index`` total at most ``max_bytes`` encoded bytes
+      (``index`` itself when that entry alone is larger; ``first_index()`` when everything up
+      to ``index`` fits). Byte-based rotation (``raft_max_retained_bytes``) trims below it; a
+      provider answers cheaply while the whole log fits.
     """
 
     def first_index(self) -> int: ...
@@ -48,6 +53,8 @@ class LogView(Protocol):
     def config(self) -> tuple[int, Config] | None: ...
 
     def can_append(self, count: int, priority: Priority) -> bool: ...
+
+    def retained_from(self, index: int, max_bytes: int) -> int: ...
 
 
 class QueueView(Protocol):

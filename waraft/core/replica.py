@@ -122,6 +122,10 @@ class Replica:
         self.heartbeat_send_ts: dict[str, int] = {}
         self.heartbeat_reply_ts: dict[str, int] = {}
         self.inflight: dict[str, int] = {}  # append_entries sent per peer, not yet answered
+        # Entries sent per peer and not yet acknowledged: (last index of a message, its
+        # estimated bytes) in send order, and their total (raft_max_bytes_in_flight).
+        self.inflight_sent: dict[str, deque[tuple[int, int]]] = {}
+        self.inflight_bytes: dict[str, int] = {}
         self.first_current_term_log_index = 0
         # When the armed batch timeout is due (None: no commits waiting for one).
         self.batch_deadline: int | None = None

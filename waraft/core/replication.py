@@ -13,11 +13,13 @@ the heartbeat timeout (``maybe_heartbeat``), it tops a lagging peer up between r
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 from waraft.core import commit, config, snapshot
 from waraft.core.effects import Apply, ApplyItem
 from waraft.core.errors import RaftCoreError
+from waraft.core.log import approx_size
 from waraft.core.rpc import AppendEntries
 from waraft.core.types import (
     LEASE_PENDING_RECONFIRMATION,
@@ -80,7 +82,19 @@ def replicate_to_peer(core: Replica, peer: Identity, cfg: Config, quiesce: bool 
         return
     max_entries = settings.raft_max_log_entries_per_heartbeat
     max_bytes = settings.raft_max_heartbeat_size
-    if peer in cfg.witness:
+    byte_limit = settings.raft_max_bytes_in_flight
+    if byte_limit > 0:
+        # Never more than the peer's remaining budget in one message (at least one entry
+        # while below the budget, so one oversized entry still goes out on its own).
+        room = byte_limit - core.inflight_bytes.get(node, 0)
+        if room <= 0:
+            core.count("leader.heartbeat.bytes_in_flight")
+            max_entries = 0
+        elif room < max_bytes:
+            max_bytes = room
+    if max_entries <= 0:
+        entries = []
+    elif peer in cfg.witness:
         cap = min(max_entries, max(0, _witness_limit(core, cfg, last) - next_index + 1))
         entries = config.stub_entries_for_witness(
             log.entries(next_index, last, cap, max_bytes) if cap > 0 else []
@@ -93,8 +107,43 @@ def replicate_to_peer(core: Replica, peer: Identity, cfg: Config, quiesce: bool 
         AppendEntries(prev_index, prev_term, entries, core.commit_index, trim_index, quiesce),
     )
     core.inflight[node] = core.inflight.get(node, 0) + 1
+    if entries and byte_limit > 0:
+        size = 0
+        for entry in entries:
+            size += approx_size(entry)
+        sent = core.inflight_sent.get(node)
+        if sent is None:
+            sent = core.inflight_sent[node] = deque()
+        sent.append((prev_index + len(entries), size))
+        core.inflight_bytes[node] = core.inflight_bytes.get(node, 0) + size
     # Pipelining: assume delivery; a failure response tells us where the follower really is.
     core.next_indices[node] = prev_index + len(entries) + 1
+
+
+def acknowledge_bytes(core: Replica, node: str, match_index: int) -> None:
+    """``node`` holds everything up to ``match_index``: those messages' bytes are no longer
+    in flight."""
+    sent = core.inflight_sent.get(node)
+    if not sent:
+        return
+    freed = 0
+    while sent and sent[0][0] <= match_index:
+        freed += sent.popleft()[1]
+    if freed:
+        core.inflight_bytes[node] = max(0, core.inflight_bytes.get(node, 0) - freed)
+
+
+def forget_bytes(core: Replica, node: str) -> None:
+    """``node``'s pipeline was reset (a failure response): nothing is in flight any more;
+    what it still lacks is sent again from its real end of log."""
+    core.inflight_sent.pop(node, None)
+    core.inflight_bytes.pop(node, None)
+
+
+def bytes_in_flight_full(core: Replica, node: str) -> bool:
+    """True when ``node``'s unacknowledged bytes reached ``raft_max_bytes_in_flight``."""
+    limit = core.settings.raft_max_bytes_in_flight
+    return limit > 0 and core.inflight_bytes.get(node, 0) >= limit
 
 
 def catch_up(core: Replica, peer: Identity) -> None:
@@ -103,7 +152,8 @@ def catch_up(core: Replica, peer: Identity) -> None:
     Deviation from WARaft (CORE-6), after etcd's handling of append responses: WARaft sends a
     backlog only at batch or heartbeat pace (one message of ``raft_max_log_entries_per_heartbeat``
     entries per round); here every success response tops the peer up with further messages, at
-    most ``raft_max_inflight_appends`` unanswered. Nothing is sent during a handover or when
+    most ``raft_max_inflight_appends`` unanswered and ``raft_max_bytes_in_flight`` estimated bytes
+    unacknowledged. Nothing is sent during a handover or when
     the peer has nothing more to receive (a witness is still capped).
     """
     if core.state is not State.LEADER or core.handover is not None:
@@ -117,7 +167,7 @@ def catch_up(core: Replica, peer: Identity) -> None:
     sendable = _witness_limit(core, cfg, last) if peer in cfg.witness else last
     next_indices = core.next_indices
     inflight = core.inflight
-    while inflight.get(node, 0) < limit:
+    while inflight.get(node, 0) < limit and not bytes_in_flight_full(core, node):
         next_index = next_indices.get(node, core.first_current_term_log_index)
         if next_index > sendable:
             return
@@ -221,7 +271,20 @@ def apply_log(core: Replica, trim_index: int | None) -> None:
     core.emit(Apply(items))
     rotate_floor = limited - settings.raft_max_retained_entries
     rotate_index = index if trim_index is None else min(index, trim_index)
-    snapshot.rotate(core, max(rotate_floor, rotate_index))
+    snapshot.rotate(core, max(rotate_floor, rotate_index), _byte_floor(core, index))
+
+
+def _byte_floor(core: Replica, applied: int) -> int:
+    """Where byte-based rotation trims to (0: nowhere): once the applied entries the log
+    holds exceed ``raft_max_retained_bytes``, below the newest ones that fit in three
+    quarters of it, so trims come in batches rather than one per apply."""
+    limit = core.settings.raft_max_retained_bytes
+    if limit <= 0:
+        return 0
+    log = core.log
+    if log.retained_from(applied, limit) <= log.first_index():
+        return 0
+    return log.retained_from(applied, limit - limit // 4)
 
 
 # -- liveness --------------------------------------------------------------------------------

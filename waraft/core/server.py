@@ -19,6 +19,8 @@ Deliberate deviations from WARaft (each documented where it is made):
 * an append response keeps a pending batch timeout (``replication.maybe_heartbeat``);
 * an append response tops a lagging peer up, bounded by ``raft_max_inflight_appends``
   (``replication.catch_up``; 0 restores WARaft's one message per round);
+* a peer's unacknowledged entries are bounded in estimated bytes too
+  (``raft_max_bytes_in_flight``): past it the peer gets only empty append_entries;
 * a ``disable`` while disabled persists the new reason; replies follow the state change they
   belong to, so nothing is acknowledged before it is durable;
 * an idle partition may quiesce: no heartbeats, no election timers (``quiesce``, issue 13).

@@ -26,6 +26,10 @@ class Settings:
     raft_max_pending_high_priority_commits: int = 1500
     raft_max_pending_low_priority_commits: int = 250
     raft_max_pending_reads: int = 5000
+    # Not a WARaft knob (issue 14): estimated bytes of commands admitted and not yet handed to
+    # storage or cancelled, both priorities together; beyond it commits are refused with
+    # ``commit_queue_bytes_full`` (a client retries it like ``commit_queue_full``). 0 = unbounded.
+    raft_max_pending_commit_bytes: int = 16 * 1024 * 1024
     raft_election_pre_vote: bool = False
     raft_leader_check_quorum: bool = False
     raft_leader_read_lease_ms: int = 0
@@ -50,6 +54,14 @@ class Settings:
     raft_handover_timeout_ms: int = 600
     raft_max_log_records_per_file: int = 200_000
     raft_max_log_records: int | None = None  # None means raft_max_log_records_per_file * 10
+    # Not WARaft knobs (issue 14), byte bounds on the log. ``raft_max_retained_bytes``: bytes
+    # of applied entries a replica keeps (the in-memory and WAL providers count memory: encoded
+    # size plus ~200 per entry; the disk log counts disk); beyond it rotation trims (to 3/4),
+    # even below a lagging follower's match index, as ``raft_max_retained_entries`` does (that
+    # follower then gets a snapshot). 0 = no byte bound. ``raft_max_log_bytes_per_file``: the
+    # size at which the disk log starts a new segment and the node's WAL a new file.
+    raft_max_retained_bytes: int = 8 * 1024 * 1024
+    raft_max_log_bytes_per_file: int = 64 * 1024 * 1024
     raft_rotate_by_trim_index: bool = False
     raft_log_heartbeat_binary_entries: bool = False
     raft_snapshot_catchup_threshold: int = 100_000
@@ -59,6 +71,11 @@ class Settings:
     # replication backlog on responses (WARaft drains it only at batch or heartbeat pace;
     # 0 restores that pacing).
     raft_max_inflight_appends: int = 8
+    # Not a WARaft knob (issue 14): estimated bytes of entries sent to one peer and not yet
+    # acknowledged. Past it the leader sends that peer only empty append_entries (heartbeats
+    # that keep its leadership and carry the commit index) until acknowledgements come back,
+    # so a slow or dead follower costs at most this much buffered per peer. 0 = unbounded.
+    raft_max_bytes_in_flight: int = 4 * 1024 * 1024
     # Not a WARaft knob (issue 13): a leader whose followers acknowledged everything and that
     # saw no traffic for this long sends one quiesce round and then stops heartbeating; its
     # followers stop their election timers while node-level liveness reports the leader's

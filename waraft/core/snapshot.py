@@ -93,12 +93,20 @@ def adopt_snapshot(
         log.trim(index)
 
 
-def rotate(core: Replica, index: int) -> None:
-    """Trim in large batches, keeping ``log_rotation_keep`` entries behind ``index``."""
+def rotate(core: Replica, index: int, byte_floor: int = 0) -> None:
+    """Trim in large batches, keeping ``log_rotation_keep`` entries behind ``index``; or to
+    ``byte_floor`` when the retained bytes call for more (``replication._byte_floor``)."""
     settings = core.settings
     keep = settings.log_rotation_keep
     target = index - keep
-    if target - core.log.first_index() >= settings.raft_max_log_records_per_file:
+    first = core.log.first_index()
+    if target - first >= settings.raft_max_log_records_per_file:
         core.count("log.rotate")
-        core.emit(TrimLog(target))
-        core.log.trim(target)
+    elif byte_floor > first:
+        core.count("log.rotate.bytes")
+        target = byte_floor
+    else:
+        return
+    target = max(target, byte_floor)
+    core.emit(TrimLog(target))
+    core.log.trim(target)

@@ -111,6 +111,8 @@ def advance_term(core: Replica, term: int, voted_for: str | None) -> None:
     core.last_applied_indices = {}
     core.heartbeat_send_ts = {}
     core.inflight = {}
+    core.inflight_sent = {}
+    core.inflight_bytes = {}
     core.handover = None
     core.handover_lease_state = LEASE_UNAFFECTED
     # heartbeat_reply_ts survives: liveness evidence is independent of the term.

@@ -253,13 +253,15 @@ class DiskLog(LogProvider):
     ) -> Self:
         """Open the log of the partition directory ``path`` (files in ``<path>/log``).
 
-        ``settings.raft_max_log_records_per_file`` sets the rotation interval unless the option
-        ``max_records_per_file`` overrides it; other options are the constructor's.
+        ``settings.raft_max_log_records_per_file`` and ``raft_max_log_bytes_per_file`` set when
+        a segment is full unless the options ``max_records_per_file`` / ``max_bytes_per_file``
+        override them; other options are the constructor's.
         """
         if path is None:
             raise ValueError("DiskLog needs a partition directory")
         if settings is not None:
             options.setdefault("max_records_per_file", settings.raft_max_log_records_per_file)
+            options.setdefault("max_bytes_per_file", settings.raft_max_log_bytes_per_file)
         return cls(os.path.join(os.fspath(path), "log"), **options)
 
     # -- opening ------------------------------------------------------------------------------
@@ -539,6 +541,31 @@ class DiskLog(LogProvider):
             index = segment.first + top + 1
             position += 1
         return count
+
+    def retained_from(self, index: int, max_bytes: int) -> int:
+        """``LogView.retained_from`` from the record offsets (sizes on disk), walking the
+        segments back from ``index``'s: one bisect in the segment where the budget ends."""
+        segments = self._segments
+        first = segments[0].first
+        index = min(index, self._last)
+        if index <= first:
+            return first
+        position = segments.index(self._find(segments, index))
+        segment = segments[position]
+        end = segment.end_of(index - segment.first)
+        remaining = max_bytes
+        while True:
+            offsets = segment.offsets
+            used = end - offsets[0]
+            if used > remaining:
+                at = bisect_left(offsets, end - remaining)
+                return min(index, segment.first + at)
+            remaining -= used
+            if position == 0:
+                return first
+            position -= 1
+            segment = segments[position]
+            end = segment.size
 
     def _read(self, segments: tuple[_Segment, ...], start: int, hi: int) -> list[Entry]:
         """Entries ``start..hi`` (all in the log): the cache for the tail, the disk before it."""

@@ -144,6 +144,11 @@ class LogProvider(ABC):
         """Relaxed-append admission: ``False`` when appending ``count`` entries now would
         have to wait (the leader then answers ``commit_stalled``)."""
 
+    def retained_from(self, index: int, max_bytes: int) -> int:
+        """``LogView.retained_from``. This default keeps no byte bound (it answers
+        ``first_index()``): the providers of this package override it."""
+        return self.first_index()
+
     # -- writes -------------------------------------------------------------------------------
 
     @abstractmethod
@@ -167,6 +172,14 @@ class LogProvider(ABC):
         """Make every completed write durable (one group commit)."""
 
     # -- helpers with a default implementation -----------------------------------------------
+
+    def sync_within(self, stalled_timeout: float) -> bool:
+        """``sync``, except that while the provider's writes are *stalled* (a full disk that
+        it retries by itself) it gives up after ``stalled_timeout`` seconds and returns False:
+        the writes stay queued, nothing of them may be acknowledged yet, and a later call
+        completes them. A provider that never stalls just syncs (this default)."""
+        self.sync()
+        return True
 
     def flush(self) -> None:
         """WARaft's best-effort ``flush``: the same as ``sync`` unless a provider says more."""
@@ -218,6 +231,27 @@ def is_config_entry(entry: Entry) -> bool:
     )
 
 
+def retained_offset(
+    sizes: Sequence[int], lo: int, hi: int, total: int, max_bytes: int, overhead: int = 0
+) -> int:
+    """``retained_from`` over a list of sizes: the lowest offset ``i`` in ``[lo, hi]`` such
+    that ``sizes[i..hi]`` (each plus ``overhead``) sum to at most ``max_bytes`` (``hi`` when
+    ``sizes[hi]`` alone is larger). ``total`` is the sum of ``sizes[lo:]``; the walk covers
+    only the entries above ``hi`` and those dropped, so it is cheap while little is over."""
+    kept = total + overhead * (len(sizes) - lo)
+    for at in range(len(sizes) - 1, hi, -1):
+        kept -= sizes[at] + overhead
+    excess = kept - max_bytes
+    if excess <= 0:
+        return lo
+    dropped = 0
+    for at in range(lo, hi + 1):
+        dropped += sizes[at] + overhead
+        if dropped >= excess:
+            return min(hi, at + 1)
+    return hi
+
+
 def count_within_bytes(sizes: Iterable[int], max_bytes: int) -> int:
     """How many leading entries of ``sizes`` a size-capped read returns.
 
@@ -240,4 +274,5 @@ __all__ = [
     "LogWriteError",
     "count_within_bytes",
     "is_config_entry",
+    "retained_offset",
 ]

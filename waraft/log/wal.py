@@ -58,7 +58,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final, Self
 
 from waraft.core.settings import Settings
@@ -189,6 +189,9 @@ class WalWriter:
     """
 
     _registry: ClassVar[dict[str, WalWriter]] = {}
+    fault: ClassVar[Callable[[str], OSError | None] | None] = None
+    """A fault hook for tests: called with the directory before each batch is written; an
+    ``OSError`` it returns is raised as if ``os.write`` had failed (an injected ENOSPC)."""
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, directory: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
@@ -409,13 +412,26 @@ class WalWriter:
             self._cond.notify_all()
             return self._queued
 
-    def wait(self, ticket: int) -> None:
-        """Block until the record with ``ticket`` (and every earlier one) is durable."""
+    def wait(self, ticket: int, stalled_timeout: float | None = None) -> bool:
+        """Block until the record with ``ticket`` (and every earlier one) is durable; True.
+
+        With ``stalled_timeout``, give up (False) once the writer has been stalled for that
+        long within this call; without it, wait however long the stall lasts."""
         with self._cond:
+            deadline: float | None = None
             while self._synced < ticket:
                 if self.broken is not None:
                     raise LogWriteError(errno.EIO, f"WAL {self.directory}: {self.broken}")
-                self._cond.wait(1.0)
+                pause = 1.0
+                if stalled_timeout is not None and self.stalled is not None:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + stalled_timeout
+                    if now >= deadline:
+                        return False
+                    pause = deadline - now
+                self._cond.wait(pause)
+            return True
 
     def _run(self) -> None:
         while True:
@@ -486,6 +502,11 @@ class WalWriter:
         data = b"".join(batch)
         view = memoryview(data)
         try:
+            fault = WalWriter.fault
+            if fault is not None:
+                injected = fault(self.directory)
+                if injected is not None:
+                    raise injected
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
@@ -597,10 +618,14 @@ class WalLog(MemoryLog):
         **options: Any,
     ) -> Self:
         """Open the log of partition directory ``path`` in the WAL of its parent directory
-        (``<parent>/wal``, or the option ``wal_dir``); ``max_file_bytes`` sets rotation."""
+        (``<parent>/wal``, or the option ``wal_dir``); ``max_file_bytes`` (default: the
+        setting ``raft_max_log_bytes_per_file``) sets rotation."""
         if path is None:
             raise ValueError("WalLog needs a partition directory")
         path = os.path.abspath(os.fspath(path))
+        if settings is not None:
+            # Node-wide: the first partition to open the WAL sets its file size.
+            options.setdefault("max_file_bytes", settings.raft_max_log_bytes_per_file)
         directory = options.pop("wal_dir", None) or os.path.join(os.path.dirname(path), WAL_DIR)
         writer = WalWriter.acquire(directory, **options)
         try:
@@ -697,6 +722,10 @@ class WalLog(MemoryLog):
 
     def sync(self) -> None:
         self._writer.wait(self._ticket)
+
+    def sync_within(self, stalled_timeout: float) -> bool:
+        """False when the node's WAL is stalled (a full disk) for ``stalled_timeout`` s."""
+        return self._writer.wait(self._ticket, stalled_timeout)
 
     def close(self) -> None:
         with self._lock:

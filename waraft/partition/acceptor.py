@@ -41,7 +41,7 @@ from waraft.distribution import inline as dist_inline
 from waraft.distribution import policy
 from waraft.services import info
 from waraft.services.options import RaftOptions
-from waraft.services.queues import Queues
+from waraft.services.queues import Queues, command_bytes
 from waraft.services.replies import coalesced_replies, send_client_reply
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,8 @@ class Acceptor(otp.Process):
 
         Returns how many were admitted and why the rest were rejected.
         """
-        admitted, reason = self.queues.commits_started(len(items), priority)
+        sizes = [command_bytes(op[1]) for _, op in items]
+        admitted, reason = self.queues.commits_started(len(items), priority, sizes)
         if admitted:
             self._hold(items if admitted == len(items) else items[:admitted], priority)
         if reason is not None:

@@ -59,12 +59,13 @@ from waraft.core.effects import (
 )
 from waraft.core.rpc import RaftRpc, RpcDecodeError, from_wire, short_repr, to_wire
 from waraft.core.server import RaftCore
-from waraft.core.types import Config, DurableState, Identity, LogPos, State
+from waraft.core.types import Config, DurableState, Identity, LogPos, State, is_config_command
 from waraft.distribution import policy
 from waraft.partition import durable_state, heartbeats
 from waraft.services import env, info, metrics
 from waraft.services.label import label_function
 from waraft.services.options import RaftOptions
+from waraft.services.queues import command_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ DEFAULT_TIMEOUT = 10.0  # raft_rpc_call_timeout, seconds
 STORAGE_TIMEOUT = 60.0  # raft_storage_call_timeout, seconds
 FLUSH_EVERY = 64  # events handled before a flush even when the mailbox never empties
 SETTINGS_REFRESH_MS = 1000  # WARaft reads settings live; we re-resolve them this often
-ENTRY_SIZE_ESTIMATE = 64  # apply-queue bytes for an entry whose command is not bytes
+ENTRY_SIZE_ESTIMATE = 64  # the least apply-queue bytes counted for an entry
 
 make_config = core_config.make_config
 
@@ -94,10 +95,22 @@ def _now_ms() -> int:
 
 
 def _entry_size(entry: Any) -> int:
-    command = entry.command
-    if isinstance(command, (bytes, bytearray, str)):
-        return len(command) + 16
-    return ENTRY_SIZE_ESTIMATE
+    """Apply-queue bytes of an entry: its command's estimated payload (strings and bytes
+    inside tuples count, so ``raft_max_pending_apply_bytes`` bounds real writes) plus 16."""
+    return max(ENTRY_SIZE_ESTIMATE, 16 + command_bytes(entry.command))
+
+
+STALLED_SYNC_WAIT = 0.05
+"""Seconds a flush waits on a log whose writes are stalled (a full disk) before it holds the
+flush back and lets the server go on handling messages."""
+STALLED_RETRY_MS = 100
+"""How often a held-back flush retries the log's sync."""
+
+# Effects that never depend on the log writes of their flush: they may leave while the log's
+# sync is stalled. Errors (cancelled commits and reads) carry no claim about the log; ReadNow
+# reads storage as it is (a write whose apply is held back was acknowledged to nobody); a
+# SubmitRead waits in storage until it has applied far enough.
+_NOT_AFTER_SYNC = (CommitCancelled, ReadCancelled, CancelReads, ReadNow, SubmitRead)
 
 
 class RaftServer(otp.StateMachine):
@@ -121,6 +134,8 @@ class RaftServer(otp.StateMachine):
         self._outbox: list[Effect] = []
         self._events_since_flush = 0
         self._log_dirty = False
+        self._log_stalled = False  # the last flush found the log's writes stalled
+        self._sync_retry_armed = False
         self._internal: deque[Any] = deque()
         self._timeout: SetTimeout | None = None
         self._published: tuple[Any, ...] | None = None
@@ -225,7 +240,9 @@ class RaftServer(otp.StateMachine):
         self._maybe_flush()
 
     def handle_info(self, msg: Any) -> None:
-        if not (isinstance(msg, tuple) and msg and msg[0] == "EXIT"):
+        if msg == ("log_sync_retry",):
+            self._sync_retry_armed = False  # _maybe_flush retries: the log is still dirty
+        elif not (isinstance(msg, tuple) and msg and msg[0] == "EXIT"):
             # Linked helpers' exits are the supervisor's business; anything else is noise.
             logger.debug("%s dropped message %s", self.name, short_repr(msg))
         self._maybe_flush()
@@ -330,12 +347,42 @@ class RaftServer(otp.StateMachine):
             self._timeout = None
             self.set_state_timeout(timeout.ms, timeout.kind)
         if self._log_dirty:
+            if not self.log.sync_within(0.0 if self._log_stalled else STALLED_SYNC_WAIT):
+                self._hold_back()
+                return
+            if self._log_stalled:
+                self._log_stalled = False
+                logger.warning("%s: log writes resumed; sending what was held back", self.name)
             self._log_dirty = False
-            self.log.sync()
         outbox = self._outbox
         if outbox:
             self._outbox = []
             self._send_outbox(outbox)
+        self._publish_status()
+
+    def _hold_back(self) -> None:
+        """The log cannot sync (its writes are stalled: a full disk, retried by the
+        provider). Everything that depends on the unsynced writes — sends (acknowledgements,
+        replication), applies, replies — stays in the outbox, in order, until a later flush
+        syncs; errors and reads go out now, so the partition keeps answering: new commits get
+        ``commit_stalled`` (the provider refuses appends), reads that need no append are
+        served. The server keeps handling messages and retries every ``STALLED_RETRY_MS``."""
+        if not self._log_stalled:
+            self._log_stalled = True
+            logger.warning(
+                "%s: log writes stalled; holding back sends and applies, refusing writes, "
+                "serving reads",
+                self.name,
+            )
+            self._metrics.count(("raft", "log_sync_stalled"))
+        outbox = self._outbox
+        free: list[Effect] = [e for e in outbox if isinstance(e, _NOT_AFTER_SYNC)]
+        if free:
+            self._outbox = [e for e in outbox if not isinstance(e, _NOT_AFTER_SYNC)]
+            self._send_outbox(free)
+        if not self._sync_retry_armed:
+            self._sync_retry_armed = True
+            otp.send_after(STALLED_RETRY_MS, self.pid, ("log_sync_retry",))
         self._publish_status()
 
     def _send_outbox(self, outbox: list[Effect]) -> None:
@@ -353,6 +400,7 @@ class RaftServer(otp.StateMachine):
                     effect.to.reply(effect.value)
             elif isinstance(effect, CommitCancelled):
                 queues.commits_finished(1, effect.priority)
+                queues.commit_bytes_released(1)
                 if effect.to is not None:
                     effect.to.reply(("error", effect.reason))
             elif isinstance(effect, ReadCancelled):
@@ -372,6 +420,16 @@ class RaftServer(otp.StateMachine):
         if applies:
             size = sum(_entry_size(item.entry) for item in applies)
             queues.reserve_apply(len(applies), size)
+            # The callers' commits move from the commit queue's byte budget to the apply
+            # queue's (config changes were admitted without bytes).
+            handed, handed_bytes = 0, 0
+            for item in applies:
+                command = item.entry.command
+                if item.reply_to is not None and not is_config_command(command):
+                    handed += 1
+                    handed_bytes += command_bytes(command)
+            if handed:
+                queues.commit_bytes_released(handed, handed_bytes)
             otp.cast(self.options.storage_name, storage.ApplyRequest(applies, size))
         for peer, rpcs in sends.items():
             self._send_rpcs(peer, rpcs)

@@ -14,12 +14,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from collections.abc import Sequence
 from typing import Any
 
+from waraft.core.log import approx_command_size
 from waraft.core.settings import Settings
 from waraft.core.types import Priority
 
 COMMIT_QUEUE_FULL = "commit_queue_full"
+COMMIT_QUEUE_BYTES_FULL = "commit_queue_bytes_full"
 APPLY_QUEUE_FULL = "apply_queue_full"
 READ_QUEUE_FULL = "read_queue_full"
 
@@ -49,6 +52,8 @@ class Queues:
             self._apply_count = 0
             self._apply_bytes = 0
             self._pending = {Priority.HIGH: 0, Priority.LOW: 0}
+            self._commit_bytes = 0
+            self._commit_held = 0  # admitted commits whose bytes are in _commit_bytes
             self._read_count = 0
             self._reads: list[tuple[int, int, Any, Any]] = []
 
@@ -59,6 +64,11 @@ class Queues:
 
     def commit_queue_full(self, priority: Priority = Priority.HIGH) -> bool:
         return self._pending[priority] >= self._commit_limit(priority)
+
+    def commit_queue_byte_size(self) -> int:
+        """Estimated bytes of the admitted commits not yet handed to storage or cancelled
+        (both priorities), bounded by ``raft_max_pending_commit_bytes``."""
+        return self._commit_bytes
 
     def apply_queue_size(self) -> int:
         return self._apply_count
@@ -84,29 +94,68 @@ class Queues:
 
     # -- commits --------------------------------------------------------------------------------
 
-    def commit_started(self, priority: Priority = Priority.HIGH) -> str | None:
-        """Admit one commit: ``None`` when admitted, else the rejection reason."""
-        return self.commits_started(1, priority)[1]
+    def commit_started(self, priority: Priority = Priority.HIGH, size: int = 0) -> str | None:
+        """Admit one commit of ``size`` estimated bytes: ``None`` when admitted, else the
+        rejection reason."""
+        return self.commits_started(1, priority, [size])[1]
 
-    def commits_started(self, count: int, priority: Priority) -> tuple[int, str | None]:
-        """Admit up to ``count`` commits at once.
+    def commits_started(
+        self, count: int, priority: Priority, sizes: Sequence[int] | None = None
+    ) -> tuple[int, str | None]:
+        """Admit up to ``count`` commits at once; ``sizes`` are their estimated bytes
+        (``command_bytes``), or ``None`` to count them as empty.
 
-        Returns how many were admitted (the first ones, in order) and the reason the rest were
-        rejected (``None`` when all were admitted).
+        The commit queue is bounded in entries per priority and, across both priorities, in
+        bytes (``raft_max_pending_commit_bytes``; a commit larger than the whole budget is
+        admitted only into an empty queue, so it can still go through). Returns how many
+        were admitted (the first ones, in order) and the reason the rest were rejected
+        (``None`` when all were admitted): ``apply_queue_full``, ``commit_queue_full`` or
+        ``commit_queue_bytes_full``.
         """
         with self._lock:
             if self.apply_queue_full():
                 return 0, APPLY_QUEUE_FULL
             room = self._commit_limit(priority) - self._pending[priority]
             admitted = max(0, min(count, room))
+            reason = None if admitted == count else COMMIT_QUEUE_FULL
+            if sizes is not None:
+                limit = self.settings.raft_max_pending_commit_bytes
+                total = self._commit_bytes
+                for taken in range(admitted):
+                    size = sizes[taken]
+                    if limit > 0 and total + size > limit and total > 0:
+                        admitted, reason = taken, COMMIT_QUEUE_BYTES_FULL
+                        break
+                    total += size
+                self._commit_bytes = total
+                self._commit_held += admitted
             self._pending[priority] += admitted
             self.commits_admitted += admitted
-        return admitted, (None if admitted == count else COMMIT_QUEUE_FULL)
+        return admitted, reason
 
     def commits_finished(self, count: int, priority: Priority) -> None:
         """Release ``count`` commit slots (completed or cancelled)."""
         with self._lock:
             self._pending[priority] = max(0, self._pending[priority] - count)
+
+    def commit_bytes_released(self, count: int, size: int | None = None) -> None:
+        """``count`` admitted commits left the commit queue's byte budget: handed to storage
+        (``size``: their ``command_bytes``; from then on the apply queue's byte bound covers
+        them) or cancelled (``size`` ``None``: the shell no longer has the commands, so they
+        release the average of what is held; once nothing is held the total is zero again,
+        so estimates never accumulate)."""
+        with self._lock:
+            held = self._commit_held
+            if held <= 0:
+                return
+            count = min(count, held)
+            self._commit_held = held - count
+            if self._commit_held == 0:
+                self._commit_bytes = 0
+            elif size is None:
+                self._commit_bytes -= self._commit_bytes * count // held
+            else:
+                self._commit_bytes = max(0, self._commit_bytes - size)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -169,4 +218,17 @@ class Queues:
             self._apply_bytes = max(0, self._apply_bytes - size)
 
 
-__all__ = ["APPLY_QUEUE_FULL", "COMMIT_QUEUE_FULL", "READ_QUEUE_FULL", "Queues"]
+def command_bytes(command: Any) -> int:
+    """The estimated bytes a commit's command occupies in the commit queue: the same
+    estimate on admission (acceptor) and on hand-off to storage (server), so they match."""
+    return approx_command_size(command)
+
+
+__all__ = [
+    "APPLY_QUEUE_FULL",
+    "COMMIT_QUEUE_BYTES_FULL",
+    "COMMIT_QUEUE_FULL",
+    "READ_QUEUE_FULL",
+    "Queues",
+    "command_bytes",
+]

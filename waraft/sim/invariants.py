@@ -30,6 +30,9 @@ from typing import Any
 from waraft.core.log_view import LogView
 from waraft.core.types import NOOP_OMITTED, DurableState, Entry, LogPos, State
 
+ENTRY_SLACK = 4096
+"""Bytes a leader may overshoot its in-flight budget by: the one entry that crosses it."""
+
 
 class InvariantViolation(AssertionError):
     """A safety property does not hold. ``invariant`` names it; the simulator fills ``seed``,
@@ -225,6 +228,19 @@ class InvariantChecker:
                 self._observe_commits(node, term, previous, commit_index, log)
             self._commit[node] = commit_index
         self._commit_may_drop.discard(node)
+
+    def check_bytes_in_flight(self, node: str, inflight: dict[str, int], limit: int) -> None:
+        """A leader's unacknowledged bytes per peer stay within ``raft_max_bytes_in_flight``
+        plus one entry (a message may end with the entry that crosses the budget; the
+        simulator's commands are far below ``ENTRY_SLACK``). ``limit`` 0 is unbounded."""
+        if limit <= 0:
+            return
+        for peer in sorted(inflight):
+            if inflight[peer] > limit + ENTRY_SLACK:
+                self._violate(
+                    "bytes_in_flight",
+                    f"{node} has {inflight[peer]} bytes in flight to {peer} (limit {limit})",
+                )
 
     def _observe_commits(self, node: str, term: int, start: int, end: int, log: LogView) -> None:
         if end > log.last_index():

@@ -111,6 +111,19 @@ class MemoryLog:
         refuse = self.refuse_append
         return refuse is None or not refuse(count, priority)
 
+    def retained_from(self, index: int, max_bytes: int) -> int:
+        first = self._first
+        index = min(index, self.last_index())
+        if index <= first:
+            return first
+        sizes = self._sizes
+        total = 0
+        for at in range(index, first - 1, -1):
+            total += sizes[at - first]
+            if total > max_bytes:
+                return min(index, at + 1)
+        return first
+
     # -- inspection ------------------------------------------------------------------------------
 
     def __len__(self) -> int:

@@ -496,6 +496,8 @@ def random_scenario(seed: int) -> Scenario:
         raft_candidate_buffer_requests=rng.random() < 0.3,
         raft_handover_timeout_ms=rng.choice([100, 300, 600]),
         raft_max_handover_log_entries=rng.choice([10, 200]),
+        raft_max_bytes_in_flight=rng.choice([0, 200, 2000, 4 * 1024 * 1024]),
+        raft_max_retained_bytes=rng.choice([0, 3000, 8 * 1024 * 1024]),
     )
     volatile = rng.random() < 0.2
     net = NetConfig(

@@ -310,6 +310,11 @@ class Simulation:
             core = node.core
             if core is not None:
                 check(node_id, core.state, core.current_term, core.commit_index)
+                inflight = getattr(core, "inflight_bytes", None)
+                if inflight and core.state is State.LEADER:
+                    self.invariants.check_bytes_in_flight(
+                        node_id, inflight, core.settings.raft_max_bytes_in_flight
+                    )
 
     def _guard(self, action: Callable[..., None], *args: Any) -> None:
         """Run an action outside ``step`` (setup, restarts from tests) with the same checks."""
