@@ -211,3 +211,17 @@ def test_bootstrap_of_more_partitions_than_the_admin_rate_limit_allows(tmp_path:
         assert "150/150 partitions have a leader" in done.stdout
     finally:
         proc.kill()
+
+
+def test_a_node_over_its_memory_limit_refuses_to_start() -> None:
+    over = waraft(
+        "node", "--name", "m", "--listen", "127.0.0.1:0", "--memory", "--insecure",
+        "--max-memory-mb", "1",
+    )  # fmt: skip
+    assert over.returncode == 1
+    assert "failed to start" in over.stderr and "max_memory_mb=1" in over.stderr
+    bad = waraft(
+        "node", "--name", "m", "--listen", "127.0.0.1:0", "--memory", "--insecure",
+        "--max-memory-mb", "-3",
+    )  # fmt: skip
+    assert bad.returncode == 2 and "max_memory_mb must be" in bad.stderr

@@ -333,3 +333,34 @@ def test_blocking_in_a_thread_process_is_a_plain_call() -> None:
     gate.set()
     assert otp.call(syncer, ("block", gate)) is True
     assert not [t for t in threading.enumerate() if t.name.startswith("otp:io:")]
+
+
+def test_spawning_past_the_memory_limit_fails_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from waraft.otp import node as node_module
+
+    monkeypatch.setattr(node_module, "MEMORY_CHECK_INTERVAL", 0.0)  # read at every start
+    rss = {"bytes": 10 << 20}
+    monkeypatch.setattr(node_module, "resident_bytes", lambda: rss["bytes"])
+    node = _node("memlimit@t", max_memory_mb=64)
+    first = Answerer.start(node=node)
+    rss["bytes"] = 65 << 20
+    with pytest.raises(otp.StartError) as err:
+        Answerer.start(name="over", node=node)
+    kind, text = err.value.reason
+    assert kind == "system_limit" and "65 MiB" in text and "max_memory_mb=64" in text
+    assert node.registry.whereis("over") is None
+    assert otp.call(first, "ping") == "pong"  # running processes are not touched
+    rss["bytes"] = 20 << 20
+    assert otp.call(Answerer.start(name="over", node=node), "ping") == "pong"
+
+
+def test_the_memory_limit_reads_this_process_resident_size() -> None:
+    from waraft.otp import node as node_module
+
+    rss = node_module.resident_bytes()
+    assert rss is not None and rss > 1 << 20
+    with pytest.raises(ValueError):
+        otp.Node("negative@t", max_memory_mb=-1)
+    node = _node("tiny@t", max_memory_mb=1)  # no Python process fits in 1 MiB
+    with pytest.raises(otp.StartError):
+        Answerer.start(node=node)

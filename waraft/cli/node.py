@@ -85,6 +85,7 @@ class NodeConfig:
     keys: str | None = None
     insecure: bool = False
     metrics: str | None = None
+    max_memory_mb: int | None = None
     log_level: str = "INFO"
     settings: dict[str, Any] = field(default_factory=dict)
     dist: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +114,12 @@ class NodeConfig:
         split_listen(self.listen)
         if self.metrics is not None:
             split_listen(self.metrics, "--metrics")
+        if self.max_memory_mb is not None and (
+            type(self.max_memory_mb) is not int or self.max_memory_mb < 0
+        ):
+            raise UsageError(
+                f"max_memory_mb must be a whole number of MiB >= 0, got {self.max_memory_mb!r}"
+            )
         if self.data_dir is None and not self.memory:
             raise UsageError("--data-dir is required (or --memory for a throw-away node)")
         from waraft.partition import part_sup
@@ -285,6 +292,13 @@ def add_parser(sub: Any) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (the metrics extra)",
     )
+    p.add_argument(
+        "--max-memory-mb",
+        type=int,
+        metavar="MIB",
+        help="refuse to start processes (new partitions, connections) while the node's "
+        "resident size is above MIB (default: no limit)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     common.dist_args(p)
     p.set_defaults(func=run)
@@ -315,6 +329,8 @@ class NodeRuntime:
         if curve is not None:
             dist_kw["curve"] = curve
         self.node_id = dist.start(config.node_id(), bind=config.bind(), **dist_kw)
+        if config.max_memory_mb is not None:
+            otp.node.current().max_memory_mb = config.max_memory_mb
         app = config.application
         env.set_env(app, "raft_database", os.path.abspath(data_dir))
         env.set_env(app, "raft_log_module", MEMORY_LOG if config.memory else DURABLE_LOG)

@@ -35,6 +35,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_NODE_ID = "nonode@nohost"
 DEFAULT_MAX_PROCESSES = 262_144
 """Erlang's default process limit; ``WARAFT_OTP_MAX_PROCESSES`` overrides it."""
+MEMORY_CHECK_INTERVAL = 0.1
+"""Seconds a resident-size reading is reused: a bootstrap spawns thousands of processes, and
+reading ``/proc`` for each would cost more than the spawn."""
+
+
+def resident_bytes() -> int | None:
+    """This OS process's resident set size (Linux ``/proc/self/statm``), None elsewhere."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 LinkFilter = Callable[[str, str], bool]
 
@@ -113,7 +126,10 @@ class Node:
     ``io_threads`` the threads that run ``otp.blocking`` calls (None =
     ``sched.default_io_threads()``), started with the first one; ``max_processes`` the live
     processes beyond which a start fails with
-    ``StartError(("system_limit", text))`` (None = ``WARAFT_OTP_MAX_PROCESSES`` or 262,144).
+    ``StartError(("system_limit", text))`` (None = ``WARAFT_OTP_MAX_PROCESSES`` or 262,144);
+    ``max_memory_mb`` the resident size of the OS process beyond which a start fails the same
+    way (None = ``WARAFT_OTP_MAX_MEMORY_MB``, else 0: no limit). Running processes are not
+    touched: like BEAM's process limit, it refuses new work instead of killing old.
     """
 
     def __init__(
@@ -125,6 +141,7 @@ class Node:
         long_hold_ms: float | None = None,
         max_processes: int | None = None,
         io_threads: int | None = None,
+        max_memory_mb: int | None = None,
     ) -> None:
         from waraft.otp import sched
 
@@ -136,6 +153,12 @@ class Node:
         if max_processes is None:
             max_processes = int(os.environ.get("WARAFT_OTP_MAX_PROCESSES", DEFAULT_MAX_PROCESSES))
         self.max_processes = max_processes
+        if max_memory_mb is None:
+            max_memory_mb = int(os.environ.get("WARAFT_OTP_MAX_MEMORY_MB", "0"))
+        if max_memory_mb < 0:
+            raise ValueError(f"max_memory_mb must be >= 0, not {max_memory_mb}")
+        self.max_memory_mb = max_memory_mb
+        self._rss_reading: tuple[float, int | None] = (-MEMORY_CHECK_INTERVAL, None)
         self._pool: SchedulerPool | None = None
         self._n_io_threads = io_threads
         self._io: IoPool | None = None
@@ -215,7 +238,27 @@ class Node:
                         f"(max_processes={self.max_processes})",
                     )
                 )
+            if self.max_memory_mb:
+                self._check_memory()
             self._procs[pid] = None
+
+    def _check_memory(self) -> None:
+        """Refuse a start while the OS process's resident size exceeds ``max_memory_mb``."""
+        from waraft.otp.errors import StartError
+
+        now = time.monotonic()
+        taken_at, rss = self._rss_reading
+        if now - taken_at >= MEMORY_CHECK_INTERVAL:
+            rss = resident_bytes()
+            self._rss_reading = (now, rss)
+        if rss is not None and rss > self.max_memory_mb << 20:
+            raise StartError(
+                (
+                    "system_limit",
+                    f"node {self.id} uses {rss >> 20} MiB resident "
+                    f"(max_memory_mb={self.max_memory_mb})",
+                )
+            )
 
     def _forget(self, pid: Pid) -> None:
         with self._lock:
