@@ -94,3 +94,17 @@ def test_a_run_whose_fault_cannot_be_undone_ends_instead_of_hanging(tmp_path: Pa
     assert proc.returncode == 3, f"{out[-2000:]}\n{err[-3000:]}"
     assert "chaos: run aborted" in err and "n1 not ready" in err
     assert "Thread" in err  # faulthandler's dump of the threads' stacks
+
+
+def test_nodes_listen_below_the_ephemeral_port_range() -> None:
+    """A restarted node reuses its port; one from the ephemeral range can meanwhile become the
+    local port of any outgoing connection, and the restart then fails ("Address already in
+    use"), which is how chaos runs lost a node for good."""
+    import socket
+
+    from tests.multiprocess.harness import _ephemeral_low, free_port
+
+    ports = {free_port() for _ in range(50)}
+    assert len(ports) == 50 and max(ports) < _ephemeral_low()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))  # free indeed
