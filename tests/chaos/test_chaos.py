@@ -5,8 +5,10 @@ by pid if it overruns (the child's own watchdog dumps its threads' stacks first)
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tests.multiprocess.harness import ROOT, child_env
@@ -91,6 +93,9 @@ def test_a_run_whose_fault_cannot_be_undone_ends_instead_of_hanging(tmp_path: Pa
         proc.kill()
         out, err = proc.communicate(timeout=10)
         raise AssertionError(f"the aborted run hung:\n{err[-3000:]}") from None
+    kept = (err.rpartition("node data and logs kept in ")[2].splitlines() or [""])[0].strip()
+    if kept.startswith(tempfile.gettempdir()):
+        shutil.rmtree(kept, ignore_errors=True)
     assert proc.returncode == 3, f"{out[-2000:]}\n{err[-3000:]}"
     assert "chaos: run aborted" in err and "n1 not ready" in err
     assert "Thread" in err  # faulthandler's dump of the threads' stacks
