@@ -21,6 +21,12 @@ the run overruns ``duration + SLACK``. A failing history is written to ``--out``
 command that re-checks it (``--check FILE``). Exit status: 0 clean, 1 violations, 3 stuck or
 aborted (a fault that could not be undone; the stacks and the nodes' log tails are printed).
 
+The summary gives, per fault kind (kill, stop and partition tagged ``-leader`` or
+``-follower`` by asking the nodes who leads just before the strike; ``restart_all``), the
+worst and median client-visible unavailability: the longest stretch without an acknowledged
+commit charged to the most recent fault. ``--keep`` saves the history and the nodes' logs of a
+passing run too (results: ``benchmarks/CHAOS.md``).
+
     python -m tests.chaos.run --duration 180 --seed 7 --out chaos-out
 """
 
@@ -434,6 +440,7 @@ def run(
         sys.stderr.write("chaos: every thread's stack:\n")
         faulthandler.dump_traceback(all_threads=True)
         sys.stderr.write(cluster.logs() + "\n")
+        sys.stderr.write(f"node data and logs kept in {root}\n")
         return 3
     finally:
         stop.set()

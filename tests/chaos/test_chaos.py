@@ -5,8 +5,10 @@ by pid if it overruns (the child's own watchdog dumps its threads' stacks first)
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tests.multiprocess.harness import ROOT, child_env
@@ -62,3 +64,52 @@ def test_a_saved_history_round_trips_and_stays_small(tmp_path: Path) -> None:
     ]
     assert tuple(loaded[-1].result[1]) == ("a1", "a0")
     assert any("read not a prefix" in v for v in check(loaded, got_final))
+
+
+def test_a_run_whose_fault_cannot_be_undone_ends_instead_of_hanging(tmp_path: Path) -> None:
+    """A node that never reports ready again makes the nemesis raise half-way: the run must
+    end (exit 3, with the stacks and the nodes' logs) instead of leaving its client threads
+    retrying forever, which kept the interpreter alive at exit."""
+    code = (
+        "import sys\n"
+        "from tests.chaos import run\n"
+        "def strike(self):\n"
+        "    raise AssertionError('n1 not ready; log: ...')\n"
+        "run.Nemesis.strike = strike\n"
+        "sys.exit(run.main(['--duration', '3', '--interval', '1', '--seed', '1',"
+        f" '--out', {str(tmp_path)!r}]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=10)
+        raise AssertionError(f"the aborted run hung:\n{err[-3000:]}") from None
+    kept = (err.rpartition("node data and logs kept in ")[2].splitlines() or [""])[0].strip()
+    if kept.startswith(tempfile.gettempdir()):
+        shutil.rmtree(kept, ignore_errors=True)
+    assert proc.returncode == 3, f"{out[-2000:]}\n{err[-3000:]}"
+    assert "chaos: run aborted" in err and "n1 not ready" in err
+    assert "Thread" in err  # faulthandler's dump of the threads' stacks
+
+
+def test_nodes_listen_below_the_ephemeral_port_range() -> None:
+    """A restarted node reuses its port; one from the ephemeral range can meanwhile become the
+    local port of any outgoing connection, and the restart then fails ("Address already in
+    use"), which is how chaos runs lost a node for good."""
+    import socket
+
+    from tests.multiprocess.harness import _ephemeral_low, free_port
+
+    ports = {free_port() for _ in range(50)}
+    assert len(ports) == 50 and max(ports) < _ephemeral_low()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))  # free indeed

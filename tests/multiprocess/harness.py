@@ -1,9 +1,13 @@
 """Real ``waraft node`` processes for the multi-process and CLI tests.
 
-Every node listens on 127.0.0.1 (an ephemeral port on first start; a restart reuses it, since
-node ids are part of the membership), keeps durable data under the test's directory and logs to
-``<name>.log`` there. Every process started here is killed by pid by :meth:`Cluster.kill_all`
-(the fixtures call it in a finalizer, and an atexit hook does it as a last resort).
+Every node listens on 127.0.0.1 on a free port chosen BELOW the kernel's ephemeral range (a
+restart reuses it, since node ids are part of the membership): a port from the ephemeral range,
+freed by a kill -9, can be taken meanwhile as the local port of any outgoing connection on the
+machine, and the restarted node then exits with "Address already in use" (which made chaos runs
+fail, and before their runner was fixed, hang). Each node keeps durable data under the test's
+directory and logs to ``<name>.log`` there. Every process started here is killed by pid by
+:meth:`Cluster.kill_all` (the fixtures call it in a finalizer, and an atexit hook does it as a
+last resort).
 """
 
 from __future__ import annotations
@@ -33,6 +37,38 @@ PING = 0.2
 DOWN = 0.8
 
 _started: set[int] = set()
+_taken: set[int] = set()  # ports handed out by this process (a node may not be bound yet)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default lower bound
+
+
+def free_port(low: int = 20000) -> int:
+    """A port of 127.0.0.1 in ``[low, ephemeral range)`` that nothing is bound to now: no
+    outgoing connection is ever given one as its local port, so it stays free for a node's
+    restarts. (Another process may still pick it deliberately; random choice makes that rare.)"""
+    import random
+    import socket
+
+    high = _ephemeral_low()
+    if high - low < 1000:
+        low = 1024
+    for _ in range(200):
+        port = random.randrange(low, high)
+        if port in _taken:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 @atexit.register
@@ -83,6 +119,8 @@ class NodeProcess:
         return self.proc.pid
 
     def spawn(self) -> None:
+        if not self.port:
+            self.port = free_port()
         cmd = waraft_cmd(
             "node", "--name", self.name, "--listen", f"127.0.0.1:{self.port}",
             "--data-dir", str(self.data_dir), *self.extra,
