@@ -13,7 +13,10 @@ Families (labels in brackets):
   ``waraft_partition_pending_commits``, ``waraft_partition_pending_reads``,
   ``waraft_partition_apply_queue``, ``waraft_partition_quiescent`` (1/0),
   ``waraft_partition_up`` (0 when its server did not answer);
-* per node: ``waraft_peers_up``, ``waraft_peer_tx_messages`` / ``waraft_peer_rx_messages`` /
+* per node: ``waraft_quiescent_partitions``, ``waraft_heartbeat_frames`` /
+  ``waraft_heartbeat_rpcs`` [peer] (coalesced heartbeat frames sent and the RPCs inside),
+  ``waraft_heartbeat_frames_received``, ``waraft_peers_up``, ``waraft_peer_tx_messages`` /
+  ``waraft_peer_rx_messages`` /
   ``waraft_peer_tx_bytes`` [peer], ``waraft_dist_messages_total`` /
   ``waraft_dist_bytes_total`` [direction], ``waraft_dist_dropped_total`` [reason],
   ``waraft_processes``, ``waraft_os_threads``, ``waraft_scheduler_run_queue`` [scheduler],
@@ -107,7 +110,11 @@ class NodeCollector:
             if first is not None and last is not None:
                 entries.add_metric(key, max(0.0, last - first + 1))
             quiet.add_metric(key, 1.0 if row.get("quiescent") else 0.0)
-        yield from (info, up, *gauges.values(), entries, quiet)
+        quiet_total = GaugeMetricFamily(
+            "waraft_quiescent_partitions", "Local partitions quiescent now (of waraft_partition_up)"
+        )
+        quiet_total.add_metric([], float(sum(1 for r in rows if r.get("quiescent"))))
+        yield from (info, up, *gauges.values(), entries, quiet, quiet_total)
         yield from self._node_families(GaugeMetricFamily, CounterMetricFamily)
 
     def _node_families(self, gauge: Any, counter: Any) -> Iterator[Any]:
@@ -139,6 +146,7 @@ class NodeCollector:
             if "dropped" in name or "refused" in name or name.startswith("rx_too"):
                 dropped.add_metric([name], float(value))
         yield from (messages, volume, dropped)
+        yield from self._heartbeat_families(counter)
         sched = otp.scheduler_stats(self.node)
         processes = gauge("waraft_processes", "Live otp processes on the node")
         processes.add_metric([], float(sched.get("processes", 0)))
@@ -154,6 +162,27 @@ class NodeCollector:
         )
         holds.add_metric([], float(sched.get("long_holds", 0)))
         yield from (processes, threads, run_queue, holds)
+
+    def _heartbeat_families(self, counter: Any) -> Iterator[Any]:
+        """Coalesced heartbeats (``waraft.partition.heartbeats.stats``): frames and the RPCs
+        they carried, per peer node sent to, and frames received from all peers."""
+        from waraft.partition import heartbeats
+
+        stats = heartbeats.stats()
+        frames = counter(
+            "waraft_heartbeat_frames", "Coalesced heartbeat frames sent", labels=["peer"]
+        )
+        rpcs = counter(
+            "waraft_heartbeat_rpcs", "Heartbeats and answers sent inside frames", labels=["peer"]
+        )
+        for peer, sent in sorted(stats["sent"].items()):
+            frames.add_metric([peer], float(sent["frames"]))
+            rpcs.add_metric([peer], float(sent["rpcs"]))
+        received = counter(
+            "waraft_heartbeat_frames_received", "Coalesced heartbeat frames received"
+        )
+        received.add_metric([], float(stats["received"]["frames"]))
+        yield from (frames, rpcs, received)
 
 
 def serve(host: str, port: int, node: otp.Node) -> Any:
