@@ -107,8 +107,7 @@ def on_append_success(core: Replica, sender: Identity, response: AppendEntriesRe
     inflight = core.inflight.get(node, 0)
     if inflight > 0:
         core.inflight[node] = inflight - 1
-    if response.quiesced:
-        quiesce.leader_ack(core, sender, response)
+    quiesce.leader_ack(core, sender, response)
     replication.advance_commit_index(core)
     replication.leader_apply_log(core)
     replication.maybe_heartbeat(core)
