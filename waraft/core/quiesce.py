@@ -7,10 +7,10 @@ Leader side (``leader_round``, run instead of a heartbeat round): when quiescenc
 participant holds the whole log, everything is committed and applied, no participant's node is
 reported down, and nothing happened for ``raft_quiesce_after_ms``, the leader sends one round
 of empty ``AppendEntries(quiesce=True)``. Once every participant answered that round with
-``quiesced=True`` (and was sent nothing else since), the leader goes quiescent: it cancels its
-heartbeat timeout and sends nothing until woken. A leader that would quiesce but for a
-participant on a node reported down stays awake and heartbeats every quarter of the minimum
-election timeout instead of every heartbeat interval (``slow_heartbeat_ms``).
+``quiesced=True`` (and was sent, and answered, nothing else since), the leader goes quiescent:
+it cancels its heartbeat timeout and sends nothing until woken. A leader that would quiesce
+but for a participant on a node reported down stays awake and heartbeats every quarter of the
+minimum election timeout instead of every heartbeat interval (``slow_heartbeat_ms``).
 
 Follower side (``follower_ack``): a follower or witness that accepted a quiesce round holding
 the leader's whole log, with everything committed, and whose leader's node is reported up,
