@@ -11,7 +11,10 @@ Usage::
 
     python -m benchmarks.scale --partitions 4,64,256 --idle 20 [--kill] [--set KEY=VALUE ...]
 
-``--set raft_quiesce_after_ms=0`` measures without quiescence. Everything runs through the
+``--set raft_quiesce_after_ms=0`` measures without quiescence. ``--log-elections`` runs the
+nodes at INFO and also times the failover from the survivors' own log lines (``elected
+after``, wall clock) instead of only from ``waraft status`` polls, which at 1000 partitions
+take several seconds each and load the survivors while they elect. Everything runs through the
 public ``waraft`` command (``benchmarks.harness.waraft_cluster``); every process is killed
 by pid at the end.
 """
@@ -19,8 +22,10 @@ by pid at the end.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -56,11 +61,19 @@ def measure(
     kill: bool,
     settings: dict[str, str],
     stop: bool = False,
+    log_elections: bool = False,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="waraft-scale-") as tmp:
         root = Path(tmp)
         with ProcessGroup(root / "logs") as group:
-            cluster = WaraftCluster(group, 3, partitions, root / "data", settings=settings)
+            cluster = WaraftCluster(
+                group,
+                3,
+                partitions,
+                root / "data",
+                settings=settings,
+                log_level="INFO" if log_elections else "WARNING",
+            )
             try:
                 cluster.start(timeout=120)
                 t0 = time.monotonic()
@@ -97,7 +110,7 @@ def measure(
                 if stop:
                     result["sigstop_failover"] = _stop_leader(cluster)
                 if kill:
-                    result["failover"] = _kill_leader(group, cluster)
+                    result["failover"] = _kill_leader(group, cluster, log_elections)
                 return result
             finally:
                 for proc in cluster.procs:
@@ -119,12 +132,61 @@ def _stop_leader(cluster: WaraftCluster) -> dict[str, Any]:
         time.sleep(3.0)  # let it step down before anything else is measured
 
 
-def _kill_leader(group: ProcessGroup, cluster: WaraftCluster) -> dict[str, Any]:
+def _kill_leader(
+    group: ProcessGroup, cluster: WaraftCluster, log_elections: bool = False
+) -> dict[str, Any]:
     leaders = cluster.leaders()
     victim = cluster.leader_process()
     victim_id = cluster.ids[cluster.procs.index(victim)]
     led = sorted(p for p, node in leaders.items() if node == victim_id)
-    return _wait_reelected(cluster, victim_id, led, group.kill9(victim))
+    survivors = [p for p in cluster.procs if p is not victim]
+    offsets = {p.name: _log_size(p.log_path) for p in survivors}
+    killed_wall = time.time()
+    result = _wait_reelected(cluster, victim_id, led, group.kill9(victim))
+    if log_elections:
+        result.update(_elections_from_logs(survivors, offsets, killed_wall, set(led)))
+    return result
+
+
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*\[\w+\.(\d+)@")
+
+
+def _log_size(path: Path | None) -> int:
+    return path.stat().st_size if path is not None and path.exists() else 0
+
+
+def _elections_from_logs(
+    survivors: list[Any], offsets: dict[str, int], killed_wall: float, led: set[int]
+) -> dict[str, Any]:
+    """Seconds from the kill until each partition the victim led logged a won election on a
+    survivor (its first, and the last of them), and how many elections were started."""
+    elected: dict[int, float] = {}
+    started = 0
+    for proc in survivors:
+        if proc.log_path is None:
+            continue
+        with open(proc.log_path, "rb") as f:
+            f.seek(offsets[proc.name])
+            text = f.read().decode(errors="replace")
+        for line in text.splitlines():
+            match = _LOG_TIME.match(line)
+            if match is None or int(match.group(2)) not in led:
+                continue
+            stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+            at = stamp.timestamp() - killed_wall
+            if "starts a normal election" in line:
+                started += 1
+            elif "elected after" in line:
+                partition = int(match.group(2))
+                elected[partition] = min(elected.get(partition, at), at)
+    times = sorted(elected.values())
+    return {
+        "log_elected": len(times),
+        "log_elections_started": started,
+        "log_first_elected_s": round(times[0], 2) if times else None,
+        "log_median_elected_s": round(times[len(times) // 2], 2) if times else None,
+        "log_all_elected_s": round(times[-1], 2) if len(times) == len(led) else None,
+    }
 
 
 def _wait_reelected(
@@ -142,8 +204,8 @@ def _wait_reelected(
 def _table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| P | node | threads | fds | RSS MB | idle CPU %/core | bootstrap s | terms changed | "
-        "quiescent | kill -9 re-elect s | SIGSTOP re-elect s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "quiescent | kill -9 re-elect s | kill -9 from logs s | SIGSTOP re-elect s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         fail = r.get("failover", {})
@@ -155,6 +217,9 @@ def _table(results: list[dict[str, Any]]) -> str:
                 f"{len(r['terms_changed'])}/{r['terms_checked']} | "
                 f"{r['quiescent_replicas']}/{r['replicas']} | "
                 f"{fail.get('all_reelected_s', '-')} ({fail.get('led', '-')} led) | "
+                f"{fail.get('log_all_elected_s', '-')} "
+                f"(median {fail.get('log_median_elected_s', '-')}, "
+                f"{fail.get('log_elections_started', '-')} elections) | "
                 f"{stopped.get('all_reelected_s', '-')} ({stopped.get('led', '-')} led) |"
             )
     return "\n".join(lines)
@@ -171,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument(
+        "--log-elections",
+        action="store_true",
+        help="INFO logs; also time the kill -9 failover from the survivors' log lines",
+    )
     args = p.parse_args(argv)
     settings = dict(DEFAULT_SETTINGS)
     for item in args.set:
@@ -178,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         settings[key] = value
     results = []
     for count in (int(x) for x in args.partitions.split(",")):
-        result = measure(count, args.idle, args.settle, args.kill, settings, args.sigstop)
+        result = measure(
+            count, args.idle, args.settle, args.kill, settings, args.sigstop, args.log_elections
+        )
         results.append(result)
         print(json.dumps(result), flush=True)
     print(f"settings: {settings}")

@@ -133,3 +133,18 @@ def test_a_bad_or_busy_metrics_address_is_one_line_and_a_failed_start(tmp_path: 
         )  # fmt: skip
     assert taken.returncode != 0 and f"--metrics 127.0.0.1:{port}" in taken.stderr
     assert "Traceback" not in taken.stderr
+
+
+def test_quiescence_shows_per_partition_and_per_node(node: tuple[NodeProcess, int]) -> None:
+    """A single-member partition quiesces once idle (the node's default is 2 s); the per
+    partition gauge and the node's count say so, and the coalescing counters are there."""
+    _, port = node
+
+    def quiet() -> dict[str, list[tuple[dict[str, str], float]]] | None:
+        f = _scrape(port)
+        return f if f["waraft_quiescent_partitions"][0][1] == 3.0 else None
+
+    families = wait_until(quiet, timeout=20)
+    assert [value for _, value in families["waraft_partition_quiescent"]] == [1.0, 1.0, 1.0]
+    assert families["waraft_heartbeat_frames_received"][0][1] == 0.0  # no peer, no frame
+    assert "waraft_heartbeat_frames" in families and "waraft_heartbeat_rpcs" in families

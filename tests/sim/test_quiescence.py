@@ -8,6 +8,7 @@ import pytest
 
 from waraft.core import quiesce
 from waraft.core.events import NodeLiveness
+from waraft.core.rpc import AppendEntries, RaftRpc
 from waraft.core.types import State
 from waraft.sim import Simulation
 from waraft.sim.network import NetConfig
@@ -285,3 +286,25 @@ def test_an_idle_leader_with_a_dead_follower_heartbeats_slowly_and_keeps_its_ter
     assert sim.term(leader) == term
     sim.restart(dead)
     assert sim.run_until(lambda: _all_quiescent(sim), 5000), sim.describe()
+
+
+def test_a_follower_woken_during_the_quiesce_round_is_asked_again() -> None:
+    """A plain round can reach a follower after it acknowledged the quiesce round and wake
+    it; the leader must not then go quiet with that follower's election timer running."""
+    sim, leader = _quiet_cluster(seed=13)
+    term = sim.term(leader)
+    lead = sim.core(leader)
+    one(sim, write(31, key="w"), 3)  # wake everyone; the leader starts over
+    # The moment one follower has acknowledged the quiesce round and the other not yet.
+    assert sim.run_until(lambda: len(lead.quiesce_acks) == 1, 3000), sim.describe()
+    assert not lead.quiescent
+    woken = next(n for n in sim.node_ids if n != leader and n in lead.quiesce_acks)
+    last = lead.log.last_index()
+    stray = RaftRpc(
+        term, lead.self_id, AppendEntries(last, term, (), lead.commit_index, 0, quiesce=False)
+    )
+    sim._guard(sim.nodes[woken].handle, stray)  # a plain round overtaken by the quiesce round
+    assert not sim.core(woken).quiescent
+    assert sim.run_until(lambda: _all_quiescent(sim), 3000), sim.describe()
+    sim.run_for(10_000)
+    assert {sim.term(n) for n in sim.node_ids} == {term}

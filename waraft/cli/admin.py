@@ -18,6 +18,8 @@ request                                 answer
 (index, term), [node, ...], [p, ...])`` of the list as a member, then an election on the
                                         partitions of the last list; one result each
 ``("dist_stats",)`` / ``("dist_peers",)``  ``distribution.stats()`` / ``distribution.peers()``
+``("heartbeat_stats",)``                coalesced heartbeat frames sent per peer node and
+                                        received (``waraft.partition.heartbeats.stats()``)
 ``("set_fault", nodes, inbound, outbound)``  ``distribution.set_fault(...)`` → ``"ok"``
 ``("clear_fault",)``                    ``distribution.clear_fault()`` → ``"ok"``
 ======================================  ====================================================
@@ -110,7 +112,7 @@ class NodeAdmin(otp.Process):
             NAME,
             calls={
                 **{verb: read for verb in ("ping", "partitions", "leaders", "status_all")},
-                **{verb: read for verb in ("dist_stats", "dist_peers")},
+                **{verb: read for verb in ("dist_stats", "dist_peers", "heartbeat_stats")},
                 **{
                     verb: write
                     for verb in ("bootstrap", "bootstrap_many", "set_fault", "clear_fault")
@@ -212,6 +214,11 @@ class NodeAdmin(otp.Process):
 
         return dist.stats()
 
+    def _heartbeat_stats(self) -> dict[str, Any]:
+        from waraft.partition import heartbeats
+
+        return heartbeats.stats()
+
     def _dist_peers(self) -> dict[str, Any]:
         from waraft import distribution as dist
 
@@ -245,6 +252,7 @@ _HANDLERS: Final[dict[str, Any]] = {
     "bootstrap_many": NodeAdmin._bootstrap_many,
     "dist_stats": NodeAdmin._dist_stats,
     "dist_peers": NodeAdmin._dist_peers,
+    "heartbeat_stats": NodeAdmin._heartbeat_stats,
     "set_fault": NodeAdmin._set_fault,
     "clear_fault": NodeAdmin._clear_fault,
 }

@@ -19,7 +19,10 @@ Families (labels in brackets):
   snapshots this node sent, receive for those it took in];
 * per durable log [log = its directory: the node's WAL, or a partition's disk log]: the
   histogram ``waraft_log_fsync_seconds`` (one sample per group commit);
-* per node: ``waraft_peers_up``, ``waraft_peer_tx_messages`` / ``waraft_peer_rx_messages`` /
+* per node: ``waraft_quiescent_partitions``, ``waraft_heartbeat_frames`` /
+  ``waraft_heartbeat_rpcs`` [peer] (coalesced heartbeat frames sent and the RPCs inside),
+  ``waraft_heartbeat_frames_received``, ``waraft_peers_up``, ``waraft_peer_tx_messages`` /
+  ``waraft_peer_rx_messages`` /
   ``waraft_peer_tx_bytes`` [peer], ``waraft_dist_messages_total`` /
   ``waraft_dist_bytes_total`` [direction], ``waraft_dist_dropped_total`` [reason],
   ``waraft_processes``, ``waraft_os_threads``, ``waraft_scheduler_run_queue`` [scheduler],
@@ -140,7 +143,12 @@ class NodeCollector:
                 value = _number(row.get(field))
                 if value is not None:
                     total.add_metric(key, value)
-        yield from (info, up, *gauges.values(), entries, quiet, log_bytes, *totals.values())
+        quiet_total = GaugeMetricFamily(
+            "waraft_quiescent_partitions", "Local partitions quiescent now (of waraft_partition_up)"
+        )
+        quiet_total.add_metric([], float(sum(1 for r in rows if r.get("quiescent"))))
+        yield from (info, up, *gauges.values(), entries, quiet, quiet_total, log_bytes)
+        yield from totals.values()
         yield self._snapshot_transfers(CounterMetricFamily)
         yield self._fsync_latency()
         yield from self._node_families(GaugeMetricFamily, CounterMetricFamily)
@@ -199,6 +207,7 @@ class NodeCollector:
             if "dropped" in name or "refused" in name or name.startswith("rx_too"):
                 dropped.add_metric([name], float(value))
         yield from (messages, volume, dropped)
+        yield from self._heartbeat_families(counter)
         sched = otp.scheduler_stats(self.node)
         processes = gauge("waraft_processes", "Live otp processes on the node")
         processes.add_metric([], float(sched.get("processes", 0)))
@@ -214,6 +223,27 @@ class NodeCollector:
         )
         holds.add_metric([], float(sched.get("long_holds", 0)))
         yield from (processes, threads, run_queue, holds)
+
+    def _heartbeat_families(self, counter: Any) -> Iterator[Any]:
+        """Coalesced heartbeats (``waraft.partition.heartbeats.stats``): frames and the RPCs
+        they carried, per peer node sent to, and frames received from all peers."""
+        from waraft.partition import heartbeats
+
+        stats = heartbeats.stats()
+        frames = counter(
+            "waraft_heartbeat_frames", "Coalesced heartbeat frames sent", labels=["peer"]
+        )
+        rpcs = counter(
+            "waraft_heartbeat_rpcs", "Heartbeats and answers sent inside frames", labels=["peer"]
+        )
+        for peer, sent in sorted(stats["sent"].items()):
+            frames.add_metric([peer], float(sent["frames"]))
+            rpcs.add_metric([peer], float(sent["rpcs"]))
+        received = counter(
+            "waraft_heartbeat_frames_received", "Coalesced heartbeat frames received"
+        )
+        received.add_metric([], float(stats["received"]["frames"]))
+        yield from (frames, rpcs, received)
 
 
 def serve(host: str, port: int, node: otp.Node) -> Any:

@@ -110,8 +110,7 @@ def on_append_success(core: Replica, sender: Identity, response: AppendEntriesRe
     if inflight > 0:
         core.inflight[node] = inflight - 1
     replication.acknowledge_bytes(core, node, match)
-    if response.quiesced:
-        quiesce.leader_ack(core, sender, response)
+    quiesce.leader_ack(core, sender, response)
     replication.advance_commit_index(core)
     replication.leader_apply_log(core)
     replication.maybe_heartbeat(core)

@@ -7,10 +7,10 @@ Leader side (``leader_round``, run instead of a heartbeat round): when quiescenc
 participant holds the whole log, everything is committed and applied, no participant's node is
 reported down, and nothing happened for ``raft_quiesce_after_ms``, the leader sends one round
 of empty ``AppendEntries(quiesce=True)``. Once every participant answered that round with
-``quiesced=True`` (and was sent nothing else since), the leader goes quiescent: it cancels its
-heartbeat timeout and sends nothing until woken. A leader that would quiesce but for a
-participant on a node reported down stays awake and heartbeats every quarter of the minimum
-election timeout instead of every heartbeat interval (``slow_heartbeat_ms``).
+``quiesced=True`` (and was sent, and answered, nothing else since), the leader goes quiescent:
+it cancels its heartbeat timeout and sends nothing until woken. A leader that would quiesce
+but for a participant on a node reported down stays awake and heartbeats every quarter of the
+minimum election timeout instead of every heartbeat interval (``slow_heartbeat_ms``).
 
 Follower side (``follower_ack``): a follower or witness that accepted a quiesce round holding
 the leader's whole log, with everything committed, and whose leader's node is reported up,
@@ -69,7 +69,7 @@ def before_event(core: Replica, event: Event) -> bool:
         return False  # a firing of the timer we cancelled: the shell should have dropped it
     core.woken_by_leader_down = False  # traffic: a leader-node-up no longer re-quiesces
     if core.quiescent:
-        wake(core, "event")
+        wake(core, "event", detail=_describe(event))
     return True
 
 
@@ -159,13 +159,23 @@ def staggered_election_timeout(core: Replica, rank: int, count: int) -> None:
     core.election_timeout(low + 1 + int(width * rank + core.rand() * width * 0.6))
 
 
-def wake(core: Replica, why: str, rank: tuple[int, int] | None = None) -> None:
+def _describe(event: Event) -> str:
+    """What woke a replica, for the log: the RPC's type and sender, or the event's type."""
+    if type(event) is RaftRpc:
+        return f"{type(event.payload).__name__} t{event.term} from {event.sender.node}"
+    return type(event).__name__
+
+
+def wake(core: Replica, why: str, rank: tuple[int, int] | None = None, detail: str = "") -> None:
     """Leave quiescence: a leader replicates now, a follower re-arms its election timer
     (in its ``rank`` slot, see ``staggered_election_timeout``, when given)."""
     core.quiescent = False
     core.quiesce_acks.clear()
     core.count(("quiesce.wake", why))
-    core.log_notice("wakes from quiescence (%s)", why)
+    if detail:
+        core.log_notice("wakes from quiescence (%s: %s)", why, detail)
+    else:
+        core.log_notice("wakes from quiescence (%s)", why)
     if core.state is State.LEADER:
         # A round now, without the check-quorum test: the quorum was silent because we were,
         # and the next heartbeat timeout judges the answers to this round.
@@ -282,9 +292,15 @@ def leader_round(core: Replica) -> bool:
 
 
 def leader_ack(core: Replica, sender: Identity, response: AppendEntriesResponse) -> None:
-    """Count a follower's answer to the quiesce round."""
+    """Count a follower's answer to the quiesce round; any other answer means the follower is
+    awake (a plain round reached it after its ack, and woke it), so it must be sent the
+    quiesce round again before the leader may go quiet. Otherwise the leader quiesced with
+    that follower's election timer running, and an idle partition elected (seen right after
+    bootstrapping 1000 partitions)."""
     if response.quiesced and response.match_index == core.log.last_index():
         core.quiesce_acks.add(sender.node)
+    else:
+        core.quiesce_acks.discard(sender.node)
 
 
 # -- follower / witness -----------------------------------------------------------------------

@@ -60,6 +60,8 @@ class Coalescer:
         self._stopped = False
         self.frames = 0
         self.rpcs = 0
+        # per destination node: [frames, rpcs] (``stats``)
+        self.per_node: dict[str, list[int]] = {}
 
     def add(self, node: str, name: str, wires: list[Any]) -> None:
         """Queue ``wires`` for server ``name`` on ``node``; never blocks on the network."""
@@ -77,8 +79,14 @@ class Coalescer:
         with self._cond:
             batch, self._pending = self._pending, {}
         for node, items in batch.items():
+            count = sum(len(wires) for _, wires in items)
             self.frames += 1
-            self.rpcs += sum(len(wires) for _, wires in items)
+            self.rpcs += count
+            sent = self.per_node.get(node)
+            if sent is None:
+                sent = self.per_node[node] = [0, 0]
+            sent[0] += 1
+            sent[1] += count
             try:
                 self._send((INLINE_NAME, node), (FRAME_TAG, items))
             except Exception:
@@ -135,15 +143,34 @@ def _frame_from_sender(sender: policy.Sender, msg: Any) -> bool:
     )
 
 
+# Frames and RPCs received (``receive`` runs on the distribution's receive thread only).
+_received = [0, 0]
+
+
 def receive(msg: Any) -> bool:
     """Inline handler for ``raft_heartbeats``: fan a frame out to the local servers."""
     if not (isinstance(msg, (list, tuple)) and len(msg) == 2 and msg[0] == FRAME_TAG):
         return False
     items: Sequence[Any] = msg[1] if isinstance(msg[1], (list, tuple)) else ()
+    received = _received
+    received[0] += 1
     for item in items:
         if isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str):
-            otp.cast(item[0], ("rpcs", item[1]))
+            batch = item[1]
+            received[1] += len(batch) if isinstance(batch, (list, tuple)) else 0
+            otp.cast(item[0], ("rpcs", batch))
     return True
+
+
+def stats() -> dict[str, Any]:
+    """Coalescing on this node since start: ``sent`` per destination node ``{"frames",
+    "rpcs"}`` (every frame is one distribution message carrying ``rpcs`` heartbeats or
+    answers of many partitions), and ``received`` ``{"frames", "rpcs"}`` over all peers."""
+    out: dict[str, Any] = {"received": {"frames": _received[0], "rpcs": _received[1]}}
+    c = _coalescer
+    sent = {} if c is None else dict(c.per_node)
+    out["sent"] = {node: {"frames": f, "rpcs": r} for node, (f, r) in sent.items()}
+    return out
 
 
 _lock = threading.Lock()

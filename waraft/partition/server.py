@@ -239,6 +239,16 @@ class RaftServer(otp.StateMachine):
         self._step(events.Timeout(event))
         self._maybe_flush()
 
+    def _dispatch_info(self, msg: Any) -> None:
+        super()._dispatch_info(msg)
+        # The state machine drops a state timeout that was cancelled after it was queued
+        # without calling any handler here. When it is the last message behind one whose
+        # flush was deferred (more messages were waiting), that flush must still happen: the
+        # outbox (a vote, an append response) and the timer would otherwise wait for the
+        # next message, which can be an election timeout away. Found at 1000 partitions:
+        # one election in six waited 5-7 s for a vote sent at once.
+        self._maybe_flush()
+
     def handle_info(self, msg: Any) -> None:
         if msg == ("log_sync_retry",):
             self._sync_retry_armed = False  # _maybe_flush retries: the log is still dirty
