@@ -1,0 +1,192 @@
+"""The node-wide LMDB provider: one environment for many partitions, per-value checksums,
+quarantine of a damaged partition and its repair by snapshot (issue 14).
+
+The shared provider contract runs in ``test_storage.py``; these are its own properties.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from waraft.core.types import LogPos
+from waraft.storage.lmdb import StorageLockedError
+from waraft.storage.node_lmdb import NODE_DIR, NodeLmdbStorage
+from waraft.storage.provider import StorageCorruptionError, StorageOptions
+
+from .helpers import A, B, C, make_config
+
+CONFIG = make_config(A, B, C)
+SECRET = b"precious-value-0123456789"
+
+
+def opts(partition: int) -> StorageOptions:
+    return StorageOptions(
+        table="t", partition=partition, identity=A, name=f"raft_storage_t_{partition}"
+    )
+
+
+def open_part(root: Path, partition: int) -> NodeLmdbStorage:
+    return NodeLmdbStorage.open(opts(partition), root / f"t.{partition}")
+
+
+def seed(storage: NodeLmdbStorage, value: Any, index: int = 3) -> None:
+    storage.apply_config(CONFIG, LogPos(1, 1))
+    storage.apply(("write", "t", "k", value), LogPos(2, 1))
+    storage.apply(("write", "t", "other", 7), LogPos(index, 1))
+
+
+def flip_all(path: Path, needle: bytes) -> int:
+    """Flip one byte in the middle of every copy of ``needle`` in the file (LMDB copies pages
+    on write, so old copies may be there too); the number of copies."""
+    data = bytearray(path.read_bytes())
+    count = 0
+    at = data.find(needle)
+    while at >= 0:
+        data[at + len(needle) // 2] ^= 0x20
+        count += 1
+        at = data.find(needle, at + 1)
+    with open(path, "r+b") as f:
+        f.write(bytes(data))
+        f.flush()
+        os.fsync(f.fileno())
+    return count
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "db"
+
+
+def test_many_partitions_share_one_environment_and_a_fixed_number_of_fds(root: Path) -> None:
+    first = open_part(root, 0)
+    fds = len(os.listdir("/proc/self/fd"))
+    parts = [first] + [open_part(root, p) for p in range(1, 60)]
+    try:
+        for p, storage in enumerate(parts):
+            storage.apply(("write", "t", "k", p), LogPos(1, 1))
+        assert len(os.listdir("/proc/self/fd")) == fds
+        assert sorted(os.listdir(root / NODE_DIR)) == ["LOCK", "data.mdb", "lock.mdb"]
+        assert [s.read(("read", "t", "k"), s.position()) for s in parts] == [
+            ("ok", p) for p in range(60)
+        ]
+        assert parts[5].status()["node_partitions"] == 60
+    finally:
+        for storage in parts:
+            storage.close()
+    again = open_part(root, 42)
+    try:
+        assert again.position() == LogPos(1, 1)
+        assert again.read(("read", "t", "k"), again.position()) == ("ok", 42)
+    finally:
+        again.close()
+
+
+def test_one_user_per_partition(root: Path) -> None:
+    storage = open_part(root, 1)
+    try:
+        with pytest.raises(StorageLockedError):
+            open_part(root, 1)
+        open_part(root, 2).close()
+    finally:
+        storage.close()
+
+
+def test_snapshot_install_and_wiped_directory_touch_only_their_partition(
+    root: Path, tmp_path: Path
+) -> None:
+    one, two = open_part(root, 1), open_part(root, 2)
+    try:
+        seed(one, "one")
+        seed(two, "two", index=5)
+        assert one.create_snapshot(tmp_path / "snap") == "ok"
+        assert two.open_snapshot(tmp_path / "snap", LogPos(3, 1)) == "ok"
+        assert two.position() == LogPos(3, 1) and two.config() == (LogPos(1, 1), CONFIG)
+        assert two.read(("read", "t", "k"), two.position()) == ("ok", "one")
+        assert one.read(("read", "t", "k"), one.position()) == ("ok", "one")
+    finally:
+        one.close()
+        two.close()
+    # A partition directory moved away is a new partition; its neighbour keeps its data.
+    (root / "t.2").rename(tmp_path / "moved")
+    two = open_part(root, 2)
+    one = open_part(root, 1)
+    try:
+        assert two.position() == LogPos(0, 0)
+        assert two.read(("read", "t", "k"), two.position()) == "not_found"
+        assert one.read(("read", "t", "k"), one.position()) == ("ok", "one")
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_flipped_byte_quarantines_the_partition_until_a_snapshot_repairs_it(
+    root: Path, tmp_path: Path
+) -> None:
+    healthy_root = tmp_path / "healthy"
+    victim, neighbour, healthy = open_part(root, 1), open_part(root, 2), open_part(healthy_root, 1)
+    for storage in (victim, healthy):
+        seed(storage, SECRET)
+    seed(neighbour, "untouched")
+    victim.close()
+    neighbour.close()
+    assert flip_all(root / NODE_DIR / "data.mdb", SECRET) >= 1
+
+    victim, neighbour = open_part(root, 1), open_part(root, 2)
+    try:
+        # Emptied and marked: a fresh-looking replica (its server comes up stalled).
+        assert victim.position() == LogPos(0, 0) and victim.config() is None
+        reason = victim.status()["quarantine"]
+        assert reason is not None and "checksum mismatch" in reason
+        assert victim.read(("read", "t", "k"), victim.position()) == "not_found"
+        assert neighbour.status()["quarantine"] is None
+        assert neighbour.read(("read", "t", "k"), neighbour.position()) == ("ok", "untouched")
+        # The quarantine survives a restart until the repair.
+        victim.close()
+        victim = open_part(root, 1)
+        assert victim.status()["quarantine"] == reason
+        assert healthy.create_snapshot(tmp_path / "snap") == "ok"
+        assert victim.open_snapshot(tmp_path / "snap", LogPos(3, 1)) == "ok"
+        assert victim.status()["quarantine"] is None
+        assert victim.read(("read", "t", "k"), victim.position()) == ("ok", SECRET)
+        victim.close()
+        victim = open_part(root, 1)
+        assert victim.position() == LogPos(3, 1)
+        assert victim.read(("read", "t", "k"), victim.position()) == ("ok", SECRET)
+    finally:
+        for storage in (victim, neighbour, healthy):
+            storage.close()
+
+
+def test_damage_while_open_is_never_returned(root: Path, tmp_path: Path) -> None:
+    storage = open_part(root, 1)
+    try:
+        seed(storage, SECRET)
+        storage.env.sync(True)
+        # LMDB reads through a shared mapping of the file: a write to the file shows at once.
+        assert flip_all(root / NODE_DIR / "data.mdb", SECRET) >= 1
+        with pytest.raises(StorageCorruptionError, match="checksum mismatch"):
+            storage.read(("read", "t", "k"), storage.position())
+        with pytest.raises(StorageCorruptionError):
+            storage.create_snapshot(tmp_path / "snap")
+        assert storage.read(("read", "t", "other"), storage.position()) == ("ok", 7)
+    finally:
+        storage.close()
+
+
+def test_a_value_moved_to_another_key_fails_its_check(root: Path) -> None:
+    storage = open_part(root, 1)
+    try:
+        seed(storage, "v")
+        db, env = storage._db, storage.env
+        with env.begin(write=True) as txn:
+            stored = txn.get(storage._encode("k"), db=db)
+            txn.put(storage._encode("other"), stored, db=db)
+        with pytest.raises(StorageCorruptionError):
+            storage.read(("read", "t", "other"), storage.position())
+    finally:
+        storage.close()
