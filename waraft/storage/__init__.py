@@ -47,6 +47,7 @@ from waraft.storage.provider import (
     OK,
     ApplyItem,
     InvalidIncompleteReplica,
+    StorageCorruptionError,
     StorageError,
     StorageOptions,
     StorageProvider,
@@ -184,6 +185,7 @@ class StorageServer(otp.Process):
         )
         os.makedirs(self.path, exist_ok=True)
         self.provider: StorageProvider = options.storage_module.open(storage_options, self.path)
+        self._corruption: StorageCorruptionError | None = None
         self.position: LogPos = self.provider.position()
         self.skipped = 0
         self.sessions = self._load_sessions()
@@ -241,6 +243,8 @@ class StorageServer(otp.Process):
             self._delete_snapshot(msg[1])
         else:
             logger.warning("storage %s dropped an unexpected cast %.200r", self.name, msg)
+        if self._corruption is not None:
+            raise self._corruption
 
     def _apply(self, items: Sequence[CoreApplyItem], size: int) -> None:
         queues = self.queues
@@ -477,6 +481,13 @@ class StorageServer(otp.Process):
             return self.provider.read(command, self.position)
         except UnknownCommandError as exc:
             return ("error", ("unknown_command", str(exc)))
+        except StorageCorruptionError as exc:
+            # Never answer from damaged data. The actor crashes once the message is handled
+            # (its other callers answered): the partition restarts and the provider
+            # quarantines it when it opens again.
+            logger.error("storage %s: damaged data, crashing: %s", self.name, exc)
+            self._corruption = exc
+            return ("error", "storage_corruption")
 
     @staticmethod
     def _commands_of(command: Any) -> Sequence[Any]:
@@ -489,6 +500,13 @@ class StorageServer(otp.Process):
     # -- calls ----------------------------------------------------------------------------------
 
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        result = self._handle_call(request, from_)
+        if self._corruption is not None:
+            from_.reply(result)
+            raise self._corruption
+        return result
+
+    def _handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         kind = request[0]
         provider = self.provider
         if kind == "open" or kind == "position":
@@ -497,6 +515,9 @@ class StorageServer(otp.Process):
             return self.config
         if kind == "label":
             return provider.label()
+        if kind == "quarantine":
+            # Why the provider emptied this replica's damaged data (None: it did not).
+            return getattr(provider, "quarantine", None)
         if kind == "read":
             return self._read(request[1])
         if kind == "status":
@@ -637,6 +658,7 @@ __all__ = [
     "ApplyItem",
     "InvalidIncompleteReplica",
     "OutOfOrderApply",
+    "StorageCorruptionError",
     "StorageError",
     "StorageOptions",
     "StorageProvider",
