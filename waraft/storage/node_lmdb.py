@@ -412,12 +412,13 @@ class NodeLmdbStorage(LmdbStorage):
         )
         seed = self._seed
         db = self._db
+        pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined: this is the write hot path
         txn = self.env.begin(write=True)
         try:
             cursor = txn.cursor(db)
             for op in ops:
                 if type(op) is list:
-                    cursor.putmulti([(k, _seal(seed, k, v)) for k, v in op])
+                    cursor.putmulti([(k, pack(crc32(v, crc32(k, seed))) + v) for k, v in op])
                 else:
                     txn.delete(op, db=db)  # type: ignore[arg-type]
             for name, value in meta:
