@@ -57,6 +57,7 @@ from typing import Any, ClassVar, Final, Self
 
 import lmdb
 
+from waraft import otp
 from waraft.core.types import Config, LogPos
 from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.lmdb import (
@@ -228,6 +229,13 @@ class NodeEnv:
 class NodeLmdbStorage(LmdbStorage):
     """A partition's storage in the node's shared LMDB environment (see the module docstring).
 
+    The storage actor runs scheduled, not on a thread of its own (``blocking_io`` False):
+    whatever may block on the disk (opening with its checksum scan, every commit and its
+    fsync, snapshots) runs on the node's I/O threads through ``otp.blocking`` (a
+    plain call outside a scheduled process); reads are lookups in LMDB's memory map. Threads,
+    and the per-thread sockets a thread opens to reply over the network, do not grow with the
+    number of partitions.
+
     Options (``options.extra``): ``lmdb_sync`` (default True), ``lmdb_writemap`` (default
     False), ``lmdb_map_size`` (default 64 GiB), ``lmdb_max_partitions`` (named databases the
     environment can hold, default 4096), ``lmdb_node_dir`` (default
@@ -235,6 +243,8 @@ class NodeLmdbStorage(LmdbStorage):
     value's checksum when the partition opens, default True). The environment-wide ones are
     taken from the first partition that opens it.
     """
+
+    blocking_io: ClassVar[bool] = False
 
     def __init__(self, options: StorageOptions, directory: str) -> None:
         self.options = options
@@ -364,7 +374,25 @@ class NodeLmdbStorage(LmdbStorage):
     @classmethod
     def open(cls, options: StorageOptions, path: str | os.PathLike[str]) -> Self:
         """Open partition ``path``'s database in its node's environment (created if new)."""
-        return cls(options, os.fspath(path))
+        opened: Self = otp.blocking(cls, options, os.fspath(path))
+        return opened
+
+    @classmethod
+    def make_empty_snapshot(
+        cls,
+        options: StorageOptions,
+        path: str | os.PathLike[str],
+        position: LogPos,
+        config: Config,
+        data: Any,
+        *,
+        config_position: LogPos | None = None,
+    ) -> Any:
+        """``LmdbStorage``'s (the same format), on an I/O thread: it writes and fsyncs files."""
+        make = super().make_empty_snapshot
+        return otp.blocking(
+            make, options, path, position, config, data, config_position=config_position
+        )
 
     def close(self) -> None:
         """Give the partition's database and the environment back (idempotent); the last
@@ -373,6 +401,8 @@ class NodeLmdbStorage(LmdbStorage):
         node, self._node = self._node, None
         if node is not None:
             node.close_partition(self._name)
+            # Directly, not through otp.blocking: closing may run while the node stops its
+            # I/O threads. Only the node's last partition flushes.
             node.release()
 
     def status(self) -> dict[str, Any]:
@@ -410,6 +440,11 @@ class NodeLmdbStorage(LmdbStorage):
         meta = _meta_items(
             position, config, label, incomplete, (self._config, self._label, self._incomplete)
         )
+        otp.blocking(self._write, ops, meta)
+        self._set_metadata(position, config, label, incomplete)
+
+    def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
+        """One write transaction (begun and committed on the calling thread, as LMDB wants)."""
         seed = self._seed
         db = self._db
         pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined: this is the write hot path
@@ -437,7 +472,6 @@ class NodeLmdbStorage(LmdbStorage):
             with contextlib.suppress(lmdb.Error):
                 txn.abort()
             raise
-        self._set_metadata(position, config, label, incomplete)
 
     def read(self, command: Any, position: LogPos) -> Any:
         """As ``LmdbStorage.read``, checking the value's checksum: a damaged value raises
@@ -461,6 +495,9 @@ class NodeLmdbStorage(LmdbStorage):
     def create_snapshot(self, path: str | os.PathLike[str]) -> Any:
         """A snapshot in ``waraft.storage.lmdb``'s format; every value is checked on the way
         (``StorageCorruptionError``: a damaged replica must not hand its damage on)."""
+        return otp.blocking(self._create_snapshot, path)
+
+    def _create_snapshot(self, path: str | os.PathLike[str]) -> Any:
         directory = os.fspath(path)
         position, config = self._position, self._config
         env = self.env
@@ -510,6 +547,9 @@ class NodeLmdbStorage(LmdbStorage):
     def open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
         """Check the snapshot, then empty the partition's database and copy the snapshot in,
         in one transaction (which also lifts a quarantine)."""
+        return otp.blocking(self._open_snapshot, path, expected)
+
+    def _open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
         directory = os.fspath(path)
         try:
             meta = _inspect_snapshot(directory)
