@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,9 @@ def measure(
                 client.commit_async(f"k{i}", ("write", "kv", f"k{i}", i))
                 for i in range(partitions * 4)
             ]
-            ok = sum(1 for f in futures if f is not None and f.result(120) == "ok")
+            results = [None if f is None else f.result(120) for f in futures]
+            ok = sum(1 for r in results if r == "ok")
+            errors = Counter(repr(r)[:80] for r in results if r != "ok")
         written = time.monotonic()
         nodes = [
             {
@@ -96,6 +99,7 @@ def measure(
         "start_s": round(ready - started, 1),
         "bootstrap_s": round(booted - ready, 1),
         "writes_ok": ok,
+        "write_errors": dict(errors.most_common(4)),
         "writes_s": round(written - booted, 1),
         "nodes": nodes,
     }

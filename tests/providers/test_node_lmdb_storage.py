@@ -7,15 +7,17 @@ The shared provider contract runs in ``test_storage.py``; these are its own prop
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 from waraft.core.types import LogPos
 from waraft.storage.lmdb import StorageLockedError
-from waraft.storage.node_lmdb import NODE_DIR, NodeLmdbStorage
+from waraft.storage.node_lmdb import NODE_DIR, NodeLmdbStorage, _Write
 from waraft.storage.provider import StorageCorruptionError, StorageOptions
 
 from .helpers import A, B, C, make_config
@@ -190,3 +192,46 @@ def test_a_value_moved_to_another_key_fails_its_check(root: Path) -> None:
             storage.read(("read", "t", "other"), storage.position())
     finally:
         storage.close()
+
+
+def test_concurrent_partitions_share_group_commits(root: Path) -> None:
+    parts = [open_part(root, p) for p in range(8)]
+    node = parts[0]._node
+    assert node is not None
+    try:
+
+        def work(storage: NodeLmdbStorage) -> None:
+            for index in range(1, 41):
+                storage.apply(("write", "t", "k", index), LogPos(index, 1))
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in parts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert node.writes == 8 * 40
+        assert node.commits < node.writes  # some transactions carried several partitions
+        for storage in parts:
+            assert storage.position() == LogPos(40, 1)
+            assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 40)
+    finally:
+        for storage in parts:
+            storage.close()
+
+
+def test_a_failing_write_fails_only_its_own_partition(root: Path) -> None:
+    one, two = open_part(root, 1), open_part(root, 2)
+    node = one._node
+    assert node is not None
+    try:
+        good = _Write(one._db, one._seed, [[(b"\xa1a", b"\x01")]], [], "one")
+        bad = _Write(two._db, two._seed, [[(b"x" * 600, b"\x01")]], [], "two")  # key too long
+        also = _Write(one._db, one._seed, [[(b"\xa1b", b"\x02")]], [], "one")
+        node._commit_group([good, bad, also])
+        assert good.error is None and also.error is None
+        assert isinstance(bad.error, lmdb.Error)
+        assert one.read(("read", "t", "a"), one.position()) == ("ok", 1)
+        assert one.read(("read", "t", "b"), one.position()) == ("ok", 2)
+    finally:
+        one.close()
+        two.close()

@@ -129,6 +129,36 @@ def _open_sealed(seed: int, key: bytes, stored: bytes, where: str) -> bytes:
     )
 
 
+class _Write:
+    """One partition's write transaction, waiting for a group commit."""
+
+    __slots__ = ("db", "done", "error", "meta", "ops", "seed", "where")
+
+    def __init__(
+        self, db: Any, seed: int, ops: Ops, meta: list[tuple[bytes, bytes]], where: str
+    ) -> None:
+        self.db = db
+        self.seed = seed
+        self.ops = ops
+        self.meta = meta
+        self.where = where
+        self.done = False
+        self.error: BaseException | None = None
+
+    def put(self, txn: lmdb.Transaction) -> None:
+        db, seed = self.db, self.seed
+        pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined: this is the write hot path
+        cursor = txn.cursor(db)
+        for op in self.ops:
+            if type(op) is list:
+                cursor.putmulti([(k, pack(crc32(v, crc32(k, seed))) + v) for k, v in op])
+            else:
+                txn.delete(op, db=db)  # type: ignore[arg-type]
+        for name, value in self.meta:
+            key = _meta_key(name)
+            txn.put(key, _seal(seed, key, value), db=db)
+
+
 class NodeEnv:
     """The node's LMDB environment, shared by every partition of this process that uses it.
 
@@ -154,6 +184,11 @@ class NodeEnv:
         self.sync = sync
         self._lock = threading.Lock()  # named-database opens (LMDB wants them serialised)
         self._open: dict[str, Any] = {}  # partition name -> database handle, while in use
+        self._group = threading.Condition(threading.Lock())
+        self._pending: list[_Write] = []
+        self._committing = False
+        self.commits = 0  # LMDB transactions committed by ``commit``
+        self.writes = 0  # partition writes they carried
         self._handles: dict[str, Any] = {}  # every handle opened (LMDB keeps them for the env)
         os.makedirs(directory, mode=0o755, exist_ok=True)
         self._lock_fd = os.open(
@@ -224,6 +259,69 @@ class NodeEnv:
 
     def partitions(self) -> int:
         return len(self._open)
+
+    def commit(self, write: _Write) -> None:
+        """Make ``write`` durable in a group commit; raises what failed it.
+
+        Flat combining: the first caller to find no commit running takes every write queued
+        so far and commits them in ONE transaction (one pair of fsyncs for all of them); the
+        others wait for it and then find theirs done, or take the next group. Each write
+        still commits all or nothing, and a write that fails only fails its own partition:
+        when the group's transaction fails, each of its writes is retried alone.
+        """
+        with self._group:
+            self._pending.append(write)
+            while not write.done and self._committing:
+                self._group.wait()
+            if not write.done:
+                self._committing = True
+                group, self._pending = self._pending, []
+        if not write.done:
+            try:
+                self._commit_group(group)
+            finally:
+                with self._group:
+                    self._committing = False
+                    for queued in group:
+                        queued.done = True
+                    self._group.notify_all()
+        if write.error is not None:
+            raise write.error
+
+    def _commit_group(self, group: list[_Write]) -> None:
+        try:
+            self._transaction(group)
+        except BaseException as exc:
+            if len(group) == 1:
+                group[0].error = exc
+                return
+            for write in group:
+                try:
+                    self._transaction([write])
+                except BaseException as alone:
+                    write.error = alone
+            return
+        self.commits += 1
+        self.writes += len(group)
+
+    def _transaction(self, group: list[_Write]) -> None:
+        txn = self.env.begin(write=True)
+        try:
+            for write in group:
+                write.put(txn)
+            txn.commit()
+        except lmdb.MapFullError as exc:
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+            raise StorageError(
+                f"LMDB node storage {group[0].where}: map full at {self.env.info()['map_size']} "
+                "bytes (raise lmdb_map_size)"
+            ) from exc
+        except BaseException:
+            # A failed commit already released the transaction; abort is then a no-op.
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+            raise
 
 
 class NodeLmdbStorage(LmdbStorage):
@@ -420,6 +518,8 @@ class NodeLmdbStorage(LmdbStorage):
                 "map_size": info["map_size"],
                 "map_used_bytes": (info["last_pgno"] + 1) * page,
                 "node_partitions": 0 if node is None else node.partitions(),
+                "node_commits": 0 if node is None else node.commits,
+                "node_writes": 0 if node is None else node.writes,
                 "sync": self._sync,
                 "writemap": self._writemap,
                 "quarantine": self.quarantine,
@@ -444,34 +544,11 @@ class NodeLmdbStorage(LmdbStorage):
         self._set_metadata(position, config, label, incomplete)
 
     def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
-        """One write transaction (begun and committed on the calling thread, as LMDB wants)."""
-        seed = self._seed
-        db = self._db
-        pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined: this is the write hot path
-        txn = self.env.begin(write=True)
-        try:
-            cursor = txn.cursor(db)
-            for op in ops:
-                if type(op) is list:
-                    cursor.putmulti([(k, pack(crc32(v, crc32(k, seed))) + v) for k, v in op])
-                else:
-                    txn.delete(op, db=db)  # type: ignore[arg-type]
-            for name, value in meta:
-                key = _meta_key(name)
-                txn.put(key, _seal(seed, key, value), db=db)
-            txn.commit()
-        except lmdb.MapFullError as exc:
-            with contextlib.suppress(lmdb.Error):
-                txn.abort()
-            raise StorageError(
-                f"LMDB node storage {self._path}: map full at {self._map_size} bytes "
-                "(raise lmdb_map_size)"
-            ) from exc
-        except BaseException:
-            # A failed commit already released the transaction; abort is then a no-op.
-            with contextlib.suppress(lmdb.Error):
-                txn.abort()
-            raise
+        """Commit through the node's group commit (on the calling thread, as LMDB wants)."""
+        node = self._node
+        if node is None:
+            raise StorageError(f"LMDB node storage {self._path} is closed")
+        node.commit(_Write(self._db, self._seed, ops, meta, self._path))
 
     def read(self, command: Any, position: LogPos) -> Any:
         """As ``LmdbStorage.read``, checking the value's checksum: a damaged value raises
