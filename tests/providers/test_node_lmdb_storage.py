@@ -235,3 +235,24 @@ def test_a_failing_write_fails_only_its_own_partition(root: Path) -> None:
     finally:
         one.close()
         two.close()
+
+
+def test_state_of_a_per_partition_lmdb_storage_is_imported(root: Path) -> None:
+    from waraft.storage.lmdb import LmdbStorage
+
+    old = LmdbStorage.open(opts(1), root / "t.1")
+    seed(old, "kept")
+    old.close()
+    storage = open_part(root, 1)
+    try:
+        assert storage.position() == LogPos(3, 1)
+        assert storage.config() == (LogPos(1, 1), CONFIG)
+        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "kept")
+        storage.apply(("write", "t", "k", "new"), LogPos(4, 1))
+    finally:
+        storage.close()
+    storage = open_part(root, 1)  # imported once: the marker is there now
+    try:
+        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "new")
+    finally:
+        storage.close()

@@ -2,7 +2,9 @@
 the provider interface.
 
 The providers are ``waraft.storage.memory.MemoryStorage`` (WARaft's ETS storage, the default),
-``waraft.storage.lmdb.LmdbStorage`` (durable, what ``waraft node`` uses) and
+``waraft.storage.node_lmdb.NodeLmdbStorage`` (durable, one LMDB environment per node with
+checksummed values: what ``waraft node`` uses), ``waraft.storage.lmdb.LmdbStorage`` (durable,
+an environment per partition) and
 ``waraft.storage.sqlite.SqliteStorage`` (durable, standard library only), behind
 ``waraft.storage.provider``. Provider-specific options come from the application setting
 ``raft_storage_options`` (a dict, handed to the provider as ``StorageOptions.extra``).
@@ -14,6 +16,12 @@ more committed entries are sent (WARaft's ``notify_complete``). An entry out of 
 invariant: the actor crashes and the partition restarts, as WARaft's does. A witness skips the
 data of commands (advancing its position) and applies a ``noop_omitted`` every
 ``raft_storage_witness_apply_interval`` skipped entries.
+
+Damaged data: a provider that finds stored data failing its check raises
+``StorageCorruptionError`` instead of returning it; the actor answers that read with
+``("error", "storage_corruption")`` and crashes, so the partition restarts and the provider
+(``NodeLmdbStorage``) quarantines the replica when it opens: emptied, ``stalled`` and reporting
+``storage_quarantine`` until the leader's snapshot repairs it.
 
 Exactly-once sessions (``waraft.core.sessions``) live here, so they work with every provider:
 each ``("$session", ...)`` command, plain or inside a ``$batch``, goes through the replicated

@@ -12,12 +12,16 @@ length. Open file descriptors per node: LMDB's data and lock files and this modu
 whatever the number of partitions. The partition directory gets an empty marker file
 ``lmdb-node``: a directory without it is new or was wiped (moved away to be rebuilt by a
 snapshot), and its database is emptied when it opens, as the node's WAL drops the log of a
-wiped directory.
+wiped directory — unless it holds a ``waraft.storage.lmdb`` environment (``storage.lmdb/``, a
+node that ran with that provider): its state is then imported.
 
 Atomicity: as in ``waraft.storage.lmdb`` (whose command handling this class inherits), every
-apply is ONE write transaction covering data, position, config, label and incomplete mark. LMDB
-serialises write transactions of the whole environment, so partitions commit one after another;
-each commit is fsynced (``lmdb_sync``, default True) before it returns.
+apply commits data, position, config, label and incomplete mark all or nothing. LMDB serialises
+the write transactions of an environment, so the node commits in groups (``NodeEnv.commit``):
+the writes of every partition queued while a transaction commits go into the next one, which is
+fsynced once (``lmdb_sync``, default True) before any of them returns. Without grouping, 1000
+partitions per node timed out most first writes (two fsyncs per partition write, one after
+another); see ``benchmarks/SCALE.md``.
 
 Checksums: every stored value is ``crc32 | value``, the CRC-32 (u32 little-endian) of the
 partition name, the key and the value together, so a value damaged on disk, or moved to another
@@ -67,6 +71,7 @@ from waraft.storage.lmdb import (
     _META,
     _MIB,
     DEFAULT_MAP_SIZE,
+    ENV_DIR,
     SNAPSHOT_FILE,
     LmdbStorage,
     Ops,
@@ -74,6 +79,7 @@ from waraft.storage.lmdb import (
     _inspect_snapshot,
     _meta_items,
     _new_packer,
+    _recover_swap,
     _stored_key,
     _write_checksum,
 )
@@ -387,8 +393,12 @@ class NodeLmdbStorage(LmdbStorage):
     def _prepare(self, verify: bool) -> None:
         marker = os.path.join(self._dir, MARKER)
         if not os.path.exists(marker):
-            # A new or wiped partition directory: whatever the node holds for it is stale.
-            self._replace([], None)
+            legacy = os.path.join(self._dir, ENV_DIR)
+            if os.path.isdir(legacy) or os.path.isdir(legacy + ".old"):
+                self._import_legacy(legacy)
+            else:
+                # A new or wiped partition directory: whatever the node holds for it is stale.
+                self._replace([], None)
             with open(marker, "wb") as f:
                 os.fsync(f.fileno())
             fsync_directory(self._dir)
@@ -400,6 +410,27 @@ class NodeLmdbStorage(LmdbStorage):
             else:
                 logger.debug("LMDB node storage %s: %d values verified", self._path, rows)
         self._load_meta()
+
+    def _import_legacy(self, legacy: str) -> None:
+        """Copy the state a ``LmdbStorage`` kept in this partition directory (a node that ran
+        with it before) into the node's environment, in one transaction; the old environment
+        is left where it is. Without this a whole cluster switched to this provider at once
+        would come up empty (stalled) everywhere."""
+        _recover_swap(self._dir)
+        source = lmdb.open(legacy, readonly=True, lock=False, max_dbs=_MAX_DBS, subdir=True)
+        try:
+            kv = source.open_db(_KV, create=False)
+            meta_db = source.open_db(_META, create=False)
+            with source.begin() as txn:
+                self._replace(txn.cursor(kv), dict(txn.cursor(meta_db)))
+        finally:
+            source.close()
+        logger.warning(
+            "LMDB node storage %s: imported the partition's LmdbStorage state from %s (left "
+            "in place; remove it once the node runs well)",
+            self._path,
+            legacy,
+        )
 
     def _quarantine(self, reason: str) -> None:
         logger.error(
