@@ -17,7 +17,7 @@ import pytest
 
 from waraft.core.types import LogPos
 from waraft.storage.lmdb import StorageLockedError
-from waraft.storage.node_lmdb import NODE_DIR, NodeLmdbStorage, _Write
+from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeLmdbStorage, _Write
 from waraft.storage.provider import StorageCorruptionError, StorageOptions
 
 from .helpers import A, B, C, make_config
@@ -144,7 +144,7 @@ def test_a_flipped_byte_quarantines_the_partition_until_a_snapshot_repairs_it(
         assert victim.position() == LogPos(0, 0) and victim.config() is None
         reason = victim.status()["quarantine"]
         assert reason is not None and "checksum mismatch" in reason
-        assert victim.read(("read", "t", "k"), victim.position()) == "not_found"
+        assert victim.read(("read", "t", "k"), victim.position()) == QUARANTINED
         assert neighbour.status()["quarantine"] is None
         assert neighbour.read(("read", "t", "k"), neighbour.position()) == ("ok", "untouched")
         # The quarantine survives a restart until the repair.

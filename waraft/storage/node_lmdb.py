@@ -110,6 +110,7 @@ _CRC: Final = struct.Struct("<I")
 _META_PREFIX: Final = b"\xc1meta:"
 _META_NAMES: Final = (b"position", b"config", b"label", b"incomplete", b"quarantine")
 _LONG_KEY_LENGTH: Final = 33
+QUARANTINED: Final = ("error", "storage_quarantined")
 
 
 def _meta_key(name: bytes) -> bytes:
@@ -583,8 +584,11 @@ class NodeLmdbStorage(LmdbStorage):
 
     def read(self, command: Any, position: LogPos) -> Any:
         """As ``LmdbStorage.read``, checking the value's checksum: a damaged value raises
-        ``StorageCorruptionError`` and is never returned."""
+        ``StorageCorruptionError`` and is never returned. A quarantined replica answers
+        ``("error", "storage_quarantined")``: its emptied data would say ``not_found``."""
         kind = command_kind(command)
+        if self.quarantine is not None and kind == "read":
+            return QUARANTINED
         if kind == "read" and len(command) == 3:
             key = self._encode(command[2])
             with self.env.begin(db=self._db) as txn:
@@ -712,6 +716,7 @@ class NodeLmdbStorage(LmdbStorage):
 __all__ = [
     "MARKER",
     "NODE_DIR",
+    "QUARANTINED",
     "NodeEnv",
     "NodeLmdbStorage",
     "StorageCorruptionError",
