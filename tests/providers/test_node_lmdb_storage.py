@@ -7,6 +7,9 @@ The shared provider contract runs in ``test_storage.py``; these are its own prop
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from .helpers import A, B, C, make_config
 
 CONFIG = make_config(A, B, C)
 SECRET = b"precious-value-0123456789"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def opts(partition: int) -> StorageOptions:
@@ -256,3 +260,78 @@ def test_state_of_a_per_partition_lmdb_storage_is_imported(root: Path) -> None:
         assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "new")
     finally:
         storage.close()
+
+
+GROUP_WRITER = """
+import sys, threading
+from pathlib import Path
+from waraft.core.types import Identity, LogPos
+from waraft.storage.node_lmdb import NodeLmdbStorage
+from waraft.storage.provider import StorageOptions
+
+root = Path(sys.argv[1])
+out = threading.Lock()
+
+
+def run(partition):
+    options = StorageOptions("t", partition, Identity("raft_server_t_1", "a@host"))
+    storage = NodeLmdbStorage.open(options, root / f"t.{partition}")
+    index = storage.position().index
+    while True:
+        index += 1
+        storage.apply_many(
+            [("write", "t", ("k", index), index), ("write", "t", "last", index)],
+            LogPos(index, 1),
+        )
+        with out:  # acknowledged: the group commit holding it returned
+            print(partition, index, flush=True)
+
+
+threads = [threading.Thread(target=run, args=(p,), daemon=True) for p in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+"""
+
+
+def test_kill_9_during_group_commits_keeps_every_acknowledged_write(tmp_path: Path) -> None:
+    root = tmp_path / "db"
+    acknowledged = dict.fromkeys(range(4), 0)
+    for round_ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", GROUP_WRITER, str(root)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        watchdog = threading.Timer(30.0, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            for _ in range(150 + 100 * round_):
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read() if proc.stderr else "writer died"
+                partition, index = map(int, line.split())
+                acknowledged[partition] = index
+            os.kill(proc.pid, signal.SIGKILL)  # most likely inside a group's transaction
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for partition in range(4):
+            storage = open_part(root, partition)
+            try:
+                assert storage.status()["quarantine"] is None
+                index = storage.position().index
+                assert index >= acknowledged[partition], (partition, index, acknowledged)
+                assert storage.read(("read", "t", "last"), storage.position()) == ("ok", index)
+                assert storage.read(("read", "t", ("k", index)), storage.position()) == (
+                    "ok",
+                    index,
+                )
+            finally:
+                storage.close()

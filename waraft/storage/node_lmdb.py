@@ -256,7 +256,18 @@ class NodeEnv:
                 )
             handle = self._handles.get(name)
             if handle is None:
-                handle = self._handles[name] = self.env.open_db(name.encode())
+                # In a write transaction of our own: ``env.begin`` waits for LMDB's writer lock
+                # without holding the GIL, whereas ``open_db``'s implicit transaction holds it
+                # while waiting, which deadlocks against a commit in another thread.
+                txn = self.env.begin(write=True)
+                try:
+                    handle = self.env.open_db(name.encode(), txn=txn)
+                    txn.commit()
+                except BaseException:
+                    with contextlib.suppress(lmdb.Error):
+                        txn.abort()
+                    raise
+                self._handles[name] = handle
             self._open[name] = handle
             return handle
 
