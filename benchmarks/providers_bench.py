@@ -12,7 +12,8 @@ Measures
   and FULL);
 * ``apply_many`` of packed ``$batch`` entries of 1000 writes (100-byte values, 50k keys) for
   MemoryStorage, SqliteStorage and LmdbStorage (default and ``lmdb_sync``), when the ``lmdb``
-  package is installed. ``--storage-only`` runs just the storage measurements.
+  package is installed, and NodeLmdbStorage (one environment per node, checksummed values)
+  with its checksum scan at open. ``--storage-only`` runs just the storage measurements.
 """
 
 from __future__ import annotations
@@ -181,6 +182,38 @@ def bench_storages(root: str, total: int) -> None:
         LmdbStorage.open(synced, os.path.join(root, "lmdb-sync")),
         total // 4,
     )
+    bench_node_lmdb(root, total)
+
+
+def bench_node_lmdb(root: str, total: int) -> None:
+    """NodeLmdbStorage (one environment per node, a CRC-32 per value) beside LmdbStorage with
+    the same sync setting, and the checksum scan of a partition when it opens."""
+    from waraft.storage.lmdb import LmdbStorage
+    from waraft.storage.node_lmdb import NodeLmdbStorage
+
+    def options(**extra: object) -> StorageOptions:
+        return StorageOptions(OPTIONS.table, OPTIONS.partition, OPTIONS.identity, extra=extra)
+
+    bench_apply_many(
+        "LmdbStorage (lmdb_sync=False)",
+        LmdbStorage.open(options(lmdb_sync=False), os.path.join(root, "lmdb-nosync")),
+        total,
+    )
+    bench_apply_many(
+        "NodeLmdbStorage (lmdb_sync=False)",
+        NodeLmdbStorage.open(options(lmdb_sync=False), os.path.join(root, "node", "p1")),
+        total,
+    )
+    bench_apply_many(
+        "NodeLmdbStorage (default: fsync per batch)",
+        NodeLmdbStorage.open(options(), os.path.join(root, "node-sync", "p1")),
+        total // 4,
+    )
+    began = time.perf_counter()
+    storage = NodeLmdbStorage.open(options(), os.path.join(root, "node", "p1"))
+    report("NodeLmdbStorage open + checksum scan (50k values)", 50_000,
+           time.perf_counter() - began, "values")  # fmt: skip
+    storage.close()
 
 
 def main() -> None:

@@ -319,3 +319,23 @@ def test_partitions_run_scheduled_and_blocking_providers_get_threads(tmp_path: P
     # syncs the log itself) get threads of their own; the rest stays scheduled.
     durable = start_node(tmp_path, "n2", [2], log_module=DISK, storage_module=SQLITE)
     assert [k for k in kinds if _threaded(durable, k, 2)] == ["storage", "log", "server"]
+
+
+def test_the_node_wide_lmdb_storage_runs_scheduled(tmp_path: Path) -> None:
+    # Its disk work goes through otp.blocking: no thread per partition for the node's default
+    # durable providers (the WAL and the node-wide LMDB environment), which are used for real.
+    node = start_node(
+        tmp_path,
+        "n1",
+        [1, 2],
+        log_module="waraft.log.wal:WalLog",
+        storage_module="waraft.storage.node_lmdb:NodeLmdbStorage",
+    )
+    kinds = ("queue", "storage", "log", "server", "acceptor", "transport_cleanup")
+    for partition in (1, 2):
+        _bootstrap_single(node, partition)
+        assert [k for k in kinds if _threaded(node, k, partition)] == []
+    acc = addr("acceptor", node, 2)
+    assert acceptor.commit(acc, ("a", ("write", "t", "k", "v"))) == "ok"
+    assert acceptor.read(acc, ("read", "t", "k")) == ("ok", "v")
+    assert os.listdir(tmp_path / "n1" / "storage-lmdb") != []

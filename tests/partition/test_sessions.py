@@ -20,6 +20,7 @@ from waraft.storage.provider import OK
 
 SQLITE = "waraft.storage.sqlite:SqliteStorage"
 LMDB = "waraft.storage.lmdb:LmdbStorage"
+NODE_LMDB = "waraft.storage.node_lmdb:NodeLmdbStorage"
 DISK = "waraft.log.disk:DiskLog"
 
 
@@ -73,11 +74,11 @@ def test_a_retried_bump_applies_once_plain_and_packed(tmp_path: Path) -> None:
     assert acceptor.commit(acc, ("f", call_command(sid + 99, 1, 1, bump))) == EXPIRED
 
 
-@pytest.mark.parametrize("provider", [SQLITE, LMDB])
+@pytest.mark.parametrize("provider", [SQLITE, LMDB, NODE_LMDB])
 def test_the_session_table_survives_a_restart_of_a_durable_partition(
     tmp_path: Path, provider: str
 ) -> None:
-    if provider == LMDB:
+    if provider in (LMDB, NODE_LMDB):
         pytest.importorskip("lmdb")
     node = _single(tmp_path, log_module=DISK, storage_module=provider)
     acc = addr("acceptor", node)

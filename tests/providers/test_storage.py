@@ -33,7 +33,10 @@ try:
 except ImportError:  # the lmdb package is an optional dependency until pyproject lists it
     pass
 else:
+    from waraft.storage.node_lmdb import NodeLmdbStorage
+
     PROVIDERS["lmdb"] = LmdbStorage
+    PROVIDERS["node_lmdb"] = NodeLmdbStorage
 
 
 @pytest.fixture(params=sorted(PROVIDERS))

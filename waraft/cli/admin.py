@@ -75,6 +75,8 @@ def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
         # Idle and silent (issue 13): no heartbeats, no election timer until woken.
         "quiescent": bool(status.get("quiescent")),
         "disable_reason": _plain(status.get("disable_reason")),
+        # Damaged storage emptied and waiting for a snapshot (issue 14).
+        "storage_quarantine": status.get("storage_quarantine"),
         # Group commits of a durable log (None for the in-memory one).
         "log_fsyncs": (status.get("log_status") or {}).get("fsyncs"),
         "log_bytes": (status.get("log_status") or {}).get("bytes"),

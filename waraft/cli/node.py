@@ -59,7 +59,9 @@ default stays off: in-process nodes have no node liveness)."""
 
 DURABLE_LOG = "waraft.log.wal:WalLog"
 """The node-wide write-ahead log (``waraft.log.disk:DiskLog`` stays available per partition)."""
-DURABLE_STORAGE = "waraft.storage.lmdb:LmdbStorage"
+DURABLE_STORAGE = "waraft.storage.node_lmdb:NodeLmdbStorage"
+"""One LMDB environment per node with checksummed values (``waraft.storage.lmdb:LmdbStorage``,
+an environment per partition, stays available)."""
 MEMORY_LOG = "waraft.log.memory:MemoryLog"
 MEMORY_STORAGE = "waraft.storage.memory:MemoryStorage"
 SHUTDOWN_TIMEOUT = 20.0

@@ -148,6 +148,17 @@ class RaftServer(otp.StateMachine):
         self.log, log_corruption = otp.call(options.log_name, ("open", position), None)
         storage_config = otp.call(options.storage_name, ("config",), STORAGE_TIMEOUT)
         label = otp.call(options.storage_name, ("label",), STORAGE_TIMEOUT)
+        # A provider that found its data damaged emptied it (position 0, no config): the core
+        # starts stalled, takes no part, and a snapshot from the leader repairs it.
+        self.storage_quarantine: str | None = otp.call(
+            options.storage_name, ("quarantine",), STORAGE_TIMEOUT
+        )
+        if self.storage_quarantine is not None:
+            logger.error(
+                "%s: storage quarantined, stalled until a snapshot repairs it: %s",
+                self.name,
+                self.storage_quarantine,
+            )
         durable = self._load_durable_state()
         if log_corruption is not None:
             # The log actor quarantined a corrupt log: never serve or vote on it (not persisted,
@@ -555,6 +566,9 @@ class RaftServer(otp.StateMachine):
         status["reads_admitted"] = self.queues.reads_admitted
         status["name"] = self.name
         status["rpc_dropped_nonmember"] = self.dropped_nonmember
+        if self.storage_quarantine is not None and self.core.state is not State.STALLED:
+            self.storage_quarantine = None  # a snapshot was installed: repaired
+        status["storage_quarantine"] = self.storage_quarantine
         return status
 
     # -- admin commands -------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 the provider interface.
 
 The providers are ``waraft.storage.memory.MemoryStorage`` (WARaft's ETS storage, the default),
-``waraft.storage.lmdb.LmdbStorage`` (durable, what ``waraft node`` uses) and
+``waraft.storage.node_lmdb.NodeLmdbStorage`` (durable, one LMDB environment per node with
+checksummed values: what ``waraft node`` uses), ``waraft.storage.lmdb.LmdbStorage`` (durable,
+an environment per partition) and
 ``waraft.storage.sqlite.SqliteStorage`` (durable, standard library only), behind
 ``waraft.storage.provider``. Provider-specific options come from the application setting
 ``raft_storage_options`` (a dict, handed to the provider as ``StorageOptions.extra``).
@@ -14,6 +16,12 @@ more committed entries are sent (WARaft's ``notify_complete``). An entry out of 
 invariant: the actor crashes and the partition restarts, as WARaft's does. A witness skips the
 data of commands (advancing its position) and applies a ``noop_omitted`` every
 ``raft_storage_witness_apply_interval`` skipped entries.
+
+Damaged data: a provider that finds stored data failing its check raises
+``StorageCorruptionError`` instead of returning it; the actor answers that read with
+``("error", "storage_corruption")`` and crashes, so the partition restarts and the provider
+(``NodeLmdbStorage``) quarantines the replica when it opens: emptied, ``stalled`` and reporting
+``storage_quarantine`` until the leader's snapshot repairs it.
 
 Exactly-once sessions (``waraft.core.sessions``) live here, so they work with every provider:
 each ``("$session", ...)`` command, plain or inside a ``$batch``, goes through the replicated
@@ -47,6 +55,7 @@ from waraft.storage.provider import (
     OK,
     ApplyItem,
     InvalidIncompleteReplica,
+    StorageCorruptionError,
     StorageError,
     StorageOptions,
     StorageProvider,
@@ -197,6 +206,7 @@ class StorageServer(otp.Process):
         )
         os.makedirs(self.path, exist_ok=True)
         self.provider: StorageProvider = options.storage_module.open(storage_options, self.path)
+        self._corruption: StorageCorruptionError | None = None
         self.position: LogPos = self.provider.position()
         self.skipped = 0
         self.sessions = self._load_sessions()
@@ -254,6 +264,8 @@ class StorageServer(otp.Process):
             self._delete_snapshot(msg[1])
         else:
             logger.warning("storage %s dropped an unexpected cast %.200r", self.name, msg)
+        if self._corruption is not None:
+            raise self._corruption
 
     def _apply(self, items: Sequence[CoreApplyItem], size: int) -> None:
         queues = self.queues
@@ -503,6 +515,13 @@ class StorageServer(otp.Process):
             return self.provider.read(command, self.position)
         except UnknownCommandError as exc:
             return ("error", ("unknown_command", str(exc)))
+        except StorageCorruptionError as exc:
+            # Never answer from damaged data. The actor crashes once the message is handled
+            # (its other callers answered): the partition restarts and the provider
+            # quarantines it when it opens again.
+            logger.error("storage %s: damaged data, crashing: %s", self.name, exc)
+            self._corruption = exc
+            return ("error", "storage_corruption")
 
     @staticmethod
     def _commands_of(command: Any) -> Sequence[Any]:
@@ -515,6 +534,13 @@ class StorageServer(otp.Process):
     # -- calls ----------------------------------------------------------------------------------
 
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        result = self._handle_call(request, from_)
+        if self._corruption is not None:
+            from_.reply(result)
+            raise self._corruption
+        return result
+
+    def _handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         kind = request[0]
         provider = self.provider
         if kind == "open" or kind == "position":
@@ -523,6 +549,9 @@ class StorageServer(otp.Process):
             return self.config
         if kind == "label":
             return provider.label()
+        if kind == "quarantine":
+            # Why the provider emptied this replica's damaged data (None: it did not).
+            return getattr(provider, "quarantine", None)
         if kind == "read":
             if touches_reserved_key(request[1]):
                 # The storage actor is never reachable from the wire (distribution.policy):
@@ -668,6 +697,7 @@ __all__ = [
     "ApplyItem",
     "InvalidIncompleteReplica",
     "OutOfOrderApply",
+    "StorageCorruptionError",
     "StorageError",
     "StorageOptions",
     "StorageProvider",

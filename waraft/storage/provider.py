@@ -55,6 +55,12 @@ class StorageError(Exception):
     """Base class of storage provider errors."""
 
 
+class StorageCorruptionError(StorageError):
+    """Stored data failed its check (a value's checksum, a damaged page): the provider never
+    returns it; the storage actor answers the read with an error and crashes, and the provider
+    quarantines the partition when it opens again (``waraft.storage.node_lmdb``)."""
+
+
 class UnknownCommandError(StorageError, ValueError):
     """A command (or read) the provider does not understand."""
 
@@ -362,6 +368,7 @@ __all__ = [
     "OK",
     "ApplyItem",
     "InvalidIncompleteReplica",
+    "StorageCorruptionError",
     "StorageError",
     "StorageOptions",
     "StorageProvider",

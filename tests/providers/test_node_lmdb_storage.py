@@ -1,0 +1,337 @@
+"""The node-wide LMDB provider: one environment for many partitions, per-value checksums,
+quarantine of a damaged partition and its repair by snapshot (issue 14).
+
+The shared provider contract runs in ``test_storage.py``; these are its own properties.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import pytest
+
+from waraft.core.types import LogPos
+from waraft.storage.lmdb import StorageLockedError
+from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeLmdbStorage, _Write
+from waraft.storage.provider import StorageCorruptionError, StorageOptions
+
+from .helpers import A, B, C, make_config
+
+CONFIG = make_config(A, B, C)
+SECRET = b"precious-value-0123456789"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def opts(partition: int) -> StorageOptions:
+    return StorageOptions(
+        table="t", partition=partition, identity=A, name=f"raft_storage_t_{partition}"
+    )
+
+
+def open_part(root: Path, partition: int) -> NodeLmdbStorage:
+    return NodeLmdbStorage.open(opts(partition), root / f"t.{partition}")
+
+
+def seed(storage: NodeLmdbStorage, value: Any, index: int = 3) -> None:
+    storage.apply_config(CONFIG, LogPos(1, 1))
+    storage.apply(("write", "t", "k", value), LogPos(2, 1))
+    storage.apply(("write", "t", "other", 7), LogPos(index, 1))
+
+
+def flip_all(path: Path, needle: bytes) -> int:
+    """Flip one byte in the middle of every copy of ``needle`` in the file (LMDB copies pages
+    on write, so old copies may be there too); the number of copies."""
+    data = bytearray(path.read_bytes())
+    count = 0
+    at = data.find(needle)
+    while at >= 0:
+        data[at + len(needle) // 2] ^= 0x20
+        count += 1
+        at = data.find(needle, at + 1)
+    with open(path, "r+b") as f:
+        f.write(bytes(data))
+        f.flush()
+        os.fsync(f.fileno())
+    return count
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "db"
+
+
+def test_many_partitions_share_one_environment_and_a_fixed_number_of_fds(root: Path) -> None:
+    first = open_part(root, 0)
+    fds = len(os.listdir("/proc/self/fd"))
+    parts = [first] + [open_part(root, p) for p in range(1, 60)]
+    try:
+        for p, storage in enumerate(parts):
+            storage.apply(("write", "t", "k", p), LogPos(1, 1))
+        assert len(os.listdir("/proc/self/fd")) == fds
+        assert sorted(os.listdir(root / NODE_DIR)) == ["LOCK", "data.mdb", "lock.mdb"]
+        assert [s.read(("read", "t", "k"), s.position()) for s in parts] == [
+            ("ok", p) for p in range(60)
+        ]
+        assert parts[5].status()["node_partitions"] == 60
+    finally:
+        for storage in parts:
+            storage.close()
+    again = open_part(root, 42)
+    try:
+        assert again.position() == LogPos(1, 1)
+        assert again.read(("read", "t", "k"), again.position()) == ("ok", 42)
+    finally:
+        again.close()
+
+
+def test_one_user_per_partition(root: Path) -> None:
+    storage = open_part(root, 1)
+    try:
+        with pytest.raises(StorageLockedError):
+            open_part(root, 1)
+        open_part(root, 2).close()
+    finally:
+        storage.close()
+
+
+def test_snapshot_install_and_wiped_directory_touch_only_their_partition(
+    root: Path, tmp_path: Path
+) -> None:
+    one, two = open_part(root, 1), open_part(root, 2)
+    try:
+        seed(one, "one")
+        seed(two, "two", index=5)
+        assert one.create_snapshot(tmp_path / "snap") == "ok"
+        assert two.open_snapshot(tmp_path / "snap", LogPos(3, 1)) == "ok"
+        assert two.position() == LogPos(3, 1) and two.config() == (LogPos(1, 1), CONFIG)
+        assert two.read(("read", "t", "k"), two.position()) == ("ok", "one")
+        assert one.read(("read", "t", "k"), one.position()) == ("ok", "one")
+    finally:
+        one.close()
+        two.close()
+    # A partition directory moved away is a new partition; its neighbour keeps its data.
+    (root / "t.2").rename(tmp_path / "moved")
+    two = open_part(root, 2)
+    one = open_part(root, 1)
+    try:
+        assert two.position() == LogPos(0, 0)
+        assert two.read(("read", "t", "k"), two.position()) == "not_found"
+        assert one.read(("read", "t", "k"), one.position()) == ("ok", "one")
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_flipped_byte_quarantines_the_partition_until_a_snapshot_repairs_it(
+    root: Path, tmp_path: Path
+) -> None:
+    healthy_root = tmp_path / "healthy"
+    victim, neighbour, healthy = open_part(root, 1), open_part(root, 2), open_part(healthy_root, 1)
+    for storage in (victim, healthy):
+        seed(storage, SECRET)
+    seed(neighbour, "untouched")
+    victim.close()
+    neighbour.close()
+    assert flip_all(root / NODE_DIR / "data.mdb", SECRET) >= 1
+
+    victim, neighbour = open_part(root, 1), open_part(root, 2)
+    try:
+        # Emptied and marked: a fresh-looking replica (its server comes up stalled).
+        assert victim.position() == LogPos(0, 0) and victim.config() is None
+        reason = victim.status()["quarantine"]
+        assert reason is not None and "checksum mismatch" in reason
+        assert victim.read(("read", "t", "k"), victim.position()) == QUARANTINED
+        assert neighbour.status()["quarantine"] is None
+        assert neighbour.read(("read", "t", "k"), neighbour.position()) == ("ok", "untouched")
+        # The quarantine survives a restart until the repair.
+        victim.close()
+        victim = open_part(root, 1)
+        assert victim.status()["quarantine"] == reason
+        assert healthy.create_snapshot(tmp_path / "snap") == "ok"
+        assert victim.open_snapshot(tmp_path / "snap", LogPos(3, 1)) == "ok"
+        assert victim.status()["quarantine"] is None
+        assert victim.read(("read", "t", "k"), victim.position()) == ("ok", SECRET)
+        victim.close()
+        victim = open_part(root, 1)
+        assert victim.position() == LogPos(3, 1)
+        assert victim.read(("read", "t", "k"), victim.position()) == ("ok", SECRET)
+    finally:
+        for storage in (victim, neighbour, healthy):
+            storage.close()
+
+
+def test_damage_while_open_is_never_returned(root: Path, tmp_path: Path) -> None:
+    storage = open_part(root, 1)
+    try:
+        seed(storage, SECRET)
+        storage.env.sync(True)
+        # LMDB reads through a shared mapping of the file: a write to the file shows at once.
+        assert flip_all(root / NODE_DIR / "data.mdb", SECRET) >= 1
+        with pytest.raises(StorageCorruptionError, match="checksum mismatch"):
+            storage.read(("read", "t", "k"), storage.position())
+        with pytest.raises(StorageCorruptionError):
+            storage.create_snapshot(tmp_path / "snap")
+        assert storage.read(("read", "t", "other"), storage.position()) == ("ok", 7)
+    finally:
+        storage.close()
+
+
+def test_a_value_moved_to_another_key_fails_its_check(root: Path) -> None:
+    storage = open_part(root, 1)
+    try:
+        seed(storage, "v")
+        db, env = storage._db, storage.env
+        with env.begin(write=True) as txn:
+            stored = txn.get(storage._encode("k"), db=db)
+            txn.put(storage._encode("other"), stored, db=db)
+        with pytest.raises(StorageCorruptionError):
+            storage.read(("read", "t", "other"), storage.position())
+    finally:
+        storage.close()
+
+
+def test_concurrent_partitions_share_group_commits(root: Path) -> None:
+    parts = [open_part(root, p) for p in range(8)]
+    node = parts[0]._node
+    assert node is not None
+    try:
+
+        def work(storage: NodeLmdbStorage) -> None:
+            for index in range(1, 41):
+                storage.apply(("write", "t", "k", index), LogPos(index, 1))
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in parts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert node.writes == 8 * 40
+        assert node.commits < node.writes  # some transactions carried several partitions
+        for storage in parts:
+            assert storage.position() == LogPos(40, 1)
+            assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 40)
+    finally:
+        for storage in parts:
+            storage.close()
+
+
+def test_a_failing_write_fails_only_its_own_partition(root: Path) -> None:
+    one, two = open_part(root, 1), open_part(root, 2)
+    node = one._node
+    assert node is not None
+    try:
+        good = _Write(one._db, one._seed, [[(b"\xa1a", b"\x01")]], [], "one")
+        bad = _Write(two._db, two._seed, [[(b"x" * 600, b"\x01")]], [], "two")  # key too long
+        also = _Write(one._db, one._seed, [[(b"\xa1b", b"\x02")]], [], "one")
+        node._commit_group([good, bad, also])
+        assert good.error is None and also.error is None
+        assert isinstance(bad.error, lmdb.Error)
+        assert one.read(("read", "t", "a"), one.position()) == ("ok", 1)
+        assert one.read(("read", "t", "b"), one.position()) == ("ok", 2)
+    finally:
+        one.close()
+        two.close()
+
+
+def test_state_of_a_per_partition_lmdb_storage_is_imported(root: Path) -> None:
+    from waraft.storage.lmdb import LmdbStorage
+
+    old = LmdbStorage.open(opts(1), root / "t.1")
+    seed(old, "kept")
+    old.close()
+    storage = open_part(root, 1)
+    try:
+        assert storage.position() == LogPos(3, 1)
+        assert storage.config() == (LogPos(1, 1), CONFIG)
+        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "kept")
+        storage.apply(("write", "t", "k", "new"), LogPos(4, 1))
+    finally:
+        storage.close()
+    storage = open_part(root, 1)  # imported once: the marker is there now
+    try:
+        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "new")
+    finally:
+        storage.close()
+
+
+GROUP_WRITER = """
+import sys, threading
+from pathlib import Path
+from waraft.core.types import Identity, LogPos
+from waraft.storage.node_lmdb import NodeLmdbStorage
+from waraft.storage.provider import StorageOptions
+
+root = Path(sys.argv[1])
+out = threading.Lock()
+
+
+def run(partition):
+    options = StorageOptions("t", partition, Identity("raft_server_t_1", "a@host"))
+    storage = NodeLmdbStorage.open(options, root / f"t.{partition}")
+    index = storage.position().index
+    while True:
+        index += 1
+        storage.apply_many(
+            [("write", "t", ("k", index), index), ("write", "t", "last", index)],
+            LogPos(index, 1),
+        )
+        with out:  # acknowledged: the group commit holding it returned
+            print(partition, index, flush=True)
+
+
+threads = [threading.Thread(target=run, args=(p,), daemon=True) for p in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+"""
+
+
+def test_kill_9_during_group_commits_keeps_every_acknowledged_write(tmp_path: Path) -> None:
+    root = tmp_path / "db"
+    acknowledged = dict.fromkeys(range(4), 0)
+    for round_ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", GROUP_WRITER, str(root)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        watchdog = threading.Timer(30.0, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            for _ in range(150 + 100 * round_):
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read() if proc.stderr else "writer died"
+                partition, index = map(int, line.split())
+                acknowledged[partition] = index
+            os.kill(proc.pid, signal.SIGKILL)  # most likely inside a group's transaction
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for partition in range(4):
+            storage = open_part(root, partition)
+            try:
+                assert storage.status()["quarantine"] is None
+                index = storage.position().index
+                assert index >= acknowledged[partition], (partition, index, acknowledged)
+                assert storage.read(("read", "t", "last"), storage.position()) == ("ok", index)
+                assert storage.read(("read", "t", ("k", index)), storage.position()) == (
+                    "ok",
+                    index,
+                )
+            finally:
+                storage.close()

@@ -1,0 +1,734 @@
+"""Durable storage in ONE LMDB environment per node, a named database per partition, with a
+checksum on every stored value (``NodeLmdbStorage``).
+
+Layout: every partition whose data directory sits in ``<raft_database>`` keeps its state in the
+environment ``<raft_database>/storage-lmdb/`` (or the option ``extra["lmdb_node_dir"]``): one
+named database per partition, named after the partition directory's base name. The database
+holds the partition's KV rows (keys encoded exactly as ``waraft.storage.lmdb`` encodes them) and
+its metadata rows (position, config, label, incomplete mark, quarantine reason) under keys
+``0xc1`` + ``meta:`` + name, which no encoded key can equal: a msgpack encoding never starts with
+``0xc1``, and a long key's ``0xc1`` + 32-byte digest is 33 bytes long, never a metadata key's
+length. Open file descriptors per node: LMDB's data and lock files and this module's lock file,
+whatever the number of partitions. The partition directory gets an empty marker file
+``lmdb-node``: a directory without it is new or was wiped (moved away to be rebuilt by a
+snapshot), and its database is emptied when it opens, as the node's WAL drops the log of a
+wiped directory — unless it holds a ``waraft.storage.lmdb`` environment (``storage.lmdb/``, a
+node that ran with that provider): its state is then imported.
+
+Atomicity: as in ``waraft.storage.lmdb`` (whose command handling this class inherits), every
+apply commits data, position, config, label and incomplete mark all or nothing. LMDB serialises
+the write transactions of an environment, so the node commits in groups (``NodeEnv.commit``):
+the writes of every partition queued while a transaction commits go into the next one, which is
+fsynced once (``lmdb_sync``, default True) before any of them returns. Without grouping, 1000
+partitions per node timed out most first writes (two fsyncs per partition write, one after
+another); see ``benchmarks/SCALE.md``.
+
+Checksums: every stored value is ``crc32 | value``, the CRC-32 (u32 little-endian) of the
+partition name, the key and the value together, so a value damaged on disk, or moved to another
+key or partition, fails the check. Values are checked on every read (``read``, the reads of
+derived commands, snapshots) and, for the whole partition, when it opens. A damaged value is
+never returned: a read raises ``StorageCorruptionError`` (the storage actor answers the caller
+with an error and crashes, so the partition restarts). A partition found damaged when it opens is
+*quarantined*: in one transaction its database is emptied and the reason stored; it then opens at
+position 0 with no config, so its server comes up ``stalled`` — it neither serves reads nor
+votes nor leads — and reports the reason (``status()["quarantine"]``) until the leader's snapshot
+replaces the whole database (``open_snapshot``), which repairs it. The other partitions of the
+node are not touched. A replica that is the only one holding some data must therefore not be
+quarantined blindly: Raft never needs it to, as a committed entry is on a majority.
+
+Snapshots are in ``waraft.storage.lmdb``'s format (a compacted ``data.mdb`` with ``kv`` and
+``meta`` databases, its size and CRC-32, the ``metadata`` file), so either provider can install
+the other's. ``open_snapshot`` checks the file first, then empties the partition's database and
+copies the snapshot in, in one transaction: a crash leaves the old or the new state.
+
+Map size: the environment is opened once at ``extra["lmdb_map_size"]`` (default 64 GiB of
+address space; without writemap the file only grows as pages are used) and never grown, since
+LMDB can only resize a map while no transaction of the process is open, and every partition has
+them. A full map fails the transaction (the storage actor crashes); raise the option.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Final, Self
+
+import lmdb
+
+from waraft import otp
+from waraft.core.types import Config, LogPos
+from waraft.services.codec import CodecError, packb, unpackb
+from waraft.storage.lmdb import (
+    _KV,
+    _MAX_DBS,
+    _MAX_RAW_KEY,
+    _META,
+    _MIB,
+    DEFAULT_MAP_SIZE,
+    ENV_DIR,
+    SNAPSHOT_FILE,
+    LmdbStorage,
+    Ops,
+    StorageLockedError,
+    _inspect_snapshot,
+    _meta_items,
+    _new_packer,
+    _recover_swap,
+    _stored_key,
+    _write_checksum,
+)
+from waraft.storage.provider import (
+    BAD_POSITION,
+    NOT_FOUND,
+    OK,
+    InvalidIncompleteReplica,
+    StorageCorruptionError,
+    StorageError,
+    StorageOptions,
+    build_file_durably,
+    command_kind,
+    fsync_directory,
+    is_data_replica,
+    write_metadata,
+)
+
+logger = logging.getLogger(__name__)
+
+NODE_DIR: Final = "storage-lmdb"
+MARKER: Final = "lmdb-node"
+"""An empty file in the partition directory: the node's environment holds this partition."""
+DEFAULT_MAX_PARTITIONS: Final = 4096
+DEFAULT_MAX_READERS: Final = 1024  # one reader slot per concurrent read transaction
+
+_CRC: Final = struct.Struct("<I")
+_META_PREFIX: Final = b"\xc1meta:"
+_META_NAMES: Final = (b"position", b"config", b"label", b"incomplete", b"quarantine")
+_LONG_KEY_LENGTH: Final = 33
+QUARANTINED: Final = ("error", "storage_quarantined")
+
+
+def _meta_key(name: bytes) -> bytes:
+    return _META_PREFIX + name
+
+
+def _is_meta(key: bytes) -> bool:
+    return key.startswith(_META_PREFIX) and len(key) != _LONG_KEY_LENGTH
+
+
+def _seal(seed: int, key: bytes, value: bytes) -> bytes:
+    return _CRC.pack(zlib.crc32(value, zlib.crc32(key, seed))) + value
+
+
+def _open_sealed(seed: int, key: bytes, stored: bytes, where: str) -> bytes:
+    """The value inside ``stored``; ``StorageCorruptionError`` if its checksum fails."""
+    if len(stored) >= _CRC.size:
+        value = stored[_CRC.size :]
+        if _CRC.unpack_from(stored)[0] == zlib.crc32(value, zlib.crc32(key, seed)):
+            return value
+    raise StorageCorruptionError(
+        f"checksum mismatch in {where} at key {key[:64]!r} ({len(stored)} bytes stored)"
+    )
+
+
+class _Write:
+    """One partition's write transaction, waiting for a group commit."""
+
+    __slots__ = ("db", "done", "error", "meta", "ops", "seed", "where")
+
+    def __init__(
+        self, db: Any, seed: int, ops: Ops, meta: list[tuple[bytes, bytes]], where: str
+    ) -> None:
+        self.db = db
+        self.seed = seed
+        self.ops = ops
+        self.meta = meta
+        self.where = where
+        self.done = False
+        self.error: BaseException | None = None
+
+    def put(self, txn: lmdb.Transaction) -> None:
+        db, seed = self.db, self.seed
+        pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined: this is the write hot path
+        cursor = txn.cursor(db)
+        for op in self.ops:
+            if type(op) is list:
+                cursor.putmulti([(k, pack(crc32(v, crc32(k, seed))) + v) for k, v in op])
+            else:
+                txn.delete(op, db=db)  # type: ignore[arg-type]
+        for name, value in self.meta:
+            key = _meta_key(name)
+            txn.put(key, _seal(seed, key, value), db=db)
+
+
+class NodeEnv:
+    """The node's LMDB environment, shared by every partition of this process that uses it.
+
+    Obtain it with ``NodeEnv.acquire(directory, ...)``, give it back with ``release``. An
+    exclusive ``flock`` on ``<directory>/LOCK`` keeps other processes out (the providers cache
+    metadata, so a second writer would diverge from them).
+    """
+
+    _registry: ClassVar[dict[str, NodeEnv]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        sync: bool = True,
+        writemap: bool = False,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_partitions: int = DEFAULT_MAX_PARTITIONS,
+    ) -> None:
+        self.directory = directory
+        self.refs = 0
+        self.sync = sync
+        self._lock = threading.Lock()  # named-database opens (LMDB wants them serialised)
+        self._open: dict[str, Any] = {}  # partition name -> database handle, while in use
+        self._group = threading.Condition(threading.Lock())
+        self._pending: list[_Write] = []
+        self._committing = False
+        self.commits = 0  # LMDB transactions committed by ``commit``
+        self.writes = 0  # partition writes they carried
+        self._handles: dict[str, Any] = {}  # every handle opened (LMDB keeps them for the env)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        self._lock_fd = os.open(
+            os.path.join(directory, "LOCK"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StorageLockedError(f"LMDB node storage {directory} is in use") from None
+        try:
+            self.env = lmdb.open(
+                directory,
+                map_size=map_size,
+                subdir=True,
+                max_dbs=max_partitions,
+                max_readers=DEFAULT_MAX_READERS,
+                sync=sync,
+                metasync=sync,
+                writemap=writemap,
+                lock=True,
+                mode=0o644,
+                max_spare_txns=4,
+            )
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    @classmethod
+    def acquire(cls, directory: str, **options: Any) -> NodeEnv:
+        directory = os.path.abspath(directory)
+        with cls._registry_lock:
+            node = cls._registry.get(directory)
+            if node is None:
+                node = cls._registry[directory] = cls(directory, **options)
+            node.refs += 1
+            return node
+
+    def release(self) -> None:
+        with NodeEnv._registry_lock:
+            self.refs -= 1
+            if self.refs > 0:
+                return
+            NodeEnv._registry.pop(self.directory, None)
+        try:
+            self.env.sync(True)
+        except lmdb.Error as exc:
+            logger.error("LMDB node storage %s: final sync failed: %s", self.directory, exc)
+        self.env.close()
+        os.close(self._lock_fd)
+
+    def open_partition(self, name: str) -> Any:
+        """The database handle of partition ``name`` (created if new); one user at a time."""
+        with self._lock:
+            if name in self._open:
+                raise StorageLockedError(
+                    f"partition {name} of LMDB node storage {self.directory} is already open"
+                )
+            handle = self._handles.get(name)
+            if handle is None:
+                # In a write transaction of our own: ``env.begin`` waits for LMDB's writer lock
+                # without holding the GIL, whereas ``open_db``'s implicit transaction holds it
+                # while waiting, which deadlocks against a commit in another thread.
+                txn = self.env.begin(write=True)
+                try:
+                    handle = self.env.open_db(name.encode(), txn=txn)
+                    txn.commit()
+                except BaseException:
+                    with contextlib.suppress(lmdb.Error):
+                        txn.abort()
+                    raise
+                self._handles[name] = handle
+            self._open[name] = handle
+            return handle
+
+    def close_partition(self, name: str) -> None:
+        with self._lock:
+            self._open.pop(name, None)
+
+    def partitions(self) -> int:
+        return len(self._open)
+
+    def commit(self, write: _Write) -> None:
+        """Make ``write`` durable in a group commit; raises what failed it.
+
+        Flat combining: the first caller to find no commit running takes every write queued
+        so far and commits them in ONE transaction (one pair of fsyncs for all of them); the
+        others wait for it and then find theirs done, or take the next group. Each write
+        still commits all or nothing, and a write that fails only fails its own partition:
+        when the group's transaction fails, each of its writes is retried alone.
+        """
+        with self._group:
+            self._pending.append(write)
+            while not write.done and self._committing:
+                self._group.wait()
+            if not write.done:
+                self._committing = True
+                group, self._pending = self._pending, []
+        if not write.done:
+            try:
+                self._commit_group(group)
+            finally:
+                with self._group:
+                    self._committing = False
+                    for queued in group:
+                        queued.done = True
+                    self._group.notify_all()
+        if write.error is not None:
+            raise write.error
+
+    def _commit_group(self, group: list[_Write]) -> None:
+        try:
+            self._transaction(group)
+        except BaseException as exc:
+            if len(group) == 1:
+                group[0].error = exc
+                return
+            for write in group:
+                try:
+                    self._transaction([write])
+                except BaseException as alone:
+                    write.error = alone
+            return
+        self.commits += 1
+        self.writes += len(group)
+
+    def _transaction(self, group: list[_Write]) -> None:
+        txn = self.env.begin(write=True)
+        try:
+            for write in group:
+                write.put(txn)
+            txn.commit()
+        except lmdb.MapFullError as exc:
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+            raise StorageError(
+                f"LMDB node storage {group[0].where}: map full at {self.env.info()['map_size']} "
+                "bytes (raise lmdb_map_size)"
+            ) from exc
+        except BaseException:
+            # A failed commit already released the transaction; abort is then a no-op.
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+            raise
+
+
+class NodeLmdbStorage(LmdbStorage):
+    """A partition's storage in the node's shared LMDB environment (see the module docstring).
+
+    The storage actor runs scheduled, not on a thread of its own (``blocking_io`` False):
+    whatever may block on the disk (opening with its checksum scan, every commit and its
+    fsync, snapshots) runs on the node's I/O threads through ``otp.blocking`` (a
+    plain call outside a scheduled process); reads are lookups in LMDB's memory map. Threads,
+    and the per-thread sockets a thread opens to reply over the network, do not grow with the
+    number of partitions.
+
+    Options (``options.extra``): ``lmdb_sync`` (default True), ``lmdb_writemap`` (default
+    False), ``lmdb_map_size`` (default 64 GiB), ``lmdb_max_partitions`` (named databases the
+    environment can hold, default 4096), ``lmdb_node_dir`` (default
+    ``<parent of the partition directory>/storage-lmdb``), ``lmdb_verify_on_open`` (check every
+    value's checksum when the partition opens, default True). The environment-wide ones are
+    taken from the first partition that opens it.
+    """
+
+    blocking_io: ClassVar[bool] = False
+
+    def __init__(self, options: StorageOptions, directory: str) -> None:
+        self.options = options
+        extra = getattr(options, "extra", None) or {}
+        self._sync = bool(extra.get("lmdb_sync", True))
+        self._writemap = bool(extra.get("lmdb_writemap", False))
+        self._map_size = int(extra.get("lmdb_map_size", DEFAULT_MAP_SIZE))
+        if self._map_size <= 0:
+            raise ValueError(f"bad lmdb_map_size {self._map_size!r}")
+        directory = os.path.abspath(directory)
+        node_dir = extra.get("lmdb_node_dir") or os.path.join(os.path.dirname(directory), NODE_DIR)
+        self._dir = directory
+        self._name = os.path.basename(directory)
+        self._path = f"{node_dir}[{self._name}]"  # for messages
+        self._seed = zlib.crc32(self._name.encode())
+        self._pack = _new_packer()
+        self._env = None
+        self.quarantine: str | None = None
+        os.makedirs(directory, exist_ok=True)
+        self._node: NodeEnv | None = NodeEnv.acquire(
+            node_dir,
+            sync=self._sync,
+            writemap=self._writemap,
+            map_size=self._map_size,
+            max_partitions=int(extra.get("lmdb_max_partitions", DEFAULT_MAX_PARTITIONS)),
+        )
+        self._lock_fd = None
+        try:
+            self._db = self._node.open_partition(self._name)
+            self._env = self._node.env
+            try:
+                self._prepare(bool(extra.get("lmdb_verify_on_open", True)))
+            except BaseException:
+                self._node.close_partition(self._name)
+                raise
+        except BaseException:
+            self._env = None
+            node, self._node = self._node, None
+            node.release()
+            raise
+
+    def _prepare(self, verify: bool) -> None:
+        marker = os.path.join(self._dir, MARKER)
+        if not os.path.exists(marker):
+            legacy = os.path.join(self._dir, ENV_DIR)
+            if os.path.isdir(legacy) or os.path.isdir(legacy + ".old"):
+                self._import_legacy(legacy)
+            else:
+                # A new or wiped partition directory: whatever the node holds for it is stale.
+                self._replace([], None)
+            with open(marker, "wb") as f:
+                os.fsync(f.fileno())
+            fsync_directory(self._dir)
+        if verify:
+            try:
+                rows = self._verify()
+            except StorageCorruptionError as exc:
+                self._quarantine(str(exc))
+            else:
+                logger.debug("LMDB node storage %s: %d values verified", self._path, rows)
+        self._load_meta()
+
+    def _import_legacy(self, legacy: str) -> None:
+        """Copy the state a ``LmdbStorage`` kept in this partition directory (a node that ran
+        with it before) into the node's environment, in one transaction; the old environment
+        is left where it is. Without this a whole cluster switched to this provider at once
+        would come up empty (stalled) everywhere."""
+        _recover_swap(self._dir)
+        source = lmdb.open(legacy, readonly=True, lock=False, max_dbs=_MAX_DBS, subdir=True)
+        try:
+            kv = source.open_db(_KV, create=False)
+            meta_db = source.open_db(_META, create=False)
+            with source.begin() as txn:
+                self._replace(txn.cursor(kv), dict(txn.cursor(meta_db)))
+        finally:
+            source.close()
+        logger.warning(
+            "LMDB node storage %s: imported the partition's LmdbStorage state from %s (left "
+            "in place; remove it once the node runs well)",
+            self._path,
+            legacy,
+        )
+
+    def _quarantine(self, reason: str) -> None:
+        logger.error(
+            "LMDB node storage %s is corrupt and quarantined (emptied, to be repaired by a "
+            "snapshot): %s",
+            self._path,
+            reason,
+        )
+        self._replace([], {b"quarantine": packb(reason)})
+
+    def _verify(self) -> int:
+        """Check every stored value of the partition; the number checked."""
+        count = 0
+        for _ in self._rows():
+            count += 1
+        return count
+
+    def _rows(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` of the partition, checked, in one read transaction."""
+        try:
+            with self.env.begin(db=self._db, buffers=False) as txn:
+                for key, stored in txn.cursor():
+                    yield key, _open_sealed(self._seed, key, stored, self._path)
+        except (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError) as exc:
+            raise StorageCorruptionError(f"LMDB reports {self._path} damaged: {exc}") from exc
+
+    def _get(self, txn: lmdb.Transaction, key: bytes) -> bytes | None:
+        try:
+            stored = txn.get(key, db=self._db)
+        except (lmdb.CorruptedError, lmdb.PageNotFoundError) as exc:
+            raise StorageCorruptionError(f"LMDB reports {self._path} damaged: {exc}") from exc
+        if stored is None:
+            return None
+        return _open_sealed(self._seed, key, bytes(stored), self._path)
+
+    def _load_meta(self) -> None:
+        with self.env.begin(db=self._db) as txn:
+            raw = {name: self._get(txn, _meta_key(name)) for name in _META_NAMES}
+        position = LogPos(*unpackb(raw[b"position"])) if raw[b"position"] else LogPos(0, 0)
+        config = None
+        if raw[b"config"] is not None:
+            at, value = unpackb(raw[b"config"])
+            config = (LogPos(*at), value)
+        self.quarantine = None if raw[b"quarantine"] is None else str(unpackb(raw[b"quarantine"]))
+        self._set_metadata(
+            position,
+            config,
+            None if raw[b"label"] is None else unpackb(raw[b"label"]),
+            raw[b"incomplete"] is not None and bool(unpackb(raw[b"incomplete"])),
+        )
+
+    def _replace(self, rows: Any, meta: Mapping[bytes, bytes] | None) -> None:
+        """In ONE write transaction: empty the partition's database, then store ``rows``
+        (``(key, value)`` pairs, iterated inside the transaction) and the ``meta`` rows."""
+        seed = self._seed
+        txn = self.env.begin(write=True)
+        try:
+            txn.drop(self._db, delete=False)
+            cursor = txn.cursor(self._db)
+            cursor.putmulti((key, _seal(seed, key, value)) for key, value in rows)
+            for name, value in (meta or {}).items():
+                key = _meta_key(name)
+                txn.put(key, _seal(seed, key, value), db=self._db)
+            txn.commit()
+        except BaseException:
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+            raise
+
+    @classmethod
+    def open(cls, options: StorageOptions, path: str | os.PathLike[str]) -> Self:
+        """Open partition ``path``'s database in its node's environment (created if new)."""
+        opened: Self = otp.blocking(cls, options, os.fspath(path))
+        return opened
+
+    @classmethod
+    def make_empty_snapshot(
+        cls,
+        options: StorageOptions,
+        path: str | os.PathLike[str],
+        position: LogPos,
+        config: Config,
+        data: Any,
+        *,
+        config_position: LogPos | None = None,
+    ) -> Any:
+        """``LmdbStorage``'s (the same format), on an I/O thread: it writes and fsyncs files."""
+        make = super().make_empty_snapshot
+        return otp.blocking(
+            make, options, path, position, config, data, config_position=config_position
+        )
+
+    def close(self) -> None:
+        """Give the partition's database and the environment back (idempotent); the last
+        partition of the node to close flushes and closes the environment."""
+        self._env = None
+        node, self._node = self._node, None
+        if node is not None:
+            node.close_partition(self._name)
+            # Directly, not through otp.blocking: closing may run while the node stops its
+            # I/O threads. Only the node's last partition flushes.
+            node.release()
+
+    def status(self) -> dict[str, Any]:
+        status = super(LmdbStorage, self).status()
+        env = self.env
+        info = env.info()
+        page = env.stat()["psize"]
+        with env.begin() as txn:
+            entries = txn.stat(self._db)["entries"]
+        node = self._node
+        status.update(
+            {
+                "database": self._path,
+                "entries": entries,
+                "map_size": info["map_size"],
+                "map_used_bytes": (info["last_pgno"] + 1) * page,
+                "node_partitions": 0 if node is None else node.partitions(),
+                "node_commits": 0 if node is None else node.commits,
+                "node_writes": 0 if node is None else node.writes,
+                "sync": self._sync,
+                "writemap": self._writemap,
+                "quarantine": self.quarantine,
+            }
+        )
+        return status
+
+    # -- applying -----------------------------------------------------------------------------
+
+    def _commit(
+        self,
+        ops: Ops,
+        position: LogPos,
+        config: tuple[LogPos, Config] | None,
+        label: Any,
+        incomplete: bool,
+    ) -> None:
+        meta = _meta_items(
+            position, config, label, incomplete, (self._config, self._label, self._incomplete)
+        )
+        otp.blocking(self._write, ops, meta)
+        self._set_metadata(position, config, label, incomplete)
+
+    def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
+        """Commit through the node's group commit (on the calling thread, as LMDB wants)."""
+        node = self._node
+        if node is None:
+            raise StorageError(f"LMDB node storage {self._path} is closed")
+        node.commit(_Write(self._db, self._seed, ops, meta, self._path))
+
+    def read(self, command: Any, position: LogPos) -> Any:
+        """As ``LmdbStorage.read``, checking the value's checksum: a damaged value raises
+        ``StorageCorruptionError`` and is never returned. A quarantined replica answers
+        ``("error", "storage_quarantined")``: its emptied data would say ``not_found``."""
+        kind = command_kind(command)
+        if self.quarantine is not None and kind == "read":
+            return QUARANTINED
+        if kind == "read" and len(command) == 3:
+            key = self._encode(command[2])
+            with self.env.begin(db=self._db) as txn:
+                raw = self._get(txn, _stored_key(key))
+            if raw is None:
+                return NOT_FOUND
+            if len(key) > _MAX_RAW_KEY:
+                stored_key, raw = unpackb(raw)
+                if stored_key != key:
+                    return NOT_FOUND
+            return ("ok", unpackb(raw))
+        return super().read(command, position)
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def create_snapshot(self, path: str | os.PathLike[str]) -> Any:
+        """A snapshot in ``waraft.storage.lmdb``'s format; every value is checked on the way
+        (``StorageCorruptionError``: a damaged replica must not hand its damage on)."""
+        return otp.blocking(self._create_snapshot, path)
+
+    def _create_snapshot(self, path: str | os.PathLike[str]) -> Any:
+        directory = os.fspath(path)
+        position, config = self._position, self._config
+        env = self.env
+        stat = env.stat()
+        with env.begin() as txn:
+            db_stat = txn.stat(self._db)
+        pages = db_stat["branch_pages"] + db_stat["leaf_pages"] + db_stat["overflow_pages"]
+        map_size = -(-(2 * pages * stat["psize"] + 4 * _MIB) // _MIB) * _MIB
+
+        def fill(temp: str) -> None:
+            out = lmdb.open(
+                temp,
+                subdir=False,
+                lock=False,
+                writemap=False,
+                sync=False,
+                metasync=False,
+                max_dbs=_MAX_DBS,
+                map_size=map_size,
+                mode=0o644,
+            )
+            try:
+                kv, meta = out.open_db(_KV), out.open_db(_META)
+                with out.begin(write=True) as txn:
+                    for key, value in self._rows():
+                        if _is_meta(key):
+                            name = key[len(_META_PREFIX) :]
+                            if name != b"quarantine":
+                                txn.put(name, value, db=meta)
+                        else:
+                            txn.put(key, value, db=kv)
+                out.sync(True)
+            finally:
+                out.close()
+
+        try:
+            os.makedirs(directory, exist_ok=True)
+            target = os.path.join(directory, SNAPSHOT_FILE)
+            build_file_durably(target, fill)
+            _write_checksum(directory, target)
+            write_metadata(directory, "lmdb", position, config)
+        except (OSError, lmdb.Error, CodecError) as exc:
+            logger.error("cannot write snapshot %s: %s", directory, exc)
+            return ("error", str(exc))
+        return OK
+
+    def open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
+        """Check the snapshot, then empty the partition's database and copy the snapshot in,
+        in one transaction (which also lifts a quarantine)."""
+        return otp.blocking(self._open_snapshot, path, expected)
+
+    def _open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
+        directory = os.fspath(path)
+        try:
+            meta = _inspect_snapshot(directory)
+        except (OSError, lmdb.Error, CodecError, TypeError, ValueError) as exc:
+            logger.error("cannot open snapshot %s: %s", directory, exc)
+            return ("error", f"unreadable snapshot {directory}: {exc}")
+        if meta["position"] != expected:
+            return BAD_POSITION
+        config = meta["config"]
+        if (
+            meta["incomplete"]
+            and config is not None
+            and is_data_replica(self.options.identity, config[1])
+        ):
+            raise InvalidIncompleteReplica(self.options.identity)
+        data_path = os.path.join(directory, SNAPSHOT_FILE)
+        source = lmdb.open(
+            data_path,
+            subdir=False,
+            readonly=True,
+            lock=False,
+            max_dbs=_MAX_DBS,
+            map_size=max(os.path.getsize(data_path), _MIB),
+        )
+        try:
+            kv = source.open_db(_KV, create=False)
+            meta_db = source.open_db(_META, create=False)
+            with source.begin() as txn:
+                rows = dict(txn.cursor(meta_db))
+                self._replace(txn.cursor(kv), rows)
+        except lmdb.Error as exc:
+            logger.error("cannot install snapshot %s: %s", directory, exc)
+            return ("error", f"cannot install snapshot {directory}: {exc}")
+        finally:
+            source.close()
+        was = self.quarantine
+        self._load_meta()
+        if self._position != expected:
+            raise StorageError(
+                f"snapshot {directory} installed at {self._position}, expected {expected}"
+            )
+        if was is not None:
+            logger.warning(
+                "LMDB node storage %s repaired by the snapshot at %s (was quarantined: %s)",
+                self._path,
+                expected,
+                was,
+            )
+        return OK
+
+
+__all__ = [
+    "MARKER",
+    "NODE_DIR",
+    "QUARANTINED",
+    "NodeEnv",
+    "NodeLmdbStorage",
+    "StorageCorruptionError",
+]
