@@ -77,13 +77,19 @@ class Attacker:
         (sock or self.sock).send(frame)
 
     def answers(self, timeout: float = 2.0, want: int = 1) -> list[tuple[Any, ...]]:
-        """Decoded frames the node sent back (REPLY/FAIL/PONG), until ``want`` or timeout."""
+        """Decoded frames the node sent back (REPLY/FAIL/PONG), until ``want`` or timeout.
+
+        The node's own liveness PINGs (it probes every peer that spoke to it) are skipped:
+        they are not answers, and when they arrive depends on timing."""
         out: list[tuple[Any, ...]] = []
         deadline = time.monotonic() + timeout
         while len(out) < want and time.monotonic() < deadline:
             if self.inbox.poll(50):
                 _, frame = self.inbox.recv_multipart()
-                out.append(codec.unpackb(frame))
+                decoded = codec.unpackb(frame)
+                if len(decoded) >= 2 and decoded[1] == envelope.Kind.PING:
+                    continue
+                out.append(decoded)
         return out
 
     def close(self) -> None:

@@ -70,6 +70,17 @@ def _describe(result: Any) -> str:
     return f"failed ({result!r})"
 
 
+def _failures(outcomes: dict[str, str]) -> str | None:
+    """``bootstrap failed on n1 (timeout), ...``, naming each failed node's reason; None if
+    every node succeeded."""
+    failed = [
+        f"{node} {text[len('failed ') :]}"
+        for node, text in outcomes.items()
+        if text.startswith("failed")
+    ]
+    return "bootstrap failed on " + ", ".join(failed) if failed else None
+
+
 def bootstrap_cluster(
     nodes: Sequence[str],
     table: str,
@@ -97,9 +108,7 @@ def bootstrap_cluster(
         for node in nodes:
             answer = _bootstrap_one(node, table, partition, config, timeout)
             result.bootstrap[node] = _describe(answer)
-        failed = [n for n, r in result.bootstrap.items() if r.startswith("failed")]
-        if failed:
-            result.error = "bootstrap failed on " + ", ".join(failed)
+        result.error = _failures(result.bootstrap)
         if result.bootstrap.get(intended) == "ok":
             # If this fails, another member's election timeout elects someone.
             with contextlib.suppress(otp.ExitError):
@@ -166,9 +175,7 @@ def _bootstrap_per_node(
             assert found is not None
             outcome = found.get(partition, (("error", "no answer"), None))[0]
             result.bootstrap[node] = _describe(outcome)
-        failed = [n for n, r in result.bootstrap.items() if r.startswith("failed")]
-        if failed:
-            result.error = "bootstrap failed on " + ", ".join(failed)
+        result.error = _failures(result.bootstrap)
         results.append(result)
     return results
 
