@@ -90,3 +90,12 @@ def test_the_apply_queue_counts_the_payload_inside_tuple_commands() -> None:
     big = Entry(1, "k", ("write", "t", "k", "x" * 5000))
     assert server._entry_size(big) >= 5000
     assert server._entry_size(Entry(1, "k", ("write", "t", "k", 1))) == 64
+
+
+def test_the_commit_totals_count_admitted_and_applied_apart() -> None:
+    queues = _queues()
+    assert queues.commits_started(5, Priority.HIGH) == (5, None)
+    queues.commits_finished(2, Priority.HIGH)  # cancelled (e.g. leadership lost)
+    queues.commits_finished(3, Priority.HIGH, applied=True)
+    assert (queues.commits_admitted, queues.commits_applied) == (5, 3)
+    assert queues.commit_queue_size(Priority.HIGH) == 0

@@ -81,7 +81,7 @@ def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
         "log_fsyncs": (status.get("log_status") or {}).get("fsyncs"),
         "log_bytes": (status.get("log_status") or {}).get("bytes"),
         # Totals since the partition started, for rate() on the metrics endpoint.
-        "commits_total": status.get("commits_admitted"),
+        "commits_total": status.get("commits_applied"),
         "reads_total": status.get("reads_admitted"),
     }
     if flags is not None:

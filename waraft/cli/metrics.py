@@ -13,8 +13,9 @@ Families (labels in brackets):
   ``waraft_partition_pending_commits``, ``waraft_partition_pending_reads``,
   ``waraft_partition_apply_queue``, ``waraft_partition_quiescent`` (1/0),
   ``waraft_partition_up`` (0 when its server did not answer), ``waraft_partition_log_bytes``;
-  counters ``waraft_partition_commits_total`` and ``waraft_partition_reads_total`` (admitted
-  since the partition started: ``rate()`` gives them per second) and
+  counters ``waraft_partition_commits_total`` (commits applied and answered) and
+  ``waraft_partition_reads_total`` (strong reads admitted), since the partition started
+  (``rate()`` gives them per second), and
   ``waraft_partition_snapshot_transfers_total`` [+ event: start, completed, failed, lost for
   snapshots this node sent, receive for those it took in];
 * per durable log [log = its directory: the node's WAL, or a partition's disk log]: the
@@ -57,7 +58,7 @@ PARTITION_GAUGES: list[tuple[str, str, str]] = [
 
 
 PARTITION_COUNTERS: list[tuple[str, str, str]] = [
-    ("commits_total", "commits", "Commits admitted (rate() gives commits per second)"),
+    ("commits_total", "commits", "Commits applied and answered (rate(): commits per second)"),
     ("reads_total", "reads", "Strong reads admitted (rate() gives reads per second)"),
 ]
 

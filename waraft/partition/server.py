@@ -563,6 +563,7 @@ class RaftServer(otp.StateMachine):
         status["commit_queue_high"] = self.queues.commit_queue_size()
         status["read_queue"] = self.queues.read_queue_size()
         status["commits_admitted"] = self.queues.commits_admitted
+        status["commits_applied"] = self.queues.commits_applied
         status["reads_admitted"] = self.queues.reads_admitted
         status["name"] = self.name
         status["rpc_dropped_nonmember"] = self.dropped_nonmember

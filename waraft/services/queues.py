@@ -43,6 +43,7 @@ class Queues:
         self._seq = itertools.count()
         # Monotonic totals for the metrics endpoint (rate() gives per second); not reset.
         self.commits_admitted = 0
+        self.commits_applied = 0  # applied and answered (on the leader, which holds the callers)
         self.reads_admitted = 0
         self.reset()
 
@@ -133,10 +134,12 @@ class Queues:
             self.commits_admitted += admitted
         return admitted, reason
 
-    def commits_finished(self, count: int, priority: Priority) -> None:
-        """Release ``count`` commit slots (completed or cancelled)."""
+    def commits_finished(self, count: int, priority: Priority, applied: bool = False) -> None:
+        """Release ``count`` commit slots (``applied`` by storage, or cancelled)."""
         with self._lock:
             self._pending[priority] = max(0, self._pending[priority] - count)
+            if applied:
+                self.commits_applied += count
 
     def commit_bytes_released(self, count: int, size: int | None = None) -> None:
         """``count`` admitted commits left the commit queue's byte budget: handed to storage

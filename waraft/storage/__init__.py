@@ -328,7 +328,7 @@ class StorageServer(otp.Process):
         self._apply_chunk(chunk, shapes, replies, marks)
         for priority, count in done.items():
             if count:
-                queues.commits_finished(count, priority)
+                queues.commits_finished(count, priority, applied=True)
         for reply_to, result in replies:
             reply_to.reply(result)
         self._serve_reads()
