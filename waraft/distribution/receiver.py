@@ -94,6 +94,10 @@ class Receiver(threading.Thread):
     def _loop(self) -> None:
         router = self._router
         recv = router.recv
+        # RCVMORE through getsockopt directly: the ``router.rcvmore`` attribute goes through
+        # pyzmq's Python-level __getattr__ (two of them per message on the hot path).
+        getsockopt = router.getsockopt
+        rcvmore = zmq.RCVMORE
         handle = self._handle
         dist = self._dist
         since_idle = 0
@@ -118,11 +122,11 @@ class Receiver(threading.Thread):
                 since_idle = 0
                 inline.run_idle_hooks()
             # A multipart message is delivered whole, so these never wait.
-            if not router.rcvmore:
+            if not head.more:
                 self._count("rx_malformed")  # an envelope-less message (cannot come from a DEALER)
                 continue
             frame = recv()
-            if router.rcvmore:
+            if getsockopt(rcvmore):
                 self._drain()
                 continue
             try:
