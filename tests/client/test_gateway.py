@@ -10,9 +10,9 @@ import pytest
 
 from tests.partition.helpers import addr, ident, start_node, wait_until
 from waraft import otp
-from waraft.core.types import LogPos
+from waraft.core.types import LogPos, Priority
 from waraft.partition import acceptor, server
-from waraft.partition.acceptor import BatchReply, parse_client_batch
+from waraft.partition.acceptor import BatchReply, parse_client_batch, priority_of
 
 
 class Sent:
@@ -107,14 +107,26 @@ def test_a_failing_send_does_not_raise_into_the_completing_thread() -> None:
         ("client_batch",),
         ("client_batch", "addr", 1, "commit", [], "high"),
         ("client_batch", ("a", 1), 1, "commit", [], "high"),
+        ("client_batch", (1, "n@h:1"), 1, "commit", [], "high"),
+        ("client_batch", ("a", "n@h:1", "x"), 1, "commit", [], "high"),
         ("client_batch", ("a", "n@h:1"), "id", "commit", [], "high"),
         ("client_batch", ("a", "n@h:1"), 1, "drop_table", [], "high"),
         ("client_batch", ("a", "n@h:1"), 1, "commit", 5, "high"),
         ("client_batch", ("a", "n@h:1"), 1, "commit", [], "urgent"),
+        ("client_batch", ("a", "n@h:1"), 1, "commit", [], ["high"]),
+        ("client_batch", ("a", "n@h:1"), 1, "commit", [], None),
     ],
 )
 def test_malformed_batches_are_recognised(msg: Any) -> None:
     assert parse_client_batch(msg) is None
+
+
+def test_priority_of_takes_names_and_members_only() -> None:
+    assert priority_of("high") is Priority.HIGH and priority_of("low") is Priority.LOW
+    assert priority_of(Priority.LOW) is Priority.LOW
+    for bad in ("HIGH", "urgent", None, 1, True, ["high"], {"high": 1}):
+        with pytest.raises(ValueError):
+            priority_of(bad)
 
 
 def test_a_well_formed_batch_parses() -> None:

@@ -122,3 +122,17 @@ def test_core_handles_defaulted_payloads() -> None:
 def test_fields_of_the_wrong_type_are_rejected_not_passed_on(wire: list[Any]) -> None:
     with pytest.raises(RpcDecodeError):
         from_wire(wire, "me")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [[7], [7, "k"], [7, "k", b"cmd"], [7, "k", b"cmd", "lbl"], (7, "k", b"cmd", None)],
+)
+def test_wire_entries_decode_to_entries_of_every_length(raw: Any) -> None:
+    # As msgpack hands them over (lists or tuples), short ones defaulted from the end.
+    rpc = from_wire(["append_entries", 7, "s", "n", [0, 0, [raw], 0, 0]], "me")
+    assert isinstance(rpc.payload, AppendEntries)
+    (entry,) = rpc.payload.entries
+    assert type(entry) is Entry
+    full = (*raw, *([None] * (4 - len(raw))))
+    assert (entry.term, entry.key, entry.command, entry.label) == full

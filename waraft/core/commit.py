@@ -98,7 +98,9 @@ def commit_pending(core: Replica, priority: Priority) -> None:
     term = core.current_term
     label_fn = core.label_fn
     if label_fn is None:
-        entries = [Entry(term, op[0], op[1]) for _, op in pending]
+        # tuple.__new__ skips the NamedTuple's Python-level __new__ (once per command).
+        new = tuple.__new__
+        entries = [new(Entry, (term, op[0], op[1], None)) for _, op in pending]
     else:
         entries = [make_entry(core, op[0], op[1]) for _, op in pending]
     first = append(core, entries)

@@ -53,6 +53,10 @@ class Priority(enum.Enum):
     HIGH = "high"
     LOW = "low"
 
+    # Members are singletons, so identity hashing is exact; Enum's own __hash__ is a Python
+    # function (hash of the name), and every admitted request hashes its priority a few times.
+    __hash__ = object.__hash__
+
 
 class State(enum.Enum):
     """The six server states of ``wa_raft_server``."""

@@ -26,7 +26,8 @@ import logging
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
@@ -94,17 +95,37 @@ class Receiver(threading.Thread):
     def _loop(self) -> None:
         router = self._router
         recv = router.recv
+        # RCVMORE through getsockopt directly: the ``router.rcvmore`` attribute goes through
+        # pyzmq's Python-level __getattr__ (two of them per message on the hot path).
+        # (Typed as int: the options read here, RCVMORE and EVENTS, are integers.)
+        getsockopt = cast(Callable[[int], int], router.getsockopt)
+        rcvmore = zmq.RCVMORE
+        events, pollin = zmq.EVENTS, zmq.POLLIN
+        # One poll item list for the thread's life: ``router.poll()`` builds a Poller, registers
+        # the socket and converts the result on every call, and this loop polls whenever the
+        # socket drains, which under one-request-at-a-time load is after every message.
+        poll_items = [(router, zmq.POLLIN)]
+        zmq_poll = zmq.zmq_poll
         handle = self._handle
         dist = self._dist
         since_idle = 0
         while not dist.stopping:
-            try:
-                head = recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            # Asking EVENTS first spares a raised (and built) zmq.Again each time it drains.
+            if not getsockopt(events) & pollin:
                 since_idle = 0
                 if inline.has_due_work():
                     inline.run_idle_hooks()
-                router.poll(POLL_MS)
+                try:
+                    zmq_poll(poll_items, POLL_MS)
+                except zmq.ZMQError as exc:
+                    if dist.stopping:
+                        return
+                    logger.error("poll failed: %s", exc)
+                    time.sleep(0.01)
+                continue
+            try:
+                head = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
                 continue
             except zmq.ZMQError as exc:
                 if dist.stopping:
@@ -118,11 +139,11 @@ class Receiver(threading.Thread):
                 since_idle = 0
                 inline.run_idle_hooks()
             # A multipart message is delivered whole, so these never wait.
-            if not router.rcvmore:
+            if not head.more:
                 self._count("rx_malformed")  # an envelope-less message (cannot come from a DEALER)
                 continue
             frame = recv()
-            if router.rcvmore:
+            if getsockopt(rcvmore):
                 self._drain()
                 continue
             try:
