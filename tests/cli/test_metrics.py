@@ -95,6 +95,9 @@ def test_commits_reads_log_bytes_fsyncs_and_snapshot_transfers(
     reads = {s[0]["partition"]: s[1] for s in families["waraft_partition_reads"]}
     assert commits == {"1": 4.0, "2": 2.0, "3": 0.0}
     assert reads == {"1": 1.0, "2": 0.0, "3": 0.0}
+    # A single member elects itself once per partition at bootstrap.
+    elections = {s[0]["partition"]: s[1] for s in families["waraft_partition_elections"]}
+    assert elections == {"1": 1.0, "2": 1.0, "3": 1.0}
     log_bytes = {s[0]["partition"]: s[1] for s in families["waraft_partition_log_bytes"]}
     # Every partition holds its config entry at least; the busiest holds the most bytes.
     assert log_bytes["3"] > 0 and log_bytes["1"] > log_bytes["2"] > log_bytes["3"]

@@ -378,3 +378,15 @@ def test_volatile_witness_is_restored_from_a_metadata_only_snapshot() -> None:
     assert storage.incomplete and storage.witness and _data(sim, "n3") == {}
     index = one(sim, write("after"), 3)
     wait_applied(sim, index, ["n3"])
+
+
+def test_status_counts_the_elections_a_replica_started() -> None:
+    sim = _sim(3, seed=5)
+    leader = sim.await_leader()
+    before = {n: sim.core(n).status(sim.now)["elections_started"] for n in sim.node_ids}
+    assert before[leader] >= 1  # it became leader through a candidacy
+    sim.crash(leader)
+    survivors = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: sim.leader() in survivors, 20_000), sim.describe()
+    new = sim.leader()
+    assert sim.core(new).status(sim.now)["elections_started"] > before[new]

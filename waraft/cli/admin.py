@@ -83,6 +83,7 @@ def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
         # Totals since the partition started, for rate() on the metrics endpoint.
         "commits_total": status.get("commits_applied"),
         "reads_total": status.get("reads_admitted"),
+        "elections_total": status.get("elections_started"),
     }
     if flags is not None:
         row["live"], row["lagging"], row["stale"] = bool(flags[1]), bool(flags[2]), bool(flags[3])

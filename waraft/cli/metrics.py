@@ -14,7 +14,8 @@ Families (labels in brackets):
   ``waraft_partition_apply_queue``, ``waraft_partition_quiescent`` (1/0),
   ``waraft_partition_up`` (0 when its server did not answer), ``waraft_partition_log_bytes``;
   counters ``waraft_partition_commits_total`` (commits applied and answered) and
-  ``waraft_partition_reads_total`` (strong reads admitted), since the partition started
+  ``waraft_partition_reads_total`` (strong reads admitted) and
+  ``waraft_partition_elections_total`` (candidacies), since the partition started
   (``rate()`` gives them per second), and
   ``waraft_partition_snapshot_transfers_total`` [+ event: start, completed, failed, lost for
   snapshots this node sent, receive for those it took in];
@@ -60,6 +61,7 @@ PARTITION_GAUGES: list[tuple[str, str, str]] = [
 PARTITION_COUNTERS: list[tuple[str, str, str]] = [
     ("commits_total", "commits", "Commits applied and answered (rate(): commits per second)"),
     ("reads_total", "reads", "Strong reads admitted (rate() gives reads per second)"),
+    ("elections_total", "elections", "Elections this replica started (as candidate)"),
 ]
 
 

@@ -30,6 +30,7 @@ def enter(core: Replica, old: State) -> None:
     election_type = core.next_election_type
     core.next_election_type = ElectionType.NORMAL
     core.count("leader.election_started")
+    core.elections_started += 1
     enter_state(core, State.CANDIDATE)
     if election_type is ElectionType.NORMAL and core.settings.raft_election_pre_vote:
         start_pre_vote(core)

@@ -137,6 +137,8 @@ class Replica:
         # replica is quiescent, the leader's last non-idle moment and its quiesce-round acks
         self.down_nodes: set[str] = set()
         self.quiescent = False
+        # Candidacies since this replica started (status, ``waraft_partition_elections_total``).
+        self.elections_started = 0
         self.quiet_since = now
         self.quiesce_acks: set[str] = set()
         self.quiesce_woken_ts: int | None = None  # a leader's last wake (check-quorum grace)
