@@ -139,7 +139,7 @@ def _open_sealed(seed: int, key: bytes, stored: bytes, where: str) -> bytes:
 class _Write:
     """One partition's write transaction, waiting for a group commit."""
 
-    __slots__ = ("db", "done", "error", "meta", "ops", "seed", "where")
+    __slots__ = ("db", "done", "error", "event", "lead", "meta", "ops", "seed", "where")
 
     def __init__(
         self, db: Any, seed: int, ops: Ops, meta: list[tuple[bytes, bytes]], where: str
@@ -151,6 +151,9 @@ class _Write:
         self.where = where
         self.done = False
         self.error: BaseException | None = None
+        # Set once: the write is done, or its caller is handed the next group to commit.
+        self.event = otp.Event()
+        self.lead = False
 
     def put(self, txn: lmdb.Transaction) -> None:
         db, seed = self.db, self.seed
@@ -281,30 +284,48 @@ class NodeEnv:
     def commit(self, write: _Write) -> None:
         """Make ``write`` durable in a group commit; raises what failed it.
 
-        Flat combining: the first caller to find no commit running takes every write queued
-        so far and commits them in ONE transaction (one pair of fsyncs for all of them); the
-        others wait for it and then find theirs done, or take the next group. Each write
-        still commits all or nothing, and a write that fails only fails its own partition:
-        when the group's transaction fails, each of its writes is retried alone.
+        One committer at a time takes every write queued so far and commits them in ONE
+        transaction (one pair of fsyncs for all of them), on an I/O thread
+        (``otp.blocking``); the other callers wait on their write's ``otp.Event`` — a
+        scheduled storage actor is suspended, it holds no thread. (They used to wait on I/O
+        threads, so a group held at most as many partitions as the node has I/O threads, 4.)
+        A committer commits one group; if more writes queued meanwhile it hands the next group
+        to the first of them (``lead``) and returns. Each write still commits all or nothing,
+        and a write that fails only fails its own partition: when the group's transaction
+        fails, each of its writes is retried alone.
         """
         with self._group:
             self._pending.append(write)
-            while not write.done and self._committing:
-                self._group.wait()
-            if not write.done:
-                self._committing = True
-                group, self._pending = self._pending, []
-        if not write.done:
-            try:
-                self._commit_group(group)
-            finally:
-                with self._group:
-                    self._committing = False
-                    for queued in group:
-                        queued.done = True
-                    self._group.notify_all()
+            if not self._committing:
+                self._committing = write.lead = True
+        while not write.done:
+            if write.lead:
+                otp.blocking(self._commit_next)
+            else:
+                write.event.wait()
         if write.error is not None:
             raise write.error
+
+    def _commit_next(self) -> None:
+        """The lead's turn: commit what is queued, wake its writers, hand over or stop."""
+        with self._group:
+            group, self._pending = self._pending, []
+        try:
+            self._commit_group(group)
+        finally:
+            with self._group:
+                for queued in group:
+                    queued.done = True
+                nxt: _Write | None = None
+                if self._pending:
+                    nxt = self._pending[0]
+                    nxt.lead = True
+                else:
+                    self._committing = False
+            for queued in group:
+                queued.event.set()
+            if nxt is not None:
+                nxt.event.set()
 
     def _commit_group(self, group: list[_Write]) -> None:
         try:
@@ -583,11 +604,14 @@ class NodeLmdbStorage(LmdbStorage):
         meta = _meta_items(
             position, config, label, incomplete, (self._config, self._label, self._incomplete)
         )
-        otp.blocking(self._write, ops, meta)
+        # Not through otp.blocking: the group commit runs the transaction on an I/O thread and
+        # suspends this actor meanwhile (NodeEnv.commit).
+        self._write(ops, meta)
         self._set_metadata(position, config, label, incomplete)
 
     def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
-        """Commit through the node's group commit (on the calling thread, as LMDB wants)."""
+        """Commit through the node's group commit (each transaction on one thread, as LMDB
+        wants: the committer's)."""
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
