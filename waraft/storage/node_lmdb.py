@@ -139,7 +139,7 @@ def _open_sealed(seed: int, key: bytes, stored: bytes, where: str) -> bytes:
 class _Write:
     """One partition's write transaction, waiting for a group commit."""
 
-    __slots__ = ("db", "done", "error", "event", "lead", "meta", "ops", "seed", "where")
+    __slots__ = ("db", "done", "error", "event", "meta", "ops", "seed", "where")
 
     def __init__(
         self, db: Any, seed: int, ops: Ops, meta: list[tuple[bytes, bytes]], where: str
@@ -151,9 +151,7 @@ class _Write:
         self.where = where
         self.done = False
         self.error: BaseException | None = None
-        # Set once: the write is done, or its caller is handed the next group to commit.
-        self.event = otp.Event()
-        self.lead = False
+        self.event = otp.Event()  # set once the write is done
 
     def put(self, txn: lmdb.Transaction) -> None:
         db, seed = self.db, self.seed
@@ -196,7 +194,8 @@ class NodeEnv:
         self._open: dict[str, Any] = {}  # partition name -> database handle, while in use
         self._group = threading.Condition(threading.Lock())
         self._pending: list[_Write] = []
-        self._committing = False
+        self._committer: threading.Thread | None = None  # started by the first commit
+        self._stopping = False
         self.commits = 0  # LMDB transactions committed by ``commit``
         self.writes = 0  # partition writes they carried
         self._handles: dict[str, Any] = {}  # every handle opened (LMDB keeps them for the env)
@@ -243,6 +242,12 @@ class NodeEnv:
             if self.refs > 0:
                 return
             NodeEnv._registry.pop(self.directory, None)
+        with self._group:
+            self._stopping = True  # the committer commits what is queued, then exits
+            self._group.notify()
+            committer = self._committer
+        if committer is not None:
+            committer.join(30.0)
         try:
             self.env.sync(True)
         except lmdb.Error as exc:
@@ -284,48 +289,44 @@ class NodeEnv:
     def commit(self, write: _Write) -> None:
         """Make ``write`` durable in a group commit; raises what failed it.
 
-        One committer at a time takes every write queued so far and commits them in ONE
-        transaction (one pair of fsyncs for all of them), on an I/O thread
-        (``otp.blocking``); the other callers wait on their write's ``otp.Event`` — a
-        scheduled storage actor is suspended, it holds no thread. (They used to wait on I/O
-        threads, so a group held at most as many partitions as the node has I/O threads, 4.)
-        A committer commits one group; if more writes queued meanwhile it hands the next group
-        to the first of them (``lead``) and returns. Each write still commits all or nothing,
-        and a write that fails only fails its own partition: when the group's transaction
-        fails, each of its writes is retried alone.
+        The node's committer thread takes every write queued so far and commits them in ONE
+        transaction (one pair of fsyncs for all of them); callers wait on their write's
+        ``otp.Event``, so a scheduled storage actor is suspended and holds no thread. (Callers
+        used to wait on the node's I/O threads, so a group carried at most as many partitions
+        as there are I/O threads, 4.) A thread of its own rather than a caller taking turns as
+        committer: no commit then depends on a process that may be killed while it waits. Each
+        write still commits all or nothing, and a write that fails only fails its own
+        partition: when the group's transaction fails, each of its writes is retried alone.
         """
         with self._group:
+            if self._stopping:
+                raise StorageError(f"LMDB node storage {self.directory} is closed")
             self._pending.append(write)
-            if not self._committing:
-                self._committing = write.lead = True
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._run, name=f"lmdb-commit-{self.directory}", daemon=True
+                )
+                self._committer.start()
+            self._group.notify()
         while not write.done:
-            if write.lead:
-                otp.blocking(self._commit_next)
-            else:
-                write.event.wait()
+            write.event.wait()
         if write.error is not None:
             raise write.error
 
-    def _commit_next(self) -> None:
-        """The lead's turn: commit what is queued, wake its writers, hand over or stop."""
-        with self._group:
-            group, self._pending = self._pending, []
-        try:
-            self._commit_group(group)
-        finally:
+    def _run(self) -> None:
+        while True:
             with self._group:
-                for queued in group:
-                    queued.done = True
-                nxt: _Write | None = None
-                if self._pending:
-                    nxt = self._pending[0]
-                    nxt.lead = True
-                else:
-                    self._committing = False
-            for queued in group:
-                queued.event.set()
-            if nxt is not None:
-                nxt.event.set()
+                while not self._pending and not self._stopping:
+                    self._group.wait()
+                if not self._pending:
+                    return
+                group, self._pending = self._pending, []
+            try:
+                self._commit_group(group)
+            finally:
+                for write in group:
+                    write.done = True
+                    write.event.set()
 
     def _commit_group(self, group: list[_Write]) -> None:
         try:
@@ -604,8 +605,8 @@ class NodeLmdbStorage(LmdbStorage):
         meta = _meta_items(
             position, config, label, incomplete, (self._config, self._label, self._incomplete)
         )
-        # Not through otp.blocking: the group commit runs the transaction on an I/O thread and
-        # suspends this actor meanwhile (NodeEnv.commit).
+        # Not through otp.blocking: the node's committer thread runs the transaction and this
+        # actor is suspended meanwhile (NodeEnv.commit).
         self._write(ops, meta)
         self._set_metadata(position, config, label, incomplete)
 
