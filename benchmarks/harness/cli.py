@@ -100,8 +100,11 @@ def _parser() -> argparse.ArgumentParser:
         "--storage",
         choices=("memory", "durable", "both"),
         default=None,
-        help="waraft's providers: memory (default), durable (disk log and LMDB storage, fsynced; "
-        "PySyncObj: its journal) or both (each measurement in both modes, with the ratio)",
+        help="waraft's providers: memory (default), durable (waraft node's defaults: the "
+        "node-wide WAL and one LMDB environment per node, fsynced; the per-partition ones with "
+        "--settings raft_log_module=waraft.log.disk:DiskLog "
+        "raft_storage_module=waraft.storage.lmdb:LmdbStorage; PySyncObj: its journal) or both "
+        "(each measurement in both modes, with the ratio)",
     )
     run.add_argument("--durable", action="store_true", help="same as --storage durable")
     run.add_argument(

@@ -29,6 +29,27 @@ def waraft_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "waraft.cli", *args]
 
 
+def fsync_total(rows: list[dict[str, Any]]) -> int | None:
+    """Group commits in ``waraft status --json`` rows (see ``WaraftCluster.fsyncs``)."""
+    per_partition = 0
+    per_node: dict[str, int] = {}
+    known = False
+    for row in rows:
+        if "error" in row:
+            continue
+        wal = row.get("wal_fsyncs")
+        if isinstance(wal, int):
+            node = str(row.get("node"))
+            per_node[node] = max(per_node.get(node, 0), wal)
+            known = True
+            continue
+        count = row.get("log_fsyncs")
+        if isinstance(count, int):
+            per_partition += count
+            known = True
+    return per_partition + sum(per_node.values()) if known else None
+
+
 class WaraftCluster:
     system = "waraft"
 
@@ -64,10 +85,20 @@ class WaraftCluster:
 
     def describe_settings(self) -> dict[str, Any]:
         return {
-            "providers": "durable (disk log, LMDB storage)" if self.durable else "memory",
+            "providers": self.providers(),
             "set": dict(self.settings),
             "partitions": self.partitions,
         }
+
+    def providers(self) -> str:
+        """The log and storage the nodes run: ``waraft node``'s defaults unless ``--set``."""
+        if not self.durable:
+            return "memory"
+        log = self.settings.get("raft_log_module", "waraft.log.wal:WalLog (node default)")
+        storage = self.settings.get(
+            "raft_storage_module", "waraft.storage.node_lmdb:NodeLmdbStorage (node default)"
+        )
+        return f"durable ({log}, {storage})"
 
     def node_argv(self, i: int) -> list[str]:
         argv = waraft_argv(
@@ -164,11 +195,12 @@ class WaraftCluster:
         return out
 
     def fsyncs(self) -> int | None:
-        """Log group commits (fsyncs) so far, summed over every node and partition; None for
-        in-memory logs."""
-        counts = [row.get("log_fsyncs") for row in self.status() if "error" not in row]
-        known = [int(c) for c in counts if isinstance(c, int)]
-        return sum(known) if known else None
+        """Log group commits (fsyncs) so far over the cluster; None for in-memory logs.
+
+        A per-partition log (``log_fsyncs``) counts its own fsyncs: summed over every row. The
+        node-wide WAL (``wal_fsyncs``) is one counter that every partition of a node reports:
+        counted once per node (the largest value seen, rows being read one by one)."""
+        return fsync_total(self.status())
 
     def leaders(self) -> dict[int, str]:
         """partition → leader node id, from the nodes that say they lead."""

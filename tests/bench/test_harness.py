@@ -175,3 +175,41 @@ def test_durability_costs_pair_memory_and_durable_runs() -> None:
     assert costs[0]["durable_over_memory"] == 0.625
     assert costs[0]["durable_server_disk_write_bytes_per_s"] == 3 * 2**20  # over a 1 s window
     assert {c["nodes"] for c in compare([memory, durable])} == set()  # no PySyncObj: no pair
+
+
+def test_fsync_total_counts_the_node_wal_once_per_node() -> None:
+    """Every partition of a node reports its node's WAL counter: summing the rows would
+    multiply the group commits by the partitions; a per-partition log's counts do add up."""
+    from benchmarks.harness.waraft_cluster import fsync_total
+
+    wal_rows: list[dict[str, Any]] = [
+        {"node": "n1", "partition": 1, "log_fsyncs": None, "wal_fsyncs": 40},
+        {"node": "n1", "partition": 2, "log_fsyncs": None, "wal_fsyncs": 41},
+        {"node": "n2", "partition": 1, "log_fsyncs": None, "wal_fsyncs": 7},
+        {"node": "n3", "error": "timeout"},
+    ]
+    assert fsync_total(wal_rows) == 41 + 7
+    disk_rows: list[dict[str, Any]] = [
+        {"node": "n1", "partition": 1, "log_fsyncs": 5},
+        {"node": "n1", "partition": 2, "log_fsyncs": 6},
+    ]
+    assert fsync_total(disk_rows) == 11
+    assert fsync_total([{"node": "n1", "partition": 1, "log_fsyncs": None}]) is None
+
+
+def test_durable_cluster_names_the_node_default_providers(tmp_path: Any) -> None:
+    """Durable mode runs ``waraft node`` without ``--memory`` (its WAL and node LMDB), and
+    says so; ``--settings`` selects the per-partition providers instead."""
+    from benchmarks.harness.procs import ProcessGroup
+    from benchmarks.harness.waraft_cluster import WaraftCluster
+
+    group = ProcessGroup(tmp_path / "logs")
+    durable = WaraftCluster(group, 1, 1, tmp_path, durable=True)
+    assert "--memory" not in durable.node_argv(0)
+    assert "WalLog" in durable.providers() and "NodeLmdbStorage" in durable.providers()
+    old = WaraftCluster(
+        group, 1, 1, tmp_path, durable=True, settings={"raft_log_module": "waraft.log.disk:DiskLog"}
+    )
+    assert "DiskLog" in old.providers()
+    assert "raft_log_module=waraft.log.disk:DiskLog" in old.node_argv(0)
+    assert WaraftCluster(group, 1, 1, tmp_path).providers() == "memory"

@@ -18,6 +18,7 @@ from typing import Any
 import lmdb
 import pytest
 
+from waraft import otp
 from waraft.core.types import LogPos
 from waraft.storage.lmdb import StorageLockedError
 from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeLmdbStorage, _Write
@@ -219,6 +220,49 @@ def test_concurrent_partitions_share_group_commits(root: Path) -> None:
             assert storage.position() == LogPos(40, 1)
             assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 40)
     finally:
+        for storage in parts:
+            storage.close()
+
+
+class _Applier(otp.Process):
+    """A scheduled stand-in for a storage actor: applies one write per call."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        storage, index = request
+        storage.apply(("write", "t", "k", index), LogPos(index, 1))
+        return "ok"
+
+
+def test_scheduled_writers_wait_without_holding_io_threads(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage actors are scheduled and commit through the node's I/O threads: a writer
+    waiting for another's group commit must not hold one of them, or a group can carry at most
+    as many partitions as there are I/O threads (here 1: one partition per transaction)."""
+    parts = [open_part(root, p) for p in range(8)]
+    node = parts[0]._node
+    assert node is not None
+    real = type(node)._transaction
+    first = threading.Event()
+
+    def slow_first(self: Any, group: list[_Write]) -> None:
+        if not first.is_set():
+            first.set()
+            threading.Event().wait(0.3)  # the others queue meanwhile
+        real(self, group)
+
+    monkeypatch.setattr(type(node), "_transaction", slow_first)
+    otp_node = otp.Node("lmdbsched@t", schedulers=1, io_threads=1, process_type=otp.SCHEDULED)
+    try:
+        appliers = [_Applier.start(node=otp_node) for _ in parts]
+        before = node.commits
+        handles = [otp.send_request(a, (s, 1)) for a, s in zip(appliers, parts, strict=True)]
+        assert [otp.wait_response(h, 20) for h in handles] == ["ok"] * len(parts)
+        assert node.commits - before <= 3  # the first alone, then the rest in one or two
+        for storage in parts:
+            assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 1)
+    finally:
+        otp_node.stop()
         for storage in parts:
             storage.close()
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from waraft import otp
 from waraft.core.types import Entry, Priority
 from waraft.log.provider import LogCorruptionError, LogWriteError
 from waraft.log.wal import WalLog, WalWriter
@@ -275,3 +276,50 @@ def test_sync_within_gives_up_on_a_stalled_wal_and_completes_later(
     _crash(log)
     log = WalLog.open(root / "kv.1")
     assert log.entries(1, 4, 100, 1 << 30) == _entries(1, 2) + _entries(3, 2)
+
+
+class _Syncer(otp.Process):
+    """Appends to a WAL log and waits for its fsync, like a partition server does."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        log, index = request
+        log.append(index, _entries(index, 1))
+        return log.sync_within(5.0)
+
+
+class _Answerer(otp.Process):
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return "pong"
+
+
+def test_a_scheduled_process_waiting_for_an_fsync_yields_its_scheduler(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition server is scheduled (``WalLog`` does no blocking I/O itself): while its
+    sync waits for the WAL's fsync, the other processes of its scheduler thread must run —
+    blocking the thread made a node's partitions sync one after another."""
+    log = WalLog.open(root / "kv.1")
+    gate = threading.Event()
+    real = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        gate.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    node = otp.Node("walsched@t", schedulers=1, process_type=otp.SCHEDULED)
+    try:
+        syncer = _Syncer.start(node=node)
+        other = _Answerer.start(node=node)
+        handle = otp.send_request(syncer, (log, 1))
+        time.sleep(0.1)  # the syncer is waiting for the fsync the gate holds
+        assert otp.call(other, "ping", timeout=2.0) == "pong"
+        gate.set()
+        assert otp.wait_response(handle, 10) is True
+        assert otp.call(syncer, (log, 2), timeout=10) is True  # and again, once synced
+    finally:
+        gate.set()
+        node.stop()
+    _crash(log)
+    log = WalLog.open(root / "kv.1")
+    assert log.entries(1, 2, 100, 1 << 30) == _entries(1, 1) + _entries(2, 1)

@@ -79,6 +79,9 @@ def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
         "storage_quarantine": status.get("storage_quarantine"),
         # Group commits of a durable log (None for the in-memory one).
         "log_fsyncs": (status.get("log_status") or {}).get("fsyncs"),
+        # Group commits of the node's WAL (None for other logs): one counter per node that
+        # every partition on it reports, so a sum over partitions would count it P times.
+        "wal_fsyncs": (status.get("log_status") or {}).get("wal_fsyncs"),
         "log_bytes": (status.get("log_status") or {}).get("bytes"),
         # Totals since the partition started, for rate() on the metrics endpoint.
         "commits_total": status.get("commits_applied"),

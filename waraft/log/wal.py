@@ -71,6 +71,7 @@ from waraft.log.provider import (
     LogWriteError,
     is_config_entry,
 )
+from waraft.otp.sched import Event, scheduled_caller
 from waraft.services import metrics
 from waraft.services.codec import CodecError, packb, unpackb
 
@@ -210,6 +211,8 @@ class WalWriter:
         self._queue_pins: list[tuple[str, int]] = []  # (key, max appended index) per record
         self._queued = 0  # ticket of the newest queued record
         self._synced = 0  # ticket of the newest durable record
+        # Scheduled processes waiting for a ticket (see ``wait``), woken by the I/O thread.
+        self._events: list[tuple[int, Event]] = []
         self._stopping = False
         self._recovered: _Logs = {}
         self._logs: dict[str, WalLog] = {}  # open partitions (under _registry_lock)
@@ -416,7 +419,14 @@ class WalWriter:
         """Block until the record with ``ticket`` (and every earlier one) is durable; True.
 
         With ``stalled_timeout``, give up (False) once the writer has been stalled for that
-        long within this call; without it, wait however long the stall lasts."""
+        long within this call; without it, wait however long the stall lasts.
+
+        A scheduled process (a partition server on a scheduler thread: ``WalLog`` does no
+        blocking I/O of its own) is suspended rather than blocking its thread: a blocked
+        scheduler thread stalled every other partition on it for a whole fsync, so a node's
+        partitions synced one after another instead of sharing group commits."""
+        if scheduled_caller() is not None:
+            return self._wait_scheduled(ticket, stalled_timeout)
         with self._cond:
             deadline: float | None = None
             while self._synced < ticket:
@@ -432,6 +442,41 @@ class WalWriter:
                     pause = deadline - now
                 self._cond.wait(pause)
             return True
+
+    def _wait_scheduled(self, ticket: int, stalled_timeout: float | None) -> bool:
+        """``wait`` for a scheduled process: same contract, on an ``otp.Event`` per try."""
+        deadline: float | None = None
+        while True:
+            with self._cond:
+                if self._synced >= ticket:
+                    return True
+                if self.broken is not None:
+                    raise LogWriteError(errno.EIO, f"WAL {self.directory}: {self.broken}")
+                pause = 1.0  # a re-check bound, as the thread path's condition wait
+                if stalled_timeout is not None and self.stalled is not None:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + stalled_timeout
+                    if now >= deadline:
+                        return False
+                    pause = deadline - now
+                event = Event()
+                self._events.append((ticket, event))
+            event.wait(pause)
+
+    def _wake(self, synced: int | None = None) -> None:
+        """Under ``_cond``: wake the scheduled waiters whose ticket is durable (``synced``), or
+        all of them (a stall, a failure or a stop: each re-checks the writer's state)."""
+        events = self._events
+        if not events:
+            return
+        if synced is None:
+            woken, self._events = events, []
+        else:
+            woken = [e for e in events if e[0] <= synced]
+            self._events = [e for e in events if e[0] > synced]
+        for _, event in woken:
+            event.set()
 
     def _run(self) -> None:
         while True:
@@ -455,6 +500,7 @@ class WalWriter:
                 with self._cond:
                     self.broken = f"write or fsync failed: {exc}"
                     self._cond.notify_all()
+                    self._wake()
                 logger.error("WAL %s: %s", self.directory, self.broken)
                 return
             if self.stalled is not None:
@@ -464,6 +510,7 @@ class WalWriter:
                 self.stalled = None
                 self._synced = ticket
                 self._cond.notify_all()
+                self._wake(ticket)
             self._after_sync(ticket)
 
     def _stall(self, batch: list[bytes], pins: list[tuple[str, int]], cause: OSError) -> None:
@@ -474,6 +521,7 @@ class WalWriter:
             self._queue[:0] = batch
             self._queue_pins[:0] = pins
             self._cond.notify_all()
+            self._wake()
         if first:
             logger.error(
                 "WAL %s: %s; refusing new writes, retrying every %.1f s at most",
@@ -486,6 +534,7 @@ class WalWriter:
                 self._queue, self._queue_pins = [], []
                 self.broken = self.stalled
                 self._cond.notify_all()
+                self._wake()
         self._backoff = min(STALL_BACKOFF_MAX, self._backoff * 2)
 
     def _write(self, batch: list[bytes], pins: list[tuple[str, int]]) -> None:
@@ -570,6 +619,7 @@ class WalWriter:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            self._wake()
         self._thread.join(30.0)
         self._close_fds()
 

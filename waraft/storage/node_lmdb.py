@@ -139,7 +139,7 @@ def _open_sealed(seed: int, key: bytes, stored: bytes, where: str) -> bytes:
 class _Write:
     """One partition's write transaction, waiting for a group commit."""
 
-    __slots__ = ("db", "done", "error", "meta", "ops", "seed", "where")
+    __slots__ = ("db", "done", "error", "event", "meta", "ops", "seed", "where")
 
     def __init__(
         self, db: Any, seed: int, ops: Ops, meta: list[tuple[bytes, bytes]], where: str
@@ -151,6 +151,7 @@ class _Write:
         self.where = where
         self.done = False
         self.error: BaseException | None = None
+        self.event = otp.Event()  # set once the write is done
 
     def put(self, txn: lmdb.Transaction) -> None:
         db, seed = self.db, self.seed
@@ -193,7 +194,8 @@ class NodeEnv:
         self._open: dict[str, Any] = {}  # partition name -> database handle, while in use
         self._group = threading.Condition(threading.Lock())
         self._pending: list[_Write] = []
-        self._committing = False
+        self._committer: threading.Thread | None = None  # started by the first commit
+        self._stopping = False
         self.commits = 0  # LMDB transactions committed by ``commit``
         self.writes = 0  # partition writes they carried
         self._handles: dict[str, Any] = {}  # every handle opened (LMDB keeps them for the env)
@@ -240,6 +242,12 @@ class NodeEnv:
             if self.refs > 0:
                 return
             NodeEnv._registry.pop(self.directory, None)
+        with self._group:
+            self._stopping = True  # the committer commits what is queued, then exits
+            self._group.notify()
+            committer = self._committer
+        if committer is not None:
+            committer.join(30.0)
         try:
             self.env.sync(True)
         except lmdb.Error as exc:
@@ -281,30 +289,44 @@ class NodeEnv:
     def commit(self, write: _Write) -> None:
         """Make ``write`` durable in a group commit; raises what failed it.
 
-        Flat combining: the first caller to find no commit running takes every write queued
-        so far and commits them in ONE transaction (one pair of fsyncs for all of them); the
-        others wait for it and then find theirs done, or take the next group. Each write
-        still commits all or nothing, and a write that fails only fails its own partition:
-        when the group's transaction fails, each of its writes is retried alone.
+        The node's committer thread takes every write queued so far and commits them in ONE
+        transaction (one pair of fsyncs for all of them); callers wait on their write's
+        ``otp.Event``, so a scheduled storage actor is suspended and holds no thread. (Callers
+        used to wait on the node's I/O threads, so a group carried at most as many partitions
+        as there are I/O threads, 4.) A thread of its own rather than a caller taking turns as
+        committer: no commit then depends on a process that may be killed while it waits. Each
+        write still commits all or nothing, and a write that fails only fails its own
+        partition: when the group's transaction fails, each of its writes is retried alone.
         """
         with self._group:
+            if self._stopping:
+                raise StorageError(f"LMDB node storage {self.directory} is closed")
             self._pending.append(write)
-            while not write.done and self._committing:
-                self._group.wait()
-            if not write.done:
-                self._committing = True
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._run, name=f"lmdb-commit-{self.directory}", daemon=True
+                )
+                self._committer.start()
+            self._group.notify()
+        while not write.done:
+            write.event.wait()
+        if write.error is not None:
+            raise write.error
+
+    def _run(self) -> None:
+        while True:
+            with self._group:
+                while not self._pending and not self._stopping:
+                    self._group.wait()
+                if not self._pending:
+                    return
                 group, self._pending = self._pending, []
-        if not write.done:
             try:
                 self._commit_group(group)
             finally:
-                with self._group:
-                    self._committing = False
-                    for queued in group:
-                        queued.done = True
-                    self._group.notify_all()
-        if write.error is not None:
-            raise write.error
+                for write in group:
+                    write.done = True
+                    write.event.set()
 
     def _commit_group(self, group: list[_Write]) -> None:
         try:
@@ -583,11 +605,14 @@ class NodeLmdbStorage(LmdbStorage):
         meta = _meta_items(
             position, config, label, incomplete, (self._config, self._label, self._incomplete)
         )
-        otp.blocking(self._write, ops, meta)
+        # Not through otp.blocking: the node's committer thread runs the transaction and this
+        # actor is suspended meanwhile (NodeEnv.commit).
+        self._write(ops, meta)
         self._set_metadata(position, config, label, incomplete)
 
     def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
-        """Commit through the node's group commit (on the calling thread, as LMDB wants)."""
+        """Commit through the node's group commit (each transaction on one thread, as LMDB
+        wants: the committer's)."""
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
