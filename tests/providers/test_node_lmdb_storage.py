@@ -379,3 +379,29 @@ def test_kill_9_during_group_commits_keeps_every_acknowledged_write(tmp_path: Pa
                 )
             finally:
                 storage.close()
+
+
+def test_a_group_commit_that_breaks_fails_its_writes_and_the_committer_goes_on(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_part(root, 1)
+    node = storage._node
+    assert node is not None
+    real = type(node)._commit_group
+    broken = threading.Event()
+    broken.set()
+
+    def breaks_once(self: Any, group: list[_Write]) -> None:
+        if broken.is_set():
+            broken.clear()
+            raise RuntimeError("committer bug")
+        real(self, group)
+
+    monkeypatch.setattr(type(node), "_commit_group", breaks_once)
+    try:
+        with pytest.raises(RuntimeError, match="committer bug"):
+            storage.apply(("write", "t", "k", 1), LogPos(3, 1))  # never reported as done
+        storage.apply(("write", "t", "k", 2), LogPos(3, 1))  # the committer is still there
+        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 2)
+    finally:
+        storage.close()

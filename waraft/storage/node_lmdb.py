@@ -323,6 +323,13 @@ class NodeEnv:
                 group, self._pending = self._pending, []
             try:
                 self._commit_group(group)
+            except BaseException as exc:
+                # Never report a write done that may not have committed, and keep the
+                # committer alive for the writes that follow.
+                logger.exception("LMDB node storage %s: group commit failed", self.directory)
+                for write in group:
+                    if write.error is None:
+                        write.error = exc
             finally:
                 for write in group:
                     write.done = True
