@@ -585,8 +585,11 @@ class LmdbStorage(TransactionalStorage):
             return ("error", str(exc))
         return OK
 
-    def open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
-        directory = os.fspath(path)
+    def _checked_snapshot(self, directory: str, expected: LogPos) -> Any:
+        """None when ``directory`` holds a readable snapshot at ``expected`` that this replica
+        may take; otherwise the answer to give (``BAD_POSITION``, ``("error", reason)``).
+        Raises ``InvalidIncompleteReplica`` for an incomplete snapshot offered to a data
+        replica (shared with ``NodeLmdbStorage``: the snapshot format is the same)."""
         try:
             meta = _inspect_snapshot(directory)
         except (OSError, lmdb.Error, CodecError, TypeError, ValueError) as exc:
@@ -601,6 +604,13 @@ class LmdbStorage(TransactionalStorage):
             and is_data_replica(self.options.identity, config[1])
         ):
             raise InvalidIncompleteReplica(self.options.identity)
+        return None
+
+    def open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
+        directory = os.fspath(path)
+        checked = self._checked_snapshot(directory, expected)
+        if checked is not None:
+            return checked
         new = self._path + ".new"
         try:
             shutil.rmtree(new, ignore_errors=True)

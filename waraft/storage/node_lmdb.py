@@ -76,7 +76,6 @@ from waraft.storage.lmdb import (
     LmdbStorage,
     Ops,
     StorageLockedError,
-    _inspect_snapshot,
     _meta_items,
     _new_packer,
     _recover_swap,
@@ -84,17 +83,14 @@ from waraft.storage.lmdb import (
     _write_checksum,
 )
 from waraft.storage.provider import (
-    BAD_POSITION,
     NOT_FOUND,
     OK,
-    InvalidIncompleteReplica,
     StorageCorruptionError,
     StorageError,
     StorageOptions,
     build_file_durably,
     command_kind,
     fsync_directory,
-    is_data_replica,
     write_metadata,
 )
 
@@ -706,20 +702,9 @@ class NodeLmdbStorage(LmdbStorage):
 
     def _open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
         directory = os.fspath(path)
-        try:
-            meta = _inspect_snapshot(directory)
-        except (OSError, lmdb.Error, CodecError, TypeError, ValueError) as exc:
-            logger.error("cannot open snapshot %s: %s", directory, exc)
-            return ("error", f"unreadable snapshot {directory}: {exc}")
-        if meta["position"] != expected:
-            return BAD_POSITION
-        config = meta["config"]
-        if (
-            meta["incomplete"]
-            and config is not None
-            and is_data_replica(self.options.identity, config[1])
-        ):
-            raise InvalidIncompleteReplica(self.options.identity)
+        checked = self._checked_snapshot(directory, expected)
+        if checked is not None:
+            return checked
         data_path = os.path.join(directory, SNAPSHOT_FILE)
         source = lmdb.open(
             data_path,
