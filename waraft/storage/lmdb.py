@@ -544,15 +544,24 @@ class LmdbStorage(TransactionalStorage):
         meta = _meta_items(
             position, config, label, incomplete, (self._config, self._label, self._incomplete)
         )
-        _write_growing(self.env, self._kv, self._meta, ops, meta)
+        self._write(ops, meta)
         self._set_metadata(position, config, label, incomplete)
+
+    def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
+        """Commit ``ops`` and ``meta`` in one transaction (``NodeLmdbStorage``: a group commit)."""
+        _write_growing(self.env, self._kv, self._meta, ops, meta)
+
+    def _lookup(self, stored_key: bytes) -> bytes | None:
+        """The stored bytes at ``stored_key`` (``NodeLmdbStorage`` checks their checksum)."""
+        with self.env.begin(db=self._kv) as txn:
+            raw: bytes | None = txn.get(stored_key)
+        return raw
 
     def read(self, command: Any, position: LogPos) -> Any:
         kind = command_kind(command)
         if kind == "read" and len(command) == 3:
             key = self._encode(command[2])
-            with self.env.begin(db=self._kv) as txn:
-                raw = txn.get(_stored_key(key))
+            raw = self._lookup(_stored_key(key))
             if raw is None:
                 return NOT_FOUND
             if len(key) > _MAX_RAW_KEY:

@@ -67,7 +67,6 @@ from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.lmdb import (
     _KV,
     _MAX_DBS,
-    _MAX_RAW_KEY,
     _META,
     _MIB,
     DEFAULT_MAP_SIZE,
@@ -76,14 +75,11 @@ from waraft.storage.lmdb import (
     LmdbStorage,
     Ops,
     StorageLockedError,
-    _meta_items,
     _new_packer,
     _recover_swap,
-    _stored_key,
     _write_checksum,
 )
 from waraft.storage.provider import (
-    NOT_FOUND,
     OK,
     StorageCorruptionError,
     StorageError,
@@ -597,25 +593,10 @@ class NodeLmdbStorage(LmdbStorage):
 
     # -- applying -----------------------------------------------------------------------------
 
-    def _commit(
-        self,
-        ops: Ops,
-        position: LogPos,
-        config: tuple[LogPos, Config] | None,
-        label: Any,
-        incomplete: bool,
-    ) -> None:
-        meta = _meta_items(
-            position, config, label, incomplete, (self._config, self._label, self._incomplete)
-        )
-        # Not through otp.blocking: the node's committer thread runs the transaction and this
-        # actor is suspended meanwhile (NodeEnv.commit).
-        self._write(ops, meta)
-        self._set_metadata(position, config, label, incomplete)
-
     def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
         """Commit through the node's group commit (each transaction on one thread, as LMDB
-        wants: the committer's)."""
+        wants: the committer's). Not through otp.blocking: the node's committer thread runs
+        the transaction and this actor is suspended meanwhile (NodeEnv.commit)."""
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
@@ -625,21 +606,13 @@ class NodeLmdbStorage(LmdbStorage):
         """As ``LmdbStorage.read``, checking the value's checksum: a damaged value raises
         ``StorageCorruptionError`` and is never returned. A quarantined replica answers
         ``("error", "storage_quarantined")``: its emptied data would say ``not_found``."""
-        kind = command_kind(command)
-        if self.quarantine is not None and kind == "read":
+        if self.quarantine is not None and command_kind(command) == "read":
             return QUARANTINED
-        if kind == "read" and len(command) == 3:
-            key = self._encode(command[2])
-            with self.env.begin(db=self._db) as txn:
-                raw = self._get(txn, _stored_key(key))
-            if raw is None:
-                return NOT_FOUND
-            if len(key) > _MAX_RAW_KEY:
-                stored_key, raw = unpackb(raw)
-                if stored_key != key:
-                    return NOT_FOUND
-            return ("ok", unpackb(raw))
         return super().read(command, position)
+
+    def _lookup(self, stored_key: bytes) -> bytes | None:
+        with self.env.begin(db=self._db) as txn:
+            return self._get(txn, stored_key)
 
     # -- snapshots ----------------------------------------------------------------------------
 
