@@ -161,17 +161,25 @@ def test_sending_an_oversized_frame_is_refused_locally(
 def test_made_up_node_ids_cannot_fill_the_peer_table(
     raw: zmq.Context[zmq.Socket[bytes]],
 ) -> None:
+    # A full table evicts a peer that is down (issue 15), so the made-up peers must stay up
+    # for the whole test: they claim a port that accepts connections (a silent ROUTER; a
+    # refused connection marks a peer down at once) and down_after is far away.
+    silent = raw.socket(zmq.ROUTER)
+    silent.setsockopt(zmq.LINGER, 0)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
     node_id = dist.start(
-        "parent@127.0.0.1:0", settings=dist.DistSettings(max_peers=3, ping_interval=0.1)
+        "parent@127.0.0.1:0",
+        settings=dist.DistSettings(max_peers=3, ping_interval=0.1, down_after=60.0),
     )
     try:
         inbox = start_sink()
-        socks = [_dealer(raw, node_id, f"fake{i}@127.0.0.1:9/1".encode()) for i in range(6)]
+        socks = [_dealer(raw, node_id, f"fake{i}@127.0.0.1:{port}/1".encode()) for i in range(6)]
         for sock in socks:
             sock.send(envelope.cast_frame("sink", codec.packb("x")))
         wait_until(lambda: dist.stats().get("rx_peer_limit", 0) == 3)
         assert len(dist.peers()) == 3 and len(inbox.wait_len(3)) == 3
-        assert dist.cast(("sink", "other@127.0.0.1:9"), "x") is False
+        assert dist.cast(("sink", f"other@127.0.0.1:{port}"), "x") is False
         assert dist.stats()["tx_peer_limit"] == 1
     finally:
         dist.stop()
+        silent.close()
