@@ -1,7 +1,7 @@
-"""A full disk (ENOSPC, injected into the node's WAL) under a partition (issue 14): writes are
-refused with ``commit_stalled`` at once, reads and status are still served, the partition
-does not restart, the write caught by the stall is acknowledged only once it is durable, and
-everything resumes by itself when space returns."""
+"""A full disk (ENOSPC, injected into the node's WAL or a partition's disk log) under a
+partition (issue 14): writes are refused with ``commit_stalled`` at once, reads and status are
+still served, the partition does not restart, the write caught by the stall is acknowledged
+only once it is durable, and everything resumes by itself when space returns."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tests.partition.helpers import (
 )
 from waraft import otp, storage
 from waraft.core.types import LogPos
+from waraft.log import disk
 from waraft.log.wal import WalWriter
 from waraft.partition import acceptor, server
 
@@ -40,10 +41,27 @@ def _read(node: otp.Node, key: int, timeout: float = 3.0) -> Any:
     return handle.wait(timeout)
 
 
+def _inject(monkeypatch: pytest.MonkeyPatch, log_module: str, fault: Any) -> None:
+    """Route every write of the log provider through ``fault`` (an injected full disk)."""
+    if log_module.endswith(":WalLog"):
+        monkeypatch.setattr(WalWriter, "fault", fault)
+        return
+    real = disk._write_all
+
+    def write_all(fd: int, data: bytes) -> None:
+        error = fault("")
+        if error is not None:
+            raise error
+        real(fd, data)
+
+    monkeypatch.setattr(disk, "_write_all", write_all)
+
+
+@pytest.mark.parametrize("log_module", ["waraft.log.wal:WalLog", "waraft.log.disk:DiskLog"])
 def test_a_full_disk_refuses_writes_serves_reads_and_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_module: str
 ) -> None:
-    node = start_node(tmp_path, "n1", [1], log_module="waraft.log.wal:WalLog")
+    node = start_node(tmp_path, "n1", [1], log_module=log_module)
     config = server.make_config([ident(node, 1)])
     assert server.bootstrap(addr("server", node, 1), LogPos(1, 1), config) == "ok"
     wait_until(lambda: state(node, 1) == "leader")
@@ -58,7 +76,7 @@ def test_a_full_disk_refuses_writes_serves_reads_and_resumes(
         full["attempts"] += 1
         return OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(WalWriter, "fault", fault)
+    _inject(monkeypatch, log_module, fault)
     caught = _commit(node, 2)  # its batch is the one that finds the disk full
     wait_until(lambda: full["attempts"] > 0)
     # the partition keeps answering: reads, status, and a clear error for new writes

@@ -274,14 +274,16 @@ def test_reset_survives_reopen_and_leftover_temp_files(tmp_path: Path) -> None:
     log.close()
 
 
-def failing_write(monkeypatch: pytest.MonkeyPatch, after_bytes: int) -> None:
-    """Make os.write accept ``after_bytes`` more bytes, then fail with ENOSPC."""
+def failing_write(
+    monkeypatch: pytest.MonkeyPatch, after_bytes: int, code: int = errno.ENOSPC
+) -> None:
+    """Make os.write accept ``after_bytes`` more bytes, then fail with ``code``."""
     real_write = os.write
     budget = [after_bytes]
 
     def write(fd: int, data: bytes | memoryview) -> int:
         if budget[0] <= 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(code, os.strerror(code))
         part = bytes(data)[: budget[0]]
         budget[0] -= len(part)
         return real_write(fd, part)
@@ -290,17 +292,17 @@ def failing_write(monkeypatch: pytest.MonkeyPatch, after_bytes: int) -> None:
 
 
 @pytest.mark.parametrize("after_bytes", [0, 5, *range(40, 520, 23)])
-def test_disk_full_rolls_back_the_batch(
+def test_a_write_error_rolls_the_batch_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after_bytes: int
 ) -> None:
     log = open_disk(tmp_path, max_records_per_file=10)
     kept = writes(1, 15)
     log.append(1, kept)
     log.sync()
-    failing_write(monkeypatch, after_bytes)  # the batch below crosses two segment boundaries
+    failing_write(monkeypatch, after_bytes, errno.EIO)  # the batch crosses two boundaries
     with pytest.raises(LogWriteError) as info:
         log.append(16, writes(16, 20))
-    assert info.value.errno == errno.ENOSPC
+    assert info.value.errno == errno.EIO
     monkeypatch.undo()
     assert log.last_index() == 15
     assert read_all(log) == kept
@@ -312,6 +314,83 @@ def test_disk_full_rolls_back_the_batch(
     log.close()
     log = open_disk(tmp_path, max_records_per_file=10)
     assert read_all(log) == kept + more
+    log.close()
+
+
+@pytest.mark.parametrize("after_bytes", [0, 5, *range(40, 520, 23)])
+def test_a_full_disk_stalls_the_writes_and_they_complete_when_space_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after_bytes: int
+) -> None:
+    log = open_disk(tmp_path, max_records_per_file=10, cache_entries=4)
+    kept = writes(1, 15)
+    log.append(1, kept)
+    log.sync()
+    failing_write(monkeypatch, after_bytes)  # the batch would cross two segment boundaries
+    held = writes(16, 20)
+    log.append(16, held)  # no error: kept in memory, readable, not durable
+    assert log.stalled is not None and "No space left" in log.stalled
+    assert not log.can_append(1, Priority.HIGH)
+    assert log.sync_within(0.0) is False
+    with pytest.raises(LogWriteError, match="stalled"):
+        log.sync()
+    later = writes(36, 30, term=2)  # a follower's appends queue behind (beyond the cache)
+    log.append(36, later)
+    log.truncate(60)  # and a truncation inside the held-back records
+    assert log.last_index() == 59
+    assert read_all(log) == kept + held + later[:24]
+    assert log.term(40) == 2 and log.get(17) == held[1]
+    assert log.status()["unwritten_bytes"] > 0
+    monkeypatch.undo()  # space returns
+    log._retry_at = 0.0  # (skip the backoff)
+    assert log.sync_within(0.0) is True
+    assert log.stalled is None and log.can_append(1, Priority.HIGH)
+    log.append(60, writes(60, 2, term=3))
+    log.sync()
+    log.close()
+    log = open_disk(tmp_path, max_records_per_file=10)
+    assert read_all(log) == kept + held + later[:24] + writes(60, 2, term=3)
+    log.close()
+
+
+def test_a_crash_while_stalled_keeps_what_was_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = open_disk(tmp_path)
+    kept = writes(1, 5)
+    log.append(1, kept)
+    log.sync()
+    failing_write(monkeypatch, 7)
+    log.append(6, writes(6, 5))
+    log.truncate(8)  # cuts the held-back records only: the file must not grow
+    size = segment_files(tmp_path)[0].stat().st_size
+    crash(log)
+    monkeypatch.undo()
+    assert segment_files(tmp_path)[0].stat().st_size == size
+    log = open_disk(tmp_path)
+    assert read_all(log) == kept
+    log.close()
+
+
+def test_the_backoff_spaces_the_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_disk(tmp_path)
+    attempts = [0]
+    real_write = os.write
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        attempts[0] += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", write)
+    log.append(1, writes(1, 1))
+    for _ in range(50):
+        assert log.sync_within(0.0) is False
+    assert attempts[0] == 1  # the next attempt waits for the backoff
+    log._retry_at = 0.0
+    assert log.sync_within(0.0) is False
+    assert attempts[0] == 2
+    monkeypatch.setattr(os, "write", real_write)
+    log._retry_at = 0.0
+    assert log.sync_within(0.0) is True
     log.close()
 
 

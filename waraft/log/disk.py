@@ -29,6 +29,17 @@ A write error rolls the batch back (the file is cut to its previous length) and 
 ``LogWriteError``; a failed fsync makes the log refuse further writes until it is reopened
 (the kernel may have dropped the dirty pages, so retrying could lie).
 
+Full disk
+---------
+A write that fails for want of space (ENOSPC, EDQUOT) is not an error but a *stall*, as in the
+node's WAL (``waraft.log.wal``): the batch is rolled back on disk and kept in memory, unwritten
+(the decoded entries stay in the cache, so reads see them), later appends queue behind it,
+``can_append`` refuses (new commits get ``commit_stalled``) and ``sync_within`` retries the
+write with a backoff (0.1 s doubling to 2 s) and answers False until the unwritten bytes are
+on disk and synced. Nothing unwritten is ever reported durable, so nothing is acknowledged
+before it is; the partition keeps running and resumes by itself when space returns. ``sync``
+retries once and raises ``LogWriteError`` (the log stays usable) if the disk is still full.
+
 Memory
 ------
 Per entry only a u32 file offset is kept (``array('I')``); terms are kept as runs (one item per
@@ -99,6 +110,9 @@ DEFAULT_MAX_BYTES_PER_FILE: Final = 64 * 1024 * 1024
 DEFAULT_CACHE_ENTRIES: Final = 8192
 DEFAULT_MAX_UNSYNCED_BYTES: Final = 64 * 1024 * 1024
 _OFFSET_LIMIT: Final = (1 << 32) - 1 - MAX_PAYLOAD  # offsets are u32
+_SPACE_ERRORS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+STALL_BACKOFF_MIN: Final = 0.1
+STALL_BACKOFF_MAX: Final = 2.0
 
 
 class _Segment:
@@ -232,6 +246,13 @@ class DiskLog(LogProvider):
         self._cache_first = 0
         self._unsynced_bytes = 0
         self._broken: str | None = None
+        # A full disk (see "Full disk"): bytes of records that belong at the end of the active
+        # segment but are not written yet, the first index they hold, why, and when to retry.
+        self._unwritten = bytearray()
+        self._unwritten_first = 0
+        self.stalled: str | None = None
+        self._retry_at = 0.0
+        self._backoff = STALL_BACKOFF_MIN
         self._closed = False
         self.fsyncs = 0  # fdatasync/fsync calls made by sync() (exposed for status/benchmarks)
         self._fsync_latency = metrics.histogram(FSYNC_METRIC, os.path.abspath(self._dir))
@@ -646,7 +667,7 @@ class DiskLog(LogProvider):
     def can_append(self, count: int, priority: Priority) -> bool:
         """False when the unsynced backlog is at ``max_unsynced_bytes`` (half of it for LOW
         priority, so low-priority commits stall first), or the log refuses writes."""
-        if self._broken is not None:
+        if self._broken is not None or self._unwritten:
             return False
         limit = self._max_unsynced if priority is Priority.HIGH else self._max_unsynced // 2
         return self._unsynced_bytes < limit
@@ -680,20 +701,84 @@ class DiskLog(LogProvider):
             )
         batch = [e if type(e) is Entry else Entry(*e) for e in entries]
         records = [_encode(index, e) for index, e in enumerate(batch, first_index)]
-        try:
-            self._write_records(first_index, batch, records)
-        except OSError as exc:
-            self._roll_back(first_index, exc)
-            raise LogWriteError(
-                exc.errno or errno.EIO,
-                f"appending {len(batch)} entries at {first_index} to {self._dir} failed: {exc}",
-            ) from exc
+        if self._unwritten:
+            self._keep_unwritten(first_index, batch, records)  # behind what already waits
+        else:
+            try:
+                self._write_records(first_index, batch, records)
+            except OSError as exc:
+                self._roll_back(first_index, exc)
+                if exc.errno not in _SPACE_ERRORS or self._broken is not None:
+                    raise LogWriteError(
+                        exc.errno or errno.EIO,
+                        f"appending {len(batch)} entries at {first_index} to {self._dir} "
+                        f"failed: {exc}",
+                    ) from exc
+                self._stall(exc)
+                self._keep_unwritten(first_index, batch, records)
         cache = self._cache
         cache.extend(batch)
         if len(cache) > 2 * self._cache_cap:
             drop = len(cache) - self._cache_cap
+            if self._unwritten:  # unwritten entries can only be read from the cache
+                drop = min(drop, self._unwritten_first - self._cache_first)
             del cache[:drop]
             self._cache_first += drop
+
+    def _keep_unwritten(self, first_index: int, batch: list[Entry], records: list[bytes]) -> None:
+        """Account ``records`` at the end of the active segment without writing them (the
+        disk is full): the offsets, terms and configs are noted as for a write, the bytes wait
+        in ``_unwritten`` for ``_write_unwritten``. No rotation while stalled."""
+        segment = self._segments[-1]
+        size = sum(len(r) for r in records)
+        if segment.size + size > _OFFSET_LIMIT:
+            raise LogWriteError(
+                errno.ENOSPC,
+                f"log {self._dir} is stalled ({self.stalled}) and cannot hold more unwritten "
+                "records",
+            )
+        if not self._unwritten:
+            self._unwritten_first = first_index
+        self._commit_chunk(segment, first_index, batch, records)
+        self._unwritten += b"".join(records)
+
+    def _stall(self, cause: OSError) -> None:
+        first = self.stalled is None
+        self.stalled = f"write failed: {cause}"
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(STALL_BACKOFF_MAX, self._backoff * 2)
+        if first:
+            logger.warning(
+                "log %s: writes stalled (%s); keeping them in memory and retrying, every %.1f s "
+                "at most",
+                self._dir, self.stalled, STALL_BACKOFF_MAX,
+            )  # fmt: skip
+
+    def _write_unwritten(self) -> bool:
+        """Try to write the records a full disk held back; True once they are all written.
+        A failed attempt leaves the file as it was (a partial write is cut off again)."""
+        segment = self._segments[-1]
+        on_disk = segment.size - len(self._unwritten)
+        try:
+            _write_all(segment.fd, bytes(self._unwritten))
+        except OSError as exc:
+            try:
+                os.ftruncate(segment.fd, on_disk)
+            except OSError as cut:
+                self._broken = f"cutting a partial write after {exc} failed: {cut}"
+                logger.error("log %s: %s", self._dir, self._broken)
+                raise LogWriteError(cut.errno or errno.EIO, self._broken) from cut
+            if exc.errno not in _SPACE_ERRORS:
+                self._broken = f"writing held-back records failed: {exc}"
+                logger.error("log %s: %s", self._dir, self._broken)
+                raise LogWriteError(exc.errno or errno.EIO, self._broken) from exc
+            self._stall(exc)
+            return False
+        logger.warning("log %s: writes resumed after: %s", self._dir, self.stalled)
+        self._unwritten = bytearray()
+        self.stalled = None
+        self._backoff = STALL_BACKOFF_MIN
+        return True
 
     def _write_records(self, first_index: int, batch: list[Entry], records: list[bytes]) -> None:
         done = 0
@@ -793,8 +878,13 @@ class DiskLog(LogProvider):
             fd = os.open(tail.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
             os.close(tail.fd)
             tail.fd = fd
+        on_disk = tail.size - (0 if drop else len(self._unwritten))
         tail.cut(index)
-        os.ftruncate(tail.fd, tail.size)
+        if drop or tail.size <= on_disk:
+            self._unwritten = bytearray()  # every unwritten record was at or above index
+            os.ftruncate(tail.fd, tail.size)
+        else:
+            del self._unwritten[tail.size - on_disk :]
         if tail not in self._dirty:
             self._dirty.append(tail)
         self._last = index - 1
@@ -808,6 +898,7 @@ class DiskLog(LogProvider):
         self._check_writable()
         if position.index < 0 or position.term < 0:
             raise LogPositionError(f"invalid reset position {position}")
+        self._unwritten = bytearray()  # every entry is replaced, the unwritten ones too
         try:
             with self._lock:
                 self._install_base(position)
@@ -838,8 +929,20 @@ class DiskLog(LogProvider):
         except OSError as exc:
             logger.warning("log %s: trimming below %d failed: %s", self._dir, index, exc)
 
+    def sync_within(self, stalled_timeout: float) -> bool:
+        """``sync``; while a full disk holds writes back, one write attempt when the backoff
+        allows it (never a wait: the caller retries) and False until they are written."""
+        if self._unwritten:
+            self._check_writable()
+            if time.monotonic() < self._retry_at or not self._write_unwritten():
+                return False
+        self.sync()
+        return True
+
     def sync(self) -> None:
         self._check_writable()
+        if self._unwritten and not self._write_unwritten():
+            raise LogWriteError(errno.ENOSPC, f"log {self._dir} is stalled: {self.stalled}")
         started = time.perf_counter()
         try:
             for segment in self._dirty:
@@ -888,6 +991,8 @@ class DiskLog(LogProvider):
             cached_entries=len(self._cache),
             fsyncs=self.fsyncs,
             broken=self._broken,
+            stalled=self.stalled,
+            unwritten_bytes=len(self._unwritten),
         )
         return status
 
