@@ -38,6 +38,7 @@ class Peer:
         "endpoint",
         "forgotten",
         "last_rx",
+        "member",
         "node_id",
         "ping_sent_at",
         "ping_seq",
@@ -65,6 +66,10 @@ class Peer:
         self.pongs = 0
         self.down_events = 0
         self.forgotten = False  # set once removed from the table: holders must look it up again
+        # Set once it was admitted to a member's request (a Raft RPC, a transport chunk):
+        # clients and admin tools (``waraft status``) come and go, and their leaving is news
+        # for the debug log, not a warning.
+        self.member = False
 
     def __repr__(self) -> str:
         return f"Peer({self.node_id!r}, {self.state.value})"

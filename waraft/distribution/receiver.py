@@ -259,7 +259,7 @@ class Receiver(threading.Thread):
             dist.peers.set_state(peer, PeerState.UP)
         kind = obj[1]
         if kind == Kind.CAST or kind == Kind.INFO:
-            if self._admit(conn.sender, obj[2], False, obj[3], frame) is not True:
+            if self._admit(peer, conn.sender, obj[2], False, obj[3], frame) is not True:
                 return
             if kind == Kind.CAST:
                 fast = inline._handlers.get(obj[2]) if inline._handlers else None
@@ -287,8 +287,11 @@ class Receiver(threading.Thread):
             return True
         return False
 
-    def _admit(self, sender: Sender, name: str, call: bool, msg: Any, frame: bytes) -> bool | str:
-        """True if ``msg`` may go to ``name``; else the reason (counted).
+    def _admit(
+        self, peer: Peer, sender: Sender, name: str, call: bool, msg: Any, frame: bytes
+    ) -> bool | str:
+        """True if ``msg`` may go to ``name``; else the reason (counted). A peer admitted to
+        a member's request is marked a member (its going down is then worth a warning).
 
         The nesting depth is checked here, after admission, and not for members' traffic
         (Raft RPCs, whose shapes the server checks): walking a 1000-entry AppendEntries would
@@ -302,7 +305,9 @@ class Receiver(threading.Thread):
         if rule.limited and not self._limiter.take(sender.node_id):
             self._count("rx_rate_limited")
             return RATE_LIMITED
-        if rule.right != policy.MEMBER and self._deep(frame, msg):
+        if rule.right == policy.MEMBER:
+            peer.member = True
+        elif self._deep(frame, msg):
             return TOO_DEEP
         return True
 
@@ -317,7 +322,7 @@ class Receiver(threading.Thread):
         self, peer: Peer, sender: Sender, name: str, ref: int, request: Any, frame: bytes
     ) -> None:
         handle = RemoteReplyTo(self._dist, peer, ref)
-        verdict = self._admit(sender, name, True, request, frame)
+        verdict = self._admit(peer, sender, name, True, request, frame)
         if verdict is not True:
             handle.fail(verdict)
             return

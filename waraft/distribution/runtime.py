@@ -387,7 +387,12 @@ class Dist:
     def _on_peer_change(self, peer: Peer, old: PeerState, new: PeerState) -> None:
         if new is PeerState.DOWN:
             self.counters.incr("nodedown_events")
-            logger.warning("node %s is down (was %s)", peer.node_id, old.value)
+            logger.log(
+                logging.WARNING if peer.member else logging.INFO,
+                "node %s is down (was %s)",
+                peer.node_id,
+                old.value,
+            )
             reason = ("nodedown", peer.node_id)
             for ref, entry in self._pending.copy().items():
                 if entry.node == peer.node_id:
