@@ -233,6 +233,7 @@ class NodeEnv:
         # Lazy sync. ``generation`` is written by the committer thread only, after the commit
         # returned; ``synced_generation`` by whoever synced, after the flush returned.
         self.generation = 0
+        self.started = 0  # the generation being committed (== generation between commits)
         self.synced_generation = 0
         self.syncs = 0  # background and forced flushes of the environment
         self._sync_cond = threading.Condition(threading.Lock())
@@ -416,20 +417,22 @@ class NodeEnv:
         self.writes += len(group)
 
     def _transaction(self, group: list[_Write]) -> None:
+        self.started = generation = self.generation + 1
         txn = self.env.begin(write=True)
         try:
             size = 0
             for write in group:
                 size += write.put(txn)
             txn.commit()
-            # Only now: a sync that read this generation started after the commit's pages
-            # were written, so its flush covers them.
-            self.generation = generation = self.generation + 1
+            # Counted only now: a flush that read this generation started after the commit's
+            # pages were written, so it covers them.
+            self.generation = generation
             for write in group:
                 write.generation = generation
             if not self.sync:
                 self._dirtied(size)
         except lmdb.MapFullError as exc:
+            self.started = self.generation  # nothing committed
             with contextlib.suppress(lmdb.Error):
                 txn.abort()
             raise StorageError(
@@ -437,6 +440,7 @@ class NodeEnv:
                 "bytes (raise lmdb_map_size)"
             ) from exc
         except BaseException:
+            self.started = self.generation
             # A failed commit already released the transaction; abort is then a no-op.
             with contextlib.suppress(lmdb.Error):
                 txn.abort()
@@ -473,7 +477,7 @@ class NodeEnv:
                 self._dirty_bytes = 0
             try:
                 self.flush()
-            except lmdb.Error as exc:
+            except Exception as exc:  # the syncer must outlive any failure
                 # The commits stay unsynced and the log keeps their entries; try again later.
                 logger.error(
                     "LMDB node storage %s: background sync failed: %s", self.directory, exc
@@ -660,10 +664,11 @@ class NodeLmdbStorage(LmdbStorage):
         if synced or node is None or node.sync:
             self._durable = position
         else:
-            # Read after a commit of generation <= node.generation at most: durable once a
-            # flush covers that generation. Until then nothing is known durable here.
+            # What we read was committed by a generation <= node.started (a write of a killed
+            # predecessor may be committing right now: visible, its generation not yet
+            # counted). Durable once a flush covers that; until then nothing is here.
             self._durable = LogPos(0, 0)
-            self._unsynced.append((node.generation, position))
+            self._unsynced.append((node.started, position))
             self._settle()
 
     def _settle(self) -> None:
