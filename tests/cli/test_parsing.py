@@ -47,6 +47,11 @@ def test_settings() -> None:
     assert parse_assignment("raft_database=/tmp/x") == ("raft_database", "/tmp/x")
     assert known_setting("raft_rpc_call_timeout") == "global"
     assert known_setting("raft_heartbeat_interval_ms") == "app"
+    assert parse_assignment('raft_storage_options={"lmdb_sync": true}') == (
+        "raft_storage_options",
+        {"lmdb_sync": True},
+    )
+    assert known_setting("raft_storage_options") == "app"
     with pytest.raises(UsageError):
         parse_assignment("novalue")
     with pytest.raises(UsageError, match="unknown setting"):
@@ -96,6 +101,8 @@ def test_every_command_has_help(
           "--set", "raft_election_pre_vote=1"], "true or false"),
         (["node", "--name", "n1", "--listen", "h:1", "--memory", "--insecure",
           "--set", "raft_heartbeat_interval_ms=99999"], "must be below"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--insecure",
+          "--set", "raft_storage_options=fast"], "raft_storage_options must be a table"),
         (["node", "--name", "n1", "--listen", "h:1", "--memory", "--insecure",
           "--down-after", "-1"], "positive"),
         (["node", "--name", "n1", "--listen", "h:1", "--memory", "--keys", "/nonexistent"],

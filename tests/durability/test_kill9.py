@@ -50,9 +50,19 @@ ROTATING: dict[str, object] = {
 }
 
 
+# The node's LMDB syncs lazily by default (a flush a second); here only every 2 s, with
+# aggressive rotation: most trims are held back by storage's durable position when a kill lands.
+LAZY_ROTATING: dict[str, object] = {
+    **ROTATING,
+    "raft_storage_options": {"lmdb_sync_interval_ms": 2000},
+}
+
+
 VARIANTS: dict[str, dict[str, object]] = {
-    "plain": {},  # the node's default durable providers (the node-wide WAL, LMDB)
+    "plain": {},  # the node's default durable providers (the node-wide WAL, lazily synced LMDB)
     "rotating": ROTATING,
+    "lazy_rotating": LAZY_ROTATING,
+    "lmdb_fsync": {"raft_storage_options": {"lmdb_sync": True}},  # fsync every group commit
     "sqlite": {"raft_storage_module": "waraft.storage.sqlite:SqliteStorage"},
     # The per-partition segment-file log.
     "disk": DISK_LOG,

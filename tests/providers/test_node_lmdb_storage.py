@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -405,3 +406,118 @@ def test_a_group_commit_that_breaks_fails_its_writes_and_the_committer_goes_on(
         assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 2)
     finally:
         storage.close()
+
+
+# -- lazy sync: the durable position ----------------------------------------------------------
+
+
+def open_lazy(root: Path, partition: int, **extra: Any) -> NodeLmdbStorage:
+    options = StorageOptions(
+        table="t", partition=partition, identity=A, name=f"raft_storage_t_{partition}", extra=extra
+    )
+    return NodeLmdbStorage.open(options, root / f"t.{partition}")
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+def test_lazy_sync_durable_position_trails_until_a_flush_covers_it(root: Path) -> None:
+    # An hour between background flushes: only the explicit flush below moves it.
+    storage = open_lazy(root, 1, lmdb_sync_interval_ms=3_600_000)
+    node = storage._node
+    assert node is not None and not node.sync
+    try:
+        seed(storage, "v")
+        assert storage.position() == LogPos(3, 1)
+        assert storage.durable_position() == LogPos(0, 0)  # nothing flushed since open
+        node.flush()
+        assert storage.durable_position() == LogPos(3, 1)
+        storage.apply(("write", "t", "k", 2), LogPos(4, 1))
+        storage.apply(("write", "t", "k", 3), LogPos(5, 1))
+        assert storage.durable_position() == LogPos(3, 1)  # committed, not yet flushed
+        assert storage.status()["durable_position"] == LogPos(3, 1)
+        node.flush()
+        assert storage.durable_position() == LogPos(5, 1)
+        assert len(storage._unsynced) == 0
+    finally:
+        storage.close()
+
+
+def test_lazy_sync_flushes_in_the_background_within_its_interval(root: Path) -> None:
+    one = open_lazy(root, 1, lmdb_sync_interval_ms=50)
+    two = open_lazy(root, 2)  # the node's options come from the first partition
+    node = one._node
+    assert node is not None
+    try:
+        seed(one, "one")
+        seed(two, "two", index=7)
+        assert wait_for(lambda: one.durable_position() == LogPos(3, 1))
+        assert wait_for(lambda: two.durable_position() == LogPos(7, 1))
+        assert node.syncs >= 1
+        syncs = node.syncs
+        time.sleep(0.3)
+        assert node.syncs == syncs  # idle: no commit, no flush
+    finally:
+        one.close()
+        two.close()
+
+
+def test_lazy_sync_flushes_early_once_its_byte_bound_is_written(root: Path) -> None:
+    storage = open_lazy(root, 1, lmdb_sync_interval_ms=3_600_000, lmdb_sync_bytes=4096)
+    try:
+        seed(storage, "v")
+        storage.apply(("write", "t", "big", b"x" * 8192), LogPos(4, 1))
+        assert wait_for(lambda: storage.durable_position() == LogPos(4, 1))
+    finally:
+        storage.close()
+
+
+def test_fsync_per_commit_is_durable_as_soon_as_it_returns(root: Path) -> None:
+    storage = open_lazy(root, 1, lmdb_sync=True)
+    try:
+        seed(storage, "v")
+        assert storage.durable_position() == LogPos(3, 1)
+        assert storage._node is not None and storage._node._syncer is None
+    finally:
+        storage.close()
+
+
+def test_a_snapshot_install_is_flushed_before_it_returns(root: Path, tmp_path: Path) -> None:
+    one = open_lazy(root, 1, lmdb_sync_interval_ms=3_600_000)
+    two = open_lazy(root, 2)
+    try:
+        seed(one, "one")
+        seed(two, "two", index=9)
+        assert one.create_snapshot(tmp_path / "snap") == "ok"
+        assert two.open_snapshot(tmp_path / "snap", LogPos(3, 1)) == "ok"
+        # The log is reset to the snapshot's position next: it must not wait for a flush.
+        assert two.durable_position() == LogPos(3, 1)
+        assert one.durable_position() == LogPos(3, 1)  # the same flush covered one's writes
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_reopened_partition_counts_as_durable_only_once_flushed(root: Path) -> None:
+    keeper = open_lazy(root, 1, lmdb_sync_interval_ms=3_600_000)  # keeps the environment open
+    try:
+        storage = open_lazy(root, 2)
+        seed(storage, "v")
+        storage.close()  # the storage actor restarted, the process (and page cache) did not
+        storage = open_lazy(root, 2)
+        try:
+            assert storage.position() == LogPos(3, 1)
+            assert storage.durable_position() == LogPos(0, 0)
+            assert keeper._node is not None
+            keeper._node.flush()
+            assert storage.durable_position() == LogPos(3, 1)
+        finally:
+            storage.close()
+    finally:
+        keeper.close()

@@ -20,7 +20,7 @@ away and start it again: it comes back ``stalled`` and is caught up by a snapsho
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 from waraft import otp
 from waraft.core.types import LogPos
@@ -36,6 +36,12 @@ from waraft.log.provider import (
 from waraft.services import env
 
 logger = logging.getLogger(__name__)
+
+TRIM_RETRY_MS: Final = 1000
+"""A trim held back by storage's durable position is tried again after this long (a lazily
+synced storage flushes at least once a second by default)."""
+TRIM_RETRIES: Final = 10
+"""Retries in a row that gain nothing before a held-back trim waits for the next rotation."""
 
 
 def default_name(table: str, partition: int) -> str:
@@ -60,6 +66,10 @@ class LogServer(otp.Process):
             logger.error("log %s is corrupt and quarantined: %s", self.name, exc)
             self.corruption = str(exc)
             self.provider = MemoryLog.open(None, settings)
+        self._held_back = 0  # the highest trim index storage's durable position held back
+        self._held_at = 0  # how far that trim got
+        self._idle_retries = 0
+        self._retry: otp.TimerRef | None = None
         logger.info("log %s opened %s", self.name, type(self.provider).__name__)
 
     def terminate(self, reason: Any) -> None:
@@ -99,20 +109,40 @@ class LogServer(otp.Process):
         else:
             logger.warning("log %s got an unexpected cast %r", self.name, msg)
 
+    def handle_info(self, msg: Any) -> None:
+        if msg == ("trim_retry",):
+            self._retry = None
+            if self._held_back:
+                self._trim(self._held_back)
+        else:
+            super().handle_info(msg)
+
     def _trim(self, index: int) -> None:
-        """Rotation: drop entries below ``index``, but never past what storage has applied,
-        so that a restart finds storage's position in the log (WARaft's rule: trims never pass
-        last_applied; the core's rotate index can run ahead of the storage actor)."""
+        """Rotation: drop entries below ``index``, but never past storage's *durable*
+        position (``StorageProvider.durable_position``: what it applied as of its last flush),
+        so that a restart, even after a power loss, finds storage's position in the log and
+        applies everything after it again (WARaft's rule is the applied position; the core's
+        rotate index can run ahead of the storage actor, and a lazily synced storage behind
+        that). A trim held back is retried on a timer until it completes, so the entries kept
+        for it are freed about one storage flush later, not at the next rotation."""
+        index = max(index, self._held_back)
         try:
-            applied: LogPos = otp.call(self.storage_name, ("position",), 60.0)
+            durable: LogPos = otp.call(self.storage_name, ("durable_position",), 60.0)
         except otp.ExitError as exc:
             logger.warning("log %s: no trim, storage unreachable: %r", self.name, exc.reason)
             return
-        target = min(index, applied.index)
+        target = min(index, durable.index)
         try:
             self.provider.trim(target)
         except LogError as exc:  # best effort, as WARaft's: a failed trim is only logged
             logger.warning("log %s: trim to %s failed: %s", self.name, target, exc)
+        if target >= index:
+            self._held_back = 0
+            return
+        self._idle_retries = 0 if target > self._held_at else self._idle_retries + 1
+        self._held_back, self._held_at = index, target
+        if self._retry is None and self._idle_retries < TRIM_RETRIES:
+            self._retry = otp.send_after(TRIM_RETRY_MS, self.pid, ("trim_retry",))
 
 
 def start_link(options: Any) -> otp.Pid:

@@ -72,6 +72,9 @@ APP_DEFAULTS: Final[Mapping[str, Any]] = {
     "raft_log_module": "waraft.log.memory",
     "raft_label_module": None,
     "raft_storage_module": "waraft.storage.memory",
+    # Provider-specific options, handed to the storage provider as ``StorageOptions.extra``
+    # (e.g. ``{"lmdb_sync": true}`` for ``waraft.storage.node_lmdb``); None: none.
+    "raft_storage_options": None,
     "raft_transport_module": "waraft.transport.dist_transport",
     # Not WARaft (issue 13): heartbeats of every partition towards a node travel as one frame
     # per window (``waraft.partition.heartbeats``); False sends each partition's own.
@@ -128,6 +131,7 @@ _AT_LEAST_ONE: Final = frozenset(
     }
 )
 _OPTIONAL_INT: Final = frozenset({"raft_handover_max_unapplied_entries", "raft_max_log_records"})
+_DICT_SETTINGS: Final = frozenset({"raft_storage_options"})
 
 
 class BadSetting(ValueError):
@@ -148,6 +152,12 @@ def check_setting(key: str, value: Any) -> None:
             raise BadSetting(f"unknown setting {key!r}")
         default = _MISSING
     shown = repr(value)[:60]
+    if key in _DICT_SETTINGS:
+        if value is not None and not (
+            isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        ):
+            raise BadSetting(f"{key} must be a table (a dict with string keys), got {shown}")
+        return
     if isinstance(default, bool):
         if type(value) is not bool:
             raise BadSetting(f"{key} must be true or false, got {shown}")

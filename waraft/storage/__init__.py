@@ -545,6 +545,12 @@ class StorageServer(otp.Process):
         provider = self.provider
         if kind == "open" or kind == "position":
             return self.position
+        if kind == "durable_position":
+            # The log actor's trim bound (waraft.log.LogServer._trim). A provider that flushes
+            # every commit is durable up to what this server counts as applied (a witness
+            # counts skipped entries too), as the trim bound has always been.
+            durable = provider.durable_position()
+            return self.position if durable == provider.position() else durable
         if kind == "config":
             return self.config
         if kind == "label":

@@ -39,9 +39,12 @@ with the application setting ``raft_storage_options``):
   disk), and a write into a hole the file system cannot allocate (disk full) kills the process
   with ``SIGBUS`` — like a ``kill -9``: the last commit stays intact.
 
-Either way Raft stays safe for what is kept: the log holds every committed entry above the
-storage position (it is never trimmed past the applied position), so a lost tail is applied
-again on restart. ``close()`` flushes everything (``env.sync(force=True)``).
+The log holds every committed entry above the storage position (it is never trimmed past
+``durable_position()``, here the applied position), so a tail lost to a process crash is
+applied again on restart. With ``lmdb_sync=False`` this provider does not track what it has
+flushed (``waraft.storage.node_lmdb`` does: its lazy sync), so a power loss after a trim can
+lose applied entries that are then in neither place. ``close()`` flushes everything
+(``env.sync(force=True)``).
 
 Measured on this project's 2-core machine (packed batches of 1000 writes, 100-byte values,
 including decoding the batch): defaults 1.4M writes/s; ``lmdb_sync=False`` 2.6-2.8M/s; SQLite

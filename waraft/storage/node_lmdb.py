@@ -18,10 +18,34 @@ node that ran with that provider): its state is then imported.
 Atomicity: as in ``waraft.storage.lmdb`` (whose command handling this class inherits), every
 apply commits data, position, config, label and incomplete mark all or nothing. LMDB serialises
 the write transactions of an environment, so the node commits in groups (``NodeEnv.commit``):
-the writes of every partition queued while a transaction commits go into the next one, which is
-fsynced once (``lmdb_sync``, default True) before any of them returns. Without grouping, 1000
-partitions per node timed out most first writes (two fsyncs per partition write, one after
-another); see ``benchmarks/SCALE.md``.
+the writes of every partition queued while a transaction commits go into the next one. Without
+grouping, 1000 partitions per node timed out most first writes (two fsyncs per partition write,
+one after another); see ``benchmarks/SCALE.md``.
+
+Durability: lazy sync by default (``lmdb_sync`` False), as ra and etcd do it: the Raft log is
+what makes an entry durable (the node's WAL fsyncs it before it is acknowledged or applied), and
+the state machine is synced in the background. Group commits do no fsync; the node's syncer
+thread flushes the environment (``env.sync(True)``) once ``lmdb_sync_interval_ms`` (default
+1000) have passed since the first unsynced commit, or sooner once ``lmdb_sync_bytes`` (default
+64 MiB) of values were written. Each partition tracks its *durable position*
+(``durable_position()``): its applied position as of the last completed sync. The log actor
+never trims the log above it (``waraft.log.LogServer``), so every applied entry is in the synced
+environment or still in the log, and a restart whose storage came back older (power loss)
+applies the log's tail again. What each failure costs:
+
+* process crash (``kill -9``): nothing. A commit's pages are in the kernel's page cache when it
+  returns, and LMDB never overwrites the pages of the last two commits.
+* power loss or kernel crash: the commits since the last sync can be lost (re-applied from the
+  log), and since LMDB's data and meta pages then reach the disk in no guaranteed order, the
+  environment can even be left damaged; the checksums, the check at open and the quarantine
+  with snapshot repair (below) handle a damaged partition, at the cost of a snapshot transfer.
+
+``lmdb_sync=True`` fsyncs every group commit before any of its writes returns (data, then meta
+page): nothing of the environment is ever lost or torn, at the price of LMDB's copy-on-write
+pages written and flushed at every group commit (25-98 KiB of disk writes per client write at
+64 busy partitions, ``benchmarks/SCALE.md``). Whatever installs or replaces a partition's
+state wholesale (a snapshot, a quarantine, a wiped directory) is synced before it returns either
+way: the log is reset to the snapshot's position right after.
 
 Checksums: every stored value is ``crc32 | value``, the CRC-32 (u32 little-endian) of the
 partition name, the key and the value together, so a value damaged on disk, or moved to another
@@ -55,7 +79,9 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
+from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Final, Self
 
@@ -97,6 +123,10 @@ MARKER: Final = "lmdb-node"
 """An empty file in the partition directory: the node's environment holds this partition."""
 DEFAULT_MAX_PARTITIONS: Final = 4096
 DEFAULT_MAX_READERS: Final = 1024  # one reader slot per concurrent read transaction
+DEFAULT_SYNC_INTERVAL_MS: Final = 1000
+"""Lazy sync: the longest an unsynced commit waits for the node's background sync."""
+DEFAULT_SYNC_BYTES: Final = 64 * 1024 * 1024
+"""Lazy sync: values written (keys and values, bytes) that start a background sync early."""
 
 _CRC: Final = struct.Struct("<I")
 _META_PREFIX: Final = b"\xc1meta:"
@@ -131,7 +161,7 @@ def _open_sealed(seed: int, key: bytes, stored: bytes, where: str) -> bytes:
 class _Write:
     """One partition's write transaction, waiting for a group commit."""
 
-    __slots__ = ("db", "done", "error", "event", "meta", "ops", "seed", "where")
+    __slots__ = ("db", "done", "error", "event", "generation", "meta", "ops", "seed", "where")
 
     def __init__(
         self, db: Any, seed: int, ops: Ops, meta: list[tuple[bytes, bytes]], where: str
@@ -143,20 +173,27 @@ class _Write:
         self.where = where
         self.done = False
         self.error: BaseException | None = None
+        self.generation = 0  # the node's commit generation that carried it (NodeEnv)
         self.event = otp.Event()  # set once the write is done
 
-    def put(self, txn: lmdb.Transaction) -> None:
+    def put(self, txn: lmdb.Transaction) -> int:
+        """Put the write into ``txn``; the bytes of keys and values it wrote."""
         db, seed = self.db, self.seed
         pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined: this is the write hot path
         cursor = txn.cursor(db)
+        size = 0
         for op in self.ops:
             if type(op) is list:
-                cursor.putmulti([(k, pack(crc32(v, crc32(k, seed))) + v) for k, v in op])
+                rows = [(k, pack(crc32(v, crc32(k, seed))) + v) for k, v in op]
+                cursor.putmulti(rows)
+                size += sum([len(k) + len(v) for k, v in rows])
             else:
                 txn.delete(op, db=db)  # type: ignore[arg-type]
         for name, value in self.meta:
             key = _meta_key(name)
             txn.put(key, _seal(seed, key, value), db=db)
+            size += len(key) + len(value)
+        return size
 
 
 class NodeEnv:
@@ -165,6 +202,11 @@ class NodeEnv:
     Obtain it with ``NodeEnv.acquire(directory, ...)``, give it back with ``release``. An
     exclusive ``flock`` on ``<directory>/LOCK`` keeps other processes out (the providers cache
     metadata, so a second writer would diverge from them).
+
+    Every committed group transaction gets the next *generation* (``_Write.generation``).
+    With ``sync`` False a syncer thread flushes the environment in the background (see the
+    module docstring) and ``synced_generation`` is then the newest generation known to be on
+    disk; with ``sync`` True every commit is flushed before it returns.
     """
 
     _registry: ClassVar[dict[str, NodeEnv]] = {}
@@ -178,10 +220,27 @@ class NodeEnv:
         writemap: bool = False,
         map_size: int = DEFAULT_MAP_SIZE,
         max_partitions: int = DEFAULT_MAX_PARTITIONS,
+        sync_interval_ms: float = DEFAULT_SYNC_INTERVAL_MS,
+        sync_bytes: int = DEFAULT_SYNC_BYTES,
     ) -> None:
+        if sync_interval_ms <= 0 or sync_bytes <= 0:
+            raise ValueError(f"bad lazy sync bounds {sync_interval_ms!r} ms, {sync_bytes!r} B")
         self.directory = directory
         self.refs = 0
         self.sync = sync
+        self.sync_interval = sync_interval_ms / 1000.0
+        self.sync_bytes = sync_bytes
+        # Lazy sync. ``generation`` is written by the committer thread only, after the commit
+        # returned; ``synced_generation`` by whoever synced, after the flush returned.
+        self.generation = 0
+        self.started = 0  # the generation being committed (== generation between commits)
+        self.synced_generation = 0
+        self.syncs = 0  # background and forced flushes of the environment
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._dirty_since: float | None = None  # monotonic time of the first unsynced commit
+        self._dirty_bytes = 0
+        self._syncer: threading.Thread | None = None
+        self._sync_stopping = False
         self._lock = threading.Lock()  # named-database opens (LMDB wants them serialised)
         self._open: dict[str, Any] = {}  # partition name -> database handle, while in use
         self._group = threading.Condition(threading.Lock())
@@ -214,6 +273,9 @@ class NodeEnv:
                 mode=0o644,
                 max_spare_txns=4,
             )
+            # What a killed predecessor committed may still be only in the page cache; the
+            # partitions take what they find as durable, so make it so.
+            self.env.sync(True)
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -240,6 +302,12 @@ class NodeEnv:
             committer = self._committer
         if committer is not None:
             committer.join(30.0)
+        with self._sync_cond:
+            self._sync_stopping = True
+            self._sync_cond.notify()
+            syncer = self._syncer
+        if syncer is not None:
+            syncer.join(30.0)
         try:
             self.env.sync(True)
         except lmdb.Error as exc:
@@ -299,6 +367,11 @@ class NodeEnv:
                     target=self._run, name=f"lmdb-commit-{self.directory}", daemon=True
                 )
                 self._committer.start()
+                if not self.sync:
+                    self._syncer = threading.Thread(
+                        target=self._sync_loop, name=f"lmdb-sync-{self.directory}", daemon=True
+                    )
+                    self._syncer.start()
             self._group.notify()
         while not write.done:
             write.event.wait()
@@ -344,12 +417,22 @@ class NodeEnv:
         self.writes += len(group)
 
     def _transaction(self, group: list[_Write]) -> None:
+        self.started = generation = self.generation + 1
         txn = self.env.begin(write=True)
         try:
+            size = 0
             for write in group:
-                write.put(txn)
+                size += write.put(txn)
             txn.commit()
+            # Counted only now: a flush that read this generation started after the commit's
+            # pages were written, so it covers them.
+            self.generation = generation
+            for write in group:
+                write.generation = generation
+            if not self.sync:
+                self._dirtied(size)
         except lmdb.MapFullError as exc:
+            self.started = self.generation  # nothing committed
             with contextlib.suppress(lmdb.Error):
                 txn.abort()
             raise StorageError(
@@ -357,10 +440,61 @@ class NodeEnv:
                 "bytes (raise lmdb_map_size)"
             ) from exc
         except BaseException:
+            self.started = self.generation
             # A failed commit already released the transaction; abort is then a no-op.
             with contextlib.suppress(lmdb.Error):
                 txn.abort()
             raise
+
+    # -- lazy sync ------------------------------------------------------------------------------
+
+    def _dirtied(self, size: int) -> None:
+        with self._sync_cond:
+            self._dirty_bytes += size
+            if self._dirty_since is None:
+                self._dirty_since = time.monotonic()
+                self._sync_cond.notify()
+            elif self._dirty_bytes >= self.sync_bytes:
+                self._sync_cond.notify()
+
+    def _sync_loop(self) -> None:
+        """The syncer thread: flush once the oldest unsynced commit is ``sync_interval`` old or
+        ``sync_bytes`` were written since the last flush; the final flush is ``release``'s."""
+        while True:
+            with self._sync_cond:
+                while True:
+                    if self._sync_stopping:
+                        return
+                    since = self._dirty_since
+                    if since is None:
+                        self._sync_cond.wait()
+                        continue
+                    wait = since + self.sync_interval - time.monotonic()
+                    if wait <= 0 or self._dirty_bytes >= self.sync_bytes:
+                        break
+                    self._sync_cond.wait(wait)
+                self._dirty_since = None
+                self._dirty_bytes = 0
+            try:
+                self.flush()
+            except Exception as exc:  # the syncer must outlive any failure
+                # The commits stay unsynced and the log keeps their entries; try again later.
+                logger.error(
+                    "LMDB node storage %s: background sync failed: %s", self.directory, exc
+                )
+                with self._sync_cond:
+                    if self._dirty_since is None:
+                        self._dirty_since = time.monotonic()
+
+    def flush(self) -> None:
+        """Flush the environment to disk (on the calling thread: never a scheduler's); every
+        generation committed before the call is then durable (``synced_generation``)."""
+        generation = self.generation
+        self.env.sync(True)
+        with self._sync_cond:  # two flushes may race: never move it back
+            self.syncs += 1
+            if generation > self.synced_generation:
+                self.synced_generation = generation
 
 
 class NodeLmdbStorage(LmdbStorage):
@@ -373,7 +507,9 @@ class NodeLmdbStorage(LmdbStorage):
     and the per-thread sockets a thread opens to reply over the network, do not grow with the
     number of partitions.
 
-    Options (``options.extra``): ``lmdb_sync`` (default True), ``lmdb_writemap`` (default
+    Options (``options.extra``): ``lmdb_sync`` (default False: lazy sync, see the module
+    docstring; True fsyncs every group commit), ``lmdb_sync_interval_ms`` (default 1000) and
+    ``lmdb_sync_bytes`` (default 64 MiB), the lazy sync's bounds, ``lmdb_writemap`` (default
     False), ``lmdb_map_size`` (default 64 GiB), ``lmdb_max_partitions`` (named databases the
     environment can hold, default 4096), ``lmdb_node_dir`` (default
     ``<parent of the partition directory>/storage-lmdb``), ``lmdb_verify_on_open`` (check every
@@ -386,7 +522,12 @@ class NodeLmdbStorage(LmdbStorage):
     def __init__(self, options: StorageOptions, directory: str) -> None:
         self.options = options
         extra = getattr(options, "extra", None) or {}
-        self._sync = bool(extra.get("lmdb_sync", True))
+        self._sync = bool(extra.get("lmdb_sync", False))
+        # Lazy sync: (generation, position) of this partition's commits not yet known to be
+        # flushed, oldest first, and the applied position as of the last flush.
+        self._unsynced: deque[tuple[int, LogPos]] = deque()
+        self._durable = LogPos(0, 0)
+        self._written = 0  # the generation of this partition's last group commit
         self._writemap = bool(extra.get("lmdb_writemap", False))
         self._map_size = int(extra.get("lmdb_map_size", DEFAULT_MAP_SIZE))
         if self._map_size <= 0:
@@ -407,6 +548,8 @@ class NodeLmdbStorage(LmdbStorage):
             writemap=self._writemap,
             map_size=self._map_size,
             max_partitions=int(extra.get("lmdb_max_partitions", DEFAULT_MAX_PARTITIONS)),
+            sync_interval_ms=float(extra.get("lmdb_sync_interval_ms", DEFAULT_SYNC_INTERVAL_MS)),
+            sync_bytes=int(extra.get("lmdb_sync_bytes", DEFAULT_SYNC_BYTES)),
         )
         self._lock_fd = None
         try:
@@ -499,7 +642,9 @@ class NodeLmdbStorage(LmdbStorage):
             return None
         return _open_sealed(self._seed, key, bytes(stored), self._path)
 
-    def _load_meta(self) -> None:
+    def _load_meta(self, synced: bool = False) -> None:
+        """Cache the partition's metadata; ``synced``: the environment was flushed since the
+        partition's last write (else it counts as durable once the node's next flush is)."""
         with self.env.begin(db=self._db) as txn:
             raw = {name: self._get(txn, _meta_key(name)) for name in _META_NAMES}
         position = LogPos(*unpackb(raw[b"position"])) if raw[b"position"] else LogPos(0, 0)
@@ -514,6 +659,36 @@ class NodeLmdbStorage(LmdbStorage):
             None if raw[b"label"] is None else unpackb(raw[b"label"]),
             raw[b"incomplete"] is not None and bool(unpackb(raw[b"incomplete"])),
         )
+        self._unsynced.clear()
+        node = self._node
+        if synced or node is None or node.sync:
+            self._durable = position
+        else:
+            # What we read was committed by a generation <= node.started (a write of a killed
+            # predecessor may be committing right now: visible, its generation not yet
+            # counted). Durable once a flush covers that; until then nothing is here.
+            self._durable = LogPos(0, 0)
+            self._unsynced.append((node.started, position))
+            self._settle()
+
+    def _settle(self) -> None:
+        """Move ``_durable`` up to the newest of our commits the node's flushes cover."""
+        node = self._node
+        if node is None:
+            return
+        synced = node.synced_generation
+        unsynced = self._unsynced
+        while unsynced and unsynced[0][0] <= synced:
+            self._durable = unsynced.popleft()[1]
+
+    def durable_position(self) -> LogPos:
+        """The applied position that survives power loss: with lazy sync, the position as of
+        the node's last completed flush (the log must keep every entry above it); with
+        ``lmdb_sync`` every commit is flushed before it returns, so it is ``position()``."""
+        if self._sync:
+            return self._position
+        self._settle()
+        return self._durable
 
     def _replace(self, rows: Any, meta: Mapping[bytes, bytes] | None) -> None:
         """In ONE write transaction: empty the partition's database, then store ``rows``
@@ -532,6 +707,10 @@ class NodeLmdbStorage(LmdbStorage):
             with contextlib.suppress(lmdb.Error):
                 txn.abort()
             raise
+        if self._node is not None and not self._sync:
+            # Flushed whatever ``lmdb_sync`` says: a snapshot install is followed by a log
+            # reset to its position, and a wiped or quarantined partition must not come back.
+            self._node.flush()
 
     @classmethod
     def open(cls, options: StorageOptions, path: str | os.PathLike[str]) -> Self:
@@ -584,6 +763,8 @@ class NodeLmdbStorage(LmdbStorage):
                 "node_partitions": 0 if node is None else node.partitions(),
                 "node_commits": 0 if node is None else node.commits,
                 "node_writes": 0 if node is None else node.writes,
+                "node_syncs": 0 if node is None else node.syncs,
+                "durable_position": self.durable_position(),
                 "sync": self._sync,
                 "writemap": self._writemap,
                 "quarantine": self.quarantine,
@@ -600,7 +781,25 @@ class NodeLmdbStorage(LmdbStorage):
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
-        node.commit(_Write(self._db, self._seed, ops, meta, self._path))
+        write = _Write(self._db, self._seed, ops, meta, self._path)
+        node.commit(write)
+        self._written = write.generation
+
+    def _commit(
+        self,
+        ops: Ops,
+        position: LogPos,
+        config: tuple[LogPos, Config] | None,
+        label: Any,
+        incomplete: bool,
+    ) -> None:
+        super()._commit(ops, position, config, label, incomplete)
+        if not self._sync:
+            unsynced = self._unsynced
+            if unsynced and unsynced[-1][0] == self._written:
+                unsynced.pop()  # one entry per generation: the newest position in it
+            unsynced.append((self._written, position))
+            self._settle()  # bounded by the commits of one sync interval
 
     def read(self, command: Any, position: LogPos) -> Any:
         """As ``LmdbStorage.read``, checking the value's checksum: a damaged value raises
@@ -699,7 +898,7 @@ class NodeLmdbStorage(LmdbStorage):
         finally:
             source.close()
         was = self.quarantine
-        self._load_meta()
+        self._load_meta(synced=True)
         if self._position != expected:
             raise StorageError(
                 f"snapshot {directory} installed at {self._position}, expected {expected}"

@@ -138,6 +138,14 @@ class StorageProvider(ABC):
         """The position of the last applied entry (``LogPos(0, 0)`` when nothing was)."""
         return self._position
 
+    def durable_position(self) -> LogPos:
+        """The applied position that survives power loss; the log is never trimmed above it
+        (``waraft.log.LogServer``), so what storage may lose is applied again from the log.
+        A provider that flushes every commit before it returns has nothing to lose:
+        ``position()``. One that syncs lazily (``NodeLmdbStorage``) returns its position as
+        of its last flush."""
+        return self.position()
+
     def config(self) -> tuple[LogPos, Config] | None:
         """The newest applied config with the position it was applied at."""
         return self._config
