@@ -467,7 +467,10 @@ class RaftServer(otp.StateMachine):
             coalescer = heartbeats.coalescer(self._coalesce)
             coalescer.add(peer.node, peer.name, [to_wire(rpc) for rpc in rpcs])
         else:
-            otp.cast(address, ("rpcs", [to_wire(rpc) for rpc in rpcs]))
+            wires = [to_wire(rpc) for rpc in rpcs]
+            # One frame per peer node for what this scheduler's servers send in a turn.
+            if not (self._coalesce and heartbeats.send_at_turn_end(peer.node, peer.name, wires)):
+                otp.cast(address, ("rpcs", wires))
 
     # -- snapshots ------------------------------------------------------------------------------
 
