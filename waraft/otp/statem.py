@@ -7,7 +7,9 @@
   ``handle_state_timeout(event)`` runs when it fires. Each arm/cancel bumps a generation
   counter, so a firing that was already in the mailbox when the timeout was replaced or
   cancelled is ignored. Re-arming for a deadline no earlier than the armed timer's keeps that
-  timer: when it fires before the newest deadline it is armed again for the rest. A process
+  timer and postpones it (``TimerRef.postpone``: the timer thread files it again instead of
+  delivering); a firing that still comes before the newest deadline is armed again for the
+  rest. A process
   that pushes its timeout back on every message (a follower's election timer on every
   append) thus costs one timer per timeout period instead of a cancel and an arm per message.
   The timeout never fires before the newest deadline, and fires with the newest event.
@@ -38,7 +40,7 @@ class StateMachine(Process):
     state: Any = None
     _st_generation: int = 0
     _st_ref: TimerRef | None = None
-    _st_fires_at: float = 0.0  # monotonic seconds the armed timer fires at, at the earliest
+    _st_fires_at: float = 0.0  # monotonic seconds the armed timer is to fire at (postponed)
     _st_deadline: float = 0.0  # monotonic seconds the newest arming asked for
     _st_event: Any = None
 
@@ -59,8 +61,14 @@ class StateMachine(Process):
         deadline = time.monotonic() + ms / 1000.0
         self._st_event = event
         self._st_deadline = deadline
-        if self._st_ref is not None and self._st_fires_at <= deadline:
-            return  # the armed timer comes first; _dispatch_info re-arms it for the rest
+        ref = self._st_ref
+        if ref is not None and self._st_fires_at <= deadline:
+            # Later than planned: the timer thread re-files the armed timer at its old
+            # deadline (no lock, no wake-up here); one that fires early anyway is re-armed
+            # for the rest by _dispatch_info.
+            ref.postpone(deadline)
+            self._st_fires_at = deadline
+            return
         self.cancel_state_timeout()
         self._st_fires_at = deadline
         self._st_ref = send_after(ms, self.pid, _StateTimeout(self._st_generation, event))
