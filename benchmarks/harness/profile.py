@@ -11,6 +11,7 @@ figures to find where time goes, not as the benchmark's numbers.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,7 @@ class Profiler:
         self,
         group: ProcessGroup,
         out_dir: Path,
-        rate: int = 100,
+        rate: int = int(os.environ.get("WARAFT_PROFILE_HZ", "100")),
         on_spawn: Callable[[Managed], None] | None = None,
     ) -> None:
         self.group = group

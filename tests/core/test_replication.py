@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from waraft.core.effects import (
     Apply,
     CommitCancelled,
@@ -558,3 +560,25 @@ def test_rotation_by_bytes_never_trims_unapplied_entries() -> None:
     node.rpc(N2, AppendEntriesResponse(2, True, 5, 5), now=2)  # commits up to 5 only
     assert node.core.last_applied == 5
     assert node.log.first_index() == 5  # the last applied entry alone exceeds the budget
+
+
+def test_sent_size_is_remembered_only_for_the_same_entries() -> None:
+    # One round sends every member the same entries: their size is estimated once. A witness
+    # is sent stubs of them, and after a new term the same indices hold other entries.
+    from types import SimpleNamespace
+
+    from waraft.core import replication
+    from waraft.core.config import stub_entries_for_witness
+    from waraft.core.log import approx_size
+
+    core: Any = SimpleNamespace(sent_size_memo=None)
+    big = [Entry(2, f"k{i}", ("write", "x" * 1000)) for i in range(5)]
+    full = sum(approx_size(e) for e in big)
+    assert replication._sent_size(core, 10, big, False) == full
+    assert replication._sent_size(core, 10, big, False) == full
+    stubs = stub_entries_for_witness(big)
+    assert replication._sent_size(core, 10, stubs, True) == sum(approx_size(e) for e in stubs)
+    assert replication._sent_size(core, 10, stubs, True) < full
+    small = [Entry(3, f"k{i}", ("write", "y")) for i in range(5)]
+    assert replication._sent_size(core, 10, small, False) == sum(approx_size(e) for e in small)
+    assert replication._sent_size(core, 11, big[1:], False) == full - approx_size(big[0])

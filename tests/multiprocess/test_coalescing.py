@@ -53,3 +53,26 @@ def test_one_frame_per_node_pair_carries_many_partitions(cluster: Cluster) -> No
             assert rpcs / frames >= 4, (ids[i], peer, frames, rpcs)
         received = after[i]["received"]["frames"] - before[i]["received"]["frames"]
         assert received > 0
+
+
+def test_appends_of_many_partitions_share_frames(cluster: Cluster) -> None:
+    # Writes to every partition at once: the servers on a scheduler send their appends and
+    # answers of one turn to a peer node as one frame (heartbeats.send_at_turn_end).
+    from waraft.client import Client
+
+    wait_until(lambda: all(cluster.leader(p) for p in PARTITIONS))
+    before = [_sent(cluster, i)["turn"] for i in range(3)]
+    client = Client(cluster.ids, table="kv", partitions=len(PARTITIONS), timeout=15.0)
+    try:
+        for round_ in range(5):
+            futures = [
+                client.commit_async(f"k{i}", ("write", "kv", f"k{i}", round_)) for i in range(240)
+            ]
+            assert all(f.result(20) == "ok" for f in futures)
+    finally:
+        client.close()
+    after = [_sent(cluster, i)["turn"] for i in range(3)]
+    frames = sum(a["frames"] - b["frames"] for a, b in zip(after, before, strict=True))
+    batches = sum(a["batches"] - b["batches"] for a, b in zip(after, before, strict=True))
+    assert frames > 0
+    assert batches > frames, (frames, batches)  # some frames carried several partitions

@@ -365,3 +365,75 @@ def test_the_memory_limit_reads_this_process_resident_size() -> None:
     node = _node("tiny@t", max_memory_mb=1)  # no Python process fits in 1 MiB
     with pytest.raises(otp.StartError):
         Answerer.start(node=node)
+
+
+class TurnUser(otp.Process):
+    """Leaves work to the end of its scheduler's turn; records when it runs."""
+
+    def init(self, log: list[Any]) -> None:
+        self.log = log
+
+    def handle_cast(self, msg: Any) -> None:
+        self.log.append(("handled", msg))
+        for _ in range(2):  # the same key twice: one hook
+            registered = otp.at_turn_end("key", self._hook)
+        self.log.append(("registered", registered))
+
+    def _hook(self) -> None:
+        node = otp.node.current()
+        self.log.append(("hook", None if node is None else node.id))
+
+
+def test_end_of_turn_hooks_run_once_after_the_run_with_the_node_current() -> None:
+    node = _node("turn@t", schedulers=1)
+    log: list[Any] = []
+    pid = TurnUser.start(log, node=node)
+    otp.cast(pid, 1)
+    wait_until(lambda: ("hook", "turn@t") in log)
+    assert log == [("handled", 1), ("registered", True), ("hook", "turn@t")]
+    otp.cast(pid, 2)  # a new turn, a new hook
+    wait_until(lambda: len(log) == 6)
+    assert log[3:] == [("handled", 2), ("registered", True), ("hook", "turn@t")]
+
+
+def test_a_thread_process_gets_no_end_of_turn_hook() -> None:
+    node = _node("turnthread@t", schedulers=1)
+    log: list[Any] = []
+    pid = TurnUser.start(log, node=node, process_type=otp.THREAD)
+    otp.cast(pid, 1)
+    wait_until(lambda: len(log) == 2)
+    assert log == [("handled", 1), ("registered", False)]
+    assert otp.at_turn_end("key", lambda: None) is False  # a plain thread: none either
+
+
+class PingPong(otp.Process):
+    """Casts a counter back and forth with a partner: the run queue never empties meanwhile."""
+
+    def init(self, log: list[Any]) -> None:
+        self.log = log
+        self.partner: otp.Pid | None = None
+
+    def handle_cast(self, msg: Any) -> None:
+        if msg[0] == "partner":
+            self.partner = msg[1]
+            return
+        count = msg[1]
+        if count == 1:  # the first ball: leave work to the end of this turn
+            otp.at_turn_end("pingpong", lambda: self.log.append(("hook", self.log[-1][1])))
+        self.log.append(("ball", count))
+        if count < 200 and self.partner is not None:
+            otp.cast(self.partner, ("ball", count + 1))
+
+
+def test_end_of_turn_hooks_run_even_while_the_run_queue_never_empties() -> None:
+    node = _node("pingpong@t", schedulers=1)
+    log: list[Any] = []
+    a = PingPong.start(log, node=node)
+    b = PingPong.start(log, node=node)
+    otp.cast(a, ("partner", b))
+    otp.cast(b, ("partner", a))
+    otp.cast(a, ("ball", 1))
+    wait_until(lambda: ("ball", 200) in log)
+    hooks = [entry for entry in log if entry[0] == "hook"]
+    assert len(hooks) == 1
+    assert hooks[0][1] <= sched.TURN_FLUSH_RUNS + 2  # not held back until the rally ended

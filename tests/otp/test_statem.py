@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import pytest
+
 from waraft import otp
+from waraft.otp import statem
 
 from .helpers import WAIT, Events, wait_until
 
@@ -76,6 +80,43 @@ def test_state_timeout_fires_and_rearming_replaces_it() -> None:
     # "first" would have come first had it not been replaced.
     assert events.wait_len(1) == [("timeout", "idle", "second")]
     assert otp.call(pid, ("armed",)) is False
+
+
+def test_a_pushed_back_timeout_fires_at_the_newest_deadline_with_the_newest_event() -> None:
+    events = Events()
+    pid = _start(events)
+    start = time.monotonic()
+    otp.call(pid, ("arm", 200, "first"))
+    time.sleep(0.05)
+    otp.call(pid, ("arm", 300, "second"))  # later than the armed timer: it is kept
+    assert events.wait_len(1) == [("timeout", "idle", "second")]
+    assert time.monotonic() - start >= 0.345  # 50 ms + 300 ms, never at the first's 200 ms
+
+
+def test_an_earlier_deadline_replaces_the_armed_timer() -> None:
+    events = Events()
+    pid = _start(events)
+    start = time.monotonic()
+    otp.call(pid, ("seq", [("arm", 2000, "late"), ("arm", 20, "early")]))
+    assert events.wait_len(1) == [("timeout", "idle", "early")]
+    assert time.monotonic() - start < 1.5
+
+
+def test_pushing_a_timeout_back_keeps_the_armed_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    armed: list[float] = []
+    real = statem.send_after
+
+    def counting(ms: float, target: Any, msg: Any) -> otp.TimerRef:
+        armed.append(ms)
+        return real(ms, target, msg)
+
+    monkeypatch.setattr(statem, "send_after", counting)
+    events = Events()
+    pid = _start(events)
+    otp.call(pid, ("seq", [("arm", 40 + i, f"e{i}") for i in range(50)]))
+    assert len(armed) == 1  # one timer for fifty armings, each later than the last
+    assert events.wait_len(1) == [("timeout", "idle", "e49")]
+    assert len(armed) <= 2  # at most one re-arm for what was left when it fired
 
 
 def test_transition_cancels_the_state_timeout_and_repeat_state_runs_enter() -> None:

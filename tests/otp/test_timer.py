@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from waraft import otp
@@ -65,3 +66,16 @@ def test_many_cancellations_compact_the_heap() -> None:
     assert all(otp.cancel_timer(r) for r in refs)
     otp.send_after(1, pid, "survivor")
     assert events.wait_len(1) == ["survivor"]
+
+
+def test_a_postponed_timer_fires_once_at_its_new_deadline() -> None:
+    events = Events()
+    pid = Sink.start(events)
+    start = time.monotonic()
+    ref = otp.send_after(100, pid, "postponed")
+    ref.postpone(start + 0.3)
+    ref.postpone(start + 0.2)  # earlier than already asked: no effect
+    otp.send_after(150, pid, "marker")  # between the old and the new deadline
+    assert events.wait_len(2) == ["marker", "postponed"]
+    assert time.monotonic() - start >= 0.3
+    assert not ref.active

@@ -92,3 +92,42 @@ def test_a_coalesced_frame_carries_only_its_senders_rpcs_to_partition_servers() 
     assert policy.admits(rule, me, ok)
     outsider = policy.Sender("c1@h:3", frozenset({policy.CLIENT}))
     assert not policy.admits(rule, outsider, ok)
+
+
+class _Sender(otp.Process):
+    """Queues one turn's batches the way partition servers do."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return [heartbeats.send_at_turn_end(node, name, wires) for node, name, wires in request]
+
+
+def test_one_turn_of_batches_leaves_as_one_frame_per_node(monkeypatch: Any) -> None:
+    sent: list[tuple[tuple[str, str], Any]] = []
+    monkeypatch.setattr(heartbeats.distribution, "cast", lambda addr, msg: sent.append((addr, msg)))
+    node = otp.Node("turnframes@t", process_type=otp.SCHEDULED, schedulers=1)
+    try:
+        pid = _Sender.start(node=node)
+        batches = [
+            ("b@h:1", "raft_server_t_1", [["append_entries", 1]]),
+            ("b@h:1", "raft_server_t_2", [["append_entries", 2]]),
+            ("c@h:1", "raft_server_t_1", [["append_entries", 3]]),
+        ]
+        assert otp.call(pid, batches) == [True, True, True]
+        deadline = time.monotonic() + 5
+        while len(sent) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(sent) == [
+            (
+                (heartbeats.INLINE_NAME, "b@h:1"),
+                (
+                    heartbeats.FRAME_TAG,
+                    [("raft_server_t_1", [["append_entries", 1]]),
+                     ("raft_server_t_2", [["append_entries", 2]])],
+                ),
+            ),
+            (("raft_server_t_1", "c@h:1"), ("rpcs", [["append_entries", 3]])),  # alone: as is
+        ]  # fmt: skip
+        # Outside a scheduled process nothing is queued: the caller sends.
+        assert not heartbeats.send_at_turn_end("b@h:1", "raft_server_t_1", [])
+    finally:
+        node.stop()

@@ -130,6 +130,21 @@ def test_settings_for_resolves_every_field_live() -> None:
     assert env.settings_for("app", "t", node=NODE).raft_leader_eligible is False
 
 
+def test_settings_for_is_remembered_until_the_environment_changes() -> None:
+    first = env.settings_for("app", "t", node=NODE)
+    assert env.settings_for("app", "t", node=NODE) is first  # resolved once, not per call
+    env.set_env("other", "raft_max_log_entries_per_heartbeat", 9, node=NODE)
+    assert env.settings_for("app", "t", node=NODE).raft_max_log_entries_per_heartbeat != 9
+    env.register_application("app", ["other", "app"], node=NODE)  # search apps changed
+    assert env.settings_for("app", "t", node=NODE).raft_max_log_entries_per_heartbeat == 9
+    env.unset_env("other", "raft_max_log_entries_per_heartbeat", node=NODE)
+    assert env.settings_for("app", "t", node=NODE) == first
+    env.set_election_weight_override("other", 3, node=NODE)
+    assert env.settings_for("app", "t", node=NODE).raft_election_weight == 3
+    env.clear_election_weight_override("other", node=NODE)
+    assert env.settings_for("app", "t", node=NODE) == first
+
+
 def test_nodes_are_isolated() -> None:
     env.set_env("app", "raft_database", "/n1", node=NODE)
     assert env.get_env("app", "raft_database", node="another@node") is None

@@ -126,6 +126,9 @@ class Replica:
         # estimated bytes) in send order, and their total (raft_max_bytes_in_flight).
         self.inflight_sent: dict[str, deque[tuple[int, int]]] = {}
         self.inflight_bytes: dict[str, int] = {}
+        # ((prev index, count, last term, witness), bytes) of the entries last sent: the
+        # next peer of the round is usually sent the same ones (replication._sent_size).
+        self.sent_size_memo: tuple[tuple[int, int, int, bool], int] | None = None
         self.first_current_term_log_index = 0
         # When the armed batch timeout is due (None: no commits waiting for one).
         self.batch_deadline: int | None = None

@@ -25,6 +25,7 @@ from waraft.core.types import (
     LEASE_PENDING_RECONFIRMATION,
     LEASE_UNAFFECTED,
     Config,
+    Entry,
     Identity,
     Priority,
     State,
@@ -108,9 +109,7 @@ def replicate_to_peer(core: Replica, peer: Identity, cfg: Config, quiesce: bool 
     )
     core.inflight[node] = core.inflight.get(node, 0) + 1
     if entries and byte_limit > 0:
-        size = 0
-        for entry in entries:
-            size += approx_size(entry)
+        size = _sent_size(core, prev_index, entries, peer in cfg.witness)
         sent = core.inflight_sent.get(node)
         if sent is None:
             sent = core.inflight_sent[node] = deque()
@@ -264,7 +263,8 @@ def apply_log(core: Replica, trim_index: int | None) -> None:
         if command is None:
             raise RaftCoreError(f"cannot apply the term-only entry at {index}")
         from_, priority = pop(index, _UNQUEUED) if queued else _UNQUEUED
-        items.append(ApplyItem(index, entry, from_, priority))
+        # tuple.__new__: half the cost of the NamedTuple constructor, once per applied entry
+        items.append(tuple.__new__(ApplyItem, (index, entry, from_, priority)))
         if type(command) is tuple and is_config_command(command):
             core.cached_config = (index, command[1])
     core.last_applied = index
@@ -272,6 +272,22 @@ def apply_log(core: Replica, trim_index: int | None) -> None:
     rotate_floor = limited - settings.raft_max_retained_entries
     rotate_index = index if trim_index is None else min(index, trim_index)
     snapshot.rotate(core, max(rotate_floor, rotate_index), _byte_floor(core, index))
+
+
+def _sent_size(core: Replica, prev_index: int, entries: list[Entry], witness: bool) -> int:
+    """The estimated bytes of ``entries`` (following ``prev_index``), remembered for the
+    next peer: a round usually sends every follower the same entries, and the estimate walks
+    each command. The key names the range by its last entry's index and term, which by the
+    log matching property fix every entry in it, and whether they are a witness's stubs."""
+    key = (prev_index, len(entries), entries[-1].term, witness)
+    memo = core.sent_size_memo
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    size = 0
+    for entry in entries:
+        size += approx_size(entry)
+    core.sent_size_memo = (key, size)
+    return size
 
 
 def _byte_floor(core: Replica, applied: int) -> int:

@@ -35,6 +35,11 @@ How a scheduled process runs, as BEAM runs its processes:
   only their process) kills every process on that scheduler with
   ``("scheduler_failed", text)`` and stops the node, logged at CRITICAL.
 
+* End of turn: :func:`at_turn_end` lets a scheduled process leave work (sending what it
+  gathered) to its scheduler thread, which runs it once its run queue is empty (or after
+  :data:`TURN_FLUSH_RUNS` runs while it never empties). The partition servers of a node share
+  a few schedulers, so what they send to the same peer node in one turn can leave as one frame.
+
 Importing this module starts no thread; a node's schedulers start with its first scheduled
 process and stop at the end of ``Node.stop()``.
 """
@@ -195,6 +200,26 @@ def make_waker() -> Waker:
     """A waker for the caller: suspends the calling scheduled process, else blocks the thread."""
     proc = scheduled_caller()
     return _ThreadWaker() if proc is None else _GreenWaker(proc)
+
+
+TURN_FLUSH_RUNS: Final = 32
+"""Process runs after which a scheduler runs its end-of-turn hooks even though its run queue
+never emptied: what waits on them waits at most this many runs."""
+
+
+def at_turn_end(key: Any, fn: Callable[[], None]) -> bool:
+    """Run ``fn()`` on the calling scheduled process's scheduler thread when its run queue is
+    next empty (or after ``TURN_FLUSH_RUNS`` runs), with the node current; registering ``key``
+    again before then changes nothing. ``fn`` must not block, and runs even if the process
+    exits meanwhile. False, and nothing registered, when the caller is not a scheduled
+    process: it should do the work itself now."""
+    proc = scheduled_caller()
+    if proc is None:
+        return False
+    hooks = proc._sched.turn_hooks  # type: ignore[union-attr]
+    if key not in hooks:
+        hooks[key] = fn
+    return True
 
 
 def suspend(proc: Process) -> None:
@@ -423,6 +448,9 @@ class Scheduler:
         self.current: Process | None = None
         self.since = 0.0
         self.reported = False
+        # at_turn_end: hooks by key, and process runs since the first of them was registered
+        self.turn_hooks: dict[Any, Callable[[], None]] = {}
+        self.turn_runs = 0
         self.thread = threading.Thread(
             target=self._main, name=f"otp:sched:{pool.node.id}:{index}", daemon=True
         )
@@ -445,6 +473,7 @@ class Scheduler:
         while True:
             proc = runq.get()
             if proc is _STOP:
+                self._run_turn_hooks()
                 return
             g = proc._greenlet
             if g is None:
@@ -459,6 +488,23 @@ class Scheduler:
             tls.node = None
             if held > limit:
                 self.pool._long_hold(proc, held, self, finished=True)
+            if self.turn_hooks:
+                self.turn_runs += 1
+                if self.turn_runs >= TURN_FLUSH_RUNS or runq.empty():
+                    self._run_turn_hooks()
+
+    def _run_turn_hooks(self) -> None:
+        hooks = self.turn_hooks
+        if not hooks:
+            return
+        self.turn_hooks = {}
+        self.turn_runs = 0
+        with self.pool.node.activate():
+            for fn in hooks.values():
+                try:
+                    fn()
+                except Exception:  # one hook's bug must not cost the others or the scheduler
+                    logger.exception("end-of-turn hook %r raised", fn)
 
 
 class SchedulerPool:

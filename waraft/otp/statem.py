@@ -6,13 +6,20 @@
 * One state timeout per process: ``set_state_timeout(ms, event)`` replaces the armed one;
   ``handle_state_timeout(event)`` runs when it fires. Each arm/cancel bumps a generation
   counter, so a firing that was already in the mailbox when the timeout was replaced or
-  cancelled is ignored.
+  cancelled is ignored. Re-arming for a deadline no earlier than the armed timer's keeps that
+  timer and postpones it (``TimerRef.postpone``: the timer thread files it again instead of
+  delivering); a firing that still comes before the newest deadline is armed again for the
+  rest. A process
+  that pushes its timeout back on every message (a follower's election timer on every
+  append) thus costs one timer per timeout period instead of a cancel and an arm per message.
+  The timeout never fires before the newest deadline, and fires with the newest event.
 * ``next_event(event)`` queues an event that ``handle_next_event`` handles right after the
   current callback, before the next mailbox message, in FIFO order.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from waraft.otp.process import Process
@@ -33,6 +40,9 @@ class StateMachine(Process):
     state: Any = None
     _st_generation: int = 0
     _st_ref: TimerRef | None = None
+    _st_fires_at: float = 0.0  # monotonic seconds the armed timer is to fire at (postponed)
+    _st_deadline: float = 0.0  # monotonic seconds the newest arming asked for
+    _st_event: Any = None
 
     def transition(self, new_state: Any) -> None:
         """Cancel the state timeout, switch to ``new_state`` and run ``on_enter``."""
@@ -45,8 +55,22 @@ class StateMachine(Process):
         """State-enter callback (default: nothing)."""
 
     def set_state_timeout(self, ms: float, event: Any) -> None:
-        """Arm the state timeout (replacing any armed one)."""
+        """Arm the state timeout (replacing any armed one): ``handle_state_timeout(event)``
+        runs ``ms`` milliseconds from now at the earliest, unless it is re-armed, cancelled or
+        the state changes first."""
+        deadline = time.monotonic() + ms / 1000.0
+        self._st_event = event
+        self._st_deadline = deadline
+        ref = self._st_ref
+        if ref is not None and self._st_fires_at <= deadline:
+            # Later than planned: the timer thread re-files the armed timer at its old
+            # deadline (no lock, no wake-up here); one that fires early anyway is re-armed
+            # for the rest by _dispatch_info.
+            ref.postpone(deadline)
+            self._st_fires_at = deadline
+            return
         self.cancel_state_timeout()
+        self._st_fires_at = deadline
         self._st_ref = send_after(ms, self.pid, _StateTimeout(self._st_generation, event))
 
     def cancel_state_timeout(self) -> None:
@@ -73,8 +97,17 @@ class StateMachine(Process):
     def _dispatch_info(self, msg: Any) -> None:
         if type(msg) is _StateTimeout:
             if msg.generation == self._st_generation:
+                left_ms = (self._st_deadline - time.monotonic()) * 1000.0
+                if left_ms > 0.0:
+                    # Pushed back since this timer was armed: wait out the rest. The same
+                    # generation, so a cancel before it fires still makes it stale.
+                    self._st_fires_at = self._st_deadline
+                    self._st_ref = send_after(left_ms, self.pid, msg)
+                    return
                 self._st_ref = None
-                self.handle_state_timeout(msg.event)
+                event = self._st_event
+                self._st_event = None
+                self.handle_state_timeout(event)
             return
         self.handle_info(msg)
 

@@ -8,7 +8,8 @@ never blocks on the receiver. ``call_later`` (internal) runs a short callback on
 thread instead; the scheduler uses it for the timeouts of waits inside scheduled processes.
 Cancelled timers are dropped lazily when they reach the top of the heap; the heap is rebuilt
 when most of it is cancelled, so re-arming a timeout on every event (election timers) stays
-cheap.
+cheap. Cheaper still, ``TimerRef.postpone`` moves an armed timer later with one attribute
+write: when its old deadline comes the timer thread files it again at the new one.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ _COMPACT_MIN = 1024
 class TimerRef:
     """Handle of one pending timer."""
 
-    __slots__ = ("_deadline", "_msg", "_node", "_state", "_target")
+    __slots__ = ("_deadline", "_later", "_msg", "_node", "_state", "_target")
 
     def __init__(self, deadline: float, target: Target, msg: Any, node: Node | None) -> None:
         self._deadline = deadline
+        self._later = 0.0  # see postpone
         self._target = target
         self._msg = msg
         self._node = node
@@ -55,6 +57,14 @@ class TimerRef:
         if self._state != _ARMED:
             return None
         return max(0.0, (self._deadline - time.monotonic()) * 1000.0)
+
+    def postpone(self, deadline: float) -> None:
+        """Ask for the timer to fire at ``deadline`` (monotonic seconds) instead, if that is
+        later than now planned: one attribute write, no lock. The timer thread re-files the
+        timer when its old deadline comes; if it was already delivering then, the message
+        comes early, so the receiver must check the time itself (``StateMachine`` does)."""
+        if deadline > self._later:
+            self._later = deadline
 
     def __repr__(self) -> str:
         state = ("armed", "fired", "cancelled")[self._state]
@@ -113,6 +123,11 @@ class _TimerService:
                 while heap and heap[0][0] <= now:
                     ref = heapq.heappop(heap)[2]
                     if ref._state == _ARMED:
+                        later = ref._later
+                        if later > now:  # postponed: file it again, deliver nothing yet
+                            ref._deadline = later
+                            heapq.heappush(heap, (later, next(self._seq), ref))
+                            continue
                         ref._state = _FIRED
                         due.append(ref)
                     elif self._cancelled > 0:
@@ -140,10 +155,23 @@ def _deliver(ref: TimerRef) -> None:
         elif ref._node is None:
             process.send(ref._target, ref._msg)
         else:
-            with ref._node.activate():
+            # The node current by hand: Node.activate's generator context manager cost more
+            # than the send at thousands of timers a second.
+            tls = _node_tls()
+            previous = tls.node
+            tls.node = ref._node
+            try:
                 process.send(ref._target, ref._msg)
+            finally:
+                tls.node = previous
     except Exception:
         logger.exception("timer delivery to %r failed", ref._target)
+
+
+def _node_tls() -> Any:
+    from waraft.otp import node
+
+    return node._tls
 
 
 _service = _TimerService()

@@ -439,16 +439,18 @@ class RaftServer(otp.StateMachine):
                     if handle is not None:
                         handle.reply(error)
         if applies:
-            size = sum(_entry_size(item.entry) for item in applies)
-            queues.reserve_apply(len(applies), size)
-            # The callers' commits move from the commit queue's byte budget to the apply
-            # queue's (config changes were admitted without bytes).
-            handed, handed_bytes = 0, 0
+            # One estimate per entry serves both budgets (it walks the whole command).
+            size, handed, handed_bytes = 0, 0, 0
             for item in applies:
                 command = item.entry.command
+                estimate = command_bytes(command)
+                size += max(ENTRY_SIZE_ESTIMATE, 16 + estimate)  # _entry_size
+                # The callers' commits move from the commit queue's byte budget to the apply
+                # queue's (config changes were admitted without bytes).
                 if item.reply_to is not None and not is_config_command(command):
                     handed += 1
-                    handed_bytes += command_bytes(command)
+                    handed_bytes += estimate
+            queues.reserve_apply(len(applies), size)
             if handed:
                 queues.commit_bytes_released(handed, handed_bytes)
             otp.cast(self.options.storage_name, storage.ApplyRequest(applies, size))
@@ -465,7 +467,10 @@ class RaftServer(otp.StateMachine):
             coalescer = heartbeats.coalescer(self._coalesce)
             coalescer.add(peer.node, peer.name, [to_wire(rpc) for rpc in rpcs])
         else:
-            otp.cast(address, ("rpcs", [to_wire(rpc) for rpc in rpcs]))
+            wires = [to_wire(rpc) for rpc in rpcs]
+            # One frame per peer node for what this scheduler's servers send in a turn.
+            if not (self._coalesce and heartbeats.send_at_turn_end(peer.node, peer.name, wires)):
+                otp.cast(address, ("rpcs", wires))
 
     # -- snapshots ------------------------------------------------------------------------------
 
