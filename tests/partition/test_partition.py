@@ -56,8 +56,11 @@ def test_killing_the_server_restarts_the_group_with_its_durable_state(tmp_path: 
     before = server.status(addr("server", node))
     with node.activate():
         old_storage = otp.whereis("raft_storage_test_1")
+        old_acceptor = otp.whereis("raft_acceptor_test_1")
         otp.kill("raft_server_test_1")  # untrappable, as a crash of its thread would be
         wait_until(lambda: (p := otp.whereis("raft_storage_test_1")) and p is not old_storage)
+        # The acceptor starts after the server, which may already lead by then.
+        wait_until(lambda: (p := otp.whereis("raft_acceptor_test_1")) and p is not old_acceptor)
     wait_until(lambda: state(node) == "leader")
     after = server.status(addr("server", node))
     assert after["current_term"] >= before["current_term"]
