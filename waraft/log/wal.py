@@ -12,7 +12,8 @@ is acknowledged before it is on disk. Open file descriptors per node: the active
 directory and a lock file, independent of the number of partitions.
 
 Each partition keeps its live entries in memory (``MemoryLog``); memory is bounded by log
-rotation (``trim``), as with the in-memory provider.
+rotation (``trim``), as with the in-memory provider, per partition and node-wide (the
+partitions share one ``waraft.log.budget.RetentionPool``).
 
 File format
 -----------
@@ -63,6 +64,7 @@ from typing import Any, ClassVar, Final, Self
 
 from waraft.core.settings import Settings
 from waraft.core.types import Entry, LogPos, Priority
+from waraft.log.budget import RetentionPool
 from waraft.log.memory import MemoryLog, _Run
 from waraft.log.provider import (
     FSYNC_METRIC,
@@ -659,6 +661,8 @@ class WalLog(MemoryLog):
         """Install the recovered log (called by the writer from ``attach``)."""
         self._run = _Run(first, entries, [len(packb(e)) for e in entries])
         self._configs = [first + i for i, e in enumerate(entries) if is_config_entry(e)]
+        with self._lock:
+            self._report()
 
     @classmethod
     def open(
@@ -682,6 +686,11 @@ class WalLog(MemoryLog):
             marker = os.path.join(path, MARKER)
             fresh = not os.path.exists(marker)
             log = cls(writer, os.path.basename(path), fresh)
+            if settings is not None:
+                # The node-wide retained-bytes budget: shared with every partition whose
+                # directory has the same parent (the WAL's node), whatever their provider.
+                pool = RetentionPool.for_root(os.path.dirname(path))
+                log.join_pool(pool, settings.raft_node_max_retained_bytes)
             if fresh:
                 # The partition directory is new or was wiped (moved away to be rebuilt by a
                 # snapshot): the WAL's log of it, if any, is reset; then the marker is made.
@@ -783,6 +792,7 @@ class WalLog(MemoryLog):
                 return
             self._closed = True
             run = self._run
+        self._leave_pool()
         # Outside our lock: rotation takes the registry lock, then a log's lock.
         self._writer.unregister(self._key, (run.first, list(run.entries)))
         self._writer.release()
