@@ -89,6 +89,7 @@ MARKER: Final = "wal-log"
 MAX_PAYLOAD: Final = 1 << 30
 DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
+"""The most of a batch joined into one string for one ``os.write`` (still one fsync a batch)."""
 
 STALL_BACKOFF_MIN: Final = 0.1
 STALL_BACKOFF_MAX: Final = 2.0
@@ -550,24 +551,35 @@ class WalWriter:
                 raise _WriteFailed(exc) from exc
             self._old.append(previous)
             self._rotate()
-        data = b"".join(batch)
-        view = memoryview(data)
+        total = 0
         try:
             fault = WalWriter.fault
             if fault is not None:
                 injected = fault(self.directory)
                 if injected is not None:
                     raise injected
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            # Joined and written a few MiB at a time, not as one string: a rotation queues the
+            # checkpoint of every partition's live log (up to the node's retained-bytes budget)
+            # and one join would hold a second copy of all of it at once (an RSS peak).
+            chunk: list[bytes] = []
+            size = 0
+            for record in batch:
+                chunk.append(record)
+                size += len(record)
+                if size >= DEFAULT_MAX_BATCH_BYTES:
+                    self._write_out(b"".join(chunk))
+                    total += size
+                    chunk, size = [], 0
+            if chunk:
+                self._write_out(b"".join(chunk))
+                total += size
         except OSError as exc:
             try:
                 os.ftruncate(self._fd, self._size)
             except OSError:
                 raise exc from None  # cannot cut back: the writer is broken
             raise _WriteFailed(exc) from exc
-        self._size += len(data)
+        self._size += total
         started = time.perf_counter()
         os.fdatasync(self._fd)
         self.fsync_latency.observe(time.perf_counter() - started)
@@ -577,6 +589,11 @@ class WalWriter:
         for key, pin in pins:
             if pin >= 0 and pin > table.get(key, -1):
                 table[key] = pin
+
+    def _write_out(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def _rotate(self) -> None:
         """Called once the next file is open (``_old`` holds the previous one): checkpoint
