@@ -52,7 +52,7 @@ def measure(count: int) -> None:
                 heap = (tracemalloc.get_traced_memory()[0] - before) / count
             finally:
                 tracemalloc.stop()
-            estimate = log.byte_size() / len(log._run.entries)
+            estimate = log.byte_size() / int(log.status()["entries"])
             encoded = estimate - ENTRY_MEMORY_OVERHEAD
             print(
                 f"{name:12s} {size:6d} {heap:10.0f} {encoded:8.0f} {estimate:8.0f} "

@@ -40,9 +40,9 @@ ENTRY_MEMORY_OVERHEAD = 450
 """Bytes of Python objects per held entry beyond its encoded size: the ``Entry`` tuple, its key
 and command tuples, their strings and ints, the bytes object's header, the entry's size and
 the list slots. Measured with tracemalloc on entries decoded as a follower receives them and
-held by this provider (``benchmarks/MEMORY.md``, "What a retained entry costs"): 370-510 bytes
+held by this provider (``benchmarks/MEMORY.md``, "What a retained entry costs"): 360-500 bytes
 beyond the encoded size for 100 B and 1000 B values, one write or a ``$batch``; so the estimate
-(encoded + 450) is within 0.95-1.2 of the heap it stands for (it errs high: it bounds memory)."""
+(encoded + 450) is within 0.95-1.2 of the heap it stands for, erring high more often than low."""
 
 
 class _Run:
