@@ -22,6 +22,7 @@ from waraft.core.effects import (
     TruncateLog,
 )
 from waraft.core.events import Event, SnapshotOpened, Timeout
+from waraft.core.log import combined_budget
 from waraft.core.rpc import Payload, RaftRpc
 from waraft.core.server import RaftCore
 from waraft.core.settings import Settings
@@ -60,6 +61,7 @@ class FakeLog:
         self.items: list[Entry] = [Entry(base.term)]
         self.items.extend(entries)
         self.refuse_appends = False
+        self.node_share = 0  # the partition's share of a node-wide budget (0: none)
         self.trims: list[int] = []
         self._config: tuple[int, Config] | None = None
         self._scanned = -1
@@ -109,6 +111,9 @@ class FakeLog:
 
     def can_append(self, count: int, priority: Priority) -> bool:
         return not self.refuse_appends
+
+    def retained_budget(self, max_bytes: int) -> int:
+        return combined_budget(max_bytes, self.node_share)
 
     def retained_from(self, index: int, max_bytes: int) -> int:
         index = min(index, self.last_index())

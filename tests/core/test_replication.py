@@ -562,6 +562,30 @@ def test_rotation_by_bytes_never_trims_unapplied_entries() -> None:
     assert node.log.first_index() == 5  # the last applied entry alone exceeds the budget
 
 
+def test_rotation_by_bytes_uses_the_node_share_and_a_lagging_follower_gets_a_snapshot() -> None:
+    # No byte bound of the partition's own: the provider's share of the node's budget (the
+    # other partitions of the node hold the rest) is what trims.
+    s = settings(raft_commit_batch_interval_ms=0, raft_max_retained_bytes=0)
+    node = make_leader(settings=s)
+    node.log.node_share = 5000
+    node.handle(_big_commits(8, 1000), now=1)
+    node.rpc(N2, AppendEntriesResponse(2, True, 10, 10), now=2)
+    assert node.core.last_applied == 10
+    first = node.log.first_index()
+    assert first > 2, "the node share did not trim"
+    kept = sum(entry_size(node.log.get(i)) for i in range(first, 11))  # type: ignore[arg-type]
+    assert kept <= 5000 * 3 // 4
+    # n3 never acknowledged anything past the noop: what it needs is gone, so a snapshot
+    fx = node.rpc(N3, AppendEntriesResponse(2, False, 1, 1), now=3)
+    assert RequestSnapshot(N3, False) in fx
+    # the smaller of the two bounds applies: a partition bound above the share changes nothing
+    node2 = make_leader(settings=s.with_overrides(raft_max_retained_bytes=50_000))
+    node2.log.node_share = 5000
+    node2.handle(_big_commits(8, 1000), now=1)
+    node2.rpc(N2, AppendEntriesResponse(2, True, 10, 10), now=2)
+    assert node2.log.first_index() == first
+
+
 def test_sent_size_is_remembered_only_for_the_same_entries() -> None:
     # One round sends every member the same entries: their size is estimated once. A witness
     # is sent stubs of them, and after a new term the same indices hold other entries.

@@ -323,3 +323,31 @@ def test_a_scheduled_process_waiting_for_an_fsync_yields_its_scheduler(
     _crash(log)
     log = WalLog.open(root / "kv.1")
     assert log.entries(1, 2, 100, 1 << 30) == _entries(1, 1) + _entries(2, 1)
+
+
+def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> None:
+    """A rotation queues every partition's checkpoint at once; writing that batch must not
+    join it into one string (a second copy of the node's whole retained log in memory)."""
+    import tracemalloc
+
+    from waraft.log import wal
+
+    writer = WalWriter.acquire(str(root / "wal"))
+    try:
+        value = b"x" * (1 << 20)
+        batch = [wal._record(("c", f"p{i}", 1, [(1, None, value, None)])) for i in range(32)]
+        size = writer._size
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            writer._write(batch, [])
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+        assert writer._size == size + sum(len(r) for r in batch)
+        assert peak < wal.DEFAULT_MAX_BATCH_BYTES + (2 << 20)  # a chunk, not the 32 MiB batch
+        with open(writer._path, "rb") as f:
+            data = f.read()
+        assert data[size:] == b"".join(batch)
+    finally:
+        writer.release()

@@ -272,7 +272,9 @@ def add_parser(sub: Any) -> None:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="a waraft.env setting (repeatable), e.g. raft_election_timeout_ms=500",
+        help="a waraft.env setting (repeatable), e.g. raft_election_timeout_ms=500; the "
+        "memory bounds (README, 'Memory and disk bounds') include "
+        "raft_node_max_retained_bytes (default 64 MiB: the log all partitions keep)",
     )
     p.add_argument(
         "--allow-fault-injection",

@@ -56,6 +56,16 @@ def approx_size(entry: Entry) -> int:
     return _ENTRY_OVERHEAD + approx_command_size(entry.command)
 
 
+def combined_budget(own: int, share: int) -> int:
+    """A partition's retained-bytes budget from its own bound and its share of a node-wide
+    one, where 0 means "no bound": the smaller of the bounds that are set (0 if neither is)."""
+    if own <= 0:
+        return max(share, 0)
+    if share <= 0:
+        return own
+    return min(own, share)
+
+
 class LogOverlay:
     """Read access to the log as of the current step (see the module docstring)."""
 
@@ -190,6 +200,10 @@ class LogOverlay:
             return first
         found = self.view.retained_from(min(index, self._base_last), max_bytes)
         return max(first, found)
+
+    def retained_budget(self, max_bytes: int) -> int:
+        """``LogView.retained_budget``: the provider's answer (a node-wide share)."""
+        return self.view.retained_budget(max_bytes)
 
     def config(self) -> tuple[int, Config] | None:
         """The newest config entry still in the visible log."""

@@ -38,6 +38,12 @@ class LogView(Protocol):
       (``index`` itself when that entry alone is larger; ``first_index()`` when everything up
       to ``index`` fits). Byte-based rotation (``raft_max_retained_bytes``) trims below it; a
       provider answers cheaply while the whole log fits.
+    * ``retained_budget(max_bytes)`` is how many bytes of entries this partition may keep now,
+      given its own bound ``max_bytes`` (``raft_max_retained_bytes``; 0 = none): ``max_bytes``
+      itself, or less when the provider shares a node-wide budget among the partitions of its
+      node (``raft_node_max_retained_bytes``) and this partition's share is smaller. 0 means no
+      bound at all. It may change between calls (other partitions grow and shrink) and must be
+      cheap: it is asked once per applied batch.
     """
 
     def first_index(self) -> int: ...
@@ -55,6 +61,8 @@ class LogView(Protocol):
     def can_append(self, count: int, priority: Priority) -> bool: ...
 
     def retained_from(self, index: int, max_bytes: int) -> int: ...
+
+    def retained_budget(self, max_bytes: int) -> int: ...
 
 
 class QueueView(Protocol):

@@ -292,12 +292,14 @@ def _sent_size(core: Replica, prev_index: int, entries: list[Entry], witness: bo
 
 def _byte_floor(core: Replica, applied: int) -> int:
     """Where byte-based rotation trims to (0: nowhere): once the applied entries the log
-    holds exceed ``raft_max_retained_bytes``, below the newest ones that fit in three
-    quarters of it, so trims come in batches rather than one per apply."""
-    limit = core.settings.raft_max_retained_bytes
+    holds exceed the partition's budget, below the newest ones that fit in three quarters
+    of it, so trims come in batches rather than one per apply. The budget is
+    ``raft_max_retained_bytes`` lowered to the partition's share of the node-wide
+    ``raft_node_max_retained_bytes`` (the provider knows the node's other partitions)."""
+    log = core.log
+    limit = log.retained_budget(core.settings.raft_max_retained_bytes)
     if limit <= 0:
         return 0
-    log = core.log
     if log.retained_from(applied, limit) <= log.first_index():
         return 0
     return log.retained_from(applied, limit - limit // 4)

@@ -56,11 +56,20 @@ class Settings:
     raft_max_log_records: int | None = None  # None means raft_max_log_records_per_file * 10
     # Not WARaft knobs (issue 14), byte bounds on the log. ``raft_max_retained_bytes``: bytes
     # of applied entries a replica keeps (the in-memory and WAL providers count memory: encoded
-    # size plus ~200 per entry; the disk log counts disk); beyond it rotation trims (to 3/4),
+    # size plus ~450 per entry; the disk log counts disk); beyond it rotation trims (to 3/4),
     # even below a lagging follower's match index, as ``raft_max_retained_entries`` does (that
     # follower then gets a snapshot). 0 = no byte bound. ``raft_max_log_bytes_per_file``: the
     # size at which the disk log starts a new segment and the node's WAL a new file.
     raft_max_retained_bytes: int = 8 * 1024 * 1024
+    # Not a WARaft knob (issue 14): bytes of log entries ALL the partitions of a node may keep
+    # together (the in-memory and WAL providers count memory, as above). Each partition may
+    # keep the larger of an equal share (this / partitions open) and what the others leave
+    # unused, and never more than ``raft_max_retained_bytes``; past it rotation trims as above,
+    # so a node's retained log does not grow with its partition count. 64 MiB: an eighth of
+    # the 512 MiB per node the issue targets (the rest is the interpreter, queues, LMDB's map
+    # and allocator slack); at 64 partitions 1 MiB each, about 700 entries of 1 kB, far more
+    # than a healthy follower lags. 0 = no node-wide bound.
+    raft_node_max_retained_bytes: int = 64 * 1024 * 1024
     raft_max_log_bytes_per_file: int = 64 * 1024 * 1024
     raft_rotate_by_trim_index: bool = False
     raft_log_heartbeat_binary_entries: bool = False

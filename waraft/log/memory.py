@@ -19,8 +19,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
+from waraft.core.log import combined_budget
 from waraft.core.settings import Settings
 from waraft.core.types import Config, Entry, LogPos, Priority
+from waraft.log.budget import RetentionPool
 from waraft.log.provider import (
     A,
     FoldFn,
@@ -34,9 +36,13 @@ from waraft.services.codec import packb
 
 logger = logging.getLogger(__name__)
 
-ENTRY_MEMORY_OVERHEAD = 200
-"""Bytes of Python objects per held entry beyond its encoded size (an ``Entry``, its command
-tuple and its size: measured ~180 with tracemalloc for a four-item write command)."""
+ENTRY_MEMORY_OVERHEAD = 450
+"""Bytes of Python objects per held entry beyond its encoded size: the ``Entry`` tuple, its key
+and command tuples, their strings and ints, the bytes object's header, the entry's size and
+the list slots. Measured with tracemalloc on entries decoded as a follower receives them and
+held by this provider (``benchmarks/MEMORY.md``, "What a retained entry costs"): 360-500 bytes
+beyond the encoded size for 100 B and 1000 B values, one write or a ``$batch``; so the estimate
+(encoded + 450) is within 0.95-1.2 of the heap it stands for, erring high more often than low."""
 
 
 class _Run:
@@ -65,6 +71,36 @@ class MemoryLog(LogProvider):
         self._run = _Run(0, [base], [len(packb(base))])
         self._configs: list[int] = []  # ascending indices of config entries (writer-owned)
         self._lock = threading.Lock()
+        self._pool: RetentionPool | None = None  # the node's retained-bytes budget
+        self._pooled = 0  # bytes last reported to the pool
+
+    def join_pool(self, pool: RetentionPool, budget: int) -> None:
+        """Share ``pool`` (the node's ``raft_node_max_retained_bytes``, ``budget``) with the
+        other partitions of the node: report this log's bytes to it from now on."""
+        with self._lock:
+            if self._pool is not None:
+                return
+            self._pool = pool
+            pool.join(budget)
+            self._report()
+
+    def _report(self) -> None:
+        """Under ``_lock`` after a change: tell the pool how much the held bytes moved."""
+        pool = self._pool
+        if pool is None:
+            return
+        held = self.byte_size()
+        delta = held - self._pooled
+        if delta:
+            self._pooled = held
+            pool.change(delta)
+
+    def _leave_pool(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.leave(self._pooled)
+                self._pooled = 0
 
     @classmethod
     def open(
@@ -73,11 +109,17 @@ class MemoryLog(LogProvider):
         settings: Settings | None = None,
         **options: Any,
     ) -> Self:
-        """A fresh, empty-but-for-the-base-entry log; ``path`` and ``settings`` are unused."""
-        return cls()
+        """A fresh, empty-but-for-the-base-entry log. With ``settings``, it shares the
+        node-wide retained-bytes budget with the other logs under ``path``'s parent directory
+        (the node's ``<raft_database>``; every log with no ``path`` shares one pool)."""
+        log = cls()
+        if settings is not None:
+            root = os.path.dirname(os.path.abspath(os.fspath(path))) if path is not None else ""
+            log.join_pool(RetentionPool.for_root(root), settings.raft_node_max_retained_bytes)
+        return log
 
     def close(self) -> None:
-        pass
+        self._leave_pool()
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -159,6 +201,14 @@ class MemoryLog(LogProvider):
             run.sizes, 0, hi, run.total, max_bytes, ENTRY_MEMORY_OVERHEAD
         )
 
+    def retained_budget(self, max_bytes: int) -> int:
+        """``LogView.retained_budget``: ``max_bytes`` lowered to this log's share of the node's
+        pool (``waraft.log.budget``), when it has joined one."""
+        pool = self._pool
+        if pool is None:
+            return max_bytes
+        return combined_budget(max_bytes, pool.share(self._pooled))
+
     def byte_size(self) -> int:
         """Estimated memory held by the entries: encoded sizes plus the per-entry overhead."""
         run = self._run
@@ -184,6 +234,7 @@ class MemoryLog(LogProvider):
             run.total += sum(sizes)
             if configs:
                 self._configs.extend(configs)
+            self._report()
 
     def truncate(self, index: int) -> None:
         with self._lock:
@@ -201,6 +252,7 @@ class MemoryLog(LogProvider):
             configs = self._configs
             while configs and configs[-1] >= index:
                 configs.pop()
+            self._report()
 
     def reset(self, position: LogPos) -> None:
         if position.index < 0 or position.term < 0:
@@ -209,6 +261,7 @@ class MemoryLog(LogProvider):
         with self._lock:
             self._run = _Run(position.index, [base], [len(packb(base))])
             self._configs = []
+            self._report()
 
     def trim(self, index: int) -> None:
         with self._lock:
@@ -222,6 +275,7 @@ class MemoryLog(LogProvider):
             self._run = _Run(run.first + cut, run.entries[cut:], run.sizes[cut:])
             first = run.first + cut
             self._configs = [i for i in self._configs if i >= first]
+            self._report()
 
     def sync(self) -> None:
         pass
@@ -230,6 +284,10 @@ class MemoryLog(LogProvider):
         status = super().status()
         status["entries"] = len(self._run.entries)
         status["bytes"] = self.byte_size()
+        pool = self._pool
+        if pool is not None:
+            status["node_retained_bytes"] = pool.held
+            status["node_retained_budget"] = pool.budget
         return status
 
 

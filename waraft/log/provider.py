@@ -149,6 +149,11 @@ class LogProvider(ABC):
         ``first_index()``): the providers of this package override it."""
         return self.first_index()
 
+    def retained_budget(self, max_bytes: int) -> int:
+        """``LogView.retained_budget``. This default shares no node-wide budget (it answers
+        ``max_bytes``); the in-memory and WAL providers override it."""
+        return max_bytes
+
     # -- writes -------------------------------------------------------------------------------
 
     @abstractmethod

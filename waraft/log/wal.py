@@ -12,7 +12,8 @@ is acknowledged before it is on disk. Open file descriptors per node: the active
 directory and a lock file, independent of the number of partitions.
 
 Each partition keeps its live entries in memory (``MemoryLog``); memory is bounded by log
-rotation (``trim``), as with the in-memory provider.
+rotation (``trim``), as with the in-memory provider, per partition and node-wide (the
+partitions share one ``waraft.log.budget.RetentionPool``).
 
 File format
 -----------
@@ -63,6 +64,7 @@ from typing import Any, ClassVar, Final, Self
 
 from waraft.core.settings import Settings
 from waraft.core.types import Entry, LogPos, Priority
+from waraft.log.budget import RetentionPool
 from waraft.log.memory import MemoryLog, _Run
 from waraft.log.provider import (
     FSYNC_METRIC,
@@ -87,6 +89,7 @@ MARKER: Final = "wal-log"
 MAX_PAYLOAD: Final = 1 << 30
 DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
+"""The most of a batch joined into one string for one ``os.write`` (still one fsync a batch)."""
 
 STALL_BACKOFF_MIN: Final = 0.1
 STALL_BACKOFF_MAX: Final = 2.0
@@ -548,24 +551,35 @@ class WalWriter:
                 raise _WriteFailed(exc) from exc
             self._old.append(previous)
             self._rotate()
-        data = b"".join(batch)
-        view = memoryview(data)
+        total = 0
         try:
             fault = WalWriter.fault
             if fault is not None:
                 injected = fault(self.directory)
                 if injected is not None:
                     raise injected
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            # Joined and written a few MiB at a time, not as one string: a rotation queues the
+            # checkpoint of every partition's live log (up to the node's retained-bytes budget)
+            # and one join would hold a second copy of all of it at once (an RSS peak).
+            chunk: list[bytes] = []
+            size = 0
+            for record in batch:
+                chunk.append(record)
+                size += len(record)
+                if size >= DEFAULT_MAX_BATCH_BYTES:
+                    self._write_out(b"".join(chunk))
+                    total += size
+                    chunk, size = [], 0
+            if chunk:
+                self._write_out(b"".join(chunk))
+                total += size
         except OSError as exc:
             try:
                 os.ftruncate(self._fd, self._size)
             except OSError:
                 raise exc from None  # cannot cut back: the writer is broken
             raise _WriteFailed(exc) from exc
-        self._size += len(data)
+        self._size += total
         started = time.perf_counter()
         os.fdatasync(self._fd)
         self.fsync_latency.observe(time.perf_counter() - started)
@@ -575,6 +589,11 @@ class WalWriter:
         for key, pin in pins:
             if pin >= 0 and pin > table.get(key, -1):
                 table[key] = pin
+
+    def _write_out(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def _rotate(self) -> None:
         """Called once the next file is open (``_old`` holds the previous one): checkpoint
@@ -659,6 +678,8 @@ class WalLog(MemoryLog):
         """Install the recovered log (called by the writer from ``attach``)."""
         self._run = _Run(first, entries, [len(packb(e)) for e in entries])
         self._configs = [first + i for i, e in enumerate(entries) if is_config_entry(e)]
+        with self._lock:
+            self._report()
 
     @classmethod
     def open(
@@ -682,6 +703,11 @@ class WalLog(MemoryLog):
             marker = os.path.join(path, MARKER)
             fresh = not os.path.exists(marker)
             log = cls(writer, os.path.basename(path), fresh)
+            if settings is not None:
+                # The node-wide retained-bytes budget: shared with every partition whose
+                # directory has the same parent (the WAL's node), whatever their provider.
+                pool = RetentionPool.for_root(os.path.dirname(path))
+                log.join_pool(pool, settings.raft_node_max_retained_bytes)
             if fresh:
                 # The partition directory is new or was wiped (moved away to be rebuilt by a
                 # snapshot): the WAL's log of it, if any, is reset; then the marker is made.
@@ -783,6 +809,7 @@ class WalLog(MemoryLog):
                 return
             self._closed = True
             run = self._run
+        self._leave_pool()
         # Outside our lock: rotation takes the registry lock, then a log's lock.
         self._writer.unregister(self._key, (run.first, list(run.entries)))
         self._writer.release()

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from waraft.core.log import combined_budget
 from waraft.core.types import Config, Entry, LogPos, Priority, is_config_command
 
 
@@ -61,6 +62,9 @@ class MemoryLog:
         self._sizes: list[int] = []
         self._configs: list[int] = []  # indices of config entries, ascending
         self.refuse_append: Callable[[int, Priority], bool] | None = None
+        # The node-wide retained-bytes budget this replica's node gives it (0: none). A sim
+        # node holds one partition, so it is the whole ``raft_node_max_retained_bytes``.
+        self.node_share = 0
         self._reset(position)
 
     # -- LogView ---------------------------------------------------------------------------------
@@ -111,6 +115,9 @@ class MemoryLog:
         refuse = self.refuse_append
         return refuse is None or not refuse(count, priority)
 
+    def retained_budget(self, max_bytes: int) -> int:
+        return combined_budget(max_bytes, self.node_share)
+
     def retained_from(self, index: int, max_bytes: int) -> int:
         first = self._first
         index = min(index, self.last_index())
@@ -141,6 +148,7 @@ class MemoryLog:
         clone._sizes = list(self._sizes)
         clone._configs = list(self._configs)
         clone.refuse_append = self.refuse_append
+        clone.node_share = self.node_share
         return clone
 
     # -- mutations (the log effects) -------------------------------------------------------------

@@ -172,6 +172,7 @@ class SimNode:
         self.incarnation += 1
         self.up = True
         position = self.storage.position
+        self.log.node_share = self.settings.raft_node_max_retained_bytes
         self.log.open(position)
         try:
             self.core = sim.config.core_factory(
