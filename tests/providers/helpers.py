@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from waraft.core.types import Config, Entry, Identity
 from waraft.log.provider import LogProvider
@@ -22,3 +23,16 @@ def make_config(*members: Identity, witness: tuple[Identity, ...] = ()) -> Confi
 def writes(first_key: int, count: int, term: int = 1) -> list[Entry]:
     """``count`` small write entries keyed ``first_key, first_key + 1, ...``."""
     return [Entry(term, k, ("write", "t", k, k * 10)) for k in range(first_key, first_key + count)]
+
+
+def stop_wal_writers(under: Path) -> None:
+    """Stop and forget the node WAL writers a test left running under ``under`` (each
+    directory's writer is a process-wide singleton that would outlive the test)."""
+    from waraft.log.wal import WalWriter
+
+    with WalWriter._registry_lock:
+        leftover = [w for d, w in WalWriter._registry.items() if d.startswith(str(under))]
+        for writer in leftover:
+            WalWriter._registry.pop(writer.directory, None)
+    for writer in leftover:
+        writer.stop()

@@ -12,7 +12,9 @@ from waraft.core.settings import Settings
 from waraft.core.types import Entry, LogPos
 from waraft.log.budget import RetentionPool
 from waraft.log.memory import MemoryLog
-from waraft.log.wal import WalLog, WalWriter
+from waraft.log.wal import WalLog
+
+from .helpers import stop_wal_writers
 
 BUDGET = 100_000
 
@@ -24,12 +26,7 @@ def _entries(start: int, count: int, value: bytes = b"x" * 1000) -> list[Entry]:
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "db"
-    with WalWriter._registry_lock:
-        leftover = [w for d, w in WalWriter._registry.items() if d.startswith(str(tmp_path))]
-        for writer in leftover:
-            WalWriter._registry.pop(writer.directory, None)
-    for writer in leftover:
-        writer.stop()
+    stop_wal_writers(tmp_path)
 
 
 def _settings(budget: int = BUDGET) -> Settings:

@@ -17,6 +17,8 @@ from waraft.core.types import Entry, Priority
 from waraft.log.provider import LogCorruptionError, LogWriteError
 from waraft.log.wal import WalLog, WalWriter
 
+from .helpers import stop_wal_writers
+
 
 def _entries(start: int, count: int, term: int = 1) -> list[Entry]:
     return [Entry(term, f"k{i}", ("write", "t", f"k{i}", i)) for i in range(start, start + count)]
@@ -25,12 +27,7 @@ def _entries(start: int, count: int, term: int = 1) -> list[Entry]:
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
-    with WalWriter._registry_lock:
-        leftover = [w for d, w in WalWriter._registry.items() if d.startswith(str(tmp_path))]
-        for writer in leftover:
-            WalWriter._registry.pop(writer.directory, None)
-    for writer in leftover:
-        writer.stop()
+    stop_wal_writers(tmp_path)
 
 
 def _crash(log: WalLog) -> None:
