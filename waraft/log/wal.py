@@ -432,40 +432,44 @@ class WalWriter:
             return self._wait_scheduled(ticket, stalled_timeout)
         with self._cond:
             deadline: float | None = None
-            while self._synced < ticket:
-                if self.broken is not None:
-                    raise LogWriteError(errno.EIO, f"WAL {self.directory}: {self.broken}")
-                pause = 1.0
-                if stalled_timeout is not None and self.stalled is not None:
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + stalled_timeout
-                    if now >= deadline:
-                        return False
-                    pause = deadline - now
+            while True:
+                done, pause, deadline = self._check_wait(ticket, stalled_timeout, deadline)
+                if done is not None:
+                    return done
                 self._cond.wait(pause)
-            return True
 
     def _wait_scheduled(self, ticket: int, stalled_timeout: float | None) -> bool:
         """``wait`` for a scheduled process: same contract, on an ``otp.Event`` per try."""
         deadline: float | None = None
         while True:
             with self._cond:
-                if self._synced >= ticket:
-                    return True
-                if self.broken is not None:
-                    raise LogWriteError(errno.EIO, f"WAL {self.directory}: {self.broken}")
-                pause = 1.0  # a re-check bound, as the thread path's condition wait
-                if stalled_timeout is not None and self.stalled is not None:
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + stalled_timeout
-                    if now >= deadline:
-                        return False
-                    pause = deadline - now
+                done, pause, deadline = self._check_wait(ticket, stalled_timeout, deadline)
+                if done is not None:
+                    return done
                 event = Event()
                 self._events.append((ticket, event))
             event.wait(pause)
+
+    def _check_wait(
+        self, ticket: int, stalled_timeout: float | None, deadline: float | None
+    ) -> tuple[bool | None, float, float | None]:
+        """Under ``_cond``, one turn of ``wait``'s loop: ``(True, ..)`` once ``ticket`` is
+        durable, ``(False, ..)`` once stalled past ``stalled_timeout`` (counted from the first
+        turn that saw the stall: the returned deadline), else ``(None, pause, deadline)``:
+        wait at most ``pause`` seconds and check again. Raises if the writer broke."""
+        if self._synced >= ticket:
+            return True, 0.0, deadline
+        if self.broken is not None:
+            raise LogWriteError(errno.EIO, f"WAL {self.directory}: {self.broken}")
+        pause = 1.0  # a re-check bound
+        if stalled_timeout is not None and self.stalled is not None:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + stalled_timeout
+            if now >= deadline:
+                return False, 0.0, deadline
+            pause = deadline - now
+        return None, pause, deadline
 
     def _wake(self, synced: int | None = None) -> None:
         """Under ``_cond``: wake the scheduled waiters whose ticket is durable (``synced``), or
