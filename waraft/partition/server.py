@@ -97,7 +97,12 @@ def _now_ms() -> int:
 def _entry_size(entry: Any) -> int:
     """Apply-queue bytes of an entry: its command's estimated payload (strings and bytes
     inside tuples count, so ``raft_max_pending_apply_bytes`` bounds real writes) plus 16."""
-    return max(ENTRY_SIZE_ESTIMATE, 16 + command_bytes(entry.command))
+    return _apply_bytes(command_bytes(entry.command))
+
+
+def _apply_bytes(command_estimate: int) -> int:
+    """``_entry_size`` from the command's ``command_bytes`` (when the caller has it already)."""
+    return max(ENTRY_SIZE_ESTIMATE, 16 + command_estimate)
 
 
 STALLED_SYNC_WAIT = 0.05
@@ -444,7 +449,7 @@ class RaftServer(otp.StateMachine):
             for item in applies:
                 command = item.entry.command
                 estimate = command_bytes(command)
-                size += max(ENTRY_SIZE_ESTIMATE, 16 + estimate)  # _entry_size
+                size += _apply_bytes(estimate)
                 # The callers' commits move from the commit queue's byte budget to the apply
                 # queue's (config changes were admitted without bytes).
                 if item.reply_to is not None and not is_config_command(command):
