@@ -9,9 +9,9 @@
   cancelled is ignored. Re-arming for a deadline no earlier than the armed timer's keeps that
   timer and postpones it (``TimerRef.postpone``: the timer thread files it again instead of
   delivering); a firing that still comes before the newest deadline is armed again for the
-  rest. A process
-  that pushes its timeout back on every message (a follower's election timer on every
-  append) thus costs one timer per timeout period instead of a cancel and an arm per message.
+  rest. A process that pushes its timeout back on every message (a follower's election timer
+  on every append) thus costs one timer per timeout period instead of a cancel and an arm per
+  message.
   The timeout never fires before the newest deadline, and fires with the newest event.
 * ``next_event(event)`` queues an event that ``handle_next_event`` handles right after the
   current callback, before the next mailbox message, in FIFO order.

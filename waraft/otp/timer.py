@@ -148,6 +148,7 @@ class _CallbackRef(TimerRef):
 
 def _deliver(ref: TimerRef) -> None:
     from waraft.otp import process
+    from waraft.otp.node import _tls
 
     try:
         if type(ref) is _CallbackRef:
@@ -157,21 +158,14 @@ def _deliver(ref: TimerRef) -> None:
         else:
             # The node current by hand: Node.activate's generator context manager cost more
             # than the send at thousands of timers a second.
-            tls = _node_tls()
-            previous = tls.node
-            tls.node = ref._node
+            previous = _tls.node
+            _tls.node = ref._node
             try:
                 process.send(ref._target, ref._msg)
             finally:
-                tls.node = previous
+                _tls.node = previous
     except Exception:
         logger.exception("timer delivery to %r failed", ref._target)
-
-
-def _node_tls() -> Any:
-    from waraft.otp import node
-
-    return node._tls
 
 
 _service = _TimerService()
