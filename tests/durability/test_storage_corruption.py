@@ -103,6 +103,18 @@ def _lead(cluster: Cluster, index: int, partition: int) -> None:
     wait_until(leads, timeout=30)
 
 
+def _fill_and_find_the_keys_leader(
+    cluster: Cluster, client: Client
+) -> tuple[dict[str, Any], int, int]:
+    """``_fill``, then the partition of the precious value and the index of its leader, once
+    that leader applied every write."""
+    expected = _fill(client)
+    partition = partition_for(KEY, len(PARTITIONS))
+    leader, _ = wait_until(lambda: cluster.leader(partition), timeout=30)
+    wait_local_complete(leader, expected, len(PARTITIONS))
+    return expected, partition, cluster.index_of(leader)
+
+
 def _repaired(cluster: Cluster, index: int, expected: dict[str, Any], client: Client) -> None:
     node = cluster.nodes[index]
     wait_rejoined(cluster, index, expected)
@@ -119,12 +131,8 @@ def _repaired(cluster: Cluster, index: int, expected: dict[str, Any], client: Cl
 def test_damage_found_at_start_is_quarantined_and_repaired(cluster: Cluster) -> None:
     client = client_for(cluster.ids, len(PARTITIONS))
     try:
-        expected = _fill(client)
-        partition = partition_for(KEY, len(PARTITIONS))
-        leader, _ = wait_until(lambda: cluster.leader(partition), timeout=30)
-        victim = cluster.index_of(leader)
+        expected, partition, victim = _fill_and_find_the_keys_leader(cluster, client)
         node = cluster.nodes[victim]
-        wait_local_complete(leader, expected, len(PARTITIONS))
         node.kill()
         assert _flip_every_copy(_data_file(node), SECRET.encode()) >= 1
         cluster.start([victim])
@@ -150,12 +158,8 @@ def test_damage_found_at_start_is_quarantined_and_repaired(cluster: Cluster) -> 
 def test_damage_met_by_a_leaders_read_is_never_served(cluster: Cluster) -> None:
     client = client_for(cluster.ids, len(PARTITIONS))
     try:
-        expected = _fill(client)
-        partition = partition_for(KEY, len(PARTITIONS))
-        leader, _ = wait_until(lambda: cluster.leader(partition), timeout=30)
-        victim = cluster.index_of(leader)
+        expected, _, victim = _fill_and_find_the_keys_leader(cluster, client)
         node = cluster.nodes[victim]
-        wait_local_complete(leader, expected, len(PARTITIONS))
         assert _flip_every_copy(_data_file(node), SECRET.encode()) >= 1
         results = [client.read(KEY, ("read", TABLE, KEY)) for _ in range(20)]
         assert not any(_is_damaged(r) for r in results), results
