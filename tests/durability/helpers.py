@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import re
 import struct
+import sys
 import threading
 import time
+import traceback
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -108,9 +110,34 @@ class Writers:
             return dict(self.acked)
 
     def wait_for(self, more: int, timeout: float = 30.0) -> int:
-        """Wait until ``more`` further writes are acknowledged; returns the new count."""
+        """Wait until ``more`` further writes are acknowledged; returns the new count. On
+        timeout the failure says what this process's client and distribution node saw (the
+        writes are this process's, so that is where a stall shows)."""
         target = self.count() + more
-        return int(wait_until(lambda: self.count() >= target and self.count(), timeout=timeout))
+        try:
+            return int(wait_until(lambda: self.count() >= target and self.count(), timeout=timeout))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self._diagnosis()}") from None
+
+    def _diagnosis(self) -> str:
+        from waraft import distribution as dist
+
+        with self._lock:
+            errors = self.errors[-5:]
+        lines = [
+            f"acked {self.count()}, last errors {errors}",
+            f"client {self.client.stats()} leaders {self.client.leaders()}",
+        ]
+        if dist.is_started():
+            lines.append(f"dist stats {dist.stats()}")
+            lines.extend(f"peer {node} {state}" for node, state in sorted(dist.peers().items()))
+        frames = sys._current_frames()
+        for thread in threading.enumerate():
+            lines.append(f"thread {thread.name}")
+            frame = frames.get(thread.ident or 0)
+            if thread.name.startswith("dist:") and frame is not None:
+                lines.extend(traceback.format_stack(frame)[-4:])
+        return "\n".join(lines)
 
 
 # -- checks ----------------------------------------------------------------------------------------
