@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
+import zmq
 
 from waraft import distribution as dist
 from waraft import otp
+from waraft.distribution.liveness import Liveness
+from waraft.distribution.peers import Peer
 
 from .helpers import DOWN, PING, Child
 
@@ -102,3 +107,64 @@ def test_stop_fails_waiting_calls_with_nodedown(shared_child: Child) -> None:
     with pytest.raises(otp.ExitError) as info:
         shared_child.call("echo", 1)  # no router any more
     assert info.value.reason == ("nodedown", shared_child.node_id)
+
+
+def _wait(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.02)
+
+
+def test_the_liveness_thread_survives_a_failing_step(
+    monkeypatch: pytest.MonkeyPatch, shared_child: Child
+) -> None:
+    """A step of the liveness loop that raises must not end pings and down detection for
+    the life of the node (the node would answer nobody's pings and see nobody go down)."""
+    failures = {"left": 3}
+    real_check = Liveness._check
+
+    def failing_check(self: Liveness, now: float) -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise RuntimeError("injected")
+        real_check(self, now)
+
+    monkeypatch.setattr(Liveness, "_check", failing_check)
+    _start()
+    try:
+        assert shared_child.call("echo", 1) == 1
+        _wait(lambda: dist.stats().get("liveness_errors") == 3)
+        assert "dist:liveness" in _dist_threads()
+        # It goes on probing: the child gets pinged once this node stops hearing from it.
+        _wait(lambda: dist.peers()[shared_child.node_id]["pings"] > 0)
+    finally:
+        dist.stop()
+        otp.node.stop_all()
+
+
+def test_a_probe_that_cannot_be_opened_is_retried(
+    monkeypatch: pytest.MonkeyPatch, shared_child: Child
+) -> None:
+    """No socket for one peer's probe (e.g. the context's socket limit) is counted and tried
+    again on the next tick; the liveness thread goes on."""
+    failures = {"left": 2}
+    real_open = Liveness._open_probe
+
+    def failing_open(self: Liveness, peer: Peer) -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise zmq.ZMQError(errno.EMFILE)
+        real_open(self, peer)
+
+    monkeypatch.setattr(Liveness, "_open_probe", failing_open)
+    _start()
+    try:
+        assert shared_child.call("echo", 2) == 2
+        _wait(lambda: dist.peers()[shared_child.node_id]["pings"] > 0)
+        stats = dist.stats()
+        assert stats.get("probe_open_failed") == 2 and "liveness_errors" not in stats
+        assert "dist:liveness" in _dist_threads()
+    finally:
+        dist.stop()
+        otp.node.stop_all()

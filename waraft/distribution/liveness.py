@@ -85,6 +85,7 @@ class Liveness(threading.Thread):
             self._poller.register(zap, zmq.POLLIN)
         self._next_reap = 0.0
         self._probe_tags = 0
+        self._next_error_log = 0.0
         self.counts: dict[str, int] = {}
         dist.counters.add_dict(self.counts)
 
@@ -95,11 +96,34 @@ class Liveness(threading.Thread):
     def run(self) -> None:
         try:
             while not self._dist.stopping:
-                self._step()
-        except Exception:
-            logger.exception("distribution liveness loop crashed")
+                try:
+                    self._step()
+                except Exception:
+                    if self._dist.stopping:
+                        break
+                    # A failed step (say a socket the context refused) must not end pings
+                    # and down detection for every peer: the node would look alive to its
+                    # own code and dead to everyone else. Count it, say it, go on.
+                    self._failed_step()
         finally:
             self._close()
+
+    def _failed_step(self) -> None:
+        self._count("liveness_errors")
+        self._log_error(
+            "distribution liveness step failed (%d so far)",
+            self.counts["liveness_errors"],
+            exc_info=True,
+        )
+        time.sleep(TICK)
+
+    def _log_error(self, fmt: str, *args: object, exc_info: bool = False) -> None:
+        """Log an error at most once a second: a fault that repeats every tick must not
+        flood the log."""
+        now = time.monotonic()
+        if now >= self._next_error_log:
+            self._next_error_log = now + 1.0
+            logger.error(fmt, *args, exc_info=exc_info)
 
     def _step(self) -> None:
         for sock, _ in self._poller.poll(int(TICK * 1000)):
@@ -127,7 +151,13 @@ class Liveness(threading.Thread):
                 dist.outbound.close_peer(peer.node_id)
                 probe = None
             if probe is None:
-                self._open_probe(peer)
+                try:
+                    self._open_probe(peer)
+                except zmq.ZMQError as exc:
+                    # No socket for this peer now (e.g. the context's socket limit): the
+                    # other peers still get their pings; this one is tried again next tick.
+                    self._count("probe_open_failed")
+                    self._log_error("cannot open a probe to %s: %s", peer.node_id, exc)
                 continue
             state = peer.state
             if state is PeerState.CONNECTING:
@@ -176,15 +206,24 @@ class Liveness(threading.Thread):
         settings = dist.settings
         self._probe_tags += 1
         sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, f"{dist.node_id}/p{self._probe_tags}".encode())
-        sock.setsockopt(zmq.SNDHWM, _PROBE_HWM)
-        sock.setsockopt(zmq.RCVHWM, 1)
-        sock.setsockopt(zmq.RECONNECT_IVL, settings.reconnect_ivl_ms)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, settings.reconnect_ivl_max_ms)
-        apply_curve_client(sock, dist.curve, peer.node_id)
-        monitor = sock.get_monitor_socket(_PROBE_EVENTS)
-        sock.connect(peer.endpoint)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, f"{dist.node_id}/p{self._probe_tags}".encode())
+            sock.setsockopt(zmq.SNDHWM, _PROBE_HWM)
+            sock.setsockopt(zmq.RCVHWM, 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, settings.reconnect_ivl_ms)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, settings.reconnect_ivl_max_ms)
+            apply_curve_client(sock, dist.curve, peer.node_id)
+            monitor = sock.get_monitor_socket(_PROBE_EVENTS)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        try:
+            sock.connect(peer.endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            monitor.close(linger=0)
+            raise
         probe = _Probe(sock, monitor, peer)
         self._probes[peer.node_id] = probe
         self._by_monitor[monitor] = probe
