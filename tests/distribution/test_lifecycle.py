@@ -15,6 +15,7 @@ from waraft import distribution as dist
 from waraft import otp
 from waraft.distribution.liveness import Liveness
 from waraft.distribution.peers import Peer
+from waraft.distribution.settings import DistSettings
 
 from .helpers import DOWN, PING, Child
 
@@ -165,6 +166,39 @@ def test_a_probe_that_cannot_be_opened_is_retried(
         stats = dist.stats()
         assert stats.get("probe_open_failed") == 2 and "liveness_errors" not in stats
         assert "dist:liveness" in _dist_threads()
+    finally:
+        dist.stop()
+        otp.node.stop_all()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_forgetting_peers_that_keep_refusing_leaves_the_node_working(shared_child: Child) -> None:
+    """Peers on closed ports get probes whose connects are refused over and over (a monitor
+    event per retry); once they are forgotten, their probes are closed. Closing a probe's
+    monitor while libzmq can still write an event to it hangs the context's I/O thread, and
+    with it every socket of the node (seen as a cluster that nothing in this process could
+    reach any more). After eight rounds of 30 forgotten peers the node must still talk."""
+    settings = DistSettings(
+        ping_interval=PING,
+        down_after=DOWN,
+        connect_timeout=DOWN,
+        forget_after=0.2,
+        reconnect_ivl_ms=10,
+        reconnect_ivl_max_ms=10,
+    )
+    dist.start("cycle@127.0.0.1:0", settings=settings)
+    try:
+        assert shared_child.call("echo", 0) == 0
+        for round_ in range(1, 9):
+            for i in range(30):
+                dist.cast(("nobody", f"ghost{round_}x{i}@127.0.0.1:{_closed_port()}"), "hi")
+            _wait(lambda r=round_: dist.stats().get("peers_forgotten", 0) >= 30 * r, 20.0)
+            assert shared_child.call("echo", round_, timeout=5.0) == round_
     finally:
         dist.stop()
         otp.node.stop_all()

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 TICK = 0.05
 REAP_EVERY = 1.0
 _PROBE_HWM = 4  # a probe to a dead peer keeps a few pings queued, not thousands
+_ROUTER_STOP_WAIT = 1.0  # seconds the closing liveness thread waits for the receive thread
 
 _PROBE_EVENTS = (
     zmq.EVENT_CONNECTED
@@ -197,8 +198,7 @@ class Liveness(threading.Thread):
         del self._probes[node_id]
         self._by_monitor.pop(probe.monitor, None)
         self._poller.unregister(probe.monitor)
-        probe.sock.close(linger=0)
-        probe.monitor.close(linger=0)
+        _close_monitored(probe.sock, probe.monitor)
 
     # ------------------------------------------------------------------ probes
     def _open_probe(self, peer: Peer) -> None:
@@ -312,10 +312,34 @@ class Liveness(threading.Thread):
     # ------------------------------------------------------------------ shutdown
     def _close(self) -> None:
         for probe in self._probes.values():
-            probe.sock.close(linger=0)
-            probe.monitor.close(linger=0)
+            _close_monitored(probe.sock, probe.monitor)
         self._probes.clear()
         self._by_monitor.clear()
-        self._router_monitor.close(linger=0)
+        # The ROUTER's monitor is turned off by the receive thread (the ROUTER's owner) as
+        # it stops; closing this end before that could hang libzmq's I/O thread (see
+        # _close_monitored), so wait for it, and rather leak the socket than risk that.
+        receiver = self._dist.receiver
+        receiver.join(_ROUTER_STOP_WAIT)
+        if receiver.is_alive():
+            logger.error("the receive thread is still running: its monitor is left open")
+        else:
+            self._router_monitor.close(linger=0)
         if self._zap is not None:
             self._zap.close(linger=0)
+
+
+def _close_monitored(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
+    """Close ``sock`` and the PAIR its events arrive on, monitor mode first.
+
+    libzmq's I/O thread writes monitor events with a blocking send. Closing the PAIR while
+    the socket can still emit one (a retried connect, a disconnect while it is torn down)
+    leaves that send with no reader, and the I/O thread, which serves every socket of the
+    context, hangs for good: this node then neither sends nor receives anything while its
+    threads look healthy. Turning monitor mode off first stops the events at the source.
+    """
+    try:
+        sock.disable_monitor()
+    except zmq.ZMQError as exc:  # the context is terminating: nothing is written any more
+        logger.debug("could not turn off a monitor: %s", exc)
+    monitor.close(linger=0)
+    sock.close(linger=0)

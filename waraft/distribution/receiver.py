@@ -21,6 +21,7 @@ never holds up the socket.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -90,6 +91,10 @@ class Receiver(threading.Thread):
         except Exception:
             logger.exception("distribution receive loop crashed")
         finally:
+            # Monitor mode off before the liveness thread closes the PAIR its events go to
+            # (a blocking event send with no reader would hang libzmq's I/O thread).
+            with contextlib.suppress(zmq.ZMQError):  # the context is terminating
+                self._router.disable_monitor()
             self._router.close(linger=0)
 
     def _loop(self) -> None:

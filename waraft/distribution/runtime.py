@@ -151,7 +151,10 @@ class Dist:
             self.receiver = Receiver(self, router)
             self.liveness = Liveness(self, self._ctx, monitor, zap)
         except BaseException:
-            # Nothing runs yet: close what was opened so a failed start leaks nothing.
+            # Nothing runs yet: close what was opened so a failed start leaks nothing
+            # (monitor mode off first: see liveness._close_monitored).
+            if router is not None and monitor is not None:
+                router.disable_monitor()
             for sock in (monitor, router, zap):
                 if sock is not None:
                     sock.close(linger=0)
