@@ -202,3 +202,27 @@ def test_forgetting_peers_that_keep_refusing_leaves_the_node_working(shared_chil
     finally:
         dist.stop()
         otp.node.stop_all()
+
+
+def test_a_burst_of_connections_is_accounted_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Monitor events are taken all at once, not one per liveness step: libzmq's I/O thread
+    blocks once a monitor's queue is full, so anyone able to open TCP connections could
+    otherwise pace the node's sockets to the liveness loop. Each step is slowed to 20 ms
+    here; 150 connections must be counted in well under 150 steps."""
+    real_check = Liveness._check
+
+    def slow_check(self: Liveness, now: float) -> None:
+        time.sleep(0.02)
+        real_check(self, now)
+
+    monkeypatch.setattr(Liveness, "_check", slow_check)
+    node_id = _start()
+    try:
+        port = int(node_id.rpartition(":")[2])
+        for _ in range(150):
+            with socket.create_connection(("127.0.0.1", port), timeout=2.0):
+                pass
+        _wait(lambda: dist.stats().get("conn_accepted", 0) >= 150, timeout=1.5)
+    finally:
+        dist.stop()
+        otp.node.stop_all()

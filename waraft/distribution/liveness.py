@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 TICK = 0.05
 REAP_EVERY = 1.0
 _PROBE_HWM = 4  # a probe to a dead peer keeps a few pings queued, not thousands
+_MAX_EVENTS = 1024  # monitor events taken per socket per step (libzmq queues up to 1000)
 _ROUTER_STOP_WAIT = 1.0  # seconds the closing liveness thread waits for the receive thread
 
 _PROBE_EVENTS = (
@@ -245,37 +246,30 @@ class Liveness(threading.Thread):
         peer.pings += 1
 
     def _probe_event(self, probe: _Probe) -> None:
-        try:
-            event = parse_monitor_message(probe.monitor.recv_multipart(zmq.NOBLOCK))["event"]
-        except (zmq.Again, RuntimeError):
-            return
         peer = probe.peer
         dist = self._dist
-        faulted = peer.node_id in dist.fault_in() or peer.node_id in dist.fault_out()
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            if not faulted:
-                self._ping(probe, time.monotonic())
-        elif event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_DISCONNECTED):
-            # Refused or lost at the TCP level: the peer process is gone (or restarting).
-            dist.peers.set_state(peer, PeerState.DOWN)
-        elif event & _HANDSHAKE_FAILED:
-            self._count("probe_handshake_failed")
-            logger.warning("handshake with %s failed (%s)", peer.node_id, event)
-            dist.peers.set_state(peer, PeerState.DOWN)
+        for event in _drain_events(probe.monitor):
+            faulted = peer.node_id in dist.fault_in() or peer.node_id in dist.fault_out()
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if not faulted:
+                    self._ping(probe, time.monotonic())
+            elif event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_DISCONNECTED):
+                # Refused or lost at the TCP level: the peer process is gone (or restarting).
+                dist.peers.set_state(peer, PeerState.DOWN)
+            elif event & _HANDSHAKE_FAILED:
+                self._count("probe_handshake_failed")
+                logger.warning("handshake with %s failed (%s)", peer.node_id, event)
+                dist.peers.set_state(peer, PeerState.DOWN)
 
     # ------------------------------------------------------------------ router monitor, ZAP
     def _router_event(self) -> None:
-        try:
-            event = parse_monitor_message(self._router_monitor.recv_multipart(zmq.NOBLOCK))
-        except (zmq.Again, RuntimeError):
-            return
-        kind = event["event"]
-        if kind == zmq.EVENT_ACCEPTED:
-            self._count("conn_accepted")
-        elif kind == zmq.EVENT_DISCONNECTED:
-            self._count("conn_closed")
-        elif kind & _HANDSHAKE_FAILED:
-            self._count("handshake_failed")
+        for kind in _drain_events(self._router_monitor):
+            if kind == zmq.EVENT_ACCEPTED:
+                self._count("conn_accepted")
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._count("conn_closed")
+            elif kind & _HANDSHAKE_FAILED:
+                self._count("handshake_failed")
 
     def _authenticate(self) -> None:
         """Answer one ZAP request (RFC 27): CURVE clients whose key is allowed get 200."""
@@ -326,6 +320,27 @@ class Liveness(threading.Thread):
             self._router_monitor.close(linger=0)
         if self._zap is not None:
             self._zap.close(linger=0)
+
+
+def _drain_events(monitor: zmq.Socket[bytes]) -> list[int]:
+    """Every event waiting on ``monitor`` (at most ``_MAX_EVENTS`` at a time).
+
+    Taking them all at once, not one per tick, matters beyond promptness: libzmq's I/O thread
+    blocks once a monitor's queue is full, so a burst of connections (anyone can open TCP
+    connections to the ROUTER, before any authentication) would otherwise pace every socket
+    of the node to the liveness loop's rate.
+    """
+    events: list[int] = []
+    for _ in range(_MAX_EVENTS):
+        try:
+            message = monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        try:
+            events.append(int(parse_monitor_message(message)["event"]))
+        except (RuntimeError, ValueError, KeyError):
+            continue  # not a monitor message: nothing to act on
+    return events
 
 
 def _close_monitored(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
