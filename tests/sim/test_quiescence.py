@@ -308,3 +308,62 @@ def test_a_follower_woken_during_the_quiesce_round_is_asked_again() -> None:
     assert sim.run_until(lambda: _all_quiescent(sim), 3000), sim.describe()
     sim.run_for(10_000)
     assert {sim.term(n) for n in sim.node_ids} == {term}
+
+
+def _settled_cluster(seed: int, **overrides: object) -> tuple[Simulation, str]:
+    # A quiet period far beyond the test: the leader never quiesces, only settles.
+    settings = fast_settings(raft_quiesce_after_ms=60_000, **overrides)
+    sim = Simulation(nodes=3, seed=seed, settings=settings)
+    sim.bootstrap()
+    return sim, check_one_leader(sim, sim.node_ids)
+
+
+def _leader_sends(sim: Simulation, leader: str, ms: int) -> int:
+    before = sim.network.sent[leader]
+    sim.run_for(ms)
+    return sim.network.sent[leader] - before
+
+
+def test_a_settled_leader_heartbeats_slowly_before_it_may_quiesce() -> None:
+    """Once every follower holds, and was told the commit of, the whole log, heartbeats at
+    the full rate only cost CPU (about 20 rounds per command at 1000 busy partitions)."""
+    sim, leader = _settled_cluster(seed=21)
+    term = sim.term(leader)
+    lead = sim.core(leader)
+    slow = quiesce.slow_heartbeat_ms(lead)
+    lags = []
+    for i in range(5):
+        sim.run_for(300)  # settled before each write
+        call = sim.submit(leader, write(i))
+        assert sim.run_until(lambda c=call: c.done, 2000)  # the leader applied it
+        last, done = lead.log.last_index(), sim.now
+        assert sim.run_until(lambda i=last: all(sim.applied_index(n) >= i for n in sim.node_ids))
+        lags.append(sim.now - done)
+    # The followers learn the commit from the next round at the normal pace, not a slow
+    # round later (that would be up to 125 ms).
+    assert max(lags) <= lead.settings.raft_heartbeat_interval_ms + 10, lags
+    sent = _leader_sends(sim, leader, 5000)
+    assert 5000 // slow <= sent <= 2 * (5000 // slow + 2), sent  # full rate: 200
+    assert not lead.quiescent and sim.term(leader) == term
+    assert all(sim.state(n) is State.FOLLOWER for n in sim.node_ids if n != leader)
+    one(sim, write(9), 3)  # a commit still goes through at once, and wakes the full rate
+    assert sim.term(leader) == term
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"raft_leader_read_lease_ms": 400},  # a lease needs answers younger than itself
+        {"raft_quiesce_after_ms": 0},  # quiescence off: WARaft's rate
+    ],
+)
+def test_a_leader_keeps_the_full_rate_when_slow_rounds_would_cost_something(
+    overrides: dict[str, object],
+) -> None:
+    settings = fast_settings(**{"raft_quiesce_after_ms": 60_000, **overrides})
+    sim = Simulation(nodes=3, seed=22, settings=settings)
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    one(sim, write(1), 3)
+    sent = _leader_sends(sim, leader, 2000)
+    assert sent >= 60, sent  # about 70 (two peers, a round every 50-60 ms); slow: 32
