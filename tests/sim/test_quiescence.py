@@ -367,3 +367,28 @@ def test_a_leader_keeps_the_full_rate_when_slow_rounds_would_cost_something(
     one(sim, write(1), 3)
     sent = _leader_sends(sim, leader, 2000)
     assert sent >= 60, sent  # about 70 (two peers, a round every 50-60 ms); slow: 32
+
+
+def test_late_answers_to_a_settled_leader_do_not_start_rounds_of_their_own() -> None:
+    """An answer that comes back later than the heartbeat interval (a loaded node: at 1000
+    busy partitions a round trip took longer than 120 ms) used to start the next round at
+    once, so each round's answers started another one at the round-trip pace, whatever the
+    timer said. A settled leader leaves the next round to its timer."""
+    settings = fast_settings(
+        raft_quiesce_after_ms=60_000,
+        raft_election_timeout_ms=4000,
+        raft_election_timeout_ms_max=6000,
+    )
+    slow_net = NetConfig(min_delay_ms=70, max_delay_ms=80)  # answers after ~150 ms > 50 ms
+    sim = Simulation(nodes=3, seed=23, settings=settings, net=slow_net)
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    term = sim.term(leader)
+    one(sim, write(1), 3)
+    sim.run_for(2000)
+    slow = quiesce.slow_heartbeat_ms(sim.core(leader))
+    assert slow == 1000
+    sent = _leader_sends(sim, leader, 5000)
+    assert sent <= 2 * (5000 // slow + 2), sent  # a round per answer: about 66
+    assert sim.term(leader) == term
+    one(sim, write(2), 3)

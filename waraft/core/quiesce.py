@@ -293,6 +293,16 @@ def _slow_round(core: Replica) -> bool:
     return True
 
 
+def leaves_round_to_timer(core: Replica) -> bool:
+    """After a successful answer: whether the leader has nothing to send but liveness (idle
+    or settled), so that the next round is its heartbeat timer's to decide, however long ago
+    the last one left. ``replication.maybe_heartbeat`` starts a round at once when the last
+    one is older than the interval; under load, when a round trip takes longer than that
+    (seen at 1000 busy partitions per node), every round's answers started the next one and
+    a settled or idle leader heartbeated at the round-trip pace instead of its timer's."""
+    return enabled(core) and _leader_idle(core) != _BUSY
+
+
 def leader_round(core: Replica) -> bool:
     """At a heartbeat timeout: quiesce, send the quiesce round, hold a slow round back, or
     ``False`` for a normal round."""
