@@ -294,13 +294,36 @@ def _slow_round(core: Replica) -> bool:
 
 
 def leaves_round_to_timer(core: Replica) -> bool:
-    """After a successful answer: whether the leader has nothing to send but liveness (idle
-    or settled), so that the next round is its heartbeat timer's to decide, however long ago
-    the last one left. ``replication.maybe_heartbeat`` starts a round at once when the last
-    one is older than the interval; under load, when a round trip takes longer than that
-    (seen at 1000 busy partitions per node), every round's answers started the next one and
-    a settled or idle leader heartbeated at the round-trip pace instead of its timer's."""
-    return enabled(core) and _leader_idle(core) != _BUSY
+    """After a successful answer: whether a round now would carry nothing new (every live
+    participant was sent every entry and the commit index, no commit, read or handover
+    waits), so that the next round is the heartbeat timer's to decide however long ago the
+    last one left; the timer then sends a normal, slow or quiesce round (``leader_round``).
+
+    ``replication.maybe_heartbeat`` starts a round at once when the last one is older than
+    the interval (so that a stream of answers, each re-arming the timer, cannot starve it).
+    Under load, when a round trip takes longer than the interval (seen at 1000 busy
+    partitions per node), every round's answers started the next one, and a leader with
+    nothing to send heartbeated at the round-trip pace instead of its timer's. Only with
+    quiescence on: without it the leader keeps WARaft's behaviour."""
+    if not enabled(core):
+        return False
+    if core.handover is not None or core.pending_read or core.held_reads:
+        return False
+    if core.batch_deadline is not None or commit.has_pending_commits(core):
+        return False
+    last = core.log.last_index()
+    commit_index = core.commit_index
+    down = core.down_nodes
+    next_indices = core.next_indices
+    told = core.commit_sent
+    self_id = core.self_id
+    for peer in config.participants(core.current_config()):
+        node = peer.node
+        if peer == self_id or node in down:
+            continue
+        if next_indices.get(node, 0) <= last or told.get(node) != commit_index:
+            return False
+    return True
 
 
 def leader_round(core: Replica) -> bool:
