@@ -392,3 +392,33 @@ def test_late_answers_to_a_settled_leader_do_not_start_rounds_of_their_own() -> 
     assert sent <= 2 * (5000 // slow + 2), sent  # a round per answer: about 66
     assert sim.term(leader) == term
     one(sim, write(2), 3)
+
+
+def test_a_leader_awaiting_answers_sends_no_round_that_repeats_what_is_on_its_way() -> None:
+    """When a round trip is longer than the heartbeat interval, the timer fired while the
+    answers to a write's round were still on their way, and the leader sent a round with
+    nothing new in it, and another, until they came back. It now waits for them (or for the
+    slow interval, should one be lost): a write costs its round and the one that tells the
+    followers the commit index, at unchanged latency."""
+    settings = fast_settings(
+        raft_quiesce_after_ms=60_000,
+        raft_election_timeout_ms=4000,
+        raft_election_timeout_ms_max=6000,
+    )
+    slow_net = NetConfig(min_delay_ms=70, max_delay_ms=80)  # answers after ~150 ms > 50 ms
+    sim = Simulation(nodes=3, seed=24, settings=settings, net=slow_net)
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    sim.run_for(3000)
+    before = sim.network.sent[leader]
+    writes, latencies = 10, []
+    for i in range(writes):
+        call = sim.submit(leader, write(i))
+        start = sim.now
+        assert sim.run_until(lambda c=call: c.done, 5000)
+        latencies.append(sim.now - start)
+        sim.run_for(500)
+    per_write = (sim.network.sent[leader] - before) / writes
+    assert per_write <= 4.5, per_write  # two rounds to two peers; 8.4 with repeated rounds
+    assert max(latencies) <= 2 * 80 + 10, latencies  # one round trip, as before
+    assert_linearizable(sim)

@@ -304,8 +304,9 @@ def leaves_round_to_timer(core: Replica) -> bool:
     Under load, when a round trip takes longer than the interval (seen at 1000 busy
     partitions per node), every round's answers started the next one, and a leader with
     nothing to send heartbeated at the round-trip pace instead of its timer's. Only with
-    quiescence on: without it the leader keeps WARaft's behaviour."""
-    if not enabled(core):
+    quiescence on (without it the leader keeps WARaft's behaviour) and when slow rounds cost
+    nothing (``_may_settle``)."""
+    if not enabled(core) or not _may_settle(core):
         return False
     if core.handover is not None or core.pending_read or core.held_reads:
         return False
@@ -334,6 +335,12 @@ def leader_round(core: Replica) -> bool:
     idle = _leader_idle(core)
     if idle != _IDLE:
         core.quiesce_acks.clear()
+        if idle == _BUSY and leaves_round_to_timer(core):
+            # Everything went out and only answers are awaited (a round trip longer than
+            # the interval, under load): a round now would repeat what is on its way. Wait
+            # for the answers, or the slow interval if one was lost.
+            core.count("quiesce.leader.awaiting_answers")
+            return _slow_round(core)
         return idle != _BUSY and _slow_round(core)
     self_id = core.self_id
     peers = [p for p in config.participants(core.current_config()) if p != self_id]
