@@ -355,6 +355,9 @@ def test_a_settled_leader_heartbeats_slowly_before_it_may_quiesce() -> None:
     [
         {"raft_leader_read_lease_ms": 400},  # a lease needs answers younger than itself
         {"raft_quiesce_after_ms": 0},  # quiescence off: WARaft's rate
+        # a grace period two slow rounds (2 x 125 ms) do not fit in: followers would be
+        # published as not live between them
+        {"raft_liveness_grace_period_ms": 240},
     ],
 )
 def test_a_leader_keeps_the_full_rate_when_slow_rounds_would_cost_something(
@@ -378,6 +381,7 @@ def test_late_answers_to_a_settled_leader_do_not_start_rounds_of_their_own() -> 
         raft_quiesce_after_ms=60_000,
         raft_election_timeout_ms=4000,
         raft_election_timeout_ms_max=6000,
+        raft_liveness_grace_period_ms=3000,  # two slow rounds must fit in
     )
     slow_net = NetConfig(min_delay_ms=70, max_delay_ms=80)  # answers after ~150 ms > 50 ms
     sim = Simulation(nodes=3, seed=23, settings=settings, net=slow_net)
@@ -404,6 +408,7 @@ def test_a_leader_awaiting_answers_sends_no_round_that_repeats_what_is_on_its_wa
         raft_quiesce_after_ms=60_000,
         raft_election_timeout_ms=4000,
         raft_election_timeout_ms_max=6000,
+        raft_liveness_grace_period_ms=3000,  # two slow rounds must fit in
     )
     slow_net = NetConfig(min_delay_ms=70, max_delay_ms=80)  # answers after ~150 ms > 50 ms
     sim = Simulation(nodes=3, seed=24, settings=settings, net=slow_net)

@@ -251,15 +251,13 @@ def _leader_idle(core: Replica) -> int:
 
 def _may_settle(core: Replica) -> bool:
     """Whether slow heartbeats keep what the full rate would: no read lease (it needs answers
-    younger than ``raft_leader_read_lease_ms``), and with check-quorum a grace period that two
-    slow rounds fit in."""
+    younger than ``raft_leader_read_lease_ms``), and a liveness grace period that two slow
+    rounds fit in (check-quorum judges the leader by it, and the followers' published
+    ``live`` flag by when they last heard from the leader)."""
     settings = core.settings
     if settings.raft_leader_read_lease_ms > 0:
         return False
-    return (
-        not settings.raft_leader_check_quorum
-        or 2 * slow_heartbeat_ms(core) < settings.raft_liveness_grace_period_ms
-    )
+    return 2 * slow_heartbeat_ms(core) < settings.raft_liveness_grace_period_ms
 
 
 def slow_heartbeat_ms(core: Replica) -> int:
