@@ -308,3 +308,122 @@ def test_a_follower_woken_during_the_quiesce_round_is_asked_again() -> None:
     assert sim.run_until(lambda: _all_quiescent(sim), 3000), sim.describe()
     sim.run_for(10_000)
     assert {sim.term(n) for n in sim.node_ids} == {term}
+
+
+def _settled_cluster(seed: int, **overrides: object) -> tuple[Simulation, str]:
+    # A quiet period far beyond the test: the leader never quiesces, only settles.
+    settings = fast_settings(raft_quiesce_after_ms=60_000, **overrides)
+    sim = Simulation(nodes=3, seed=seed, settings=settings)
+    sim.bootstrap()
+    return sim, check_one_leader(sim, sim.node_ids)
+
+
+def _leader_sends(sim: Simulation, leader: str, ms: int) -> int:
+    before = sim.network.sent[leader]
+    sim.run_for(ms)
+    return sim.network.sent[leader] - before
+
+
+def test_a_settled_leader_heartbeats_slowly_before_it_may_quiesce() -> None:
+    """Once every follower holds, and was told the commit of, the whole log, heartbeats at
+    the full rate only cost CPU (about 20 rounds per command at 1000 busy partitions)."""
+    sim, leader = _settled_cluster(seed=21)
+    term = sim.term(leader)
+    lead = sim.core(leader)
+    slow = quiesce.slow_heartbeat_ms(lead)
+    lags = []
+    for i in range(5):
+        sim.run_for(300)  # settled before each write
+        call = sim.submit(leader, write(i))
+        assert sim.run_until(lambda c=call: c.done, 2000)  # the leader applied it
+        last, done = lead.log.last_index(), sim.now
+        assert sim.run_until(lambda i=last: all(sim.applied_index(n) >= i for n in sim.node_ids))
+        lags.append(sim.now - done)
+    # The followers learn the commit from the next round at the normal pace, not a slow
+    # round later (that would be up to 125 ms).
+    assert max(lags) <= lead.settings.raft_heartbeat_interval_ms + 10, lags
+    sent = _leader_sends(sim, leader, 5000)
+    assert 5000 // slow <= sent <= 2 * (5000 // slow + 2), sent  # full rate: 200
+    assert not lead.quiescent and sim.term(leader) == term
+    assert all(sim.state(n) is State.FOLLOWER for n in sim.node_ids if n != leader)
+    one(sim, write(9), 3)  # a commit still goes through at once, and wakes the full rate
+    assert sim.term(leader) == term
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"raft_leader_read_lease_ms": 400},  # a lease needs answers younger than itself
+        {"raft_quiesce_after_ms": 0},  # quiescence off: WARaft's rate
+        # a grace period two slow rounds (2 x 125 ms) do not fit in: followers would be
+        # published as not live between them
+        {"raft_liveness_grace_period_ms": 240},
+    ],
+)
+def test_a_leader_keeps_the_full_rate_when_slow_rounds_would_cost_something(
+    overrides: dict[str, object],
+) -> None:
+    settings = fast_settings(**{"raft_quiesce_after_ms": 60_000, **overrides})
+    sim = Simulation(nodes=3, seed=22, settings=settings)
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    one(sim, write(1), 3)
+    sent = _leader_sends(sim, leader, 2000)
+    assert sent >= 60, sent  # about 70 (two peers, a round every 50-60 ms); slow: 32
+
+
+def test_late_answers_to_a_settled_leader_do_not_start_rounds_of_their_own() -> None:
+    """An answer that comes back later than the heartbeat interval (a loaded node: at 1000
+    busy partitions a round trip took longer than 120 ms) used to start the next round at
+    once, so each round's answers started another one at the round-trip pace, whatever the
+    timer said. A settled leader leaves the next round to its timer."""
+    settings = fast_settings(
+        raft_quiesce_after_ms=60_000,
+        raft_election_timeout_ms=4000,
+        raft_election_timeout_ms_max=6000,
+        raft_liveness_grace_period_ms=3000,  # two slow rounds must fit in
+    )
+    slow_net = NetConfig(min_delay_ms=70, max_delay_ms=80)  # answers after ~150 ms > 50 ms
+    sim = Simulation(nodes=3, seed=23, settings=settings, net=slow_net)
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    term = sim.term(leader)
+    one(sim, write(1), 3)
+    sim.run_for(2000)
+    slow = quiesce.slow_heartbeat_ms(sim.core(leader))
+    assert slow == 1000
+    sent = _leader_sends(sim, leader, 5000)
+    assert sent <= 2 * (5000 // slow + 2), sent  # a round per answer: about 66
+    assert sim.term(leader) == term
+    one(sim, write(2), 3)
+
+
+def test_a_leader_awaiting_answers_sends_no_round_that_repeats_what_is_on_its_way() -> None:
+    """When a round trip is longer than the heartbeat interval, the timer fired while the
+    answers to a write's round were still on their way, and the leader sent a round with
+    nothing new in it, and another, until they came back. It now waits for them (or for the
+    slow interval, should one be lost): a write costs its round and the one that tells the
+    followers the commit index, at unchanged latency."""
+    settings = fast_settings(
+        raft_quiesce_after_ms=60_000,
+        raft_election_timeout_ms=4000,
+        raft_election_timeout_ms_max=6000,
+        raft_liveness_grace_period_ms=3000,  # two slow rounds must fit in
+    )
+    slow_net = NetConfig(min_delay_ms=70, max_delay_ms=80)  # answers after ~150 ms > 50 ms
+    sim = Simulation(nodes=3, seed=24, settings=settings, net=slow_net)
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    sim.run_for(3000)
+    before = sim.network.sent[leader]
+    writes, latencies = 10, []
+    for i in range(writes):
+        call = sim.submit(leader, write(i))
+        start = sim.now
+        assert sim.run_until(lambda c=call: c.done, 5000)
+        latencies.append(sim.now - start)
+        sim.run_for(500)
+    per_write = (sim.network.sent[leader] - before) / writes
+    assert per_write <= 4.5, per_write  # two rounds to two peers; 8.4 with repeated rounds
+    assert max(latencies) <= 2 * 80 + 10, latencies  # one round trip, as before
+    assert_linearizable(sim)

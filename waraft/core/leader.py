@@ -113,7 +113,10 @@ def on_append_success(core: Replica, sender: Identity, response: AppendEntriesRe
     quiesce.leader_ack(core, sender, response)
     replication.advance_commit_index(core)
     replication.leader_apply_log(core)
-    replication.maybe_heartbeat(core)
+    if quiesce.leaves_round_to_timer(core):
+        core.heartbeat_timeout()
+    else:
+        replication.maybe_heartbeat(core)
     replication.catch_up(core, sender)
 
 

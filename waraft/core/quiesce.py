@@ -12,6 +12,14 @@ it cancels its heartbeat timeout and sends nothing until woken. A leader that wo
 but for a participant on a node reported down stays awake and heartbeats every quarter of the
 minimum election timeout instead of every heartbeat interval (``slow_heartbeat_ms``).
 
+A *settled* leader heartbeats at that slow rate too, before its quiet period is over:
+everything is committed and applied, every participant holds the whole log and was sent the
+commit index, and no read lease needs fresh answers. Its heartbeats then only keep the
+followers' election timers from firing; the ones at the full rate only cost CPU (at 1000 busy
+partitions per node they were about 20 rounds per committed command). Any commit, read or
+lagging follower makes it busy again, and the next round goes out at once or at the normal
+interval.
+
 Follower side (``follower_ack``): a follower or witness that accepted a quiesce round holding
 the leader's whole log, with everything committed, and whose leader's node is reported up,
 goes quiescent: it cancels its election timeout and answers ``quiesced=True``.
@@ -207,6 +215,7 @@ def reset(core: Replica) -> None:
 _BUSY: Final = 0
 _IDLE: Final = 1
 _IDLE_PEER_DOWN: Final = 2  # idle, but a participant's node is reported down
+_SETTLED: Final = 3  # nothing to send but liveness, though not quiet long enough to quiesce
 
 
 def _leader_idle(core: Replica) -> int:
@@ -221,31 +230,48 @@ def _leader_idle(core: Replica) -> int:
         return _BUSY
     down = core.down_nodes
     match = core.match_indices
+    told = core.commit_sent
     self_id = core.self_id
     peer_down = False
+    settled = True
     for peer in config.participants(core.current_config()):
         if peer == self_id:
             continue
-        if peer.node in down:
+        node = peer.node
+        if node in down:
             peer_down = True
-        elif match.get(peer.node) != last:
+        elif match.get(node) != last:
             return _BUSY
+        elif told.get(node) != last:
+            settled = False  # one more round at the normal pace tells it the commit index
     if core.now - core.quiet_since < core.settings.raft_quiesce_after_ms:
-        return _BUSY
+        return _SETTLED if settled and _may_settle(core) else _BUSY
     return _IDLE_PEER_DOWN if peer_down else _IDLE
 
 
+def _may_settle(core: Replica) -> bool:
+    """Whether slow heartbeats keep what the full rate would: no read lease (it needs answers
+    younger than ``raft_leader_read_lease_ms``), and a liveness grace period that two slow
+    rounds fit in (check-quorum judges the leader by it, and the followers' published
+    ``live`` flag by when they last heard from the leader)."""
+    settings = core.settings
+    if settings.raft_leader_read_lease_ms > 0:
+        return False
+    return 2 * slow_heartbeat_ms(core) < settings.raft_liveness_grace_period_ms
+
+
 def slow_heartbeat_ms(core: Replica) -> int:
-    """The heartbeat interval of an idle leader that cannot quiesce because a participant's
-    node is down: a quarter of the minimum election timeout (never below the normal
-    interval), so its live followers' timers and leader stickiness still hold with a
-    heartbeat to spare."""
+    """The heartbeat interval of a settled leader, or of an idle one that cannot quiesce
+    because a participant's node is down: a quarter of the minimum election timeout (never
+    below the normal interval), so its live followers' timers and leader stickiness still
+    hold with a heartbeat to spare."""
     settings = core.settings
     return max(settings.raft_heartbeat_interval_ms, settings.raft_election_timeout_ms // 4)
 
 
 def _slow_round(core: Replica) -> bool:
-    """An idle leader with a down participant heartbeats every ``slow_heartbeat_ms``.
+    """A settled leader, and an idle one with a down participant, heartbeat every
+    ``slow_heartbeat_ms``.
 
     It stays awake (a quiescent leader would let its live followers forget it, and one of
     them would then vote for a node that only the leader cannot reach, breaking leader
@@ -265,6 +291,40 @@ def _slow_round(core: Replica) -> bool:
     return True
 
 
+def leaves_round_to_timer(core: Replica) -> bool:
+    """After a successful answer: whether a round now would carry nothing new (every live
+    participant was sent every entry and the commit index, no commit, read or handover
+    waits), so that the next round is the heartbeat timer's to decide however long ago the
+    last one left; the timer then sends a normal, slow or quiesce round (``leader_round``).
+
+    ``replication.maybe_heartbeat`` starts a round at once when the last one is older than
+    the interval (so that a stream of answers, each re-arming the timer, cannot starve it).
+    Under load, when a round trip takes longer than the interval (seen at 1000 busy
+    partitions per node), every round's answers started the next one, and a leader with
+    nothing to send heartbeated at the round-trip pace instead of its timer's. Only with
+    quiescence on (without it the leader keeps WARaft's behaviour) and when slow rounds cost
+    nothing (``_may_settle``)."""
+    if not enabled(core) or not _may_settle(core):
+        return False
+    if core.handover is not None or core.pending_read or core.held_reads:
+        return False
+    if core.batch_deadline is not None or commit.has_pending_commits(core):
+        return False
+    last = core.log.last_index()
+    commit_index = core.commit_index
+    down = core.down_nodes
+    next_indices = core.next_indices
+    told = core.commit_sent
+    self_id = core.self_id
+    for peer in config.participants(core.current_config()):
+        node = peer.node
+        if peer == self_id or node in down:
+            continue
+        if next_indices.get(node, 0) <= last or told.get(node) != commit_index:
+            return False
+    return True
+
+
 def leader_round(core: Replica) -> bool:
     """At a heartbeat timeout: quiesce, send the quiesce round, hold a slow round back, or
     ``False`` for a normal round."""
@@ -273,7 +333,13 @@ def leader_round(core: Replica) -> bool:
     idle = _leader_idle(core)
     if idle != _IDLE:
         core.quiesce_acks.clear()
-        return idle == _IDLE_PEER_DOWN and _slow_round(core)
+        if idle == _BUSY and leaves_round_to_timer(core):
+            # Everything went out and only answers are awaited (a round trip longer than
+            # the interval, under load): a round now would repeat what is on its way. Wait
+            # for the answers, or the slow interval if one was lost.
+            core.count("quiesce.leader.awaiting_answers")
+            return _slow_round(core)
+        return idle != _BUSY and _slow_round(core)
     self_id = core.self_id
     peers = [p for p in config.participants(core.current_config()) if p != self_id]
     acks = core.quiesce_acks

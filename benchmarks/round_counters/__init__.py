@@ -1,0 +1,1 @@
+"""Counting what a Raft round costs in a harness run (see ``sitecustomize``)."""
