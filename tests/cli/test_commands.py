@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,12 +65,23 @@ def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
-def test_status_prints_a_table_of_every_partition(cluster: Cluster, nodes: str) -> None:
+def _status_rows(nodes: str) -> list[list[str]]:
     done = waraft("status", "--nodes", nodes)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert _cells(lines[1])[:5] == ["NODE", "PARTITION", "STATE", "TERM", "LEADER"]
-    rows = [_cells(line) for line in lines[3:-1]]
+    assert _cells(lines[1])[9] == "LIVE"
+    return [_cells(line) for line in lines[3:-1]]
+
+
+def test_status_prints_a_table_of_every_partition(cluster: Cluster, nodes: str) -> None:
+    # A follower reports itself live once it has heard from its leader; right after the
+    # bootstrap, on a loaded machine, one may not have yet: ask again until all have.
+    deadline = time.monotonic() + 20
+    rows = _status_rows(nodes)
+    while not all(r[9] == "yes" for r in rows) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rows = _status_rows(nodes)
     assert len(rows) == 12
     assert {(r[0], r[1]) for r in rows} == {
         (n, f"kv.{p}") for n in cluster.ids for p in range(1, 5)
@@ -79,7 +91,7 @@ def test_status_prints_a_table_of_every_partition(cluster: Cluster, nodes: str) 
         leaders = [r for r in mine if r[2] == "leader"]
         assert len(leaders) == 1 and {r[4] for r in mine} == {leaders[0][0]}
         assert {r[2] for r in mine} == {"leader", "follower"}
-        assert all(r[9] == "yes" for r in mine)
+        assert all(r[9] == "yes" for r in mine), rows
 
 
 def test_status_json_and_unreachable_nodes(cluster: Cluster, nodes: str) -> None:
