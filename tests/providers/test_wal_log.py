@@ -15,7 +15,17 @@ import pytest
 from waraft import otp
 from waraft.core.types import Entry, Priority
 from waraft.log.provider import LogCorruptionError, LogWriteError
-from waraft.log.wal import WalLog, WalWriter
+from waraft.log.wal import (
+    WalLog,
+    WalWriter,
+    _append_prefix,
+    _append_record,
+    _raw,
+    _record,
+    _replay,
+    _scan,
+)
+from waraft.services.codec import packb
 
 from .helpers import stop_wal_writers
 
@@ -348,3 +358,21 @@ def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> Non
         assert data[size:] == b"".join(batch)
     finally:
         writer.release()
+
+
+@pytest.mark.parametrize("count", [1, 15, 16, 17, 65535, 65536])
+def test_an_append_record_built_from_packed_entries_is_the_plain_record(count: int) -> None:
+    """An append encodes each entry once and builds its record from those bytes: the record
+    must be the one ``_record`` writes (recovery decodes both alike), whatever the count (the
+    msgpack array header changes size at 16 and 65536 items)."""
+    entries = [
+        Entry(3, f"k{i}", ("write", "t", f"k{i}", "v" * (i % 7)), None if i % 2 else ("l", i))
+        for i in range(count)
+    ]
+    built = _append_record(_append_prefix("kv.7"), 1 << 33, [packb(e) for e in entries])
+    assert built == _record(("a", "kv.7", 1 << 33, _raw(entries)))
+    ops, bad_at, _ = _scan(built, 0)
+    assert bad_at == -1
+    logs: dict[str, tuple[int, list[Entry]]] = {}
+    _replay(logs, ops[0])
+    assert logs == {"kv.7": (1 << 33, entries)}
