@@ -332,6 +332,40 @@ def test_a_scheduled_process_waiting_for_an_fsync_yields_its_scheduler(
     assert log.entries(1, 2, 100, 1 << 30) == _entries(1, 1) + _entries(2, 1)
 
 
+def test_a_scheduled_wait_for_an_fsync_sets_no_timer_unless_stalled(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every partition waits for the WAL once a round: a timeout there cost a timer set and
+    cancelled each time, for nothing, since every change a waiter must see wakes it."""
+    from waraft.otp import sched, timer
+
+    log = WalLog.open(root / "kv.1")
+    real_fdatasync, real_call_later = os.fdatasync, timer.call_later
+    timed_waits: list[float] = []
+
+    def slow_fdatasync(fd: int) -> None:
+        time.sleep(0.02)  # so that each sync below really waits
+        real_fdatasync(fd)
+
+    def counting_call_later(delay: float, fn: Any, *args: Any) -> Any:
+        if isinstance(getattr(fn, "__self__", None), sched._GreenWaker):
+            timed_waits.append(delay)
+        return real_call_later(delay, fn, *args)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    monkeypatch.setattr(timer, "call_later", counting_call_later)
+    node = otp.Node("walnotimer@t", schedulers=1, process_type=otp.SCHEDULED)
+    try:
+        syncer = _Syncer.start(node=node)
+        for index in range(1, 6):
+            assert otp.call(syncer, (log, index), timeout=10) is True
+        assert log._writer.fsyncs >= 5
+        assert timed_waits == []
+    finally:
+        node.stop()
+    log.close()
+
+
 def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> None:
     """A rotation queues every partition's checkpoint at once; writing that batch must not
     join it into one string (a second copy of the node's whole retained log in memory)."""

@@ -480,16 +480,24 @@ class WalWriter:
 
     def _check_wait(
         self, ticket: int, stalled_timeout: float | None, deadline: float | None
-    ) -> tuple[bool | None, float, float | None]:
+    ) -> tuple[bool | None, float | None, float | None]:
         """Under ``_cond``, one turn of ``wait``'s loop: ``(True, ..)`` once ``ticket`` is
         durable, ``(False, ..)`` once stalled past ``stalled_timeout`` (counted from the first
         turn that saw the stall: the returned deadline), else ``(None, pause, deadline)``:
-        wait at most ``pause`` seconds and check again. Raises if the writer broke."""
+        wait at most ``pause`` seconds (None: until woken) and check again. Raises if the
+        writer broke.
+
+        No bound while the writer is not stalled: every change a waiter must see wakes them
+        all (a durable batch its ticket's waiters; a stall, a failure and a stop everyone), and
+        a bound cost every scheduled wait a timer set and cancelled, once per partition and
+        per round."""
         if self._synced >= ticket:
             return True, 0.0, deadline
         if self.broken is not None:
             raise LogWriteError(errno.EIO, f"WAL {self.directory}: {self.broken}")
-        pause = 1.0  # a re-check bound
+        pause: float | None = None
+        if self.stalled is not None:
+            pause = 1.0  # a re-check bound while stalled: the stall may end or time out
         if stalled_timeout is not None and self.stalled is not None:
             now = time.monotonic()
             if deadline is None:
