@@ -42,19 +42,6 @@ def open_part(root: Path, partition: int) -> NodeLmdbStorage:
     return NodeLmdbStorage.open(opts(partition), root / f"t.{partition}")
 
 
-def open_grouped(root: Path, partition: int) -> NodeLmdbStorage:
-    """A partition whose node fsyncs every commit: every write then goes through the group
-    commit (lazy sync commits on the caller's thread when it can, ``NodeEnv.try_commit``)."""
-    options = StorageOptions(
-        table="t",
-        partition=partition,
-        identity=A,
-        name=f"raft_storage_t_{partition}",
-        extra={"lmdb_sync": True},
-    )
-    return NodeLmdbStorage.open(options, root / f"t.{partition}")
-
-
 def seed(storage: NodeLmdbStorage, value: Any, index: int = 3) -> None:
     storage.apply_config(CONFIG, LogPos(1, 1))
     storage.apply(("write", "t", "k", value), LogPos(2, 1))
@@ -214,7 +201,7 @@ def test_a_value_moved_to_another_key_fails_its_check(root: Path) -> None:
 
 
 def test_concurrent_partitions_share_group_commits(root: Path) -> None:
-    parts = [open_grouped(root, p) for p in range(8)]
+    parts = [open_part(root, p) for p in range(8)]
     node = parts[0]._node
     assert node is not None
     try:
@@ -253,7 +240,7 @@ def test_scheduled_writers_wait_without_holding_io_threads(
     """Storage actors are scheduled and commit through the node's I/O threads: a writer
     waiting for another's group commit must not hold one of them, or a group can carry at most
     as many partitions as there are I/O threads (here 1: one partition per transaction)."""
-    parts = [open_grouped(root, p) for p in range(8)]
+    parts = [open_part(root, p) for p in range(8)]
     node = parts[0]._node
     assert node is not None
     real = type(node)._transaction
@@ -332,8 +319,7 @@ out = threading.Lock()
 
 
 def run(partition):
-    extra = {"lmdb_sync": sys.argv[2] == "fsync"}
-    options = StorageOptions("t", partition, Identity("raft_server_t_1", "a@host"), extra=extra)
+    options = StorageOptions("t", partition, Identity("raft_server_t_1", "a@host"))
     storage = NodeLmdbStorage.open(options, root / f"t.{partition}")
     index = storage.position().index
     while True:
@@ -354,17 +340,12 @@ for thread in threads:
 """
 
 
-@pytest.mark.parametrize("sync", ["lazy", "fsync"])
-def test_kill_9_during_group_commits_keeps_every_acknowledged_write(
-    tmp_path: Path, sync: str
-) -> None:
-    """Lazy: writes commit on their callers' threads when they can (``try_commit``), in
-    groups otherwise; fsync: every write goes through the group commit."""
+def test_kill_9_during_group_commits_keeps_every_acknowledged_write(tmp_path: Path) -> None:
     root = tmp_path / "db"
     acknowledged = dict.fromkeys(range(4), 0)
     for round_ in range(3):
         proc = subprocess.Popen(
-            [sys.executable, "-c", GROUP_WRITER, str(root), sync],
+            [sys.executable, "-c", GROUP_WRITER, str(root)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -392,8 +373,6 @@ def test_kill_9_during_group_commits_keeps_every_acknowledged_write(
                 assert storage.status()["quarantine"] is None
                 index = storage.position().index
                 assert index >= acknowledged[partition], (partition, index, acknowledged)
-                if index == 0:
-                    continue  # this writer's thread never got to commit (nothing acknowledged)
                 assert storage.read(("read", "t", "last"), storage.position()) == ("ok", index)
                 assert storage.read(("read", "t", ("k", index)), storage.position()) == (
                     "ok",
@@ -406,7 +385,7 @@ def test_kill_9_during_group_commits_keeps_every_acknowledged_write(
 def test_a_group_commit_that_breaks_fails_its_writes_and_the_committer_goes_on(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage = open_grouped(root, 1)
+    storage = open_part(root, 1)
     node = storage._node
     assert node is not None
     real = type(node)._commit_group
@@ -542,63 +521,3 @@ def test_a_reopened_partition_counts_as_durable_only_once_flushed(root: Path) ->
             storage.close()
     finally:
         keeper.close()
-
-
-# -- lazy sync: commits on the caller's thread ------------------------------------------------
-
-
-def test_lazy_sync_commits_on_the_callers_thread_without_the_committer(root: Path) -> None:
-    """Without fsync a commit is memory-speed: a scheduled storage actor commits its own
-    transaction instead of waking the committer thread and waiting to be woken again."""
-    parts = [open_part(root, p) for p in range(3)]
-    node = parts[0]._node
-    assert node is not None and not node.sync
-    otp_node = otp.Node("lmdbinline@t", schedulers=1, io_threads=1, process_type=otp.SCHEDULED)
-    try:
-        appliers = [_Applier.start(node=otp_node) for _ in parts]
-        for index in range(1, 21):
-            handles = [
-                otp.send_request(a, (s, index)) for a, s in zip(appliers, parts, strict=True)
-            ]
-            assert [otp.wait_response(h, 20) for h in handles] == ["ok"] * len(parts)
-        assert node._committer is None  # nothing was handed over
-        assert node.writes == node.commits == 3 * 20
-        for storage in parts:
-            assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 20)
-        # Still lazily durable: counted once the node's flush covers the commits.
-        node.flush()
-        assert [s.durable_position() for s in parts] == [LogPos(20, 1)] * 3
-    finally:
-        otp_node.stop()
-        for storage in parts:
-            storage.close()
-
-
-def test_lazy_sync_hands_a_write_over_while_another_transaction_runs(root: Path) -> None:
-    """A scheduler thread never waits for LMDB's writer lock: while another transaction runs
-    (here: the lock held, as by a group commit or a snapshot install) the write is queued for
-    the committer and its caller suspended; it commits once the lock is free."""
-    storage = open_part(root, 1)
-    node = storage._node
-    assert node is not None
-    done = threading.Event()
-
-    def apply() -> None:
-        storage.apply(("write", "t", "k", 5), LogPos(5, 1))
-        done.set()
-
-    node._txn_lock.acquire()
-    try:
-        thread = threading.Thread(target=apply)
-        thread.start()
-        assert wait_for(lambda: len(node._pending) == 1 or node._committer is not None)
-        assert not done.wait(0.2)  # handed over, waiting for the committer
-    finally:
-        node._txn_lock.release()
-    try:
-        assert done.wait(10)
-        thread.join(10)
-        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 5)
-        assert storage.position() == LogPos(5, 1)
-    finally:
-        storage.close()

@@ -20,9 +20,7 @@ apply commits data, position, config, label and incomplete mark all or nothing. 
 the write transactions of an environment, so the node commits in groups (``NodeEnv.commit``):
 the writes of every partition queued while a transaction commits go into the next one. Without
 grouping, 1000 partitions per node timed out most first writes (two fsyncs per partition write,
-one after another); see ``benchmarks/SCALE.md``. With lazy sync a commit does no fsync, so a
-write finding no other transaction running commits on its caller's thread instead
-(``NodeEnv.try_commit``): the hand-off to the committer cost more CPU than the commit.
+one after another); see ``benchmarks/SCALE.md``.
 
 Durability: lazy sync by default (``lmdb_sync`` False), as ra and etcd do it: the Raft log is
 what makes an entry durable (the node's WAL fsyncs it before it is acknowledged or applied), and
@@ -176,9 +174,7 @@ class _Write:
         self.done = False
         self.error: BaseException | None = None
         self.generation = 0  # the node's commit generation that carried it (NodeEnv)
-        # Set once the write is done; made only when it is handed to the committer thread
-        # (``NodeEnv.commit``): a write committed on its caller's thread needs none.
-        self.event: otp.Event | None = None
+        self.event = otp.Event()  # set once the write is done
 
     def put(self, txn: lmdb.Transaction) -> int:
         """Put the write into ``txn``; the bytes of keys and values it wrote."""
@@ -250,9 +246,6 @@ class NodeEnv:
         self._group = threading.Condition(threading.Lock())
         self._pending: list[_Write] = []
         self._committer: threading.Thread | None = None  # started by the first commit
-        # Held around every write transaction of the environment, so that ``try_commit`` can
-        # tell, without blocking, whether LMDB's writer lock is free (see ``try_commit``).
-        self._txn_lock = threading.Lock()
         self._stopping = False
         self.commits = 0  # LMDB transactions committed by ``commit``
         self.writes = 0  # partition writes they carried
@@ -334,15 +327,14 @@ class NodeEnv:
                 # In a write transaction of our own: ``env.begin`` waits for LMDB's writer lock
                 # without holding the GIL, whereas ``open_db``'s implicit transaction holds it
                 # while waiting, which deadlocks against a commit in another thread.
-                with self._txn_lock:
-                    txn = self.env.begin(write=True)
-                    try:
-                        handle = self.env.open_db(name.encode(), txn=txn)
-                        txn.commit()
-                    except BaseException:
-                        with contextlib.suppress(lmdb.Error):
-                            txn.abort()
-                        raise
+                txn = self.env.begin(write=True)
+                try:
+                    handle = self.env.open_db(name.encode(), txn=txn)
+                    txn.commit()
+                except BaseException:
+                    with contextlib.suppress(lmdb.Error):
+                        txn.abort()
+                    raise
                 self._handles[name] = handle
             self._open[name] = handle
             return handle
@@ -366,7 +358,6 @@ class NodeEnv:
         write still commits all or nothing, and a write that fails only fails its own
         partition: when the group's transaction fails, each of its writes is retried alone.
         """
-        event = write.event = otp.Event()
         with self._group:
             if self._stopping:
                 raise StorageError(f"LMDB node storage {self.directory} is closed")
@@ -376,50 +367,16 @@ class NodeEnv:
                     target=self._run, name=f"lmdb-commit-{self.directory}", daemon=True
                 )
                 self._committer.start()
-                self._start_syncer()
+                if not self.sync:
+                    self._syncer = threading.Thread(
+                        target=self._sync_loop, name=f"lmdb-sync-{self.directory}", daemon=True
+                    )
+                    self._syncer.start()
             self._group.notify()
         while not write.done:
-            event.wait()
+            write.event.wait()
         if write.error is not None:
             raise write.error
-
-    def try_commit(self, write: _Write) -> bool:
-        """Lazy sync only: commit ``write`` in a transaction of its own on the calling thread,
-        if no other write transaction is running; True once committed (raises what failed
-        it), False, having done nothing, when the writer lock is busy (then ``commit``).
-
-        Why: without fsync a commit is memory-speed (its pages go to the page cache), so the
-        hand-off to the committer thread (a condition notify, a thread switch, an event set
-        and the storage process woken again) cost more CPU than the transaction itself, and
-        grouping saved nothing worth it. A busy lock means another transaction (the committer
-        with a group, a snapshot install) may take long: a scheduler thread must not wait for
-        it, so the write is then handed over as before."""
-        if self.sync:
-            return False
-        if self._syncer is None:
-            with self._group:
-                if self._stopping:
-                    raise StorageError(f"LMDB node storage {self.directory} is closed")
-                self._start_syncer()
-        if not self._txn_lock.acquire(blocking=False):
-            return False
-        try:
-            if self._stopping:
-                raise StorageError(f"LMDB node storage {self.directory} is closed")
-            self._locked_transaction([write])
-        finally:
-            self._txn_lock.release()
-        self.commits += 1
-        self.writes += 1
-        return True
-
-    def _start_syncer(self) -> None:
-        """Under ``_group``: start the lazy sync's syncer thread, once."""
-        if not self.sync and self._syncer is None:
-            self._syncer = threading.Thread(
-                target=self._sync_loop, name=f"lmdb-sync-{self.directory}", daemon=True
-            )
-            self._syncer.start()
 
     def _run(self) -> None:
         while True:
@@ -441,8 +398,7 @@ class NodeEnv:
             finally:
                 for write in group:
                     write.done = True
-                    if write.event is not None:
-                        write.event.set()
+                    write.event.set()
 
     def _commit_group(self, group: list[_Write]) -> None:
         try:
@@ -461,12 +417,6 @@ class NodeEnv:
         self.writes += len(group)
 
     def _transaction(self, group: list[_Write]) -> None:
-        """Commit ``group`` in one write transaction."""
-        with self._txn_lock:
-            self._locked_transaction(group)
-
-    def _locked_transaction(self, group: list[_Write]) -> None:
-        """``_transaction`` for a caller that holds ``_txn_lock``."""
         self.started = generation = self.generation + 1
         txn = self.env.begin(write=True)
         try:
@@ -744,21 +694,19 @@ class NodeLmdbStorage(LmdbStorage):
         """In ONE write transaction: empty the partition's database, then store ``rows``
         (``(key, value)`` pairs, iterated inside the transaction) and the ``meta`` rows."""
         seed = self._seed
-        node = self._node
-        with contextlib.nullcontext() if node is None else node._txn_lock:
-            txn = self.env.begin(write=True)
-            try:
-                txn.drop(self._db, delete=False)
-                cursor = txn.cursor(self._db)
-                cursor.putmulti((key, _seal(seed, key, value)) for key, value in rows)
-                for name, value in (meta or {}).items():
-                    key = _meta_key(name)
-                    txn.put(key, _seal(seed, key, value), db=self._db)
-                txn.commit()
-            except BaseException:
-                with contextlib.suppress(lmdb.Error):
-                    txn.abort()
-                raise
+        txn = self.env.begin(write=True)
+        try:
+            txn.drop(self._db, delete=False)
+            cursor = txn.cursor(self._db)
+            cursor.putmulti((key, _seal(seed, key, value)) for key, value in rows)
+            for name, value in (meta or {}).items():
+                key = _meta_key(name)
+                txn.put(key, _seal(seed, key, value), db=self._db)
+            txn.commit()
+        except BaseException:
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+            raise
         if self._node is not None and not self._sync:
             # Flushed whatever ``lmdb_sync`` says: a snapshot install is followed by a log
             # reset to its position, and a wiped or quarantined partition must not come back.
@@ -827,16 +775,14 @@ class NodeLmdbStorage(LmdbStorage):
     # -- applying -----------------------------------------------------------------------------
 
     def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
-        """Commit in a transaction of its own on this thread when the sync is lazy and no
-        other transaction runs (``NodeEnv.try_commit``: no fsync, memory-speed), else through
-        the node's group commit. Not through otp.blocking: the node's committer thread runs
-        the group's transaction and this actor is suspended meanwhile (NodeEnv.commit)."""
+        """Commit through the node's group commit (each transaction on one thread, as LMDB
+        wants: the committer's). Not through otp.blocking: the node's committer thread runs
+        the transaction and this actor is suspended meanwhile (NodeEnv.commit)."""
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
         write = _Write(self._db, self._seed, ops, meta, self._path)
-        if not node.try_commit(write):
-            node.commit(write)
+        node.commit(write)
         self._written = write.generation
 
     def _commit(
