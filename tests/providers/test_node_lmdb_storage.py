@@ -268,56 +268,6 @@ def test_scheduled_writers_wait_without_holding_io_threads(
             storage.close()
 
 
-class _Blocker(otp.Process):
-    """Holds its scheduler thread (without yielding) until released."""
-
-    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
-        entered, release = request
-        entered.set()
-        release.wait(10)
-        return "ok"
-
-
-def test_the_writes_of_one_scheduler_turn_wake_the_committer_once(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The committer is woken once, at the end of the turn, by the first write of the
-    turn: the storage actors that run in the same turn join that group instead of each
-    paying a wake-up (and the first one's commit running alone)."""
-    parts = [open_part(root, p) for p in range(8)]
-    node = parts[0]._node
-    assert node is not None
-    parts[0].apply(("write", "t", "k", 0), LogPos(1, 1))  # the committer is started
-    wakes: list[int] = []
-    real = type(node)._wake_committer
-
-    def counting(self: Any) -> None:
-        wakes.append(len(self._pending))
-        real(self)
-
-    monkeypatch.setattr(type(node), "_wake_committer", counting)
-    otp_node = otp.Node("lmdbturn@t", schedulers=1, io_threads=1, process_type=otp.SCHEDULED)
-    try:
-        appliers = [_Applier.start(node=otp_node) for _ in parts]
-        blocker = _Blocker.start(node=otp_node)
-        entered, release = threading.Event(), threading.Event()
-        held = otp.send_request(blocker, (entered, release))
-        assert entered.wait(10)  # the scheduler is held: the requests below queue up
-        before = node.commits
-        handles = [otp.send_request(a, (s, 2)) for a, s in zip(appliers, parts, strict=True)]
-        release.set()
-        assert otp.wait_response(held, 10) == "ok"
-        assert [otp.wait_response(h, 20) for h in handles] == ["ok"] * len(parts)
-        assert wakes == [len(parts)]  # one wake-up, once every write of the turn was queued
-        assert node.commits - before == 1
-        for storage in parts:
-            assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 2)
-    finally:
-        otp_node.stop()
-        for storage in parts:
-            storage.close()
-
-
 def test_a_failing_write_fails_only_its_own_partition(root: Path) -> None:
     one, two = open_part(root, 1), open_part(root, 2)
     node = one._node

@@ -361,13 +361,7 @@ class NodeEnv:
         with self._group:
             if self._stopping:
                 raise StorageError(f"LMDB node storage {self.directory} is closed")
-            pending = self._pending
-            pending.append(write)
-            # The committer sleeps only on an empty queue: a write joining a non-empty one is
-            # taken with it, so only the first needs a wake-up (a futex call and a thread
-            # switch). A scheduled first writer wakes it at the end of its scheduler's turn,
-            # so that the writes of the other storage actors of the turn join its group.
-            wake = len(pending) == 1
+            self._pending.append(write)
             if self._committer is None:
                 self._committer = threading.Thread(
                     target=self._run, name=f"lmdb-commit-{self.directory}", daemon=True
@@ -378,16 +372,11 @@ class NodeEnv:
                         target=self._sync_loop, name=f"lmdb-sync-{self.directory}", daemon=True
                     )
                     self._syncer.start()
-        if wake and not otp.at_turn_end(self, self._wake_committer):
-            self._wake_committer()
+            self._group.notify()
         while not write.done:
             write.event.wait()
         if write.error is not None:
             raise write.error
-
-    def _wake_committer(self) -> None:
-        with self._group:
-            self._group.notify()
 
     def _run(self) -> None:
         while True:
