@@ -286,7 +286,8 @@ class StorageServer(otp.Process):
         replies: list[tuple[Any, Any]] = []
         done = {Priority.HIGH: 0, Priority.LOW: 0}
         # Consecutive plain commands go to the provider as one apply_batch (one transaction
-        # for a durable provider); a $batch entry is one apply_many of its own.
+        # for a durable provider); a $batch entry is one apply_many of its own, unless the
+        # provider merges batches (its plain commands then join the chunk).
         chunk: list[tuple[Any, LogPos, Any]] = []
         # The reply handle of each chunk item, or a _Many for the commands of a merged $batch.
         shapes: list[Any] = []
