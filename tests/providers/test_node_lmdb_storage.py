@@ -521,3 +521,96 @@ def test_a_reopened_partition_counts_as_durable_only_once_flushed(root: Path) ->
             storage.close()
     finally:
         keeper.close()
+
+
+# -- the storage actor: one transaction per apply message --------------------------------------
+
+
+class _Queues:
+    def fulfill_apply(self, count: int, size: int) -> None:
+        pass
+
+    def commits_finished(self, count: int, priority: Any, applied: bool = False) -> None:
+        pass
+
+    def take_reads(self, index: int) -> list[Any]:
+        return []
+
+    def apply_queue_size(self) -> int:
+        return 0
+
+
+class _Reply:
+    def __init__(self, answers: list[Any]) -> None:
+        self.answers = answers
+
+    def reply(self, result: Any) -> None:
+        self.answers.append(result)
+
+
+def _storage_actor(provider: Any) -> Any:
+    """A storage actor's apply path around ``provider``, without its process."""
+    from waraft.core.sessions import SessionTable
+    from waraft.storage import StorageServer
+
+    actor = StorageServer.__new__(StorageServer)
+    actor.name, actor.provider, actor.queues = "s", provider, _Queues()
+    actor.position, actor.witness, actor.sessions = provider.position(), False, SessionTable()
+    actor._notify_complete = False
+    actor._merge_batches = bool(getattr(provider, "merge_batches", False))
+    return actor
+
+
+def test_the_batches_of_an_apply_message_commit_in_one_transaction(root: Path) -> None:
+    """Each ``$batch`` entry used to be an ``apply_many`` of its own: a group-commit round
+    trip (a hand-off to the committer thread and a wake-up back) per entry."""
+    from waraft.core.types import Entry, Priority
+    from waraft.services.codec import packb
+
+    storage = open_part(root, 1)
+    node = storage._node
+    assert node is not None
+    storage.apply_config(CONFIG, LogPos(1, 1))
+    actor = _storage_actor(storage)
+    answers: list[Any] = []
+    reply = _Reply(answers)
+    batch = lambda *cs: ("$batch", packb(list(cs)))  # noqa: E731
+    items = [
+        (
+            2,
+            Entry(1, "a", batch(("write", "t", "x", 1), ("write", "t", "y", 2))),
+            reply,
+            Priority.HIGH,
+        ),
+        (3, Entry(1, "b", ("write", "t", "z", 3)), reply, Priority.HIGH),
+        (
+            4,
+            Entry(
+                1,
+                "c",
+                batch(
+                    ("delete", "t", "x"),
+                ),
+            ),
+            reply,
+            Priority.HIGH,
+        ),
+        (5, Entry(1, "d", batch(("write", "t", "w", 4), ("bogus",))), reply, Priority.HIGH),
+    ]
+    try:
+        before = node.commits
+        actor._apply(items[:3], 0)
+        assert node.commits - before == 1  # three entries, one transaction
+        assert answers == [["ok", "ok"], "ok", ["ok"]]
+        assert storage.position() == actor.position == LogPos(4, 1)
+        assert storage.read(("read", "t", "x"), storage.position()) == "not_found"
+        assert storage.read(("read", "t", "y"), storage.position()) == ("ok", 2)
+        # A command the provider rejects fails the merged chunk; its commands are then applied
+        # one by one, each answered as apply_many's fallback answers it.
+        answers.clear()
+        actor._apply(items[3:], 0)
+        assert answers[0][0] == "ok" and answers[0][1][0] == "error"
+        assert storage.read(("read", "t", "w"), storage.position()) == ("ok", 4)
+        assert storage.position() == LogPos(5, 1)
+    finally:
+        storage.close()

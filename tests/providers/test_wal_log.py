@@ -15,7 +15,17 @@ import pytest
 from waraft import otp
 from waraft.core.types import Entry, Priority
 from waraft.log.provider import LogCorruptionError, LogWriteError
-from waraft.log.wal import WalLog, WalWriter
+from waraft.log.wal import (
+    WalLog,
+    WalWriter,
+    _append_prefix,
+    _append_record,
+    _raw,
+    _record,
+    _replay,
+    _scan,
+)
+from waraft.services.codec import packb
 
 from .helpers import stop_wal_writers
 
@@ -322,6 +332,40 @@ def test_a_scheduled_process_waiting_for_an_fsync_yields_its_scheduler(
     assert log.entries(1, 2, 100, 1 << 30) == _entries(1, 1) + _entries(2, 1)
 
 
+def test_a_scheduled_wait_for_an_fsync_sets_no_timer_unless_stalled(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every partition waits for the WAL once a round: a timeout there cost a timer set and
+    cancelled each time, for nothing, since every change a waiter must see wakes it."""
+    from waraft.otp import sched, timer
+
+    log = WalLog.open(root / "kv.1")
+    real_fdatasync, real_call_later = os.fdatasync, timer.call_later
+    timed_waits: list[float] = []
+
+    def slow_fdatasync(fd: int) -> None:
+        time.sleep(0.02)  # so that each sync below really waits
+        real_fdatasync(fd)
+
+    def counting_call_later(delay: float, fn: Any, *args: Any) -> Any:
+        if isinstance(getattr(fn, "__self__", None), sched._GreenWaker):
+            timed_waits.append(delay)
+        return real_call_later(delay, fn, *args)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    monkeypatch.setattr(timer, "call_later", counting_call_later)
+    node = otp.Node("walnotimer@t", schedulers=1, process_type=otp.SCHEDULED)
+    try:
+        syncer = _Syncer.start(node=node)
+        for index in range(1, 6):
+            assert otp.call(syncer, (log, index), timeout=10) is True
+        assert log._writer.fsyncs >= 5
+        assert timed_waits == []
+    finally:
+        node.stop()
+    log.close()
+
+
 def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> None:
     """A rotation queues every partition's checkpoint at once; writing that batch must not
     join it into one string (a second copy of the node's whole retained log in memory)."""
@@ -348,3 +392,21 @@ def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> Non
         assert data[size:] == b"".join(batch)
     finally:
         writer.release()
+
+
+@pytest.mark.parametrize("count", [1, 15, 16, 17, 65535, 65536])
+def test_an_append_record_built_from_packed_entries_is_the_plain_record(count: int) -> None:
+    """An append encodes each entry once and builds its record from those bytes: the record
+    must be the one ``_record`` writes (recovery decodes both alike), whatever the count (the
+    msgpack array header changes size at 16 and 65536 items)."""
+    entries = [
+        Entry(3, f"k{i}", ("write", "t", f"k{i}", "v" * (i % 7)), None if i % 2 else ("l", i))
+        for i in range(count)
+    ]
+    built = _append_record(_append_prefix("kv.7"), 1 << 33, [packb(e) for e in entries])
+    assert built == _record(("a", "kv.7", 1 << 33, _raw(entries)))
+    ops, bad_at, _ = _scan(built, 0)
+    assert bad_at == -1
+    logs: dict[str, tuple[int, list[Entry]]] = {}
+    _replay(logs, ops[0])
+    assert logs == {"kv.7": (1 << 33, entries)}

@@ -220,7 +220,11 @@ class MemoryLog(LogProvider):
         if not entries:
             return
         batch = [_entry(e) for e in entries]
-        sizes = [len(packb(e)) for e in batch]
+        self._extend(first_index, batch, [len(packb(e)) for e in batch])
+
+    def _extend(self, first_index: int, batch: list[Entry], sizes: list[int]) -> None:
+        """``append``'s body for entries already made ``Entry`` with their encoded ``sizes``
+        (``WalLog`` encodes each entry once, for its size and its WAL record)."""
         configs = [first_index + i for i, e in enumerate(batch) if is_config_entry(e)]
         with self._lock:
             run = self._run

@@ -111,10 +111,34 @@ def _raw(entries: Sequence[Entry]) -> list[tuple[Any, ...]]:
 
 
 def _record(payload: tuple[Any, ...]) -> bytes:
-    data = packb(payload)
+    return _frame(packb(payload))
+
+
+def _frame(data: bytes) -> bytes:
     if len(data) > MAX_PAYLOAD:
         raise LogError(f"WAL record of {len(data)} bytes exceeds {MAX_PAYLOAD}")
     return RECORD_HEADER.pack(len(data), zlib.crc32(data)) + data
+
+
+def _array_header(count: int) -> bytes:
+    """msgpack's header of an array of ``count`` items (as ``packb`` writes it)."""
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def _append_prefix(key: str) -> bytes:
+    """The start of every append record of partition ``key``: a 4-item array, "a", ``key``."""
+    return _array_header(4) + packb("a") + packb(key)
+
+
+def _append_record(prefix: bytes, first: int, packed: Sequence[bytes]) -> bytes:
+    """The record ``_record(("a", key, first, _raw(entries)))``, byte for byte, built from
+    the entries' own encodings (``packed[i] == packb(entries[i])``: an ``Entry`` packs as the
+    array its ``_raw`` tuple packs as), so that an append encodes each entry once."""
+    return _frame(b"".join([prefix, packb(first), _array_header(len(packed)), *packed]))
 
 
 def _replay(logs: _Logs, op: tuple[Any, ...]) -> None:
@@ -412,10 +436,14 @@ class WalWriter:
                 raise LogWriteError(
                     errno.EIO, f"WAL {self.directory} refuses writes: {self.broken}"
                 )
-            self._queue.append(record)
+            queue = self._queue
+            queue.append(record)
             self._queue_pins.append((key, pin))
             self._queued += 1
-            self._cond.notify_all()
+            if len(queue) == 1:
+                # The I/O thread sleeps only on an empty queue: a record joining a non-empty
+                # one is taken with it, so only the first needs the wake-up (a futex call).
+                self._cond.notify_all()
             return self._queued
 
     def wait(self, ticket: int, stalled_timeout: float | None = None) -> bool:
@@ -452,16 +480,24 @@ class WalWriter:
 
     def _check_wait(
         self, ticket: int, stalled_timeout: float | None, deadline: float | None
-    ) -> tuple[bool | None, float, float | None]:
+    ) -> tuple[bool | None, float | None, float | None]:
         """Under ``_cond``, one turn of ``wait``'s loop: ``(True, ..)`` once ``ticket`` is
         durable, ``(False, ..)`` once stalled past ``stalled_timeout`` (counted from the first
         turn that saw the stall: the returned deadline), else ``(None, pause, deadline)``:
-        wait at most ``pause`` seconds and check again. Raises if the writer broke."""
+        wait at most ``pause`` seconds (None: until woken) and check again. Raises if the
+        writer broke.
+
+        No bound while the writer is not stalled: every change a waiter must see wakes them
+        all (a durable batch its ticket's waiters; a stall, a failure and a stop everyone), and
+        a bound cost every scheduled wait a timer set and cancelled, once per partition and
+        per round."""
         if self._synced >= ticket:
             return True, 0.0, deadline
         if self.broken is not None:
             raise LogWriteError(errno.EIO, f"WAL {self.directory}: {self.broken}")
-        pause = 1.0  # a re-check bound
+        pause: float | None = None
+        if self.stalled is not None:
+            pause = 1.0  # a re-check bound while stalled: the stall may end or time out
         if stalled_timeout is not None and self.stalled is not None:
             now = time.monotonic()
             if deadline is None:
@@ -676,6 +712,7 @@ class WalLog(MemoryLog):
         self._key = key
         self._ticket = 0
         self._closed = False
+        self._prefix = _append_prefix(key)
         writer.attach(key, self, fresh)
 
     def load(self, first: int, entries: list[Entry]) -> None:
@@ -737,20 +774,31 @@ class WalLog(MemoryLog):
         except Exception as exc:
             raise LogWriteError(errno.EIO, f"WAL record for {self._key}: {exc}") from exc
 
+    def _submit_append(self, first_index: int, packed: list[bytes]) -> None:
+        """``_submit`` of the append record of the entries encoded as ``packed``."""
+        try:
+            record = _append_record(self._prefix, first_index, packed)
+            self._ticket = self._writer.submit(record, self._key, first_index + len(packed) - 1)
+        except LogError:
+            raise
+        except Exception as exc:
+            raise LogWriteError(errno.EIO, f"WAL record for {self._key}: {exc}") from exc
+
     def append(self, first_index: int, entries: Sequence[Entry]) -> None:
         if self._closed:
             raise LogError(f"log {self._key} is closed")
         if not entries:
             return
         batch = [e if type(e) is Entry else Entry(*e) for e in entries]
+        # Each entry encoded once: its length sizes the in-memory log, its bytes go into the
+        # WAL record (encoding them twice was most of the append's CPU).
+        packed = [packb(e) for e in batch]
         with self._lock:
             if self._writer.broken is not None:
                 raise LogWriteError(errno.EIO, f"WAL refuses writes: {self._writer.broken}")
-            super().append(first_index, batch)
+            self._extend(first_index, batch, [len(p) for p in packed])
             try:
-                self._submit(
-                    ("a", self._key, first_index, _raw(batch)), first_index + len(batch) - 1
-                )
+                self._submit_append(first_index, packed)
             except LogError:
                 if first_index > self._run.first:  # undo: the log is as before the call
                     super().truncate(first_index)

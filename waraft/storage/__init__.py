@@ -183,6 +183,15 @@ def list_snapshots(path: str) -> list[tuple[LogPos, str]]:
     return sorted(found)
 
 
+@dataclass(frozen=True, slots=True)
+class _Many:
+    """In an apply chunk: the ``count`` commands of one merged ``$batch`` entry, answered
+    together (a list) to ``reply_to``."""
+
+    reply_to: Any
+    count: int
+
+
 class StorageServer(otp.Process):
     """Owns the partition's storage provider."""
 
@@ -206,6 +215,10 @@ class StorageServer(otp.Process):
         )
         os.makedirs(self.path, exist_ok=True)
         self.provider: StorageProvider = options.storage_module.open(storage_options, self.path)
+        # A provider whose every call is one transaction handed to a committer (the node's
+        # LMDB) takes the plain $batch entries of an apply message with the plain commands
+        # around them: one transaction per message instead of one per entry.
+        self._merge_batches = bool(getattr(self.provider, "merge_batches", False))
         self._corruption: StorageCorruptionError | None = None
         self.position: LogPos = self.provider.position()
         self.skipped = 0
@@ -273,9 +286,11 @@ class StorageServer(otp.Process):
         replies: list[tuple[Any, Any]] = []
         done = {Priority.HIGH: 0, Priority.LOW: 0}
         # Consecutive plain commands go to the provider as one apply_batch (one transaction
-        # for a durable provider); a $batch entry is one apply_many of its own.
+        # for a durable provider); a $batch entry is one apply_many of its own, unless the
+        # provider merges batches (its plain commands then join the chunk).
         chunk: list[tuple[Any, LogPos, Any]] = []
-        shapes: list[Any] = []  # the reply handle of each chunk item
+        # The reply handle of each chunk item, or a _Many for the commands of a merged $batch.
+        shapes: list[Any] = []
         marks: list[Done | Apply | Pending] = []  # the session decision of each chunk item
         next_index = self.position.index + 1
         for index, entry, reply_to, priority in items:
@@ -297,12 +312,21 @@ class StorageServer(otp.Process):
                     replies.append((reply_to, result))
                 continue
             if is_batch_command(command):
-                self._apply_chunk(chunk, shapes, replies, marks)
                 commands = self._commands_of(command)
-                if any(
+                plain = not any(
                     is_session_command(c) or is_derived_command(c) or touches_reserved_key(c)
                     for c in commands
-                ):
+                )
+                if plain and commands and self._merge_batches:
+                    # Its commands join the chunk (same results as apply_many: a command the
+                    # provider rejects fails the chunk, which is then applied one by one).
+                    chunk.extend([(c, position, entry.label) for c in commands])
+                    shapes.append(_Many(reply_to, len(commands)))
+                    if marks:
+                        marks.extend(Apply(c) for c in commands)
+                    continue
+                self._apply_chunk(chunk, shapes, replies, marks)
+                if not plain:
                     result = self._apply_session_items(
                         [(c, position, entry.label) for c in commands],
                         [self.sessions.begin(c, index) for c in commands],
@@ -355,9 +379,18 @@ class StorageServer(otp.Process):
                     self._apply_one(command, position, label) for command, position, label in chunk
                 ]
         self.position = chunk[-1][1]
-        for reply_to, result in zip(shapes, results, strict=True):
+        at = 0
+        for shape in shapes:
+            if type(shape) is _Many:
+                reply_to, result = shape.reply_to, results[at : at + shape.count]
+                at += shape.count
+            else:
+                reply_to, result = shape, results[at]
+                at += 1
             if reply_to is not None:
                 replies.append((reply_to, result))
+        if at != len(results):
+            raise ValueError(f"storage {self.name}: {len(results)} results for {at} commands")
         chunk.clear()
         shapes.clear()
 

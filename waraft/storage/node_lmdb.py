@@ -518,6 +518,10 @@ class NodeLmdbStorage(LmdbStorage):
     """
 
     blocking_io: ClassVar[bool] = False
+    merge_batches: ClassVar[bool] = True
+    """The storage actor applies the plain ``$batch`` entries of an apply message with the
+    commands around them in one ``apply_batch`` (one group-commit round trip per message, not
+    per entry: each is a hand-off to the committer thread and a wake-up back)."""
 
     def __init__(self, options: StorageOptions, directory: str) -> None:
         self.options = options
