@@ -410,3 +410,33 @@ def test_an_append_record_built_from_packed_entries_is_the_plain_record(count: i
     logs: dict[str, tuple[int, list[Entry]]] = {}
     _replay(logs, ops[0])
     assert logs == {"kv.7": (1 << 33, entries)}
+
+
+def test_a_stopped_writer_fails_later_records_instead_of_waiting_forever(root: Path) -> None:
+    """What was queued before the stop is written; a record submitted afterwards is refused,
+    and a wait for a ticket the stopped thread never wrote raises (no thread is left to
+    make it durable, so waiting would never end)."""
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 3))
+    log.sync()
+    writer = log._writer
+    ticket = writer._queued + 1  # the next record's ticket: it will never be written
+    _crash(log)
+    with pytest.raises(LogWriteError):
+        writer.submit(b"x", "kv.1", -1)
+    outcome: list[object] = []
+
+    def waiter() -> None:
+        try:
+            outcome.append(writer.wait(ticket))
+        except LogWriteError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    thread.join(5.0)
+    assert not thread.is_alive(), "a wait on a stopped writer never returned"
+    assert isinstance(outcome[0], LogWriteError)
+    reopened = WalLog.open(root / "kv.1")  # the queued records were written
+    assert reopened.last_index() == 3
+    reopened.close()

@@ -675,11 +675,19 @@ class WalWriter:
             os.fsync(self._dir_fd)
 
     def stop(self) -> None:
+        """Write what is queued, end the I/O thread and close the files. Afterwards the
+        writer refuses records, and a wait for one that was never written fails with
+        ``LogWriteError`` instead of waiting for a thread that is gone."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
             self._wake()
         self._thread.join(30.0)
+        with self._cond:
+            if self.broken is None and not self._thread.is_alive():
+                self.broken = "stopped"
+            self._cond.notify_all()
+            self._wake()
         self._close_fds()
 
     def _close_fds(self) -> None:
