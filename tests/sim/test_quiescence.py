@@ -372,11 +372,9 @@ def test_a_leader_keeps_the_full_rate_when_slow_rounds_would_cost_something(
     assert sent >= 60, sent  # about 70 (two peers, a round every 50-60 ms); slow: 32
 
 
-def test_late_answers_to_a_settled_leader_do_not_start_rounds_of_their_own() -> None:
-    """An answer that comes back later than the heartbeat interval (a loaded node: at 1000
-    busy partitions a round trip took longer than 120 ms) used to start the next round at
-    once, so each round's answers started another one at the round-trip pace, whatever the
-    timer said. A settled leader leaves the next round to its timer."""
+def _slow_link_sim(seed: int) -> Simulation:
+    """A bootstrapped 3-node cluster whose round trips (~150 ms) outlast the 50 ms heartbeat
+    interval, as on a loaded node, with a grace period that two slow rounds fit in."""
     settings = fast_settings(
         raft_quiesce_after_ms=60_000,
         raft_election_timeout_ms=4000,
@@ -384,8 +382,17 @@ def test_late_answers_to_a_settled_leader_do_not_start_rounds_of_their_own() -> 
         raft_liveness_grace_period_ms=3000,  # two slow rounds must fit in
     )
     slow_net = NetConfig(min_delay_ms=70, max_delay_ms=80)  # answers after ~150 ms > 50 ms
-    sim = Simulation(nodes=3, seed=23, settings=settings, net=slow_net)
+    sim = Simulation(nodes=3, seed=seed, settings=settings, net=slow_net)
     sim.bootstrap()
+    return sim
+
+
+def test_late_answers_to_a_settled_leader_do_not_start_rounds_of_their_own() -> None:
+    """An answer that comes back later than the heartbeat interval (a loaded node: at 1000
+    busy partitions a round trip took longer than 120 ms) used to start the next round at
+    once, so each round's answers started another one at the round-trip pace, whatever the
+    timer said. A settled leader leaves the next round to its timer."""
+    sim = _slow_link_sim(seed=23)
     leader = check_one_leader(sim, sim.node_ids)
     term = sim.term(leader)
     one(sim, write(1), 3)
@@ -404,15 +411,7 @@ def test_a_leader_awaiting_answers_sends_no_round_that_repeats_what_is_on_its_wa
     nothing new in it, and another, until they came back. It now waits for them (or for the
     slow interval, should one be lost): a write costs its round and the one that tells the
     followers the commit index, at unchanged latency."""
-    settings = fast_settings(
-        raft_quiesce_after_ms=60_000,
-        raft_election_timeout_ms=4000,
-        raft_election_timeout_ms_max=6000,
-        raft_liveness_grace_period_ms=3000,  # two slow rounds must fit in
-    )
-    slow_net = NetConfig(min_delay_ms=70, max_delay_ms=80)  # answers after ~150 ms > 50 ms
-    sim = Simulation(nodes=3, seed=24, settings=settings, net=slow_net)
-    sim.bootstrap()
+    sim = _slow_link_sim(seed=24)
     leader = check_one_leader(sim, sim.node_ids)
     sim.run_for(3000)
     before = sim.network.sent[leader]
