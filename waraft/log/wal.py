@@ -775,18 +775,18 @@ class WalLog(MemoryLog):
             raise
 
     def _submit(self, op: tuple[Any, ...], pin: int) -> None:
-        try:
-            self._ticket = self._writer.submit(_record(op), self._key, pin)
-        except LogError:
-            raise
-        except Exception as exc:
-            raise LogWriteError(errno.EIO, f"WAL record for {self._key}: {exc}") from exc
+        self._queue_record(pin, _record, op)
 
     def _submit_append(self, first_index: int, packed: list[bytes]) -> None:
         """``_submit`` of the append record of the entries encoded as ``packed``."""
+        pin = first_index + len(packed) - 1
+        self._queue_record(pin, _append_record, self._prefix, first_index, packed)
+
+    def _queue_record(self, pin: int, build: Callable[..., bytes], *args: Any) -> None:
+        """Queue the record ``build(*args)``; a failure to build or queue it that is not
+        already a ``LogError`` becomes a ``LogWriteError``."""
         try:
-            record = _append_record(self._prefix, first_index, packed)
-            self._ticket = self._writer.submit(record, self._key, first_index + len(packed) - 1)
+            self._ticket = self._writer.submit(build(*args), self._key, pin)
         except LogError:
             raise
         except Exception as exc:
