@@ -207,6 +207,7 @@ class Liveness(threading.Thread):
         settings = dist.settings
         self._probe_tags += 1
         sock = self._ctx.socket(zmq.DEALER)
+        monitor: zmq.Socket[bytes] | None = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTING_ID, f"{dist.node_id}/p{self._probe_tags}".encode())
@@ -216,14 +217,12 @@ class Liveness(threading.Thread):
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, settings.reconnect_ivl_max_ms)
             apply_curve_client(sock, dist.curve, peer.node_id)
             monitor = sock.get_monitor_socket(_PROBE_EVENTS)
-        except BaseException:
-            sock.close(linger=0)
-            raise
-        try:
             sock.connect(peer.endpoint)
         except BaseException:
-            sock.close(linger=0)
-            monitor.close(linger=0)
+            if monitor is None:
+                sock.close(linger=0)
+            else:  # monitor mode off first, as for every monitored socket
+                _close_monitored(sock, monitor)
             raise
         probe = _Probe(sock, monitor, peer)
         self._probes[peer.node_id] = probe
