@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -84,6 +86,36 @@ def test_unknown_client_key_is_refused(curve_node: str) -> None:
         assert inbox.items == []
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_flood_of_unknown_keys_is_counted_and_logged_once_a_second(
+    curve_node: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anyone who reaches the port can start handshakes: each is refused and counted, but a
+    # log line per handshake would let them fill the disk.
+    rogues = 60
+    caplog.set_level(logging.WARNING, logger="waraft.distribution.liveness")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    started = time.monotonic()
+    socks = []  # held: a socket garbage-collected mid-handshake never reaches ZAP
+    try:
+        for i in range(rogues):
+            public, secret = zmq.curve_keypair()
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, f"rogue{i}@127.0.0.1:9/1".encode())
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+            sock.setsockopt(zmq.CURVE_SERVERKEY, CLUSTER_PUBLIC)
+            sock.connect(dist.nodeid.endpoint(curve_node))
+            socks.append(sock)
+        wait_until(lambda: dist.stats().get("auth_denied", 0) >= rogues)
+        elapsed = time.monotonic() - started
+    finally:
+        ctx.destroy(linger=0)
+    lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert 1 <= len(lines) <= int(elapsed) + 2, [r.getMessage() for r in lines]
+    assert "CURVE" in lines[0].getMessage()
 
 
 def test_explicit_per_node_keys(spawn: Callable[..., Child]) -> None:

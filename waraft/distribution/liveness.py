@@ -37,6 +37,10 @@ TICK = 0.05
 REAP_EVERY = 1.0
 _PROBE_HWM = 4  # a probe to a dead peer keeps a few pings queued, not thousands
 _MAX_EVENTS = 1024  # monitor events taken per socket per step (libzmq queues up to 1000)
+# ZAP requests answered per step: a burst of handshakes (a restarted cluster, or a flood of
+# clients with unknown keys) is answered in one step instead of one per poll round, and the
+# bound keeps a flood from starving pings and down detection for the rest of the step.
+_MAX_ZAP = 256
 _ROUTER_STOP_WAIT = 1.0  # seconds the closing liveness thread waits for the receive thread
 
 _PROBE_EVENTS = (
@@ -88,6 +92,8 @@ class Liveness(threading.Thread):
         self._next_reap = 0.0
         self._probe_tags = 0
         self._next_error_log = 0.0
+        self._next_denied_log = 0.0
+        self._denied_unlogged = 0
         self.counts: dict[str, int] = {}
         dist.counters.add_dict(self.counts)
 
@@ -271,13 +277,18 @@ class Liveness(threading.Thread):
                 self._count("handshake_failed")
 
     def _authenticate(self) -> None:
-        """Answer one ZAP request (RFC 27): CURVE clients whose key is allowed get 200."""
+        """Answer the waiting ZAP requests (RFC 27), at most ``_MAX_ZAP`` per step: CURVE
+        clients whose key is allowed get 200, every other client 400."""
         zap = self._zap
         assert zap is not None
-        try:
-            frames = zap.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
+        for _ in range(_MAX_ZAP):
+            try:
+                frames = zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._answer_zap(zap, frames)
+
+    def _answer_zap(self, zap: zmq.Socket[bytes], frames: list[bytes]) -> None:
         # libzmq always sends well-formed requests; a REP socket must answer regardless.
         request_id = frames[1] if len(frames) > 1 else b""
         mechanism = frames[5] if len(frames) > 5 else b""
@@ -292,15 +303,29 @@ class Liveness(threading.Thread):
         )
         if user is None:
             self._count("auth_denied")
-            logger.warning(
-                "refused a %s client (key not allowed)", mechanism.decode(errors="replace")
-            )
+            self._log_denied(mechanism)
             status = (b"400", b"key not allowed")
         else:
             status = (b"200", b"OK")
         # The User-Id (role and key name) rides on every message of the connection: the
         # receive thread reads it to bind the connection's node id and rights to its key.
         zap.send_multipart([b"1.0", request_id, *status, (user or "").encode(), b""])
+
+    def _log_denied(self, mechanism: bytes) -> None:
+        """Say that a client was refused, at most once a second: anyone who can reach the
+        port can make handshakes, and one log line each would let them flood the log (the
+        ``auth_denied`` counter still counts every one)."""
+        self._denied_unlogged += 1
+        now = time.monotonic()
+        if now < self._next_denied_log:
+            return
+        self._next_denied_log = now + 1.0
+        logger.warning(
+            "refused %d client(s) whose key is not allowed (latest: %s)",
+            self._denied_unlogged,
+            mechanism.decode(errors="replace") or "no mechanism",
+        )
+        self._denied_unlogged = 0
 
     # ------------------------------------------------------------------ shutdown
     def _close(self) -> None:
