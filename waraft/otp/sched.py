@@ -499,12 +499,19 @@ class Scheduler:
             return
         self.turn_hooks = {}
         self.turn_runs = 0
-        with self.pool.node.activate():
+        # The node current by hand, as the timer thread does: Node.activate's generator
+        # context manager costs more than a one-send hook (this runs about once per round).
+        tls = _node._tls
+        previous = tls.node
+        tls.node = self.pool.node
+        try:
             for fn in hooks.values():
                 try:
                     fn()
                 except Exception:  # one hook's bug must not cost the others or the scheduler
                     logger.exception("end-of-turn hook %r raised", fn)
+        finally:
+            tls.node = previous
 
 
 class SchedulerPool:
