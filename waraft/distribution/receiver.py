@@ -39,6 +39,7 @@ from waraft.distribution.policy import Sender
 from waraft.distribution.reply import RemoteReplyTo
 from waraft.otp import messaging
 from waraft.otp.errors import NOPROC
+from waraft.otp.threadname import set_os_name
 
 if TYPE_CHECKING:
     from waraft.distribution.runtime import Dist
@@ -86,6 +87,7 @@ class Receiver(threading.Thread):
         )
 
     def run(self) -> None:
+        set_os_name("dist:recv")
         try:
             self._loop()
         except Exception:

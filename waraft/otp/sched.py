@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Final
 import greenlet
 
 from waraft.otp import node as _node
+from waraft.otp.threadname import set_os_name
 
 if TYPE_CHECKING:
     from waraft.otp.pid import Pid
@@ -309,6 +310,7 @@ class IoPool:
             thread.start()
 
     def _run(self) -> None:
+        set_os_name("otp:io")
         jobs = self.jobs
         while True:
             job = jobs.get()
@@ -459,6 +461,7 @@ class Scheduler:
         return f"<scheduler {self.index} of {self.pool.node.id}>"
 
     def _main(self) -> None:
+        set_os_name(f"otp:sched:{self.index}")
         try:
             self._loop()
         except BaseException as exc:
