@@ -34,15 +34,21 @@ TICK = os.sysconf("SC_CLK_TCK")
 INTERVAL = 0.5
 
 
-def _cmdlines() -> dict[int, bytes]:
+def _children(parent: int) -> dict[int, bytes]:
+    """pid -> command line of ``parent``'s child processes (the harness starts the nodes and
+    the load generator itself: another run's processes, still stopping, are not taken)."""
     found: dict[int, bytes] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            if int(stat[stat.rfind(")") + 2 :].split()[1]) != parent:
+                continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 found[int(entry)] = f.read().replace(b"\0", b" ")
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
     return found
 
@@ -75,8 +81,8 @@ def sample(harness: subprocess.Popen[bytes]) -> tuple[list[dict[str, Any]], floa
     nodes: list[int] = []
     while harness.poll() is None:
         now = time.time()
-        lines = _cmdlines()
-        if not nodes:
+        lines = _children(harness.pid)
+        if load_started is None:  # every node is up once the load starts: then fixed
             nodes = sorted(
                 p for p, c in lines.items() if b"waraft.cli" in c and b" node " in c + b" "
             )
