@@ -44,6 +44,7 @@ ALLOWED_MODULES = {
     "itertools",
     "logging",
     "math",
+    "operator",  # attrgetter: pure functions of their arguments
     "typing",
     "waraft",
 }

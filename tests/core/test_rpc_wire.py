@@ -9,14 +9,17 @@ import pytest
 from waraft.core.rpc import (
     AppendEntries,
     AppendEntriesResponse,
+    Handover,
     HandoverFailed,
     NotifyTerm,
     PreVote,
     RaftRpc,
+    RequestPreVote,
     RequestVote,
     RpcDecodeError,
     Vote,
     from_wire,
+    procedure_name,
     to_wire,
 )
 from waraft.core.types import ElectionType, Entry, Identity, State
@@ -32,6 +35,31 @@ def test_round_trip() -> None:
     vote = RaftRpc(4, N1, RequestVote(ElectionType.FORCE, 9, 3))
     assert to_wire(vote)[4][0] == "force"
     assert from_wire(to_wire(vote), "me") == vote
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        AppendEntries(11, 12, [Entry(12, "k", "v")], 13, 14, True),
+        AppendEntriesResponse(21, True, 22, 23, True),
+        AppendEntriesResponse(21, False, 22, None, False),
+        RequestPreVote(31),
+        PreVote(41, True, 42, 43),
+        RequestVote(ElectionType.FORCE, 51, 52),
+        Vote(True),
+        Handover(61, 62, 63, [Entry(63, "k", "v")]),
+        HandoverFailed(71),
+        NotifyTerm(),
+    ],
+)
+def test_every_procedure_round_trips_with_every_field_set(payload: Any) -> None:
+    """Every field distinct from its default and from the others: a field encoded or decoded
+    in the wrong slot, or dropped, changes the payload."""
+    rpc = RaftRpc(9, N1, payload)
+    wire = to_wire(rpc)
+    assert wire[:4] == [procedure_name(payload), 9, N1.name, N1.node]
+    assert all(not isinstance(value, ElectionType) for value in wire[4])  # plain strings
+    assert from_wire(wire, "me") == rpc
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from zmq.utils.monitor import parse_monitor_message
 from waraft.distribution import envelope
 from waraft.distribution.links import apply_curve_client
 from waraft.distribution.peers import Peer, PeerState
+from waraft.otp.threadname import set_os_name
 
 if TYPE_CHECKING:
     from waraft.distribution.runtime import Dist
@@ -102,6 +103,7 @@ class Liveness(threading.Thread):
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
+        set_os_name("dist:liveness")
         try:
             while not self._dist.stopping:
                 try:

@@ -39,6 +39,7 @@ from waraft.distribution.policy import Sender
 from waraft.distribution.reply import RemoteReplyTo
 from waraft.otp import messaging
 from waraft.otp.errors import NOPROC
+from waraft.otp.threadname import set_os_name
 
 if TYPE_CHECKING:
     from waraft.distribution.runtime import Dist
@@ -86,6 +87,7 @@ class Receiver(threading.Thread):
         )
 
     def run(self) -> None:
+        set_os_name("dist:recv")
         try:
             self._loop()
         except Exception:
@@ -104,8 +106,11 @@ class Receiver(threading.Thread):
         # pyzmq's Python-level __getattr__ (two of them per message on the hot path).
         # (Typed as int: the options read here, RCVMORE and EVENTS, are integers.)
         getsockopt = cast(Callable[[int], int], router.getsockopt)
-        rcvmore = zmq.RCVMORE
-        events, pollin = zmq.EVENTS, zmq.POLLIN
+        # Plain ints, not pyzmq's enum members: ``int & PollEvent`` runs enum.Flag.__and__
+        # in Python (and builds a member) on every check, about 1 us against 0.05.
+        rcvmore = int(zmq.RCVMORE)
+        events, pollin = int(zmq.EVENTS), int(zmq.POLLIN)
+        noblock = int(zmq.NOBLOCK)
         # One poll item list for the thread's life: ``router.poll()`` builds a Poller, registers
         # the socket and converts the result on every call, and this loop polls whenever the
         # socket drains, which under one-request-at-a-time load is after every message.
@@ -129,7 +134,7 @@ class Receiver(threading.Thread):
                     time.sleep(0.01)
                 continue
             try:
-                head = recv(zmq.NOBLOCK, copy=False)
+                head = recv(noblock, copy=False)
             except zmq.Again:
                 continue
             except zmq.ZMQError as exc:

@@ -55,6 +55,7 @@ from waraft.otp.sched import (
 )
 from waraft.otp.sched import stats as scheduler_stats
 from waraft.otp.statem import StateMachine
+from waraft.otp.threadname import set_os_name
 from waraft.otp.timer import TimerRef, cancel_timer, send_after
 
 __all__ = [
@@ -105,6 +106,7 @@ __all__ = [
     "send_after",
     "send_request",
     "set_default_process_type",
+    "set_os_name",
     "sleep",
     "start",
     "start_link",

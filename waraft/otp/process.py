@@ -363,6 +363,13 @@ class Process(pykka.ThreadingActor):
         die(self.pid, reason)
         boot.ready.fail(reason)
 
+    def _handle_receive(self, message: Any) -> Any:
+        # Every message of a waraft process is an Envelope: skip pykka's four proxy-message
+        # type tests (its own messages, should any come, still take its path).
+        if type(message) is Envelope:
+            return self.on_receive(message)
+        return super()._handle_receive(message)
+
     def on_receive(self, message: Any) -> Any:
         env: Envelope = message
         if self.pid._dead:

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Final
 import greenlet
 
 from waraft.otp import node as _node
+from waraft.otp.threadname import set_os_name
 
 if TYPE_CHECKING:
     from waraft.otp.pid import Pid
@@ -309,6 +310,7 @@ class IoPool:
             thread.start()
 
     def _run(self) -> None:
+        set_os_name("otp:io")
         jobs = self.jobs
         while True:
             job = jobs.get()
@@ -459,6 +461,7 @@ class Scheduler:
         return f"<scheduler {self.index} of {self.pool.node.id}>"
 
     def _main(self) -> None:
+        set_os_name(f"otp:sched:{self.index}")
         try:
             self._loop()
         except BaseException as exc:
@@ -499,12 +502,19 @@ class Scheduler:
             return
         self.turn_hooks = {}
         self.turn_runs = 0
-        with self.pool.node.activate():
+        # The node current by hand, as the timer thread does: Node.activate's generator
+        # context manager costs more than a one-send hook (this runs about once per round).
+        tls = _node._tls
+        previous = tls.node
+        tls.node = self.pool.node
+        try:
             for fn in hooks.values():
                 try:
                     fn()
                 except Exception:  # one hook's bug must not cost the others or the scheduler
                     logger.exception("end-of-turn hook %r raised", fn)
+        finally:
+            tls.node = previous
 
 
 class SchedulerPool:

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from waraft.otp.threadname import set_os_name
+
 if TYPE_CHECKING:
     from waraft.otp.node import Node
     from waraft.otp.process import Target
@@ -102,6 +104,7 @@ class _TimerService:
             return True
 
     def _run(self) -> None:
+        set_os_name("otp:timer")
         while True:
             due = self._next_due()
             for ref in due:

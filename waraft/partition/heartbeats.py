@@ -106,6 +106,7 @@ class Coalescer:
             thread.join(timeout=2.0)
 
     def _run(self) -> None:
+        otp.set_os_name("raft:heartbeats")
         while True:
             with self._cond:
                 while not self._pending and not self._stopped:

@@ -1,0 +1,169 @@
+"""CPU per committed op of every thread of every waraft node, over a harness run.
+
+Run one harness run through it (one scenario, waraft only):
+
+    python -m benchmarks.thread_cpu -- run --scenario c --systems waraft --duration 8 \
+        --warmup 2 --no-plot --no-progress --out DIR
+
+It starts the harness as a child, samples ``/proc/<pid>/task/<tid>/stat`` (user and system
+ticks) and ``comm`` of every ``waraft node`` process twice a second, and when the run is over
+prints, per node and per thread name, the CPU microseconds per committed op: the CPU rate
+over the steady middle of the measured window (from one second after the warmup ends to one
+second before the window ends, located from when the load generator started) divided by the
+run's ops/s from ``DIR/results.json``. The runtime names its threads for the OS
+(``waraft.otp.threadname``): ``otp:sched:N``, ``otp:io``, ``otp:timer``, ``dist:recv``,
+``dist:liveness``, ``raft:heartbeats``; ZeroMQ names its own ``ZMQbg/IO/0`` and
+``ZMQbg/Reaper``. Nodes are listed busiest first (in scenario c: the leader).
+
+A measuring tool with no effect on the run beyond its own ~1 % of a core; figures are per op,
+so a loaded machine moves them less than throughput, but note the harness's *other load*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TICK = os.sysconf("SC_CLK_TCK")
+INTERVAL = 0.5
+
+
+def _children(parent: int) -> dict[int, bytes]:
+    """pid -> command line of ``parent``'s child processes (the harness starts the nodes and
+    the load generator itself: another run's processes, still stopping, are not taken)."""
+    found: dict[int, bytes] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            if int(stat[stat.rfind(")") + 2 :].split()[1]) != parent:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                found[int(entry)] = f.read().replace(b"\0", b" ")
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _threads(pid: int) -> dict[int, tuple[int, int, str]]:
+    """tid -> (user ticks, system ticks, OS name) of ``pid``'s threads (empty if gone)."""
+    out: dict[int, tuple[int, int, str]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        out[int(tid)] = (int(fields[11]), int(fields[12]), name)
+    return out
+
+
+def sample(harness: subprocess.Popen[bytes]) -> tuple[list[dict[str, Any]], float | None]:
+    """Snapshots of the nodes' threads while ``harness`` runs, and when the load generator
+    was first seen (wall seconds)."""
+    snaps: list[dict[str, Any]] = []
+    load_started: float | None = None
+    nodes: list[int] = []
+    while harness.poll() is None:
+        now = time.time()
+        lines = _children(harness.pid)
+        if load_started is None:  # every node is up once the load starts: then fixed
+            nodes = sorted(
+                p for p, c in lines.items() if b"waraft.cli" in c and b" node " in c + b" "
+            )
+        if load_started is None and any(b"benchmarks.harness.loadgen" in c for c in lines.values()):
+            load_started = now
+        if nodes:
+            snaps.append({"t": now, "nodes": {p: _threads(p) for p in nodes}})
+        time.sleep(INTERVAL)
+    return snaps, load_started
+
+
+def per_op(
+    snaps: list[dict[str, Any]], start: float, end: float, ops_per_s: float
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """pid -> thread name -> (user, system) CPU microseconds per op between ``start`` and
+    ``end`` (the snapshots nearest inside them). Threads of one name are summed."""
+    inside = [s for s in snaps if start <= s["t"] <= end]
+    if len(inside) < 2:
+        raise SystemExit(f"only {len(inside)} snapshots in the steady window: a longer --duration")
+    first, last = inside[0], inside[-1]
+    seconds = last["t"] - first["t"]
+    ops = ops_per_s * seconds
+    result: dict[int, dict[str, tuple[float, float]]] = {}
+    for pid, threads in last["nodes"].items():
+        before = first["nodes"].get(pid, {})
+        rows: dict[str, tuple[float, float]] = {}
+        for tid, (user, system, name) in threads.items():
+            u0, s0, _ = before.get(tid, (0, 0, name))
+            u, s = rows.get(name, (0.0, 0.0))
+            rows[name] = (
+                u + (user - u0) / TICK / ops * 1e6,
+                s + (system - s0) / TICK / ops * 1e6,
+            )
+        result[pid] = rows
+    return result
+
+
+def report(table: dict[int, dict[str, tuple[float, float]]], min_us: float = 1.0) -> str:
+    lines = ["node  thread            user us/op  sys us/op  total"]
+    order = sorted(table, key=lambda p: -sum(u + s for u, s in table[p].values()))
+    grand = 0.0
+    for i, pid in enumerate(order):
+        rows = table[pid]
+        node_total = sum(u + s for u, s in rows.values())
+        grand += node_total
+        for name, (u, s) in sorted(rows.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+            if u + s >= min_us:
+                lines.append(f"{i:<5} {name:<17} {u:10.0f} {s:10.0f} {u + s:6.0f}")
+        lines.append(f"{i:<5} {'(node total)':<17} {'':>10} {'':>10} {node_total:6.0f}")
+    lines.append(f"all nodes: {grand:.0f} us of CPU per committed op")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("harness", nargs=argparse.REMAINDER, help="-- then the harness args")
+    args = parser.parse_args(argv)
+    harness_args = [a for a in args.harness if a != "--"] if args.harness else []
+    if "--out" not in harness_args:
+        raise SystemExit("pass --out DIR to the harness (its results.json gives ops/s)")
+    out = Path(harness_args[harness_args.index("--out") + 1])
+    child = subprocess.Popen([sys.executable, "-m", "benchmarks", *harness_args])
+    snaps, load_started = sample(child)
+    if child.returncode != 0:
+        raise SystemExit(f"the harness failed ({child.returncode})")
+    results = json.loads((out / "results.json").read_text())
+    runs = [r for r in results["runs"] if r.get("system") == "waraft"]
+    if len(runs) != 1 or load_started is None:
+        raise SystemExit("run exactly one waraft scenario through this tool")
+    run = runs[0]
+    window = run["window"]
+    start = load_started + window["warmup_s"] + 1.0
+    end = load_started + window["warmup_s"] + window["duration_s"] - 1.0
+    ops_per_s = float(run["throughput"]["ops_per_s"])
+    table = per_op(snaps, start, end, ops_per_s)
+    print(f"{run['id']}: {ops_per_s:,.0f} ops/s; steady window {end - start:.1f} s")
+    print(report(table))
+    (out / "thread_cpu.json").write_text(
+        json.dumps({str(p): rows for p, rows in table.items()}, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()
