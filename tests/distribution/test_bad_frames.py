@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -9,7 +11,7 @@ import zmq
 
 from waraft import distribution as dist
 from waraft import otp
-from waraft.distribution import envelope
+from waraft.distribution import envelope, receiver
 from waraft.distribution.envelope import Kind
 from waraft.services import codec
 
@@ -183,3 +185,30 @@ def test_made_up_node_ids_cannot_fill_the_peer_table(
     finally:
         dist.stop()
         silent.close()
+
+
+def test_a_handler_failure_per_frame_is_counted_and_logged_once_a_second(
+    raw: zmq.Context[zmq.Socket[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A delivery bug that every frame of a peer hits must not cost a log line per frame.
+    def broken(*args: object) -> bool:
+        raise RuntimeError("delivery bug")
+
+    monkeypatch.setattr(receiver.Receiver, "_admit", broken)
+    caplog.set_level(logging.ERROR, logger="waraft.distribution.receiver")
+    node_id = dist.start("parent@127.0.0.1:0", ping_interval=0.1, down_after=0.6)
+    try:
+        started = time.monotonic()
+        sock = _dealer(raw, node_id, f"{FAKE}/raw".encode())
+        frames = 200
+        for i in range(frames):
+            sock.send(envelope.cast_frame("sink", codec.packb(i)))
+        _wait_counter("rx_handler_errors", frames)
+        elapsed = time.monotonic() - started
+    finally:
+        dist.stop()
+    lines = [r.getMessage() for r in caplog.records if "failed to handle" in r.getMessage()]
+    assert 1 <= len(lines) <= int(elapsed) + 2, lines
+    assert "(1 such failures" in lines[0]

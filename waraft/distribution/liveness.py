@@ -28,6 +28,7 @@ from waraft.distribution import envelope
 from waraft.distribution.links import apply_curve_client
 from waraft.distribution.peers import Peer, PeerState
 from waraft.otp.threadname import set_os_name
+from waraft.services.logthrottle import LogThrottle
 
 if TYPE_CHECKING:
     from waraft.distribution.runtime import Dist
@@ -92,9 +93,10 @@ class Liveness(threading.Thread):
             self._poller.register(zap, zmq.POLLIN)
         self._next_reap = 0.0
         self._probe_tags = 0
-        self._next_error_log = 0.0
-        self._next_denied_log = 0.0
-        self._denied_unlogged = 0
+        # What repeats every tick, or what anyone reaching the port can cause, is logged
+        # at most once a second (the counters count every one).
+        self._errors = LogThrottle()
+        self._denied = LogThrottle()
         self.counts: dict[str, int] = {}
         dist.counters.add_dict(self.counts)
 
@@ -130,9 +132,7 @@ class Liveness(threading.Thread):
     def _log_error(self, fmt: str, *args: object, exc_info: bool = False) -> None:
         """Log an error at most once a second: a fault that repeats every tick must not
         flood the log."""
-        now = time.monotonic()
-        if now >= self._next_error_log:
-            self._next_error_log = now + 1.0
+        if self._errors.ready():
             logger.error(fmt, *args, exc_info=exc_info)
 
     def _step(self) -> None:
@@ -317,17 +317,13 @@ class Liveness(threading.Thread):
         """Say that a client was refused, at most once a second: anyone who can reach the
         port can make handshakes, and one log line each would let them flood the log (the
         ``auth_denied`` counter still counts every one)."""
-        self._denied_unlogged += 1
-        now = time.monotonic()
-        if now < self._next_denied_log:
-            return
-        self._next_denied_log = now + 1.0
-        logger.warning(
-            "refused %d client(s) whose key is not allowed (latest: %s)",
-            self._denied_unlogged,
-            mechanism.decode(errors="replace") or "no mechanism",
-        )
-        self._denied_unlogged = 0
+        count = self._denied.ready()
+        if count:
+            logger.warning(
+                "refused %d client(s) whose key is not allowed (latest: %s)",
+                count,
+                mechanism.decode(errors="replace") or "no mechanism",
+            )
 
     # ------------------------------------------------------------------ shutdown
     def _close(self) -> None:

@@ -40,6 +40,7 @@ from waraft.distribution.reply import RemoteReplyTo
 from waraft.otp import messaging
 from waraft.otp.errors import NOPROC
 from waraft.otp.threadname import set_os_name
+from waraft.services.logthrottle import LogThrottle
 
 if TYPE_CHECKING:
     from waraft.distribution.runtime import Dist
@@ -85,6 +86,10 @@ class Receiver(threading.Thread):
         self._limiter = policy.RateLimiter(
             dist.settings.admin_rate_per_sender, dist.settings.admin_rate_per_node
         )
+        # Socket errors can repeat at loop speed and a handler bug can be hit by every
+        # frame a peer sends: at most one line a second each (the counters count them all).
+        self._socket_errors = LogThrottle()
+        self._handler_errors = LogThrottle()
 
     def run(self) -> None:
         set_os_name("dist:recv")
@@ -130,7 +135,7 @@ class Receiver(threading.Thread):
                 except zmq.ZMQError as exc:
                     if dist.stopping:
                         return
-                    logger.error("poll failed: %s", exc)
+                    self._log_socket_error("poll", exc)
                     time.sleep(0.01)
                 continue
             try:
@@ -140,7 +145,7 @@ class Receiver(threading.Thread):
             except zmq.ZMQError as exc:
                 if dist.stopping:
                     return
-                logger.error("receive failed: %s", exc)
+                self._log_socket_error("receive", exc)
                 time.sleep(0.01)
                 continue
             since_idle += 1
@@ -161,7 +166,22 @@ class Receiver(threading.Thread):
             except Exception:
                 # A bug in delivery must not take the node off the network.
                 self._count("rx_handler_errors")
-                logger.exception("failed to handle a frame from %r", head.bytes[:100])
+                self._log_handler_error(head)
+
+    def _log_socket_error(self, what: str, exc: zmq.ZMQError) -> None:
+        self._count("rx_socket_errors")
+        count = self._socket_errors.ready()
+        if count:
+            logger.error("%s failed: %s (%d in the last interval)", what, exc, count)
+
+    def _log_handler_error(self, head: zmq.Frame) -> None:
+        count = self._handler_errors.ready()
+        if count:
+            logger.exception(
+                "failed to handle a frame from %r (%d such failures in the last interval)",
+                head.bytes[:100],
+                count,
+            )
 
     def _drain(self) -> None:
         router = self._router
