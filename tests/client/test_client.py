@@ -301,3 +301,134 @@ def test_a_leader_back_from_a_short_pause_is_followed_again(
         c.close()
         for node in nodes:
             node.stop()
+
+
+class _ScriptedGateway(otp.Process):
+    """An acceptor stand-in that records the commands it gets and answers each with
+    ``answer(command)``; a packed ``$batch`` entry is answered as a leader does, with one
+    result that is the list of its commands' results. ``answer`` returning None swallows the
+    whole batch (a leader that never answers)."""
+
+    def init(self, partition: int, log: list[tuple[int, object]], answer: object) -> None:
+        self.partition, self.log, self.answer = partition, log, answer
+
+    def handle_cast(self, msg: object) -> None:
+        from waraft.services import codec
+        from waraft.storage import BATCH
+
+        assert isinstance(msg, tuple) and msg[0] == "client_batch"
+        _, reply_to, batch_id, kind, items, _priority = msg
+        commands = [item[1] if kind == "commit" else item for item in items]
+        packed = len(commands) == 1 and type(commands[0]) is tuple and commands[0][0] == BATCH
+        if packed:
+            commands = list(codec.unpackb(commands[0][1]))
+        self.log.extend((self.partition, tuple(c)) for c in commands)
+        answers = [self.answer(tuple(c)) for c in commands]  # type: ignore[operator]
+        if any(a is None for a in answers):
+            return
+        results = [answers] if packed else answers
+        otp.cast(reply_to, ("client_reply", batch_id, results, None))
+
+
+def _scripted(
+    client_node: otp.Node, partitions: int, answer: object, **kw: object
+) -> tuple[Client, list[tuple[int, object]], otp.Node]:
+    from waraft.partition import acceptor
+
+    node = otp.Node(f"scripted{next(_ids)}@local")
+    log: list[tuple[int, object]] = []
+    for p in range(1, partitions + 1):
+        otp.start(
+            _ScriptedGateway, p, log, answer, name=acceptor.default_name("test", p), node=node
+        )
+    c = Client(
+        [node.id],
+        table="test",
+        partitions=partitions,
+        node=client_node,
+        discover=False,
+        **kw,  # type: ignore[arg-type]
+    )
+    return c, log, node
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_commit_many_routes_every_key_as_partition_for_does(
+    client_node: otp.Node, pack: bool
+) -> None:
+    c, log, node = _scripted(client_node, 4, lambda cmd: "ok", pack=pack)
+    try:
+        keys: list[object] = [f"key{i}" for i in range(40)] + ["ключ", b"raw", ("t", 1), 3]
+        futures = c.commit_many([(k, ("write", "test", i)) for i, k in enumerate(keys)])
+        assert [f.result(5) for f in futures] == ["ok"] * len(keys)
+        got = {cmd[2]: partition for partition, cmd in log}  # type: ignore[index]
+        want = {i: (k if type(k) is int else partition_for(k, 4)) for i, k in enumerate(keys)}
+        assert got == want
+        assert len(set(want.values())) == 4
+    finally:
+        c.close()
+        node.stop()
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_each_request_of_a_reply_gets_its_own_result_or_error(
+    client_node: otp.Node, pack: bool
+) -> None:
+    """One reply mixing results and final errors: every request gets exactly its own, through
+    futures (waited on, with done-callbacks, already done) and through callbacks."""
+    import threading
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        i = cmd[2]
+        assert isinstance(i, int)
+        return ("error", ("badarg", i)) if i % 3 == 0 else ("ok", i)
+
+    def want(i: int) -> object:
+        return ("error", ("badarg", i)) if i % 3 == 0 else ("ok", i)
+
+    c, log, node = _scripted(client_node, 1, answer, pack=pack)
+    try:
+        futures = c.commit_many([(1, ("write", "test", i)) for i in range(30)])
+        seen: dict[int, object] = {}
+        for i, f in enumerate(futures[:10]):
+            f.add_done_callback(lambda fut, i=i: seen.__setitem__(i, fut.result()))
+        assert [f.result(5) for f in futures] == [want(i) for i in range(30)]
+        assert seen == {i: want(i) for i in range(10)}
+        got: dict[int, object] = {}
+        finished = threading.Event()
+
+        def on_result(i: int, result: object) -> None:
+            got[i] = result
+            if len(got) == 30:
+                finished.set()
+
+        c.commit_many([(1, ("write", "test", 100 + i)) for i in range(30)], callback=on_result)
+        assert finished.wait(5)
+        assert got == {i: want(100 + i) for i in range(30)}
+        assert len(log) == 60  # final errors are not retried
+    finally:
+        c.close()
+        node.stop()
+
+
+def test_a_late_request_times_out_while_its_frame_mates_wait(client_node: otp.Node) -> None:
+    """Requests with different deadlines in one frame to a leader that never answers: each
+    times out at its own deadline, not at the frame's attempt timeout or a frame mate's."""
+    import time
+
+    from waraft.client import _Request
+
+    c, log, node = _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0, timeout=30.0)
+    try:
+        now = time.monotonic()
+        long = _Request(1, "commit", ("write", "test", "long"), "high", now + 20.0)
+        short = _Request(1, "commit", ("write", "test", "short"), "high", now + 0.3)
+        c._enqueue([long, short])  # one queue operation: one frame
+        assert short.future is not None and long.future is not None
+        assert short.future.result(3) == ("error", "timeout")
+        assert time.monotonic() - now < 2.0
+        assert not long.future.done()
+        assert c.stats()["batches"] == 1 and len(log) == 2
+    finally:
+        c.close()
+        node.stop()
