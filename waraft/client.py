@@ -95,7 +95,7 @@ import threading
 import time
 import zlib
 from _thread import allocate_lock
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import Any, Final
@@ -466,6 +466,31 @@ def _take(entries: list[_Entry], n: int) -> tuple[list[_Entry], list[_Entry]]:
             rest.append(tail)
             n = 0
     return taken, rest
+
+
+def _chunks(entries: list[_Entry], size: int) -> Iterator[list[_Entry]]:
+    """``entries`` cut into frames of at most ``size`` commands, in one pass (a group may be
+    split across frames)."""
+    if all(type(entry) is _Request for entry in entries):
+        for start in range(0, len(entries), size):
+            yield entries[start : start + size]
+        return
+    chunk: list[_Entry] = []
+    room = size
+    for entry in entries:
+        while entry.count > room:  # only a group holds more than one command
+            assert isinstance(entry, _Group)
+            head, entry = entry.split(room)
+            chunk.append(head)
+            yield chunk
+            chunk, room = [], size
+        chunk.append(entry)
+        room -= entry.count
+        if room == 0:
+            yield chunk
+            chunk, room = [], size
+    if chunk:
+        yield chunk
 
 
 def _commands(entries: list[_Entry]) -> list[Any]:
@@ -1133,8 +1158,7 @@ class Client:
                 continue
             node = self._target(partition, now)
             address = (acceptor.default_name(self.table, partition), node)
-            while requests:
-                chunk, requests = _take(requests, self.max_batch)
+            for chunk in _chunks(requests, self.max_batch):
                 self._send(address, partition, kind, priority, chunk, now)
 
     def _send(

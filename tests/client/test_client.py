@@ -657,3 +657,16 @@ def test_a_burst_late_in_a_frame_that_stays_in_flight_is_answered_once(
     finally:
         c.close()
         node.stop()
+
+
+def test_a_burst_goes_one_command_a_frame_when_max_batch_is_one(client_node: otp.Node) -> None:
+    c, log, node = _scripted(client_node, 1, lambda cmd: ("ok", cmd[2]), max_batch=1)
+    try:
+        futures = c.commit_many([(1, ("write", "test", i)) for i in range(20)])
+        futures.append(c.commit_async(1, ("write", "test", 20)))  # type: ignore[arg-type]
+        assert [f.result(5) for f in futures] == [("ok", i) for i in range(21)]
+        stats = c.stats()
+        assert stats["batches"] == 21 and stats["items_sent"] == 21 and len(log) == 21
+    finally:
+        c.close()
+        node.stop()
