@@ -77,11 +77,19 @@ def run_once(
     warmup: float,
     duration: float,
     options: dict[str, Any],
+    coalesce: bool = True,
 ) -> dict[str, float]:
     from benchmarks.harness.waraft_client import WaraftDriver
     from benchmarks.harness.wire import OP_WRITE
 
-    driver = WaraftDriver({"nodes": [node_id], "partitions": partitions, "client_options": options})
+    driver = WaraftDriver(
+        {
+            "nodes": [node_id],
+            "partitions": partitions,
+            "client_options": options,
+            "coalesce": coalesce,
+        }
+    )
     try:
         driver.connect(10.0)
         before = driver.stats()
@@ -135,6 +143,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pack", choices=("true", "false"), default="true")
+    parser.add_argument(
+        "--coalesce",
+        choices=("true", "false"),
+        default="true",
+        help="false: scenario b's client, one commit_async per command, max_batch=1",
+    )
     args = parser.parse_args()
     if args.serve:
         serve(args.partitions)
@@ -158,7 +172,13 @@ def main() -> None:
         options = {"pack": args.pack == "true"}
         runs = [
             run_once(
-                node_id, args.partitions, args.concurrency, args.warmup, args.duration, options
+                node_id,
+                args.partitions,
+                args.concurrency,
+                args.warmup,
+                args.duration,
+                options,
+                args.coalesce == "true",
             )
             for _ in range(args.repeat)
         ]
@@ -170,7 +190,8 @@ def main() -> None:
         print(
             f"median: {statistics.median(r['ops_s'] for r in runs):,.0f} ops/s, "
             f"{statistics.median(r['cpu_us_op'] for r in runs):.2f} us client CPU per op "
-            f"(concurrency {args.concurrency}, pack={args.pack}, load average "
+            f"(concurrency {args.concurrency}, pack={args.pack}, coalesce={args.coalesce}, "
+            f"load average "
             f"{os.getloadavg()[0]:.2f})"
         )
     finally:
