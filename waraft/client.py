@@ -814,19 +814,19 @@ class Client:
         n, crc32 = self.partitions, zlib.crc32
         if self.sessions:  # every commit is tagged with its own seq: a _Request each
             batch = [
-                self._tag(
-                    _Request(
-                        crc32(pk.encode()) % n + 1 if type(pk) is str else partition_of(pk),
-                        "commit",
-                        cmd,
-                        priority,
-                        deadline,
-                        callback,
-                        None if callback is None else i,
-                    )
+                _Request(
+                    crc32(pk.encode()) % n + 1 if type(pk) is str else partition_of(pk),
+                    "commit",
+                    cmd,
+                    priority,
+                    deadline,
+                    callback,
+                    None if callback is None else i,
                 )
                 for i, (pk, cmd) in enumerate(requests)
             ]
+            # Tagged only once every key routed: a bad key raises before any seq is taken.
+            batch = [self._tag(request) for request in batch]
             self._enqueue(batch)
             return [] if callback is not None else [r.future for r in batch]  # type: ignore[misc]
         # Otherwise the commands travel as one _Group per partition (see _Group).

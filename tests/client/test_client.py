@@ -670,3 +670,27 @@ def test_a_burst_goes_one_command_a_frame_when_max_batch_is_one(client_node: otp
     finally:
         c.close()
         node.stop()
+
+
+def test_a_bad_key_in_a_session_burst_takes_no_seq(client_node: otp.Node) -> None:
+    """With sessions, ``commit_many`` routes every key before tagging any: a bad key raises
+    and leaves no sequence number outstanding (one would hold the acked floor down forever)."""
+    seen: list[tuple[object, ...]] = []
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        seen.append(cmd)
+        return ("ok", 7) if cmd[1] == "register" else "ok"
+
+    c, _log, node = _scripted(client_node, 2, answer, sessions=True)
+    try:
+        assert c.commit(1, ("write", "test", "first")) == "ok"  # registers session 7
+        with pytest.raises(ValueError):
+            c.commit_many([(1, ("write", "test", "a")), (3, ("write", "test", "b"))])
+        futures = c.commit_many([(1, ("write", "test", "c"))])
+        assert [f.result(5) for f in futures] == ["ok"]
+        last = seen[-1]
+        assert last[:4] == ("$session", "call", 7, 2)  # seq 2: "a" took none
+        assert last[4] == 2  # acked floor: every earlier seq settled
+    finally:
+        c.close()
+        node.stop()
