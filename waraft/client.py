@@ -95,7 +95,7 @@ import threading
 import time
 import zlib
 from _thread import allocate_lock
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import Any, Final
@@ -241,10 +241,20 @@ class Future:
         with _FUTURES_LOCK:
             if self._done:
                 return False
-            self._value = value
-            self._done = True
-            callbacks, self._callbacks = self._callbacks, None
-            waiter = self._waiter
+            waiter, callbacks = self._claim(value)
+        self._wake(waiter, callbacks)
+        return True
+
+    def _claim(self, value: Any) -> tuple[Any, list[Callable[[Future], Any]] | None]:
+        """Under ``_FUTURES_LOCK``, on a future not done yet: record ``value``; returns what
+        ``_wake`` must signal once the lock is released (so that a whole reply's futures are
+        completed under one acquisition of the lock)."""
+        self._value = value
+        self._done = True
+        callbacks, self._callbacks = self._callbacks, None
+        return self._waiter, callbacks
+
+    def _wake(self, waiter: Any, callbacks: list[Callable[[Future], Any]] | None) -> None:
         if waiter is not None:
             waiter.release()
         if callbacks:
@@ -253,16 +263,23 @@ class Future:
                     fn(self)
                 except Exception:
                     logger.exception("a waraft.client future callback raised")
-        return True
 
 
 class _Request:
+    """One caller's request, from submission until its one completion (``finish``).
+
+    ``callback`` (when there is no future) is called ``callback(result)``, or
+    ``callback(index, result)`` when ``index`` is not None (``commit_many``: the index is kept
+    here rather than bound in a ``functools.partial`` per request, one object fewer per
+    command for the allocator and the cyclic garbage collector to handle)."""
+
     __slots__ = (
         "attempts",
         "callback",
         "deadline",
         "done",
         "future",
+        "index",
         "item",
         "kind",
         "last_error",
@@ -270,6 +287,7 @@ class _Request:
         "partition",
         "priority",
     )
+    count = 1  # commands carried (a _Group carries many)
 
     def __init__(
         self,
@@ -278,7 +296,9 @@ class _Request:
         item: Any,
         priority: str,
         deadline: float,
-        callback: Callable[[Any], Any] | None = None,
+        callback: Callable[..., Any] | None = None,
+        index: int | None = None,
+        future: Future | None = None,
     ) -> None:
         self.partition = partition
         self.kind = kind
@@ -286,7 +306,8 @@ class _Request:
         self.priority = priority
         self.deadline = deadline
         self.callback = callback
-        self.future = Future() if callback is None else None
+        self.index = index
+        self.future = future if future is not None or callback is not None else Future()
         self.done = False
         self.attempts = 0
         self.last_error: Any = None
@@ -298,6 +319,10 @@ class _Request:
             if self.done:
                 return
             self.done = True
+        self.complete(result)
+
+    def complete(self, result: Any) -> None:
+        """Deliver ``result`` (the caller has set ``done`` under ``_FUTURES_LOCK``)."""
         if self.on_done is not None:
             self.on_done(result)
         future = self.future
@@ -305,39 +330,235 @@ class _Request:
             future.set_result(result)
             return
         try:
-            self.callback(result)  # type: ignore[misc]
+            if self.index is None:
+                self.callback(result)  # type: ignore[misc]
+            else:
+                self.callback(self.index, result)  # type: ignore[misc]
         except Exception:
             logger.exception("a waraft.client request callback raised")
 
 
+class _Group:
+    """The commits of one ``commit_many`` call (without sessions) for one partition, carried
+    as lists instead of a ``_Request`` each: ``items[j]`` is the command the caller passed at
+    position ``indices[j]``, answered through ``futures[j]`` or ``callback(indices[j], result)``.
+
+    A group is waiting (ready or held) or in exactly ONE in-flight batch, and is never partly
+    complete: whoever owns that batch (pops it from ``_inflight``) either completes every
+    command from the reply (``deliver``, the path every batch takes while nothing goes wrong),
+    or turns the group into ``_Request`` objects (``requests``) for everything else (an error
+    result, a deadline, a lost node, close), which then follow the per-request path. A group
+    costs a handful of objects per call instead of one per command, which in a client keeping
+    thousands of commands in flight is most of its allocation and cyclic-GC work.
+    """
+
+    __slots__ = ("callback", "deadline", "futures", "indices", "items", "partition", "priority")
+    kind = "commit"
+    done = False  # never partly complete (see above): "done" is a per-_Request notion
+    last_error = None
+
+    def __init__(
+        self,
+        partition: int,
+        items: list[Any],
+        indices: Sequence[int],
+        priority: str,
+        deadline: float,
+        callback: Callable[[int, Any], Any] | None,
+        futures: list[Future] | None,
+    ) -> None:
+        self.partition = partition
+        self.items = items
+        self.indices = indices
+        self.priority = priority
+        self.deadline = deadline
+        self.callback = callback
+        self.futures = futures
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def split(self, n: int) -> tuple[_Group, _Group]:
+        """The first ``n`` commands and the rest, as two groups (0 < n < count)."""
+        futures = self.futures
+        return (
+            _Group(
+                self.partition,
+                self.items[:n],
+                self.indices[:n],
+                self.priority,
+                self.deadline,
+                self.callback,
+                None if futures is None else futures[:n],
+            ),
+            _Group(
+                self.partition,
+                self.items[n:],
+                self.indices[n:],
+                self.priority,
+                self.deadline,
+                self.callback,
+                None if futures is None else futures[n:],
+            ),
+        )
+
+    def requests(self) -> list[_Request]:
+        """A ``_Request`` per command, answering the same future or callback (the group must
+        not be used afterwards)."""
+        partition, priority, deadline = self.partition, self.priority, self.deadline
+        futures = self.futures
+        if futures is None:
+            return [
+                _Request(partition, "commit", item, priority, deadline, self.callback, index)
+                for item, index in zip(self.items, self.indices, strict=True)
+            ]
+        return [
+            _Request(partition, "commit", item, priority, deadline, future=future)
+            for item, future in zip(self.items, futures, strict=True)
+        ]
+
+    def deliver(self, results: Sequence[Any]) -> None:
+        """Complete the commands with ``results`` (one each, in order)."""
+        futures = self.futures
+        if futures is None:
+            callback = self.callback
+            assert callback is not None
+            for index, result in zip(self.indices, results, strict=True):
+                try:
+                    callback(index, result)
+                except Exception:
+                    logger.exception("a waraft.client request callback raised")
+            return
+        wakes = []
+        with _FUTURES_LOCK:
+            for future, result in zip(futures, results, strict=True):
+                if not future._done:
+                    waiter, callbacks = future._claim(result)
+                    if waiter is not None or callbacks:
+                        wakes.append((future, waiter, callbacks))
+        for future, waiter, callbacks in wakes:
+            future._wake(waiter, callbacks)
+
+    def finish(self, result: Any) -> None:
+        """Complete every command with the same ``result`` (a timeout, close)."""
+        self.deliver([result] * len(self.items))
+
+
+_Entry = _Request | _Group
+
+
+def _take(entries: list[_Entry], n: int) -> tuple[list[_Entry], list[_Entry]]:
+    """The first ``n`` commands of ``entries`` and the rest (a group may be split)."""
+    taken: list[_Entry] = []
+    rest: list[_Entry] = []
+    for entry in entries:
+        count = entry.count
+        if n <= 0:
+            rest.append(entry)
+        elif count <= n:
+            taken.append(entry)
+            n -= count
+        else:
+            assert isinstance(entry, _Group)
+            head, tail = entry.split(n)
+            taken.append(head)
+            rest.append(tail)
+            n = 0
+    return taken, rest
+
+
+def _chunks(entries: list[_Entry], size: int) -> Iterator[list[_Entry]]:
+    """``entries`` cut into frames of at most ``size`` commands, in one pass (a group may be
+    split across frames)."""
+    if all(type(entry) is _Request for entry in entries):
+        for start in range(0, len(entries), size):
+            yield entries[start : start + size]
+        return
+    chunk: list[_Entry] = []
+    room = size
+    for entry in entries:
+        while entry.count > room:  # only a group holds more than one command
+            assert isinstance(entry, _Group)
+            head, entry = entry.split(room)
+            chunk.append(head)
+            yield chunk
+            chunk, room = [], size
+        chunk.append(entry)
+        room -= entry.count
+        if room == 0:
+            yield chunk
+            chunk, room = [], size
+    if chunk:
+        yield chunk
+
+
+def _commands(entries: list[_Entry]) -> list[Any]:
+    """Every command of ``entries``, in order (the order of a batch's results)."""
+    if len(entries) == 1 and type(entries[0]) is _Group:
+        return entries[0].items
+    out: list[Any] = []
+    for entry in entries:
+        if type(entry) is _Group:
+            out.extend(entry.items)
+        else:
+            out.append(entry.item)  # type: ignore[union-attr]
+    return out
+
+
 class _Batch:
-    __slots__ = ("expires", "node", "packed", "partition", "requests")
+    """A frame in flight: ``requests`` are its entries (``_Request`` or ``_Group``, in the
+    order of its results), ``count`` the commands they carry. ``earliest``: the earliest
+    deadline of its entries (they do not change while it is in flight), so the periodic
+    deadline scan looks inside a batch only once one of its requests may be late."""
+
+    __slots__ = ("count", "earliest", "expires", "node", "packed", "partition", "requests")
 
     def __init__(
         self,
         node: str,
         partition: int,
-        requests: list[_Request],
+        requests: list[_Entry],
         expires: float,
         packed: bool = False,
+        earliest: float = float("-inf"),
+        count: int | None = None,
     ) -> None:
         self.node = node
         self.partition = partition
         self.requests = requests
         self.expires = expires
         self.packed = packed
+        self.earliest = earliest
+        self.count = len(requests) if count is None else count
+
+    def grouped(self) -> bool:
+        """Whether any entry is still a ``_Group``."""
+        return any(type(entry) is _Group for entry in self.requests)
+
+    def materialize(self) -> list[_Request]:
+        """Turn its groups into ``_Request`` objects (only its owner, or under the client's
+        lock while it is in flight) and return them all."""
+        if self.grouped():
+            requests: list[_Request] = []
+            for entry in self.requests:
+                if type(entry) is _Group:
+                    requests.extend(entry.requests())
+                else:
+                    requests.append(entry)  # type: ignore[arg-type]
+            self.requests = requests  # type: ignore[assignment]
+        return self.requests  # type: ignore[return-value]
 
 
-def _pack(kind: str, chunk: list[_Request]) -> list[Any]:
-    """One ``$batch`` item for the whole chunk (see ``waraft.storage.is_batch_command``).
+def _pack(kind: str, commands: list[Any]) -> list[Any]:
+    """One ``$batch`` item for a whole chunk's commands (see ``waraft.storage.is_batch_command``).
 
     The commands are msgpack-encoded here, once: the leader appends and replicates the bytes
     without decoding them; only each replica's storage does.
     """
     if kind == "commit":
-        blob = codec.packb([request.item for request in chunk])
-        return [(make_ref(), (BATCH, blob))]
-    return [(BATCH, codec.packb([request.item for request in chunk]))]
+        return [(make_ref(), (BATCH, codec.packb(commands)))]
+    return [(BATCH, codec.packb(commands))]
 
 
 class _Receiver(otp.Process):
@@ -417,11 +638,11 @@ class Client:
         self._session_locks = {p: threading.Lock() for p in range(1, partitions + 1)}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._ready: list[_Request] = []
+        self._ready: list[_Entry] = []
         self._delayed: list[tuple[float, int, _Request]] = []
         self._inflight: dict[int, _Batch] = {}
         self._inflight_items: dict[int, int] = {}
-        self._held: dict[int, list[_Request]] = {}
+        self._held: dict[int, list[_Entry]] = {}
         self._leaders: dict[int, str] = {}
         self._suspect: dict[str, float] = {}
         self._failed_at: dict[str, float] = {}  # when a node last failed an attempt
@@ -588,20 +809,60 @@ class Client:
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         partition_of, priority = self.partition_of, self.priority
-        if callback is None:
+        # A str key (the common case) is routed inline, to the partition partition_of gives
+        # it (partition_for: CRC-32 of its UTF-8 bytes), saving three calls per command.
+        n, crc32 = self.partitions, zlib.crc32
+        if self.sessions:  # every commit is tagged with its own seq: a _Request each
             batch = [
-                _Request(partition_of(pk), "commit", cmd, priority, deadline)
-                for pk, cmd in requests
-            ]
-        else:
-            batch = [
-                _Request(partition_of(pk), "commit", cmd, priority, deadline, partial(callback, i))
+                _Request(
+                    crc32(pk.encode()) % n + 1 if type(pk) is str else partition_of(pk),
+                    "commit",
+                    cmd,
+                    priority,
+                    deadline,
+                    callback,
+                    None if callback is None else i,
+                )
                 for i, (pk, cmd) in enumerate(requests)
             ]
-        if self.sessions:
+            # Tagged only once every key routed: a bad key raises before any seq is taken.
             batch = [self._tag(request) for request in batch]
-        self._enqueue(batch)
-        return [] if callback is not None else [r.future for r in batch]  # type: ignore[misc]
+            self._enqueue(batch)
+            return [] if callback is not None else [r.future for r in batch]  # type: ignore[misc]
+        # Otherwise the commands travel as one _Group per partition (see _Group).
+        routed: dict[int, tuple[list[Any], list[int]]] = {}
+        if n == 1:
+            # partition_of is called for its checks only (an int key other than 1 raises).
+            items = [cmd for pk, cmd in requests if type(pk) is str or partition_of(pk)]
+            routed[1] = (items, range(len(items)))  # type: ignore[assignment]
+        else:
+            for i, (pk, cmd) in enumerate(requests):
+                p = crc32(pk.encode()) % n + 1 if type(pk) is str else partition_of(pk)
+                slot = routed.get(p)
+                if slot is None:
+                    routed[p] = ([cmd], [i])
+                else:
+                    slot[0].append(cmd)
+                    slot[1].append(i)
+        groups: list[_Entry] = []
+        futures: list[Future] = []
+        for p, (items, indices) in routed.items():
+            if not items:
+                continue
+            mine = None if callback is not None else [Future() for _ in items]
+            groups.append(_Group(p, items, indices, priority, deadline, callback, mine))
+            if mine is not None:
+                futures.extend(mine)
+        self._enqueue(groups)
+        if callback is not None or len(groups) < 2:
+            return futures
+        # The caller's order: routing put each partition's futures together.
+        ordered: list[Future] = [None] * len(futures)  # type: ignore[list-item]
+        for group in groups:
+            assert isinstance(group, _Group) and group.futures is not None
+            for index, future in zip(group.indices, group.futures, strict=True):
+                ordered[index] = future
+        return ordered
 
     def leader(self, partition: int) -> str | None:
         """The cached leader of ``partition`` (None when unknown)."""
@@ -633,8 +894,9 @@ class Client:
         with self._lock:
             out = dict(self._counters)
             out["inflight_batches"] = len(self._inflight)
-            held = sum(map(len, self._held.values()))
-            out["queued"] = len(self._ready) + len(self._delayed) + held
+            held = sum(entry.count for entries in self._held.values() for entry in entries)
+            ready = sum(entry.count for entry in self._ready)
+            out["queued"] = ready + len(self._delayed) + held
         return out
 
     def close(self) -> None:
@@ -647,7 +909,7 @@ class Client:
             self._wake.notify_all()
         self._sender.join(5.0)
         with self._lock:  # the sender is gone: nothing moves any more
-            pending = list(self._ready) + [item[2] for item in self._delayed]
+            pending: list[_Entry] = list(self._ready) + [item[2] for item in self._delayed]
             for batch in self._inflight.values():
                 pending.extend(batch.requests)
             for held in self._held.values():
@@ -737,13 +999,13 @@ class Client:
         self._enqueue([request])
         return request.future
 
-    def _enqueue(self, requests: list[_Request]) -> None:
+    def _enqueue(self, requests: Sequence[_Entry]) -> None:
         with self._lock:
             if self._closed:
                 closed = True
             else:
                 closed = False
-                self._counters["requests"] += len(requests)
+                self._counters["requests"] += sum([r.count for r in requests])
                 was_idle = not self._ready
                 self._ready.extend(requests)
                 if was_idle:
@@ -790,7 +1052,7 @@ class Client:
                 while self._delayed and self._delayed[0][0] <= now:
                     ready.append(heapq.heappop(self._delayed)[2])
                 expired: list[_Batch] = []
-                late: list[_Request] = []
+                late: list[_Entry] = []
                 if now >= next_scan:
                     next_scan = now + TICK
                     expired, late = self._scan(now)
@@ -798,14 +1060,14 @@ class Client:
                 next_liveness = now + LIVENESS_EVERY
                 expired.extend(self._down_batches())
             if late:
-                self._count("timeouts", len(late))
+                self._count("timeouts", sum([entry.count for entry in late]))
             for request in late:
                 request.finish(request.last_error or TIMEOUT)
             if expired:
                 self._count("attempt_timeouts", len(expired))
             for batch in expired:
                 logger.info("no answer from %s for partition %s", batch.node, batch.partition)
-                self._node_failed(batch.node, batch.requests, now)
+                self._node_failed(batch.node, batch.materialize(), now)
             if ready:
                 self._dispatch(ready, now)
 
@@ -820,15 +1082,18 @@ class Client:
             wake = min(wake, self._delayed[0][0])
         return max(0.0, wake - time.monotonic())
 
-    def _scan(self, now: float) -> tuple[list[_Batch], list[_Request]]:
+    def _scan(self, now: float) -> tuple[list[_Batch], list[_Entry]]:
         """Under the lock: batches past their attempt deadline (removed) and requests past
         their own deadline (in flight or held; answered now)."""
         expired = [bid for bid, batch in self._inflight.items() if batch.expires <= now]
         batches = [self._pop_batch(bid) for bid in expired]
-        late = [
+        # A batch that stays in flight gets its late requests answered now and the others
+        # later, from its reply: one by one, so its groups become requests first.
+        late: list[_Entry] = [
             request
             for batch in self._inflight.values()
-            for request in batch.requests
+            if batch.earliest <= now
+            for request in batch.materialize()
             if request.deadline <= now and not request.done
         ]
         for partition, held in list(self._held.items()):
@@ -843,7 +1108,7 @@ class Client:
         batch = self._inflight.pop(batch_id, None)
         if batch is not None:
             partition = batch.partition
-            self._inflight_items[partition] -= len(batch.requests)
+            self._inflight_items[partition] -= batch.count
             held = self._held.pop(partition, None)
             if held:
                 self._ready.extend(held)
@@ -865,13 +1130,13 @@ class Client:
             batches = [self._pop_batch(bid) for bid in lost]
         return [b for b in batches if b is not None]
 
-    def _dispatch(self, ready: list[_Request], now: float) -> None:
-        groups: dict[tuple[int, str, str], list[_Request]] = {}
+    def _dispatch(self, ready: list[_Entry], now: float) -> None:
+        groups: dict[tuple[int, str, str], list[_Entry]] = {}
         for request in ready:
             if request.done:
                 continue
             if request.deadline <= now:
-                self._count("timeouts")
+                self._count("timeouts", request.count)
                 request.finish(request.last_error or TIMEOUT)
                 continue
             key = (request.partition, request.kind, request.priority)
@@ -881,20 +1146,19 @@ class Client:
             else:
                 group.append(request)
         for (partition, kind, priority), requests in groups.items():
+            total = sum([entry.count for entry in requests])
             with self._lock:
-                room = self.max_inflight - self._inflight_items.get(partition, 0)
-                if room < len(requests):
-                    self._held.setdefault(partition, []).extend(requests[max(room, 0) :])
-                    requests = requests[: max(room, 0)]
-                self._inflight_items[partition] = self._inflight_items.get(partition, 0) + len(
-                    requests
-                )
+                room = max(0, self.max_inflight - self._inflight_items.get(partition, 0))
+                if room < total:
+                    requests, rest = _take(requests, room)
+                    self._held.setdefault(partition, []).extend(rest)
+                    total = room
+                self._inflight_items[partition] = self._inflight_items.get(partition, 0) + total
             if not requests:
                 continue
             node = self._target(partition, now)
             address = (acceptor.default_name(self.table, partition), node)
-            for start in range(0, len(requests), self.max_batch):
-                chunk = requests[start : start + self.max_batch]
+            for chunk in _chunks(requests, self.max_batch):
                 self._send(address, partition, kind, priority, chunk, now)
 
     def _send(
@@ -903,28 +1167,34 @@ class Client:
         partition: int,
         kind: str,
         priority: str,
-        chunk: list[_Request],
+        chunk: list[_Entry],
         now: float,
     ) -> None:
         batch_id = next(self._batch_ids)
-        expires = min(now + self.attempt_timeout, max(r.deadline for r in chunk))
-        packed = self.pack and len(chunk) > 1
+        deadlines = [r.deadline for r in chunk]
+        expires = min(now + self.attempt_timeout, max(deadlines))
+        earliest = min(deadlines)
+        commands = _commands(chunk)
+        count = len(commands)
+        packed = self.pack and count > 1
         with self._lock:
             closed = self._closed
             if not closed:
-                self._inflight[batch_id] = _Batch(address[1], partition, chunk, expires, packed)
+                self._inflight[batch_id] = _Batch(
+                    address[1], partition, chunk, expires, packed, earliest, count
+                )
                 self._counters["batches"] += 1
-                self._counters["items_sent"] += len(chunk)
+                self._counters["items_sent"] += count
         if closed:
             for request in chunk:
                 request.finish(CLOSED)
             return
         if packed:
-            items = _pack(kind, chunk)
+            items = _pack(kind, commands)
         elif kind == "commit":
-            items = [(make_ref(), r.item) for r in chunk]
+            items = [(make_ref(), command) for command in commands]
         else:
-            items = [r.item for r in chunk]
+            items = commands
         msg = ("client_batch", self.reply_addr, batch_id, kind, items, priority)
         if self._cast(address, msg):
             return
@@ -932,7 +1202,7 @@ class Client:
             lost = self._pop_batch(batch_id)
             self._counters["send_failures"] += 1
         if lost is not None:
-            self._node_failed(address[1], chunk, now)
+            self._node_failed(address[1], lost.materialize(), now)
 
     def _cast(self, address: tuple[str, str], msg: Any) -> bool:
         if not self._remote:
@@ -1003,22 +1273,57 @@ class Client:
                 return  # expired and retried already
             self._counters["replies"] += 1
             self._suspect.pop(batch.node, None)
-        requests = batch.requests
+        count = batch.count
         if batch.packed and len(results) == 1:
             # One log entry carried the whole chunk: its result is the list of results.
             packed = results[0]
-            results = [packed] * len(requests) if _is_error(packed) else packed
-        if len(results) != len(requests):
-            logger.error("a reply for %d requests had %d results", len(requests), len(results))
-            for request in requests:
+            results = [packed] * count if _is_error(packed) else packed
+        if len(results) != count:
+            logger.error("a reply for %d requests had %d results", count, len(results))
+            for request in batch.materialize():
                 self._retry(request, ("error", "bad_reply"), self._backoff(request))
             return
-        for request, result in zip(requests, results, strict=True):
-            if _is_error(result):
-                self._on_error(request, result, batch, hint)
-            else:
-                request.finish(result)
-        if self._leaders.get(batch.partition) is None and not all(map(_is_error, results)):
+        if batch.grouped():
+            if tuple not in set(map(type, results)) or not any(map(_is_error, results)):
+                # Nothing to retry: every command completes with its result, group by group.
+                start = 0
+                for entry in batch.requests:
+                    n = entry.count
+                    if type(entry) is _Group:
+                        entry.deliver(results if n == count else results[start : start + n])
+                    else:
+                        entry.finish(results[start])
+                    start += n
+                if self._leaders.get(batch.partition) is None:
+                    self._set_leader(batch.partition, batch.node)
+                return
+            batch.materialize()  # errors are handled one request at a time
+        requests: list[_Request] = batch.requests  # type: ignore[assignment]
+        # The answered requests are claimed under ONE acquisition of the futures lock for the
+        # whole reply (not one per request) and delivered after it is released; errors go
+        # through _on_error one by one as before (they may be retried, not completed).
+        errors: list[tuple[_Request, Any]] = []
+        answered: list[tuple[_Request, Any]] = []
+        wakes: list[tuple[Future, Any, Any]] = []
+        with _FUTURES_LOCK:
+            for request, result in zip(requests, results, strict=True):
+                if type(result) is tuple and len(result) == 2 and result[0] == "error":
+                    errors.append((request, result))
+                elif not request.done:
+                    request.done = True
+                    future = request.future
+                    if future is None or request.on_done is not None or future._done:
+                        answered.append((request, result))
+                    else:
+                        wakes.append((future, *future._claim(result)))
+        for future, waiter, callbacks in wakes:
+            if waiter is not None or callbacks:
+                future._wake(waiter, callbacks)
+        for request, result in answered:
+            request.complete(result)
+        for request, result in errors:
+            self._on_error(request, result, batch, hint)
+        if len(errors) < len(requests) and self._leaders.get(batch.partition) is None:
             self._set_leader(batch.partition, batch.node)
 
     def _on_error(self, request: _Request, result: Any, batch: _Batch, hint: str | None) -> None:

@@ -301,3 +301,396 @@ def test_a_leader_back_from_a_short_pause_is_followed_again(
         c.close()
         for node in nodes:
             node.stop()
+
+
+class _ScriptedGateway(otp.Process):
+    """An acceptor stand-in that records the commands it gets and answers each with
+    ``answer(command)``; a packed ``$batch`` entry is answered as a leader does, with one
+    result that is the list of its commands' results. ``answer`` returning None swallows the
+    whole batch (a leader that never answers)."""
+
+    def init(self, partition: int, log: list[tuple[int, object]], answer: object) -> None:
+        self.partition, self.log, self.answer = partition, log, answer
+
+    def handle_cast(self, msg: object) -> None:
+        from waraft.services import codec
+        from waraft.storage import BATCH
+
+        assert isinstance(msg, tuple) and msg[0] == "client_batch"
+        _, reply_to, batch_id, kind, items, _priority = msg
+        commands = [item[1] if kind == "commit" else item for item in items]
+        packed = len(commands) == 1 and type(commands[0]) is tuple and commands[0][0] == BATCH
+        if packed:
+            commands = list(codec.unpackb(commands[0][1]))
+        self.log.extend((self.partition, tuple(c)) for c in commands)
+        answers = [self.answer(tuple(c)) for c in commands]  # type: ignore[operator]
+        if any(a is None for a in answers):
+            return
+        results = [answers] if packed else answers
+        otp.cast(reply_to, ("client_reply", batch_id, results, None))
+
+
+def _scripted(
+    client_node: otp.Node, partitions: int, answer: object, **kw: object
+) -> tuple[Client, list[tuple[int, object]], otp.Node]:
+    from waraft.partition import acceptor
+
+    node = otp.Node(f"scripted{next(_ids)}@local")
+    log: list[tuple[int, object]] = []
+    for p in range(1, partitions + 1):
+        otp.start(
+            _ScriptedGateway, p, log, answer, name=acceptor.default_name("test", p), node=node
+        )
+    c = Client(
+        [node.id],
+        table="test",
+        partitions=partitions,
+        node=client_node,
+        discover=False,
+        **kw,  # type: ignore[arg-type]
+    )
+    return c, log, node
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_commit_many_routes_every_key_as_partition_for_does(
+    client_node: otp.Node, pack: bool
+) -> None:
+    c, log, node = _scripted(client_node, 4, lambda cmd: ("ok", cmd[2]), pack=pack)
+    try:
+        keys: list[object] = [f"key{i}" for i in range(40)] + ["ключ", b"raw", ("t", 1), 3]
+        futures = c.commit_many([(k, ("write", "test", i)) for i, k in enumerate(keys)])
+        # Futures come back in the caller's order, though routing grouped them by partition.
+        assert [f.result(5) for f in futures] == [("ok", i) for i in range(len(keys))]
+        got = {cmd[2]: partition for partition, cmd in log}  # type: ignore[index]
+        want = {i: (k if type(k) is int else partition_for(k, 4)) for i, k in enumerate(keys)}
+        assert got == want
+        assert len(set(want.values())) == 4
+    finally:
+        c.close()
+        node.stop()
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_each_request_of_a_reply_gets_its_own_result_or_error(
+    client_node: otp.Node, pack: bool
+) -> None:
+    """One reply mixing results and final errors: every request gets exactly its own, through
+    futures (waited on, with done-callbacks, already done) and through callbacks."""
+    import threading
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        i = cmd[2]
+        assert isinstance(i, int)
+        return ("error", ("badarg", i)) if i % 3 == 0 else ("ok", i)
+
+    def want(i: int) -> object:
+        return ("error", ("badarg", i)) if i % 3 == 0 else ("ok", i)
+
+    c, log, node = _scripted(client_node, 1, answer, pack=pack)
+    try:
+        futures = c.commit_many([(1, ("write", "test", i)) for i in range(30)])
+        seen: dict[int, object] = {}
+        for i, f in enumerate(futures[:10]):
+            f.add_done_callback(lambda fut, i=i: seen.__setitem__(i, fut.result()))
+        assert [f.result(5) for f in futures] == [want(i) for i in range(30)]
+        assert seen == {i: want(i) for i in range(10)}
+        got: dict[int, object] = {}
+        finished = threading.Event()
+
+        def on_result(i: int, result: object) -> None:
+            got[i] = result
+            if len(got) == 30:
+                finished.set()
+
+        c.commit_many([(1, ("write", "test", 100 + i)) for i in range(30)], callback=on_result)
+        assert finished.wait(5)
+        assert got == {i: want(100 + i) for i in range(30)}
+        assert len(log) == 60  # final errors are not retried
+    finally:
+        c.close()
+        node.stop()
+
+
+def test_a_late_request_times_out_while_its_frame_mates_wait(client_node: otp.Node) -> None:
+    """Requests with different deadlines in one frame to a leader that never answers: each
+    times out at its own deadline, not at the frame's attempt timeout or a frame mate's."""
+    import time
+
+    from waraft.client import _Request
+
+    c, log, node = _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0, timeout=30.0)
+    try:
+        now = time.monotonic()
+        long = _Request(1, "commit", ("write", "test", "long"), "high", now + 20.0)
+        short = _Request(1, "commit", ("write", "test", "short"), "high", now + 0.3)
+        c._enqueue([long, short])  # one queue operation: one frame
+        assert short.future is not None and long.future is not None
+        assert short.future.result(3) == ("error", "timeout")
+        assert time.monotonic() - now < 2.0
+        assert not long.future.done()
+        assert c.stats()["batches"] == 1 and len(log) == 2
+    finally:
+        c.close()
+        node.stop()
+
+
+def test_commit_many_checks_partition_numbers(client_node: otp.Node) -> None:
+    c = Client(["x@local"], table="test", partitions=1, node=client_node, discover=False)
+    try:
+        with pytest.raises(ValueError):
+            c.commit_many([("k", ("write", "test", 1)), (2, ("write", "test", 2))])
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("use_callback", [True, False])
+def test_a_burst_is_split_by_the_in_flight_cap_and_the_frame_size(
+    client_node: otp.Node, use_callback: bool
+) -> None:
+    import threading
+
+    c, log, node = _scripted(
+        client_node, 1, lambda cmd: ("ok", cmd[2]), max_inflight=700, max_batch=300
+    )
+    try:
+        ops = [(1, ("write", "test", i)) for i in range(2500)]
+        if use_callback:
+            got: dict[int, object] = {}
+            finished = threading.Event()
+
+            def on_result(i: int, result: object) -> None:
+                got[i] = result
+                if len(got) == len(ops):
+                    finished.set()
+
+            c.commit_many(ops, callback=on_result)
+            assert finished.wait(10)
+            results = [got[i] for i in range(len(ops))]
+        else:
+            results = [f.result(10) for f in c.commit_many(ops)]
+        assert results == [("ok", i) for i in range(len(ops))]
+        assert [cmd[2] for _, cmd in log] == list(range(len(ops)))  # type: ignore[index]
+        stats = c.stats()
+        # At most 700 out at once, at most 300 a frame: 2500 / 300 -> at least 9 frames.
+        assert 9 <= stats["batches"] <= 100, stats
+        assert stats["items_sent"] == 2500 and stats["queued"] == 0
+        assert stats["requests"] == 2500
+    finally:
+        c.close()
+        node.stop()
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_commands_of_a_burst_rejected_as_overload_are_retried_one_by_one(
+    client_node: otp.Node, pack: bool
+) -> None:
+    """A leader that is full answers some commands of a frame ``commit_queue_full``: those,
+    and only those, are sent again (each still answered once, with its own result)."""
+    tries: dict[object, int] = {}
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        i = cmd[2]
+        tries[i] = tries.get(i, 0) + 1
+        assert isinstance(i, int)
+        return ("error", "commit_queue_full") if i % 4 == 0 and tries[i] == 1 else ("ok", i)
+
+    c, _log, node = _scripted(client_node, 1, answer, pack=pack)
+    try:
+        futures = c.commit_many([(1, ("write", "test", i)) for i in range(200)])
+        assert [f.result(10) for f in futures] == [("ok", i) for i in range(200)]
+        assert tries == {i: 2 if i % 4 == 0 else 1 for i in range(200)}
+        assert c.stats()["retries"] == 50
+    finally:
+        c.close()
+        node.stop()
+
+
+@pytest.mark.parametrize("use_callback", [True, False])
+def test_a_burst_to_a_leader_that_never_answers_times_out(
+    client_node: otp.Node, use_callback: bool
+) -> None:
+    import threading
+    import time
+
+    c, log, node = _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0)
+    try:
+        ops = [(1, ("write", "test", i)) for i in range(50)]
+        started = time.monotonic()
+        if use_callback:
+            got: dict[int, object] = {}
+            finished = threading.Event()
+
+            def on_result(i: int, result: object) -> None:
+                got[i] = result
+                if len(got) == len(ops):
+                    finished.set()
+
+            c.commit_many(ops, timeout=0.3, callback=on_result)
+            assert finished.wait(5)
+            results = [got[i] for i in range(len(ops))]
+        else:
+            results = [f.result(5) for f in c.commit_many(ops, timeout=0.3)]
+        assert results == [("error", "timeout")] * len(ops)
+        assert time.monotonic() - started < 2.0
+        assert len(log) == 50
+    finally:
+        c.close()
+        node.stop()
+
+
+def test_a_burst_in_flight_to_a_leader_that_stalls_is_retried_elsewhere(
+    client_node: otp.Node,
+) -> None:
+    """The leader swallows the first frame (a pause) and then answers: the frame's attempt
+    times out and its commands are sent again, each answered once."""
+    from waraft.partition import acceptor
+
+    nodes = [otp.Node(f"fake{next(_ids)}@local") for _ in range(2)]
+    leader, follower = (n.id for n in nodes)
+    seen: list[str] = []
+    name = acceptor.default_name("test", 1)
+    for node, mode in zip(nodes, ("pause", "redirect"), strict=True):
+        otp.start(_FakeGateway, mode, leader, seen, name=name, node=node)
+    c = Client(
+        [leader, follower],
+        table="test",
+        partitions=1,
+        node=client_node,
+        discover=False,
+        attempt_timeout=0.3,
+        timeout=5.0,
+        pack=False,
+    )
+    try:
+        futures = c.commit_many([(1, ("write", "test", i)) for i in range(100)])
+        assert [f.result(10) for f in futures] == ["ok"] * 100
+        assert seen[0] == "pause" and seen[-1] == "lead", seen
+        assert c.stats()["attempt_timeouts"] == 1
+    finally:
+        c.close()
+        for node in nodes:
+            node.stop()
+
+
+def test_close_answers_a_burst_in_flight_and_held(client_node: otp.Node) -> None:
+    import threading
+
+    c, log, node = _scripted(client_node, 1, lambda cmd: None, max_inflight=10, max_batch=4)
+    try:
+        futures = c.commit_many([(1, ("write", "test", i)) for i in range(30)])
+        got: dict[int, object] = {}
+        finished = threading.Event()
+
+        def on_result(i: int, result: object) -> None:
+            got[i] = result
+            if len(got) == 5:
+                finished.set()
+
+        c.commit_many([(1, ("write", "test", 100 + i)) for i in range(5)], callback=on_result)
+        assert wait_until(lambda: len(log) == 10, 5)  # 10 in flight, 25 held
+        c.close()
+        assert [f.result(5) for f in futures] == [("error", "closed")] * 30
+        assert finished.wait(5) and got == dict.fromkeys(range(5), ("error", "closed"))
+    finally:
+        c.close()
+        node.stop()
+
+
+@pytest.mark.parametrize("failing", [None, 7, 2])
+def test_a_frame_of_several_bursts_and_single_requests_answers_each_its_own(
+    client_node: otp.Node, failing: int | None
+) -> None:
+    """Several bursts and a lone request queued together leave in ONE frame; each command
+    gets its own result, also when one of them fails (in either kind of entry)."""
+    import time
+
+    from waraft.client import Future, _Group, _Request
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        return ("error", "boom") if cmd[2] == failing else ("ok", cmd[2])
+
+    c, log, node = _scripted(client_node, 1, answer)
+    try:
+        deadline = time.monotonic() + 5.0
+        futures = [Future() for _ in range(10)]
+        entries = [
+            _Group(1, [("write", "test", i) for i in range(5)], range(5), "high", deadline,
+                   None, futures[:5]),
+            _Request(1, "commit", ("write", "test", 5), "high", deadline, future=futures[5]),
+            _Group(1, [("write", "test", i) for i in range(6, 10)], [6, 7, 8, 9], "high",
+                   deadline, None, futures[6:]),
+        ]  # fmt: skip
+        c._enqueue(entries)
+        want = [("error", "boom") if i == failing else ("ok", i) for i in range(10)]
+        assert [f.result(5) for f in futures] == want
+        assert c.stats()["batches"] == 1 and len(log) == 10
+    finally:
+        c.close()
+        node.stop()
+
+
+def test_a_burst_late_in_a_frame_that_stays_in_flight_is_answered_once(
+    client_node: otp.Node,
+) -> None:
+    """A burst whose deadline passes while its frame waits for a frame mate's later deadline
+    is answered ``timeout`` at its deadline, and never again when the frame itself expires."""
+    import time
+
+    from waraft.client import _Group, _Request
+
+    c, _log, node = _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0)
+    try:
+        calls: list[tuple[int, object]] = []
+        now = time.monotonic()
+        burst = _Group(
+            1, [("write", "test", i) for i in range(5)], range(5), "high", now + 0.2,
+            lambda i, r: calls.append((i, r)), None,
+        )  # fmt: skip
+        lone = _Request(1, "commit", ("write", "test", "lone"), "high", now + 0.8)
+        c._enqueue([burst, lone])
+        assert wait_until(lambda: len(calls) == 5, 3)
+        assert lone.future is not None and lone.future.result(3) == ("error", "timeout")
+        time.sleep(0.3)  # the frame expired with the lone request: nothing more arrives
+        assert sorted(calls) == [(i, ("error", "timeout")) for i in range(5)]
+        assert c.stats()["batches"] == 1
+    finally:
+        c.close()
+        node.stop()
+
+
+def test_a_burst_goes_one_command_a_frame_when_max_batch_is_one(client_node: otp.Node) -> None:
+    c, log, node = _scripted(client_node, 1, lambda cmd: ("ok", cmd[2]), max_batch=1)
+    try:
+        futures = c.commit_many([(1, ("write", "test", i)) for i in range(20)])
+        futures.append(c.commit_async(1, ("write", "test", 20)))  # type: ignore[arg-type]
+        assert [f.result(5) for f in futures] == [("ok", i) for i in range(21)]
+        stats = c.stats()
+        assert stats["batches"] == 21 and stats["items_sent"] == 21 and len(log) == 21
+    finally:
+        c.close()
+        node.stop()
+
+
+def test_a_bad_key_in_a_session_burst_takes_no_seq(client_node: otp.Node) -> None:
+    """With sessions, ``commit_many`` routes every key before tagging any: a bad key raises
+    and leaves no sequence number outstanding (one would hold the acked floor down forever)."""
+    seen: list[tuple[object, ...]] = []
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        seen.append(cmd)
+        return ("ok", 7) if cmd[1] == "register" else "ok"
+
+    c, _log, node = _scripted(client_node, 2, answer, sessions=True)
+    try:
+        assert c.commit(1, ("write", "test", "first")) == "ok"  # registers session 7
+        with pytest.raises(ValueError):
+            c.commit_many([(1, ("write", "test", "a")), (3, ("write", "test", "b"))])
+        futures = c.commit_many([(1, ("write", "test", "c"))])
+        assert [f.result(5) for f in futures] == ["ok"]
+        last = seen[-1]
+        assert last[:4] == ("$session", "call", 7, 2)  # seq 2: "a" took none
+        assert last[4] == 2  # acked floor: every earlier seq settled
+    finally:
+        c.close()
+        node.stop()
