@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from waraft import otp
 from waraft.core.types import LogPos, Priority
 from waraft.partition import acceptor, server
 from waraft.partition.acceptor import BatchReply, parse_client_batch, priority_of
+from waraft.services.logthrottle import LogThrottle
 
 
 class Sent:
@@ -280,3 +283,32 @@ def test_a_scheduled_process_yielding_in_a_block_keeps_others_replies_out_of_it(
     gate.set()
     assert otp.wait_response(handle, 5.0) == "sent"
     assert sent[1:] == [("client_reply", 1, ["ok"], None)]
+
+
+def test_rejections_and_malformed_casts_are_logged_once_a_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under overload every batch is rejected, and anyone may send junk: a line a second each.
+    # (Fresh throttles: the node-wide ones may have just let a line of an earlier test out.)
+    monkeypatch.setattr(acceptor, "_REJECTED_LOG", LogThrottle())
+    monkeypatch.setattr(acceptor, "_MALFORMED_LOG", LogThrottle())
+    node = _single_node(tmp_path, raft_max_pending_high_priority_commits=1)
+    caplog.set_level(logging.WARNING, logger="waraft.partition.acceptor")
+    reply_addr, inbox, _event = _sink(node)
+    started = time.monotonic()
+    batches = 40
+    with node.activate():
+        for i in range(batches):
+            items = [(b"k%d" % j, ("write", "test", "k", j)) for j in range(5)]
+            acceptor.client_batch(addr("acceptor", node), reply_addr, i, "commit", items)
+            otp.cast(addr("acceptor", node), ("client_batch", i))
+            otp.cast(addr("acceptor", node), ("junk", i))
+    wait_until(lambda: len(inbox) == batches)
+    elapsed = time.monotonic() - started
+    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    malformed = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    limit = int(elapsed) + 2
+    assert 1 <= len(rejected) <= limit, rejected
+    assert 1 <= len(malformed) <= limit, malformed
+    assert "commit_queue_full" in rejected[0]
+    assert all(results[-1] == ("error", "commit_queue_full") for _, _, results, _ in inbox)

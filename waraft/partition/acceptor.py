@@ -40,11 +40,19 @@ from waraft.core.types import Priority
 from waraft.distribution import inline as dist_inline
 from waraft.distribution import policy
 from waraft.services import info
+from waraft.services.logthrottle import LogThrottle
 from waraft.services.options import RaftOptions
 from waraft.services.queues import Queues, command_bytes
 from waraft.services.replies import coalesced_replies, send_client_reply
 
 logger = logging.getLogger(__name__)
+
+# Malformed casts and rejected batches can arrive at any rate (a faulty or hostile client, or
+# plain overload, where every batch is rejected): one line a second each across all the
+# node's acceptors, with how many it stands for. Shared by the acceptors' scheduler threads
+# and the receive thread: a race costs at most one extra line or a miscount.
+_MALFORMED_LOG = LogThrottle()
+_REJECTED_LOG = LogThrottle()
 
 DEFAULT_TIMEOUT = 10.0  # raft_rpc_call_timeout, seconds
 FORWARD_EVERY = 4096  # admitted requests held before forwarding even if more are queued
@@ -194,7 +202,13 @@ class Acceptor(otp.Process):
             if result is not otp.NOREPLY and from_ is not None:
                 from_.reply(result)
         else:
-            logger.error("acceptor %s dropped a malformed or unknown cast %.200r", self.name, msg)
+            if count := _MALFORMED_LOG.ready():
+                logger.error(
+                    "dropped %d malformed or unknown cast(s) (latest: acceptor %s, %.200r)",
+                    count,
+                    self.name,
+                    msg,
+                )
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -210,9 +224,7 @@ class Acceptor(otp.Process):
         if admitted:
             self._hold(items if admitted == len(items) else items[:admitted], priority)
         if reason is not None:
-            logger.warning(
-                "acceptor %s rejecting %d commits: %s", self.name, len(items) - admitted, reason
-            )
+            _log_rejected(self.name, len(items) - admitted, "commits", reason)
         return admitted, reason
 
     def _read(self, items: Sequence[tuple[Any, Any, int | None]]) -> tuple[int, str | None]:
@@ -221,9 +233,7 @@ class Acceptor(otp.Process):
         if admitted:
             self._hold_reads(items if admitted == len(items) else items[:admitted])
         if reason is not None:
-            logger.warning(
-                "acceptor %s rejecting %d reads: %s", self.name, len(items) - admitted, reason
-            )
+            _log_rejected(self.name, len(items) - admitted, "reads", reason)
         return admitted, reason
 
     def _adjust_config(self, from_: Any, action: Any, index: int | None) -> Any:
@@ -252,7 +262,12 @@ class Acceptor(otp.Process):
         """The client gateway (see the module docstring)."""
         parsed = parse_client_batch(msg)
         if parsed is None:
-            logger.warning("acceptor %s dropped a malformed client batch", self.name)
+            if count := _MALFORMED_LOG.ready():
+                logger.warning(
+                    "dropped %d malformed message(s) (latest: a client batch to acceptor %s)",
+                    count,
+                    self.name,
+                )
             return
         reply_addr, batch_id, kind, items, priority = parsed
         table, partition = self.queues.table, self.queues.partition
@@ -324,6 +339,18 @@ def parse_client_batch(
     except ValueError:
         return None
     return (reply_addr[0], reply_addr[1]), batch_id, kind, items, checked
+
+
+def _log_rejected(name: str, count: int, what: str, reason: str) -> None:
+    if held := _REJECTED_LOG.ready():
+        logger.warning(
+            "rejected %d batch(es) of commands (latest: acceptor %s, %d %s: %s)",
+            held,
+            name,
+            count,
+            what,
+            reason,
+        )
 
 
 def _is_handle(value: Any) -> bool:
