@@ -64,10 +64,18 @@ from waraft.distribution import policy
 from waraft.partition import durable_state, heartbeats
 from waraft.services import env, info, metrics
 from waraft.services.label import label_function
+from waraft.services.logthrottle import LogThrottle
 from waraft.services.options import RaftOptions
 from waraft.services.queues import command_bytes
 
 logger = logging.getLogger(__name__)
+
+# What a peer sends that no server can use (a malformed RPC, an unknown cast or call) is
+# dropped and logged at most once a second across the node's servers: a peer with a bug
+# (or a hostile one) could otherwise send a log line per message.
+_UNEXPECTED_CAST_LOG = LogThrottle()
+_UNKNOWN_CALL_LOG = LogThrottle()
+_MALFORMED_RPC_LOG = LogThrottle()
 
 DEFAULT_TIMEOUT = 10.0  # raft_rpc_call_timeout, seconds
 STORAGE_TIMEOUT = 60.0  # raft_storage_call_timeout, seconds
@@ -237,14 +245,26 @@ class RaftServer(otp.StateMachine):
         elif cls is tuple and msg and msg[0] == "handover" and _peer_arg(msg):
             self._step(events.HandoverRequest(None, msg[1] if len(msg) > 1 else None))
         else:
-            logger.warning("%s dropped an unexpected cast %s", self.name, short_repr(msg))
+            if count := _UNEXPECTED_CAST_LOG.ready():
+                logger.warning(
+                    "dropped %d unexpected cast(s) (latest: %s, %s)",
+                    count,
+                    self.name,
+                    short_repr(msg),
+                )
         self._maybe_flush()
 
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         kind = request[0] if isinstance(request, tuple) and request else request
         handler = _CALLS.get(kind)
         if handler is None:
-            logger.warning("%s got an unknown command %s", self.name, short_repr(request))
+            if count := _UNKNOWN_CALL_LOG.ready():
+                logger.warning(
+                    "refused %d unknown command(s) (latest: %s, %s)",
+                    count,
+                    self.name,
+                    short_repr(request),
+                )
             return ("error", "unknown_command")
         result = handler(self, request, from_)
         self._maybe_flush()
@@ -297,7 +317,10 @@ class RaftServer(otp.StateMachine):
         try:
             return from_wire(wire, self.name)
         except RpcDecodeError as exc:
-            logger.warning("%s dropped a malformed RPC: %s", self.name, exc)
+            if count := _MALFORMED_RPC_LOG.ready():
+                logger.warning(
+                    "dropped %d malformed RPC(s) (latest: %s, %s)", count, self.name, exc
+                )
             return None
 
     # -- stepping the core ----------------------------------------------------------------------
