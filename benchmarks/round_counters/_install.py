@@ -187,7 +187,17 @@ def _count_durable() -> None:
         C["wal:woken"] += before - len(self._events)
 
     wal.WalWriter._wake = wal_wake  # type: ignore[method-assign]
-    _counted(node_lmdb.NodeEnv, "commit", "lmdb:handoff")
+    _counted(node_lmdb.NodeEnv, "commit", "lmdb:handoff")  # queue and wait (lmdb_sync)
+    if hasattr(node_lmdb.NodeEnv, "submit"):  # lazy sync queues, and waits only if needed
+        _counted(node_lmdb.NodeEnv, "submit", "lmdb:submit")
+        wait = node_lmdb.NodeEnv.wait
+
+        def lmdb_wait(write: Any) -> None:
+            if not write.done:
+                C["lmdb:park"] += 1  # the write was not committed yet: the caller suspends
+            wait(write)
+
+        node_lmdb.NodeEnv.wait = staticmethod(lmdb_wait)  # type: ignore[method-assign,assignment]
     _counted(node_lmdb.NodeEnv, "_transaction", "lmdb:txn")
     _counted(durable_state, "store", "durable_state:store")
 
