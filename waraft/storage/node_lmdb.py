@@ -31,10 +31,14 @@ thread flushes the environment (``env.sync(True)``) once ``lmdb_sync_interval_ms
 (``durable_position()``): its applied position as of the last completed sync. The log actor
 never trims the log above it (``waraft.log.LogServer``), so every applied entry is in the synced
 environment or still in the log, and a restart whose storage came back older (power loss)
-applies the log's tail again. What each failure costs:
+applies the log's tail again. A lazy-sync apply does not even wait for its group commit: it
+queues the write and returns, and the partition's next write, read, snapshot or status waits for
+it first (``NodeLmdbStorage._write``); it counts towards the durable position once committed.
+What each failure costs:
 
-* process crash (``kill -9``): nothing. A commit's pages are in the kernel's page cache when it
-  returns, and LMDB never overwrites the pages of the last two commits.
+* process crash (``kill -9``): nothing the log does not hold (an apply still queued is
+  re-applied from it). A commit's pages are in the kernel's page cache when it returns, and
+  LMDB never overwrites the pages of the last two commits.
 * power loss or kernel crash: the commits since the last sync can be lost (re-applied from the
   log), and since LMDB's data and meta pages then reach the disk in no guaranteed order, the
   environment can even be left damaged; the checksums, the check at open and the quarantine
