@@ -156,6 +156,52 @@ def _count_core() -> None:
         _counted(replication, name, "repl:" + name)
 
 
+def _count_durable() -> None:
+    # The durable path per round: WAL records queued, waits that parked a process, batches
+    # written (one fdatasync each), waiters the I/O thread woke; node LMDB hand-offs to the
+    # committer, transactions it ran, and the durable-state stores (term/vote, an fsync each).
+    from waraft.log import wal
+    from waraft.partition import durable_state
+    from waraft.storage import node_lmdb
+
+    submit = wal.WalWriter.submit
+
+    def wal_submit(self: Any, record: bytes, key: str, pin: int) -> int:
+        C["wal:record"] += 1
+        return submit(self, record, key, pin)
+
+    wal.WalWriter.submit = wal_submit  # type: ignore[method-assign]
+    event = wal.Event
+
+    def wal_event() -> Any:
+        C["wal:park"] += 1  # a scheduled wait that found its record not yet durable
+        return event()
+
+    wal.Event = wal_event  # type: ignore[assignment,misc]
+    _counted(wal.WalWriter, "_write", "wal:fsync_batch")
+    wake = wal.WalWriter._wake
+
+    def wal_wake(self: Any, synced: int | None = None) -> None:
+        before = len(self._events)
+        wake(self, synced)
+        C["wal:woken"] += before - len(self._events)
+
+    wal.WalWriter._wake = wal_wake  # type: ignore[method-assign]
+    _counted(node_lmdb.NodeEnv, "commit", "lmdb:handoff")  # queue and wait (lmdb_sync)
+    if hasattr(node_lmdb.NodeEnv, "submit"):  # lazy sync queues, and waits only if needed
+        _counted(node_lmdb.NodeEnv, "submit", "lmdb:submit")
+        wait = node_lmdb.NodeEnv.wait
+
+        def lmdb_wait(write: Any) -> None:
+            if not write.done:
+                C["lmdb:park"] += 1  # the write was not committed yet: the caller suspends
+            wait(write)
+
+        node_lmdb.NodeEnv.wait = staticmethod(lmdb_wait)  # type: ignore[method-assign,assignment]
+    _counted(node_lmdb.NodeEnv, "_transaction", "lmdb:txn")
+    _counted(durable_state, "store", "durable_state:store")
+
+
 def _context_switches() -> tuple[int, int]:
     voluntary = involuntary = 0
     try:
@@ -194,4 +240,5 @@ def install(directory: str) -> None:
     _count_otp()
     _count_distribution_and_storage()
     _count_core()
+    _count_durable()
     threading.Thread(target=_dump, args=(directory,), daemon=True, name="round-counters").start()

@@ -215,11 +215,11 @@ def test_concurrent_partitions_share_group_commits(root: Path) -> None:
             thread.start()
         for thread in threads:
             thread.join(60)
-        assert node.writes == 8 * 40
-        assert node.commits < node.writes  # some transactions carried several partitions
         for storage in parts:
             assert storage.position() == LogPos(40, 1)
             assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 40)
+        assert node.writes == 8 * 40  # counted after the reads: they wait for the last write
+        assert node.commits < node.writes  # some transactions carried several partitions
     finally:
         for storage in parts:
             storage.close()
@@ -328,8 +328,11 @@ def run(partition):
             [("write", "t", ("k", index), index), ("write", "t", "last", index)],
             LogPos(index, 1),
         )
-        with out:  # acknowledged: the group commit holding it returned
-            print(partition, index, flush=True)
+        # With lazy sync an apply returns once it is queued and the partition's previous
+        # apply is committed (the WAL, not LMDB, is what makes an entry durable): acknowledged
+        # here is thus the previous index.
+        with out:
+            print(partition, index - 1, flush=True)
 
 
 threads = [threading.Thread(target=run, args=(p,), daemon=True) for p in range(4)]
@@ -385,7 +388,8 @@ def test_kill_9_during_group_commits_keeps_every_acknowledged_write(tmp_path: Pa
 def test_a_group_commit_that_breaks_fails_its_writes_and_the_committer_goes_on(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage = open_part(root, 1)
+    # lmdb_sync: each apply waits for its own commit (lazy sync: the next test).
+    storage = open_lazy(root, 1, lmdb_sync=True)
     node = storage._node
     assert node is not None
     real = type(node)._commit_group
@@ -405,6 +409,90 @@ def test_a_group_commit_that_breaks_fails_its_writes_and_the_committer_goes_on(
         storage.apply(("write", "t", "k", 2), LogPos(3, 1))  # the committer is still there
         assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 2)
     finally:
+        storage.close()
+
+
+# -- lazy sync: applies do not wait for their own commit ----------------------------------------
+
+
+def test_lazy_sync_a_failed_write_fails_every_later_call_and_a_reopen_goes_back(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_part(root, 1)
+    node = storage._node
+    assert node is not None
+    seed(storage, "v")
+    assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "v")
+    real = type(node)._commit_group
+    broken = threading.Event()
+    broken.set()
+
+    def breaks_once(self: Any, group: list[_Write]) -> None:
+        if broken.is_set():
+            broken.clear()
+            raise RuntimeError("committer bug")
+        real(self, group)
+
+    monkeypatch.setattr(type(node), "_commit_group", breaks_once)
+    writes = node.writes
+    try:
+        storage.apply(("write", "t", "k", 1), LogPos(4, 1))  # queued: its failure comes later
+        with pytest.raises(RuntimeError, match="committer bug"):
+            storage.apply(("write", "t", "k", 2), LogPos(5, 1))
+        assert node.writes == writes  # nothing after the failed write was queued
+        with pytest.raises(RuntimeError, match="committer bug"):  # for good, reads too
+            storage.read(("read", "t", "k"), storage.position())
+    finally:
+        storage.close()
+    storage = open_part(root, 1)  # what a restarted storage actor does
+    try:
+        assert storage.position() == LogPos(3, 1)
+        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "v")
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_lazy_sync_apply_returns_before_its_commit_and_reads_wait_for_it(
+    root: Path, monkeypatch: pytest.MonkeyPatch, sync: bool
+) -> None:
+    storage = open_lazy(root, 1, lmdb_sync=sync)
+    node = storage._node
+    assert node is not None
+    seed(storage, "v")
+    assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "v")
+    node.flush()
+    real = type(node)._transaction
+    gate = threading.Event()
+
+    def held(self: Any, group: list[_Write]) -> None:
+        assert gate.wait(10)
+        real(self, group)
+
+    monkeypatch.setattr(type(node), "_transaction", held)
+    results: list[Any] = []
+
+    def apply_then_read() -> None:
+        storage.apply(("write", "t", "k", "new"), LogPos(4, 1))
+        results.append("applied")
+        results.append(storage.read(("read", "t", "k"), storage.position()))
+
+    worker = threading.Thread(target=apply_then_read)
+    try:
+        worker.start()
+        time.sleep(0.3)
+        # Lazy sync: the apply returned with its commit held; the read after it waits.
+        # lmdb_sync: the apply itself waits for its commit.
+        assert results == ([] if sync else ["applied"])
+        if not sync:
+            assert storage.position() == LogPos(4, 1)
+            assert storage.durable_position() == LogPos(3, 1)  # not counted before its commit
+        gate.set()
+        worker.join(10)
+        assert results == ["applied", ("ok", "new")]
+    finally:
+        gate.set()
+        worker.join(10)
         storage.close()
 
 
@@ -436,12 +524,13 @@ def test_lazy_sync_durable_position_trails_until_a_flush_covers_it(root: Path) -
         seed(storage, "v")
         assert storage.position() == LogPos(3, 1)
         assert storage.durable_position() == LogPos(0, 0)  # nothing flushed since open
+        storage.read(("read", "t", "k"), storage.position())  # waits for the last apply
         node.flush()
         assert storage.durable_position() == LogPos(3, 1)
         storage.apply(("write", "t", "k", 2), LogPos(4, 1))
         storage.apply(("write", "t", "k", 3), LogPos(5, 1))
         assert storage.durable_position() == LogPos(3, 1)  # committed, not yet flushed
-        assert storage.status()["durable_position"] == LogPos(3, 1)
+        assert storage.status()["durable_position"] == LogPos(3, 1)  # status waited for 5
         node.flush()
         assert storage.durable_position() == LogPos(5, 1)
         assert len(storage._unsynced) == 0

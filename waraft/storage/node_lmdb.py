@@ -31,10 +31,14 @@ thread flushes the environment (``env.sync(True)``) once ``lmdb_sync_interval_ms
 (``durable_position()``): its applied position as of the last completed sync. The log actor
 never trims the log above it (``waraft.log.LogServer``), so every applied entry is in the synced
 environment or still in the log, and a restart whose storage came back older (power loss)
-applies the log's tail again. What each failure costs:
+applies the log's tail again. A lazy-sync apply does not even wait for its group commit: it
+queues the write and returns, and the partition's next write, read, snapshot or status waits for
+it first (``NodeLmdbStorage._write``); it counts towards the durable position once committed.
+What each failure costs:
 
-* process crash (``kill -9``): nothing. A commit's pages are in the kernel's page cache when it
-  returns, and LMDB never overwrites the pages of the last two commits.
+* process crash (``kill -9``): nothing the log does not hold (an apply still queued is
+  re-applied from it). A commit's pages are in the kernel's page cache when it returns, and
+  LMDB never overwrites the pages of the last two commits.
 * power loss or kernel crash: the commits since the last sync can be lost (re-applied from the
   log), and since LMDB's data and meta pages then reach the disk in no guaranteed order, the
   environment can even be left damaged; the checksums, the check at open and the quarantine
@@ -358,6 +362,11 @@ class NodeEnv:
         write still commits all or nothing, and a write that fails only fails its own
         partition: when the group's transaction fails, each of its writes is retried alone.
         """
+        self.submit(write)
+        self.wait(write)
+
+    def submit(self, write: _Write) -> None:
+        """Queue ``write`` for the next group commit without waiting for it (``wait``)."""
         with self._group:
             if self._stopping:
                 raise StorageError(f"LMDB node storage {self.directory} is closed")
@@ -373,6 +382,10 @@ class NodeEnv:
                     )
                     self._syncer.start()
             self._group.notify()
+
+    @staticmethod
+    def wait(write: _Write) -> None:
+        """Wait until the committer is done with ``write``; raise what failed it."""
         while not write.done:
             write.event.wait()
         if write.error is not None:
@@ -532,6 +545,11 @@ class NodeLmdbStorage(LmdbStorage):
         self._unsynced: deque[tuple[int, LogPos]] = deque()
         self._durable = LogPos(0, 0)
         self._written = 0  # the generation of this partition's last group commit
+        # Lazy sync: the partition's last write, queued for a group commit and not yet waited
+        # for, with the position it applies (see ``_write``); what failed one, for good.
+        self._inflight: tuple[_Write, LogPos] | None = None
+        self._failed: BaseException | None = None
+        self._queued: _Write | None = None  # the write ``_write`` just queued
         self._writemap = bool(extra.get("lmdb_writemap", False))
         self._map_size = int(extra.get("lmdb_map_size", DEFAULT_MAP_SIZE))
         if self._map_size <= 0:
@@ -691,6 +709,9 @@ class NodeLmdbStorage(LmdbStorage):
         ``lmdb_sync`` every commit is flushed before it returns, so it is ``position()``."""
         if self._sync:
             return self._position
+        inflight = self._inflight
+        if inflight is not None and inflight[0].done:
+            self._drain()  # committed already: no wait, only its generation recorded
         self._settle()
         return self._durable
 
@@ -742,6 +763,8 @@ class NodeLmdbStorage(LmdbStorage):
     def close(self) -> None:
         """Give the partition's database and the environment back (idempotent); the last
         partition of the node to close flushes and closes the environment."""
+        with contextlib.suppress(Exception):
+            self._drain()  # its failure was already raised, or the partition is going away
         self._env = None
         node, self._node = self._node, None
         if node is not None:
@@ -778,16 +801,55 @@ class NodeLmdbStorage(LmdbStorage):
 
     # -- applying -----------------------------------------------------------------------------
 
+    @property
+    def env(self) -> lmdb.Environment:
+        """The node's environment, once this partition's in-flight write (if any) is
+        committed: every read, snapshot, status and wholesale replace goes through here, so
+        none of them sees the partition without its last apply (see ``_write``)."""
+        if self._inflight is not None or self._failed is not None:
+            self._drain()
+        return super().env
+
+    def _drain(self) -> None:
+        """Wait for the in-flight write and record its generation; raise what failed it
+        (and every later call too: the applied position already counts it)."""
+        if self._failed is not None:
+            raise self._failed
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        write, position = inflight
+        try:
+            NodeEnv.wait(write)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        self._written = write.generation
+        self._note_unsynced(position)
+
     def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
         """Commit through the node's group commit (each transaction on one thread, as LMDB
         wants: the committer's). Not through otp.blocking: the node's committer thread runs
-        the transaction and this actor is suspended meanwhile (NodeEnv.commit)."""
+        the transaction and this actor is suspended meanwhile (NodeEnv.commit).
+
+        With lazy sync the write is only queued (``_commit`` keeps it as in flight): the
+        WAL, not LMDB, makes the applied entries durable, and nothing waits for the flush, so
+        waiting for the commit itself was a hand-off and a wake-up per apply message (one per
+        committed command at 1000 partitions). The previous write is waited for first (at
+        1000 partitions it is long done: no suspension), so a partition has at most one write
+        in flight and a failed one is never followed by a later one; every read goes through
+        ``env``, which waits for it too."""
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
         write = _Write(self._db, self._seed, ops, meta, self._path)
-        node.commit(write)
-        self._written = write.generation
+        if self._sync:
+            node.commit(write)
+            self._written = write.generation
+            return
+        self._drain()
+        node.submit(write)
+        self._queued = write
 
     def _commit(
         self,
@@ -799,11 +861,17 @@ class NodeLmdbStorage(LmdbStorage):
     ) -> None:
         super()._commit(ops, position, config, label, incomplete)
         if not self._sync:
-            unsynced = self._unsynced
-            if unsynced and unsynced[-1][0] == self._written:
-                unsynced.pop()  # one entry per generation: the newest position in it
-            unsynced.append((self._written, position))
-            self._settle()  # bounded by the commits of one sync interval
+            # Counted towards the durable position once its commit is known (``_drain``).
+            queued, self._queued = self._queued, None
+            if queued is not None:
+                self._inflight = (queued, position)
+
+    def _note_unsynced(self, position: LogPos) -> None:
+        unsynced = self._unsynced
+        if unsynced and unsynced[-1][0] == self._written:
+            unsynced.pop()  # one entry per generation: the newest position in it
+        unsynced.append((self._written, position))
+        self._settle()  # bounded by the commits of one sync interval
 
     def read(self, command: Any, position: LogPos) -> Any:
         """As ``LmdbStorage.read``, checking the value's checksum: a damaged value raises
