@@ -267,6 +267,20 @@ def test_a_follower_naming_a_leader_that_just_failed_is_not_followed(
             node.stop()
 
 
+def _stalling_leader_and_redirecting_follower() -> tuple[list[otp.Node], str, str, list[str]]:
+    """Two fake gateways of partition 1: the leader swallows the first frame (a pause) and
+    answers the rest, the follower redirects to the leader; ``seen`` records what each did."""
+    from waraft.partition import acceptor
+
+    nodes = [otp.Node(f"fake{next(_ids)}@local") for _ in range(2)]
+    leader, follower = (n.id for n in nodes)
+    seen: list[str] = []
+    name = acceptor.default_name("test", 1)
+    for node, mode in zip(nodes, ("pause", "redirect"), strict=True):
+        otp.start(_FakeGateway, mode, leader, seen, name=name, node=node)
+    return nodes, leader, follower, seen
+
+
 def test_a_leader_back_from_a_short_pause_is_followed_again(
     client_node: otp.Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,16 +288,10 @@ def test_a_leader_back_from_a_short_pause_is_followed_again(
     and its followers keep naming it: past STALE_HINT their hint is followed again, even while
     the node is still avoided as a suspect (made to last the whole test here)."""
     from waraft import client as client_module
-    from waraft.partition import acceptor
 
     monkeypatch.setattr(client_module, "STALE_HINT", 0.05)
     monkeypatch.setattr(client_module, "SUSPECT_FOR", 60.0)
-    nodes = [otp.Node(f"fake{next(_ids)}@local") for _ in range(2)]
-    leader, follower = (n.id for n in nodes)
-    seen: list[str] = []
-    name = acceptor.default_name("test", 1)
-    for node, mode in zip(nodes, ("pause", "redirect"), strict=True):
-        otp.start(_FakeGateway, mode, leader, seen, name=name, node=node)
+    nodes, leader, follower, seen = _stalling_leader_and_redirecting_follower()
     c = Client(
         [leader, follower],
         table="test",
@@ -544,14 +552,8 @@ def test_a_burst_in_flight_to_a_leader_that_stalls_is_retried_elsewhere(
 ) -> None:
     """The leader swallows the first frame (a pause) and then answers: the frame's attempt
     times out and its commands are sent again, each answered once."""
-    from waraft.partition import acceptor
 
-    nodes = [otp.Node(f"fake{next(_ids)}@local") for _ in range(2)]
-    leader, follower = (n.id for n in nodes)
-    seen: list[str] = []
-    name = acceptor.default_name("test", 1)
-    for node, mode in zip(nodes, ("pause", "redirect"), strict=True):
-        otp.start(_FakeGateway, mode, leader, seen, name=name, node=node)
+    nodes, leader, follower, seen = _stalling_leader_and_redirecting_follower()
     c = Client(
         [leader, follower],
         table="test",

@@ -385,13 +385,8 @@ def test_kill_9_during_group_commits_keeps_every_acknowledged_write(tmp_path: Pa
                 storage.close()
 
 
-def test_a_group_commit_that_breaks_fails_its_writes_and_the_committer_goes_on(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # lmdb_sync: each apply waits for its own commit (lazy sync: the next test).
-    storage = open_lazy(root, 1, lmdb_sync=True)
-    node = storage._node
-    assert node is not None
+def _break_next_group_commit(node: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's committer raises ``committer bug`` for its next group, then works again."""
     real = type(node)._commit_group
     broken = threading.Event()
     broken.set()
@@ -403,6 +398,16 @@ def test_a_group_commit_that_breaks_fails_its_writes_and_the_committer_goes_on(
         real(self, group)
 
     monkeypatch.setattr(type(node), "_commit_group", breaks_once)
+
+
+def test_a_group_commit_that_breaks_fails_its_writes_and_the_committer_goes_on(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lmdb_sync: each apply waits for its own commit (lazy sync: the next test).
+    storage = open_lazy(root, 1, lmdb_sync=True)
+    node = storage._node
+    assert node is not None
+    _break_next_group_commit(node, monkeypatch)
     try:
         with pytest.raises(RuntimeError, match="committer bug"):
             storage.apply(("write", "t", "k", 1), LogPos(3, 1))  # never reported as done
@@ -423,17 +428,7 @@ def test_lazy_sync_a_failed_write_fails_every_later_call_and_a_reopen_goes_back(
     assert node is not None
     seed(storage, "v")
     assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "v")
-    real = type(node)._commit_group
-    broken = threading.Event()
-    broken.set()
-
-    def breaks_once(self: Any, group: list[_Write]) -> None:
-        if broken.is_set():
-            broken.clear()
-            raise RuntimeError("committer bug")
-        real(self, group)
-
-    monkeypatch.setattr(type(node), "_commit_group", breaks_once)
+    _break_next_group_commit(node, monkeypatch)
     writes = node.writes
     try:
         storage.apply(("write", "t", "k", 1), LogPos(4, 1))  # queued: its failure comes later
