@@ -1307,7 +1307,7 @@ class Client:
         wakes: list[tuple[Future, Any, Any]] = []
         with _FUTURES_LOCK:
             for request, result in zip(requests, results, strict=True):
-                if type(result) is tuple and len(result) == 2 and result[0] == "error":
+                if _is_error(result):
                     errors.append((request, result))
                 elif not request.done:
                     request.done = True

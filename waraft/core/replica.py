@@ -158,10 +158,7 @@ class Replica:
 
     def current_config(self) -> Config:
         """The effective config: the log's newest config if newer than storage's, else storage's."""
-        # Asked about 15 times per committed entry on a leader: the log's cached answer read
-        # directly once it is known (``config()`` computes and caches it otherwise).
-        log = self.log
-        found = log._cfg if log._cfg_known else log.config()
+        found = self.log.config()
         cached = self.cached_config
         if cached is None:
             return config.make_config() if found is None else found[1]

@@ -255,8 +255,9 @@ class Liveness(threading.Thread):
     def _probe_event(self, probe: _Probe) -> None:
         peer = probe.peer
         dist = self._dist
-        for event in _drain_events(probe.monitor):
-            faulted = peer.node_id in dist.fault_in() or peer.node_id in dist.fault_out()
+        events = _drain_events(probe.monitor)
+        faulted = peer.node_id in dist.fault_in() or peer.node_id in dist.fault_out()
+        for event in events:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 if not faulted:
                     self._ping(probe, time.monotonic())
