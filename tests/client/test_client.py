@@ -3,6 +3,7 @@ retries, deadlines and close."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import zlib
 from collections.abc import Iterator
@@ -338,9 +339,12 @@ class _ScriptedGateway(otp.Process):
         otp.cast(reply_to, ("client_reply", batch_id, results, None))
 
 
+@contextlib.contextmanager
 def _scripted(
     client_node: otp.Node, partitions: int, answer: object, **kw: object
-) -> tuple[Client, list[tuple[int, object]], otp.Node]:
+) -> Iterator[tuple[Client, list[tuple[int, object]]]]:
+    """A client of ``partitions`` scripted gateways on one node (``answer`` gives each
+    command's result; None leaves its frame unanswered); closed and stopped on exit."""
     from waraft.partition import acceptor
 
     node = otp.Node(f"scripted{next(_ids)}@local")
@@ -357,15 +361,18 @@ def _scripted(
         discover=False,
         **kw,  # type: ignore[arg-type]
     )
-    return c, log, node
+    try:
+        yield c, log
+    finally:
+        c.close()
+        node.stop()
 
 
 @pytest.mark.parametrize("pack", [True, False])
 def test_commit_many_routes_every_key_as_partition_for_does(
     client_node: otp.Node, pack: bool
 ) -> None:
-    c, log, node = _scripted(client_node, 4, lambda cmd: ("ok", cmd[2]), pack=pack)
-    try:
+    with _scripted(client_node, 4, lambda cmd: ("ok", cmd[2]), pack=pack) as (c, log):
         keys: list[object] = [f"key{i}" for i in range(40)] + ["ключ", b"raw", ("t", 1), 3]
         futures = c.commit_many([(k, ("write", "test", i)) for i, k in enumerate(keys)])
         # Futures come back in the caller's order, though routing grouped them by partition.
@@ -374,9 +381,6 @@ def test_commit_many_routes_every_key_as_partition_for_does(
         want = {i: (k if type(k) is int else partition_for(k, 4)) for i, k in enumerate(keys)}
         assert got == want
         assert len(set(want.values())) == 4
-    finally:
-        c.close()
-        node.stop()
 
 
 @pytest.mark.parametrize("pack", [True, False])
@@ -395,8 +399,7 @@ def test_each_request_of_a_reply_gets_its_own_result_or_error(
     def want(i: int) -> object:
         return ("error", ("badarg", i)) if i % 3 == 0 else ("ok", i)
 
-    c, log, node = _scripted(client_node, 1, answer, pack=pack)
-    try:
+    with _scripted(client_node, 1, answer, pack=pack) as (c, log):
         futures = c.commit_many([(1, ("write", "test", i)) for i in range(30)])
         seen: dict[int, object] = {}
         for i, f in enumerate(futures[:10]):
@@ -415,9 +418,6 @@ def test_each_request_of_a_reply_gets_its_own_result_or_error(
         assert finished.wait(5)
         assert got == {i: want(100 + i) for i in range(30)}
         assert len(log) == 60  # final errors are not retried
-    finally:
-        c.close()
-        node.stop()
 
 
 def test_a_late_request_times_out_while_its_frame_mates_wait(client_node: otp.Node) -> None:
@@ -427,8 +427,10 @@ def test_a_late_request_times_out_while_its_frame_mates_wait(client_node: otp.No
 
     from waraft.client import _Request
 
-    c, log, node = _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0, timeout=30.0)
-    try:
+    with _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0, timeout=30.0) as (
+        c,
+        log,
+    ):
         now = time.monotonic()
         long = _Request(1, "commit", ("write", "test", "long"), "high", now + 20.0)
         short = _Request(1, "commit", ("write", "test", "short"), "high", now + 0.3)
@@ -438,9 +440,6 @@ def test_a_late_request_times_out_while_its_frame_mates_wait(client_node: otp.No
         assert time.monotonic() - now < 2.0
         assert not long.future.done()
         assert c.stats()["batches"] == 1 and len(log) == 2
-    finally:
-        c.close()
-        node.stop()
 
 
 def test_commit_many_checks_partition_numbers(client_node: otp.Node) -> None:
@@ -458,10 +457,10 @@ def test_a_burst_is_split_by_the_in_flight_cap_and_the_frame_size(
 ) -> None:
     import threading
 
-    c, log, node = _scripted(
-        client_node, 1, lambda cmd: ("ok", cmd[2]), max_inflight=700, max_batch=300
-    )
-    try:
+    with _scripted(client_node, 1, lambda cmd: ("ok", cmd[2]), max_inflight=700, max_batch=300) as (
+        c,
+        log,
+    ):
         ops = [(1, ("write", "test", i)) for i in range(2500)]
         if use_callback:
             got: dict[int, object] = {}
@@ -484,9 +483,6 @@ def test_a_burst_is_split_by_the_in_flight_cap_and_the_frame_size(
         assert 9 <= stats["batches"] <= 100, stats
         assert stats["items_sent"] == 2500 and stats["queued"] == 0
         assert stats["requests"] == 2500
-    finally:
-        c.close()
-        node.stop()
 
 
 @pytest.mark.parametrize("pack", [True, False])
@@ -503,15 +499,11 @@ def test_commands_of_a_burst_rejected_as_overload_are_retried_one_by_one(
         assert isinstance(i, int)
         return ("error", "commit_queue_full") if i % 4 == 0 and tries[i] == 1 else ("ok", i)
 
-    c, _log, node = _scripted(client_node, 1, answer, pack=pack)
-    try:
+    with _scripted(client_node, 1, answer, pack=pack) as (c, _log):
         futures = c.commit_many([(1, ("write", "test", i)) for i in range(200)])
         assert [f.result(10) for f in futures] == [("ok", i) for i in range(200)]
         assert tries == {i: 2 if i % 4 == 0 else 1 for i in range(200)}
         assert c.stats()["retries"] == 50
-    finally:
-        c.close()
-        node.stop()
 
 
 @pytest.mark.parametrize("use_callback", [True, False])
@@ -521,8 +513,7 @@ def test_a_burst_to_a_leader_that_never_answers_times_out(
     import threading
     import time
 
-    c, log, node = _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0)
-    try:
+    with _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0) as (c, log):
         ops = [(1, ("write", "test", i)) for i in range(50)]
         started = time.monotonic()
         if use_callback:
@@ -542,9 +533,6 @@ def test_a_burst_to_a_leader_that_never_answers_times_out(
         assert results == [("error", "timeout")] * len(ops)
         assert time.monotonic() - started < 2.0
         assert len(log) == 50
-    finally:
-        c.close()
-        node.stop()
 
 
 def test_a_burst_in_flight_to_a_leader_that_stalls_is_retried_elsewhere(
@@ -578,8 +566,7 @@ def test_a_burst_in_flight_to_a_leader_that_stalls_is_retried_elsewhere(
 def test_close_answers_a_burst_in_flight_and_held(client_node: otp.Node) -> None:
     import threading
 
-    c, log, node = _scripted(client_node, 1, lambda cmd: None, max_inflight=10, max_batch=4)
-    try:
+    with _scripted(client_node, 1, lambda cmd: None, max_inflight=10, max_batch=4) as (c, log):
         futures = c.commit_many([(1, ("write", "test", i)) for i in range(30)])
         got: dict[int, object] = {}
         finished = threading.Event()
@@ -594,9 +581,6 @@ def test_close_answers_a_burst_in_flight_and_held(client_node: otp.Node) -> None
         c.close()
         assert [f.result(5) for f in futures] == [("error", "closed")] * 30
         assert finished.wait(5) and got == dict.fromkeys(range(5), ("error", "closed"))
-    finally:
-        c.close()
-        node.stop()
 
 
 @pytest.mark.parametrize("failing", [None, 7, 2])
@@ -612,8 +596,7 @@ def test_a_frame_of_several_bursts_and_single_requests_answers_each_its_own(
     def answer(cmd: tuple[object, ...]) -> object:
         return ("error", "boom") if cmd[2] == failing else ("ok", cmd[2])
 
-    c, log, node = _scripted(client_node, 1, answer)
-    try:
+    with _scripted(client_node, 1, answer) as (c, log):
         deadline = time.monotonic() + 5.0
         futures = [Future() for _ in range(10)]
         entries = [
@@ -627,9 +610,6 @@ def test_a_frame_of_several_bursts_and_single_requests_answers_each_its_own(
         want = [("error", "boom") if i == failing else ("ok", i) for i in range(10)]
         assert [f.result(5) for f in futures] == want
         assert c.stats()["batches"] == 1 and len(log) == 10
-    finally:
-        c.close()
-        node.stop()
 
 
 def test_a_burst_late_in_a_frame_that_stays_in_flight_is_answered_once(
@@ -641,8 +621,7 @@ def test_a_burst_late_in_a_frame_that_stays_in_flight_is_answered_once(
 
     from waraft.client import _Group, _Request
 
-    c, _log, node = _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0)
-    try:
+    with _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0) as (c, _log):
         calls: list[tuple[int, object]] = []
         now = time.monotonic()
         burst = _Group(
@@ -656,22 +635,15 @@ def test_a_burst_late_in_a_frame_that_stays_in_flight_is_answered_once(
         time.sleep(0.3)  # the frame expired with the lone request: nothing more arrives
         assert sorted(calls) == [(i, ("error", "timeout")) for i in range(5)]
         assert c.stats()["batches"] == 1
-    finally:
-        c.close()
-        node.stop()
 
 
 def test_a_burst_goes_one_command_a_frame_when_max_batch_is_one(client_node: otp.Node) -> None:
-    c, log, node = _scripted(client_node, 1, lambda cmd: ("ok", cmd[2]), max_batch=1)
-    try:
+    with _scripted(client_node, 1, lambda cmd: ("ok", cmd[2]), max_batch=1) as (c, log):
         futures = c.commit_many([(1, ("write", "test", i)) for i in range(20)])
         futures.append(c.commit_async(1, ("write", "test", 20)))  # type: ignore[arg-type]
         assert [f.result(5) for f in futures] == [("ok", i) for i in range(21)]
         stats = c.stats()
         assert stats["batches"] == 21 and stats["items_sent"] == 21 and len(log) == 21
-    finally:
-        c.close()
-        node.stop()
 
 
 def test_a_bad_key_in_a_session_burst_takes_no_seq(client_node: otp.Node) -> None:
@@ -683,8 +655,7 @@ def test_a_bad_key_in_a_session_burst_takes_no_seq(client_node: otp.Node) -> Non
         seen.append(cmd)
         return ("ok", 7) if cmd[1] == "register" else "ok"
 
-    c, _log, node = _scripted(client_node, 2, answer, sessions=True)
-    try:
+    with _scripted(client_node, 2, answer, sessions=True) as (c, _log):
         assert c.commit(1, ("write", "test", "first")) == "ok"  # registers session 7
         with pytest.raises(ValueError):
             c.commit_many([(1, ("write", "test", "a")), (3, ("write", "test", "b"))])
@@ -693,6 +664,3 @@ def test_a_bad_key_in_a_session_burst_takes_no_seq(client_node: otp.Node) -> Non
         last = seen[-1]
         assert last[:4] == ("$session", "call", 7, 2)  # seq 2: "a" took none
         assert last[4] == 2  # acked floor: every earlier seq settled
-    finally:
-        c.close()
-        node.stop()
