@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,24 @@ from waraft import otp
 from waraft.client import Client, partition_for, stable_hash
 
 _ids = itertools.count(1)
+
+
+class _Results:
+    """A ``commit_many`` callback collecting results by index (``got``); ``wait`` returns once
+    ``expected`` results arrived (False on timeout)."""
+
+    def __init__(self, expected: int) -> None:
+        self.got: dict[int, object] = {}
+        self._expected = expected
+        self._finished = threading.Event()
+
+    def __call__(self, i: int, result: object) -> None:
+        self.got[i] = result
+        if len(self.got) == self._expected:
+            self._finished.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._finished.wait(timeout)
 
 
 def test_stable_hash_is_crc32_of_the_key_bytes() -> None:
@@ -177,22 +196,16 @@ def test_packing_puts_a_burst_of_commits_in_one_log_entry(
 
 
 def test_callbacks_replace_futures(tmp_path: Path, client_node: otp.Node) -> None:
-    import threading
 
     with cluster(tmp_path) as nodes:
         c = _client(nodes, client_node)
         try:
-            got: dict[int, object] = {}
-            finished = threading.Event()
-
-            def on_result(i: int, result: object) -> None:
-                got[i] = result
-                if len(got) == 200:
-                    finished.set()
+            on_result = _Results(200)
+            got = on_result.got
 
             ops = [(1, ("write", "test", f"c{i}", i)) for i in range(200)]
             assert c.commit_many(ops, callback=on_result) == []
-            assert finished.wait(10)
+            assert on_result.wait(10)
             assert got == dict.fromkeys(range(200), "ok")
             box: list[object] = []
             done = threading.Event()
@@ -389,7 +402,6 @@ def test_each_request_of_a_reply_gets_its_own_result_or_error(
 ) -> None:
     """One reply mixing results and final errors: every request gets exactly its own, through
     futures (waited on, with done-callbacks, already done) and through callbacks."""
-    import threading
 
     def answer(cmd: tuple[object, ...]) -> object:
         i = cmd[2]
@@ -406,16 +418,11 @@ def test_each_request_of_a_reply_gets_its_own_result_or_error(
             f.add_done_callback(lambda fut, i=i: seen.__setitem__(i, fut.result()))
         assert [f.result(5) for f in futures] == [want(i) for i in range(30)]
         assert seen == {i: want(i) for i in range(10)}
-        got: dict[int, object] = {}
-        finished = threading.Event()
-
-        def on_result(i: int, result: object) -> None:
-            got[i] = result
-            if len(got) == 30:
-                finished.set()
+        on_result = _Results(30)
+        got = on_result.got
 
         c.commit_many([(1, ("write", "test", 100 + i)) for i in range(30)], callback=on_result)
-        assert finished.wait(5)
+        assert on_result.wait(5)
         assert got == {i: want(100 + i) for i in range(30)}
         assert len(log) == 60  # final errors are not retried
 
@@ -455,7 +462,6 @@ def test_commit_many_checks_partition_numbers(client_node: otp.Node) -> None:
 def test_a_burst_is_split_by_the_in_flight_cap_and_the_frame_size(
     client_node: otp.Node, use_callback: bool
 ) -> None:
-    import threading
 
     with _scripted(client_node, 1, lambda cmd: ("ok", cmd[2]), max_inflight=700, max_batch=300) as (
         c,
@@ -463,16 +469,11 @@ def test_a_burst_is_split_by_the_in_flight_cap_and_the_frame_size(
     ):
         ops = [(1, ("write", "test", i)) for i in range(2500)]
         if use_callback:
-            got: dict[int, object] = {}
-            finished = threading.Event()
-
-            def on_result(i: int, result: object) -> None:
-                got[i] = result
-                if len(got) == len(ops):
-                    finished.set()
+            on_result = _Results(len(ops))
+            got = on_result.got
 
             c.commit_many(ops, callback=on_result)
-            assert finished.wait(10)
+            assert on_result.wait(10)
             results = [got[i] for i in range(len(ops))]
         else:
             results = [f.result(10) for f in c.commit_many(ops)]
@@ -510,23 +511,17 @@ def test_commands_of_a_burst_rejected_as_overload_are_retried_one_by_one(
 def test_a_burst_to_a_leader_that_never_answers_times_out(
     client_node: otp.Node, use_callback: bool
 ) -> None:
-    import threading
     import time
 
     with _scripted(client_node, 1, lambda cmd: None, attempt_timeout=30.0) as (c, log):
         ops = [(1, ("write", "test", i)) for i in range(50)]
         started = time.monotonic()
         if use_callback:
-            got: dict[int, object] = {}
-            finished = threading.Event()
-
-            def on_result(i: int, result: object) -> None:
-                got[i] = result
-                if len(got) == len(ops):
-                    finished.set()
+            on_result = _Results(len(ops))
+            got = on_result.got
 
             c.commit_many(ops, timeout=0.3, callback=on_result)
-            assert finished.wait(5)
+            assert on_result.wait(5)
             results = [got[i] for i in range(len(ops))]
         else:
             results = [f.result(5) for f in c.commit_many(ops, timeout=0.3)]
@@ -564,23 +559,17 @@ def test_a_burst_in_flight_to_a_leader_that_stalls_is_retried_elsewhere(
 
 
 def test_close_answers_a_burst_in_flight_and_held(client_node: otp.Node) -> None:
-    import threading
 
     with _scripted(client_node, 1, lambda cmd: None, max_inflight=10, max_batch=4) as (c, log):
         futures = c.commit_many([(1, ("write", "test", i)) for i in range(30)])
-        got: dict[int, object] = {}
-        finished = threading.Event()
-
-        def on_result(i: int, result: object) -> None:
-            got[i] = result
-            if len(got) == 5:
-                finished.set()
+        on_result = _Results(5)
+        got = on_result.got
 
         c.commit_many([(1, ("write", "test", 100 + i)) for i in range(5)], callback=on_result)
         assert wait_until(lambda: len(log) == 10, 5)  # 10 in flight, 25 held
         c.close()
         assert [f.result(5) for f in futures] == [("error", "closed")] * 30
-        assert finished.wait(5) and got == dict.fromkeys(range(5), ("error", "closed"))
+        assert on_result.wait(5) and got == dict.fromkeys(range(5), ("error", "closed"))
 
 
 @pytest.mark.parametrize("failing", [None, 7, 2])
