@@ -281,9 +281,13 @@ def test_a_follower_naming_a_leader_that_just_failed_is_not_followed(
             node.stop()
 
 
-def _stalling_leader_and_redirecting_follower() -> tuple[list[otp.Node], str, str, list[str]]:
-    """Two fake gateways of partition 1: the leader swallows the first frame (a pause) and
-    answers the rest, the follower redirects to the leader; ``seen`` records what each did."""
+@contextlib.contextmanager
+def _stalling_leader_and_redirecting_follower(
+    client_node: otp.Node, **kw: object
+) -> Iterator[tuple[Client, list[str]]]:
+    """A client (0.3 s attempts, 5 s deadline) of two fake gateways of partition 1: the leader
+    swallows the first frame (a pause) and answers the rest, the follower redirects to the
+    leader; ``seen`` records what each did. Closed and stopped on exit."""
     from waraft.partition import acceptor
 
     nodes = [otp.Node(f"fake{next(_ids)}@local") for _ in range(2)]
@@ -292,7 +296,22 @@ def _stalling_leader_and_redirecting_follower() -> tuple[list[otp.Node], str, st
     name = acceptor.default_name("test", 1)
     for node, mode in zip(nodes, ("pause", "redirect"), strict=True):
         otp.start(_FakeGateway, mode, leader, seen, name=name, node=node)
-    return nodes, leader, follower, seen
+    c = Client(
+        [leader, follower],
+        table="test",
+        partitions=1,
+        node=client_node,
+        discover=False,
+        attempt_timeout=0.3,
+        timeout=5.0,
+        **kw,  # type: ignore[arg-type]
+    )
+    try:
+        yield c, seen
+    finally:
+        c.close()
+        for node in nodes:
+            node.stop()
 
 
 def test_a_leader_back_from_a_short_pause_is_followed_again(
@@ -305,24 +324,10 @@ def test_a_leader_back_from_a_short_pause_is_followed_again(
 
     monkeypatch.setattr(client_module, "STALE_HINT", 0.05)
     monkeypatch.setattr(client_module, "SUSPECT_FOR", 60.0)
-    nodes, leader, follower, seen = _stalling_leader_and_redirecting_follower()
-    c = Client(
-        [leader, follower],
-        table="test",
-        partitions=1,
-        node=client_node,
-        discover=False,
-        attempt_timeout=0.3,
-        timeout=5.0,
-    )
-    try:
+    with _stalling_leader_and_redirecting_follower(client_node) as (c, seen):
         assert c.commit(1, ("write", "test", "k", 1)) == "ok"
         assert seen[0] == "pause" and seen[-1] == "lead" and "redirect" in seen, seen
         assert c.stats()["attempt_timeouts"] == 1
-    finally:
-        c.close()
-        for node in nodes:
-            node.stop()
 
 
 class _ScriptedGateway(otp.Process):
@@ -535,27 +540,11 @@ def test_a_burst_in_flight_to_a_leader_that_stalls_is_retried_elsewhere(
 ) -> None:
     """The leader swallows the first frame (a pause) and then answers: the frame's attempt
     times out and its commands are sent again, each answered once."""
-
-    nodes, leader, follower, seen = _stalling_leader_and_redirecting_follower()
-    c = Client(
-        [leader, follower],
-        table="test",
-        partitions=1,
-        node=client_node,
-        discover=False,
-        attempt_timeout=0.3,
-        timeout=5.0,
-        pack=False,
-    )
-    try:
+    with _stalling_leader_and_redirecting_follower(client_node, pack=False) as (c, seen):
         futures = c.commit_many([(1, ("write", "test", i)) for i in range(100)])
         assert [f.result(10) for f in futures] == ["ok"] * 100
         assert seen[0] == "pause" and seen[-1] == "lead", seen
         assert c.stats()["attempt_timeouts"] == 1
-    finally:
-        c.close()
-        for node in nodes:
-            node.stop()
 
 
 def test_close_answers_a_burst_in_flight_and_held(client_node: otp.Node) -> None:
