@@ -186,6 +186,12 @@ def _is_error(result: Any) -> bool:
 _FUTURES_LOCK = allocate_lock()
 
 
+def _gave_up(last_error: Any) -> Any:
+    """What a request that runs out of deadline or retries answers: the last error it got
+    (an overload, say), except that a node which did not answer is reported as a timeout."""
+    return TIMEOUT if last_error is None or last_error is UNREACHABLE else last_error
+
+
 class Future:
     """The result of one request (see the module docstring).
 
@@ -510,9 +516,21 @@ class _Batch:
     """A frame in flight: ``requests`` are its entries (``_Request`` or ``_Group``, in the
     order of its results), ``count`` the commands they carry. ``earliest``: the earliest
     deadline of its entries (they do not change while it is in flight), so the periodic
-    deadline scan looks inside a batch only once one of its requests may be late."""
+    deadline scan looks inside a batch only once one of its requests may be late.
+    ``deadline_bound``: ``expires`` is its entries' latest deadline, which came before the
+    attempt timeout; its expiry then says nothing about the node (the callers gave up first).
+    """
 
-    __slots__ = ("count", "earliest", "expires", "node", "packed", "partition", "requests")
+    __slots__ = (
+        "count",
+        "deadline_bound",
+        "earliest",
+        "expires",
+        "node",
+        "packed",
+        "partition",
+        "requests",
+    )
 
     def __init__(
         self,
@@ -523,6 +541,7 @@ class _Batch:
         packed: bool = False,
         earliest: float = float("-inf"),
         count: int | None = None,
+        deadline_bound: bool = False,
     ) -> None:
         self.node = node
         self.partition = partition
@@ -531,6 +550,7 @@ class _Batch:
         self.packed = packed
         self.earliest = earliest
         self.count = len(requests) if count is None else count
+        self.deadline_bound = deadline_bound
 
     def grouped(self) -> bool:
         """Whether any entry is still a ``_Group``."""
@@ -1062,7 +1082,7 @@ class Client:
             if late:
                 self._count("timeouts", sum([entry.count for entry in late]))
             for request in late:
-                request.finish(request.last_error or TIMEOUT)
+                request.finish(_gave_up(request.last_error))
             if expired:
                 self._count("attempt_timeouts", len(expired))
             for batch in expired:
@@ -1084,24 +1104,39 @@ class Client:
 
     def _scan(self, now: float) -> tuple[list[_Batch], list[_Entry]]:
         """Under the lock: batches past their attempt deadline (removed) and requests past
-        their own deadline (in flight or held; answered now)."""
+        their own deadline (in flight or held; answered now).
+
+        A batch that expires at its callers' deadlines before its attempt timeout is removed
+        and its requests answered as late, not returned: that the node has not answered yet
+        is no evidence that it failed, and taking it for one would make the client forget
+        the node's leaderships and avoid it (a caller with a short timeout would send the
+        next request to a follower)."""
         expired = [bid for bid, batch in self._inflight.items() if batch.expires <= now]
-        batches = [self._pop_batch(bid) for bid in expired]
+        batches: list[_Batch] = []
+        late: list[_Entry] = []
+        for bid in expired:
+            batch = self._pop_batch(bid)
+            if batch is None:
+                continue
+            if batch.deadline_bound:
+                late.extend(r for r in batch.materialize() if not r.done)
+            else:
+                batches.append(batch)
         # A batch that stays in flight gets its late requests answered now and the others
         # later, from its reply: one by one, so its groups become requests first.
-        late: list[_Entry] = [
+        late.extend(
             request
             for batch in self._inflight.values()
             if batch.earliest <= now
             for request in batch.materialize()
             if request.deadline <= now and not request.done
-        ]
+        )
         for partition, held in list(self._held.items()):
             keep = [r for r in held if r.deadline > now]
             if len(keep) != len(held):
                 late.extend(r for r in held if r.deadline <= now)
                 self._held[partition] = keep
-        return [b for b in batches if b is not None], late
+        return batches, late
 
     def _pop_batch(self, batch_id: int) -> _Batch | None:
         """Under the lock: forget an in-flight batch and give its room back."""
@@ -1137,7 +1172,7 @@ class Client:
                 continue
             if request.deadline <= now:
                 self._count("timeouts", request.count)
-                request.finish(request.last_error or TIMEOUT)
+                request.finish(_gave_up(request.last_error))
                 continue
             key = (request.partition, request.kind, request.priority)
             group = groups.get(key)
@@ -1172,7 +1207,9 @@ class Client:
     ) -> None:
         batch_id = next(self._batch_ids)
         deadlines = [r.deadline for r in chunk]
-        expires = min(now + self.attempt_timeout, max(deadlines))
+        attempt_expires = now + self.attempt_timeout
+        latest = max(deadlines)
+        expires = min(attempt_expires, latest)
         earliest = min(deadlines)
         commands = _commands(chunk)
         count = len(commands)
@@ -1181,8 +1218,9 @@ class Client:
             closed = self._closed
             if not closed:
                 self._inflight[batch_id] = _Batch(
-                    address[1], partition, chunk, expires, packed, earliest, count
-                )
+                    address[1], partition, chunk, expires, packed, earliest, count,
+                    latest < attempt_expires,
+                )  # fmt: skip
                 self._counters["batches"] += 1
                 self._counters["items_sent"] += count
         if closed:
@@ -1376,7 +1414,7 @@ class Client:
             return
         now = time.monotonic()
         if request.attempts > self.max_retries or now + delay >= request.deadline:
-            request.finish(error if error is not UNREACHABLE else TIMEOUT)
+            request.finish(_gave_up(error))
             return
         with self._lock:
             if self._closed:

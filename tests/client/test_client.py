@@ -642,3 +642,27 @@ def test_a_bad_key_in_a_session_burst_takes_no_seq(client_node: otp.Node) -> Non
         last = seen[-1]
         assert last[:4] == ("$session", "call", 7, 2)  # seq 2: "a" took none
         assert last[4] == 2  # acked floor: every earlier seq settled
+
+
+def test_a_callers_deadline_is_not_taken_for_a_failed_node(client_node: otp.Node) -> None:
+    """A frame whose caller's deadline comes before its attempt timeout times out as a
+    deadline (``timeouts``), not as an unanswered attempt: the leader stays known and is not
+    avoided, so a caller with a short timeout does not send the next request to a follower."""
+    import time
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        return None if cmd[2] == "slow" else ("ok", cmd[2])
+
+    with _scripted(client_node, 1, answer, attempt_timeout=30.0) as (c, _log):
+        assert c.commit(1, ("write", "test", "first")) == ("ok", "first")
+        leader = c.leader(1)
+        assert leader is not None
+        started = time.monotonic()
+        assert c.commit(1, ("write", "test", "slow"), timeout=0.2) == ("error", "timeout")
+        assert time.monotonic() - started < 2.0
+        time.sleep(0.15)  # a few deadline scans after the frame's own expiry
+        stats = c.stats()
+        assert stats["timeouts"] == 1 and stats["attempt_timeouts"] == 0, stats
+        assert c.leader(1) == leader
+        assert c._target(1, time.monotonic()) == leader
+        assert c.commit(1, ("write", "test", "after")) == ("ok", "after")
