@@ -52,7 +52,9 @@ exponential backoff;
 ago is ignored: the follower has not noticed yet that the leader is gone. A node that
 ``waraft.distribution`` marks down (no answer to pings for ``down_after``), whose frame cannot be
 queued, or that does not answer a batch within ``attempt_timeout`` is avoided for a while and its
-batches are retried elsewhere. Retries stop at the
+batches are retried elsewhere, unless it answered other batches in the last half
+``attempt_timeout``: a node that keeps answering is slow, not gone, and its batch waits for the
+callers' deadline instead of being re-sent. Retries stop at the
 request's deadline (``timeout``) or after ``max_retries``.
 
 **Delivery guarantee.** A commit that was rejected (``not_leader`` from a follower, a full
@@ -666,6 +668,7 @@ class Client:
         self._leaders: dict[int, str] = {}
         self._suspect: dict[str, float] = {}
         self._failed_at: dict[str, float] = {}  # when a node last failed an attempt
+        self._heard: dict[str, float] = {}  # when a node's latest reply arrived
         self._rr = itertools.count()
         self._seq = itertools.count()
         self._batch_ids = itertools.count(1)
@@ -679,6 +682,7 @@ class Client:
                 "retries",
                 "redirects",
                 "attempt_timeouts",
+                "slow_attempts",
                 "send_failures",
                 "timeouts",
                 "stale_hints",
@@ -909,8 +913,10 @@ class Client:
 
     def stats(self) -> dict[str, int]:
         """Counters: requests, batches, items_sent, replies, retries, redirects,
-        attempt_timeouts, send_failures, timeouts, stale_hints (a follower named a leader
-        that had just failed an attempt), plus inflight and queued now."""
+        attempt_timeouts, slow_attempts (a batch past its attempt timeout left in flight
+        because its node kept answering others), send_failures, timeouts, stale_hints (a
+        follower named a leader that had just failed an attempt), plus inflight and queued
+        now."""
         with self._lock:
             out = dict(self._counters)
             out["inflight_batches"] = len(self._inflight)
@@ -1110,14 +1116,19 @@ class Client:
         and its requests answered as late, not returned: that the node has not answered yet
         is no evidence that it failed, and taking it for one would make the client forget
         the node's leaderships and avoid it (a caller with a short timeout would send the
-        next request to a follower)."""
+        next request to a follower). Likewise a batch to a node that answered other batches
+        within the last half attempt timeout stays in flight (``_extend``): the node is slow
+        (overloaded), not gone."""
         expired = [bid for bid, batch in self._inflight.items() if batch.expires <= now]
         batches: list[_Batch] = []
         late: list[_Entry] = []
+        answering_since = now - self.attempt_timeout / 2
         for bid in expired:
-            batch = self._pop_batch(bid)
-            if batch is None:
+            batch = self._inflight[bid]
+            if not batch.deadline_bound and self._heard.get(batch.node, -1e18) >= answering_since:
+                self._extend(batch, now)
                 continue
+            self._pop_batch(bid)
             if batch.deadline_bound:
                 late.extend(r for r in batch.materialize() if not r.done)
             else:
@@ -1137,6 +1148,18 @@ class Client:
                 late.extend(r for r in held if r.deadline <= now)
                 self._held[partition] = keep
         return batches, late
+
+    def _extend(self, batch: _Batch, now: float) -> None:
+        """Under the lock: give ``batch``, past its attempt timeout on a node that is still
+        answering, another attempt timeout (at most until its callers' deadlines) instead of
+        re-sending it. A re-send would not be answered sooner: the node is answering in
+        order, and under overload every copy is more work queued ahead of everything else
+        (and, without sessions, a second application of the commands)."""
+        latest = max([entry.deadline for entry in batch.requests])
+        attempt_expires = now + self.attempt_timeout
+        batch.expires = min(attempt_expires, latest)
+        batch.deadline_bound = latest < attempt_expires
+        self._counters["slow_attempts"] += 1
 
     def _pop_batch(self, batch_id: int) -> _Batch | None:
         """Under the lock: forget an in-flight batch and give its room back."""
@@ -1311,6 +1334,7 @@ class Client:
                 return  # expired and retried already
             self._counters["replies"] += 1
             self._suspect.pop(batch.node, None)
+            self._heard[batch.node] = time.monotonic()
         count = batch.count
         if batch.packed and len(results) == 1:
             # One log entry carried the whole chunk: its result is the list of results.

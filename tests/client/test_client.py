@@ -666,3 +666,68 @@ def test_a_callers_deadline_is_not_taken_for_a_failed_node(client_node: otp.Node
         assert c.leader(1) == leader
         assert c._target(1, time.monotonic()) == leader
         assert c.commit(1, ("write", "test", "after")) == ("ok", "after")
+
+
+def test_an_unanswered_frame_to_a_node_that_keeps_answering_waits_for_its_deadline(
+    client_node: otp.Node,
+) -> None:
+    """A frame past its attempt timeout, to a node that answered other frames in the last half
+    attempt timeout, is slow, not lost to a failed node: it waits for its callers' deadline
+    (not re-sent, which under overload only adds to the queue) and the node keeps its
+    leaderships and its standing, where taking it for failed sent every partition it leads
+    through followers and their redirects (a cascade seen at 1000 partitions)."""
+    import time
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        return None if cmd[2] == "slow" else ("ok", cmd[2])
+
+    with _scripted(client_node, 2, answer, attempt_timeout=0.3, timeout=1.2) as (c, log):
+        assert c.commit(1, ("write", "test", "first")) == ("ok", "first")
+        assert c.commit(2, ("write", "test", "first")) == ("ok", "first")
+        leader = c.leader(1)
+        stop = threading.Event()
+
+        def traffic() -> None:  # partition 2 keeps getting answers from the same node
+            i = 0
+            while not stop.is_set():
+                c.commit(2, ("write", "test", i), timeout=1.0)
+                i += 1
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=traffic, daemon=True)
+        thread.start()
+        try:
+            started = time.monotonic()
+            assert c.commit(1, ("write", "test", "slow")) == ("error", "timeout")
+            assert time.monotonic() - started >= 1.1  # the deadline, not 0.3 s attempts
+        finally:
+            stop.set()
+            thread.join(5)
+        stats = c.stats()
+        assert stats["attempt_timeouts"] == 0 and stats["slow_attempts"] >= 2, stats
+        assert sum(1 for _p, cmd in log if cmd[2] == "slow") == 1  # never re-sent
+        assert c.leader(1) == leader and c._target(1, time.monotonic()) == leader
+
+
+def test_a_node_that_stops_answering_altogether_is_still_given_up_on(
+    client_node: otp.Node,
+) -> None:
+    """The other side of the rule above: when nothing at all comes back from the node, the
+    attempt timeout still counts against it and the frame is retried (here, until the
+    deadline: the scripted node is the only one)."""
+    import time
+
+    answering = threading.Event()
+    answering.set()
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        return ("ok", cmd[2]) if answering.is_set() else None
+
+    with _scripted(client_node, 1, answer, attempt_timeout=0.3, timeout=1.2) as (c, log):
+        assert c.commit(1, ("write", "test", "first")) == ("ok", "first")
+        answering.clear()
+        time.sleep(0.2)  # the last answer is older than half an attempt timeout at expiry
+        assert c.commit(1, ("write", "test", "lost")) == ("error", "timeout")
+        stats = c.stats()
+        assert stats["attempt_timeouts"] >= 1 and stats["slow_attempts"] == 0, stats
+        assert sum(1 for _p, cmd in log if cmd[2] == "lost") >= 2  # re-sent
