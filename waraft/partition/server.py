@@ -798,6 +798,24 @@ def bootstrap(server: otp.Target, position: LogPos, config: Config, data: Any = 
     return _call(server, request, STORAGE_TIMEOUT)
 
 
+def bootstrap_request(
+    server: otp.Target, position: LogPos, config: Config, data: Any = None
+) -> otp.ReplyTo:
+    """``bootstrap`` without waiting (``gen_server:send_request``): the answer, ``"ok"`` or
+    ``("error", reason)``, completes the returned handle; wait on it with
+    ``otp.wait_response(handle, STORAGE_TIMEOUT)``. A bootstrap is mostly waiting for the
+    disk (an empty snapshot written and read back, the term persisted), so a caller that
+    bootstraps many local partitions keeps several in flight instead of paying each one's
+    waits in a row. Raises ``ValueError`` on a malformed position or config, as ``bootstrap``."""
+    request = ("bootstrap", _check_position(position), _check_config(config), data)
+    return otp.send_request(server, request)
+
+
+def trigger_election_request(server: otp.Target, term_or_offset: Any = "current") -> otp.ReplyTo:
+    """``trigger_election`` without waiting; the answer completes the returned handle."""
+    return otp.send_request(server, ("trigger_election", term_or_offset))
+
+
 def promote(
     server: otp.Target,
     term_or_offset: Any = "current",
@@ -878,6 +896,7 @@ __all__ = [
     "RaftServer",
     "adjust_config",
     "bootstrap",
+    "bootstrap_request",
     "child_spec",
     "default_name",
     "disable",
@@ -897,4 +916,5 @@ __all__ = [
     "start_link",
     "status",
     "trigger_election",
+    "trigger_election_request",
 ]
