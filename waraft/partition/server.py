@@ -597,9 +597,11 @@ class RaftServer(otp.StateMachine):
     def _publish_status(self) -> None:
         core = self.core
         cfg = core.current_config()
-        if cfg.participants != self._participants:
-            # Before any NodeLiveness about a new participant can matter (run at every flush).
-            self._participants = cfg.participants
+        participants = cfg.participants
+        if participants is not self._participants and participants != self._participants:
+            # Before any NodeLiveness about a new participant can matter (run at every flush;
+            # the identity test keeps it to one comparison while the config stays the same).
+            self._participants = participants
             nodes = frozenset(p.node for p in cfg.participants + cfg.membership + cfg.witness)
             _note_member_nodes(core.node, nodes)
         leader = core.leader
