@@ -62,7 +62,12 @@ def measure(
     settings: dict[str, str],
     stop: bool = False,
     log_elections: bool = False,
+    quiesce_wait: float = 0.0,
 ) -> dict[str, Any]:
+    # One ``status_all`` call per node asks every server in turn: at 10,000 partitions that
+    # takes longer than the CLI's default 3 s, and a node that does not answer in time gives
+    # one ``unreachable`` row instead of its 10,000 (counted as not quiescent).
+    status_timeout = max(3.0, partitions / 500)
     with tempfile.TemporaryDirectory(prefix="waraft-scale-") as tmp:
         root = Path(tmp)
         with ProcessGroup(root / "logs") as group:
@@ -80,14 +85,18 @@ def measure(
                 cluster.bootstrap(timeout=max(60.0, partitions * 0.5))
                 bootstrap_s = time.monotonic() - t0
                 time.sleep(settle)
-                terms_before = cluster.terms()
+                terms_before = cluster.terms(status_timeout)
                 before = {p.name: _node_figures(p.pid) for p in cluster.procs}
                 w0 = time.monotonic()
                 time.sleep(idle)
                 window = time.monotonic() - w0
                 after = {p.name: _node_figures(p.pid) for p in cluster.procs}
-                terms_after = cluster.terms()
-                quiet = sum(1 for r in cluster.status() if r.get("quiescent"))
+                terms_after = cluster.terms(status_timeout)
+                rows = cluster.status(timeout=status_timeout)
+                quiet = sum(1 for r in rows if r.get("quiescent"))
+                states = quiescence_states(rows, cluster.ids)
+                # What this benchmark counted before it scaled the timeout (3 s per node).
+                quiet_3s = sum(1 for r in cluster.status(timeout=3.0) if r.get("quiescent"))
                 nodes = {}
                 for name, fig in after.items():
                     cpu = (fig["cpu_s"] - before[name]["cpu_s"]) / window * 100
@@ -106,7 +115,13 @@ def measure(
                     "terms_changed": changed,
                     "quiescent_replicas": quiet,
                     "replicas": 3 * partitions,
+                    "quiescence": states,
+                    "quiescent_replicas_at_3s_status_timeout": quiet_3s,
                 }
+                if quiesce_wait > 0:
+                    result["all_quiescent"] = _wait_quiescent(
+                        cluster, 3 * partitions, quiesce_wait, status_timeout, t0
+                    )
                 if stop:
                     result["sigstop_failover"] = _stop_leader(cluster)
                 if kill:
@@ -116,6 +131,47 @@ def measure(
                 for proc in cluster.procs:
                     if proc.killed_at is None:
                         group.kill9(proc)
+
+
+def quiescence_states(rows: list[dict[str, Any]], ids: list[str]) -> dict[str, Any]:
+    """Per node: status rows returned, error rows (and their errors), and replicas by
+    (state, quiescent), e.g. ``{"leader": [quiescent, awake], "follower": [...]}``."""
+    out: dict[str, Any] = {}
+    for node in ids:
+        mine = [r for r in rows if r.get("node") == node]
+        errors = [r for r in mine if "error" in r]
+        by_state: dict[str, list[int]] = {}
+        for r in mine:
+            if "error" in r:
+                continue
+            pair = by_state.setdefault(str(r.get("state")), [0, 0])
+            pair[0 if r.get("quiescent") else 1] += 1
+        out[node] = {
+            "rows": len(mine) - len(errors),
+            "errors": len(errors),
+            "error_kinds": sorted({str(r["error"]) for r in errors}),
+            "quiescent_awake": by_state,
+        }
+    return out
+
+
+def _wait_quiescent(
+    cluster: WaraftCluster, replicas: int, limit: float, status_timeout: float, t0: float
+) -> dict[str, Any]:
+    """Poll status until every replica reports quiescent (or ``limit`` seconds pass): the
+    seconds since the bootstrap began, and the counts seen at each poll."""
+    seen: list[tuple[float, int]] = []
+    deadline = time.monotonic() + limit
+    while True:
+        rows = cluster.status(timeout=status_timeout)
+        quiet = sum(1 for r in rows if r.get("quiescent"))
+        at = round(time.monotonic() - t0, 1)
+        seen.append((at, quiet))
+        if quiet >= replicas:
+            return {"after_bootstrap_start_s": at, "polls": seen}
+        if time.monotonic() >= deadline:
+            return {"after_bootstrap_start_s": None, "polls": seen}
+        time.sleep(2.0)
 
 
 def _stop_leader(cluster: WaraftCluster) -> dict[str, Any]:
@@ -237,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument(
+        "--quiesce-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="after the window, poll status up to S seconds until every replica is quiescent",
+    )
+    p.add_argument(
         "--log-elections",
         action="store_true",
         help="INFO logs; also time the kill -9 failover from the survivors' log lines",
@@ -249,7 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for count in (int(x) for x in args.partitions.split(",")):
         result = measure(
-            count, args.idle, args.settle, args.kill, settings, args.sigstop, args.log_elections
+            count,
+            args.idle,
+            args.settle,
+            args.kill,
+            settings,
+            args.sigstop,
+            args.log_elections,
+            args.quiesce_wait,
         )
         results.append(result)
         print(json.dumps(result), flush=True)

@@ -185,9 +185,9 @@ class WaraftCluster:
     def loadgen_spec(self) -> dict[str, Any]:
         return {"nodes": list(self.ids), "table": TABLE, "partitions": self.partitions}
 
-    def terms(self) -> dict[str, int]:
+    def terms(self, timeout: float = 3.0) -> dict[str, int]:
         out: dict[str, int] = {}
-        for row in self.status():
+        for row in self.status(timeout):
             if "error" in row or row.get("term") is None:
                 continue
             key = str(row.get("partition"))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from typing import Any, Final
 
 from waraft import __version__, otp
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 NAME: Final = "waraft_admin"
 STATUS_TIMEOUT: Final = 2.0
+BOOTSTRAP_IN_FLIGHT: Final = 16
 
 
 def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
@@ -198,21 +200,63 @@ class NodeAdmin(otp.Process):
         of every node in ``nodes`` as voting members, then trigger an election on each of the
         ``elect`` partitions that bootstrapped here: what ``waraft bootstrap`` would otherwise
         send as one rate-limited admin call per partition. One result per partition, in
-        order: ``(partition, bootstrap result, election result or None)``."""
+        order: ``(partition, bootstrap result, election result or None)``.
+
+        Up to ``BOOTSTRAP_IN_FLIGHT`` bootstraps (and as many elections) are in flight at
+        once: each mostly waits for the disk, and one after another they took 16 ms each at
+        3000 partitions per node (49 s for the node's share of the cluster bootstrap)."""
         members = [str(node) for node in nodes]
         wanted = {int(p) for p in elect}
-        results = []
-        for partition in partitions:
-            name = server.default_name(table, int(partition))
-            config = server.make_config([Identity(name, node) for node in members])
-            answer = self._bootstrap(table, int(partition), position, config)
-            elected = None
-            if answer == "ok" and int(partition) in wanted:
+        try:
+            index, term = position
+            pos = LogPos(int(index), int(term))
+        except (TypeError, ValueError) as exc:
+            return [(int(p), ("error", ("badarg", str(exc))), None) for p in partitions]
+        results: list[tuple[int, Any, Any]] = []
+        booting: deque[tuple[int, int, otp.ReplyTo | None, Any]] = deque()
+        electing: deque[tuple[int, otp.ReplyTo]] = deque()
+
+        def collect_election() -> None:
+            at, handle = electing.popleft()
+            try:
+                elected = otp.wait_response(handle, server.DEFAULT_TIMEOUT)
+            except otp.ExitError as exc:
+                elected = ("error", _plain(exc.reason))
+            partition, answer, _ = results[at]
+            results[at] = (partition, answer, elected)
+
+        def collect_bootstrap() -> None:
+            at, partition, handle, answer = booting.popleft()
+            if handle is not None:
                 try:
-                    elected = server.trigger_election(name)
+                    answer = otp.wait_response(handle, server.STORAGE_TIMEOUT)
                 except otp.ExitError as exc:
-                    elected = ("error", _plain(exc.reason))
-            results.append((int(partition), answer, elected))
+                    answer = ("error", ("call_error", _plain(exc.reason)))
+            results[at] = (partition, answer, None)
+            if answer == "ok" and partition in wanted:
+                name = server.default_name(table, partition)
+                electing.append((at, server.trigger_election_request(name)))
+                if len(electing) >= BOOTSTRAP_IN_FLIGHT:
+                    collect_election()
+
+        for raw in partitions:
+            partition = int(raw)
+            name = server.default_name(table, partition)
+            handle: otp.ReplyTo | None = None
+            answer: Any = None
+            try:
+                config = server.make_config([Identity(name, node) for node in members])
+                handle = server.bootstrap_request(name, pos, config)
+            except ValueError as exc:
+                answer = ("error", ("badarg", str(exc)))
+            results.append((partition, answer, None))
+            booting.append((len(results) - 1, partition, handle, answer))
+            if len(booting) >= BOOTSTRAP_IN_FLIGHT:
+                collect_bootstrap()
+        while booting:
+            collect_bootstrap()
+        while electing:
+            collect_election()
         return results
 
     def _dist_stats(self) -> dict[str, int]:

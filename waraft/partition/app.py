@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from waraft import distribution, otp, transport
 from waraft.core.events import NodeLiveness
-from waraft.partition import heartbeats, part_sup
+from waraft.partition import heartbeats, part_sup, server
 from waraft.services import env, metrics
 from waraft.transport import dist_transport, snapshot_catchup
 from waraft.transport import sup as transport_sup
@@ -64,8 +64,12 @@ def _fan_out_liveness(node_id: str, up: bool) -> None:
     """Node-level liveness for every local partition server (quiescence reads it).
 
     Called on the distribution's liveness thread when a peer stops answering pings (killed,
-    cut off, or stopped) or answers again; each server gets a ``NodeLiveness`` cast.
+    cut off, or stopped) or answers again; each server gets a ``NodeLiveness`` cast, unless
+    the peer is in no local partition's config (``server.member_nodes``).
     """
+    if node_id not in server.member_nodes(otp.node.current().id):
+        # Not in any local partition's config (a CLI or client node): no server needs it.
+        return
     event = NodeLiveness(node_id, up)
     for name in otp.registered():
         if name.startswith(_SERVER_PREFIX):

@@ -2,7 +2,8 @@
 
 Every 30 s the actor lists ``<partition>/transport/`` and removes each sub-directory ``<ID>``
 whose transport (``waraft.transport``) ended more than ``transport_retain_min_secs`` (300) ago.
-A running transport's directory is never touched.
+A running transport's directory is never touched. After a scan that left no sub-directory, the
+next one comes ``transport_retain_min_secs`` later (``next_scan_ms``).
 
 Divergence: WARaft deletes a directory no transport record knows about at once; we wait until
 nothing in it has changed for ``transport_retain_min_secs``, since the manager forgets finished
@@ -41,6 +42,7 @@ class TransportCleanup(otp.Process):
         self.options = options
         self.directory: str = options.transport_directory
         self._timer = otp.send_after(SCAN_INTERVAL_MS, self.pid, "scan")
+        self._left = 0  # transfer directories the last scan left in place
 
     def terminate(self, reason: Any) -> None:
         otp.cancel_timer(self._timer)
@@ -48,7 +50,8 @@ class TransportCleanup(otp.Process):
     def handle_info(self, msg: Any) -> None:
         if msg == "scan":
             self.scan()
-            self._timer = otp.send_after(SCAN_INTERVAL_MS, self.pid, "scan")
+            delay = next_scan_ms(self._left, self.retain_secs())
+            self._timer = otp.send_after(delay, self.pid, "scan")
         elif not (isinstance(msg, tuple) and msg and msg[0] == "EXIT"):
             logger.debug("transport cleanup dropped %r", msg)
 
@@ -63,6 +66,7 @@ class TransportCleanup(otp.Process):
 
     def scan(self) -> list[str]:
         """Delete what is old enough; returns the removed directory names."""
+        self._left = 0
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
@@ -82,7 +86,25 @@ class TransportCleanup(otp.Process):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(name)
                 logger.info("removed old transfer directory %s", path)
+        self._left = sum(
+            1
+            for name in names
+            if name not in removed and os.path.isdir(os.path.join(self.directory, name))
+        )
         return removed
+
+
+def next_scan_ms(left: int, retain_secs: float) -> float:
+    """When to scan again after a scan that left ``left`` transfer directories in place.
+
+    With some left, ``SCAN_INTERVAL_MS`` as WARaft. With none, nothing can be deleted sooner
+    than ``retain_secs`` from now (a directory that appears later ended, or was last
+    touched, later), so the next scan waits that long, and the removal of anything old
+    enough is no later than before. At 10,000 partitions per node the 30 s scans of empty
+    or missing directories were most of an idle node's CPU (333 wake-ups a second)."""
+    if left:
+        return SCAN_INTERVAL_MS
+    return max(float(SCAN_INTERVAL_MS), retain_secs * 1000.0)
 
 
 _RUNNING = object()
