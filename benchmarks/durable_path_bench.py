@@ -11,6 +11,13 @@
   as four ``apply_many`` calls (the storage actor's way before it merged them) and as one
   ``apply_batch`` of their 64 commands (its way with ``merge_batches``), from a plain thread.
 
+``PER_CALL`` (default 16) sets the entries per append and the writes per apply: at 64
+partitions and 16384 in flight a harness round carries about one entry (a ``$batch`` of ~3
+commands) per append, so ``PER_CALL=1`` is that shape. ``memlog`` and ``memstore`` run the same
+loops on ``MemoryLog`` and ``MemoryStorage``: the round trips through the processes without any
+durable work, to subtract. ``APPENDS`` (default 1) is the appends per sync of ``wal`` and
+``memlog``: about 6 per flush at 64 partitions (``wal:sync`` in the round counters).
+
 The figure is the process's CPU time (every thread: the WAL's I/O thread and the LMDB
 committer included) divided by the writes: other load on the machine moves wall time much more
 than it moves this. Compare two trees by running this file from each, alternating, several
@@ -27,22 +34,27 @@ from typing import Any
 
 from waraft import otp
 from waraft.core.types import Entry, Identity, LogPos
+from waraft.log.memory import MemoryLog
 from waraft.log.wal import WalLog
+from waraft.storage.memory import MemoryStorage
 from waraft.storage.node_lmdb import NodeLmdbStorage
 from waraft.storage.provider import StorageOptions
 
 PARTITIONS = 64
-PER_CALL = 16
+PER_CALL = int(os.environ.get("PER_CALL", "16"))
+APPENDS = int(os.environ.get("APPENDS", "1"))  # appends per sync (wal, memlog)
 VALUE = "v" * 100
 
 
 class _Syncer(otp.Process):
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         log, first = request
-        log.append(
-            first,
-            [Entry(1, f"k{i}", ("write", "kv", f"k{i}", VALUE)) for i in range(PER_CALL)],
-        )
+        for a in range(APPENDS):
+            at = first + a * PER_CALL
+            log.append(
+                at,
+                [Entry(1, f"k{i}", ("write", "kv", f"k{i}", VALUE)) for i in range(PER_CALL)],
+            )
         log.sync()
         return "ok"
 
@@ -63,6 +75,9 @@ def run(kind: str, rounds: int) -> float:
     if kind == "wal":
         targets = [WalLog.open(os.path.join(root, f"kv.{p}")) for p in range(PARTITIONS)]
         procs = [_Syncer.start(node=node) for _ in targets]
+    elif kind == "memlog":
+        targets = [MemoryLog() for _ in range(PARTITIONS)]
+        procs = [_Syncer.start(node=node) for _ in targets]
     elif kind == "lmdb":
         targets = [
             NodeLmdbStorage.open(
@@ -71,12 +86,20 @@ def run(kind: str, rounds: int) -> float:
             for p in range(PARTITIONS)
         ]
         procs = [_Applier.start(node=node) for _ in targets]
+    elif kind == "memstore":
+        targets = [
+            MemoryStorage.open(
+                StorageOptions("kv", p, Identity("s", "n@h")), os.path.join(root, f"kv.{p}")
+            )
+            for p in range(PARTITIONS)
+        ]
+        procs = [_Applier.start(node=node) for _ in targets]
     else:
-        raise SystemExit(f"unknown path {kind!r} (wal, lmdb)")
+        raise SystemExit(f"unknown path {kind!r} (wal, lmdb, memlog, memstore)")
     try:
         start = time.process_time()
         for r in range(rounds):
-            at = 1 + r * PER_CALL if kind == "wal" else r + 1
+            at = 1 + r * PER_CALL * APPENDS if kind in ("wal", "memlog") else r + 1
             handles = [otp.send_request(p, (t, at)) for p, t in zip(procs, targets, strict=True)]
             for handle in handles:
                 assert otp.wait_response(handle, 60) == "ok"
@@ -85,7 +108,9 @@ def run(kind: str, rounds: int) -> float:
         node.stop()
         for target in targets:
             target.close()
-    return 1e6 * cpu / (PARTITIONS * rounds * PER_CALL)
+    return (
+        1e6 * cpu / (PARTITIONS * rounds * PER_CALL * (APPENDS if kind in ("wal", "memlog") else 1))
+    )
 
 
 def run_batches(rounds: int) -> tuple[float, float]:

@@ -179,6 +179,9 @@ def _count_durable() -> None:
 
     wal.Event = wal_event  # type: ignore[assignment,misc]
     _counted(wal.WalWriter, "_write", "wal:fsync_batch")
+    # Syncs by partition servers (one per flush that appended): records per sync is how many
+    # appends one WAL record per flush would merge.
+    _counted(wal.WalLog, "sync_within", "wal:sync")
     wake = wal.WalWriter._wake
 
     def wal_wake(self: Any, synced: int | None = None) -> None:

@@ -176,6 +176,85 @@ def test_apply_many_with_other_commands_is_one_transaction(storage: LmdbStorage)
     assert get(storage, "k") == ("ok", 1)
 
 
+@pytest.mark.parametrize("kind", ["lmdb", "node_lmdb"])
+def test_apply_batch_of_plain_writes_matches_the_general_path(tmp_path: Path, kind: str) -> None:
+    """``apply_batch`` takes a fast path when every command is a plain write or delete; its
+    results (data, position, label, config) must be those of the general loop, which a
+    ``noop`` anywhere in the batch forces."""
+    from waraft.storage.node_lmdb import NodeLmdbStorage
+
+    cls = LmdbStorage if kind == "lmdb" else NodeLmdbStorage
+    config = make_config(A, B)
+    long_key = "L" * 600
+
+    def items(first: int, noop: bool) -> list[tuple[Any, LogPos, Any]]:
+        batch: list[tuple[Any, LogPos, Any]] = [
+            (("write", "t", "k", 1), pos(first), None),
+            (("write", "t", "j", 1), pos(first + 1), "label-a"),
+            (("delete", "t", "k"), pos(first + 2), None),
+            (("write", "t", long_key, "long"), pos(first + 3), None),
+            (("write", "t", "k", 3), pos(first + 4), "label-b"),
+            (("delete", "t", "j"), pos(first + 5), None),
+            (("write", "t", "n", None), pos(first + 6, 2), None),
+        ]
+        if noop:
+            batch.insert(4, ("noop", pos(first + 3), None))
+        return batch
+
+    stores = []
+    for name, noop in (("fast", False), ("general", True)):
+        storage = cls.open(OPTIONS, tmp_path / name)
+        storage.apply_config(config, pos(1))
+        size = 8 if noop else 7
+        assert storage.apply_batch(items(2, noop)) == ["ok"] * size
+        assert storage.position() == pos(8, 2)
+        assert storage.label() == "label-b"
+        assert storage.apply_batch(items(9, noop)) == ["ok"] * size
+        # A value the plain packer cannot carry (a Config: waraft.codec) in a plain batch.
+        batch = [(("write", "t", "cfg", config), pos(16, 2), None)]
+        assert storage.apply_batch([*batch, (("write", "t", "z", 0), pos(17, 2), None)]) == [
+            "ok",
+            "ok",
+        ]
+        stores.append(storage)
+    for storage in stores:
+        assert storage.position() == pos(17, 2)
+        assert storage.label() == "label-b"
+        assert storage.config() == (pos(1), config)
+        assert get(storage, "k") == ("ok", 3)
+        assert get(storage, "j") == "not_found"
+        assert get(storage, long_key) == ("ok", "long")
+        assert get(storage, "cfg") == ("ok", config)
+        assert get(storage, "n") == ("ok", None)
+        assert get(storage, "z") == ("ok", 0)
+    for storage in stores:
+        storage.close()
+    reopened = cls.open(OPTIONS, tmp_path / "fast")
+    assert reopened.position() == pos(17, 2)
+    assert reopened.label() == "label-b"
+    assert get(reopened, "k") == ("ok", 3)
+    reopened.close()
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "node_lmdb"])
+def test_apply_batch_with_an_unencodable_value_applies_nothing(tmp_path: Path, kind: str) -> None:
+    from waraft.storage.node_lmdb import NodeLmdbStorage
+
+    cls = LmdbStorage if kind == "lmdb" else NodeLmdbStorage
+    storage = cls.open(OPTIONS, tmp_path / "part")
+    storage.apply(("write", "t", "k", 1), pos(1))
+    with pytest.raises(ValueError):
+        storage.apply_batch(
+            [(("write", "t", "k", 2), pos(2), None), (("write", "t", "j", object()), pos(3), None)]
+        )
+    assert storage.position() == pos(1)
+    assert get(storage, "k") == ("ok", 1)
+    assert storage.apply_batch([(("write", "t", "k", 3), pos(2), "x")]) == ["ok"]
+    assert get(storage, "k") == ("ok", 3)
+    assert storage.label() == "x"
+    storage.close()
+
+
 # -- atomicity ------------------------------------------------------------------------------------
 
 

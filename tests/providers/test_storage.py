@@ -362,3 +362,53 @@ def test_apply_batch_then_is_one_transaction_in_durable_providers(
     reopened = PROVIDERS[durable].open(OPTIONS, tmp_path / "part")
     assert reopened.position() == LogPos(0, 0)
     reopened.close()
+
+
+def test_the_inlined_plain_batch_check_agrees_with_the_three_predicates() -> None:
+    """The storage actor merges a ``$batch`` into its chunk only when ``_all_plain`` holds; it
+    inlines ``is_session_command``, ``is_derived_command`` and ``touches_reserved_key`` and
+    must agree with them on every shape (a session command left in would skip the session
+    table and apply a retried command twice)."""
+    from waraft.core.sessions import is_session_command
+    from waraft.storage import (
+        SESSIONS_KEY,
+        _all_plain,
+        is_derived_command,
+        touches_reserved_key,
+    )
+
+    shapes: list[Any] = [
+        ("write", "t", "k", 1),
+        ("delete", "t", "k"),
+        ("read", "t", "k"),
+        ("incr", "t", "k", 1),
+        ("incr", "t", "k"),
+        ("append", "t", "k", [1]),
+        ("append", "t", "k", [1], "extra"),
+        ("$session", "call", 1, 2, 0, ("write", "t", "k", 1)),
+        ("$session", "open"),
+        ("$session",),
+        ("write", "t", SESSIONS_KEY, 1),
+        ("delete", "t", SESSIONS_KEY),
+        ("write", "t", ("$waraft", "other"), 1),
+        ("write", "t", list(SESSIONS_KEY), 1),
+        ("noop",),
+        (),
+        "noop",
+        ["$session", "call"],
+        ["incr", "t", "k", 1],
+        b"\x94",
+        None,
+        ("write",),
+    ]
+
+    def reference(commands: list[Any]) -> bool:
+        return not any(
+            is_session_command(c) or is_derived_command(c) or touches_reserved_key(c)
+            for c in commands
+        )
+
+    for shape in shapes:
+        for commands in ([shape], [("write", "t", "a", 1), shape], [shape, ("delete", "t", "b")]):
+            assert _all_plain(commands) == reference(commands), commands
+    assert _all_plain([])

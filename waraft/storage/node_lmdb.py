@@ -381,7 +381,11 @@ class NodeEnv:
                         target=self._sync_loop, name=f"lmdb-sync-{self.directory}", daemon=True
                     )
                     self._syncer.start()
-            self._group.notify()
+            if len(self._pending) == 1:
+                # The committer waits only on an empty queue: a write joining a non-empty one
+                # is taken with it, so only the first needs the wake-up (a futex call per
+                # apply message otherwise, while the committer was busy anyway).
+                self._group.notify()
 
     @staticmethod
     def wait(write: _Write) -> None:
