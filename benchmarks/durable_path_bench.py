@@ -78,17 +78,10 @@ def run(kind: str, rounds: int) -> float:
     elif kind == "memlog":
         targets = [MemoryLog() for _ in range(PARTITIONS)]
         procs = [_Syncer.start(node=node) for _ in targets]
-    elif kind == "lmdb":
+    elif kind in ("lmdb", "memstore"):
+        storage = NodeLmdbStorage if kind == "lmdb" else MemoryStorage
         targets = [
-            NodeLmdbStorage.open(
-                StorageOptions("kv", p, Identity("s", "n@h")), os.path.join(root, f"kv.{p}")
-            )
-            for p in range(PARTITIONS)
-        ]
-        procs = [_Applier.start(node=node) for _ in targets]
-    elif kind == "memstore":
-        targets = [
-            MemoryStorage.open(
+            storage.open(
                 StorageOptions("kv", p, Identity("s", "n@h")), os.path.join(root, f"kv.{p}")
             )
             for p in range(PARTITIONS)
