@@ -74,23 +74,21 @@ class TransportCleanup(otp.Process):
         retain = self.retain_secs()
         now = time.time()
         removed = []
+        left = 0
         for name in names:
             path = os.path.join(self.directory, name)
             if not os.path.isdir(path):
                 continue
             ended = _transfer_end_time(name)
-            if ended is _RUNNING:
-                continue
-            since = ended if isinstance(ended, float) else _last_touched(path)
-            if now - since >= retain:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(name)
-                logger.info("removed old transfer directory %s", path)
-        self._left = sum(
-            1
-            for name in names
-            if name not in removed and os.path.isdir(os.path.join(self.directory, name))
-        )
+            if ended is not _RUNNING:
+                since = ended if isinstance(ended, float) else _last_touched(path)
+                if now - since >= retain:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(name)
+                    logger.info("removed old transfer directory %s", path)
+                    continue
+            left += 1
+        self._left = left
         return removed
 
 
