@@ -326,6 +326,46 @@ def test_partitions_run_scheduled_and_blocking_providers_get_threads(tmp_path: P
     assert [k for k in kinds if _threaded(durable, k, 2)] == ["storage", "log", "server"]
 
 
+def test_memory_snapshots_write_and_read_files_off_the_schedulers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scheduled storage actor's snapshot files (bootstrap's empty snapshot written and read
+    # back, a snapshot made for a follower, its directory's rename and fsync, a deletion) are
+    # written on the node's I/O threads: an fsync on a scheduler stalls every partition on it.
+    import shutil
+    import threading
+
+    from waraft.storage import memory as memory_module
+
+    where: dict[str, set[str]] = {}
+
+    def recorded(name: str, fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            where.setdefault(name, set()).add(threading.current_thread().name.split(":")[1])
+            return fn(*args, **kwargs)
+
+        return call
+
+    for module, name in (
+        (memory_module, "write_file_durably"),
+        (memory_module, "_read_snapshot"),
+        (storage, "fsync_directory"),
+    ):
+        monkeypatch.setattr(module, name, recorded(name, getattr(module, name)))
+    monkeypatch.setattr(shutil, "rmtree", recorded("rmtree", shutil.rmtree))
+    node = start_node(tmp_path, "n1", [1])
+    _bootstrap_single(node)
+    assert acceptor.commit(addr("acceptor", node), ("a", ("write", "t", "a", 1))) == "ok"
+    made = storage.create_snapshot(addr("storage", node))
+    assert made[0] == "ok"
+    with node.activate():
+        storage.delete_snapshot("raft_storage_test_1", storage.snapshot_name(made[1], False))
+    snapshots = tmp_path / "n1" / "test.1"
+    wait_until(lambda: not [n for n in os.listdir(snapshots) if n.startswith("snapshot.")])
+    assert set(where) == {"write_file_durably", "_read_snapshot", "fsync_directory", "rmtree"}
+    assert all(threads == {"io"} for threads in where.values()), where
+
+
 def test_the_node_wide_lmdb_storage_runs_scheduled(tmp_path: Path) -> None:
     # Its disk work goes through otp.blocking: no thread per partition for the node's default
     # durable providers (the WAL and the node-wide LMDB environment), which are used for real.

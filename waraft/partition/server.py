@@ -93,6 +93,15 @@ _member_nodes: dict[str, frozenset[str]] = {}
 _member_nodes_lock = threading.Lock()
 
 
+def _bootstrap_dir(database: str, position: LogPos) -> str:
+    """A fresh directory under ``database`` for bootstrap's empty snapshot (file work: run
+    through ``otp.blocking``, off the schedulers)."""
+    os.makedirs(database, exist_ok=True)
+    return tempfile.mkdtemp(
+        prefix=f"snapshot.{position.index}.{position.term}.bootstrap.", dir=database
+    )
+
+
 def member_nodes(local_node: str) -> frozenset[str]:
     """Every node that has been a participant of a partition config on ``local_node`` since
     it started (never shrinks: a node that left one config may still be in another's).
@@ -542,11 +551,7 @@ class RaftServer(otp.StateMachine):
                     storage, ("open_snapshot", effect.root, position), STORAGE_TIMEOUT
                 )
             else:
-                os.makedirs(self.options.database, exist_ok=True)
-                temp_dir = tempfile.mkdtemp(
-                    prefix=f"snapshot.{position.index}.{position.term}.bootstrap.",
-                    dir=self.options.database,
-                )
+                temp_dir = otp.blocking(_bootstrap_dir, self.options.database, position)
                 made = otp.call(
                     storage,
                     ("make_empty_snapshot", temp_dir, position, effect.config, effect.data),
@@ -561,7 +566,7 @@ class RaftServer(otp.StateMachine):
             result = ("error", exc.reason)
         finally:
             if temp_dir is not None:
-                shutil.rmtree(temp_dir, ignore_errors=True)
+                otp.blocking(shutil.rmtree, temp_dir, ignore_errors=True)
         if result == "ok":
             config = otp.call(storage, ("config",), STORAGE_TIMEOUT)
             label = otp.call(storage, ("label",), STORAGE_TIMEOUT)

@@ -654,6 +654,11 @@ class StorageServer(otp.Process):
         return result
 
     def _create_snapshot(self, name: str | None, witness: bool) -> Any:
+        # Directory and file work (rmtree, rename, fsync) off the scheduler when the actor is
+        # scheduled; a plain call on a storage actor's own thread.
+        return otp.blocking(self._write_snapshot_dir, name, witness)
+
+    def _write_snapshot_dir(self, name: str | None, witness: bool) -> Any:
         position = self.position
         name = name or snapshot_name(position, witness)
         target = os.path.join(self.path, name)
@@ -685,7 +690,7 @@ class StorageServer(otp.Process):
         if not isinstance(name, str) or not _SNAPSHOT_RE.match(name):
             logger.warning("storage %s refuses to delete %r", self.name, name)
             return
-        shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
+        otp.blocking(shutil.rmtree, os.path.join(self.path, name), ignore_errors=True)
         logger.info("storage %s deleted snapshot %s", self.name, name)
 
 

@@ -4,6 +4,10 @@ The key space is a dict; position, config, label and the incomplete mark are att
 snapshot is a directory holding ``data`` (one CRC-framed msgpack document with the metadata and
 every key/value pair) and ``metadata`` (position and config, readable without loading the data);
 opening one checks the position first.
+
+The provider runs in a scheduled storage actor (``blocking_io`` False), so its snapshot file
+work (encoding, writing, fsync, reading) goes through ``otp.blocking``: on the node's I/O
+threads, not on a scheduler that every other partition of the node shares.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
 
+from waraft import otp
 from waraft.core.types import Config, LogPos, is_config_command
 from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.provider import (
@@ -72,6 +77,11 @@ def _decode_snapshot(raw: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise CodecError("snapshot data is not a map")
     return doc
+
+
+def _read_snapshot(path: str) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        return _decode_snapshot(f.read())
 
 
 class MemoryStorage(StorageProvider):
@@ -177,7 +187,10 @@ class MemoryStorage(StorageProvider):
     # -- snapshots ----------------------------------------------------------------------------
 
     def create_snapshot(self, path: str | os.PathLike[str]) -> Any:
-        return self._write_snapshot(
+        # The storage actor is suspended meanwhile, so nothing changes ``_data`` under the
+        # encoder on the I/O thread.
+        return otp.blocking(
+            self._write_snapshot,
             os.fspath(path),
             self._position,
             self._config,
@@ -207,8 +220,7 @@ class MemoryStorage(StorageProvider):
 
     def open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
         try:
-            with open(os.path.join(os.fspath(path), DATA_FILE), "rb") as f:
-                doc = _decode_snapshot(f.read())
+            doc = otp.blocking(_read_snapshot, os.path.join(os.fspath(path), DATA_FILE))
             position = LogPos(*doc["position"])
             raw_config = doc["config"]
             config = None if raw_config is None else (LogPos(*raw_config[0]), raw_config[1])
@@ -240,8 +252,8 @@ class MemoryStorage(StorageProvider):
     ) -> Any:
         seed = dict(data) if isinstance(data, Mapping) else {}
         config_at = position if config_position is None else config_position
-        return cls._write_snapshot(
-            os.fspath(path), position, (config_at, config), None, False, seed
+        return otp.blocking(
+            cls._write_snapshot, os.fspath(path), position, (config_at, config), None, False, seed
         )
 
 
