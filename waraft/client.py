@@ -146,6 +146,12 @@ _OVERLOAD: Final = frozenset(
 CLOSED: Final = ("error", "closed")
 TIMEOUT: Final = ("error", "timeout")
 UNREACHABLE: Final = ("error", "unreachable")
+#: What every open and later request of a client gets once its sender thread crashed (a bug,
+#: logged with its traceback): nothing could ever send them.
+SENDER_FAILED: Final = ("error", "client_failed")
+#: How long ``close`` waits for the sender to stop before it answers what it can reach; the
+#: sender answers the rest itself when it does stop.
+CLOSE_JOIN_TIMEOUT = 5.0
 
 
 def stable_hash(key: Any) -> int:
@@ -673,6 +679,8 @@ class Client:
         self._seq = itertools.count()
         self._batch_ids = itertools.count(1)
         self._closed = False
+        self._sender_done = False
+        self._in_hand: list[_Entry] = []  # what the sender took to dispatch (sender only)
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "requests",
@@ -933,14 +941,11 @@ class Client:
                 return
             self._closed = True
             self._wake.notify_all()
-        self._sender.join(5.0)
-        with self._lock:  # the sender is gone: nothing moves any more
-            pending: list[_Entry] = list(self._ready) + [item[2] for item in self._delayed]
-            for batch in self._inflight.values():
-                pending.extend(batch.requests)
-            for held in self._held.values():
-                pending.extend(held)
-            self._ready, self._delayed, self._inflight, self._held = [], [], {}, {}
+        self._sender.join(CLOSE_JOIN_TIMEOUT)
+        # Normally the sender is gone and nothing moves any more. A sender still stuck in a
+        # send keeps the requests it holds and answers them when it stops (``_sender_exit``).
+        with self._lock:
+            pending = self._take_pending()
         for request in pending:
             request.finish(CLOSED)
         if self._remote:
@@ -951,6 +956,24 @@ class Client:
             otp.stop(self._receiver, "normal", 5.0)
         if self._owns_dist:
             self._release_dist()
+
+    def _take_pending(self) -> list[_Entry]:
+        """Every request the client still holds (ready, delayed, in flight, held), removed.
+        Called with ``_lock`` held, once the sender has stopped or is stopping."""
+        pending: list[_Entry] = list(self._ready) + [item[2] for item in self._delayed]
+        for batch in self._inflight.values():
+            pending.extend(batch.requests)
+        for held in self._held.values():
+            pending.extend(held)
+        self._ready, self._delayed, self._inflight, self._held = [], [], {}, {}
+        return pending
+
+    def _refusal(self) -> Any:
+        """What a new request is answered at once (``_lock`` held): ``CLOSED`` after close,
+        ``SENDER_FAILED`` once the sender crashed, None while the client works."""
+        if self._closed:
+            return CLOSED
+        return SENDER_FAILED if self._sender_done else None
 
     def __enter__(self) -> Client:
         return self
@@ -1027,18 +1050,16 @@ class Client:
 
     def _enqueue(self, requests: Sequence[_Entry]) -> None:
         with self._lock:
-            if self._closed:
-                closed = True
-            else:
-                closed = False
+            refusal = self._refusal()
+            if refusal is None:
                 self._counters["requests"] += sum([r.count for r in requests])
                 was_idle = not self._ready
                 self._ready.extend(requests)
                 if was_idle:
                     self._wake.notify()
-        if closed:
+        if refusal is not None:
             for request in requests:
-                request.finish(CLOSED)
+                request.finish(refusal)
 
     def _wait(self, future: Future | None, timeout: float | None) -> Any:
         # The sender enforces the deadline; the margin only guards against a stuck sender.
@@ -1056,11 +1077,31 @@ class Client:
     # -- the sender thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        failed = False
         with self._node.activate():
             try:
                 self._loop()
             except Exception:
-                logger.exception("client sender crashed")
+                failed = True
+                logger.exception("client sender crashed; its requests fail with %r", SENDER_FAILED)
+            finally:
+                self._sender_exit(failed)
+
+    def _sender_exit(self, failed: bool) -> None:
+        """The sender stops: answer what it leaves behind, as close does (``CLOSED``), or, if
+        it crashed while the client was open, ``SENDER_FAILED``: no request may wait for a
+        sender that is gone, and later ones are refused at once."""
+        with self._lock:
+            self._sender_done = True
+            answer = SENDER_FAILED if failed and not self._closed else CLOSED
+            pending = self._take_pending()
+        # A crash can leave requests in the sender's hands, in no queue (once each: a group
+        # may also have reached a queue before the crash).
+        queued = {id(entry) for entry in pending}
+        pending.extend(entry for entry in self._in_hand if id(entry) not in queued)
+        self._in_hand = []
+        for request in pending:
+            request.finish(answer)
 
     def _loop(self) -> None:
         next_scan = time.monotonic() + TICK
@@ -1095,7 +1136,9 @@ class Client:
                 logger.info("no answer from %s for partition %s", batch.node, batch.partition)
                 self._node_failed(batch.node, batch.materialize(), now)
             if ready:
+                self._in_hand = ready
                 self._dispatch(ready, now)
+                self._in_hand = []
 
     def _due(self, now: float) -> bool:
         return bool(self._delayed) and self._delayed[0][0] <= now

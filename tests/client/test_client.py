@@ -153,6 +153,46 @@ def test_close_answers_open_requests(client_node: otp.Node) -> None:
     c.close()  # idempotent
 
 
+def test_requests_a_stuck_sender_holds_at_close_are_answered_when_it_stops(
+    client_node: otp.Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from waraft import client as client_module
+
+    monkeypatch.setattr(client_module, "CLOSE_JOIN_TIMEOUT", 0.2)
+    c = Client(["ghost@local"], table="test", partitions=1, node=client_node, discover=False)
+    gate, entered = threading.Event(), threading.Event()
+    real = c._dispatch
+
+    def stuck(*args: object) -> None:
+        entered.set()
+        gate.wait(10)  # a send that hangs past close's wait for the sender
+        real(*args)  # type: ignore[arg-type]
+
+    c._dispatch = stuck  # type: ignore[method-assign]
+    future = c.commit_async(1, ("write", "test", "k", 1))
+    assert future is not None and entered.wait(5)
+    c.close()  # returns after CLOSE_JOIN_TIMEOUT, the request still in the sender's hands
+    assert not future.done()
+    gate.set()
+    assert future.result(5) == ("error", "closed")
+
+
+def test_a_crashed_sender_answers_open_and_later_requests(client_node: otp.Node) -> None:
+    c = Client(["ghost@local"], table="test", partitions=1, node=client_node, discover=False)
+    try:
+
+        def crash(*args: object) -> None:
+            raise RuntimeError("a bug in the sender")
+
+        c._dispatch = crash  # type: ignore[method-assign]
+        first = c.commit_async(1, ("write", "test", "k", 1))
+        assert first is not None and first.result(5) == ("error", "client_failed")
+        later = c.commit_async(1, ("write", "test", "k", 2))
+        assert later is not None and later.result(0.5) == ("error", "client_failed")
+    finally:
+        c.close()
+
+
 def test_in_flight_requests_per_partition_are_capped(tmp_path: Path, client_node: otp.Node) -> None:
     with cluster(tmp_path) as nodes:
         c = _client(nodes, client_node, max_inflight=5, discover=False)
