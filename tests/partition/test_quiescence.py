@@ -95,3 +95,40 @@ def test_liveness_of_a_node_in_no_partition_config_reaches_no_server(
         with node.activate():
             app._fan_out_liveness(nodes[1].id, True)  # a member's report still goes out
         assert [t for t, _ in sent] == [server.default_name("test", 1)]
+
+
+def _down_nodes(node: otp.Node) -> list[str]:
+    return list(server.status(addr("server", node), timeout=2)["down_nodes"])
+
+
+def test_a_server_started_after_a_node_was_reported_down_knows_it(tmp_path: Path) -> None:
+    # Reports are transitions: a server that starts (or names the node in a new config) after
+    # the report reads it from what the node recorded, or it would take the node for live
+    # until its next transition (a leader then waits on it and never quiesces).
+    with cluster(tmp_path, settings=QUIET) as nodes:
+        watcher, gone = nodes[0], nodes[2]
+        with watcher.activate():
+            app._fan_out_liveness(gone.id, False)  # what the liveness thread does
+        wait_until(lambda: _down_nodes(watcher) == [gone.id], timeout=10)
+        with watcher.activate():
+            before = otp.whereis("raft_server_test_1")
+            otp.kill("raft_server_test_1")  # its partition restarts with a fresh core
+        wait_until(lambda: watcher.registry.whereis("raft_server_test_1") not in (None, before))
+        wait_until(lambda: _down_nodes(watcher) == [gone.id], timeout=10)
+        with watcher.activate():
+            app._fan_out_liveness(gone.id, True)
+        wait_until(lambda: _down_nodes(watcher) == [], timeout=10)
+
+
+def test_the_record_of_down_nodes_is_bounded_and_forgets_nodes_back_up() -> None:
+    local = "bounded@127.0.0.1:1"
+    for i in range(server.MAX_DOWN_NODES + 10):
+        server.note_liveness(local, f"cli-{i}@127.0.0.1:2", False)
+    server.note_liveness(local, "member@127.0.0.1:3", False)
+    names = frozenset({"cli-0@127.0.0.1:2", "cli-20@127.0.0.1:2", "member@127.0.0.1:3"})
+    assert sorted(server.reported_down(local, names)) == [
+        "cli-20@127.0.0.1:2",
+        "member@127.0.0.1:3",
+    ]
+    server.note_liveness(local, "member@127.0.0.1:3", True)
+    assert server.reported_down(local, names) == ["cli-20@127.0.0.1:2"]

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from waraft import otp, storage
 from waraft.core import config as core_config
@@ -93,6 +93,35 @@ _member_nodes: dict[str, frozenset[str]] = {}
 _member_nodes_lock = threading.Lock()
 
 
+# The nodes the distribution last reported down, per local node id, whether or not a local
+# config named them then (``note_liveness``; the oldest dropped past ``MAX_DOWN_NODES``, as
+# every departed CLI or client node stays in it). Reports are transitions, and they reach only
+# the servers whose config named the node at the time: a server that names a node for the
+# first time (it starts, or a config change adds it) reads the node's last report here.
+_down_nodes: dict[str, dict[str, None]] = {}
+MAX_DOWN_NODES: Final = 1024
+
+
+def note_liveness(local_node: str, node: str, up: bool) -> None:
+    """Record a liveness report of ``node`` on ``local_node`` (the distribution's liveness
+    thread, before the report is fanned out to the servers)."""
+    with _member_nodes_lock:
+        down = _down_nodes.setdefault(local_node, {})
+        down.pop(node, None)
+        if not up:
+            down[node] = None
+            if len(down) > MAX_DOWN_NODES:
+                del down[next(iter(down))]
+
+
+def reported_down(local_node: str, nodes: frozenset[str]) -> list[str]:
+    """Those of ``nodes`` whose last report on ``local_node`` said down."""
+    down = _down_nodes.get(local_node)
+    if not down:
+        return []
+    return [node for node in nodes if node in down]
+
+
 def _bootstrap_dir(database: str, position: LogPos) -> str:
     """A fresh directory under ``database`` for bootstrap's empty snapshot (file work: run
     through ``otp.blocking``, off the schedulers)."""
@@ -100,6 +129,14 @@ def _bootstrap_dir(database: str, position: LogPos) -> str:
     return tempfile.mkdtemp(
         prefix=f"snapshot.{position.index}.{position.term}.bootstrap.", dir=database
     )
+
+
+_SYNC_LIVENESS: Final = ("sync_liveness",)
+
+
+def _config_nodes(cfg: Config) -> frozenset[str]:
+    """Every node a config names (participants, members, witnesses)."""
+    return frozenset(p.node for p in cfg.participants + cfg.membership + cfg.witness)
 
 
 def member_nodes(local_node: str) -> frozenset[str]:
@@ -276,6 +313,8 @@ class RaftServer(otp.StateMachine):
                 rpc = self._decode_rpc(wire)
                 if rpc is not None and self._from_member(rpc, members):
                     self._step(rpc)
+        elif msg == _SYNC_LIVENESS:
+            self._sync_liveness()
         elif cls is tuple and msg and msg[0] == "notify_complete":
             self._step(events.NotifyComplete())
         elif cls is tuple and msg and msg[0] == "handover" and _peer_arg(msg):
@@ -599,6 +638,16 @@ class RaftServer(otp.StateMachine):
             self.queues.settings = settings
             self._coalesce = _coalesce_settings(self.options.application)
 
+    def _sync_liveness(self) -> None:
+        """Tell the core which nodes of its config were last reported down and that it does
+        not know of (reports it missed: see ``note_liveness``). Read when handled, not when
+        sent, so that a report of the node coming back, cast meanwhile, comes after it."""
+        core = self.core
+        nodes = _config_nodes(core.current_config())
+        for node in reported_down(core.node, nodes):
+            if node not in core.down_nodes and node != core.node:
+                self._step(events.NodeLiveness(node, False))
+
     def _publish_status(self) -> None:
         core = self.core
         cfg = core.current_config()
@@ -607,8 +656,12 @@ class RaftServer(otp.StateMachine):
             # Before any NodeLiveness about a new participant can matter (run at every flush;
             # the identity test keeps it to one comparison while the config stays the same).
             self._participants = participants
-            nodes = frozenset(p.node for p in cfg.participants + cfg.membership + cfg.witness)
+            nodes = _config_nodes(cfg)
             _note_member_nodes(core.node, nodes)
+            # Noted first, read second; the liveness thread records a report first and
+            # filters on member_nodes second: a report racing this is seen by one or both.
+            if reported_down(core.node, nodes):
+                otp.cast(self.pid, _SYNC_LIVENESS)
         leader = core.leader
         key = (core.state, core.current_term, leader)
         if key == self._published:
