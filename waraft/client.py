@@ -124,6 +124,7 @@ DEFAULT_MAX_BATCH: Final = 1000
 DEFAULT_MAX_INFLIGHT: Final = 1000
 DEFAULT_MAX_INFLIGHT_PACKED: Final = 16384
 DEFAULT_MAX_RETRIES: Final = 100
+DEFAULT_MAX_PARTITION_BATCHES: Final = 2
 SUSPECT_FOR: Final = 1.0
 """Seconds a node that failed an attempt is avoided (unless every node is suspect)."""
 NOT_LEADER_POLL: Final = 0.1
@@ -625,6 +626,7 @@ class Client:
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_inflight: int | None = None,
+        max_partition_batches: int = DEFAULT_MAX_PARTITION_BATCHES,
         max_retries: int = DEFAULT_MAX_RETRIES,
         priority: str = "high",
         pack: bool = True,
@@ -653,6 +655,7 @@ class Client:
             # The leader admits 1500 high-priority entries; packed, one entry holds a frame.
             max_inflight = DEFAULT_MAX_INFLIGHT_PACKED if pack else DEFAULT_MAX_INFLIGHT
         self.max_inflight = max(1, max_inflight)
+        self.max_partition_batches = max(0, max_partition_batches)
         self.max_retries = max_retries
         self.priority = priority
         self.pack = pack
@@ -670,6 +673,7 @@ class Client:
         self._delayed: list[tuple[float, int, _Request]] = []
         self._inflight: dict[int, _Batch] = {}
         self._inflight_items: dict[int, int] = {}
+        self._inflight_batches: dict[int, int] = {}  # per partition
         self._held: dict[int, list[_Entry]] = {}
         self._leaders: dict[int, str] = {}
         self._suspect: dict[str, float] = {}
@@ -694,6 +698,7 @@ class Client:
                 "send_failures",
                 "timeouts",
                 "stale_hints",
+                "partition_holds",
             ),
             0,
         )
@@ -1210,6 +1215,7 @@ class Client:
         if batch is not None:
             partition = batch.partition
             self._inflight_items[partition] -= batch.count
+            self._inflight_batches[partition] -= 1
             held = self._held.pop(partition, None)
             if held:
                 self._ready.extend(held)
@@ -1254,6 +1260,12 @@ class Client:
                     requests, rest = _take(requests, room)
                     self._held.setdefault(partition, []).extend(rest)
                     total = room
+                keep = self._batchable(partition, total)
+                if keep < total:
+                    requests, rest = _take(requests, keep)
+                    self._held.setdefault(partition, []).extend(rest)
+                    self._counters["partition_holds"] += 1
+                    total = keep
                 self._inflight_items[partition] = self._inflight_items.get(partition, 0) + total
             if not requests:
                 continue
@@ -1261,6 +1273,24 @@ class Client:
             address = (acceptor.default_name(self.table, partition), node)
             for chunk in _chunks(requests, self.max_batch):
                 self._send(address, partition, kind, priority, chunk, now)
+
+    def _batchable(self, partition: int, total: int) -> int:
+        """Under the lock: how many of ``total`` requests for ``partition`` go now. With
+        ``max_partition_batches`` of its batches in flight only full batches (``max_batch``)
+        do; the rest waits for one of them to return and goes with whatever joins it.
+
+        Why: with many partitions each has few requests at a time, and sent as they come
+        each is a batch of its own, so its own log entry and Raft round (at 1000 partitions
+        and 16 requests in flight per partition, 1.4 requests a batch and 1.1 rounds an
+        entry were measured). Held back while a round is under way they go as one batch,
+        one entry, one round. A partition with fewer batches in flight is not delayed, nor
+        is a client without batching (``max_batch`` 1)."""
+        limit = self.max_partition_batches
+        if not limit or self.max_batch == 1:
+            return total
+        if self._inflight_batches.get(partition, 0) < limit:
+            return total
+        return total - total % self.max_batch
 
     def _send(
         self,
@@ -1287,6 +1317,7 @@ class Client:
                     address[1], partition, chunk, expires, packed, earliest, count,
                     latest < attempt_expires,
                 )  # fmt: skip
+                self._inflight_batches[partition] = self._inflight_batches.get(partition, 0) + 1
                 self._counters["batches"] += 1
                 self._counters["items_sent"] += count
         if closed:

@@ -531,6 +531,34 @@ def test_a_burst_is_split_by_the_in_flight_cap_and_the_frame_size(
         assert stats["requests"] == 2500
 
 
+@pytest.mark.parametrize("max_batch", [1000, 1])
+def test_a_partition_with_two_batches_in_flight_gathers_its_next_requests_into_one(
+    client_node: otp.Node, max_batch: int
+) -> None:
+    gate = threading.Event()
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        gate.wait(10)  # the gateway holds every frame until the test opens the gate
+        return ("ok", cmd[2])
+
+    with _scripted(client_node, 1, answer, max_batch=max_batch) as (c, log):
+        first = c.commit_async(1, ("write", "test", 0))
+        wait_until(lambda: c.stats()["batches"] == 1, 5)
+        second = c.commit_async(1, ("write", "test", 1))
+        wait_until(lambda: c.stats()["batches"] == 2, 5)
+        rest = [c.commit_async(1, ("write", "test", i)) for i in range(2, 12)]
+        if max_batch == 1:  # no batching wanted: nothing is held back
+            wait_until(lambda: c.stats()["batches"] == 12, 5)
+        else:
+            wait_until(lambda: sum(len(held) for held in c._held.values()) == 10, 5)
+            assert c.stats()["batches"] == 2 and c.stats()["partition_holds"] >= 1
+        gate.set()
+        futures = [first, second, *rest]
+        assert [f.result(5) for f in futures if f is not None] == [("ok", i) for i in range(12)]
+        # Held while two batches were out, the ten went together in one.
+        assert c.stats()["batches"] == (3 if max_batch > 1 else 12)
+
+
 @pytest.mark.parametrize("pack", [True, False])
 def test_commands_of_a_burst_rejected_as_overload_are_retried_one_by_one(
     client_node: otp.Node, pack: bool
