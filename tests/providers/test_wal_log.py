@@ -518,3 +518,21 @@ def test_held_appends_are_queued_before_a_reset_or_a_trim(root: Path) -> None:
     log = WalLog.open(root / "kv.1")
     assert (log.first_index(), log.last_index()) == (20, 20)
     assert log.term(20) == 5
+
+
+def test_held_appends_of_a_closed_log_reach_the_disk(root: Path) -> None:
+    """Closing a log queues its held appends: the writer carries the closed log forward (a
+    reopen in the same process gets it from there), so the disk must hold the same entries,
+    or a crash after the next fsync would lose what a reopened log still showed."""
+    log = WalLog.open(root / "kv.1")
+    other = WalLog.open(root / "kv.2")  # keeps the node's writer open after the close
+    log.append(1, _entries(1, 2))
+    log.sync()
+    log.append(3, _entries(3, 2))  # held: no sync before the close
+    log.close()
+    other.append(1, _entries(1, 1))
+    other.sync()  # a later fsync of the node
+    _crash(other)
+    reopened = WalLog.open(root / "kv.1")
+    assert reopened.entries(1, 4, 100, 1 << 30) == _entries(1, 4)
+    reopened.close()
