@@ -6,6 +6,7 @@ import errno
 import os
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -376,7 +377,9 @@ def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> Non
     writer = WalWriter.acquire(str(root / "wal"))
     try:
         value = b"x" * (1 << 20)
-        batch = [wal._record(("c", f"p{i}", 1, [(1, None, value, None)])) for i in range(32)]
+        ops = [("c", f"p{i}", 1, [(1, None, value, None)]) for i in range(32)]
+        batch = [wal._payload(op) for op in ops]  # the queue holds payloads; _write frames them
+        records = [wal._record(op) for op in ops]
         size = writer._size
         tracemalloc.start()
         try:
@@ -385,11 +388,11 @@ def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> Non
             peak = tracemalloc.get_traced_memory()[1] - before
         finally:
             tracemalloc.stop()
-        assert writer._size == size + sum(len(r) for r in batch)
+        assert writer._size == size + sum(len(r) for r in records)
         assert peak < wal.DEFAULT_MAX_BATCH_BYTES + (2 << 20)  # a chunk, not the 32 MiB batch
         with open(writer._path, "rb") as f:
             data = f.read()
-        assert data[size:] == b"".join(batch)
+        assert data[size:] == b"".join(records)
     finally:
         writer.release()
 
@@ -536,3 +539,30 @@ def test_held_appends_of_a_closed_log_reach_the_disk(root: Path) -> None:
     reopened = WalLog.open(root / "kv.1")
     assert reopened.entries(1, 4, 100, 1 << 30) == _entries(1, 4)
     reopened.close()
+
+
+def test_records_are_framed_on_the_wal_thread(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CRC of a record is computed by the WAL's I/O thread, never by the partition's
+    thread: ``zlib.crc32`` lets go of the GIL on more than 5 KiB, and a scheduler thread
+    that let go of it stalled until it got it back, with every process on it."""
+    from waraft.log import wal
+
+    callers: list[str] = []
+    real = zlib.crc32
+
+    class _Zlib:
+        @staticmethod
+        def crc32(data: bytes, value: int = 0) -> int:
+            callers.append(threading.current_thread().name)
+            return real(data, value)
+
+    log = WalLog.open(root / "kv.1")
+    monkeypatch.setattr(wal, "zlib", _Zlib)
+    log.append(1, [Entry(1, "k", ("write", "t", "k", "v" * 8192))])
+    log.append(2, _entries(2, 3))
+    log.truncate(4)  # a truncate record too; syncs
+    assert callers and all(name.startswith("wal-") for name in callers), callers
+    monkeypatch.undo()
+    _crash(log)
+    log = WalLog.open(root / "kv.1")
+    assert log.last_index() == 3 and log.term(1) == 1
