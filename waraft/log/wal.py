@@ -5,7 +5,8 @@ Design (the idea of rabbitmq/ra's shared WAL, written from scratch)
 Every partition of a node whose data directories share a parent (``<raft_database>``) writes its
 log records into one ``WalWriter`` kept in ``<raft_database>/wal``. The writer owns one I/O
 thread and one open file: it takes every record queued by every partition since its last batch,
-writes them with one ``os.write`` and makes them durable with one ``fdatasync`` — one fsync per
+frames each (length, CRC: on this thread, not the partitions'), writes them with one
+``os.write`` and makes them durable with one ``fdatasync`` — one fsync per
 batch for the whole node, whatever the number of partitions. ``WalLog.sync`` returns only once
 an fsync covering every record the partition queued before the call has completed, so nothing
 is acknowledged before it is on disk. A partition's contiguous appends between two syncs are
