@@ -92,11 +92,11 @@ MARKER: Final = "wal-log"
 MAX_PAYLOAD: Final = 1 << 30
 DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
+"""The most of a batch joined into one string for one ``os.write`` (still one fsync a batch)."""
 HELD_APPEND_MAX_BYTES: Final = 1024 * 1024
 """A partition's contiguous appends are held and queued as ONE append record at its next sync
 (or before any other record of it), up to this many bytes of entries; a larger append is
 queued at once, as before."""
-"""The most of a batch joined into one string for one ``os.write`` (still one fsync a batch)."""
 
 STALL_BACKOFF_MIN: Final = 0.1
 STALL_BACKOFF_MAX: Final = 2.0
