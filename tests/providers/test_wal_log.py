@@ -6,6 +6,7 @@ import errno
 import os
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from waraft import otp
-from waraft.core.types import Entry, Priority
+from waraft.core.types import Entry, LogPos, Priority
 from waraft.log.provider import LogCorruptionError, LogWriteError
 from waraft.log.wal import (
     WalLog,
@@ -376,7 +377,9 @@ def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> Non
     writer = WalWriter.acquire(str(root / "wal"))
     try:
         value = b"x" * (1 << 20)
-        batch = [wal._record(("c", f"p{i}", 1, [(1, None, value, None)])) for i in range(32)]
+        ops = [("c", f"p{i}", 1, [(1, None, value, None)]) for i in range(32)]
+        batch = [wal._payload(op) for op in ops]  # the queue holds payloads; _write frames them
+        records = [wal._record(op) for op in ops]
         size = writer._size
         tracemalloc.start()
         try:
@@ -385,11 +388,11 @@ def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> Non
             peak = tracemalloc.get_traced_memory()[1] - before
         finally:
             tracemalloc.stop()
-        assert writer._size == size + sum(len(r) for r in batch)
+        assert writer._size == size + sum(len(r) for r in records)
         assert peak < wal.DEFAULT_MAX_BATCH_BYTES + (2 << 20)  # a chunk, not the 32 MiB batch
         with open(writer._path, "rb") as f:
             data = f.read()
-        assert data[size:] == b"".join(batch)
+        assert data[size:] == b"".join(records)
     finally:
         writer.release()
 
@@ -440,3 +443,126 @@ def test_a_stopped_writer_fails_later_records_instead_of_waiting_forever(root: P
     reopened = WalLog.open(root / "kv.1")  # the queued records were written
     assert reopened.last_index() == 3
     reopened.close()
+
+
+def test_appends_between_syncs_are_queued_as_one_record_in_order(root: Path) -> None:
+    """A partition's contiguous appends are held and queued as one record at its sync; a
+    truncate queues the held ones first, so replay rebuilds the same log."""
+    log = WalLog.open(root / "kv.1")
+    writer = log._writer
+    log.sync()
+    before = writer._queued
+    for i in range(1, 7):
+        log.append(i, _entries(i, 1))
+    assert writer._queued == before  # held: nothing queued before the sync
+    log.sync()
+    assert writer._queued == before + 1  # six appends, one record
+    log.append(7, _entries(7, 2))
+    log.append(9, _entries(9, 1))
+    assert writer._queued == before + 1
+    log.truncate(8)  # queues the held 7-9 as one record, then the truncate; syncs
+    assert writer._queued == before + 3
+    log.append(8, _entries(8, 1, term=2))
+    log.append(9, _entries(9, 1, term=3))
+    log.sync()
+    assert writer._queued == before + 4
+    expected = _entries(1, 6) + _entries(7, 1) + _entries(8, 1, term=2) + _entries(9, 1, term=3)
+    assert log.entries(1, 9, 100, 1 << 30) == expected
+    _crash(log)
+    log = WalLog.open(root / "kv.1")
+    assert log.last_index() == 9 and log.entries(1, 9, 100, 1 << 30) == expected
+
+
+def test_held_appends_are_not_acknowledged_by_a_broken_writer(root: Path) -> None:
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 1))
+    log.sync()
+    log.append(2, _entries(2, 1))  # held
+    log._writer.broken = "injected"
+    with pytest.raises(LogWriteError):
+        log.sync()
+    with pytest.raises(LogWriteError):
+        log.sync_within(0.0)
+    log._writer.broken = None  # let the fixture stop it cleanly
+
+
+def test_held_appends_survive_a_rotation_that_checkpoints_their_partition(root: Path) -> None:
+    """Rotation checkpoints a partition that appended into an old file; its held appends are
+    queued before that checkpoint (they came first), and both survive a crash after the sync."""
+    held = WalLog.open(root / "kv.2", max_file_bytes=2000)
+    held.append(1, _entries(1, 5))
+    held.sync()
+    held.append(6, _entries(6, 2))  # held while the other partition rotates the WAL
+    busy = WalLog.open(root / "kv.1")
+    for i in range(1, 200):
+        busy.append(i, _entries(i, 1))
+        busy.sync()
+    files = [n for n in os.listdir(root / "wal") if n.endswith(".wal")]
+    assert len(files) <= 2
+    held.append(8, _entries(8, 1))
+    held.sync()
+    _crash(busy)
+    held = WalLog.open(root / "kv.2")
+    assert held.entries(1, 8, 100, 1 << 30) == _entries(1, 8)
+
+
+def test_held_appends_are_queued_before_a_reset_or_a_trim(root: Path) -> None:
+    """Replay takes an append record that starts at or below a partition's first index as its
+    whole log, so held appends queued after a reset (or a trim) would bring back the entries
+    the reset dropped: they are queued first."""
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 3))
+    log.append(4, _entries(4, 3))  # held
+    log.trim(3)
+    log.append(7, _entries(7, 1))  # held
+    log.reset(LogPos(20, 5))  # syncs
+    assert (log.first_index(), log.last_index()) == (20, 20)
+    _crash(log)
+    log = WalLog.open(root / "kv.1")
+    assert (log.first_index(), log.last_index()) == (20, 20)
+    assert log.term(20) == 5
+
+
+def test_held_appends_of_a_closed_log_reach_the_disk(root: Path) -> None:
+    """Closing a log queues its held appends: the writer carries the closed log forward (a
+    reopen in the same process gets it from there), so the disk must hold the same entries,
+    or a crash after the next fsync would lose what a reopened log still showed."""
+    log = WalLog.open(root / "kv.1")
+    other = WalLog.open(root / "kv.2")  # keeps the node's writer open after the close
+    log.append(1, _entries(1, 2))
+    log.sync()
+    log.append(3, _entries(3, 2))  # held: no sync before the close
+    log.close()
+    other.append(1, _entries(1, 1))
+    other.sync()  # a later fsync of the node
+    _crash(other)
+    reopened = WalLog.open(root / "kv.1")
+    assert reopened.entries(1, 4, 100, 1 << 30) == _entries(1, 4)
+    reopened.close()
+
+
+def test_records_are_framed_on_the_wal_thread(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CRC of a record is computed by the WAL's I/O thread, never by the partition's
+    thread: ``zlib.crc32`` lets go of the GIL on more than 5 KiB, and a scheduler thread
+    that let go of it stalled until it got it back, with every process on it."""
+    from waraft.log import wal
+
+    callers: list[str] = []
+    real = zlib.crc32
+
+    class _Zlib:
+        @staticmethod
+        def crc32(data: bytes, value: int = 0) -> int:
+            callers.append(threading.current_thread().name)
+            return real(data, value)
+
+    log = WalLog.open(root / "kv.1")
+    monkeypatch.setattr(wal, "zlib", _Zlib)
+    log.append(1, [Entry(1, "k", ("write", "t", "k", "v" * 8192))])
+    log.append(2, _entries(2, 3))
+    log.truncate(4)  # a truncate record too; syncs
+    assert callers and all(name.startswith("wal-") for name in callers), callers
+    monkeypatch.undo()
+    _crash(log)
+    log = WalLog.open(root / "kv.1")
+    assert log.last_index() == 3 and log.term(1) == 1
