@@ -29,7 +29,10 @@ requests accumulate and go in the next frame: natural batching, no fixed delay. 
 ``max_inflight`` requests per partition are in flight (default 1000 unpacked, as WARaft's leader
 admits 1500 high-priority entries; 16384 packed, since a packed frame is one entry); the rest
 wait in the client until replies make room, so a burst is not turned into a storm of
-``commit_queue_full`` rejections.
+``commit_queue_full`` rejections. With ``max_partition_batches`` (default 2) batches of a
+partition in flight, its further requests wait until one returns, unless ``GATHER_AT`` (64)
+are ready: with many partitions each has few requests at a time, and sent one by one each would be
+a log entry and a Raft round of its own (``0`` turns this off; ``max_batch=1`` never waits).
 
 **Packing** (``pack=True``, the default). A frame of several commits carries them as ONE
 ``("$batch", commands)`` command, the commands msgpack-encoded once by the client: the leader
@@ -125,6 +128,10 @@ DEFAULT_MAX_INFLIGHT: Final = 1000
 DEFAULT_MAX_INFLIGHT_PACKED: Final = 16384
 DEFAULT_MAX_RETRIES: Final = 100
 DEFAULT_MAX_PARTITION_BATCHES: Final = 2
+GATHER_AT: Final = 64
+"""Requests of a partition that has ``max_partition_batches`` batches in flight are sent
+anyway once this many are ready: a batch that size already spreads its round thin, and
+holding it back would only idle the leader (measured at one partition: -9 to -15 %)."""
 SUSPECT_FOR: Final = 1.0
 """Seconds a node that failed an attempt is avoided (unless every node is suspect)."""
 NOT_LEADER_POLL: Final = 0.1
@@ -1260,12 +1267,8 @@ class Client:
                     requests, rest = _take(requests, room)
                     self._held.setdefault(partition, []).extend(rest)
                     total = room
-                keep = self._batchable(partition, total)
-                if keep < total:
-                    requests, rest = _take(requests, keep)
-                    self._held.setdefault(partition, []).extend(rest)
-                    self._counters["partition_holds"] += 1
-                    total = keep
+                if requests and self._gathers(partition, total):
+                    requests, total = self._gather(partition, requests)
                 self._inflight_items[partition] = self._inflight_items.get(partition, 0) + total
             if not requests:
                 continue
@@ -1274,23 +1277,35 @@ class Client:
             for chunk in _chunks(requests, self.max_batch):
                 self._send(address, partition, kind, priority, chunk, now)
 
-    def _batchable(self, partition: int, total: int) -> int:
-        """Under the lock: how many of ``total`` requests for ``partition`` go now. With
-        ``max_partition_batches`` of its batches in flight only full batches (``max_batch``)
-        do; the rest waits for one of them to return and goes with whatever joins it.
+    def _gathers(self, partition: int, total: int) -> bool:
+        """Under the lock: whether ``total`` new requests for ``partition`` wait to be sent
+        together with later ones. They do while ``max_partition_batches`` of its batches are
+        in flight, fewer than ``GATHER_AT`` of them.
 
         Why: with many partitions each has few requests at a time, and sent as they come
         each is a batch of its own, so its own log entry and Raft round (at 1000 partitions
         and 16 requests in flight per partition, 1.4 requests a batch and 1.1 rounds an
-        entry were measured). Held back while a round is under way they go as one batch,
-        one entry, one round. A partition with fewer batches in flight is not delayed, nor
-        is a client without batching (``max_batch`` 1)."""
+        entry were measured). Held while its rounds are under way, they go as one batch, one
+        entry, one round. A partition with fewer batches in flight is not delayed, nor is a
+        client without batching (``max_batch`` 1)."""
         limit = self.max_partition_batches
-        if not limit or self.max_batch == 1:
-            return total
-        if self._inflight_batches.get(partition, 0) < limit:
-            return total
-        return total - total % self.max_batch
+        if not limit or self.max_batch == 1 or total >= GATHER_AT:
+            return False
+        return self._inflight_batches.get(partition, 0) >= limit
+
+    def _gather(self, partition: int, requests: list[_Entry]) -> tuple[list[_Entry], int]:
+        """Under the lock: hold ``requests`` with the partition's held ones; what goes now
+        (and its count): all of them once ``GATHER_AT`` wait and the in-flight cap has room
+        (``_pop_batch`` sends them when one of its batches returns), else nothing."""
+        held = self._held.setdefault(partition, [])
+        held.extend(requests)
+        self._counters["partition_holds"] += 1
+        waiting = sum([entry.count for entry in held])
+        room = self.max_inflight - self._inflight_items.get(partition, 0)
+        if GATHER_AT <= waiting <= room:
+            del self._held[partition]
+            return held, waiting
+        return [], 0
 
     def _send(
         self,

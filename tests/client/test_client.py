@@ -535,28 +535,38 @@ def test_a_burst_is_split_by_the_in_flight_cap_and_the_frame_size(
 def test_a_partition_with_two_batches_in_flight_gathers_its_next_requests_into_one(
     client_node: otp.Node, max_batch: int
 ) -> None:
+    from waraft.client import GATHER_AT
+
     gate = threading.Event()
 
     def answer(cmd: tuple[object, ...]) -> object:
         gate.wait(10)  # the gateway holds every frame until the test opens the gate
         return ("ok", cmd[2])
 
+    def held() -> int:
+        return sum(len(entries) for entries in c._held.values())
+
     with _scripted(client_node, 1, answer, max_batch=max_batch) as (c, log):
-        first = c.commit_async(1, ("write", "test", 0))
+        futures = [c.commit_async(1, ("write", "test", 0))]
         wait_until(lambda: c.stats()["batches"] == 1, 5)
-        second = c.commit_async(1, ("write", "test", 1))
+        futures.append(c.commit_async(1, ("write", "test", 1)))
         wait_until(lambda: c.stats()["batches"] == 2, 5)
-        rest = [c.commit_async(1, ("write", "test", i)) for i in range(2, 12)]
+        futures += [c.commit_async(1, ("write", "test", i)) for i in range(2, 12)]
         if max_batch == 1:  # no batching wanted: nothing is held back
             wait_until(lambda: c.stats()["batches"] == 12, 5)
         else:
-            wait_until(lambda: sum(len(held) for held in c._held.values()) == 10, 5)
+            wait_until(lambda: held() == 10, 5)
             assert c.stats()["batches"] == 2 and c.stats()["partition_holds"] >= 1
+        # Enough waiting (GATHER_AT) go without waiting for a batch to return, together.
+        more = GATHER_AT - 10
+        futures += [c.commit_async(1, ("write", "test", i)) for i in range(12, 12 + more)]
+        batches = 3 if max_batch > 1 else 12 + more
+        wait_until(lambda: c.stats()["batches"] == batches and held() == 0, 5)
         gate.set()
-        futures = [first, second, *rest]
-        assert [f.result(5) for f in futures if f is not None] == [("ok", i) for i in range(12)]
-        # Held while two batches were out, the ten went together in one.
-        assert c.stats()["batches"] == (3 if max_batch > 1 else 12)
+        results = [f.result(5) for f in futures if f is not None]
+        assert results == [("ok", i) for i in range(12 + more)]
+        assert c.stats()["batches"] == batches
+        assert sorted(cmd[2] for _, cmd in log) == list(range(12 + more))  # type: ignore[index]
 
 
 @pytest.mark.parametrize("pack", [True, False])

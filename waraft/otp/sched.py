@@ -61,6 +61,7 @@ import greenlet
 
 from waraft.otp import node as _node
 from waraft.otp.threadname import set_os_name
+from waraft.otp.timer import call_later, cancel_timer
 
 if TYPE_CHECKING:
     from waraft.otp.pid import Pid
@@ -175,8 +176,6 @@ class _GreenWaker:
 
     def wait(self, timeout: float | None) -> bool:
         """Suspend until fired (True) or ``timeout`` seconds passed (False)."""
-        from waraft.otp.timer import call_later, cancel_timer
-
         timer: TimerRef | None = None
         if timeout is not None:
             timer = call_later(max(timeout, 0.0), self._expire)
