@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.partition.helpers import addr, cluster, ident, leader_of, start_node, wait_until
+from tests.partition.helpers import addr, cluster, leader_of, wait_until
 from waraft import otp
 from waraft.core.events import NodeLiveness
-from waraft.core.types import Identity, LogPos
 from waraft.partition import acceptor, app, server
 
 QUIET = {"raft_quiesce_after_ms": 200}
@@ -96,51 +95,3 @@ def test_liveness_of_a_node_in_no_partition_config_reaches_no_server(
         with node.activate():
             app._fan_out_liveness(nodes[1].id, True)  # a member's report still goes out
         assert [t for t, _ in sent] == [server.default_name("test", 1)]
-
-
-GHOST = "ghost@local"
-
-
-def _nodes_down(node: otp.Node) -> list[str]:
-    return list(server.status(addr("server", node), timeout=2)["nodes_down"])
-
-
-def test_a_node_already_down_when_a_config_change_adds_it_is_known_down(tmp_path: Path) -> None:
-    """Reports about a node in no config reach no server; once a config names it, each server
-    reads its current state from the node's liveness registry instead of waiting for its next
-    transition (a leader that thinks a dead participant alive never settles)."""
-    with cluster(tmp_path, settings=QUIET) as nodes:
-        leader = leader_of(nodes)
-        assert leader is not None
-        for n in nodes:
-            with n.activate():
-                app._fan_out_liveness(GHOST, False)  # not a member yet: recorded, not cast
-        assert all(_nodes_down(n) == [] for n in nodes)
-        ghost = Identity("raft_server_test_1", GHOST)
-        result = server.adjust_config(addr("server", leader), ("add", ghost))
-        assert result[0] == "ok", result
-        wait_until(lambda: all(_nodes_down(n) == [GHOST] for n in nodes), timeout=10)
-        # and the next transition still arrives as usual
-        for n in nodes:
-            with n.activate():
-                app._fan_out_liveness(GHOST, True)
-        wait_until(lambda: all(_nodes_down(n) == [] for n in nodes), timeout=10)
-
-
-def test_a_server_started_with_a_config_naming_a_down_node_knows_it_down(tmp_path: Path) -> None:
-    ids = [f"s{i}.{time.monotonic_ns()}@local" for i in range(3)]
-    for node_id in ids:
-        server.note_liveness(node_id, GHOST, False)  # reported down before any server starts
-    nodes = [
-        start_node(tmp_path, f"s{i}", [1], settings=QUIET, node_id=i_d) for i, i_d in enumerate(ids)
-    ]
-    try:
-        config = server.make_config(
-            [ident(n) for n in nodes] + [Identity("raft_server_test_1", GHOST)]
-        )
-        for n in nodes:
-            assert server.bootstrap(addr("server", n), LogPos(1, 1), config) == "ok"
-        wait_until(lambda: all(_nodes_down(n) == [GHOST] for n in nodes), timeout=10)
-    finally:
-        for n in nodes:
-            n.stop()

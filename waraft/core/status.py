@@ -42,7 +42,6 @@ def status(core: Replica, now: int) -> dict[str, Any]:
         "config_index": core.config_index(),
         "witness": config.is_witness(core.self_id, cfg),
         "quiescent": core.quiescent,
-        "nodes_down": sorted(core.down_nodes),
         "elections_started": core.elections_started,
     }
 

@@ -65,14 +65,9 @@ def _fan_out_liveness(node_id: str, up: bool) -> None:
 
     Called on the distribution's liveness thread when a peer stops answering pings (killed,
     cut off, or stopped) or answers again; each server gets a ``NodeLiveness`` cast, unless
-    the peer is in no local partition's config (``server.member_nodes``). Every report is
-    also recorded in ``server.note_liveness``, where a server that names the node later looks.
+    the peer is in no local partition's config (``server.member_nodes``).
     """
-    local = otp.node.current().id
-    # Recorded first, for every node: a server whose config names the node later reads it
-    # there (``server.down_nodes``), and the member check below must come after the record.
-    server.note_liveness(local, node_id, up)
-    if node_id not in server.member_nodes(local):
+    if node_id not in server.member_nodes(otp.node.current().id):
         # Not in any local partition's config (a CLI or client node): no server needs it.
         return
     event = NodeLiveness(node_id, up)

@@ -112,34 +112,6 @@ def _note_member_nodes(local_node: str, nodes: frozenset[str]) -> None:
         _member_nodes[local_node] = _member_nodes.get(local_node, frozenset()) | nodes
 
 
-# Nodes the node's liveness detector currently reports down, per local node id: every report
-# (``note_liveness``, from ``waraft.partition.app``) lands here before it is passed to the
-# servers, so a server whose config names a node for the first time reads the node's current
-# state here instead of waiting for its next up/down transition. Replaced whole on a change,
-# so readers take no lock.
-_down_nodes: dict[str, frozenset[str]] = {}
-_down_nodes_lock = threading.Lock()
-
-
-def note_liveness(local_node: str, node: str, up: bool) -> None:
-    """Record a liveness report about ``node`` as seen by ``local_node``.
-
-    Must run before the report is passed to the servers (``member_nodes`` filter and cast):
-    a server notes its config's nodes in ``member_nodes`` first and reads this registry
-    after, so every transition either reaches it as a cast or is visible here."""
-    with _down_nodes_lock:
-        down = _down_nodes.get(local_node, frozenset())
-        if up and node in down:
-            _down_nodes[local_node] = down - {node}
-        elif not up and node not in down:
-            _down_nodes[local_node] = down | {node}
-
-
-def down_nodes(local_node: str) -> frozenset[str]:
-    """The nodes ``local_node``'s liveness detector last reported down (and not up since)."""
-    return _down_nodes.get(local_node, frozenset())
-
-
 def default_name(table: str, partition: int) -> str:
     """``raft_server_<table>_<partition>``."""
     return f"raft_server_{table}_{partition}"
@@ -207,7 +179,6 @@ class RaftServer(otp.StateMachine):
         self._timeout: SetTimeout | None = None
         self._published: tuple[Any, ...] | None = None
         self._participants: tuple[Identity, ...] | None = None  # last noted in member_nodes
-        self._named_nodes: frozenset[str] = frozenset()  # every node a config here has named
         self._metrics = metrics.get()
         self._coalesce = _coalesce_settings(options.application)
         self.dropped_nonmember = 0
@@ -344,19 +315,10 @@ class RaftServer(otp.StateMachine):
     def handle_info(self, msg: Any) -> None:
         if msg == ("log_sync_retry",):
             self._sync_retry_armed = False  # _maybe_flush retries: the log is still dirty
-        elif type(msg) is tuple and len(msg) == 2 and msg[0] == "liveness_sync":
-            self._sync_liveness(msg[1])
         elif not (isinstance(msg, tuple) and msg and msg[0] == "EXIT"):
             # Linked helpers' exits are the supervisor's business; anything else is noise.
             logger.debug("%s dropped message %s", self.name, short_repr(msg))
         self._maybe_flush()
-
-    def _sync_liveness(self, nodes: frozenset[str]) -> None:
-        """Feed the core the current liveness of ``nodes`` from this node's registry (read
-        now: any later transition is cast to this server, behind this message)."""
-        down = _down_nodes.get(self.core.node, frozenset())
-        for node in sorted(nodes):
-            self._step(events.NodeLiveness(node, node not in down))
 
     def _from_member(self, rpc: RaftRpc, members: tuple[Identity, ...]) -> bool:
         """Whether a wire RPC may reach the core: its sender must be a member of the effective
@@ -642,14 +604,6 @@ class RaftServer(otp.StateMachine):
             self._participants = participants
             nodes = frozenset(p.node for p in cfg.participants + cfg.membership + cfg.witness)
             _note_member_nodes(core.node, nodes)
-            named = nodes - self._named_nodes
-            self._named_nodes |= nodes
-            if named & _down_nodes.get(core.node, frozenset()):
-                # A node this config names for the first time is already down: its next
-                # transition may be far off, and quiescence needs to know now. The state is
-                # read again when the message is handled (``_sync_liveness``), so a report
-                # racing with this one cannot be overtaken by a stale copy.
-                otp.send(self.pid, ("liveness_sync", named))
         leader = core.leader
         key = (core.state, core.current_term, leader)
         if key == self._published:
@@ -981,7 +935,6 @@ __all__ = [
     "child_spec",
     "default_name",
     "disable",
-    "down_nodes",
     "enable",
     "get_current_config",
     "handover",
@@ -991,7 +944,6 @@ __all__ = [
     "make_config",
     "member_nodes",
     "membership",
-    "note_liveness",
     "notify_complete",
     "promote",
     "refresh_config",
