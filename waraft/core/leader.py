@@ -178,6 +178,8 @@ def on_commits(core: Replica, event: CommitBatch) -> None:
         core.count("commit.rejected.handover")
         return
     commit.add_pending(core, event.items, event.priority)
+    if replication.await_round(core):
+        return
     replication.batch_or_heartbeat(core)
 
 

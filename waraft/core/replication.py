@@ -356,6 +356,38 @@ def batch_or_heartbeat(core: Replica) -> None:
         heartbeat(core)
 
 
+def await_round(core: Replica) -> bool:
+    """Leave new commits pending until the answer to the round on its way; ``True`` if so.
+
+    Deviation from WARaft (issue 12): with ``raft_commit_await_round``, a commit that
+    arrives while every live follower participant has a round unanswered (an idle one would
+    take a round at once) starts no round and arms no timer: the first answer's
+    ``maybe_heartbeat`` finds the batch due (``batch_deadline`` is now) and sends everything
+    that gathered meanwhile in one round. Should the answers be lost, the leader's running
+    heartbeat timer starts the round (a leader always has one armed while it is not
+    quiescent, and a quiescent one woke and sent a round before the commit got here). Under
+    a stream of commits a partition then sends one round per round trip, not one per command."""
+    if not core.settings.raft_commit_await_round or core.handover is not None:
+        return False
+    inflight = core.inflight
+    down = core.down_nodes
+    self_id = core.self_id
+    awaited = False
+    for peer in config.participants(core.current_config()):
+        node = peer.node
+        if peer == self_id or node in down:
+            continue
+        if inflight.get(node, 0) <= 0:
+            return False  # an idle live follower: a round now costs it no waiting
+        awaited = True
+    if not awaited:
+        return False
+    if core.batch_deadline is None:
+        core.batch_deadline = core.now
+    core.count("commit.await_round")
+    return True
+
+
 def maybe_heartbeat(core: Replica) -> None:
     """After a response: replicate now if the last round is old, else re-arm the timeout.
 

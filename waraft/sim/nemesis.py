@@ -504,6 +504,10 @@ def random_scenario(seed: int) -> Scenario:
     # retained-bytes budget is its log's whole share; 2500 bytes trims every few entries.
     node_bytes = random.Random(seed * 7919 + 37).choice([0, 2500, 64 * 1024 * 1024])
     settings = settings.with_overrides(raft_node_max_retained_bytes=node_bytes)
+    # Issue 12's commit pacing (commits wait for the unanswered round), half the seeds; its own
+    # generator too, for the same reason.
+    await_round = random.Random(seed * 7919 + 53).random() < 0.5
+    settings = settings.with_overrides(raft_commit_await_round=await_round)
     volatile = rng.random() < 0.2
     net = NetConfig(
         min_delay_ms=1,
