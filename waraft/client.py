@@ -1262,13 +1262,14 @@ class Client:
         for (partition, kind, priority), requests in groups.items():
             total = sum([entry.count for entry in requests])
             with self._lock:
-                room = max(0, self.max_inflight - self._inflight_items.get(partition, 0))
-                if room < total:
-                    requests, rest = _take(requests, room)
-                    self._held.setdefault(partition, []).extend(rest)
-                    total = room
-                if requests and self._gathers(partition, total):
-                    requests, total = self._gather(partition, requests)
+                if self._gathers(partition, total):
+                    requests, total = self._gather(partition, kind, priority, requests)
+                else:
+                    room = max(0, self.max_inflight - self._inflight_items.get(partition, 0))
+                    if room < total:
+                        requests, rest = _take(requests, room)
+                        self._held.setdefault(partition, []).extend(rest)
+                        total = room
                 self._inflight_items[partition] = self._inflight_items.get(partition, 0) + total
             if not requests:
                 continue
@@ -1293,19 +1294,29 @@ class Client:
             return False
         return self._inflight_batches.get(partition, 0) >= limit
 
-    def _gather(self, partition: int, requests: list[_Entry]) -> tuple[list[_Entry], int]:
-        """Under the lock: hold ``requests`` with the partition's held ones; what goes now
-        (and its count): all of them once ``GATHER_AT`` wait and the in-flight cap has room
-        (``_pop_batch`` sends them when one of its batches returns), else nothing."""
+    def _gather(
+        self, partition: int, kind: str, priority: str, requests: list[_Entry]
+    ) -> tuple[list[_Entry], int]:
+        """Under the lock: hold ``requests`` (of ``kind`` and ``priority``) with the
+        partition's held ones; what goes now, and its count: the held requests of the same
+        kind and priority, in order, once ``GATHER_AT`` of them wait and the in-flight cap has
+        room, else nothing. The others stay held: one batch carries one kind (reads sent in
+        a batch of commits would be applied as commands). ``_pop_batch`` hands every held
+        request back to the sender, which groups them again, when a batch returns."""
         held = self._held.setdefault(partition, [])
         held.extend(requests)
         self._counters["partition_holds"] += 1
-        waiting = sum([entry.count for entry in held])
+        same = [e for e in held if e.kind == kind and e.priority == priority]
+        waiting = sum([entry.count for entry in same])
         room = self.max_inflight - self._inflight_items.get(partition, 0)
-        if GATHER_AT <= waiting <= room:
+        if not GATHER_AT <= waiting <= room:
+            return [], 0
+        others = [e for e in held if e.kind != kind or e.priority != priority]
+        if others:
+            self._held[partition] = others
+        else:
             del self._held[partition]
-            return held, waiting
-        return [], 0
+        return same, waiting
 
     def _send(
         self,

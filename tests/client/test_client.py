@@ -9,6 +9,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -567,6 +568,45 @@ def test_a_partition_with_two_batches_in_flight_gathers_its_next_requests_into_o
         assert results == [("ok", i) for i in range(12 + more)]
         assert c.stats()["batches"] == batches
         assert sorted(cmd[2] for _, cmd in log) == list(range(12 + more))  # type: ignore[index]
+
+
+def test_gathered_reads_and_commits_never_share_a_batch(client_node: otp.Node) -> None:
+    from waraft.client import GATHER_AT
+
+    gate = threading.Event()
+    kinds: list[str] = []
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        gate.wait(10)
+        return ("ok", cmd[2])
+
+    with _scripted(client_node, 1, answer) as (c, log):
+        real_cast = c._cast
+
+        def recording_cast(address: tuple[str, str], msg: Any) -> bool:
+            kinds.append(msg[3])  # ("client_batch", reply_to, batch_id, kind, items, priority)
+            return real_cast(address, msg)
+
+        c._cast = recording_cast  # type: ignore[method-assign]
+        futures = [c.commit_async(1, ("write", "test", i)) for i in range(2)]
+        wait_until(lambda: c.stats()["batches"] >= 1, 5)
+        futures.append(c.commit_async(1, ("write", "test", 2)))
+        wait_until(lambda: c.stats()["batches"] >= 2, 5)
+        reads = [c.read_async(1, ("read", "test", 100 + i)) for i in range(5)]
+        wait_until(lambda: sum(len(h) for h in c._held.values()) >= 5, 5)
+        # Commits join the held reads ten at a time; once GATHER_AT commits wait they go,
+        # as one batch of commits, without the reads.
+        chunks = -(-GATHER_AT // 10)
+        for n in range(chunks):
+            futures += [c.commit_async(1, ("write", "test", 3 + 10 * n + i)) for i in range(10)]
+            if n < chunks - 1:
+                wait_until(lambda n=n: sum(len(h) for h in c._held.values()) == 15 + 10 * n, 5)
+        wait_until(lambda: kinds.count("commit") >= 3, 5)
+        assert "read" not in kinds and sum(len(h) for h in c._held.values()) == 5
+        gate.set()
+        assert all(f is not None and f.result(5)[0] == "ok" for f in futures + reads)
+        assert kinds.count("read") >= 1
+        assert sorted(cmd[2] for _, cmd in log if cmd[0] == "read") == [100 + i for i in range(5)]  # type: ignore[index]
 
 
 @pytest.mark.parametrize("pack", [True, False])
