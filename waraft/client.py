@@ -130,8 +130,9 @@ DEFAULT_MAX_RETRIES: Final = 100
 DEFAULT_MAX_PARTITION_BATCHES: Final = 2
 GATHER_AT: Final = 64
 """Requests of a partition that has ``max_partition_batches`` batches in flight are sent
-anyway once this many are ready: a batch that size already spreads its round thin, and
-holding it back would only idle the leader (measured at one partition: -9 to -15 %)."""
+anyway once this many of one kind are ready: a batch that size already spreads its round
+thin, and holding it back would only idle the leader (one partition under load sends batches
+of 500-900 and never waits)."""
 SUSPECT_FOR: Final = 1.0
 """Seconds a node that failed an attempt is avoided (unless every node is suspect)."""
 NOT_LEADER_POLL: Final = 0.1
