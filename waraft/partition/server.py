@@ -122,15 +122,6 @@ def reported_down(local_node: str, nodes: frozenset[str]) -> list[str]:
     return [node for node in nodes if node in down]
 
 
-def _bootstrap_dir(database: str, position: LogPos) -> str:
-    """A fresh directory under ``database`` for bootstrap's empty snapshot (file work: run
-    through ``otp.blocking``, off the schedulers)."""
-    os.makedirs(database, exist_ok=True)
-    return tempfile.mkdtemp(
-        prefix=f"snapshot.{position.index}.{position.term}.bootstrap.", dir=database
-    )
-
-
 _SYNC_LIVENESS: Final = ("sync_liveness",)
 
 
@@ -156,6 +147,15 @@ def _note_member_nodes(local_node: str, nodes: frozenset[str]) -> None:
         return
     with _member_nodes_lock:
         _member_nodes[local_node] = _member_nodes.get(local_node, frozenset()) | nodes
+
+
+def _bootstrap_dir(database: str, position: LogPos) -> str:
+    """A fresh directory under ``database`` for bootstrap's empty snapshot (file work: run
+    through ``otp.blocking``, off the schedulers)."""
+    os.makedirs(database, exist_ok=True)
+    return tempfile.mkdtemp(
+        prefix=f"snapshot.{position.index}.{position.term}.bootstrap.", dir=database
+    )
 
 
 def default_name(table: str, partition: int) -> str:
