@@ -73,6 +73,11 @@ def test_a_scrape_parses_and_has_every_partition_and_the_node_figures(
     assert families["waraft_processes"][0][1] > 3 * 6  # six processes a partition, at least
     assert families["waraft_scheduler_run_queue"], "one sample per scheduler"
     assert {s[0]["direction"] for s in families["waraft_dist_messages"]} == {"in", "out"}
+    # `waraft node` runs with its own collector thresholds, and counts its collections.
+    threshold = {s[0]["generation"]: s[1] for s in families["waraft_gc_threshold"]}
+    assert threshold == {"0": 20_000.0, "1": 20.0, "2": 20.0}
+    assert {s[0]["generation"] for s in families["waraft_gc_collections"]} == {"0", "1", "2"}
+    assert "waraft_gc_pause_seconds" in families
 
 
 def test_commits_reads_log_bytes_fsyncs_and_snapshot_transfers(

@@ -17,6 +17,7 @@ from waraft.cli.common import (
 )
 from waraft.cli.node import NodeConfig, config_from_args
 from waraft.cli.ops import format_table
+from waraft.services import gctune
 
 
 @pytest.mark.parametrize(
@@ -109,6 +110,8 @@ def test_every_command_has_help(
          "cannot read"),
         (["node", "--name", "n1", "--listen", "h:1", "--memory", "--keys", "/x", "--insecure"],
          "exclude each other"),
+        (["node", "--name", "n1", "--listen", "h:1", "--memory", "--insecure",
+          "--gc-threshold", "0,10,10"], "three whole numbers >= 1"),
         (["status", "--nodes", "nonsense"], "not node ids"),
         (["bootstrap", "--nodes", "a@h:1", "--partitions", "x"], "partition list"),
         (["shell"], "--attach"),
@@ -161,6 +164,15 @@ def test_a_toml_file_gives_everything_and_flags_win(tmp_path: Path) -> None:
     assert config.settings == {"raft_election_timeout_ms": 900, "raft_heartbeat_interval_ms": 20}
     assert config.dist == {"ping_interval": 0.5, "down_after": 3.0, "connect_timeout": 3.0}
     assert config.memory is False and config.bind() is None
+    assert config.gc() == gctune.DEFAULT_THRESHOLD
+
+
+def test_gc_thresholds_from_the_file_and_the_flag(tmp_path: Path) -> None:
+    text = 'name = "n1"\nlisten = "h:1"\nmemory = true\ninsecure = true\n'
+    assert _config(tmp_path, text + 'gc_threshold = "python"\n').gc() is None
+    assert _config(tmp_path, text + "gc_threshold = [900, 5, 5]\n").gc() == (900, 5, 5)
+    flag = _config(tmp_path, text + 'gc_threshold = "python"\n', "--gc-threshold", "1000,2,3")
+    assert flag.gc() == (1000, 2, 3)
 
 
 def test_a_node_table_and_advertised_host(tmp_path: Path) -> None:

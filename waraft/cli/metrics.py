@@ -28,7 +28,9 @@ Families (labels in brackets):
   ``waraft_peer_tx_bytes`` [peer], ``waraft_dist_messages_total`` /
   ``waraft_dist_bytes_total`` [direction], ``waraft_dist_dropped_total`` [reason],
   ``waraft_processes``, ``waraft_os_threads``, ``waraft_scheduler_run_queue`` [scheduler],
-  ``waraft_scheduler_long_holds_total``.
+  ``waraft_scheduler_long_holds_total``; the process's cyclic GC [generation]:
+  ``waraft_gc_threshold``, ``waraft_gc_collections_total`` and the histogram
+  ``waraft_gc_pause_seconds`` (``waraft.services.gctune``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any
 from waraft import otp
 from waraft.cli import admin
 from waraft.log.provider import FSYNC_METRIC
-from waraft.services import metrics
+from waraft.services import gctune, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +156,7 @@ class NodeCollector:
         yield from totals.values()
         yield self._snapshot_transfers(CounterMetricFamily)
         yield self._fsync_latency()
+        yield from self._gc_families(GaugeMetricFamily, CounterMetricFamily)
         yield from self._node_families(GaugeMetricFamily, CounterMetricFamily)
 
     def _snapshot_transfers(self, counter: Any) -> Any:
@@ -180,6 +183,39 @@ class NodeCollector:
             buckets = [(_le(bound), float(n)) for bound, n in snap["buckets"]]
             family.add_metric([label], buckets, sum_value=float(snap["sum"]))
         return family
+
+    @staticmethod
+    def _gc_families(gauge: Any, counter: Any) -> Iterator[Any]:
+        import gc
+
+        from prometheus_client.core import HistogramMetricFamily
+
+        threshold = gauge(
+            "waraft_gc_threshold",
+            "The cyclic garbage collector's threshold per generation",
+            labels=["generation"],
+        )
+        collections = counter(
+            "waraft_gc_collections",
+            "Collections of the node process's cyclic garbage collector",
+            labels=["generation"],
+        )
+        for generation, (limit, stats) in enumerate(
+            zip(gc.get_threshold(), gc.get_stats(), strict=True)
+        ):
+            threshold.add_metric([str(generation)], float(limit))
+            collections.add_metric([str(generation)], float(stats["collections"]))
+        yield threshold
+        yield collections
+        family = HistogramMetricFamily(
+            "waraft_gc_pause_seconds",
+            "Pauses of the node process's cyclic garbage collector (every partition waits)",
+            labels=["generation"],
+        )
+        for label, snap in sorted(metrics.histograms(gctune.GC_PAUSE_METRIC).items()):
+            buckets = [(_le(bound), float(n)) for bound, n in snap["buckets"]]
+            family.add_metric([label.removeprefix("gen")], buckets, sum_value=float(snap["sum"]))
+        yield family
 
     def _node_families(self, gauge: Any, counter: Any) -> Iterator[Any]:
         from waraft import distribution
