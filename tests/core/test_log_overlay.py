@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from waraft.core.config import make_config
-from waraft.core.log import LogOverlay, approx_size
+from waraft.core.log import LogOverlay, approx_command_size, approx_size
 from waraft.core.types import CONFIG, Entry, LogPos
 
 from .fakes import BASE, FakeLog, entries_of, ident
@@ -118,3 +120,27 @@ def test_config_older_than_first_is_hidden() -> None:
     ov.trim(3)
     ov.begin_step()
     assert ov.config() is None
+
+
+def _reference_size(command: object, depth: int = 0) -> int:
+    """The estimate's definition, written plainly (one call per item)."""
+    if isinstance(command, bytes | str | bytearray):
+        return len(command)
+    if depth < 8 and isinstance(command, tuple | list):
+        return sum(_reference_size(item, depth + 1) for item in command)
+    if depth < 8 and isinstance(command, dict):
+        return sum(_reference_size(k, depth + 1) + _reference_size(v, depth + 1)
+                   for k, v in command.items())  # fmt: skip
+    return 8
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("write", "kv", "key", b"v" * 100), ("$batch", b"x" * 4000), ["a", 1, 2.5, None, True],
+     ("write", "kv", ("a", 1), {"x": [1, 2, (3, bytearray(b"zz"))]}), {"k": "v", 1: (b"ab",)},
+     [[[[[[[[[["deep", b"er"]]]]]]]]]], (("s", ("t",))), 7, "plain", b""],
+)  # fmt: skip
+def test_command_size_estimate_counts_strings_bytes_and_a_word_per_other_item(
+    command: object,
+) -> None:
+    assert approx_command_size(command) == _reference_size(command)

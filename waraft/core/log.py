@@ -34,9 +34,18 @@ def approx_command_size(command: object, depth: int = 0) -> int:
     if kind is bytes or kind is str or kind is bytearray:
         return len(command)  # type: ignore[arg-type]
     if depth < 8 and (kind is tuple or kind is list):
+        # Strings, bytes and scalars inline: a plain write is a flat tuple of them, and this
+        # runs several times per entry on a leader (admission, the log overlay, replication,
+        # the apply queue), where a call per item was most of its cost.
         size = 0
         for item in command:  # type: ignore[attr-defined]
-            size += approx_command_size(item, depth + 1)
+            item_kind = type(item)
+            if item_kind is bytes or item_kind is str or item_kind is bytearray:
+                size += len(item)
+            elif item_kind is tuple or item_kind is list or item_kind is dict:
+                size += approx_command_size(item, depth + 1)
+            else:
+                size += _SCALAR_SIZE
         return size
     if depth < 8 and kind is dict:
         size = 0
