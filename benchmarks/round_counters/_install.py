@@ -221,6 +221,8 @@ def _context_switches() -> tuple[int, int]:
 
 
 def _dump(directory: str) -> None:
+    # Made here (every process writes into it): a missing directory used to lose the run.
+    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{os.getpid()}.jsonl")
     while True:
         time.sleep(1.0)
