@@ -52,6 +52,7 @@ NODE_DEFAULT_SETTINGS: dict[str, Any] = {
     "raft_election_pre_vote": True,
     "raft_quiesce_after_ms": 2000,
     "raft_commit_await_round": True,
+    "raft_max_log_entries_per_heartbeat": 1000,
 }
 """Where ``waraft node`` departs from WARaft's defaults (a ``--set`` or TOML value wins):
 pre-vote, so that a member that restarts or was cut off cannot depose a healthy leader by
@@ -59,7 +60,12 @@ bumping the term (Raft thesis §9.6); quiescence after 2 s idle, because a node 
 ``waraft.distribution`` whose node liveness wakes the followers of a lost leader (the library
 default stays off: in-process nodes have no node liveness); commits that arrive while a
 round is unanswered ride on the round its answer starts (one round per round trip under
-load instead of one per command: issue 12, at 1000 partitions)."""
+load instead of one per command: issue 12, at 1000 partitions); up to 1000 entries in one
+``append_entries`` instead of WARaft's 15, still within ``raft_max_heartbeat_size`` (1 MiB)
+and ``raft_max_bytes_in_flight`` (4 MiB per peer), because a message costs a Python node tens
+of microseconds where it costs a BEAM process a pointer copy: with one entry per command, 15
+entries a message and 8 messages unanswered capped a follower's pipeline at 120 entries a
+round trip, which bounded scenario b and ``pack=false`` (``benchmarks/HOTPATH.md``)."""
 
 DURABLE_LOG = "waraft.log.wal:WalLog"
 """The node-wide write-ahead log (``waraft.log.disk:DiskLog`` stays available per partition)."""
