@@ -63,6 +63,9 @@ class FakeLog:
         self.refuse_appends = False
         self.node_share = 0  # the partition's share of a node-wide budget (0: none)
         self.trims: list[int] = []
+        self.defer_trims = False  # a trim reaches the provider only at land_trims()
+        self.deferred: list[int] = []
+        self.retained_calls = 0
         self._config: tuple[int, Config] | None = None
         self._scanned = -1
 
@@ -116,6 +119,7 @@ class FakeLog:
         return combined_budget(max_bytes, self.node_share)
 
     def retained_from(self, index: int, max_bytes: int) -> int:
+        self.retained_calls += 1
         index = min(index, self.last_index())
         total = 0
         for at in range(index, self.first - 1, -1):
@@ -139,9 +143,19 @@ class FakeLog:
             self._config, self._scanned = None, -1
         elif isinstance(effect, TrimLog):
             self.trims.append(effect.index)
-            if self.first < effect.index <= self.last_index():
+            if self.defer_trims:
+                self.deferred.append(effect.index)
+            elif self.first < effect.index <= self.last_index():
                 del self.items[: effect.index - self.first]
                 self.first = effect.index
+
+    def land_trims(self) -> None:
+        """The provider catches up with the trims deferred so far."""
+        deferred, self.deferred = self.deferred, []
+        for index in deferred:
+            if self.first < index <= self.last_index():
+                del self.items[: index - self.first]
+                self.first = index
 
     def terms(self) -> list[int]:
         return [e.term for e in self.items]

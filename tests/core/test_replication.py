@@ -553,6 +553,30 @@ def test_rotation_by_bytes_trims_applied_entries_beyond_the_budget() -> None:
     assert node2.log.trims == []
 
 
+def test_no_byte_floor_is_sought_while_the_last_trim_is_on_its_way_to_the_provider() -> None:
+    # A real provider trims when the log process gets to it; until then it still counts the
+    # trimmed entries' bytes, so a floor computed from them would trim too much (and finding
+    # it walked a quarter of the log on every apply).
+    s = settings(raft_commit_batch_interval_ms=0, raft_max_retained_bytes=5000)
+    node = make_leader(settings=s)
+    node.log.defer_trims = True
+    node.handle(_big_commits(8, 1000), now=1)
+    node.rpc(N2, AppendEntriesResponse(2, True, 10, 10), now=2)
+    assert len(node.log.trims) == 1 and node.log.first == 1  # emitted, not landed
+    first_trim = node.log.trims[0]
+    calls = node.log.retained_calls
+    node.handle(_big_commits(4, 1000), now=3)
+    node.rpc(N2, AppendEntriesResponse(2, True, 14, 14), now=4)
+    assert node.core.last_applied == 14
+    assert node.log.retained_calls == calls, "the provider's stale sizes were walked"
+    assert node.log.trims == [first_trim]
+    node.log.land_trims()
+    node.handle(_big_commits(1, 1000), now=5)
+    node.rpc(N2, AppendEntriesResponse(2, True, 15, 15), now=6)
+    assert node.log.retained_calls > calls, node.log.trims
+    assert len(node.log.trims) == 2 and node.log.trims[1] > first_trim, node.log.trims
+
+
 def test_rotation_by_bytes_never_trims_unapplied_entries() -> None:
     s = settings(raft_commit_batch_interval_ms=0, raft_max_retained_bytes=1000)
     node = make_leader(settings=s)

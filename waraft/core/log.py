@@ -210,6 +210,11 @@ class LogOverlay:
         found = self.view.retained_from(min(index, self._base_last), max_bytes)
         return max(first, found)
 
+    def trim_pending(self) -> bool:
+        """True while an optimistic trim has not reached the provider: it still holds (and
+        counts the bytes of) entries below the visible first index."""
+        return self._reset is None and self.view.first_index() < self._base_first
+
     def retained_budget(self, max_bytes: int) -> int:
         """``LogView.retained_budget``: the provider's answer (a node-wide share)."""
         return self.view.retained_budget(max_bytes)
