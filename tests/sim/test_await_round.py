@@ -50,3 +50,31 @@ def test_lost_answers_delay_commits_by_at_most_the_heartbeat_timer() -> None:
         net = NetConfig(min_delay_ms=1, max_delay_ms=12, loss=0.2)
         sim, _, _ = _stream(True, net, seed)  # every write answered (asserted in _stream)
         assert_linearizable(sim)
+
+
+def _burst(size: int, seed: int = 7) -> tuple[Simulation, int]:
+    """One write, then ``size`` more at the same instant while its round is on its way
+    (~10 ms each way): the leader's messages before any answer can have come back."""
+    net = NetConfig(min_delay_ms=9, max_delay_ms=11)
+    sim = Simulation(nodes=3, seed=seed, settings=fast_settings(raft_commit_await_round=True),
+                     net=net)  # fmt: skip
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    sim.run_for(500)
+    calls = [sim.submit(leader, write(0))]
+    sim.run_for(3)  # the first round left
+    before = sim.network.sent[leader]
+    calls += [sim.submit(leader, write(i, key=f"k{i % 4}")) for i in range(1, size + 1)]
+    sim.run_for(4)  # still well inside the round trip
+    sent = sim.network.sent[leader] - before
+    assert sim.run_until(lambda: all(c.done for c in calls), 10_000), sim.describe()
+    assert_linearizable(sim)
+    return sim, sent
+
+
+def test_more_than_a_batch_of_pending_commits_does_not_wait_for_the_round() -> None:
+    batch_max = fast_settings().raft_commit_batch_max
+    _, small = _burst(batch_max // 2)
+    _, large = _burst(batch_max + 5)
+    assert small == 0, small  # a few commits ride on the next round
+    assert large >= 2, large  # a batch worth a round goes to both followers at once
