@@ -198,9 +198,12 @@ def _meta_items(
     label: Any,
     incomplete: bool,
     old: tuple[tuple[LogPos, Config] | None, Any, bool] | None,
+    pack: Callable[[Any], bytes] = packb,
 ) -> list[tuple[bytes, bytes]]:
-    """The ``meta`` rows to write; only those that changed from ``old`` (all when ``None``)."""
-    items = [(b"position", packb(tuple(position)))]
+    """The ``meta`` rows to write; only those that changed from ``old`` (all when ``None``).
+    ``pack`` encodes the position (two ints: a storage's own msgpack packer, once per apply
+    call, encodes them as waraft.codec does, for half its cost)."""
+    items = [(b"position", pack(tuple(position)))]
     if config is not None and (old is None or config is not old[0]):
         items.append((b"config", _config_blob(*config)))
     if old is None or label is not old[1]:
@@ -588,7 +591,12 @@ class LmdbStorage(TransactionalStorage):
         incomplete: bool,
     ) -> None:
         meta = _meta_items(
-            position, config, label, incomplete, (self._config, self._label, self._incomplete)
+            position,
+            config,
+            label,
+            incomplete,
+            (self._config, self._label, self._incomplete),
+            self._pack,
         )
         self._write(ops, meta)
         self._set_metadata(position, config, label, incomplete)

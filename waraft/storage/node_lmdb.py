@@ -143,6 +143,9 @@ def _meta_key(name: bytes) -> bytes:
     return _META_PREFIX + name
 
 
+_META_KEYS: Final = {name: _meta_key(name) for name in _META_NAMES}
+
+
 def _is_meta(key: bytes) -> bool:
     return key.startswith(_META_PREFIX) and len(key) != _LONG_KEY_LENGTH
 
@@ -163,22 +166,51 @@ def _open_sealed(seed: int, key: bytes, stored: bytes, where: str) -> bytes:
 
 
 class _Write:
-    """One partition's write transaction, waiting for a group commit."""
+    """One partition's write transaction, waiting for a group commit.
 
-    __slots__ = ("db", "done", "error", "event", "generation", "meta", "ops", "seed", "where")
+    While it is still queued (``queue`` is the node's pending list: the committer has not
+    taken it), the partition's next apply joins it instead of queueing a write of its own
+    (``NodeEnv.merge``): still one transaction, with the newer metadata. ``after`` is the
+    partition's previous write when that one was being committed as this one was queued: the
+    committer fails this one without applying it if that one failed, so a partition never
+    commits past a failed write. ``event`` is created by the first waiter only: a lazy-sync
+    apply never waits for its own commit, and an ``otp.Event`` per apply was a lock and an
+    object the committer then had to set."""
+
+    __slots__ = (
+        "after",
+        "db",
+        "done",
+        "error",
+        "event",
+        "generation",
+        "meta",
+        "ops",
+        "queue",
+        "seed",
+        "where",
+    )
 
     def __init__(
-        self, db: Any, seed: int, ops: Ops, meta: list[tuple[bytes, bytes]], where: str
+        self,
+        db: Any,
+        seed: int,
+        ops: Ops,
+        meta: list[tuple[bytes, bytes]],
+        where: str,
+        after: _Write | None = None,
     ) -> None:
         self.db = db
         self.seed = seed
         self.ops = ops
         self.meta = meta
         self.where = where
+        self.after = after
         self.done = False
         self.error: BaseException | None = None
         self.generation = 0  # the node's commit generation that carried it (NodeEnv)
-        self.event = otp.Event()  # set once the write is done
+        self.event: otp.Event | None = None  # set once the write is done, if anyone waits
+        self.queue: list[_Write] | None = None  # the node's pending list it was queued in
 
     def put(self, txn: lmdb.Transaction) -> int:
         """Put the write into ``txn``; the bytes of keys and values it wrote."""
@@ -194,10 +226,22 @@ class _Write:
             else:
                 txn.delete(op, db=db)  # type: ignore[arg-type]
         for name, value in self.meta:
-            key = _meta_key(name)
+            key = _META_KEYS[name]
             txn.put(key, _seal(seed, key, value), db=db)
             size += len(key) + len(value)
         return size
+
+
+def _merged_meta(
+    old: list[tuple[bytes, bytes]], new: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The ``meta`` rows of two writes merged into one: ``new``'s win. ``new`` always holds
+    the position (``_meta_items``), so when ``old`` holds nothing else ``new`` is the answer."""
+    if len(old) <= 1:
+        return new
+    rows = dict(old)
+    rows.update(new)
+    return list(rows.items())
 
 
 class NodeEnv:
@@ -370,7 +414,9 @@ class NodeEnv:
         with self._group:
             if self._stopping:
                 raise StorageError(f"LMDB node storage {self.directory} is closed")
-            self._pending.append(write)
+            pending = self._pending
+            pending.append(write)
+            write.queue = pending
             if self._committer is None:
                 self._committer = threading.Thread(
                     target=self._run, name=f"lmdb-commit-{self.directory}", daemon=True
@@ -381,17 +427,41 @@ class NodeEnv:
                         target=self._sync_loop, name=f"lmdb-sync-{self.directory}", daemon=True
                     )
                     self._syncer.start()
-            if len(self._pending) == 1:
+            if len(pending) == 1:
                 # The committer waits only on an empty queue: a write joining a non-empty one
                 # is taken with it, so only the first needs the wake-up (a futex call per
                 # apply message otherwise, while the committer was busy anyway).
                 self._group.notify()
 
-    @staticmethod
-    def wait(write: _Write) -> None:
+    def merge(self, write: _Write, ops: Ops, meta: list[tuple[bytes, bytes]]) -> bool:
+        """Add ``ops`` (after its own) and ``meta`` (newer rows win) to ``write`` if the
+        committer has not taken it yet; False, changing nothing, if it has. The caller is the
+        partition that queued ``write``, so the merged write is still that partition's
+        transaction: all or nothing, data and metadata together."""
+        with self._group:
+            if write.queue is not self._pending:
+                return False
+            old = write.ops
+            if ops and old and type(old[-1]) is list and type(ops[0]) is list:
+                old[-1].extend(ops[0])  # one putmulti for both runs
+                old.extend(ops[1:])
+            else:
+                old.extend(ops)
+            write.meta = _merged_meta(write.meta, meta)
+            return True
+
+    def wait(self, write: _Write) -> None:
         """Wait until the committer is done with ``write``; raise what failed it."""
-        while not write.done:
-            write.event.wait()
+        if not write.done:
+            with self._group:  # the committer marks writes done under it (``_run``)
+                event = None
+                if not write.done:
+                    event = write.event
+                    if event is None:
+                        event = write.event = otp.Event()
+            if event is not None:
+                while not write.done:
+                    event.wait()
         if write.error is not None:
             raise write.error
 
@@ -413,11 +483,20 @@ class NodeEnv:
                     if write.error is None:
                         write.error = exc
             finally:
-                for write in group:
-                    write.done = True
-                    write.event.set()
+                events = []
+                with self._group:
+                    for write in group:
+                        write.done = True
+                        if write.event is not None:
+                            events.append(write.event)
+                for event in events:
+                    event.set()
 
     def _commit_group(self, group: list[_Write]) -> None:
+        if any([write.after is not None for write in group]):
+            group = self._not_after_failed(group)
+            if not group:
+                return
         try:
             self._transaction(group)
         except BaseException as exc:
@@ -432,6 +511,20 @@ class NodeEnv:
             return
         self.commits += 1
         self.writes += len(group)
+
+    @staticmethod
+    def _not_after_failed(group: list[_Write]) -> list[_Write]:
+        """``group`` without the writes queued after a write of their partition that failed
+        (each gets that failure, applying nothing). Those earlier writes are done: they were
+        being committed when these were queued, and groups commit one after another."""
+        live = []
+        for write in group:
+            after, write.after = write.after, None  # no chain of old writes kept alive
+            if after is not None and after.error is not None:
+                write.error = after.error
+            else:
+                live.append(write)
+        return live
 
     def _transaction(self, group: list[_Write]) -> None:
         self.started = generation = self.generation + 1
@@ -823,8 +916,11 @@ class NodeLmdbStorage(LmdbStorage):
         if inflight is None:
             return
         write, position = inflight
+        node = self._node
         try:
-            NodeEnv.wait(write)
+            if node is None:  # closed: ``close`` drains first, so this is a caller's bug
+                raise StorageError(f"LMDB node storage {self._path} is closed")
+            node.wait(write)
         except BaseException as exc:
             self._failed = exc
             raise
@@ -839,19 +935,40 @@ class NodeLmdbStorage(LmdbStorage):
         With lazy sync the write is only queued (``_commit`` keeps it as in flight): the
         WAL, not LMDB, makes the applied entries durable, and nothing waits for the flush, so
         waiting for the commit itself was a hand-off and a wake-up per apply message (one per
-        committed command at 1000 partitions). The previous write is waited for first (at
-        1000 partitions it is long done: no suspension), so a partition has at most one write
-        in flight and a failed one is never followed by a later one; every read goes through
-        ``env``, which waits for it too."""
+        committed command at 1000 partitions). Nor does the next apply wait for it:
+
+        * previous write still queued (the committer has not taken it): this one joins it
+          (``NodeEnv.merge``), one transaction for both, no new write object;
+        * previous write being committed: this one is queued ``after`` it, and the committer
+          fails it unapplied if that one failed (a suspension and a cross-thread wake-up per
+          apply message before, whenever the committer was behind);
+        * previous write done: its generation is recorded (``_drain``) and this one queued.
+
+        So a partition has at most two writes in flight, the second queued, and nothing of
+        it is committed past a failed write; every read goes through ``env``, which waits for
+        the last one (so for both)."""
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
-        write = _Write(self._db, self._seed, ops, meta, self._path)
         if self._sync:
+            write = _Write(self._db, self._seed, ops, meta, self._path)
             node.commit(write)
             self._written = write.generation
             return
-        self._drain()
+        if self._failed is not None:
+            raise self._failed
+        after = None
+        inflight = self._inflight
+        if inflight is not None:
+            last = inflight[0]
+            if node.merge(last, ops, meta):
+                self._queued = last
+                return
+            if last.done:
+                self._drain()  # records its generation, or raises what failed it
+            else:
+                after = last  # its generation is covered by ours once we are committed
+        write = _Write(self._db, self._seed, ops, meta, self._path, after)
         node.submit(write)
         self._queued = write
 
