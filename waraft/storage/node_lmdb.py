@@ -32,8 +32,9 @@ thread flushes the environment (``env.sync(True)``) once ``lmdb_sync_interval_ms
 never trims the log above it (``waraft.log.LogServer``), so every applied entry is in the synced
 environment or still in the log, and a restart whose storage came back older (power loss)
 applies the log's tail again. A lazy-sync apply does not even wait for its group commit: it
-queues the write and returns, and the partition's next write, read, snapshot or status waits for
-it first (``NodeLmdbStorage._write``); it counts towards the durable position once committed.
+queues the write and returns; the partition's next apply joins it while it is still queued, or
+queues after it (failed unapplied if it fails), and its next read, snapshot or status waits for
+it (``NodeLmdbStorage._write``); it counts towards the durable position once committed.
 What each failure costs:
 
 * process crash (``kill -9``): nothing the log does not hold (an apply still queued is
