@@ -23,7 +23,13 @@ import pytest
 from waraft import otp
 from waraft.core.types import LogPos
 from waraft.storage.lmdb import StorageLockedError
-from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeLmdbStorage, _Write
+from waraft.storage.node_lmdb import (
+    NODE_DIR,
+    QUARANTINED,
+    NodeLmdbStorage,
+    _sealed_ops,
+    _Write,
+)
 from waraft.storage.provider import StorageCorruptionError, StorageOptions
 
 from .helpers import A, B, C, make_config
@@ -281,9 +287,14 @@ def test_a_failing_write_fails_only_its_own_partition(root: Path) -> None:
     node = one._node
     assert node is not None
     try:
-        good = _Write(one._db, one._seed, [[(b"\xa1a", b"\x01")]], [], "one")
+        # A write's rows come sealed (NodeLmdbStorage._write).
+        good = _Write(
+            one._db, one._seed, _sealed_ops(one._seed, [[(b"\xa1a", b"\x01")]]), [], "one"
+        )
         bad = _Write(two._db, two._seed, [[(b"x" * 600, b"\x01")]], [], "two")  # key too long
-        also = _Write(one._db, one._seed, [[(b"\xa1b", b"\x02")]], [], "one")
+        also = _Write(
+            one._db, one._seed, _sealed_ops(one._seed, [[(b"\xa1b", b"\x02")]]), [], "one"
+        )
         node._commit_group([good, bad, also])
         assert good.error is None and also.error is None
         assert isinstance(bad.error, lmdb.Error)
@@ -803,5 +814,45 @@ def test_the_batches_of_an_apply_message_commit_in_one_transaction(root: Path) -
         assert answers[0][0] == "ok" and answers[0][1][0] == "error"
         assert storage.read(("read", "t", "w"), storage.position()) == ("ok", 4)
         assert storage.position() == LogPos(5, 1)
+    finally:
+        storage.close()
+
+
+def test_every_apply_path_seals_long_keys_plain_rows_and_deletes(root: Path) -> None:
+    """The plain fast path seals its rows as it encodes them (``_encode_plain``); the other
+    paths (``apply_many``, a batch with a config in it) are sealed before queueing. Every
+    row must read back through its checksum, also after a reopen's full check."""
+    long_a, long_b = "a" * 600, ("b" * 700, 1)
+    storage = open_part(root, 1)
+    try:
+        storage.apply_batch(
+            [
+                (("write", "t", long_a, 1), LogPos(1, 1), None),
+                (("write", "t", "x" * 505, 2), LogPos(2, 1), None),
+                (("delete", "t", "gone"), LogPos(3, 1), None),
+                (("write", "t", "plain", 3), LogPos(4, 1), None),
+            ]
+        )
+        storage.apply_many([("write", "t", long_b, 4), ("write", "t", "many", 5)], LogPos(5, 1))
+        storage.apply_batch(
+            [
+                (("config", CONFIG), LogPos(6, 1), None),
+                (("write", "t", "general", 6), LogPos(7, 1), None),
+            ]
+        )
+        storage.apply_batch([(("delete", "t", long_a), LogPos(8, 1), None)])
+    finally:
+        storage.close()
+    storage = open_part(root, 1)  # checks every value's checksum as it opens
+    try:
+        assert storage.status()["quarantine"] is None
+        assert storage.position() == LogPos(8, 1)
+        read = lambda key: storage.read(("read", "t", key), storage.position())  # noqa: E731
+        assert read(long_a) == "not_found"
+        assert read(long_b) == ("ok", 4)
+        assert read("x" * 505) == ("ok", 2)
+        assert read("plain") == ("ok", 3)
+        assert read("many") == ("ok", 5)
+        assert read("general") == ("ok", 6)
     finally:
         storage.close()

@@ -87,7 +87,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
 
 import lmdb
@@ -98,6 +98,7 @@ from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.lmdb import (
     _KV,
     _MAX_DBS,
+    _MAX_RAW_KEY,
     _META,
     _MIB,
     DEFAULT_MAP_SIZE,
@@ -106,12 +107,15 @@ from waraft.storage.lmdb import (
     LmdbStorage,
     Ops,
     StorageLockedError,
+    _long_entry,
     _new_packer,
     _recover_swap,
+    _stored_key,
     _write_checksum,
 )
 from waraft.storage.provider import (
     OK,
+    ApplyItem,
     StorageCorruptionError,
     StorageError,
     StorageOptions,
@@ -214,16 +218,16 @@ class _Write:
         self.queue: list[_Write] | None = None  # the node's pending list it was queued in
 
     def put(self, txn: lmdb.Transaction) -> int:
-        """Put the write into ``txn``; the bytes of keys and values it wrote."""
+        """Put the write into ``txn``; the bytes of keys and values it wrote. The rows of
+        ``ops`` are sealed already (``NodeLmdbStorage._write``); the metadata rows are sealed
+        here."""
         db, seed = self.db, self.seed
-        pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined: this is the write hot path
         cursor = txn.cursor(db)
         size = 0
         for op in self.ops:
             if type(op) is list:
-                rows = [(k, pack(crc32(v, crc32(k, seed))) + v) for k, v in op]
-                cursor.putmulti(rows)
-                size += sum([len(k) + len(v) for k, v in rows])
+                cursor.putmulti(op)
+                size += sum([len(k) + len(v) for k, v in op])
             else:
                 txn.delete(op, db=db)  # type: ignore[arg-type]
         for name, value in self.meta:
@@ -231,6 +235,15 @@ class _Write:
             txn.put(key, _seal(seed, key, value), db=db)
             size += len(key) + len(value)
         return size
+
+
+def _sealed_ops(seed: int, ops: Ops) -> Ops:
+    """``ops`` with every put's value sealed (``_seal``); deletes as they are."""
+    pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined
+    return [
+        [(k, pack(crc32(v, crc32(k, seed))) + v) for k, v in op] if type(op) is list else op
+        for op in ops
+    ]
 
 
 def _merged_meta(
@@ -928,7 +941,46 @@ class NodeLmdbStorage(LmdbStorage):
         self._written = write.generation
         self._note_unsynced(position)
 
-    def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
+    def _encode_plain(self, items: Sequence[ApplyItem]) -> tuple[Ops, Any] | None:
+        """``LmdbStorage._encode_plain`` with every row sealed in the same loop (the hot path
+        of every committed command: sealing in a second pass over the rows, on the committer,
+        cost a tuple and a list slot per write more)."""
+        pack = self._pack
+        seed = self._seed
+        crc_pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined
+        label = self._label
+        ops: Ops = []
+        run: list[tuple[bytes, bytes]] = []
+        append = run.append
+        try:
+            for command, _, item_label in items:
+                if type(command) is not tuple:
+                    return None
+                size = len(command)
+                if size == 4 and command[0] == "write":
+                    key = pack(command[2])
+                    value = pack(command[3])
+                    if len(key) > _MAX_RAW_KEY:
+                        key, value = _long_entry(key, value)
+                    append((key, crc_pack(crc32(value, crc32(key, seed))) + value))
+                elif size == 3 and command[0] == "delete":
+                    if run:
+                        ops.append(run)
+                        run = []
+                        append = run.append
+                    ops.append(_stored_key(pack(command[2])))
+                else:
+                    return None
+                if item_label is not None:
+                    label = item_label
+        except Exception:
+            self._pack = _new_packer()  # as in _encode: a fresh packer after a failed pack
+            return None
+        if run:
+            ops.append(run)
+        return ops, label
+
+    def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]], stored: bool = False) -> None:
         """Commit through the node's group commit (each transaction on one thread, as LMDB
         wants: the committer's). Not through otp.blocking: the node's committer thread runs
         the transaction and this actor is suspended meanwhile (NodeEnv.commit).
@@ -951,6 +1003,8 @@ class NodeLmdbStorage(LmdbStorage):
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
+        if not stored:
+            ops = _sealed_ops(self._seed, ops)
         if self._sync:
             write = _Write(self._db, self._seed, ops, meta, self._path)
             node.commit(write)
@@ -980,8 +1034,9 @@ class NodeLmdbStorage(LmdbStorage):
         config: tuple[LogPos, Config] | None,
         label: Any,
         incomplete: bool,
+        stored: bool = False,
     ) -> None:
-        super()._commit(ops, position, config, label, incomplete)
+        super()._commit(ops, position, config, label, incomplete, stored)
         if not self._sync:
             # Counted towards the durable position once its commit is known (``_drain``).
             queued, self._queued = self._queued, None
