@@ -856,3 +856,35 @@ def test_every_apply_path_seals_long_keys_plain_rows_and_deletes(root: Path) -> 
         assert read("general") == ("ok", 6)
     finally:
         storage.close()
+
+
+class _TurnApplier(otp.Process):
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        for storage in request:
+            storage.apply(("write", "t", "k", "turn"), LogPos(2, 1))
+        return "ok"
+
+
+def test_a_scheduler_turns_lazy_applies_wake_the_committer_once_at_its_end(root: Path) -> None:
+    """Scheduled storage actors queue their writes and the committer is woken when their
+    scheduler's turn ends, with no reader waiting: one transaction for the turn's writes (red
+    when the end-of-turn wake-up does not come: the writes then wait for a reader)."""
+    parts = [open_part(root, p) for p in range(8)]
+    node = parts[0]._node
+    assert node is not None
+    parts[0].apply(("write", "t", "k", "first"), LogPos(1, 1))  # starts the committer
+    settle(parts[0])
+    otp_node = otp.Node("lmdbturn@t", schedulers=1, io_threads=1, process_type=otp.SCHEDULED)
+    try:
+        applier = _TurnApplier.start(node=otp_node)
+        commits, writes = node.commits, node.writes
+        assert otp.wait_response(otp.send_request(applier, parts), 20) == "ok"
+        deadline = time.monotonic() + 10
+        while node.writes - writes < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)  # nobody reads: only the turn's end wakes the committer
+        assert node.writes - writes == 8
+        assert node.commits - commits == 1
+    finally:
+        otp_node.stop()
+        for storage in parts:
+            storage.close()
