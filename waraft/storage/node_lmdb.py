@@ -668,9 +668,11 @@ class NodeLmdbStorage(LmdbStorage):
         self._unsynced: deque[tuple[int, LogPos]] = deque()
         self._durable = LogPos(0, 0)
         self._written = 0  # the generation of this partition's last group commit
-        # Lazy sync: the partition's last write, queued for a group commit and not yet waited
-        # for, with the position it applies (see ``_write``); what failed one, for good.
-        self._inflight: tuple[_Write, LogPos] | None = None
+        # Lazy sync: the partition's writes queued for a group commit whose outcome is not
+        # recorded yet, oldest first, each with the position it applies (see ``_write``: at
+        # most one being committed and one queued, and a done one until the next call);
+        # what failed one, for good.
+        self._inflight: list[tuple[_Write, LogPos]] = []
         self._failed: BaseException | None = None
         self._queued: _Write | None = None  # the write ``_write`` just queued
         self._writemap = bool(extra.get("lmdb_writemap", False))
@@ -832,9 +834,8 @@ class NodeLmdbStorage(LmdbStorage):
         ``lmdb_sync`` every commit is flushed before it returns, so it is ``position()``."""
         if self._sync:
             return self._position
-        inflight = self._inflight
-        if inflight is not None and inflight[0].done:
-            self._drain()  # committed already: no wait, only its generation recorded
+        if self._inflight:
+            self._reap()  # those committed already: no wait, only their generations recorded
         self._settle()
         return self._durable
 
@@ -929,29 +930,42 @@ class NodeLmdbStorage(LmdbStorage):
         """The node's environment, once this partition's in-flight write (if any) is
         committed: every read, snapshot, status and wholesale replace goes through here, so
         none of them sees the partition without its last apply (see ``_write``)."""
-        if self._inflight is not None or self._failed is not None:
+        if self._inflight or self._failed is not None:
             self._drain()
         return super().env
 
     def _drain(self) -> None:
-        """Wait for the in-flight write and record its generation; raise what failed it
-        (and every later call too: the applied position already counts it)."""
+        """Wait for the in-flight writes and record their generations; raise what failed one
+        (and at every later call too: the applied position already counts it)."""
+        self._reap(wait=True)
+
+    def _reap(self, wait: bool = False) -> None:
+        """Record the generations of the in-flight writes that are done, oldest first (with
+        ``wait``: of all of them, waiting); raise what failed one, for good."""
         if self._failed is not None:
             raise self._failed
-        inflight, self._inflight = self._inflight, None
-        if inflight is None:
-            return
-        write, position = inflight
+        inflight = self._inflight
         node = self._node
-        try:
-            if node is None:  # closed: ``close`` drains first, so this is a caller's bug
-                raise StorageError(f"LMDB node storage {self._path} is closed")
-            node.wait(write)
-        except BaseException as exc:
-            self._failed = exc
-            raise
-        self._written = write.generation
-        self._note_unsynced(position)
+        while inflight:
+            write, position = inflight[0]
+            if not write.done:
+                if not wait:
+                    return
+                try:
+                    if node is None:  # closed: ``close`` drains first, so a caller's bug
+                        raise StorageError(f"LMDB node storage {self._path} is closed")
+                    node.wait(write)
+                except BaseException as exc:
+                    self._failed = exc
+                    inflight.clear()
+                    raise
+            del inflight[0]
+            if write.error is not None:
+                self._failed = write.error
+                inflight.clear()
+                raise write.error
+            self._written = write.generation
+            self._note_unsynced(position)
 
     def _encode_plain(self, items: Sequence[ApplyItem]) -> tuple[Ops, Any] | None:
         """``LmdbStorage._encode_plain`` with every row sealed in the same loop (the hot path
@@ -1007,11 +1021,12 @@ class NodeLmdbStorage(LmdbStorage):
         * previous write being committed: this one is queued ``after`` it, and the committer
           fails it unapplied if that one failed (a suspension and a cross-thread wake-up per
           apply message before, whenever the committer was behind);
-        * previous write done: its generation is recorded (``_drain``) and this one queued.
+        * previous write done: its generation is recorded (``_reap``) and this one queued.
 
         So a partition has at most two writes in flight, the second queued, and nothing of
-        it is committed past a failed write; every read goes through ``env``, which waits for
-        the last one (so for both)."""
+        it is committed past a failed write; each one's generation and position is recorded
+        once it is done (so the durable position moves under a steady stream of applies
+        too); every read goes through ``env``, which waits for them all."""
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
@@ -1022,19 +1037,17 @@ class NodeLmdbStorage(LmdbStorage):
             node.commit(write)
             self._written = write.generation
             return
-        if self._failed is not None:
-            raise self._failed
-        after = None
         inflight = self._inflight
-        if inflight is not None:
-            last = inflight[0]
+        if inflight or self._failed is not None:
+            self._reap()  # records the done ones' generations, or raises what failed one
+        after = None
+        if inflight:
+            last = inflight[-1][0]
             if node.merge(last, ops, meta):
                 self._queued = last
                 return
-            if last.done:
-                self._drain()  # records its generation, or raises what failed it
-            else:
-                after = last  # its generation is covered by ours once we are committed
+            if not last.done:
+                after = last  # being committed
         write = _Write(self._db, self._seed, ops, meta, self._path, after)
         node.submit(write)
         self._queued = write
@@ -1050,10 +1063,14 @@ class NodeLmdbStorage(LmdbStorage):
     ) -> None:
         super()._commit(ops, position, config, label, incomplete, stored)
         if not self._sync:
-            # Counted towards the durable position once its commit is known (``_drain``).
+            # Counted towards the durable position once its commit is known (``_reap``).
             queued, self._queued = self._queued, None
             if queued is not None:
-                self._inflight = (queued, position)
+                inflight = self._inflight
+                if inflight and inflight[-1][0] is queued:
+                    inflight[-1] = (queued, position)  # joined: its position moves on
+                else:
+                    inflight.append((queued, position))
 
     def _note_unsynced(self, position: LogPos) -> None:
         unsynced = self._unsynced
