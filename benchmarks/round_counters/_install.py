@@ -178,6 +178,14 @@ def _count_durable() -> None:
         return event()
 
     wal.Event = wal_event  # type: ignore[assignment,misc]
+    if hasattr(wal, "suspend"):  # parked waits (no Event) since the batch resume
+        park = wal.suspend
+
+        def wal_park(proc: Any) -> None:
+            C["wal:park"] += 1
+            park(proc)
+
+        wal.suspend = wal_park  # type: ignore[assignment]
     _counted(wal.WalWriter, "_write", "wal:fsync_batch")
     # Syncs by partition servers (one per flush that appended): records per sync is how many
     # appends one WAL record per flush would merge.
@@ -185,9 +193,9 @@ def _count_durable() -> None:
     wake = wal.WalWriter._wake
 
     def wal_wake(self: Any, synced: int | None = None) -> None:
-        before = len(self._events)
+        before = len(self._events) + len(getattr(self, "_parked", ()))
         wake(self, synced)
-        C["wal:woken"] += before - len(self._events)
+        C["wal:woken"] += before - len(self._events) - len(getattr(self, "_parked", ()))
 
     wal.WalWriter._wake = wal_wake  # type: ignore[method-assign]
     _counted(node_lmdb.NodeEnv, "commit", "lmdb:handoff")  # queue and wait (lmdb_sync)

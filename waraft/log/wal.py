@@ -63,7 +63,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Final, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
 from waraft.core.settings import Settings
 from waraft.core.types import Entry, LogPos, Priority
@@ -76,9 +76,12 @@ from waraft.log.provider import (
     LogWriteError,
     is_config_entry,
 )
-from waraft.otp.sched import Event, scheduled_caller
+from waraft.otp.sched import Event, resume_all, scheduled_caller, suspend
 from waraft.services import metrics
 from waraft.services.codec import CodecError, packb, unpackb
+
+if TYPE_CHECKING:
+    from waraft.otp.process import Process
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +263,10 @@ class WalWriter:
         self._queue_pins: list[tuple[str, int]] = []  # (key, max appended index) per record
         self._queued = 0  # ticket of the newest queued record
         self._synced = 0  # ticket of the newest durable record
-        # Scheduled processes waiting for a ticket (see ``wait``), woken by the I/O thread.
+        # Scheduled processes waiting for a ticket (see ``wait``), woken by the I/O thread:
+        # parked ones (suspended, resumed in one batch per scheduler) and, while the writer
+        # is stalled, ones on an ``Event`` with a timeout.
+        self._parked: list[tuple[int, Process]] = []
         self._events: list[tuple[int, Event]] = []
         self._stopping = False
         self._recovered: _Logs = {}
@@ -493,16 +499,36 @@ class WalWriter:
                 self._cond.wait(pause)
 
     def _wait_scheduled(self, ticket: int, stalled_timeout: float | None) -> bool:
-        """``wait`` for a scheduled process: same contract, on an ``otp.Event`` per try."""
+        """``wait`` for a scheduled process: same contract.
+
+        Unbounded turns (the writer is not stalled: the usual case, once per partition flush)
+        park the process: it registers itself in ``_parked`` and suspends, and the I/O thread
+        resumes every process a batch made durable with one run-queue put per scheduler
+        (``otp.sched.resume_all``); no ``Event``, waker or lock per wait. Bounded turns (a
+        stall) wait on an ``otp.Event`` with the timeout, as the timeout needs a waker's
+        exactly-once claim."""
+        proc = scheduled_caller()
+        assert proc is not None
         deadline: float | None = None
         while True:
             with self._cond:
                 done, pause, deadline = self._check_wait(ticket, stalled_timeout, deadline)
                 if done is not None:
                     return done
-                event = Event()
-                self._events.append((ticket, event))
-            event.wait(pause)
+                if pause is None:
+                    # Resumed exactly once: by the ``_wake`` that takes this entry out of
+                    # ``_parked`` (under ``_cond``). If that happens before the suspend below,
+                    # the process is queued but runs only once it has suspended (its
+                    # scheduler is busy running it until then).
+                    self._parked.append((ticket, proc))
+                    event = None
+                else:
+                    event = Event()
+                    self._events.append((ticket, event))
+            if event is None:
+                suspend(proc)
+            else:
+                event.wait(pause)
 
     def _check_wait(
         self, ticket: int, stalled_timeout: float | None, deadline: float | None
@@ -536,6 +562,16 @@ class WalWriter:
     def _wake(self, synced: int | None = None) -> None:
         """Under ``_cond``: wake the scheduled waiters whose ticket is durable (``synced``), or
         all of them (a stall, a failure or a stop: each re-checks the writer's state)."""
+        parked = self._parked
+        if parked:
+            if synced is None:
+                resumed, self._parked = parked, []
+            else:
+                resumed, self._parked = [], []
+                for item in parked:
+                    (resumed if item[0] <= synced else self._parked).append(item)
+            if resumed:
+                resume_all([proc for _, proc in resumed])
         events = self._events
         if not events:
             return

@@ -236,6 +236,42 @@ def suspend(proc: Process) -> None:
     tls.node, tls.proc = node, me
 
 
+class _Resume:
+    """A run-queue item that resumes several suspended processes of one scheduler at once
+    (see :func:`resume_all`)."""
+
+    __slots__ = ("procs",)
+
+    def __init__(self, procs: list[Process]) -> None:
+        self.procs = procs
+
+
+def resume_all(procs: list[Process]) -> None:
+    """Put suspended scheduled processes back on their schedulers: one run-queue put per
+    scheduler, whatever the number of processes (a group commit that covers many parked
+    partition servers wakes each scheduler thread once, not once per server).
+
+    Contract, as for a waker: each process in ``procs`` suspended itself (:func:`suspend`) or
+    is about to (it registered itself and then suspends; it runs again only after it did),
+    and whoever calls this is the only party that resumes that suspension, once. The caller
+    may be any thread."""
+    if len(procs) == 1:
+        proc = procs[0]
+        proc._sched.runq.put(proc)  # type: ignore[union-attr]
+        return
+    by_sched: dict[Scheduler, list[Process]] = {}
+    for proc in procs:
+        sched = proc._sched
+        assert sched is not None
+        group = by_sched.get(sched)
+        if group is None:
+            by_sched[sched] = [proc]
+        else:
+            group.append(proc)
+    for sched, group in by_sched.items():
+        sched.runq.put(group[0] if len(group) == 1 else _Resume(group))
+
+
 class Event:
     """A one-shot event (set once, never cleared) that both threads and scheduled processes
     can wait on; a waiting scheduled process yields its scheduler. Used for ``Pid._done``."""
@@ -472,11 +508,18 @@ class Scheduler:
         tls = _node._tls
         limit = self.pool.long_hold
         clock = time.monotonic
+        resumed: deque[Process] = deque()  # the rest of a _Resume batch, run before the queue
         while True:
-            proc = runq.get()
-            if proc is _STOP:
-                self._run_turn_hooks()
-                return
+            if resumed:
+                proc = resumed.popleft()
+            else:
+                proc = runq.get()
+                if proc is _STOP:
+                    self._run_turn_hooks()
+                    return
+                if proc.__class__ is _Resume:
+                    resumed.extend(proc.procs)
+                    proc = resumed.popleft()
             g = proc._greenlet
             if g is None:
                 g = proc._greenlet = greenlet.greenlet(proc._scheduled_main)
@@ -492,7 +535,7 @@ class Scheduler:
                 self.pool._long_hold(proc, held, self, finished=True)
             if self.turn_hooks:
                 self.turn_runs += 1
-                if self.turn_runs >= TURN_FLUSH_RUNS or runq.empty():
+                if self.turn_runs >= TURN_FLUSH_RUNS or (not resumed and runq.empty()):
                     self._run_turn_hooks()
 
     def _run_turn_hooks(self) -> None:
