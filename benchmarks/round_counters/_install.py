@@ -203,15 +203,12 @@ def _count_durable() -> None:
         _counted(node_lmdb.NodeEnv, "submit", "lmdb:submit")
         wait = node_lmdb.NodeEnv.wait
 
-        def lmdb_wait(self: Any, write: Any) -> None:
+        def lmdb_wait(write: Any) -> None:
             if not write.done:
                 C["lmdb:park"] += 1  # the write was not committed yet: the caller suspends
-            wait(self, write)
+            wait(write)
 
-        node_lmdb.NodeEnv.wait = lmdb_wait  # type: ignore[method-assign]
-        # An apply that joined its partition's queued write (True) or found it taken (False).
-        if hasattr(node_lmdb.NodeEnv, "merge"):
-            _counted(node_lmdb.NodeEnv, "merge", "lmdb:merge_try")
+        node_lmdb.NodeEnv.wait = staticmethod(lmdb_wait)  # type: ignore[method-assign,assignment]
     _counted(node_lmdb.NodeEnv, "_transaction", "lmdb:txn")
     _counted(durable_state, "store", "durable_state:store")
 

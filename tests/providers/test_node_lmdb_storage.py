@@ -6,7 +6,6 @@ The shared provider contract runs in ``test_storage.py``; these are its own prop
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -23,13 +22,7 @@ import pytest
 from waraft import otp
 from waraft.core.types import LogPos
 from waraft.storage.lmdb import StorageLockedError
-from waraft.storage.node_lmdb import (
-    NODE_DIR,
-    QUARANTINED,
-    NodeLmdbStorage,
-    _sealed_ops,
-    _Write,
-)
+from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeLmdbStorage, _Write
 from waraft.storage.provider import StorageCorruptionError, StorageOptions
 
 from .helpers import A, B, C, make_config
@@ -53,11 +46,6 @@ def seed(storage: NodeLmdbStorage, value: Any, index: int = 3) -> None:
     storage.apply_config(CONFIG, LogPos(1, 1))
     storage.apply(("write", "t", "k", value), LogPos(2, 1))
     storage.apply(("write", "t", "other", 7), LogPos(index, 1))
-
-
-def settle(storage: NodeLmdbStorage) -> None:
-    """Wait for the partition's writes in flight (lazy sync: an apply only queues its own)."""
-    _ = storage.env
 
 
 def flip_all(path: Path, needle: bytes) -> int:
@@ -230,12 +218,8 @@ def test_concurrent_partitions_share_group_commits(root: Path) -> None:
         for storage in parts:
             assert storage.position() == LogPos(40, 1)
             assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 40)
-        # Counted after the reads: they wait for the last write. An apply whose previous
-        # write was still queued joined it (``NodeEnv.merge``), so fewer writes than applies.
-        # (That transactions carry several partitions is test_scheduled_writers_wait_...'s:
-        # here a loaded machine may commit each thread's merged write alone.)
-        assert 8 <= node.writes <= 8 * 40
-        assert node.commits <= node.writes
+        assert node.writes == 8 * 40  # counted after the reads: they wait for the last write
+        assert node.commits < node.writes  # some transactions carried several partitions
     finally:
         for storage in parts:
             storage.close()
@@ -289,14 +273,9 @@ def test_a_failing_write_fails_only_its_own_partition(root: Path) -> None:
     node = one._node
     assert node is not None
     try:
-        # A write's rows come sealed (NodeLmdbStorage._write).
-        good = _Write(
-            one._db, one._seed, _sealed_ops(one._seed, [[(b"\xa1a", b"\x01")]]), [], "one"
-        )
+        good = _Write(one._db, one._seed, [[(b"\xa1a", b"\x01")]], [], "one")
         bad = _Write(two._db, two._seed, [[(b"x" * 600, b"\x01")]], [], "two")  # key too long
-        also = _Write(
-            one._db, one._seed, _sealed_ops(one._seed, [[(b"\xa1b", b"\x02")]]), [], "one"
-        )
+        also = _Write(one._db, one._seed, [[(b"\xa1b", b"\x02")]], [], "one")
         node._commit_group([good, bad, also])
         assert good.error is None and also.error is None
         assert isinstance(bad.error, lmdb.Error)
@@ -349,13 +328,11 @@ def run(partition):
             [("write", "t", ("k", index), index), ("write", "t", "last", index)],
             LogPos(index, 1),
         )
-        # With lazy sync an apply returns once it is queued (the WAL, not LMDB, is what makes
-        # an entry durable), and the next one joins it or queues after it; ``env`` waits for
-        # the partition's writes in flight, so every other index is acknowledged as committed.
-        if index % 2 == 0:
-            storage.env
-            with out:
-                print(partition, index, flush=True)
+        # With lazy sync an apply returns once it is queued and the partition's previous
+        # apply is committed (the WAL, not LMDB, is what makes an entry durable): acknowledged
+        # here is thus the previous index.
+        with out:
+            print(partition, index - 1, flush=True)
 
 
 threads = [threading.Thread(target=run, args=(p,), daemon=True) for p in range(4)]
@@ -451,113 +428,18 @@ def test_lazy_sync_a_failed_write_fails_every_later_call_and_a_reopen_goes_back(
     assert node is not None
     seed(storage, "v")
     assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "v")
-    settle(storage)  # seeded writes committed
     _break_next_group_commit(node, monkeypatch)
     writes = node.writes
     try:
         storage.apply(("write", "t", "k", 1), LogPos(4, 1))  # queued: its failure comes later
-        # Joins the first, queues after it, or (committer done already) raises its failure.
-        with contextlib.suppress(RuntimeError):
+        with pytest.raises(RuntimeError, match="committer bug"):
             storage.apply(("write", "t", "k", 2), LogPos(5, 1))
+        assert node.writes == writes  # nothing after the failed write was queued
         with pytest.raises(RuntimeError, match="committer bug"):  # for good, reads too
             storage.read(("read", "t", "k"), storage.position())
-        with pytest.raises(RuntimeError, match="committer bug"):
-            storage.apply(("write", "t", "k", 3), LogPos(6, 1))
-        assert node.writes == writes  # nothing after the failed write was committed
     finally:
         storage.close()
     storage = open_part(root, 1)  # what a restarted storage actor does
-    try:
-        assert storage.position() == LogPos(3, 1)
-        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "v")
-    finally:
-        storage.close()
-
-
-def _hold_first_transaction(
-    node: Any, monkeypatch: pytest.MonkeyPatch, fail: bool = False
-) -> tuple[threading.Event, threading.Event]:
-    """The committer's next transaction waits for the returned ``gate`` (``entered`` is set
-    once it is waiting), then commits, or with ``fail`` raises ``committer bug``."""
-    real = type(node)._transaction
-    entered, gate = threading.Event(), threading.Event()
-    first = [True]
-
-    def held(self: Any, group: list[_Write]) -> None:
-        if first[0]:
-            first[0] = False
-            entered.set()
-            assert gate.wait(10)
-            if fail:
-                raise RuntimeError("committer bug")
-        real(self, group)
-
-    monkeypatch.setattr(type(node), "_transaction", held)
-    return entered, gate
-
-
-def test_lazy_sync_applies_join_their_partitions_queued_write(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """While the committer is busy, a partition's applies join its queued write: one write
-    object and one transaction's share for them all, with the newest metadata (the config of
-    the middle one kept: red when a merge keeps only the last call's rows)."""
-    one, two = open_part(root, 1), open_part(root, 2)
-    node = one._node
-    assert node is not None
-    seed(one, "v")
-    settle(one)
-    new_config = make_config(A, B)
-    entered, gate = _hold_first_transaction(node, monkeypatch)
-    writes = node.writes
-    try:
-        two.apply(("write", "t", "k", "two"), LogPos(1, 1))
-        assert entered.wait(10)  # the committer holds two's write
-        one.apply(("write", "t", "k", 1), LogPos(4, 1))
-        one.apply_config(new_config, LogPos(5, 1))
-        one.apply(("write", "t", "k", 3), LogPos(6, 1))
-        assert len(node._pending) == 1  # one's three applies: one queued write
-        gate.set()
-        assert one.read(("read", "t", "k"), one.position()) == ("ok", 3)
-        assert two.read(("read", "t", "k"), two.position()) == ("ok", "two")
-        assert node.writes - writes == 2
-    finally:
-        one.close()
-        two.close()
-    one = open_part(root, 1)
-    try:
-        assert one.position() == LogPos(6, 1)
-        assert one.config() == (LogPos(5, 1), new_config)
-        assert one.read(("read", "t", "k"), one.position()) == ("ok", 3)
-    finally:
-        one.close()
-
-
-def test_lazy_sync_a_write_queued_after_a_failing_one_is_not_committed(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An apply while the partition's previous write is being committed queues after it
-    without waiting; when that one fails, the later one fails too and commits nothing (red
-    when the committer applies it anyway: the partition would skip the failed entries)."""
-    storage = open_part(root, 1)
-    node = storage._node
-    assert node is not None
-    seed(storage, "v")
-    settle(storage)
-    entered, gate = _hold_first_transaction(node, monkeypatch, fail=True)
-    writes = node.writes
-    try:
-        storage.apply(("write", "t", "k", 1), LogPos(4, 1))
-        assert entered.wait(10)  # being committed (held)
-        storage.apply(("write", "t", "k", 2), LogPos(5, 1))  # queued after it, no wait
-        assert len(node._pending) == 1
-        gate.set()
-        with pytest.raises(RuntimeError, match="committer bug"):
-            storage.read(("read", "t", "k"), storage.position())
-        assert node.writes == writes
-    finally:
-        storage.close()
-    storage = open_part(root, 1)
     try:
         assert storage.position() == LogPos(3, 1)
         assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "v")
@@ -800,10 +682,8 @@ def test_the_batches_of_an_apply_message_commit_in_one_transaction(root: Path) -
         (5, Entry(1, "d", batch(("write", "t", "w", 4), ("bogus",))), reply, Priority.HIGH),
     ]
     try:
-        settle(storage)  # the config's write committed (lazy sync: applies only queue theirs)
         before = node.commits
         actor._apply(items[:3], 0)
-        settle(storage)
         assert node.commits - before == 1  # three entries, one transaction
         assert answers == [["ok", "ok"], "ok", ["ok"]]
         assert storage.position() == actor.position == LogPos(4, 1)
@@ -817,122 +697,4 @@ def test_the_batches_of_an_apply_message_commit_in_one_transaction(root: Path) -
         assert storage.read(("read", "t", "w"), storage.position()) == ("ok", 4)
         assert storage.position() == LogPos(5, 1)
     finally:
-        storage.close()
-
-
-def test_every_apply_path_seals_long_keys_plain_rows_and_deletes(root: Path) -> None:
-    """The plain fast path seals its rows as it encodes them (``_encode_plain``); the other
-    paths (``apply_many``, a batch with a config in it) are sealed before queueing. Every
-    row must read back through its checksum, also after a reopen's full check."""
-    long_a, long_b = "a" * 600, ("b" * 700, 1)
-    storage = open_part(root, 1)
-    try:
-        storage.apply_batch(
-            [
-                (("write", "t", long_a, 1), LogPos(1, 1), None),
-                (("write", "t", "x" * 505, 2), LogPos(2, 1), None),
-                (("delete", "t", "gone"), LogPos(3, 1), None),
-                (("write", "t", "plain", 3), LogPos(4, 1), None),
-            ]
-        )
-        storage.apply_many([("write", "t", long_b, 4), ("write", "t", "many", 5)], LogPos(5, 1))
-        storage.apply_batch(
-            [
-                (("config", CONFIG), LogPos(6, 1), None),
-                (("write", "t", "general", 6), LogPos(7, 1), None),
-            ]
-        )
-        storage.apply_batch([(("delete", "t", long_a), LogPos(8, 1), None)])
-    finally:
-        storage.close()
-    storage = open_part(root, 1)  # checks every value's checksum as it opens
-    try:
-        assert storage.status()["quarantine"] is None
-        assert storage.position() == LogPos(8, 1)
-        read = lambda key: storage.read(("read", "t", key), storage.position())  # noqa: E731
-        assert read(long_a) == "not_found"
-        assert read(long_b) == ("ok", 4)
-        assert read("x" * 505) == ("ok", 2)
-        assert read("plain") == ("ok", 3)
-        assert read("many") == ("ok", 5)
-        assert read("general") == ("ok", 6)
-    finally:
-        storage.close()
-
-
-class _TurnApplier(otp.Process):
-    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
-        for storage in request:
-            storage.apply(("write", "t", "k", "turn"), LogPos(2, 1))
-        return "ok"
-
-
-def test_a_scheduler_turns_lazy_applies_wake_the_committer_once_at_its_end(root: Path) -> None:
-    """Scheduled storage actors queue their writes and the committer is woken when their
-    scheduler's turn ends, with no reader waiting: one transaction for the turn's writes (red
-    when the end-of-turn wake-up does not come: the writes then wait for a reader)."""
-    parts = [open_part(root, p) for p in range(8)]
-    node = parts[0]._node
-    assert node is not None
-    parts[0].apply(("write", "t", "k", "first"), LogPos(1, 1))  # starts the committer
-    settle(parts[0])
-    otp_node = otp.Node("lmdbturn@t", schedulers=1, io_threads=1, process_type=otp.SCHEDULED)
-    try:
-        applier = _TurnApplier.start(node=otp_node)
-        commits, writes = node.commits, node.writes
-        assert otp.wait_response(otp.send_request(applier, parts), 20) == "ok"
-        deadline = time.monotonic() + 10
-        while node.writes - writes < 8 and time.monotonic() < deadline:
-            time.sleep(0.01)  # nobody reads: only the turn's end wakes the committer
-        assert node.writes - writes == 8
-        assert node.commits - commits == 1
-    finally:
-        otp_node.stop()
-        for storage in parts:
-            storage.close()
-
-
-def test_lazy_sync_each_queued_write_counts_towards_the_durable_position_once_done(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A write queued after the one being committed does not hide that one: once it is
-    committed and flushed, its position is durable while the later one still commits (red
-    when only a partition's newest write is recorded: under a steady stream of applies the
-    durable position, so the log's trimming, would then wait for a lull)."""
-    storage = open_lazy(root, 1, lmdb_sync_interval_ms=3_600_000)
-    node = storage._node
-    assert node is not None
-    seed(storage, "v")
-    settle(storage)
-    node.flush()
-    assert storage.durable_position() == LogPos(3, 1)
-    real = type(node)._transaction
-    entered = [threading.Event(), threading.Event()]
-    gates = [threading.Event(), threading.Event()]
-    calls = [0]
-
-    def held(self: Any, group: list[_Write]) -> None:
-        call = calls[0]
-        calls[0] += 1
-        if call < 2:
-            entered[call].set()
-            assert gates[call].wait(10)
-        real(self, group)
-
-    monkeypatch.setattr(type(node), "_transaction", held)
-    try:
-        storage.apply(("write", "t", "k", 1), LogPos(4, 1))
-        assert entered[0].wait(10)  # the first write is being committed
-        storage.apply(("write", "t", "k", 2), LogPos(5, 1))  # queued after it
-        gates[0].set()
-        assert entered[1].wait(10)  # the first is done, the second being committed
-        node.flush()
-        assert storage.durable_position() == LogPos(4, 1)
-        gates[1].set()
-        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 2)
-        node.flush()
-        assert storage.durable_position() == LogPos(5, 1)
-    finally:
-        gates[0].set()
-        gates[1].set()
         storage.close()

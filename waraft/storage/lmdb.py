@@ -198,12 +198,9 @@ def _meta_items(
     label: Any,
     incomplete: bool,
     old: tuple[tuple[LogPos, Config] | None, Any, bool] | None,
-    pack: Callable[[Any], bytes] = packb,
 ) -> list[tuple[bytes, bytes]]:
-    """The ``meta`` rows to write; only those that changed from ``old`` (all when ``None``).
-    ``pack`` encodes the position (two ints: a storage's own msgpack packer, once per apply
-    call, encodes them as waraft.codec does, for half its cost)."""
-    items = [(b"position", pack(tuple(position)))]
+    """The ``meta`` rows to write; only those that changed from ``old`` (all when ``None``)."""
+    items = [(b"position", packb(tuple(position)))]
     if config is not None and (old is None or config is not old[0]):
         items.append((b"config", _config_blob(*config)))
     if old is None or label is not old[1]:
@@ -497,9 +494,7 @@ class LmdbStorage(TransactionalStorage):
             return []
         plain = self._encode_plain(items)
         if plain is not None:
-            self._commit(
-                plain[0], items[-1][1], self._config, plain[1], self._incomplete, stored=True
-            )
+            self._commit(plain[0], items[-1][1], self._config, plain[1], self._incomplete)
             return [OK] * len(items)
         position = self._position
         config = self._config
@@ -545,8 +540,7 @@ class LmdbStorage(TransactionalStorage):
         here once per replica, so the checks are inlined: the general loop's per-command
         ``is_config_command``, ``command_kind`` and ``_encode`` calls were a third of its
         time. A value the plain packer cannot encode also gives None (the general loop uses
-        waraft.codec for it). The rows are in their stored form (``_commit``'s ``stored``):
-        here the encoded key and value; ``NodeLmdbStorage`` seals them in the same loop."""
+        waraft.codec for it)."""
         pack = self._pack
         label = self._label
         ops: Ops = []
@@ -592,25 +586,15 @@ class LmdbStorage(TransactionalStorage):
         config: tuple[LogPos, Config] | None,
         label: Any,
         incomplete: bool,
-        stored: bool = False,
     ) -> None:
-        """Write ``ops`` and the metadata rows that changed in one transaction, then cache the
-        metadata. ``stored``: the rows of ``ops`` are already in their stored form
-        (``_encode_plain``'s), else ``_write`` may still have to convert them (checksums)."""
         meta = _meta_items(
-            position,
-            config,
-            label,
-            incomplete,
-            (self._config, self._label, self._incomplete),
-            self._pack,
+            position, config, label, incomplete, (self._config, self._label, self._incomplete)
         )
-        self._write(ops, meta, stored)
+        self._write(ops, meta)
         self._set_metadata(position, config, label, incomplete)
 
-    def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]], stored: bool = False) -> None:
-        """Commit ``ops`` and ``meta`` in one transaction (``NodeLmdbStorage``: a group
-        commit); here every row is stored as encoded, whatever ``stored`` says."""
+    def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
+        """Commit ``ops`` and ``meta`` in one transaction (``NodeLmdbStorage``: a group commit)."""
         _write_growing(self.env, self._kv, self._meta, ops, meta)
 
     def _lookup(self, stored_key: bytes) -> bytes | None:

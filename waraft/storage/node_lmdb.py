@@ -32,9 +32,8 @@ thread flushes the environment (``env.sync(True)``) once ``lmdb_sync_interval_ms
 never trims the log above it (``waraft.log.LogServer``), so every applied entry is in the synced
 environment or still in the log, and a restart whose storage came back older (power loss)
 applies the log's tail again. A lazy-sync apply does not even wait for its group commit: it
-queues the write and returns; the partition's next apply joins it while it is still queued, or
-queues after it (failed unapplied if it fails), and its next read, snapshot or status waits for
-it (``NodeLmdbStorage._write``); it counts towards the durable position once committed.
+queues the write and returns, and the partition's next write, read, snapshot or status waits for
+it first (``NodeLmdbStorage._write``); it counts towards the durable position once committed.
 What each failure costs:
 
 * process crash (``kill -9``): nothing the log does not hold (an apply still queued is
@@ -87,7 +86,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Final, Self
 
 import lmdb
@@ -98,7 +97,6 @@ from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.lmdb import (
     _KV,
     _MAX_DBS,
-    _MAX_RAW_KEY,
     _META,
     _MIB,
     DEFAULT_MAP_SIZE,
@@ -107,15 +105,12 @@ from waraft.storage.lmdb import (
     LmdbStorage,
     Ops,
     StorageLockedError,
-    _long_entry,
     _new_packer,
     _recover_swap,
-    _stored_key,
     _write_checksum,
 )
 from waraft.storage.provider import (
     OK,
-    ApplyItem,
     StorageCorruptionError,
     StorageError,
     StorageOptions,
@@ -148,9 +143,6 @@ def _meta_key(name: bytes) -> bytes:
     return _META_PREFIX + name
 
 
-_META_KEYS: Final = {name: _meta_key(name) for name in _META_NAMES}
-
-
 def _is_meta(key: bytes) -> bool:
     return key.startswith(_META_PREFIX) and len(key) != _LONG_KEY_LENGTH
 
@@ -171,91 +163,41 @@ def _open_sealed(seed: int, key: bytes, stored: bytes, where: str) -> bytes:
 
 
 class _Write:
-    """One partition's write transaction, waiting for a group commit.
+    """One partition's write transaction, waiting for a group commit."""
 
-    While it is still queued (``queue`` is the node's pending list: the committer has not
-    taken it), the partition's next apply joins it instead of queueing a write of its own
-    (``NodeEnv.merge``): still one transaction, with the newer metadata. ``after`` is the
-    partition's previous write when that one was being committed as this one was queued: the
-    committer fails this one without applying it if that one failed, so a partition never
-    commits past a failed write. ``event`` is created by the first waiter only: a lazy-sync
-    apply never waits for its own commit, and an ``otp.Event`` per apply was a lock and an
-    object the committer then had to set."""
-
-    __slots__ = (
-        "after",
-        "db",
-        "done",
-        "error",
-        "event",
-        "generation",
-        "meta",
-        "ops",
-        "queue",
-        "seed",
-        "where",
-    )
+    __slots__ = ("db", "done", "error", "event", "generation", "meta", "ops", "seed", "where")
 
     def __init__(
-        self,
-        db: Any,
-        seed: int,
-        ops: Ops,
-        meta: list[tuple[bytes, bytes]],
-        where: str,
-        after: _Write | None = None,
+        self, db: Any, seed: int, ops: Ops, meta: list[tuple[bytes, bytes]], where: str
     ) -> None:
         self.db = db
         self.seed = seed
         self.ops = ops
         self.meta = meta
         self.where = where
-        self.after = after
         self.done = False
         self.error: BaseException | None = None
         self.generation = 0  # the node's commit generation that carried it (NodeEnv)
-        self.event: otp.Event | None = None  # set once the write is done, if anyone waits
-        self.queue: list[_Write] | None = None  # the node's pending list it was queued in
+        self.event = otp.Event()  # set once the write is done
 
     def put(self, txn: lmdb.Transaction) -> int:
-        """Put the write into ``txn``; the bytes of keys and values it wrote. The rows of
-        ``ops`` are sealed already (``NodeLmdbStorage._write``); the metadata rows are sealed
-        here."""
+        """Put the write into ``txn``; the bytes of keys and values it wrote."""
         db, seed = self.db, self.seed
+        pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined: this is the write hot path
         cursor = txn.cursor(db)
         size = 0
         for op in self.ops:
             if type(op) is list:
-                cursor.putmulti(op)
-                size += sum([len(k) + len(v) for k, v in op])
+                rows = [(k, pack(crc32(v, crc32(k, seed))) + v) for k, v in op]
+                cursor.putmulti(rows)
+                size += sum([len(k) + len(v) for k, v in rows])
             else:
                 txn.delete(op, db=db)  # type: ignore[arg-type]
         for name, value in self.meta:
-            key = _META_KEYS[name]
+            key = _meta_key(name)
             txn.put(key, _seal(seed, key, value), db=db)
             size += len(key) + len(value)
         return size
-
-
-def _sealed_ops(seed: int, ops: Ops) -> Ops:
-    """``ops`` with every put's value sealed (``_seal``); deletes as they are."""
-    pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined
-    return [
-        [(k, pack(crc32(v, crc32(k, seed))) + v) for k, v in op] if type(op) is list else op
-        for op in ops
-    ]
-
-
-def _merged_meta(
-    old: list[tuple[bytes, bytes]], new: list[tuple[bytes, bytes]]
-) -> list[tuple[bytes, bytes]]:
-    """The ``meta`` rows of two writes merged into one: ``new``'s win. ``new`` always holds
-    the position (``_meta_items``), so when ``old`` holds nothing else ``new`` is the answer."""
-    if len(old) <= 1:
-        return new
-    rows = dict(old)
-    rows.update(new)
-    return list(rows.items())
 
 
 class NodeEnv:
@@ -428,9 +370,7 @@ class NodeEnv:
         with self._group:
             if self._stopping:
                 raise StorageError(f"LMDB node storage {self.directory} is closed")
-            pending = self._pending
-            pending.append(write)
-            write.queue = pending
+            self._pending.append(write)
             if self._committer is None:
                 self._committer = threading.Thread(
                     target=self._run, name=f"lmdb-commit-{self.directory}", daemon=True
@@ -441,53 +381,17 @@ class NodeEnv:
                         target=self._sync_loop, name=f"lmdb-sync-{self.directory}", daemon=True
                     )
                     self._syncer.start()
-            if len(pending) == 1 and not otp.at_turn_end(self, self._wake):
+            if len(self._pending) == 1:
                 # The committer waits only on an empty queue: a write joining a non-empty one
                 # is taken with it, so only the first needs the wake-up (a futex call per
-                # apply message otherwise, while the committer was busy anyway). A scheduled
-                # caller leaves it to the end of its scheduler's turn: the other partitions
-                # the turn runs queue theirs meanwhile, one wake-up and one transaction for
-                # them all (a notify per apply message was 3 % of a node's GIL time at 64
-                # partitions). Whoever waits for a write wakes the committer at once (``wait``).
+                # apply message otherwise, while the committer was busy anyway).
                 self._group.notify()
 
-    def _wake(self) -> None:
-        """Wake the committer if writes are queued (a scheduler's end-of-turn hook)."""
-        with self._group:
-            if self._pending:
-                self._group.notify()
-
-    def merge(self, write: _Write, ops: Ops, meta: list[tuple[bytes, bytes]]) -> bool:
-        """Add ``ops`` (after its own) and ``meta`` (newer rows win) to ``write`` if the
-        committer has not taken it yet; False, changing nothing, if it has. The caller is the
-        partition that queued ``write``, so the merged write is still that partition's
-        transaction: all or nothing, data and metadata together."""
-        with self._group:
-            if write.queue is not self._pending:
-                return False
-            old = write.ops
-            if ops and old and type(old[-1]) is list and type(ops[0]) is list:
-                old[-1].extend(ops[0])  # one putmulti for both runs
-                old.extend(ops[1:])
-            else:
-                old.extend(ops)
-            write.meta = _merged_meta(write.meta, meta)
-            return True
-
-    def wait(self, write: _Write) -> None:
+    @staticmethod
+    def wait(write: _Write) -> None:
         """Wait until the committer is done with ``write``; raise what failed it."""
-        if not write.done:
-            with self._group:  # the committer marks writes done under it (``_run``)
-                event = None
-                if not write.done:
-                    event = write.event
-                    if event is None:
-                        event = write.event = otp.Event()
-                    if self._pending:
-                        self._group.notify()  # not waiting for a turn's end: someone waits
-            if event is not None:
-                while not write.done:
-                    event.wait()
+        while not write.done:
+            write.event.wait()
         if write.error is not None:
             raise write.error
 
@@ -509,20 +413,11 @@ class NodeEnv:
                     if write.error is None:
                         write.error = exc
             finally:
-                events = []
-                with self._group:
-                    for write in group:
-                        write.done = True
-                        if write.event is not None:
-                            events.append(write.event)
-                for event in events:
-                    event.set()
+                for write in group:
+                    write.done = True
+                    write.event.set()
 
     def _commit_group(self, group: list[_Write]) -> None:
-        if any([write.after is not None for write in group]):
-            group = self._not_after_failed(group)
-            if not group:
-                return
         try:
             self._transaction(group)
         except BaseException as exc:
@@ -537,20 +432,6 @@ class NodeEnv:
             return
         self.commits += 1
         self.writes += len(group)
-
-    @staticmethod
-    def _not_after_failed(group: list[_Write]) -> list[_Write]:
-        """``group`` without the writes queued after a write of their partition that failed
-        (each gets that failure, applying nothing). Those earlier writes are done: they were
-        being committed when these were queued, and groups commit one after another."""
-        live = []
-        for write in group:
-            after, write.after = write.after, None  # no chain of old writes kept alive
-            if after is not None and after.error is not None:
-                write.error = after.error
-            else:
-                live.append(write)
-        return live
 
     def _transaction(self, group: list[_Write]) -> None:
         self.started = generation = self.generation + 1
@@ -668,11 +549,9 @@ class NodeLmdbStorage(LmdbStorage):
         self._unsynced: deque[tuple[int, LogPos]] = deque()
         self._durable = LogPos(0, 0)
         self._written = 0  # the generation of this partition's last group commit
-        # Lazy sync: the partition's writes queued for a group commit whose outcome is not
-        # recorded yet, oldest first, each with the position it applies (see ``_write``: at
-        # most one being committed and one queued, and a done one until the next call);
-        # what failed one, for good.
-        self._inflight: list[tuple[_Write, LogPos]] = []
+        # Lazy sync: the partition's last write, queued for a group commit and not yet waited
+        # for, with the position it applies (see ``_write``); what failed one, for good.
+        self._inflight: tuple[_Write, LogPos] | None = None
         self._failed: BaseException | None = None
         self._queued: _Write | None = None  # the write ``_write`` just queued
         self._writemap = bool(extra.get("lmdb_writemap", False))
@@ -834,8 +713,9 @@ class NodeLmdbStorage(LmdbStorage):
         ``lmdb_sync`` every commit is flushed before it returns, so it is ``position()``."""
         if self._sync:
             return self._position
-        if self._inflight:
-            self._reap()  # those committed already: no wait, only their generations recorded
+        inflight = self._inflight
+        if inflight is not None and inflight[0].done:
+            self._drain()  # committed already: no wait, only its generation recorded
         self._settle()
         return self._durable
 
@@ -930,83 +810,28 @@ class NodeLmdbStorage(LmdbStorage):
         """The node's environment, once this partition's in-flight write (if any) is
         committed: every read, snapshot, status and wholesale replace goes through here, so
         none of them sees the partition without its last apply (see ``_write``)."""
-        if self._inflight or self._failed is not None:
+        if self._inflight is not None or self._failed is not None:
             self._drain()
         return super().env
 
     def _drain(self) -> None:
-        """Wait for the in-flight writes and record their generations; raise what failed one
-        (and at every later call too: the applied position already counts it)."""
-        self._reap(wait=True)
-
-    def _reap(self, wait: bool = False) -> None:
-        """Record the generations of the in-flight writes that are done, oldest first (with
-        ``wait``: of all of them, waiting); raise what failed one, for good."""
+        """Wait for the in-flight write and record its generation; raise what failed it
+        (and every later call too: the applied position already counts it)."""
         if self._failed is not None:
             raise self._failed
-        inflight = self._inflight
-        node = self._node
-        while inflight:
-            write, position = inflight[0]
-            if not write.done:
-                if not wait:
-                    return
-                try:
-                    if node is None:  # closed: ``close`` drains first, so a caller's bug
-                        raise StorageError(f"LMDB node storage {self._path} is closed")
-                    node.wait(write)
-                except BaseException as exc:
-                    self._failed = exc
-                    inflight.clear()
-                    raise
-            del inflight[0]
-            if write.error is not None:
-                self._failed = write.error
-                inflight.clear()
-                raise write.error
-            self._written = write.generation
-            self._note_unsynced(position)
-
-    def _encode_plain(self, items: Sequence[ApplyItem]) -> tuple[Ops, Any] | None:
-        """``LmdbStorage._encode_plain`` with every row sealed in the same loop (the hot path
-        of every committed command: sealing in a second pass over the rows, on the committer,
-        cost a tuple and a list slot per write more)."""
-        pack = self._pack
-        seed = self._seed
-        crc_pack, crc32 = _CRC.pack, zlib.crc32  # _seal inlined
-        label = self._label
-        ops: Ops = []
-        run: list[tuple[bytes, bytes]] = []
-        append = run.append
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        write, position = inflight
         try:
-            for command, _, item_label in items:
-                if type(command) is not tuple:
-                    return None
-                size = len(command)
-                if size == 4 and command[0] == "write":
-                    key = pack(command[2])
-                    value = pack(command[3])
-                    if len(key) > _MAX_RAW_KEY:
-                        key, value = _long_entry(key, value)
-                    append((key, crc_pack(crc32(value, crc32(key, seed))) + value))
-                elif size == 3 and command[0] == "delete":
-                    if run:
-                        ops.append(run)
-                        run = []
-                        append = run.append
-                    ops.append(_stored_key(pack(command[2])))
-                else:
-                    return None
-                if item_label is not None:
-                    label = item_label
-        except Exception:
-            self._pack = _new_packer()  # as in _encode: a fresh packer after a failed pack
-            return None
-        if run:
-            ops.append(run)
-        return ops, label
+            NodeEnv.wait(write)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        self._written = write.generation
+        self._note_unsynced(position)
 
-    def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]], stored: bool = False) -> None:
+    def _write(self, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
         """Commit through the node's group commit (each transaction on one thread, as LMDB
         wants: the committer's). Not through otp.blocking: the node's committer thread runs
         the transaction and this actor is suspended meanwhile (NodeEnv.commit).
@@ -1014,41 +839,19 @@ class NodeLmdbStorage(LmdbStorage):
         With lazy sync the write is only queued (``_commit`` keeps it as in flight): the
         WAL, not LMDB, makes the applied entries durable, and nothing waits for the flush, so
         waiting for the commit itself was a hand-off and a wake-up per apply message (one per
-        committed command at 1000 partitions). Nor does the next apply wait for it:
-
-        * previous write still queued (the committer has not taken it): this one joins it
-          (``NodeEnv.merge``), one transaction for both, no new write object;
-        * previous write being committed: this one is queued ``after`` it, and the committer
-          fails it unapplied if that one failed (a suspension and a cross-thread wake-up per
-          apply message before, whenever the committer was behind);
-        * previous write done: its generation is recorded (``_reap``) and this one queued.
-
-        So a partition has at most two writes in flight, the second queued, and nothing of
-        it is committed past a failed write; each one's generation and position is recorded
-        once it is done (so the durable position moves under a steady stream of applies
-        too); every read goes through ``env``, which waits for them all."""
+        committed command at 1000 partitions). The previous write is waited for first (at
+        1000 partitions it is long done: no suspension), so a partition has at most one write
+        in flight and a failed one is never followed by a later one; every read goes through
+        ``env``, which waits for it too."""
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
-        if not stored:
-            ops = _sealed_ops(self._seed, ops)
+        write = _Write(self._db, self._seed, ops, meta, self._path)
         if self._sync:
-            write = _Write(self._db, self._seed, ops, meta, self._path)
             node.commit(write)
             self._written = write.generation
             return
-        inflight = self._inflight
-        if inflight or self._failed is not None:
-            self._reap()  # records the done ones' generations, or raises what failed one
-        after = None
-        if inflight:
-            last = inflight[-1][0]
-            if node.merge(last, ops, meta):
-                self._queued = last
-                return
-            if not last.done:
-                after = last  # being committed
-        write = _Write(self._db, self._seed, ops, meta, self._path, after)
+        self._drain()
         node.submit(write)
         self._queued = write
 
@@ -1059,18 +862,13 @@ class NodeLmdbStorage(LmdbStorage):
         config: tuple[LogPos, Config] | None,
         label: Any,
         incomplete: bool,
-        stored: bool = False,
     ) -> None:
-        super()._commit(ops, position, config, label, incomplete, stored)
+        super()._commit(ops, position, config, label, incomplete)
         if not self._sync:
-            # Counted towards the durable position once its commit is known (``_reap``).
+            # Counted towards the durable position once its commit is known (``_drain``).
             queued, self._queued = self._queued, None
             if queued is not None:
-                inflight = self._inflight
-                if inflight and inflight[-1][0] is queued:
-                    inflight[-1] = (queued, position)  # joined: its position moves on
-                else:
-                    inflight.append((queued, position))
+                self._inflight = (queued, position)
 
     def _note_unsynced(self, position: LogPos) -> None:
         unsynced = self._unsynced
