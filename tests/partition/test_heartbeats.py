@@ -6,10 +6,13 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from waraft import otp
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse, RaftRpc, RequestVote
 from waraft.core.types import Entry, Identity
 from waraft.partition import heartbeats
+from waraft.services import codec
 
 ME = Identity("raft_server_t_1", "a@h:1")
 
@@ -104,6 +107,11 @@ class _Sender(otp.Process):
 def test_one_turn_of_batches_leaves_as_one_frame_per_node(monkeypatch: Any) -> None:
     sent: list[tuple[tuple[str, str], Any]] = []
     monkeypatch.setattr(heartbeats.distribution, "cast", lambda addr, msg: sent.append((addr, msg)))
+    monkeypatch.setattr(
+        heartbeats.distribution,
+        "cast_bytes",
+        lambda addr, payload: sent.append((addr, _plain(codec.unpackb(payload)))),
+    )
     node = otp.Node("turnframes@t", process_type=otp.SCHEDULED, schedulers=1)
     try:
         pid = _Sender.start(node=node)
@@ -119,11 +127,11 @@ def test_one_turn_of_batches_leaves_as_one_frame_per_node(monkeypatch: Any) -> N
         assert sorted(sent) == [
             (
                 (heartbeats.INLINE_NAME, "b@h:1"),
-                (
+                [
                     heartbeats.FRAME_TAG,
-                    [("raft_server_t_1", [["append_entries", 1]]),
-                     ("raft_server_t_2", [["append_entries", 2]])],
-                ),
+                    [["raft_server_t_1", [["append_entries", 1]]],
+                     ["raft_server_t_2", [["append_entries", 2]]]],
+                ],
             ),
             (("raft_server_t_1", "c@h:1"), ("rpcs", [["append_entries", 3]])),  # alone: as is
         ]  # fmt: skip
@@ -131,3 +139,52 @@ def test_one_turn_of_batches_leaves_as_one_frame_per_node(monkeypatch: Any) -> N
         assert not heartbeats.send_at_turn_end("b@h:1", "raft_server_t_1", [])
     finally:
         node.stop()
+
+
+def _plain(value: Any) -> Any:
+    """Arrays as lists, whatever the decoder made of them."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("count", [1, 2, 15, 16, 300, 70_000])
+def test_a_turn_frame_that_fits_is_one_packb_of_the_whole(count: int) -> None:
+    items = [(f"raft_server_t_{i}", [["append_entries", i, b"x"]]) for i in range(count)]
+    assert heartbeats.frame_payloads(items, 1 << 30) == [codec.packb((heartbeats.FRAME_TAG, items))]
+
+
+def test_a_turn_frame_over_the_limit_is_split_in_order() -> None:
+    # A catch-up storm: many partitions' appends of ~100 kB to one node in one turn.
+    items = [(f"raft_server_t_{i}", [["append_entries", i, b"v" * 100_000]]) for i in range(40)]
+    whole = len(codec.packb((heartbeats.FRAME_TAG, items)))
+    limit = 1_000_000
+    payloads = heartbeats.frame_payloads(items, limit)
+    assert len(payloads) >= whole // limit
+    assert all(len(p) <= limit + 16 for p in payloads)  # at most the header over the limit
+    seen: list[Any] = []
+    for payload in payloads:
+        tag, chunk = codec.unpackb(payload)
+        assert tag == heartbeats.FRAME_TAG and chunk
+        seen.extend(chunk)
+    assert _plain(seen) == _plain(items)
+    # one batch larger than the limit goes alone, never dropped from its frame
+    big = [("raft_server_t_1", [[b"w" * 3000]]), ("raft_server_t_2", [[b"s"]])]
+    alone = heartbeats.frame_payloads(big, 1000)
+    assert [_plain(codec.unpackb(p)[1]) for p in alone] == [[_plain(big[0])], [_plain(big[1])]]
+
+
+def test_a_turn_over_the_frame_limit_leaves_in_several_frames(monkeypatch: Any) -> None:
+    sent: list[tuple[tuple[str, str], Any]] = []
+    monkeypatch.setattr(
+        heartbeats.distribution,
+        "cast_bytes",
+        lambda addr, payload: sent.append((addr, _plain(codec.unpackb(payload)))),
+    )
+    monkeypatch.setattr(heartbeats, "MAX_TURN_FRAME_BYTES", 250)
+    items = [(f"raft_server_t_{i}", [["append_entries", i, b"e" * 100]]) for i in range(5)]
+    heartbeats._turn.pending = {"b@h:1": list(items)}
+    heartbeats._flush_turn()
+    assert len(sent) >= 3 and {addr for addr, _ in sent} == {(heartbeats.INLINE_NAME, "b@h:1")}
+    assert [item for _, (tag, chunk) in sent for item in chunk] == _plain(items)
+    assert heartbeats._turn.pending == {}

@@ -34,6 +34,7 @@ from typing import Any, Final
 from waraft import distribution, otp
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse, RaftRpc
 from waraft.distribution import policy
+from waraft.services import codec
 
 logger = logging.getLogger(__name__)
 
@@ -140,24 +141,74 @@ def send_at_turn_end(node: str, name: str, wires: list[Any]) -> bool:
     return True
 
 
-def _flush_turn(send: Send | None = None) -> None:
-    """Send this thread's queued batches: one frame per node (the ordinary cast for one)."""
+MAX_TURN_FRAME_BYTES: Final = 8 * 1024 * 1024
+"""A turn's batches to one node leave in frames of at most about this many encoded bytes
+(one batch larger than it goes alone). The distribution drops frames over its
+``max_frame_bytes`` (16 MiB by default), and one turn can hold many partitions' appends of up
+to ``raft_max_heartbeat_size`` (1 MiB) each, several per partition while a restarted follower
+catches up: one frame for all of them would be dropped, and again at every retry."""
+
+
+def _flush_turn() -> None:
+    """Send this thread's queued batches: per node, the ordinary cast for a lone batch, else
+    frames of at most ``MAX_TURN_FRAME_BYTES`` (usually one)."""
     pending = _turn.pending
     if not pending:
         return
     _turn.pending = {}
-    send = send or distribution.cast
     for node, items in pending.items():
         try:
             if len(items) == 1:
                 name, wires = items[0]
-                send((name, node), ("rpcs", wires))
+                distribution.cast((name, node), ("rpcs", wires))
+                turn_sent[0] += 1
             else:
-                send((INLINE_NAME, node), (FRAME_TAG, items))
-            turn_sent[0] += 1
+                whole = codec.packb((FRAME_TAG, items))
+                # Split only when needed: encoding item by item costs about twice as much.
+                payloads = (
+                    [whole]
+                    if len(whole) <= MAX_TURN_FRAME_BYTES
+                    else frame_payloads(items, MAX_TURN_FRAME_BYTES)
+                )
+                for payload in payloads:
+                    distribution.cast_bytes((INLINE_NAME, node), payload)
+                    turn_sent[0] += 1
             turn_sent[1] += len(items)
         except Exception:
             logger.exception("RPCs to %s failed", node)
+
+
+_FRAME_HEAD: Final = b"\x92" + codec.packb(FRAME_TAG)  # a 2-array: the tag, then the items
+
+
+def _array_header(count: int) -> bytes:
+    """msgpack's header of an array of ``count`` items."""
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def frame_payloads(items: Sequence[tuple[str, list[Any]]], limit: int) -> list[bytes]:
+    """``codec.packb((FRAME_TAG, chunk))`` for consecutive chunks of ``items`` whose encoded
+    items add up to at most ``limit`` bytes (at least one item a chunk), each item encoded
+    once: the same bytes as one ``packb`` of the whole when it fits."""
+    out: list[bytes] = []
+    parts: list[bytes] = [_FRAME_HEAD, b""]  # the array header goes in once the count is known
+    size = 0
+    for item in items:
+        encoded = codec.packb(item)
+        if size and size + len(encoded) > limit:
+            parts[1] = _array_header(len(parts) - 2)
+            out.append(b"".join(parts))  # one copy of the frame's bytes
+            parts, size = [_FRAME_HEAD, b""], 0
+        parts.append(encoded)
+        size += len(encoded) or 1
+    if len(parts) > 2:
+        parts[1] = _array_header(len(parts) - 2)
+        out.append(b"".join(parts))
+    return out
 
 
 SERVER_PREFIX: Final = "raft_server_"
