@@ -78,7 +78,7 @@ from waraft.log.provider import (
 )
 from waraft.otp.sched import Event, resume_all, scheduled_caller, suspend
 from waraft.services import metrics
-from waraft.services.codec import CodecError, packb, unpackb
+from waraft.services.codec import CodecError, array_header, packb, unpackb
 
 if TYPE_CHECKING:
     from waraft.otp.process import Process
@@ -140,18 +140,9 @@ def _frame(data: bytes) -> bytes:
     return RECORD_HEADER.pack(len(data), zlib.crc32(_checked(data))) + data
 
 
-def _array_header(count: int) -> bytes:
-    """msgpack's header of an array of ``count`` items (as ``packb`` writes it)."""
-    if count < 16:
-        return bytes((0x90 | count,))
-    if count < 0x10000:
-        return b"\xdc" + count.to_bytes(2, "big")
-    return b"\xdd" + count.to_bytes(4, "big")
-
-
 def _append_prefix(key: str) -> bytes:
     """The start of every append record of partition ``key``: a 4-item array, "a", ``key``."""
-    return _array_header(4) + packb("a") + packb(key)
+    return array_header(4) + packb("a") + packb(key)
 
 
 def _append_record(prefix: bytes, first: int, packed: Sequence[bytes]) -> bytes:
@@ -163,7 +154,7 @@ def _append_record(prefix: bytes, first: int, packed: Sequence[bytes]) -> bytes:
 
 def _append_payload(prefix: bytes, first: int, packed: Sequence[bytes]) -> bytes:
     """The payload of ``_append_record`` (what ``WalWriter.submit`` takes)."""
-    return _checked(b"".join([prefix, packb(first), _array_header(len(packed)), *packed]))
+    return _checked(b"".join([prefix, packb(first), array_header(len(packed)), *packed]))
 
 
 def _replay(logs: _Logs, op: tuple[Any, ...]) -> None:

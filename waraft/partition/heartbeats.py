@@ -181,15 +181,6 @@ def _flush_turn() -> None:
 _FRAME_HEAD: Final = b"\x92" + codec.packb(FRAME_TAG)  # a 2-array: the tag, then the items
 
 
-def _array_header(count: int) -> bytes:
-    """msgpack's header of an array of ``count`` items."""
-    if count < 16:
-        return bytes((0x90 | count,))
-    if count < 0x10000:
-        return b"\xdc" + count.to_bytes(2, "big")
-    return b"\xdd" + count.to_bytes(4, "big")
-
-
 def frame_payloads(items: Sequence[tuple[str, list[Any]]], limit: int) -> list[bytes]:
     """``codec.packb((FRAME_TAG, chunk))`` for consecutive chunks of ``items`` whose encoded
     items add up to at most ``limit`` bytes (at least one item a chunk), each item encoded
@@ -200,13 +191,13 @@ def frame_payloads(items: Sequence[tuple[str, list[Any]]], limit: int) -> list[b
     for item in items:
         encoded = codec.packb(item)
         if size and size + len(encoded) > limit:
-            parts[1] = _array_header(len(parts) - 2)
+            parts[1] = codec.array_header(len(parts) - 2)
             out.append(b"".join(parts))  # one copy of the frame's bytes
             parts, size = [_FRAME_HEAD, b""], 0
         parts.append(encoded)
         size += len(encoded) or 1
     if len(parts) > 2:
-        parts[1] = _array_header(len(parts) - 2)
+        parts[1] = codec.array_header(len(parts) - 2)
         out.append(b"".join(parts))
     return out
 

@@ -81,6 +81,17 @@ def packb(obj: Any) -> bytes:
     return data
 
 
+def array_header(count: int) -> bytes:
+    """msgpack's header of an array of ``count`` items, as ``packb`` writes it: with the
+    items' own encodings after it, the same bytes as ``packb`` of the whole list (for
+    building a message from parts encoded once)."""
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
 def unpackb(data: bytes | bytearray | memoryview, *, max_size: int | None = None) -> Any:
     """Decode one complete msgpack object; raises ``CodecError`` on bad, short or extra bytes.
 
