@@ -19,8 +19,9 @@ from waraft.log.provider import LogCorruptionError, LogWriteError
 from waraft.log.wal import (
     WalLog,
     WalWriter,
+    _append_payload,
     _append_prefix,
-    _append_record,
+    _frame,
     _raw,
     _record,
     _replay,
@@ -406,7 +407,7 @@ def test_an_append_record_built_from_packed_entries_is_the_plain_record(count: i
         Entry(3, f"k{i}", ("write", "t", f"k{i}", "v" * (i % 7)), None if i % 2 else ("l", i))
         for i in range(count)
     ]
-    built = _append_record(_append_prefix("kv.7"), 1 << 33, [packb(e) for e in entries])
+    built = _frame(_append_payload(_append_prefix("kv.7"), 1 << 33, [packb(e) for e in entries]))
     assert built == _record(("a", "kv.7", 1 << 33, _raw(entries)))
     ops, bad_at, _ = _scan(built, 0)
     assert bad_at == -1

@@ -120,8 +120,14 @@ def _raw(entries: Sequence[Entry]) -> list[tuple[Any, ...]]:
     return [(e.term, e.key, e.command, e.label) for e in entries]
 
 
-def _record(payload: tuple[Any, ...]) -> bytes:
-    return _frame(_payload(payload))
+def _record(op: tuple[Any, ...]) -> bytes:
+    return _frame(_payload(op))
+
+
+def _frame(data: bytes) -> bytes:
+    """The record of a checked payload: length, CRC, payload (``WalWriter._write`` frames its
+    batches the same way, without the concatenation)."""
+    return RECORD_HEADER.pack(len(data), zlib.crc32(data)) + data
 
 
 def _payload(op: tuple[Any, ...]) -> bytes:
@@ -136,24 +142,15 @@ def _checked(data: bytes) -> bytes:
     return data
 
 
-def _frame(data: bytes) -> bytes:
-    return RECORD_HEADER.pack(len(data), zlib.crc32(_checked(data))) + data
-
-
 def _append_prefix(key: str) -> bytes:
     """The start of every append record of partition ``key``: a 4-item array, "a", ``key``."""
     return array_header(4) + packb("a") + packb(key)
 
 
-def _append_record(prefix: bytes, first: int, packed: Sequence[bytes]) -> bytes:
-    """The record ``_record(("a", key, first, _raw(entries)))``, byte for byte, built from
-    the entries' own encodings (``packed[i] == packb(entries[i])``: an ``Entry`` packs as the
-    array its ``_raw`` tuple packs as), so that an append encodes each entry once."""
-    return _frame(_append_payload(prefix, first, packed))
-
-
 def _append_payload(prefix: bytes, first: int, packed: Sequence[bytes]) -> bytes:
-    """The payload of ``_append_record`` (what ``WalWriter.submit`` takes)."""
+    """The payload of the record ``("a", key, first, _raw(entries))``, byte for byte, built
+    from the entries' own encodings (``packed[i] == packb(entries[i])``: an ``Entry`` packs as
+    the array its ``_raw`` tuple packs as), so that an append encodes each entry once."""
     return _checked(b"".join([prefix, packb(first), array_header(len(packed)), *packed]))
 
 
