@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import zmq
 
 from waraft import distribution as dist
 from waraft import otp
+from waraft.distribution import inline
 from waraft.services import codec
 
 from .helpers import WAIT, Child, start_sink, wait_until
@@ -61,6 +63,54 @@ def test_pre_encoded_payloads_are_delivered_as_if_cast(node: str, shared_child: 
     assert dist.send_bytes(shared_child.echo, info)
     items = inbox.wait_len(3)
     assert sorted(items) == [("cast", ("pre", (1, 2)))] * 2 + [("info", "pre-info")]
+
+
+def _thread_cpu_s(thread: threading.Thread) -> float:
+    """User + system CPU seconds of one thread of this process (Linux /proc)."""
+    with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_bursts_and_lone_frames_arrive_and_an_idle_receive_thread_sleeps(
+    node: str, shared_child: Child
+) -> None:
+    # The receive loop reads a burst without asking EVENTS before each frame and goes back to
+    # polling once a receive finds nothing: every frame of a burst and each lone frame after
+    # it must arrive, and once the socket is empty the thread must sleep in poll, not spin.
+    inbox = start_sink()
+    entered, release = threading.Event(), threading.Event()
+
+    def gate(msg: object) -> bool:
+        # Stalls the receive thread (as a slow handler or a GIL-bound turn would) so that the
+        # burst below queues up in the ROUTER socket and is then read back to back.
+        entered.set()
+        release.wait(WAIT)
+        return True
+
+    inline.set_handler("gate", gate)
+    try:
+        assert dist.cast(shared_child.echo, ("cast_back", ("gate", node), "hold"))
+        assert entered.wait(WAIT)
+        burst = 300
+        for i in range(burst):
+            assert dist.cast(shared_child.echo, ("cast_back", ("sink", node), ("burst", i)))
+        # No call to the child meanwhile: its answer would wait behind the stalled thread.
+        # A quarter second lets the child echo the burst, within the liveness timeout.
+        time.sleep(0.25)
+        release.set()
+        assert sorted(inbox.wait_len(burst)) == sorted(("cast", ("burst", i)) for i in range(burst))
+    finally:
+        release.set()
+        inline.set_handler("gate", None)
+    for i in range(3):  # lone frames, each after the socket drained
+        time.sleep(0.05)
+        assert dist.cast(shared_child.echo, ("cast_back", ("sink", node), ("lone", i)))
+        inbox.wait_len(burst + i + 1)
+    (receiver,) = [t for t in threading.enumerate() if t.name == "dist:recv"]
+    before = _thread_cpu_s(receiver)
+    time.sleep(1.0)
+    assert _thread_cpu_s(receiver) - before < 0.3  # a spinning loop would use the whole second
 
 
 def test_pre_encoded_payload_to_a_node_in_this_process(node: str) -> None:

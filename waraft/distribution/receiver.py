@@ -124,14 +124,23 @@ class Receiver(threading.Thread):
         handle = self._handle
         dist = self._dist
         since_idle = 0
+        # Whether to receive without asking ``EVENTS`` first. ``EVENTS`` makes libzmq process
+        # its command pipe (a syscall) with the GIL held, so asking it before every message
+        # was a quarter of a busy leader's GIL time in scenario b (benchmarks/HOTPATH.md);
+        # a receive that finds nothing raises (and builds) a ``zmq.Again`` instead, about
+        # twice the cost of an empty ``EVENTS``. So: after a poll that reported input, and
+        # while messages follow each other, receive directly (one ``Again`` ends a burst);
+        # after a lone message, ask ``EVENTS`` (one request at a time: scenario c).
+        direct = False
+        burst = False
         while not dist.stopping:
-            # Asking EVENTS first spares a raised (and built) zmq.Again each time it drains.
-            if not getsockopt(events) & pollin:
+            if not direct and not getsockopt(events) & pollin:
                 since_idle = 0
+                burst = False
                 if inline.has_due_work():
                     inline.run_idle_hooks()
                 try:
-                    zmq_poll(poll_items, POLL_MS)
+                    direct = bool(zmq_poll(poll_items, POLL_MS))
                 except zmq.ZMQError as exc:
                     if dist.stopping:
                         return
@@ -141,6 +150,7 @@ class Receiver(threading.Thread):
             try:
                 head = recv(noblock, copy=False)
             except zmq.Again:
+                direct = burst = False
                 continue
             except zmq.ZMQError as exc:
                 if dist.stopping:
@@ -148,6 +158,8 @@ class Receiver(threading.Thread):
                 self._log_socket_error("receive", exc)
                 time.sleep(0.01)
                 continue
+            direct = burst
+            burst = True
             since_idle += 1
             if since_idle >= IDLE_EVERY and inline.has_due_work():
                 # Frames never stop arriving: do not hold collected work back forever.
