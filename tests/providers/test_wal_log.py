@@ -163,6 +163,109 @@ def test_rotation_deletes_old_files_and_keeps_every_partitions_live_log(root: Pa
     assert busy.last_index() == 399 and busy.first_index() <= 390
 
 
+def _wal_files(root: Path) -> list[str]:
+    return sorted(n for n in os.listdir(root / "wal") if n.endswith(".wal"))
+
+
+def _checkpoints_of(log: WalLog) -> list[int]:
+    """Record the sizes of the checkpoints rotation makes ``log`` write (0: not needed)."""
+    sizes: list[int] = []
+    real = log.checkpoint_if_needed
+
+    def spy(pin: int) -> tuple[int, int]:
+        ticket, size = real(pin)
+        sizes.append(size)
+        return ticket, size
+
+    log.checkpoint_if_needed = spy  # type: ignore[method-assign]
+    return sizes
+
+
+@pytest.mark.parametrize("keep_files", [0, 1, 2])
+def test_rotation_keeps_recent_files_instead_of_rewriting_busy_live_logs(
+    root: Path, keep_files: int
+) -> None:
+    """A busy partition that trims as it goes has left a closed file behind within a file
+    or two of appends: rotation keeps the newest ``keep_files`` closed files instead of
+    checkpointing it (a rewrite of its whole live log per rotation), deletes them once
+    nobody needs them, and checkpoints only the idle partition, whose entries would
+    otherwise pin an old file forever. Nothing is lost across a crash either way."""
+    idle = WalLog.open(root / "kv.2", max_file_bytes=2000, keep_files=keep_files)
+    idle.append(1, _entries(1, 5))
+    idle.sync()
+    busy = WalLog.open(root / "kv.1")
+    busy_checkpoints = _checkpoints_of(busy)
+    idle_checkpoints = _checkpoints_of(idle)
+    most_files = 0
+    for i in range(1, 600):
+        busy.append(i, _entries(i, 1))
+        busy.sync()
+        if i % 5 == 0:
+            busy.trim(i - 3)  # a live log of a few entries: far less than a file
+        most_files = max(most_files, len(_wal_files(root)))
+    writer = busy._writer
+    assert writer.status()["wal_checkpointed_bytes"] > 0
+    assert any(idle_checkpoints)  # the idle partition's file expired: carried forward
+    if keep_files == 0:
+        assert sum(1 for size in busy_checkpoints if size) >= 10
+    else:
+        assert not any(busy_checkpoints)
+    # The active file, the kept ones, and an expired one until its deletion is durable.
+    assert most_files <= keep_files + 2
+    _crash(busy)
+    idle = WalLog.open(root / "kv.2")
+    assert idle.entries(1, 5, 100, 1 << 30) == _entries(1, 5)
+    busy = WalLog.open(root / "kv.1")
+    assert busy.last_index() == 599 and busy.first_index() <= 596
+    assert busy.entries(596, 599, 100, 1 << 30) == _entries(596, 4)
+
+
+def test_a_kept_file_a_lagging_partition_still_needs_is_checkpointed_once_it_expires(
+    root: Path,
+) -> None:
+    """A partition that keeps a long live log (a lagging follower's entries) still needs the
+    kept file after the grace: it is checkpointed then, and survives a crash."""
+    slow = WalLog.open(root / "kv.2", max_file_bytes=1500, keep_files=1)
+    slow_checkpoints = _checkpoints_of(slow)
+    busy = WalLog.open(root / "kv.1")
+    slow_next = 1
+    for i in range(1, 300):
+        busy.append(i, _entries(i, 1))
+        busy.sync()
+        busy.trim(i)
+        if i % 20 == 0:  # never trimmed: its whole log stays live
+            slow.append(slow_next, _entries(slow_next, 2))
+            slow.sync()
+            slow_next += 2
+    assert sum(1 for size in slow_checkpoints if size) >= 2
+    assert len(_wal_files(root)) <= 3
+    _crash(busy)
+    slow = WalLog.open(root / "kv.2")
+    assert slow.entries(1, slow_next - 1, 1000, 1 << 30) == _entries(1, slow_next - 1)
+
+
+def test_a_kept_file_no_partition_needs_is_deleted_before_it_expires(root: Path) -> None:
+    """With two kept files, the older one is usually no longer needed by the time the next
+    rotation looks at it (the busy partition trimmed past it): it goes then, not a rotation
+    later, so the directory settles at the active file and the one its live log reaches."""
+    busy = WalLog.open(root / "kv.1", max_file_bytes=2000, keep_files=2)
+    for i in range(1, 400):
+        busy.append(i, _entries(i, 1))
+        busy.sync()
+        busy.trim(i - 2)
+    writer = busy._writer
+    deadline = time.monotonic() + 5.0
+    while writer._pending_delete is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer._pending_delete is None
+    assert len(_wal_files(root)) <= 2
+
+
+def test_keep_files_must_not_be_negative(root: Path) -> None:
+    with pytest.raises(ValueError, match="keep_files"):
+        WalWriter(str(root / "wal"), keep_files=-1)
+
+
 def test_a_failed_write_refuses_further_writes(root: Path) -> None:
     log = WalLog.open(root / "kv.1")
     real = os.fdatasync

@@ -37,12 +37,15 @@ after it is a torn tail: it is cut (with a warning). Any other bad record is cor
 ``WalLog.open`` of that node raises ``LogCorruptionError`` (the log actor quarantines the replica
 and the node keeps running). After recovery the writer starts a new file.
 
-When the active file reaches ``max_file_bytes`` the writer starts the next one. Old files are
-then deleted once no partition still needs them: a partition whose first live index is at or
-below the highest index it appended into an old file is *checkpointed* (its whole live log is
-written as one record into the new file, queued under the partition's lock so record order is
-kept); once that checkpoint is durable, the old files are unlinked. Retention on disk is thus
-about ``max_file_bytes`` plus the partitions' live logs.
+When the active file reaches ``max_file_bytes`` the writer starts the next one. A partition
+*needs* a closed file while its first live index is at or below the highest index it appended
+into it. The newest ``keep_files`` (default 1) closed files are kept as they are, and deleted
+as soon as no partition needs them (busy partitions trim past them within about one file of
+appends). A file older than that is expired: every partition that still needs it is
+*checkpointed* (its whole live log is written as one record into the new file, queued under
+the partition's lock so record order is kept), and once that is durable the file is unlinked.
+Retention on disk is thus at most about ``(keep_files + 2) * max_file_bytes`` plus the live
+logs of the partitions that stopped trimming.
 
 Failures
 --------
@@ -96,6 +99,9 @@ MAX_PAYLOAD: Final = 1 << 30
 DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
 """The most of a batch joined into one string for one ``os.write`` (still one fsync a batch)."""
+DEFAULT_KEEP_FILES: Final = 1
+"""Closed WAL files rotation keeps without checkpointing the partitions that still need them
+(see ``WalWriter._rotate``); older files are checkpointed away and deleted."""
 HELD_APPEND_MAX_BYTES: Final = 1024 * 1024
 """A partition's contiguous appends are held and queued as ONE append record at its next sync
 (or before any other record of it), up to this many bytes of entries; a larger append is
@@ -235,9 +241,18 @@ class WalWriter:
     ``OSError`` it returns is raised as if ``os.write`` had failed (an injected ENOSPC)."""
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, directory: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
+    def __init__(
+        self,
+        directory: str,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        keep_files: int = DEFAULT_KEEP_FILES,
+    ) -> None:
+        if keep_files < 0:
+            raise ValueError(f"keep_files must be 0 or more, not {keep_files!r}")
         self.directory = directory
         self.max_file_bytes = max_file_bytes
+        self.keep_files = keep_files
+        self.checkpointed_bytes = 0  # record bytes rotation has rewritten (status)
         self.refs = 0
         self.fsyncs = 0
         self.batches = 0
@@ -689,14 +704,29 @@ class WalWriter:
             view = view[os.write(self._fd, view) :]
 
     def _rotate(self) -> None:
-        """Called once the next file is open (``_old`` holds the previous one): checkpoint
-        the partitions that still need old files; delete those files once that is durable."""
+        """Called once the next file is open (``_old`` holds the previous ones, oldest
+        first): the newest ``keep_files`` closed files stay as they are; older ones are
+        expired: the partitions that still need one are checkpointed into the new file, and
+        the expired files, with any kept file no partition needs any more, are deleted once
+        every record queued so far is durable.
+
+        Why keep files rather than checkpoint at once: a busy partition's live log is about
+        the newest ``raft_node_max_retained_bytes`` of the node's appends (memory-counted,
+        more than their WAL bytes), so by the time a file is ``keep_files`` rotations old
+        its entries have been trimmed from almost every live log, and only the partitions
+        that stopped trimming (idle ones) pay a checkpoint. Checkpointing at the first
+        rotation rewrote nearly every live log each time: about one file's worth of extra
+        writes per file (``benchmarks/SCALE.md``)."""
         self._pins = {}
+        kept_count = len(self._old) - self.keep_files
+        expired, kept = self._old[: max(0, kept_count)], self._old[max(0, kept_count) :]
         needed: dict[str, int] = {}
-        for _, pins in self._old:
+        for _, pins in expired:
             for key, pin in pins.items():
                 needed[key] = max(needed.get(key, -1), pin)
         last = self._queued
+        still: list[tuple[str, dict[str, int]]] = []
+        unneeded: list[str] = []
         with WalWriter._registry_lock:
             for key, pin in needed.items():
                 log = self._logs.get(key)
@@ -704,14 +734,37 @@ class WalWriter:
                     ticket, size = log.checkpoint_if_needed(pin)
                     last = max(last, ticket)
                     self._carried += size
-            for key, (first, entries) in self._recovered.items():
-                payload = _payload(("c", key, first, _raw(entries)))
-                last = self.submit(payload, key, -1)
-                self._carried += RECORD_HEADER.size + len(payload)
-                self._pins[key] = first + len(entries) - 1
-        earlier = self._pending_delete[1] if self._pending_delete else []
-        self._pending_delete = (last, [*earlier, *(path for path, _ in self._old)])
-        self._old = []
+                    self.checkpointed_bytes += size
+                    continue
+                recovered = self._recovered.get(key)
+                if recovered is not None:
+                    first, entries = recovered
+                    payload = _payload(("c", key, first, _raw(entries)))
+                    last = self.submit(payload, key, -1)
+                    self._carried += RECORD_HEADER.size + len(payload)
+                    self.checkpointed_bytes += RECORD_HEADER.size + len(payload)
+                    self._pins[key] = first + len(entries) - 1
+            for path, pins in kept:
+                if any(self._still_needs(key, pin) for key, pin in pins.items()):
+                    still.append((path, pins))
+                else:
+                    unneeded.append(path)
+            # Trim records a partition queued before its check above are covered too.
+            last = max(last, self._queued)
+        doomed = [path for path, _ in expired] + unneeded
+        if doomed:
+            earlier = self._pending_delete[1] if self._pending_delete else []
+            self._pending_delete = (last, [*earlier, *doomed])
+        self._old = still
+
+    def _still_needs(self, key: str, pin: int) -> bool:
+        """Under the registry lock: whether partition ``key``'s log (open or carried) still
+        holds entries at or below ``pin``, i.e. needs the file that pinned it."""
+        log = self._logs.get(key)
+        if log is not None:
+            return log.needs_through(pin)
+        recovered = self._recovered.get(key)
+        return recovered is not None and recovered[0] <= pin
 
     def note_checkpoint(self, key: str, last_index: int) -> None:
         self._pins[key] = max(self._pins.get(key, -1), last_index)
@@ -757,6 +810,8 @@ class WalWriter:
             "wal_bytes": self._size,
             "wal_fsyncs": self.fsyncs,
             "wal_batches": self.batches,
+            "wal_files": len(self._old) + 1,
+            "wal_checkpointed_bytes": self.checkpointed_bytes,
             "wal_partitions": len(self._logs),
             "wal_broken": self.broken,
             "wal_stalled": self.stalled,
@@ -937,6 +992,12 @@ class WalLog(MemoryLog):
             self._ticket = self._writer.submit(payload, self._key, -1)
             self._writer.note_checkpoint(self._key, self.last_index())
             return self._ticket, RECORD_HEADER.size + len(payload)
+
+    def needs_through(self, pin: int) -> bool:
+        """Whether this log still holds entries at or below index ``pin`` (rotation: a WAL
+        file where this partition appended up to ``pin`` is still needed)."""
+        with self._lock:
+            return self._run.first <= pin
 
     def can_append(self, count: int, priority: Priority) -> bool:
         """False while the node's WAL cannot write (a full disk: it retries by itself) or has
