@@ -261,6 +261,31 @@ def test_a_kept_file_no_partition_needs_is_deleted_before_it_expires(root: Path)
     assert len(_wal_files(root)) <= 2
 
 
+def test_rotation_deletes_only_a_prefix_of_the_closed_files(root: Path) -> None:
+    """A kept file nobody needs is not deleted while an older one stays: a newer file can
+    hold a partition's truncate or trim record (which pins nothing) that replaying the older
+    file without it would undo."""
+    log = WalLog.open(root / "kv.1", keep_files=2)
+    log.append(1, _entries(1, 5))
+    log.sync()
+    writer = log._writer
+    paths = [str(root / "wal" / f"old{n}.wal") for n in (1, 2, 3)]
+    for path in paths:
+        Path(path).write_bytes(b"")
+    # kv.1 (first index 1) needs the first two files; nobody still open needs the third.
+    writer._old = [(paths[0], {"kv.1": 2}), (paths[1], {"kv.1": 5}), (paths[2], {"gone": 9})]
+    writer._rotate()
+    assert writer._pending_delete is not None
+    assert writer._pending_delete[1] == [paths[0]]
+    assert [path for path, _ in writer._old] == paths[1:]
+    log.append(6, _entries(6, 1))
+    log.sync()  # the checkpoint of kv.1 is durable: the expired file goes
+    deadline = time.monotonic() + 5.0
+    while os.path.exists(paths[0]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(paths[0]) and os.path.exists(paths[2])
+
+
 def test_keep_files_must_not_be_negative(root: Path) -> None:
     with pytest.raises(ValueError, match="keep_files"):
         WalWriter(str(root / "wal"), keep_files=-1)

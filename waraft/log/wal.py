@@ -40,12 +40,13 @@ and the node keeps running). After recovery the writer starts a new file.
 When the active file reaches ``max_file_bytes`` the writer starts the next one. A partition
 *needs* a closed file while its first live index is at or below the highest index it appended
 into it. The newest ``keep_files`` (default 1) closed files are kept as they are, and deleted
-as soon as no partition needs them (busy partitions trim past them within about one file of
-appends). A file older than that is expired: every partition that still needs it is
-*checkpointed* (its whole live log is written as one record into the new file, queued under
-the partition's lock so record order is kept), and once that is durable the file is unlinked.
-Retention on disk is thus at most about ``(keep_files + 2) * max_file_bytes`` plus the live
-logs of the partitions that stopped trimming.
+as soon as no partition needs them or any older file (busy partitions trim past them within
+about one file of appends; the files on disk always stay a suffix of the sequence). A file
+older than that is expired: every partition that still needs it is *checkpointed* (its whole
+live log is written as one record into the new file, queued under the partition's lock so
+record order is kept), and once that is durable the file is unlinked. Retention on disk is
+thus at most about ``(keep_files + 2) * max_file_bytes`` plus the live logs of the partitions
+that stopped trimming.
 
 Failures
 --------
@@ -707,8 +708,8 @@ class WalWriter:
         """Called once the next file is open (``_old`` holds the previous ones, oldest
         first): the newest ``keep_files`` closed files stay as they are; older ones are
         expired: the partitions that still need one are checkpointed into the new file, and
-        the expired files, with any kept file no partition needs any more, are deleted once
-        every record queued so far is durable.
+        the expired files, with the kept files no partition needs any more up to the first
+        one still needed, are deleted once every record queued so far is durable.
 
         Why keep files rather than checkpoint at once: a busy partition's live log is about
         the newest ``raft_node_max_retained_bytes`` of the node's appends (memory-counted,
@@ -744,8 +745,12 @@ class WalWriter:
                     self._carried += RECORD_HEADER.size + len(payload)
                     self.checkpointed_bytes += RECORD_HEADER.size + len(payload)
                     self._pins[key] = first + len(entries) - 1
+            # Only a prefix of the files goes: the files on disk stay a suffix of the
+            # sequence, as replay assumes (a newer file's truncate or trim record pins
+            # nothing, yet an older file kept without it would bring the dropped entries
+            # back).
             for path, pins in kept:
-                if any(self._still_needs(key, pin) for key, pin in pins.items()):
+                if still or any(self._still_needs(key, pin) for key, pin in pins.items()):
                     still.append((path, pins))
                 else:
                     unneeded.append(path)
