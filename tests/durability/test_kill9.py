@@ -42,8 +42,11 @@ _OPENED = re.compile(r"storage raft_storage_kv_(\d+) opened at LogPos\(index=(\d
 
 
 # Aggressive log rotation: logs are trimmed every few tens of entries, so that kills land in
-# the middle of trims and segment rotations, and a restarted node may need a snapshot.
+# the middle of trims and segment rotations, and a restarted node may need a snapshot. Small
+# files (32 KiB) make the node-wide WAL rotate, keep, checkpoint and delete its files every
+# few hundred writes as well (its default of 64 MiB never rotates in a test this short).
 ROTATING: dict[str, object] = {
+    "raft_max_log_bytes_per_file": 32 * 1024,
     "raft_max_log_records_per_file": 20,
     "raft_max_log_records": 20,
     "raft_max_retained_entries": 200,
@@ -80,6 +83,24 @@ def cluster(
 
 def _rotating(cluster: Cluster) -> bool:
     return any("raft_max_retained_entries" in arg for arg in cluster.nodes[0].extra)
+
+
+def _wal_files(node: NodeProcess) -> list[int]:
+    """The sequence numbers of the node-wide WAL's files (none with the per-partition log)."""
+    return sorted(int(path.stem) for path in node.data_dir.rglob("wal/*.wal"))
+
+
+def _check_wal_rotated(cluster: Cluster) -> None:
+    """With small WAL files the kills above landed among rotations, kept files, checkpoints
+    and deletions: every node started many more files than it had restarts (a restart starts
+    one), and kept no more than the active file, one kept and one awaiting deletion."""
+    if not any("raft_max_log_bytes_per_file" in arg for arg in cluster.nodes[0].extra):
+        return
+    for node in cluster.nodes:
+        seqs = _wal_files(node)
+        if not seqs:
+            continue  # the per-partition disk log
+        assert seqs[-1] >= 10 and len(seqs) <= 3, (node.name, seqs)
 
 
 def _pick_victim(cluster: Cluster, round_: int) -> tuple[int, str]:
@@ -130,6 +151,7 @@ def _kill_restart_rounds(cluster: Cluster, rounds: int) -> None:
         for node in cluster.ids:
             assert local_mismatches(node, acked, len(PARTITIONS)) == {}, node
         assert assert_one_leader_per_term(cluster.nodes) >= len(PARTITIONS) + 2
+        _check_wal_rotated(cluster)
         if not _rotating(cluster):
             # Replay from their own disks caught them up: the leaders' logs were never
             # trimmed, so no snapshot was needed (or sent).
