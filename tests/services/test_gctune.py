@@ -61,6 +61,9 @@ def test_pauses_are_timed_per_generation_and_slow_ones_logged(
         snap = metrics.histograms(gctune.GC_PAUSE_METRIC).get(f"gen{generation}")
         return 0 if snap is None else int(snap["count"])
 
+    # Below the threshold nothing is logged. The threshold is raised for this part: a full
+    # collection of this test process's heap can itself take 0.1 s on a loaded machine.
+    monkeypatch.setattr(gctune, "SLOW_PAUSE_S", 3600.0)
     gctune.watch_pauses()
     gctune.watch_pauses()  # idempotent: one callback, one sample per collection
     full, young = count(2), count(0)
