@@ -719,8 +719,8 @@ class WalWriter:
         rotation rewrote nearly every live log each time: about one file's worth of extra
         writes per file (``benchmarks/SCALE.md``)."""
         self._pins = {}
-        kept_count = len(self._old) - self.keep_files
-        expired, kept = self._old[: max(0, kept_count)], self._old[max(0, kept_count) :]
+        cut = max(0, len(self._old) - self.keep_files)
+        expired, kept = self._old[:cut], self._old[cut:]
         needed: dict[str, int] = {}
         for _, pins in expired:
             for key, pin in pins.items():
@@ -730,21 +730,10 @@ class WalWriter:
         unneeded: list[str] = []
         with WalWriter._registry_lock:
             for key, pin in needed.items():
-                log = self._logs.get(key)
-                if log is not None:
-                    ticket, size = log.checkpoint_if_needed(pin)
-                    last = max(last, ticket)
-                    self._carried += size
-                    self.checkpointed_bytes += size
-                    continue
-                recovered = self._recovered.get(key)
-                if recovered is not None:
-                    first, entries = recovered
-                    payload = _payload(("c", key, first, _raw(entries)))
-                    last = self.submit(payload, key, -1)
-                    self._carried += RECORD_HEADER.size + len(payload)
-                    self.checkpointed_bytes += RECORD_HEADER.size + len(payload)
-                    self._pins[key] = first + len(entries) - 1
+                ticket, size = self._checkpoint(key, pin)
+                last = max(last, ticket)
+                self._carried += size
+                self.checkpointed_bytes += size
             # Only a prefix of the files goes: the files on disk stay a suffix of the
             # sequence, as replay assumes (a newer file's truncate or trim record pins
             # nothing, yet an older file kept without it would bring the dropped entries
@@ -761,6 +750,22 @@ class WalWriter:
             earlier = self._pending_delete[1] if self._pending_delete else []
             self._pending_delete = (last, [*earlier, *doomed])
         self._old = still
+
+    def _checkpoint(self, key: str, pin: int) -> tuple[int, int]:
+        """Under the registry lock: write partition ``key``'s log (open or carried) into the
+        active file if it still holds entries at or below ``pin``; the record's ticket and
+        size, ``(0, 0)`` when nothing was needed."""
+        log = self._logs.get(key)
+        if log is not None:
+            return log.checkpoint_if_needed(pin)
+        recovered = self._recovered.get(key)
+        if recovered is None:
+            return 0, 0
+        first, entries = recovered
+        payload = _payload(("c", key, first, _raw(entries)))
+        ticket = self.submit(payload, key, -1)
+        self._pins[key] = first + len(entries) - 1
+        return ticket, RECORD_HEADER.size + len(payload)
 
     def _still_needs(self, key: str, pin: int) -> bool:
         """Under the registry lock: whether partition ``key``'s log (open or carried) still
