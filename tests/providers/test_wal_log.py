@@ -286,6 +286,33 @@ def test_rotation_deletes_only_a_prefix_of_the_closed_files(root: Path) -> None:
     assert not os.path.exists(paths[0]) and os.path.exists(paths[2])
 
 
+def test_a_closed_partitions_log_is_carried_forward_only_while_it_needs_an_expiring_file(
+    root: Path,
+) -> None:
+    """A closed partition's log stays in the writer; rotation rewrites it into the new file
+    only when a file it still needs expires (its first index at or below the file's pin),
+    as it does for an open partition."""
+    log = WalLog.open(root / "kv.1", keep_files=0)
+    closed = WalLog.open(root / "kv.9")
+    closed.append(1, _entries(1, 5))
+    closed.sync()
+    closed.trim(4)
+    closed.close()  # carried in the writer: (4, entries 4..5)
+    writer = log._writer
+    path = str(root / "wal" / "old1.wal")
+    Path(path).write_bytes(b"")
+    writer._old = [(path, {"kv.9": 3})]  # kv.9 trimmed past what it wrote there
+    writer._rotate()
+    assert writer.checkpointed_bytes == 0
+    writer._old = [(path, {"kv.9": 4})]  # still holds an entry it wrote there
+    writer._rotate()
+    assert writer.checkpointed_bytes > 0
+    log.sync()
+    _crash(log)
+    reopened = WalLog.open(root / "kv.9")
+    assert reopened.entries(4, 5, 100, 1 << 30) == _entries(4, 2)
+
+
 def test_keep_files_must_not_be_negative(root: Path) -> None:
     with pytest.raises(ValueError, match="keep_files"):
         WalWriter(str(root / "wal"), keep_files=-1)

@@ -759,7 +759,7 @@ class WalWriter:
         if log is not None:
             return log.checkpoint_if_needed(pin)
         recovered = self._recovered.get(key)
-        if recovered is None:
+        if recovered is None or recovered[0] > pin:
             return 0, 0
         first, entries = recovered
         payload = _payload(("c", key, first, _raw(entries)))
