@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -157,6 +158,92 @@ def test_wal_log_matches_the_model(ops: list[Any]) -> None:
     finally:
         with WalWriter._registry_lock:
             leftover = WalWriter._registry.pop(os.path.join(root, "wal"), None)
+        if leftover is not None:
+            leftover.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+two_op = st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 1), st.integers(1, 25), st.integers(0, 2)),
+    st.tuples(st.just("truncate"), st.integers(0, 1), st.floats(0, 1)),
+    st.tuples(st.just("reset"), st.integers(0, 1), st.integers(0, 300), st.integers(0, 3)),
+    st.tuples(st.just("trim"), st.integers(0, 1), st.floats(0, 1.2)),
+    st.tuples(st.just("reopen"), st.booleans()),
+)
+
+
+def _step(log: LogProvider, model: Model, step: tuple[Any, ...]) -> None:
+    """Apply one of ``two_op``'s per-partition operations to ``log`` and ``model``."""
+    kind = step[0]
+    if kind == "append":
+        _, _, count, bump = step
+        term = model.entries[-1].term + bump
+        start = model.last + 1
+        new = [Entry(term, ("k", i), ("write", "t", i, i)) for i in range(start, start + count)]
+        log.append(start, new)
+        log.sync()
+        model.entries.extend(new)
+    elif kind == "truncate":
+        if model.last > model.first:
+            index = model.first + 1 + int(step[2] * (model.last - model.first))
+            log.truncate(index)
+            log.sync()
+            del model.entries[index - model.first :]
+    elif kind == "reset":
+        position = LogPos(step[2], step[3])
+        log.reset(position)
+        log.sync()
+        model.first, model.entries = position.index, [Entry(position.term)]
+    else:
+        index = model.first + int(step[2] * (model.last - model.first))
+        log.trim(index)
+        log.sync()
+        new_first = log.first_index()
+        assert model.first <= new_first <= max(model.first, min(index, model.last))
+        del model.entries[: new_first - model.first]
+        model.first = new_first
+
+
+@pytest.mark.parametrize("keep_files", [0, 1, 2])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(two_op, max_size=30))
+def test_two_wal_logs_sharing_a_writer_match_their_models(keep_files: int, ops: list[Any]) -> None:
+    """Two open partitions interleave their records in one WAL of tiny files, so rotation
+    keeps, expires, checkpoints and deletes files under both (``keep_files`` 0, 1 and 2);
+    after every operation, and across clean restarts and kill -9 (the writer stops after its
+    last fsync, no log is closed), each partition's log is exactly its model's."""
+    root = tempfile.mkdtemp(prefix="waraft-wal-two-")
+    options: dict[str, Any] = {"max_file_bytes": 500, "keep_files": keep_files}
+    wal = os.path.join(root, "wal")
+
+    def open_both() -> list[WalLog]:
+        return [WalLog.open(f"{root}/kv.{i}", **options) for i in (1, 2)]
+
+    logs = open_both()
+    models = [Model(), Model()]
+    try:
+        for step in ops:
+            if step[0] == "reopen":
+                writer = logs[0]._writer
+                if step[1]:
+                    with WalWriter._registry_lock:
+                        WalWriter._registry.pop(writer.directory, None)
+                    writer.stop()
+                else:
+                    for log in logs:
+                        log.close()
+                logs = open_both()
+            else:
+                _step(logs[step[1]], models[step[1]], step)
+            for log, model in zip(logs, models, strict=True):
+                check(log, model)
+        # What rotation left on disk is bounded: the active file, the kept ones, and one
+        # whose deletion may still be pending.
+        names = [n for n in os.listdir(wal) if not n.startswith(".")]
+        assert len(names) <= keep_files + 3, names
+    finally:
+        with WalWriter._registry_lock:
+            leftover = WalWriter._registry.pop(wal, None)
         if leftover is not None:
             leftover.stop()
         shutil.rmtree(root, ignore_errors=True)
