@@ -52,9 +52,12 @@ scale: $(STAMP)
 
 # Jepsen-style run over real node processes (kill -9, SIGSTOP, restart-all, partitions); a
 # 15 s version runs inside `make test` (tests/chaos/test_chaos.py).
+# CHAOS_ARGS="--setting raft_max_log_bytes_per_file=32768" makes the node-wide WAL rotate all
+# through the run.
 CHAOS_SECONDS ?= 240
+CHAOS_ARGS ?=
 chaos: $(STAMP)
-	$(BIN)/python -m tests.chaos.run --duration $(CHAOS_SECONDS) --out benchmarks/results/chaos
+	$(BIN)/python -m tests.chaos.run --duration $(CHAOS_SECONDS) --out benchmarks/results/chaos $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks run --scenario all --out benchmarks/results/latest

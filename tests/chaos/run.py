@@ -28,11 +28,16 @@ commit charged to the most recent fault. ``--keep`` saves the history and the no
 passing run too (results: ``benchmarks/CHAOS.md``).
 
     python -m tests.chaos.run --duration 180 --seed 7 --out chaos-out
+
+``--setting raft_<name>=VALUE`` (repeatable) runs the nodes with other table settings, e.g.
+``raft_max_log_bytes_per_file=32768`` so the node-wide WAL rotates, keeps, checkpoints and
+deletes files all through the run (with the default 64 MiB files a run rotates little).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import faulthandler
 import itertools
 import logging
@@ -351,14 +356,18 @@ def run(
     out: Path,
     sessions: bool = True,
     keep: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> int:
-    """One run; ``keep`` saves the history (with the faults) to ``out`` even when it passes."""
+    """One run; ``keep`` saves the history (with the faults) to ``out`` even when it passes;
+    ``settings`` are table settings for the nodes, over the run's own."""
     from waraft import distribution as dist
     from waraft import otp
 
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="chaos-"))
-    cluster = Cluster(root, 3, partitions=(1,), settings={"raft_election_timeout_ms": 500})
+    cluster = Cluster(
+        root, 3, partitions=(1,), settings={"raft_election_timeout_ms": 500, **(settings or {})}
+    )
     stuck = threading.Event()
 
     def watchdog() -> None:
@@ -419,6 +428,11 @@ def run(
             f"{ {k: len(v) for k, v in final.items()} }; longest gap without an acknowledged "
             f"commit {gap} ms; violations: {len(violations)}"
         )
+        # Which WAL files each node ended with: the newest number is how many it started
+        # (rotations plus one per restart), the count what rotation left on disk.
+        wal = {node.name: _wal_files(node.data_dir) for node in cluster.nodes}
+        if any(wal.values()):
+            print("WAL files on disk per node: " + ", ".join(f"{n} {s}" for n, s in wal.items()))
         print("unavailability (longest stretch without an acknowledged commit) per fault:")
         print(summary(ops, nemesis.log))
         if violations or keep:
@@ -450,6 +464,23 @@ def run(
         otp.node.stop_all(timeout=5.0)
 
 
+def _wal_files(data_dir: Path) -> list[int]:
+    """The sequence numbers of a node's WAL files (none with the per-partition log)."""
+    return sorted(int(path.stem) for path in data_dir.rglob("wal/*.wal"))
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from the command line: the value as a Python literal (``32768``,
+    ``True``, ``0.5``), else as the string it is."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.startswith("raft_"):
+        raise argparse.ArgumentTypeError(f"expected raft_<setting>=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos.run")
     parser.add_argument("--duration", type=float, default=180.0, help="seconds of faults")
@@ -463,6 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", type=Path, help="re-check a saved history instead of running")
     parser.add_argument(
         "--keep", action="store_true", help="save the history and the nodes' logs even if it passes"
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="KEY=VALUE",
+        help="a table setting for the nodes (repeatable), e.g. raft_max_log_bytes_per_file=32768",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -482,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         not args.no_sessions,
         args.keep,
+        dict(args.setting),
     )
 
 

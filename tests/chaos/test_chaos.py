@@ -5,12 +5,17 @@ by pid if it overruns (the child's own watchdog dumps its threads' stacks first)
 
 from __future__ import annotations
 
+import argparse
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
+from tests.chaos.run import _setting
 from tests.multiprocess.harness import ROOT, child_env
 
 DURATION = 15
@@ -20,6 +25,9 @@ DEADLINE = 150  # the child's watchdog fires at DURATION + 120 s
 def test_a_short_chaos_run_finds_no_violation(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "tests.chaos.run", "--duration", str(DURATION)]
     cmd += ["--seed", "17", "--interval", "3", "--out", str(tmp_path)]
+    # Small WAL files: the node-wide WAL rotates, keeps, checkpoints and deletes files under
+    # the faults too (with the default 64 MiB a short run never rotates).
+    cmd += ["--setting", "raft_max_log_bytes_per_file=32768"]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -32,6 +40,12 @@ def test_a_short_chaos_run_finds_no_violation(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"{out[-5000:]}\n{err[-3000:]}"
     assert "violations: 0" in out
     assert "acknowledged commits" in out
+    wal = re.search(r"WAL files on disk per node: (.*)", out)
+    assert wal is not None, out[-3000:]
+    for name, seqs in re.findall(r"(n\d) \[([\d, ]*)\]", wal.group(1)):
+        numbers = [int(n) for n in seqs.split(",")]
+        # Started far more files than the run had restarts (at most 5 faults; seen: 16-18).
+        assert numbers[-1] >= 8 and len(numbers) <= 3, (name, numbers)
     assert not list(tmp_path.iterdir())  # no failing history saved
 
 
@@ -113,3 +127,16 @@ def test_nodes_listen_below_the_ephemeral_port_range() -> None:
     assert len(ports) == 50 and max(ports) < _ephemeral_low()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports.pop()))  # free indeed
+
+
+def test_settings_on_the_command_line_are_literals_or_strings() -> None:
+    assert _setting("raft_max_log_bytes_per_file=32768") == ("raft_max_log_bytes_per_file", 32768)
+    assert _setting("raft_quiesce_after_ms=0.5") == ("raft_quiesce_after_ms", 0.5)
+    assert _setting("raft_log_heartbeat_binary_entries=True") == (
+        "raft_log_heartbeat_binary_entries",
+        True,
+    )
+    assert _setting("raft_label_module=mod:Cls") == ("raft_label_module", "mod:Cls")
+    for bad in ("max_log=1", "raft_max_log_bytes_per_file", "=3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _setting(bad)
