@@ -58,20 +58,26 @@ def check(log: LogProvider, model: Model) -> None:
     assert log.config() == model.config()
 
 
+def append(log: LogProvider, model: Model, count: int, bump: int, with_config: bool) -> None:
+    """Append ``count`` entries (a config among them if ``with_config``) to both, in a term
+    ``bump`` past the last one."""
+    term = model.entries[-1].term + bump
+    start = model.last + 1
+    new = [Entry(term, ("k", i), ("write", "t", i, i)) for i in range(start, start + count)]
+    if with_config:
+        new[count // 2] = Entry(term, "cfg", ("config", CONFIGS[start % 2]), "lab")
+    log.append(start, new)
+    log.sync()
+    model.entries.extend(new)
+
+
 def run(log: LogProvider, ops: list[Any], reopen: Any) -> None:
     model = Model()
     for step in ops:
         kind = step[0]
         if kind == "append":
             _, count, bump, with_config = step
-            term = model.entries[-1].term + bump
-            start = model.last + 1
-            new = [Entry(term, ("k", i), ("write", "t", i, i)) for i in range(start, start + count)]
-            if with_config:
-                new[count // 2] = Entry(term, "cfg", ("config", CONFIGS[start % 2]), "lab")
-            log.append(start, new)
-            log.sync()
-            model.entries.extend(new)
+            append(log, model, count, bump, with_config)
         elif kind == "truncate":
             if model.last == model.first:
                 continue
@@ -176,13 +182,7 @@ def _step(log: LogProvider, model: Model, step: tuple[Any, ...]) -> None:
     """Apply one of ``two_op``'s per-partition operations to ``log`` and ``model``."""
     kind = step[0]
     if kind == "append":
-        _, _, count, bump = step
-        term = model.entries[-1].term + bump
-        start = model.last + 1
-        new = [Entry(term, ("k", i), ("write", "t", i, i)) for i in range(start, start + count)]
-        log.append(start, new)
-        log.sync()
-        model.entries.extend(new)
+        append(log, model, step[2], step[3], False)
     elif kind == "truncate":
         if model.last > model.first:
             index = model.first + 1 + int(step[2] * (model.last - model.first))
