@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.multiprocess.harness import DOWN, PING, Cluster
+from tests.multiprocess.harness import DOWN, PING, Cluster, wal_files
 from waraft.services import codec
 from waraft.sim import History, KVModel, Operation, Status, check_history, check_list_append
 
@@ -430,7 +430,7 @@ def run(
         )
         # Which WAL files each node ended with: the newest number is how many it started
         # (rotations plus one per restart), the count what rotation left on disk.
-        wal = {node.name: _wal_files(node.data_dir) for node in cluster.nodes}
+        wal = {node.name: wal_files(node.data_dir) for node in cluster.nodes}
         if any(wal.values()):
             print("WAL files on disk per node: " + ", ".join(f"{n} {s}" for n, s in wal.items()))
         print("unavailability (longest stretch without an acknowledged commit) per fault:")
@@ -462,11 +462,6 @@ def run(
         cluster.kill_all()
         dist.stop()
         otp.node.stop_all(timeout=5.0)
-
-
-def _wal_files(data_dir: Path) -> list[int]:
-    """The sequence numbers of a node's WAL files (none with the per-partition log)."""
-    return sorted(int(path.stem) for path in data_dir.rglob("wal/*.wal"))
 
 
 def _setting(text: str) -> tuple[str, Any]:

@@ -35,7 +35,7 @@ from tests.durability.helpers import (
     wait_caught_up,
     wait_rejoined,
 )
-from tests.multiprocess.harness import WAIT, Cluster, NodeProcess, wait_until
+from tests.multiprocess.harness import WAIT, Cluster, NodeProcess, wait_until, wal_files
 
 PARTITIONS = (1, 2)
 _OPENED = re.compile(r"storage raft_storage_kv_(\d+) opened at LogPos\(index=(\d+)")
@@ -85,11 +85,6 @@ def _rotating(cluster: Cluster) -> bool:
     return any("raft_max_retained_entries" in arg for arg in cluster.nodes[0].extra)
 
 
-def _wal_files(node: NodeProcess) -> list[int]:
-    """The sequence numbers of the node-wide WAL's files (none with the per-partition log)."""
-    return sorted(int(path.stem) for path in node.data_dir.rglob("wal/*.wal"))
-
-
 def _check_wal_rotated(cluster: Cluster) -> None:
     """With small WAL files the kills above landed among rotations, kept files, checkpoints
     and deletions: every node started many more files than it had restarts (a restart starts
@@ -97,7 +92,7 @@ def _check_wal_rotated(cluster: Cluster) -> None:
     if not any("raft_max_log_bytes_per_file" in arg for arg in cluster.nodes[0].extra):
         return
     for node in cluster.nodes:
-        seqs = _wal_files(node)
+        seqs = wal_files(node.data_dir)
         if not seqs:
             continue  # the per-partition disk log
         assert seqs[-1] >= 10 and len(seqs) <= 3, (node.name, seqs)

@@ -293,3 +293,8 @@ class Cluster:
             if len(applied) != 1:
                 return False
         return True
+
+
+def wal_files(data_dir: Path) -> list[int]:
+    """The sequence numbers of a node's node-wide WAL files (none with the per-partition log)."""
+    return sorted(int(path.stem) for path in data_dir.rglob("wal/*.wal"))
