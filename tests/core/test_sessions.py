@@ -8,6 +8,8 @@ from typing import Any
 from waraft.core.sessions import (
     ACKNOWLEDGED,
     EXPIRED,
+    REGISTER_CONFLICT,
+    SWEEP_EVERY,
     Apply,
     Done,
     Pending,
@@ -127,3 +129,54 @@ def test_finish_marks_the_table_changed_even_after_a_dump() -> None:
     table.dump()
     table.finish(sid, 1, "r")
     assert table.changed and table.dump()[1][0][4] == ((1, "r"),)
+
+
+def test_a_second_register_in_one_entry_is_refused_not_given_the_same_id() -> None:
+    table = SessionTable()
+    # The commands of one $batch entry share its index.
+    assert table.begin(register_command(100), 7) == Done(("ok", 7))
+    assert table.begin(register_command(100), 7) == Done(REGISTER_CONFLICT)
+    assert len(table) == 1
+    assert table.begin(register_command(100), 8) == Done(("ok", 8))
+
+
+def test_sessions_nobody_uses_again_are_swept_from_the_table() -> None:
+    table = SessionTable()
+    for index in range(1, 51):
+        table.begin(register_command(10), index)  # clients that went away without close
+    _, live = table.begin(register_command(10 * SWEEP_EVERY), 51).result  # type: ignore[union-attr]
+    index = 52
+    while index < 3 * SWEEP_EVERY:
+        assert isinstance(table.begin(call_command(live, index, index, ("incr", 1)), index), Apply)
+        table.finish(live, index, "ok")
+        index += 1
+    assert len(table) == 1 and live in table
+
+
+def test_a_replica_that_restarts_mid_span_keeps_the_same_table() -> None:
+    """Sweeps are as of the first index of each span, so a table loaded from a dump taken at
+    any position and driven on reaches the same state as one that ran throughout."""
+    commands = []
+    for index in range(1, 3 * SWEEP_EVERY, 37):
+        commands.append((index, register_command(1 + index % 900)))
+        commands.append((index + 1, call_command(1, index, 0, ("incr", 1))))
+    for cut in range(0, len(commands), len(commands) // 7):
+        whole, restarted = SessionTable(), SessionTable()
+        for at, (index, command) in enumerate(commands):
+            if at == cut:
+                restarted = SessionTable.load(restarted.dump())
+            for table in (whole, restarted):
+                decision = table.begin(command, index)
+                if isinstance(decision, Apply) and decision.session is not None:
+                    table.finish(decision.session, decision.seq, "ok")
+            assert whole.dump_view() == restarted.dump_view(), (cut, at)
+
+
+def test_a_full_table_drops_the_session_idle_for_longest() -> None:
+    table = SessionTable(max_sessions=3)
+    for index in (1, 2, 3):
+        table.begin(register_command(1000), index)
+    table.begin(call_command(1, 1, 1, ("incr", 1)), 4)  # session 1 is active again
+    assert table.begin(register_command(1000), 5) == Done(("ok", 5))
+    assert len(table) == 3 and 2 not in table and all(s in table for s in (1, 3, 5))
+    assert table.begin(call_command(2, 1, 1, ("incr", 1)), 6) == Done(EXPIRED)

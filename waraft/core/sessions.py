@@ -11,7 +11,9 @@ result.
 Commands (all travel through the log like any other command, also inside ``$batch`` entries):
 
 * ``("$session", "register", expire_after)``: open a session. Its id is the log index of the
-  register entry (unique, and the same on every replica). Answers ``("ok", session_id)``.
+  register entry (unique, and the same on every replica). Answers ``("ok", session_id)``. A
+  second register inside the same ``$batch`` entry would get the same id: it is refused with
+  ``("error", "session_register_conflict")`` (nothing opened; register again in another entry).
 * ``("$session", "call", session_id, seq, acked, command)``: apply ``command`` once. ``acked``
   is the client's promise that it holds the results of every ``seq < acked``: their records are
   dropped (the table stays small while a session lives). A ``seq < acked`` of a recorded floor
@@ -20,12 +22,23 @@ Commands (all travel through the log like any other command, also inside ``$batc
 
 Expiry is measured in applied log entries, not in time: a session whose last register or call
 is more than ``expire_after`` entries behind the entry being applied is expired and answers
-``("error", "session_expired")``. Log distance is chosen over a clock because every replica
+``("error", "session_expired")``. The records of an expired session are gone with it, so that
+answer does not say whether an earlier copy of the command was applied: like a timeout, it
+means *applied at most once*. Log distance is chosen over a clock because every replica
 applies the same entries at the same indices, so all replicas agree on which sessions are
 expired without any stamping by the leader, without trusting client clocks, and regardless of
 each node's configuration (``expire_after`` is chosen by the client and replicated in the
 register command). The cost is that idle time is counted in writes: on a quiet partition a
 session lives longer in seconds, never shorter, which is the safe side.
+
+The table is bounded. Expired sessions are swept once every ``SWEEP_EVERY`` entries, as of the
+first index of each span of ``SWEEP_EVERY`` (a session that is never used again, e.g. of a
+client that went away without ``close``, would otherwise stay forever). When a register would
+make the table hold more than ``MAX_SESSIONS`` sessions, the expired ones are swept and then
+the live session idle for longest (lowest ``last_active``, then lowest id) is dropped: its next
+call answers ``session_expired``. Both are decided by log index only, so every replica keeps
+the same table at the same position: a replica that restarted sweeps again as of the same
+index and drops nothing new, and the eviction chooses among the same live sessions everywhere.
 
 The table is pure data (no clocks, no I/O). ``dump()`` gives a msgpack-friendly value that the
 storage actor writes into the provider in the same transaction as the applied position, so it
@@ -44,6 +57,12 @@ SESSION: Final = "$session"
 EXPIRED: Final = ("error", "session_expired")
 ACKNOWLEDGED: Final = ("error", "session_seq_acknowledged")
 DEFAULT_EXPIRE_AFTER: Final = 1_000_000
+SWEEP_EVERY: Final = 4096
+"""Entries between two sweeps of expired sessions (``SessionTable.begin``)."""
+MAX_SESSIONS: Final = 10_000
+"""Sessions a partition keeps at most; a cluster-wide constant, not a setting: replicas with
+different bounds would evict differently and answer differently."""
+REGISTER_CONFLICT: Final = ("error", "session_register_conflict")
 _DUMP_VERSION: Final = 1
 
 
@@ -114,11 +133,13 @@ class SessionTable:
     the last ``dump`` (so that untagged traffic costs no table write).
     """
 
-    __slots__ = ("_sessions", "changed")
+    __slots__ = ("_sessions", "_swept", "changed", "max_sessions")
 
-    def __init__(self) -> None:
+    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
         self._sessions: dict[int, _Session] = {}
         self.changed = False
+        self.max_sessions = max_sessions
+        self._swept = -1  # the last sweep's epoch (index // SWEEP_EVERY)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -128,6 +149,14 @@ class SessionTable:
 
     def begin(self, command: Any, index: int) -> Done | Apply | Pending:
         """Decide what applying ``command`` at log ``index`` means."""
+        epoch = index // SWEEP_EVERY
+        if epoch != self._swept:
+            # As of the epoch's first index, not of this one: a replica that restarted within
+            # the epoch (``_swept`` is not stored) sweeps again and drops nothing new, so every
+            # replica's table is the same at the same position.
+            self._swept = epoch
+            if self._sessions:
+                self.expire(epoch * SWEEP_EVERY)
         if not is_session_command(command):
             return Apply(command)
         kind = command[1]
@@ -154,6 +183,10 @@ class SessionTable:
             expire_after = command[2]
             if type(expire_after) is not int or expire_after <= 0:
                 return Done(("error", "bad_session_expiry"))
+            if index in self._sessions:
+                return Done(REGISTER_CONFLICT)  # a second register in one $batch entry
+            if len(self._sessions) >= self.max_sessions:
+                self._evict(index)
             self._sessions[index] = _Session(expire_after, index)
             self.changed = True
             return Done(("ok", index))
@@ -196,6 +229,18 @@ class SessionTable:
         if dead:
             self.changed = True
         return len(dead)
+
+    def _evict(self, index: int) -> None:
+        """Make room for one session at ``index``: sweep the expired ones, then drop the live
+        ones idle for longest (the same choice on every replica: see the module docstring)."""
+        self.expire(index)
+        excess = len(self._sessions) - self.max_sessions + 1
+        if excess > 0:
+            oldest = sorted(self._sessions.items(), key=lambda item: (item[1].last_active, item[0]))
+            for sid, _ in oldest[:excess]:
+                del self._sessions[sid]
+            self.changed = True
+            logger.info("session table full (%d): dropped %d idle", self.max_sessions, excess)
 
     def dump(self) -> tuple[Any, ...]:
         """The whole table as plain tuples, ints and recorded results (msgpack-friendly);
