@@ -15,8 +15,9 @@ from waraft.core.sessions import EXPIRED, call_command, register_command
 from waraft.core.types import LogPos
 from waraft.partition import acceptor, server
 from waraft.services import codec
+from waraft.storage import DERIVED_AFTER_OPAQUE
 from waraft.storage.memory import MemoryStorage
-from waraft.storage.provider import OK
+from waraft.storage.provider import OK, StorageProvider
 
 SQLITE = "waraft.storage.sqlite:SqliteStorage"
 LMDB = "waraft.storage.lmdb:LmdbStorage"
@@ -43,6 +44,14 @@ class CountingStorage(MemoryStorage):
             if not (type(command) is tuple and command[:1] == ("bump",)):
                 self._check(command)  # all or nothing, like the real providers
         return [self.apply(c, p, label) for c, p, label in items]
+
+
+class LoopingStorage(CountingStorage):
+    """``CountingStorage`` with the provider's default ``apply_batch`` and ``apply_many``: a
+    loop over ``apply``, not one transaction (a user's provider built on ``MemoryStorage``)."""
+
+    apply_batch = StorageProvider.apply_batch
+    apply_many = StorageProvider.apply_many
 
 
 def _single(tmp_path: Path, **spec: Any) -> otp.Node:
@@ -185,3 +194,38 @@ def test_clients_cannot_touch_the_reserved_session_key(tmp_path: Path) -> None:
     assert acceptor.read(acc, ("read", "t", "k")) == ("ok", 1)
     assert acceptor.commit(acc, ("h", call_command(sid, 2, 1, ("write", "t", "k", 9)))) == refused
     assert acceptor.read(acc, ("read", "t", "k2")) == ("ok", 2)
+
+
+def test_what_a_looping_provider_applied_before_an_unknown_command_is_not_applied_again(
+    tmp_path: Path,
+) -> None:
+    node = _single(tmp_path, storage_module=LoopingStorage)
+    acc = addr("acceptor", node)
+    bump = ("bump", "t", "c")
+    # Separate entries in one apply chunk: the loop applied the bump, then met ("frob",).
+    handles = [otp.LocalReplyTo() for _ in range(2)]
+    acceptor.commit_batch(acc, [(handles[0], ("a", bump)), (handles[1], ("b", ("frob",)))])
+    first, second = (h.wait(5) for h in handles)
+    assert first == ("ok", 1) and second[0] == "error"
+    assert acceptor.read(acc, ("read", "t", "c")) == ("ok", 1)
+    # A tagged bump and a bad command in one $batch: applied once, its result recorded.
+    _, sid = acceptor.commit(acc, ("r", register_command(1000)))
+    packed = [call_command(sid, 1, 1, bump), ("frob",)]
+    results = acceptor.commit(acc, ("c", ("$batch", codec.packb(packed))))
+    assert results[0] == ("ok", 2) and results[1][0] == "error"
+    assert acceptor.commit(acc, ("d", call_command(sid, 1, 1, bump))) == ("ok", 2)
+    assert acceptor.read(acc, ("read", "t", "c")) == ("ok", 2)
+
+
+def test_incr_after_a_providers_own_command_reads_what_that_command_left(tmp_path: Path) -> None:
+    node = _single(tmp_path, storage_module=CountingStorage)
+    acc = addr("acceptor", node)
+    # Separate entries in one apply chunk: the incr reads the bump's result.
+    handles = [otp.LocalReplyTo() for _ in range(2)]
+    bump, incr = ("bump", "t", "c"), ("incr", "t", "c", 10)
+    acceptor.commit_batch(acc, [(handles[0], ("a", bump)), (handles[1], ("b", incr))])
+    assert [h.wait(5) for h in handles] == [("ok", 1), ("ok", 11)]
+    # Inside one $batch entry (one transaction) it cannot: refused, the bump still applied.
+    packed = codec.packb([bump, incr])
+    assert acceptor.commit(acc, ("c", ("$batch", packed))) == [("ok", 12), DERIVED_AFTER_OPAQUE]
+    assert acceptor.read(acc, ("read", "t", "c")) == ("ok", 12)

@@ -67,6 +67,7 @@ from waraft.storage.provider import (
     StorageOptions,
     StorageProvider,
     UnknownCommandError,
+    applied_before,
     fsync_directory,
     is_data_replica,
 )
@@ -155,6 +156,31 @@ def touches_reserved_key(command: Any) -> bool:
         and type(command[2]) is tuple
         and command[2] == SESSIONS_KEY
     )
+
+
+def _inner(command: Any) -> Any:
+    """The command a session ``call`` carries, else ``command`` itself."""
+    if type(command) is tuple and len(command) == 6 and command[0] == SESSION:
+        return command[5]
+    return command
+
+
+def _opaque(command: Any) -> bool:
+    """True for a command whose effect on keys the storage actor cannot know without applying
+    it (a provider's own command): a derived command after it must read the state the provider
+    has once it is applied, not the state before."""
+    command = _inner(command)
+    if type(command) is not tuple:
+        return bool(command != NOOP)
+    size = len(command)
+    if (size == 4 and command[0] == "write") or (size == 3 and command[0] == "delete"):
+        return False
+    return not (is_derived_command(command) or is_session_command(command))
+
+
+DERIVED_AFTER_OPAQUE: Final = ("error", "derived_after_custom_command")
+"""Answer to an ``incr``/``append`` that follows a provider's own command inside one ``$batch``
+entry: the entry applies in one transaction, so the state it would read does not exist yet."""
 
 
 def _all_plain(commands: Sequence[Any]) -> bool:
@@ -316,6 +342,7 @@ class StorageServer(otp.Process):
         # The reply handle of each chunk item, or a _Many for the commands of a merged $batch.
         shapes: list[Any] = []
         marks: list[Done | Apply | Pending] = []  # the session decision of each chunk item
+        opaque = False  # the chunk holds a provider's own command (``_opaque``)
         next_index = self.position.index + 1
         for index, entry, reply_to, priority in items:
             if index < next_index:
@@ -358,6 +385,14 @@ class StorageServer(otp.Process):
                 if reply_to is not None:
                     replies.append((reply_to, result))
             else:
+                if not chunk:
+                    opaque = False
+                elif opaque and is_derived_command(_inner(command)):
+                    # Its entries before it are applied first, so it reads what they left
+                    # (the same on every replica, however the apply batches fall).
+                    self._apply_chunk(chunk, shapes, replies, marks)
+                    opaque = False
+                opaque = opaque or _opaque(command)
                 chunk.append((command, position, entry.label))
                 shapes.append(reply_to)
                 if (
@@ -395,10 +430,9 @@ class StorageServer(otp.Process):
         else:
             try:
                 results = self.provider.apply_batch(chunk)
-            except UnknownCommandError:
-                results = [
-                    self._apply_one(command, position, label) for command, position, label in chunk
-                ]
+            except UnknownCommandError as exc:
+                results = applied_before(exc)
+                results += [self._apply_one(c, p, lbl) for c, p, lbl in chunk[len(results) :]]
         self.position = chunk[-1][1]
         at = 0
         for shape in shapes:
@@ -424,13 +458,19 @@ class StorageServer(otp.Process):
         sessions = self.sessions
         translated: list[tuple[Any, LogPos, Any]] = []
         derived: dict[int, Any] = {}  # item number -> the result of its derived command
+        opaque = False
         for mark, (_, position, label) in zip(marks, items, strict=True):
             command = mark.command if type(mark) is Apply else NOOP
             if touches_reserved_key(command):
                 # Refused the same way on every replica; a session records the refusal.
                 command, derived[len(translated)] = NOOP, RESERVED_KEY_ERROR
             elif is_derived_command(command):
-                command, derived[len(translated)] = self._derive(command, translated)
+                if opaque:  # only inside one $batch entry: _apply splits chunks before it
+                    command, derived[len(translated)] = NOOP, DERIVED_AFTER_OPAQUE
+                else:
+                    command, derived[len(translated)] = self._derive(command, translated)
+            else:
+                opaque = opaque or _opaque(command)
             translated.append((command, position, label))
         if derived:
             marks = [
@@ -441,10 +481,18 @@ class StorageServer(otp.Process):
             ]
         try:
             results = self.provider.apply_batch_then(translated, self._recorder(marks))
-        except UnknownCommandError:
-            # One at a time, so only the unknown commands get errors (recorded like results).
-            results = []
-            for mark, item in zip(marks, translated, strict=True):
+        except UnknownCommandError as exc:
+            # One at a time, so only the unknown commands get errors (recorded like results),
+            # from the first item the provider did not apply: those before it are recorded,
+            # never applied twice.
+            results = applied_before(exc)
+            if results:
+                table = self._recorder(marks[: len(results)])(results)
+                if table:
+                    _, position, _ = translated[len(results) - 1]
+                    self.provider.apply_batch([(c, position, None) for c in table])
+            done = len(results)
+            for mark, item in zip(marks[done:], translated[done:], strict=True):
                 single = [mark]
                 try:
                     results.extend(self.provider.apply_batch_then([item], self._recorder(single)))
@@ -523,9 +571,9 @@ class StorageServer(otp.Process):
         """A ``$batch`` entry; its commands the provider does not know get an error each."""
         try:
             return self.provider.apply_many(commands, position, label)
-        except UnknownCommandError:
-            results = []
-            for command in commands:
+        except UnknownCommandError as exc:
+            results = applied_before(exc)  # never applied twice
+            for command in commands[len(results) :]:
                 try:
                     results.extend(self.provider.apply_many([command], position, label))
                 except UnknownCommandError as exc:

@@ -65,6 +65,24 @@ class UnknownCommandError(StorageError, ValueError):
     """A command (or read) the provider does not understand."""
 
 
+class PartialApplyError(UnknownCommandError):
+    """An ``apply_batch`` that is not one transaction (the default loop) met a command it does
+    not understand after applying the items before it: ``applied`` holds their results.
+
+    The storage actor then answers the rest one at a time from the failing item on, and does
+    not apply the earlier items a second time (a provider's own non-idempotent command would
+    otherwise be applied twice, and its session record would hold the second result)."""
+
+    def __init__(self, applied: list[Any], cause: UnknownCommandError) -> None:
+        super().__init__(str(cause))
+        self.applied = applied
+
+
+def applied_before(exc: UnknownCommandError) -> list[Any]:
+    """The results of the items an ``apply_batch`` applied before it raised ``exc``."""
+    return list(exc.applied) if isinstance(exc, PartialApplyError) else []
+
+
 class InvalidIncompleteReplica(StorageError):
     """The storage lacks data (a witness's) but the config makes this replica a data replica.
 
@@ -190,14 +208,21 @@ class StorageProvider(ABC):
         A ``("config", Config)`` command goes to ``apply_config`` (its result is that of
         ``apply_config``; the storage actor turns ``"ok"`` into ``("ok", position)``). Durable
         providers apply the whole batch in one transaction: if an item raises, none of the
-        batch is applied. This default simply loops.
+        batch is applied. This default simply loops; an ``UnknownCommandError`` after some
+        items were applied becomes a ``PartialApplyError`` that says which (a provider that
+        overrides this with a loop of its own must do the same).
         """
-        results = []
+        results: list[Any] = []
         for command, position, label in items:
-            if is_config_command(command):
-                results.append(self.apply_config(command[1], position))
-            else:
-                results.append(self.apply(command, position, label))
+            try:
+                if is_config_command(command):
+                    results.append(self.apply_config(command[1], position))
+                else:
+                    results.append(self.apply(command, position, label))
+            except UnknownCommandError as exc:
+                if results:
+                    raise PartialApplyError(results, exc) from exc
+                raise
         return results
 
     def apply_batch_then(
