@@ -73,11 +73,16 @@ partition (a replicated command, on the first commit to that partition) and send
 a request re-sends the same ``(session, seq)``, and every replica's storage applies a sequence
 number once and records its result, so a retried commit applies exactly once and the caller gets
 the result of the one application. Guarantee: a commit that completes with a result was applied
-exactly once; one that completes with ``("error", "timeout")`` was applied at most once (a later
-retry of it by the caller is a new request). A session idle for ``session_expire_after`` applied
-entries of its partition is forgotten by the replicas: its next commit answers
-``("error", "session_expired")`` (not applied) and the client registers a fresh session for the
-following ones. Sessions work packed or not (``pack=False``); reads are never tagged. Opt-in
+exactly once; one that completes with ``("error", "timeout")`` or ``("error",
+"session_expired")`` was applied at most once (a later retry of it by the caller is a new
+request). A session idle for ``session_expire_after`` applied entries of its partition is
+forgotten by the replicas with the results it recorded: its next commit answers
+``("error", "session_expired")`` without being applied, but an earlier attempt of that commit
+may have been, so the outcome is unknown, as after a timeout; the client registers a fresh
+session for the following ones. Registering does not block the caller (commits wait for it in
+the client, so ``commit_async`` may be called from a callback), and ``close`` closes the
+client's sessions on the replicas (waiting ``CLOSE_SESSIONS_TIMEOUT`` at most). Sessions work
+packed or not (``pack=False``); reads are never tagged. Opt-in
 because a session costs a register entry per partition and a table record per outstanding
 commit, and because plain writes and deletes are idempotent already.
 
@@ -110,6 +115,7 @@ from waraft.core.sessions import (
     DEFAULT_EXPIRE_AFTER,
     EXPIRED,
     call_command,
+    close_command,
     register_command,
 )
 from waraft.partition import acceptor
@@ -161,6 +167,8 @@ SENDER_FAILED: Final = ("error", "client_failed")
 #: How long ``close`` waits for the sender to stop before it answers what it can reach; the
 #: sender answers the rest itself when it does stop.
 CLOSE_JOIN_TIMEOUT = 5.0
+CLOSE_SESSIONS_TIMEOUT = 1.0
+"""Seconds ``close`` waits at most for the replicas to forget this client's sessions."""
 
 
 def stable_hash(key: Any) -> int:
@@ -675,6 +683,8 @@ class Client:
         # serialises its registration (a commit waits for it) without blocking the others.
         self._sessions: dict[int, list[Any]] = {}
         self._session_locks = {p: threading.Lock() for p in range(1, partitions + 1)}
+        # Commits of a partition whose session is being registered, in order (``_tag_all``).
+        self._parked: dict[int, list[_Request]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._ready: list[_Entry] = []
@@ -806,7 +816,7 @@ class Client:
         if self.sessions:
             deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
             request = _Request(partition, "commit", command, priority, deadline, callback)
-            self._enqueue([self._tag(request)])
+            self._enqueue(self._tag_all([request]))
             return request.future
         # Keys are made when a command is sent on its own: a packed one needs none.
         return self._submit(partition, "commit", command, priority, timeout, callback)
@@ -870,10 +880,10 @@ class Client:
                 )
                 for i, (pk, cmd) in enumerate(requests)
             ]
+            made = [] if callback is not None else [r.future for r in batch]
             # Tagged only once every key routed: a bad key raises before any seq is taken.
-            batch = [self._tag(request) for request in batch]
-            self._enqueue(batch)
-            return [] if callback is not None else [r.future for r in batch]  # type: ignore[misc]
+            self._enqueue(self._tag_all(batch))
+            return made  # type: ignore[return-value]
         # Otherwise the commands travel as one _Group per partition (see _Group).
         routed: dict[int, tuple[list[Any], list[int]]] = {}
         if n == 1:
@@ -947,8 +957,10 @@ class Client:
         return out
 
     def close(self) -> None:
-        """Stop the sender, answer every open request ``("error", "closed")`` and stop this
-        client's node (and ``waraft.distribution`` if the client started it). Idempotent."""
+        """Close this client's sessions (waiting ``CLOSE_SESSIONS_TIMEOUT`` at most), stop the
+        sender, answer every open request ``("error", "closed")`` and stop this client's node
+        (and ``waraft.distribution`` if the client started it). Idempotent."""
+        self._close_sessions()
         with self._lock:
             if self._closed:
                 return
@@ -959,6 +971,9 @@ class Client:
         # send keeps the requests it holds and answers them when it stops (``_sender_exit``).
         with self._lock:
             pending = self._take_pending()
+        for partition in list(self._parked):
+            with self._session_locks[partition]:
+                pending.extend(self._parked.pop(partition, []))
         for request in pending:
             request.finish(CLOSED)
         if self._remote:
@@ -996,40 +1011,92 @@ class Client:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def _tag(self, request: _Request) -> _Request:
-        """Wrap ``request``'s command in its partition's session with the next seq (retries
-        re-send ``request.item``, so they keep it); a registration failure completes the
-        request with that error instead."""
-        partition = request.partition
-        with self._session_locks[partition]:
-            state = self._sessions.get(partition)
-            if state is None:
-                remaining = request.deadline - time.monotonic()
-                registered = self._register(partition, max(0.0, remaining))
-                if _is_error(registered):
-                    request.item = ("$session", "register_failed")  # never sent
-                    request.finish(registered)
-                    return request
-                state = self._sessions[partition] = [registered, 1, set()]
-            sid, seq, outstanding = state
-            state[1] = seq + 1
-            outstanding.add(seq)
-            acked = min(outstanding)
-        request.item = call_command(sid, seq, acked, request.item)
-        request.on_done = partial(self._settled, partition, sid, seq)
-        return request
+    def _tag_all(self, requests: list[_Request]) -> list[_Request]:
+        """Wrap each request's command in its partition's session with the next seq (retries
+        re-send ``request.item``, so they keep it) and return those ready to send, in order.
 
-    def _register(self, partition: int, timeout: float) -> Any:
-        """A new session's id on ``partition``, or an error."""
-        result = self._wait(
+        The commits of a partition without a session are parked, in order, and its register
+        command is sent; they are tagged and sent when it answers (``_registered``), or
+        completed with its error. Nothing here waits: a ``commit_async`` from a callback (the
+        client's receive thread, which delivers the register's answer) must not block on it.
+        """
+        ready: list[_Request] = []
+        register: list[tuple[int, float]] = []
+        for request in requests:
+            partition = request.partition
+            with self._session_locks[partition]:
+                state = self._sessions.get(partition)
+                if state is None:
+                    parked = self._parked.get(partition)
+                    if parked is None:
+                        parked = self._parked[partition] = []
+                        register.append((partition, request.deadline))
+                    parked.append(request)
+                    continue
+                self._tag_with(partition, state, request)
+            ready.append(request)
+        for partition, deadline in register:
+            # Sent with no session lock held: a closed client answers it inline.
             self._submit(
-                partition, "commit", register_command(self.session_expire_after), "high", timeout
-            ),
-            timeout,
-        )
-        if type(result) is tuple and len(result) == 2 and result[0] == "ok":
-            return result[1]
-        return result if _is_error(result) else ("error", ("bad_register_reply", result))
+                partition,
+                "commit",
+                register_command(self.session_expire_after),
+                "high",
+                max(0.0, deadline - time.monotonic()),
+                partial(self._registered, partition),
+            )
+        return ready
+
+    def _tag_with(self, partition: int, state: list[Any], request: _Request) -> None:
+        """Tag ``request`` with the session ``state`` (its partition's lock held)."""
+        sid, seq, outstanding = state
+        state[1] = seq + 1
+        outstanding.add(seq)
+        request.item = call_command(sid, seq, min(outstanding), request.item)
+        request.on_done = partial(self._settled, partition, sid, seq)
+
+    def _registered(self, partition: int, result: Any) -> None:
+        """The register of ``partition``'s session answered: send its parked commits tagged
+        with the new session, or complete them with the error."""
+        registered = type(result) is tuple and len(result) == 2 and result[0] == "ok"
+        with self._session_locks[partition]:
+            parked = self._parked.pop(partition, [])
+            if registered:
+                state = self._sessions[partition] = [result[1], 1, set()]
+                for request in parked:
+                    self._tag_with(partition, state, request)
+        if registered:
+            self._enqueue(parked)
+            return
+        error = result if _is_error(result) else ("error", ("bad_register_reply", result))
+        for request in parked:
+            request.item = ("$session", "register_failed")  # never sent
+            request.finish(error)
+
+    def _close_sessions(self) -> None:
+        """Send every open session's close command and wait for the answers, for
+        ``CLOSE_SESSIONS_TIMEOUT`` in all. Best effort: a session not closed (the cluster
+        unreachable) is forgotten by the replicas once it expires, or evicted from a full
+        table (``waraft.core.sessions``), but until then it costs a row in every replica's
+        table and snapshot."""
+        with self._lock:
+            if self._closed or self._sender_done:
+                return
+        sessions = []
+        for partition in list(self._sessions):
+            with self._session_locks[partition]:
+                state = self._sessions.pop(partition, None)
+            if state is not None:
+                sessions.append((partition, state[0]))
+        deadline = time.monotonic() + CLOSE_SESSIONS_TIMEOUT
+        futures = [
+            self._submit(p, "commit", close_command(sid), "high", CLOSE_SESSIONS_TIMEOUT)
+            for p, sid in sessions
+        ]
+        for future in futures:
+            assert future is not None
+            with contextlib.suppress(FutureTimeout):
+                future.result(max(0.0, deadline - time.monotonic()))
 
     def _settled(self, partition: int, sid: int, seq: int, result: Any) -> None:
         """A tagged request completed: its seq is no longer outstanding; an expired session

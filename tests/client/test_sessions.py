@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tests.partition.helpers import cluster
+from tests.partition.helpers import addr, cluster
 from tests.partition.test_sessions import CountingStorage
 from waraft import distribution as dist
-from waraft import otp
+from waraft import otp, storage
 from waraft.client import Client
 from waraft.core.types import LogPos
 
@@ -114,3 +114,57 @@ def test_many_clients_from_many_threads_share_one_counted_dist_node() -> None:
             c.close()
         if dist.is_started():
             dist.stop()
+
+
+def _stored_sessions(node: otp.Node) -> list[Any]:
+    found = storage.read(
+        addr("storage", node), ("read", storage.SESSIONS_TABLE, storage.SESSIONS_KEY)
+    )
+    return [] if found == "not_found" else list(found[1][1])
+
+
+def test_close_forgets_the_clients_sessions_on_the_replicas(
+    tmp_path: Path, client_node: otp.Node
+) -> None:
+    with cluster(tmp_path, size=1) as nodes:
+        for i in range(3):  # short-lived clients, as a service that makes one per request
+            with Client(
+                [n.id for n in nodes], table="test", partitions=1, node=client_node, sessions=True
+            ) as c:
+                assert c.commit(1, ("write", "test", "k", i)) == "ok"
+                assert len(_stored_sessions(nodes[0])) == 1
+        assert _stored_sessions(nodes[0]) == []
+
+
+def test_commit_async_from_a_callback_does_not_wait_for_the_session_register(
+    tmp_path: Path, client_node: otp.Node
+) -> None:
+    """The register's answer comes through the client thread that runs callbacks: waiting
+    for it there used to block that thread until the commit timed out."""
+    with cluster(tmp_path, size=1) as nodes:
+        c = Client(
+            [n.id for n in nodes], table="test", partitions=1, node=client_node, sessions=True,
+            timeout=3.0,
+        )  # fmt: skip
+        try:
+            done = threading.Event()
+            out: dict[str, Any] = {}
+
+            def first(result: Any) -> None:
+                out["first"] = result
+                with c._session_locks[1]:
+                    c._sessions.pop(1, None)  # the next commit must register again
+                started = time.monotonic()
+                c.commit_async(1, ("incr", "test", "n", 1), callback=second)
+                out["blocked"] = time.monotonic() - started
+
+            def second(result: Any) -> None:
+                out["second"] = result
+                done.set()
+
+            c.commit_async(1, ("incr", "test", "n", 1), callback=first)
+            assert done.wait(10)
+            assert out["first"] == ("ok", 1) and out["second"] == ("ok", 2)
+            assert out["blocked"] < 0.5
+        finally:
+            c.close()
