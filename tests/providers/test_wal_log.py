@@ -15,8 +15,10 @@ import pytest
 
 from waraft import otp
 from waraft.core.types import Entry, LogPos, Priority
+from waraft.log import wal as wal_module
 from waraft.log.provider import LogCorruptionError, LogWriteError
 from waraft.log.wal import (
+    MAGIC,
     WalLog,
     WalWriter,
     _append_payload,
@@ -722,3 +724,105 @@ def test_records_are_framed_on_the_wal_thread(root: Path, monkeypatch: pytest.Mo
     _crash(log)
     log = WalLog.open(root / "kv.1")
     assert log.last_index() == 3 and log.term(1) == 1
+
+
+@pytest.mark.parametrize("then", ["kill9_before_old_files_are_deleted", "full_disk_at_compaction"])
+def test_a_file_created_without_its_header_is_removed_not_kept(
+    root: Path, then: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill -9 inside ``_open_file`` leaves a file without its header. Kept (cut to 0
+    bytes), it sat in the middle once a later start kept the old files, and the start after
+    that reported the whole node corrupt."""
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 10))
+    log.sync()
+    _crash(log)
+    newest = int(max(_wal_files(root))[: -len(".wal")])
+    (root / "wal" / f"{newest + 1:020d}.wal").write_bytes(MAGIC[:5])  # a torn header
+    if then == "kill9_before_old_files_are_deleted":
+
+        def killed(self: WalWriter) -> None:
+            raise KeyboardInterrupt  # stands for the kill -9 after the compaction's fsync
+
+        monkeypatch.setattr(WalWriter, "_drop_old_files", killed)
+        with pytest.raises(KeyboardInterrupt):
+            WalLog.open(root / "kv.1")
+    else:
+
+        def full(self: WalWriter) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(WalWriter, "_compact_recovered", full)
+        _crash(WalLog.open(root / "kv.1"))
+    monkeypatch.undo()
+    log = WalLog.open(root / "kv.1")
+    assert log.last_index() == 10 and log.get(10) == _entries(10, 1)[0]
+    assert all(os.path.getsize(root / "wal" / name) > 0 for name in _wal_files(root))
+
+
+@pytest.mark.parametrize("op", [("a", "kv.1", 11), ("r", "kv.1", 11), ("c", "kv.1", 11)])
+def test_a_crc_valid_record_of_the_wrong_shape_is_corruption_not_a_crash(
+    root: Path, op: tuple[Any, ...]
+) -> None:
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 10))
+    log.sync()
+    path = log._writer._path
+    _crash(log)
+    with open(path, "ab") as f:
+        f.write(_record(op))  # one item short
+    with pytest.raises(LogCorruptionError, match="bad WAL record"):
+        WalLog.open(root / "kv.1")
+
+
+def test_a_live_log_larger_than_one_record_is_checkpointed_in_several(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition that cannot trim for long outgrows one record: its checkpoint at rotation
+    and at restart is split, instead of killing the WAL's I/O thread (every partition then
+    waited in ``sync`` forever) and failing every restart."""
+    limit = 20_000
+    monkeypatch.setattr(wal_module, "MAX_PAYLOAD", limit)
+    options = {"max_file_bytes": 30_000, "keep_files": 0}
+    lagging = WalLog.open(root / "kv.1", **options)
+    busy = WalLog.open(root / "kv.2", **options)
+    big = [Entry(1, f"k{i}", ("write", "t", f"k{i}", "v" * 400)) for i in range(1, 161)]
+    for at in range(0, 160, 10):  # each append fits a record, the whole log does not
+        lagging.append(at + 1, big[at : at + 10])
+        lagging.sync()
+    assert lagging.byte_size() > 3 * limit
+    checkpoints = _checkpoints_of(lagging)
+    for at in range(0, 400, 10):  # rotations: each checkpoints the lagging log
+        busy.append(at + 1, _entries(at + 1, 10))
+        busy.sync()
+    assert max(checkpoints) > limit and lagging._writer.broken is None
+    _crash(lagging)
+    lagging = WalLog.open(root / "kv.1", **options)
+    assert [lagging.get(i) for i in (1, 80, 160)] == [big[0], big[79], big[159]]
+    assert lagging.last_index() == 160
+
+
+def test_an_exception_that_ends_the_io_thread_breaks_the_wal_instead_of_hanging_it(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = WalLog.open(root / "kv.1")
+
+    def bug(self: WalWriter, *args: Any) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(WalWriter, "_write", bug)
+    log.append(1, _entries(1, 3))
+    raised: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            log.sync()
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=sync, daemon=True)  # bounded: it used to wait forever
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "sync() still waits for a dead I/O thread"
+    assert isinstance(raised[0], LogWriteError) and "RuntimeError" in str(raised[0])
+    assert not log.can_append(1, Priority.HIGH)

@@ -27,7 +27,8 @@ two items are the operation and the partition key (the partition directory's bas
 * ``("a", key, first, [(term, key, command, label), ...])`` append (replay cuts the log at
   ``first`` first, so replay is exact even after truncates);
 * ``("t", key, index)`` truncate; ``("r", key, index, term)`` reset;
-* ``("m", key, index)`` trim; ``("c", key, first, entries)`` checkpoint (the whole live log).
+* ``("m", key, index)`` trim; ``("c", key, first, entries)`` checkpoint (the whole live log;
+  followed by ``"a"`` records for the rest when it is larger than one record).
 
 Recovery, rotation, retention
 -----------------------------
@@ -140,6 +141,28 @@ def _frame(data: bytes) -> bytes:
 def _payload(op: tuple[Any, ...]) -> bytes:
     """The payload of the record of ``op`` (what ``WalWriter.submit`` takes)."""
     return _checked(packb(op))
+
+
+def _checkpoint_payloads(key: str, first: int, entries: Sequence[Entry]) -> list[bytes]:
+    """The payloads that rebuild ``key``'s log ``entries`` from ``first``: one ``"c"`` record,
+    then ``"a"`` records when the log does not fit in one record (a log that could not trim
+    for long can outgrow ``MAX_PAYLOAD``; one record would fail every rotation and restart).
+    Only an entry larger than a record on its own raises ``LogError``."""
+    data = packb(("c", key, first, _raw(entries)))
+    if len(data) <= MAX_PAYLOAD or len(entries) <= 1:
+        return [_checked(data)]
+    payloads: list[bytes] = []
+    kind, pending = "c", [(first, entries)]
+    while pending:
+        at, part = pending.pop()
+        data = packb((kind, key, at, _raw(part)))
+        if len(data) > MAX_PAYLOAD and len(part) > 1:
+            half = len(part) // 2  # the first half goes first: pushed last
+            pending += [(at + half, part[half:]), (at, part[:half])]
+            continue
+        payloads.append(_checked(data))
+        kind = "a"
+    return payloads
 
 
 def _checked(data: bytes) -> bytes:
@@ -356,6 +379,17 @@ class WalWriter:
                 data = f.read()
             last = number == len(files) - 1
             header_ok = len(data) >= FILE_HEADER.size and data[:8] == MAGIC
+            if not data or (last and not header_ok and not _valid_record_after(data, 0)):
+                # Created but its header never written whole (a kill -9 inside _open_file):
+                # it holds nothing. Removed, not cut to 0 bytes and kept: were it kept and this
+                # start not get as far as deleting the old files (a kill -9, a full disk), it
+                # would sit in the middle at the next start and read as a bad header.
+                logger.warning(
+                    "removing WAL file %s: no complete header (%d bytes)", path, len(data)
+                )
+                os.unlink(path)
+                os.fsync(self._dir_fd)
+                continue
             if header_ok:
                 ops, bad_at, reason = _scan(data, FILE_HEADER.size)
             else:
@@ -374,13 +408,19 @@ class WalWriter:
             for op in ops:
                 try:
                     _replay(logs, op)
-                except (CodecError, TypeError, ValueError) as exc:
-                    self.corruption = LogCorruptionError(path, 0, f"bad WAL record: {exc}")
+                    if op[0] in ("a", "c"):
+                        pins[op[1]] = max(pins.get(op[1], -1), int(op[2]) + len(op[3]) - 1)
+                    elif op[0] == "r":
+                        pins[op[1]] = max(pins.get(op[1], -1), int(op[2]))
+                except Exception as exc:
+                    # A CRC-valid record of the wrong shape (too few items, wrong types): the
+                    # file is damaged, which quarantines; any exception here would instead
+                    # crash every start of the log actors.
+                    self.corruption = LogCorruptionError(
+                        path, 0, f"bad WAL record {op[:2]!r}: {type(exc).__name__}: {exc}"
+                    )
+                    logger.error("WAL %s", self.corruption)
                     return files[-1][0]
-                if op[0] in ("a", "c"):
-                    pins[op[1]] = max(pins.get(op[1], -1), int(op[2]) + len(op[3]) - 1)
-                elif op[0] == "r":
-                    pins[op[1]] = max(pins.get(op[1], -1), int(op[2]))
             self._old.append((path, pins))
         self._recovered = logs
         return files[-1][0] if files else 0
@@ -389,8 +429,9 @@ class WalWriter:
         """Start from one file: write every recovered log into the new file as a checkpoint,
         make it durable, then delete the older files (so restarts do not pile up files)."""
         records = [
-            _record(("c", key, first, _raw(entries)))
+            _frame(payload)
             for key, (first, entries) in self._recovered.items()
+            for payload in _checkpoint_payloads(key, first, entries)
         ]
         data = b"".join(records)
         view = memoryview(data)
@@ -588,6 +629,20 @@ class WalWriter:
             event.set()
 
     def _run(self) -> None:
+        """The I/O thread. Whatever kills it breaks the WAL (``broken``) and wakes every
+        waiter: a thread that died silently left every partition waiting in ``sync``
+        forever while ``can_append`` still said yes."""
+        try:
+            self._loop()
+        except BaseException as exc:
+            with self._cond:
+                if self.broken is None:
+                    self.broken = f"WAL I/O thread failed: {type(exc).__name__}: {exc}"
+                self._cond.notify_all()
+                self._wake()
+            logger.exception("WAL %s: %s", self.directory, self.broken)
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
@@ -762,10 +817,12 @@ class WalWriter:
         if recovered is None or recovered[0] > pin:
             return 0, 0
         first, entries = recovered
-        payload = _payload(("c", key, first, _raw(entries)))
-        ticket = self.submit(payload, key, -1)
+        payloads = _checkpoint_payloads(key, first, entries)
+        ticket = 0
+        for payload in payloads:
+            ticket = self.submit(payload, key, -1)
         self._pins[key] = first + len(entries) - 1
-        return ticket, RECORD_HEADER.size + len(payload)
+        return ticket, sum([RECORD_HEADER.size + len(p) for p in payloads])
 
     def _still_needs(self, key: str, pin: int) -> bool:
         """Under the registry lock: whether partition ``key``'s log (open or carried) still
@@ -998,10 +1055,11 @@ class WalLog(MemoryLog):
             if run.first > pin:
                 return 0, 0
             self._release_held()  # before the checkpoint, as the appends came first
-            payload = _payload(("c", self._key, run.first, _raw(run.entries)))
-            self._ticket = self._writer.submit(payload, self._key, -1)
+            payloads = _checkpoint_payloads(self._key, run.first, run.entries)
+            for payload in payloads:
+                self._ticket = self._writer.submit(payload, self._key, -1)
             self._writer.note_checkpoint(self._key, self.last_index())
-            return self._ticket, RECORD_HEADER.size + len(payload)
+            return self._ticket, sum([RECORD_HEADER.size + len(p) for p in payloads])
 
     def needs_through(self, pin: int) -> bool:
         """Whether this log still holds entries at or below index ``pin`` (rotation: a WAL
