@@ -826,3 +826,37 @@ def test_an_exception_that_ends_the_io_thread_breaks_the_wal_instead_of_hanging_
     assert not waiter.is_alive(), "sync() still waits for a dead I/O thread"
     assert isinstance(raised[0], LogWriteError) and "RuntimeError" in str(raised[0])
     assert not log.can_append(1, Priority.HIGH)
+
+
+def test_a_restart_on_a_full_disk_opens_the_logs_and_writes_wait_for_room(root: Path) -> None:
+    """No room even for a new file's header: the writer goes on in the newest file, so the
+    partitions open (their log actors used to fail every start until there was room)."""
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 10))
+    log.sync()
+    _crash(log)
+    before = _wal_files(root)
+    real = os.write
+    full = threading.Event()
+    full.set()
+    wal_dir = str(root / "wal")
+
+    def write(fd: int, data: Any) -> int:
+        if full.is_set() and os.readlink(f"/proc/self/fd/{fd}").startswith(wal_dir):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    os.write = write  # type: ignore[assignment]
+    try:
+        log = WalLog.open(root / "kv.1")
+        assert log.entries(1, 10, 100, 1 << 30) == _entries(1, 10)  # reads are served
+        assert _wal_files(root) == before  # nothing new, nothing compacted away
+        log.append(11, _entries(11, 1))
+        assert not log.sync_within(0.3)  # not acknowledged while there is no room
+        full.clear()  # room again
+        log.sync()
+    finally:
+        os.write = real
+    _crash(log)
+    log = WalLog.open(root / "kv.1")
+    assert log.entries(1, 11, 100, 1 << 30) == _entries(1, 11)

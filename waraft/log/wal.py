@@ -317,13 +317,19 @@ class WalWriter:
                 time.sleep(0.01)
         self._dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
         self._fd = -1
+        self._recovered_in_place = False  # started in the newest old file (a full disk)
         self._size = 0
         self._carried = 0  # bytes of checkpoints carried into the active file
         self._path = ""
         try:
             seq = self._recover()
-            self._open_file(seq + 1)
-            if self.corruption is None:
+            try:
+                self._open_file(seq + 1)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._old:
+                    raise
+                self._continue_in_newest_file(exc)  # a full disk: no new file, no compaction
+            if self.corruption is None and not self._recovered_in_place:
                 try:
                     self._compact_recovered()
                 except OSError as exc:
@@ -424,6 +430,22 @@ class WalWriter:
             self._old.append((path, pins))
         self._recovered = logs
         return files[-1][0] if files else 0
+
+    def _continue_in_newest_file(self, exc: OSError) -> None:
+        """Start on a full disk: the new file cannot even get its header, so the writer
+        appends to the newest recovered file (its torn tail already cut) and keeps every old
+        file, which hold every log. Writes then stall until there is room (``_stall``), reads
+        are served: the partitions open instead of failing every start of their log actors."""
+        path, pins = self._old.pop()
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        self._fd, self._path, self._size = fd, path, os.fstat(fd).st_size
+        self._seq = int(os.path.basename(path)[: -len(SUFFIX)])
+        self._pins, self._carried = dict(pins), 0
+        self._recovered_in_place = True
+        logger.warning(
+            "WAL %s: no room for a new file (%s); continuing in %s, writes wait for room",
+            self.directory, exc, path,
+        )  # fmt: skip
 
     def _compact_recovered(self) -> None:
         """Start from one file: write every recovered log into the new file as a checkpoint,
