@@ -860,3 +860,27 @@ def test_a_restart_on_a_full_disk_opens_the_logs_and_writes_wait_for_room(root: 
     _crash(log)
     log = WalLog.open(root / "kv.1")
     assert log.entries(1, 11, 100, 1 << 30) == _entries(1, 11)
+
+
+def test_an_old_file_that_cannot_be_deleted_does_not_stop_the_writes(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = WalLog.open(root / "kv.1", max_file_bytes=4096, keep_files=0)
+    real = os.unlink
+    refused: list[str] = []
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).endswith(".wal"):
+            refused.append(str(path))
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    for at in range(1, 400, 10):  # rotations, each wanting to delete the file before
+        log.append(at, _entries(at, 10))
+        log.sync()
+    assert refused and log._writer.broken is None and log.can_append(1, Priority.HIGH)
+    monkeypatch.undo()
+    _crash(log)
+    log = WalLog.open(root / "kv.1")  # the files left behind replay in order
+    assert log.entries(1, 400, 1000, 1 << 30) == _entries(1, 400)

@@ -864,8 +864,14 @@ class WalWriter:
             return
         self._pending_delete = None
         for path in pending[1]:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                # The file only costs disk: the next start replays it and compacts it away.
+                # Not a reason to stop every partition's writes (the I/O thread would end).
+                logger.error("WAL %s: could not delete %s: %s", self.directory, path, exc)
         with contextlib.suppress(OSError):
             os.fsync(self._dir_fd)
 
