@@ -229,3 +229,37 @@ def test_incr_after_a_providers_own_command_reads_what_that_command_left(tmp_pat
     packed = codec.packb([bump, incr])
     assert acceptor.commit(acc, ("c", ("$batch", packed))) == [("ok", 12), DERIVED_AFTER_OPAQUE]
     assert acceptor.read(acc, ("read", "t", "c")) == ("ok", 12)
+
+
+def test_a_storage_restart_that_fails_after_opening_its_provider_closes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``terminate`` does not run when ``init`` fails: the node LMDB's slot of the partition
+    stayed taken and every later restart failed with StorageLockedError."""
+    pytest.importorskip("lmdb")
+    node = _single(tmp_path, log_module=DISK, storage_module=NODE_LMDB)
+    acc = addr("acceptor", node)
+    assert acceptor.commit(acc, ("a", ("write", "t", "k", 1))) == OK
+    failures = [RuntimeError("a damaged session table")]
+    real = storage.StorageServer._load_sessions
+
+    def load(self: storage.StorageServer) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(self)
+
+    real_cast = storage.StorageServer.handle_cast
+
+    def handle_cast(self: storage.StorageServer, msg: Any) -> None:
+        if msg == ("crash",):
+            raise RuntimeError("a crash of the storage actor")
+        real_cast(self, msg)
+
+    monkeypatch.setattr(storage.StorageServer, "_load_sessions", load)
+    monkeypatch.setattr(storage.StorageServer, "handle_cast", handle_cast)
+    otp.cast(addr("storage", node), ("crash",))  # the partition restarts: the first storage
+    # start fails after opening its provider, the supervisor's next one must succeed
+    wait_until(lambda: not failures and state(node) == "leader", timeout=20)
+    assert acceptor.commit(addr("acceptor", node), ("b", ("write", "t", "k", 2))) == OK
+    assert acceptor.read(addr("acceptor", node), ("read", "t", "k")) == ("ok", 2)
+    node.stop()

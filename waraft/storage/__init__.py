@@ -33,6 +33,7 @@ entries whose results it records, so it is in every snapshot and survives restar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -265,28 +266,35 @@ class StorageServer(otp.Process):
         )
         os.makedirs(self.path, exist_ok=True)
         self.provider: StorageProvider = options.storage_module.open(storage_options, self.path)
-        # A provider whose every call is one transaction handed to a committer (the node's
-        # LMDB) takes the plain $batch entries of an apply message with the plain commands
-        # around them: one transaction per message instead of one per entry.
-        self._merge_batches = bool(getattr(self.provider, "merge_batches", False))
-        self._corruption: StorageCorruptionError | None = None
-        self.position: LogPos = self.provider.position()
-        self.skipped = 0
-        self.sessions = self._load_sessions()
-        self._refresh_config()
-        self._witness_interval = int(
-            env.get_table_env(
-                options.application,
-                options.table,
-                WITNESS_APPLY_INTERVAL_KEY,
-                DEFAULT_WITNESS_APPLY_INTERVAL,
+        try:
+            # A provider whose every call is one transaction handed to a committer (the node's
+            # LMDB) takes the plain $batch entries of an apply message with the plain commands
+            # around them: one transaction per message instead of one per entry.
+            self._merge_batches = bool(getattr(self.provider, "merge_batches", False))
+            self._corruption: StorageCorruptionError | None = None
+            self.position: LogPos = self.provider.position()
+            self.skipped = 0
+            self.sessions = self._load_sessions()
+            self._refresh_config()
+            self._witness_interval = int(
+                env.get_table_env(
+                    options.application,
+                    options.table,
+                    WITNESS_APPLY_INTERVAL_KEY,
+                    DEFAULT_WITNESS_APPLY_INTERVAL,
+                )
             )
-        )
-        self._notify_complete = bool(
-            env.get_table_env(
-                options.application, options.table, "raft_storage_notify_complete", True
+            self._notify_complete = bool(
+                env.get_table_env(
+                    options.application, options.table, "raft_storage_notify_complete", True
+                )
             )
-        )
+        except BaseException:
+            # terminate does not run when init fails: close here, or the provider's hold on
+            # its files (the node LMDB's per-partition slot, a lock) fails every restart.
+            with contextlib.suppress(Exception):
+                self.provider.close()
+            raise
         logger.info("storage %s opened at %s", self.name, self.position)
 
     def terminate(self, reason: Any) -> None:
