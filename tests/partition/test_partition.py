@@ -450,3 +450,26 @@ def test_a_restart_applies_the_log_tail_storage_lost(
         ("ok", i) for i in range(30)
     ]
     assert copied.index < applied.index
+
+
+def test_a_witness_is_marked_incomplete_from_its_first_skipped_entry(tmp_path: Path) -> None:
+    """Not only after ``raft_storage_witness_apply_interval`` (5000) skipped entries: until a
+    ``noop_omitted`` is applied, a config making the witness a data member would pass its
+    storage's check with the data missing."""
+    nodes = [start_node(tmp_path, f"n{i}", [1]) for i in (1, 2, 3)]
+    try:
+        ids = [ident(n) for n in nodes]
+        config = server.make_config(ids, [ids[2]])
+        for n in nodes:
+            assert server.bootstrap(addr("server", n), LogPos(1, 1), config) == "ok"
+        assert server.trigger_election(addr("server", nodes[0])) == "ok"
+        wait_until(lambda: state(nodes[0]) == "leader")
+        acc = addr("acceptor", nodes[0])
+        assert acceptor.commit(acc, ("a", ("write", "t", "k", 1))) == "ok"
+        witness = addr("storage", nodes[2])
+        wait_until(lambda: storage.status(witness)["last_applied"] >= 3)
+        status = storage.status(witness)
+        assert status["witness"] is True and status["incomplete"] is True
+    finally:
+        for n in nodes:
+            n.stop()

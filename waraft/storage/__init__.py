@@ -595,8 +595,11 @@ class StorageServer(otp.Process):
             self.position = position
             self._refresh_config()
             return ("ok", position) if result == OK else result
-        # A witness keeps no data: advance the position, and now and then record it.
-        if self.skipped >= self._witness_interval:
+        # A witness keeps no data: advance the position, and now and then record it. The first
+        # skipped entry is recorded at once (WARaft waits for the interval): until a
+        # noop_omitted is applied the provider is not marked incomplete, and a config making
+        # this replica a data member would pass check_config with data missing.
+        if self.skipped >= self._witness_interval or not self.provider.incomplete():
             self.skipped = 0
             result = self.provider.apply(NOOP_OMITTED, position, label)
         else:
