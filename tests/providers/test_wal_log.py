@@ -52,6 +52,16 @@ def _crash(log: WalLog) -> None:
     writer.stop()
 
 
+def _crashed_with_ten_entries(root: Path) -> str:
+    """Partition kv.1 with entries 1..10 synced, then a kill -9; the newest WAL file's path."""
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 10))
+    log.sync()
+    path = log._writer._path
+    _crash(log)
+    return path
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -118,11 +128,7 @@ def test_sync_returns_only_after_the_fsync_covering_the_append(root: Path) -> No
 
 
 def test_torn_tail_is_cut_and_the_synced_prefix_survives(root: Path) -> None:
-    log = WalLog.open(root / "kv.1")
-    log.append(1, _entries(1, 10))
-    log.sync()
-    path = log._writer._path
-    _crash(log)
+    path = _crashed_with_ten_entries(root)
     with open(path, "ab") as f:
         f.write(b"\x40\x00\x00\x00\x12\x34")  # a record header cut short by the crash
     log = WalLog.open(root / "kv.1")
@@ -733,10 +739,7 @@ def test_a_file_created_without_its_header_is_removed_not_kept(
     """A kill -9 inside ``_open_file`` leaves a file without its header. Kept (cut to 0
     bytes), it sat in the middle once a later start kept the old files, and the start after
     that reported the whole node corrupt."""
-    log = WalLog.open(root / "kv.1")
-    log.append(1, _entries(1, 10))
-    log.sync()
-    _crash(log)
+    _crashed_with_ten_entries(root)
     newest = int(max(_wal_files(root))[: -len(".wal")])
     (root / "wal" / f"{newest + 1:020d}.wal").write_bytes(MAGIC[:5])  # a torn header
     if then == "kill9_before_old_files_are_deleted":
@@ -764,11 +767,7 @@ def test_a_file_created_without_its_header_is_removed_not_kept(
 def test_a_crc_valid_record_of_the_wrong_shape_is_corruption_not_a_crash(
     root: Path, op: tuple[Any, ...]
 ) -> None:
-    log = WalLog.open(root / "kv.1")
-    log.append(1, _entries(1, 10))
-    log.sync()
-    path = log._writer._path
-    _crash(log)
+    path = _crashed_with_ten_entries(root)
     with open(path, "ab") as f:
         f.write(_record(op))  # one item short
     with pytest.raises(LogCorruptionError, match="bad WAL record"):
@@ -831,10 +830,7 @@ def test_an_exception_that_ends_the_io_thread_breaks_the_wal_instead_of_hanging_
 def test_a_restart_on_a_full_disk_opens_the_logs_and_writes_wait_for_room(root: Path) -> None:
     """No room even for a new file's header: the writer goes on in the newest file, so the
     partitions open (their log actors used to fail every start until there was room)."""
-    log = WalLog.open(root / "kv.1")
-    log.append(1, _entries(1, 10))
-    log.sync()
-    _crash(log)
+    _crashed_with_ten_entries(root)
     before = _wal_files(root)
     real = os.write
     full = threading.Event()
