@@ -473,3 +473,28 @@ def test_a_witness_is_marked_incomplete_from_its_first_skipped_entry(tmp_path: P
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_malformed_calls_are_answered_and_restart_nothing(tmp_path: Path) -> None:
+    """Calls reachable from the wire with a bad shape used to raise inside the actor, and
+    the partition's one_for_all supervisor restarted all six processes each time."""
+    node = start_node(tmp_path, "n1", [1])
+    try:
+        _bootstrap_single(node)
+        pids = {k: otp.whereis(addr(k, node)[0], node=node) for k in ("server", "acceptor")}
+        bad = [
+            (addr("server", node), ("is_peer_ready",)),
+            (addr("server", node), ("is_peer_ready", 7)),
+            (addr("server", node), ("snapshot_available", "x")),
+            (addr("acceptor", node), ("commit",)),
+            (addr("acceptor", node), ("read", 1)),
+            (addr("acceptor", node), ("commit", ("k",), "high")),
+            (addr("storage", node), ("read",)),
+        ]
+        for target, request in bad:
+            answer = otp.call(target, request, 5)
+            assert answer[0] == "error" and "badarg" in str(answer), (request, answer)
+        assert {k: otp.whereis(addr(k, node)[0], node=node) for k in pids} == pids
+        assert acceptor.commit(addr("acceptor", node), ("k", ("write", "t", "k", 1))) == "ok"
+    finally:
+        node.stop()

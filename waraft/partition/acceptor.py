@@ -36,6 +36,7 @@ from typing import Any, Final
 from waraft import distribution as dist
 from waraft import otp
 from waraft.core import events
+from waraft.core.rpc import short_repr
 from waraft.core.types import Priority
 from waraft.distribution import inline as dist_inline
 from waraft.distribution import policy
@@ -173,7 +174,13 @@ class Acceptor(otp.Process):
             self._held += len(reads)
 
     def _handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        # Calls may come over the wire: a malformed one is answered, never a crash (which
+        # would restart the whole partition, over and over if repeated).
+        if not isinstance(request, tuple) or len(request) != 3:
+            return ("error", ("badarg", f"malformed acceptor call {short_repr(request)}"))
         kind = request[0]
+        if kind == "commit" and not (_valid_op(request) and _is_priority(request[2])):
+            return ("error", ("badarg", f"malformed commit {short_repr(request)}"))
         if kind == "commit":
             _, op, priority = request
             return self._single(self._commit([(from_, op)], priority_of(priority)))

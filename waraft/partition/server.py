@@ -712,8 +712,14 @@ class RaftServer(otp.StateMachine):
     def _call_event(self, request: Any, from_: otp.ReplyTo) -> Any:
         """Admin commands the core answers (through a Reply effect)."""
         kind, *args = request
+        try:
+            event = _EVENT_BUILDERS[kind](from_, *args)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            # Calls may come over the wire: a malformed one is answered, not a crash of the
+            # server (which would restart the whole partition, over and over if repeated).
+            return ("error", ("badarg", f"{kind}: {exc}"))
         self._refresh_settings()
-        self._step(_EVENT_BUILDERS[kind](from_, *args))
+        self._step(event)
         return otp.NOREPLY
 
 

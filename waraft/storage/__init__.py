@@ -654,7 +654,12 @@ class StorageServer(otp.Process):
         return result
 
     def _handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        if not isinstance(request, tuple) or not request:
+            return ("error", "badarg")
         kind = request[0]
+        if kind == "read" and len(request) != 2:
+            # Reachable from the wire (distribution.policy): answered, never a crash.
+            return ("error", "badarg")
         provider = self.provider
         if kind == "open" or kind == "position":
             return self.position
