@@ -27,6 +27,7 @@ from typing import Any
 
 from waraft import distribution as dist
 from waraft import otp
+from waraft.distribution import monitors
 
 _done = threading.Event()
 _victims: dict[str, otp.Pid] = {}
@@ -119,6 +120,7 @@ class Echo(otp.Process):
             _done.set()
             return "ok"
         if op == "spawn":
+            monitors.allow_link(request[1])
             _victims[request[1]] = otp.start(Victim, request[2], name=request[1])
             return "ok"
         if op == "victim":

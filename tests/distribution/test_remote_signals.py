@@ -13,6 +13,7 @@ from typing import Any
 
 from waraft import distribution as dist
 from waraft import otp
+from waraft.distribution import monitors
 
 from .helpers import DOWN, WAIT, Child, Inbox, wait_until
 
@@ -178,6 +179,7 @@ def test_local_crash_kills_the_remote_linked_process(node: str, shared_child: Ch
 def test_remote_trapper_sees_our_exit(node: str, shared_child: Child) -> None:
     shared_child.call("spawn", "v_trapper", True)
     pid, _ = watcher()
+    monitors.allow_link("linked_here")
     otp.register("linked_here", pid)
     shared_child.call("victim", "v_trapper", ("link", ("linked_here", node)))
     wait_until(lambda: dist.stats().get("remote_links_in") == 1)
@@ -211,6 +213,21 @@ def test_unlink_removes_both_ends(node: str, shared_child: Child) -> None:
     assert pid.is_alive()
 
 
+def test_a_link_to_a_name_that_did_not_opt_in_is_noproc_and_its_exit_kills_nothing(
+    node: str, shared_child: Child
+) -> None:
+    """Only names given to ``monitors.allow_link`` are linkable from another node: a link
+    followed by an exit signal used to kill any registered process (a partition's queue under
+    its one_for_all supervisor: the whole partition restarted, as often as a peer liked)."""
+    shared_child.call("spawn", "v_closed", False)
+    pid, _ = watcher()
+    otp.register("not_linkable_here", pid)
+    shared_child.call("victim", "v_closed", ("link", ("not_linkable_here", node)))
+    wait_until(lambda: not shared_child.call("reason", "v_closed")[0], what="victim exit")
+    assert shared_child.call("reason", "v_closed") == (False, "noproc")
+    assert dist.stats().get("remote_links_in", 0) == 0 and pid.is_alive()
+
+
 def test_link_to_a_missing_name_is_noproc(node: str, shared_child: Child) -> None:
     pid, _ = watcher()
     otp.call(pid, ("link", ("nobody_here", shared_child.node_id)))
@@ -222,6 +239,7 @@ def test_cut_off_node_is_noconnection_on_both_sides(node: str, spawn: Callable[.
     child = spawn("cut")
     child.call("spawn", "v_cut", True)
     pid, inbox = watcher(trap=True)
+    monitors.allow_link("cut_peer")
     otp.register("cut_peer", pid)
     here = ("cut_peer", node)
     child.call("victim", "v_cut", ("link", here))
@@ -277,6 +295,7 @@ def test_installed_links_and_monitors_are_bounded(node: str, shared_child: Child
     try:
         shared_child.call("spawn", "v_limited", True)
         pid, _ = watcher()
+        monitors.allow_link("limited_here")
         otp.register("limited_here", pid)
         here = ("limited_here", node)
         kept = shared_child.call("victim", "v_limited", ("monitor", here))
@@ -295,6 +314,7 @@ def test_installed_links_and_monitors_are_bounded(node: str, shared_child: Child
 
 
 def test_a_demonitor_that_overtook_its_monitor_cancels_it(node: str, shared_child: Child) -> None:
+    monitors.allow_link("overtaken")
     otp.register("overtaken", otp.start(Watcher, Inbox()))
     signals = ("dist_signals", node)
     me = shared_child.node_id

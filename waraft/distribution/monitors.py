@@ -82,6 +82,19 @@ _SHAPES: Final[dict[str, tuple[type | None, ...]]] = {
 }
 
 
+_LINKABLE: set[str] = set()
+
+
+def allow_link(name: str) -> None:
+    """Let processes on other nodes link to the process registered as ``name``.
+
+    A remote link to any other name is answered ``noproc``: an exit signal through a link
+    kills a process that does not trap exits (and a partition's processes sit under a
+    one_for_all supervisor), so a member that could link to any registered name could restart
+    any partition at will. Monitors only observe, and stay open to every member."""
+    _LINKABLE.add(name)
+
+
 def allow_signals() -> None:
     """Put the signal messages on the allow-list: members only, each naming its sender."""
     rule = policy.Rule(policy.MEMBER, guard=policy.same_node(1))
@@ -293,7 +306,7 @@ class DistSignals:
         remote_down(watcher, ref, addr, reason)
 
     def _on_link(self, node_id: str, pid_id: int, name: str) -> None:
-        pid = self._registry.whereis(name)
+        pid = self._registry.whereis(name) if name in _LINKABLE else None
         if pid is None or self._closed or self._full():
             reason = NOPROC if pid is None or self._closed else SYSTEM_LIMIT
             self._send(node_id, ("link_exit", self._me, name, pid_id, reason))
