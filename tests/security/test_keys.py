@@ -194,3 +194,30 @@ def test_the_cli_takes_the_keys(cluster: Cluster, key_dir: Path) -> None:
     assert secure.returncode == 0, secure.stderr[-2000:]
     assert len(json.loads(secure.stdout)) == 3
     assert status().returncode == 1  # without keys: every node unreachable
+
+
+def test_a_client_key_cannot_take_over_a_nodes_connection(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    """n2's probe sockets have predictable routing ids (``<n2>/p<k>``) and the ROUTER hands a
+    routing id over to a new connection: one made with the client key, from n2's host, used
+    to inherit the member rights cached for n2's connection and forge a vote as n2."""
+    from waraft.services import codec
+
+    target, victim = cluster.ids[0], cluster.ids[1]
+    pub, sec, srv = curve_of(key_dir, "app")
+    before = server.status((SERVER, target))["current_term"]
+    rpc = ["request_vote", before + 1000, SERVER, victim, ["normal", 10**9, 10**6]]
+    for k in range(1, 12):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, f"{victim}/p{k}".encode())
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, pub)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, sec)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, srv)
+        sock.connect("tcp://" + target.partition("@")[2])
+        time.sleep(0.2)
+        sock.send(envelope.cast_frame(SERVER, codec.packb(("rpcs", [rpc]))))
+        time.sleep(0.3)
+        sock.close(0)
+    assert server.status((SERVER, target))["current_term"] < before + 1000

@@ -56,15 +56,27 @@ RATE_LIMITED = "rate_limited"
 TOO_DEEP = "too_deep"
 
 
+def _user_id(head: zmq.Frame) -> str | None:
+    """The user id the connection's CURVE key authenticated as (None if none)."""
+    try:
+        user = head.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    return user if isinstance(user, str) else None
+
+
 class _Conn:
     """What the receive thread knows about one routing id (one sending socket)."""
 
-    __slots__ = ("address", "peer", "sender")
+    __slots__ = ("address", "peer", "sender", "user")
 
-    def __init__(self, peer: Peer, sender: Sender, address: str | None) -> None:
+    def __init__(
+        self, peer: Peer, sender: Sender, address: str | None, user: str | None = None
+    ) -> None:
         self.peer = peer
         self.sender = sender
         self.address = address
+        self.user = user  # the CURVE key's user id the rights were granted to
 
 
 class Receiver(threading.Thread):
@@ -212,7 +224,15 @@ class Receiver(threading.Thread):
         routing_id = head.bytes
         conn = self._senders.get(routing_id)
         address = _peer_address(head)
-        if conn is not None and conn.address == address and not conn.peer.forgotten:
+        user = _user_id(head) if self._dist.curve is not None else None
+        if (
+            conn is not None
+            and conn.address == address
+            and conn.user == user
+            and not conn.peer.forgotten
+        ):
+            # Same user id too: with ROUTER_HANDOVER another connection can take a routing
+            # id over, and it must not inherit the rights of the key that connected first.
             return conn
         node_id = nodeid.sender_of(routing_id)
         if node_id is None:
@@ -221,7 +241,7 @@ class Receiver(threading.Thread):
         if not self._from_its_host(node_id, address):
             self._count("rx_wrong_host")
             return None
-        rights = self._rights(node_id, head)
+        rights = self._rights(node_id, user)
         if rights is None:
             self._count("rx_wrong_key")
             return None
@@ -235,20 +255,16 @@ class Receiver(threading.Thread):
             return None
         if len(self._senders) >= _MAX_SENDER_CACHE:
             self._senders.clear()
-        conn = self._senders[routing_id] = _Conn(peer, Sender(node_id, rights), address)
+        conn = self._senders[routing_id] = _Conn(peer, Sender(node_id, rights), address, user)
         return conn
 
-    def _rights(self, node_id: str, head: zmq.Frame) -> frozenset[str] | None:
+    def _rights(self, node_id: str, user: str | None) -> frozenset[str] | None:
         """Every right without CURVE; with it, those of the key the connection authenticated
         with, provided that key may speak for ``node_id`` (None otherwise)."""
         curve = self._dist.curve
         if curve is None:
             return policy.RIGHTS
-        try:
-            user = head.get("User-Id")
-        except zmq.ZMQError:
-            user = None
-        return curve.rights_for(node_id, user if isinstance(user, str) else None)
+        return curve.rights_for(node_id, user)
 
     def _from_its_host(self, node_id: str, address: str | None) -> bool:
         """Whether a connection from ``address`` may use ``node_id``: the id's host must be
