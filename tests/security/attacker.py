@@ -54,10 +54,11 @@ class Attacker:
         self.target = node_id
         self.sock = self.connect(self.node_id)
 
-    def connect(self, claimed: str) -> zmq.Socket[Any]:
+    def connect(self, claimed: str, routing_id: str | None = None) -> zmq.Socket[Any]:
+        """A socket claiming node ``claimed`` (``routing_id``: this exact one instead)."""
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, f"{claimed}/a{next(_refs)}".encode())
+        sock.setsockopt(zmq.ROUTING_ID, (routing_id or f"{claimed}/a{next(_refs)}").encode())
         if self.curve is not None:
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self.curve[0])
             sock.setsockopt(zmq.CURVE_SECRETKEY, self.curve[1])

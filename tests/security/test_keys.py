@@ -202,22 +202,17 @@ def test_a_client_key_cannot_take_over_a_nodes_connection(
     """n2's probe sockets have predictable routing ids (``<n2>/p<k>``) and the ROUTER hands a
     routing id over to a new connection: one made with the client key, from n2's host, used
     to inherit the member rights cached for n2's connection and forge a vote as n2."""
-    from waraft.services import codec
-
     target, victim = cluster.ids[0], cluster.ids[1]
-    pub, sec, srv = curve_of(key_dir, "app")
     before = server.status((SERVER, target))["current_term"]
     rpc = ["request_vote", before + 1000, SERVER, victim, ["normal", 10**9, 10**6]]
-    for k in range(1, 12):
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, f"{victim}/p{k}".encode())
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, pub)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, sec)
-        sock.setsockopt(zmq.CURVE_SERVERKEY, srv)
-        sock.connect("tcp://" + target.partition("@")[2])
-        time.sleep(0.2)
-        sock.send(envelope.cast_frame(SERVER, codec.packb(("rpcs", [rpc]))))
-        time.sleep(0.3)
-        sock.close(0)
+    attacker = Attacker(ctx, target, name="app.taker", curve=curve_of(key_dir, "app"))
+    try:
+        for k in range(1, 12):
+            sock = attacker.connect(victim, routing_id=f"{victim}/p{k}")
+            time.sleep(0.2)
+            attacker.cast(SERVER, ("rpcs", [rpc]), sock)
+            time.sleep(0.3)
+            sock.close(0)
+    finally:
+        attacker.close()
     assert server.status((SERVER, target))["current_term"] < before + 1000
