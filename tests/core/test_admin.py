@@ -211,6 +211,29 @@ def test_stalled_replica_accepts_a_snapshot_at_its_own_applied_index() -> None:
     ]
 
 
+def test_a_transferred_snapshot_is_installed_only_from_the_current_leader() -> None:
+    """A snapshot replaces data and membership: from the wire, only our leader may send one."""
+    follower = make_node(2, term=3)
+    follower.rpc(N1, AppendEntries(0, 0, [], 0, 0))  # N1 leads term 3
+    assert follower.core.leader == N1
+    for stranger in (N3.node, "intruder@10.0.0.9:1"):
+        fx = follower.handle(SnapshotAvailable("op", "/in/x", LogPos(50, 4), stranger))
+        assert fx == [Reply("op", ("error", "not_leader"))]
+        assert follower.state is State.FOLLOWER and follower.core.last_applied == 1
+    fx = follower.handle(SnapshotAvailable("op", "/in/1", LogPos(50, 4), N1.node))
+    assert fx[-1] == InstallSnapshot("op", "transfer", LogPos(50, 4), root="/in/1")
+
+    stalled = fresh(2)  # knows no leader yet: nobody's snapshot is its leader's
+    fx = stalled.handle(SnapshotAvailable("op", "/in/2", LogPos(7, 2), N1.node))
+    assert fx == [Reply("op", ("error", "not_leader"))]
+    stalled.rpc(N1, AppendEntries(0, 0, [], 0, 0), term=2)
+    assert stalled.core.leader == N1
+    fx = stalled.handle(SnapshotAvailable("op", "/in/3", LogPos(7, 2), N3.node))
+    assert fx == [Reply("op", ("error", "not_leader"))]
+    fx = stalled.handle(SnapshotAvailable("op", "/in/4", LogPos(7, 2), N1.node))
+    assert fx == [InstallSnapshot("op", "transfer", LogPos(7, 2), root="/in/4")]
+
+
 def test_stalled_rejects_heartbeats_with_zero_match() -> None:
     node = fresh(2)
     fx = node.rpc(N1, AppendEntries(5, 2, [], 5, 0), term=2, now=77)

@@ -180,8 +180,25 @@ def _promote_refusal(core: Replica, term: int | None, force: bool) -> str | None
 # -- snapshots and bootstrap -----------------------------------------------------------------
 
 
+def _from_stranger(core: Replica, event: SnapshotAvailable) -> bool:
+    """Refuse (and say so) a transferred snapshot whose sender is not our current leader.
+
+    A snapshot replaces the data and the membership wholesale, so it gets at least the trust
+    an ``append_entries`` gets: it must come from the node this replica follows in its current
+    term. One from an older leader is refused too; the current one sends its own.
+    """
+    source = event.source
+    if source is None or (core.leader is not None and core.leader.node == source):
+        return False
+    core.count("server.snapshot_available.not_leader")
+    core.reply(event.from_, error("not_leader"))
+    return True
+
+
 def snapshot_available(core: Replica, event: SnapshotAvailable) -> None:
     """Outside ``stalled``: a newer snapshot sends us to ``stalled`` to install it."""
+    if _from_stranger(core, event):
+        return
     if (
         core.state in (State.FOLLOWER, State.CANDIDATE, State.WITNESS)
         and event.position.index > core.last_applied
@@ -201,6 +218,8 @@ def install_transfer(core: Replica, event: SnapshotAvailable) -> None:
     snapshot past the position the replica already has (a re-enabled replica would then stay
     stalled for ever). Reloading the committed state at the same index loses nothing.
     """
+    if _from_stranger(core, event):
+        return
     position = event.position
     if core.pending_install is not None or position.index < core.last_applied:
         core.reply(event.from_, error("rejected"))

@@ -141,11 +141,17 @@ class Enable:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotAvailable:
-    """A snapshot at ``position`` sits in directory ``root`` (the file transport finished)."""
+    """A snapshot at ``position`` sits in directory ``root`` (the file transport finished).
+
+    ``source`` is the authenticated node that sent it over the wire; a replica installs such a
+    snapshot only while it knows that node as the leader of its current term (Raft's rule for
+    InstallSnapshot). ``None`` is a local admin's call, which needs no leader.
+    """
 
     from_: Any
     root: str
     position: LogPos
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

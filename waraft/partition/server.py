@@ -766,8 +766,8 @@ _EVENT_BUILDERS: dict[str, Callable[..., Any]] = {
     "is_peer_ready": lambda from_, peer: events.IsPeerReady(from_, Identity(*peer)),
     "disable": events.Disable,
     "enable": events.Enable,
-    "snapshot_available": lambda from_, root, pos: events.SnapshotAvailable(
-        from_, root, _check_position(pos)
+    "snapshot_available": lambda from_, root, pos, source=None: events.SnapshotAvailable(
+        from_, root, _check_position(pos), _check_source(source)
     ),
     "adjust_config": lambda from_, action, index=None: events.AdjustConfig(from_, action, index),
 }
@@ -875,6 +875,12 @@ def _check_position(position: Any) -> LogPos:
             f"a log position is LogPos(index, term) of non-negative ints: {position!r}"
         )
     return LogPos(*position)
+
+
+def _check_source(source: Any) -> str | None:
+    if source is not None and not isinstance(source, str):
+        raise ValueError(f"a snapshot's source is a node id or None: {source!r}")
+    return source
 
 
 def _term_or_offset(value: Any) -> Any:

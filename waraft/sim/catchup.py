@@ -128,7 +128,9 @@ class SnapshotCatchup:
             label=f"snapshot transfer {transfer.id} deadline",
         )
         target.handle(
-            SnapshotAvailable(TransferReply(self, transfer), transfer.root, transfer.position)
+            SnapshotAvailable(
+                TransferReply(self, transfer), transfer.root, transfer.position, transfer.source
+            )
         )
 
     def _expire(self, transfer: Transfer) -> None:
