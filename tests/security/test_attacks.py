@@ -164,6 +164,36 @@ def test_a_node_speaks_only_for_itself(
     evil.close()
 
 
+def test_a_snapshot_is_taken_only_from_the_partitions_leader(
+    cluster: Cluster, client: Client, ctx: zmq.Context[Any]
+) -> None:
+    """A pushed snapshot would replace a replica's data and membership: a node that does not
+    lead the partition cannot even start one, and cannot write into anyone else's."""
+    before = picture(cluster)
+    leader = leader_of(cluster)
+    follower = next(n for n in cluster.ids if n != leader)
+    evil = Attacker(ctx, follower)
+    meta = {"type": "snapshot", "table": TABLE, "partition": 1, "position": (10**6, 10**3)}
+    module = "waraft.transport.dist_transport"
+    attempts = [
+        ("wa_raft_transport", ("transport", 4242, evil.node_id, module, meta, [[1, "f", 3]])),
+        ("wa_raft_dist_transport", ("chunk", 4242, 1, 0, b"bad")),
+        ("wa_raft_dist_transport", ("complete", 4242, 1)),
+    ]
+    answers = []
+    for name, request in attempts:  # one at a time: two actors answer in their own order
+        evil.call(name, request)
+        answers += evil.answers(want=1)
+    assert [a[1] for a in answers] == [envelope.Kind.REPLY] * 3, answers
+    assert [tuple(a[3]) for a in answers] == [
+        ("error", "not_leader"),
+        ("error", "not_running"),
+        ("error", "invalid_file"),
+    ]
+    unharmed(cluster, client, before)
+    evil.close()
+
+
 def test_a_term_that_cannot_be_persisted_is_refused(
     cluster: Cluster, client: Client, ctx: zmq.Context[Any]
 ) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from tests.partition.helpers import APP, FAST, wait_until
 from waraft import otp, transport
 from waraft.partition import app, sup
-from waraft.services import env
+from waraft.services import env, info
 from waraft.transport import dist_transport
 
 FAST_RAFT = {
@@ -72,6 +72,13 @@ def set_app(node: otp.Node, **values: Any) -> None:
     """Change partition settings of a running node."""
     for key, value in values.items():
         env.set_env(APP, key, value, node=node.id)
+
+
+def follow(target: otp.Node, leader: otp.Node | str, partition: int = 1) -> None:
+    """Publish ``leader`` as the leader ``target``'s partition knows, as a heartbeat would: the
+    transport manager takes snapshots only from the partition's leader."""
+    leader_id = leader if isinstance(leader, str) else leader.id
+    info.set_current_term_info("test", partition, 1, leader_id, None, node=target.id)
 
 
 def on(node: otp.Node, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -176,7 +183,7 @@ class ChunkLog:
         self.hold = hold
         self.chunks: list[tuple[int, int, int, int]] = []  # (id, file, offset, size)
         self.waiting: list[otp.ReplyTo] = []
-        self.casts: list[Any] = []
+        self.completions: list[Any] = []
 
     def wait_chunks(self, count: int, timeout: float = 5.0) -> bool:
         with self.cond:
@@ -203,6 +210,11 @@ class HoldingReceiver(otp.Process):
         self.log = log
 
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        if request[0] == "complete":
+            with self.log.cond:
+                self.log.completions.append(request)
+                self.log.cond.notify_all()
+            return "ok"
         _, transport_id, file_id, offset, data = request
         with self.log.cond:
             self.log.chunks.append((transport_id, file_id, offset, len(data)))
@@ -211,11 +223,6 @@ class HoldingReceiver(otp.Process):
                 self.log.waiting.append(from_)
                 return otp.NOREPLY
         return "ok"
-
-    def handle_cast(self, msg: Any) -> None:
-        with self.log.cond:
-            self.log.casts.append(msg)
-            self.log.cond.notify_all()
 
 
 def replace_receiver(node: otp.Node, log: ChunkLog) -> otp.Pid:

@@ -14,6 +14,7 @@ from tests.partition.helpers import APP, addr, ident, leader_of, state, wait_unt
 from tests.transport.helpers import (
     ChunkCutter,
     ChunkLog,
+    follow,
     on,
     receiver_ids,
     replace_receiver,
@@ -188,6 +189,9 @@ def _single(tmp_path: Path, **kw: Any) -> otp.Node:
 
 
 def _ask(leader: otp.Node, target: otp.Node, witness: bool = False) -> None:
+    """The leader's RequestSnapshot for ``target``, which these tests keep outside the leader's
+    config: the target is told who leads (as a heartbeat would), or it refuses the offer."""
+    follow(target, leader)
     with leader.activate():
         options = part_sup.options("test", 1)
         snapshot_catchup.catchup(options, Identity("raft_server_test_1", target.id), witness)

@@ -11,6 +11,7 @@ import pytest
 from tests.partition.helpers import wait_until
 from tests.transport.helpers import (
     ChunkLog,
+    follow,
     make_tree,
     offer,
     on,
@@ -96,7 +97,7 @@ def test_at_most_max_inflight_chunks_wait_for_an_acknowledgement(tmp_path: Path)
     wait_status(a, transport_id, "completed")
     offsets = [offset for _, _, offset, _ in log.chunks]
     assert offsets == list(range(0, 100, 10))
-    assert log.casts == [("complete", transport_id, 1)]
+    assert log.completions == [("complete", transport_id, 1)]
 
 
 def test_a_missing_acknowledgement_fails_the_transfer(tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_a_missing_acknowledgement_fails_the_transfer(tmp_path: Path) -> None:
     wait_status(a, transport_id, "failed")
     error = on(a, transport.transport_info, transport_id, "error")
     assert error == ("file", 1, ("send_timed_out", transport_id, 1))
-    assert log.casts == []  # never told the receiver the file was complete
+    assert log.completions == []  # never told the receiver the file was complete
 
 
 def test_incoming_snapshots_are_admitted_up_to_the_limits(tmp_path: Path) -> None:
@@ -121,6 +122,12 @@ def test_incoming_snapshots_are_admitted_up_to_the_limits(tmp_path: Path) -> Non
         },
     )
     one_file = [(1, "data", 10)]
+    # Snapshots are taken only from the partition's leader: first nobody leads, then another.
+    assert offer(b, 100, one_file, meta=snapshot_meta()) == ("error", "not_leader")
+    follow(b, "someone@else")
+    assert offer(b, 100, one_file, meta=snapshot_meta()) == ("error", "not_leader")
+    assert on(b, transport.transport_info, 100) is None
+    follow(b, "fake@sender")
     assert offer(b, 101, one_file, meta=snapshot_meta()) == "ok"
     assert offer(b, 102, one_file, meta=snapshot_meta()) == "ok"
     assert offer(b, 103, one_file, meta=snapshot_meta()) == ("error", "receiver_overloaded")
@@ -142,6 +149,7 @@ def test_incoming_snapshots_are_admitted_up_to_the_limits(tmp_path: Path) -> Non
 def test_the_sender_learns_the_receiver_is_overloaded(tmp_path: Path) -> None:
     a = start(tmp_path, "a")
     b = start(tmp_path, "b", raft={"raft_max_incoming_snapshot_transfers": 0})
+    follow(b, a)
     src = make_tree(tmp_path / "src", {"data": b"d"})
     result = on(a, transport.start_snapshot_transfer, b.id, "test", 1, (3, 1), str(src), False)
     assert result == ("error", "receiver_overloaded")
@@ -277,6 +285,39 @@ def test_starting_from_a_missing_directory_or_to_a_missing_node_fails(tmp_path: 
     assert on(a, transport.transports) == []
 
 
+class FromNode(otp.LocalReplyTo):
+    """The reply handle of a call that came over the wire from ``node`` (as the distribution's
+    own handle names its authenticated caller)."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+
+def _call_from(node: str, target: otp.Node, request: object) -> object:
+    handle = otp.send_request(("wa_raft_dist_transport", target.id), request, FromNode(node))
+    assert isinstance(handle, otp.LocalReplyTo)
+    return handle.wait(5.0)
+
+
+def test_only_the_offering_node_writes_or_finishes_a_transports_files(tmp_path: Path) -> None:
+    b = start(tmp_path, "b")
+    follow(b, "fake@sender")
+    assert offer(b, 301, [(1, "data", 4)], meta=snapshot_meta()) == "ok"
+    path = _received_root(b, 301) / "data"
+    for request in (("chunk", 301, 1, 0, b"EVIL"), ("complete", 301, 1)):
+        assert _call_from("intruder@10.0.0.9:1", b, request) == ("error", "not_peer")
+    assert not path.exists()
+    assert on(b, transport.transport_info, 301, "status") == "running"
+    assert _call_from("fake@sender", b, ("chunk", 301, 1, 0, b"good")) == "ok"
+    assert _call_from("intruder@10.0.0.9:1", b, ("complete", 301, 1)) == ("error", "not_peer")
+    assert on(b, transport.transport_info, 301, "status") == "running"
+    assert _call_from("fake@sender", b, ("complete", 301, 1)) == "ok"
+    assert path.read_bytes() == b"good"
+
+
 def test_chunks_never_write_into_the_files_of_an_outgoing_transfer(tmp_path: Path) -> None:
     a, b = _pair(tmp_path)
     log = ChunkLog(hold=True)
@@ -286,7 +327,8 @@ def test_chunks_never_write_into_the_files_of_an_outgoing_transfer(tmp_path: Pat
     # A peer naming the sender's own transport ID gets nothing written on the sender.
     chunk = ("chunk", transport_id, 1, 0, b"EVIL")
     assert otp.call(("wa_raft_dist_transport", a.id), chunk) == ("error", "not_running")
-    otp.cast(("wa_raft_dist_transport", a.id), ("complete", transport_id, 1))
+    complete = ("complete", transport_id, 1)
+    assert otp.call(("wa_raft_dist_transport", a.id), complete) == ("error", "invalid_file")
     assert otp.call(("wa_raft_dist_transport", a.id), ["chunk", [1], 1, 0, b""]) == (
         "error",
         "invalid_chunk",

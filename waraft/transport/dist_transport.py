@@ -9,13 +9,16 @@ Sender (runs inside a ``waraft.transport_worker``): reads the file in
 requests with at most ``dist_transport_max_inflight`` (4) unacknowledged; each acknowledgement
 is awaited at most ``dist_transport_ack_timeout_ms`` (5 s, WARaft's hard-coded wait). A missing
 acknowledgement, a refused chunk or a transport that stopped running ends the file with an
-error. At the end of the file it casts ``("complete", id, file_id)``.
+error. At the end of the file it calls ``("complete", id, file_id)`` and awaits the answer
+like a chunk's (a call, not WARaft's cast: the receiver must know who reports the file done).
 
 Receiver (this module's actor): opens each file lazily (creating its directories, never
 following a symlink at the file itself), writes every chunk at its offset (rejecting chunks of
 transports that are not running, and chunks outside the size announced at admission), and on
 ``complete`` fsyncs the file and its directories up to the transfer root, checks the size, and
-reports the file to the local transport manager.
+reports the file to the local transport manager. Chunks and completions from another node are
+taken only from the node that offered the transport (the authenticated caller, ``not_peer``
+otherwise): a third node cannot write into, or finish early, a snapshot it did not send.
 
 ``transport_accept`` refuses a transport with ``receiver_disk_full`` when its bytes do not fit
 on the destination's file system.
@@ -48,6 +51,8 @@ logger = logging.getLogger(__name__)
 NAME: Final = "wa_raft_dist_transport"
 ACK_TIMEOUT_KEY: Final = "dist_transport_ack_timeout_ms"  # ours: WARaft hard-codes 5000
 DEFAULT_ACK_TIMEOUT_MS: Final = 5000
+COMPLETE_TIMEOUT_S: Final = 60.0
+"""How long a sender waits for the receiver to fsync and accept a finished file."""
 SWEEP_INTERVAL_MS: Final = 30_000
 
 
@@ -190,7 +195,14 @@ def _send_file(transport_id: int, file_id: int, fd: int, peer: str, state: Sende
         if reply != "ok":
             reason = reply[1] if isinstance(reply, tuple | list) and len(reply) == 2 else reply
             return ("receiver_error", transport_id, file_id, reason)
-    otp.cast(address, ("complete", transport_id, file_id))
+    # The receiver fsyncs the whole file before it answers: give that longer than a chunk.
+    wait = max(ack_timeout, COMPLETE_TIMEOUT_S)
+    try:
+        reply = state.request(address, ("complete", transport_id, file_id), wait).wait(wait)
+    except otp.ExitError as exc:
+        return ("complete_failed", transport_id, file_id, exc.reason)
+    if reply != "ok":
+        return ("receiver_error", transport_id, file_id, reply)
     return None
 
 
@@ -230,7 +242,7 @@ class DistTransport(otp.Process):
     process_type = otp.THREAD  # writes and fsyncs the chunks it receives
 
     def init(self) -> None:
-        policy.allow(NAME, casts={"complete": policy.MEMBER}, calls={"chunk": policy.MEMBER})
+        policy.allow(NAME, calls={"chunk": policy.MEMBER, "complete": policy.MEMBER})
         self.fds: dict[tuple[int, int], int] = {}
         self._timer = otp.send_after(SWEEP_INTERVAL_MS, self.pid, "sweep")
 
@@ -242,22 +254,42 @@ class DistTransport(otp.Process):
         self.fds.clear()
 
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
-        if isinstance(request, tuple | list) and len(request) == 5 and request[0] == "chunk":
-            return self._write(*request[1:])
+        if not isinstance(request, tuple | list) or not request:
+            logger.warning("dist transport got an unknown call %r", request)
+            return ("error", "unsupported")
+        kind = request[0]
+        if kind == "chunk" and len(request) == 5:
+            return self._from_peer(request[1], from_) or self._write(*request[1:])
+        if (
+            kind == "complete"
+            and len(request) == 3
+            and isinstance(request[1], int)
+            and isinstance(request[2], int)
+        ):
+            return self._from_peer(request[1], from_) or self._complete(request[1], request[2])
         logger.warning("dist transport got an unknown call %r", request)
         return ("error", "unsupported")
 
     def handle_cast(self, msg: Any) -> None:
-        if (
-            isinstance(msg, tuple | list)
-            and len(msg) == 3
-            and msg[0] == "complete"
-            and isinstance(msg[1], int)
-            and isinstance(msg[2], int)
-        ):
-            self._complete(msg[1], msg[2])
-        else:
-            logger.warning("dist transport got an unknown cast %r", msg)
+        logger.warning("dist transport got an unknown cast %r", msg)
+
+    @staticmethod
+    def _from_peer(transport_id: Any, from_: otp.ReplyTo) -> Any:
+        """None when the caller may touch ``transport_id``'s files, else the refusal.
+
+        A caller on another node is named by its authenticated connection (``from_.node``);
+        it must be the node the transport was admitted from. A local caller (no node) is this
+        node's own code."""
+        caller = getattr(from_, "node", None)
+        if caller is None:
+            return None
+        if not isinstance(transport_id, int):
+            return ("error", "invalid_chunk")
+        peer = tables.transport_info(transport_id, "peer")
+        if peer is not None and peer != caller:
+            logger.warning("transport %s: %s is not its peer %s", transport_id, caller, peer)
+            return ("error", "not_peer")
+        return None
 
     def handle_info(self, msg: Any) -> None:
         if msg == "sweep":
@@ -309,12 +341,14 @@ class DistTransport(otp.Process):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def _complete(self, transport_id: int, file_id: int) -> None:
+    def _complete(self, transport_id: int, file_id: int) -> Any:
+        """Finish one received file; the answer tells the sender whether it was accepted (the
+        manager learns the file's own outcome either way)."""
         file = tables.file_info(transport_id, file_id)
         info = tables.transport_info(transport_id)
         if file is None or info is None or info["type"] != "receiver":
             logger.warning("transport %s: completion of unknown file %s", transport_id, file_id)
-            return
+            return ("error", "invalid_file")
         try:
             fd = self._open(transport_id, file_id, file["path"])  # an empty file has no chunk
             try:
@@ -325,12 +359,15 @@ class DistTransport(otp.Process):
             self._sync_directories(os.path.dirname(file["path"]), info["root"])
         except OSError as exc:
             logger.warning("transport %s: finishing file %s failed: %s", transport_id, file_id, exc)
-            transport.complete(transport_id, file_id, ("sync_failed", exc.strerror))
-            return
+            status: Any = ("sync_failed", exc.strerror)
+            transport.complete(transport_id, file_id, status)
+            return ("error", status)
         if size != file["total_bytes"]:
-            transport.complete(transport_id, file_id, ("size_mismatch", size, file["total_bytes"]))
-            return
+            status = ("size_mismatch", size, file["total_bytes"])
+            transport.complete(transport_id, file_id, status)
+            return ("error", status)
         transport.complete(transport_id, file_id, "ok")
+        return "ok"
 
     @staticmethod
     def _sync_directories(directory: str, root: str) -> None:

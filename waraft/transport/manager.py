@@ -29,7 +29,7 @@ from typing import Any, Final
 from waraft import otp
 from waraft.core.types import LogPos
 from waraft.distribution import policy
-from waraft.services import env, metrics
+from waraft.services import env, info, metrics
 from waraft.services import options as partition_options
 from waraft.transport.tables import (
     ACTIVE,
@@ -186,11 +186,11 @@ class TransportManager(otp.Process):
     def init(self) -> None:
         if tables_for() is None:
             setup_tables()
-        # Members offer transports (for themselves only) and report completions; the module
-        # a transport is handled with is always the partition's own, never the offer's.
+        # Members offer transports (for themselves only); the module a transport is handled
+        # with is always the partition's own, never the offer's. File completions come only
+        # from this node's own receiver (never from the wire).
         policy.allow(
             NAME,
-            casts={"complete": policy.MEMBER},
             calls={
                 "transport": policy.Rule(policy.MEMBER, guard=policy.same_node(2)),
                 "may_accept": policy.MEMBER,
@@ -265,6 +265,16 @@ class TransportManager(otp.Process):
         if meta["type"] == "snapshot":
             meta["position"] = LogPos(*meta["position"])
             meta["witness"] = bool(meta.get("witness", False))
+            if not _offered_by_leader(table, partition, str(peer)):
+                count(table, "transport.receive.rejected")
+                logger.warning(
+                    "transport %s: %s offers a snapshot of %s/%s but is not its leader",
+                    transport_id,
+                    peer,
+                    table,
+                    partition,
+                )
+                return ("error", "not_leader")
         t = self.tables
         admission = self._check_capacity(bool(meta.get("witness", False)))
         provider = registered_module(table, partition)
@@ -485,9 +495,9 @@ def _notify_server(transport_id: int, info: Info) -> Any:
     try:
         # The server's snapshot_available call (waraft.partition.server handles it), made by
         # registered name so that the transport layer need not import the partition's actors.
-        answer = otp.call(
-            name, ("snapshot_available", info["root"], meta["position"]), SNAPSHOT_INSTALL_TIMEOUT
-        )
+        # The sender goes along: the server installs only its current leader's snapshot.
+        request = ("snapshot_available", info["root"], meta["position"], info["peer"])
+        answer = otp.call(name, request, SNAPSHOT_INSTALL_TIMEOUT)
     except otp.ExitError as exc:
         answer = ("error", exc.reason)
     except ValueError as exc:
@@ -501,6 +511,17 @@ def _notify_server(transport_id: int, info: Info) -> Any:
     if isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "error":
         return answer
     return ("error", answer)
+
+
+def _offered_by_leader(table: str, partition: int, peer: str) -> bool:
+    """Whether ``peer`` (the authenticated sender) leads the partition as its server sees it.
+
+    The cheap first gate, before any byte is written: a snapshot replaces a replica's data and
+    membership, so only the leader of the replica's current term may push one. The server
+    checks again when the snapshot is complete (leadership may have moved meanwhile).
+    """
+    known = info.get_current_term_info(table, partition)
+    return known is not None and known.leader == peer
 
 
 def start_link() -> otp.Pid:
