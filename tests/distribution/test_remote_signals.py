@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from waraft import distribution as dist
 from waraft import otp
 from waraft.distribution import monitors
@@ -289,9 +291,15 @@ def test_malformed_and_forged_signals_are_dropped(node: str, shared_child: Child
     tables_empty(shared_child)
 
 
-def test_installed_links_and_monitors_are_bounded(node: str, shared_child: Child) -> None:
+@pytest.mark.parametrize("limit", ["max_installed", "max_installed_per_node"])
+def test_installed_links_and_monitors_are_bounded(
+    node: str, shared_child: Child, limit: str
+) -> None:
+    """All nodes together, and each node alone (one member cannot take the others' room)."""
     signals = dist._running().signals
-    signals.max_installed = 1
+    over_limit = dist.stats().get("rx_signals_over_limit", 0)
+    saved = getattr(signals, limit)
+    setattr(signals, limit, 1)
     try:
         shared_child.call("spawn", "v_limited", True)
         pid, _ = watcher()
@@ -304,13 +312,15 @@ def test_installed_links_and_monitors_are_bounded(node: str, shared_child: Child
         shared_child.call("victim", "v_limited", ("link", here))
         want = {("DOWN", over, here, "system_limit"), ("EXIT", here, "system_limit")}
         wait_until(lambda: set(shared_child.call("victim", "v_limited", ("infos",))) == want)
-        assert dist.stats()["rx_signals_over_limit"] == 2
+        assert dist.stats()["rx_signals_over_limit"] == over_limit + 2
+        assert dist.stats()["remote_in_most_by_one_node"] == 1
         assert kept != over
     finally:
-        signals.max_installed = 1_000_000
+        setattr(signals, limit, saved)
     otp.call(pid, ("die", "normal"))
     shared_child.call("victim", "v_limited", ("die", "normal"))
     tables_empty(shared_child)
+    wait_until(lambda: dist.stats()["remote_in_most_by_one_node"] == 0)
 
 
 def test_a_demonitor_that_overtook_its_monitor_cancels_it(node: str, shared_child: Child) -> None:

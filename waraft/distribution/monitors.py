@@ -34,7 +34,8 @@ its own link or monitor request: a demonitor that arrives first is remembered (a
 monitor reference, which is never reused) and cancels the late monitor; an exit that overtakes
 its link leaves that link installed (and counted in ``remote_links_in``) until the linked
 process exits or the node is lost. Other nodes may hold at most :data:`MAX_INSTALLED` links and
-monitors here.
+monitors here, and no one node more than :data:`MAX_INSTALLED_PER_NODE` (one member cannot use
+up the room the others' monitors need).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ MAX_INSTALLED: Final = 1_000_000
 """Links and monitors other nodes may hold on this node's processes, all nodes together;
 beyond it a request fails at once (``DOWN``/exit ``system_limit``) so that a member cannot
 grow this node's memory without bound."""
+MAX_INSTALLED_PER_NODE: Final = 100_000
+"""Of those, what one node may hold (a client node monitors a few processes per partition)."""
 _TAGS: Final = ("monitor", "demonitor", "down", "link", "unlink", "exit", "link_exit")
 # Each message's shape after the tag and the sender: the type of every further element
 # (None: any encodable value, i.e. an exit reason).
@@ -127,6 +130,8 @@ class DistSignals:
         self._ref_ids = itertools.count(int.from_bytes(os.urandom(5), "big") + 1)
         self._closed = False
         self.max_installed = MAX_INSTALLED
+        self.max_installed_per_node = MAX_INSTALLED_PER_NODE
+        self._in_per_node: dict[str, int] = {}  # links + monitors held here, per node
         # Ours, towards other nodes: monitors by ref id, and links (node, name, local pid id).
         self._out_monitors: dict[int, tuple[Pid, MonitorRef, tuple[str, str]]] = {}
         self._ref_id_of: dict[MonitorRef, int] = {}
@@ -204,8 +209,11 @@ class DistSignals:
         if isinstance(end, RemotePid):
             with self._lock:
                 name = self._in_link_names.pop((end.node_id, end.id, pid._id), None)
+                linked = None
                 if name is not None:
-                    self._in_links.pop((end.node_id, end.id, name), None)
+                    linked = self._in_links.pop((end.node_id, end.id, name), None)
+                if linked is not None:
+                    self._held(end.node_id, -1)
             if name is not None:
                 self._send(end.node_id, ("link_exit", self._me, name, end.id, reason))
             return
@@ -219,6 +227,8 @@ class DistSignals:
         """Local ``pid`` monitored from another node exited: send that node its ``DOWN``."""
         with self._lock:
             known = self._in_monitors.pop((watcher.node_id, watcher.ref_id), None) is not None
+            if known:
+                self._held(watcher.node_id, -1)
         if known:
             self._send(watcher.node_id, ("down", self._me, watcher.ref_id, reason))
 
@@ -246,8 +256,20 @@ class DistSignals:
             self._on_link_exit(node_id, msg[2], msg[3], msg[4])
         return True
 
-    def _full(self) -> bool:
-        full = len(self._in_monitors) + len(self._in_links) >= self.max_installed
+    def _held(self, node_id: str, delta: int) -> None:
+        """Count a link or monitor ``node_id`` holds here (+1) or gave up (-1); under the
+        lock."""
+        held = self._in_per_node.get(node_id, 0) + delta
+        if held > 0:
+            self._in_per_node[node_id] = held
+        else:
+            self._in_per_node.pop(node_id, None)
+
+    def _full(self, node_id: str) -> bool:
+        full = (
+            len(self._in_monitors) + len(self._in_links) >= self.max_installed
+            or self._in_per_node.get(node_id, 0) >= self.max_installed_per_node
+        )
         if full:
             self._dist.counters.incr("rx_signals_over_limit")
         return full
@@ -255,7 +277,7 @@ class DistSignals:
     def _on_monitor(self, node_id: str, ref_id: int, name: str) -> None:
         pid = self._registry.whereis(name)
         key = (node_id, ref_id)
-        if pid is None or self._closed or self._full():
+        if pid is None or self._closed or self._full(node_id):
             reason = NOPROC if pid is None or self._closed else SYSTEM_LIMIT
             self._send(node_id, ("down", self._me, ref_id, reason))
             return
@@ -264,6 +286,8 @@ class DistSignals:
         with self._lock:
             if self._tombstones.pop(key, 0) is None:
                 return  # its demonitor came first: never install it
+            if key not in self._in_monitors:
+                self._held(node_id, 1)
             self._in_monitors[key] = (pid, local_ref)
         with pid._lock:
             alive = not pid._dead
@@ -271,14 +295,17 @@ class DistSignals:
                 pid._monitors[local_ref] = RemoteWatcher(node_id, ref_id)
         if not alive:
             with self._lock:
-                self._in_monitors.pop(key, None)
+                if self._in_monitors.pop(key, None) is not None:
+                    self._held(node_id, -1)
             self._send(node_id, ("down", self._me, ref_id, pid._exit_reason))
 
     def _on_demonitor(self, node_id: str, ref_id: int) -> None:
         key = (node_id, ref_id)
         with self._lock:
             entry = self._in_monitors.pop(key, None)
-            if entry is None:
+            if entry is not None:
+                self._held(node_id, -1)
+            else:
                 # Unknown: the DOWN crossed it, or it overtook its own monitor (sent from the
                 # thread of a watcher killed by another thread). Remembered, so that a late
                 # monitor request is not installed for nobody.
@@ -307,12 +334,14 @@ class DistSignals:
 
     def _on_link(self, node_id: str, pid_id: int, name: str) -> None:
         pid = self._registry.whereis(name) if name in _LINKABLE else None
-        if pid is None or self._closed or self._full():
+        if pid is None or self._closed or self._full(node_id):
             reason = NOPROC if pid is None or self._closed else SYSTEM_LIMIT
             self._send(node_id, ("link_exit", self._me, name, pid_id, reason))
             return
         end = RemotePid(node_id, pid_id)
         with self._lock:
+            if self._in_links.get((node_id, pid_id, name)) is None:
+                self._held(node_id, 1)
             self._in_links[(node_id, pid_id, name)] = pid
             self._in_link_names[(node_id, pid_id, pid._id)] = name
         with pid._lock:
@@ -326,6 +355,8 @@ class DistSignals:
     def _forget_in_link(self, node_id: str, pid_id: int, name: str, pid: Pid) -> bool:
         with self._lock:
             known = self._in_links.pop((node_id, pid_id, name), None) is not None
+            if known:
+                self._held(node_id, -1)
             self._in_link_names.pop((node_id, pid_id, pid._id), None)
         return known
 
@@ -374,11 +405,13 @@ class DistSignals:
             in_monitors = [(k, v) for k, v in self._in_monitors.items() if lost(k[0])]
             for monitor_key, _ in in_monitors:
                 del self._in_monitors[monitor_key]
+                self._held(monitor_key[0], -1)
             for tomb in [k for k in self._tombstones if lost(k[0])]:
                 del self._tombstones[tomb]
             in_links = [(k, v) for k, v in self._in_links.items() if lost(k[0])]
             for in_key, pid in in_links:
                 del self._in_links[in_key]
+                self._held(in_key[0], -1)
                 self._in_link_names.pop((in_key[0], in_key[1], pid._id), None)
         for _, (watcher, ref, addr) in downs:
             remote_down(watcher, ref, addr, NOCONNECTION)
@@ -392,9 +425,11 @@ class DistSignals:
 
     # ------------------------------------------------------------------ introspection
     def counts(self) -> dict[str, int]:
-        """Table sizes: ``remote_monitors_out/in``, ``remote_links_out/in``."""
+        """Table sizes: ``remote_monitors_out/in``, ``remote_links_out/in``, and the most
+        links and monitors any one node holds here (``remote_in_most_by_one_node``)."""
         with self._lock:
             return {
+                "remote_in_most_by_one_node": max(self._in_per_node.values(), default=0),
                 "remote_monitors_out": len(self._out_monitors),
                 "remote_monitors_in": len(self._in_monitors),
                 "remote_links_out": len(self._out_links),
