@@ -1,7 +1,9 @@
 """The transport manager actor, receiving side (WARaft's ``wa_raft_transport`` gen_server).
 
 Registered ``wa_raft_transport`` on every node (under ``waraft.app``). It answers the start
-handshake of a peer that wants to send a transport here, with WARaft's admission rules:
+handshake of a peer that wants to send a transport here, with WARaft's admission rules, after
+one of ours: a snapshot is refused with ``not_leader`` unless the offering (authenticated) node
+is the leader the partition's server knows, since a snapshot replaces its data and membership.
 
 1. capacity: fewer than ``raft_max_incoming_snapshot_transfers`` (5) running incoming
    transports, or ``raft_max_incoming_witness_snapshot_transfers`` (10) for witness snapshots,
@@ -13,8 +15,8 @@ handshake of a peer that wants to send a transport here, with WARaft's admission
    through any symlink already there; one bad path rejects the whole transport with
    ``invalid_file_path`` before any record or directory exists.
 
-It records file completions (``complete`` casts from the workers on the sending side and from
-the receiving provider), and once every file of an incoming snapshot has arrived it calls
+It records file completions (``complete`` casts from this node's own workers on the sending
+side and receiving provider, never from the wire), and once every file of an incoming snapshot has arrived it calls
 ``waraft.server.snapshot_available`` on the partition's server, synchronously, as WARaft does
 (a failure marks the transport failed with ``("notify_failed", reason)``). It also answers the
 advisory ``may_accept`` precheck and runs the idle scan.
