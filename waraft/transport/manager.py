@@ -16,10 +16,11 @@ is the leader the partition's server knows, since a snapshot replaces its data a
    ``invalid_file_path`` before any record or directory exists.
 
 It records file completions (``complete`` casts from this node's own workers on the sending
-side and receiving provider, never from the wire), and once every file of an incoming snapshot has arrived it calls
-``waraft.server.snapshot_available`` on the partition's server, synchronously, as WARaft does
-(a failure marks the transport failed with ``("notify_failed", reason)``). It also answers the
-advisory ``may_accept`` precheck and runs the idle scan.
+side and receiving provider, never from the wire), and once every file of an incoming snapshot
+has arrived it calls ``waraft.server.snapshot_available`` on the partition's server,
+synchronously, as WARaft does (a failure marks the transport failed with
+``("notify_failed", reason)``). It also answers the advisory ``may_accept`` precheck and runs
+the idle scan.
 """
 
 from __future__ import annotations
