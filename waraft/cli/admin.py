@@ -136,7 +136,9 @@ class NodeAdmin(otp.Process):
             return ("error", "unknown_request")
         try:
             return handler(self, *request[1:])
-        except TypeError:
+        except (TypeError, ValueError, KeyError, IndexError):
+            # Arguments come from the wire: a malformed call is answered, never a crash of
+            # this process (repeated, the restarts would go over its supervisor's limit).
             return ("error", "badarg")
 
     def _ping(self) -> dict[str, Any]:
