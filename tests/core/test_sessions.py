@@ -180,3 +180,77 @@ def test_a_full_table_drops_the_session_idle_for_longest() -> None:
     assert table.begin(register_command(1000), 5) == Done(("ok", 5))
     assert len(table) == 3 and 2 not in table and all(s in table for s in (1, 3, 5))
     assert table.begin(call_command(2, 1, 1, ("incr", 1)), 6) == Done(EXPIRED)
+
+
+def _store(table: SessionTable, stored: dict[Any, Any]) -> None:
+    """Write ``table.changes()`` into ``stored`` as the storage actor does, then ``saved``."""
+    rows, index = table.changes()
+    for sid, row in rows:
+        if row is None:
+            stored.pop(sid, None)
+        else:
+            stored[sid] = row
+    if index is not None:
+        stored["index"] = index
+    table.saved()
+
+
+def _reload(stored: dict[Any, Any]) -> SessionTable:
+    if "index" not in stored:
+        return SessionTable()
+    index = stored["index"]
+    return SessionTable.from_rows(index, [stored[sid] for sid in index[1]])
+
+
+def test_only_the_sessions_a_batch_touched_are_rows_to_write() -> None:
+    table = SessionTable()
+    for index in range(1, 301):
+        table.begin(register_command(10_000), index)
+    stored: dict[Any, Any] = {}
+    _store(table, stored)
+    assert not table.changed and table.changes() == ([], None)
+    decision = table.begin(call_command(150, 1, 1, "x"), 301)
+    assert isinstance(decision, Apply)
+    table.finish(150, 1, "r")
+    rows, index = table.changes()
+    assert index is None and [sid for sid, _ in rows] == [150]
+    assert rows[0][1] == (10_000, 301, 1, ((1, "r"),))
+    # A transaction that failed (no saved): its rows are written with the next one.
+    table.begin(close_command(7), 302)
+    rows, index = table.changes()
+    assert rows == [(7, None), (150, (10_000, 301, 1, ((1, "r"),)))]
+    assert index is not None and 7 not in index[1] and len(index[1]) == 299
+    _store(table, stored)
+    assert _reload(stored) == table and 7 not in stored
+
+
+def test_a_table_stored_as_rows_reloads_the_same_at_any_position() -> None:
+    """Rows written batch by batch (``changes``/``saved``) and read back at any cut give the
+    table that ran throughout: every change (calls, results, floors, expiry, sweeps, eviction,
+    close) reaches its row."""
+    commands: list[tuple[int, Any]] = []
+    for index in range(1, 3 * SWEEP_EVERY, 37):
+        commands.append((index, register_command(1 + index % 900)))
+        commands.append((index + 1, call_command(1 + (index // 37) % 5, index, index - 3, "c")))
+        # a retry: answered from the record, only its session's last_active changes
+        commands.append((index + 2, call_command(1 + (index // 37) % 5, index, index - 3, "c")))
+        if index % 5 == 0:
+            commands.append((index + 3, close_command(index - 37 * 3)))
+    for batch in (1, 3, 8):
+        whole = SessionTable(max_sessions=40)
+        restarted = SessionTable(max_sessions=40)
+        stored: dict[Any, Any] = {}
+        for at, (index, command) in enumerate(commands):
+            for table in (whole, restarted):
+                decision = table.begin(command, index)
+                if isinstance(decision, Apply) and decision.session is not None:
+                    table.finish(decision.session, decision.seq, ("ok", index))
+            if at % batch == batch - 1:
+                _store(restarted, stored)
+                reloaded = _reload(stored)
+                assert reloaded.dump_view() == whole.dump_view(), (batch, at)
+                # no row outlives its session
+                assert set(stored) - {"index"} == set(stored["index"][1]), (batch, at)
+                if at % (7 * batch) == 0:  # a restart: go on from what was stored
+                    reloaded.max_sessions = 40
+                    restarted = reloaded

@@ -5,13 +5,20 @@ durable partition and travels in snapshots."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import pytest
 
 from tests.partition.helpers import addr, ident, start_node, state, wait_until
 from waraft import otp, storage
-from waraft.core.sessions import EXPIRED, call_command, register_command
+from waraft.core.sessions import (
+    EXPIRED,
+    INDEX_VERSION,
+    SessionTable,
+    call_command,
+    close_command,
+    register_command,
+)
 from waraft.core.types import LogPos
 from waraft.partition import acceptor, server
 from waraft.services import codec
@@ -105,11 +112,15 @@ def test_the_session_table_survives_a_restart_of_a_durable_partition(
     second = ("write", "t", "k", "B")
     assert acceptor.commit(acc, ("b", call_command(sid, 1, 1, second))) == OK
     assert acceptor.read(acc, ("read", "t", "k")) == ("ok", "A")
-    # A snapshot carries the table: it is stored under the reserved key.
+    # A snapshot carries the table: an index of ids and a row per session, under reserved keys.
     found = storage.read(
         addr("storage", node), ("read", storage.SESSIONS_TABLE, storage.SESSIONS_KEY)
     )
-    assert found[0] == "ok" and found[1][1][0][0] == sid
+    assert found == ("ok", (INDEX_VERSION, (sid,)))
+    row = storage.read(
+        addr("storage", node), ("read", storage.SESSIONS_TABLE, storage.session_key(sid))
+    )
+    assert row[0] == "ok" and row[1][3] == ((1, OK),)  # seq 1's recorded result
     node.stop()
 
 
@@ -264,3 +275,96 @@ def test_a_storage_restart_that_fails_after_opening_its_provider_closes_it(
     wait_until(lambda: not failures and acceptor.commit(addr("acceptor", node), write) == OK, 20)
     assert acceptor.read(addr("acceptor", node), ("read", "t", "k")) == ("ok", 2)
     node.stop()
+
+
+class RecordingStorage(MemoryStorage):
+    """Memory storage that keeps what each transaction wrote for the session table."""
+
+    table_writes: ClassVar[list[list[Any]]] = []
+
+    def apply_batch_then(self, items: Any, finalize: Any) -> list[Any]:
+        def spy(results: list[Any]) -> Any:
+            extra = list(finalize(results))
+            RecordingStorage.table_writes.append(extra)
+            return extra
+
+        return super().apply_batch_then(items, spy)
+
+
+def test_a_call_writes_its_sessions_row_not_the_whole_table(tmp_path: Path) -> None:
+    node = _single(tmp_path, storage_module=RecordingStorage)
+    acc = addr("acceptor", node)
+    handles = [otp.LocalReplyTo() for _ in range(300)]
+    acceptor.commit_batch(
+        acc, [(h, (f"r{i}", register_command(100_000))) for i, h in enumerate(handles)]
+    )
+    sids = [h.wait(10)[1] for h in handles]
+    RecordingStorage.table_writes.clear()
+    sid = sids[150]
+    assert acceptor.commit(acc, ("a", call_command(sid, 1, 1, ("write", "t", "k", 1)))) == OK
+    (written,) = RecordingStorage.table_writes
+    assert written == [("write", storage.SESSIONS_TABLE, storage.session_key(sid), ANY_ROW)]
+    RecordingStorage.table_writes.clear()
+    assert acceptor.commit(acc, ("b", close_command(sids[0]))) == OK
+    (written,) = RecordingStorage.table_writes
+    assert written == [
+        ("delete", storage.SESSIONS_TABLE, storage.session_key(sids[0])),
+        ("write", storage.SESSIONS_TABLE, storage.SESSIONS_KEY, (INDEX_VERSION, tuple(sids[1:]))),
+    ]
+    # Still deduplicated from the row, and the rows are reserved keys.
+    assert acceptor.commit(acc, ("c", call_command(sid, 1, 1, ("write", "t", "k", 2)))) == OK
+    assert acceptor.read(acc, ("read", "t", "k")) == ("ok", 1)
+    row_key = storage.session_key(sid)
+    assert acceptor.commit(acc, ("d", ("write", "t", row_key, 0))) == storage.RESERVED_KEY_ERROR
+    assert acceptor.commit(acc, ("e", ("write", "t", list(row_key), 0))) == (
+        storage.RESERVED_KEY_ERROR
+    )
+    assert acceptor.read(acc, ("read", "t", row_key)) == storage.RESERVED_KEY_ERROR
+    node.stop()
+
+
+class _AnyRow:
+    def __eq__(self, other: object) -> bool:
+        return type(other) is tuple and len(other) == 4
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+ANY_ROW: Any = _AnyRow()
+
+
+def _bare_storage(provider: MemoryStorage) -> storage.StorageServer:
+    """A storage actor's state without its actor: enough for its session table methods."""
+    server = object.__new__(storage.StorageServer)
+    server.provider = provider
+    server.position = LogPos(1, 9)
+    server.name = "raft_storage_t_1"
+    return server
+
+
+def test_a_session_table_stored_whole_is_read_and_rewritten_as_rows() -> None:
+    old = SessionTable()
+    for index in (1, 2, 3):
+        old.begin(register_command(1000), index)
+    old.begin(call_command(2, 1, 1, "x"), 4)
+    old.finish(2, 1, ("ok", 4))
+    provider = MemoryStorage(cast(Any, None))
+    provider.apply(
+        ("write", storage.SESSIONS_TABLE, storage.SESSIONS_KEY, old.dump()), LogPos(1, 9)
+    )
+    server = _bare_storage(provider)
+    server.sessions = loaded = server._load_sessions()
+    assert loaded == old and loaded.changed  # to be rewritten at its next change
+    writes = server._sessions_write()
+    provider.apply_batch([(w, LogPos(1, 9), None) for w in writes])
+    loaded.saved()
+    assert provider.read(("read", "$waraft", storage.SESSIONS_KEY), LogPos(1, 9)) == (
+        "ok",
+        (INDEX_VERSION, (1, 2, 3)),
+    )
+    again = server._load_sessions()
+    assert again == old and not again.changed
+    # A row missing from under its index is a damaged table: a clear error, not a guess.
+    provider.apply(("delete", "$waraft", storage.session_key(2)), LogPos(1, 9))
+    with pytest.raises(ValueError, match="session 2 has no row"):
+        server._load_sessions()

@@ -40,9 +40,12 @@ call answers ``session_expired``. Both are decided by log index only, so every r
 the same table at the same position: a replica that restarted sweeps again as of the same
 index and drops nothing new, and the eviction chooses among the same live sessions everywhere.
 
-The table is pure data (no clocks, no I/O). ``dump()`` gives a msgpack-friendly value that the
-storage actor writes into the provider in the same transaction as the applied position, so it
-is part of every snapshot and survives restarts; ``SessionTable.load`` reads it back.
+The table is pure data (no clocks, no I/O). The storage actor stores it as one row per session
+plus an index of the session ids (``changes``: only what changed since the last ``saved``, so a
+batch that touches one session writes one row, whatever the size of the table), in the same
+transaction as the applied position, so it is part of every snapshot and survives restarts;
+``SessionTable.from_rows`` reads it back. ``dump()``/``load`` give the whole table as one
+msgpack-friendly value (the simulator's snapshots, and the format stored before rows).
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ MAX_SESSIONS: Final = 10_000
 different bounds would evict differently and answer differently."""
 REGISTER_CONFLICT: Final = ("error", "session_register_conflict")
 _DUMP_VERSION: Final = 1
+INDEX_VERSION: Final = 2
+"""First element of the stored index of session ids (``SessionTable.changes``); a stored value
+whose first element is ``1`` is a whole ``dump()``, as written before rows."""
 
 
 def register_command(expire_after: int = DEFAULT_EXPIRE_AFTER) -> tuple[Any, ...]:
@@ -129,17 +135,27 @@ class SessionTable:
 
     Contract: ``begin`` is called for every command in log order with its entry's index (the
     commands of a ``$batch`` entry share its index); an ``Apply`` with a session must be
-    followed by ``finish`` before ``dump``. ``changed`` tells whether anything was recorded since
-    the last ``dump`` (so that untagged traffic costs no table write).
+    followed by ``finish`` before ``changes``/``dump``. ``changed`` tells whether anything was
+    recorded since the last ``saved``/``dump`` (so that untagged traffic costs no table write).
     """
 
-    __slots__ = ("_sessions", "_swept", "changed", "max_sessions")
+    __slots__ = ("_dirty", "_index_dirty", "_sessions", "_swept", "max_sessions")
 
     def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
         self._sessions: dict[int, _Session] = {}
-        self.changed = False
+        self._dirty: set[int] = set()  # sessions whose row changed (or went) since saved()
+        self._index_dirty = False  # a session came or went since saved()
         self.max_sessions = max_sessions
         self._swept = -1  # the last sweep's epoch (index // SWEEP_EVERY)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything changed since the last ``saved`` or ``dump``."""
+        return self._index_dirty or bool(self._dirty)
+
+    def _gone(self, sid: int) -> None:
+        self._dirty.add(sid)
+        self._index_dirty = True
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -166,7 +182,7 @@ class SessionTable:
             if session is None:
                 return Done(EXPIRED)
             session.last_active = index
-            self.changed = True
+            self._dirty.add(sid)
             if type(acked) is int and acked > session.floor:
                 session.floor = acked
                 for old in [s for s in session.results if s < acked]:
@@ -188,11 +204,11 @@ class SessionTable:
             if len(self._sessions) >= self.max_sessions:
                 self._evict(index)
             self._sessions[index] = _Session(expire_after, index)
-            self.changed = True
+            self._gone(index)  # a new row and a new id in the index
             return Done(("ok", index))
         if kind == "close" and len(command) == 3:
             if self._sessions.pop(command[2], None) is not None:
-                self.changed = True
+                self._gone(command[2])
             return Done("ok")
         return Done(("error", ("unknown_command", f"bad session command {command!r}")))
 
@@ -201,7 +217,7 @@ class SessionTable:
         found = self._sessions.get(session)
         if found is not None and seq in found.results:
             found.results[seq] = result
-            self.changed = True  # also after a dump() whose transaction then failed
+            self._dirty.add(session)
 
     def result(self, session: int, seq: int) -> Any:
         """The recorded result of ``(session, seq)`` (for a ``Pending``)."""
@@ -216,7 +232,7 @@ class SessionTable:
         if index - session.last_active > session.expire_after:
             # Dropped lazily: every replica reaches this same decision at this same index.
             del self._sessions[sid]
-            self.changed = True
+            self._gone(sid)
             return None
         return session
 
@@ -226,8 +242,7 @@ class SessionTable:
         dead = [sid for sid, s in self._sessions.items() if index - s.last_active > s.expire_after]
         for sid in dead:
             del self._sessions[sid]
-        if dead:
-            self.changed = True
+            self._gone(sid)
         return len(dead)
 
     def _evict(self, index: int) -> None:
@@ -239,23 +254,61 @@ class SessionTable:
             oldest = sorted(self._sessions.items(), key=lambda item: (item[1].last_active, item[0]))
             for sid, _ in oldest[:excess]:
                 del self._sessions[sid]
-            self.changed = True
+                self._gone(sid)
             logger.info("session table full (%d): dropped %d idle", self.max_sessions, excess)
+
+    # -- storing: a row per session ----------------------------------------------------------
+
+    def changes(self) -> tuple[list[tuple[int, tuple[Any, ...] | None]], tuple[Any, ...] | None]:
+        """What to store since the last ``saved``: ``(rows, index)``. ``rows`` holds
+        ``(session id, row)`` for every session recorded since, ``row`` None for one that is
+        gone (delete its row); ``index`` is the stored index of session ids if a session came or
+        went, else None. Clears nothing: call ``saved`` once the transaction holding them has
+        committed (one that failed leaves them to be written with the next)."""
+        sessions = self._sessions
+        rows: list[tuple[int, tuple[Any, ...] | None]] = []
+        for sid in sorted(self._dirty):
+            found = sessions.get(sid)
+            rows.append((sid, None if found is None else _row(found)))
+        index = (INDEX_VERSION, tuple(sorted(sessions))) if self._index_dirty else None
+        return rows, index
+
+    def saved(self) -> None:
+        """The last ``changes`` are stored: nothing is changed any more."""
+        self._dirty.clear()
+        self._index_dirty = False
+
+    def resave_all(self) -> None:
+        """Mark every session and the index changed (converting a table stored whole)."""
+        self._dirty.update(self._sessions)
+        self._index_dirty = True
+
+    @classmethod
+    def from_rows(cls, index: Any, rows: Any) -> SessionTable:
+        """The table stored as ``index`` (from ``changes``) and ``rows`` (each session's row,
+        in the index's order). Raises ValueError for a value these did not write."""
+        if type(index) is not tuple or len(index) != 2 or index[0] != INDEX_VERSION:
+            raise ValueError(f"not a session index: {index!r:.200}")
+        sids = index[1]
+        if len(rows) != len(sids):
+            raise ValueError(f"{len(rows)} session rows for {len(sids)} sessions")
+        table = cls()
+        for sid, row in zip(sids, rows, strict=True):
+            if type(row) is not tuple or len(row) != 4:
+                raise ValueError(f"session {sid!r}: not a session row: {row!r:.200}")
+            expire_after, last_active, floor, results = row
+            table._sessions[sid] = _Session(
+                expire_after, last_active, floor, {seq: r for seq, r in results}
+            )
+        return table
+
+    # -- the whole table as one value ---------------------------------------------------------
 
     def dump(self) -> tuple[Any, ...]:
         """The whole table as plain tuples, ints and recorded results (msgpack-friendly);
         clears ``changed``."""
-        self.changed = False
-        rows = tuple(
-            (
-                sid,
-                s.expire_after,
-                s.last_active,
-                s.floor,
-                tuple((seq, r) for seq, r in sorted(s.results.items()) if r is not _PENDING),
-            )
-            for sid, s in sorted(self._sessions.items())
-        )
+        self.saved()
+        rows = tuple((sid, *_row(s)) for sid, s in sorted(self._sessions.items()))
         return (_DUMP_VERSION, rows)
 
     @classmethod
@@ -280,8 +333,17 @@ class SessionTable:
 
     def dump_view(self) -> tuple[Any, ...]:
         """``dump()`` without clearing ``changed`` (for comparisons and status)."""
-        changed = self.changed
-        try:
-            return self.dump()
-        finally:
-            self.changed = changed
+        rows = tuple((sid, *_row(s)) for sid, s in sorted(self._sessions.items()))
+        return (_DUMP_VERSION, rows)
+
+
+def _row(session: _Session) -> tuple[Any, ...]:
+    """One session's stored row: ``(expire_after, last_active, floor, ((seq, result), ...))``
+    (results still pending are not stored: a transaction never holds a half-applied seq)."""
+    results = session.results
+    return (
+        session.expire_after,
+        session.last_active,
+        session.floor,
+        tuple((seq, results[seq]) for seq in sorted(results) if results[seq] is not _PENDING),
+    )
