@@ -1,9 +1,17 @@
 """``waraft node --metrics HOST:PORT``: the node's figures in the Prometheus text format.
 
-Served at ``/metrics`` by ``prometheus_client`` (the ``metrics`` extra) from a thread of its
-own. Each scrape is collected afresh and costs one call to the node's ``waraft_admin``
-(``status_all``, which asks every local server for its status: about 11 us a partition on the
-scheduler) plus reads of counters the runtime keeps anyway; nothing is kept between scrapes.
+Served at ``/metrics`` (and ``/``) in ``prometheus_client``'s text format (the ``metrics``
+extra) by a small HTTP server of threads of its own. A collection costs one call to the node's
+``waraft_admin`` (``status_all``, which asks every local server for its status: about 11 us a
+partition on the scheduler) plus reads of counters the runtime keeps anyway, and rendering the
+page holds the interpreter for milliseconds at a thousand partitions. The endpoint has no
+authentication (bind it to a private address), so what anyone can make it cost is bounded: a
+page is collected at most once per ``MIN_COLLECT_INTERVAL`` (scrapes in between, or waiting on
+the one collecting, get that page: a flood of scrapes costs the schedulers one ``status_all`` a
+second), at most ``MAX_CONCURRENT_SCRAPES`` connections are served at once and at most
+``MAX_SCRAPES_PER_SECOND`` a second (a connection past either is closed unanswered before any
+thread or parsing, counted in ``refused``), and a connection that sends nothing is dropped
+after ``SCRAPE_SOCKET_TIMEOUT``.
 
 Families (labels in brackets):
 
@@ -36,8 +44,11 @@ Families (labels in brackets):
 from __future__ import annotations
 
 import logging
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from waraft import otp
@@ -49,6 +60,16 @@ logger = logging.getLogger(__name__)
 
 SCRAPE_TIMEOUT = 5.0
 """Seconds a scrape waits for the node's status before it reports the node alone."""
+MIN_COLLECT_INTERVAL = 1.0
+"""Seconds between two collections of the page; scrapes in between are served the last one
+(Prometheus scrapes every 15 s by default, so a scraper sees no difference)."""
+MAX_CONCURRENT_SCRAPES = 4
+"""Connections served at once; one past it is closed unanswered."""
+MAX_SCRAPES_PER_SECOND = 20.0
+"""Connections served a second, on average (bursts of as many); one past it is closed
+unanswered. A Prometheus server scrapes a target every 15 s by default."""
+SCRAPE_SOCKET_TIMEOUT = 5.0
+"""Seconds a connection may take to send its request (or read the page) before it is dropped."""
 
 PARTITION_GAUGES: list[tuple[str, str, str]] = [
     ("term", "term", "Current Raft term"),
@@ -285,21 +306,151 @@ class NodeCollector:
         yield from (frames, rpcs, received)
 
 
-def serve(host: str, port: int, node: otp.Node) -> Any:
+class Page:
+    """The rendered page, collected at most once per ``interval`` seconds.
+
+    ``get`` returns the last page if it is younger than ``interval``, else collects a new one;
+    callers that arrive while one collects wait for it and share its page."""
+
+    def __init__(
+        self,
+        render: Callable[[], bytes],
+        interval: float = MIN_COLLECT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._render = render
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._body = b""
+        self._at = float("-inf")
+        self.collections = 0
+
+    def get(self) -> bytes:
+        with self._lock:
+            if self._clock() - self._at >= self._interval:
+                self._body = self._render()
+                self._at = self._clock()
+                self.collections += 1
+            return self._body
+
+
+class RateLimit:
+    """A token bucket: ``take`` succeeds ``rate`` times a second on average, ``rate`` at once
+    at most (one thread calls it: the server's accept loop)."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._tokens = rate
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """``/metrics`` from a ``Page``, a thread per connection, at most ``max_concurrent`` at
+    once and ``per_second`` a second (see the module docstring). ``refused`` counts
+    connections closed unanswered."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        page: Page,
+        max_concurrent: int = MAX_CONCURRENT_SCRAPES,
+        per_second: float = MAX_SCRAPES_PER_SECOND,
+    ) -> None:
+        self.page = page
+        self.refused = 0
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._rate = RateLimit(per_second)
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._rate.take():
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread was started to release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = SCRAPE_SOCKET_TIMEOUT
+    server: MetricsServer
+
+    def do_GET(self) -> None:  # http.server calls it by this name
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+            self.send_error(404, "only /metrics is served")
+            return
+        try:
+            body = self.server.page.get()
+        except Exception:
+            logger.exception("metrics: the page could not be collected")
+            self.send_error(500, "collection failed (see the node's log)")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # the base class names it format
+        logger.debug("metrics: %s %s", self.address_string(), format % args)
+
+
+def serve(host: str, port: int, node: otp.Node) -> MetricsServer:
     """Serve ``/metrics`` on ``host:port``; returns the HTTP server (``shutdown()`` stops it).
 
     ``ImportError`` names the extra to install when ``prometheus_client`` is missing;
     ``OSError`` when the address cannot be bound."""
     try:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry, generate_latest
     except ImportError as exc:
         raise ImportError(
             "--metrics needs the prometheus-client package (pip install 'waraft[metrics]')"
         ) from exc
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    page = Page(lambda: generate_latest(registry))
+    server = _bind(host, port, page)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 
 
-__all__ = ["NodeCollector", "serve"]
+def _bind(host: str, port: int, page: Page) -> MetricsServer:
+    """The server bound to ``host:port`` (an IPv6 host binds an IPv6 socket)."""
+    if ":" in host:
+
+        class _Server6(MetricsServer):
+            address_family = socket.AF_INET6
+
+        return _Server6((host, port), page)
+    return MetricsServer((host, port), page)
+
+
+__all__ = ["MetricsServer", "NodeCollector", "Page", "RateLimit", "serve"]

@@ -1,0 +1,154 @@
+"""The unauthenticated metrics endpoint bounds what scrapers can make it cost: a page is
+collected at most once per interval, and only a few connections are served at once."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from waraft.cli.metrics import MetricsServer, Page, RateLimit
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_scrapes_within_the_interval_share_one_collection() -> None:
+    clock = FakeClock()
+    renders: list[float] = []
+
+    def render() -> bytes:
+        renders.append(clock.now)
+        return f"page {len(renders)}".encode()
+
+    page = Page(render, interval=1.0, clock=clock)
+    assert [page.get() for _ in range(50)] == [b"page 1"] * 50
+    clock.now = 0.999
+    assert page.get() == b"page 1"
+    clock.now = 1.0
+    assert page.get() == b"page 2" and page.collections == 2
+
+
+def test_scrapes_that_arrive_during_a_collection_wait_for_it_and_share_it() -> None:
+    started, release = threading.Event(), threading.Event()
+    count = [0]
+
+    def render() -> bytes:
+        count[0] += 1
+        started.set()
+        release.wait(10)
+        return b"slow page"
+
+    page = Page(render, interval=60.0)
+    answers: list[bytes] = []
+    threads = [threading.Thread(target=lambda: answers.append(page.get())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    assert started.wait(10)
+    time.sleep(0.1)  # the others are queued on the page's lock
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert answers == [b"slow page"] * 8 and count[0] == 1
+
+
+@pytest.fixture
+def server() -> Iterator[MetricsServer]:
+    calls = [0]
+
+    def render() -> bytes:
+        calls[0] += 1
+        return b"waraft_up 1\n"
+
+    srv = MetricsServer(
+        ("127.0.0.1", 0), Page(render, interval=0.0), max_concurrent=1, per_second=1000.0
+    )
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(10)
+
+
+def _get(port: int, path: str = "/metrics") -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def test_connections_past_the_limit_are_closed_and_the_slot_comes_back(
+    server: MetricsServer,
+) -> None:
+    port = server.server_address[1]
+    assert _get(port) == (200, b"waraft_up 1\n")
+    assert _get(port, "/other")[0] == 404
+    idle = socket.create_connection(("127.0.0.1", port), timeout=5)  # holds the only slot
+    try:
+        deadline = time.monotonic() + 5
+        refused = False
+        while not refused and time.monotonic() < deadline:
+            try:
+                _get(port)
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError):
+                refused = True
+        assert refused and server.refused >= 1
+    finally:
+        idle.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            assert _get(port) == (200, b"waraft_up 1\n")
+            break
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError):
+            time.sleep(0.05)  # the idle connection's thread is still ending
+    else:
+        pytest.fail("the slot never came back")
+
+
+def test_the_rate_limit_allows_a_burst_then_its_rate() -> None:
+    clock = FakeClock()
+    limit = RateLimit(20.0, clock=clock)
+    assert [limit.take() for _ in range(21)] == [True] * 20 + [False]
+    clock.now = 0.049
+    assert not limit.take()
+    clock.now = 0.051
+    assert limit.take() and not limit.take()
+    clock.now = 100.0  # a long pause refills the burst, no more
+    assert sum(limit.take() for _ in range(50)) == 20
+
+
+def test_scrapes_past_the_rate_are_closed_unanswered() -> None:
+    page = Page(lambda: b"waraft_up 1\n", interval=0.0)
+    srv = MetricsServer(("127.0.0.1", 0), page, max_concurrent=4, per_second=2.0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = srv.server_address[1]
+        outcomes = []
+        for _ in range(5):
+            try:
+                outcomes.append(_get(port)[0])
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError):
+                outcomes.append("closed")
+        assert outcomes.count(200) in (2, 3) and "closed" in outcomes  # 2 a second, 2 at once
+        assert srv.refused == outcomes.count("closed")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(10)
