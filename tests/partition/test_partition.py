@@ -68,6 +68,28 @@ def test_killing_the_server_restarts_the_group_with_its_durable_state(tmp_path: 
     assert acceptor.read(addr("acceptor", node), ("read", "t", "a")) == ("ok", 1)
 
 
+def test_a_storage_actor_killed_untrappably_comes_back_on_the_node_lmdb(tmp_path: Path) -> None:
+    """Its ``terminate`` never ran, so its partition of the node's LMDB stayed taken: every
+    restart failed with ``StorageLockedError`` and the node's top supervisor gave up."""
+    node = start_node(
+        tmp_path,
+        "n1",
+        [1],
+        log_module="waraft.log.wal:WalLog",
+        storage_module="waraft.storage.node_lmdb:NodeLmdbStorage",
+    )
+    _bootstrap_single(node)
+    assert acceptor.commit(addr("acceptor", node), ("a", ("write", "t", "a", 1))) == "ok"
+    with node.activate():
+        old = otp.whereis("raft_storage_test_1")
+        otp.kill("raft_storage_test_1")
+        wait_until(lambda: (p := otp.whereis("raft_storage_test_1")) and p is not old, 20)
+    write = ("b", ("write", "t", "b", 2))
+    wait_until(lambda: acceptor.commit(addr("acceptor", node), write) == "ok", 20)
+    assert acceptor.read(addr("acceptor", node), ("read", "t", "a")) == ("ok", 1)
+    node.stop()
+
+
 def test_memory_partition_restart_keeps_term_and_vote_but_comes_back_stalled(
     tmp_path: Path,
 ) -> None:

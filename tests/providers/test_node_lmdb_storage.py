@@ -698,3 +698,58 @@ def test_the_batches_of_an_apply_message_commit_in_one_transaction(root: Path) -
         assert storage.position() == LogPos(5, 1)
     finally:
         storage.close()
+
+
+class _Holder(otp.Process):
+    """A stand-in for a storage actor: opens a partition in its own process on request."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        kind, root, partition = request
+        assert kind == "open"
+        try:
+            return open_part(root, partition)
+        except StorageLockedError as exc:
+            return ("locked", str(exc))
+
+
+def test_a_partition_whose_holder_was_killed_is_taken_over_and_its_writes_fenced(
+    root: Path,
+) -> None:
+    """A storage actor killed untrappably never closes its partition: the next open (the
+    restarted actor's) takes it over instead of failing with ``StorageLockedError`` forever,
+    drops every later write of the dead holder, and the node's reference count stays right."""
+    otp_node = otp.Node("lmdbholder@t", process_type=otp.SCHEDULED)
+    try:
+        holder = _Holder.start(node=otp_node)
+        old: NodeLmdbStorage = otp.call(holder, ("open", root, 1), 20)
+        seed(old, "before")
+        with otp_node.activate():
+            alive = _Holder.start()
+            held: NodeLmdbStorage = otp.call(alive, ("open", root, 2), 20)
+            # A live holder keeps its partition.
+            refused = otp.call(_Holder.start(), ("open", root, 2), 20)
+            assert refused[0] == "locked" and "already open" in refused[1]
+            otp.kill(holder)
+            otp.wait_exit(holder, 10)
+        new: NodeLmdbStorage = otp.call(_Holder.start(node=otp_node), ("open", root, 1), 20)
+        node = new._node
+        assert node is not None and node.reclaimed == 1
+        assert new.position() == LogPos(3, 1)
+        assert new.read(("read", "t", "k"), new.position()) == ("ok", "before")
+        # What the dead holder still sends (a job it left on an I/O thread) is dropped.
+        late = _Write(old._db, old._seed, [[(b"\xa1k", b"\xa5stale")]], [], "old", old._lease)
+        with pytest.raises(Exception, match="taken over"):
+            node.commit(late)
+        assert new.read(("read", "t", "k"), new.position()) == ("ok", "before")
+        new.apply(("write", "t", "k", "after"), LogPos(4, 1))
+        assert new.read(("read", "t", "k"), new.position()) == ("ok", "after")
+        old.close()  # a close that runs late after all changes nothing
+        assert new.read(("read", "t", "k"), new.position()) == ("ok", "after")
+        new.close()
+        held.close()
+        # Every reference went back: the environment is closed and its lock released.
+        from waraft.storage.node_lmdb import NodeEnv
+
+        assert str(root / NODE_DIR) not in NodeEnv._registry
+    finally:
+        otp_node.stop()

@@ -162,19 +162,42 @@ def _open_sealed(seed: int, key: bytes, stored: bytes, where: str) -> bytes:
     )
 
 
+Lease = tuple[str, int]
+"""A partition's name and the number of its ``NodeEnv.open_partition``: its holder's writes
+carry it, and a write whose lease is no longer the partition's is dropped (a fencing token)."""
+
+
 class _Write:
     """One partition's write transaction, waiting for a group commit."""
 
-    __slots__ = ("db", "done", "error", "event", "generation", "meta", "ops", "seed", "where")
+    __slots__ = (
+        "db",
+        "done",
+        "error",
+        "event",
+        "generation",
+        "lease",
+        "meta",
+        "ops",
+        "seed",
+        "where",
+    )
 
     def __init__(
-        self, db: Any, seed: int, ops: Ops, meta: list[tuple[bytes, bytes]], where: str
+        self,
+        db: Any,
+        seed: int,
+        ops: Ops,
+        meta: list[tuple[bytes, bytes]],
+        where: str,
+        lease: Lease | None = None,
     ) -> None:
         self.db = db
         self.seed = seed
         self.ops = ops
         self.meta = meta
         self.where = where
+        self.lease = lease  # None: not fenced (a barrier, a test)
         self.done = False
         self.error: BaseException | None = None
         self.generation = 0  # the node's commit generation that carried it (NodeEnv)
@@ -247,6 +270,12 @@ class NodeEnv:
         self._sync_stopping = False
         self._lock = threading.Lock()  # named-database opens (LMDB wants them serialised)
         self._open: dict[str, Any] = {}  # partition name -> database handle, while in use
+        self._owners: dict[str, otp.Pid | None] = {}  # partition name -> its holder's process
+        # Partition name -> the number of its latest open (``Lease``): written under _lock,
+        # read by the committer (a dict lookup; a write it reads late is still fenced by the
+        # barrier ``open_partition`` commits after the change).
+        self._leases: dict[str, int] = {}
+        self.reclaimed = 0  # partitions taken over from a holder that was killed
         self._group = threading.Condition(threading.Lock())
         self._pending: list[_Write] = []
         self._committer: threading.Thread | None = None  # started by the first commit
@@ -319,13 +348,27 @@ class NodeEnv:
         self.env.close()
         os.close(self._lock_fd)
 
-    def open_partition(self, name: str) -> Any:
-        """The database handle of partition ``name`` (created if new); one user at a time."""
+    def open_partition(self, name: str, owner: otp.Pid | None = None) -> tuple[Any, Lease]:
+        """The database handle of partition ``name`` (created if new) and the lease its
+        writes carry; one holder at a time (``StorageLockedError`` while another holds it).
+
+        ``owner`` is the holder's process. A holder killed untrappably (its ``close`` never
+        ran) does not keep the partition: the next open takes it over. That open first fences
+        the dead holder (its writes still queued, or still to come from a job it left on an
+        I/O thread, carry the old lease and are dropped by the committer), then waits for a
+        barrier write, so whatever of the dead holder's writes the committer had already taken
+        is committed before the new holder reads the partition's position: nothing it applied
+        can land after that and be applied a second time."""
+        taken_over = False
         with self._lock:
             if name in self._open:
-                raise StorageLockedError(
-                    f"partition {name} of LMDB node storage {self.directory} is already open"
-                )
+                holder = self._owners.get(name)
+                if holder is None or holder.is_alive():
+                    raise StorageLockedError(
+                        f"partition {name} of LMDB node storage {self.directory} is already "
+                        f"open (by {holder!r})"
+                    )
+                taken_over = True
             handle = self._handles.get(name)
             if handle is None:
                 # In a write transaction of our own: ``env.begin`` waits for LMDB's writer lock
@@ -341,11 +384,32 @@ class NodeEnv:
                     raise
                 self._handles[name] = handle
             self._open[name] = handle
-            return handle
+            self._owners[name] = owner
+            lease = self._leases.get(name, 0) + 1
+            self._leases[name] = lease
+        if taken_over:
+            logger.warning(
+                "LMDB node storage %s: partition %s taken over from %r, which was killed "
+                "without closing it",
+                self.directory,
+                name,
+                holder,
+            )
+            with NodeEnv._registry_lock:
+                self.refs -= 1  # the dead holder's reference, never released
+            self.reclaimed += 1
+            self.commit(_Write(handle, 0, [], [], f"{self.directory}[{name}]"))
+        return handle, (name, lease)
 
-    def close_partition(self, name: str) -> None:
+    def close_partition(self, name: str, lease: Lease | None = None) -> bool:
+        """Give partition ``name`` back; False (nothing done) if ``lease`` is given and no
+        longer the partition's (its holder was taken over from: see ``open_partition``)."""
         with self._lock:
+            if lease is not None and self._leases.get(name) != lease[1]:
+                return False
             self._open.pop(name, None)
+            self._owners.pop(name, None)
+            return True
 
     def partitions(self) -> int:
         return len(self._open)
@@ -395,6 +459,26 @@ class NodeEnv:
         if write.error is not None:
             raise write.error
 
+    def _fenced(self, group: list[_Write]) -> list[_Write]:
+        """``group`` without the writes of holders that were taken over from (failed)."""
+        leases = self._leases
+        for write in group:
+            lease = write.lease
+            if lease is not None and leases.get(lease[0]) != lease[1]:
+                break
+        else:
+            return group
+        live = []
+        for write in group:
+            lease = write.lease
+            if lease is not None and leases.get(lease[0]) != lease[1]:
+                write.error = StorageError(
+                    f"LMDB node storage {write.where}: write of a holder taken over from, dropped"
+                )
+            else:
+                live.append(write)
+        return live
+
     def _run(self) -> None:
         while True:
             with self._group:
@@ -404,7 +488,9 @@ class NodeEnv:
                     return
                 group, self._pending = self._pending, []
             try:
-                self._commit_group(group)
+                live = self._fenced(group)
+                if live:
+                    self._commit_group(live)
             except BaseException as exc:
                 # Never report a write done that may not have committed, and keep the
                 # committer alive for the writes that follow.
@@ -540,7 +626,11 @@ class NodeLmdbStorage(LmdbStorage):
     commands around them in one ``apply_batch`` (one group-commit round trip per message, not
     per entry: each is a hand-off to the committer thread and a wake-up back)."""
 
-    def __init__(self, options: StorageOptions, directory: str) -> None:
+    def __init__(
+        self, options: StorageOptions, directory: str, owner: otp.Pid | None = None
+    ) -> None:
+        """Open the partition ``directory``; ``owner`` is the process holding it (see
+        ``NodeEnv.open_partition``: a killed holder's partition is taken over)."""
         self.options = options
         extra = getattr(options, "extra", None) or {}
         self._sync = bool(extra.get("lmdb_sync", False))
@@ -578,13 +668,14 @@ class NodeLmdbStorage(LmdbStorage):
             sync_bytes=int(extra.get("lmdb_sync_bytes", DEFAULT_SYNC_BYTES)),
         )
         self._lock_fd = None
+        self._lease: Lease | None = None
         try:
-            self._db = self._node.open_partition(self._name)
+            self._db, self._lease = self._node.open_partition(self._name, owner)
             self._env = self._node.env
             try:
                 self._prepare(bool(extra.get("lmdb_verify_on_open", True)))
             except BaseException:
-                self._node.close_partition(self._name)
+                self._node.close_partition(self._name, self._lease)
                 raise
         except BaseException:
             self._env = None
@@ -743,8 +834,9 @@ class NodeLmdbStorage(LmdbStorage):
 
     @classmethod
     def open(cls, options: StorageOptions, path: str | os.PathLike[str]) -> Self:
-        """Open partition ``path``'s database in its node's environment (created if new)."""
-        opened: Self = otp.blocking(cls, options, os.fspath(path))
+        """Open partition ``path``'s database in its node's environment (created if new), held
+        by the calling process (the storage actor)."""
+        opened: Self = otp.blocking(cls, options, os.fspath(path), otp.self_pid())
         return opened
 
     @classmethod
@@ -771,10 +863,10 @@ class NodeLmdbStorage(LmdbStorage):
             self._drain()  # its failure was already raised, or the partition is going away
         self._env = None
         node, self._node = self._node, None
-        if node is not None:
-            node.close_partition(self._name)
+        if node is not None and node.close_partition(self._name, self._lease):
             # Directly, not through otp.blocking: closing may run while the node stops its
-            # I/O threads. Only the node's last partition flushes.
+            # I/O threads. Only the node's last partition flushes. (A holder taken over from
+            # has had its reference dropped already.)
             node.release()
 
     def status(self) -> dict[str, Any]:
@@ -846,7 +938,7 @@ class NodeLmdbStorage(LmdbStorage):
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
-        write = _Write(self._db, self._seed, ops, meta, self._path)
+        write = _Write(self._db, self._seed, ops, meta, self._path, self._lease)
         if self._sync:
             node.commit(write)
             self._written = write.generation
