@@ -163,6 +163,9 @@ def is_derived_command(command: Any) -> bool:
     return type(command) is tuple and len(command) == 4 and command[0] in DERIVED
 
 
+_SEQUENCES: Final = (tuple, list)
+
+
 def touches_reserved_key(command: Any) -> bool:
     """Whether a client's command or read (``(kind, table, key, ...)``) names a reserved key:
     a tuple or list whose first element is ``RESERVED`` (``SESSIONS_KEY``, ``session_key``).
@@ -211,10 +214,10 @@ def _all_plain(commands: Sequence[Any]) -> bool:
                 kind = command[0]
                 if kind == SESSION or (size == 4 and kind in DERIVED):
                     return False
-                if size >= 3:
+                # A str key (the usual) is ruled out by the first test alone.
+                if size >= 3 and type(command[2]) is not str:
                     key = command[2]
-                    kind = type(key)
-                    if (kind is tuple or kind is list) and key and key[0] == RESERVED:
+                    if type(key) in _SEQUENCES and key and key[0] == RESERVED:
                         return False
     return True
 
