@@ -153,7 +153,8 @@ class SessionTable:
         """Whether anything changed since the last ``saved`` or ``dump``."""
         return self._index_dirty or bool(self._dirty)
 
-    def _gone(self, sid: int) -> None:
+    def _came_or_went(self, sid: int) -> None:
+        """Session ``sid`` was added or removed: its row and the index change."""
         self._dirty.add(sid)
         self._index_dirty = True
 
@@ -204,11 +205,11 @@ class SessionTable:
             if len(self._sessions) >= self.max_sessions:
                 self._evict(index)
             self._sessions[index] = _Session(expire_after, index)
-            self._gone(index)  # a new row and a new id in the index
+            self._came_or_went(index)
             return Done(("ok", index))
         if kind == "close" and len(command) == 3:
             if self._sessions.pop(command[2], None) is not None:
-                self._gone(command[2])
+                self._came_or_went(command[2])
             return Done("ok")
         return Done(("error", ("unknown_command", f"bad session command {command!r}")))
 
@@ -232,7 +233,7 @@ class SessionTable:
         if index - session.last_active > session.expire_after:
             # Dropped lazily: every replica reaches this same decision at this same index.
             del self._sessions[sid]
-            self._gone(sid)
+            self._came_or_went(sid)
             return None
         return session
 
@@ -242,7 +243,7 @@ class SessionTable:
         dead = [sid for sid, s in self._sessions.items() if index - s.last_active > s.expire_after]
         for sid in dead:
             del self._sessions[sid]
-            self._gone(sid)
+            self._came_or_went(sid)
         return len(dead)
 
     def _evict(self, index: int) -> None:
@@ -254,7 +255,7 @@ class SessionTable:
             oldest = sorted(self._sessions.items(), key=lambda item: (item[1].last_active, item[0]))
             for sid, _ in oldest[:excess]:
                 del self._sessions[sid]
-                self._gone(sid)
+                self._came_or_went(sid)
             logger.info("session table full (%d): dropped %d idle", self.max_sessions, excess)
 
     # -- storing: a row per session ----------------------------------------------------------
