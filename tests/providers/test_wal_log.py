@@ -137,6 +137,31 @@ def test_torn_tail_is_cut_and_the_synced_prefix_survives(root: Path) -> None:
     log.sync()
 
 
+def test_a_record_hidden_in_a_torn_tails_value_does_not_make_it_corruption(root: Path) -> None:
+    """A client controls the bytes of the values it writes, so a value can hold a CRC-valid
+    WAL record. When a crash tears the record carrying it, that embedded record must not be
+    taken for a real one after the tear (which would refuse the node's start as corruption):
+    only a chain of valid records running to the end of the file is."""
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 10))
+    log.sync()
+    path = log._writer._path
+    hidden = _record(("a", "kv.1", 11, _raw([Entry(1, "x", ("write", "t", "k", "forged"))])))
+    log.append(11, [Entry(1, "y", ("write", "t", "k", hidden + b"tail of the value"))])
+    log.sync()
+    _crash(log)
+    data = Path(path).read_bytes()
+    at = data.rfind(hidden)
+    assert at > 0
+    # Torn: the tail of the last record (from the hidden record on) reached the disk, a page
+    # before it did not (zeros), so that record fails its CRC.
+    torn = bytearray(data)
+    torn[at - 8 : at] = b"\x00" * 8
+    Path(path).write_bytes(bytes(torn))
+    log = WalLog.open(root / "kv.1")
+    assert (log.first_index(), log.last_index()) == (0, 10)  # the forged entry 11 is not there
+
+
 def test_a_corrupt_record_before_the_tail_is_reported_not_skipped(root: Path) -> None:
     log = WalLog.open(root / "kv.1")
     log.append(1, _entries(1, 10))

@@ -244,12 +244,21 @@ def _scan(data: bytes, start: int) -> tuple[list[tuple[Any, ...]], int, str]:
 
 
 def _valid_record_after(data: bytes, start: int) -> bool:
-    """True when some CRC-valid record begins after ``start`` (so a bad record is not a tail)."""
-    for pos in range(start + 1, len(data) - RECORD_HEADER.size):
+    """True when valid records run from some offset after ``start`` to the end of ``data``
+    (so a bad record is not a torn tail: records were written after it).
+
+    A chain to the end, not one CRC-valid record: a client chooses the bytes of its values, so
+    a value can hold a CRC-valid record, and a crash that tears the record carrying it would
+    otherwise read as corruption and refuse the node's start. The records written after a real
+    damage do chain to the end of the file; a record hidden in a value is followed by the rest
+    of its value."""
+    end = len(data)
+    for pos in range(start + 1, end - RECORD_HEADER.size):
         length, crc = RECORD_HEADER.unpack_from(data, pos)
         body = pos + RECORD_HEADER.size
-        if 3 <= length <= len(data) - body and zlib.crc32(data[body : body + length]) == crc:
-            return True
+        if 3 <= length <= end - body and zlib.crc32(data[body : body + length]) == crc:
+            if _scan(data, pos)[1] < 0:
+                return True
     return False
 
 
