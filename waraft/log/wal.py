@@ -256,9 +256,12 @@ def _valid_record_after(data: bytes, start: int) -> bool:
     for pos in range(start + 1, end - RECORD_HEADER.size):
         length, crc = RECORD_HEADER.unpack_from(data, pos)
         body = pos + RECORD_HEADER.size
-        if 3 <= length <= end - body and zlib.crc32(data[body : body + length]) == crc:
-            if _scan(data, pos)[1] < 0:
-                return True
+        if (
+            3 <= length <= end - body
+            and zlib.crc32(data[body : body + length]) == crc
+            and _scan(data, pos)[1] < 0
+        ):
+            return True
     return False
 
 
