@@ -485,3 +485,28 @@ def test_syncs_are_timed_into_the_fsync_histogram(tmp_path: Path) -> None:
     assert log.status()["bytes"] > 0
     log.close()
     assert label not in metrics.histograms(FSYNC_METRIC)
+
+
+def test_a_record_hidden_in_a_torn_tails_value_does_not_make_it_corruption(
+    tmp_path: Path,
+) -> None:
+    """A value can hold a CRC-valid log record (a client chooses its bytes): when a crash
+    tears the record carrying it, the hidden record is not taken for a record written after
+    the tear, which would refuse to open the log."""
+    from waraft.log.disk import _encode
+
+    entries = build(tmp_path, 10)
+    hidden = _encode(11, Entry(1, "x", ("write", "t", "k", "forged")))
+    log = open_disk(tmp_path)
+    log.append(11, [Entry(1, "y", ("write", "t", "k", hidden + b"tail of the value"))])
+    log.sync()
+    crash(log)
+    segment = segment_files(tmp_path)[-1]
+    data = bytearray(segment.read_bytes())
+    at = data.rfind(hidden)
+    assert at > 0
+    data[at - 8 : at] = b"\x00" * 8  # a page before the hidden record never reached the disk
+    segment.write_bytes(bytes(data))
+    log = open_disk(tmp_path)
+    assert read_all(log) == entries and log.last_index() == 10
+    log.close()

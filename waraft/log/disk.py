@@ -23,7 +23,8 @@ changes are made durable at once, in an order that keeps every crash state a val
   suffix of the log.
 
 Opening verifies every record (CRC, index sequence, non-decreasing terms). A bad record in the
-last segment with no valid record after it is a torn tail: it is cut (with a warning). Any other
+last segment not followed by valid records running to the end of the segment is a torn tail: it
+is cut (with a warning). Any other
 bad record raises ``LogCorruptionError`` naming the file and offset; nothing is skipped.
 A write error rolls the batch back (the file is cut to its previous length) and raises
 ``LogWriteError``; a failed fsync makes the log refuse further writes until it is reopened
@@ -203,15 +204,37 @@ def _fsync_dir(dir_fd: int) -> None:
 
 
 def _valid_record_after(data: bytes, start: int) -> int | None:
-    """The offset of a CRC-valid record beginning at or after ``start``, if there is one."""
+    """The offset of the first record at or after ``start`` from which CRC-valid records run
+    to the end of ``data``, if there is one (records written after a bad one: damage, not a
+    torn tail). A chain to the end, not one valid record: a client chooses the bytes of its
+    values, so a value can hold a CRC-valid record, and the crash that tears the record
+    carrying it would otherwise read as corruption and refuse to open the log."""
     pos = data.find(bytes((ARRAY5,)), start + RECORD_HEADER.size)
     while pos != -1:
         header = pos - RECORD_HEADER.size
         length, crc = RECORD_HEADER.unpack_from(data, header)
-        if MIN_PAYLOAD <= length <= len(data) - pos and zlib.crc32(data[pos : pos + length]) == crc:
+        if (
+            MIN_PAYLOAD <= length <= len(data) - pos
+            and zlib.crc32(data[pos : pos + length]) == crc
+            and _chains_to_end(data, pos + length)
+        ):
             return header
         pos = data.find(bytes((ARRAY5,)), pos + 1)
     return None
+
+
+def _chains_to_end(data: bytes, pos: int) -> bool:
+    """Whether CRC-valid records follow each other from ``pos`` to exactly the end of data."""
+    end = len(data)
+    while pos < end:
+        if end - pos < RECORD_HEADER.size:
+            return False
+        length, crc = RECORD_HEADER.unpack_from(data, pos)
+        body = pos + RECORD_HEADER.size
+        if not MIN_PAYLOAD <= length <= end - body or zlib.crc32(data[body : body + length]) != crc:
+            return False
+        pos = body + length
+    return True
 
 
 class DiskLog(LogProvider):

@@ -33,8 +33,8 @@ two items are the operation and the partition key (the partition directory's bas
 Recovery, rotation, retention
 -----------------------------
 Opening the writer replays every file in order and rebuilds each partition's log; a partition's
-``WalLog.open`` takes its recovered log. A bad record in the last file with no valid record
-after it is a torn tail: it is cut (with a warning). Any other bad record is corruption: every
+``WalLog.open`` takes its recovered log. A bad record in the last file not followed by valid
+records running to the end of the file is a torn tail: it is cut (with a warning). Any other bad record is corruption: every
 ``WalLog.open`` of that node raises ``LogCorruptionError`` (the log actor quarantines the replica
 and the node keeps running). After recovery the writer starts a new file.
 
