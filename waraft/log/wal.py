@@ -36,7 +36,8 @@ Opening the writer replays every file in order and rebuilds each partition's log
 ``WalLog.open`` takes its recovered log. A bad record in the last file not followed by valid
 records running to the end of the file is a torn tail: it is cut (with a warning). Any other bad
 record is corruption: every ``WalLog.open`` of that node raises ``LogCorruptionError`` (the log
-actor quarantines the replica and the node keeps running). After recovery the writer starts a new file.
+actor quarantines the replica and the node keeps running). After recovery the writer starts a
+new file.
 
 When the active file reaches ``max_file_bytes`` the writer starts the next one. A partition
 *needs* a closed file while its first live index is at or below the highest index it appended
