@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from waraft.cli.metrics import MetricsServer, Page, RateLimit
+from waraft.cli.metrics import MetricsServer, Page
 
 
 class FakeClock:
@@ -119,18 +119,6 @@ def test_connections_past_the_limit_are_closed_and_the_slot_comes_back(
             time.sleep(0.05)  # the idle connection's thread is still ending
     else:
         pytest.fail("the slot never came back")
-
-
-def test_the_rate_limit_allows_a_burst_then_its_rate() -> None:
-    clock = FakeClock()
-    limit = RateLimit(20.0, clock=clock)
-    assert [limit.take() for _ in range(21)] == [True] * 20 + [False]
-    clock.now = 0.049
-    assert not limit.take()
-    clock.now = 0.051
-    assert limit.take() and not limit.take()
-    clock.now = 100.0  # a long pause refills the burst, no more
-    assert sum(limit.take() for _ in range(50)) == 20
 
 
 def test_scrapes_past_the_rate_are_closed_unanswered() -> None:

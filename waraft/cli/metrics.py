@@ -53,6 +53,7 @@ from typing import Any
 
 from waraft import otp
 from waraft.cli import admin
+from waraft.distribution.policy import TokenBucket
 from waraft.log.provider import FSYNC_METRIC
 from waraft.services import gctune, metrics
 
@@ -335,26 +336,6 @@ class Page:
             return self._body
 
 
-class RateLimit:
-    """A token bucket: ``take`` succeeds ``rate`` times a second on average, ``rate`` at once
-    at most (one thread calls it: the server's accept loop)."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate = rate
-        self._clock = clock
-        self._tokens = rate
-        self._at = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
 class MetricsServer(ThreadingHTTPServer):
     """``/metrics`` from a ``Page``, a thread per connection, at most ``max_concurrent`` at
     once and ``per_second`` a second (see the module docstring). ``refused`` counts
@@ -372,11 +353,11 @@ class MetricsServer(ThreadingHTTPServer):
         self.page = page
         self.refused = 0
         self._slots = threading.BoundedSemaphore(max_concurrent)
-        self._rate = RateLimit(per_second)
+        self._rate = TokenBucket(per_second, per_second)
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._rate.take():
+        if not self._rate.take(time.monotonic()):
             self.refused += 1
             self.shutdown_request(request)
             return
@@ -453,4 +434,4 @@ def _bind(host: str, port: int, page: Page) -> MetricsServer:
     return MetricsServer((host, port), page)
 
 
-__all__ = ["MetricsServer", "NodeCollector", "Page", "RateLimit", "serve"]
+__all__ = ["MetricsServer", "NodeCollector", "Page", "serve"]
