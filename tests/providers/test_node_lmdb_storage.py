@@ -23,7 +23,7 @@ from waraft import otp
 from waraft.core.types import LogPos
 from waraft.storage.lmdb import StorageLockedError
 from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeLmdbStorage, _Write
-from waraft.storage.provider import StorageCorruptionError, StorageOptions
+from waraft.storage.provider import StorageCorruptionError, StorageError, StorageOptions
 
 from .helpers import A, B, C, make_config
 
@@ -710,6 +710,8 @@ class _Holder(otp.Process):
             return open_part(root, partition)
         except StorageLockedError as exc:
             return ("locked", str(exc))
+        except StorageError as exc:
+            return ("error", str(exc))
 
 
 def test_a_partition_whose_holder_was_killed_is_taken_over_and_its_writes_fenced(
@@ -751,5 +753,37 @@ def test_a_partition_whose_holder_was_killed_is_taken_over_and_its_writes_fenced
         from waraft.storage.node_lmdb import NodeEnv
 
         assert str(root / NODE_DIR) not in NodeEnv._registry
+    finally:
+        otp_node.stop()
+
+
+def test_a_take_over_whose_barrier_fails_leaves_the_partition_to_the_next_open(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from waraft.storage.node_lmdb import NodeEnv
+
+    otp_node = otp.Node("lmdbbarrier@t", process_type=otp.SCHEDULED)
+    try:
+        holder = _Holder.start(node=otp_node)
+        old: NodeLmdbStorage = otp.call(holder, ("open", root, 1), 20)
+        seed(old, "before")
+        with otp_node.activate():
+            otp.kill(holder)
+            otp.wait_exit(holder, 10)
+        real = NodeEnv.commit
+        failures = [StorageError("the disk is gone for a moment")]
+
+        def commit(self: NodeEnv, write: _Write) -> None:
+            if failures:
+                raise failures.pop()
+            real(self, write)
+
+        monkeypatch.setattr(NodeEnv, "commit", commit)
+        failed = otp.call(_Holder.start(node=otp_node), ("open", root, 1), 20)
+        assert failed[0] == "error" and "gone" in failed[1]
+        new: NodeLmdbStorage = otp.call(_Holder.start(node=otp_node), ("open", root, 1), 20)
+        assert new.read(("read", "t", "k"), new.position()) == ("ok", "before")
+        new.close()
+        assert str(root / NODE_DIR) not in NodeEnv._registry  # every reference went back
     finally:
         otp_node.stop()

@@ -358,8 +358,8 @@ class NodeEnv:
         I/O thread, carry the old lease and are dropped by the committer), then waits for a
         barrier write, so whatever of the dead holder's writes the committer had already taken
         is committed before the new holder reads the partition's position: nothing it applied
-        can land after that and be applied a second time."""
-        taken_over = False
+        can land after that and be applied a second time. (Under the opens' lock, so that two
+        opens cannot both take over; the committer does not take it.)"""
         with self._lock:
             if name in self._open:
                 holder = self._owners.get(name)
@@ -368,7 +368,7 @@ class NodeEnv:
                         f"partition {name} of LMDB node storage {self.directory} is already "
                         f"open (by {holder!r})"
                     )
-                taken_over = True
+                self._take_over(name, holder)
             handle = self._handles.get(name)
             if handle is None:
                 # In a write transaction of our own: ``env.begin`` waits for LMDB's writer lock
@@ -387,19 +387,24 @@ class NodeEnv:
             self._owners[name] = owner
             lease = self._leases.get(name, 0) + 1
             self._leases[name] = lease
-        if taken_over:
-            logger.warning(
-                "LMDB node storage %s: partition %s taken over from %r, which was killed "
-                "without closing it",
-                self.directory,
-                name,
-                holder,
-            )
-            with NodeEnv._registry_lock:
-                self.refs -= 1  # the dead holder's reference, never released
-            self.reclaimed += 1
-            self.commit(_Write(handle, 0, [], [], f"{self.directory}[{name}]"))
         return handle, (name, lease)
+
+    def _take_over(self, name: str, holder: otp.Pid) -> None:
+        """Fence the dead ``holder`` of partition ``name`` and drain its writes (see
+        ``open_partition``; called under ``_lock``). If the barrier fails, it raises and the
+        partition stays with the dead holder, fenced: the next open tries again."""
+        self._leases[name] = self._leases.get(name, 0) + 1
+        self.commit(_Write(self._open[name], 0, [], [], f"{self.directory}[{name}]"))
+        with NodeEnv._registry_lock:
+            self.refs -= 1  # the dead holder's reference, never released
+        self.reclaimed += 1
+        logger.warning(
+            "LMDB node storage %s: partition %s taken over from %r, which was killed without "
+            "closing it",
+            self.directory,
+            name,
+            holder,
+        )
 
     def close_partition(self, name: str, lease: Lease | None = None) -> bool:
         """Give partition ``name`` back; False (nothing done) if ``lease`` is given and no
@@ -462,21 +467,15 @@ class NodeEnv:
     def _fenced(self, group: list[_Write]) -> list[_Write]:
         """``group`` without the writes of holders that were taken over from (failed)."""
         leases = self._leases
-        for write in group:
-            lease = write.lease
-            if lease is not None and leases.get(lease[0]) != lease[1]:
-                break
-        else:
-            return group
         live = []
         for write in group:
             lease = write.lease
-            if lease is not None and leases.get(lease[0]) != lease[1]:
+            if lease is None or leases.get(lease[0]) == lease[1]:
+                live.append(write)
+            else:
                 write.error = StorageError(
                     f"LMDB node storage {write.where}: write of a holder taken over from, dropped"
                 )
-            else:
-                live.append(write)
         return live
 
     def _run(self) -> None:
