@@ -475,6 +475,49 @@ def test_sync_within_gives_up_on_a_stalled_wal_and_completes_later(
     assert log.entries(1, 4, 100, 1 << 30) == _entries(1, 2) + _entries(3, 2)
 
 
+def test_truncate_and_reset_do_not_wait_for_a_stalled_wal(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower's truncate (or a snapshot's reset) returned only after its fsync: on a full
+    disk that blocked the partition's server for as long as the disk stayed full, so it served
+    no read. They queue their record like an append; the next sync makes them durable."""
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 6))
+    log.sync()
+    other = WalLog.open(root / "kv.2")
+    other.append(1, _entries(1, 3))
+    other.sync()
+    full = threading.Event()
+    full.set()
+
+    def fault(directory: str) -> OSError | None:
+        return OSError(errno.ENOSPC, "No space left on device") if full.is_set() else None
+
+    monkeypatch.setattr(WalWriter, "fault", fault)
+
+    def changes() -> None:
+        log.truncate(5)
+        log.append(5, _entries(5, 1, term=2))
+        other.reset(LogPos(10, 3))
+
+    worker = threading.Thread(target=changes, daemon=True)
+    worker.start()
+    worker.join(5.0)
+    assert not worker.is_alive(), "truncate or reset waited for the full disk"
+    assert not log.sync_within(0.2)  # stalled: nothing acknowledged yet
+    assert (log.last_index(), log.term(5)) == (5, 2)
+    full.clear()
+    deadline = time.monotonic() + 10
+    while not (log.sync_within(0.0) and other.sync_within(0.0)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _crash(log)
+    log = WalLog.open(root / "kv.1")
+    assert log.entries(1, 5, 100, 1 << 30) == _entries(1, 4) + _entries(5, 1, term=2)
+    other = WalLog.open(root / "kv.2")
+    assert (other.first_index(), other.last_index(), other.term(10)) == (10, 10, 3)
+
+
 class _Syncer(otp.Process):
     """Appends to a WAL log and waits for its fsync, like a partition server does."""
 
@@ -749,7 +792,8 @@ def test_records_are_framed_on_the_wal_thread(root: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(wal, "zlib", _Zlib)
     log.append(1, [Entry(1, "k", ("write", "t", "k", "v" * 8192))])
     log.append(2, _entries(2, 3))
-    log.truncate(4)  # a truncate record too; syncs
+    log.truncate(4)  # a truncate record too
+    log.sync()
     assert callers and all(name.startswith("wal-") for name in callers), callers
     monkeypatch.undo()
     _crash(log)

@@ -162,11 +162,13 @@ class LogProvider(ABC):
 
     @abstractmethod
     def truncate(self, index: int) -> None:
-        """Delete every entry at ``index`` and above."""
+        """Delete every entry at ``index`` and above (durable, like an append, once a later
+        ``sync`` returns at the latest)."""
 
     @abstractmethod
     def reset(self, position: LogPos) -> None:
-        """Leave only ``Entry(position.term)`` at ``position.index``."""
+        """Leave only ``Entry(position.term)`` at ``position.index`` (durable once a later
+        ``sync`` returns at the latest)."""
 
     @abstractmethod
     def trim(self, index: int) -> None:

@@ -1062,19 +1062,22 @@ class WalLog(MemoryLog):
             held.extend(packed)
             self._held_bytes += size
 
+    # ``truncate`` and ``reset`` queue their record and return: like an append, the change is
+    # durable once a later ``sync`` returns (the server syncs before it acknowledges anything
+    # that follows it, and a partition's records are written in order). Waiting here instead
+    # blocked the partition's server, unbounded, for as long as a full disk stalled the WAL.
+
     def truncate(self, index: int) -> None:
         with self._lock:
             before = self.last_index()
             super().truncate(index)
             if index <= before:
                 self._submit(("t", self._key, index), -1)
-        self.sync()
 
     def reset(self, position: LogPos) -> None:
         with self._lock:
             super().reset(position)
             self._submit(("r", self._key, position.index, position.term), position.index)
-        self.sync()
 
     def trim(self, index: int) -> None:
         with self._lock:
