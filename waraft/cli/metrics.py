@@ -357,11 +357,8 @@ class MetricsServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._rate.take(time.monotonic()):
-            self.refused += 1
-            self.shutdown_request(request)
-            return
-        if not self._slots.acquire(blocking=False):
+        # The rate first: a connection refused by it takes no slot.
+        if not self._rate.take(time.monotonic()) or not self._slots.acquire(blocking=False):
             self.refused += 1
             self.shutdown_request(request)
             return
