@@ -163,6 +163,7 @@ def test_kill9_of_one_node_in_a_loop_under_writes_loses_no_acknowledged_write(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 20 rounds took 80-118 s here: the default 120 s cut one short
 def test_kill9_soak_many_rounds(cluster: Cluster) -> None:
     _kill_restart_rounds(cluster, rounds=20)
 
