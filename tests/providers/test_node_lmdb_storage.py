@@ -714,6 +714,17 @@ class _Holder(otp.Process):
             return ("error", str(exc))
 
 
+def _opened_by_a_killed_holder(otp_node: otp.Node, root: Path) -> NodeLmdbStorage:
+    """Partition 1, seeded, opened by a process that was then killed (never closed)."""
+    holder = _Holder.start(node=otp_node)
+    opened: NodeLmdbStorage = otp.call(holder, ("open", root, 1), 20)
+    seed(opened, "before")
+    with otp_node.activate():
+        otp.kill(holder)
+        otp.wait_exit(holder, 10)
+    return opened
+
+
 def test_a_partition_whose_holder_was_killed_is_taken_over_and_its_writes_fenced(
     root: Path,
 ) -> None:
@@ -722,17 +733,12 @@ def test_a_partition_whose_holder_was_killed_is_taken_over_and_its_writes_fenced
     drops every later write of the dead holder, and the node's reference count stays right."""
     otp_node = otp.Node("lmdbholder@t", process_type=otp.SCHEDULED)
     try:
-        holder = _Holder.start(node=otp_node)
-        old: NodeLmdbStorage = otp.call(holder, ("open", root, 1), 20)
-        seed(old, "before")
         with otp_node.activate():
-            alive = _Holder.start()
-            held: NodeLmdbStorage = otp.call(alive, ("open", root, 2), 20)
+            held: NodeLmdbStorage = otp.call(_Holder.start(), ("open", root, 2), 20)
             # A live holder keeps its partition.
             refused = otp.call(_Holder.start(), ("open", root, 2), 20)
             assert refused[0] == "locked" and "already open" in refused[1]
-            otp.kill(holder)
-            otp.wait_exit(holder, 10)
+        old = _opened_by_a_killed_holder(otp_node, root)
         new: NodeLmdbStorage = otp.call(_Holder.start(node=otp_node), ("open", root, 1), 20)
         node = new._node
         assert node is not None and node.reclaimed == 1
@@ -764,12 +770,7 @@ def test_a_take_over_whose_barrier_fails_leaves_the_partition_to_the_next_open(
 
     otp_node = otp.Node("lmdbbarrier@t", process_type=otp.SCHEDULED)
     try:
-        holder = _Holder.start(node=otp_node)
-        old: NodeLmdbStorage = otp.call(holder, ("open", root, 1), 20)
-        seed(old, "before")
-        with otp_node.activate():
-            otp.kill(holder)
-            otp.wait_exit(holder, 10)
+        _opened_by_a_killed_holder(otp_node, root)
         real = NodeEnv.commit
         failures = [StorageError("the disk is gone for a moment")]
 
