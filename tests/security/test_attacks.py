@@ -353,3 +353,26 @@ def test_short_lived_clients_leave_no_sockets_behind(
     wait_until(lambda: stats(cluster, target)["peers"] <= 3, timeout=settle + 5)
     wait_until(lambda: _fds(pid) <= baseline_fds + 2, timeout=5)
     assert stats(cluster, target)["links_open"] <= baseline_links
+
+
+def test_a_client_cannot_forge_or_read_the_session_table(cluster: Cluster, client: Client) -> None:
+    """The exactly-once table is stored under reserved keys (an index and a row per session):
+    a client naming any of them, over the wire, is refused, and a retry is still recognised."""
+    sessions = Client(cluster.ids, table=TABLE, partitions=1, timeout=15.0, sessions=True)
+    try:
+        assert sessions.commit(1, ("incr", TABLE, "counted", 1)) == ("ok", 1)
+        sid = sessions._sessions[1][0]
+        refused = ("error", "reserved_key")
+        forged_row = (sid, 0, 0, ())  # any shape: it must not reach the provider
+        for key in (
+            ("$waraft", "session", sid),
+            ["$waraft", "session", sid],
+            ("$waraft", "sessions"),
+        ):
+            assert client.commit(1, ("write", TABLE, key, forged_row)) == refused, key
+            assert client.commit(1, ("delete", TABLE, key)) == refused, key
+            assert client.read(1, ("read", TABLE, key)) == refused, key
+        # The table is intact: the next tagged commit applies once, as the client counts it.
+        assert sessions.commit(1, ("incr", TABLE, "counted", 1)) == ("ok", 2)
+    finally:
+        sessions.close()
