@@ -24,8 +24,8 @@ changes are made durable at once, in an order that keeps every crash state a val
 
 Opening verifies every record (CRC, index sequence, non-decreasing terms). A bad record in the
 last segment not followed by valid records running to the end of the segment is a torn tail: it
-is cut (with a warning). Any other
-bad record raises ``LogCorruptionError`` naming the file and offset; nothing is skipped.
+is cut (with a warning). Any other bad record raises ``LogCorruptionError`` naming the file and
+offset; nothing is skipped.
 A write error rolls the batch back (the file is cut to its previous length) and raises
 ``LogWriteError``; a failed fsync makes the log refuse further writes until it is reopened
 (the kernel may have dropped the dirty pages, so retrying could lie).
@@ -212,19 +212,15 @@ def _valid_record_after(data: bytes, start: int) -> int | None:
     pos = data.find(bytes((ARRAY5,)), start + RECORD_HEADER.size)
     while pos != -1:
         header = pos - RECORD_HEADER.size
-        length, crc = RECORD_HEADER.unpack_from(data, header)
-        if (
-            MIN_PAYLOAD <= length <= len(data) - pos
-            and zlib.crc32(data[pos : pos + length]) == crc
-            and _chains_to_end(data, pos + length)
-        ):
+        if _chains_to_end(data, header):
             return header
         pos = data.find(bytes((ARRAY5,)), pos + 1)
     return None
 
 
 def _chains_to_end(data: bytes, pos: int) -> bool:
-    """Whether CRC-valid records follow each other from ``pos`` to exactly the end of data."""
+    """Whether CRC-valid records follow each other from ``pos`` (the first one included) to
+    exactly the end of data."""
     end = len(data)
     while pos < end:
         if end - pos < RECORD_HEADER.size:
