@@ -42,6 +42,10 @@ TRIM_RETRY_MS: Final = 1000
 synced storage flushes at least once a second by default)."""
 TRIM_RETRIES: Final = 10
 """Retries in a row that gain nothing before a held-back trim waits for the next rotation."""
+STALLED_SYNC_WAIT: Final = 1.0
+"""Seconds the final sync at termination (and a ``flush``) waits on a log whose writes are
+stalled (a full disk) before going on without it: the actor must stop within its shutdown
+time, or its partition could not restart (see ``LogServer.terminate``)."""
 
 
 def default_name(table: str, partition: int) -> str:
@@ -73,13 +77,28 @@ class LogServer(otp.Process):
         logger.info("log %s opened %s", self.name, type(self.provider).__name__)
 
     def terminate(self, reason: Any) -> None:
+        """Sync and close the provider. On a full disk the sync would wait for room, and an
+        actor that outlives its shutdown time is abandoned with its provider still open (the
+        node's WAL then refused every later open of the partition, and the restarts took the
+        node's supervisors down); so it waits at most ``STALLED_SYNC_WAIT`` and closes. What
+        was queued is still written, in order, once there is room; none of it was
+        acknowledged (only a sync that returned lets the server acknowledge), and the next
+        server of the partition syncs before it sends anything."""
         provider = getattr(self, "provider", None)
         if provider is not None:
-            try:
-                provider.sync()
-            except LogError:
-                logger.exception("log %s: final sync failed", self.name)
+            self._sync_bounded("final sync")
             provider.close()
+
+    def _sync_bounded(self, what: str) -> None:
+        try:
+            if not self.provider.sync_within(STALLED_SYNC_WAIT):
+                logger.warning(
+                    "log %s: %s skipped: writes stalled (a full disk); they are written "
+                    "once there is room",
+                    self.name, what,
+                )  # fmt: skip
+        except LogError:
+            logger.exception("log %s: %s failed", self.name, what)
 
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         kind = request[0]
@@ -105,7 +124,7 @@ class LogServer(otp.Process):
         if kind == "trim":
             self._trim(msg[1])
         elif kind == "flush":
-            self.provider.flush()
+            self._sync_bounded("flush")
         else:
             logger.warning("log %s got an unexpected cast %r", self.name, msg)
 

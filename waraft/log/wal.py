@@ -496,6 +496,10 @@ class WalWriter:
             if key in self._logs:
                 raise LogError(f"partition {key} already has an open WalLog")
             recovered = self._recovered.pop(key, None)
+            # A log closed in this process may have left records queued and not yet durable
+            # (closed while the disk was full: ``LogServer.terminate``); they are part of what
+            # is handed over below, so the new log's first sync covers them too.
+            log._ticket = self._queued
             if recovered is not None and fresh:
                 logger.warning(
                     "WAL %s: dropping the log of %s (its directory is new)", self.directory, key

@@ -15,6 +15,7 @@ A leftover ``state.temp`` (a crash before the rename) is ignored.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -33,8 +34,19 @@ MAGIC: Final = b"WRAFTDS1"
 HEADER: Final = struct.Struct("<8sII")
 
 
+DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""Write errors that mean "no room now" (retried by the server), not a broken disk."""
+
+
 class DurableStateError(Exception):
-    """The state file exists but cannot be trusted (or cannot be written)."""
+    """The state file exists but cannot be trusted (or cannot be written).
+
+    ``disk_full`` is True when ``store`` failed only for lack of room (``ENOSPC``,
+    ``EDQUOT``): the old state is intact and the same store succeeds once there is room."""
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
 
 
 def encode(state: DurableState) -> bytes:
@@ -86,7 +98,10 @@ def store(partition_path: str | os.PathLike[str], state: DurableState) -> None:
         logger.error("cannot store durable state in %s: %s", directory, exc)
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        raise DurableStateError(f"cannot store durable state in {directory}: {exc}") from exc
+        raise DurableStateError(
+            f"cannot store durable state in {directory}: {exc}",
+            disk_full=exc.errno in DISK_FULL_ERRNOS,
+        ) from exc
 
 
 def load(partition_path: str | os.PathLike[str]) -> DurableState | None:
@@ -110,4 +125,13 @@ def sync(partition_path: str | os.PathLike[str]) -> None:
         fsync_path(path)
 
 
-__all__ = ["STATE_FILE", "TEMP_FILE", "DurableStateError", "decode", "encode", "load", "store"]
+__all__ = [
+    "DISK_FULL_ERRNOS",
+    "STATE_FILE",
+    "TEMP_FILE",
+    "DurableStateError",
+    "decode",
+    "encode",
+    "load",
+    "store",
+]

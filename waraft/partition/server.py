@@ -221,6 +221,10 @@ class RaftServer(otp.StateMachine):
         self._log_dirty = False
         self._log_stalled = False  # the last flush found the log's writes stalled
         self._sync_retry_armed = False
+        # Term, vote or disable reason the core moved to that a full disk kept off disk:
+        # nothing that depends on it leaves until it is stored (see ``_persist_state``).
+        self._state_pending: DurableState | None = None
+        self._state_retry_at = 0.0
         self._internal: deque[Any] = deque()
         self._timeout: SetTimeout | None = None
         self._published: tuple[Any, ...] | None = None
@@ -270,6 +274,10 @@ class RaftServer(otp.StateMachine):
             metrics=self._metrics,
         )
         self._run(self.core.start(_now_ms()))
+        # The first flush syncs, whatever the core did: a log reopened after its previous
+        # actor closed it on a stalled disk holds entries that are not durable yet, and
+        # nothing may be acknowledged on their account before they are.
+        self._log_dirty = True
         self._flush()
 
     def _load_durable_state(self) -> DurableState | None:
@@ -409,7 +417,12 @@ class RaftServer(otp.StateMachine):
     def _maybe_flush(self) -> None:
         """Run at the end of every handler. Group commit: while more messages wait, keep
         taking them before paying for a sync and the sends (at most ``FLUSH_EVERY`` events)."""
-        if self._outbox or self._log_dirty or self._timeout is not None:
+        if (
+            self._outbox
+            or self._log_dirty
+            or self._timeout is not None
+            or self._state_pending is not None
+        ):
             if self._events_since_flush >= FLUSH_EVERY or self.actor_inbox.empty():
                 self._flush()
         elif self.actor_inbox.empty():
@@ -444,10 +457,51 @@ class RaftServer(otp.StateMachine):
         otp.cast(self.options.log_name, ("trim", effect.index))
 
     def _persist_state(self, effect: PersistState) -> None:
-        # Write + fsync (twice): on a scheduled server this runs on the node's I/O threads,
-        # which measured 250-500 ms stalls of a whole scheduler at 1000 partitions per node
-        # when done in place. The server handles nothing else until it is durable.
-        otp.blocking(durable_state.store, self.options.database, effect.state)
+        """Store the core's new term, vote or disable reason before anything leaves.
+
+        On a full disk the store fails and the old state stays on disk: the server then
+        holds back everything that might depend on the new state (a vote, an answer at the
+        new term: the whole outbox but errors and reads, as for a stalled log) and retries
+        every ``STALLED_RETRY_MS`` until it is stored; a later state replaces a pending one
+        (the file holds one state). Any other write error fails the server, as before."""
+        if self._state_pending is not None:
+            self._state_pending = effect.state
+            return
+        self._store_state(effect.state)
+
+    def _store_state(self, state: DurableState) -> bool:
+        """Write + fsync (twice): on a scheduled server this runs on the node's I/O threads,
+        which measured 250-500 ms stalls of a whole scheduler at 1000 partitions per node
+        when done in place. The server handles nothing else until it is durable. False when
+        the disk is full (``state`` is then pending)."""
+        try:
+            otp.blocking(durable_state.store, self.options.database, state)
+        except durable_state.DurableStateError as exc:
+            if not exc.disk_full:
+                raise
+            if self._state_pending is None:
+                logger.warning(
+                    "%s: cannot store its term and vote (%s); holding back sends, "
+                    "retrying every %d ms",
+                    self.name, exc, STALLED_RETRY_MS,
+                )  # fmt: skip
+                self._metrics.count(("raft", "durable_state_stalled"))
+            self._state_pending = state
+            self._state_retry_at = time.monotonic() + STALLED_RETRY_MS / 1000
+            return False
+        if self._state_pending is not None:
+            self._state_pending = None
+            logger.warning("%s: term and vote stored; sending what was held back", self.name)
+        return True
+
+    def _state_stored(self) -> bool:
+        """Whether no state is pending, retrying a pending one when its backoff allows."""
+        pending = self._state_pending
+        if pending is None:
+            return True
+        if time.monotonic() < self._state_retry_at:
+            return False
+        return self._store_state(pending)
 
     def _set_timeout(self, effect: SetTimeout) -> None:
         # Armed at the flush: a burst of commits re-arms the batch timeout once per event,
@@ -470,8 +524,19 @@ class RaftServer(otp.StateMachine):
         if timeout is not None:
             self._timeout = None
             self.set_state_timeout(timeout.ms, timeout.kind)
+        if not self._state_stored():
+            self._hold_back()
+            return
         if self._log_dirty:
             if not self.log.sync_within(0.0 if self._log_stalled else STALLED_SYNC_WAIT):
+                if not self._log_stalled:
+                    self._log_stalled = True
+                    logger.warning(
+                        "%s: log writes stalled; holding back sends and applies, refusing "
+                        "writes, serving reads",
+                        self.name,
+                    )
+                    self._metrics.count(("raft", "log_sync_stalled"))
                 self._hold_back()
                 return
             if self._log_stalled:
@@ -486,19 +551,12 @@ class RaftServer(otp.StateMachine):
 
     def _hold_back(self) -> None:
         """The log cannot sync (its writes are stalled: a full disk, retried by the
-        provider). Everything that depends on the unsynced writes — sends (acknowledgements,
-        replication), applies, replies — stays in the outbox, in order, until a later flush
-        syncs; errors and reads go out now, so the partition keeps answering: new commits get
-        ``commit_stalled`` (the provider refuses appends), reads that need no append are
-        served. The server keeps handling messages and retries every ``STALLED_RETRY_MS``."""
-        if not self._log_stalled:
-            self._log_stalled = True
-            logger.warning(
-                "%s: log writes stalled; holding back sends and applies, refusing writes, "
-                "serving reads",
-                self.name,
-            )
-            self._metrics.count(("raft", "log_sync_stalled"))
+        provider), or the durable state cannot be stored. Everything that depends on the
+        unsynced writes — sends (acknowledgements, votes, replication), applies, replies —
+        stays in the outbox, in order, until a later flush syncs; errors and reads go out now,
+        so the partition keeps answering: new commits get ``commit_stalled`` (the provider
+        refuses appends), reads that need no append are served. The server keeps handling
+        messages and retries every ``STALLED_RETRY_MS``."""
         outbox = self._outbox
         free: list[Effect] = [e for e in outbox if isinstance(e, _NOT_AFTER_SYNC)]
         if free:
