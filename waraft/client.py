@@ -69,7 +69,9 @@ value, deletes) are unaffected.
 
 **Exactly-once sessions** (``sessions=True``, opt-in). The client registers one session per
 partition (a replicated command, on the first commit to that partition) and sends each commit as
-``("$session", "call", session, seq, acked, command)`` (``waraft.core.sessions``). Every retry of
+``("$session", "call", session, seq, acked, command, token)`` (``waraft.core.sessions``; the
+token, random bytes drawn at the register, is what binds the session to this client: another
+client that guesses the session's id cannot act on it). Every retry of
 a request re-sends the same ``(session, seq)``, and every replica's storage applies a sequence
 number once and records its result, so a retried commit applies exactly once and the caller gets
 the result of the one application. Guarantee: a commit that completes with a result was applied
@@ -114,6 +116,7 @@ from waraft import make_ref, otp
 from waraft.core.sessions import (
     DEFAULT_EXPIRE_AFTER,
     EXPIRED,
+    TOKEN_BYTES,
     call_command,
     close_command,
     register_command,
@@ -1036,33 +1039,36 @@ class Client:
                 self._tag_with(partition, state, request)
             ready.append(request)
         for partition, deadline in register:
+            # The session's token: only this client's calls and close act on it (ids are
+            # log indices, which anyone can guess; see ``waraft.core.sessions``).
+            token = os.urandom(TOKEN_BYTES)
             # Sent with no session lock held: a closed client answers it inline.
             self._submit(
                 partition,
                 "commit",
-                register_command(self.session_expire_after),
+                register_command(self.session_expire_after, token),
                 "high",
                 max(0.0, deadline - time.monotonic()),
-                partial(self._registered, partition),
+                partial(self._registered, partition, token),
             )
         return ready
 
     def _tag_with(self, partition: int, state: list[Any], request: _Request) -> None:
         """Tag ``request`` with the session ``state`` (its partition's lock held)."""
-        sid, seq, outstanding = state
+        sid, seq, outstanding, token = state
         state[1] = seq + 1
         outstanding.add(seq)
-        request.item = call_command(sid, seq, min(outstanding), request.item)
+        request.item = call_command(sid, seq, min(outstanding), request.item, token)
         request.on_done = partial(self._settled, partition, sid, seq)
 
-    def _registered(self, partition: int, result: Any) -> None:
+    def _registered(self, partition: int, token: bytes, result: Any) -> None:
         """The register of ``partition``'s session answered: send its parked commits tagged
         with the new session, or complete them with the error."""
         registered = type(result) is tuple and len(result) == 2 and result[0] == "ok"
         with self._session_locks[partition]:
             parked = self._parked.pop(partition, [])
             if registered:
-                state = self._sessions[partition] = [result[1], 1, set()]
+                state = self._sessions[partition] = [result[1], 1, set(), token]
                 for request in parked:
                     self._tag_with(partition, state, request)
         if registered:
@@ -1087,11 +1093,11 @@ class Client:
             with self._session_locks[partition]:
                 state = self._sessions.pop(partition, None)
             if state is not None:
-                sessions.append((partition, state[0]))
+                sessions.append((partition, state[0], state[3]))
         deadline = time.monotonic() + CLOSE_SESSIONS_TIMEOUT
         futures = [
-            self._submit(p, "commit", close_command(sid), "high", CLOSE_SESSIONS_TIMEOUT)
-            for p, sid in sessions
+            self._submit(p, "commit", close_command(sid, token), "high", CLOSE_SESSIONS_TIMEOUT)
+            for p, sid, token in sessions
         ]
         for future in futures:
             assert future is not None

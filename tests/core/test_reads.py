@@ -43,8 +43,26 @@ def test_read_waits_for_an_entry_appended_after_it() -> None:
 
 def test_read_index_is_raised_to_the_callers_minimum() -> None:
     node = make_leader()
-    node.handle(read(min_index=40))
-    assert submitted(node.handle(BATCH, now=2)) == [SubmitRead(40, "r", "get")]
+    node.handle(CommitBatch([("c", ("k", f"v{i}")) for i in range(5)]))
+    node.handle(BATCH, now=2)  # appended, not committed: the caller's minimum is ahead
+    last = node.core.log.last_index()
+    assert last > max(node.core.commit_index, node.core.first_current_term_log_index)
+    node.handle(read(min_index=last))
+    (sub,) = submitted(node.handle(BATCH, now=4))
+    assert sub.read_index >= last  # served no earlier than the caller's minimum
+
+
+def test_a_read_whose_minimum_is_past_the_log_or_not_an_index_is_refused_at_once() -> None:
+    """No index a client was given is past the leader's log; such a read would wait forever
+    holding a slot of the node's read budget (and a str crashed the server's comparison)."""
+    node = make_leader()
+    last = node.core.log.last_index()
+    fx = node.handle(ReadBatch([("a", "get", last + 1), ("b", "get", "1"), ("c", "get", last)]))
+    assert [e for e in fx if isinstance(e, ReadCancelled)] == [
+        ReadCancelled("a", "min_index_ahead"),
+        ReadCancelled("b", "min_index_ahead"),
+    ]
+    assert [r[0] for r in node.core.held_reads] == ["c"]
 
 
 def test_lone_read_gets_a_marker_entry() -> None:
@@ -79,8 +97,11 @@ def test_single_member_reads_immediately_when_applied() -> None:
     node = make_node(1, [ident(1)])
     assert node.state is State.LEADER
     assert node.handle(read("a", "x")) == [ReadNow("a", "x")]
-    node.handle(read("b", "x", min_index=50))
-    assert submitted(node.handle(BATCH, now=2)) == [SubmitRead(50, "b", "x")]
+    node.handle(CommitBatch([("c", ("k", "v"))]))
+    node.handle(BATCH, now=2)
+    last = node.core.log.last_index()
+    assert node.core.last_applied == last  # a sole member commits and applies at once
+    assert node.handle(read("b", "x", min_index=last)) == [ReadNow("b", "x")]
 
 
 def test_single_member_with_pending_commits_goes_through_the_log() -> None:

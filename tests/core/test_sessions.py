@@ -7,6 +7,8 @@ from typing import Any
 
 from waraft.core.sessions import (
     ACKNOWLEDGED,
+    BAD_SESSION_CALL,
+    BAD_TOKEN,
     EXPIRED,
     REGISTER_CONFLICT,
     SWEEP_EVERY,
@@ -119,6 +121,66 @@ def test_bad_session_commands_are_answered_not_applied() -> None:
     assert table.begin(register_command(0), 1) == Done(("error", "bad_session_expiry"))
     decision = table.begin(("$session", "frob"), 2)
     assert isinstance(decision, Done) and decision.result[0] == "error"
+
+
+def test_a_session_call_whose_id_or_seq_is_not_an_int_is_answered_not_raised() -> None:
+    """Committed before anything looks at it: an unhashable id (a map) raised in ``begin``
+    on every replica, at every restart, so the partition never applied past it."""
+    table = SessionTable()
+    sid = table.begin(register_command(100), 1).result[1]  # type: ignore[union-attr]
+    bad = Done(BAD_SESSION_CALL)
+    for command in (
+        ("$session", "call", {"x": 1}, 1, 0, ("incr", 1)),
+        ("$session", "call", sid, {"x": 1}, 0, ("incr", 1)),
+        ("$session", "call", sid, ({"x": 1},), 0, ("incr", 1)),
+        ("$session", "close", {"x": 1}),
+    ):
+        assert table.begin(command, 2) == bad, command
+    assert sid in table
+    assert table.begin(call_command(sid, 1, 0, ("incr", 1)), 3) == Apply(("incr", 1), sid, 1)
+
+
+TOKEN = b"t" * 16
+
+
+def test_a_session_acts_only_for_calls_carrying_its_token() -> None:
+    """Ids are log indices: without the token another client answered a victim's retries
+    with its own results, or closed its session. A call or close without the session's token
+    is answered as for no session and changes nothing, not even its idle time."""
+    table = SessionTable()
+    sid = table.begin(register_command(10, TOKEN), 1).result[1]  # type: ignore[union-attr]
+    assert table.begin(call_command(sid, 1, 0, ("incr", 1), TOKEN), 2) == Apply(("incr", 1), sid, 1)
+    table.finish(sid, 1, ("ok", 1))
+    table.saved()
+    view = table.dump_view()
+    for forged in (
+        call_command(sid, 2, 0, ("incr", 5)),  # no token
+        call_command(sid, 2, 2, ("incr", 5), b"x" * 16),  # a wrong one
+        call_command(sid, 1, 0, ("incr", 5), TOKEN[:-1] + b"u"),  # to read a recorded result
+        call_command(sid, 2, 0, ("incr", 5), "t" * 16),  # not bytes
+    ):
+        assert table.begin(forged, 9) == Done(EXPIRED), forged
+    for forged_close in (close_command(sid), close_command(sid, b"x" * 16)):
+        assert table.begin(forged_close, 9) == Done("ok")
+    assert table.dump_view() == view and not table.changed  # nothing moved, not even idle time
+    assert table.begin(call_command(sid, 1, 0, ("incr", 1), TOKEN), 10) == Done(("ok", 1))
+    assert table.begin(close_command(sid, TOKEN), 11) == Done("ok")
+    assert sid not in table
+
+
+def test_a_token_is_kept_in_the_rows_and_the_dump_and_must_be_bytes() -> None:
+    table = SessionTable()
+    bound = table.begin(register_command(10, TOKEN), 1).result[1]  # type: ignore[union-attr]
+    unbound = table.begin(register_command(10), 2).result[1]  # type: ignore[union-attr]
+    rows, index = table.changes()
+    reloaded = SessionTable.from_rows(index, [row for _, row in rows])
+    assert reloaded == table == SessionTable.load(table.dump())
+    for copy in (reloaded, SessionTable.load(table.dump())):
+        assert copy.begin(call_command(bound, 1, 0, "c"), 3) == Done(EXPIRED)
+        assert copy.begin(call_command(unbound, 1, 0, "c"), 3) == Apply("c", unbound, 1)
+    for bad in (b"short", "t" * 16, b"x" * 65, 7):
+        assert table.begin(("$session", "register", 10, bad), 4) == Done(BAD_TOKEN)
+    assert len(table) == 2
 
 
 def test_finish_marks_the_table_changed_even_after_a_dump() -> None:

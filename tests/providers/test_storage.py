@@ -364,12 +364,14 @@ def test_apply_batch_then_is_one_transaction_in_durable_providers(
     reopened.close()
 
 
-def test_the_inlined_plain_batch_check_agrees_with_the_three_predicates() -> None:
+def test_the_inlined_plain_batch_check_agrees_with_the_four_predicates() -> None:
     """The storage actor merges a ``$batch`` into its chunk only when ``_all_plain`` holds; it
-    inlines ``is_session_command``, ``is_derived_command`` and ``touches_reserved_key`` and
-    must agree with them on every shape (a session command left in would skip the session
-    table and apply a retried command twice)."""
+    inlines ``is_session_command``, ``is_derived_command``, ``touches_reserved_key`` and
+    ``is_internal_command`` and must agree with them on every shape (a session command left
+    in would skip the session table and apply a retried command twice; a config one would
+    change storage's membership)."""
     from waraft.core.sessions import is_session_command
+    from waraft.core.types import is_internal_command
     from waraft.storage import (
         SESSIONS_KEY,
         _all_plain,
@@ -399,6 +401,10 @@ def test_the_inlined_plain_batch_check_agrees_with_the_three_predicates() -> Non
         ("noop",),
         (),
         "noop",
+        "noop_omitted",
+        "config",
+        ("config", {}),
+        ("config", "x", "y"),
         ["$session", "call"],
         ["incr", "t", "k", 1],
         b"\x94",
@@ -408,7 +414,10 @@ def test_the_inlined_plain_batch_check_agrees_with_the_three_predicates() -> Non
 
     def reference(commands: list[Any]) -> bool:
         return not any(
-            is_session_command(c) or is_derived_command(c) or touches_reserved_key(c)
+            is_session_command(c)
+            or is_derived_command(c)
+            or touches_reserved_key(c)
+            or is_internal_command(c)
             for c in commands
         )
 

@@ -21,6 +21,8 @@ import zmq
 from tests.multiprocess.harness import Cluster, wait_until
 from tests.security.attacker import CALM, SERVER, TABLE, Attacker
 from waraft.client import Client
+from waraft.core.config import make_config
+from waraft.core.types import Identity
 from waraft.distribution import envelope
 from waraft.distribution.settings import DistSettings
 from waraft.partition import server
@@ -376,3 +378,108 @@ def test_a_client_cannot_forge_or_read_the_session_table(cluster: Cluster, clien
         assert sessions.commit(1, ("incr", TABLE, "counted", 1)) == ("ok", 2)
     finally:
         sessions.close()
+
+
+ACCEPTOR = "raft_acceptor_kv_1"
+
+
+def _reply(attacker: Attacker, ref: int, timeout: float = 8.0) -> Any:
+    """The value of the node's answer to call ``ref`` (the frame's last element)."""
+    for answer in attacker.answers(timeout=timeout, want=4):
+        if ref in answer:
+            return answer[-1]
+    raise AssertionError(f"no answer to call {ref}")
+
+
+def test_a_client_cannot_change_the_membership_or_commit_protocol_entries(
+    cluster: Cluster, client: Client, ctx: zmq.Context[Any]
+) -> None:
+    """A config entry takes effect once appended: a client that committed one made the leader
+    the only member (two leaders, two histories). Config changes, noops and a witness's
+    ``noop_omitted`` are refused at the gateway, and nested in a ``$batch`` or a session
+    call, at apply on every replica."""
+    before = picture(cluster)
+    leader = leader_of(cluster)
+    forged = make_config([Identity(SERVER, leader)])  # the leader alone: a quorum of one
+    evil = Attacker(ctx, leader)
+    try:
+        for command in (("config", forged), ("config", {}), "noop", "noop_omitted"):
+            ref = evil.call(ACCEPTOR, ("commit", ("k-evil", command), "high"))
+            answer = _reply(evil, ref)
+            assert answer[0] == "error" and answer[1][0] == "badarg", (command, answer)
+            answer = client.commit(1, command)  # the client library's client_batch path
+            assert answer[0] == "error" and "reserved to the protocol" in answer[1][1], answer
+        nested = client.commit(1, ("$batch", [("config", forged), "noop_omitted"]))
+        assert list(nested) == [("error", "reserved_command")] * 2
+        sessions = Client(cluster.ids, table=TABLE, partitions=1, timeout=15.0, sessions=True)
+        try:
+            assert sessions.commit(1, ("config", forged)) == ("error", "reserved_command")
+        finally:
+            sessions.close()
+    finally:
+        evil.close()
+    unharmed(cluster, client, before)
+
+
+def test_a_session_call_naming_a_map_is_answered_on_every_replica(
+    cluster: Cluster, client: Client
+) -> None:
+    """Committed before anything looks at it, a session command whose id was a map crashed
+    the storage actor of every replica at apply (unhashable), at every restart: the
+    partition was gone for good. It is now an error answer, the same on every replica."""
+    before = picture(cluster)
+    bad = ("error", ("badarg", "a session id or sequence number is unhashable"))
+    for command in (
+        ("$session", "call", {"x": 1}, 1, 0, ("write", TABLE, "poison", 1)),
+        ("$session", "call", 1, {"x": 1}, 0, ("write", TABLE, "poison", 1)),
+        ("$session", "close", {"x": 1}),
+    ):
+        assert client.commit(1, command) == bad, command
+    assert client.commit(1, ("write", TABLE, "after-poison", 1)) == "ok"
+    for node in cluster.ids:
+        wait_until(lambda node=node: server.status((SERVER, node))["last_applied"] > 0)
+    unharmed(cluster, client, before)
+
+
+def test_a_read_with_an_impossible_minimum_index_is_refused_at_once(
+    cluster: Cluster, client: Client, ctx: zmq.Context[Any]
+) -> None:
+    """A string ``min_index`` crashed the leader's server (and so the partition on that
+    node); an index past the log held a slot of the node's read budget forever (5000 of them
+    locked every strong read out)."""
+    before = picture(cluster)
+    leader = leader_of(cluster)
+    evil = Attacker(ctx, leader)
+    try:
+        ref = evil.call(ACCEPTOR, ("read", ("read", TABLE, "canary"), "1"))
+        answer = _reply(evil, ref)
+        assert answer[0] == "error" and answer[1][0] == "badarg", answer
+        refs = [evil.call(ACCEPTOR, ("read", ("read", TABLE, "canary"), 2**62)) for _ in range(50)]
+        answers = evil.answers(timeout=8.0, want=len(refs))
+        assert len(answers) == len(refs)
+        assert {a[-1] for a in answers} == {("error", "min_index_ahead")}
+    finally:
+        evil.close()
+    assert client.read(1, ("read", TABLE, "canary")) == ("ok", 1)
+    unharmed(cluster, client, before)
+
+
+def test_a_client_cannot_act_on_another_clients_session(cluster: Cluster, client: Client) -> None:
+    """Session ids are log indices, easy to guess: a client that sprayed tagged calls over
+    nearby ids took a victim's next sequence numbers, so the victim's writes were answered
+    ``ok`` with the attacker's results and never applied. A session now acts only for calls
+    carrying the token its client drew at the register."""
+    victim = Client(cluster.ids, table=TABLE, partitions=1, timeout=15.0, sessions=True)
+    try:
+        assert victim.commit(1, ("write", TABLE, "acct", "victim-1")) == "ok"
+        sid = victim._sessions[1][0]
+        for forged_sid in range(max(1, sid - 3), sid + 4):
+            for seq in range(1, 6):
+                forged = ("$session", "call", forged_sid, seq, 0, ("write", TABLE, "acct", "evil"))
+                assert client.commit(1, forged) == ("error", "session_expired"), forged
+            assert client.commit(1, ("$session", "close", forged_sid)) == "ok"
+        assert victim.commit(1, ("write", TABLE, "acct", "victim-2")) == "ok"
+        assert client.read(1, ("read", TABLE, "acct")) == ("ok", "victim-2")
+        assert victim.commit(1, ("incr", TABLE, "victim-count", 1)) == ("ok", 1)
+    finally:
+        victim.close()

@@ -20,6 +20,9 @@ from waraft.core.types import LEASE_IN_PROGRESS, LEASE_PENDING_RECONFIRMATION
 if TYPE_CHECKING:
     from waraft.core.replica import Replica
 
+MIN_INDEX_AHEAD = "min_index_ahead"
+"""Why a read whose minimum index is past the leader's log (or not an int) is refused."""
+
 
 def leader_reads(core: Replica, items: Any) -> None:
     """Serve or queue a batch of ``(from_, command, min_index)`` reads on the leader."""
@@ -31,7 +34,15 @@ def leader_reads(core: Replica, items: Any) -> None:
             core.cancel_read(from_, reason)
         return
     submitted = False
+    last_index = core.log.last_index()
     for from_, command, min_index in items:
+        if min_index is not None and (type(min_index) is not int or min_index > last_index):
+            # No index a client was ever given is past the leader's log (a committed entry is
+            # in every later leader's log); such a read would wait forever and hold a slot of
+            # the node's read budget, so it is refused at once.
+            core.count("read.rejected.min_index")
+            core.cancel_read(from_, MIN_INDEX_AHEAD)
+            continue
         read_index = max(core.commit_index, core.first_current_term_log_index)
         if min_index is not None and min_index > read_index:
             read_index = min_index

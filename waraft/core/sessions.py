@@ -20,6 +20,17 @@ Commands (all travel through the log like any other command, also inside ``$batc
   answers ``("error", "session_seq_acknowledged")``.
 * ``("$session", "close", session_id)``: forget the session. Answers ``"ok"``.
 
+A session is the capability of whoever holds its *token*: ``register`` may carry one
+(``("$session", "register", expire_after, token)``, 16 to 64 random bytes that
+``waraft.client`` draws for each session), and then every ``call`` and ``close`` of the
+session must carry the same token as a last element (``(..., command, token)``,
+``("$session", "close", session_id, token)``). A call or close without it is answered as for a
+session that does not exist (``session_expired``; a close: ``"ok"``) and changes nothing, not
+even the session's idle time: ids are log indices, easy to guess, so without a token any
+client could answer another's retries with its own results or close its session. The token
+lives only in the log and the replicas' tables, which no client can read (reserved keys).
+Sessions registered without a token (by older clients) keep working unbound.
+
 Expiry is measured in applied log entries, not in time: a session whose last register or call
 is more than ``expire_after`` entries behind the entry being applied is expired and answers
 ``("error", "session_expired")``. The records of an expired session are gone with it, so that
@@ -66,25 +77,52 @@ MAX_SESSIONS: Final = 10_000
 """Sessions a partition keeps at most; a cluster-wide constant, not a setting: replicas with
 different bounds would evict differently and answer differently."""
 REGISTER_CONFLICT: Final = ("error", "session_register_conflict")
+BAD_SESSION_CALL: Final = ("error", ("badarg", "a session id or sequence number is unhashable"))
+BAD_TOKEN: Final = ("error", ("badarg", "a session token is 16 to 64 bytes"))
+TOKEN_BYTES: Final = 16
+"""Random bytes in the token ``waraft.client`` draws for each session."""
 _DUMP_VERSION: Final = 1
 INDEX_VERSION: Final = 2
 """First element of the stored index of session ids (``SessionTable.changes``); a stored value
 whose first element is ``1`` is a whole ``dump()``, as written before rows."""
 
 
-def register_command(expire_after: int = DEFAULT_EXPIRE_AFTER) -> tuple[Any, ...]:
-    """The command that opens a session expiring after ``expire_after`` idle entries."""
-    return (SESSION, "register", int(expire_after))
+def register_command(
+    expire_after: int = DEFAULT_EXPIRE_AFTER, token: bytes | None = None
+) -> tuple[Any, ...]:
+    """The command that opens a session expiring after ``expire_after`` idle entries, bound
+    to ``token`` (see the module docstring) when one is given."""
+    if token is None:
+        return (SESSION, "register", int(expire_after))
+    return (SESSION, "register", int(expire_after), token)
 
 
-def call_command(session: int, seq: int, acked: int, command: Any) -> tuple[Any, ...]:
+def call_command(
+    session: int, seq: int, acked: int, command: Any, token: bytes | None = None
+) -> tuple[Any, ...]:
     """``command`` tagged with ``(session, seq)``; every ``seq < acked`` is settled."""
-    return (SESSION, "call", session, seq, acked, command)
+    if token is None:
+        return (SESSION, "call", session, seq, acked, command)
+    return (SESSION, "call", session, seq, acked, command, token)
 
 
-def close_command(session: int) -> tuple[Any, ...]:
+def close_command(session: int, token: bytes | None = None) -> tuple[Any, ...]:
     """The command that forgets ``session``."""
-    return (SESSION, "close", session)
+    if token is None:
+        return (SESSION, "close", session)
+    return (SESSION, "close", session, token)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _valid_token(token: Any) -> bool:
+    return type(token) is bytes and 16 <= len(token) <= 64
 
 
 def is_session_command(command: Any) -> bool:
@@ -98,6 +136,14 @@ class _Session:
     last_active: int
     floor: int = 0  # every seq below is acknowledged by the client; its record is dropped
     results: dict[int, Any] = field(default_factory=dict)
+    token: bytes | None = None  # the capability its calls and close carry (None: unbound)
+
+    def admits(self, token: Any) -> bool:
+        """Whether a call or close carrying ``token`` may act on this session."""
+        mine = self.token
+        # A plain comparison: its timing, nanoseconds inside a replicated apply, is lost in
+        # the round's milliseconds (and the core takes no hmac).
+        return mine is None or (type(token) is bytes and token == mine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +223,15 @@ class SessionTable:
         if not is_session_command(command):
             return Apply(command)
         kind = command[1]
-        if kind == "call" and len(command) == 6:
-            _, _, sid, seq, acked, inner = command
+        size = len(command)
+        if kind == "call" and (size == 6 or size == 7):
+            _, _, sid, seq, acked, inner = command[:6]
+            if not (_hashable(sid) and _hashable(seq)):
+                # Checked before any lookup: the command is already committed, and an
+                # unhashable id (a map) raised here on every replica, at every restart.
+                return Done(BAD_SESSION_CALL)
             session = self._live(sid, index)
-            if session is None:
+            if session is None or not session.admits(command[6] if size == 7 else None):
                 return Done(EXPIRED)
             session.last_active = index
             self._dirty.add(sid)
@@ -196,20 +247,28 @@ class SessionTable:
                 return Done(ACKNOWLEDGED)
             session.results[seq] = _PENDING
             return Apply(inner, sid, seq)
-        if kind == "register" and len(command) == 3:
+        if kind == "register" and (size == 3 or size == 4):
             expire_after = command[2]
             if type(expire_after) is not int or expire_after <= 0:
                 return Done(("error", "bad_session_expiry"))
+            token = command[3] if size == 4 else None
+            if size == 4 and not _valid_token(token):
+                return Done(BAD_TOKEN)
             if index in self._sessions:
                 return Done(REGISTER_CONFLICT)  # a second register in one $batch entry
             if len(self._sessions) >= self.max_sessions:
                 self._evict(index)
-            self._sessions[index] = _Session(expire_after, index)
+            self._sessions[index] = _Session(expire_after, index, token=token)
             self._came_or_went(index)
             return Done(("ok", index))
-        if kind == "close" and len(command) == 3:
-            if self._sessions.pop(command[2], None) is not None:
-                self._came_or_went(command[2])
+        if kind == "close" and (size == 3 or size == 4):
+            sid = command[2]
+            if not _hashable(sid):
+                return Done(BAD_SESSION_CALL)
+            found = self._sessions.get(sid)
+            if found is not None and found.admits(command[3] if size == 4 else None):
+                del self._sessions[sid]
+                self._came_or_went(sid)
             return Done("ok")
         return Done(("error", ("unknown_command", f"bad session command {command!r}")))
 
@@ -295,12 +354,9 @@ class SessionTable:
             raise ValueError(f"{len(rows)} session rows for {len(sids)} sessions")
         table = cls()
         for sid, row in zip(sids, rows, strict=True):
-            if type(row) is not tuple or len(row) != 4:
+            if type(row) is not tuple or len(row) not in (4, 5):
                 raise ValueError(f"session {sid!r}: not a session row: {row!r:.200}")
-            expire_after, last_active, floor, results = row
-            table._sessions[sid] = _Session(
-                expire_after, last_active, floor, {seq: r for seq, r in results}
-            )
+            table._sessions[sid] = _from_row(row)
         return table
 
     # -- the whole table as one value ---------------------------------------------------------
@@ -321,10 +377,8 @@ class SessionTable:
         version, rows = dumped
         if version != _DUMP_VERSION:
             raise ValueError(f"unknown session table version {version!r}")
-        for sid, expire_after, last_active, floor, results in rows:
-            table._sessions[sid] = _Session(
-                expire_after, last_active, floor, {seq: r for seq, r in results}
-            )
+        for sid, *row in rows:
+            table._sessions[sid] = _from_row(tuple(row))
         return table
 
     def __eq__(self, other: object) -> bool:
@@ -340,11 +394,20 @@ class SessionTable:
 
 def _row(session: _Session) -> tuple[Any, ...]:
     """One session's stored row: ``(expire_after, last_active, floor, ((seq, result), ...))``
-    (results still pending are not stored: a transaction never holds a half-applied seq)."""
+    and the token as a fifth element if the session has one (results still pending are not
+    stored: a transaction never holds a half-applied seq)."""
     results = session.results
-    return (
+    row = (
         session.expire_after,
         session.last_active,
         session.floor,
         tuple((seq, results[seq]) for seq in sorted(results) if results[seq] is not _PENDING),
     )
+    return row if session.token is None else (*row, session.token)
+
+
+def _from_row(row: tuple[Any, ...]) -> _Session:
+    """The session ``_row`` stored (4 elements, or 5 with a token)."""
+    expire_after, last_active, floor, results = row[:4]
+    token = row[4] if len(row) == 5 else None
+    return _Session(expire_after, last_active, floor, {seq: r for seq, r in results}, token)

@@ -103,6 +103,18 @@ def is_config_command(command: Any) -> bool:
     )
 
 
+def is_internal_command(command: Any) -> bool:
+    """True for a command only the protocol writes: a membership change (any ``(CONFIG, x)``
+    pair), a ``NOOP`` or a witness's ``NOOP_OMITTED``. A client may commit none of them:
+    the gateway refuses them (a config entry takes effect as soon as it is appended, so a
+    client's would change the membership without the admin right), and storage refuses one
+    nested in a ``$batch`` or a session call, the same on every replica."""
+    kind = type(command)
+    if kind is str:
+        return command in (NOOP, NOOP_OMITTED)
+    return kind is tuple and len(command) == 2 and command[0] == CONFIG
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Cluster configuration, version 1 (WARaft's config map).

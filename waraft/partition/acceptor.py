@@ -37,7 +37,7 @@ from waraft import distribution as dist
 from waraft import otp
 from waraft.core import events
 from waraft.core.rpc import short_repr
-from waraft.core.types import Priority
+from waraft.core.types import Priority, is_internal_command
 from waraft.distribution import inline as dist_inline
 from waraft.distribution import policy
 from waraft.services import info
@@ -84,11 +84,17 @@ def priority_of(value: Any) -> Priority:
 
 
 def check_op(op: Any) -> tuple[Any, Any]:
-    """A commit op is ``(key, command)`` with a command that is not ``None``."""
+    """A commit op is ``(key, command)`` with a command that is not ``None`` and not one only
+    the protocol writes (``is_internal_command``: a config change, a noop)."""
     if not isinstance(op, (tuple, list)) or len(op) != 2:
-        raise ValueError(f"a commit op is a (key, command) pair, got {op!r}")
+        raise ValueError(f"a commit op is a (key, command) pair, got {short_repr(op)}")
     if op[1] is None:
         raise ValueError("a command must not be None")
+    if is_internal_command(op[1]):
+        raise ValueError(
+            f"{short_repr(op[1])} is reserved to the protocol (membership changes go through "
+            "adjust_config)"
+        )
     return (op[0], op[1])
 
 
@@ -184,6 +190,8 @@ class Acceptor(otp.Process):
         if kind == "commit":
             _, op, priority = request
             return self._single(self._commit([(from_, op)], priority_of(priority)))
+        if kind == "read" and not _valid_read(request):
+            return ("error", ("badarg", f"malformed read {short_repr(request)}"))
         if kind == "read":
             _, command, min_index = request
             return self._single(self._read([(from_, command, min_index)]))
@@ -370,7 +378,12 @@ def _is_priority(value: Any) -> bool:
 
 def _valid_op(item: Any) -> bool:
     op = item[1]
-    return isinstance(op, (tuple, list)) and len(op) == 2 and op[1] is not None
+    return (
+        isinstance(op, (tuple, list))
+        and len(op) == 2
+        and op[1] is not None
+        and not is_internal_command(op[1])
+    )
 
 
 def _valid_read(item: Any) -> bool:

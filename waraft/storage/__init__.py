@@ -58,7 +58,16 @@ from waraft.core.sessions import (
     SessionTable,
     is_session_command,
 )
-from waraft.core.types import NOOP, NOOP_OMITTED, Config, LogPos, Priority, is_config_command
+from waraft.core.types import (
+    CONFIG,
+    NOOP,
+    NOOP_OMITTED,
+    Config,
+    LogPos,
+    Priority,
+    is_config_command,
+    is_internal_command,
+)
 from waraft.distribution import policy
 from waraft.services import codec, env
 from waraft.services.codec import CodecError
@@ -93,6 +102,8 @@ RESERVED: Final = "$waraft"
 """First element of every reserved key: a key that is a tuple (or list) starting with it is
 the storage's own (``touches_reserved_key``)."""
 RESERVED_KEY_ERROR: Final = ("error", "reserved_key")
+INTERNAL_COMMAND_ERROR: Final = ("error", "reserved_command")
+"""Answer to a config change or noop nested in a ``$batch`` or a session call."""
 """The answer to a client command or read naming a reserved key: the providers share one key
 space across tables, so without it a client could overwrite (or read) every session's record."""
 
@@ -180,8 +191,8 @@ def touches_reserved_key(command: Any) -> bool:
 
 def _inner(command: Any) -> Any:
     """The command a session ``call`` carries, else ``command`` itself."""
-    if type(command) is tuple and len(command) == 6 and command[0] == SESSION:
-        return command[5]
+    if type(command) is tuple and 6 <= len(command) <= 7 and command[0] == SESSION:
+        return command[5]  # a call, with or without its session's token
     return command
 
 
@@ -205,9 +216,10 @@ entry: the entry applies in one transaction, so the state it would read does not
 
 def _all_plain(commands: Sequence[Any]) -> bool:
     """True when none of ``commands`` is a session command (``is_session_command``), a
-    derived one (``is_derived_command``) or names a reserved key (``touches_reserved_key``):
-    the three tests inlined, as every command of every ``$batch`` entry passes here on every
-    replica (three calls per command were most of this check's cost)."""
+    derived one (``is_derived_command``), names a reserved key (``touches_reserved_key``) or
+    is one only the protocol writes (``is_internal_command``): the tests inlined, as every
+    command of every ``$batch`` entry passes here on every replica (a call per test and
+    command was most of this check's cost)."""
     for command in commands:
         if type(command) is tuple:
             size = len(command)
@@ -215,11 +227,15 @@ def _all_plain(commands: Sequence[Any]) -> bool:
                 kind = command[0]
                 if kind == SESSION or (size == 4 and kind in DERIVED):
                     return False
+                if size == 2 and kind == CONFIG:
+                    return False
                 # A str key (the usual) is ruled out by the first test alone.
                 if size >= 3 and type(command[2]) is not str:
                     key = command[2]
                     if type(key) in _SEQUENCES and key and key[0] == RESERVED:
                         return False
+        elif command in (NOOP, NOOP_OMITTED):
+            return False
     return True
 
 
@@ -432,6 +448,7 @@ class StorageServer(otp.Process):
                     result = self._apply_session_items(
                         [(c, position, entry.label) for c in commands],
                         [self.sessions.begin(c, index) for c in commands],
+                        nested=True,
                     )
                 else:
                     result = self._apply_many(commands, position, entry.label)
@@ -504,11 +521,20 @@ class StorageServer(otp.Process):
         shapes.clear()
 
     def _apply_session_items(
-        self, items: Sequence[tuple[Any, LogPos, Any]], marks: Sequence[Done | Apply | Pending]
+        self,
+        items: Sequence[tuple[Any, LogPos, Any]],
+        marks: Sequence[Done | Apply | Pending],
+        nested: bool = False,
     ) -> list[Any]:
         """Apply items whose session decisions are ``marks`` (one per item): an answered or
         pending duplicate reaches the provider as a ``noop``; the results of applied tagged
-        commands are recorded, and the table written with them in one ``apply_batch_then``."""
+        commands are recorded, and the table written with them in one ``apply_batch_then``.
+
+        A command only the protocol writes (``is_internal_command``) inside a session call,
+        or inside a ``$batch`` entry (``nested``), is refused (``INTERNAL_COMMAND_ERROR``):
+        applied, a config would change storage's membership behind the core's back, and a
+        ``noop_omitted`` would mark a full replica incomplete. (Top-level ones are the core's
+        own entries; the gateway refuses clients' before they reach the log.)"""
         sessions = self.sessions
         translated: list[tuple[Any, LogPos, Any]] = []
         derived: dict[int, Any] = {}  # item number -> the result of its derived command
@@ -518,6 +544,12 @@ class StorageServer(otp.Process):
             if touches_reserved_key(command):
                 # Refused the same way on every replica; a session records the refusal.
                 command, derived[len(translated)] = NOOP, RESERVED_KEY_ERROR
+            elif (
+                type(mark) is Apply
+                and (nested or mark.session is not None)
+                and is_internal_command(command)
+            ):
+                command, derived[len(translated)] = NOOP, INTERNAL_COMMAND_ERROR
             elif is_derived_command(command):
                 if opaque:  # only inside one $batch entry: _apply splits chunks before it
                     command, derived[len(translated)] = NOOP, DERIVED_AFTER_OPAQUE
