@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -115,3 +117,21 @@ def test_decode_never_fails_otherwise_on_garbage(data: bytes) -> None:
         except FrameError:
             continue
         assert isinstance(obj, tuple) and obj[0] == 1
+
+
+def test_an_untrusted_frame_with_colliding_map_keys_is_refused_before_the_dict_is_built() -> None:
+    """``hash(-1) == hash(-2)``: a map keyed by tuples of them is quadratic to build (20,000
+    keys took seconds). From a peer that is not a member it is refused in linear time; a
+    member's frame, the log and storage decode as before (nothing stored can become
+    undecodable), and ordinary maps, even with a collision or two, pass."""
+    keys = list(itertools.islice(itertools.product((-1, -2), repeat=16), 20_000))
+    frame = envelope.cast_frame("x", msgpack.packb({k: 0 for k in keys}))
+    with pytest.raises(FrameError) as refused:
+        envelope.decode(frame, 1 << 24, untrusted=True)
+    assert refused.value.counter == "rx_malformed"
+    assert "share a hash" in str(refused.value)
+    few = {-1: "a", -2: "b", (0, -1): "c", (0, -2): "d", **{f"k{i}": i for i in range(50)}}
+    for trusted in (False, True):
+        obj = envelope.decode(envelope.cast_frame("x", codec.packb(few)), 1 << 20, True, trusted)
+        assert obj[3] == few
+    assert codec.unpackb(codec.packb({k: 0 for k in keys[:200]})) == {k: 0 for k in keys[:200]}

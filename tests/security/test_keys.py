@@ -7,6 +7,7 @@ the keys. One 3-node cluster (one partition) is shared by the module.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import zmq
 
@@ -244,3 +246,28 @@ def test_a_follower_the_leader_trimmed_past_is_caught_up_by_a_snapshot(cluster: 
         row = cluster.rows()[(cluster.ids[victim], 1)]
         assert row["state"] == "follower" and row["log_first"] > behind + 1
         assert client.read(1, ("read", "kv", "away59")) == ("ok", 59)
+
+
+def test_a_client_keys_map_of_colliding_keys_is_refused_in_linear_time(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    """``hash(-1) == hash(-2)``: a map keyed by 40,000 tuples of them (an 840 KB frame) made
+    decoding quadratic and held a node's receive thread, and its GIL, for 21 s (the leader
+    stopped answering and lost its leadership). From a peer that is not a member such a map
+    is now refused while it is decoded (``rx_malformed``)."""
+    before = picture(cluster)
+    leader = wait_until(lambda: cluster.leader(1))[0]
+    index = cluster.index_of(leader)
+    malformed = stats(cluster, index).get("rx_malformed", 0)
+    keys_ = list(itertools.islice(itertools.product((-1, -2), repeat=17), 40_000))
+    app = Attacker(ctx, leader, name="app.collide", curve=curve_of(key_dir, "app"))
+    try:
+        app.raw(envelope.cast_frame("no_such_process", msgpack.packb({k: 0 for k in keys_})))
+        wait_until(lambda: stats(cluster, index).get("rx_malformed", 0) > malformed, 5.0)
+        started = time.monotonic()
+        app.call(SERVER, ("status",))  # the node answers at once: its receive thread is free
+        assert [a[1] for a in app.answers(timeout=3.0)] == [envelope.Kind.REPLY]
+        assert time.monotonic() - started < 3.0
+    finally:
+        app.close()
+    assert picture(cluster) == before

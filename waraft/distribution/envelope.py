@@ -175,7 +175,9 @@ def is_deep(frame: bytes, value: Any) -> bool:
     return too_deep(value, MAX_DEPTH - 1)
 
 
-def decode(frame: bytes, max_bytes: int, check_depth: bool = True) -> tuple[Any, ...]:
+def decode(
+    frame: bytes, max_bytes: int, check_depth: bool = True, untrusted: bool = False
+) -> tuple[Any, ...]:
     """Check and decode one frame into its array (a tuple).
 
     The size and the version are checked before anything is decoded. Raises
@@ -183,6 +185,8 @@ def decode(frame: bytes, max_bytes: int, check_depth: bool = True) -> tuple[Any,
     ``"rx_malformed"``, ``"rx_too_deep"`` (nested deeper than :data:`MAX_DEPTH`) or
     ``"rx_unknown_kind"``. ``check_depth=False`` leaves the depth to the caller
     (:func:`is_deep`): the receive thread checks it only where it matters, after admission.
+    ``untrusted``: a frame from a peer that is not a member; a map in it whose keys' hashes
+    collide is ``rx_malformed`` (``codec.unpackb``).
     """
     size = len(frame)
     if size > max_bytes:
@@ -192,7 +196,7 @@ def decode(frame: bytes, max_bytes: int, check_depth: bool = True) -> tuple[Any,
     if frame[1] != VERSION:
         raise FrameError("rx_bad_version", f"protocol version byte {frame[1]:#x}")
     try:
-        obj = codec.unpackb(frame)
+        obj = codec.unpackb(frame, untrusted=untrusted)
     except codec.CodecError as exc:
         raise FrameError("rx_malformed", str(exc)) from None
     if check_depth and is_deep(frame, obj):

@@ -306,7 +306,12 @@ class Receiver(threading.Thread):
         counts["rx_msgs"] += 1
         counts["rx_bytes"] += len(frame)
         try:
-            obj = envelope.decode(frame, self._max_bytes, check_depth=False)
+            obj = envelope.decode(
+                frame,
+                self._max_bytes,
+                check_depth=False,
+                untrusted=policy.MEMBER not in conn.sender.rights,
+            )
         except FrameError as exc:
             self._count(exc.counter)
             logger.debug("dropped a frame from %s: %s", peer.node_id, exc)

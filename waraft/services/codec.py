@@ -92,14 +92,47 @@ def array_header(count: int) -> bytes:
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-def unpackb(data: bytes | bytearray | memoryview, *, max_size: int | None = None) -> Any:
+MAX_KEY_COLLISIONS: Final = 4
+"""Keys of one map (decoded with ``untrusted=True``) that may share a hash with another."""
+
+
+def _checked_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A map of untrusted data, refused when its keys' hashes collide.
+
+    Keys that share a hash make building the dict quadratic: ``hash(-1) == hash(-2)``, so do
+    tuples of them, and ints ``2**61 - 1`` apart (``str`` and ``bytes`` hashes are seeded per
+    process, so an attacker cannot aim at them). One 840 KB frame of such a map held a node's
+    receive thread, and the GIL, for 21 s. Hashing every key first is linear; a map with more
+    than ``MAX_KEY_COLLISIONS`` keys whose hashes repeat is refused before it is built."""
+    if len(pairs) > MAX_KEY_COLLISIONS + 1:
+        hashes = {hash(key) for key, _ in pairs}
+        if len(pairs) - len(hashes) > MAX_KEY_COLLISIONS:
+            raise ValueError(f"{len(pairs) - len(hashes)} map keys share a hash with another")
+    return dict(pairs)
+
+
+def unpackb(
+    data: bytes | bytearray | memoryview, *, max_size: int | None = None, untrusted: bool = False
+) -> Any:
     """Decode one complete msgpack object; raises ``CodecError`` on bad, short or extra bytes.
 
     ``max_size`` rejects inputs longer than that many bytes before decoding anything.
+    ``untrusted`` (frames from peers that are not members) refuses maps whose keys' hashes
+    collide (``_checked_map``); data already admitted (logs, storage, members' frames) is
+    decoded without the check, so nothing stored can become undecodable.
     """
     if max_size is not None and len(data) > max_size:
         raise CodecError(f"encoded value of {len(data)} bytes exceeds the limit of {max_size}")
     try:
+        if untrusted:
+            return msgpack.unpackb(
+                data,
+                use_list=False,
+                raw=False,
+                strict_map_key=False,
+                ext_hook=_ext_hook,
+                object_pairs_hook=_checked_map,
+            )
         return msgpack.unpackb(
             data,
             use_list=False,
