@@ -425,3 +425,24 @@ def test_the_inlined_plain_batch_check_agrees_with_the_four_predicates() -> None
         for commands in ([shape], [("write", "t", "a", 1), shape], [shape, ("delete", "t", "b")]):
             assert _all_plain(commands) == reference(commands), commands
     assert _all_plain([])
+
+
+def test_a_batch_payload_with_colliding_map_keys_is_one_malformed_command() -> None:
+    """A ``$batch`` travels as the client's bytes and is decoded by every replica at apply
+    (and at every replay): a map keyed by tuples of -1 and -2 (one hash) made that decode
+    quadratic on every replica. It is decoded as untrusted: the entry answers an error."""
+    import itertools
+
+    import msgpack
+
+    from waraft.services.codec import CodecError
+    from waraft.storage import StorageServer, batch_commands
+
+    keys = list(itertools.islice(itertools.product((-1, -2), repeat=16), 20_000))
+    payload = msgpack.packb([("write", "t", "k", {k: 0 for k in keys})])
+    with pytest.raises(CodecError, match="share a hash"):
+        batch_commands(("$batch", payload))
+    (malformed,) = StorageServer._commands_of(("$batch", payload))
+    assert malformed[0] == "$malformed_batch"
+    plain = msgpack.packb([("write", "t", "k", {-1: 1, -2: 2})])
+    assert batch_commands(("$batch", plain)) == (("write", "t", "k", {-1: 1, -2: 2}),)
