@@ -16,7 +16,7 @@ import pytest
 from waraft import otp
 from waraft.core.types import Entry, LogPos, Priority
 from waraft.log import wal as wal_module
-from waraft.log.provider import LogCorruptionError, LogWriteError
+from waraft.log.provider import LogCorruptionError, LogError, LogWriteError
 from waraft.log.wal import (
     MAGIC,
     WalLog,
@@ -949,3 +949,54 @@ def test_an_old_file_that_cannot_be_deleted_does_not_stop_the_writes(
     _crash(log)
     log = WalLog.open(root / "kv.1")  # the files left behind replay in order
     assert log.entries(1, 400, 1000, 1 << 30) == _entries(1, 400)
+
+
+class _LogHolder(otp.Process):
+    """A stand-in for a log actor: opens a partition's WalLog in its own process."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        try:
+            return WalLog.open(request)
+        except LogError as exc:
+            return ("error", str(exc))
+
+
+def test_a_log_left_open_by_a_dead_holder_is_taken_over_and_fenced(root: Path) -> None:
+    """A log actor blocked past its shutdown time is killed and abandoned with its WalLog
+    still registered: every later open of the partition failed ("already has an open
+    WalLog") until the node's supervisors gave up. The next open takes it over (its entries
+    carried, held appends queued first); the dead holder's log queues nothing more; a live
+    holder keeps its log."""
+    otp_node = otp.Node("walholder@t", process_type=otp.SCHEDULED)
+    try:
+        path = root / "kv.1"
+        with otp_node.activate():
+            live = otp.call(_LogHolder.start(), root / "kv.2", 20)
+            refused = otp.call(_LogHolder.start(), root / "kv.2", 20)
+            assert refused[0] == "error" and "already has an open WalLog" in refused[1]
+            holder = _LogHolder.start()
+            old: WalLog = otp.call(holder, path, 20)
+            old.append(1, _entries(1, 5))
+            old.sync()
+            old.append(6, _entries(6, 2))  # held, not yet queued
+            otp.kill(holder)
+            otp.wait_exit(holder, 10)
+            new = otp.call(_LogHolder.start(), path, 20)
+        assert isinstance(new, WalLog), new
+        assert new._writer.taken_over == 1
+        assert new.last_index() == 7 and new.term(7) == 1
+        new.sync()  # its first sync covers what the dead holder left queued
+        for late in (lambda: old.append(8, _entries(8, 1)), lambda: old.truncate(3)):
+            with pytest.raises(LogError, match="closed"):
+                late()
+        new.append(8, _entries(8, 1, term=2))
+        new.sync()
+        old.close()  # a close that runs late changes nothing
+        new.close()
+        live.close()
+        stop_wal_writers(root)
+        reopened = WalLog.open(path)
+        assert reopened.last_index() == 8 and reopened.term(8) == 2
+        reopened.close()
+    finally:
+        otp_node.stop()

@@ -82,6 +82,7 @@ from waraft.log.provider import (
     LogWriteError,
     is_config_entry,
 )
+from waraft.otp.messaging import self_pid
 from waraft.otp.sched import Event, resume_all, scheduled_caller, suspend
 from waraft.services import metrics
 from waraft.services.codec import CodecError, array_header, packb, unpackb
@@ -291,6 +292,7 @@ class WalWriter:
         self.keep_files = keep_files
         self.checkpointed_bytes = 0  # record bytes rotation has rewritten (status)
         self.refs = 0
+        self.taken_over = 0  # logs closed for a holder that died (``take_over_dead``)
         self.fsyncs = 0
         self.batches = 0
         self.fsync_latency = metrics.histogram(FSYNC_METRIC, os.path.abspath(directory))
@@ -512,6 +514,30 @@ class WalWriter:
                 log.load(0, [Entry(0)])
                 log._submit(("r", key, 0, 0), 0)
             self._logs[key] = log
+
+    def take_over_dead(self, key: str) -> None:
+        """Close ``key``'s log on behalf of a holder that died without closing it.
+
+        A log actor blocked past its shutdown time is killed and abandoned (Python cannot
+        stop its thread) with its ``WalLog`` still registered: every later open of the
+        partition then failed ("already has an open WalLog") and the restarts escalated to
+        the node's supervisors. The log is closed as its holder would have (its held appends
+        queued, its live log kept for the next open, its reference on the writer given
+        back); a closed log queues nothing more, so the abandoned thread, should it ever run
+        on, cannot put a record among the new holder's. A live holder keeps its log."""
+        with WalWriter._registry_lock:
+            existing = self._logs.get(key)
+        if existing is None:
+            return
+        owner = existing.owner
+        if owner is None or owner.is_alive():
+            return
+        logger.warning(
+            "WAL %s: partition %s was left open by %s, which is gone; taking it over",
+            self.directory, key, owner,
+        )  # fmt: skip
+        existing.close()
+        self.taken_over += 1
 
     def unregister(self, key: str, state: tuple[int, list[Entry]]) -> None:
         """A closed partition's log stays in the writer so that rotation carries it forward."""
@@ -925,6 +951,7 @@ class WalWriter:
             "wal_files": len(self._old) + 1,
             "wal_checkpointed_bytes": self.checkpointed_bytes,
             "wal_partitions": len(self._logs),
+            "wal_taken_over": self.taken_over,
             "wal_broken": self.broken,
             "wal_stalled": self.stalled,
         }
@@ -940,6 +967,7 @@ class WalLog(MemoryLog):
         self._key = key
         self._ticket = 0
         self._closed = False
+        self.owner = self_pid()  # the process holding the log (``WalWriter.take_over_dead``)
         self._prefix = _append_prefix(key)
         # Appends not yet queued: entries ``_held_first ..`` as encoded (see ``append``).
         self._held: list[bytes] = []
@@ -975,6 +1003,7 @@ class WalLog(MemoryLog):
         try:
             marker = os.path.join(path, MARKER)
             fresh = not os.path.exists(marker)
+            writer.take_over_dead(os.path.basename(path))
             log = cls(writer, os.path.basename(path), fresh)
             if settings is not None:
                 # The node-wide retained-bytes budget: shared with every partition whose
@@ -1019,6 +1048,10 @@ class WalLog(MemoryLog):
     def _queue_record(self, pin: int, build: Callable[..., bytes], *args: Any) -> None:
         """Queue the record of payload ``build(*args)``; a failure to build or queue it that is not
         already a ``LogError`` becomes a ``LogWriteError``."""
+        if self._closed:
+            # Closed (possibly taken over from a dead holder): nothing more of this log may
+            # reach the WAL, where it would land among the next holder's records.
+            raise LogError(f"log {self._key} is closed")
         try:
             self._ticket = self._writer.submit(build(*args), self._key, pin)
         except LogError:
@@ -1138,13 +1171,13 @@ class WalLog(MemoryLog):
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
             run = self._run
             if self._held:
                 # Queued, not waited for (never acknowledged): the WAL keeps the same log as
                 # the one handed to the writer below for rotation.
                 with contextlib.suppress(LogError):
                     self._release_held()
+            self._closed = True
         self._leave_pool()
         # Outside our lock: rotation takes the registry lock, then a log's lock.
         self._writer.unregister(self._key, (run.first, list(run.entries)))
