@@ -169,7 +169,10 @@ def test_public_functions_reject_bad_input_and_wrong_states(tmp_path: Path) -> N
     with pytest.raises(ValueError):
         acceptor.commit(acc, ("k", None))
     with pytest.raises(ValueError):
-        acceptor.commit(acc, ("k", "noop"), priority="urgent")
+        acceptor.commit(acc, ("k", ("write", "t", "k", 1)), priority="urgent")
+    for internal in ("noop", "noop_omitted", ("config", None)):
+        with pytest.raises(ValueError, match="reserved to the protocol"):
+            acceptor.commit(acc, ("k", internal))
     # Wrong states answer errors.
     assert acceptor.commit(acc, ("k", ("write", "t", "k", 1))) == ("error", "not_leader")
     assert server.resign(srv) == ("error", "not_leader")
@@ -187,7 +190,7 @@ def test_public_functions_reject_bad_input_and_wrong_states(tmp_path: Path) -> N
     # Nobody holds the name: the server API raises, the acceptor maps it as WARaft does.
     with pytest.raises(otp.ExitError):
         server.status(("raft_server_nope_9", node.id))
-    assert acceptor.commit(("raft_acceptor_nope_9", node.id), ("k", "noop")) == (
+    assert acceptor.commit(("raft_acceptor_nope_9", node.id), ("k", ("write", "t", "k", 1))) == (
         "error",
         "unreachable",
     )
