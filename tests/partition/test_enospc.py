@@ -23,10 +23,11 @@ from tests.partition.helpers import (
     wait_until,
 )
 from waraft import otp, storage
-from waraft.core.types import LogPos
+from waraft.core.types import DurableState, LogPos
 from waraft.log import disk
 from waraft.log.wal import WalWriter
-from waraft.partition import acceptor, server
+from waraft.partition import acceptor, durable_state, server
+from waraft.storage.provider import write_file_durably
 
 
 def _commit(node: otp.Node, key: int) -> otp.LocalReplyTo:
@@ -39,6 +40,13 @@ def _read(node: otp.Node, key: int, timeout: float = 3.0) -> Any:
     handle = otp.LocalReplyTo()
     acceptor.read_batch(addr("acceptor", node), [(handle, ("read", "t", key), None)])
     return handle.wait(timeout)
+
+
+def _try_read(node: otp.Node, key: int, timeout: float = 0.5) -> Any:
+    try:
+        return _read(node, key, timeout)
+    except otp.ExitError:
+        return None
 
 
 def _inject(monkeypatch: pytest.MonkeyPatch, log_module: str, fault: Any) -> None:
@@ -136,3 +144,132 @@ def test_a_leader_whose_disk_is_full_hands_over_and_catches_up(
             assert acceptor.read(addr("acceptor", new), ("read", "t", 2)) == ("ok", 2)
         else:
             assert result[0] == "error"
+
+
+def test_a_follower_that_cannot_store_a_new_term_holds_back_and_catches_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower's disk is full when a new term reaches it: storing its term and vote fails
+    with ENOSPC. It used to crash (DurableStateError) and crash again on every restart; now it
+    keeps the new state pending, holds back its sends and applies, and retries until it stores
+    it, then catches up with what the new leader committed meanwhile."""
+    with cluster(tmp_path, log_module="waraft.log.wal:WalLog") as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        assert acceptor.commit(addr("acceptor", leader), (1, ("write", "t", 1, 1))) == "ok"
+        full, other = [n for n in nodes if n is not leader]
+        wait_until(
+            lambda: all(
+                storage.read(addr("storage", n), ("read", "t", 1)) == ("ok", 1)
+                for n in (full, other)
+            )
+        )
+        before = server.status(addr("server", full))
+        old_term = before["current_term"]
+        path = str(before["partition_path"])
+        assert durable_state.load(path) == DurableState(old_term, leader.id)
+        pid = otp.whereis("raft_server_test_1", node=full)
+        assert pid is not None
+
+        real = write_file_durably  # the store's own reference is patched below
+        disk_full = {"now": True, "attempts": 0}
+
+        def full_disk(target: str, data: bytes, temp: str) -> None:
+            if disk_full["now"] and target.startswith(path + os.sep):
+                disk_full["attempts"] += 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(target, data, temp)
+
+        monkeypatch.setattr(durable_state, "write_file_durably", full_disk)
+        # the other follower takes over: its election brings the new term to the full one
+        assert server.handover(addr("server", leader), other.id) == ("ok", other.id)
+        wait_until(lambda: state(other) == "leader")
+        new_term = server.status(addr("server", other))["current_term"]
+        assert new_term > old_term
+        wait_until(lambda: disk_full["attempts"] > 0)
+        assert acceptor.commit(addr("acceptor", other), (2, ("write", "t", 2, 2))) == "ok"
+        wait_until(lambda: storage.read(addr("storage", leader), ("read", "t", 2)) == ("ok", 2))
+        time.sleep(1.5)  # retrying every STALLED_RETRY_MS, without crashing
+        assert otp.whereis("raft_server_test_1", node=full) == pid
+        assert disk_full["attempts"] > 1
+        stored = durable_state.load(path)
+        assert stored is not None and stored.current_term == old_term
+        # nothing that depends on the new term leaves it: its applies are held back
+        assert storage.read(addr("storage", full), ("read", "t", 2)) == "not_found"
+        assert storage.read(addr("storage", full), ("read", "t", 1)) == ("ok", 1)
+        # it moved to the new term (and voted) in memory only; none of its answers left it
+        assert server.status(addr("server", full))["current_term"] == new_term
+        assert full.id not in server.status(addr("server", other))["match_indices"]
+
+        disk_full["now"] = False  # space returns
+        wait_until(
+            lambda: (s := durable_state.load(path)) is not None and s.current_term == new_term
+        )
+        wait_until(lambda: storage.read(addr("storage", full), ("read", "t", 2)) == ("ok", 2))
+        wait_until(lambda: full.id in server.status(addr("server", other))["match_indices"])
+        assert otp.whereis("raft_server_test_1", node=full) == pid
+        assert acceptor.commit(addr("acceptor", other), (3, ("write", "t", 3, 3))) == "ok"
+        wait_until(lambda: storage.read(addr("storage", full), ("read", "t", 3)) == ("ok", 3))
+
+
+@pytest.mark.timeout(60)
+def test_a_partition_restarted_while_its_wal_is_full_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The partition's group restarts (its server is killed) while the node's WAL is full.
+    The log actor's final sync used to wait for room forever: the restart hung for the
+    supervisor's shutdown time, the abandoned actor kept its WalLog attached, and every
+    restart then failed with "already has an open WalLog" until the node gave up. Now the
+    final sync is bounded and the group comes back, serving reads, while the disk is full.
+    (LMDB storage: a memory storage comes back empty, so the partition would come back
+    ``stalled`` after any restart.)"""
+    node = start_node(
+        tmp_path,
+        "n1",
+        [1],
+        log_module="waraft.log.wal:WalLog",
+        storage_module="waraft.storage.lmdb:LmdbStorage",
+    )
+    try:
+        config = server.make_config([ident(node, 1)])
+        assert server.bootstrap(addr("server", node, 1), LogPos(1, 1), config) == "ok"
+        wait_until(lambda: state(node, 1) == "leader")
+        assert _commit(node, 1).wait(5) == "ok"
+
+        full = {"now": True, "attempts": 0}
+
+        def fault(directory: str) -> OSError | None:
+            if not full["now"]:
+                return None
+            full["attempts"] += 1
+            return OSError(errno.ENOSPC, "No space left on device")
+
+        _inject(monkeypatch, "waraft.log.wal:WalLog", fault)
+        caught = _commit(node, 2)  # its batch is the one that finds the disk full
+        wait_until(lambda: full["attempts"] > 0, 5)
+        assert not caught.done
+        with node.activate():
+            old = otp.whereis("raft_server_test_1")
+            assert old is not None
+            otp.kill("raft_server_test_1")  # one_for_all: the whole group restarts
+            wait_until(lambda: (p := otp.whereis("raft_server_test_1")) and p is not old, 10)
+        # Back while the disk is still full: it leads, serves reads, refuses writes. A read
+        # is answered at once only once the new leader has its term's first entry (committed
+        # in memory: a single member); one that arrives before that is answered when an entry
+        # after it is applied, i.e. when there is room. So a read may have to be retried.
+        wait_until(lambda: state(node) == "leader", 10)
+        wait_until(lambda: server.status(addr("server", node))["log_status"]["wal_stalled"])
+        wait_until(lambda: _try_read(node, 1) == ("ok", 1), 10)
+        assert full["now"]
+        assert _commit(node, 3).wait(3) == ("error", "commit_stalled")
+
+        full["now"] = False  # space returns: the WAL's retry (backoff up to 2 s) resumes
+        wait_until(lambda: _commit(node, 4).wait(5) == "ok", 15)
+        assert _read(node, 1) == ("ok", 1)
+        assert _read(node, 4) == ("ok", 4)
+        # The write caught by the stall died with its server, unacknowledged: its record was
+        # never durable. If it was acknowledged after all, it must be there.
+        if caught.done and caught.wait(0) == "ok":
+            assert _read(node, 2) == ("ok", 2)
+    finally:
+        node.stop()

@@ -95,12 +95,14 @@ def store(partition_path: str | os.PathLike[str], state: DurableState) -> None:
         os.makedirs(directory, exist_ok=True)
         write_file_durably(os.path.join(directory, STATE_FILE), data, temp)
     except OSError as exc:
-        logger.error("cannot store durable state in %s: %s", directory, exc)
+        disk_full = exc.errno in DISK_FULL_ERRNOS
+        if not disk_full:  # a full disk is retried, and logged once, by the server
+            logger.error("cannot store durable state in %s: %s", directory, exc)
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise DurableStateError(
             f"cannot store durable state in {directory}: {exc}",
-            disk_full=exc.errno in DISK_FULL_ERRNOS,
+            disk_full=disk_full,
         ) from exc
 
 
