@@ -6,6 +6,7 @@ The shared provider contract runs in ``test_storage.py``; these are its own prop
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -391,11 +392,11 @@ def _break_next_group_commit(node: Any, monkeypatch: pytest.MonkeyPatch) -> None
     broken = threading.Event()
     broken.set()
 
-    def breaks_once(self: Any, group: list[_Write]) -> None:
+    def breaks_once(self: Any, group: list[_Write]) -> bool:
         if broken.is_set():
             broken.clear()
             raise RuntimeError("committer bug")
-        real(self, group)
+        return real(self, group)
 
     monkeypatch.setattr(type(node), "_commit_group", breaks_once)
 
@@ -788,3 +789,62 @@ def test_a_take_over_whose_barrier_fails_leaves_the_partition_to_the_next_open(
         assert str(root / NODE_DIR) not in NodeEnv._registry  # every reference went back
     finally:
         otp_node.stop()
+
+
+def test_a_full_disk_holds_commits_back_until_there_is_room(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that finds the disk full (ENOSPC) used to fail its write, and the storage
+    actor crashed on it: its partition restarted every few seconds for as long as the disk
+    stayed full. Now nothing of the group is done: it is retried with a backoff and lands,
+    in order, once there is room; stopping on a full disk fails the writes, never hangs."""
+    storage = open_lazy(root, 1)
+    node = storage._node
+    assert node is not None
+    seed(storage, "v")
+    node.flush()
+    real = type(node)._transaction
+    full = {"now": True, "attempts": 0}
+
+    def transaction(self: Any, group: list[_Write]) -> None:
+        if full["now"]:
+            full["attempts"] += 1
+            raise lmdb_disk_full()
+        real(self, group)
+
+    monkeypatch.setattr(type(node), "_transaction", transaction)
+    storage.apply(("write", "t", "k", "new"), LogPos(4, 1))  # lazy: queued, not waited for
+    assert wait_for(lambda: full["attempts"] >= 2)
+    assert node.stalled is not None and "disk full" in node.stalled and node.stalls == 1
+    inflight = storage._inflight
+    assert inflight is not None and not inflight[0].done
+    time.sleep(0.3)
+    assert full["attempts"] < 8  # backing off, not spinning
+    full["now"] = False
+    assert wait_for(lambda: inflight[0].done)
+    assert inflight[0].error is None and node.stalled is None
+    assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "new")
+    # Closing while the disk is full withdraws the queued write (never committed: the log
+    # still holds its entry) instead of waiting for room; the next open re-applies from 4.
+    full["now"] = True
+    storage.apply(("write", "t", "k", "lost"), LogPos(5, 1))
+    assert wait_for(lambda: node.stalled is not None)
+    queued = storage._inflight
+    assert queued is not None
+    storage.close()
+    assert queued[0].done and isinstance(queued[0].error, StorageError)
+    full["now"] = False
+    reopened = open_lazy(root, 1)
+    try:
+        assert reopened.position() == LogPos(4, 1)
+        assert reopened.read(("read", "t", "k"), reopened.position()) == ("ok", "new")
+    finally:
+        reopened.close()
+
+
+def lmdb_disk_full() -> BaseException:
+    """What py-lmdb raises when a commit finds the disk full (``DiskError``, errno in
+    ``code``)."""
+    exc = lmdb.DiskError("mdb_txn_commit: No space left on device")
+    exc.code = errno.ENOSPC  # type: ignore[attr-defined]
+    return exc

@@ -78,6 +78,7 @@ them. A full map fails the transaction (the storage actor crashes); raise the op
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -132,11 +133,28 @@ DEFAULT_SYNC_INTERVAL_MS: Final = 1000
 DEFAULT_SYNC_BYTES: Final = 64 * 1024 * 1024
 """Lazy sync: values written (keys and values, bytes) that start a background sync early."""
 
+STALL_BACKOFF_MIN: Final = 0.1
+STALL_BACKOFF_MAX: Final = 2.0
+"""Seconds between attempts to commit on a full disk, doubling (as the WAL's)."""
+DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+WITHDRAW_TRIES: Final = 40
+"""Attempts (5 ms apart) a close makes to withdraw its write from a committer stalled on a
+full disk before it waits for the write instead."""
+
 _CRC: Final = struct.Struct("<I")
 _META_PREFIX: Final = b"\xc1meta:"
 _META_NAMES: Final = (b"position", b"config", b"label", b"incomplete", b"quarantine")
 _LONG_KEY_LENGTH: Final = 33
 QUARANTINED: Final = ("error", "storage_quarantined")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a failed LMDB commit found the disk full (py-lmdb's errors carry the errno as
+    ``code``; an injected ``OSError`` its ``errno``)."""
+    code = getattr(exc, "code", None)
+    if code is None and isinstance(exc, OSError):
+        code = exc.errno
+    return code in DISK_FULL_ERRNOS
 
 
 def _meta_key(name: bytes) -> bytes:
@@ -276,6 +294,8 @@ class NodeEnv:
         # barrier ``open_partition`` commits after the change).
         self._leases: dict[str, int] = {}
         self.reclaimed = 0  # partitions taken over from a holder that was killed
+        self.stalled: str | None = None  # why commits wait for room (a full disk), if they do
+        self.stalls = 0  # times the disk was found full
         self._group = threading.Condition(threading.Lock())
         self._pending: list[_Write] = []
         self._committer: threading.Thread | None = None  # started by the first commit
@@ -479,6 +499,7 @@ class NodeEnv:
         return live
 
     def _run(self) -> None:
+        backoff = STALL_BACKOFF_MIN
         while True:
             with self._group:
                 while not self._pending and not self._stopping:
@@ -486,10 +507,25 @@ class NodeEnv:
                 if not self._pending:
                     return
                 group, self._pending = self._pending, []
+            retried: list[_Write] = []
             try:
                 live = self._fenced(group)
-                if live:
-                    self._commit_group(live)
+                if live and not self._commit_group(live):
+                    if self._wait_for_room(live, backoff):
+                        backoff = min(backoff * 2, STALL_BACKOFF_MAX)
+                        retried = live  # nothing of it is done: it is committed later
+                        continue
+                    for write in live:  # stopping on a full disk
+                        write.error = StorageError(
+                            f"LMDB node storage {write.where}: closed while {self.stalled}"
+                        )
+                elif self.stalled is not None:
+                    logger.warning(
+                        "LMDB node storage %s: commits resumed after: %s",
+                        self.directory, self.stalled,
+                    )  # fmt: skip
+                    self.stalled = None
+                    backoff = STALL_BACKOFF_MIN
             except BaseException as exc:
                 # Never report a write done that may not have committed, and keep the
                 # committer alive for the writes that follow.
@@ -498,25 +534,67 @@ class NodeEnv:
                     if write.error is None:
                         write.error = exc
             finally:
+                waiting = {id(write) for write in retried}
                 for write in group:
-                    write.done = True
-                    write.event.set()
+                    if id(write) not in waiting:
+                        write.done = True
+                        write.event.set()
 
-    def _commit_group(self, group: list[_Write]) -> None:
+    def withdraw(self, write: _Write) -> bool:
+        """Take ``write`` back if it waits for room on a full disk (not committed, and now
+        never will be); False if it is not waiting so (done, or being committed)."""
+        with self._group:
+            if self.stalled is None or write.done:
+                return False
+            for at, queued in enumerate(self._pending):
+                if queued is write:
+                    del self._pending[at]
+                    break
+            else:
+                return False
+        write.error = StorageError(f"LMDB node storage {write.where}: withdrawn on a full disk")
+        write.done = True
+        write.event.set()
+        return True
+
+    def _wait_for_room(self, group: list[_Write], backoff: float) -> bool:
+        """The disk is full: put ``group`` back in front of the queue and wait ``backoff``
+        seconds before the committer tries again; False (nothing put back) when stopping."""
+        with self._group:
+            if self._stopping:
+                return False
+            self._pending[:0] = group
+            self._group.wait(backoff)
+            return True
+
+    def _commit_group(self, group: list[_Write]) -> bool:
+        """Commit ``group`` (each write alone if the group fails); False, with nothing
+        committed and no write done, when the disk is full (``_run`` retries it)."""
         try:
             self._transaction(group)
         except BaseException as exc:
+            if _disk_full(exc):
+                if self.stalled is None:
+                    self.stalls += 1
+                    logger.error(
+                        "LMDB node storage %s: %s; applies wait for room, retrying every "
+                        "%.1f s at most",
+                        self.directory, exc, STALL_BACKOFF_MAX,
+                    )  # fmt: skip
+                self.stalled = f"disk full: {exc}"
+                return False
             if len(group) == 1:
                 group[0].error = exc
-                return
+                return True
             for write in group:
                 try:
                     self._transaction([write])
                 except BaseException as alone:
                     write.error = alone
-            return
+            return True
         self.commits += 1
         self.writes += len(group)
+        return True
 
     def _transaction(self, group: list[_Write]) -> None:
         self.started = generation = self.generation + 1
@@ -857,7 +935,23 @@ class NodeLmdbStorage(LmdbStorage):
 
     def close(self) -> None:
         """Give the partition's database and the environment back (idempotent); the last
-        partition of the node to close flushes and closes the environment."""
+        partition of the node to close flushes and closes the environment.
+
+        A write still queued while the disk is full is withdrawn rather than waited for (the
+        close would otherwise last as long as the disk stays full): it was never committed,
+        the log still holds its entries (lazy sync keeps every entry above the durable
+        position), and the next open of the partition applies them again."""
+        node = self._node
+        inflight = self._inflight
+        if node is not None and inflight is not None:
+            # Between two attempts the committer holds the write for a few microseconds.
+            for _ in range(WITHDRAW_TRIES):
+                if node.stalled is None or inflight[0].done:
+                    break
+                if node.withdraw(inflight[0]):
+                    self._inflight = None
+                    break
+                time.sleep(0.005)
         with contextlib.suppress(Exception):
             self._drain()  # its failure was already raised, or the partition is going away
         self._env = None
