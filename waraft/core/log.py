@@ -29,11 +29,17 @@ _SCALAR_SIZE = 8
 def approx_command_size(command: object, depth: int = 0) -> int:
     """A cheap estimate of a command's payload bytes: the lengths of its strings and bytes
     plus a word per other scalar, through nested tuples, lists and dicts (a ``$batch`` of
-    large writes counts its writes). Past a nesting depth of 8 an item counts as one word."""
+    large writes counts its writes), and through tuple subclasses too (an unknown msgpack
+    extension decodes as an ``ExtType(code, data)``: its data counts). Every byte budget
+    admits by this estimate, so nothing a client can send may escape it: past a nesting
+    depth of 8 the rest is walked without recursion rather than counted as one word (a 9 MB
+    value inside an extension type, or nested deeper, was counted as 8 bytes)."""
     kind = type(command)
     if kind is bytes or kind is str or kind is bytearray:
         return len(command)  # type: ignore[arg-type]
-    if depth < 8 and (kind is tuple or kind is list):
+    if kind is tuple or kind is list:
+        if depth >= _MAX_RECURSION:
+            return _walked_size(command)
         # Strings, bytes and scalars inline: a plain write is a flat tuple of them, and this
         # runs several times per entry on a leader (admission, the log overlay, replication,
         # the apply queue), where a call per item was most of its cost.
@@ -44,15 +50,42 @@ def approx_command_size(command: object, depth: int = 0) -> int:
                 size += len(item)
             elif item_kind is tuple or item_kind is list or item_kind is dict:
                 size += approx_command_size(item, depth + 1)
-            else:
+            elif item_kind is int or item_kind is float or item is None or item_kind is bool:
                 size += _SCALAR_SIZE
+            else:
+                size += _walked_size(item)
         return size
-    if depth < 8 and kind is dict:
+    if kind is dict:
+        if depth >= _MAX_RECURSION:
+            return _walked_size(command)
         size = 0
         for key, value in command.items():  # type: ignore[attr-defined]
             size += approx_command_size(key, depth + 1) + approx_command_size(value, depth + 1)
         return size
-    return _SCALAR_SIZE
+    return _walked_size(command)
+
+
+_MAX_RECURSION = 8
+
+
+def _walked_size(command: object) -> int:
+    """``approx_command_size`` of anything, with an explicit stack instead of recursion."""
+    size = 0
+    stack = [command]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (bytes, str, bytearray)):
+            size += len(item)
+        elif isinstance(item, memoryview):
+            size += item.nbytes
+        elif isinstance(item, (tuple, list)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            size += _SCALAR_SIZE
+    return size
 
 
 def approx_size(entry: Entry) -> int:
