@@ -41,6 +41,7 @@ ALLOWED_MODULES = {
     "dataclasses",
     "enum",
     "functools",
+    "heapq",  # a pure data structure over lists (the session table's eviction order)
     "itertools",
     "logging",
     "math",
