@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from waraft.cli import metrics
 from waraft.cli.metrics import MetricsServer, Page
 
 
@@ -154,3 +155,40 @@ def test_scrapes_past_the_rate_are_closed_unanswered() -> None:
         srv.shutdown()
         srv.server_close()
         thread.join(10)
+
+
+def test_a_connection_that_trickles_its_request_is_cut_off_at_the_deadline(
+    server: MetricsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timeout used to apply to each receive: a byte every few seconds kept a connection
+    (and with four of them every slot) for good. A connection now has one deadline."""
+    monkeypatch.setattr(metrics, "SCRAPE_SOCKET_TIMEOUT", 1.0)
+    port = server.server_address[1]
+    assert _get_when_free(port) == (200, b"waraft_up 1\n")
+    slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        started = time.monotonic()
+        cut = False
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n" * 4:  # one byte each 0.2 s
+            try:
+                slow.sendall(bytes((byte,)))
+            except OSError:
+                cut = True
+                break
+            slow.settimeout(0.2)
+            try:
+                if slow.recv(1) == b"":
+                    cut = True
+                    break
+            except TimeoutError:
+                pass
+            except OSError:
+                cut = True
+                break
+            if time.monotonic() - started > 4.0:
+                break
+        assert cut, "the trickling connection was never cut off"
+        assert time.monotonic() - started < 3.0
+    finally:
+        slow.close()
+    assert _get_when_free(port) == (200, b"waraft_up 1\n")  # its slot came back

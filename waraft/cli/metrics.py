@@ -10,8 +10,9 @@ page is collected at most once per ``MIN_COLLECT_INTERVAL`` (scrapes in between,
 the one collecting, get that page: a flood of scrapes costs the schedulers one ``status_all`` a
 second), at most ``MAX_CONCURRENT_SCRAPES`` connections are served at once and at most
 ``MAX_SCRAPES_PER_SECOND`` a second (a connection past either is closed unanswered before any
-thread or parsing, counted in ``refused``), and a connection that sends nothing is dropped
-after ``SCRAPE_SOCKET_TIMEOUT``.
+thread or parsing, counted in ``refused``), and a connection is cut off
+``SCRAPE_SOCKET_TIMEOUT`` after it was accepted, however it trickles its bytes (a timeout per
+receive let four connections sending a byte every few seconds hold every slot for good).
 
 Families (labels in brackets):
 
@@ -43,6 +44,7 @@ Families (labels in brackets):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -70,7 +72,7 @@ MAX_SCRAPES_PER_SECOND = 20.0
 """Connections served a second, on average (bursts of as many); one past it is closed
 unanswered. A Prometheus server scrapes a target every 15 s by default."""
 SCRAPE_SOCKET_TIMEOUT = 5.0
-"""Seconds a connection may take to send its request (or read the page) before it is dropped."""
+"""Seconds a connection may last in all (its request, the page) before it is cut off."""
 
 PARTITION_GAUGES: list[tuple[str, str, str]] = [
     ("term", "term", "Current Raft term"),
@@ -369,10 +371,21 @@ class MetricsServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # One deadline for the whole connection: shutting the socket down ends whatever
+        # receive or send the handler is blocked in.
+        deadline = threading.Timer(SCRAPE_SOCKET_TIMEOUT, _cut_off, (request,))
+        deadline.daemon = True
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
             self._slots.release()
+
+
+def _cut_off(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
