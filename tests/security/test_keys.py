@@ -153,8 +153,9 @@ def test_a_client_key_reaches_the_client_api_only(
     for verb in (("disable", "evil"), ("adjust_config", ("remove", ["n2", "x"])), ("resign",)):
         app.call(SERVER, verb)
         assert fails_with(app.answers(), "refused"), verb
-    app.call("waraft_admin", ("clear_fault",))
-    assert fails_with(app.answers(), "refused")
+    for verb in (("clear_fault",), ("dist_peers",), ("dist_stats",), ("heartbeat_stats",)):
+        app.call("waraft_admin", verb)  # peers, other clients among them: operators only
+        assert fails_with(app.answers(), "refused"), verb
     status = server.status((SERVER, leader))
     app.cast(SERVER, ("rpcs", [["request_vote", 10**6, SERVER, app.node_id, ["normal", 9, 9]]]))
     time.sleep(0.3)

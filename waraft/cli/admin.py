@@ -24,6 +24,10 @@ request                                 answer
 ``("clear_fault",)``                    ``distribution.clear_fault()`` → ``"ok"``
 ======================================  ====================================================
 
+Who may ask (``waraft.distribution.policy``, with keys): ``ping``, ``partitions``, ``leaders``
+and ``status_all`` need the client right; the bootstrap, fault-injection, distribution and
+heartbeat requests the admin right. All are rate limited per sender and per node.
+
 The fault-injection requests exist for tests and drills and are refused with
 ``("error", "fault_injection_disabled")`` unless the node was started with
 ``--allow-fault-injection``. Unknown requests get ``("error", "unknown_request")``.
@@ -120,7 +124,9 @@ class NodeAdmin(otp.Process):
             NAME,
             calls={
                 **{verb: read for verb in ("ping", "partitions", "leaders", "status_all")},
-                **{verb: read for verb in ("dist_stats", "dist_peers", "heartbeat_stats")},
+                # Operators' views: every connected peer, other clients' ids and addresses
+                # among them, which is no client's business.
+                **{verb: write for verb in ("dist_stats", "dist_peers", "heartbeat_stats")},
                 **{
                     verb: write
                     for verb in ("bootstrap", "bootstrap_many", "set_fault", "clear_fault")
