@@ -222,7 +222,13 @@ def transport_accept(meta: dict[str, Any], incoming_bytes: int) -> Any:
         free = shutil.disk_usage(probe).free
     except OSError:
         return "ok"
-    return ("error", "receiver_disk_full") if incoming_bytes > free else "ok"
+    if incoming_bytes <= free:
+        return "ok"
+    logger.warning(
+        "refusing a transport of %s/%s: %d bytes incoming, %d free under %s",
+        meta.get("table"), meta.get("partition"), incoming_bytes, free, probe,
+    )  # fmt: skip
+    return ("error", "receiver_disk_full")
 
 
 # -- receiver ----------------------------------------------------------------------------------
