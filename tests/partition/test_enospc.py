@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,19 @@ def _try_read(node: otp.Node, key: int, timeout: float = 0.5) -> Any:
         return None
 
 
+def _full_disk() -> tuple[dict[str, Any], Callable[[str], OSError | None]]:
+    """A fault for ``_inject``: ENOSPC while ``state["now"]``, counting ``state["attempts"]``."""
+    state: dict[str, Any] = {"now": True, "attempts": 0}
+
+    def fault(directory: str) -> OSError | None:
+        if not state["now"]:
+            return None
+        state["attempts"] += 1
+        return OSError(errno.ENOSPC, "No space left on device")
+
+    return state, fault
+
+
 def _inject(monkeypatch: pytest.MonkeyPatch, log_module: str, fault: Any) -> None:
     """Route every write of the log provider through ``fault`` (an injected full disk)."""
     if log_module.endswith(":WalLog"):
@@ -76,14 +90,7 @@ def test_a_full_disk_refuses_writes_serves_reads_and_resumes(
     assert _commit(node, 1).wait(5) == "ok"
     pid = otp.whereis("raft_server_test_1", node=node)
 
-    full = {"now": True, "attempts": 0}
-
-    def fault(directory: str) -> OSError | None:
-        if not full["now"]:
-            return None
-        full["attempts"] += 1
-        return OSError(errno.ENOSPC, "No space left on device")
-
+    full, fault = _full_disk()
     _inject(monkeypatch, log_module, fault)
     caught = _commit(node, 2)  # its batch is the one that finds the disk full
     wait_until(lambda: full["attempts"] > 0)
@@ -236,14 +243,7 @@ def test_a_partition_restarted_while_its_wal_is_full_comes_back(
         wait_until(lambda: state(node, 1) == "leader")
         assert _commit(node, 1).wait(5) == "ok"
 
-        full = {"now": True, "attempts": 0}
-
-        def fault(directory: str) -> OSError | None:
-            if not full["now"]:
-                return None
-            full["attempts"] += 1
-            return OSError(errno.ENOSPC, "No space left on device")
-
+        full, fault = _full_disk()
         _inject(monkeypatch, "waraft.log.wal:WalLog", fault)
         caught = _commit(node, 2)  # its batch is the one that finds the disk full
         wait_until(lambda: full["attempts"] > 0, 5)

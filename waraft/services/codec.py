@@ -124,21 +124,13 @@ def unpackb(
     if max_size is not None and len(data) > max_size:
         raise CodecError(f"encoded value of {len(data)} bytes exceeds the limit of {max_size}")
     try:
-        if untrusted:
-            return msgpack.unpackb(
-                data,
-                use_list=False,
-                raw=False,
-                strict_map_key=False,
-                ext_hook=_ext_hook,
-                object_pairs_hook=_checked_map,
-            )
         return msgpack.unpackb(
             data,
             use_list=False,
             raw=False,
             strict_map_key=False,
             ext_hook=_ext_hook,
+            object_pairs_hook=_checked_map if untrusted else None,
         )
     except Exception as exc:
         raise CodecError(f"invalid msgpack data: {type(exc).__name__}: {exc}") from exc
