@@ -816,6 +816,7 @@ def test_a_full_disk_holds_commits_back_until_there_is_room(
     storage.apply(("write", "t", "k", "new"), LogPos(4, 1))  # lazy: queued, not waited for
     assert wait_for(lambda: full["attempts"] >= 2)
     assert node.stalled is not None and "disk full" in node.stalled and node.stalls == 1
+    assert storage.status()["node_stalled"] == node.stalled  # what an operator sees
     inflight = storage._inflight
     assert inflight is not None and not inflight[0].done
     time.sleep(0.3)

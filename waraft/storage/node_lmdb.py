@@ -964,7 +964,10 @@ class NodeLmdbStorage(LmdbStorage):
 
     def status(self) -> dict[str, Any]:
         status = super(LmdbStorage, self).status()
-        env = self.env
+        # Without waiting for the in-flight write (``env`` would): a status must answer while
+        # the disk is full and that write waits for room. Its rows may be missing from
+        # ``entries`` meanwhile.
+        env = super().env
         info = env.info()
         page = env.stat()["psize"]
         with env.begin() as txn:
@@ -980,6 +983,7 @@ class NodeLmdbStorage(LmdbStorage):
                 "node_commits": 0 if node is None else node.commits,
                 "node_writes": 0 if node is None else node.writes,
                 "node_syncs": 0 if node is None else node.syncs,
+                "node_stalled": None if node is None else node.stalled,
                 "durable_position": self.durable_position(),
                 "sync": self._sync,
                 "writemap": self._writemap,
