@@ -10,7 +10,7 @@ STEPS ?= 2000
 # mypy --strict holds for the whole package (the issues require it of waraft/core and waraft/otp).
 STRICT_PATHS := waraft
 
-.PHONY: all venv test demo lint sim sim-deep scale bench chaos clean
+.PHONY: all venv test demo lint sim sim-deep scale bench chaos full-disk-drill clean
 
 all: test
 
@@ -58,6 +58,10 @@ CHAOS_SECONDS ?= 240
 CHAOS_ARGS ?=
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.run --duration $(CHAOS_SECONDS) --out benchmarks/results/chaos $(CHAOS_ARGS)
+
+# A follower's data directory on a small tmpfs, filled by writes, then given room (root only).
+full-disk-drill: $(STAMP)
+	$(BIN)/python -m tests.durability.full_disk_drill
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks run --scenario all --out benchmarks/results/latest
