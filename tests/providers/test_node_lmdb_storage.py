@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 
 from waraft import otp
 from waraft.core.types import LogPos
+from waraft.storage import node_lmdb
 from waraft.storage.lmdb import StorageLockedError
 from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeLmdbStorage, _Write
 from waraft.storage.provider import StorageCorruptionError, StorageError, StorageOptions
@@ -526,7 +528,9 @@ def test_lazy_sync_durable_position_trails_until_a_flush_covers_it(root: Path) -
         storage.apply(("write", "t", "k", 2), LogPos(4, 1))
         storage.apply(("write", "t", "k", 3), LogPos(5, 1))
         assert storage.durable_position() == LogPos(3, 1)  # committed, not yet flushed
-        assert storage.status()["durable_position"] == LogPos(3, 1)  # status waited for 5
+        storage.read(("read", "t", "k"), storage.position())  # waits for 5's commit
+        # (status does not wait for an in-flight write: it answers during a full-disk stall)
+        assert storage.status()["durable_position"] == LogPos(3, 1)
         node.flush()
         assert storage.durable_position() == LogPos(5, 1)
         assert len(storage._unsynced) == 0
@@ -849,3 +853,44 @@ def lmdb_disk_full() -> BaseException:
     exc = lmdb.DiskError("mdb_txn_commit: No space left on device")
     exc.code = errno.ENOSPC  # type: ignore[attr-defined]
     return exc
+
+
+@pytest.mark.parametrize(("free", "stalls"), [(1 << 20, True), (1 << 40, False)])
+def test_a_short_write_on_a_nearly_full_disk_is_a_full_disk(
+    root: Path, monkeypatch: pytest.MonkeyPatch, free: int, stalls: bool
+) -> None:
+    """LMDB reports a short write as EIO, and a write that fills the disk is often short:
+    counted as a failure, it left the partition's write failed for good (every later call,
+    snapshot installs included, raised it until the node restarted: make full-disk-drill).
+    With little room left it is a full disk, waited out; with room, EIO is a failure."""
+    storage = open_lazy(root, 1)
+    node = storage._node
+    assert node is not None
+    seed(storage, "v")
+    node.flush()
+    real = type(node)._transaction
+    broken = {"now": True}
+
+    def transaction(self: Any, group: list[_Write]) -> None:
+        if broken["now"]:
+            exc = lmdb.DiskError("mdb_txn_commit: Input/output error")
+            exc.code = errno.EIO  # type: ignore[attr-defined]
+            raise exc
+        real(self, group)
+
+    usage = shutil.disk_usage(root)
+    monkeypatch.setattr(type(node), "_transaction", transaction)
+    monkeypatch.setattr(node_lmdb.shutil, "disk_usage", lambda _: usage._replace(free=free))
+    storage.apply(("write", "t", "k", "new"), LogPos(4, 1))
+    inflight = storage._inflight
+    assert inflight is not None
+    if stalls:
+        assert wait_for(lambda: node.stalled is not None)
+        assert not inflight[0].done
+        broken["now"] = False
+        assert wait_for(lambda: inflight[0].done) and inflight[0].error is None
+        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "new")
+    else:
+        assert wait_for(lambda: inflight[0].done)
+        assert isinstance(inflight[0].error, lmdb.Error) and node.stalled is None
+    storage.close()

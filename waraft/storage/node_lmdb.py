@@ -82,6 +82,7 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import struct
 import threading
 import time
@@ -137,6 +138,9 @@ STALL_BACKOFF_MIN: Final = 0.1
 STALL_BACKOFF_MAX: Final = 2.0
 """Seconds between attempts to commit on a full disk, doubling (as the WAL's)."""
 DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+LOW_SPACE_BYTES: Final = 64 * 1024 * 1024
+"""Free bytes under which a commit's ``EIO`` (LMDB's word for a short write) means a full
+disk (see ``_disk_full``)."""
 WITHDRAW_TRIES: Final = 40
 """Attempts (5 ms apart) a close makes to withdraw its write from a committer stalled on a
 full disk before it waits for the write instead."""
@@ -148,13 +152,26 @@ _LONG_KEY_LENGTH: Final = 33
 QUARANTINED: Final = ("error", "storage_quarantined")
 
 
-def _disk_full(exc: BaseException) -> bool:
+def _disk_full(exc: BaseException, directory: str) -> bool:
     """Whether a failed LMDB commit found the disk full (py-lmdb's errors carry the errno as
-    ``code``; an injected ``OSError`` its ``errno``)."""
+    ``code``; an injected ``OSError`` its ``errno``).
+
+    LMDB reports a *short* write as ``EIO`` ("short write, filesystem full?"), and a write
+    that fills the disk is often short rather than refused: an ``EIO`` while the disk has
+    less than ``LOW_SPACE_BYTES`` free counts as full. (Failing it instead left the
+    partition's write failed for good: every later call, a snapshot install included,
+    raised it until the node restarted.)"""
     code = getattr(exc, "code", None)
     if code is None and isinstance(exc, OSError):
         code = exc.errno
-    return code in DISK_FULL_ERRNOS
+    if code in DISK_FULL_ERRNOS:
+        return True
+    if code != errno.EIO:
+        return False
+    try:
+        return shutil.disk_usage(directory).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
 
 
 def _meta_key(name: bytes) -> bytes:
@@ -573,7 +590,7 @@ class NodeEnv:
         try:
             self._transaction(group)
         except BaseException as exc:
-            if _disk_full(exc):
+            if _disk_full(exc, self.directory):
                 if self.stalled is None:
                     self.stalls += 1
                     logger.error(
