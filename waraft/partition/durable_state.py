@@ -15,7 +15,6 @@ A leftover ``state.temp`` (a crash before the rename) is ignored.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import struct
@@ -24,7 +23,7 @@ from typing import Final
 
 from waraft.core.types import DurableState
 from waraft.services.codec import CodecError, packb, unpackb
-from waraft.storage.provider import fsync_path, write_file_durably
+from waraft.storage.provider import DISK_FULL_ERRNOS, fsync_path, write_file_durably
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +31,6 @@ STATE_FILE: Final = "state"
 TEMP_FILE: Final = "state.temp"
 MAGIC: Final = b"WRAFTDS1"
 HEADER: Final = struct.Struct("<8sII")
-
-
-DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-"""Write errors that mean "no room now" (retried by the server), not a broken disk."""
 
 
 class DurableStateError(Exception):
@@ -128,7 +123,6 @@ def sync(partition_path: str | os.PathLike[str]) -> None:
 
 
 __all__ = [
-    "DISK_FULL_ERRNOS",
     "STATE_FILE",
     "TEMP_FILE",
     "DurableStateError",

@@ -112,6 +112,7 @@ from waraft.storage.lmdb import (
     _write_checksum,
 )
 from waraft.storage.provider import (
+    DISK_FULL_ERRNOS,
     OK,
     StorageCorruptionError,
     StorageError,
@@ -137,7 +138,6 @@ DEFAULT_SYNC_BYTES: Final = 64 * 1024 * 1024
 STALL_BACKOFF_MIN: Final = 0.1
 STALL_BACKOFF_MAX: Final = 2.0
 """Seconds between attempts to commit on a full disk, doubling (as the WAL's)."""
-DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 LOW_SPACE_BYTES: Final = 64 * 1024 * 1024
 """Free bytes under which a commit's ``EIO`` (LMDB's word for a short write) means a full
 disk (see ``_disk_full``)."""

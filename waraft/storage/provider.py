@@ -32,6 +32,7 @@ of an apply).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -357,6 +358,10 @@ def read_metadata(path: str) -> dict[str, Any]:
     return meta
 
 
+DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""Write errors that mean "no room now": retried once there is room, not a broken disk."""
+
+
 def build_file_durably(target: str, build: Callable[[str], None], temp: str | None = None) -> None:
     """Have ``build`` write a fresh temporary file (``temp``, by default ``target + ".tmp"``),
     then fsync it, rename it to ``target`` and fsync the directory: after a crash ``target``
@@ -395,6 +400,7 @@ fsync_directory = fsync_path  # the name that says why at the call sites that sy
 
 __all__ = [
     "BAD_POSITION",
+    "DISK_FULL_ERRNOS",
     "METADATA_FILE",
     "NOT_FOUND",
     "NOT_SUPPORTED",
