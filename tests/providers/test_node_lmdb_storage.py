@@ -25,7 +25,7 @@ from waraft import otp
 from waraft.core.types import LogPos
 from waraft.storage import node_lmdb
 from waraft.storage.lmdb import StorageLockedError
-from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeLmdbStorage, _Write
+from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeEnv, NodeLmdbStorage, _Write
 from waraft.storage.provider import StorageCorruptionError, StorageError, StorageOptions
 
 from .helpers import A, B, C, make_config
@@ -761,7 +761,6 @@ def test_a_partition_whose_holder_was_killed_is_taken_over_and_its_writes_fenced
         new.close()
         held.close()
         # Every reference went back: the environment is closed and its lock released.
-        from waraft.storage.node_lmdb import NodeEnv
 
         assert str(root / NODE_DIR) not in NodeEnv._registry
     finally:
@@ -771,7 +770,6 @@ def test_a_partition_whose_holder_was_killed_is_taken_over_and_its_writes_fenced
 def test_a_take_over_whose_barrier_fails_leaves_the_partition_to_the_next_open(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from waraft.storage.node_lmdb import NodeEnv
 
     otp_node = otp.Node("lmdbbarrier@t", process_type=otp.SCHEDULED)
     try:
@@ -802,21 +800,7 @@ def test_a_full_disk_holds_commits_back_until_there_is_room(
     actor crashed on it: its partition restarted every few seconds for as long as the disk
     stayed full. Now nothing of the group is done: it is retried with a backoff and lands,
     in order, once there is room; stopping on a full disk fails the writes, never hangs."""
-    storage = open_lazy(root, 1)
-    node = storage._node
-    assert node is not None
-    seed(storage, "v")
-    node.flush()
-    real = type(node)._transaction
-    full = {"now": True, "attempts": 0}
-
-    def transaction(self: Any, group: list[_Write]) -> None:
-        if full["now"]:
-            full["attempts"] += 1
-            raise lmdb_disk_full()
-        real(self, group)
-
-    monkeypatch.setattr(type(node), "_transaction", transaction)
+    storage, node, full = _failing_commits(root, monkeypatch, errno.ENOSPC, "No space left")
     storage.apply(("write", "t", "k", "new"), LogPos(4, 1))  # lazy: queued, not waited for
     assert wait_for(lambda: full["attempts"] >= 2)
     assert node.stalled is not None and "disk full" in node.stalled and node.stalls == 1
@@ -847,12 +831,30 @@ def test_a_full_disk_holds_commits_back_until_there_is_room(
         reopened.close()
 
 
-def lmdb_disk_full() -> BaseException:
-    """What py-lmdb raises when a commit finds the disk full (``DiskError``, errno in
-    ``code``)."""
-    exc = lmdb.DiskError("mdb_txn_commit: No space left on device")
-    exc.code = errno.ENOSPC  # type: ignore[attr-defined]
-    return exc
+def _failing_commits(
+    root: Path, monkeypatch: pytest.MonkeyPatch, code: int, reason: str
+) -> tuple[NodeLmdbStorage, NodeEnv, dict[str, Any]]:
+    """Partition 1 seeded and flushed, then every commit of its node failing as py-lmdb
+    fails them (``DiskError``, the errno in ``code``) while ``state["now"]`` (counted in
+    ``state["attempts"]``)."""
+    storage = open_lazy(root, 1)
+    node = storage._node
+    assert node is not None
+    seed(storage, "v")
+    node.flush()
+    real = type(node)._transaction
+    state: dict[str, Any] = {"now": True, "attempts": 0}
+
+    def transaction(self: Any, group: list[_Write]) -> None:
+        if state["now"]:
+            state["attempts"] += 1
+            exc = lmdb.DiskError(f"mdb_txn_commit: {reason}")
+            exc.code = code  # type: ignore[attr-defined]
+            raise exc
+        real(self, group)
+
+    monkeypatch.setattr(type(node), "_transaction", transaction)
+    return storage, node, state
 
 
 @pytest.mark.parametrize(("free", "stalls"), [(1 << 20, True), (1 << 40, False)])
@@ -863,23 +865,8 @@ def test_a_short_write_on_a_nearly_full_disk_is_a_full_disk(
     counted as a failure, it left the partition's write failed for good (every later call,
     snapshot installs included, raised it until the node restarted: make full-disk-drill).
     With little room left it is a full disk, waited out; with room, EIO is a failure."""
-    storage = open_lazy(root, 1)
-    node = storage._node
-    assert node is not None
-    seed(storage, "v")
-    node.flush()
-    real = type(node)._transaction
-    broken = {"now": True}
-
-    def transaction(self: Any, group: list[_Write]) -> None:
-        if broken["now"]:
-            exc = lmdb.DiskError("mdb_txn_commit: Input/output error")
-            exc.code = errno.EIO  # type: ignore[attr-defined]
-            raise exc
-        real(self, group)
-
+    storage, node, broken = _failing_commits(root, monkeypatch, errno.EIO, "Input/output error")
     usage = shutil.disk_usage(root)
-    monkeypatch.setattr(type(node), "_transaction", transaction)
     monkeypatch.setattr(node_lmdb.shutil, "disk_usage", lambda _: usage._replace(free=free))
     storage.apply(("write", "t", "k", "new"), LogPos(4, 1))
     inflight = storage._inflight
