@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import threading
 import time
 import zlib
@@ -16,7 +17,7 @@ import pytest
 from waraft import otp
 from waraft.core.types import Entry, LogPos, Priority
 from waraft.log import wal as wal_module
-from waraft.log.provider import LogCorruptionError, LogError, LogWriteError
+from waraft.log.provider import LogCorruptionError, LogError, LogMissingError, LogWriteError
 from waraft.log.wal import (
     MAGIC,
     WalLog,
@@ -396,6 +397,23 @@ def test_a_wiped_partition_directory_drops_its_log_in_the_wal(root: Path) -> Non
     assert (log.first_index(), log.last_index()) == (0, 0)
     other = WalLog.open(root / "kv.2")
     assert other.last_index() == 2
+
+
+def test_a_partition_whose_log_is_gone_from_the_wal_is_refused_not_opened_empty(
+    root: Path,
+) -> None:
+    log = WalLog.open(root / "kv.1")
+    log.append(1, _entries(1, 3))
+    log.sync()
+    _crash(log)
+    shutil.rmtree(root / "wal")  # an operator removed (or replaced) the node's WAL
+    with pytest.raises(LogMissingError, match=r"kv\.1 was written to this WAL"):
+        WalLog.open(root / "kv.1")
+    # A new partition opens in the same WAL; moving the lost one's directory away lets it be
+    # rebuilt as a fresh replica.
+    assert WalLog.open(root / "kv.2").last_index() == 0
+    shutil.move(root / "kv.1", root / "kv.1.lost")
+    assert WalLog.open(root / "kv.1").last_index() == 0
 
 
 def test_a_full_disk_stalls_writes_and_they_resume_by_themselves(root: Path) -> None:

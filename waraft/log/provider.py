@@ -78,6 +78,20 @@ class LogCorruptionError(LogError):
         self.reason = reason
 
 
+class LogMissingError(LogCorruptionError):
+    """A partition's log is gone from where its records were written: its directory says it
+    was written there, the log's files hold nothing of it (the WAL directory was removed or
+    replaced). The entries after the applied position, which the replica may have
+    acknowledged to a leader, are lost, so the replica must not vote or serve on what is
+    left: it is quarantined like a corrupt log."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        LogError.__init__(self, f"log missing in {path}: {reason}")
+        self.path = path
+        self.offset = 0
+        self.reason = reason
+
+
 class LogProvider(ABC):
     """A partition's Raft log (see the module docstring for the contracts)."""
 
@@ -276,6 +290,7 @@ __all__ = [
     "FoldFn",
     "LogCorruptionError",
     "LogError",
+    "LogMissingError",
     "LogPositionError",
     "LogProvider",
     "LogWriteError",

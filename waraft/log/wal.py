@@ -79,6 +79,7 @@ from waraft.log.provider import (
     FSYNC_METRIC,
     LogCorruptionError,
     LogError,
+    LogMissingError,
     LogWriteError,
     is_config_entry,
 )
@@ -507,6 +508,17 @@ class WalWriter:
                     "WAL %s: dropping the log of %s (its directory is new)", self.directory, key
                 )
                 recovered = None
+            if recovered is None and not fresh:
+                # The partition's marker says its log was written here, and every log written
+                # here stays in the WAL's files while it is open or carried (a checkpoint
+                # moves it before a file goes). So the WAL was removed or replaced: opening a
+                # brand-new log would let the replica vote without entries it acknowledged.
+                raise LogMissingError(
+                    self.directory,
+                    f"partition {key} was written to this WAL but its files hold nothing of "
+                    "it (the WAL directory was removed or replaced); move the partition's "
+                    "directory away to have it rebuilt from a healthy replica",
+                )
             if recovered is not None:
                 log.load(*recovered)
             else:
