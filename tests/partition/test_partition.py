@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 from tests.partition.helpers import APP, addr, ident, start_node, state, wait_until
+from tests.providers.helpers import stop_wal_writers
 from waraft import otp, storage
 from waraft.core.types import LogPos
 from waraft.log.memory import MemoryLog
@@ -20,6 +22,7 @@ from waraft.storage.node_lmdb import NodeEnv
 
 SQLITE = "waraft.storage.sqlite:SqliteStorage"
 DISK = "waraft.log.disk:DiskLog"
+WAL = "waraft.log.wal:WalLog"
 
 
 def _bootstrap_single(node: otp.Node, partition: int = 1) -> None:
@@ -272,6 +275,48 @@ def test_a_corrupt_log_disables_its_partition_and_spares_the_others(tmp_path: Pa
     # The healthy partition on the same node serves as before.
     wait_until(lambda: state(node, 2) == "leader")
     assert acceptor.read(addr("acceptor", node, 2), ("read", "t", 49)) == ("ok", "x" * 100)
+
+
+def test_a_partition_whose_wal_was_removed_comes_up_disabled_not_empty(tmp_path: Path) -> None:
+    # Deleting the node's WAL directory used to give every partition a brand-new log reset to
+    # its storage's position: the entries after it (acknowledged to a leader) were gone and
+    # the replica voted without them, which lost committed writes.
+    node = start_node(tmp_path, "n1", [1], log_module=WAL, storage_module=SQLITE)
+    _bootstrap_single(node)
+    for i in range(5):
+        assert acceptor.commit(addr("acceptor", node), (i, ("write", "t", i, "x"))) == "ok"
+    path = Path(server.status(addr("server", node))["partition_path"])
+    node_id = node.id
+    node.stop()
+    stop_wal_writers(tmp_path)
+    shutil.rmtree(path.parent / "wal")
+
+    node = start_node(tmp_path, "n1", [1], node_id=node_id, log_module=WAL, storage_module=SQLITE)
+    wait_until(lambda: state(node, 1) == "disabled")
+    reason = server.status(addr("server", node))["disable_reason"]
+    assert reason[0] == "log_corruption" and "log missing" in reason[1], reason
+    assert acceptor.read(addr("acceptor", node), ("read", "t", 1)) == ("error", "not_leader")
+
+
+def test_a_partition_whose_state_file_was_deleted_comes_up_disabled(tmp_path: Path) -> None:
+    # Without its state file the replica came back with term 0 and no vote, free to vote
+    # again in a term it had already voted in.
+    node = start_node(tmp_path, "n1", [1], log_module=DISK, storage_module=SQLITE)
+    _bootstrap_single(node)
+    assert server.promote(addr("server", node), "next", True) == "ok"
+    wait_until(lambda: server.status(addr("server", node))["current_term"] == 2)
+    assert acceptor.commit(addr("acceptor", node), (1, ("write", "t", 1, "x"))) == "ok"
+    path = Path(server.status(addr("server", node))["partition_path"])
+    node_id = node.id
+    node.stop()
+    (path / durable_state.STATE_FILE).unlink()
+
+    node = start_node(tmp_path, "n1", [1], node_id=node_id, log_module=DISK, storage_module=SQLITE)
+    wait_until(lambda: state(node, 1) == "disabled")
+    status = server.status(addr("server", node))
+    assert status["disable_reason"][0] == "durable_state_missing", status["disable_reason"]
+    assert "term 2" in status["disable_reason"][1]
+    assert status["voted_for"] is None
 
 
 def test_a_batch_command_applies_and_reads_many_commands_as_one_entry(tmp_path: Path) -> None:

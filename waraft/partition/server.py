@@ -149,6 +149,25 @@ def _note_member_nodes(local_node: str, nodes: frozenset[str]) -> None:
         _member_nodes[local_node] = _member_nodes.get(local_node, frozenset()) | nodes
 
 
+def _missing_state(name: str, log_last: LogPos, applied: LogPos) -> DurableState | None:
+    """``None`` for a new replica; a disabled state when the term and vote are gone.
+
+    A replica with an entry of term 2 or later stored its term (and any vote) before that
+    entry reached its log or storage, so with no state file the file was deleted: starting
+    with term 0 and no vote could let it vote twice in a term it already voted in. Term 1 is
+    bootstrap's, in which nobody votes (a crash between bootstrap's install and its first
+    store must not disable a new replica)."""
+    term = max(log_last.term, applied.term)
+    if term < 2:
+        return None
+    reason = (
+        f"no state file, but the log or storage holds an entry of term {term}: the term and "
+        "vote were lost (the file was deleted)"
+    )
+    logger.error("%s: durable state missing, starting disabled: %s", name, reason)
+    return DurableState(0, None, ("durable_state_missing", reason))
+
+
 def _bootstrap_dir(database: str, position: LogPos) -> str:
     """A fresh directory under ``database`` for bootstrap's empty snapshot (file work: run
     through ``otp.blocking``, off the schedulers)."""
@@ -250,6 +269,8 @@ class RaftServer(otp.StateMachine):
                 self.storage_quarantine,
             )
         durable = self._load_durable_state()
+        if durable is None:
+            durable = _missing_state(self.name, self.log.last_position(), position)
         if log_corruption is not None:
             # The log actor quarantined a corrupt log: never serve or vote on it (not persisted,
             # so the reason disappears once the data directory is replaced).
