@@ -14,7 +14,7 @@ import pytest
 from tests.partition.helpers import APP, addr, ident, start_node, state, wait_until
 from tests.providers.helpers import stop_wal_writers
 from waraft import otp, storage
-from waraft.core.types import LogPos
+from waraft.core.types import Identity, LogPos
 from waraft.log.memory import MemoryLog
 from waraft.partition import acceptor, durable_state, part_sup, server, sup
 from waraft.storage.memory import MemoryStorage
@@ -181,7 +181,8 @@ def test_public_functions_reject_bad_input_and_wrong_states(tmp_path: Path) -> N
     assert server.resign(srv) == ("error", "not_leader")
     assert server.enable(srv) == ("error", "already_enabled")
     assert server.handover(srv) == ("error", "not_leader")
-    assert server.adjust_config(srv, ("add", ident(node, 2))) == ("error", "not_leader")
+    new_peer = Identity("raft_server_test_1", "n9@local")
+    assert server.adjust_config(srv, ("add", new_peer)) == ("error", "not_leader")
     _bootstrap_single(node)
     assert server.bootstrap(srv, LogPos(1, 1), config)[0] == "error"
     assert server.promote(srv, 0)[0] == "error"
@@ -317,6 +318,31 @@ def test_a_partition_whose_state_file_was_deleted_comes_up_disabled(tmp_path: Pa
     assert status["disable_reason"][0] == "durable_state_missing", status["disable_reason"]
     assert "term 2" in status["disable_reason"][1]
     assert status["voted_for"] is None
+
+
+def test_a_membership_change_naming_no_replica_of_this_partition_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Each was answered ok and appended: a member nobody can reach, another partition's server
+    # (which then took this partition's term and leader), a second spelling of a member.
+    node = start_node(tmp_path, "n1", [1])
+    _bootstrap_single(node)
+    srv = addr("server", node)
+    name = "raft_server_test_1"
+    before = server.status(srv)["config"]
+    refused = {
+        ("add", Identity(name, "garbage")): "is not a node id",
+        ("add", Identity(name, "n9 @local")): "is not a node id",
+        ("add_witness", Identity("raft_server_test_2", "n9@local")): "not this partition's",
+        ("add", Identity(name, f"{node.id.partition('@')[0]}@elsewhere:1")): "already takes part",
+    }
+    for action, why in refused.items():
+        answer = server.adjust_config(srv, action)
+        assert answer[0] == "error" and answer[1][0] == "invalid_peer", (action, answer)
+        assert why in answer[1][1], (action, answer)
+    assert server.status(srv)["config"] == before
+    ok, _position = server.adjust_config(srv, ("add_participant", Identity(name, "n9@local")))
+    assert ok == "ok"
 
 
 def test_a_batch_command_applies_and_reads_many_commands_as_one_entry(tmp_path: Path) -> None:

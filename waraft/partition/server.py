@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import threading
@@ -791,6 +792,10 @@ class RaftServer(otp.StateMachine):
     def _call_event(self, request: Any, from_: otp.ReplyTo) -> Any:
         """Admin commands the core answers (through a Reply effect)."""
         kind, *args = request
+        if kind == "adjust_config" and args:
+            refusal = _new_peer_refusal(args[0], self.self_id, self.core.current_config())
+            if refusal is not None:
+                return ("error", ("invalid_peer", refusal))
         try:
             event = _EVENT_BUILDERS[kind](from_, *args)
         except (TypeError, ValueError, KeyError, IndexError) as exc:
@@ -800,6 +805,37 @@ class RaftServer(otp.StateMachine):
         self._refresh_settings()
         self._step(event)
         return otp.NOREPLY
+
+
+_ADDING_VERBS = frozenset({"add", "add_witness", "add_participant", "add_witness_participant"})
+_NODE_ID = re.compile(r"[^@\s]+@[^@\s]+")
+
+
+def _new_peer_refusal(action: Any, self_id: Identity, config: Config) -> str | None:
+    """Why a peer that ``action`` adds cannot be this partition's replica (``None``: it can).
+
+    Each was answered ``ok`` and appended: a node id that is no node id (a member nobody can
+    reach, which may cost the partition its quorum), another partition's server (whose
+    replica then took this partition's term and leader), or a second spelling of a node
+    already taking part (a phantom member that never answers)."""
+    if not (isinstance(action, (tuple, list)) and len(action) == 2):
+        return None
+    if action[0] not in _ADDING_VERBS:
+        return None
+    peer = action[1]
+    if isinstance(peer, (tuple, list)) and len(peer) == 2:
+        name, node = peer
+    else:
+        return None  # the core answers a malformed peer
+    if name != self_id.name:
+        return f"{name!r} is not this partition's server ({self_id.name!r})"
+    if not isinstance(node, str) or not _NODE_ID.fullmatch(node):
+        return f"{node!r} is not a node id (name@host:port)"
+    node_name = node.partition("@")[0]
+    for other in core_config.participants(config):
+        if other.node != node and other.node.partition("@")[0] == node_name:
+            return f"node {node_name} already takes part as {other.node}"
+    return None
 
 
 def _peer_arg(msg: tuple[Any, ...]) -> bool:
