@@ -308,6 +308,13 @@ def test_promote_refusals() -> None:
     empty = make_node(2, storage_config=(1, make_config()))
     assert empty.state is State.FOLLOWER
     assert empty.handle(Promote("op", "next")) == [Reply("op", ("error", "invalid_configuration"))]
+    # A replica removed from the partition (it may not have heard yet) leads nobody, with or
+    # without force: it was promoted and showed as a second leader next to the real one.
+    removed = make_node(4, members=[N1, N2, N3])
+    for force in (False, True):
+        answer = removed.handle(Promote("op", "next", force))
+        assert answer == [Reply("op", ("error", "not_a_member"))]
+    assert removed.state is State.FOLLOWER
 
 
 def test_forced_promote_seeds_the_quorum_time() -> None:

@@ -167,8 +167,13 @@ def _promote_refusal(core: Replica, term: int | None, force: bool) -> str | None
         return "ineligible"
     if core.state is State.WITNESS:
         return "invalid_state"
-    if not core.current_config().membership:
+    membership = core.current_config().membership
+    if not membership:
         return "invalid_configuration"
+    if core.self_id not in membership:
+        # A replica removed from the partition (it may not know yet) would lead nobody:
+        # the members drop a non-member's RPCs, and clients routed to it time out.
+        return "not_a_member"
     if force or core.last_quorum_ts is None:
         return None
     grace_ms = core.settings.raft_promotion_grace_period_secs * 1000
