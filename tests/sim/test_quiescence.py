@@ -9,7 +9,7 @@ import pytest
 from waraft.core import quiesce
 from waraft.core.events import NodeLiveness
 from waraft.core.rpc import AppendEntries, RaftRpc
-from waraft.core.types import State
+from waraft.core.types import DurableState, State
 from waraft.sim import Simulation
 from waraft.sim.network import NetConfig
 from waraft.sim.simulation import fast_settings
@@ -213,9 +213,37 @@ def test_a_detector_flap_of_the_leader_node_does_not_cause_an_election() -> None
     assert not sim.core(follower).quiescent
     sim.run_for(100)
     sim._guard(sim.nodes[follower].handle, NodeLiveness(leader, True))
-    assert sim.core(follower).quiescent
+    # The follower asks the leader instead of trusting the detector: the leader wakes, its
+    # round resets the follower's timer, and everyone goes quiet again, in the same term.
+    assert not sim.core(follower).quiescent
     sim.run_for(10_000)
     assert {n: sim.term(n) for n in sim.node_ids} == terms
+    assert sim.leader() == leader and _all_quiescent(sim)
+
+
+def test_a_leader_node_restarted_before_it_was_found_down_is_replaced() -> None:
+    """The leader's node is down and back up before the followers' timers fire, and its
+    replica came back unable to lead or vote (here: its log found corrupt, so disabled). A
+    follower that went back to sleep on the node-up waited for a heartbeat that never came:
+    the partition had no leader until a client wrote to it."""
+    sim, leader = _quiet_cluster(seed=11, liveness_interval_ms=0)
+    others = [n for n in sim.node_ids if n != leader]
+    sim.crash(leader)
+    for n in others:
+        sim._guard(sim.nodes[n].handle, NodeLiveness(leader, False))
+    kept = sim.nodes[leader].durable
+    assert kept is not None
+    sim.nodes[leader].durable = DurableState(
+        kept.current_term, kept.voted_for, ("log_corruption", "test")
+    )
+    sim.restart(leader)
+    for n in others:
+        sim._guard(sim.nodes[n].handle, NodeLiveness(leader, True))
+    assert sim.state(leader) is State.DISABLED
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS), (
+        sim.describe()
+    )
+    one(sim, write(13), 2)
 
 
 def _failover_terms(seeds: range, net: NetConfig) -> list[int]:

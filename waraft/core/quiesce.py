@@ -29,7 +29,10 @@ read, a config change, a vote, any RPC — except a ``NodeLiveness`` report, whi
 follower only when its leader's node went down and a leader only when a participant's node
 changed. A woken leader replicates at once (so a strong read confirms leadership with a
 round: a quiescent leader's lease has run out); a woken follower re-arms its election timer,
-so a dead leader is replaced within the detector's delay plus one election timeout.
+so a dead leader is replaced within the detector's delay plus one election timeout. When the
+leader's node answers again, the follower sends the leader a ``NotifyTerm`` of its own term
+instead of trusting the detector: a leader still in office wakes and replicates (resetting
+the timer), a node that restarted meanwhile has no leader on it, and the timer elects one.
 
 Safety does not depend on any of this: quiescence only withholds timers, never changes terms,
 votes, logs or commit indices.
@@ -42,7 +45,7 @@ from typing import TYPE_CHECKING, Final
 from waraft.core import commit, config, replication
 from waraft.core.effects import CancelTimeout
 from waraft.core.events import Event, NodeLiveness, Timeout
-from waraft.core.rpc import AppendEntries, AppendEntriesResponse, RaftRpc
+from waraft.core.rpc import AppendEntries, AppendEntriesResponse, NotifyTerm, RaftRpc
 from waraft.core.types import Identity, State, TimeoutKind
 
 if TYPE_CHECKING:
@@ -75,7 +78,7 @@ def before_event(core: Replica, event: Event) -> bool:
         core.quiet_since = core.now
     elif core.quiescent:
         return False  # a firing of the timer we cancelled: the shell should have dropped it
-    core.woken_by_leader_down = False  # traffic: a leader-node-up no longer re-quiesces
+    core.woken_by_leader_down = False  # traffic: a leader-node-up no longer probes
     if core.quiescent:
         wake(core, "event", detail=_describe(event))
     return True
@@ -106,14 +109,18 @@ def on_node_liveness(core: Replica, event: NodeLiveness) -> None:
             core.woken_by_leader_down = True
     elif event.up and core.woken_by_leader_down and state in (State.FOLLOWER, State.WITNESS):
         # The leader's node answers again and nothing happened meanwhile: a flap of the
-        # detector. The leader is still quiescent and will not heartbeat, so a running
-        # timer would end in a needless election; go back to sleep instead.
+        # detector, or a node restarted faster than it was found down. After a flap the
+        # leader is still quiescent and would not heartbeat, so the timer would end in a
+        # needless election; after a restart it is no leader (its replica may even be
+        # stalled or disabled, and never call an election), so going back to sleep would
+        # leave the partition without one. So ask: any message wakes a quiescent leader,
+        # whose round resets the timer (and quiesces again later); no answer, and the
+        # timer elects a successor.
         leader = core.leader
         if leader is not None and leader.node == node:
             core.woken_by_leader_down = False
-            core.quiescent = True
-            core.count("quiesce.follower.resume")
-            core.emit(CancelTimeout())
+            core.count("quiesce.follower.probe_leader")
+            core.send(leader, NotifyTerm())
 
 
 def _fnv1a(text: str) -> int:
