@@ -46,6 +46,24 @@ def test_node_data_dir_not_writable(tmp_path: Path) -> None:
     assert "is not writable" in _one_line(done.stderr)
 
 
+def test_node_refuses_a_data_dir_of_another_node(tmp_path: Path) -> None:
+    # Swapped directories used to start without a word: n2 ran with n3's terms, votes and log.
+    data = tmp_path / "n3"
+    data.mkdir()
+    (data / "node.json").write_text('{"name": "n3", "node_id": "n3@127.0.0.1:7003"}')
+    done = waraft(
+        "node", "--name", "n2", "--listen", "127.0.0.1:0", "--insecure", "--data-dir", str(data)
+    )
+    assert done.returncode == 2
+    line = _one_line(done.stderr)
+    assert "belongs to node n3 (n3@127.0.0.1:7003), not n2" in line, line
+    (data / "node.json").write_text("{not json")
+    done = waraft(
+        "node", "--name", "n2", "--listen", "127.0.0.1:0", "--insecure", "--data-dir", str(data)
+    )
+    assert done.returncode == 2 and "node.json is unreadable" in _one_line(done.stderr)
+
+
 def test_node_unknown_setting() -> None:
     done = waraft("node", "--name", "k", "--listen", "127.0.0.1:0", "--memory", "--set", "nope=1")
     assert done.returncode == 2

@@ -3,6 +3,7 @@ codes, the status table's layout."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from waraft.cli.common import (
     parse_nodes,
     parse_partitions,
 )
-from waraft.cli.node import NodeConfig, config_from_args
+from waraft.cli.node import NODE_FILE, NodeConfig, _claim_data_dir, config_from_args
 from waraft.cli.ops import format_table
 from waraft.services import gctune
 
@@ -267,3 +268,16 @@ def test_status_block_orders_the_main_fields_first_and_aligns_them() -> None:
     assert len({line.index(" : ") for line in lines}) == 1
     block = StatusBlock(status)
     assert block["state"] == "leader" and repr(block) == format_status_block(status)
+
+
+def test_a_data_dir_is_claimed_by_its_first_node_and_refused_to_others(tmp_path: Path) -> None:
+
+    _claim_data_dir(str(tmp_path), "n1", "n1@127.0.0.1:7001")
+    recorded = json.loads((tmp_path / NODE_FILE).read_text())
+    assert recorded == {"name": "n1", "node_id": "n1@127.0.0.1:7001"}
+    # The same node at a new address keeps it (and the record follows the address).
+    _claim_data_dir(str(tmp_path), "n1", "n1@127.0.0.1:7101")
+    assert json.loads((tmp_path / NODE_FILE).read_text())["node_id"] == "n1@127.0.0.1:7101"
+    with pytest.raises(UsageError, match="belongs to node n1"):
+        _claim_data_dir(str(tmp_path), "n2", "n2@127.0.0.1:7002")
+    assert json.loads((tmp_path / NODE_FILE).read_text())["name"] == "n1"
