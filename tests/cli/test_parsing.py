@@ -189,7 +189,18 @@ def test_a_node_table_and_advertised_host(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("name = ", "bad TOML"), ("nmae = 'x'", "unknown keys"), ("settings = 3", "must be a table")],
+    [
+        ("name = ", "bad TOML"),
+        ("nmae = 'x'", "unknown keys"),
+        ("settings = 3", "must be a table"),
+        # A truthy string used to turn the memory providers (or fault injection) on.
+        ('memory = "false"', "memory in .* must be true or false, got 'false'"),
+        ('allow_fault_injection = "false"', "allow_fault_injection in .* must be true or false"),
+        ("listen = 7204", "listen in .* must be a string, got 7204"),  # was a traceback
+        ("data_dir = 5", "data_dir in .* must be a string"),
+        ('name = ["n4"]', "name in .* must be a string"),
+        ('max_memory_mb = "1"', "max_memory_mb in .* must be a whole number"),
+    ],
 )
 def test_bad_config_files(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -281,3 +292,26 @@ def test_a_data_dir_is_claimed_by_its_first_node_and_refused_to_others(tmp_path:
     with pytest.raises(UsageError, match="belongs to node n1"):
         _claim_data_dir(str(tmp_path), "n2", "n2@127.0.0.1:7002")
     assert json.loads((tmp_path / NODE_FILE).read_text())["name"] == "n1"
+
+
+def test_the_data_dir_is_not_a_setting(tmp_path: Path) -> None:
+    # It moved the data away from --data-dir, which the log (and the next restart) still named.
+    text = 'name = "n1"\nlisten = "h:1"\ndata_dir = "/d"\ninsecure = true\n'
+    with pytest.raises(UsageError, match="raft_database is set by --data-dir"):
+        _config(tmp_path, text, "--set", "raft_database=/elsewhere")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "raft_apply_log_batch_size",
+        "raft_max_pending_applies",
+        "raft_max_pending_high_priority_commits",
+        "raft_max_pending_reads",
+    ],
+)
+def test_limits_that_break_a_node_at_zero_are_refused(tmp_path: Path, key: str) -> None:
+    text = 'name = "n1"\nlisten = "h:1"\nmemory = true\ninsecure = true\n'
+    with pytest.raises(UsageError, match=f"{key} must be between 1 and"):
+        _config(tmp_path, text, "--set", f"{key}=0")
+    assert _config(tmp_path, text, "--set", f"{key}=1").settings == {key: 1}

@@ -155,6 +155,10 @@ class NodeConfig:
             raise UsageError(str(exc)) from None
         for key in self.settings:
             common.known_setting(key)
+        if "raft_database" in self.settings:
+            # Applied after --data-dir, it moved the data elsewhere while the log and the
+            # data-dir checks named --data-dir; a restart without it then found nothing.
+            raise UsageError("raft_database is set by --data-dir (data_dir in a config file)")
         from waraft.services import env
 
         try:
@@ -230,7 +234,44 @@ def load_toml(path: str) -> dict[str, Any]:
     for table_key in ("settings", "dist"):
         if not isinstance(data.get(table_key, {}), dict):
             raise UsageError(f"[{table_key}] in {path} must be a table")
+    for key, value in data.items():
+        _check_file_type(path, key, value)
     return data
+
+
+# What each key of a node config file must hold (``settings`` and ``dist`` are checked by
+# ``NodeConfig.check``). Checked before anything reads them: ``memory = "false"`` is a truthy
+# string, and ran a node on the memory providers.
+_TEXT = (str,)
+_FILE_TYPES: dict[str, tuple[type, ...]] = {
+    "name": _TEXT,
+    "listen": _TEXT,
+    "advertise": _TEXT,
+    "data_dir": _TEXT,
+    "table": _TEXT,
+    "partitions": (str, int, list),
+    "app": _TEXT,
+    "app_module": _TEXT,
+    "memory": (bool,),
+    "allow_fault_injection": (bool,),
+    "keys": _TEXT,
+    "insecure": (bool,),
+    "metrics": _TEXT,
+    "max_memory_mb": (int,),
+    "gc_threshold": (str, list),
+    "log_level": _TEXT,
+    "settings": (dict,),
+    "dist": (dict,),
+}
+_TYPE_WORDS = {str: "a string", int: "a whole number", list: "a list", bool: "true or false"}
+
+
+def _check_file_type(path: str, key: str, value: Any) -> None:
+    expected = _FILE_TYPES[key]
+    if type(value) in expected:
+        return
+    words = " or ".join(_TYPE_WORDS.get(t, "a table") for t in expected)
+    raise UsageError(f"{key} in {path} must be {words}, got {value!r}"[:200])
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:

@@ -128,6 +128,13 @@ _AT_LEAST_ONE: Final = frozenset(
         "raft_election_timeout_ms",
         "raft_election_timeout_ms_max",
         "raft_heartbeat_interval_ms",
+        # At 0 these broke the node instead of meaning anything: no entry was ever applied
+        # (and the partitions crashed over "missing" committed entries), or every write or
+        # read to a partition it led was refused after a timeout.
+        "raft_apply_log_batch_size",
+        "raft_max_pending_applies",
+        "raft_max_pending_high_priority_commits",
+        "raft_max_pending_reads",
     }
 )
 _OPTIONAL_INT: Final = frozenset({"raft_handover_max_unapplied_entries", "raft_max_log_records"})
@@ -140,9 +147,9 @@ class BadSetting(ValueError):
 
 def check_setting(key: str, value: Any) -> None:
     """Check one setting's type and range (its default's type: bool, int >= 0 (>= 1 for the
-    election and heartbeat timeouts), str for modules and paths; ``raft_election_weight`` in
-    ``0..ELECTION_MAX_WEIGHT``). Raises :class:`BadSetting` saying what was expected; an
-    unknown key raises it too."""
+    election and heartbeat timeouts and the other ``_AT_LEAST_ONE`` limits), str for modules
+    and paths; ``raft_election_weight`` in ``0..ELECTION_MAX_WEIGHT``). Raises
+    :class:`BadSetting` saying what was expected; an unknown key raises it too."""
     for table in (GLOBAL_DEFAULTS, APP_DEFAULTS, TABLE_DEFAULTS):
         if key in table:
             default = table[key]
