@@ -12,9 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Final
 
 from waraft import otp
+from waraft.core.log import approx_command_size
+
+REPLY_FRAME_BYTES: Final = 4 * 1024 * 1024
+"""About how many bytes of results one coalesced reply frame carries (a single larger reply
+still leaves alone, in a frame of its own)."""
 
 
 class _ReplyOutbox:
@@ -70,7 +75,28 @@ def coalesced_replies() -> Iterator[None]:
                 if len(replies) == 1:
                     otp.cast(addr, ("client_reply", *replies[0]))
                 else:
-                    otp.cast(addr, ("client_replies", replies))
+                    for chunk in _frames(replies):
+                        otp.cast(addr, ("client_replies", chunk))
 
 
-__all__ = ["coalesced_replies", "send_client_reply"]
+def _frames(replies: list[tuple[int, Any, Any]]) -> Iterator[list[tuple[int, Any, Any]]]:
+    """``replies`` cut into runs of about ``REPLY_FRAME_BYTES`` of results.
+
+    One frame per client for everything a block completed was unbounded: a client reading
+    large values in many small batches got replies coalesced into frames of 100 MB to 1 GB,
+    built in memory and then dropped at the frame limit, so every reply in them was lost too.
+    """
+    chunk: list[tuple[int, Any, Any]] = []
+    size = 0
+    for reply in replies:
+        bytes_ = approx_command_size(reply[1])
+        if chunk and size + bytes_ > REPLY_FRAME_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(reply)
+        size += bytes_
+    if chunk:
+        yield chunk
+
+
+__all__ = ["REPLY_FRAME_BYTES", "coalesced_replies", "send_client_reply"]
