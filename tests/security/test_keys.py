@@ -272,3 +272,27 @@ def test_a_client_keys_map_of_colliding_keys_is_refused_in_linear_time(
     finally:
         app.close()
     assert picture(cluster) == before
+
+
+def test_a_client_key_cannot_keep_the_receive_thread_decoding(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    """msgpack's cost follows objects, not bytes: 8 MB frames of small integers from a client
+    key kept a node's receive thread 95 % busy and its queue grew to 3 GB. Frames from a key
+    without the member right beyond its share of decoding time are dropped undecoded
+    (``rx_decode_limited``), and the node keeps answering the others."""
+    leader = wait_until(lambda: cluster.leader(1))[0]
+    index = cluster.index_of(leader)
+    limited = stats(cluster, index).get("rx_decode_limited", 0)
+    frame = envelope.cast_frame("no_such_process", msgpack.packb([1] * 500_000))
+    app = Attacker(ctx, leader, name="app.flood", curve=curve_of(key_dir, "app"))
+    admin = Attacker(ctx, leader, name="admin.probe", curve=curve_of(key_dir, "admin"))
+    try:
+        for _ in range(1500):  # ~10 s of decoding at ~6 ms a frame
+            app.raw(frame)
+        wait_until(lambda: stats(cluster, index).get("rx_decode_limited", 0) > limited, 10.0)
+        admin.call(SERVER, ("status",))  # another key is answered
+        assert [a[1] for a in admin.answers(timeout=10.0)] == [envelope.Kind.REPLY]
+    finally:
+        app.close()
+        admin.close()

@@ -76,3 +76,23 @@ def test_key_roles_bind_node_ids_and_rights(tmp_path: Path) -> None:
         keys.load(tmp_path, "app", "node")
     with pytest.raises(keys.KeysError, match="never overwritten"):
         keys.create(tmp_path, ["n1"])
+
+
+def test_a_decode_budget_lets_each_key_spend_its_share_and_no_more() -> None:
+    budget = policy.DecodeBudget(share=0.5, burst=2.0, max_keys=3)
+    assert budget.allows("app", 0.0)
+    budget.charge("app", 2.5)  # one long frame: into debt
+    assert not budget.allows("app", 0.5)  # 0.25 s back: still owes 0.25
+    assert budget.allows("other", 0.5)  # other keys are not held back
+    assert budget.allows("app", 1.1)  # repaid at half a second per second: 0.05 left
+    budget.charge("app", 0.01)
+    assert budget.allows("app", 1.1)
+    budget.charge("app", 0.1)
+    assert not budget.allows("app", 1.1)
+    assert budget.allows("app", 100.0)
+    budget.charge("app", 2.01)  # the bank holds at most the burst
+    assert not budget.allows("app", 100.0)
+    # A flood of keys starts everyone afresh rather than refusing new keys.
+    for key in ("k1", "k2", "k3"):
+        assert budget.allows(key, 100.0)
+    assert budget.allows("app", 100.0)

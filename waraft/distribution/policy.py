@@ -160,6 +160,44 @@ class TokenBucket:
         return True
 
 
+class DecodeBudget:
+    """Receive-thread time each untrusted sender may spend on decoding its frames.
+
+    Every frame is decoded on the one receive thread serving every peer, before admission
+    can look at it, and msgpack's cost follows the number of objects, not bytes: a client key
+    sending 8 MB frames of small integers kept the thread 95 % busy, its queue behind it grew
+    to 3 GB, and the node served nothing for 80 s after the attack ended. Each sender key
+    gets ``share`` seconds of decoding per second, up to ``burst`` banked; a frame that
+    arrives while its sender is in debt is dropped undecoded (a receive is a copy, not a
+    decode, so the backlog drains). Single-threaded (the receive thread)."""
+
+    __slots__ = ("_burst", "_keys", "_max", "_share")
+
+    def __init__(self, share: float, burst: float, max_keys: int = 4096) -> None:
+        self._share = share
+        self._burst = burst
+        self._keys: dict[str, list[float]] = {}  # key -> [seconds banked, when]
+        self._max = max_keys
+
+    def allows(self, key: str, now: float) -> bool:
+        """Whether ``key`` may have its next frame decoded (it is not in debt)."""
+        entry = self._keys.get(key)
+        if entry is None:
+            if len(self._keys) >= self._max:
+                self._keys.clear()  # a flood of keys starts everyone afresh, never blocks
+            self._keys[key] = [self._burst, now]
+            return True
+        banked = min(self._burst, entry[0] + (now - entry[1]) * self._share)
+        entry[0], entry[1] = banked, now
+        return banked > 0.0
+
+    def charge(self, key: str, seconds: float) -> None:
+        """Count ``seconds`` of decoding against ``key`` (after ``allows``)."""
+        entry = self._keys.get(key)
+        if entry is not None:
+            entry[0] -= seconds
+
+
 class RateLimiter:
     """Rate limits for limited rules: one bucket per sender node and one for the node."""
 

@@ -53,6 +53,13 @@ _MAX_SENDER_CACHE = 65536
 _MAX_HOST_CACHE = 1024
 REFUSED = "refused"
 RATE_LIMITED = "rate_limited"
+DECODE_SHARE = 0.5
+"""Seconds per second of the receive thread each sender key without the member right may
+spend decoding its frames (``policy.DecodeBudget``): whatever one client sends, the thread
+keeps half of its time for everyone else. A client sending a million small commands a
+second costs about a tenth of that."""
+DECODE_BURST_S = 2.0
+"""Seconds of decoding such a key may bank while quiet."""
 TOO_DEEP = "too_deep"
 
 
@@ -98,6 +105,7 @@ class Receiver(threading.Thread):
         self._limiter = policy.RateLimiter(
             dist.settings.admin_rate_per_sender, dist.settings.admin_rate_per_node
         )
+        self._decode_budget = policy.DecodeBudget(DECODE_SHARE, DECODE_BURST_S)
         # Socket errors can repeat at loop speed and a handler bug can be hit by every
         # frame a peer sends: at most one line a second each (the counters count them all).
         self._socket_errors = LogThrottle()
@@ -305,16 +313,18 @@ class Receiver(threading.Thread):
         counts = self.counts
         counts["rx_msgs"] += 1
         counts["rx_bytes"] += len(frame)
-        try:
-            obj = envelope.decode(
-                frame,
-                self._max_bytes,
-                check_depth=False,
-                untrusted=policy.MEMBER not in conn.sender.rights,
-            )
-        except FrameError as exc:
-            self._count(exc.counter)
-            logger.debug("dropped a frame from %s: %s", peer.node_id, exc)
+        if policy.MEMBER in conn.sender.rights:
+            obj = self._decode(peer, frame, False)
+        else:
+            key = conn.user or peer.node_id  # a key's budget, whatever node ids it uses
+            budget = self._decode_budget
+            start = time.perf_counter()
+            if not budget.allows(key, start):
+                self._count("rx_decode_limited")
+                return
+            obj = self._decode(peer, frame, True)
+            budget.charge(key, time.perf_counter() - start)
+        if obj is None:
             return
         peer.rx += 1
         if peer.state is not PeerState.UP:
@@ -343,6 +353,15 @@ class Receiver(threading.Thread):
             dist.transmit_to(peer, envelope.pong_frame(obj[2]))  # (faults apply to pongs too)
         else:  # PONG
             self._pong(peer, obj[2])
+
+    def _decode(self, peer: Peer, frame: bytes, untrusted: bool) -> Any:
+        """The frame's envelope, or None (counted) if it is malformed."""
+        try:
+            return envelope.decode(frame, self._max_bytes, check_depth=False, untrusted=untrusted)
+        except FrameError as exc:
+            self._count(exc.counter)
+            logger.debug("dropped a frame from %s: %s", peer.node_id, exc)
+            return None
 
     def _deep(self, frame: bytes, value: Any) -> bool:
         if envelope.is_deep(frame, value):
