@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from waraft import distribution as dist
 from waraft import otp
 from waraft.client import Client
 from waraft.distribution import envelope, keys
+from waraft.distribution.runtime import HANDSHAKE_MS
 from waraft.partition import server
 
 # A log trimmed soon after it is applied: a follower that was away is caught up by a snapshot.
@@ -211,22 +213,30 @@ def test_the_cli_takes_the_keys(cluster: Cluster, key_dir: Path) -> None:
 def test_a_client_key_cannot_take_over_a_nodes_connection(
     cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
 ) -> None:
-    """n2's probe sockets have predictable routing ids (``<n2>/p<k>``) and the ROUTER hands a
-    routing id over to a new connection: one made with the client key, from n2's host, used
-    to inherit the member rights cached for n2's connection and forge a vote as n2."""
+    """The ROUTER hands a routing id over to a new connection: one made with the client key,
+    from n2's host, under the routing id of a connection n2's key made, used to inherit the
+    member rights cached for that connection and forge a vote as n2. (n2's own probes used
+    predictable ids, ``<n2>/p<k>``; they are random now, so the test makes the connection.)"""
     target, victim = cluster.ids[0], cluster.ids[1]
     before = server.status((SERVER, target))["current_term"]
     rpc = ["request_vote", before + 1000, SERVER, victim, ["normal", 10**9, 10**6]]
+    n2 = Attacker(ctx, target, name="n2-key", curve=curve_of(key_dir, "n2"))
     attacker = Attacker(ctx, target, name="app.taker", curve=curve_of(key_dir, "app"))
     try:
-        for k in range(1, 12):
-            sock = attacker.connect(victim, routing_id=f"{victim}/p{k}")
+        for k in range(1, 6):
+            routing_id = f"{victim}/p{k}"
+            member = n2.connect(victim, routing_id=routing_id)
+            member.send(envelope.ping_frame(k))  # the node caches this connection's rights
+            time.sleep(0.2)
+            sock = attacker.connect(victim, routing_id=routing_id)
             time.sleep(0.2)
             attacker.cast(SERVER, ("rpcs", [rpc]), sock)
             time.sleep(0.3)
             sock.close(0)
+            member.close(0)
     finally:
         attacker.close()
+        n2.close()
     assert server.status((SERVER, target))["current_term"] < before + 1000
 
 
@@ -296,3 +306,17 @@ def test_a_client_key_cannot_keep_the_receive_thread_decoding(
     finally:
         app.close()
         admin.close()
+
+
+def test_a_connection_that_never_completes_its_handshake_is_closed_within_seconds(
+    cluster: Cluster,
+) -> None:
+    """libzmq kept a connection that never spoke for 30 s: about 700 connects a second, with
+    no key at all, exhausted a node's file descriptors. The node's ROUTER closes it after
+    ``HANDSHAKE_MS``."""
+    host, _, port = cluster.ids[0].partition("@")[2].rpartition(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=20.0) as idle:
+        while idle.recv(4096):  # the node's greeting, then the close
+            pass
+    assert time.monotonic() - started < HANDSHAKE_MS / 1000 + 3.0

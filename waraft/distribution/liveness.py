@@ -16,6 +16,7 @@ handler that decides which client keys may connect. The loop polls for at most o
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -218,7 +219,11 @@ class Liveness(threading.Thread):
         monitor: zmq.Socket[bytes] | None = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, f"{dist.node_id}/p{self._probe_tags}".encode())
+            # Unguessable, as the links' ids are: the peer's ROUTER hands a routing id over to
+            # the newest connection presenting it, so a predictable one let anyone who could
+            # connect cut this probe off.
+            tag = f"p{os.urandom(4).hex()}.{self._probe_tags}"
+            sock.setsockopt(zmq.ROUTING_ID, f"{dist.node_id}/{tag}".encode())
             sock.setsockopt(zmq.SNDHWM, _PROBE_HWM)
             sock.setsockopt(zmq.RCVHWM, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, settings.reconnect_ivl_ms)

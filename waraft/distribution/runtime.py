@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 """Where libzmq asks for authentication decisions (fixed by the ZAP protocol, RFC 27)."""
 
+HANDSHAKE_MS = 5000
+"""How long an incoming connection may take to complete its ZeroMQ (and CURVE) handshake."""
+
 _ROUTER_EVENTS = (
     zmq.EVENT_ACCEPTED
     | zmq.EVENT_DISCONNECTED
@@ -179,6 +182,10 @@ class Dist:
         router.setsockopt(zmq.MAXMSGSIZE, 2 * settings.max_frame_bytes)
         # A restarted peer reuses routing ids; let the new connection take them over.
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A connection that has not completed its handshake in this time is closed (libzmq's
+        # default is 30 s): TCP connections that never spoke held the node's descriptors
+        # long enough that ~700 connects a second, without any key, exhausted them.
+        router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if curve is not None:
             router.setsockopt(zmq.CURVE_SERVER, 1)
             router.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
