@@ -8,7 +8,7 @@ import pytest
 
 from waraft.core.config import make_config
 from waraft.core.effects import AppendLog, Apply, CommitCancelled, Reply, Send
-from waraft.core.events import AdjustConfig, Timeout
+from waraft.core.events import AdjustConfig, NodeLiveness, Timeout
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse
 from waraft.core.types import CONFIG, Entry, Identity, LogPos, Priority, State, TimeoutKind
 
@@ -176,3 +176,23 @@ def test_non_voting_participant_is_a_follower_that_never_campaigns() -> None:
     node.fire()
     assert node.state is State.FOLLOWER
     assert node.core.status(0)["witness"] is False
+
+
+def test_a_change_whose_running_members_are_no_quorum_of_it_is_refused() -> None:
+    """A config takes effect once appended: a change its own quorum cannot answer never
+    commits, and no later change (not even its undoing) is allowed before it does. A review
+    added a node that was not running while a member was stopped, and the partition stopped
+    committing (etcd's strict reconfiguration check refuses it)."""
+    node = committed_leader()
+    node.handle(NodeLiveness(N3.node, False), now=2)
+    refused = Reply("op", ("error", "would_lose_quorum"))
+    assert node.handle(AdjustConfig("op", ("add", N4)), now=3)[-1] == refused
+    assert node.handle(AdjustConfig("op", ("remove", N2)), now=3)[-1] == refused
+    assert node.core.current_config().membership == (N1, N2, N3)
+    # Removing the stopped member, or a participant that does not vote, keeps a quorum.
+    fx = node.handle(AdjustConfig("op", ("add_participant", N4)), now=3)
+    assert fx[-2] == Reply("op", ("ok", LogPos(3, 2)))
+    node.handle(NodeLiveness(N3.node, True), now=4)
+    node.rpc(N2, AppendEntriesResponse(2, True, 3, 3), now=5)
+    fx = node.handle(AdjustConfig("op", ("promote_participant_if_ready", N4)), now=6)
+    assert not any(r == refused for r in fx)

@@ -209,10 +209,12 @@ def adjust_config(core: Replica, event: AdjustConfig) -> None:
             lambda peer: handover.is_ready(core, peer.node),
         )
         if result[0] == "ok":
-            if core.log.can_append(1, Priority.HIGH):
-                _append_config(core, event, result[1])
-                return
-            reason = "commit_stalled"
+            reason = _quorum_refusal(core, result[1])
+            if reason is None:
+                if core.log.can_append(1, Priority.HIGH):
+                    _append_config(core, event, result[1])
+                    return
+                reason = "commit_stalled"
         else:
             reason = result[1]
     core.log_notice("refuses config action %s: %s", event.action, reason)
@@ -220,6 +222,27 @@ def adjust_config(core: Replica, event: AdjustConfig) -> None:
         core.cancel_commit(event.from_, reason, Priority.HIGH)
     else:
         core.reply(event.from_, error(reason))
+
+
+def _quorum_refusal(core: Replica, new_config: Config) -> str | None:
+    """``"would_lose_quorum"`` if ``new_config``'s members that are known to run now are no
+    majority of it (etcd's strict reconfiguration check).
+
+    A config takes effect once appended, so a change whose own quorum cannot answer is
+    stuck: it never commits, and no further change (not even the one undoing it) is allowed
+    before it does. A review added a node that was not running while one member was
+    stopped; the partition stopped committing until the stopped member came back. Known to
+    run: this replica and the current members' nodes not reported down by the failure
+    detector (``down_nodes``); a member this change adds is not counted. A change of
+    non-voting participants only, or of a single member's config, is never refused."""
+    old = set(core.current_config().membership)
+    new = new_config.membership
+    if set(new) == old or len(old) <= 1:
+        return None  # a single member can only grow by depending on the node it adds
+    running = sum(
+        1 for m in new if m in old and (m == core.self_id or m.node not in core.down_nodes)
+    )
+    return None if running * 2 > len(new) else "would_lose_quorum"
 
 
 def _append_config(core: Replica, event: AdjustConfig, new_config: Config) -> None:
