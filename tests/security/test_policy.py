@@ -96,3 +96,27 @@ def test_a_decode_budget_lets_each_key_spend_its_share_and_no_more() -> None:
     for key in ("k1", "k2", "k3"):
         assert budget.allows(key, 100.0)
     assert budget.allows("app", 100.0)
+
+
+def test_a_client_key_holds_a_bounded_number_of_node_ids_at_a_time() -> None:
+    """One client key kept 1,100 made-up ids alive with pings (peers are evicted only once
+    down), filled the peer table and locked new clients out."""
+    from types import SimpleNamespace
+
+    from waraft.distribution.receiver import MAX_IDS_PER_KEY, Receiver
+
+    table: dict[str, object] = {}
+    receiver = object.__new__(Receiver)
+    receiver._dist = SimpleNamespace(peers=SimpleNamespace(by_id=table))  # type: ignore[assignment]
+    receiver._ids_of_key = {}
+    client, node = policy.RIGHTS - {policy.MEMBER}, policy.RIGHTS
+    for i in range(MAX_IDS_PER_KEY):
+        node_id = f"app.{i}@h:1"
+        assert receiver._key_may_add("client:app", client, node_id)
+        table[node_id] = object()
+    assert not receiver._key_may_add("client:app", client, "app.extra@h:1")
+    assert receiver._key_may_add("client:other", client, "other.1@h:1")  # keys are apart
+    assert receiver._key_may_add("node:n1", node, "n1@h:1")
+    assert receiver._key_may_add(None, client, "app.extra@h:1")  # no keys: no attribution
+    del table["app.0@h:1"]  # a forgotten peer makes room
+    assert receiver._key_may_add("client:app", client, "app.extra@h:1")

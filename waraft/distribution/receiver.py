@@ -60,6 +60,9 @@ keeps half of its time for everyone else. A client sending a million small comma
 second costs about a tenth of that."""
 DECODE_BURST_S = 2.0
 """Seconds of decoding such a key may bank while quiet."""
+MAX_IDS_PER_KEY = 256
+"""Node ids one client or admin key may hold in the peer table at a time (one per client
+process using the key; the table holds ``max_peers``, 1024 by default)."""
 TOO_DEEP = "too_deep"
 
 
@@ -106,6 +109,7 @@ class Receiver(threading.Thread):
             dist.settings.admin_rate_per_sender, dist.settings.admin_rate_per_node
         )
         self._decode_budget = policy.DecodeBudget(DECODE_SHARE, DECODE_BURST_S)
+        self._ids_of_key: dict[str, set[str]] = {}  # see _key_may_add
         # Socket errors can repeat at loop speed and a handler bug can be hit by every
         # frame a peer sends: at most one line a second each (the counters count them all).
         self._socket_errors = LogThrottle()
@@ -253,8 +257,12 @@ class Receiver(threading.Thread):
         if rights is None:
             self._count("rx_wrong_key")
             return None
-        if node_id not in self._dist.peers.by_id and not self._new_peers.take(time.monotonic()):
+        known = node_id in self._dist.peers.by_id
+        if not known and not self._new_peers.take(time.monotonic()):
             self._count("rx_new_peer_limited")
+            return None
+        if not known and not self._key_may_add(user, rights, node_id):
+            self._count("rx_key_id_limit")
             return None
         try:
             peer = self._dist.peers.get(node_id)
@@ -265,6 +273,26 @@ class Receiver(threading.Thread):
             self._senders.clear()
         conn = self._senders[routing_id] = _Conn(peer, Sender(node_id, rights), address, user)
         return conn
+
+    def _key_may_add(self, user: str | None, rights: frozenset[str], node_id: str) -> bool:
+        """Whether a client or admin key may bring one more node id into the peer table.
+
+        Such a key may claim any id ``<key>.<anything>``: a review kept 1,100 made-up ids of
+        one client key alive with pings (a peer is only evicted once it is down), filled
+        the table and locked new clients out. Each key may hold ``MAX_IDS_PER_KEY`` ids at a
+        time; a node key can only claim its own id, and without keys nothing tells senders
+        apart."""
+        if user is None or policy.MEMBER in rights:
+            return True
+        by_id = self._dist.peers.by_id
+        ids = self._ids_of_key.setdefault(user, set())
+        if len(ids) >= MAX_IDS_PER_KEY:
+            # Forgotten peers no longer count (lookups only: other threads change the table).
+            ids = self._ids_of_key[user] = {i for i in ids if i in by_id}
+            if len(ids) >= MAX_IDS_PER_KEY:
+                return False
+        ids.add(node_id)
+        return True
 
     def _rights(self, node_id: str, user: str | None) -> frozenset[str] | None:
         """Every right without CURVE; with it, those of the key the connection authenticated
