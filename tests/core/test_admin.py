@@ -20,6 +20,7 @@ from waraft.core.events import (
     Promote,
     Resign,
     SnapshotAvailable,
+    StorageIncomplete,
     Timeout,
     TriggerElection,
 )
@@ -443,3 +444,18 @@ def test_current_config_prefers_a_newer_log_config() -> None:
     assert node.core.current_config() == new and node.core.config_index() == 2
     old = make_node(2, entries=[Entry(1, "c", (CONFIG, new))], applied=2, storage_config=(2, new))
     assert old.core.config_index() == 2
+
+
+def test_a_replica_whose_storage_lacks_its_data_goes_stalled_and_asks_for_a_snapshot() -> None:
+    follower = make_node(2)
+    assert follower.state is State.FOLLOWER
+    follower.handle(StorageIncomplete("incomplete"), now=10)
+    assert follower.state is State.STALLED
+    # It takes no part: a heartbeat is refused with match 0, which makes the leader send
+    # a snapshot, and it grants no vote.
+    fx = follower.rpc(N1, AppendEntries(3, 1, [], 3), now=11)
+    assert [e.rpc.payload for e in fx if isinstance(e, Send)] == [
+        AppendEntriesResponse(3, False, 0, 0)
+    ]
+    follower.handle(StorageIncomplete("again"), now=12)  # stalled already: nothing more
+    assert follower.state is State.STALLED

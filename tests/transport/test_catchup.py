@@ -282,3 +282,33 @@ def test_stopping_the_coordinator_cancels_its_transports_and_deletes_snapshots(
     assert otp.supervisor.restart_child(sup_name, "wa_raft_snapshot_catchup")[0] == "ok"
     assert on(leader, snapshot_catchup.which_transports) == []
     log.release_all()
+
+
+def test_a_witness_made_a_full_member_again_is_sent_the_data_instead_of_crashing(
+    tmp_path: Path,
+) -> None:
+    """remove_witness then add: the replica's storage holds a witness's incomplete data and
+    refused the config that makes it a data replica. It raised, the partition restarted and
+    applied the same entry again (a review counted ~1,500 restarts in two minutes, the
+    replica winning elections in between). It goes stalled instead, and the leader's
+    snapshot brings the data."""
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        _write(leader, 20)
+        witness = start(tmp_path, "w")
+        srv = addr("server", leader)
+        assert server.adjust_config(srv, ("add_witness", ident(witness)))[0] == "ok"
+        wait_until(lambda: state(witness) == "witness")
+        _write(leader, 5, prefix="seen")  # applied as a witness: incomplete from here on
+        wait_until(lambda: storage.status(addr("storage", witness))["incomplete"] is True)
+        assert server.adjust_config(srv, ("remove_witness", ident(witness)))[0] == "ok"
+        wait_until(lambda: witness.id not in str(server.status(srv)["config"]))
+        pid = otp.whereis("raft_server_test_1", node=witness)
+        assert server.adjust_config(srv, ("add", ident(witness)))[0] == "ok"
+        _write(leader, 5, prefix="after")
+        wait_until(lambda: state(witness) == "follower", timeout=30)
+        assert _read(witness, "k19") == ("ok", 19)
+        wait_until(lambda: _read(witness, "after4") == ("ok", 4))
+        assert otp.whereis("raft_server_test_1", node=witness) == pid  # never restarted
+        witness.stop()

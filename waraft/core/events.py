@@ -177,6 +177,14 @@ class NotifyComplete:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageIncomplete:
+    """Storage holds a witness's incomplete data, and the config it was to apply makes this
+    replica a data replica: the replica must get the data by snapshot before it applies."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class NodeLiveness:
     """Node-level liveness changed: the node ``node`` answers (``up``) or stopped answering.
 
@@ -206,5 +214,6 @@ Event: TypeAlias = (
     | SnapshotAvailable
     | SnapshotOpened
     | NotifyComplete
+    | StorageIncomplete
     | NodeLiveness
 )

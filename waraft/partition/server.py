@@ -347,6 +347,8 @@ class RaftServer(otp.StateMachine):
             self._sync_liveness()
         elif cls is tuple and msg and msg[0] == "notify_complete":
             self._step(events.NotifyComplete())
+        elif cls is tuple and len(msg) == 2 and msg[0] == "storage_incomplete":
+            self._step(events.StorageIncomplete(str(msg[1])))
         elif cls is tuple and msg and msg[0] == "handover" and _peer_arg(msg):
             self._step(events.HandoverRequest(None, msg[1] if len(msg) > 1 else None))
         else:

@@ -313,6 +313,7 @@ class StorageServer(otp.Process):
             # around them: one transaction per message instead of one per entry.
             self._merge_batches = bool(getattr(self.provider, "merge_batches", False))
             self._corruption: StorageCorruptionError | None = None
+            self._awaiting_data: str | None = None  # see _await_data
             self.position: LogPos = self.provider.position()
             self.skipped = 0
             self.sessions = self._load_sessions()
@@ -391,8 +392,14 @@ class StorageServer(otp.Process):
     def handle_cast(self, msg: Any) -> None:
         cls = type(msg)
         if cls is ApplyRequest:
-            with coalesced_replies():
-                self._apply(msg.items, msg.size)
+            if self._awaiting_data is not None:
+                self.queues.fulfill_apply(len(msg.items), msg.size)  # applied by the snapshot
+            else:
+                try:
+                    with coalesced_replies():
+                        self._apply(msg.items, msg.size)
+                except InvalidIncompleteReplica as exc:
+                    self._await_data(str(exc))
         elif cls is ReadNowRequest:
             self.queues.release_reads(1)
             msg.from_.reply(self._read(msg.command))
@@ -402,6 +409,15 @@ class StorageServer(otp.Process):
             logger.warning("storage %s dropped an unexpected cast %.200r", self.name, msg)
         if self._corruption is not None:
             raise self._corruption
+
+    def _await_data(self, reason: str) -> None:
+        """The config to apply makes this replica, whose data is a witness's (incomplete), a
+        data replica: apply nothing more and have the server go ``stalled`` until a snapshot
+        brings the data (``_open_snapshot``). Raising, as before, restarted the partition,
+        which applied the same entry again: a crash loop."""
+        logger.error("storage %s: %s; waiting for a snapshot", self.name, reason)
+        self._awaiting_data = reason
+        otp.cast(self.server, ("storage_incomplete", reason))
 
     def _apply(self, items: Sequence[CoreApplyItem], size: int) -> None:
         queues = self.queues
@@ -803,6 +819,7 @@ class StorageServer(otp.Process):
         logger.info("storage %s at %s opens snapshot %s", self.name, self.position, position)
         result = self.provider.open_snapshot(path, position)
         if result == OK:
+            self._awaiting_data = None
             self.position = position
             self.skipped = 0
             self.sessions = self._load_sessions()
