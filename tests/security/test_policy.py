@@ -120,3 +120,19 @@ def test_a_client_key_holds_a_bounded_number_of_node_ids_at_a_time() -> None:
     assert receiver._key_may_add(None, client, "app.extra@h:1")  # no keys: no attribution
     del table["app.0@h:1"]  # a forgotten peer makes room
     assert receiver._key_may_add("client:app", client, "app.extra@h:1")
+
+
+def test_a_link_to_a_client_queues_few_frames_a_link_to_a_node_many() -> None:
+    """A client that sends reads and never takes the replies in left up to 10,000 reply
+    frames queued on the node (GBs of memory in a review)."""
+    from waraft.distribution.links import CLIENT_SNDHWM, Outbound
+    from waraft.distribution.settings import CurveConfig, DistSettings
+
+    settings = DistSettings()
+    identities = {b"k1": ("node", "n1"), b"k2": ("node", "n2"), b"k3": ("client", "app")}
+    curve = CurveConfig(b"p", b"s", identities=identities)
+    links = Outbound(None, "n1@h:1", settings, curve)  # type: ignore[arg-type]
+    assert links._sndhwm_for("n2@h:2") == settings.sndhwm
+    assert links._sndhwm_for("app.7@h:3") == CLIENT_SNDHWM < settings.sndhwm
+    insecure = Outbound(None, "n1@h:1", settings, None)  # type: ignore[arg-type]
+    assert insecure._sndhwm_for("app.7@h:3") == settings.sndhwm  # nothing tells them apart

@@ -32,6 +32,8 @@ REAP_LINGER_MS = 250
 """A dead thread's socket gets this long to flush what it queued before it is dropped."""
 
 _POLL_SLICE = 0.05
+CLIENT_SNDHWM = 64
+"""Frames queued at most for a client or admin process (``Outbound._sndhwm_for``)."""
 # The send of pyzmq's compiled socket: its Python-level wrapper (zmq.Socket.send) only adds the
 # draft routing_id/group arguments, unused here, and about 0.3-0.6 us per frame. The flag as
 # a plain int (pyzmq's enum members convert on every call).
@@ -98,6 +100,13 @@ class Outbound:
         # Routing ids must be unique per connection at the peer: a fresh incarnation per start
         # (and per process) plus a counter per link.
         self._incarnation = os.urandom(4).hex()
+        # With a cluster's keys, the names of its nodes: a link to any other id goes to a
+        # client or admin process (see ``_configure``).
+        self._node_names: frozenset[str] | None = (
+            None
+            if curve is None or not curve.identities
+            else frozenset(name for role, name in curve.identities.values() if role == "node")
+        )
         self._tags = itertools.count(1)
         self._copy_threshold = settings.copy_threshold
 
@@ -167,11 +176,24 @@ class Outbound:
         tag = f"{self._incarnation}.{next(self._tags)}"
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, f"{self._node_id}/{tag}".encode())
-        sock.setsockopt(zmq.SNDHWM, settings.sndhwm)
+        sock.setsockopt(zmq.SNDHWM, self._sndhwm_for(peer.node_id))
         sock.setsockopt(zmq.RCVHWM, 1)  # nothing is ever sent back on this connection
         sock.setsockopt(zmq.RECONNECT_IVL, settings.reconnect_ivl_ms)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, settings.reconnect_ivl_max_ms)
         apply_curve_client(sock, self._curve, peer.node_id)
+
+    def _sndhwm_for(self, node_id: str) -> int:
+        """Frames queued at most for ``node_id``: ``sndhwm`` for a node of the cluster, at
+        most ``CLIENT_SNDHWM`` for a client or admin process (known only with keys).
+
+        A link to a client carries its replies; a client that sends reads and never takes
+        the replies in left up to 10,000 frames of them queued (a review's leader reached
+        GBs of memory). A client that reads keeps a few frames queued at most."""
+        settings = self._settings
+        names = self._node_names
+        if names is None or node_id.partition("@")[0] in names:
+            return settings.sndhwm
+        return min(settings.sndhwm, CLIENT_SNDHWM)
 
     def reap_dead_threads(self) -> int:
         """Close the links of threads that have exited; returns how many were closed."""
