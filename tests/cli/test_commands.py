@@ -61,6 +61,23 @@ def test_bootstrap_twice_is_harmless(nodes: str) -> None:
     assert all(set(r["bootstrap"].values()) == {"already"} and r["leader"] for r in results)
 
 
+def test_bootstrap_naming_other_nodes_than_the_running_members_leaves_them_alone(
+    nodes: str,
+) -> None:
+    # Fewer nodes: it waited 30 s for leaders it could not see and moved a leader; an extra
+    # node would have been bootstrapped into a config the running cluster never had.
+    two = ",".join(nodes.split(",")[:2])
+    done = waraft("bootstrap", "--nodes", two, "--partitions", "1-2", "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    results = json.loads(done.stdout)
+    assert [r["partition"] for r in results] == [1, 2]
+    for r in results:
+        assert r["bootstrap"] == {} and "already running on" in r["error"], r
+        assert "adjust_config" in r["error"]
+    again = waraft("bootstrap", "--nodes", nodes, "--partitions", "1-4", "--json")
+    assert again.returncode == 0, again.stderr  # the members are as they were
+
+
 def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 

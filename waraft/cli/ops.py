@@ -115,24 +115,59 @@ def bootstrap_cluster(
                 server.trigger_election((name, intended))
         return result
 
+    conflicts = _member_conflicts(nodes, table, partitions)
+    partitions = [p for p in partitions if p not in conflicts]
     intended = {p: nodes[(p - 1) % len(nodes)] for p in partitions}
-    results = _bootstrap_per_node(nodes, table, partitions, intended, timeout)
-    if results is None:  # a node without bootstrap_many: one call per partition and node
-        results = []
-        # Partitions are independent: keep several in flight so that a thousand of them cost
-        # a thousand round trips spread over the nodes, not a thousand in a row.
-        workers = max(1, min(BOOTSTRAP_WORKERS, len(partitions)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="bootstrap") as pool:
-            results = list(pool.map(one, partitions))
+    results: list[PartitionResult] = []
+    if partitions:
+        found = _bootstrap_per_node(nodes, table, partitions, intended, timeout)
+        if found is None:  # a node without bootstrap_many: one call per partition and node
+            # Partitions are independent: keep several in flight so that a thousand of them
+            # cost a thousand round trips spread over the nodes, not a thousand in a row.
+            workers = max(1, min(BOOTSTRAP_WORKERS, len(partitions)))
+            with ThreadPoolExecutor(workers, thread_name_prefix="bootstrap") as pool:
+                found = list(pool.map(one, partitions))
+        results = found
+    for partition, problem in sorted(conflicts.items()):
+        refused = PartitionResult(partition, "")
+        refused.error = problem
+        results.append(refused)
+    results.sort(key=lambda r: r.partition)
     for result in results:
         log(
             f"{table}.{result.partition}: "
             + ", ".join(f"{n} {r}" for n, r in result.bootstrap.items())
         )
-    _wait_for_leaders(nodes, table, results, time.monotonic() + timeout)
+    bootstrapped = [r for r in results if r.partition not in conflicts]
+    _wait_for_leaders(nodes, table, bootstrapped, time.monotonic() + timeout)
     if balance:
-        _balance(nodes, table, results, time.monotonic() + timeout, log)
+        _balance(nodes, table, bootstrapped, time.monotonic() + timeout, log)
     return results
+
+
+def _member_conflicts(
+    nodes: Sequence[str], table: str, partitions: Sequence[int]
+) -> dict[int, str]:
+    """The partitions a replica on one of ``nodes`` already runs with other members than
+    ``nodes``: bootstrapping them would give the other named nodes a config the running
+    partition does not have (a review's extra node was bootstrapped into a 4-member config
+    the cluster never had, and stayed a candidate for ever), and a bootstrap naming fewer
+    nodes than the cluster has waited for leaders it could not see. They are left alone,
+    with the members they have; membership changes go through ``adjust_config``."""
+    wanted = set(nodes)
+    conflicts: dict[int, str] = {}
+    for node in nodes:
+        for row in node_rows(node, 3.0, table, partitions):
+            partition, members = row.get("partition"), row.get("members")
+            if not isinstance(partition, int) or not members or partition in conflicts:
+                continue
+            have = {str(m) for m in members}
+            if have != wanted:
+                conflicts[partition] = (
+                    f"already running on {node} with members {', '.join(sorted(have))}: "
+                    "left alone (change members with adjust_config)"
+                )
+    return conflicts
 
 
 def _bootstrap_per_node(
