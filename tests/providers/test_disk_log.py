@@ -14,7 +14,7 @@ import pytest
 
 from waraft.core.types import Entry, LogPos, Priority
 from waraft.log.disk import RESET_TEMP, SEGMENT_HEADER, DiskLog
-from waraft.log.provider import LogCorruptionError, LogError, LogWriteError
+from waraft.log.provider import LogCorruptionError, LogError, LogMissingError, LogWriteError
 
 from .helpers import A, make_config, writes
 
@@ -510,3 +510,26 @@ def test_a_record_hidden_in_a_torn_tails_value_does_not_make_it_corruption(
     log = open_disk(tmp_path)
     assert read_all(log) == entries and log.last_index() == 10
     log.close()
+
+
+def test_a_partition_whose_segments_are_gone_is_refused_not_opened_empty(tmp_path: Path) -> None:
+    # Deleting the log's directory gave a brand-new log: the entries after the applied
+    # position, which the replica may have acknowledged, were gone without a word.
+    partition = tmp_path / "kv.1"
+    log = DiskLog.open(partition)
+    log.append(1, writes(1, 3))
+    log.sync()
+    log.close()
+    shutil.rmtree(partition / "log")
+    with pytest.raises(LogMissingError, match="segment files are gone"):
+        DiskLog.open(partition)
+    (partition / "log").mkdir()  # an emptied directory is no better
+    with pytest.raises(LogMissingError):
+        DiskLog.open(partition)
+    shutil.move(partition, tmp_path / "kv.1.lost")  # moved away: rebuilt as a new replica
+    fresh = DiskLog.open(partition)
+    assert fresh.last_index() == 0
+    fresh.close()
+    reopened = DiskLog.open(partition)  # and the new one is known as written
+    assert reopened.last_index() == 0
+    reopened.close()

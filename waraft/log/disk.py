@@ -88,6 +88,7 @@ from waraft.log.provider import (
     FoldFn,
     LogCorruptionError,
     LogError,
+    LogMissingError,
     LogPositionError,
     LogProvider,
     LogWriteError,
@@ -101,6 +102,8 @@ MAGIC: Final = b"WRAFTLG1"
 SEGMENT_HEADER: Final = struct.Struct("<8sQ")
 RECORD_HEADER: Final = struct.Struct("<II")
 SUFFIX: Final = ".wal"
+MARKER: Final = "disk-log"
+"""In the partition directory once its log was created here (see ``DiskLog.open``)."""
 RESET_TEMP: Final = "reset.tmp"
 LOCK_FILE: Final = "LOCK"
 MIN_PAYLOAD: Final = 6  # a 5-element array of the smallest values
@@ -171,6 +174,18 @@ class _Segment:
 
 def _segment_name(first: int) -> str:
     return f"{first:020d}{SUFFIX}"
+
+
+def _has_segments(directory: str) -> bool:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return False
+    # A reset cut short between removing the old segments and renaming its new one leaves
+    # only RESET_TEMP, which opening completes (``_load``).
+    return RESET_TEMP in names or any(
+        n.endswith(SUFFIX) and n[: -len(SUFFIX)].isdigit() for n in names
+    )
 
 
 def _encode(index: int, entry: Entry) -> bytes:
@@ -302,7 +317,32 @@ class DiskLog(LogProvider):
         if settings is not None:
             options.setdefault("max_records_per_file", settings.raft_max_log_records_per_file)
             options.setdefault("max_bytes_per_file", settings.raft_max_log_bytes_per_file)
-        return cls(os.path.join(os.fspath(path), "log"), **options)
+        directory = os.path.join(os.fspath(path), "log")
+        marker = os.path.join(os.fspath(path), MARKER)
+        written = os.path.exists(marker)
+        if written and not _has_segments(directory):
+            # As WalLog.open: a log that was written here and is gone lost entries the
+            # replica may have acknowledged; opening it empty would let it vote without them.
+            raise LogMissingError(
+                directory,
+                "the partition's log was written here but its segment files are gone; move "
+                "the partition's directory away to have it rebuilt from a healthy replica",
+            )
+        log = cls(directory, **options)
+        if not written:
+            try:
+                log.sync()
+                with open(marker, "wb") as f:
+                    os.fsync(f.fileno())
+                dir_fd = os.open(os.fspath(path), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except BaseException:
+                log.close()
+                raise
+        return log
 
     # -- opening ------------------------------------------------------------------------------
 
