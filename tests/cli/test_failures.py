@@ -82,4 +82,9 @@ def test_node_bad_config_file(tmp_path: Path) -> None:
 def test_status_of_an_unreachable_node() -> None:
     done = waraft("status", "--nodes", "x@127.0.0.1:1", "--timeout", "1")
     assert done.returncode == 1
-    assert "unreachable: x@127.0.0.1:1" in _one_line(done.stderr)
+    line = _one_line(done.stderr)
+    assert "unreachable: x@127.0.0.1:1" in line
+    # Forgetting --keys looked exactly like a node that is down.
+    assert "no --keys given" in line
+    done = waraft("status", "--nodes", "x@127.0.0.1:1", "--timeout", "1", "--insecure")
+    assert done.returncode == 1 and "no --keys" not in _one_line(done.stderr)

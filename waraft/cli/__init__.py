@@ -152,6 +152,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
             if not failed
             else f"{len(failed)} partition(s) failed"
         )
+    hint = common.unreachable_hint(args)
+    if hint and any("unreachable" in str(r.error) for r in failed):
+        print(f"waraft bootstrap: nodes were unreachable{hint}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -176,7 +179,10 @@ def _status(args: argparse.Namespace) -> int:
         print(ops.format_table(rows))
     unreachable = sorted({str(r.get("node")) for r in rows if r.get("error") == "unreachable"})
     if unreachable:
-        print(f"waraft status: unreachable: {', '.join(unreachable)}", file=sys.stderr)
+        print(
+            f"waraft status: unreachable: {', '.join(unreachable)}{common.unreachable_hint(args)}",
+            file=sys.stderr,
+        )
     return EXIT_FAILED if unreachable else EXIT_OK
 
 

@@ -154,6 +154,17 @@ def key_args(parser: argparse.ArgumentParser, default_as: str) -> None:
     )
 
 
+def unreachable_hint(args: argparse.Namespace) -> str:
+    """What to add to "unreachable" when no keys were given: a node started with keys
+    refuses a connection without them, which looks exactly like a node that is down."""
+    if getattr(args, "keys", None) is not None or getattr(args, "insecure", False):
+        return ""
+    return (
+        " (no --keys given: nodes started with keys refuse connections without them; "
+        "give --keys DIR, or --insecure if the cluster runs without keys)"
+    )
+
+
 def curve_for(keys: str | None, key_name: str, role: str | None = None) -> Any:
     """The ``CurveConfig`` of identity ``key_name`` in ``keys`` (None without keys)."""
     if keys is None:
