@@ -341,6 +341,9 @@ def test_a_membership_change_naming_no_replica_of_this_partition_is_refused(
         assert answer[0] == "error" and answer[1][0] == "invalid_peer", (action, answer)
         assert why in answer[1][1], (action, answer)
     assert server.status(srv)["config"] == before
+    pid = otp.whereis(srv[0], node=node)
+    assert server.adjust_config(srv, (["add"], Identity(name, "n9@local")))[0] == "error"
+    assert otp.whereis(srv[0], node=node) == pid  # an unhashable verb is answered, no crash
     ok, _position = server.adjust_config(srv, ("add_participant", Identity(name, "n9@local")))
     assert ok == "ok"
 

@@ -284,7 +284,12 @@ def adjust_config(
     """
     if action == "refresh":
         return ("ok", config)
-    if not isinstance(action, (tuple, list)) or len(action) != 2 or action[0] not in ADJUST_VERBS:
+    if (
+        not isinstance(action, (tuple, list))
+        or len(action) != 2
+        or not isinstance(action[0], str)  # an unhashable verb raised on the lookup below
+        or action[0] not in ADJUST_VERBS
+    ):
         return error(("invalid_action", action))
     verb: str = action[0]
     try:

@@ -822,8 +822,8 @@ def _new_peer_refusal(action: Any, self_id: Identity, config: Config) -> str | N
     already taking part (a phantom member that never answers)."""
     if not (isinstance(action, (tuple, list)) and len(action) == 2):
         return None
-    if action[0] not in _ADDING_VERBS:
-        return None
+    if not isinstance(action[0], str) or action[0] not in _ADDING_VERBS:
+        return None  # (an unhashable verb from the wire must not raise here)
     peer = action[1]
     if isinstance(peer, (tuple, list)) and len(peer) == 2:
         name, node = peer
