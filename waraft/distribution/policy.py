@@ -166,7 +166,7 @@ class DecodeBudget:
     Every frame is decoded on the one receive thread serving every peer, before admission
     can look at it, and msgpack's cost follows the number of objects, not bytes: a client key
     sending 8 MB frames of small integers kept the thread 95 % busy, its queue behind it grew
-    to 3 GB, and the node served nothing for 80 s after the attack ended. Each sender key
+    to 3 GB, and the node served little for 80 s after the attack ended. Each sender key
     gets ``share`` seconds of decoding per second, up to ``burst`` banked; a frame that
     arrives while its sender is in debt is dropped undecoded (a receive is a copy, not a
     decode, so the backlog drains). Single-threaded (the receive thread)."""

@@ -56,8 +56,7 @@ RATE_LIMITED = "rate_limited"
 DECODE_SHARE = 0.5
 """Seconds per second of the receive thread each sender key without the member right may
 spend decoding its frames (``policy.DecodeBudget``): whatever one client sends, the thread
-keeps half of its time for everyone else. A client sending a million small commands a
-second costs about a tenth of that."""
+keeps half of its time for everyone else."""
 DECODE_BURST_S = 2.0
 """Seconds of decoding such a key may bank while quiet."""
 MAX_IDS_PER_KEY = 256
