@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from waraft.core.log import approx_command_size
 from waraft.services import replies
 
 
@@ -45,3 +46,11 @@ def test_large_replies_are_cut_into_frames_of_bounded_size(
         assert sum(len(r[1][0][1]) for r in frame) <= replies.REPLY_FRAME_BYTES
     assert [r[0] for r in frames[-1]] == [20]  # a single larger reply leaves on its own
     assert len(frames) == 7 + 1  # three replies of 1 MiB and "ok" fit in 4 MiB; then the big one
+
+
+@pytest.mark.parametrize(
+    "results", ["ok", ["ok"] * 3, [], [("ok", b"x" * 10), "ok"], ("ok", "v"), ["ok", b"ok"]]
+)
+def test_the_fast_size_of_write_results_agrees_with_the_estimate(results: Any) -> None:
+
+    assert replies._results_size(results) == approx_command_size(results)
