@@ -92,6 +92,7 @@ from waraft.log.provider import (
     LogPositionError,
     LogProvider,
     LogWriteError,
+    make_marker,
 )
 from waraft.services import metrics
 from waraft.services.codec import CodecError, packb, unpackb
@@ -332,13 +333,7 @@ class DiskLog(LogProvider):
         if not written:
             try:
                 log.sync()
-                with open(marker, "wb") as f:
-                    os.fsync(f.fileno())
-                dir_fd = os.open(os.fspath(path), os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                make_marker(os.fspath(path), MARKER)
             except BaseException:
                 log.close()
                 raise

@@ -92,6 +92,18 @@ class LogMissingError(LogCorruptionError):
         self.reason = reason
 
 
+def make_marker(directory: str, name: str) -> None:
+    """Create the empty file ``name`` in ``directory`` and make it durable (the file, then
+    the directory entry): a provider's record that a partition's log was written here."""
+    with open(os.path.join(directory, name), "wb") as f:
+        os.fsync(f.fileno())
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class LogProvider(ABC):
     """A partition's Raft log (see the module docstring for the contracts)."""
 
@@ -296,5 +308,6 @@ __all__ = [
     "LogWriteError",
     "count_within_bytes",
     "is_config_entry",
+    "make_marker",
     "retained_offset",
 ]

@@ -82,6 +82,7 @@ from waraft.log.provider import (
     LogMissingError,
     LogWriteError,
     is_config_entry,
+    make_marker,
 )
 from waraft.otp.messaging import self_pid
 from waraft.otp.sched import Event, resume_all, scheduled_caller, suspend
@@ -1027,13 +1028,7 @@ class WalLog(MemoryLog):
                 # snapshot): the WAL's log of it, if any, is reset; then the marker is made.
                 os.makedirs(path, exist_ok=True)
                 log.sync()
-                with open(marker, "wb") as f:
-                    os.fsync(f.fileno())
-                dir_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                make_marker(path, MARKER)
             return log
         except BaseException:
             writer.release()
