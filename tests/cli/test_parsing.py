@@ -16,7 +16,8 @@ from waraft.cli.common import (
     parse_nodes,
     parse_partitions,
 )
-from waraft.cli.node import NODE_FILE, NodeConfig, _claim_data_dir, config_from_args
+from waraft.cli.datadir import NODE_FILE
+from waraft.cli.node import NodeConfig, _claim_data_dir, config_from_args
 from waraft.cli.ops import format_table
 from waraft.services import gctune
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import signal
@@ -43,14 +42,11 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from waraft.cli import common
+from waraft.cli import common, datadir
 from waraft.cli.common import UsageError
 from waraft.services import gctune
 
 logger = logging.getLogger(__name__)
-
-NODE_FILE = "node.json"
-"""The data dir's owner: ``{"name": ..., "node_id": ...}`` (see ``_claim_data_dir``)."""
 
 NODE_DEFAULT_SETTINGS: dict[str, Any] = {
     "raft_election_pre_vote": True,
@@ -500,44 +496,11 @@ def _check_writable(data_dir: str) -> None:
 
 
 def _claim_data_dir(data_dir: str, name: str, node_id: str) -> None:
-    """Refuse a data dir that belongs to another node; mark a new (or older) one as this
-    node's (``NODE_FILE``).
-
-    A data dir holds its node's terms, votes and log: started under another name, a node
-    would answer as that node's replicas (swapped directories), and a copy of one node's
-    directory given to a second node lets two nodes vote with the same vote. A new address
-    for the same name is allowed (logged): Raft configs name the old id until a membership
-    change replaces it."""
-    path = os.path.join(data_dir, NODE_FILE)
+    """``datadir.claim``, its refusals as usage errors (exit 2 with one line)."""
     try:
-        with open(path, "rb") as f:
-            recorded = json.loads(f.read())
-        owner, owner_id = recorded["name"], recorded["node_id"]
-        if not isinstance(owner, str) or not isinstance(owner_id, str):
-            raise ValueError("name and node_id must be strings")
-    except FileNotFoundError:
-        owner = owner_id = None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(
-            f"data dir {data_dir}: {path} is unreadable ({exc}); it names the node the "
-            "directory belongs to"
-        ) from None
-    if owner is not None and owner != name:
-        raise UsageError(
-            f"data dir {data_dir} belongs to node {owner} ({owner_id}), not {name}: it holds "
-            f"{owner}'s votes and log. Start {owner} with it, or give {name} its own directory"
-        )
-    if owner_id == node_id:
-        return
-    if owner_id is not None:
-        logger.warning("data dir %s: node %s was %s, now %s", data_dir, name, owner_id, node_id)
-    from waraft.storage.provider import write_file_durably
-
-    data = json.dumps({"name": name, "node_id": node_id}).encode() + b"\n"
-    try:
-        write_file_durably(path, data, path + ".temp")
-    except OSError as exc:
-        raise UsageError(f"data dir {data_dir}: cannot write {path}: {exc}") from None
+        datadir.claim(data_dir, name, node_id)
+    except datadir.DataDirError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _ensure_app_services() -> None:
