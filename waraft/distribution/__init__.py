@@ -106,6 +106,7 @@ def start(
     admin_rate_per_sender: float = _DEFAULTS.admin_rate_per_sender,
     admin_rate_per_node: float = _DEFAULTS.admin_rate_per_node,
     settings: DistSettings | None = None,
+    cluster_id: str | None = None,
 ) -> str:
     """Make this process the node ``node_id`` (``name@host:port``) and return its id.
 
@@ -116,7 +117,8 @@ def start(
     see :mod:`waraft.distribution.keys`, also per-key rights). The other keywords are the
     fields of :class:`DistSettings`. What other nodes may send is limited by the allow-list
     of :mod:`waraft.distribution.policy`. ``settings`` gives every tunable at
-    once (the keyword arguments are ignored then). The default otp node becomes the one with
+    once (the keyword arguments are ignored then). ``cluster_id`` makes this a node of that
+    cluster (see :func:`set_cluster_id`). The default otp node becomes the one with
     this id (created if needed), so start distribution before starting actors.
 
     Raises ``RuntimeError`` if already started, ``NodeIdError`` for a bad id and
@@ -141,7 +143,9 @@ def start(
     with _lock:
         if _dist is not None:
             raise RuntimeError(f"distribution already started as {_dist.node_id}")
-        _dist = Dist(node_id, bind=bind, curve=curve_config, settings=settings)
+        _dist = Dist(
+            node_id, bind=bind, curve=curve_config, settings=settings, cluster_id=cluster_id
+        )
         return _dist.node_id
 
 
@@ -298,6 +302,21 @@ def set_fault(
     _running().set_fault([*nodes, *inbound], [*nodes, *outbound])
 
 
+def cluster_id() -> str | None:
+    """The cluster this node belongs to (None if it was never told)."""
+    return _running().cluster_id
+
+
+def set_cluster_id(cluster: str) -> None:
+    """Make this node a node of ``cluster``. Every connection it opens carries the id, and a
+    connection whose sender carries another cluster's id is refused before anything it sent
+    is decoded (counted as ``rx_other_cluster``): a node whose data directory belongs to
+    another deployment is never taken for a member. Senders that carry no id (clients, nodes
+    of older builds, nodes not told yet) are not refused. ``ValueError`` if ``cluster`` is
+    not a cluster id or the node belongs to another cluster already."""
+    _running().set_cluster_id(cluster)
+
+
 def clear_fault() -> None:
     """Remove the fault: traffic flows again (peers come back up with the next ping)."""
     _running().set_fault((), ())
@@ -312,7 +331,8 @@ def stats() -> dict[str, int]:
     from identified peers (before decoding), ``rx_malformed``,
     ``rx_oversized``, ``rx_bad_version``, ``rx_unknown_kind``, ``rx_bad_identity``,
     ``rx_dropped_fault``, ``rx_peer_limit``, ``rx_noproc`` (no such registered name),
-    ``rx_late_replies``, ``rx_handler_errors``;
+    ``rx_late_replies``, ``rx_handler_errors``, ``rx_other_cluster`` (frames on a connection
+    of another cluster's node);
     ``calls``, ``call_timeouts``, ``call_nodedown``; ``nodeup_events``, ``nodedown_events``;
     ``conn_accepted``, ``conn_closed``, ``handshake_failed``, ``auth_denied`` (ROUTER side),
     ``probe_handshake_failed``, ``pings_dropped``, ``links_reaped``; ``pending_calls``,

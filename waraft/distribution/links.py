@@ -19,10 +19,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
+from waraft.distribution import nodeid
 from waraft.distribution.peers import Peer
 from waraft.distribution.settings import CurveConfig, DistSettings
 
@@ -87,9 +89,11 @@ class Outbound:
         node_id: str,
         settings: DistSettings,
         curve: CurveConfig | None,
+        cluster_id: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._ctx = ctx
         self._node_id = node_id
+        self._cluster_id = cluster_id  # read at each new link: the node may join one later
         self._settings = settings
         self._curve = curve
         self._tls = _ThreadLinks()
@@ -175,7 +179,7 @@ class Outbound:
         settings = self._settings
         tag = f"{self._incarnation}.{next(self._tags)}"
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, f"{self._node_id}/{tag}".encode())
+        sock.setsockopt(zmq.ROUTING_ID, nodeid.routing_id(self._node_id, tag, self._cluster_id()))
         sock.setsockopt(zmq.SNDHWM, self._sndhwm_for(peer.node_id))
         sock.setsockopt(zmq.RCVHWM, 1)  # nothing is ever sent back on this connection
         sock.setsockopt(zmq.RECONNECT_IVL, settings.reconnect_ivl_ms)

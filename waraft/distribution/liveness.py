@@ -25,7 +25,7 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from waraft.distribution import envelope
+from waraft.distribution import envelope, nodeid
 from waraft.distribution.links import apply_curve_client
 from waraft.distribution.peers import Peer, PeerState
 from waraft.otp.threadname import set_os_name
@@ -223,7 +223,7 @@ class Liveness(threading.Thread):
             # the newest connection presenting it, so a predictable one let anyone who could
             # connect cut this probe off.
             tag = f"p{os.urandom(4).hex()}.{self._probe_tags}"
-            sock.setsockopt(zmq.ROUTING_ID, f"{dist.node_id}/{tag}".encode())
+            sock.setsockopt(zmq.ROUTING_ID, nodeid.routing_id(dist.node_id, tag, dist.cluster_id))
             sock.setsockopt(zmq.SNDHWM, _PROBE_HWM)
             sock.setsockopt(zmq.RCVHWM, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, settings.reconnect_ivl_ms)

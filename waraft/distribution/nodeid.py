@@ -3,16 +3,22 @@
 A node id names one OS process and the ZeroMQ endpoint its ROUTER listens on, so a membership
 config written with node ids works across machines without any registry. IPv6 hosts are written
 in brackets (``n1@[::1]:7001``). The sending side of a connection identifies itself with the
-ZeroMQ routing id ``<node_id>/<tag>``; :func:`sender_of` recovers the node id from it.
+ZeroMQ routing id ``<node_id>/<tag>``; :func:`sender_of` recovers the node id from it. A node
+that belongs to a cluster ends the tag with ``#<cluster id>`` (:func:`routing_id`), so a
+receiver can tell a node of another cluster from a member before anything it sent is admitted
+(:func:`cluster_of`).
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import NamedTuple
 
 MAX_ID_BYTES = 200
 """Routing ids are limited to 255 bytes by ZeroMQ; keep room for the ``/<tag>`` suffix."""
+MAX_CLUSTER_ID_CHARS = 32
+_CLUSTER_ID = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_CLUSTER_ID_CHARS}}}")
 
 
 class NodeAddress(NamedTuple):
@@ -72,6 +78,34 @@ def is_node_id(value: object) -> bool:
     except NodeIdError:
         return False
     return True
+
+
+def check_cluster_id(value: object) -> str:
+    """``value`` if it is a cluster id (1-32 of ``A-Z a-z 0-9 _ . -``); ``ValueError`` if not."""
+    if not isinstance(value, str) or _CLUSTER_ID.fullmatch(value) is None:
+        raise ValueError(
+            f"not a cluster id (1-{MAX_CLUSTER_ID_CHARS} letters, digits, '_', '.', '-'): {value!r}"
+        )
+    return value
+
+
+def routing_id(node_id: str, tag: str, cluster_id: str | None) -> bytes:
+    """The routing id a connection of ``node_id`` presents: ``<node_id>/<tag>``, with
+    ``#<cluster_id>`` after the tag when the node belongs to a cluster."""
+    text = f"{node_id}/{tag}" if cluster_id is None else f"{node_id}/{tag}#{cluster_id}"
+    return text.encode()
+
+
+def cluster_of(routing_id: bytes) -> str | None:
+    """The cluster id a routing id carries (None if it carries none or a malformed one)."""
+    tag = routing_id.rpartition(b"/")[2]
+    hash_, cluster = tag.rpartition(b"#")[1:]
+    if not hash_:
+        return None
+    try:
+        return check_cluster_id(cluster.decode())
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def sender_of(routing_id: bytes) -> str | None:

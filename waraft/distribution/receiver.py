@@ -77,15 +77,21 @@ def _user_id(head: zmq.Frame) -> str | None:
 class _Conn:
     """What the receive thread knows about one routing id (one sending socket)."""
 
-    __slots__ = ("address", "peer", "sender", "user")
+    __slots__ = ("address", "cluster_gen", "peer", "sender", "user")
 
     def __init__(
-        self, peer: Peer, sender: Sender, address: str | None, user: str | None = None
+        self,
+        peer: Peer,
+        sender: Sender,
+        address: str | None,
+        user: str | None = None,
+        cluster_gen: int = 0,
     ) -> None:
         self.peer = peer
         self.sender = sender
         self.address = address
         self.user = user  # the CURVE key's user id the rights were granted to
+        self.cluster_gen = cluster_gen  # the node's cluster id it was checked against
 
 
 class Receiver(threading.Thread):
@@ -113,6 +119,7 @@ class Receiver(threading.Thread):
         # frame a peer sends: at most one line a second each (the counters count them all).
         self._socket_errors = LogThrottle()
         self._handler_errors = LogThrottle()
+        self._other_cluster = LogThrottle(10.0)  # a refused node keeps pinging
 
     def run(self) -> None:
         set_os_name("dist:recv")
@@ -236,10 +243,12 @@ class Receiver(threading.Thread):
         conn = self._senders.get(routing_id)
         address = _peer_address(head)
         user = _user_id(head) if self._dist.curve is not None else None
+        dist = self._dist
         if (
             conn is not None
             and conn.address == address
             and conn.user == user
+            and conn.cluster_gen == dist.cluster_gen
             and not conn.peer.forgotten
         ):
             # Same user id too: with ROUTER_HANDOVER another connection can take a routing
@@ -251,6 +260,8 @@ class Receiver(threading.Thread):
             return None
         if not self._from_its_host(node_id, address):
             self._count("rx_wrong_host")
+            return None
+        if self._of_another_cluster(node_id, routing_id):
             return None
         rights = self._rights(node_id, user)
         if rights is None:
@@ -270,8 +281,35 @@ class Receiver(threading.Thread):
             return None
         if len(self._senders) >= _MAX_SENDER_CACHE:
             self._senders.clear()
-        conn = self._senders[routing_id] = _Conn(peer, Sender(node_id, rights), address, user)
+        conn = self._senders[routing_id] = _Conn(
+            peer, Sender(node_id, rights), address, user, dist.cluster_gen
+        )
         return conn
+
+    def _of_another_cluster(self, node_id: str, routing_id: bytes) -> bool:
+        """Whether the connection is a node of another cluster than this node's (counted and
+        logged). Every deployment bootstraps its partitions at the same log position, so a
+        node started on an earlier deployment's data directory would otherwise pass for a
+        member whose log matches: a review read that deployment's values back for keys
+        acknowledged since. Senders without a cluster id (clients, older builds) pass."""
+        ours = self._dist.cluster_id
+        if ours is None:
+            return False
+        theirs = nodeid.cluster_of(routing_id)
+        if theirs is None or theirs == ours:
+            return False
+        self._count("rx_other_cluster")
+        count = self._other_cluster.ready()
+        if count:
+            logger.error(
+                "refused %s: it is a node of cluster %s, this node of cluster %s (started on "
+                "another deployment's data directory?); %d such frames since the last line",
+                node_id,
+                theirs,
+                ours,
+                count,
+            )
+        return True
 
     def _key_may_add(self, user: str | None, rights: frozenset[str], node_id: str) -> bool:
         """Whether a client or admin key may bring one more node id into the peer table.

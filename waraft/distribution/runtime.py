@@ -125,10 +125,16 @@ class Dist:
         bind: str | None,
         curve: CurveConfig | None,
         settings: DistSettings,
+        cluster_id: str | None = None,
     ) -> None:
         nodeid.parse(node_id)
         self.settings = settings
         self.curve = curve
+        # The cluster this node belongs to (None: not told yet). Connections are tagged with
+        # it and a connection tagged with another one is refused (see ``set_cluster_id``);
+        # ``cluster_gen`` tells the receiver's per-connection cache that it changed.
+        self.cluster_id = None if cluster_id is None else nodeid.check_cluster_id(cluster_id)
+        self.cluster_gen = 0
         self.counters = Counters()
         self.peers = PeerTable(self._on_peer_change, settings.max_peers)
         self._peer_map = self.peers.by_id  # read-only alias for the lock-free hot path
@@ -148,7 +154,9 @@ class Dist:
             router = self._make_router(curve)
             monitor = router.get_monitor_socket(_ROUTER_EVENTS)
             self.node_id = self._bind(router, node_id, bind)
-            self.outbound = Outbound(self._ctx, self.node_id, settings, curve)
+            self.outbound = Outbound(
+                self._ctx, self.node_id, settings, curve, lambda: self.cluster_id
+            )
             self.otp_node = self._adopt_otp_node()
             self.signals = DistSignals(self)
             self.receiver = Receiver(self, router)
@@ -429,6 +437,19 @@ class Dist:
     def fault_out(self) -> frozenset[str]:
         """Nodes to which frames are currently dropped."""
         return self._fault_out
+
+    def set_cluster_id(self, cluster_id: str) -> None:
+        """Make this node a node of ``cluster_id`` from now on: connections opened from now
+        on carry it, and the receiver re-checks every connection, refusing those tagged with
+        another cluster. ``ValueError`` if it is not a cluster id or the node already belongs
+        to another one (a node's cluster never changes while it runs)."""
+        nodeid.check_cluster_id(cluster_id)
+        if self.cluster_id not in (None, cluster_id):
+            raise ValueError(f"node {self.node_id} belongs to cluster {self.cluster_id}")
+        if self.cluster_id is None:
+            self.cluster_id = cluster_id
+            self.cluster_gen += 1
+            logger.info("node %s belongs to cluster %s", self.node_id, cluster_id)
 
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, int]:
