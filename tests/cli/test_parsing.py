@@ -316,3 +316,41 @@ def test_limits_that_break_a_node_at_zero_are_refused(tmp_path: Path, key: str) 
     with pytest.raises(UsageError, match=f"{key} must be between 1 and"):
         _config(tmp_path, text, "--set", f"{key}=0")
     assert _config(tmp_path, text, "--set", f"{key}=1").settings == {key: 1}
+
+
+def test_a_data_dir_records_its_cluster_once_and_refuses_another(tmp_path: Path) -> None:
+    from waraft.cli import datadir
+
+    _claim_data_dir(str(tmp_path), "n1", "n1@127.0.0.1:7001")
+    assert datadir.read_owner(str(tmp_path)) == datadir.Owner("n1", "n1@127.0.0.1:7001", None)
+    assert datadir.join(str(tmp_path), "prod").cluster == "prod"
+    assert json.loads((tmp_path / NODE_FILE).read_text())["cluster"] == "prod"
+    assert datadir.join(str(tmp_path), "prod").cluster == "prod"  # the same again: fine
+    with pytest.raises(datadir.DataDirError, match="belongs to cluster prod, not test"):
+        datadir.join(str(tmp_path), "test")
+    # A restart keeps it, also at a new address and when --cluster-id names it.
+    owner = _claim_data_dir(str(tmp_path), "n1", "n1@127.0.0.1:7101")
+    assert owner.cluster == "prod"
+    assert _claim_data_dir(str(tmp_path), "n1", "n1@127.0.0.1:7101", "prod").cluster == "prod"
+    with pytest.raises(UsageError, match="belongs to cluster prod, not test"):
+        _claim_data_dir(str(tmp_path), "n1", "n1@127.0.0.1:7101", "test")
+    assert json.loads((tmp_path / NODE_FILE).read_text())["cluster"] == "prod"
+    # --cluster-id on a new directory records it at the first start.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert _claim_data_dir(str(fresh), "n2", "n2@127.0.0.1:7002", "test").cluster == "test"
+    (fresh / NODE_FILE).write_text('{"name": "n2", "node_id": "n2@h:1", "cluster": "a b"}')
+    with pytest.raises(UsageError, match="unreadable"):
+        _claim_data_dir(str(fresh), "n2", "n2@127.0.0.1:7002")
+    with pytest.raises(datadir.DataDirError, match="never claimed"):
+        datadir.join(str(tmp_path / "nobody"), "prod")
+
+
+def test_a_cluster_id_must_be_a_short_word(tmp_path: Path) -> None:
+    base = 'name = "n1"\nlisten = "127.0.0.1:0"\nmemory = true\ninsecure = true\n'
+    with pytest.raises(UsageError, match="--cluster-id: not a cluster id"):
+        _config(tmp_path, base, "--cluster-id", "has space")
+    assert _config(tmp_path, base, "--cluster-id", "prod-1").cluster_id == "prod-1"
+    assert _config(tmp_path, base + 'cluster_id = "prod-2"\n').cluster_id == "prod-2"
+    with pytest.raises(UsageError, match=r"cluster_id in .* must be a string"):
+        _config(tmp_path, base + "cluster_id = 7\n")

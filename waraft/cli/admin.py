@@ -7,7 +7,7 @@ request)``) so that one round trip tells them about the whole node:
 request                                 answer
 ======================================  ====================================================
 ``("ping",)``                           ``{"node", "pid", "app", "partitions", "uptime_s",
-                                        "version", "fault_injection"}``
+                                        "version", "fault_injection", "cluster"}``
 ``("partitions",)``                     ``[(table, partition), ...]`` running here
 ``("leaders", table)``                  ``{partition: leader node id}`` (from ``waraft.info``,
                                         no call to any server)
@@ -17,6 +17,10 @@ request                                 answer
 ``("bootstrap_many", table, [p, ...],   the same for many partitions, each with every node
 (index, term), [node, ...], [p, ...])`` of the list as a member, then an election on the
                                         partitions of the last list; one result each
+``("cluster", id)``                     make this node a node of cluster ``id`` (recorded in
+                                        its data dir): ``("ok", id)``, or ``("error",
+                                        "other_cluster", its id)``; ``("cluster", None)``
+                                        answers ``("ok", its id or None)``
 ``("dist_stats",)`` / ``("dist_peers",)``  ``distribution.stats()`` / ``distribution.peers()``
 ``("heartbeat_stats",)``                coalesced heartbeat frames sent per peer node and
                                         received (``waraft.partition.heartbeats.stats()``)
@@ -25,8 +29,8 @@ request                                 answer
 ======================================  ====================================================
 
 Who may ask (``waraft.distribution.policy``, with keys): ``ping``, ``partitions``, ``leaders``
-and ``status_all`` need the client right; the bootstrap, fault-injection, distribution and
-heartbeat requests the admin right. All are rate limited per sender and per node.
+and ``status_all`` need the client right; the bootstrap, cluster, fault-injection,
+distribution and heartbeat requests the admin right. All are rate limited per sender and per node.
 
 The fault-injection requests exist for tests and drills and are refused with
 ``("error", "fault_injection_disabled")`` unless the node was started with
@@ -42,8 +46,9 @@ from collections import deque
 from typing import Any, Final
 
 from waraft import __version__, otp
+from waraft.cli import datadir
 from waraft.core.types import Identity, LogPos
-from waraft.distribution import policy
+from waraft.distribution import nodeid, policy
 from waraft.partition import part_sup, server
 from waraft.services import info
 
@@ -114,9 +119,10 @@ def _plain(value: Any) -> Any:
 class NodeAdmin(otp.Process):
     """Answers the admin requests in the module docstring."""
 
-    def init(self, app: str, allow_faults: bool) -> None:
+    def init(self, app: str, allow_faults: bool, data_dir: str | None = None) -> None:
         self.app = app
         self.allow_faults = allow_faults
+        self.data_dir = data_dir  # where the node's cluster is recorded (None: nowhere)
         self.started = time.monotonic()
         read = policy.Rule(policy.CLIENT, limited=True)
         write = policy.Rule(policy.ADMIN, limited=True)
@@ -129,7 +135,13 @@ class NodeAdmin(otp.Process):
                 **{verb: write for verb in ("dist_stats", "dist_peers", "heartbeat_stats")},
                 **{
                     verb: write
-                    for verb in ("bootstrap", "bootstrap_many", "set_fault", "clear_fault")
+                    for verb in (
+                        "bootstrap",
+                        "bootstrap_many",
+                        "cluster",
+                        "set_fault",
+                        "clear_fault",
+                    )
                 },
             },
         )
@@ -156,6 +168,7 @@ class NodeAdmin(otp.Process):
             "uptime_s": round(time.monotonic() - self.started, 3),
             "version": __version__,
             "fault_injection": self.allow_faults,
+            "cluster": _cluster_id(),
         }
 
     def _partitions(self) -> list[tuple[str, int]]:
@@ -267,6 +280,27 @@ class NodeAdmin(otp.Process):
             collect_election()
         return results
 
+    def _cluster(self, wanted: Any = None) -> Any:
+        """Make this node a node of cluster ``wanted`` (None: just tell which it is). It is
+        recorded in the data dir before the node refuses other clusters' connections, so a
+        restart keeps it; a node's cluster never changes."""
+        from waraft import distribution as dist
+
+        current = dist.cluster_id()
+        if wanted is None:
+            return ("ok", current)
+        cluster = nodeid.check_cluster_id(wanted)
+        if current is not None and current != cluster:
+            return ("error", "other_cluster", current)
+        if current is None:
+            if self.data_dir is not None:
+                try:
+                    otp.blocking(datadir.join, self.data_dir, cluster)
+                except datadir.DataDirError as exc:
+                    return ("error", "data_dir", str(exc))
+            dist.set_cluster_id(cluster)
+        return ("ok", cluster)
+
     def _dist_stats(self) -> dict[str, int]:
         from waraft import distribution as dist
 
@@ -308,6 +342,7 @@ _HANDLERS: Final[dict[str, Any]] = {
     "status_all": NodeAdmin._status_all,
     "bootstrap": NodeAdmin._bootstrap,
     "bootstrap_many": NodeAdmin._bootstrap_many,
+    "cluster": NodeAdmin._cluster,
     "dist_stats": NodeAdmin._dist_stats,
     "dist_peers": NodeAdmin._dist_peers,
     "heartbeat_stats": NodeAdmin._heartbeat_stats,
@@ -316,17 +351,23 @@ _HANDLERS: Final[dict[str, Any]] = {
 }
 
 
-def start_link(app: str, allow_faults: bool = False) -> otp.Pid:
+def _cluster_id() -> str | None:
+    from waraft import distribution as dist
+
+    return dist.cluster_id() if dist.is_started() else None
+
+
+def start_link(app: str, allow_faults: bool = False, data_dir: str | None = None) -> otp.Pid:
     """Start the admin process registered ``waraft_admin``."""
-    pid: otp.Pid = NodeAdmin.start_link(app, allow_faults, name=NAME)
+    pid: otp.Pid = NodeAdmin.start_link(app, allow_faults, data_dir, name=NAME)
     return pid
 
 
-def child_spec(app: str, allow_faults: bool = False) -> dict[str, Any]:
+def child_spec(app: str, allow_faults: bool = False, data_dir: str | None = None) -> dict[str, Any]:
     """A permanent worker for ``kernel_sup``."""
     return {
         "id": NAME,
-        "start": (start_link, (app, allow_faults)),
+        "start": (start_link, (app, allow_faults, data_dir)),
         "restart": "permanent",
         "shutdown": 5000,
     }

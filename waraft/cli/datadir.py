@@ -1,7 +1,10 @@
-"""The owner file of a node's data directory (``node.json``): whose directory it is.
+"""The owner file of a node's data directory (``node.json``): whose directory it is, and of
+which cluster.
 
-``{"name": ..., "node_id": ...}``, written at the node's first start. The file is replaced
-durably (temp file, fsync, rename) whenever it changes.
+``{"name": ..., "node_id": ..., "cluster": ...}``. ``name`` and ``node_id`` are written at the
+node's first start; ``cluster`` when the node first learns its cluster (``waraft bootstrap``,
+or ``waraft node --cluster-id``) and never changed afterwards. The file is replaced durably
+(temp file, fsync, rename) whenever it changes.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Final
+
+from waraft.distribution import nodeid
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +33,7 @@ class Owner:
 
     name: str
     node_id: str
+    cluster: str | None = None
 
 
 def read_owner(data_dir: str) -> Owner | None:
@@ -38,8 +44,11 @@ def read_owner(data_dir: str) -> Owner | None:
         with open(path, "rb") as f:
             recorded = json.loads(f.read())
         name, node_id = recorded["name"], recorded["node_id"]
+        cluster = recorded.get("cluster")
         if not isinstance(name, str) or not isinstance(node_id, str):
             raise ValueError("name and node_id must be strings")
+        if cluster is not None:
+            nodeid.check_cluster_id(cluster)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -47,7 +56,7 @@ def read_owner(data_dir: str) -> Owner | None:
             f"data dir {data_dir}: {path} is unreadable ({exc}); it names the node the "
             "directory belongs to"
         ) from None
-    return Owner(name, node_id)
+    return Owner(name, node_id, cluster)
 
 
 def write_owner(data_dir: str, owner: Owner) -> None:
@@ -56,15 +65,17 @@ def write_owner(data_dir: str, owner: Owner) -> None:
 
     path = os.path.join(data_dir, NODE_FILE)
     fields: dict[str, str] = {"name": owner.name, "node_id": owner.node_id}
+    if owner.cluster is not None:
+        fields["cluster"] = owner.cluster
     try:
         write_file_durably(path, json.dumps(fields).encode() + b"\n", path + ".temp")
     except OSError as exc:
         raise DataDirError(f"data dir {data_dir}: cannot write {path}: {exc}") from None
 
 
-def claim(data_dir: str, name: str, node_id: str) -> Owner:
-    """Refuse a data dir that belongs to another node; record a new (or older) one as this
-    node's. Returns what is recorded afterwards.
+def claim(data_dir: str, name: str, node_id: str, cluster: str | None = None) -> Owner:
+    """Refuse a data dir that belongs to another node or cluster; record a new (or older)
+    one as this node's, of ``cluster`` if given. Returns what is recorded afterwards.
 
     A data dir holds its node's terms, votes and log: started under another name, a node
     would answer as that node's replicas (swapped directories), and a copy of one node's
@@ -78,7 +89,9 @@ def claim(data_dir: str, name: str, node_id: str) -> Owner:
             f"it holds {owner.name}'s votes and log. Start {owner.name} with it, or give "
             f"{name} its own directory"
         )
-    wanted = Owner(name, node_id)
+    recorded = None if owner is None else owner.cluster
+    _check_same_cluster(data_dir, recorded, cluster)
+    wanted = Owner(name, node_id, recorded or cluster)
     if owner == wanted:
         return wanted
     if owner is not None and owner.node_id != node_id:
@@ -87,3 +100,26 @@ def claim(data_dir: str, name: str, node_id: str) -> Owner:
         )
     write_owner(data_dir, wanted)
     return wanted
+
+
+def join(data_dir: str, cluster: str) -> Owner:
+    """Record that the directory's node belongs to ``cluster`` (it must have an owner file,
+    see :func:`claim`); ``DataDirError`` if it belongs to another cluster."""
+    nodeid.check_cluster_id(cluster)
+    owner = read_owner(data_dir)
+    if owner is None:
+        raise DataDirError(f"data dir {data_dir} has no {NODE_FILE}: the node never claimed it")
+    _check_same_cluster(data_dir, owner.cluster, cluster)
+    if owner.cluster is None:
+        owner = Owner(owner.name, owner.node_id, cluster)
+        write_owner(data_dir, owner)
+    return owner
+
+
+def _check_same_cluster(data_dir: str, recorded: str | None, cluster: str | None) -> None:
+    if recorded is not None and cluster is not None and recorded != cluster:
+        raise DataDirError(
+            f"data dir {data_dir} belongs to cluster {recorded}, not {cluster}: it holds that "
+            "cluster's votes and log. Start a node of that cluster with it, or give this node "
+            "a new directory"
+        )

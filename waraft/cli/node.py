@@ -88,6 +88,7 @@ class NodeConfig:
     listen: str = ""
     advertise: str | None = None
     data_dir: str | None = None
+    cluster_id: str | None = None
     table: str = common.DEFAULT_TABLE
     partitions: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     app: str | None = None
@@ -143,6 +144,13 @@ class NodeConfig:
         self.gc()
         if self.data_dir is None and not self.memory:
             raise UsageError("--data-dir is required (or --memory for a throw-away node)")
+        if self.cluster_id is not None:
+            from waraft.distribution import nodeid
+
+            try:
+                nodeid.check_cluster_id(self.cluster_id)
+            except ValueError as exc:
+                raise UsageError(f"--cluster-id: {exc}") from None
         from waraft.partition import part_sup
 
         try:
@@ -244,6 +252,7 @@ _FILE_TYPES: dict[str, tuple[type, ...]] = {
     "listen": _TEXT,
     "advertise": _TEXT,
     "data_dir": _TEXT,
+    "cluster_id": _TEXT,
     "table": _TEXT,
     "partitions": (str, int, list),
     "app": _TEXT,
@@ -311,6 +320,12 @@ def add_parser(sub: Any) -> None:
         "--advertise", metavar="HOST", help="host in the node id (when listening on 0.0.0.0)"
     )
     p.add_argument("--data-dir", metavar="DIR", help="root of the Raft data (raft_database)")
+    p.add_argument(
+        "--cluster-id",
+        metavar="ID",
+        help="the cluster this node belongs to (recorded in the data dir; 'waraft bootstrap' "
+        "gives one to nodes that have none). Connections of other clusters' nodes are refused",
+    )
     p.add_argument("--table", help=f"table name (default: {common.DEFAULT_TABLE})")
     p.add_argument(
         "--partitions",
@@ -395,8 +410,9 @@ class NodeRuntime:
         if data_dir is None:
             data_dir = self._temp_dir = tempfile.mkdtemp(prefix="waraft-node-")
         _check_writable(data_dir)
-        _claim_data_dir(data_dir, config.name, config.node_id())
+        owner = _claim_data_dir(data_dir, config.name, config.node_id(), config.cluster_id)
         dist_kw = dict(config.dist)
+        dist_kw["cluster_id"] = owner.cluster
         curve = common.curve_for(config.keys, config.name, "node")
         if curve is not None:
             dist_kw["curve"] = curve
@@ -414,7 +430,8 @@ class NodeRuntime:
         from waraft.cli import admin
 
         result = otp.supervisor.start_child(
-            "kernel_sup", admin.child_spec(app, config.allow_fault_injection)
+            "kernel_sup",
+            admin.child_spec(app, config.allow_fault_injection, os.path.abspath(data_dir)),
         )
         _check_started("waraft_admin", result)
         raft_args = [{"table": config.table, "partition": p} for p in config.partitions]
@@ -495,10 +512,12 @@ def _check_writable(data_dir: str) -> None:
         raise UsageError(f"data dir {data_dir} is not writable: {exc.strerror or exc}") from None
 
 
-def _claim_data_dir(data_dir: str, name: str, node_id: str) -> None:
+def _claim_data_dir(
+    data_dir: str, name: str, node_id: str, cluster: str | None = None
+) -> datadir.Owner:
     """``datadir.claim``, its refusals as usage errors (exit 2 with one line)."""
     try:
-        datadir.claim(data_dir, name, node_id)
+        return datadir.claim(data_dir, name, node_id, cluster)
     except datadir.DataDirError as exc:
         raise UsageError(str(exc)) from None
 

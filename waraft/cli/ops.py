@@ -8,6 +8,7 @@ addresses, so distribution must be running (``waraft.cli.common.client_node``).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,9 @@ def bootstrap_cluster(
 
     Replicas that already hold data answer ``already`` and are left alone (running it twice is
     harmless). Returns one result per partition; ``error`` is set for a partition that failed.
+
+    First the nodes agree on their cluster (see :func:`_agree_on_cluster`): if they cannot,
+    nothing is bootstrapped and every partition carries the reason.
     """
 
     def one(partition: int) -> PartitionResult:
@@ -115,6 +119,13 @@ def bootstrap_cluster(
                 server.trigger_election((name, intended))
         return result
 
+    problem = _agree_on_cluster(nodes, timeout)
+    if problem is not None:
+        untouched = [PartitionResult(p, "") for p in partitions]
+        for result in untouched:
+            result.error = problem
+        log(f"not bootstrapped: {problem}")
+        return untouched
     conflicts = _member_conflicts(nodes, table, partitions)
     partitions = [p for p in partitions if p not in conflicts]
     intended = {p: nodes[(p - 1) % len(nodes)] for p in partitions}
@@ -143,6 +154,62 @@ def bootstrap_cluster(
     if balance:
         _balance(nodes, table, bootstrapped, time.monotonic() + timeout, log)
     return results
+
+
+def _agree_on_cluster(nodes: Sequence[str], timeout: float) -> str | None:
+    """Give every node the same cluster id (``waraft_admin``'s ``cluster`` request), or say
+    why not (None: agreed).
+
+    Nodes that have none get the one the others have, or a new random one if none has any.
+    Refused: nodes of different clusters, and a cluster held by half of ``nodes`` or fewer
+    while the rest have none. Every deployment bootstraps at the same log position, so nodes
+    started on an earlier deployment's data directories beside new ones would pass for
+    members with matching logs; the new nodes would then take (or outvote) the old data. A
+    majority holding the cluster is that cluster with some nodes replaced, which a bootstrap
+    may complete. Nodes that cannot be asked (unreachable, or of a build without clusters)
+    are left out here; the bootstrap reports them."""
+    wait = min(timeout, 5.0)
+
+    def ask(node: str) -> tuple[bool, str | None]:
+        try:
+            answer = admin.call(node, "cluster", None, timeout=wait)
+        except otp.ExitError:
+            return (False, None)
+        if isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "ok":
+            return (True, None if answer[1] is None else str(answer[1]))
+        return (False, None)  # ("error", "unknown_request"): a node of an older build
+
+    with ThreadPoolExecutor(len(nodes), thread_name_prefix="cluster") as pool:
+        answers = dict(zip(nodes, pool.map(ask, nodes), strict=True))
+    known = {node: cluster for node, (ok, cluster) in answers.items() if ok}
+    clusters = sorted({cluster for cluster in known.values() if cluster is not None})
+    if len(clusters) > 1:
+        held = ", ".join(f"{n} {c}" for n, c in known.items() if c is not None)
+        return (
+            f"the nodes belong to different clusters ({held}): a data dir of another "
+            "deployment? Start such a node on a new data dir"
+        )
+    fresh = [node for node, cluster in known.items() if cluster is None]
+    if clusters:
+        cluster = clusters[0]
+        holders = [node for node, c in known.items() if c == cluster]
+        if fresh and 2 * len(holders) <= len(nodes):
+            return (
+                f"{', '.join(holders)} belong to cluster {cluster}, {', '.join(fresh)} to "
+                f"none: bootstrapping would start a new cluster beside {cluster}'s data. For "
+                f"a new cluster, start {', '.join(holders)} on new data dirs; to run "
+                f"{cluster} again, start all its nodes on their own data dirs"
+            )
+    else:
+        cluster = os.urandom(6).hex()
+    for node in fresh:
+        try:
+            answer = admin.call(node, "cluster", cluster, timeout=wait)
+        except otp.ExitError as exc:
+            return f"cannot give {node} cluster {cluster}: {_exit_text(exc.reason)}"
+        if answer != ("ok", cluster):
+            return f"cannot give {node} cluster {cluster}: {answer}"
+    return None
 
 
 def _member_conflicts(
