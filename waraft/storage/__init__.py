@@ -102,6 +102,9 @@ RESERVED: Final = "$waraft"
 """First element of every reserved key: a key that is a tuple (or list) starting with it is
 the storage's own (``touches_reserved_key``)."""
 RESERVED_KEY_ERROR: Final = ("error", "reserved_key")
+INT_MIN: Final = -(2**63)
+INT_MAX: Final = 2**64 - 1
+"""The integers msgpack encodes (an ``incr`` beyond them is answered ``integer_overflow``)."""
 INTERNAL_COMMAND_ERROR: Final = ("error", "reserved_command")
 """Answer to a config change or noop nested in a ``$batch`` or a session call."""
 """The answer to a client command or read naming a reserved key: the providers share one key
@@ -630,14 +633,22 @@ class StorageServer(otp.Process):
                     current = NOT_FOUND
                     break
         if current is None:
-            current = self.provider.read(("read", table, key), self.position)
+            try:
+                current = self.provider.read(("read", table, key), self.position)
+            except UnknownCommandError as exc:  # a key the provider cannot hold
+                return NOOP, ("error", ("unknown_command", str(exc)))
         found = current[1] if type(current) is tuple and current[0] == "ok" else None
         if kind == "incr":
             if found is None:
                 found = 0
             if type(found) is not int or type(argument) is not int:
                 return NOOP, ("error", "not_an_integer")
-            return ("write", table, key, found + argument), ("ok", found + argument)
+            total = found + argument
+            if not INT_MIN <= total <= INT_MAX:
+                # Beyond what msgpack encodes: storing it crashed the storage actor on this
+                # committed entry at every replay, and the partition never served again.
+                return NOOP, ("error", "integer_overflow")
+            return ("write", table, key, total), ("ok", total)
         if found is None:
             found = ()
         if not isinstance(found, (list, tuple)):
