@@ -166,6 +166,54 @@ def test_append_and_incr_are_derived_writes_for_any_provider(tmp_path: Path, pro
     assert acceptor.read(acc, ("read", "t", "n")) == ("ok", 11)
 
 
+@pytest.mark.parametrize("provider", ["memory", SQLITE])
+def test_an_incr_beyond_what_msgpack_encodes_is_answered_not_applied(
+    tmp_path: Path, provider: str
+) -> None:
+    # Found by a review: 2**63 + 2**63 could not be stored, and the committed entry crashed
+    # the storage actor at every replay; the partition never served again.
+    spec = {} if provider == "memory" else {"log_module": DISK, "storage_module": provider}
+    node = _single(tmp_path, **spec)
+    acc = addr("acceptor", node)
+    assert acceptor.commit(acc, ("a", ("incr", "t", "n", 2**63))) == ("ok", 2**63)
+    assert acceptor.commit(acc, ("b", ("incr", "t", "n", 2**63))) == ("error", "integer_overflow")
+    assert acceptor.commit(acc, ("c", ("incr", "t", "n", 2**63 - 1))) == ("ok", 2**64 - 1)
+    assert acceptor.commit(acc, ("d", ("incr", "t", "m", -(2**63)))) == ("ok", -(2**63))
+    packed = [("incr", "t", "m", -1), ("incr", "t", "m", 1)]
+    results = acceptor.commit(acc, ("e", ("$batch", codec.packb(packed))))
+    assert results == [("error", "integer_overflow"), ("ok", -(2**63) + 1)]
+    assert acceptor.commit(acc, ("f", ("write", "t", "w", 1))) == OK  # still serving
+    assert acceptor.read(acc, ("read", "t", "n")) == ("ok", 2**64 - 1)
+    assert acceptor.read(acc, ("read", "t", "m")) == ("ok", -(2**63) + 1)
+
+
+def test_a_key_that_is_a_map_is_answered_with_an_error_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # Found by a review: on the memory providers (the quick start's) a map as a key raised
+    # TypeError in the storage actor; the partition restarted empty, acknowledged data lost.
+    # (The durable providers store keys encoded, so a map is a key like any other there.)
+    node = _single(tmp_path)
+    acc = addr("acceptor", node)
+    assert acceptor.commit(acc, ("a", ("write", "t", "k", 1))) == OK
+    bad = {"m": 1}
+    for n, command in enumerate(
+        [("write", "t", bad, 2), ("delete", "t", bad), ("incr", "t", bad, 1)]
+    ):
+        result = acceptor.commit(acc, (f"b{n}", command))
+        assert result[0] == "error" and result[1][0] == "unknown_command", (command, result)
+    assert acceptor.read(acc, ("read", "t", bad))[1][0] == "unknown_command"
+    packed = [("write", "t", "x", 1), ("write", "t", bad, 2), ("write", "t", "y", 3)]
+    results = acceptor.commit(acc, ("c", ("$batch", codec.packb(packed))))
+    assert results[0] == OK and results[1][0] == "error" and results[2] == OK, results
+    assert [acceptor.read(acc, ("read", "t", k)) for k in ("k", "x", "y")] == [
+        ("ok", 1),
+        ("ok", 1),
+        ("ok", 3),
+    ]
+    assert acceptor.commit(acc, ("d", ("write", "t", "k", 4))) == OK  # still serving
+
+
 def test_a_batch_with_an_unknown_tagged_command_records_its_error_durably(tmp_path: Path) -> None:
     node = _single(tmp_path, log_module=DISK, storage_module=SQLITE)
     acc = addr("acceptor", node)

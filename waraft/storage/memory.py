@@ -27,6 +27,7 @@ from waraft.storage.provider import (
     NOT_FOUND,
     OK,
     InvalidIncompleteReplica,
+    PartialApplyError,
     StorageOptions,
     StorageProvider,
     UnknownCommandError,
@@ -114,9 +115,9 @@ class MemoryStorage(StorageProvider):
             return self.apply_config(command[1], position)
         kind = command_kind(command)
         if kind == "write" and len(command) == 4:
-            self._data[command[2]] = command[3]
+            self._data[_key(command)] = command[3]
         elif kind == "delete" and len(command) == 3:
-            self._data.pop(command[2], None)
+            self._data.pop(_key(command), None)
         elif kind == "noop_omitted" and command == kind:
             self._incomplete = True
         elif not (kind == "noop" and command == kind):
@@ -143,11 +144,21 @@ class MemoryStorage(StorageProvider):
         if not plain:
             return [self.apply(command, position, label) for command in commands]
         data = self._data
-        for command in commands:
-            if len(command) == 4:
-                data[command[2]] = command[3]
-            else:
-                data.pop(command[2], None)
+        try:
+            for command in commands:
+                if len(command) == 4:
+                    data[command[2]] = command[3]
+                else:
+                    data.pop(command[2], None)
+        except TypeError:
+            # An unhashable key (a map from the wire): the commands before it are applied,
+            # this one is answered with an error (hashing each key first would cost the hot
+            # path of every packed batch).
+            done = next(i for i, c in enumerate(commands) if not _hashable(c[2]))
+            self._position = position
+            raise PartialApplyError(
+                [OK] * done, UnknownCommandError(_unhashable(commands[done]))
+            ) from None
         if label is not None:
             self._label = label
         self._position = position
@@ -166,6 +177,8 @@ class MemoryStorage(StorageProvider):
         )
         if not known:
             raise UnknownCommandError(f"unknown storage command {command!r}")
+        if kind in ("write", "delete"):
+            _key(command)
 
     def apply_config(self, config: Config, position: LogPos) -> Any:
         self.check_config(config)
@@ -180,6 +193,8 @@ class MemoryStorage(StorageProvider):
                 return ("ok", self._data[command[2]])
             except KeyError:
                 return NOT_FOUND
+            except TypeError:
+                raise UnknownCommandError(_unhashable(command)) from None
         if kind == "noop" and command == kind:
             return OK
         raise UnknownCommandError(f"unknown storage read {command!r}")
@@ -258,3 +273,24 @@ class MemoryStorage(StorageProvider):
 
 
 __all__ = ["DATA_FILE", "MemoryStorage"]
+
+
+def _hashable(key: Any) -> bool:
+    try:
+        hash(key)
+    except TypeError:
+        return False
+    return True
+
+
+def _unhashable(command: Any) -> str:
+    return f"a key must be hashable (a map is not): {command!r}"[:500]
+
+
+def _key(command: Any) -> Any:
+    """``command``'s key; ``UnknownCommandError`` if it cannot be one: a map from the wire
+    raised ``TypeError`` in the storage actor, which crashed on the committed entry."""
+    key = command[2]
+    if not _hashable(key):
+        raise UnknownCommandError(_unhashable(command))
+    return key
