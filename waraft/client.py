@@ -61,7 +61,11 @@ callers' deadline instead of being re-sent. Retries stop at the
 request's deadline (``timeout``) or after ``max_retries``.
 
 **Delivery guarantee.** A commit that was rejected (``not_leader`` from a follower, a full
-queue) was never appended, so retrying it is safe. A commit whose attempt timed out, or whose
+queue) was never appended, so retrying it is safe. A commit answered with such an error was
+rejected on every attempt: once an attempt of it went unanswered (a node that did not answer in
+time or failed), it is answered ``timeout`` if it runs out of deadline or retries, whatever the
+later attempts were told. ``closed`` (``Client.close``) is, like ``timeout``, an unknown
+outcome. A commit whose attempt timed out, or whose
 leader lost leadership after appending it, may or may not have been applied: the client retries
 it, so commits are *at least once* in those cases (as with any Raft client without session
 deduplication; WARaft's keys are opaque, not deduplicated). Idempotent commands (writes of a
@@ -214,10 +218,25 @@ def _is_error(result: Any) -> bool:
 _FUTURES_LOCK = allocate_lock()
 
 
-def _gave_up(last_error: Any) -> Any:
+def _gave_up(request: _Entry) -> Any:
     """What a request that runs out of deadline or retries answers: the last error it got
-    (an overload, say), except that a node which did not answer is reported as a timeout."""
-    return TIMEOUT if last_error is None or last_error is UNREACHABLE else last_error
+    (an overload, say), unless an attempt of it went unanswered (a node that did not answer
+    in time or failed, or the attempt in flight at the deadline): then ``timeout``. Such an
+    attempt may have been appended and applied, so a later ``not_leader`` from another node
+    says nothing about it; answering that error let a caller resubmit (as the error invites)
+    a commit that was applied, and apply it twice (found by a review)."""
+    last_error = request.last_error
+    if request.unsure or last_error is None or last_error is UNREACHABLE:
+        return TIMEOUT
+    return last_error
+
+
+def _unanswered(requests: Iterable[_Request]) -> list[_Request]:
+    """The requests not complete yet of an attempt that ends unanswered, each marked so."""
+    out = [r for r in requests if not r.done]
+    for request in out:
+        request.unsure = True
+    return out
 
 
 class Future:
@@ -320,6 +339,7 @@ class _Request:
         "on_done",
         "partition",
         "priority",
+        "unsure",
     )
     count = 1  # commands carried (a _Group carries many)
 
@@ -345,6 +365,7 @@ class _Request:
         self.done = False
         self.attempts = 0
         self.last_error: Any = None
+        self.unsure = False  # an attempt went unanswered: it may have been applied
         self.on_done: Callable[[Any], None] | None = None
 
     def finish(self, result: Any) -> None:
@@ -390,6 +411,7 @@ class _Group:
     kind = "commit"
     done = False  # never partly complete (see above): "done" is a per-_Request notion
     last_error = None
+    unsure = False  # never sent unanswered: a group is turned into requests first
 
     def __init__(
         self,
@@ -720,6 +742,7 @@ class Client:
                 "timeouts",
                 "stale_hints",
                 "partition_holds",
+                "silent_leaders",
             ),
             0,
         )
@@ -949,8 +972,9 @@ class Client:
         """Counters: requests, batches, items_sent, replies, retries, redirects,
         attempt_timeouts, slow_attempts (a batch past its attempt timeout left in flight
         because its node kept answering others), send_failures, timeouts, stale_hints (a
-        follower named a leader that had just failed an attempt), plus inflight and queued
-        now."""
+        follower named a leader that had just failed an attempt), silent_leaders (a cached
+        leader forgotten because it answered nothing while requests to it ran out of time),
+        plus inflight and queued now."""
         with self._lock:
             out = dict(self._counters)
             out["inflight_batches"] = len(self._inflight)
@@ -1215,7 +1239,7 @@ class Client:
             if late:
                 self._count("timeouts", sum([entry.count for entry in late]))
             for request in late:
-                request.finish(_gave_up(request.last_error))
+                request.finish(_gave_up(request))
             if expired:
                 self._count("attempt_timeouts", len(expired))
             for batch in expired:
@@ -1259,17 +1283,20 @@ class Client:
                 continue
             self._pop_batch(bid)
             if batch.deadline_bound:
-                late.extend(r for r in batch.materialize() if not r.done)
+                late.extend(_unanswered(batch.materialize()))
+                self._forget_silent_leader(batch, now)
             else:
                 batches.append(batch)
         # A batch that stays in flight gets its late requests answered now and the others
         # later, from its reply: one by one, so its groups become requests first.
         late.extend(
-            request
-            for batch in self._inflight.values()
-            if batch.earliest <= now
-            for request in batch.materialize()
-            if request.deadline <= now and not request.done
+            _unanswered(
+                request
+                for batch in self._inflight.values()
+                if batch.earliest <= now
+                for request in batch.materialize()
+                if request.deadline <= now
+            )
         )
         for partition, held in list(self._held.items()):
             keep = [r for r in held if r.deadline > now]
@@ -1277,6 +1304,19 @@ class Client:
                 late.extend(r for r in held if r.deadline <= now)
                 self._held[partition] = keep
         return batches, late
+
+    def _forget_silent_leader(self, batch: _Batch, now: float) -> None:
+        """Under the lock: a batch that expired at its callers' deadlines went to a node that
+        has answered nothing for a whole attempt timeout: stop taking it for the partition's
+        leader. Its callers' timeouts were shorter than the attempt timeout, so the batch
+        never failed the node, and a review's client kept sending every request to a leader
+        cut off from its followers for good (the next request asks anew, and a follower's
+        answer names the new leader)."""
+        if self._heard.get(batch.node, -1e18) >= now - self.attempt_timeout:
+            return
+        if self._leaders.get(batch.partition) == batch.node:
+            del self._leaders[batch.partition]
+            self._counters["silent_leaders"] += 1
 
     def _extend(self, batch: _Batch, now: float) -> None:
         """Under the lock: give ``batch``, past its attempt timeout on a node that is still
@@ -1325,7 +1365,7 @@ class Client:
                 continue
             if request.deadline <= now:
                 self._count("timeouts", request.count)
-                request.finish(_gave_up(request.last_error))
+                request.finish(_gave_up(request))
                 continue
             key = (request.partition, request.kind, request.priority)
             group = groups.get(key)
@@ -1608,11 +1648,13 @@ class Client:
     def _retry(self, request: _Request, error: Any, delay: float) -> None:
         request.attempts += 1
         request.last_error = error
+        if error is UNREACHABLE:
+            request.unsure = True
         if request.done:
             return
         now = time.monotonic()
         if request.attempts > self.max_retries or now + delay >= request.deadline:
-            request.finish(_gave_up(error))
+            request.finish(_gave_up(request))
             return
         with self._lock:
             if self._closed:

@@ -1,0 +1,75 @@
+"""What ``waraft.client`` answers when an attempt goes unanswered, against real nodes: never an
+error that says "not applied" for a commit that may have been, and no cached leader kept for
+good when it stops answering."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.multiprocess.conftest import make_cluster
+from tests.multiprocess.harness import Cluster, wait_until
+from waraft import distribution as dist
+from waraft.client import Client
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, dist_node: str) -> Iterator[Cluster]:
+    yield from make_cluster(tmp_path_factory.mktemp("outcomes"), partitions=(1,))
+
+
+def _leader(cluster: Cluster) -> str:
+    found = wait_until(lambda: cluster.leader(1))
+    return str(found[0])
+
+
+def test_a_commit_whose_attempt_went_unanswered_is_a_timeout_not_another_nodes_error(
+    cluster: Cluster,
+) -> None:
+    # The leader applies each commit but its replies never reach this process; the retries go
+    # to followers, which answer not_leader. Answering that at the deadline told the caller
+    # the commit was not applied (a review resubmitted them and got each one twice).
+    client = Client(
+        cluster.ids, table="kv", partitions=1, timeout=2.0, attempt_timeout=0.3,
+        sessions=True, discover=False,
+    )  # fmt: skip
+    try:
+        assert client.commit(1, ("append", "kv", "L", "warm")) == "ok"
+        answers = {}
+        for i in range(3):
+            lead = _leader(cluster)
+            dist.set_fault(inbound=[lead])
+            try:
+                answers[f"v{i}"] = client.commit(1, ("append", "kv", "L", f"v{i}"))
+            finally:
+                dist.clear_fault()
+            time.sleep(1.0)  # this process sees the leader up again
+        applied = wait_until(lambda: client.read(1, ("read", "kv", "L"), timeout=5.0))[1]
+        assert applied[0] == "warm" and set(applied[1:]) <= set(answers)
+        assert answers == dict.fromkeys(answers, ("error", "timeout")), answers
+        assert len(applied) > 1, "no commit reached the leader: the test proved nothing"
+    finally:
+        client.close()
+
+
+def test_a_leader_that_answers_nothing_is_not_cached_for_good(cluster: Cluster) -> None:
+    # Callers' timeouts below the attempt timeout never failed the node, so the client kept
+    # the old leader, cut off from its followers (no check-quorum), and every commit timed out.
+    client = Client(cluster.ids, table="kv", partitions=1, timeout=1.0, discover=False)
+    old = _leader(cluster)
+    others = [n for n in cluster.ids if n != old]
+    try:
+        assert client.commit(1, ("write", "kv", "a", 0)) == "ok"
+        cluster.admin(cluster.index_of(old), "set_fault", others)
+        wait_until(lambda: cluster.leader(1, others))
+        ok = 0
+        deadline = time.monotonic() + 20.0
+        while ok < 5 and time.monotonic() < deadline:
+            ok += client.commit(1, ("write", "kv", "a", ok)) == "ok"
+        assert ok == 5, client.stats()
+        assert client.stats()["silent_leaders"] >= 1
+    finally:
+        cluster.admin(cluster.index_of(old), "clear_fault")
+        client.close()
