@@ -281,7 +281,14 @@ def test_promote_follower_to_a_later_term() -> None:
 
 @pytest.mark.parametrize(
     ("term", "expected"),
-    [(2, "invalid_term"), ("bogus", "invalid_term"), (("next", 2), None), (3, None)],
+    [
+        (2, "invalid_term"),
+        ("bogus", "invalid_term"),
+        (2**62 + 1, "invalid_term"),
+        (2**70, "invalid_term"),
+        (("next", 2), None),
+        (3, None),
+    ],
 )
 def test_promote_terms(term: object, expected: str | None) -> None:
     node = make_node(2, term=3)

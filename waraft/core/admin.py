@@ -33,6 +33,7 @@ from waraft.core.events import (
     Timeout,
     TriggerElection,
 )
+from waraft.core.rpc import MAX_TERM
 from waraft.core.types import LogPos, Priority, State, error
 
 if TYPE_CHECKING:
@@ -175,7 +176,8 @@ def promote(core: Replica, from_: Any, term_or_offset: TermOrOffset, force: bool
 
 def _promote_refusal(core: Replica, term: int | None, force: bool) -> str | None:
     current = core.current_term
-    if term is None or term < current:
+    if term is None or term < current or term > MAX_TERM:
+        # (Above MAX_TERM the durable state refuses to store it: the server crashed.)
         return "invalid_term"
     if term == current and core.leader is not None:
         return "invalid_term"
