@@ -40,7 +40,7 @@ from waraft.core.rpc import short_repr
 from waraft.core.types import Priority, is_internal_command
 from waraft.distribution import inline as dist_inline
 from waraft.distribution import policy
-from waraft.services import info
+from waraft.services import codec, info
 from waraft.services.logthrottle import LogThrottle
 from waraft.services.options import RaftOptions
 from waraft.services.queues import Queues, command_bytes
@@ -99,6 +99,19 @@ def check_op(op: Any) -> tuple[Any, Any]:
             "through adjust_config)"
         )
     return (op[0], command)
+
+
+def check_local_op(op: Any) -> tuple[Any, Any]:
+    """``check_op`` for an op given by a caller in this process, which must also encode:
+    ops from the wire were decoded from msgpack, but a local caller may pass a set, a
+    datetime or an integer past 2**64, which the server could not append (it crashed, and
+    with the memory providers the partition came back empty)."""
+    checked = check_op(op)
+    try:
+        codec.packb(checked)
+    except codec.CodecError as exc:
+        raise ValueError(f"a commit op must encode as msgpack: {short_repr(op)}: {exc}") from None
+    return checked
 
 
 class Acceptor(otp.Process):
@@ -543,7 +556,7 @@ def commit(
 ) -> Any:
     """Replicate ``op = (key, command)`` and return storage's result of applying it."""
     # Priorities travel as their names: requests may cross the wire (msgpack).
-    request = ("commit", check_op(op), priority_of(priority).value)
+    request = ("commit", check_local_op(op), priority_of(priority).value)
     return call(acceptor, request, timeout)
 
 
@@ -551,14 +564,14 @@ def commit_async(
     acceptor: otp.Target, from_: otp.ReplyTo, op: Any, priority: Any = Priority.HIGH
 ) -> None:
     """Like ``commit`` but the answer goes to ``from_`` (any ``ReplyTo``)."""
-    otp.cast(acceptor, ("commit_batch", [(from_, check_op(op))], priority_of(priority).value))
+    otp.cast(acceptor, ("commit_batch", [(from_, check_local_op(op))], priority_of(priority).value))
 
 
 def commit_batch(
     acceptor: otp.Target, items: Sequence[tuple[otp.ReplyTo, Any]], priority: Any = Priority.HIGH
 ) -> None:
     """Many ``commit_async`` at once: one message to the acceptor, one to the server."""
-    checked = [(from_, check_op(op)) for from_, op in items]
+    checked = [(from_, check_local_op(op)) for from_, op in items]
     otp.cast(acceptor, ("commit_batch", checked, priority_of(priority).value))
 
 
