@@ -53,6 +53,27 @@ class CountingStorage(MemoryStorage):
         return [self.apply(c, p, label) for c, p, label in items]
 
 
+class SetStorage(CountingStorage):
+    """``CountingStorage`` whose ``("members", table, key)`` answers a set (msgpack has none)
+    and whose results are not declared encodable, as a user's provider's are not."""
+
+    results_encode = False
+
+    def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
+        if type(command) is tuple and command[:1] == ("members",):
+            self._position = position
+            return ("ok", {1, 2})
+        return super().apply(command, position, label)
+
+    def apply_batch(self, items: Any) -> list[Any]:
+        return [self.apply(c, p, label) for c, p, label in items]
+
+    def read(self, command: Any, position: LogPos) -> Any:
+        if type(command) is tuple and command[:1] == ("members",):
+            return ("ok", {3})
+        return super().read(command, position)
+
+
 class LoopingStorage(CountingStorage):
     """``CountingStorage`` with the provider's default ``apply_batch`` and ``apply_many``: a
     loop over ``apply``, not one transaction (a user's provider built on ``MemoryStorage``)."""
@@ -212,6 +233,22 @@ def test_a_key_that_is_a_map_is_answered_with_an_error_and_changes_nothing(
         ("ok", 3),
     ]
     assert acceptor.commit(acc, ("d", ("write", "t", "k", 4))) == OK  # still serving
+
+
+def test_a_result_msgpack_cannot_carry_is_answered_with_an_error_the_others_as_usual(
+    tmp_path: Path,
+) -> None:
+    # A review: a provider's set in one reply frame made the frame unencodable, and every
+    # other request answered in it timed out although it was applied.
+    node = _single(tmp_path, storage_module=SetStorage)
+    acc = addr("acceptor", node)
+    handles = [otp.LocalReplyTo() for _ in range(3)]
+    ops = [("a", ("bump", "t", "n")), ("b", ("members", "t", "s")), ("c", ("bump", "t", "n"))]
+    acceptor.commit_batch(acc, list(zip(handles, ops, strict=True)))
+    answers = [otp.wait_response(h, 5.0) for h in handles]
+    assert answers == [("ok", 1), storage.UNENCODABLE_RESULT, ("ok", 2)]
+    assert acceptor.read(acc, ("members", "t", "s")) == storage.UNENCODABLE_RESULT
+    assert acceptor.read(acc, ("read", "t", "n")) == ("ok", 2)
 
 
 def test_a_batch_with_an_unknown_tagged_command_records_its_error_durably(tmp_path: Path) -> None:
@@ -416,3 +453,20 @@ def test_a_session_table_stored_whole_is_read_and_rewritten_as_rows() -> None:
     provider.apply(("delete", "$waraft", storage.session_key(2)), LogPos(1, 9))
     with pytest.raises(ValueError, match="session 2 has no row"):
         server._load_sessions()
+
+
+class NoBootstrapStorage(MemoryStorage):
+    """A provider that leaves ``make_empty_snapshot`` to the base class."""
+
+    make_empty_snapshot = StorageProvider.make_empty_snapshot
+
+
+def test_a_provider_that_cannot_make_the_first_snapshot_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = start_node(tmp_path, "n1", [1], storage_module=NoBootstrapStorage)
+    config = server.make_config([ident(node)])
+    result = server.bootstrap(addr("server", node), LogPos(1, 1), config)
+    assert result == ("error", "not_supported")
+    assert "NoBootstrapStorage does not implement make_empty_snapshot" in caplog.text
+    node.stop()

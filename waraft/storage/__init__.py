@@ -71,10 +71,12 @@ from waraft.core.types import (
 from waraft.distribution import policy
 from waraft.services import codec, env
 from waraft.services.codec import CodecError
+from waraft.services.logthrottle import LogThrottle
 from waraft.services.replies import coalesced_replies
 from waraft.storage.provider import (
     BAD_POSITION,
     NOT_FOUND,
+    NOT_SUPPORTED,
     OK,
     ApplyItem,
     InvalidIncompleteReplica,
@@ -102,6 +104,9 @@ RESERVED: Final = "$waraft"
 """First element of every reserved key: a key that is a tuple (or list) starting with it is
 the storage's own (``touches_reserved_key``)."""
 RESERVED_KEY_ERROR: Final = ("error", "reserved_key")
+UNENCODABLE_RESULT: Final = ("error", "unencodable_result")
+"""The answer in place of a provider's result that msgpack cannot carry (it was applied)."""
+_UNENCODABLE_LOG = LogThrottle(10.0)
 INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**64 - 1
 """The integers msgpack encodes (an ``incr`` beyond them is answered ``integer_overflow``)."""
@@ -315,6 +320,9 @@ class StorageServer(otp.Process):
             # LMDB) takes the plain $batch entries of an apply message with the plain commands
             # around them: one transaction per message instead of one per entry.
             self._merge_batches = bool(getattr(self.provider, "merge_batches", False))
+            # Results leave for clients on other nodes as msgpack: a provider not known to
+            # answer only encodable values has each batch's results checked (one encode).
+            self._check_results = not getattr(self.provider, "results_encode", False)
             self._corruption: StorageCorruptionError | None = None
             self._awaiting_data: str | None = None  # see _await_data
             self.position: LogPos = self.provider.position()
@@ -502,6 +510,9 @@ class StorageServer(otp.Process):
         for priority, count in done.items():
             if count:
                 queues.commits_finished(count, priority, applied=True)
+        if self._check_results and replies:
+            checked = self._encodable([result for _, result in replies])
+            replies = [(r, result) for (r, _), result in zip(replies, checked, strict=True)]
         for reply_to, result in replies:
             reply_to.reply(result)
         self._serve_reads()
@@ -733,12 +744,33 @@ class StorageServer(otp.Process):
             for from_, command in reads:
                 from_.reply(self._read(command))
 
+    def _encodable(self, results: list[Any]) -> list[Any]:
+        """``results`` with each one msgpack cannot carry (a provider's set, say) replaced by
+        ``UNENCODABLE_RESULT``: a reply frame that did not encode was dropped whole, and every
+        other client request answered in it timed out although it was applied."""
+        try:
+            codec.packb(results)
+        except CodecError:
+            held = _UNENCODABLE_LOG.ready()
+            if held:
+                logger.warning(
+                    "storage %s: the provider answered values msgpack cannot carry (%d times)",
+                    self.name,
+                    held,
+                )
+            return [_encodable_result(r) for r in results]
+        return results
+
     def _read(self, command: Any) -> Any:
         """A read at the current position; a ``$batch`` of reads answers a list. A read the
         provider does not understand gets an error, never a crash."""
         if is_batch_command(command):
-            return [self._read_one(c) for c in self._commands_of(command)]
-        return self._read_one(command)
+            result: Any = [self._read_one(c) for c in self._commands_of(command)]
+        else:
+            result = self._read_one(command)
+        if self._check_results:
+            return self._encodable([result])[0]
+        return result
 
     def _read_one(self, command: Any) -> Any:
         if touches_reserved_key(command):
@@ -816,9 +848,17 @@ class StorageServer(otp.Process):
             return self._open_snapshot(request[1], request[2])
         if kind == "make_empty_snapshot":
             _, path, position, config, data = request
-            return type(provider).make_empty_snapshot(
+            made = type(provider).make_empty_snapshot(
                 provider.options, path, position, config, data
             )
+            if made == NOT_SUPPORTED:
+                logger.error(
+                    "storage %s: %s does not implement make_empty_snapshot, so its partitions "
+                    "cannot be bootstrapped",
+                    self.name,
+                    type(provider).__qualname__,
+                )
+            return made
         if kind == "create_snapshot":
             return self._create_snapshot(request[1] if len(request) > 1 else None, False)
         if kind == "create_witness_snapshot":
@@ -933,6 +973,24 @@ def create_witness_snapshot(storage: otp.Target, name: str | None = None) -> Any
 def delete_snapshot(storage: otp.Target, name: str) -> None:
     """Remove a snapshot directory (a cast)."""
     otp.cast(storage, ("delete_snapshot", name))
+
+
+def _encodable_result(result: Any) -> Any:
+    """``result``, or ``UNENCODABLE_RESULT`` if msgpack cannot carry it; a ``$batch``'s list
+    of results keeps the ones that encode."""
+    if _encodes(result):
+        return result
+    if type(result) is list:
+        return [r if _encodes(r) else UNENCODABLE_RESULT for r in result]
+    return UNENCODABLE_RESULT
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        codec.packb(value)
+    except CodecError:
+        return False
+    return True
 
 
 __all__ = [

@@ -84,7 +84,7 @@ import os
 import shutil
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Self
+from typing import Any, ClassVar, Final, Self
 
 import lmdb
 import msgpack
@@ -372,6 +372,8 @@ class LmdbStorage(TransactionalStorage):
     loss), ``lmdb_map_size`` (initial map size in bytes, default 64 GiB), ``lmdb_writemap``
     (bool, default False).
     """
+
+    results_encode: ClassVar[bool] = True
 
     def __init__(self, options: StorageOptions, directory: str) -> None:
         self.options = options

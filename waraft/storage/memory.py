@@ -89,6 +89,7 @@ class MemoryStorage(StorageProvider):
     """WARaft's ETS storage in Python (not durable: a restart comes back empty)."""
 
     blocking_io: ClassVar[bool] = False
+    results_encode: ClassVar[bool] = True  # values came through msgpack or check_local_op
 
     def __init__(self, options: StorageOptions) -> None:
         self.options = options

@@ -20,13 +20,30 @@ command                                 ``apply`` result      ``read`` result
 =====================================  ====================  ===============================
 
 The table element is ignored (one key space per partition, as in WARaft). Any other command
-raises ``UnknownCommandError``: the storage actor crashes and the partition restarts, as WARaft
-does. ``apply`` always advances ``position()`` to the entry's position.
+raises ``UnknownCommandError``, which the storage actor answers with ``("error",
+("unknown_command", why))`` on every replica (WARaft crashes here); the entry changes nothing.
+``apply`` always advances ``position()`` to the entry's position.
+
+What a provider of one's own must know:
+
+- A command it refuses for what the command *is* (bad arguments, a rule of its data) must be
+  refused the same way on every replica: raise ``UnknownCommandError`` (answered, as above) or
+  return ``("error", reason)``. Any other exception is taken for a fault of this replica (a
+  disk, a bug): the storage actor crashes, the partition restarts and applies the same
+  committed entry again, so an exception the entry always raises restarts it for ever.
+- Results and read answers go to clients on other nodes as msgpack: a value msgpack cannot
+  carry (a set, a datetime) is answered ``("error", "unencodable_result")`` instead (see
+  ``results_encode``).
+- Exactly-once sessions store their table through the provider as ordinary
+  ``("write", "$waraft", key, row)`` and ``("delete", "$waraft", key)`` commands and read it
+  back with ``("read", "$waraft", key)``: a provider used with ``Client(sessions=True)`` must
+  implement those three for such keys.
+- Bootstrap creates the first state through ``make_empty_snapshot``, which the base class
+  answers ``("error", "not_supported")``: a provider that can be bootstrapped implements it.
 
 Errors: recoverable failures are returned as ``("error", reason)`` (snapshot I/O, a snapshot at
 the wrong position: ``("error", "bad_position")``); they leave the provider unchanged. Broken
-invariants raise (``InvalidIncompleteReplica``, ``UnknownCommandError``, I/O errors in the middle
-of an apply).
+invariants raise (``InvalidIncompleteReplica``, I/O errors in the middle of an apply).
 """
 
 from __future__ import annotations
@@ -123,6 +140,12 @@ class StorageProvider(ABC):
     """True if the provider's calls block on I/O (LMDB/SQLite transactions, fsync): the storage
     server then runs on a thread of its own rather than on a scheduler thread shared with other
     partitions. Only a provider that never blocks (the memory storage) sets False."""
+
+    results_encode: ClassVar[bool] = False
+    """True if every result of ``apply``/``apply_batch``/``read`` is a value msgpack encodes
+    (the providers here: their values were decoded from msgpack). Otherwise the storage actor
+    encodes each batch's results once to check, and answers one that does not encode with
+    ``("error", "unencodable_result")`` (it was applied all the same)."""
 
     options: StorageOptions
 

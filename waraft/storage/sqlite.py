@@ -29,7 +29,7 @@ import os
 import sqlite3
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Self
+from typing import Any, ClassVar, Final, Self
 
 from waraft.core.types import Config, LogPos, is_config_command
 from waraft.services.codec import CodecError, packb, unpackb
@@ -94,6 +94,8 @@ class SqliteStorage(TransactionalStorage):
 
     Not thread-safe: the storage actor's thread is the only user.
     """
+
+    results_encode: ClassVar[bool] = True
 
     def __init__(self, options: StorageOptions, directory: str) -> None:
         self.options = options
