@@ -4,6 +4,7 @@ durable partition and travels in snapshots."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -25,6 +26,7 @@ from waraft.services import codec
 from waraft.storage import DERIVED_AFTER_OPAQUE
 from waraft.storage.memory import MemoryStorage
 from waraft.storage.provider import OK, StorageProvider
+from waraft.storage.sqlite import SqliteStorage
 
 SQLITE = "waraft.storage.sqlite:SqliteStorage"
 LMDB = "waraft.storage.lmdb:LmdbStorage"
@@ -469,4 +471,41 @@ def test_a_provider_that_cannot_make_the_first_snapshot_says_so(
     result = server.bootstrap(addr("server", node), LogPos(1, 1), config)
     assert result == ("error", "not_supported")
     assert "NoBootstrapStorage does not implement make_empty_snapshot" in caplog.text
+    node.stop()
+
+
+class RaisingStorage(SqliteStorage):
+    """A user's durable provider whose apply raises for ``("boom", ...)``, as input
+    validation might."""
+
+    def apply_batch(self, items: Any) -> list[Any]:
+        if any(type(c) is tuple and c[:1] == ("boom",) for c, _, _ in items):
+            raise TypeError("boom needs an int")
+        return super().apply_batch(items)
+
+
+def test_an_entry_whose_apply_always_raises_disables_its_replica_not_the_app(
+    tmp_path: Path,
+) -> None:
+    # A review: a provider raising for one committed command restarted its partition for
+    # ever, and the restarts went over the app supervisor's limit, so every other partition
+    # of the app restarted too.
+    node = start_node(tmp_path, "n1", [1, 2], log_module=DISK, storage_module=RaisingStorage)
+    for p in (1, 2):
+        config = server.make_config([ident(node, p)])
+        assert server.bootstrap(addr("server", node, p), LogPos(1, 1), config) == "ok"
+    wait_until(lambda: state(node, 1) == "leader" and state(node, 2) == "leader")
+    other = addr("acceptor", node, 2)
+    assert acceptor.commit(other, ("a", ("incr", "t", "n", 1))) == ("ok", 1)
+    term_of_other = server.status(addr("server", node, 2))["current_term"]
+    result = acceptor.commit(addr("acceptor", node, 1), ("b", ("boom", "t", "x")), timeout=10)
+    assert result[0] == "error", result
+    wait_until(lambda: state(node, 1) == "disabled", timeout=20)
+    status = server.status(addr("server", node, 1))
+    reason = str(status["disable_reason"])
+    assert "storage_failed" in reason and "TypeError: boom needs an int" in reason, reason
+    time.sleep(1.0)  # no more restarts: it stays disabled, and the other partition is untouched
+    assert state(node, 1) == "disabled"
+    assert server.status(addr("server", node, 2))["current_term"] == term_of_other
+    assert acceptor.commit(other, ("c", ("incr", "t", "n", 1))) == ("ok", 2)
     node.stop()

@@ -647,6 +647,7 @@ def _storage_actor(provider: Any) -> Any:
     actor.position, actor.witness, actor.sessions = provider.position(), False, SessionTable()
     actor._notify_complete = False
     actor._merge_batches = bool(getattr(provider, "merge_batches", False))
+    actor._check_results = not getattr(provider, "results_encode", False)
     return actor
 
 

@@ -349,6 +349,9 @@ class RaftServer(otp.StateMachine):
             self._step(events.NotifyComplete())
         elif cls is tuple and len(msg) == 2 and msg[0] == "storage_incomplete":
             self._step(events.StorageIncomplete(str(msg[1])))
+        elif cls is tuple and len(msg) == 2 and msg[0] == "storage_failed":
+            # Storage cannot apply a committed entry (see StorageServer._apply_failed).
+            self._step(events.Disable(None, ("storage_failed", str(msg[1]))))
         elif cls is tuple and msg and msg[0] == "handover" and _peer_arg(msg):
             self._step(events.HandoverRequest(None, msg[1] if len(msg) > 1 else None))
         else:

@@ -254,6 +254,23 @@ def _is_error(result: Any) -> bool:
     return type(result) is tuple and len(result) == 2 and result[0] == "error"
 
 
+POISON_AFTER: Final = 3
+"""Crashes at the same committed entry, for a reason other than the environment, after which
+the storage disables its replica rather than crash again (``StorageServer._apply_failed``)."""
+_apply_failures: dict[tuple[str, str], tuple[int, int]] = {}
+"""(node id, storage name) -> (entry index, crashes there): kept across the actor's restarts."""
+
+
+def _environmental(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from this replica's surroundings (I/O, memory, a database
+    library, damaged data) rather than from what the entry is: those may pass on a retry."""
+    if isinstance(exc, UnknownCommandError):
+        return False  # escaped the per-command answers (a session row the provider refuses)
+    if isinstance(exc, (OSError, MemoryError, StorageError, OutOfOrderApply)):
+        return True
+    return type(exc).__module__.partition(".")[0] in ("lmdb", "sqlite3")
+
+
 class OutOfOrderApply(RuntimeError):
     """Storage was handed an entry that does not follow its position."""
 
@@ -325,6 +342,8 @@ class StorageServer(otp.Process):
             self._check_results = not getattr(self.provider, "results_encode", False)
             self._corruption: StorageCorruptionError | None = None
             self._awaiting_data: str | None = None  # see _await_data
+            self._failed: str | None = None  # see _apply_failed
+            self._failure_key = (self.node.id, self.name)
             self.position: LogPos = self.provider.position()
             self.skipped = 0
             self.sessions = self._load_sessions()
@@ -403,6 +422,10 @@ class StorageServer(otp.Process):
     def handle_cast(self, msg: Any) -> None:
         cls = type(msg)
         if cls is ApplyRequest:
+            if self._failed is not None:
+                # Sent before the server disabled the replica, or after it was enabled again
+                # without a restart: start over from the durable position.
+                raise StorageError(f"storage {self.name} cannot apply: {self._failed}")
             if self._awaiting_data is not None:
                 self.queues.fulfill_apply(len(msg.items), msg.size)  # applied by the snapshot
             else:
@@ -411,6 +434,11 @@ class StorageServer(otp.Process):
                         self._apply(msg.items, msg.size)
                 except InvalidIncompleteReplica as exc:
                     self._await_data(str(exc))
+                except Exception as exc:
+                    self._apply_failed(exc)
+                else:
+                    if _apply_failures:
+                        _apply_failures.pop(self._failure_key, None)
         elif cls is ReadNowRequest:
             self.queues.release_reads(1)
             msg.from_.reply(self._read(msg.command))
@@ -420,6 +448,28 @@ class StorageServer(otp.Process):
             logger.warning("storage %s dropped an unexpected cast %.200r", self.name, msg)
         if self._corruption is not None:
             raise self._corruption
+
+    def _apply_failed(self, exc: Exception) -> None:
+        """An apply raised. A fault of this replica's environment (I/O, the disk, damaged
+        data) crashes the actor as always: the partition restarts and tries again. Anything
+        else is the provider refusing a committed entry in a way no restart changes (a
+        user's apply raising for a command, say): it crashed the partition at every replay,
+        and the restarts went over the app supervisor's limit and restarted every other
+        partition of the app too. After ``POISON_AFTER`` crashes at the same entry the
+        replica is disabled instead (the reason names the entry and the error), applying
+        nothing more until an operator enables it again."""
+        if _environmental(exc):
+            raise exc
+        at = self.position.index + 1
+        seen_at, count = _apply_failures.get(self._failure_key, (at, 0))
+        count = count + 1 if seen_at == at else 1
+        _apply_failures[self._failure_key] = (at, count)
+        if count < POISON_AFTER:
+            raise exc
+        reason = f"applying entry {at} failed {count} times: {type(exc).__name__}: {exc}"[:500]
+        logger.error("storage %s: %s; disabling the replica", self.name, reason)
+        self._failed = reason
+        otp.cast(self.server, ("storage_failed", reason))
 
     def _await_data(self, reason: str) -> None:
         """The config to apply makes this replica, whose data is a witness's (incomplete), a
