@@ -509,3 +509,30 @@ def test_an_entry_whose_apply_always_raises_disables_its_replica_not_the_app(
     assert server.status(addr("server", node, 2))["current_term"] == term_of_other
     assert acceptor.commit(other, ("c", ("incr", "t", "n", 1))) == ("ok", 2)
     node.stop()
+
+
+class NoSessionStorage(LoopingStorage):
+    """A user's provider with commands of its own only: no generic write of reserved keys."""
+
+    def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
+        if type(command) is tuple and command[:1] in (("write",), ("delete",)):
+            raise storage.UnknownCommandError(f"no generic {command[0]} here")
+        return super().apply(command, position, label)
+
+
+def test_a_provider_that_cannot_store_sessions_is_disabled_at_the_first_session(
+    tmp_path: Path,
+) -> None:
+    # A review: its storage crashed at every replay (and the fallback for unknown commands
+    # re-applied the batch's entries the provider had already applied).
+    node = _single(tmp_path, storage_module=NoSessionStorage)
+    acc = addr("acceptor", node)
+    assert acceptor.commit(acc, ("a", ("bump", "t", "n"))) == ("ok", 1)
+    result = acceptor.commit(acc, ("r", register_command(1000)), timeout=5)
+    assert result[0] == "error", result
+    wait_until(lambda: state(node) == "disabled", timeout=10)
+    reason = str(server.status(addr("server", node))["disable_reason"])
+    assert "NoSessionStorage cannot store exactly-once sessions" in reason, reason
+    time.sleep(0.5)
+    assert state(node) == "disabled"
+    node.stop()

@@ -80,6 +80,7 @@ from waraft.storage.provider import (
     OK,
     ApplyItem,
     InvalidIncompleteReplica,
+    SessionStoreError,
     StorageCorruptionError,
     StorageError,
     StorageOptions,
@@ -463,6 +464,8 @@ class StorageServer(otp.Process):
         at = self.position.index + 1
         seen_at, count = _apply_failures.get(self._failure_key, (at, 0))
         count = count + 1 if seen_at == at else 1
+        if isinstance(exc, SessionStoreError):
+            count = max(count, POISON_AFTER)  # the provider cannot hold sessions at all
         _apply_failures[self._failure_key] = (at, count)
         if count < POISON_AFTER:
             raise exc

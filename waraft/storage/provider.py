@@ -101,6 +101,18 @@ def applied_before(exc: UnknownCommandError) -> list[Any]:
     return list(exc.applied) if isinstance(exc, PartialApplyError) else []
 
 
+class SessionStoreError(RuntimeError):
+    """The provider refused the commands that store the exactly-once session table (a
+    generic ``write``/``delete`` of a reserved key) after applying the entries whose results
+    they record. No restart changes that: the storage actor disables its replica."""
+
+    def __init__(self, provider: str, cause: Exception) -> None:
+        super().__init__(
+            f"{provider} cannot store exactly-once sessions: it refuses the generic write, "
+            f"delete or read of the reserved ('$waraft', ...) keys ({cause})"
+        )
+
+
 class InvalidIncompleteReplica(StorageError):
     """The storage lacks data (a witness's) but the config makes this replica a data replica.
 
@@ -265,7 +277,12 @@ class StorageProvider(ABC):
         extra = finalize(results)
         if extra and items:
             _, position, _ = items[-1]
-            self.apply_batch([(command, position, None) for command in extra])
+            try:
+                self.apply_batch([(command, position, None) for command in extra])
+            except UnknownCommandError as exc:
+                # ``items`` are applied: this must not look like an unknown command among
+                # them, or the caller would apply them again one by one.
+                raise SessionStoreError(type(self).__qualname__, exc) from exc
         return results
 
     def apply_many(self, commands: Sequence[Any], position: LogPos, label: Any = None) -> list[Any]:
