@@ -1048,7 +1048,7 @@ class Client:
         client's receive thread, which delivers the register's answer) must not block on it.
         """
         ready: list[_Request] = []
-        register: list[tuple[int, float]] = []
+        register: list[int] = []
         for request in requests:
             partition = request.partition
             with self._session_locks[partition]:
@@ -1057,25 +1057,31 @@ class Client:
                     parked = self._parked.get(partition)
                     if parked is None:
                         parked = self._parked[partition] = []
-                        register.append((partition, request.deadline))
+                        register.append(partition)
                     parked.append(request)
                     continue
                 self._tag_with(partition, state, request)
             ready.append(request)
-        for partition, deadline in register:
-            # The session's token: only this client's calls and close act on it (ids are
-            # log indices, which anyone can guess; see ``waraft.core.sessions``).
-            token = os.urandom(TOKEN_BYTES)
-            # Sent with no session lock held: a closed client answers it inline.
-            self._submit(
-                partition,
-                "commit",
-                register_command(self.session_expire_after, token),
-                "high",
-                max(0.0, deadline - time.monotonic()),
-                partial(self._registered, partition, token),
-            )
+        for partition in register:
+            self._register(partition)
         return ready
+
+    def _register(self, partition: int) -> None:
+        """Send ``partition``'s register command (no session lock held: a closed client
+        answers it inline). It gets the client's own timeout, not that of the commit that
+        happened to start it: each parked commit keeps its own deadline (``_expire_parked``),
+        and one with a short timeout no longer failed the others with the register."""
+        # The session's token: only this client's calls and close act on it (ids are log
+        # indices, which anyone can guess; see ``waraft.core.sessions``).
+        token = os.urandom(TOKEN_BYTES)
+        self._submit(
+            partition,
+            "commit",
+            register_command(self.session_expire_after, token),
+            "high",
+            self.timeout,
+            partial(self._registered, partition, token),
+        )
 
     def _tag_with(self, partition: int, state: list[Any], request: _Request) -> None:
         """Tag ``request`` with the session ``state`` (its partition's lock held)."""
@@ -1084,6 +1090,23 @@ class Client:
         outstanding.add(seq)
         request.item = call_command(sid, seq, min(outstanding), request.item, token)
         request.on_done = partial(self._settled, partition, sid, seq)
+
+    def _expire_parked(self, now: float) -> list[_Request]:
+        """The parked commits past their own deadline, removed (never sent, so they are
+        answered ``timeout``): a commit waiting for its session's register was answered only
+        with the register, at the deadline of whichever commit started it (a review's 0.5 s
+        commit behind a 10 s one took 10 s)."""
+        late: list[_Request] = []
+        for partition in list(self._parked):
+            with self._session_locks[partition]:
+                parked = self._parked.get(partition)
+                if not parked:
+                    continue
+                keep = [r for r in parked if r.deadline > now and not r.done]
+                if len(keep) != len(parked):
+                    late.extend(r for r in parked if r.deadline <= now and not r.done)
+                    parked[:] = keep
+        return late
 
     def _registered(self, partition: int, token: bytes, result: Any) -> None:
         """The register of ``partition``'s session answered: send its parked commits tagged
@@ -1099,6 +1122,20 @@ class Client:
             self._enqueue(parked)
             return
         error = result if _is_error(result) else ("error", ("bad_register_reply", result))
+        if error == TIMEOUT:
+            # Commits with more time than the register had: park them again behind a new one.
+            now = time.monotonic()
+            again = [r for r in parked if r.deadline > now and not r.done]
+            if again:
+                with self._session_locks[partition]:
+                    waiting = self._parked.get(partition)
+                    if waiting is None:
+                        self._parked[partition] = again
+                    else:
+                        waiting.extend(again)
+                if waiting is None:
+                    self._register(partition)
+                parked = [r for r in parked if r not in again]
         for request in parked:
             request.item = ("$session", "register_failed")  # never sent
             request.finish(error)
@@ -1230,12 +1267,15 @@ class Client:
                     ready.append(heapq.heappop(self._delayed)[2])
                 expired: list[_Batch] = []
                 late: list[_Entry] = []
-                if now >= next_scan:
+                scanned = now >= next_scan
+                if scanned:
                     next_scan = now + TICK
                     expired, late = self._scan(now)
             if now >= next_liveness:
                 next_liveness = now + LIVENESS_EVERY
                 expired.extend(self._down_batches())
+            if scanned and self._parked:
+                late.extend(self._expire_parked(now))
             if late:
                 self._count("timeouts", sum([entry.count for entry in late]))
             for request in late:

@@ -849,3 +849,35 @@ def test_a_node_that_stops_answering_altogether_is_still_given_up_on(
         stats = c.stats()
         assert stats["attempt_timeouts"] >= 1 and stats["slow_attempts"] == 0, stats
         assert sum(1 for _p, cmd in log if cmd[2] == "lost") >= 2  # re-sent
+
+
+def test_a_commit_waiting_for_its_session_register_keeps_its_own_deadline(
+    client_node: otp.Node,
+) -> None:
+    """A review: a 0.5 s commit parked behind a register started by a 10 s commit was
+    answered after 10 s; and a register started by a short commit failed every parked
+    commit at that short deadline, however long theirs."""
+    import time
+
+    registers: list[object] = []
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        if cmd[1] == "register":
+            registers.append(cmd)
+            return None if len(registers) == 1 else ("ok", 7)  # the first goes unanswered
+        return "ok"
+
+    with _scripted(client_node, 1, answer, sessions=True, timeout=1.0, attempt_timeout=30.0) as (
+        c,
+        _log,
+    ):
+        start = time.monotonic()
+        long = c.commit_async(1, ("write", "test", "long"), timeout=8.0)
+        short = c.commit_async(1, ("write", "test", "short"), timeout=0.3)
+        assert short.result(5) == ("error", "timeout")
+        assert time.monotonic() - start < 0.9
+        assert not long.done()
+        # The first register runs out at the client's 1 s; the long commit, with time left,
+        # waits for a second one, which is answered.
+        assert long.result(8) == "ok"
+        assert len(registers) == 2
