@@ -120,6 +120,31 @@ def test_a_partition_with_a_label_module_that_cannot_label_is_refused_before_it_
         )
 
 
+def test_provider_settings_name_provider_classes_or_their_modules() -> None:
+    from waraft.log.memory import MemoryLog
+    from waraft.partition import part_sup
+    from waraft.storage.memory import MemoryStorage
+    from waraft.storage.sqlite import SqliteStorage
+
+    base = {"table": "t", "partition": 1}
+    # A module stands for its PROVIDER, as WARaft's settings name modules.
+    opts = part_sup.normalize_spec(
+        "prov_app", {**base, "storage_module": "waraft.storage.memory", "log_module": MemoryLog}
+    )
+    assert opts.storage_module is MemoryStorage and opts.log_module is MemoryLog
+    named = {**base, "storage_module": "waraft.storage.sqlite:SqliteStorage"}
+    assert part_sup.normalize_spec("prov_app", named).storage_module is SqliteStorage
+    # Anything else is refused before the partition starts (it failed inside it before).
+    for key, bad in [
+        ("storage_module", "collections:OrderedDict"),
+        ("storage_module", "waraft.services.env"),
+        ("storage_module", "waraft.log.memory:MemoryLog"),
+        ("log_module", "waraft.storage.memory"),
+    ]:
+        with pytest.raises(ValueError, match=f"{key} .* must name a"):
+            part_sup.normalize_spec("prov_app", {**base, key: bad})
+
+
 def test_histogram_buckets_are_cumulative_and_end_in_inf() -> None:
     hist = metrics.Histogram((0.001, 0.01, 0.1))
     for seconds in (0.0005, 0.001, 0.005, 0.05, 3.0):

@@ -1051,4 +1051,7 @@ class DiskLog(LogProvider):
         return status
 
 
+PROVIDER = DiskLog
+"""The provider this module stands for when a setting names the module."""
+
 __all__ = ["DiskLog", "LogCorruptionError", "LogWriteError"]

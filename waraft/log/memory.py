@@ -295,4 +295,7 @@ class MemoryLog(LogProvider):
         return status
 
 
+PROVIDER = MemoryLog
+"""The provider this module stands for when a setting names the module."""
+
 __all__ = ["MemoryLog"]

@@ -1196,4 +1196,7 @@ class WalLog(MemoryLog):
         return status
 
 
+PROVIDER = WalLog
+"""The provider this module stands for when a setting names the module."""
+
 __all__ = ["WalLog", "WalWriter"]

@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 import threading
+import types
 from typing import Any
 
 from waraft import otp
@@ -122,6 +123,26 @@ def _module(spec: dict[str, Any], application: str, key: str, env_key: Any, defa
     return resolve_module(env.get_env(application, env_key, default))
 
 
+def _provider(spec: dict[str, Any], application: str, kind: str, default: str) -> Any:
+    """The log or storage provider class the spec or the app's settings name. A module
+    stands for its ``PROVIDER`` (``waraft.storage.memory``, as WARaft's settings name
+    modules); anything but a provider class is refused here, with the setting named, rather
+    than failing inside the partition's start (a review got ``AttributeError: ... open``)."""
+    from waraft.log.provider import LogProvider
+    from waraft.storage.provider import StorageProvider
+
+    base = LogProvider if kind == "log" else StorageProvider
+    value = _module(spec, application, f"{kind}_module", f"raft_{kind}_module", default)
+    if isinstance(value, types.ModuleType):
+        value = getattr(value, "PROVIDER", value)
+    if not (isinstance(value, type) and issubclass(value, base)):
+        raise ValueError(
+            f"{kind}_module (raft_{kind}_module) must name a {base.__name__} class, as "
+            f"'package.module:Class', got {value!r}"
+        )
+    return value
+
+
 def _label_module(spec: dict[str, Any], application: str) -> Any:
     module = _module(spec, application, "label_module", "raft_label_module", None)
     label.label_function(module)  # a module that cannot label is refused before anything starts
@@ -157,10 +178,8 @@ def normalize_spec(application: str, spec: dict[str, Any]) -> RaftOptions:
         transport_cleanup_name=transport_cleanup.default_name(table, partition),
         transport_directory=os.path.join(database, "transport"),
         queues=Queues(table, partition, settings),
-        log_module=_module(spec, application, "log_module", "raft_log_module", DEFAULT_LOG_MODULE),
-        storage_module=_module(
-            spec, application, "storage_module", "raft_storage_module", DEFAULT_STORAGE_MODULE
-        ),
+        log_module=_provider(spec, application, "log", DEFAULT_LOG_MODULE),
+        storage_module=_provider(spec, application, "storage", DEFAULT_STORAGE_MODULE),
         label_module=_label_module(spec, application),
         distribution_module=_module(
             spec, application, "distribution_module", "raft_distribution_module", None

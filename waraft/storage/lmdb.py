@@ -769,6 +769,9 @@ class LmdbStorage(TransactionalStorage):
         return OK
 
 
+PROVIDER = LmdbStorage
+"""The provider this module stands for when a setting names the module."""
+
 __all__ = [
     "CHECKSUM_FILE",
     "DEFAULT_MAP_SIZE",

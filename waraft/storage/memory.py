@@ -273,6 +273,9 @@ class MemoryStorage(StorageProvider):
         )
 
 
+PROVIDER = MemoryStorage
+"""The provider this module stands for when a setting names the module."""
+
 __all__ = ["DATA_FILE", "MemoryStorage"]
 
 

@@ -1195,6 +1195,9 @@ class NodeLmdbStorage(LmdbStorage):
         return OK
 
 
+PROVIDER = NodeLmdbStorage
+"""The provider this module stands for when a setting names the module."""
+
 __all__ = [
     "MARKER",
     "NODE_DIR",

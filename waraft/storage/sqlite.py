@@ -308,4 +308,7 @@ class SqliteStorage(TransactionalStorage):
         return OK
 
 
+PROVIDER = SqliteStorage
+"""The provider this module stands for when a setting names the module."""
+
 __all__ = ["DB_FILE", "SNAPSHOT_FILE", "SqliteStorage"]
