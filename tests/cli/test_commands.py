@@ -124,6 +124,14 @@ def test_status_json_and_unreachable_nodes(cluster: Cluster, nodes: str) -> None
     assert any(dead in line and "unreachable" in line for line in done.stdout.splitlines())
 
 
+def test_status_of_partitions_no_node_serves_fails(cluster: Cluster, nodes: str) -> None:
+    done = waraft("status", "--nodes", nodes, "--partitions", "2,9")
+    assert done.returncode == 1
+    assert "no node serves partition(s) 9" in done.stderr
+    other = waraft("status", "--nodes", nodes, "--table", "nope")
+    assert other.returncode == 1 and "no node serves any partition" in other.stderr
+
+
 def test_status_watch_redraws_the_table_until_its_count(cluster: Cluster, nodes: str) -> None:
     done = waraft("status", "--nodes", nodes, "--watch", "0.2", "--count", "3")
     assert done.returncode == 0, done.stderr

@@ -183,7 +183,23 @@ def _status(args: argparse.Namespace) -> int:
             f"waraft status: unreachable: {', '.join(unreachable)}{common.unreachable_hint(args)}",
             file=sys.stderr,
         )
-    return EXIT_FAILED if unreachable else EXIT_OK
+    missing = _missing_partitions(rows, partitions)
+    if missing:
+        print(f"waraft status: {missing}", file=sys.stderr)
+    return EXIT_FAILED if unreachable or missing else EXIT_OK
+
+
+def _missing_partitions(rows: list[dict[str, Any]], partitions: list[int] | None) -> str | None:
+    """What the asked-for status lacks: partitions no reachable node serves (``--partitions
+    9`` of a 4-partition table printed 'no partitions' and exited 0), or any partition."""
+    served = {r.get("partition") for r in rows if "error" not in r}
+    if partitions:
+        lacking = sorted(set(partitions) - served)
+        if lacking:
+            return "no node serves partition(s) " + ", ".join(map(str, lacking))
+    elif not served and rows and all(r.get("error") == "no partitions" for r in rows):
+        return "no node serves any partition of that table"
+    return None
 
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
