@@ -33,6 +33,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -47,6 +48,10 @@ from waraft.cli.common import UsageError
 from waraft.services import gctune
 
 logger = logging.getLogger(__name__)
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""A node name: it is part of node ids, key file names and log lines (a review's name with a
+space passed, and made ids that other tools split wrongly)."""
 
 NODE_DEFAULT_SETTINGS: dict[str, Any] = {
     "raft_election_pre_vote": True,
@@ -128,8 +133,11 @@ class NodeConfig:
             raise UsageError(str(exc)) from None
 
     def check(self) -> NodeConfig:
-        if not self.name or "@" in self.name or "/" in self.name:
-            raise UsageError("--name is required: a node name without '@' or '/' (like n1)")
+        if not _NODE_NAME.fullmatch(self.name):
+            raise UsageError(
+                "--name is required: a node name of letters, digits, '_', '.' and '-' "
+                f"(like n1), got {self.name!r}"[:200]
+            )
         if not self.listen:
             raise UsageError("--listen HOST:PORT is required (port 0 picks a free one)")
         split_listen(self.listen)
