@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 from waraft import distribution as dist
 from waraft.distribution import policy
@@ -66,3 +67,13 @@ def node() -> Iterator[str]:
     finally:
         dist.stop()
         assert not [t for t in _dist_threads() if t.is_alive() and t.name != "dist:term"]
+
+
+@pytest.fixture
+def raw() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A ZeroMQ context for hand-made sockets, destroyed after the test."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)

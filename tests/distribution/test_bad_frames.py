@@ -36,15 +36,6 @@ def small_node() -> Iterator[str]:
         dist.stop()
 
 
-@pytest.fixture
-def raw() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.destroy(linger=0)
-
-
 def _dealer(
     ctx: zmq.Context[zmq.Socket[bytes]], node_id: str, identity: bytes
 ) -> zmq.Socket[bytes]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import zmq
 
@@ -14,15 +12,6 @@ from waraft.services import codec
 from .helpers import start_sink, wait_until
 
 FAKE = "other@127.0.0.1:9"  # a well-formed node id nobody runs
-
-
-@pytest.fixture
-def raw() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.destroy(linger=0)
 
 
 def _node(cluster: str | None) -> str:
