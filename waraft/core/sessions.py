@@ -66,6 +66,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from waraft.core.types import is_hashable
+
 logger = logging.getLogger(__name__)
 
 SESSION: Final = "$session"
@@ -112,14 +114,6 @@ def close_command(session: int, token: bytes | None = None) -> tuple[Any, ...]:
     if token is None:
         return (SESSION, "close", session)
     return (SESSION, "close", session, token)
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _valid_token(token: Any) -> bool:
@@ -246,7 +240,7 @@ class SessionTable:
         size = len(command)
         if kind == "call" and (size == 6 or size == 7):
             _, _, sid, seq, acked, inner = command[:6]
-            if not (_hashable(sid) and _hashable(seq)):
+            if not (is_hashable(sid) and is_hashable(seq)):
                 # Checked before any lookup: the command is already committed, and an
                 # unhashable id (a map) raised here on every replica, at every restart.
                 return Done(BAD_SESSION_CALL)
@@ -286,7 +280,7 @@ class SessionTable:
             return Done(("ok", index))
         if kind == "close" and (size == 3 or size == 4):
             sid = command[2]
-            if not _hashable(sid):
+            if not is_hashable(sid):
                 return Done(BAD_SESSION_CALL)
             found = self._sessions.get(sid)
             if found is not None and found.admits(command[3] if size == 4 else None):

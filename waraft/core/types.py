@@ -93,6 +93,15 @@ CONFIG = "config"  # a config command is the tuple (CONFIG, Config)
 READ_KEY = "$read"  # key of the read-barrier marker entry (its command is NOOP)
 
 
+def is_hashable(value: Any) -> bool:
+    """Whether ``value`` can be a dict key or set member (a map decoded from msgpack cannot)."""
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def is_config_command(command: Any) -> bool:
     """True when ``command`` is a ``(CONFIG, Config)`` membership change."""
     return (

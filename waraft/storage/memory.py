@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
 
 from waraft import otp
-from waraft.core.types import Config, LogPos, is_config_command
+from waraft.core.types import Config, LogPos, is_config_command, is_hashable
 from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.provider import (
     BAD_POSITION,
@@ -155,7 +155,7 @@ class MemoryStorage(StorageProvider):
             # An unhashable key (a map from the wire): the commands before it are applied,
             # this one is answered with an error (hashing each key first would cost the hot
             # path of every packed batch).
-            done = next(i for i, c in enumerate(commands) if not _hashable(c[2]))
+            done = next(i for i, c in enumerate(commands) if not is_hashable(c[2]))
             self._position = position
             raise PartialApplyError(
                 [OK] * done, UnknownCommandError(_unhashable(commands[done]))
@@ -279,14 +279,6 @@ PROVIDER = MemoryStorage
 __all__ = ["DATA_FILE", "MemoryStorage"]
 
 
-def _hashable(key: Any) -> bool:
-    try:
-        hash(key)
-    except TypeError:
-        return False
-    return True
-
-
 def _unhashable(command: Any) -> str:
     return f"a key must be hashable (a map is not): {command!r}"[:500]
 
@@ -295,6 +287,6 @@ def _key(command: Any) -> Any:
     """``command``'s key; ``UnknownCommandError`` if it cannot be one: a map from the wire
     raised ``TypeError`` in the storage actor, which crashed on the committed entry."""
     key = command[2]
-    if not _hashable(key):
+    if not is_hashable(key):
         raise UnknownCommandError(_unhashable(command))
     return key
