@@ -109,11 +109,7 @@ def join(data_dir: str, cluster: str) -> Owner:
     owner = read_owner(data_dir)
     if owner is None:
         raise DataDirError(f"data dir {data_dir} has no {NODE_FILE}: the node never claimed it")
-    _check_same_cluster(data_dir, owner.cluster, cluster)
-    if owner.cluster is None:
-        owner = Owner(owner.name, owner.node_id, cluster)
-        write_owner(data_dir, owner)
-    return owner
+    return claim(data_dir, owner.name, owner.node_id, cluster)
 
 
 def _check_same_cluster(data_dir: str, recorded: str | None, cluster: str | None) -> None:
