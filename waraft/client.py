@@ -48,8 +48,8 @@ node's ``waraft_admin`` process (``waraft node`` registers it) in the background
 gateway itself: a reply carrying an error names the leader that node knows of, so a request
 sent to a follower is redirected in one hop. ``not_leader`` and ``("notify_redirect", node)``
 (a handover in progress) are retried at the new leader; ``commit_queue_full``,
-``commit_queue_bytes_full``, ``apply_queue_full`` and ``read_queue_full`` are retried with
-exponential backoff;
+``commit_queue_bytes_full``, ``apply_queue_full``, ``read_queue_full`` and
+``read_queue_bytes_full`` are retried with exponential backoff;
 ``not_leader`` without a usable hint (an election under way) is asked again at most every
 ``NOT_LEADER_POLL`` s. A hint naming a node that failed an attempt less than ``STALE_HINT`` s
 ago is ignored: the follower has not noticed yet that the leader is gone. A node that
@@ -163,7 +163,13 @@ _dist_users = 0  # clients using the shared distribution node (guarded by _DIST_
 _dist_owned = False  # whether a client started it (then the last client out stops it)
 
 _OVERLOAD: Final = frozenset(
-    {"commit_queue_full", "commit_queue_bytes_full", "apply_queue_full", "read_queue_full"}
+    {
+        "commit_queue_full",
+        "commit_queue_bytes_full",
+        "apply_queue_full",
+        "read_queue_full",
+        "read_queue_bytes_full",
+    }
 )
 CLOSED: Final = ("error", "closed")
 TIMEOUT: Final = ("error", "timeout")
@@ -579,6 +585,7 @@ class _Batch:
         "node",
         "packed",
         "partition",
+        "parts",
         "requests",
     )
 
@@ -601,6 +608,8 @@ class _Batch:
         self.earliest = earliest
         self.count = len(requests) if count is None else count
         self.deadline_bound = deadline_bound
+        # The results of a reply that comes in parts (``client_reply_part``), as they arrive.
+        self.parts: list[Any] | None = None
 
     def grouped(self) -> bool:
         """Whether any entry is still a ``_Group``."""
@@ -629,6 +638,10 @@ def _pack(kind: str, commands: list[Any]) -> list[Any]:
     if kind == "commit":
         return [(make_ref(), (BATCH, codec.packb(commands)))]
     return [(BATCH, codec.packb(commands))]
+
+
+_MISSING: Any = object()
+"""A result of a reply in parts that has not arrived yet."""
 
 
 class _Receiver(otp.Process):
@@ -758,7 +771,12 @@ class Client:
 
             # The only thing nodes may send this client: the replies to its batches.
             policy.allow(
-                name, casts={"client_reply": policy.MEMBER, "client_replies": policy.MEMBER}
+                name,
+                casts={
+                    "client_reply": policy.MEMBER,
+                    "client_replies": policy.MEMBER,
+                    "client_reply_part": policy.MEMBER,
+                },
             )
 
             # Replies are handled in dist's receive thread: no hop to the receiver's thread.
@@ -1569,7 +1587,41 @@ class Client:
             return self._reply_of(msg[1:])
         if msg[0] == "client_replies" and len(msg) == 2 and isinstance(msg[1], (tuple, list)):
             return all([self._reply_of(reply) for reply in msg[1]])
+        if msg[0] == "client_reply_part" and len(msg) == 7:
+            return self._part_of(*msg[1:])
         return False
+
+    def _part_of(
+        self, batch_id: Any, inner: Any, start: Any, total: Any, results: Any, hint: Any
+    ) -> bool:
+        """One part of a reply too large for one frame (``waraft.services.replies``): kept on
+        its batch until every value is in, then handled as one reply (``inner``: the values
+        are the items of the reply's one result, a packed batch's list). Parts of a batch that
+        expired meanwhile are dropped with it."""
+        if not (
+            type(batch_id) is int
+            and type(inner) is bool
+            and type(start) is int
+            and type(total) is int
+            and isinstance(results, (tuple, list))
+            and start >= 0
+            and start + len(results) <= total
+        ):
+            return False
+        with self._lock:
+            batch = self._inflight.get(batch_id)
+            if batch is None:
+                return True  # expired and retried already
+            parts = batch.parts
+            if parts is None or len(parts) != total:
+                parts = batch.parts = [_MISSING] * total
+            parts[start : start + len(results)] = results
+            if _MISSING in parts:
+                return True
+            batch.parts = None
+        reply = [parts] if inner else parts
+        self._on_reply(batch_id, reply, hint if isinstance(hint, str) else None)
+        return True
 
     def _reply_of(self, reply: Any) -> bool:
         if not (isinstance(reply, (tuple, list)) and len(reply) == 3):

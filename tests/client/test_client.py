@@ -881,3 +881,50 @@ def test_a_commit_waiting_for_its_session_register_keeps_its_own_deadline(
         # waits for a second one, which is answered.
         assert long.result(8) == "ok"
         assert len(registers) == 2
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_a_reply_too_large_for_one_frame_arrives_in_parts_and_answers_every_read(
+    tmp_path: Path, client_node: otp.Node, pack: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reads of large values in one batch made one reply larger than the frame limit, dropped
+    # whole: no read of the batch was ever answered. Frames of 300 bytes here.
+    from waraft.services import replies
+
+    monkeypatch.setattr(replies, "REPLY_FRAME_BYTES", 300)
+    split = []
+    real = replies._send_parts
+
+    def counted(*args: Any) -> None:
+        split.append(args[1])
+        real(*args)
+
+    monkeypatch.setattr(replies, "_send_parts", counted)
+    with cluster(tmp_path) as nodes:
+        c = _client(nodes, client_node, pack=pack)
+        try:
+            writes = [c.commit_async(1, ("write", "test", i, bytes([i]) * 100)) for i in range(30)]
+            assert [f.result(10) for f in writes] == ["ok"] * 30
+            reads = [c.read_async(1, ("read", "test", i)) for i in range(30)]
+            assert [f.result(10) for f in reads] == [("ok", bytes([i]) * 100) for i in range(30)]
+            assert split, "no reply was large enough to be split"
+        finally:
+            c.close()
+
+
+def test_reads_past_the_reply_byte_budget_are_refused_and_retried(
+    tmp_path: Path, client_node: otp.Node
+) -> None:
+    # Reads are admitted by count; 5000 reads of a 1 MiB value made 5 GB of results in one
+    # turn of storage. Past raft_max_read_reply_bytes (1 KiB here) a read is answered
+    # read_queue_bytes_full, which the client retries.
+    with cluster(tmp_path, settings={"raft_max_read_reply_bytes": 1024}) as nodes:
+        c = _client(nodes, client_node)
+        try:
+            assert c.commit(1, ("write", "test", "big", b"b" * 400)) == "ok"
+            before = c.stats()["retries"]
+            reads = [c.read_async(1, ("read", "test", "big")) for _ in range(20)]
+            assert [f.result(20) for f in reads] == [("ok", b"b" * 400)] * 20
+            assert c.stats()["retries"] > before  # some were refused and asked again
+        finally:
+            c.close()

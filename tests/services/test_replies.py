@@ -39,13 +39,13 @@ def test_large_replies_are_cut_into_frames_of_bounded_size(
         for batch in range(20):
             replies.send_client_reply(("gw", "c1"), batch, [("ok", value)], None)
         replies.send_client_reply(("gw", "c1"), 20, [("ok", big)], None)
-    frames = [msg[1] for addr, msg in sent]
-    assert all(msg[0] == "client_replies" for _, msg in sent)
-    assert [reply[0] for frame in frames for reply in frame] == list(range(21))
-    for frame in frames[:-1]:
+    frames = [msg[1] for addr, msg in sent[:-1]]
+    assert all(msg[0] == "client_replies" for _, msg in sent[:-1])
+    assert [reply[0] for frame in frames for reply in frame] == list(range(20))
+    for frame in frames:
         assert sum(len(r[1][0][1]) for r in frame) <= replies.REPLY_FRAME_BYTES
-    assert [r[0] for r in frames[-1]] == [20]  # a single larger reply leaves on its own
-    assert len(frames) == 7 + 1  # three replies of 1 MiB and "ok" fit in 4 MiB; then the big one
+    assert len(frames) == 7  # three replies of 1 MiB and "ok" fit in 4 MiB
+    assert sent[-1][1] == ("client_reply", 20, [("ok", big)], None)  # alone, in a frame of its own
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,37 @@ def test_large_replies_are_cut_into_frames_of_bounded_size(
 def test_the_fast_size_of_write_results_agrees_with_the_estimate(results: Any) -> None:
 
     assert replies._results_size(results) == approx_command_size(results)
+
+
+def test_a_batch_larger_than_a_frame_leaves_in_parts_that_cover_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 136 reads of a 1 MiB value in one batch made one 136 MiB reply, dropped at the frame
+    # limit: not one of its reads was answered.
+    sent = _casts(monkeypatch)
+    value = b"v" * (1024 * 1024)
+    results = [("ok", value)] * 10 + ["not_found"]
+    replies.send_client_reply(("gw", "c1"), 5, results, "n2")
+    parts = [msg for _, msg in sent]
+    assert len(parts) > 1 and all(p[0] == "client_reply_part" for p in parts)
+    assert {(p[1], p[2], p[4], p[6]) for p in parts} == {(5, False, 11, "n2")}
+    assert [p[3] for p in parts] == sorted(p[3] for p in parts)
+    assert [r for p in parts for r in p[5]] == results
+    for part in parts:
+        assert sum(approx_command_size(r) for r in part[5]) <= replies.REPLY_FRAME_BYTES
+
+
+def test_a_packed_result_larger_than_a_frame_is_split_inside(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A packed batch of reads has one result: the list of the answers of its commands.
+    sent = _casts(monkeypatch)
+    answers = [("ok", b"v" * (1024 * 1024))] * 9
+    with replies.coalesced_replies():
+        replies.send_client_reply(("gw", "c1"), 6, [answers], None)
+        replies.send_client_reply(("gw", "c1"), 7, ["ok"], None)
+    kinds = [msg[0] for _, msg in sent]
+    assert kinds.count("client_reply_part") > 1 and kinds[-1] == "client_reply"
+    parts = [msg for _, msg in sent if msg[0] == "client_reply_part"]
+    assert all(p[1] == 6 and p[2] is True and p[4] == 9 for p in parts)
+    assert [r for p in parts for r in p[5]] == answers

@@ -30,6 +30,11 @@ class Settings:
     # storage or cancelled, both priorities together; beyond it commits are refused with
     # ``commit_queue_bytes_full`` (a client retries it like ``commit_queue_full``). 0 = unbounded.
     raft_max_pending_commit_bytes: int = 16 * 1024 * 1024
+    # Not a WARaft knob (issue 14): estimated bytes of results storage builds for the strong
+    # reads it answers at once (the reads queued behind one position); the reads past it are
+    # answered ``read_queue_bytes_full`` (retried by the client like ``read_queue_full``), so
+    # reads are bounded by the bytes they return, not only by their count. 0 = unbounded.
+    raft_max_read_reply_bytes: int = 64 * 1024 * 1024
     raft_election_pre_vote: bool = False
     raft_leader_check_quorum: bool = False
     raft_leader_read_lease_ms: int = 0

@@ -25,6 +25,7 @@ COMMIT_QUEUE_FULL = "commit_queue_full"
 COMMIT_QUEUE_BYTES_FULL = "commit_queue_bytes_full"
 APPLY_QUEUE_FULL = "apply_queue_full"
 READ_QUEUE_FULL = "read_queue_full"
+READ_QUEUE_BYTES_FULL = "read_queue_bytes_full"
 
 
 class Queues:

@@ -18,8 +18,9 @@ from waraft import otp
 from waraft.core.log import approx_command_size
 
 REPLY_FRAME_BYTES: Final = 4 * 1024 * 1024
-"""About how many bytes of results one coalesced reply frame carries (a single larger reply
-still leaves alone, in a frame of its own)."""
+"""About how many bytes of results one reply frame carries. A batch whose results are larger
+leaves in parts (``client_reply_part``); only a single result larger than this leaves in a
+frame of its own."""
 
 
 class _ReplyOutbox:
@@ -54,6 +55,8 @@ def send_client_reply(addr: tuple[str, str], batch_id: int, results: Any, hint: 
         if pending is None:
             pending = outbox.pending = {}
         pending.setdefault(addr, []).append((batch_id, results, hint))
+    elif type(results) is list and _results_size(results) > REPLY_FRAME_BYTES:
+        _send_parts(addr, batch_id, results, hint)
     else:
         otp.cast(addr, ("client_reply", batch_id, results, hint))
 
@@ -73,10 +76,13 @@ def coalesced_replies() -> Iterator[None]:
             pending, outbox.pending = outbox.pending, None
             for addr, replies in pending.items():
                 if len(replies) == 1:
-                    otp.cast(addr, ("client_reply", *replies[0]))
+                    send_client_reply(addr, *replies[0])
                 else:
                     for chunk in _frames(replies):
-                        otp.cast(addr, ("client_replies", chunk))
+                        if len(chunk) == 1:
+                            send_client_reply(addr, *chunk[0])
+                        else:
+                            otp.cast(addr, ("client_replies", chunk))
 
 
 def _frames(replies: list[tuple[int, Any, Any]]) -> Iterator[list[tuple[int, Any, Any]]]:
@@ -97,6 +103,35 @@ def _frames(replies: list[tuple[int, Any, Any]]) -> Iterator[list[tuple[int, Any
         size += bytes_
     if chunk:
         yield chunk
+
+
+def _send_parts(addr: tuple[str, str], batch_id: int, results: list[Any], hint: Any) -> None:
+    """Answer one batch whose results pass ``REPLY_FRAME_BYTES`` in several frames of about
+    that size each, which the client puts together: ``("client_reply_part", batch_id, inner,
+    start, total, part, hint)``, ``part`` being ``values[start:start + len(part)]`` of the
+    ``total`` values. ``inner`` says what ``values`` are: the results themselves, or the items
+    of the batch's one result (a packed ``$batch``: one result, a list with an answer per
+    command).
+
+    In one frame, a batch of 136 reads of a 1 MiB value made a 136 MiB reply: dropped at the
+    frame limit, so not one of its reads was answered, and the client's retries asked for
+    the same again (a review's client got 4 answers out of 1,089 reads in 10 s)."""
+    inner = len(results) == 1 and type(results[0]) is list
+    values: list[Any] = results[0] if inner else results
+    total = len(values)
+    if total < 2:  # one value larger than a frame: nothing to split
+        otp.cast(addr, ("client_reply", batch_id, results, hint))
+        return
+    start = size = 0
+    for index, value in enumerate(values):
+        bytes_ = approx_command_size(value)
+        if index > start and size + bytes_ > REPLY_FRAME_BYTES:
+            part = values[start:index]
+            otp.cast(addr, ("client_reply_part", batch_id, inner, start, total, part, hint))
+            start, size = index, 0
+        size += bytes_
+    part = values[start:]
+    otp.cast(addr, ("client_reply_part", batch_id, inner, start, total, part, hint))
 
 
 def _results_size(results: Any) -> int:

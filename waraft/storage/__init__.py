@@ -43,12 +43,13 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from waraft import otp
 from waraft.core.effects import ApplyItem as CoreApplyItem
+from waraft.core.log import approx_command_size
 from waraft.core.sessions import (
     INDEX_VERSION,
     SESSION,
@@ -72,6 +73,7 @@ from waraft.distribution import policy
 from waraft.services import codec, env
 from waraft.services.codec import CodecError
 from waraft.services.logthrottle import LogThrottle
+from waraft.services.queues import READ_QUEUE_BYTES_FULL
 from waraft.services.replies import coalesced_replies
 from waraft.storage.provider import (
     BAD_POSITION,
@@ -105,6 +107,7 @@ RESERVED: Final = "$waraft"
 """First element of every reserved key: a key that is a tuple (or list) starting with it is
 the storage's own (``touches_reserved_key``)."""
 RESERVED_KEY_ERROR: Final = ("error", "reserved_key")
+READ_BYTES_FULL_ERROR: Final = ("error", READ_QUEUE_BYTES_FULL)
 UNENCODABLE_RESULT: Final = ("error", "unencodable_result")
 """The answer in place of a provider's result that msgpack cannot carry (it was applied)."""
 _UNENCODABLE_LOG = LogThrottle(10.0)
@@ -794,8 +797,10 @@ class StorageServer(otp.Process):
     def _serve_reads(self) -> None:
         reads = self.queues.take_reads(self.position.index)
         if reads:
+            limit = self.queues.settings.raft_max_read_reply_bytes
+            budget = _ReplyBudget(limit) if limit else None
             for from_, command in reads:
-                from_.reply(self._read(command))
+                from_.reply(self._read(command, budget))
 
     def _encodable(self, results: list[Any]) -> list[Any]:
         """``results`` with each one msgpack cannot carry (a provider's set, say) replaced by
@@ -814,11 +819,18 @@ class StorageServer(otp.Process):
             return [_encodable_result(r) for r in results]
         return results
 
-    def _read(self, command: Any) -> Any:
+    def _read(self, command: Any, budget: _ReplyBudget | None = None) -> Any:
         """A read at the current position; a ``$batch`` of reads answers a list. A read the
-        provider does not understand gets an error, never a crash."""
-        if is_batch_command(command):
-            result: Any = [self._read_one(c) for c in self._commands_of(command)]
+        provider does not understand gets an error, never a crash. With ``budget``, reads
+        past it are answered ``read_queue_bytes_full`` instead of read (see
+        ``raft_max_read_reply_bytes``)."""
+        if budget is not None:
+            if is_batch_command(command):
+                result: Any = [budget.read(self._read_one, c) for c in self._commands_of(command)]
+            else:
+                result = budget.read(self._read_one, command)
+        elif is_batch_command(command):
+            result = [self._read_one(c) for c in self._commands_of(command)]
         else:
             result = self._read_one(command)
         if self._check_results:
@@ -1026,6 +1038,29 @@ def create_witness_snapshot(storage: otp.Target, name: str | None = None) -> Any
 def delete_snapshot(storage: otp.Target, name: str) -> None:
     """Remove a snapshot directory (a cast)."""
     otp.cast(storage, ("delete_snapshot", name))
+
+
+class _ReplyBudget:
+    """Bytes of read results one turn of storage may still build (``raft_max_read_reply_bytes``).
+
+    Reads are admitted by count (``raft_max_pending_reads``, 5000), and storage answers every
+    read queued behind a position at once: 5000 reads of a 1 MiB value made 5 GB of results
+    in one turn, before a byte of it could leave (a review's leader passed 2 GB and stopped
+    answering anything). Past the budget a read is answered at once with
+    ``read_queue_bytes_full``, which the client retries after a back-off, when the replies
+    already built have left."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def read(self, read_one: Callable[[Any], Any], command: Any) -> Any:
+        if self.left <= 0:
+            return READ_BYTES_FULL_ERROR
+        result = read_one(command)
+        self.left -= approx_command_size(result)
+        return result
 
 
 def _encodable_result(result: Any) -> Any:
