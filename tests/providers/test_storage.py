@@ -90,6 +90,21 @@ def test_unknown_commands_raise(storage: StorageProvider, command: Any) -> None:
         storage.read(("get", "t", "k"), pos(1))
 
 
+def test_an_unknown_command_with_a_large_value_gets_a_short_error(
+    storage: StorageProvider,
+) -> None:
+    # The error echoed the whole command: a bad write of a 1 MB value was answered (and
+    # logged) with a 1 MB message.
+    big = b"v" * 1_000_000
+    for call in (
+        lambda: storage.apply(("write", "t", "k", big, "extra"), pos(1)),
+        lambda: storage.read(("get", "t", big), pos(0)),
+    ):
+        with pytest.raises(UnknownCommandError) as caught:
+            call()
+        assert len(str(caught.value)) < 300
+
+
 def test_labels_are_stored(storage: StorageProvider) -> None:
     storage.apply(("write", "t", "k", 1), pos(1), label=7)
     assert storage.label() == 7

@@ -287,7 +287,7 @@ class SessionTable:
                 del self._sessions[sid]
                 self._came_or_went(sid)
             return Done("ok")
-        return Done(("error", ("unknown_command", f"bad session command {command!r}")))
+        return Done(("error", ("unknown_command", f"bad session command {command!r:.200}")))
 
     def finish(self, session: int, seq: int, result: Any) -> None:
         """Record ``result`` of the ``Apply`` that ``begin`` returned for ``(session, seq)``."""

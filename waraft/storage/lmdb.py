@@ -526,7 +526,7 @@ class LmdbStorage(TransactionalStorage):
                 elif kind == "noop_omitted" and command == kind:
                     incomplete = True
                 elif not (kind == "noop" and command == kind):
-                    raise UnknownCommandError(f"unknown storage command {command!r}")
+                    raise UnknownCommandError(f"unknown storage command {command!r:.200}")
                 if item_label is not None:
                     label = item_label
             position = item_position
@@ -619,7 +619,7 @@ class LmdbStorage(TransactionalStorage):
             return ("ok", unpackb(raw))
         if kind == "noop" and command == kind:
             return OK
-        raise UnknownCommandError(f"unknown storage read {command!r}")
+        raise UnknownCommandError(f"unknown storage read {command!r:.200}")
 
     # -- snapshots ----------------------------------------------------------------------------
 

@@ -122,7 +122,7 @@ class MemoryStorage(StorageProvider):
         elif kind == "noop_omitted" and command == kind:
             self._incomplete = True
         elif not (kind == "noop" and command == kind):
-            raise UnknownCommandError(f"unknown storage command {command!r}")
+            raise UnknownCommandError(f"unknown storage command {command!r:.200}")
         if label is not None:
             self._label = label
         self._position = position
@@ -177,7 +177,7 @@ class MemoryStorage(StorageProvider):
             or (kind in ("noop", "noop_omitted") and command == kind)
         )
         if not known:
-            raise UnknownCommandError(f"unknown storage command {command!r}")
+            raise UnknownCommandError(f"unknown storage command {command!r:.200}")
         if kind in ("write", "delete"):
             _key(command)
 
@@ -198,7 +198,7 @@ class MemoryStorage(StorageProvider):
                 raise UnknownCommandError(_unhashable(command)) from None
         if kind == "noop" and command == kind:
             return OK
-        raise UnknownCommandError(f"unknown storage read {command!r}")
+        raise UnknownCommandError(f"unknown storage read {command!r:.200}")
 
     # -- snapshots ----------------------------------------------------------------------------
 

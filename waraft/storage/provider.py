@@ -370,7 +370,7 @@ def command_kind(command: Any) -> str:
         return command
     if isinstance(command, tuple | list) and command and type(command[0]) is str:
         return command[0]
-    raise UnknownCommandError(f"unknown storage command {command!r}")
+    raise UnknownCommandError(f"unknown storage command {command!r:.200}")
 
 
 def write_metadata(

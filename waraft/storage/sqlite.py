@@ -173,7 +173,7 @@ class SqliteStorage(TransactionalStorage):
                         if kind == "noop_omitted" and command == kind:
                             incomplete = True
                         elif not (kind == "noop" and command == kind):
-                            raise UnknownCommandError(f"unknown storage command {command!r}")
+                            raise UnknownCommandError(f"unknown storage command {command!r:.200}")
                     if op:
                         if op is not pending_sql and pending:
                             conn.executemany(pending_sql, pending)
@@ -209,7 +209,7 @@ class SqliteStorage(TransactionalStorage):
             return NOT_FOUND if row is None else ("ok", unpackb(row[0]))
         if kind == "noop" and command == kind:
             return OK
-        raise UnknownCommandError(f"unknown storage read {command!r}")
+        raise UnknownCommandError(f"unknown storage read {command!r:.200}")
 
     # -- snapshots ----------------------------------------------------------------------------
 
