@@ -4,7 +4,10 @@ disabled replicas, witnesses, handover, leader stickiness, pre-vote and check-qu
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 from tests.sim.helpers import check_one_leader, index_of, one, wait_applied, write
 from waraft.core.events import Bootstrap
@@ -155,6 +158,55 @@ def test_disabled_replica_acts_dead_keeps_its_reason_and_needs_data_after_enable
     assert sim.enable(victim) == ("error", "already_enabled")
     index = one(sim, write("back"), 3)
     wait_applied(sim, index, sim.node_ids)
+
+
+@pytest.mark.parametrize(("replicas", "seed"), [(3, 21), (2, 22), (3, 23), (1, 24)])
+def test_disabling_and_enabling_replicas_of_a_quorum_leaves_the_partition_a_leader(
+    replicas: int, seed: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="waraft.core")
+    # WARaft's enable moves a replica to stalled, to wait for a leader's snapshot; with a
+    # majority re-enabled no leader could exist, and trigger_election and promote are refused
+    # in stalled: the partition had no leader until a node was restarted.
+    n = 3 if replicas > 1 else 1
+    sim = _sim(n, seed)
+    leader = check_one_leader(sim, sim.node_ids)
+    acked = [one(sim, write(i, key=f"k{i}"), n) for i in range(5)]
+    order = [leader] + [x for x in sim.node_ids if x != leader]
+    chosen = order[:replicas]
+    for node in chosen:
+        assert sim.disable(node, "maintenance") == "ok"
+    sim.run_for(500)
+    for node in chosen:
+        assert sim.enable(node) == "ok"
+        assert sim.state(node) is State.STALLED
+    assert sim.run_until(lambda: any(sim.state(x) is State.LEADER for x in sim.node_ids), 20_000), (
+        sim.describe()
+    )
+    index = one(sim, write("after", key="after"), n)
+    wait_applied(sim, index, sim.node_ids)
+    assert "no leader came" in caplog.text or "alone in its config" in caplog.text
+    for node in sim.node_ids:
+        data = _data(sim, node)
+        assert all(data.get(f"k{i}") == i for i in range(5)), (node, data, acked)
+
+
+def test_a_re_enabled_replica_with_a_leader_waits_for_its_snapshot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One replica re-enabled while a leader runs: it leaves stalled through the leader's
+    # snapshot (WARaft's rule), not through the wait for a leader that is there.
+    sim = _sim(3, 25)
+    leader = check_one_leader(sim, sim.node_ids)
+    victim = next(x for x in sim.node_ids if x != leader)
+    one(sim, write(1), 3)
+    assert sim.disable(victim, "maintenance") == "ok"
+    with caplog.at_level(logging.INFO, logger="waraft.core"):
+        assert sim.enable(victim) == "ok"
+        assert sim.run_until(lambda: sim.state(victim) is State.FOLLOWER, 10_000)
+        sim.run_for(5000)
+    assert sim.state(victim) is State.FOLLOWER
+    assert "no leader came" not in caplog.text
 
 
 def test_disabling_the_leader_elects_another() -> None:

@@ -138,6 +138,8 @@ class Replica:
         self.handover_lease_state: str = LEASE_UNAFFECTED
         # an InstallSnapshot we are waiting on: (purpose, position, extra)
         self.pending_install: tuple[str, LogPos, Any] | None = None
+        # ``stalled`` entered by ``enable`` with data: it may leave when no leader comes.
+        self.reenabled_wait = False
         # quiescence (see ``quiesce``): nodes the failure detector reports down, whether this
         # replica is quiescent, the leader's last non-idle moment and its quiesce-round acks
         self.down_nodes: set[str] = set()

@@ -1,9 +1,17 @@
 """The ``stalled`` state: a replica without trustworthy data (new or replaced node).
 
 It takes no part in quorums: it rejects every ``append_entries`` with a zero match index (which
-makes the leader send it a snapshot), ignores vote requests, and leaves only through
-``bootstrap`` or an installed snapshot (``snapshot_available``). The older README's
-``promote(..., config)`` on an empty replica also passes through here (``admin``).
+makes the leader send it a snapshot), ignores vote requests, and leaves through ``bootstrap``
+or an installed snapshot (``snapshot_available``). The older README's ``promote(..., config)``
+on an empty replica also passes through here (``admin``).
+
+One more way out, not WARaft's: a replica re-enabled (``enable`` from ``disabled``) that holds
+data waits here for a leader's snapshot as WARaft's does, but when no leader has contacted it
+for an election timeout it goes where a restart would take it (follower, witness, or candidate
+as a single member). In WARaft, disabling and enabling a majority of a partition's replicas
+left every one of them stalled, waiting for a leader none of them could become: the partition
+had no leader until a node was restarted, and ``trigger_election`` and ``promote`` are refused
+in this state. A restart trusts the same data, so leaving here is no less safe than one.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from waraft.core.events import (
     Event,
     Promote,
     SnapshotAvailable,
+    Timeout,
     TriggerElection,
 )
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse, Payload
@@ -28,6 +37,32 @@ if TYPE_CHECKING:
 
 def enter(core: Replica, old: State) -> None:
     enter_state(core, State.STALLED)
+    if old is not State.STALLED:  # (a repeat, on a new term, keeps waiting)
+        core.reenabled_wait = old is State.DISABLED and _holds_data(core)
+    if core.reenabled_wait:
+        core.election_timeout()
+
+
+def _holds_data(core: Replica) -> bool:
+    """What a restart requires to leave ``stalled`` (``RaftCore._initial_state``)."""
+    return core.last_applied > 0 and core.cached_config is not None
+
+
+def _on_timeout(core: Replica) -> None:
+    """The wait of a re-enabled replica (see the module docstring) ran out."""
+    heard = core.last_quorum_ts
+    if heard is not None and core.now - heard < core.settings.raft_election_timeout_ms:
+        core.election_timeout()  # a leader is there: its snapshot is on the way
+        return
+    if not (core.reenabled_wait and _holds_data(core)) or core.pending_install is not None:
+        return
+    core.count("stalled.timeout")
+    if core.is_single_member():
+        core.log_notice("re-enabled, alone in its config: starting an election")
+        core.goto(State.CANDIDATE)
+    else:
+        core.log_notice("re-enabled, and no leader came for its data: following as after a restart")
+        core.goto(core.follower_or_witness())
 
 
 def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:
@@ -46,5 +81,7 @@ def handle_event(core: Replica, event: Event) -> None:
             admin.promote_with_config(core, event)
         case Promote() | TriggerElection():
             core.reply(event.from_, error("invalid_state"))
+        case Timeout():
+            _on_timeout(core)
         case _:
             admin.command(core, event)
