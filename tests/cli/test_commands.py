@@ -53,6 +53,22 @@ def nodes(cluster: Cluster) -> str:
     return ids
 
 
+def test_a_node_spelled_with_another_host_alias_bootstraps_nothing(cluster: Cluster) -> None:
+    # Runs first, on the fresh cluster. ``n1@localhost:P`` for ``n1@127.0.0.1:P`` looks like
+    # a node that is down; the other two were bootstrapped with it as a member nobody
+    # answered for, and the real n1 stayed stalled.
+    ids = cluster.ids
+    alias = ids[0].replace("@127.0.0.1:", "@localhost:")
+    done = waraft("bootstrap", "--nodes", ",".join([alias, *ids[1:]]), "--partitions", "1-2",
+                  "--timeout", "10", "--down-after", "1")  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{alias} did not answer (unreachable)" in done.stdout
+    assert "--allow-unreachable" in done.stdout
+    status = waraft("status", "--nodes", ",".join(ids), "--json", "--partitions", "1-2")
+    rows = json.loads(status.stdout)
+    assert len(rows) == 6 and {row["state"] for row in rows} == {"stalled"}, rows
+
+
 def test_bootstrap_twice_is_harmless(nodes: str) -> None:
     again = waraft("bootstrap", "--nodes", nodes, "--partitions", "1-4", "--json")
     assert again.returncode == 0, again.stderr

@@ -80,9 +80,13 @@ def test_a_node_on_an_earlier_deployments_data_dir_is_refused(
         assert [rows[(new.ids[i], 1)]["state"] for i in (0, 2)] == ["stalled", "stalled"]
         assert [new.admin(i, "cluster") for i in (0, 2)] == [("ok", None), ("ok", None)]
 
-        # With that node down, the others bootstrap a cluster of their own ...
+        # With that node down, nothing is bootstrapped unless asked; then the others
+        # bootstrap a cluster of their own ...
         new.nodes[1].kill()
         results = ops.bootstrap_cluster(new.ids, "kv", [1], timeout=10.0)
+        assert results[0].bootstrap == {} and "--allow-unreachable" in str(results[0].error)
+        assert [new.admin(i, "cluster") for i in (0, 2)] == [("ok", None), ("ok", None)]
+        results = ops.bootstrap_cluster(new.ids, "kv", [1], timeout=10.0, allow_unreachable=True)
         assert "unreachable" in str(results[0].error), results[0]
         assert results[0].leader in (new.ids[0], new.ids[2])
         _, new_id = new.admin(0, "cluster")

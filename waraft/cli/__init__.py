@@ -88,6 +88,12 @@ def _add_bootstrap(sub: Any) -> None:
     p.add_argument(
         "--no-balance", action="store_true", help="do not move leaders to their round-robin node"
     )
+    p.add_argument(
+        "--allow-unreachable",
+        action="store_true",
+        help="bootstrap even if some nodes do not answer (they stay members and catch up when "
+        "they start); without it nothing is bootstrapped then",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     common.dist_args(p)
     common.key_args(p, "admin")
@@ -136,6 +142,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             partitions,
             timeout=args.timeout,
             balance=not args.no_balance,
+            allow_unreachable=args.allow_unreachable,
             log=log,
         )
     failed = [r for r in results if r.error]

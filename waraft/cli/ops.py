@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from waraft import otp
 from waraft.cli import admin
@@ -89,6 +89,7 @@ def bootstrap_cluster(
     *,
     timeout: float = 30.0,
     balance: bool = True,
+    allow_unreachable: bool = False,
     log: Callable[[str], None] = lambda line: None,
 ) -> list[PartitionResult]:
     """Bootstrap ``table``'s ``partitions`` on every node with one config (all ``nodes`` as
@@ -101,7 +102,12 @@ def bootstrap_cluster(
     harmless). Returns one result per partition; ``error`` is set for a partition that failed.
 
     First the nodes agree on their cluster (see :func:`_agree_on_cluster`): if they cannot,
-    nothing is bootstrapped and every partition carries the reason.
+    nothing is bootstrapped and every partition carries the reason. Nor is anything when a
+    node does not answer, unless ``allow_unreachable``: the others would commit a config
+    naming it, and an id spelled otherwise than the node was started with (another host
+    alias, say) looks exactly like a node that is down. A review's bootstrap with
+    ``n1@localhost:P`` for ``n1@127.0.0.1:P`` made every partition a three-member config with
+    a member nobody answered for: no fault tolerance, and the real n1 stalled for good.
     """
 
     def one(partition: int) -> PartitionResult:
@@ -119,7 +125,7 @@ def bootstrap_cluster(
                 server.trigger_election((name, intended))
         return result
 
-    problem = _agree_on_cluster(nodes, timeout)
+    problem = _agree_on_cluster(nodes, timeout, allow_unreachable)
     if problem is not None:
         untouched = [PartitionResult(p, "") for p in partitions]
         for result in untouched:
@@ -156,7 +162,9 @@ def bootstrap_cluster(
     return results
 
 
-def _agree_on_cluster(nodes: Sequence[str], timeout: float) -> str | None:
+def _agree_on_cluster(
+    nodes: Sequence[str], timeout: float, allow_unreachable: bool = False
+) -> str | None:
     """Give every node the same cluster id (``waraft_admin``'s ``cluster`` request), or say
     why not (None: agreed).
 
@@ -166,21 +174,29 @@ def _agree_on_cluster(nodes: Sequence[str], timeout: float) -> str | None:
     started on an earlier deployment's data directories beside new ones would pass for
     members with matching logs; the new nodes would then take (or outvote) the old data. A
     majority holding the cluster is that cluster with some nodes replaced, which a bootstrap
-    may complete. Nodes that cannot be asked (unreachable, or of a build without clusters)
-    are left out here; the bootstrap reports them."""
+    may complete. Nodes of a build without clusters are left out here; unreachable ones are
+    refused unless ``allow_unreachable`` (see :func:`bootstrap_cluster`), then left out."""
     wait = min(timeout, 5.0)
 
     def ask(node: str) -> tuple[bool, str | None]:
         try:
             answer = admin.call(node, "cluster", None, timeout=wait)
         except otp.ExitError:
-            return (False, None)
+            return (False, _UNREACHABLE)
         if isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "ok":
             return (True, None if answer[1] is None else str(answer[1]))
         return (False, None)  # ("error", "unknown_request"): a node of an older build
 
     with ThreadPoolExecutor(len(nodes), thread_name_prefix="cluster") as pool:
         answers = dict(zip(nodes, pool.map(ask, nodes), strict=True))
+    silent = [node for node, (ok, why) in answers.items() if not ok and why is _UNREACHABLE]
+    if silent and not allow_unreachable:
+        return (
+            f"{', '.join(silent)} did not answer (unreachable): every node must be up and "
+            "named exactly as it was started (its id in its READY line or `waraft status`, "
+            "host part included); to bootstrap the others anyway, with it as a member that "
+            "catches up when it starts, pass --allow-unreachable"
+        )
     known = {node: cluster for node, (ok, cluster) in answers.items() if ok}
     clusters = sorted({cluster for cluster in known.values() if cluster is not None})
     if len(clusters) > 1:
@@ -210,6 +226,9 @@ def _agree_on_cluster(nodes: Sequence[str], timeout: float) -> str | None:
         if answer != ("ok", cluster):
             return f"cannot give {node} cluster {cluster}: {answer}"
     return None
+
+
+_UNREACHABLE: Final = "unreachable"
 
 
 def _member_conflicts(

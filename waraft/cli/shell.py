@@ -107,14 +107,17 @@ class Helpers:
         nodes: Sequence[str] | None = None,
         table: str | None = None,
         partitions: Sequence[int] | None = None,
+        allow_unreachable: bool = False,
     ) -> Any:
-        """Bootstrap ``partitions`` of ``table`` on ``nodes`` and elect spread leaders."""
+        """Bootstrap ``partitions`` of ``table`` on ``nodes`` and elect spread leaders
+        (nothing if a node does not answer, unless ``allow_unreachable``)."""
         from waraft.cli import ops
 
         results = ops.bootstrap_cluster(
             list(nodes or self.nodes()),
             table or self.table,
             list(partitions or self.partitions),
+            allow_unreachable=allow_unreachable,
             log=print,
         )
         return {r.partition: r.error or r.leader for r in results}
