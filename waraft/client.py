@@ -12,7 +12,8 @@ the acceptor's client gateway (``waraft.acceptor``: one ``client_batch`` cast in
 
 Results are what the acceptor API returns: the storage's answer (``"ok"``, ``("ok", value)``,
 ``"not_found"``) or ``("error", reason)``; the client adds ``("error", "timeout")`` when a
-request's deadline passes and ``("error", "closed")`` when the client is closed. The futures are
+request's deadline passes, ``("error", "closed")`` when the client is closed, and
+``("error", ("badarg", why))`` for a command msgpack cannot encode (never sent). The futures are
 ``waraft.client.Future``: the ``concurrent.futures.Future`` methods a caller uses (``result``,
 ``done``, ``add_done_callback``) at a fraction of the cost (no condition variable per request);
 they always complete with such a value, never with an exception.
@@ -1522,20 +1523,64 @@ class Client:
             for request in chunk:
                 request.finish(CLOSED)
             return
-        if packed:
-            items = _pack(kind, commands)
-        elif kind == "commit":
-            items = [(make_ref(), command) for command in commands]
-        else:
-            items = commands
-        msg = ("client_batch", self.reply_addr, batch_id, kind, items, priority)
-        if self._cast(address, msg):
+        try:
+            if packed:
+                items = _pack(kind, commands)
+            elif kind == "commit":
+                items = [(make_ref(), command) for command in commands]
+            else:
+                items = commands
+            msg = ("client_batch", self.reply_addr, batch_id, kind, items, priority)
+            payload = codec.packb(msg) if self._remote else None
+        except codec.CodecError as exc:
+            self._unencodable(batch_id, exc)
+            return
+        if (
+            self._cast_encoded(address, payload)
+            if payload is not None
+            else self._cast(address, msg)
+        ):
             return
         with self._lock:
             lost = self._pop_batch(batch_id)
             self._counters["send_failures"] += 1
         if lost is not None:
             self._node_failed(address[1], lost.materialize(), now)
+
+    def _unencodable(self, batch_id: int, error: Exception) -> None:
+        """A batch that msgpack cannot encode: each request whose command cannot be encoded
+        is answered ``("error", ("badarg", why))`` (never sent, so never applied); the others
+        go back to be sent again. Before, the sender re-sent the whole frame until the
+        deadline and answered ``timeout`` (which says the command may have been applied), and
+        every other request in the frame with it."""
+        with self._lock:
+            batch = self._pop_batch(batch_id)
+        if batch is None:
+            return
+        requests = batch.materialize()
+        again: list[_Entry] = []
+        for request in requests:
+            try:
+                codec.packb(request.item)
+            except codec.CodecError as exc:
+                request.finish(("error", ("badarg", f"the command cannot be encoded: {exc}")))
+            else:
+                again.append(request)
+        if len(again) == len(requests):  # each encodes, not together: never sent, either
+            for request in requests:
+                request.finish(("error", ("badarg", f"the batch cannot be encoded: {error}")))
+        elif again:
+            with self._lock:
+                self._ready.extend(again)
+                self._wake.notify()
+
+    def _cast_encoded(self, address: tuple[str, str], payload: bytes) -> bool:
+        from waraft import distribution as dist
+
+        try:
+            return dist.cast_bytes(address, payload)
+        except RuntimeError:  # distribution stopped under us
+            return False
 
     def _cast(self, address: tuple[str, str], msg: Any) -> bool:
         if not self._remote:

@@ -73,3 +73,32 @@ def test_a_leader_that_answers_nothing_is_not_cached_for_good(cluster: Cluster) 
     finally:
         cluster.admin(cluster.index_of(old), "clear_fault")
         client.close()
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_a_command_msgpack_cannot_encode_is_refused_and_its_frame_mates_are_sent(
+    cluster: Cluster, pack: bool
+) -> None:
+    # The sender re-sent a frame that did not encode until the deadline, and answered
+    # ``timeout`` (which says "may have been applied") to it and to every request in the
+    # same frame.
+    client = Client(cluster.ids, table="kv", partitions=1, timeout=5.0, pack=pack)
+    try:
+        assert client.commit(1, ("write", "kv", "warm", 0)) == "ok"  # the leader is known
+        started = time.monotonic()
+        futures = client.commit_many(
+            [
+                (1, ("write", "kv", f"{pack}a", 1)),
+                (1, ("write", "kv", f"{pack}bad", {1, 2})),  # a set: msgpack has none
+                (1, ("write", "kv", f"{pack}c", 3)),
+            ]
+        )
+        results = [f.result(10) for f in futures]
+        assert results[0] == results[2] == "ok", results
+        assert results[1][0] == "error" and results[1][1][0] == "badarg", results
+        assert "cannot be encoded" in results[1][1][1]
+        assert time.monotonic() - started < 2.0  # answered, not timed out
+        assert client.read(1, ("read", "kv", f"{pack}c")) == ("ok", 3)
+        assert client.read(1, ("read", "kv", f"{pack}bad")) == "not_found"
+    finally:
+        client.close()
