@@ -186,6 +186,33 @@ def test_shell_runs_code_against_a_running_node(cluster: Cluster, nodes: str) ->
     assert failing.returncode == 1 and "ZeroDivisionError" in failing.stderr
 
 
+@pytest.mark.parametrize("call", ["promote(9)", "status(9)", "resign(7)", "trigger_election(9)"])
+def test_a_shell_helper_for_a_partition_the_node_does_not_serve_says_so(
+    cluster: Cluster, nodes: str, call: str
+) -> None:
+    # It ended a traceback with ``ExitError: refused``: a missing partition read as a
+    # permission problem.
+    done = waraft("shell", "--attach", cluster.ids[0], "-c", call)
+    assert done.returncode == 1
+    assert f"serves no partition {call[-2]} of table 'kv'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_status_refuses_a_timeout_or_count_that_is_not_positive(nodes: str) -> None:
+    for args in (["--timeout", "-1"], ["--timeout", "0"], ["--watch", "1", "--count", "0"]):
+        done = waraft("status", "--nodes", nodes, *args)
+        assert done.returncode == 2 and "must be" in done.stderr, (args, done.stderr)
+
+
+def test_status_watch_exits_1_when_its_last_table_lacked_a_node(nodes: str) -> None:
+    dead = "ghost@127.0.0.1:1"
+    done = waraft("status", "--nodes", f"{nodes},{dead}", "--watch", "0.1", "--count", "1",
+                  "--down-after", "0.5")  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    done = waraft("status", "--nodes", nodes, "--watch", "0.1", "--count", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_shell_reads_statements_from_stdin(cluster: Cluster, nodes: str) -> None:
     script = "x = get('shell-key')\nprint('got', x)\nstatus()\n"
     done = waraft("shell", "--attach", cluster.ids[2], "--plain", stdin=script)

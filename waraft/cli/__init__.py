@@ -84,7 +84,12 @@ def _add_bootstrap(sub: Any) -> None:
     )
     common.nodes_arg(p)
     common.table_args(p, common.DEFAULT_PARTITIONS)
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for leaders")
+    p.add_argument(
+        "--timeout",
+        type=common.positive_seconds,
+        default=30.0,
+        help="seconds to wait for leaders",
+    )
     p.add_argument(
         "--no-balance", action="store_true", help="do not move leaders to their round-robin node"
     )
@@ -111,7 +116,7 @@ def _add_status(sub: Any) -> None:
     common.nodes_arg(p)
     common.table_args(p, None)
     p.add_argument("--json", action="store_true", help="print rows as JSON")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds per node")
+    p.add_argument("--timeout", type=common.positive_seconds, default=3.0, help="seconds per node")
     p.add_argument(
         "--watch",
         type=float,
@@ -120,7 +125,9 @@ def _add_status(sub: Any) -> None:
         metavar="SECONDS",
         help="redraw the table every SECONDS (default 2) until Ctrl-C",
     )
-    p.add_argument("--count", type=int, help="with --watch: stop after this many redraws")
+    p.add_argument(
+        "--count", type=common.positive_int, help="with --watch: stop after this many redraws"
+    )
     common.dist_args(p)
     common.key_args(p, "client")
     p.set_defaults(func=_status)
@@ -220,9 +227,14 @@ def _watch_status(
     from waraft.cli import ops
 
     drawn = 0
+    failed = False
     try:
         while args.count is None or drawn < args.count:
             rows = ops.collect_status(nodes, args.timeout, table, partitions)
+            # As plain status: the exit code says whether the last table lacked something.
+            failed = any(r.get("error") == "unreachable" for r in rows) or bool(
+                _missing_partitions(rows, partitions)
+            )
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             header = f"waraft status  {stamp}  every {args.watch:g}s  (Ctrl-C to stop)"
             body = json.dumps(rows, default=str) if args.json else ops.format_table(rows)
@@ -233,7 +245,7 @@ def _watch_status(
                 time.sleep(args.watch)
     except KeyboardInterrupt:
         pass
-    return EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

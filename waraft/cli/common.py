@@ -126,6 +126,29 @@ def table_args(parser: argparse.ArgumentParser, partitions_default: str | None) 
     )
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0 (a ``--timeout -1`` reported every node
+    unreachable instead of a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def dist_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("distribution")
     group.add_argument(

@@ -24,6 +24,10 @@ from waraft.cli.common import UsageError
 logger = logging.getLogger(__name__)
 
 
+class ShellError(Exception):
+    """A helper's clear refusal: ``waraft shell -c`` prints it without a traceback."""
+
+
 class Helpers:
     """The functions the shell preloads; they act on ``target`` (a node id) by default."""
 
@@ -40,6 +44,22 @@ class Helpers:
         from waraft.partition import server
 
         return (server.default_name(self.table, partition), node or self.target)
+
+    def _on(self, call: Any, partition: int, node: str | None, *args: Any) -> Any:
+        """``call(server address, *args)``, with a partition the node does not serve said as
+        such: the node refuses a name it does not run (``refused``, ``noproc``), which read
+        like a permission problem at the end of a traceback."""
+        from waraft import otp
+
+        try:
+            return call(self._server(partition, node), *args)
+        except otp.ExitError as exc:
+            if exc.reason in ("refused", "noproc"):
+                raise ShellError(
+                    f"{node or self.target} serves no partition {partition!r} of table "
+                    f"{self.table!r}"
+                ) from None
+            raise
 
     def nodes(self) -> list[str]:
         """The cluster's nodes: the members of the target's partitions, else those given."""
@@ -63,7 +83,7 @@ class Helpers:
         from waraft.partition import server
 
         if partition is not None:
-            return ops.StatusBlock(server.status(self._server(partition, node)))
+            return ops.StatusBlock(self._on(server.status, partition, node))
         print(ops.format_table(ops.collect_status([node] if node else self.nodes())))
         return None
 
@@ -79,19 +99,19 @@ class Helpers:
         """Make ``node`` (default: the target) leader of ``partition`` without an election."""
         from waraft.partition import server
 
-        return server.promote(self._server(partition, node), "next", force)
+        return self._on(server.promote, partition, node, "next", force)
 
     def trigger_election(self, partition: int = 1, node: str | None = None) -> Any:
         """Start an election on ``node`` for ``partition``."""
         from waraft.partition import server
 
-        return server.trigger_election(self._server(partition, node))
+        return self._on(server.trigger_election, partition, node)
 
     def resign(self, partition: int = 1, node: str | None = None) -> Any:
         """The leader on ``node`` steps down."""
         from waraft.partition import server
 
-        return server.resign(self._server(partition, node))
+        return self._on(server.resign, partition, node)
 
     def handover(self, partition: int = 1, to: str | None = None) -> Any:
         """Move ``partition``'s leadership to ``to`` (or a ready peer)."""
@@ -322,6 +342,9 @@ def _repl(ns: dict[str, Any], text: str, args: argparse.Namespace) -> int:
             exec(compile(args.code, "<waraft shell -c>", "exec"), ns)
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 1
+        except ShellError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         except BaseException:
             traceback.print_exc()
             return 1
