@@ -1045,8 +1045,8 @@ class _ReplyBudget:
 
     Reads are admitted by count (``raft_max_pending_reads``, 5000), and storage answers every
     read queued behind a position at once: 5000 reads of a 1 MiB value made 5 GB of results
-    in one turn, before a byte of it could leave (a review's leader passed 2 GB and stopped
-    answering anything). Past the budget a read is answered at once with
+    in one turn, before a byte of it could leave (``benchmarks/read_replies.py``: the leader
+    passed 2 GB and answered almost nothing). Past the budget a read is answered at once with
     ``read_queue_bytes_full``, which the client retries after a back-off, when the replies
     already built have left."""
 
