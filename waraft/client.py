@@ -1657,6 +1657,8 @@ class Client:
             batch = self._inflight.get(batch_id)
             if batch is None:
                 return True  # expired and retried already
+            if total != batch.count:  # an answer per command, whichever way it is cut
+                return False
             parts = batch.parts
             if parts is None or len(parts) != total:
                 parts = batch.parts = [_MISSING] * total

@@ -928,3 +928,25 @@ def test_reads_past_the_reply_byte_budget_are_refused_and_retried(
             assert c.stats()["retries"] > before  # some were refused and asked again
         finally:
             c.close()
+
+
+def test_a_reply_part_whose_total_is_not_its_batchs_count_is_dropped(
+    client_node: otp.Node,
+) -> None:
+    # A part claiming a billion answers for a batch of two would have made the client
+    # allocate a list of a billion slots.
+    import time as _time
+
+    from waraft.client import _Batch
+
+    c = Client(["ghost@local"], table="test", partitions=1, node=client_node, discover=False)
+    try:
+        batch = _Batch("ghost@local", 1, [], _time.monotonic() + 60, count=2)
+        c._inflight[7] = batch
+        assert c._on_cast(("client_reply_part", 7, False, 0, 10**9, ["x"], None)) is False
+        assert batch.parts is None
+        assert c._on_cast(("client_reply_part", 7, False, 0, 2, ["x"], None)) is True
+        assert batch.parts is not None and batch.parts[0] == "x"
+        del c._inflight[7]
+    finally:
+        c.close()
