@@ -278,6 +278,11 @@ class Replica:
         if logger.isEnabledFor(logging.INFO):
             logger.info("%s %s " + message, self._tag(), self.state.value, *args)
 
+    def log_debug(self, message: str, *args: Any) -> None:
+        """For events as frequent as the traffic (quiescence), not worth an INFO line each."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s " + message, self._tag(), self.state.value, *args)
+
     def count(self, name: Any) -> None:
         if self.metrics is not None:
             self.metrics.count(("raft", self.table, name))
