@@ -356,3 +356,34 @@ def test_a_cluster_id_must_be_a_short_word(tmp_path: Path) -> None:
     assert _config(tmp_path, base + 'cluster_id = "prod-2"\n').cluster_id == "prod-2"
     with pytest.raises(UsageError, match=r"cluster_id in .* must be a string"):
         _config(tmp_path, base + "cluster_id = 7\n")
+
+
+def test_a_node_that_does_not_answer_status_in_time_is_not_called_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A live node busy catching up 1000 partitions was reported "unreachable".
+    from waraft import otp
+    from waraft.cli import ops
+
+    answers: dict[str, list[object]] = {
+        "busy@h:1": ["timeout"],
+        "limited@h:2": ["rate_limited", "rate_limited"],
+        "gone@h:3": [("nodedown", "gone@h:3")],
+        "ok@h:4": ["rate_limited", [{"node": "ok@h:4", "partition": 1, "state": "leader"}]],
+    }
+    calls: list[str] = []
+
+    def call(node: str, request: str, timeout: float) -> object:
+        calls.append(node)
+        answer = answers[node].pop(0)
+        if isinstance(answer, list):
+            return answer
+        raise otp.ExitError(answer)
+
+    monkeypatch.setattr(ops.admin, "call", call)
+    monkeypatch.setattr(ops.time, "sleep", lambda seconds: None)
+    assert ops.node_rows("busy@h:1") == [{"node": "busy@h:1", "error": "timeout"}]
+    assert ops.node_rows("limited@h:2") == [{"node": "limited@h:2", "error": "rate_limited"}]
+    assert ops.node_rows("gone@h:3") == [{"node": "gone@h:3", "error": "unreachable"}]
+    assert ops.node_rows("ok@h:4")[0]["state"] == "leader"  # asked again after rate_limited
+    assert calls.count("ok@h:4") == 2 and calls.count("busy@h:1") == 1

@@ -197,10 +197,30 @@ def _status(args: argparse.Namespace) -> int:
             f"waraft status: unreachable: {', '.join(unreachable)}{common.unreachable_hint(args)}",
             file=sys.stderr,
         )
+    silent = _silent_nodes(rows)
+    if silent:
+        print(
+            f"waraft status: no status from {silent} (busy? a longer --timeout may help)",
+            file=sys.stderr,
+        )
     missing = _missing_partitions(rows, partitions)
     if missing:
         print(f"waraft status: {missing}", file=sys.stderr)
-    return EXIT_FAILED if unreachable or missing else EXIT_OK
+    return EXIT_FAILED if unreachable or silent or missing else EXIT_OK
+
+
+def _silent_nodes(rows: list[dict[str, Any]]) -> str:
+    """The reachable nodes that gave no status (``timeout``, ``rate_limited``, ...), with why."""
+    quiet = {"unreachable", "no partitions"}
+    return ", ".join(
+        sorted(
+            {
+                f"{r.get('node')} ({r['error']})"
+                for r in rows
+                if "partition" not in r and r.get("error") and r["error"] not in quiet
+            }
+        )
+    )
 
 
 def _missing_partitions(rows: list[dict[str, Any]], partitions: list[int] | None) -> str | None:
@@ -232,8 +252,10 @@ def _watch_status(
         while args.count is None or drawn < args.count:
             rows = ops.collect_status(nodes, args.timeout, table, partitions)
             # As plain status: the exit code says whether the last table lacked something.
-            failed = any(r.get("error") == "unreachable" for r in rows) or bool(
-                _missing_partitions(rows, partitions)
+            failed = (
+                any(r.get("error") == "unreachable" for r in rows)
+                or bool(_silent_nodes(rows))
+                or bool(_missing_partitions(rows, partitions))
             )
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             header = f"waraft status  {stamp}  every {args.watch:g}s  (Ctrl-C to stop)"

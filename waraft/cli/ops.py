@@ -397,12 +397,21 @@ def node_rows(
 ) -> list[dict[str, Any]]:
     """The status rows of every partition on ``node`` (from its ``waraft_admin``), or of
     ``table``'s ``partitions`` asked one by one when the node has no admin process. An
-    unreachable node gives one row with ``"error": "unreachable"``."""
+    unreachable node gives one row with ``"error": "unreachable"``; one that did not answer in
+    time, ``"timeout"`` (a busy node is not a down one: a review's monitoring loop saw a live
+    node catching up 1000 partitions reported unreachable); one that refused the call,
+    the reason (``rate_limited`` is asked again once, a second later)."""
     try:
-        rows: list[dict[str, Any]] = list(admin.call(node, "status_all", timeout=timeout))
+        try:
+            rows: list[dict[str, Any]] = list(admin.call(node, "status_all", timeout=timeout))
+        except otp.ExitError as exc:
+            if exc.reason != "rate_limited":
+                raise
+            time.sleep(1.0)
+            rows = list(admin.call(node, "status_all", timeout=timeout))
     except otp.ExitError as exc:
         if exc.reason != "noproc":
-            return [{"node": node, "error": "unreachable"}]
+            return [{"node": node, "error": _exit_text(exc.reason)}]
         rows = _rows_without_admin(node, timeout, table, partitions)
     if table is not None:
         rows = [r for r in rows if r.get("table") in (None, table)]
