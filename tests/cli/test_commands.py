@@ -62,7 +62,7 @@ def test_a_node_spelled_with_another_host_alias_bootstraps_nothing(cluster: Clus
     done = waraft("bootstrap", "--nodes", ",".join([alias, *ids[1:]]), "--partitions", "1-2",
                   "--timeout", "10", "--down-after", "1")  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"{alias} did not answer (unreachable)" in done.stdout
+    assert f"{alias} (unreachable) did not answer" in done.stdout
     assert "--allow-unreachable" in done.stdout
     status = waraft("status", "--nodes", ",".join(ids), "--json", "--partitions", "1-2")
     rows = json.loads(status.stdout)

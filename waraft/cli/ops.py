@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from waraft import otp
 from waraft.cli import admin
@@ -178,24 +178,27 @@ def _agree_on_cluster(
     refused unless ``allow_unreachable`` (see :func:`bootstrap_cluster`), then left out."""
     wait = min(timeout, 5.0)
 
+    failed: dict[str, str] = {}
+
     def ask(node: str) -> tuple[bool, str | None]:
         try:
             answer = admin.call(node, "cluster", None, timeout=wait)
-        except otp.ExitError:
-            return (False, _UNREACHABLE)
+        except otp.ExitError as exc:
+            failed[node] = _exit_text(exc.reason)
+            return (False, None)
         if isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "ok":
             return (True, None if answer[1] is None else str(answer[1]))
         return (False, None)  # ("error", "unknown_request"): a node of an older build
 
     with ThreadPoolExecutor(len(nodes), thread_name_prefix="cluster") as pool:
         answers = dict(zip(nodes, pool.map(ask, nodes), strict=True))
-    silent = [node for node, (ok, why) in answers.items() if not ok and why is _UNREACHABLE]
-    if silent and not allow_unreachable:
+    if failed and not allow_unreachable:
+        silent = ", ".join(f"{node} ({why})" for node, why in failed.items())
         return (
-            f"{', '.join(silent)} did not answer (unreachable): every node must be up and "
-            "named exactly as it was started (its id in its READY line or `waraft status`, "
-            "host part included); to bootstrap the others anyway, with it as a member that "
-            "catches up when it starts, pass --allow-unreachable"
+            f"{silent} did not answer: every node must be up and named exactly as it was "
+            "started (its id in its READY line or `waraft status`, host part included); to "
+            "bootstrap the others anyway, with it as a member that catches up when it "
+            "starts, pass --allow-unreachable"
         )
     known = {node: cluster for node, (ok, cluster) in answers.items() if ok}
     clusters = sorted({cluster for cluster in known.values() if cluster is not None})
@@ -226,9 +229,6 @@ def _agree_on_cluster(
         if answer != ("ok", cluster):
             return f"cannot give {node} cluster {cluster}: {answer}"
     return None
-
-
-_UNREACHABLE: Final = "unreachable"
 
 
 def _member_conflicts(
