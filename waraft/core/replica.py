@@ -249,6 +249,17 @@ class Replica:
     def is_self_witness(self) -> bool:
         return self.self_id in self.current_config().witness
 
+    def holds_data(self) -> bool:
+        """Whether this replica has applied data and a config: what lets it start as a
+        follower (or a single member's candidate) rather than ``stalled``, after a restart or
+        a re-enable that no leader answers."""
+        return self.last_applied > 0 and self.cached_config is not None
+
+    def state_with_data(self) -> State:
+        """Where a replica that ``holds_data`` starts: a single member elects itself, the
+        others follow (or witness)."""
+        return State.CANDIDATE if self.is_single_member() else self.follower_or_witness()
+
     def is_single_member(self) -> bool:
         return config.is_single_member(self.self_id, self.current_config())
 

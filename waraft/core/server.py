@@ -181,11 +181,9 @@ class RaftCore(Replica):
     def _initial_state(self) -> State:
         if self.disable_reason is not None:
             return State.DISABLED
-        if self.last_applied == 0 or self.cached_config is None:
+        if not self.holds_data():
             return State.STALLED
-        if self.is_single_member():
-            return State.CANDIDATE
-        return self.follower_or_witness()
+        return self.state_with_data()
 
 
 __all__ = [

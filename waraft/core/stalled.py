@@ -38,14 +38,9 @@ if TYPE_CHECKING:
 def enter(core: Replica, old: State) -> None:
     enter_state(core, State.STALLED)
     if old is not State.STALLED:  # (a repeat, on a new term, keeps waiting)
-        core.reenabled_wait = old is State.DISABLED and _holds_data(core)
+        core.reenabled_wait = old is State.DISABLED and core.holds_data()
     if core.reenabled_wait:
         core.election_timeout()
-
-
-def _holds_data(core: Replica) -> bool:
-    """What a restart requires to leave ``stalled`` (``RaftCore._initial_state``)."""
-    return core.last_applied > 0 and core.cached_config is not None
 
 
 def _on_timeout(core: Replica) -> None:
@@ -54,15 +49,11 @@ def _on_timeout(core: Replica) -> None:
     if heard is not None and core.now - heard < core.settings.raft_election_timeout_ms:
         core.election_timeout()  # a leader is there: its snapshot is on the way
         return
-    if not (core.reenabled_wait and _holds_data(core)) or core.pending_install is not None:
+    if not (core.reenabled_wait and core.holds_data()) or core.pending_install is not None:
         return
     core.count("stalled.timeout")
-    if core.is_single_member():
-        core.log_notice("re-enabled, alone in its config: starting an election")
-        core.goto(State.CANDIDATE)
-    else:
-        core.log_notice("re-enabled, and no leader came for its data: following as after a restart")
-        core.goto(core.follower_or_witness())
+    core.log_notice("re-enabled, and no leader came for its data: going on as after a restart")
+    core.goto(core.state_with_data())
 
 
 def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:
