@@ -824,15 +824,11 @@ class StorageServer(otp.Process):
         provider does not understand gets an error, never a crash. With ``budget``, reads
         past it are answered ``read_queue_bytes_full`` instead of read (see
         ``raft_max_read_reply_bytes``)."""
-        if budget is not None:
-            if is_batch_command(command):
-                result: Any = [budget.read(self._read_one, c) for c in self._commands_of(command)]
-            else:
-                result = budget.read(self._read_one, command)
-        elif is_batch_command(command):
-            result = [self._read_one(c) for c in self._commands_of(command)]
+        read = self._read_one if budget is None else budget.reader(self._read_one)
+        if is_batch_command(command):
+            result: Any = [read(c) for c in self._commands_of(command)]
         else:
-            result = self._read_one(command)
+            result = read(command)
         if self._check_results:
             return self._encodable([result])[0]
         return result
@@ -1055,12 +1051,17 @@ class _ReplyBudget:
     def __init__(self, limit: int) -> None:
         self.left = limit
 
-    def read(self, read_one: Callable[[Any], Any], command: Any) -> Any:
-        if self.left <= 0:
-            return READ_BYTES_FULL_ERROR
-        result = read_one(command)
-        self.left -= approx_command_size(result)
-        return result
+    def reader(self, read_one: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``read_one`` charged to this budget: past it, the refusal instead of a read."""
+
+        def read(command: Any) -> Any:
+            if self.left <= 0:
+                return READ_BYTES_FULL_ERROR
+            result = read_one(command)
+            self.left -= approx_command_size(result)
+            return result
+
+        return read
 
 
 def _encodable_result(result: Any) -> Any:
