@@ -1535,11 +1535,7 @@ class Client:
         except codec.CodecError as exc:
             self._unencodable(batch_id, exc)
             return
-        if (
-            self._cast_encoded(address, payload)
-            if payload is not None
-            else self._cast(address, msg)
-        ):
+        if self._cast(address, msg, payload):
             return
         with self._lock:
             lost = self._pop_batch(batch_id)
@@ -1574,22 +1570,16 @@ class Client:
                 self._ready.extend(again)
                 self._wake.notify()
 
-    def _cast_encoded(self, address: tuple[str, str], payload: bytes) -> bool:
-        from waraft import distribution as dist
-
-        try:
-            return dist.cast_bytes(address, payload)
-        except RuntimeError:  # distribution stopped under us
-            return False
-
-    def _cast(self, address: tuple[str, str], msg: Any) -> bool:
-        if not self._remote:
+    def _cast(self, address: tuple[str, str], msg: Any, payload: bytes | None) -> bool:
+        """Send ``msg``: in process as it is, over distribution as ``payload`` (its encoding,
+        made by the caller so that a command msgpack cannot carry is caught there)."""
+        if payload is None:
             otp.cast(address, msg)
             return True
         from waraft import distribution as dist
 
         try:
-            return dist.cast(address, msg)
+            return dist.cast_bytes(address, payload)
         except RuntimeError:  # distribution stopped under us
             return False
 

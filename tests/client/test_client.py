@@ -583,9 +583,9 @@ def test_gathered_reads_and_commits_never_share_a_batch(client_node: otp.Node) -
     with _scripted(client_node, 1, answer) as (c, log):
         real_cast = c._cast
 
-        def recording_cast(address: tuple[str, str], msg: Any) -> bool:
+        def recording_cast(address: tuple[str, str], msg: Any, payload: Any = None) -> bool:
             kinds.append(msg[3])  # ("client_batch", reply_to, batch_id, kind, items, priority)
-            return real_cast(address, msg)
+            return real_cast(address, msg, payload)
 
         c._cast = recording_cast  # type: ignore[method-assign]
         futures = [c.commit_async(1, ("write", "test", i)) for i in range(2)]
