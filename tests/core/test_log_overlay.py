@@ -124,15 +124,16 @@ def test_config_older_than_first_is_hidden() -> None:
 
 
 def _reference_size(command: object) -> int:
-    """The estimate's definition, written plainly (one call per item, no depth limit)."""
+    """The estimate's definition, written plainly (one call per item, no depth limit): 56 per
+    container besides its items, whose lengths count for strings and bytes, 8 otherwise."""
     if isinstance(command, bytes | str | bytearray):
         return len(command)
     if isinstance(command, memoryview):
         return command.nbytes
     if isinstance(command, tuple | list):
-        return sum(_reference_size(item) for item in command)
+        return 56 + sum(_reference_size(item) for item in command)
     if isinstance(command, dict):
-        return sum(_reference_size(k) + _reference_size(v) for k, v in command.items())
+        return 56 + sum(_reference_size(k) + _reference_size(v) for k, v in command.items())
     return 8
 
 
@@ -152,10 +153,20 @@ def _nested(depth: int, inner: object) -> object:
      ("write", "kv", "k", [Entry(1, "k", b"n" * 50), memoryview(b"m" * 40)]),
      msgpack.ExtType(7, b"x" * 10)],
 )  # fmt: skip
-def test_command_size_estimate_counts_strings_bytes_and_a_word_per_other_item(
+def test_command_size_estimate_counts_containers_strings_bytes_and_a_word_per_other_item(
     command: object,
 ) -> None:
     """Byte budgets admit by this estimate: a 9 MB value in an unknown msgpack extension
     type, or nested deeper than 8, used to count as 8 bytes (a client filled a leader's
     memory past every budget with them)."""
     assert approx_command_size(command) == _reference_size(command)
+
+
+def test_a_command_of_empty_containers_is_not_estimated_as_free() -> None:
+    """An empty tuple is one byte on the wire and 56 in memory: a client's command of a
+    million nested empty tuples counted 0 bytes, so byte budgets admitted any number."""
+    deep: object = ()
+    for _ in range(20):
+        deep = (deep,)
+    command = ("write", "kv", "k", (*(deep for _ in range(1000)), {}, [], ()))
+    assert approx_command_size(command) >= 56 * (1000 * 20 + 3)

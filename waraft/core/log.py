@@ -24,6 +24,7 @@ from waraft.core.types import Config, Entry, LogPos, Priority, is_config_command
 
 _ENTRY_OVERHEAD = 16
 _SCALAR_SIZE = 8
+CONTAINER_SIZE = 56
 
 
 def approx_command_size(command: object, depth: int = 0) -> int:
@@ -33,7 +34,10 @@ def approx_command_size(command: object, depth: int = 0) -> int:
     extension decodes as an ``ExtType(code, data)``: its data counts). Every byte budget
     admits by this estimate, so nothing a client can send may escape it: past a nesting
     depth of 8 the rest is walked without recursion rather than counted as one word (a 9 MB
-    value inside an extension type, or nested deeper, was counted as 8 bytes)."""
+    value inside an extension type, or nested deeper, was counted as 8 bytes). Each tuple,
+    list and dict counts ``CONTAINER_SIZE`` besides its items: an empty one is a byte on
+    the wire and 56 in memory, and a command of a million nested empty tuples was estimated
+    at 0 bytes, so no byte budget held it back (a review's finding)."""
     kind = type(command)
     if kind is bytes or kind is str or kind is bytearray:
         return len(command)  # type: ignore[arg-type]
@@ -43,7 +47,7 @@ def approx_command_size(command: object, depth: int = 0) -> int:
         # Strings, bytes and scalars inline: a plain write is a flat tuple of them, and this
         # runs several times per entry on a leader (admission, the log overlay, replication,
         # the apply queue), where a call per item was most of its cost.
-        size = 0
+        size = CONTAINER_SIZE
         for item in command:  # type: ignore[attr-defined]
             item_kind = type(item)
             if item_kind is bytes or item_kind is str or item_kind is bytearray:
@@ -58,7 +62,7 @@ def approx_command_size(command: object, depth: int = 0) -> int:
     if kind is dict:
         if depth >= _MAX_RECURSION:
             return _walked_size(command)
-        size = 0
+        size = CONTAINER_SIZE
         for key, value in command.items():  # type: ignore[attr-defined]
             size += approx_command_size(key, depth + 1) + approx_command_size(value, depth + 1)
         return size
@@ -79,8 +83,10 @@ def _walked_size(command: object) -> int:
         elif isinstance(item, memoryview):
             size += item.nbytes
         elif isinstance(item, (tuple, list)):
+            size += CONTAINER_SIZE
             stack.extend(item)
         elif isinstance(item, dict):
+            size += CONTAINER_SIZE
             stack.extend(item.keys())
             stack.extend(item.values())
         else:

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from typing import Any, Final
 
 from waraft import otp
-from waraft.core.log import approx_command_size
+from waraft.core.log import CONTAINER_SIZE, approx_command_size
 
 REPLY_FRAME_BYTES: Final = 4 * 1024 * 1024
 """About how many bytes of results one reply frame carries. A batch whose results are larger
@@ -141,7 +141,7 @@ def _results_size(results: Any) -> int:
     if results == "ok":
         return 2
     if type(results) is list and results.count("ok") == len(results):
-        return 2 * len(results)
+        return CONTAINER_SIZE + 2 * len(results)
     return approx_command_size(results)
 
 
