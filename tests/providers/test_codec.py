@@ -76,3 +76,36 @@ def test_packers_are_per_thread() -> None:
     for t in threads:
         t.join(timeout=30)
     assert not errors
+
+
+def _nested_empties(count: int, depth: int) -> bytes:
+    deep: object = ()
+    for _ in range(depth):
+        deep = (deep,)
+    return packb(tuple(deep for _ in range(count)))
+
+
+def test_untrusted_input_holding_more_values_than_the_limit_is_refused() -> None:
+    """msgpack's cost follows values, not bytes: a 14 MB client frame of nested empty tuples
+    took seconds and 620 MB to decode. Untrusted input stops at ``MAX_UNTRUSTED_OBJECTS``
+    values (nested containers, a single long array or map from its header, extension
+    payloads); trusted input (members, the log, storage) decodes as before."""
+    import msgpack
+
+    from waraft.services.codec import MAX_UNTRUSTED_OBJECTS
+
+    limit = MAX_UNTRUSTED_OBJECTS
+    nested = _nested_empties(limit // 20 + 1, 20)
+    flat = packb(tuple(range(limit + 1)))
+    maps = packb([{} for _ in range(limit // 2)] + [{1: 2} for _ in range(limit // 4)])
+    config = msgpack.ExtType(1, msgpack.packb([1, [["a", "n"]] * (limit // 3 + 1), [], []]))
+    for data in (nested, flat, maps, packb(("x", config))):
+        assert unpackb(data) is not None  # trusted: no limit
+        with pytest.raises(CodecError, match=f"more than {limit} values|exceeds max_"):
+            unpackb(data, untrusted=True)
+    fits = _nested_empties(limit // 21, 20)
+    assert unpackb(fits, untrusted=True) == unpackb(fits)
+    batch = tuple(
+        (i, ("write", "kv", i, {"f": [1, 2.5, None]}), make_config(A, B)) for i in range(2000)
+    )
+    assert unpackb(packb(batch), untrusted=True) == unpackb(packb(batch))

@@ -461,3 +461,19 @@ def test_a_batch_payload_with_colliding_map_keys_is_one_malformed_command() -> N
     assert malformed[0] == "$malformed_batch"
     plain = msgpack.packb([("write", "t", "k", {-1: 1, -2: 2})])
     assert batch_commands(("$batch", plain)) == (("write", "t", "k", {-1: 1, -2: 2}),)
+
+
+def test_a_batch_payload_of_too_many_values_is_one_malformed_command() -> None:
+    """A ``$batch`` is one bytes value at admission, so only its decode at apply sees what it
+    holds: a few MB of nested empty arrays held every replica's storage actor for seconds.
+    Past ``MAX_UNTRUSTED_OBJECTS`` values the entry answers an error, alike everywhere."""
+    import msgpack
+
+    from waraft.services.codec import MAX_UNTRUSTED_OBJECTS, CodecError
+    from waraft.storage import StorageServer, batch_commands
+
+    payload = msgpack.packb([("write", "t", "k", [[[]]] * (MAX_UNTRUSTED_OBJECTS // 2))])
+    with pytest.raises(CodecError, match="values"):
+        batch_commands(("$batch", payload))
+    (malformed,) = StorageServer._commands_of(("$batch", payload))
+    assert malformed[0] == "$malformed_batch"

@@ -47,15 +47,19 @@ def _identities(raw: Any) -> tuple[Identity, ...]:
     return tuple(Identity(str(name), str(node)) for name, node in raw)
 
 
+def _config(body: Any) -> Config:
+    version, membership, participants, witness = body
+    return Config(
+        version=int(version),
+        membership=_identities(membership),
+        participants=_identities(participants),
+        witness=_identities(witness),
+    )
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == CONFIG_EXT:
-        version, membership, participants, witness = msgpack.unpackb(data, use_list=False)
-        return Config(
-            version=int(version),
-            membership=_identities(membership),
-            participants=_identities(participants),
-            witness=_identities(witness),
-        )
+        return _config(msgpack.unpackb(data, use_list=False))
     return msgpack.ExtType(code, data)
 
 
@@ -111,19 +115,80 @@ def _checked_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return dict(pairs)
 
 
+MAX_UNTRUSTED_OBJECTS: Final = 1_000_000
+"""Values (arrays, maps and everything inside them, extension payloads included) that one
+input decoded with ``untrusted=True`` may hold. A constant, not a setting: a ``$batch``
+payload is decoded with it at apply on every replica, which must all answer alike."""
+
+
+class _Untrusted:
+    """The hooks of one untrusted decode: they count the values built so far and stop the
+    decode past ``MAX_UNTRUSTED_OBJECTS``.
+
+    msgpack's cost and memory follow the number of values, not bytes: an empty array is one
+    byte on the wire and a 56-byte tuple in memory, and a 14 MB client frame of nested empty
+    tuples took 4.3 s and 620 MB to decode on a node's receive thread (a review's finding).
+    A container's items are counted when msgpack finishes it (every value but the outermost
+    is an item of one container), so a decode stops within one container of the limit;
+    ``max_array_len`` / ``max_map_len`` refuse a single container above it from its header,
+    before its items are built."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_UNTRUSTED_OBJECTS
+
+    def _take(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise ValueError(f"more than {MAX_UNTRUSTED_OBJECTS} values")
+
+    def array(self, items: tuple[Any, ...]) -> tuple[Any, ...]:
+        self._take(len(items))
+        return items
+
+    def map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        self._take(2 * len(pairs))
+        return _checked_map(pairs)
+
+    def ext(self, code: int, data: bytes) -> Any:
+        if code == CONFIG_EXT:
+            return _config(self.decode(data))
+        return msgpack.ExtType(code, data)
+
+    def decode(self, data: bytes | bytearray | memoryview) -> Any:
+        return msgpack.unpackb(
+            data,
+            use_list=False,
+            raw=False,
+            strict_map_key=False,
+            ext_hook=self.ext,
+            list_hook=self.array,
+            object_pairs_hook=self.map,
+            max_array_len=MAX_UNTRUSTED_OBJECTS,
+            max_map_len=MAX_UNTRUSTED_OBJECTS,
+        )
+
+
 def unpackb(
     data: bytes | bytearray | memoryview, *, max_size: int | None = None, untrusted: bool = False
 ) -> Any:
     """Decode one complete msgpack object; raises ``CodecError`` on bad, short or extra bytes.
 
     ``max_size`` rejects inputs longer than that many bytes before decoding anything.
-    ``untrusted`` (frames from peers that are not members) refuses maps whose keys' hashes
-    collide (``_checked_map``); data already admitted (logs, storage, members' frames) is
-    decoded without the check, so nothing stored can become undecodable.
+    ``untrusted`` (frames from peers that are not members, and clients' ``$batch`` payloads)
+    refuses maps whose keys' hashes collide (``_checked_map``) and inputs holding more than
+    ``MAX_UNTRUSTED_OBJECTS`` values (``_Untrusted``); data already admitted (logs, storage,
+    members' frames) is decoded without these checks, so nothing stored can become
+    undecodable.
     """
     if max_size is not None and len(data) > max_size:
         raise CodecError(f"encoded value of {len(data)} bytes exceeds the limit of {max_size}")
     try:
+        if untrusted and len(data) > MAX_UNTRUSTED_OBJECTS:
+            # Every value takes a byte at least, so only inputs longer than the limit can
+            # pass it: the counting hooks (a call per array) stay off the usual small frames.
+            return _Untrusted().decode(data)
         return msgpack.unpackb(
             data,
             use_list=False,
@@ -136,4 +201,4 @@ def unpackb(
         raise CodecError(f"invalid msgpack data: {type(exc).__name__}: {exc}") from exc
 
 
-__all__ = ["CONFIG_EXT", "CodecError", "packb", "unpackb"]
+__all__ = ["CONFIG_EXT", "MAX_UNTRUSTED_OBJECTS", "CodecError", "packb", "unpackb"]
