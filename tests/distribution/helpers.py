@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import selectors
 import signal
@@ -13,12 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import msgpack
+
 from waraft import otp
 
 CHILD = Path(__file__).with_name("child_node.py")
 WAIT = 10.0  # the bound on every wait in these tests
 PING = 0.1  # fast liveness so down/up transitions happen within a test's budget
 DOWN = 0.6
+
+
+def colliding_map(count: int, repeat: int = 17) -> bytes:
+    """The msgpack encoding of a map of ``count`` keys sharing one hash (tuples of ``repeat``
+    -1s and -2s: ``hash(-1) == hash(-2)``), written without building the dict, which is
+    quadratic (about 25 s for 40,000 keys: most of what these tests used to take)."""
+    keys = itertools.islice(itertools.product((-1, -2), repeat=repeat), count)
+    zero = msgpack.packb(0)
+    return b"\xdf" + count.to_bytes(4, "big") + b"".join(msgpack.packb(k) + zero for k in keys)
 
 
 class Child:

@@ -7,7 +7,6 @@ the keys. One 3-node cluster (one partition) is shared by the module.
 
 from __future__ import annotations
 
-import itertools
 import json
 import socket
 import subprocess
@@ -20,6 +19,7 @@ import msgpack
 import pytest
 import zmq
 
+from tests.distribution.helpers import colliding_map
 from tests.multiprocess.harness import ROOT, Cluster, child_env, wait_until, waraft_cmd
 from tests.security.attacker import CALM, SERVER, Attacker
 from waraft import distribution as dist
@@ -270,10 +270,9 @@ def test_a_client_keys_map_of_colliding_keys_is_refused_in_linear_time(
     leader = wait_until(lambda: cluster.leader(1))[0]
     index = cluster.index_of(leader)
     malformed = stats(cluster, index).get("rx_malformed", 0)
-    keys_ = list(itertools.islice(itertools.product((-1, -2), repeat=17), 40_000))
     app = Attacker(ctx, leader, name="app.collide", curve=curve_of(key_dir, "app"))
     try:
-        app.raw(envelope.cast_frame("no_such_process", msgpack.packb({k: 0 for k in keys_})))
+        app.raw(envelope.cast_frame("no_such_process", colliding_map(40_000)))
         wait_until(lambda: stats(cluster, index).get("rx_malformed", 0) > malformed, 5.0)
         started = time.monotonic()
         app.call(SERVER, ("status",))  # the node answers at once: its receive thread is free
