@@ -384,10 +384,13 @@ ACCEPTOR = "raft_acceptor_kv_1"
 
 
 def _reply(attacker: Attacker, ref: int, timeout: float = 8.0) -> Any:
-    """The value of the node's answer to call ``ref`` (the frame's last element)."""
-    for answer in attacker.answers(timeout=timeout, want=4):
-        if ref in answer:
-            return answer[-1]
+    """The value of the node's answer to call ``ref`` (the frame's last element); other
+    frames are skipped, one at a time (waiting for several cost the whole timeout)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        for answer in attacker.answers(timeout=left):
+            if ref in answer:
+                return answer[-1]
     raise AssertionError(f"no answer to call {ref}")
 
 
