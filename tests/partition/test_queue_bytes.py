@@ -62,7 +62,7 @@ def test_zero_means_unbounded() -> None:
 def test_command_bytes_counts_nested_payloads() -> None:
     batch = ("$batch", [("write", "t", "k", b"x" * 1000), ("write", "t", "k", "y" * 500)])
     assert command_bytes(batch) >= 1500
-    assert command_bytes(("write", "t", 1, 2)) < 64
+    assert command_bytes(("write", "t", 1, 2)) == 56 + 5 + 1 + 8 + 8  # the tuple and its items
 
 
 def test_a_partition_refuses_commits_beyond_the_byte_budget(tmp_path: Path) -> None:
@@ -89,7 +89,8 @@ def test_a_partition_refuses_commits_beyond_the_byte_budget(tmp_path: Path) -> N
 def test_the_apply_queue_counts_the_payload_inside_tuple_commands() -> None:
     big = Entry(1, "k", ("write", "t", "k", "x" * 5000))
     assert server._entry_size(big) >= 5000
-    assert server._entry_size(Entry(1, "k", ("write", "t", "k", 1))) == 64
+    # 16 for the entry, 56 for the tuple, 5 + 1 + 1 for the strings, 8 for the int
+    assert server._entry_size(Entry(1, "k", ("write", "t", "k", 1))) == 87
 
 
 def test_the_commit_totals_count_admitted_and_applied_apart() -> None:
