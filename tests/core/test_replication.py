@@ -297,7 +297,7 @@ def test_follower_refuses_to_truncate_its_first_entry() -> None:
     assert fx[0].rpc.payload.success is False
 
 
-def test_truncation_cancels_queued_commits_with_not_leader() -> None:
+def test_truncation_cancels_queued_commits_as_cancelled() -> None:
     node = make_leader()
     node.handle(commits(2))
     node.handle(HEARTBEAT, now=5)
@@ -305,7 +305,7 @@ def test_truncation_cancels_queued_commits_with_not_leader() -> None:
     # a new leader of term 3 overwrites index 3 onwards
     fx = node.rpc(N2, AppendEntries(2, 2, [Entry(3, "x", "new")], 2, 0), term=3, now=6)
     cancelled = [e for e in fx if isinstance(e, CommitCancelled)]
-    assert [(c.to, c.reason) for c in cancelled] == [("c0", "not_leader"), ("c1", "not_leader")]
+    assert [(c.to, c.reason) for c in cancelled] == [("c0", "cancelled"), ("c1", "cancelled")]
     assert node.core.queued == {}
     assert node.log.terms() == [1, 2, 3]
 

@@ -2,8 +2,12 @@
 
 Commits wait in two lists (high and low priority, arrival order) until the leader appends them
 as one batch per priority. Once appended, a commit's reply handle waits in ``queued`` (by log
-index) until storage applies the entry — or until the entry is truncated (``not_leader``), the
-log is reset by a snapshot (``cancelled``), or the server stops.
+index) until storage applies the entry — or until the entry is truncated, the log is reset by
+a snapshot, or the server stops. Those three answer ``CANCELLED``: an appended entry given up
+here may still be (or already be) committed elsewhere — a snapshot can hold it, and with five
+or more members a truncated entry can still win — so, unlike ``not_leader`` before the
+append, it does not say the command was not applied (a review found a commit answered
+``cancelled`` whose entry was in the snapshot that cancelled it).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ if TYPE_CHECKING:
     from waraft.core.replica import Replica
 
 PendingItem = tuple[Any, tuple[Any, Any]]
+
+CANCELLED = "cancelled"
+"""The answer to an appended commit this replica gave up on: its outcome is unknown."""
 
 
 def has_pending_commits(core: Replica) -> bool:
@@ -149,7 +156,7 @@ def cancel_pending(core: Replica, reason: Any) -> None:
     core.pending_read = False
 
 
-def cancel_queued_range(core: Replica, start: int, end: int, reason: Any) -> None:
+def cancel_queued_range(core: Replica, start: int, end: int, reason: Any = CANCELLED) -> None:
     """Fail appended commits whose entries ``start..end`` are being truncated."""
     queued = core.queued
     if not queued or start > end:
@@ -163,7 +170,7 @@ def cancel_queued_range(core: Replica, start: int, end: int, reason: Any) -> Non
         core.cancel_commit(from_, reason, priority)
 
 
-def cancel_queued(core: Replica, reason: Any) -> None:
+def cancel_queued(core: Replica, reason: Any = CANCELLED) -> None:
     """Fail every appended-but-unapplied commit (log reset, shutdown), in index order."""
     queued = core.queued
     for index in sorted(queued):
@@ -173,5 +180,7 @@ def cancel_queued(core: Replica, reason: Any) -> None:
 
 
 def cancel_pending_and_queued(core: Replica, reason: Any) -> None:
+    """Fail the pending commits with ``reason`` (never appended: not applied) and the queued
+    ones with ``CANCELLED`` (appended: outcome unknown)."""
     cancel_pending(core, reason)
-    cancel_queued(core, reason)
+    cancel_queued(core)

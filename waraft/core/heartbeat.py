@@ -65,7 +65,7 @@ def append_entries(
     core.log_notice("truncating the log ending at %d from %d on", last, conflict)
     core.emit(TruncateLog(conflict))
     log.truncate(conflict, core.last_applied)
-    commit.cancel_queued_range(core, conflict, last, "not_leader")
+    commit.cancel_queued_range(core, conflict, last)
     if conflict == prev_index:
         return False, conflict - 1
     return _append_new(core, entries[conflict - prev_index - 1 :], prev_index + count, conflict - 1)

@@ -114,7 +114,8 @@ class RaftCore(Replica):
     def terminate_effects(self) -> list[Effect]:
         """What WARaft's ``terminate`` does: cancel pending and queued commits and reads.
 
-        The reason is ``not_leader``, or ``("notify_redirect", peer)`` while a handover runs.
+        Pending commits answer ``not_leader``, or ``("notify_redirect", peer)`` while a
+        handover runs; appended ones ``cancelled`` (they may commit without this replica).
         The core must not be used afterwards.
         """
         self._fx = []

@@ -58,7 +58,7 @@ def reset_log(core: Replica, position: LogPos, storage_config: tuple[int, Config
     """
     core.emit(ResetLog(position))
     core.log.reset(position)
-    commit.cancel_queued(core, "cancelled")
+    commit.cancel_queued(core)
     core.last_applied = position.index
     core.commit_index = position.index
     core.cached_config = storage_config
@@ -83,7 +83,7 @@ def adopt_snapshot(
     queued = core.queued
     for covered in sorted(i for i in queued if i <= index):
         from_, priority = queued.pop(covered)
-        core.cancel_commit(from_, "cancelled", priority)
+        core.cancel_commit(from_, commit.CANCELLED, priority)
     core.last_applied = index
     if core.commit_index < index:
         core.commit_index = index
