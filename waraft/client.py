@@ -118,6 +118,7 @@ from functools import partial
 from typing import Any, Final
 
 from waraft import make_ref, otp
+from waraft.core.commit import CANCELLED
 from waraft.core.sessions import (
     DEFAULT_EXPIRE_AFTER,
     EXPIRED,
@@ -1733,6 +1734,14 @@ class Client:
 
     def _on_error(self, request: _Request, result: Any, batch: _Batch, hint: str | None) -> None:
         reason = result[1]
+        if reason == CANCELLED:
+            # Appended, then given up by that replica (truncated, replaced by a snapshot, or
+            # the server stopped): the entry may commit elsewhere, or sit in the snapshot
+            # already. Asked again like not_leader (same session and seq: applied once); at
+            # the deadline it answers timeout, never "cancelled", which read as "not applied"
+            # and invited a second apply (a review's finding).
+            request.unsure = True
+            reason = "not_leader"
         if reason == "not_leader":
             new = hint if hint is not None and hint != batch.node else None
             if new is not None and time.monotonic() - self._failed_at.get(new, -1e9) < STALE_HINT:

@@ -263,7 +263,8 @@ class _FakeGateway(otp.Process):
     from its followers: it appends and waits for a quorum that never comes), "pause" swallows
     one batch then leads, "redirect"
     answers every request ``not_leader`` naming ``hint`` (a follower that has not noticed yet
-    that its leader is gone), "lead" answers ``ok``."""
+    that its leader is gone), "cancel" answers ``cancelled`` naming ``hint`` (a deposed leader
+    whose appended entry was replaced by a snapshot), "lead" answers ``ok``."""
 
     def init(self, mode: str, hint: str | None, seen: list[str]) -> None:
         self.mode, self.hint, self.seen = mode, hint, seen
@@ -279,6 +280,8 @@ class _FakeGateway(otp.Process):
             return
         if self.mode == "redirect":
             results = [("error", "not_leader")] * len(items)
+        elif self.mode == "cancel":
+            results = [("error", "cancelled")] * len(items)
         else:
             results = ["ok"] * len(items)
         otp.cast(reply_to, ("client_reply", batch_id, results, self.hint))
@@ -318,6 +321,39 @@ def test_a_follower_naming_a_leader_that_just_failed_is_not_followed(
         assert c.leader(1) == new
     finally:
         c.close()
+        for node in nodes:
+            node.stop()
+
+
+def test_a_cancelled_commit_is_asked_again_and_never_answered_cancelled(
+    client_node: otp.Node,
+) -> None:
+    """``cancelled`` answers an appended entry its replica gave up on (truncated, replaced by
+    a snapshot, the server stopped): it may have been applied (a review saw one inside the
+    very snapshot that cancelled it). The client asks the leader the answer names, and a
+    commit that never gets another answer ends ``timeout``, not ``cancelled``, which read as
+    "not applied" and invited a second apply."""
+    from waraft.partition import acceptor
+
+    nodes = [otp.Node(f"fake{next(_ids)}@local") for _ in range(3)]
+    deposed, new, alone = (n.id for n in nodes)
+    seen: list[str] = []
+    name = acceptor.default_name("test", 1)
+    for node, mode, hint in zip(nodes, ("cancel", "lead", "cancel"), (new, new, None), strict=True):
+        otp.start(_FakeGateway, mode, hint, seen, name=name, node=node)
+    redirected = Client(
+        [deposed, new], table="test", partitions=1, node=client_node, discover=False
+    )
+    stuck = Client([alone], table="test", partitions=1, node=client_node, discover=False)
+    try:
+        redirected._set_leader(1, deposed)
+        assert redirected.commit(1, ("write", "test", "k", 1), timeout=5.0) == "ok"
+        assert seen[:2] == ["cancel", "lead"], seen
+        assert stuck.commit(1, ("write", "test", "k", 1), timeout=0.5) == ("error", "timeout")
+        assert stuck.stats()["retries"] >= 1
+    finally:
+        redirected.close()
+        stuck.close()
         for node in nodes:
             node.stop()
 
