@@ -121,7 +121,7 @@ class ClientConfig:
     session_expire_after: int = 100_000  # applied entries
 
 
-_MOVE_ON = frozenset({"not_leader", "unreachable", "timeout"})
+_MOVE_ON = frozenset({"not_leader", "cancelled", "unreachable", "timeout"})
 
 
 def is_error(value: Any) -> bool:
@@ -329,7 +329,7 @@ class Client:
             hint = peer.node if isinstance(peer, Identity) else str(peer)
         elif reason not in _MOVE_ON:
             return  # admission errors: the same node, a little later
-        elif reason == "not_leader":
+        elif reason == "not_leader" or reason == "cancelled":  # cancelled: deposed after appending
             node = self.sim.nodes[req.target]
             leader = node.core.leader if node.up and node.core is not None else None
             if leader is not None:
