@@ -179,6 +179,9 @@ UNREACHABLE: Final = ("error", "unreachable")
 #: What every open and later request of a client gets once its sender thread crashed (a bug,
 #: logged with its traceback): nothing could ever send them.
 SENDER_FAILED: Final = ("error", "client_failed")
+#: The answers to a commit whose command may still have been applied (at most once); any
+#: other error means not applied at all (README, exactly-once sessions).
+AT_MOST_ONCE: Final = frozenset({TIMEOUT, CLOSED, SENDER_FAILED, EXPIRED})
 #: How long ``close`` waits for the sender to stop before it answers what it can reach; the
 #: sender answers the rest itself when it does stop.
 CLOSE_JOIN_TIMEOUT = 5.0
@@ -1846,6 +1849,7 @@ class Client:
 
 __all__ = [
     "ADMIN_NAME",
+    "AT_MOST_ONCE",
     "CLOSED",
     "TIMEOUT",
     "UNREACHABLE",

@@ -140,3 +140,29 @@ def test_settings_on_the_command_line_are_literals_or_strings() -> None:
     for bad in ("max_log=1", "raft_max_log_bytes_per_file", "=3"):
         with pytest.raises(argparse.ArgumentTypeError):
             _setting(bad)
+
+
+def test_the_recorder_takes_a_commit_error_outside_the_at_most_once_list_as_not_applied() -> None:
+    """The README's promise checked by every chaos run: a commit answered timeout, closed,
+    client_failed or session_expired may have been applied; any other error (cancelled,
+    say, which once answered an applied commit) means not applied at all."""
+    from tests.chaos.run import Recorder
+    from waraft.sim import Status
+
+    rec = Recorder()
+    answers = [
+        ("error", "timeout"),
+        ("error", "session_expired"),
+        ("error", "closed"),
+        ("error", "client_failed"),
+        ("error", "cancelled"),
+        ("error", ("badarg", {"unhashable": []})),
+        "ok",
+    ]
+    ops = [rec.invoke(1, "commit", ("write", "kv", "k", i)) for i in range(len(answers))]
+    for op, answer in zip(ops, answers, strict=True):
+        rec.complete(op, answer)
+    assert [op.status for op in ops] == [Status.UNKNOWN] * 4 + [Status.FAIL] * 2 + [Status.OK]
+    read = rec.invoke(1, "read", ("read", "kv", "k"))
+    rec.complete(read, ("error", "timeout"))
+    assert read.status is Status.FAIL  # a read without an answer has no effect
