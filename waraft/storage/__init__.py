@@ -348,6 +348,7 @@ class StorageServer(otp.Process):
             self._awaiting_data: str | None = None  # see _await_data
             self._failed: str | None = None  # see _apply_failed
             self._failure_key = (self.node.id, self.name)
+            self._write_back_timer: Any = None  # see _arm_write_back
             self.position: LogPos = self.provider.position()
             self.skipped = 0
             self.sessions = self._load_sessions()
@@ -443,6 +444,8 @@ class StorageServer(otp.Process):
                 else:
                     if _apply_failures:
                         _apply_failures.pop(self._failure_key, None)
+                    if self._write_back_timer is None:
+                        self._arm_write_back()
         elif cls is ReadNowRequest:
             self.queues.release_reads(1)
             msg.from_.reply(self._read(msg.command))
@@ -452,6 +455,24 @@ class StorageServer(otp.Process):
             logger.warning("storage %s dropped an unexpected cast %.200r", self.name, msg)
         if self._corruption is not None:
             raise self._corruption
+
+    def handle_info(self, msg: Any) -> None:
+        if msg == ("write_back",):
+            self._write_back_timer = None
+            due = self.provider.write_back_due()
+            if due is not None and due <= 0:
+                self.provider.write_back()
+            self._arm_write_back()
+        else:
+            super().handle_info(msg)
+
+    def _arm_write_back(self) -> None:
+        """A timer for the provider's write-back buffer, if it holds one: the rows of a
+        partition that stopped applying are written out too (``write_back_due``)."""
+        due = self.provider.write_back_due()
+        if due is not None:
+            delay = max(1, int(due * 1000) + 1)
+            self._write_back_timer = otp.send_after(delay, self.pid, ("write_back",))
 
     def _apply_failed(self, exc: Exception) -> None:
         """An apply raised. A fault of this replica's environment (I/O, the disk, damaged

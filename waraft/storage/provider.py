@@ -200,6 +200,17 @@ class StorageProvider(ABC):
         of its last flush."""
         return self.position()
 
+    def write_back_due(self) -> float | None:
+        """Seconds until the provider wants ``write_back()`` called for applied rows it holds
+        in a write-back buffer (0 or less: now), or None when it holds none. The storage
+        actor asks after every apply message and arms a timer, so an idle partition's buffer
+        is written within that time too. Default: None (nothing is ever buffered)."""
+        return None
+
+    def write_back(self) -> None:
+        """Write the write-back buffer out (``write_back_due``); nothing by default."""
+        return None
+
     def config(self) -> tuple[LogPos, Config] | None:
         """The newest applied config with the position it was applied at."""
         return self._config
