@@ -50,6 +50,13 @@ def _data_file(node: NodeProcess) -> Path:
     return node.data_dir / "storage-lmdb" / "data.mdb"
 
 
+def _written_back(node: NodeProcess) -> None:
+    """Wait until the precious value is in the node's LMDB file: an applied row sits in the
+    partition's write-back buffer for up to ``lmdb_flush_interval_ms`` first (the WAL holds
+    it meanwhile)."""
+    wait_until(lambda: SECRET.encode() in _data_file(node).read_bytes(), timeout=30)
+
+
 def _flip_every_copy(path: Path, needle: bytes) -> int:
     """Flip one byte in the middle of every copy of ``needle`` (LMDB copies pages on write,
     so stale copies may be there too), one byte write each; returns how many."""
@@ -133,6 +140,7 @@ def test_damage_found_at_start_is_quarantined_and_repaired(cluster: Cluster) -> 
     try:
         expected, partition, victim = _fill_and_find_the_keys_leader(cluster, client)
         node = cluster.nodes[victim]
+        _written_back(node)
         node.kill()
         assert _flip_every_copy(_data_file(node), SECRET.encode()) >= 1
         cluster.start([victim])
@@ -160,6 +168,7 @@ def test_damage_met_by_a_leaders_read_is_never_served(cluster: Cluster) -> None:
     try:
         expected, _, victim = _fill_and_find_the_keys_leader(cluster, client)
         node = cluster.nodes[victim]
+        _written_back(node)
         assert _flip_every_copy(_data_file(node), SECRET.encode()) >= 1
         results = [client.read(KEY, ("read", TABLE, KEY)) for _ in range(20)]
         assert not any(_is_damaged(r) for r in results), results

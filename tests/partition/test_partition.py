@@ -522,7 +522,10 @@ def test_a_restart_applies_the_log_tail_storage_lost(
     # Power loss with lazy sync: storage comes back at its last flush, older than the log.
     # Emulated by putting back a copy of the node's LMDB environment taken mid-run; the
     # restarted replica must apply the log's tail again, losing nothing it had applied.
-    lazy = {"raft_storage_options": {"lmdb_sync_interval_ms": 3_600_000}}
+    # No write-back buffer (flush interval 0), so the copy below sits at a known position.
+    lazy = {
+        "raft_storage_options": {"lmdb_sync_interval_ms": 3_600_000, "lmdb_flush_interval_ms": 0}
+    }
     spec = {"log_module": WAL, "storage_module": NODE_LMDB}
     node = start_node(tmp_path, "n1", [1], lazy, **spec)
     _bootstrap_single(node)
@@ -555,6 +558,31 @@ def test_a_restart_applies_the_log_tail_storage_lost(
         ("ok", i) for i in range(30)
     ]
     assert copied.index < applied.index
+
+
+def test_an_idle_partitions_write_back_buffer_reaches_lmdb_and_the_log_can_trim(
+    tmp_path: Path,
+) -> None:
+    # The storage actor arms a timer for the provider's write-back buffer: without it, rows
+    # applied just before a partition goes idle stay buffered, and the durable position (the
+    # log's trim bound) never reaches them.
+    options = {
+        "raft_storage_options": {"lmdb_sync_interval_ms": 50, "lmdb_flush_interval_ms": 100}
+    }
+    node = start_node(tmp_path, "n1", [1], options, log_module=WAL, storage_module=NODE_LMDB)
+    _bootstrap_single(node)
+    acc = addr("acceptor", node)
+    for i in range(5):
+        assert acceptor.commit(acc, (i, ("write", "t", i, i))) == "ok"
+    target = addr("storage", node)
+    applied = storage.position(target)
+
+    def written_back() -> bool:
+        found = storage.status(target)
+        return found["pending_rows"] == 0 and found["durable_position"] == applied
+
+    wait_until(written_back, timeout=10)
+    assert acceptor.read(acc, ("read", "t", 4)) == ("ok", 4)
 
 
 def test_a_witness_is_marked_incomplete_from_its_first_skipped_entry(tmp_path: Path) -> None:

@@ -26,7 +26,12 @@ from waraft.core.types import LogPos
 from waraft.storage import node_lmdb
 from waraft.storage.lmdb import StorageLockedError
 from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeEnv, NodeLmdbStorage, _Write
-from waraft.storage.provider import StorageCorruptionError, StorageError, StorageOptions
+from waraft.storage.provider import (
+    StorageCorruptionError,
+    StorageError,
+    StorageOptions,
+    UnknownCommandError,
+)
 
 from .helpers import A, B, C, make_config
 
@@ -35,9 +40,12 @@ SECRET = b"precious-value-0123456789"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def opts(partition: int) -> StorageOptions:
+def opts(partition: int, **extra: Any) -> StorageOptions:
+    """Options of a partition; unless told otherwise, without the write-back buffer (every
+    apply queues its own write: most tests here are about the node's group commit)."""
+    extra.setdefault("lmdb_flush_interval_ms", 0)
     return StorageOptions(
-        table="t", partition=partition, identity=A, name=f"raft_storage_t_{partition}"
+        table="t", partition=partition, identity=A, name=f"raft_storage_t_{partition}", extra=extra
     )
 
 
@@ -322,7 +330,9 @@ out = threading.Lock()
 
 
 def run(partition):
-    options = StorageOptions("t", partition, Identity("raft_server_t_1", "a@host"))
+    options = StorageOptions(
+        "t", partition, Identity("raft_server_t_1", "a@host"), extra={"lmdb_flush_interval_ms": 0}
+    )
     storage = NodeLmdbStorage.open(options, root / f"t.{partition}")
     index = storage.position().index
     while True:
@@ -498,10 +508,7 @@ def test_lazy_sync_apply_returns_before_its_commit_and_reads_wait_for_it(
 
 
 def open_lazy(root: Path, partition: int, **extra: Any) -> NodeLmdbStorage:
-    options = StorageOptions(
-        table="t", partition=partition, identity=A, name=f"raft_storage_t_{partition}", extra=extra
-    )
-    return NodeLmdbStorage.open(options, root / f"t.{partition}")
+    return NodeLmdbStorage.open(opts(partition, **extra), root / f"t.{partition}")
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
@@ -653,11 +660,13 @@ def _storage_actor(provider: Any) -> Any:
 
 def test_the_batches_of_an_apply_message_commit_in_one_transaction(root: Path) -> None:
     """Each ``$batch`` entry used to be an ``apply_many`` of its own: a group-commit round
-    trip (a hand-off to the committer thread and a wake-up back) per entry."""
+    trip (a hand-off to the committer thread and a wake-up back) per entry. (With
+    ``lmdb_sync``: with lazy sync an apply only fills the write-back buffer.)"""
     from waraft.core.types import Entry, Priority
     from waraft.services.codec import packb
 
-    storage = open_part(root, 1)
+    storage = open_lazy(root, 1, lmdb_sync=True)
+    assert storage.merge_batches
     node = storage._node
     assert node is not None
     storage.apply_config(CONFIG, LogPos(1, 1))
@@ -886,3 +895,129 @@ def test_a_short_write_on_a_nearly_full_disk_is_a_full_disk(
         assert wait_for(lambda: inflight[0].done)
         assert isinstance(inflight[0].error, lmdb.Error) and node.stalled is None
     storage.close()
+
+
+# -- lazy sync: the write-back buffer -----------------------------------------------------------
+
+
+def _stored_keys(storage: NodeLmdbStorage) -> set[bytes]:
+    """The data keys in LMDB itself (not the buffer), checked."""
+    with storage._committed_env().begin(db=storage._db) as txn:
+        return {bytes(key) for key, _ in txn.cursor() if not bytes(key).startswith(b"\xc1meta:")}
+
+
+def test_the_write_back_buffer_serves_reads_and_stores_each_key_once(root: Path) -> None:
+    from waraft.services.codec import packb
+
+    storage = open_lazy(root, 1, lmdb_flush_interval_ms=3_600_000, lmdb_flush_bytes=1 << 30)
+    node = storage._node
+    assert node is not None
+    long_key = "L" * 600  # stored under its digest
+    try:
+        storage.apply_config(CONFIG, LogPos(1, 1))
+        storage.write_back()
+        storage._drain()
+        writes, flushed = node.writes, storage.durable_position()
+        commands = [("write", "t", f"k{i % 5}", i) for i in range(100)]
+        commands += [("delete", "t", "k4"), ("write", "t", long_key, "long")]
+        assert storage.apply_many(commands, LogPos(2, 1), "lbl") == ["ok"] * len(commands)
+        storage.apply(("write", "t", "k0", "last"), LogPos(3, 1))
+        storage.apply(("delete", "t", "k1"), LogPos(4, 1))
+        assert node.writes == writes  # nothing queued yet: all in the buffer
+        assert storage.status()["pending_rows"] == 6
+        assert storage.position() == LogPos(4, 1) and storage.label() == "lbl"
+        # Reads see the buffer; LMDB does not have any of it, and it is not durable.
+        assert storage.read(("read", "t", "k0"), storage.position()) == ("ok", "last")
+        assert storage.read(("read", "t", "k1"), storage.position()) == "not_found"
+        assert storage.read(("read", "t", "k3"), storage.position()) == ("ok", 98)
+        assert storage.read(("read", "t", "k4"), storage.position()) == "not_found"
+        assert storage.read(("read", "t", long_key), storage.position()) == ("ok", "long")
+        assert _stored_keys(storage) == set()
+        assert storage.durable_position() == flushed
+        assert storage.write_back_due() is not None
+        storage.write_back()
+        assert storage.write_back_due() is None
+        storage._drain()  # the write is queued, not waited for
+        assert node.writes == writes + 1  # one write for all of it, each key once
+        assert _stored_keys(storage) == {packb("k0"), packb("k2"), packb("k3")} | {
+            k for k in _stored_keys(storage) if k.startswith(b"\xc1") and len(k) == 33
+        }
+        assert len(_stored_keys(storage)) == 4
+        assert storage.read(("read", "t", "k3"), storage.position()) == ("ok", 98)
+        node.flush()
+        assert storage.durable_position() == LogPos(4, 1)
+    finally:
+        storage.close()
+    reopened = open_lazy(root, 1)  # metadata went with the rows
+    try:
+        assert reopened.position() == LogPos(4, 1) and reopened.label() == "lbl"
+        assert reopened.read(("read", "t", "k0"), reopened.position()) == ("ok", "last")
+    finally:
+        reopened.close()
+
+
+def test_the_write_back_buffer_is_flushed_by_its_byte_bound_and_its_interval(root: Path) -> None:
+    storage = open_lazy(root, 1, lmdb_flush_interval_ms=200, lmdb_flush_bytes=2000)
+    node = storage._node
+    assert node is not None
+    try:
+        storage.apply_config(CONFIG, LogPos(1, 1))
+        writes = node.writes
+        storage.apply(("write", "t", "a", b"x" * 100), LogPos(2, 1))
+        assert node.writes == writes
+        due = storage.write_back_due()
+        assert due is not None and 0 < due <= 0.2
+        storage.apply(("write", "t", "b", b"x" * 3000), LogPos(3, 1))  # past the bytes
+        assert storage.write_back_due() is None
+        storage._drain()
+        assert node.writes == writes + 1
+        storage.apply(("write", "t", "c", 1), LogPos(4, 1))
+        time.sleep(0.25)
+        storage.apply(("write", "t", "d", 2), LogPos(5, 1))  # older than the interval
+        storage._drain()
+        assert node.writes == writes + 2
+        assert storage.read(("read", "t", "c"), storage.position()) == ("ok", 1)
+    finally:
+        storage.close()
+
+
+def test_a_close_writes_the_buffer_back_and_a_crash_leaves_it_to_the_log(root: Path) -> None:
+    storage = open_lazy(root, 1, lmdb_flush_interval_ms=3_600_000)
+    storage.apply_config(CONFIG, LogPos(1, 1))
+    storage.apply(("write", "t", "k", "kept"), LogPos(2, 1))
+    storage.close()
+    storage = open_lazy(root, 1)
+    try:
+        assert storage.position() == LogPos(2, 1)
+        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "kept")
+        storage.apply(("write", "t", "k", "lost"), LogPos(3, 1))
+        storage._pending.clear()  # what a crash loses: never counted as durable
+        storage._pending_position = None
+        node = storage._node
+        assert node is not None
+        node.flush()
+        assert storage.durable_position() == LogPos(2, 1)  # the log keeps entry 3
+    finally:
+        storage.close()
+
+
+def test_apply_many_takes_the_general_path_for_anything_but_plain_writes(root: Path) -> None:
+    storage = open_lazy(root, 1, lmdb_flush_interval_ms=3_600_000)
+    try:
+        storage.apply_config(CONFIG, LogPos(1, 1))
+        with pytest.raises(UnknownCommandError):
+            storage.apply_many([("write", "t", "a", 1), ("bogus",)], LogPos(2, 1))
+        assert storage.position() == LogPos(1, 1)
+        assert storage.read(("read", "t", "a"), storage.position()) == "not_found"
+        # A value msgpack alone cannot encode (a Config): waraft.codec's encoding, same reads.
+        assert storage.apply_many([("write", "t", "cfg", CONFIG)], LogPos(2, 1)) == ["ok"]
+        assert storage.read(("read", "t", "cfg"), storage.position()) == ("ok", CONFIG)
+        assert storage.apply_many([("write", "t", "a", 1)], LogPos(3, 1)) == ["ok"]
+        assert storage.read(("read", "t", "a"), storage.position()) == ("ok", 1)
+    finally:
+        storage.close()
+
+
+def test_bad_write_back_options_are_refused(root: Path) -> None:
+    with pytest.raises(ValueError, match="lmdb_flush"):
+        open_lazy(root, 1, lmdb_flush_interval_ms=-1)

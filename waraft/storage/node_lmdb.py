@@ -88,7 +88,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
 
 import lmdb
@@ -99,6 +99,7 @@ from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.lmdb import (
     _KV,
     _MAX_DBS,
+    _MAX_RAW_KEY,
     _META,
     _MIB,
     DEFAULT_MAP_SIZE,
@@ -107,8 +108,11 @@ from waraft.storage.lmdb import (
     LmdbStorage,
     Ops,
     StorageLockedError,
+    _long_entry,
+    _meta_items,
     _new_packer,
     _recover_swap,
+    _stored_key,
     _write_checksum,
 )
 from waraft.storage.provider import (
@@ -134,6 +138,12 @@ DEFAULT_SYNC_INTERVAL_MS: Final = 1000
 """Lazy sync: the longest an unsynced commit waits for the node's background sync."""
 DEFAULT_SYNC_BYTES: Final = 64 * 1024 * 1024
 """Lazy sync: values written (keys and values, bytes) that start a background sync early."""
+DEFAULT_FLUSH_INTERVAL_MS: Final = 500
+"""Lazy sync: the longest a partition holds applied rows in its write-back buffer before it
+queues them for a group commit (``NodeLmdbStorage._commit``)."""
+DEFAULT_FLUSH_BYTES: Final = 256 * 1024
+"""Lazy sync: value bytes applied (overwrites counted each time) that flush a partition's
+write-back buffer early: what bounds its memory."""
 
 STALL_BACKOFF_MIN: Final = 0.1
 STALL_BACKOFF_MAX: Final = 2.0
@@ -715,10 +725,10 @@ class NodeLmdbStorage(LmdbStorage):
     """
 
     blocking_io: ClassVar[bool] = False
-    merge_batches: ClassVar[bool] = True
-    """The storage actor applies the plain ``$batch`` entries of an apply message with the
-    commands around them in one ``apply_batch`` (one group-commit round trip per message, not
-    per entry: each is a hand-off to the committer thread and a wake-up back)."""
+    merge_batches: bool
+    """Whether the storage actor applies the plain ``$batch`` entries of an apply message with
+    the commands around them in one ``apply_batch``: with ``lmdb_sync`` only, where each apply
+    is a group-commit round trip (a hand-off to the committer thread and a wake-up back)."""
 
     def __init__(
         self, options: StorageOptions, directory: str, owner: otp.Pid | None = None
@@ -728,6 +738,9 @@ class NodeLmdbStorage(LmdbStorage):
         self.options = options
         extra = getattr(options, "extra", None) or {}
         self._sync = bool(extra.get("lmdb_sync", False))
+        # With lazy sync an apply only fills the write-back buffer: the per-command tuples a
+        # merge builds would cost more than it saves (apply_many's fast path below).
+        self.merge_batches = self._sync
         # Lazy sync: (generation, position) of this partition's commits not yet known to be
         # flushed, oldest first, and the applied position as of the last flush.
         self._unsynced: deque[tuple[int, LogPos]] = deque()
@@ -737,7 +750,23 @@ class NodeLmdbStorage(LmdbStorage):
         # for, with the position it applies (see ``_write``); what failed one, for good.
         self._inflight: tuple[_Write, LogPos] | None = None
         self._failed: BaseException | None = None
-        self._queued: _Write | None = None  # the write ``_write`` just queued
+        # Lazy sync's write-back buffer: the rows applied since the last flush, by stored key
+        # (None: deleted), the metadata rows they change, the position they bring the
+        # partition to, and when the first of them was applied (``_commit``).
+        self._pending: dict[bytes, bytes | None] = {}
+        self._pending_meta: dict[bytes, bytes] = {}
+        self._pending_position: LogPos | None = None
+        self._pending_bytes = 0
+        self._pending_since = 0.0
+        self._flush_interval = (
+            float(extra.get("lmdb_flush_interval_ms", DEFAULT_FLUSH_INTERVAL_MS)) / 1000.0
+        )
+        self._flush_bytes = int(extra.get("lmdb_flush_bytes", DEFAULT_FLUSH_BYTES))
+        if self._flush_interval < 0 or self._flush_bytes < 0:
+            raise ValueError(
+                f"bad lmdb_flush_interval_ms / lmdb_flush_bytes "
+                f"{extra.get('lmdb_flush_interval_ms')!r} / {extra.get('lmdb_flush_bytes')!r}"
+            )
         self._writemap = bool(extra.get("lmdb_writemap", False))
         self._map_size = int(extra.get("lmdb_map_size", DEFAULT_MAP_SIZE))
         if self._map_size <= 0:
@@ -959,6 +988,10 @@ class NodeLmdbStorage(LmdbStorage):
         the log still holds its entries (lazy sync keeps every entry above the durable
         position), and the next open of the partition applies them again."""
         node = self._node
+        if node is not None and node.stalled is None and self._pending_position is not None:
+            # Only to spare the next open a replay: the log holds every buffered entry.
+            with contextlib.suppress(Exception):
+                self._flush_pending()
         inflight = self._inflight
         if node is not None and inflight is not None:
             # Between two attempts the committer holds the write for a few microseconds.
@@ -1002,6 +1035,7 @@ class NodeLmdbStorage(LmdbStorage):
                 "node_syncs": 0 if node is None else node.syncs,
                 "node_stalled": None if node is None else node.stalled,
                 "durable_position": self.durable_position(),
+                "pending_rows": len(self._pending),
                 "sync": self._sync,
                 "writemap": self._writemap,
                 "quarantine": self.quarantine,
@@ -1015,7 +1049,15 @@ class NodeLmdbStorage(LmdbStorage):
     def env(self) -> lmdb.Environment:
         """The node's environment, once this partition's in-flight write (if any) is
         committed: every read, snapshot, status and wholesale replace goes through here, so
-        none of them sees the partition without its last apply (see ``_write``)."""
+        none of them sees the partition without its last apply (see ``_write``). The
+        write-back buffer is flushed first (a lookup of one key reads the buffer instead:
+        ``_lookup``)."""
+        if self._pending_position is not None:
+            self._flush_pending()
+        return self._committed_env()
+
+    def _committed_env(self) -> lmdb.Environment:
+        """The environment once the in-flight write is committed (the buffer not flushed)."""
         if self._inflight is not None or self._failed is not None:
             self._drain()
         return super().env
@@ -1042,24 +1084,119 @@ class NodeLmdbStorage(LmdbStorage):
         wants: the committer's). Not through otp.blocking: the node's committer thread runs
         the transaction and this actor is suspended meanwhile (NodeEnv.commit).
 
-        With lazy sync the write is only queued (``_commit`` keeps it as in flight): the
-        WAL, not LMDB, makes the applied entries durable, and nothing waits for the flush, so
-        waiting for the commit itself was a hand-off and a wake-up per apply message (one per
-        committed command at 1000 partitions). The previous write is waited for first (at
-        1000 partitions it is long done: no suspension), so a partition has at most one write
-        in flight and a failed one is never followed by a later one; every read goes through
-        ``env``, which waits for it too."""
+        With lazy sync the rows only go into the partition's write-back buffer: the WAL, not
+        LMDB, makes the applied entries durable, so LMDB may lag the applied position as long
+        as the durable position (what the log may trim to) counts only what reached it.
+        ``_commit`` flushes the buffer as one write every ``lmdb_flush_interval_ms`` or
+        ``lmdb_flush_bytes`` of applied values; a key written several times in between is
+        checksummed and stored once (the buffer keeps its last value). Reads look in the
+        buffer first (``_lookup``); everything else that reads the environment flushes it
+        first (``env``)."""
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
-        write = _Write(self._db, self._seed, ops, meta, self._path, self._lease)
         if self._sync:
+            write = _Write(self._db, self._seed, ops, meta, self._path, self._lease)
             node.commit(write)
             self._written = write.generation
             return
+        pending = self._pending
+        size = 0
+        for op in ops:
+            if type(op) is list:
+                pending.update(op)
+                size += sum([len(value) for _, value in op])
+            else:
+                pending[op] = None  # type: ignore[index]
+        self._pending_meta.update(meta)
+        if not self._pending_bytes:
+            self._pending_since = time.monotonic()
+        self._pending_bytes += size + 1  # + 1: a delete-only apply counts too
+
+    def _flush_pending(self) -> None:
+        """Queue the write-back buffer as one write for the node's group commit, without
+        waiting for it. The previous write is waited for first (at most one write of a
+        partition in flight, so a failed one is never followed by a later one)."""
+        position = self._pending_position
+        if position is None:
+            return
+        node = self._node
+        if node is None:
+            raise StorageError(f"LMDB node storage {self._path} is closed")
+        rows = [(key, value) for key, value in self._pending.items() if value is not None]
+        ops: Ops = [rows] if rows else []
+        if len(rows) != len(self._pending):
+            ops.extend(key for key, value in self._pending.items() if value is None)
+        write = _Write(
+            self._db, self._seed, ops, list(self._pending_meta.items()), self._path, self._lease
+        )
         self._drain()
         node.submit(write)
-        self._queued = write
+        self._inflight = (write, position)
+        self._pending = {}
+        self._pending_meta = {}
+        self._pending_position = None
+        self._pending_bytes = 0
+
+    def apply_many(self, commands: Sequence[Any], position: LogPos, label: Any = None) -> list[Any]:
+        """As ``LmdbStorage.apply_many``; with lazy sync, a batch of plain writes and deletes
+        goes straight into the write-back buffer (keys and values encoded, nothing else
+        built per command), all or nothing: anything else takes the general path."""
+        if self._sync or self._failed is not None or self._node is None:
+            return super().apply_many(commands, position, label)
+        pack = self._pack
+        staged: dict[bytes, bytes | None] = {}
+        size = 0
+        try:
+            for command in commands:
+                if type(command) is tuple:
+                    length = len(command)
+                    if length == 4 and command[0] == "write":
+                        key = pack(command[2])
+                        value = pack(command[3])
+                        if len(key) > _MAX_RAW_KEY:
+                            key, value = _long_entry(key, value)
+                        staged[key] = value
+                        size += len(value)
+                        continue
+                    if length == 3 and command[0] == "delete":
+                        staged[_stored_key(pack(command[2]))] = None
+                        size += 1
+                        continue
+                return super().apply_many(commands, position, label)
+        except Exception:
+            self._pack = _new_packer()  # a value msgpack needs waraft.codec for: general path
+            return super().apply_many(commands, position, label)
+        if label is None:
+            label = self._label
+        config, incomplete = self._config, self._incomplete
+        meta = _meta_items(position, config, label, incomplete, (config, self._label, incomplete))
+        self._pending.update(staged)
+        self._pending_meta.update(meta)
+        if not self._pending_bytes:
+            self._pending_since = time.monotonic()
+        self._pending_bytes += size + 1
+        self._set_metadata(position, config, label, incomplete)
+        self._buffered(position)
+        return [OK] * len(commands)
+
+    def _buffered(self, position: LogPos) -> None:
+        """The write-back buffer now reaches ``position``: flush it if it is due."""
+        self._pending_position = position
+        if (
+            self._pending_bytes >= self._flush_bytes
+            or time.monotonic() - self._pending_since >= self._flush_interval
+        ):
+            self._flush_pending()
+
+    def write_back_due(self) -> float | None:
+        if self._pending_position is None:
+            return None
+        return self._pending_since + self._flush_interval - time.monotonic()
+
+    def write_back(self) -> None:
+        if self._pending_position is not None:
+            self._flush_pending()
 
     def _commit(
         self,
@@ -1071,10 +1208,7 @@ class NodeLmdbStorage(LmdbStorage):
     ) -> None:
         super()._commit(ops, position, config, label, incomplete)
         if not self._sync:
-            # Counted towards the durable position once its commit is known (``_drain``).
-            queued, self._queued = self._queued, None
-            if queued is not None:
-                self._inflight = (queued, position)
+            self._buffered(position)
 
     def _note_unsynced(self, position: LogPos) -> None:
         unsynced = self._unsynced
@@ -1092,7 +1226,12 @@ class NodeLmdbStorage(LmdbStorage):
         return super().read(command, position)
 
     def _lookup(self, stored_key: bytes) -> bytes | None:
-        with self.env.begin(db=self._db) as txn:
+        if self._failed is not None:
+            raise self._failed  # a failed write fails every later call, buffered reads too
+        pending = self._pending
+        if stored_key in pending:
+            return pending[stored_key]  # not yet in LMDB (None: deleted)
+        with self._committed_env().begin(db=self._db) as txn:
             return self._get(txn, stored_key)
 
     # -- snapshots ----------------------------------------------------------------------------
@@ -1100,6 +1239,8 @@ class NodeLmdbStorage(LmdbStorage):
     def create_snapshot(self, path: str | os.PathLike[str]) -> Any:
         """A snapshot in ``waraft.storage.lmdb``'s format; every value is checked on the way
         (``StorageCorruptionError``: a damaged replica must not hand its damage on)."""
+        if self._pending_position is not None:
+            self._flush_pending()  # here, not on the I/O thread
         return otp.blocking(self._create_snapshot, path)
 
     def _create_snapshot(self, path: str | os.PathLike[str]) -> Any:
@@ -1152,6 +1293,9 @@ class NodeLmdbStorage(LmdbStorage):
     def open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
         """Check the snapshot, then empty the partition's database and copy the snapshot in,
         in one transaction (which also lifts a quarantine)."""
+        if self._pending_position is not None:
+            # Flushed, not dropped: a snapshot refused below leaves the partition as it was.
+            self._flush_pending()
         return otp.blocking(self._open_snapshot, path, expected)
 
     def _open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
