@@ -566,9 +566,7 @@ def test_an_idle_partitions_write_back_buffer_reaches_lmdb_and_the_log_can_trim(
     # The storage actor arms a timer for the provider's write-back buffer: without it, rows
     # applied just before a partition goes idle stay buffered, and the durable position (the
     # log's trim bound) never reaches them.
-    options = {
-        "raft_storage_options": {"lmdb_sync_interval_ms": 50, "lmdb_flush_interval_ms": 100}
-    }
+    options = {"raft_storage_options": {"lmdb_sync_interval_ms": 50, "lmdb_flush_interval_ms": 100}}
     node = start_node(tmp_path, "n1", [1], options, log_module=WAL, storage_module=NODE_LMDB)
     _bootstrap_single(node)
     acc = addr("acceptor", node)
