@@ -34,11 +34,18 @@ environment or still in the log, and a restart whose storage came back older (po
 applies the log's tail again. A lazy-sync apply does not even wait for its group commit: it
 queues the write and returns, and the partition's next write, read, snapshot or status waits for
 it first (``NodeLmdbStorage._write``); it counts towards the durable position once committed.
-What each failure costs:
+Nor is every apply its own write: applied rows go into the partition's *write-back buffer*
+(stored key -> last value, or deleted), which the next apply queues as one write once
+``lmdb_flush_interval_ms`` (default 500) passed since its first row or ``lmdb_flush_bytes``
+(default 256 KiB) of values were applied, and the storage actor's timer within
+``IDLE_FLUSH_FACTOR`` intervals once the partition stops applying; a snapshot, a close and
+anything reading the whole environment flush it first, and a read of one key looks in it first.
+A key written many times in between is checksummed and put once. ``lmdb_flush_interval_ms`` 0
+queues every apply's write as it is applied (no buffer). What each failure costs:
 
-* process crash (``kill -9``): nothing the log does not hold (an apply still queued is
-  re-applied from it). A commit's pages are in the kernel's page cache when it returns, and
-  LMDB never overwrites the pages of the last two commits.
+* process crash (``kill -9``): nothing the log does not hold (an apply still queued or in the
+  write-back buffer is re-applied from it). A commit's pages are in the kernel's page cache
+  when it returns, and LMDB never overwrites the pages of the last two commits.
 * power loss or kernel crash: the commits since the last sync can be lost (re-applied from the
   log), and since LMDB's data and meta pages then reach the disk in no guaranteed order, the
   environment can even be left damaged; the checksums, the check at open and the quarantine
@@ -139,8 +146,12 @@ DEFAULT_SYNC_INTERVAL_MS: Final = 1000
 DEFAULT_SYNC_BYTES: Final = 64 * 1024 * 1024
 """Lazy sync: values written (keys and values, bytes) that start a background sync early."""
 DEFAULT_FLUSH_INTERVAL_MS: Final = 500
-"""Lazy sync: the longest a partition holds applied rows in its write-back buffer before it
-queues them for a group commit (``NodeLmdbStorage._commit``)."""
+"""Lazy sync: a partition's apply finding its write-back buffer older than this queues it for
+a group commit (``NodeLmdbStorage._commit``)."""
+IDLE_FLUSH_FACTOR: Final = 4
+"""A partition that stops applying has its buffer written out by the storage actor's timer
+this many flush intervals after its first row (``write_back_due``): a timer per flush, at
+1000 partitions applying a few commands a second each, cost more than the writes it saved."""
 DEFAULT_FLUSH_BYTES: Final = 256 * 1024
 """Lazy sync: value bytes applied (overwrites counted each time) that flush a partition's
 write-back buffer early: what bounds its memory."""
@@ -716,7 +727,9 @@ class NodeLmdbStorage(LmdbStorage):
 
     Options (``options.extra``): ``lmdb_sync`` (default False: lazy sync, see the module
     docstring; True fsyncs every group commit), ``lmdb_sync_interval_ms`` (default 1000) and
-    ``lmdb_sync_bytes`` (default 64 MiB), the lazy sync's bounds, ``lmdb_writemap`` (default
+    ``lmdb_sync_bytes`` (default 64 MiB), the lazy sync's bounds, ``lmdb_flush_interval_ms``
+    (default 500) and ``lmdb_flush_bytes`` (default 256 KiB), the write-back buffer's (lazy sync
+    only; 0 ms: no buffer), ``lmdb_writemap`` (default
     False), ``lmdb_map_size`` (default 64 GiB), ``lmdb_max_partitions`` (named databases the
     environment can hold, default 4096), ``lmdb_node_dir`` (default
     ``<parent of the partition directory>/storage-lmdb``), ``lmdb_verify_on_open`` (check every
@@ -1192,7 +1205,7 @@ class NodeLmdbStorage(LmdbStorage):
     def write_back_due(self) -> float | None:
         if self._pending_position is None:
             return None
-        return self._pending_since + self._flush_interval - time.monotonic()
+        return self._pending_since + IDLE_FLUSH_FACTOR * self._flush_interval - time.monotonic()
 
     def write_back(self) -> None:
         if self._pending_position is not None:

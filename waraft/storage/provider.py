@@ -202,9 +202,10 @@ class StorageProvider(ABC):
 
     def write_back_due(self) -> float | None:
         """Seconds until the provider wants ``write_back()`` called for applied rows it holds
-        in a write-back buffer (0 or less: now), or None when it holds none. The storage
-        actor asks after every apply message and arms a timer, so an idle partition's buffer
-        is written within that time too. Default: None (nothing is ever buffered)."""
+        in a write-back buffer (0 or less: now), or None when it holds none: the bound for a
+        partition that stops applying (a provider may write its buffer out sooner, from its
+        applies). The storage actor asks after every apply message and arms a timer when none
+        is armed. Default: None (nothing is ever buffered)."""
         return None
 
     def write_back(self) -> None:
