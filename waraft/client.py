@@ -645,6 +645,26 @@ def _pack(kind: str, commands: list[Any]) -> list[Any]:
     return [(BATCH, codec.packb(commands))]
 
 
+def _over_value_limit(payload: bytes | None, items: list[Any], kind: str, packed: bool) -> bool:
+    """Whether a node would refuse the frame ``payload``, or the storage of every replica the
+    ``$batch`` in ``items``, for holding more than ``codec.MAX_UNTRUSTED_OBJECTS`` msgpack
+    values (``waraft.services.codec``): the frame would be dropped (its requests answered
+    ``timeout`` after retries until their deadline), the batch applied as malformed. Only data
+    longer than that many bytes can hold that many values, so other frames cost a comparison."""
+    limit = codec.MAX_UNTRUSTED_OBJECTS
+    blobs = [payload] if payload is not None and len(payload) > limit else []
+    if packed:
+        blob = (items[0][1] if kind == "commit" else items[0])[1]
+        if len(blob) > limit:
+            blobs.append(blob)
+    for blob in blobs:
+        try:
+            codec.unpackb(blob, untrusted=True)
+        except codec.CodecError:
+            return True
+    return False
+
+
 _MISSING: Any = object()
 """A result of a reply in parts that has not arrived yet."""
 
@@ -1539,6 +1559,9 @@ class Client:
         except codec.CodecError as exc:
             self._unencodable(batch_id, exc)
             return
+        if (packed or payload is not None) and _over_value_limit(payload, items, kind, packed):
+            self._split(batch_id, address, partition, kind, priority, now)
+            return
         if self._cast(address, msg, payload):
             return
         with self._lock:
@@ -1546,6 +1569,36 @@ class Client:
             self._counters["send_failures"] += 1
         if lost is not None:
             self._node_failed(address[1], lost.materialize(), now)
+
+    def _split(
+        self,
+        batch_id: int,
+        address: tuple[str, str],
+        partition: int,
+        kind: str,
+        priority: str,
+        now: float,
+    ) -> None:
+        """A batch holding more msgpack values than a node accepts (``_over_value_limit``),
+        never sent: its halves are sent instead, and a lone request over the limit is
+        answered ``("error", ("badarg", why))`` (never sent, so never applied)."""
+        with self._lock:
+            batch = self._pop_batch(batch_id)
+            if batch is None:
+                return
+            requests: list[_Entry] = list(batch.materialize())
+            if len(requests) > 1:
+                total = sum([request.count for request in requests])
+                self._inflight_items[partition] = self._inflight_items.get(partition, 0) + total
+        if len(requests) == 1:
+            limit = codec.MAX_UNTRUSTED_OBJECTS
+            requests[0].finish(
+                ("error", ("badarg", f"the command holds more than {limit:,} msgpack values"))
+            )
+            return
+        half = len(requests) // 2
+        self._send(address, partition, kind, priority, requests[:half], now)
+        self._send(address, partition, kind, priority, requests[half:], now)
 
     def _unencodable(self, batch_id: int, error: Exception) -> None:
         """A batch that msgpack cannot encode: each request whose command cannot be encoded

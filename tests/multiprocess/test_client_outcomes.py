@@ -13,6 +13,7 @@ from tests.multiprocess.conftest import make_cluster
 from tests.multiprocess.harness import Cluster, wait_until
 from waraft import distribution as dist
 from waraft.client import Client
+from waraft.services.codec import MAX_UNTRUSTED_OBJECTS
 
 
 @pytest.fixture(scope="module")
@@ -100,5 +101,41 @@ def test_a_command_msgpack_cannot_encode_is_refused_and_its_frame_mates_are_sent
         assert time.monotonic() - started < 2.0  # answered, not timed out
         assert client.read(1, ("read", "kv", f"{pack}c")) == ("ok", 3)
         assert client.read(1, ("read", "kv", f"{pack}bad")) == "not_found"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_a_command_over_the_nodes_value_limit_is_refused_and_big_batches_are_split(
+    cluster: Cluster, pack: bool
+) -> None:
+    # Nodes refuse a frame (and replicas a $batch) of more than MAX_UNTRUSTED_OBJECTS msgpack
+    # values. The client sent it anyway: a lone command that large ended as a timeout after
+    # retries until the deadline, and honest commands sharing a frame with it, or a frame of
+    # many commands that were each well under the limit, went the same way.
+    limit = MAX_UNTRUSTED_OBJECTS
+    client = Client(cluster.ids, table="kv", partitions=1, timeout=20.0, pack=pack)
+    try:
+        assert client.commit(1, ("write", "kv", "warm", 0)) == "ok"
+        started = time.monotonic()
+        futures = client.commit_many(
+            [
+                (1, ("write", "kv", f"{pack}a", 1)),
+                (1, ("write", "kv", f"{pack}huge", [0] * (limit + 10))),
+                (1, ("write", "kv", f"{pack}c", 3)),
+            ]
+        )
+        results = [f.result(30) for f in futures]
+        assert results[0] == results[2] == "ok", results
+        assert results[1][0] == "error" and results[1][1][0] == "badarg", results
+        assert "msgpack values" in results[1][1][1]
+        assert time.monotonic() - started < 10.0  # answered, not timed out
+        assert client.read(1, ("read", "kv", f"{pack}huge")) == "not_found"
+        # Three commands of 0.4 limit each: under the limit one by one, over it together.
+        share = [0] * (limit * 4 // 10)
+        futures = client.commit_many([(1, ("write", "kv", f"{pack}s{i}", share)) for i in range(3)])
+        assert [f.result(30) for f in futures] == ["ok"] * 3
+        found = client.read(1, ("read", "kv", f"{pack}s2"))
+        assert found[0] == "ok" and len(found[1]) == len(share)
     finally:
         client.close()
