@@ -846,15 +846,17 @@ def test_a_full_disk_holds_commits_back_until_there_is_room(
 
 
 def _failing_commits(
-    root: Path, monkeypatch: pytest.MonkeyPatch, code: int, reason: str
+    root: Path, monkeypatch: pytest.MonkeyPatch, code: int, reason: str, **extra: Any
 ) -> tuple[NodeLmdbStorage, NodeEnv, dict[str, Any]]:
     """Partition 1 seeded and flushed, then every commit of its node failing as py-lmdb
     fails them (``DiskError``, the errno in ``code``) while ``state["now"]`` (counted in
     ``state["attempts"]``)."""
-    storage = open_lazy(root, 1)
+    storage = open_lazy(root, 1, **extra)
     node = storage._node
     assert node is not None
     seed(storage, "v")
+    storage.write_back()
+    storage._drain()
     node.flush()
     real = type(node)._transaction
     state: dict[str, Any] = {"now": True, "attempts": 0}
@@ -1021,3 +1023,29 @@ def test_apply_many_takes_the_general_path_for_anything_but_plain_writes(root: P
 def test_bad_write_back_options_are_refused(root: Path) -> None:
     with pytest.raises(ValueError, match="lmdb_flush"):
         open_lazy(root, 1, lmdb_flush_interval_ms=-1)
+
+
+def test_a_close_whose_write_back_is_the_first_to_find_the_disk_full_does_not_wait(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The close's own write-back flush can be the first commit since the disk filled up: the
+    # committer was not stalled yet when the close looked, so it waited for room.
+    storage, node, full = _failing_commits(
+        root, monkeypatch, errno.ENOSPC, "No space left", lmdb_flush_interval_ms=3_600_000
+    )
+    storage.apply(("write", "t", "k", "buffered"), LogPos(4, 1))
+    assert node.stalled is None and storage.status()["pending_rows"] == 1
+    closed = threading.Event()
+    closer = threading.Thread(target=lambda: (storage.close(), closed.set()), daemon=True)
+    closer.start()
+    try:
+        assert closed.wait(5.0), "the close waited for room on a full disk"
+        assert node.stalled is not None
+    finally:
+        full["now"] = False
+        closer.join(10)
+    reopened = open_lazy(root, 1)  # the log holds entry 4: applied again from it
+    try:
+        assert reopened.position() == LogPos(3, 1)
+    finally:
+        reopened.close()

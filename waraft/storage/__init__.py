@@ -444,8 +444,10 @@ class StorageServer(otp.Process):
                 else:
                     if _apply_failures:
                         _apply_failures.pop(self._failure_key, None)
-                    if self._write_back_timer is None:
-                        self._arm_write_back()
+                if self._write_back_timer is None:
+                    # Also after a failure that did not crash the actor: the rows applied
+                    # before it are buffered too.
+                    self._arm_write_back()
         elif cls is ReadNowRequest:
             self.queues.release_reads(1)
             msg.from_.reply(self._read(msg.command))

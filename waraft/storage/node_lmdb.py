@@ -1007,14 +1007,20 @@ class NodeLmdbStorage(LmdbStorage):
                 self._flush_pending()
         inflight = self._inflight
         if node is not None and inflight is not None:
-            # Between two attempts the committer holds the write for a few microseconds.
+            # The disk may be found full by this very write (the close's flush above may be
+            # the first write since it filled up): waited for a moment, and withdrawn once
+            # the committer stalls on it. Between two attempts the committer holds the write
+            # for a few microseconds.
+            write = inflight[0]
             for _ in range(WITHDRAW_TRIES):
-                if node.stalled is None or inflight[0].done:
+                if write.done or write.event.wait(0.005):
                     break
-                if node.withdraw(inflight[0]):
+                if node.stalled is not None and node.withdraw(write):
                     self._inflight = None
                     break
-                time.sleep(0.005)
+            else:
+                if node.withdraw(write):
+                    self._inflight = None
         with contextlib.suppress(Exception):
             self._drain()  # its failure was already raised, or the partition is going away
         self._env = None
@@ -1155,8 +1161,26 @@ class NodeLmdbStorage(LmdbStorage):
         """As ``LmdbStorage.apply_many``; with lazy sync, a batch of plain writes and deletes
         goes straight into the write-back buffer (keys and values encoded, nothing else
         built per command), all or nothing: anything else takes the general path."""
-        if self._sync or self._failed is not None or self._node is None:
+        found = None if self._sync else self._staged(commands)
+        if found is None:
             return super().apply_many(commands, position, label)
+        staged, size = found
+        if label is None:
+            label = self._label
+        config, incomplete = self._config, self._incomplete
+        meta = _meta_items(position, config, label, incomplete, (config, self._label, incomplete))
+        self._pending.update(staged)
+        self._pending_meta.update(meta)
+        if not self._pending_bytes:
+            self._pending_since = time.monotonic()
+        self._pending_bytes += size + 1
+        self._set_metadata(position, config, label, incomplete)
+        self._buffered(position)
+        return [OK] * len(commands)
+
+    def _staged(self, commands: Sequence[Any]) -> tuple[dict[bytes, bytes | None], int] | None:
+        """The buffer rows of ``commands`` and their value bytes; None unless every command
+        is a plain write or delete msgpack alone can encode."""
         pack = self._pack
         staged: dict[bytes, bytes | None] = {}
         size = 0
@@ -1176,22 +1200,11 @@ class NodeLmdbStorage(LmdbStorage):
                         staged[_stored_key(pack(command[2]))] = None
                         size += 1
                         continue
-                return super().apply_many(commands, position, label)
+                return None
         except Exception:
             self._pack = _new_packer()  # a value msgpack needs waraft.codec for: general path
-            return super().apply_many(commands, position, label)
-        if label is None:
-            label = self._label
-        config, incomplete = self._config, self._incomplete
-        meta = _meta_items(position, config, label, incomplete, (config, self._label, incomplete))
-        self._pending.update(staged)
-        self._pending_meta.update(meta)
-        if not self._pending_bytes:
-            self._pending_since = time.monotonic()
-        self._pending_bytes += size + 1
-        self._set_metadata(position, config, label, incomplete)
-        self._buffered(position)
-        return [OK] * len(commands)
+            return None
+        return staged, size
 
     def _buffered(self, position: LogPos) -> None:
         """The write-back buffer now reaches ``position``: flush it if it is due."""
@@ -1253,7 +1266,7 @@ class NodeLmdbStorage(LmdbStorage):
         """A snapshot in ``waraft.storage.lmdb``'s format; every value is checked on the way
         (``StorageCorruptionError``: a damaged replica must not hand its damage on)."""
         if self._pending_position is not None:
-            self._flush_pending()  # here, not on the I/O thread
+            self._flush_pending()  # the snapshot copies the environment
         return otp.blocking(self._create_snapshot, path)
 
     def _create_snapshot(self, path: str | os.PathLike[str]) -> Any:
