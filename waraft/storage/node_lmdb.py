@@ -1127,6 +1127,11 @@ class NodeLmdbStorage(LmdbStorage):
                 size += sum([len(value) for _, value in op])
             else:
                 pending[op] = None  # type: ignore[index]
+        self._buffer_meta(meta, size)
+
+    def _buffer_meta(self, meta: list[tuple[bytes, bytes]], size: int) -> None:
+        """Account for an apply whose rows (``size`` value bytes) just went into the buffer,
+        and buffer its metadata rows."""
         self._pending_meta.update(meta)
         if not self._pending_bytes:
             self._pending_since = time.monotonic()
@@ -1170,10 +1175,7 @@ class NodeLmdbStorage(LmdbStorage):
         config, incomplete = self._config, self._incomplete
         meta = _meta_items(position, config, label, incomplete, (config, self._label, incomplete))
         self._pending.update(staged)
-        self._pending_meta.update(meta)
-        if not self._pending_bytes:
-            self._pending_since = time.monotonic()
-        self._pending_bytes += size + 1
+        self._buffer_meta(meta, size)
         self._set_metadata(position, config, label, incomplete)
         self._buffered(position)
         return [OK] * len(commands)
