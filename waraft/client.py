@@ -647,21 +647,19 @@ def _pack(kind: str, commands: list[Any]) -> list[Any]:
 
 def _over_value_limit(payload: bytes | None, items: list[Any], kind: str, packed: bool) -> bool:
     """Whether a node would refuse the frame ``payload``, or the storage of every replica the
-    ``$batch`` in ``items``, for holding more than ``codec.MAX_UNTRUSTED_OBJECTS`` msgpack
-    values (``waraft.services.codec``): the frame would be dropped (its requests answered
-    ``timeout`` after retries until their deadline), the batch applied as malformed. Only data
-    longer than that many bytes can hold that many values, so other frames cost a comparison."""
-    limit = codec.MAX_UNTRUSTED_OBJECTS
-    blobs = [payload] if payload is not None and len(payload) > limit else []
-    if packed:
-        blob = (items[0][1] if kind == "commit" else items[0])[1]
-        if len(blob) > limit:
-            blobs.append(blob)
-    for blob in blobs:
-        try:
-            codec.unpackb(blob, untrusted=True)
-        except codec.CodecError:
-            return True
+    packed ``$batch`` in ``items``, for holding more than ``codec.MAX_UNTRUSTED_OBJECTS``
+    msgpack values (``waraft.services.codec``): the frame would be dropped (its requests
+    answered ``timeout`` after retries until their deadline), the batch applied as malformed.
+    A packed frame carries its batch as one bytes value, so only the batch is counted; and
+    only data longer than that many bytes can hold that many values, so other frames cost a
+    comparison."""
+    data = (items[0][1] if kind == "commit" else items[0])[1] if packed else payload
+    if data is None or len(data) <= codec.MAX_UNTRUSTED_OBJECTS:
+        return False
+    try:
+        codec.unpackb(data, untrusted=True)
+    except codec.CodecError:
+        return True
     return False
 
 
