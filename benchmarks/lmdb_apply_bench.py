@@ -12,7 +12,10 @@ per partition. ``memstore`` runs the same loop on ``MemoryStorage``, to subtract
 The shapes that matter (``benchmarks/SCALE.md``): ``PER_CALL=40`` is 64 partitions at 16384 in
 flight (a client batch of ~40 requests per ``$batch`` entry, one apply message per round);
 ``PER_CALL=1 KEYS=10 PARTITIONS=250`` is 1000 partitions at 4096 in flight (~1.3 requests per
-round, each partition a few per second).
+round, each partition a few per second). With ``PACE_MS`` set, the calls are spread evenly over
+rounds that last that long (``PACE_MS=700 PER_CALL=1 KEYS=10 PARTITIONS=1000 ROUNDS=10``: each
+partition applies once every 0.7 s, as at 1000 partitions x 4096 in flight, so its
+write-back buffer is due at nearly every apply).
 
 Printed per mode: process CPU (user and system, every thread: the committer and the syncer
 included) per write and per call, and the node's group commits (``writes / commits``). Run it
@@ -25,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from typing import Any
 
 from waraft import otp
@@ -37,6 +41,7 @@ PARTITIONS = int(os.environ.get("PARTITIONS", "64"))
 PER_CALL = int(os.environ.get("PER_CALL", "40"))
 KEYS = int(os.environ.get("KEYS", "156"))
 ROUNDS = int(os.environ.get("ROUNDS", "300"))
+PACE_MS = float(os.environ.get("PACE_MS", "0"))
 VALUE = os.urandom(100)
 
 
@@ -70,8 +75,14 @@ def run(kind: str) -> str:
     procs = [_Applier.start(store, node=node) for store in stores]
     try:
         before = os.times()
+        start = time.monotonic()
         for r in range(1, ROUNDS + 1):
-            handles = [otp.send_request(p, r) for p in procs]
+            handles = []
+            for i, proc in enumerate(procs):
+                if PACE_MS:
+                    at = start + ((r - 1) + i / len(procs)) * PACE_MS / 1000.0
+                    time.sleep(max(0.0, at - time.monotonic()))
+                handles.append(otp.send_request(proc, r))
             for handle in handles:
                 assert otp.wait_response(handle, 60) == "ok"
         for store in stores:
