@@ -1049,3 +1049,59 @@ def test_a_close_whose_write_back_is_the_first_to_find_the_disk_full_does_not_wa
         assert reopened.position() == LogPos(3, 1)
     finally:
         reopened.close()
+
+
+def test_write_back_flushes_share_one_wake_up_and_transaction_until_someone_waits(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 1000 partitions each applying a command or two a second, nearly every apply flushed
+    # its buffer, and each flush woke the committer thread: flushes now wait for company.
+    monkeypatch.setattr(node_lmdb, "LAZY_COMMIT_DELAY", 0.3)
+    parts = [open_lazy(root, p, lmdb_flush_interval_ms=3_600_000) for p in range(1, 5)]
+    node = parts[0]._node
+    assert node is not None
+    try:
+        for storage in parts:
+            storage.apply_config(CONFIG, LogPos(1, 1))
+            storage.write_back()
+        commits, writes = node.commits, node.writes
+        started = time.monotonic()
+        for storage in parts[1:]:
+            storage._drain()  # waits: hurries the queue
+        assert node.writes - writes == 4 and node.commits - commits == 1
+        assert time.monotonic() - started < 0.25  # the waiters did not wait for the delay
+        # Nobody waits: committed together once the delay is over, not before.
+        for at, storage in enumerate(parts, start=2):
+            storage.apply(("write", "t", "k", at), LogPos(at, 1))
+            storage.write_back()
+        time.sleep(0.1)
+        assert node.writes - writes == 4  # still queued
+        assert wait_for(lambda: node.writes - writes == 8, 5.0)
+        assert node.commits - commits == 2
+        for at, storage in enumerate(parts, start=2):
+            assert storage.read(("read", "t", "k"), storage.position()) == ("ok", at)
+    finally:
+        for storage in parts:
+            storage.close()
+
+
+def test_a_lazy_write_joins_the_next_urgent_commit(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_lmdb, "LAZY_COMMIT_DELAY", 3600.0)
+    lazy = open_lazy(root, 1, lmdb_flush_interval_ms=3_600_000)
+    other = open_lazy(root, 2)
+    node = lazy._node
+    assert node is not None
+    try:
+        lazy.apply_config(CONFIG, LogPos(1, 1))
+        lazy.write_back()
+        commits, writes = node.commits, node.writes
+        time.sleep(0.05)
+        assert node.writes == writes  # an hour's delay: only company commits it
+        node.commit(_Write(other._db, other._seed, [[(b"\xa1u", b"\x01")]], [], "urgent"))
+        assert node.commits == commits + 1 and node.writes == writes + 2
+        assert lazy._inflight is not None and lazy._inflight[0].done
+    finally:
+        lazy.close()
+        other.close()

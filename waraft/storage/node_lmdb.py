@@ -162,6 +162,11 @@ STALL_BACKOFF_MAX: Final = 2.0
 LOW_SPACE_BYTES: Final = 64 * 1024 * 1024
 """Free bytes under which a commit's ``EIO`` (LMDB's word for a short write) means a full
 disk (see ``_disk_full``)."""
+LAZY_COMMIT_DELAY: Final = 0.05
+"""Seconds a write-back flush (``NodeEnv.submit(lazy=True)``) may wait in the committer's queue
+for company: at 1000 partitions each applying a command or two a second, nearly every apply
+flushed its buffer, and waking the committer thread for each such write cost more CPU than
+the write itself. Nobody waits on such a write (whoever does calls ``NodeEnv.hurry``)."""
 WITHDRAW_TRIES: Final = 40
 """Attempts (5 ms apart) a close makes to withdraw its write from a committer stalled on a
 full disk before it waits for the write instead."""
@@ -336,6 +341,10 @@ class NodeEnv:
         self.stalls = 0  # times the disk was found full
         self._group = threading.Condition(threading.Lock())
         self._pending: list[_Write] = []
+        # Writes in ``_pending`` someone waits for (the committer takes the queue at once),
+        # and when the oldest lazy write there is due (``submit``).
+        self._urgent = 0
+        self._lazy_due: float | None = None
         self._committer: threading.Thread | None = None  # started by the first commit
         self._stopping = False
         self.commits = 0  # LMDB transactions committed by ``commit``
@@ -492,8 +501,12 @@ class NodeEnv:
         self.submit(write)
         self.wait(write)
 
-    def submit(self, write: _Write) -> None:
-        """Queue ``write`` for the next group commit without waiting for it (``wait``)."""
+    def submit(self, write: _Write, *, lazy: bool = False) -> None:
+        """Queue ``write`` for the next group commit without waiting for it (``wait``).
+
+        A ``lazy`` write (a write-back flush nobody waits for) may wait up to
+        ``LAZY_COMMIT_DELAY`` for other writes to share its transaction and its wake-up of
+        the committer thread; ``hurry`` ends that wait for whoever comes to wait on it."""
         with self._group:
             if self._stopping:
                 raise StorageError(f"LMDB node storage {self.directory} is closed")
@@ -508,17 +521,34 @@ class NodeEnv:
                         target=self._sync_loop, name=f"lmdb-sync-{self.directory}", daemon=True
                     )
                     self._syncer.start()
-            if len(self._pending) == 1:
-                # The committer waits only on an empty queue: a write joining a non-empty one
-                # is taken with it, so only the first needs the wake-up (a futex call per
-                # apply message otherwise, while the committer was busy anyway).
+            if lazy:
+                if self._lazy_due is None:
+                    self._lazy_due = time.monotonic() + LAZY_COMMIT_DELAY
+                    if len(self._pending) == 1:
+                        # An idle committer learns when the lazy queue is due (a second
+                        # wake-up then commits it, with whatever joined it meanwhile).
+                        self._group.notify()
+                return
+            self._urgent += 1
+            if self._urgent == 1:
+                # The committer waits only while nobody waits on the queue: a write joining
+                # a queue that already holds an urgent one is taken with it, so only the
+                # first needs the wake-up (a futex call per apply message otherwise, while
+                # the committer was busy anyway).
+                self._group.notify()
+
+    def hurry(self) -> None:
+        """Commit the queue now: someone waits on a lazy write in it."""
+        with self._group:
+            if self._pending and not self._urgent:
+                self._urgent = 1
                 self._group.notify()
 
     @staticmethod
     def wait(write: _Write) -> None:
         """Wait until the committer is done with ``write``; raise what failed it."""
         while not write.done:
-            write.event.wait()
+            write.event.wait()  # a lazy write is ``hurry``-ed by its waiter first
         if write.error is not None:
             raise write.error
 
@@ -540,11 +570,24 @@ class NodeEnv:
         backoff = STALL_BACKOFF_MIN
         while True:
             with self._group:
-                while not self._pending and not self._stopping:
-                    self._group.wait()
+                while not self._stopping:
+                    if not self._pending:
+                        self._urgent = 0  # a withdrawn write may have been counted
+                        self._lazy_due = None
+                        self._group.wait()
+                        continue
+                    if self._urgent:
+                        break
+                    due = self._lazy_due
+                    wait = 0.0 if due is None else due - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._group.wait(wait)
                 if not self._pending:
-                    return
+                    return  # stopping, and everything queued is committed
                 group, self._pending = self._pending, []
+                self._urgent = 0
+                self._lazy_due = None
             retried: list[_Write] = []
             try:
                 live = self._fenced(group)
@@ -602,6 +645,7 @@ class NodeEnv:
             if self._stopping:
                 return False
             self._pending[:0] = group
+            self._urgent += len(group)  # retried after the backoff, lazy or not
             self._group.wait(backoff)
             return True
 
@@ -1012,6 +1056,7 @@ class NodeLmdbStorage(LmdbStorage):
             # the committer stalls on it. Between two attempts the committer holds the write
             # for a few microseconds.
             write = inflight[0]
+            node.hurry()
             for _ in range(WITHDRAW_TRIES):
                 if write.done or write.event.wait(0.005):
                     break
@@ -1091,6 +1136,8 @@ class NodeLmdbStorage(LmdbStorage):
             return
         write, position = inflight
         try:
+            if not write.done and self._node is not None:
+                self._node.hurry()
             NodeEnv.wait(write)
         except BaseException as exc:
             self._failed = exc
@@ -1155,7 +1202,7 @@ class NodeLmdbStorage(LmdbStorage):
             self._db, self._seed, ops, list(self._pending_meta.items()), self._path, self._lease
         )
         self._drain()
-        node.submit(write)
+        node.submit(write, lazy=True)
         self._inflight = (write, position)
         self._pending = {}
         self._pending_meta = {}
