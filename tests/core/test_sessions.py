@@ -10,17 +10,23 @@ import pytest
 
 from waraft.core.sessions import (
     ACKNOWLEDGED,
+    BAD_OWNER,
     BAD_SESSION_CALL,
     BAD_TOKEN,
     EXPIRED,
+    MAX_SESSIONS,
+    MAX_SESSIONS_PER_OWNER,
     REGISTER_CONFLICT,
+    REGISTER_IN_BATCH,
     SWEEP_EVERY,
     Apply,
     Done,
     Pending,
     SessionTable,
+    _owner_key,
     call_command,
     close_command,
+    owned_register,
     register_command,
 )
 
@@ -322,8 +328,8 @@ def test_a_table_stored_as_rows_reloads_the_same_at_any_position() -> None:
 
 
 class _SortingTable(SessionTable):
-    """The eviction and sweep as first written (a scan and a sort of the whole table per
-    register on a full table): the reference the lazy heaps must agree with."""
+    """The sweep and eviction by scans and sorts of the whole table (per register on a full
+    table): the reference the lazy heaps must agree with."""
 
     __slots__ = ()
 
@@ -331,18 +337,33 @@ class _SortingTable(SessionTable):
         sessions = self._sessions
         dead = [sid for sid, s in sessions.items() if index - s.last_active > s.expire_after]
         for sid in dead:
-            del sessions[sid]
-            self._came_or_went(sid)
+            self._drop(sid)
         return len(dead)
 
-    def _evict(self, index: int) -> None:
+    def _make_room(self, owner: str | None, index: int) -> None:
+        def held(who: str | None) -> int:
+            return sum(1 for s in self._sessions.values() if s.owner == who)
+
+        def idlest(who: str | None) -> int:
+            return min((s.last_active, sid) for sid, s in self._sessions.items() if s.owner == who)[
+                1
+            ]
+
+        if len(self._sessions) < self.max_sessions and held(owner) < self.max_per_owner:
+            return
         self.expire(index)
-        excess = len(self._sessions) - self.max_sessions + 1
-        if excess > 0:
-            oldest = sorted(self._sessions.items(), key=lambda item: (item[1].last_active, item[0]))
-            for sid, _ in oldest[:excess]:
-                del self._sessions[sid]
-                self._came_or_went(sid)
+        while held(owner) >= self.max_per_owner:
+            self._drop(idlest(owner))
+        while self._sessions and len(self._sessions) >= self.max_sessions:
+            counts: dict[str | None, int] = {}
+            for session in self._sessions.values():
+                counts[session.owner] = counts.get(session.owner, 0) + 1
+            top = max(counts.values())
+            if counts.get(owner) == top:
+                victim = owner
+            else:
+                victim = min((o for o, c in counts.items() if c == top), key=_owner_key)
+            self._drop(idlest(victim))
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -352,12 +373,17 @@ def test_the_lazy_eviction_heaps_choose_as_a_full_sort_does(seed: int) -> None:
     the table, which one client could make cost 2.6 ms a register) must choose exactly as
     the sort did, through calls that refresh sessions, closes, lazy expiry and reloads."""
     rng = random.Random(seed)
-    fast, slow = SessionTable(max_sessions=12), _SortingTable(max_sessions=12)
+    fast = SessionTable(max_sessions=12, max_per_owner=5)
+    slow = _SortingTable(max_sessions=12, max_per_owner=5)
     live: list[int] = []
+    # Owners of unequal appetites (one bursts), and unowned sessions of older builds.
+    owners = (None, "client:a", "client:b", "client:c", "node:n1")
+    weights = (2, 6, 2, 1, 1)
     for index in range(1, 3000):
         roll = rng.random()
         if roll < 0.35 or not live:
-            command: Any = register_command(rng.choice((5, 40, 300, 2000)))
+            owner = rng.choices(owners, weights)[0]
+            command: Any = owned_register(register_command(rng.choice((5, 40, 300, 2000))), owner)
         elif roll < 0.9:
             command = call_command(rng.choice(live), index, 0, ("incr", 1))
         else:
@@ -369,5 +395,143 @@ def test_the_lazy_eviction_heaps_choose_as_a_full_sort_does(seed: int) -> None:
         assert fast.dump_view() == slow.dump_view(), index
         if index % 700 == 0:  # a replica that reloads its table (a restart, a snapshot)
             fast = SessionTable.load(fast.dump())
-            fast.max_sessions = 12
+            fast.max_sessions, fast.max_per_owner = 12, 5
         live = [sid for sid in live if sid in slow]
+
+
+# -- owners: one identity's registers only ever cost its own sessions ----------------------------
+
+
+def _register(table: SessionTable, index: int, owner: str | None, expire: int = 10**6) -> int:
+    decision = table.begin(owned_register(register_command(expire, b"t" * 16), owner), index)
+    assert isinstance(decision, Done) and decision.result == ("ok", index), decision
+    return index
+
+
+def _owners(table: SessionTable) -> dict[str | None, int]:
+    counts: dict[str | None, int] = {}
+    for row in table.dump_view()[1]:
+        owner = row[6] if len(row) == 7 else None
+        counts[owner] = counts.get(owner, 0) + 1
+    return counts
+
+
+def test_an_owner_at_its_cap_drops_its_own_idlest_session_never_anothers() -> None:
+    table = SessionTable(max_sessions=100, max_per_owner=3)
+    victim = _register(table, 1, "client:victim")
+    mine = [_register(table, i, "client:burst") for i in (2, 3, 4)]
+    call = call_command(mine[0], 1, 1, "x", b"t" * 16)
+    assert isinstance(table.begin(call, 5), Apply)  # mine[0] is active again: not the idlest
+    table.finish(mine[0], 1, "r")
+    _register(table, 6, "client:burst")
+    assert mine[1] not in table and {victim, mine[0], mine[2], 6} <= set(table._sessions)
+    for index in range(7, 200):  # a burst well past the cap
+        _register(table, index, "client:burst")
+    assert victim in table and _owners(table) == {"client:victim": 1, "client:burst": 3}
+    # The owner's cap is its own: unowned sessions (older nodes) are a group with a cap too.
+    for index in range(200, 210):
+        _register(table, index, None)
+    assert _owners(table) == {"client:victim": 1, "client:burst": 3, None: 3}
+
+
+def test_a_full_table_drops_from_the_owner_holding_the_most() -> None:
+    table = SessionTable(max_sessions=6, max_per_owner=4)
+    a = [_register(table, i, "client:a") for i in (1, 2)]
+    b = [_register(table, i, "client:b") for i in (3, 4, 5)]
+    _register(table, 6, None)
+    # Full: c's register drops b's idlest (b holds the most), not the table's idlest (a's).
+    _register(table, 7, "client:c")
+    assert b[0] not in table and all(s in table for s in (*a, b[1], b[2], 6, 7))
+    # b and a now hold two each: a registering again pays itself (a tie goes to the
+    # registering owner), b's sessions stay.
+    _register(table, 8, "client:a")
+    assert a[0] not in table and _owners(table) == {
+        "client:a": 2,
+        "client:b": 2,
+        None: 1,
+        "client:c": 1,
+    }
+    # A tie among others: the first in owner order (None first, then by name).
+    _register(table, 9, "client:d")
+    assert _owners(table) == {"client:a": 1, "client:b": 2, None: 1, "client:c": 1, "client:d": 1}
+
+
+def test_a_burst_of_registers_at_the_real_bounds_expires_nobody_elses_session() -> None:
+    """The attack this closes: one client registering past ``MAX_SESSIONS`` pushed every
+    other client's live session out of the table."""
+    assert MAX_SESSIONS_PER_OWNER * 10 <= MAX_SESSIONS  # ten owners at their cap fit
+    table = SessionTable()
+    others = [_register(table, i, f"client:{i}") for i in range(1, 21)]
+    index = 21
+    for index in range(21, 21 + MAX_SESSIONS + 500):
+        _register(table, index, "client:burst")
+    for sid in others:
+        assert sid in table
+        assert isinstance(table.begin(call_command(sid, 1, 1, "x", b"t" * 16), index + 1), Apply)
+    assert _owners(table)["client:burst"] == MAX_SESSIONS_PER_OWNER
+
+
+def test_owners_are_stored_in_rows_and_dumps_and_older_ones_load_unowned() -> None:
+    table = SessionTable(max_sessions=100, max_per_owner=2)
+    _register(table, 1, "client:a")
+    table.begin(register_command(50), 2)  # an older client: no token, no owner
+    _register(table, 3, None)  # a local caller: token, no owner
+    table.begin(owned_register(register_command(50), "client:b"), 4)  # owned, no token
+    rows, index = table.changes()
+    assert dict(rows) == {
+        1: (10**6, 1, 0, (), b"t" * 16, "client:a"),
+        2: (50, 2, 0, ()),  # the rows of unowned sessions keep the older shapes
+        3: (10**6, 3, 0, (), b"t" * 16),
+        4: (50, 4, 0, (), None, "client:b"),
+    }
+    assert index is not None
+    reloaded = SessionTable.from_rows(index, [row for _, row in rows])
+    for copy in (reloaded, SessionTable.load(table.dump())):
+        assert copy == table and _owners(copy) == {"client:a": 1, None: 2, "client:b": 1}
+        copy.max_per_owner = 2  # the loaded table counts each owner's sessions again
+        _register(copy, 5, "client:a")
+        _register(copy, 6, "client:a")
+        assert 1 not in copy and 2 in copy and 3 in copy
+    # Stored by an older build: 4- and 5-element rows, and a whole dump of version 1.
+    old_rows = [(9, 7, 0, ((1, "r"),)), (9, 8, 0, (), b"k" * 16)]
+    old = SessionTable.from_rows((2, (7, 8)), old_rows)
+    assert old == SessionTable.load((1, ((7, *old_rows[0]), (8, *old_rows[1]))))
+    assert _owners(old) == {None: 2} and old.result(7, 1) == "r"
+
+
+def test_the_accepting_node_owns_registers_whatever_the_client_claimed() -> None:
+    token = b"t" * 16
+    assert owned_register(register_command(5), "client:a") == (
+        "$session",
+        "register",
+        5,
+        None,
+        "client:a",
+    )
+    assert owned_register(register_command(5, token), "client:a") == (
+        "$session",
+        "register",
+        5,
+        token,
+        "client:a",
+    )
+    claimed = ("$session", "register", 5, token, "client:victim")
+    assert owned_register(claimed, "client:a") == ("$session", "register", 5, token, "client:a")
+    # A local caller (no owner): the shapes older builds apply, any claimed owner dropped.
+    assert owned_register(claimed, None) == ("$session", "register", 5, token)
+    assert owned_register(("$session", "register", 5, None, "x"), None) == register_command(5)
+    assert owned_register(register_command(5, token), None) == register_command(5, token)
+    # Malformed ones are left for storage to refuse.
+    assert owned_register(("$session", "register"), "client:a") == ("$session", "register")
+
+
+def test_a_register_inside_a_batch_or_with_a_bad_owner_is_refused() -> None:
+    table = SessionTable()
+    # The node that accepts a $batch never looks inside it: it could not have stamped it.
+    for command in (register_command(5), owned_register(register_command(5), "client:a")):
+        assert table.begin(command, 7, nested=True) == Done(REGISTER_IN_BATCH)
+    assert len(table) == 0
+    for owner in (b"bytes", 7, "x" * 257):
+        assert table.begin(("$session", "register", 5, None, owner), 8) == Done(BAD_OWNER)
+    assert table.begin(("$session", "register", 5, b"short", "client:a"), 8) == Done(BAD_TOKEN)
+    assert len(table) == 0

@@ -8,12 +8,15 @@ sequence number. A tagged command whose ``seq`` is already recorded is not appli
 recorded result is returned instead, so the caller of a retried command gets the original
 result.
 
-Commands (all travel through the log like any other command, also inside ``$batch`` entries):
+Commands (all travel through the log like any other command; calls and closes also inside
+``$batch`` entries):
 
 * ``("$session", "register", expire_after)``: open a session. Its id is the log index of the
   register entry (unique, and the same on every replica). Answers ``("ok", session_id)``. A
-  second register inside the same ``$batch`` entry would get the same id: it is refused with
-  ``("error", "session_register_conflict")`` (nothing opened; register again in another entry).
+  register must be an entry of its own: inside a ``$batch`` entry it is refused with
+  ``("error", "session_register_in_batch")`` (nothing opened), because the node that accepted
+  the batch never looked inside it and so could not stamp its owner (below). (Two registers of
+  one entry would also get the same id: ``("error", "session_register_conflict")``.)
 * ``("$session", "call", session_id, seq, acked, command)``: apply ``command`` once. ``acked``
   is the client's promise that it holds the results of every ``seq < acked``: their records are
   dropped (the table stays small while a session lives). A ``seq < acked`` of a recorded floor
@@ -31,6 +34,17 @@ client could answer another's retries with its own results or close its session.
 lives only in the log and the replicas' tables, which no client can read (reserved keys).
 Sessions registered without a token (by older clients) keep working unbound.
 
+A session also has an *owner*: who registered it, as authenticated by the node that accepted
+the register from the network, never what the client claims. That node appends the register
+as ``("$session", "register", expire_after, token_or_None, owner)`` (``owned_register``,
+which replaces any owner the command carried; the acceptor's client gateway calls it): with
+CURVE the owner is the user id of the connection's key (``role:name``), so every process and
+node id of one key is one owner; without CURVE (``--insecure``) or with keys of the older
+form, which identify nobody, it is the node id the sender claims, which is no security
+boundary (a sender may claim many). Registers appended without an owner (by older nodes, or
+by a caller on the node itself, which ``owned_register`` gives ``None``) are one group, owner
+``None``. The owner bounds what a register may cost others (below).
+
 Expiry is measured in applied log entries, not in time: a session whose last register or call
 is more than ``expire_after`` entries behind the entry being applied is expired and answers
 ``("error", "session_expired")``. The records of an expired session are gone with it, so that
@@ -44,19 +58,30 @@ session lives longer in seconds, never shorter, which is the safe side.
 
 The table is bounded. Expired sessions are swept once every ``SWEEP_EVERY`` entries, as of the
 first index of each span of ``SWEEP_EVERY`` (a session that is never used again, e.g. of a
-client that went away without ``close``, would otherwise stay forever). When a register would
-make the table hold more than ``MAX_SESSIONS`` sessions, the expired ones are swept and then
-the live session idle for longest (lowest ``last_active``, then lowest id) is dropped: its next
-call answers ``session_expired``. Both are decided by log index only, so every replica keeps
-the same table at the same position: a replica that restarted sweeps again as of the same
-index and drops nothing new, and the eviction chooses among the same live sessions everywhere.
+client that went away without ``close``, would otherwise stay forever). A register by an owner
+that holds ``MAX_SESSIONS_PER_OWNER`` sessions, or one that would make the table hold more
+than ``MAX_SESSIONS``, first sweeps the expired ones; then, while the owner is at its cap, the
+owner's own live session idle for longest (lowest ``last_active``, then lowest id) is dropped,
+and while the table is full, the idlest session of the owner holding the most sessions (the
+registering owner itself on a tie with it, else the first in owner order, ``None`` first). A
+dropped session's next call answers ``session_expired``. So a burst of registers from one
+identity (which could once push every other client's live sessions out, and with them their
+exactly-once retries) only costs that identity's own sessions, or those of an owner holding
+even more. All of it is decided by log index and the replicated commands only, so every
+replica keeps the same table at the same position: a replica that restarted sweeps again as
+of the same index and drops nothing new, and the eviction chooses among the same live
+sessions everywhere.
 
 The table is pure data (no clocks, no I/O). The storage actor stores it as one row per session
 plus an index of the session ids (``changes``: only what changed since the last ``saved``, so a
 batch that touches one session writes one row, whatever the size of the table), in the same
 transaction as the applied position, so it is part of every snapshot and survives restarts;
 ``SessionTable.from_rows`` reads it back. ``dump()``/``load`` give the whole table as one
-msgpack-friendly value (the simulator's snapshots, and the format stored before rows).
+msgpack-friendly value (the simulator's snapshots, and the format stored before rows). The
+owner is the last element of an owned session's row; rows and dumps of older builds (no
+owner) load as sessions of owner ``None``, and unowned sessions are stored in the older
+shapes (a build without owners cannot read a row with one: downgrading is not supported once
+owned sessions exist).
 """
 
 from __future__ import annotations
@@ -79,7 +104,19 @@ SWEEP_EVERY: Final = 4096
 MAX_SESSIONS: Final = 10_000
 """Sessions a partition keeps at most; a cluster-wide constant, not a setting: replicas with
 different bounds would evict differently and answer differently."""
+MAX_SESSIONS_PER_OWNER: Final = 1_000
+"""Sessions one owner (see the module docstring) keeps at most in a partition; cluster-wide,
+as ``MAX_SESSIONS``. A ``waraft.client.Client`` holds one session per partition, and a key
+may use ``MAX_IDS_PER_KEY`` (256) node ids, one per client process, at a time: 1,000 leaves
+room for the sessions of processes that went away without closing them, and keeps ten owners
+at their cap within ``MAX_SESSIONS``, so that one owner's burst never fills the table."""
+MAX_OWNER_CHARS: Final = 256
+"""Longest owner a register may carry (a CURVE user id ``role:name``, or a node id)."""
 REGISTER_CONFLICT: Final = ("error", "session_register_conflict")
+REGISTER_IN_BATCH: Final = ("error", "session_register_in_batch")
+"""Answer to a register inside a ``$batch`` entry: the node that accepts a batch never looks
+inside its packed commands, so it could not stamp the register with its owner."""
+BAD_OWNER: Final = ("error", ("badarg", "a session owner is a string of at most 256 chars"))
 BAD_SESSION_CALL: Final = ("error", ("badarg", "a session id or sequence number is unhashable"))
 BAD_TOKEN: Final = ("error", ("badarg", "a session token is 16 to 64 bytes"))
 TOKEN_BYTES: Final = 16
@@ -98,6 +135,32 @@ def register_command(
     if token is None:
         return (SESSION, "register", int(expire_after))
     return (SESSION, "register", int(expire_after), token)
+
+
+def is_register(command: Any) -> bool:
+    """Any ``("$session", "register", ...)`` command (whatever its shape)."""
+    return (
+        type(command) is tuple
+        and len(command) >= 3
+        and command[0] == SESSION
+        and command[1] == "register"
+    )
+
+
+def owned_register(command: tuple[Any, ...], owner: str | None) -> tuple[Any, ...]:
+    """The register ``command`` as the node that accepted it from the network appends it:
+    owned by ``owner`` (the identity that node authenticated the sender as), whatever owner
+    the command carried. ``owner`` None (a local caller) gives the shapes of older builds,
+    without an owner. A command of another size is returned as is (storage refuses it)."""
+    size = len(command)
+    if size == 5:
+        token = command[3]
+        if owner is None:
+            return command[:3] if token is None else command[:4]
+        return (*command[:4], owner)
+    if owner is None or not 3 <= size <= 4:
+        return command
+    return (SESSION, "register", command[2], command[3] if size == 4 else None, owner)
 
 
 def call_command(
@@ -132,6 +195,7 @@ class _Session:
     floor: int = 0  # every seq below is acknowledged by the client; its record is dropped
     results: dict[int, Any] = field(default_factory=dict)
     token: bytes | None = None  # the capability its calls and close carry (None: unbound)
+    owner: str | None = None  # who registered it, as stamped by the accepting node
 
     def admits(self, token: Any) -> bool:
         """Whether a call or close carrying ``token`` may act on this session."""
@@ -182,30 +246,44 @@ class SessionTable:
 
     __slots__ = (
         "_by_deadline",
-        "_by_idle",
+        "_by_size",
         "_dirty",
         "_heaped",
+        "_idle",
         "_index_dirty",
+        "_owned",
         "_sessions",
         "_swept",
+        "max_per_owner",
         "max_sessions",
     )
 
-    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+    def __init__(self, max_sessions: int | None = None, max_per_owner: int | None = None) -> None:
+        """``max_sessions``/``max_per_owner``: the bounds (``MAX_SESSIONS`` and
+        ``MAX_SESSIONS_PER_OWNER`` as they are when the table is made, for tests)."""
         self._sessions: dict[int, _Session] = {}
+        self._owned: dict[str | None, set[int]] = {}  # owner -> its session ids (never empty)
         self._dirty: set[int] = set()  # sessions whose row changed (or went) since saved()
         self._index_dirty = False  # a session came or went since saved()
-        self.max_sessions = max_sessions
+        self.max_sessions = MAX_SESSIONS if max_sessions is None else max_sessions
+        self.max_per_owner = MAX_SESSIONS_PER_OWNER if max_per_owner is None else max_per_owner
         self._swept = -1  # the last sweep's epoch (index // SWEEP_EVERY)
-        # Lazy heaps of (last_active, sid) and (last_active + expire_after, sid), so that a
-        # register on a full table finds the expired and the idlest sessions in O(log n)
-        # (sorting the whole table per register cost 2.6 ms at 10,000 sessions, and one
-        # client could register hundreds a second). An entry may be stale: its session
-        # gone, or active since (keys only grow, so a stale key is never too large); stale
-        # entries are dropped or pushed again with the current key when they reach the top.
-        # Built on first use (``_heaps``), rebuilt when they carry too many stale entries.
-        self._by_idle: list[tuple[int, int]] = []
+        # Lazy heaps, so that a register on a full table finds the expired sessions, the
+        # owner holding the most and that owner's idlest session in O(log n) (sorting the
+        # whole table per register cost 2.6 ms at 10,000 sessions, and one client could
+        # register hundreds a second):
+        # * ``_by_deadline``: (last_active + expire_after, sid);
+        # * ``_idle``: per owner, (last_active, sid) of its sessions;
+        # * ``_by_size``: (-sessions held, owner's sort key) per owner.
+        # An entry may be stale: its session gone, active since (the keys of the first two
+        # only grow, so a stale key is never too small to surface), or its owner holding
+        # fewer since (every owner keeps an entry at least as large as what it holds: one is
+        # pushed whenever it gains a session). Stale entries are dropped or pushed again with
+        # the current key when they reach the top. Built on first use (``_heaps``), rebuilt
+        # when they carry too many stale entries.
         self._by_deadline: list[tuple[int, int]] = []
+        self._idle: dict[str | None, list[tuple[int, int]]] = {}
+        self._by_size: list[tuple[int, int, str]] = []
         self._heaped = False
 
     @property
@@ -218,14 +296,50 @@ class SessionTable:
         self._dirty.add(sid)
         self._index_dirty = True
 
+    def _add(self, sid: int, session: _Session) -> None:
+        """Hold ``session`` as ``sid`` (no row marked: a register marks it, a load does not)."""
+        self._sessions[sid] = session
+        owner = session.owner
+        owned = self._owned.get(owner)
+        if owned is None:
+            owned = self._owned[owner] = set()
+        owned.add(sid)
+        if self._heaped:
+            heapq.heappush(self._by_deadline, (session.last_active + session.expire_after, sid))
+            idle = self._idle.get(owner)
+            if idle is None:
+                idle = self._idle[owner] = []
+            heapq.heappush(idle, (session.last_active, sid))
+            if len(idle) > 2 * len(owned) + 64:  # mostly stale: sessions that came and went
+                self._idle[owner] = self._idle_heap(owned)
+            heapq.heappush(self._by_size, (-len(owned), *_owner_key(owner)))
+
+    def _drop(self, sid: int) -> None:
+        """Forget session ``sid`` (held): its row and the index change."""
+        session = self._sessions.pop(sid)
+        owner = session.owner
+        owned = self._owned[owner]
+        owned.discard(sid)
+        if not owned:
+            del self._owned[owner]
+            self._idle.pop(owner, None)
+        self._came_or_went(sid)
+
+    def _idle_heap(self, sids: set[int]) -> list[tuple[int, int]]:
+        sessions = self._sessions
+        heap = [(sessions[sid].last_active, sid) for sid in sids]
+        heapq.heapify(heap)
+        return heap
+
     def __len__(self) -> int:
         return len(self._sessions)
 
     def __contains__(self, session: object) -> bool:
         return session in self._sessions
 
-    def begin(self, command: Any, index: int) -> Done | Apply | Pending:
-        """Decide what applying ``command`` at log ``index`` means."""
+    def begin(self, command: Any, index: int, nested: bool = False) -> Done | Apply | Pending:
+        """Decide what applying ``command`` at log ``index`` means; ``nested``: the command
+        is one of a ``$batch`` entry's (a register there is refused: ``REGISTER_IN_BATCH``)."""
         epoch = index // SWEEP_EVERY
         if epoch != self._swept:
             # As of the epoch's first index, not of this one: a replica that restarted within
@@ -261,22 +375,24 @@ class SessionTable:
                 return Done(ACKNOWLEDGED)
             session.results[seq] = _PENDING
             return Apply(inner, sid, seq)
-        if kind == "register" and (size == 3 or size == 4):
+        if kind == "register" and 3 <= size <= 5:
+            if nested:
+                return Done(REGISTER_IN_BATCH)
             expire_after = command[2]
             if type(expire_after) is not int or expire_after <= 0:
                 return Done(("error", "bad_session_expiry"))
-            token = command[3] if size == 4 else None
-            if size == 4 and not _valid_token(token):
+            token = command[3] if size >= 4 else None
+            # A 5-element register (stamped with its owner) may be unbound: token None.
+            if (size == 4 or token is not None) and not _valid_token(token):
                 return Done(BAD_TOKEN)
+            owner = command[4] if size == 5 else None
+            if owner is not None and (type(owner) is not str or len(owner) > MAX_OWNER_CHARS):
+                return Done(BAD_OWNER)
             if index in self._sessions:
-                return Done(REGISTER_CONFLICT)  # a second register in one $batch entry
-            if len(self._sessions) >= self.max_sessions:
-                self._evict(index)
-            self._sessions[index] = _Session(expire_after, index, token=token)
+                return Done(REGISTER_CONFLICT)  # a second register in one entry
+            self._make_room(owner, index)
+            self._add(index, _Session(expire_after, index, token=token, owner=owner))
             self._came_or_went(index)
-            if self._heaped:
-                heapq.heappush(self._by_idle, (index, index))
-                heapq.heappush(self._by_deadline, (index + expire_after, index))
             return Done(("ok", index))
         if kind == "close" and (size == 3 or size == 4):
             sid = command[2]
@@ -284,8 +400,7 @@ class SessionTable:
                 return Done(BAD_SESSION_CALL)
             found = self._sessions.get(sid)
             if found is not None and found.admits(command[3] if size == 4 else None):
-                del self._sessions[sid]
-                self._came_or_went(sid)
+                self._drop(sid)
             return Done("ok")
         return Done(("error", ("unknown_command", f"bad session command {command!r:.200}")))
 
@@ -308,8 +423,7 @@ class SessionTable:
             return None
         if index - session.last_active > session.expire_after:
             # Dropped lazily: every replica reaches this same decision at this same index.
-            del self._sessions[sid]
-            self._came_or_went(sid)
+            self._drop(sid)
             return None
         return session
 
@@ -325,45 +439,96 @@ class SessionTable:
                 continue  # gone already
             deadline = session.last_active + session.expire_after
             if deadline < index:  # index - last_active > expire_after
-                del sessions[sid]
-                self._came_or_went(sid)
+                self._drop(sid)
                 dropped += 1
             else:  # active since this entry was pushed
                 heapq.heappush(heap, (deadline, sid))
         return dropped
 
-    def _evict(self, index: int) -> None:
-        """Make room for one session at ``index``: sweep the expired ones, then drop the live
-        ones idle for longest, lowest id first among equals (the same choice on every
-        replica: see the module docstring)."""
-        self.expire(index)
-        excess = len(self._sessions) - self.max_sessions + 1
-        if excess <= 0:
+    def _make_room(self, owner: str | None, index: int) -> None:
+        """Make room for one more session of ``owner`` at ``index``: if ``owner`` holds
+        ``max_per_owner`` sessions or the table ``max_sessions``, sweep the expired ones; then
+        drop ``owner``'s own idlest sessions while it is at its cap, and while the table is
+        full the idlest session of the owner holding the most (``_largest``). Idlest: lowest
+        ``last_active``, then lowest id. The same choice on every replica (module docstring),
+        and a burst of registers by one owner only ever drops that owner's sessions, unless
+        another holds more than it does."""
+        owned = self._owned.get(owner)
+        if len(self._sessions) < self.max_sessions and (
+            owned is None or len(owned) < self.max_per_owner
+        ):
             return
-        heap, sessions, dropped = self._by_idle, self._sessions, 0
-        while dropped < excess and heap:
+        self.expire(index)
+        own = other = 0
+        owned = self._owned.get(owner)
+        while owned is not None and len(owned) >= self.max_per_owner:
+            self._drop_idlest(owner)
+            own += 1
+            owned = self._owned.get(owner)
+        while self._sessions and len(self._sessions) >= self.max_sessions:
+            victim = self._largest(owner)
+            self._drop_idlest(victim)
+            if victim == owner:
+                own += 1
+            else:
+                other += 1
+        if own or other:
+            logger.info(
+                "session table: dropped %d idle session(s) of %r (at its cap of %d) and %d of "
+                "others (table full at %d)",
+                own,
+                owner,
+                self.max_per_owner,
+                other,
+                self.max_sessions,
+            )
+
+    def _largest(self, owner: str | None) -> str | None:
+        """The owner holding the most sessions (the table is not empty): ``owner`` itself if
+        it holds as many as any other, else the first such in ``_owner_key`` order."""
+        heap, held = self._by_size, self._owned
+        while True:
+            negative, named, name = heap[0]
+            top = name if named else None
+            found = held.get(top)
+            count = 0 if found is None else len(found)
+            if count == -negative:
+                break
+            heapq.heappop(heap)
+            if 0 < count < -negative:  # it held more when pushed: again with what it holds
+                heapq.heappush(heap, (-count, named, name))
+        mine = held.get(owner)
+        return owner if mine is not None and len(mine) == count else top
+
+    def _drop_idlest(self, owner: str | None) -> None:
+        """Drop the idlest session of ``owner`` (which holds one; heaps built)."""
+        heap, sessions = self._idle[owner], self._sessions
+        while True:
             last_active, sid = heapq.heappop(heap)
             session = sessions.get(sid)
             if session is None:
-                continue
+                continue  # gone already
             if session.last_active != last_active:  # active since: its entry goes back
                 heapq.heappush(heap, (session.last_active, sid))
                 continue
-            del sessions[sid]
-            self._came_or_went(sid)
-            dropped += 1
-        logger.info("session table full (%d): dropped %d idle", self.max_sessions, excess)
+            self._drop(sid)
+            return
 
     def _heaps(self) -> None:
         """Build the lazy heaps if they are not (or rebuild them once mostly stale)."""
         sessions = self._sessions
         bound = 2 * len(sessions) + 1024
-        if self._heaped and len(self._by_idle) <= bound and len(self._by_deadline) <= bound:
+        if (
+            self._heaped
+            and len(self._by_deadline) <= bound
+            and len(self._by_size) <= 2 * len(self._owned) + 1024
+        ):
             return
-        self._by_idle = [(s.last_active, sid) for sid, s in sessions.items()]
         self._by_deadline = [(s.last_active + s.expire_after, sid) for sid, s in sessions.items()]
-        heapq.heapify(self._by_idle)
         heapq.heapify(self._by_deadline)
+        self._idle = {owner: self._idle_heap(sids) for owner, sids in self._owned.items()}
+        self._by_size = [(-len(sids), *_owner_key(owner)) for owner, sids in self._owned.items()]
+        heapq.heapify(self._by_size)
         self._heaped = True
 
     # -- storing: a row per session ----------------------------------------------------------
@@ -403,9 +568,9 @@ class SessionTable:
             raise ValueError(f"{len(rows)} session rows for {len(sids)} sessions")
         table = cls()
         for sid, row in zip(sids, rows, strict=True):
-            if type(row) is not tuple or len(row) not in (4, 5):
+            if type(row) is not tuple or len(row) not in (4, 5, 6):
                 raise ValueError(f"session {sid!r}: not a session row: {row!r:.200}")
-            table._sessions[sid] = _from_row(row)
+            table._add(sid, _from_row(row))
         return table
 
     # -- the whole table as one value ---------------------------------------------------------
@@ -427,7 +592,7 @@ class SessionTable:
         if version != _DUMP_VERSION:
             raise ValueError(f"unknown session table version {version!r}")
         for sid, *row in rows:
-            table._sessions[sid] = _from_row(tuple(row))
+            table._add(sid, _from_row(tuple(row)))
         return table
 
     def __eq__(self, other: object) -> bool:
@@ -441,10 +606,16 @@ class SessionTable:
         return (_DUMP_VERSION, rows)
 
 
+def _owner_key(owner: str | None) -> tuple[int, str]:
+    """A total order of owners (None first), the same on every replica."""
+    return (0, "") if owner is None else (1, owner)
+
+
 def _row(session: _Session) -> tuple[Any, ...]:
-    """One session's stored row: ``(expire_after, last_active, floor, ((seq, result), ...))``
-    and the token as a fifth element if the session has one (results still pending are not
-    stored: a transaction never holds a half-applied seq)."""
+    """One session's stored row: ``(expire_after, last_active, floor, ((seq, result), ...))``,
+    then the token (None if unbound) if the session has a token or an owner, then the owner if
+    it has one; rows of unowned sessions keep the shapes of older builds (results still
+    pending are not stored: a transaction never holds a half-applied seq)."""
     results = session.results
     row = (
         session.expire_after,
@@ -452,11 +623,15 @@ def _row(session: _Session) -> tuple[Any, ...]:
         session.floor,
         tuple((seq, results[seq]) for seq in sorted(results) if results[seq] is not _PENDING),
     )
+    if session.owner is not None:
+        return (*row, session.token, session.owner)
     return row if session.token is None else (*row, session.token)
 
 
 def _from_row(row: tuple[Any, ...]) -> _Session:
-    """The session ``_row`` stored (4 elements, or 5 with a token)."""
+    """The session ``_row`` stored (4 elements, 5 with a token, 6 with token and owner)."""
     expire_after, last_active, floor, results = row[:4]
-    token = row[4] if len(row) == 5 else None
-    return _Session(expire_after, last_active, floor, {seq: r for seq, r in results}, token)
+    token = row[4] if len(row) >= 5 else None
+    owner = row[5] if len(row) == 6 else None
+    results_of = {seq: r for seq, r in results}
+    return _Session(expire_after, last_active, floor, results_of, token, owner)
