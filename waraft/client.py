@@ -89,7 +89,13 @@ may have been, so the outcome is unknown, as after a timeout; the client registe
 session for the following ones. Registering does not block the caller (commits wait for it in
 the client, so ``commit_async`` may be called from a callback), and ``close`` closes the
 client's sessions on the replicas (waiting ``CLOSE_SESSIONS_TIMEOUT`` at most). Sessions work
-packed or not (``pack=False``); reads are never tagged. Opt-in
+packed or not (``pack=False``), but a register always travels as an entry of its own, never
+packed into a ``$batch`` (the node refuses that: it stamps each register with the identity it
+authenticated the client as, its *owner*, and never looks inside a packed batch). A partition
+keeps ``MAX_SESSIONS_PER_OWNER`` sessions per owner (per CURVE key; without CURVE, per node
+id), dropping the owner's own idlest beyond that, so clients sharing a key share that bound,
+and another key's burst of registers does not expire this client's sessions. Reads are never
+tagged. Opt-in
 because a session costs a register entry per partition and a table record per outstanding
 commit, and because plain writes and deletes are idempotent already.
 
@@ -185,6 +191,8 @@ AT_MOST_ONCE: Final = frozenset({TIMEOUT, CLOSED, SENDER_FAILED, EXPIRED})
 #: How long ``close`` waits for the sender to stop before it answers what it can reach; the
 #: sender answers the rest itself when it does stop.
 CLOSE_JOIN_TIMEOUT = 5.0
+_REGISTER: Final = "register"
+"""The kind of a session register request inside the client (sent as a ``commit``)."""
 CLOSE_SESSIONS_TIMEOUT = 1.0
 """Seconds ``close`` waits at most for the replicas to forget this client's sessions."""
 
@@ -1117,7 +1125,7 @@ class Client:
         token = os.urandom(TOKEN_BYTES)
         self._submit(
             partition,
-            "commit",
+            _REGISTER,  # a kind of its own: never packed into a $batch with other commits
             register_command(self.session_expire_after, token),
             "high",
             self.timeout,
@@ -1530,7 +1538,12 @@ class Client:
         earliest = min(deadlines)
         commands = _commands(chunk)
         count = len(commands)
-        packed = self.pack and count > 1
+        # Session registers are grouped apart (``_REGISTER``) and go as commits of their own
+        # entry: a node refuses one packed in a $batch, which it could not stamp with its
+        # owner (``waraft.acceptor``).
+        alone = kind == _REGISTER
+        wire = "commit" if alone else kind
+        packed = self.pack and count > 1 and not alone
         with self._lock:
             closed = self._closed
             if not closed:
@@ -1547,17 +1560,17 @@ class Client:
             return
         try:
             if packed:
-                items = _pack(kind, commands)
-            elif kind == "commit":
+                items = _pack(wire, commands)
+            elif wire == "commit":
                 items = [(make_ref(), command) for command in commands]
             else:
                 items = commands
-            msg = ("client_batch", self.reply_addr, batch_id, kind, items, priority)
+            msg = ("client_batch", self.reply_addr, batch_id, wire, items, priority)
             payload = codec.packb(msg) if self._remote else None
         except codec.CodecError as exc:
             self._unencodable(batch_id, exc)
             return
-        if (packed or payload is not None) and _over_value_limit(payload, items, kind, packed):
+        if (packed or payload is not None) and _over_value_limit(payload, items, wire, packed):
             self._split(batch_id, address, partition, kind, priority, now)
             return
         if self._cast(address, msg, payload):
@@ -1668,7 +1681,7 @@ class Client:
         for request in requests:
             self._retry(request, UNREACHABLE, self._backoff(request))
 
-    def _on_cast(self, msg: Any) -> bool:
+    def _on_cast(self, msg: Any, origin: str | None = None) -> bool:
         """A cast to this client's receiver; True when it was a well-formed reply (one, or
         several coalesced by the server: ``("client_replies", [(batch_id, results, hint)])``)."""
         if type(msg) is not tuple or not msg:

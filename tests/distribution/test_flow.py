@@ -81,7 +81,7 @@ def test_bursts_and_lone_frames_arrive_and_an_idle_receive_thread_sleeps(
     inbox = start_sink()
     entered, release = threading.Event(), threading.Event()
 
-    def gate(msg: object) -> bool:
+    def gate(msg: object, origin: str) -> bool:
         # Stalls the receive thread (as a slow handler or a GIL-bound turn would) so that the
         # burst below queues up in the ROUTER socket and is then read back to back.
         entered.set()

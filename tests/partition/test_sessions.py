@@ -15,12 +15,16 @@ from waraft import otp, storage
 from waraft.core.sessions import (
     EXPIRED,
     INDEX_VERSION,
+    MAX_SESSIONS,
+    MAX_SESSIONS_PER_OWNER,
+    REGISTER_IN_BATCH,
     SessionTable,
     call_command,
     close_command,
     register_command,
 )
 from waraft.core.types import LogPos
+from waraft.distribution import inline as dist_inline
 from waraft.partition import acceptor, server
 from waraft.services import codec
 from waraft.storage import DERIVED_AFTER_OPAQUE
@@ -535,4 +539,96 @@ def test_a_provider_that_cannot_store_sessions_is_disabled_at_the_first_session(
     assert "NoSessionStorage cannot store exactly-once sessions" in reason, reason
     time.sleep(0.5)
     assert state(node) == "disabled"
+    node.stop()
+
+
+# -- owners (F3): the gateway stamps who registered; a burst costs only its own sessions ---------
+
+
+def _stored_rows(node: otp.Node) -> dict[int, Any]:
+    found = storage.read(
+        addr("storage", node), ("read", storage.SESSIONS_TABLE, storage.SESSIONS_KEY)
+    )
+    if type(found) is not tuple or found[0] != "ok" or type(found[1]) is not tuple:
+        return {}  # nothing stored yet
+    rows = {}
+    for sid in found[1][1]:
+        row = storage.read(
+            addr("storage", node), ("read", storage.SESSIONS_TABLE, storage.session_key(sid))
+        )
+        rows[sid] = row[1]
+    return rows
+
+
+def _owner(row: Any) -> Any:
+    return row[5] if len(row) == 6 else None
+
+
+def _gateway_batch(node: otp.Node, origin: str | None, commands: list[Any], reply: Any) -> None:
+    """A client batch as the receive thread hands it over (``origin``: the connection's
+    authenticated identity), or through the acceptor's mailbox (``origin`` None)."""
+    name, _ = acc = addr("acceptor", node)
+    items = [(f"k{i}", command) for i, command in enumerate(commands)]
+    msg = ("client_batch", reply, 1, "commit", items, "high")
+    if origin is None:
+        otp.cast(acc, msg)
+    else:
+        handler = dist_inline.handler(name)
+        assert handler is not None
+        with node.activate():  # the receive thread runs as the node
+            assert handler(msg, origin)
+            dist_inline.run_idle_hooks()  # as the receive thread does once its socket drains
+
+
+def test_the_gateway_stamps_registers_with_the_authenticated_owner(tmp_path: Path) -> None:
+    node = _single(tmp_path)
+    token = b"t" * 16
+    forged = ("$session", "register", 1000, token, "client:victim")
+    # From another node (the receive thread's path): whatever the command claims, the owner
+    # is who the connection authenticated as.
+    _gateway_batch(node, "client:mallory", [forged, register_command(1000, token)], ("r", "x@h"))
+    wait_until(lambda: len(_stored_rows(node)) == 2)
+    assert {_owner(r) for r in _stored_rows(node).values()} == {"client:mallory"}
+    # A caller on this node (replies to this node): no owner, a claimed one is dropped.
+    _gateway_batch(node, None, [forged], ("r", node.id))
+    wait_until(lambda: len(_stored_rows(node)) == 3)
+    assert [_owner(r) for _, r in sorted(_stored_rows(node).items())][-1] is None
+    assert acceptor.commit(addr("acceptor", node), ("f", forged))[0] == "ok"
+    wait_until(lambda: len(_stored_rows(node)) == 4)
+    assert [_owner(r) for _, r in sorted(_stored_rows(node).items())][-1] is None
+    # A packed $batch is not opened by the gateway: storage refuses a register inside it.
+    packed = codec.packb([forged, ("write", "t", "k", "v")])
+    assert acceptor.commit(addr("acceptor", node), ("b", ("$batch", packed))) == [
+        REGISTER_IN_BATCH,
+        OK,
+    ]
+    assert len(_stored_rows(node)) == 4
+    node.stop()
+
+
+def test_a_register_burst_from_one_key_does_not_expire_another_keys_session(
+    tmp_path: Path,
+) -> None:
+    """The F3 attack through a real partition's gateway and storage: one identity registers
+    past ``MAX_SESSIONS``; another's session stays live and still deduplicates."""
+    node = _single(tmp_path, storage_module=CountingStorage)
+    acc = addr("acceptor", node)
+    token = b"v" * 16
+    _gateway_batch(node, "client:victim", [register_command(10**6, token)], ("r", "x@h"))
+    wait_until(lambda: len(_stored_rows(node)) == 1)
+    (victim,) = _stored_rows(node)
+    bump = ("bump", "t", "n")
+    assert acceptor.commit(acc, ("b1", call_command(victim, 1, 1, bump, token))) == ("ok", 1)
+    burst = [register_command(10**6, b"m" * 16)] * 1000
+    for i in range(MAX_SESSIONS // len(burst) + 1):
+        _gateway_batch(node, "client:mallory", burst, ("r", "x@h"))
+        # Applied in order: every register before it is too (none refused by admission).
+        assert acceptor.commit(acc, (f"s{i}", ("write", "t", "k", i)), timeout=60) == OK
+    rows = _stored_rows(node)
+    assert max(rows) - victim > MAX_SESSIONS + len(burst)  # that many entries since: a burst
+    assert victim in rows
+    assert sum(_owner(r) == "client:mallory" for r in rows.values()) == MAX_SESSIONS_PER_OWNER
+    # The victim's retry is still recognised: applied once.
+    assert acceptor.commit(acc, ("b2", call_command(victim, 1, 1, bump, token))) == ("ok", 1)
+    assert acceptor.commit(acc, ("b3", call_command(victim, 2, 2, bump, token))) == ("ok", 2)
     node.stop()

@@ -274,8 +274,8 @@ def send_bytes(addr: tuple[str, str], payload: bytes) -> bool:
     return dist is not None and dist.cast_bytes(addr, payload, info=True)
 
 
-def set_inline_handler(name: str, handler: Callable[[Any], bool] | None) -> None:
-    """Let the receive thread hand casts to ``name`` to ``handler(msg)`` directly (see
+def set_inline_handler(name: str, handler: inline.Handler | None) -> None:
+    """Let the receive thread hand casts to ``name`` to ``handler(msg, origin)`` directly (see
     :mod:`waraft.distribution.inline`); None removes it. Works whether or not distribution runs."""
     inline.set_handler(name, handler)
 

@@ -4,9 +4,14 @@ A cast from another node normally goes receive thread → the target actor's mai
 actor's thread: two threads and a wake-up per message. For a few hot, thread-safe entry points
 (the acceptor's client gateway, a client's reply receiver) that hop is most of the cost of a
 small request, so they may register a function here that the receive thread calls directly:
-``fn(msg)`` returns True when it handled the message, False to have it delivered to the
-registered process as usual. A handler runs on the network thread: it must be quick, must not
-block (no ``call``), and must not raise (an exception is logged and the message dropped).
+``fn(msg, origin)`` returns True when it handled the message, False to have it delivered to
+the registered process as usual. ``origin`` is who sent it, as far as the connection tells:
+with CURVE, the user id its key authenticated as (``role:name``, the same for every node id
+and process of that key); without CURVE, or with keys of the older form (which identify
+nobody), the node id the sender claims (no security boundary). The client gateway stamps it
+on session registers as their owner (``waraft.core.sessions``). A handler runs on the network
+thread: it must be quick, must not block (no ``call``), and must not raise (an exception is
+logged and the message dropped).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[Any], bool]
+Handler = Callable[[Any, str], bool]
+"""``fn(msg, origin)``: see the module docstring."""
 
 _handlers: dict[str, Handler] = {}
 _idle: dict[str, Callable[[], None]] = {}

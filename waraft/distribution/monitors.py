@@ -233,7 +233,7 @@ class DistSignals:
             self._send(watcher.node_id, ("down", self._me, watcher.ref_id, reason))
 
     # ------------------------------------------------------------------ receiving
-    def handle(self, msg: Any) -> bool:
+    def handle(self, msg: Any, origin: str | None = None) -> bool:
         """Inline handler of casts to :data:`SIGNALS` (receive thread; already admitted by the
         policy, so ``msg[1]`` is the sender's node). Malformed ones are counted and dropped."""
         if not _well_formed(msg):

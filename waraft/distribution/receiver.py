@@ -77,7 +77,7 @@ def _user_id(head: zmq.Frame) -> str | None:
 class _Conn:
     """What the receive thread knows about one routing id (one sending socket)."""
 
-    __slots__ = ("address", "cluster_gen", "peer", "sender", "user")
+    __slots__ = ("address", "cluster_gen", "origin", "peer", "sender", "user")
 
     def __init__(
         self,
@@ -92,6 +92,10 @@ class _Conn:
         self.address = address
         self.user = user  # the CURVE key's user id the rights were granted to
         self.cluster_gen = cluster_gen  # the node's cluster id it was checked against
+        # Who sent what comes on this connection, for inline handlers and remote calls
+        # (``inline``): the key's user id; without one (no CURVE, or a key of the older form,
+        # whose user id is "") the node id the sender claims.
+        self.origin = user or sender.node_id
 
 
 class Receiver(threading.Thread):
@@ -401,7 +405,7 @@ class Receiver(threading.Thread):
                 return
             if kind == Kind.CAST:
                 fast = inline._handlers.get(obj[2]) if inline._handlers else None
-                if fast is not None and fast(obj[3]):
+                if fast is not None and fast(obj[3], conn.origin):
                     return
                 self._deliver(obj[2], obj[3], messaging.cast)
             else:
@@ -410,7 +414,7 @@ class Receiver(threading.Thread):
             if not self._deep(frame, obj[3]):
                 dist.complete_call(obj[2], True, obj[3], peer.node_id)
         elif kind == Kind.CALL:
-            self._call(peer, conn.sender, obj[2], obj[3], obj[4], frame)
+            self._call(conn, obj[2], obj[3], obj[4], frame)
         elif kind == Kind.FAIL:
             if not self._deep(frame, obj[3]):
                 dist.complete_call(obj[2], False, obj[3], peer.node_id)
@@ -465,11 +469,10 @@ class Receiver(threading.Thread):
             return
         fn(pid, msg)
 
-    def _call(
-        self, peer: Peer, sender: Sender, name: str, ref: int, request: Any, frame: bytes
-    ) -> None:
-        handle = RemoteReplyTo(self._dist, peer, ref)
-        verdict = self._admit(peer, sender, name, True, request, frame)
+    def _call(self, conn: _Conn, name: str, ref: int, request: Any, frame: bytes) -> None:
+        peer = conn.peer
+        handle = RemoteReplyTo(self._dist, peer, ref, conn.origin)
+        verdict = self._admit(peer, conn.sender, name, True, request, frame)
         if verdict is not True:
             handle.fail(verdict)
             return

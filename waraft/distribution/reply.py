@@ -20,13 +20,16 @@ if TYPE_CHECKING:
 class RemoteReplyTo(ReplyTo):
     """``From`` of a call made on another node; ``reply``/``fail`` answer it over ZeroMQ."""
 
-    __slots__ = ("_dist", "_peer", "_ref")
+    __slots__ = ("_dist", "_peer", "_ref", "origin")
 
-    def __init__(self, dist: Dist, peer: Peer, ref: int) -> None:
+    def __init__(self, dist: Dist, peer: Peer, ref: int, origin: str | None = None) -> None:
         super().__init__()
         self._dist = dist
         self._peer = peer
         self._ref = ref
+        # Who made the call, as the connection authenticated it (``inline``'s ``origin``):
+        # the owner the client gateway stamps on a session register it carries.
+        self.origin = origin
 
     def __repr__(self) -> str:
         return f"RemoteReplyTo({self._peer.node_id!r}, {self._ref})"

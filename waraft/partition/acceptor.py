@@ -23,6 +23,15 @@ to ``reply_addr``, results in item order. ``leader_hint`` is the leader this nod
 the partition when some result is an error (None otherwise), so a client redirects in one hop.
 A malformed batch is logged and dropped; a malformed item fails its own slot with
 ``("error", ("badarg", text))``.
+
+Session owners (``waraft.core.sessions``): a ``("$session", "register", ...)`` commit is
+appended owned by whoever this node authenticated its sender as (``owned_register``): the
+``origin`` the distribution's receive thread hands the gateway (``_inline``) and remote
+``commit`` calls (``RemoteReplyTo.origin``), i.e. the CURVE key's user id, or without CURVE
+the node id the sender claims. Any owner the command itself carries is replaced, and a
+caller on this node registers with none (owner ``None``). Registers packed inside a
+``$batch`` are not looked for (that would cost every packed frame a decode): storage refuses
+them, and ``waraft.client`` sends each register as an item of its own.
 """
 
 from __future__ import annotations
@@ -37,9 +46,11 @@ from waraft import distribution as dist
 from waraft import otp
 from waraft.core import events
 from waraft.core.rpc import short_repr
+from waraft.core.sessions import SESSION, is_register, owned_register
 from waraft.core.types import Priority, is_internal_command
 from waraft.distribution import inline as dist_inline
 from waraft.distribution import policy
+from waraft.distribution.reply import RemoteReplyTo
 from waraft.services import codec, info
 from waraft.services.logthrottle import LogThrottle
 from waraft.services.options import RaftOptions
@@ -83,22 +94,37 @@ def priority_of(value: Any) -> Priority:
     return found
 
 
-def check_op(op: Any) -> tuple[Any, Any]:
+def check_op(op: Any, owner: str | None = None) -> tuple[Any, Any]:
     """A commit op is ``(key, command)`` with a command that is not ``None`` and not one only
-    the protocol writes (``is_internal_command``: a config change, a noop)."""
+    the protocol writes (``is_internal_command``: a config change, a noop). A session
+    register comes back owned by ``owner`` (``owned_register``: who this node authenticated
+    the sender as, None for a caller on this node), whatever owner it claimed."""
     if not isinstance(op, (tuple, list)) or len(op) != 2:
         raise ValueError(f"a commit op is a (key, command) pair, got {short_repr(op)}")
     command = op[1]
     if command is None:
         raise ValueError("a command must not be None")
-    # is_internal_command inlined for the usual write (a tuple of four): one test per op.
+    # is_internal_command inlined for the usual write (a tuple of four): one test per op,
+    # and one more for a register. A packed frame's one op is a pair (``$batch``): its
+    # commands are not looked at here (storage refuses a register among them).
     kind = type(command)
-    if ((kind is tuple and len(command) == 2) or kind is str) and is_internal_command(command):
-        raise ValueError(
-            f"{short_repr(command)} is reserved to the protocol (membership changes go "
-            "through adjust_config)"
-        )
+    if kind is tuple:
+        size = len(command)
+        if size == 2:
+            if is_internal_command(command):
+                raise ValueError(_reserved(command))
+        elif size >= 3 and command[0] == SESSION and command[1] == "register":
+            command = owned_register(command, owner)
+    elif kind is str and is_internal_command(command):
+        raise ValueError(_reserved(command))
     return (op[0], command)
+
+
+def _reserved(command: Any) -> str:
+    return (
+        f"{short_repr(command)} is reserved to the protocol (membership changes go "
+        "through adjust_config)"
+    )
 
 
 def check_local_op(op: Any) -> tuple[Any, Any]:
@@ -205,6 +231,10 @@ class Acceptor(otp.Process):
             return ("error", ("badarg", f"malformed commit {short_repr(request)}"))
         if kind == "commit":
             _, op, priority = request
+            if is_register(op[1]):
+                # From another node: owned by who its connection authenticated as.
+                owner = from_.origin if isinstance(from_, RemoteReplyTo) else None
+                op = (op[0], owned_register(op[1], owner))
             return self._single(self._commit([(from_, op)], priority_of(priority)))
         if kind == "read" and not _valid_read(request):
             return ("error", ("badarg", f"malformed read {short_repr(request)}"))
@@ -222,7 +252,7 @@ class Acceptor(otp.Process):
         # here rather than crashing the acceptor (which would restart the whole partition).
         kind = msg[0] if isinstance(msg, tuple) and msg else None
         if kind == "client_batch":
-            self._client_batch(msg)
+            self._client_batch(msg, None, mailbox=True)
         elif kind == "commit_batch" and _valid_batch(msg, 3, _valid_op) and _is_priority(msg[2]):
             self._reject_tail(msg[1], self._commit(msg[1], priority_of(msg[2])))
         elif kind == "read_batch" and _valid_batch(msg, 2, _valid_read):
@@ -278,19 +308,25 @@ class Acceptor(otp.Process):
         )
         return otp.NOREPLY
 
-    def _inline(self, msg: Any) -> bool:
+    def _inline(self, msg: Any, origin: str) -> bool:
         """The distribution's receive thread hands client batches from other nodes straight to
         the gateway (admission is the shared, thread-safe ``Queues``); what it admits is
         forwarded by ``_forward``, the idle hook, once the receive thread has drained its
-        socket."""
+        socket. ``origin``: who the connection authenticated as (owner of its registers)."""
         if type(msg) is tuple and msg and msg[0] == "client_batch":
-            self._client_batch(msg)
+            self._client_batch(msg, origin)
             dist_inline.idle_work_due(self.name)
             return True
         return False
 
-    def _client_batch(self, msg: Any) -> None:
-        """The client gateway (see the module docstring)."""
+    def _client_batch(self, msg: Any, origin: str | None, mailbox: bool = False) -> None:
+        """The client gateway (see the module docstring); ``origin`` owns its registers.
+
+        ``mailbox``: the batch came through this actor's mailbox, not from the receive thread
+        (``_inline``), so nobody authenticated it: a caller on this node (no owner) if its
+        replies go to this node, else the node they go to (the distribution's guard checked
+        that it is the sender's; only a remote batch that arrives while no inline handler is
+        registered, as this actor restarts, comes this way)."""
         parsed = parse_client_batch(msg)
         if parsed is None:
             if count := _MALFORMED_LOG.ready():
@@ -301,6 +337,8 @@ class Acceptor(otp.Process):
                 )
             return
         reply_addr, batch_id, kind, items, priority = parsed
+        if mailbox and reply_addr[1] != self.node.id:
+            origin = reply_addr[1]
         table, partition = self.queues.table, self.queues.partition
         batch = BatchReply(
             len(items),
@@ -312,7 +350,7 @@ class Acceptor(otp.Process):
             for index, item in enumerate(items):
                 slot = batch.slot(index)
                 try:
-                    ops.append((slot, check_op(item)))
+                    ops.append((slot, check_op(item, origin)))
                 except ValueError as exc:
                     slot.reply(("error", ("badarg", str(exc))))
             if ops:

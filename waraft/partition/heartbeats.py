@@ -238,7 +238,7 @@ def _frame_from_sender(sender: policy.Sender, msg: Any) -> bool:
 _received = [0, 0]
 
 
-def receive(msg: Any) -> bool:
+def receive(msg: Any, origin: str | None = None) -> bool:
     """Inline handler for ``raft_heartbeats``: fan a frame out to the local servers."""
     if not (isinstance(msg, (list, tuple)) and len(msg) == 2 and msg[0] == FRAME_TAG):
         return False

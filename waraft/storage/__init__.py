@@ -556,7 +556,7 @@ class StorageServer(otp.Process):
                 if not plain:
                     result = self._apply_session_items(
                         [(c, position, entry.label) for c in commands],
-                        [self.sessions.begin(c, index) for c in commands],
+                        [self.sessions.begin(c, index, nested=True) for c in commands],
                         nested=True,
                     )
                 else:
