@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.sim.helpers import settle_clients
+from waraft.core import sessions
 from waraft.sim import (
     AppendWorkload,
     ClientConfig,
@@ -90,3 +91,44 @@ def test_the_list_append_checker_flags_every_kind_of_anomaly() -> None:
     assert any(v.startswith("failed") for v in check_list_append(ops, {"k": ("a", "b", "c")}))
     assert any(v.startswith("phantom") for v in check_list_append(ops, {"k": ("a", "b", "z")}))
     assert any(v.startswith("read not") for v in check_list_append(ops, {"k": ("b", "a")}))
+
+
+def test_a_register_burst_from_one_owner_expires_no_other_clients_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """F3 in the simulator: while session clients append under message loss, another
+    identity registers sessions in bursts far past the table's bound. The clients' sessions
+    are never dropped for it (no ``session_expired``), every replica holds the same table with
+    the burst's owner at its own cap, and the appends stay exactly-once."""
+    # Small bounds (read when each replica's table is made) so that a burst overflows fast.
+    monkeypatch.setattr(sessions, "MAX_SESSIONS", 40)
+    monkeypatch.setattr(sessions, "MAX_SESSIONS_PER_OWNER", 10)
+    sim = Simulation(
+        nodes=3,
+        seed=11,
+        net=NetConfig(max_delay_ms=20, loss=0.02),
+        client=ClientConfig(attempt_timeout_ms=300, sessions=True, max_op_ms=20_000),
+    )
+    sim.bootstrap()
+    sim.await_leader()
+    sim.add_clients(3, AppendWorkload())
+    sim.run_for(500)
+    burst = sessions.register_command(10**6)
+    answered = []
+    for _ in range(6):
+        leader = sim.leader()
+        if leader is not None:  # 60 registers at once: more than the whole table holds
+            answered += [sim.submit(leader, burst, origin="client:mallory") for _ in range(60)]
+        sim.run_for(400)
+    settle_clients(sim, 60_000)
+    sim.run_until(lambda: len({sim.nodes[n].storage.position for n in sim.node_ids}) == 1, 10_000)
+    assert sum(call.done and call.result[0] == "ok" for call in answered) > 100  # a real burst
+    assert sim.stats["session_expired"] == 0
+    tables = [sim.nodes[n].storage.sessions.dump_view() for n in sim.node_ids]
+    assert all(t == tables[0] for t in tables)
+    owners = [row[6] if len(row) == 7 else None for row in tables[0][1]]
+    assert owners.count("client:mallory") == 10
+    assert {o for o in owners if o != "client:mallory"} <= {f"client:c{i}" for i in (1, 2, 3)}
+    finals = [_final(sim, n) for n in sim.node_ids]
+    assert all(f == finals[0] for f in finals)
+    assert check_list_append(sim.history.ops, finals[0]) == []

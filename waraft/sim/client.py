@@ -156,6 +156,7 @@ class Client:
     def __init__(self, sim: Simulation, client_id: int, workload: Workload, cfg: ClientConfig):
         self.sim = sim
         self.id = client_id
+        self.origin = f"client:c{client_id}"  # its authenticated identity (session owner)
         self.workload = workload
         self.cfg = cfg
         self.rng = random.Random(sim.rng.getrandbits(64))
@@ -231,7 +232,7 @@ class Client:
         if not node.up or node.core is None:
             req.on_reply(("error", "unreachable"))
         elif req.op.kind == "commit":
-            node.accept_commit(req, req.key, req.command, self.cfg.priority)
+            node.accept_commit(req, req.key, req.command, self.cfg.priority, self.origin)
         else:
             node.accept_read(req, req.op.command)
 
@@ -258,6 +259,7 @@ class Client:
         history = self.sim.history
         now = self.sim.clock.now
         if value == EXPIRED and self._tagged(req):
+            self.sim.stats["session_expired"] += 1
             self.session = None  # re-registered before the next operation
             history.unknown(op, value, now)
             self._finish()

@@ -52,6 +52,7 @@ from waraft.core.events import (
     Timeout,
 )
 from waraft.core.rpc import Vote
+from waraft.core.sessions import is_register, owned_register
 from waraft.core.settings import Settings
 from waraft.core.types import DurableState, Entry, Identity, LogPos, Priority, State, TimeoutKind
 from waraft.sim.clock import Scheduled
@@ -244,11 +245,17 @@ class SimNode:
         self.sim.touched[self.id] = None
         self.run_effects(effects)
 
-    def accept_commit(self, handle: Any, key: Any, command: Any, priority: Priority) -> bool:
-        """The acceptor's commit path: admission, then a one-item ``CommitBatch``.
+    def accept_commit(
+        self, handle: Any, key: Any, command: Any, priority: Priority, origin: str | None = None
+    ) -> bool:
+        """The acceptor's commit path: admission, then a one-item ``CommitBatch``. A session
+        register is stamped with ``origin`` as its owner, as the client gateway stamps it with
+        the sender's authenticated identity (``owned_register``).
 
         Returns ``False`` (after answering ``handle``) when the commit was refused.
         """
+        if is_register(command):
+            command = owned_register(command, origin)
         settings = self.settings
         limit = (
             settings.raft_max_pending_high_priority_commits

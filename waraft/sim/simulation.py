@@ -576,9 +576,11 @@ class Simulation:
         command: Any,
         priority: Priority = Priority.HIGH,
         record: bool = False,
+        origin: str | None = None,
     ) -> Call:
         """Commit ``command`` through a node's acceptor, as 6.824's ``Start()``; the handle is
-        answered with storage's result or an error. ``record`` adds it to the history."""
+        answered with storage's result or an error. ``record`` adds it to the history;
+        ``origin``: who the acceptor authenticated the sender as (owner of a register)."""
         self._submits += 1
         key = ("c", "submit", self._submits, 1)
         label = f"commit {command!r}"
@@ -593,7 +595,7 @@ class Simulation:
         def deliver() -> None:
             node = self.nodes[node_id]
             if node.up:
-                node.accept_commit(handle, key, command, priority)
+                node.accept_commit(handle, key, command, priority, origin)
             else:
                 handle.on_reply(("error", "unreachable"))
 
