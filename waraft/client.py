@@ -90,8 +90,9 @@ session for the following ones. Registering does not block the caller (commits w
 the client, so ``commit_async`` may be called from a callback), and ``close`` closes the
 client's sessions on the replicas (waiting ``CLOSE_SESSIONS_TIMEOUT`` at most). Sessions work
 packed or not (``pack=False``), but a register always travels as an entry of its own, never
-packed into a ``$batch`` (the node refuses that: it stamps each register with the identity it
-authenticated the client as, its *owner*, and never looks inside a packed batch). A partition
+packed into a ``$batch``: the node stamps each register with the identity it authenticated the
+client as, its *owner*, and never looks inside a packed batch (a register found in one belongs
+to the shared ``BATCH_OWNER``). A partition
 keeps ``MAX_SESSIONS_PER_OWNER`` sessions per owner (per CURVE key; without CURVE, per node
 id), dropping the owner's own idlest beyond that, so clients sharing a key share that bound,
 and another key's burst of registers does not expire this client's sessions. Reads are never
@@ -1539,8 +1540,8 @@ class Client:
         commands = _commands(chunk)
         count = len(commands)
         # Session registers are grouped apart (``_REGISTER``) and go as commits of their own
-        # entry: a node refuses one packed in a $batch, which it could not stamp with its
-        # owner (``waraft.acceptor``).
+        # entry: a node cannot stamp one packed in a $batch with its owner
+        # (``waraft.partition.acceptor``), so it would share ``BATCH_OWNER``'s cap.
         alone = kind == _REGISTER
         wire = "commit" if alone else kind
         packed = self.pack and count > 1 and not alone

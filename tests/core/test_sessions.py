@@ -13,11 +13,11 @@ from waraft.core.sessions import (
     BAD_OWNER,
     BAD_SESSION_CALL,
     BAD_TOKEN,
+    BATCH_OWNER,
     EXPIRED,
     MAX_SESSIONS,
     MAX_SESSIONS_PER_OWNER,
     REGISTER_CONFLICT,
-    REGISTER_IN_BATCH,
     SWEEP_EVERY,
     Apply,
     Done,
@@ -525,12 +525,24 @@ def test_the_accepting_node_owns_registers_whatever_the_client_claimed() -> None
     assert owned_register(("$session", "register"), "client:a") == ("$session", "register")
 
 
-def test_a_register_inside_a_batch_or_with_a_bad_owner_is_refused() -> None:
+def test_a_register_inside_a_batch_is_owned_by_the_batch_owner_and_a_bad_owner_refused() -> None:
     table = SessionTable()
-    # The node that accepts a $batch never looks inside it: it could not have stamped it.
-    for command in (register_command(5), owned_register(register_command(5), "client:a")):
-        assert table.begin(command, 7, nested=True) == Done(REGISTER_IN_BATCH)
-    assert len(table) == 0
+    # The node that accepts a $batch never looks inside it: nobody stamped it, so a claimed
+    # owner counts for nothing (an older client's register, or a forgery).
+    for index, command in (
+        (7, register_command(5)),
+        (9, owned_register(register_command(5), "client:a")),
+    ):
+        assert table.begin(command, index, nested=True) == Done(("ok", index))
+        assert table._sessions[index].owner == BATCH_OWNER
+    assert "client:a" not in table._owned and len(table._owned[BATCH_OWNER]) == 2
+    # A burst of them costs only their own group: another owner's session stays.
+    table = SessionTable(max_sessions=8, max_per_owner=3)
+    assert table.begin(owned_register(register_command(10**6), "client:v"), 1) == Done(("ok", 1))
+    for index in range(2, 40):
+        assert table.begin(register_command(10**6), index, nested=True) == Done(("ok", index))
+    assert 1 in table and len(table._owned[BATCH_OWNER]) == 3
+    table = SessionTable()
     for owner in (b"bytes", 7, "x" * 257):
         assert table.begin(("$session", "register", 5, None, owner), 8) == Done(BAD_OWNER)
     assert table.begin(("$session", "register", 5, b"short", "client:a"), 8) == Done(BAD_TOKEN)

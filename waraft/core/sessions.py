@@ -8,15 +8,13 @@ sequence number. A tagged command whose ``seq`` is already recorded is not appli
 recorded result is returned instead, so the caller of a retried command gets the original
 result.
 
-Commands (all travel through the log like any other command; calls and closes also inside
-``$batch`` entries):
+Commands (all travel through the log like any other command, also inside ``$batch`` entries):
 
 * ``("$session", "register", expire_after)``: open a session. Its id is the log index of the
   register entry (unique, and the same on every replica). Answers ``("ok", session_id)``. A
-  register must be an entry of its own: inside a ``$batch`` entry it is refused with
-  ``("error", "session_register_in_batch")`` (nothing opened), because the node that accepted
-  the batch never looked inside it and so could not stamp its owner (below). (Two registers of
-  one entry would also get the same id: ``("error", "session_register_conflict")``.)
+  second register inside the same ``$batch`` entry would get the same id: it is refused with
+  ``("error", "session_register_conflict")`` (nothing opened; register again in another entry).
+  A register inside a ``$batch`` entry is owned by ``BATCH_OWNER`` (below).
 * ``("$session", "call", session_id, seq, acked, command)``: apply ``command`` once. ``acked``
   is the client's promise that it holds the results of every ``seq < acked``: their records are
   dropped (the table stays small while a session lives). A ``seq < acked`` of a recorded floor
@@ -43,7 +41,11 @@ node id of one key is one owner; without CURVE (``--insecure``) or with keys of 
 form, which identify nobody, it is the node id the sender claims, which is no security
 boundary (a sender may claim many). Registers appended without an owner (by older nodes, or
 by a caller on the node itself, which ``owned_register`` gives ``None``) are one group, owner
-``None``. The owner bounds what a register may cost others (below).
+``None``. A register inside a ``$batch`` entry was never stamped (the accepting node does not
+open packed batches: that would cost every packed frame a decode), so whatever owner it claims,
+it is owned by ``BATCH_OWNER``; ``waraft.client`` sends each register as an entry of its own.
+(Refusing such registers instead would make replicas of this build answer differently from
+older ones for the same log entry.) The owner bounds what a register may cost others (below).
 
 Expiry is measured in applied log entries, not in time: a session whose last register or call
 is more than ``expire_after`` entries behind the entry being applied is expired and answers
@@ -113,9 +115,11 @@ at their cap within ``MAX_SESSIONS``, so that one owner's burst never fills the 
 MAX_OWNER_CHARS: Final = 256
 """Longest owner a register may carry (a CURVE user id ``role:name``, or a node id)."""
 REGISTER_CONFLICT: Final = ("error", "session_register_conflict")
-REGISTER_IN_BATCH: Final = ("error", "session_register_in_batch")
-"""Answer to a register inside a ``$batch`` entry: the node that accepts a batch never looks
-inside its packed commands, so it could not stamp the register with its owner."""
+BATCH_OWNER: Final = "$batch"
+"""Owner of every register found inside a ``$batch`` entry, whatever owner it claims: nobody
+stamped it (see the module docstring). Such registers share one owner's cap, so a burst of
+them only drops sessions registered the same way. No CURVE user id (``role:name``) or node id
+(``name@host``) can be it."""
 BAD_OWNER: Final = ("error", ("badarg", "a session owner is a string of at most 256 chars"))
 BAD_SESSION_CALL: Final = ("error", ("badarg", "a session id or sequence number is unhashable"))
 BAD_TOKEN: Final = ("error", ("badarg", "a session token is 16 to 64 bytes"))
@@ -339,7 +343,7 @@ class SessionTable:
 
     def begin(self, command: Any, index: int, nested: bool = False) -> Done | Apply | Pending:
         """Decide what applying ``command`` at log ``index`` means; ``nested``: the command
-        is one of a ``$batch`` entry's (a register there is refused: ``REGISTER_IN_BATCH``)."""
+        is one of a ``$batch`` entry's (a register there is owned by ``BATCH_OWNER``)."""
         epoch = index // SWEEP_EVERY
         if epoch != self._swept:
             # As of the epoch's first index, not of this one: a replica that restarted within
@@ -376,8 +380,6 @@ class SessionTable:
             session.results[seq] = _PENDING
             return Apply(inner, sid, seq)
         if kind == "register" and 3 <= size <= 5:
-            if nested:
-                return Done(REGISTER_IN_BATCH)
             expire_after = command[2]
             if type(expire_after) is not int or expire_after <= 0:
                 return Done(("error", "bad_session_expiry"))
@@ -388,6 +390,8 @@ class SessionTable:
             owner = command[4] if size == 5 else None
             if owner is not None and (type(owner) is not str or len(owner) > MAX_OWNER_CHARS):
                 return Done(BAD_OWNER)
+            if nested:
+                owner = BATCH_OWNER  # never stamped: the claimed owner is nobody's word
             if index in self._sessions:
                 return Done(REGISTER_CONFLICT)  # a second register in one entry
             self._make_room(owner, index)
@@ -472,7 +476,7 @@ class SessionTable:
                 own += 1
             else:
                 other += 1
-        if own or other:
+        if other:
             logger.info(
                 "session table: dropped %d idle session(s) of %r (at its cap of %d) and %d of "
                 "others (table full at %d)",
@@ -481,6 +485,15 @@ class SessionTable:
                 self.max_per_owner,
                 other,
                 self.max_sessions,
+            )
+        elif own:
+            # An owner replacing its own idle sessions is routine (and one log line per
+            # register of a burst would be the burst's to write): debug only.
+            logger.debug(
+                "session table: dropped %d idle session(s) of %r (at its cap of %d)",
+                own,
+                owner,
+                self.max_per_owner,
             )
 
     def _largest(self, owner: str | None) -> str | None:

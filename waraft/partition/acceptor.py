@@ -30,8 +30,9 @@ appended owned by whoever this node authenticated its sender as (``owned_registe
 ``commit`` calls (``RemoteReplyTo.origin``), i.e. the CURVE key's user id, or without CURVE
 the node id the sender claims. Any owner the command itself carries is replaced, and a
 caller on this node registers with none (owner ``None``). Registers packed inside a
-``$batch`` are not looked for (that would cost every packed frame a decode): storage refuses
-them, and ``waraft.client`` sends each register as an item of its own.
+``$batch`` are not looked for (that would cost every packed frame a decode): storage gives
+them the shared ``BATCH_OWNER``, and ``waraft.client`` sends each register as an item of its
+own.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def check_op(op: Any, owner: str | None = None) -> tuple[Any, Any]:
         raise ValueError("a command must not be None")
     # is_internal_command inlined for the usual write (a tuple of four): one test per op,
     # and one more for a register. A packed frame's one op is a pair (``$batch``): its
-    # commands are not looked at here (storage refuses a register among them).
+    # commands are not looked at here (a register among them is ``BATCH_OWNER``'s).
     kind = type(command)
     if kind is tuple:
         size = len(command)
