@@ -42,7 +42,7 @@ SHORT_LOG = {
 def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("keys") / "keys"
     code = subprocess.run(
-        waraft_cmd("keys", "create", str(root), "--nodes", "n1,n2,n3", "--clients", "app"),
+        waraft_cmd("keys", "create", str(root), "--nodes", "n1,n2,n3", "--clients", "app,mallory"),
         cwd=ROOT,
         env=child_env(),
         capture_output=True,
@@ -124,6 +124,59 @@ def test_the_client_commits_and_reads_with_a_client_key(cluster: Cluster, key_di
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _client_script(cluster: Cluster, key_dir: Path, key: str, body: str) -> str:
+    """Run ``body`` in a process of its own with a ``Client`` ``c`` of key ``key``; its
+    stdout."""
+    script = (
+        "import sys\nfrom waraft.client import Client\n"
+        "from waraft.core.sessions import call_command, register_command\n"
+        f"c = Client({cluster.ids!r}, table='kv', partitions=1, timeout=30.0,"
+        f" keys={str(key_dir)!r}, key_name={key!r}, pack=False)\n"
+        f"{body}\nc.close()\n"
+    )
+    done = subprocess.run(
+        [*waraft_cmd()[:1], "-c", script], cwd=ROOT, env=child_env(), timeout=120,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_a_burst_of_registers_from_one_client_key_leaves_another_keys_session(
+    cluster: Cluster, key_dir: Path
+) -> None:
+    """F3 over real CURVE connections: each register is owned by its sender's key (the
+    receive thread's authenticated user id), so another key's burst past the per-owner cap
+    only drops its own sessions. Were registers unowned, or owned by anything one key shares
+    with another, the victim's session (idlest) would be dropped and its retry expired."""
+    from waraft.core.sessions import MAX_SESSIONS_PER_OWNER
+
+    token = "b'v' * 16"
+    write = "('write', 'kv', 'f3', 'once')"
+    sid = int(
+        _client_script(
+            cluster, key_dir, "app",
+            f"ok, sid = c.commit(1, register_command(10**6, {token}))\n"
+            f"assert c.commit(1, call_command(sid, 1, 1, {write}, {token})) == 'ok'\n"
+            "print(sid)",
+        )
+    )  # fmt: skip
+    burst = MAX_SESSIONS_PER_OWNER + 500
+    _client_script(
+        cluster, key_dir, "mallory",
+        f"burst = [register_command(10**6, b'm' * 16)] * {burst}\n"
+        "results = [f.result(60) for f in c.commit_many([(1, r) for r in burst])]\n"
+        "assert all(r[0] == 'ok' for r in results), results[:3]",
+    )  # fmt: skip
+    # The victim's retry (another process, the same key) still finds its session: the
+    # recorded result, not ("error", "session_expired").
+    out = _client_script(
+        cluster, key_dir, "app",
+        f"print(repr(c.commit(1, call_command({sid}, 1, 1, {write}, {token}))))",
+    )  # fmt: skip
+    assert out.strip() == "'ok'"
 
 
 def test_without_a_key_of_the_cluster_nothing_connects(
