@@ -606,6 +606,23 @@ def test_the_gateway_stamps_registers_with_the_authenticated_owner(tmp_path: Pat
     node.stop()
 
 
+def test_with_session_owners_off_registers_are_appended_as_older_builds_append_them(
+    tmp_path: Path,
+) -> None:
+    """A rolling upgrade from a build without owners: ``raft_session_owners`` False, and the
+    gateway appends registers in the shapes such replicas apply (no owner, whatever the
+    sender is or the command claims)."""
+    node = _single(tmp_path, settings={"raft_session_owners": False})
+    token = b"t" * 16
+    forged = ("$session", "register", 1000, token, "client:victim")
+    _gateway_batch(node, "client:mallory", [forged, register_command(1000, token)], ("r", "x@h"))
+    wait_until(lambda: len(_stored_rows(node)) == 2)
+    rows = _stored_rows(node)
+    assert [len(row) for row in rows.values()] == [5, 5]  # expire, active, floor, results, token
+    assert {_owner(row) for row in rows.values()} == {None}
+    node.stop()
+
+
 def test_a_register_burst_from_one_key_does_not_expire_another_keys_session(
     tmp_path: Path,
 ) -> None:

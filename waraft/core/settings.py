@@ -101,6 +101,12 @@ class Settings:
     # node up (``NodeLiveness`` events). 0 (the default) never quiesces: only enable it where
     # the runner delivers node liveness, or a dead quiescent leader is never replaced.
     raft_quiesce_after_ms: int = 0
+    # Not a WARaft knob (F3): the client gateway stamps each session register with its
+    # sender's authenticated identity, the session's owner (``waraft.core.sessions``). Replicas
+    # of builds before owners answer an owned register as an unknown command while newer ones
+    # open the session, so a rolling upgrade from such a build runs with False (registers
+    # appended unowned, as those builds did) until every replica runs this one.
+    raft_session_owners: bool = True
 
     @classmethod
     def names(cls) -> frozenset[str]:

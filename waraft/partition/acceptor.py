@@ -29,7 +29,9 @@ appended owned by whoever this node authenticated its sender as (``owned_registe
 ``origin`` the distribution's receive thread hands the gateway (``_inline``) and remote
 ``commit`` calls (``RemoteReplyTo.origin``), i.e. the CURVE key's user id, or without CURVE
 the node id the sender claims. Any owner the command itself carries is replaced, and a
-caller on this node registers with none (owner ``None``). Registers packed inside a
+caller on this node registers with none (owner ``None``). With the setting
+``raft_session_owners`` False (a rolling upgrade from a build without owners) every register
+is appended unowned, in the shapes older builds apply. Registers packed inside a
 ``$batch`` are not looked for (that would cost every packed frame a decode): storage gives
 them the shared ``BATCH_OWNER``, and ``waraft.client`` sends each register as an item of its
 own.
@@ -235,6 +237,8 @@ class Acceptor(otp.Process):
             if is_register(op[1]):
                 # From another node: owned by who its connection authenticated as.
                 owner = from_.origin if isinstance(from_, RemoteReplyTo) else None
+                if not self.queues.settings.raft_session_owners:
+                    owner = None  # a rolling upgrade from a build without owners
                 op = (op[0], owned_register(op[1], owner))
             return self._single(self._commit([(from_, op)], priority_of(priority)))
         if kind == "read" and not _valid_read(request):
@@ -340,6 +344,8 @@ class Acceptor(otp.Process):
         reply_addr, batch_id, kind, items, priority = parsed
         if mailbox and reply_addr[1] != self.node.id:
             origin = reply_addr[1]
+        if not self.queues.settings.raft_session_owners:
+            origin = None  # a rolling upgrade from a build without owners: appended unowned
         table, partition = self.queues.table, self.queues.partition
         batch = BatchReply(
             len(items),

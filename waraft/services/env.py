@@ -114,7 +114,12 @@ _ONLY_TRUE: Final = frozenset(
     }
 )
 _NOT_FALSE: Final = frozenset(
-    {"raft_leader_eligible", "raft_leader_check_quorum", "raft_coalesced_heartbeats"}
+    {
+        "raft_leader_eligible",
+        "raft_leader_check_quorum",
+        "raft_coalesced_heartbeats",
+        "raft_session_owners",
+    }
 )
 
 _MISSING: Final = object()

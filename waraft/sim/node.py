@@ -254,9 +254,9 @@ class SimNode:
 
         Returns ``False`` (after answering ``handle``) when the commit was refused.
         """
-        if is_register(command):
-            command = owned_register(command, origin)
         settings = self.settings
+        if is_register(command):
+            command = owned_register(command, origin if settings.raft_session_owners else None)
         limit = (
             settings.raft_max_pending_high_priority_commits
             if priority is Priority.HIGH
