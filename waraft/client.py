@@ -192,10 +192,10 @@ AT_MOST_ONCE: Final = frozenset({TIMEOUT, CLOSED, SENDER_FAILED, EXPIRED})
 #: How long ``close`` waits for the sender to stop before it answers what it can reach; the
 #: sender answers the rest itself when it does stop.
 CLOSE_JOIN_TIMEOUT = 5.0
-_REGISTER: Final = "register"
-"""The kind of a session register request inside the client (sent as a ``commit``)."""
 CLOSE_SESSIONS_TIMEOUT = 1.0
 """Seconds ``close`` waits at most for the replicas to forget this client's sessions."""
+_REGISTER: Final = "register"
+"""The kind of a session register request inside the client (sent as a ``commit``)."""
 
 
 def stable_hash(key: Any) -> int:

@@ -236,10 +236,8 @@ class Acceptor(otp.Process):
             _, op, priority = request
             if is_register(op[1]):
                 # From another node: owned by who its connection authenticated as.
-                owner = from_.origin if isinstance(from_, RemoteReplyTo) else None
-                if not self.queues.settings.raft_session_owners:
-                    owner = None  # a rolling upgrade from a build without owners
-                op = (op[0], owned_register(op[1], owner))
+                origin = from_.origin if isinstance(from_, RemoteReplyTo) else None
+                op = (op[0], owned_register(op[1], self._owner(origin)))
             return self._single(self._commit([(from_, op)], priority_of(priority)))
         if kind == "read" and not _valid_read(request):
             return ("error", ("badarg", f"malformed read {short_repr(request)}"))
@@ -313,6 +311,12 @@ class Acceptor(otp.Process):
         )
         return otp.NOREPLY
 
+    def _owner(self, origin: str | None) -> str | None:
+        """The owner a register from ``origin`` is appended with: ``origin``, or None (the
+        shapes older builds apply) while ``raft_session_owners`` is off for a rolling upgrade
+        from a build without owners."""
+        return origin if self.queues.settings.raft_session_owners else None
+
     def _inline(self, msg: Any, origin: str) -> bool:
         """The distribution's receive thread hands client batches from other nodes straight to
         the gateway (admission is the shared, thread-safe ``Queues``); what it admits is
@@ -344,8 +348,7 @@ class Acceptor(otp.Process):
         reply_addr, batch_id, kind, items, priority = parsed
         if mailbox and reply_addr[1] != self.node.id:
             origin = reply_addr[1]
-        if not self.queues.settings.raft_session_owners:
-            origin = None  # a rolling upgrade from a build without owners: appended unowned
+        origin = self._owner(origin)
         table, partition = self.queues.table, self.queues.partition
         batch = BatchReply(
             len(items),
