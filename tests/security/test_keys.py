@@ -20,14 +20,17 @@ import pytest
 import zmq
 
 from tests.distribution.helpers import colliding_map
-from tests.multiprocess.harness import ROOT, Cluster, child_env, wait_until, waraft_cmd
+from tests.multiprocess.harness import ROOT, Cluster, NodeProcess, child_env, wait_until, waraft_cmd
 from tests.security.attacker import CALM, SERVER, Attacker
 from waraft import distribution as dist
-from waraft import otp
+from waraft import otp, storage
 from waraft.client import Client
+from waraft.core.types import Identity
 from waraft.distribution import envelope, keys
 from waraft.distribution.runtime import HANDSHAKE_MS
-from waraft.partition import server
+from waraft.partition import part_sup, server
+from waraft.storage.node_lmdb import NodeLmdbStorage
+from waraft.storage.provider import StorageOptions
 
 # A log trimmed soon after it is applied: a follower that was away is caught up by a snapshot.
 SHORT_LOG = {
@@ -86,9 +89,10 @@ def ctx() -> Iterator[zmq.Context[Any]]:
     context.destroy(linger=0)
 
 
-def curve_of(key_dir: Path, name: str) -> tuple[bytes, bytes, bytes]:
+def curve_of(key_dir: Path, name: str, server: str = "n1") -> tuple[bytes, bytes, bytes]:
+    """Key ``name``'s key pair and the public key of node ``server`` (the one connected to)."""
     record = json.loads((key_dir / f"{name}.key").read_text())
-    node = json.loads((key_dir / "n1.key").read_text())
+    node = json.loads((key_dir / f"{server}.key").read_text())
     return record["public_key"].encode(), record["secret_key"].encode(), node["public_key"].encode()
 
 
@@ -177,6 +181,69 @@ def test_a_burst_of_registers_from_one_client_key_leaves_another_keys_session(
         f"print(repr(c.commit(1, call_command({sid}, 1, 1, {write}, {token}))))",
     )  # fmt: skip
     assert out.strip() == "'ok'"
+
+
+ACCEPTOR = "raft_acceptor_kv_1"
+
+
+def _answer(caller: Attacker, ref: int, timeout: float = 10.0) -> Any:
+    """The value the node answered call ``ref`` with (other frames are skipped)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        for answer in caller.answers(timeout=left):
+            if ref in answer:
+                return answer[-1]
+    raise AssertionError(f"no answer to call {ref}")
+
+
+def _stored_session(node: NodeProcess, sid: int) -> Any:
+    """Session ``sid``'s row as ``node`` (stopped) stored it, read from its data directory: no
+    client can read the reserved session rows over the wire."""
+    assert node.node_id is not None and not node.alive()
+    options = StorageOptions("kv", 1, Identity(SERVER, node.node_id), storage.default_name("kv", 1))
+    provider = NodeLmdbStorage(
+        options, part_sup.default_partition_path(str(node.data_dir), "kv", 1)
+    )
+    try:
+        return provider.read(
+            ("read", storage.SESSIONS_TABLE, storage.session_key(sid)), provider.position()
+        )
+    finally:
+        provider.close()
+
+
+def test_a_register_committed_by_a_remote_call_is_owned_by_the_callers_key(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    """The acceptor's ``commit`` call (a gen-server call from another node, not the client
+    gateway's ``client_batch``) stamps a session register with the identity the caller's
+    connection authenticated as (``RemoteReplyTo.origin``: the CURVE key's ``client:app``),
+    replacing the owner the command claims. Were it left as claimed, one key could charge its
+    registers to another's cap (and have that key's sessions dropped); were it unstamped
+    (None), every remote caller's registers would share one owner."""
+    leader = wait_until(lambda: cluster.leader(1))[0]
+    server_key = cluster.nodes[cluster.index_of(leader)].name
+    app = Attacker(ctx, leader, name="app.origin", curve=curve_of(key_dir, "app", server_key))
+    forged = ("$session", "register", 10**6, b"o" * 16, "client:mallory")
+    try:
+        answer = _answer(app, app.call(ACCEPTOR, ("commit", ("k-origin", forged), "high")))
+    finally:
+        app.close()
+    assert answer[0] == "ok", answer
+    sid = answer[1]
+    # Every replica applies the entry the leader appended: a follower's copy is read from its
+    # disk once it has applied it and stopped (SIGTERM: its storage is flushed as it closes).
+    follower = next(n for n in cluster.nodes if n.node_id != leader)
+    wait_until(lambda: cluster.rows()[(follower.node_id, 1)]["applied"] >= sid, timeout=10)
+    assert follower.terminate() == 0, follower.log_tail()
+    try:
+        row = _stored_session(follower, sid)
+    finally:
+        cluster.start([cluster.nodes.index(follower)])
+        wait_until(cluster.converged, timeout=20)
+    assert row[0] == "ok", row
+    # (expire_after, last_active, floor, results, token, owner)
+    assert row[1][4:] == (b"o" * 16, "client:app"), row
 
 
 def test_without_a_key_of_the_cluster_nothing_connects(
