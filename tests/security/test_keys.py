@@ -246,6 +246,38 @@ def test_a_register_committed_by_a_remote_call_is_owned_by_the_callers_key(
     assert row[1][4:] == (b"o" * 16, "client:app"), row
 
 
+def test_a_client_key_cannot_read_the_session_rows_from_the_storage_actor(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    """The storage actor answers clients' local reads from the wire, and answered a read of
+    the reserved session keys from the wire too (only a caller on the node was meant to):
+    any client key could read every session's token, the capability that lets its holder
+    answer the session's retries or close it, and its recorded results."""
+    leader = wait_until(lambda: cluster.leader(1))[0]
+    server_key = cluster.nodes[cluster.index_of(leader)].name
+    app = Attacker(ctx, leader, name="app.sessions", curve=curve_of(key_dir, "app", server_key))
+    try:
+        register = ("$session", "register", 10**6, b"s" * 16)
+        answer = _answer(app, app.call(ACCEPTOR, ("commit", ("k-rows", register), "high")))
+    finally:
+        app.close()
+    assert answer[0] == "ok", answer
+    name = storage.default_name("kv", 1)
+    for process in cluster.nodes:
+        assert process.node_id is not None
+        curve = curve_of(key_dir, "mallory", process.name)
+        mallory = Attacker(ctx, process.node_id, name="mallory.rows", curve=curve)
+        try:
+            for key in (storage.SESSIONS_KEY, storage.session_key(answer[1])):
+                read = ("read", ("read", storage.SESSIONS_TABLE, key))
+                assert _answer(mallory, mallory.call(name, read)) == storage.RESERVED_KEY_ERROR
+            # The actor still answers the client's other reads.
+            read = ("read", ("read", "kv", "no-such-key"))
+            assert _answer(mallory, mallory.call(name, read)) != "refused"
+        finally:
+            mallory.close()
+
+
 def test_without_a_key_of_the_cluster_nothing_connects(
     cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
 ) -> None:

@@ -70,6 +70,7 @@ from waraft.core.types import (
     is_internal_command,
 )
 from waraft.distribution import policy
+from waraft.distribution.reply import RemoteReplyTo
 from waraft.services import codec, env
 from waraft.services.codec import CodecError
 from waraft.services.logthrottle import LogThrottle
@@ -913,8 +914,11 @@ class StorageServer(otp.Process):
             return getattr(provider, "quarantine", None)
         if kind == "read":
             if touches_reserved_key(request[1]):
-                # The storage actor is never reachable from the wire (distribution.policy):
-                # a local caller (an operator, a test) may inspect the session table.
+                if isinstance(from_, RemoteReplyTo):
+                    # Clients read from the wire (distribution.policy): the session rows hold
+                    # every session's token (its capability) and recorded results.
+                    return RESERVED_KEY_ERROR
+                # A caller on this node (an operator, a test) may inspect the session table.
                 return provider.read(request[1], self.position)
             return self._read(request[1])
         if kind == "status":
