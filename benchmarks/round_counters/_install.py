@@ -105,6 +105,20 @@ def _count_otp() -> None:
     mailbox.Envelope.__init__ = envelope_init  # type: ignore[method-assign]
     for name in ("send_after", "call_later", "cancel_timer", "_deliver"):
         _counted(timer, name, "timer:" + name)
+    deliver = timer._deliver
+
+    def deliver_by_kind(ref: Any) -> None:
+        # Which timers fire: a callback's function, or a message's tag (its first element).
+        fn = getattr(ref, "_fn", None)
+        if fn is not None:
+            kind = getattr(fn, "__qualname__", type(fn).__name__)
+        else:
+            msg = ref._msg
+            kind = str(msg[0]) if type(msg) is tuple and msg else type(msg).__name__
+        C["timer:fired:" + kind] += 1
+        deliver(ref)
+
+    timer._deliver = deliver_by_kind
     postpone = timer.TimerRef.postpone
 
     def timer_postpone(self: Any, deadline: float) -> None:
