@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -581,6 +582,47 @@ def test_an_idle_partitions_write_back_buffer_reaches_lmdb_and_the_log_can_trim(
 
     wait_until(written_back, timeout=10)
     assert acceptor.read(acc, ("read", "t", 4)) == ("ok", 4)
+
+
+def test_a_partition_that_keeps_applying_gets_no_write_back_timer_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The idle write-back timer is pushed back by every apply: a partition that keeps applying
+    # writes its buffer out from its applies, and a timer firing every IDLE_FLUSH_FACTOR
+    # intervals only to be armed again cost a timer delivery and a message per partition.
+    fired: list[float] = []
+    handle_info = storage.StorageServer.handle_info
+
+    def counting(self: storage.StorageServer, msg: Any) -> None:
+        if msg == ("write_back",):
+            fired.append(time.monotonic())
+        handle_info(self, msg)
+
+    monkeypatch.setattr(storage.StorageServer, "handle_info", counting)
+    options = {"raft_storage_options": {"lmdb_sync_interval_ms": 50, "lmdb_flush_interval_ms": 80}}
+    node = start_node(tmp_path, "n1", [1], options, log_module=WAL, storage_module=NODE_LMDB)
+    _bootstrap_single(node)
+    acc = addr("acceptor", node)
+    target = addr("storage", node)
+    # Applies every ~10 ms for 2 s: the timer (320 ms after a buffer's first row) would have
+    # fired about six times.
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < 2.0:
+        assert acceptor.commit(acc, (i, ("write", "t", i, i))) == "ok"
+        i += 1
+        time.sleep(0.01)
+    stopped = time.monotonic()
+    assert [t for t in fired if t < stopped] == []
+    applied = storage.position(target)
+
+    def written_back() -> bool:
+        found = storage.status(target)
+        return found["pending_rows"] == 0 and found["durable_position"] == applied
+
+    # Once the applies stop, the (postponed) timer still writes the buffer out.
+    wait_until(written_back, timeout=10)
+    assert fired
 
 
 def test_a_witness_is_marked_incomplete_from_its_first_skipped_entry(tmp_path: Path) -> None:
