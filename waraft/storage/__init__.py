@@ -838,6 +838,11 @@ class StorageServer(otp.Process):
             for from_, command in reads:
                 from_.reply(self._read(command, budget))
 
+    def _reply_budget(self) -> _ReplyBudget | None:
+        """A fresh budget of ``raft_max_read_reply_bytes`` (None: unlimited)."""
+        limit = self.queues.settings.raft_max_read_reply_bytes
+        return _ReplyBudget(limit) if limit else None
+
     def _encodable(self, results: list[Any]) -> list[Any]:
         """``results`` with each one msgpack cannot carry (a provider's set, say) replaced by
         ``UNENCODABLE_RESULT``: a reply frame that did not encode was dropped whole, and every
@@ -932,6 +937,10 @@ class StorageServer(otp.Process):
                     return RESERVED_KEY_ERROR
                 # A caller on this node (an operator, a test) may inspect the session table.
                 return provider.read(request[1], self.position)
+            if isinstance(from_, RemoteReplyTo):
+                # From the wire, a $batch of a million reads of one large value fits a frame:
+                # charged to the reply budget, as the strong reads served in turns are.
+                return self._read(request[1], self._reply_budget())
             return self._read(request[1])
         if kind == "status":
             status = {
