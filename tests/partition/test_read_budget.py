@@ -70,3 +70,15 @@ def test_a_local_read_from_the_wire_is_charged_to_the_reply_budget(tmp_path: Pat
     node = _single(tmp_path)
     name = storage.default_name("test", 1)
     _within_budget(_remote_call(node, name, ("read", _many_reads())))
+
+
+def test_a_strong_read_answered_at_once_is_charged_to_the_reply_budget(tmp_path: Path) -> None:
+    """A strong read the leader answers at once (a sole member, or a leader lease:
+    ``ReadNow``) was read whole, with no budget, where the same read queued behind a
+    position was charged to it. The acceptor's ``read`` call and the client gateway's read
+    batches are open to clients."""
+    node = _single(tmp_path)
+    _within_budget(acceptor.read(addr("acceptor", node), _many_reads()))
+    _within_budget(
+        _remote_call(node, acceptor.default_name("test", 1), ("read", _many_reads(), None))
+    )

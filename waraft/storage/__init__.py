@@ -454,7 +454,8 @@ class StorageServer(otp.Process):
                     self._postpone_write_back()
         elif cls is ReadNowRequest:
             self.queues.release_reads(1)
-            msg.from_.reply(self._read(msg.command))
+            # A client's read (a $batch of reads, maybe): charged like those served in turns.
+            msg.from_.reply(self._read(msg.command, self._reply_budget()))
         elif cls is tuple and len(msg) == 2 and msg[0] == "delete_snapshot":
             self._delete_snapshot(msg[1])
         else:
