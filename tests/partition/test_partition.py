@@ -620,9 +620,9 @@ def test_a_partition_that_keeps_applying_gets_no_write_back_timer_messages(
         found = storage.status(target)
         return found["pending_rows"] == 0 and found["durable_position"] == applied
 
-    # Once the applies stop, the (postponed) timer still writes the buffer out.
+    # Once the applies stop, the buffer still reaches LMDB (by the postponed timer, unless
+    # the last apply wrote it out).
     wait_until(written_back, timeout=10)
-    assert fired
 
 
 def test_a_witness_is_marked_incomplete_from_its_first_skipped_entry(tmp_path: Path) -> None:
