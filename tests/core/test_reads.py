@@ -176,14 +176,39 @@ def test_failed_handover_restores_the_lease_at_once() -> None:
 def test_candidate_buffers_reads_at_the_next_terms_first_index() -> None:
     node = make_node(1, settings=settings(raft_candidate_buffer_requests=True))
     node.fire()
-    fx = node.handle(ReadBatch([("a", "get", None), ("b", "get", 9)]))
-    assert fx == [SubmitRead(2, "a", "get"), SubmitRead(9, "b", "get")]
+    last = node.log.last_index()
+    # a minimum at the new term's first index is past the candidate's log, yet admitted: the
+    # index exists as soon as the candidate wins (its noop), and a loss cancels the read
+    fx = node.handle(ReadBatch([("a", "get", None), ("b", "get", last + 1), ("c", "get", 1)]))
+    assert fx == [SubmitRead(2, "a", "get"), SubmitRead(2, "b", "get"), SubmitRead(2, "c", "get")]
     fx = node.rpc(N2, Vote(True))
     assert node.state is State.LEADER
     entries = [e for a in fx if isinstance(a, AppendLog) for e in a.entries]
     # the new term's noop sits at the buffered reads' index: no marker is needed
     assert [e.command for e in entries] == [NOOP] and node.log.last_index() == 2
     assert not node.core.pending_read
+
+
+def test_candidate_refuses_a_read_whose_minimum_is_past_the_next_terms_first_index() -> None:
+    """The leader's ``min_index_ahead`` rule, applied to the log the candidate would lead with:
+    buffered, the read waited at 2**63 and held a slot of the node's read budget for as long as
+    the node went on to lead (a client key could exhaust the 5000 slots)."""
+    node = make_node(1, settings=settings(raft_candidate_buffer_requests=True))
+    node.fire()
+    last = node.log.last_index()
+    fx = node.handle(ReadBatch([("a", "get", 2**63), ("b", "get", last + 2), ("c", "get", "1")]))
+    assert fx == [
+        ReadCancelled("a", "min_index_ahead"),
+        ReadCancelled("b", "min_index_ahead"),
+        ReadCancelled("c", "min_index_ahead"),
+    ]
+    assert not node.core.pending_read and node.core.read_index_high == 0
+    fx = node.rpc(N2, Vote(True))
+    assert node.state is State.LEADER
+    # nothing of the refused reads is held or queued once the candidate leads
+    assert not submitted(fx) and not [e for e in fx if isinstance(e, ReadCancelled)]
+    assert node.core.held_reads == [] and not node.core.pending_read
+    assert node.core.read_index_high <= node.log.last_index()
 
 
 def test_candidate_buffered_reads_cancelled_when_losing() -> None:

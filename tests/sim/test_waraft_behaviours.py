@@ -13,6 +13,7 @@ from tests.sim.helpers import check_one_leader, index_of, one, wait_applied, wri
 from waraft.core.events import Bootstrap
 from waraft.core.types import NOOP_OMITTED, LogPos, State
 from waraft.sim import NetConfig, Simulation, fast_settings
+from waraft.sim.simulation import Call
 
 ELECTION_MS = 1000
 
@@ -397,6 +398,25 @@ def test_trigger_election_and_promote() -> None:
     assert sim.promote(other, "next", force=True) == "ok"
     assert sim.leader() == other
     one(sim, write("promoted"), 3)
+
+
+def test_a_candidates_read_past_the_next_terms_first_index_holds_no_read_slot() -> None:
+    """A buffered read whose minimum index no leader's log would reach held one of the
+    node's read slots for as long as the candidate went on to lead."""
+    sim = _sim(3, 21, settings=fast_settings(raft_candidate_buffer_requests=True))
+    leader = check_one_leader(sim, sim.node_ids)
+    follower = next(n for n in sim.node_ids if n != leader)
+    assert sim.trigger_election(follower) == "ok"
+    assert sim.state(follower) is State.CANDIDATE
+    node = sim.nodes[follower]
+    first = sim.core(follower).log.last_index() + 1  # the new term's first index
+    far, near = Call("far"), Call("near")
+    assert node.accept_read(far, ("read", "test", "k"), 2**63)
+    assert far.result == ("error", "min_index_ahead")  # refused at once, like a leader
+    assert node.accept_read(near, ("read", "test", "k"), first)
+    assert check_one_leader(sim, sim.node_ids) == follower
+    assert sim.run_until(lambda: near.done, 2000) and near.result == "not_found"  # served
+    assert node.pending["read"] == 0
 
 
 def test_unreliable_network_with_all_options_stays_safe_and_live() -> None:

@@ -21,7 +21,17 @@ if TYPE_CHECKING:
     from waraft.core.replica import Replica
 
 MIN_INDEX_AHEAD = "min_index_ahead"
-"""Why a read whose minimum index is past the leader's log (or not an int) is refused."""
+"""Why a read whose minimum index is past the leader's log (a candidate's: past the new term's
+first index), or is not an int, is refused."""
+
+
+def min_index_ahead(min_index: Any, last_index: int) -> bool:
+    """Whether a read's minimum index is not an int or is past ``last_index``.
+
+    ``last_index`` is the last index the log will hold when the read is queued: the leader's
+    last index, or a candidate's plus one (see ``candidate_reads``).
+    """
+    return min_index is not None and (type(min_index) is not int or min_index > last_index)
 
 
 def leader_reads(core: Replica, items: Any) -> None:
@@ -36,7 +46,7 @@ def leader_reads(core: Replica, items: Any) -> None:
     submitted = False
     last_index = core.log.last_index()
     for from_, command, min_index in items:
-        if min_index is not None and (type(min_index) is not int or min_index > last_index):
+        if min_index_ahead(min_index, last_index):
             # No index a client was ever given is past the leader's log (a committed entry is
             # in every later leader's log); such a read would wait forever and hold a slot of
             # the node's read budget, so it is refused at once.
@@ -93,11 +103,20 @@ def lease_miss(core: Replica, read_index: int) -> str | None:
 def candidate_reads(core: Replica, items: Any) -> None:
     """Buffered reads on a candidate: queued at the index the new term would start at.
 
-    Safe because losing the election cancels them (``cancel_pending`` on leaving).
+    Safe because losing the election cancels them (``cancel_pending`` on leaving). The
+    leader's ``min_index_ahead`` rule applies to the log the candidate would lead with: its
+    own (a candidate's log does not change during an election round) plus the entry a new
+    leader appends at once (``leader.enter``) at the new term's first index. A minimum past
+    that is refused at once, as the leader refuses it: queued, the read would hold a slot of
+    the node's read budget for as long as this node went on to lead.
     """
     base = core.log.last_index() + 1
     for from_, command, min_index in items:
-        read_index = base if min_index is None else max(base, min_index)
-        core.emit(SubmitRead(read_index, from_, command))
-        core.read_index_high = max(core.read_index_high, read_index)
+        if min_index_ahead(min_index, base):
+            core.count("read.rejected.min_index")
+            core.cancel_read(from_, MIN_INDEX_AHEAD)
+            continue
+        # Every minimum admitted is at most ``base``: the read index is the new term's first.
+        core.emit(SubmitRead(base, from_, command))
+        core.read_index_high = max(core.read_index_high, base)
         core.pending_read = True
