@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from waraft.core import sessions
 from waraft.core.sessions import (
     ACKNOWLEDGED,
     BAD_OWNER,
@@ -547,3 +548,76 @@ def test_a_register_inside_a_batch_is_owned_by_the_batch_owner_and_a_bad_owner_r
         assert table.begin(("$session", "register", 5, None, owner), 8) == Done(BAD_OWNER)
     assert table.begin(("$session", "register", 5, b"short", "client:a"), 8) == Done(BAD_TOKEN)
     assert len(table) == 0
+
+
+def test_an_owned_session_that_never_acknowledges_keeps_only_the_newest_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client that sends acked=0 forever grew its session's results (and the row rewritten
+    # at every apply on every replica) without bound.
+    monkeypatch.setattr(sessions, "MAX_RESULTS_PER_SESSION", 8)
+    sm = Counter()
+    _, sid = sm.commit(owned_register(register_command(10**6), "client:greedy"))
+    for seq in range(1, 21):
+        assert sm.commit(call_command(sid, seq, 0, ("incr", 1))) == ("ok", seq)
+    row = sm.table.dump()[1][0]
+    assert [seq for seq, _ in row[4]] == list(range(13, 21))
+    # The newest keep deduplicating; an older copy is answered, never applied again.
+    assert sm.commit(call_command(sid, 20, 0, ("incr", 1))) == ("ok", 20)
+    assert sm.commit(call_command(sid, 12, 0, ("incr", 1))) == ACKNOWLEDGED
+    assert sm.commit(call_command(sid, 1, 0, ("incr", 1))) == ACKNOWLEDGED
+    assert sm.value == 20
+    # A jump far ahead keeps only the jump's own record.
+    assert sm.commit(call_command(sid, 10**9, 0, ("incr", 1))) == ("ok", 21)
+    assert [seq for seq, _ in sm.table.dump()[1][0][4]] == [10**9]
+    # A session registered on the node itself (owner None) is not bounded, as before owners.
+    _, local = sm.commit(register_command(10**6))
+    for seq in range(1, 21):
+        sm.commit(call_command(local, seq, 0, ("incr", 1)))
+    rows = {row[0]: row for row in sm.table.dump()[1]}
+    assert len(rows[local][4]) == 20
+
+
+def test_a_seq_whose_floor_passes_it_within_its_batch_is_not_recorded() -> None:
+    table = SessionTable()
+    decision = table.begin(owned_register(register_command(10**6), "client:a"), 1)
+    assert isinstance(decision, Done)
+    sid = decision.result[1]
+    assert table.begin(call_command(sid, 5, 0, "x"), 2) == Apply("x", sid, 5)
+    # A second call of the same batch acknowledges everything below 8, seq 5 included.
+    assert table.begin(call_command(sid, 9, 8, "y"), 2) == Apply("y", sid, 9)
+    table.finish(sid, 5, "r5")
+    table.finish(sid, 9, "r9")
+    assert [seq for seq, _ in table.dump()[1][0][4]] == [9]
+    assert table.begin(call_command(sid, 5, 8, "x"), 3) == Done(ACKNOWLEDGED)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_raising_the_floor_keeps_exactly_the_records_at_or_above_it(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The floor moves by the records kept or by the seqs passed, whichever is fewer: both
+    # ways must leave what dropping every record below the floor leaves.
+    monkeypatch.setattr(sessions, "MAX_RESULTS_PER_SESSION", 50)
+    rng = random.Random(seed)
+    sm = Counter()
+    _, sid = sm.commit(owned_register(register_command(10**6), "client:a"))
+    applied: dict[int, Any] = {}
+    floor = 0
+    for _ in range(2000):
+        seq = rng.randrange(1, 400) if rng.random() < 0.9 else rng.randrange(1, 10**6)
+        acked = rng.choice([0, floor, floor + 1, seq - rng.randrange(0, 60)])
+        answer = sm.commit(call_command(sid, seq, acked, ("incr", 1)))
+        floor = max(floor, acked)
+        if seq < floor:
+            assert answer == ACKNOWLEDGED
+            continue
+        if seq not in applied:
+            if seq - floor >= 50:
+                floor = seq - 49
+            applied[seq] = answer
+        else:
+            assert answer == applied[seq]
+        applied = {s: r for s, r in applied.items() if s >= floor}
+        kept = {s: r for s, r in sm.table.dump()[1][0][4]}
+        assert kept == applied

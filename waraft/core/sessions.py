@@ -18,7 +18,8 @@ Commands (all travel through the log like any other command, also inside ``$batc
 * ``("$session", "call", session_id, seq, acked, command)``: apply ``command`` once. ``acked``
   is the client's promise that it holds the results of every ``seq < acked``: their records are
   dropped (the table stays small while a session lives). A ``seq < acked`` of a recorded floor
-  answers ``("error", "session_seq_acknowledged")``.
+  answers ``("error", "session_seq_acknowledged")``. A session registered from the network
+  keeps at most ``MAX_RESULTS_PER_SESSION`` records, the newest, whatever it acknowledges.
 * ``("$session", "close", session_id)``: forget the session. Answers ``"ok"``.
 
 A session is the capability of whoever holds its *token*: ``register`` may carry one
@@ -112,6 +113,17 @@ as ``MAX_SESSIONS``. A ``waraft.client.Client`` holds one session per partition,
 may use ``MAX_IDS_PER_KEY`` (256) node ids, one per client process, at a time: 1,000 leaves
 room for the sessions of processes that went away without closing them, and keeps ten owners
 at their cap within ``MAX_SESSIONS``, so that one owner's burst never fills the table."""
+MAX_RESULTS_PER_SESSION: Final = 65_536
+"""Sequence numbers an owned session (one registered from the network) keeps results for: a
+call whose ``seq`` is this far past the session's floor raises the floor to keep the newest
+ones, as if the client had acknowledged the rest, so a copy of an older seq answers
+``session_seq_acknowledged`` (applied at most once). Without it a client that never
+acknowledged (``acked`` 0) grew its session without bound, and its row, rewritten whole at
+each apply on every replica, with it. ``waraft.client`` acknowledges everything below its
+oldest outstanding seq and keeps at most ``max_inflight`` (16,384 packed) in flight, so it
+meets the bound only when one request stays unanswered while 65,536 newer ones of its
+partition complete. Cluster-wide, as ``MAX_SESSIONS``; sessions registered by a caller on the
+node (owner ``None``) are not bounded, as in older builds."""
 MAX_OWNER_CHARS: Final = 256
 """Longest owner a register may carry (a CURVE user id ``role:name``, or a node id)."""
 REGISTER_CONFLICT: Final = ("error", "session_register_conflict")
@@ -237,6 +249,23 @@ class Pending:
 
 
 _PENDING: Final = object()
+
+
+def _raise_floor(session: _Session, floor: int) -> None:
+    """Acknowledge every seq below ``floor`` (above the session's floor): their records go,
+    but for those begun and not finished in this batch (``finish`` drops them). Costs the
+    smaller of the records kept and the seqs passed, so a client raising its ``acked`` by one
+    at each call does not walk a full session each time."""
+    results = session.results
+    passed = range(session.floor, floor)
+    session.floor = floor
+    if len(passed) <= len(results):
+        for seq in passed:
+            if results.get(seq, _PENDING) is not _PENDING:
+                del results[seq]
+        return
+    for seq in [s for s, r in results.items() if s < floor and r is not _PENDING]:
+        del results[seq]
 
 
 class SessionTable:
@@ -368,15 +397,14 @@ class SessionTable:
             session.last_active = index
             self._dirty.add(sid)
             if type(acked) is int and acked > session.floor:
-                session.floor = acked
-                for old in [s for s in session.results if s < acked]:
-                    if session.results[old] is not _PENDING:
-                        del session.results[old]
+                _raise_floor(session, acked)
             if seq in session.results:
                 recorded = session.results[seq]
                 return Pending(sid, seq) if recorded is _PENDING else Done(recorded)
             if type(seq) is not int or seq < session.floor:
                 return Done(ACKNOWLEDGED)
+            if seq - session.floor >= MAX_RESULTS_PER_SESSION and session.owner is not None:
+                _raise_floor(session, seq - MAX_RESULTS_PER_SESSION + 1)
             session.results[seq] = _PENDING
             return Apply(inner, sid, seq)
         if kind == "register" and 3 <= size <= 5:
@@ -409,10 +437,15 @@ class SessionTable:
         return Done(("error", ("unknown_command", f"bad session command {command!r:.200}")))
 
     def finish(self, session: int, seq: int, result: Any) -> None:
-        """Record ``result`` of the ``Apply`` that ``begin`` returned for ``(session, seq)``."""
+        """Record ``result`` of the ``Apply`` that ``begin`` returned for ``(session, seq)``
+        (not when the floor passed ``seq`` meanwhile, in the same batch: nothing below the
+        floor is kept)."""
         found = self._sessions.get(session)
         if found is not None and seq in found.results:
-            found.results[seq] = result
+            if seq < found.floor:
+                del found.results[seq]
+            else:
+                found.results[seq] = result
             self._dirty.add(session)
 
     def result(self, session: int, seq: int) -> Any:
