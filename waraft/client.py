@@ -749,7 +749,8 @@ class Client:
         self._key_name = key_name
         self.sessions = sessions
         self.session_expire_after = session_expire_after
-        # Per partition: [session id, next seq, outstanding seqs]; one lock per partition
+        # Per partition: [session id, next seq, outstanding seqs, token, oldest outstanding
+        # seq or a lower mark (see _tag_with)]; one lock per partition
         # serialises its registration (a commit waits for it) without blocking the others.
         self._sessions: dict[int, list[Any]] = {}
         self._session_locks = {p: threading.Lock() for p in range(1, partitions + 1)}
@@ -1135,10 +1136,15 @@ class Client:
 
     def _tag_with(self, partition: int, state: list[Any], request: _Request) -> None:
         """Tag ``request`` with the session ``state`` (its partition's lock held)."""
-        sid, seq, outstanding, token = state
+        sid, seq, outstanding, token, low = state
         state[1] = seq + 1
         outstanding.add(seq)
-        request.item = call_command(sid, seq, min(outstanding), request.item, token)
+        # The oldest outstanding seq, kept by a mark that only moves up (each seq is passed
+        # once): ``min(outstanding)`` walked every request in flight, 16,384 packed, per call.
+        while low not in outstanding:
+            low += 1
+        state[4] = low
+        request.item = call_command(sid, seq, low, request.item, token)
         request.on_done = partial(self._settled, partition, sid, seq)
 
     def _expire_parked(self, now: float) -> list[_Request]:
@@ -1165,7 +1171,7 @@ class Client:
         with self._session_locks[partition]:
             parked = self._parked.pop(partition, [])
             if registered:
-                state = self._sessions[partition] = [result[1], 1, set(), token]
+                state = self._sessions[partition] = [result[1], 1, set(), token, 1]
                 for request in parked:
                     self._tag_with(partition, state, request)
         if registered:

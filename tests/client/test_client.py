@@ -798,6 +798,34 @@ def test_a_bad_key_in_a_session_burst_takes_no_seq(client_node: otp.Node) -> Non
         assert last[4] == 2  # acked floor: every earlier seq settled
 
 
+def test_the_acked_floor_waits_for_the_oldest_outstanding_seq(client_node: otp.Node) -> None:
+    """A call acknowledges every seq below the oldest still outstanding, and no more: a
+    commit left unanswered holds the floor until it is settled (here, by its timeout)."""
+    import time
+
+    seen: list[tuple[object, ...]] = []
+
+    def answer(cmd: tuple[object, ...]) -> object:
+        seen.append(cmd)
+        if cmd[1] != "call":
+            return ("ok", 7) if cmd[1] == "register" else "ok"
+        inner = cmd[5]
+        assert isinstance(inner, tuple)
+        return None if inner[2] == "slow" else "ok"
+
+    with _scripted(client_node, 1, answer, sessions=True, attempt_timeout=30.0) as (c, _log):
+        assert c.commit(1, ("write", "test", "first")) == "ok"  # seq 1
+        slow = c.commit_async(1, ("write", "test", "slow"), timeout=0.3)  # seq 2
+        time.sleep(0.05)  # in a frame of its own (an unanswered frame swallows its company)
+        for key in ("a", "b"):  # seqs 3 and 4, while seq 2 is outstanding
+            assert c.commit(1, ("write", "test", key)) == "ok"
+            assert seen[-1][3:5] == (3 if key == "a" else 4, 2)
+        assert slow.result(5) == ("error", "timeout")
+        time.sleep(0.05)
+        assert c.commit(1, ("write", "test", "c")) == "ok"
+        assert seen[-1][3:5] == (5, 5)  # seq 2 settled: the floor passes it
+
+
 def test_a_callers_deadline_is_not_taken_for_a_failed_node(client_node: otp.Node) -> None:
     """A frame whose caller's deadline comes before its attempt timeout times out as a
     deadline (``timeouts``), not as an unanswered attempt: the leader stays known and is not
