@@ -570,6 +570,10 @@ def test_an_owned_session_that_never_acknowledges_keeps_only_the_newest_results(
     # A jump far ahead keeps only the jump's own record.
     assert sm.commit(call_command(sid, 10**9, 0, ("incr", 1))) == ("ok", 21)
     assert [seq for seq, _ in sm.table.dump()[1][0][4]] == [10**9]
+    # Seqs and acks at msgpack's largest int move the floor without overflowing anything.
+    assert sm.commit(call_command(sid, 2**64 - 1, 0, ("incr", 1))) == ("ok", 22)
+    assert sm.commit(call_command(sid, 2**64 - 1, 2**64 - 1, ("incr", 1))) == ("ok", 22)
+    assert sm.commit(call_command(sid, 5, 2**64 - 1, ("incr", 1))) == ACKNOWLEDGED
     # A session registered on the node itself (owner None) is not bounded, as before owners.
     _, local = sm.commit(register_command(10**6))
     for seq in range(1, 21):

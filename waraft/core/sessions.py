@@ -257,10 +257,11 @@ def _raise_floor(session: _Session, floor: int) -> None:
     smaller of the records kept and the seqs passed, so a client raising its ``acked`` by one
     at each call does not walk a full session each time."""
     results = session.results
-    passed = range(session.floor, floor)
-    session.floor = floor
-    if len(passed) <= len(results):
-        for seq in passed:
+    old, session.floor = session.floor, floor
+    # Compared, not ``len(range(...))``: a client's seq or acked may be near 2**64, past what
+    # a range's length can hold (OverflowError, in an apply, on every replica).
+    if floor - old <= len(results):
+        for seq in range(old, floor):
             if results.get(seq, _PENDING) is not _PENDING:
                 del results[seq]
         return
