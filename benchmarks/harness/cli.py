@@ -153,6 +153,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--keep-data", action="store_true", help="keep the nodes' data dirs")
     run.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run the whole plan N times, round after round (the modes and systems compared "
+        "alternate), and report each round's ratios and their median (default 1)",
+    )
+    run.add_argument(
         "--profile",
         action="store_true",
         help="py-spy profiles of every node and client over the measured window "
@@ -171,6 +179,16 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", type=Path, default=None)
     plot.set_defaults(func=cmd_plot)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _storage(args: argparse.Namespace) -> tuple[str, ...]:
@@ -222,6 +240,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         keep_data=args.keep_data,
         name=args.name,
         profile=args.profile,
+        repeat=args.repeat,
     )
     doc = run_suite(opts, argv)
     failed = [r for r in doc["runs"] if r["status"] != "ok"]

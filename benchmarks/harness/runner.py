@@ -67,6 +67,7 @@ class Measurement:
     request_timeout_s: float = 10.0
     profile: bool = False
     client_options: dict[str, Any] = field(default_factory=dict)
+    round: int = 0  # which of ``--repeat`` rounds (0: the run is not repeated)
 
     @property
     def run_id(self) -> str:
@@ -76,6 +77,8 @@ class Measurement:
             parts.append(f"r{self.rate:g}")
         if self.durable:
             parts.append("durable")
+        if self.round:
+            parts.append(f"round{self.round}")
         return "-".join(parts)
 
     def describe(self) -> dict[str, Any]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import statistics
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ class Options:
     keep_data: bool = False
     name: str = "results"
     profile: bool = False
+    repeat: int = 1  # rounds of the whole plan, one after another (medians across them)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class Options:
             "client_options": self.client_options,
             "failover_at_s": self.failover_at_s,
             "profile": self.profile,
+            "repeat": self.repeat,
         }
 
 
@@ -82,12 +86,16 @@ def run_suite(opts: Options, argv: list[str]) -> dict[str, Any]:
     doc["machine"]["data_filesystem"] = results.filesystem_of(opts.out)
     json_path = opts.out / f"{opts.name}.json"
     progress.note(f"results -> {json_path}")
-    for scenario in opts.scenarios:
-        for durable, nodes, system in _plan(scenario, opts, doc):
-            for record in _run_system(scenario, system, nodes, durable, opts, progress):
-                doc["runs"].append(record)
-                progress.note(summary_line(record))
-                results.write(doc, json_path)  # partial results survive a crash
+    # Repeated, the whole plan runs round after round (not each run N times in a row), so
+    # the modes and systems compared alternate and share whatever the machine did meanwhile.
+    for round_ in range(1, opts.repeat + 1) if opts.repeat > 1 else [0]:
+        for scenario in opts.scenarios:
+            for durable, nodes, system in _plan(scenario, opts, doc):
+                runs = _run_system(scenario, system, nodes, durable, opts, progress, round_)
+                for record in runs:
+                    doc["runs"].append(record)
+                    progress.note(summary_line(record))
+                    results.write(doc, json_path)  # partial results survive a crash
     doc["comparisons"] = compare(doc["runs"])
     doc["durability"] = durability_costs(doc["runs"])
     for line in comparison_lines(doc["comparisons"]):
@@ -96,7 +104,7 @@ def run_suite(opts: Options, argv: list[str]) -> dict[str, Any]:
         progress.note(
             f"[{d['scenario']}] {d['nodes']} nodes, {d['system']} durable / memory: "
             f"{d['durable_ops_per_s']:,.0f} / {d['memory_ops_per_s']:,.0f} ops/s = "
-            f"{d['durable_over_memory']}"
+            f"{d['durable_over_memory']}" + _rounds_text(d)
         )
     results.write(doc, json_path)
     from benchmarks.harness.table import markdown
@@ -134,7 +142,7 @@ def _plan(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[tuple[
 
 
 def _measurements(
-    scenario: Scenario, system: str, nodes: int, durable: bool, opts: Options
+    scenario: Scenario, system: str, nodes: int, durable: bool, opts: Options, round_: int = 0
 ) -> list[Measurement]:
     concurrencies = [1] if scenario.mode == "sync" else (opts.concurrency or scenario.concurrency)
     duration = opts.duration_s
@@ -166,20 +174,28 @@ def _measurements(
                     if scenario.failover
                     else None
                 ),
+                round=round_,
             )
         )
     return out
 
 
 def _run_system(
-    scenario: Scenario, system: str, nodes: int, durable: bool, opts: Options, progress: Progress
+    scenario: Scenario,
+    system: str,
+    nodes: int,
+    durable: bool,
+    opts: Options,
+    progress: Progress,
+    round_: int = 0,
 ) -> Iterator[dict[str, Any]]:
-    plan = _measurements(scenario, system, nodes, durable, opts)
+    plan = _measurements(scenario, system, nodes, durable, opts, round_)
     # A failover breaks the cluster: each of those measurements gets a fresh one.
     groups = [[m] for m in plan] if scenario.failover else [plan]
     for group_plan in groups:
         first = group_plan[0]
         tag = f"{scenario.key}-{system}-n{first.nodes}" + ("-durable" if durable else "")
+        tag += f"-round{round_}" if round_ else ""
         log_dir = opts.out / "logs" / tag
         data_dir = opts.out / "data" / f"{tag}-{int(time.time() * 1000)}"
         sampler = ResourceSampler()
@@ -385,6 +401,9 @@ def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if ours.get("failover") and theirs.get("failover"):
                 entry["waraft_recovery_s"] = ours["failover"]["recovery_s"]
                 entry["other_recovery_s"] = theirs["failover"]["recovery_s"]
+            entry.update(
+                _per_round(runs, partial(_in_pair, (sc, nodes, durable), other), _is_waraft)
+            )
             out.append(entry)
     return out
 
@@ -418,22 +437,75 @@ def durability_costs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for p in other["resources"]["processes"]
             if p["role"] == "server"
         )
-        out.append(
-            {
-                "scenario": sc,
-                "nodes": nodes,
-                "system": system,
-                "memory_run": run["id"],
-                "durable_run": other["id"],
-                "memory_ops_per_s": mem,
-                "durable_ops_per_s": dur,
-                "durable_over_memory": round(dur / mem, 3) if mem else None,
-                "durable_server_disk_write_bytes_per_s": round(
-                    written / other["window"]["duration_s"]
-                ),
-            }
-        )
+        entry = {
+            "scenario": sc,
+            "nodes": nodes,
+            "system": system,
+            "memory_run": run["id"],
+            "durable_run": other["id"],
+            "memory_ops_per_s": mem,
+            "durable_ops_per_s": dur,
+            "durable_over_memory": round(dur / mem, 3) if mem else None,
+            "durable_server_disk_write_bytes_per_s": round(written / other["window"]["duration_s"]),
+        }
+        entry.update(_per_round(runs, partial(_in_modes, (sc, nodes, system)), _is_durable))
+        out.append(entry)
     return out
+
+
+def _round_of(run: dict[str, Any]) -> int:
+    return int(run["config"].get("round") or 0)
+
+
+def _is_waraft(run: dict[str, Any]) -> bool:
+    return bool(run["system"] == "waraft")
+
+
+def _is_durable(run: dict[str, Any]) -> bool:
+    return bool(run["config"]["durable"])
+
+
+def _in_pair(group: tuple[str, int, bool], other: str, run: dict[str, Any]) -> bool:
+    """Whether ``run`` is of the waraft-against-``other`` comparison of ``group``."""
+    return _group(run) == group and run["system"] in ("waraft", other)
+
+
+def _in_modes(key: tuple[str, int, str], run: dict[str, Any]) -> bool:
+    """Whether ``run`` is of the durable-against-memory comparison of ``key``."""
+    return (run["scenario"], int(run["config"]["nodes"]), run["system"]) == key
+
+
+def _per_round(
+    runs: list[dict[str, Any]],
+    belongs: Callable[[dict[str, Any]], bool],
+    is_first: Callable[[dict[str, Any]], bool],
+) -> dict[str, Any]:
+    """With ``--repeat``: among the runs ``belongs`` accepts, the ratio of each round's best
+    run for which ``is_first`` holds to its best run for which it does not (the durable to
+    the memory run, or waraft to PySyncObj), and their median: a single round's ratio moves
+    more than most changes do. Empty when the runs were not repeated."""
+    best: dict[tuple[int, bool], float] = {}
+    for r in runs:
+        if r["status"] != "ok" or _round_of(r) == 0 or not belongs(r):
+            continue
+        slot = (_round_of(r), is_first(r))
+        best[slot] = max(best.get(slot, 0.0), r["throughput"]["ops_per_s"])
+    ratios = [
+        round(best[(k, True)] / best[(k, False)], 3)
+        for k in sorted({k for k, _ in best})
+        if best.get((k, True)) is not None and best.get((k, False))
+    ]
+    if not ratios:
+        return {}
+    return {"round_ratios": ratios, "median_ratio": round(statistics.median(ratios), 3)}
+
+
+def _rounds_text(entry: dict[str, Any]) -> str:
+    ratios = entry.get("round_ratios")
+    if not ratios:
+        return ""
+    listed = ", ".join(f"{r:g}" for r in ratios)
+    return f"; median of {len(ratios)} rounds {entry['median_ratio']:g} ({listed})"
 
 
 def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
@@ -453,5 +525,5 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
             )
         if "waraft_recovery_s" in c:
             text += f"; recovery {c['waraft_recovery_s']} vs {c['other_recovery_s']} s"
-        lines.append(text)
+        lines.append(text + _rounds_text(c))
     return lines

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.harness import results
+from benchmarks.harness import cli, results
 from benchmarks.harness.histogram import Histogram, bucket_bounds, bucket_index
 from benchmarks.harness.recorder import Recorder
 from benchmarks.harness.runner import Measurement, _failover, _merge
@@ -175,6 +175,54 @@ def test_durability_costs_pair_memory_and_durable_runs() -> None:
     assert costs[0]["durable_over_memory"] == 0.625
     assert costs[0]["durable_server_disk_write_bytes_per_s"] == 3 * 2**20  # over a 1 s window
     assert {c["nodes"] for c in compare([memory, durable])} == set()  # no PySyncObj: no pair
+
+
+def _round(run: dict[str, Any], k: int, durable: bool = False) -> dict[str, Any]:
+    run["config"]["round"] = k
+    run["config"]["durable"] = durable
+    return run
+
+
+def test_repeated_rounds_give_each_rounds_ratio_and_their_median() -> None:
+    # --repeat: each round's durable run against the same round's memory run, not the best of
+    # one mode against the best of the other (a lucky memory round would set every ratio).
+    runs = [
+        _round(_run("a", "waraft", 3, 3000.0, 1.0), 1),
+        _round(_run("a", "waraft", 3, 1800.0, 1.0), 1, durable=True),  # 0.6
+        _round(_run("a", "waraft", 3, 2000.0, 1.0), 2),
+        _round(_run("a", "waraft", 3, 1900.0, 1.0), 2, durable=True),  # 0.95
+        _round(_run("a", "waraft", 3, 2400.0, 1.0), 3),
+        _round(_run("a", "waraft", 3, 1800.0, 1.0), 3, durable=True),  # 0.75
+        _round(_run("a", "waraft", 3, 9999.0, 1.0), 4),  # its durable run failed: no ratio
+        _round(_run("a", "waraft", 3, 10.0, 1.0), 4, durable=True),
+        _round(_run("a", "pysyncobj", 3, 1000.0, 2.0), 1),
+        _round(_run("a", "pysyncobj", 3, 4000.0, 2.0), 2),
+    ]
+    runs[7]["status"] = "failed"
+    cost = durability_costs(runs)[0]
+    assert cost["round_ratios"] == [0.6, 0.95, 0.75]
+    assert cost["median_ratio"] == 0.75
+    assert cost["durable_over_memory"] == 0.19  # best of each mode: 1900 / 9999
+    vs = {c["durable"]: c for c in compare(runs)}[False]
+    assert vs["round_ratios"] == [3.0, 0.5] and vs["median_ratio"] == 1.75
+    # Runs that were not repeated have no rounds.
+    single = [_run("a", "waraft", 3, 2.0, 1.0), _round(_run("a", "waraft", 3, 1.0, 1.0), 0, True)]
+    (cost,) = durability_costs(single)
+    assert cost["durable_over_memory"] == 0.5 and "round_ratios" not in cost
+
+
+def test_a_repeated_run_is_named_by_its_round_and_repeat_must_be_positive(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    m = Measurement(scenario="a", system="waraft", nodes=3, partitions=1, concurrency=8)
+    assert m.run_id == "a-waraft-n3-p1-c8"
+    m.round = 2
+    assert m.run_id == "a-waraft-n3-p1-c8-round2"
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["run", "--repeat", bad])
+        assert exited.value.code == 2
+        assert "expected a whole number of at least 1" in capsys.readouterr().err
 
 
 def test_fsync_total_counts_the_node_wal_once_per_node() -> None:
