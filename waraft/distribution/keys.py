@@ -59,7 +59,12 @@ def create(
             raise KeysError(f"key names are letters, digits, '-' and '_': {name!r}")
     if len(set(names)) != len(names):
         raise KeysError("key names must be distinct")
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise KeysError(f"{root} is not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeysError(f"cannot make key directory {root}: {exc.strerror or exc}") from None
     if (root / CLUSTER_FILE).exists():
         raise KeysError(f"{root / CLUSTER_FILE} exists already: keys are never overwritten")
     identities: dict[str, list[str]] = {}

@@ -1,0 +1,29 @@
+"""Bad operator input: one clear error line, a non-zero exit, and nothing lost (keys, data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from waraft.cli import main
+
+
+def _error(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert err.startswith(f"waraft {command}: error: "), err
+    return err
+
+
+def test_keys_create_into_a_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was a FileExistsError / NotADirectoryError traceback.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    assert main(["keys", "create", str(blocker), "--nodes", "n1"]) == 2
+    assert "a-file" in _error(capsys, "keys")
+    assert main(["keys", "create", str(blocker / "sub"), "--nodes", "n1"]) == 2
+    assert "a-file" in _error(capsys, "keys")
+    assert blocker.read_text() == "keep me"
