@@ -27,3 +27,17 @@ def test_keys_create_into_a_file_is_a_usage_error(
     assert main(["keys", "create", str(blocker / "sub"), "--nodes", "n1"]) == 2
     assert "a-file" in _error(capsys, "keys")
     assert blocker.read_text() == "keep me"
+
+
+def test_keys_create_writes_nothing_when_a_key_file_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # n0.key used to be written before n1.key was found to exist: a stray new secret key was
+    # left behind, and running the command again then complained about n0.key.
+    root = tmp_path / "keys"
+    root.mkdir()
+    (root / "n1.key").write_text("the old key")
+    assert main(["keys", "create", str(root), "--nodes", "n0,n1,n2"]) == 2
+    assert "n1.key exists already" in _error(capsys, "keys")
+    assert sorted(p.name for p in root.iterdir()) == ["n1.key"]
+    assert (root / "n1.key").read_text() == "the old key"

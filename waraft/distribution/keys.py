@@ -67,6 +67,9 @@ def create(
         raise KeysError(f"cannot make key directory {root}: {exc.strerror or exc}") from None
     if (root / CLUSTER_FILE).exists():
         raise KeysError(f"{root / CLUSTER_FILE} exists already: keys are never overwritten")
+    for _, name in wanted:  # before writing any: a refusal half-way left new keys behind
+        if os.path.lexists(root / f"{name}.key"):
+            raise KeysError(f"{root / (name + '.key')} exists already: keys are never overwritten")
     identities: dict[str, list[str]] = {}
     written = []
     for role, name in wanted:
