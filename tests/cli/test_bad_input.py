@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from waraft.cli import main
+from waraft.cli.common import UsageError
+from waraft.cli.node import NodeConfig
 
 
 def _error(capsys: pytest.CaptureFixture[str], command: str) -> str:
@@ -41,3 +44,20 @@ def test_keys_create_writes_nothing_when_a_key_file_exists(
     assert "n1.key exists already" in _error(capsys, "keys")
     assert sorted(p.name for p in root.iterdir()) == ["n1.key"]
     assert (root / "n1.key").read_text() == "the old key"
+
+
+def test_a_key_file_whose_secret_does_not_match_its_public_key_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A damaged secret key (any Z85 text passes as a key) let the node start; every peer
+    # then failed the handshake and the node looked down.
+    root = tmp_path / "keys"
+    assert main(["keys", "create", str(root), "--nodes", "n1"]) == 0
+    capsys.readouterr()
+    record = json.loads((root / "n1.key").read_text())
+    secret = record["secret_key"]
+    record["secret_key"] = secret[:-1] + ("0" if secret[-1] != "0" else "1")
+    (root / "n1.key").write_text(json.dumps(record))
+    config = NodeConfig(name="n1", listen="127.0.0.1:0", memory=True, keys=str(root))
+    with pytest.raises(UsageError, match=r"n1\.key: its secret key does not match its public key"):
+        config.check()

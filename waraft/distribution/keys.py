@@ -120,7 +120,7 @@ def load(directory: str | os.PathLike[str], name: str, role: str | None = None) 
         raise KeysError(f"{root / CLUSTER_FILE} has no identities")
     try:
         identities = {str(k): (str(v[0]), str(v[1])) for k, v in raw.items() if str(v[0]) in ROLES}
-        return CurveConfig.coerce(
+        curve = CurveConfig.coerce(
             {
                 "public_key": record["public_key"],
                 "secret_key": record["secret_key"],
@@ -130,6 +130,14 @@ def load(directory: str | os.PathLike[str], name: str, role: str | None = None) 
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise KeysError(f"bad key material in {root}: {exc}") from None
+    try:
+        public = zmq.curve_public(curve.secret_key)
+    except zmq.ZMQError:  # not Z85 text
+        public = b""
+    if public != curve.public_key:
+        # A damaged secret key started a node that failed every handshake (it looked down).
+        raise KeysError(f"{root / (name + '.key')}: its secret key does not match its public key")
+    return curve
 
 
 def process_name(key_name: str, tag: str) -> str:
