@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
 
+from tests.cli.test_commands import waraft
 from waraft.cli import main
 from waraft.cli.common import UsageError
 from waraft.cli.node import NodeConfig
@@ -61,3 +63,16 @@ def test_a_key_file_whose_secret_does_not_match_its_public_key_is_refused(
     config = NodeConfig(name="n1", listen="127.0.0.1:0", memory=True, keys=str(root))
     with pytest.raises(UsageError, match=r"n1\.key: its secret key does not match its public key"):
         config.check()
+
+
+def test_shell_node_on_a_port_in_use_is_one_line() -> None:
+    # 'waraft node' said "failed to start: Address already in use"; the shell's --node
+    # printed a ZMQError traceback.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = waraft("shell", "--node", f"s@127.0.0.1:{port}", "--insecure", "-c", "print(1)")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "waraft shell: failed to start the node: Address already in use" in done.stderr

@@ -269,6 +269,10 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+class StartFailed(Exception):
+    """The ``--node`` did not start (exit 1, as ``waraft node``)."""
+
+
 def run(args: argparse.Namespace) -> int:
     """The ``waraft shell`` command."""
     common.setup_logging(args.log_level)
@@ -278,7 +282,11 @@ def run(args: argparse.Namespace) -> int:
     from waraft import distribution as dist
 
     if args.node:
-        runtime = _start_local_node(args, partitions)
+        try:
+            runtime = _start_local_node(args, partitions)
+        except StartFailed as exc:
+            print(f"waraft shell: failed to start the node: {exc}", file=sys.stderr)
+            return 1
         target = runtime.node_id
     else:
         target = args.attach or (nodes[0] if nodes else None)
@@ -312,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_local_node(args: argparse.Namespace, partitions: list[int]) -> Any:
-    from waraft.cli.node import NodeConfig, NodeRuntime, split_listen
+    from waraft.cli.node import NodeConfig, NodeRuntime, _stop_quietly, split_listen
 
     name, at, rest = args.node.partition("@")
     if not at:
@@ -332,7 +340,14 @@ def _start_local_node(args: argparse.Namespace, partitions: list[int]) -> Any:
         insecure=args.insecure,
     ).check()
     runtime = NodeRuntime(config)
-    runtime.start()
+    try:
+        runtime.start()
+    except UsageError:
+        _stop_quietly(runtime)
+        raise
+    except Exception as exc:  # a port in use, ...: one line, as 'waraft node' says it
+        _stop_quietly(runtime)
+        raise StartFailed(str(exc)) from None
     return runtime
 
 
