@@ -76,3 +76,24 @@ def test_shell_node_on_a_port_in_use_is_one_line() -> None:
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert "waraft shell: failed to start the node: Address already in use" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "as_name", "message"),
+    [
+        ("status", "n1", "--as n1 is a node key; this command needs a client or admin key"),
+        ("bootstrap", "n1", "--as n1 is a node key; this command needs an admin key"),
+        ("bootstrap", "client", "--as client is a client key; this command needs an admin key"),
+    ],
+)
+def test_tools_refuse_a_key_of_the_wrong_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, as_name: str, message: str
+) -> None:
+    # The nodes refused the connection (or the admin verbs), and the tool reported them
+    # "unreachable" or said every node must be up and named exactly as it was started.
+    root = tmp_path / "keys"
+    assert main(["keys", "create", str(root), "--nodes", "n1"]) == 0
+    capsys.readouterr()
+    args = [command, "--nodes", "n1@127.0.0.1:1", "--keys", str(root), "--as", as_name]
+    assert main([*args, "--timeout", "1", "--down-after", "0.5", "--partitions", "1"]) == 2
+    assert message in _error(capsys, command)

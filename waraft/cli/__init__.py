@@ -141,7 +141,11 @@ def _bootstrap(args: argparse.Namespace) -> int:
     partitions = common.parse_partitions(args.partitions)
     log = (lambda line: None) if args.json else print
     with common.client_node(
-        nodes, keys=args.keys, key_name=args.key_name, **common.dist_options(args)
+        nodes,
+        keys=args.keys,
+        key_name=args.key_name,
+        roles=("admin",),
+        **common.dist_options(args),
     ):
         results = ops.bootstrap_cluster(
             nodes,

@@ -200,6 +200,26 @@ def curve_for(keys: str | None, key_name: str, role: str | None = None) -> Any:
         raise UsageError(str(exc)) from None
 
 
+def tool_curve(keys: str | None, key_name: str, roles: Sequence[str] = ("client", "admin")) -> Any:
+    """``curve_for`` a tool's ``--as`` identity, which must have one of ``roles``: a node key
+    (or a client key where admin verbs are needed) was refused by the nodes, and the tool
+    reported them unreachable."""
+    curve = curve_for(keys, key_name)
+    if curve is None:
+        return None
+    role, _ = curve.identities.get(curve.public_key, (None, None))
+    if role is not None and role not in roles:
+        raise UsageError(
+            f"--as {key_name} is a {role} key; this command needs {_a(' or '.join(roles))} key "
+            f"(--as {roles[-1]})"
+        )
+    return curve
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
 def dist_options(args: argparse.Namespace) -> dict[str, Any]:
     """``distribution.start`` keyword arguments from ``--ping-interval`` / ``--down-after``."""
     options: dict[str, Any] = {}
@@ -226,11 +246,13 @@ def client_node(
     host: str | None = None,
     keys: str | None = None,
     key_name: str = "admin",
+    roles: Sequence[str] = ("client", "admin"),
     **dist_kw: Any,
 ) -> Iterator[str]:
     """Run a throw-away distribution node (ephemeral port) for a command; yields its id.
 
-    With ``keys`` (a key directory), it connects with identity ``key_name`` of it.
+    With ``keys`` (a key directory), it connects with identity ``key_name`` of it, which
+    must have one of ``roles``.
 
     Its host is ``host`` or the local address on the route to the first node, so that the
     cluster's replies can reach it. Stopped (with its otp node) on exit. If this process
@@ -244,7 +266,7 @@ def client_node(
         yield dist.node()
         return
     address = host or local_address_for(nodes[0])
-    curve = curve_for(keys, key_name)
+    curve = tool_curve(keys, key_name, roles)
     if curve is not None:
         from waraft.distribution.keys import process_name
 

@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
         common.parse_nodes([target])
         from waraft.client import local_address_for
 
-        curve = common.curve_for(args.keys, args.key_name)
+        curve = common.tool_curve(args.keys, args.key_name)
         if curve is not None:
             from waraft.distribution.keys import process_name
 
