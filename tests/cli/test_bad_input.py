@@ -97,3 +97,16 @@ def test_tools_refuse_a_key_of_the_wrong_role(
     args = [command, "--nodes", "n1@127.0.0.1:1", "--keys", str(root), "--as", as_name]
     assert main([*args, "--timeout", "1", "--down-after", "0.5", "--partitions", "1"]) == 2
     assert message in _error(capsys, command)
+
+
+def test_a_key_file_of_another_clusters_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # n1.key copied from another 'keys create': the node started, and every peer refused it.
+    for cluster in ("a", "b"):
+        assert main(["keys", "create", str(tmp_path / cluster), "--nodes", "n1"]) == 0
+    capsys.readouterr()
+    (tmp_path / "a" / "n1.key").write_bytes((tmp_path / "b" / "n1.key").read_bytes())
+    config = NodeConfig(name="n1", listen="127.0.0.1:0", memory=True, keys=str(tmp_path / "a"))
+    with pytest.raises(UsageError, match=r"n1\.key is not a key of .*cluster\.json"):
+        config.check()

@@ -137,6 +137,11 @@ def load(directory: str | os.PathLike[str], name: str, role: str | None = None) 
     if public != curve.public_key:
         # A damaged secret key started a node that failed every handshake (it looked down).
         raise KeysError(f"{root / (name + '.key')}: its secret key does not match its public key")
+    if curve.identities and curve.public_key not in curve.identities:
+        # A key file of another cluster's directory: every node refuses it.
+        raise KeysError(
+            f"{root / (name + '.key')} is not a key of {root / CLUSTER_FILE} (another cluster's?)"
+        )
     return curve
 
 
