@@ -110,3 +110,23 @@ def test_a_key_file_of_another_clusters_directory_is_refused(
     config = NodeConfig(name="n1", listen="127.0.0.1:0", memory=True, keys=str(tmp_path / "a"))
     with pytest.raises(UsageError, match=r"n1\.key is not a key of .*cluster\.json"):
         config.check()
+
+
+def test_a_truncated_lmdb_file_is_an_error_not_a_bus_error(tmp_path: Path) -> None:
+    # LMDB maps the file: a data.mdb cut short (a bad copy, a full disk) killed the node
+    # with SIGBUS and no word on the first read past its end.
+    import lmdb
+
+    data = tmp_path / "n1"
+    (data / "storage-lmdb").mkdir(parents=True)
+    env = lmdb.open(str(data / "storage-lmdb"), subdir=True, max_dbs=8)
+    with env.begin(write=True) as txn:
+        for i in range(64):
+            txn.put(b"key%03d" % i, b"x" * 1000)
+    env.close()
+    mdb = data / "storage-lmdb" / "data.mdb"
+    mdb.write_bytes(mdb.read_bytes()[:5000])
+    done = waraft("node", "--name", "n1", "--listen", "127.0.0.1:0", "--insecure",
+                  "--data-dir", str(data), "--partitions", "1")  # fmt: skip
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert f"{mdb} is truncated" in done.stderr.splitlines()[-1], done.stderr

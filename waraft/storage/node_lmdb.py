@@ -284,6 +284,20 @@ class _Write:
         return size
 
 
+def _check_not_truncated(env: Any, directory: str) -> None:
+    """Close ``env`` and raise ``StorageCorruptionError`` if its data file is shorter than its
+    meta page says: LMDB maps the file, and the first read past its end killed the process
+    with SIGBUS (a bad copy, a file cut short by a full disk)."""
+    path = os.path.join(directory, "data.mdb")
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = os.path.getsize(path)
+    if size < needed:
+        env.close()
+        raise StorageCorruptionError(
+            f"LMDB file {path} is truncated: {size} bytes, its pages end at byte {needed}"
+        )
+
+
 class NodeEnv:
     """The node's LMDB environment, shared by every partition of this process that uses it.
 
@@ -373,6 +387,7 @@ class NodeEnv:
                 mode=0o644,
                 max_spare_txns=4,
             )
+            _check_not_truncated(self.env, directory)
             # What a killed predecessor committed may still be only in the page cache; the
             # partitions take what they find as durable, so make it so.
             self.env.sync(True)
