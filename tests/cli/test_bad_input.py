@@ -130,3 +130,14 @@ def test_a_truncated_lmdb_file_is_an_error_not_a_bus_error(tmp_path: Path) -> No
                   "--data-dir", str(data), "--partitions", "1")  # fmt: skip
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert f"{mdb} is truncated" in done.stderr.splitlines()[-1], done.stderr
+
+
+def test_a_data_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
+    # Was "data dir X is not writable: File exists".
+    from waraft.cli.node import _check_writable
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    with pytest.raises(UsageError, match=r"data dir .*a-file is not a directory"):
+        _check_writable(str(blocker))
+    assert blocker.read_text() == "keep me"

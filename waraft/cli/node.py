@@ -511,6 +511,8 @@ class NodeRuntime:
 def _check_writable(data_dir: str) -> None:
     """Create ``data_dir`` and write a probe file in it, so a bad data dir is one usage error
     at start rather than a storage failure later (root passes permission bits, so probe)."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UsageError(f"data dir {data_dir} is not a directory")
     try:
         os.makedirs(data_dir, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".waraft-probe-", dir=data_dir)
