@@ -93,6 +93,16 @@ class Attacker:
                 out.append(decoded)
         return out
 
+    def answer_to(self, ref: int, timeout: float = 8.0) -> Any:
+        """The value of the node's answer to call ``ref`` (the frame's last element); other
+        frames are skipped, one at a time (waiting for several cost the whole timeout)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for answer in self.answers(timeout=left):
+                if ref in answer:
+                    return answer[-1]
+        raise AssertionError(f"no answer to call {ref}")
+
     def close(self) -> None:
         self.sock.close(0)
         self.inbox.close(0)

@@ -383,17 +383,6 @@ def test_a_client_cannot_forge_or_read_the_session_table(cluster: Cluster, clien
 ACCEPTOR = "raft_acceptor_kv_1"
 
 
-def _reply(attacker: Attacker, ref: int, timeout: float = 8.0) -> Any:
-    """The value of the node's answer to call ``ref`` (the frame's last element); other
-    frames are skipped, one at a time (waiting for several cost the whole timeout)."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        for answer in attacker.answers(timeout=left):
-            if ref in answer:
-                return answer[-1]
-    raise AssertionError(f"no answer to call {ref}")
-
-
 def test_a_client_cannot_change_the_membership_or_commit_protocol_entries(
     cluster: Cluster, client: Client, ctx: zmq.Context[Any]
 ) -> None:
@@ -408,7 +397,7 @@ def test_a_client_cannot_change_the_membership_or_commit_protocol_entries(
     try:
         for command in (("config", forged), ("config", {}), "noop", "noop_omitted"):
             ref = evil.call(ACCEPTOR, ("commit", ("k-evil", command), "high"))
-            answer = _reply(evil, ref)
+            answer = evil.answer_to(ref)
             assert answer[0] == "error" and answer[1][0] == "badarg", (command, answer)
             answer = client.commit(1, command)  # the client library's client_batch path
             assert answer[0] == "error" and "reserved to the protocol" in answer[1][1], answer
@@ -455,7 +444,7 @@ def test_a_read_with_an_impossible_minimum_index_is_refused_at_once(
     evil = Attacker(ctx, leader)
     try:
         ref = evil.call(ACCEPTOR, ("read", ("read", TABLE, "canary"), "1"))
-        answer = _reply(evil, ref)
+        answer = evil.answer_to(ref)
         assert answer[0] == "error" and answer[1][0] == "badarg", answer
         refs = [evil.call(ACCEPTOR, ("read", ("read", TABLE, "canary"), 2**62)) for _ in range(50)]
         answers = evil.answers(timeout=8.0, want=len(refs))

@@ -186,16 +186,6 @@ def test_a_burst_of_registers_from_one_client_key_leaves_another_keys_session(
 ACCEPTOR = "raft_acceptor_kv_1"
 
 
-def _answer(caller: Attacker, ref: int, timeout: float = 10.0) -> Any:
-    """The value the node answered call ``ref`` with (other frames are skipped)."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        for answer in caller.answers(timeout=left):
-            if ref in answer:
-                return answer[-1]
-    raise AssertionError(f"no answer to call {ref}")
-
-
 def _stored_session(node: NodeProcess, sid: int) -> Any:
     """Session ``sid``'s row as ``node`` (stopped) stored it, read from its data directory: no
     client can read the reserved session rows over the wire."""
@@ -226,7 +216,7 @@ def test_a_register_committed_by_a_remote_call_is_owned_by_the_callers_key(
     app = Attacker(ctx, leader, name="app.origin", curve=curve_of(key_dir, "app", server_key))
     forged = ("$session", "register", 10**6, b"o" * 16, "client:mallory")
     try:
-        answer = _answer(app, app.call(ACCEPTOR, ("commit", ("k-origin", forged), "high")))
+        answer = app.answer_to(app.call(ACCEPTOR, ("commit", ("k-origin", forged), "high")))
     finally:
         app.close()
     assert answer[0] == "ok", answer
@@ -258,7 +248,7 @@ def test_a_client_key_cannot_read_the_session_rows_from_the_storage_actor(
     app = Attacker(ctx, leader, name="app.sessions", curve=curve_of(key_dir, "app", server_key))
     try:
         register = ("$session", "register", 10**6, b"s" * 16)
-        answer = _answer(app, app.call(ACCEPTOR, ("commit", ("k-rows", register), "high")))
+        answer = app.answer_to(app.call(ACCEPTOR, ("commit", ("k-rows", register), "high")))
     finally:
         app.close()
     assert answer[0] == "ok", answer
@@ -270,10 +260,10 @@ def test_a_client_key_cannot_read_the_session_rows_from_the_storage_actor(
         try:
             for key in (storage.SESSIONS_KEY, storage.session_key(answer[1])):
                 read = ("read", ("read", storage.SESSIONS_TABLE, key))
-                assert _answer(mallory, mallory.call(name, read)) == storage.RESERVED_KEY_ERROR
+                assert mallory.answer_to(mallory.call(name, read)) == storage.RESERVED_KEY_ERROR
             # The actor still answers the client's other reads.
             read = ("read", ("read", "kv", "no-such-key"))
-            assert _answer(mallory, mallory.call(name, read)) != "refused"
+            assert mallory.answer_to(mallory.call(name, read)) != "refused"
         finally:
             mallory.close()
 
