@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -63,6 +64,23 @@ def test_a_key_file_whose_secret_does_not_match_its_public_key_is_refused(
     config = NodeConfig(name="n1", listen="127.0.0.1:0", memory=True, keys=str(root))
     with pytest.raises(UsageError, match=r"n1\.key: its secret key does not match its public key"):
         config.check()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    # A copy of a key file made with the default mode (0644) handed the secret key, and the
+    # node's identity with it, to every account on the machine; the node started anyway.
+    root = tmp_path / "keys"
+    assert main(["keys", "create", str(root), "--nodes", "n1"]) == 0
+    config = NodeConfig(name="n1", listen="127.0.0.1:0", memory=True, keys=str(root))
+    config.check()  # 0600, as written
+    for mode in (0o644, 0o640, 0o602):
+        (root / "n1.key").chmod(mode)
+        refused = rf"n1\.key is open to other users \(mode {mode:04o}\)"
+        with pytest.raises(UsageError, match=refused):
+            config.check()
+    (root / "n1.key").chmod(0o400)
+    config.check()
 
 
 def test_shell_node_on_a_port_in_use_is_one_line() -> None:

@@ -4,7 +4,8 @@ Layout of the directory::
 
     cluster.json      public keys only: {"identities": {public_key: [role, name]}}
     <name>.key        one identity's key pair: {"role", "name", "public_key", "secret_key"}
-                      (mode 0600; give each process only its own file)
+                      (mode 0600, and ``load`` refuses one others may read or write;
+                      give each process only its own file)
 
 Roles: ``node`` (one key per node, named after the node's ``--name``: it may claim only node
 ids ``<name>@host:port``), ``client`` (the client API: commits, reads, read-only status) and
@@ -107,12 +108,27 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a key file that others on the machine may read or write (as ssh refuses such
+    a private key): ``create`` writes them 0600, and a copy made with a wider mode has handed
+    the secret key, and the identity with it, to every local account."""
+    if os.name != "posix":
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise KeysError(
+            f"{path} is open to other users (mode {mode:04o}): its secret key is the "
+            f"identity; chmod 600 {path}"
+        )
+
+
 def load(directory: str | os.PathLike[str], name: str, role: str | None = None) -> CurveConfig:
     """The ``CurveConfig`` of identity ``name`` (``<directory>/<name>.key``), checked to have
     ``role`` if given. Raises :class:`KeysError` with a one-line reason."""
     root = Path(directory)
     cluster = _read_json(root / CLUSTER_FILE)
     record = _read_json(root / f"{name}.key")
+    _check_private(root / f"{name}.key")
     if role is not None and record.get("role") != role:
         raise KeysError(f"{root / (name + '.key')} is a {record.get('role')} key, not {role}")
     raw = cluster.get("identities")
