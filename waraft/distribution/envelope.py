@@ -185,8 +185,10 @@ def decode(
     ``"rx_malformed"``, ``"rx_too_deep"`` (nested deeper than :data:`MAX_DEPTH`) or
     ``"rx_unknown_kind"``. ``check_depth=False`` leaves the depth to the caller
     (:func:`is_deep`): the receive thread checks it only where it matters, after admission.
-    ``untrusted``: a frame from a peer that is not a member; a map in it whose keys' hashes
-    collide is ``rx_malformed`` (``codec.unpackb``).
+    ``untrusted``: a frame from a peer that is not a member (its values are counted, see
+    ``codec.unpackb``). A map whose keys' hashes collide is ``rx_malformed`` whoever sent
+    it: building it is quadratic, and a member's frame is decoded on the same receive
+    thread as everyone's.
     """
     size = len(frame)
     if size > max_bytes:
@@ -196,7 +198,7 @@ def decode(
     if frame[1] != VERSION:
         raise FrameError("rx_bad_version", f"protocol version byte {frame[1]:#x}")
     try:
-        obj = codec.unpackb(frame, untrusted=untrusted)
+        obj = codec.unpackb(frame, untrusted=untrusted, checked_maps=True)
     except codec.CodecError as exc:
         raise FrameError("rx_malformed", str(exc)) from None
     if check_depth and is_deep(frame, obj):

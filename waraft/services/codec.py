@@ -171,7 +171,11 @@ class _Untrusted:
 
 
 def unpackb(
-    data: bytes | bytearray | memoryview, *, max_size: int | None = None, untrusted: bool = False
+    data: bytes | bytearray | memoryview,
+    *,
+    max_size: int | None = None,
+    untrusted: bool = False,
+    checked_maps: bool = False,
 ) -> Any:
     """Decode one complete msgpack object; raises ``CodecError`` on bad, short or extra bytes.
 
@@ -180,7 +184,8 @@ def unpackb(
     refuses maps whose keys' hashes collide (``_checked_map``) and inputs holding more than
     ``MAX_UNTRUSTED_OBJECTS`` values (``_Untrusted``); data already admitted (logs, storage,
     members' frames) is decoded without these checks, so nothing stored can become
-    undecodable.
+    undecodable. ``checked_maps`` refuses colliding map keys alone (every wire frame, members'
+    too: one node key's 16 MB map would otherwise hold the receive thread for hours).
     """
     if max_size is not None and len(data) > max_size:
         raise CodecError(f"encoded value of {len(data)} bytes exceeds the limit of {max_size}")
@@ -195,7 +200,7 @@ def unpackb(
             raw=False,
             strict_map_key=False,
             ext_hook=_ext_hook,
-            object_pairs_hook=_checked_map if untrusted else None,
+            object_pairs_hook=_checked_map if untrusted or checked_maps else None,
         )
     except Exception as exc:
         raise CodecError(f"invalid msgpack data: {type(exc).__name__}: {exc}") from exc
