@@ -57,6 +57,35 @@ def short_repr(value: Any, _depth: int = 0) -> str:
     return text if len(text) <= _REPR_CHARS else text[: _REPR_CHARS - 3] + "..."
 
 
+CLIP_DEPTH: Final = 100
+"""Nesting beyond which ``clipped_repr`` gives up on ``repr`` (see there)."""
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests tuples, lists or dicts more than ``limit`` deep (iterative)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for pair in item.items() for child in pair)
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def clipped_repr(value: Any, chars: int = 200) -> str:
+    """``repr(value)[:chars]``, as error messages about a command show it, or ``short_repr``
+    for a value nested more than ``CLIP_DEPTH`` deep. Members' frames are not depth-checked,
+    so a leader can replicate a command nested 1000 deep, whose ``repr`` raises
+    ``RecursionError`` (it crashed the storage actor rejecting it). Decided by the value
+    alone, so every replica words the message alike."""
+    if _nests_deeper(value, CLIP_DEPTH):
+        return short_repr(value)
+    return repr(value)[:chars]
+
+
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
     """Leader → follower replication and heartbeat."""

@@ -94,6 +94,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from waraft.core.rpc import clipped_repr
 from waraft.core.types import is_hashable
 
 logger = logging.getLogger(__name__)
@@ -435,7 +436,7 @@ class SessionTable:
             if found is not None and found.admits(command[3] if size == 4 else None):
                 self._drop(sid)
             return Done("ok")
-        return Done(("error", ("unknown_command", f"bad session command {command!r:.200}")))
+        return Done(("error", ("unknown_command", f"bad session command {clipped_repr(command)}")))
 
     def finish(self, session: int, seq: int, result: Any) -> None:
         """Record ``result`` of the ``Apply`` that ``begin`` returned for ``(session, seq)``

@@ -51,6 +51,7 @@ from typing import Any, Final
 from waraft import otp
 from waraft.core.effects import ApplyItem as CoreApplyItem
 from waraft.core.log import approx_command_size
+from waraft.core.rpc import clipped_repr
 from waraft.core.sessions import (
     INDEX_VERSION,
     SESSION,
@@ -170,7 +171,9 @@ def batch_commands(command: Any) -> Sequence[Any]:
         # holding every replica's storage actor for as long as a quadratic dict build takes.
         payload = codec.unpackb(payload, untrusted=True)
     if not isinstance(payload, (list, tuple)):
-        raise UnknownCommandError(f"a {BATCH} command holds a list of commands, not {payload!r}")
+        raise UnknownCommandError(
+            f"a {BATCH} command holds a list of commands, not {clipped_repr(payload)}"
+        )
     return payload
 
 

@@ -89,6 +89,7 @@ from typing import Any, ClassVar, Final, Self
 import lmdb
 import msgpack
 
+from waraft.core.rpc import clipped_repr
 from waraft.core.types import Config, LogPos, is_config_command
 from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.provider import (
@@ -526,7 +527,7 @@ class LmdbStorage(TransactionalStorage):
                 elif kind == "noop_omitted" and command == kind:
                     incomplete = True
                 elif not (kind == "noop" and command == kind):
-                    raise UnknownCommandError(f"unknown storage command {command!r:.200}")
+                    raise UnknownCommandError(f"unknown storage command {clipped_repr(command)}")
                 if item_label is not None:
                     label = item_label
             position = item_position
@@ -619,7 +620,7 @@ class LmdbStorage(TransactionalStorage):
             return ("ok", unpackb(raw))
         if kind == "noop" and command == kind:
             return OK
-        raise UnknownCommandError(f"unknown storage read {command!r:.200}")
+        raise UnknownCommandError(f"unknown storage read {clipped_repr(command)}")
 
     # -- snapshots ----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
 
 from waraft import otp
+from waraft.core.rpc import clipped_repr
 from waraft.core.types import Config, LogPos, is_config_command, is_hashable
 from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.provider import (
@@ -122,7 +123,7 @@ class MemoryStorage(StorageProvider):
         elif kind == "noop_omitted" and command == kind:
             self._incomplete = True
         elif not (kind == "noop" and command == kind):
-            raise UnknownCommandError(f"unknown storage command {command!r:.200}")
+            raise UnknownCommandError(f"unknown storage command {clipped_repr(command)}")
         if label is not None:
             self._label = label
         self._position = position
@@ -177,7 +178,7 @@ class MemoryStorage(StorageProvider):
             or (kind in ("noop", "noop_omitted") and command == kind)
         )
         if not known:
-            raise UnknownCommandError(f"unknown storage command {command!r:.200}")
+            raise UnknownCommandError(f"unknown storage command {clipped_repr(command)}")
         if kind in ("write", "delete"):
             _key(command)
 
@@ -198,7 +199,7 @@ class MemoryStorage(StorageProvider):
                 raise UnknownCommandError(_unhashable(command)) from None
         if kind == "noop" and command == kind:
             return OK
-        raise UnknownCommandError(f"unknown storage read {command!r:.200}")
+        raise UnknownCommandError(f"unknown storage read {clipped_repr(command)}")
 
     # -- snapshots ----------------------------------------------------------------------------
 
@@ -280,7 +281,7 @@ __all__ = ["DATA_FILE", "MemoryStorage"]
 
 
 def _unhashable(command: Any) -> str:
-    return f"a key must be hashable (a map is not): {command!r}"[:500]
+    return f"a key must be hashable (a map is not): {clipped_repr(command, 500)}"[:500]
 
 
 def _key(command: Any) -> Any:

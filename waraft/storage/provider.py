@@ -56,6 +56,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Self
 
+from waraft.core.rpc import clipped_repr
 from waraft.core.types import Config, Identity, LogPos, is_config_command
 from waraft.services.codec import packb, unpackb
 
@@ -382,7 +383,7 @@ def command_kind(command: Any) -> str:
         return command
     if isinstance(command, tuple | list) and command and type(command[0]) is str:
         return command[0]
-    raise UnknownCommandError(f"unknown storage command {command!r:.200}")
+    raise UnknownCommandError(f"unknown storage command {clipped_repr(command)}")
 
 
 def write_metadata(

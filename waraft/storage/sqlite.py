@@ -31,6 +31,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
 
+from waraft.core.rpc import clipped_repr
 from waraft.core.types import Config, LogPos, is_config_command
 from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.provider import (
@@ -173,7 +174,9 @@ class SqliteStorage(TransactionalStorage):
                         if kind == "noop_omitted" and command == kind:
                             incomplete = True
                         elif not (kind == "noop" and command == kind):
-                            raise UnknownCommandError(f"unknown storage command {command!r:.200}")
+                            raise UnknownCommandError(
+                                f"unknown storage command {clipped_repr(command)}"
+                            )
                     if op:
                         if op is not pending_sql and pending:
                             conn.executemany(pending_sql, pending)
@@ -209,7 +212,7 @@ class SqliteStorage(TransactionalStorage):
             return NOT_FOUND if row is None else ("ok", unpackb(row[0]))
         if kind == "noop" and command == kind:
             return OK
-        raise UnknownCommandError(f"unknown storage read {command!r:.200}")
+        raise UnknownCommandError(f"unknown storage read {clipped_repr(command)}")
 
     # -- snapshots ----------------------------------------------------------------------------
 
