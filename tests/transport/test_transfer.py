@@ -335,3 +335,18 @@ def test_chunks_never_write_into_the_files_of_an_outgoing_transfer(tmp_path: Pat
     )
     assert (src / "f").read_bytes() == b"original"
     log.release_all()
+
+
+def test_an_offer_of_more_files_than_the_limit_is_refused_before_any_path_is_resolved(
+    tmp_path: Path,
+) -> None:
+    """Each offered path is resolved (``realpath``) and recorded on the manager's scheduler,
+    about 60 us a file: one member's 16 MB offer of a million and a half one-byte files would
+    hold that scheduler, and every partition on it, for minutes (100,000 files took 6 s)."""
+    from waraft.transport import manager
+
+    b = start(tmp_path, "b")
+    files = [(i, format(i, "x"), 1) for i in range(1, manager.MAX_OFFER_FILES + 2)]
+    assert offer(b, 4343, files) == ("error", "invalid_transport")
+    assert on(b, transport.transport_info, 4343) is None
+    assert offer(b, 4344, files[:3]) == "ok"

@@ -15,6 +15,8 @@ is the leader the partition's server knows, since a snapshot replaces its data a
    through any symlink already there; one bad path rejects the whole transport with
    ``invalid_file_path`` before any record or directory exists.
 
+An offer of more than ``MAX_OFFER_FILES`` files is malformed (``invalid_transport``).
+
 It records file completions (``complete`` casts from this node's own workers on the sending
 side and receiving provider, never from the wire), and once every file of an incoming snapshot
 has arrived it calls ``waraft.server.snapshot_available`` on the partition's server,
@@ -65,6 +67,11 @@ DEFAULT_SCAN_INTERVAL_MS: Final = 30_000
 
 PARTITION_SUBDIRECTORY: Final = "transport"
 DEFAULT_MODULE: Final = "waraft.transport.dist_transport"
+MAX_OFFER_FILES: Final = 10_000
+"""Files one incoming transport may hold; an offer of more is ``invalid_transport``. Every
+offered path is resolved and recorded on the manager's scheduler (about 60 us a file), so one
+member's 16 MB offer of a million and a half files held it, and every partition on it, for
+minutes. A snapshot is a few files."""
 # How long the server may take to install a received snapshot (its raft_storage_call_timeout).
 SNAPSHOT_INSTALL_TIMEOUT: Final = 60.0
 
@@ -162,7 +169,7 @@ def _valid_offer(transport_id: Any, meta: Any, files: Any) -> list[FileSpec] | N
             return None
         if not all(isinstance(v, int) and v >= 0 for v in position):
             return None
-    if not isinstance(files, list | tuple):
+    if not isinstance(files, list | tuple) or len(files) > MAX_OFFER_FILES:
         return None
     offer: list[FileSpec] = []
     for item in files:
