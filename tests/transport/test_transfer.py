@@ -25,6 +25,7 @@ from tests.transport.helpers import (
     wait_status,
 )
 from waraft import otp, transport
+from waraft.transport import dist_transport
 
 
 def _pair(tmp_path: Path, **kw: object) -> tuple[otp.Node, otp.Node]:
@@ -350,3 +351,21 @@ def test_an_offer_of_more_files_than_the_limit_is_refused_before_any_path_is_res
     assert offer(b, 4343, files) == ("error", "invalid_transport")
     assert on(b, transport.transport_info, 4343) is None
     assert offer(b, 4344, files[:3]) == "ok"
+
+
+def test_the_receiver_keeps_a_bounded_number_of_files_open(tmp_path: Path) -> None:
+    """The receiver keeps a file open from its first chunk to its completion: a member
+    offering transports of thousands of files and sending one byte to each would take
+    every descriptor the process may open (sockets, the log and storage then fail)."""
+    b = start(tmp_path, "b")
+    count = dist_transport.MAX_OPEN_FILES + 40
+    assert offer(b, 4545, [(i, f"f{i}", 2) for i in range(1, count + 1)]) == "ok"
+    opened = len(os.listdir("/proc/self/fd"))
+    for i in range(1, count + 1):
+        assert _call_from("fake@sender", b, ("chunk", 4545, i, 0, b"a")) == "ok"
+    assert len(os.listdir("/proc/self/fd")) <= opened + dist_transport.MAX_OPEN_FILES
+    for i in range(1, count + 1):  # a closed file is opened again, never truncated
+        assert _call_from("fake@sender", b, ("chunk", 4545, i, 1, b"b")) == "ok"
+        assert _call_from("fake@sender", b, ("complete", 4545, i)) == "ok"
+    root = _received_root(b, 4545)
+    assert {(root / f"f{i}").read_bytes() for i in range(1, count + 1)} == {b"ab"}

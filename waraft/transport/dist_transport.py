@@ -13,12 +13,13 @@ error. At the end of the file it calls ``("complete", id, file_id)`` and awaits 
 like a chunk's (a call, not WARaft's cast: the receiver must know who reports the file done).
 
 Receiver (this module's actor): opens each file lazily (creating its directories, never
-following a symlink at the file itself), writes every chunk at its offset (rejecting chunks of
-transports that are not running, and chunks outside the size announced at admission), and on
-``complete`` fsyncs the file and its directories up to the transfer root, checks the size, and
-reports the file to the local transport manager. Chunks and completions from another node are
-taken only from the node that offered the transport (the authenticated caller, ``not_peer``
-otherwise): a third node cannot write into, or finish early, a snapshot it did not send.
+following a symlink at the file itself; at most ``MAX_OPEN_FILES`` open at once), writes
+every chunk at its offset (rejecting chunks of transports that are not running, and chunks
+outside the size announced at admission), and on ``complete`` fsyncs the file and its
+directories up to the transfer root, checks the size, and reports the file to the local
+transport manager. Chunks and completions from another node are taken only from the node
+that offered the transport (the authenticated caller, ``not_peer`` otherwise): a third node
+cannot write into, or finish early, a snapshot it did not send.
 
 ``transport_accept`` refuses a transport with ``receiver_disk_full`` when its bytes do not fit
 on the destination's file system.
@@ -54,6 +55,11 @@ DEFAULT_ACK_TIMEOUT_MS: Final = 5000
 COMPLETE_TIMEOUT_S: Final = 60.0
 """How long a sender waits for the receiver to fsync and accept a finished file."""
 SWEEP_INTERVAL_MS: Final = 30_000
+MAX_OPEN_FILES: Final = 64
+"""Received files the receiver keeps open at once; opening one more closes the one opened
+first (a later chunk opens it again: writes are positioned, nothing is truncated). Files stay
+open from their first chunk to their completion, so a member offering transports of
+thousands of files and sending a byte to each took every descriptor the process may open."""
 
 
 # -- sender ------------------------------------------------------------------------------------
@@ -338,6 +344,8 @@ class DistTransport(otp.Process):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
             fd = os.open(path, flags, 0o644)
+            if len(self.fds) >= MAX_OPEN_FILES:
+                self._close(*next(iter(self.fds)))  # the one opened first
             self.fds[key] = fd
         return fd
 
