@@ -77,6 +77,15 @@ def test_bootstrap_twice_is_harmless(nodes: str) -> None:
     assert all(set(r["bootstrap"].values()) == {"already"} and r["leader"] for r in results)
 
 
+def test_bootstrap_of_a_partition_the_nodes_do_not_serve_says_so(nodes: str) -> None:
+    # It printed ``failed (('call_error', 'noproc'))`` for each node.
+    done = waraft("bootstrap", "--nodes", nodes, "--partitions", "9", "--json", "--timeout", "5")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (result,) = json.loads(done.stdout)
+    assert set(result["bootstrap"].values()) == {"failed (serves no partition 9 of table 'kv')"}
+    assert "noproc" not in done.stdout
+
+
 def test_bootstrap_naming_other_nodes_than_the_running_members_leaves_them_alone(
     nodes: str,
 ) -> None:

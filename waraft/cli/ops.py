@@ -44,7 +44,8 @@ def _bootstrap_one(node: str, table: str, partition: int, config: Any, timeout: 
     locally), or straight at the server when the node has no admin process."""
     position = tuple(BOOTSTRAP_POSITION)
     try:
-        return admin.call(node, "bootstrap", table, partition, position, config, timeout=timeout)
+        answer = admin.call(node, "bootstrap", table, partition, position, config, timeout=timeout)
+        return _named_missing(answer, table, partition)
     except otp.ExitError as exc:
         if exc.reason != "noproc":
             return ("error", _exit_text(exc.reason))
@@ -52,7 +53,17 @@ def _bootstrap_one(node: str, table: str, partition: int, config: Any, timeout: 
         name = server.default_name(table, partition)
         return server.bootstrap((name, node), BOOTSTRAP_POSITION, config)
     except otp.ExitError as exc:
+        if exc.reason == "noproc":
+            return _named_missing(("error", ("call_error", "noproc")), table, partition)
         return ("error", _exit_text(exc.reason))
+
+
+def _named_missing(answer: Any, table: str, partition: int) -> Any:
+    """``answer``, or for a node without the partition's server (its admin process answers
+    ``("error", ("call_error", "noproc"))``, printed as such) one that says so."""
+    if answer == ("error", ("call_error", "noproc")):
+        return ("error", f"serves no partition {partition} of table {table!r}")
+    return answer
 
 
 def _exit_text(reason: Any) -> str:
@@ -295,6 +306,7 @@ def _bootstrap_per_node(
             found = answers[node]
             assert found is not None
             outcome = found.get(partition, (("error", "no answer"), None))[0]
+            outcome = _named_missing(outcome, table, partition)
             result.bootstrap[node] = _describe(outcome)
         result.error = _failures(result.bootstrap)
         results.append(result)
