@@ -49,7 +49,7 @@ from waraft import distribution as dist
 from waraft import otp
 from waraft.core import events
 from waraft.core.rpc import short_repr
-from waraft.core.sessions import SESSION, is_register, owned_register
+from waraft.core.sessions import SESSION, owned_register
 from waraft.core.types import Priority, is_internal_command
 from waraft.distribution import inline as dist_inline
 from waraft.distribution import policy
@@ -230,14 +230,17 @@ class Acceptor(otp.Process):
         if not isinstance(request, tuple) or len(request) != 3:
             return ("error", ("badarg", f"malformed acceptor call {short_repr(request)}"))
         kind = request[0]
-        if kind == "commit" and not (_valid_op(request) and _is_priority(request[2])):
-            return ("error", ("badarg", f"malformed commit {short_repr(request)}"))
         if kind == "commit":
             _, op, priority = request
-            if is_register(op[1]):
-                # From another node: owned by who its connection authenticated as.
-                origin = from_.origin if isinstance(from_, RemoteReplyTo) else None
-                op = (op[0], owned_register(op[1], self._owner(origin)))
+            if not _is_priority(priority):
+                return ("error", ("badarg", f"malformed commit {short_repr(request)}"))
+            # The gateway's check: a register is owned by who the caller's connection
+            # authenticated as (None for a caller on this node).
+            origin = from_.origin if isinstance(from_, RemoteReplyTo) else None
+            try:
+                op = check_op(op, self._owner(origin))
+            except ValueError as exc:
+                return ("error", ("badarg", f"malformed commit: {exc}"))
             return self._single(self._commit([(from_, op)], priority_of(priority)))
         if kind == "read" and not _valid_read(request):
             return ("error", ("badarg", f"malformed read {short_repr(request)}"))
