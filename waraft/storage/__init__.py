@@ -934,18 +934,15 @@ class StorageServer(otp.Process):
             # Why the provider emptied this replica's damaged data (None: it did not).
             return getattr(provider, "quarantine", None)
         if kind == "read":
+            # Clients read from the wire (distribution.policy): never the session rows, which
+            # hold every session's token (its capability) and recorded results, and charged
+            # to the reply budget as the strong reads served in turns are (one frame holds a
+            # $batch of a million reads of one large value).
+            remote = isinstance(from_, RemoteReplyTo)
             if touches_reserved_key(request[1]):
-                if isinstance(from_, RemoteReplyTo):
-                    # Clients read from the wire (distribution.policy): the session rows hold
-                    # every session's token (its capability) and recorded results.
-                    return RESERVED_KEY_ERROR
                 # A caller on this node (an operator, a test) may inspect the session table.
-                return provider.read(request[1], self.position)
-            if isinstance(from_, RemoteReplyTo):
-                # From the wire, a $batch of a million reads of one large value fits a frame:
-                # charged to the reply budget, as the strong reads served in turns are.
-                return self._read(request[1], self._reply_budget())
-            return self._read(request[1])
+                return RESERVED_KEY_ERROR if remote else provider.read(request[1], self.position)
+            return self._read(request[1], self._reply_budget() if remote else None)
         if kind == "status":
             status = {
                 "name": self.name,
