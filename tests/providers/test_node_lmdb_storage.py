@@ -958,6 +958,49 @@ def test_the_write_back_buffer_serves_reads_and_stores_each_key_once(root: Path)
         reopened.close()
 
 
+def test_the_write_back_buffer_keeps_the_newest_value_whichever_path_applied_it(
+    root: Path,
+) -> None:
+    """Plain rows of bytes and ASCII text wait in the buffer unencoded; rows applied by the
+    general path or with other values are encoded at once. A key written both ways reads
+    (and is stored with) its newest value; the position and label rows still reach LMDB."""
+    storage = open_lazy(root, 1, lmdb_flush_interval_ms=3_600_000, lmdb_flush_bytes=1 << 30)
+    long_key = "L" * 600  # stored under its digest
+    expected = {
+        "a": ("ok", b"newest"),
+        b"a": ("ok", b"bytes-key"),  # not the text key "a"
+        "c": ("ok", "\u00e9"),
+        "d": "not_found",
+        long_key: ("ok", b"long"),
+    }
+
+    def check(reader: NodeLmdbStorage) -> None:
+        for key, answer in expected.items():
+            assert reader.read(("read", "t", key), reader.position()) == answer, key
+
+    try:
+        storage.apply_config(CONFIG, LogPos(1, 1))
+        plain = [("write", "t", "a", b"raw1"), ("write", "t", b"a", b"bytes-key")]
+        plain += [("write", "t", "d", b"gone"), ("write", "t", long_key, b"long")]
+        assert storage.apply_many(plain, LogPos(2, 1)) == ["ok"] * 4
+        storage.apply(("write", "t", "a", 7), LogPos(3, 1))  # general path, after the above
+        assert storage.read(("read", "t", "a"), storage.position()) == ("ok", 7)
+        storage.apply_many([("write", "t", "c", b"c1")], LogPos(4, 1))
+        storage.apply_many([("write", "t", "c", "\u00e9")], LogPos(5, 1))  # encoded at once
+        later = [("delete", "t", "d"), ("write", "t", "a", b"newest")]
+        assert storage.apply_many(later, LogPos(6, 1), "l2") == ["ok"] * 2
+        check(storage)
+        assert storage.status()["pending_rows"] == 5
+    finally:
+        storage.close()  # writes the buffer back
+    reopened = open_lazy(root, 1)
+    try:
+        assert reopened.position() == LogPos(6, 1) and reopened.label() == "l2"
+        check(reopened)
+    finally:
+        reopened.close()
+
+
 def test_the_write_back_buffer_is_flushed_by_its_byte_bound_and_its_interval(root: Path) -> None:
     storage = open_lazy(root, 1, lmdb_flush_interval_ms=200, lmdb_flush_bytes=2000)
     node = storage._node

@@ -116,7 +116,6 @@ from waraft.storage.lmdb import (
     Ops,
     StorageLockedError,
     _long_entry,
-    _meta_items,
     _new_packer,
     _recover_swap,
     _stored_key,
@@ -282,6 +281,36 @@ class _Write:
             txn.put(key, _seal(seed, key, value), db=db)
             size += len(key) + len(value)
         return size
+
+
+_DELETED = object()  # a key deleted, in NodeLmdbStorage._raw
+
+
+def _unencoded(commands: Sequence[Any]) -> int | None:
+    """The value bytes of ``commands`` when every one is a plain write or delete whose key
+    and value can wait to be encoded: bytes, or ASCII text (always encodable, so the flush
+    cannot fail on it, and never equal to a key of the other type, as 1 == True would be);
+    else None."""
+    size = 0
+    for command in commands:
+        if type(command) is not tuple:
+            return None
+        length = len(command)
+        if length == 4 and command[0] == "write":
+            value = command[3]
+            kind = type(value)
+            if not (kind is bytes or (kind is str and value.isascii())):
+                return None
+            size += len(value)
+        elif length == 3 and command[0] == "delete":
+            size += 1
+        else:
+            return None
+        key = command[2]
+        kind = type(key)
+        if not (kind is bytes or (kind is str and key.isascii())):
+            return None
+    return size
 
 
 def _check_not_truncated(env: Any, directory: str) -> None:
@@ -826,6 +855,10 @@ class NodeLmdbStorage(LmdbStorage):
         # (None: deleted), the metadata rows they change, the position they bring the
         # partition to, and when the first of them was applied (``_commit``).
         self._pending: dict[bytes, bytes | None] = {}
+        # The buffer's newest rows still as applied, not yet encoded (``_unencoded``): key ->
+        # value, or _DELETED. Newer than ``_pending`` for their keys; ``_encode_raw`` moves
+        # them there before anything else reads or writes ``_pending``.
+        self._raw: dict[str | bytes, Any] = {}
         self._pending_meta: dict[bytes, bytes] = {}
         self._pending_position: LogPos | None = None
         self._pending_bytes = 0
@@ -1114,7 +1147,7 @@ class NodeLmdbStorage(LmdbStorage):
                 "node_syncs": 0 if node is None else node.syncs,
                 "node_stalled": None if node is None else node.stalled,
                 "durable_position": self.durable_position(),
-                "pending_rows": len(self._pending),
+                "pending_rows": len(self._pending) + len(self._raw),
                 "sync": self._sync,
                 "writemap": self._writemap,
                 "quarantine": self.quarantine,
@@ -1181,6 +1214,7 @@ class NodeLmdbStorage(LmdbStorage):
             node.commit(write)
             self._written = write.generation
             return
+        self._encode_raw()
         pending = self._pending
         size = 0
         for op in ops:
@@ -1195,6 +1229,10 @@ class NodeLmdbStorage(LmdbStorage):
         """Account for an apply whose rows (``size`` value bytes) just went into the buffer,
         and buffer its metadata rows."""
         self._pending_meta.update(meta)
+        self._count_applied(size)
+
+    def _count_applied(self, size: int) -> None:
+        """Account for an apply whose rows (``size`` value bytes) just went into the buffer."""
         if not self._pending_bytes:
             self._pending_since = time.monotonic()
         self._pending_bytes += size + 1  # + 1: a delete-only apply counts too
@@ -1209,6 +1247,10 @@ class NodeLmdbStorage(LmdbStorage):
         node = self._node
         if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
+        self._encode_raw()
+        # Every apply moves the position row; written once here (the fast path of
+        # ``apply_many`` leaves it out).
+        self._pending_meta[b"position"] = packb(tuple(position))
         rows = [(key, value) for key, value in self._pending.items() if value is not None]
         ops: Ops = [rows] if rows else []
         if len(rows) != len(self._pending):
@@ -1226,21 +1268,51 @@ class NodeLmdbStorage(LmdbStorage):
 
     def apply_many(self, commands: Sequence[Any], position: LogPos, label: Any = None) -> list[Any]:
         """As ``LmdbStorage.apply_many``; with lazy sync, a batch of plain writes and deletes
-        goes straight into the write-back buffer (keys and values encoded, nothing else
-        built per command), all or nothing: anything else takes the general path."""
-        found = None if self._sync else self._staged(commands)
-        if found is None:
+        goes straight into the write-back buffer, all or nothing: anything else takes the
+        general path. Keys and values that need no encoding to be compared (bytes, ASCII
+        text) are kept as applied and encoded at the flush (``_encode_raw``), once per key
+        however often it was written; the others are encoded now (``_staged``). The position
+        row is written by the flush, the label row only when the label changes."""
+        if self._sync:
             return super().apply_many(commands, position, label)
-        staged, size = found
+        size = _unencoded(commands)
+        if size is not None:
+            raw = self._raw
+            for command in commands:
+                raw[command[2]] = command[3] if len(command) == 4 else _DELETED
+        else:
+            found = self._staged(commands)
+            if found is None:
+                return super().apply_many(commands, position, label)
+            staged, size = found
+            self._encode_raw()
+            self._pending.update(staged)
         if label is None:
             label = self._label
-        config, incomplete = self._config, self._incomplete
-        meta = _meta_items(position, config, label, incomplete, (config, self._label, incomplete))
-        self._pending.update(staged)
-        self._buffer_meta(meta, size)
-        self._set_metadata(position, config, label, incomplete)
+        elif label is not self._label:
+            self._pending_meta[b"label"] = packb(label)
+        self._count_applied(size)
+        self._set_metadata(position, self._config, label, self._incomplete)
         self._buffered(position)
         return [OK] * len(commands)
+
+    def _encode_raw(self) -> None:
+        """Encode the rows ``apply_many`` kept as applied into ``_pending`` (they are newer
+        than what ``_pending`` holds for their keys)."""
+        raw = self._raw
+        if not raw:
+            return
+        pack, pending = self._pack, self._pending
+        for key, value in raw.items():
+            stored = pack(key)
+            if value is _DELETED:
+                pending[_stored_key(stored)] = None
+            elif len(stored) > _MAX_RAW_KEY:
+                long_key, row = _long_entry(stored, pack(value))
+                pending[long_key] = row
+            else:
+                pending[stored] = pack(value)
+        self._raw = {}
 
     def _staged(self, commands: Sequence[Any]) -> tuple[dict[bytes, bytes | None], int] | None:
         """The buffer rows of ``commands`` and their value bytes; None unless every command
@@ -1318,6 +1390,7 @@ class NodeLmdbStorage(LmdbStorage):
     def _lookup(self, stored_key: bytes) -> bytes | None:
         if self._failed is not None:
             raise self._failed  # a failed write fails every later call, buffered reads too
+        self._encode_raw()
         pending = self._pending
         if stored_key in pending:
             return pending[stored_key]  # not yet in LMDB (None: deleted)
