@@ -35,6 +35,17 @@ def test_keys_create_into_a_file_is_a_usage_error(
     assert blocker.read_text() == "keep me"
 
 
+def test_keys_create_into_an_empty_directory_name_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Path("") is the cwd: the keys landed wherever the command ran.
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", "  "):
+        assert main(["keys", "create", empty, "--nodes", "n1"]) == 2
+        assert "key directory" in _error(capsys, "keys")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_keys_create_writes_nothing_when_a_key_file_exists(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

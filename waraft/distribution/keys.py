@@ -49,6 +49,8 @@ def create(
 ) -> list[Path]:
     """Create a cluster's keys in ``directory`` (created if needed; existing key files are
     never overwritten). Returns the files written."""
+    if not os.fspath(directory).strip():
+        raise KeysError("give a key directory: an empty name would put the keys in the cwd")
     root = Path(directory)
     wanted = [("node", n) for n in nodes] + [("client", c) for c in clients]
     wanted += [("admin", a) for a in admins]
