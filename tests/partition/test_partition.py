@@ -604,8 +604,8 @@ def test_a_partition_that_keeps_applying_gets_no_write_back_timer_messages(
     _bootstrap_single(node)
     acc = addr("acceptor", node)
     target = addr("storage", node)
-    # Applies every ~10 ms for 2 s: the timer (320 ms after a buffer's first row) would have
-    # fired about six times.
+    # Applies every ~10 ms for 2 s: the timer (160 ms after a buffer's first row) would have
+    # fired about a dozen times.
     start = time.monotonic()
     i = 0
     while time.monotonic() - start < 2.0:

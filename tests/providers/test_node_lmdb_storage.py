@@ -1011,7 +1011,7 @@ def test_the_write_back_buffer_is_flushed_by_its_byte_bound_and_its_interval(roo
         storage.apply(("write", "t", "a", b"x" * 100), LogPos(2, 1))
         assert node.writes == writes
         due = storage.write_back_due()
-        assert due is not None and 0.6 < due <= 0.8  # idle: 4 intervals
+        assert due is not None and 0.2 < due <= 0.4  # idle: 2 intervals
         storage.apply(("write", "t", "b", b"x" * 3000), LogPos(3, 1))  # past the bytes
         assert storage.write_back_due() is None
         storage._drain()
