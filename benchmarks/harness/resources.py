@@ -206,6 +206,10 @@ class ResourceSampler:
             total = busy + idle
             machine["busy_percent"] = round(100.0 * busy / total, 1) if total > 0 else 0.0
             machine["busy_cores"] = round(busy / seconds, 2) if seconds else 0.0
+            # Time the hypervisor gave this VM's CPUs to someone else: invisible in every
+            # other figure, and a run with it measured a slower machine than its neighbours.
+            steal = getattr(me, "steal", 0.0) - getattr(mb, "steal", 0.0)
+            machine["steal_cores"] = round(max(0.0, steal) / seconds, 2) if seconds else 0.0
         by_role: dict[str, float] = {}
         for p in processes:
             by_role[p["role"]] = by_role.get(p["role"], 0.0) + p["cpu_s"]

@@ -25,6 +25,7 @@ from benchmarks.harness.scenarios import Scenario
 from benchmarks.harness.workload import Workload
 
 DEFAULT_DURATION_S = 10.0
+STEAL_NOISY_CORES = 0.05  # steal (hypervisor) time that flags a run: 2.5 % of this machine
 
 
 @dataclass
@@ -354,6 +355,9 @@ def summary_line(run: dict[str, Any]) -> str:
     other = run["resources"]["machine"].get("other_busy_cores", 0.0)
     if other > 0.25:
         text += f"  | NOISY: other processes used {other} cores"
+    steal = run["resources"]["machine"].get("steal_cores", 0.0)
+    if steal > STEAL_NOISY_CORES:
+        text += f"  | NOISY: the hypervisor took {steal} cores (steal)"
     fo = run.get("failover")
     if fo:
         text += f"  | killed {fo['killed']}, writes back after {fo['recovery_s']} s"

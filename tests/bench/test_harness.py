@@ -261,3 +261,28 @@ def test_durable_cluster_names_the_node_default_providers(tmp_path: Any) -> None
     assert "DiskLog" in old.providers()
     assert "raft_log_module=waraft.log.disk:DiskLog" in old.node_argv(0)
     assert WaraftCluster(group, 1, 1, tmp_path).providers() == "memory"
+
+
+def test_steal_time_is_recorded_and_flags_the_run() -> None:
+    """The hypervisor's steal time is the only sign of a slower VM: the sampler reports it per
+    window and the run's line calls the run noisy."""
+    from collections import namedtuple
+
+    from benchmarks.harness.resources import ResourceSampler
+    from benchmarks.harness.suite import summary_line
+
+    Times = namedtuple("Times", "user nice system idle iowait irq softirq steal")
+    sampler = ResourceSampler()
+    sampler.set_window(0, 2 * 10**9)  # 2 s
+    sampler._machine_begin = Times(10.0, 0.0, 5.0, 100.0, 0.0, 0.0, 0.0, 7.0)
+    sampler._machine_end = Times(12.0, 0.0, 5.5, 101.0, 0.0, 0.0, 0.0, 7.4)
+    machine = sampler.report()["machine"]
+    assert machine["steal_cores"] == 0.2
+    assert machine["busy_cores"] == 1.25  # steal is not counted as busy
+
+    run = _run("a", "waraft", 3, 3000.0, 1.0)
+    run["id"] = "a-waraft"
+    run["errors_total"] = 0
+    assert "NOISY" not in summary_line(run)
+    run["resources"]["machine"]["steal_cores"] = machine["steal_cores"]
+    assert "the hypervisor took 0.2 cores (steal)" in summary_line(run)
