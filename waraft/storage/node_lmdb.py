@@ -1280,6 +1280,11 @@ class NodeLmdbStorage(LmdbStorage):
         row is written by the flush, the label row only when the label changes."""
         if self._sync:
             return super().apply_many(commands, position, label)
+        label_row = None
+        if label is None:
+            label = self._label
+        elif label is not self._label:
+            label_row = packb(label)  # before any row is buffered: it may raise CodecError
         size = _unencoded(commands)
         if size is not None:
             raw = self._raw
@@ -1292,10 +1297,8 @@ class NodeLmdbStorage(LmdbStorage):
             staged, size = found
             self._encode_raw()
             self._pending.update(staged)
-        if label is None:
-            label = self._label
-        elif label is not self._label:
-            self._pending_meta[b"label"] = packb(label)
+        if label_row is not None:
+            self._pending_meta[b"label"] = label_row
         self._count_applied(size)
         self._set_metadata(position, self._config, label, self._incomplete)
         self._buffered(position)
