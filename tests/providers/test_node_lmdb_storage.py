@@ -23,6 +23,7 @@ import pytest
 
 from waraft import otp
 from waraft.core.types import LogPos
+from waraft.services.codec import CodecError
 from waraft.storage import node_lmdb
 from waraft.storage.lmdb import StorageLockedError
 from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeEnv, NodeLmdbStorage, _Write
@@ -1001,21 +1002,6 @@ def test_the_write_back_buffer_keeps_the_newest_value_whichever_path_applied_it(
         reopened.close()
 
 
-def test_a_buffered_apply_whose_label_cannot_be_stored_changes_nothing(root: Path) -> None:
-    from waraft.services.codec import CodecError
-
-    storage = open_lazy(root, 1, lmdb_flush_interval_ms=3_600_000)
-    try:
-        storage.apply_config(CONFIG, LogPos(1, 1))
-        with pytest.raises(CodecError):
-            storage.apply_many([("write", "t", "a", b"x")], LogPos(2, 1), label=object())
-        assert storage.position() == LogPos(1, 1)
-        assert storage.read(("read", "t", "a"), storage.position()) == "not_found"
-        assert storage.status()["pending_rows"] == 0
-    finally:
-        storage.close()
-
-
 def test_the_write_back_buffer_is_flushed_by_its_byte_bound_and_its_interval(root: Path) -> None:
     storage = open_lazy(root, 1, lmdb_flush_interval_ms=200, lmdb_flush_bytes=2000)
     node = storage._node
@@ -1067,8 +1053,12 @@ def test_apply_many_takes_the_general_path_for_anything_but_plain_writes(root: P
         storage.apply_config(CONFIG, LogPos(1, 1))
         with pytest.raises(UnknownCommandError):
             storage.apply_many([("write", "t", "a", 1), ("bogus",)], LogPos(2, 1))
+        # Plain rows with a label that cannot be stored: nothing buffered either.
+        with pytest.raises(CodecError):
+            storage.apply_many([("write", "t", "a", b"x")], LogPos(2, 1), label=object())
         assert storage.position() == LogPos(1, 1)
         assert storage.read(("read", "t", "a"), storage.position()) == "not_found"
+        assert storage.status()["pending_rows"] == 0
         # A value msgpack alone cannot encode (a Config): waraft.codec's encoding, same reads.
         assert storage.apply_many([("write", "t", "cfg", CONFIG)], LogPos(2, 1)) == ["ok"]
         assert storage.read(("read", "t", "cfg"), storage.position()) == ("ok", CONFIG)
