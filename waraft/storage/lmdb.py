@@ -193,6 +193,16 @@ def _config_blob(position: LogPos, config: Config) -> bytes:
     return packb((tuple(position), config))
 
 
+def _position_row(position: LogPos) -> tuple[bytes, bytes]:
+    """The ``meta`` row of the applied position (``_read_meta`` decodes it)."""
+    return (b"position", packb(tuple(position)))
+
+
+def _label_row(label: Any) -> tuple[bytes, bytes]:
+    """The ``meta`` row of the label; raises ``CodecError`` for a label msgpack cannot carry."""
+    return (b"label", packb(label))
+
+
 def _meta_items(
     position: LogPos,
     config: tuple[LogPos, Config] | None,
@@ -201,11 +211,11 @@ def _meta_items(
     old: tuple[tuple[LogPos, Config] | None, Any, bool] | None,
 ) -> list[tuple[bytes, bytes]]:
     """The ``meta`` rows to write; only those that changed from ``old`` (all when ``None``)."""
-    items = [(b"position", packb(tuple(position)))]
+    items = [_position_row(position)]
     if config is not None and (old is None or config is not old[0]):
         items.append((b"config", _config_blob(*config)))
     if old is None or label is not old[1]:
-        items.append((b"label", packb(label)))
+        items.append(_label_row(label))
     if old is None or incomplete != old[2]:
         items.append((b"incomplete", packb(incomplete)))
     return items

@@ -115,8 +115,10 @@ from waraft.storage.lmdb import (
     LmdbStorage,
     Ops,
     StorageLockedError,
+    _label_row,
     _long_entry,
     _new_packer,
+    _position_row,
     _recover_swap,
     _stored_key,
     _write_checksum,
@@ -1255,7 +1257,7 @@ class NodeLmdbStorage(LmdbStorage):
         self._encode_raw()
         # Every apply moves the position row; written once here (the fast path of
         # ``apply_many`` leaves it out).
-        self._pending_meta[b"position"] = packb(tuple(position))
+        self._pending_meta.update([_position_row(position)])
         rows = [(key, value) for key, value in self._pending.items() if value is not None]
         ops: Ops = [rows] if rows else []
         if len(rows) != len(self._pending):
@@ -1284,7 +1286,7 @@ class NodeLmdbStorage(LmdbStorage):
         if label is None:
             label = self._label
         elif label is not self._label:
-            label_row = packb(label)  # before any row is buffered: it may raise CodecError
+            label_row = _label_row(label)  # before any row is buffered: it may raise
         size = _unencoded(commands)
         if size is not None:
             raw = self._raw
@@ -1298,7 +1300,7 @@ class NodeLmdbStorage(LmdbStorage):
             self._encode_raw()
             self._pending.update(staged)
         if label_row is not None:
-            self._pending_meta[b"label"] = label_row
+            self._pending_meta.update([label_row])
         self._count_applied(size)
         self._set_metadata(position, self._config, label, self._incomplete)
         self._buffered(position)
