@@ -571,12 +571,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         node_id = runtime.start()
     except UsageError:
-        _stop_quietly(runtime)
+        stop_quietly(runtime)
         raise
     except Exception as exc:
         # One line for the operator; the traceback only with --log-level DEBUG.
         logger.debug("node failed to start", exc_info=True)
-        _stop_quietly(runtime)
+        stop_quietly(runtime)
         print(f"waraft node: failed to start: {exc}", file=sys.stderr)
         return 1
     print(f"READY {node_id} pid={os.getpid()}", flush=True)
@@ -608,7 +608,7 @@ def _abandon(runtime: NodeRuntime) -> None:
     os._exit(1)
 
 
-def _stop_quietly(runtime: NodeRuntime) -> None:
+def stop_quietly(runtime: NodeRuntime) -> None:
     try:
         runtime.stop()
     except Exception:

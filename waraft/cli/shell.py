@@ -320,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_local_node(args: argparse.Namespace, partitions: list[int]) -> Any:
-    from waraft.cli.node import NodeConfig, NodeRuntime, _stop_quietly, split_listen
+    from waraft.cli.node import NodeConfig, NodeRuntime, split_listen, stop_quietly
 
     name, at, rest = args.node.partition("@")
     if not at:
@@ -343,10 +343,10 @@ def _start_local_node(args: argparse.Namespace, partitions: list[int]) -> Any:
     try:
         runtime.start()
     except UsageError:
-        _stop_quietly(runtime)
+        stop_quietly(runtime)
         raise
     except Exception as exc:  # a port in use, ...: one line, as 'waraft node' says it
-        _stop_quietly(runtime)
+        stop_quietly(runtime)
         raise StartFailed(str(exc)) from None
     return runtime
 
