@@ -166,6 +166,23 @@ def _count_core() -> None:
         return verdict
 
     quiesce._leader_idle = idle
+    replicate = replication.replicate_to_peer
+    told: dict[tuple[int, str], int] = {}  # (core, peer node) -> the commit index last sent
+
+    def replicate_to_peer(core: Any, peer: Any, cfg: Any, quiesce: bool = False) -> None:
+        # What each AppendEntries carries: entries, only a commit index the peer was not
+        # told yet, or nothing new (a heartbeat).
+        node, commit_index = peer.node, core.commit_index
+        if core.next_indices.get(node, core.first_current_term_log_index) <= core.log.last_index():
+            C["ae:entries"] += 1
+        elif told.get((id(core), node)) != commit_index:
+            C["ae:commit_only"] += 1
+        else:
+            C["ae:nothing_new"] += 1
+        told[(id(core), node)] = commit_index
+        replicate(core, peer, cfg, quiesce)
+
+    replication.replicate_to_peer = replicate_to_peer
     for name in ("commit_and_replicate", "replicate_to_peer", "maybe_heartbeat", "catch_up"):
         _counted(replication, name, "repl:" + name)
 

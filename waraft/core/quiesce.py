@@ -13,12 +13,16 @@ but for a participant on a node reported down stays awake and heartbeats every q
 minimum election timeout instead of every heartbeat interval (``slow_heartbeat_ms``).
 
 A *settled* leader heartbeats at that slow rate too, before its quiet period is over:
-everything is committed and applied, every participant holds the whole log and was sent the
-commit index, and no read lease needs fresh answers. Its heartbeats then only keep the
-followers' election timers from firing; the ones at the full rate only cost CPU (at 1000 busy
-partitions per node they were about 20 rounds per committed command). Any commit, read or
-lagging follower makes it busy again, and the next round goes out at once or at the normal
-interval.
+everything is committed and applied, every participant holds the whole log, and no read lease
+needs fresh answers. Its heartbeats then only keep the followers' election timers from firing;
+the ones at the full rate only cost CPU (at 1000 busy partitions per node they were about 20
+rounds per committed command). A commit index the followers were not told yet does not keep
+it busy: they learn it from the next round, whichever comes first of the next write's, a slow
+heartbeat or the quiesce round, so a follower applies (and serves local reads) up to
+``slow_heartbeat_ms`` after the leader. A round of its own for the commit index was a third
+of the rounds at 1000 busy partitions per node (one after nearly every write's). Any commit,
+read or lagging follower makes it busy again, and the next round goes out at once or at the
+normal interval.
 
 Follower side (``follower_ack``): a follower or witness that accepted a quiesce round holding
 the leader's whole log, with everything committed, and whose leader's node is reported up,
@@ -240,10 +244,8 @@ def _leader_idle(core: Replica) -> int:
         return _BUSY
     down = core.down_nodes
     match = core.match_indices
-    told = core.commit_sent
     self_id = core.self_id
     peer_down = False
-    settled = True
     for peer in config.participants(core.current_config()):
         if peer == self_id:
             continue
@@ -252,10 +254,8 @@ def _leader_idle(core: Replica) -> int:
             peer_down = True
         elif match.get(node) != last:
             return _BUSY
-        elif told.get(node) != last:
-            settled = False  # one more round at the normal pace tells it the commit index
     if core.now - core.quiet_since < core.settings.raft_quiesce_after_ms:
-        return _SETTLED if settled and _may_settle(core) else _BUSY
+        return _SETTLED if _may_settle(core) else _BUSY
     return _IDLE_PEER_DOWN if peer_down else _IDLE
 
 
@@ -302,10 +302,11 @@ def _slow_round(core: Replica) -> bool:
 
 
 def leaves_round_to_timer(core: Replica) -> bool:
-    """After a successful answer: whether a round now would carry nothing new (every live
-    participant was sent every entry and the commit index, no commit, read or handover
-    waits), so that the next round is the heartbeat timer's to decide however long ago the
-    last one left; the timer then sends a normal, slow or quiesce round (``leader_round``).
+    """After a successful answer: whether a round now would carry nothing the followers need
+    at once (every live participant was sent every entry, no commit, read or handover waits;
+    a new commit index can wait for the next round, see the module's docstring), so that the
+    next round is the heartbeat timer's to decide however long ago the last one left; the
+    timer then sends a normal, slow or quiesce round (``leader_round``).
 
     ``replication.maybe_heartbeat`` starts a round at once when the last one is older than
     the interval (so that a stream of answers, each re-arming the timer, cannot starve it).
@@ -321,16 +322,14 @@ def leaves_round_to_timer(core: Replica) -> bool:
     if core.batch_deadline is not None or commit.has_pending_commits(core):
         return False
     last = core.log.last_index()
-    commit_index = core.commit_index
     down = core.down_nodes
     next_indices = core.next_indices
-    told = core.commit_sent
     self_id = core.self_id
     for peer in config.participants(core.current_config()):
         node = peer.node
         if peer == self_id or node in down:
             continue
-        if next_indices.get(node, 0) <= last or told.get(node) != commit_index:
+        if next_indices.get(node, 0) <= last:
             return False
     return True
 

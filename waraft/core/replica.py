@@ -120,8 +120,6 @@ class Replica:
         self.match_indices: dict[str, int] = {}
         self.last_applied_indices: dict[str, int] = {}
         self.heartbeat_send_ts: dict[str, int] = {}
-        # the commit index the last append_entries sent to each peer carried (quiesce)
-        self.commit_sent: dict[str, int] = {}
         self.heartbeat_reply_ts: dict[str, int] = {}
         self.inflight: dict[str, int] = {}  # append_entries sent per peer, not yet answered
         # Entries sent per peer and not yet acknowledged: (last index of a message, its

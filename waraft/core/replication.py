@@ -107,7 +107,6 @@ def replicate_to_peer(core: Replica, peer: Identity, cfg: Config, quiesce: bool 
     core.send(
         peer, AppendEntries(prev_index, prev_term, entries, commit_index, trim_index, quiesce)
     )
-    core.commit_sent[node] = commit_index
     core.inflight[node] = core.inflight.get(node, 0) + 1
     if entries and byte_limit > 0:
         size = _sent_size(core, prev_index, entries, peer in cfg.witness)

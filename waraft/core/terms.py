@@ -110,7 +110,6 @@ def advance_term(core: Replica, term: int, voted_for: str | None) -> None:
     core.match_indices = {}
     core.last_applied_indices = {}
     core.heartbeat_send_ts = {}
-    core.commit_sent = {}
     core.inflight = {}
     core.inflight_sent = {}
     core.inflight_bytes = {}
