@@ -1,7 +1,9 @@
 """CPU per command of ``NodeLmdbStorage.apply_many`` with the write-back buffer, at the
 harness's shape (scenario a, 64 partitions): ``PER_CALL`` plain writes of 100-byte values per
 apply (a ``$batch`` entry), ``KEYS`` distinct keys per partition, a flush every ``PER_FLUSH``
-applies (about what 500 ms hold at 64 partitions x 16384 in flight).
+applies: the default 200 is about what 500 ms (the former ``lmdb_flush_interval_ms``) hold at
+64 partitions x 16384 in flight, and the before/after figures in ``benchmarks/SCALE.md`` were
+taken with it; ``PER_FLUSH=800`` is the current default of 2 s.
 
 ``python -m benchmarks.lmdb_writeback_bench`` prints process CPU (the node's committer thread
 included) per command: min and median over ``REPS`` repetitions of ``ROUNDS`` applies each.
