@@ -415,6 +415,9 @@ def _merge(m: Measurement, results: list[dict[str, Any]], window: Window) -> dic
         "window": {
             "warmup_s": window.warmup_ns / 1e9,
             "duration_s": seconds,
+            # time.monotonic() (system-wide on Linux) when the measured window opened: lets
+            # tools that sample the processes from outside (thread_cpu) find the window.
+            "start_monotonic_s": window.start_ns / 1e9,
         },
         "throughput": {
             "ops_per_s": round(total_ok / seconds, 1) if seconds else 0.0,

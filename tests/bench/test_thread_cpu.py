@@ -57,3 +57,12 @@ def test_the_sampler_reads_this_process_threads_with_their_os_names() -> None:
     finally:
         done.set()
         thread.join()
+
+
+def test_the_steady_window_is_placed_from_the_window_start_the_harness_recorded() -> None:
+    # Clients connected for 20 s after the load generator started: the recorded start wins.
+    window = {"warmup_s": 3.0, "duration_s": 10.0, "start_monotonic_s": 123.0}
+    assert thread_cpu.steady_window(window, load_started=100.0) == (124.0, 132.0)
+    # Results without it (older harness): counted from the load generator's start.
+    older = {"warmup_s": 3.0, "duration_s": 10.0}
+    assert thread_cpu.steady_window(older, load_started=100.0) == (104.0, 112.0)
