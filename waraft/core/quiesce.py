@@ -24,6 +24,12 @@ of the rounds at 1000 busy partitions per node (one after nearly every write's).
 read or lagging follower makes it busy again, and the next round goes out at once or at the
 normal interval.
 
+Under load a round trip can outlast the heartbeat interval. A leader that sent every entry to
+every live participant then leaves the next round to the answers on their way, its timer
+holding back to the slow interval (in case they were lost): when nothing else waits
+(``leaves_round_to_timer``), and when only commits wait for those answers to start their round
+(``_commits_await_answers``, with ``raft_commit_await_round``).
+
 Follower side (``follower_ack``): a follower or witness that accepted a quiesce round holding
 the leader's whole log, with everything committed, and whose leader's node is reported up,
 goes quiescent: it cancels its election timeout and answers ``quiesced=True``.
@@ -321,6 +327,11 @@ def leaves_round_to_timer(core: Replica) -> bool:
         return False
     if core.batch_deadline is not None or commit.has_pending_commits(core):
         return False
+    return _all_sent(core)
+
+
+def _all_sent(core: Replica) -> bool:
+    """Whether every live participant was sent every entry of the log."""
     last = core.log.last_index()
     down = core.down_nodes
     next_indices = core.next_indices
@@ -332,6 +343,25 @@ def leaves_round_to_timer(core: Replica) -> bool:
         if next_indices.get(node, 0) <= last:
             return False
     return True
+
+
+def _commits_await_answers(core: Replica) -> bool:
+    """At a heartbeat timeout: whether the only thing a round now would carry is commits that
+    wait for an answer on its way to start theirs (``replication.await_round``): every live
+    follower has a round unanswered, every entry went out, no read or handover waits.
+
+    Under load, when a round trip took longer than the heartbeat interval (at 1000 busy
+    partitions per node: queues of thousands of messages on every node), the timer fired
+    while the answers were on their way and sent those commits in a round of their own,
+    a round per interval instead of one per round trip: more, smaller rounds, each costing
+    the followers an append (and an fsync, in durable mode). The timer now waits for the
+    answers, or for the slow interval should they be lost (``_slow_round``). Same conditions
+    as ``leaves_round_to_timer`` (quiescence on, slow rounds cost nothing)."""
+    if not enabled(core) or not _may_settle(core):
+        return False
+    if core.pending_read or core.held_reads:
+        return False
+    return replication.commits_may_await_round(core) and _all_sent(core)
 
 
 def leader_round(core: Replica) -> bool:
@@ -347,6 +377,10 @@ def leader_round(core: Replica) -> bool:
             # the interval, under load): a round now would repeat what is on its way. Wait
             # for the answers, or the slow interval if one was lost.
             core.count("quiesce.leader.awaiting_answers")
+            return _slow_round(core)
+        if idle == _BUSY and _commits_await_answers(core):
+            # The same, with commits that the first answer will send in its round.
+            core.count("quiesce.leader.commits_await_answers")
             return _slow_round(core)
         return idle != _BUSY and _slow_round(core)
     self_id = core.self_id

@@ -359,23 +359,10 @@ def batch_or_heartbeat(core: Replica) -> None:
         heartbeat(core)
 
 
-def await_round(core: Replica) -> bool:
-    """Leave new commits pending until the answer to the round on its way; ``True`` if so.
-
-    Deviation from WARaft (issue 12): with ``raft_commit_await_round``, a commit that
-    arrives while every live follower participant has a round unanswered (an idle one would
-    take a round at once) starts no round and arms no timer: the first answer's
-    ``maybe_heartbeat`` finds the batch due (``batch_deadline`` is now) and sends everything
-    that gathered meanwhile in one round. Should the answers be lost, the leader's running
-    heartbeat timer starts the round (a leader always has one armed while it is not
-    quiescent, and a quiescent one woke and sent a round before the commit got here). Under
-    a stream of commits a partition then sends one round per round trip, not one per command.
-
-    More than ``raft_commit_batch_max`` pending commits go out at once, as WARaft's batch
-    delay does (``batch_or_heartbeat``): such a round is worth its cost, and holding it would
-    turn one busy partition's pipeline (up to ``raft_max_inflight_appends`` rounds) into
-    stop-and-wait: one command per request at one partition (harness scenario b) spent less
-    CPU per commit and answered sooner without the wait."""
+def commits_may_await_round(core: Replica) -> bool:
+    """Whether pending commits may wait for an answer to start their round
+    (``raft_commit_await_round``): no handover, at most ``raft_commit_batch_max`` of them, and
+    every live follower participant (at least one) has a round unanswered."""
     settings = core.settings
     if not settings.raft_commit_await_round or core.handover is not None:
         return False
@@ -392,7 +379,29 @@ def await_round(core: Replica) -> bool:
         if inflight.get(node, 0) <= 0:
             return False  # an idle live follower: a round now costs it no waiting
         awaited = True
-    if not awaited:
+    return awaited
+
+
+def await_round(core: Replica) -> bool:
+    """Leave new commits pending until the answer to the round on its way; ``True`` if so.
+
+    Deviation from WARaft (issue 12): with ``raft_commit_await_round``, a commit that
+    arrives while every live follower participant has a round unanswered (an idle one would
+    take a round at once) starts no round and arms no timer: the first answer's
+    ``maybe_heartbeat`` finds the batch due (``batch_deadline`` is now) and sends everything
+    that gathered meanwhile in one round. Should the answers be lost, the leader's running
+    heartbeat timer starts the round (a leader always has one armed while it is not
+    quiescent, and a quiescent one woke and sent a round before the commit got here): at
+    the normal interval, or with quiescence on, at the slow one
+    (``quiesce._commits_await_answers``). Under
+    a stream of commits a partition then sends one round per round trip, not one per command.
+
+    More than ``raft_commit_batch_max`` pending commits go out at once, as WARaft's batch
+    delay does (``batch_or_heartbeat``): such a round is worth its cost, and holding it would
+    turn one busy partition's pipeline (up to ``raft_max_inflight_appends`` rounds) into
+    stop-and-wait: one command per request at one partition (harness scenario b) spent less
+    CPU per commit and answered sooner without the wait."""
+    if not commits_may_await_round(core):
         return False
     if core.batch_deadline is None:
         core.batch_deadline = core.now
