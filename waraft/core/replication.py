@@ -393,8 +393,8 @@ def await_round(core: Replica) -> bool:
     heartbeat timer starts the round (a leader always has one armed while it is not
     quiescent, and a quiescent one woke and sent a round before the commit got here): at
     the normal interval, or with quiescence on, at the slow one
-    (``quiesce._commits_await_answers``). Under
-    a stream of commits a partition then sends one round per round trip, not one per command.
+    (``quiesce._commits_await_answers``). Under a stream of commits a partition then sends
+    one round per round trip, not one per command.
 
     More than ``raft_commit_batch_max`` pending commits go out at once, as WARaft's batch
     delay does (``batch_or_heartbeat``): such a round is worth its cost, and holding it would
