@@ -321,13 +321,19 @@ def leaves_round_to_timer(core: Replica) -> bool:
     nothing to send heartbeated at the round-trip pace instead of its timer's. Only with
     quiescence on (without it the leader keeps WARaft's behaviour) and when slow rounds cost
     nothing (``_may_settle``)."""
-    if not enabled(core) or not _may_settle(core):
-        return False
-    if core.handover is not None or core.pending_read or core.held_reads:
+    if not _may_leave_round_to_answers(core):
         return False
     if core.batch_deadline is not None or commit.has_pending_commits(core):
         return False
     return _all_sent(core)
+
+
+def _may_leave_round_to_answers(core: Replica) -> bool:
+    """What both rules that leave the next round to the answers on their way ask first:
+    quiescence on, slow rounds cost nothing, and no read or handover waits for a round."""
+    if not enabled(core) or not _may_settle(core):
+        return False
+    return core.handover is None and not core.pending_read and not core.held_reads
 
 
 def _all_sent(core: Replica) -> bool:
@@ -355,13 +361,12 @@ def _commits_await_answers(core: Replica) -> bool:
     while the answers were on their way and sent those commits in a round of their own,
     a round per interval instead of one per round trip: more, smaller rounds, each costing
     the followers an append (and an fsync, in durable mode). The timer now waits for the
-    answers, or for the slow interval should they be lost (``_slow_round``). Same conditions
-    as ``leaves_round_to_timer`` (quiescence on, slow rounds cost nothing)."""
-    if not enabled(core) or not _may_settle(core):
-        return False
-    if core.pending_read or core.held_reads:
-        return False
-    return replication.commits_may_await_round(core) and _all_sent(core)
+    answers, or for the slow interval should they be lost (``_slow_round``)."""
+    return (
+        _may_leave_round_to_answers(core)
+        and replication.commits_may_await_round(core)
+        and _all_sent(core)
+    )
 
 
 def leader_round(core: Replica) -> bool:
