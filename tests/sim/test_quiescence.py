@@ -510,3 +510,33 @@ def test_commits_waiting_for_answers_on_their_way_get_no_round_from_the_timer() 
     assert max(latencies) <= 2 * (2 * 80) + 20, max(latencies)  # two round trips
     assert sim.term(leader) == term
     assert_linearizable(sim)
+
+
+def test_a_handover_started_by_a_settled_leader_times_out_on_time() -> None:
+    """The heartbeat timer judges a handover's timeout. A settled leader's timer is armed for
+    the slow deadline (up to a second here); a handover to a peer that never answers kept
+    the leader redirecting every commit until then, not for ``raft_handover_timeout_ms``.
+    Starting a handover arms the timer at the normal interval."""
+    sim = _slow_link_sim(seed=29, raft_handover_timeout_ms=300)
+    leader = check_one_leader(sim, sim.node_ids)
+    one(sim, write(1), 3)
+    sim.run_for(1500)  # settled: slow rounds only
+    before = sim.network.sent[leader]
+    assert sim.run_until(lambda: sim.network.sent[leader] > before, 2000)  # a slow round
+    target = next(n for n in sim.node_ids if n != leader)
+    sim.block(leader, target)
+    sim.run_for(400)  # its answers are back: nothing re-arms the timer before its deadline
+    started = sim.now
+    assert sim.handover(leader, target) == ("ok", target)
+    served_at = None
+    while served_at is None and sim.now - started < 3000:
+        call = sim.submit(leader, write("during"))
+        submitted = sim.now
+        assert sim.run_until(lambda c=call: c.done, 1000)
+        if call.result == "ok":
+            served_at = submitted
+        sim.run_for(10)
+    assert served_at is not None
+    # the timeout, plus an interval and a round trip's slack (the slow deadline: ~600 ms)
+    assert served_at - started <= 300 + 50 + 100, served_at - started
+    assert sim.leader() == leader

@@ -105,6 +105,9 @@ def start(core: Replica, from_: Any, peer_node: str | None) -> None:
     core.handover = (peer_node, ref, core.now + settings.raft_handover_timeout_ms)
     core.handover_lease_state = LEASE_IN_PROGRESS
     core.send(peer, Handover(ref, prev_index, prev_term, entries))
+    # The timer judges the handover's timeout: at the normal interval, not at a slow
+    # deadline armed before (a settled leader's, ``waraft.core.quiesce``).
+    core.heartbeat_timeout()
     core.reply(from_, ("ok", peer_node))
 
 
