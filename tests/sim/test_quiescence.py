@@ -465,6 +465,7 @@ def test_a_leader_awaiting_answers_sends_no_round_that_repeats_what_is_on_its_wa
     leader = check_one_leader(sim, sim.node_ids)
     sim.run_for(3000)
     before = sim.network.sent[leader]
+    fired0 = sim.nodes[leader].timeouts_fired
     writes, latencies = 10, []
     for i in range(writes):
         call = sim.submit(leader, write(i))
@@ -473,9 +474,15 @@ def test_a_leader_awaiting_answers_sends_no_round_that_repeats_what_is_on_its_wa
         latencies.append(sim.now - start)
         sim.run_for(500)
     per_write = (sim.network.sent[leader] - before) / writes
+    fired = sim.nodes[leader].timeouts_fired - fired0
     # one round to two peers; 4 with a round for the commit index, 8.4 with repeated rounds
     assert per_write <= 2.5, per_write
     assert max(latencies) <= 2 * 80 + 10, latencies  # one round trip, as before
+    # Each write's batch timer; the heartbeat timer, armed at the normal interval after
+    # each round, also fired while the answers were on their way, and again once they were
+    # back (30 firings for 10 writes, measured on the old rule): it is now armed for the
+    # slow deadline at once, which nothing reaches between these writes.
+    assert fired <= writes + 2, fired
     assert_linearizable(sim)
 
 
@@ -486,12 +493,14 @@ def test_commits_waiting_for_answers_on_their_way_get_no_round_from_the_timer() 
     them in a round of its own: a round per interval, not per round trip, each costing the
     followers an append (an fsync, when durable). The timer now leaves them to the answers:
     a commit may wait up to a round trip longer, as with round trips shorter than the
-    interval."""
+    interval. Nor does the timer fire to find that out: it is armed for the slow deadline
+    after a round whose answers are awaited (``quiesce.arm_leader_timer``)."""
     sim = _slow_link_sim(seed=26, raft_commit_await_round=True)
     leader = check_one_leader(sim, sim.node_ids)
     term = sim.term(leader)
     sim.run_for(3000)
     before = sim.network.sent[leader]
+    fired = sim.nodes[leader].timeouts_fired
     calls: list[tuple[Any, int]] = []
     open_calls: list[tuple[Any, int]] = []
     latencies: list[int] = []
@@ -503,10 +512,16 @@ def test_commits_waiting_for_answers_on_their_way_get_no_round_from_the_timer() 
             latencies += [sim.now - start for call, start in open_calls if call.done]
             open_calls = [(call, start) for call, start in open_calls if not call.done]
     sent = sim.network.sent[leader] - before
+    fired = sim.nodes[leader].timeouts_fired - fired
     assert sim.run_until(lambda: all(c.done for c, _ in calls), 5000), sim.describe()
     # ~20 rounds of 2 messages for 150 writes; a round every 50 ms interval instead was 1.56
     # messages per write (measured on the old rule)
     assert sent / len(calls) <= 0.8, sent
+    # The timer, armed at the normal interval after each round, fired once per round while
+    # the answers were on their way and was then armed for the slow deadline (20 firings
+    # for these 150 writes, measured on the old rule); it is now armed for that deadline
+    # at once, and the answers come first.
+    assert fired <= len(calls) // 30, fired
     assert max(latencies) <= 2 * (2 * 80) + 20, max(latencies)  # two round trips
     assert sim.term(leader) == term
     assert_linearizable(sim)

@@ -235,6 +235,12 @@ class Replica:
     def heartbeat_timeout(self) -> None:
         self._fx.append(SetTimeout(TimeoutKind.HEARTBEAT, self.settings.raft_heartbeat_interval_ms))
 
+    def leader_timeout(self) -> None:
+        """Arm a leader's heartbeat timer after a round or an answer: at the normal interval,
+        or the slow one when quiescence's rules would hold a round back then anyway
+        (``waraft.core.quiesce.arm_leader_timer``, which the engine supplies)."""
+        raise NotImplementedError
+
     def next_ref(self) -> int:
         self._ref_counter += 1
         return self._ref_counter

@@ -429,7 +429,7 @@ def maybe_heartbeat(core: Replica) -> None:
             else:
                 core.set_timeout(TimeoutKind.BATCH_COMMIT, deadline - core.now)
             return
-    core.heartbeat_timeout()
+    core.leader_timeout()
 
 
 def heartbeat(core: Replica) -> None:
@@ -437,7 +437,7 @@ def heartbeat(core: Replica) -> None:
     eligibility = leader_eligible(core)
     if eligibility == "eligible":
         commit_and_replicate(core)
-        core.heartbeat_timeout()
+        core.leader_timeout()
         return
     core.count(("leader.resign", eligibility))
     core.log_notice("resigns from leadership because this node is %s", eligibility)

@@ -179,6 +179,9 @@ class RaftCore(Replica):
             self.count(f"{new.value}.enter")
         _STATE_MODULES[new].enter(self, old)
 
+    def leader_timeout(self) -> None:
+        quiesce.arm_leader_timer(self)
+
     def _initial_state(self) -> State:
         if self.disable_reason is not None:
             return State.DISABLED

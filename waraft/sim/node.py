@@ -117,6 +117,7 @@ class SimNode:
         self.rng = random.Random(sim.rng.getrandbits(64))
         self._timer: Scheduled | None = None
         self.timer_kind: TimeoutKind | None = None
+        self.timeouts_fired = 0  # state timeouts handled, over every incarnation
         self._storage_tick: Scheduled | None = None
         self.admitted: dict[Any, Any] = {}  # reply handle -> Priority (commit) or "read"
         self.pending: dict[Any, int] = {Priority.HIGH: 0, Priority.LOW: 0, "read": 0}
@@ -477,6 +478,7 @@ class SimNode:
             return
         self._timer = None
         self.timer_kind = None
+        self.timeouts_fired += 1
         self.handle(Timeout(kind))
 
     def _state_changed(self, effect: StateChanged) -> None:
