@@ -10,7 +10,7 @@ STEPS ?= 2000
 # mypy --strict holds for the whole package (the issues require it of waraft/core and waraft/otp).
 STRICT_PATHS := waraft
 
-.PHONY: all venv test demo lint sim sim-deep scale bench chaos full-disk-drill clean
+.PHONY: all venv test demo lint sim sim-deep scale bench chaos full-disk-drill soak clean
 
 all: test
 
@@ -58,6 +58,12 @@ CHAOS_SECONDS ?= 240
 CHAOS_ARGS ?=
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.run --duration $(CHAOS_SECONDS) --out benchmarks/results/chaos $(CHAOS_ARGS)
+
+# The durability tests' soak versions (kill -9 loops of 20 rounds, every node killed at once
+# six times, followers killed at many moments of their catch-up), for every provider variant:
+# what `make test` runs in fewer rounds.
+soak: $(STAMP)
+	WARAFT_SLOW=1 $(BIN)/python -m pytest tests/durability -m slow
 
 # A follower's data directory on a small tmpfs, filled by writes, then given room (root only).
 full-disk-drill: $(STAMP)
