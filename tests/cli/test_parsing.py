@@ -188,6 +188,11 @@ def test_a_node_table_and_advertised_host(tmp_path: Path) -> None:
     assert config.node_id() == "n1@10.0.0.5:7001"
     assert config.bind() == "tcp://0.0.0.0:7001"
     assert config.application == config.table == "kv" and config.partitions == [1, 2, 3, 4]
+    # A host with a space made an id that started, and that other tools split wrongly.
+    for host in ("10.0.0.5 extra", "h;x", "h\\n"):
+        text = f'name = "n1"\nlisten = "0.0.0.0:1"\nadvertise = "{host}"\nmemory = true\n'
+        with pytest.raises(UsageError, match="host"):
+            _config(tmp_path, text + "insecure = true\n")
 
 
 @pytest.mark.parametrize(

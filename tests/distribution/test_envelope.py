@@ -23,6 +23,8 @@ LIMIT = 1 << 20
         ("n1@127.0.0.1:7001", ("n1", "127.0.0.1", 7001)),
         ("raft@host.example.com:0", ("raft", "host.example.com", 0)),
         ("n2@[::1]:7002", ("n2", "[::1]", 7002)),
+        ("n3@[fe80::1%eth0]:7003", ("n3", "[fe80::1%eth0]", 7003)),
+        ("kv.client12x3f@my_host-1:0", ("kv.client12x3f", "my_host-1", 0)),
     ],
 )
 def test_parse_node_ids(node_id: str, parts: tuple[str, str, int]) -> None:
@@ -43,6 +45,15 @@ def test_parse_node_ids(node_id: str, parts: tuple[str, str, int]) -> None:
         "a/b@h:1",
         "n@[::1:1",
         "a@b@c:1",
+        # Node ids come from the network too (routing ids, configs): nothing that would
+        # split or forge a log line or an endpoint.
+        "n1@a b:1",
+        "n1@host\n:1",
+        "n1@h;rm:1",
+        "n 1@h:1",
+        "n1\nforged@h:1",
+        "n1@[::1]x]:1",
+        "n1@[::1%a b]:1",
     ],
 )
 def test_reject_malformed_node_ids(bad: str) -> None:

@@ -19,6 +19,13 @@ MAX_ID_BYTES = 200
 """Routing ids are limited to 255 bytes by ZeroMQ; keep room for the ``/<tag>`` suffix."""
 MAX_CLUSTER_ID_CHARS = 32
 _CLUSTER_ID = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_CLUSTER_ID_CHARS}}}")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+"""A node name: what ``waraft node --name`` takes (and the names clients and tools make)."""
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]")
+"""A host name or IPv4 address, or an IPv6 address in brackets (with a zone, maybe). Node ids
+also arrive from the network (routing ids, configs): a host with a space, a newline or a
+``;`` passed, went into log lines as it came and into endpoints that other tools split
+wrongly."""
 
 
 class NodeAddress(NamedTuple):
@@ -44,6 +51,12 @@ def parse(node_id: str) -> NodeAddress:
         raise NodeIdError(f"node id longer than {MAX_ID_BYTES} bytes: {node_id!r}")
     if host.startswith("[") != host.endswith("]"):
         raise NodeIdError(f"unbalanced brackets around the host: {node_id!r}")
+    if not _NAME.fullmatch(name):
+        raise NodeIdError(f"a node name is letters, digits, '_', '.' and '-': {node_id!r}")
+    if not _HOST.fullmatch(host):
+        raise NodeIdError(
+            f"a node id's host is a host name, an IPv4 address or [an IPv6 address]: {node_id!r}"
+        )
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise NodeIdError(f"bad port in node id: {node_id!r}")
     return NodeAddress(name, host, int(port_text))
