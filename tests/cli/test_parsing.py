@@ -135,6 +135,17 @@ def test_argparse_errors_exit_2() -> None:
     assert exc.value.code == 2
 
 
+@pytest.mark.parametrize("command", ["status", "bootstrap", "shell"])
+def test_a_table_name_partitions_cannot_have_is_a_usage_error(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was sent to every node, and each answered that it had no such partition.
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--nodes", "n1@h:1", "--table", "kv;x"])
+    assert exc.value.code == 2
+    assert "a table name is letters, digits and '_', got 'kv;x'" in capsys.readouterr().err
+
+
 def _config(tmp_path: Path, text: str, *flags: str) -> NodeConfig:
     path = tmp_path / "node.toml"
     path.write_text(text)

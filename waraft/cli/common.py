@@ -115,8 +115,25 @@ def nodes_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+def table_name(text: str) -> str:
+    """An argparse type: a table name as partitions take it (a name they cannot have was
+    sent to every node, and each answered that it had no such partition)."""
+    from waraft.partition.part_sup import is_table_name
+
+    if not is_table_name(text):
+        raise argparse.ArgumentTypeError(
+            f"a table name is letters, digits and '_', got {text!r}"[:200]
+        )
+    return text
+
+
 def table_args(parser: argparse.ArgumentParser, partitions_default: str | None) -> None:
-    parser.add_argument("--table", default=DEFAULT_TABLE, help="table name (default: %(default)s)")
+    parser.add_argument(
+        "--table",
+        type=table_name,
+        default=DEFAULT_TABLE,
+        help="table name (default: %(default)s)",
+    )
     parser.add_argument(
         "--partitions",
         default=partitions_default,

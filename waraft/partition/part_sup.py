@@ -78,6 +78,12 @@ def registered_partition_path(table: str, partition: int) -> str:
     return opts.database
 
 
+def is_table_name(value: object) -> bool:
+    """A table name: a non-empty string of letters, digits and ``_`` (it names registered
+    processes, data directories and metrics)."""
+    return isinstance(value, str) and bool(value) and value.replace("_", "a").isalnum()
+
+
 def check_spec(spec: Any) -> dict[str, Any]:
     """Validate one partition's args; raise ``ValueError`` with a clear message."""
     if not isinstance(spec, dict):
@@ -89,7 +95,7 @@ def check_spec(spec: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"partition args have unknown keys {sorted(unknown)}")
     table, partition = spec["table"], spec["partition"]
-    if not isinstance(table, str) or not table or not table.replace("_", "a").isalnum():
+    if not is_table_name(table):
         raise ValueError(f"table must be a non-empty identifier string, got {table!r}")
     if not isinstance(partition, int) or isinstance(partition, bool) or partition < 1:
         raise ValueError(f"partition must be a positive integer, got {partition!r}")
