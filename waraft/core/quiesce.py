@@ -299,14 +299,21 @@ def _slow_round(core: Replica) -> bool:
     elections that replace the dead node's leaders (10 s per election instead of a round
     trip). ``False``: a normal round is due now.
     """
+    left = _until_slow_round(core)
+    if left <= 0:
+        core.count("quiesce.leader.slow_round")
+        return False
+    core.set_timeout(TimeoutKind.HEARTBEAT, left)
+    return True
+
+
+def _until_slow_round(core: Replica) -> int:
+    """Milliseconds until ``slow_heartbeat_ms`` since the last round sent are over (at most
+    0: a round is due)."""
     interval = slow_heartbeat_ms(core)
     sent = core.heartbeat_send_ts
     elapsed = core.now - max(sent.values()) if sent else interval
-    if elapsed >= interval:
-        core.count("quiesce.leader.slow_round")
-        return False
-    core.set_timeout(TimeoutKind.HEARTBEAT, interval - elapsed)
-    return True
+    return interval - elapsed
 
 
 def leaves_round_to_timer(core: Replica) -> bool:
@@ -404,12 +411,10 @@ def arm_leader_timer(core: Replica) -> None:
     if enabled(core) and replication.leader_eligible(core) == "eligible":
         idle = _leader_idle(core)
         if idle != _IDLE and _holds_back(core, idle) is not None:
-            interval = slow_heartbeat_ms(core)
-            sent = core.heartbeat_send_ts
-            elapsed = core.now - max(sent.values()) if sent else interval
-            if elapsed < interval:
+            left = _until_slow_round(core)
+            if left > 0:
                 core.count("quiesce.leader.armed_slow")
-                core.set_timeout(TimeoutKind.HEARTBEAT, interval - elapsed)
+                core.set_timeout(TimeoutKind.HEARTBEAT, left)
                 return
     core.heartbeat_timeout()
 
