@@ -61,7 +61,8 @@ chaos: $(STAMP)
 
 # The durability tests' soak versions (kill -9 loops of 20 rounds, every node killed at once
 # six times, followers killed at many moments of their catch-up), for every provider variant:
-# what `make test` runs in fewer rounds.
+# what `make test` runs in fewer rounds. Expect most of an hour: one 20-round loop took 5-6 min
+# here (each round reads back every write acknowledged so far).
 soak: $(STAMP)
 	WARAFT_SLOW=1 $(BIN)/python -m pytest tests/durability -m slow
 
