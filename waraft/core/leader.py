@@ -114,7 +114,7 @@ def on_append_success(core: Replica, sender: Identity, response: AppendEntriesRe
     replication.advance_commit_index(core)
     replication.leader_apply_log(core)
     if quiesce.leaves_round_to_timer(core):
-        quiesce.arm_leader_timer(core)
+        quiesce.arm_leader_timer(core, leaves_round=True)
     else:
         replication.maybe_heartbeat(core)
     replication.catch_up(core, sender)

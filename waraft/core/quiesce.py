@@ -395,10 +395,12 @@ def _holds_back(core: Replica, idle: int) -> str | None:
     return None
 
 
-def arm_leader_timer(core: Replica) -> None:
+def arm_leader_timer(core: Replica, leaves_round: bool = False) -> None:
     """Arm a leader's heartbeat timer after a round it sent or an answer it took: at the slow
     interval's deadline when a firing would only hold back to it (``leader_round``), else at
-    the normal interval.
+    the normal interval. ``leaves_round``: the caller found ``leaves_round_to_timer`` true
+    just now, so a firing holds back unless the leader is idle (not asked again: this runs
+    at every answer).
 
     Under load at 1000 busy partitions per node, a round trip outlasts the normal interval:
     the timer armed at it fired while the answers were on their way, found nothing to send,
@@ -410,7 +412,7 @@ def arm_leader_timer(core: Replica) -> None:
     before. Without quiescence the timer is WARaft's."""
     if enabled(core) and replication.leader_eligible(core) == "eligible":
         idle = _leader_idle(core)
-        if idle != _IDLE and _holds_back(core, idle) is not None:
+        if idle != _IDLE and (leaves_round or _holds_back(core, idle) is not None):
             left = _until_slow_round(core)
             if left > 0:
                 core.count("quiesce.leader.armed_slow")
