@@ -89,6 +89,7 @@ def test_every_command_has_help(
         (["node", "--name", "n1", "--listen", "127.0.0.1:0"], "--data-dir"),
         (["node", "--name", "n@1", "--listen", "h:1", "--memory"], "letters, digits"),
         (["node", "--name", "n 1", "--listen", "h:1", "--memory"], "got 'n 1'"),
+        (["node", "--name", "n" * 65, "--listen", "h:1", "--memory"], "at most 64"),
         (["node", "--name", "n/1", "--listen", "h:1", "--memory"], "letters, digits"),
         (["node", "--name", "n1", "--listen", "h:1", "--memory", "--set", "bogus=1"],
          "unknown setting"),

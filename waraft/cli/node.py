@@ -33,7 +33,6 @@ import argparse
 import importlib
 import logging
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -49,9 +48,10 @@ from waraft.services import gctune
 
 logger = logging.getLogger(__name__)
 
-_NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-"""A node name: it is part of node ids, key file names and log lines (a review's name with a
-space passed, and made ids that other tools split wrongly)."""
+MAX_NODE_NAME = 64
+"""A node name is a node id's name (``nodeid.is_node_name``) of at most this many characters:
+it is part of node ids, key file names and log lines (a review's name with a space passed,
+and made ids that other tools split wrongly)."""
 
 NODE_DEFAULT_SETTINGS: dict[str, Any] = {
     "raft_election_pre_vote": True,
@@ -133,10 +133,12 @@ class NodeConfig:
             raise UsageError(str(exc)) from None
 
     def check(self) -> NodeConfig:
-        if not _NODE_NAME.fullmatch(self.name):
+        from waraft.distribution.nodeid import is_node_name
+
+        if len(self.name) > MAX_NODE_NAME or not is_node_name(self.name):
             raise UsageError(
-                "--name is required: a node name of letters, digits, '_', '.' and '-' "
-                f"(like n1), got {self.name!r}"[:200]
+                f"--name is required: a node name of at most {MAX_NODE_NAME} letters, digits, "
+                f"'_', '.' and '-' (like n1), got {self.name!r}"[:200]
             )
         if not self.listen:
             raise UsageError("--listen HOST:PORT is required (port 0 picks a free one)")

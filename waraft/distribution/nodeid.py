@@ -51,7 +51,7 @@ def parse(node_id: str) -> NodeAddress:
         raise NodeIdError(f"node id longer than {MAX_ID_BYTES} bytes: {node_id!r}")
     if host.startswith("[") != host.endswith("]"):
         raise NodeIdError(f"unbalanced brackets around the host: {node_id!r}")
-    if not _NAME.fullmatch(name):
+    if not is_node_name(name):
         raise NodeIdError(f"a node name is letters, digits, '_', '.' and '-': {node_id!r}")
     if not _HOST.fullmatch(host):
         raise NodeIdError(
@@ -60,6 +60,11 @@ def parse(node_id: str) -> NodeAddress:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise NodeIdError(f"bad port in node id: {node_id!r}")
     return NodeAddress(name, host, int(port_text))
+
+
+def is_node_name(name: str) -> bool:
+    """Whether ``name`` may be the name part of a node id (``_NAME``)."""
+    return _NAME.fullmatch(name) is not None
 
 
 def make(name: str, host: str, port: int) -> str:
