@@ -96,10 +96,12 @@ def test_frames_without_a_node_identity_are_dropped(
     anonymous.setsockopt(zmq.LINGER, 0)
     anonymous.connect(dist.nodeid.endpoint(small_node))
     # (keep every socket referenced: a collected socket is closed before it sends)
-    socks = [_dealer(raw, small_node, ident) for ident in (b"no-node-here/1", b"\xff\xfe/2")]
+    # Also ids whose host would forge a log line or split an endpoint.
+    idents = (b"no-node-here/1", b"\xff\xfe/2", b"evil@127.0.0.1\n:1/3", b"evil@a b:1/4")
+    socks = [_dealer(raw, small_node, ident) for ident in idents]
     for sock in [*socks, anonymous]:
         sock.send(envelope.cast_frame("sink", codec.packb("x")))
-    _wait_counter("rx_bad_identity", 3)
+    _wait_counter("rx_bad_identity", 5)
     good = _dealer(raw, small_node, f"{FAKE}/ok".encode())
     good.send(envelope.cast_frame("sink", codec.packb("ok")))
     assert inbox.wait_len(1) == [("cast", "ok")]
