@@ -13,7 +13,9 @@ second before the window ends, located from the window start the harness records
 run's ops/s from ``DIR/results.json``. The runtime names its threads for the OS
 (``waraft.otp.threadname``): ``otp:sched:N``, ``otp:io``, ``otp:timer``, ``dist:recv``,
 ``dist:liveness``, ``raft:heartbeats``; ZeroMQ names its own ``ZMQbg/IO/0`` and
-``ZMQbg/Reaper``. Nodes are listed busiest first (in scenario c: the leader).
+``ZMQbg/Reaper``. Nodes are listed busiest first (in scenario c: the leader). A second
+table gives each thread's voluntary and involuntary context switches per op (``status`` in
+the same directory): which thread's sleeps and wake-ups make up a node's switches.
 
 A measuring tool with no effect on the run beyond its own ~1 % of a core; figures are per op,
 so a loaded machine moves them less than throughput, but note the harness's *other load*.
@@ -73,6 +75,34 @@ def _threads(pid: int) -> dict[int, tuple[int, int, str]]:
     return out
 
 
+def _switches(pid: int) -> dict[int, tuple[int, int, str]]:
+    """tid -> (voluntary, involuntary context switches, OS name) of ``pid``'s threads: which
+    thread's sleeping and waking makes up a process's switches per op (empty if gone)."""
+    out: dict[int, tuple[int, int, str]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        fields = dict(
+            line.split(":", 1) for line in status.splitlines() if ":" in line
+        )  # "Name:\totp:io" -> {"Name": "\totp:io"}
+        try:
+            out[int(tid)] = (
+                int(fields["voluntary_ctxt_switches"]),
+                int(fields["nonvoluntary_ctxt_switches"]),
+                fields["Name"].strip(),
+            )
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
 def sample(harness: subprocess.Popen[bytes]) -> tuple[list[dict[str, Any]], float | None]:
     """Snapshots of the nodes' threads while ``harness`` runs, and when the load generator
     was first seen (``time.monotonic()`` seconds, the clock of the harness's window)."""
@@ -89,7 +119,13 @@ def sample(harness: subprocess.Popen[bytes]) -> tuple[list[dict[str, Any]], floa
         if load_started is None and any(b"benchmarks.harness.loadgen" in c for c in lines.values()):
             load_started = now
         if nodes:
-            snaps.append({"t": now, "nodes": {p: _threads(p) for p in nodes}})
+            snaps.append(
+                {
+                    "t": now,
+                    "nodes": {p: _threads(p) for p in nodes},
+                    "switches": {p: _switches(p) for p in nodes},
+                }
+            )
         time.sleep(INTERVAL)
     return snaps, load_started
 
@@ -99,6 +135,25 @@ def per_op(
 ) -> dict[int, dict[str, tuple[float, float]]]:
     """pid -> thread name -> (user, system) CPU microseconds per op between ``start`` and
     ``end`` (the snapshots nearest inside them). Threads of one name are summed."""
+    return _per_op(snaps, start, end, ops_per_s, "nodes", 1e6 / TICK)
+
+
+def switches_per_op(
+    snaps: list[dict[str, Any]], start: float, end: float, ops_per_s: float
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """pid -> thread name -> (voluntary, involuntary) context switches per op, as
+    ``per_op``."""
+    return _per_op(snaps, start, end, ops_per_s, "switches", 1.0)
+
+
+def _per_op(
+    snaps: list[dict[str, Any]],
+    start: float,
+    end: float,
+    ops_per_s: float,
+    key: str,
+    scale: float,
+) -> dict[int, dict[str, tuple[float, float]]]:
     inside = [s for s in snaps if start <= s["t"] <= end]
     if len(inside) < 2:
         raise SystemExit(f"only {len(inside)} snapshots in the steady window: a longer --duration")
@@ -106,16 +161,13 @@ def per_op(
     seconds = last["t"] - first["t"]
     ops = ops_per_s * seconds
     result: dict[int, dict[str, tuple[float, float]]] = {}
-    for pid, threads in last["nodes"].items():
-        before = first["nodes"].get(pid, {})
+    for pid, threads in last[key].items():
+        before = first[key].get(pid, {})
         rows: dict[str, tuple[float, float]] = {}
         for tid, (user, system, name) in threads.items():
             u0, s0, _ = before.get(tid, (0, 0, name))
             u, s = rows.get(name, (0.0, 0.0))
-            rows[name] = (
-                u + (user - u0) / TICK / ops * 1e6,
-                s + (system - s0) / TICK / ops * 1e6,
-            )
+            rows[name] = (u + (user - u0) * scale / ops, s + (system - s0) * scale / ops)
         result[pid] = rows
     return result
 
@@ -146,6 +198,26 @@ def report(table: dict[int, dict[str, tuple[float, float]]], min_us: float = 1.0
     return "\n".join(lines)
 
 
+def report_switches(
+    table: dict[int, dict[str, tuple[float, float]]],
+    cpu: dict[int, dict[str, tuple[float, float]]],
+    min_per_op: float = 0.01,
+) -> str:
+    """Context switches per op by node and thread; nodes numbered as in ``report(cpu)``."""
+    lines = ["node  thread            voluntary/op  involuntary/op"]
+    order = sorted(cpu, key=lambda p: -sum(u + s for u, s in cpu[p].values()))
+    grand = [0.0, 0.0]
+    for i, pid in enumerate(order):
+        rows = table.get(pid, {})
+        for name, (v, n) in sorted(rows.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+            if v + n >= min_per_op:
+                lines.append(f"{i:<5} {name:<17} {v:12.2f} {n:15.2f}")
+        grand[0] += sum(v for v, _ in rows.values())
+        grand[1] += sum(n for _, n in rows.values())
+    lines.append(f"all nodes: {grand[0]:.2f} voluntary, {grand[1]:.2f} involuntary switches per op")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("harness", nargs=argparse.REMAINDER, help="-- then the harness args")
@@ -167,9 +239,14 @@ def main(argv: list[str] | None = None) -> None:
     ops_per_s = float(run["throughput"]["ops_per_s"])
     table = per_op(snaps, start, end, ops_per_s)
     print(f"{run['id']}: {ops_per_s:,.0f} ops/s; steady window {end - start:.1f} s")
+    switches = switches_per_op(snaps, start, end, ops_per_s)
     print(report(table))
+    print(report_switches(switches, table))
     (out / "thread_cpu.json").write_text(
         json.dumps({str(p): rows for p, rows in table.items()}, indent=1)
+    )
+    (out / "thread_switches.json").write_text(
+        json.dumps({str(p): rows for p, rows in switches.items()}, indent=1)
     )
 
 

@@ -66,3 +66,41 @@ def test_the_steady_window_is_placed_from_the_window_start_the_harness_recorded(
     # Results without it (older harness): counted from the load generator's start.
     older = {"warmup_s": 3.0, "duration_s": 10.0}
     assert thread_cpu.steady_window(older, load_started=100.0) == (104.0, 112.0)
+
+
+def test_context_switches_per_op_are_summed_by_thread_name_and_reported() -> None:
+    snaps = [
+        {"t": 1.0, "switches": {100: {1: (10, 1, "otp:io"), 2: (5, 0, "otp:sched:0")}}},
+        {
+            "t": 3.0,
+            "switches": {100: {1: (1010, 201, "otp:io"), 2: (2005, 0, "otp:sched:0")}},
+        },
+    ]
+    table = thread_cpu.switches_per_op(snaps, 0.5, 3.5, 500.0)  # 1000 ops
+    assert table[100]["otp:io"] == (1.0, 0.2)
+    assert table[100]["otp:sched:0"] == (2.0, 0.0)
+    text = thread_cpu.report_switches(table, {100: {"otp:io": (1.0, 0.0)}})
+    assert "all nodes: 3.00 voluntary, 0.20 involuntary" in text
+
+
+def test_the_sampler_reads_this_process_threads_context_switches() -> None:
+    ready, done = threading.Event(), threading.Event()
+
+    def body() -> None:
+        from waraft import otp
+
+        otp.set_os_name("probe:sw")
+        for _ in range(20):
+            done.wait(0.001)  # each timed wait that sleeps is a voluntary switch
+        ready.set()
+        done.wait(5.0)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    try:
+        assert ready.wait(5.0)
+        rows = {name: (v, n) for v, n, name in thread_cpu._switches(os.getpid()).values()}
+        assert rows["probe:sw"][0] >= 20
+    finally:
+        done.set()
+        thread.join()
