@@ -12,7 +12,8 @@ over the steady middle of the measured window (from one second after the warmup 
 second before the window ends, located from the window start the harness records) divided by the
 run's ops/s from ``DIR/results.json``. The runtime names its threads for the OS
 (``waraft.otp.threadname``): ``otp:sched:N``, ``otp:io``, ``otp:timer``, ``dist:recv``,
-``dist:liveness``, ``raft:heartbeats``; ZeroMQ names its own ``ZMQbg/IO/0`` and
+``dist:liveness``, ``raft:heartbeats``, and in durable mode ``wal:io``, ``lmdb:commit`` and
+``lmdb:sync``; ZeroMQ names its own ``ZMQbg/IO/0`` and
 ``ZMQbg/Reaper``. Nodes are listed busiest first (in scenario c: the leader). A second
 table gives each thread's voluntary and involuntary context switches per op (``status`` in
 the same directory): which thread's sleeps and wake-ups make up a node's switches.

@@ -86,6 +86,7 @@ from waraft.log.provider import (
 )
 from waraft.otp.messaging import self_pid
 from waraft.otp.sched import Event, resume_all, scheduled_caller, suspend
+from waraft.otp.threadname import set_os_name
 from waraft.services import metrics
 from waraft.services.codec import CodecError, array_header, packb, unpackb
 
@@ -710,6 +711,7 @@ class WalWriter:
         """The I/O thread. Whatever kills it breaks the WAL (``broken``) and wakes every
         waiter: a thread that died silently left every partition waiting in ``sync``
         forever while ``can_append`` still said yes."""
+        set_os_name("wal:io")  # for per-thread CPU and switches (benchmarks.thread_cpu)
         try:
             self._loop()
         except BaseException as exc:

@@ -618,6 +618,7 @@ class NodeEnv:
         return live
 
     def _run(self) -> None:
+        otp.set_os_name("lmdb:commit")  # for per-thread CPU and switches (benchmarks.thread_cpu)
         backoff = STALL_BACKOFF_MIN
         while True:
             with self._group:
@@ -773,6 +774,7 @@ class NodeEnv:
     def _sync_loop(self) -> None:
         """The syncer thread: flush once the oldest unsynced commit is ``sync_interval`` old or
         ``sync_bytes`` were written since the last flush; the final flush is ``release``'s."""
+        otp.set_os_name("lmdb:sync")
         while True:
             with self._sync_cond:
                 while True:
