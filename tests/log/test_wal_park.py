@@ -165,20 +165,3 @@ def test_a_stopping_writer_resumes_parked_servers_with_an_error(
         monkeypatch.setattr(os, "fdatasync", real_fdatasync)
         node.stop()
     log.close()
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="prctl names")
-def test_the_io_thread_carries_its_os_name(root: Path) -> None:
-    """``top -H`` and ``benchmarks.thread_cpu`` tell the WAL's I/O thread apart."""
-    log = WalLog.open(root / "kv.0")
-    log.append(1, _entries(1, 1))
-    log.sync()
-    names = set()
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                names.add(f.read().strip())
-        except OSError:
-            pass
-    assert "wal:io" in names
-    log.close()

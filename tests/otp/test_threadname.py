@@ -6,11 +6,17 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.providers.helpers import stop_wal_writers
 from waraft import otp
+from waraft.core.types import Entry, Identity, LogPos
+from waraft.log.wal import WalLog
 from waraft.otp import threadname
+from waraft.storage.node_lmdb import NodeLmdbStorage
+from waraft.storage.provider import StorageOptions
 
 from .helpers import wait_until
 
@@ -75,3 +81,23 @@ def test_schedulers_and_the_timer_thread_carry_their_names() -> None:
         wait_until(lambda: {"otp:sched:0", "otp:sched:1", "otp:timer"} <= _os_names())
     finally:
         node.stop()
+
+
+@linux_only
+def test_the_wal_and_node_lmdb_threads_carry_their_names(tmp_path: Path) -> None:
+    """Started from a scheduler or an I/O thread, they would otherwise carry its name (Linux
+    copies the creator's), and their CPU would be counted as that thread's."""
+    log = WalLog.open(tmp_path / "wal-part" / "kv.0")
+    # No write-back buffer (the apply goes to the committer at once); lazy sync (a syncer).
+    extra = {"lmdb_sync_interval_ms": 50, "lmdb_flush_interval_ms": 0}
+    options = StorageOptions("t", 1, Identity("s", "n@h"), extra=extra)
+    storage = NodeLmdbStorage.open(options, tmp_path / "lmdb-part" / "t.1")
+    try:
+        log.append(1, [Entry(1, "k", ("write", "t", "k", 1))])
+        log.sync()
+        storage.apply(("write", "t", "k", 1), LogPos(1, 1))
+        wait_until(lambda: {"wal:io", "lmdb:commit", "lmdb:sync"} <= _os_names())
+    finally:
+        storage.close()
+        log.close()
+        stop_wal_writers(tmp_path / "wal-part")

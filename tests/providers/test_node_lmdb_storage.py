@@ -1153,26 +1153,3 @@ def test_a_lazy_write_joins_the_next_urgent_commit(
     finally:
         lazy.close()
         other.close()
-
-
-def _os_thread_names() -> set[str]:
-    names = set()
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                names.add(f.read().strip())
-        except OSError:  # the thread ended while we looked
-            pass
-    return names
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl names")
-def test_the_committer_and_syncer_threads_carry_their_os_names(root: Path) -> None:
-    """``top -H`` and ``benchmarks.thread_cpu`` tell the node's LMDB threads apart."""
-    storage = open_lazy(root, 1, lmdb_sync_interval_ms=50)
-    try:
-        assert storage._node is not None and not storage._node.sync
-        seed(storage, "v")
-        assert wait_for(lambda: {"lmdb:commit", "lmdb:sync"} <= _os_thread_names())
-    finally:
-        storage.close()
