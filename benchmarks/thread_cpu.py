@@ -13,10 +13,10 @@ second before the window ends, located from the window start the harness records
 run's ops/s from ``DIR/results.json``. The runtime names its threads for the OS
 (``waraft.otp.threadname``): ``otp:sched:N``, ``otp:io``, ``otp:timer``, ``dist:recv``,
 ``dist:liveness``, ``raft:heartbeats``, and in durable mode ``wal:io``, ``lmdb:commit`` and
-``lmdb:sync``; ZeroMQ names its own ``ZMQbg/IO/0`` and
-``ZMQbg/Reaper``. Nodes are listed busiest first (in scenario c: the leader). A second
-table gives each thread's voluntary and involuntary context switches per op (``status`` in
-the same directory): which thread's sleeps and wake-ups make up a node's switches.
+``lmdb:sync``; ZeroMQ names its own ``ZMQbg/IO/0`` and ``ZMQbg/Reaper``. Nodes are listed
+busiest first (in scenario c: the leader). A second table gives each thread's voluntary and
+involuntary context switches per op (``status`` in the same directory): which thread's sleeps
+and wake-ups make up a node's switches.
 
 A measuring tool with no effect on the run beyond its own ~1 % of a core; figures are per op,
 so a loaded machine moves them less than throughput, but note the harness's *other load*.
