@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,52 +57,60 @@ def _children(parent: int) -> dict[int, bytes]:
     return found
 
 
-def _threads(pid: int) -> dict[int, tuple[int, int, str]]:
-    """tid -> (user ticks, system ticks, OS name) of ``pid``'s threads (empty if gone)."""
-    out: dict[int, tuple[int, int, str]] = {}
+Row = tuple[int, int, str]
+
+
+def _each_thread(pid: int, read: Callable[[str], Row | None]) -> dict[int, Row]:
+    """tid -> ``read(task_dir)`` for each of ``pid``'s threads (empty if gone; a thread that
+    ended while read, or whose row is None, is left out)."""
+    out: dict[int, Row] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                name = f.read().strip()
+            row = read(f"/proc/{pid}/task/{tid}")
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        out[int(tid)] = (int(fields[11]), int(fields[12]), name)
+        if row is not None:
+            out[int(tid)] = row
     return out
 
 
-def _switches(pid: int) -> dict[int, tuple[int, int, str]]:
+def _cpu_row(task: str) -> Row:
+    with open(f"{task}/stat") as f:
+        stat = f.read()
+    with open(f"{task}/comm") as f:
+        name = f.read().strip()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[11]), int(fields[12]), name
+
+
+def _switches_row(task: str) -> Row | None:
+    with open(f"{task}/status") as f:
+        status = f.read()
+    # "Name:\totp:io" -> {"Name": "\totp:io"}
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    try:
+        return (
+            int(fields["voluntary_ctxt_switches"]),
+            int(fields["nonvoluntary_ctxt_switches"]),
+            fields["Name"].strip(),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def _threads(pid: int) -> dict[int, Row]:
+    """tid -> (user ticks, system ticks, OS name) of ``pid``'s threads (empty if gone)."""
+    return _each_thread(pid, _cpu_row)
+
+
+def _switches(pid: int) -> dict[int, Row]:
     """tid -> (voluntary, involuntary context switches, OS name) of ``pid``'s threads: which
     thread's sleeping and waking makes up a process's switches per op (empty if gone)."""
-    out: dict[int, tuple[int, int, str]] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                status = f.read()
-        except OSError:
-            continue
-        fields = dict(
-            line.split(":", 1) for line in status.splitlines() if ":" in line
-        )  # "Name:\totp:io" -> {"Name": "\totp:io"}
-        try:
-            out[int(tid)] = (
-                int(fields["voluntary_ctxt_switches"]),
-                int(fields["nonvoluntary_ctxt_switches"]),
-                fields["Name"].strip(),
-            )
-        except (KeyError, ValueError):
-            continue
-    return out
+    return _each_thread(pid, _switches_row)
 
 
 def sample(harness: subprocess.Popen[bytes]) -> tuple[list[dict[str, Any]], float | None]:

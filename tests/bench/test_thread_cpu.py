@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 
 from benchmarks import thread_cpu
 
@@ -38,13 +40,18 @@ def test_cpu_per_op_uses_the_snapshots_inside_the_window_and_sums_threads_by_nam
     assert "all nodes: 5000 us" in text
 
 
-def test_the_sampler_reads_this_process_threads_with_their_os_names() -> None:
+@contextlib.contextmanager
+def _named_thread(name: str, sleeps: int = 0) -> Iterator[None]:
+    """A thread that names itself ``name`` for the OS, sleeps ``sleeps`` times (each timed
+    wait that sleeps is a voluntary context switch), then waits until the block ends."""
     ready, done = threading.Event(), threading.Event()
 
     def body() -> None:
         from waraft import otp
 
-        otp.set_os_name("probe:cpu")
+        otp.set_os_name(name)
+        for _ in range(sleeps):
+            done.wait(0.001)
         ready.set()
         done.wait(5.0)
 
@@ -52,11 +59,16 @@ def test_the_sampler_reads_this_process_threads_with_their_os_names() -> None:
     thread.start()
     try:
         assert ready.wait(5.0)
-        names = {name for _, _, name in thread_cpu._threads(os.getpid()).values()}
-        assert "probe:cpu" in names
+        yield
     finally:
         done.set()
         thread.join()
+
+
+def test_the_sampler_reads_this_process_threads_with_their_os_names() -> None:
+    with _named_thread("probe:cpu"):
+        names = {name for _, _, name in thread_cpu._threads(os.getpid()).values()}
+        assert "probe:cpu" in names
 
 
 def test_the_steady_window_is_placed_from_the_window_start_the_harness_recorded() -> None:
@@ -84,23 +96,6 @@ def test_context_switches_per_op_are_summed_by_thread_name_and_reported() -> Non
 
 
 def test_the_sampler_reads_this_process_threads_context_switches() -> None:
-    ready, done = threading.Event(), threading.Event()
-
-    def body() -> None:
-        from waraft import otp
-
-        otp.set_os_name("probe:sw")
-        for _ in range(20):
-            done.wait(0.001)  # each timed wait that sleeps is a voluntary switch
-        ready.set()
-        done.wait(5.0)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    try:
-        assert ready.wait(5.0)
+    with _named_thread("probe:sw", sleeps=20):
         rows = {name: (v, n) for v, n, name in thread_cpu._switches(os.getpid()).values()}
         assert rows["probe:sw"][0] >= 20
-    finally:
-        done.set()
-        thread.join()
