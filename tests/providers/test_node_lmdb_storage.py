@@ -1153,3 +1153,65 @@ def test_a_lazy_write_joins_the_next_urgent_commit(
     finally:
         lazy.close()
         other.close()
+
+
+def test_a_file_short_only_by_free_pages_is_whole_and_one_short_of_a_page_in_use_is_not(
+    tmp_path: Path,
+) -> None:
+    """LMDB may leave data.mdb short of its last page number: pages allocated at the end and
+    freed in the same transaction are never written, only listed as free (a cleanly stopped
+    node was refused at its next start for it). Such a file opens, and LMDB goes on using it
+    (in a child process: a wrong call would kill it with SIGBUS); a file one page shorter,
+    missing a page in use, is still refused."""
+    directory = tmp_path / "env"
+    env = lmdb.open(str(directory), subdir=True, max_dbs=8)
+    with env.begin(write=True) as txn:
+        for i in range(64):
+            txn.put(b"key%03d" % i, b"x" * 1000)
+    with env.begin(write=True) as txn:  # 50 overflow pages at the end ...
+        txn.put(b"big", b"y" * 200_000)
+    with env.begin(write=True) as txn:  # ... freed again
+        txn.delete(b"big")
+    for _ in range(3):  # later transactions reuse low free pages, the end stays free
+        with env.begin(write=True) as txn:
+            txn.put(b"key000", b"z" * 1000)
+    pages = env.info()["last_pgno"] + 1
+    env.close()
+    path = directory / "data.mdb"
+    free = node_lmdb._free_pages(str(path), 4096)
+    assert free is not None
+    cut = pages
+    while cut - 1 in free:
+        cut -= 1
+    assert cut < pages - 10  # the construction left a free tail to cut
+
+    os.truncate(path, cut * 4096)
+    env = lmdb.open(str(directory), subdir=True, max_dbs=8)
+    node_lmdb._check_not_truncated(env, str(directory))  # no error
+    env.close()
+    use = (
+        "import lmdb, sys\n"
+        "env = lmdb.open(sys.argv[1], subdir=True, max_dbs=8)\n"
+        "for i in range(40):\n"
+        "    with env.begin(write=True) as txn:\n"
+        "        txn.put(b'n%d' % i, b'q' * 3000)\n"
+        "with env.begin() as txn:\n"
+        "    rows = dict(txn.cursor())\n"
+        "assert len(rows) == 104 and rows[b'key001'] == b'x' * 1000, len(rows)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", use, str(directory)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+
+    shutil.rmtree(directory)
+    env = lmdb.open(str(directory), subdir=True, max_dbs=8)
+    with env.begin(write=True) as txn:
+        for i in range(64):
+            txn.put(b"key%03d" % i, b"x" * 1000)
+    pages = env.info()["last_pgno"] + 1
+    env.close()
+    os.truncate(directory / "data.mdb", (pages - 1) * 4096)
+    env = lmdb.open(str(directory), subdir=True, max_dbs=8)
+    with pytest.raises(StorageCorruptionError, match="is truncated"):
+        node_lmdb._check_not_truncated(env, str(directory))

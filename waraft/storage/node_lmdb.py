@@ -321,17 +321,112 @@ def _unencoded(commands: Sequence[Any]) -> int | None:
 
 
 def _check_not_truncated(env: Any, directory: str) -> None:
-    """Close ``env`` and raise ``StorageCorruptionError`` if its data file is shorter than its
-    meta page says: LMDB maps the file, and the first read past its end killed the process
-    with SIGBUS (a bad copy, a file cut short by a full disk)."""
+    """Close ``env`` and raise ``StorageCorruptionError`` if its data file lacks a page in use:
+    LMDB maps the file, and the first read past its end killed the process with SIGBUS (a bad
+    copy, a file cut short by a full disk).
+
+    A file shorter than the meta page's last page number is not always damaged: a page that a
+    transaction allocated at the end and freed again before it committed is never written,
+    only put on the free list (found after a clean stop: the node then refused to start). LMDB
+    never reads a free page (it writes one before using it again), so the file is whole when
+    every missing page is on the free list."""
     path = os.path.join(directory, "data.mdb")
-    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    psize = env.stat()["psize"]
+    pages = env.info()["last_pgno"] + 1
     size = os.path.getsize(path)
-    if size < needed:
-        env.close()
-        raise StorageCorruptionError(
-            f"LMDB file {path} is truncated: {size} bytes, its pages end at byte {needed}"
-        )
+    if size >= pages * psize:
+        return
+    free = _free_pages(path, psize)
+    if free is not None and free.issuperset(range(size // psize, pages)):
+        logger.info(
+            "LMDB file %s ends %d page(s) before its last page number; all of them are free",
+            path, pages - size // psize,
+        )  # fmt: skip
+        return
+    env.close()
+    raise StorageCorruptionError(
+        f"LMDB file {path} is truncated: {size} bytes, its pages end at byte {pages * psize}"
+    )
+
+
+_P_INVALID: Final = (1 << 64) - 1
+_PAGE_HEADER: Final = 16  # pgno (8), pad (2), flags (2), lower and upper (2 + 2)
+_P_BRANCH: Final = 0x01
+_P_LEAF: Final = 0x02
+_F_BIGDATA: Final = 0x01
+_META_MAGIC: Final = 0xBEEFC0DE
+_META_FREE_ROOT: Final = _PAGE_HEADER + 64  # magic, version, address, mapsize, then md_root
+_META_TXNID: Final = _PAGE_HEADER + 128  # of the free DB's record, the main DB's, last page
+_META_OFFSETS: Final = (_META_FREE_ROOT, _META_TXNID)
+
+
+def _free_pages(path: str, psize: int) -> set[int] | None:
+    """The page numbers on the free list of LMDB data file ``path`` (64-bit LMDB 0.9 layout),
+    read from the newest meta page; None if the free list cannot be read from the file as it
+    is (a page of it lies past the end, or is not a page of a free list)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        in_file = os.fstat(fd).st_size // psize
+
+        def page(pgno: int) -> bytes | None:
+            if pgno >= in_file:
+                return None
+            data = os.pread(fd, psize, pgno * psize)
+            return data if len(data) == psize else None
+
+        newest: tuple[int, int] | None = None  # (txnid, free DB root)
+        for meta in (page(0), page(1)):
+            if meta is None or struct.unpack_from("<I", meta, _PAGE_HEADER)[0] != _META_MAGIC:
+                continue
+            root, txnid = (struct.unpack_from("<Q", meta, at)[0] for at in _META_OFFSETS)
+            if newest is None or txnid > newest[0]:
+                newest = (txnid, root)
+        if newest is None:
+            return None
+        free: set[int] = set()
+        todo = [] if newest[1] == _P_INVALID else [newest[1]]
+        walked = 0
+        while todo:
+            walked += 1
+            current = page(todo.pop())
+            if current is None or walked > in_file:  # past the end, or a cycle
+                return None
+            flags, lower = struct.unpack_from("<HH", current, 10)
+            if not flags & (_P_BRANCH | _P_LEAF) or lower < _PAGE_HEADER:
+                return None
+            count = (lower - _PAGE_HEADER) >> 1
+            for node in struct.unpack_from(f"<{count}H", current, _PAGE_HEADER):
+                lo, hi, node_flags, key_size = struct.unpack_from("<HHHH", current, node)
+                if flags & _P_BRANCH:
+                    todo.append(lo | hi << 16 | node_flags << 32)  # the child's page number
+                    continue
+                data = _node_data(current, node + 8 + key_size, lo | hi << 16, node_flags, page)
+                if data is None or len(data) < 8:
+                    return None
+                ids = struct.unpack_from("<Q", data)[0]  # a list of page numbers, count first
+                if len(data) < 8 * (ids + 1):
+                    return None
+                free.update(struct.unpack_from(f"<{ids}Q", data, 8))
+        return free
+    except (OSError, struct.error):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _node_data(current: bytes, at: int, size: int, node_flags: int, page: Any) -> bytes | None:
+    """A leaf node's data: in the page, or on its overflow pages (``F_BIGDATA``)."""
+    if not node_flags & _F_BIGDATA:
+        return current[at : at + size]
+    first = struct.unpack_from("<Q", current, at)[0]
+    pages: list[bytes] = []
+    needed = _PAGE_HEADER + size
+    while sum(len(p) for p in pages) < needed:
+        chunk = page(first + len(pages))
+        if chunk is None:
+            return None
+        pages.append(chunk)
+    return b"".join(pages)[_PAGE_HEADER:needed]
 
 
 class NodeEnv:
