@@ -91,6 +91,7 @@ import logging
 import os
 import shutil
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -363,7 +364,10 @@ _META_OFFSETS: Final = (_META_FREE_ROOT, _META_TXNID)
 def _free_pages(path: str, psize: int) -> set[int] | None:
     """The page numbers on the free list of LMDB data file ``path`` (64-bit LMDB 0.9 layout),
     read from the newest meta page; None if the free list cannot be read from the file as it
-    is (a page of it lies past the end, or is not a page of a free list)."""
+    is (a page of it lies past the end, or is not a page of a free list), or on a platform
+    whose LMDB files have another layout (not 64-bit little-endian)."""
+    if sys.byteorder != "little" or struct.calcsize("P") != 8:
+        return None
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         in_file = os.fstat(fd).st_size // psize
