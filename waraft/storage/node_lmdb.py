@@ -356,8 +356,10 @@ _P_BRANCH: Final = 0x01
 _P_LEAF: Final = 0x02
 _F_BIGDATA: Final = 0x01
 _META_MAGIC: Final = 0xBEEFC0DE
-_META_FREE_ROOT: Final = _PAGE_HEADER + 64  # magic, version, address, mapsize, then md_root
-_META_TXNID: Final = _PAGE_HEADER + 128  # of the free DB's record, the main DB's, last page
+# The meta page: magic, version, address, map size, the free DB's record (48 bytes, its root
+# page number last), the main DB's record, the last page number, then the transaction id.
+_META_FREE_ROOT: Final = _PAGE_HEADER + 64
+_META_TXNID: Final = _PAGE_HEADER + 128
 _META_OFFSETS: Final = (_META_FREE_ROOT, _META_TXNID)
 
 
