@@ -360,7 +360,6 @@ _META_MAGIC: Final = 0xBEEFC0DE
 # page number last), the main DB's record, the last page number, then the transaction id.
 _META_FREE_ROOT: Final = _PAGE_HEADER + 64
 _META_TXNID: Final = _PAGE_HEADER + 128
-_META_OFFSETS: Final = (_META_FREE_ROOT, _META_TXNID)
 
 
 def _free_pages(path: str, psize: int) -> set[int] | None:
@@ -384,9 +383,9 @@ def _free_pages(path: str, psize: int) -> set[int] | None:
         for meta in (page(0), page(1)):
             if meta is None or struct.unpack_from("<I", meta, _PAGE_HEADER)[0] != _META_MAGIC:
                 continue
-            root, txnid = (struct.unpack_from("<Q", meta, at)[0] for at in _META_OFFSETS)
+            (txnid,) = struct.unpack_from("<Q", meta, _META_TXNID)
             if newest is None or txnid > newest[0]:
-                newest = (txnid, root)
+                newest = (txnid, struct.unpack_from("<Q", meta, _META_FREE_ROOT)[0])
         if newest is None:
             return None
         free: set[int] = set()
@@ -406,8 +405,16 @@ def _free_pages(path: str, psize: int) -> set[int] | None:
                 if flags & _P_BRANCH:
                     todo.append(lo | hi << 16 | node_flags << 32)  # the child's page number
                     continue
-                data = _node_data(current, node + 8 + key_size, lo | hi << 16, node_flags, page)
-                if data is None or len(data) < 8:
+                at, size = node + 8 + key_size, lo | hi << 16
+                if node_flags & _F_BIGDATA:  # on overflow pages: the first one's number here
+                    first = struct.unpack_from("<Q", current, at)[0]
+                    spans = -(-(_PAGE_HEADER + size) // psize)
+                    if first + spans > in_file:
+                        return None
+                    data = os.pread(fd, size, first * psize + _PAGE_HEADER)
+                else:
+                    data = current[at : at + size]
+                if len(data) < 8:
                     return None
                 ids = struct.unpack_from("<Q", data)[0]  # a list of page numbers, count first
                 if len(data) < 8 * (ids + 1):
@@ -418,21 +425,6 @@ def _free_pages(path: str, psize: int) -> set[int] | None:
         return None
     finally:
         os.close(fd)
-
-
-def _node_data(current: bytes, at: int, size: int, node_flags: int, page: Any) -> bytes | None:
-    """A leaf node's data: in the page, or on its overflow pages (``F_BIGDATA``)."""
-    if not node_flags & _F_BIGDATA:
-        return current[at : at + size]
-    first = struct.unpack_from("<Q", current, at)[0]
-    pages: list[bytes] = []
-    needed = _PAGE_HEADER + size
-    while sum(len(p) for p in pages) < needed:
-        chunk = page(first + len(pages))
-        if chunk is None:
-            return None
-        pages.append(chunk)
-    return b"".join(pages)[_PAGE_HEADER:needed]
 
 
 class NodeEnv:
