@@ -91,7 +91,7 @@ def run_suite(opts: Options, argv: list[str]) -> dict[str, Any]:
     # the modes and systems compared alternate and share whatever the machine did meanwhile.
     for round_ in range(1, opts.repeat + 1) if opts.repeat > 1 else [0]:
         for scenario in opts.scenarios:
-            for durable, nodes, system in _plan(scenario, opts, doc):
+            for durable, nodes, system in _plan(scenario, opts, doc, round_):
                 runs = _run_system(scenario, system, nodes, durable, opts, progress, round_)
                 for record in runs:
                     doc["runs"].append(record)
@@ -125,8 +125,14 @@ def run_suite(opts: Options, argv: list[str]) -> dict[str, Any]:
     return doc
 
 
-def _plan(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[tuple[bool, int, str]]:
-    """(durable, cluster size, system) of a scenario's clusters, in run order."""
+def _plan(
+    scenario: Scenario, opts: Options, doc: dict[str, Any], round_: int = 0
+) -> list[tuple[bool, int, str]]:
+    """(durable, cluster size, system) of a scenario's clusters, in run order: the order the
+    options give, reversed in the even rounds of a repeated run (round 1 memory then durable,
+    round 2 durable then memory, ...), so that neither side of a comparison always runs
+    second, after its partner warmed or loaded the machine, and a drift over the run weighs on
+    both sides alike."""
     chosen = [s for s in scenario.systems if opts.systems is None or s in opts.systems]
     if not pysyncobj_available():
         for system in [s for s in chosen if s.startswith("pysyncobj")]:
@@ -134,12 +140,13 @@ def _plan(scenario: Scenario, opts: Options, doc: dict[str, Any]) -> list[tuple[
                 {"scenario": scenario.key, "system": system, "reason": "pysyncobj not installed"}
             )
         chosen = [s for s in chosen if not s.startswith("pysyncobj")]
-    return [
+    plan = [
         (mode == "durable", nodes, system)
         for mode in opts.storage
         for nodes in (opts.nodes or [scenario.nodes])
         for system in chosen
     ]
+    return plan[::-1] if round_ % 2 == 0 and round_ > 0 else plan
 
 
 def _measurements(

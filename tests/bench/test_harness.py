@@ -4,6 +4,7 @@ failover analysis, comparisons, the Markdown table and the results schema check.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from benchmarks.harness import cli, results
 from benchmarks.harness.histogram import Histogram, bucket_bounds, bucket_index
 from benchmarks.harness.recorder import Recorder
 from benchmarks.harness.runner import Measurement, _failover, _merge
-from benchmarks.harness.suite import compare, durability_costs
+from benchmarks.harness.scenarios import SCENARIOS
+from benchmarks.harness.suite import Options, _plan, compare, durability_costs
 from benchmarks.harness.table import markdown
 from benchmarks.harness.wire import OP_READ, OP_WRITE
 from benchmarks.harness.workload import OpStream, Window, Workload, parse_mix
@@ -209,6 +211,22 @@ def test_repeated_rounds_give_each_rounds_ratio_and_their_median() -> None:
     single = [_run("a", "waraft", 3, 2.0, 1.0), _round(_run("a", "waraft", 3, 1.0, 1.0), 0, True)]
     (cost,) = durability_costs(single)
     assert cost["durable_over_memory"] == 0.5 and "round_ratios" not in cost
+
+
+def test_repeated_rounds_run_their_plan_in_alternating_order() -> None:
+    # Round 1 as the options give it, round 2 reversed, round 3 as round 1: neither mode (nor
+    # cluster size) always runs second. A single run (round 0) keeps the given order.
+    opts = Options(
+        scenarios=[SCENARIOS["a"]],
+        out=Path("unused"),
+        systems=["waraft"],
+        nodes=[1, 3],
+        storage=("memory", "durable"),
+    )
+    given = [(False, 1, "waraft"), (False, 3, "waraft"), (True, 1, "waraft"), (True, 3, "waraft")]
+    doc: dict[str, Any] = {"skipped": []}
+    plans = [_plan(SCENARIOS["a"], opts, doc, round_) for round_ in range(4)]
+    assert plans == [given, given, given[::-1], given]
 
 
 def test_a_repeated_run_is_named_by_its_round_and_repeat_must_be_positive(
