@@ -3,14 +3,18 @@ failover analysis, comparisons, the Markdown table and the results schema check.
 
 from __future__ import annotations
 
+import io
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.harness import cli, results
+from benchmarks.harness import cli, results, suite
 from benchmarks.harness.histogram import Histogram, bucket_bounds, bucket_index
+from benchmarks.harness.progress import Progress
 from benchmarks.harness.recorder import Recorder
 from benchmarks.harness.runner import Measurement, _failover, _merge
 from benchmarks.harness.scenarios import SCENARIOS
@@ -227,6 +231,57 @@ def test_repeated_rounds_run_their_plan_in_alternating_order() -> None:
     doc: dict[str, Any] = {"skipped": []}
     plans = [_plan(SCENARIOS["a"], opts, doc, round_) for round_ in range(4)]
     assert plans == [given, given, given[::-1], given]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_each_clusters_data_dir_goes_when_the_cluster_stops_unless_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    # The cluster and the measurement are stubs: the cluster writes into its data dir as the
+    # nodes would, and each measurement notes which clusters' data dirs exist while it runs.
+    seen: list[list[str]] = []
+    data_root = tmp_path / "data"
+
+    def clusters_on_disk() -> list[str]:
+        return sorted(p.name.rsplit("-", 1)[0] for p in data_root.iterdir())
+
+    @contextmanager
+    def cluster(*args: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
+        data_dir: Path = args[5]
+        (data_dir / "n1").mkdir(parents=True)
+        (data_dir / "n1" / "wal").write_bytes(b"x" * 100)
+        yield object(), {}
+
+    def one(m: Measurement, *args: Any) -> dict[str, Any]:
+        seen.append(clusters_on_disk())
+        return {"id": m.run_id}
+
+    monkeypatch.setattr(suite, "_cluster", cluster)
+    monkeypatch.setattr(suite, "_one", one)
+    opts = Options(scenarios=[SCENARIOS["a"]], out=tmp_path, concurrency=[8], keep_data=keep)
+    progress = Progress(io.StringIO(), enabled=False)
+    ids = []
+    for round_, durable in ((1, False), (1, True), (2, True)):
+        runs = suite._run_system(SCENARIOS["a"], "waraft", 3, durable, opts, progress, round_)
+        ids += [r["id"] for r in runs]
+    assert ids == [
+        "a-waraft-n3-p1-c8-round1",
+        "a-waraft-n3-p1-c8-durable-round1",
+        "a-waraft-n3-p1-c8-durable-round2",
+    ]
+    first, second, third = (
+        "a-waraft-n3-round1",
+        "a-waraft-n3-durable-round1",
+        "a-waraft-n3-durable-round2",
+    )
+    if keep:
+        # Every cluster's files stay, under its own name.
+        assert seen == [[first], [second, first], [second, third, first]]
+        assert clusters_on_disk() == [second, third, first]
+    else:
+        # Each cluster ran on a disk holding only its own files.
+        assert seen == [[first], [second], [third]]
+        assert clusters_on_disk() == []
 
 
 def test_a_repeated_run_is_named_by_its_round_and_repeat_must_be_positive(
