@@ -25,7 +25,7 @@ from waraft import otp
 from waraft.core.types import LogPos
 from waraft.services.codec import CodecError
 from waraft.storage import node_lmdb
-from waraft.storage.lmdb import StorageLockedError
+from waraft.storage.lmdb import LmdbStorage, StorageLockedError
 from waraft.storage.node_lmdb import NODE_DIR, QUARANTINED, NodeEnv, NodeLmdbStorage, _Write
 from waraft.storage.provider import (
     StorageCorruptionError,
@@ -1066,6 +1066,66 @@ def test_apply_many_takes_the_general_path_for_anything_but_plain_writes(root: P
         assert storage.read(("read", "t", "a"), storage.position()) == ("ok", 1)
     finally:
         storage.close()
+
+
+def test_a_chunk_of_plain_commands_waits_in_the_buffer_and_ends_as_the_general_path_does(
+    root: Path,
+) -> None:
+    """``apply_batch`` of plain writes and deletes (one command per entry, as a partition with
+    few commands per round applies them) takes ``apply_many``'s buffer path: nothing is queued,
+    and the reads, position and label, before and after a reopen, are the general path's
+    (``LmdbStorage.apply_batch`` on another partition of the same node)."""
+    long_key = "L" * 600
+    items: list[tuple[Any, LogPos, Any]] = [
+        (("write", "t", "a", b"a1"), LogPos(2, 1), None),
+        (("write", "t", b"a", "bytes-key"), LogPos(3, 1), "l1"),
+        (("write", "t", "d", b"gone"), LogPos(4, 1), None),
+        (("write", "t", long_key, b"long"), LogPos(5, 1), "l2"),
+        (("delete", "t", "d"), LogPos(6, 1), None),
+        (("write", "t", "a", b"a2"), LogPos(7, 2), None),
+    ]
+    keys = ["a", b"a", "d", long_key, "missing"]
+    fast = open_lazy(root, 1, lmdb_flush_interval_ms=3_600_000, lmdb_flush_bytes=1 << 30)
+    general = open_lazy(root, 2, lmdb_flush_interval_ms=3_600_000, lmdb_flush_bytes=1 << 30)
+    node = fast._node
+    assert node is not None
+
+    def state(storage: NodeLmdbStorage) -> tuple[Any, ...]:
+        reads = [storage.read(("read", "t", k), storage.position()) for k in keys]
+        return storage.position(), storage.label(), reads
+
+    try:
+        for storage in (fast, general):
+            storage.apply_config(CONFIG, LogPos(1, 1))
+            storage.write_back()
+            storage._drain()
+        writes = node.writes
+        assert fast.apply_batch(items[:3]) == ["ok"] * 3
+        assert fast.apply_batch(items[3:]) == ["ok"] * 3
+        assert node.writes == writes  # all in the buffer, nothing queued
+        assert len(fast._raw) == 4  # kept as applied, to be encoded at the flush, once a key
+        assert LmdbStorage.apply_batch(general, items[:3]) == ["ok"] * 3
+        assert LmdbStorage.apply_batch(general, items[3:]) == ["ok"] * 3
+        assert state(fast) == state(general)
+        assert state(fast)[:2] == (LogPos(7, 2), "l2")
+        # A label msgpack cannot carry fails the chunk before anything is buffered.
+        with pytest.raises(CodecError):
+            fast.apply_batch([(("write", "t", "a", b"no"), LogPos(8, 2), object())])
+        # Other values take the general path.
+        assert fast.apply_batch([(("write", "t", "n", 5), LogPos(8, 2), None)]) == ["ok"]
+        assert fast.read(("read", "t", "n"), fast.position()) == ("ok", 5)
+        assert fast.read(("read", "t", "a"), fast.position()) == ("ok", b"a2")
+        assert LmdbStorage.apply_batch(general, [(("write", "t", "n", 5), LogPos(8, 2), None)])
+    finally:
+        fast.close()
+        general.close()
+    fast, general = open_lazy(root, 1), open_lazy(root, 2)
+    try:
+        assert state(fast) == state(general)
+        assert state(fast)[:2] == (LogPos(8, 2), "l2")
+    finally:
+        fast.close()
+        general.close()
 
 
 def test_bad_write_back_options_are_refused(root: Path) -> None:
