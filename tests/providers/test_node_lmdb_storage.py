@@ -1119,6 +1119,12 @@ def test_a_chunk_of_plain_commands_waits_in_the_buffer_and_ends_as_the_general_p
     finally:
         fast.close()
         general.close()
+    # A closed partition refuses the chunk, as the general path does (and apply_many).
+    for apply in (fast.apply_batch, LmdbStorage.apply_batch.__get__(general)):
+        with pytest.raises(StorageError, match="closed"):
+            apply([(("write", "t", "z", b"z"), LogPos(9, 2), None)])
+    with pytest.raises(StorageError, match="closed"):
+        fast.apply_many([("write", "t", "z", b"z")], LogPos(9, 2))
     fast, general = open_lazy(root, 1), open_lazy(root, 2)
     try:
         assert state(fast) == state(general)

@@ -1391,6 +1391,7 @@ class NodeLmdbStorage(LmdbStorage):
             label_row = _label_row(label)  # before any row is buffered: it may raise
         size = _unencoded(commands)
         if size is not None:
+            self._check_open()
             self._keep_raw(commands)
         else:
             found = self._staged(commands)
@@ -1420,9 +1421,16 @@ class NodeLmdbStorage(LmdbStorage):
             if item[2] is not None:
                 label = item[2]  # the last label given wins, as in the general path
         label_row = None if label is self._label else _label_row(label)  # may raise: first
+        self._check_open()
         self._keep_raw(commands)
         self._applied_buffered(items[-1][1], label, label_row, size)
         return [OK] * len(items)
+
+    def _check_open(self) -> None:
+        """Raise as the general path's ``_write`` does once the partition is closed: a row
+        kept in the buffer of a closed partition would look applied and never be written."""
+        if self._node is None:
+            raise StorageError(f"LMDB node storage {self._path} is closed")
 
     def _keep_raw(self, commands: Sequence[Any]) -> None:
         """Keep ``commands`` (plain writes and deletes ``_unencoded`` accepted) as applied, for
