@@ -1111,6 +1111,7 @@ def test_a_chunk_of_plain_commands_waits_in_the_buffer_and_ends_as_the_general_p
         # A label msgpack cannot carry fails the chunk before anything is buffered.
         with pytest.raises(CodecError):
             fast.apply_batch([(("write", "t", "a", b"no"), LogPos(8, 2), object())])
+        assert state(fast) == state(general)
         # Other values take the general path.
         assert fast.apply_batch([(("write", "t", "n", 5), LogPos(8, 2), None)]) == ["ok"]
         assert fast.read(("read", "t", "n"), fast.position()) == ("ok", 5)
