@@ -1126,6 +1126,8 @@ def test_a_chunk_of_plain_commands_waits_in_the_buffer_and_ends_as_the_general_p
             apply([(("write", "t", "z", b"z"), LogPos(9, 2), None)])
     with pytest.raises(StorageError, match="closed"):
         fast.apply_many([("write", "t", "z", b"z")], LogPos(9, 2))
+    with pytest.raises(StorageError, match="closed"):  # encoded at once (not ASCII): buffered too
+        fast.apply_many([("write", "t", "z", "\u00e9")], LogPos(9, 2))
     fast, general = open_lazy(root, 1), open_lazy(root, 2)
     try:
         assert state(fast) == state(general)

@@ -1315,9 +1315,7 @@ class NodeLmdbStorage(LmdbStorage):
         checksummed and stored once (the buffer keeps its last value). Reads look in the
         buffer first (``_lookup``); everything else that reads the environment flushes it
         first (``env``)."""
-        node = self._node
-        if node is None:
-            raise StorageError(f"LMDB node storage {self._path} is closed")
+        node = self._open_node()
         if self._sync:
             write = _Write(self._db, self._seed, ops, meta, self._path, self._lease)
             node.commit(write)
@@ -1353,9 +1351,7 @@ class NodeLmdbStorage(LmdbStorage):
         position = self._pending_position
         if position is None:
             return
-        node = self._node
-        if node is None:
-            raise StorageError(f"LMDB node storage {self._path} is closed")
+        node = self._open_node()
         self._encode_raw()
         # Every apply moves the position row; written once here (the fast path of
         # ``apply_many`` leaves it out).
@@ -1384,6 +1380,7 @@ class NodeLmdbStorage(LmdbStorage):
         row is written by the flush, the label row only when the label changes."""
         if self._sync:
             return super().apply_many(commands, position, label)
+        self._open_node()  # both buffer paths below keep rows: not in a closed partition
         label_row = None
         if label is None:
             label = self._label
@@ -1391,7 +1388,6 @@ class NodeLmdbStorage(LmdbStorage):
             label_row = _label_row(label)  # before any row is buffered: it may raise
         size = _unencoded(commands)
         if size is not None:
-            self._check_open()
             self._keep_raw(commands)
         else:
             found = self._staged(commands)
@@ -1421,16 +1417,19 @@ class NodeLmdbStorage(LmdbStorage):
             if item[2] is not None:
                 label = item[2]  # the last label given wins, as in the general path
         label_row = None if label is self._label else _label_row(label)  # may raise: first
-        self._check_open()
+        self._open_node()
         self._keep_raw(commands)
         self._applied_buffered(items[-1][1], label, label_row, size)
         return [OK] * len(items)
 
-    def _check_open(self) -> None:
-        """Raise as the general path's ``_write`` does once the partition is closed: a row
-        kept in the buffer of a closed partition would look applied and never be written."""
-        if self._node is None:
+    def _open_node(self) -> NodeEnv:
+        """The node environment; ``StorageError`` once the partition is closed (every path
+        that writes or buffers asks first: a row kept in the buffer of a closed partition
+        would look applied and never be written)."""
+        node = self._node
+        if node is None:
             raise StorageError(f"LMDB node storage {self._path} is closed")
+        return node
 
     def _keep_raw(self, commands: Sequence[Any]) -> None:
         """Keep ``commands`` (plain writes and deletes ``_unencoded`` accepted) as applied, for
