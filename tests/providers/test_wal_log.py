@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import threading
@@ -15,11 +16,15 @@ from typing import Any
 import pytest
 
 from waraft import otp
+from waraft.core.settings import Settings
 from waraft.core.types import Entry, LogPos, Priority
 from waraft.log import wal as wal_module
 from waraft.log.provider import LogCorruptionError, LogError, LogMissingError, LogWriteError
 from waraft.log.wal import (
+    FILE_HEADER,
     MAGIC,
+    MAGIC_V1,
+    RECORD_HEADER,
     WalLog,
     WalWriter,
     _append_payload,
@@ -61,6 +66,16 @@ def _crashed_with_ten_entries(root: Path) -> str:
     path = log._writer._path
     _crash(log)
     return path
+
+
+def _append(path: str, data: bytes) -> None:
+    """Write ``data`` where the writer's next batch would have gone: right after the file's
+    last record, over the zeros ahead of it."""
+    raw = Path(path).read_bytes()
+    end = _scan(raw, FILE_HEADER.size)[1]
+    with open(path, "r+b") as f:
+        f.seek(len(raw) if end < 0 else end)
+        f.write(data)
 
 
 def _open_fds() -> int:
@@ -130,8 +145,7 @@ def test_sync_returns_only_after_the_fsync_covering_the_append(root: Path) -> No
 
 def test_torn_tail_is_cut_and_the_synced_prefix_survives(root: Path) -> None:
     path = _crashed_with_ten_entries(root)
-    with open(path, "ab") as f:
-        f.write(b"\x40\x00\x00\x00\x12\x34")  # a record header cut short by the crash
+    _append(path, b"\x40\x00\x00\x00\x12\x34")  # a record header cut short by the crash
     log = WalLog.open(root / "kv.1")
     assert (log.first_index(), log.last_index()) == (0, 10)
     log.append(11, _entries(11, 1))  # and it keeps working
@@ -176,6 +190,137 @@ def test_a_corrupt_record_before_the_tail_is_reported_not_skipped(root: Path) ->
     Path(path).write_bytes(bytes(data))
     with pytest.raises(LogCorruptionError):
         WalLog.open(root / "kv.1")
+
+
+def _offsets(data: bytes) -> list[tuple[int, tuple[Any, ...]]]:
+    """``(offset, op)`` of every record of a WAL file's image, up to its first bad one."""
+    pos, found = FILE_HEADER.size, []
+    for op in _scan(data, FILE_HEADER.size)[0]:
+        found.append((pos, op))
+        pos += RECORD_HEADER.size + RECORD_HEADER.unpack_from(data, pos)[0]
+    return found
+
+
+def _flip_inside(path: Path, at: int) -> None:
+    """Damage the record at offset ``at`` of the file at ``path``: one byte of its payload."""
+    data = bytearray(path.read_bytes())
+    data[at + RECORD_HEADER.size + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_power_loss_inside_a_batch_is_a_torn_tail_whatever_pages_reached_the_disk(
+    root: Path,
+) -> None:
+    """The WAL overwrites zeros in place, so after a power loss the pages of the batch being
+    written can have reached the disk in any order: valid records can follow a page that did
+    not (still zeros). Whatever pages arrived, the node starts with every acknowledged entry,
+    and each partition's unacknowledged append is whole or absent; damage to a batch made
+    durable before is still corruption."""
+    crashed, keys = root / "crashed", [f"kv.{p}" for p in range(6)]
+    logs = [WalLog.open(crashed / key) for key in keys]
+    for log in logs:
+        log.append(1, _entries(1, 5))
+    for log in logs:
+        log.sync()
+    writer = logs[0]._writer
+    path, synced = Path(writer._path), writer._size
+    before = path.read_bytes()
+    # The batch in flight: one append of about 2 KiB per partition, its records in 3-4 pages.
+    flying = [Entry(1, f"b{p}", ("write", "t", "b", bytes([65 + p]) * 2000)) for p in range(6)]
+    ops = [("a", key, 6, _raw([entry])) for key, entry in zip(keys, flying, strict=True)]
+    writer._write([wal_module._payload(op) for op in ops], [])
+    after = path.read_bytes()
+    _crash(logs[0])
+    assert after[:synced] == before[:synced] and len(before) == len(after)
+    first = synced // wal_module.PAGE * wal_module.PAGE
+    pages = -(-(writer._size - first) // wal_module.PAGE)
+    assert pages >= 3
+    arrived = 0
+    for k, mask in enumerate(itertools.product((False, True), repeat=pages)):
+        image = bytearray(after)
+        for i, new in enumerate(mask):
+            if not new:  # this page kept its old bytes (zeros after the synced records)
+                lo = first + i * wal_module.PAGE
+                image[lo : lo + wal_module.PAGE] = before[lo : lo + wal_module.PAGE]
+        trial = root / f"trial{k}"
+        shutil.copytree(crashed, trial)
+        (trial / "wal" / path.name).write_bytes(bytes(image))
+        opened = [WalLog.open(trial / key) for key in keys]
+        for log, entry in zip(opened, flying, strict=True):
+            assert [log.get(i) for i in range(1, 6)] == _entries(1, 5), mask
+            assert log.last_index() in (5, 6), mask
+            if log.last_index() == 6:
+                assert log.get(6) == entry, mask
+                arrived += 1
+        _crash(opened[0])
+    assert arrived > 0  # some trials kept records of the batch in flight
+    # Damage to a durable batch, the batch after it whole: corruption, not a torn tail.
+    damaged = root / "damaged"
+    shutil.copytree(crashed, damaged)
+    (damaged / "wal" / path.name).write_bytes(after)
+    at = next(at for at, op in _offsets(after) if op[0] == "a" and op[1] == "kv.0")
+    _flip_inside(damaged / "wal" / path.name, at)
+    with pytest.raises(LogCorruptionError):
+        WalLog.open(damaged / "kv.0")
+
+
+def test_zeros_after_the_records_end_every_file_but_damage_before_them_is_corruption(
+    root: Path,
+) -> None:
+    crashed = root / "crashed"
+    log = WalLog.open(crashed / "kv.1", max_file_bytes=2000)
+    for i in range(1, 150, 3):
+        log.append(i, _entries(i, 3))
+        log.sync()
+    closed = crashed / "wal" / _wal_files(crashed)[-2]
+    _crash(log)
+    data = closed.read_bytes()
+    end = _scan(data, FILE_HEADER.size)[1]
+    assert 0 < end < len(data) and data[end:] == bytes(len(data) - end)  # zeros after records
+    shutil.copytree(crashed, root / "damaged")
+    log = WalLog.open(crashed / "kv.1")
+    assert [log.get(i) for i in range(1, 151)] == _entries(1, 150)
+    _crash(log)
+    _flip_inside(root / "damaged" / "wal" / closed.name, _offsets(data)[-1][0])
+    with pytest.raises(LogCorruptionError):
+        WalLog.open(root / "damaged" / "kv.1")
+
+
+def test_a_file_of_the_append_only_format_keeps_its_own_recovery_rule(root: Path) -> None:
+    """Files written before preallocation (``MAGIC_V1``: appended, no batch markers) are read;
+    a bad record followed by valid ones to the end is corruption there (no marker needed), and
+    a torn end is cut. The node then writes new files in the zero-filled format."""
+    path = Path(_crashed_with_ten_entries(root))
+    data = path.read_bytes()
+    seq = FILE_HEADER.unpack_from(data)[1]
+    records = [_record(op) for op in _scan(data, FILE_HEADER.size)[0] if op[0] != "b"]
+    later = _record(("a", "kv.1", 11, _raw(_entries(11, 2))))
+    v1 = FILE_HEADER.pack(MAGIC_V1, seq) + b"".join(records)
+    shutil.copytree(root, root / "damaged")
+    path.write_bytes(v1 + later + b"\x40\x00\x00")  # a torn end after entry 12
+    log = WalLog.open(root / "kv.1")
+    assert [log.get(i) for i in range(1, 13)] == _entries(1, 12)
+    assert Path(log._writer._path).read_bytes()[:8] == MAGIC
+    _crash(log)
+    damaged = root / "damaged" / "wal" / path.name
+    damaged.write_bytes(v1 + later)
+    _flip_inside(damaged, _offsets(v1)[-1][0])  # entries 1-10; entries 11-12 follow intact
+    with pytest.raises(LogCorruptionError):
+        WalLog.open(root / "damaged" / "kv.1")
+
+
+@pytest.mark.parametrize("ahead", [0, 8192])
+def test_the_zeros_ahead_of_the_records_follow_the_setting(root: Path, ahead: int) -> None:
+    settings = Settings().with_overrides(raft_wal_preallocate_bytes=ahead)
+    log = WalLog.open(root / "kv.1", settings)
+    log.append(1, _entries(1, 10))
+    log.sync()
+    writer = log._writer
+    zeros = os.path.getsize(writer._path) - writer._size
+    assert zeros == 0 if ahead == 0 else 0 < zeros <= ahead + wal_module.PAGE
+    _crash(log)
+    log = WalLog.open(root / "kv.1", settings)
+    assert [log.get(i) for i in range(1, 11)] == _entries(1, 10)
 
 
 def test_rotation_deletes_old_files_and_keeps_every_partitions_live_log(root: Path) -> None:
@@ -629,7 +774,7 @@ def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> Non
         value = b"x" * (1 << 20)
         ops = [("c", f"p{i}", 1, [(1, None, value, None)]) for i in range(32)]
         batch = [wal._payload(op) for op in ops]  # the queue holds payloads; _write frames them
-        records = [wal._record(op) for op in ops]
+        records = [wal._record(("b", "", writer.batches))] + [wal._record(op) for op in ops]
         size = writer._size
         tracemalloc.start()
         try:
@@ -642,7 +787,8 @@ def test_a_large_batch_is_written_without_a_second_copy_of_it(root: Path) -> Non
         assert peak < wal.DEFAULT_MAX_BATCH_BYTES + (2 << 20)  # a chunk, not the 32 MiB batch
         with open(writer._path, "rb") as f:
             data = f.read()
-        assert data[size:] == b"".join(records)
+        assert data[size : writer._size] == b"".join(records)  # the batch's marker first
+        assert data[writer._size :] == bytes(len(data) - writer._size)  # then zeros
     finally:
         writer.release()
 
@@ -855,8 +1001,7 @@ def test_a_crc_valid_record_of_the_wrong_shape_is_corruption_not_a_crash(
     root: Path, op: tuple[Any, ...]
 ) -> None:
     path = _crashed_with_ten_entries(root)
-    with open(path, "ab") as f:
-        f.write(_record(op))  # one item short
+    _append(path, _record(op))  # one item short
     with pytest.raises(LogCorruptionError, match="bad WAL record"):
         WalLog.open(root / "kv.1")
 

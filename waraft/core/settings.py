@@ -76,6 +76,12 @@ class Settings:
     # than a healthy follower lags. 0 = no node-wide bound.
     raft_node_max_retained_bytes: int = 64 * 1024 * 1024
     raft_max_log_bytes_per_file: int = 64 * 1024 * 1024
+    # Not a WARaft knob (issue 14): how far ahead of its records the node's WAL fills its
+    # active file with zeros, so that a group commit's fdatasync overwrites blocks that exist
+    # and commits no new file size (about a third less fsync time, ``benchmarks/SCALE.md``).
+    # Node-wide: the first partition to open the WAL sets it. 0 = append (a copy-on-write
+    # filesystem gains nothing from the zeros).
+    raft_wal_preallocate_bytes: int = 1024 * 1024
     raft_rotate_by_trim_index: bool = False
     raft_log_heartbeat_binary_entries: bool = False
     raft_snapshot_catchup_threshold: int = 100_000

@@ -20,24 +20,34 @@ partitions share one ``waraft.log.budget.RetentionPool``).
 
 File format
 -----------
-``<seq:020d>.wal``: a 16-byte header (magic ``WRAFTWL1``, sequence number u64le), then records
+``<seq:020d>.wal``: a 16-byte header (magic ``WRAFTWL2``, sequence number u64le), then records
 ``length:u32le | crc32(payload):u32le | payload``; the payload is a msgpack array whose first
-two items are the operation and the partition key (the partition directory's base name):
+two items are the operation and the partition key (the partition directory's base name). The
+file is filled with zeros ahead of its records (``preallocate_bytes``, 1 MiB by default), so
+that a batch's ``fdatasync`` overwrites blocks that exist and commits no new file size: the
+zeros after the last record are the file's end. Each batch begins with a marker record:
 
 * ``("a", key, first, [(term, key, command, label), ...])`` append (replay cuts the log at
   ``first`` first, so replay is exact even after truncates);
 * ``("t", key, index)`` truncate; ``("r", key, index, term)`` reset;
 * ``("m", key, index)`` trim; ``("c", key, first, entries)`` checkpoint (the whole live log;
-  followed by ``"a"`` records for the rest when it is larger than one record).
+  followed by ``"a"`` records for the rest when it is larger than one record);
+* ``("b", "", number)`` the start of a batch (replay skips it).
+
+Files with the magic ``WRAFTWL1`` (written before preallocation: appended, no markers) are
+still read, with the append-only rule below.
 
 Recovery, rotation, retention
 -----------------------------
 Opening the writer replays every file in order and rebuilds each partition's log; a partition's
-``WalLog.open`` takes its recovered log. A bad record in the last file not followed by valid
-records running to the end of the file is a torn tail: it is cut (with a warning). Any other bad
-record is corruption: every ``WalLog.open`` of that node raises ``LogCorruptionError`` (the log
-actor quarantines the replica and the node keeps running). After recovery the writer starts a
-new file.
+``WalLog.open`` takes its recovered log. Zeros from a record boundary to the end of a file are
+its unwritten part. A bad record in the last file is a torn tail, cut with a warning, unless
+valid records follow it to the end that show the damage is older than the crash: in an
+append-only file any such records, in a zero-filled one records holding a batch marker (the
+blocks of the batch in flight at a power loss reach the disk in any order; see ``_damaged``).
+Any other bad record is corruption: every ``WalLog.open`` of that node raises
+``LogCorruptionError`` (the log actor quarantines the replica and the node keeps running).
+After recovery the writer starts a new file.
 
 When the active file reaches ``max_file_bytes`` the writer starts the next one. A partition
 *needs* a closed file while its first live index is at or below the highest index it appended
@@ -47,8 +57,8 @@ about one file of appends; the files on disk always stay a suffix of the sequenc
 older than that is expired: every partition that still needs it is *checkpointed* (its whole
 live log is written as one record into the new file, queued under the partition's lock so
 record order is kept), and once that is durable the file is unlinked. Retention on disk is
-thus at most about ``(keep_files + 2) * max_file_bytes`` plus the live logs of the partitions
-that stopped trimming.
+thus at most about ``(keep_files + 2) * (max_file_bytes + preallocate_bytes)`` plus the live
+logs of the partitions that stopped trimming.
 
 Failures
 --------
@@ -95,7 +105,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAGIC: Final = b"WRAFTWL1"
+MAGIC: Final = b"WRAFTWL2"
+"""The header of the files this version writes: zero-filled ahead, a marker record per batch."""
+MAGIC_V1: Final = b"WRAFTWL1"
+"""The header of files written before preallocation (append-only, no batch markers): still read,
+with their own recovery rule, and continued as they are on a full disk."""
 FILE_HEADER: Final = struct.Struct("<8sQ")
 RECORD_HEADER: Final = struct.Struct("<II")
 SUFFIX: Final = ".wal"
@@ -105,6 +119,14 @@ MARKER: Final = "wal-log"
 MAX_PAYLOAD: Final = 1 << 30
 DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
+DEFAULT_PREALLOCATE_BYTES: Final = 1024 * 1024
+"""How far ahead of the write position the active file is filled with zeros (0: not at all).
+An ``fdatasync`` after an append that grows the file must also commit the filesystem's journal
+(the new size); one after an overwrite of blocks already written flushes only the data: about
+half the CPU and wall time of a group commit (``benchmarks/SCALE.md``). Only the batch that
+extends the zeroed area pays the journal commit."""
+PAGE: Final = 4096
+_ZEROS: Final = bytes(PAGE * 64)
 """The most of a batch joined into one string for one ``os.write`` (still one fsync a batch)."""
 DEFAULT_KEEP_FILES: Final = 1
 """Closed WAL files rotation keeps without checkpointing the partitions that still need them
@@ -206,6 +228,8 @@ def _replay(logs: _Logs, op: tuple[Any, ...]) -> None:
             run.extend(entries)
     elif kind == "r":
         logs[key] = (int(op[2]), [Entry(int(op[3]))])
+    elif kind == "b":
+        return  # a batch's marker (see ``_damaged``)
     elif kind in ("t", "m"):
         current = logs.get(key)
         if current is None:
@@ -248,9 +272,16 @@ def _scan(data: bytes, start: int) -> tuple[list[tuple[Any, ...]], int, str]:
     return ops, -1, ""
 
 
-def _valid_record_after(data: bytes, start: int) -> bool:
-    """True when valid records run from some offset after ``start`` to the end of ``data``
-    (so a bad record is not a torn tail: records were written after it).
+def _zeros_from(data: bytes, start: int) -> bool:
+    """True when ``data`` holds nothing but zero bytes from ``start`` on."""
+    return data.count(0, start) == len(data) - start
+
+
+def _chain_after(
+    data: bytes, start: int, zero_filled: bool = False
+) -> list[tuple[Any, ...]] | None:
+    """The records of the first chain of valid records that starts after ``start`` and runs to
+    the end of ``data`` (to its trailing zeros when ``zero_filled``), or None if there is none.
 
     A chain to the end, not one CRC-valid record: a client chooses the bytes of its values, so
     a value can hold a CRC-valid record, and a crash that tears the record carrying it would
@@ -258,16 +289,41 @@ def _valid_record_after(data: bytes, start: int) -> bool:
     damage do chain to the end of the file; a record hidden in a value is followed by the rest
     of its value."""
     end = len(data)
-    for pos in range(start + 1, end - RECORD_HEADER.size):
+    # No record starts in the trailing zeros (its length would be 0): not searched, so that a
+    # zero-filled file costs no Python loop over its unwritten part.
+    limit = len(data.rstrip(b"\0")) if zero_filled else end
+    for pos in range(start + 1, min(limit, end - RECORD_HEADER.size)):
         length, crc = RECORD_HEADER.unpack_from(data, pos)
         body = pos + RECORD_HEADER.size
-        if (
-            3 <= length <= end - body
-            and zlib.crc32(data[body : body + length]) == crc
-            and _scan(data, pos)[1] < 0
-        ):
-            return True
-    return False
+        if 3 <= length <= end - body and zlib.crc32(data[body : body + length]) == crc:
+            ops, bad_at, _ = _scan(data, pos)
+            if bad_at < 0 or (zero_filled and _zeros_from(data, bad_at)):
+                return ops
+    return None
+
+
+def _valid_record_after(data: bytes, start: int) -> bool:
+    """True when valid records run from some offset after ``start`` to the end of ``data``
+    (so a bad record is not a torn tail: records were written after it; see ``_chain_after``)."""
+    return _chain_after(data, start) is not None
+
+
+def _damaged(data: bytes, bad_at: int, zero_filled: bool) -> bool:
+    """Whether the bad record at ``bad_at`` of the newest file is damage, not a torn tail.
+
+    An append-only file (``MAGIC_V1``): any valid chain after it to the end means damage, since
+    a crash only tears the end of a file that grows. A zero-filled file is overwritten in place,
+    and after a power loss the blocks of the batch being written when it struck can have reached
+    the disk in any order: valid records of that batch can follow a block that did not (zeros).
+    The writer writes a batch only after the previous one is durable, and each batch begins
+    with a marker record: so a chain after the bad record that holds a marker means a later
+    batch was written after the damaged one was durable (damage); one without a marker is the
+    rest of the batch in flight (a torn tail). Damage inside the newest batch reads as a torn
+    tail, as damage to the newest record of an append-only file does."""
+    chain = _chain_after(data, bad_at, zero_filled)
+    if not zero_filled:
+        return chain is not None
+    return chain is not None and any(op[0] == "b" for op in chain)
 
 
 class WalWriter:
@@ -287,12 +343,16 @@ class WalWriter:
         directory: str,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         keep_files: int = DEFAULT_KEEP_FILES,
+        preallocate_bytes: int = DEFAULT_PREALLOCATE_BYTES,
     ) -> None:
         if keep_files < 0:
             raise ValueError(f"keep_files must be 0 or more, not {keep_files!r}")
+        if preallocate_bytes < 0:
+            raise ValueError(f"preallocate_bytes must be 0 or more, not {preallocate_bytes!r}")
         self.directory = directory
         self.max_file_bytes = max_file_bytes
         self.keep_files = keep_files
+        self.preallocate_bytes = preallocate_bytes
         self.checkpointed_bytes = 0  # record bytes rotation has rewritten (status)
         self.refs = 0
         self.taken_over = 0  # logs closed for a holder that died (``take_over_dead``)
@@ -336,7 +396,10 @@ class WalWriter:
         self._dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
         self._fd = -1
         self._recovered_in_place = False  # started in the newest old file (a full disk)
-        self._size = 0
+        self._size = 0  # bytes of records in the active file (its write position)
+        self._zero_filled = True  # the active file is of the zero-filled format (MAGIC)
+        self._zeroed_to = 0  # the active file's bytes exist (records or zeros) up to here
+        self._ends: dict[str, int] = {}  # recovered file -> end of its records
         self._carried = 0  # bytes of checkpoints carried into the active file
         self._path = ""
         try:
@@ -354,8 +417,8 @@ class WalWriter:
                     # No room (a full disk): keep the old files, which still hold every log;
                     # the active file goes back to its header.
                     logger.warning("WAL %s: not compacted at start: %s", directory, exc)
-                    os.ftruncate(self._fd, FILE_HEADER.size)
-                    self._size, self._carried, self._pins = FILE_HEADER.size, 0, {}
+                    self._cut_back(FILE_HEADER.size)
+                    self._carried, self._pins = 0, {}
                 else:
                     self._drop_old_files()
         except BaseException:
@@ -402,7 +465,8 @@ class WalWriter:
             with open(path, "rb") as f:
                 data = f.read()
             last = number == len(files) - 1
-            header_ok = len(data) >= FILE_HEADER.size and data[:8] == MAGIC
+            header_ok = len(data) >= FILE_HEADER.size and data[:8] in (MAGIC, MAGIC_V1)
+            zero_filled = header_ok and data[:8] == MAGIC
             if not data or (last and not header_ok and not _valid_record_after(data, 0)):
                 # Created but its header never written whole (a kill -9 inside _open_file):
                 # it holds nothing. Removed, not cut to 0 bytes and kept: were it kept and this
@@ -418,8 +482,11 @@ class WalWriter:
                 ops, bad_at, reason = _scan(data, FILE_HEADER.size)
             else:
                 ops, bad_at, reason = [], 0, "bad file header"
+            end = len(data)
+            if bad_at >= 0 and zero_filled and _zeros_from(data, bad_at):
+                end, bad_at = bad_at, -1  # the zero-filled part never written
             if bad_at >= 0:
-                if not last or _valid_record_after(data, bad_at):
+                if not last or _damaged(data, bad_at, zero_filled):
                     self.corruption = LogCorruptionError(path, bad_at, reason)
                     logger.error("WAL %s", self.corruption)
                     return files[-1][0]
@@ -428,6 +495,8 @@ class WalWriter:
                     path, bad_at, reason, len(data) - bad_at,
                 )  # fmt: skip
                 os.truncate(path, bad_at)
+                end = bad_at
+            self._ends[path] = end
             pins: dict[str, int] = {}
             for op in ops:
                 try:
@@ -455,8 +524,14 @@ class WalWriter:
         file, which hold every log. Writes then stall until there is room (``_stall``), reads
         are served: the partitions open instead of failing every start of their log actors."""
         path, pins = self._old.pop()
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-        self._fd, self._path, self._size = fd, path, os.fstat(fd).st_size
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        size = os.fstat(fd).st_size
+        end = self._ends.get(path, size)
+        os.lseek(fd, end, os.SEEK_SET)
+        self._fd, self._path, self._size = fd, path, end
+        # A file of the older format is continued as it was written: appended, no markers.
+        self._zero_filled = os.pread(fd, len(MAGIC), 0) == MAGIC
+        self._zeroed_to = size if self._zero_filled else end
         self._seq = int(os.path.basename(path)[: -len(SUFFIX)])
         self._pins, self._carried = dict(pins), 0
         self._recovered_in_place = True
@@ -474,11 +549,10 @@ class WalWriter:
             for payload in _checkpoint_payloads(key, first, entries)
         ]
         data = b"".join(records)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        self._write_out(data)
         os.fdatasync(self._fd)
         self._size += len(data)
+        self._zeroed_to = max(self._zeroed_to, self._size)
         self._carried = len(data)
         for key, (first, entries) in self._recovered.items():
             self._pins[key] = first + len(entries) - 1
@@ -564,7 +638,8 @@ class WalWriter:
 
     def _open_file(self, seq: int) -> None:
         path = os.path.join(self.directory, f"{seq:020d}{SUFFIX}")
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # Not O_APPEND: records overwrite the zeros ahead of them (at the fd's offset).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, FILE_HEADER.pack(MAGIC, seq))
             os.fdatasync(fd)
@@ -577,6 +652,7 @@ class WalWriter:
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._path, self._size, self._seq = fd, path, FILE_HEADER.size, seq
+        self._zero_filled, self._zeroed_to = True, FILE_HEADER.size
         self._carried = 0
 
     def submit(self, payload: bytes, key: str, pin: int) -> int:
@@ -805,21 +881,27 @@ class WalWriter:
             # and one join would hold a second copy of all of it at once (an RSS peak).
             chunk: list[bytes] = []
             size = 0
+            if self._zero_filled:
+                # Every batch begins with a marker: recovery's way to tell a batch torn by a
+                # power loss from damage to one made durable before it (``_damaged``).
+                marker = _record(("b", "", self.batches))
+                chunk.append(marker)
+                size = len(marker)
             header, crc32, overhead = RECORD_HEADER.pack, zlib.crc32, RECORD_HEADER.size
             for payload in batch:
                 chunk.append(header(len(payload), crc32(payload)))
                 chunk.append(payload)
                 size += overhead + len(payload)
                 if size >= DEFAULT_MAX_BATCH_BYTES:
-                    self._write_out(b"".join(chunk))
+                    self._write_out(b"".join(chunk), self._size + total)
                     total += size
                     chunk, size = [], 0
             if chunk:
-                self._write_out(b"".join(chunk))
+                self._write_out(b"".join(chunk), self._size + total)
                 total += size
         except OSError as exc:
             try:
-                os.ftruncate(self._fd, self._size)
+                self._cut_back(self._size)
             except OSError:
                 raise exc from None  # cannot cut back: the writer is broken
             raise _WriteFailed(exc) from exc
@@ -834,10 +916,34 @@ class WalWriter:
             if pin >= 0 and pin > table.get(key, -1):
                 table[key] = pin
 
-    def _write_out(self, data: bytes) -> None:
+    def _write_out(self, data: bytes, at: int = -1) -> None:
+        """Write ``data`` at the fd's offset (``at``, when given, is that offset: the zeros
+        ahead of it are extended first when ``data`` would pass them)."""
+        if at >= 0 and self._zero_filled and self.preallocate_bytes:
+            self._zero_fill(at + len(data))
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
+
+    def _zero_fill(self, end: int) -> None:
+        """Make the active file's bytes exist up to ``end`` and ``preallocate_bytes`` beyond
+        (at most ``max_file_bytes``; page-aligned), writing zeros; the batch's ``fdatasync``
+        makes them durable, once."""
+        if end <= self._zeroed_to:
+            return
+        ahead = min(self.preallocate_bytes, self.max_file_bytes)  # small files, small zeros
+        target = -(-(end + ahead) // PAGE) * PAGE
+        at = self._zeroed_to
+        while at < target:
+            at += os.pwrite(self._fd, memoryview(_ZEROS)[: target - at], at)
+        self._zeroed_to = target
+
+    def _cut_back(self, size: int) -> None:
+        """Cut the active file back to ``size`` bytes of records (a failed write leaves
+        nothing of itself), zeros ahead included: they are written again when needed."""
+        os.ftruncate(self._fd, size)
+        os.lseek(self._fd, size, os.SEEK_SET)
+        self._size, self._zeroed_to = size, size
 
     def _rotate(self) -> None:
         """Called once the next file is open (``_old`` holds the previous ones, oldest
@@ -1006,13 +1112,15 @@ class WalLog(MemoryLog):
     ) -> Self:
         """Open the log of partition directory ``path`` in the WAL of its parent directory
         (``<parent>/wal``, or the option ``wal_dir``); ``max_file_bytes`` (default: the
-        setting ``raft_max_log_bytes_per_file``) sets rotation."""
+        setting ``raft_max_log_bytes_per_file``) sets rotation, ``preallocate_bytes`` (default:
+        ``raft_wal_preallocate_bytes``) the zeros written ahead."""
         if path is None:
             raise ValueError("WalLog needs a partition directory")
         path = os.path.abspath(os.fspath(path))
         if settings is not None:
             # Node-wide: the first partition to open the WAL sets its file size.
             options.setdefault("max_file_bytes", settings.raft_max_log_bytes_per_file)
+            options.setdefault("preallocate_bytes", settings.raft_wal_preallocate_bytes)
         directory = options.pop("wal_dir", None) or os.path.join(os.path.dirname(path), WAL_DIR)
         writer = WalWriter.acquire(directory, **options)
         try:
