@@ -37,7 +37,8 @@ def test_cpu_per_op_uses_the_snapshots_inside_the_window_and_sums_threads_by_nam
     assert table["otp:sched:0"] == (2000.0, 1000.0)
     assert table["otp:io"] == (1000.0, 0.0)  # a thread born inside counts from zero, summed
     text = thread_cpu.report({100: table})
-    assert "all nodes: 5000 us" in text
+    assert "all nodes: 5000.0 us" in text
+    assert "otp:io" in text and "1000.0        0.0" in text
 
 
 @contextlib.contextmanager
