@@ -25,7 +25,8 @@ File format
 two items are the operation and the partition key (the partition directory's base name). The
 file is filled with zeros ahead of its records (``preallocate_bytes``, 1 MiB by default), so
 that a batch's ``fdatasync`` overwrites blocks that exist and commits no new file size: the
-zeros after the last record are the file's end. Each batch begins with a marker record:
+zeros after the last record are the file's end. Each batch begins with a marker record. The
+operations:
 
 * ``("a", key, first, [(term, key, command, label), ...])`` append (replay cuts the log at
   ``first`` first, so replay is exact even after truncates);
@@ -119,15 +120,16 @@ MARKER: Final = "wal-log"
 MAX_PAYLOAD: Final = 1 << 30
 DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
+"""The most of a batch joined into one string for one ``os.write`` (still one fsync a batch)."""
 DEFAULT_PREALLOCATE_BYTES: Final = 1024 * 1024
 """How far ahead of the write position the active file is filled with zeros (0: not at all).
 An ``fdatasync`` after an append that grows the file must also commit the filesystem's journal
-(the new size); one after an overwrite of blocks already written flushes only the data: about
-half the CPU and wall time of a group commit (``benchmarks/SCALE.md``). Only the batch that
-extends the zeroed area pays the journal commit."""
+(the new size); one after an overwrite of blocks already written flushes only the data: a third
+less ``fdatasync`` time and a quarter less I/O-thread CPU per group commit here
+(``benchmarks/wal_sync_bench.py``, ``benchmarks/SCALE.md``). Only the batch that extends the
+zeroed area pays the journal commit."""
 PAGE: Final = 4096
-_ZEROS: Final = bytes(PAGE * 64)
-"""The most of a batch joined into one string for one ``os.write`` (still one fsync a batch)."""
+_ZEROS: Final = bytes(PAGE * 64)  # written a slice at a time: no 1 MiB buffer per extension
 DEFAULT_KEEP_FILES: Final = 1
 """Closed WAL files rotation keeps without checkpointing the partitions that still need them
 (see ``WalWriter._rotate``); older files are checkpointed away and deleted."""
