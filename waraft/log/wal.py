@@ -323,9 +323,7 @@ def _damaged(data: bytes, bad_at: int, zero_filled: bool) -> bool:
     rest of the batch in flight (a torn tail). Damage inside the newest batch reads as a torn
     tail, as damage to the newest record of an append-only file does."""
     chain = _chain_after(data, bad_at, zero_filled)
-    if not zero_filled:
-        return chain is not None
-    return chain is not None and any(op[0] == "b" for op in chain)
+    return chain is not None and (not zero_filled or any(op[0] == "b" for op in chain))
 
 
 class WalWriter:
@@ -551,10 +549,9 @@ class WalWriter:
             for payload in _checkpoint_payloads(key, first, entries)
         ]
         data = b"".join(records)
-        self._write_out(data)
+        self._write_out(data, self._size)
         os.fdatasync(self._fd)
         self._size += len(data)
-        self._zeroed_to = max(self._zeroed_to, self._size)
         self._carried = len(data)
         for key, (first, entries) in self._recovered.items():
             self._pins[key] = first + len(entries) - 1
@@ -918,10 +915,10 @@ class WalWriter:
             if pin >= 0 and pin > table.get(key, -1):
                 table[key] = pin
 
-    def _write_out(self, data: bytes, at: int = -1) -> None:
-        """Write ``data`` at the fd's offset (``at``, when given, is that offset: the zeros
-        ahead of it are extended first when ``data`` would pass them)."""
-        if at >= 0 and self._zero_filled and self.preallocate_bytes:
+    def _write_out(self, data: bytes, at: int) -> None:
+        """Write ``data`` at the fd's offset, ``at``; the zeros ahead of it are extended first
+        when ``data`` would pass them."""
+        if self._zero_filled and self.preallocate_bytes:
             self._zero_fill(at + len(data))
         view = memoryview(data)
         while view:
