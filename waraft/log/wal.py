@@ -549,9 +549,11 @@ class WalWriter:
             for payload in _checkpoint_payloads(key, first, entries)
         ]
         data = b"".join(records)
-        self._write_out(data, self._size)
+        # No zeros ahead here: a start on a nearly full disk compacts if the records fit.
+        self._write_all(data)
         os.fdatasync(self._fd)
         self._size += len(data)
+        self._zeroed_to = max(self._zeroed_to, self._size)
         self._carried = len(data)
         for key, (first, entries) in self._recovered.items():
             self._pins[key] = first + len(entries) - 1
@@ -920,6 +922,9 @@ class WalWriter:
         when ``data`` would pass them."""
         if self._zero_filled and self.preallocate_bytes:
             self._zero_fill(at + len(data))
+        self._write_all(data)
+
+    def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
