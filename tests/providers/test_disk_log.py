@@ -78,6 +78,33 @@ def test_crash_without_close_keeps_written_entries(tmp_path: Path) -> None:
     log.close()
 
 
+def test_entries_a_crash_left_unsynced_are_made_durable_when_the_log_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unsynced appends above are read back from the page cache; counted as the log (and
+    acknowledged to a leader) without a sync, a power loss could still drop them. Opening syncs
+    the last segment, the only one rotation did not."""
+    log = open_disk(tmp_path, max_records_per_file=4)
+    log.append(1, writes(1, 10))
+    log.sync()
+    log.append(11, writes(11, 1))
+    crash(log)
+    last = str(segment_files(tmp_path)[-1])
+    synced: list[str] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+
+        def traced(fd: int, real: object = real) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)  # type: ignore[operator]
+
+        monkeypatch.setattr(os, name, traced)
+    log = open_disk(tmp_path, max_records_per_file=4)
+    monkeypatch.undo()
+    assert last in synced and log.last_index() == 11
+    log.close()
+
+
 def test_second_open_of_a_live_log_is_refused(tmp_path: Path) -> None:
     log = open_disk(tmp_path)
     with pytest.raises(LogError, match="in use"):

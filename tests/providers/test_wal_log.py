@@ -996,6 +996,37 @@ def test_a_file_created_without_its_header_is_removed_not_kept(
     assert all(os.path.getsize(root / "wal" / name) > 0 for name in _wal_files(root))
 
 
+def test_recovery_makes_every_file_durable_before_it_counts(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill -9 can leave a batch in the page cache that was never fsynced. Replayed as it is,
+    its entries count as durable (a follower reports them as matched) though a power loss can
+    still drop them; so every recovered file is synced before the new file is started."""
+    log = WalLog.open(root / "kv.1", max_file_bytes=600, preallocate_bytes=0, keep_files=4)
+    for first in range(1, 60, 10):
+        log.append(first, _entries(first, 10))
+        log.sync()
+    _crash(log)
+    before = {str(root / "wal" / name) for name in _wal_files(root)}
+    assert len(before) > 1
+    calls: list[tuple[str, str]] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+
+        def traced(fd: int, name: str = name, real: Any = real) -> None:
+            calls.append((name, os.readlink(f"/proc/self/fd/{fd}")))
+            real(fd)
+
+        monkeypatch.setattr(os, name, traced)
+    log = WalLog.open(root / "kv.1")
+    monkeypatch.undo()
+    assert log.last_index() == 60
+    new_file = next(
+        i for i, (_, path) in enumerate(calls) if path not in before and path.endswith(".wal")
+    )
+    assert before <= {path for _, path in calls[:new_file]}
+
+
 @pytest.mark.parametrize("op", [("a", "kv.1", 11), ("r", "kv.1", 11), ("c", "kv.1", 11)])
 def test_a_crc_valid_record_of_the_wrong_shape_is_corruption_not_a_crash(
     root: Path, op: tuple[Any, ...]

@@ -16,6 +16,8 @@ changes are made durable at once, in an order that keeps every crash state a val
 
 * rotation fsyncs the full segment before creating the next, so only the last segment can have
   a torn tail;
+* opening fsyncs the last segment before reading it as the log, so appends a kill -9 left in
+  the page cache unsynced are durable before they are counted (and acknowledged to a leader);
 * ``truncate`` unlinks later segments and fsyncs the directory before cutting the kept one;
 * ``reset`` writes the new base segment to ``reset.tmp`` and fsyncs it, unlinks the old
   segments (fsync), then renames it into place (fsync);
@@ -433,6 +435,10 @@ class DiskLog(LogProvider):
         data = os.pread(fd, size, 0)
         if len(data) != size:
             raise LogCorruptionError(path, len(data), "short read")
+        if is_last:
+            # After a kill -9 the page cache can hold appends whose fdatasync never ran:
+            # made durable before they count as the log (rotation synced the others).
+            os.fsync(fd)
         expected_first = previous[-1].last + 1 if previous else first
         prev_term = previous[-1].run_terms[-1] if previous else -1
         segment = _Segment(first, path, fd)

@@ -41,14 +41,15 @@ still read, with the append-only rule below.
 Recovery, rotation, retention
 -----------------------------
 Opening the writer replays every file in order and rebuilds each partition's log; a partition's
-``WalLog.open`` takes its recovered log. Zeros from a record boundary to the end of a file are
-its unwritten part. A bad record in the last file is a torn tail, cut with a warning, unless
-valid records follow it to the end that show the damage is older than the crash: in an
-append-only file any such records, in a zero-filled one records holding a batch marker (the
-blocks of the batch in flight at a power loss reach the disk in any order; see ``_damaged``).
-Any other bad record is corruption: every ``WalLog.open`` of that node raises
-``LogCorruptionError`` (the log actor quarantines the replica and the node keeps running).
-After recovery the writer starts a new file.
+``WalLog.open`` takes its recovered log. Each file is fsynced before it is replayed (a kill -9
+can leave a batch in the page cache whose ``fdatasync`` never ran). Zeros from a record
+boundary to the end of a file are its unwritten part. A bad record in the last file is a torn
+tail, cut with a warning, unless valid records follow it to the end that show the damage is
+older than the crash: in an append-only file any such records, in a zero-filled one records
+holding a batch marker (the blocks of the batch in flight at a power loss reach the disk in
+any order; see ``_damaged``). Any other bad record is corruption: every ``WalLog.open`` of that
+node raises ``LogCorruptionError`` (the log actor quarantines the replica and the node keeps
+running). After recovery the writer starts a new file.
 
 When the active file reaches ``max_file_bytes`` the writer starts the next one. A partition
 *needs* a closed file while its first live index is at or below the highest index it appended
@@ -310,6 +311,30 @@ def _valid_record_after(data: bytes, start: int) -> bool:
     return _chain_after(data, start) is not None
 
 
+def _read_durably(path: str) -> bytes:
+    """The bytes of ``path``, made durable before recovery trusts them.
+
+    After a kill -9 the page cache can hold a batch whose ``fdatasync`` never ran. Replayed
+    without a sync, its entries would count as durable (a follower would report them as
+    matched), and a later power loss could drop them, or tear them under a later batch that
+    did reach the disk and so read as corruption (``_damaged`` assumes each batch was durable
+    before the next was written)."""
+    with open(path, "rb") as f:
+        data = f.read()
+        os.fsync(f.fileno())
+    return data
+
+
+def _truncate_durably(path: str, size: int) -> None:
+    """Cut ``path`` to ``size`` bytes and make the cut durable."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _damaged(data: bytes, bad_at: int, zero_filled: bool) -> bool:
     """Whether the bad record at ``bad_at`` of the newest file is damage, not a torn tail.
 
@@ -462,8 +487,7 @@ class WalWriter:
         files = self._files()
         logs: _Logs = {}
         for number, (_seq, path) in enumerate(files):
-            with open(path, "rb") as f:
-                data = f.read()
+            data = _read_durably(path)
             last = number == len(files) - 1
             header_ok = len(data) >= FILE_HEADER.size and data[:8] in (MAGIC, MAGIC_V1)
             zero_filled = header_ok and data[:8] == MAGIC
@@ -494,7 +518,7 @@ class WalWriter:
                     "cutting the torn tail of WAL file %s at byte %d (%s; %d bytes dropped)",
                     path, bad_at, reason, len(data) - bad_at,
                 )  # fmt: skip
-                os.truncate(path, bad_at)
+                _truncate_durably(path, bad_at)
                 end = bad_at
             self._ends[path] = end
             pins: dict[str, int] = {}
