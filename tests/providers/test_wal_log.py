@@ -996,6 +996,38 @@ def test_a_file_created_without_its_header_is_removed_not_kept(
     assert all(os.path.getsize(root / "wal" / name) > 0 for name in _wal_files(root))
 
 
+@pytest.mark.parametrize("header", ["flipped", "newer format", "zeros", "empty"])
+def test_a_newest_file_whose_header_is_damaged_is_corruption_not_deleted(
+    root: Path, header: str
+) -> None:
+    """``_open_file`` makes a file's header durable before any record goes in, so only a
+    header that is missing (short, or zeros throughout) means nothing was ever written there.
+    A damaged header, or one of a format this version does not know, over acknowledged records
+    must refuse the start: the check that ran before read the zeros ahead of the records as
+    the end of a torn chain and deleted the file with every record in it."""
+    path = Path(_crashed_with_ten_entries(root))
+    data = bytearray(path.read_bytes())
+    if header == "flipped":
+        data[3] ^= 0x20
+    elif header == "newer format":
+        data[:8] = b"WRAFTWL3"
+    elif header == "zeros":
+        data = bytearray(len(data))
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    if header in ("zeros", "empty"):
+        # Stands for a file created at the crash: the older files hold the log (none here).
+        with pytest.raises(LogMissingError):
+            WalLog.open(root / "kv.1")
+        assert not path.exists()
+        return
+    for _ in range(2):  # every open of the node's logs, and the file is left as it was
+        with pytest.raises(LogCorruptionError, match="bad file header"):
+            WalLog.open(root / "kv.1")
+        assert path.read_bytes() == bytes(data)
+
+
 def test_recovery_makes_every_file_durable_before_it_counts(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

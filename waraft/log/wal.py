@@ -42,14 +42,16 @@ Recovery, rotation, retention
 -----------------------------
 Opening the writer replays every file in order and rebuilds each partition's log; a partition's
 ``WalLog.open`` takes its recovered log. Each file is fsynced before it is replayed (a kill -9
-can leave a batch in the page cache whose ``fdatasync`` never ran). Zeros from a record
-boundary to the end of a file are its unwritten part. A bad record in the last file is a torn
-tail, cut with a warning, unless valid records follow it to the end that show the damage is
-older than the crash: in an append-only file any such records, in a zero-filled one records
-holding a batch marker (the blocks of the batch in flight at a power loss reach the disk in
-any order; see ``_damaged``). Any other bad record is corruption: every ``WalLog.open`` of that
-node raises ``LogCorruptionError`` (the log actor quarantines the replica and the node keeps
-running). After recovery the writer starts a new file.
+can leave a batch in the page cache whose ``fdatasync`` never ran). A newest file whose header
+is short or zeros throughout never had its header written, and is removed; any other bad
+header is corruption. Zeros from a record boundary to the end of a file are its unwritten part.
+A bad record in the last file is a torn tail, cut with a warning, unless valid records follow
+it to the end that show the damage is older than the crash: in an append-only file any such
+records, in a zero-filled one records holding a batch marker (the blocks of the batch in
+flight at a power loss reach the disk in any order; see ``_damaged``). Any other bad record is
+corruption: every ``WalLog.open`` of that node raises ``LogCorruptionError`` (the log actor
+quarantines the replica and the node keeps running). After recovery the writer starts a new
+file.
 
 When the active file reaches ``max_file_bytes`` the writer starts the next one. A partition
 *needs* a closed file while its first live index is at or below the highest index it appended
@@ -305,10 +307,15 @@ def _chain_after(
     return None
 
 
-def _valid_record_after(data: bytes, start: int) -> bool:
-    """True when valid records run from some offset after ``start`` to the end of ``data``
-    (so a bad record is not a torn tail: records were written after it; see ``_chain_after``)."""
-    return _chain_after(data, start) is not None
+def _never_written(data: bytes) -> bool:
+    """Whether a newest file whose header is bad is one whose header never reached the disk.
+
+    ``_open_file`` makes the header durable before the file gets any record, so such a file is
+    shorter than a header (the header's one write never happened) or zeros throughout (its
+    size reached the disk, its bytes did not). Anything else in the place of the header is
+    damage, or a format this version does not know (a newer one): the node refuses to start
+    rather than delete a file that may hold acknowledged records."""
+    return len(data) < FILE_HEADER.size or _zeros_from(data, 0)
 
 
 def _read_durably(path: str) -> bytes:
@@ -491,8 +498,9 @@ class WalWriter:
             last = number == len(files) - 1
             header_ok = len(data) >= FILE_HEADER.size and data[:8] in (MAGIC, MAGIC_V1)
             zero_filled = header_ok and data[:8] == MAGIC
-            if not data or (last and not header_ok and not _valid_record_after(data, 0)):
-                # Created but its header never written whole (a kill -9 inside _open_file):
+            if not data or (last and not header_ok and _never_written(data)):
+                # Created but its header never written (a kill -9 or a power loss inside
+                # _open_file, which makes the header durable before any record is written):
                 # it holds nothing. Removed, not cut to 0 bytes and kept: were it kept and this
                 # start not get as far as deleting the old files (a kill -9, a full disk), it
                 # would sit in the middle at the next start and read as a bad header.
@@ -510,7 +518,7 @@ class WalWriter:
             if bad_at >= 0 and zero_filled and _zeros_from(data, bad_at):
                 end, bad_at = bad_at, -1  # the zero-filled part never written
             if bad_at >= 0:
-                if not last or _damaged(data, bad_at, zero_filled):
+                if not last or not header_ok or _damaged(data, bad_at, zero_filled):
                     self.corruption = LogCorruptionError(path, bad_at, reason)
                     logger.error("WAL %s", self.corruption)
                     return files[-1][0]
