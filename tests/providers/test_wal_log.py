@@ -1059,6 +1059,54 @@ def test_recovery_makes_every_file_durable_before_it_counts(
     assert before <= {path for _, path in calls[:new_file]}
 
 
+def test_a_disk_with_room_for_the_records_but_not_the_zeros_ahead_does_not_stall(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nearly full: the zeros ahead cannot be written, the records still fit. The writer goes
+    on writing them past the zeros it has (as without preallocation) instead of stalling until
+    ``preallocate_bytes`` are free, and the file recovers whole."""
+    log = WalLog.open(root / "kv.1", preallocate_bytes=8192)
+    log.append(1, _entries(1, 2))
+    log.sync()
+    writer = log._writer
+    real = os.pwrite
+    room = [3000]  # bytes the disk still has for zeros (pwrite is only the zero fill)
+    refused: list[int] = []
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        if fd != writer._fd:
+            return real(fd, data, offset)
+        count = min(len(data), room[0])
+        if not count:
+            refused.append(offset)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        room[0] -= count
+        return real(fd, bytes(data[:count]), offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    value = "x" * 1000
+
+    def write_batches(first: int, last: int) -> None:
+        for at in range(first, last, 4):
+            log.append(
+                at, [Entry(1, f"k{i}", ("write", "t", f"k{i}", value)) for i in range(at, at + 4)]
+            )
+            assert log.sync_within(2.0)
+
+    write_batches(3, 43)
+    assert refused and writer.stalled is None and log.can_append(1, Priority.HIGH)
+    assert os.path.getsize(writer._path) > 8192 + 3000  # the records went past the zeros
+    room[0] = 1 << 20  # room again: the zeros ahead come back after the records, not over them
+    write_batches(43, 83)
+    monkeypatch.undo()
+    _crash(log)
+    log = WalLog.open(root / "kv.1")
+    assert log.last_index() == 82
+    assert log.entries(3, 82, 1 << 30, 1 << 30) == [
+        Entry(1, f"k{i}", ("write", "t", f"k{i}", value)) for i in range(3, 83)
+    ]
+
+
 @pytest.mark.parametrize("op", [("a", "kv.1", 11), ("r", "kv.1", 11), ("c", "kv.1", 11)])
 def test_a_crc_valid_record_of_the_wrong_shape_is_corruption_not_a_crash(
     root: Path, op: tuple[Any, ...]

@@ -133,6 +133,7 @@ less ``fdatasync`` time and a quarter less I/O-thread CPU per group commit here
 zeroed area pays the journal commit."""
 PAGE: Final = 4096
 _ZEROS: Final = bytes(PAGE * 64)  # written a slice at a time: no 1 MiB buffer per extension
+_NO_ROOM: Final = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what a zero fill gives up on
 DEFAULT_KEEP_FILES: Final = 1
 """Closed WAL files rotation keeps without checkpointing the partitions that still need them
 (see ``WalWriter._rotate``); older files are checkpointed away and deleted."""
@@ -674,7 +675,9 @@ class WalWriter:
         # Not O_APPEND: records overwrite the zeros ahead of them (at the fd's offset).
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, FILE_HEADER.pack(MAGIC, seq))
+            header = FILE_HEADER.pack(MAGIC, seq)
+            if os.write(fd, header) != len(header):  # not O_APPEND: the offset must be right
+                raise OSError(errno.ENOSPC, f"short write of the header of {path}")
             os.fdatasync(fd)
             os.fsync(self._dir_fd)
         except BaseException:
@@ -952,9 +955,14 @@ class WalWriter:
     def _write_out(self, data: bytes, at: int) -> None:
         """Write ``data`` at the fd's offset, ``at``; the zeros ahead of it are extended first
         when ``data`` would pass them."""
+        end = at + len(data)
         if self._zero_filled and self.preallocate_bytes:
-            self._zero_fill(at + len(data))
+            self._zero_fill(end)
         self._write_all(data)
+        if end > self._zeroed_to:
+            # Written past the zeros (no room for them): the next fill starts after these
+            # records, not over them.
+            self._zeroed_to = end
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -964,15 +972,26 @@ class WalWriter:
     def _zero_fill(self, end: int) -> None:
         """Make the active file's bytes exist up to ``end`` and ``preallocate_bytes`` beyond
         (at most ``max_file_bytes``; page-aligned), writing zeros; the batch's ``fdatasync``
-        makes them durable, once."""
+        makes them durable, once.
+
+        Best effort: on a disk with room for the records but not for the zeros ahead of them
+        (``ENOSPC``, ``EDQUOT``, ``EFBIG``) the zeros written so far stay and the records are
+        written past them, growing the file as without preallocation; only a failure of the
+        records' own write stalls the writer. An all-or-nothing fill stalled every write
+        while less than ``preallocate_bytes`` was free."""
         if end <= self._zeroed_to:
             return
         ahead = min(self.preallocate_bytes, self.max_file_bytes)  # small files, small zeros
         target = -(-(end + ahead) // PAGE) * PAGE
         at = self._zeroed_to
-        while at < target:
-            at += os.pwrite(self._fd, memoryview(_ZEROS)[: target - at], at)
-        self._zeroed_to = target
+        try:
+            while at < target:
+                at += os.pwrite(self._fd, memoryview(_ZEROS)[: target - at], at)
+        except OSError as exc:
+            if exc.errno not in _NO_ROOM:
+                raise
+        finally:
+            self._zeroed_to = at
 
     def _cut_back(self, size: int) -> None:
         """Cut the active file back to ``size`` bytes of records (a failed write leaves
