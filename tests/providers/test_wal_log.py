@@ -996,23 +996,27 @@ def test_a_file_created_without_its_header_is_removed_not_kept(
     assert all(os.path.getsize(root / "wal" / name) > 0 for name in _wal_files(root))
 
 
-@pytest.mark.parametrize("header", ["flipped", "newer format", "zeros", "empty"])
+@pytest.mark.parametrize(
+    "header", ["flipped", "newer format", "zeros over records", "zeros", "empty"]
+)
 def test_a_newest_file_whose_header_is_damaged_is_corruption_not_deleted(
     root: Path, header: str
 ) -> None:
-    """``_open_file`` makes a file's header durable before any record goes in, so only a
-    header that is missing (short, or zeros throughout) means nothing was ever written there.
-    A damaged header, or one of a format this version does not know, over acknowledged records
-    must refuse the start: the check that ran before read the zeros ahead of the records as
-    the end of a torn chain and deleted the file with every record in it."""
+    """``_open_file`` makes a file's header durable before any zeros or records go in, so only
+    a header that is missing (short, or a header's worth of zeros) means nothing was ever
+    written there. A damaged header, or one of a format this version does not know, over
+    acknowledged records must refuse the start: the check that ran before read the zeros ahead
+    of the records as the end of a torn chain and deleted the file with every record in it."""
     path = Path(_crashed_with_ten_entries(root))
     data = bytearray(path.read_bytes())
     if header == "flipped":
         data[3] ^= 0x20
     elif header == "newer format":
         data[:8] = b"WRAFTWL3"
-    elif header == "zeros":
+    elif header == "zeros over records":
         data = bytearray(len(data))
+    elif header == "zeros":
+        data = bytearray(FILE_HEADER.size)
     else:
         data = bytearray()
     path.write_bytes(bytes(data))

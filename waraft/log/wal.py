@@ -42,9 +42,10 @@ Recovery, rotation, retention
 -----------------------------
 Opening the writer replays every file in order and rebuilds each partition's log; a partition's
 ``WalLog.open`` takes its recovered log. Each file is fsynced before it is replayed (a kill -9
-can leave a batch in the page cache whose ``fdatasync`` never ran). A newest file whose header
-is short or zeros throughout never had its header written, and is removed; any other bad
-header is corruption. Zeros from a record boundary to the end of a file are its unwritten part.
+can leave a batch in the page cache whose ``fdatasync`` never ran). A newest file shorter than
+a header, or a header's worth of zeros, never had its header written, and is removed; any
+other bad header is corruption. Zeros from a record boundary to the end of a file are its
+unwritten part.
 A bad record in the last file is a torn tail, cut with a warning, unless valid records follow
 it to the end that show the damage is older than the crash: in an append-only file any such
 records, in a zero-filled one records holding a batch marker (the blocks of the batch in
@@ -311,12 +312,14 @@ def _chain_after(
 def _never_written(data: bytes) -> bool:
     """Whether a newest file whose header is bad is one whose header never reached the disk.
 
-    ``_open_file`` makes the header durable before the file gets any record, so such a file is
-    shorter than a header (the header's one write never happened) or zeros throughout (its
-    size reached the disk, its bytes did not). Anything else in the place of the header is
-    damage, or a format this version does not know (a newer one): the node refuses to start
-    rather than delete a file that may hold acknowledged records."""
-    return len(data) < FILE_HEADER.size or _zeros_from(data, 0)
+    ``_open_file`` makes the header durable (one write, then an fsync) before the file gets any
+    zeros or records, so such a file is shorter than a header (the write never happened) or a
+    header's worth of zeros (its size reached the disk, its bytes did not). Anything else is
+    damage, zeros over records included, or a format this version does not know (a newer
+    one): the node refuses to start rather than delete a file that may hold acknowledged
+    records."""
+    size = len(data)
+    return size < FILE_HEADER.size or (size == FILE_HEADER.size and _zeros_from(data, 0))
 
 
 def _read_durably(path: str) -> bytes:
