@@ -45,14 +45,13 @@ Opening the writer replays every file in order and rebuilds each partition's log
 can leave a batch in the page cache whose ``fdatasync`` never ran). A newest file shorter than
 a header, or a header's worth of zeros, never had its header written, and is removed; any
 other bad header is corruption. Zeros from a record boundary to the end of a file are its
-unwritten part.
-A bad record in the last file is a torn tail, cut with a warning, unless valid records follow
-it to the end that show the damage is older than the crash: in an append-only file any such
-records, in a zero-filled one records holding a batch marker (the blocks of the batch in
-flight at a power loss reach the disk in any order; see ``_damaged``). Any other bad record is
-corruption: every ``WalLog.open`` of that node raises ``LogCorruptionError`` (the log actor
-quarantines the replica and the node keeps running). After recovery the writer starts a new
-file.
+unwritten part. A bad record in the last file is a torn tail, cut with a warning, unless valid
+records follow it to the end that show the damage is older than the crash: in an append-only
+file any such records, in a zero-filled one records holding a batch marker (the blocks of the
+batch in flight at a power loss reach the disk in any order; see ``_damaged``). Any other bad
+record is corruption: every ``WalLog.open`` of that node raises ``LogCorruptionError`` (the
+log actor quarantines the replica and the node keeps running). After recovery the writer
+starts a new file.
 
 When the active file reaches ``max_file_bytes`` the writer starts the next one. A partition
 *needs* a closed file while its first live index is at or below the highest index it appended
@@ -504,7 +503,7 @@ class WalWriter:
             zero_filled = header_ok and data[:8] == MAGIC
             if not data or (last and not header_ok and _never_written(data)):
                 # Created but its header never written (a kill -9 or a power loss inside
-                # _open_file, which makes the header durable before any record is written):
+                # _open_file, which makes the header durable before any zeros or records):
                 # it holds nothing. Removed, not cut to 0 bytes and kept: were it kept and this
                 # start not get as far as deleting the old files (a kill -9, a full disk), it
                 # would sit in the middle at the next start and read as a bad header.
