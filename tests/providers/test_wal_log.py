@@ -192,6 +192,32 @@ def test_a_corrupt_record_before_the_tail_is_reported_not_skipped(root: Path) ->
         WalLog.open(root / "kv.1")
 
 
+@pytest.mark.parametrize("disk", ["room", "full"])
+def test_a_corrupt_wal_is_reported_at_every_start_and_gets_no_new_file(
+    root: Path, disk: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corrupt WAL refuses every open and is never written. Each start used to open a new
+    file anyway: header-only files piled up on a quarantined node, and on a full disk the new
+    file's ENOSPC was what every open raised, which hid the corruption."""
+    path = Path(_crashed_with_ten_entries(root))
+    data = bytearray(path.read_bytes())
+    data[FILE_HEADER.size + 30] ^= 0xFF  # inside the first batch's append record
+    path.write_bytes(bytes(data))
+    _append(str(path), _record(("b", "", 99)))  # a later batch began: damage, not a torn tail
+    if disk == "full":
+
+        def full(self: WalWriter, seq: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(WalWriter, "_open_file", full)
+    files = _wal_files(root)
+    for _ in range(3):  # three starts of the node
+        with pytest.raises(LogCorruptionError):
+            WalLog.open(root / "kv.1")
+        stop_wal_writers(root)
+    assert _wal_files(root) == files
+
+
 def _offsets(data: bytes) -> list[tuple[int, tuple[Any, ...]]]:
     """``(offset, op)`` of every record of a WAL file's image, up to its first bad one."""
     pos, found = FILE_HEADER.size, []

@@ -430,7 +430,6 @@ class WalWriter:
                 time.sleep(0.01)
         self._dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
         self._fd = -1
-        self._recovered_in_place = False  # started in the newest old file (a full disk)
         self._size = 0  # bytes of records in the active file (its write position)
         self._zero_filled = True  # the active file is of the zero-filled format (MAGIC)
         self._zeroed_to = 0  # the active file's bytes exist (records or zeros) up to here
@@ -439,28 +438,37 @@ class WalWriter:
         self._path = ""
         try:
             seq = self._recover()
-            try:
-                self._open_file(seq + 1)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._old:
-                    raise
-                self._continue_in_newest_file(exc)  # a full disk: no new file, no compaction
-            if self.corruption is None and not self._recovered_in_place:
-                try:
-                    self._compact_recovered()
-                except OSError as exc:
-                    # No room (a full disk): keep the old files, which still hold every log;
-                    # the active file goes back to its header.
-                    logger.warning("WAL %s: not compacted at start: %s", directory, exc)
-                    self._cut_back(FILE_HEADER.size)
-                    self._carried, self._pins = 0, {}
-                else:
-                    self._drop_old_files()
+            # A corrupt WAL refuses every open (``attach``) and is never written: no new file.
+            # One per start piled up header-only files on a quarantined node, and on a full
+            # disk the new file's ENOSPC hid the corruption from every open.
+            if self.corruption is None:
+                self._start_writing(seq + 1)
         except BaseException:
             self._close_fds()
             raise
         self._thread = threading.Thread(target=self._run, name=f"wal-{directory}", daemon=True)
         self._thread.start()
+
+    def _start_writing(self, seq: int) -> None:
+        """After a clean recovery: open file ``seq`` and compact the recovered logs into it,
+        or, on a full disk, go on in the newest recovered file."""
+        try:
+            self._open_file(seq)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._old:
+                raise
+            self._continue_in_newest_file(exc)  # a full disk: no new file, no compaction
+            return
+        try:
+            self._compact_recovered()
+        except OSError as exc:
+            # No room (a full disk): keep the old files, which still hold every log; the
+            # active file goes back to its header.
+            logger.warning("WAL %s: not compacted at start: %s", self.directory, exc)
+            self._cut_back(FILE_HEADER.size)
+            self._carried, self._pins = 0, {}
+        else:
+            self._drop_old_files()
 
     # -- registry -------------------------------------------------------------------------------
 
@@ -569,7 +577,6 @@ class WalWriter:
         self._zeroed_to = size if self._zero_filled else end
         self._seq = int(os.path.basename(path)[: -len(SUFFIX)])
         self._pins, self._carried = dict(pins), 0
-        self._recovered_in_place = True
         logger.warning(
             "WAL %s: no room for a new file (%s); continuing in %s, writes wait for room",
             self.directory, exc, path,
