@@ -133,7 +133,7 @@ less ``fdatasync`` time and a quarter less I/O-thread CPU per group commit here
 zeroed area pays the journal commit."""
 PAGE: Final = 4096
 _ZEROS: Final = bytes(PAGE * 64)  # written a slice at a time: no 1 MiB buffer per extension
-_NO_ROOM: Final = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what a zero fill gives up on
+_NO_ROOM: Final = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a size limit
 DEFAULT_KEEP_FILES: Final = 1
 """Closed WAL files rotation keeps without checkpointing the partitions that still need them
 (see ``WalWriter._rotate``); older files are checkpointed away and deleted."""
@@ -455,7 +455,7 @@ class WalWriter:
         try:
             self._open_file(seq)
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._old:
+            if exc.errno not in _NO_ROOM or not self._old:
                 raise
             self._continue_in_newest_file(exc)  # a full disk: no new file, no compaction
             return
