@@ -1284,3 +1284,253 @@ def test_a_file_short_only_by_free_pages_is_whole_and_one_short_of_a_page_in_use
     env = lmdb.open(str(directory), subdir=True, max_dbs=8)
     with pytest.raises(StorageCorruptionError, match="is truncated"):
         node_lmdb._check_not_truncated(env, str(directory))
+
+
+# -- power loss, failed syncs, mixed options, reads on a full disk ----------------------------
+
+PAGE = 4096
+
+
+def _state_at(history: list[tuple[int, str, str]], index: int) -> dict[str, str]:
+    return {key: value for at, key, value in history if at <= index}
+
+
+def _probe_image(where: Path, history: list[tuple[int, str, str]], keys: list[str]) -> str:
+    """Open the partition copied to ``where`` in a forked child (LMDB may abort on a damaged
+    environment); "consistent", "quarantined", "aborted", "refused: .." or "inconsistent"
+    (it opened, unquarantined, with values other than the state at its position)."""
+    out = where / "outcome"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        outcome = "refused"
+        try:
+            opened = NodeLmdbStorage(
+                opts(1, lmdb_flush_interval_ms=0, lmdb_sync_interval_ms=3_600_000),
+                str(where / "t.1"),
+            )
+            try:
+                if opened.quarantine is not None:
+                    outcome = "quarantined"
+                else:
+                    position = opened.position()
+                    expected = _state_at(history, position.index)
+                    wrong = [
+                        key
+                        for key in keys
+                        if opened.read(("read", "t", key), position)
+                        != (("ok", expected[key]) if key in expected else "not_found")
+                    ]
+                    outcome = f"inconsistent at {position.index}: {wrong[:3]}" if wrong else "ok"
+            finally:
+                opened.close()
+        except BaseException as exc:
+            outcome = f"refused: {type(exc).__name__}"
+        finally:
+            out.write_text(outcome)
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return "aborted" if os.WIFSIGNALED(status) else out.read_text()
+
+
+def test_a_power_loss_leaves_the_environment_as_of_one_of_its_commits(root: Path) -> None:
+    """What a power loss can leave of ``data.mdb`` follows from the fsyncs LMDB does, which
+    follow from the flags the node opens it with. Without a data fsync per commit the pages
+    written since the last ``env.sync`` reach the disk in any order, and LMDB reuses the
+    synced tree's pages two commits later: a review built such images (the synced file plus
+    any one page written since, or everything but one page) and most opened without an error
+    but with data older or newer than their position row (stale pages pass the checksums).
+    With a data fsync per commit, only the commit in flight is torn: every such image must
+    open at a position whose data it holds, or be quarantined."""
+    storage = NodeLmdbStorage(
+        opts(1, lmdb_flush_interval_ms=0, lmdb_sync_interval_ms=3_600_000), str(root / "t.1")
+    )
+    node = storage._node
+    assert node is not None
+    flags = node.env.flags()
+    keys = [f"key{i:04d}" for i in range(400)]
+    history: list[tuple[int, str, str]] = []
+    storage.apply_config(CONFIG, LogPos(1, 1))
+    for i, key in enumerate(keys):  # several leaves: data and position rows on other pages
+        history.append((2 + i, key, f"old-{i}-" + "x" * 150))
+        storage.apply(("write", "t", key, history[-1][2]), LogPos(2 + i, 1))
+    storage._drain()
+    node.flush()
+    data = root / NODE_DIR / "data.mdb"
+    synced = data.read_bytes()
+    images = [synced, synced, synced]  # the file after each of the last three commits
+    at = storage.position().index
+    for round_ in range(3):
+        for i in range(0, len(keys), 7):
+            at += 1
+            history.append((at, keys[i], f"new{round_}-{i}-" + "y" * 150))
+            storage.apply(("write", "t", keys[i], history[-1][2]), LogPos(at, 1))
+            storage._drain()  # each apply its own commit
+            images = [*images[1:], data.read_bytes()]
+    storage.close()
+    if flags["sync"]:
+        # Commits before the last are on disk whole (the last one's fsync covered the meta
+        # page of the one before); the last one fsynced its data pages before writing its
+        # meta page: what is in flight is its data pages and the previous meta page.
+        before = images[0][: 2 * PAGE] + images[1][2 * PAGE :]
+        after = images[1][: 2 * PAGE] + images[2][2 * PAGE :]
+    else:
+        before, after = synced, images[2]  # everything since the sync, in any order
+    dirty = [
+        p
+        for p in range(len(after) // PAGE)
+        if p * PAGE < len(before)
+        and before[p * PAGE : (p + 1) * PAGE] != after[p * PAGE : (p + 1) * PAGE]
+    ]
+    assert dirty
+    outcomes: dict[str, list[str]] = {}
+    for p in dirty:
+        page = slice(p * PAGE, (p + 1) * PAGE)
+        one_landed = bytearray(before + after[len(before) :])
+        one_landed[page] = after[page]
+        one_lost = bytearray(after)
+        one_lost[page] = before[page]
+        for name, image in ((f"only {p}", one_landed), (f"all but {p}", one_lost)):
+            where = root.parent / "images" / name.replace(" ", "_")
+            shutil.copytree(root / "t.1", where / "t.1")
+            (where / NODE_DIR).mkdir()
+            (where / NODE_DIR / "data.mdb").write_bytes(bytes(image))
+            outcome = _probe_image(where, history, keys)
+            outcomes.setdefault(outcome.split(":")[0], []).append(f"{name}: {outcome}")
+    assert set(outcomes) <= {"ok", "quarantined"}, outcomes
+
+
+class _FailingSync:
+    """The node's environment, with its next ``sync`` failing as a writeback error does."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.fail = False
+
+    def sync(self, force: bool = False) -> None:
+        if self.fail:
+            self.fail = False
+            raise lmdb.Error("mdb_env_sync: Input/output error")
+        self.env.sync(force)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+
+def test_after_a_failed_sync_no_later_sync_makes_anything_durable(root: Path) -> None:
+    """A sync that fails may have left pages marked clean that never reached the disk; the
+    next sync succeeds without writing them. Counting the commits before it as durable let
+    the log trim entries the disk may not hold."""
+    storage = open_lazy(root, 1, lmdb_sync_interval_ms=50)
+    node = storage._node
+    assert node is not None
+    failing = _FailingSync(node.env)
+    node.env = failing
+    try:
+        storage.apply_config(CONFIG, LogPos(1, 1))
+        storage._drain()
+        assert wait_for(lambda: storage.durable_position() == LogPos(1, 1))
+        failing.fail = True  # the next background sync fails
+        storage.apply(("write", "t", "k", "acknowledged"), LogPos(2, 1))
+        storage._drain()
+        assert wait_for(lambda: not failing.fail)
+        syncs = node.syncs
+        assert wait_for(lambda: node.syncs > syncs)  # later syncs succeed...
+        with pytest.raises(lmdb.Error):
+            failing.fail = True
+            node.flush()
+        node.flush()
+        assert storage.durable_position() == LogPos(1, 1)  # ...and prove nothing
+        assert node.sync_failure is not None and "Input/output error" in node.sync_failure
+        assert storage.status()["node_sync_failure"] == node.sync_failure
+    finally:
+        node.env = failing.env
+        storage.close()
+
+
+def test_a_partitions_lmdb_sync_follows_the_environment_it_joins(root: Path) -> None:
+    """The environment is opened once per node, by its first partition: a later partition
+    asking for ``lmdb_sync`` must not report its commits durable while nothing fsyncs them
+    (nor a lazy one in a synced environment wait for syncs that never come)."""
+    lazy = open_lazy(root, 1, lmdb_sync_interval_ms=3_600_000)
+    strict = open_lazy(root, 2, lmdb_sync=True)
+    node = strict._node
+    assert node is not None and not node.sync
+    try:
+        strict.apply_config(CONFIG, LogPos(1, 1))
+        strict.apply(("write", "t", "k", "v"), LogPos(2, 1))
+        strict._drain()
+        assert strict.durable_position() == LogPos(0, 0)  # nothing flushed it yet
+        assert strict.status()["sync"] is False
+        node.flush()
+        assert strict.durable_position() == LogPos(2, 1)
+    finally:
+        strict.close()
+        lazy.close()
+
+
+class _FailingCommit:
+    """The node's environment, with the next write transaction's commit failing with
+    ``code`` as py-lmdb reports it (the transaction aborted, nothing committed)."""
+
+    def __init__(self, env: Any, code: int) -> None:
+        self.env = env
+        self.code = code
+        self.fail = True
+
+    def begin(self, *args: Any, **kwargs: Any) -> Any:
+        txn = self.env.begin(*args, **kwargs)
+        if not kwargs.get("write") or not self.fail:
+            return txn
+        self.fail = False
+        return _CommitFails(txn, self.code)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+
+class _CommitFails:
+    def __init__(self, txn: Any, code: int) -> None:
+        self.txn = txn
+        self.code = code
+
+    def commit(self) -> None:
+        self.txn.abort()
+        exc = lmdb.Error(f"mdb_txn_commit: {os.strerror(self.code)}")
+        exc.code = self.code  # type: ignore[attr-defined]
+        raise exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.txn, name)
+
+
+@pytest.mark.parametrize(("code", "sync_fails"), [(errno.EIO, True), (errno.EFBIG, False)])
+def test_a_commit_whose_fsync_fails_stops_the_durable_positions_too(
+    root: Path, code: int, sync_fails: bool
+) -> None:
+    """Each commit fsyncs its data pages, and with them the previous commit's meta page: an
+    I/O error there is a failed sync like any other. A file-size limit (or a full disk) only
+    refuses the commit's own writes: nothing committed before is in doubt."""
+    storage = open_lazy(root, 1, lmdb_sync_interval_ms=3_600_000)
+    node = storage._node
+    assert node is not None
+    storage.apply_config(CONFIG, LogPos(1, 1))
+    storage._drain()
+    node.flush()
+    failing = _FailingCommit(node.env, code)
+    node.env = failing
+    try:
+        storage.apply(("write", "t", "k", "v"), LogPos(2, 1))
+        with pytest.raises(lmdb.Error):
+            storage._drain()
+        assert (node.sync_failure is not None) is sync_fails
+        other = open_lazy(root, 2)  # a partition of the same node, after the failure
+        try:
+            other.apply_config(CONFIG, LogPos(1, 1))
+            other._drain()
+            node.flush()
+            assert other.durable_position() == (LogPos(0, 0) if sync_fails else LogPos(1, 1))
+        finally:
+            other.close()
+    finally:
+        node.env = failing.env
+        storage.close()

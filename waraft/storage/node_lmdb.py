@@ -24,16 +24,18 @@ one after another); see ``benchmarks/SCALE.md``.
 
 Durability: lazy sync by default (``lmdb_sync`` False), as ra and etcd do it: the Raft log is
 what makes an entry durable (the node's WAL fsyncs it before it is acknowledged or applied), and
-the state machine is synced in the background. Group commits do no fsync; the node's syncer
-thread flushes the environment (``env.sync(True)``) once ``lmdb_sync_interval_ms`` (default
-1000) have passed since the first unsynced commit, or sooner once ``lmdb_sync_bytes`` (default
-64 MiB) of values were written. Each partition tracks its *durable position*
-(``durable_position()``): its applied position as of the last completed sync. The log actor
-never trims the log above it (``waraft.log.LogServer``), so every applied entry is in the synced
-environment or still in the log, and a restart whose storage came back older (power loss)
-applies the log's tail again. A lazy-sync apply does not even wait for its group commit: it
-queues the write and returns, and the partition's next write, read, snapshot or status waits for
-it first (``NodeLmdbStorage._write``); it counts towards the durable position once committed.
+the state machine is synced in the background. A group commit fsyncs its data pages but not
+its meta page (LMDB's ``MDB_NOMETASYNC``), so that a power loss leaves the environment as of
+one of its commits, never torn. The node's syncer thread makes the latest commits durable too
+(``env.sync(True)``) once ``lmdb_sync_interval_ms`` (default 1000) have passed since the first
+unsynced commit, or sooner once ``lmdb_sync_bytes`` (default 64 MiB) of values were written.
+Each partition tracks its *durable position* (``durable_position()``): its applied position as
+of the last completed sync. The log actor never trims the log above it
+(``waraft.log.LogServer``), so every applied entry is in the synced environment or still in the
+log, and a restart whose storage came back older (power loss) applies the log's tail again. A
+lazy-sync apply does not even wait for its group commit: it queues the write and returns, and
+the partition's next write, read, snapshot or status waits for it first
+(``NodeLmdbStorage._write``); it counts towards the durable position once committed.
 Nor is every apply its own write: applied rows go into the partition's *write-back buffer*
 (stored key -> last value, or deleted), which the next apply queues as one write once
 ``lmdb_flush_interval_ms`` (default 2000) passed since its first row or ``lmdb_flush_bytes``
@@ -47,9 +49,19 @@ queues every apply's write as it is applied (no buffer). What each failure costs
   write-back buffer is re-applied from it). A commit's pages are in the kernel's page cache
   when it returns, and LMDB never overwrites the pages of the last two commits.
 * power loss or kernel crash: the commits since the last sync can be lost (re-applied from the
-  log), and since LMDB's data and meta pages then reach the disk in no guaranteed order, the
-  environment can even be left damaged; the checksums, the check at open and the quarantine
-  with snapshot repair (below) handle a damaged partition, at the cost of a snapshot transfer.
+  log). Each commit's data pages are on disk before its meta page is written, and LMDB never
+  overwrites the pages of the last two commits, so the environment comes back as of one of its
+  commits at or after the last sync. (Without the data fsync, pages reach the disk in no
+  order, and a review built post-power-loss images that opened without any error but with
+  data older or newer than their position row: stale pages pass their checksums.) A
+  partition damaged some other way is caught by the checksums, the check at open and the
+  quarantine with snapshot repair (below), at the cost of a snapshot transfer.
+* a failed sync (``EIO``): the kernel may have dropped the pages it could not write, so a later
+  sync that succeeds proves nothing about them. The node's durable positions stop moving
+  (``NodeEnv.sync_failure``, in every partition's status): the log keeps every entry applied
+  since the last good sync, and the node logs an error: the environment no longer matches the
+  disk, and should be rebuilt (the partitions' directories moved away, to be restored by
+  snapshots from healthy replicas).
 
 ``lmdb_sync=True`` fsyncs every group commit before any of its writes returns (data, then meta
 page): nothing of the environment is ever lost or torn, at the price of LMDB's copy-on-write
@@ -483,6 +495,9 @@ class NodeEnv:
         self.reclaimed = 0  # partitions taken over from a holder that was killed
         self.stalled: str | None = None  # why commits wait for room (a full disk), if they do
         self.stalls = 0  # times the disk was found full
+        # Why the environment no longer matches the disk, once a sync or a commit's fsync
+        # failed (see the module docstring): durable positions stop moving for good.
+        self.sync_failure: str | None = None
         self._group = threading.Condition(threading.Lock())
         self._pending: list[_Write] = []
         # Writes in ``_pending`` someone waits for (the committer takes the queue at once),
@@ -510,7 +525,14 @@ class NodeEnv:
                 subdir=True,
                 max_dbs=max_partitions,
                 max_readers=DEFAULT_MAX_READERS,
-                sync=sync,
+                # Lazy or not, every commit fsyncs its data pages before its meta page is
+                # written (MDB_NOMETASYNC when lazy): a power loss then leaves a meta page that
+                # points at pages on disk. Without it (MDB_NOSYNC) the kernel writes pages back
+                # in any order, and LMDB reuses the pages of a synced tree two commits later:
+                # a power loss could leave the synced meta over overwritten pages, or a new
+                # meta over stale ones, whose checksums still pass (a review built such
+                # images: most opened silently inconsistent with their position).
+                sync=True,
                 metasync=sync,
                 writemap=writemap,
                 lock=True,
@@ -831,7 +853,15 @@ class NodeEnv:
             size = 0
             for write in group:
                 size += write.put(txn)
-            txn.commit()
+            try:
+                txn.commit()  # writes the pages and fsyncs them, then writes the meta page
+            except lmdb.Error as exc:
+                # EIO may come from the fsync (the pages it could not write are then dropped,
+                # the previous commit's meta page among them); a full disk or a file-size
+                # limit only refuses this commit's writes, which are retried or fail alone.
+                if getattr(exc, "code", None) == errno.EIO and not _disk_full(exc, self.directory):
+                    self._sync_failed(exc)
+                raise
             # Counted only now: a flush that read this generation started after the commit's
             # pages were written, so it covers them.
             self.generation = generation
@@ -897,13 +927,35 @@ class NodeEnv:
 
     def flush(self) -> None:
         """Flush the environment to disk (on the calling thread: never a scheduler's); every
-        generation committed before the call is then durable (``synced_generation``)."""
+        generation committed before the call is then durable (``synced_generation``), unless
+        a sync ever failed (``sync_failure``): ``synced_generation`` then never moves again."""
         generation = self.generation
-        self.env.sync(True)
+        try:
+            self.env.sync(True)
+        except lmdb.Error as exc:
+            self._sync_failed(exc)
+            raise
         with self._sync_cond:  # two flushes may race: never move it back
             self.syncs += 1
-            if generation > self.synced_generation:
+            if self.sync_failure is None and generation > self.synced_generation:
                 self.synced_generation = generation
+
+    def _sync_failed(self, exc: BaseException) -> None:
+        """A sync (or a commit's fsync) failed. Linux may then have marked the pages it
+        could not write clean, so a later sync that succeeds does not cover them: counting
+        the commits before it as durable would let the log trim entries the disk lacks."""
+        with self._sync_cond:
+            first = self.sync_failure is None
+            if first:
+                self.sync_failure = f"sync failed: {type(exc).__name__}: {exc}"
+        if first:
+            logger.error(
+                "LMDB node storage %s: %s; durable positions no longer move (the logs keep "
+                "every entry applied since the last good sync); the environment should be "
+                "rebuilt: move the partitions' directories away to have them restored by "
+                "snapshots from healthy replicas",
+                self.directory, self.sync_failure,
+            )  # fmt: skip
 
 
 class NodeLmdbStorage(LmdbStorage):
@@ -989,7 +1041,7 @@ class NodeLmdbStorage(LmdbStorage):
         self._env = None
         self.quarantine: str | None = None
         os.makedirs(directory, exist_ok=True)
-        self._node: NodeEnv | None = NodeEnv.acquire(
+        node = NodeEnv.acquire(
             node_dir,
             sync=self._sync,
             writemap=self._writemap,
@@ -998,19 +1050,32 @@ class NodeLmdbStorage(LmdbStorage):
             sync_interval_ms=float(extra.get("lmdb_sync_interval_ms", DEFAULT_SYNC_INTERVAL_MS)),
             sync_bytes=int(extra.get("lmdb_sync_bytes", DEFAULT_SYNC_BYTES)),
         )
+        self._node: NodeEnv | None = node
+        if node.sync != self._sync:
+            # One environment, one way to sync it: the first partition to open it chose.
+            # The durable position must follow what the environment does, not the option
+            # (a partition asking for lmdb_sync in a lazily synced environment reported every
+            # commit durable at once, with nothing fsyncing it).
+            logger.warning(
+                "LMDB node storage %s: lmdb_sync=%s ignored: the node's environment %s was "
+                "opened with lmdb_sync=%s, which every partition of the node follows",
+                self._path, self._sync, node_dir, node.sync,
+            )  # fmt: skip
+            self._sync = node.sync
+            self.merge_batches = self._sync
         self._lock_fd = None
         self._lease: Lease | None = None
         try:
-            self._db, self._lease = self._node.open_partition(self._name, owner)
-            self._env = self._node.env
+            self._db, self._lease = node.open_partition(self._name, owner)
+            self._env = node.env
             try:
                 self._prepare(bool(extra.get("lmdb_verify_on_open", True)))
             except BaseException:
-                self._node.close_partition(self._name, self._lease)
+                node.close_partition(self._name, self._lease)
                 raise
         except BaseException:
             self._env = None
-            node, self._node = self._node, None
+            self._node = None
             node.release()
             raise
 
@@ -1249,6 +1314,7 @@ class NodeLmdbStorage(LmdbStorage):
                 "node_writes": 0 if node is None else node.writes,
                 "node_syncs": 0 if node is None else node.syncs,
                 "node_stalled": None if node is None else node.stalled,
+                "node_sync_failure": None if node is None else node.sync_failure,
                 "durable_position": self.durable_position(),
                 "pending_rows": self._pending_rows(),
                 "sync": self._sync,
