@@ -230,7 +230,8 @@ def test_concurrent_partitions_share_group_commits(root: Path) -> None:
         for storage in parts:
             assert storage.position() == LogPos(40, 1)
             assert storage.read(("read", "t", "k"), storage.position()) == ("ok", 40)
-        assert node.writes == 8 * 40  # counted after the reads: they wait for the last write
+            storage._drain()  # its last write committed (a read takes the row from it)
+        assert node.writes == 8 * 40
         assert node.commits < node.writes  # some transactions carried several partitions
     finally:
         for storage in parts:
@@ -442,6 +443,7 @@ def test_lazy_sync_a_failed_write_fails_every_later_call_and_a_reopen_goes_back(
     assert node is not None
     seed(storage, "v")
     assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "v")
+    storage._drain()  # the seed's last write committed before the committer breaks
     _break_next_group_commit(node, monkeypatch)
     writes = node.writes
     try:
@@ -462,7 +464,7 @@ def test_lazy_sync_a_failed_write_fails_every_later_call_and_a_reopen_goes_back(
 
 
 @pytest.mark.parametrize("sync", [False, True])
-def test_lazy_sync_apply_returns_before_its_commit_and_reads_wait_for_it(
+def test_lazy_sync_apply_returns_before_its_commit_and_reads_see_it_meanwhile(
     root: Path, monkeypatch: pytest.MonkeyPatch, sync: bool
 ) -> None:
     storage = open_lazy(root, 1, lmdb_sync=sync)
@@ -470,6 +472,7 @@ def test_lazy_sync_apply_returns_before_its_commit_and_reads_wait_for_it(
     assert node is not None
     seed(storage, "v")
     assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "v")
+    storage._drain()  # the seed's last write committed before the commits are held
     node.flush()
     real = type(node)._transaction
     gate = threading.Event()
@@ -490,9 +493,9 @@ def test_lazy_sync_apply_returns_before_its_commit_and_reads_wait_for_it(
     try:
         worker.start()
         time.sleep(0.3)
-        # Lazy sync: the apply returned with its commit held; the read after it waits.
-        # lmdb_sync: the apply itself waits for its commit.
-        assert results == ([] if sync else ["applied"])
+        # Lazy sync: the apply returned with its commit held, and the read after it takes
+        # the row from the held write. lmdb_sync: the apply itself waits for its commit.
+        assert results == ([] if sync else ["applied", ("ok", "new")])
         if not sync:
             assert storage.position() == LogPos(4, 1)
             assert storage.durable_position() == LogPos(3, 1)  # not counted before its commit
@@ -530,13 +533,13 @@ def test_lazy_sync_durable_position_trails_until_a_flush_covers_it(root: Path) -
         seed(storage, "v")
         assert storage.position() == LogPos(3, 1)
         assert storage.durable_position() == LogPos(0, 0)  # nothing flushed since open
-        storage.read(("read", "t", "k"), storage.position())  # waits for the last apply
+        storage._drain()  # the last apply's commit
         node.flush()
         assert storage.durable_position() == LogPos(3, 1)
         storage.apply(("write", "t", "k", 2), LogPos(4, 1))
         storage.apply(("write", "t", "k", 3), LogPos(5, 1))
         assert storage.durable_position() == LogPos(3, 1)  # committed, not yet flushed
-        storage.read(("read", "t", "k"), storage.position())  # waits for 5's commit
+        storage._drain()  # 5's commit
         # (status does not wait for an in-flight write: it answers during a full-disk stall)
         assert storage.status()["durable_position"] == LogPos(3, 1)
         node.flush()
@@ -735,10 +738,11 @@ def _opened_by_a_killed_holder(otp_node: otp.Node, root: Path) -> NodeLmdbStorag
     holder = _Holder.start(node=otp_node)
     opened: NodeLmdbStorage = otp.call(holder, ("open", root, 1), 20)
     seed(opened, "before")
-    # With lazy sync the last apply is only queued; a read waits for its commit, so the
-    # holder dies with its seed in LMDB (a queued write of a killed holder is fenced off,
-    # and the log would replay it: the CI saw position 2 here instead of 3).
+    # With lazy sync the last apply is only queued; waited for here, so that the holder
+    # dies with its seed in LMDB (a queued write of a killed holder is fenced off, and the
+    # log would replay it: the CI saw position 2 here instead of 3).
     assert opened.read(("read", "t", "other"), opened.position()) == ("ok", 7)
+    opened._drain()
     with otp_node.activate():
         otp.kill(holder)
         otp.wait_exit(holder, 10)
@@ -1466,6 +1470,69 @@ def test_a_partitions_lmdb_sync_follows_the_environment_it_joins(root: Path) -> 
     finally:
         strict.close()
         lazy.close()
+
+
+def test_reads_are_served_while_a_flush_waits_for_room_on_a_full_disk(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the partition's last flush waits for room in the committer. Reads used to
+    wait for it (a key outside the write-back buffer drained it), and so did the next due
+    flush: the storage actor served nothing for as long as the disk stayed full. Now a read
+    takes the flush's rows from it and any other key from LMDB, and a due flush waits
+    (buffered) until the stalled one is done; a full buffer still waits for room."""
+    storage, node, full = _failing_commits(
+        root, monkeypatch, errno.ENOSPC, "No space left", lmdb_flush_interval_ms=50
+    )
+    try:
+        storage.apply(("write", "t", "k", "new"), LogPos(4, 1))
+        time.sleep(0.06)
+        storage.apply(("write", "t", "b", "in flight"), LogPos(5, 1))  # due: flushed
+        assert wait_for(lambda: node.stalled is not None)
+        stalled = storage._inflight
+        assert stalled is not None and not stalled[0].done
+        answers: list[Any] = []
+
+        def reads() -> None:
+            position = storage.position()
+            for key in ("other", "k", "b"):
+                answers.append(storage.read(("read", "t", key), position))
+            storage.apply(("write", "t", "c", "buffered"), LogPos(6, 1))
+            time.sleep(0.06)
+            storage.apply(("write", "t", "d", "due"), LogPos(7, 1))  # due, stays buffered
+            answers.append(storage.read(("read", "t", "c"), storage.position()))
+            answers.append(storage.read(("read", "t", "d"), storage.position()))
+            time.sleep(0.11)  # idle for two intervals: the timer's flush is due
+            answers.append(storage.write_back_due())
+            storage.write_back()
+
+        reader = threading.Thread(target=reads, daemon=True)
+        reader.start()
+        reader.join(3.0)
+        assert not reader.is_alive(), "a read waited for room on the full disk"
+        assert answers[:5] == [
+            ("ok", 7),
+            ("ok", "new"),
+            ("ok", "in flight"),
+            ("ok", "buffered"),
+            ("ok", "due"),
+        ]
+        assert answers[5] == node_lmdb.STALL_BACKOFF_MAX  # the idle timer looks again later
+        assert storage._inflight is stalled  # no second flush behind the stalled one
+        full["now"] = False
+        assert wait_for(lambda: stalled[0].done and node.stalled is None)
+        storage.write_back()
+        storage._drain()
+        assert storage._pending_position is None
+    finally:
+        full["now"] = False
+        storage.close()
+    reopened = open_lazy(root, 1)
+    try:
+        assert reopened.position() == LogPos(7, 1)
+        for key, value in (("k", "new"), ("b", "in flight"), ("c", "buffered"), ("d", "due")):
+            assert reopened.read(("read", "t", key), reopened.position()) == ("ok", value)
+    finally:
+        reopened.close()
 
 
 class _FailingCommit:

@@ -34,8 +34,10 @@ of the last completed sync. The log actor never trims the log above it
 (``waraft.log.LogServer``), so every applied entry is in the synced environment or still in the
 log, and a restart whose storage came back older (power loss) applies the log's tail again. A
 lazy-sync apply does not even wait for its group commit: it queues the write and returns, and
-the partition's next write, read, snapshot or status waits for it first
-(``NodeLmdbStorage._write``); it counts towards the durable position once committed.
+the partition's next write, snapshot or whole-environment read waits for it first
+(``NodeLmdbStorage._write``), while a read of one key takes the write's row from it
+(``_lookup``: on a full disk the write waits for room, and reads must still be served); it
+counts towards the durable position once committed.
 Nor is every apply its own write: applied rows go into the partition's *write-back buffer*
 (stored key -> last value, or deleted), which the next apply queues as one write once
 ``lmdb_flush_interval_ms`` (default 2000) passed since its first row or ``lmdb_flush_bytes``
@@ -1005,6 +1007,7 @@ class NodeLmdbStorage(LmdbStorage):
         # Lazy sync: the partition's last write, queued for a group commit and not yet waited
         # for, with the position it applies (see ``_write``); what failed one, for good.
         self._inflight: tuple[_Write, LogPos] | None = None
+        self._inflight_index: tuple[_Write, dict[bytes, bytes | None]] | None = None
         self._failed: BaseException | None = None
         # Lazy sync's write-back buffer: the rows applied since the last flush, by stored key
         # (None: deleted), the metadata rows they change, the position they bring the
@@ -1355,6 +1358,7 @@ class NodeLmdbStorage(LmdbStorage):
         if self._failed is not None:
             raise self._failed
         inflight, self._inflight = self._inflight, None
+        self._inflight_index = None  # up to a buffer's worth of rows: not kept past the flush
         if inflight is None:
             return
         write, position = inflight
@@ -1563,21 +1567,38 @@ class NodeLmdbStorage(LmdbStorage):
         return staged, size
 
     def _buffered(self, position: LogPos) -> None:
-        """The write-back buffer now reaches ``position``: flush it if it is due."""
+        """The write-back buffer now reaches ``position``: flush it if it is due. While the
+        last flush waits for room on a full disk, only a full buffer is flushed (the apply
+        then waits for room: the buffer stays bounded in bytes); a due one stays buffered."""
         self._pending_position = position
-        if (
-            self._pending_bytes >= self._flush_bytes
-            or time.monotonic() - self._pending_since >= self._flush_interval
+        if self._pending_bytes >= self._flush_bytes or (
+            time.monotonic() - self._pending_since >= self._flush_interval
+            and not self._stalled_behind()
         ):
             self._flush_pending()
+
+    def _stalled_behind(self) -> bool:
+        """Whether the partition's last flush waits for room on a full disk. Another flush
+        would wait for it first, and the storage actor, suspended meanwhile, would serve no
+        read until there is room."""
+        inflight, node = self._inflight, self._node
+        return (
+            inflight is not None
+            and not inflight[0].done
+            and node is not None
+            and node.stalled is not None
+        )
 
     def write_back_due(self) -> float | None:
         if self._pending_position is None:
             return None
-        return self._pending_since + IDLE_FLUSH_FACTOR * self._flush_interval - time.monotonic()
+        due = self._pending_since + IDLE_FLUSH_FACTOR * self._flush_interval - time.monotonic()
+        if due <= 0 and self._stalled_behind():
+            return STALL_BACKOFF_MAX  # the disk is full: look again later (not a busy timer)
+        return due
 
     def write_back(self) -> None:
-        if self._pending_position is not None:
+        if self._pending_position is not None and not self._stalled_behind():
             self._flush_pending()
 
     def _commit(
@@ -1614,8 +1635,33 @@ class NodeLmdbStorage(LmdbStorage):
         pending = self._pending
         if stored_key in pending:
             return pending[stored_key]  # not yet in LMDB (None: deleted)
+        inflight = self._inflight
+        if inflight is not None and not inflight[0].done:
+            # Not waited for: on a full disk the last flush waits for room as long as the disk
+            # stays full, and reads must still be served. A row it carries is read from it;
+            # any other key it leaves as LMDB has it, committed or not yet.
+            rows = self._inflight_rows(inflight[0])
+            if stored_key in rows:
+                return rows[stored_key]
+            with super().env.begin(db=self._db) as txn:
+                return self._get(txn, stored_key)
         with self._committed_env().begin(db=self._db) as txn:
             return self._get(txn, stored_key)
+
+    def _inflight_rows(self, write: _Write) -> dict[bytes, bytes | None]:
+        """The rows of the in-flight flush ``write`` by stored key (None: deleted), built
+        once per flush."""
+        cached = self._inflight_index
+        if cached is not None and cached[0] is write:
+            return cached[1]
+        rows: dict[bytes, bytes | None] = {}
+        for op in write.ops:
+            if type(op) is list:
+                rows.update(op)
+            else:
+                rows[op] = None  # type: ignore[index]
+        self._inflight_index = (write, rows)
+        return rows
 
     # -- snapshots ----------------------------------------------------------------------------
 
