@@ -471,7 +471,7 @@ class Receiver(threading.Thread):
 
     def _call(self, conn: _Conn, name: str, ref: int, request: Any, frame: bytes) -> None:
         peer = conn.peer
-        handle = RemoteReplyTo(self._dist, peer, ref, conn.origin)
+        handle = RemoteReplyTo(self._dist, peer, ref, conn.origin, conn.sender.rights)
         verdict = self._admit(peer, conn.sender, name, True, request, frame)
         if verdict is not True:
             handle.fail(verdict)

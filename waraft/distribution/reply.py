@@ -20,9 +20,16 @@ if TYPE_CHECKING:
 class RemoteReplyTo(ReplyTo):
     """``From`` of a call made on another node; ``reply``/``fail`` answer it over ZeroMQ."""
 
-    __slots__ = ("_dist", "_peer", "_ref", "origin")
+    __slots__ = ("_dist", "_peer", "_ref", "origin", "rights")
 
-    def __init__(self, dist: Dist, peer: Peer, ref: int, origin: str | None = None) -> None:
+    def __init__(
+        self,
+        dist: Dist,
+        peer: Peer,
+        ref: int,
+        origin: str | None = None,
+        rights: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__()
         self._dist = dist
         self._peer = peer
@@ -30,6 +37,10 @@ class RemoteReplyTo(ReplyTo):
         # Who made the call, as the connection authenticated it (``inline``'s ``origin``):
         # the owner the client gateway stamps on a session register it carries.
         self.origin = origin
+        # The rights of that connection (``policy``; every right without CURVE), for a
+        # handler whose answer depends on who asks: ``waraft_admin`` serves ``status_all``
+        # to client-only callers from a shared collection. None given: none at all.
+        self.rights = rights
 
     def __repr__(self) -> str:
         return f"RemoteReplyTo({self._peer.node_id!r}, {self._ref})"
