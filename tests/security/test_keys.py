@@ -24,6 +24,7 @@ from tests.multiprocess.harness import ROOT, Cluster, NodeProcess, child_env, wa
 from tests.security.attacker import CALM, SERVER, Attacker
 from waraft import distribution as dist
 from waraft import otp, storage
+from waraft.cli.admin import STATUS_CACHE_INTERVAL
 from waraft.client import Client
 from waraft.core.types import Identity
 from waraft.distribution import envelope, keys
@@ -306,6 +307,42 @@ def test_a_client_key_reaches_the_client_api_only(
     assert server.status((SERVER, leader))["current_term"] == status["current_term"]
     assert picture(cluster) == before
     app.close()
+
+
+def test_a_client_keys_status_all_is_served_from_the_nodes_last_collection(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    """``status_all`` asks every server of the node for its status, and a client key could
+    have the node run 200 of those collections a second. The rights of the key the call came
+    with decide: a client key is served the node's last collection while it is younger than
+    ``STATUS_CACHE_INTERVAL``, the admin key (this process) a new one."""
+    leader = wait_until(lambda: cluster.leader(1))[0]
+    index = cluster.index_of(leader)
+    server_key = cluster.nodes[index].name
+    app = Attacker(ctx, leader, name="app.status", curve=curve_of(key_dir, "app", server_key))
+
+    def client_rows() -> Any:
+        return app.answer_to(app.call("waraft_admin", ("status_all",)))
+
+    try:
+        with Client(cluster.ids, table="kv", partitions=1, timeout=15.0) as client:
+            for attempt in range(5):
+                time.sleep(STATUS_CACHE_INTERVAL)  # what the cluster.leader call collected expires
+                started = time.monotonic()
+                first = client_rows()
+                assert client.commit(1, ("write", "kv", "status-cache", attempt)) == "ok"
+                second = client_rows()
+                if time.monotonic() - started < STATUS_CACHE_INTERVAL:
+                    break  # else the machine was too slow to tell: again
+            else:
+                pytest.fail("no round of two calls within the interval")
+            assert second == first  # the write is not in it: the same collection
+            (fresh,) = cluster.admin(index, "status_all")
+            assert fresh["commit"] > first[0]["commit"]
+            time.sleep(STATUS_CACHE_INTERVAL)
+            assert client_rows()[0]["commit"] >= fresh["commit"]  # at most an interval old
+    finally:
+        app.close()
 
 
 def test_a_node_key_speaks_only_for_its_own_node(

@@ -11,7 +11,8 @@ request                                 answer
 ``("partitions",)``                     ``[(table, partition), ...]`` running here
 ``("leaders", table)``                  ``{partition: leader node id}`` (from ``waraft.info``,
                                         no call to any server)
-``("status_all",)``                     one status row per partition (see :func:`status_row`)
+``("status_all",)``                     one status row per partition (see :func:`status_row`;
+                                        to a client key, at most ``STATUS_CACHE_INTERVAL`` old)
 ``("bootstrap", table, partition,       ``waraft.server.bootstrap`` of the local replica
 (index, term), config)``                (the position is rebuilt as a ``LogPos`` here)
 ``("bootstrap_many", table, [p, ...],   the same for many partitions, each with every node
@@ -32,6 +33,16 @@ Who may ask (``waraft.distribution.policy``, with keys): ``ping``, ``partitions`
 and ``status_all`` need the client right; the bootstrap, cluster, fault-injection,
 distribution and heartbeat requests the admin right. All are rate limited per sender and per node.
 
+``status_all`` asks every local server for its status (11-40 us a partition on the
+schedulers), and the admin rate limit alone let any client key make a node run 200 collections
+a second: at 1000 partitions, more CPU than the node has. A caller with only the client right
+is therefore answered from the last collection when it began less than
+``STATUS_CACHE_INTERVAL`` ago. Callers with the admin or member right, local callers
+(``/metrics``, which collects at most once a second itself) and senders without keys get a new
+collection each time, which the client callers after them share. However many client keys
+ask, their calls cost at most one collection per interval; what they are told is at most that
+old.
+
 The fault-injection requests exist for tests and drills and are refused with
 ``("error", "fault_injection_disabled")`` unless the node was started with
 ``--allow-fault-injection``. Unknown requests get ``("error", "unknown_request")``.
@@ -43,12 +54,14 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 from waraft import __version__, otp
 from waraft.cli import datadir
 from waraft.core.types import Identity, LogPos
 from waraft.distribution import nodeid, policy
+from waraft.distribution.reply import RemoteReplyTo
 from waraft.partition import part_sup, server
 from waraft.services import info
 
@@ -57,6 +70,10 @@ logger = logging.getLogger(__name__)
 NAME: Final = "waraft_admin"
 STATUS_TIMEOUT: Final = 2.0
 BOOTSTRAP_IN_FLIGHT: Final = 16
+STATUS_CACHE_INTERVAL: Final = 1.0
+"""Seconds a ``status_all`` collection is served to callers with only the client right: the
+bound of the ``/metrics`` page (``MIN_COLLECT_INTERVAL``), and shorter than the default 2 s
+between two redraws of ``waraft status --watch``."""
 
 
 def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
@@ -116,6 +133,44 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
+class StatusCache:
+    """The last ``status_all`` collection and when it began, for one admin process (not
+    thread-safe: only that process uses it, one request at a time).
+
+    ``get(fresh=False)`` returns the last rows if their collection began less than
+    ``interval`` seconds ago, else collects; ``get(fresh=True)`` always collects. Every
+    collection replaces the rows the next ``get`` may return. ``collections`` counts them."""
+
+    def __init__(
+        self,
+        collect: Callable[[], list[dict[str, Any]]],
+        interval: float = STATUS_CACHE_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._collect = collect
+        self._interval = interval
+        self._clock = clock
+        self._rows: list[dict[str, Any]] = []
+        self._at = float("-inf")
+        self.collections = 0
+
+    def get(self, fresh: bool = False) -> list[dict[str, Any]]:
+        now = self._clock()
+        if fresh or now - self._at >= self._interval:
+            # The time before the collection: its first rows are that old, its last younger.
+            self._rows, self._at = self._collect(), now
+            self.collections += 1
+        return self._rows
+
+
+def wants_fresh_status(from_: object) -> bool:
+    """Whether the caller behind ``from_`` gets a new ``status_all`` collection: anyone but a
+    remote caller with neither the admin nor the member right (a client key)."""
+    if not isinstance(from_, RemoteReplyTo):
+        return True
+    return policy.ADMIN in from_.rights or policy.MEMBER in from_.rights
+
+
 class NodeAdmin(otp.Process):
     """Answers the admin requests in the module docstring."""
 
@@ -124,6 +179,7 @@ class NodeAdmin(otp.Process):
         self.allow_faults = allow_faults
         self.data_dir = data_dir  # where the node's cluster is recorded (None: nowhere)
         self.started = time.monotonic()
+        self.status_cache = StatusCache(self._collect_status)
         read = policy.Rule(policy.CLIENT, limited=True)
         write = policy.Rule(policy.ADMIN, limited=True)
         policy.allow(
@@ -152,8 +208,11 @@ class NodeAdmin(otp.Process):
         handler = _HANDLERS.get(request[0])
         if handler is None:
             return ("error", "unknown_request")
+        args = request[1:]
+        if request[0] in _ANSWERS_DEPEND_ON_CALLER:
+            args = (from_, *args)
         try:
-            return handler(self, *request[1:])
+            return handler(self, *args)
         except (TypeError, ValueError, KeyError, IndexError):
             # Arguments come from the wire: a malformed call is answered, never a crash of
             # this process (repeated, the restarts would go over its supervisor's limit).
@@ -183,7 +242,14 @@ class NodeAdmin(otp.Process):
                     out[partition] = leader
         return out
 
-    def _status_all(self) -> list[dict[str, Any]]:
+    def _status_all(self, from_: otp.ReplyTo | None = None) -> list[dict[str, Any]]:
+        # The rows are kept for the client callers after this one, so nobody may change
+        # them: a remote caller gets them encoded, and the one local caller (``/metrics``)
+        # only reads them.
+        return self.status_cache.get(fresh=wants_fresh_status(from_))
+
+    def _collect_status(self) -> list[dict[str, Any]]:
+        """One status row per local partition, asking each server (see the module docstring)."""
         rows = []
         for table, partition in self._partitions():
             name = server.default_name(table, partition)
@@ -349,6 +415,10 @@ _HANDLERS: Final[dict[str, Any]] = {
     "set_fault": NodeAdmin._set_fault,
     "clear_fault": NodeAdmin._clear_fault,
 }
+
+
+_ANSWERS_DEPEND_ON_CALLER: Final = frozenset({"status_all"})
+"""Requests whose handler takes the caller's reply handle (its rights) first."""
 
 
 def _cluster_id() -> str | None:

@@ -8,7 +8,8 @@ page holds the interpreter for milliseconds at a thousand partitions. The endpoi
 authentication (bind it to a private address), so what anyone can make it cost is bounded: a
 page is collected at most once per ``MIN_COLLECT_INTERVAL`` (scrapes in between, or waiting on
 the one collecting, get that page: a flood of scrapes costs the schedulers one ``status_all`` a
-second), at most ``MAX_CONCURRENT_SCRAPES`` connections are served at once and at most
+second, whose rows client keys' own ``status_all`` calls are then served, ``waraft.cli.admin``),
+at most ``MAX_CONCURRENT_SCRAPES`` connections are served at once and at most
 ``MAX_SCRAPES_PER_SECOND`` a second (a connection past either is closed unanswered before any
 thread or parsing, counted in ``refused``), and a connection is cut off
 ``SCRAPE_SOCKET_TIMEOUT`` after it was accepted, however it trickles its bytes (a timeout per
