@@ -4,8 +4,15 @@ Layout of the directory::
 
     cluster.json      public keys only: {"identities": {public_key: [role, name]}}
     <name>.key        one identity's key pair: {"role", "name", "public_key", "secret_key"}
-                      (mode 0600, and ``load`` refuses one others may read or write;
-                      give each process only its own file)
+                      (give each process only its own file)
+
+``create`` writes key files 0600. ``load`` refuses, as ssh
+refuses a private key and sshd an ``authorized_keys`` others could change: a key directory
+or ``cluster.json`` that other users may write (``cluster.json`` says which keys are nodes
+and which admins, so whoever can replace it can make their own key an admin), a key file
+they may read or write (its secret key is the identity), any of them owned by someone other
+than the user running (or root), and a ``cluster.json`` or key file that is a symbolic link
+(what it leads to could be replaced from wherever it is). Parent directories are not checked.
 
 Roles: ``node`` (one key per node, named after the node's ``--name``: it may claim only node
 ids ``<name>@host:port``), ``client`` (the client API: commits, reads, read-only status) and
@@ -20,10 +27,12 @@ cluster's keys can connect, and each connection gets its key's rights (see
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -98,11 +107,83 @@ def create(
     return written
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _owned_by_someone_else(st: os.stat_result) -> bool:
+    # Root may change any file anyway, so a file of root's trusts nobody new (sshd's rule).
+    return os.name == "posix" and st.st_uid not in (os.geteuid(), 0)
+
+
+def _check_directory(root: Path) -> None:
+    """Refuse a key directory that others may write or that neither this user nor root
+    owns: whoever may write it can put their own ``cluster.json`` or key file in place of
+    ours. Write access is what counts: a 0755 directory (the usual umask) is fine."""
+    if os.name != "posix":
+        return
     try:
-        data = json.loads(path.read_text())
+        st = root.stat()  # a symbolic link to the directory is fine: its target is checked
     except OSError as exc:
+        raise KeysError(f"cannot read key directory {root}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise KeysError(f"{root} is not a directory")
+    if _owned_by_someone_else(st):
+        raise KeysError(
+            f"key directory {root} belongs to uid {st.st_uid}, not to this user "
+            f"(uid {os.geteuid()}) or root: its owner can replace cluster.json and the key files; "
+            f"chown it to this user"
+        )
+    mode = st.st_mode & 0o7777
+    if mode & 0o022:
+        raise KeysError(
+            f"key directory {root} may be written by other users (mode {mode:04o}): they "
+            f"could replace cluster.json, which says who is a node or an admin; "
+            f"chmod go-w {root}"
+        )
+
+
+def _read_checked(path: Path, secret: bool) -> bytes:
+    """The bytes of ``path``, opened without following a symbolic link and checked on the
+    open file (nothing can be swapped in between): a regular file owned by this user or
+    root that no other user may write, nor read if it holds a ``secret`` key."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and path.is_symlink():  # Linux, BSD
+            raise KeysError(
+                f"{path} is a symbolic link: key files are not followed out of the key "
+                f"directory (what a link leads to may be replaceable); copy the file itself there"
+            ) from None
         raise KeysError(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise KeysError(f"{path} is not a regular file")
+        if _owned_by_someone_else(st):
+            raise KeysError(
+                f"{path} belongs to uid {st.st_uid}, not to this user "
+                f"(uid {os.geteuid()}) or root: its owner can change it; chown it to this user"
+            )
+        mode = st.st_mode & 0o777
+        if os.name == "posix" and secret and mode & 0o077:
+            # A copy made with the default mode (0644) handed the secret key, and the
+            # identity with it, to every local account.
+            raise KeysError(
+                f"{path} is open to other users (mode {mode:04o}): its secret key is the "
+                f"identity; chmod 600 {path}"
+            )
+        if os.name == "posix" and mode & 0o022:
+            raise KeysError(
+                f"{path} may be written by other users (mode {mode:04o}): it says who is a "
+                f"node or an admin; chmod go-w {path}"
+            )
+        return fh.read()
+
+
+def _read_json(path: Path, secret: bool) -> dict[str, Any]:
+    raw = _read_checked(path, secret)
+    try:
+        data = json.loads(raw)
     except ValueError as exc:
         raise KeysError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -110,27 +191,15 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check_private(path: Path) -> None:
-    """Refuse a key file that others on the machine may read or write (as ssh refuses such
-    a private key): ``create`` writes them 0600, and a copy made with a wider mode has handed
-    the secret key, and the identity with it, to every local account."""
-    if os.name != "posix":
-        return
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise KeysError(
-            f"{path} is open to other users (mode {mode:04o}): its secret key is the "
-            f"identity; chmod 600 {path}"
-        )
-
-
 def load(directory: str | os.PathLike[str], name: str, role: str | None = None) -> CurveConfig:
     """The ``CurveConfig`` of identity ``name`` (``<directory>/<name>.key``), checked to have
-    ``role`` if given. Raises :class:`KeysError` with a one-line reason."""
+    ``role`` if given. Raises :class:`KeysError` with a one-line reason, also when the
+    directory, ``cluster.json`` or the key file could be changed by another user or is a
+    symbolic link where a file should be (see the module docstring)."""
     root = Path(directory)
-    cluster = _read_json(root / CLUSTER_FILE)
-    record = _read_json(root / f"{name}.key")
-    _check_private(root / f"{name}.key")
+    _check_directory(root)
+    cluster = _read_json(root / CLUSTER_FILE, secret=False)
+    record = _read_json(root / f"{name}.key", secret=True)
     if role is not None and record.get("role") != role:
         raise KeysError(f"{root / (name + '.key')} is a {record.get('role')} key, not {role}")
     raw = cluster.get("identities")
