@@ -3,7 +3,8 @@
 ``cluster.json`` says which keys are nodes and which are admins: a user who could write it, or
 the directory holding it, added their own key as an admin and the node loaded it; a key file
 replaced by a symbolic link was followed. ``load`` now refuses all of these, as ssh refuses a
-private key or an ``authorized_keys`` others could change."""
+private key or an ``authorized_keys`` others could change, and ``create`` writes the directory
+0700 and its files 0600."""
 
 from __future__ import annotations
 
@@ -36,6 +37,20 @@ def _give_away(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     else:
         me = os.geteuid()
         monkeypatch.setattr(os, "geteuid", lambda: me + 1)
+
+
+def test_create_makes_the_directory_and_every_file_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # the usual umask: 0755 directories and 0644 files by default
+    try:
+        written = keys.create(tmp_path / "keys", ["n1", "n2"], ["app"], ["admin"])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in written) == sorted(
+        ["n1.key", "n2.key", "app.key", "admin.key", "cluster.json"]
+    )
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {p.name: 0o600 for p in written}
+    keys.load(tmp_path / "keys", "n1", "node")
 
 
 def test_the_demo_attack_is_refused(root: Path) -> None:
@@ -99,3 +114,13 @@ def test_a_key_file_that_is_a_symbolic_link_is_not_followed(root: Path, name: st
     assert elsewhere.stat().st_mode & (0o077 if name == "n1.key" else 0o022) == 0
     with pytest.raises(keys.KeysError, match=rf"{root / name} is a symbolic link"):
         keys.load(root, "n1", "node")
+
+
+def test_create_refuses_a_directory_others_may_write_and_writes_nothing(tmp_path: Path) -> None:
+    # The keys would be written, then refused by every load (or replaced before it).
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(keys.KeysError, match=r"may be written by other users \(mode 0777\)"):
+        keys.create(shared, ["n1"])
+    assert list(shared.iterdir()) == []

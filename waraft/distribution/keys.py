@@ -6,7 +6,7 @@ Layout of the directory::
     <name>.key        one identity's key pair: {"role", "name", "public_key", "secret_key"}
                       (give each process only its own file)
 
-``create`` writes key files 0600. ``load`` refuses, as ssh
+``create`` makes the directory 0700 and writes every file 0600. ``load`` refuses, as ssh
 refuses a private key and sshd an ``authorized_keys`` others could change: a key directory
 or ``cluster.json`` that other users may write (``cluster.json`` says which keys are nodes
 and which admins, so whoever can replace it can make their own key an admin), a key file
@@ -74,9 +74,11 @@ def create(
     if root.exists() and not root.is_dir():
         raise KeysError(f"{root} is not a directory")
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        # 0700 (the umask only takes bits away): nobody else needs to look into it.
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise KeysError(f"cannot make key directory {root}: {exc.strerror or exc}") from None
+    _check_directory(root)  # one that existed: load would refuse the keys written into it
     if (root / CLUSTER_FILE).exists():
         raise KeysError(f"{root / CLUSTER_FILE} exists already: keys are never overwritten")
     for _, name in wanted:  # before writing any: a refusal half-way left new keys behind
@@ -102,7 +104,15 @@ def create(
             json.dump(record, fh, indent=1)
         written.append(path)
     cluster = root / CLUSTER_FILE
-    cluster.write_text(json.dumps({"identities": identities}, indent=1, sort_keys=True))
+    text = json.dumps({"identities": identities}, indent=1, sort_keys=True)
+    try:
+        # Public keys only, but the list of who is a node and who an admin: nobody else's.
+        # (O_EXCL also refuses a symbolic link, dangling or not, in the file's place.)
+        fd = os.open(cluster, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeysError(f"{cluster} exists already: keys are never overwritten") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
     written.append(cluster)
     return written
 
