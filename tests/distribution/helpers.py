@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import msgpack
+import zmq
 
 from waraft import otp
+from waraft.distribution import nodeid
 
 CHILD = Path(__file__).with_name("child_node.py")
 WAIT = 10.0  # the bound on every wait in these tests
@@ -144,3 +147,54 @@ def wait_until(pred: Callable[[], bool], timeout: float = WAIT, what: str = "con
     while not pred():
         assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
         time.sleep(0.005)
+
+
+def derived_link_ids(seen: bytes, count: int = 32) -> list[bytes]:
+    """Routing ids an attacker who saw ``seen`` (one of a node's link ids, e.g. on a PONG)
+    would try for that node's other links: ``seen`` itself, and should its tag end in digits
+    (a counter), the same tag with 1..``count`` there instead. Link ids used to be
+    ``<node>/<per-process value>.<counter>``; those guesses found every one of them."""
+    node, _, tag = seen.decode().rpartition("/")
+    tag, hash_, cluster = tag.partition("#")
+    stem = re.sub(r"\d+$", "", tag)
+    found = {seen}
+    if stem != tag:
+        found.update(f"{node}/{stem}{k}{hash_}{cluster}".encode() for k in range(1, count + 1))
+    return sorted(found)
+
+
+def connect_silently(
+    ctx: zmq.Context[Any],
+    node_id: str,
+    ids: list[bytes],
+    curve: tuple[bytes, bytes, bytes] | None = None,
+) -> list[zmq.Socket[Any]]:
+    """A DEALER to ``node_id`` under each of ``ids``, sending nothing, returned once every one
+    has completed its handshake (from then on ``node_id``'s ROUTER has handed it the id).
+    ``curve``: (public key, secret key, the node's public key) to connect with CURVE. The
+    caller closes the sockets."""
+    socks: list[zmq.Socket[Any]] = []
+    monitors: list[zmq.Socket[Any]] = []
+    try:
+        for routing_id in ids:
+            sock = ctx.socket(zmq.DEALER)
+            socks.append(sock)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, routing_id)
+            if curve is not None:
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[0])
+                sock.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
+                sock.setsockopt(zmq.CURVE_SERVERKEY, curve[2])
+            monitors.append(sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
+            sock.connect(nodeid.endpoint(node_id))
+        for monitor in monitors:
+            assert monitor.poll(int(WAIT * 1000)), f"a handshake with {node_id} did not complete"
+    except BaseException:
+        for sock in socks:
+            sock.close(0)
+        raise
+    finally:
+        for sock, monitor in zip(socks, monitors, strict=False):
+            sock.disable_monitor()
+            monitor.close(0)
+    return socks

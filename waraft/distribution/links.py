@@ -5,7 +5,8 @@ through one sender thread (a queue put, a wake-up and a GIL hand-off per message
 that sends to a peer gets its own DEALER, connected to that peer's ROUTER with the routing id
 ``<this node>/<tag>``. This costs no thread hop and keeps messages from one actor (one thread)
 to one node in order, which Raft relies on. ``benchmarks/dist_bench.py --senders`` measures this
-against a single sender thread.
+against a single sender thread. Each link draws its own random tag (``nodeid.new_tag``):
+whoever could present a link's routing id would take the link over at the peer.
 
 Each link has a lock that its own thread takes around every send (uncontended: ~0.1 µs). It
 exists so that :meth:`Outbound.close_all` (``dist.stop()``) and the reaper of dead threads'
@@ -14,9 +15,7 @@ links can close a socket without racing a send in progress.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -101,9 +100,6 @@ class Outbound:
         self._links: set[Link] = set()
         self._closed = False
         self._closed_counts: dict[str, int] = {"tx_msgs": 0, "tx_bytes": 0, "tx_dropped_full": 0}
-        # Routing ids must be unique per connection at the peer: a fresh incarnation per start
-        # (and per process) plus a counter per link.
-        self._incarnation = os.urandom(4).hex()
         # With a cluster's keys, the names of its nodes: a link to any other id goes to a
         # client or admin process (see ``_configure``).
         self._node_names: frozenset[str] | None = (
@@ -111,7 +107,6 @@ class Outbound:
             if curve is None or not curve.identities
             else frozenset(name for role, name in curve.identities.values() if role == "node")
         )
-        self._tags = itertools.count(1)
         self._copy_threshold = settings.copy_threshold
 
     # ------------------------------------------------------------------ hot path
@@ -177,8 +172,12 @@ class Outbound:
 
     def _configure(self, sock: zmq.Socket[bytes], peer: Peer) -> None:
         settings = self._settings
-        tag = f"{self._incarnation}.{next(self._tags)}"
         sock.setsockopt(zmq.LINGER, 0)
+        # A tag of its own for every link, unrelated to any other: the peer's ROUTER hands a
+        # routing id to whoever presents it, and ids made of a per-process value and a counter
+        # (that value visible in every frame this node sent anyone) let a client key cut
+        # members' links to each other for good.
+        tag = nodeid.new_tag()
         sock.setsockopt(zmq.ROUTING_ID, nodeid.routing_id(self._node_id, tag, self._cluster_id()))
         sock.setsockopt(zmq.SNDHWM, self._sndhwm_for(peer.node_id))
         sock.setsockopt(zmq.RCVHWM, 1)  # nothing is ever sent back on this connection

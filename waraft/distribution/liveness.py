@@ -16,7 +16,6 @@ handler that decides which client keys may connect. The loop polls for at most o
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -93,7 +92,6 @@ class Liveness(threading.Thread):
         if zap is not None:
             self._poller.register(zap, zmq.POLLIN)
         self._next_reap = 0.0
-        self._probe_tags = 0
         # What repeats every tick, or what anyone reaching the port can cause, is logged
         # at most once a second (the counters count every one).
         self._errors = LogThrottle()
@@ -214,15 +212,14 @@ class Liveness(threading.Thread):
     def _open_probe(self, peer: Peer) -> None:
         dist = self._dist
         settings = dist.settings
-        self._probe_tags += 1
         sock = self._ctx.socket(zmq.DEALER)
         monitor: zmq.Socket[bytes] | None = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            # Unguessable, as the links' ids are: the peer's ROUTER hands a routing id over to
-            # the newest connection presenting it, so a predictable one let anyone who could
-            # connect cut this probe off.
-            tag = f"p{os.urandom(4).hex()}.{self._probe_tags}"
+            # Random, as every link's is (``nodeid.new_tag``): the peer's ROUTER hands a routing
+            # id over to the newest connection presenting it, so a predictable one let anyone
+            # who could connect cut this probe off.
+            tag = nodeid.new_tag("p")
             sock.setsockopt(zmq.ROUTING_ID, nodeid.routing_id(dist.node_id, tag, dist.cluster_id))
             sock.setsockopt(zmq.SNDHWM, _PROBE_HWM)
             sock.setsockopt(zmq.RCVHWM, 1)

@@ -7,17 +7,34 @@ ZeroMQ routing id ``<node_id>/<tag>``; :func:`sender_of` recovers the node id fr
 that belongs to a cluster ends the tag with ``#<cluster id>`` (:func:`routing_id`), so a
 receiver can tell a node of another cluster from a member before anything it sent is admitted
 (:func:`cluster_of`).
+
+The node id and cluster id in a routing id are claims, which the receiver checks against the
+connection's host and key; the tag is a secret. A node's ROUTER hands a routing id to the newest
+connection presenting it (``ROUTER_HANDOVER``: a link reconnecting after a TCP drop gets its id
+back), and the connection that held it stops being read while its sender, seeing no error,
+keeps sending into it: whoever can present another connection's routing id cuts that
+connection off. So every connection draws its tag from :func:`new_tag`, random and never
+derived from a counter or a per-process value: the node at the other end of a connection
+learns its routing id, and from it nothing about the ids of the sender's other connections.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from functools import lru_cache
 from typing import NamedTuple
 
 MAX_ID_BYTES = 200
 """Routing ids are limited to 255 bytes by ZeroMQ; keep room for the ``/<tag>`` suffix."""
 MAX_CLUSTER_ID_CHARS = 32
+MAX_ROUTING_ID_BYTES = 255
+"""ZeroMQ's limit on a routing id."""
+TAG_BYTES = 15
+"""Random bytes in a connection's tag: 120 bits, 20 characters of URL-safe base64. 128 bits
+would take 22, and the longest node id (``MAX_ID_BYTES``) with the longest cluster id and a
+probe's tag must stay within ``MAX_ROUTING_ID_BYTES``; 2**120 guesses, each a handshake with
+the node, are as far out of reach."""
 _CLUSTER_ID = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_CLUSTER_ID_CHARS}}}")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 """A node name: what ``waraft node --name`` takes (and the names clients and tools make)."""
@@ -105,6 +122,14 @@ def check_cluster_id(value: object) -> str:
             f"not a cluster id (1-{MAX_CLUSTER_ID_CHARS} letters, digits, '_', '.', '-'): {value!r}"
         )
     return value
+
+
+def new_tag(prefix: str = "") -> str:
+    """A fresh tag for one connection's routing id: ``prefix`` and ``TAG_BYTES`` random bytes
+    from :mod:`secrets` in URL-safe base64 (no ``/``, ``#`` or ``@``, which the routing id's
+    parsers split on). Unguessable from any other tag this or any node has drawn (see the
+    module docstring); ``prefix`` only tells kinds of connection apart in a capture."""
+    return prefix + secrets.token_urlsafe(TAG_BYTES)
 
 
 def routing_id(node_id: str, tag: str, cluster_id: str | None) -> bytes:

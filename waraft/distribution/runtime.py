@@ -188,7 +188,13 @@ class Dist:
         # libzmq cuts connections carrying a frame over twice the limit (memory protection);
         # frames between the limit and that are dropped and counted by the receive thread.
         router.setsockopt(zmq.MAXMSGSIZE, 2 * settings.max_frame_bytes)
-        # A restarted peer reuses routing ids; let the new connection take them over.
+        # A peer's link that reconnects (after a TCP drop) presents the routing id it had, and
+        # this ROUTER may still hold the old connection: it never writes on incoming ones, so
+        # it does not notice one that died half-open. Without handover it would ignore the new
+        # connection as long as the old one holds the id; with it the newest connection gets
+        # the id. That is safe only because nobody but the peer knows its links' ids: each is
+        # random (``nodeid.new_tag``), and one that could be guessed or derived from another
+        # let any authenticated key, or anyone without keys, cut members' links for good.
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # A connection that has not completed its handshake in this time is closed (libzmq's
         # default is 30 s): TCP connections that never spoke held the node's descriptors
