@@ -93,6 +93,18 @@ class Attacker:
                 out.append(decoded)
         return out
 
+    def seen_link_id(self, timeout: float = 5.0) -> bytes:
+        """Ping the node; the routing id its PONG arrives under, that of the node's own link
+        to this attacker (what any process the node answers sees of its link ids)."""
+        self.sock.send(envelope.ping_frame(next(_refs)))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.inbox.poll(50):
+                routing_id, frame = self.inbox.recv_multipart()
+                if codec.unpackb(frame)[1] == envelope.Kind.PONG:
+                    return bytes(routing_id)
+        raise AssertionError(f"no PONG from {self.target}")
+
     def answer_to(self, ref: int, timeout: float = 8.0) -> Any:
         """The value of the node's answer to call ``ref`` (the frame's last element); other
         frames are skipped, one at a time (waiting for several cost the whole timeout)."""

@@ -19,7 +19,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.distribution.helpers import colliding_map
+from tests.distribution.helpers import colliding_map, connect_silently, derived_link_ids
 from tests.multiprocess.harness import ROOT, Cluster, NodeProcess, child_env, wait_until, waraft_cmd
 from tests.security.attacker import CALM, SERVER, Attacker
 from waraft import distribution as dist
@@ -498,3 +498,44 @@ def test_a_connection_that_never_completes_its_handshake_is_closed_within_second
         while idle.recv(4096):  # the node's greeting, then the close
             pass
     assert time.monotonic() - started < HANDSHAKE_MS / 1000 + 3.0
+
+
+def test_a_client_key_cannot_cut_the_members_links_to_each_other(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    """A node's ROUTER hands a routing id to the newest connection presenting it. Link ids
+    were ``<node>/<per-process value>.<counter>``: the client key pinged each node once, read
+    the value off its PONG's routing id, and connected to the other nodes under the first 32
+    counters, sending nothing. The members' links went silent for good: the leader's
+    heartbeats stopped arriving, the others elected a new leader, and the old one, cut off,
+    stayed a leader of the old term after the attacker had left. Link ids are random now:
+    whatever one of them shows, the cluster keeps its leader and commits, during such an
+    attack and after it."""
+    wait_until(cluster.converged)
+    before = picture(cluster)
+    # Long enough for followers that no longer hear the leader to elect another one.
+    elections = SHORT_LOG["raft_election_timeout_ms_max"] / 1000 + 1.0
+    attack: list[zmq.Socket[Any]] = []
+    try:
+        for i, node in enumerate(cluster.ids):
+            curve = curve_of(key_dir, "app", cluster.nodes[i].name)
+            app = Attacker(ctx, node, name=f"app.cut{i}", curve=curve)
+            try:
+                ids = derived_link_ids(app.seen_link_id())
+            finally:
+                app.close()
+            for j, other in enumerate(cluster.ids):
+                if j != i:
+                    curve = curve_of(key_dir, "app", cluster.nodes[j].name)
+                    attack += connect_silently(ctx, other, ids, curve)
+        time.sleep(elections)
+        with Client(cluster.ids, table="kv", partitions=1, timeout=10.0) as client:
+            assert client.commit(1, ("write", "kv", "cut-during", 1)) == "ok"
+        assert picture(cluster) == before
+    finally:
+        for sock in attack:
+            sock.close(0)
+    time.sleep(elections)
+    with Client(cluster.ids, table="kv", partitions=1, timeout=10.0) as client:
+        assert client.commit(1, ("write", "kv", "cut-after", 1)) == "ok"
+    assert picture(cluster) == before
