@@ -11,9 +11,10 @@ import pytest
 
 from waraft import distribution as dist
 from waraft import otp
+from waraft.distribution import policy
 from waraft.services import codec
 
-from .helpers import DOWN, Child, start_sink
+from .helpers import DOWN, Child, start_sink, wait_until
 
 
 def test_calls_return_values_through_msgpack(node: str, shared_child: Child) -> None:
@@ -28,6 +29,26 @@ def test_casts_and_sends_both_ways(node: str, shared_child: Child) -> None:
     otp.send(shared_child.echo, ("info_back", ("sink", node), "via-info"))
     items = inbox.wait_len(2)
     assert sorted(items) == [("cast", "via-cast"), ("info", "via-info")]
+
+
+def test_an_info_is_admitted_by_an_info_rule_only(node: str, shared_child: Child) -> None:
+    """Infos were admitted by the cast rules: ``client_batch``, a client's cast to the
+    acceptor, sent as an info reached the acceptor's default ``handle_info``, which logged
+    each (megabytes) in full. A name with rules takes an info only under an info rule."""
+    inbox = start_sink()
+    policy.allow("sink", casts={"c": policy.MEMBER}, infos={"i": policy.MEMBER})
+    try:
+        refused = dist.stats().get("rx_refused", 0)
+        assert shared_child.call("send_to", ("sink", node), ("c", "as an info")) is True
+        assert shared_child.call("send_to", ("sink", node), ("i", "as an info")) is True
+        assert shared_child.call("cast_to", ("sink", node), ("i", "as a cast")) is True
+        assert shared_child.call("cast_to", ("sink", node), ("c", "as a cast")) is True
+        items = inbox.wait_len(2)
+        wait_until(lambda: dist.stats().get("rx_refused", 0) >= refused + 2, what="refusals")
+    finally:
+        policy.forget("sink")
+    # (The child's link to here keeps its frames in order: nothing else is on its way.)
+    assert items == [("info", ("i", "as an info")), ("cast", ("c", "as a cast"))]
 
 
 def test_child_calls_this_node(node: str, shared_child: Child) -> None:

@@ -38,6 +38,15 @@ def test_only_listed_tags_with_the_right_get_through() -> None:
     assert policy.rule_for("kernel_sup", True, ("terminate_child", "x")) is None
 
 
+def test_casts_calls_and_infos_each_have_their_own_rules() -> None:
+    policy.allow("svc", casts={"batch": policy.CLIENT}, infos={"tick": policy.MEMBER})
+    assert policy.rule_for("svc", False, ("batch",)) is not None
+    assert policy.rule_for("svc", False, ("batch",), info=True) is None  # a cast rule only
+    assert policy.rule_for("svc", True, ("batch",)) is None
+    assert policy.rule_for("svc", False, ("tick",), info=True) == Rule(policy.MEMBER)
+    assert policy.rule_for("svc", False, ("tick",)) is None  # an info rule only
+
+
 def test_a_guard_that_raises_refuses() -> None:
     def broken(sender: Sender, msg: object) -> bool:
         raise RuntimeError("boom")

@@ -1,12 +1,18 @@
 """What other nodes may ask of this one: an explicit allow-list per registered name.
 
 Nothing reaches a local process from the wire unless the process's registered name has a rule
-for the message: a cast or call is identified by its name and its *tag* (the first element of
-the tuple it carries, e.g. ``("rpcs", [...])`` or ``("status",)``); anything else — another
-tag, a name without rules (``kernel_sup``, ``raft_sup_*``, storage, logs), a message that is
-not a tuple headed by a string — is dropped and counted (``rx_refused``), and a refused call
-fails at once with ``"refused"``. Processes that serve other nodes register their rules when
-they start (:func:`allow`), so the list lives next to the code that handles the messages.
+for the message: a cast, call or info is identified by its name and its *tag* (the first
+element of the tuple it carries, e.g. ``("rpcs", [...])`` or ``("status",)``); anything else —
+another tag, a name without rules (``kernel_sup``, ``raft_sup_*``, storage, logs), a message
+that is not a tuple headed by a string — is dropped and counted (``rx_refused``), and a refused
+call fails at once with ``"refused"``. Processes that serve other nodes register their rules
+when they start (:func:`allow`), so the list lives next to the code that handles the messages.
+
+Casts, calls and infos (``otp.send`` to a process on another node, for its ``handle_info``)
+each have rules of their own: a cast rule admits no info with its tag. Infos used to pass under
+the cast rules, and most processes have no ``handle_info`` but the default, which logs what it
+drops: any client key reached it with ``client_batch`` infos of megabytes. No process takes
+infos from the wire today.
 
 Each rule names the *right* it needs:
 
@@ -73,6 +79,7 @@ RuleSpec = Rule | str
 class _Rules:
     casts: Mapping[str, Rule]
     calls: Mapping[str, Rule]
+    infos: Mapping[str, Rule]
 
 
 _rules: dict[str, _Rules] = {}
@@ -81,9 +88,9 @@ _OPEN_RULE: Final = Rule(MEMBER)
 
 
 def open_unlisted_names(enabled: bool) -> None:
-    """For tests of the distribution layer itself (and only them): let casts and calls to a
-    name without rules through to members, as before the allow-list existed. Off by default;
-    names with rules keep them."""
+    """For tests of the distribution layer itself (and only them): let casts, calls and infos
+    to a name without rules through to members, as before the allow-list existed. Off by
+    default; names with rules keep them."""
     global _open_names
     _open_names = enabled
 
@@ -97,12 +104,16 @@ def allow(
     *,
     casts: Mapping[str, RuleSpec] | None = None,
     calls: Mapping[str, RuleSpec] | None = None,
+    infos: Mapping[str, RuleSpec] | None = None,
 ) -> None:
     """Set the remote requests the process registered as ``name`` accepts (replacing any
-    previous rules for that name). ``casts`` covers casts and infos."""
+    previous rules for that name): ``casts`` for ``handle_cast``, ``calls`` for
+    ``handle_call``, ``infos`` for ``handle_info``. Each kind is admitted by its own rules
+    only; an info, in particular, needs a rule in ``infos``."""
     _rules[name] = _Rules(
         {tag: _coerce(spec) for tag, spec in (casts or {}).items()},
         {tag: _coerce(spec) for tag, spec in (calls or {}).items()},
+        {tag: _coerce(spec) for tag, spec in (infos or {}).items()},
     )
 
 
@@ -111,8 +122,9 @@ def forget(name: str) -> None:
     _rules.pop(name, None)
 
 
-def rule_for(name: str, call: bool, msg: Any) -> Rule | None:
-    """The rule admitting ``msg`` to ``name``, or None if nothing admits it."""
+def rule_for(name: str, call: bool, msg: Any, *, info: bool = False) -> Rule | None:
+    """The rule admitting ``msg`` to ``name`` as a call (``call``), an info (``info``) or
+    else a cast, or None if nothing admits it. An info is looked up in the info rules only."""
     rules = _rules.get(name)
     if rules is None:
         return _OPEN_RULE if _open_names else None
@@ -121,7 +133,7 @@ def rule_for(name: str, call: bool, msg: Any) -> Rule | None:
     tag = msg[0]
     if type(tag) is not str:
         return None
-    return (rules.calls if call else rules.casts).get(tag)
+    return (rules.calls if call else rules.infos if info else rules.casts).get(tag)
 
 
 def admits(rule: Rule | None, sender: Sender, msg: Any) -> bool:

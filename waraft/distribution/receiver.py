@@ -11,8 +11,9 @@ stall this loop.
 Who may send what is decided here, before anything reaches an actor (see
 :mod:`~waraft.distribution.policy`): a routing id must name a node on the host the connection
 comes from (so a packet can never make this node dial a third address), with CURVE the
-connection's key must be the one issued for that node id, and a cast or call must be on the
-allow-list of the registered name it is addressed to, with a right the sender holds.
+connection's key must be the one issued for that node id, and a cast, call or info must be on
+the allow-list of the registered name it is addressed to (each kind under its own rules), with a
+right the sender holds.
 
 Delivery to local actors is a registry lookup and one mailbox put (``otp.cast``/``otp.send``
 to the pid, or ``otp.send_request`` with a :class:`RemoteReplyTo` for calls), so a slow actor
@@ -400,15 +401,16 @@ class Receiver(threading.Thread):
             peer.last_rx = time.monotonic()
             dist.peers.set_state(peer, PeerState.UP)
         kind = obj[1]
-        if kind == Kind.CAST or kind == Kind.INFO:
+        if kind == Kind.CAST:
             if self._admit(peer, conn.sender, obj[2], False, obj[3], frame) is not True:
                 return
-            if kind == Kind.CAST:
-                fast = inline._handlers.get(obj[2]) if inline._handlers else None
-                if fast is not None and fast(obj[3], conn.origin):
-                    return
-                self._deliver(obj[2], obj[3], messaging.cast)
-            else:
+            fast = inline._handlers.get(obj[2]) if inline._handlers else None
+            if fast is not None and fast(obj[3], conn.origin):
+                return
+            self._deliver(obj[2], obj[3], messaging.cast)
+        elif kind == Kind.INFO:
+            # By the info rules only: a cast rule's guard was written for handle_cast.
+            if self._admit(peer, conn.sender, obj[2], False, obj[3], frame, info=True) is True:
                 self._deliver(obj[2], obj[3], messaging.send)
         elif kind == Kind.REPLY:
             if not self._deep(frame, obj[3]):
@@ -439,18 +441,27 @@ class Receiver(threading.Thread):
         return False
 
     def _admit(
-        self, peer: Peer, sender: Sender, name: str, call: bool, msg: Any, frame: bytes
+        self,
+        peer: Peer,
+        sender: Sender,
+        name: str,
+        call: bool,
+        msg: Any,
+        frame: bytes,
+        info: bool = False,
     ) -> bool | str:
-        """True if ``msg`` may go to ``name``; else the reason (counted). A peer admitted to
-        a member's request is marked a member (its going down is then worth a warning).
+        """True if ``msg`` may go to ``name`` as a call (``call``), an info (``info``) or else
+        a cast; else the reason (counted). A peer admitted to a member's request is marked a
+        member (its going down is then worth a warning).
 
         The nesting depth is checked here, after admission, and not for members' traffic
         (Raft RPCs, whose shapes the server checks): walking a 1000-entry AppendEntries would
         cost more than decoding it. Everything from clients and admins is checked."""
-        rule = policy.rule_for(name, call, msg)
+        rule = policy.rule_for(name, call, msg, info=info)
         if not policy.admits(rule, sender, msg):
             self._count("rx_refused")
-            logger.debug("refused %s %s from %s", "call" if call else "cast", name, sender)
+            what = "call" if call else "info" if info else "cast"
+            logger.debug("refused %s %s from %s", what, name, sender)
             return REFUSED
         assert rule is not None
         if rule.limited and not self._limiter.take(sender.node_id):
