@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -10,6 +11,8 @@ from typing import Any
 import pytest
 
 from waraft import otp
+from waraft.otp import process
+from waraft.otp.logsafe import LogThrottle
 
 from .helpers import WAIT, Events, Worker, wait_until
 
@@ -324,6 +327,33 @@ def test_exception_in_terminate_is_logged_and_exit_proceeds(
     otp.stop(pid, "shutdown")
     assert pid.exit_reason == "shutdown"
     assert "terminate('shutdown') raised" in caplog.text
+
+
+class NoInfo(otp.Process):
+    """Answers calls; unexpected messages go to the default ``handle_info``."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return request
+
+
+def test_the_default_handle_info_logs_a_bounded_line_at_most_once_a_second(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default logged every unexpected message whole: 10 infos of 4 MiB from a client
+    key (the acceptor has no ``handle_info``) grew a node's log by 168 MB. Now one line a
+    second for every process together, the message in a bounded repr."""
+    # A throttle of its own, so that no other test's line has used up this second.
+    monkeypatch.setattr(process, "_UNEXPECTED_INFO_LOG", LogThrottle(60.0), raising=False)
+    pid = NoInfo.start()
+    big = ("client_batch", ("x", "app.x@127.0.0.1:9"), b"\x00" * 100_000)
+    with caplog.at_level(logging.WARNING, logger="waraft.otp.process"):
+        for _ in range(20):
+            otp.send(pid, big)
+        assert otp.call(pid, "after", WAIT) == "after"  # behind every info: all handled
+    lines = [r.getMessage() for r in caplog.records if "unexpected message" in r.getMessage()]
+    assert len(lines) == 1, [line[:200] for line in lines[:3]]
+    assert len(lines[0]) < 500, lines[0][:500]
+    assert "client_batch" in lines[0] and "(100000 bytes)" in lines[0]
 
 
 def test_registry_functions() -> None:

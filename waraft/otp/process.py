@@ -64,6 +64,7 @@ from waraft.otp.errors import (
     StartError,
     error_reason,
 )
+from waraft.otp.logsafe import LogThrottle, bounded_repr
 from waraft.otp.mailbox import (
     CALL,
     CAST,
@@ -138,6 +139,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DEFERRED_PRUNE_MIN = 1024
+_UNEXPECTED_INFO_LOG = LogThrottle()
+"""The default ``handle_info``'s lines, one a second for every process together: what a process
+does not expect may come from anything that can send to it (the wire's infos reached it once,
+and a client key filled a node's disk with them)."""
 
 
 class _Boot:
@@ -303,8 +308,18 @@ class Process(pykka.ThreadingActor):
 
     def handle_info(self, msg: Any) -> None:
         """Handle anything else: timers, ``('EXIT', pid, reason)``,
-        ``('DOWN', ref, pid, reason)``, plain sends. The default logs and drops it."""
-        logger.warning("%s %r dropped an unexpected message: %r", self._tag(), self.pid, msg)
+        ``('DOWN', ref, pid, reason)``, plain sends. The default drops it with a warning: at
+        most one line a second over every process (``_UNEXPECTED_INFO_LOG``), naming the
+        latest message in a bounded repr and how many the line stands for."""
+        count = _UNEXPECTED_INFO_LOG.ready()
+        if count:
+            logger.warning(
+                "%s %r dropped an unexpected message: %s (%d dropped since the last such line)",
+                self._tag(),
+                self.pid,
+                bounded_repr(msg),
+                count,
+            )
 
     def terminate(self, reason: Any) -> None:
         """Clean-up hook; see the module docstring for when it runs."""
