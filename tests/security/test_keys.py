@@ -203,6 +203,30 @@ def _stored_session(node: NodeProcess, sid: int) -> Any:
         provider.close()
 
 
+def test_a_client_keys_infos_are_refused_and_cost_the_log_nothing(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    """Infos were admitted by the cast rules: the app key sent its client cast
+    ``client_batch`` as infos of 4 MiB, the acceptor's default ``handle_info`` logged each
+    whole, and 10 of them grew the node's log by 168 MB. An info needs an info rule now (no
+    process has one), and the default ``handle_info`` logs a bounded line a second."""
+    leader = wait_until(lambda: cluster.leader(1))[0]
+    index = cluster.index_of(leader)
+    log = cluster.nodes[index].log_path
+    refused = stats(cluster, index).get("rx_refused", 0)
+    size = log.stat().st_size
+    curve = curve_of(key_dir, "app", cluster.nodes[index].name)
+    app = Attacker(ctx, leader, name="app.infos", curve=curve)
+    try:
+        batch = msgpack.packb(("client_batch", ("x", app.node_id), b"\x00" * (1 << 20)))
+        for _ in range(5):
+            app.raw(envelope.info_frame(ACCEPTOR, batch))
+        wait_until(lambda: stats(cluster, index).get("rx_refused", 0) >= refused + 5, 10.0)
+    finally:
+        app.close()
+    assert log.stat().st_size - size < 64 * 1024
+
+
 def test_a_register_committed_by_a_remote_call_is_owned_by_the_callers_key(
     cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
 ) -> None:
