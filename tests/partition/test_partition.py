@@ -19,7 +19,7 @@ from waraft.core.types import Identity, LogPos
 from waraft.log.memory import MemoryLog
 from waraft.partition import acceptor, durable_state, part_sup, server, sup
 from waraft.storage.memory import MemoryStorage
-from waraft.storage.node_lmdb import NodeEnv
+from waraft.storage.node_lmdb import NodeEnv, _Write
 
 SQLITE = "waraft.storage.sqlite:SqliteStorage"
 DISK = "waraft.log.disk:DiskLog"
@@ -536,10 +536,13 @@ def test_a_restart_applies_the_log_tail_storage_lost(
     env_dir = tmp_path / "n1" / "storage-lmdb"
     early = tmp_path / "early"
     early.mkdir()
-    # A lazy-sync apply returns before its group commit; a read waits for it, so the copy
-    # below holds everything up to the position it is compared with.
+    # A lazy-sync apply returns before its group commit (a read takes its row from the
+    # queued write); a barrier write queued after it commits after it, so the copy below
+    # holds everything up to the position it is compared with.
     assert acceptor.read(acc, ("read", "t", 9)) == ("ok", 9)
-    NodeEnv._registry[str(env_dir)].env.copy(str(early))
+    node_env = NodeEnv._registry[str(env_dir)]
+    node_env.commit(_Write(None, 0, [], [], "test barrier"))
+    node_env.env.copy(str(early))
     copied = storage.position(addr("storage", node))
     for i in range(10, 30):
         assert acceptor.commit(acc, (i, ("write", "t", i, i))) == "ok"
