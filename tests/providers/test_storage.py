@@ -17,6 +17,8 @@ from waraft.storage.memory import MemoryStorage
 from waraft.storage.provider import (
     BAD_POSITION,
     InvalidIncompleteReplica,
+    PartialApplyError,
+    SessionStoreError,
     StorageOptions,
     StorageProvider,
     UnknownCommandError,
@@ -157,6 +159,29 @@ def test_apply_batch(storage: StorageProvider) -> None:
     assert storage.label() == "l2"
     assert storage.read(("read", "t", "a"), pos(6)) == ("ok", 3)
     assert storage.read(("read", "t", "b"), pos(6)) == ("ok", 2)
+
+
+@pytest.mark.parametrize("bad", [("frob",), 42, ("write", "t", "k")])
+@pytest.mark.parametrize("at", [0, 2])
+def test_a_refused_command_is_named_by_its_place_in_the_call(
+    storage: StorageProvider, bad: Any, at: int
+) -> None:
+    """``UnknownCommandError.index``: the storage actor answers that command with the error
+    and applies the others again in one transaction; without it, it cannot tell which of a
+    ``$batch`` entry's commands to refuse."""
+    commands: list[Any] = [("write", "t", "a", 1), ("write", "t", "b", 2), ("write", "t", "c", 3)]
+    commands.insert(at, bad)
+    with pytest.raises(UnknownCommandError) as caught:
+        storage.apply_batch([(c, pos(i + 1), None) for i, c in enumerate(commands)])
+    assert caught.value.index == at
+    if isinstance(caught.value, PartialApplyError):  # a loop: the items before it are applied
+        assert caught.value.applied == ["ok"] * at
+    else:  # one transaction: nothing is
+        assert storage.position() == LogPos(0, 0)
+        assert storage.read(("read", "t", "a"), pos(0)) == "not_found"
+    with pytest.raises(UnknownCommandError) as caught:
+        storage.apply_many(commands, pos(9))
+    assert caught.value.index == at
 
 
 def test_snapshot_round_trip_with_position_check(kind: str, tmp_path: Path) -> None:
@@ -369,7 +394,9 @@ def test_apply_batch_then_is_one_transaction_in_durable_providers(
 ) -> None:
     provider = PROVIDERS[durable].open(OPTIONS, tmp_path / "part")
     items = [(("write", "t", "a", 1), pos(1), None)]
-    with pytest.raises(UnknownCommandError):
+    # A refused extra command (a session row) is no unknown command among ``items``: the
+    # storage actor must not answer one of them with an error and apply the rest again.
+    with pytest.raises(SessionStoreError):
         provider.apply_batch_then(items, lambda results: [("bogus",)])
     assert provider.read(("read", "t", "a"), provider.position()) == "not_found"
     assert provider.position() == LogPos(0, 0)

@@ -107,6 +107,7 @@ from waraft.storage.provider import (
     fsync_directory,
     fsync_path,
     is_data_replica,
+    refused_at,
     write_file_durably,
     write_metadata,
 )
@@ -516,13 +517,17 @@ class LmdbStorage(TransactionalStorage):
         ops: Ops = []
         run: list[tuple[bytes, bytes]] = []
         encode = self._encode
-        for command, item_position, item_label in items:
+        for number, (command, item_position, item_label) in enumerate(items):
             if is_config_command(command):
                 if incomplete and is_data_replica(self.options.identity, command[1]):
                     raise InvalidIncompleteReplica(self.options.identity)
                 config = (item_position, command[1])
             else:
-                kind = command_kind(command)
+                try:
+                    kind = command_kind(command)
+                except UnknownCommandError as exc:
+                    refused_at(exc, number)
+                    raise
                 if kind == "write" and len(command) == 4:
                     key = encode(command[2])
                     value = encode(command[3])
@@ -537,7 +542,10 @@ class LmdbStorage(TransactionalStorage):
                 elif kind == "noop_omitted" and command == kind:
                     incomplete = True
                 elif not (kind == "noop" and command == kind):
-                    raise UnknownCommandError(f"unknown storage command {clipped_repr(command)}")
+                    raise refused_at(
+                        UnknownCommandError(f"unknown storage command {clipped_repr(command)}"),
+                        number,
+                    )
                 if item_label is not None:
                     label = item_label
             position = item_position

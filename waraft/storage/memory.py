@@ -34,6 +34,7 @@ from waraft.storage.provider import (
     UnknownCommandError,
     command_kind,
     is_data_replica,
+    refused_at,
     write_file_durably,
     write_metadata,
 )
@@ -133,7 +134,7 @@ class MemoryStorage(StorageProvider):
         # The hot path of packed client batches: plain writes and deletes inline, anything
         # else through apply(). Every command is checked first, so a bad one changes nothing.
         plain = True
-        for command in commands:
+        for number, command in enumerate(commands):
             if not (
                 type(command) is tuple
                 and (
@@ -142,7 +143,11 @@ class MemoryStorage(StorageProvider):
                 )
             ):
                 plain = False
-                self._check(command)
+                try:
+                    self._check(command)
+                except UnknownCommandError as exc:
+                    refused_at(exc, number)
+                    raise
         if not plain:
             return [self.apply(command, position, label) for command in commands]
         data = self._data

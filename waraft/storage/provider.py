@@ -31,6 +31,10 @@ What a provider of one's own must know:
   return ``("error", reason)``. Any other exception is taken for a fault of this replica (a
   disk, a bug): the storage actor crashes, the partition restarts and applies the same
   committed entry again, so an exception the entry always raises restarts it for ever.
+- An ``apply_batch`` or ``apply_many`` that refuses a command says which
+  (``UnknownCommandError.index``, ``refused_at``): the storage actor then applies the others
+  in one transaction, as without the refusal. One that does not say costs a transaction per
+  entry, and a ``$batch`` entry holding a refused command is refused whole.
 - Results and read answers go to clients on other nodes as msgpack: a value msgpack cannot
   carry (a set, a datetime) is answered ``("error", "unencodable_result")`` instead (see
   ``results_encode``).
@@ -81,20 +85,40 @@ class StorageCorruptionError(StorageError):
 
 
 class UnknownCommandError(StorageError, ValueError):
-    """A command (or read) the provider does not understand."""
+    """A command (or read) the provider does not understand.
+
+    Raised by ``apply_batch`` or ``apply_many``, ``index`` says which item (command) of that
+    call was refused, counted from 0; None when the provider does not say. The storage actor
+    then applies the call's items again, as one transaction, with the refused command replaced
+    by a ``noop`` and answered (and recorded, in a session) with the error: each entry, and
+    with it the exactly-once record of its result, stays all or nothing. A provider that does
+    not say which command it refused costs the actor a transaction per entry, and a ``$batch``
+    entry holding the command is refused whole (``StorageServer._apply_session_items``). The
+    default loop and the providers here say."""
+
+    index: int | None = None
+
+
+def refused_at(exc: UnknownCommandError, index: int) -> UnknownCommandError:
+    """``exc`` saying that item ``index`` of the failing ``apply_batch``/``apply_many`` call
+    is the refused one (see ``UnknownCommandError``)."""
+    exc.index = index
+    return exc
 
 
 class PartialApplyError(UnknownCommandError):
     """An ``apply_batch`` that is not one transaction (the default loop) met a command it does
-    not understand after applying the items before it: ``applied`` holds their results.
+    not understand after applying the items before it: ``applied`` holds their results, and
+    ``index`` (their count) is the refused item.
 
-    The storage actor then answers the rest one at a time from the failing item on, and does
-    not apply the earlier items a second time (a provider's own non-idempotent command would
-    otherwise be applied twice, and its session record would hold the second result)."""
+    The storage actor does not apply the earlier items a second time (a provider's own
+    non-idempotent command would otherwise be applied twice, and its session record would
+    hold the second result): it records their results and goes on from the refused one."""
 
     def __init__(self, applied: list[Any], cause: UnknownCommandError) -> None:
         super().__init__(str(cause))
         self.applied = applied
+        self.index = len(applied)
 
 
 def applied_before(exc: UnknownCommandError) -> list[Any]:
@@ -259,7 +283,8 @@ class StorageProvider(ABC):
         providers apply the whole batch in one transaction: if an item raises, none of the
         batch is applied. This default simply loops; an ``UnknownCommandError`` after some
         items were applied becomes a ``PartialApplyError`` that says which (a provider that
-        overrides this with a loop of its own must do the same).
+        overrides this with a loop of its own must do the same); one before anything was
+        applied says that the first item is refused (``UnknownCommandError.index``).
         """
         results: list[Any] = []
         for command, position, label in items:
@@ -271,6 +296,7 @@ class StorageProvider(ABC):
             except UnknownCommandError as exc:
                 if results:
                     raise PartialApplyError(results, exc) from exc
+                refused_at(exc, 0)
                 raise
         return results
 
@@ -285,6 +311,10 @@ class StorageProvider(ABC):
         transaction, or a crash between them loses recorded results while the position says
         the entries were applied. This default is two steps: enough for a provider whose state
         is lost on a crash anyway (memory); the built-in durable providers override it.
+
+        ``finalize`` may run before ``items`` are applied (``TransactionalStorage`` knows the
+        results beforehand): a call that raises has applied none of ``items`` (but those a
+        ``PartialApplyError`` names), so its caller takes back whatever ``finalize`` recorded.
         """
         results = self.apply_batch(items)
         extra = finalize(results)
@@ -370,7 +400,14 @@ class TransactionalStorage(StorageProvider):
             return []
         extra = finalize([OK] * len(items))
         _, position, _ = items[-1]
-        self.apply_batch([*items, *((command, position, None) for command in extra)])
+        try:
+            self.apply_batch([*items, *((command, position, None) for command in extra)])
+        except UnknownCommandError as exc:
+            if exc.index is not None and exc.index >= len(items):
+                # A refused session row, not one of ``items``: no retry without the command
+                # it names changes that (as in the default above).
+                raise SessionStoreError(type(self).__qualname__, exc) from exc
+            raise
         return [OK] * len(items)
 
 
@@ -472,6 +509,7 @@ __all__ = [
     "fsync_path",
     "is_data_replica",
     "read_metadata",
+    "refused_at",
     "write_file_durably",
     "write_metadata",
 ]

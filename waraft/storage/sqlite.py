@@ -46,6 +46,7 @@ from waraft.storage.provider import (
     build_file_durably,
     command_kind,
     is_data_replica,
+    refused_at,
     write_metadata,
 )
 
@@ -157,13 +158,17 @@ class SqliteStorage(TransactionalStorage):
         pending_sql = _PUT
         conn.execute("BEGIN")
         try:
-            for command, item_position, item_label in items:
+            for number, (command, item_position, item_label) in enumerate(items):
                 if is_config_command(command):
                     if incomplete and is_data_replica(self.options.identity, command[1]):
                         raise InvalidIncompleteReplica(self.options.identity)
                     config = (item_position, command[1])
                 else:
-                    kind = command_kind(command)
+                    try:
+                        kind = command_kind(command)
+                    except UnknownCommandError as exc:
+                        refused_at(exc, number)
+                        raise
                     row: tuple[bytes, ...]
                     if kind == "write" and len(command) == 4:
                         op, row = _PUT, (packb(command[2]), packb(command[3]))
@@ -174,8 +179,11 @@ class SqliteStorage(TransactionalStorage):
                         if kind == "noop_omitted" and command == kind:
                             incomplete = True
                         elif not (kind == "noop" and command == kind):
-                            raise UnknownCommandError(
-                                f"unknown storage command {clipped_repr(command)}"
+                            raise refused_at(
+                                UnknownCommandError(
+                                    f"unknown storage command {clipped_repr(command)}"
+                                ),
+                                number,
                             )
                     if op:
                         if op is not pending_sql and pending:
