@@ -625,3 +625,43 @@ def test_raising_the_floor_keeps_exactly_the_records_at_or_above_it(
         applied = {s: r for s, r in applied.items() if s >= floor}
         kept = {s: r for s, r in sm.table.dump()[1][0][4]}
         assert kept == applied
+
+
+def test_a_duplicate_whose_floor_passes_it_within_its_batch_answers_acknowledged() -> None:
+    # A review: answered session_expired (which makes a client drop its live session) while
+    # the same copy applied in a later batch answers session_seq_acknowledged.
+    table = SessionTable()
+    decision = table.begin(register_command(), 1)
+    assert isinstance(decision, Done)
+    sid = decision.result[1]
+    assert table.begin(call_command(sid, 5, 0, "x"), 2) == Apply("x", sid, 5)
+    assert table.begin(call_command(sid, 5, 0, "x"), 2) == Pending(sid, 5)
+    assert table.begin(call_command(sid, 9, 8, "y"), 2) == Apply("y", sid, 9)  # acks 5
+    table.finish(sid, 5, "r5")
+    table.finish(sid, 9, "r9")
+    assert table.result(sid, 5) == ACKNOWLEDGED
+    assert table.begin(call_command(sid, 5, 8, "x"), 3) == Done(ACKNOWLEDGED)  # as later
+    assert table.begin(close_command(sid), 4) == Done("ok")
+    assert table.result(sid, 9) == EXPIRED  # the session itself is gone
+
+
+def test_a_finish_taken_back_is_pending_again_and_never_stored() -> None:
+    """``reopen``: the transaction that was to store a result with its command failed; the
+    next one must not store that result (the command was not applied with it)."""
+    table = SessionTable()
+    decision = table.begin(register_command(), 1)
+    assert isinstance(decision, Done)
+    sid = decision.result[1]
+    table.saved()
+    assert table.begin(call_command(sid, 1, 0, "a"), 2) == Apply("a", sid, 1)
+    assert table.begin(call_command(sid, 2, 2, "b"), 2) == Apply("b", sid, 2)  # acks seq 1
+    assert table.finish(sid, 1, "r1") and table.finish(sid, 2, "r2")
+    table.reopen(sid, 1)
+    table.reopen(sid, 2)
+    rows, _ = table.changes()
+    assert rows == [(sid, (sessions.DEFAULT_EXPIRE_AFTER, 2, 2, ()))]  # no result stored
+    assert table.begin(call_command(sid, 2, 2, "b"), 2) == Pending(sid, 2)  # still begun
+    assert table.finish(sid, 2, "r2 again")
+    assert table.finish(sid, 1, "r1 again")  # below the floor: dropped, not recorded
+    assert table.changes()[0] == [(sid, (sessions.DEFAULT_EXPIRE_AFTER, 2, 2, ((2, "r2 again"),)))]
+    assert not table.finish(sid + 1, 1, "no such session")

@@ -18,8 +18,10 @@ Commands (all travel through the log like any other command, also inside ``$batc
 * ``("$session", "call", session_id, seq, acked, command)``: apply ``command`` once. ``acked``
   is the client's promise that it holds the results of every ``seq < acked``: their records are
   dropped (the table stays small while a session lives). A ``seq < acked`` of a recorded floor
-  answers ``("error", "session_seq_acknowledged")``. A session registered from the network
-  keeps at most ``MAX_RESULTS_PER_SESSION`` records, the newest, whatever it acknowledges.
+  answers ``("error", "session_seq_acknowledged")``: the seq's record is gone, so the answer
+  does not say whether an earlier copy was applied (at most once, as ``session_expired``). A
+  session registered from the network keeps at most ``MAX_RESULTS_PER_SESSION`` records, the
+  newest, whatever it acknowledges.
 * ``("$session", "close", session_id)``: forget the session. Answers ``"ok"``.
 
 A session is the capability of whoever holds its *token*: ``register`` may carry one
@@ -275,8 +277,10 @@ class SessionTable:
 
     Contract: ``begin`` is called for every command in log order with its entry's index (the
     commands of a ``$batch`` entry share its index); an ``Apply`` with a session must be
-    followed by ``finish`` before ``changes``/``dump``. ``changed`` tells whether anything was
-    recorded since the last ``saved``/``dump`` (so that untagged traffic costs no table write).
+    followed by ``finish`` before ``changes``/``dump``, and a ``finish`` whose transaction
+    failed by ``reopen`` (then ``finish`` again once the command is applied). ``changed``
+    tells whether anything was recorded since the last ``saved``/``dump`` (so that untagged
+    traffic costs no table write).
     """
 
     __slots__ = (
@@ -438,23 +442,41 @@ class SessionTable:
             return Done("ok")
         return Done(("error", ("unknown_command", f"bad session command {clipped_repr(command)}")))
 
-    def finish(self, session: int, seq: int, result: Any) -> None:
+    def finish(self, session: int, seq: int, result: Any) -> bool:
         """Record ``result`` of the ``Apply`` that ``begin`` returned for ``(session, seq)``
         (not when the floor passed ``seq`` meanwhile, in the same batch: nothing below the
-        floor is kept)."""
+        floor is kept). False if there was nothing to finish (the session is gone)."""
         found = self._sessions.get(session)
-        if found is not None and seq in found.results:
-            if seq < found.floor:
-                del found.results[seq]
-            else:
-                found.results[seq] = result
+        if found is None or seq not in found.results:
+            return False
+        if seq < found.floor:
+            del found.results[seq]
+        else:
+            found.results[seq] = result
+        self._dirty.add(session)
+        return True
+
+    def reopen(self, session: int, seq: int) -> None:
+        """Take back a ``finish`` of ``(session, seq)`` that returned True: the transaction
+        meant to store its result with the command's effect did not commit, so the seq is
+        begun and not finished again, and stays out of the rows (``changes``) until a
+        ``finish`` records what the command did when it is applied. Stored, a result recorded
+        ahead of its command answered a retry of a command no replica had applied."""
+        found = self._sessions.get(session)
+        if found is not None:
+            found.results[seq] = _PENDING
             self._dirty.add(session)
 
     def result(self, session: int, seq: int) -> Any:
-        """The recorded result of ``(session, seq)`` (for a ``Pending``)."""
+        """The answer to a ``Pending`` of ``(session, seq)`` once the ``Apply`` before it in
+        the batch finished: its recorded result; ``ACKNOWLEDGED`` if the floor passed the seq
+        within the batch (what the duplicate answers when it comes in a later batch, and it
+        says "applied at most once"); ``EXPIRED`` if the session is gone."""
         found = self._sessions.get(session)
-        recorded = None if found is None else found.results.get(seq, _PENDING)
-        return EXPIRED if recorded is None or recorded is _PENDING else recorded
+        if found is None:
+            return EXPIRED
+        recorded = found.results.get(seq, _PENDING)
+        return ACKNOWLEDGED if recorded is _PENDING else recorded
 
     def _live(self, sid: Any, index: int) -> _Session | None:
         session = self._sessions.get(sid)
