@@ -85,6 +85,7 @@ from waraft.storage.provider import (
     OK,
     ApplyItem,
     InvalidIncompleteReplica,
+    PartialApplyError,
     SessionStoreError,
     StorageCorruptionError,
     StorageError,
@@ -114,6 +115,8 @@ READ_BYTES_FULL_ERROR: Final = ("error", READ_QUEUE_BYTES_FULL)
 UNENCODABLE_RESULT: Final = ("error", "unencodable_result")
 """The answer in place of a provider's result that msgpack cannot carry (it was applied)."""
 _UNENCODABLE_LOG = LogThrottle(10.0)
+_REFUSED_LOG = LogThrottle(10.0)
+_UNNAMED_LOG = LogThrottle(600.0)
 INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**64 - 1
 """The integers msgpack encodes (an ``incr`` beyond them is answered ``integer_overflow``)."""
@@ -631,8 +634,7 @@ class StorageServer(otp.Process):
             try:
                 results = self.provider.apply_batch(chunk)
             except UnknownCommandError as exc:
-                results = applied_before(exc)
-                results += [self._apply_one(c, p, lbl) for c, p, lbl in chunk[len(results) :]]
+                results = self._after_refusal(chunk, chunk, [Apply(c) for c, _, _ in chunk], exc)
         self.position = chunk[-1][1]
         at = 0
         for shape in shapes:
@@ -664,7 +666,6 @@ class StorageServer(otp.Process):
         applied, a config would change storage's membership behind the core's back, and a
         ``noop_omitted`` would mark a full replica incomplete. (Top-level ones are the core's
         own entries; the gateway refuses clients' before they reach the log.)"""
-        sessions = self.sessions
         translated: list[tuple[Any, LogPos, Any]] = []
         derived: dict[int, Any] = {}  # item number -> the result of its derived command
         opaque = False
@@ -697,33 +698,136 @@ class StorageServer(otp.Process):
         try:
             results = self._apply_then(translated, marks)
         except UnknownCommandError as exc:
-            # One at a time, so only the unknown commands get errors (recorded like results),
-            # from the first item the provider did not apply: those before it are recorded,
-            # never applied twice.
-            results = applied_before(exc)
-            if results:
-                table = self._recorder(marks[: len(results)])(results)
-                if table:
-                    _, position, _ = translated[len(results) - 1]
-                    self.provider.apply_batch([(c, position, None) for c in table])
-                    sessions.saved()
-            done = len(results)
-            for mark, item in zip(marks[done:], translated[done:], strict=True):
-                single = [mark]
-                try:
-                    results.extend(self._apply_then([item], single))
-                except UnknownCommandError as exc:
-                    error = ("error", ("unknown_command", str(exc)))
-                    self._apply_then([(NOOP, item[1], item[2])], single, error)
-                    results.append(error)
+            return self._after_refusal(items, translated, marks, exc)
+        return self._answers(marks, results)
+
+    def _answers(self, marks: Sequence[Done | Apply | Pending], results: list[Any]) -> list[Any]:
+        """What the callers of items with these session decisions get, given the provider's
+        ``results`` of the commands applied for them."""
+        sessions = self.sessions
         answers: list[Any] = []
         for mark, result in zip(marks, results, strict=True):
             if isinstance(mark, Pending):
                 answers.append(sessions.result(mark.session, mark.seq))
             elif isinstance(mark, Done) or (mark.result is not None and not _is_error(result)):
-                answers.append(mark.result)  # answered by the table, or a derived command
+                answers.append(mark.result)  # answered by the table, a derived command, a refusal
             else:
                 answers.append(result)
+        return answers
+
+    def _after_refusal(
+        self,
+        items: Sequence[tuple[Any, LogPos, Any]],
+        translated: Sequence[tuple[Any, LogPos, Any]],
+        marks: Sequence[Done | Apply | Pending],
+        exc: UnknownCommandError,
+    ) -> list[Any]:
+        """The answers to ``items`` (their commands as the provider gets them:
+        ``translated``; their session decisions: ``marks``) once the provider refused a
+        command among them (``exc``) and applied none of them (or, a provider that is not one
+        transaction, those ``exc`` says).
+
+        Each refused command is replaced by a ``noop`` answered (and, in a session, recorded)
+        with its error, and the items applied again as one transaction: their data, recorded
+        results and position commit together or not at all, as without a refusal. Applying
+        them one at a time instead (as before) committed each item's position alone: a crash
+        in that loop left the rest of a ``$batch`` entry unapplied for good below the stored
+        position, and the first item's transaction stored the results recorded for items not
+        yet applied, so their retries answered ``ok`` for commands no replica had applied
+        (found by a review). The same commands are refused on every replica, however the
+        apply batches fall: a refusal depends on the command and the state before it.
+
+        A provider that does not say which command it refused (``UnknownCommandError.index``)
+        gets its items entry by entry (``_entry_by_entry``), and a refused entry is refused
+        whole: no other way tells its commands apart without applying one alone."""
+        if (
+            exc.index is None
+            and not isinstance(exc, PartialApplyError)
+            and items[0][1] != items[-1][1]
+        ):
+            return self._entry_by_entry(items)
+        translated = list(translated)
+        marks = list(marks)
+        one_entry = items[0][1] == items[-1][1]
+        results: list[Any] = []  # of the items a provider that is not one transaction applied
+        looping = False  # it raised a PartialApplyError: it applies in order, one by one
+        while True:
+            start = len(results)
+            applied = applied_before(exc)
+            if applied:
+                # Applied, never to be applied again: recorded now, stored with the rest.
+                looping = True
+                self._recorder(marks[start : start + len(applied)])(applied)
+                results += applied
+            error = ("error", ("unknown_command", str(exc)))
+            if exc.index is not None and 0 <= exc.index < len(translated) - start:
+                refused = [start + exc.index]
+            elif looping:
+                refused = [len(results)]  # nothing applied: the loop refused its first item
+            elif one_entry:
+                refused = list(range(len(results), len(translated)))
+            else:
+                # Named refusals, then one it does not name: the provider breaks its contract.
+                raise exc
+            progress = False
+            for at in refused:
+                command, position, label = translated[at]
+                if type(command) is str and command == NOOP:
+                    continue
+                progress = True
+                translated[at] = (NOOP, position, label)
+                mark = marks[at]
+                marks[at] = (
+                    Apply(mark.command, mark.session, mark.seq, error)
+                    if type(mark) is Apply
+                    else mark
+                )
+            if not progress:
+                raise exc  # the provider refuses a noop: nothing left to answer for it
+            held = _REFUSED_LOG.ready()  # a client may send nothing else: never a line each
+            if held:
+                logger.warning(
+                    "storage %s rejects commands (%d times), the last at %s: %s",
+                    self.name,
+                    held,
+                    translated[refused[0]][1],
+                    exc,
+                )
+            try:
+                results += self._apply_then(translated[len(results) :], marks[len(results) :])
+            except UnknownCommandError as again:
+                exc = again
+                continue
+            return self._answers(marks, results)
+
+    def _entry_by_entry(self, items: Sequence[tuple[Any, LogPos, Any]]) -> list[Any]:
+        """The answers to the items of a chunk (entries of the log, in order, nothing of them
+        applied) applied one entry per transaction, for a provider that refuses a command
+        without saying which. The session decisions ``begin`` took for the whole chunk are
+        taken again entry by entry from the table as stored (as after a restart, which
+        decides the same): each transaction must store only what its own entry did to the
+        table."""
+        if _UNNAMED_LOG.ready():
+            logger.warning(
+                "storage %s: %s refuses commands without saying which "
+                "(UnknownCommandError.index): a $batch entry holding one is refused whole",
+                self.name,
+                type(self.provider).__qualname__,
+            )
+        if self.sessions.changed:
+            self.sessions = self._load_sessions()
+        answers: list[Any] = []
+        at = 0
+        while at < len(items):
+            position = items[at][1]
+            end = at + 1
+            while end < len(items) and items[end][1] == position:
+                end += 1  # the commands of one $batch entry a chunk took in
+            entry = items[at:end]
+            marks = [self.sessions.begin(command, position.index) for command, _, _ in entry]
+            answers += self._apply_session_items(entry, marks)
+            self.position = position
+            at = end
         return answers
 
     def _derive(self, command: Any, earlier: Sequence[tuple[Any, LogPos, Any]]) -> tuple[Any, Any]:
@@ -766,53 +870,52 @@ class StorageServer(otp.Process):
         self,
         items: Sequence[tuple[Any, LogPos, Any]],
         marks: Sequence[Done | Apply | Pending],
-        forced: Any = None,
     ) -> list[Any]:
         """``apply_batch_then`` with the session table's changes in the same transaction; once
-        it committed they are saved (a transaction that raised leaves them for the next)."""
-        results = self.provider.apply_batch_then(items, self._recorder(marks, forced))
+        it committed they are saved. One that raised leaves the changes for the next, but for
+        the results it recorded (``finalize`` may run before the items are applied): those
+        are taken back, so that no later transaction stores a result for a command it does
+        not apply."""
+        finished: list[tuple[int, int]] = []
+        try:
+            results = self.provider.apply_batch_then(items, self._recorder(marks, finished))
+        except BaseException:
+            for session, seq in finished:
+                self.sessions.reopen(session, seq)
+            raise
         self.sessions.saved()
         return results
 
-    def _recorder(self, marks: Sequence[Done | Apply | Pending], forced: Any = None) -> Any:
-        """A ``finalize`` recording the results of ``marks`` (or ``forced`` for each)."""
+    def _recorder(
+        self,
+        marks: Sequence[Done | Apply | Pending],
+        finished: list[tuple[int, int]] | None = None,
+    ) -> Callable[[list[Any]], list[Any]]:
+        """A ``finalize`` recording the results of ``marks`` (a derived command's or a
+        refused one's own answer, ``Apply.result``, over the provider's) and returning the
+        commands that store the table; it appends each ``(session, seq)`` it finished to
+        ``finished``."""
 
         def record(results: list[Any]) -> list[Any]:
+            sessions = self.sessions
             for mark, result in zip(marks, results, strict=True):
                 if type(mark) is Apply and mark.session is not None:
-                    if forced is not None:
-                        result = forced
-                    elif mark.result is not None and not _is_error(result):
-                        result = mark.result  # a derived command's own result
-                    self.sessions.finish(mark.session, mark.seq, result)
+                    if mark.result is not None and not _is_error(result):
+                        result = mark.result
+                    if sessions.finish(mark.session, mark.seq, result) and finished is not None:
+                        finished.append((mark.session, mark.seq))
             return self._sessions_write()
 
         return record
 
-    def _apply_one(self, command: Any, position: LogPos, label: Any) -> Any:
-        """Apply one entry on its own; a command the provider does not know is answered with
-        an error instead of crashing. Every replica applies the same log and answers the same,
-        so the state machines stay identical, and a bad request cannot turn into an entry that
-        crash-loops the partition each time it is replayed from the durable log (WARaft
-        crashes the storage here)."""
-        try:
-            return self.provider.apply_batch([(command, position, label)])[0]
-        except UnknownCommandError as exc:
-            logger.warning("storage %s rejects entry %s: %s", self.name, position, exc)
-            return ("error", ("unknown_command", str(exc)))
-
     def _apply_many(self, commands: Sequence[Any], position: LogPos, label: Any) -> Any:
-        """A ``$batch`` entry; its commands the provider does not know get an error each."""
+        """A ``$batch`` entry; its commands the provider does not know get an error each, the
+        others applied with the entry's position in one transaction (``_after_refusal``)."""
         try:
             return self.provider.apply_many(commands, position, label)
         except UnknownCommandError as exc:
-            results = applied_before(exc)  # never applied twice
-            for command in commands[len(results) :]:
-                try:
-                    results.extend(self.provider.apply_many([command], position, label))
-                except UnknownCommandError as exc:
-                    results.append(("error", ("unknown_command", str(exc))))
-            return results
+            items = [(command, position, label) for command in commands]
+            return self._after_refusal(items, items, [Apply(c) for c in commands], exc)
 
     def _apply_special(self, command: Any, position: LogPos, label: Any) -> Any:
         """A config change, or a command a witness skips."""
