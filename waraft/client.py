@@ -80,9 +80,10 @@ client that guesses the session's id cannot act on it). Every retry of
 a request re-sends the same ``(session, seq)``, and every replica's storage applies a sequence
 number once and records its result, so a retried commit applies exactly once and the caller gets
 the result of the one application. Guarantee: a commit that completes with a result was applied
-exactly once; one that completes with ``("error", "timeout")`` or ``("error",
-"session_expired")`` was applied at most once (a later retry of it by the caller is a new
-request). A session idle for ``session_expire_after`` applied entries of its partition is
+exactly once; one that completes with an error in ``AT_MOST_ONCE`` (``("error", "timeout")``,
+``("error", "session_expired")``, ``("error", "session_seq_acknowledged")``, ...) was applied
+at most once (a later retry of it by the caller is a new request); any other error, not at
+all. A session idle for ``session_expire_after`` applied entries of its partition is
 forgotten by the replicas with the results it recorded: its next commit answers
 ``("error", "session_expired")`` without being applied, but an earlier attempt of that commit
 may have been, so the outcome is unknown, as after a timeout; the client registers a fresh
@@ -127,6 +128,7 @@ from typing import Any, Final
 from waraft import make_ref, otp
 from waraft.core.commit import CANCELLED
 from waraft.core.sessions import (
+    ACKNOWLEDGED,
     DEFAULT_EXPIRE_AFTER,
     EXPIRED,
     TOKEN_BYTES,
@@ -136,7 +138,7 @@ from waraft.core.sessions import (
 )
 from waraft.partition import acceptor
 from waraft.services import codec
-from waraft.storage import BATCH
+from waraft.storage import BATCH, UNENCODABLE_RESULT
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +189,14 @@ UNREACHABLE: Final = ("error", "unreachable")
 #: logged with its traceback): nothing could ever send them.
 SENDER_FAILED: Final = ("error", "client_failed")
 #: The answers to a commit whose command may still have been applied (at most once); any
-#: other error means not applied at all (README, exactly-once sessions).
-AT_MOST_ONCE: Final = frozenset({TIMEOUT, CLOSED, SENDER_FAILED, EXPIRED})
+#: other error means not applied at all (README, exactly-once sessions). A retry of a seq
+#: whose record the replicas dropped (``session_seq_acknowledged``: a request left unanswered
+#: while ``MAX_RESULTS_PER_SESSION`` newer ones of its session completed) may follow a copy
+#: that was applied; a result msgpack cannot carry (``unencodable_result``) was applied. A
+#: caller that took either for "not applied" and resubmitted applied the command twice.
+AT_MOST_ONCE: Final = frozenset(
+    {TIMEOUT, CLOSED, SENDER_FAILED, EXPIRED, ACKNOWLEDGED, UNENCODABLE_RESULT}
+)
 #: How long ``close`` waits for the sender to stop before it answers what it can reach; the
 #: sender answers the rest itself when it does stop.
 CLOSE_JOIN_TIMEOUT = 5.0

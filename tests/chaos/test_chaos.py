@@ -144,8 +144,9 @@ def test_settings_on_the_command_line_are_literals_or_strings() -> None:
 
 def test_the_recorder_takes_a_commit_error_outside_the_at_most_once_list_as_not_applied() -> None:
     """The README's promise checked by every chaos run: a commit answered timeout, closed,
-    client_failed or session_expired may have been applied; any other error (cancelled,
-    say, which once answered an applied commit) means not applied at all."""
+    client_failed, session_expired, session_seq_acknowledged or unencodable_result may have
+    been applied; any other error (cancelled, say, which once answered an applied commit)
+    means not applied at all."""
     from tests.chaos.run import Recorder
     from waraft.sim import Status
 
@@ -155,6 +156,8 @@ def test_the_recorder_takes_a_commit_error_outside_the_at_most_once_list_as_not_
         ("error", "session_expired"),
         ("error", "closed"),
         ("error", "client_failed"),
+        ("error", "session_seq_acknowledged"),  # a retry after the record was dropped
+        ("error", "unencodable_result"),  # applied, its result cannot travel
         ("error", "cancelled"),
         ("error", ("badarg", {"unhashable": []})),
         "ok",
@@ -162,7 +165,7 @@ def test_the_recorder_takes_a_commit_error_outside_the_at_most_once_list_as_not_
     ops = [rec.invoke(1, "commit", ("write", "kv", "k", i)) for i in range(len(answers))]
     for op, answer in zip(ops, answers, strict=True):
         rec.complete(op, answer)
-    assert [op.status for op in ops] == [Status.UNKNOWN] * 4 + [Status.FAIL] * 2 + [Status.OK]
+    assert [op.status for op in ops] == [Status.UNKNOWN] * 6 + [Status.FAIL] * 2 + [Status.OK]
     read = rec.invoke(1, "read", ("read", "kv", "k"))
     rec.complete(read, ("error", "timeout"))
     assert read.status is Status.FAIL  # a read without an answer has no effect

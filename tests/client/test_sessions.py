@@ -17,7 +17,8 @@ from tests.partition.helpers import addr, cluster
 from tests.partition.test_sessions import CountingStorage
 from waraft import distribution as dist
 from waraft import otp, storage
-from waraft.client import Client
+from waraft.client import AT_MOST_ONCE, Client
+from waraft.core import sessions
 from waraft.core.types import LogPos
 
 _ids = itertools.count(1)
@@ -166,5 +167,31 @@ def test_commit_async_from_a_callback_does_not_wait_for_the_session_register(
             assert done.wait(10)
             assert out["first"] == ("ok", 1) and out["second"] == ("ok", 2)
             assert out["blocked"] < 0.5
+        finally:
+            c.close()
+
+
+def test_an_applied_commit_answered_acknowledged_is_an_unknown_outcome(
+    tmp_path: Path, client_node: otp.Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a request left unanswered while ``MAX_RESULTS_PER_SESSION`` newer ones of
+    its session completed is answered ``session_seq_acknowledged`` at its retry although its
+    first copy was applied; outside ``AT_MOST_ONCE`` that read "not applied at all", and a
+    caller resubmitting as the contract allowed applied the command twice."""
+    monkeypatch.setattr(sessions, "MAX_RESULTS_PER_SESSION", 4)  # 65,536 at a unit's size
+    SlowFirstBump.slowed = False
+    with cluster(tmp_path, size=1, storage_module=SlowFirstBump) as nodes:
+        c = Client(
+            [n.id for n in nodes], table="test", partitions=1, node=client_node,
+            attempt_timeout=0.2, timeout=10.0, sessions=True,
+        )  # fmt: skip
+        try:
+            assert c.commit(1, ("write", "test", "warm", 1)) == "ok"  # the session exists
+            futures = c.commit_many([(1, ("bump", "test", "c")) for _ in range(6)])
+            results = [f.result(10) for f in futures]
+            time.sleep(0.3)  # any copy still in flight is applied
+            assert c.read(1, ("read", "test", "c")) == ("ok", 6)  # each applied once
+            assert sessions.ACKNOWLEDGED in results, results  # the first, retried after 4 newer
+            assert all(r in AT_MOST_ONCE or r[0] == "ok" for r in results), results
         finally:
             c.close()
