@@ -120,9 +120,21 @@ def create(
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 
 
-def _owned_by_someone_else(st: os.stat_result) -> bool:
+def _refuse_other_writers(what: str, st: os.stat_result, stakes: str, fix: str) -> None:
+    """Refuse ``what`` (a key directory or file, as ``st`` describes it) if a user other than
+    this one or root owns it, or if group or others may write it: either could replace what it
+    holds (``stakes`` says what that decides; ``fix`` is the chmod to suggest)."""
+    if os.name != "posix":
+        return
     # Root may change any file anyway, so a file of root's trusts nobody new (sshd's rule).
-    return os.name == "posix" and st.st_uid not in (os.geteuid(), 0)
+    if st.st_uid not in (os.geteuid(), 0):
+        raise KeysError(
+            f"{what} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}) or "
+            f"root: its owner can change it, and {stakes}; chown it to this user"
+        )
+    mode = st.st_mode & 0o7777
+    if mode & 0o022:
+        raise KeysError(f"{what} may be written by other users (mode {mode:04o}): {stakes}; {fix}")
 
 
 def _check_directory(root: Path) -> None:
@@ -137,19 +149,12 @@ def _check_directory(root: Path) -> None:
         raise KeysError(f"cannot read key directory {root}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise KeysError(f"{root} is not a directory")
-    if _owned_by_someone_else(st):
-        raise KeysError(
-            f"key directory {root} belongs to uid {st.st_uid}, not to this user "
-            f"(uid {os.geteuid()}) or root: its owner can replace cluster.json and the key files; "
-            f"chown it to this user"
-        )
-    mode = st.st_mode & 0o7777
-    if mode & 0o022:
-        raise KeysError(
-            f"key directory {root} may be written by other users (mode {mode:04o}): they "
-            f"could replace cluster.json, which says who is a node or an admin; "
-            f"chmod go-w {root}"
-        )
+    _refuse_other_writers(
+        f"key directory {root}",
+        st,
+        "it holds cluster.json, which says who is a node or an admin, and the key files",
+        f"chmod go-w {root}",
+    )
 
 
 def _read_checked(path: Path, secret: bool) -> bytes:
@@ -169,11 +174,6 @@ def _read_checked(path: Path, secret: bool) -> bytes:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise KeysError(f"{path} is not a regular file")
-        if _owned_by_someone_else(st):
-            raise KeysError(
-                f"{path} belongs to uid {st.st_uid}, not to this user "
-                f"(uid {os.geteuid()}) or root: its owner can change it; chown it to this user"
-            )
         mode = st.st_mode & 0o777
         if os.name == "posix" and secret and mode & 0o077:
             # A copy made with the default mode (0644) handed the secret key, and the
@@ -182,11 +182,9 @@ def _read_checked(path: Path, secret: bool) -> bytes:
                 f"{path} is open to other users (mode {mode:04o}): its secret key is the "
                 f"identity; chmod 600 {path}"
             )
-        if os.name == "posix" and mode & 0o022:
-            raise KeysError(
-                f"{path} may be written by other users (mode {mode:04o}): it says who is a "
-                f"node or an admin; chmod go-w {path}"
-            )
+        _refuse_other_writers(
+            str(path), st, "it says who is a node or an admin", f"chmod go-w {path}"
+        )
         return fh.read()
 
 
