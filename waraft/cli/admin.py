@@ -64,6 +64,7 @@ from waraft.distribution import nodeid, policy
 from waraft.distribution.reply import RemoteReplyTo
 from waraft.partition import part_sup, server
 from waraft.services import info
+from waraft.services.recent import Recent
 
 logger = logging.getLogger(__name__)
 
@@ -133,13 +134,9 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-class StatusCache:
-    """The last ``status_all`` collection and when it began, for one admin process (not
-    thread-safe: only that process uses it, one request at a time).
-
-    ``get(fresh=False)`` returns the last rows if their collection began less than
-    ``interval`` seconds ago, else collects; ``get(fresh=True)`` always collects. Every
-    collection replaces the rows the next ``get`` may return. ``collections`` counts them."""
+class StatusCache(Recent[list[dict[str, Any]]]):
+    """The last ``status_all`` collection, for one admin process (one request at a time), at
+    most ``STATUS_CACHE_INTERVAL`` old unless asked ``fresh`` (see ``Recent``)."""
 
     def __init__(
         self,
@@ -147,20 +144,7 @@ class StatusCache:
         interval: float = STATUS_CACHE_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._collect = collect
-        self._interval = interval
-        self._clock = clock
-        self._rows: list[dict[str, Any]] = []
-        self._at = float("-inf")
-        self.collections = 0
-
-    def get(self, fresh: bool = False) -> list[dict[str, Any]]:
-        now = self._clock()
-        if fresh or now - self._at >= self._interval:
-            # The time before the collection: its first rows are that old, its last younger.
-            self._rows, self._at = self._collect(), now
-            self.collections += 1
-        return self._rows
+        super().__init__(collect, interval, clock)
 
 
 def wants_fresh_status(from_: object) -> bool:

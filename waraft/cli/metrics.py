@@ -59,6 +59,7 @@ from waraft.cli import admin
 from waraft.distribution.policy import TokenBucket
 from waraft.log.provider import FSYNC_METRIC
 from waraft.services import gctune, metrics
+from waraft.services.recent import Recent
 
 logger = logging.getLogger(__name__)
 
@@ -310,11 +311,9 @@ class NodeCollector:
         yield from (frames, rpcs, received)
 
 
-class Page:
-    """The rendered page, collected at most once per ``interval`` seconds.
-
-    ``get`` returns the last page if it is younger than ``interval``, else collects a new one;
-    callers that arrive while one collects wait for it and share its page."""
+class Page(Recent[bytes]):
+    """The rendered page, collected at most once per ``interval`` seconds (see ``Recent``);
+    scrapes that arrive while one collects wait for it and share its page."""
 
     def __init__(
         self,
@@ -322,21 +321,12 @@ class Page:
         interval: float = MIN_COLLECT_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._render = render
-        self._interval = interval
-        self._clock = clock
+        super().__init__(render, interval, clock)
         self._lock = threading.Lock()
-        self._body = b""
-        self._at = float("-inf")
-        self.collections = 0
 
-    def get(self) -> bytes:
-        with self._lock:
-            if self._clock() - self._at >= self._interval:
-                self._body = self._render()
-                self._at = self._clock()
-                self.collections += 1
-            return self._body
+    def get(self, fresh: bool = False) -> bytes:
+        with self._lock:  # the HTTP server's threads
+            return super().get(fresh)
 
 
 class MetricsServer(ThreadingHTTPServer):
