@@ -1643,9 +1643,10 @@ class NodeLmdbStorage(LmdbStorage):
             rows = self._inflight_rows(inflight[0])
             if stored_key in rows:
                 return rows[stored_key]
-            with super().env.begin(db=self._db) as txn:
-                return self._get(txn, stored_key)
-        with self._committed_env().begin(db=self._db) as txn:
+            env = super().env
+        else:
+            env = self._committed_env()
+        with env.begin(db=self._db) as txn:
             return self._get(txn, stored_key)
 
     def _inflight_rows(self, write: _Write) -> dict[bytes, bytes | None]:
