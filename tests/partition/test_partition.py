@@ -20,6 +20,7 @@ from waraft.log.memory import MemoryLog
 from waraft.partition import acceptor, durable_state, part_sup, server, sup
 from waraft.storage.memory import MemoryStorage
 from waraft.storage.node_lmdb import NodeEnv, _Write
+from waraft.storage.provider import StorageCorruptionError
 
 SQLITE = "waraft.storage.sqlite:SqliteStorage"
 DISK = "waraft.log.disk:DiskLog"
@@ -256,6 +257,50 @@ def test_a_failed_snapshot_leaves_nothing_a_later_request_would_reuse(tmp_path: 
         _FailingSnapshotStorage.fail = True
     assert ok == "ok"
     assert storage.list_snapshots(part_dir) == [(position, f"snapshot.{position[0]}.{position[1]}")]
+
+
+class _RaisingSnapshotStorage(MemoryStorage):
+    """Writes a whole snapshot, then raises, like a damaged value met while copying."""
+
+    def create_snapshot(self, path: Any) -> Any:
+        super().create_snapshot(path)
+        raise StorageCorruptionError("damaged value met while copying")
+
+
+def test_a_snapshot_whose_provider_raises_leaves_no_copy_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The restart that follows must not be what removes it: each catch-up that meets the
+    # damage would leave a copy until the partition restarts.
+    monkeypatch.setattr(storage, "remove_leftovers", lambda path: [])
+    node = start_node(tmp_path, "n1", [1], storage_module=_RaisingSnapshotStorage)
+    _bootstrap_single(node)
+    assert acceptor.commit(addr("acceptor", node), ("a", ("write", "t", "a", 1))) == "ok"
+    part_dir = server.status(addr("server", node))["partition_path"]
+    with pytest.raises(otp.ExitError):
+        storage.create_snapshot(addr("storage", node))
+    assert [n for n in os.listdir(part_dir) if "snapshot" in n] == []
+
+
+def test_the_storage_removes_the_snapshot_copies_a_crash_left_when_it_opens(
+    tmp_path: Path,
+) -> None:
+    # What a kill -9 leaves while a snapshot is written (a hidden partial copy of the data)
+    # or while bootstrap's empty snapshot is opened; complete snapshots and whatever else
+    # lives there stay.
+    part_dir = tmp_path / "n1" / "test.1"
+    left = [
+        ".snapshot.7.1.partial",
+        ".snapshot.7.1.witness.partial",
+        "snapshot.1.1.bootstrap.k2_x9",
+    ]
+    kept = ["snapshot.5.1", "snapshot.6.1.witness", ".backup.partial", "transport"]
+    for name in left + kept:
+        (part_dir / name).mkdir(parents=True)
+        (part_dir / name / "data").write_bytes(b"copy")
+    node = start_node(tmp_path, "n1", [1])
+    assert state(node) == "stalled"
+    assert sorted(os.listdir(part_dir)) == sorted(kept)
 
 
 def test_a_corrupt_log_disables_its_partition_and_spares_the_others(tmp_path: Path) -> None:

@@ -173,9 +173,7 @@ def _bootstrap_dir(database: str, position: LogPos) -> str:
     """A fresh directory under ``database`` for bootstrap's empty snapshot (file work: run
     through ``otp.blocking``, off the schedulers)."""
     os.makedirs(database, exist_ok=True)
-    return tempfile.mkdtemp(
-        prefix=f"snapshot.{position.index}.{position.term}.bootstrap.", dir=database
-    )
+    return tempfile.mkdtemp(prefix=storage.bootstrap_prefix(position), dir=database)
 
 
 def default_name(table: str, partition: int) -> str:

@@ -103,6 +103,12 @@ WITNESS_APPLY_INTERVAL_KEY = "raft_storage_witness_apply_interval"
 DEFAULT_WITNESS_APPLY_INTERVAL = 5000
 MAX_RETAINED_SNAPSHOT = 1
 _SNAPSHOT_RE = re.compile(r"^snapshot\.(\d+)\.(\d+)(\.witness)?$")
+# What a crash can leave in a partition directory: a snapshot being written (partial_name) and
+# bootstrap's empty snapshot (bootstrap_prefix). Only the storage's own snapshot names: a
+# partial of a caller-chosen name is removed on failure, never guessed at on open.
+_LEFTOVER_RE = re.compile(
+    r"^(\.snapshot\.\d+\.\d+(\.witness)?\.partial|snapshot\.\d+\.\d+\.bootstrap\.\w+)$"
+)
 SESSIONS_TABLE: Final = "$waraft"
 SESSIONS_KEY: Final = ("$waraft", "sessions")
 """The reserved key holding the index of the session table's ids in every provider (an older
@@ -298,6 +304,40 @@ def snapshot_name(position: LogPos, witness: bool = False) -> str:
     return name + ".witness" if witness else name
 
 
+def partial_name(name: str) -> str:
+    """The hidden directory a snapshot ``name`` is written into before it is renamed."""
+    return f".{name}.partial"
+
+
+def bootstrap_prefix(position: LogPos) -> str:
+    """The name prefix (a random suffix follows) of the directory bootstrap writes its empty
+    snapshot at ``position`` into, inside the partition directory; the server removes it once
+    opened, the storage when it next opens if a crash left it."""
+    return f"snapshot.{position.index}.{position.term}.bootstrap."
+
+
+def remove_leftovers(path: str) -> list[str]:
+    """Remove from the partition directory ``path`` the temporary snapshot directories a crash
+    left (a ``partial_name`` of a snapshot, a ``bootstrap_prefix`` directory); returns their
+    names. Complete snapshots and anything else are left alone.
+
+    Only while no actor of the partition writes there: the storage calls it when it opens,
+    and its ``one_for_all`` supervisor starts it before the server (the bootstrap directory's
+    writer) and only after stopping every child of an earlier start.
+    """
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in sorted(names):
+        full = os.path.join(path, name)
+        if _LEFTOVER_RE.match(name) and os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 def list_snapshots(path: str) -> list[tuple[LogPos, str]]:
     """The snapshot directories in a partition directory, oldest first."""
     try:
@@ -345,6 +385,12 @@ class StorageServer(otp.Process):
         os.makedirs(self.path, exist_ok=True)
         self.provider: StorageProvider = options.storage_module.open(storage_options, self.path)
         try:
+            # Once the provider is open: a provider that refuses a second holder (the node's
+            # LMDB) has then shown that no other storage actor of the partition is alive.
+            # Each leftover is a full copy of the data: without this, every crash while
+            # making a snapshot would leak one for good.
+            for leftover in otp.blocking(remove_leftovers, self.path):
+                logger.warning("storage %s removed %s, left by a crash", self.name, leftover)
             # A provider whose every call is one transaction handed to a committer (the node's
             # LMDB) takes the plain $batch entries of an apply message with the plain commands
             # around them: one transaction per message instead of one per entry.
@@ -1103,19 +1149,22 @@ class StorageServer(otp.Process):
             return ("ok", position)  # an existing snapshot of that name is reused
         self._cleanup_snapshots()
         # Written under a temporary name and renamed once complete, so that a crash midway
-        # never leaves a half-written directory that a later request would reuse.
-        partial = os.path.join(self.path, f".{name}.partial")
+        # never leaves a half-written directory that a later request would reuse. What a
+        # crash leaves is removed when the storage next opens (remove_leftovers); what a
+        # failure or an exception leaves, here: it is a full copy of the partition's data.
+        partial = os.path.join(self.path, partial_name(name))
         shutil.rmtree(partial, ignore_errors=True)
-        if witness:
-            result = self.provider.create_witness_snapshot(partial)
-        else:
-            result = self.provider.create_snapshot(partial)
-        if result != OK:
-            shutil.rmtree(partial, ignore_errors=True)
-            return result
-        os.rename(partial, target)
-        fsync_directory(self.path)
-        return ("ok", position)
+        try:
+            if witness:
+                result = self.provider.create_witness_snapshot(partial)
+            else:
+                result = self.provider.create_snapshot(partial)
+            if result == OK:
+                os.rename(partial, target)
+                fsync_directory(self.path)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)  # gone already once renamed
+        return ("ok", position) if result == OK else result
 
     def _cleanup_snapshots(self) -> None:
         # Keep at most one older snapshot before making a new one.
@@ -1252,6 +1301,7 @@ __all__ = [
     "StorageServer",
     "UnknownCommandError",
     "batch_commands",
+    "bootstrap_prefix",
     "child_spec",
     "create_snapshot",
     "create_witness_snapshot",
@@ -1261,8 +1311,10 @@ __all__ = [
     "is_data_replica",
     "is_derived_command",
     "list_snapshots",
+    "partial_name",
     "position",
     "read",
+    "remove_leftovers",
     "snapshot_name",
     "start_link",
     "status",
