@@ -259,6 +259,25 @@ def test_a_failed_snapshot_leaves_nothing_a_later_request_would_reuse(tmp_path: 
     assert storage.list_snapshots(part_dir) == [(position, f"snapshot.{position[0]}.{position[1]}")]
 
 
+def test_snapshot_retention_spares_the_snapshots_named_in_use(tmp_path: Path) -> None:
+    node = start_node(tmp_path, "n1", [1])
+    _bootstrap_single(node)
+    part_dir = server.status(addr("server", node))["partition_path"]
+    in_use: list[str] = []
+    for i in range(3):
+        assert acceptor.commit(addr("acceptor", node), (i, ("write", "t", i, i))) == "ok"
+        ok, position = storage.create_snapshot(addr("storage", node), keep=in_use)
+        assert ok == "ok"
+        in_use.append(storage.snapshot_name(position))
+    assert [name for _, name in storage.list_snapshots(part_dir)] == in_use
+    # Nothing in use any more: back to one older snapshot besides the new one.
+    assert acceptor.commit(addr("acceptor", node), ("z", ("write", "t", "z", 0))) == "ok"
+    ok, position = storage.create_snapshot(addr("storage", node))
+    assert ok == "ok"
+    newest = [in_use[-1], storage.snapshot_name(position)]
+    assert [name for _, name in storage.list_snapshots(part_dir)] == newest
+
+
 class _RaisingSnapshotStorage(MemoryStorage):
     """Writes a whole snapshot, then raises, like a damaged value met while copying."""
 

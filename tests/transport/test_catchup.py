@@ -235,6 +235,33 @@ def test_concurrent_catchups_are_limited_and_finished_ones_back_off(tmp_path: Pa
         log.release_all()
 
 
+def test_a_snapshot_still_being_sent_survives_newer_catchups(tmp_path: Path) -> None:
+    # Three lagging targets, each sent a snapshot at a newer position: the storage keeps one
+    # older snapshot, but must not delete one a transport is still sending (that transfer
+    # would fail, and three catch-ups could keep failing each other).
+    leader = _single(tmp_path)
+    set_raft(leader, dist_transport_chunk_size=64)  # many chunks: every transfer is held
+    targets = [start(tmp_path, f"t{i}") for i in range(3)]
+    logs = [ChunkLog(hold=True) for _ in targets]
+    for i, (target, log) in enumerate(zip(targets, logs, strict=True)):
+        replace_receiver(target, log)
+        _write(leader, 3, prefix=f"w{i}")
+        _ask(leader, target)
+        wait_until(lambda log=log: log.wait_chunks(1, timeout=0))
+    state_now = _coordinator(leader)
+    in_use = sorted(
+        storage.snapshot_name(position, witness)
+        for (_, _, position, witness) in state_now["snapshots"]
+    )
+    assert len(in_use) == 3
+    assert _snapshots(leader) == in_use
+    for log in logs:
+        log.release_all()
+    for transport_id in state_now["transports"].values():
+        assert wait_status(leader, transport_id, "completed", "failed") == "completed"
+    wait_until(lambda: _snapshots(leader) == [])  # released by the coordinator once sent
+
+
 def test_an_overloaded_target_is_backed_off_and_its_snapshot_removed(tmp_path: Path) -> None:
     leader = _single(tmp_path, settings={"raft_snapshot_catchup_overloaded_backoff_ms": 60_000})
     busy = start(tmp_path, "busy", raft={"raft_max_incoming_snapshot_transfers": 0})

@@ -1118,10 +1118,10 @@ class StorageServer(otp.Process):
                     type(provider).__qualname__,
                 )
             return made
-        if kind == "create_snapshot":
-            return self._create_snapshot(request[1] if len(request) > 1 else None, False)
-        if kind == "create_witness_snapshot":
-            return self._create_snapshot(request[1] if len(request) > 1 else None, True)
+        if kind in ("create_snapshot", "create_witness_snapshot"):
+            name = request[1] if len(request) > 1 else None
+            keep = request[2] if len(request) > 2 else ()
+            return self._create_snapshot(name, kind == "create_witness_snapshot", keep)
         logger.warning("storage %s got an unexpected call %r", self.name, request)
         return ("error", "unknown_request")
 
@@ -1136,18 +1136,20 @@ class StorageServer(otp.Process):
             self._refresh_config()
         return result
 
-    def _create_snapshot(self, name: str | None, witness: bool) -> Any:
+    def _create_snapshot(self, name: str | None, witness: bool, keep: Any) -> Any:
         # Directory and file work (rmtree, rename, fsync) off the scheduler when the actor is
         # scheduled; a plain call on a storage actor's own thread.
-        return otp.blocking(self._write_snapshot_dir, name, witness)
+        names = keep if isinstance(keep, (list, tuple, set, frozenset)) else ()
+        in_use = frozenset(n for n in names if isinstance(n, str))
+        return otp.blocking(self._write_snapshot_dir, name, witness, in_use)
 
-    def _write_snapshot_dir(self, name: str | None, witness: bool) -> Any:
+    def _write_snapshot_dir(self, name: str | None, witness: bool, keep: frozenset[str]) -> Any:
         position = self.position
         name = name or snapshot_name(position, witness)
         target = os.path.join(self.path, name)
         if os.path.isdir(target):
             return ("ok", position)  # an existing snapshot of that name is reused
-        self._cleanup_snapshots()
+        self._cleanup_snapshots(keep)
         # Written under a temporary name and renamed once complete, so that a crash midway
         # never leaves a half-written directory that a later request would reuse. What a
         # crash leaves is removed when the storage next opens (remove_leftovers); what a
@@ -1166,10 +1168,12 @@ class StorageServer(otp.Process):
             shutil.rmtree(partial, ignore_errors=True)  # gone already once renamed
         return ("ok", position) if result == OK else result
 
-    def _cleanup_snapshots(self) -> None:
-        # Keep at most one older snapshot before making a new one.
-        snapshots = list_snapshots(self.path)
-        for _, name in snapshots[: max(0, len(snapshots) - MAX_RETAINED_SNAPSHOT)]:
+    def _cleanup_snapshots(self, keep: frozenset[str]) -> None:
+        # Before making a new snapshot, keep at most MAX_RETAINED_SNAPSHOT older ones (as
+        # WARaft) besides those in use: deleting a snapshot a transport still sends fails
+        # that catch-up, and with three lagging peers catch-ups would keep failing each other.
+        unused = [name for _, name in list_snapshots(self.path) if name not in keep]
+        for name in unused[: max(0, len(unused) - MAX_RETAINED_SNAPSHOT)]:
             self._delete_snapshot(name)
 
     def _delete_snapshot(self, name: Any) -> None:
@@ -1222,14 +1226,23 @@ def status(storage: otp.Target) -> dict[str, Any]:
     return result
 
 
-def create_snapshot(storage: otp.Target, name: str | None = None) -> Any:
-    """``("ok", LogPos)`` once ``snapshot.<index>.<term>`` (or ``name``) exists."""
-    return otp.call(storage, ("create_snapshot", name), STORAGE_TIMEOUT)
+def create_snapshot(storage: otp.Target, name: str | None = None, keep: Sequence[str] = ()) -> Any:
+    """``("ok", LogPos)`` once ``snapshot.<index>.<term>`` (or ``name``) exists.
+
+    A snapshot of that name is reused. Before a new one is made, the older snapshots are
+    deleted except those named in ``keep`` and the newest ``MAX_RETAINED_SNAPSHOT`` (1) of the
+    rest. ``keep`` names the snapshots still in use (the catch-up coordinator's: at most
+    ``raft_max_snapshot_catchup``, one per transport); whoever named them deletes them
+    (``delete_snapshot``) once done.
+    """
+    return otp.call(storage, ("create_snapshot", name, tuple(keep)), STORAGE_TIMEOUT)
 
 
-def create_witness_snapshot(storage: otp.Target, name: str | None = None) -> Any:
+def create_witness_snapshot(
+    storage: otp.Target, name: str | None = None, keep: Sequence[str] = ()
+) -> Any:
     """Like ``create_snapshot`` but metadata only (``snapshot.<index>.<term>.witness``)."""
-    return otp.call(storage, ("create_witness_snapshot", name), STORAGE_TIMEOUT)
+    return otp.call(storage, ("create_witness_snapshot", name, tuple(keep)), STORAGE_TIMEOUT)
 
 
 def delete_snapshot(storage: otp.Target, name: str) -> None:

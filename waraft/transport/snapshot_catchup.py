@@ -21,6 +21,11 @@ snapshot for a witness), starts the transport, and counts the transports using e
 every 500 ms it looks at their statuses, and deletes a snapshot once no transport uses it. When
 it stops, it cancels its transports and deletes its snapshots.
 
+Divergence: it names the partition's snapshots in use when it asks for a new one, and the
+storage's retention (one older snapshot) spares them. WARaft's storage deletes all but the
+newest older snapshot, so a third catch-up at a new position deletes the one a transport to
+another target is still sending, and that catch-up fails.
+
 Divergence: when the transport cannot start for a reason other than overload, or the snapshot
 cannot be made, WARaft keeps no state (and leaves the snapshot behind); we delete the unused
 snapshot and apply the failed backoff to the target, so that a broken peer is not sent a new
@@ -251,7 +256,7 @@ class SnapshotCatchup(otp.Process):
             return None
         request = storage.create_witness_snapshot if witness else storage.create_snapshot
         try:
-            result = request(options.storage_name)
+            result = request(options.storage_name, keep=self._in_use(table, partition))
         except otp.ExitError as exc:
             result = ("error", exc.reason)
         if not (isinstance(result, tuple) and result[0] == "ok"):
@@ -259,6 +264,15 @@ class SnapshotCatchup(otp.Process):
             return None
         position = LogPos(*result[1])
         return position, os.path.join(options.database, snapshot_name(position, witness))
+
+    def _in_use(self, table: str, partition: int) -> list[str]:
+        """The partition's snapshots a transport still sends: the storage must not delete
+        them to make room for the new one (at most ``raft_max_snapshot_catchup``)."""
+        return [
+            snapshot_name(position, witness)
+            for (t, p, position, witness) in self.snapshots
+            if t == table and p == partition
+        ]
 
     def _failed(self, app: str, table: str, key: Key, now: int) -> None:
         _count(table, "snapshot_catchup.error")
