@@ -732,6 +732,11 @@ class _Holder(otp.Process):
         except StorageError as exc:
             return ("error", str(exc))
 
+    def handle_cast(self, msg: Any) -> None:
+        kind, storage, path, position = msg
+        assert kind == "install"
+        storage.open_snapshot(path, position)  # on an I/O thread, as the storage actor's
+
 
 def _opened_by_a_killed_holder(otp_node: otp.Node, root: Path) -> NodeLmdbStorage:
     """Partition 1, seeded, opened by a process that was then killed (never closed)."""
@@ -783,6 +788,90 @@ def test_a_partition_whose_holder_was_killed_is_taken_over_and_its_writes_fenced
 
         assert str(root / NODE_DIR) not in NodeEnv._registry
     finally:
+        otp_node.stop()
+
+
+@pytest.mark.parametrize("held", ["before_its_transaction", "inside_its_transaction"])
+def test_a_snapshot_install_left_running_by_a_killed_holder_never_lands_under_its_successor(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: str
+) -> None:
+    """A storage actor killed while its snapshot install runs on an I/O thread (a partition
+    restart whose shutdown timed out on a large install) leaves the job running. Its write
+    transaction used to bypass the lease fence: it committed after the restarted actor had
+    read the partition's old position, which then served the snapshot's data at that position
+    (acknowledged writes gone) and applied entries twice. The install must fail instead,
+    whether the take-over comes before its transaction starts or while it copies rows."""
+    otp_node = otp.Node("lmdbinstall@t", process_type=otp.SCHEDULED)
+    snapshot = tmp_path / "snap"
+    assert (
+        NodeLmdbStorage.make_empty_snapshot(
+            opts(1), snapshot, LogPos(500, 1), CONFIG, {"k": "snap"}
+        )
+        == "ok"
+    )
+    entered, go, ended = threading.Event(), threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = []
+    real = NodeLmdbStorage._replace
+
+    def held_rows(rows: Any) -> Iterator[Any]:
+        entered.set()  # iterated inside the replace's write transaction
+        assert go.wait(20)
+        yield from rows
+
+    def replace(self: NodeLmdbStorage, rows: Any, meta: Any) -> None:
+        try:
+            if held == "before_its_transaction":
+                entered.set()
+                assert go.wait(20)
+            else:
+                rows = held_rows(rows)
+            real(self, rows, meta)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+            raise
+        finally:
+            ended.set()
+
+    try:
+        holder = _Holder.start(node=otp_node)
+        old: NodeLmdbStorage = otp.call(holder, ("open", root, 1), 20)
+        seed(old, "before")
+        old._drain()
+        node = old._node
+        assert node is not None and old._lease is not None
+        monkeypatch.setattr(NodeLmdbStorage, "_replace", replace)
+        with otp_node.activate():
+            otp.cast(holder, ("install", old, snapshot, LogPos(500, 1)))
+            assert entered.wait(10)
+            otp.kill(holder)
+            otp.wait_exit(holder, 10)
+        opened: list[Any] = []
+        successor = _Holder.start(node=otp_node)
+        opening = threading.Thread(
+            target=lambda: opened.append(otp.call(successor, ("open", root, 1), 30))
+        )
+        opening.start()
+        # The install goes on only once the take-over fenced the dead holder (a take-over
+        # that comes while it copies rows waits for it: the writer lock is its).
+        assert wait_for(lambda: node._leases.get("t.1") != old._lease[1])
+        go.set()
+        opening.join(30)
+        assert ended.wait(20)
+        new = opened[0]
+        assert isinstance(new, NodeLmdbStorage)
+        assert new.read(("read", "t", "k"), new.position()) == ("ok", "before")
+        assert new.position() == LogPos(3, 1)
+        assert outcome and outcome[0] is not None and "taken over" in str(outcome[0])
+        new.apply(("write", "t", "k", "after"), LogPos(4, 1))
+        new.close()
+        again: NodeLmdbStorage = otp.call(_Holder.start(node=otp_node), ("open", root, 1), 20)
+        assert again.position() == LogPos(4, 1)
+        assert again.read(("read", "t", "k"), again.position()) == ("ok", "after")
+        again.close()
+        assert str(root / NODE_DIR) not in NodeEnv._registry  # every reference went back
+    finally:
+        go.set()
         otp_node.stop()
 
 

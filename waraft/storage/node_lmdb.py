@@ -88,7 +88,10 @@ quarantined blindly: Raft never needs it to, as a committed entry is on a majori
 Snapshots are in ``waraft.storage.lmdb``'s format (a compacted ``data.mdb`` with ``kv`` and
 ``meta`` databases, its size and CRC-32, the ``metadata`` file), so either provider can install
 the other's. ``open_snapshot`` checks the file first, then empties the partition's database and
-copies the snapshot in, in one transaction: a crash leaves the old or the new state.
+copies the snapshot in, in one transaction: a crash leaves the old or the new state. That
+transaction is not a group commit but is fenced as one (``NodeEnv.replace``): an install left
+running by a killed storage actor never commits once the restarted one took the partition
+over, and the take-over waits for one that is committing.
 
 Map size: the environment is opened once at ``extra["lmdb_map_size"]`` (default 64 GiB of
 address space; without writemap the file only grows as pages are used) and never grown, since
@@ -110,7 +113,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
 
 import lmdb
@@ -189,6 +192,12 @@ LAZY_COMMIT_DELAY: Final = 0.05
 for company: at 1000 partitions each applying a command or two a second, nearly every apply
 flushed its buffer, and waking the committer thread for each such write cost more CPU than
 the write itself. Nobody waits on such a write (whoever does calls ``NodeEnv.hurry``)."""
+DIRECT_WAIT_WARNING: Final = 10.0
+"""Seconds an open waits for a replace of the partition's previous holder before it logs
+that it does (the replace checks the lease every ``FENCE_CHECK_ROWS`` rows, so it ends
+soon after the open fenced it)."""
+FENCE_CHECK_ROWS: Final = 4096
+"""Rows a replace copies between two checks of its lease."""
 WITHDRAW_TRIES: Final = 40
 """Attempts (5 ms apart) a close makes to withdraw its write from a committer stalled on a
 full disk before it waits for the write instead."""
@@ -334,6 +343,21 @@ def _unencoded(commands: Sequence[Any]) -> int | None:
         if not (kind is bytes or (kind is str and key.isascii())):
             return None
     return size
+
+
+def _fenced_rows(
+    rows: Iterable[tuple[bytes, bytes]], node: NodeEnv, lease: Lease, where: str
+) -> Iterator[tuple[bytes, bytes]]:
+    """``rows``, raising ``StorageError`` once ``lease`` is no longer its partition's (checked
+    every ``FENCE_CHECK_ROWS`` rows): a replace fenced in the middle of a large snapshot ends
+    soon, and the open that fenced it waits for it (``NodeEnv._wait_direct``)."""
+    count = 0
+    for row in rows:
+        count += 1
+        if count == FENCE_CHECK_ROWS:
+            count = 0
+            node.check_lease(lease, where)
+        yield row
 
 
 def _check_not_truncated(env: Any, directory: str) -> None:
@@ -495,6 +519,10 @@ class NodeEnv:
         # barrier ``open_partition`` commits after the change).
         self._leases: dict[str, int] = {}
         self.reclaimed = 0  # partitions taken over from a holder that was killed
+        # Partition name -> its write transactions running outside the group commit
+        # (``replace``): an open waits for them to end (``_wait_direct``).
+        self._direct: dict[str, int] = {}
+        self._direct_done = threading.Condition(threading.Lock())
         self.stalled: str | None = None  # why commits wait for room (a full disk), if they do
         self.stalls = 0  # times the disk was found full
         # Why the environment no longer matches the disk, once a sync or a commit's fsync
@@ -595,7 +623,10 @@ class NodeEnv:
         barrier write, so whatever of the dead holder's writes the committer had already taken
         is committed before the new holder reads the partition's position: nothing it applied
         can land after that and be applied a second time. (Under the opens' lock, so that two
-        opens cannot both take over; the committer does not take it.)"""
+        opens cannot both take over; the committer does not take it.) A wholesale replace of
+        the partition (``replace``: a snapshot install, a wipe, a quarantine) is fenced by the
+        same lease, and the open waits until every one still running on the partition ended,
+        committed or refused."""
         with self._lock:
             if name in self._open:
                 holder = self._owners.get(name)
@@ -623,6 +654,7 @@ class NodeEnv:
             self._owners[name] = owner
             lease = self._leases.get(name, 0) + 1
             self._leases[name] = lease
+            self._wait_direct(name)
         return handle, (name, lease)
 
     def _take_over(self, name: str, holder: otp.Pid) -> None:
@@ -641,6 +673,69 @@ class NodeEnv:
             name,
             holder,
         )
+
+    def holds(self, lease: Lease) -> bool:
+        """Whether ``lease`` is still its partition's (no later open took the partition)."""
+        return self._leases.get(lease[0]) == lease[1]
+
+    def check_lease(self, lease: Lease, where: str) -> None:
+        """Raise ``StorageError`` (the write of ``where`` is dropped) unless ``holds(lease)``."""
+        if not self.holds(lease):
+            raise StorageError(
+                f"LMDB node storage {where}: write of a holder taken over from, dropped"
+            )
+
+    def replace(
+        self, db: Any, lease: Lease, fill: Callable[[lmdb.Transaction], None], where: str
+    ) -> None:
+        """Run ``fill`` in a write transaction of its own (not a group commit: it may be as
+        large as a snapshot) and commit it only if ``lease`` is still the partition's.
+
+        Fenced like a queued write (see ``open_partition``): the lease is checked inside the
+        transaction, while this thread holds LMDB's writer lock, right before the commit. An
+        open that changed the lease before the check makes the replace fail with
+        ``StorageError``; one that changes it after waits for the commit (``_wait_direct``),
+        so the new holder reads the partition after it either way. Without this a snapshot
+        install left running by a killed storage actor committed under its successor, which
+        had already read the partition's old position: acknowledged writes were lost and
+        entries applied twice. ``fill`` gets the transaction and ``db`` is emptied first."""
+        name = lease[0]
+        with self._direct_done:
+            self._direct[name] = self._direct.get(name, 0) + 1
+        try:
+            txn = self.env.begin(write=True)
+            try:
+                txn.drop(db, delete=False)
+                fill(txn)
+                self.check_lease(lease, where)
+                txn.commit()
+            except BaseException:
+                with contextlib.suppress(lmdb.Error):
+                    txn.abort()
+                raise
+        finally:
+            with self._direct_done:
+                left = self._direct[name] - 1
+                if left:
+                    self._direct[name] = left
+                else:
+                    del self._direct[name]
+                self._direct_done.notify_all()
+
+    def _wait_direct(self, name: str) -> None:
+        """Wait until no ``replace`` of partition ``name`` runs (called under ``_lock``, after
+        the partition's lease changed: each one still running fails its lease check or has
+        passed it and commits; ``replace`` never takes ``_lock``)."""
+        warned = False
+        with self._direct_done:
+            while self._direct.get(name):
+                if not self._direct_done.wait(DIRECT_WAIT_WARNING) and not warned:
+                    warned = True
+                    logger.warning(
+                        "LMDB node storage %s: opening partition %s waits for a replace of "
+                        "its previous holder to end",
+                        self.directory, name,
+                    )  # fmt: skip
 
     def close_partition(self, name: str, lease: Lease | None = None) -> bool:
         """Give partition ``name`` back; False (nothing done) if ``lease`` is given and no
@@ -723,16 +818,16 @@ class NodeEnv:
 
     def _fenced(self, group: list[_Write]) -> list[_Write]:
         """``group`` without the writes of holders that were taken over from (failed)."""
-        leases = self._leases
         live = []
         for write in group:
             lease = write.lease
-            if lease is None or leases.get(lease[0]) == lease[1]:
-                live.append(write)
+            try:
+                if lease is not None:
+                    self.check_lease(lease, write.where)
+            except StorageError as exc:
+                write.error = exc
             else:
-                write.error = StorageError(
-                    f"LMDB node storage {write.where}: write of a holder taken over from, dropped"
-                )
+                live.append(write)
         return live
 
     def _run(self) -> None:
@@ -1209,27 +1304,35 @@ class NodeLmdbStorage(LmdbStorage):
         self._settle()
         return self._durable
 
-    def _replace(self, rows: Any, meta: Mapping[bytes, bytes] | None) -> None:
+    def _replace(
+        self, rows: Iterable[tuple[bytes, bytes]], meta: Mapping[bytes, bytes] | None
+    ) -> None:
         """In ONE write transaction: empty the partition's database, then store ``rows``
-        (``(key, value)`` pairs, iterated inside the transaction) and the ``meta`` rows."""
-        seed = self._seed
-        txn = self.env.begin(write=True)
-        try:
-            txn.drop(self._db, delete=False)
-            cursor = txn.cursor(self._db)
-            cursor.putmulti((key, _seal(seed, key, value)) for key, value in rows)
+        (``(key, value)`` pairs, iterated inside the transaction) and the ``meta`` rows.
+
+        Fenced by the partition's lease (``NodeEnv.replace``): raises ``StorageError`` and
+        changes nothing once another open took the partition over (this holder was killed
+        and the job left running on an I/O thread)."""
+        seed, db, where = self._seed, self._db, self._path
+        node, lease = self._open_node(), self._lease
+        assert lease is not None  # set by the open, before anything can replace
+        if self._pending_position is not None:
+            self._flush_pending()  # older than the replace: it must not land after it
+        self._committed_env()  # nor the in-flight write
+
+        def fill(txn: lmdb.Transaction) -> None:
+            cursor = txn.cursor(db)
+            fenced = _fenced_rows(rows, node, lease, where)
+            cursor.putmulti((key, _seal(seed, key, value)) for key, value in fenced)
             for name, value in (meta or {}).items():
                 key = _meta_key(name)
-                txn.put(key, _seal(seed, key, value), db=self._db)
-            txn.commit()
-        except BaseException:
-            with contextlib.suppress(lmdb.Error):
-                txn.abort()
-            raise
-        if self._node is not None and not self._sync:
+                txn.put(key, _seal(seed, key, value), db=db)
+
+        node.replace(db, lease, fill, where)
+        if not self._sync:
             # Flushed whatever ``lmdb_sync`` says: a snapshot install is followed by a log
             # reset to its position, and a wiped or quarantined partition must not come back.
-            self._node.flush()
+            node.flush()
 
     @classmethod
     def open(cls, options: StorageOptions, path: str | os.PathLike[str]) -> Self:
