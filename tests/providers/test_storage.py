@@ -16,6 +16,7 @@ from waraft.core.types import LogPos
 from waraft.storage.memory import MemoryStorage
 from waraft.storage.provider import (
     BAD_POSITION,
+    CHECKSUM_FILE,
     InvalidIncompleteReplica,
     PartialApplyError,
     SessionStoreError,
@@ -232,6 +233,43 @@ def test_corrupt_snapshot_is_an_error_not_a_crash(kind: str, tmp_path: Path) -> 
     assert target.position() == LogPos(0, 0)
     source.close()
     target.close()
+
+
+DURABLE = sorted(set(PROVIDERS) - {"memory"})
+
+
+@pytest.mark.parametrize("durable", DURABLE)
+def test_a_snapshot_with_a_flipped_byte_or_no_checksum_is_refused(
+    durable: str, tmp_path: Path
+) -> None:
+    """A byte of a value flipped on disk or in transit (the file transport only checks
+    sizes) must not be installed and then served: SQLite opened such a file without a word
+    and the replica answered 9000000 for 1000000. A snapshot without its checksum file
+    (written before the format had one) is refused too."""
+    cls = PROVIDERS[durable]
+    source = cls.open(OPTIONS, tmp_path / "source")
+    source.apply_config(make_config(A), pos(1))
+    source.apply(("write", "t", "balance", "1000000"), pos(2))
+    snapshot = tmp_path / "snap"
+    assert source.create_snapshot(snapshot) == "ok"
+    source.close()
+    data_file = next(p for p in snapshot.iterdir() if p.name.startswith("data."))
+    raw = data_file.read_bytes()
+    assert b"1000000" in raw
+    data_file.write_bytes(raw.replace(b"1000000", b"9000000"))
+    target = cls.open(OPTIONS, tmp_path / "target")
+    try:
+        target.apply(("write", "t", "balance", "old"), pos(1))
+        result = target.open_snapshot(snapshot, pos(2))
+        assert result[0] == "error" and "checksum" in result[1]
+        data_file.write_bytes(raw)
+        (snapshot / CHECKSUM_FILE).unlink()
+        result = target.open_snapshot(snapshot, pos(2))
+        assert result[0] == "error" and CHECKSUM_FILE in result[1]
+        assert target.position() == pos(1)
+        assert target.read(("read", "t", "balance"), pos(1)) == ("ok", "old")
+    finally:
+        target.close()
 
 
 def test_empty_snapshot_for_bootstrap(kind: str, tmp_path: Path) -> None:

@@ -82,7 +82,6 @@ import hashlib
 import logging
 import os
 import shutil
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
 
@@ -94,6 +93,7 @@ from waraft.core.types import Config, LogPos, is_config_command
 from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.provider import (
     BAD_POSITION,
+    CHECKSUM_FILE,
     NOT_FOUND,
     OK,
     ApplyItem,
@@ -103,13 +103,14 @@ from waraft.storage.provider import (
     TransactionalStorage,
     UnknownCommandError,
     build_file_durably,
+    check_snapshot_checksum,
     command_kind,
     fsync_directory,
     fsync_path,
     is_data_replica,
     refused_at,
-    write_file_durably,
     write_metadata,
+    write_snapshot_checksum,
 )
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,6 @@ logger = logging.getLogger(__name__)
 ENV_DIR: Final = "storage.lmdb"
 LOCK_FILE: Final = "storage.lmdb.lock"
 SNAPSHOT_FILE: Final = "data.mdb"
-CHECKSUM_FILE: Final = "checksum"
 DEFAULT_MAP_SIZE: Final = 64 << 30
 
 _KV: Final = b"kv"
@@ -128,7 +128,6 @@ _MAX_DBS: Final = 4
 _MAX_RAW_KEY: Final = 511
 _LONG_KEY: Final = b"\xc1"
 _MIB: Final = 1 << 20
-_CHUNK: Final = 4 * _MIB
 
 # A write transaction's work: runs of puts (a list, one ``putmulti``) and single deletes (the
 # encoded key), in command order.
@@ -287,38 +286,13 @@ def _write_growing(
 # -- files --------------------------------------------------------------------------------------
 
 
-def _checksum(path: str) -> tuple[int, int]:
-    """``(size, crc32)`` of a file."""
-    crc = 0
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-    return size, crc
-
-
-def _write_checksum(directory: str, data_path: str) -> None:
-    size, crc = _checksum(data_path)
-    write_file_durably(
-        os.path.join(directory, CHECKSUM_FILE),
-        packb({"file": SNAPSHOT_FILE, "size": size, "crc32": crc}),
-    )
-
-
 def _inspect_snapshot(directory: str) -> dict[str, Any]:
     """The metadata stored inside a snapshot's ``data.mdb``, after checking the file whole.
 
     Raises ``OSError`` / ``lmdb.Error`` / ``CodecError`` / ``ValueError`` if it is not.
     """
     data_path = os.path.join(directory, SNAPSHOT_FILE)
-    with open(os.path.join(directory, CHECKSUM_FILE), "rb") as f:
-        expected = unpackb(f.read())
-    if not isinstance(expected, dict):
-        raise ValueError("snapshot checksum file is not a map")
-    size, crc = _checksum(data_path)
-    if size != expected.get("size") or crc != expected.get("crc32"):
-        raise ValueError(f"{data_path} does not match its checksum (damaged or incomplete)")
+    size = check_snapshot_checksum(directory, SNAPSHOT_FILE)
     env = lmdb.open(
         data_path,
         subdir=False,
@@ -654,7 +628,7 @@ class LmdbStorage(TransactionalStorage):
             os.makedirs(directory, exist_ok=True)
             target = os.path.join(directory, SNAPSHOT_FILE)
             build_file_durably(target, copy)
-            _write_checksum(directory, target)
+            write_snapshot_checksum(directory, SNAPSHOT_FILE)
             write_metadata(directory, "lmdb", self._position, self._config)
         except (OSError, lmdb.Error, CodecError) as exc:
             logger.error("cannot write snapshot %s: %s", directory, exc)
@@ -780,7 +754,7 @@ class LmdbStorage(TransactionalStorage):
             os.makedirs(directory, exist_ok=True)
             target = os.path.join(directory, SNAPSHOT_FILE)
             build_file_durably(target, fill)
-            _write_checksum(directory, target)
+            write_snapshot_checksum(directory, SNAPSHOT_FILE)
             write_metadata(directory, "lmdb", position, (config_at, config))
         except (OSError, lmdb.Error, CodecError) as exc:
             logger.error("cannot write empty snapshot %s: %s", directory, exc)

@@ -139,7 +139,6 @@ from waraft.storage.lmdb import (
     _position_row,
     _recover_swap,
     _stored_key,
-    _write_checksum,
 )
 from waraft.storage.provider import (
     DISK_FULL_ERRNOS,
@@ -152,6 +151,7 @@ from waraft.storage.provider import (
     command_kind,
     fsync_directory,
     write_metadata,
+    write_snapshot_checksum,
 )
 
 logger = logging.getLogger(__name__)
@@ -1816,7 +1816,7 @@ class NodeLmdbStorage(LmdbStorage):
             os.makedirs(directory, exist_ok=True)
             target = os.path.join(directory, SNAPSHOT_FILE)
             build_file_durably(target, fill)
-            _write_checksum(directory, target)
+            write_snapshot_checksum(directory, SNAPSHOT_FILE)
             write_metadata(directory, "lmdb", position, config)
         except (OSError, lmdb.Error, CodecError) as exc:
             logger.error("cannot write snapshot %s: %s", directory, exc)

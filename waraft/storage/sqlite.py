@@ -17,8 +17,11 @@ entry above the storage position (it is never trimmed past the applied position)
 the lost tail is simply applied again. Use ``"FULL"`` to fsync every batch.
 
 Snapshots: ``<snapshot dir>/data.sqlite3`` written with SQLite's online backup API (then switched
-to a self-contained rollback-journal file) plus the shared ``metadata`` file. Opening one checks
-its position, then copies it into the live database with the backup API in one transaction.
+to a self-contained rollback-journal file), ``checksum`` (its size and CRC-32, as the LMDB
+providers write theirs: SQLite opens and serves a file with a flipped byte in a value) and the
+shared ``metadata`` file. Opening one checks the file against its checksum and its position,
+then copies it into the live database with the backup API in one transaction. A snapshot
+without a ``checksum`` file (written before this format had one) is refused.
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ from waraft.storage.provider import (
     TransactionalStorage,
     UnknownCommandError,
     build_file_durably,
+    check_snapshot_checksum,
     command_kind,
     is_data_replica,
     refused_at,
     write_metadata,
+    write_snapshot_checksum,
 )
 
 logger = logging.getLogger(__name__)
@@ -239,6 +244,7 @@ class SqliteStorage(TransactionalStorage):
         try:
             os.makedirs(directory, exist_ok=True)
             build_file_durably(os.path.join(directory, SNAPSHOT_FILE), copy)
+            write_snapshot_checksum(directory, SNAPSHOT_FILE)
             write_metadata(directory, "sqlite", self._position, self._config)
         except (OSError, sqlite3.Error, CodecError) as exc:
             logger.error("cannot write snapshot %s: %s", directory, exc)
@@ -246,9 +252,18 @@ class SqliteStorage(TransactionalStorage):
         return OK
 
     def open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
-        source_path = os.path.join(os.fspath(path), SNAPSHOT_FILE)
+        """Check the snapshot's file against its ``checksum`` file (a snapshot without one,
+        written before this format had it, is refused), then its position, then copy it into
+        the live database. ``("error", reason)`` leaves the live database as it was."""
+        directory = os.fspath(path)
+        source_path = os.path.join(directory, SNAPSHOT_FILE)
         if not os.path.isfile(source_path):
-            return ("error", f"no snapshot database in {os.fspath(path)}")
+            return ("error", f"no snapshot database in {directory}")
+        try:
+            check_snapshot_checksum(directory, SNAPSHOT_FILE)
+        except (OSError, CodecError, ValueError) as exc:
+            logger.error("cannot open snapshot %s: %s", directory, exc)
+            return ("error", f"unreadable snapshot {directory}: {exc}")
         try:
             source = _connect_readonly(source_path)
         except sqlite3.Error as exc:
@@ -312,6 +327,7 @@ class SqliteStorage(TransactionalStorage):
         try:
             os.makedirs(directory, exist_ok=True)
             build_file_durably(os.path.join(directory, SNAPSHOT_FILE), fill)
+            write_snapshot_checksum(directory, SNAPSHOT_FILE)
             write_metadata(directory, "sqlite", position, (config_at, config))
         except (OSError, sqlite3.Error, CodecError) as exc:
             logger.error("cannot write empty snapshot %s: %s", directory, exc)
