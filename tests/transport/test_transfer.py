@@ -319,6 +319,28 @@ def test_only_the_offering_node_writes_or_finishes_a_transports_files(tmp_path: 
     assert path.read_bytes() == b"good"
 
 
+def test_a_file_completed_twice_is_counted_once(tmp_path: Path) -> None:
+    """Completing file 1 of 2 twice must not complete the transport: file 2 never came (for
+    a snapshot, the server would be told to install a directory that lacks it)."""
+    b = start(tmp_path, "b")
+    assert offer(b, 777, [(1, "one", 3), (2, "two", 5)]) == "ok"
+    assert _call_from("fake@sender", b, ("chunk", 777, 1, 0, b"abc")) == "ok"
+    assert _call_from("fake@sender", b, ("complete", 777, 1)) == "ok"
+    assert _call_from("fake@sender", b, ("complete", 777, 1)) == ("error", "already_completed")
+    # The manager counts a file's first outcome only, whoever reports it again.
+    on(b, transport.complete, 777, 1, "ok")
+    on(b, transport.complete, 777, 1, ("late_failure",))
+    on(b, transport.scan)  # a call behind those casts: they have been handled
+    info = on(b, transport.transport_info, 777)
+    assert (info["status"], info["completed_files"]) == ("running", 1)
+    assert on(b, transport.file_info, 777, 1)["status"] == "completed"
+    assert _call_from("fake@sender", b, ("complete", 777, 1)) == ("error", "already_completed")
+    assert _call_from("fake@sender", b, ("chunk", 777, 2, 0, b"12345")) == "ok"
+    assert _call_from("fake@sender", b, ("complete", 777, 2)) == "ok"
+    assert wait_status(b, 777, "completed") == "completed"
+    assert on(b, transport.transport_info, 777, "completed_files") == 2
+
+
 def test_chunks_never_write_into_the_files_of_an_outgoing_transfer(tmp_path: Path) -> None:
     a, b = _pair(tmp_path)
     log = ChunkLog(hold=True)

@@ -17,7 +17,8 @@ following a symlink at the file itself; at most ``MAX_OPEN_FILES`` open at once)
 every chunk at its offset (rejecting chunks of transports that are not running, and chunks
 outside the size announced at admission), and on ``complete`` fsyncs the file and its
 directories up to the transfer root, checks the size, and reports the file to the local
-transport manager. Chunks and completions from another node are taken only from the node
+transport manager, once: a second ``complete`` of a file is refused (``already_completed``).
+Chunks and completions from another node are taken only from the node
 that offered the transport (the authenticated caller, ``not_peer`` otherwise): a third node
 cannot write into, or finish early, a snapshot it did not send.
 
@@ -256,6 +257,9 @@ class DistTransport(otp.Process):
     def init(self) -> None:
         policy.allow(NAME, calls={"chunk": policy.MEMBER, "complete": policy.MEMBER})
         self.fds: dict[tuple[int, int], int] = {}
+        # Files this receiver completed whose outcome the manager may not have recorded yet
+        # (it learns of it by a cast): a second ``complete`` in that window is refused too.
+        self.completed: set[tuple[int, int]] = set()
         self._timer = otp.send_after(SWEEP_INTERVAL_MS, self.pid, "sweep")
 
     def terminate(self, reason: Any) -> None:
@@ -363,6 +367,9 @@ class DistTransport(otp.Process):
         if file is None or info is None or info["type"] != "receiver":
             logger.warning("transport %s: completion of unknown file %s", transport_id, file_id)
             return ("error", "invalid_file")
+        if self._already_completed(transport_id, file_id, file):
+            logger.warning("transport %s: file %s completed again: refused", transport_id, file_id)
+            return ("error", "already_completed")
         try:
             fd = self._open(transport_id, file_id, file["path"])  # an empty file has no chunk
             try:
@@ -380,8 +387,14 @@ class DistTransport(otp.Process):
             status = ("size_mismatch", size, file["total_bytes"])
             transport.complete(transport_id, file_id, status)
             return ("error", status)
+        self.completed.add((transport_id, file_id))
         transport.complete(transport_id, file_id, "ok")
         return "ok"
+
+    def _already_completed(self, transport_id: int, file_id: int, file: tables.Info) -> bool:
+        """Whether the file was completed before: its bytes were checked and reported once,
+        and reporting them again would count it twice."""
+        return (transport_id, file_id) in self.completed or file["status"] == tables.COMPLETED
 
     @staticmethod
     def _sync_directories(directory: str, root: str) -> None:
@@ -396,10 +409,15 @@ class DistTransport(otp.Process):
         fsync_directory(os.path.dirname(root))
 
     def _sweep(self) -> None:
-        """Close the files of transports that stopped running (cut off or cancelled)."""
+        """Close the files of transports that stopped running (cut off or cancelled), and
+        forget completions the manager has recorded (or whose transport it forgot)."""
         for transport_id, file_id in list(self.fds):
             if not _receiving(transport_id):
                 self._close(transport_id, file_id)
+        for key in list(self.completed):
+            file = tables.file_info(*key)
+            if file is None or file["status"] in (tables.COMPLETED, tables.FAILED):
+                self.completed.discard(key)
 
 
 def start_link() -> otp.Pid:

@@ -18,11 +18,11 @@ is the leader the partition's server knows, since a snapshot replaces its data a
 An offer of more than ``MAX_OFFER_FILES`` files is malformed (``invalid_transport``).
 
 It records file completions (``complete`` casts from this node's own workers on the sending
-side and receiving provider, never from the wire), and once every file of an incoming snapshot
-has arrived it calls ``waraft.server.snapshot_available`` on the partition's server,
-synchronously, as WARaft does (a failure marks the transport failed with
-``("notify_failed", reason)``). It also answers the advisory ``may_accept`` precheck and runs
-the idle scan.
+side and receiving provider, never from the wire; only a file's first outcome counts), and
+once every file of an incoming snapshot has arrived it calls
+``waraft.server.snapshot_available`` on the partition's server, synchronously, as WARaft does
+(a failure marks the transport failed with ``("notify_failed", reason)``). It also answers the
+advisory ``may_accept`` precheck and runs the idle scan.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ member's 16 MB offer of a million and a half files held it, and every partition 
 minutes. A snapshot is a few files."""
 # How long the server may take to install a received snapshot (its raft_storage_call_timeout).
 SNAPSHOT_INSTALL_TIMEOUT: Final = 60.0
+ENDED_FILE: Final = frozenset({COMPLETED, FAILED})
+"""File statuses after which a file's outcome is settled (its first report stands)."""
 
 Meta = dict[str, Any]
 FileSpec = tuple[int, str, int]  # (file id, relative name, size) as offered by the sender
@@ -368,46 +370,53 @@ class TransportManager(otp.Process):
     # -- completion ------------------------------------------------------------------------
 
     def _complete(self, transport_id: int, file_id: int, status: Any) -> None:
+        """Record a file's outcome and, when it was the last file, the transport's.
+
+        Only a file's first outcome counts: a second report of the same file (a peer that
+        completes it twice, a worker that resent it after a crash) changes nothing, so that a
+        transport completes only when every one of its files has arrived."""
         t = self.tables
-        now = now_ms()
         ok = status == "ok"
-
-        def mark_file(info: Info) -> Info:
-            info["end_ts"] = now
-            if ok:
-                info["status"] = COMPLETED
-            else:
-                info["status"] = FAILED
-                info["error"] = status
-            return info
-
         with t.lock:
             info = t.transports.get(transport_id)
-            if info is None or update_file_info(transport_id, file_id, mark_file) != "ok":
+            file = t.files.get((transport_id, file_id))
+            if info is None or file is None:
                 logger.warning("transport %s: completion of unknown file %s", transport_id, file_id)
                 return
+            if file["status"] in ENDED_FILE:
+                logger.warning(
+                    "transport %s: file %s reported again (%r), it already ended %s",
+                    transport_id, file_id, status, file["status"],
+                )  # fmt: skip
+                return
+            update_file_info(transport_id, file_id, lambda i: _file_ended(i, status))
             count(
                 info["meta"].get("table"), "transport.file.done" if ok else "transport.file.error"
             )
-            if info["status"] != RUNNING:
-                return  # cancelled, failed or timed out meanwhile: the outcome stands
-            done = info["completed_files"] + 1
-            if not ok:
-                logger.warning("transport %s: file %s failed: %r", transport_id, file_id, status)
-                error = ("file", file_id, status)
-                update(
-                    t,
-                    transport_id,
-                    lambda i: finish({**i, "completed_files": done}, FAILED, error),
-                )
-                return
-            update(t, transport_id, lambda i: {**i, "completed_files": done})
-            if done < info["total_files"]:
-                return
-            if info["type"] == "sender":
-                update(t, transport_id, lambda i: finish(i, COMPLETED))
+            if not self._count_file(t, transport_id, info, file_id, status):
                 return
         self._received(transport_id)
+
+    @staticmethod
+    def _count_file(t: Tables, transport_id: int, info: Info, file_id: int, status: Any) -> bool:
+        """Count a file's first outcome into its running transport (caller holds ``t.lock``);
+        True when it was the last file of an incoming transport, which is then to be
+        handed over (``_received``)."""
+        if info["status"] != RUNNING:
+            return False  # cancelled, failed or timed out meanwhile: the outcome stands
+        done = info["completed_files"] + 1
+        if status != "ok":
+            logger.warning("transport %s: file %s failed: %r", transport_id, file_id, status)
+            error = ("file", file_id, status)
+            update(t, transport_id, lambda i: finish({**i, "completed_files": done}, FAILED, error))
+            return False
+        update(t, transport_id, lambda i: {**i, "completed_files": done})
+        if done < info["total_files"]:
+            return False
+        if info["type"] == "sender":
+            update(t, transport_id, lambda i: finish(i, COMPLETED))
+            return False
+        return True
 
     def _received(self, transport_id: int) -> None:
         """Every file of an incoming transport is here: notify, then record the outcome.
@@ -468,6 +477,17 @@ class TransportManager(otp.Process):
         for transport_id in timed_out:
             logger.warning("transport %s timed out (idle)", transport_id)
         return timed_out
+
+
+def _file_ended(info: Info, status: Any) -> Info:
+    """A file's record once its outcome ``status`` (``"ok"`` or a failure) is known."""
+    info["end_ts"] = now_ms()
+    if status == "ok":
+        info["status"] = COMPLETED
+    else:
+        info["status"] = FAILED
+        info["error"] = status
+    return info
 
 
 def _accept_hook(provider: Any, meta: Meta, incoming_bytes: int) -> Any:
