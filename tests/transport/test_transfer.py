@@ -4,6 +4,7 @@ admission, path safety, cancellation."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,44 @@ def test_the_provider_admission_hook_can_refuse_for_a_full_disk(tmp_path: Path) 
     huge = 1 << 62
     assert offer(a, 7, [(1, "x", huge)]) == ("error", "receiver_disk_full")
     assert offer(a, 8, [(1, "x", 10)]) == "ok"
+
+
+def test_disk_admission_counts_what_running_transports_still_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two catch-ups of 0.6 x the free space each must not both be admitted: together they
+    would fill the disk that holds the log and the storage. A snapshot also needs room for
+    its install copy (the storage copies it into its database)."""
+
+    def free(path: str) -> int:  # a 1000-byte disk that received chunks fill
+        received = tmp_path.glob("b/*/transport/*/*")
+        return 1000 - sum(p.stat().st_size for p in received if p.is_file())
+
+    monkeypatch.setattr(dist_transport, "_free_bytes", free)
+    b = start(tmp_path, "b", partitions=(1, 2, 3))
+    for partition in (1, 2, 3):
+        follow(b, "fake@sender", partition)
+    transfer_2 = {"type": "transfer", "table": "test", "partition": 2}
+    assert offer(b, 501, [(1, "data", 600)]) == "ok"
+    assert offer(b, 502, [(1, "data", 600)], meta=transfer_2) == ("error", "receiver_disk_full")
+    assert offer(b, 503, [(1, "data", 400)], meta=transfer_2) == "ok"  # 600 + 400 fit
+    on(b, transport.cancel, 503)
+    # Bytes already received take free space; only the rest is still promised.
+    assert _call_from("fake@sender", b, ("chunk", 501, 1, 0, b"x" * 500)) == "ok"
+    assert offer(b, 504, [(1, "data", 401)], meta=transfer_2) == ("error", "receiver_disk_full")
+    assert offer(b, 505, [(1, "data", 400)], meta=transfer_2) == "ok"  # 500 free: 100 + 400
+    for transport_id in (501, 505):
+        on(b, transport.cancel, transport_id)
+    shutil.rmtree(tmp_path / "b" / "test.1" / "transport")
+    # A snapshot of 600 needs 1200 with its install copy; one of 500 fits, with nothing left.
+    snapshot_3 = {**snapshot_meta(), "partition": 3}
+    assert offer(b, 506, [(1, "d", 600)], meta=snapshot_3) == ("error", "receiver_disk_full")
+    assert offer(b, 507, [(1, "d", 500)], meta=snapshot_3) == "ok"
+    # Received in full but not yet installed: its install copy is still to come.
+    assert _call_from("fake@sender", b, ("chunk", 507, 1, 0, b"y" * 500)) == "ok"
+    assert offer(b, 508, [(1, "data", 1)], meta=transfer_2) == ("error", "receiver_disk_full")
+    on(b, transport.cancel, 507)
+    assert offer(b, 509, [(1, "data", 500)], meta=transfer_2) == "ok"
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,9 @@ Chunks and completions from another node are taken only from the node
 that offered the transport (the authenticated caller, ``not_peer`` otherwise): a third node
 cannot write into, or finish early, a snapshot it did not send.
 
-``transport_accept`` refuses a transport with ``receiver_disk_full`` when its bytes do not fit
-on the destination's file system.
+``transport_accept`` refuses a transport with ``receiver_disk_full`` when its bytes (twice a
+snapshot's: installing it copies it into the storage) do not fit in the free space of the
+destination's file system less what the running incoming transports there still need.
 
 Divergences: WARaft's receiver opens files in write mode (which truncates a file a restarted
 receiver had already written); ours never truncates, so a retried chunk lands at its offset.
@@ -216,26 +217,79 @@ def _send_file(transport_id: int, file_id: int, fd: int, peer: str, state: Sende
 # -- admission ---------------------------------------------------------------------------------
 
 
+INSTALL_COPY_FACTOR: Final = 2
+"""Disk space a snapshot needs, in multiples of its size: its files arrive in the transport
+directory and installing it copies them into the partition's database (the node's LMDB
+environment) before the transport directory is cleaned up."""
+
+
 def transport_accept(meta: dict[str, Any], incoming_bytes: int) -> Any:
-    """Refuse (``receiver_disk_full``) a transport whose bytes cannot fit where it would land."""
+    """Refuse (``receiver_disk_full``) a transport that cannot fit where it would land.
+
+    What it needs (its bytes, twice for a snapshot: ``INSTALL_COPY_FACTOR``) must fit in the
+    free space of the destination's file system *less what this node has already promised*:
+    the bytes still to arrive of the incoming transports running on that file system, and
+    the install copies of their snapshots. Offers are admitted one at a time (by the
+    manager), so concurrent catch-ups of several partitions cannot together fill the disk
+    that holds the log and the storage. The install copy is counted on the transport
+    directory's file system: the storage lives beside it in the default layout.
+    """
     directory = transport.registered_directory(meta.get("table", ""), meta.get("partition", 0))
-    probe = directory or "."
-    while not os.path.isdir(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return "ok"
-        probe = parent
+    probe = _existing_ancestor(directory or ".")
     try:
-        free = shutil.disk_usage(probe).free
+        free = _free_bytes(probe)
+        device = os.stat(probe).st_dev
     except OSError:
         return "ok"
-    if incoming_bytes <= free:
+    needed = _needed_bytes(meta, incoming_bytes)
+    promised, running = _promised_bytes(device)
+    if needed + promised <= free:
         return "ok"
     logger.warning(
-        "refusing a transport of %s/%s: %d bytes incoming, %d free under %s",
-        meta.get("table"), meta.get("partition"), incoming_bytes, free, probe,
+        "refusing a transport of %s/%s (receiver_disk_full): it needs %d bytes (%d incoming%s), "
+        "%d running incoming transports still need %d, %d free under %s",
+        meta.get("table"), meta.get("partition"), needed, incoming_bytes,
+        " + the install copy" if needed > incoming_bytes else "", running, promised, free, probe,
     )  # fmt: skip
     return ("error", "receiver_disk_full")
+
+
+def _existing_ancestor(path: str) -> str:
+    """``path`` or its nearest existing ancestor (a partition's transport directory is made
+    on its first transport)."""
+    while not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _free_bytes(path: str) -> int:
+    """Bytes an unprivileged writer may still use on ``path``'s file system."""
+    return shutil.disk_usage(path).free
+
+
+def _needed_bytes(meta: dict[str, Any], size: int) -> int:
+    return size * INSTALL_COPY_FACTOR if meta.get("type") == "snapshot" else size
+
+
+def _promised_bytes(device: int) -> tuple[int, int]:
+    """``(bytes, transports)``: what the running incoming transports landing on file system
+    ``device`` will still write, their files' missing bytes plus, for snapshots, the install
+    copy (the transport stays running until it is installed)."""
+    promised = running = 0
+    for info, files in tables.running_receives():
+        try:
+            if os.stat(info["root"]).st_dev != device:
+                continue
+        except OSError:
+            pass  # its directory is gone or unreadable: count it, the safe side
+        missing = sum(max(0, f["total_bytes"] - f["completed_bytes"]) for f in files)
+        total = sum(f["total_bytes"] for f in files)
+        promised += missing + _needed_bytes(info["meta"], total) - total
+        running += 1
+    return promised, running
 
 
 # -- receiver ----------------------------------------------------------------------------------

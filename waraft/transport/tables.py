@@ -135,6 +135,20 @@ def is_running(transport_id: int) -> bool:
     return bool(transport_info(transport_id, "status") == RUNNING)
 
 
+def running_receives() -> list[tuple[Info, list[Info]]]:
+    """Copies of every running incoming transport's record with its files' records."""
+    t = tables_for()
+    if t is None:
+        return []
+    found = []
+    with t.lock:
+        for transport_id, info in t.transports.items():
+            if info["type"] == "receiver" and info["status"] == RUNNING:
+                files = (t.files.get((transport_id, i)) for i in range(1, info["total_files"] + 1))
+                found.append((dict(info), [dict(f) for f in files if f is not None]))
+    return found
+
+
 def transport_module(transport_id: int) -> Any:
     """The provider object handling this transport on this node, or None."""
     t = tables_for()
@@ -272,6 +286,7 @@ __all__ = [
     "mono_ms",
     "now_ms",
     "pop_file",
+    "running_receives",
     "setup_tables",
     "tables_for",
     "transport_info",
