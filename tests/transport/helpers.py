@@ -225,11 +225,37 @@ class HoldingReceiver(otp.Process):
         return "ok"
 
 
-def replace_receiver(node: otp.Node, log: ChunkLog) -> otp.Pid:
-    """Stop ``node``'s chunk receiver and register a ``HoldingReceiver`` in its place."""
+class GatedReceiver(dist_transport.DistTransport):
+    """The real chunk receiver (it writes every chunk and completes every file) that, while
+    ``log.hold``, keeps back its ``"ok"`` answers; other answers go out at once."""
+
+    def init(self, log: ChunkLog) -> None:  # type: ignore[override]
+        super().init()
+        self.log = log
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        answer = super().handle_call(request, from_)
+        with self.log.cond:
+            if request[0] == "chunk":
+                _, transport_id, file_id, offset, data = request
+                self.log.chunks.append((transport_id, file_id, offset, len(data)))
+            else:
+                self.log.completions.append((*request, answer))
+            self.log.cond.notify_all()
+            if self.log.hold and answer == "ok":
+                self.log.waiting.append(from_)
+                return otp.NOREPLY
+        return answer
+
+
+def replace_receiver(
+    node: otp.Node, log: ChunkLog, receiver: type[otp.Process] = HoldingReceiver
+) -> otp.Pid:
+    """Stop ``node``'s chunk receiver and register ``receiver`` (a ``HoldingReceiver``, or a
+    ``GatedReceiver``) in its place."""
     result = otp.supervisor.terminate_child((app.NAME, node.id), "wa_raft_dist_transport")
     assert result == "ok", result
-    pid: otp.Pid = HoldingReceiver.start(log, name=dist_transport.NAME, node=node)
+    pid: otp.Pid = receiver.start(log, name=dist_transport.NAME, node=node)
     return pid
 
 

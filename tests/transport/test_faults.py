@@ -10,11 +10,14 @@ from pathlib import Path
 from tests.partition.helpers import wait_until
 from tests.transport.helpers import (
     ChunkCutter,
+    ChunkLog,
+    GatedReceiver,
     make_tree,
     offer,
     on,
     read_tree,
     receiver_ids,
+    replace_receiver,
     set_app,
     set_raft,
     start,
@@ -22,6 +25,7 @@ from tests.transport.helpers import (
 )
 from waraft import otp, transport
 from waraft.partition import app
+from waraft.transport import target_sup
 
 SMALL_CHUNKS = {"dist_transport_chunk_size": 64, "dist_transport_max_inflight": 2}
 
@@ -70,6 +74,79 @@ def test_a_receiver_killed_midway_is_restarted_and_a_retry_completes(tmp_path: P
     retry = on(a, transport.transfer, b.id, "test", 1, str(src), 10.0)[1]
     wait_status(b, retry, "completed")
     assert read_tree(Path(on(b, transport.transport_info, retry, "root"))) == files
+
+
+def _gated_pair(tmp_path: Path) -> tuple[otp.Node, otp.Node, ChunkLog]:
+    """A sender with 4-byte chunks and patient acknowledgements, and a receiver whose
+    answers are held until the test releases them."""
+    slow_acks = {"dist_transport_ack_timeout_ms": 10_000, "transport_idle_timeout_secs": 60}
+    a = start(tmp_path, "a", raft={**slow_acks, "dist_transport_chunk_size": 4})
+    b = start(tmp_path, "b")
+    log = ChunkLog(hold=True)
+    replace_receiver(b, log, GatedReceiver)
+    return a, b, log
+
+
+def _kill_the_worker(a: otp.Node, b: otp.Node) -> None:
+    """Kill ``a``'s (only) worker sending to ``b`` and wait until its supervisor restarted it."""
+    supervisor = target_sup.name(b.id)
+    with a.activate():
+        (old,) = [child[1] for child in otp.supervisor.which_children(supervisor)]
+        otp.kill(old)
+
+    def restarted() -> bool:
+        with a.activate():
+            workers = [child[1] for child in otp.supervisor.which_children(supervisor)]
+        return workers not in ([], [old])
+
+    wait_until(restarted)
+
+
+def test_a_worker_killed_mid_file_is_restarted_and_takes_up_the_transfer(tmp_path: Path) -> None:
+    """The restarted worker is told of no transport: it must take up the running ones to its
+    peer, and send again from its start the file the dead worker was sending, or the transfer
+    sits until the idle timeout."""
+    a, b, log = _gated_pair(tmp_path)
+    files = {"f1": os.urandom(40), "f2": os.urandom(10), "f3": b""}
+    src = make_tree(tmp_path / "src", files)
+    ok, transport_id = on(a, transport.start_transfer, b.id, "test", 1, str(src))
+    assert ok == "ok"
+    assert log.wait_chunks(4)  # the window of f1 is out, none acknowledged
+    _kill_the_worker(a, b)
+    with log.cond:  # the new worker sends f1 again, from its start
+        assert log.cond.wait_for(lambda: log.chunks.count((transport_id, 1, 0, 4)) == 2, 10)
+    log.release_all()
+    wait_status(a, transport_id, "completed")
+    wait_status(b, transport_id, "completed")
+    assert read_tree(Path(on(b, transport.transport_info, transport_id, "root"))) == files
+    assert on(a, transport.transport_info, transport_id, "completed_files") == 3
+    for file_id, size in ((1, 40), (2, 10), (3, 0)):
+        sent = on(a, transport.file_info, transport_id, file_id)
+        assert (sent["status"], sent["completed_bytes"]) == ("completed", size)
+
+
+def test_a_file_received_before_the_worker_died_is_not_written_again(tmp_path: Path) -> None:
+    """The worker dies waiting for the answer to ``complete``, which the receiver had handled:
+    the restarted worker sends the file again and learns from the first chunk that it is
+    there (``already_completed``), so the transfer completes and the file is not rewritten."""
+    a, b, log = _gated_pair(tmp_path)
+    files = {"f1": b"1234", "f2": os.urandom(10)}
+    src = make_tree(tmp_path / "src", files)
+    ok, transport_id = on(a, transport.start_transfer, b.id, "test", 1, str(src))
+    assert ok == "ok"
+    assert log.wait_chunks(1)
+    log.release(1)
+    with log.cond:
+        assert log.cond.wait_for(lambda: log.completions, 10)
+    _kill_the_worker(a, b)
+    with log.cond:
+        assert log.cond.wait_for(lambda: len(log.chunks) >= 2, 10)
+    assert log.chunks[1] == (transport_id, 1, 0, 4)  # sent again, refused
+    log.release_all()
+    wait_status(a, transport_id, "completed")
+    wait_status(b, transport_id, "completed")
+    assert read_tree(Path(on(b, transport.transport_info, transport_id, "root"))) == files
+    assert [c[-1] for c in log.completions] == ["ok", "ok"]  # f1 once, f2 once
 
 
 def test_idle_transports_time_out_and_old_records_are_forgotten(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ tables). A record is a plain dict:
   ``end_ts`` (wall-clock ms), ``total_files``, ``completed_files``, ``error``;
 * file: ``status`` (requested | sending | receiving | completed | failed), ``name`` (relative,
   ``/``-separated), ``path``, ``mtime``, ``start_ts``, ``end_ts``, ``total_bytes``,
-  ``completed_bytes``, ``error``.
+  ``completed_bytes``, ``error``; on the sending side ``worker``, the pid of the worker
+  sending it (a worker restarted after a crash sends again the files of dead workers).
 
 ``meta`` is ``{"type": "transfer", "table", "partition"}`` or, for snapshots,
 ``{"type": "snapshot", "table", "partition", "position", "witness"}``.

@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 NAME: Final = "wa_raft_dist_transport"
 ACK_TIMEOUT_KEY: Final = "dist_transport_ack_timeout_ms"  # ours: WARaft hard-codes 5000
 DEFAULT_ACK_TIMEOUT_MS: Final = 5000
+ALREADY_COMPLETED: Final = ("error", "already_completed")
+"""The receiver's answer for a file it completed before (the sender resent it after a worker
+crash): the file is there, checked; nothing more to send."""
 COMPLETE_TIMEOUT_S: Final = 60.0
 """How long a sender waits for the receiver to fsync and accept a finished file."""
 SWEEP_INTERVAL_MS: Final = 30_000
@@ -179,6 +182,8 @@ def _send_file(transport_id: int, file_id: int, fd: int, peer: str, state: Sende
         if not eof and len(inflight) < window:
             if not tables.is_running(transport_id):
                 return ("not_running", transport_id, tables.transport_info(transport_id, "status"))
+            if not _worker_alive():
+                return ("worker_stopped", transport_id, file_id)
             try:
                 data = os.pread(fd, chunk_size, offset)
             except OSError as exc:
@@ -200,6 +205,8 @@ def _send_file(transport_id: int, file_id: int, fd: int, peer: str, state: Sende
             if exc.reason == "timeout":
                 return ("send_timed_out", transport_id, file_id)
             return ("send_failed", transport_id, file_id, exc.reason)
+        if _is_already_completed(reply):
+            return None  # sent again after a worker crash, but the receiver has it all
         if reply != "ok":
             reason = reply[1] if isinstance(reply, tuple | list) and len(reply) == 2 else reply
             return ("receiver_error", transport_id, file_id, reason)
@@ -209,9 +216,20 @@ def _send_file(transport_id: int, file_id: int, fd: int, peer: str, state: Sende
         reply = state.request(address, ("complete", transport_id, file_id), wait).wait(wait)
     except otp.ExitError as exc:
         return ("complete_failed", transport_id, file_id, exc.reason)
-    if reply != "ok":
+    if reply != "ok" and not _is_already_completed(reply):
         return ("receiver_error", transport_id, file_id, reply)
     return None
+
+
+def _is_already_completed(reply: Any) -> bool:
+    return isinstance(reply, tuple | list) and tuple(reply) == ALREADY_COMPLETED
+
+
+def _worker_alive() -> bool:
+    """False once the sending worker was killed: its handler runs on (a thread cannot be
+    stopped), but the restarted worker sends the file again, so stop streaming it."""
+    me = otp.self_pid()
+    return me is None or me.is_alive()
 
 
 # -- admission ---------------------------------------------------------------------------------
@@ -371,10 +389,14 @@ class DistTransport(otp.Process):
     def _write(self, transport_id: Any, file_id: Any, offset: Any, data: Any) -> Any:
         if not (isinstance(transport_id, int) and isinstance(file_id, int)):
             return ("error", "invalid_chunk")
+        file = tables.file_info(transport_id, file_id)
+        # A completed file was checked and fsynced: it is never written again (a sender that
+        # resends it after a worker crash learns that it is there).
+        if file is not None and self._already_completed(transport_id, file_id, file):
+            return ALREADY_COMPLETED
         if not _receiving(transport_id):
             self._close(transport_id, file_id)
             return ("error", "not_running")
-        file = tables.file_info(transport_id, file_id)
         if file is None:
             return ("error", "invalid_file")
         if not isinstance(data, bytes | bytearray) or not isinstance(offset, int) or offset < 0:
@@ -423,7 +445,7 @@ class DistTransport(otp.Process):
             return ("error", "invalid_file")
         if self._already_completed(transport_id, file_id, file):
             logger.warning("transport %s: file %s completed again: refused", transport_id, file_id)
-            return ("error", "already_completed")
+            return ALREADY_COMPLETED
         try:
             fd = self._open(transport_id, file_id, file["path"])  # an empty file has no chunk
             try:
@@ -446,9 +468,12 @@ class DistTransport(otp.Process):
         return "ok"
 
     def _already_completed(self, transport_id: int, file_id: int, file: tables.Info) -> bool:
-        """Whether the file was completed before: its bytes were checked and reported once,
-        and reporting them again would count it twice."""
-        return (transport_id, file_id) in self.completed or file["status"] == tables.COMPLETED
+        """Whether this incoming file was completed before: its bytes were checked and
+        reported once, and reporting them again would count it twice."""
+        if (transport_id, file_id) in self.completed:
+            return True
+        incoming = tables.transport_info(transport_id, "type") == "receiver"
+        return bool(incoming and file["status"] == tables.COMPLETED)
 
     @staticmethod
     def _sync_directories(directory: str, root: str) -> None:

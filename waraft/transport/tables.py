@@ -9,6 +9,7 @@ Every access holds the node's lock; readers get copies. The record layout is doc
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -17,6 +18,8 @@ from typing import Any, Final
 
 from waraft import otp
 from waraft.services import metrics
+
+logger = logging.getLogger(__name__)
 
 REQUESTED: Final = "requested"
 RUNNING: Final = "running"
@@ -187,9 +190,13 @@ def add_file_bytes(transport_id: int, file_id: int, count: int, status: str | No
     return update_file_info(transport_id, file_id, bump)
 
 
-def pop_file(transport_id: int) -> tuple[str, int] | str:
+def pop_file(transport_id: int, worker: otp.Pid | None = None) -> tuple[str, int] | str:
     """The next queued file of a running transport: ``("ok", file_id)``, ``"empty"``, or
-    ``"not_found"`` (unknown, or no longer running)."""
+    ``"not_found"`` (unknown, or no longer running).
+
+    With ``worker`` (the sending worker's pid), the file is marked ``sending`` by it in the
+    same step, so that ``take_up`` can tell a file whose worker died; a worker that is no
+    longer alive (killed while its handler ran on) gets ``"not_found"``."""
     t = tables_for()
     if t is None:
         return "not_found"
@@ -198,9 +205,65 @@ def pop_file(transport_id: int) -> tuple[str, int] | str:
         info = t.transports.get(transport_id)
         if queue is None or info is None or info["status"] != RUNNING:
             return "not_found"
+        if worker is not None and not worker.is_alive():
+            return "not_found"
         if not queue:
             return "empty"
-        return ("ok", queue.popleft())
+        file_id = queue.popleft()
+        if worker is not None:
+            mark = {"status": SENDING, "start_ts": now_ms(), "worker": worker}
+            update_file_info(transport_id, file_id, lambda i: {**i, **mark})
+        return ("ok", file_id)
+
+
+def take_up(peer: str) -> list[tuple[int, Any]]:
+    """For a (re)started worker sending to ``peer``: every running outgoing transport to it,
+    as ``(id, table)``.
+
+    A file that a dead worker was sending (it crashed or was killed mid-file) is queued again,
+    first, with its byte count reset: it is sent again from its start, which is safe because
+    the receiver writes every chunk at its offset and never truncates, and answers
+    ``already_completed`` if it had the whole file already. Files of live workers (siblings
+    that started first) are left alone."""
+    t = tables_for()
+    if t is None:
+        return []
+    found = []
+    with t.lock:
+        for transport_id, info in t.transports.items():
+            if info["type"] != "sender" or info["peer"] != peer or info["status"] != RUNNING:
+                continue
+            orphans = _orphaned_files(t, transport_id, info["total_files"])
+            queue = t.queues.setdefault(transport_id, deque())
+            queue.extendleft(reversed(orphans))
+            found.append((transport_id, info["meta"].get("table")))
+    return found
+
+
+def _orphaned_files(t: Tables, transport_id: int, total: int) -> list[int]:
+    """The files of a transport marked ``sending`` by a worker that is dead, put back to
+    ``requested``. Caller holds ``t.lock``."""
+    orphans = []
+    for file_id in range(1, total + 1):
+        file = t.files.get((transport_id, file_id))
+        if file is None or file["status"] != SENDING:
+            continue
+        worker = file.get("worker")
+        if worker is not None and worker.is_alive():
+            continue
+        orphans.append(file_id)
+        update_file_info(
+            transport_id,
+            file_id,
+            lambda i: {**i, "status": REQUESTED, "completed_bytes": 0, "worker": None},
+        )
+    if orphans:
+        logger.warning(
+            "transport %s: files %s were being sent by a worker that died: queued again",
+            transport_id,
+            orphans,
+        )
+    return orphans
 
 
 def update(t: Tables, transport_id: int, fn: Callable[[Info], Info]) -> Info | None:
@@ -289,6 +352,7 @@ __all__ = [
     "running_receives",
     "setup_tables",
     "tables_for",
+    "take_up",
     "transport_info",
     "transport_module",
     "transports",

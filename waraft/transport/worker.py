@@ -10,6 +10,11 @@ provider, and handed to ``transport_terminate`` when the worker stops.
 
 Provider results: ``("ok", state)``; ``("continue", state)`` puts the file job back at the end
 of the queue; ``("stop", reason, state)`` fails the file with ``reason``.
+
+Divergence: WARaft's worker starts with an empty queue, so a worker restarted after a crash
+leaves its peer's running transports to the idle timeout. Ours takes them up when it starts
+(``waraft.transport_tables.take_up``), the file the dead worker was sending included, from its
+start; a worker killed mid-file (its handler runs on, see ``waraft.otp``) reports nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from typing import Any, Final
 
 from waraft import otp, transport
 from waraft.transport import tables
-from waraft.transport.tables import SENDING, now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,14 @@ class TransportWorker(otp.Process):
         self.jobs: deque[tuple[Any, ...]] = deque()
         self.states: dict[int, tuple[Any, Any]] = {}  # id(provider) -> (provider, state)
         self._kicked = False
+        # A restarted worker (its predecessor crashed, or a sibling did: one_for_all) is told
+        # of no transport: take up every one still running to this peer, and the files that
+        # were being sent when the old worker died.
+        for transport_id, table in tables.take_up(peer):
+            self.jobs.append(("transport", transport_id, table))
+        if self.jobs:
+            logger.info("worker %s/%s takes up transports %s", peer, number, list(self.jobs))
+            self._kick()
 
     def terminate(self, reason: Any) -> None:
         for provider, state in self.states.values():
@@ -86,18 +98,16 @@ class TransportWorker(otp.Process):
     def _run(self, job: tuple[Any, ...]) -> None:
         if job[0] == "transport":
             _, transport_id, table = job
-            popped = tables.pop_file(transport_id)
+            popped = tables.pop_file(transport_id, self.pid)
             if isinstance(popped, tuple):
-                file_id = popped[1]
-                tables.update_file_info(
-                    transport_id,
-                    file_id,
-                    lambda info: {**info, "status": SENDING, "start_ts": now_ms()},
-                )
-                self.jobs.append(("file", transport_id, table, file_id))
+                self.jobs.append(("file", transport_id, table, popped[1]))
             return
         _, transport_id, table, file_id = job
         result = self._send(transport_id, file_id)
+        if not self.pid.is_alive():
+            # Killed while sending (the handler ran on): the restarted worker sends this file
+            # again, and its outcome is the one that counts.
+            return
         if result == "continue":
             self.jobs.append(job)
             return
