@@ -10,7 +10,7 @@ import pytest
 from waraft import otp
 from waraft.otp import node
 
-from .helpers import WAIT, Events, Worker
+from .helpers import WAIT, Events, Plain, Worker, child_pid, crash
 
 
 class Svc(otp.Process):
@@ -167,3 +167,57 @@ def test_activate_is_per_thread() -> None:
         worker.join(WAIT)
         assert node.current() is n
     assert seen == ["nonode@nohost"]
+
+
+@pytest.mark.parametrize("how", ["restart_intensity", "kill"])
+def test_kernel_sup_exiting_stops_the_node_and_calls_its_failure_hooks(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As a BEAM node halts when kernel_sup dies: a node without its root tree serves nothing,
+    # and the program embedding it must learn so (bug: it went on with no kernel_sup).
+    n = node.Node("giveup@x")
+    failures = Events()
+
+    def broken_hook(reason: Any) -> None:
+        raise RuntimeError("a hook's bug")
+
+    n.on_failure(broken_hook)
+    n.on_failure(failures.add)
+    events = Events()
+    with n.activate():
+        spec = {"id": "w", "start": (Plain.start_link, (events, "w"))}
+        assert otp.supervisor.start_child("kernel_sup", spec)[0] == "ok"
+        kernel = otp.kernel.kernel_sup(n)
+        if how == "kill":
+            otp.kill(kernel)
+            expected = ("kernel_sup_exited", "killed")
+        else:
+            for _ in range(otp.kernel.FLAGS["intensity"] + 1):  # beyond 5 restarts in 1 s
+                crash(child_pid("kernel_sup", "w"))
+            expected = ("kernel_sup_exited", "shutdown")
+    assert failures.wait_len(1) == [expected]
+    assert n.wait_stopped(WAIT) and not n.alive and n.failure == expected
+    assert otp.scheduler_stats(n)["failure"] == expected
+    assert "node failure hook" in caplog.text  # the broken hook was logged, the next one ran
+    late = Events()
+    n.on_failure(late.add)  # registered after the failure: called at once
+    assert late.list() == [expected]
+    with pytest.raises(otp.StartError):
+        Worker.start(events, "late", node=n)
+
+
+def test_a_node_stopped_on_purpose_has_no_failure() -> None:
+    n = node.Node("fine@x")
+    failures = Events()
+    n.on_failure(failures.add)
+    otp.kernel.kernel_sup(n)
+    assert not n.wait_stopped(0)
+    n.stop()
+    assert n.wait_stopped(0) and n.failure is None and failures.list() == []
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan")])
+def test_long_hold_ms_must_be_positive(value: float) -> None:
+    with pytest.raises(ValueError, match="long_hold_ms must be > 0"):
+        node.Node("badhold@x", long_hold_ms=value)
+    assert "badhold@x" not in node.local_nodes()

@@ -226,10 +226,14 @@ def test_an_exception_in_a_scheduler_thread_stops_the_node(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     node = _node("fault@t", schedulers=2)
+    failures = Events()
+    node.on_failure(failures.add)  # how an embedding program (waraft node) learns of it
     events = Events()
     a, b = (Worker.start(events, tag, node=node) for tag in "ab")
     sched_a = a._actor._sched  # type: ignore[union-attr]
     assert sched_a is not None and sched_a is not b._actor._sched  # type: ignore[union-attr]
+    kernel = otp.kernel.kernel_sup(node)  # round robin: on a's scheduler, stranded with it
+    assert kernel._actor._sched is sched_a  # type: ignore[union-attr]
     gate = otp.Event()
     otp.cast(a, ("block", gate))  # a caller waits on a: it must not hang
     handle = otp.send_request(a, "ping")
@@ -245,6 +249,10 @@ def test_an_exception_in_a_scheduler_thread_stops_the_node(
     assert otp.scheduler_stats(node)["failure"][0] == "scheduler_failed"
     with pytest.raises(otp.StartError):
         Answerer.start(node=node)
+    # Reported once, as the scheduler's failure, even when kernel_sup was one of the processes
+    # it stranded (kernel_sup's exit stops a node too, but that is a consequence here).
+    assert node.wait_stopped(WAIT) and not kernel.is_alive()
+    assert failures.list() == [node.failure] and node.failure[0] == "scheduler_failed"
 
 
 def test_timers_and_thousands_of_processes_cost_no_thread_each() -> None:

@@ -25,6 +25,11 @@ node-wide services (``waraft.app``), the ``waraft_admin`` process, then the part
 application's supervisor instead of ``waraft.sup.child_spec``). Once serving, one line goes to
 stdout: ``READY <node id> pid=<pid>``; logs go to stderr. SIGTERM or SIGINT stop the node cleanly
 (the otp node, then distribution) and the process exits 0; a second signal exits at once (1).
+A node that stops itself (a scheduler thread failed, or ``kernel_sup`` gave up restarting:
+``otp.Node.on_failure``) takes the process with it, as a BEAM node halts: distribution is
+stopped, so that peers see the node down and elect new leaders instead of trusting a node
+that still answers pings but serves nothing, and the process exits 1 after one line on
+stderr saying why.
 """
 
 from __future__ import annotations
@@ -40,11 +45,14 @@ import threading
 import time
 import tomllib
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waraft.cli import common, datadir
 from waraft.cli.common import UsageError
 from waraft.services import gctune
+
+if TYPE_CHECKING:
+    from waraft.otp.node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -406,6 +414,7 @@ class NodeRuntime:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.node_id: str | None = None
+        self.node: Node | None = None
         self._temp_dir: str | None = None
         self._metrics: Any = None
 
@@ -427,8 +436,9 @@ class NodeRuntime:
         if curve is not None:
             dist_kw["curve"] = curve
         self.node_id = dist.start(config.node_id(), bind=config.bind(), **dist_kw)
+        self.node = otp.node.current()
         if config.max_memory_mb is not None:
-            otp.node.current().max_memory_mb = config.max_memory_mb
+            self.node.max_memory_mb = config.max_memory_mb
         app = config.application
         env.set_env(app, "raft_database", os.path.abspath(data_dir))
         env.set_env(app, "raft_log_module", MEMORY_LOG if config.memory else DURABLE_LOG)
@@ -497,6 +507,10 @@ class NodeRuntime:
             self._metrics.shutdown()
             self._metrics.server_close()
         otp.node.stop_all(timeout=5.0)
+        # A node that stopped itself may still be stopping in its own thread (stop_all
+        # returned at once): its partitions finish before distribution goes.
+        if self.node is not None and not self.node.wait_stopped(SHUTDOWN_TIMEOUT):
+            logger.error("node %s still stopping; stopping distribution anyway", self.node_id)
         dist.stop()
         self.remove_temp_dir()
         logger.info("node %s stopped", self.node_id)
@@ -555,6 +569,11 @@ def run(args: argparse.Namespace) -> int:
     common.setup_logging(config.log_level, config.name)
     stop = threading.Event()
     signals = {"count": 0}
+    failures: list[Any] = []
+
+    def on_failure(reason: Any) -> None:  # in the failing thread: only wake the main one
+        failures.append(reason)
+        stop.set()
 
     def on_signal(signum: int, frame: Any) -> None:
         signals["count"] += 1
@@ -581,9 +600,13 @@ def run(args: argparse.Namespace) -> int:
         stop_quietly(runtime)
         print(f"waraft node: failed to start: {exc}", file=sys.stderr)
         return 1
+    assert runtime.node is not None
+    runtime.node.on_failure(on_failure)  # called at once if it already failed
     print(f"READY {node_id} pid={os.getpid()}", flush=True)
     while not stop.wait(0.5):
         pass
+    if failures:
+        print(f"waraft node: node {node_id} failed, exiting: {failures[0]!r}", file=sys.stderr)
     started = time.monotonic()
     watchdog = threading.Timer(SHUTDOWN_TIMEOUT, _abandon, args=(runtime,))
     watchdog.daemon = True
@@ -591,7 +614,7 @@ def run(args: argparse.Namespace) -> int:
     runtime.stop()
     watchdog.cancel()
     logger.info("stopped in %.1f s (bound %.0f s)", time.monotonic() - started, SHUTDOWN_TIMEOUT)
-    return 0
+    return 1 if failures else 0
 
 
 def _abandon(runtime: NodeRuntime) -> None:

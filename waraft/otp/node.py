@@ -130,6 +130,13 @@ class Node:
     ``max_memory_mb`` the resident size of the OS process beyond which a start fails the same
     way (None = ``WARAFT_OTP_MAX_MEMORY_MB``, else 0: no limit). Running processes are not
     touched: like BEAM's process limit, it refuses new work instead of killing old.
+
+    A node stops itself when it cannot go on, as BEAM halts: a scheduler thread failed
+    (``("scheduler_failed", text)``) or ``kernel_sup`` exited (``("kernel_sup_exited",
+    reason)``, e.g. its restart intensity was reached). :attr:`failure` then says why, and
+    the hooks given to :meth:`on_failure` are called: the embedding program must learn of it,
+    since what it runs around the node (distribution, a metrics server) would otherwise keep
+    answering for a node that serves nothing.
     """
 
     def __init__(
@@ -150,6 +157,8 @@ class Node:
         self.process_type = None if process_type is None else sched._check_type(process_type)
         self._n_schedulers = schedulers
         self._long_hold_ms = sched.DEFAULT_LONG_HOLD_MS if long_hold_ms is None else long_hold_ms
+        if long_hold_ms is not None and not long_hold_ms > 0:
+            raise ValueError(f"long_hold_ms must be > 0, not {long_hold_ms!r}")
         if max_processes is None:
             max_processes = int(os.environ.get("WARAFT_OTP_MAX_PROCESSES", DEFAULT_MAX_PROCESSES))
         self.max_processes = max_processes
@@ -167,6 +176,10 @@ class Node:
         # Insertion-ordered set of live processes, so stop() can go in reverse start order.
         self._procs: dict[Pid, None] = {}
         self._alive = True
+        self._kernel: Pid | None = None  # kernel_sup once started: its exit stops the node
+        self._failure: Any = None
+        self._failure_hooks: list[Callable[[Any], None]] = []
+        self._stopped = threading.Event()
         with _nodes_lock:
             if name in _local:
                 raise ValueError(f"a node named {name!r} already exists in this process")
@@ -180,6 +193,58 @@ class Node:
     def alive(self) -> bool:
         """False once :meth:`stop` has begun."""
         return self._alive
+
+    @property
+    def failure(self) -> Any:
+        """None, or why the node stopped itself (see the class docstring)."""
+        return self._failure
+
+    def on_failure(self, hook: Callable[[Any], None]) -> None:
+        """Have ``hook(reason)`` called once if the node stops itself on a failure; at once,
+        in the caller's thread, if it already has. It is called in the thread that saw the
+        failure, while the node is being stopped: it must not block (set an event, and do the
+        work in the thread that waits on it). An exception it raises is logged."""
+        with self._lock:
+            reason = self._failure
+            if reason is None:
+                self._failure_hooks.append(hook)
+                return
+        _call_hook(hook, reason)
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until :meth:`stop` (whoever called it) has finished; False on timeout."""
+        return self._stopped.wait(timeout)
+
+    def _fail(self, reason: Any, before_stop: Callable[[], None] | None = None) -> None:
+        """The node cannot go on: record why (starts are refused from now on), run
+        ``before_stop`` (always, even if the node had already failed), then stop the node from
+        a thread of its own (stopping joins threads the caller may be one of) and tell the
+        hooks. The first failure is the one reported: what ``before_stop`` causes (the
+        processes it kills may include ``kernel_sup``) is not another."""
+        with self._lock:
+            first = self._failure is None
+            if first:
+                self._failure = reason
+                hooks, self._failure_hooks = self._failure_hooks, []
+        if before_stop is not None:
+            before_stop()
+        if not first:
+            return
+        logger.critical("node %s failed (%r): stopping it", self.id, reason)
+        threading.Thread(target=self.stop, name=f"otp:stop:{self.id}", daemon=True).start()
+        for hook in hooks:
+            _call_hook(hook, reason)
+
+    def _set_kernel(self, pid: Pid) -> None:
+        """``pid`` is this node's ``kernel_sup``: from now on its exit stops the node."""
+        self._kernel = pid
+        if pid._dead:  # it exited before we looked: _forget did not know it yet
+            self._kernel_exited(pid)
+
+    def _kernel_exited(self, pid: Pid) -> None:
+        # Only while the node runs: stop() itself stops kernel_sup first.
+        if self._alive:
+            self._fail(("kernel_sup_exited", pid._exit_reason))
 
     @contextmanager
     def activate(self) -> Iterator[Node]:
@@ -227,9 +292,8 @@ class Node:
         with self._lock:
             if not self._alive:
                 raise StartError("node_stopped")
-            pool = self._pool
-            if pool is not None and pool.failure is not None:
-                raise StartError(pool.failure)
+            if self._failure is not None:
+                raise StartError(self._failure)
             if len(self._procs) >= self.max_processes:
                 raise StartError(
                     (
@@ -263,13 +327,16 @@ class Node:
     def _forget(self, pid: Pid) -> None:
         with self._lock:
             self._procs.pop(pid, None)
+        if pid is self._kernel:
+            self._kernel_exited(pid)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop ``kernel_sup`` (and its tree), then every other process, newest first.
 
         Each process gets ``timeout`` seconds to run ``terminate``; one that does not stop is
         killed (abandoned). Waits up to ``timeout`` more for the threads and greenlets to
-        finish, then ends the scheduler threads. Idempotent.
+        finish, then ends the scheduler threads. Idempotent: a second call returns at once
+        (:meth:`wait_stopped` waits for the first to finish).
         """
         from waraft.otp import process
 
@@ -302,6 +369,14 @@ class Node:
                 del _local[self.id]
             if _default is self:
                 _default = None
+        self._stopped.set()
+
+
+def _call_hook(hook: Callable[[Any], None], reason: Any) -> None:
+    try:
+        hook(reason)
+    except Exception:  # one hook's bug must not keep the others (or the stop) from running
+        logger.exception("node failure hook %r raised", hook)
 
 
 def _is_root(pid: Pid) -> bool:

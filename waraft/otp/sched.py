@@ -33,7 +33,8 @@ How a scheduled process runs, as BEAM runs its processes:
   timer thread, so a stuck process is never a silent stall.
 * An exception escaping the scheduler loop itself (a bug, not a handler crash: handlers crash
   only their process) kills every process on that scheduler with
-  ``("scheduler_failed", text)`` and stops the node, logged at CRITICAL.
+  ``("scheduler_failed", text)`` and stops the node, logged at CRITICAL; the node's
+  :attr:`~waraft.otp.node.Node.failure` and ``on_failure`` hooks tell the embedding program.
 
 * End of turn: :func:`at_turn_end` lets a scheduled process leave work (sending what it
   gathered) to its scheduler thread, which runs it once its run queue is empty (or after
@@ -568,7 +569,6 @@ class SchedulerPool:
         self.schedulers = [Scheduler(self, i) for i in range(count)]
         self._next = itertools.count()
         self.long_holds = 0
-        self.failure: Any = None
         self._watchdog: TimerRef | None = None
         self._stopped = False
         self._lock = threading.Lock()
@@ -623,18 +623,14 @@ class SchedulerPool:
             "schedulers": len(self.schedulers),
             "run_queue": [s.runq.qsize() for s in self.schedulers],
             "long_holds": self.long_holds,
-            "failure": self.failure,
         }
 
     # -------------------------------------------------------------- faults and stopping
     def _scheduler_failed(self, sched: Scheduler, exc: BaseException) -> None:
-        from waraft.otp.signals import die
-
         # The exception may have left the failed process as this thread's "current" one.
         _node._tls.proc = None
         _node._tls.node = None
         reason = ("scheduler_failed", f"{type(exc).__name__}: {exc}")
-        self.failure = reason
         logger.critical(
             "%r crashed (%s: %s); killing its processes and stopping node %s",
             sched,
@@ -643,6 +639,11 @@ class SchedulerPool:
             self.node.id,
             exc_info=exc,
         )
+        self.node._fail(reason, lambda: self._kill_stranded(sched, reason))
+
+    def _kill_stranded(self, sched: Scheduler, reason: Any) -> None:
+        from waraft.otp.signals import die
+
         stranded = [
             pid
             for pid in self.node.processes()
@@ -654,10 +655,6 @@ class SchedulerPool:
             # for those loops to end.
             if pid._loop_done is not None:
                 pid._loop_done.set()
-        # Stop the node from a thread of its own: stopping joins the schedulers.
-        threading.Thread(
-            target=self.node.stop, name=f"otp:stop:{self.node.id}", daemon=True
-        ).start()
 
     def stop(self, deadline: float) -> None:
         """Let the schedulers finish what is queued, then end their threads (bounded)."""
@@ -683,15 +680,14 @@ class SchedulerPool:
 def stats(node: _node.Node | None = None) -> dict[str, Any]:
     """Scheduler figures of ``node`` (default: current): ``schedulers`` (threads),
     ``run_queue`` (runnable processes per scheduler), ``long_holds`` (runs reported as too
-    long), ``failure`` (None, or the reason the node was stopped), ``processes`` (live
-    processes of either type)."""
+    long), ``failure`` (None, or why the node stopped itself: ``Node.failure``),
+    ``processes`` (live processes of either type)."""
     here = node if node is not None else _node.current()
     pool = here._pool
     out: dict[str, Any] = (
-        pool.stats()
-        if pool is not None
-        else {"schedulers": 0, "run_queue": [], "long_holds": 0, "failure": None}
+        pool.stats() if pool is not None else {"schedulers": 0, "run_queue": [], "long_holds": 0}
     )
+    out["failure"] = here.failure
     out["processes"] = len(here.processes())
     return out
 
