@@ -212,6 +212,49 @@ def test_deferred_callers_fail_when_holder_crashes() -> None:
     assert results == [("error", "RuntimeError: front crashed")]
 
 
+class Stuck(otp.Process):
+    """Its call handler waits, suspended in a call that is never answered or on an event."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        waits_in, arg, started = request
+        started.set()
+        if waits_in == "call":
+            return otp.call(arg, "q", timeout=None)
+        arg.wait(WAIT)
+        return "late"
+
+
+@pytest.mark.parametrize("timeout", [None, WAIT])
+@pytest.mark.parametrize("waits_in", ["call", "event"])
+def test_a_call_being_handled_fails_when_the_callee_is_killed(
+    waits_in: str, timeout: float | None
+) -> None:
+    # gen_server:call monitors the callee. Before, only queued and deferred calls were
+    # failed: a caller whose call was being handled waited forever (timeout=None, as every
+    # supervisor API call does) or got "timeout" instead of the exit reason.
+    holder = Front.start(None)  # holds the calls it gets, never answers
+    stuck = Stuck.start()
+    started, release = otp.Event(), otp.Event()
+    results: list[Any] = []
+
+    def caller() -> None:
+        arg = holder if waits_in == "call" else release
+        try:
+            results.append(otp.call(stuck, (waits_in, arg, started), timeout=timeout))
+        except otp.ExitError as exc:
+            results.append(exc.reason)
+
+    thread = threading.Thread(target=caller, daemon=True)
+    thread.start()
+    assert started.wait(WAIT)
+    otp.kill(stuck)
+    thread.join(WAIT)
+    assert results == ["killed"]
+    release.set()  # a handler that ends after the death: its reply goes nowhere
+    assert otp.wait_exit(stuck, WAIT) == "killed"
+    assert results == ["killed"]
+
+
 def test_reply_handle_completes_once() -> None:
     handle = otp.LocalReplyTo()
     handle.reply(1)

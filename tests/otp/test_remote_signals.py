@@ -69,7 +69,9 @@ def test_without_distribution_a_remote_link_is_noconnection() -> None:
     otp.call(pid, ("link", FAR))
     assert events.wait_len(1) == [("w", ("EXIT", FAR, "noconnection"))]
     plain, _ = linker()
-    otp.call(plain, ("link", FAR))
+    with pytest.raises(otp.ExitError) as err:  # it dies handling the call, as in Erlang
+        otp.call(plain, ("link", FAR))
+    assert err.value.reason == "noconnection"
     assert otp.wait_exit(plain, WAIT) == "noconnection"
 
 

@@ -255,6 +255,36 @@ def test_an_exception_in_a_scheduler_thread_stops_the_node(
     assert failures.list() == [node.failure] and node.failure[0] == "scheduler_failed"
 
 
+class SlowInit(otp.Process):
+    def init(self, started: otp.Event) -> None:
+        started.set()
+        otp.sleep(WAIT)  # suspended: its supervisor is still handling start_child
+
+
+def test_a_supervisor_call_being_handled_fails_when_its_scheduler_fails() -> None:
+    # The supervisor API waits with timeout=None: its caller must hear of the supervisor's
+    # death even while the supervisor was handling that very call (before: it never returned).
+    node = _node("stranded@t", schedulers=2)
+    sup = otp.supervisor.start({"strategy": "one_for_one"}, [], node=node)
+    started = otp.Event()
+    results: list[Any] = []
+
+    def caller() -> None:
+        spec = {"id": "slow", "start": (SlowInit.start_link, (started,))}
+        with node.activate():
+            try:
+                results.append(otp.supervisor.start_child(sup, spec))
+            except otp.ExitError as exc:
+                results.append(exc.reason)
+
+    thread = threading.Thread(target=caller, daemon=True)
+    thread.start()
+    assert started.wait(WAIT)
+    sup._actor._sched.runq.put(object())  # type: ignore[union-attr]  # its scheduler fails
+    thread.join(WAIT)
+    assert len(results) == 1 and results[0][0] == "scheduler_failed"
+
+
 def test_timers_and_thousands_of_processes_cost_no_thread_each() -> None:
     node = _node("many@t", schedulers=2)
     before = threading.active_count()

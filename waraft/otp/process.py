@@ -15,8 +15,9 @@ if given, else the class attribute ``process_type`` if set, else the node's
   lock is taken per message.
 * Let it crash: an exception escaping any handler (call, cast, info, a timer, a next event)
   stops the process with ``("error", "Type: text")``. ``terminate(reason)`` runs, every caller
-  still waiting on this process fails with ``ExitError(reason)`` (deferred calls included,
-  unless already answered), the registered name is released, then links and monitors are told.
+  still waiting on this process fails with ``ExitError(reason)`` (the call being handled and
+  deferred calls included, unless already answered: as ``gen_server:call`` monitors the
+  callee), the registered name is released, then links and monitors are told.
 * ``terminate`` runs when the process stops itself (``stop_self``), is stopped with
   :func:`stop` (``gen_server:stop``), crashes, or traps exits and gets an exit signal from the
   process that started it with ``start_link`` (its supervisor). It does not run when ``init``
@@ -199,6 +200,7 @@ class Process(pykka.ThreadingActor):
         self.node: _node.Node = boot.node
         self._parent: Pid | None = boot.parent
         self._deferred: set[ReplyTo] = set()
+        self._in_call: ReplyTo | None = None  # the call whose handler runs (or ran last)
         self._deferred_limit = _DEFERRED_PRUNE_MIN
         self._next_events: deque[Any] = deque()
         self._monitoring: set[Ref] = set()
@@ -415,11 +417,12 @@ class Process(pykka.ThreadingActor):
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch_call(self, request: Any, from_: ReplyTo) -> None:
-        try:
-            result = self.handle_call(request, from_)
-        except BaseException:
-            self._deferred.add(from_)  # so the crash path fails this caller too
-            raise
+        # Recorded so that a death while the handler runs (a kill, an abandon, a failed
+        # scheduler, a crash) fails this caller too, as gen_server:call's monitor would. Not
+        # cleared after the reply: failing a completed handle does nothing, and one attribute
+        # write is all a call pays for it.
+        self._in_call = from_
+        result = self.handle_call(request, from_)
         if result is NOREPLY:
             deferred = self._deferred
             deferred.add(from_)
@@ -497,9 +500,17 @@ class Process(pykka.ThreadingActor):
         reason = self.pid._exit_reason
         if env is not None and env.kind == CALL and env.from_ is not None:
             env.from_.fail(reason)
+        self._fail_callers(reason)
+        self.actor_stopped.set()
+
+    def _fail_callers(self, reason: Any) -> None:
+        """Fail every call this process still owes an answer: the one being handled and the
+        deferred ones (those already answered ignore it). Any thread may call it."""
+        in_call = self._in_call
+        if in_call is not None:
+            in_call.fail(reason)
         for from_ in list(self._deferred):
             from_.fail(reason)
-        self.actor_stopped.set()
 
 
 # ---------------------------------------------------------------------- starting

@@ -2,10 +2,10 @@
 
 ``die(pid, reason)`` is the single exit path: mark the pid dead (reason first, so lock-free
 readers that see ``_dead`` also see why), release its name, fail every caller still waiting
-on it (queued calls and deferred ones), wake its thread so it can end, then tell links and
-monitors, and last set ``_done``: whoever waits on ``_done`` finds the EXIT/DOWN messages
-already queued. Linked processes that do not trap exits die in turn; the cascade is a loop,
-not a recursion.
+on it (queued calls, the call being handled, deferred ones), wake its thread so it can end,
+then tell links and monitors, and last set ``_done``: whoever waits on ``_done`` finds the
+EXIT/DOWN messages already queued. Linked processes that do not trap exits die in turn; the
+cascade is a loop, not a recursion.
 
 Links and monitors across nodes: a dying process whose link set holds a remote end, or whose
 monitors include a :class:`~waraft.otp.pid.RemoteWatcher`, hands them to the installed
@@ -57,8 +57,7 @@ def _finalize(pid: Pid, reason: Any) -> list[tuple[Pid, Any]]:
     if actor is not None:
         actor.actor_stopped.set()
         pykka.ActorRegistry.unregister(actor.actor_ref)
-        for from_ in list(actor._deferred):
-            from_.fail(reason)
+        actor._fail_callers(reason)
     _drain(pid, reason)
     pid._inbox.put(WAKE_ENV)  # an idle thread wakes, sees it is stopped, and ends
     kills: list[tuple[Pid, Any]] = []
