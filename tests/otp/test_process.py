@@ -316,12 +316,18 @@ def test_init_failure_is_a_start_error_and_frees_the_name(how: str, reason: Any)
     FailingInit.start("ok", name="svc")  # the name is free again
 
 
-def test_init_timeout_kills_the_process() -> None:
+def test_init_timeout_kills_the_process(
+    process_type: str, caplog: pytest.LogCaptureFixture
+) -> None:
     gate = otp.Event()
+    pids: list[otp.Pid] = []
+    ran_on: list[str] = []
 
     class Slow(otp.Process):
         def init(self) -> None:
+            pids.append(self.pid)
             gate.wait(WAIT)
+            ran_on.append("init")
 
     try:
         with pytest.raises(otp.StartError) as err:
@@ -330,6 +336,10 @@ def test_init_timeout_kills_the_process() -> None:
         assert otp.whereis("slow") is None
     finally:
         gate.set()
+    # A scheduled process stops at the wait it is resumed from; a thread cannot be stopped.
+    assert otp.sched.wait_loop_end(pids[0], WAIT)
+    assert ran_on == ([] if process_type == otp.SCHEDULED else ["init"])
+    assert "crashed in init" not in caplog.text
 
 
 def test_stop_runs_terminate_and_stop_self_replies_first() -> None:

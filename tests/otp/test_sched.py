@@ -285,6 +285,55 @@ def test_a_supervisor_call_being_handled_fails_when_its_scheduler_fails() -> Non
     assert len(results) == 1 and results[0][0] == "scheduler_failed"
 
 
+class Napper(otp.Process):
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        otp.sleep(0.2)
+        return "late"
+
+
+class Waiter(otp.Process):
+    """Waits in the way a cast says, then records that its handler ran on."""
+
+    def handle_cast(self, msg: Any) -> None:
+        how, arg, events = msg
+        events.add("waiting")
+        try:
+            if how == "call":
+                otp.call(arg, "q", timeout=None)
+            elif how == "sleep":
+                otp.sleep(0.2)
+            elif how == "blocking":
+                otp.blocking(arg.wait, WAIT)
+            else:
+                arg.wait(WAIT)
+        except Exception as exc:  # what a handler may catch: the unwinding is not one of them
+            events.add(("caught", exc))
+        events.add("ran on")
+        otp.send(self.pid, "after its death")
+
+
+@pytest.mark.parametrize("how", ["call", "sleep", "blocking", "event"])
+def test_a_killed_process_stops_at_the_wait_it_is_resumed_from(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, it ran on to the end of its handler after its EXIT/DOWN went out (and after
+    # its supervisor had started its next incarnation), sends included.
+    node = _node("unwind@t", schedulers=2)
+    events = Events()
+    gate: Any = {"call": Napper.start(node=node), "blocking": threading.Event()}.get(
+        how, otp.Event()
+    )
+    pid = Waiter.start(node=node)
+    otp.cast(pid, (how, gate, events))
+    events.wait_len(1)
+    otp.kill(pid)
+    if how in ("blocking", "event"):
+        gate.set()  # resumes it (call and sleep resume on their own)
+    assert otp.sched.wait_loop_end(pid, WAIT)  # resumed, and its greenlet has ended
+    assert events.list() == ["waiting"]
+    assert "crashed" not in caplog.text  # killed, not crashed: nothing more to report
+
+
 def test_timers_and_thousands_of_processes_cost_no_thread_each() -> None:
     node = _node("many@t", schedulers=2)
     before = threading.active_count()

@@ -27,12 +27,20 @@ if given, else the class attribute ``process_type`` if set, else the node's
 Python cannot kill a thread (nor a greenlet from another thread), so an exit signal that kills
 a process (``"kill"``, or any abnormal reason to a process that does not trap exits) takes
 effect *at once* for the rest of the system: the process is marked dead, its name is released,
-waiting callers fail, links and monitors get the reason (``"killed"`` for ``kill``). Its thread
-(or greenlet) stops at its next message boundary; a handler that is running at that moment runs
-to completion (its sends still go out) and no further message is handled. A process that
-ignores its supervisor's shutdown timeout is killed this way: it is *abandoned* (logged at
-error, reported as ``killed``), and if its thread is stuck forever it stays stuck, as a daemon
-thread.
+waiting callers fail (the caller whose call it is handling too), links and monitors get the
+reason (``"killed"`` for ``kill``). What it is running stops as soon as Python allows:
+
+* a scheduled process stops at its next wait (``call``, ``sleep``, ``blocking``, an
+  :class:`~waraft.otp.sched.Event`, ``start``/``stop``/``wait_exit``): the wait it is resumed
+  from raises a private ``BaseException`` that unwinds the handler (``finally`` blocks run;
+  ``except Exception`` does not catch it), so nothing it would have done after that wait
+  happens. Code between two waits still runs to the next one.
+* a thread process cannot be interrupted: a handler that is running runs to completion (its
+  sends still go out), and no further message is handled.
+
+A process that ignores its supervisor's shutdown timeout is killed this way: it is *abandoned*
+(logged at error, reported as ``killed``), and if its thread is stuck forever it stays stuck,
+as a daemon thread.
 
 A scheduled process must not block its thread (sleep, I/O, ``threading`` waits): ``call``,
 ``start``, ``stop``, ``wait_exit`` and :class:`~waraft.otp.sched.Event` yield instead. A class
@@ -367,6 +375,9 @@ class Process(pykka.ThreadingActor):
             self._after_dispatch()
 
     def _init_failed(self, boot: _Boot, exc: BaseException) -> None:
+        if self.pid._dead:  # killed while init ran (e.g. a start timeout): nothing to report
+            boot.ready.fail(self.pid._exit_reason)
+            return
         if isinstance(exc, StartError):
             reason = exc.reason
             logger.info("%s %r failed to start: %r", type(self).__name__, self.pid, reason)
@@ -490,6 +501,8 @@ class Process(pykka.ThreadingActor):
         if not self.pid._dead:
             try:
                 self.terminate(reason)
+            except _sched._Exited:
+                pass  # killed while terminate waited (e.g. past its shutdown timeout)
             except BaseException:
                 logger.exception("%s %r: terminate(%r) raised", self._tag(), self.pid, reason)
         die(self.pid, reason)

@@ -13,7 +13,7 @@ from _thread import allocate_lock
 from typing import TYPE_CHECKING, Any, Final
 
 from waraft.otp.errors import TIMEOUT, ExitError
-from waraft.otp.sched import _GreenWaker, scheduled_caller, suspend
+from waraft.otp.sched import _check_alive, _GreenWaker, scheduled_caller, suspend
 
 if TYPE_CHECKING:
     from waraft.otp.process import Process
@@ -125,6 +125,7 @@ class LocalReplyTo(ReplyTo):
         if ready.acquire(False):  # completed between the caller's check and now
             if not waker.cancel():
                 suspend(proc)  # the completion already queued us: take that resumption
+                _check_alive(proc)
             return True
         if waker.wait(timeout):
             return ready.acquire(False)  # released before the waker fired

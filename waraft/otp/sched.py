@@ -126,6 +126,20 @@ def default_schedulers() -> int:
 
 
 # ---------------------------------------------------------------------- waiting
+class _Exited(BaseException):
+    """Raised in a scheduled process that is resumed after it was killed, from the wait that
+    resumed it (a call, :func:`sleep`, :func:`blocking`, :class:`Event`): the handler unwinds
+    instead of running on after the process's EXIT and DOWN went out (and after its
+    supervisor started its next incarnation). A BaseException, so that a handler's
+    ``except Exception`` does not keep it running; the process's own loop catches it."""
+
+
+def _check_alive(proc: Process) -> None:
+    """Raise :class:`_Exited` in ``proc`` (just resumed from a wait) if it was killed."""
+    if proc.pid._dead:
+        raise _Exited(proc.pid._exit_reason)
+
+
 class _ThreadWaker:
     """Wakes a waiting OS thread (fired at most once by its owner's contract)."""
 
@@ -176,13 +190,16 @@ class _GreenWaker:
         return self._claim.acquire(False)
 
     def wait(self, timeout: float | None) -> bool:
-        """Suspend until fired (True) or ``timeout`` seconds passed (False)."""
+        """Suspend until fired (True) or ``timeout`` seconds passed (False); raises
+        :class:`_Exited` if the process was killed meanwhile."""
         timer: TimerRef | None = None
         if timeout is not None:
             timer = call_later(max(timeout, 0.0), self._expire)
-        suspend(self._proc)
+        proc = self._proc
+        suspend(proc)
         if timer is not None and not self._timed_out:
             cancel_timer(timer)
+        _check_alive(proc)
         return not self._timed_out
 
 
@@ -308,10 +325,14 @@ class Event:
             if self._flag:
                 return True
             self._waiters.append(waker)
-        if not waker.wait(timeout):
-            with self._lock:
-                if waker in self._waiters:
-                    self._waiters.remove(waker)
+        fired = False
+        try:
+            fired = waker.wait(timeout)
+        finally:  # timed out, or a killed process unwinding (_Exited): stop waiting
+            if not fired:
+                with self._lock:
+                    if waker in self._waiters:
+                        self._waiters.remove(waker)
         return self._flag
 
 
