@@ -188,11 +188,14 @@ def test_default_type_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sched.default_schedulers() == 3
 
 
+@pytest.mark.parametrize("name", [None, "raft_server_kv_7"])
 def test_a_long_run_is_reported_with_the_process_name_and_counted(
-    caplog: pytest.LogCaptureFixture,
+    name: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     node = _node("hold@t", schedulers=1, long_hold_ms=30)
-    hog = Hog.start(node=node)
+    hog = Hog.start(node=node, name=name)
+    # The registered name says which of a node's many servers of one class it is.
+    who = f"Hog {hog!r}" if name is None else f"Hog {name} {hog!r}"
     started, release = threading.Event(), threading.Event()
     with caplog.at_level(logging.WARNING, logger="waraft.otp.sched"):
         otp.cast(hog, (started, release))
@@ -200,9 +203,9 @@ def test_a_long_run_is_reported_with_the_process_name_and_counted(
         # Reported while it still holds the scheduler: a stuck process is never silent.
         wait_until(lambda: otp.scheduler_stats(node)["long_holds"] == 1)
         # (counted first, then logged by the watchdog thread: wait for the line as well)
-        wait_until(lambda: f"Hog {hog!r} is holding" in caplog.text)
+        wait_until(lambda: f"{who} is holding" in caplog.text)
         release.set()
-        wait_until(lambda: "released" in caplog.text)
+        wait_until(lambda: f"{who} released" in caplog.text)
     assert otp.scheduler_stats(node)["long_holds"] == 1  # one run, counted once
     quick = Answerer.start(node=node)
     for _ in range(10):

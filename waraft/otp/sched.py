@@ -621,18 +621,16 @@ class SchedulerPool:
         self._arm_watchdog()
 
     def _long_hold(self, proc: Process, held: float, sched: Scheduler, *, finished: bool) -> None:
+        who = _describe(proc)
         if finished and sched.reported:
-            logger.warning(
-                "%s %r released %r after %.0f ms", type(proc).__name__, proc.pid, sched, held * 1e3
-            )
+            logger.warning("%s released %r after %.0f ms", who, sched, held * 1e3)
             return
         with self._lock:
             self.long_holds += 1
         logger.warning(
-            "%s %r %s %r for %.0f ms (long_hold_ms=%.0f): it blocks every process on that "
+            "%s %s %r for %.0f ms (long_hold_ms=%.0f): it blocks every process on that "
             "scheduler; blocking code belongs in a thread process (process_type = 'thread')",
-            type(proc).__name__,
-            proc.pid,
+            who,
             "held" if finished else "is holding",
             sched,
             held * 1e3,
@@ -696,6 +694,15 @@ class SchedulerPool:
                 logger.error(
                     "%r still running %r after node stop (abandoned)", sched, sched.current
                 )
+
+
+def _describe(proc: Process) -> str:
+    """``Class name <pid>`` (the registered name, if any, says which of many it is: one of a
+    thousand partition servers, say ``raft_server_kv_7``)."""
+    pid = proc.pid
+    name = pid.name
+    kind = type(proc).__name__
+    return f"{kind} {pid!r}" if name is None else f"{kind} {name} {pid!r}"
 
 
 def stats(node: _node.Node | None = None) -> dict[str, Any]:
