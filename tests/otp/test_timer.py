@@ -79,3 +79,53 @@ def test_a_postponed_timer_fires_once_at_its_new_deadline() -> None:
     assert events.wait_len(2) == ["marker", "postponed"]
     assert time.monotonic() - start >= 0.3
     assert not ref.active
+
+
+class Rearming(otp.Process):
+    """Arms an hour-long timer to itself at init and on every cast (cancelling the last),
+    and one to a name; ``"crash"`` crashes it."""
+
+    def init(self, refs: list[otp.TimerRef]) -> None:
+        self.refs = refs
+        self.last = otp.send_after(3_600_000, self.pid, "own")
+        refs.append(self.last)
+
+    def handle_cast(self, msg: Any) -> None:
+        if msg == "crash":
+            raise RuntimeError("crash")
+        otp.cancel_timer(self.last)
+        self.last = otp.send_after(3_600_000, self.pid, "own")
+        self.refs.append(self.last)
+        self.refs.append(otp.send_after(3_600_000, "a_name", "not its own"))
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return len(self._timers)
+
+
+def test_the_timers_a_process_armed_to_itself_are_cancelled_when_it_exits() -> None:
+    # As Erlang cancels a timer whose destination pid is gone. Before, every incarnation of
+    # a restarting process left its timers armed in the shared heap (active, cancellable).
+    refs: list[otp.TimerRef] = []
+    sup = otp.supervisor.start(
+        {"strategy": "one_for_one", "intensity": 100, "period": 1},
+        [{"id": "r", "start": (Rearming.start_link, (refs,))}],
+    )
+    for _ in range(10):
+        (_, pid, _, _) = otp.supervisor.which_children(sup)[0]
+        otp.cast(pid, "crash")
+        assert otp.wait_exit(pid, 5.0)[0] == "error"
+    (_, pid, _, _) = otp.supervisor.which_children(sup)[0]  # the last restart is done
+    assert len(refs) == 11 and [r.active for r in refs] == [False] * 10 + [True]
+    assert otp.cancel_timer(refs[0]) is False
+    # Re-arming on every event keeps the set of its own timers small; timers to a name are
+    # not its own and outlive it.
+    for _ in range(1000):
+        otp.cast(pid, "again")
+    assert otp.call(pid, "count") <= 2 * 64
+    otp.kill(pid)
+    otp.wait_exit(pid, 5.0)
+    own = [r for r in refs if r._target is pid]
+    named = [r for r in refs if r._target == "a_name"]
+    assert not any(r.active for r in own) and all(r.active for r in named)
+    for ref in named:
+        otp.cancel_timer(ref)

@@ -64,6 +64,7 @@ import pykka
 
 from waraft.otp import node as _node
 from waraft.otp import sched as _sched
+from waraft.otp import timer as _timer
 from waraft.otp.errors import (
     KILLED,
     NORMAL,
@@ -112,6 +113,8 @@ from waraft.otp.signals import die, link_pair, unlink_pair
 
 if TYPE_CHECKING:
     import greenlet
+
+    from waraft.otp.timer import TimerRef
 
 __all__ = [
     "NOREPLY",
@@ -209,6 +212,8 @@ class Process(pykka.ThreadingActor):
         self._parent: Pid | None = boot.parent
         self._deferred: set[ReplyTo] = set()
         self._in_call: ReplyTo | None = None  # the call whose handler runs (or ran last)
+        self._timers: set[TimerRef] = set()  # armed to itself: cancelled at exit (timer._own)
+        self._timers_limit = _timer._OWN_PRUNE_MIN
         self._deferred_limit = _DEFERRED_PRUNE_MIN
         self._next_events: deque[Any] = deque()
         self._monitoring: set[Ref] = set()

@@ -27,6 +27,7 @@ from waraft.otp import node as _node
 from waraft.otp.errors import KILL, KILLED, NORMAL
 from waraft.otp.mailbox import CALL, DOWN, EXIT, LINK_EXIT, UNSET, WAKE_ENV, Envelope
 from waraft.otp.pid import MonitorRef, Pid, Ref, RemoteLinkEnd
+from waraft.otp.timer import cancel_own
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def _finalize(pid: Pid, reason: Any) -> list[tuple[Pid, Any]]:
         actor.actor_stopped.set()
         pykka.ActorRegistry.unregister(actor.actor_ref)
         actor._fail_callers(reason)
+        cancel_own(actor)
     _drain(pid, reason)
     pid._inbox.put(WAKE_ENV)  # an idle thread wakes, sees it is stopped, and ends
     kills: list[tuple[Pid, Any]] = []

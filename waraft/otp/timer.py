@@ -9,7 +9,8 @@ thread instead; the scheduler uses it for the timeouts of waits inside scheduled
 Cancelled timers are dropped lazily when they reach the top of the heap; the heap is rebuilt
 when most of it is cancelled, so re-arming a timeout on every event (election timers) stays
 cheap. Cheaper still, ``TimerRef.postpone`` moves an armed timer later with one attribute
-write: when its old deadline comes the timer thread files it again at the new one.
+write: when its old deadline comes the timer thread files it again at the new one. The timers
+a process arms to its own pid are cancelled when it exits (a per-process set, pruned in bulk).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from waraft.otp import node as _node
 from waraft.otp.threadname import set_os_name
 
 if TYPE_CHECKING:
     from waraft.otp.node import Node
-    from waraft.otp.process import Target
+    from waraft.otp.process import Process, Target
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +98,24 @@ class _TimerService:
                 return False
             ref._state = _CANCELLED
             self._cancelled += 1
-            if self._cancelled > _COMPACT_MIN and self._cancelled * 2 > len(self._heap):
-                # In place: the timer thread holds a reference to this list.
-                self._heap[:] = [e for e in self._heap if e[2]._state == _ARMED]
-                heapq.heapify(self._heap)
-                self._cancelled = 0
+            self._maybe_compact()
             return True
+
+    def cancel_all(self, refs: list[TimerRef]) -> None:
+        """Cancel every armed timer of ``refs`` under one lock."""
+        with self._cond:
+            for ref in refs:
+                if ref._state == _ARMED:
+                    ref._state = _CANCELLED
+                    self._cancelled += 1
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        if self._cancelled > _COMPACT_MIN and self._cancelled * 2 > len(self._heap):
+            # In place: the timer thread holds a reference to this list.
+            self._heap[:] = [e for e in self._heap if e[2]._state == _ARMED]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
 
     def _run(self) -> None:
         set_os_name("otp:timer")
@@ -178,15 +192,40 @@ def send_after(ms: float, target: Target, msg: Any) -> TimerRef:
     """Deliver ``msg`` to ``target``'s ``handle_info`` after ``ms`` milliseconds.
 
     A registered name is resolved when the timer fires, on the node current now.
-    Timers to a dead process are simply dropped when they fire.
+    Timers to a dead process are simply dropped when they fire; a process's timers to its own
+    pid are cancelled when it exits (as Erlang cancels a timer whose pid is gone), so that a
+    restarting process does not leave its incarnations' timers armed.
     """
-    from waraft.otp.node import current
-
     # The arming node is current again at delivery: names resolve there, and the link filter
     # sees the true sender node.
-    ref = TimerRef(time.monotonic() + ms / 1000.0, target, msg, current())
+    ref = TimerRef(time.monotonic() + ms / 1000.0, target, msg, _node.current())
     _service.add(ref)
+    proc = _node._tls.proc
+    if proc is not None and target is proc.pid:
+        _own(proc, ref)
     return ref
+
+
+def _own(proc: Process, ref: TimerRef) -> None:
+    """Keep ``ref`` in ``proc``'s timers, which its exit cancels. Timers that fired or were
+    cancelled are dropped in bulk once the set doubles: amortised O(1) for a process that
+    re-arms a timeout on every event."""
+    timers = proc._timers
+    timers.add(ref)
+    if len(timers) > proc._timers_limit:
+        live = {t for t in timers if t._state == _ARMED}
+        proc._timers = live
+        proc._timers_limit = max(_OWN_PRUNE_MIN, 2 * len(live))
+
+
+_OWN_PRUNE_MIN = 64
+
+
+def cancel_own(proc: Process) -> None:
+    """Cancel the timers ``proc`` armed to itself (it exited); any thread may call it."""
+    timers = proc._timers
+    if timers:
+        _service.cancel_all(list(timers))
 
 
 def call_later(seconds: float, fn: Callable[[], Any]) -> TimerRef:
