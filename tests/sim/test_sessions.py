@@ -132,3 +132,30 @@ def test_a_register_burst_from_one_owner_expires_no_other_clients_session(
     finals = [_final(sim, n) for n in sim.node_ids]
     assert all(f == finals[0] for f in finals)
     assert check_list_append(sim.history.ops, finals[0]) == []
+
+
+def test_a_commit_with_an_attempt_that_timed_out_is_never_recorded_as_failed() -> None:
+    """The sweep's seed 57315: an attempt sent to a paused leader times out and sits in the
+    leader's queue; the retry is refused by a follower (``not_leader``). No log holds the
+    command at that moment, but the paused leader appends it when it resumes, and it may
+    commit: the simulated client must record the commit as unknown, never as failed (the
+    exactly-once checker then flags a "failed append present")."""
+    cfg = ClientConfig(attempt_timeout_ms=200, max_attempts=2, sessions=True, think_ms=(50, 50))
+    sim = Simulation(nodes=3, seed=3, client=cfg)
+    sim.bootstrap()
+    leader = sim.await_leader()
+    (client,) = sim.add_clients(1, AppendWorkload())
+    assert sim.run_until(lambda: client.session is not None and client.op is None, 5_000)
+    client.target = leader
+    sim.pause(leader)
+    assert sim.run_until(lambda: client.op is not None, 1_000)
+    op = client.op
+    assert op is not None and op.kind == "commit"
+    assert sim.run_until(lambda: client.op is not op, 5_000)
+    assert client.attempts == 2
+    assert op.status is Status.UNKNOWN, (op.status, op.result)
+    sim.resume(leader)
+    sim.stop_clients()
+    settle_clients(sim, 30_000)
+    sim.run_until(lambda: len({sim.nodes[n].storage.position for n in sim.node_ids}) == 1, 10_000)
+    assert check_list_append(sim.history.ops, _final(sim, sim.node_ids[0])) == []

@@ -3,11 +3,13 @@ leads, retry on ``not_leader`` / ``notify_redirect`` / admission errors, and rec
 the simulation's ``History``.
 
 An operation ends ``fail`` only when the simulator knows it cannot have taken effect: a read
-that got an error, or a commit that got an error while its log key had never been appended to
-any log (its pending entry was cancelled before reaching a log). Any other error or a timeout
-makes a commit ``unknown``. After a definite failure the client retries the same operation
-(same history record, a new log key per attempt) until it succeeds, becomes unknown, or runs
-out of attempts or time.
+that got an error, or a commit every attempt of which was answered with an error while none
+of their log keys had been appended to any log (their pending entries were cancelled before
+reaching a log). An attempt that timed out may still be in flight or queued at a paused node,
+and be appended after the last attempt's error: the commit is then ``unknown`` at best. Any
+other error or a timeout makes a commit ``unknown``. After a definite failure the client
+retries the same operation (same history record, a new log key per attempt) until it
+succeeds, becomes unknown, or runs out of attempts or time.
 
 With sessions (``ClientConfig.sessions``) a client first registers a session (a recorded
 commit of ``("$session", "register", n)``) and tags each commit with ``(session, seq)``
@@ -168,6 +170,7 @@ class Client:
         self.session: int | None = None
         self.session_seq = 0
         self.sent: Any = None  # the current operation's command as sent
+        self.unanswered = False  # an attempt of the current operation timed out
         self.stopped = False
         self._timeout: Scheduled | None = None
 
@@ -203,6 +206,7 @@ class Client:
                 self.sent = call_command(self.session, seq, seq, command)
         self.op = self.sim.history.invoke(self.id, kind, command, self.sim.clock.now)
         self.attempts = 0
+        self.unanswered = False
         self._attempt()
 
     def _attempt(self) -> None:
@@ -272,11 +276,17 @@ class Client:
             self._finish()
             return
         self._retarget(req, value[1])
-        # Definite only if no attempt of the operation reached a log (a tagged operation's
-        # earlier attempts may have been appended even when this one was not).
+        # Definite only if every attempt was answered and none reached a log (a tagged
+        # operation's earlier attempts may have been appended even when this one was not).
+        # An attempt that timed out is not settled by what the logs hold now: it may sit in a
+        # paused node's queue and be appended (and committed) after this answer.
         appended = self.sim.appended_keys
-        definite = op.kind == "read" or not any(
-            ("c", self.id, op.id, attempt) in appended for attempt in range(1, self.attempts + 1)
+        definite = op.kind == "read" or not (
+            self.unanswered
+            or any(
+                ("c", self.id, op.id, attempt) in appended
+                for attempt in range(1, self.attempts + 1)
+            )
         )
         if not definite and not self._tagged(req):
             history.unknown(op, value, now)
@@ -317,6 +327,7 @@ class Client:
             return
         self._timeout = None
         self._retarget(req, "timeout")
+        self.unanswered = True
         if self._tagged(req) and self._may_retry(self.sim.clock.now):
             self.sim.stats["session_retries"] += 1
             self._schedule_retry()  # the same (session, seq): applied at most once
