@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -1172,6 +1173,119 @@ def test_a_live_log_larger_than_one_record_is_checkpointed_in_several(
     lagging = WalLog.open(root / "kv.1", **options)
     assert [lagging.get(i) for i in (1, 80, 160)] == [big[0], big[79], big[159]]
     assert lagging.last_index() == 160
+
+
+class _Killed(BaseException):
+    """A kill -9 in the middle of a write (raised past every ``except Exception``)."""
+
+
+def _big_log(
+    root: Path, monkeypatch: pytest.MonkeyPatch, **options: Any
+) -> tuple[WalLog, list[Entry]]:
+    """kv.1 with 160 synced entries, three times one record's size (``MAX_PAYLOAD`` made
+    small: its checkpoints are split); the log and its entries."""
+    monkeypatch.setattr(wal_module, "MAX_PAYLOAD", 20_000)
+    log = WalLog.open(root / "kv.1", **options)
+    big = [Entry(1, f"k{i}", ("write", "t", f"k{i}", "v" * 400)) for i in range(1, 161)]
+    for at in range(0, 160, 10):
+        log.append(at + 1, big[at : at + 10])
+        log.sync()  # acknowledged from here on
+    return log, big
+
+
+def test_a_split_checkpoint_cut_short_at_restart_keeps_the_log(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill -9 while the start-up compaction writes a split checkpoint, after its first
+    record: the first part alone replaced the log (1..39 of 1..160), and the next start
+    compacted that and deleted the older file. It is dropped; the older file has the log."""
+    log, big = _big_log(root, monkeypatch)
+    _crash(log)
+
+    def dying(self: WalWriter, data: bytes) -> None:
+        first = RECORD_HEADER.size + int.from_bytes(data[:4], "little")
+        os.write(self._fd, data[:first])  # the "c" record only
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WalWriter, "_write_all", dying)
+        with pytest.raises(_Killed):
+            WalLog.open(root / "kv.1")
+    log = WalLog.open(root / "kv.1")
+    _crash(log)  # this start compacted and deleted the file with the unfinished checkpoint
+    log = WalLog.open(root / "kv.1")
+    assert (log.first_index(), log.last_index()) == (0, 160)
+    assert log.entries(1, 160, 1000, 1 << 30) == big
+
+
+def test_a_split_checkpoint_cut_short_at_rotation_keeps_the_log(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The I/O thread dies (kill -9) in the batch carrying a rotation's split checkpoint,
+    after its first record."""
+    options = {"max_file_bytes": 30_000, "keep_files": 0}
+    busy = WalLog.open(root / "kv.2", **options)
+    lagging, big = _big_log(root, monkeypatch, **options)
+    real = WalWriter._write_out
+    killed: list[bool] = []
+
+    def dying(self: WalWriter, data: bytes, at: int) -> None:
+        ops, pos = _scan(data, 0)[0], 0
+        for number, op in enumerate(ops):
+            pos += RECORD_HEADER.size + int.from_bytes(data[pos : pos + 4], "little")
+            parts = [o for o in ops[number + 1 :] if o[:2] == ("a", "kv.1")]
+            if op[:2] == ("c", "kv.1") and parts:  # the first record of a split checkpoint
+                real(self, data[:pos], at)
+                killed.append(True)
+                raise _Killed
+        real(self, data, at)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WalWriter, "_write_out", dying)
+        for at in range(1, 400, 10):
+            busy.append(at, _entries(at, 10))
+            with contextlib.suppress(LogWriteError):
+                busy.sync()
+            if killed:
+                break
+    assert killed
+    _crash(lagging)
+    lagging = WalLog.open(root / "kv.1", **options)
+    assert lagging.last_index() == 160
+    assert lagging.entries(1, 160, 1000, 1 << 30) == big
+
+
+def test_a_split_checkpoint_unfinished_before_the_newest_file_is_corruption(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a crash ends a file inside a checkpoint, and only the newest file: one left
+    unfinished in an older file is damage, not something to drop silently."""
+    log, big = _big_log(root, monkeypatch)
+    _crash(log)
+    path = WalLog.open(root / "kv.1")._writer._path
+    stop_wal_writers(root)
+    raw = Path(path).read_bytes()
+    ops = _scan(raw, FILE_HEADER.size)[0]
+    assert [op[0] for op in ops].count("c") == 1 and len(ops[0]) == 5  # split in parts
+    first = FILE_HEADER.size + RECORD_HEADER.size + int.from_bytes(raw[16:20], "little")
+    Path(path).write_bytes(raw[:first])  # its "c" record only
+    newer = os.path.join(os.path.dirname(path), f"{int(os.path.basename(path)[:-4]) + 1:020d}.wal")
+    Path(newer).write_bytes(FILE_HEADER.pack(MAGIC, 99))
+    with pytest.raises(LogCorruptionError, match="split checkpoint"):
+        WalLog.open(root / "kv.1")
+    assert big
+
+
+def test_a_checkpoint_split_without_a_part_count_is_read_as_before(root: Path) -> None:
+    """Files written before the part count: a ``"c"`` record then ``"a"`` records apply one
+    after the other, as they always did."""
+    path = _crashed_with_ten_entries(root)
+    entries = _entries(1, 14, term=2)
+    _append(path, _record(("c", "kv.1", 1, _raw(entries[:6]))))
+    _append(path, _record(("a", "kv.1", 7, _raw(entries[6:]))))
+    log = WalLog.open(root / "kv.1")
+    assert (log.first_index(), log.last_index()) == (1, 14)
+    assert log.entries(1, 14, 100, 1 << 30) == entries
 
 
 def test_an_exception_that_ends_the_io_thread_breaks_the_wal_instead_of_hanging_it(

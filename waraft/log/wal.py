@@ -31,12 +31,20 @@ operations:
 * ``("a", key, first, [(term, key, command, label), ...])`` append (replay cuts the log at
   ``first`` first, so replay is exact even after truncates);
 * ``("t", key, index)`` truncate; ``("r", key, index, term)`` reset;
-* ``("m", key, index)`` trim; ``("c", key, first, entries)`` checkpoint (the whole live log;
-  followed by ``"a"`` records for the rest when it is larger than one record);
+* ``("m", key, index)`` trim; ``("c", key, first, entries)`` checkpoint (the whole live log);
+* ``("c", key, first, entries, parts)`` a checkpoint too large for one record, split in
+  ``parts`` records: this one, then ``parts - 1`` ``"a"`` records of the same partition with
+  the rest (queued together, so in one batch). Replay holds the parts aside and replaces the
+  log only once the last one is read: a checkpoint a crash cut short at the end of the newest
+  file is dropped (the older files, deleted only once a checkpoint is durable, still hold
+  the log); one left unfinished in any other file is corruption;
 * ``("b", "", number)`` the start of a batch (replay skips it).
 
 Files with the magic ``WRAFTWL1`` (written before preallocation: appended, no markers) are
-still read, with the append-only rule below.
+still read, with the append-only rule below. The part count was added to ``WRAFTWL2`` files
+without a new magic: a checkpoint without it is one record, as before; a reader older than
+it ignores the extra item and reads a complete split checkpoint alike (an unfinished one as
+that reader always did: its first part replaces the log).
 
 Recovery, rotation, retention
 -----------------------------
@@ -178,24 +186,39 @@ def _payload(op: tuple[Any, ...]) -> bytes:
 
 def _checkpoint_payloads(key: str, first: int, entries: Sequence[Entry]) -> list[bytes]:
     """The payloads that rebuild ``key``'s log ``entries`` from ``first``: one ``"c"`` record,
-    then ``"a"`` records when the log does not fit in one record (a log that could not trim
-    for long can outgrow ``MAX_PAYLOAD``; one record would fail every rotation and restart).
-    Only an entry larger than a record on its own raises ``LogError``."""
+    or, when the log does not fit in one record (a log that could not trim for long can
+    outgrow ``MAX_PAYLOAD``; one record would fail every rotation and restart), a ``"c"``
+    record that names the number of parts followed by ``"a"`` records for the rest, applied
+    only once all of them are read (``_Replay``). Only an entry larger than a record on its
+    own raises ``LogError``."""
     data = packb(("c", key, first, _raw(entries)))
     if len(data) <= MAX_PAYLOAD or len(entries) <= 1:
         return [_checked(data)]
-    payloads: list[bytes] = []
-    kind, pending = "c", [(first, entries)]
+    parts = _checkpoint_parts(key, first, entries)
+    (at, raw), rest = parts[0], parts[1:]
+    payloads = [_checked(packb(("c", key, at, raw, len(parts))))]
+    payloads += [_checked(packb(("a", key, at, raw))) for at, raw in rest]
+    return payloads
+
+
+def _checkpoint_parts(
+    key: str, first: int, entries: Sequence[Entry]
+) -> list[tuple[int, list[tuple[Any, ...]]]]:
+    """``entries`` (from ``first``) cut in halves until each part's record fits in
+    ``MAX_PAYLOAD``, in order: ``(first index, raw entries)`` per part. A part is measured as
+    the largest record it can become (the ``"c"`` record with a part count of
+    ``len(entries)``), so that whichever becomes the first part fits."""
+    parts: list[tuple[int, list[tuple[Any, ...]]]] = []
+    pending = [(first, entries)]
     while pending:
         at, part = pending.pop()
-        data = packb((kind, key, at, _raw(part)))
-        if len(data) > MAX_PAYLOAD and len(part) > 1:
+        raw = _raw(part)
+        if len(packb(("c", key, at, raw, len(entries)))) > MAX_PAYLOAD and len(part) > 1:
             half = len(part) // 2  # the first half goes first: pushed last
             pending += [(at + half, part[half:]), (at, part[:half])]
             continue
-        payloads.append(_checked(data))
-        kind = "a"
-    return payloads
+        parts.append((at, raw))
+    return parts
 
 
 def _checked(data: bytes) -> bytes:
@@ -215,6 +238,52 @@ def _append_payload(prefix: bytes, first: int, packed: Sequence[bytes]) -> bytes
     from the entries' own encodings (``packed[i] == packb(entries[i])``: an ``Entry`` packs as
     the array its ``_raw`` tuple packs as), so that an append encodes each entry once."""
     return _checked(b"".join([prefix, packb(first), array_header(len(packed)), *packed]))
+
+
+class _Replay:
+    """Replays decoded records into the recovered logs (``logs``), a split checkpoint all at
+    once: its ``"c"`` record names how many records it has (``_checkpoint_payloads``), and its
+    parts, the partition's next records, are held aside in ``partial`` until the last one is
+    read. The first part alone replacing the log (the older files still held all of it) lost
+    the rest when a crash cut the checkpoint short."""
+
+    def __init__(self) -> None:
+        self.logs: _Logs = {}
+        self.partial: dict[str, tuple[int, list[Entry], int]] = {}  # key -> first, run, parts
+
+    def apply(self, op: tuple[Any, ...]) -> None:
+        """Apply one decoded record (raises on a malformed record)."""
+        kind, key = op[0], op[1]
+        held = self.partial.get(key)
+        if held is not None:
+            self._add_part(key, held, op)
+        elif kind == "c" and len(op) > 4 and int(op[4]) > 1:
+            self.partial[key] = (int(op[2]), [Entry(*r) for r in op[3]], int(op[4]) - 1)
+        else:
+            _replay(self.logs, op)
+
+    def _add_part(self, key: str, held: tuple[int, list[Entry], int], op: tuple[Any, ...]) -> None:
+        first, run, missing = held
+        if op[0] != "a" or int(op[2]) != first + len(run):
+            raise CodecError(f"a {op[0]!r} record at {op[2]} inside a split checkpoint of {key}")
+        run.extend(Entry(*r) for r in op[3])
+        if missing > 1:
+            self.partial[key] = (first, run, missing - 1)
+        else:
+            del self.partial[key]
+            self.logs[key] = (first, run)
+
+    def drop_unfinished(self, path: str) -> None:
+        """Forget the checkpoints a crash cut short at the end of the newest file ``path``:
+        the files before it, deleted only once a checkpoint is durable, still hold those
+        logs."""
+        for key, (_, _, missing) in self.partial.items():
+            logger.warning(
+                "WAL file %s ends inside a checkpoint of %s (%d records missing): "
+                "the log is kept as the earlier records have it",
+                path, key, missing,
+            )  # fmt: skip
+        self.partial = {}
 
 
 def _replay(logs: _Logs, op: tuple[Any, ...]) -> None:
@@ -503,7 +572,7 @@ class WalWriter:
 
     def _recover(self) -> int:
         files = self._files()
-        logs: _Logs = {}
+        replay = _Replay()
         for number, (_seq, path) in enumerate(files):
             data = _read_durably(path)
             last = number == len(files) - 1
@@ -540,26 +609,46 @@ class WalWriter:
                 _truncate_durably(path, bad_at)
                 end = bad_at
             self._ends[path] = end
-            pins: dict[str, int] = {}
-            for op in ops:
-                try:
-                    _replay(logs, op)
-                    if op[0] in ("a", "c"):
-                        pins[op[1]] = max(pins.get(op[1], -1), int(op[2]) + len(op[3]) - 1)
-                    elif op[0] == "r":
-                        pins[op[1]] = max(pins.get(op[1], -1), int(op[2]))
-                except Exception as exc:
-                    # A CRC-valid record of the wrong shape (too few items, wrong types): the
-                    # file is damaged, which quarantines; any exception here would instead
-                    # crash every start of the log actors.
-                    self.corruption = LogCorruptionError(
-                        path, 0, f"bad WAL record {op[:2]!r}: {type(exc).__name__}: {exc}"
-                    )
-                    logger.error("WAL %s", self.corruption)
-                    return files[-1][0]
+            pins = self._replay_file(replay, path, ops)
+            if pins is None:
+                return files[-1][0]
+            if replay.partial and last:
+                replay.drop_unfinished(path)
+            elif replay.partial:
+                # Every part of a checkpoint is queued at once, so written in one batch of
+                # one file: only the newest file's crash can cut one short.
+                self.corruption = LogCorruptionError(
+                    path, end, f"split checkpoint of {sorted(replay.partial)} left unfinished"
+                )
+                logger.error("WAL %s", self.corruption)
+                return files[-1][0]
             self._old.append((path, pins))
-        self._recovered = logs
+        self._recovered = replay.logs
         return files[-1][0] if files else 0
+
+    def _replay_file(
+        self, replay: _Replay, path: str, ops: list[tuple[Any, ...]]
+    ) -> dict[str, int] | None:
+        """Replay one file's records; the highest index each partition appended into it, or
+        None when a record is malformed (then ``corruption`` is set)."""
+        pins: dict[str, int] = {}
+        for op in ops:
+            try:
+                replay.apply(op)
+                if op[0] in ("a", "c"):
+                    pins[op[1]] = max(pins.get(op[1], -1), int(op[2]) + len(op[3]) - 1)
+                elif op[0] == "r":
+                    pins[op[1]] = max(pins.get(op[1], -1), int(op[2]))
+            except Exception as exc:
+                # A CRC-valid record of the wrong shape (too few items, wrong types): the
+                # file is damaged, which quarantines; any exception here would instead
+                # crash every start of the log actors.
+                self.corruption = LogCorruptionError(
+                    path, 0, f"bad WAL record {op[:2]!r}: {type(exc).__name__}: {exc}"
+                )
+                logger.error("WAL %s", self.corruption)
+                return None
+        return pins
 
     def _continue_in_newest_file(self, exc: OSError) -> None:
         """Start on a full disk: the new file cannot even get its header, so the writer
