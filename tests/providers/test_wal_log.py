@@ -19,6 +19,7 @@ import pytest
 from waraft import otp
 from waraft.core.settings import Settings
 from waraft.core.types import Entry, LogPos, Priority
+from waraft.log import unsynced
 from waraft.log import wal as wal_module
 from waraft.log.provider import LogCorruptionError, LogError, LogMissingError, LogWriteError
 from waraft.log.wal import (
@@ -1286,6 +1287,64 @@ def test_a_checkpoint_split_without_a_part_count_is_read_as_before(root: Path) -
     log = WalLog.open(root / "kv.1")
     assert (log.first_index(), log.last_index()) == (1, 14)
     assert log.entries(1, 14, 100, 1 << 30) == entries
+
+
+def _fail_a_batch(root: Path, monkeypatch: pytest.MonkeyPatch, error: str) -> None:
+    """kv.1 syncs 1..5; then its 6..10 and kv.2's 1..3 go in a batch that fails (``error``:
+    its ``fdatasync`` or its write gets EIO), refused to both; both partitions close (the way
+    out of a broken writer)."""
+    a, b = WalLog.open(root / "kv.1"), WalLog.open(root / "kv.2")
+    a.append(1, _entries(1, 5))
+    a.sync()
+
+    def eio(*args: Any) -> OSError:
+        return OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        if error == "fsync":
+            patch.setattr(os, "fdatasync", lambda fd: (_ for _ in ()).throw(eio()))
+        else:
+            patch.setattr(WalWriter, "fault", staticmethod(eio))
+        a.append(6, _entries(6, 5))
+        b.append(1, _entries(1, 3))
+        for log in (a, b):
+            with pytest.raises(LogWriteError, match="Input/output error"):
+                log.sync_within(5.0)  # not a stall (False): the writer is broken
+    assert a._writer.broken is not None and a._writer.stalled is None
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("error", ["fsync", "write"])
+def test_a_batch_that_failed_is_not_replayed_as_durable_when_the_wal_is_reopened(
+    root: Path, monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    """The failed batch stayed in the file; reopened in the same process, recovery read it
+    back from the page cache and its own fsync succeeded (the kernel reports a writeback
+    error once): entries refused to every waiter came back as durable. It is cut off when
+    the fsync (or the write) fails. An EIO from a write is not a full disk: the writer breaks
+    instead of retrying it."""
+    _fail_a_batch(root, monkeypatch, error)
+    a, b = WalLog.open(root / "kv.1"), WalLog.open(root / "kv.2")
+    assert (a.last_index(), b.last_index()) == (5, 0)
+    assert a.entries(1, 5, 100, 1 << 30) == _entries(1, 5)
+
+
+def test_a_failed_batch_that_could_not_be_cut_off_is_cut_by_the_next_open(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut fails too: the next open of the WAL makes it before replaying, or, while it
+    cannot, refuses to open (the node needs a restart) rather than replay the batch."""
+    with monkeypatch.context() as patch:
+        patch.setattr(WalWriter, "_cut_back", lambda self, size: os.ftruncate(-1, size))
+        _fail_a_batch(root, monkeypatch, "fsync")
+    with monkeypatch.context() as patch:
+        patch.setattr(unsynced, "_cut", lambda path, size: os.ftruncate(-1, size))
+        with pytest.raises(LogWriteError, match="restart the node"):
+            WalLog.open(root / "kv.1")
+    a, b = WalLog.open(root / "kv.1"), WalLog.open(root / "kv.2")
+    assert (a.last_index(), b.last_index()) == (5, 0)
+    assert str(root / "wal") not in unsynced._pending
 
 
 def test_an_exception_that_ends_the_io_thread_breaks_the_wal_instead_of_hanging_it(

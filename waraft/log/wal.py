@@ -74,9 +74,15 @@ logs of the partitions that stopped trimming.
 
 Failures
 --------
-A failed write or fsync makes the writer refuse further writes (``LogWriteError`` from ``sync``
-and ``append``) until every partition has closed it and it is opened again: after a failed
-fsync the kernel may have dropped the dirty pages, so a retry could lie.
+A write that fails for want of room (``ENOSPC``, ``EDQUOT``, ``EFBIG``, also when starting the
+next file) is a stall: the batch is cut off the file, kept queued and retried with a backoff
+(``can_append`` says no meanwhile). Any other failed write (``EIO``: the device failed) or
+fsync makes the writer refuse further writes (``LogWriteError`` from ``sync`` and ``append``)
+until every partition has closed it and it is opened again: after a failed fsync the kernel
+may have dropped the dirty pages, so a retry could lie. The failed batch is cut off the file
+at once, or, if that fails too, by the next open before it replays anything (or the open
+refuses, ``waraft.log.unsynced``): the page cache still holds it and recovery's own fsync
+would succeed, so replayed it would count as durable.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
 from waraft.core.settings import Settings
 from waraft.core.types import Entry, LogPos, Priority
+from waraft.log import unsynced
 from waraft.log.budget import RetentionPool
 from waraft.log.memory import MemoryLog, _Run
 from waraft.log.provider import (
@@ -158,7 +165,7 @@ _Logs = dict[str, tuple[int, list[Entry]]]
 
 
 class _WriteFailed(Exception):
-    """A batch could not be written and the file was cut back: retry later."""
+    """A batch could not be written for want of room and the file was cut back: retry later."""
 
     def __init__(self, cause: OSError) -> None:
         super().__init__(str(cause))
@@ -506,6 +513,8 @@ class WalWriter:
         self._carried = 0  # bytes of checkpoints carried into the active file
         self._path = ""
         try:
+            # A batch whose fsync failed in this process and could not be cut off then.
+            unsynced.settle(directory)
             seq = self._recover()
             # A corrupt WAL refuses every open (``attach``) and is never written: no new file.
             # One per start piled up header-only files on a quarantined node, and on a full
@@ -1000,6 +1009,8 @@ class WalWriter:
             try:
                 self._open_file(self._seq + 1)
             except OSError as exc:
+                if exc.errno not in _NO_ROOM:
+                    raise  # not a full disk: the writer breaks (nothing was written)
                 raise _WriteFailed(exc) from exc
             self._old.append(previous)
             self._rotate()
@@ -1034,15 +1045,25 @@ class WalWriter:
                 self._write_out(b"".join(chunk), self._size + total)
                 total += size
         except OSError as exc:
+            if exc.errno not in _NO_ROOM:
+                # Not a full disk (EIO: the device failed, the kernel may have dropped pages
+                # of earlier writes too): not retried, the writer breaks, as on a failed fsync.
+                self._drop_unsynced()
+                raise
             try:
                 self._cut_back(self._size)
             except OSError:
+                self._drop_unsynced()
                 raise exc from None  # cannot cut back: the writer is broken
             raise _WriteFailed(exc) from exc
-        self._size += total
         started = time.perf_counter()
-        os.fdatasync(self._fd)
+        try:
+            os.fdatasync(self._fd)
+        except OSError:
+            self._drop_unsynced()
+            raise  # the writer breaks: a retry could report lost pages as durable
         self.fsync_latency.observe(time.perf_counter() - started)
+        self._size += total
         self.fsyncs += 1
         self.batches += 1
         table = self._pins
@@ -1090,6 +1111,23 @@ class WalWriter:
                 raise
         finally:
             self._zeroed_to = at
+
+    def _drop_unsynced(self) -> None:
+        """After a failed write or fsync (the writer breaks): cut the active file back to its
+        last durable batch, so that a reopen in this process (whose own fsync would succeed)
+        does not replay the batch as durable from the page cache. If the cut fails, the next
+        open of the WAL makes it before replaying (``waraft.log.unsynced``), or refuses."""
+        unsynced.remember(self.directory, self._path, self._size)
+        try:
+            self._cut_back(self._size)
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            logger.error(
+                "WAL %s: cutting the failed batch off %s failed (%s); the next open cuts it",
+                self.directory, self._path, exc,
+            )  # fmt: skip
+        else:
+            unsynced.forget(self.directory)
 
     def _cut_back(self, size: int) -> None:
         """Cut the active file back to ``size`` bytes of records (a failed write leaves
