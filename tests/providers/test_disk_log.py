@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from waraft.core.types import Entry, LogPos, Priority
+from waraft.log import unsynced
 from waraft.log.disk import RESET_TEMP, SEGMENT_HEADER, DiskLog
 from waraft.log.provider import LogCorruptionError, LogError, LogMissingError, LogWriteError
 
@@ -439,7 +440,98 @@ def test_failed_sync_makes_the_log_refuse_writes(
     assert not log.can_append(1, Priority.HIGH)
     log.close()
     log = open_disk(tmp_path)
-    assert log.last_index() == 3
+    assert log.last_index() == 0  # 1..3 never synced: not read back as durable
+    log.close()
+
+
+def _eio(*args: object) -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+@pytest.mark.parametrize("records_per_file", [1000, 4])
+def test_records_whose_fsync_failed_are_not_read_back_as_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, records_per_file: int
+) -> None:
+    """The failed records stayed in the segment (and in segments created since the last
+    sync): reopened in the same process, the log read them back from the page cache and its
+    own fsync succeeded, so entries refused to the caller came back as durable. They are cut
+    off when the sync fails; across segments too (4 records a file)."""
+    log = open_disk(tmp_path, max_records_per_file=records_per_file)
+    log.append(1, writes(1, 5))
+    log.sync()
+    log.append(6, writes(6, 5))
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdatasync", _eio)
+        with pytest.raises(LogWriteError):
+            log.sync()
+    log.close()
+    log = open_disk(tmp_path, max_records_per_file=records_per_file)
+    assert (log.last_index(), read_all(log)) == (5, writes(1, 5))
+    log.close()
+
+
+def test_records_appended_after_a_truncate_are_cut_when_their_fsync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncate cuts under what was synced: the records written after it are not durable
+    although they sit below the old synced size."""
+    log = open_disk(tmp_path)
+    log.append(1, writes(1, 10))
+    log.sync()
+    log.truncate(6)
+    log.append(6, writes(60, 2, term=2))
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdatasync", _eio)
+        with pytest.raises(LogWriteError):
+            log.sync()
+    log.close()
+    log = open_disk(tmp_path)
+    assert read_all(log) == writes(1, 5)
+    log.close()
+
+
+def test_a_failed_fsync_sealing_a_segment_breaks_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rotation fsyncs the full segment: when that failed, the append raised but the log
+    went on, and the next sync's fsync succeeded over records the kernel may have lost."""
+    log = open_disk(tmp_path, max_records_per_file=4)
+    log.append(1, writes(1, 2))
+    log.sync()
+    log.append(3, writes(3, 1))
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdatasync", _eio)
+        with pytest.raises(LogWriteError):
+            log.append(4, writes(4, 3))  # fills the segment, then rotates
+    with pytest.raises(LogWriteError, match="until reopened"):
+        log.sync()
+    log.close()
+    log = open_disk(tmp_path, max_records_per_file=4)
+    assert read_all(log) == writes(1, 2)
+    log.close()
+
+
+def test_records_that_could_not_be_cut_off_are_cut_by_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut fails too (the disk is failing): the next open makes it before reading the
+    log, or, while it cannot, refuses to open."""
+    log = open_disk(tmp_path)
+    log.append(1, writes(1, 3))
+    log.sync()
+    log.append(4, writes(4, 3))
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdatasync", _eio)
+        patch.setattr(os, "ftruncate", _eio)
+        with pytest.raises(LogWriteError):
+            log.sync()
+    log.close()
+    with monkeypatch.context() as patch:
+        patch.setattr(unsynced, "_cut", _eio)
+        with pytest.raises(LogWriteError, match="restart the node"):
+            open_disk(tmp_path)
+    log = open_disk(tmp_path)
+    assert read_all(log) == writes(1, 3)
     log.close()
 
 

@@ -29,8 +29,12 @@ last segment not followed by valid records running to the end of the segment is 
 is cut (with a warning). Any other bad record raises ``LogCorruptionError`` naming the file and
 offset; nothing is skipped.
 A write error rolls the batch back (the file is cut to its previous length) and raises
-``LogWriteError``; a failed fsync makes the log refuse further writes until it is reopened
-(the kernel may have dropped the dirty pages, so retrying could lie).
+``LogWriteError``; a failed fsync (a ``sync``'s, or rotation's sealing a segment) makes the log
+refuse further writes until it is reopened (the kernel may have dropped the dirty pages, so
+retrying could lie), and cuts off what was written since the last successful ``sync``: the
+page cache still holds it and a reopen's own fsync would succeed, so it would be read back as
+durable. A cut that fails too is made by the next open, which refuses while it cannot
+(``waraft.log.unsynced``).
 
 Full disk
 ---------
@@ -84,6 +88,7 @@ from typing import Any, Final, Self
 
 from waraft.core.settings import Settings
 from waraft.core.types import Config, Entry, LogPos, Priority
+from waraft.log import unsynced
 from waraft.log.provider import (
     FSYNC_METRIC,
     A,
@@ -125,13 +130,26 @@ STALL_BACKOFF_MAX: Final = 2.0
 class _Segment:
     """One segment file: where its records start, their term runs and its config entries."""
 
-    __slots__ = ("configs", "fd", "first", "offsets", "path", "run_starts", "run_terms", "size")
+    __slots__ = (
+        "configs",
+        "fd",
+        "first",
+        "offsets",
+        "path",
+        "run_starts",
+        "run_terms",
+        "size",
+        "synced",
+    )
 
     def __init__(self, first: int, path: str, fd: int) -> None:
         self.first = first
         self.path = path
         self.fd = fd
         self.size = SEGMENT_HEADER.size
+        # The size the last successful sync made durable (what a failed sync cuts back to);
+        # ``unsynced.REMOVE`` for a segment created since.
+        self.synced = unsynced.REMOVE
         self.offsets = array("I")
         self.run_starts: list[int] = []
         self.run_terms: list[int] = []
@@ -297,6 +315,8 @@ class DiskLog(LogProvider):
         self._lock_fd = self._take_lock(lock_timeout) if lock else -1
         self._dir_fd = os.open(self._dir, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            # Records whose fsync failed in this process and could not be cut off then.
+            unsynced.settle(self._dir)
             self._load()
         except BaseException:
             self._close_fds()
@@ -398,6 +418,8 @@ class DiskLog(LogProvider):
         fd = os.open(active.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         os.close(active.fd)
         active.fd = fd
+        for segment in segments:
+            segment.synced = segment.size  # the last one was fsynced as it was read
         self._segments = tuple(segments)
         self._last = active.last
         self._cache_first = self._last + 1
@@ -557,7 +579,7 @@ class DiskLog(LogProvider):
             raise
         segment = _Segment(position.index, path, fd)
         segment.offsets.append(SEGMENT_HEADER.size)
-        segment.size = os.fstat(fd).st_size
+        segment.size = segment.synced = os.fstat(fd).st_size
         segment.note(position.index, position.term, None)
         self._segments = (segment,)
         for stale in old:
@@ -766,6 +788,8 @@ class DiskLog(LogProvider):
         else:
             try:
                 self._write_records(first_index, batch, records)
+            except LogWriteError:
+                raise  # a failed fsync (rotation): the log broke and was cut back already
             except OSError as exc:
                 self._roll_back(first_index, exc)
                 if exc.errno not in _SPACE_ERRORS or self._broken is not None:
@@ -880,7 +904,10 @@ class DiskLog(LogProvider):
     def _rotate(self, first: int) -> _Segment:
         """Seal the active segment (durably) and start a new one at ``first``."""
         old = self._segments[-1]
-        os.fdatasync(old.fd)
+        try:
+            os.fdatasync(old.fd)
+        except OSError as exc:
+            raise self._sync_failed("sealing a segment failed", exc) from exc
         self.fsyncs += 1
         if self._dirty and self._dirty[-1] is old:
             self._dirty.pop()
@@ -940,6 +967,8 @@ class DiskLog(LogProvider):
             tail.fd = fd
         on_disk = tail.size - (0 if drop else len(self._unwritten))
         tail.cut(index)
+        # Records appended after the cut are not durable until a sync, whatever was before.
+        tail.synced = min(tail.synced, tail.size)
         if drop or tail.size <= on_disk:
             self._unwritten = bytearray()  # every unwritten record was at or above index
             os.ftruncate(tail.fd, tail.size)
@@ -1012,14 +1041,57 @@ class DiskLog(LogProvider):
                 _fsync_dir(self._dir_fd)
                 self.fsyncs += 1
         except OSError as exc:
-            self._broken = f"sync failed: {exc}"
-            logger.error("log %s: %s", self._dir, self._broken)
-            raise LogWriteError(exc.errno or errno.EIO, self._broken) from exc
+            raise self._sync_failed("sync failed", exc) from exc
         if self._dirty or self._dir_dirty:
             self._fsync_latency.observe(time.perf_counter() - started)
         self._dirty = []
         self._dir_dirty = False
         self._unsynced_bytes = 0
+        # What changed since the last sync is a suffix of the segments (appends go to the
+        # last, rotation adds after it, a truncate cuts the last kept one).
+        for segment in reversed(self._segments):
+            if segment.synced == segment.size:
+                break
+            segment.synced = segment.size
+
+    def _sync_failed(self, what: str, exc: OSError) -> LogWriteError:
+        """A failed fsync: the log refuses further writes until reopened, and is cut back to
+        what the last successful sync made durable (the error to raise)."""
+        self._broken = f"{what}: {exc}"
+        logger.error("log %s: %s", self._dir, self._broken)
+        self._drop_unsynced()
+        return LogWriteError(exc.errno or errno.EIO, self._broken)
+
+    def _drop_unsynced(self) -> None:
+        """Cut the records written since the last successful sync off the files: the page
+        cache still holds them and a reopen's own fsync would succeed, so they would be
+        read back as durable. If the cut fails, the next open makes it (``unsynced``)."""
+        segments = self._segments
+        for segment in segments:
+            if segment.synced < segment.size:
+                unsynced.remember(self._dir, segment.path, segment.synced)
+        index = self._durable_last() + 1
+        if index > self._last:
+            return
+        try:
+            if index > self.first_index():
+                self._cut(index)
+                os.fdatasync(self._segments[-1].fd)
+            else:
+                return  # nothing of the log is durable in this state: the next open decides
+        except OSError as exc:
+            logger.error("log %s: cutting unsynced records off failed (%s)", self._dir, exc)
+            return
+        unsynced.forget(self._dir)
+
+    def _durable_last(self) -> int:
+        """The last index the last successful sync made durable."""
+        for segment in self._segments:
+            if segment.synced < segment.size:
+                if segment.synced == unsynced.REMOVE:
+                    return segment.first - 1
+                return segment.first + bisect_left(segment.offsets, segment.synced) - 1
+        return self._last
 
     def close(self) -> None:
         with self._lock:
