@@ -1347,6 +1347,95 @@ def test_a_failed_batch_that_could_not_be_cut_off_is_cut_by_the_next_open(
     assert str(root / "wal") not in unsynced._pending
 
 
+class _Opener(otp.Process):
+    """Opens a partition's WalLog as a log actor does (its init fails with the error)."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        try:
+            return WalLog.open(request)
+        except Exception as exc:
+            return exc
+
+
+def test_a_failed_open_of_a_new_partition_gives_the_writer_back_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open failed after its log was registered (no room for the marker) and gave back
+    the writer's reference but left the log registered; the next open took it over and
+    closed it, giving the reference back again: a later close stopped the writer under a
+    partition still using it."""
+    node = otp.Node("walfresh@t", process_type=otp.SCHEDULED)
+    try:
+        with node.activate():
+            other = otp.call(_Opener.start(), root / "kv.2", 20)
+            assert isinstance(other, WalLog)
+            writer = other._writer
+            with monkeypatch.context() as patch:
+                patch.setattr(wal_module, "make_marker", _no_room)
+                failed = _Opener.start()
+                assert isinstance(otp.call(failed, root / "kv.1", 20), OSError)
+                otp.kill(failed)  # the log actor whose init failed is gone
+                otp.wait_exit(failed, 10)
+            assert (writer.refs, sorted(writer._logs)) == (1, ["kv.2"])
+            log = otp.call(_Opener.start(), root / "kv.1", 20)
+            assert isinstance(log, WalLog) and writer.refs == 2
+        log.close()
+        other.append(1, _entries(1, 3))
+        other.sync()  # kv.2 is still open: its writer still writes
+        assert writer.broken is None and WalWriter._registry[writer.directory] is writer
+    finally:
+        node.stop()
+
+
+def _no_room(*args: Any) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_stale_writers_release_leaves_the_registry_and_its_count_alone(root: Path) -> None:
+    """A release too many (a bug elsewhere) is refused loudly instead of taking the count
+    below zero, and a stopped writer never takes a newer one out of the registry."""
+    first = WalLog.open(root / "kv.1")
+    stale = first._writer
+    first.close()
+    second = WalLog.open(root / "kv.1")
+    stale.release()  # released more often than acquired
+    assert stale.refs == 0
+    assert WalWriter._registry[second._writer.directory] is second._writer
+    third = WalLog.open(root / "kv.2")  # the same writer, not a second one for the directory
+    assert third._writer is second._writer and second._writer.refs == 2
+
+
+def test_a_new_partition_does_not_wait_without_limit_for_a_stalled_wal(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk stalled the open of a new partition for as long as it lasted, although
+    logs still open on a full disk: the open fails after a bounded wait, the log actor
+    retries, and the open succeeds once there is room."""
+    WalLog.open(root / "kv.1")
+    monkeypatch.setattr(wal_module, "FRESH_OPEN_STALL_WAIT", 0.2, raising=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            WalWriter, "fault", staticmethod(lambda directory: OSError(errno.ENOSPC, "full"))
+        )
+        outcome: list[BaseException] = []
+
+        def fresh() -> None:
+            try:
+                WalLog.open(root / "kv.2")
+            except BaseException as exc:
+                outcome.append(exc)
+
+        opener = threading.Thread(target=fresh, daemon=True)
+        opener.start()
+        opener.join(10)
+        assert not opener.is_alive(), "the open still waits for the full disk"
+        assert isinstance(outcome[0], LogWriteError) and "stalled" in str(outcome[0])
+    log = WalLog.open(root / "kv.2")
+    log.sync()
+    assert (root / "kv.2" / "wal-log").exists() and log.last_index() == 0
+    assert log._writer.refs == 2
+
+
 def test_an_exception_that_ends_the_io_thread_breaks_the_wal_instead_of_hanging_it(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

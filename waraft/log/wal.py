@@ -157,6 +157,10 @@ HELD_APPEND_MAX_BYTES: Final = 1024 * 1024
 (or before any other record of it), up to this many bytes of entries; a larger append is
 queued at once, as before."""
 
+FRESH_OPEN_STALL_WAIT: Final = 2.0
+"""Seconds ``WalLog.open`` of a new partition waits for its reset to be durable while the WAL
+is stalled (a full disk) before it fails (its log actor retries): not without limit."""
+
 STALL_BACKOFF_MIN: Final = 0.1
 STALL_BACKOFF_MAX: Final = 2.0
 """Seconds between attempts to write a batch that failed (a full disk), doubling."""
@@ -561,11 +565,18 @@ class WalWriter:
             return writer
 
     def release(self) -> None:
+        """Give back a reference taken by ``acquire``; the last one stops the writer. Only
+        the registry's entry for this writer is removed: a stopped writer's late release must
+        not take a newer writer of the same directory out of the registry."""
         with WalWriter._registry_lock:
+            if self.refs <= 0:
+                logger.error("WAL %s: released more often than acquired", self.directory)
+                return
             self.refs -= 1
             if self.refs > 0:
                 return
-            WalWriter._registry.pop(self.directory, None)
+            if WalWriter._registry.get(self.directory) is self:
+                del WalWriter._registry[self.directory]
         metrics.drop_histogram(FSYNC_METRIC, self.directory)
         self.stop()
 
@@ -1304,7 +1315,12 @@ class WalLog(MemoryLog):
         """Open the log of partition directory ``path`` in the WAL of its parent directory
         (``<parent>/wal``, or the option ``wal_dir``); ``max_file_bytes`` (default: the
         setting ``raft_max_log_bytes_per_file``) sets rotation, ``preallocate_bytes`` (default:
-        ``raft_wal_preallocate_bytes``) the zeros written ahead."""
+        ``raft_wal_preallocate_bytes``) the zeros written ahead.
+
+        A new partition's log is durable (its reset record) before its marker is made: while
+        the WAL is stalled (a full disk) that open fails with ``LogWriteError`` after
+        ``FRESH_OPEN_STALL_WAIT`` seconds (its log actor retries); existing logs open at once.
+        A failed open leaves nothing registered and the writer's count as it was."""
         if path is None:
             raise ValueError("WalLog needs a partition directory")
         path = os.path.abspath(os.fspath(path))
@@ -1319,6 +1335,10 @@ class WalLog(MemoryLog):
             fresh = not os.path.exists(marker)
             writer.take_over_dead(os.path.basename(path))
             log = cls(writer, os.path.basename(path), fresh)
+        except BaseException:
+            writer.release()
+            raise
+        try:
             if settings is not None:
                 # The node-wide retained-bytes budget: shared with every partition whose
                 # directory has the same parent (the WAL's node), whatever their provider.
@@ -1328,11 +1348,19 @@ class WalLog(MemoryLog):
                 # The partition directory is new or was wiped (moved away to be rebuilt by a
                 # snapshot): the WAL's log of it, if any, is reset; then the marker is made.
                 os.makedirs(path, exist_ok=True)
-                log.sync()
+                if not log.sync_within(FRESH_OPEN_STALL_WAIT):
+                    raise LogWriteError(
+                        errno.ENOSPC,
+                        f"WAL {writer.directory} is stalled ({writer.stalled}): partition "
+                        f"{log._key} not created, its log actor retries",
+                    )
                 make_marker(path, MARKER)
             return log
         except BaseException:
-            writer.release()
+            # Registered by ``cls``: closed (unregistered, its reference given back) rather
+            # than only released, which left it registered, and its takeover by the next
+            # open released the writer a second time, stopping it under other partitions.
+            log.close()
             raise
 
     def _submit(self, op: tuple[Any, ...], pin: int) -> None:
