@@ -104,7 +104,10 @@ commit, and because plain writes and deletes are idempotent already.
 **Many clients in one process.** Clients may be constructed and closed from many threads at
 once. Those that run over ``waraft.dist`` share one distribution node: the first starts it
 (unless the process runs one already), and it is stopped when the last client that uses it
-closes, never while another client still does.
+closes, never while another client still does. Each client's replies come to a receiver
+of its own, named once in the life of the process (with random bytes), and number its
+batches from a random 62-bit offset; a reply is taken only from the node its batch went to.
+A late reply to a closed client is thus never taken for another client's.
 """
 
 from __future__ import annotations
@@ -170,6 +173,9 @@ LIVENESS_EVERY: Final = 0.25
 """How often (seconds) the nodes of in-flight batches are checked against dist liveness."""
 
 _DIST_LOCK = threading.Lock()
+# Numbers this process's clients' reply receivers: each client's name is unique for the life
+# of the process (see ``Client.__init__``).
+_client_numbers = itertools.count(1)
 _dist_users = 0  # clients using the shared distribution node (guarded by _DIST_LOCK)
 _dist_owned = False  # whether a client started it (then the last client out stops it)
 
@@ -257,6 +263,18 @@ def _gave_up(request: _Entry) -> Any:
     if request.unsure or last_error is None or last_error is UNREACHABLE:
         return TIMEOUT
     return last_error
+
+
+def _sent_by(origin: str | None, node: str) -> bool:
+    """Whether a reply the distribution's connection attributes to ``origin`` may answer a
+    batch sent to ``node``. The gateway answers from the node that took the batch (its reply
+    handles are local objects, never forwarded), so ``origin`` must be that node: the node id
+    it claims (no CURVE, or keys of the older form), or the user id of its node key,
+    ``node:<name>`` (a node key may claim only ids ``<name>@...``). None (in process, where no
+    connection tells) is taken on trust."""
+    if origin is None or origin == node:
+        return True
+    return origin == "node:" + node.partition("@")[0]
 
 
 def _unanswered(requests: Iterable[_Request]) -> list[_Request]:
@@ -778,7 +796,9 @@ class Client:
         self._heard: dict[str, float] = {}  # when a node's latest reply arrived
         self._rr = itertools.count()
         self._seq = itertools.count()
-        self._batch_ids = itertools.count(1)
+        # From a random 62-bit offset: a reply addressed to an earlier receiver of the same
+        # name (another process that had this pid) cannot name a batch of this client.
+        self._batch_ids = itertools.count(int.from_bytes(os.urandom(8), "big") >> 2)
         self._closed = False
         self._sender_done = False
         self._in_hand: list[_Entry] = []  # what the sender took to dispatch (sender only)
@@ -803,7 +823,11 @@ class Client:
         self._owns_dist = False
         self._remote = node is None
         self._node = node if node is not None else self._start_dist(host, dist_options or {})
-        name = f"waraft_client_{os.getpid()}_{id(self):x}"
+        # Never reused while the process runs (id(self) was, once a closed client was
+        # collected: a reply still on its way to the closed client completed the new one's
+        # batch of the same number, a read returning another key's value), and with random
+        # bytes, since a later process may get this pid and this node id.
+        name = f"waraft_client_{os.getpid()}_{next(_client_numbers)}_{os.urandom(4).hex()}"
         self._receiver = otp.start(_Receiver, self, name=name, node=self._node)
         self.reply_addr = (name, self._node.id)
         if self._remote:
@@ -1698,19 +1722,28 @@ class Client:
 
     def _on_cast(self, msg: Any, origin: str | None = None) -> bool:
         """A cast to this client's receiver; True when it was a well-formed reply (one, or
-        several coalesced by the server: ``("client_replies", [(batch_id, results, hint)])``)."""
+        several coalesced by the server: ``("client_replies", [(batch_id, results, hint)])``).
+        ``origin``: who sent it, as the distribution's connection tells (None in process);
+        a reply is taken only from the node its batch went to (``_sent_by``)."""
         if type(msg) is not tuple or not msg:
             return False
         if msg[0] == "client_reply" and len(msg) == 4:
-            return self._reply_of(msg[1:])
+            return self._reply_of(msg[1:], origin)
         if msg[0] == "client_replies" and len(msg) == 2 and isinstance(msg[1], (tuple, list)):
-            return all([self._reply_of(reply) for reply in msg[1]])
+            return all([self._reply_of(reply, origin) for reply in msg[1]])
         if msg[0] == "client_reply_part" and len(msg) == 7:
-            return self._part_of(*msg[1:])
+            return self._part_of(*msg[1:], origin=origin)
         return False
 
     def _part_of(
-        self, batch_id: Any, inner: Any, start: Any, total: Any, results: Any, hint: Any
+        self,
+        batch_id: Any,
+        inner: Any,
+        start: Any,
+        total: Any,
+        results: Any,
+        hint: Any,
+        origin: str | None = None,
     ) -> bool:
         """One part of a reply too large for one frame (``waraft.services.replies``): kept on
         its batch until every value is in, then handled as one reply (``inner``: the values
@@ -1730,6 +1763,8 @@ class Client:
             batch = self._inflight.get(batch_id)
             if batch is None:
                 return True  # expired and retried already
+            if not _sent_by(origin, batch.node):
+                return False
             if total != batch.count:  # an answer per command, whichever way it is cut
                 return False
             parts = batch.parts
@@ -1740,24 +1775,31 @@ class Client:
                 return True
             batch.parts = None
         reply = [parts] if inner else parts
-        self._on_reply(batch_id, reply, hint if isinstance(hint, str) else None)
+        self._on_reply(batch_id, reply, hint if isinstance(hint, str) else None, origin)
         return True
 
-    def _reply_of(self, reply: Any) -> bool:
+    def _reply_of(self, reply: Any, origin: str | None = None) -> bool:
         if not (isinstance(reply, (tuple, list)) and len(reply) == 3):
             return False
         batch_id, results, hint = reply
         if isinstance(batch_id, int) and isinstance(results, (tuple, list)):
-            self._on_reply(batch_id, results, hint if isinstance(hint, str) else None)
-            return True
+            return self._on_reply(
+                batch_id, results, hint if isinstance(hint, str) else None, origin
+            )
         return False
 
-    def _on_reply(self, batch_id: int, results: Sequence[Any], hint: str | None) -> None:
-        """A ``client_reply`` arrived (the receiver's thread)."""
+    def _on_reply(
+        self, batch_id: int, results: Sequence[Any], hint: str | None, origin: str | None = None
+    ) -> bool:
+        """A ``client_reply`` arrived (the receiver's thread); False (dropped) when it came
+        from another node than its batch went to."""
         with self._lock:
-            batch = self._pop_batch(batch_id)
+            batch = self._inflight.get(batch_id)
             if batch is None:
-                return  # expired and retried already
+                return True  # expired and retried already
+            if not _sent_by(origin, batch.node):
+                return False
+            self._pop_batch(batch_id)
             self._counters["replies"] += 1
             self._suspect.pop(batch.node, None)
             self._heard[batch.node] = time.monotonic()
@@ -1770,7 +1812,7 @@ class Client:
             logger.error("a reply for %d requests had %d results", count, len(results))
             for request in batch.materialize():
                 self._retry(request, ("error", "bad_reply"), self._backoff(request))
-            return
+            return True
         if batch.grouped():
             if tuple not in set(map(type, results)) or not any(map(_is_error, results)):
                 # Nothing to retry: every command completes with its result, group by group.
@@ -1784,7 +1826,7 @@ class Client:
                     start += n
                 if self._leaders.get(batch.partition) is None:
                     self._set_leader(batch.partition, batch.node)
-                return
+                return True
             batch.materialize()  # errors are handled one request at a time
         requests: list[_Request] = batch.requests  # type: ignore[assignment]
         # The answered requests are claimed under ONE acquisition of the futures lock for the
@@ -1813,6 +1855,7 @@ class Client:
             self._on_error(request, result, batch, hint)
         if len(errors) < len(requests) and self._leaders.get(batch.partition) is None:
             self._set_leader(batch.partition, batch.node)
+        return True
 
     def _on_error(self, request: _Request, result: Any, batch: _Batch, hint: str | None) -> None:
         reason = result[1]
