@@ -49,8 +49,9 @@ node's ``waraft_admin`` process (``waraft node`` registers it) in the background
 gateway itself: a reply carrying an error names the leader that node knows of, so a request
 sent to a follower is redirected in one hop. ``not_leader`` and ``("notify_redirect", node)``
 (a handover in progress) are retried at the new leader; ``commit_queue_full``,
-``commit_queue_bytes_full``, ``apply_queue_full``, ``read_queue_full`` and
-``read_queue_bytes_full`` are retried with exponential backoff;
+``commit_queue_bytes_full``, ``apply_queue_full``, ``read_queue_full``,
+``read_queue_bytes_full`` and ``commit_stalled`` (a leader whose log cannot append, a full
+disk: refused before appending) are retried with exponential backoff;
 ``not_leader`` without a usable hint (an election under way) is asked again at most every
 ``NOT_LEADER_POLL`` s. A hint naming a node that failed an attempt less than ``STALE_HINT`` s
 ago is ignored: the follower has not noticed yet that the leader is gone. A node that
@@ -64,8 +65,12 @@ request's deadline (``timeout``) or after ``max_retries``.
 **Delivery guarantee.** A commit that was rejected (``not_leader`` from a follower, a full
 queue) was never appended, so retrying it is safe. A commit answered with such an error was
 rejected on every attempt: once an attempt of it went unanswered (a node that did not answer in
-time or failed), it is answered ``timeout`` if it runs out of deadline or retries, whatever the
-later attempts were told. ``closed`` (``Client.close``) is, like ``timeout``, an unknown
+time or failed, or answered something the client could not read), it is answered ``timeout``
+if it runs out of deadline or retries, whatever the later attempts were told, and so is an
+error a later attempt ends with that says nothing about the first: any refusal of that
+attempt (``commit_stalled``, a failed call, ...) and, without a session, any error at all
+(with one, storage's answer is the result of the command's one application, and passes).
+``closed`` (``Client.close``) is, like ``timeout``, an unknown
 outcome. A commit whose attempt timed out, or whose
 leader lost leadership after appending it, may or may not have been applied: the client retries
 it, so commits are *at least once* in those cases (as with any Raft client without session
@@ -134,6 +139,7 @@ from waraft.core.sessions import (
     ACKNOWLEDGED,
     DEFAULT_EXPIRE_AFTER,
     EXPIRED,
+    SESSION,
     TOKEN_BYTES,
     call_command,
     close_command,
@@ -186,6 +192,23 @@ _OVERLOAD: Final = frozenset(
         "apply_queue_full",
         "read_queue_full",
         "read_queue_bytes_full",
+        # A leader whose log refuses appends (a full disk) fails its pending commits and
+        # reads with it before appending them (``waraft.core.commit``), until it can write.
+        "commit_stalled",
+    }
+)
+#: Reasons a node gives for ONE attempt it did not apply (full queues, not the leader, a
+#: stalled log, a failed call, a reply the client could not read): they say nothing about
+#: an earlier attempt of the same command, which may have been applied.
+_REFUSALS: Final = _OVERLOAD | frozenset(
+    {
+        "not_leader",
+        CANCELLED,
+        "timeout",
+        "unreachable",
+        "bad_reply",
+        "storage_corruption",
+        "storage_quarantined",
     }
 )
 CLOSED: Final = ("error", "closed")
@@ -275,6 +298,38 @@ def _sent_by(origin: str | None, node: str) -> bool:
     if origin is None or origin == node:
         return True
     return origin == "node:" + node.partition("@")[0]
+
+
+def _refused(error: Any) -> bool:
+    """Whether ``error`` refuses one attempt (see ``_REFUSALS``), rather than being storage's
+    answer to the command."""
+    reason = error[1]
+    if type(reason) is tuple:
+        return len(reason) == 2 and reason[0] in ("call_error", "notify_redirect")
+    return reason in _REFUSALS
+
+
+def _final(request: _Request, error: Any) -> Any:
+    """What ``request`` answers for ``error``, the last error it got and one not retried.
+
+    Once an attempt of a commit went unanswered (``unsure``), it may have been applied, so
+    an error that is no definite answer about the command becomes ``timeout`` (maybe
+    applied): a caller takes any error outside ``AT_MOST_ONCE`` for "not applied" and may
+    resubmit, and a review's commit applied by an unanswered attempt and answered
+    ``commit_stalled`` on the retry was applied twice. Definite answers pass: those in
+    ``AT_MOST_ONCE``, and, in a session, storage's answer (every attempt carries the same
+    seq, so it is the result recorded by the command's one application). Reads apply
+    nothing and are answered as they are."""
+    if not request.unsure or request.kind != "commit" or error in AT_MOST_ONCE:
+        return error
+    if _in_session(request.item) and not _refused(error):
+        return error
+    return TIMEOUT
+
+
+def _in_session(command: Any) -> bool:
+    """Whether ``command`` is a session call (``_tag_with``)."""
+    return type(command) is tuple and len(command) > 1 and command[:2] == (SESSION, "call")
 
 
 def _unanswered(requests: Iterable[_Request]) -> list[_Request]:
@@ -1811,6 +1866,9 @@ class Client:
         if len(results) != count:
             logger.error("a reply for %d requests had %d results", count, len(results))
             for request in batch.materialize():
+                # The node took this attempt and answered something unreadable: it may have
+                # been applied, so the request ends ``timeout``, never ``bad_reply``.
+                request.unsure = True
                 self._retry(request, ("error", "bad_reply"), self._backoff(request))
             return True
         if batch.grouped():
@@ -1892,7 +1950,7 @@ class Client:
         elif reason in _OVERLOAD:
             self._retry(request, result, self._backoff(request))
         else:
-            request.finish(result)
+            request.finish(_final(request, result))
 
     @staticmethod
     def _backoff(request: _Request) -> float:

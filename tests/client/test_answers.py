@@ -117,3 +117,86 @@ def test_a_reply_part_from_another_node_is_ignored(client_node: otp.Node) -> Non
         assert c._inflight[bid].parts is None
         assert c._on_cast((*part[:5], [("ok", "x")], None), c.nodes[0]) is True
         assert future.result(5) == ("ok", "x")
+
+
+def _first_swallowed(then: Any) -> Any:
+    """A gateway answer: session registers get session 42; the first attempt of anything
+    else is swallowed (applied by the leader, its reply lost), later ones answered ``then``."""
+    attempts: list[Any] = []
+
+    def answer(command: tuple[Any, ...]) -> Any:
+        if command[:2] == ("$session", "register"):
+            return ("ok", 42)
+        attempts.append(command)
+        return None if len(attempts) == 1 else then
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("sessions", "then", "expected"),
+    [
+        # A refusal of the retry says nothing of the first attempt: maybe applied.
+        (True, ("error", ("call_error", "killed")), ("error", "timeout")),
+        (False, ("error", ("call_error", "killed")), ("error", "timeout")),
+        (True, ("error", "storage_quarantined"), ("error", "timeout")),
+        # In a session, storage's answer is the recorded result of the one application.
+        (True, ("error", "bad_position"), ("error", "bad_position")),
+        # Without one, storage's answer to the retry says nothing of the first attempt.
+        (False, ("error", "bad_position"), ("error", "timeout")),
+    ],
+)
+def test_a_final_error_after_an_unanswered_attempt_is_maybe_applied(
+    client_node: otp.Node, sessions: bool, then: Any, expected: Any
+) -> None:
+    """The last branch of the error handling passed a later attempt's error straight on,
+    though the contract reads any error outside AT_MOST_ONCE as "not applied": a caller
+    resubmitted a commit its first, unanswered attempt had applied."""
+    answer = _first_swallowed(then)
+    kw = {"sessions": sessions, "attempt_timeout": 0.2, "timeout": 5.0}
+    with _scripted(client_node, 1, answer, **kw) as (c, _log):
+        assert c.commit(1, ("write", "test", "k", "v")) == expected
+        assert c.stats()["attempt_timeouts"] == 1
+
+
+def test_commit_stalled_is_retried_and_after_an_unanswered_attempt_answers_timeout(
+    client_node: otp.Node,
+) -> None:
+    """``commit_stalled`` fails commits before they are appended (a log that cannot write):
+    retried like a full queue. A commit applied by an unanswered attempt and then only
+    answered ``commit_stalled`` ends ``timeout``, never ``commit_stalled``."""
+    stalls: list[Any] = []
+
+    def stall_once(command: tuple[Any, ...]) -> Any:
+        stalls.append(command)
+        return ("error", "commit_stalled") if len(stalls) == 1 else "ok"
+
+    with _scripted(client_node, 1, stall_once) as (c, _log):
+        assert c.commit(1, ("write", "test", "k", "v"), timeout=5.0) == "ok"
+        assert len(stalls) == 2
+    answer = _first_swallowed(("error", "commit_stalled"))
+    kw = {"sessions": True, "attempt_timeout": 0.2, "timeout": 1.0}
+    with _scripted(client_node, 1, answer, **kw) as (c, _log):
+        assert c.commit(1, ("write", "test", "k", "v")) == ("error", "timeout")
+
+
+class _GarbledGateway(otp.Process):
+    """A node whose replies the client cannot read (no result for the commands sent)."""
+
+    def handle_cast(self, msg: Any) -> None:
+        _, reply_to, batch_id, _kind, _items, _priority = msg
+        otp.cast(reply_to, ("client_reply", batch_id, [], None))
+
+
+def test_a_commit_answered_only_unreadable_replies_ends_timeout(client_node: otp.Node) -> None:
+    """The node took the attempt and its answer could not be read: applied or not, nobody
+    knows. It ended ``("error", "bad_reply")``, read as "not applied"."""
+    server = otp.Node(f"garbled{next(_ids)}@local")
+    otp.start(_GarbledGateway, name=acceptor.default_name("t", 1), node=server)
+    c = Client([server.id], table="t", partitions=1, node=client_node, discover=False)
+    try:
+        assert c.commit(1, ("write", "t", "k", "v"), timeout=0.5) == ("error", "timeout")
+        assert c.stats()["retries"] >= 1
+    finally:
+        c.close()
+        server.stop()
