@@ -1860,9 +1860,16 @@ class Client:
             self._heard[batch.node] = time.monotonic()
         count = batch.count
         if batch.packed and len(results) == 1:
-            # One log entry carried the whole chunk: its result is the list of results.
+            # One log entry carried the whole chunk: its result is the list of results (a
+            # tuple, off the wire), or one error for all. Anything else is a bad reply: a
+            # string "ok" for a frame of two completed its commits with "o" and "k".
             packed = results[0]
-            results = [packed] * count if _is_error(packed) else packed
+            if _is_error(packed):
+                results = [packed] * count
+            elif type(packed) is list or type(packed) is tuple:
+                results = packed
+            else:
+                results = ()
         if len(results) != count:
             logger.error("a reply for %d requests had %d results", count, len(results))
             for request in batch.materialize():

@@ -200,3 +200,29 @@ def test_a_commit_answered_only_unreadable_replies_ends_timeout(client_node: otp
     finally:
         c.close()
         server.stop()
+
+
+class _PackedAsStringGateway(otp.Process):
+    """A node answering a packed frame's one result with the string ``"ok"`` (a buggy or
+    mismatched storage), not a list of results."""
+
+    def handle_cast(self, msg: Any) -> None:
+        _, reply_to, batch_id, _kind, items, _priority = msg
+        packed = len(items) == 1 and items[0][1][0] == "$batch"
+        otp.cast(reply_to, ("client_reply", batch_id, ["ok"] if packed else [], None))
+
+
+def test_a_packed_result_that_is_not_a_list_is_a_bad_reply(client_node: otp.Node) -> None:
+    """A frame of two commits answered ``["ok"]`` completed them with ``"o"`` and ``"k"``."""
+    server = otp.Node(f"packed{next(_ids)}@local")
+    otp.start(_PackedAsStringGateway, name=acceptor.default_name("t", 1), node=server)
+    c = Client([server.id], table="t", partitions=1, node=client_node, discover=False)
+    try:
+        futures = c.commit_many(
+            [(1, ("write", "t", "a", 1)), (1, ("write", "t", "b", 2))], timeout=0.5
+        )
+        # Unreadable, and the node may have applied them: maybe applied (timeout).
+        assert [f.result(5) for f in futures] == [("error", "timeout")] * 2
+    finally:
+        c.close()
+        server.stop()
