@@ -1143,8 +1143,11 @@ class Client:
             request.finish(CLOSED)
         if self._remote:
             from waraft import distribution as dist
+            from waraft.distribution import policy
 
             dist.set_inline_handler(self.reply_addr[0], None)
+            # The receiver's name is never used again (one rule was left per client made).
+            policy.forget(self.reply_addr[0])
         with contextlib.suppress(Exception):
             otp.stop(self._receiver, "normal", 5.0)
         if self._owns_dist:

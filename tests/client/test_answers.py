@@ -226,3 +226,18 @@ def test_a_packed_result_that_is_not_a_list_is_a_bad_reply(client_node: otp.Node
     finally:
         c.close()
         server.stop()
+
+
+def test_close_removes_the_receivers_policy_rule() -> None:
+    """Each client over the distribution lets nodes cast replies to its receiver (a policy
+    rule); close left the rule behind, one per client ever made."""
+    from waraft.distribution import policy
+
+    c = Client(["n1@127.0.0.1:1"], table="t", partitions=1, discover=False)
+    name = c.reply_addr[0]
+    reply = ("client_reply", 1, ["ok"], None)
+    try:
+        assert policy.rule_for(name, False, reply) is not None
+    finally:
+        c.close()
+    assert name not in policy._rules
