@@ -241,3 +241,32 @@ def test_close_removes_the_receivers_policy_rule() -> None:
     finally:
         c.close()
     assert name not in policy._rules
+
+
+class _SilentServer(otp.Process):
+    """A partition server that never answers a call (a stopped node's)."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return otp.NOREPLY
+
+
+def test_refresh_leaders_keeps_to_its_timeout(client_node: otp.Node) -> None:
+    """Without an admin process the client asks each partition's server, and gave every one
+    of those calls the whole per-node timeout: 8 partitions on a node that answers nothing
+    took 8 times ``timeout``."""
+    import time
+
+    from waraft.partition import server
+
+    silent = otp.Node(f"silent{next(_ids)}@local")
+    for p in range(1, 9):
+        otp.start(_SilentServer, name=server.default_name("t", p), node=silent)
+    c = Client([silent.id], table="t", partitions=8, node=client_node, discover=False)
+    try:
+        started = time.monotonic()
+        with client_node.activate():
+            assert c.refresh_leaders(0.5) == {}
+        assert time.monotonic() - started < 2.0
+    finally:
+        c.close()
+        silent.stop()
