@@ -11,9 +11,12 @@ the acceptor's client gateway (``waraft.acceptor``: one ``client_batch`` cast in
         futures = [c.commit_async(k, ("write", "kv", k, 1)) for k in keys]
 
 Results are what the acceptor API returns: the storage's answer (``"ok"``, ``("ok", value)``,
-``"not_found"``) or ``("error", reason)``; the client adds ``("error", "timeout")`` when a
-request's deadline passes, ``("error", "closed")`` when the client is closed, and
-``("error", ("badarg", why))`` for a command msgpack cannot encode (never sent). The futures are
+``"not_found"``) or ``("error", reason)``; a result too large for any frame of the
+distribution (``max_frame_bytes``, 16 MiB) is answered ``("error", "reply_too_large")``
+instead (final: not retried; a commit answered so was applied). The client adds
+``("error", "timeout")`` when a request's deadline passes, ``("error", "closed")`` when the
+client is closed, and ``("error", ("badarg", why))`` for a command msgpack cannot encode
+(never sent). The futures are
 ``waraft.client.Future``: the ``concurrent.futures.Future`` methods a caller uses (``result``,
 ``done``, ``add_done_callback``) at a fraction of the cost (no condition variable per request);
 they always complete with such a value, never with an exception.
@@ -147,6 +150,7 @@ from waraft.core.sessions import (
 )
 from waraft.partition import acceptor
 from waraft.services import codec
+from waraft.services.replies import REPLY_TOO_LARGE
 from waraft.storage import BATCH, UNENCODABLE_RESULT
 
 logger = logging.getLogger(__name__)
@@ -221,10 +225,11 @@ SENDER_FAILED: Final = ("error", "client_failed")
 #: other error means not applied at all (README, exactly-once sessions). A retry of a seq
 #: whose record the replicas dropped (``session_seq_acknowledged``: a request left unanswered
 #: while ``MAX_RESULTS_PER_SESSION`` newer ones of its session completed) may follow a copy
-#: that was applied; a result msgpack cannot carry (``unencodable_result``) was applied. A
-#: caller that took either for "not applied" and resubmitted applied the command twice.
+#: that was applied; a result msgpack cannot carry (``unencodable_result``), or too large for
+#: any frame to the client (``reply_too_large``), was applied. A caller that took any of them
+#: for "not applied" and resubmitted applied the command twice.
 AT_MOST_ONCE: Final = frozenset(
-    {TIMEOUT, CLOSED, SENDER_FAILED, EXPIRED, ACKNOWLEDGED, UNENCODABLE_RESULT}
+    {TIMEOUT, CLOSED, SENDER_FAILED, EXPIRED, ACKNOWLEDGED, UNENCODABLE_RESULT, REPLY_TOO_LARGE}
 )
 #: How long ``close`` waits for the sender to stop before it answers what it can reach; the
 #: sender answers the rest itself when it does stop.

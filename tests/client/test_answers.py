@@ -270,3 +270,20 @@ def test_refresh_leaders_keeps_to_its_timeout(client_node: otp.Node) -> None:
     finally:
         c.close()
         silent.stop()
+
+
+def test_reply_too_large_is_final_and_maybe_applied(client_node: otp.Node) -> None:
+    """A result no frame can carry is answered ``reply_too_large``: not retried, not taken for
+    a failed node (it waited out the deadline, counted attempt timeouts and forgot the
+    node's leaderships), and for a commit one of the maybe-applied answers."""
+    from waraft.client import AT_MOST_ONCE
+    from waraft.services.replies import REPLY_TOO_LARGE
+
+    assert REPLY_TOO_LARGE in AT_MOST_ONCE
+    with _scripted(client_node, 1, lambda _cmd: REPLY_TOO_LARGE, timeout=5.0) as (c, log):
+        c._set_leader(1, c.nodes[0])
+        assert c.read(1, ("read", "test", "big")) == REPLY_TOO_LARGE
+        assert c.commit(1, ("write", "test", "big", 1)) == REPLY_TOO_LARGE
+        stats = c.stats()
+        assert len(log) == 2 and stats["retries"] == 0 and stats["attempt_timeouts"] == 0
+        assert c.leader(1) == c.nodes[0]

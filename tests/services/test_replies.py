@@ -88,3 +88,44 @@ def test_a_packed_result_larger_than_a_frame_is_split_inside(
     parts = [msg for _, msg in sent if msg[0] == "client_reply_part"]
     assert all(p[1] == 6 and p[2] is True and p[4] == 9 for p in parts)
     assert [r for p in parts for r in p[5]] == answers
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_result_larger_than_any_frame_is_answered_reply_too_large(
+    monkeypatch: pytest.MonkeyPatch, packed: bool
+) -> None:
+    """A result over the distribution's frame limit left in a frame of its own, which the
+    distribution dropped: the client waited for its deadline and took the leader for failed.
+    It is answered ``reply_too_large`` now; its frame-mates keep their results."""
+    from waraft.distribution.settings import DistSettings
+
+    limit = DistSettings().max_frame_bytes
+    monkeypatch.setattr(replies.dist, "frame_limit", lambda node: limit)
+    sent = _casts(monkeypatch)
+    big = ("ok", b"x" * (limit + MIB))
+    small = ("ok", b"s" * 10)
+    if packed:
+        replies.send_client_reply(("gw", "c1"), 1, [[small, big]], None)
+        assert [msg for _, msg in sent] == [
+            ("client_reply_part", 1, True, 0, 2, [small, replies.REPLY_TOO_LARGE], None)
+        ]
+    else:
+        replies.send_client_reply(("gw", "c1"), 1, [big], None)
+        assert [msg for _, msg in sent] == [("client_reply", 1, [replies.REPLY_TOO_LARGE], None)]
+
+
+def test_a_result_that_fits_or_stays_in_process_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    big = ("ok", b"x" * (6 * MIB))
+    huge = ("ok", b"x" * (17 * MIB))
+    monkeypatch.setattr(replies.dist, "frame_limit", lambda node: 16 * MIB)
+    sent = _casts(monkeypatch)
+    replies.send_client_reply(("gw", "c1"), 1, [big], None)
+    monkeypatch.setattr(replies.dist, "frame_limit", lambda node: None)  # a client in process
+    replies.send_client_reply(("gw", "c1"), 2, [huge], None)
+    assert [msg for _, msg in sent] == [
+        ("client_reply", 1, [big], None),
+        ("client_reply", 2, [huge], None),
+    ]

@@ -14,13 +14,25 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Final
 
+from waraft import distribution as dist
 from waraft import otp
 from waraft.core.log import CONTAINER_SIZE, approx_command_size
+from waraft.services import codec
 
 REPLY_FRAME_BYTES: Final = 4 * 1024 * 1024
 """About how many bytes of results one reply frame carries. A batch whose results are larger
 leaves in parts (``client_reply_part``); only a single result larger than this leaves in a
 frame of its own."""
+
+REPLY_TOO_LARGE: Final = ("error", "reply_too_large")
+"""What a request is answered, in place of its result, when that one result cannot travel
+in any frame to its client (larger than the distribution's ``max_frame_bytes``, 16 MiB by
+default): sent as it was, the frame was dropped, the client waited out its deadline and took
+the leader for failed, and each retry read and dropped the value again. A read is not
+retried; a commit answered so was applied (only its result is lost)."""
+
+REPLY_FRAME_OVERHEAD: Final = 64 * 1024
+"""Bytes kept for the rest of a frame carrying one result (envelope, names, batch id, hint)."""
 
 
 class _ReplyOutbox:
@@ -118,8 +130,12 @@ def _send_parts(addr: tuple[str, str], batch_id: int, results: list[Any], hint: 
     the same again (measured: 4 answers to 1,089 reads in 10 s, ``benchmarks/read_replies.py``)."""
     inner = len(results) == 1 and type(results[0]) is list
     values: list[Any] = results[0] if inner else results
+    limit = _value_limit(addr[1])
+    if limit is not None:
+        values = [_fitting(value, limit) for value in values]
+        results = [values] if inner else values
     total = len(values)
-    if total < 2:  # one value larger than a frame: nothing to split
+    if total < 2:  # one value larger than a part: nothing to split
         otp.cast(addr, ("client_reply", batch_id, results, hint))
         return
     start = size = 0
@@ -134,6 +150,26 @@ def _send_parts(addr: tuple[str, str], batch_id: int, results: list[Any], hint: 
     otp.cast(addr, ("client_reply_part", batch_id, inner, start, total, part, hint))
 
 
+def _value_limit(node_id: str) -> int | None:
+    """The most bytes one result may encode to in a reply to ``node_id`` (None: no limit)."""
+    frame = dist.frame_limit(node_id)
+    return None if frame is None else frame - REPLY_FRAME_OVERHEAD
+
+
+def _fitting(value: Any, limit: int) -> Any:
+    """``value``, or ``REPLY_TOO_LARGE`` if it encodes to more than ``limit`` bytes. Only a
+    value whose estimate passes an eighth of ``limit`` is encoded to tell: the estimate
+    counts each string and bytes value's length and at least a byte for everything else,
+    so only values made mostly of empty strings encode to 8 times more."""
+    if approx_command_size(value) <= limit // 8:
+        return value
+    try:
+        encoded = len(codec.packb(value))
+    except codec.CodecError:
+        return value  # storage answers those unencodable_result already
+    return REPLY_TOO_LARGE if encoded > limit else value
+
+
 def _results_size(results: Any) -> int:
     """``approx_command_size`` of a batch's results, without walking the usual ones: writes
     answer ``"ok"`` (a list of them for a ``$batch``), which this runs over per committed
@@ -145,4 +181,4 @@ def _results_size(results: Any) -> int:
     return approx_command_size(results)
 
 
-__all__ = ["REPLY_FRAME_BYTES", "coalesced_replies", "send_client_reply"]
+__all__ = ["REPLY_FRAME_BYTES", "REPLY_TOO_LARGE", "coalesced_replies", "send_client_reply"]
