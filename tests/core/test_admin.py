@@ -24,7 +24,7 @@ from waraft.core.events import (
     Timeout,
     TriggerElection,
 )
-from waraft.core.rpc import AppendEntries, AppendEntriesResponse
+from waraft.core.rpc import MAX_TERM, AppendEntries, AppendEntriesResponse
 from waraft.core.types import DurableState, LogPos, State, TimeoutKind
 
 from .fakes import Node, ident, ids, make_leader, make_node, open_snapshot, settings
@@ -369,6 +369,27 @@ def test_trigger_election() -> None:
     assert ineligible.handle(TriggerElection("op")) == [Reply("op", ("error", "ineligible"))]
     witness = make_node(3, witnesses=[N3])
     assert witness.handle(TriggerElection("op")) == [Reply("op", ("error", "invalid_state"))]
+
+
+@pytest.mark.parametrize(
+    "term_or_offset",
+    [MAX_TERM, MAX_TERM + 1, ("next", 2**70), ("next", MAX_TERM), -1, 2**64, ("next", True)],
+)
+def test_trigger_election_refuses_a_term_past_max_term(term_or_offset: object) -> None:
+    # M1: answered ok and moved the replica to a term every receiver drops as malformed (shut
+    # out for good), or to one the durable state cannot encode (the server crashed).
+    node = make_node(2, term=3)
+    fx = node.handle(TriggerElection("op", term_or_offset))  # type: ignore[arg-type]
+    assert fx == [Reply("op", ("error", "invalid_term"))]
+    assert node.state is State.FOLLOWER and node.core.current_term == 3
+
+
+@pytest.mark.parametrize("term_or_offset", [MAX_TERM + 1, ("next", 2**70), -1])
+def test_promote_refuses_a_term_past_max_term(term_or_offset: object) -> None:
+    node = make_node(2, term=3)
+    fx = node.handle(Promote("op", term_or_offset, True))  # type: ignore[arg-type]
+    assert fx == [Reply("op", ("error", "invalid_term"))]
+    assert node.state is State.FOLLOWER and node.core.current_term == 3
 
 
 def test_resign() -> None:

@@ -7,7 +7,7 @@ Those emit ``InstallSnapshot`` and finish when the shell reports ``SnapshotOpene
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from waraft.core import replication, snapshot, terms
 from waraft.core.config import normalize_config
@@ -94,8 +94,19 @@ def command(core: Replica, event: Event) -> None:
 
 
 def resolve_term(core: Replica, term_or_offset: TermOrOffset) -> int | None:
-    """``"current"``, ``"next"``, ``("next", n)`` or an absolute term; ``None`` if invalid."""
-    current = core.current_term
+    """``"current"``, ``"next"``, ``("next", n)`` or an absolute term; ``None`` if invalid.
+
+    A term outside ``0..MAX_TERM`` is invalid: every receiver drops an RPC carrying one as
+    malformed (a replica moved there is shut out for good), and the durable state cannot
+    store one past 2**64 (the server crashed). Every caller refuses ``None``.
+    """
+    term = _requested_term(core.current_term, term_or_offset)
+    if term is None or not 0 <= term <= MAX_TERM:
+        return None
+    return term
+
+
+def _requested_term(current: int, term_or_offset: TermOrOffset) -> int | None:
     if term_or_offset == "current":
         return current
     if term_or_offset == "next":
@@ -104,12 +115,16 @@ def resolve_term(core: Replica, term_or_offset: TermOrOffset) -> int | None:
         isinstance(term_or_offset, (tuple, list))
         and len(term_or_offset) == 2
         and term_or_offset[0] == "next"
-        and isinstance(term_or_offset[1], int)
+        and _is_int(term_or_offset[1])
     ):
         return current + term_or_offset[1]
-    if isinstance(term_or_offset, int) and not isinstance(term_or_offset, bool):
+    if _is_int(term_or_offset):
         return term_or_offset
     return None
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def notify_complete(core: Replica) -> None:
@@ -141,7 +156,11 @@ def storage_incomplete(core: Replica, event: StorageIncomplete) -> None:
 def trigger_election(core: Replica, event: TriggerElection) -> None:
     """Start an election now; ``"current"`` means an election at the next term."""
     term = resolve_term(core, event.term_or_offset)
-    if term is None or term < core.current_term:
+    if term is None or term >= MAX_TERM:
+        # (The election itself runs at ``term + 1``, which must still be a valid term.)
+        core.reply(event.from_, error("invalid_term"))
+        return
+    if term < core.current_term:
         core.reply(event.from_, error("rejected"))
         return
     if not core.settings.raft_leader_eligible:
@@ -176,8 +195,7 @@ def promote(core: Replica, from_: Any, term_or_offset: TermOrOffset, force: bool
 
 def _promote_refusal(core: Replica, term: int | None, force: bool) -> str | None:
     current = core.current_term
-    if term is None or term < current or term > MAX_TERM:
-        # (Above MAX_TERM the durable state refuses to store it: the server crashed.)
+    if term is None or term < current:
         return "invalid_term"
     if term == current and core.leader is not None:
         return "invalid_term"
