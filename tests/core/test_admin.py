@@ -112,6 +112,35 @@ def test_bootstrap_errors() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        (make_config(), "no_members"),
+        (make_config([N1, N2], witnesses=[N1, N2]), "no_data_member"),
+        (make_config([N1], witnesses=[N1]), "no_data_member"),
+        (make_config([N2, N3]), "not_a_participant"),
+    ],
+)
+def test_bootstrap_refuses_a_config_that_can_never_work(config: object, reason: str) -> None:
+    # M4: each was answered ok and installed (last_applied 1); the replica then refused
+    # every later bootstrap, and getting out meant wiping its data.
+    node = fresh()
+    refused = Reply("op", ("error", ("invalid_configuration", reason)))
+    assert node.handle(Bootstrap("op", LogPos(1, 1), config)) == [refused]  # type: ignore[arg-type]
+    assert node.handle(Promote("op", "next", True, config)) == [refused]  # type: ignore[arg-type]
+    assert node.state is State.STALLED and node.core.last_applied == 0
+    fx = node.handle(Bootstrap("op", LogPos(1, 1), make_config([N1, N2], witnesses=[N2])))
+    assert open_snapshot(node, fx[0])[-1] == Reply("op", "ok")
+
+
+def test_bootstrap_as_a_non_voting_participant_is_allowed() -> None:
+    node = fresh(3)
+    config = make_config([N1, N2], participants=[N3])
+    fx = node.handle(Bootstrap("op", LogPos(1, 1), config))
+    assert open_snapshot(node, fx[0])[-1] == Reply("op", "ok")
+    assert node.state is State.FOLLOWER
+
+
 def test_unexpected_snapshot_reports_are_ignored() -> None:
     from waraft.core.events import SnapshotOpened
 

@@ -208,6 +208,32 @@ def test_public_functions_reject_bad_input_and_wrong_states(tmp_path: Path) -> N
     )
 
 
+def test_bootstrap_refuses_configs_that_can_never_work(tmp_path: Path) -> None:
+    """M4: an empty config, a witness-only one and one not naming the replica were each
+    answered ok and installed; the replica then refused every later bootstrap."""
+    node = start_node(tmp_path, "n1", [1])
+    srv = addr("server", node)
+    me = ident(node)
+    try:
+        with pytest.raises(ValueError, match="needs voting members"):
+            server.bootstrap(srv, LogPos(1, 1), server.make_config())
+        with pytest.raises(ValueError, match="not a witness"):
+            server.bootstrap(srv, LogPos(1, 1), server.make_config([me], witnesses=[me]))
+        with pytest.raises(ValueError, match="needs voting members"):
+            server.promote(srv, "next", True, server.make_config())
+        raw = otp.call(srv, ("bootstrap", (1, 1), server.make_config()), 5)
+        assert raw[0] == "error" and "badarg" in str(raw)
+        ghost = server.make_config([Identity("raft_server_test_1", "ghost@local")])
+        refused = ("error", ("invalid_configuration", "not_a_participant"))
+        assert server.bootstrap(srv, LogPos(1, 1), ghost) == refused
+        status = server.status(srv)
+        assert (status["state"], status["last_applied"]) == ("stalled", 0)
+        _bootstrap_single(node)
+        assert state(node) == "leader"
+    finally:
+        node.stop()
+
+
 def test_sup_rejects_bad_partition_args() -> None:
     for bad in ({"table": "t"}, {"table": "", "partition": 1}, {"table": "t", "partition": 0},
                 {"table": "t", "partition": 1, "colour": "red"}):  # fmt: skip

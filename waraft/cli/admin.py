@@ -276,9 +276,9 @@ class NodeAdmin(otp.Process):
         Up to ``BOOTSTRAP_IN_FLIGHT`` bootstraps (and as many elections) are in flight at
         once: each mostly waits for the disk, and one after another they took 16 ms each at
         3000 partitions per node (49 s for the node's share of the cluster bootstrap)."""
-        members = [str(node) for node in nodes]
         wanted = {int(p) for p in elect}
         try:
+            members = _member_nodes(nodes)
             index, term = position
             pos = LogPos(int(index), int(term))
         except (TypeError, ValueError) as exc:
@@ -409,6 +409,19 @@ def _cluster_id() -> str | None:
     from waraft import distribution as dist
 
     return dist.cluster_id() if dist.is_started() else None
+
+
+def _member_nodes(nodes: Any) -> list[str]:
+    """The node ids of a ``bootstrap_many`` call; raises ``ValueError`` unless it is a
+    non-empty list of well-formed node ids. (``str()`` of anything was taken: a typo became a
+    member nobody runs, in a config the replicas then refuse to bootstrap over.)"""
+    if isinstance(nodes, (str, bytes)) or not isinstance(nodes, (list, tuple)) or not nodes:
+        raise ValueError(f"the members are a non-empty list of node ids, got {nodes!r}")
+    for node in nodes:
+        if not isinstance(node, str):
+            raise ValueError(f"a member is a node id (name@host:port), got {node!r}")
+        nodeid.parse(node)  # NodeIdError (a ValueError) names what is wrong
+    return list(nodes)
 
 
 def start_link(app: str, allow_faults: bool = False, data_dir: str | None = None) -> otp.Pid:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from waraft.core import replication, snapshot, terms
-from waraft.core.config import normalize_config
+from waraft.core.config import bootstrap_refusal, normalize_config
 from waraft.core.effects import InstallSnapshot
 from waraft.core.events import (
     AdjustConfig,
@@ -34,7 +34,7 @@ from waraft.core.events import (
     TriggerElection,
 )
 from waraft.core.rpc import MAX_TERM
-from waraft.core.types import LogPos, Priority, State, error
+from waraft.core.types import Config, LogPos, Priority, State, error
 
 if TYPE_CHECKING:
     from waraft.core.replica import Replica
@@ -274,6 +274,8 @@ def bootstrap(core: Replica, event: Bootstrap) -> None:
     if core.last_applied != 0 or core.pending_install is not None:
         core.reply(event.from_, error("rejected"))
         return
+    if _refuses_config(core, event.from_, event.config):
+        return
     core.log_notice("bootstraps at %s with %s", event.position, event.config)
     core.pending_install = ("bootstrap", event.position, None)
     core.emit(
@@ -281,6 +283,17 @@ def bootstrap(core: Replica, event: Bootstrap) -> None:
             event.from_, "bootstrap", event.position, config=event.config, data=event.data
         )
     )
+
+
+def _refuses_config(core: Replica, from_: Any, config: Config | None) -> bool:
+    """Answer ``("invalid_configuration", why)`` and return True if ``config`` can never
+    work as this replica's first config (``config.bootstrap_refusal``)."""
+    reason = "no_members" if config is None else bootstrap_refusal(config, core.self_id)
+    if reason is None:
+        return False
+    core.log_notice("refuses to start from config %s: %s", config, reason)
+    core.reply(from_, error(("invalid_configuration", reason)))
+    return True
 
 
 PROMOTE_POSITION = LogPos(0, 0)
@@ -294,6 +307,8 @@ def promote_with_config(core: Replica, event: Promote) -> None:
     """
     if core.last_applied != 0 or core.pending_install is not None:
         core.reply(event.from_, error("invalid_state"))
+        return
+    if _refuses_config(core, event.from_, event.config):
         return
     core.pending_install = ("promote", PROMOTE_POSITION, (event.term_or_offset, event.force))
     core.emit(InstallSnapshot(event.from_, "promote", PROMOTE_POSITION, config=event.config))

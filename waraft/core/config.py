@@ -147,6 +147,26 @@ def full_members(config: Config) -> tuple[Identity, ...]:
     return tuple(p for p in config.membership if p not in witness)
 
 
+def bootstrap_refusal(config: Config, self_id: Identity | None = None) -> str | None:
+    """Why a replica may not start from ``config`` (``None``: it may).
+
+    A bootstrapped replica refuses every later bootstrap, so a config that can never work
+    must be refused before it is installed (recovering from one meant wiping the data):
+
+    * ``no_members``: nobody votes, so nobody is ever elected;
+    * ``no_data_member``: every member is a witness; witnesses never stand for election;
+    * ``not_a_participant``: ``self_id`` (when given) is not in the config, so the replica
+      would belong to a cluster that never replicates to it.
+    """
+    if not config.membership:
+        return "no_members"
+    if not full_members(config):
+        return "no_data_member"
+    if self_id is not None and not is_participant(self_id, config):
+        return "not_a_participant"
+    return None
+
+
 def witness_members(config: Config) -> tuple[Identity, ...]:
     """Witnesses that vote."""
     membership = config.membership

@@ -1007,11 +1007,25 @@ def _term_or_offset(value: Any) -> Any:
     return value
 
 
+_CONFIG_REFUSALS: Final = {
+    "no_members": "a first config needs voting members (nobody could ever be elected)",
+    "no_data_member": "a first config needs a member that is not a witness "
+    "(witnesses never stand for election)",
+}
+
+
 def _check_config(config: Any) -> Config:
+    """``config`` as a ``Config`` a replica can start from; raises ``ValueError`` if it is
+    malformed or can never work (no members, only witnesses). A bootstrapped replica refuses
+    every later bootstrap, so such a config must not reach it. (The replica itself also
+    refuses one that does not name it: only it knows its identity.)"""
     if isinstance(config, dict):
-        return core_config.normalize_config(config)
+        config = core_config.normalize_config(config)
     if not isinstance(config, Config):
         raise ValueError(f"a config is built with waraft.server.make_config(...), got {config!r}")
+    reason = core_config.bootstrap_refusal(config)
+    if reason is not None:
+        raise ValueError(f"{_CONFIG_REFUSALS[reason]}: {config!r}")
     return config
 
 
