@@ -108,8 +108,13 @@ def test_a_remote_empty_member_is_caught_up(tmp_path: Path, parent: str, child: 
     remote = ("raft_server_test_1", child.node_id)
     assert server.status(remote)["state"] == "stalled"
     newcomer = Identity("raft_server_test_1", child.node_id)
-    assert server.adjust_config("raft_server_test_1", ("add", newcomer))[0] == "ok"
+    # A single member grows through a participant: a voter it never heard from would be
+    # needed for every commit (refused with would_lose_quorum).
+    assert server.adjust_config("raft_server_test_1", ("add_participant", newcomer))[0] == "ok"
     wait_until(lambda: server.status(remote)["state"] == "follower", timeout=WAIT)
+    promote = ("promote_participant_if_ready", newcomer)
+    wait_until(lambda: server.adjust_config("raft_server_test_1", promote)[0] == "ok", timeout=WAIT)
+    assert newcomer in server.membership("raft_server_test_1")
     remote_storage = ("raft_storage_test_1", child.node_id)
     assert storage.read(remote_storage, ("read", "t", "k29")) == ("ok", 29)
     assert acceptor.commit("raft_acceptor_test_1", ("x", ("write", "t", "x", 1))) == "ok"

@@ -336,7 +336,7 @@ class RaftServer(otp.StateMachine):
             and msg[0] == "rpcs"
             and isinstance(msg[1], (list, tuple))
         ):
-            members = self.core.current_config().membership
+            members = core_config.participants(self.core.current_config())
             for wire in msg[1]:
                 rpc = self._decode_rpc(wire)
                 if rpc is not None and self._from_member(rpc, members):
@@ -402,10 +402,13 @@ class RaftServer(otp.StateMachine):
         self._maybe_flush()
 
     def _from_member(self, rpc: RaftRpc, members: tuple[Identity, ...]) -> bool:
-        """Whether a wire RPC may reach the core: its sender must be a member of the effective
-        config. A replica that knows no config yet (stalled, waiting to be added) takes RPCs
-        from anyone: that is how the leader that adds it first reaches it. Dropped RPCs are
-        counted (``rpc_dropped_nonmember`` in the status and in the metrics), so a forged
+        """Whether a wire RPC may reach the core: its sender must take part in the effective
+        config (``members`` are its participants: the voting members and the non-voting ones,
+        whose answers to the leader's ``append_entries`` were dropped here, so a participant
+        added over the wire was never caught up; the core still ignores a non-member's vote
+        requests). A replica that knows no config yet (stalled, waiting to be added) takes
+        RPCs from anyone: that is how the leader that adds it first reaches it. Dropped RPCs
+        are counted (``rpc_dropped_nonmember`` in the status and in the metrics), so a forged
         ``request_vote`` or ``append_entries`` from outside the cluster changes nothing."""
         if not members or rpc.sender in members:
             return True
