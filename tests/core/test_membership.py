@@ -134,14 +134,40 @@ def test_acceptor_path_failures_release_the_commit_slot() -> None:
     assert follower.handle(AdjustConfig("op", "refresh")) == [Reply("op", ("error", "not_leader"))]
 
 
-def test_single_member_config_change_commits_at_once() -> None:
+def test_single_member_grows_through_a_participant_that_answers() -> None:
+    """M2: ``("add", peer)`` on a single member was appended at once, and its config of two
+    needed an answer from ``peer``: a typo'd node id nobody runs stopped every commit, and
+    undoing it was ``not_ready`` for good. The node must first answer as a participant."""
     node = make_node(1, [N1])
     assert node.state is State.LEADER
-    fx = node.handle(AdjustConfig("op", ("add", N2)), now=1)
+    refused = [Reply("op", ("error", "would_lose_quorum"))]
+    assert node.handle(AdjustConfig("op", ("add", N2)), now=1) == refused
+    assert node.handle(AdjustConfig("op", ("add_witness", N2)), now=1) == refused
+    assert node.core.current_config().membership == (N1,) and node.core.commit_index == 2
+    fx = node.handle(AdjustConfig("op", ("add_participant", N2)), now=1)
     assert fx[-2] == Reply("op", ("ok", LogPos(3, 2)))
-    assert node.core.commit_index == 2  # now two members: needs n2
-    node.rpc(N2, AppendEntriesResponse(2, True, 3, 0), now=2)
-    assert node.core.commit_index == 3
+    assert node.core.commit_index == 3  # a participant does not vote: committed alone
+    assert node.handle(AdjustConfig("op", ("add", N2)), now=2) == refused  # no answer yet
+    node.rpc(N2, AppendEntriesResponse(2, True, 3, 0), now=3)
+    fx = node.handle(AdjustConfig("op", ("add", N2)), now=4)
+    assert fx[-2] == Reply("op", ("ok", LogPos(4, 2)))
+    assert node.core.commit_index == 3  # now two members: needs n2
+    node.rpc(N2, AppendEntriesResponse(3, True, 4, 0), now=5)
+    assert node.core.commit_index == 4
+
+
+def test_a_participant_silent_for_the_window_is_no_evidence() -> None:
+    node = make_node(1, [N1], participants=[N2], settings=settings(raft_election_timeout_ms=300))
+    node.rpc(N2, AppendEntriesResponse(1, True, 2, 0), now=1)
+    refused = [Reply("op", ("error", "would_lose_quorum"))]
+    assert node.handle(AdjustConfig("op", ("add", N2)), now=302) == refused
+    node.handle(NodeLiveness(N2.node, False), now=302)
+    node.rpc(N2, AppendEntriesResponse(1, True, 2, 0), now=303)
+    assert node.handle(AdjustConfig("op", ("add", N2)), now=303) == refused  # reported down
+    node.handle(NodeLiveness(N2.node, True), now=304)
+    fx = node.handle(AdjustConfig("op", ("add", N2)), now=304)
+    assert fx[-2] == Reply("op", ("ok", LogPos(3, 2)))
+    assert N2 in node.core.current_config().membership
 
 
 def test_removed_leader_config_is_refused_but_removing_others_works() -> None:
@@ -196,3 +222,32 @@ def test_a_change_whose_running_members_are_no_quorum_of_it_is_refused() -> None
     node.rpc(N2, AppendEntriesResponse(2, True, 3, 3), now=5)
     fx = node.handle(AdjustConfig("op", ("promote_participant_if_ready", N4)), now=6)
     assert not any(r == refused for r in fx)
+
+
+def test_a_member_silent_for_an_election_timeout_counts_as_not_running() -> None:
+    """L1: only the failure detector's word counted; a member that stopped answering but was
+    not reported down counted as running, so adding a 4th node to 3 with one cut off was
+    accepted, and its config (3 of 4) never committed until the silent member came back."""
+    node = committed_leader()  # n2 and n3 answered at 1; the window is 5000 ms
+    refused = [Reply("op", ("error", "would_lose_quorum"))]
+    node.rpc(N2, AppendEntriesResponse(2, True, 2, 2), now=5500)
+    assert node.handle(AdjustConfig("op", ("add", N4)), now=5500) == refused
+    assert node.core.current_config().membership == (N1, N2, N3)
+    # Removing the silent member keeps a quorum (2 of 2 answer).
+    fx = node.handle(AdjustConfig("op", ("remove", N3)), now=5500)
+    assert fx[-2] == Reply("op", ("ok", LogPos(3, 2)))
+    node2 = committed_leader()
+    node2.rpc(N2, AppendEntriesResponse(2, True, 2, 2), now=5500)
+    node2.rpc(N3, AppendEntriesResponse(2, True, 2, 2), now=5501)
+    fx = node2.handle(AdjustConfig("op", ("add", N4)), now=5502)
+    assert fx[-2] == Reply("op", ("ok", LogPos(3, 2)))
+
+
+def test_a_leader_awake_for_less_than_the_window_trusts_the_detector() -> None:
+    """Just elected (or woken from quiescence), nobody has had reason to answer yet: the
+    failure detector alone decides for the current members, as before."""
+    node = make_leader(settings=settings(raft_commit_batch_interval_ms=0), now=10_000)
+    node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=10_001)
+    assert node.core.commit_index == 2  # n3 never answered this leader
+    fx = node.handle(AdjustConfig("op", ("add", N4)), now=10_002)
+    assert fx[-2] == Reply("op", ("ok", LogPos(3, 2)))

@@ -216,3 +216,30 @@ def test_config_change_through_the_acceptor_replies_on_apply() -> None:
     assert sim.nodes[leader].storage.config is not None
     assert sim.nodes[leader].storage.config[0] == position.index
     assert not sim.nodes[leader].admitted
+
+
+def test_a_single_member_grows_through_a_participant() -> None:
+    """M2: adding a voter to a single member made a config of two whose every commit needs
+    the new node: a node id nobody runs (a typo) stopped the partition for good, the undo
+    being ``not_ready`` while that config is uncommitted. The node answers as a participant
+    first (caught up by a snapshot meanwhile), then becomes a voter."""
+    sim, leader = _cluster(2, ["n1"], 13)
+    assert _adjust(sim, leader, "add", "n2") == ("error", "would_lose_quorum")
+    assert _adjust(sim, leader, "add_participant", "n2")[0] == "ok"  # type: ignore[index]
+    assert sim.run_until(lambda: sim.state("n2") is State.FOLLOWER, 5000)
+    _wait_config_applied(sim, leader)
+    assert _adjust(sim, leader, "add", "n2")[0] == "ok"  # type: ignore[index]
+    assert _ids(sim, _config(sim, leader).membership) == ["n1", "n2"]
+    one(sim, write("two voters"), 2)
+
+
+def test_a_quiescent_partition_changes_its_membership_at_once() -> None:
+    """A quiescent leader hears nothing for as long as it stays quiet: the change wakes it,
+    and its members, not reported down, count as running (L1's silence rule waits for a
+    whole window of being awake)."""
+    sim, leader = _cluster(4, ["n1", "n2", "n3"], 14)
+    assert sim.run_until(lambda: sim.core(leader).quiescent, 5000), sim.describe()
+    sim.run_for(30_000)
+    assert sim.core(leader).quiescent
+    assert _adjust(sim, leader, "add", "n4")[0] == "ok"  # type: ignore[index]
+    one(sim, write("four voters"), 4)

@@ -231,18 +231,55 @@ def _quorum_refusal(core: Replica, new_config: Config) -> str | None:
     A config takes effect once appended, so a change whose own quorum cannot answer is
     stuck: it never commits, and no further change (not even the one undoing it) is allowed
     before it does. A review added a node that was not running while one member was
-    stopped; the partition stopped committing until the stopped member came back. Known to
-    run: this replica and the current members' nodes not reported down by the failure
-    detector (``down_nodes``); a member this change adds is not counted. A change of
-    non-voting participants only, or of a single member's config, is never refused."""
+    stopped; the partition stopped committing until the stopped member came back. Another
+    added a typo'd node to a single-member partition, whose config of two then needed a node
+    nobody runs. Known to run (``_answering``): this replica, the current members that answer,
+    and a member this change adds only if it already answers as a participant. So a
+    single-member partition grows through ``add_participant`` first (then ``add`` or
+    ``promote_participant_if_ready``), as etcd's learners and WARaft's participants do. A
+    change of non-voting participants only is never refused."""
     old = set(core.current_config().membership)
     new = new_config.membership
-    if set(new) == old or len(old) <= 1:
-        return None  # a single member can only grow by depending on the node it adds
+    if set(new) == old:
+        return None
+    window = _silence_window_ms(core)
+    participants = set(config.participants(core.current_config()))
     running = sum(
-        1 for m in new if m in old and (m == core.self_id or m.node not in core.down_nodes)
+        1
+        for m in new
+        if m == core.self_id
+        or (m in old and _answering(core, m.node, window, vouched=True))
+        or (m in participants and _answering(core, m.node, window, vouched=False))
     )
     return None if running * 2 > len(new) else "would_lose_quorum"
+
+
+def _silence_window_ms(core: Replica) -> int:
+    """How long a peer may go without answering before it counts as not running: the minimum
+    election timeout, four of the slow heartbeats a settled leader sends
+    (``quiesce.slow_heartbeat_ms``), so a peer that answers each of them never looks silent."""
+    return max(core.settings.raft_election_timeout_ms, quiesce.slow_heartbeat_ms(core))
+
+
+def _answering(core: Replica, node: str, window: int, vouched: bool) -> bool:
+    """Whether ``node`` answers this leader: not reported down by the failure detector, and
+    an answer within ``window`` ms.
+
+    Until this leader has been awake for a whole window (it just took office, or woke from
+    quiescence, when nobody had reason to answer it), the detector decides alone for a
+    ``vouched`` peer (a current member), and a new one needs to have answered at least once.
+    A quiescent leader is woken by the config change itself, so a quiescent healthy partition
+    changes its membership at once, on the detector's word, as it did before this rule."""
+    if node in core.down_nodes:
+        return False
+    answered = core.heartbeat_reply_ts.get(node)
+    now = core.now
+    if answered is not None and now - answered <= window:
+        return True
+    awake_since = max(core.state_start_ts, core.quiesce_woken_ts or 0)
+    if now - awake_since < window:
+        return vouched or answered is not None
+    return False
 
 
 def _append_config(core: Replica, event: AdjustConfig, new_config: Config) -> None:
