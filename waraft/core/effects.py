@@ -108,7 +108,11 @@ class ReadCancelled:
 
 
 class ApplyItem(NamedTuple):
-    """One committed entry for storage; ``reply_to`` is the committing caller, if any."""
+    """One committed entry for storage; ``reply_to`` is the committing caller, if any.
+
+    An entry has a ``reply_to`` exactly when its commit was admitted (the acceptor gives a
+    request sent with no handle ``otp.DISCARD``): storage releases the commit slot, and the
+    server the commit bytes, of every entry that has one."""
 
     index: int  # type: ignore[assignment]  # shadows tuple.index: the log index reads best
     entry: Entry

@@ -42,7 +42,7 @@ from waraft.otp.process import (
     wait_response,
 )
 from waraft.otp.registry import register, registered, unregister, whereis
-from waraft.otp.reply import NOREPLY, LocalReplyTo, ReplyTo, reply
+from waraft.otp.reply import DISCARD, NOREPLY, LocalReplyTo, ReplyTo, reply
 from waraft.otp.sched import (
     SCHEDULED,
     THREAD,
@@ -59,6 +59,7 @@ from waraft.otp.threadname import set_os_name
 from waraft.otp.timer import TimerRef, cancel_timer, send_after
 
 __all__ = [
+    "DISCARD",
     "NOREPLY",
     "SCHEDULED",
     "THREAD",

@@ -132,6 +132,39 @@ class LocalReplyTo(ReplyTo):
         return False
 
 
+class _Discard(ReplyTo):
+    """The reply handle of a request nobody waits for (a cast sent with no handle).
+
+    Completing it does nothing, any number of times. Admission hands it in place of ``None``
+    so that every admitted request carries a handle: whoever completes a request also
+    releases what its admission took, and a request without a handle was never released."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:  # no claim lock: completions are all ignored alike
+        pass
+
+    def __repr__(self) -> str:
+        return "DISCARD"
+
+    @property
+    def done(self) -> bool:
+        return False
+
+    def reply(self, value: Any) -> None:
+        pass
+
+    def fail(self, reason: Any) -> None:
+        pass
+
+    def _complete(self, ok: bool, value: Any) -> None:  # pragma: no cover - never called
+        pass
+
+
+DISCARD: Final[ReplyTo] = _Discard()
+"""The one reply handle whose answers go nowhere (see ``_Discard``)."""
+
+
 def reply(from_: ReplyTo, value: Any) -> None:
     """Complete a deferred call (``gen_server:reply/2``)."""
     from_.reply(value)

@@ -260,13 +260,16 @@ class Acceptor(otp.Process):
         if kind == "client_batch":
             self._client_batch(msg, None, mailbox=True)
         elif kind == "commit_batch" and _valid_batch(msg, 3, _valid_op) and _is_priority(msg[2]):
-            self._reject_tail(msg[1], self._commit(msg[1], priority_of(msg[2])))
+            commits = _answerable(msg[1])
+            self._reject_tail(commits, self._commit(commits, priority_of(msg[2])))
         elif kind == "read_batch" and _valid_batch(msg, 2, _valid_read):
-            self._reject_tail(msg[1], self._read(msg[1]))
+            reads = _answerable(msg[1])
+            self._reject_tail(reads, self._read(reads))
         elif kind == "adjust_config" and len(msg) == 4 and _is_handle(msg[1]):
             _, from_, action, index = msg
+            from_ = otp.DISCARD if from_ is None else from_
             result = self._adjust_config(from_, action, index)
-            if result is not otp.NOREPLY and from_ is not None:
+            if result is not otp.NOREPLY:
                 from_.reply(result)
         else:
             if count := _MALFORMED_LOG.ready():
@@ -385,8 +388,7 @@ class Acceptor(otp.Process):
         if reason is None:
             return
         for item in items[admitted:]:
-            if item[0] is not None:
-                item[0].reply(("error", reason))
+            item[0].reply(("error", reason))
 
 
 # -- the client gateway -------------------------------------------------------------------------
@@ -437,6 +439,18 @@ def _log_rejected(name: str, count: int, what: str, reason: str) -> None:
 
 def _is_handle(value: Any) -> bool:
     return value is None or isinstance(value, otp.ReplyTo)
+
+
+def _answerable(items: Sequence[Any]) -> Sequence[Any]:
+    """``items`` (``(handle, ...)``) with every ``None`` handle, a request sent with nobody
+    to answer, replaced by ``otp.DISCARD`` before admission. Every admitted request then
+    carries a handle, and storage and the server release what admission took by that one
+    rule: an applied commit without one kept its commit slot for good (1500 such commits
+    and the partition refused every commit until it restarted)."""
+    for item in items:
+        if item[0] is None:
+            return [(otp.DISCARD, *item[1:]) if item[0] is None else item for item in items]
+    return items
 
 
 def _is_priority(value: Any) -> bool:
@@ -621,7 +635,8 @@ def commit_async(
 def commit_batch(
     acceptor: otp.Target, items: Sequence[tuple[otp.ReplyTo, Any]], priority: Any = Priority.HIGH
 ) -> None:
-    """Many ``commit_async`` at once: one message to the acceptor, one to the server."""
+    """Many ``commit_async`` at once: one message to the acceptor, one to the server. A
+    ``None`` handle: nobody is answered (the request is admitted and released as any other)."""
     checked = [(from_, check_local_op(op)) for from_, op in items]
     otp.cast(acceptor, ("commit_batch", checked, priority_of(priority).value))
 
@@ -661,7 +676,7 @@ def adjust_config(
 def adjust_config_async(
     acceptor: otp.Target, from_: otp.ReplyTo, action: Any, index: int | None = None
 ) -> None:
-    """``adjust_config`` answered to ``from_``."""
+    """``adjust_config`` answered to ``from_`` (``None``: to nobody)."""
     otp.cast(acceptor, ("adjust_config", from_, action, index))
 
 

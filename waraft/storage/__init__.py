@@ -595,7 +595,7 @@ class StorageServer(otp.Process):
             if index != next_index:
                 raise OutOfOrderApply(f"storage {self.name} at {next_index - 1} got entry {index}")
             next_index += 1
-            if reply_to is not None:
+            if reply_to is not None:  # an admitted commit (see ApplyItem)
                 done[priority] += 1
             position = LogPos(index, entry.term)
             command = entry.command

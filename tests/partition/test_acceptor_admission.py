@@ -1,0 +1,43 @@
+"""What the acceptor admits is released on every path, and what it admits is checked as the
+server checks it (review E: H1, H2, L2, M3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.partition.helpers import addr, cluster, wait_until
+from waraft import otp
+from waraft.partition import acceptor, part_sup, server
+from waraft.services.queues import Queues
+
+LIMIT = 8
+
+
+def _queues(node: otp.Node) -> Queues:
+    queues: Queues = part_sup.all_options(node=node.id)[0].queues
+    return queues
+
+
+def _applied(node: otp.Node) -> int:
+    return int(server.status(addr("server", node))["last_applied"])
+
+
+def test_requests_without_a_reply_handle_release_their_slots(tmp_path: Path) -> None:
+    """H1: commits and a membership change sent with no handle (the API allows it) kept
+    their commit slots once applied; after the limit every commit was refused."""
+    settings = {"raft_max_pending_high_priority_commits": LIMIT}
+    with cluster(tmp_path, size=1, settings=settings) as nodes:
+        node = nodes[0]
+        queues = _queues(node)
+        target = addr("acceptor", node)
+        applied = _applied(node)
+        for round_ in range(3):  # more requests than the limit, in rounds it admits
+            ops = [(None, ((round_, i), ("write", "t", i, i))) for i in range(LIMIT - 1)]
+            acceptor.commit_batch(target, ops)
+            acceptor.adjust_config_async(target, None, "refresh")
+            acceptor.read_batch(target, [(None, ("read", "t", 1), None)])
+            applied += LIMIT
+            wait_until(lambda: _applied(node) >= applied)  # noqa: B023 (waited on at once)
+            wait_until(lambda: queues.commit_queue_size() == 0 and queues.read_queue_size() == 0)
+        assert queues.commit_queue_byte_size() == 0
+        assert acceptor.commit(target, ("k", ("write", "t", "k", 1)), timeout=5) == "ok"
