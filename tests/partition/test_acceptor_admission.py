@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.partition.helpers import addr, cluster, wait_until
+from tests.partition.helpers import addr, cluster, leader_of, wait_until
 from waraft import otp
 from waraft.partition import acceptor, part_sup, server
 from waraft.services.queues import Queues
@@ -41,3 +41,28 @@ def test_requests_without_a_reply_handle_release_their_slots(tmp_path: Path) -> 
             wait_until(lambda: queues.commit_queue_size() == 0 and queues.read_queue_size() == 0)
         assert queues.commit_queue_byte_size() == 0
         assert acceptor.commit(target, ("k", ("write", "t", "k", 1)), timeout=5) == "ok"
+
+
+def test_membership_changes_through_the_acceptor_get_the_peer_checks(tmp_path: Path) -> None:
+    """H2: ``acceptor.adjust_config`` (reachable remotely with the admin right) committed
+    peers that ``server.adjust_config`` refuses; refused, each gives its slot back."""
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        other = next(n for n in nodes if n is not leader)
+        before = server.get_current_config(addr("server", leader))
+        name = "raft_server_test_1"
+        actions = [
+            ("add", (name, "not-a-node-id")),  # no node id
+            ("add", ("raft_server_test_2", "x9@local")),  # another partition's server
+            ("add_participant", (name, f"{other.id.partition('@')[0]}@127.0.0.1")),  # 2nd name
+        ]
+        for action in actions:
+            result = acceptor.adjust_config(addr("acceptor", leader), action, timeout=5)
+            assert result[0] == "error" and result[1][0] == "invalid_peer", (action, result)
+            result = acceptor.adjust_config(addr("acceptor", other), action, timeout=5)
+            assert result[0] == "error", (action, result)  # refused on a follower too
+        assert server.get_current_config(addr("server", leader)) == before
+        queues = _queues(leader)
+        wait_until(lambda: queues.commit_queue_size() == 0)
+        assert queues.commit_queue_byte_size() == 0

@@ -61,7 +61,15 @@ from waraft.core.effects import (
 )
 from waraft.core.rpc import RaftRpc, RpcDecodeError, from_wire, short_repr, to_wire
 from waraft.core.server import RaftCore
-from waraft.core.types import Config, DurableState, Identity, LogPos, State, is_config_command
+from waraft.core.types import (
+    Config,
+    DurableState,
+    Identity,
+    LogPos,
+    Priority,
+    State,
+    is_config_command,
+)
 from waraft.distribution import policy
 from waraft.partition import durable_state, heartbeats
 from waraft.services import env, info, metrics
@@ -330,6 +338,8 @@ class RaftServer(otp.StateMachine):
         cls = type(msg)
         if cls is RaftRpc or cls in _CAST_EVENTS:
             self._step(msg)
+        elif cls is events.AdjustConfig:  # the acceptor's
+            self._adjust_config(msg)
         elif (
             cls is tuple
             and len(msg) == 2
@@ -798,10 +808,6 @@ class RaftServer(otp.StateMachine):
     def _call_event(self, request: Any, from_: otp.ReplyTo) -> Any:
         """Admin commands the core answers (through a Reply effect)."""
         kind, *args = request
-        if kind == "adjust_config" and args:
-            refusal = _new_peer_refusal(args[0], self.self_id, self.core.current_config())
-            if refusal is not None:
-                return ("error", ("invalid_peer", refusal))
         try:
             event = _EVENT_BUILDERS[kind](from_, *args)
         except (TypeError, ValueError, KeyError, IndexError) as exc:
@@ -809,8 +815,27 @@ class RaftServer(otp.StateMachine):
             # server (which would restart the whole partition, over and over if repeated).
             return ("error", ("badarg", f"{kind}: {exc}"))
         self._refresh_settings()
-        self._step(event)
+        if type(event) is events.AdjustConfig:
+            self._adjust_config(event)
+        else:
+            self._step(event)
         return otp.NOREPLY
+
+    def _adjust_config(self, event: events.AdjustConfig) -> None:
+        """Every membership change reaches the core through here: the admin call and the
+        acceptor's cast (``reply_on_apply``). A peer it adds that cannot be this partition's
+        replica (``_new_peer_refusal``) is refused first; the acceptor's path skipped the
+        check and committed such peers. A refused change the acceptor admitted gives its
+        commit slot back, as the core's own refusals of it do (``CommitCancelled``)."""
+        refusal = _new_peer_refusal(event.action, self.self_id, self.core.current_config())
+        if refusal is None:
+            self._step(event)
+            return
+        reason = ("invalid_peer", refusal)
+        if event.reply_on_apply:
+            self._run([CommitCancelled(event.from_, reason, Priority.HIGH)])
+        else:
+            self._run([Reply(event.from_, ("error", reason))])
 
 
 _ADDING_VERBS = frozenset({"add", "add_witness", "add_participant", "add_witness_participant"})
@@ -867,9 +892,7 @@ _IMMEDIATE: dict[type[Any], Callable[[RaftServer, Any], None]] = {
     RequestSnapshot: RaftServer._request_snapshot,
 }
 
-_CAST_EVENTS = frozenset(
-    {events.CommitBatch, events.ReadBatch, events.AdjustConfig, events.NodeLiveness}
-)
+_CAST_EVENTS = frozenset({events.CommitBatch, events.ReadBatch, events.NodeLiveness})
 
 _EVENT_BUILDERS: dict[str, Callable[..., Any]] = {
     # Arguments may have crossed the wire (plain tuples): rebuild the typed values.
