@@ -11,7 +11,15 @@ from waraft.core.effects import (
     SetTimeout,
     StateChanged,
 )
-from waraft.core.events import CommitBatch, HandoverRequest, ReadBatch, Resign, Timeout
+from waraft.core.events import (
+    AdjustConfig,
+    CommitBatch,
+    HandoverRequest,
+    ReadBatch,
+    Resign,
+    Timeout,
+)
+from waraft.core.log import approx_command_size
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse
 from waraft.core.types import NOOP, Entry, LogPos, Priority, State, TimeoutKind
 
@@ -19,6 +27,7 @@ from .fakes import ident, make_leader, make_node, settings
 
 N2, N3 = ident(2), ident(3)
 HEARTBEAT = Timeout(TimeoutKind.HEARTBEAT)
+SIZE = approx_command_size(("c", 0))  # what the acceptor admitted each ``batch`` command with
 BATCH = Timeout(TimeoutKind.BATCH_COMMIT)
 
 
@@ -122,7 +131,7 @@ def test_leaving_leader_cancels_pending_commits_with_not_leader() -> None:
     node.handle(ReadBatch([("r", "get", None)]))
     fx = node.handle(Resign("admin"))
     assert StateChanged(State.LEADER, State.FOLLOWER) in fx
-    assert CommitCancelled("c0", "not_leader", Priority.HIGH) in fx
+    assert CommitCancelled("c0", "not_leader", Priority.HIGH, SIZE) in fx
     assert ReadCancelled("r", "not_leader") in fx
     assert fx[-1].__class__.__name__ == "Reply"
 
@@ -134,7 +143,7 @@ def test_queued_commits_survive_stepping_down_until_truncated() -> None:
     assert node.state is State.FOLLOWER and node.core.queued == {3: ("c0", Priority.HIGH)}
     fx = node.rpc(N2, AppendEntries(2, 2, [Entry(5, "n", "new")], 2, 0), now=2)
     # cancelled, not not_leader: with five members a truncated entry can still commit
-    assert CommitCancelled("c0", "cancelled", Priority.HIGH) in fx
+    assert CommitCancelled("c0", "cancelled", Priority.HIGH, SIZE) in fx
 
 
 def test_log_reset_cancels_queued_commits_with_cancelled() -> None:
@@ -148,8 +157,8 @@ def test_log_reset_cancels_queued_commits_with_cancelled() -> None:
     fx = node.handle(SnapshotAvailable("op", "/snap", LogPos(100, 4)))
     install = fx[-1]
     fx = open_snapshot(node, install, config=(100, node.core.current_config()))
-    cancelled = [(e.to, e.reason) for e in fx if isinstance(e, CommitCancelled)]
-    assert cancelled == [("c0", "cancelled"), ("c1", "cancelled")]
+    cancelled = [(e.to, e.reason, e.size) for e in fx if isinstance(e, CommitCancelled)]
+    assert cancelled == [("c0", "cancelled", SIZE), ("c1", "cancelled", SIZE)]
 
 
 def test_terminate_effects_cancel_pending_and_queued() -> None:
@@ -159,10 +168,11 @@ def test_terminate_effects_cancel_pending_and_queued() -> None:
     node.handle(batch(1, "p", Priority.LOW))
     node.handle(ReadBatch([("r", "get", None)]))
     fx = node.core.terminate_effects()
+    p_size = approx_command_size(("p", 0))
     assert fx == [
-        CommitCancelled("p0", "not_leader", Priority.LOW),
+        CommitCancelled("p0", "not_leader", Priority.LOW, p_size),
         ReadCancelled("r", "not_leader"),
-        CommitCancelled("c0", "cancelled", Priority.HIGH),  # appended: may commit elsewhere
+        CommitCancelled("c0", "cancelled", Priority.HIGH, SIZE),  # appended: may commit elsewhere
     ]
 
 
@@ -248,7 +258,7 @@ def test_buffered_commits_are_cancelled_if_the_election_is_lost() -> None:
     node.fire()
     node.handle(batch(1))
     fx = node.fire()  # election timeout: a new election (repeat state)
-    assert CommitCancelled("c0", "not_leader", Priority.HIGH) in fx
+    assert CommitCancelled("c0", "not_leader", Priority.HIGH, SIZE) in fx
 
 
 def test_candidate_without_buffering_rejects_commits() -> None:
@@ -269,3 +279,22 @@ def test_response_keeps_the_batch_timer_of_waiting_commits() -> None:
     assert node.log.last_index() == 3
     fx = node.rpc(N2, AppendEntriesResponse(2, True, 3, 3), now=13)
     assert fx[-1] == SetTimeout(TimeoutKind.HEARTBEAT, 120)  # nothing waits any more
+
+
+def test_cancelled_commits_release_the_bytes_they_were_admitted_with() -> None:
+    """L2 (review E): a cancellation carries its command's estimate (the acceptor's
+    ``command_bytes``), and a membership change's carries 0, so the commit queue's byte
+    budget loses exactly what it counted: an average share let it drift to 0."""
+    node = make_leader(settings=settings(raft_commit_batch_interval_ms=0))
+    node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=1)  # a config change may go
+    node.handle(CommitBatch([("big", ("k", ("w", b"x" * 1000)))], Priority.HIGH))
+    node.handle(AdjustConfig("cfg", "refresh", reply_on_apply=True))
+    node.core.settings = settings()  # the next commit stays pending
+    node.handle(batch(1, "p"))
+    fx = node.core.terminate_effects()
+    sizes = {e.to: e.size for e in fx if isinstance(e, CommitCancelled)}
+    assert sizes == {
+        "p0": approx_command_size(("p", 0)),
+        "big": approx_command_size(("w", b"x" * 1000)),
+        "cfg": 0,
+    }

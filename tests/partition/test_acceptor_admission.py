@@ -66,3 +66,27 @@ def test_membership_changes_through_the_acceptor_get_the_peer_checks(tmp_path: P
         queues = _queues(leader)
         wait_until(lambda: queues.commit_queue_size() == 0)
         assert queues.commit_queue_byte_size() == 0
+
+
+def test_refused_membership_changes_leave_the_commit_bytes_alone(tmp_path: Path) -> None:
+    """L2: a membership change is admitted with no bytes; its refusal released an average
+    share of the other commits' bytes (20 refusals took 15 MiB of counted bytes to 0)."""
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        for node in nodes:
+            if node is not leader:
+                node.stop()  # the commits stay in the commit queue
+        queues = _queues(leader)
+        target = addr("acceptor", leader)
+        value = b"v" * 65536
+        acceptor.commit_batch(target, [(None, (i, ("write", "t", i, value))) for i in range(4)])
+        wait_until(lambda: queues.commit_queue_size() == 4)
+        counted = queues.commit_queue_byte_size()
+        assert counted >= 4 * len(value)
+        refused = [("bogus", 1), ("add", ("raft_server_test_1", "not-a-node-id"))]
+        for action in refused * 5:
+            result = acceptor.adjust_config(target, action, timeout=5)
+            assert result[0] == "error", result
+            assert queues.commit_queue_byte_size() == counted
+        assert queues.commit_queue_size() == 4

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from waraft.core.effects import AppendLog, CancelReads, SubmitRead
+from waraft.core.log import approx_command_size
 from waraft.core.types import NOOP, READ_KEY, Entry, Priority, is_config_command
 
 if TYPE_CHECKING:
@@ -139,12 +140,12 @@ def cancel_pending(core: Replica, reason: Any) -> None:
     reflect writes committed before the read.
     """
     if core.pending_high:
-        for from_, _ in core.pending_high:
-            core.cancel_commit(from_, reason, Priority.HIGH)
+        for from_, op in core.pending_high:
+            core.cancel_commit(from_, reason, Priority.HIGH, approx_command_size(op[1]))
         core.pending_high = []
     if core.pending_low:
-        for from_, _ in core.pending_low:
-            core.cancel_commit(from_, reason, Priority.LOW)
+        for from_, op in core.pending_low:
+            core.cancel_commit(from_, reason, Priority.LOW, approx_command_size(op[1]))
         core.pending_low = []
     if core.held_reads:
         for from_, _, _ in core.held_reads:
@@ -157,7 +158,8 @@ def cancel_pending(core: Replica, reason: Any) -> None:
 
 
 def cancel_queued_range(core: Replica, start: int, end: int, reason: Any = CANCELLED) -> None:
-    """Fail appended commits whose entries ``start..end`` are being truncated."""
+    """Fail appended commits whose entries ``start..end`` are being truncated (called while
+    the log still holds them: see ``queued_size``)."""
     queued = core.queued
     if not queued or start > end:
         return
@@ -167,16 +169,29 @@ def cancel_queued_range(core: Replica, start: int, end: int, reason: Any = CANCE
         indices = [i for i in range(start, end + 1) if i in queued]
     for index in indices:
         from_, priority = queued.pop(index)
-        core.cancel_commit(from_, reason, priority)
+        core.cancel_commit(from_, reason, priority, queued_size(core, index))
 
 
 def cancel_queued(core: Replica, reason: Any = CANCELLED) -> None:
-    """Fail every appended-but-unapplied commit (log reset, shutdown), in index order."""
+    """Fail every appended-but-unapplied commit (log reset, shutdown), in index order
+    (called while the log still holds them: see ``queued_size``)."""
     queued = core.queued
     for index in sorted(queued):
         from_, priority = queued[index]
-        core.cancel_commit(from_, reason, priority)
+        core.cancel_commit(from_, reason, priority, queued_size(core, index))
     core.queued = {}
+
+
+def queued_size(core: Replica, index: int) -> int | None:
+    """The bytes the commit appended at ``index`` was admitted with (the acceptor's
+    estimate of its command; none for a membership change), from the log; ``None`` once the
+    log no longer holds it. Cancelling releases exactly these from the commit queue's byte
+    budget, which an average share of it did not (it let the budget drift)."""
+    entry = core.log.get(index)
+    if entry is None or entry.command is None:
+        return None
+    command = entry.command
+    return 0 if is_config_command(command) else approx_command_size(command)
 
 
 def cancel_pending_and_queued(core: Replica, reason: Any) -> None:

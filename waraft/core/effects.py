@@ -92,11 +92,15 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class CommitCancelled:
-    """Answer a commit caller with ``("error", reason)`` and release its pending-commit slot."""
+    """Answer a commit caller with ``("error", reason)`` and release its pending-commit slot
+    and the bytes its admission counted: ``size``, its command's estimate (0 for a
+    membership change), or ``None`` when the canceller no longer has the command (then an
+    average share of the bytes held)."""
 
     to: Any
     reason: Any
     priority: Priority
+    size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

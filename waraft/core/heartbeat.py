@@ -64,8 +64,8 @@ def append_entries(
         return False, last
     core.log_notice("truncating the log ending at %d from %d on", last, conflict)
     core.emit(TruncateLog(conflict))
+    commit.cancel_queued_range(core, conflict, last)  # while the log still holds them
     log.truncate(conflict, core.last_applied)
-    commit.cancel_queued_range(core, conflict, last)
     if conflict == prev_index:
         return False, conflict - 1
     return _append_new(core, entries[conflict - prev_index - 1 :], prev_index + count, conflict - 1)

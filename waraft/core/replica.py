@@ -208,8 +208,11 @@ class Replica:
         if to is not None:
             self._fx.append(Reply(to, value))
 
-    def cancel_commit(self, to: Any, reason: Any, priority: Priority) -> None:
-        self._fx.append(CommitCancelled(to, reason, priority))
+    def cancel_commit(
+        self, to: Any, reason: Any, priority: Priority, size: int | None = None
+    ) -> None:
+        """Answer a commit ``("error", reason)``; ``size``: see ``CommitCancelled``."""
+        self._fx.append(CommitCancelled(to, reason, priority, size))
 
     def cancel_read(self, to: Any, reason: Any) -> None:
         self._fx.append(ReadCancelled(to, reason))

@@ -57,8 +57,8 @@ def reset_log(core: Replica, position: LogPos, storage_config: tuple[int, Config
     Commits waiting for entries that will never be applied here are cancelled.
     """
     core.emit(ResetLog(position))
+    commit.cancel_queued(core)  # while the log still holds them
     core.log.reset(position)
-    commit.cancel_queued(core)
     core.last_applied = position.index
     core.commit_index = position.index
     core.cached_config = storage_config
@@ -83,7 +83,7 @@ def adopt_snapshot(
     queued = core.queued
     for covered in sorted(i for i in queued if i <= index):
         from_, priority = queued.pop(covered)
-        core.cancel_commit(from_, commit.CANCELLED, priority)
+        core.cancel_commit(from_, commit.CANCELLED, priority, commit.queued_size(core, covered))
     core.last_applied = index
     if core.commit_index < index:
         core.commit_index = index

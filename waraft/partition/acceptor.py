@@ -71,6 +71,7 @@ _REJECTED_LOG = LogThrottle()
 
 DEFAULT_TIMEOUT = 10.0  # raft_rpc_call_timeout, seconds
 FORWARD_EVERY = 4096  # admitted requests held before forwarding even if more are queued
+_NO_BYTES: Final = (0,)  # a membership change's size in the commit queue's byte budget
 
 
 def default_name(table: str, partition: int) -> str:
@@ -307,7 +308,9 @@ class Acceptor(otp.Process):
         return admitted, reason
 
     def _adjust_config(self, from_: Any, action: Any, index: int | None) -> Any:
-        admitted, reason = self.queues.commits_started(1, Priority.HIGH)
+        # Held in the commit queue's byte budget with no bytes: whatever ends it (the apply,
+        # a refusal, a cancellation) releases none.
+        admitted, reason = self.queues.commits_started(1, Priority.HIGH, _NO_BYTES)
         if not admitted:
             return ("error", reason)
         self._forward()  # after the commits admitted before it

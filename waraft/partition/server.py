@@ -22,6 +22,7 @@ pid or a ``(name, node)`` address.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -446,8 +447,14 @@ class RaftServer(otp.StateMachine):
 
     # -- stepping the core ----------------------------------------------------------------------
 
-    def _step(self, event: Any) -> None:
-        self._run(self.core.handle(event, _now_ms()))
+    def _step(self, event: Any, bytes_free: Any = None) -> None:
+        """Hand ``event`` to the core and run its effects. ``bytes_free``: the handle of a
+        membership change the acceptor admitted with no bytes, whose refusal by the core
+        (which cancels it without a size) must release none either."""
+        effects = self.core.handle(event, _now_ms())
+        if bytes_free is not None:
+            effects = _sized_cancellation(effects, bytes_free)
+        self._run(effects)
         while self._internal:
             self._run(self.core.handle(self._internal.popleft(), _now_ms()))
         self._events_since_flush += 1
@@ -620,7 +627,7 @@ class RaftServer(otp.StateMachine):
                     effect.to.reply(effect.value)
             elif isinstance(effect, CommitCancelled):
                 queues.commits_finished(1, effect.priority)
-                queues.commit_bytes_released(1)
+                queues.commit_bytes_released(1, effect.size)
                 if effect.to is not None:
                     effect.to.reply(("error", effect.reason))
             elif isinstance(effect, ReadCancelled):
@@ -644,11 +651,12 @@ class RaftServer(otp.StateMachine):
                 command = item.entry.command
                 estimate = command_bytes(command)
                 size += _apply_bytes(estimate)
-                # The callers' commits move from the commit queue's byte budget to the apply
-                # queue's (config changes were admitted without bytes).
-                if item.reply_to is not None and not is_config_command(command):
+                # The admitted commits move from the commit queue's byte budget to the apply
+                # queue's (membership changes were admitted with no bytes).
+                if item.reply_to is not None:
                     handed += 1
-                    handed_bytes += estimate
+                    if not is_config_command(command):
+                        handed_bytes += estimate
             queues.reserve_apply(len(applies), size)
             if handed:
                 queues.commit_bytes_released(handed, handed_bytes)
@@ -829,13 +837,24 @@ class RaftServer(otp.StateMachine):
         commit slot back, as the core's own refusals of it do (``CommitCancelled``)."""
         refusal = _new_peer_refusal(event.action, self.self_id, self.core.current_config())
         if refusal is None:
-            self._step(event)
+            self._step(event, event.from_ if event.reply_on_apply else None)
             return
         reason = ("invalid_peer", refusal)
         if event.reply_on_apply:
-            self._run([CommitCancelled(event.from_, reason, Priority.HIGH)])
+            self._run([CommitCancelled(event.from_, reason, Priority.HIGH, 0)])
         else:
             self._run([Reply(event.from_, ("error", reason))])
+
+
+def _sized_cancellation(effects: list[Effect], handle: Any) -> list[Effect]:
+    """``effects`` with the first ``CommitCancelled`` of ``handle`` releasing 0 bytes."""
+    for at, effect in enumerate(effects):
+        if type(effect) is CommitCancelled and effect.to is handle:
+            if effect.size is None:
+                effects = list(effects)
+                effects[at] = dataclasses.replace(effect, size=0)
+            break
+    return effects
 
 
 _ADDING_VERBS = frozenset({"add", "add_witness", "add_participant", "add_witness_participant"})

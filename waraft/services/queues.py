@@ -145,9 +145,10 @@ class Queues:
     def commit_bytes_released(self, count: int, size: int | None = None) -> None:
         """``count`` admitted commits left the commit queue's byte budget: handed to storage
         (``size``: their ``command_bytes``; from then on the apply queue's byte bound covers
-        them) or cancelled (``size`` ``None``: the shell no longer has the commands, so they
-        release the average of what is held; once nothing is held the total is zero again,
-        so estimates never accumulate)."""
+        them) or cancelled (``size``: what the cancellation says they were admitted with, 0
+        for a membership change; ``None`` when the canceller no longer has the commands: they
+        release the average of what is held). Once nothing is held the total is zero again,
+        so estimates never accumulate."""
         with self._lock:
             held = self._commit_held
             if held <= 0:
