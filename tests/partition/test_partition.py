@@ -194,6 +194,9 @@ def test_public_functions_reject_bad_input_and_wrong_states(tmp_path: Path) -> N
     _bootstrap_single(node)
     assert server.bootstrap(srv, LogPos(1, 1), config)[0] == "error"
     assert server.promote(srv, 0)[0] == "error"
+    # A reason the state file cannot encode is refused: storing it crashed the partition.
+    result = server.disable(srv, {"why": {1, 2}})
+    assert result[0] == "error" and result[1][0] == "badarg", result
     assert server.disable(srv, "maintenance") == "ok"
     assert state(node) == "disabled"
     assert acceptor.commit(acc, ("k", ("write", "t", "k", 1))) == ("error", "not_leader")

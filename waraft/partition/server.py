@@ -73,7 +73,7 @@ from waraft.core.types import (
 )
 from waraft.distribution import policy
 from waraft.partition import durable_state, heartbeats
-from waraft.services import env, info, metrics
+from waraft.services import codec, env, info, metrics
 from waraft.services.label import label_function
 from waraft.services.logthrottle import LogThrottle
 from waraft.services.options import RaftOptions
@@ -927,7 +927,7 @@ _EVENT_BUILDERS: dict[str, Callable[..., Any]] = {
     "resign": events.Resign,
     "handover": events.HandoverRequest,
     "is_peer_ready": lambda from_, peer: events.IsPeerReady(from_, Identity(*peer)),
-    "disable": events.Disable,
+    "disable": lambda from_, reason: events.Disable(from_, _check_disable_reason(reason)),
     "enable": events.Enable,
     "snapshot_available": lambda from_, root, pos, source=None: events.SnapshotAvailable(
         from_, root, _check_position(pos), _check_source(source)
@@ -1040,6 +1040,16 @@ def _check_position(position: Any) -> LogPos:
     return LogPos(*position)
 
 
+def _check_disable_reason(reason: Any) -> Any:
+    """A disable reason is persisted with the term and vote: one the state file cannot
+    encode (a set, a datetime) failed the store and restarted the partition, not disabled."""
+    try:
+        codec.packb(reason)
+    except codec.CodecError as exc:
+        raise ValueError(f"a disable reason must encode as msgpack: {exc}") from None
+    return reason
+
+
 def _check_source(source: Any) -> str | None:
     if source is not None and not isinstance(source, str):
         raise ValueError(f"a snapshot's source is a node id or None: {source!r}")
@@ -1145,7 +1155,8 @@ def is_peer_ready(server: otp.Target, peer: Identity) -> Any:
 
 
 def disable(server: otp.Target, reason: Any) -> Any:
-    """Take the replica out of the protocol; ``reason`` is persisted."""
+    """Take the replica out of the protocol; ``reason`` is persisted (one msgpack cannot
+    encode is answered ``("error", ("badarg", text))``)."""
     return _call(server, ("disable", reason))
 
 
