@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.partition.helpers import addr, cluster, leader_of, wait_until
+from tests.partition.helpers import addr, cluster, leader_of, state, wait_until
 from waraft import otp
 from waraft.partition import acceptor, part_sup, server
 from waraft.services.queues import Queues
@@ -90,3 +90,51 @@ def test_refused_membership_changes_leave_the_commit_bytes_alone(tmp_path: Path)
             assert result[0] == "error", result
             assert queues.commit_queue_byte_size() == counted
         assert queues.commit_queue_size() == 4
+
+
+def _read_counters(queues: Queues) -> tuple[int, int]:
+    return queues.read_queue_size(), queues.read_queue_byte_size()
+
+
+def test_strong_reads_are_bounded_in_bytes_and_released_on_every_path(tmp_path: Path) -> None:
+    """M3: reads were admitted by count only (64 reads of 1 MiB on a leader without a
+    quorum were all held). Each path that ends a read gives its bytes back: answered,
+    refused by a follower, cancelled by a leader change, cancelled by a stop."""
+    value = b"r" * 262144
+    # A candidate holds reads too (until the stop below).
+    settings = {"raft_max_pending_read_bytes": 1024 * 1024, "raft_candidate_buffer_requests": True}
+    with cluster(tmp_path, settings=settings) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        followers = [n for n in nodes if n is not leader]
+        results: list[list[object]] = []
+
+        def reads(node: otp.Node, count: int) -> None:
+            batch = acceptor.BatchReply(count, lambda r, _: results.append(r))
+            items = [(batch.slot(i), ("read", "t", value), None) for i in range(count)]
+            acceptor.read_batch(addr("acceptor", node), items)
+
+        queues = _queues(leader)
+        reads(leader, 2)  # answered
+        wait_until(lambda: len(results) == 1)
+        assert _read_counters(queues) == (0, 0)
+        reads(followers[0], 2)  # refused: not_leader
+        wait_until(lambda: len(results) == 2)
+        assert results[-1] == [("error", "not_leader")] * 2
+        assert _read_counters(_queues(followers[0])) == (0, 0)
+        for node in followers:
+            node.stop()  # reads now wait for a quorum
+        reads(leader, 6)  # 3 reads of 256 KiB (and a little) fill the budget of 1 MiB
+        wait_until(lambda: queues.read_queue_size() == 3)
+        assert 3 * len(value) < queues.read_queue_byte_size() <= 1024 * 1024
+        assert server.resign(addr("server", leader)) == "ok"  # a leader change
+        wait_until(lambda: len(results) == 3)
+        assert results[-1].count(("error", "read_queue_bytes_full")) == 3
+        assert _read_counters(queues) == (0, 0)
+        assert server.trigger_election(addr("server", leader)) == "ok"
+        wait_until(lambda: state(leader) == "candidate")  # with no quorum, for good
+        reads(leader, 2)
+        wait_until(lambda: queues.read_queue_size() == 2)
+        leader.stop()  # a stop
+        wait_until(lambda: len(results) == 4)
+        assert _read_counters(queues) == (0, 0)

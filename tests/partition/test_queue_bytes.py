@@ -13,6 +13,7 @@ from waraft.partition import acceptor, server
 from waraft.services.queues import (
     COMMIT_QUEUE_BYTES_FULL,
     COMMIT_QUEUE_FULL,
+    READ_QUEUE_BYTES_FULL,
     Queues,
     command_bytes,
 )
@@ -100,3 +101,32 @@ def test_the_commit_totals_count_admitted_and_applied_apart() -> None:
     queues.commits_finished(3, Priority.HIGH, applied=True)
     assert (queues.commits_admitted, queues.commits_applied) == (5, 3)
     assert queues.commit_queue_size(Priority.HIGH) == 0
+
+
+def _read(size: int) -> tuple[otp.LocalReplyTo, object, None]:
+    return (otp.LocalReplyTo(), ("read", "t", b"r" * size), None)
+
+
+def test_reads_are_admitted_by_the_bytes_of_their_commands() -> None:
+    """M3 (review E): strong reads were bounded by count only; a leader without a quorum
+    held 5000 reads of any size."""
+    one = command_bytes(_read(300)[1])
+    q = _queues(raft_max_pending_read_bytes=2 * one + 10)
+    taken, reason = q.admit_reads([_read(300) for _ in range(3)])
+    assert len(taken) == 2 and reason == READ_QUEUE_BYTES_FULL
+    assert q.read_queue_byte_size() == 2 * one and q.read_queue_size() == 2
+    assert q.admit_reads([_read(300)]) == ([], READ_QUEUE_BYTES_FULL)
+    taken[0][0].reply("v")  # answered: its bytes come back, the caller gets the answer
+    assert q.read_queue_byte_size() == one
+    taken[0][0].reply("again")  # answered once only, released once only
+    assert q.read_queue_byte_size() == one
+    taken[1][0].fail("shutdown")  # any answer releases
+    assert q.read_queue_byte_size() == 0
+    huge, reason = q.admit_reads([_read(10 * one), _read(1)])
+    assert len(huge) == 1 and reason == READ_QUEUE_BYTES_FULL  # alone into an empty budget
+    q.reset()  # a restarted partition: reads admitted before it release nothing
+    assert q.admit_reads([_read(300)])[1] is None
+    huge[0][0].reply("late")
+    assert q.read_queue_byte_size() == one
+    unbounded = _queues(raft_max_pending_read_bytes=0)
+    assert len(unbounded.admit_reads([_read(10**6) for _ in range(3)])[0]) == 3

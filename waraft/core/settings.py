@@ -30,6 +30,10 @@ class Settings:
     # storage or cancelled, both priorities together; beyond it commits are refused with
     # ``commit_queue_bytes_full`` (a client retries it like ``commit_queue_full``). 0 = unbounded.
     raft_max_pending_commit_bytes: int = 16 * 1024 * 1024
+    # Not a WARaft knob (review E, M3): estimated bytes of the commands of strong reads
+    # admitted and not yet answered (held by the leader or queued for storage); beyond it
+    # reads are refused with ``read_queue_bytes_full``. 0 = unbounded.
+    raft_max_pending_read_bytes: int = 16 * 1024 * 1024
     # Not a WARaft knob (issue 14): estimated bytes of results storage builds for the strong
     # reads it answers at once (the reads queued behind one position); the reads past it are
     # answered ``read_queue_bytes_full`` (retried by the client like ``read_queue_full``), so

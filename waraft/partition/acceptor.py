@@ -3,7 +3,8 @@
 The acceptor admits commits and strong reads against the partition's ``Queues`` and hands each
 caller's reply handle to the server; it never answers a successful request itself — storage does,
 once the entry is applied (or the read's index is reached). Rejections are immediate:
-``commit_queue_full``, ``apply_queue_full``, ``read_queue_full``.
+``commit_queue_full``, ``commit_queue_bytes_full``, ``apply_queue_full``, ``read_queue_full``,
+``read_queue_bytes_full``.
 
 Every API function takes the acceptor as a registered name, a pid, or a ``(name, node)`` address
 (another node). Call failures are mapped as WARaft maps them: a timeout is
@@ -299,13 +300,14 @@ class Acceptor(otp.Process):
         return admitted, reason
 
     def _read(self, items: Sequence[tuple[Any, Any, int | None]]) -> tuple[int, str | None]:
-        """Admit strong reads like ``_commit`` admits commits."""
-        admitted, reason = self.queues.reserve_reads(len(items))
+        """Admit strong reads like ``_commit`` admits commits (by count and by the bytes of
+        their commands); their handles give the bytes back once they are answered."""
+        admitted, reason = self.queues.admit_reads(items)
         if admitted:
-            self._hold_reads(items if admitted == len(items) else items[:admitted])
+            self._hold_reads(admitted)
         if reason is not None:
-            _log_rejected(self.name, len(items) - admitted, "reads", reason)
-        return admitted, reason
+            _log_rejected(self.name, len(items) - len(admitted), "reads", reason)
+        return len(admitted), reason
 
     def _adjust_config(self, from_: Any, action: Any, index: int | None) -> Any:
         # Held in the commit queue's byte budget with no bytes: whatever ends it (the apply,

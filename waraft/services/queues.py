@@ -20,6 +20,7 @@ from typing import Any
 from waraft.core.log import approx_command_size
 from waraft.core.settings import Settings
 from waraft.core.types import Priority
+from waraft.otp.reply import ReplyTo
 
 COMMIT_QUEUE_FULL = "commit_queue_full"
 COMMIT_QUEUE_BYTES_FULL = "commit_queue_bytes_full"
@@ -32,8 +33,9 @@ class Queues:
     """Thread-safe admission state of one partition.
 
     Limits come from ``settings`` (WARaft reads them live; the server refreshes the object).
-    Every slot taken by ``commit_started`` / ``reserve_read`` / ``reserve_apply`` is released by
-    exactly one of the matching ``*_completed`` / ``*_cancelled`` / ``fulfill_*`` calls.
+    Every slot taken by ``commits_started`` / ``admit_reads`` / ``reserve_apply`` is released
+    by exactly one of the matching ``commits_finished`` / ``release_reads`` / ``take_reads`` /
+    ``fulfill_apply`` calls; a read's bytes by its answer (``ReadReply``).
     """
 
     def __init__(self, table: str, partition: int, settings: Settings) -> None:
@@ -46,6 +48,7 @@ class Queues:
         self.commits_admitted = 0
         self.commits_applied = 0  # applied and answered (on the leader, which holds the callers)
         self.reads_admitted = 0
+        self._generation = 0  # reset() counts up: a read admitted before it releases nothing
         self.reset()
 
     def reset(self) -> None:
@@ -57,6 +60,8 @@ class Queues:
             self._commit_bytes = 0
             self._commit_held = 0  # admitted commits whose bytes are in _commit_bytes
             self._read_count = 0
+            self._read_bytes = 0
+            self._generation += 1
             self._reads: list[tuple[int, int, Any, Any]] = []
 
     # -- inspection -----------------------------------------------------------------------------
@@ -87,6 +92,11 @@ class Queues:
 
     def read_queue_size(self) -> int:
         return self._read_count
+
+    def read_queue_byte_size(self) -> int:
+        """Estimated bytes of the commands of the admitted strong reads not yet answered,
+        bounded by ``raft_max_pending_read_bytes``."""
+        return self._read_bytes
 
     def _commit_limit(self, priority: Priority) -> int:
         s = self.settings
@@ -164,17 +174,53 @@ class Queues:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def reserve_reads(self, count: int) -> tuple[int, str | None]:
-        """Admit up to ``count`` strong reads; like ``commits_started``."""
+    def admit_reads(
+        self, items: Sequence[tuple[Any, Any, int | None]]
+    ) -> tuple[list[tuple[Any, Any, int | None]], str | None]:
+        """Admit strong reads ``(handle, command, min_index)`` in order, like
+        ``commits_started`` admits commits: bounded in reads (``raft_max_pending_reads``)
+        and in the bytes of their commands (``command_bytes``, across the partition's
+        reads; ``raft_max_pending_read_bytes``; a read larger than the whole budget is
+        admitted only when no read bytes are held). Returns the admitted reads, each with
+        its handle wrapped in a :class:`ReadReply` that gives its bytes back when the read
+        is answered, whatever answers it, and the reason the rest were rejected (``None``
+        when all were admitted): ``apply_queue_full``, ``read_queue_full`` or
+        ``read_queue_bytes_full``."""
+        sizes = [command_bytes(item[1]) for item in items]
+        admitted, reason, generation = self._reserve_reads(len(items), sizes)
+        taken = [
+            (ReadReply(handle, self, size, generation), command, min_index)
+            for (handle, command, min_index), size in zip(items[:admitted], sizes, strict=False)
+        ]
+        return taken, reason
+
+    def _reserve_reads(self, count: int, sizes: Sequence[int]) -> tuple[int, str | None, int]:
         s = self.settings
         with self._lock:
             if self._apply_count >= s.raft_max_pending_applies:
-                return 0, APPLY_QUEUE_FULL
+                return 0, APPLY_QUEUE_FULL, self._generation
             room = s.raft_max_pending_reads - self._read_count
             admitted = max(0, min(count, room))
+            reason = None if admitted == count else READ_QUEUE_FULL
+            limit = s.raft_max_pending_read_bytes
+            total = self._read_bytes
+            for taken in range(admitted):
+                size = sizes[taken]
+                if limit > 0 and total + size > limit and total > 0:
+                    admitted, reason = taken, READ_QUEUE_BYTES_FULL
+                    break
+                total += size
+            self._read_bytes = total
             self._read_count += admitted
             self.reads_admitted += admitted
-        return admitted, (None if admitted == count else READ_QUEUE_FULL)
+        return admitted, reason, self._generation
+
+    def release_read_bytes(self, size: int, generation: int) -> None:
+        """A read admitted with ``size`` bytes was answered (a read admitted before the
+        last ``reset`` releases nothing: the reset zeroed its bytes)."""
+        with self._lock:
+            if generation == self._generation:
+                self._read_bytes = max(0, self._read_bytes - size)
 
     def release_reads(self, count: int) -> None:
         """Release read slots of reads answered without going through the read queue."""
@@ -223,6 +269,33 @@ class Queues:
             self._apply_bytes = max(0, self._apply_bytes - size)
 
 
+class ReadReply(ReplyTo):
+    """The reply handle of an admitted strong read (``Queues.admit_reads``): its answer,
+    whichever it is (the result, an error, a refusal, a cancellation at a leader change
+    or a stop), first gives the read's bytes back to the partition's read budget, then
+    goes to ``inner``. Every path that ends a read answers it, so none needs to know its
+    size."""
+
+    __slots__ = ("_generation", "_inner", "_queues", "_size")
+
+    def __init__(self, inner: ReplyTo, queues: Queues, size: int, generation: int) -> None:
+        super().__init__()
+        self._inner = inner
+        self._queues = queues
+        self._size = size
+        self._generation = generation
+
+    def __repr__(self) -> str:
+        return f"ReadReply({self._inner!r}, {self._size})"
+
+    def _complete(self, ok: bool, value: Any) -> None:
+        self._queues.release_read_bytes(self._size, self._generation)
+        if ok:
+            self._inner.reply(value)
+        else:
+            self._inner.fail(value)
+
+
 def command_bytes(command: Any) -> int:
     """The estimated bytes a commit's command occupies in the commit queue: the same
     estimate on admission (acceptor) and on hand-off to storage (server), so they match."""
@@ -233,7 +306,9 @@ __all__ = [
     "APPLY_QUEUE_FULL",
     "COMMIT_QUEUE_BYTES_FULL",
     "COMMIT_QUEUE_FULL",
+    "READ_QUEUE_BYTES_FULL",
     "READ_QUEUE_FULL",
     "Queues",
+    "ReadReply",
     "command_bytes",
 ]

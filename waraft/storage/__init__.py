@@ -1253,7 +1253,8 @@ def delete_snapshot(storage: otp.Target, name: str) -> None:
 class _ReplyBudget:
     """Bytes of read results one turn of storage may still build (``raft_max_read_reply_bytes``).
 
-    Reads are admitted by count (``raft_max_pending_reads``, 5000), and storage answers every
+    Reads are admitted by count (``raft_max_pending_reads``, 5000) and by the bytes of their
+    commands (``raft_max_pending_read_bytes``), not of their results, and storage answers every
     read queued behind a position at once: 5000 reads of a 1 MiB value made 5 GB of results
     in one turn, before a byte of it could leave (``benchmarks/read_replies.py``: the leader
     passed 2 GB and answered almost nothing). Past the budget a read is answered at once with
