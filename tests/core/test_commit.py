@@ -23,7 +23,7 @@ from waraft.core.log import approx_command_size
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse
 from waraft.core.types import NOOP, Entry, LogPos, Priority, State, TimeoutKind
 
-from .fakes import ident, make_leader, make_node, settings
+from .fakes import ident, ids, make_leader, make_node, settings
 
 N2, N3 = ident(2), ident(3)
 HEARTBEAT = Timeout(TimeoutKind.HEARTBEAT)
@@ -120,8 +120,8 @@ def test_non_leader_cancels_commits_with_not_leader() -> None:
     node = make_node(2)
     fx = node.handle(batch(2, "x", Priority.LOW))
     assert fx == [
-        CommitCancelled("x0", "not_leader", Priority.LOW),
-        CommitCancelled("x1", "not_leader", Priority.LOW),
+        CommitCancelled("x0", "not_leader", Priority.LOW, approx_command_size(("x", 0))),
+        CommitCancelled("x1", "not_leader", Priority.LOW, approx_command_size(("x", 1))),
     ]
 
 
@@ -197,7 +197,7 @@ def test_commits_during_handover_are_redirected() -> None:
     node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=1)
     node.handle(HandoverRequest("op", "n2"), now=2)
     fx = node.handle(batch(1))
-    assert fx == [CommitCancelled("c0", ("notify_redirect", "n2"), Priority.HIGH)]
+    assert fx == [CommitCancelled("c0", ("notify_redirect", "n2"), Priority.HIGH, SIZE)]
     fx = node.handle(ReadBatch([("r", "get", None)]))
     assert fx == [ReadCancelled("r", ("notify_redirect", "n2"))]
 
@@ -264,7 +264,7 @@ def test_buffered_commits_are_cancelled_if_the_election_is_lost() -> None:
 def test_candidate_without_buffering_rejects_commits() -> None:
     node = make_node(1)
     node.fire()
-    assert node.handle(batch(1)) == [CommitCancelled("c0", "not_leader", Priority.HIGH)]
+    assert node.handle(batch(1)) == [CommitCancelled("c0", "not_leader", Priority.HIGH, SIZE)]
 
 
 def test_response_keeps_the_batch_timer_of_waiting_commits() -> None:
@@ -298,3 +298,17 @@ def test_cancelled_commits_release_the_bytes_they_were_admitted_with() -> None:
         "big": approx_command_size(("w", b"x" * 1000)),
         "cfg": 0,
     }
+
+
+def test_commits_and_changes_refused_at_once_release_the_bytes_they_were_admitted_with() -> None:
+    """The same rule for refusals that never reach the pending queue: commits sent to a
+    follower (``not_leader``) or during a handover (``notify_redirect``) release their
+    command's estimate, a membership change a follower or the leader refuses releases 0."""
+    follower = make_node(2, ids(3))
+    assert follower.state is not State.LEADER
+    fx = follower.handle(CommitBatch([("f", ("k", ("w", b"y" * 500)))], Priority.HIGH))
+    fx += follower.handle(AdjustConfig("fcfg", "refresh", reply_on_apply=True))
+    leader = make_leader()  # no commit of its own term yet: a change is refused (no_quorum)
+    fx += leader.handle(AdjustConfig("lcfg", "refresh", reply_on_apply=True))
+    sizes = {e.to: e.size for e in fx if isinstance(e, CommitCancelled)}
+    assert sizes == {"f": approx_command_size(("w", b"y" * 500)), "fcfg": 0, "lcfg": 0}

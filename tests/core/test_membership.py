@@ -127,10 +127,10 @@ def test_acceptor_path_replies_when_applied() -> None:
 def test_acceptor_path_failures_release_the_commit_slot() -> None:
     node = committed_leader()
     fx = node.handle(AdjustConfig("caller", ("add", N2), reply_on_apply=True))
-    assert fx == [CommitCancelled("caller", "already_member", Priority.HIGH)]
+    assert fx == [CommitCancelled("caller", "already_member", Priority.HIGH, 0)]
     follower = make_node(2)
     fx = follower.handle(AdjustConfig("caller", "refresh", reply_on_apply=True))
-    assert fx == [CommitCancelled("caller", "not_leader", Priority.HIGH)]
+    assert fx == [CommitCancelled("caller", "not_leader", Priority.HIGH, 0)]
     assert follower.handle(AdjustConfig("op", "refresh")) == [Reply("op", ("error", "not_leader"))]
 
 

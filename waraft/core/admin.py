@@ -33,6 +33,7 @@ from waraft.core.events import (
     Timeout,
     TriggerElection,
 )
+from waraft.core.log import approx_command_size
 from waraft.core.rpc import MAX_TERM
 from waraft.core.types import Config, LogPos, Priority, State, error
 
@@ -47,8 +48,8 @@ def command(core: Replica, event: Event) -> None:
     state = core.state
     match event:
         case CommitBatch():
-            for from_, _ in event.items:
-                core.cancel_commit(from_, "not_leader", event.priority)
+            for from_, op in event.items:
+                core.cancel_commit(from_, "not_leader", event.priority, approx_command_size(op[1]))
         case ReadBatch():
             for from_, _, _ in event.items:
                 core.cancel_read(from_, "not_leader")
@@ -69,7 +70,8 @@ def command(core: Replica, event: Event) -> None:
             core.reply(event.from_, error("not_leader"))
         case AdjustConfig():
             if event.reply_on_apply:
-                core.cancel_commit(event.from_, "not_leader", Priority.HIGH)
+                # A membership change is admitted with 0 bytes: it releases none.
+                core.cancel_commit(event.from_, "not_leader", Priority.HIGH, 0)
             else:
                 core.reply(event.from_, error("not_leader"))
         case SnapshotAvailable():

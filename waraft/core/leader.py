@@ -31,6 +31,7 @@ from waraft.core.events import (
     Resign,
     Timeout,
 )
+from waraft.core.log import approx_command_size
 from waraft.core.rpc import (
     AppendEntriesResponse,
     Handover,
@@ -173,8 +174,8 @@ def on_commits(core: Replica, event: CommitBatch) -> None:
     running = core.handover
     if running is not None:
         reason = ("notify_redirect", running[0])
-        for from_, _ in event.items:
-            core.cancel_commit(from_, reason, event.priority)
+        for from_, op in event.items:
+            core.cancel_commit(from_, reason, event.priority, approx_command_size(op[1]))
         core.count("commit.rejected.handover")
         return
     commit.add_pending(core, event.items, event.priority)
@@ -219,7 +220,7 @@ def adjust_config(core: Replica, event: AdjustConfig) -> None:
             reason = result[1]
     core.log_notice("refuses config action %s: %s", event.action, reason)
     if event.reply_on_apply:
-        core.cancel_commit(event.from_, reason, Priority.HIGH)
+        core.cancel_commit(event.from_, reason, Priority.HIGH, 0)  # admitted with 0 bytes
     else:
         core.reply(event.from_, error(reason))
 

@@ -22,7 +22,6 @@ pid or a ``(name, node)`` address.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import random
@@ -447,14 +446,9 @@ class RaftServer(otp.StateMachine):
 
     # -- stepping the core ----------------------------------------------------------------------
 
-    def _step(self, event: Any, bytes_free: Any = None) -> None:
-        """Hand ``event`` to the core and run its effects. ``bytes_free``: the handle of a
-        membership change the acceptor admitted with no bytes, whose refusal by the core
-        (which cancels it without a size) must release none either."""
-        effects = self.core.handle(event, _now_ms())
-        if bytes_free is not None:
-            effects = _sized_cancellation(effects, bytes_free)
-        self._run(effects)
+    def _step(self, event: Any) -> None:
+        """Hand ``event`` to the core and run its effects."""
+        self._run(self.core.handle(event, _now_ms()))
         while self._internal:
             self._run(self.core.handle(self._internal.popleft(), _now_ms()))
         self._events_since_flush += 1
@@ -837,24 +831,13 @@ class RaftServer(otp.StateMachine):
         commit slot back, as the core's own refusals of it do (``CommitCancelled``)."""
         refusal = _new_peer_refusal(event.action, self.self_id, self.core.current_config())
         if refusal is None:
-            self._step(event, event.from_ if event.reply_on_apply else None)
+            self._step(event)
             return
         reason = ("invalid_peer", refusal)
         if event.reply_on_apply:
             self._run([CommitCancelled(event.from_, reason, Priority.HIGH, 0)])
         else:
             self._run([Reply(event.from_, ("error", reason))])
-
-
-def _sized_cancellation(effects: list[Effect], handle: Any) -> list[Effect]:
-    """``effects`` with the first ``CommitCancelled`` of ``handle`` releasing 0 bytes."""
-    for at, effect in enumerate(effects):
-        if type(effect) is CommitCancelled and effect.to is handle:
-            if effect.size is None:
-                effects = list(effects)
-                effects[at] = dataclasses.replace(effect, size=0)
-            break
-    return effects
 
 
 _ADDING_VERBS = frozenset({"add", "add_witness", "add_participant", "add_witness_participant"})
