@@ -7,6 +7,7 @@ Starts distribution, registers an ``echo`` process, prints ``READY <node id>`` o
 runs until stdin closes (the parent's end of the pipe) or ``("stop",)`` is called.
 
 ``echo`` understands calls ``("echo", x)``, ``("defer", x)`` (replied from another thread),
+``("later", seconds, x)`` (answered ``("later", x)`` that much later),
 ``("noreply",)``, ``("unencodable",)``, ``("crash",)``, ``("stats",)``, ``("peers",)``,
 ``("cast_to", addr, msg)``, ``("send_to", addr, msg)``, ``("call_to", addr, req, timeout)``,
 ``("flood", addr, n)``, ``("set_fault", nodes)``, ``("clear_fault",)``, ``("stop",)``, and
@@ -84,6 +85,9 @@ class Echo(otp.Process):
             return request[1]
         if op == "defer":
             threading.Timer(0.01, from_.reply, args=(("deferred", request[1]),)).start()
+            return otp.NOREPLY
+        if op == "later":  # ("later", seconds, x): replied from a timer thread
+            threading.Timer(request[1], from_.reply, args=(("later", request[2]),)).start()
             return otp.NOREPLY
         if op == "unencodable":
             return object()

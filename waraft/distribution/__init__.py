@@ -341,7 +341,8 @@ def stats() -> dict[str, int]:
     from identified peers (before decoding), ``rx_malformed``,
     ``rx_oversized``, ``rx_bad_version``, ``rx_unknown_kind``, ``rx_bad_identity``,
     ``rx_dropped_fault``, ``rx_peer_limit``, ``rx_noproc`` (no such registered name),
-    ``rx_late_replies``, ``rx_handler_errors``, ``rx_other_cluster`` (frames on a connection
+    ``rx_late_replies``, ``rx_stale_replies`` (answers to a call of an earlier run of this
+    node id), ``rx_handler_errors``, ``rx_other_cluster`` (frames on a connection
     of another cluster's node);
     ``calls``, ``call_timeouts``, ``call_nodedown``; ``nodeup_events``, ``nodedown_events``;
     ``conn_accepted``, ``conn_closed``, ``handshake_failed``, ``auth_denied`` (ROUTER side),

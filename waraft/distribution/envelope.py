@@ -9,18 +9,29 @@ kind                  array                                  delivered as
 ====================  =====================================  ===============================
 ``CAST`` (0)          ``[1, 0, name, msg]``                  ``handle_cast(msg)``
 ``INFO`` (1)          ``[1, 1, name, msg]``                  ``handle_info(msg)``
-``CALL`` (2)          ``[1, 2, name, ref, request]``         ``handle_call(request, from_)``
-``REPLY`` (3)         ``[1, 3, ref, value]``                 the caller's ``call`` returns
-``FAIL`` (4)          ``[1, 4, ref, reason]``                the caller gets ``ExitError``
-``PING`` (5)          ``[1, 5, seq]``                        answered with ``PONG``
-``PONG`` (6)          ``[1, 6, seq]``                        peer liveness
+``CALL`` (2)          ``[1, 2, name, ref, request, run]``    ``handle_call(request, from_)``
+``REPLY`` (3)         ``[1, 3, ref, value, run]``            the caller's ``call`` returns
+``FAIL`` (4)          ``[1, 4, ref, reason, run]``           the caller gets ``ExitError``
+``PING`` (5)          ``[1, 5, seq, run, epoch]``            answered with ``PONG``
+``PONG`` (6)          ``[1, 6, seq, run, epoch]``            peer liveness
 ====================  =====================================  ===============================
 
-The message itself is the *last* element, so a frame is built by concatenating a cached prefix
-(array header, version, kind, name) with the message's msgpack encoding: a message encoded once
-(``codec.packb``) can be shipped to any number of peers without being encoded again. A receiver
-ignores extra trailing elements of a known kind (room for compatible additions); an incompatible
-change takes a new version number, and frames of another version are dropped and counted.
+The message itself is the element after the fixed fields, so a frame is built by concatenating a
+cached prefix (array header, version, kind, name) with the message's msgpack encoding (and, for
+a call, the caller's ``run``): a message encoded once (``codec.packb``) can be shipped to any
+number of peers without being encoded again. A receiver ignores extra trailing elements of a
+known kind (room for compatible additions); an incompatible change takes a new version number,
+and frames of another version are dropped and counted.
+
+The trailing elements are such additions, optional on the wire (senders of older builds and
+hand-made clients omit them):
+
+* ``run`` of a CALL is the caller's run id (``Dist.run_id``, random per start of the
+  distribution); the REPLY/FAIL echoes it, and a caller drops an answer naming another run: a
+  node restarted under the same id never takes the answer to its previous run's call for one
+  of its own.
+* ``run, epoch`` of a PING are the pinging node's run id and its *session epoch* for the pinged
+  node (how many times it has found that node down, see ``liveness``); the PONG echoes them.
 """
 
 from __future__ import annotations
@@ -117,31 +128,61 @@ def info_frame(name: str, payload: bytes) -> bytes:
     return prefix + payload
 
 
-def call_frame(name: str, ref: int, payload: bytes) -> bytes:
-    """A CALL frame; the answer comes back as REPLY or FAIL with the same ``ref``."""
-    prefix = _CALL_PREFIXES.get(name)
+_CALL_RUN_PREFIXES: dict[str, bytes] = {}
+
+
+def call_frame(name: str, ref: int, payload: bytes, run: int | None = None) -> bytes:
+    """A CALL frame; the answer comes back as REPLY or FAIL with the same ``ref`` (and
+    ``run``, the caller's run id, when given)."""
+    if run is None:
+        prefix = _CALL_PREFIXES.get(name)
+        if prefix is None:
+            prefix = _prefix(_CALL_PREFIXES, Kind.CALL, 5, name)
+        return prefix + codec.packb(ref) + payload
+    prefix = _CALL_RUN_PREFIXES.get(name)
     if prefix is None:
-        prefix = _prefix(_CALL_PREFIXES, Kind.CALL, 5, name)
-    return prefix + codec.packb(ref) + payload
+        prefix = _prefix(_CALL_RUN_PREFIXES, Kind.CALL, 6, name)
+    return prefix + codec.packb(ref) + payload + codec.packb(run)
 
 
 _REPLY_HEADER: Final = _header(4, Kind.REPLY)
 _FAIL_HEADER: Final = _header(4, Kind.FAIL)
+_REPLY_RUN_HEADER: Final = _header(5, Kind.REPLY)
+_FAIL_RUN_HEADER: Final = _header(5, Kind.FAIL)
 
 
-def reply_frame(ref: int, ok: bool, payload: bytes) -> bytes:
-    """A REPLY (``ok``) or FAIL frame answering call ``ref``."""
-    return (_REPLY_HEADER if ok else _FAIL_HEADER) + codec.packb(ref) + payload
+def reply_frame(ref: int, ok: bool, payload: bytes, run: int | None = None) -> bytes:
+    """A REPLY (``ok``) or FAIL frame answering call ``ref`` of the caller's run ``run``
+    (None: the call carried none)."""
+    if run is None:
+        return (_REPLY_HEADER if ok else _FAIL_HEADER) + codec.packb(ref) + payload
+    header = _REPLY_RUN_HEADER if ok else _FAIL_RUN_HEADER
+    return header + codec.packb(ref) + payload + codec.packb(run)
 
 
-def ping_frame(seq: int) -> bytes:
-    """A PING carrying ``seq`` (echoed by the PONG)."""
-    return _header(3, Kind.PING) + codec.packb(seq)
+def ping_frame(seq: int, run: int | None = None, epoch: int = 0) -> bytes:
+    """A PING carrying ``seq`` and, when ``run`` is given, the sender's run id and session
+    epoch for the receiver (all echoed by the PONG)."""
+    if run is None:
+        return _header(3, Kind.PING) + codec.packb(seq)
+    return _header(5, Kind.PING) + codec.packb(seq) + codec.packb(run) + codec.packb(epoch)
 
 
-def pong_frame(seq: int) -> bytes:
-    """The answer to PING ``seq``."""
-    return _header(3, Kind.PONG) + codec.packb(seq)
+def pong_frame(seq: int, run: int | None = None, epoch: int = 0) -> bytes:
+    """The answer to PING ``seq`` (with the ping's ``run`` and ``epoch`` when it had them)."""
+    if run is None:
+        return _header(3, Kind.PONG) + codec.packb(seq)
+    return _header(5, Kind.PONG) + codec.packb(seq) + codec.packb(run) + codec.packb(epoch)
+
+
+def trailing_int(obj: tuple[Any, ...], index: int) -> int | None:
+    """Element ``index`` of a decoded frame if it is there and an integer, else None (an
+    optional trailing field: absent from older senders' frames, ignored when malformed)."""
+    if len(obj) > index:
+        value = obj[index]
+        if type(value) is int:
+            return value
+    return None
 
 
 def too_deep(obj: Any, limit: int) -> bool:

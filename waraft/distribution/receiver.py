@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 import zmq
 
 from waraft.distribution import envelope, inline, nodeid, policy
-from waraft.distribution.envelope import FrameError, Kind
+from waraft.distribution.envelope import FrameError, Kind, trailing_int
 from waraft.distribution.peers import Peer, PeerLimitError, PeerState
 from waraft.distribution.policy import Sender
 from waraft.distribution.reply import RemoteReplyTo
@@ -414,12 +414,12 @@ class Receiver(threading.Thread):
                 self._deliver(obj[2], obj[3], messaging.send)
         elif kind == Kind.REPLY:
             if not self._deep(frame, obj[3]):
-                dist.complete_call(obj[2], True, obj[3], peer.node_id)
+                dist.complete_call(obj[2], True, obj[3], peer.node_id, trailing_int(obj, 4))
         elif kind == Kind.CALL:
-            self._call(conn, obj[2], obj[3], obj[4], frame)
+            self._call(conn, obj[2], obj[3], obj[4], frame, trailing_int(obj, 5))
         elif kind == Kind.FAIL:
             if not self._deep(frame, obj[3]):
-                dist.complete_call(obj[2], False, obj[3], peer.node_id)
+                dist.complete_call(obj[2], False, obj[3], peer.node_id, trailing_int(obj, 4))
         elif kind == Kind.PING:
             dist.transmit_to(peer, envelope.pong_frame(obj[2]))  # (faults apply to pongs too)
         else:  # PONG
@@ -480,9 +480,11 @@ class Receiver(threading.Thread):
             return
         fn(pid, msg)
 
-    def _call(self, conn: _Conn, name: str, ref: int, request: Any, frame: bytes) -> None:
+    def _call(
+        self, conn: _Conn, name: str, ref: int, request: Any, frame: bytes, run: int | None
+    ) -> None:
         peer = conn.peer
-        handle = RemoteReplyTo(self._dist, peer, ref, conn.origin, conn.sender.rights)
+        handle = RemoteReplyTo(self._dist, peer, ref, conn.origin, conn.sender.rights, run)
         verdict = self._admit(peer, conn.sender, name, True, request, frame)
         if verdict is not True:
             handle.fail(verdict)

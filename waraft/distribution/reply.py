@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class RemoteReplyTo(ReplyTo):
     """``From`` of a call made on another node; ``reply``/``fail`` answer it over ZeroMQ."""
 
-    __slots__ = ("_dist", "_peer", "_ref", "origin", "rights")
+    __slots__ = ("_dist", "_peer", "_ref", "_run", "origin", "rights")
 
     def __init__(
         self,
@@ -29,11 +29,15 @@ class RemoteReplyTo(ReplyTo):
         ref: int,
         origin: str | None = None,
         rights: frozenset[str] = frozenset(),
+        run: int | None = None,
     ) -> None:
         super().__init__()
         self._dist = dist
         self._peer = peer
         self._ref = ref
+        # The caller's run id, echoed with the answer: the peer entry outlives a restart of
+        # the caller, so only this tells the answer's receiver whether it made the call.
+        self._run = run
         # Who made the call, as the connection authenticated it (``inline``'s ``origin``):
         # the owner the client gateway stamps on a session register it carries.
         self.origin = origin
@@ -51,7 +55,7 @@ class RemoteReplyTo(ReplyTo):
         return self._peer.node_id
 
     def _complete(self, ok: bool, value: Any) -> None:
-        self._dist.send_reply(self._peer, self._ref, ok, value)
+        self._dist.send_reply(self._peer, self._ref, ok, value, self._run)
 
 
 class Outstanding:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -139,7 +140,13 @@ class Dist:
         self.peers = PeerTable(self._on_peer_change, settings.max_peers)
         self._peer_map = self.peers.by_id  # read-only alias for the lock-free hot path
         self._pending: dict[int, Outstanding] = {}
-        self._refs = itertools.count(1)
+        # This run of the distribution: calls carry it and their answers echo it, so an answer
+        # to a call made before a restart under the same node id is recognised and dropped
+        # (peer entries, and the answering node's handles, outlive the caller's restart).
+        self.run_id = secrets.randbits(63)
+        # Call references start at random too: a reply that carries no run (a hand-made
+        # client's answer) still almost never names a call of this run by chance.
+        self._refs = itertools.count(secrets.randbits(62) + 1)
         self._fault_in: frozenset[str] = frozenset()
         self._fault_out: frozenset[str] = frozenset()
         self.stopping = False
@@ -350,7 +357,7 @@ class Dist:
             handle.fail(("nodedown", node_id))
             return None
         ref = next(self._refs)
-        frame = envelope.call_frame(name, ref, codec.packb(request))
+        frame = envelope.call_frame(name, ref, codec.packb(request), self.run_id)
         if len(frame) > self.settings.max_frame_bytes:
             self.counters.incr("tx_oversized")
             handle.fail(("frame_too_large", len(frame)))
@@ -381,20 +388,30 @@ class Dist:
                 entry.handle.fail(TIMEOUT)
 
     # ------------------------------------------------------------------ replies
-    def send_reply(self, peer: Peer, ref: int, ok: bool, value: Any) -> None:
-        """Answer call ``ref`` from ``peer`` (used by ``RemoteReplyTo``)."""
+    def send_reply(
+        self, peer: Peer, ref: int, ok: bool, value: Any, run: int | None = None
+    ) -> None:
+        """Answer call ``ref`` from ``peer``'s run ``run`` (used by ``RemoteReplyTo``)."""
         try:
             payload = codec.packb(value)
         except codec.CodecError as exc:
             self.counters.incr("tx_encode_errors")
             logger.error("cannot encode the reply to a call from %s: %s", peer.node_id, exc)
             ok, payload = False, codec.packb(("badarg", f"unencodable reply: {exc}"))
-        if not self.transmit_to(peer, envelope.reply_frame(ref, ok, payload)):
+        if not self.transmit_to(peer, envelope.reply_frame(ref, ok, payload, run)):
             self.counters.incr("tx_replies_dropped")
 
-    def complete_call(self, ref: int, ok: bool, value: Any, node_id: str) -> None:
+    def complete_call(
+        self, ref: int, ok: bool, value: Any, node_id: str, run: int | None = None
+    ) -> None:
         """A REPLY/FAIL frame arrived from ``node_id`` (receive thread). Only the node that
-        was called can answer: a reply naming another node's call is dropped and counted."""
+        was called can answer: a reply naming another node's call is dropped and counted
+        (``rx_foreign_replies``), and so is one echoing another run id than this one's
+        (``rx_stale_replies``): the answer to a call of this node's previous run, which
+        could otherwise complete a call of this run that has the same reference."""
+        if run is not None and run != self.run_id:
+            self.counters.incr("rx_stale_replies")
+            return
         entry = self._pending.get(ref)
         if entry is not None and entry.node != node_id:
             self.counters.incr("rx_foreign_replies")
