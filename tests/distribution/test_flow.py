@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -13,9 +14,11 @@ import zmq
 from waraft import distribution as dist
 from waraft import otp
 from waraft.distribution import inline
+from waraft.otp.sched import scheduled_caller
+from waraft.otp.sched import sleep as otp_sleep
 from waraft.services import codec
 
-from .helpers import WAIT, Child, start_sink, wait_until
+from .helpers import WAIT, Child, Inbox, start_sink, wait_until
 
 
 @pytest.fixture
@@ -174,3 +177,88 @@ def test_concurrent_callers_each_get_their_own_answer(node: str, shared_child: C
     for t in threads:
         t.join(20.0)
     assert results == {k: [(k, i) for i in range(50)] for k in range(8)}
+
+
+class _Ticker(otp.Process):
+    """Answers at once: whether its scheduler thread runs at all."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        proc = scheduled_caller()
+        return None if proc is None else id(proc._sched)
+
+
+class _FullQueueCaller(otp.Process):
+    """Fills its thread's link to a peer, then calls it (reporting to an inbox)."""
+
+    def init(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        # Spawned from this scheduled process, the ticker shares its scheduler thread.
+        ticker = otp.start(_Ticker)
+        proc = scheduled_caller()
+        return (ticker, None if proc is None else id(proc._sched))
+
+    def handle_cast(self, msg: Any) -> None:
+        addr, payload, timeout = msg
+        queued = 0
+        # Until the link stays full: the kernel's buffers take frames as libzmq hands them
+        # over, once the connection is up.
+        for _ in range(100):
+            before = queued
+            while dist.cast_bytes(addr, payload):
+                queued += 1
+            if queued == before and queued > 0:
+                break
+            otp_sleep(0.05)
+        self.inbox.add(("filled", queued))
+        started = time.monotonic()
+        try:
+            otp.call(addr, "anything", timeout)
+        except otp.ExitError as exc:
+            self.inbox.add(("outcome", exc.reason, time.monotonic() - started))
+
+
+@pytest.fixture
+def stuck_peer() -> Iterator[str]:
+    """A peer that accepts connections and never reads nor answers (a stopped process)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    stuck = ctx.socket(zmq.ROUTER)
+    stuck.setsockopt(zmq.LINGER, 0)
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.setsockopt(zmq.RCVBUF, 4096)
+    try:
+        port = stuck.bind_to_random_port("tcp://127.0.0.1")
+        yield f"stuck@127.0.0.1:{port}"
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_call_waiting_for_queue_space_neither_blocks_its_scheduler_nor_outlives_nodedown(
+    stuck_peer: str,
+) -> None:
+    """A scheduled process calls a peer whose link is full. It used to block its scheduler
+    thread in a socket poll for the call's whole timeout (every other process on that thread
+    stalled) and to learn ``nodedown`` only then; now it waits yielding the scheduler and
+    fails as soon as the peer is found down."""
+    dist.start(
+        "parent@127.0.0.1:0", sndhwm=10, ping_interval=0.1, down_after=5.0, connect_timeout=3.0
+    )
+    try:
+        inbox = Inbox()
+        caller = otp.start(_FullQueueCaller, inbox, process_type="scheduled")
+        ticker, caller_sched = otp.call(caller, "spawn ticker", WAIT)
+        assert caller_sched is not None
+        assert otp.call(ticker, "tick", WAIT) == caller_sched  # the same scheduler thread
+        timeout = 8.0
+        otp.cast(caller, (("anyone", stuck_peer), dist.encode(b"x" * 20_000), timeout))
+        inbox.wait_len(1)  # ("filled", n): the link stays full, so the call waits for room
+        time.sleep(0.05)  # let the call start waiting
+        for _ in range(3):  # (the peer is marked down after connect_timeout)
+            assert otp.call(ticker, "tick", 0.5) == caller_sched
+        outcome = inbox.wait_len(2, timeout=timeout)[1]
+        assert outcome[1] == ("nodedown", stuck_peer)
+        assert outcome[2] < timeout / 2
+        assert dist.stats().get("pending_calls", 0) == 0
+    finally:
+        dist.stop()

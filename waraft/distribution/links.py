@@ -26,6 +26,8 @@ import zmq
 from waraft.distribution import nodeid
 from waraft.distribution.peers import Peer
 from waraft.distribution.settings import CurveConfig, DistSettings
+from waraft.otp.sched import scheduled_caller
+from waraft.otp.sched import sleep as sched_sleep
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ REAP_LINGER_MS = 250
 """A dead thread's socket gets this long to flush what it queued before it is dropped."""
 
 _POLL_SLICE = 0.05
+_SCHED_SLICE = 0.01
+"""How often a scheduled process waiting for queue space tries again (it cannot poll the
+socket without blocking its scheduler thread)."""
 CLIENT_SNDHWM = 64
 """Frames queued at most for a client or admin process (``Outbound._sndhwm_for``)."""
 # The send of pyzmq's compiled socket: its Python-level wrapper (zmq.Socket.send) only adds the
@@ -133,20 +138,40 @@ class Outbound:
         link.sent_bytes += len(frame)
         return True
 
-    def send_wait(self, peer: Peer, frame: bytes, deadline: float | None) -> bool:
+    def send_wait(
+        self,
+        peer: Peer,
+        frame: bytes,
+        deadline: float | None,
+        abandon: Callable[[], bool] = lambda: False,
+    ) -> bool:
         """Like :meth:`send`, but wait for queue space until ``deadline`` (monotonic; None =
-        no limit) instead of dropping. Used for calls, which may block."""
+        no limit) instead of dropping. Used for calls, which may wait.
+
+        Gives up (False) at ``deadline``, when the link closes, or as soon as ``abandon()``
+        is true, checked at least every ``_POLL_SLICE`` (the caller's peer went down, its
+        call was answered or failed meanwhile): a full queue to a stopped peer must not hold
+        the caller for the whole call timeout once the peer is known down.
+
+        A scheduled process never blocks its scheduler thread here (blocking work never runs
+        on a scheduler: every other process of that thread would stall): it waits in short
+        sleeps that yield the scheduler (``otp.sched.sleep``). The frame still goes out on
+        the thread's own link, after whatever the process sent before (per-process order)."""
+        scheduled = scheduled_caller() is not None
         while True:
             if self.send(peer, frame):
                 return True
             link = self._tls.links.get(peer.node_id)
-            if link is None or link.closed or self._closed:
+            if link is None or link.closed or self._closed or abandon():
                 return False
-            wait = _POLL_SLICE
+            wait = _SCHED_SLICE if scheduled else _POLL_SLICE
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     return False
+            if scheduled:
+                sched_sleep(wait)
+                continue
             with link.lock:
                 if link.closed:
                     return False

@@ -371,12 +371,35 @@ class Dist:
             self.counters.incr("call_nodedown")
             handle.fail(("nodedown", node_id))
             return None
-        if not self.outbound.send_wait(peer, frame, send_by):
+        try:
+            sent = self.outbound.send_wait(
+                peer, frame, send_by, lambda: handle.done or not self._sendable(peer)
+            )
+        except BaseException:  # e.g. a scheduled caller killed while it waited for room
             self._pending.pop(ref, None)
-            self.counters.incr("call_timeouts")
-            handle.fail(("nodedown", node_id) if self.stopping else TIMEOUT)
+            raise
+        if not sent:
+            self._pending.pop(ref, None)
+            if handle.done:  # failed meanwhile (its peer went down): that is the outcome
+                return None
+            if self.stopping or not self._sendable(peer):
+                self.counters.incr("call_nodedown")
+                handle.fail(("nodedown", node_id))
+            else:
+                self.counters.incr("call_timeouts")
+                handle.fail(TIMEOUT)
             return None
         return ref
+
+    def _sendable(self, peer: Peer) -> bool:
+        """Whether frames for ``peer`` may still be queued: not down, not forgotten, not cut
+        off by a fault, and distribution not stopping."""
+        return not (
+            self.stopping
+            or peer.forgotten
+            or peer.state is PeerState.DOWN
+            or (bool(self._fault_out) and peer.node_id in self._fault_out)
+        )
 
     def expire_requests(self, now: float) -> None:
         """Fail asynchronous requests that outlived their timeout (liveness thread)."""
