@@ -87,7 +87,6 @@ class Peer:
         self.acked = 0
         self.their_session: tuple[int, int] | None = None
         self.sessions = False  # it sent a session or echoed one: it speaks sessions
-        self.down_events = 0
         self.forgotten = False  # set once removed from the table: holders must look it up again
         # Set once it was admitted to a member's request (a Raft RPC, a transport chunk):
         # clients and admin tools (``waraft status``) come and go, and their leaving is news
