@@ -11,7 +11,7 @@ import pytest
 
 from waraft.core import quiesce
 from waraft.core.events import NodeLiveness
-from waraft.core.rpc import AppendEntries, RaftRpc
+from waraft.core.rpc import AppendEntries, NotifyTerm, RaftRpc
 from waraft.core.types import DurableState, State
 from waraft.sim import Simulation
 from waraft.sim.network import NetConfig
@@ -45,10 +45,14 @@ def test_an_idle_partition_goes_silent_and_keeps_its_term() -> None:
     terms = {n: sim.term(n) for n in sim.node_ids}
     sent = sim.network.sent_total
     sim.run_for(20_000)
-    assert sim.network.sent_total == sent  # no heartbeat, no election
+    # no heartbeat, no election: only the leader's check, one quiesce round (two messages
+    # and their answers) per liveness grace period (1.5 s here; see quiesce.recheck)
+    grace = sim.core(leader).settings.raft_liveness_grace_period_ms
+    assert sim.network.sent_total - sent <= 4 * (20_000 // grace + 1)
     assert {n: sim.term(n) for n in sim.node_ids} == terms
     assert sim.leader() == leader
-    assert all(sim.nodes[n].timer_kind is None for n in sim.node_ids)  # no armed timers
+    # no armed timers but the leader's check
+    assert all(sim.nodes[n].timer_kind is None for n in sim.node_ids if n != leader)
     status = sim.core(leader).status(sim.now)
     assert status["quiescent"] is True
     # quiescent replicas still publish themselves live
@@ -555,3 +559,111 @@ def test_a_handover_started_by_a_settled_leader_times_out_on_time() -> None:
     # the timeout, plus an interval and a round trip's slack (the slow deadline: ~600 ms)
     assert served_at - started <= 300 + 50 + 100, served_at - started
     assert sim.leader() == leader
+
+
+# -- stale views: a one-way fault, a partition restarted while its node stays up ---------------
+
+
+def _leaders_at(sim: Simulation, term: int) -> list[str]:
+    return [n for n in sim.node_ids if sim.state(n) is State.LEADER and sim.term(n) == term]
+
+
+def _one_way_successor(seed: int) -> tuple[Simulation, str, str, str, int]:
+    """A quiescent partition whose follower ``f1`` stops hearing the leader (one way): f1's
+    detector reports the leader down, f1 wins the next term with ``f2``'s vote, and the
+    distribution drops f1's sends to the node it believes down. Returns (sim, old leader,
+    f1, f2, old term) once f1 leads. The leader's periodic check (``quiesce.recheck``) is
+    put far off: these tests are about the followers' messages."""
+    sim, leader = _quiet_cluster(
+        seed=seed, settings=fast_settings(raft_liveness_grace_period_ms=60_000)
+    )
+    sim.run_for(2000)  # the followers' last heartbeat is older than an election timeout
+    term = sim.term(leader)
+    candidates = sorted(n for n in sim.node_ids if n != leader)
+    sim.block(leader, candidates[0])
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in candidates), BOUND_MS)
+    f1 = next(n for n in candidates if sim.state(n) is State.LEADER)
+    f2 = next(n for n in candidates if n != f1)
+    assert not sim.liveness.believes_down(leader, f1)  # the old leader hears everyone
+    return sim, leader, f1, f2, term
+
+
+def test_sim_detector_hears_one_way_and_drops_sends_to_down_nodes() -> None:
+    """The model under the next tests: as in the runtime, a node is up to an observer that
+    hears it, and what a core sends to a node its detector reports down is dropped."""
+    sim, leader = _quiet_cluster(seed=31)
+    other = next(n for n in sim.node_ids if n != leader)
+    sim.block(leader, other)
+    sim.run_for(DETECT_MS + 50)
+    assert sim.liveness.believes_down(other, leader)
+    assert not sim.liveness.believes_down(leader, other)
+    dropped = sim.stats["dropped_node_down"]
+    sim.send(other, leader, RaftRpc(sim.term(other), sim.core(other).self_id, NotifyTerm()))
+    assert sim.stats["dropped_node_down"] == dropped + 1
+
+
+@pytest.mark.parametrize("seed", [32, 33, 34])
+def test_a_leader_cut_off_one_way_is_deposed_by_the_follower_that_voted(seed: int) -> None:
+    """Review G #1: the old leader, quiescent, hears both followers and the winner drops
+    every send to it; the follower that voted adopted the new term but sent nothing, so the
+    old leader stayed leader at the old term for as long as the fault lasted (two leaders in
+    status, clients routed to it). The voter now tells the old leader its term."""
+    sim, leader, _f1, _f2, term = _one_way_successor(seed)
+    assert sim.run_until(lambda: not _leaders_at(sim, term), 200), sim.describe()
+    assert sim.term(leader) > term and sim.state(leader) is not State.LEADER
+    one(sim, write(41, key="ow"), 2)
+    assert_linearizable(sim)
+
+
+def test_a_stale_quiescent_leader_that_was_never_told_finds_out_by_itself() -> None:
+    """The voters' message to the old leader can be lost. A quiescent leader checks on its
+    followers once every liveness grace period (a quiesce round: no follower wakes), and the
+    follower at the newer term answers it with that term."""
+    lost: list[RaftRpc] = []
+    original = Simulation.send
+
+    def send(sim: Simulation, src: str, dst: str, rpc: RaftRpc) -> None:
+        if type(rpc.payload) is NotifyTerm and sim.state(dst) is State.LEADER:
+            lost.append(rpc)  # every word of the new term to a leader is lost
+            return
+        original(sim, src, dst, rpc)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Simulation, "send", send)
+        sim, leader, _f1, _f2, term = _one_way_successor(43)
+        sim.run_for(200)
+    assert lost and _leaders_at(sim, term) == [leader]  # as before the voters' message
+    grace = sim.core(leader).settings.raft_liveness_grace_period_ms
+    assert sim.run_until(lambda: not _leaders_at(sim, term), grace + 200), sim.describe()
+    assert sim.state(leader) is not State.LEADER
+
+
+def test_a_quiescent_leader_checks_its_followers_once_per_grace_period() -> None:
+    """The cost of that check: one quiesce round (a message and its answer per follower) per
+    liveness grace period, and the followers stay quiescent with no timer armed."""
+    sim, leader = _quiet_cluster(seed=36)
+    grace = sim.core(leader).settings.raft_liveness_grace_period_ms
+    sim.run_for(grace)  # into the steady state
+    terms = {n: sim.term(n) for n in sim.node_ids}
+    sent = sim.network.sent_total
+    sim.run_for(10 * grace)
+    rounds = (sim.network.sent_total - sent) / 4  # two followers, a message and an answer
+    assert 9 <= rounds <= 11, rounds
+    assert {n: sim.term(n) for n in sim.node_ids} == terms
+    assert _all_quiescent(sim)
+    assert all(sim.nodes[n].timer_kind is None for n in sim.node_ids if n != leader)
+
+
+def _memory_cluster(seed: int) -> tuple[Simulation, str]:
+    """A quiescent partition whose replicas lose their log and storage when they restart
+    (a node with memory providers)."""
+    return _quiet_cluster(seed=seed, durable_log=False, durable_storage=False)
+
+
+def test_sim_partition_restart_fires_no_node_liveness_event() -> None:
+    sim, leader = _memory_cluster(seed=37)
+    reports = sim.liveness.reports
+    sim.restart_partition(leader)
+    sim.run_for(1000)
+    assert sim.liveness.reports == reports
+    assert sim.nodes[leader].up

@@ -89,7 +89,7 @@ def test_cli_reports_a_violation_with_its_replay_command(
     assert Simulation  # the module stays importable after the mutant run
 
 
-SESSION_SEED = 3  # a session scenario (random_scenario(3).sessions) whose retries dedupe
+SESSION_SEED = 19  # a session scenario (random_scenario(19).sessions) whose retries dedupe
 
 
 def test_sweep_scenarios_include_session_clients_checked_for_exactly_once() -> None:

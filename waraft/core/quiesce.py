@@ -8,7 +8,9 @@ participant holds the whole log, everything is committed and applied, no partici
 reported down, and nothing happened for ``raft_quiesce_after_ms``, the leader sends one round
 of empty ``AppendEntries(quiesce=True)``. Once every participant answered that round with
 ``quiesced=True`` (and was sent, and answered, nothing else since), the leader goes quiescent:
-it cancels its heartbeat timeout and sends nothing until woken. A leader that would quiesce
+it sends nothing until woken, but for one quiesce round per liveness grace period
+(``recheck``: no follower wakes for it; it finds a newer term or an emptied replica that
+nothing told it about). A leader that would quiesce
 but for a participant on a node reported down stays awake and heartbeats every quarter of the
 minimum election timeout instead of every heartbeat interval (``slow_heartbeat_ms``).
 
@@ -46,6 +48,11 @@ leader's node answers again, the follower sends the leader a ``NotifyTerm`` of i
 instead of trusting the detector: a leader still in office wakes and replicates (resetting
 the timer), a node that restarted meanwhile has no leader on it, and the timer elects one.
 
+Stale views. A replica that adopts a newer term tells the leader it followed in the older
+one (``tell_old_leader``): a leader that only lost its way to the others (a one-way fault)
+is otherwise never told, as a follower sends nothing unasked and the new leader's node
+drops what it sends to a node it believes down.
+
 Safety does not depend on any of this: quiescence only withholds timers, never changes terms,
 votes, logs or commit indices.
 """
@@ -55,7 +62,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from waraft.core import commit, config, replication
-from waraft.core.effects import CancelTimeout
 from waraft.core.events import Event, NodeLiveness, Timeout
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse, NotifyTerm, RaftRpc
 from waraft.core.types import Identity, State, TimeoutKind
@@ -89,6 +95,9 @@ def before_event(core: Replica, event: Event) -> bool:
     elif type(event) is not Timeout:
         core.quiet_since = core.now
     elif core.quiescent:
+        if core.state is State.LEADER:
+            recheck(core)  # the timer a quiescent leader keeps: one quiesce round
+            return True
         return False  # a firing of the timer we cancelled: the shell should have dropped it
     core.woken_by_leader_down = False  # traffic: a leader-node-up no longer probes
     if core.quiescent:
@@ -133,6 +142,55 @@ def on_node_liveness(core: Replica, event: NodeLiveness) -> None:
             core.woken_by_leader_down = False
             core.count("quiesce.follower.probe_leader")
             core.send(leader, NotifyTerm())
+
+
+def tell_old_leader(core: Replica, old: Identity | None, sender: Identity) -> None:
+    """After adopting ``sender``'s newer term: tell ``old``, the leader this replica followed
+    in the older term, that term is over (a ``NotifyTerm`` at the new one).
+
+    A quiescent leader sends nothing, and a follower sends nothing unasked, so a leader that
+    only lost its way *to* the others (a one-way fault: a follower stopped hearing it, its
+    detector reported it down, it won the next term, and the distribution drops everything
+    it sends to the node it believes down) was never told: it stayed leader at the old term,
+    in status and in the leader table clients route by, for as long as the fault lasted.
+    The voters can usually still reach it; one message each deposes it at once. Skipped when
+    ``old`` is the sender (it knows its term), this replica, or on a node reported down (the
+    distribution would drop it). The quiescent leader's periodic check (``recheck``) covers
+    a message lost on the way. Only with quiescence on: an awake leader learns the new term
+    from the answers to its next heartbeat."""
+    if old is None or not enabled(core) or old == core.self_id:
+        return
+    if old.node == sender.node or old.node in core.down_nodes:
+        return
+    core.count("quiesce.notify_old_leader")
+    core.send(old, NotifyTerm())
+
+
+def recheck(core: Replica) -> None:
+    """A quiescent leader's timer fired: check on the followers with one quiesce round.
+
+    A quiescent leader otherwise learns nothing until woken, and some news never wakes it:
+    a newer term its followers adopted while the message telling it was lost
+    (``tell_old_leader``), or a follower's replica that restarted empty while its node stayed
+    up (no liveness report). Every ``raft_liveness_grace_period_ms`` it sends the quiesce
+    round again (``leader_round``, as if the quiet period had just ended): a follower that
+    still holds everything acknowledges it and stays quiescent (no timer armed), one at a
+    newer term answers with that term and deposes the leader, one that lost its data
+    answers with a failure that keeps the leader awake and sends it a snapshot. The grace
+    period is the age past which liveness evidence is stale anyway (check-quorum, the
+    published ``live`` flags). The cost is one message and its answer per follower per
+    period: at 1000 partitions per node and the default 30 s, about 22 rounds a second
+    per node of three, against about 5500 heartbeats a second without quiescence."""
+    core.quiescent = False
+    core.quiesce_acks.clear()
+    core.quiesce_woken_ts = core.now  # check-quorum judges from here, as after a wake
+    core.count("quiesce.leader.recheck")
+
+
+def recheck_ms(core: Replica) -> int:
+    """How long a quiescent leader sleeps before its check (``recheck``)."""
+    settings = core.settings
+    return max(settings.raft_liveness_grace_period_ms, settings.raft_heartbeat_interval_ms)
 
 
 def _fnv1a(text: str) -> int:
@@ -442,7 +500,7 @@ def leader_round(core: Replica) -> bool:
         core.quiescent = True
         core.count("quiesce.leader")
         core.log_debug("quiesces at %d", core.commit_index)
-        core.emit(CancelTimeout())
+        core.set_timeout(TimeoutKind.HEARTBEAT, recheck_ms(core))  # see ``recheck``
         return True
     cfg = core.current_config()
     for peer in peers:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from waraft.core import quiesce
 from waraft.core.effects import PersistState
 from waraft.core.errors import RaftCoreError
 from waraft.core.rpc import (
@@ -64,7 +65,9 @@ def handle_rpc(core: Replica, rpc: RaftRpc) -> None:
         payload = RequestVote(ElectionType.ALLOWED, payload.last_log_index, payload.last_log_term)  # type: ignore[union-attr]
         rpc = RaftRpc(term, sender, payload)
     if term > current:
+        old_leader = core.leader
         on_advance_term(core, term)
+        quiesce.tell_old_leader(core, old_leader, sender)
         handle_rpc(core, rpc)
         return
     if ptype is NotifyTerm:

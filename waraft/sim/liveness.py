@@ -1,12 +1,20 @@
 """A simulated node-level failure detector: ``NodeLiveness`` events for every replica.
 
-It models the distribution layer's pings: every ``interval_ms`` each up observer asks each
-other node for an answer; a node answers when it is up, not paused (a SIGSTOPped node keeps
-its sockets but answers nothing) and connected both ways to the observer. A node that has not
-answered for ``down_after_ms`` is reported down to the observer's core; the first answer after
-that reports it up again; a node restarted between two pings is reported down and up (its
-connections dropped and came back). A (re)started observer starts believing every node up, as the
-runtime does, and learns otherwise within ``down_after_ms``.
+It models the distribution layer's pings: every ``interval_ms`` each up observer checks that
+it heard from each other node; it did when that node is up, not paused (a SIGSTOPped node
+keeps its sockets but answers nothing) and its link to the observer works. Only that
+direction counts, as in the runtime, where a peer's pings (and any traffic) are heard on its
+own link: when only ``a`` → ``b`` is cut, ``b`` reports ``a`` down and ``a`` sees ``b`` up. A
+node not heard from for ``down_after_ms`` is reported down to the observer's core; the first
+answer after that reports it up again; a node restarted between two pings is reported down and
+up (its connections dropped and came back). A (re)started observer starts believing every node
+up, as the runtime does, and learns otherwise within ``down_after_ms``. A partition that
+restarts while its node stays up (``Simulation.restart_partition``) is no node restart: nobody
+is told, and its new core learns which nodes its node believes down (as the server's
+``_sync_liveness`` does).
+
+The simulation drops what a core sends to a node its detector reports down
+(``SimConfig.drop_sends_to_down``), as the runtime drops sends to a peer it marked down.
 """
 
 from __future__ import annotations
@@ -42,9 +50,17 @@ class LivenessMonitor:
             self.sim.clock.schedule(self.interval_ms, self._tick, label="liveness")
 
     def answers(self, subject: str, observer: str) -> bool:
-        """Would ``subject`` answer ``observer``'s ping right now?"""
+        """Does ``observer`` hear from ``subject`` right now (its link to the observer)?"""
         node = self.sim.nodes[subject]
-        return node.up and not node.paused and self.sim.connected(subject, observer)
+        return node.up and not node.paused and self.sim.network.can_reach(subject, observer)
+
+    def believes_down(self, observer: str, subject: str) -> bool:
+        """Whether ``observer``'s detector reports ``subject`` down now."""
+        return (observer, subject) in self.down
+
+    def down_for(self, observer: str) -> list[str]:
+        """The nodes ``observer``'s detector reports down now."""
+        return [subject for (obs, subject) in self.down if obs == observer]
 
     def _tick(self) -> None:
         sim = self.sim
@@ -52,9 +68,9 @@ class LivenessMonitor:
         for observer, node in sim.nodes.items():
             if not node.up or node.paused:
                 continue  # a stopped observer pings nobody
-            if self.incarnations.get(observer) != node.incarnation:
-                # A fresh core believes everyone up: start its view afresh.
-                self.incarnations[observer] = node.incarnation
+            if self.incarnations.get(observer) != node.host_incarnation:
+                # A fresh node believes everyone up: start its view afresh.
+                self.incarnations[observer] = node.host_incarnation
                 for subject in sim.node_ids:
                     self.last_answer[(observer, subject)] = now
                     self.down.discard((observer, subject))
@@ -64,7 +80,7 @@ class LivenessMonitor:
                 pair = (observer, subject)
                 if self.answers(subject, observer):
                     self.last_answer[pair] = now
-                    incarnation = sim.nodes[subject].incarnation
+                    incarnation = sim.nodes[subject].host_incarnation
                     if self.seen.setdefault(pair, incarnation) != incarnation:
                         # Restarted between two pings: the connection dropped and came back.
                         self.seen[pair] = incarnation

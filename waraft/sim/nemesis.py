@@ -47,6 +47,7 @@ class NemesisConfig:
             "disable": 0.3,
             "membership": 0.7,
             "pause_leader": 1.0,
+            "restart_partition": 1.0,
         }
     )
 
@@ -85,6 +86,7 @@ class Nemesis:
             "disable": self._disable,
             "membership": self._membership,
             "pause_leader": self._pause_leader,
+            "restart_partition": self._restart_partition,
         }
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -217,6 +219,16 @@ class Nemesis:
             self._note(f"restart {node_id}")
 
         self._later(self._delay(self.config.downtime_ms), restart, f"restart {node_id}")
+
+    def _restart_partition(self) -> None:
+        """Restart one replica's partition while its node stays up (its supervisor
+        restarted it): no node liveness event, and without durable providers it comes back
+        empty (``Simulation.restart_partition``)."""
+        node_id = self.rng.choice(self.sim.node_ids)
+        if not self._can_crash(node_id):
+            return
+        self.sim.restart_partition(node_id)
+        self._note(f"restart partition {node_id}")
 
     def _crash_any(self) -> None:
         self._crash(self.rng.choice(self.sim.node_ids))

@@ -113,7 +113,10 @@ class SimNode:
         self.durable: DurableState | None = None
         self.core: Any = None
         self.up = False
-        self.incarnation = 0
+        self.incarnation = 0  # of the core: every start, a partition restart's too
+        # of the node (its process): what the failure detector sees restart; a partition
+        # restart (``restart_partition``) keeps it
+        self.host_incarnation = 0
         self.rng = random.Random(sim.rng.getrandbits(64))
         self._timer: Scheduled | None = None
         self.timer_kind: TimeoutKind | None = None
@@ -166,12 +169,17 @@ class SimNode:
     def now(self) -> int:
         return self.sim.clock.now
 
-    def start(self) -> None:
-        """Start (or restart) the core from what survived: durable state, log, storage."""
+    def start(self, same_host: bool = False) -> None:
+        """Start (or restart) the core from what survived: durable state, log, storage.
+
+        ``same_host``: only the partition restarted, its node stayed up (the failure detector
+        sees nothing, see ``restart_partition``)."""
         if self.up:
             raise RuntimeError(f"{self.id} is already up")
         sim = self.sim
         self.incarnation += 1
+        if not same_host:
+            self.host_incarnation += 1
         self.up = True
         position = self.storage.position
         self.log.node_share = self.settings.raft_node_max_retained_bytes

@@ -26,6 +26,7 @@ from waraft.core.events import (
     Enable,
     Event,
     HandoverRequest,
+    NodeLiveness,
     Promote,
     Resign,
     TriggerElection,
@@ -113,6 +114,9 @@ class SimConfig:
     # how long a node may go unanswered before it is reported down.
     liveness_interval_ms: int = 50
     node_down_after_ms: int = 300
+    # Drop what a core sends to a node its detector reports down, as the distribution layer
+    # drops sends to a peer it marked down (``waraft.distribution.runtime.transmit_to``).
+    drop_sends_to_down: bool = True
 
     def with_(self, **changes: Any) -> SimConfig:
         return replace(self, **changes)
@@ -207,11 +211,11 @@ class Simulation:
             node = SimNode(self, node_id, identity, settings)
             self.nodes[node_id] = node
             self.invariants.register(node_id, node.log)
-        for node in self.nodes.values():
-            self._guard(node.start)
         self.liveness = LivenessMonitor(
             self, config.liveness_interval_ms, config.node_down_after_ms
         )
+        for node in self.nodes.values():
+            self._guard(node.start)
         self.liveness.start()
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -245,6 +249,9 @@ class Simulation:
         if src == dst:
             self.network.sent[src] += 1
             self.clock.schedule(0, self._deliver, src, dst, rpc, target=dst, label="self")
+            return
+        if self.config.drop_sends_to_down and self.liveness.believes_down(src, dst):
+            self.stats["dropped_node_down"] += 1
             return
         self.network.send(src, dst, rpc, label="rpc")
 
@@ -451,6 +458,21 @@ class Simulation:
         if not node.up:
             self.stats["restart"] += 1
             self._guard(node.start)
+
+    def restart_partition(self, node_id: str) -> None:
+        """Restart only the partition on ``node_id`` (its supervisor restarted it; the node
+        stays up): it keeps what a crash keeps (see ``SimConfig``: with ``durable_log`` and
+        ``durable_storage`` off, like a node with memory providers, it comes back empty and
+        stalled), no node liveness event fires anywhere, and the new core is told which
+        nodes its node's detector reports down, as the server's ``_sync_liveness`` tells it."""
+        node = self.nodes[node_id]
+        if not node.up:
+            return
+        self.stats["restart_partition"] += 1
+        node.crash()
+        self._guard(node.start, True)
+        for subject in sorted(self.liveness.down_for(node_id)):
+            self._guard(node.handle, NodeLiveness(subject, False))
 
     def pause(self, node_id: str) -> None:
         """SIGSTOP a node: it stays up and connected but handles nothing until ``resume``."""
