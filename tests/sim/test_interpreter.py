@@ -46,7 +46,7 @@ class FakeCore:
         self.events: list[Any] = []
         FakeCore.instances.append(self)
 
-    def start(self, now: int) -> list[Any]:
+    def start(self, now: int, peer_nodes: Any = ()) -> list[Any]:
         return []
 
     def handle(self, event: Any, now: int) -> list[Any]:

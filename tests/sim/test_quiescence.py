@@ -667,3 +667,64 @@ def test_sim_partition_restart_fires_no_node_liveness_event() -> None:
     sim.run_for(1000)
     assert sim.liveness.reports == reports
     assert sim.nodes[leader].up
+
+
+@pytest.mark.parametrize("seed", [38, 39])
+def test_a_leader_partition_restarted_empty_on_a_live_node_is_replaced(seed: int) -> None:
+    """Review G #2: the leader's partition restarted (its supervisor; the node stayed up)
+    and came back stalled and empty. No liveness event fires and a stalled replica sends
+    nothing, so the quiescent followers kept believing the old leader led: no leader until
+    a client's request reached a follower. The new incarnation announces itself; its peers
+    wake, and the timer elects a leader, which then sends the empty replica a snapshot."""
+    sim, leader = _memory_cluster(seed)
+    sim.restart_partition(leader)
+    assert sim.state(leader) is State.STALLED
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS), (
+        sim.describe()
+    )
+    assert sim.run_until(lambda: sim.state(leader) is State.FOLLOWER, 5000), sim.describe()
+    one(sim, write(51, key="pr"), 3)
+
+
+def test_a_leader_partition_restarted_disabled_on_a_live_node_is_replaced() -> None:
+    """The same in durable mode, for a restart that comes back disabled (its log found
+    corrupt): it cannot lead or vote, and its peers must not wait for it."""
+    sim, leader = _quiet_cluster(seed=40)
+    kept = sim.nodes[leader].durable
+    assert kept is not None
+    sim.nodes[leader].durable = DurableState(
+        kept.current_term, kept.voted_for, ("log_corruption", "test")
+    )
+    sim.restart_partition(leader)
+    assert sim.state(leader) is State.DISABLED
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS), (
+        sim.describe()
+    )
+    one(sim, write(52, key="pd"), 2)
+
+
+@pytest.mark.parametrize("seed", [41, 42])
+def test_a_follower_partition_restarted_empty_is_repaired_before_the_leader_is_lost(
+    seed: int,
+) -> None:
+    """Review G #2: a follower's partition restarted empty; the quiescent leader never
+    learned it and never sent a snapshot, so when the leader's node was then lost, the two
+    survivors (one of them empty) could not elect anyone. The announcement wakes the leader,
+    which repairs the replica at once."""
+    sim, leader = _memory_cluster(seed)
+    follower = next(n for n in sim.node_ids if n != leader)
+    sim.restart_partition(follower)
+    assert sim.state(follower) is State.STALLED
+    # at once, not at the leader's next check (a liveness grace period, 1.5 s here)
+    grace = sim.core(leader).settings.raft_liveness_grace_period_ms
+    assert sim.run_until(lambda: sim.state(follower) is State.FOLLOWER, grace // 2), sim.describe()
+    assert sim.run_until(lambda: _all_quiescent(sim), 5000), sim.describe()
+    sim.crash(leader)
+    others = [n for n in sim.node_ids if n != leader]
+    assert sim.run_until(lambda: any(sim.state(n) is State.LEADER for n in others), BOUND_MS), (
+        sim.describe()
+    )
+    one(sim, write(53, key="pf"), 2)
+    assert_linearizable(sim)

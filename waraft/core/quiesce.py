@@ -51,7 +51,9 @@ the timer), a node that restarted meanwhile has no leader on it, and the timer e
 Stale views. A replica that adopts a newer term tells the leader it followed in the older
 one (``tell_old_leader``): a leader that only lost its way to the others (a one-way fault)
 is otherwise never told, as a follower sends nothing unasked and the new leader's node
-drops what it sends to a node it believes down.
+drops what it sends to a node it believes down. A replica that starts announces itself to
+its peers (``announce``): a partition restarted while its node stays up fires no liveness
+report, and one that comes back stalled or disabled sends nothing of its own.
 
 Safety does not depend on any of this: quiescence only withholds timers, never changes terms,
 votes, logs or commit indices.
@@ -59,6 +61,7 @@ votes, logs or commit indices.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from waraft.core import commit, config, replication
@@ -171,8 +174,8 @@ def recheck(core: Replica) -> None:
 
     A quiescent leader otherwise learns nothing until woken, and some news never wakes it:
     a newer term its followers adopted while the message telling it was lost
-    (``tell_old_leader``), or a follower's replica that restarted empty while its node stayed
-    up (no liveness report). Every ``raft_liveness_grace_period_ms`` it sends the quiesce
+    (``tell_old_leader``), or a follower's replica that restarted empty and no announcement
+    reached (``announce``). Every ``raft_liveness_grace_period_ms`` it sends the quiesce
     round again (``leader_round``, as if the quiet period had just ended): a follower that
     still holds everything acknowledges it and stays quiescent (no timer armed), one at a
     newer term answers with that term and deposes the leader, one that lost its data
@@ -191,6 +194,35 @@ def recheck_ms(core: Replica) -> int:
     """How long a quiescent leader sleeps before its check (``recheck``)."""
     settings = core.settings
     return max(settings.raft_liveness_grace_period_ms, settings.raft_heartbeat_interval_ms)
+
+
+def announce(core: Replica, extra_nodes: Iterable[str]) -> None:
+    """At start: tell the same-named replica on every node of the config (or, with none
+    known, on ``extra_nodes``) that this replica started anew, with a ``NotifyTerm``.
+
+    A partition can restart while its node stays up (its supervisor restarted it), so no
+    liveness report tells its peers, and a replica that comes back stalled (memory
+    providers, a quarantined store) or disabled sends nothing of its own. Quiescent peers
+    then kept believing in the old incarnation: followers in a leader that was gone (no
+    leader until a client's request reached one of them), a leader in a follower that had
+    lost its data (never repaired, so losing the leader's node left no quorum to elect).
+    Any RPC wakes a quiescent replica: a woken follower re-arms its election timer (the old
+    leader, if still in office, answers with a round that resets it), a woken leader
+    replicates and sends a stalled replica a snapshot. The message is at this replica's
+    term, so a peer at a newer one answers with it; one at an older term adopts it (as any
+    RPC from a member would make it). Only with quiescence on: otherwise the peers' timers
+    and heartbeats notice the restart."""
+    if not enabled(core):
+        return
+    name = core.self_id.name
+    nodes = {p.node for p in config.participants(core.current_config())}
+    if not nodes:
+        nodes = set(extra_nodes)
+    nodes.discard(core.self_id.node)
+    if nodes:
+        core.count("quiesce.announce")
+    for node in sorted(nodes):
+        core.send(Identity(name, node), NotifyTerm())
 
 
 def _fnv1a(text: str) -> int:

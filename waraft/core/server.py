@@ -29,6 +29,7 @@ Deliberate deviations from WARaft (each documented where it is made):
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from waraft.core import (
@@ -88,8 +89,13 @@ class RaftCore(Replica):
 
     # -- public entry points -------------------------------------------------------------------
 
-    def start(self, now: int) -> list[Effect]:
-        """Enter the initial state (digest §2.2); call once, before any ``handle``."""
+    def start(self, now: int, peer_nodes: Iterable[str] = ()) -> list[Effect]:
+        """Enter the initial state (digest §2.2); call once, before any ``handle``.
+
+        With quiescence on, the replica then announces its start to the replicas of its
+        config, or, when it knows no config (it lost its data), to those on ``peer_nodes``
+        (the nodes it may share the partition with, as far as the runner knows; see
+        ``quiesce.announce``)."""
         if self._started:
             raise RaftCoreError("RaftCore.start called twice")
         self._started = True
@@ -101,6 +107,7 @@ class RaftCore(Replica):
         if self.metrics is not None:
             self.count(f"{initial.value}.enter")
         _STATE_MODULES[initial].enter(self, initial)
+        quiesce.announce(self, peer_nodes)
         return self._finish()
 
     def handle(self, event: Event, now: int) -> list[Effect]:

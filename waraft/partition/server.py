@@ -301,7 +301,9 @@ class RaftServer(otp.StateMachine):
             storage_label=label,
             metrics=self._metrics,
         )
-        self._run(self.core.start(_now_ms()))
+        # A replica that lost its config announces its start to the nodes the local
+        # partitions name (kept across partition restarts): see ``quiesce.announce``.
+        self._run(self.core.start(_now_ms(), member_nodes(self.self_id.node)))
         # The first flush syncs, whatever the core did: a log reopened after its previous
         # actor closed it on a stalled disk holds entries that are not durable yet, and
         # nothing may be acknowledged on their account before they are.

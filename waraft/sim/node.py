@@ -206,7 +206,11 @@ class SimNode:
         sim.touched[self.id] = None
         self._role = None
         try:
-            effects = self.core.start(self.now)
+            # The server passes the nodes its local partitions named since its process
+            # started (``member_nodes``): none on a node's start, every node here on a
+            # partition restart.
+            peers = [n for n in sim.node_ids if n != self.id] if same_host else []
+            effects = self.core.start(self.now, peer_nodes=peers)
         except Exception as exc:
             raise CoreCrash(self.id, "start", exc) from exc
         self.run_effects(effects)
