@@ -132,14 +132,9 @@ class Queues:
             reason = None if admitted == count else COMMIT_QUEUE_FULL
             if sizes is not None:
                 limit = self.settings.raft_max_pending_commit_bytes
-                total = self._commit_bytes
-                for taken in range(admitted):
-                    size = sizes[taken]
-                    if limit > 0 and total + size > limit and total > 0:
-                        admitted, reason = taken, COMMIT_QUEUE_BYTES_FULL
-                        break
-                    total += size
-                self._commit_bytes = total
+                fits, self._commit_bytes = _within_bytes(sizes, admitted, self._commit_bytes, limit)
+                if fits < admitted:
+                    admitted, reason = fits, COMMIT_QUEUE_BYTES_FULL
                 self._commit_held += admitted
             self._pending[priority] += admitted
             self.commits_admitted += admitted
@@ -203,14 +198,9 @@ class Queues:
             admitted = max(0, min(count, room))
             reason = None if admitted == count else READ_QUEUE_FULL
             limit = s.raft_max_pending_read_bytes
-            total = self._read_bytes
-            for taken in range(admitted):
-                size = sizes[taken]
-                if limit > 0 and total + size > limit and total > 0:
-                    admitted, reason = taken, READ_QUEUE_BYTES_FULL
-                    break
-                total += size
-            self._read_bytes = total
+            fits, self._read_bytes = _within_bytes(sizes, admitted, self._read_bytes, limit)
+            if fits < admitted:
+                admitted, reason = fits, READ_QUEUE_BYTES_FULL
             self._read_count += admitted
             self.reads_admitted += admitted
         return admitted, reason, self._generation
@@ -300,6 +290,20 @@ def command_bytes(command: Any) -> int:
     """The estimated bytes a commit's command occupies in the commit queue: the same
     estimate on admission (acceptor) and on hand-off to storage (server), so they match."""
     return approx_command_size(command)
+
+
+def _within_bytes(sizes: Sequence[int], count: int, held: int, limit: int) -> tuple[int, int]:
+    """How many of the first ``count`` requests (of ``sizes`` bytes each, in order) fit a
+    byte budget of ``limit`` (0: none) with ``held`` bytes already taken, and the bytes held
+    once they are. One larger than the whole budget fits only when nothing is held, so a
+    request is never refused for ever."""
+    total = held
+    for taken in range(count):
+        size = sizes[taken]
+        if limit > 0 and total + size > limit and total > 0:
+            return taken, total
+        total += size
+    return count, total
 
 
 __all__ = [
