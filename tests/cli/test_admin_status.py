@@ -54,7 +54,7 @@ class Node:
         """``status_all`` as a caller on another node whose connection has ``rights``."""
         answers: queue.Queue[tuple[bool, Any]] = queue.Queue()
         dist = types.SimpleNamespace(
-            send_reply=lambda peer, ref, ok, value: answers.put((ok, value))
+            send_reply=lambda peer, ref, ok, value, run=None: answers.put((ok, value))
         )
         peer = types.SimpleNamespace(node_id="app.x@127.0.0.1:1")
         handle = RemoteReplyTo(dist, peer, 1, "client:app", rights)  # type: ignore[arg-type]

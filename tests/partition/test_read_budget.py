@@ -52,7 +52,7 @@ def _remote_call(node: otp.Node, name: str, request: Any) -> Any:
     node (a ``RemoteReplyTo``); the value it is answered with."""
     answers: queue.Queue[tuple[bool, Any]] = queue.Queue()
     dist = types.SimpleNamespace(
-        send_reply=lambda peer, ref, ok, value: answers.put((ok, value)),
+        send_reply=lambda peer, ref, ok, value, run=None: answers.put((ok, value)),
     )
     peer = types.SimpleNamespace(node_id="app.mallory@127.0.0.1:1")
     handle = RemoteReplyTo(dist, peer, 1, "client:mallory")  # type: ignore[arg-type]
