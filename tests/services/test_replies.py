@@ -103,7 +103,7 @@ def test_a_result_larger_than_any_frame_is_answered_reply_too_large(
     from waraft.distribution.settings import DistSettings
 
     limit = DistSettings().max_frame_bytes
-    monkeypatch.setattr(replies.dist, "frame_limit", lambda node: limit)
+    monkeypatch.setattr(replies, "_frame_limit", lambda node: limit)
     sent = _casts(monkeypatch)
     big = ("ok", b"x" * (limit + MIB))
     small = ("ok", b"s" * 10)
@@ -120,10 +120,10 @@ def test_a_result_larger_than_any_frame_is_answered_reply_too_large(
 def test_a_result_that_fits_or_stays_in_process_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     big = ("ok", b"x" * (6 * MIB))
     huge = ("ok", b"x" * (17 * MIB))
-    monkeypatch.setattr(replies.dist, "frame_limit", lambda node: 16 * MIB)
+    monkeypatch.setattr(replies, "_frame_limit", lambda node: 16 * MIB)
     sent = _casts(monkeypatch)
     replies.send_client_reply(("gw", "c1"), 1, [big], None)
-    monkeypatch.setattr(replies.dist, "frame_limit", lambda node: None)  # a client in process
+    monkeypatch.setattr(replies, "_frame_limit", lambda node: None)  # a client in process
     replies.send_client_reply(("gw", "c1"), 2, [huge], None)
     assert [msg for _, msg in sent] == [
         ("client_reply", 1, [big], None),

@@ -179,9 +179,7 @@ def frame_limit(node_id: str) -> int | None:
     larger one is dropped), or None when nothing limits it: a node of this process, or
     distribution not started (no message leaves the process)."""
     dist = _dist
-    if dist is None or _local(node_id):
-        return None
-    return dist.settings.max_frame_bytes
+    return None if dist is None else dist.frame_limit(node_id)
 
 
 def _running() -> Dist:

@@ -302,6 +302,14 @@ class Dist:
             return None
 
     # RemoteRouter protocol (waraft.otp.node) ----------------------------------------------
+    def frame_limit(self, node_id: str) -> int | None:
+        """The largest frame a message to ``node_id`` can travel in (``max_frame_bytes``; a
+        larger one is dropped), or None for this node or another node of this process (no
+        message to it leaves the process)."""
+        if node_id == self.node_id or otp_node.get(node_id) is not None:
+            return None
+        return self.settings.max_frame_bytes
+
     def cast(self, addr: tuple[str, str], msg: Any) -> bool:
         """Deliver ``msg`` to ``handle_cast`` of ``addr``; False if dropped. Never blocks."""
         payload = self._encode(msg)

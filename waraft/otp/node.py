@@ -58,7 +58,8 @@ class RemoteRouter(Protocol):
     ``cast`` returns False when the message could not be sent. ``call`` raises
     ``ExitError`` like a local call (``("nodedown", node)``, ``"timeout"``, ``"noproc"``, ...).
     A router may also offer ``send(addr, msg) -> bool`` for ``handle_info`` delivery; without
-    it, ``send`` to a remote address is dropped.
+    it, ``send`` to a remote address is dropped. It may offer ``frame_limit(node_id) -> int |
+    None``, the largest frame a message to that node can travel in (None: no limit).
     """
 
     def cast(self, addr: tuple[str, str], msg: Any) -> bool: ...

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Final
 
-from waraft import distribution as dist
 from waraft import otp
 from waraft.core.log import CONTAINER_SIZE, approx_command_size
 from waraft.services import codec
@@ -152,8 +151,20 @@ def _send_parts(addr: tuple[str, str], batch_id: int, results: list[Any], hint: 
 
 def _value_limit(node_id: str) -> int | None:
     """The most bytes one result may encode to in a reply to ``node_id`` (None: no limit)."""
-    frame = dist.frame_limit(node_id)
+    frame = _frame_limit(node_id)
     return None if frame is None else frame - REPLY_FRAME_OVERHEAD
+
+
+def _frame_limit(node_id: str) -> int | None:
+    """The largest frame a message to ``node_id`` can travel in, from the installed remote
+    router (the distribution: its optional ``frame_limit``); None in process or without one.
+    Asked of the router, not imported: services sit below the distribution."""
+    router = otp.node.remote_router()
+    limit_of = getattr(router, "frame_limit", None)
+    if limit_of is None:
+        return None
+    limit: int | None = limit_of(node_id)
+    return limit
 
 
 def _fitting(value: Any, limit: int) -> Any:
