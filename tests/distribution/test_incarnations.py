@@ -6,17 +6,13 @@ on 127.0.0.1, each killed by pid at the end."""
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from waraft import distribution as dist
 from waraft import otp
-from waraft.distribution import monitors
 
 from .helpers import DOWN, PING, WAIT, Child, wait_until
 
@@ -70,55 +66,3 @@ def test_an_answer_to_the_previous_run_never_completes_a_call_of_this_one(
         callee.call("noreply", timeout=max(0.5, answer_due - time.monotonic()) + 1.0)
     assert info.value.reason == "timeout"
     assert dist.stats().get("rx_stale_replies", 0) == 1
-
-
-def test_a_pause_longer_than_down_after_is_a_node_down_on_both_sides(
-    node: str, spawn: Callable[..., Child]
-) -> None:
-    """The child is stopped (SIGSTOP) long enough for this node to find it down, but not for
-    its own liveness to find this node down (its ``down_after`` is longer than the pause).
-    This node fails what the child installed here; the child used to read this node's queued
-    pings on resuming and never see a down at all: its monitor and link on this node's
-    process dangled forever. Now this node's pings tell it the session ended, and it runs its
-    own node-down before this node sends it anything again."""
-    child = spawn("paused", "--down", "30")
-    monitors.allow_link("held")
-    otp.start(_Idle, name="held")
-    here = ("held", node)
-    child.call("spawn", "w", True)
-    ref = child.call("victim", "w", ("link", here)) and child.call("victim", "w", ("monitor", here))
-    wait_until(lambda: dist.stats().get("remote_monitors_in") == 1, what="the monitor here")
-    wait_until(lambda: dist.stats().get("remote_links_in") == 1, what="the link here")
-    os.kill(child.proc.pid, signal.SIGSTOP)
-    try:
-        wait_until(lambda: dist.peers()[child.node_id]["state"] == "down", what="child down")
-        assert dist.stats().get("remote_monitors_in", 0) == 0
-        assert dist.stats().get("remote_links_in", 0) == 0
-    finally:
-        os.kill(child.proc.pid, signal.SIGCONT)
-    want = {("EXIT", here, "noconnection"), ("DOWN", ref, here, "noconnection")}
-
-    def child_saw_it() -> bool:
-        try:
-            return set(child.call("victim", "w", ("infos",), timeout=1.0)) == want
-        except otp.ExitError:
-            return False  # not back up yet
-
-    wait_until(child_saw_it, what="noconnection on the child")
-    stats = child.call("stats")
-    assert stats.get("remote_monitors_out", 0) == stats.get("remote_links_out", 0) == 0
-    assert child.call("peers")[node]["down_events"] == 1
-    assert dist.peers()[child.node_id]["down_events"] == 1
-    # Back to one session: traffic flows both ways, nothing more goes down.
-    assert child.call("call_to", ("held", node), "ping", 5.0) == ("ok", "idle")
-    assert dist.peers()[child.node_id]["state"] == "up"
-
-
-class _Idle(otp.Process):
-    """Traps exits: the link's noconnection must not kill it."""
-
-    def init(self) -> None:
-        self.trap_exit = True
-
-    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
-        return "idle"

@@ -3,9 +3,7 @@
 For every known peer this thread keeps a *probe*: a DEALER of its own to the peer's ROUTER,
 with a ZeroMQ socket monitor. The probe sends a PING whenever nothing has been heard from the
 peer for ``ping_interval`` (links that carry traffic are never pinged); the PONG comes back on
-the peer's own link to our ROUTER. A PING carries this node's run id and session epoch for the
-peer; a peer found down comes back up only when a PONG echoes them (see ``peers``: down is
-seen by both nodes). The monitor reports TCP-level facts at once: a refused
+the peer's own link to our ROUTER. The monitor reports TCP-level facts at once: a refused
 connect (peer not running) or a lost connection (peer died) marks the peer down immediately,
 so callers get ``nodedown`` in milliseconds instead of after ``down_after``; a completed
 handshake triggers an immediate ping so a returning peer is back up after one round trip.
@@ -178,13 +176,7 @@ class Liveness(threading.Thread):
                 peer.last_rx is None or now - peer.last_rx > settings.down_after
             ):
                 dist.peers.set_state(peer, PeerState.DOWN)
-            # A peer that is not up is pinged whatever it sends: only a PONG brings back a
-            # peer found down (its echo of the session), and a busy peer must learn of it.
-            quiet = (
-                state is not PeerState.UP
-                or peer.last_rx is None
-                or now - peer.last_rx >= settings.ping_interval
-            )
+            quiet = peer.last_rx is None or now - peer.last_rx >= settings.ping_interval
             due = peer.ping_sent_at is None or now - peer.ping_sent_at >= settings.ping_interval
             if quiet and due:
                 self._ping(probe, now)
@@ -256,8 +248,7 @@ class Liveness(threading.Thread):
         peer.ping_seq += 1
         peer.ping_sent_at = now
         try:
-            frame = envelope.ping_frame(peer.ping_seq, self._dist.run_id, peer.epoch)
-            probe.sock.send(frame, zmq.NOBLOCK)
+            probe.sock.send(envelope.ping_frame(peer.ping_seq), zmq.NOBLOCK)
         except zmq.Again:
             self._count("pings_dropped")
             return

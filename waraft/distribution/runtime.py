@@ -97,10 +97,8 @@ _peer_listeners: list[PeerListener] = []
 
 
 def add_peer_listener(listener: PeerListener) -> None:
-    """Call ``listener(node_id, up)`` (on a distribution thread: the liveness thread, or the
-    receive thread for a peer that comes back up or that ended the session itself) whenever a
-    peer goes down or comes back up; adding the same listener twice keeps one. It must not
-    block."""
+    """Call ``listener(node_id, up)`` (on the liveness thread) whenever a peer goes down or
+    comes back up; adding the same listener twice keeps one."""
     if listener not in _peer_listeners:
         _peer_listeners.append(listener)
 
@@ -270,19 +268,6 @@ class Dist:
         try:
             return self.outbound.send(peer, frame)
         except zmq.ZMQError as exc:  # e.g. the socket limit: a cast never raises
-            self.counters.incr("tx_socket_errors")
-            logger.error("cannot send to %s: %s", peer.node_id, exc)
-            return False
-
-    def transmit_control(self, peer: Peer, frame: bytes) -> bool:
-        """Queue a liveness frame (a PONG) for ``peer`` even while it is down: a peer found
-        down comes back up through them. Faults apply."""
-        if self._fault_out and peer.node_id in self._fault_out:
-            self.counters.incr("tx_dropped_fault")
-            return False
-        try:
-            return self.outbound.send(peer, frame)
-        except zmq.ZMQError as exc:
             self.counters.incr("tx_socket_errors")
             logger.error("cannot send to %s: %s", peer.node_id, exc)
             return False
