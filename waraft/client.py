@@ -142,10 +142,10 @@ from waraft.core.sessions import (
     ACKNOWLEDGED,
     DEFAULT_EXPIRE_AFTER,
     EXPIRED,
-    SESSION,
     TOKEN_BYTES,
     call_command,
     close_command,
+    is_call,
     register_command,
 )
 from waraft.partition import acceptor
@@ -327,14 +327,9 @@ def _final(request: _Request, error: Any) -> Any:
     nothing and are answered as they are."""
     if not request.unsure or request.kind != "commit" or error in AT_MOST_ONCE:
         return error
-    if _in_session(request.item) and not _refused(error):
+    if is_call(request.item) and not _refused(error):
         return error
     return TIMEOUT
-
-
-def _in_session(command: Any) -> bool:
-    """Whether ``command`` is a session call (``_tag_with``)."""
-    return type(command) is tuple and len(command) > 1 and command[:2] == (SESSION, "call")
 
 
 def _unanswered(requests: Iterable[_Request]) -> list[_Request]:

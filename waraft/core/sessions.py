@@ -166,6 +166,11 @@ def is_register(command: Any) -> bool:
     )
 
 
+def is_call(command: Any) -> bool:
+    """Any ``("$session", "call", ...)`` command (a command tagged by ``call_command``)."""
+    return type(command) is tuple and len(command) >= 2 and command[:2] == (SESSION, "call")
+
+
 def owned_register(command: tuple[Any, ...], owner: str | None) -> tuple[Any, ...]:
     """The register ``command`` as the node that accepted it from the network appends it:
     owned by ``owner`` (the identity that node authenticated the sender as), whatever owner

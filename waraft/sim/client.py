@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from waraft.core.sessions import EXPIRED, call_command, register_command
+from waraft.core.sessions import EXPIRED, call_command, is_call, register_command
 from waraft.core.types import Identity, Priority
 from waraft.sim.clock import Scheduled
 from waraft.sim.history import Operation
@@ -305,8 +305,7 @@ class Client:
 
     def _tagged(self, req: ClientRequest) -> bool:
         """Whether ``req`` carries a ``(session, seq)`` (retrying it is safe)."""
-        command = req.command
-        return type(command) is tuple and command[:2] == ("$session", "call")
+        return is_call(req.command)
 
     def _may_retry(self, now: int) -> bool:
         op = self.op
