@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from waraft import otp
@@ -145,11 +145,18 @@ def running_receives() -> list[tuple[Info, list[Info]]]:
         return []
     found = []
     with t.lock:
-        for transport_id, info in t.transports.items():
-            if info["type"] == "receiver" and info["status"] == RUNNING:
-                files = (t.files.get((transport_id, i)) for i in range(1, info["total_files"] + 1))
-                found.append((dict(info), [dict(f) for f in files if f is not None]))
+        for transport_id, info in _running(t, "receiver"):
+            files = (t.files.get((transport_id, i)) for i in range(1, info["total_files"] + 1))
+            found.append((dict(info), [dict(f) for f in files if f is not None]))
     return found
+
+
+def _running(t: Tables, kind: str) -> Iterator[tuple[int, Info]]:
+    """The running transports of ``kind`` (``sender`` or ``receiver``). Caller holds
+    ``t.lock``."""
+    for transport_id, info in t.transports.items():
+        if info["type"] == kind and info["status"] == RUNNING:
+            yield transport_id, info
 
 
 def transport_module(transport_id: int) -> Any:
@@ -230,8 +237,8 @@ def take_up(peer: str) -> list[tuple[int, Any]]:
         return []
     found = []
     with t.lock:
-        for transport_id, info in t.transports.items():
-            if info["type"] != "sender" or info["peer"] != peer or info["status"] != RUNNING:
+        for transport_id, info in _running(t, "sender"):
+            if info["peer"] != peer:
                 continue
             orphans = _orphaned_files(t, transport_id, info["total_files"])
             queue = t.queues.setdefault(transport_id, deque())
