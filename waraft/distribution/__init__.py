@@ -174,14 +174,6 @@ def node() -> str:
     return dist.node_id if dist is not None else otp_node.current().id
 
 
-def frame_limit(node_id: str) -> int | None:
-    """The largest frame a message to ``node_id`` can travel in (``max_frame_bytes``; a
-    larger one is dropped), or None when nothing limits it: a node of this process, or
-    distribution not started (no message leaves the process)."""
-    dist = _dist
-    return None if dist is None else dist.frame_limit(node_id)
-
-
 def _running() -> Dist:
     dist = _dist
     if dist is None:

@@ -452,10 +452,9 @@ def _answerable(items: Sequence[Any]) -> Sequence[Any]:
     carries a handle, and storage and the server release what admission took by that one
     rule: an applied commit without one kept its commit slot for good (1500 such commits
     and the partition refused every commit until it restarted)."""
-    for item in items:
-        if item[0] is None:
-            return [(otp.DISCARD, *item[1:]) if item[0] is None else item for item in items]
-    return items
+    if all(item[0] is not None for item in items):
+        return items
+    return [(otp.DISCARD, *item[1:]) if item[0] is None else item for item in items]
 
 
 def _is_priority(value: Any) -> bool:
