@@ -32,8 +32,9 @@ def tiny_queue_node() -> Iterator[str]:
         dist.stop()
 
 
-def test_casts_to_a_stuck_peer_never_block_and_drops_are_counted(tiny_queue_node: str) -> None:
-    # A peer that accepts the connection but never reads: its queues fill up.
+@pytest.fixture
+def stuck_peer() -> Iterator[str]:
+    """A peer that accepts connections and never reads nor answers (a stopped process)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     stuck = ctx.socket(zmq.ROUTER)
     stuck.setsockopt(zmq.LINGER, 0)
@@ -41,20 +42,27 @@ def test_casts_to_a_stuck_peer_never_block_and_drops_are_counted(tiny_queue_node
     stuck.setsockopt(zmq.RCVBUF, 4096)
     try:
         port = stuck.bind_to_random_port("tcp://127.0.0.1")
-        addr = ("anyone", f"stuck@127.0.0.1:{port}")
-        payload = dist.encode(b"x" * 20_000)
-        n = 2000  # 40 MB: far beyond socket buffers and the 10-message queue
-        started = time.monotonic()
-        queued = sum(dist.cast_bytes(addr, payload) for _ in range(n))
-        elapsed = time.monotonic() - started
-        stats = dist.stats()
-        assert queued < n
-        assert stats["tx_dropped_full"] == n - queued
-        assert stats["tx_msgs"] == queued
-        assert elapsed < 5.0  # never blocked on the full queue
-        assert dist.peers()[addr[1]]["tx_dropped_full"] == n - queued
+        yield f"stuck@127.0.0.1:{port}"
     finally:
         ctx.destroy(linger=0)
+
+
+def test_casts_to_a_stuck_peer_never_block_and_drops_are_counted(
+    tiny_queue_node: str, stuck_peer: str
+) -> None:
+    # A peer that accepts the connection but never reads: its queues fill up.
+    addr = ("anyone", stuck_peer)
+    payload = dist.encode(b"x" * 20_000)
+    n = 2000  # 40 MB: far beyond socket buffers and the 10-message queue
+    started = time.monotonic()
+    queued = sum(dist.cast_bytes(addr, payload) for _ in range(n))
+    elapsed = time.monotonic() - started
+    stats = dist.stats()
+    assert queued < n
+    assert stats["tx_dropped_full"] == n - queued
+    assert stats["tx_msgs"] == queued
+    assert elapsed < 5.0  # never blocked on the full queue
+    assert dist.peers()[addr[1]]["tx_dropped_full"] == n - queued
 
 
 def test_pre_encoded_payloads_are_delivered_as_if_cast(node: str, shared_child: Child) -> None:
@@ -217,21 +225,6 @@ class _FullQueueCaller(otp.Process):
             otp.call(addr, "anything", timeout)
         except otp.ExitError as exc:
             self.inbox.add(("outcome", exc.reason, time.monotonic() - started))
-
-
-@pytest.fixture
-def stuck_peer() -> Iterator[str]:
-    """A peer that accepts connections and never reads nor answers (a stopped process)."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    stuck = ctx.socket(zmq.ROUTER)
-    stuck.setsockopt(zmq.LINGER, 0)
-    stuck.setsockopt(zmq.RCVHWM, 1)
-    stuck.setsockopt(zmq.RCVBUF, 4096)
-    try:
-        port = stuck.bind_to_random_port("tcp://127.0.0.1")
-        yield f"stuck@127.0.0.1:{port}"
-    finally:
-        ctx.destroy(linger=0)
 
 
 def test_a_call_waiting_for_queue_space_neither_blocks_its_scheduler_nor_outlives_nodedown(
