@@ -756,6 +756,52 @@ def test_a_scheduled_process_waiting_for_an_fsync_yields_its_scheduler(
     assert log.entries(1, 2, 100, 1 << 30) == _entries(1, 1) + _entries(2, 1)
 
 
+class _RecordingSyncer(otp.Process):
+    """Appends, waits for the fsync, then records that its handler ran on."""
+
+    def handle_cast(self, msg: Any) -> None:
+        log, index, events = msg
+        log.append(index, _entries(index, 1))
+        events.append("parked")
+        log.sync()
+        events.append("ran on")
+
+
+def test_a_server_killed_while_parked_on_an_fsync_stops_there(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition server killed (its supervisor gave up waiting for it) while parked on the
+    group commit must not run on when the commit resumes it: its EXIT went out and its next
+    incarnation may already be answering in its place. It ran on to its next otp wait."""
+    log = WalLog.open(root / "kv.1")
+    gate = threading.Event()
+    real = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        gate.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    node = otp.Node("walkilled@t", schedulers=1, process_type=otp.SCHEDULED)
+    events: list[str] = []
+    try:
+        pid = _RecordingSyncer.start(node=node)
+        otp.cast(pid, (log, 1, events))
+        deadline = time.monotonic() + 10
+        while not (events and log._writer._parked):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        otp.kill(pid)
+        gate.set()  # the commit completes and resumes it
+        assert otp.sched.wait_loop_end(pid, 10)
+        assert events == ["parked"]
+        assert log.sync_within(5.0)  # the batch itself is durable all the same
+    finally:
+        gate.set()
+        node.stop()
+    log.close()
+
+
 def test_a_scheduled_wait_for_an_fsync_sets_no_timer_unless_stalled(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

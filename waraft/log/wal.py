@@ -114,7 +114,7 @@ from waraft.log.provider import (
     make_marker,
 )
 from waraft.otp.messaging import self_pid
-from waraft.otp.sched import Event, resume_all, scheduled_caller, suspend
+from waraft.otp.sched import Event, park, resume_all, scheduled_caller
 from waraft.otp.threadname import set_os_name
 from waraft.services import metrics
 from waraft.services.codec import CodecError, array_header, packb, unpackb
@@ -880,7 +880,7 @@ class WalWriter:
                     event = Event()
                     self._events.append((ticket, event))
             if event is None:
-                suspend(proc)
+                park(proc)  # a killed server unwinds here, not at its next otp wait
             else:
                 event.wait(pause)
 

@@ -254,6 +254,15 @@ def suspend(proc: Process) -> None:
     tls.node, tls.proc = node, me
 
 
+def park(proc: Process) -> None:
+    """:func:`suspend` for a wait inside a handler whose resumer is not an otp waker (the
+    WAL's group commit resumes its parked processes itself): returns once resumed, or raises
+    :class:`_Exited` if ``proc`` was killed meanwhile, so that its handler unwinds there as
+    it does from any other otp wait."""
+    suspend(proc)
+    _check_alive(proc)
+
+
 class _Resume:
     """A run-queue item that resumes several suspended processes of one scheduler at once
     (see :func:`resume_all`)."""
