@@ -541,3 +541,57 @@ def test_a_batch_payload_of_too_many_values_is_one_malformed_command() -> None:
         batch_commands(("$batch", payload))
     (malformed,) = StorageServer._commands_of(("$batch", payload))
     assert malformed[0] == "$malformed_batch"
+
+
+class _Counter(MemoryStorage):
+    """A user's state machine as the README shows it: ``MemoryStorage`` with ``apply`` and
+    ``read`` overridden for ``("add", table, key, n)`` (answers the new value)."""
+
+    def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
+        if type(command) is tuple and command[:1] == ("add",) and len(command) == 4:
+            value = self._data.get(command[2], 0) + command[3]
+            self._data[command[2]] = value
+            self._position = position
+            return ("ok", value)
+        return super().apply(command, position, label)
+
+
+def test_a_memory_subclass_own_command_is_applied_in_a_packed_batch() -> None:
+    """A review: ``apply_many`` (every packed ``$batch`` entry) checked commands against the
+    built-in ones only, so the subclass's first command of each packed batch was refused."""
+    storage = _Counter(OPTIONS)
+    add = ("add", "t", "n", 2)
+    assert storage.apply_many([add, ("write", "t", "w", 1), add], pos(3)) == [
+        ("ok", 2),
+        "ok",
+        ("ok", 4),
+    ]
+    assert storage.position() == pos(3)
+    # A command neither knows is still named by its place; the ones before it are applied.
+    with pytest.raises(UnknownCommandError) as caught:
+        storage.apply_many([add, ("frob",), add], pos(4))
+    assert caught.value.index == 1
+    assert isinstance(caught.value, PartialApplyError) and caught.value.applied == [("ok", 6)]
+
+
+def test_a_memory_batch_of_built_in_commands_stays_all_or_nothing() -> None:
+    storage = MemoryStorage(OPTIONS)
+    with pytest.raises(UnknownCommandError) as caught:
+        storage.apply_many([("write", "t", "a", 1), "noop", ("frob",)], pos(1))
+    assert caught.value.index == 2 and not isinstance(caught.value, PartialApplyError)
+    assert storage.read(("read", "t", "a"), pos(1)) == "not_found"
+    assert storage.position() == LogPos(0, 0)
+
+
+@pytest.mark.parametrize("kind", sorted(set(PROVIDERS) - {"memory"}))
+def test_a_transactional_subclass_that_overrides_only_apply_is_refused(kind: str) -> None:
+    """Its ``apply_batch`` (the only way the storage actor applies) never calls ``apply``:
+    the subclass's commands would all be refused at run time; say so when it is defined."""
+    base = PROVIDERS[kind]
+    with pytest.raises(TypeError, match="overrides apply\\(\\) but not apply_batch\\(\\)"):
+        type("Counter", (base,), {"apply": _Counter.apply})
+
+    def apply_batch(self: Any, items: Any) -> list[Any]:
+        return list(base.apply_batch(self, items))
+
+    type("Counter", (base,), {"apply": _Counter.apply, "apply_batch": apply_batch})

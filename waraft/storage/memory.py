@@ -88,7 +88,15 @@ def _read_snapshot(path: str) -> dict[str, Any]:
 
 
 class MemoryStorage(StorageProvider):
-    """WARaft's ETS storage in Python (not durable: a restart comes back empty)."""
+    """WARaft's ETS storage in Python (not durable: a restart comes back empty).
+
+    A state machine of one's own may subclass it: override ``apply`` (and ``read``) for the
+    commands it adds and hand every other command to ``super()``; ``apply_batch`` and
+    ``apply_many`` then reach the subclass's ``apply`` for them (packed ``$batch`` entries
+    too: only plain writes and deletes take ``apply_many``'s inline fast path). Keep the
+    added state in ``_data`` (or override ``create_snapshot``/``open_snapshot`` as well), so
+    snapshots carry it. A subclass's own ``apply_batch``/``apply_many``, if it has them,
+    must say which command they refuse (``refused_at``, ``PartialApplyError``)."""
 
     blocking_io: ClassVar[bool] = False
     results_encode: ClassVar[bool] = True  # values came through msgpack or check_local_op
@@ -132,9 +140,8 @@ class MemoryStorage(StorageProvider):
 
     def apply_many(self, commands: Sequence[Any], position: LogPos, label: Any = None) -> list[Any]:
         # The hot path of packed client batches: plain writes and deletes inline, anything
-        # else through apply(). Every command is checked first, so a bad one changes nothing.
-        plain = True
-        for number, command in enumerate(commands):
+        # else through apply().
+        for command in commands:
             if not (
                 type(command) is tuple
                 and (
@@ -142,14 +149,7 @@ class MemoryStorage(StorageProvider):
                     or (len(command) == 3 and command[0] == "delete")
                 )
             ):
-                plain = False
-                try:
-                    self._check(command)
-                except UnknownCommandError as exc:
-                    refused_at(exc, number)
-                    raise
-        if not plain:
-            return [self.apply(command, position, label) for command in commands]
+                return self._apply_mixed(commands, position, label)
         data = self._data
         try:
             for command in commands:
@@ -170,6 +170,22 @@ class MemoryStorage(StorageProvider):
             self._label = label
         self._position = position
         return [OK] * len(commands)
+
+    def _apply_mixed(self, commands: Sequence[Any], position: LogPos, label: Any) -> list[Any]:
+        """``apply_many`` of a ``$batch`` holding more than plain writes and deletes."""
+        if type(self).apply is not MemoryStorage.apply:
+            # A subclass's own commands: only its apply() knows them (a static check refused
+            # the first of every packed batch). Applied in order, one by one: a refusal says
+            # how many were applied (``PartialApplyError``), which the storage actor handles.
+            return self.apply_batch([(command, position, label) for command in commands])
+        # Every command is checked first, so a bad one changes nothing.
+        for number, command in enumerate(commands):
+            try:
+                self._check(command)
+            except UnknownCommandError as exc:
+                refused_at(exc, number)
+                raise
+        return [self.apply(command, position, label) for command in commands]
 
     @staticmethod
     def _check(command: Any) -> None:

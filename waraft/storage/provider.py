@@ -395,7 +395,30 @@ class TransactionalStorage(StorageProvider):
     """A provider whose ``apply_batch`` is one transaction that answers ``"ok"`` to every
     command it applies (anything else raises before the transaction commits): the results of
     a batch are known before it runs, so ``apply_batch_then`` puts ``finalize``'s commands in
-    the same transaction (the LMDB and SQLite providers)."""
+    the same transaction (the LMDB and SQLite providers).
+
+    A subclass adding commands of its own overrides ``apply_batch`` (apply them inside the one
+    transaction, hand the rest to ``super()``), not ``apply``: the storage actor applies every
+    command through ``apply_batch`` or ``apply_many``, which never call ``apply`` here. A
+    subclass whose commands answer other than ``"ok"`` also overrides ``apply_batch_then``
+    (``StorageProvider.apply_batch_then`` does for one that is not one transaction). Defining
+    ``apply`` alone is refused when the class is made: every such command would be refused
+    ``unknown_command`` at run time."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        batch = cls.apply_batch
+        if (
+            "apply" in cls.__dict__
+            and "apply_batch" not in cls.__dict__
+            and batch is not StorageProvider.apply_batch
+        ):
+            raise TypeError(
+                f"{cls.__qualname__} overrides apply() but not apply_batch(): "
+                f"{batch.__qualname__} applies every command in one transaction without "
+                "calling apply(), so its commands would be refused (unknown_command). "
+                "Add them in apply_batch() (see TransactionalStorage)."
+            )
 
     def apply_batch_then(
         self, items: Sequence[ApplyItem], finalize: Callable[[list[Any]], Sequence[Any]]
