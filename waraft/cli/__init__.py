@@ -203,10 +203,10 @@ def _status(args: argparse.Namespace) -> int:
         )
     silent = _silent_nodes(rows)
     if silent:
-        print(
-            f"waraft status: no status from {silent} (busy? a longer --timeout may help)",
-            file=sys.stderr,
-        )
+        # Only for a node that took too long: one without waraft_admin is not busy.
+        busy = any(r.get("error") in ("timeout", "rate_limited") for r in rows)
+        hint = " (busy? a longer --timeout may help)" if busy else ""
+        print(f"waraft status: no status from {silent}{hint}", file=sys.stderr)
     missing = _missing_partitions(rows, partitions)
     if missing:
         print(f"waraft status: {missing}", file=sys.stderr)

@@ -431,7 +431,17 @@ def start_link(app: str, allow_faults: bool = False, data_dir: str | None = None
 
 
 def child_spec(app: str, allow_faults: bool = False, data_dir: str | None = None) -> dict[str, Any]:
-    """A permanent worker for ``kernel_sup``."""
+    """A permanent worker for ``kernel_sup`` (or any supervisor): ``waraft_admin`` for
+    ``app``'s partitions.
+
+    ``waraft node`` starts it itself. A service that embeds waraft in its own tree
+    (``waraft.sup.child_spec``) adds it too, once per node, after
+    ``waraft.distribution.start``: without it ``waraft bootstrap``, ``waraft status`` and the
+    shell's helpers find no ``waraft_admin`` there and say so. ``allow_faults`` enables the
+    fault-injection requests (tests and drills). ``data_dir`` holds the ``node.json``
+    (``waraft.cli.datadir.claim``) where the cluster id ``waraft bootstrap`` gives the node is
+    recorded, for the service to pass back as ``distribution.start(..., cluster_id=...)`` at
+    its next start; None keeps it in memory only."""
     return {
         "id": NAME,
         "start": (start_link, (app, allow_faults, data_dir)),

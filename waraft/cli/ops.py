@@ -66,6 +66,25 @@ def _named_missing(answer: Any, table: str, partition: int) -> Any:
     return answer
 
 
+NO_ADMIN = (
+    "no waraft_admin runs there (embedded?): add waraft.cli.admin.child_spec(app) to the "
+    "node's supervision tree"
+)
+"""Why a node answers none of the admin requests: it was started from a service's own tree
+(``waraft.sup.child_spec``) without the admin process ``waraft node`` starts."""
+
+
+def _lacks_admin(node: str, timeout: float) -> bool:
+    """Whether ``node``, which refused an admin request, runs no ``waraft_admin``: a node
+    with keys refuses a call to a name nothing registered rules for (``refused``, the same
+    reason as for a key without the right), so ask ``ping``, which every tool key may."""
+    try:
+        admin.call(node, "ping", timeout=timeout)
+    except otp.ExitError as exc:
+        return exc.reason in ("refused", "noproc")
+    return False
+
+
 def _exit_text(reason: Any) -> str:
     if isinstance(reason, tuple) and reason and reason[0] == "nodedown":
         return "unreachable"
@@ -190,12 +209,16 @@ def _agree_on_cluster(
     wait = min(timeout, 5.0)
 
     failed: dict[str, str] = {}
+    lacking: list[str] = []
 
     def ask(node: str) -> tuple[bool, str | None]:
         try:
             answer = admin.call(node, "cluster", None, timeout=wait)
         except otp.ExitError as exc:
-            failed[node] = _exit_text(exc.reason)
+            if exc.reason == "refused" and _lacks_admin(node, wait):
+                lacking.append(node)
+            else:
+                failed[node] = _exit_text(exc.reason)
             return (False, None)
         if isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "ok":
             return (True, None if answer[1] is None else str(answer[1]))
@@ -203,6 +226,9 @@ def _agree_on_cluster(
 
     with ThreadPoolExecutor(len(nodes), thread_name_prefix="cluster") as pool:
         answers = dict(zip(nodes, pool.map(ask, nodes), strict=True))
+    if lacking:
+        # Up, but nothing could record its cluster or bootstrap it as one call per node.
+        return f"{', '.join(sorted(lacking))}: {NO_ADMIN} (waraft node starts it)"
     if failed and not allow_unreachable:
         silent = ", ".join(f"{node} ({why})" for node, why in failed.items())
         return (
@@ -412,7 +438,8 @@ def node_rows(
     unreachable node gives one row with ``"error": "unreachable"``; one that did not answer in
     time, ``"timeout"`` (a busy node is not a down one: a review's monitoring loop saw a live
     node catching up 1000 partitions reported unreachable); one that refused the call,
-    the reason (``rate_limited`` is asked again once, a second later)."""
+    the reason (``rate_limited`` is asked again once, a second later). One that runs no
+    ``waraft_admin`` (embedded) is asked partition by partition, given them."""
     try:
         try:
             rows: list[dict[str, Any]] = list(admin.call(node, "status_all", timeout=timeout))
@@ -422,7 +449,7 @@ def node_rows(
             time.sleep(1.0)
             rows = list(admin.call(node, "status_all", timeout=timeout))
     except otp.ExitError as exc:
-        if exc.reason != "noproc":
+        if exc.reason != "noproc" and not (exc.reason == "refused" and _lacks_admin(node, timeout)):
             return [{"node": node, "error": _exit_text(exc.reason)}]
         rows = _rows_without_admin(node, timeout, table, partitions)
     if table is not None:
@@ -437,7 +464,7 @@ def _rows_without_admin(
     node: str, timeout: float, table: str | None, partitions: Sequence[int] | None
 ) -> list[dict[str, Any]]:
     if table is None or partitions is None:
-        return [{"node": node, "error": "no waraft_admin (give --table and --partitions)"}]
+        return [{"node": node, "error": f"{NO_ADMIN}, or give --table and --partitions"}]
     rows = []
     for partition in partitions:
         try:
