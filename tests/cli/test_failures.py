@@ -4,9 +4,11 @@ never a traceback (each through a real subprocess)."""
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
-from tests.cli.test_commands import waraft
+from tests.cli.test_commands import TIMEOUT, waraft
+from tests.multiprocess.harness import ROOT, child_env, waraft_cmd
 
 
 def _one_line(stderr: str) -> str:
@@ -88,3 +90,22 @@ def test_status_of_an_unreachable_node() -> None:
     assert "no --keys given" in line
     done = waraft("status", "--nodes", "x@127.0.0.1:1", "--timeout", "1", "--insecure")
     assert done.returncode == 1 and "no --keys" not in _one_line(done.stderr)
+
+
+def test_a_reader_that_closes_stdout_ends_the_command_quietly(tmp_path: Path) -> None:
+    # ``waraft status | head -1`` ended in a BrokenPipeError traceback.
+    proc = subprocess.Popen(
+        waraft_cmd("keys", "create", str(tmp_path / "keys"), "--nodes", "n1,n2,n3"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(),
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the interpreter has started: its first write fails
+    try:
+        stderr = proc.stderr.read()
+        proc.wait(TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert stderr == ""
+    assert (tmp_path / "keys" / "cluster.json").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -283,12 +284,29 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
     except UsageError as exc:
         print(f"waraft {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
     return code
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``waraft status | head -1``): stop quietly, as
+    Python's documentation of SIGPIPE advises. Stdout is pointed at /dev/null so that the
+    interpreter's flush at exit does not raise (and print a traceback) again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file descriptor: nothing will flush to it
+    finally:
+        os.close(devnull)
+    return EXIT_FAILED
 
 
 __all__ = ["main"]
