@@ -164,17 +164,24 @@ def _bootstrap(args: argparse.Namespace) -> int:
         print()
         for r in results:
             outcome = f"leader {r.leader} (term {r.term})" if r.leader else "NO LEADER"
-            suffix = f"  ERROR: {r.error}" if r.error else ""
-            print(f"{args.table}.{r.partition}: {outcome}{suffix}")
-        print(
-            f"{len(results) - len(failed)}/{len(results)} partitions have a leader"
-            if not failed
-            else f"{len(failed)} partition(s) failed"
-        )
+            if r.error:
+                outcome += f"  ERROR: {r.error}"
+            elif r.warning:
+                outcome += f"  WARNING: {r.warning}"
+            print(f"{args.table}.{r.partition}: {outcome}")
+        print(_bootstrap_summary(results, failed))
     hint = common.unreachable_hint(args)
     if hint and any("unreachable" in str(r.error) for r in failed):
         print(f"waraft bootstrap: nodes were unreachable{hint}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _bootstrap_summary(results: list[Any], failed: list[Any]) -> str:
+    if failed:
+        return f"{len(failed)} partition(s) failed"
+    warned = sum(1 for r in results if r.warning)
+    note = f" ({warned} with warnings)" if warned else ""
+    return f"{len(results)}/{len(results)} partitions have a leader{note}"
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -37,6 +37,9 @@ class PartitionResult:
     leader: str | None = None
     term: int | None = None
     error: str | None = None
+    warning: str | None = None
+    """What did not go as asked without failing the partition: with ``allow_unreachable``,
+    the replicas of nodes that did not answer (the partition has a leader without them)."""
 
 
 def _bootstrap_one(node: str, table: str, partition: int, config: Any, timeout: float) -> Any:
@@ -181,15 +184,42 @@ def bootstrap_cluster(
         results.append(refused)
     results.sort(key=lambda r: r.partition)
     for result in results:
-        log(
-            f"{table}.{result.partition}: "
-            + ", ".join(f"{n} {r}" for n, r in result.bootstrap.items())
-        )
-    bootstrapped = [r for r in results if r.partition not in conflicts]
+        if result.bootstrap:  # a partition left alone was not asked: its error says why
+            log(
+                f"{table}.{result.partition}: "
+                + ", ".join(f"{n} {r}" for n, r in result.bootstrap.items())
+            )
+    # A partition no replica took (no node serves it, say) gets no leader: no waiting for one.
+    bootstrapped = [
+        r
+        for r in results
+        if r.partition not in conflicts
+        and any(not outcome.startswith("failed") for outcome in r.bootstrap.values())
+    ]
     _wait_for_leaders(nodes, table, bootstrapped, time.monotonic() + timeout)
+    # The running leaders of the partitions left alone, for the summary (one look, no wait).
+    _wait_for_leaders(nodes, table, [r for r in results if r.partition in conflicts], 0.0)
+    if allow_unreachable:
+        for result in bootstrapped:
+            _unreachable_is_a_warning(result)
     if balance:
         _balance(nodes, table, bootstrapped, time.monotonic() + timeout, log)
     return results
+
+
+def _unreachable_is_a_warning(result: PartitionResult) -> None:
+    """Asked to bootstrap without the nodes that do not answer: a partition that has a
+    leader, whose only failures are such nodes, did what was asked (they catch up as members
+    once they start)."""
+    failed = {n: o for n, o in result.bootstrap.items() if o.startswith("failed")}
+    if result.leader is None or not failed or result.error != _failures(result.bootstrap):
+        return
+    if all(outcome == "failed (unreachable)" for outcome in failed.values()):
+        result.warning = (
+            f"not bootstrapped on {', '.join(failed)} (unreachable): "
+            "a member that catches up once it starts"
+        )
+        result.error = None
 
 
 def _agree_on_cluster(
