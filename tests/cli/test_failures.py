@@ -109,3 +109,13 @@ def test_a_reader_that_closes_stdout_ends_the_command_quietly(tmp_path: Path) ->
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
     assert stderr == ""
     assert (tmp_path / "keys" / "cluster.json").exists()
+
+
+def test_a_shell_helper_on_a_node_that_is_down_says_so() -> None:
+    # It ended in a raw ``ExitError(('nodedown', ...))`` traceback.
+    down = "x@127.0.0.1:1"
+    done = waraft("shell", "--attach", down, "--insecure", "--down-after", "1",
+                  "-c", "print(status(1))")  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"error: {down} is unreachable" in done.stderr

@@ -48,16 +48,22 @@ class Helpers:
     def _on(self, call: Any, partition: int, node: str | None, *args: Any) -> Any:
         """``call(server address, *args)``, with a partition the node does not serve said as
         such: the node refuses a name it does not run (``refused``, ``noproc``), which read
-        like a permission problem at the end of a traceback."""
+        like a permission problem at the end of a traceback; and a node that cannot be
+        reached (``("nodedown", node)``) said in one line too."""
         from waraft import otp
 
         try:
             return call(self._server(partition, node), *args)
         except otp.ExitError as exc:
+            where = node or self.target
             if exc.reason in ("refused", "noproc"):
                 raise ShellError(
-                    f"{node or self.target} serves no partition {partition!r} of table "
-                    f"{self.table!r}"
+                    f"{where} serves no partition {partition!r} of table {self.table!r}"
+                ) from None
+            if _is_unreachable(exc.reason):
+                raise ShellError(
+                    f"{where} is unreachable (not running, another address, or it refuses "
+                    "these keys)"
                 ) from None
             raise
 
@@ -176,6 +182,13 @@ class Helpers:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _is_unreachable(reason: Any) -> bool:
+    """Whether a call's exit reason says its node could not be reached."""
+    if isinstance(reason, tuple) and reason and reason[0] == "nodedown":
+        return True
+    return bool(reason == "unreachable")
 
 
 HELPERS = (
