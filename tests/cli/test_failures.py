@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from tests.cli.test_commands import TIMEOUT, waraft
-from tests.multiprocess.harness import ROOT, child_env, waraft_cmd
+from tests.multiprocess.harness import ROOT, NodeProcess, child_env, waraft_cmd
 
 
 def _one_line(stderr: str) -> str:
@@ -119,3 +119,26 @@ def test_a_shell_helper_on_a_node_that_is_down_says_so() -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr, done.stderr
     assert f"error: {down} is unreachable" in done.stderr
+
+
+def test_tools_with_another_clusters_keys_say_the_handshake_was_refused(tmp_path: Path) -> None:
+    # It printed only "unreachable: n1@...", as for a node that is down.
+    for name in ("keys", "other"):
+        made = waraft("keys", "create", str(tmp_path / name), "--nodes", "n1")
+        assert made.returncode == 0, made.stderr
+    node = NodeProcess(tmp_path, "n1", ["--keys", str(tmp_path / "keys"), "--memory"])
+    node.spawn()
+    try:
+        node_id = node.wait_ready()
+        wrong = ("--keys", str(tmp_path / "other"), "--down-after", "1")
+        done = waraft("status", "--nodes", node_id, "--timeout", "2", *wrong)
+        assert done.returncode == 1
+        line = _one_line(done.stderr)
+        assert f"unreachable: {node_id}" in line and "handshake refused" in line, line
+        shell = waraft("shell", "--attach", node_id, *wrong, "-c", "print(status(1))")
+        assert shell.returncode == 1 and "Traceback" not in shell.stderr, shell.stderr
+        assert "handshake refused" in shell.stderr
+        right = waraft("status", "--nodes", node_id, "--keys", str(tmp_path / "keys"))
+        assert "handshake refused" not in right.stderr, right.stderr
+    finally:
+        node.kill()

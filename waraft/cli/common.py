@@ -194,15 +194,36 @@ def key_args(parser: argparse.ArgumentParser, default_as: str) -> None:
     )
 
 
+_refused_handshakes = 0
+"""Handshakes the nodes refused to the last ``client_node`` (its distribution's
+``probe_handshake_failed``), read when it stops: "unreachable" then means "not with these
+keys" (see ``unreachable_hint``)."""
+
+
 def unreachable_hint(args: argparse.Namespace) -> str:
-    """What to add to "unreachable" when no keys were given: a node started with keys
-    refuses a connection without them, which looks exactly like a node that is down."""
-    if getattr(args, "keys", None) is not None or getattr(args, "insecure", False):
-        return ""
-    return (
-        " (no --keys given: nodes started with keys refuse connections without them; "
-        "give --keys DIR, or --insecure if the cluster runs without keys)"
-    )
+    """What to add to "unreachable": a node started with keys refuses a connection without
+    them, or with another cluster's, which looks exactly like a node that is down."""
+    if getattr(args, "keys", None) is None and not getattr(args, "insecure", False):
+        return (
+            " (no --keys given: nodes started with keys refuse connections without them; "
+            "give --keys DIR, or --insecure if the cluster runs without keys)"
+        )
+    return HANDSHAKE_HINT if handshakes_refused() else ""
+
+
+HANDSHAKE_HINT = (
+    " (handshake refused: wrong --keys / cluster.json, or --insecure against nodes with keys?)"
+)
+
+
+def handshakes_refused() -> bool:
+    """Whether nodes refused this process's handshakes: its running distribution's
+    ``probe_handshake_failed``, else that of the last ``client_node``."""
+    from waraft import distribution as dist
+
+    if dist.is_started():
+        return dist.stats().get("probe_handshake_failed", 0) > 0
+    return _refused_handshakes > 0
 
 
 def curve_for(keys: str | None, key_name: str, role: str | None = None) -> Any:
@@ -291,9 +312,12 @@ def client_node(
     else:
         name = f"waraft-cli{os.getpid()}x{random.randrange(1 << 20):x}"
     node_id = dist.start(f"{name}@{address}:0", curve=curve, **dist_kw)
+    global _refused_handshakes
+    _refused_handshakes = 0
     try:
         yield node_id
     finally:
+        _refused_handshakes = dist.stats().get("probe_handshake_failed", 0)
         dist.stop()
         otp.node.stop_all(timeout=2.0)
 

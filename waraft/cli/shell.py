@@ -61,10 +61,10 @@ class Helpers:
                     f"{where} serves no partition {partition!r} of table {self.table!r}"
                 ) from None
             if _is_unreachable(exc.reason):
-                raise ShellError(
-                    f"{where} is unreachable (not running, another address, or it refuses "
-                    "these keys)"
-                ) from None
+                why = " (not running, another address, or it refuses these keys)"
+                if common.handshakes_refused():
+                    why = common.HANDSHAKE_HINT
+                raise ShellError(f"{where} is unreachable{why}") from None
             raise
 
     def nodes(self) -> list[str]:
@@ -90,7 +90,10 @@ class Helpers:
 
         if partition is not None:
             return ops.StatusBlock(self._on(server.status, partition, node))
-        print(ops.format_table(ops.collect_status([node] if node else self.nodes())))
+        rows = ops.collect_status([node] if node else self.nodes())
+        print(ops.format_table(rows))
+        if common.handshakes_refused() and any(r.get("error") == "unreachable" for r in rows):
+            print(f"unreachable:{common.HANDSHAKE_HINT}")
         return None
 
     def leader(self, partition: int = 1) -> str | None:
