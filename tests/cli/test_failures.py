@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.cli.test_commands import TIMEOUT, waraft
 from tests.multiprocess.harness import ROOT, NodeProcess, child_env, waraft_cmd
+from waraft.cli.datadir import NODE_FILE
 
 
 def _one_line(stderr: str) -> str:
@@ -142,3 +143,32 @@ def test_tools_with_another_clusters_keys_say_the_handshake_was_refused(tmp_path
         assert "handshake refused" not in right.stderr, right.stderr
     finally:
         node.kill()
+
+
+def test_a_start_that_fails_leaves_the_data_dir_as_it_was(tmp_path: Path) -> None:
+    # A second start on a running node's data dir, or on a busy port, had already rewritten
+    # node.json to its own address (the running node's next start warned), and the first
+    # failed with a nested tuple around StorageLockedError.
+    running = NodeProcess(tmp_path, "n1", ["--insecure"])
+    running.spawn()
+    try:
+        node_id = running.wait_ready()
+        recorded = (running.data_dir / NODE_FILE).read_text()
+        assert node_id in recorded
+        again = waraft("node", "--name", "n1", "--listen", "127.0.0.1:0",
+                       "--data-dir", str(running.data_dir), "--insecure")  # fmt: skip
+        assert again.returncode != 0
+        line = _one_line(again.stderr)
+        assert f"data dir {running.data_dir} is in use by a running node" in line, line
+        assert (running.data_dir / NODE_FILE).read_text() == recorded
+    finally:
+        running.kill()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        moved = waraft("node", "--name", "n1", "--listen", f"127.0.0.1:{port}",
+                       "--data-dir", str(running.data_dir), "--insecure")  # fmt: skip
+    assert moved.returncode != 0
+    assert "Address already in use" in _one_line(moved.stderr)
+    assert (running.data_dir / NODE_FILE).read_text() == recorded

@@ -73,9 +73,13 @@ def write_owner(data_dir: str, owner: Owner) -> None:
         raise DataDirError(f"data dir {data_dir}: cannot write {path}: {exc}") from None
 
 
-def claim(data_dir: str, name: str, node_id: str, cluster: str | None = None) -> Owner:
+def claim(
+    data_dir: str, name: str, node_id: str, cluster: str | None = None, *, write: bool = True
+) -> Owner:
     """Refuse a data dir that belongs to another node or cluster; record a new (or older)
-    one as this node's, of ``cluster`` if given. Returns what is recorded afterwards.
+    one as this node's, of ``cluster`` if given. Returns what is recorded afterwards
+    (``write=False``: what would be; nothing is written, so a start that fails after the
+    check leaves the record of the node that last ran there).
 
     A data dir holds its node's terms, votes and log: started under another name, a node
     would answer as that node's replicas (swapped directories), and a copy of one node's
@@ -92,7 +96,7 @@ def claim(data_dir: str, name: str, node_id: str, cluster: str | None = None) ->
     recorded = None if owner is None else owner.cluster
     _check_same_cluster(data_dir, recorded, cluster)
     wanted = Owner(name, node_id, recorded or cluster)
-    if owner == wanted:
+    if owner == wanted or not write:
         return wanted
     if owner is not None and owner.node_id != node_id:
         logger.warning(

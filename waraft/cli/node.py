@@ -417,6 +417,7 @@ class NodeRuntime:
         self.node: Node | None = None
         self._temp_dir: str | None = None
         self._metrics: Any = None
+        self._lock: int | None = None  # the data dir's lock file, held while the node runs
 
     def start(self) -> str:
         """Start distribution, settings, services and partitions; return the node id."""
@@ -429,7 +430,12 @@ class NodeRuntime:
         if data_dir is None:
             data_dir = self._temp_dir = tempfile.mkdtemp(prefix="waraft-node-")
         _check_writable(data_dir)
-        owner = _claim_data_dir(data_dir, config.name, config.node_id(), config.cluster_id)
+        self._lock = _lock_data_dir(data_dir)
+        # Checked now, recorded once the node has its address: a start that fails on a busy
+        # port must not leave node.json naming an address nothing runs at.
+        owner = _claim_data_dir(
+            data_dir, config.name, config.node_id(), config.cluster_id, write=False
+        )
         dist_kw = dict(config.dist)
         dist_kw["cluster_id"] = owner.cluster
         curve = common.curve_for(config.keys, config.name, "node")
@@ -437,6 +443,7 @@ class NodeRuntime:
             dist_kw["curve"] = curve
         self.node_id = dist.start(config.node_id(), bind=config.bind(), **dist_kw)
         self.node = otp.node.current()
+        _claim_data_dir(data_dir, config.name, config.node_id(), owner.cluster)
         if config.max_memory_mb is not None:
             self.node.max_memory_mb = config.max_memory_mb
         app = config.application
@@ -512,6 +519,9 @@ class NodeRuntime:
         if self.node is not None and not self.node.wait_stopped(SHUTDOWN_TIMEOUT):
             logger.error("node %s still stopping; stopping distribution anyway", self.node_id)
         dist.stop()
+        if self._lock is not None:
+            os.close(self._lock)  # after the partitions closed their files
+            self._lock = None
         self.remove_temp_dir()
         logger.info("node %s stopped", self.node_id)
 
@@ -538,12 +548,44 @@ def _check_writable(data_dir: str) -> None:
         raise UsageError(f"data dir {data_dir} is not writable: {exc.strerror or exc}") from None
 
 
+LOCK_FILE = "node.lock"
+"""The file in a data dir that a running ``waraft node`` holds an exclusive lock on."""
+
+
+def _lock_data_dir(data_dir: str) -> int:
+    """Lock ``data_dir`` for this process (an exclusive ``flock`` on its ``node.lock``, which
+    the kernel releases when the process dies, however): a second node started on the
+    directory of a running one is refused before it changes anything. It used to rewrite
+    node.json, then fail on the storage's own lock with a nested tuple for a message.
+    Returns the open lock file, to close at stop."""
+    import fcntl
+
+    path = os.path.join(data_dir, LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise UsageError(f"data dir {data_dir}: cannot open {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise UsageError(
+            f"data dir {data_dir} is in use by a running node"
+            + (f" (pid {holder})" if holder.isdigit() else "")
+            + ": stop it first, or give this node its own --data-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above, nothing else
+    return fd
+
+
 def _claim_data_dir(
-    data_dir: str, name: str, node_id: str, cluster: str | None = None
+    data_dir: str, name: str, node_id: str, cluster: str | None = None, *, write: bool = True
 ) -> datadir.Owner:
     """``datadir.claim``, its refusals as usage errors (exit 2 with one line)."""
     try:
-        return datadir.claim(data_dir, name, node_id, cluster)
+        return datadir.claim(data_dir, name, node_id, cluster, write=write)
     except datadir.DataDirError as exc:
         raise UsageError(str(exc)) from None
 
