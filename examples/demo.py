@@ -132,7 +132,7 @@ def run(root: Path) -> None:
         root, 3, base_port=0, settings=SETTINGS, dist=DIST, keys=key_dir, metrics=True
     )
     try:
-        step("1. Start 3 node processes (durable: DiskLog + SqliteStorage, CURVE keys)")
+        step("1. Start 3 node processes (durable: WalLog + NodeLmdbStorage, CURVE keys)")
         say(f"data under {root}, keys in {key_dir}")
         cluster.start()
         for node in cluster.nodes:

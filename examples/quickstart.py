@@ -1,6 +1,6 @@
 """Replays the README's quick start session in a fresh interpreter, as if typed at ``>>>``.
 
-Run: ``python examples/quickstart.py`` (``make demo`` does it until the cluster demo lands).
+Run: ``python examples/quickstart.py`` (``make demo`` runs the kvstore cluster demo instead).
 The session is read from README.md (the block after ``<!-- quickstart -->``), so what the README
 shows is exactly what runs; ``tests/partition/test_quickstart.py`` checks the output too.
 """

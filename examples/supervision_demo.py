@@ -1,7 +1,7 @@
-"""Supervision demo (temporary, until the cluster demo lands): a one_for_all supervisor with
-three workers under ``kernel_sup``; one worker crashes and the whole group is restarted.
+"""Supervision demo: a one_for_all supervisor with three workers under ``kernel_sup``; one
+worker crashes and the whole group is restarted.
 
-Run with ``make demo``.
+Run with ``python examples/supervision_demo.py`` (``make demo`` runs the kvstore cluster demo).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@
 Data, logs (``n1.log``) and ``cluster.json`` (node ids, ports, pids) live in ``--dir``
 (default ``./data/kvstore``). Node ``n<i>`` listens on ``base-port + i - 1`` (default 7201); a
 restart reuses the ports recorded in ``cluster.json``, because node ids are part of every
-partition's membership. Nodes run the durable providers (DiskLog + SqliteStorage) and
-``kvstore_sup`` (``--app-module examples.kvstore.app``).
+partition's membership. Nodes run ``waraft node``'s durable providers (WalLog +
+NodeLmdbStorage) and ``kvstore_sup`` (``--app-module examples.kvstore.app``).
 
 :class:`LocalCluster` is the library behind it (``examples/demo.py`` uses it too).
 """
