@@ -161,3 +161,20 @@ def test_budget_gives_undetermined_not_failure() -> None:
 def test_long_histories_are_decided_within_the_default_budget() -> None:
     ops = _random_history(11, clients=10, ops=4000, keys=8)
     assert check_history(ops).ok is True
+
+
+def test_an_unknown_write_observed_only_through_an_incr_is_kept() -> None:
+    """write(5) timed out, incr(1) answered 6, a read returned 6: linearizable (the write took
+    effect before the incr). No read returned 5, but the write must not be pruned: the incr's
+    result observes it."""
+    h = History()
+    write = h.invoke(1, "commit", ("write", "t", "n", 5), 0)
+    h.unknown(write, ("error", "timeout"), 10)
+    incr = h.invoke(2, "commit", ("incr", "t", "n", 1), 20)
+    h.ok(incr, ("ok", 6), 30)
+    read = h.invoke(2, "read", ("read", "t", "n"), 40)
+    h.ok(read, ("ok", 6), 50)
+    assert check_history(h.ops).ok is True
+    stale = h.invoke(3, "read", ("read", "t", "n"), 60)
+    h.ok(stale, ("ok", 1), 70)  # as if the write never happened: not after 6 was read
+    assert check_history(h.ops).ok is False

@@ -62,7 +62,11 @@ class KVModel:
     def prune(self, ops: list[Operation]) -> list[Operation]:
         """Drop unknown writes whose (unique) value no read returned: such a write can always
         be placed after everything else, where it changes nothing, so keeping it only widens
-        the search."""
+        the search. Only in a key whose updates are all writes and deletes: an ``incr`` or
+        ``append`` builds on the value before it, so a write can be observed through the
+        result of one (write 5, then incr 1 answers 6) without any read returning it."""
+        if any(op.kind != "read" and op.command[0] not in ("write", "delete") for op in ops):
+            return ops
         seen = {
             op.result[1]
             for op in ops
