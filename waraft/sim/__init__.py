@@ -59,6 +59,7 @@ from waraft.sim.invariants import InvariantChecker, InvariantViolation
 from waraft.sim.linearizability import (
     KVModel,
     LinearizabilityResult,
+    ListAppendModel,
     Model,
     check_history,
     check_list_append,
@@ -81,6 +82,7 @@ __all__ = [
     "KVStateMachine",
     "KVWorkload",
     "LinearizabilityResult",
+    "ListAppendModel",
     "MemoryLog",
     "MixedWorkload",
     "Model",

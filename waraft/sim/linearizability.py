@@ -97,6 +97,81 @@ class KVModel:
         raise ValueError(f"KVModel cannot check {command!r}")
 
 
+class ListAppendModel:
+    """The sequential spec of append-only list keys (``("append", table, key, value)`` with
+    values unique per key; reads answered ``("ok", list)`` or ``"not_found"``), given each
+    key's ``final`` list, read once every operation had ended.
+
+    The final list is the order in which the appends that took effect were applied, so a
+    linearization applies them in that order: a state is how long a prefix of the final list
+    has been applied (an ``int``), an append is legal only as the next value of that list and
+    a read only if it answered that prefix (``"not_found"`` for none: an append creates the
+    key). ``KVModel`` could check the same histories with whole tuples as states, but every
+    order of concurrent appends is then a different state, and a run's runs of overlapping
+    appends between two reads blew its search up; here the orders that contradict the final
+    list die at once. A read that is not a prefix of the final list, an acknowledged append
+    missing from it or a value appended twice matches no state (``check_list_append``
+    names them more clearly).
+    """
+
+    NOWHERE = -1
+
+    def __init__(self, final: dict[Any, Any]) -> None:
+        self._final = {key: tuple(values) for key, values in final.items()}
+        self._positions = {
+            key: {value: i for i, value in enumerate(values)} for key, values in self._final.items()
+        }
+        self._reads: dict[int, int] = {}  # op.id -> the prefix length its answer names
+
+    def partition(self, op: Operation) -> Hashable | None:
+        command = op.command
+        if isinstance(command, tuple) and len(command) >= 3 and command[0] != "$session":
+            key: Hashable = command[2]
+            return key
+        return None
+
+    def init(self) -> Hashable:
+        return 0
+
+    def prune(self, ops: list[Operation]) -> list[Operation]:
+        """Drop unknown appends absent from the final list: they never took effect (or took
+        it after the final read, where nobody observed them)."""
+        return [
+            op
+            for op in ops
+            if op.status is Status.OK
+            or op.kind == "read"
+            or op.command[3] in self._positions.get(op.command[2], ())
+        ]
+
+    def step(self, state: Hashable, op: Operation) -> tuple[bool, Hashable]:
+        command = op.command
+        if command[0] == "append":
+            at = self._positions.get(command[2], {}).get(command[3])
+            if at is None or at != state:
+                return False, state
+            return (op.status is not Status.OK or op.result == "ok"), at + 1
+        if command[0] == "read":
+            length = self._reads.get(op.id)
+            if length is None:
+                length = self._reads[op.id] = self._prefix(command[2], op.result)
+            return length == state, state
+        raise ValueError(f"ListAppendModel cannot check {command!r}")
+
+    def _prefix(self, key: Any, result: Any) -> int:
+        """The length of the final list's prefix a read answered (``NOWHERE``: none)."""
+        if result == "not_found":
+            return 0
+        if type(result) is not tuple or len(result) != 2 or result[0] != "ok":
+            return self.NOWHERE
+        if not isinstance(result[1], (list, tuple)) or not result[1]:
+            return self.NOWHERE  # an empty list: no append creates one
+        values = tuple(result[1])
+        if self._final.get(key, ())[: len(values)] != values:
+            return self.NOWHERE
+        return len(values)
+
+
 @dataclass
 class PartitionVerdict:
     key: Any
