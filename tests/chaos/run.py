@@ -9,7 +9,10 @@ sessions on, every call bounded by ``timeout``), run two workloads at once:
   with the simulator's checker (``waraft.sim.check_history`` and ``KVModel``);
 * list-append (``"l0"``, ``"l1"``): appends of unique values and strong reads, checked
   Elle-style (``waraft.sim.check_list_append``): every acknowledged append exactly once in
-  the final list, every read a prefix of it, no duplicates, nothing failed or phantom.
+  the final list, every read a prefix of it, no duplicates, nothing failed or phantom; and
+  for linearizability like the register (``ListAppendModel``), which also orders the reads
+  in real time: no read misses an append acknowledged before it began, or sees one invoked
+  after it ended, or is shorter than a read that ended before it began.
 
 A nemesis thread injects, every ``--interval`` seconds, one of: kill -9 of a node (restarted
 with a ready deadline), SIGSTOP/SIGCONT, kill -9 of every node at once then restart, and a
@@ -18,13 +21,18 @@ network partition isolating one node (``set_fault`` through the node's admin pro
 Everything is bounded: each node restart must report ready within ``READY_DEADLINE``; a
 watchdog dumps every thread's stack (``faulthandler``), kills every node by pid and exits 3 if
 the run overruns ``duration + SLACK``. A failing history is written to ``--out`` with the
-command that re-checks it (``--check FILE``). Exit status: 0 clean, 1 violations, 3 stuck or
-aborted (a fault that could not be undone; the stacks and the nodes' log tails are printed).
+command that re-checks it (``--check FILE``). Exit status: 0 clean, 1 violations, 2 no
+violation found but the linearizability search ran out of budget for a key (undetermined:
+the history is saved), 3 stuck or aborted (a fault that could not be undone; the stacks and
+the nodes' log tails are printed), 4 the workload did not run throughout: a client thread
+raised, or stopped completing operations long before the run ended (the history is checked
+anyway; violations still exit 1).
 
 The summary gives, per fault kind (kill, stop and partition tagged ``-leader`` or
 ``-follower`` by asking the nodes who leads just before the strike; ``restart_all``), the
 worst and median client-visible unavailability: the longest stretch without an acknowledged
-commit charged to the most recent fault. ``--keep`` saves the history and the nodes' logs of a
+commit charged to the most recent fault (the stretch after the last acknowledgement counts,
+up to the end of the faults). ``--keep`` saves the history and the nodes' logs of a
 passing run too (results: ``benchmarks/CHAOS.md``).
 
     python -m tests.chaos.run --duration 180 --seed 7 --out chaos-out
@@ -49,13 +57,23 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.multiprocess.harness import DOWN, PING, Cluster, wal_files
 from waraft.client import AT_MOST_ONCE
 from waraft.services import codec
-from waraft.sim import History, KVModel, Operation, Status, check_history, check_list_append
+from waraft.sim import (
+    History,
+    KVModel,
+    ListAppendModel,
+    Operation,
+    Status,
+    check_history,
+    check_list_append,
+)
 
 TABLE = "kv"
 LISTS = ("l0", "l1")
@@ -63,6 +81,12 @@ REGISTER = "r"
 READY_DEADLINE = 30.0
 SLACK = 120.0
 CALL_TIMEOUT = 2.0
+# A live client completes an operation at least every CALL_TIMEOUT (+ its 50 ms back-off);
+# one silent for longer than this (the slack a stopping client gets too, see ``run``) when
+# the clients were stopped had stopped working.
+SILENT_LIMIT_MS = int((CALL_TIMEOUT + 10) * 1000)
+BUDGET = 2_000_000  # linearizability search steps per key
+CLEAN, VIOLATIONS, UNDETERMINED, ABORTED, WORKLOAD_FAILED = 0, 1, 2, 3, 4
 logger = logging.getLogger("chaos")
 
 
@@ -73,6 +97,13 @@ class Recorder:
         self.history = History()
         self.lock = threading.Lock()
         self.start = time.monotonic()
+        self.last_completion: dict[int, int] = {}  # client -> ms of its latest completion
+        self.failures: list[str] = []  # a worker thread's exception, with its traceback
+
+    def worker_failed(self, client: int) -> None:
+        """Record the exception being handled as client ``client``'s death."""
+        with self.lock:
+            self.failures.append(f"client{client} raised:\n{traceback.format_exc()}")
 
     def now(self) -> int:
         return int((time.monotonic() - self.start) * 1000)
@@ -84,6 +115,7 @@ class Recorder:
     def complete(self, op: Operation, result: Any) -> None:
         with self.lock:
             now = max(self.now(), op.invoke_ms)
+            self.last_completion[op.client] = now
             error = type(result) is tuple and len(result) == 2 and result[0] == "error"
             if not error:
                 self.history.ok(op, result, now)
@@ -98,6 +130,17 @@ class Recorder:
 
 
 def _worker(
+    cid: int, nodes: list[str], rec: Recorder, stop: threading.Event, seed: int, sessions: bool
+) -> None:
+    """One client thread: its exception is recorded in ``rec`` (and fails the run) instead of
+    only printed by the thread hook while the run goes on with fewer clients."""
+    try:
+        _work(cid, nodes, rec, stop, seed, sessions)
+    except BaseException:
+        rec.worker_failed(cid)
+
+
+def _work(
     cid: int, nodes: list[str], rec: Recorder, stop: threading.Event, seed: int, sessions: bool
 ) -> None:
     from waraft.client import Client
@@ -244,30 +287,76 @@ def _final_lists(nodes: list[str], deadline: float) -> dict[str, Any]:
     return final
 
 
-def check(ops: list[Operation], final: dict[str, Any]) -> list[str]:
-    """Every violation of the run: Elle-style list checks and register linearizability."""
-    violations = check_list_append(ops, final)
+@dataclass
+class Checked:
+    """What ``check`` found: ``violations`` (empty: none) and the keys whose linearizability
+    search ran out of budget (``undetermined``: neither proven nor refuted)."""
+
+    violations: list[str] = field(default_factory=list)
+    undetermined: list[Any] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = self.violations or ["no violation"]
+        if self.undetermined:
+            lines.append(
+                f"linearizability undetermined (search budget of {BUDGET} steps) for keys "
+                f"{self.undetermined}"
+            )
+        return "\n".join(lines)
+
+
+def check(ops: list[Operation], final: dict[str, Any]) -> Checked:
+    """Every violation of the run: Elle-style list checks (clear messages for duplicates,
+    losses and phantoms), and linearizability of the register and of every list (the
+    real-time order of list reads and appends, which a comparison with the final list cannot
+    see)."""
+    found = Checked(check_list_append(ops, final))
     register = [op for op in ops if op.command[2] == REGISTER]
-    verdict = check_history(register, KVModel(), budget=2_000_000)
-    if verdict.ok is False:
-        violations.append("register not linearizable:\n" + verdict.explain())
-    return violations
+    lists = [op for op in ops if op.command[2] in final]
+    for what, part, model in (
+        ("register", register, KVModel()),
+        ("lists", lists, ListAppendModel(final)),
+    ):
+        verdict = check_history(part, model, budget=BUDGET)
+        if verdict.ok is False:
+            found.violations.append(f"{what} not linearizable:\n" + verdict.explain())
+        found.undetermined += [v.key for v in verdict.undetermined]
+    return found
 
 
 Fault = tuple[int, int, str, str]
 
 
-def unavailability(ops: list[Operation], faults: list[Fault]) -> list[tuple[Fault, int, int]]:
+def _acked_times(ops: list[Operation], end: int | None) -> list[int]:
+    """When commits were acknowledged, from the start (0) to ``end`` (default: the last
+    completion of any operation), bounds included: a stretch without acknowledgements at
+    either end of the run is unavailability too."""
+    acked = [o.complete_ms for o in ops if o.status is Status.OK and o.kind == "commit"]
+    if end is None:
+        end = max((o.complete_ms for o in ops if o.complete_ms is not None), default=0)
+    return sorted([0, *(t for t in acked if t is not None), end])
+
+
+def longest_gap(ops: list[Operation], end: int | None = None) -> int:
+    """The longest stretch without an acknowledged commit, the one after the last
+    acknowledgement up to ``end`` included."""
+    return max(b - a for a, b in itertools.pairwise(_acked_times(ops, end)))
+
+
+def unavailability(
+    ops: list[Operation], faults: list[Fault], end: int | None = None
+) -> list[tuple[Fault, int, int]]:
     """Per fault ``(fault, gap ms, from ms)``: the longest stretch without an acknowledged
     commit that ends after the fault began and before the next one began (so a stretch is
-    charged to the most recent fault; ``from`` is the last acknowledgement before it). The
-    clients keep trying all the time, so a stretch without acknowledgements is what a caller
-    saw as unavailability."""
-    acked = sorted(o.complete_ms for o in ops if o.status is Status.OK and o.kind == "commit")
+    charged to the most recent fault; ``from`` is the last acknowledgement before it; the
+    last fault's stretches run to ``end``, as in ``_acked_times``). The clients keep trying
+    all the time, so a stretch without acknowledgements is what a caller saw as
+    unavailability."""
+    acked = _acked_times(ops, end)
     out = []
     for i, fault in enumerate(faults):
         start = fault[0]
-        until = faults[i + 1][0] if i + 1 < len(faults) else (acked[-1] if acked else start)
+        until = faults[i + 1][0] if i + 1 < len(faults) else acked[-1]
         worst, since = 0, start
         for a, b in itertools.pairwise(acked):
             if start < b <= until and b - a > worst:
@@ -276,9 +365,9 @@ def unavailability(ops: list[Operation], faults: list[Fault]) -> list[tuple[Faul
     return out
 
 
-def summary(ops: list[Operation], faults: list[Fault]) -> str:
+def summary(ops: list[Operation], faults: list[Fault], end: int | None = None) -> str:
     """Worst unavailability per fault kind, and every fault with its own."""
-    per = unavailability(ops, faults)
+    per = unavailability(ops, faults, end)
     kinds: dict[str, list[int]] = {}
     for fault, gap, _ in per:
         kinds.setdefault(fault[2], []).append(gap)
@@ -416,6 +505,7 @@ def run(
             nemesis.strike()
             time.sleep(rng.uniform(interval * 0.5, interval))
         nemesis.heal()
+        stopped = rec.now()
         stop.set()
         for w in workers:
             w.join(CALL_TIMEOUT + 10)
@@ -423,40 +513,21 @@ def run(
                 raise RuntimeError(f"{w.name} did not stop")
         final = _final_lists(nodes, time.monotonic() + 60)
         ops = list(rec.history.ops)
-        violations = check(ops, final)
-        acked_at = sorted(
-            o.complete_ms for o in ops if o.status is Status.OK and o.kind == "commit"
-        )
-        acked = len(acked_at)
-        # The longest stretch without an acknowledged commit: the worst unavailability.
-        gap = max((b - a for a, b in itertools.pairwise(acked_at)), default=0)
-        print(
-            f"chaos: {len(ops)} ops, {acked} acknowledged commits, faults: "
-            f"{', '.join(f[3] for f in nemesis.log) or 'none'}; final lengths "
-            f"{ {k: len(v) for k, v in final.items()} }; longest gap without an acknowledged "
-            f"commit {gap} ms; violations: {len(violations)}"
-        )
-        # Which WAL files each node ended with: the newest number is how many it started
-        # (rotations plus one per restart), the count what rotation left on disk.
-        wal = {node.name: wal_files(node.data_dir) for node in cluster.nodes}
-        if any(wal.values()):
-            print("WAL files on disk per node: " + ", ".join(f"{n} {s}" for n, s in wal.items()))
-        print("unavailability (longest stretch without an acknowledged commit) per fault:")
-        print(summary(ops, nemesis.log))
-        if violations or keep:
+        found = check(ops, final)
+        failures = workload_failures(rec, range(1, clients + 1), stopped)
+        _report(ops, final, found, failures, nemesis.log, stopped)
+        _print_wal(cluster)
+        code = exit_status(found, failures)
+        if code != CLEAN or keep:
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"chaos-seed{seed}-{int(time.time())}.history"
-            save(path, ops, final, violations, nemesis.log)
-            print(f"history saved to {path}")
-        if violations:
-            print("\n".join(violations[:20]))
+            save(path, ops, final, found.violations, nemesis.log)
             print(f"history saved to {path} (re-check: python -m tests.chaos.run --check {path})")
-            return 1
-        if keep:
+        if keep or code != CLEAN:
             print(f"node data and logs kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)  # kept for inspection when a check fails
-        return 0
+        return code
     except Exception:
         logger.exception("chaos: run aborted")
         sys.stderr.write("chaos: every thread's stack:\n")
@@ -470,6 +541,66 @@ def run(
         cluster.kill_all()
         dist.stop()
         otp.node.stop_all(timeout=5.0)
+
+
+def workload_failures(rec: Recorder, clients: range, stopped: int) -> list[str]:
+    """Why the workload did not run throughout (empty: it did): a client thread raised, or a
+    client completed nothing in the ``SILENT_LIMIT_MS`` before the clients were stopped at
+    ``stopped`` ms (a run with fewer clients is a shorter, weaker history that would still
+    check clean)."""
+    problems = list(rec.failures)
+    for client in clients:
+        last = rec.last_completion.get(client)
+        if last is None:
+            problems.append(f"client{client} completed no operation")
+        elif stopped - last > SILENT_LIMIT_MS:
+            problems.append(
+                f"client{client} completed nothing after {last} ms (clients stopped at "
+                f"{stopped} ms)"
+            )
+    return problems
+
+
+def exit_status(found: Checked, failures: list[str]) -> int:
+    """Violations first (they are real whatever else happened), then a workload that did not
+    run throughout, then an undetermined verdict."""
+    if found.violations:
+        return VIOLATIONS
+    if failures:
+        return WORKLOAD_FAILED
+    return UNDETERMINED if found.undetermined else CLEAN
+
+
+def _report(
+    ops: list[Operation],
+    final: dict[str, Any],
+    found: Checked,
+    failures: list[str],
+    faults: list[Fault],
+    stopped: int,
+) -> None:
+    acked = sum(1 for o in ops if o.status is Status.OK and o.kind == "commit")
+    print(
+        f"chaos: {len(ops)} ops, {acked} acknowledged commits, faults: "
+        f"{', '.join(f[3] for f in faults) or 'none'}; final lengths "
+        f"{ {k: len(v) for k, v in final.items()} }; longest gap without an acknowledged "
+        f"commit {longest_gap(ops, stopped)} ms; violations: {len(found.violations)}; "
+        f"undetermined keys: {found.undetermined}; workload failures: {len(failures)}"
+    )
+    print("unavailability (longest stretch without an acknowledged commit) per fault:")
+    print(summary(ops, faults, stopped))
+    for failure in failures:
+        print(f"workload failure: {failure}")
+    if found.violations or found.undetermined:
+        print(found.describe()[:20_000])
+
+
+def _print_wal(cluster: Cluster) -> None:
+    """Which WAL files each node ended with: the newest number is how many it started
+    (rotations plus one per restart), the count what rotation left on disk."""
+    wal = {node.name: wal_files(node.data_dir) for node in cluster.nodes}
+    if any(wal.values()):
+        print("WAL files on disk per node: " + ", ".join(f"{n} {s}" for n, s in wal.items()))
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -512,9 +643,9 @@ def main(argv: list[str] | None = None) -> int:
         ops, final, faults = load(args.check)
         if faults:
             print(summary(ops, faults))
-        violations = check(ops, final)
-        print("\n".join(violations) or "no violation")
-        return 1 if violations else 0
+        found = check(ops, final)
+        print(found.describe())
+        return exit_status(found, [])
     print(f"chaos: seed {args.seed}, {args.duration:.0f} s")
     return run(
         args.duration,
