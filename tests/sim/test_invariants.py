@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from tests.sim.helpers import check_one_leader, one, wait_applied, write
 from waraft.core.types import NOOP_OMITTED, DurableState, Entry, LogPos, State
+from waraft.sim import KVStateMachine, Simulation, StateMachine, fast_settings
 from waraft.sim.invariants import InvariantChecker, InvariantViolation, same_entry
 from waraft.sim.log import MemoryLog
 
@@ -150,3 +154,73 @@ def test_state_machine_safety() -> None:
         checker.on_apply("b", 2, _e(1, 2), digest=11)
     with _violation("state_machine_safety"):
         checker.on_apply("b", 2, _e(1, 1), digest=12)  # same entry, different resulting state
+
+
+class _Divergent(KVStateMachine):
+    """A replica whose state diverges: it stores every written value with a ``!``."""
+
+    def apply(self, command: Any, index: int, term: int) -> Any:
+        if isinstance(command, tuple) and command[:1] == ("write",):
+            command = (*command[:3], f"{command[3]}!")
+        return super().apply(command, index, term)
+
+
+def test_a_replica_whose_machine_diverges_is_caught() -> None:
+    """Every replica applies the same entries, so a digest of the commands applied (what the
+    checker used to compare) agrees; the states do not."""
+    made: list[StateMachine] = []
+
+    def machine() -> StateMachine:
+        made.append(_Divergent() if not made else KVStateMachine())
+        return made[-1]
+
+    sim = Simulation(nodes=3, seed=1, machine=machine)
+    sim.bootstrap()
+    sim.await_leader()
+    with pytest.raises(InvariantViolation) as caught:
+        for i in range(6):
+            one(sim, write(i, key=f"k{i % 3}"), 3)
+    assert caught.value.invariant == "state_machine_safety"
+
+
+def test_a_lossy_snapshot_restore_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lagging follower is restored from a snapshot that loses a key on load: its state is
+    recomputed after the install (a digest copied from the sender hid it) and differs."""
+    settings = fast_settings(
+        raft_max_log_records_per_file=10, raft_max_log_records=20, raft_max_retained_entries=30
+    )
+    sim = Simulation(nodes=3, seed=5, settings=settings)
+    sim.bootstrap()
+    leader = check_one_leader(sim, sim.node_ids)
+    lagging = next(n for n in sim.node_ids if n != leader)
+    sim.crash(lagging)
+    for i in range(60):
+        one(sim, write(i, key=f"k{i % 7}"), 2)
+    restore = KVStateMachine.restore
+
+    def lossy(self: KVStateMachine, data: Any) -> None:
+        restore(self, data)
+        if self is sim.nodes[lagging].storage.machine:
+            self.data.pop("k3", None)
+
+    monkeypatch.setattr(KVStateMachine, "restore", lossy)
+    sim.restart(lagging)
+    with pytest.raises(InvariantViolation) as caught:
+        one(sim, write("done"), 3)
+        sim.run_for(2000)
+    assert caught.value.invariant == "state_machine_safety"
+    assert caught.value.message.startswith(f"{lagging}'s state after applying")
+    assert sim.catchup.started >= 1
+
+
+def test_replicas_are_compared_when_the_run_ends() -> None:
+    """A state changed outside of the applies is found by ``check_replicas`` at the end."""
+    sim = Simulation(nodes=3, seed=2)
+    sim.bootstrap()
+    sim.await_leader()
+    index = one(sim, write("a"), 3)
+    wait_applied(sim, index, sim.node_ids)
+    sim.check_replicas()
+    sim.nodes["n2"].storage.machine.data["x"] = "b"  # type: ignore[attr-defined]
+    with pytest.raises(InvariantViolation, match="state_machine_safety"):
+        sim.check_replicas()

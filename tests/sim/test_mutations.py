@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.sim.helpers import check_one_leader, one, write
-from waraft.core import config, reads, replication
+from waraft.core import config, reads, replication, sessions
 from waraft.core.types import State
 from waraft.sim import InvariantViolation, Simulation, fast_settings
 
@@ -182,3 +182,51 @@ def test_acknowledged_commits_are_checked_against_the_committed_log() -> None:
     assert len(problems) == 2
     assert "acknowledged but never committed" in problems[0]
     assert "failed but committed" in problems[1]
+
+
+def _submit(sim: Simulation, command: Any) -> Any:
+    leader = check_one_leader(sim, sim.node_ids)
+    call = sim.submit(leader, command)
+    assert sim.run_until(lambda: call.done, 3000), sim.describe()
+    return call.result
+
+
+def _retry_after_a_newer_write(sim: Simulation) -> None:
+    """A session writes x=1, a plain write sets x=2, the session's write is retried (answered
+    from the session table, x stays 2)."""
+    session = _submit(sim, sessions.register_command())[1]
+    tagged = sessions.call_command(session, 1, 1, write(1))
+    assert _submit(sim, tagged) == "ok"
+    assert _submit(sim, write(2)) == "ok"
+    assert _submit(sim, tagged) == "ok"  # the retry
+    one(sim, write(0, key="other"), 3)  # every replica has applied the retry
+
+
+@pytest.mark.parametrize("mutated", [False, True])
+def test_a_replica_that_applies_a_retry_again_is_caught_by_state_machine_safety(
+    monkeypatch: pytest.MonkeyPatch, mutated: bool
+) -> None:
+    """n1's session table forgets a retry was applied and applies it again: its x is 1,
+    everybody else's 2. The same entries are applied everywhere, so only a digest of the
+    state (not of the commands applied) tells the replicas apart."""
+    sim = Simulation(nodes=3, seed=3)
+    if mutated:
+        begin = sessions.SessionTable.begin
+
+        def forgetful(self: Any, command: Any, index: int, nested: bool = False) -> Any:
+            decision = begin(self, command, index, nested)
+            n1 = self is sim.nodes["n1"].storage.sessions
+            if n1 and isinstance(decision, sessions.Done) and sessions.is_call(command):
+                return sessions.Apply(command[5], None, None)
+            return decision
+
+        monkeypatch.setattr(sessions.SessionTable, "begin", forgetful)
+    sim.bootstrap()
+    sim.await_leader()
+    if not mutated:
+        _retry_after_a_newer_write(sim)
+        sim.check_replicas()
+        return
+    with pytest.raises(InvariantViolation) as caught:
+        _retry_after_a_newer_write(sim)
+    assert caught.value.invariant == "state_machine_safety"

@@ -98,6 +98,8 @@ class SnapshotCatchup:
             return
         snapshot = source.storage.create_snapshot(witness=transfer.witness)
         position = snapshot.position
+        if not snapshot.witness:  # the state it carries, for the receiver's to be compared
+            sim.invariants.on_state(transfer.source, position.index, snapshot.digest)
         root = f"sim://{transfer.source}/snapshot.{position.index}.{position.term}#{transfer.id}"
         self.snapshots[root] = snapshot
         while len(self.snapshots) > _KEEP_SNAPSHOTS:

@@ -13,7 +13,9 @@ step), so it can run after every step of long randomized runs:
   observed);
 * **commit safety** — one entry per committed index, and a commit index never beyond the log;
 * **state machine safety** — the same entry applied at the same index everywhere, and, on data
-  replicas, the same state digest at the same index;
+  replicas, the same state at the same index: a digest of the machine's data and the session
+  table (``SimStorage.state_digest``), compared after every applied index, at both ends of
+  a snapshot transfer and when a run ends (``Simulation.check_replicas``);
 * **monotonic term** (persisted and in memory, across crashes) and **monotonic commit index**
   (within one incarnation; a snapshot install may move it).
 
@@ -173,12 +175,18 @@ class InvariantChecker:
                 f"{node} applied {entry} at {index} but {committed[0]} was committed there",
             )
         if digest is not None:
-            known = self._digests.setdefault(index, digest)
-            if known != digest:
-                self._violate(
-                    "state_machine_safety",
-                    f"{node}'s state after applying {index} differs from another replica's",
-                )
+            self.on_state(node, index, digest)
+
+    def on_state(self, node: str, index: int, digest: int) -> None:
+        """Data replica ``node``'s state digest is ``digest`` with ``index`` applied (after an
+        apply, a snapshot's creation or load, or at the end of a run): every replica's must
+        be the same at the same index."""
+        known = self._digests.setdefault(index, digest)
+        if known != digest:
+            self._violate(
+                "state_machine_safety",
+                f"{node}'s state after applying {index} differs from another replica's",
+            )
 
     def on_restart(self, node: str, term: int, commit_index: int) -> None:
         """A node restarted: its term must not go back; its commit index starts afresh."""

@@ -560,6 +560,9 @@ class SimNode:
         else:
             snapshot = storage.make_empty_snapshot(effect.position, effect.config, effect.data)
             error = storage.open_snapshot(snapshot, effect.position)
+        if error is None and storage.is_data_replica():
+            # recomputed from what was loaded: a lossy restore shows, a copied digest hid it
+            self.sim.invariants.on_state(self.id, storage.position.index, storage.state_digest())
         opened = SnapshotOpened(
             from_=effect.from_,
             purpose=effect.purpose,
@@ -594,5 +597,6 @@ class SimNode:
 
     def storage_applied(self, index: int, entry: Entry, witness: bool) -> None:
         storage = self.storage
-        digest = storage.digest if storage.is_data_replica() else None
+        # after every entry: a divergence can heal within a few (the key written over)
+        digest = storage.state_digest() if storage.is_data_replica() else None
         self.sim.invariants.on_apply(self.id, index, entry, digest)

@@ -715,6 +715,16 @@ class Simulation:
                 problems.append(f"failed but committed at {where[op.key]}: {op.line()}")
         return problems
 
+    def check_replicas(self) -> None:
+        """Every up data replica's state against every other's at the same applied index, as
+        after each apply (call once the cluster has settled: a state changed outside of the
+        applies, or a replica that applied nothing since loading a snapshot, shows here).
+        Raises ``InvariantViolation``."""
+        for node in self.nodes.values():
+            storage = node.storage
+            if node.up and storage.position.index > 0 and storage.is_data_replica():
+                self.invariants.on_state(node.id, storage.position.index, storage.state_digest())
+
     # -- whole-cluster views ---------------------------------------------------------------------
 
     def applied_index(self, node_id: str) -> int:

@@ -44,7 +44,7 @@ class Snapshot:
     config: tuple[int, Config] | None
     label: Any
     data: Any
-    digest: int
+    digest: int  # state_digest of the data and sessions it holds (0 for a witness snapshot)
     witness: bool = False
     sessions: Any = None  # SessionTable.dump() (None: no sessions)
 
@@ -81,7 +81,6 @@ class SimStorage:
         self.label: Any = None
         self.witness = False
         self.incomplete = False  # a witness snapshot was loaded: data is not trustworthy
-        self.digest = 0  # rolling hash of the users' commands applied, for cross-node checks
         self.sessions = SessionTable()
         self.tasks: deque[tuple[Any, ...]] = deque()
         self.apply_count = 0
@@ -123,7 +122,6 @@ class SimStorage:
         self.label = None
         self.witness = False
         self.incomplete = False
-        self.digest = 0
         self.sessions = SessionTable()
         self.machine.restore(None)
 
@@ -196,7 +194,6 @@ class SimStorage:
                 result = decision.result
             else:  # a duplicate inside one entry cannot happen: one command per entry
                 result = self.sessions.result(decision.session, decision.seq)
-            self.digest = _mix(self.digest, index, command)
         self.position = new_position
         if entry.label is not None:
             self.label = entry.label
@@ -216,18 +213,28 @@ class SimStorage:
     def read_now(self, from_: Any, command: Any) -> None:
         self.host.storage_reply(from_, self.machine.read(command), commit=None, read=True)
 
+    def state_digest(self) -> int:
+        """A digest of the replicated state: the machine's data and the session table. Equal
+        on replicas in the same state (data replicas at the same applied index must be), so
+        the invariant checker compares replicas by it; computed from the state itself, never
+        carried over, so a replica whose state diverged (a retry applied twice, a lossy
+        snapshot restore, a non-deterministic machine) differs."""
+        return state_digest(self.machine.snapshot(), self.sessions.dump_view())
+
     # -- snapshots -------------------------------------------------------------------------------
 
     def create_snapshot(self, witness: bool = False) -> Snapshot:
         """A snapshot at the current position (witness snapshots carry no data)."""
+        data = None if witness else self.machine.snapshot()
+        sessions = None if witness else self.sessions.dump_view()
         return Snapshot(
             position=self.position,
             config=self.config,
             label=self.label,
-            data=None if witness else self.machine.snapshot(),
-            digest=self.digest,
+            data=data,
+            digest=0 if witness else state_digest(data, sessions),
             witness=witness or self.incomplete,
-            sessions=None if witness else self.sessions.dump_view(),
+            sessions=sessions,
         )
 
     def make_empty_snapshot(self, position: LogPos, config: Config | None, data: Any) -> Snapshot:
@@ -239,7 +246,7 @@ class SimStorage:
             config=None if config is None else (position.index, config),
             label=None,
             data=machine.snapshot(),
-            digest=hash(("bootstrap", position, repr(data))),
+            digest=state_digest(machine.snapshot(), SessionTable().dump_view()),
         )
 
     def open_snapshot(self, snapshot: Snapshot, expected: LogPos) -> Any:
@@ -250,15 +257,31 @@ class SimStorage:
         self._set_config(snapshot.config)
         self.label = snapshot.label
         self.incomplete = snapshot.witness
-        self.digest = snapshot.digest
         self.sessions = SessionTable.load(snapshot.sessions)
         self.machine.restore(snapshot.data)
         self._serve_reads()
         return None
 
 
-def _mix(digest: int, index: int, command: Any) -> int:
+def state_digest(data: Any, sessions: Any) -> int:
+    """A digest of a machine's ``snapshot()`` and a session table's ``dump_view()``, the same
+    for equal states whatever the order their dicts were filled in (a restored snapshot's
+    dict is in the sender's order)."""
     try:
-        return hash((digest, index, command))
-    except TypeError:  # unhashable user command
-        return hash((digest, index, repr(command)))
+        if isinstance(data, dict):
+            return hash((tuple(sorted(data.items())), sessions))
+        return hash((data, sessions))
+    except TypeError:  # unorderable keys or unhashable values (a user's machine)
+        return hash(repr(_canonical((data, sessions))))
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with its dicts and sets in a fixed order and its lists as tuples."""
+    if isinstance(value, dict):
+        items = [(_canonical(k), _canonical(v)) for k, v in value.items()]
+        return ("dict", tuple(sorted(items, key=repr)))
+    if isinstance(value, (set, frozenset)):
+        return ("set", tuple(sorted((_canonical(v) for v in value), key=repr)))
+    if isinstance(value, (list, tuple)):
+        return tuple(_canonical(v) for v in value)
+    return value

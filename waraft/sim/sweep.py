@@ -138,6 +138,7 @@ def run_scenario(
         if not sim.run_until(sim.clients_idle, 30_000):
             result.warnings.append("clients still busy after 30 s")
         _final_write(sim, scenario.seed)
+        sim.check_replicas()
         problems = sim.check_acknowledged()
         if problems:
             raise InvariantViolation("durability", "; ".join(problems[:5]))
