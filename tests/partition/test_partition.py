@@ -12,7 +12,16 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tests.partition.helpers import APP, addr, ident, start_node, state, wait_until
+from tests.partition.helpers import (
+    APP,
+    addr,
+    cluster,
+    ident,
+    leader_of,
+    start_node,
+    state,
+    wait_until,
+)
 from tests.providers.helpers import stop_wal_writers
 from waraft import otp, storage
 from waraft.core.types import Identity, LogPos
@@ -418,6 +427,36 @@ def test_a_partition_whose_state_file_was_deleted_comes_up_disabled(tmp_path: Pa
     assert status["disable_reason"][0] == "durable_state_missing", status["disable_reason"]
     assert "term 2" in status["disable_reason"][1]
     assert status["voted_for"] is None
+
+
+def test_a_replica_enabled_after_its_state_file_was_lost_recovers_a_term_counted_as_voted(
+    tmp_path: Path,
+) -> None:
+    # Enabled, it came back at term 0 with no vote, and after the leader's snapshot followed
+    # at the leader's term with no vote: free to vote again in a term it had voted in.
+    spec = {"log_module": DISK, "storage_module": SQLITE}
+    with cluster(tmp_path, **spec) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        assert acceptor.commit(addr("acceptor", leader), (1, ("write", "t", 1, "x"))) == "ok"
+        follower = next(n for n in nodes if n is not leader)
+        path = Path(server.status(addr("server", follower))["partition_path"])
+        name = next(f"n{i + 1}" for i, n in enumerate(nodes) if n is follower)
+        node_id = follower.id
+        follower.stop()
+        (path / durable_state.STATE_FILE).unlink()
+        node = start_node(tmp_path, name, [1], node_id=node_id, **spec)
+        try:
+            wait_until(lambda: state(node, 1) == "disabled")
+            assert server.enable(addr("server", node)) == "ok"
+            wait_until(lambda: state(node, 1) == "follower")
+            status = server.status(addr("server", node))
+            term = server.status(addr("server", leader))["current_term"]
+            assert status["current_term"] >= term
+            assert status["voted_for"] == node_id  # no second vote in the term it took up
+            assert acceptor.commit(addr("acceptor", leader), (2, ("write", "t", 2, "y"))) == "ok"
+        finally:
+            node.stop()
 
 
 def test_a_membership_change_naming_no_replica_of_this_partition_is_refused(

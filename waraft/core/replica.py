@@ -44,6 +44,17 @@ from waraft.core.types import (
 
 logger = logging.getLogger("waraft.core.server")
 
+BOOTSTRAP_TERM = 1
+"""Bootstrap's term, in which nobody votes: an entry of it proves no term was lost."""
+
+
+def term_lost(durable_term: int | None, last_log: LogPos, storage: LogPos) -> bool:
+    """Whether a replica starting with ``durable_term`` (None: no durable state given) over a
+    log ending at ``last_log`` and storage at ``storage`` has lost its term and vote: its
+    term is persisted before any entry of it lands (see ``term_recovery``)."""
+    held = max(last_log.term, storage.term)
+    return durable_term is not None and held > BOOTSTRAP_TERM and durable_term < held
+
 
 class Replica:
     """One replica's Raft state; the engine (``RaftCore``) supplies the three dispatch hooks."""
@@ -138,6 +149,15 @@ class Replica:
         self.pending_install: tuple[str, LogPos, Any] | None = None
         # ``stalled`` entered by ``enable`` with data: it may leave when no leader comes.
         self.reenabled_wait = False
+        # Its term and vote were lost: it takes no part until every voter told its term
+        # (``term_recovery``), the terms heard so far by node.
+        last = log.last_index()
+        self.term_lost = term_lost(
+            None if durable is None else durable.current_term,
+            LogPos(last, log.term(last) or 0),
+            storage_position,
+        )
+        self.terms_heard: dict[str, int] = {}
         # quiescence (see ``quiesce``): nodes the failure detector reports down, whether this
         # replica is quiescent, the leader's last non-idle moment and its quiesce-round acks
         self.down_nodes: set[str] = set()

@@ -42,6 +42,7 @@ from waraft.core import (
     quiesce,
     stalled,
     status,
+    term_recovery,
     terms,
     witness,
 )
@@ -166,7 +167,10 @@ class RaftCore(Replica):
         if not quiesce.before_event(self, event):
             return
         if type(event) is RaftRpc:
-            terms.handle_rpc(self, event)
+            if self.term_lost:
+                term_recovery.heard(self, event)
+            else:
+                terms.handle_rpc(self, event)
         else:
             _STATE_MODULES[self.state].handle_event(self, event)
 
@@ -192,7 +196,7 @@ class RaftCore(Replica):
     def _initial_state(self) -> State:
         if self.disable_reason is not None:
             return State.DISABLED
-        if not self.holds_data():
+        if self.term_lost or not self.holds_data():
             return State.STALLED
         return self.state_with_data()
 

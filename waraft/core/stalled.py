@@ -12,13 +12,16 @@ as a single member). In WARaft, disabling and enabling a majority of a partition
 left every one of them stalled, waiting for a leader none of them could become: the partition
 had no leader until a node was restarted, and ``trigger_election`` and ``promote`` are refused
 in this state. A restart trusts the same data, so leaving here is no less safe than one.
+
+A replica that lost its term and vote (``term_recovery``) stays here, taking no part, until the
+voters have told it a term past every one it could have voted in, whatever brought it here.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from waraft.core import admin
+from waraft.core import admin, term_recovery
 from waraft.core.enter import enter_state
 from waraft.core.events import (
     Bootstrap,
@@ -39,12 +42,18 @@ def enter(core: Replica, old: State) -> None:
     enter_state(core, State.STALLED)
     if old is not State.STALLED:  # (a repeat, on a new term, keeps waiting)
         core.reenabled_wait = old is State.DISABLED and core.holds_data()
-    if core.reenabled_wait:
+    if core.term_lost:
+        term_recovery.ask(core)
+    elif core.reenabled_wait:
         core.election_timeout()
 
 
 def _on_timeout(core: Replica) -> None:
-    """The wait of a re-enabled replica (see the module docstring) ran out."""
+    """The wait of a re-enabled replica (see the module docstring) ran out, or that of one
+    recovering its lost term (``term_recovery``: it asks again)."""
+    if core.term_lost:
+        term_recovery.ask(core)
+        return
     heard = core.last_quorum_ts
     if heard is not None and core.now - heard < core.settings.raft_election_timeout_ms:
         core.election_timeout()  # a leader is there: its snapshot is on the way

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from waraft.core import config
+from waraft.core import config, term_recovery
 from waraft.core.types import State
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ def status(core: Replica, now: int) -> dict[str, Any]:
         "votes": dict(core.votes),
         "inflight_applies": core.queues.apply_queue_size(),
         "disable_reason": core.disable_reason,
+        # Its term and vote were lost: stalled until these voters tell theirs (term_recovery).
+        "term_lost": sorted(term_recovery.unheard(core)) if core.term_lost else None,
         "config": cfg.to_dict(),
         "config_index": core.config_index(),
         "witness": config.is_witness(core.self_id, cfg),

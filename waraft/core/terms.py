@@ -2,6 +2,9 @@
 
 Pre-processing runs before any state handler, in WARaft's order:
 
+(waraft) A replica that lost its term and vote gets no RPC here: ``term_recovery`` only notes
+the sender's term (the dispatcher routes them there).
+
 0. (waraft hardening) a vote or pre-vote request from a node outside the current config's
    membership is dropped and counted, before its term is looked at: a non-member can never
    win an election here, so its request can only be an attack or a stale removed node, and

@@ -1,0 +1,116 @@
+"""A replica whose durable state file was lost (``durable_state_missing``) must not vote in a
+term it may already have voted in: re-enabled (or restarted after that), it takes no part
+until every voter told it its term, then goes on past the highest, counted as voted."""
+
+from __future__ import annotations
+
+from waraft.core.events import Disable, Enable
+from waraft.core.rpc import (
+    AppendEntries,
+    NotifyTerm,
+    RequestPreVote,
+    RequestVote,
+    Vote,
+)
+from waraft.core.types import DurableState, ElectionType, State
+
+from .fakes import Cluster, Node, entries_of, ident, ids, make_node
+
+MISSING = ("durable_state_missing", "no state file, but the log holds an entry of term 5")
+LATER = 60_000  # ms: past any election timeout
+
+
+def lost_replica(members: int = 3) -> Node:
+    """Replica n1 holding entries of term 5, its state file gone, re-enabled."""
+    node = make_node(
+        1, ids(members), entries=entries_of([5, 5]), durable=DurableState(0, None, MISSING)
+    )
+    assert node.state is State.DISABLED
+    node.handle(Enable("op"))
+    return node
+
+
+def granted(node: Node) -> bool:
+    return any(isinstance(s.rpc.payload, Vote) and s.rpc.payload.vote for s in node.sends())
+
+
+def test_a_reenabled_replica_that_lost_its_vote_grants_none_before_the_voters_answer() -> None:
+    node = lost_replica()
+    assert node.state is State.STALLED
+    node.fire(now=LATER)  # no leader came: before, it went on as a follower at term 0
+    assert node.state is State.STALLED
+    # It may have voted for n3 in term 5 before its state was lost: n2 must not get a vote.
+    node.rpc(ident(2), RequestVote(ElectionType.NORMAL, 3, 5), term=5, now=LATER + 1)
+    assert not granted(node)
+    node.rpc(ident(2), RequestVote(ElectionType.ALLOWED, 9, 9), term=9, now=LATER + 2)
+    assert not granted(node)
+    # Nor does it acknowledge entries, or adopt a term, before it knows the voters' terms.
+    fx = node.rpc(ident(2), AppendEntries(3, 5, [], 3, 0), term=5, now=LATER + 3)
+    assert node.sends(fx) == []
+    assert node.core.current_term == 0
+    assert node.state is State.STALLED
+
+
+def test_it_asks_every_voter_and_goes_on_past_the_highest_term_counted_as_voted() -> None:
+    node = lost_replica()
+    asked = {s.to for s in node.sends() if isinstance(s.rpc.payload, RequestPreVote)}
+    assert asked == {ident(2), ident(3)}
+    assert node.core.status(0)["term_lost"] == ["n2", "n3"]
+    node.rpc(ident(3), NotifyTerm(), term=7)
+    assert node.state is State.STALLED  # n2 may have asked it for a vote in any term yet
+    assert node.core.status(0)["term_lost"] == ["n2"]
+    node.rpc(ident(2), NotifyTerm(), term=6)
+    assert node.state is State.FOLLOWER
+    assert (node.core.current_term, node.core.voted_for) == (7, "n1")
+    assert node.durable == DurableState(7, "n1", None)
+    assert node.core.status(0)["term_lost"] is None
+    node.rpc(ident(2), RequestVote(ElectionType.ALLOWED, 3, 5), term=7)
+    assert not granted(node)
+    node.rpc(ident(2), RequestVote(ElectionType.ALLOWED, 3, 5), term=8)
+    assert granted(node)
+
+
+def test_the_voters_answer_with_their_terms_in_a_cluster() -> None:
+    others = [
+        make_node(n, entries=entries_of([5, 5, 7]), durable=DurableState(7, "n3")) for n in (2, 3)
+    ]
+    cluster = Cluster([lost_replica(), *others])
+    node = cluster.node(1)
+    cluster.run(node, node.effects)
+    cluster.deliver()
+    assert node.state is State.FOLLOWER
+    assert (node.core.current_term, node.core.voted_for) == (7, "n1")
+    assert [other.core.current_term for other in others] == [7, 7]
+
+
+def test_a_restart_after_enable_still_takes_the_term_for_lost() -> None:
+    # Enabled at term 0, then restarted before the voters answered: the state file exists
+    # now, but a term below the log's own says the real one was lost.
+    node = make_node(1, entries=entries_of([5, 5]), durable=DurableState(0, None, None))
+    assert node.state is State.STALLED
+    node.rpc(ident(2), RequestVote(ElectionType.ALLOWED, 3, 5), term=5)
+    assert not granted(node)
+    assert node.core.current_term == 0
+
+
+def test_disabled_it_adopts_no_term() -> None:
+    # Adopting one would be persisted, and after a restart the lost term could no longer be
+    # told from the log's.
+    node = make_node(1, entries=entries_of([5, 5]), durable=DurableState(0, None, MISSING))
+    node.rpc(ident(2), AppendEntries(3, 5, [], 3, 0), term=9)
+    node.handle(Disable("op", MISSING))
+    assert node.core.current_term == 0
+    assert node.durable == DurableState(0, None, MISSING)
+
+
+def test_a_single_member_recovers_at_once_past_its_log() -> None:
+    node = lost_replica(members=1)
+    assert node.state in (State.CANDIDATE, State.LEADER)
+    assert node.core.current_term > 5
+
+
+def test_a_replica_whose_term_is_not_below_its_log_is_not_affected() -> None:
+    node = make_node(1, entries=entries_of([5, 5]), durable=DurableState(5, None, None))
+    assert node.state is State.FOLLOWER
+    node.rpc(ident(2), RequestVote(ElectionType.ALLOWED, 3, 5), term=6, now=LATER)
+    assert granted(node)
