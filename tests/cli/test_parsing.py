@@ -404,3 +404,11 @@ def test_a_node_that_does_not_answer_status_in_time_is_not_called_unreachable(
     assert ops.node_rows("gone@h:3") == [{"node": "gone@h:3", "error": "unreachable"}]
     assert ops.node_rows("ok@h:4")[0]["state"] == "leader"  # asked again after rate_limited
     assert calls.count("ok@h:4") == 2 and calls.count("busy@h:1") == 1
+
+
+def test_a_status_row_names_the_leaders_unresponsive_peers() -> None:
+    from waraft.cli import admin
+
+    row = admin.status_row({"id": "n1@h:1", "state": "leader", "unresponsive": ["n3@h:3"]})
+    assert row["unresponsive"] == ["n3@h:3"] and row["unresponsive_peers"] == 1
+    assert admin.status_row({"id": "n2@h:2", "state": "follower"})["unresponsive_peers"] == 0

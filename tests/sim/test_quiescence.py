@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from waraft.core import quiesce
-from waraft.core.events import NodeLiveness
+from waraft.core.events import Disable, Enable, NodeLiveness
 from waraft.core.rpc import AppendEntries, NotifyTerm, RaftRpc
 from waraft.core.types import DurableState, State
 from waraft.sim import Simulation
@@ -728,3 +728,33 @@ def test_a_follower_partition_restarted_empty_is_repaired_before_the_leader_is_l
     )
     one(sim, write(53, key="pf"), 2)
     assert_linearizable(sim)
+
+
+def _unresponsive(sim: Simulation, node: str) -> list[str]:
+    return list(sim.core(node).status(sim.now)["unresponsive"])
+
+
+def test_a_follower_disabled_in_a_quiescent_partition_is_reported_by_the_leader() -> None:
+    """A replica disabled on a live node sent nothing: the quiescent leader learnt of it only
+    at its next check, and then its status showed nothing (the partition ran on two replicas
+    of three, unseen). The replica announces itself, the woken leader finds it silent and
+    reports it until it answers again."""
+    sim, leader = _quiet_cluster(seed=7)
+    follower = next(n for n in sim.node_ids if n != leader)
+    assert sim.call_sync(follower, lambda c: Disable(c, "operator")) == "ok"
+    grace = sim.core(leader).settings.raft_liveness_grace_period_ms
+    assert sim.run_until(lambda: _unresponsive(sim, leader) == [follower], grace), sim.describe()
+    sim.run_for(3 * grace)
+    assert _unresponsive(sim, leader) == [follower]
+    assert sim.call_sync(follower, lambda c: Enable(c)) == "ok"
+    assert sim.run_until(lambda: _unresponsive(sim, leader) == [], 5 * grace), sim.describe()
+
+
+def test_a_quiescent_partition_reports_no_unresponsive_follower() -> None:
+    sim, leader = _quiet_cluster(seed=8)
+    grace = sim.core(leader).settings.raft_liveness_grace_period_ms
+    for _ in range(40):  # across several of the leader's checks
+        sim.run_for(grace // 4)
+        assert _unresponsive(sim, leader) == [], sim.describe()
+    one(sim, write("busy"), 3)
+    assert _unresponsive(sim, leader) == []

@@ -116,6 +116,10 @@ def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
         "commits_total": status.get("commits_applied"),
         "reads_total": status.get("reads_admitted"),
         "elections_total": status.get("elections_started"),
+        # A leader's participants that stopped answering it (disabled, down, cut off), and
+        # how many, for a gauge: a partition running on fewer replicas than its config.
+        "unresponsive": [str(node) for node in status.get("unresponsive") or ()],
+        "unresponsive_peers": len(status.get("unresponsive") or ()),
     }
     if flags is not None:
         row["live"], row["lagging"], row["stale"] = bool(flags[1]), bool(flags[2]), bool(flags[3])

@@ -83,6 +83,11 @@ PARTITION_GAUGES: list[tuple[str, str, str]] = [
     ("pending_commits", "pending_commits", "Admitted commits not yet applied"),
     ("pending_reads", "pending_reads", "Strong reads waiting"),
     ("apply_queue", "apply_queue", "Entries waiting to be applied"),
+    (
+        "unresponsive_peers",
+        "unresponsive_peers",
+        "Participants that stopped answering this leader (0 on other replicas)",
+    ),
 ]
 
 

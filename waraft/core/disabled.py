@@ -3,13 +3,19 @@
 It behaves as if dead: no heartbeats, no pre-votes, no ``notify_term``; every vote request is
 refused. The reason is persisted so that it stays disabled across restarts; ``enable`` moves
 it to ``stalled`` (it must then be given fresh data).
+
+Going disabled, it announces itself once to its peers (``quiesce.announce``, as a replica
+that starts does): a quiescent leader would otherwise learn of it only at its next check,
+a liveness grace period later. Woken, the leader finds it silent and reports it
+(``unresponsive`` in its status) rather than run on fewer replicas than its config names
+unseen.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from waraft.core import admin, terms
+from waraft.core import admin, quiesce, terms
 from waraft.core.enter import enter_state
 from waraft.core.events import Disable, Enable, Event, Promote, TriggerElection
 from waraft.core.rpc import Payload, RequestVote, Vote
@@ -29,6 +35,7 @@ def enter(core: Replica, old: State) -> None:
         core.disable_reason = DEFAULT_REASON
     enter_state(core, State.DISABLED)
     terms.persist(core)
+    quiesce.announce(core, ())
 
 
 def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:

@@ -255,6 +255,33 @@ def _quorum_refusal(core: Replica, new_config: Config) -> str | None:
     return None if running * 2 > len(new) else "would_lose_quorum"
 
 
+def unresponsive(core: Replica) -> list[str]:
+    """The participants' nodes that answered nothing this leader sent them for the silence
+    window (``_silence_window_ms``): disabled, down, cut off or stuck replicas, what the
+    leader's status reports so that a partition running on fewer replicas than its config
+    names shows it. A peer counts only when something was sent after its last answer, so the
+    followers of a quiescent leader, which it sends nothing, never do; nor does any peer
+    until the leader has been awake for a window (just elected, or woken from quiescence,
+    when nobody had reason to answer yet)."""
+    if core.state is not State.LEADER:
+        return []
+    window = _silence_window_ms(core)
+    now = core.now
+    if now - max(core.state_start_ts, core.quiesce_woken_ts or 0) < window:
+        return []
+    sent_at = core.heartbeat_send_ts
+    answered_at = core.heartbeat_reply_ts
+    silent = []
+    for peer in config.participants(core.current_config()):
+        sent = sent_at.get(peer.node)
+        answered = answered_at.get(peer.node)
+        if sent is None or peer == core.self_id:
+            continue
+        if answered is None or (sent > answered and now - answered > window):
+            silent.append(peer.node)
+    return sorted(silent)
+
+
 def _silence_window_ms(core: Replica) -> int:
     """How long a peer may go without answering before it counts as not running: the minimum
     election timeout, four of the slow heartbeats a settled leader sends

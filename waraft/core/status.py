@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from waraft.core import config, term_recovery
+from waraft.core import config, leader, term_recovery
 from waraft.core.types import State
 
 if TYPE_CHECKING:
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def status(core: Replica, now: int) -> dict[str, Any]:
     """Everything the core knows; the shell adds ``partition_path`` and ``log_module``."""
-    leader = core.leader
+    leader_id = core.leader
     log = core.log
     cfg = core.current_config()
     return {
@@ -25,8 +25,8 @@ def status(core: Replica, now: int) -> dict[str, Any]:
         "voted_for": core.voted_for,
         "commit_index": core.commit_index,
         "last_applied": core.last_applied,
-        "leader_name": None if leader is None else leader.name,
-        "leader_id": None if leader is None else leader.node,
+        "leader_name": None if leader_id is None else leader_id.name,
+        "leader_id": None if leader_id is None else leader_id.node,
         "pending_high": len(core.pending_high),
         "pending_low": len(core.pending_low),
         "pending_read": core.pending_read,
@@ -46,6 +46,8 @@ def status(core: Replica, now: int) -> dict[str, Any]:
         "quiescent": core.quiescent,
         "down_nodes": sorted(core.down_nodes),
         "elections_started": core.elections_started,
+        # A leader's participants that stopped answering it (disabled, down, cut off).
+        "unresponsive": leader.unresponsive(core),
     }
 
 
