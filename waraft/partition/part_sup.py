@@ -109,17 +109,24 @@ def _database_root(application: str) -> str:
         # WARaft insists on raft_database. The quick start sets nothing, so fall back to a
         # throw-away directory, loudly: nothing written there is meant to survive.
         node = env.current_node_id()
+        root = _fallback_roots.get(node)
+        if root is not None:
+            return root
+        # Made off the schedulers (a partition starts on its supervisor's), and outside the
+        # lock: a scheduled process suspended in otp.blocking while holding a thread lock
+        # would block its scheduler's thread for good when another process there wanted it.
+        made = otp.blocking(tempfile.mkdtemp, prefix="waraft-")
         with _fallback_lock:
-            root = _fallback_roots.get(node)
-            if root is None:
-                root = tempfile.mkdtemp(prefix="waraft-")
-                _fallback_roots[node] = root
-                logger.warning(
-                    "raft_database is not set for application %r; using the temporary "
-                    "directory %s (set it with waraft.env.set_env(app, 'raft_database', path))",
-                    application,
-                    root,
-                )
+            root = _fallback_roots.setdefault(node, made)
+        if root != made:  # another partition of the node got there first
+            otp.blocking(os.rmdir, made)
+            return root
+        logger.warning(
+            "raft_database is not set for application %r; using the temporary "
+            "directory %s (set it with waraft.env.set_env(app, 'raft_database', path))",
+            application,
+            root,
+        )
         return root
 
 
@@ -231,7 +238,10 @@ def start_link(application: str, spec: dict[str, Any]) -> otp.Pid:
     opts = normalize_spec(application, spec)
     store_options(opts)
     env.register_partition(opts.table, opts.partition, application)
-    os.makedirs(opts.database, exist_ok=True)
+    # The supervisor that starts a partition runs on a scheduler: a directory made there
+    # on a slow or hung disk stalled every process of that scheduler (DESIGN.md: blocking
+    # work runs on the I/O threads).
+    otp.blocking(os.makedirs, opts.database, exist_ok=True)
     return otp.supervisor.start_link(dict(FLAGS), child_specs(opts), name=opts.supervisor_name)
 
 
