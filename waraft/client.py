@@ -65,6 +65,14 @@ batches are retried elsewhere, unless it answered other batches in the last half
 callers' deadline instead of being re-sent. Retries stop at the
 request's deadline (``timeout``) or after ``max_retries``.
 
+**Partitions that do not exist.** A node answers a batch for a partition it never started (a
+mistyped table, a partition number past the table's) ``no_such_partition`` at once (while it is
+still starting the partitions it was started with, it answers nothing: one may be on its way).
+The client then leaves that node out for that partition for ``UNSERVED_FOR`` s and tries its
+others; once every node it knows has said so, the request ends with ``("error",
+"no_such_partition")``: not applied, unless an earlier attempt went unanswered (then
+``timeout``, as for any refusal).
+
 **Delivery guarantee.** A commit that was rejected (``not_leader`` from a follower, a full
 queue) was never appended, so retrying it is safe. A commit answered with such an error was
 rejected on every attempt: once an attempt of it went unanswered (a node that did not answer in
@@ -211,6 +219,7 @@ _REFUSALS: Final = _OVERLOAD | frozenset(
         "timeout",
         "unreachable",
         "bad_reply",
+        "no_such_partition",
         "storage_corruption",
         "storage_quarantined",
     }
@@ -218,6 +227,11 @@ _REFUSALS: Final = _OVERLOAD | frozenset(
 CLOSED: Final = ("error", "closed")
 TIMEOUT: Final = ("error", "timeout")
 UNREACHABLE: Final = ("error", "unreachable")
+#: The end of a request to a partition none of the client's nodes runs (see the module
+#: docstring): not applied.
+NO_SUCH_PARTITION: Final = ("error", "no_such_partition")
+UNSERVED_FOR: Final = 2.0
+"""Seconds a node that answered ``no_such_partition`` for a partition is not sent its requests."""
 #: What every open and later request of a client gets once its sender thread crashed (a bug,
 #: logged with its traceback): nothing could ever send them.
 SENDER_FAILED: Final = ("error", "client_failed")
@@ -849,6 +863,9 @@ class Client:
         self._suspect: dict[str, float] = {}
         self._failed_at: dict[str, float] = {}  # when a node last failed an attempt
         self._heard: dict[str, float] = {}  # when a node's latest reply arrived
+        # (partition, node) -> until when the node is left out for the partition: it said it
+        # does not run it (``no_such_partition``).
+        self._unserved: dict[tuple[int, str], float] = {}
         self._rr = itertools.count()
         self._seq = itertools.count()
         # From a random 62-bit offset: a reply addressed to an earlier receiver of the same
@@ -872,6 +889,7 @@ class Client:
                 "stale_hints",
                 "partition_holds",
                 "silent_leaders",
+                "no_such_partition",
             ),
             0,
         )
@@ -1113,7 +1131,7 @@ class Client:
         because its node kept answering others), send_failures, timeouts, stale_hints (a
         follower named a leader that had just failed an attempt), silent_leaders (a cached
         leader forgotten because it answered nothing while requests to it ran out of time),
-        plus inflight and queued now."""
+        no_such_partition (requests that ended so), plus inflight and queued now."""
         with self._lock:
             out = dict(self._counters)
             out["inflight_batches"] = len(self._inflight)
@@ -1756,8 +1774,24 @@ class Client:
         if leader is not None and self._suspect.get(leader, 0.0) <= now:
             return leader
         healthy = [n for n in self.nodes if self._suspect.get(n, 0.0) <= now]
+        if self._unserved:
+            unserved = self._unserved
+            healthy = [n for n in healthy if unserved.get((partition, n), 0.0) <= now]
         pool = healthy or self.nodes
         return pool[next(self._rr) % len(pool)]
+
+    def _runs_nowhere(self, partition: int, node: str) -> bool:
+        """``node`` answered that it does not run ``partition``: leave it out for the
+        partition for ``UNSERVED_FOR`` s; True once every known node has said so."""
+        now = time.monotonic()
+        with self._lock:
+            unserved = self._unserved
+            for key in [k for k, until in unserved.items() if until <= now]:
+                del unserved[key]  # expired: a partition may have been started since
+            unserved[(partition, node)] = now + UNSERVED_FOR
+            if self._leaders.get(partition) == node:
+                del self._leaders[partition]
+            return all((partition, n) in unserved for n in self.nodes)
 
     def _set_leader(self, partition: int, node: str | None) -> None:
         with self._lock:
@@ -1960,7 +1994,11 @@ class Client:
             self._retry(request, result, 0.01)
         elif reason in _OVERLOAD:
             self._retry(request, result, self._backoff(request))
+        elif reason == "no_such_partition" and not self._runs_nowhere(batch.partition, batch.node):
+            self._retry(request, result, 0.0)  # to a node not known to lack the partition
         else:
+            if reason == "no_such_partition":
+                self._count("no_such_partition")
             request.finish(_final(request, result))
 
     @staticmethod

@@ -12,7 +12,7 @@ import pytest
 from tests.multiprocess.conftest import make_cluster
 from tests.multiprocess.harness import Cluster, wait_until
 from waraft import distribution as dist
-from waraft.client import Client
+from waraft.client import NO_SUCH_PARTITION, Client
 from waraft.services.codec import MAX_UNTRUSTED_OBJECTS
 
 
@@ -139,3 +139,23 @@ def test_a_command_over_the_nodes_value_limit_is_refused_and_big_batches_are_spl
         assert found[0] == "ok" and len(found[1]) == len(share)
     finally:
         client.close()
+
+
+def test_a_partition_no_node_runs_ends_no_such_partition_not_timeout(cluster: Cluster) -> None:
+    # The nodes dropped a batch to an acceptor nobody had: a mistyped table or a partition
+    # past the table's waited out the caller's whole deadline and ended "timeout", which
+    # also reads as "maybe applied" (two reviews' finding).
+    beyond = Client(cluster.ids, table="kv", partitions=2, timeout=10.0, discover=False)
+    mistyped = Client(cluster.ids, table="kvv", partitions=1, timeout=10.0, discover=False)
+    try:
+        assert beyond.commit(1, ("write", "kv", "served", 1)) == "ok"
+        assert beyond.commit(2, ("write", "kv", "a", 1)) == NO_SUCH_PARTITION
+        assert beyond.read(2, ("read", "kv", "a")) == NO_SUCH_PARTITION
+        assert mistyped.commit(1, ("write", "kvv", "a", 1)) == NO_SUCH_PARTITION
+        assert beyond.stats()["no_such_partition"] == 2
+        assert beyond.commit(1, ("write", "kv", "served", 2)) == "ok"  # the others still work
+        answered = sum(cluster.admin(i, "dist_stats").get("rx_unserved", 0) for i in range(3))
+        assert answered >= 3  # every node was asked before the client gave up
+    finally:
+        beyond.close()
+        mistyped.close()

@@ -78,6 +78,7 @@ __all__ = [
     "set_fault",
     "set_idle_hook",
     "set_inline_handler",
+    "set_unserved_handler",
     "start",
     "stats",
     "stop",
@@ -280,6 +281,12 @@ def set_inline_handler(name: str, handler: inline.Handler | None) -> None:
     inline.set_handler(name, handler)
 
 
+def set_unserved_handler(prefix: str, handler: inline.UnservedHandler | None) -> None:
+    """Let the layer that owns the names starting with ``prefix`` answer casts to such a name
+    that no process has (see :func:`waraft.distribution.inline.set_unserved_handler`)."""
+    inline.set_unserved_handler(prefix, handler)
+
+
 def set_idle_hook(name: str, hook: Callable[[], None] | None) -> None:
     """Have the receive thread call ``hook()`` each time it has drained its socket (see
     :mod:`waraft.distribution.inline`); None removes it."""
@@ -331,6 +338,7 @@ def stats() -> dict[str, int]:
     from identified peers (before decoding), ``rx_malformed``,
     ``rx_oversized``, ``rx_bad_version``, ``rx_unknown_kind``, ``rx_bad_identity``,
     ``rx_dropped_fault``, ``rx_peer_limit``, ``rx_noproc`` (no such registered name),
+    ``rx_unserved`` (of those, casts an unserved-name handler answered),
     ``rx_late_replies``, ``rx_stale_replies`` (answers to a call of an earlier run of this
     node id), ``rx_handler_errors``, ``rx_other_cluster`` (frames on a connection
     of another cluster's node);

@@ -46,6 +46,38 @@ def handler(name: str) -> Handler | None:
     return _handlers.get(name)
 
 
+UnservedHandler = Callable[[str, Any, str], bool]
+"""``fn(name, msg, origin)``: see :func:`set_unserved_handler`."""
+
+_unserved: dict[str, UnservedHandler] = {}
+
+
+def set_unserved_handler(prefix: str, handler: UnservedHandler | None) -> None:
+    """Register (or with None, remove) ``handler(name, msg, origin)`` for the casts to names
+    starting with ``prefix`` that no process has: the receive thread calls it instead of
+    dropping such a cast, so that the layer that owns the names can answer ("no such
+    partition here") rather than leave the sender to time out. True: handled. The same rules
+    as an inline handler's apply (quick, no blocking, no raising); the cast was admitted by
+    the name's rules or by ``policy.allow_prefix``."""
+    if handler is None:
+        _unserved.pop(prefix, None)
+    else:
+        _unserved[prefix] = handler
+
+
+def unserved(name: str, msg: Any, origin: str) -> bool:
+    """Hand a cast to ``name``, which no process has, to its prefix's handler; True if one
+    took it."""
+    for prefix, handler in _unserved.items():
+        if name.startswith(prefix):
+            try:
+                return handler(name, msg, origin)
+            except Exception:
+                logger.exception("the unserved-name handler of %s raised", prefix)
+                return False
+    return False
+
+
 def set_idle_hook(name: str, hook: Callable[[], None] | None) -> None:
     """Register (or remove) ``hook()``, called by the receive thread once it has taken every
     frame that had arrived, before it waits for more, if :func:`idle_work_due` was called for

@@ -83,6 +83,7 @@ class _Rules:
 
 
 _rules: dict[str, _Rules] = {}
+_prefix_rules: dict[str, _Rules] = {}  # see ``allow_prefix``
 _open_names = False
 _OPEN_RULE: Final = Rule(MEMBER)
 
@@ -117,6 +118,26 @@ def allow(
     )
 
 
+def allow_prefix(
+    prefix: str,
+    *,
+    casts: Mapping[str, RuleSpec] | None = None,
+    calls: Mapping[str, RuleSpec] | None = None,
+) -> None:
+    """Rules for every name that starts with ``prefix`` and has no rules of its own (a
+    partition that is not running here): what reaches such a name goes to the
+    ``inline.set_unserved_handler`` of the prefix, since no process has the name. Replaces any
+    previous rules for the prefix; None for both removes them."""
+    if casts is None and calls is None:
+        _prefix_rules.pop(prefix, None)
+        return
+    _prefix_rules[prefix] = _Rules(
+        {tag: _coerce(spec) for tag, spec in (casts or {}).items()},
+        {tag: _coerce(spec) for tag, spec in (calls or {}).items()},
+        {},
+    )
+
+
 def forget(name: str) -> None:
     """Remove every rule for ``name`` (its messages are refused from now on)."""
     _rules.pop(name, None)
@@ -127,13 +148,22 @@ def rule_for(name: str, call: bool, msg: Any, *, info: bool = False) -> Rule | N
     else a cast, or None if nothing admits it. An info is looked up in the info rules only."""
     rules = _rules.get(name)
     if rules is None:
-        return _OPEN_RULE if _open_names else None
+        rules = _prefix_rule(name)
+        if rules is None:
+            return _OPEN_RULE if _open_names else None
     if type(msg) is not tuple or not msg:
         return None
     tag = msg[0]
     if type(tag) is not str:
         return None
     return (rules.calls if call else rules.infos if info else rules.casts).get(tag)
+
+
+def _prefix_rule(name: str) -> _Rules | None:
+    for prefix, rules in _prefix_rules.items():  # a handful at most; names without rules only
+        if name.startswith(prefix):
+            return rules
+    return None
 
 
 def admits(rule: Rule | None, sender: Sender, msg: Any) -> bool:

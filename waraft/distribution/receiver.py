@@ -407,7 +407,9 @@ class Receiver(threading.Thread):
             fast = inline._handlers.get(obj[2]) if inline._handlers else None
             if fast is not None and fast(obj[3], conn.origin):
                 return
-            self._deliver(obj[2], obj[3], messaging.cast)
+            delivered = self._deliver(obj[2], obj[3], messaging.cast)
+            if not delivered and inline._unserved and inline.unserved(obj[2], obj[3], conn.origin):
+                self._count("rx_unserved")
         elif kind == Kind.INFO:
             # By the info rules only: a cast rule's guard was written for handle_cast.
             if self._admit(peer, conn.sender, obj[2], False, obj[3], frame, info=True) is True:
@@ -473,12 +475,14 @@ class Receiver(threading.Thread):
             return TOO_DEEP
         return True
 
-    def _deliver(self, name: str, msg: Any, fn: Any) -> None:
+    def _deliver(self, name: str, msg: Any, fn: Any) -> bool:
+        """Hand ``msg`` to the process registered as ``name``; False (counted) if none is."""
         pid = self._registry.whereis(name)
         if pid is None:
             self._count("rx_noproc")
-            return
+            return False
         fn(pid, msg)
+        return True
 
     def _call(
         self, conn: _Conn, name: str, ref: int, request: Any, frame: bytes, run: int | None

@@ -40,10 +40,11 @@ own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from _thread import allocate_lock
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from waraft import distribution as dist
@@ -55,7 +56,7 @@ from waraft.core.types import Priority, is_internal_command
 from waraft.distribution import inline as dist_inline
 from waraft.distribution import policy
 from waraft.distribution.reply import RemoteReplyTo
-from waraft.services import codec, info
+from waraft.services import codec, env, info
 from waraft.services.logthrottle import LogThrottle
 from waraft.services.options import RaftOptions
 from waraft.services.queues import Queues, command_bytes
@@ -75,9 +76,66 @@ FORWARD_EVERY = 4096  # admitted requests held before forwarding even if more ar
 _NO_BYTES: Final = (0,)  # a membership change's size in the commit queue's byte budget
 
 
+NAME_PREFIX: Final = "raft_acceptor_"
+
+
 def default_name(table: str, partition: int) -> str:
     """``raft_acceptor_<table>_<partition>``."""
-    return f"raft_acceptor_{table}_{partition}"
+    return f"{NAME_PREFIX}{table}_{partition}"
+
+
+# -- partitions that do not run here --------------------------------------------------------
+
+NO_SUCH_PARTITION: Final = ("error", "no_such_partition")
+"""The answer to each request of a client batch sent to a partition this node never started
+(a mistyped table, a partition number past the table's): the client tries its other nodes,
+and ends with it when none runs the partition, instead of timing out."""
+
+_starting_lock = allocate_lock()
+_starting = 0  # applications starting their first partitions (``starting_partitions``)
+
+
+@contextlib.contextmanager
+def starting_partitions() -> Iterator[None]:
+    """While an application starts the partitions it was started with, a partition not started
+    yet may be about to be: batches to it are dropped (the client retries) rather than
+    answered ``NO_SUCH_PARTITION``."""
+    global _starting
+    with _starting_lock:
+        _starting += 1
+    try:
+        yield
+    finally:
+        with _starting_lock:
+            _starting -= 1
+
+
+def answer_unserved_partitions() -> None:
+    """Have this node answer a client batch to a partition it never started with
+    ``NO_SUCH_PARTITION`` for each item (by the receive thread: no process has the name).
+    The batch needs what one to a running partition needs: a client key, replies to the
+    sender's own node. Idempotent."""
+    rule = policy.Rule(policy.CLIENT, guard=policy.reply_to_sender(1))
+    policy.allow_prefix(NAME_PREFIX, casts={"client_batch": rule})
+    dist.set_unserved_handler(NAME_PREFIX, _unserved)
+
+
+def _unserved(name: str, msg: Any, origin: str) -> bool:
+    """A cast to acceptor ``name``, which no process has: answer a client batch to a
+    partition never started here (see ``answer_unserved_partitions``). A partition that was
+    started (stopped since, or restarting) or may be about to start is left alone: its
+    batch is dropped, as before, and the client's retries find it once it runs."""
+    if _starting or type(msg) is not tuple or not msg or msg[0] != "client_batch":
+        return False
+    table, _, number = name[len(NAME_PREFIX) :].rpartition("_")
+    if not number.isdigit() or env.is_partition_registered(table, int(number)):
+        return False
+    parsed = parse_client_batch(msg)
+    if parsed is None:
+        return False
+    reply_addr, batch_id, _, items, _ = parsed
+    send_client_reply(reply_addr, batch_id, [NO_SUCH_PARTITION] * len(items), None)
+    return True
 
 
 # Every request names its priority: a dict lookup instead of ``Priority(value)`` (the enum's
@@ -704,11 +762,13 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "FORWARD_EVERY",
     "MAX_CLIENT_BATCH",
+    "NO_SUCH_PARTITION",
     "Acceptor",
     "BatchReply",
     "BatchSlot",
     "adjust_config",
     "adjust_config_async",
+    "answer_unserved_partitions",
     "call",
     "check_op",
     "child_spec",
@@ -726,4 +786,5 @@ __all__ = [
     "read_batch",
     "send_client_reply",
     "start_link",
+    "starting_partitions",
 ]

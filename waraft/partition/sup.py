@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from waraft import otp
-from waraft.partition import part_sup
+from waraft.partition import acceptor, part_sup
 from waraft.services import env
 
 logger = logging.getLogger(__name__)
@@ -68,14 +68,16 @@ def start_link(
     part_sup.resolve_module(
         "waraft.partition.app"
     ).ensure_started()  # node-wide transport & catch-up
+    acceptor.answer_unserved_partitions()
     pid = otp.supervisor.start_link(
         dict(FLAGS), [part_sup.child_spec(application)], name=default_name(application)
     )
-    for spec in raft_args or []:
-        result = start_partition(pid, spec)
-        if result[0] == "error":
-            otp.exit(pid, "shutdown")
-            raise otp.StartError(result[1])
+    with acceptor.starting_partitions():
+        for spec in raft_args or []:
+            result = start_partition(pid, spec)
+            if result[0] == "error":
+                otp.exit(pid, "shutdown")
+                raise otp.StartError(result[1])
     return pid
 
 

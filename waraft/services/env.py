@@ -338,6 +338,12 @@ def register_partition(table: str, partition: int, app: str, *, node: str | None
         env.partitions[(table, partition)] = app
 
 
+def is_partition_registered(table: str, partition: int, *, node: str | None = None) -> bool:
+    """Whether ``(table, partition)`` was ever started on the node (``register_partition``;
+    a partition that stopped or is restarting stays registered)."""
+    return (table, partition) in _node_env(node).partitions
+
+
 def unregister_partition(table: str, partition: int, *, node: str | None = None) -> None:
     env = _node_env(node)
     with _lock:
@@ -554,6 +560,7 @@ __all__ = [
     "get_app_env",
     "get_env",
     "get_table_env",
+    "is_partition_registered",
     "lookup_env",
     "lookup_table_env",
     "raft_config",
