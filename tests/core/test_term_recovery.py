@@ -114,3 +114,30 @@ def test_a_replica_whose_term_is_not_below_its_log_is_not_affected() -> None:
     assert node.state is State.FOLLOWER
     node.rpc(ident(2), RequestVote(ElectionType.ALLOWED, 3, 5), term=6, now=LATER)
     assert granted(node)
+
+
+def test_a_learner_that_lost_its_term_hears_every_voter_and_recovers() -> None:
+    # The voters dropped its pre-votes as a non-member's before looking at their term, and
+    # the followers send a learner nothing else: it stayed stalled for good (review J).
+    members, participants = ids(3), ids(4)
+    voters = [
+        make_node(
+            n, members, participants=participants, entries=entries_of([5, 5, 7]),
+            durable=DurableState(7, None),
+        )
+        for n in (1, 2, 3)
+    ]  # fmt: skip
+    learner = make_node(
+        4, members, participants=participants, entries=entries_of([5, 5]),
+        durable=DurableState(0, None, MISSING),
+    )  # fmt: skip
+    cluster = Cluster([learner, *voters])
+    cluster.run(learner, learner.core.handle(Enable("op"), 0))
+    cluster.deliver()
+    for i in range(1, 4):
+        cluster.now = i * LATER
+        cluster.fire(4)
+        cluster.deliver()
+    assert learner.core.status(cluster.now)["term_lost"] is None
+    assert learner.state is not State.STALLED
+    assert learner.core.current_term == 7 and learner.core.voted_for == learner.core.node

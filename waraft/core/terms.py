@@ -5,12 +5,13 @@ Pre-processing runs before any state handler, in WARaft's order:
 (waraft) A replica that lost its term and vote gets no RPC here: ``term_recovery`` only notes
 the sender's term (the dispatcher routes them there).
 
-0. (waraft hardening) a vote or pre-vote request from a node outside the current config's
-   membership is dropped and counted, before its term is looked at: a non-member can never
-   win an election here, so its request can only be an attack or a stale removed node, and
-   letting its term through would depose a healthy leader. A replica with no config yet
-   (empty membership) still answers everyone, so a fresh cluster can bootstrap;
-1. an RPC with a stale term is dropped and answered with ``notify_term`` (not when disabled);
+1. an RPC with a stale term is dropped and answered with ``notify_term`` (not when disabled),
+   whoever sent it;
+1a. (waraft hardening) a vote or pre-vote request from a node outside the current config's
+   membership is dropped and counted: a non-member can never win an election here, so its
+   request can only be an attack or a stale removed node, and letting its term through would
+   depose a healthy leader. A replica with no config yet (empty membership) still answers
+   everyone, so a fresh cluster can bootstrap;
 2. a pre-vote request is handled without touching the term;
 3. a ``normal`` vote request is refused (with the *request's* term, and without advancing ours)
    while a leader is known to be alive — leader stickiness (thesis §4.2.3) — otherwise it is
@@ -50,12 +51,14 @@ def handle_rpc(core: Replica, rpc: RaftRpc) -> None:
     sender = rpc.sender
     current = core.current_term
     ptype = type(payload)
-    if (ptype is RequestVote or ptype is RequestPreVote) and not _is_member(core, sender):
-        core.count("server.vote_request.non_member")
-        return
     if term < current:
+        # Answered for non-members too: it tells a stale sender our term and deposes nobody,
+        # and a participant recovering a lost term (``term_recovery``) asks with a pre-vote.
         if core.state is not State.DISABLED:
             core.send(sender, NotifyTerm())
+        return
+    if (ptype is RequestVote or ptype is RequestPreVote) and not _is_member(core, sender):
+        core.count("server.vote_request.non_member")
         return
     if ptype is RequestPreVote:
         core.dispatch_procedure(sender, payload)
