@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from _thread import allocate_lock
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
@@ -91,16 +92,30 @@ NO_SUCH_PARTITION: Final = ("error", "no_such_partition")
 (a mistyped table, a partition number past the table's): the client tries its other nodes,
 and ends with it when none runs the partition, instead of timing out."""
 
+STARTUP_GRACE: Final = 5.0
+"""Seconds after the latest partition start on this node during which a batch to a partition
+not started here is not answered ``NO_SUCH_PARTITION``: a node that starts its partitions (at
+boot, or an application that starts them one by one after its supervisor, as ``waraft.sup``
+advises for clean shutdown ordering) may be about to start that one too."""
+
 _starting_lock = allocate_lock()
 _starting = 0  # applications starting their first partitions (``starting_partitions``)
+_last_start = float("-inf")  # time.monotonic() of the latest partition start (``note_start``)
+
+
+def note_start() -> None:
+    """A partition (or an application's partition supervisor) is starting on this node."""
+    global _last_start
+    _last_start = time.monotonic()
 
 
 @contextlib.contextmanager
 def starting_partitions() -> Iterator[None]:
     """While an application starts the partitions it was started with, a partition not started
     yet may be about to be: batches to it are dropped (the client retries) rather than
-    answered ``NO_SUCH_PARTITION``."""
+    answered ``NO_SUCH_PARTITION``; so for ``STARTUP_GRACE`` s after it, too."""
     global _starting
+    note_start()
     with _starting_lock:
         _starting += 1
     try:
@@ -108,6 +123,7 @@ def starting_partitions() -> Iterator[None]:
     finally:
         with _starting_lock:
             _starting -= 1
+        note_start()
 
 
 def answer_unserved_partitions() -> None:
@@ -125,8 +141,10 @@ def _unserved(name: str, msg: Any, origin: str) -> bool:
     partition never started here (see ``answer_unserved_partitions``). A partition that was
     started (stopped since, or restarting) or may be about to start is left alone: its
     batch is dropped, as before, and the client's retries find it once it runs."""
-    if _starting or type(msg) is not tuple or not msg or msg[0] != "client_batch":
+    if type(msg) is not tuple or not msg or msg[0] != "client_batch":
         return False
+    if _starting or time.monotonic() - _last_start < STARTUP_GRACE:
+        return False  # a partition may be about to start: dropped, the client retries
     table, _, number = name[len(NAME_PREFIX) :].rpartition("_")
     if not number.isdigit() or env.is_partition_registered(table, int(number)):
         return False
@@ -763,6 +781,7 @@ __all__ = [
     "FORWARD_EVERY",
     "MAX_CLIENT_BATCH",
     "NO_SUCH_PARTITION",
+    "STARTUP_GRACE",
     "Acceptor",
     "BatchReply",
     "BatchSlot",
@@ -779,6 +798,7 @@ __all__ = [
     "commit_batch",
     "default_name",
     "map_exit",
+    "note_start",
     "parse_client_batch",
     "priority_of",
     "read",

@@ -238,6 +238,9 @@ def start_link(application: str, spec: dict[str, Any]) -> otp.Pid:
     opts = normalize_spec(application, spec)
     store_options(opts)
     env.register_partition(opts.table, opts.partition, application)
+    from waraft.partition import acceptor  # (part_sup is imported by acceptor's importers)
+
+    acceptor.note_start()  # others may follow: see acceptor.STARTUP_GRACE
     # The supervisor that starts a partition runs on a scheduler: a directory made there
     # on a slow or hung disk stalled every process of that scheduler (DESIGN.md: blocking
     # work runs on the I/O threads).

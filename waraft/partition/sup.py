@@ -68,11 +68,11 @@ def start_link(
     part_sup.resolve_module(
         "waraft.partition.app"
     ).ensure_started()  # node-wide transport & catch-up
-    acceptor.answer_unserved_partitions()
-    pid = otp.supervisor.start_link(
-        dict(FLAGS), [part_sup.child_spec(application)], name=default_name(application)
-    )
     with acceptor.starting_partitions():
+        acceptor.answer_unserved_partitions()
+        pid = otp.supervisor.start_link(
+            dict(FLAGS), [part_sup.child_spec(application)], name=default_name(application)
+        )
         for spec in raft_args or []:
             result = start_partition(pid, spec)
             if result[0] == "error":
