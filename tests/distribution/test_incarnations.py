@@ -6,13 +6,16 @@ on 127.0.0.1, each killed by pid at the end."""
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from waraft import distribution as dist
 from waraft import otp
+from waraft.distribution.receiver import Receiver
 
 from .helpers import DOWN, PING, WAIT, Child, wait_until
 
@@ -66,3 +69,32 @@ def test_an_answer_to_the_previous_run_never_completes_a_call_of_this_one(
         callee.call("noreply", timeout=max(0.5, answer_due - time.monotonic()) + 1.0)
     assert info.value.reason == "timeout"
     assert dist.stats().get("rx_stale_replies", 0) == 1
+
+
+def test_a_node_whose_receive_thread_is_behind_finds_no_peer_down(
+    node: str, spawn: Callable[..., Child], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client key's flood kept a leader's receive thread from reaching its peers' frames
+    for longer than ``down_after``: it found every peer down, failing what they had asked of
+    it, and a peer that runs the node-down too fails its own calls as well (a review's admin
+    call did). Silence counts only up to the moment the receive thread last drained its
+    queue: here it is held on one frame for twice ``down_after`` while the child's pings
+    queue up behind it."""
+    child = spawn("patient")
+    assert child.call("echo", 1) == 1
+    stall = threading.Event()
+    real_connection = Receiver._connection
+
+    def held_connection(self: Receiver, head: Any) -> Any:
+        if stall.is_set():
+            stall.clear()
+            time.sleep(2 * DOWN)
+        return real_connection(self, head)
+
+    monkeypatch.setattr(Receiver, "_connection", held_connection)
+    stall.set()
+    assert child.call("echo", 2) == 2  # its answer is the frame the thread is held on
+    assert not stall.is_set()
+    assert child.call("echo", 3) == 3
+    assert dist.peers()[child.node_id]["down_events"] == 0
+    assert child.call("peers")[node]["down_events"] == 0

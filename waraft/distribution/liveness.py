@@ -3,7 +3,8 @@
 For every known peer this thread keeps a *probe*: a DEALER of its own to the peer's ROUTER,
 with a ZeroMQ socket monitor. The probe sends a PING whenever nothing has been heard from the
 peer for ``ping_interval`` (links that carry traffic are never pinged); the PONG comes back on
-the peer's own link to our ROUTER. The monitor reports TCP-level facts at once: a refused
+the peer's own link to our ROUTER. Silence counts only up to the receive thread's last
+drained moment (``_silent``). The monitor reports TCP-level facts at once: a refused
 connect (peer not running) or a lost connection (peer died) marks the peer down immediately,
 so callers get ``nodedown`` in milliseconds instead of after ``down_after``; a completed
 handshake triggers an immediate ping so a returning peer is back up after one round trip.
@@ -43,6 +44,9 @@ _MAX_EVENTS = 1024  # monitor events taken per socket per step (libzmq queues up
 # clients with unknown keys) is answered in one step instead of one per poll round, and the
 # bound keeps a flood from starving pings and down detection for the rest of the step.
 _MAX_ZAP = 256
+LAGGING_DOWNS = 10
+"""Silence beyond this many ``down_after`` finds a peer down even while this node's receive
+thread has not drained its queue since (see ``Liveness._silent``)."""
 _ROUTER_STOP_WAIT = 1.0  # seconds the closing liveness thread waits for the receive thread
 
 _PROBE_EVENTS = (
@@ -172,9 +176,7 @@ class Liveness(threading.Thread):
             if state is PeerState.CONNECTING:
                 if now - peer.since > settings.connect_timeout:
                     dist.peers.set_state(peer, PeerState.DOWN)
-            elif state is PeerState.UP and (
-                peer.last_rx is None or now - peer.last_rx > settings.down_after
-            ):
+            elif state is PeerState.UP and self._silent(peer, now):
                 dist.peers.set_state(peer, PeerState.DOWN)
             quiet = peer.last_rx is None or now - peer.last_rx >= settings.ping_interval
             due = peer.ping_sent_at is None or now - peer.ping_sent_at >= settings.ping_interval
@@ -187,6 +189,24 @@ class Liveness(threading.Thread):
             reaped = dist.outbound.reap_dead_threads()
             if reaped:
                 self.counts["links_reaped"] = self.counts.get("links_reaped", 0) + reaped
+
+    def _silent(self, peer: Peer, now: float) -> bool:
+        """Whether ``peer`` has been silent for ``down_after``, as far as this node can tell.
+
+        Only silence up to the receive thread's last drained moment counts: under a flood
+        (or a stall of this process) the peer's pings and traffic may sit unread in the
+        ROUTER's queue, and a down found then is a false one that the peer pays for too
+        (what it asked of this node fails). A receive path behind by more than
+        ``LAGGING_DOWNS`` times ``down_after`` no longer shields anyone: a peer paused
+        meanwhile is not kept up for ever."""
+        heard = peer.last_rx
+        if heard is None:
+            return True
+        down_after = self._dist.settings.down_after
+        if now - heard <= down_after:
+            return False
+        drained = self._dist.receiver.drained_at
+        return drained - heard > down_after or now - heard > LAGGING_DOWNS * down_after
 
     def _forget(self, now: float) -> None:
         """Release everything held for peers down longer than ``forget_after`` (and for peers

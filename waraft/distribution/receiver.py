@@ -125,6 +125,11 @@ class Receiver(threading.Thread):
         self._socket_errors = LogThrottle()
         self._handler_errors = LogThrottle()
         self._other_cluster = LogThrottle(10.0)  # a refused node keeps pinging
+        # When this thread last found the ROUTER empty: every frame queued before then has
+        # been read. Silence is evidence against a peer only up to that moment (the liveness
+        # thread reads it): a node whose own receive path is behind must not find its peers
+        # down.
+        self.drained_at = time.monotonic()
 
     def run(self) -> None:
         set_os_name("dist:recv")
@@ -172,6 +177,7 @@ class Receiver(threading.Thread):
             if not direct and not getsockopt(events) & pollin:
                 since_idle = 0
                 burst = False
+                self.drained_at = time.monotonic()
                 if inline.has_due_work():
                     inline.run_idle_hooks()
                 try:
