@@ -88,7 +88,7 @@ def test_endpoint_and_sender_identity() -> None:
         (envelope.reply_frame(7, True, codec.packb("v"), 5), (1, Kind.REPLY, 7, "v", 5)),
         (envelope.reply_frame(7, False, codec.packb("x"), 5), (1, Kind.FAIL, 7, "x", 5)),
         (envelope.ping_frame(3, 2**63 - 1, 2), (1, Kind.PING, 3, 2**63 - 1, 2)),
-        (envelope.pong_frame(3, 9, 0), (1, Kind.PONG, 3, 9, 0)),
+        (envelope.pong_frame(3, (9, 0), (8, 1)), (1, Kind.PONG, 3, 9, 0, 8, 1)),
     ],
 )
 def test_frames_round_trip(frame: bytes, expected: tuple[object, ...]) -> None:

@@ -6,6 +6,8 @@ on 127.0.0.1, each killed by pid at the end."""
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,8 @@ import pytest
 
 from waraft import distribution as dist
 from waraft import otp
+from waraft.distribution import monitors
+from waraft.distribution.liveness import Liveness
 from waraft.distribution.receiver import Receiver
 
 from .helpers import DOWN, PING, WAIT, Child, wait_until
@@ -69,6 +73,91 @@ def test_an_answer_to_the_previous_run_never_completes_a_call_of_this_one(
         callee.call("noreply", timeout=max(0.5, answer_due - time.monotonic()) + 1.0)
     assert info.value.reason == "timeout"
     assert dist.stats().get("rx_stale_replies", 0) == 1
+
+
+def test_a_pause_longer_than_down_after_is_a_node_down_on_both_sides(
+    node: str, spawn: Callable[..., Child]
+) -> None:
+    """The child is stopped (SIGSTOP) long enough for this node to find it down, but not for
+    its own liveness to find this node down (its ``down_after`` is longer than the pause).
+    This node fails what the child installed here; the child used to read this node's queued
+    pings on resuming and never see a down at all: its monitor and link on this node's
+    process dangled forever. Now this node's pings tell it the session ended, and it runs its
+    own node-down before this node sends it anything again."""
+    child = spawn("paused", "--down", "30")
+    monitors.allow_link("held")
+    otp.start(_Idle, name="held")
+    here = ("held", node)
+    child.call("spawn", "w", True)
+    ref = child.call("victim", "w", ("link", here)) and child.call("victim", "w", ("monitor", here))
+    wait_until(lambda: dist.stats().get("remote_monitors_in") == 1, what="the monitor here")
+    wait_until(lambda: dist.stats().get("remote_links_in") == 1, what="the link here")
+    os.kill(child.proc.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: dist.peers()[child.node_id]["state"] == "down", what="child down")
+        # (The node-down runs just after the state changes.)
+        wait_until(
+            lambda: (
+                dist.stats().get("remote_monitors_in", 0)
+                == dist.stats().get("remote_links_in", 0)
+                == 0
+            ),
+            what="what the child installed here cleared",
+        )
+    finally:
+        os.kill(child.proc.pid, signal.SIGCONT)
+    want = {("EXIT", here, "noconnection"), ("DOWN", ref, here, "noconnection")}
+
+    def child_saw_it() -> bool:
+        try:
+            return set(child.call("victim", "w", ("infos",), timeout=1.0)) == want
+        except otp.ExitError:
+            return False  # not back up yet
+
+    wait_until(child_saw_it, what="noconnection on the child")
+    stats = child.call("stats")
+    assert stats.get("remote_monitors_out", 0) == stats.get("remote_links_out", 0) == 0
+    assert child.call("peers")[node]["down_events"] == 1
+    assert dist.peers()[child.node_id]["down_events"] == 1
+    # Back to one session: traffic flows both ways, nothing more goes down.
+    assert child.call("call_to", ("held", node), "ping", 5.0) == ("ok", "idle")
+    assert dist.peers()[child.node_id]["state"] == "up"
+
+
+class _Idle(otp.Process):
+    """Traps exits: the link's noconnection must not kill it."""
+
+    def init(self) -> None:
+        self.trap_exit = True
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return "idle"
+
+
+def test_nodes_that_found_each_other_down_are_both_up_after_one_exchange(
+    node: str, spawn: Callable[..., Child], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cut both ways (a partition, or a flood that delays every ping) makes each node find
+    the other down. A node used to come back up only once the other echoed its own down in a
+    PONG: the first node to hear a PING came up on the PONG and sent at once, while the other
+    still waited for its echo and dropped what it sent, the answers to those calls included
+    (a review's admin call timed out so). A PING reporting a down of the pinger's own finding
+    acknowledges this node's down too: both are up after one PING and its PONG. This node's
+    own pings are held back, so the child's PING is all it hears."""
+    child = spawn("both")
+    monitors.allow_link("held")
+    otp.start(_Idle, name="held")
+    assert child.call("call_to", ("held", node), "ping", 5.0) == ("ok", "idle")
+    dist.set_fault([child.node_id])  # both ways
+    wait_until(lambda: dist.peers()[child.node_id]["state"] == "down", what="child down here")
+    time.sleep(2 * DOWN)  # the child finds this node silent as well
+    monkeypatch.setattr(Liveness, "_ping", lambda self, probe, now: None)
+    dist.clear_fault()
+    wait_until(lambda: dist.peers()[child.node_id]["state"] == "up", what="child up here")
+    assert child.call("peers")[node]["down_events"] == 1  # it did find this node down
+    assert child.call("call_to", ("held", node), "ping", 5.0) == ("ok", "idle")
+    assert dist.peers()[child.node_id]["down_events"] == 1
+    assert child.call("peers")[node]["state"] == "up"
 
 
 def test_a_node_whose_receive_thread_is_behind_finds_no_peer_down(

@@ -342,7 +342,8 @@ def stats() -> dict[str, int]:
     ``rx_late_replies``, ``rx_stale_replies`` (answers to a call of an earlier run of this
     node id), ``rx_handler_errors``, ``rx_other_cluster`` (frames on a connection
     of another cluster's node);
-    ``calls``, ``call_timeouts``, ``call_nodedown``; ``nodeup_events``, ``nodedown_events``;
+    ``calls``, ``call_timeouts``, ``call_nodedown``; ``nodeup_events``, ``nodedown_events``,
+    ``sessions_ended_by_peer`` (node-downs run because the peer found this node down);
     ``conn_accepted``, ``conn_closed``, ``handshake_failed``, ``auth_denied`` (ROUTER side),
     ``probe_handshake_failed``, ``pings_dropped``, ``links_reaped``; ``pending_calls``,
     ``peers``. Counters that never moved may be absent.

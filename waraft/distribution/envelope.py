@@ -13,7 +13,7 @@ kind                  array                                  delivered as
 ``REPLY`` (3)         ``[1, 3, ref, value, run]``            the caller's ``call`` returns
 ``FAIL`` (4)          ``[1, 4, ref, reason, run]``           the caller gets ``ExitError``
 ``PING`` (5)          ``[1, 5, seq, run, epoch]``            answered with ``PONG``
-``PONG`` (6)          ``[1, 6, seq, run, epoch]``            peer liveness
+``PONG`` (6)          ``[1, 6, seq, run, epoch, r, e]``      peer liveness
 ====================  =====================================  ===============================
 
 The message itself is the element after the fixed fields, so a frame is built by concatenating a
@@ -31,7 +31,8 @@ hand-made clients omit them):
   node restarted under the same id never takes the answer to its previous run's call for one
   of its own.
 * ``run, epoch`` of a PING are the pinging node's run id and its *session epoch* for the pinged
-  node (how many times it has found that node down, see ``liveness``); the PONG echoes them.
+  node (how many times it has found that node down, see ``peers``); the PONG echoes them and
+  adds the answering node's own run id and epoch for the pinger (``r, e``).
 """
 
 from __future__ import annotations
@@ -168,11 +169,15 @@ def ping_frame(seq: int, run: int | None = None, epoch: int = 0) -> bytes:
     return _header(5, Kind.PING) + codec.packb(seq) + codec.packb(run) + codec.packb(epoch)
 
 
-def pong_frame(seq: int, run: int | None = None, epoch: int = 0) -> bytes:
-    """The answer to PING ``seq`` (with the ping's ``run`` and ``epoch`` when it had them)."""
-    if run is None:
+def pong_frame(
+    seq: int, echo: tuple[int, int] | None = None, own: tuple[int, int] = (0, 0)
+) -> bytes:
+    """The answer to PING ``seq``: with the ping's (run, epoch) as ``echo`` when it had them,
+    followed by the answering node's own (run, epoch) for the pinger."""
+    if echo is None:
         return _header(3, Kind.PONG) + codec.packb(seq)
-    return _header(5, Kind.PONG) + codec.packb(seq) + codec.packb(run) + codec.packb(epoch)
+    fields = (seq, *echo, *own)
+    return _header(7, Kind.PONG) + b"".join(codec.packb(v) for v in fields)
 
 
 def trailing_int(obj: tuple[Any, ...], index: int) -> int | None:

@@ -3,11 +3,14 @@
 For every known peer this thread keeps a *probe*: a DEALER of its own to the peer's ROUTER,
 with a ZeroMQ socket monitor. The probe sends a PING whenever nothing has been heard from the
 peer for ``ping_interval`` (links that carry traffic are never pinged); the PONG comes back on
-the peer's own link to our ROUTER. Silence counts only up to the receive thread's last
-drained moment (``_silent``). The monitor reports TCP-level facts at once: a refused
-connect (peer not running) or a lost connection (peer died) marks the peer down immediately,
-so callers get ``nodedown`` in milliseconds instead of after ``down_after``; a completed
-handshake triggers an immediate ping so a returning peer is back up after one round trip.
+the peer's own link to our ROUTER. A PING carries this node's run id and session epoch for the
+peer; a peer found down comes back up only once it acknowledged the down, by a PONG echoing
+them or a PING of its own new session (see ``peers``: down is seen by both nodes). Silence
+counts only up to the receive thread's last drained moment (``_silent``). The monitor reports
+TCP-level facts at once: a refused connect (peer not running) or a lost connection (peer
+died) marks the peer down immediately, so callers get ``nodedown`` in milliseconds instead of
+after ``down_after``; a completed handshake triggers an immediate ping so a returning peer is
+back up after one round trip.
 
 The same poll loop serves the ROUTER's monitor (connection counters) and, with CURVE, the ZAP
 handler that decides which client keys may connect. The loop polls for at most one tick
@@ -178,7 +181,14 @@ class Liveness(threading.Thread):
                     dist.peers.set_state(peer, PeerState.DOWN)
             elif state is PeerState.UP and self._silent(peer, now):
                 dist.peers.set_state(peer, PeerState.DOWN)
-            quiet = peer.last_rx is None or now - peer.last_rx >= settings.ping_interval
+            # A peer that is not up is pinged whatever it sends: only its PONG (the echo of
+            # the session) or its PING brings back a peer found down, and a busy peer must
+            # learn of the down.
+            quiet = (
+                state is not PeerState.UP
+                or peer.last_rx is None
+                or now - peer.last_rx >= settings.ping_interval
+            )
             due = peer.ping_sent_at is None or now - peer.ping_sent_at >= settings.ping_interval
             if quiet and due:
                 self._ping(probe, now)
@@ -268,7 +278,8 @@ class Liveness(threading.Thread):
         peer.ping_seq += 1
         peer.ping_sent_at = now
         try:
-            probe.sock.send(envelope.ping_frame(peer.ping_seq), zmq.NOBLOCK)
+            frame = envelope.ping_frame(peer.ping_seq, self._dist.run_id, peer.epoch)
+            probe.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self._count("pings_dropped")
             return

@@ -2,9 +2,28 @@
 
 A peer is ``connecting`` from first contact until a frame arrives from it (``up``). It is
 ``down`` when it has been silent for ``down_after`` seconds, when its connection is refused or
-lost, or when it never answered within ``connect_timeout``; any frame from it makes it ``up``
-again. While a peer is down, casts to it are dropped (counted) and calls fail at once with
-``("nodedown", node)``, as with Erlang's ``noconnect``.
+lost, or when it never answered within ``connect_timeout``. While a peer is down, casts to it
+are dropped (counted) and calls fail at once with ``("nodedown", node)``, as with Erlang's
+``noconnect``.
+
+Down is a fact both nodes see, as when Erlang's connection drops. Each side numbers the
+sessions it ended: a down it found itself bumps the peer's ``epoch``, which its PINGs carry (with
+its run id). A node whose peer's (run, epoch) changes runs its own node-down for that peer
+(:meth:`PeerTable.mirror_down`: pending calls fail, monitors and links get ``noconnection``,
+the tables are cleared) before it answers the PING, and a peer this node found down comes back
+``up`` only once it acknowledged that epoch (:meth:`PeerTable.come_up`): so nothing is sent to
+it again before it has run its node-down too, and a gap in what one node sent the other lies
+across a node-down both saw. A PONG echoing the epoch acknowledges it, and so does a new session
+of the peer (a down of its own finding, or a new run): when both nodes found the other down in
+the same outage, the first PING that gets through brings both back up, and neither waits for an
+echo while the other already sends. A down this node only mirrors does not bump its epoch (no
+echo of echoes), so one pause costs each side one down and one up. A peer that never sent a
+session (a client of an older build, a hand-made one) comes back up on any frame, as before.
+Calls from a peer that is down here but running (it sent frames since) are still answered.
+
+Silence is judged by the liveness thread only up to the moment the receive thread last drained
+its queue: a node whose receive path is behind (a flood, a stall) finds nobody down for it,
+which the peers, running the node-down too, would pay for.
 
 Writers: the receive thread (``rx``, ``rtt``), the liveness thread (everything else); state
 changes go through :meth:`PeerTable.set_state` under the table lock. Readers on the hot path
@@ -34,8 +53,10 @@ class Peer:
     """One remote node."""
 
     __slots__ = (
+        "acked",
         "down_events",
         "endpoint",
+        "epoch",
         "forgotten",
         "last_rx",
         "member",
@@ -47,8 +68,10 @@ class Peer:
         "rtt",
         "rx",
         "rx_seen",
+        "sessions",
         "since",
         "state",
+        "their_session",
     )
 
     def __init__(self, node_id: str, now: float) -> None:
@@ -65,6 +88,14 @@ class Peer:
         self.pings = 0
         self.pongs = 0
         self.down_events = 0
+        # Sessions (see the module docstring): downs of this peer found here, the latest of
+        # them the peer has acknowledged (a PONG echoed it, or the peer began a session),
+        # and the peer's (run id, epoch) from its latest PING or PONG (None until it sent
+        # one).
+        self.epoch = 0
+        self.acked = 0
+        self.their_session: tuple[int, int] | None = None
+        self.sessions = False  # it sent a session or echoed one: it speaks sessions
         self.forgotten = False  # set once removed from the table: holders must look it up again
         # Set once it was admitted to a member's request (a Raft RPC, a transport chunk):
         # clients and admin tools (``waraft status``) come and go, and their leaving is news
@@ -73,6 +104,12 @@ class Peer:
 
     def __repr__(self) -> str:
         return f"Peer({self.node_id!r}, {self.state.value})"
+
+    def heard_since_down(self) -> bool:
+        """Whether the peer is down and a frame came from it since: it is running, and is
+        down here only until it acknowledges the down (``PeerTable.come_up``)."""
+        heard = self.last_rx
+        return self.state is PeerState.DOWN and heard is not None and heard >= self.since
 
 
 StateListener = Callable[[Peer, PeerState, PeerState], None]
@@ -142,15 +179,40 @@ class PeerTable:
             return list(self._peers.values())
 
     def set_state(self, peer: Peer, state: PeerState) -> bool:
-        """Move ``peer`` to ``state``; True (and the listener runs) if it changed."""
+        """Move ``peer`` to ``state`` as found by this node; True (and the listener runs) if
+        it changed. Down ends the session: the peer's ``epoch`` is bumped with it."""
+        return self._move(peer, state, bump=True)
+
+    def mirror_down(self, peer: Peer) -> bool:
+        """Mark ``peer`` down because it ended the session (its PING's epoch or run changed):
+        the listener runs as for any down, but the epoch is not bumped, so the peer is not
+        told of a down of its own making. True if it changed."""
+        return self._move(peer, PeerState.DOWN, bump=False)
+
+    def come_up(self, peer: Peer) -> bool:
+        """Mark ``peer`` up on a frame from it, unless it is down and has not acknowledged
+        the latest down found here (``acked`` behind ``epoch``) while it speaks sessions:
+        it may not have run its node-down yet. True if it changed."""
+        return self._move(peer, PeerState.UP, bump=False)
+
+    def _move(self, peer: Peer, state: PeerState, bump: bool) -> bool:
         with self._lock:
             old = peer.state
             if old is state:
+                return False
+            if (
+                state is PeerState.UP
+                and old is PeerState.DOWN
+                and peer.sessions
+                and peer.acked != peer.epoch
+            ):
                 return False
             peer.state = state
             peer.since = time.monotonic()
             if state is PeerState.DOWN:
                 peer.down_events += 1
+                if bump:
+                    peer.epoch += 1
         self._on_change(peer, old, state)
         return True
 

@@ -403,10 +403,11 @@ class Receiver(threading.Thread):
         if obj is None:
             return
         peer.rx += 1
+        kind = obj[1]
         if peer.state is not PeerState.UP:
             peer.last_rx = time.monotonic()
-            dist.peers.set_state(peer, PeerState.UP)
-        kind = obj[1]
+            if kind < Kind.PING:  # (pings and pongs settle the session first)
+                dist.peers.come_up(peer)
         if kind == Kind.CAST:
             if self._admit(peer, conn.sender, obj[2], False, obj[3], frame) is not True:
                 return
@@ -429,9 +430,9 @@ class Receiver(threading.Thread):
             if not self._deep(frame, obj[3]):
                 dist.complete_call(obj[2], False, obj[3], peer.node_id, trailing_int(obj, 4))
         elif kind == Kind.PING:
-            dist.transmit_to(peer, envelope.pong_frame(obj[2]))  # (faults apply to pongs too)
+            self._ping(peer, obj)
         else:  # PONG
-            self._pong(peer, obj[2])
+            self._pong(peer, obj)
 
     def _decode(self, peer: Peer, frame: bytes, untrusted: bool) -> Any:
         """The frame's envelope, or None (counted) if it is malformed."""
@@ -506,11 +507,63 @@ class Receiver(threading.Thread):
             return
         messaging.send_request(pid, request, handle)
 
-    def _pong(self, peer: Peer, seq: int) -> None:
+    def _ping(self, peer: Peer, obj: tuple[Any, ...]) -> None:
+        """Answer a PING. One carrying another session than the peer's last one means the
+        peer ended the session (it found this node down) or restarted: this node runs its
+        node-down for the peer first, so that the PONG, which lets the peer come back up and
+        send again, follows it (see ``peers``). The peer is up here, if it may be, before
+        the PONG leaves: the pinger sends as soon as the PONG brings this node back up on
+        its side, and what this node sends in answer must not be dropped."""
+        dist = self._dist
+        run, epoch = trailing_int(obj, 3), trailing_int(obj, 4)
+        if run is None or epoch is None:
+            pong = envelope.pong_frame(obj[2])
+        else:
+            self._note_session(peer, run, epoch)
+            pong = envelope.pong_frame(obj[2], (run, epoch), (dist.run_id, peer.epoch))
+        dist.peers.come_up(peer)
+        dist.transmit_to(peer, pong, down_too=True)  # (faults apply to pongs too)
+
+    def _note_session(self, peer: Peer, run: int, epoch: int) -> None:
+        """The peer's current session for this node, from a PING or a PONG: a new run or a
+        higher epoch ends the session here too. A lower epoch of the same run is stale (a
+        PING overtaken by a later PONG, which travels on another connection): ignored.
+
+        A new session also acknowledges every down found here: the peer has ended the
+        previous session on its side (a down of its own finding, or a restart), so what
+        this node sends from now on already follows its node-down. Waiting for an echo as
+        well would leave one side up and the other dropping its answers when both found
+        the other down in the same outage."""
+        peer.sessions = True
+        seen = peer.their_session
+        if seen is not None and seen[0] == run and epoch <= seen[1]:
+            return
+        peer.their_session = (run, epoch)
+        peer.acked = peer.epoch
+        if seen is not None and self._dist.peers.mirror_down(peer):
+            self._count("sessions_ended_by_peer")
+
+    def _pong(self, peer: Peer, obj: tuple[Any, ...]) -> None:
+        """A PONG: the round trip time, and the session it echoes. An echo of this run's
+        current epoch for the peer acknowledges the latest down found here, which lets a
+        peer that is down come back up; a PONG without one comes from a peer that does not
+        speak sessions."""
         peer.pongs += 1
         sent = peer.ping_sent_at
-        if seq == peer.ping_seq and sent is not None:
+        if obj[2] == peer.ping_seq and sent is not None:
             peer.rtt = time.monotonic() - sent
+        run, epoch = trailing_int(obj, 3), trailing_int(obj, 4)
+        if run is None or epoch is None:
+            peer.acked = peer.epoch
+        elif run == self._dist.run_id:
+            # The answerer's own session first: a down it found in the same outage is taken
+            # in now, not as news (a second down) once this peer is back up.
+            own_run, own_epoch = trailing_int(obj, 5), trailing_int(obj, 6)
+            if own_run is not None and own_epoch is not None:
+                self._note_session(peer, own_run, own_epoch)
+            peer.sessions = True
+            peer.acked = max(peer.acked, epoch)
+        self._dist.peers.come_up(peer)
 
 
 def _peer_address(head: zmq.Frame) -> str | None:

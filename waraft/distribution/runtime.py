@@ -97,8 +97,10 @@ _peer_listeners: list[PeerListener] = []
 
 
 def add_peer_listener(listener: PeerListener) -> None:
-    """Call ``listener(node_id, up)`` (on the liveness thread) whenever a peer goes down or
-    comes back up; adding the same listener twice keeps one."""
+    """Call ``listener(node_id, up)`` (on a distribution thread: the liveness thread, or the
+    receive thread for a peer that comes back up or that ended the session itself) whenever a
+    peer goes down or comes back up; adding the same listener twice keeps one. It must not
+    block."""
     if listener not in _peer_listeners:
         _peer_listeners.append(listener)
 
@@ -251,14 +253,15 @@ class Dist:
                 return False
         return self.transmit_to(peer, frame)
 
-    def transmit_to(self, peer: Peer, frame: bytes) -> bool:
-        """:meth:`transmit` to a known peer."""
+    def transmit_to(self, peer: Peer, frame: bytes, *, down_too: bool = False) -> bool:
+        """:meth:`transmit` to a known peer; with ``down_too`` even while it is down (the
+        PONGs a peer found down comes back up through, answers to its calls)."""
         if peer.forgotten:  # held by a reply handle while the table forgot it
             return self.transmit(peer.node_id, frame)
         if self._fault_out and peer.node_id in self._fault_out:
             self.counters.incr("tx_dropped_fault")
             return False
-        if peer.state is PeerState.DOWN:
+        if peer.state is PeerState.DOWN and not down_too:
             self.counters.incr("tx_dropped_nodedown")
             return False
         if len(frame) > self.settings.max_frame_bytes:
@@ -429,7 +432,12 @@ class Dist:
             self.counters.incr("tx_encode_errors")
             logger.error("cannot encode the reply to a call from %s: %s", peer.node_id, exc)
             ok, payload = False, codec.packb(("badarg", f"unencodable reply: {exc}"))
-        if not self.transmit_to(peer, envelope.reply_frame(ref, ok, payload, run)):
+        # A peer found down that called since is running; it is down here only until it
+        # acknowledges the down (``peers``). Its call may be of the session it began on
+        # seeing this node take in a down of its own finding, sent before the PONG that
+        # acknowledges it arrived (another connection): answered, not left to time out.
+        frame = envelope.reply_frame(ref, ok, payload, run)
+        if not self.transmit_to(peer, frame, down_too=peer.heard_since_down()):
             self.counters.incr("tx_replies_dropped")
 
     def complete_call(

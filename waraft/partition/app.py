@@ -63,10 +63,11 @@ _SERVER_PREFIX: Final = "raft_server_"
 def _fan_out_liveness(node_id: str, up: bool) -> None:
     """Node-level liveness for every local partition server (quiescence reads it).
 
-    Called on the distribution's liveness thread when a peer stops answering pings (killed,
-    cut off, or stopped) or answers again; each server gets a ``NodeLiveness`` cast, unless
-    the peer is in no local partition's config (``server.member_nodes``). Every report is
-    recorded first (``server.note_liveness``): a server that names the node later reads it.
+    Called on a distribution thread (liveness, or receive) when a peer stops answering pings
+    (killed, cut off, or stopped), ends the session itself, or answers again; each server
+    gets a ``NodeLiveness`` cast, unless the peer is in no local partition's config
+    (``server.member_nodes``). Every report is recorded first (``server.note_liveness``): a
+    server that names the node later reads it.
     """
     local = otp.node.current().id
     server.note_liveness(local, node_id, up)  # for a server that names the node later
