@@ -723,13 +723,9 @@ class _Answerer(otp.Process):
         return "pong"
 
 
-def test_a_scheduled_process_waiting_for_an_fsync_yields_its_scheduler(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A partition server is scheduled (``WalLog`` does no blocking I/O itself): while its
-    sync waits for the WAL's fsync, the other processes of its scheduler thread must run —
-    blocking the thread made a node's partitions sync one after another."""
-    log = WalLog.open(root / "kv.1")
+@pytest.fixture
+def fsync_gate(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Every ``fdatasync`` waits (at most 10 s) until the returned event is set."""
     gate = threading.Event()
     real = os.fdatasync
 
@@ -738,6 +734,17 @@ def test_a_scheduled_process_waiting_for_an_fsync_yields_its_scheduler(
         real(fd)
 
     monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    return gate
+
+
+def test_a_scheduled_process_waiting_for_an_fsync_yields_its_scheduler(
+    root: Path, fsync_gate: threading.Event
+) -> None:
+    """A partition server is scheduled (``WalLog`` does no blocking I/O itself): while its
+    sync waits for the WAL's fsync, the other processes of its scheduler thread must run —
+    blocking the thread made a node's partitions sync one after another."""
+    log = WalLog.open(root / "kv.1")
+    gate = fsync_gate
     node = otp.Node("walsched@t", schedulers=1, process_type=otp.SCHEDULED)
     try:
         syncer = _Syncer.start(node=node)
@@ -768,20 +775,13 @@ class _RecordingSyncer(otp.Process):
 
 
 def test_a_server_killed_while_parked_on_an_fsync_stops_there(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, fsync_gate: threading.Event
 ) -> None:
     """A partition server killed (its supervisor gave up waiting for it) while parked on the
     group commit must not run on when the commit resumes it: its EXIT went out and its next
     incarnation may already be answering in its place. It ran on to its next otp wait."""
     log = WalLog.open(root / "kv.1")
-    gate = threading.Event()
-    real = os.fdatasync
-
-    def slow_fdatasync(fd: int) -> None:
-        gate.wait(10)
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    gate = fsync_gate
     node = otp.Node("walkilled@t", schedulers=1, process_type=otp.SCHEDULED)
     events: list[str] = []
     try:

@@ -46,15 +46,21 @@ def _prune(model: Any, ops: list[Operation]) -> list[Operation]:
     return pruned
 
 
+def key_of(op: Operation) -> Hashable | None:
+    """The key a ``KVStateMachine`` command works on (None for anything else: sessions'
+    own commands, malformed ones)."""
+    command = op.command
+    if isinstance(command, tuple) and len(command) >= 3 and command[0] != "$session":
+        key: Hashable = command[2]
+        return key
+    return None
+
+
 class KVModel:
     """The sequential spec of ``KVStateMachine`` (per key: the value, or ``None`` if absent)."""
 
     def partition(self, op: Operation) -> Hashable | None:
-        command = op.command
-        if isinstance(command, tuple) and len(command) >= 3 and command[0] != "$session":
-            key: Hashable = command[2]
-            return key
-        return None
+        return key_of(op)
 
     def init(self) -> Hashable:
         return None
@@ -124,11 +130,7 @@ class ListAppendModel:
         self._reads: dict[int, int] = {}  # op.id -> the prefix length its answer names
 
     def partition(self, op: Operation) -> Hashable | None:
-        command = op.command
-        if isinstance(command, tuple) and len(command) >= 3 and command[0] != "$session":
-            key: Hashable = command[2]
-            return key
-        return None
+        return key_of(op)
 
     def init(self) -> Hashable:
         return 0
