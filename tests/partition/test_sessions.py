@@ -11,6 +11,7 @@ from typing import Any, ClassVar, cast
 import pytest
 
 from tests.partition.helpers import addr, ident, start_node, state, wait_until
+from tests.providers.test_storage import AddingStorage
 from waraft import otp, storage
 from waraft.core.sessions import (
     BATCH_OWNER,
@@ -649,24 +650,6 @@ def test_a_register_burst_from_one_key_does_not_expire_another_keys_session(
     assert acceptor.commit(acc, ("b2", call_command(victim, 1, 1, bump, token))) == ("ok", 1)
     assert acceptor.commit(acc, ("b3", call_command(victim, 2, 2, bump, token))) == ("ok", 2)
     node.stop()
-
-
-class AddingStorage(MemoryStorage):
-    """A user's state machine as the README shows it: ``MemoryStorage`` with only ``apply``
-    and ``read`` overridden (no ``apply_many``/``apply_batch`` of its own)."""
-
-    def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
-        if type(command) is tuple and command[:1] == ("add",) and len(command) == 4:
-            value = self._data.get(command[2], 0) + command[3]
-            self._data[command[2]] = value
-            self._position = position
-            return ("ok", value)
-        return super().apply(command, position, label)
-
-    def read(self, command: Any, position: LogPos) -> Any:
-        if type(command) is tuple and command[:1] == ("get",) and len(command) == 3:
-            return ("ok", self._data.get(command[2], 0))
-        return super().read(command, position)
 
 
 def test_a_memory_subclass_command_is_applied_inside_a_packed_batch(tmp_path: Path) -> None:

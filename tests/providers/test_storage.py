@@ -543,9 +543,10 @@ def test_a_batch_payload_of_too_many_values_is_one_malformed_command() -> None:
     assert malformed[0] == "$malformed_batch"
 
 
-class _Counter(MemoryStorage):
-    """A user's state machine as the README shows it: ``MemoryStorage`` with ``apply`` and
-    ``read`` overridden for ``("add", table, key, n)`` (answers the new value)."""
+class AddingStorage(MemoryStorage):
+    """A user's state machine as the README shows it: ``MemoryStorage`` with only ``apply``
+    and ``read`` overridden (no ``apply_many``/``apply_batch`` of its own), for
+    ``("add", table, key, n)`` (answers the new value) and ``("get", table, key)``."""
 
     def apply(self, command: Any, position: LogPos, label: Any = None) -> Any:
         if type(command) is tuple and command[:1] == ("add",) and len(command) == 4:
@@ -555,11 +556,16 @@ class _Counter(MemoryStorage):
             return ("ok", value)
         return super().apply(command, position, label)
 
+    def read(self, command: Any, position: LogPos) -> Any:
+        if type(command) is tuple and command[:1] == ("get",) and len(command) == 3:
+            return ("ok", self._data.get(command[2], 0))
+        return super().read(command, position)
+
 
 def test_a_memory_subclass_own_command_is_applied_in_a_packed_batch() -> None:
     """A review: ``apply_many`` (every packed ``$batch`` entry) checked commands against the
     built-in ones only, so the subclass's first command of each packed batch was refused."""
-    storage = _Counter(OPTIONS)
+    storage = AddingStorage(OPTIONS)
     add = ("add", "t", "n", 2)
     assert storage.apply_many([add, ("write", "t", "w", 1), add], pos(3)) == [
         ("ok", 2),
@@ -589,9 +595,9 @@ def test_a_transactional_subclass_that_overrides_only_apply_is_refused(kind: str
     the subclass's commands would all be refused at run time; say so when it is defined."""
     base = PROVIDERS[kind]
     with pytest.raises(TypeError, match="overrides apply\\(\\) but not apply_batch\\(\\)"):
-        type("Counter", (base,), {"apply": _Counter.apply})
+        type("Counter", (base,), {"apply": AddingStorage.apply})
 
     def apply_batch(self: Any, items: Any) -> list[Any]:
         return list(base.apply_batch(self, items))
 
-    type("Counter", (base,), {"apply": _Counter.apply, "apply_batch": apply_batch})
+    type("Counter", (base,), {"apply": AddingStorage.apply, "apply_batch": apply_batch})
