@@ -130,9 +130,12 @@ def test_skipping_vote_persistence_is_caught() -> None:
     assert caught.value.invariant == "monotonic_term"  # n2 came back in an older term
     with pytest.raises(InvariantViolation) as caught:
         _double_vote(frozenset({"monotonic_term"}), drop=True)
+    assert caught.value.invariant == "vote_once"  # n2 granted n1's term to n3 too
+    with pytest.raises(InvariantViolation) as caught:
+        _double_vote(frozenset({"monotonic_term", "vote_once"}), drop=True)
     assert caught.value.invariant == "log_matching"  # two noops at one (index, term)
     with pytest.raises(InvariantViolation) as caught:
-        _double_vote(frozenset({"monotonic_term", "log_matching"}), drop=True)
+        _double_vote(frozenset({"monotonic_term", "vote_once", "log_matching"}), drop=True)
     assert caught.value.invariant == "election_safety"  # two leaders of one term
 
 

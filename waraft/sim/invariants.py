@@ -16,8 +16,13 @@ step), so it can run after every step of long randomized runs:
   replicas, the same state at the same index: a digest of the machine's data and the session
   table (``SimStorage.state_digest``), compared after every applied index, at both ends of
   a snapshot transfer and when a run ends (``Simulation.check_replicas``);
-* **monotonic term** (persisted and in memory, across crashes) and **monotonic commit index**
-  (within one incarnation; a snapshot install may move it).
+* **vote once** — a replica grants its vote to at most one candidate per term, across all of
+  its incarnations (a lost state file, ``Simulation.lose_state``, is what threatens it): only
+  a vote for itself as candidate may be followed, in a later incarnation, by a vote for
+  another in that term (the lost candidacy can no longer win: its replica forgot it);
+* **monotonic term** (persisted and in memory, across crashes; after ``lose_state`` it starts
+  afresh) and **monotonic commit index** (within one incarnation; a snapshot install may
+  move it).
 
 Witnesses receive stubbed entries (users' commands replaced by ``noop_omitted``, same key and
 label); the entry comparisons accept a stub in place of the command it stands for.
@@ -90,6 +95,8 @@ class InvariantChecker:
         self._leader_now: dict[str, int] = {}  # node -> term, for nodes leading right now
         self._term: dict[str, int] = {}  # highest term seen per node (memory or disk)
         self._persisted_term: dict[str, int] = {}
+        # (node, term) -> (candidate granted, node incarnation that granted it)
+        self._votes: dict[tuple[str, int], tuple[str, int]] = {}
         self._commit: dict[str, int] = {}  # last commit index seen per node incarnation
         self._commit_may_drop: set[str] = set()
         # index -> (entry, lowest term of a node that saw it committed)
@@ -117,6 +124,32 @@ class InvariantChecker:
                 f"{node} persisted term {state.current_term} after term {previous}",
             )
         self._persisted_term[node] = state.current_term
+
+    def on_vote(self, node: str, incarnation: int, term: int, candidate: str) -> None:
+        """``node`` (in its ``incarnation``-th life) sends a granted vote for ``candidate`` in
+        ``term`` (a candidate's vote for itself included)."""
+        key = (node, term)
+        seen = self._votes.get(key)
+        if seen is None or seen[0] == candidate:
+            self._votes[key] = (candidate, incarnation)
+            return
+        earlier, earlier_life = seen
+        if earlier == node and earlier_life != incarnation:
+            # its own candidacy of a past life: forgotten, it can win nothing any more
+            self._votes[key] = (candidate, incarnation)
+            return
+        self._violate(
+            "vote_once",
+            f"{node} granted its vote in term {term} to {candidate}, having granted it to "
+            f"{earlier}" + ("" if earlier_life == incarnation else " in an earlier incarnation"),
+        )
+
+    def on_state_lost(self, node: str) -> None:
+        """``node``'s durable term and vote were deleted (its log and storage kept): its term
+        may start again from 0, so the monotonic term checks start afresh for it. Its votes
+        stay recorded: that it never votes twice in a term is what must survive the loss."""
+        self._term.pop(node, None)
+        self._persisted_term.pop(node, None)
 
     def on_append(self, node: str, first_index: int, entries: Any, prev_term: int | None) -> None:
         known = self._entries

@@ -402,6 +402,9 @@ class SimNode:
     def _send(self, effect: Send) -> None:
         if not self.sim.config.batch_effects:
             self._check_vote_durable(effect)  # in list order: what was persisted so far
+        payload = effect.rpc.payload
+        if type(payload) is Vote and payload.vote:
+            self.sim.invariants.on_vote(self.id, self.incarnation, effect.rpc.term, effect.to.node)
         self.sim.send(self.id, effect.to.node, effect.rpc)
 
     def _reply(self, effect: Reply) -> None:
