@@ -3,8 +3,10 @@
 ``Nemesis`` injects faults into a running ``Simulation`` at seeded random times: crashes and
 restarts (of any node or of the leader), symmetric partitions, isolating the leader, one-way
 link cuts, network quality changes, slow storage, administrative actions (resign, handover,
-trigger_election), disable/enable, and membership changes (remove a member, add it back).
-Every fault is undone later, and ``calm()`` undoes everything at once.
+trigger_election), disable/enable, membership changes (remove a member, add it back), and the
+loss of a node's durable state file (``lose_state``: its term and vote; an operator enables it
+later and it recovers a term from the voters, ``waraft.core.term_recovery``). Every fault is
+undone later, and ``calm()`` undoes everything at once.
 
 ``random_scenario(seed)`` derives a whole scenario (cluster size, witnesses, settings, storage
 durability, effect batching, network, clients, which faults) from one seed.
@@ -51,8 +53,23 @@ class NemesisConfig:
         }
     )
 
+    # The chance, at each fault, that a node also loses its state file (``lose_state``). It is
+    # drawn from a generator of its own, apart from the weighted faults: a run in which no
+    # state file is lost makes exactly the choices it made before this fault existed (seeds
+    # named in commits and tests still replay).
+    lose_state: float = 0.08
+
     def without(self, *kinds: str) -> NemesisConfig:
-        return replace(self, weights={k: w for k, w in self.weights.items() if k not in kinds})
+        return replace(
+            self,
+            weights={k: w for k, w in self.weights.items() if k not in kinds},
+            lose_state=0.0 if "lose_state" in kinds else self.lose_state,
+        )
+
+    def kinds(self) -> list[str]:
+        """The faults this config may inject."""
+        lost = ["lose_state"] if self.lose_state > 0 else []
+        return sorted([k for k, w in self.weights.items() if w] + lost)
 
 
 class Nemesis:
@@ -64,11 +81,16 @@ class Nemesis:
         self.sim = sim
         self.config = config or NemesisConfig()
         self.rng = random.Random(sim.rng.getrandbits(64) if seed is None else seed)
+        # lose_state's own (see ``NemesisConfig.lose_state``): it leaves ``rng``'s draws as
+        # they were
+        base = sim.config.seed if seed is None else seed
+        self.loss_rng = random.Random(base * 7919 + 71)
         self.active = False
         self.base_net = sim.network.config
         self.log: list[str] = []
         self.removed: list[str] = []  # nodes taken out of the config
         self.disabled: set[str] = set()
+        self.lost: set[str] = set()  # nodes that lost their state file, until they recovered
         self._kinds = [k for k, w in self.config.weights.items() if w > 0]
         self._weights = [self.config.weights[k] for k in self._kinds]
         self._actions: dict[str, Callable[[], None]] = {
@@ -95,9 +117,9 @@ class Nemesis:
         self.active = True
         self._schedule_next()
 
-    def _delay(self, bounds: tuple[int, int]) -> int:
+    def _delay(self, bounds: tuple[int, int], rng: random.Random | None = None) -> int:
         low, high = bounds
-        return low if low >= high else self.rng.randint(low, high)
+        return low if low >= high else (rng or self.rng).randint(low, high)
 
     def _schedule_next(self) -> None:
         if self.active and self._kinds:
@@ -123,6 +145,9 @@ class Nemesis:
             return
         kind = self.rng.choices(self._kinds, self._weights)[0]
         self._actions[kind]()
+        chance = self.config.lose_state
+        if chance > 0 and self.loss_rng.random() < chance:
+            self._lose_state()
         self._schedule_next()
 
     def calm(self) -> None:
@@ -143,6 +168,7 @@ class Nemesis:
             if node.core is not None and node.core.state is State.DISABLED:
                 sim.call(node.id, _enable, "enable")
         self.disabled.clear()
+        self.lost.clear()
         self._note("calm")
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -351,6 +377,11 @@ class Nemesis:
         self.disabled.add(node_id)
         self.sim.call(node_id, _disable, "disable")
         self._note(f"disable {node_id}")
+        self._enable_later(node_id, self.rng)
+
+    def _enable_later(self, node_id: str, rng: random.Random) -> None:
+        """An operator enables ``node_id`` (in ``disabled``) after a downtime (drawn from
+        ``rng``)."""
 
         def enable() -> None:
             if node_id not in self.disabled:
@@ -362,7 +393,66 @@ class Nemesis:
             self.sim.call(node_id, _enable, "enable")
             self._note(f"enable {node_id}")
 
-        self._later(self._delay(self.config.downtime_ms), enable, f"enable {node_id}")
+        self._later(self._delay(self.config.downtime_ms, rng), enable, f"enable {node_id}")
+
+    def _lose_state(self) -> None:
+        """Crash a member and delete its durable state file, keeping its log and storage; it
+        restarts after a downtime as the shell starts it (``disabled``,
+        ``durable_state_missing``, see ``SimNode.lose_state``) and an operator enables it
+        later: it then takes no part until every voter told it its term
+        (``waraft.core.term_recovery``)."""
+        rng = self.loss_rng
+        node_id = rng.choice(self._members())
+        if not self._can_lose_state(node_id):
+            return
+        sim = self.sim
+        sim.lose_state(node_id)
+        self.lost.add(node_id)
+        self.disabled.add(node_id)  # down, then disabled: impaired until enabled
+        self._note(f"lose state {node_id}")
+
+        def restart() -> None:
+            sim.restart(node_id)
+            node = sim.nodes[node_id]
+            if node.up and node.core.state is State.DISABLED:
+                sim.stats["lose_state_disabled"] += 1
+                self._note(f"restart {node_id}: state file lost, disabled")
+                self._enable_later(node_id, rng)
+            else:  # nothing past bootstrap's term: it started as a new replica
+                self._note(f"restart {node_id}: state file lost, a new replica")
+                self.disabled.discard(node_id)
+
+        self._later(self._delay(self.config.downtime_ms, rng), restart, f"restart {node_id}")
+
+    def _can_lose_state(self, node_id: str) -> bool:
+        """May ``node_id`` lose its state file now? Only with a durable log (a crash that also
+        loses the log leaves a replica the shell cannot tell from a new one, a wipe an operator
+        must replace), only while no other replica is still recovering from such a loss (each
+        would wait for the other's term for good: the case ``term_recovery`` leaves to an
+        operator) and while a majority of every config in use stays healthy without it."""
+        sim = self.sim
+        if not (sim.config.durable_log and sim.config.durable_storage):
+            return False
+        self.lost = {n for n in self.lost if not self._recovered(n)}
+        if self.lost or self._impaired(node_id):
+            return False
+        for members in self._member_sets():
+            healthy = [m for m in members if m != node_id and not self._impaired(m)]
+            if len(healthy) < len(members) // 2 + 1:
+                return False
+        return True
+
+    def _recovered(self, node_id: str) -> bool:
+        """Has ``node_id``, which lost its state file, recovered a term (up, enabled, and no
+        longer ``term_lost``)?"""
+        node = self.sim.nodes[node_id]
+        core = node.core
+        return (
+            node.up
+            and node_id not in self.disabled
+            and core.state is not State.DISABLED
+            and not core.term_lost
+        )
 
     def _membership(self) -> None:
         sim = self.sim
@@ -478,7 +568,7 @@ class Scenario:
             f"labels={c.label_fn is not None} "
             f"clients={self.clients} keys={getattr(self.workload, 'keys', '?')} "
             f"sessions={self.sessions} "
-            f"faults={sorted(k for k, w in self.nemesis.weights.items() if w)}"
+            f"faults={self.nemesis.kinds()}"
         )
 
 

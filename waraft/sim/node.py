@@ -51,6 +51,7 @@ from waraft.core.events import (
     SnapshotOpened,
     Timeout,
 )
+from waraft.core.replica import BOOTSTRAP_TERM
 from waraft.core.rpc import Vote
 from waraft.core.sessions import is_register, owned_register
 from waraft.core.settings import Settings
@@ -239,6 +240,23 @@ class SimNode:
             self.log.reset(LogPos(0, 0))
         self.sim.invariants.on_down(self.id)
         self.sim.touched.pop(self.id, None)
+
+    def lose_state(self) -> None:
+        """The node is down and its durable state file (term, vote, disable reason) is deleted;
+        its log and storage stay. It will start as the shell starts it
+        (``waraft.partition.server._missing_state``): a log or storage holding an entry of a
+        term past bootstrap's says the term and vote were lost, so it starts ``disabled`` with
+        ``durable_state_missing`` until an operator enables it; otherwise as a new replica
+        (no state)."""
+        if self.up:
+            raise RuntimeError(f"{self.id} must be down to lose its state file")
+        held = max(self.log.term(self.log.last_index()) or 0, self.storage.position.term)
+        if held <= BOOTSTRAP_TERM:
+            self.durable = None
+        else:
+            reason = f"no state file, but the log or storage holds an entry of term {held}"
+            self.durable = DurableState(0, None, ("durable_state_missing", reason))
+        self.sim.invariants.on_state_lost(self.id)
 
     # -- events in -------------------------------------------------------------------------------
 

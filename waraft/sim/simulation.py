@@ -452,6 +452,15 @@ class Simulation:
             self.stats["crash"] += 1
             node.crash()
 
+    def lose_state(self, node_id: str) -> None:
+        """Kill a node and delete its durable state file (term, vote, disable reason), keeping
+        its log and storage (``SimNode.lose_state``): ``restart`` brings it back as the shell
+        would, ``disabled`` with ``durable_state_missing`` when its log shows a lost term."""
+        node = self.nodes[node_id]
+        self.crash(node_id)
+        self.stats["lose_state"] += 1
+        node.lose_state()
+
     def restart(self, node_id: str) -> None:
         """Start a crashed node again from what it persisted."""
         node = self.nodes[node_id]
