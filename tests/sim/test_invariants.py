@@ -55,6 +55,31 @@ def test_election_safety() -> None:
         checker.after_step("a", State.LEADER, 4, 0)
 
 
+def test_election_safety_across_a_restart_that_lost_the_term() -> None:
+    # A leader whose state file was lost may come back at an old term: leading that term
+    # again is a second leader of it (its new log need not match the one it led with).
+    checker, _ = _checker("a")
+    checker.on_restart("a", 0, 0)
+    checker.after_step("a", State.LEADER, 3, 0)
+    checker.on_down("a")
+    checker.on_state_lost("a")
+    checker.on_restart("a", 0, 0)
+    with _violation("election_safety"):
+        checker.after_step("a", State.LEADER, 3, 0)
+
+
+def test_vote_once_across_incarnations() -> None:
+    checker, _ = _checker("a")
+    checker.on_vote("a", 1, 3, "b")
+    checker.on_vote("a", 2, 3, "b")  # the same vote again, after a restart
+    with _violation("vote_once"):
+        checker.on_vote("a", 3, 3, "c")
+    checker.on_vote("a", 3, 4, "a")  # its own candidacy in term 4 ...
+    checker.on_vote("a", 4, 4, "b")  # ... forgotten in a later life: it can win nothing
+    with _violation("vote_once"):
+        checker.on_vote("a", 4, 4, "c")
+
+
 def test_monotonic_term_in_memory_on_disk_and_across_restarts() -> None:
     checker, _ = _checker("a")
     checker.after_step("a", State.FOLLOWER, 5, 0)

@@ -100,3 +100,18 @@ def test_the_sweep_loses_state_files_and_the_replicas_recover() -> None:
         assert not result.failed, result.violation
         disabled += result.stats.get("lose_state_disabled", 0)
     assert disabled >= 3  # came back disabled, were enabled, recovered a term
+
+
+BYPASS_SEED = 69298
+"""A sweep seed (found by sweeping 69000.. with ``term_lost`` patched to False) in which n2
+votes for n1 in term 2, loses its state file, is enabled and wins term 2 itself with n3."""
+
+
+def test_a_sweep_seed_catches_bypassed_term_recovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_seed(BYPASS_SEED)
+    assert not result.failed, result.violation
+    assert result.stats.get("lose_state_disabled", 0) >= 1
+    monkeypatch.setattr(replica, "term_lost", lambda *args: False)
+    result = run_seed(BYPASS_SEED)
+    # n2 appends its noop in the step it wins, before its held-back self-vote goes out
+    assert result.invariant == "log_matching", result.violation

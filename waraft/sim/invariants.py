@@ -4,7 +4,9 @@ The checker is fed by the simulator (``waraft.sim.node`` calls the ``on_*`` hook
 executes effects, and ``after_step`` once a step is done). Each check costs O(work done in the
 step), so it can run after every step of long randomized runs:
 
-* **election safety** — at most one leader per term (ever);
+* **election safety** — at most one leader per term (ever), in one incarnation of it: a
+  replica that restarted cannot lead again a term it led (it would have forgotten that
+  term's log only if its durable state was lost);
 * **leader append-only** — a node never truncates or resets its log while it is leader;
 * **log matching** — an ``(index, term)`` pair identifies one entry and one previous term, across
   all logs and all time (by induction this gives Raft's log matching property);
@@ -92,6 +94,8 @@ class InvariantChecker:
         # (index, term) -> (entry, previous term) for every entry ever appended anywhere
         self._entries: dict[tuple[int, int], tuple[Entry, int | None]] = {}
         self.leaders: dict[int, str] = {}  # term -> leader
+        self._leader_life: dict[int, int] = {}  # term -> its leader's incarnation
+        self._lives: dict[str, int] = {}  # node -> its starts so far
         self._leader_now: dict[str, int] = {}  # node -> term, for nodes leading right now
         self._term: dict[str, int] = {}  # highest term seen per node (memory or disk)
         self._persisted_term: dict[str, int] = {}
@@ -226,6 +230,7 @@ class InvariantChecker:
         self._check_term(node, term)
         self._commit[node] = commit_index
         self._leader_now.pop(node, None)
+        self._lives[node] = self._lives.get(node, 0) + 1
 
     def on_down(self, node: str) -> None:
         self._leader_now.pop(node, None)
@@ -245,13 +250,20 @@ class InvariantChecker:
         log = self.logs[node]
         if state is State.LEADER:
             holder = self.leaders.get(term)
+            life = self._lives.get(node, 0)
             if holder is None:
                 self.leaders[term] = node
+                self._leader_life[term] = life
                 self._leader_now[node] = term
                 self._check_leader_complete(node, term, log)
             elif holder != node:
                 self._violate(
                     "election_safety", f"{node} and {holder} are both leaders of term {term}"
+                )
+            elif self._leader_life[term] != life:
+                self._violate(
+                    "election_safety",
+                    f"{node} leads term {term} again after a restart (it led it before)",
                 )
             else:
                 self._leader_now[node] = term
