@@ -74,8 +74,12 @@ def test_bootstrap_a_sole_member_makes_it_leader() -> None:
     node = fresh()
     cfg = make_config([N1])
     fx = node.handle(Bootstrap("op", LogPos(1, 1), cfg, {"x": 1}))
-    assert fx == [InstallSnapshot("op", "bootstrap", LogPos(1, 1), config=cfg, data={"x": 1})]
-    fx = open_snapshot(node, fx[0])
+    # The term is stored before the data lands: data without a state file means it was lost.
+    assert fx == [
+        PersistState(DurableState(1, None, None)),
+        InstallSnapshot("op", "bootstrap", LogPos(1, 1), config=cfg, data={"x": 1}),
+    ]
+    fx = open_snapshot(node, fx[-1])
     assert fx[0] == ResetLog(LogPos(1, 1))
     assert PersistState(DurableState(1, "n1", None)) in fx
     assert node.state is State.LEADER
@@ -88,7 +92,7 @@ def test_bootstrap_a_sole_member_makes_it_leader() -> None:
 def test_bootstrap_of_a_member_of_many_makes_it_follower() -> None:
     node = fresh(2)
     fx = node.handle(Bootstrap("op", LogPos(1, 1), make_config(ids(3)), None))
-    open_snapshot(node, fx[0])
+    open_snapshot(node, fx[-1])
     assert node.state is State.FOLLOWER
     assert node.core.current_term == 1 and node.core.voted_for is None
 
@@ -99,7 +103,7 @@ def test_bootstrap_errors() -> None:
     assert node.handle(Bootstrap("op2", LogPos(1, 1), make_config([N1]))) == [
         Reply("op2", ("error", "rejected"))
     ]
-    fx = open_snapshot(node, fx[0], error="disk full")
+    fx = open_snapshot(node, fx[-1], error="disk full")
     assert fx == [Reply("op", ("error", "disk full"))]
     assert node.state is State.STALLED
     stalled_with_data = make_node(1, storage_config=False)
@@ -130,14 +134,14 @@ def test_bootstrap_refuses_a_config_that_can_never_work(config: object, reason: 
     assert node.handle(Promote("op", "next", True, config)) == [refused]  # type: ignore[arg-type]
     assert node.state is State.STALLED and node.core.last_applied == 0
     fx = node.handle(Bootstrap("op", LogPos(1, 1), make_config([N1, N2], witnesses=[N2])))
-    assert open_snapshot(node, fx[0])[-1] == Reply("op", "ok")
+    assert open_snapshot(node, fx[-1])[-1] == Reply("op", "ok")
 
 
 def test_bootstrap_as_a_non_voting_participant_is_allowed() -> None:
     node = fresh(3)
     config = make_config([N1, N2], participants=[N3])
     fx = node.handle(Bootstrap("op", LogPos(1, 1), config))
-    assert open_snapshot(node, fx[0])[-1] == Reply("op", "ok")
+    assert open_snapshot(node, fx[-1])[-1] == Reply("op", "ok")
     assert node.state is State.FOLLOWER
 
 

@@ -141,3 +141,17 @@ def test_a_learner_that_lost_its_term_hears_every_voter_and_recovers() -> None:
     assert learner.core.status(cluster.now)["term_lost"] is None
     assert learner.state is not State.STALLED
     assert learner.core.current_term == 7 and learner.core.voted_for == learner.core.node
+
+
+def test_a_replica_holding_only_bootstraps_entry_lost_its_term_too() -> None:
+    # Bootstrap now stores its term before its data lands, so data without a state file
+    # means the file was lost, bootstrap's term included: taken for a new replica, one that
+    # had voted in a later term before any entry of it came voted there again (sim seed
+    # 75199: vote_once).
+    node = make_node(2, ids(3), entries=entries_of([1]), durable=DurableState(0, None, MISSING))
+    assert node.state is State.DISABLED
+    node.handle(Enable("op"))
+    assert node.state is State.STALLED and node.core.status(0)["term_lost"] == ["n1", "n3"]
+    node.fire(now=LATER)  # before, it went on as a follower at term 0
+    node.rpc(ident(3), RequestVote(ElectionType.ALLOWED, 1, 1), term=3, now=LATER + 1)
+    assert not granted(node) and node.state is State.STALLED

@@ -429,6 +429,27 @@ def test_a_partition_whose_state_file_was_deleted_comes_up_disabled(tmp_path: Pa
     assert status["voted_for"] is None
 
 
+def test_a_partition_at_bootstraps_term_whose_state_file_was_deleted_comes_up_disabled(
+    tmp_path: Path,
+) -> None:
+    # Data of bootstrap's term only was taken for a crash during bootstrap, and the replica
+    # for a new one: one that had voted in a later term before any entry of it came voted in
+    # that term again (simulator seed 75199). Bootstrap now stores the term first.
+    node = start_node(tmp_path, "n1", [1], log_module=DISK, storage_module=SQLITE)
+    _bootstrap_single(node)
+    assert acceptor.commit(addr("acceptor", node), (1, ("write", "t", 1, "x"))) == "ok"
+    assert server.status(addr("server", node))["current_term"] == 1
+    path = Path(server.status(addr("server", node))["partition_path"])
+    node_id = node.id
+    node.stop()
+    (path / durable_state.STATE_FILE).unlink()
+
+    node = start_node(tmp_path, "n1", [1], node_id=node_id, log_module=DISK, storage_module=SQLITE)
+    wait_until(lambda: state(node, 1) == "disabled")
+    status = server.status(addr("server", node))
+    assert status["disable_reason"][0] == "durable_state_missing", status["disable_reason"]
+
+
 def test_a_replica_enabled_after_its_state_file_was_lost_recovers_a_term_counted_as_voted(
     tmp_path: Path,
 ) -> None:

@@ -115,3 +115,14 @@ def test_a_sweep_seed_catches_bypassed_term_recovery(monkeypatch: pytest.MonkeyP
     result = run_seed(BYPASS_SEED)
     # n2 appends its noop in the step it wins, before its held-back self-vote goes out
     assert result.invariant == "log_matching", result.violation
+
+
+BOOTSTRAP_TERM_SEED = 75199
+"""A sweep seed (from 73000..) in which n2, whose log held only bootstrap's entry, voted for n4
+in term 3, lost its state file and, taken for a new replica, voted for n1 in term 3."""
+
+
+def test_a_replica_holding_only_bootstraps_entry_is_not_taken_for_a_new_one() -> None:
+    result = run_seed(BOOTSTRAP_TERM_SEED)
+    assert not result.failed, result.violation  # was vote_once
+    assert result.stats.get("lose_state_disabled", 0) >= 1

@@ -279,6 +279,14 @@ def bootstrap(core: Replica, event: Bootstrap) -> None:
     if _refuses_config(core, event.from_, event.config):
         return
     core.log_notice("bootstraps at %s with %s", event.position, event.config)
+    term = max(1, event.position.term)
+    if term > core.current_term:
+        # Stored before the data lands (the runner persists before it installs): a replica
+        # whose log or storage holds anything then always has its term on disk, so one that
+        # has data and no state file has lost it (``replica.term_lost``), bootstrap's term
+        # included. A replica that voted in a later term before any entry of it arrived
+        # looked new once the file was gone, and could vote in that term again.
+        terms.advance_term(core, term, None)
     core.pending_install = ("bootstrap", event.position, None)
     core.emit(
         InstallSnapshot(
@@ -348,12 +356,11 @@ def snapshot_opened(core: Replica, event: SnapshotOpened) -> None:
     if purpose == "bootstrap":
         term = max(1, position.term)
         if term > core.current_term:
-            if core.is_single_member():
-                terms.advance_term(core, term, core.node)
-                core.goto(State.LEADER)
-            else:
-                terms.advance_term(core, term, None)
-                core.goto(core.follower_or_witness())
+            terms.advance_term(core, term, None)
+        if core.is_single_member() and core.voted_for in (None, core.node):
+            core.voted_for = core.node
+            terms.persist(core)
+            core.goto(State.LEADER)
         else:
             core.goto(core.follower_or_witness())
     else:

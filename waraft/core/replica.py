@@ -45,7 +45,11 @@ from waraft.core.types import (
 logger = logging.getLogger("waraft.core.server")
 
 BOOTSTRAP_TERM = 1
-"""Bootstrap's term, in which nobody votes: an entry of it proves no term was lost."""
+"""Bootstrap's term, which a replica stores before bootstrap's data lands (``admin.bootstrap``):
+so any entry, of this term or later, held without a durable term at least as high proves the
+term was lost. (Builds before that stored it after the data, so data at this term with no
+state file was taken for a crash during bootstrap; a replica that voted in a later term
+before any entry of it came, then lost its file, looked new and could vote again.)"""
 
 
 def term_lost(durable_term: int | None, last_log: LogPos, storage: LogPos) -> bool:
@@ -53,7 +57,7 @@ def term_lost(durable_term: int | None, last_log: LogPos, storage: LogPos) -> bo
     log ending at ``last_log`` and storage at ``storage`` has lost its term and vote: its
     term is persisted before any entry of it lands (see ``term_recovery``)."""
     held = max(last_log.term, storage.term)
-    return durable_term is not None and held > BOOTSTRAP_TERM and durable_term < held
+    return durable_term is not None and held >= BOOTSTRAP_TERM and durable_term < held
 
 
 class Replica:

@@ -1,9 +1,10 @@
 """Recovering a lost term and vote (a replica whose durable state file was deleted).
 
 A replica persists its term and vote before any entry of that term reaches its log or storage
-(Fig. 2), so one that holds an entry of term 2 or later under a lower durable term has lost
-its term and vote (the shell starts such a replica ``disabled``, ``durable_state_missing``; an
-``enable`` leaves it at term 0). It may have voted, or stood as a candidate, in any term up to
+(Fig. 2; bootstrap stores its term before its data lands too), so one that holds an entry
+under a lower durable term, or none (its state file is gone), has lost its term and vote
+(the shell starts such a replica ``disabled``, ``durable_state_missing``; an ``enable``
+leaves it at term 0). It may have voted, or stood as a candidate, in any term up to
 the highest one in the cluster when it lost them, and does not know which: voting again in
 such a term could elect two leaders in it, and acknowledging entries under a term older than
 one it promised could let a deposed leader commit over a newer leader's entries.

@@ -59,6 +59,7 @@ from waraft.core.effects import (
     TrimLog,
     TruncateLog,
 )
+from waraft.core.replica import BOOTSTRAP_TERM
 from waraft.core.rpc import RaftRpc, RpcDecodeError, from_wire, short_repr, to_wire
 from waraft.core.server import RaftCore
 from waraft.core.types import (
@@ -161,13 +162,12 @@ def _note_member_nodes(local_node: str, nodes: frozenset[str]) -> None:
 def _missing_state(name: str, log_last: LogPos, applied: LogPos) -> DurableState | None:
     """``None`` for a new replica; a disabled state when the term and vote are gone.
 
-    A replica with an entry of term 2 or later stored its term (and any vote) before that
-    entry reached its log or storage, so with no state file the file was deleted: starting
-    with term 0 and no vote could let it vote twice in a term it already voted in. Term 1 is
-    bootstrap's, in which nobody votes (a crash between bootstrap's install and its first
-    store must not disable a new replica)."""
+    A replica holding any entry stored its term (and any vote) before that entry reached its
+    log or storage (bootstrap too stores its term before its data lands), so with no state
+    file the file was deleted: starting with term 0 and no vote could let it vote twice in a
+    term it already voted in (``waraft.core.term_recovery``)."""
     term = max(log_last.term, applied.term)
-    if term < 2:
+    if term < BOOTSTRAP_TERM:
         return None
     reason = (
         f"no state file, but the log or storage holds an entry of term {term}: the term and "

@@ -418,7 +418,7 @@ class Nemesis:
                 sim.stats["lose_state_disabled"] += 1
                 self._note(f"restart {node_id}: state file lost, disabled")
                 self._enable_later(node_id, rng)
-            else:  # nothing past bootstrap's term: it started as a new replica
+            else:  # no entry at all: it started as a new replica
                 self._note(f"restart {node_id}: state file lost, a new replica")
                 self.disabled.discard(node_id)
 

@@ -245,13 +245,13 @@ class SimNode:
         """The node is down and its durable state file (term, vote, disable reason) is deleted;
         its log and storage stay. It will start as the shell starts it
         (``waraft.partition.server._missing_state``): a log or storage holding an entry of a
-        term past bootstrap's says the term and vote were lost, so it starts ``disabled`` with
+        term, bootstrap's included, says the term and vote were lost, so it starts ``disabled`` with
         ``durable_state_missing`` until an operator enables it; otherwise as a new replica
         (no state)."""
         if self.up:
             raise RuntimeError(f"{self.id} must be down to lose its state file")
         held = max(self.log.term(self.log.last_index()) or 0, self.storage.position.term)
-        if held <= BOOTSTRAP_TERM:
+        if held < BOOTSTRAP_TERM:
             self.durable = None
         else:
             reason = f"no state file, but the log or storage holds an entry of term {held}"
