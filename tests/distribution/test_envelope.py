@@ -87,7 +87,8 @@ def test_endpoint_and_sender_identity() -> None:
         ),
         (envelope.reply_frame(7, True, codec.packb("v"), 5), (1, Kind.REPLY, 7, "v", 5)),
         (envelope.reply_frame(7, False, codec.packb("x"), 5), (1, Kind.FAIL, 7, "x", 5)),
-        (envelope.ping_frame(3, 2**63 - 1, 2), (1, Kind.PING, 3, 2**63 - 1, 2)),
+        (envelope.ping_frame(3, 2**63 - 1, 2), (1, Kind.PING, 3, 2**63 - 1, 2, None)),
+        (envelope.ping_frame(3, 9, 2, 2**63 - 1), (1, Kind.PING, 3, 9, 2, 2**63 - 1)),
         (envelope.pong_frame(3, (9, 0), (8, 1)), (1, Kind.PONG, 3, 9, 0, 8, 1)),
     ],
 )

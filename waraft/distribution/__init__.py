@@ -343,7 +343,9 @@ def stats() -> dict[str, int]:
     node id), ``rx_handler_errors``, ``rx_other_cluster`` (frames on a connection
     of another cluster's node);
     ``calls``, ``call_timeouts``, ``call_nodedown``; ``nodeup_events``, ``nodedown_events``,
-    ``sessions_ended_by_peer`` (node-downs run because the peer found this node down);
+    ``sessions_ended_by_peer`` (node-downs run because the peer found this node down),
+    ``rx_stale_sessions`` (PINGs and PONGs of a peer's superseded run, ignored),
+    ``probe_superseded_losses`` (lost connections to a peer's superseded run, no down);
     ``conn_accepted``, ``conn_closed``, ``handshake_failed``, ``auth_denied`` (ROUTER side),
     ``probe_handshake_failed``, ``pings_dropped``, ``links_reaped``; ``pending_calls``,
     ``peers``. Counters that never moved may be absent.

@@ -12,7 +12,7 @@ kind                  array                                  delivered as
 ``CALL`` (2)          ``[1, 2, name, ref, request, run]``    ``handle_call(request, from_)``
 ``REPLY`` (3)         ``[1, 3, ref, value, run]``            the caller's ``call`` returns
 ``FAIL`` (4)          ``[1, 4, ref, reason, run]``           the caller gets ``ExitError``
-``PING`` (5)          ``[1, 5, seq, run, epoch]``            answered with ``PONG``
+``PING`` (5)          ``[1, 5, seq, run, epoch, to]``        answered with ``PONG``
 ``PONG`` (6)          ``[1, 6, seq, run, epoch, r, e]``      peer liveness
 ====================  =====================================  ===============================
 
@@ -32,7 +32,9 @@ hand-made clients omit them):
   of its own.
 * ``run, epoch`` of a PING are the pinging node's run id and its *session epoch* for the pinged
   node (how many times it has found that node down, see ``peers``); the PONG echoes them and
-  adds the answering node's own run id and epoch for the pinger (``r, e``).
+  adds the answering node's own run id and epoch for the pinger (``r, e``). ``to`` of a PING
+  is the pinged node's run id as last heard of by the pinger (nil if none): an epoch that
+  counts downs of a previous run of the pinged node is no news to a new run of it.
 """
 
 from __future__ import annotations
@@ -161,12 +163,16 @@ def reply_frame(ref: int, ok: bool, payload: bytes, run: int | None = None) -> b
     return header + codec.packb(ref) + payload + codec.packb(run)
 
 
-def ping_frame(seq: int, run: int | None = None, epoch: int = 0) -> bytes:
+def ping_frame(
+    seq: int, run: int | None = None, epoch: int = 0, to_run: int | None = None
+) -> bytes:
     """A PING carrying ``seq`` and, when ``run`` is given, the sender's run id and session
-    epoch for the receiver (all echoed by the PONG)."""
+    epoch for the receiver (echoed by the PONG) and the receiver's run the epoch counts downs
+    of (``to_run``; None when the sender has heard of no run of it)."""
     if run is None:
         return _header(3, Kind.PING) + codec.packb(seq)
-    return _header(5, Kind.PING) + codec.packb(seq) + codec.packb(run) + codec.packb(epoch)
+    fields = (seq, run, epoch, to_run)
+    return _header(6, Kind.PING) + b"".join(codec.packb(v) for v in fields)
 
 
 def pong_frame(

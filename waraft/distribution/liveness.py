@@ -10,7 +10,9 @@ counts only up to the receive thread's last drained moment (``_silent``). The mo
 TCP-level facts at once: a refused connect (peer not running) or a lost connection (peer
 died) marks the peer down immediately, so callers get ``nodedown`` in milliseconds instead of
 after ``down_after``; a completed handshake triggers an immediate ping so a returning peer is
-back up after one round trip.
+back up after one round trip. A lost connection made before a new run of the peer was heard of
+is the old run's end, already taken in with the new run's session: no down
+(``_superseded``).
 
 The same poll loop serves the ROUTER's monitor (connection counters) and, with CURVE, the ZAP
 handler that decides which client keys may connect. The loop polls for at most one tick
@@ -69,12 +71,15 @@ _HANDSHAKE_FAILED = (
 
 
 class _Probe:
-    __slots__ = ("monitor", "peer", "sock")
+    __slots__ = ("connected_at", "excused", "monitor", "peer", "sock")
 
     def __init__(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], peer: Peer) -> None:
         self.sock = sock
         self.monitor = monitor
         self.peer = peer
+        # When its connection last completed a handshake (None: none since the last loss).
+        self.connected_at: float | None = None
+        self.excused = False  # its last loss was excused (``Liveness._superseded``)
 
 
 class Liveness(threading.Thread):
@@ -278,7 +283,9 @@ class Liveness(threading.Thread):
         peer.ping_seq += 1
         peer.ping_sent_at = now
         try:
-            frame = envelope.ping_frame(peer.ping_seq, self._dist.run_id, peer.epoch)
+            theirs = peer.their_session
+            to_run = None if theirs is None else theirs[0]
+            frame = envelope.ping_frame(peer.ping_seq, self._dist.run_id, peer.epoch, to_run)
             probe.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self._count("pings_dropped")
@@ -292,15 +299,35 @@ class Liveness(threading.Thread):
         faulted = peer.node_id in dist.fault_in() or peer.node_id in dist.fault_out()
         for event in events:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                probe.connected_at = time.monotonic()
+                probe.excused = False
                 if not faulted:
                     self._ping(probe, time.monotonic())
             elif event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_DISCONNECTED):
                 # Refused or lost at the TCP level: the peer process is gone (or restarting).
-                dist.peers.set_state(peer, PeerState.DOWN)
+                if not self._superseded(probe, event):
+                    dist.peers.set_state(peer, PeerState.DOWN)
             elif event & _HANDSHAKE_FAILED:
                 self._count("probe_handshake_failed")
                 logger.warning("handshake with %s failed (%s)", peer.node_id, event)
                 dist.peers.set_state(peer, PeerState.DOWN)
+
+    def _superseded(self, probe: _Probe, event: int) -> bool:
+        """Whether a lost connection of ``probe`` (``event``) was one to a run of the peer
+        that a newer run has replaced since it was made (counted): that run's end was taken
+        in when the new one's session arrived (``peers``), and a down found now would end the
+        new run's session too (a second down on both nodes). Excused are the first loss
+        after a handshake and the retry libzmq schedules right after it; a failed reconnect
+        (a further retry) is news about the new run."""
+        if event != zmq.EVENT_DISCONNECTED:
+            excused, probe.excused = probe.excused, False
+            return excused
+        connected, replaced = probe.connected_at, probe.peer.run_seen_at
+        probe.connected_at = None
+        probe.excused = connected is not None and replaced is not None and replaced > connected
+        if probe.excused:
+            self._count("probe_superseded_losses")
+        return probe.excused
 
     # ------------------------------------------------------------------ router monitor, ZAP
     def _router_event(self) -> None:

@@ -21,6 +21,11 @@ echo of echoes), so one pause costs each side one down and one up. A peer that n
 session (a client of an older build, a hand-made one) comes back up on any frame, as before.
 Calls from a peer that is down here but running (it sent frames since) are still answered.
 
+A run of the peer that was superseded by a newer one is dead (a node restarted under the same
+id): its PINGs and PONGs still queued on the way (another connection than the new run's) are
+stale, not a new session, and are ignored (the last :data:`OLD_RUNS` runs are remembered), so
+a restart costs each side one down, not a down for every switch between the two runs' frames.
+
 Silence is judged by the liveness thread only up to the moment the receive thread last drained
 its queue: a node whose receive path is behind (a flood, a stall) finds nobody down for it,
 which the peers, running the node-down too, would pay for.
@@ -39,6 +44,9 @@ from enum import Enum
 from typing import Any
 
 from waraft.distribution import nodeid
+
+OLD_RUNS = 4
+"""Superseded runs of a peer remembered per peer (their late PINGs and PONGs are stale)."""
 
 
 class PeerState(Enum):
@@ -61,11 +69,13 @@ class Peer:
         "last_rx",
         "member",
         "node_id",
+        "old_runs",
         "ping_sent_at",
         "ping_seq",
         "pings",
         "pongs",
         "rtt",
+        "run_seen_at",
         "rx",
         "rx_seen",
         "sessions",
@@ -96,6 +106,10 @@ class Peer:
         self.acked = 0
         self.their_session: tuple[int, int] | None = None
         self.sessions = False  # it sent a session or echoed one: it speaks sessions
+        # Runs of the peer superseded by a newer one (oldest first, at most OLD_RUNS), and
+        # when the current run replaced the previous one (None: never replaced).
+        self.old_runs: tuple[int, ...] = ()
+        self.run_seen_at: float | None = None
         self.forgotten = False  # set once removed from the table: holders must look it up again
         # Set once it was admitted to a member's request (a Raft RPC, a transport chunk):
         # clients and admin tools (``waraft status``) come and go, and their leaving is news
@@ -104,6 +118,12 @@ class Peer:
 
     def __repr__(self) -> str:
         return f"Peer({self.node_id!r}, {self.state.value})"
+
+    def new_run(self, previous: int) -> None:
+        """The peer's run ``previous`` was superseded by a newer one (receive thread): from
+        now on its frames are stale."""
+        self.old_runs = (*self.old_runs, previous)[-OLD_RUNS:]
+        self.run_seen_at = time.monotonic()
 
     def heard_since_down(self) -> bool:
         """Whether the peer is down and a frame came from it since: it is running, and is

@@ -518,16 +518,22 @@ class Receiver(threading.Thread):
         run, epoch = trailing_int(obj, 3), trailing_int(obj, 4)
         if run is None or epoch is None:
             pong = envelope.pong_frame(obj[2])
+        elif self._stale_run(peer, run):
+            return  # (its run is dead: nobody to answer)
         else:
-            self._note_session(peer, run, epoch)
+            to_run = trailing_int(obj, 5)
+            self._note_session(peer, run, epoch, to_run in (None, dist.run_id))
             pong = envelope.pong_frame(obj[2], (run, epoch), (dist.run_id, peer.epoch))
         dist.peers.come_up(peer)
         dist.transmit_to(peer, pong, down_too=True)  # (faults apply to pongs too)
 
-    def _note_session(self, peer: Peer, run: int, epoch: int) -> None:
+    def _note_session(self, peer: Peer, run: int, epoch: int, mine: bool = True) -> None:
         """The peer's current session for this node, from a PING or a PONG: a new run or a
         higher epoch ends the session here too. A lower epoch of the same run is stale (a
-        PING overtaken by a later PONG, which travels on another connection): ignored.
+        PING overtaken by a later PONG, which travels on another connection): ignored. So is
+        the change of a session the peer sent while it had heard of a previous run of this
+        node only (``mine`` False): it counts downs of that run, not of this one, which has
+        nothing of the peer's to clear (a restart here that the peer is not yet aware of).
 
         A new session also acknowledges every down found here: the peer has ended the
         previous session on its side (a down of its own finding, or a restart), so what
@@ -538,10 +544,23 @@ class Receiver(threading.Thread):
         seen = peer.their_session
         if seen is not None and seen[0] == run and epoch <= seen[1]:
             return
+        if seen is not None and seen[0] != run:
+            peer.new_run(seen[0])
         peer.their_session = (run, epoch)
+        if not mine:
+            return
         peer.acked = peer.epoch
         if seen is not None and self._dist.peers.mirror_down(peer):
             self._count("sessions_ended_by_peer")
+
+    def _stale_run(self, peer: Peer, run: int) -> bool:
+        """Whether ``run`` is a superseded (dead) run of the peer (counted): its PINGs and
+        PONGs, still on their way on its connections, neither begin a session nor bring the
+        peer back up (see ``peers``)."""
+        if run in peer.old_runs:
+            self._count("rx_stale_sessions")
+            return True
+        return False
 
     def _pong(self, peer: Peer, obj: tuple[Any, ...]) -> None:
         """A PONG: the round trip time, and the session it echoes. An echo of this run's
@@ -560,6 +579,8 @@ class Receiver(threading.Thread):
             # in now, not as news (a second down) once this peer is back up.
             own_run, own_epoch = trailing_int(obj, 5), trailing_int(obj, 6)
             if own_run is not None and own_epoch is not None:
+                if self._stale_run(peer, own_run):
+                    return  # the echo of a dead run acknowledges nothing
                 self._note_session(peer, own_run, own_epoch)
             peer.sessions = True
             peer.acked = max(peer.acked, epoch)

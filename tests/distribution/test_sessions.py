@@ -1,0 +1,165 @@
+"""Sessions (``peers``): which PINGs end a session, and what a node-down leaves behind.
+
+The frame-level tests play a node by hand: a DEALER that sends crafted PINGs to this process's
+node, and a ROUTER at the made-up node's address that takes the PONGs (and the node's probe).
+The others run this process as a node against child node processes (``child_node.py``); all
+on 127.0.0.1, every child killed by pid at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from waraft import distribution as dist
+from waraft.distribution import envelope, nodeid
+from waraft.distribution.envelope import Kind
+from waraft.services import codec
+
+from .helpers import PING, WAIT, wait_until
+
+
+def _kind(frames: list[bytes]) -> int:
+    return int(codec.unpackb(frames[-1])[1])
+
+
+class _Hand:
+    """A node played by hand: PINGs out on a DEALER, PONGs in on the ROUTER it listens on."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], target: str) -> None:
+        self.inbox = ctx.socket(zmq.ROUTER)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        port = self.inbox.bind_to_random_port("tcp://127.0.0.1")
+        self.node_id = f"hand@127.0.0.1:{port}"
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTING_ID, nodeid.routing_id(self.node_id, "x", None))
+        self.sock.connect(nodeid.endpoint(target))
+        self.seq = 0
+
+    def ping(self, run: int, epoch: int, to_run: int | None = None) -> None:
+        """Send a PING and wait for its PONG: the node has taken it in."""
+        self.seq += 1
+        self.sock.send(envelope.ping_frame(self.seq, run, epoch, to_run))
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.inbox.poll(100):
+                frame = self.inbox.recv_multipart()[-1]
+                obj = codec.unpackb(frame)
+                if obj[1] == Kind.PONG and obj[2] == self.seq:
+                    return
+        raise AssertionError(f"no PONG to ping {self.seq}")
+
+    def wait_probe_ping(self) -> None:
+        """Wait for a PING of the node's probe: its connection here is up."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.inbox.poll(100) and _kind(self.inbox.recv_multipart()) == Kind.PING:
+                return
+        raise AssertionError("no PING from the node's probe")
+
+    def restart_listener(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        """Close the ROUTER (the node's probe loses its connection) and listen again on the
+        same address, as a new run of the node would."""
+        port = int(self.node_id.rpartition(":")[2])
+        self.inbox.close(linger=0)
+        self.inbox = ctx.socket(zmq.ROUTER)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        deadline = time.monotonic() + WAIT
+        while True:  # (the closed socket releases the port in the background)
+            try:
+                self.inbox.bind(f"tcp://127.0.0.1:{port}")
+                return
+            except zmq.ZMQError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def send_only(self, run: int, epoch: int) -> None:
+        self.seq += 1
+        self.sock.send(envelope.ping_frame(self.seq, run, epoch))
+
+    def downs(self) -> int:
+        return int(dist.peers()[self.node_id]["down_events"])
+
+
+@pytest.fixture
+def slow_node() -> Iterator[str]:
+    """This process as a node whose liveness finds nobody down during a test by silence: the
+    hand-played node answers no PING."""
+    node_id = dist.start(
+        "parent@127.0.0.1:0", ping_interval=PING, down_after=60.0, connect_timeout=60.0
+    )
+    try:
+        yield node_id
+    finally:
+        dist.stop()
+
+
+def test_a_late_ping_of_a_superseded_run_is_no_new_session(
+    slow_node: str, raw: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """A node restarted under the same id: its new run's PING ends the session here (one
+    node-down). A PING of the dead run still queued on its old connection used to count as a
+    new session again (any run but the last seen did): it brought the dead run up, and the
+    new run's next PING ran another node-down, once per switch between the two runs' frames.
+    Now a superseded run's PINGs are stale: no down, no up, no PONG."""
+    hand = _Hand(raw, slow_node)
+    hand.ping(run=1, epoch=0)
+    hand.ping(run=2, epoch=0)  # restarted
+    assert hand.downs() == 1  # the old run's session ended here too
+    assert dist.peers()[hand.node_id]["state"] == "up"
+    hand.send_only(run=1, epoch=0)  # the old run's late PING (never answered now)
+    hand.ping(run=2, epoch=0)  # (same connection: taken in after the late one)
+    assert hand.downs() == 1
+    assert dist.stats().get("rx_stale_sessions") == 1
+    assert dist.peers()[hand.node_id]["state"] == "up"
+
+
+def test_losing_the_connection_to_a_superseded_run_is_no_down(
+    slow_node: str, raw: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """The node's probe connected to a run of the peer that a new run has replaced since
+    (a peer restarted while this node was paused): the loss of that connection, seen once
+    the new run's session was taken in, used to be a down of this node's finding, which
+    ended the new run's session as well (a second down here, and one there). It is the old
+    run's end, already taken in: no down, and the peer stays up."""
+    d = dist._dist
+    assert d is not None
+    hand = _Hand(raw, slow_node)
+    hand.ping(run=1, epoch=0)
+
+    def probe_connected() -> bool:
+        probe = d.liveness._probes.get(hand.node_id)
+        return probe is not None and probe.connected_at is not None
+
+    wait_until(probe_connected, what="the node's probe connected to the first run")
+    hand.ping(run=2, epoch=0)  # the new run: one down here
+    assert hand.downs() == 1
+    hand.restart_listener(raw)
+    hand.wait_probe_ping()  # the probe lost its connection, and is connected again
+    hand.ping(run=2, epoch=0)
+    assert hand.downs() == 1
+    assert dist.peers()[hand.node_id]["state"] == "up"
+    assert dist.stats().get("probe_superseded_losses") == 1
+
+
+def test_downs_of_a_previous_run_of_this_node_are_no_news(
+    slow_node: str, raw: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """A peer that had not yet heard of this node's restart found its previous run down and
+    bumped its epoch for it: that ended a session with the previous run, and this run, which
+    has nothing of the peer's, used to run a node-down for it anyway (a review saw a fresh
+    node record a down for its peer in 8 restarts of 10). A PING names the run its epoch is
+    about; another run than this one's is no news here, this run's is."""
+    d = dist._dist
+    assert d is not None
+    hand = _Hand(raw, slow_node)
+    hand.ping(run=7, epoch=0)
+    hand.ping(run=7, epoch=1, to_run=d.run_id ^ 1)  # a down of a previous run of this node
+    assert hand.downs() == 0
+    hand.ping(run=7, epoch=2, to_run=d.run_id)  # a down of this run: news
+    assert hand.downs() == 1
+    assert dist.peers()[hand.node_id]["state"] == "up"
