@@ -7,8 +7,10 @@ on 127.0.0.1, every child killed by pid at the end."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -16,9 +18,10 @@ import zmq
 from waraft import distribution as dist
 from waraft.distribution import envelope, nodeid
 from waraft.distribution.envelope import Kind
+from waraft.distribution.receiver import Receiver
 from waraft.services import codec
 
-from .helpers import PING, WAIT, wait_until
+from .helpers import PING, WAIT, Child, wait_until
 
 
 def _kind(frames: list[bytes]) -> int:
@@ -163,3 +166,56 @@ def test_downs_of_a_previous_run_of_this_node_are_no_news(
     hand.ping(run=7, epoch=2, to_run=d.run_id)  # a down of this run: news
     assert hand.downs() == 1
     assert dist.peers()[hand.node_id]["state"] == "up"
+
+
+def test_answers_to_a_peer_up_on_its_side_only_are_not_dropped(
+    node: str, spawn: Callable[..., Child], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This node found the child down; the child took the down in on this node's PING and is
+    up on its side at once, but its PONG (which brings it back up here) can be overtaken by
+    its other frames, on other connections: modelled by holding its PONGs back here. A
+    monitor and a link it asked for meanwhile, of a name not registered here, used to get
+    their DOWN and EXIT noproc dropped (only the answers to calls went to a peer down here):
+    the child's monitor never fired. They are answers to what the peer just sent: they go."""
+    child = spawn("late", "--down", "30")  # the child only takes in this node's downs
+    ctl = spawn("ctl")  # drives the child while it is down here
+
+    def on_child(*request: Any) -> Any:
+        ok, value = ctl.call("call_to", child.echo, request, 5.0)
+        assert ok == "ok", value
+        return value
+
+    on_child("spawn", "w", True)
+    assert child.call("cast_to", ("nobody", node), "hello") is True  # it knows this node
+    wait_until(lambda: dist.peers().get(child.node_id, {}).get("state") == "up", what="up")
+    d = dist._dist
+    assert d is not None
+    wait_until(lambda: d.peers.by_id[child.node_id].sessions, what="the child's session")
+    held = threading.Event()
+    real_pong = Receiver._pong
+
+    def pong(self: Receiver, peer: Any, obj: Any) -> None:
+        if not (held.is_set() and peer.node_id == child.node_id):
+            real_pong(self, peer, obj)
+
+    monkeypatch.setattr(Receiver, "_pong", pong)
+    dist.set_fault([child.node_id])
+    wait_until(lambda: dist.peers()[child.node_id]["state"] == "down", what="child down here")
+    held.set()
+    dist.clear_fault()
+    wait_until(lambda: on_child("peers")[node]["down_events"] == 1, what="the child's node-down")
+    wait_until(lambda: on_child("peers")[node]["state"] == "up", what="this node up there")
+    assert dist.peers()[child.node_id]["state"] == "down"
+    on_child("victim", "w", ("monitor", ("nosuch", node)))
+    on_child("victim", "w", ("link", ("nosuch", node)))
+
+    def answered() -> bool:
+        return len(on_child("victim", "w", ("infos",))) == 2
+
+    try:
+        wait_until(answered, what="DOWN and EXIT noproc on the child")
+    finally:
+        held.clear()
+    infos = on_child("victim", "w", ("infos",))
+    assert {info[0] for info in infos} == {"DOWN", "EXIT"}
+    assert all(info[-1] == "noproc" for info in infos)

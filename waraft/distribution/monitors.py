@@ -25,6 +25,10 @@ across to it delivers an exit signal ``"noconnection"`` to its local end, and ev
 peer had installed here is removed: neither table keeps anything for a lost node.
 ``dist.stop()`` does the same for every peer.
 
+The answers to a request (``DOWN``/exit ``noproc`` for a name not registered here, or for a
+process already dead) go out even while the requesting node is down here but has sent frames
+since: it is running, and may be up on its side already (see ``peers``).
+
 Signals never block: one that cannot be queued (peer down, its queue full) is counted as
 ``signals_dropped``; a monitor or link whose request cannot be sent fails at once with
 ``"noconnection"``. Ordering is per sending thread, as for any message: an exit signal sent
@@ -144,13 +148,18 @@ class DistSignals:
         self._tombstones: dict[tuple[str, int], None] = {}
 
     # ------------------------------------------------------------------ sending
-    def _send(self, node_id: str, msg: tuple[Any, ...]) -> bool:
+    def _send(self, node_id: str, msg: tuple[Any, ...], answer: bool = False) -> bool:
+        """Send ``msg`` to ``node_id``'s :data:`SIGNALS`; ``answer``: it answers a request
+        the node just sent (``Dist.transmit_answer``: not dropped while the node is down
+        here but running)."""
         try:
             payload = codec.packb(msg)
         except codec.CodecError:
             # An exit reason that cannot travel goes as its repr, as a reason still must.
             payload = codec.packb((*msg[:-1], repr(msg[-1])))
-        if self._dist.transmit(node_id, envelope.cast_frame(SIGNALS, payload)):
+        frame = envelope.cast_frame(SIGNALS, payload)
+        dist = self._dist
+        if dist.transmit_answer(node_id, frame) if answer else dist.transmit(node_id, frame):
             return True
         self._dist.counters.incr("signals_dropped")
         return False
@@ -279,7 +288,7 @@ class DistSignals:
         key = (node_id, ref_id)
         if pid is None or self._closed or self._full(node_id):
             reason = NOPROC if pid is None or self._closed else SYSTEM_LIMIT
-            self._send(node_id, ("down", self._me, ref_id, reason))
+            self._send(node_id, ("down", self._me, ref_id, reason), answer=True)
             return
         local_ref = Ref()
         # Recorded before it is installed: a death in between finds (and pops) the entry.
@@ -297,7 +306,7 @@ class DistSignals:
             with self._lock:
                 if self._in_monitors.pop(key, None) is not None:
                     self._held(node_id, -1)
-            self._send(node_id, ("down", self._me, ref_id, pid._exit_reason))
+            self._send(node_id, ("down", self._me, ref_id, pid._exit_reason), answer=True)
 
     def _on_demonitor(self, node_id: str, ref_id: int) -> None:
         key = (node_id, ref_id)
@@ -336,7 +345,7 @@ class DistSignals:
         pid = self._registry.whereis(name) if name in _LINKABLE else None
         if pid is None or self._closed or self._full(node_id):
             reason = NOPROC if pid is None or self._closed else SYSTEM_LIMIT
-            self._send(node_id, ("link_exit", self._me, name, pid_id, reason))
+            self._send(node_id, ("link_exit", self._me, name, pid_id, reason), answer=True)
             return
         end = RemotePid(node_id, pid_id)
         with self._lock:
@@ -350,7 +359,7 @@ class DistSignals:
                 pid._links.add(end)
         if not alive:
             self._forget_in_link(node_id, pid_id, name, pid)
-            self._send(node_id, ("link_exit", self._me, name, pid_id, pid._exit_reason))
+            self._send(node_id, ("link_exit", self._me, name, pid_id, pid._exit_reason), True)
 
     def _forget_in_link(self, node_id: str, pid_id: int, name: str, pid: Pid) -> bool:
         with self._lock:

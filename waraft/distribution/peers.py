@@ -19,7 +19,8 @@ the same outage, the first PING that gets through brings both back up, and neith
 echo while the other already sends. A down this node only mirrors does not bump its epoch (no
 echo of echoes), so one pause costs each side one down and one up. A peer that never sent a
 session (a client of an older build, a hand-made one) comes back up on any frame, as before.
-Calls from a peer that is down here but running (it sent frames since) are still answered.
+Calls and link/monitor requests from a peer that is down here but running (it sent frames
+since) are still answered: it may be up on its side already, its PONG overtaken by them.
 
 A run of the peer that was superseded by a newer one is dead (a node restarted under the same
 id): its PINGs and PONGs still queued on the way (another connection than the new run's) are

@@ -275,6 +275,17 @@ class Dist:
             logger.error("cannot send to %s: %s", peer.node_id, exc)
             return False
 
+    def transmit_answer(self, node_id: str, frame: bytes) -> bool:
+        """:meth:`transmit` the answer to a frame ``node_id`` just sent: also while it is
+        down here but has sent since (``Peer.heard_since_down``). Such a peer is running and
+        may be up on its side already (it acknowledged the down with a PING or PONG that its
+        other frames overtook, on another connection): dropped, the answer would be lost for
+        good, as for the answers to its calls."""
+        peer = self._peer_map.get(node_id)
+        if peer is None:
+            return self.transmit(node_id, frame)
+        return self.transmit_to(peer, frame, down_too=peer.heard_since_down())
+
     def cast_bytes(self, addr: tuple[str, str], payload: bytes, *, info: bool = False) -> bool:
         """Ship an already encoded message (``codec.packb(msg)``) to ``addr``."""
         name, node_id = addr
