@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -27,6 +28,7 @@ def test_down_and_up_transitions_reach_every_listener_once() -> None:
     fake = SimpleNamespace(
         counters=Counters(), _pending={}, signals=SimpleNamespace(node_down=lost.append)
     )
+    fake.clean_up_after = partial(Dist.clean_up_after, fake)
     peer = Peer("b@127.0.0.1:9", 0.0)
     distribution.add_peer_listener(broken)
     distribution.add_peer_listener(listener)
@@ -70,6 +72,7 @@ def test_only_a_member_going_down_is_a_warning(caplog: pytest.LogCaptureFixture)
     fake = SimpleNamespace(
         counters=Counters(), _pending={}, signals=SimpleNamespace(node_down=lambda node: None)
     )
+    fake.clean_up_after = partial(Dist.clean_up_after, fake)
     with caplog.at_level(logging.INFO, logger="waraft.distribution.runtime"):
         for peer in (member, client):
             Dist._on_peer_change(fake, peer, PeerState.UP, PeerState.DOWN)  # type: ignore[arg-type]

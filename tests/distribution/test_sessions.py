@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 from waraft import distribution as dist
+from waraft import otp
 from waraft.distribution import envelope, nodeid
 from waraft.distribution.envelope import Kind
 from waraft.distribution.receiver import Receiver
@@ -219,3 +220,68 @@ def test_answers_to_a_peer_up_on_its_side_only_are_not_dropped(
     infos = on_child("victim", "w", ("infos",))
     assert {info[0] for info in infos} == {"DOWN", "EXIT"}
     assert all(info[-1] == "noproc" for info in infos)
+
+
+class _Watcher(otp.Process):
+    """Monitors and links on request (trapping exits), and keeps what it is sent."""
+
+    def init(self) -> None:
+        self.trap_exit = True
+        self.infos: list[Any] = []
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        if request[0] == "monitor":
+            otp.monitor(tuple(request[1]))
+        elif request[0] == "link":
+            otp.link(tuple(request[1]))
+        return list(self.infos)
+
+    def handle_info(self, msg: Any) -> None:
+        self.infos.append(msg)
+
+
+def test_a_peer_down_here_that_ends_the_session_takes_what_it_installed_since(
+    node: str, spawn: Callable[..., Child]
+) -> None:
+    """A one-way cut that changes direction: first this node's frames are lost (the child
+    finds it down; this node takes the down in and is up again), then the child's (this
+    node's frames reach the child, where it is still down: a monitor and a link are
+    installed there), and this node finds the child down in turn: its node-down drops its
+    ends of the monitor and the link. The child took this new session in without a clean-up
+    (it had this node down already): the monitor and the link dangled there for good."""
+    child = spawn("b")
+    ctl = spawn("ctl")  # reads the child while this node is cut off from it
+
+    def on_child(*request: Any) -> Any:
+        ok, value = ctl.call("call_to", child.echo, request, 5.0)
+        assert ok == "ok", value
+        return value
+
+    on_child("spawn", "w", True)
+    watcher = otp.start(_Watcher, name="watcher")
+    assert child.call("echo", 1) == 1
+    d = dist._dist
+    assert d is not None
+    wait_until(lambda: d.peers.by_id[child.node_id].sessions, what="the child's session")
+    dist.set_fault(outbound=[child.node_id])
+    wait_until(lambda: on_child("peers")[node]["state"] == "down", what="the child finds it down")
+    wait_until(lambda: dist.stats().get("sessions_ended_by_peer") == 1, what="the down here")
+    wait_until(lambda: dist.peers()[child.node_id]["state"] == "up", what="child up here")
+    dist.set_fault(inbound=[child.node_id])
+    otp.call(watcher, ("monitor", ("w", child.node_id)), 5.0)
+    otp.call(watcher, ("link", ("w", child.node_id)), 5.0)
+
+    def installed() -> bool:
+        stats = on_child("stats")
+        return bool(stats.get("remote_monitors_in") == stats.get("remote_links_in") == 1)
+
+    wait_until(installed, what="the monitor and the link on the child")
+    wait_until(lambda: dist.peers()[child.node_id]["state"] == "down", what="child down here")
+    wait_until(lambda: len(otp.call(watcher, ("infos",), 5.0)) == 2, what="noconnection here")
+    dist.clear_fault()
+    wait_until(lambda: dist.peers()[child.node_id]["state"] == "up", what="child up here")
+    wait_until(lambda: child.call("peers")[node]["state"] == "up", what="this node up there")
+    stats = child.call("stats")
+    assert stats.get("remote_monitors_in", 0) == stats.get("remote_links_in", 0) == 0
+    infos = child.call("victim", "w", ("infos",))  # the link's end there is told
+    assert [(info[0], info[-1]) for info in infos] == [("EXIT", "noconnection")]

@@ -17,7 +17,10 @@ across a node-down both saw. A PONG echoing the epoch acknowledges it, and so do
 of the peer (a down of its own finding, or a new run): when both nodes found the other down in
 the same outage, the first PING that gets through brings both back up, and neither waits for an
 echo while the other already sends. A down this node only mirrors does not bump its epoch (no
-echo of echoes), so one pause costs each side one down and one up. A peer that never sent a
+echo of echoes), so one pause costs each side one down and one up. A peer that ends the
+session while it is down here already gets the node-down's clean-up again if frames of it
+were taken in since the down (a one-way cut that changed direction: what it installed here
+meanwhile, it has dropped on its side). A peer that never sent a
 session (a client of an older build, a hand-made one) comes back up on any frame, as before.
 Calls and link/monitor requests from a peer that is down here but running (it sent frames
 since) are still answered: it may be up on its side already, its PONG overtaken by them.
@@ -82,6 +85,7 @@ class Peer:
         "sessions",
         "since",
         "state",
+        "taken_while_down",
         "their_session",
     )
 
@@ -109,6 +113,9 @@ class Peer:
         self.sessions = False  # it sent a session or echoed one: it speaks sessions
         # Runs of the peer superseded by a newer one (oldest first, at most OLD_RUNS), and
         # when the current run replaced the previous one (None: never replaced).
+        # Whether a frame of it was acted on while it was down here (receive thread; cleared
+        # by each node-down): what it installed since must go with its next session's end.
+        self.taken_while_down = False
         self.old_runs: tuple[int, ...] = ()
         self.run_seen_at: float | None = None
         self.forgotten = False  # set once removed from the table: holders must look it up again
@@ -231,6 +238,7 @@ class PeerTable:
             peer.state = state
             peer.since = time.monotonic()
             if state is PeerState.DOWN:
+                peer.taken_while_down = False
                 peer.down_events += 1
                 if bump:
                     peer.epoch += 1

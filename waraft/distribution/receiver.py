@@ -408,6 +408,8 @@ class Receiver(threading.Thread):
             peer.last_rx = time.monotonic()
             if kind < Kind.PING:  # (pings and pongs settle the session first)
                 dist.peers.come_up(peer)
+                if peer.state is PeerState.DOWN:
+                    peer.taken_while_down = True
         if kind == Kind.CAST:
             if self._admit(peer, conn.sender, obj[2], False, obj[3], frame) is not True:
                 return
@@ -550,7 +552,15 @@ class Receiver(threading.Thread):
         if not mine:
             return
         peer.acked = peer.epoch
-        if seen is not None and self._dist.peers.mirror_down(peer):
+        if seen is None:
+            return
+        if self._dist.peers.mirror_down(peer):
+            self._count("sessions_ended_by_peer")
+        elif peer.taken_while_down:
+            # Down here already, but what it installed since (its frames got through while
+            # this node's did not) is gone on its side: cleared here too.
+            peer.taken_while_down = False
+            self._dist.clean_up_after(peer)
             self._count("sessions_ended_by_peer")
 
     def _stale_run(self, peer: Peer, run: int) -> bool:

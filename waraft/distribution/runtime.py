@@ -484,17 +484,24 @@ class Dist:
                 peer.node_id,
                 old.value,
             )
-            reason = ("nodedown", peer.node_id)
-            for ref, entry in self._pending.copy().items():
-                if entry.node == peer.node_id:
-                    self._pending.pop(ref, None)
-                    entry.handle.fail(reason)
-            self.signals.node_down(peer.node_id)
+            self.clean_up_after(peer)
             _notify_peer_listeners(peer.node_id, False)
         elif new is PeerState.UP:
             self.counters.incr("nodeup_events")
             logger.info("node %s is up", peer.node_id)
             _notify_peer_listeners(peer.node_id, True)
+
+    def clean_up_after(self, peer: Peer) -> None:
+        """The node-down's clean-up for ``peer`` (without a state change): its pending calls
+        fail with ``nodedown``, monitors and links with it get ``noconnection``, and what it
+        installed here is removed. Run by every down, and again when a peer down here ends
+        the session after frames of it were taken in (``peers``)."""
+        reason = ("nodedown", peer.node_id)
+        for ref, entry in self._pending.copy().items():
+            if entry.node == peer.node_id:
+                self._pending.pop(ref, None)
+                entry.handle.fail(reason)
+        self.signals.node_down(peer.node_id)
 
     # ------------------------------------------------------------------ faults
     def set_fault(self, inbound: Iterable[str], outbound: Iterable[str]) -> None:
