@@ -284,6 +284,12 @@ class Dist:
         peer = self._peer_map.get(node_id)
         if peer is None:
             return self.transmit(node_id, frame)
+        return self._answer_to(peer, frame)
+
+    def _answer_to(self, peer: Peer, frame: bytes) -> bool:
+        """:meth:`transmit_to` an answer (a call's reply, a link's or monitor's immediate
+        signal): also while ``peer`` is down here but has sent since, see
+        :meth:`transmit_answer`."""
         return self.transmit_to(peer, frame, down_too=peer.heard_since_down())
 
     def cast_bytes(self, addr: tuple[str, str], payload: bytes, *, info: bool = False) -> bool:
@@ -448,7 +454,7 @@ class Dist:
         # seeing this node take in a down of its own finding, sent before the PONG that
         # acknowledges it arrived (another connection): answered, not left to time out.
         frame = envelope.reply_frame(ref, ok, payload, run)
-        if not self.transmit_to(peer, frame, down_too=peer.heard_since_down()):
+        if not self._answer_to(peer, frame):
             self.counters.incr("tx_replies_dropped")
 
     def complete_call(
