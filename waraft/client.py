@@ -1508,7 +1508,17 @@ class Client:
             if len(keep) != len(held):
                 late.extend(r for r in held if r.deadline <= now)
                 self._held[partition] = keep
+        if self._unserved:
+            self._prune_unserved(now)
         return batches, late
+
+    def _prune_unserved(self, now: float) -> None:
+        """Under the lock: forget the ``no_such_partition`` answers older than
+        ``UNSERVED_FOR`` (a partition may have been started since), so the map holds only
+        the last few seconds' answers however many partitions have answered over time."""
+        unserved = self._unserved
+        for key in [k for k, until in unserved.items() if until <= now]:
+            del unserved[key]
 
     def _forget_silent_leader(self, batch: _Batch, now: float) -> None:
         """Under the lock: a batch that expired at its callers' deadlines went to a node that
@@ -1785,9 +1795,8 @@ class Client:
         partition for ``UNSERVED_FOR`` s; True once every known node has said so."""
         now = time.monotonic()
         with self._lock:
+            self._prune_unserved(now)
             unserved = self._unserved
-            for key in [k for k, until in unserved.items() if until <= now]:
-                del unserved[key]  # expired: a partition may have been started since
             unserved[(partition, node)] = now + UNSERVED_FOR
             if self._leaders.get(partition) == node:
                 del self._leaders[partition]

@@ -11,6 +11,7 @@ import pytest
 
 from tests.multiprocess.conftest import make_cluster
 from tests.multiprocess.harness import Cluster, wait_until
+from waraft import client as client_module
 from waraft import distribution as dist
 from waraft.client import NO_SUCH_PARTITION, Client
 from waraft.services.codec import MAX_UNTRUSTED_OBJECTS
@@ -141,7 +142,9 @@ def test_a_command_over_the_nodes_value_limit_is_refused_and_big_batches_are_spl
         client.close()
 
 
-def test_a_partition_no_node_runs_ends_no_such_partition_not_timeout(cluster: Cluster) -> None:
+def test_a_partition_no_node_runs_ends_no_such_partition_not_timeout(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The nodes dropped a batch to an acceptor nobody had: a mistyped table or a partition
     # past the table's waited out the caller's whole deadline and ended "timeout", which
     # also reads as "maybe applied" (two reviews' finding).
@@ -159,6 +162,14 @@ def test_a_partition_no_node_runs_ends_no_such_partition_not_timeout(cluster: Cl
         assert beyond.commit(1, ("write", "kv", "served", 2)) == "ok"  # the others still work
         answered = sum(cluster.admin(i, "dist_stats").get("rx_unserved", 0) for i in range(3))
         assert answered >= 3  # every node was asked before the client gave up
+        # The answers are forgotten once they expire, by the sender's own scans: the map does
+        # not keep every (partition, node) that ever answered so.
+        monkeypatch.setattr(client_module, "UNSERVED_FOR", 0.2)
+        assert beyond.commit(2, ("write", "kv", "a", 1)) == NO_SUCH_PARTITION
+        assert beyond._unserved
+        wait_until(
+            lambda: beyond.commit(1, ("write", "kv", "x", 1)) == "ok" and not beyond._unserved
+        )
     finally:
         beyond.close()
         mistyped.close()
