@@ -10,7 +10,7 @@ import shutil
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -724,8 +724,10 @@ class _Answerer(otp.Process):
 
 
 @pytest.fixture
-def fsync_gate(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Every ``fdatasync`` waits (at most 10 s) until the returned event is set."""
+def fsync_gate(monkeypatch: pytest.MonkeyPatch) -> Callable[[], threading.Event]:
+    """Once the returned function is called, every ``fdatasync`` waits (at most 10 s) until the
+    event it returns is set. Called after the log is open: opening syncs too (the recovery's
+    compaction), and a gate held there cost each test 10 s per sync for nothing."""
     gate = threading.Event()
     real = os.fdatasync
 
@@ -733,18 +735,21 @@ def fsync_gate(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
         gate.wait(10)
         real(fd)
 
-    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
-    return gate
+    def hold() -> threading.Event:
+        monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+        return gate
+
+    return hold
 
 
 def test_a_scheduled_process_waiting_for_an_fsync_yields_its_scheduler(
-    root: Path, fsync_gate: threading.Event
+    root: Path, fsync_gate: Callable[[], threading.Event]
 ) -> None:
     """A partition server is scheduled (``WalLog`` does no blocking I/O itself): while its
     sync waits for the WAL's fsync, the other processes of its scheduler thread must run —
     blocking the thread made a node's partitions sync one after another."""
     log = WalLog.open(root / "kv.1")
-    gate = fsync_gate
+    gate = fsync_gate()
     node = otp.Node("walsched@t", schedulers=1, process_type=otp.SCHEDULED)
     try:
         syncer = _Syncer.start(node=node)
@@ -775,13 +780,13 @@ class _RecordingSyncer(otp.Process):
 
 
 def test_a_server_killed_while_parked_on_an_fsync_stops_there(
-    root: Path, fsync_gate: threading.Event
+    root: Path, fsync_gate: Callable[[], threading.Event]
 ) -> None:
     """A partition server killed (its supervisor gave up waiting for it) while parked on the
     group commit must not run on when the commit resumes it: its EXIT went out and its next
     incarnation may already be answering in its place. It ran on to its next otp wait."""
     log = WalLog.open(root / "kv.1")
-    gate = fsync_gate
+    gate = fsync_gate()
     node = otp.Node("walkilled@t", schedulers=1, process_type=otp.SCHEDULED)
     events: list[str] = []
     try:
