@@ -155,3 +155,24 @@ def test_a_replica_holding_only_bootstraps_entry_lost_its_term_too() -> None:
     node.fire(now=LATER)  # before, it went on as a follower at term 0
     node.rpc(ident(3), RequestVote(ElectionType.ALLOWED, 1, 1), term=3, now=LATER + 1)
     assert not granted(node) and node.state is State.STALLED
+
+
+def test_two_replicas_that_lost_their_terms_tell_each_other_where_their_logs_end() -> None:
+    # n2 led term 6 with n1's vote, and only its own log holds an entry of term 6; then both
+    # lost their state files. n1 took n2's question (sent at n2's durable term, 0) for its
+    # term: it went on at 5 and voted for n3 in term 6, a second leader in a term whose
+    # entry n2 still holds (and at the same index: two entries, one position).
+    n1 = make_node(1, entries=entries_of([5, 5]), durable=DurableState(0, None, MISSING))
+    n2 = make_node(2, entries=entries_of([5, 5, 6]), durable=DurableState(0, None, MISSING))
+    n3 = make_node(3, entries=entries_of([5, 5]), durable=DurableState(5, "n2"))
+    cluster = Cluster([n1, n2, n3])
+    for n in (1, 2):
+        cluster.handle(n, Enable("op"))
+    cluster.deliver()
+    # Each heard the other's question, at the term its log ends in: neither waits for good.
+    assert (n1.state, n1.core.current_term, n1.core.voted_for) == (State.FOLLOWER, 6, "n1")
+    assert (n2.state, n2.core.current_term, n2.core.voted_for) == (State.FOLLOWER, 6, "n2")
+    n1.rpc(ident(3), RequestVote(ElectionType.ALLOWED, 3, 5), term=6, now=LATER)
+    assert not granted(n1)
+    n1.rpc(ident(3), RequestVote(ElectionType.ALLOWED, 3, 5), term=7, now=LATER + 1)
+    assert granted(n1)

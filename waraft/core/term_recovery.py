@@ -58,10 +58,29 @@ def ask(core: Replica) -> None:
     missing = unheard(core)
     core.log_notice("lost its term and vote: asking %s for their terms", sorted(missing))
     core.count("stalled.term_lost")
-    for member in core.current_config().membership:
+    members = core.current_config().membership
+    # A voter asks at the term its own log ends in, which is its answer to another voter
+    # recovering at the same time (see ``_floor``). A learner is nobody's voter, and asks
+    # below everyone's term so that voters answer a non-member (``terms.handle_rpc``).
+    term = _floor(core) if any(m.node == core.node for m in members) else core.current_term
+    for member in members:
         if member.node in missing:
-            core.send(member, RequestPreVote(0))
+            core.send(member, RequestPreVote(0), term=term)
     core.election_timeout()
+
+
+def _floor(core: Replica) -> int:
+    """The highest term a replica that lost its term knows it took part in: its log's last.
+
+    It is what such a voter tells another one recovering at the same time (its question's
+    term), and enough for that one: a term the other voted in for it was a candidacy that
+    died with the lost state, or a leadership whose entries it holds (a leader's entries are
+    in its log before any follower counts them); an entry of that term it does not hold
+    reached only followers, which know the term and answer it themselves. Its question's
+    own term (0 once re-enabled) would be taken for its term: seen so, the other went on
+    below a term it had voted in and could vote in it again (two leaders in a term).
+    """
+    return max(core.last_log_pos().term, core.current_term)
 
 
 def _voters(core: Replica) -> set[str]:
@@ -78,8 +97,7 @@ def _recovered(core: Replica) -> bool:
     voters = _voters(core)
     if not voters <= core.terms_heard.keys():
         return False
-    pos = core.last_log_pos()
-    floor = max([pos.term, core.current_term, *(core.terms_heard[n] for n in voters)])
+    floor = max([_floor(core), *(core.terms_heard[n] for n in voters)])
     core.term_lost = False
     core.terms_heard = {}
     core.log_notice("recovered its lost term: %d, counted as voted in it", floor)
