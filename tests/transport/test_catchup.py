@@ -202,6 +202,10 @@ def _ask(leader: otp.Node, target: otp.Node, witness: bool = False) -> None:
         snapshot_catchup.catchup(options, Identity("raft_server_test_1", target.id), witness)
 
 
+def _storage_status(node: otp.Node) -> dict[str, Any]:
+    return storage.status(addr("storage", node))
+
+
 def _coordinator(node: otp.Node) -> dict[str, Any]:
     return on(node, snapshot_catchup.state)
 
@@ -260,6 +264,64 @@ def test_a_snapshot_still_being_sent_survives_newer_catchups(tmp_path: Path) -> 
     for transport_id in state_now["transports"].values():
         assert wait_status(leader, transport_id, "completed", "failed") == "completed"
     wait_until(lambda: _snapshots(leader) == [])  # released by the coordinator once sent
+
+
+def test_a_snapshot_being_sent_survives_an_operators_snapshots(tmp_path: Path) -> None:
+    # An operator (the shell, an admin command, an embedding application) knows nothing of the
+    # catch-ups: its create_snapshot, with or without keep, must not delete the snapshot a
+    # transport still sends (the sender opens each file only when it sends it).
+    leader = _single(tmp_path)
+    set_raft(leader, dist_transport_chunk_size=64)  # many chunks: the transfer is held
+    target = start(tmp_path, "t")
+    log = ChunkLog(hold=True)
+    replace_receiver(target, log)
+    _ask(leader, target)
+    wait_until(lambda: log.wait_chunks(1, timeout=0))
+    ((sent, transport_id),) = _coordinator(leader)["transports"].items()
+    (sending,) = _snapshots(leader)
+    made = []
+    for i, keep in enumerate([None, None, (), ()]):
+        _write(leader, 1, prefix=f"op{i}")
+        args = {} if keep is None else {"keep": keep}
+        ok, position = storage.create_snapshot(addr("storage", leader), **args)
+        assert ok == "ok"
+        made.append(storage.snapshot_name(position))
+        # Retention still applies to the operator's own: the newest older one is kept.
+        assert set(_snapshots(leader)) == {sending, *made[-2:]}
+    log.release_all()
+    assert wait_status(leader, transport_id, "completed", "failed") == "completed"
+    assert sent == ("raft_server_test_1", target.id)
+    # Once sent, the coordinator deletes it and the storage no longer spares it.
+    wait_until(lambda: sending not in _snapshots(leader))
+    assert _storage_status(leader)["snapshots_in_use"] == []
+
+
+def test_a_restarted_storage_is_told_again_which_snapshots_are_being_sent(
+    tmp_path: Path,
+) -> None:
+    # The partition (its storage with it) restarts while the node-wide transport keeps
+    # sending: the coordinator's next scan tells the new storage what it must spare.
+    leader = _single(tmp_path, log_module=DISK, storage_module=SQLITE)
+    set_raft(leader, dist_transport_chunk_size=64)  # many chunks: the transfer is held
+    target = start(tmp_path, "t")
+    log = ChunkLog(hold=True)
+    replace_receiver(target, log)
+    _ask(leader, target)
+    wait_until(lambda: log.wait_chunks(1, timeout=0))
+    (transport_id,) = _coordinator(leader)["transports"].values()
+    (sending,) = _snapshots(leader)
+    with leader.activate():
+        old = otp.whereis("raft_storage_test_1")
+        otp.kill("raft_storage_test_1")
+        wait_until(lambda: (p := otp.whereis("raft_storage_test_1")) and p is not old)
+    wait_until(lambda: _storage_status(leader)["snapshots_in_use"] == [sending])
+    wait_until(lambda: state(leader) == "leader")
+    for i in range(2):
+        _write(leader, 1, prefix=f"r{i}")
+        assert storage.create_snapshot(addr("storage", leader))[0] == "ok"
+    assert sending in _snapshots(leader)
+    log.release_all()
+    assert wait_status(leader, transport_id, "completed", "failed") == "completed"
 
 
 def test_an_overloaded_target_is_backed_off_and_its_snapshot_removed(tmp_path: Path) -> None:

@@ -403,6 +403,7 @@ class StorageServer(otp.Process):
             self._failed: str | None = None  # see _apply_failed
             self._failure_key = (self.node.id, self.name)
             self._write_back_timer: otp.TimerRef | None = None  # see _arm_write_back
+            self._sending: frozenset[str] = frozenset()  # see _create_snapshot
             self.position: LogPos = self.provider.position()
             self.skipped = 0
             self.sessions = self._load_sessions()
@@ -510,6 +511,8 @@ class StorageServer(otp.Process):
             msg.from_.reply(self._read(msg.command, self._reply_budget()))
         elif cls is tuple and len(msg) == 2 and msg[0] == "delete_snapshot":
             self._delete_snapshot(msg[1])
+        elif cls is tuple and len(msg) == 2 and msg[0] == "snapshots_in_use":
+            self._sending = _snapshot_names(msg[1])
         else:
             logger.warning("storage %s dropped an unexpected cast %.200r", self.name, msg)
         if self._corruption is not None:
@@ -1100,6 +1103,7 @@ class StorageServer(otp.Process):
                 "module": type(provider).__name__,
                 "last_applied": self.position.index,
                 "witness": self.witness,
+                "snapshots_in_use": sorted(self._sending),
             }
             status.update(provider.status())
             return status
@@ -1121,7 +1125,8 @@ class StorageServer(otp.Process):
         if kind in ("create_snapshot", "create_witness_snapshot"):
             name = request[1] if len(request) > 1 else None
             keep = request[2] if len(request) > 2 else ()
-            return self._create_snapshot(name, kind == "create_witness_snapshot", keep)
+            in_use = request[3] if len(request) > 3 else None
+            return self._create_snapshot(name, kind == "create_witness_snapshot", keep, in_use)
         logger.warning("storage %s got an unexpected call %r", self.name, request)
         return ("error", "unknown_request")
 
@@ -1136,16 +1141,33 @@ class StorageServer(otp.Process):
             self._refresh_config()
         return result
 
-    def _create_snapshot(self, name: str | None, witness: bool, keep: Any) -> Any:
-        # Directory and file work (rmtree, rename, fsync) off the scheduler when the actor is
-        # scheduled; a plain call on a storage actor's own thread.
-        names = keep if isinstance(keep, (list, tuple, set, frozenset)) else ()
-        in_use = frozenset(n for n in names if isinstance(n, str))
-        return otp.blocking(self._write_snapshot_dir, name, witness, in_use)
-
-    def _write_snapshot_dir(self, name: str | None, witness: bool, keep: frozenset[str]) -> Any:
+    def _create_snapshot(self, name: str | None, witness: bool, keep: Any, in_use: Any) -> Any:
+        # The snapshots the catch-up coordinator's transports send are spared from every
+        # caller's retention, not only the coordinator's: an operator's create_snapshot knows
+        # nothing of them. The storage remembers them rather than asking the coordinator, which
+        # calls the storage (a call back would deadlock). Safe because the storage is the one
+        # place that deletes: it sees the coordinator's messages in the order they were sent,
+        # and the coordinator's set changes only (1) by this call's own snapshot, remembered
+        # here before the reply, so before any transport can use it, and (2) by a transfer
+        # ending, after which the coordinator deletes it (``delete_snapshot`` forgets it). So
+        # what is remembered always covers what is sent; what it covers beyond (a snapshot
+        # whose transport did not start, or the transports of a coordinator that crashed
+        # before it could delete them) is kept until the coordinator's next list. A caller's
+        # ``keep`` only adds to it: passing none, or an empty one, never forgets a name.
+        if in_use is not None:
+            self._sending = _snapshot_names(in_use)
         position = self.position
         name = name or snapshot_name(position, witness)
+        spared = _snapshot_names(keep) | self._sending
+        # Directory and file work (rmtree, rename, fsync) off the scheduler when the actor is
+        # scheduled; a plain call on a storage actor's own thread.
+        result = otp.blocking(self._write_snapshot_dir, name, witness, spared)
+        if in_use is not None and result == ("ok", position):
+            self._sending |= {name}
+        return result
+
+    def _write_snapshot_dir(self, name: str, witness: bool, keep: frozenset[str]) -> Any:
+        position = self.position
         target = os.path.join(self.path, name)
         if os.path.isdir(target):
             return ("ok", position)  # an existing snapshot of that name is reused
@@ -1171,7 +1193,8 @@ class StorageServer(otp.Process):
     def _cleanup_snapshots(self, keep: frozenset[str]) -> None:
         # Before making a new snapshot, keep at most MAX_RETAINED_SNAPSHOT older ones (as
         # WARaft) besides those in use: deleting a snapshot a transport still sends fails
-        # that catch-up, and with three lagging peers catch-ups would keep failing each other.
+        # that catch-up, and with three lagging peers catch-ups would keep failing each other
+        # (or an operator taking snapshots would keep failing them).
         unused = [name for _, name in list_snapshots(self.path) if name not in keep]
         for name in unused[: max(0, len(unused) - MAX_RETAINED_SNAPSHOT)]:
             self._delete_snapshot(name)
@@ -1180,6 +1203,7 @@ class StorageServer(otp.Process):
         if not isinstance(name, str) or not _SNAPSHOT_RE.match(name):
             logger.warning("storage %s refuses to delete %r", self.name, name)
             return
+        self._sending -= {name}
         otp.blocking(shutil.rmtree, os.path.join(self.path, name), ignore_errors=True)
         logger.info("storage %s deleted snapshot %s", self.name, name)
 
@@ -1226,27 +1250,61 @@ def status(storage: otp.Target) -> dict[str, Any]:
     return result
 
 
-def create_snapshot(storage: otp.Target, name: str | None = None, keep: Sequence[str] = ()) -> Any:
+def create_snapshot(
+    storage: otp.Target,
+    name: str | None = None,
+    keep: Sequence[str] = (),
+    *,
+    in_use: Sequence[str] | None = None,
+) -> Any:
     """``("ok", LogPos)`` once ``snapshot.<index>.<term>`` (or ``name``) exists.
 
     A snapshot of that name is reused. Before a new one is made, the older snapshots are
-    deleted except those named in ``keep`` and the newest ``MAX_RETAINED_SNAPSHOT`` (1) of the
-    rest. ``keep`` names the snapshots still in use (the catch-up coordinator's: at most
-    ``raft_max_snapshot_catchup``, one per transport); whoever named them deletes them
-    (``delete_snapshot``) once done.
+    deleted except those in use and the newest ``MAX_RETAINED_SNAPSHOT`` (1) of the rest.
+    In use are those named in ``keep`` (any caller's own, which it deletes once done) and,
+    whoever calls, every snapshot the node's catch-up coordinator is still sending: the
+    storage remembers them from the coordinator's last ``in_use`` (see
+    ``snapshots_in_use``).
+
+    ``in_use`` is for the catch-up coordinator alone: its complete list of the partition's
+    snapshots its transports still send (at most ``raft_max_snapshot_catchup``, one per
+    transport), empty if none. It replaces the remembered list, and the snapshot this call
+    makes or reuses joins it until the coordinator deletes it (``delete_snapshot``) or leaves
+    it out of a later list. Other callers leave it ``None``.
     """
-    return otp.call(storage, ("create_snapshot", name, tuple(keep)), STORAGE_TIMEOUT)
+    return otp.call(
+        storage, _snapshot_request("create_snapshot", name, keep, in_use), STORAGE_TIMEOUT
+    )
 
 
 def create_witness_snapshot(
-    storage: otp.Target, name: str | None = None, keep: Sequence[str] = ()
+    storage: otp.Target,
+    name: str | None = None,
+    keep: Sequence[str] = (),
+    *,
+    in_use: Sequence[str] | None = None,
 ) -> Any:
     """Like ``create_snapshot`` but metadata only (``snapshot.<index>.<term>.witness``)."""
-    return otp.call(storage, ("create_witness_snapshot", name, tuple(keep)), STORAGE_TIMEOUT)
+    request = _snapshot_request("create_witness_snapshot", name, keep, in_use)
+    return otp.call(storage, request, STORAGE_TIMEOUT)
+
+
+def _snapshot_request(
+    kind: str, name: str | None, keep: Sequence[str], in_use: Sequence[str] | None
+) -> tuple[Any, ...]:
+    return (kind, name, tuple(keep), None if in_use is None else tuple(in_use))
+
+
+def snapshots_in_use(storage: otp.Target, names: Sequence[str]) -> None:
+    """Tell ``storage`` (a cast) the complete list of its partition's snapshots the node's
+    catch-up coordinator is still sending, as ``create_snapshot``'s ``in_use`` does: the
+    coordinator repeats it while it sends, so that a storage that restarted (and forgot it)
+    while a transport kept sending learns it again."""
+    otp.cast(storage, ("snapshots_in_use", tuple(names)))
 
 
 def delete_snapshot(storage: otp.Target, name: str) -> None:
-    """Remove a snapshot directory (a cast)."""
+    """Remove a snapshot directory (a cast); it is no longer in use."""
     otp.cast(storage, ("delete_snapshot", name))
 
 
@@ -1277,6 +1335,13 @@ class _ReplyBudget:
             return result
 
         return read
+
+
+def _snapshot_names(names: Any) -> frozenset[str]:
+    """The snapshot names in a message's list (anything else in it ignored)."""
+    if not isinstance(names, (list, tuple, set, frozenset)):
+        return frozenset()
+    return frozenset(n for n in names if isinstance(n, str))
 
 
 def _encodable_result(result: Any) -> Any:
@@ -1330,6 +1395,7 @@ __all__ = [
     "read",
     "remove_leftovers",
     "snapshot_name",
+    "snapshots_in_use",
     "start_link",
     "status",
 ]

@@ -21,10 +21,12 @@ snapshot for a witness), starts the transport, and counts the transports using e
 every 500 ms it looks at their statuses, and deletes a snapshot once no transport uses it. When
 it stops, it cancels its transports and deletes its snapshots.
 
-Divergence: it names the partition's snapshots in use when it asks for a new one, and the
-storage's retention (one older snapshot) spares them. WARaft's storage deletes all but the
-newest older snapshot, so a third catch-up at a new position deletes the one a transport to
-another target is still sending, and that catch-up fails.
+Divergence: it names the partition's snapshots in use when it asks for a new one (and again
+every scan while it sends them), and the storage remembers them: its retention (one older
+snapshot) spares them whoever asks for a snapshot, this coordinator or an operator. WARaft's
+storage deletes all but the newest older snapshot, so a third catch-up at a new position (or
+an operator's second snapshot) deletes the one a transport to another target is still
+sending, and that catch-up fails.
 
 Divergence: when the transport cannot start for a reason other than overload, or the snapshot
 cannot be made, WARaft keeps no state (and leaves the snapshot behind); we delete the unused
@@ -256,7 +258,7 @@ class SnapshotCatchup(otp.Process):
             return None
         request = storage.create_witness_snapshot if witness else storage.create_snapshot
         try:
-            result = request(options.storage_name, keep=self._in_use(table, partition))
+            result = request(options.storage_name, in_use=self._in_use(table, partition))
         except otp.ExitError as exc:
             result = ("error", exc.reason)
         if not (isinstance(result, tuple) and result[0] == "ok"):
@@ -295,6 +297,17 @@ class SnapshotCatchup(otp.Process):
             metrics.count_partition(entry.table, entry.partition, outcome)
             logger.info("snapshot transport %s to %s ended: %s", entry.id, key, status)
             self._finish(key, entry, int(_setting(entry.application, entry.table, name)))
+        self._remind_storages()
+
+    def _remind_storages(self) -> None:
+        # A storage forgets what is in use when it restarts (its partition restarts with it),
+        # while the node-wide transport keeps sending: told again here, it spares them from
+        # the next create_snapshot within one scan. After the transfers ended above, so that
+        # the reminder never names a snapshot this scan deleted.
+        for table, partition in {(t, p) for (t, p, _, _) in self.snapshots}:
+            storage.snapshots_in_use(
+                _storage_name(table, partition), self._in_use(table, partition)
+            )
 
     def _finish(self, key: Key, entry: _Transport, backoff: int) -> None:
         del self.transports[key]
@@ -308,10 +321,16 @@ class SnapshotCatchup(otp.Process):
         self.retry_backoffs[key] = _now_ms() + backoff
 
 
-def _delete_snapshot(table: str, partition: int, position: LogPos, witness: bool) -> None:
+def _storage_name(table: str, partition: int) -> str:
     options = partition_options.options(table, partition)
-    name = options.storage_name if options is not None else storage.default_name(table, partition)
-    storage.delete_snapshot(name, snapshot_name(position, witness))
+    name: str = (
+        options.storage_name if options is not None else storage.default_name(table, partition)
+    )
+    return name
+
+
+def _delete_snapshot(table: str, partition: int, position: LogPos, witness: bool) -> None:
+    storage.delete_snapshot(_storage_name(table, partition), snapshot_name(position, witness))
 
 
 def start_link() -> otp.Pid:
