@@ -406,6 +406,8 @@ class Nemesis:
         if not self._can_lose_state(node_id):
             return
         sim = self.sim
+        if self.lost:
+            sim.stats["lose_state_concurrent"] += 1  # another is still recovering its term
         sim.lose_state(node_id)
         self.lost.add(node_id)
         self.disabled.add(node_id)  # down, then disabled: impaired until enabled
@@ -427,20 +429,28 @@ class Nemesis:
     def _can_lose_state(self, node_id: str) -> bool:
         """May ``node_id`` lose its state file now? Only with a durable log (a crash that also
         loses the log leaves a replica the shell cannot tell from a new one, a wipe an operator
-        must replace), only while no other replica is still recovering from such a loss (each
-        would wait for the other's term for good: the case ``term_recovery`` leaves to an
-        operator) and while a majority of every config in use stays healthy without it."""
+        must replace), and while a majority of every config in use stays healthy without it.
+        A replica up and enabled that is still recovering from such a loss counts as healthy
+        here: it recovers once every voter told it a term, the one losing its state now too
+        (each tells the other the term its log ends in, ``term_recovery``)."""
         sim = self.sim
         if not (sim.config.durable_log and sim.config.durable_storage):
             return False
         self.lost = {n for n in self.lost if not self._recovered(n)}
-        if self.lost or self._impaired(node_id):
+        if node_id in self.lost or self._impaired(node_id):
             return False
         for members in self._member_sets():
-            healthy = [m for m in members if m != node_id and not self._impaired(m)]
+            healthy = [m for m in members if m != node_id and self._healthy_but_for_loss(m)]
             if len(healthy) < len(members) // 2 + 1:
                 return False
         return True
+
+    def _healthy_but_for_loss(self, node_id: str) -> bool:
+        """Not impaired, or impaired only by recovering a lost state file (up and enabled)."""
+        if not self._impaired(node_id):
+            return True
+        node = self.sim.nodes[node_id]
+        return node_id in self.lost and node.up and node_id not in self.disabled
 
     def _recovered(self, node_id: str) -> bool:
         """Has ``node_id``, which lost its state file, recovered a term (up, enabled, and no

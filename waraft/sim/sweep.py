@@ -328,7 +328,9 @@ def _sweep(start: int, count: int, steps: int, jobs: int) -> int:
     print(
         f"  operations ok={totals['ok']} fail={totals['fail']} unknown={totals['unknown']}; "
         f"elections={totals['elections']} crashes={totals['crash']} "
-        f"snapshots={totals['snapshots']} committed={totals['committed']}"
+        f"snapshots={totals['snapshots']} committed={totals['committed']} "
+        f"state files lost={totals['lose_state_disabled']} "
+        f"(while another recovered={totals['lose_state_concurrent']})"
     )
     print(
         f"  sessions: {totals['session_seeds']} seeds with session clients, "
@@ -362,7 +364,10 @@ def _collect(
         totals["virtual_ms"] += result.virtual_ms
         for name, value in result.operations.items():
             totals[name.split(".")[1]] += value
-        for name in ("elections", "crash", "snapshots", "committed", "session_retries"):
+        for name in (
+            "elections", "crash", "snapshots", "committed", "session_retries",
+            "lose_state_disabled", "lose_state_concurrent",
+        ):  # fmt: skip
             totals[name] += result.stats.get(name, 0)
         totals["session_seeds"] += "sessions=True" in result.scenario
         if result.failed:
