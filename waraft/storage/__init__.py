@@ -947,10 +947,16 @@ class StorageServer(otp.Process):
 
         def record(results: list[Any]) -> list[Any]:
             sessions = self.sessions
+            check = self._check_results
             for mark, result in zip(marks, results, strict=True):
                 if type(mark) is Apply and mark.session is not None:
                     if mark.result is not None and not _is_error(result):
                         result = mark.result
+                    if check:
+                        # What the caller was told (``_encodable``), and what a retry is told:
+                        # the table is the provider's data, and a value msgpack cannot carry
+                        # in it made every snapshot fail until the seq was acknowledged.
+                        result = _encodable_result(result)
                     if sessions.finish(mark.session, mark.seq, result) and finished is not None:
                         finished.append((mark.session, mark.seq))
             return self._sessions_write()
