@@ -342,6 +342,49 @@ def test_init_timeout_kills_the_process(
     assert "crashed in init" not in caplog.text
 
 
+class GatedInit(otp.Process):
+    """Waits in init until its gate opens (a peer that is slow to answer, say)."""
+
+    def init(self, pids: Events, gate: otp.Event) -> None:
+        pids.add(self.pid)
+        gate.wait(4 * WAIT)  # outlasts the test's bound: only the gate ends it in time
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"), [("kill", "killed"), ("exit", "boom"), ("node_stop", "killed")]
+)
+def test_a_process_killed_in_init_fails_its_start_at_once(how: str, reason: Any) -> None:
+    # start() waits for init with timeout=None (as supervisors do). Before, a process killed
+    # in init left its starter waiting until init returned, which a scheduled process killed
+    # at a wait never does (and a thread one got its pid back, of a dead process).
+    node = otp.Node(f"initkill_{how}@t")
+    pids, gate = Events(), otp.Event()
+    outcome: list[Any] = []
+
+    def starter() -> None:
+        try:
+            outcome.append(GatedInit.start(pids, gate, node=node))
+        except otp.StartError as exc:
+            outcome.append(("start_error", exc.reason))
+
+    thread = threading.Thread(target=starter, daemon=True)
+    thread.start()
+    try:
+        victim = pids.wait_len(1)[0]
+        if how == "kill":
+            otp.kill(victim)
+        elif how == "exit":
+            otp.exit(victim, "boom")
+        else:
+            node.stop(timeout=0.1)  # init ignores the stop: killed past the timeout
+        thread.join(WAIT)
+        assert not thread.is_alive(), "start() still waits for the init of a dead process"
+    finally:
+        gate.set()
+    assert outcome == [("start_error", reason)]
+    assert otp.wait_exit(victim, WAIT) == reason
+
+
 def test_stop_runs_terminate_and_stop_self_replies_first() -> None:
     events = Events()
     pid = Worker.start(events, "w")

@@ -288,6 +288,72 @@ def test_a_supervisor_call_being_handled_fails_when_its_scheduler_fails() -> Non
     assert len(results) == 1 and results[0][0] == "scheduler_failed"
 
 
+class PidInit(otp.Process):
+    """Records its pid, then waits in init (suspended: its scheduler thread is free)."""
+
+    def init(self, pids: Events) -> None:
+        pids.add(self.pid)
+        otp.sleep(4 * WAIT)  # outlasts the test's bound
+
+
+def test_a_plain_thread_blocked_in_start_hears_when_the_scheduler_fails() -> None:
+    # Before: the process died with scheduler_failed, but its greenlet (the only code that
+    # completed the start) could never run again: start() (timeout=None) waited forever.
+    node = _node("initfail@t", schedulers=2)
+    pids = Events()
+    outcome: list[Any] = []
+
+    def starter() -> None:
+        try:
+            outcome.append(PidInit.start(pids, node=node))
+        except otp.StartError as exc:
+            outcome.append(exc.reason)
+
+    thread = threading.Thread(target=starter, daemon=True)
+    thread.start()
+    victim = pids.wait_len(1)[0]
+    victim._actor._sched.runq.put(object())  # type: ignore[union-attr]  # its scheduler fails
+    thread.join(WAIT)
+    assert not thread.is_alive(), "start() still waits for the init of a dead process"
+    assert len(outcome) == 1 and outcome[0] == victim._exit_reason
+    assert outcome[0][0] == "scheduler_failed"
+
+
+def test_start_child_of_a_child_supervisor_fails_when_that_supervisor_scheduler_fails() -> None:
+    # What `waraft node` met at start-up: kernel_sup waits in start_child for an application
+    # supervisor (spread to another scheduler) whose scheduler fails while its init runs.
+    # Before, start_child hung until the node's stop killed the waiting supervisor.
+    node = _node("nested@t", schedulers=2)
+    top = otp.supervisor.start({"strategy": "one_for_one"}, [], node=node)
+    pids = Events()
+
+    def inner_init() -> tuple[dict[str, Any], list[Any]]:
+        pids.add(otp.self_pid())
+        otp.sleep(4 * WAIT)
+        return ({"strategy": "one_for_one"}, [])
+
+    spec = {
+        "id": "inner",
+        "start": (otp.supervisor.start_link_module, (inner_init,)),
+        "type": "supervisor",
+    }
+    results: list[Any] = []
+
+    def caller() -> None:
+        with node.activate():
+            results.append(otp.supervisor.start_child(top, spec))
+
+    thread = threading.Thread(target=caller, daemon=True)
+    thread.start()
+    inner = pids.wait_len(1)[0]
+    assert _sched_of(inner) is not _sched_of(top)  # only the inner one is stranded
+    inner._actor._sched.runq.put(object())  # type: ignore[union-attr]
+    thread.join(WAIT)
+    assert not thread.is_alive(), "start_child still waits for a dead child supervisor"
+    assert len(results) == 1 and results[0][0] == "error"
+    assert results[0][1][0] == "scheduler_failed"
+
+
 class Napper(otp.Process):
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         otp.sleep(0.2)

@@ -28,7 +28,8 @@ Python cannot kill a thread (nor a greenlet from another thread), so an exit sig
 a process (``"kill"``, or any abnormal reason to a process that does not trap exits) takes
 effect *at once* for the rest of the system: the process is marked dead, its name is released,
 waiting callers fail (the caller whose call it is handling too), links and monitors get the
-reason (``"killed"`` for ``kill``). What it is running stops as soon as Python allows:
+reason (``"killed"`` for ``kill``), and a starter still waiting for its ``init`` gets
+``StartError(reason)``. What it is running stops as soon as Python allows:
 
 * a scheduled process stops at its next wait (``call``, ``sleep``, ``blocking``, an
   :class:`~waraft.otp.sched.Event`, ``start``/``stop``/``wait_exit``): the wait it is resumed
@@ -206,6 +207,10 @@ class Process(pykka.ThreadingActor):
         self._greenlet: greenlet.greenlet | None = None
         super().__init__()
         self._boot: _Boot | None = boot
+        # The starter's handle until init returns: a death before then (a kill, a failed
+        # scheduler, node stop) must reach the starter from the killing thread (signals.die),
+        # since this process may never run again to report it.
+        self._starter: LocalReplyTo | None = boot.ready
         self.pid: Pid = Pid(boot.node, as_inbox(self.actor_inbox), self)
         boot.pid = self.pid
         self.node: _node.Node = boot.node
@@ -286,8 +291,10 @@ class Process(pykka.ThreadingActor):
 
         ``name`` registers it on its node (a taken name raises
         ``StartError(("already_started", pid))`` and no thread is started). ``link`` links it
-        to the calling process. Raises ``StartError(reason)`` if ``init`` fails, and
-        ``StartError("timeout")`` (after killing it) if ``init`` takes longer than ``timeout``.
+        to the calling process. Raises ``StartError(reason)`` if ``init`` fails or the process
+        dies before ``init`` returned (at once, whatever killed it: an exit signal, its
+        scheduler failing, node stop), and ``StartError("timeout")`` (after killing it) if
+        ``init`` takes longer than ``timeout``.
         ``process_type`` overrides the class's for this process (e.g. ``"thread"`` when the
         arguments make it block).
         """
@@ -371,6 +378,7 @@ class Process(pykka.ThreadingActor):
             self._init_failed(boot, exc)
             return
         boot.ready.reply(None)
+        self._starter = None
         if self._next_events and not pid._dead:
             try:
                 self._drain_next_events()
@@ -520,6 +528,14 @@ class Process(pykka.ThreadingActor):
             env.from_.fail(reason)
         self._fail_callers(reason)
         self.actor_stopped.set()
+
+    def _fail_starter(self, reason: Any) -> None:
+        """The process died: if ``init`` had not returned, its starter's ``start`` raises
+        ``StartError(reason)`` now (ignored once ``init`` answered). Any thread may call it."""
+        starter = self._starter
+        if starter is not None:
+            self._starter = None
+            starter.fail(reason)
 
     def _fail_callers(self, reason: Any) -> None:
         """Fail every call this process still owes an answer: the one being handled and the

@@ -3,8 +3,9 @@
 ``die(pid, reason)`` is the single exit path: mark the pid dead (reason first, so lock-free
 readers that see ``_dead`` also see why), release its name, fail every caller still waiting
 on it (queued calls, the call being handled, deferred ones), wake its thread so it can end,
-then tell links and monitors, and last set ``_done``: whoever waits on ``_done`` finds the
-EXIT/DOWN messages already queued. Linked processes that do not trap exits die in turn; the
+then tell links and monitors, set ``_done`` (whoever waits on ``_done`` finds the EXIT/DOWN
+messages already queued), and last, if ``init`` had not returned, fail its starter's
+``start`` with the reason. Linked processes that do not trap exits die in turn; the
 cascade is a loop, not a recursion.
 
 Links and monitors across nodes: a dying process whose link set holds a remote end, or whose
@@ -84,6 +85,11 @@ def _finalize(pid: Pid, reason: Any) -> list[tuple[Pid, Any]]:
                 _safely(remote.demonitor, ref)
     pid._actor = None
     pid._done.set()
+    if actor is not None:
+        # Last, as _init_failed always did: a starter still waiting for init (whatever killed
+        # the process: its scheduler failing, an exit signal, node stop) hears of it now and
+        # finds the name released and the EXIT/DOWN already sent.
+        actor._fail_starter(reason)
     return kills
 
 
