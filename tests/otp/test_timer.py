@@ -5,9 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from waraft import otp
+import pytest
 
-from .helpers import Events
+from waraft import otp
+from waraft.otp import timer
+from waraft.otp.logsafe import LogThrottle
+
+from .helpers import WAIT, Events
 
 
 class Sink(otp.Process):
@@ -129,3 +133,58 @@ def test_the_timers_a_process_armed_to_itself_are_cancelled_when_it_exits() -> N
     assert not any(r.active for r in own) and all(r.active for r in named)
     for ref in named:
         otp.cancel_timer(ref)
+
+
+class _Injected(BaseException):
+    """What no timer callback is written to raise."""
+
+
+def _assert_timers_work() -> None:
+    """A node started now gets its timers (a failed timer loop was replaced)."""
+    node = otp.Node("timers_after@t")
+    events = Events()
+    otp.send_after(1, Sink.start(events, node=node), "tick")
+    assert events.wait_len(1) == ["tick"]
+
+
+def test_a_failed_timer_thread_fails_every_local_node(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, the thread died with only Python's "Exception in thread" traceback: the node
+    # looked healthy while every wait timeout and the long-hold watchdog were gone.
+    nodes = [otp.Node(f"timer_fail_{i}@t") for i in range(2)]
+    failures = Events()
+    for node in nodes:
+        node.on_failure(failures.add)
+    real = timer._TimerService._next_due
+    injected: list[bool] = []
+
+    def fails_once(service: timer._TimerService) -> list[timer.TimerRef]:
+        if not injected:
+            injected.append(True)
+            raise RuntimeError("injected")
+        return real(service)
+
+    monkeypatch.setattr(timer._TimerService, "_next_due", fails_once)
+    # A fresh throttle: the line must not be held back by an earlier test's failure.
+    monkeypatch.setattr(timer._service, "_failure_log", LogThrottle())
+    otp.send_after(0, Sink.start(Events(), node=nodes[0]), "wake the timer thread")
+    reason = ("timer_failed", "RuntimeError: injected")
+    assert failures.wait_len(2) == [reason, reason]
+    assert all(node.wait_stopped(WAIT) and node.failure == reason for node in nodes)
+    assert "the timer thread failed (RuntimeError: injected" in caplog.text
+    _assert_timers_work()
+
+
+def test_a_timer_callback_raising_a_base_exception_fails_every_local_node() -> None:
+    node = otp.Node("timer_callback@t")
+    failures = Events()
+    node.on_failure(failures.add)
+
+    def broken() -> None:
+        raise _Injected("injected")
+
+    timer.call_later(0, broken)
+    assert failures.wait_len(1) == [("timer_failed", "_Injected: injected")]
+    assert node.wait_stopped(WAIT)
+    _assert_timers_work()

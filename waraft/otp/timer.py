@@ -11,6 +11,14 @@ when most of it is cancelled, so re-arming a timeout on every event (election ti
 cheap. Cheaper still, ``TimerRef.postpone`` moves an armed timer later with one attribute
 write: when its old deadline comes the timer thread files it again at the new one. The timers
 a process arms to its own pid are cancelled when it exits (a per-process set, pruned in bulk).
+
+The thread never fails silently: every wait timeout of a scheduled process and the long-hold
+watchdog depend on it, so a node whose timers stopped would hang with every commit timing out
+while looking healthy. A failure of its loop, or a callback raising a ``BaseException`` (a
+``send``'s ``Exception`` is only logged), is logged at CRITICAL and fails every local node
+with ``("timer_failed", text)``, as a scheduler failure does (``Node.failure``, the
+``on_failure`` hooks, the node stops). A loop that failed is replaced by the next arming, so
+the stopping nodes' own waits, and any node started later, still get their timers.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from waraft.otp import node as _node
+from waraft.otp.logsafe import LogThrottle
 from waraft.otp.threadname import set_os_name
 
 if TYPE_CHECKING:
@@ -82,6 +91,7 @@ class _TimerService:
         self._seq = itertools.count()
         self._cancelled = 0
         self._thread: threading.Thread | None = None
+        self._failure_log = LogThrottle()  # a fault that repeats on every restart: 1 line/s
 
     def add(self, ref: TimerRef) -> None:
         with self._cond:
@@ -118,11 +128,38 @@ class _TimerService:
             self._cancelled = 0
 
     def _run(self) -> None:
+        """The timer thread. Whatever ends it fails every local node (``_failed``); the next
+        ``add`` starts a replacement (the heap is kept: it holds the pending timers)."""
         set_os_name("otp:timer")
+        try:
+            self._loop()
+        except BaseException as exc:
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+            self._failed("the timer thread failed", exc)
+
+    def _loop(self) -> None:
         while True:
-            due = self._next_due()
-            for ref in due:
-                _deliver(ref)
+            for ref in self._next_due():
+                try:
+                    _deliver(ref)  # logs a send's Exception itself
+                except BaseException as exc:
+                    # A callback (a scheduled process's wake-up, the watchdog) broke as no code
+                    # expects: a wake-up may be lost. The heap is intact: keep serving the rest.
+                    self._failed(f"timer {_what(ref)} raised", exc)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """Report a failure of the timer service and fail every local node with it."""
+        reason = ("timer_failed", f"{type(exc).__name__}: {exc}")
+        count = self._failure_log.ready()
+        if count:
+            more = f" ({count} such failures since the last line)" if count > 1 else ""
+            logger.critical(
+                "%s (%s)%s; stopping every local node", what, reason[1], more, exc_info=exc
+            )
+        for node in _node.local_nodes().values():
+            node._fail(reason)
 
     def _next_due(self) -> list[TimerRef]:
         with self._cond:
@@ -161,6 +198,10 @@ class _CallbackRef(TimerRef):
     def __init__(self, deadline: float, fn: Callable[[], Any]) -> None:
         super().__init__(deadline, "", None, None)
         self._fn = fn
+
+
+def _what(ref: TimerRef) -> str:
+    return f"callback {ref._fn!r}" if type(ref) is _CallbackRef else f"delivery to {ref._target!r}"
 
 
 def _deliver(ref: TimerRef) -> None:
