@@ -83,11 +83,15 @@ class LogServer(otp.Process):
         node's supervisors down); so it waits at most ``STALLED_SYNC_WAIT`` and closes. What
         was queued is still written, in order, once there is room; none of it was
         acknowledged (only a sync that returned lets the server acknowledge), and the next
-        server of the partition syncs before it sends anything."""
+        server of the partition syncs before it sends anything.
+
+        The close runs on the node's I/O threads (``otp.blocking``): the node WAL's last
+        partition to close stops its writer (a final batch, its fsync, the files closed). It
+        has returned before the actor exits, so the partition's next log actor opens after it."""
         provider = getattr(self, "provider", None)
         if provider is not None:
             self._sync_bounded("final sync")
-            provider.close()
+            otp.blocking(provider.close)
 
     def _sync_bounded(self, what: str) -> None:
         try:

@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Final, Self, TypeVar
 
 from waraft.core.settings import Settings
 from waraft.core.types import Config, Entry, LogPos, Priority
+from waraft.otp.sched import blocking
 
 A = TypeVar("A")
 
@@ -94,7 +95,14 @@ class LogMissingError(LogCorruptionError):
 
 def make_marker(directory: str, name: str) -> None:
     """Create the empty file ``name`` in ``directory`` and make it durable (the file, then
-    the directory entry): a provider's record that a partition's log was written here."""
+    the directory entry): a provider's record that a partition's log was written here.
+
+    Its two fsyncs run on the node's I/O threads when the caller is a scheduled process (the
+    WAL's log actor), as ``otp.blocking`` does; elsewhere (a thread) it is a plain call."""
+    blocking(_make_marker, directory, name)
+
+
+def _make_marker(directory: str, name: str) -> None:
     with open(os.path.join(directory, name), "wb") as f:
         os.fsync(f.fileno())
     dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)

@@ -114,7 +114,7 @@ from waraft.log.provider import (
     make_marker,
 )
 from waraft.otp.messaging import self_pid
-from waraft.otp.sched import Event, park, resume_all, scheduled_caller
+from waraft.otp.sched import Event, blocking, park, resume_all, scheduled_caller
 from waraft.otp.threadname import set_os_name
 from waraft.services import metrics
 from waraft.services.codec import CodecError, array_header, packb, unpackb
@@ -1280,6 +1280,32 @@ class WalWriter:
         }
 
 
+def _acquire(directory: str, marker: str, options: dict[str, Any]) -> tuple[WalWriter, bool]:
+    """``WalWriter.acquire(directory, **options)`` and whether the partition is new (no
+    ``marker``), off the schedulers: the first acquire of a node's WAL takes its lock (retried
+    for up to 5 s while a writer of this process stops), reads and fsyncs every file and
+    writes the compacted one; a scheduled log actor doing that itself stalled every process
+    on its scheduler (``otp.blocking``; a plain call in a thread).
+
+    A caller killed while it waits (``otp.blocking`` resumes it only once the acquire is done,
+    and then raises its exit) gives back the reference taken for it: kept, the writer would
+    never stop, holding the WAL's files and lock for the life of the OS process."""
+    taken: list[WalWriter] = []
+
+    def acquire() -> tuple[WalWriter, bool]:
+        writer = WalWriter.acquire(directory, **options)
+        taken.append(writer)
+        return writer, not os.path.exists(marker)
+
+    try:
+        acquired: tuple[WalWriter, bool] = blocking(acquire)
+        return acquired
+    except BaseException:
+        if taken:  # killed while waiting, or the existence check failed
+            blocking(taken[0].release)
+        raise
+
+
 class WalLog(MemoryLog):
     """A partition's log kept in memory and made durable through the node's ``WalWriter``."""
 
@@ -1320,7 +1346,11 @@ class WalLog(MemoryLog):
         A new partition's log is durable (its reset record) before its marker is made: while
         the WAL is stalled (a full disk) that open fails with ``LogWriteError`` after
         ``FRESH_OPEN_STALL_WAIT`` seconds (its log actor retries); existing logs open at once.
-        A failed open leaves nothing registered and the writer's count as it was."""
+        A failed open leaves nothing registered and the writer's count as it was.
+
+        Called from a scheduled process (the log actor), the file work (the WAL's lock and
+        recovery, a new partition's directory and marker, the writer's stop when a failed open
+        held its last reference) runs on the node's I/O threads (``otp.blocking``)."""
         if path is None:
             raise ValueError("WalLog needs a partition directory")
         path = os.path.abspath(os.fspath(path))
@@ -1329,14 +1359,12 @@ class WalLog(MemoryLog):
             options.setdefault("max_file_bytes", settings.raft_max_log_bytes_per_file)
             options.setdefault("preallocate_bytes", settings.raft_wal_preallocate_bytes)
         directory = options.pop("wal_dir", None) or os.path.join(os.path.dirname(path), WAL_DIR)
-        writer = WalWriter.acquire(directory, **options)
+        writer, fresh = _acquire(directory, os.path.join(path, MARKER), options)
         try:
-            marker = os.path.join(path, MARKER)
-            fresh = not os.path.exists(marker)
             writer.take_over_dead(os.path.basename(path))
             log = cls(writer, os.path.basename(path), fresh)
         except BaseException:
-            writer.release()
+            blocking(writer.release)  # the last reference stops the writer: joins, closes
             raise
         try:
             if settings is not None:
@@ -1347,7 +1375,7 @@ class WalLog(MemoryLog):
             if fresh:
                 # The partition directory is new or was wiped (moved away to be rebuilt by a
                 # snapshot): the WAL's log of it, if any, is reset; then the marker is made.
-                os.makedirs(path, exist_ok=True)
+                blocking(os.makedirs, path, exist_ok=True)
                 if not log.sync_within(FRESH_OPEN_STALL_WAIT):
                     raise LogWriteError(
                         errno.ENOSPC,
@@ -1360,7 +1388,7 @@ class WalLog(MemoryLog):
             # Registered by ``cls``: closed (unregistered, its reference given back) rather
             # than only released, which left it registered, and its takeover by the next
             # open released the writer a second time, stopping it under other partitions.
-            log.close()
+            blocking(log.close)
             raise
 
     def _submit(self, op: tuple[Any, ...], pin: int) -> None:

@@ -312,7 +312,9 @@ class RaftServer(otp.StateMachine):
 
     def _load_durable_state(self) -> DurableState | None:
         try:
-            return durable_state.load(self.options.database)
+            # A file read: on the node's I/O threads, as ``store`` and ``sync`` are.
+            loaded: DurableState | None = otp.blocking(durable_state.load, self.options.database)
+            return loaded
         except durable_state.DurableStateError as exc:
             # A replica that cannot trust its term and vote must not vote or lead: come up
             # disabled with the reason (the corrupt file stays for inspection; ``enable``

@@ -588,11 +588,22 @@ class NodeEnv:
             return node
 
     def release(self) -> None:
+        """Give back a reference taken by ``acquire``. The last one stops the committer and
+        the syncer, syncs and closes the environment and lets go of its lock, on the node's
+        I/O threads when the caller is a scheduled process (``otp.blocking``: the storage
+        actor's terminate): joining the threads, the final sync and the close stalled every
+        process on its scheduler. It has returned before the caller goes on, so a storage
+        actor has let go of the environment before it exits and its successor reopens it."""
         with NodeEnv._registry_lock:
             self.refs -= 1
             if self.refs > 0:
                 return
             NodeEnv._registry.pop(self.directory, None)
+        otp.blocking(self._shut_down)
+
+    def _shut_down(self) -> None:
+        """``release`` of the last reference: commit what is queued, stop the threads, then a
+        final sync, the close and the lock's release."""
         with self._group:
             self._stopping = True  # the committer commits what is queued, then exits
             self._group.notify()
@@ -1393,9 +1404,8 @@ class NodeLmdbStorage(LmdbStorage):
         self._env = None
         node, self._node = self._node, None
         if node is not None and node.close_partition(self._name, self._lease):
-            # Directly, not through otp.blocking: closing may run while the node stops its
-            # I/O threads. Only the node's last partition flushes. (A holder taken over from
-            # has had its reference dropped already.)
+            # Only the node's last partition flushes, and ``release`` does that on the I/O
+            # threads. (A holder taken over from has had its reference dropped already.)
             node.release()
 
     def status(self) -> dict[str, Any]:
