@@ -135,10 +135,10 @@ class Node:
     A node stops itself when it cannot go on, as BEAM halts: a scheduler thread failed
     (``("scheduler_failed", text)``), the timer thread every node shares failed
     (``("timer_failed", text)``: every local node stops) or ``kernel_sup`` exited
-    (``("kernel_sup_exited", reason)``, e.g. its restart intensity was reached). :attr:`failure` then says why, and
-    the hooks given to :meth:`on_failure` are called: the embedding program must learn of it,
-    since what it runs around the node (distribution, a metrics server) would otherwise keep
-    answering for a node that serves nothing.
+    (``("kernel_sup_exited", reason)``, e.g. its restart intensity was reached).
+    :attr:`failure` then says why, and the hooks given to :meth:`on_failure` are called: the
+    embedding program must learn of it, since what it runs around the node (distribution, a
+    metrics server) would otherwise keep answering for a node that serves nothing.
     """
 
     def __init__(
