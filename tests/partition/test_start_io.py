@@ -38,9 +38,9 @@ def _recording(real: Any, calls: list[tuple[str, bool]]) -> Any:
 def test_a_partition_makes_its_directory_off_the_schedulers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # part_sup's own calls only: the storage actor's init makes the same directory, and opens
-    # its provider, on its scheduler (providers such as SQLite's are bound to the opening
-    # thread; not changed here).
+    # part_sup's own calls only: the storage actor's init makes the same directory (off the
+    # scheduler too, see the durable test below) and opens its provider on its scheduler
+    # (providers such as SQLite's are bound to the opening thread; not changed here).
     calls: list[tuple[str, bool]] = []
     proxy = types.SimpleNamespace(
         makedirs=_recording(os.makedirs, calls), path=os.path, rmdir=os.rmdir
@@ -83,6 +83,7 @@ _DISK_CALLS = {
     ("posix", "fsync"),
     ("posix", "fdatasync"),
     ("posix", "close"),
+    ("posix", "mkdir"),
     ("fcntl", "flock"),
     ("time", "sleep"),
     ("io", "open"),

@@ -382,7 +382,7 @@ class StorageServer(otp.Process):
         storage_options = StorageOptions(
             options.table, options.partition, options.self_id, options.storage_name, dict(extra)
         )
-        os.makedirs(self.path, exist_ok=True)
+        otp.blocking(os.makedirs, self.path, exist_ok=True)  # off the scheduler when scheduled
         self.provider: StorageProvider = options.storage_module.open(storage_options, self.path)
         try:
             # Once the provider is open: a provider that refuses a second holder (the node's
