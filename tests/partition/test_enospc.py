@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 from tests.partition.helpers import (
@@ -28,6 +29,7 @@ from waraft.core.types import DurableState, LogPos
 from waraft.log import disk
 from waraft.log.wal import WalWriter
 from waraft.partition import acceptor, durable_state, server
+from waraft.storage.node_lmdb import NodeEnv
 from waraft.storage.provider import write_file_durably
 
 
@@ -273,3 +275,119 @@ def test_a_partition_restarted_while_its_wal_is_full_comes_back(
             assert _read(node, 2) == ("ok", 2)
     finally:
         node.stop()
+
+
+# -- a full disk under the node's LMDB (its WAL still has room) --------------------------------
+
+NODE_LMDB = "waraft.storage.node_lmdb:NodeLmdbStorage"
+WAL = "waraft.log.wal:WalLog"
+BIG = "x" * 2048
+
+
+def _full_lmdb(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Every commit of the node's LMDB fails as py-lmdb fails it on a full disk while
+    ``state["now"]`` (counted in ``state["attempts"]``)."""
+    real = NodeEnv._transaction
+    state: dict[str, Any] = {"now": True, "attempts": 0}
+
+    def transaction(self: NodeEnv, group: list[Any]) -> None:
+        if state["now"]:
+            state["attempts"] += 1
+            exc = lmdb.DiskError("mdb_txn_commit: No space left on device")
+            exc.code = errno.ENOSPC  # type: ignore[attr-defined]
+            raise exc
+        real(self, group)
+
+    monkeypatch.setattr(NodeEnv, "_transaction", transaction)
+    return state
+
+
+def _lmdb_node(tmp_path: Path, **settings: Any) -> otp.Node:
+    """A single-replica leader on the node's LMDB with a 4 KiB write-back buffer."""
+    options = {"lmdb_flush_bytes": 4096, "lmdb_flush_interval_ms": 600_000}
+    settings = {"raft_storage_options": options, **settings}
+    node = start_node(tmp_path, "n1", [1], settings, log_module=WAL, storage_module=NODE_LMDB)
+    config = server.make_config([ident(node, 1)])
+    assert server.bootstrap(addr("server", node, 1), LogPos(1, 1), config) == "ok"
+    wait_until(lambda: state(node, 1) == "leader")
+    assert _commit(node, 1).wait(5) == "ok"
+    return node
+
+
+def _local_read(node: otp.Node, key: Any) -> Any:
+    with node.activate():
+        return otp.call(addr("storage", node), ("read", ("read", "t", key)), 2.0)
+
+
+def _storage_status(node: otp.Node) -> dict[str, Any]:
+    with node.activate():
+        status: dict[str, Any] = otp.call(addr("storage", node), ("status",), 2.0)
+    return status
+
+
+def test_a_full_lmdb_refuses_writes_and_keeps_serving_reads_then_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review L, bug 1: the node's LMDB found the disk full before its WAL did, and the
+    apply that filled the write-back buffer waited for room: the storage actor answered no
+    read, even a single-replica leader's strong read of a key written long before, and
+    further writes were committed but never applied (timeouts). Now new writes are refused
+    with ``commit_stalled`` once the storage actor sees its flush stalled, reads are
+    answered, and everything resumes by itself when there is room, nothing acknowledged
+    lost."""
+    node = _lmdb_node(tmp_path)
+    pid = otp.whereis("raft_storage_test_1", node=node)
+    full = _full_lmdb(monkeypatch)
+    try:
+        acked: list[int] = []
+        result: Any = None
+        for key in range(100, 160):
+            handle = otp.LocalReplyTo()
+            op = (key, ("write", "t", key, BIG))
+            acceptor.commit_batch(addr("acceptor", node), [(handle, op)])
+            result = handle.wait(3)
+            if result != "ok":
+                break
+            acked.append(key)
+        assert result == ("error", "commit_stalled")
+        assert full["attempts"] > 0 and len(acked) >= 2
+        started = time.monotonic()
+        assert _read(node, 1, timeout=2) == ("ok", 1)  # strong: the leader's read index
+        assert _read(node, acked[-1], timeout=2) == ("ok", BIG)
+        assert _local_read(node, acked[0]) == ("ok", BIG)
+        assert time.monotonic() - started < 2.0
+        status = _storage_status(node)
+        assert status["writes_stalled"] is not None and "disk full" in status["writes_stalled"]
+        assert status["held_applies"] == 0  # everything committed was applied
+    finally:
+        full["now"] = False  # space returns
+    assert wait_until(lambda: _commit(node, 2).wait(3) == "ok", timeout=20)
+    assert _storage_status(node)["writes_stalled"] is None
+    assert [_read(node, key) for key in acked] == [("ok", BIG)] * len(acked)
+    assert otp.whereis("raft_storage_test_1", node=node) == pid  # no restart
+
+
+def test_applies_past_the_buffer_bound_on_a_full_lmdb_are_held_then_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was committed before the stall showed, beyond what the buffer takes behind a
+    stalled flush (``BEHIND_FACTOR`` times its bound), is held by the storage actor, not
+    applied and not lost: local reads and status are answered meanwhile, and the held
+    writes are applied and acknowledged once there is room."""
+    node = _lmdb_node(tmp_path, raft_apply_log_batch_size=1)  # an apply message per entry
+    full = _full_lmdb(monkeypatch)
+    try:
+        handles = [otp.LocalReplyTo() for _ in range(40)]  # 80 KiB: past 8 x 4 KiB
+        ops = [(h, (key, ("write", "t", key, BIG))) for key, h in enumerate(handles, 100)]
+        acceptor.commit_batch(addr("acceptor", node), ops)
+        wait_until(lambda: full["attempts"] > 0)
+        assert _local_read(node, 1) == ("ok", 1)  # within 2 s
+        wait_until(lambda: _storage_status(node)["held_applies"] > 0, timeout=10)
+        assert _local_read(node, 100) == ("ok", BIG)
+        assert _commit(node, 2).wait(3) == ("error", "commit_stalled")
+        assert not handles[-1].done  # committed, held: not acknowledged
+    finally:
+        full["now"] = False
+    assert [h.wait(20) for h in handles] == ["ok"] * len(handles)
+    assert _storage_status(node)["held_applies"] == 0
+    assert [_read(node, key) for key in range(100, 140)] == [("ok", BIG)] * 40

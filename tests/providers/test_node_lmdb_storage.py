@@ -1568,7 +1568,8 @@ def test_reads_are_served_while_a_flush_waits_for_room_on_a_full_disk(
     wait for it (a key outside the write-back buffer drained it), and so did the next due
     flush: the storage actor served nothing for as long as the disk stayed full. Now a read
     takes the flush's rows from it and any other key from LMDB, and a due flush waits
-    (buffered) until the stalled one is done; a full buffer still waits for room."""
+    (buffered) until the stalled one is done (a full buffer too: see
+    ``test_a_full_buffer_behind_a_stalled_flush_never_waits_for_room``)."""
     storage, node, full = _failing_commits(
         root, monkeypatch, errno.ENOSPC, "No space left", lmdb_flush_interval_ms=50
     )
@@ -1690,3 +1691,69 @@ def test_a_commit_whose_fsync_fails_stops_the_durable_positions_too(
     finally:
         node.env = failing.env
         storage.close()
+
+
+def test_a_full_buffer_behind_a_stalled_flush_never_waits_for_room(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review L, bug 1: the apply that filled the write-back buffer while its last flush
+    waited for room on a full disk waited for that flush, and the storage actor with it: no
+    read (a strong read of a single-replica leader included) was answered until there was
+    room. Now the apply returns, the buffer grows past its byte bound up to ``BEHIND_FACTOR``
+    times it (then ``applies_held``: the actor holds its applies), the partition reports its
+    writes stalled (new commits are refused), reads are served from buffer, stalled flush and
+    LMDB, and once there is room the partition is woken and everything applied lands."""
+    storage, node, full = _failing_commits(
+        root,
+        monkeypatch,
+        errno.ENOSPC,
+        "No space left",
+        lmdb_flush_bytes=1024,
+        lmdb_flush_interval_ms=3_600_000,
+    )
+    big = "x" * 1024
+    try:
+        storage.apply(("write", "t", "b4", big), LogPos(4, 1))  # over the bound: flushed
+        assert wait_for(lambda: node.stalled is not None)
+        stalled = storage._inflight
+        assert stalled is not None and not stalled[0].done
+        seen: list[Any] = []
+
+        last = 12  # 8 applies of 1 KiB: BEHIND_FACTOR (8) times the byte bound
+
+        def fill_then_read() -> None:
+            for index in range(5, last + 1):
+                storage.apply(("write", "t", f"b{index}", big), LogPos(index, 1))
+            for key in ("k", "other", "b4", f"b{last}"):
+                seen.append(storage.read(("read", "t", key), storage.position()))
+
+        worker = threading.Thread(target=fill_then_read, daemon=True)
+        worker.start()
+        worker.join(2.0)
+        assert not worker.is_alive(), "an apply waited for room on the full disk"
+        assert seen == [("ok", "v"), ("ok", 7), ("ok", big), ("ok", big)]
+        stall = storage.write_stalled()
+        assert stall is not None and "disk full" in stall
+        # Bounded: the storage actor holds its applies from here; no second flush.
+        assert storage.applies_held()
+        assert storage._pending_bytes < (node_lmdb.BEHIND_FACTOR + 1) * 1024
+        assert storage._inflight is stalled
+        woken = threading.Event()
+        assert storage.wake_when_written(woken.set)
+        full["now"] = False
+        assert woken.wait(10) and stalled[0].done and stalled[0].error is None
+        assert not storage.applies_held() and storage.write_stalled() is None
+        assert storage.write_back_due() == 0  # left past its bound: written out at once
+        storage.write_back()
+        storage._drain()
+        assert storage._pending_position is None
+    finally:
+        full["now"] = False
+        storage.close()
+    reopened = open_lazy(root, 1)
+    try:
+        assert reopened.position() == LogPos(last, 1)
+        for index in range(4, last + 1):
+            assert reopened.read(("read", "t", f"b{index}"), reopened.position()) == ("ok", big)
+    finally:
+        reopened.close()

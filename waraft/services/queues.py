@@ -25,6 +25,7 @@ from waraft.otp.reply import ReplyTo
 COMMIT_QUEUE_FULL = "commit_queue_full"
 COMMIT_QUEUE_BYTES_FULL = "commit_queue_bytes_full"
 APPLY_QUEUE_FULL = "apply_queue_full"
+COMMIT_STALLED = "commit_stalled"
 READ_QUEUE_FULL = "read_queue_full"
 READ_QUEUE_BYTES_FULL = "read_queue_bytes_full"
 
@@ -49,6 +50,9 @@ class Queues:
         self.commits_applied = 0  # applied and answered (on the leader, which holds the callers)
         self.reads_admitted = 0
         self._generation = 0  # reset() counts up: a read admitted before it releases nothing
+        # Why storage cannot write what it applies (a full disk), set by the storage actor:
+        # new commits are refused meanwhile (``set_storage_stalled``).
+        self.storage_stalled: str | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -63,6 +67,7 @@ class Queues:
             self._read_bytes = 0
             self._generation += 1
             self._reads: list[tuple[int, int, Any, Any]] = []
+            self.storage_stalled = None
 
     # -- inspection -----------------------------------------------------------------------------
 
@@ -121,10 +126,12 @@ class Queues:
         bytes (``raft_max_pending_commit_bytes``; a commit larger than the whole budget is
         admitted only into an empty queue, so it can still go through). Returns how many
         were admitted (the first ones, in order) and the reason the rest were rejected
-        (``None`` when all were admitted): ``apply_queue_full``, ``commit_queue_full`` or
-        ``commit_queue_bytes_full``.
+        (``None`` when all were admitted): ``commit_stalled`` (``set_storage_stalled``),
+        ``apply_queue_full``, ``commit_queue_full`` or ``commit_queue_bytes_full``.
         """
         with self._lock:
+            if self.storage_stalled is not None:
+                return 0, COMMIT_STALLED
             if self.apply_queue_full():
                 return 0, APPLY_QUEUE_FULL
             room = self._commit_limit(priority) - self._pending[priority]
@@ -166,6 +173,15 @@ class Queues:
                 self._commit_bytes -= self._commit_bytes * count // held
             else:
                 self._commit_bytes = max(0, self._commit_bytes - size)
+
+    def set_storage_stalled(self, reason: str | None) -> None:
+        """Storage cannot write what it applies (``reason``: a full disk), or can again
+        (None). While it cannot, new commits are refused with ``commit_stalled``, as a leader
+        whose log cannot append refuses them: each one admitted would be applied into memory
+        that nothing writes out. Commits admitted before are still applied and answered, and
+        reads are still admitted."""
+        with self._lock:
+            self.storage_stalled = reason
 
     # -- reads ----------------------------------------------------------------------------------
 

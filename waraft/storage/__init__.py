@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -404,6 +405,13 @@ class StorageServer(otp.Process):
             self._failure_key = (self.node.id, self.name)
             self._write_back_timer: otp.TimerRef | None = None  # see _arm_write_back
             self._sending: frozenset[str] = frozenset()  # see _create_snapshot
+            # Apply messages (and the reads queued behind them) held while the provider's
+            # buffer waits for its last write (``_hold``), the wake-up it promised when that
+            # write is done, and why new commits are refused meanwhile (``_settle_writes``).
+            self._held: deque[ApplyRequest | ReadNowRequest] = deque()
+            self._wake_armed = False
+            self._stalled: str | None = None
+            self.queues.set_storage_stalled(None)  # a crashed predecessor's, if any
             self.position: LogPos = self.provider.position()
             self.skipped = 0
             self.sessions = self._load_sessions()
@@ -482,33 +490,12 @@ class StorageServer(otp.Process):
     def handle_cast(self, msg: Any) -> None:
         cls = type(msg)
         if cls is ApplyRequest:
-            if self._failed is not None:
-                # Sent before the server disabled the replica, or after it was enabled again
-                # without a restart: start over from the durable position.
-                raise StorageError(f"storage {self.name} cannot apply: {self._failed}")
-            if self._awaiting_data is not None:
-                self.queues.fulfill_apply(len(msg.items), msg.size)  # applied by the snapshot
-            else:
-                try:
-                    with coalesced_replies():
-                        self._apply(msg.items, msg.size)
-                except InvalidIncompleteReplica as exc:
-                    self._await_data(str(exc))
-                except Exception as exc:
-                    self._apply_failed(exc)
-                else:
-                    if _apply_failures:
-                        _apply_failures.pop(self._failure_key, None)
-                # Also after a failure that did not crash the actor: the rows applied before
-                # it are buffered too.
-                if self._write_back_timer is None:
-                    self._arm_write_back()
-                else:
-                    self._postpone_write_back()
+            if not self._hold(msg):
+                self._handle_apply(msg)
+                self._settle_writes()
         elif cls is ReadNowRequest:
-            self.queues.release_reads(1)
-            # A client's read (a $batch of reads, maybe): charged like those served in turns.
-            msg.from_.reply(self._read(msg.command, self._reply_budget()))
+            if not self._hold(msg):
+                self._read_now(msg)
         elif cls is tuple and len(msg) == 2 and msg[0] == "delete_snapshot":
             self._delete_snapshot(msg[1])
         elif cls is tuple and len(msg) == 2 and msg[0] == "snapshots_in_use":
@@ -518,15 +505,117 @@ class StorageServer(otp.Process):
         if self._corruption is not None:
             raise self._corruption
 
+    def _hold(self, msg: ApplyRequest | ReadNowRequest) -> bool:
+        """Hold ``msg`` if the provider cannot take an apply without waiting for its last
+        write (``applies_held``: its buffer is at its bound on a full or slow disk), or if
+        earlier messages are held: True if held. Waiting inside the apply, as before, served
+        nothing, not even a local read, for as long as the disk stayed full. A read for now
+        (``ReadNowRequest``) is held behind held applies: the server sent it once it had
+        sent them, and it must see them. Held applies keep their slots in the apply queue,
+        whose bounds hold the server back."""
+        held = self._held
+        if not held and (type(msg) is ReadNowRequest or not self.provider.applies_held()):
+            return False
+        held.append(msg)
+        if len(held) == 1:
+            logger.warning(
+                "storage %s holds its applies until its last write is done%s",
+                self.name,
+                "" if self._stalled is None else f" ({self._stalled})",
+            )
+            self._settle_writes()
+        return True
+
+    def _settle_writes(self) -> None:
+        """After an apply, or when the provider's last write is done: write the buffer out if
+        it is due, apply what is held for as long as the provider takes applies, have new
+        commits refused while the provider's writes are stalled (``write_stalled``), and be
+        woken when the last write is done if anything waits for it."""
+        provider, held = self.provider, self._held
+        while True:
+            due = provider.write_back_due()
+            if due is not None and due <= 0:
+                provider.write_back()
+            while held and not provider.applies_held():
+                msg = held.popleft()
+                if isinstance(msg, ApplyRequest):
+                    self._handle_apply(msg)
+                else:
+                    self._read_now(msg)
+                if not held:
+                    logger.warning("storage %s applies again", self.name)
+            if not self._wake_armed:
+                self._wake_armed = provider.wake_when_written(self._wake)
+            self._report_stall(provider.write_stalled())
+            # Not woken, applies still held: the write was done meanwhile; go round again.
+            if self._wake_armed or not held:
+                return
+
+    def _wake(self) -> None:
+        """The provider's last write is done (called on the committer's thread)."""
+        with self.node.activate():
+            otp.send(self.pid, ("written",))
+
+    def _report_stall(self, reason: str | None) -> None:
+        """Refuse new commits (``commit_stalled``) while the provider cannot write what it
+        applied, and accept them again once it can."""
+        if (reason is None) == (self._stalled is None):
+            return
+        self._stalled = reason
+        self.queues.set_storage_stalled(reason)
+        if reason is not None:
+            logger.warning(
+                "storage %s: writes stalled (%s); refusing new commits, serving reads",
+                self.name,
+                reason,
+            )
+        else:
+            logger.warning("storage %s: writes resumed; accepting commits", self.name)
+
+    def _read_now(self, msg: ReadNowRequest) -> None:
+        self.queues.release_reads(1)
+        # A client's read (a $batch of reads, maybe): charged like those served in turns.
+        msg.from_.reply(self._read(msg.command, self._reply_budget()))
+
+    def _handle_apply(self, msg: ApplyRequest) -> None:
+        """Apply one message of committed entries (held or not)."""
+        if self._failed is not None:
+            # Sent before the server disabled the replica, or after it was enabled again
+            # without a restart: start over from the durable position.
+            raise StorageError(f"storage {self.name} cannot apply: {self._failed}")
+        if self._awaiting_data is not None:
+            self.queues.fulfill_apply(len(msg.items), msg.size)  # applied by the snapshot
+        else:
+            try:
+                with coalesced_replies():
+                    self._apply(msg.items, msg.size)
+            except InvalidIncompleteReplica as exc:
+                self._await_data(str(exc))
+            except Exception as exc:
+                self._apply_failed(exc)
+            else:
+                if _apply_failures:
+                    _apply_failures.pop(self._failure_key, None)
+            # Also after a failure that did not crash the actor: the rows applied before
+            # it are buffered too.
+            if self._write_back_timer is None:
+                self._arm_write_back()
+            else:
+                self._postpone_write_back()
+
     def handle_info(self, msg: Any) -> None:
         if msg == ("write_back",):
             self._write_back_timer = None
-            due = self.provider.write_back_due()
-            if due is not None and due <= 0:
-                self.provider.write_back()
-            self._arm_write_back()
+            self._settle_writes()
+            if self._write_back_timer is None:
+                self._arm_write_back()
+        elif msg == ("written",):
+            self._wake_armed = False
+            self._settle_writes()
         else:
             super().handle_info(msg)
+        if self._corruption is not None:
+            raise self._corruption
 
     def _arm_write_back(self) -> None:
         """A timer for the provider's write-back buffer, if it holds one: the rows of a
@@ -1110,6 +1199,8 @@ class StorageServer(otp.Process):
                 "last_applied": self.position.index,
                 "witness": self.witness,
                 "snapshots_in_use": sorted(self._sending),
+                "held_applies": len(self._held),  # see _hold
+                "writes_stalled": self._stalled,  # new commits refused meanwhile
             }
             status.update(provider.status())
             return status

@@ -45,7 +45,13 @@ Nor is every apply its own write: applied rows go into the partition's *write-ba
 ``IDLE_FLUSH_FACTOR`` intervals once the partition stops applying; a snapshot, a close and
 anything reading the whole environment flush it first, and a read of one key looks in it first.
 A key written many times in between is checksummed and put once. ``lmdb_flush_interval_ms`` 0
-queues every apply's write as it is applied (no buffer). What each failure costs:
+queues every apply's write as it is applied (no buffer). On a full disk a flush waits in the
+committer for room, and no apply waits for it (``_caught_up``): the buffer takes applies up to
+``BEHIND_FACTOR`` times its byte bound, beyond which the storage actor holds its apply messages
+(``applies_held``); the partition has new commits refused with ``commit_stalled`` meanwhile
+(``write_stalled``), reads are served (from the buffer, the waiting flush and LMDB), and the
+committer wakes the storage actor once the flush lands (``wake_when_written``). What each
+failure costs:
 
 * process crash (``kill -9``): nothing the log does not hold (an apply still queued or in the
   write-back buffer is re-applied from it). A commit's pages are in the kernel's page cache
@@ -180,10 +186,21 @@ this many flush intervals after its first row (``write_back_due``): a timer per 
 DEFAULT_FLUSH_BYTES: Final = 256 * 1024
 """Lazy sync: value bytes applied (overwrites counted each time) that flush a partition's
 write-back buffer early: what bounds its memory."""
+BEHIND_FACTOR: Final = 8
+"""A write-back buffer due while the partition's previous flush waits for room on a full disk
+is not flushed behind it (that waited, and the storage actor served nothing until there was
+room): it takes applies up to this many times ``lmdb_flush_bytes``, and beyond that the
+storage actor holds its applies until the flush is done (``applies_held``). Room for what a
+leader had committed when its disk filled up (new commits are then refused): applied, it
+answers the strong reads queued behind it."""
 
 STALL_BACKOFF_MIN: Final = 0.1
 STALL_BACKOFF_MAX: Final = 2.0
 """Seconds between attempts to commit on a full disk, doubling (as the WAL's)."""
+STALL_CHECK: Final = 0.05
+"""Seconds between two looks at the node's stall while an apply waits for its partition's
+last flush (``NodeLmdbStorage._caught_up``): a flush the committer finds the disk full for
+is waited for no longer than this after."""
 LOW_SPACE_BYTES: Final = 64 * 1024 * 1024
 """Free bytes under which a commit's ``EIO`` (LMDB's word for a short write) means a full
 disk (see ``_disk_full``)."""
@@ -270,6 +287,7 @@ class _Write:
         "generation",
         "lease",
         "meta",
+        "notify",
         "ops",
         "seed",
         "where",
@@ -294,6 +312,9 @@ class _Write:
         self.error: BaseException | None = None
         self.generation = 0  # the node's commit generation that carried it (NodeEnv)
         self.event = otp.Event()  # set once the write is done
+        # Called by the committer once the write is done (after ``event``): how a storage
+        # actor that never waits for the write learns it may go on (``wake_when_written``).
+        self.notify: Callable[[], None] | None = None
 
     def put(self, txn: lmdb.Transaction) -> int:
         """Put the write into ``txn``; the bytes of keys and values it wrote."""
@@ -313,6 +334,20 @@ class _Write:
             txn.put(key, _seal(seed, key, value), db=db)
             size += len(key) + len(value)
         return size
+
+
+def _finish(write: _Write) -> None:
+    """Mark ``write`` done: wake its waiter, then whoever asked to be told (``notify``; a
+    failing callback must not stop the committer, whose writes it would leave undone)."""
+    write.done = True
+    write.event.set()
+    notify = write.notify
+    if notify is not None:
+        write.notify = None
+        try:
+            notify()
+        except Exception:
+            logger.exception("LMDB node storage %s: a write's notification failed", write.where)
 
 
 _DELETED = object()  # a key deleted, in NodeLmdbStorage._raw
@@ -894,8 +929,7 @@ class NodeEnv:
                 waiting = {id(write) for write in retried}
                 for write in group:
                     if id(write) not in waiting:
-                        write.done = True
-                        write.event.set()
+                        _finish(write)
 
     def withdraw(self, write: _Write) -> bool:
         """Take ``write`` back if it waits for room on a full disk (not committed, and now
@@ -910,8 +944,7 @@ class NodeEnv:
             else:
                 return False
         write.error = StorageError(f"LMDB node storage {write.where}: withdrawn on a full disk")
-        write.done = True
-        write.event.set()
+        _finish(write)
         return True
 
     def _wait_for_room(self, group: list[_Write], backoff: float) -> bool:
@@ -1131,6 +1164,7 @@ class NodeLmdbStorage(LmdbStorage):
             float(extra.get("lmdb_flush_interval_ms", DEFAULT_FLUSH_INTERVAL_MS)) / 1000.0
         )
         self._flush_bytes = int(extra.get("lmdb_flush_bytes", DEFAULT_FLUSH_BYTES))
+        self._buffer_max = BEHIND_FACTOR * self._flush_bytes  # see applies_held
         if self._flush_interval < 0 or self._flush_bytes < 0:
             raise ValueError(
                 f"bad lmdb_flush_interval_ms / lmdb_flush_bytes "
@@ -1680,20 +1714,37 @@ class NodeLmdbStorage(LmdbStorage):
         return staged, size
 
     def _buffered(self, position: LogPos) -> None:
-        """The write-back buffer now reaches ``position``: flush it if it is due. While the
-        last flush waits for room on a full disk, only a full buffer is flushed (the apply
-        then waits for room: the buffer stays bounded in bytes); a due one stays buffered."""
+        """The write-back buffer now reaches ``position``: flush it if it is due. The last
+        flush is waited for first, but never once the disk is found full (``_caught_up``):
+        on a full disk that wait lasted until there was room, and the storage actor served
+        no read meanwhile. The buffer then stays, past its byte bound if need be, and the
+        storage actor holds its applies once it reaches ``BEHIND_FACTOR`` times the bound
+        (``applies_held``): it stays bounded in bytes."""
         self._pending_position = position
-        if self._pending_bytes >= self._flush_bytes or (
-            time.monotonic() - self._pending_since >= self._flush_interval
-            and not self._stalled_behind()
-        ):
+        if (
+            self._pending_bytes >= self._flush_bytes
+            or time.monotonic() - self._pending_since >= self._flush_interval
+        ) and self._caught_up():
             self._flush_pending()
 
+    def _caught_up(self) -> bool:
+        """Whether the partition's last flush is done, waiting for it while the disk is not
+        known to be full (as long as a commit takes); False, without waiting, once it is."""
+        inflight, node = self._inflight, self._node
+        if inflight is None or node is None:
+            return True
+        write = inflight[0]
+        if not write.done:
+            node.hurry()
+            while not write.done:
+                if node.stalled is not None:
+                    return False
+                # Woken when it is done; looks at the stall every STALL_CHECK meanwhile.
+                write.event.wait(STALL_CHECK)
+        return True
+
     def _stalled_behind(self) -> bool:
-        """Whether the partition's last flush waits for room on a full disk. Another flush
-        would wait for it first, and the storage actor, suspended meanwhile, would serve no
-        read until there is room."""
+        """Whether the partition's last flush waits for room on a full disk."""
         inflight, node = self._inflight, self._node
         return (
             inflight is not None
@@ -1702,17 +1753,60 @@ class NodeLmdbStorage(LmdbStorage):
             and node.stalled is not None
         )
 
+    def _flush_due(self) -> bool:
+        """Whether the buffer holds rows the next apply would flush (were the last flush
+        done)."""
+        return self._pending_position is not None and (
+            self._pending_bytes >= self._flush_bytes
+            or time.monotonic() - self._pending_since >= self._flush_interval
+        )
+
     def write_back_due(self) -> float | None:
         if self._pending_position is None:
             return None
-        due = self._pending_since + IDLE_FLUSH_FACTOR * self._flush_interval - time.monotonic()
+        if self._pending_bytes >= self._flush_bytes:
+            due = 0.0  # left past its bound by a stalled flush (``_buffered``)
+        else:
+            due = self._pending_since + IDLE_FLUSH_FACTOR * self._flush_interval
+            due -= time.monotonic()
         if due <= 0 and self._stalled_behind():
-            return STALL_BACKOFF_MAX  # the disk is full: look again later (not a busy timer)
+            # The storage actor is woken when the last flush is done (``wake_when_written``):
+            # the timer only looks again later (never a busy timer while the disk is full).
+            return STALL_BACKOFF_MAX
         return due
 
     def write_back(self) -> None:
-        if self._pending_position is not None and not self._stalled_behind():
+        """Flush the buffer, unless the last flush waits for room (see ``_buffered``)."""
+        if self._pending_position is not None and self._caught_up():
             self._flush_pending()
+
+    def applies_held(self) -> bool:
+        return (
+            self._pending_position is not None
+            and self._pending_bytes >= self._buffer_max
+            and self._stalled_behind()
+        )
+
+    def write_stalled(self) -> str | None:
+        node = self._node
+        return node.stalled if node is not None and self._stalled_behind() else None
+
+    def wake_when_written(self, wake: Callable[[], None]) -> bool:
+        """See ``StorageProvider.wake_when_written``: the last flush is waited for when the
+        buffer is due, its applies held or its writes stalled. The committer is hurried on:
+        someone waits for the flush (``LAZY_COMMIT_DELAY``)."""
+        inflight, node = self._inflight, self._node
+        if inflight is None or node is None:
+            return False
+        write = inflight[0]
+        if write.done or not (node.stalled is not None or self._flush_due()):
+            return False
+        write.notify = wake
+        if write.done:  # done meanwhile: the committer may have missed ``notify``
+            write.notify = None
+            return False
+        node.hurry()
+        return True
 
     def _commit(
         self,

@@ -241,6 +241,31 @@ class StorageProvider(ABC):
         """Write the write-back buffer out (``write_back_due``); nothing by default."""
         return None
 
+    # A provider whose writes are asynchronous (``NodeLmdbStorage``'s write-back flushes) never
+    # waits for one inside an apply: on a full disk that wait lasted as long as the disk stayed
+    # full, and every read queued behind the apply with it. The three calls below are how the
+    # storage actor holds its applies instead, and keeps serving reads meanwhile.
+
+    def applies_held(self) -> bool:
+        """True when an apply now would have to wait for the provider's earlier writes (its
+        write-back buffer is at its bound while its last write is not done): the storage
+        actor then holds its apply messages, in order, until ``wake_when_written`` wakes it.
+        Default: False (never)."""
+        return False
+
+    def write_stalled(self) -> str | None:
+        """Why the provider's applied data waits for room to be written (a full disk), else
+        None. Meanwhile the storage actor has new commits refused (``commit_stalled``): what
+        is already committed is still applied and answered. Default: None."""
+        return None
+
+    def wake_when_written(self, wake: Callable[[], None]) -> bool:
+        """Arrange for ``wake`` to be called once, from any thread, when the write the
+        provider has in progress is done, if something waits for it (``applies_held``,
+        ``write_stalled``, a buffer due to be written); False when nothing does, or it is
+        done already (then nothing is arranged). Default: False."""
+        return False
+
     def config(self) -> tuple[LogPos, Config] | None:
         """The newest applied config with the position it was applied at."""
         return self._config
