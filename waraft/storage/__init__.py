@@ -492,7 +492,11 @@ class StorageServer(otp.Process):
         if cls is ApplyRequest:
             if not self._hold(msg):
                 self._handle_apply(msg)
-                self._settle_writes()
+                # Only a stall (new, or going on) leaves work here: otherwise the apply has
+                # flushed a due buffer itself, and nothing is held. Every apply message of
+                # every partition passes here, so the usual case costs one call.
+                if self._stalled is not None or self.provider.write_stalled() is not None:
+                    self._settle_writes()
         elif cls is ReadNowRequest:
             if not self._hold(msg):
                 self._read_now(msg)
