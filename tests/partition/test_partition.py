@@ -749,12 +749,18 @@ def test_a_partition_that_keeps_applying_gets_no_write_back_timer_messages(
     # fired about a dozen times.
     start = time.monotonic()
     i = 0
+    answered: list[float] = []
     while time.monotonic() - start < 2.0:
         assert acceptor.commit(acc, (i, ("write", "t", i, i))) == "ok"
+        answered.append(time.monotonic())
         i += 1
         time.sleep(0.01)
     stopped = time.monotonic()
-    assert [t for t in fired if t < stopped] == []
+    # A firing is the timer's only after a pause in the applies (a loaded machine can
+    # deschedule this loop for longer than the timer's 160 ms): none while they kept coming.
+    during = [t for t in fired if t < stopped]
+    busy = [t for t in during if t - max(a for a in answered if a <= t) < 0.1]
+    assert busy == [], (busy, len(during))
     applied = storage.position(target)
 
     def written_back() -> bool:
