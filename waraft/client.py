@@ -15,8 +15,9 @@ Results are what the acceptor API returns: the storage's answer (``"ok"``, ``("o
 distribution (``max_frame_bytes``, 16 MiB) is answered ``("error", "reply_too_large")``
 instead (final: not retried; a commit answered so was applied). The client adds
 ``("error", "timeout")`` when a request's deadline passes, ``("error", "closed")`` when the
-client is closed, and ``("error", ("badarg", why))`` for a command msgpack cannot encode
-(never sent). The futures are
+client is closed, and ``("error", ("badarg", why))`` for a command msgpack cannot encode, or
+one too large for a frame to its node on its own (``max_frame_bytes`` of the client's
+distribution; ``why`` names the limit): never sent, never retried. The futures are
 ``waraft.client.Future``: the ``concurrent.futures.Future`` methods a caller uses (``result``,
 ``done``, ``add_done_callback``) at a fraction of the cost (no condition variable per request);
 they always complete with such a value, never with an exception.
@@ -29,7 +30,11 @@ encoding otherwise): the same on every machine and Python version (unlike ``hash
 **Batching.** Requests go to a queue served by one sender thread. Each time it wakes it takes
 everything queued and sends, per destination acceptor, ONE frame with all of that partition's
 requests of a kind (up to ``max_batch`` items). While a frame is being encoded and sent, new
-requests accumulate and go in the next frame: natural batching, no fixed delay. At most
+requests accumulate and go in the next frame: natural batching, no fixed delay. Large
+commands go fewer to a frame: about a quarter of the distribution's frame limit
+(``FRAME_SHARE``), by the bytes per command measured on the partition's earlier frames and
+the size of the first command sent; a frame that still encodes larger than the limit is cut
+before it is sent (distribution would drop it, and that is no failure of the node). At most
 ``max_inflight`` requests per partition are in flight (default 1000 unpacked, as WARaft's leader
 admits 1500 high-priority entries; 16384 packed, since a packed frame is one entry); the rest
 wait in the client until replies make room, so a burst is not turned into a storm of
@@ -146,6 +151,7 @@ from typing import Any, Final
 
 from waraft import make_ref, otp
 from waraft.core.commit import CANCELLED
+from waraft.core.log import approx_command_size
 from waraft.core.sessions import (
     ACKNOWLEDGED,
     DEFAULT_EXPIRE_AFTER,
@@ -189,6 +195,18 @@ TICK: Final = 0.05
 """How often (seconds) in-flight batches are checked for expiry."""
 LIVENESS_EVERY: Final = 0.25
 """How often (seconds) the nodes of in-flight batches are checked against dist liveness."""
+FRAME_SHARE: Final = 4
+"""A frame of several requests carries about 1/``FRAME_SHARE`` of the distribution's frame
+limit at most (4 MiB of the default 16 MiB ``max_frame_bytes``, as replies do:
+``REPLY_FRAME_BYTES``). The margin absorbs commands whose sizes differ from the estimate the
+frame was cut by; a packed frame is one log entry, which followers must still get in an
+append frame of their own; and a frame of that size already spreads its round thin. A single
+request may fill the whole frame."""
+SAMPLE_AT: Final = 64
+"""A partition's requests sent together, this many or more, are cut into frames by the size
+of the first too (``Client._sampled_count``), not only by the measure of its earlier frames:
+then a frame of large commands right after small ones is seldom encoded twice (once too
+large, then cut). Sizing the command costs about 1 us, so fewer go by the measure alone."""
 
 _DIST_LOCK = threading.Lock()
 # Numbers this process's clients' reply receivers: each client's name is unique for the life
@@ -767,6 +785,29 @@ def _over_value_limit(payload: bytes | None, items: list[Any], kind: str, packed
     return False
 
 
+def _parts(requests: list[_Request], budget: int | None) -> list[list[_Request]]:
+    """``requests`` (two or more) in consecutive parts: of about ``budget`` bytes at most by
+    ``approx_command_size`` (a lone command may pass it), else halves, also when the estimate
+    fits them all in one part (it undercounts a few kinds of values, non-ASCII strings), so
+    every part is smaller than the whole and cutting again ends."""
+    if budget is not None:
+        parts: list[list[_Request]] = []
+        part: list[_Request] = []
+        size = 0
+        for request in requests:
+            bytes_ = approx_command_size(request.item)
+            if part and size + bytes_ > budget:
+                parts.append(part)
+                part, size = [], 0
+            part.append(request)
+            size += bytes_
+        parts.append(part)
+        if len(parts) > 1:
+            return parts
+    half = len(requests) // 2
+    return [requests[:half], requests[half:]]
+
+
 _MISSING: Any = object()
 """A result of a reply in parts that has not arrived yet."""
 
@@ -874,6 +915,13 @@ class Client:
         self._closed = False
         self._sender_done = False
         self._in_hand: list[_Entry] = []  # what the sender took to dispatch (sender only)
+        # Per acceptor address: the largest payload distribution casts to it, None for no
+        # limit (``_cast_limit``); per partition: the encoded bytes per command of its latest
+        # frames and the commands a frame then carries, while they are large (``_measure``).
+        # All sender only.
+        self._cast_limits: dict[tuple[str, str], int | None] = {}
+        self._command_bytes: dict[int, float] = {}
+        self._frame_counts: dict[int, int] = {}
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "requests",
@@ -890,6 +938,7 @@ class Client:
                 "partition_holds",
                 "silent_leaders",
                 "no_such_partition",
+                "oversized_frames",
             ),
             0,
         )
@@ -1131,7 +1180,9 @@ class Client:
         because its node kept answering others), send_failures, timeouts, stale_hints (a
         follower named a leader that had just failed an attempt), silent_leaders (a cached
         leader forgotten because it answered nothing while requests to it ran out of time),
-        no_such_partition (requests that ended so), plus inflight and queued now."""
+        no_such_partition (requests that ended so), oversized_frames (frames found larger
+        than distribution carries, never sent: cut smaller, a lone request refused), plus
+        inflight and queued now."""
         with self._lock:
             out = dict(self._counters)
             out["inflight_batches"] = len(self._inflight)
@@ -1604,8 +1655,58 @@ class Client:
                 continue
             node = self._target(partition, now)
             address = (acceptor.default_name(self.table, partition), node)
-            for chunk in _chunks(requests, self.max_batch):
+            size = self._frame_counts.get(partition, self.max_batch)
+            if total >= SAMPLE_AT and size > 1:
+                size = min(size, self._sampled_count(address, requests))
+            for chunk in _chunks(requests, size):
                 self._send(address, partition, kind, priority, chunk, now)
+
+    def _sampled_count(self, address: tuple[str, str], entries: list[_Entry]) -> int:
+        """How many commands a frame to ``address`` carries if all were as large as the
+        first of ``entries`` by ``approx_command_size``: ``max_batch``, or fewer to stay
+        within 1/``FRAME_SHARE`` of the frame limit (at least one). Only the first is
+        sized: sizing every command would cost a small one a third of what the client
+        spends on it; the frames' measure (``_measure``) covers the others, and a frame that
+        comes out too large anyway is cut before it is sent (``_send``)."""
+        limit = self._cast_limit(address)
+        if limit is None:
+            return self.max_batch
+        first = entries[0]
+        per = approx_command_size(first.items[0] if isinstance(first, _Group) else first.item)
+        return max(1, min(self.max_batch, int(limit / FRAME_SHARE / max(per, 1.0))))
+
+    def _cast_limit(self, address: tuple[str, str]) -> int | None:
+        """The largest payload distribution casts to ``address`` (None: no limit, in
+        process). Its settings do not change while it runs, so each is asked once."""
+        try:
+            return self._cast_limits[address]
+        except KeyError:
+            pass
+        limit = None
+        if self._remote:
+            from waraft import distribution as dist
+
+            limit = dist.cast_limit(address)
+        self._cast_limits[address] = limit
+        return limit
+
+    def _measure(self, partition: int, per: float, limit: int) -> None:
+        """Remember ``per``, the bytes per command of a frame of ``partition``, when its
+        commands are large, and so how many its next frames carry (``_frame_counts``;
+        fewer than ``max_batch``, within 1/``FRAME_SHARE`` of ``limit``). The larger of this
+        frame's figure and half the previous one counts, so a run of small commands does not
+        at once make room for 1000 of the large ones that came before; a partition whose
+        commands are small again is forgotten."""
+        previous = self._command_bytes.get(partition, 0.0) / 2
+        if previous > per:
+            per = previous
+        fits = int(limit / FRAME_SHARE / per)
+        if fits >= self.max_batch:
+            self._command_bytes.pop(partition, None)
+            self._frame_counts.pop(partition, None)
+        else:
+            self._command_bytes[partition] = per
+            self._frame_counts[partition] = max(1, fits)
 
     def _gathers(self, partition: int, total: int) -> bool:
         """Under the lock: whether ``total`` new requests for ``partition`` wait to be sent
@@ -1696,8 +1797,23 @@ class Client:
         except codec.CodecError as exc:
             self._unencodable(batch_id, exc)
             return
+        if payload is not None:
+            limit = self._cast_limit(address)
+            if limit is not None:
+                per = len(payload) / count
+                # Frames of small commands (most) cost a comparison and a lookup.
+                if per * FRAME_SHARE * self.max_batch > limit or partition in self._frame_counts:
+                    self._measure(partition, per, limit)
+                if len(payload) > limit:
+                    # Distribution would drop it (and the cast's False read as a lost node).
+                    self._count("oversized_frames")
+                    why = self._too_large(address, len(payload), limit)
+                    self._split(batch_id, address, partition, kind, priority, now, why, limit)
+                    return
         if (packed or payload is not None) and _over_value_limit(payload, items, wire, packed):
-            self._split(batch_id, address, partition, kind, priority, now)
+            values = codec.MAX_UNTRUSTED_OBJECTS
+            why = f"the command holds more than {values:,} msgpack values"
+            self._split(batch_id, address, partition, kind, priority, now, why)
             return
         if self._cast(address, msg, payload):
             return
@@ -1715,27 +1831,40 @@ class Client:
         kind: str,
         priority: str,
         now: float,
+        why: str,
+        limit: int | None = None,
     ) -> None:
-        """A batch holding more msgpack values than a node accepts (``_over_value_limit``),
-        never sent: its halves are sent instead, and a lone request over the limit is
-        answered ``("error", ("badarg", why))`` (never sent, so never applied)."""
+        """A batch never sent because a node would refuse it (more msgpack values than it
+        decodes, ``_over_value_limit``) or distribution would drop it (more bytes than a frame
+        carries, ``limit``): its requests are sent in smaller batches instead, in order
+        (``_parts``), and a lone request is answered ``("error", ("badarg", why))`` at once
+        (never sent, so never applied, and not retried)."""
         with self._lock:
             batch = self._pop_batch(batch_id)
             if batch is None:
                 return
-            requests: list[_Entry] = list(batch.materialize())
+            requests = batch.materialize()
             if len(requests) > 1:
-                total = sum([request.count for request in requests])
+                total = len(requests)
                 self._inflight_items[partition] = self._inflight_items.get(partition, 0) + total
         if len(requests) == 1:
-            limit = codec.MAX_UNTRUSTED_OBJECTS
-            requests[0].finish(
-                ("error", ("badarg", f"the command holds more than {limit:,} msgpack values"))
-            )
+            requests[0].finish(("error", ("badarg", why)))
             return
-        half = len(requests) // 2
-        self._send(address, partition, kind, priority, requests[:half], now)
-        self._send(address, partition, kind, priority, requests[half:], now)
+        budget = None if limit is None else limit // FRAME_SHARE
+        for part in _parts(list(requests), budget):
+            self._send(address, partition, kind, priority, [*part], now)
+
+    def _too_large(self, address: tuple[str, str], size: int, limit: int) -> str:
+        """Why a lone request whose frame payload is ``size`` bytes, over the ``limit`` a
+        cast to ``address`` carries, is refused (``badarg``)."""
+        from waraft import distribution as dist
+
+        frame = dist.frame_limit(address[1]) or limit
+        envelope = frame - limit
+        return (
+            f"the command needs a {size + envelope:,}-byte frame, over the distribution's "
+            f"frame limit of {frame:,} bytes (max_frame_bytes)"
+        )
 
     def _unencodable(self, batch_id: int, error: Exception) -> None:
         """A batch that msgpack cannot encode: each request whose command cannot be encoded
@@ -1766,7 +1895,9 @@ class Client:
 
     def _cast(self, address: tuple[str, str], msg: Any, payload: bytes | None) -> bool:
         """Send ``msg``: in process as it is, over distribution as ``payload`` (its encoding,
-        made by the caller so that a command msgpack cannot carry is caught there)."""
+        made by the caller so that a command msgpack cannot carry is caught there). False:
+        the node is down, cut off or its queue full, a failure of the node; never the
+        frame's size, which the caller has kept within ``_cast_limit``."""
         if payload is None:
             otp.cast(address, msg)
             return True

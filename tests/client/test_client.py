@@ -1014,3 +1014,19 @@ def test_a_reply_part_whose_total_is_not_its_batchs_count_is_dropped(
         del c._inflight[7]
     finally:
         c.close()
+
+
+def test_an_oversized_batch_is_cut_in_order_into_parts_that_each_shrink() -> None:
+    from waraft.client import _parts, _Request
+
+    def req(size: int) -> _Request:
+        return _Request(1, "commit", ("write", "t", "k", b"x" * size), "high", 0.0)
+
+    sizes = [100, 300, 300, 50, 600, 10]
+    requests = [req(n) for n in sizes]
+    parts = _parts(requests, 800)  # cut by estimated bytes (63 besides the value), in order
+    assert [[len(r.item[3]) for r in part] for part in parts] == [[100, 300], [300, 50], [600, 10]]
+    assert [r for part in parts for r in part] == requests
+    # The estimate fits them in one part (it undercounts, say): halves, so cutting ends.
+    assert [len(part) for part in _parts(requests, 10_000)] == [3, 3]
+    assert [len(part) for part in _parts(requests, None)] == [3, 3]

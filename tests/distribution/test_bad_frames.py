@@ -153,6 +153,23 @@ def test_sending_an_oversized_frame_is_refused_locally(
     assert shared_child.call("echo", b"x" * (LIMIT // 2)) == b"x" * (LIMIT // 2)
 
 
+def test_cast_limit_is_the_largest_payload_a_cast_carries(
+    small_node: str, shared_child: Child
+) -> None:
+    # waraft.client keeps its frames within it: a payload one byte larger is dropped.
+    addr = ("no_such_name", shared_child.node_id)  # dropped there; sent from here
+    assert dist.frame_limit(shared_child.node_id) == LIMIT
+    limit = dist.cast_limit(addr)
+    assert limit is not None and LIMIT - 64 < limit < LIMIT
+    assert dist.cast_limit(("sink", small_node)) is None  # this node: nothing is framed
+    fitting = codec.packb(b"x" * (limit - 3))  # bin16: a 3-byte header
+    assert len(fitting) == limit
+    assert dist.cast_bytes(addr, fitting) is True
+    assert dist.stats().get("tx_oversized", 0) == 0
+    assert dist.cast_bytes(addr, codec.packb(b"x" * (limit - 2))) is False
+    assert dist.stats()["tx_oversized"] == 1
+
+
 def test_made_up_node_ids_cannot_fill_the_peer_table(
     raw: zmq.Context[zmq.Socket[bytes]],
 ) -> None:

@@ -4,13 +4,17 @@ good when it stops answering."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.multiprocess.conftest import make_cluster
-from tests.multiprocess.harness import Cluster, wait_until
+from tests.multiprocess.harness import Cluster, child_env, wait_until
 from waraft import client as client_module
 from waraft import distribution as dist
 from waraft.client import NO_SUCH_PARTITION, Client
@@ -138,6 +142,98 @@ def test_a_command_over_the_nodes_value_limit_is_refused_and_big_batches_are_spl
         assert [f.result(30) for f in futures] == ["ok"] * 3
         found = client.read(1, ("read", "kv", f"{pack}s2"))
         assert found[0] == "ok" and len(found[1]) == len(share)
+    finally:
+        client.close()
+
+
+# A client process whose distribution carries frames of at most FRAME_LIMIT bytes (the nodes
+# take 16 MiB): what it sends and is answered, and its own counters, as JSON on stdout.
+FRAME_LIMIT = 1 << 20
+_BIG_VALUES_CLIENT = textwrap.dedent(
+    """
+    import json, sys, time
+    from waraft import distribution as dist
+    from waraft.client import Client
+
+    nodes, limit, pack = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3] == "True"
+    tag = "p" if pack else "u"
+
+    def value(i, size=limit // 16):
+        return bytes([i % 251]) * size
+
+    out = {}
+    options = {"max_frame_bytes": limit}
+    with Client(nodes, table="kv", partitions=1, timeout=30.0, pack=pack,
+                dist_options=options) as c:
+        # First thing sent: sized before any frame of the partition was measured.
+        first = c.commit_many([(1, ("write", "kv", f"{tag}a{i}", value(i))) for i in range(80)])
+        out["first"] = [f.result(60) for f in first]
+        # After frames of small commands: the measure says small, the burst is large.
+        small = [c.commit_async(1, ("write", "kv", f"{tag}s{i}", i)) for i in range(50)]
+        out["small"] = [f.result(60) for f in small]
+        burst = [(1, ("write", "kv", f"{tag}s{i}", i)) for i in range(3)]
+        burst += [(1, ("write", "kv", f"{tag}b{i}", value(i))) for i in range(48)]
+        out["burst"] = [f.result(60) for f in c.commit_many(burst)]
+        # Many in flight at once, one at a time, half a frame each.
+        futures = [c.commit_async(1, ("write", "kv", f"{tag}h{i}", value(i, limit // 2)))
+                   for i in range(12)]
+        out["halves"] = [f.result(60) for f in futures]
+        # One command alone fills nearly a whole frame; one more than a frame never goes.
+        out["whole"] = c.commit(1, ("write", "kv", f"{tag}whole", value(7, limit - 4096)))
+        started = time.monotonic()
+        mates = c.commit_many([
+            (1, ("write", "kv", f"{tag}m1", 1)),
+            (1, ("write", "kv", f"{tag}over", value(9, limit + 1))),
+            (1, ("write", "kv", f"{tag}m2", 2)),
+        ], timeout=10.0)
+        out["mates"] = [f.result(30) for f in mates]
+        out["mates_s"] = time.monotonic() - started
+        out["client"] = c.stats()
+        out["dist"] = dist.stats()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_large_values_go_in_frames_within_the_limit_and_one_over_it_is_refused(
+    cluster: Cluster, pack: bool
+) -> None:
+    # With 1 MiB values and 300 in flight, the client packed 17-60 MB of one partition's
+    # requests into one frame: distribution dropped it over its 16 MiB limit ("dropped a
+    # 46138431-byte frame"), the cast's False marked the node failed, its leaders were
+    # forgotten and every request retried with backoff. A lone command over the limit was
+    # re-sent and dropped until its deadline.
+    command = [sys.executable, "-c", _BIG_VALUES_CLIENT, ",".join(cluster.ids)]
+    run = subprocess.run(
+        [*command, str(FRAME_LIMIT), str(pack)],
+        capture_output=True, text=True, timeout=240, env=child_env(),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout)
+    # Nothing was dropped for its size, and no node was taken for failed.
+    assert out["dist"].get("tx_oversized", 0) == 0, out["dist"]
+    assert out["client"]["send_failures"] == 0, out["client"]
+    assert "dropped a" not in run.stderr
+    for phase in ("first", "small", "burst", "halves"):
+        assert out[phase] == ["ok"] * len(out[phase]), (phase, out[phase])
+    assert out["whole"] == "ok"
+    assert out["mates"][0] == out["mates"][2] == "ok", out["mates"]
+    over = out["mates"][1]
+    assert over[0] == "error" and over[1][0] == "badarg", over
+    assert "max_frame_bytes" in over[1][1] and f"{FRAME_LIMIT:,}" in over[1][1], over
+    assert out["mates_s"] < 5.0  # answered at once, not retried until the deadline
+    # What was written is there, whole.
+    tag = "p" if pack else "u"
+    client = Client(cluster.ids, table="kv", partitions=1, timeout=20.0)
+    try:
+        for key, size, i in (("a79", 16, 79), ("b3", 16, 3), ("h11", 2, 11)):
+            assert client.read(1, ("read", "kv", f"{tag}{key}")) == (
+                "ok", bytes([i % 251]) * (FRAME_LIMIT // size)
+            )  # fmt: skip
+        whole = client.read(1, ("read", "kv", f"{tag}whole"))
+        assert whole == ("ok", bytes([7]) * (FRAME_LIMIT - 4096))
+        assert client.read(1, ("read", "kv", f"{tag}over")) == "not_found"
     finally:
         client.close()
 

@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from waraft.distribution import inline
+from waraft.distribution import envelope, inline
 from waraft.distribution.nodeid import NodeIdError, is_node_id, make, parse
 from waraft.distribution.reply import RemoteReplyTo
 from waraft.distribution.runtime import Dist, add_peer_listener, remove_peer_listener
@@ -63,8 +63,10 @@ __all__ = [
     "call",
     "cast",
     "cast_bytes",
+    "cast_limit",
     "clear_fault",
     "encode",
+    "frame_limit",
     "is_node_id",
     "is_started",
     "make",
@@ -273,6 +275,22 @@ def send_bytes(addr: tuple[str, str], payload: bytes) -> bool:
         return send(addr, codec.unpackb(payload))
     dist = _dist
     return dist is not None and dist.cast_bytes(addr, payload, info=True)
+
+
+def frame_limit(node_id: str) -> int | None:
+    """The largest frame a message to ``node_id`` may travel in (``max_frame_bytes``): the
+    distribution drops a larger one (``tx_oversized``) and answers the cast False. None for
+    a node of this process, or when distribution is not started: nothing leaves the process."""
+    dist = _dist
+    return None if dist is None else dist.frame_limit(node_id)
+
+
+def cast_limit(addr: tuple[str, str]) -> int | None:
+    """The largest ``payload`` that :func:`cast_bytes` can carry to ``addr``: its node's
+    :func:`frame_limit` less the envelope the cast is framed in; None when there is no limit.
+    A sender that keeps its payloads within it never has a cast dropped for its size."""
+    limit = frame_limit(addr[1])
+    return None if limit is None else limit - len(envelope.cast_frame(addr[0], b""))
 
 
 def set_inline_handler(name: str, handler: inline.Handler | None) -> None:
