@@ -41,8 +41,9 @@ VALUE = b"v" * 100
 
 
 # ---------------------------------------------------------------------- stub side
-def _stub_handler(msg: Any) -> bool:
-    """Answer a client batch at once with every command "ok" (in dist's receive thread)."""
+def _stub_handler(msg: Any, origin: str) -> bool:
+    """Answer a client batch at once with every command "ok" (in dist's receive thread; an
+    inline handler is also told who sent it, ``origin``, which a stub does not check)."""
     if type(msg) is not tuple or len(msg) != 6 or msg[0] != "client_batch":
         return False
     _, reply_addr, batch_id, kind, items, _priority = msg
