@@ -32,6 +32,8 @@ def test_sigterm_under_load_is_bounded_and_cleans_up(tmp_path: Path) -> None:
         node_id = node.wait_ready()
         found = re.search(r"data in (\S+),", node.log_path.read_text())
         assert found is not None
+        # Without keys, every start says so (review N: it started silently).
+        assert "WITHOUT encryption or authentication" in node.log_path.read_text()
         temp_dir = found.group(1)
         assert os.path.isdir(temp_dir)
         done = waraft("bootstrap", "--nodes", node_id, "--partitions", "1-64")

@@ -228,6 +228,21 @@ def _check_dist(dist: dict[str, Any]) -> None:
         raise UsageError(f"[dist]: {exc}") from None
 
 
+def _warn_insecure(listen: str) -> None:
+    """Say it at every start: a node without keys (``--insecure``) takes anyone who reaches
+    its port for a member, and its frames travel in the clear."""
+    host, _ = split_listen(listen)
+    if host in ("localhost", "::1", "[::1]") or host.startswith("127."):
+        reach = "any process on this machine"
+    else:
+        reach = f"anyone who can reach {host}"
+    logger.warning(
+        "running WITHOUT encryption or authentication (--insecure): %s can act as a member of "
+        "the cluster, read and write every partition and stop this node",
+        reach,
+    )
+
+
 def split_listen(listen: str, flag: str = "--listen") -> tuple[str, int]:
     """``host:port`` (IPv6 in brackets) → ``(host, port)``."""
     host, colon, port = listen.rpartition(":")
@@ -442,6 +457,8 @@ class NodeRuntime:
         if curve is not None:
             dist_kw["curve"] = curve
         self.node_id = dist.start(config.node_id(), bind=config.bind(), **dist_kw)
+        if curve is None:
+            _warn_insecure(config.listen)
         self.node = otp.node.current()
         _claim_data_dir(data_dir, config.name, config.node_id(), owner.cluster)
         if config.max_memory_mb is not None:
