@@ -120,6 +120,10 @@ def test_commits_reads_log_bytes_fsyncs_and_snapshot_transfers(
     # A single node never sends a snapshot: the family is there, with no samples yet.
     assert "waraft_partition_snapshot_transfers" in families
     assert families["waraft_partition_snapshot_transfers"] == []
+    # The clients (this test's, the bootstrap tool) are summed, not named: the endpoint
+    # answers anyone, and a client key may not list the node's peers (review N).
+    peers = {s[0]["peer"]: s[1] for s in families["waraft_peer_rx_messages"]}
+    assert list(peers) == ["clients"] and peers["clients"] >= 7, peers
 
 
 def test_a_bad_or_busy_metrics_address_is_one_line_and_a_failed_start(tmp_path: Path) -> None:

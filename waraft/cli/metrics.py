@@ -35,7 +35,8 @@ Families (labels in brackets):
   ``waraft_heartbeat_rpcs`` [peer] (coalesced heartbeat frames sent and the RPCs inside),
   ``waraft_heartbeat_frames_received``, ``waraft_peers_up``, ``waraft_peer_tx_messages`` /
   ``waraft_peer_rx_messages`` /
-  ``waraft_peer_tx_bytes`` [peer], ``waraft_dist_messages_total`` /
+  ``waraft_peer_tx_bytes`` [peer: a member's node id, or ``clients`` for the sum over clients
+  and admin tools], ``waraft_dist_messages_total`` /
   ``waraft_dist_bytes_total`` [direction], ``waraft_dist_dropped_total`` [reason],
   ``waraft_processes``, ``waraft_os_threads``, ``waraft_scheduler_run_queue`` [scheduler],
   ``waraft_scheduler_long_holds_total``; the process's cyclic GC [generation]:
@@ -52,7 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Final
 
 from waraft import otp
 from waraft.cli import admin
@@ -63,6 +64,8 @@ from waraft.services.recent import Recent
 
 logger = logging.getLogger(__name__)
 
+CLIENTS_PEER: Final = "clients"
+"""The ``peer`` label of the per-peer figures summed over every peer that is not a member."""
 SCRAPE_TIMEOUT = 5.0
 """Seconds a scrape waits for the node's status before it reports the node alone."""
 MIN_COLLECT_INTERVAL = 1.0
@@ -261,10 +264,21 @@ class NodeCollector:
             ("rx", "waraft_peer_rx_messages", "Messages received from a peer"),
         ):
             family = gauge(name, text, labels=["peer"])
+            # Members by node id; clients and admin tools summed as "clients": the endpoint
+            # answers anyone who reaches it, and must not list who else is connected (a
+            # client key asking ``dist_peers`` is refused for that reason), nor grow a series
+            # per short-lived client.
+            clients: float | None = None
             for peer, figures in sorted(peers.items()):
                 value = _number(figures.get(field))
-                if value is not None:
+                if value is None:
+                    continue
+                if figures.get("member"):
                     family.add_metric([peer], value)
+                else:
+                    clients = value if clients is None else clients + value
+            if clients is not None:
+                family.add_metric([CLIENTS_PEER], clients)
             yield family
         stats = distribution.stats()
         messages = counter("waraft_dist_messages", "Frames sent and received", labels=["direction"])

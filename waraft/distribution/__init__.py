@@ -375,7 +375,8 @@ def stats() -> dict[str, int]:
 def peers() -> dict[str, dict[str, Any]]:
     """Per known peer: ``state`` (connecting/up/down), ``since_s``, ``last_rx_ago_s``,
     ``rtt_ms`` (last ping), ``rx``, ``pings``, ``pongs``, ``down_events``, ``pending_calls``,
-    ``fault``, and over the currently open DEALERs to it: ``links``, ``tx``, ``tx_bytes``,
-    ``tx_dropped_full``."""
+    ``fault``, ``member`` (it has sent a member's request: a node of the cluster, not a client
+    or an admin tool), and over the currently open DEALERs to it: ``links``, ``tx``,
+    ``tx_bytes``, ``tx_dropped_full``."""
     dist = _dist
     return {} if dist is None else dist.peer_status()

@@ -562,6 +562,7 @@ class Dist:
                 **per_link.get(peer.node_id, empty),
                 "pending_calls": pending.get(peer.node_id, 0),
                 "fault": peer.node_id in self._fault_in or peer.node_id in self._fault_out,
+                "member": peer.member,
             }
 
         return self.peers.status(extra)
