@@ -493,6 +493,34 @@ def test_a_membership_change_naming_no_replica_of_this_partition_is_refused(
     assert ok == "ok"
 
 
+def test_a_peer_whose_node_id_the_distribution_cannot_dial_is_refused(tmp_path: Path) -> None:
+    # Review O, finding 1: on a node addressed as name@host:port, "n9@127.0.0.1" (no port)
+    # and "n8@127.0.0.1:99999" passed the loose name@host check and were committed as members
+    # nobody can reach; removing them later would lose quorum.
+    node = start_node(tmp_path, "n1", [1], node_id="n1@127.0.0.1:7101")
+    _bootstrap_single(node)
+    srv = addr("server", node)
+    name = "raft_server_test_1"
+    before = server.get_current_config(srv)
+    bad_nodes = {
+        "n9@127.0.0.1": "not a node id",
+        "n8@127.0.0.1:99999": "bad port",
+        "n7@127.0.0.1:0": "port 0",
+        "n6@127.0.0.1:-1": "bad port",
+        "n5@bad host:7105": "host",
+    }
+    for bad, why in bad_nodes.items():
+        for verb in ("add", "add_participant", "add_witness_participant"):
+            for call in (server.adjust_config, acceptor.adjust_config):
+                target = addr("acceptor" if call is acceptor.adjust_config else "server", node)
+                answer = call(target, (verb, Identity(name, bad)))
+                assert answer[0] == "error" and answer[1][0] == "invalid_peer", (bad, answer)
+                assert why in answer[1][1], (bad, answer)
+    assert server.get_current_config(srv) == before
+    ok, _position = server.adjust_config(srv, ("add_participant", Identity(name, "n4@[::1]:7104")))
+    assert ok == "ok"  # a well-formed address is taken
+
+
 def test_a_batch_command_applies_and_reads_many_commands_as_one_entry(tmp_path: Path) -> None:
     from waraft.services import codec
 

@@ -71,7 +71,7 @@ from waraft.core.types import (
     State,
     is_config_command,
 )
-from waraft.distribution import policy
+from waraft.distribution import nodeid, policy
 from waraft.partition import durable_state, heartbeats
 from waraft.services import codec, env, info, metrics
 from waraft.services.label import label_function
@@ -846,6 +846,7 @@ class RaftServer(otp.StateMachine):
 
 _ADDING_VERBS = frozenset({"add", "add_witness", "add_participant", "add_witness_participant"})
 _NODE_ID = re.compile(r"[^@\s]+@[^@\s]+")
+"""What an in-process node's id must look like (``otp.Node`` ids have no address)."""
 
 
 def _new_peer_refusal(action: Any, self_id: Identity, config: Config) -> str | None:
@@ -866,12 +867,36 @@ def _new_peer_refusal(action: Any, self_id: Identity, config: Config) -> str | N
         return None  # the core answers a malformed peer
     if name != self_id.name:
         return f"{name!r} is not this partition's server ({self_id.name!r})"
-    if not isinstance(node, str) or not _NODE_ID.fullmatch(node):
-        return f"{node!r} is not a node id (name@host:port)"
+    refusal = _node_id_refusal(node, self_id.node)
+    if refusal is not None:
+        return refusal
     node_name = node.partition("@")[0]
     for other in core_config.participants(config):
         if other.node != node and other.node.partition("@")[0] == node_name:
             return f"node {node_name} already takes part as {other.node}"
+    return None
+
+
+def _node_id_refusal(node: Any, self_node: str) -> str | None:
+    """Why ``node`` cannot be a peer of the replica on ``self_node`` (``None``: it can).
+
+    A replica whose node id is an address (``name@host:port``, any node on the distribution)
+    can only reach peers at one: the distribution's parser judges the peer's, and port 0
+    (which a node binds to learn a free port, and nobody can dial) is refused too. An
+    ``n9@127.0.0.1`` with no port, or port 99999, was committed as a voting member nobody
+    could reach, which cost a three-node partition its fault tolerance for good (removing it
+    would lose quorum). A replica on an in-process node (an id with no address, as tests
+    run) can only have such peers, which must still be one ``name@host``."""
+    if not isinstance(node, str):
+        return f"{node!r} is not a node id (name@host:port)"
+    if not nodeid.is_node_id(self_node):
+        return None if _NODE_ID.fullmatch(node) else f"{node!r} is not a node id (name@host)"
+    try:
+        address = nodeid.parse(node)
+    except nodeid.NodeIdError as exc:
+        return str(exc)
+    if address.port == 0:
+        return f"port 0 in node id {node!r}: a peer is named by the port it listens on"
     return None
 
 
