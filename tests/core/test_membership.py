@@ -67,6 +67,37 @@ def test_one_uncommitted_config_at_a_time() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("action", "reason"),
+    [
+        (("grow", N4), ("invalid_action", ("grow", N4))),
+        ("add", ("invalid_action", "add")),
+        (("add", "n5"), ("invalid_peer", "n5")),
+        (("remove", N1), "cannot_remove_self"),
+        (("remove_witness", N1), "cannot_remove_self"),
+        (("demote_to_witness", N1), "cannot_demote_self"),
+    ],
+)
+def test_a_request_that_can_never_apply_gets_its_own_error_while_a_change_is_unapplied(
+    action: object, reason: object
+) -> None:
+    # Review O, finding 6: WARaft checks readiness first, so these were all answered
+    # not_ready while a config change was unapplied (or before the term's first commit).
+    node = make_leader()
+    assert node.handle(AdjustConfig("op", action)) == [Reply("op", ("error", reason))]
+    node = committed_leader()
+    node.handle(AdjustConfig("op", ("add", N4)), now=2)
+    assert node.core.config_index() > node.core.last_applied
+    assert node.handle(AdjustConfig("op", action), now=3) == [Reply("op", ("error", reason))]
+    fx = node.handle(AdjustConfig("caller", action, reply_on_apply=True), now=3)
+    assert fx == [CommitCancelled("caller", reason, Priority.HIGH, 0)]
+    # what the config decides still waits for the change to apply, as in WARaft
+    for valid in (("add", N2), ("remove", Identity("x", "x")), ("add", ident(5))):
+        assert node.handle(AdjustConfig("op", valid), now=3) == [
+            Reply("op", ("error", "not_ready"))
+        ]
+
+
 def test_expected_config_index() -> None:
     node = committed_leader()
     assert node.handle(AdjustConfig("op", ("add", N4), expected_index=7)) == [

@@ -291,6 +291,40 @@ def _replace(
     )
 
 
+_SELF_REFUSALS = {
+    "remove": "cannot_remove_self",
+    "remove_witness": "cannot_remove_self",
+    "remove_membership": "cannot_remove_self",
+    "demote_to_witness": "cannot_demote_self",
+}
+
+
+def action_refusal(action: Any, self_id: Identity) -> Any:
+    """Why ``action`` is refused whatever the config and the log (``None``: it may apply).
+
+    WARaft's errors for what the request alone decides: ``("invalid_action", action)``,
+    ``("invalid_peer", peer)`` and ``cannot_remove_self`` / ``cannot_demote_self``. A
+    leader answers these before its readiness checks (``leader.config_change_allowed``): an
+    operator whose typo met an unapplied config change was told ``not_ready``, retried, and
+    only then learned the request could never apply."""
+    if action == "refresh":
+        return None
+    if (
+        not isinstance(action, (tuple, list))
+        or len(action) != 2
+        or not isinstance(action[0], str)  # an unhashable verb raised on the lookup below
+        or action[0] not in ADJUST_VERBS
+    ):
+        return ("invalid_action", action)
+    try:
+        peer = _identity(action[1])
+    except ConfigError:
+        return ("invalid_peer", action[1])
+    if peer == self_id:
+        return _SELF_REFUSALS.get(action[0])
+    return None
+
+
 def adjust_config(
     action: Any,
     config: Config,
@@ -300,23 +334,16 @@ def adjust_config(
     """Apply one membership action to ``config``: ``("ok", Config)`` or ``("error", reason)``.
 
     ``action`` is ``"refresh"`` or ``(verb, peer)``; ``is_ready(peer)`` is the handover
-    readiness test used by ``promote_participant_if_ready``. The errors are WARaft's.
+    readiness test used by ``promote_participant_if_ready``. The errors are WARaft's
+    (``action_refusal``'s first).
     """
+    refusal = action_refusal(action, self_id)
+    if refusal is not None:
+        return error(refusal)
     if action == "refresh":
         return ("ok", config)
-    if (
-        not isinstance(action, (tuple, list))
-        or len(action) != 2
-        or not isinstance(action[0], str)  # an unhashable verb raised on the lookup below
-        or action[0] not in ADJUST_VERBS
-    ):
-        return error(("invalid_action", action))
     verb: str = action[0]
-    try:
-        peer = _identity(action[1])
-    except ConfigError:
-        return error(("invalid_peer", action[1]))
-    is_self = peer == self_id
+    peer = _identity(action[1])
     member = peer in config.membership
     witness = peer in config.witness
     participant = peer in participants(config)
@@ -362,26 +389,18 @@ def adjust_config(
             return error("not_ready")
         return ("ok", _replace(config, _add(config.membership, peer), _add(parts, peer)))
     if verb == "remove":
-        if is_self:
-            return error("cannot_remove_self")
         if not participant:
             return error("not_a_participant")
         return _removed(config, peer)
     if verb == "remove_witness":
-        if is_self:
-            return error("cannot_remove_self")
         if not witness:
             return error("not_a_witness")
         return _removed(config, peer)
     if verb == "remove_membership":
-        if is_self:
-            return error("cannot_remove_self")
         if not member:
             return error("not_a_member")
         return ("ok", _replace(config, _drop(config.membership, peer)))
     # demote_to_witness
-    if is_self:
-        return error("cannot_demote_self")
     if not participant:
         return error("not_a_participant")
     if witness:

@@ -200,8 +200,14 @@ def config_change_allowed(core: Replica, expected_index: int | None) -> str | No
 
 
 def adjust_config(core: Replica, event: AdjustConfig) -> None:
-    """Append one single-server membership change; it takes effect once appended."""
-    reason: Any = config_change_allowed(core, event.expected_index)
+    """Append one single-server membership change; it takes effect once appended.
+
+    A request that could never apply (``config.action_refusal``) is answered with its own
+    error before the readiness checks, which WARaft runs first: its ``not_ready`` while a
+    change is unapplied hid a typo until the retry. The rest keeps WARaft's order."""
+    reason: Any = config.action_refusal(event.action, core.self_id)
+    if reason is None:
+        reason = config_change_allowed(core, event.expected_index)
     if reason is None:
         result = config.adjust_config(
             event.action,
