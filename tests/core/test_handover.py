@@ -12,6 +12,7 @@ from waraft.core.events import (
     HandoverCandidates,
     HandoverRequest,
     IsPeerReady,
+    NodeLiveness,
     Timeout,
 )
 from waraft.core.rpc import (
@@ -108,6 +109,53 @@ def test_handover_target_checks(peer: str, expected: object) -> None:
     node = ready_leader()
     assert node.handle(HandoverRequest("op", peer), now=5) == [Reply("op", expected)]
     assert node.core.handover is None
+
+
+def test_handover_to_a_witness_is_refused() -> None:
+    # Review O, finding 6: answered ("ok", node); the witness then declined (HandoverFailed).
+    n4 = ident(4)
+    node = make_leader(
+        members=[N1, N2, N3, n4], witnesses=[n4], settings=settings(raft_commit_batch_interval_ms=0)
+    )
+    for peer in (N2, N3, n4):
+        node.rpc(peer, AppendEntriesResponse(1, True, 2, 2), now=1)
+    fx = node.handle(HandoverRequest("op", "n4"), now=5)
+    assert fx == [Reply("op", ("error", ("cannot_lead", "witness")))]
+    assert node.core.handover is None
+    assert "n4" not in node.core.handover_candidates()
+
+
+def test_handover_to_a_node_reported_down_is_refused() -> None:
+    node = ready_leader()
+    node.handle(NodeLiveness("n2", False), now=2)
+    fx = node.handle(HandoverRequest("op", "n2"), now=5)
+    assert fx == [Reply("op", ("error", ("cannot_lead", "down")))]
+    assert node.core.handover is None
+    assert node.core.handover_candidates() == ["n3"]
+    node.handle(HandoverRequest(None, None), now=6)
+    assert node.core.handover is not None and node.core.handover[0] == "n3"
+
+
+def test_handover_to_a_peer_silent_for_the_window_is_refused() -> None:
+    # A disabled replica ignores the leader: it looked ready (its indices stay where they
+    # were on an idle partition), and a handover to it left the partition without heartbeats
+    # until the handover timed out.
+    node = make_leader(
+        settings=settings(raft_commit_batch_interval_ms=0, raft_election_timeout_ms=300)
+    )
+    node.rpc(N2, AppendEntriesResponse(1, True, 2, 2), now=1)
+    node.rpc(N3, AppendEntriesResponse(1, True, 2, 2), now=1)
+    now = 1
+    while now < 700:
+        now += 50
+        node.handle(Timeout(TimeoutKind.HEARTBEAT), now=now)
+        node.rpc(N3, AppendEntriesResponse(1, True, 2, 2), now=now)
+    assert node.core.status(now)["unresponsive"] == ["n2"]
+    assert node.core.handover_candidates() == ["n3"]
+    fx = node.handle(HandoverRequest("op", "n2"), now=now)
+    assert fx == [Reply("op", ("error", ("cannot_lead", "unresponsive")))]
+    assert node.core.handover is None
+    assert node.handle(HandoverRequest("op", "n3"), now=now)[-1] == Reply("op", ("ok", "n3"))
 
 
 def test_handover_without_candidates() -> None:

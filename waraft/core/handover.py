@@ -8,6 +8,7 @@ it ends with the successor's higher-term vote request, a ``handover_failed``, or
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from waraft.core import config
@@ -43,13 +44,33 @@ def is_ready(core: Replica, node: str) -> bool:
     return match >= match_cutoff and applied >= apply_cutoff
 
 
-def candidates(core: Replica) -> list[str]:
-    """Full members (not us) that are ready to take over."""
+def candidates(core: Replica, silent: Collection[str]) -> list[str]:
+    """Full members (not us) that are ready to take over and not known unable to
+    (``cannot_lead``; ``silent``: the nodes ``leader.unresponsive`` reports)."""
     return [
         peer.node
         for peer in config.full_members(core.current_config())
-        if peer.node != core.node and is_ready(core, peer.node)
+        if peer.node != core.node
+        and is_ready(core, peer.node)
+        and cannot_lead(core, peer, silent) is None
     ]
+
+
+def cannot_lead(core: Replica, peer: Identity, silent: Collection[str]) -> str | None:
+    """Why the leader knows ``peer``, a voting member, could not take over (``None``: it
+    may): a ``witness`` never stands for election, and a node the failure detector reports
+    ``down`` or that has not answered this leader for the silence window (``unresponsive``:
+    down, cut off or disabled, as the leader's status reports it) would not get the RPC or
+    ignore it. Such a handover was answered ``("ok", node)``: the witness declined within a
+    millisecond, a silent target left the partition without heartbeats until the handover
+    timed out."""
+    if peer in core.current_config().witness:
+        return "witness"
+    if peer.node in core.down_nodes:
+        return "down"
+    if peer.node in silent:
+        return "unresponsive"
+    return None
 
 
 def is_peer_ready(core: Replica, peer: Any) -> Any:
@@ -63,10 +84,14 @@ def is_peer_ready(core: Replica, peer: Any) -> Any:
     return "ok"
 
 
-def start(core: Replica, from_: Any, peer_node: str | None) -> None:
-    """The leader's ``handover`` command: pick or check the target, then send the RPC."""
+def start(core: Replica, from_: Any, peer_node: str | None, silent: Collection[str]) -> None:
+    """The leader's ``handover`` command: pick or check the target, then send the RPC.
+
+    A target that is no voting member is WARaft's ``invalid_peer``. One the leader knows
+    cannot take over is refused with ``("cannot_lead", why)`` (``cannot_lead``), checked
+    after WARaft's own errors, so that only what WARaft accepted is answered differently."""
     if peer_node is None:
-        options = candidates(core)
+        options = candidates(core, silent)
         if not options:
             core.log_notice("has no valid peer to hand over to")
             core.reply(from_, error("no_valid_peer"))
@@ -98,6 +123,11 @@ def start(core: Replica, from_: Any, peer_node: str | None) -> None:
     if prev_term is None or prev_index + len(entries) != last:
         core.count("leader.handover.oversize")
         core.reply(from_, error("oversize"))
+        return
+    why = cannot_lead(core, peer, silent)
+    if why is not None:
+        core.log_notice("refuses handover to %s: %s", peer, why)
+        core.reply(from_, error(("cannot_lead", why)))
         return
     core.count("leader.handover")
     core.log_notice("starting handover to %s", peer)

@@ -147,9 +147,9 @@ def handle_event(core: Replica, event: Event) -> None:
         case AdjustConfig():
             adjust_config(core, event)
         case HandoverRequest():
-            handover.start(core, event.from_, event.peer)
+            handover.start(core, event.from_, event.peer, unresponsive(core))
         case HandoverCandidates():
-            core.reply(event.from_, ("ok", handover.candidates(core)))
+            core.reply(event.from_, ("ok", handover.candidates(core, unresponsive(core))))
         case IsPeerReady():
             core.reply(event.from_, handover.is_peer_ready(core, event.peer))
         case Resign():

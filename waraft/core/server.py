@@ -145,7 +145,7 @@ class RaftCore(Replica):
         """Node ids a handover could go to now (leader only; empty otherwise)."""
         if self.state is not State.LEADER:
             return []
-        return handover.candidates(self)
+        return handover.candidates(self, leader.unresponsive(self))
 
     # -- engine --------------------------------------------------------------------------------
 

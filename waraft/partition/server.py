@@ -1146,7 +1146,11 @@ def resign(server: otp.Target) -> Any:
 
 
 def handover(server: otp.Target, peer: str | None = None) -> Any:
-    """Transfer leadership to ``peer`` (a node id) or to a random ready peer."""
+    """Transfer leadership to ``peer`` (a node id) or to a random ready peer: ``("ok", node)``
+    once the handover RPC is sent, or ``("error", reason)``: WARaft's ``not_leader``,
+    ``invalid_peer`` (no voting member), ``duplicate``, ``peer_lagging``, ``oversize``,
+    ``no_valid_peer``, and ``("cannot_lead", why)`` for a target the leader knows cannot take
+    over (``witness``, ``down``, ``unresponsive``)."""
     return _call(server, ("handover", peer))
 
 
