@@ -9,6 +9,7 @@ import pytest
 from waraft.core.effects import PersistState, Reply, Send, StateChanged
 from waraft.core.events import (
     CommitBatch,
+    Disable,
     HandoverCandidates,
     HandoverRequest,
     IsPeerReady,
@@ -278,6 +279,26 @@ def test_witness_declines_handover() -> None:
     assert node.state is State.WITNESS
     fx = node.rpc(N1, Handover(7, 1, 1, []))
     assert [e.rpc.payload for e in fx] == [HandoverFailed(7)]
+
+
+def test_a_just_disabled_target_declines_and_the_leader_resumes_at_once() -> None:
+    # Review O, finding 6: WARaft's disabled replica ignores a handover, so a handover to a
+    # replica disabled moments before (not yet silent to the leader) held the leader's
+    # heartbeats, commits and reads until the handover timed out.
+    cluster = Cluster([make_node(i, ids(3)) for i in (1, 2, 3)])
+    cluster.fire(1)
+    cluster.deliver()
+    cluster.now = 10
+    cluster.handle(1, Timeout(TimeoutKind.HEARTBEAT))
+    cluster.deliver()
+    cluster.handle(2, Disable("op", "test"))
+    assert cluster.node(2).state is State.DISABLED
+    cluster.handle(1, HandoverRequest("op", "n2"))
+    assert cluster.node(1).core.handover is not None  # the leader could not know yet
+    cluster.deliver()
+    assert cluster.node(1).core.handover is None
+    assert cluster.node(1).state is State.LEADER
+    assert cluster.node(2).state is State.DISABLED
 
 
 def test_leader_and_candidate_decline_handover() -> None:

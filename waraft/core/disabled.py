@@ -1,8 +1,9 @@
 """The ``disabled`` state: a replica unfit to take part (corruption, operator request).
 
 It behaves as if dead: no heartbeats, no pre-votes, no ``notify_term``; every vote request is
-refused. The reason is persisted so that it stays disabled across restarts; ``enable`` moves
-it to ``stalled`` (it must then be given fresh data).
+refused, and a handover declined (WARaft ignores it; see ``handle_rpc``). The reason is
+persisted so that it stays disabled across restarts; ``enable`` moves it to ``stalled`` (it
+must then be given fresh data).
 
 Going disabled, it announces itself once to its peers (``quiesce.announce``, as a replica
 that starts does): a quiescent leader would otherwise learn of it only at its next check,
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 from waraft.core import admin, quiesce, terms
 from waraft.core.enter import enter_state
 from waraft.core.events import Disable, Enable, Event, Promote, TriggerElection
-from waraft.core.rpc import Payload, RequestVote, Vote
+from waraft.core.rpc import Handover, HandoverFailed, Payload, RequestVote, Vote
 from waraft.core.types import Identity, State, error
 
 if TYPE_CHECKING:
@@ -39,8 +40,17 @@ def enter(core: Replica, old: State) -> None:
 
 
 def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:
-    if isinstance(payload, RequestVote):
-        core.send(sender, Vote(False))
+    match payload:
+        case RequestVote():
+            core.send(sender, Vote(False))
+        case Handover():
+            # WARaft ignores it. A leader that has not yet found this replica silent (it was
+            # just disabled) sent the handover in good faith; declining it at once, as a
+            # witness does, lets the leader resume instead of holding heartbeats, commits and
+            # reads until the handover times out. It says nothing a vote refusal does not.
+            core.send(sender, HandoverFailed(payload.ref))
+        case _:
+            pass
 
 
 def handle_event(core: Replica, event: Event) -> None:
