@@ -412,3 +412,15 @@ def test_a_status_row_names_the_leaders_unresponsive_peers() -> None:
     row = admin.status_row({"id": "n1@h:1", "state": "leader", "unresponsive": ["n3@h:3"]})
     assert row["unresponsive"] == ["n3@h:3"] and row["unresponsive_peers"] == 1
     assert admin.status_row({"id": "n2@h:2", "state": "follower"})["unresponsive_peers"] == 0
+
+
+def test_a_status_row_shows_the_flags_the_server_computed_when_asked() -> None:
+    # Not the published ones (waraft.info): those stayed as of the last state, term or
+    # leader change, so a caught-up follower showed `lagging` indefinitely (review O, 2).
+    from waraft.cli import admin, ops
+
+    status = {"id": "n2@h:2", "state": "follower", "live": True, "lagging": False, "stale": True}
+    row = admin.status_row(status)
+    assert (row["live"], row["lagging"], row["stale"]) == (True, False, True)
+    assert ops._liveness(row) == "yes"
+    assert ops._liveness(admin.status_row({"id": "n2@h:2", "state": "follower"})) == "?"

@@ -495,6 +495,12 @@ def test_status_flags() -> None:
     leader = make_leader(settings=settings(raft_max_heartbeat_age_msecs=100))
     assert leader.core.status_flags(100) == (True, False, False)
     assert leader.core.status_flags(101) == (False, True, True)
+    # The status carries them as of when it is asked (what `waraft status` shows).
+    assert {k: leader.core.status(101)[k] for k in ("live", "lagging", "stale")} == {
+        "live": False,
+        "lagging": True,
+        "stale": True,
+    }
 
 
 def test_current_config_prefers_a_newer_log_config() -> None:

@@ -77,8 +77,13 @@ bound of the ``/metrics`` page (``MIN_COLLECT_INTERVAL``), and shorter than the 
 between two redraws of ``waraft status --watch``."""
 
 
-def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
-    """The fields of a server status that status tables show (plain msgpack-able values)."""
+def status_row(status: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a server status that status tables show (plain msgpack-able values).
+
+    ``live``, ``lagging`` and ``stale`` are the server's flags when it answered (its status
+    computes them then), not the ones it last published in ``waraft.info``, which are as of
+    the last event it handled (the flags also change with time alone). A status without them
+    (a server of an older version) gives a row without them (shown as ``?``)."""
     config = status.get("config") or {}
     members = [str(member[1]) for member in config.get("membership", ())]
     row = {
@@ -121,8 +126,9 @@ def status_row(status: dict[str, Any], flags: Any = None) -> dict[str, Any]:
         "unresponsive": [str(node) for node in status.get("unresponsive") or ()],
         "unresponsive_peers": len(status.get("unresponsive") or ()),
     }
-    if flags is not None:
-        row["live"], row["lagging"], row["stale"] = bool(flags[1]), bool(flags[2]), bool(flags[3])
+    for flag in ("live", "lagging", "stale"):
+        if flag in status:
+            row[flag] = bool(status[flag])
     return row
 
 
@@ -253,7 +259,7 @@ class NodeAdmin(otp.Process):
                     }
                 )
                 continue
-            rows.append(status_row(status, info.get_status(table, partition)))
+            rows.append(status_row(status))
         return rows
 
     def _bootstrap(self, table: str, partition: int, position: Any, config: Any) -> Any:

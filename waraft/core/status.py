@@ -12,10 +12,12 @@ if TYPE_CHECKING:
 
 
 def status(core: Replica, now: int) -> dict[str, Any]:
-    """Everything the core knows; the shell adds ``partition_path`` and ``log_module``."""
+    """Everything the core knows at ``now``; the shell adds ``partition_path`` and
+    ``log_module``. ``live``, ``lagging`` and ``stale`` are :func:`status_flags` at ``now``."""
     leader_id = core.leader
     log = core.log
     cfg = core.current_config()
+    live, lagging, stale = status_flags(core, now)
     return {
         "state": core.state.value,
         "id": core.node,
@@ -48,11 +50,15 @@ def status(core: Replica, now: int) -> dict[str, Any]:
         "elections_started": core.elections_started,
         # A leader's participants that stopped answering it (disabled, down, cut off).
         "unresponsive": leader.unresponsive(core),
+        "live": live,
+        "lagging": lagging,
+        "stale": stale,
     }
 
 
 def status_flags(core: Replica, now: int) -> tuple[bool, bool, bool]:
-    """``(live, lagging, stale)``.
+    """``(live, lagging, stale)`` at ``now``: they change with time alone (a quorum or leader
+    no longer heard), so a caller that keeps them says as of when.
 
     * stalled / disabled: never live, always lagging and stale;
     * leader: live while a quorum answered within ``raft_max_heartbeat_age_msecs``;

@@ -254,6 +254,7 @@ class RaftServer(otp.StateMachine):
         self._internal: deque[Any] = deque()
         self._timeout: SetTimeout | None = None
         self._published: tuple[Any, ...] | None = None
+        self._published_flags: tuple[Any, ...] | None = None
         self._participants: tuple[Identity, ...] | None = None  # last noted in member_nodes
         self._metrics = metrics.get()
         self._coalesce = _coalesce_settings(options.application)
@@ -766,20 +767,34 @@ class RaftServer(otp.StateMachine):
                 otp.cast(self.pid, _SYNC_LIVENESS)
         leader = core.leader
         key = (core.state, core.current_term, leader)
-        if key == self._published:
-            return
-        self._published = key
-        now = _now_ms()
-        candidate = core.voted_for if core.state is State.CANDIDATE else None
-        info.set_current_term_info(
-            self.table,
-            self.partition,
-            core.current_term,
-            None if leader is None else leader.node,
-            candidate,
-        )
-        live, lagging, stale = core.status_flags(now)
-        info.set_status(self.table, self.partition, core.state.value, live, lagging, stale)
+        if key != self._published:
+            self._published = key
+            candidate = core.voted_for if core.state is State.CANDIDATE else None
+            info.set_current_term_info(
+                self.table,
+                self.partition,
+                core.current_term,
+                None if leader is None else leader.node,
+                candidate,
+            )
+        self._publish_flags()
+
+    def _publish_flags(self) -> None:
+        """Publish the state and its flags (``info.set_status``) when either changed.
+
+        Taken at the time of the event just handled (``core.now``: no clock read), at every
+        flush and idle handler end: a follower that catches up stops being ``lagging`` with
+        the apply that caught it up. The flags also change with time alone, and nothing runs
+        on an idle partition to see it; it takes no timer of its own, as every awake replica
+        handles an event at least once per heartbeat or election timeout (a leader whose
+        followers are gone keeps heartbeating: it stops being ``live`` at most one heartbeat
+        after ``raft_max_heartbeat_age_msecs``), and a quiescent replica's flags do not age
+        (``status_flags``). ``status()`` computes them fresh for ``waraft status``."""
+        core = self.core
+        flags = (core.state.value, *core.status_flags(core.now))
+        if flags != self._published_flags:
+            self._published_flags = flags
+            info.set_status(self.table, self.partition, *flags)
 
     def status(self) -> dict[str, Any]:
         """The core's status plus what only the shell knows, with plain values."""

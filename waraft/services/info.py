@@ -6,7 +6,12 @@ WARaft's ETS table. Writers replace whole immutable tuples, so a reader always s
 leader (or a state and its flags) that were written together, without taking a lock.
 
 Only the partition's server writes its rows: ``set_current_term_info`` on every term or leader
-change, ``set_status`` on state changes and status refreshes, ``clear`` on termination.
+change, ``set_status`` whenever its state or flags changed, ``clear`` on termination. The flags
+are as of the last event the server handled: an awake replica handles one at least every
+heartbeat or election timeout, and a quiescent one's flags do not change with time (a leader
+whose followers all died stops being live at most one heartbeat after
+``raft_max_heartbeat_age_msecs``). ``waraft status`` asks the servers instead, whose status
+computes them when asked.
 Every function takes an optional ``node`` id (default: the calling thread's node).
 """
 
