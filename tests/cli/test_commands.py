@@ -78,11 +78,17 @@ def test_bootstrap_twice_is_harmless(nodes: str) -> None:
 
 
 def test_bootstrap_of_a_partition_the_nodes_do_not_serve_says_so(nodes: str) -> None:
-    # It printed ``failed (('call_error', 'noproc'))`` for each node.
-    done = waraft("bootstrap", "--nodes", nodes, "--partitions", "9", "--json", "--timeout", "5")
+    # It printed ``failed (('call_error', 'noproc'))`` for each node. Now nothing is
+    # bootstrapped when a node lacks a partition asked for, and the error names each.
+    done = waraft("bootstrap", "--nodes", nodes, "--partitions", "4,9", "--json", "--timeout", "5")
     assert done.returncode == 1, done.stdout + done.stderr
-    (result,) = json.loads(done.stdout)
-    assert set(result["bootstrap"].values()) == {"failed (serves no partition 9 of table 'kv')"}
+    results = json.loads(done.stdout)
+    assert [r["partition"] for r in results] == [4, 9]
+    for result in results:
+        assert result["bootstrap"] == {}, result
+        for node in nodes.split(","):
+            assert f"{node} serves no partition 9" in result["error"], result
+        assert "of table 'kv'" in result["error"]
     assert "noproc" not in done.stdout
 
 

@@ -1,7 +1,8 @@
 """The ``waraft`` command: ``node``, ``bootstrap``, ``status``, ``shell``.
 
-Exit codes: 0 success; 1 the operation failed (a node unreachable, no leader elected, ...);
-2 bad usage (arguments, config file). ``waraft <command> --help`` documents each command.
+Exit codes: 0 success; 1 the operation failed (a node unreachable, no leader elected, ...)
+or, for ``status``, the table shows a problem (see ``waraft status --help``); 2 bad usage
+(arguments, config file). ``waraft <command> --help`` documents each command.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def _add_bootstrap(sub: Any) -> None:
         description="Bootstrap every partition on every node with the same config (all nodes "
         "voting members) at LogPos(1, 1), elect one leader per partition spread round-robin "
         "over the nodes, wait until each partition has a leader and print a summary. "
-        "Replicas that already hold data are left alone.",
+        "Replicas that already hold data are left alone. Nothing is bootstrapped when a node "
+        "does not answer or does not serve every partition asked for (see "
+        "--allow-unreachable), or when the nodes belong to different clusters.",
     )
     common.nodes_arg(p)
     common.table_args(p, common.DEFAULT_PARTITIONS)
@@ -97,8 +100,9 @@ def _add_bootstrap(sub: Any) -> None:
     p.add_argument(
         "--allow-unreachable",
         action="store_true",
-        help="bootstrap even if some nodes do not answer (they stay members and catch up when "
-        "they start); without it nothing is bootstrapped then",
+        help="bootstrap even if some nodes do not answer or do not serve every partition (they "
+        "stay members and catch up once they start serving it); without it nothing is "
+        "bootstrapped then",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     common.dist_args(p)
@@ -112,7 +116,10 @@ def _add_status(sub: Any) -> None:
         help="status table of every partition on the nodes",
         description="Print every partition of each node: state, term, leader, commit and "
         "applied index, log bounds, queue sizes (pending commits/reads/applies) and liveness. "
-        "Exit status 1 when a node is unreachable.",
+        "Exit status 0 when all is well; 1, with one line on stderr per reason, when a node "
+        "is unreachable or gives no status, no node serves a partition asked for, or a "
+        "partition's config names a node of --nodes that serves no replica of it; 2 on bad "
+        "usage.",
     )
     common.nodes_arg(p)
     common.table_args(p, None)
@@ -203,22 +210,34 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str))
     else:
         print(ops.format_table(rows))
+    problems = _status_problems(rows, partitions, common.unreachable_hint(args))
+    for problem in problems:
+        print(f"waraft status: {problem}", file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _status_problems(
+    rows: list[dict[str, Any]], partitions: list[int] | None, hint: str = ""
+) -> list[str]:
+    """Why the status is not healthy, one line each (``waraft status`` exits 1 if any)."""
+    problems = []
     unreachable = sorted({str(r.get("node")) for r in rows if r.get("error") == "unreachable"})
     if unreachable:
-        print(
-            f"waraft status: unreachable: {', '.join(unreachable)}{common.unreachable_hint(args)}",
-            file=sys.stderr,
-        )
+        problems.append(f"unreachable: {', '.join(unreachable)}{hint}")
     silent = _silent_nodes(rows)
     if silent:
         # Only for a node that took too long: one without waraft_admin is not busy.
         busy = any(r.get("error") in ("timeout", "rate_limited") for r in rows)
-        hint = " (busy? a longer --timeout may help)" if busy else ""
-        print(f"waraft status: no status from {silent}{hint}", file=sys.stderr)
-    missing = _missing_partitions(rows, partitions)
-    if missing:
-        print(f"waraft status: {missing}", file=sys.stderr)
-    return EXIT_FAILED if unreachable or silent or missing else EXIT_OK
+        problems.append(
+            f"no status from {silent}" + (" (busy? a longer --timeout may help)" if busy else "")
+        )
+    for check in (
+        _missing_partitions(rows, partitions),
+        _members_without_replica(rows),
+    ):
+        if check:
+            problems.append(check)
+    return problems
 
 
 def _silent_nodes(rows: list[dict[str, Any]]) -> str:
@@ -248,6 +267,46 @@ def _missing_partitions(rows: list[dict[str, Any]], partitions: list[int] | None
     return None
 
 
+def _members_without_replica(rows: list[dict[str, Any]]) -> str | None:
+    """The members of partitions' configs that are among the nodes asked and answered, but
+    serve no replica of the partition: a bootstrap that went on without a node lacking the
+    partition left a config naming it, and the table showed only 'no partitions' for it
+    while the partition ran with no fault tolerance. A partition's config is its leader's
+    (else the newest any replica has)."""
+    served: dict[str, set[tuple[Any, Any]]] = {}
+    configs: dict[tuple[Any, Any], tuple[tuple[bool, int], list[str]]] = {}
+    for r in rows:
+        node = str(r.get("node"))
+        if r.get("error") == "no partitions":
+            served.setdefault(node, set())
+        if "partition" not in r or r.get("error") == "not running":
+            continue
+        key = (r.get("table"), r.get("partition"))
+        served.setdefault(node, set()).add(key)
+        rank = (r.get("state") == "leader", int(r.get("config_index") or 0))
+        if r.get("members") and (key not in configs or rank > configs[key][0]):
+            configs[key] = (rank, [str(m) for m in r["members"]])
+    lacking: dict[str, list[str]] = {}
+    for key, (_, members) in configs.items():
+        for member in members:
+            if member in served and key not in served[member]:
+                lacking.setdefault(member, []).append(f"{key[0]}.{key[1]}")
+    if not lacking:
+        return None
+    named = "; ".join(f"{node} ({_some(found)})" for node, found in lacking.items())
+    return (
+        f"members that serve no replica of their partition: {named} (restart the node with "
+        "the partition, or remove it from the config with adjust_config)"
+    )
+
+
+def _some(items: list[str], shown: int = 3) -> str:
+    """The first ``shown`` items, and how many there are if more: one line at 1000 partitions."""
+    if len(items) <= shown:
+        return ", ".join(items)
+    return ", ".join(items[:shown]) + f", ... {len(items)} in all"
+
+
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
@@ -263,12 +322,8 @@ def _watch_status(
     try:
         while args.count is None or drawn < args.count:
             rows = ops.collect_status(nodes, args.timeout, table, partitions)
-            # As plain status: the exit code says whether the last table lacked something.
-            failed = (
-                any(r.get("error") == "unreachable" for r in rows)
-                or bool(_silent_nodes(rows))
-                or bool(_missing_partitions(rows, partitions))
-            )
+            # As plain status: the exit code says whether the last table showed a problem.
+            failed = bool(_status_problems(rows, partitions))
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             header = f"waraft status  {stamp}  every {args.watch:g}s  (Ctrl-C to stop)"
             body = json.dumps(rows, default=str) if args.json else ops.format_table(rows)

@@ -39,7 +39,8 @@ class PartitionResult:
     error: str | None = None
     warning: str | None = None
     """What did not go as asked without failing the partition: with ``allow_unreachable``,
-    the replicas of nodes that did not answer (the partition has a leader without them)."""
+    the replicas of nodes that did not answer or do not serve the partition (it has a leader
+    without them)."""
 
 
 def _bootstrap_one(node: str, table: str, partition: int, config: Any, timeout: float) -> Any:
@@ -134,13 +135,17 @@ def bootstrap_cluster(
     Replicas that already hold data answer ``already`` and are left alone (running it twice is
     harmless). Returns one result per partition; ``error`` is set for a partition that failed.
 
-    First the nodes agree on their cluster (see :func:`_agree_on_cluster`): if they cannot,
-    nothing is bootstrapped and every partition carries the reason. Nor is anything when a
-    node does not answer, unless ``allow_unreachable``: the others would commit a config
-    naming it, and an id spelled otherwise than the node was started with (another host
-    alias, say) looks exactly like a node that is down. A review's bootstrap with
-    ``n1@localhost:P`` for ``n1@127.0.0.1:P`` made every partition a three-member config with
-    a member nobody answered for: no fault tolerance, and the real n1 stalled for good.
+    First every node must serve every partition asked for (see :func:`_unserved`), and the
+    nodes agree on their cluster (see :func:`_agree_on_cluster`): if not, nothing is
+    bootstrapped and every partition carries the reason. Nor is anything when a node does
+    not answer, unless ``allow_unreachable``: the others would commit a config naming it,
+    and an id spelled otherwise than the node was started with (another host alias, say)
+    looks exactly like a node that is down. A review's bootstrap with ``n1@localhost:P`` for
+    ``n1@127.0.0.1:P`` made every partition a three-member config with a member nobody
+    answered for: no fault tolerance, and the real n1 stalled for good.
+    ``allow_unreachable`` bootstraps the others anyway, both without the nodes that do not
+    answer and, for each partition, without the nodes that do not serve it: each stays a
+    member that catches up once it runs (and serves) the partition.
     """
 
     def one(partition: int) -> PartitionResult:
@@ -158,7 +163,9 @@ def bootstrap_cluster(
                 server.trigger_election((name, intended))
         return result
 
-    problem = _agree_on_cluster(nodes, timeout, allow_unreachable)
+    problem = _unserved(nodes, table, partitions, timeout, allow_unreachable)
+    if problem is None:
+        problem = _agree_on_cluster(nodes, timeout, allow_unreachable)
     if problem is not None:
         untouched = [PartitionResult(p, "") for p in partitions]
         for result in untouched:
@@ -209,17 +216,73 @@ def bootstrap_cluster(
 
 def _unreachable_is_a_warning(result: PartitionResult) -> None:
     """Asked to bootstrap without the nodes that do not answer: a partition that has a
-    leader, whose only failures are such nodes, did what was asked (they catch up as members
-    once they start)."""
+    leader, whose only failures are such nodes or nodes that do not serve it, did what was
+    asked (they catch up as members once they start, serving it)."""
     failed = {n: o for n, o in result.bootstrap.items() if o.startswith("failed")}
     if result.leader is None or not failed or result.error != _failures(result.bootstrap):
         return
-    if all(outcome == "failed (unreachable)" for outcome in failed.values()):
-        result.warning = (
-            f"not bootstrapped on {', '.join(failed)} (unreachable): "
-            "a member that catches up once it starts"
+    allowed = ("failed (unreachable)", "failed (serves no partition ")
+    if all(outcome.startswith(allowed) for outcome in failed.values()):
+        absent = ", ".join(
+            f"{node} {outcome[len('failed ') :]}" for node, outcome in failed.items()
         )
+        result.warning = f"not bootstrapped on {absent}: a member that catches up once it runs it"
         result.error = None
+
+
+def _unserved(
+    nodes: Sequence[str],
+    table: str,
+    partitions: Sequence[int],
+    timeout: float,
+    allow_unreachable: bool = False,
+) -> str | None:
+    """Why ``partitions`` must not be bootstrapped: nodes of ``nodes`` that do not serve
+    every one of them (None: each serves them, or ``allow_unreachable``). Every partition's
+    config names every node, so the others would commit a config with a member that has no
+    replica: a review's node left out of a rolling restart that added partition 3 made it a
+    3-member partition running on 2 (no fault tolerance), while the bootstrap said only
+    that it failed on that node. Nodes that cannot say (unreachable, no admin process, an
+    older build) are left to :func:`_agree_on_cluster` and the bootstrap itself."""
+    wait = min(timeout, 5.0)
+
+    def served(node: str) -> set[int] | None:
+        try:
+            answer = admin.call(node, "partitions", timeout=wait)
+        except otp.ExitError:
+            return None
+        if not isinstance(answer, (list, tuple)):
+            return None  # ("error", "unknown_request")
+        return {int(p) for t, p in answer if t == table}
+
+    with ThreadPoolExecutor(len(nodes), thread_name_prefix="partitions") as pool:
+        answers = dict(zip(nodes, pool.map(served, nodes), strict=True))
+    wanted = set(partitions)
+    lacking = {
+        node: sorted(wanted - have)
+        for node, have in answers.items()
+        if have is not None and not wanted <= have
+    }
+    if not lacking or allow_unreachable:
+        return None
+    which = ", ".join(f"{node} serves no partition {ranges(ps)}" for node, ps in lacking.items())
+    return (
+        f"{which} of table {table!r}: every node must serve every partition bootstrapped "
+        "(restart it with them in its --partitions), or the others would run it with a member "
+        "that has no replica; to bootstrap the others anyway, with it as a member that "
+        "catches up once it serves them, pass --allow-unreachable"
+    )
+
+
+def ranges(numbers: Sequence[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``"1-3,5"`` (sorted numbers; what ``--partitions`` accepts)."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _agree_on_cluster(
