@@ -254,10 +254,10 @@ def test_status_table_layout() -> None:
     assert lines[0] == lines[2] == lines[-1] and set(lines[0]) == {"+", "-"}
     header = [cell.strip() for cell in lines[1].strip("|").split("|")]
     assert header == ["NODE", "PARTITION", "STATE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG",
-                      "QUEUES C/R/A", "LIVE", "QUIET"]  # fmt: skip
+                      "QUEUES C/R/A", "LIVE", "QUIET", "UNRESP"]  # fmt: skip
     first = [cell.strip() for cell in lines[3].strip("|").split("|")]
     assert first == ["n1@h:1", "kv.1", "leader", "3", "n1@h:1", "10", "9", "1-10", "2/0/1", "yes",
-                     "yes"]  # fmt: skip
+                     "yes", ""]  # fmt: skip
     second = [cell.strip() for cell in lines[4].strip("|").split("|")]
     assert second[:3] == ["n2@h:2", "-", "unreachable"] and set(second[3:]) == {""}
     assert len({len(line) for line in lines}) == 1

@@ -115,11 +115,12 @@ def _add_status(sub: Any) -> None:
         "status",
         help="status table of every partition on the nodes",
         description="Print every partition of each node: state, term, leader, commit and "
-        "applied index, log bounds, queue sizes (pending commits/reads/applies) and liveness. "
+        "applied index, log bounds, queue sizes (pending commits/reads/applies), liveness, "
+        "quiescence and, on a leader's row, how many members do not answer it (UNRESP). "
         "Exit status 0 when all is well; 1, with one line on stderr per reason, when a node "
-        "is unreachable or gives no status, no node serves a partition asked for, or a "
-        "partition's config names a node of --nodes that serves no replica of it; 2 on bad "
-        "usage.",
+        "is unreachable or gives no status, no node serves a partition asked for, a "
+        "partition's config names a node of --nodes that serves no replica of it, or a "
+        "leader has members that do not answer it; 2 on bad usage.",
     )
     common.nodes_arg(p)
     common.table_args(p, None)
@@ -234,6 +235,7 @@ def _status_problems(
     for check in (
         _missing_partitions(rows, partitions),
         _members_without_replica(rows),
+        _unanswered_leaders(rows),
     ):
         if check:
             problems.append(check)
@@ -298,6 +300,21 @@ def _members_without_replica(rows: list[dict[str, Any]]) -> str | None:
         f"members that serve no replica of their partition: {named} (restart the node with "
         "the partition, or remove it from the config with adjust_config)"
     )
+
+
+def _unanswered_leaders(rows: list[dict[str, Any]]) -> str | None:
+    """The members that leaders report unresponsive (``UNRESP``), with their partitions: a
+    partition running on fewer replicas than its config names, nearer to losing its quorum
+    than the table otherwise shows (a member of another cluster looked healthy)."""
+    silent: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("state") == "leader" and "error" not in r:
+            for member in r.get("unresponsive") or ():
+                silent.setdefault(str(member), []).append(f"{r.get('table')}.{r.get('partition')}")
+    if not silent:
+        return None
+    named = "; ".join(f"{node} ({_some(found)})" for node, found in silent.items())
+    return f"members that do not answer their leader: {named}"
 
 
 def _some(items: list[str], shown: int = 3) -> str:

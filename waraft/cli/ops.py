@@ -604,7 +604,17 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ),
     ("LIVE", lambda r: _liveness(r)),
     ("QUIET", lambda r: None if "error" in r else ("yes" if r.get("quiescent") else "no")),
+    ("UNRESP", lambda r: _unresponsive_count(r)),
 ]
+"""The status table's columns. ``UNRESP``, on a leader's row only, counts the members that
+have not answered it (down, disabled, cut off, or of another cluster): blank when none, so
+that the rows with a problem stand out among a thousand partitions; ``--json`` names them."""
+
+
+def _unresponsive_count(row: dict[str, Any]) -> int | None:
+    if row.get("state") != "leader" or not row.get("unresponsive"):
+        return None
+    return len(row["unresponsive"])
 
 
 def _liveness(row: dict[str, Any]) -> str | None:
