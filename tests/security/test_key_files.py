@@ -124,3 +124,84 @@ def test_create_refuses_a_directory_others_may_write_and_writes_nothing(tmp_path
     with pytest.raises(keys.KeysError, match=r"may be written by other users \(mode 0777\)"):
         keys.create(shared, ["n1"])
     assert list(shared.iterdir()) == []
+
+
+# ---------------------------------------------------------------- waraft keys add (review O-5)
+
+
+def _cluster(root: Path) -> dict[str, list[str]]:
+    data: dict[str, list[str]] = json.loads((root / keys.CLUSTER_FILE).read_text())["identities"]
+    return data
+
+
+def test_add_writes_a_usable_key_and_adds_it_to_cluster_json_in_place(root: Path) -> None:
+    # A keyed cluster had no way to take a new node: create refused the existing directory.
+    (root / keys.CLUSTER_FILE).write_text(
+        json.dumps({"identities": _cluster(root), "note": "kept"})  # other entries stay
+    )
+    before = _cluster(root)
+    written = keys.add(root, ["n4", "n5"])
+    assert sorted(p.name for p in written) == ["cluster.json", "n4.key", "n5.key"]
+    after = _cluster(root)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert sorted(v[1] for k, v in after.items() if k not in before) == ["n4", "n5"]
+    assert json.loads((root / keys.CLUSTER_FILE).read_text())["note"] == "kept"
+    assert {p.name: p.stat().st_mode & 0o077 for p in written} == {p.name: 0 for p in written}
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary left
+    n4 = keys.load(root, "n4", "node")
+    n1 = keys.load(root, "n1", "node")
+    assert n1.server_key_for("n4@h:1") == n4.public_key
+    assert n4.user_for(n1.public_key) is not None
+
+
+def test_add_refuses_a_listed_name_unless_replace_and_never_changes_a_role(root: Path) -> None:
+    keys.add(root, ["n4"])
+    listed = _cluster(root)
+    with pytest.raises(keys.KeysError, match="already: give --replace"):
+        keys.add(root, ["n4"])
+    with pytest.raises(keys.KeysError, match="role never changes"):
+        keys.add(root, admins=["n4"], replace=True)
+    with pytest.raises(keys.KeysError, match="at least one"):
+        keys.add(root)
+    assert _cluster(root) == listed  # nothing written by a refusal
+    old = keys.load(root, "n4", "node").public_key
+    keys.add(root, ["n4"], replace=True)
+    new = keys.load(root, "n4", "node").public_key
+    assert new != old
+    assert old.decode() not in _cluster(root)
+    assert len(_cluster(root)) == len(listed)
+
+
+def test_add_refuses_a_leftover_key_file_and_an_unsafe_directory(root: Path) -> None:
+    (root / "n4.key").write_text("{}")
+    (root / "n4.key").chmod(0o600)
+    with pytest.raises(keys.KeysError, match="does not list it"):
+        keys.add(root, ["n4"])
+    (root / keys.CLUSTER_FILE).chmod(0o666)
+    with pytest.raises(keys.KeysError, match="written by other users"):
+        keys.add(root, ["n5"])
+    assert not (root / "n5.key").exists()
+
+
+def test_a_reload_takes_added_and_replaced_keys_only(root: Path) -> None:
+    current = keys.load(root, "n1", "node")
+    keys.add(root, ["n4"], admins=["ops"])
+    keys.add(root, clients=["app"], replace=True)
+    changes = keys.check_reload(current, keys.load(root, "n1", "node"))
+    assert changes.added == ("node n4", "admin ops")  # by name
+    assert changes.replaced == ("client app",)
+    assert not keys.check_reload(current, current)
+    data = json.loads((root / keys.CLUSTER_FILE).read_text())
+    dropped = {k: v for k, v in data["identities"].items() if v[1] != "app"}
+    (root / keys.CLUSTER_FILE).write_text(json.dumps({"identities": dropped}))
+    with pytest.raises(keys.KeysError, match="no longer lists client app"):
+        keys.check_reload(current, keys.load(root, "n1", "node"))
+    identities = data["identities"]
+    regained = {k: (["admin", "app"] if v[1] == "app" else v) for k, v in identities.items()}
+    (root / keys.CLUSTER_FILE).write_text(json.dumps({"identities": regained}))
+    with pytest.raises(keys.KeysError, match="role changes only with a restart"):
+        keys.check_reload(current, keys.load(root, "n1", "node"))
+    (root / keys.CLUSTER_FILE).write_text(json.dumps(data))
+    keys.add(root, ["n1"], replace=True)
+    with pytest.raises(keys.KeysError, match="own key changed"):
+        keys.check_reload(current, keys.load(root, "n1", "node"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,22 +70,46 @@ def test_rate_limits_per_sender_and_node_wide() -> None:
 def test_key_roles_bind_node_ids_and_rights(tmp_path: Path) -> None:
     keys.create(tmp_path, ["n1", "n2"], ["app"], ["ops"])
     curve = keys.load(tmp_path, "n1", "node")
-    assert curve.rights_for("n1@10.0.0.1:7001", "node:n1") == frozenset(
+
+    def user(name: str) -> str:
+        record = json.loads((tmp_path / f"{name}.key").read_text())
+        found = curve.user_for(record["public_key"].encode())
+        assert found is not None
+        return found
+
+    assert curve.rights_for("n1@10.0.0.1:7001", user("n1")) == frozenset(
         {policy.MEMBER, policy.CLIENT}
     )
-    assert curve.rights_for("n2@10.0.0.2:7001", "node:n1") is None
-    assert curve.rights_for("app.cli1@h:1", "client:app") == frozenset({policy.CLIENT})
-    assert curve.rights_for("n1@h:1", "client:app") is None
-    assert curve.rights_for("ops.x@h:1", "admin:ops") == frozenset({policy.CLIENT, policy.ADMIN})
+    assert curve.rights_for("n2@10.0.0.2:7001", user("n1")) is None
+    assert curve.rights_for("app.cli1@h:1", user("app")) == frozenset({policy.CLIENT})
+    assert curve.rights_for("n1@h:1", user("app")) is None
+    assert curve.rights_for("ops.x@h:1", user("ops")) == frozenset({policy.CLIENT, policy.ADMIN})
     assert curve.rights_for("ops.x@h:1", None) is None
     public = (tmp_path / "app.key").read_text().split('"public_key": "')[1][:40].encode()
-    assert curve.user_for(public) == "client:app"
+    assert curve.user_for(public) == "client:app:" + public.decode()
     assert curve.user_for(b"x" * 40) is None
     assert curve.server_key_for("app.cli1@h:1") == public
     with pytest.raises(keys.KeysError, match="not node"):
         keys.load(tmp_path, "app", "node")
     with pytest.raises(keys.KeysError, match="never overwritten"):
         keys.create(tmp_path, ["n1"])
+
+
+def test_a_user_id_counts_only_while_its_key_is_the_clusters_key(tmp_path: Path) -> None:
+    # The key is part of the user id: a connection made with a key since replaced (or a
+    # user id naming a role and name without their key) has no rights.
+    keys.create(tmp_path, ["n1"], ["app"], ["ops"])
+    curve = keys.load(tmp_path, "n1", "node")
+    app = json.loads((tmp_path / "app.key").read_text())["public_key"]
+    ops = json.loads((tmp_path / "ops.key").read_text())["public_key"]
+    assert curve.rights_for("app.x@h:1", f"client:app:{app}") == frozenset({policy.CLIENT})
+    assert curve.rights_for("app.x@h:1", "client:app") is None
+    assert curve.rights_for("ops.x@h:1", f"admin:ops:{app}") is None  # another name's key
+    assert curve.rights_for("app.x@h:1", f"admin:app:{app}") is None  # another role
+    keys.add(tmp_path, clients=["app"], replace=True)
+    reloaded = keys.load(tmp_path, "n1", "node")
+    assert reloaded.rights_for("app.x@h:1", f"client:app:{app}") is None
+    assert reloaded.rights_for("ops.x@h:1", f"admin:ops:{ops}") is not None
 
 
 def test_a_decode_budget_lets_each_key_spend_its_share_and_no_more() -> None:

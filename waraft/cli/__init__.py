@@ -1,4 +1,4 @@
-"""The ``waraft`` command: ``node``, ``bootstrap``, ``status``, ``shell``.
+"""The ``waraft`` command: ``node``, ``bootstrap``, ``status``, ``shell``, ``keys``.
 
 Exit codes: 0 success; 1 the operation failed (a node unreachable, no leader elected, ...)
 or, for ``status``, the table shows a problem (see ``waraft status --help``); 2 bad usage
@@ -44,18 +44,59 @@ def _parser() -> argparse.ArgumentParser:
 def _add_keys(sub: Any) -> None:
     p = sub.add_parser(
         "keys",
-        help="create a cluster's CURVE keys",
+        help="create, add to and reload a cluster's CURVE keys",
         description="'waraft keys create DIR --nodes n1,n2,n3' writes one key file per node, "
         "per client and per admin identity, and DIR/cluster.json with every public key. Give "
         "each process its own key file and cluster.json; nodes run with --keys DIR, clients "
-        "and tools with --keys DIR --as NAME.",
+        "and tools with --keys DIR --as NAME. 'waraft keys add' adds keys to DIR and "
+        "'waraft keys reload' has running nodes take the new cluster.json.",
     )
-    p.add_argument("action", choices=["create"])
-    p.add_argument("directory", metavar="DIR")
-    p.add_argument("--nodes", required=True, metavar="N1,N2,...", help="node names (--name)")
-    p.add_argument("--clients", default="client", metavar="C1,...", help="default: %(default)s")
-    p.add_argument("--admins", default="admin", metavar="A1,...", help="default: %(default)s")
-    p.set_defaults(func=_keys)
+    actions = p.add_subparsers(dest="keys_action", metavar="<action>", required=True)
+    create = actions.add_parser(
+        "create", help="make a new cluster's keys", description="Make a new cluster's keys."
+    )
+    create.add_argument("directory", metavar="DIR")
+    create.add_argument("--nodes", required=True, metavar="N1,N2,...", help="node names (--name)")
+    create.add_argument("--clients", default="client", metavar="C1,...", help="default: client")
+    create.add_argument("--admins", default="admin", metavar="A1,...", help="default: admin")
+    create.set_defaults(func=_keys)
+    add = actions.add_parser(
+        "add",
+        help="add keys (a new node) to a cluster's keys",
+        description="Write a key file for each new identity and add its public key to "
+        "DIR/cluster.json in place (every other key is kept). Then copy the new key file to "
+        "its machine, cluster.json to every machine, and reload the keys on every running "
+        "node (SIGHUP, or 'waraft keys reload').",
+    )
+    add.add_argument("directory", metavar="DIR")
+    add.add_argument("--nodes", default="", metavar="N4,...", help="new node names (--name)")
+    add.add_argument("--clients", default="", metavar="C1,...", help="new client keys")
+    add.add_argument("--admins", default="", metavar="A1,...", help="new admin keys")
+    add.add_argument(
+        "--replace",
+        action="store_true",
+        help="give names cluster.json lists already a new key (the old one is refused once "
+        "the nodes reload their keys)",
+    )
+    add.set_defaults(func=_keys)
+    _add_keys_reload(actions)
+
+
+def _add_keys_reload(actions: Any) -> None:
+    p = actions.add_parser(
+        "reload",
+        help="have running nodes re-read their cluster.json",
+        description="Ask each node to re-read the cluster.json of its own key directory and "
+        "take the keys added or replaced there (what SIGHUP does). The request carries no "
+        "keys: each node reads its own file. A node refuses a file it cannot take (unreadable, "
+        "malformed, or one that removes a key or changes its own) and keeps its keys. Exit "
+        "status 1 unless every node reloaded.",
+    )
+    common.nodes_arg(p)
+    p.add_argument("--timeout", type=common.positive_seconds, default=5.0, help="seconds per node")
+    common.dist_args(p)
+    common.key_args(p, "admin")
+    p.set_defaults(func=_keys_reload)
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -64,15 +105,57 @@ def _keys(args: argparse.Namespace) -> int:
     def names(text: str) -> list[str]:
         return [n.strip() for n in text.split(",") if n.strip()]
 
+    chosen = names(args.nodes), names(args.clients), names(args.admins)
     try:
-        written = keys.create(
-            args.directory, names(args.nodes), names(args.clients), names(args.admins)
-        )
+        if args.keys_action == "add":
+            written = keys.add(args.directory, *chosen, replace=args.replace)
+        else:
+            written = keys.create(args.directory, *chosen)
     except keys.KeysError as exc:
         raise UsageError(str(exc)) from None
     for path in written:
         print(path)
     return EXIT_OK
+
+
+def _keys_reload(args: argparse.Namespace) -> int:
+    from waraft import otp
+    from waraft.cli import admin
+
+    common.setup_logging("ERROR")
+    nodes = common.parse_nodes(args.nodes)
+    failed = 0
+    with common.client_node(
+        nodes, keys=args.keys, key_name=args.key_name, roles=("admin",), **common.dist_options(args)
+    ):
+        for node in nodes:
+            try:
+                answer = admin.call(node, "reload_keys", timeout=args.timeout)
+            except otp.ExitError as exc:
+                reason = exc.reason
+                down = reason == "nodedown" or (isinstance(reason, tuple) and "nodedown" in reason)
+                answer = ("error", "unreachable" if down else reason)
+            line = _reload_outcome(answer)
+            failed += not line.startswith("ok")
+            print(f"{node}: {line}")
+    if failed:
+        print(
+            f"waraft keys reload: {failed} node(s) did not reload{common.unreachable_hint(args)}",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _reload_outcome(answer: Any) -> str:
+    """One line for a node's answer to ``reload_keys``."""
+    if isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "ok":
+        from waraft.distribution.keys import KeyChanges
+
+        changes = answer[1]
+        return "ok, " + KeyChanges(tuple(changes["added"]), tuple(changes["replaced"])).describe()
+    if isinstance(answer, tuple) and answer[:2] == ("error", "keys"):
+        return f"REFUSED: {answer[2]}"
+    return f"FAILED: {answer!r}"
 
 
 def _add_bootstrap(sub: Any) -> None:

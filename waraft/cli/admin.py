@@ -22,6 +22,10 @@ request                                 answer
                                         its data dir): ``("ok", id)``, or ``("error",
                                         "other_cluster", its id)``; ``("cluster", None)``
                                         answers ``("ok", its id or None)``
+``("reload_keys",)``                    re-read the node's ``cluster.json``
+                                        (``distribution.reload_keys``): ``("ok", {"added":
+                                        [...], "replaced": [...]})`` or ``("error", "keys",
+                                        why)``, the keys in use unchanged
 ``("dist_stats",)`` / ``("dist_peers",)``  ``distribution.stats()`` / ``distribution.peers()``
 ``("heartbeat_stats",)``                coalesced heartbeat frames sent per peer node and
                                         received (``waraft.partition.heartbeats.stats()``)
@@ -30,7 +34,7 @@ request                                 answer
 ======================================  ====================================================
 
 Who may ask (``waraft.distribution.policy``, with keys): ``ping``, ``partitions``, ``leaders``
-and ``status_all`` need the client right; the bootstrap, cluster, fault-injection,
+and ``status_all`` need the client right; the bootstrap, cluster, key reload, fault-injection,
 distribution and heartbeat requests the admin right. All are rate limited per sender and per node.
 
 ``status_all`` asks every local server for its status (11-40 us a partition on the
@@ -189,6 +193,7 @@ class NodeAdmin(otp.Process):
                         "bootstrap",
                         "bootstrap_many",
                         "cluster",
+                        "reload_keys",
                         "set_fault",
                         "clear_fault",
                     )
@@ -361,6 +366,20 @@ class NodeAdmin(otp.Process):
             dist.set_cluster_id(cluster)
         return ("ok", cluster)
 
+    def _reload_keys(self) -> Any:
+        """Re-read this node's ``cluster.json`` from its own key directory
+        (``distribution.reload_keys``). The request carries nothing: which keys count is
+        decided by the file on this machine, never by the caller."""
+        from waraft import distribution as dist
+        from waraft.distribution import keys
+
+        try:
+            changes = otp.blocking(dist.reload_keys)
+        except (keys.KeysError, RuntimeError) as exc:
+            logger.error("keys not reloaded: %s", exc)
+            return ("error", "keys", str(exc))
+        return ("ok", {"added": list(changes.added), "replaced": list(changes.replaced)})
+
     def _dist_stats(self) -> dict[str, int]:
         from waraft import distribution as dist
 
@@ -403,6 +422,7 @@ _HANDLERS: Final[dict[str, Any]] = {
     "bootstrap": NodeAdmin._bootstrap,
     "bootstrap_many": NodeAdmin._bootstrap_many,
     "cluster": NodeAdmin._cluster,
+    "reload_keys": NodeAdmin._reload_keys,
     "dist_stats": NodeAdmin._dist_stats,
     "dist_peers": NodeAdmin._dist_peers,
     "heartbeat_stats": NodeAdmin._heartbeat_stats,

@@ -25,6 +25,9 @@ node-wide services (``waraft.app``), the ``waraft_admin`` process, then the part
 application's supervisor instead of ``waraft.sup.child_spec``). Once serving, one line goes to
 stdout: ``READY <node id> pid=<pid>``; logs go to stderr. SIGTERM or SIGINT stop the node cleanly
 (the otp node, then distribution) and the process exits 0; a second signal exits at once (1).
+SIGHUP re-reads the cluster's keys (``--keys DIR``'s ``cluster.json``: a node added with
+``waraft keys add``) without a restart (``waraft.distribution.reload_keys``); a file that
+cannot be taken is logged as an error and the keys in use stay.
 A node that stops itself (a scheduler thread failed, or ``kernel_sup`` gave up restarting:
 ``otp.Node.on_failure``) takes the process with it, as a BEAM node halts: distribution is
 stopped, so that peers see the node down and elect new leaders instead of trusting a node
@@ -643,6 +646,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    hangup = threading.Event()
+    # Only noted here: the reload reads files and takes locks, which a signal handler
+    # interrupting the main thread at any point must not do.
+    signal.signal(signal.SIGHUP, lambda signum, frame: hangup.set())
     # This process is the node's own: tune its collector before the partitions allocate
     # anything (the freeze keeps the start-up objects out of every full collection).
     gctune.tune(config.gc())
@@ -663,7 +670,9 @@ def run(args: argparse.Namespace) -> int:
     runtime.node.on_failure(on_failure)  # called at once if it already failed
     print(f"READY {node_id} pid={os.getpid()}", flush=True)
     while not stop.wait(0.5):
-        pass
+        if hangup.is_set():
+            hangup.clear()
+            reload_keys()
     if failures:
         print(f"waraft node: node {node_id} failed, exiting: {failures[0]!r}", file=sys.stderr)
     started = time.monotonic()
@@ -674,6 +683,17 @@ def run(args: argparse.Namespace) -> int:
     watchdog.cancel()
     logger.info("stopped in %.1f s (bound %.0f s)", time.monotonic() - started, SHUTDOWN_TIMEOUT)
     return 1 if failures else 0
+
+
+def reload_keys() -> None:
+    """SIGHUP: re-read the cluster's keys; a refusal is logged, never fatal."""
+    from waraft import distribution as dist
+    from waraft.distribution import keys
+
+    try:
+        dist.reload_keys()  # logs what changed
+    except (keys.KeysError, RuntimeError) as exc:
+        logger.error("SIGHUP: keys not reloaded: %s", exc)
 
 
 def _abandon(runtime: NodeRuntime) -> None:

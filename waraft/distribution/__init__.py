@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from waraft.distribution import envelope, inline
+from waraft.distribution.keys import KeyChanges
 from waraft.distribution.nodeid import NodeIdError, is_node_id, make, parse
 from waraft.distribution.reply import RemoteReplyTo
 from waraft.distribution.runtime import Dist, add_peer_listener, remove_peer_listener
@@ -73,6 +74,7 @@ __all__ = [
     "node",
     "parse",
     "peers",
+    "reload_keys",
     "remove_peer_listener",
     "send",
     "send_bytes",
@@ -340,6 +342,23 @@ def set_cluster_id(cluster: str) -> None:
     of older builds, nodes not told yet) are not refused. ``ValueError`` if ``cluster`` is
     not a cluster id or the node belongs to another cluster already."""
     _running().set_cluster_id(cluster)
+
+
+def reload_keys() -> KeyChanges:
+    """Re-read the cluster's keys (``cluster.json``) from the key directory this node's keys
+    were loaded from (``keys.load``) and take them at once, without a restart: what ``waraft
+    node`` does on SIGHUP and on the admin request of ``waraft keys reload``.
+
+    Keys are added (a node made by ``waraft keys add``: this node then accepts its
+    connections and reaches it) and replaced (``--replace``: connections made with the old
+    key are refused from their next frame on, links to the node reconnect expecting its new
+    key). Nothing else changes at runtime: a file that cannot be read or checked
+    (``keys.load``'s checks: owner, mode, JSON, key material), one that changes this node's
+    own key or a key's role, or no longer lists a key, raises ``keys.KeysError`` with a
+    one-line reason, and the keys in use stay as they were. The file is the only input: no
+    message from the network says which keys to take. Returns what changed. Raises
+    ``RuntimeError`` when distribution is not started."""
+    return _running().reload_keys()
 
 
 def clear_fault() -> None:

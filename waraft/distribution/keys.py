@@ -1,4 +1,7 @@
-"""A cluster's CURVE keys on disk: one directory made by ``waraft keys create``.
+"""A cluster's CURVE keys on disk: one directory made by ``waraft keys create``, to which
+``waraft keys add`` (:func:`add`) adds keys; running nodes take the new ``cluster.json`` on
+``waraft.distribution.reload_keys`` (SIGHUP, ``waraft keys reload``), which
+:func:`check_reload` limits to added and replaced keys.
 
 Layout of the directory::
 
@@ -27,6 +30,8 @@ cluster's keys can connect, and each connection gets its key's rights (see
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -61,16 +66,9 @@ def create(
     if not os.fspath(directory).strip():
         raise KeysError("give a key directory: an empty name would put the keys in the cwd")
     root = Path(directory)
-    wanted = [("node", n) for n in nodes] + [("client", c) for c in clients]
-    wanted += [("admin", a) for a in admins]
-    names = [name for _, name in wanted]
     if not nodes:
         raise KeysError("name at least one node")
-    for name in names:
-        if not _NAME.match(name):
-            raise KeysError(f"key names are letters, digits, '-' and '_': {name!r}")
-    if len(set(names)) != len(names):
-        raise KeysError("key names must be distinct")
+    wanted = _wanted(nodes, clients, admins)
     if root.exists() and not root.is_dir():
         raise KeysError(f"{root} is not a directory")
     try:
@@ -115,6 +113,150 @@ def create(
         fh.write(text)
     written.append(cluster)
     return written
+
+
+def _wanted(
+    nodes: Sequence[str], clients: Sequence[str], admins: Sequence[str]
+) -> list[tuple[str, str]]:
+    """``(role, name)`` of every key asked for, the names checked to be usable and distinct."""
+    wanted = [("node", n) for n in nodes] + [("client", c) for c in clients]
+    wanted += [("admin", a) for a in admins]
+    names = [name for _, name in wanted]
+    for name in names:
+        if not _NAME.match(name):
+            raise KeysError(f"key names are letters, digits, '-' and '_': {name!r}")
+    if len(set(names)) != len(names):
+        raise KeysError("key names must be distinct")
+    return wanted
+
+
+def add(
+    directory: str | os.PathLike[str],
+    nodes: Sequence[str] = (),
+    clients: Sequence[str] = (),
+    admins: Sequence[str] = (),
+    *,
+    replace: bool = False,
+) -> list[Path]:
+    """Add keys to the cluster of ``directory`` (made by :func:`create`): a key file for each
+    new identity, and its public key in ``cluster.json``, which is rewritten in place (a new
+    file renamed over it: a reader sees the old file or the new one, never a mixture). Every
+    other entry of ``cluster.json`` is kept as it was. Returns the files written.
+
+    A name ``cluster.json`` already lists is refused unless ``replace``: then it gets a new
+    key pair (same role; a role never changes), its key file is rewritten and its old public
+    key leaves ``cluster.json``; once the nodes reload their keys
+    (:func:`waraft.distribution.reload_keys`), the old key's connections are refused.
+
+    Running nodes read the new ``cluster.json`` when told to (``SIGHUP`` or ``waraft keys
+    reload``) or when restarted; until then they refuse the new keys."""
+    root = Path(directory)
+    wanted = _wanted(nodes, clients, admins)
+    if not wanted:
+        raise KeysError("name at least one key to add (--nodes, --clients or --admins)")
+    _check_directory(root)
+    path = root / CLUSTER_FILE
+    data = _read_json(path, secret=False)
+    identities = _identities_of(path, data)
+    by_name = {name: (role, key) for key, (role, name) in identities.items()}
+    for role, name in wanted:
+        _check_addable(root, role, name, by_name.get(name), replace)
+    written = []
+    for role, name in wanted:
+        old = by_name.get(name)
+        if old is not None:
+            del identities[old[1]]
+        public, secret = zmq.curve_keypair()
+        identities[public.decode()] = (role, name)
+        record = {
+            "role": role,
+            "name": name,
+            "public_key": public.decode(),
+            "secret_key": secret.decode(),
+        }
+        key_path = root / f"{name}.key"
+        _write_atomically(key_path, json.dumps(record, indent=1), 0o600)
+        written.append(key_path)
+    data["identities"] = {key: [role, name] for key, (role, name) in identities.items()}
+    mode = path.lstat().st_mode & 0o644 | 0o600  # as readable as it was, never more
+    _write_atomically(path, json.dumps(data, indent=1, sort_keys=True), mode)
+    written.append(path)
+    return written
+
+
+def _identities_of(path: Path, data: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    raw = data.get("identities")
+    if not isinstance(raw, dict):
+        raise KeysError(f"{path} has no identities")
+    out: dict[str, tuple[str, str]] = {}
+    for key, value in raw.items():
+        if not (isinstance(value, list) and len(value) == 2 and value[0] in ROLES):
+            raise KeysError(f"{path}: malformed identity {key!r}: {value!r}")
+        out[str(key)] = (str(value[0]), str(value[1]))
+    return out
+
+
+def _check_addable(
+    root: Path, role: str, name: str, existing: tuple[str, str] | None, replace: bool
+) -> None:
+    """Refuse adding ``role`` key ``name`` where ``existing`` (its role and public key in
+    cluster.json, if listed) or a leftover key file is in the way."""
+    if existing is not None:
+        if existing[0] != role:
+            raise KeysError(
+                f"{name} is a {existing[0]} key in {root / CLUSTER_FILE}, not {_a(role)} key: "
+                "a key's role never changes; choose another name"
+            )
+        if not replace:
+            raise KeysError(
+                f"{name} is in {root / CLUSTER_FILE} already: give --replace to issue it a "
+                "new key (the old one is refused once the nodes reload their keys)"
+            )
+    elif os.path.lexists(root / f"{name}.key"):
+        raise KeysError(
+            f"{root / (name + '.key')} exists but {root / CLUSTER_FILE} does not list it (left "
+            "by an interrupted 'waraft keys add'? remove it and add the key again)"
+        )
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def _write_atomically(path: Path, text: str, mode: int) -> None:
+    """Put ``text`` at ``path`` (a file of ``mode``) by writing a new file next to it, syncing
+    it and renaming it over ``path``: a crash or a concurrent reader sees the old file or the
+    new one. The rename replaces a symbolic link at ``path``, never what it leads to."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode)
+    except OSError as exc:
+        raise KeysError(f"cannot write {temp}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise KeysError(f"cannot write {path}: {exc.strerror or exc}") from None
+    _sync_directory(path.parent)
+
+
+def _sync_directory(root: Path) -> None:
+    """Make a rename in ``root`` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(root, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
@@ -237,7 +379,66 @@ def load(directory: str | os.PathLike[str], name: str, role: str | None = None) 
         raise KeysError(
             f"{root / (name + '.key')} is not a key of {root / CLUSTER_FILE} (another cluster's?)"
         )
-    return curve
+    return dataclasses.replace(curve, source=(os.fspath(root), name, role))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyChanges:
+    """What a reload of the cluster's keys changes: ``"role name"`` of each identity added
+    and of each whose key was replaced."""
+
+    added: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.replaced)
+
+    def describe(self) -> str:
+        """One line for logs and the ``waraft keys reload`` output."""
+        parts = [f"added {', '.join(self.added)}"] if self.added else []
+        parts += [f"replaced {', '.join(self.replaced)}"] if self.replaced else []
+        return "; ".join(parts) or "unchanged"
+
+
+def check_reload(current: CurveConfig, new: CurveConfig) -> KeyChanges:
+    """What taking ``new`` (re-read from ``current``'s key directory) in place of ``current``
+    changes; :class:`KeysError` if a running node may not take it.
+
+    A running node takes new identities and new keys for identities it knows (same role).
+    It refuses a change of its own key pair (its ROUTER and every link present it), a role
+    change, and an identity that is no longer listed: a node's open connections do not
+    end when a name disappears from the file, and removing a member's key while partitions
+    still count on it is a decision for a restart, not a reload. (To revoke a key at once,
+    replace it: ``waraft keys add --replace``; the old key's connections are then refused.)"""
+    where = f"{current.source[0]}/{CLUSTER_FILE}" if current.source else CLUSTER_FILE
+    if not current.identities:
+        raise KeysError("this node runs with keys given in code, not a cluster's key directory")
+    if new.public_key != current.public_key or new.secret_key != current.secret_key:
+        raise KeysError(
+            f"this node's own key changed in {where}: a node's own key changes only with a restart"
+        )
+    old_names = {name: (role, key) for key, (role, name) in current.identities.items()}
+    new_names = {name: (role, key) for key, (role, name) in new.identities.items()}
+    dropped = sorted(f"{old_names[n][0]} {n}" for n in old_names.keys() - new_names.keys())
+    if dropped:
+        raise KeysError(
+            f"{where} no longer lists {', '.join(dropped)}: a running node does not drop keys "
+            "(restart the nodes for that; to revoke a key at once, replace it with 'waraft "
+            "keys add DIR --replace' and reload)"
+        )
+    added, replaced = [], []
+    for name, (role, key) in sorted(new_names.items()):
+        old = old_names.get(name)
+        if old is None:
+            added.append(f"{role} {name}")
+        elif old[0] != role:
+            raise KeysError(
+                f"{where} makes {name} a {role} key, it was a {old[0]} key: a key's role "
+                "changes only with a restart"
+            )
+        elif old[1] != key:
+            replaced.append(f"{role} {name}")
+    return KeyChanges(tuple(added), tuple(replaced))
 
 
 def process_name(key_name: str, tag: str) -> str:
@@ -245,4 +446,14 @@ def process_name(key_name: str, tag: str) -> str:
     return f"{key_name}.{tag}{os.getpid()}x{random.randrange(1 << 20):x}"
 
 
-__all__ = ["CLUSTER_FILE", "ROLES", "KeysError", "create", "load", "process_name"]
+__all__ = [
+    "CLUSTER_FILE",
+    "ROLES",
+    "KeyChanges",
+    "KeysError",
+    "add",
+    "check_reload",
+    "create",
+    "load",
+    "process_name",
+]

@@ -57,14 +57,22 @@ class Link:
         "peer",
         "sent",
         "sent_bytes",
+        "server_key",
         "sock",
         "thread",
     )
 
-    def __init__(self, sock: zmq.Socket[bytes], peer: Peer, thread: threading.Thread) -> None:
+    def __init__(
+        self,
+        sock: zmq.Socket[bytes],
+        peer: Peer,
+        thread: threading.Thread,
+        server_key: bytes | None = None,
+    ) -> None:
         self.sock = sock
         self.peer = peer
         self.thread = thread
+        self.server_key = server_key  # the CURVE key it expects of the peer (None: no CURVE)
         self.lock = threading.Lock()
         self.closed = False
         self.sent = 0
@@ -107,11 +115,7 @@ class Outbound:
         self._closed_counts: dict[str, int] = {"tx_msgs": 0, "tx_bytes": 0, "tx_dropped_full": 0}
         # With a cluster's keys, the names of its nodes: a link to any other id goes to a
         # client or admin process (see ``_configure``).
-        self._node_names: frozenset[str] | None = (
-            None
-            if curve is None or not curve.identities
-            else frozenset(name for role, name in curve.identities.values() if role == "node")
-        )
+        self._node_names = _node_names(curve)
         self._copy_threshold = settings.copy_threshold
 
     # ------------------------------------------------------------------ hot path
@@ -190,7 +194,9 @@ class Outbound:
             except Exception:
                 sock.close(linger=0)
                 raise
-            link = Link(sock, peer, thread)
+            curve = self._curve
+            expected = None if curve is None else curve.server_key_for(peer.node_id)
+            link = Link(sock, peer, thread, expected)
             self._links.add(link)
         self._tls.links[peer.node_id] = link
         return link
@@ -245,6 +251,26 @@ class Outbound:
         for link in gone:
             link.close(0)
         return len(gone)
+
+    def set_curve(self, curve: CurveConfig) -> int:
+        """Use ``curve`` (the cluster's reloaded keys) for links opened from now on, and close
+        every link that expects another server key than ``curve`` gives its peer (a new node
+        tried before its key was known, a node whose key was replaced): each thread opens a
+        new one at its next send. Returns how many were closed."""
+        with self._lock:
+            self._curve = curve
+            self._node_names = _node_names(curve)
+            stale = [
+                link
+                for link in self._links
+                if link.server_key != curve.server_key_for(link.peer.node_id)
+            ]
+            for link in stale:
+                self._links.discard(link)
+                self._absorb(link)
+        for link in stale:
+            link.close(0)
+        return len(stale)
 
     def open_links(self) -> int:
         """How many links are open now (every thread)."""
@@ -306,6 +332,13 @@ class Outbound:
             entry["tx_bytes"] += link.sent_bytes
             entry["tx_dropped_full"] += link.dropped_full
         return out
+
+
+def _node_names(curve: CurveConfig | None) -> frozenset[str] | None:
+    """The names of the cluster's nodes (None without a cluster's keys)."""
+    if curve is None or not curve.identities:
+        return None
+    return frozenset(name for role, name in curve.identities.values() if role == "node")
 
 
 def apply_curve_client(sock: zmq.Socket[Any], curve: CurveConfig | None, node_id: str) -> None:

@@ -71,12 +71,19 @@ _HANDSHAKE_FAILED = (
 
 
 class _Probe:
-    __slots__ = ("connected_at", "excused", "monitor", "peer", "sock")
+    __slots__ = ("connected_at", "excused", "monitor", "peer", "server_key", "sock")
 
-    def __init__(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], peer: Peer) -> None:
+    def __init__(
+        self,
+        sock: zmq.Socket[bytes],
+        monitor: zmq.Socket[bytes],
+        peer: Peer,
+        server_key: bytes | None = None,
+    ) -> None:
         self.sock = sock
         self.monitor = monitor
         self.peer = peer
+        self.server_key = server_key  # the CURVE key it expects of the peer (None: no CURVE)
         # When its connection last completed a handshake (None: none since the last loss).
         self.connected_at: float | None = None
         self.excused = False  # its last loss was excused (``Liveness._superseded``)
@@ -108,6 +115,8 @@ class Liveness(threading.Thread):
         # at most once a second (the counters count every one).
         self._errors = LogThrottle()
         self._denied = LogThrottle()
+        self._handshakes = LogThrottle()
+        self._keys_gen = dist.cluster_gen  # the keys the probes were opened with
         self.counts: dict[str, int] = {}
         dist.counters.add_dict(self.counts)
 
@@ -161,6 +170,9 @@ class Liveness(threading.Thread):
     def _check(self, now: float) -> None:
         dist = self._dist
         settings = dist.settings
+        if dist.cluster_gen != self._keys_gen:
+            self._keys_gen = dist.cluster_gen
+            self._close_stale_probes()
         for peer in dist.peers.all():
             if peer.rx != peer.rx_seen:
                 peer.rx_seen = peer.rx
@@ -237,6 +249,19 @@ class Liveness(threading.Thread):
                 if closed:
                     self.counts["links_closed"] = self.counts.get("links_closed", 0) + closed
 
+    def _close_stale_probes(self) -> None:
+        """Close the probes that expect another server key than the (reloaded) keys give
+        their peer; the loop reopens them with the right one. A probe keeps the key it was
+        opened with for every reconnect, so a node whose key became known only now would
+        otherwise fail its handshakes for good."""
+        curve = self._dist.curve
+        if curve is None:
+            return
+        for node_id, probe in list(self._probes.items()):
+            if probe.server_key != curve.server_key_for(node_id):
+                self._close_probe(node_id, probe)
+                self._count("probes_rekeyed")
+
     def _close_probe(self, node_id: str, probe: _Probe) -> None:
         del self._probes[node_id]
         self._by_monitor.pop(probe.monitor, None)
@@ -260,7 +285,8 @@ class Liveness(threading.Thread):
             sock.setsockopt(zmq.RCVHWM, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, settings.reconnect_ivl_ms)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, settings.reconnect_ivl_max_ms)
-            apply_curve_client(sock, dist.curve, peer.node_id)
+            curve = dist.curve
+            apply_curve_client(sock, curve, peer.node_id)
             monitor = sock.get_monitor_socket(_PROBE_EVENTS)
             sock.connect(peer.endpoint)
         except BaseException:
@@ -269,7 +295,9 @@ class Liveness(threading.Thread):
             else:  # monitor mode off first, as for every monitored socket
                 _close_monitored(sock, monitor)
             raise
-        probe = _Probe(sock, monitor, peer)
+        probe = _Probe(
+            sock, monitor, peer, None if curve is None else curve.server_key_for(peer.node_id)
+        )
         self._probes[peer.node_id] = probe
         self._by_monitor[monitor] = probe
         self._poller.register(monitor, zmq.POLLIN)
@@ -309,8 +337,23 @@ class Liveness(threading.Thread):
                     dist.peers.set_state(peer, PeerState.DOWN)
             elif event & _HANDSHAKE_FAILED:
                 self._count("probe_handshake_failed")
-                logger.warning("handshake with %s failed (%s)", peer.node_id, event)
+                self._log_handshake_failed(peer.node_id, event)
                 dist.peers.set_state(peer, PeerState.DOWN)
+
+    def _log_handshake_failed(self, node_id: str, event: int) -> None:
+        """Say that a handshake with a peer failed, at most once a second: a probe retries
+        every ``reconnect_ivl`` (a node whose key this one does not know logged ~10 lines a
+        second on every leader); ``probe_handshake_failed`` counts every one."""
+        count = self._handshakes.ready()
+        if count:
+            logger.warning(
+                "handshake with %s failed (event %d; %d failed handshakes since the last such "
+                "line): does each side have the other's key in its cluster.json? (after "
+                "'waraft keys add', reload the keys: SIGHUP or 'waraft keys reload')",
+                node_id,
+                event,
+                count,
+            )
 
     def _superseded(self, probe: _Probe, event: int) -> bool:
         """Whether a lost connection of ``probe`` (``event``) was one to a run of the peer

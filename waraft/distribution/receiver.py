@@ -92,11 +92,19 @@ class _Conn:
         self.sender = sender
         self.address = address
         self.user = user  # the CURVE key's user id the rights were granted to
-        self.cluster_gen = cluster_gen  # the node's cluster id it was checked against
+        self.cluster_gen = cluster_gen  # the cluster id and keys it was checked against
         # Who sent what comes on this connection, for inline handlers and remote calls
-        # (``inline``): the key's user id; without one (no CURVE, or a key of the older form,
-        # whose user id is "") the node id the sender claims.
-        self.origin = user or sender.node_id
+        # (``inline``): the key's identity, ``role:name`` (its user id less the key, which
+        # may be replaced while the identity, owner of its registers, stays); without one
+        # (no CURVE, or a key of the older form, whose user id is "") the node id the
+        # sender claims.
+        self.origin = _identity_of(user) if user else sender.node_id
+
+
+def _identity_of(user: str) -> str:
+    """``role:name`` of a user id ``role:name:key`` (a Z85 key may itself hold colons)."""
+    role, _, rest = user.partition(":")
+    return f"{role}:{rest.partition(':')[0]}"
 
 
 class Receiver(threading.Thread):
@@ -265,6 +273,9 @@ class Receiver(threading.Thread):
             # Same user id too: with ROUTER_HANDOVER another connection can take a routing
             # id over, and it must not inherit the rights of the key that connected first.
             return conn
+        # Read before the checks: a reload of the keys or a new cluster id meanwhile (the
+        # new one in place before the generation moves on) makes this entry stale at once.
+        gen = dist.cluster_gen
         node_id = nodeid.sender_of(routing_id)
         if node_id is None:
             self._count("rx_bad_identity")
@@ -292,9 +303,7 @@ class Receiver(threading.Thread):
             return None
         if len(self._senders) >= _MAX_SENDER_CACHE:
             self._senders.clear()
-        conn = self._senders[routing_id] = _Conn(
-            peer, Sender(node_id, rights), address, user, dist.cluster_gen
-        )
+        conn = self._senders[routing_id] = _Conn(peer, Sender(node_id, rights), address, user, gen)
         return conn
 
     def _of_another_cluster(self, node_id: str, routing_id: bytes) -> bool:

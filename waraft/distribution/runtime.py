@@ -22,7 +22,8 @@ from typing import Any
 
 import zmq
 
-from waraft.distribution import envelope, inline, nodeid
+from waraft.distribution import envelope, inline, keys, nodeid
+from waraft.distribution.keys import KeyChanges
 from waraft.distribution.links import Outbound
 from waraft.distribution.liveness import Liveness
 from waraft.distribution.monitors import SIGNALS, DistSignals, allow_signals
@@ -135,9 +136,11 @@ class Dist:
         self.curve = curve
         # The cluster this node belongs to (None: not told yet). Connections are tagged with
         # it and a connection tagged with another one is refused (see ``set_cluster_id``);
-        # ``cluster_gen`` tells the receiver's per-connection cache that it changed.
+        # ``cluster_gen`` tells the receiver's per-connection cache that it changed, or that
+        # the keys did (``reload_keys``): every connection is checked again.
         self.cluster_id = None if cluster_id is None else nodeid.check_cluster_id(cluster_id)
         self.cluster_gen = 0
+        self._keys_lock = threading.Lock()
         self.counters = Counters()
         self.peers = PeerTable(self._on_peer_change, settings.max_peers)
         self._peer_map = self.peers.by_id  # read-only alias for the lock-free hot path
@@ -536,6 +539,40 @@ class Dist:
             self.cluster_id = cluster_id
             self.cluster_gen += 1
             logger.info("node %s belongs to cluster %s", self.node_id, cluster_id)
+
+    def reload_keys(self) -> KeyChanges:
+        """Re-read the cluster's keys from the key directory this node's keys were loaded
+        from and take them (see ``waraft.distribution.reload_keys``). Raises ``KeysError``,
+        changing nothing, for a file that cannot be read or used, or one a running node may
+        not take (``keys.check_reload``)."""
+        with self._keys_lock:  # a signal and an admin request at once: one after the other
+            current = self.curve
+            if current is None:
+                raise keys.KeysError("this node runs without keys (--insecure): nothing to reload")
+            if current.source is None:
+                raise keys.KeysError(
+                    "this node's keys were given in code, not loaded from a key directory"
+                )
+            directory, name, role = current.source
+            new = keys.load(directory, name, role)
+            changes = keys.check_reload(current, new)
+            if not changes:
+                logger.info("keys reloaded from %s: unchanged", directory)
+                return changes
+            # The new keys first, then the generation: a connection checked against the old
+            # keys meanwhile is then checked again (receiver); links and probes that present
+            # a server key the new file changed are closed and reopened with the new one
+            # (the senders' links here, the probes by the liveness thread that owns them).
+            self.curve = new
+            closed = self.outbound.set_curve(new)
+            self.cluster_gen += 1
+            logger.warning(
+                "keys reloaded from %s: %s (%d links reopened)",
+                directory,
+                changes.describe(),
+                closed,
+            )
+            return changes
 
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, int]:

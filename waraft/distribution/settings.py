@@ -35,6 +35,8 @@ class CurveConfig:
       and ``admin`` keys may claim only ids whose name starts with ``<key name>.``; a client
       reaches the client API, an admin the admin verbs too. ``server_keys`` may then be
       keyed by a node's name (or by that prefix) instead of its full id.
+    * ``source``: ``(directory, name, role)`` when :func:`waraft.distribution.keys.load` made
+      it: where :func:`waraft.distribution.reload_keys` re-reads the cluster's keys from.
     """
 
     public_key: bytes
@@ -42,6 +44,7 @@ class CurveConfig:
     server_keys: Mapping[str, bytes] = field(default_factory=dict)
     allowed_clients: Collection[bytes] | None = None
     identities: Mapping[bytes, tuple[str, str]] = field(default_factory=dict)
+    source: tuple[str, str, str | None] | None = field(default=None, compare=False)
 
     @classmethod
     def coerce(cls, value: CurveConfig | Mapping[str, Any]) -> CurveConfig:
@@ -72,20 +75,29 @@ class CurveConfig:
         return _key(found if found is not None else self.public_key)
 
     def user_for(self, public_key_z85: bytes) -> str | None:
-        """What the ZAP handler answers as the User-Id for a key: ``"role:name"`` for a
-        cluster identity, ``""`` for an allowed key of the older form, None if refused."""
+        """What the ZAP handler answers as the User-Id for a key: ``"role:name:key"`` for a
+        cluster identity, ``""`` for an allowed key of the older form, None if refused.
+
+        The key itself is part of it so that :meth:`rights_for` can tell, on every new
+        connection and after every reload of the keys, whether the key a connection
+        authenticated with is still the cluster's key for that name: a key replaced by
+        ``waraft keys add --replace`` loses its open connections, not only its next ones."""
         if self.identities:
             found = self.identities.get(public_key_z85)
-            return None if found is None else f"{found[0]}:{found[1]}"
+            return None if found is None else f"{found[0]}:{found[1]}:{public_key_z85.decode()}"
         return "" if self.client_allowed(public_key_z85) else None
 
     def rights_for(self, node_id: str, user_id: str | None) -> frozenset[str] | None:
         """The rights of a connection that authenticated as ``user_id`` (what the ZAP handler
-        answered for its key) and claims ``node_id``; None if that key may not claim it.
-        Keys of the older, member-only form (no ``identities``) carry every right."""
+        answered for its key) and claims ``node_id``; None if that key may not claim it, or
+        is no longer (or never was) the cluster's key of that role and name. Keys of the
+        older, member-only form (no ``identities``) carry every right."""
         if not self.identities:
             return RIGHTS
-        role, _, key_name = (user_id or "").partition(":")
+        role, _, rest = (user_id or "").partition(":")
+        key_name, _, key = rest.partition(":")
+        if self.identities.get(key.encode()) != (role, key_name):
+            return None
         name = node_id.partition("@")[0]
         if role == "node":
             return _NODE_RIGHTS if name == key_name else None
