@@ -266,17 +266,23 @@ def test_a_snapshot_still_being_sent_survives_newer_catchups(tmp_path: Path) -> 
     wait_until(lambda: _snapshots(leader) == [])  # released by the coordinator once sent
 
 
-def test_a_snapshot_being_sent_survives_an_operators_snapshots(tmp_path: Path) -> None:
-    # An operator (the shell, an admin command, an embedding application) knows nothing of the
-    # catch-ups: its create_snapshot, with or without keep, must not delete the snapshot a
-    # transport still sends (the sender opens each file only when it sends it).
-    leader = _single(tmp_path)
+def _held_catchup(tmp_path: Path, leader: otp.Node) -> tuple[otp.Node, ChunkLog]:
+    """A new node ``t`` and a catch-up of it from ``leader`` held after its first chunk."""
     set_raft(leader, dist_transport_chunk_size=64)  # many chunks: the transfer is held
     target = start(tmp_path, "t")
     log = ChunkLog(hold=True)
     replace_receiver(target, log)
     _ask(leader, target)
     wait_until(lambda: log.wait_chunks(1, timeout=0))
+    return target, log
+
+
+def test_a_snapshot_being_sent_survives_an_operators_snapshots(tmp_path: Path) -> None:
+    # An operator (the shell, an admin command, an embedding application) knows nothing of the
+    # catch-ups: its create_snapshot, with or without keep, must not delete the snapshot a
+    # transport still sends (the sender opens each file only when it sends it).
+    leader = _single(tmp_path)
+    target, log = _held_catchup(tmp_path, leader)
     ((sent, transport_id),) = _coordinator(leader)["transports"].items()
     (sending,) = _snapshots(leader)
     made = []
@@ -302,12 +308,7 @@ def test_a_restarted_storage_is_told_again_which_snapshots_are_being_sent(
     # The partition (its storage with it) restarts while the node-wide transport keeps
     # sending: the coordinator's next scan tells the new storage what it must spare.
     leader = _single(tmp_path, log_module=DISK, storage_module=SQLITE)
-    set_raft(leader, dist_transport_chunk_size=64)  # many chunks: the transfer is held
-    target = start(tmp_path, "t")
-    log = ChunkLog(hold=True)
-    replace_receiver(target, log)
-    _ask(leader, target)
-    wait_until(lambda: log.wait_chunks(1, timeout=0))
+    _, log = _held_catchup(tmp_path, leader)
     (transport_id,) = _coordinator(leader)["transports"].values()
     (sending,) = _snapshots(leader)
     with leader.activate():
