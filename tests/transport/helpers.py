@@ -12,7 +12,8 @@ from typing import Any
 
 from tests.partition.helpers import APP, FAST, wait_until
 from waraft import otp, transport
-from waraft.partition import app, sup
+from waraft.core.types import Identity, LogPos
+from waraft.partition import app, server, sup
 from waraft.services import env, info
 from waraft.transport import dist_transport
 
@@ -79,6 +80,19 @@ def follow(target: otp.Node, leader: otp.Node | str, partition: int = 1) -> None
     transport manager takes snapshots only from the partition's leader."""
     leader_id = leader if isinstance(leader, str) else leader.id
     info.set_current_term_info("test", partition, 1, leader_id, None, node=target.id)
+
+
+def admit(target: otp.Node | str, *senders: otp.Node | str, partition: int = 1) -> None:
+    """Make ``senders`` the voting members of ``target``'s partition, ``target`` a non-voting
+    participant, by bootstrapping its (fresh) replica: the transport manager takes transfers
+    only from participants of the partition's config as its server knows it. ``target`` never
+    stands for election (it does not vote) and the senders' replicas are not bootstrapped, so
+    no Raft traffic follows."""
+    name = f"raft_server_test_{partition}"
+    target_id = target if isinstance(target, str) else target.id
+    members = [Identity(name, s if isinstance(s, str) else s.id) for s in senders]
+    config = server.make_config(members, participants=[Identity(name, target_id)])
+    assert server.bootstrap((name, target_id), LogPos(1, 1), config) == "ok"
 
 
 def on(node: otp.Node, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

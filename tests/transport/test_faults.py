@@ -12,6 +12,7 @@ from tests.transport.helpers import (
     ChunkCutter,
     ChunkLog,
     GatedReceiver,
+    admit,
     make_tree,
     offer,
     on,
@@ -33,6 +34,7 @@ SMALL_CHUNKS = {"dist_transport_chunk_size": 64, "dist_transport_max_inflight": 
 def test_a_transfer_cut_off_midway_fails_and_a_retry_completes(tmp_path: Path) -> None:
     a = start(tmp_path, "a", raft=SMALL_CHUNKS)
     b = start(tmp_path, "b", raft={**SMALL_CHUNKS, "transport_idle_timeout_secs": 0.3})
+    admit(b, a)
     files = {"one": os.urandom(4096), "two/three": os.urandom(1000)}
     src = make_tree(tmp_path / "src", files)
     cutter = ChunkCutter(b.id, allow=5)
@@ -59,6 +61,7 @@ def test_a_receiver_killed_midway_is_restarted_and_a_retry_completes(tmp_path: P
     it and the retried transfer completes."""
     a = start(tmp_path, "a", raft={"dist_transport_chunk_size": 512})
     b = start(tmp_path, "b")
+    admit(b, a)
     files = {"f": os.urandom(64 * 1024)}
     src = make_tree(tmp_path / "src", files)
     cutter = ChunkCutter(b.id, allow=10)
@@ -82,6 +85,7 @@ def _gated_pair(tmp_path: Path) -> tuple[otp.Node, otp.Node, ChunkLog]:
     slow_acks = {"dist_transport_ack_timeout_ms": 10_000, "transport_idle_timeout_secs": 60}
     a = start(tmp_path, "a", raft={**slow_acks, "dist_transport_chunk_size": 4})
     b = start(tmp_path, "b")
+    admit(b, a)
     log = ChunkLog(hold=True)
     replace_receiver(b, log, GatedReceiver)
     return a, b, log
@@ -153,8 +157,13 @@ def test_idle_transports_time_out_and_old_records_are_forgotten(tmp_path: Path) 
     b = start(
         tmp_path,
         "b",
-        raft={"transport_idle_timeout_secs": 0.2, "raft_transport_inactive_info_limit": 2},
+        raft={
+            "transport_idle_timeout_secs": 0.2,
+            "raft_transport_inactive_info_limit": 2,
+            "raft_max_incoming_transports_per_peer": 3,
+        },
     )
+    admit(b, "fake@sender")
     for transport_id in (11, 12, 13):
         assert offer(b, transport_id, [(1, "x", 5)]) == "ok"
     # Nobody sends the data: the periodic scan times all three out, and keeps only the two
@@ -169,6 +178,7 @@ def test_idle_transports_time_out_and_old_records_are_forgotten(tmp_path: Path) 
 
 def test_a_running_transport_is_not_timed_out(tmp_path: Path) -> None:
     b = start(tmp_path, "b", raft={"transport_idle_timeout_secs": 60})
+    admit(b, "fake@sender")
     assert offer(b, 21, [(1, "x", 5)]) == "ok"
     assert on(b, transport.scan) == []
     assert on(b, transport.transport_info, 21, "status") == "running"
@@ -183,6 +193,7 @@ def _cleanup(node: otp.Node) -> list[str]:
 def test_cleanup_removes_old_transfer_directories_but_never_running_ones(tmp_path: Path) -> None:
     a = start(tmp_path, "a")
     b = start(tmp_path, "b", raft={"transport_idle_timeout_secs": 60})
+    admit(b, a, "fake@sender")
     set_app(b, transport_retain_min_secs=100)
     base = tmp_path / "b" / "test.1" / "transport"
     # A finished transport, a running one, and two directories nobody knows about.
@@ -233,6 +244,7 @@ def test_the_node_wide_services_run_under_kernel_sup(tmp_path: Path) -> None:
 
 def test_a_restarted_manager_keeps_the_records(tmp_path: Path) -> None:
     b = start(tmp_path, "b")
+    admit(b, "fake@sender")
     assert offer(b, 41, [(1, "x", 5)]) == "ok"
     with b.activate():
         old = otp.whereis(transport.NAME)

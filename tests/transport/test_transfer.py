@@ -12,6 +12,7 @@ import pytest
 from tests.partition.helpers import wait_until
 from tests.transport.helpers import (
     ChunkLog,
+    admit,
     follow,
     make_tree,
     offer,
@@ -26,11 +27,15 @@ from tests.transport.helpers import (
     wait_status,
 )
 from waraft import otp, transport
+from waraft.services import metrics
 from waraft.transport import dist_transport
 
 
 def _pair(tmp_path: Path, **kw: object) -> tuple[otp.Node, otp.Node]:
-    return start(tmp_path, "a", **kw), start(tmp_path, "b", **kw)  # type: ignore[arg-type]
+    """Two nodes; ``a`` is a member of ``b``'s partition (``b`` takes its transfers)."""
+    a, b = start(tmp_path, "a", **kw), start(tmp_path, "b", **kw)  # type: ignore[arg-type]
+    admit(b, a)
+    return a, b
 
 
 def _received_root(node: otp.Node, transport_id: int) -> Path:
@@ -72,6 +77,7 @@ def test_tiny_chunks_and_several_workers_still_reassemble_every_file(tmp_path: P
     raft = {"dist_transport_chunk_size": 7, "dist_transport_max_inflight": 3}
     a = start(tmp_path, "a", raft={**raft, "raft_transport_threads": 3})
     b = start(tmp_path, "b", raft=raft)
+    admit(b, a)
     files = {f"d{i % 3}/f{i}": os.urandom(100 + 37 * i) for i in range(9)}
     src = make_tree(tmp_path / "src", files)
     transport_id = on(a, transport.transfer, b.id, "test", 1, str(src), 20.0)[1]
@@ -174,6 +180,8 @@ class FullDisk:
 def test_the_provider_admission_hook_can_refuse_for_a_full_disk(tmp_path: Path) -> None:
     a = start(tmp_path, "a")
     b = start(tmp_path, "b", transport_module=f"{__name__}:FullDisk")
+    admit(b, a)
+    admit(a, "fake@sender")
     src = make_tree(tmp_path / "src", {"data": b"1234"})
     assert on(a, transport.start_transfer, b.id, "test", 1, str(src)) == (
         "error",
@@ -193,14 +201,16 @@ def test_disk_admission_counts_what_running_transports_still_need(
     would fill the disk that holds the log and the storage. A snapshot also needs room for
     its install copy (the storage copies it into its database)."""
 
-    def free(path: str) -> int:  # a 1000-byte disk that received chunks fill
+    def space(path: str) -> tuple[int, int]:  # a 1000-byte disk that received chunks fill
         received = tmp_path.glob("b/*/transport/*/*")
-        return 1000 - sum(p.stat().st_size for p in received if p.is_file())
+        return 1000 - sum(p.stat().st_size for p in received if p.is_file()), 1000
 
-    monkeypatch.setattr(dist_transport, "_free_bytes", free)
-    b = start(tmp_path, "b", partitions=(1, 2, 3))
-    for partition in (1, 2, 3):
-        follow(b, "fake@sender", partition)
+    monkeypatch.setattr(dist_transport, "_disk_space", space)
+    no_reserve = {dist_transport.RESERVE_BYTES_KEY: 0, dist_transport.RESERVE_PERCENT_KEY: 0}
+    b = start(tmp_path, "b", partitions=(1, 2, 3), raft=no_reserve)
+    for partition in (1, 2):
+        admit(b, "fake@sender", partition=partition)
+    follow(b, "fake@sender", 3)
     transfer_2 = {"type": "transfer", "table": "test", "partition": 2}
     assert offer(b, 501, [(1, "data", 600)]) == "ok"
     assert offer(b, 502, [(1, "data", 600)], meta=transfer_2) == ("error", "receiver_disk_full")
@@ -224,12 +234,106 @@ def test_disk_admission_counts_what_running_transports_still_need(
     assert offer(b, 509, [(1, "data", 500)], meta=transfer_2) == "ok"
 
 
+COUNTING = {"raft_metrics_module": "waraft.metrics:CountingMetrics"}
+
+
+def _counter(node: otp.Node, name: str) -> int:
+    sink = on(node, metrics.get)
+    assert isinstance(sink, metrics.CountingMetrics)
+    return sink.counter(metrics.key("test", name))
+
+
+def test_a_transfer_is_taken_only_from_a_participant_of_the_partitions_config(
+    tmp_path: Path,
+) -> None:
+    """A transfer holds one of the node's incoming slots and part of its disk until it ends
+    or idles out: any node key offering one it never sent (the review's attacker offered all
+    the free space but 64 MiB) blocked every catch-up of the node. Only the nodes the
+    partition's config names may offer one; the server is asked for its current config."""
+    a = start(tmp_path, "a")
+    b = start(tmp_path, "b", raft=COUNTING)
+    src = make_tree(tmp_path / "src", {"data": b"1234"})
+    # A replica that knows no config takes transfers from nobody.
+    assert offer(b, 60, [(1, "x", 1)], sender=a.id) == ("error", "not_member")
+    admit(b, "member@elsewhere")
+    assert on(a, transport.start_transfer, b.id, "test", 1, str(src)) == ("error", "not_member")
+    (refused,) = on(a, transport.transports)
+    assert on(a, transport.transport_info, refused, "error") == ("rejected", "not_member")
+    assert offer(b, 61, [(1, "x", 1)], sender="intruder@10.0.0.9:1") == ("error", "not_member")
+    assert receiver_ids(b) == []
+    assert not (tmp_path / "b" / "test.1" / "transport").exists()
+    assert _counter(b, "transport.receive.not_member") == 3
+    assert _counter(b, "transport.receive.rejected") == 3
+    # A participant's offer is taken.
+    assert offer(b, 62, [(1, "x", 1)], sender="member@elsewhere") == "ok"
+    assert receiver_ids(b) == [62]
+
+
+def test_an_offer_that_would_cut_into_the_disk_reserve_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission keeps max(raft_transport_disk_reserve_bytes, raft_transport_disk_reserve_percent
+    of the file system) free for the log and the storage: no admitted transport, alone or
+    with the others running, may take the disk below it."""
+    b = start(tmp_path, "b")
+    admit(b, "fake@sender", "other@sender")
+    # The review's offer: every free byte of the real disk but 64 MiB.
+    free = shutil.disk_usage(tmp_path).free
+    assert offer(b, 70, [(1, "x", max(1, free - (64 << 20)))]) == ("error", "receiver_disk_full")
+    assert receiver_ids(b) == []
+    # The default reserve: 1 GiB, or 2 % of a file system larger than 50 GiB.
+    assert on(b, dist_transport.disk_reserve, 10 << 30) == 1 << 30
+    assert on(b, dist_transport.disk_reserve, 100 << 30) == 2 << 30
+    # A 100,000-byte file system with 10,000 bytes free: 5 % of it (5,000) is kept.
+    monkeypatch.setattr(dist_transport, "_disk_space", lambda path: (10_000, 100_000))
+    set_raft(b, raft_transport_disk_reserve_bytes=1000, raft_transport_disk_reserve_percent=5)
+    assert offer(b, 71, [(1, "x", 5001)]) == ("error", "receiver_disk_full")
+    assert offer(b, 72, [(1, "x", 5000)]) == "ok"
+    assert offer(b, 73, [(1, "x", 1)], sender="other@sender") == ("error", "receiver_disk_full")
+    on(b, transport.cancel, 72)
+    # Below the floor's share the floor holds.
+    set_raft(b, raft_transport_disk_reserve_percent=0.5)
+    assert offer(b, 74, [(1, "x", 9001)], sender="other@sender") == ("error", "receiver_disk_full")
+    assert offer(b, 75, [(1, "x", 9000)], sender="other@sender") == "ok"
+
+
+def test_a_sender_at_its_share_of_the_slots_is_overloaded_while_others_are_admitted(
+    tmp_path: Path,
+) -> None:
+    """One node may hold at most raft_max_incoming_transports_per_peer (2) of the incoming
+    slots of each pool: the review's attacker took the four slots left with 1-byte offers
+    (receiver_overloaded for every leader's snapshot until they idled out)."""
+    b = start(tmp_path, "b", raft={"raft_max_incoming_snapshot_transfers": 4})
+    admit(b, "greedy@x", "other@x")
+    one = [(1, "x", 1)]
+    assert offer(b, 81, one, sender="greedy@x") == "ok"
+    assert offer(b, 82, one, sender="greedy@x") == "ok"
+    assert offer(b, 83, one, sender="greedy@x") == ("error", "receiver_overloaded")
+    assert on(b, transport.transport_info, 83) is None
+    assert offer(b, 84, one, sender="other@x") == "ok"
+    # The precheck answers a remote caller for its own share too.
+    assert _manager_call_from("greedy@x", b, ("may_accept", False)) == (
+        "error",
+        "receiver_overloaded",
+    )
+    assert _manager_call_from("other@x", b, ("may_accept", False)) == "ok"
+    # Witness snapshots have their own pool, and their own share of it.
+    follow(b, "greedy@x")
+    assert offer(b, 85, one, meta=snapshot_meta(witness=True), sender="greedy@x") == "ok"
+    # A finished transport gives its sender its slot back.
+    on(b, transport.cancel, 81)
+    assert offer(b, 86, one, sender="greedy@x") == "ok"
+    set_raft(b, raft_max_incoming_transports_per_peer=3)
+    assert offer(b, 87, one, sender="greedy@x") == "ok"
+
+
 @pytest.mark.parametrize(
     "bad_name",
     ["../x", "/etc/x", "a/../../x", "..", "", ".", "a/./../..", "x\x00y", "ok.txt"],
 )
 def test_an_unsafe_path_rejects_the_whole_transfer(tmp_path: Path, bad_name: str) -> None:
     b = start(tmp_path, "b")
+    admit(b, "fake@sender")
     files = [(1, "ok.txt", 3), (2, "sub/fine", 3), (3, bad_name, 3)]  # "ok.txt" twice: a clash
     assert offer(b, 4242, files) == ("error", "invalid_file_path")
     assert on(b, transport.transport_info, 4242) is None
@@ -238,6 +342,7 @@ def test_an_unsafe_path_rejects_the_whole_transfer(tmp_path: Path, bad_name: str
 
 def test_a_symlink_escape_under_the_destination_rejects_the_transfer(tmp_path: Path) -> None:
     b = start(tmp_path, "b")
+    admit(b, "fake@sender")
     outside = tmp_path / "outside"
     outside.mkdir()
     dest = tmp_path / "b" / "test.1" / "transport" / "77"
@@ -342,6 +447,12 @@ def _call_from(node: str, target: otp.Node, request: object) -> object:
     return handle.wait(5.0)
 
 
+def _manager_call_from(node: str, target: otp.Node, request: object) -> object:
+    handle = otp.send_request((transport.NAME, target.id), request, FromNode(node))
+    assert isinstance(handle, otp.LocalReplyTo)
+    return handle.wait(5.0)
+
+
 def test_only_the_offering_node_writes_or_finishes_a_transports_files(tmp_path: Path) -> None:
     b = start(tmp_path, "b")
     follow(b, "fake@sender")
@@ -362,6 +473,7 @@ def test_a_file_completed_twice_is_counted_once(tmp_path: Path) -> None:
     """Completing file 1 of 2 twice must not complete the transport: file 2 never came (for
     a snapshot, the server would be told to install a directory that lacks it)."""
     b = start(tmp_path, "b")
+    admit(b, "fake@sender")
     assert offer(b, 777, [(1, "one", 3), (2, "two", 5)]) == "ok"
     assert _call_from("fake@sender", b, ("chunk", 777, 1, 0, b"abc")) == "ok"
     assert _call_from("fake@sender", b, ("complete", 777, 1)) == "ok"
@@ -408,6 +520,7 @@ def test_an_offer_of_more_files_than_the_limit_is_refused_before_any_path_is_res
     from waraft.transport import manager
 
     b = start(tmp_path, "b")
+    admit(b, "fake@sender")
     files = [(i, format(i, "x"), 1) for i in range(1, manager.MAX_OFFER_FILES + 2)]
     assert offer(b, 4343, files) == ("error", "invalid_transport")
     assert on(b, transport.transport_info, 4343) is None
@@ -419,6 +532,7 @@ def test_the_receiver_keeps_a_bounded_number_of_files_open(tmp_path: Path) -> No
     offering transports of thousands of files and sending one byte to each would take
     every descriptor the process may open (sockets, the log and storage then fail)."""
     b = start(tmp_path, "b")
+    admit(b, "fake@sender")
     count = dist_transport.MAX_OPEN_FILES + 40
     assert offer(b, 4545, [(i, f"f{i}", 2) for i in range(1, count + 1)]) == "ok"
     opened = len(os.listdir("/proc/self/fd"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.partition.helpers import APP, FAST, wait_until
-from tests.transport.helpers import FAST_CATCHUP, make_tree, read_tree, sample_tree
+from tests.transport.helpers import FAST_CATCHUP, admit, make_tree, read_tree, sample_tree
 from waraft import distribution as dist
 from waraft import otp, storage, transport
 from waraft.core.types import Identity, LogPos
@@ -89,6 +89,7 @@ def child(tmp_path: Path, parent: str) -> Iterator[Child]:
 def test_a_tree_crosses_processes_intact(tmp_path: Path, parent: str, child: Child) -> None:
     files = sample_tree()
     src = make_tree(tmp_path / "src", files)
+    admit(child.node_id, parent)  # over the wire: the child's server is asked
     result = transport.transfer(child.node_id, "test", 1, str(src), WAIT)
     assert result[0] == "ok"
     assert transport.transport_info(result[1], "status") == "completed"

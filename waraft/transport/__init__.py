@@ -29,12 +29,16 @@ them, then make the synchronous start handshake with the peer's manager (``raft_
 (``waraft.transport_sup``) are told; each worker pops a file and hands it to the provider
 (``waraft.dist_transport`` by default), then reports it with ``complete``.
 
-Receiving (the manager actor, registered ``wa_raft_transport``): admission control
-(``raft_max_incoming_snapshot_transfers`` 5, ``raft_max_incoming_witness_snapshot_transfers`` 10
--> ``receiver_overloaded``; the provider's optional ``transport_accept`` hook, e.g.
-``receiver_disk_full``), duplicate IDs, and every peer-supplied path must stay inside the
-destination ``<transport_directory>/<ID>`` (absolute paths, ``..`` escapes and symlink escapes
-reject the whole transport with ``invalid_file_path``, before anything is written). When every
+Receiving (the manager actor, registered ``wa_raft_transport``): who may offer (a snapshot
+only the partition's leader, ``not_leader``; a transfer only a participant of its config,
+``not_member``), admission control (``raft_max_incoming_snapshot_transfers`` 5,
+``raft_max_incoming_witness_snapshot_transfers`` 10, at most
+``raft_max_incoming_transports_per_peer`` 2 of each from one node -> ``receiver_overloaded``;
+the provider's optional ``transport_accept`` hook, e.g. ``receiver_disk_full`` below the
+default provider's disk reserve), duplicate IDs, and every peer-supplied path must stay
+inside the destination ``<transport_directory>/<ID>`` (absolute paths, ``..`` escapes and
+symlink escapes reject the whole transport with ``invalid_file_path``, before anything is
+written). When every
 file of a snapshot transport has arrived, the manager calls ``waraft.server.snapshot_available``
 on the partition's server (a failure marks the transport failed with ``("notify_failed", r)``).
 

@@ -24,7 +24,8 @@ cannot write into, or finish early, a snapshot it did not send.
 
 ``transport_accept`` refuses a transport with ``receiver_disk_full`` when its bytes (twice a
 snapshot's: installing it copies it into the storage) do not fit in the free space of the
-destination's file system less what the running incoming transports there still need.
+destination's file system less what the running incoming transports there still need and
+less a reserve kept for the log and the storage (``disk_reserve``).
 
 Divergences: WARaft's receiver opens files in write mode (which truncates a file a restarted
 receiver had already written); ours never truncates, so a retried chunk lands at its offset.
@@ -235,6 +236,15 @@ def _worker_alive() -> bool:
 # -- admission ---------------------------------------------------------------------------------
 
 
+RESERVE_BYTES_KEY: Final = "raft_transport_disk_reserve_bytes"  # ours, as the two below
+DEFAULT_RESERVE_BYTES: Final = 1 << 30
+RESERVE_PERCENT_KEY: Final = "raft_transport_disk_reserve_percent"
+DEFAULT_RESERVE_PERCENT: Final = 2.0
+"""Free space admission never promises to a transport: the larger of
+``raft_transport_disk_reserve_bytes`` (1 GiB) and ``raft_transport_disk_reserve_percent``
+(2 %) of the file system's size. The log and the storage live beside the transport directory
+and must go on writing while snapshots arrive; without a reserve one member's offer of all
+the free space but 64 MiB was admitted, and nothing else fit."""
 INSTALL_COPY_FACTOR: Final = 2
 """Disk space a snapshot needs, in multiples of its size: its files arrive in the transport
 directory and installing it copies them into the partition's database (the node's LMDB
@@ -245,31 +255,43 @@ def transport_accept(meta: dict[str, Any], incoming_bytes: int) -> Any:
     """Refuse (``receiver_disk_full``) a transport that cannot fit where it would land.
 
     What it needs (its bytes, twice for a snapshot: ``INSTALL_COPY_FACTOR``) must fit in the
-    free space of the destination's file system *less what this node has already promised*:
-    the bytes still to arrive of the incoming transports running on that file system, and
-    the install copies of their snapshots. Offers are admitted one at a time (by the
-    manager), so concurrent catch-ups of several partitions cannot together fill the disk
-    that holds the log and the storage. The install copy is counted on the transport
+    free space of the destination's file system *less what this node has already promised*
+    (the bytes still to arrive of the incoming transports running on that file system, and
+    the install copies of their snapshots) *and less the reserve* (``disk_reserve``), so an
+    admitted transport never takes the disk below the reserve. Offers are admitted one at a
+    time (by the manager), so concurrent catch-ups of several partitions cannot together fill
+    the disk that holds the log and the storage. The install copy is counted on the transport
     directory's file system: the storage lives beside it in the default layout.
     """
     directory = transport.registered_directory(meta.get("table", ""), meta.get("partition", 0))
     probe = _existing_ancestor(directory or ".")
     try:
-        free = _free_bytes(probe)
+        free, total = _disk_space(probe)
         device = os.stat(probe).st_dev
     except OSError:
         return "ok"
     needed = _needed_bytes(meta, incoming_bytes)
     promised, running = _promised_bytes(device)
-    if needed + promised <= free:
+    reserve = disk_reserve(total)
+    if needed + promised + reserve <= free:
         return "ok"
     logger.warning(
         "refusing a transport of %s/%s (receiver_disk_full): it needs %d bytes (%d incoming%s), "
-        "%d running incoming transports still need %d, %d free under %s",
+        "%d running incoming transports still need %d, %d free under %s of which %d are kept "
+        "in reserve",
         meta.get("table"), meta.get("partition"), needed, incoming_bytes,
         " + the install copy" if needed > incoming_bytes else "", running, promised, free, probe,
+        reserve,
     )  # fmt: skip
     return ("error", "receiver_disk_full")
+
+
+def disk_reserve(total: int) -> int:
+    """Bytes of a file system of ``total`` bytes that admission keeps free (see
+    ``DEFAULT_RESERVE_PERCENT``); negative settings count as 0."""
+    floor = int(env.raft_config(RESERVE_BYTES_KEY, DEFAULT_RESERVE_BYTES))
+    percent = float(env.raft_config(RESERVE_PERCENT_KEY, DEFAULT_RESERVE_PERCENT))
+    return max(0, floor, int(total * percent / 100.0))
 
 
 def _existing_ancestor(path: str) -> str:
@@ -283,9 +305,11 @@ def _existing_ancestor(path: str) -> str:
     return path
 
 
-def _free_bytes(path: str) -> int:
-    """Bytes an unprivileged writer may still use on ``path``'s file system."""
-    return shutil.disk_usage(path).free
+def _disk_space(path: str) -> tuple[int, int]:
+    """``(free, total)``: the bytes an unprivileged writer may still use on ``path``'s file
+    system, and its size."""
+    usage = shutil.disk_usage(path)
+    return usage.free, usage.total
 
 
 def _needed_bytes(meta: dict[str, Any], size: int) -> int:
@@ -520,6 +544,7 @@ __all__ = [
     "DistTransport",
     "SenderState",
     "child_spec",
+    "disk_reserve",
     "start_link",
     "transport_accept",
     "transport_init",

@@ -2,14 +2,18 @@
 
 Registered ``wa_raft_transport`` on every node (under ``waraft.app``). It answers the start
 handshake of a peer that wants to send a transport here, with WARaft's admission rules, after
-one of ours: a snapshot is refused with ``not_leader`` unless the offering (authenticated) node
-is the leader the partition's server knows, since a snapshot replaces its data and membership.
+two of ours, on the offering (authenticated) node: a snapshot is refused with ``not_leader``
+unless it comes from the leader the partition's server knows, since a snapshot replaces its
+data and membership; a ``transfer`` is refused with ``not_member`` unless it comes from a
+participant of the partition's current config as its server knows it (the server is asked,
+``MEMBERSHIP_TIMEOUT_S``), since it takes the partition's disk and slots.
 
 1. capacity: fewer than ``raft_max_incoming_snapshot_transfers`` (5) running incoming
    transports, or ``raft_max_incoming_witness_snapshot_transfers`` (10) for witness snapshots,
-   else ``receiver_overloaded``; then the partition provider's optional
+   and fewer than ``raft_max_incoming_transports_per_peer`` (2) of those from the offering
+   node, else ``receiver_overloaded``; then the partition provider's optional
    ``transport_accept(meta, incoming_bytes)`` hook (the default provider refuses with
-   ``receiver_disk_full`` when the files cannot fit);
+   ``receiver_disk_full`` when the files cannot fit above its disk reserve);
 2. an ID this node already knows is a ``duplicate``;
 3. every offered path must be relative and stay inside ``<transport_directory>/<ID>``, also
    through any symlink already there; one bad path rejects the whole transport with
@@ -32,6 +36,7 @@ import os
 from typing import Any, Final
 
 from waraft import otp
+from waraft.core import config as core_config
 from waraft.core.types import LogPos
 from waraft.distribution import policy
 from waraft.services import env, info, metrics
@@ -72,6 +77,17 @@ MAX_OFFER_FILES: Final = 10_000
 offered path is resolved and recorded on the manager's scheduler (about 60 us a file), so one
 member's 16 MB offer of a million and a half files held it, and every partition on it, for
 minutes. A snapshot is a few files."""
+PER_PEER_KEY: Final = "raft_max_incoming_transports_per_peer"  # ours: WARaft has no such cap
+DEFAULT_PER_PEER: Final = 2
+"""Running incoming transports one node may hold in each pool (the snapshot one, shared with
+transfers, and the witness one), so one node cannot take every slot: one member's offers that
+it never sent blocked every catch-up of the node until they timed out. Two, not one: a leader
+sends a receiver one snapshot per partition it must catch up there (at most
+``raft_max_snapshot_catchup``, 5), and its others are answered ``receiver_overloaded`` and
+retried after ``raft_snapshot_catchup_overloaded_backoff_ms``."""
+MEMBERSHIP_TIMEOUT_S: Final = 2.0
+"""How long admission waits for the partition's server to name its config: well within the
+sender's handshake (``raft_rpc_call_timeout``, 10 s). An unanswered lookup refuses."""
 # How long the server may take to install a received snapshot (its raft_storage_call_timeout).
 SNAPSHOT_INSTALL_TIMEOUT: Final = 60.0
 ENDED_FILE: Final = frozenset({COMPLETED, FAILED})
@@ -233,7 +249,8 @@ class TransportManager(otp.Process):
         if kind == "transport" and len(request) == 6:
             return self._receive(*request[1:])
         if kind == "may_accept" and len(request) == 2:
-            return self._check_capacity(bool(request[1]))
+            # A remote caller is named by its connection; it is asked about its own share too.
+            return self._check_capacity(bool(request[1]), getattr(from_, "node", None))
         if kind == "scan":
             return self._scan()
         logger.warning("transport manager got an unknown call %r", request)
@@ -254,7 +271,10 @@ class TransportManager(otp.Process):
 
     # -- admission -------------------------------------------------------------------------
 
-    def _check_capacity(self, witness: bool) -> Any:
+    def _check_capacity(self, witness: bool, peer: str | None = None) -> Any:
+        """``"ok"``, or ``receiver_overloaded`` when the pool an offer would take a slot of
+        (witness snapshots have their own) is full, or ``peer`` (None: not counted) already
+        holds ``raft_max_incoming_transports_per_peer`` of its slots."""
         t = self.tables
         with t.lock:
             if witness:
@@ -263,7 +283,17 @@ class TransportManager(otp.Process):
             else:
                 limit = env.raft_config("raft_max_incoming_snapshot_transfers")
                 active = t.active_receives
-        return ("error", "receiver_overloaded") if active >= int(limit) else "ok"
+            held = 0 if peer is None else _running_from(t, peer, witness)
+        if active >= int(limit):
+            return ("error", "receiver_overloaded")
+        per_peer = int(env.raft_config(PER_PEER_KEY, DEFAULT_PER_PEER))
+        if held >= per_peer:
+            logger.warning(
+                "%s already sends %d transports here (%s %d): receiver_overloaded",
+                peer, held, PER_PEER_KEY, per_peer,
+            )  # fmt: skip
+            return ("error", "receiver_overloaded")
+        return "ok"
 
     def _receive(self, transport_id: Any, peer: Any, module: Any, meta: Any, files: Any) -> Any:
         offer = _valid_offer(transport_id, meta, files)
@@ -277,18 +307,11 @@ class TransportManager(otp.Process):
         if meta["type"] == "snapshot":
             meta["position"] = LogPos(*meta["position"])
             meta["witness"] = bool(meta.get("witness", False))
-            if not _offered_by_leader(table, partition, str(peer)):
-                count(table, "transport.receive.rejected")
-                logger.warning(
-                    "transport %s: %s offers a snapshot of %s/%s but is not its leader",
-                    transport_id,
-                    peer,
-                    table,
-                    partition,
-                )
-                return ("error", "not_leader")
+        refusal = _sender_refusal(transport_id, str(peer), meta)
+        if refusal is not None:
+            return refusal
         t = self.tables
-        admission = self._check_capacity(bool(meta.get("witness", False)))
+        admission = self._check_capacity(bool(meta.get("witness", False)), str(peer))
         provider = registered_module(table, partition)
         if admission == "ok":
             admission = _accept_hook(provider, meta, sum(size for _, _, size in offer))
@@ -552,6 +575,63 @@ def _offered_by_leader(table: str, partition: int, peer: str) -> bool:
     """
     known = info.get_current_term_info(table, partition)
     return known is not None and known.leader == peer
+
+
+def _sender_refusal(transport_id: int, peer: str, meta: Meta) -> Any:
+    """None when ``peer`` may offer this transport, else the refusal (counted and logged): a
+    snapshot only from the partition's leader (``not_leader``), a transfer only from a
+    participant of its config (``not_member``). A transfer to a partition that is not here
+    passes: it is refused ``unknown_partition`` further on."""
+    table, partition = meta["table"], meta["partition"]
+    if meta["type"] == "snapshot":
+        if _offered_by_leader(table, partition, peer):
+            return None
+        refusal, why = ("error", "not_leader"), "a snapshot of %s/%s but is not its leader"
+    else:
+        if _offered_by_member(table, partition, peer) is not False:
+            return None
+        refusal, why = ("error", "not_member"), "a transfer to %s/%s but is not in its config"
+        count(table, "transport.receive.not_member")
+    count(table, "transport.receive.rejected")
+    logger.warning("transport %s: %s offers " + why, transport_id, peer, table, partition)
+    return refusal
+
+
+def _offered_by_member(table: str, partition: int, peer: str) -> bool | None:
+    """Whether ``peer`` (the authenticated sender) participates in the partition's current
+    config as its server knows it (the newest config entry in its log, or its storage's);
+    None when the partition is not on this node.
+
+    A transfer lands in the partition's transport directory and holds one of the node's
+    incoming slots and part of its disk until it ends or idles out: only the nodes the
+    partition replicates with may offer one. A replica that knows no config yet takes
+    transfers from nobody (it must take Raft RPCs from a leader it does not know yet, but
+    joining needs no transfer: a snapshot comes from its leader). A server that does not
+    answer within ``MEMBERSHIP_TIMEOUT_S`` refuses too (the sender may retry).
+    """
+    options = partition_options.options(table, partition)
+    if options is None:
+        return None
+    try:
+        config = otp.call(options.server_name, ("current_config",), MEMBERSHIP_TIMEOUT_S)
+        return any(member.node == peer for member in core_config.participants(config))
+    except (otp.ExitError, ValueError, AttributeError) as exc:
+        logger.warning("%s/%s: cannot read the config of its server: %r", table, partition, exc)
+        return False
+
+
+def _running_from(t: Tables, peer: str, witness: bool) -> int:
+    """How many running incoming transports of the pool ``witness`` names ``peer`` sent
+    (caller holds ``t.lock``): a handful of running records among at most
+    ``raft_transport_inactive_info_limit`` finished ones."""
+    return sum(
+        1
+        for info in t.transports.values()
+        if info["type"] == "receiver"
+        and info["status"] == RUNNING
+        and info["peer"] == peer
+        and bool(info["meta"].get("witness")) == witness
+    )
 
 
 def start_link() -> otp.Pid:
