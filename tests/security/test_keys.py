@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,15 @@ SHORT_LOG = {
 def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("keys") / "keys"
     code = subprocess.run(
-        waraft_cmd("keys", "create", str(root), "--nodes", "n1,n2,n3", "--clients", "app,mallory"),
+        waraft_cmd(
+            "keys",
+            "create",
+            str(root),
+            "--nodes",
+            "n1,n2,n3",
+            "--clients",
+            "app,mallory,churn",
+        ),
         cwd=ROOT,
         env=child_env(),
         capture_output=True,
@@ -563,3 +573,72 @@ def test_a_client_key_cannot_cut_the_members_links_to_each_other(
     with Client(cluster.ids, table="kv", partitions=1, timeout=10.0) as client:
         assert client.commit(1, ("write", "kv", "cut-after", 1)) == "ok"
     assert picture(cluster) == before
+
+
+def _first_answer(ctx: zmq.Context[Any], node: str, name: str, key_dir: Path, key: str) -> Any:
+    """What a new process of key ``key`` (a node id this node has never seen) is answered to
+    its first call, a ``status``: None if nothing came (its frame was dropped)."""
+    caller = Attacker(
+        ctx, node, name=f"{key}.first{time.monotonic_ns()}", curve=curve_of(key_dir, key, name)
+    )
+    try:
+        ref = caller.call(SERVER, ("status",))
+        return next((a for a in caller.answers(timeout=3.0, want=1) if ref in a), None)
+    finally:
+        caller.close()
+
+
+def _while(attack: Callable[[threading.Event], None], check: Callable[[], None]) -> None:
+    """Run ``check`` while ``attack`` runs in a thread (until the event it is given is set)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=attack, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        check()
+    finally:
+        stop.set()
+        thread.join(timeout=10.0)
+
+
+def test_a_client_key_churning_made_up_ids_locks_no_other_key_out(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    """Review N, finding 3: every frame of an unknown node id took a token of one node-wide
+    new-peer bucket (50 a second) before its key's id cap was checked. A client key
+    connecting as ~400 made-up ids a second kept that bucket empty: new clients' and
+    admins' first frames were dropped, and ``waraft status --as admin`` timed out. Each key
+    has its own rate of new ids now, checked after its cap."""
+    node, name = cluster.ids[0], cluster.nodes[0].name
+    public, secret, server_key = curve_of(key_dir, "churn", name)
+    endpoint = "tcp://" + node.partition("@")[2]
+    limited = stats(cluster, 0).get("rx_new_peer_limited", 0)
+
+    ctx.set(zmq.MAX_SOCKETS, 8192)  # (closed sockets are reaped in the background)
+
+    def churn(stop: threading.Event) -> None:
+        live: deque[zmq.Socket[Any]] = deque()
+        i = 0
+        while not stop.wait(0.05):
+            for _ in range(25):  # ~500 made-up ids a second
+                sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.ROUTING_ID, f"churn.m{i}@127.0.0.1:1/t{i}".encode())
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+                sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+                sock.connect(endpoint)
+                sock.send(envelope.ping_frame(i))
+                live.append(sock)
+                i += 1
+            while len(live) > 500:  # (open long enough for its frame to get through)
+                live.popleft().close(0)
+        for sock in live:
+            sock.close(0)
+
+    def others_get_in() -> None:
+        wait_until(lambda: stats(cluster, 0).get("rx_new_peer_limited", 0) > limited + 200, 30)
+        for key in ("admin", "app", "admin"):
+            answer = _first_answer(ctx, node, name, key_dir, key)
+            assert answer is not None and answer[1] == envelope.Kind.REPLY, (key, answer)
+
+    _while(churn, others_get_in)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -65,6 +68,19 @@ def test_rate_limits_per_sender_and_node_wide() -> None:
     assert first == 20  # the burst is twice the rate
     second = sum(limiter.take("b@h:1") for _ in range(100))
     assert second == 10  # what is left of the node-wide burst of 30
+
+
+def test_keyed_buckets_hold_a_bounded_number_of_keys() -> None:
+    buckets = policy.KeyedBuckets(rate=1.0, burst=2.0, max_keys=3)
+    assert buckets.take("a", 0.0) and buckets.take("a", 0.0) and not buckets.take("a", 0.0)
+    for key in ("b", "c", "d", "e"):  # made-up keys: never refused, never more than 3
+        assert buckets.take(key, 0.0)
+        assert len(buckets) <= 3
+    assert buckets.take("a", 0.0)  # evicted as the least recently used: a fresh bucket
+    for key in ("a", "e"):
+        buckets.take(key, 0.5)
+    # Room is made by dropping entries idle long enough to be full again (2 s here) first.
+    assert buckets.take("f", 10.0) and len(buckets) == 1
 
 
 def test_key_roles_bind_node_ids_and_rights(tmp_path: Path) -> None:
@@ -135,25 +151,20 @@ def test_a_decode_budget_lets_each_key_spend_its_share_and_no_more() -> None:
 def test_a_client_key_holds_a_bounded_number_of_node_ids_at_a_time() -> None:
     """One client key kept 1,100 made-up ids alive with pings (peers are evicted only once
     down), filled the peer table and locked new clients out."""
-    from types import SimpleNamespace
-
-    from waraft.distribution.receiver import MAX_IDS_PER_KEY, Receiver
-
     table: dict[str, object] = {}
-    receiver = object.__new__(Receiver)
-    receiver._dist = SimpleNamespace(peers=SimpleNamespace(by_id=table))  # type: ignore[assignment]
-    receiver._ids_of_key = {}
-    client, node = policy.RIGHTS - {policy.MEMBER}, policy.RIGHTS
-    for i in range(MAX_IDS_PER_KEY):
+    cap = policy.IdCap(4, table, recount_every=1.0)
+    for i in range(4):
         node_id = f"app.{i}@h:1"
-        assert receiver._key_may_add("client:app", client, node_id)
+        assert not cap.full("client:app", node_id, 0.0)
+        cap.add("client:app", node_id)
         table[node_id] = object()
-    assert not receiver._key_may_add("client:app", client, "app.extra@h:1")
-    assert receiver._key_may_add("client:other", client, "other.1@h:1")  # keys are apart
-    assert receiver._key_may_add("node:n1", node, "n1@h:1")
-    assert receiver._key_may_add(None, client, "app.extra@h:1")  # no keys: no attribution
-    del table["app.0@h:1"]  # a forgotten peer makes room
-    assert receiver._key_may_add("client:app", client, "app.extra@h:1")
+    assert cap.full("client:app", "app.extra@h:1", 0.0)
+    assert not cap.full("client:app", "app.0@h:1", 0.0)  # one of its own comes back
+    assert not cap.full("client:other", "other.1@h:1", 0.0)  # keys are apart
+    del table["app.0@h:1"]  # a forgotten peer makes room, found by a recount at most once
+    # a second: a key at its cap naming new ids is refused for the price of a lookup.
+    assert cap.full("client:app", "app.extra@h:1", 0.5)
+    assert not cap.full("client:app", "app.extra@h:1", 1.0)
 
 
 def test_a_link_to_a_client_queues_few_frames_a_link_to_a_node_many() -> None:
@@ -170,3 +181,95 @@ def test_a_link_to_a_client_queues_few_frames_a_link_to_a_node_many() -> None:
     assert links._sndhwm_for("app.7@h:3") == CLIENT_SNDHWM < settings.sndhwm
     insecure = Outbound(None, "n1@h:1", settings, None)  # type: ignore[arg-type]
     assert insecure._sndhwm_for("app.7@h:3") == settings.sndhwm  # nothing tells them apart
+
+
+class _Head:
+    """What the receive thread reads of a message's first frame (a ``zmq.Frame``)."""
+
+    def __init__(self, routing_id: str, user: str) -> None:
+        self.bytes = routing_id.encode()
+        self._props = {"User-Id": user, "Peer-Address": "127.0.0.1"}
+
+    def get(self, name: str) -> str:
+        return self._props[name]
+
+
+def _keyed_receiver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_peers: int = 1024
+) -> tuple[Any, dict[str, int]]:
+    """A receive thread (not started) of node n1 with keys, on a frozen clock: its checks of
+    new connections run on fake frames, nothing refills while a test sends."""
+    from waraft.distribution import receiver
+    from waraft.distribution.peers import PeerTable
+    from waraft.distribution.settings import DistSettings
+
+    keys.create(tmp_path, ["n1", "n2"], ["app", "web"], ["ops"])
+    frozen = time.monotonic()
+    monkeypatch.setattr(
+        receiver, "time", SimpleNamespace(monotonic=lambda: frozen, perf_counter=time.perf_counter)
+    )
+    dist = SimpleNamespace(
+        settings=DistSettings(max_peers=max_peers),
+        otp_node=SimpleNamespace(registry=None),
+        counters=SimpleNamespace(add_dict=lambda counts: None),
+        peers=PeerTable(lambda peer, old, new: None, max_peers),
+        curve=keys.load(tmp_path, "n1", "node"),
+        cluster_gen=0,
+        cluster_id=None,
+    )
+    rx = receiver.Receiver(dist, None)  # type: ignore[arg-type]
+    return rx, rx.counts
+
+
+def test_a_client_key_churning_made_up_ids_locks_nobody_else_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review N, finding 3: every frame of an unknown id took a token of one node-wide
+    new-peer bucket before its key's id cap was checked, and a refused id was checked (and
+    charged) again at its next frame: one client key churning ~400 made-up ids a second
+    timed out half of the admins' ``waraft status`` runs. Each key now has its own rate of
+    new ids, the cap is checked first, and a refusal is remembered."""
+    rx, counts = _keyed_receiver(tmp_path, monkeypatch)
+    for i in range(2000):
+        rx._connection(_Head(f"app.m{i}@127.0.0.1:1/t{i}", "client:app"))
+    assert counts["rx_new_peer_limited"] > 0  # the churning key is held back...
+    # ...and nobody else is: another client key, an admin key, a member.
+    for routing_id, user in (
+        ("web.x@127.0.0.1:2/a", "client:web"),
+        ("ops.cli@127.0.0.1:3/b", "admin:ops"),
+        ("n2@127.0.0.1:4/c", "node:n2"),
+    ):
+        assert rx._connection(_Head(routing_id, user)) is not None, (user, counts)
+
+
+def test_a_refused_connection_is_refused_again_without_a_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from waraft.distribution.receiver import MAX_IDS_PER_KEY
+
+    rx, counts = _keyed_receiver(tmp_path, monkeypatch)
+    rx._new_ids = policy.KeyedBuckets(1e6, 1e6)  # (the id cap is what this test is about)
+    for i in range(MAX_IDS_PER_KEY):
+        assert rx._connection(_Head(f"app.m{i}@127.0.0.1:1/t", "client:app")) is not None
+    checks = []
+    check = rx._check
+    rx._check = lambda *args: checks.append(1) or check(*args)
+    over = _Head("app.over@127.0.0.1:1/t", "client:app")
+    for _ in range(100):
+        assert rx._connection(over) is None
+    assert len(checks) == 1 and counts["rx_key_id_limit"] == 100
+    # Another key presenting the same routing id is checked on its own.
+    assert rx._connection(_Head("app.over@127.0.0.1:1/t", "client:web")) is None
+    assert counts["rx_wrong_key"] == 1
+
+
+def test_client_keys_leave_room_in_the_peer_table_for_members_and_operators(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rx, counts = _keyed_receiver(tmp_path, monkeypatch, max_peers=16)  # 2 kept free
+    for i in range(20):
+        rx._connection(_Head(f"app.m{i}@127.0.0.1:1/t", "client:app"))
+    assert len(rx._dist.peers.by_id) == 14 and counts["rx_peer_limit"] == 6
+    assert rx._connection(_Head("web.x@127.0.0.1:2/a", "client:web")) is None
+    assert rx._connection(_Head("ops.cli@127.0.0.1:3/b", "admin:ops")) is not None
+    assert rx._connection(_Head("n2@127.0.0.1:4/c", "node:n2")) is not None

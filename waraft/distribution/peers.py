@@ -158,20 +158,23 @@ class PeerTable:
         self._lock = threading.Lock()
         self._on_change = on_change
 
-    def get(self, node_id: str) -> Peer:
+    def get(self, node_id: str, reserve: int = 0) -> Peer:
         """The peer for ``node_id``, created (``connecting``) if new.
 
         Raises ``NodeIdError`` for a malformed id and :class:`PeerLimitError` when
-        ``max_peers`` peers are known already.
+        ``max_peers`` peers are known already, or ``max_peers - reserve`` for a newcomer that
+        must leave ``reserve`` entries free (a client key's: members and operators keep
+        room however many ids client keys hold).
         """
         peer = self._peers.get(node_id)
         if peer is not None:
             return peer
         nodeid.parse(node_id)
+        limit = self._max - reserve
         with self._lock:
             peer = self._peers.get(node_id)
             if peer is None:
-                if len(self._peers) >= self._max and not self._evict_one_down():
+                if len(self._peers) >= limit and not self._evict_one_down():
                     raise PeerLimitError(node_id)
                 peer = self._peers[node_id] = Peer(node_id, time.monotonic())
             return peer

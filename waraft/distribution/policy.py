@@ -37,6 +37,7 @@ each update replaces a whole dict entry (atomic under the GIL).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -240,6 +241,54 @@ class DecodeBudget:
             entry[0] -= seconds
 
 
+class KeyedBuckets:
+    """A token bucket per key (``rate`` a second up to ``burst``), in bounded memory.
+
+    A bucket left alone for ``burst / rate`` seconds is full, the same as a new one, so such
+    an entry is dropped when room is needed; beyond ``max_keys`` entries the least recently
+    used is dropped as well (it starts afresh if it comes back). Made-up keys therefore cost
+    bounded memory and never refuse a key that is new. Single-threaded (the receive
+    thread)."""
+
+    __slots__ = ("_buckets", "_burst", "_idle", "_max", "_rate")
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 4096) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._idle = burst / rate
+        self._max = max_keys
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, at]
+
+    def take(self, key: str, now: float) -> bool:
+        """Take one of ``key``'s tokens if it has one."""
+        buckets = self._buckets
+        entry = buckets.get(key)
+        if entry is None:
+            self._make_room(now)
+            entry = buckets[key] = [self._burst, now]
+        else:
+            buckets.move_to_end(key)  # least recently used first
+        tokens = min(self._burst, entry[0] + (now - entry[1]) * self._rate)
+        entry[1] = now
+        if tokens < 1.0:
+            entry[0] = tokens
+            return False
+        entry[0] = tokens - 1.0
+        return True
+
+    def _make_room(self, now: float) -> None:
+        """Drop the refilled entries (oldest first), and the oldest one at the limit."""
+        buckets = self._buckets
+        while buckets:
+            oldest, entry = next(iter(buckets.items()))
+            if len(buckets) < self._max and now - entry[1] < self._idle:
+                return
+            del buckets[oldest]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
 class RateLimiter:
     """Rate limits for limited rules: one bucket per sender node and one for the node."""
 
@@ -258,6 +307,42 @@ class RateLimiter:
                 self._senders.clear()  # made-up ids must not grow this without bound
             bucket = self._senders[node_id] = TokenBucket(self._per_sender, 2 * self._per_sender)
         return bucket.take(now) and self._node.take(now)
+
+
+class IdCap:
+    """How many node ids each key may hold in the peer table at a time (``cap``).
+
+    ``held`` is the peer table's id mapping (read only): an id the table forgot no longer
+    counts. Finding those costs a pass over the key's ids, done at most every
+    ``recount_every`` seconds per key, so a key at its cap that keeps naming new ids is
+    refused for the price of a lookup. Memory: at most ``cap`` ids per key, and keys are
+    authenticated ones (issued by the operator). Single-threaded (the receive thread)."""
+
+    __slots__ = ("_cap", "_counted", "_held", "_ids", "_recount_every")
+
+    def __init__(self, cap: int, held: Mapping[str, object], recount_every: float = 1.0) -> None:
+        self._cap = cap
+        self._held = held
+        self._recount_every = recount_every
+        self._ids: dict[str, set[str]] = {}
+        self._counted: dict[str, float] = {}  # key -> when its ids were last checked
+
+    def full(self, key: str, node_id: str, now: float) -> bool:
+        """Whether ``key`` may not bring ``node_id`` in (it holds ``cap`` other ids)."""
+        ids = self._ids.get(key)
+        if ids is None or len(ids) < self._cap or node_id in ids:
+            return False
+        if now - self._counted.get(key, float("-inf")) < self._recount_every:
+            return True
+        self._counted[key] = now
+        held = self._held
+        # Lookups only: other threads change the table, never this set.
+        ids = self._ids[key] = {i for i in ids if i in held}
+        return len(ids) >= self._cap
+
+    def add(self, key: str, node_id: str) -> None:
+        """Count ``node_id`` as one of ``key``'s (after ``full`` said it may come in)."""
+        self._ids.setdefault(key, set()).add(node_id)
 
 
 def same_node(position: int) -> Guard:
@@ -285,6 +370,8 @@ __all__ = [
     "CLIENT",
     "MEMBER",
     "RIGHTS",
+    "IdCap",
+    "KeyedBuckets",
     "RateLimiter",
     "Rule",
     "Sender",

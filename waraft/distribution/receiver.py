@@ -63,6 +63,15 @@ DECODE_BURST_S = 2.0
 MAX_IDS_PER_KEY = 256
 """Node ids one client or admin key may hold in the peer table at a time (one per client
 process using the key; the table holds ``max_peers``, 1024 by default)."""
+CLIENT_RESERVE_SHARE = 8
+"""One ``max_peers``-th of this share of the peer table is kept free of client keys' ids,
+for members and operators (128 of 1024 by default)."""
+REFUSAL_TTL = 1.0
+"""Seconds a refused connection (routing id, address, key) stays refused without another
+check: each frame of a refused connection used to be checked again, taking a new-peer token
+each time."""
+_MAX_REFUSALS = 16384  # (a routing id may be 255 bytes)
+_PRIVILEGED = frozenset({policy.ADMIN, policy.MEMBER})  # what client keys leave room for
 TOO_DEEP = "too_deep"
 
 
@@ -107,6 +116,36 @@ def _identity_of(user: str) -> str:
     return f"{role}:{rest.partition(':')[0]}"
 
 
+class _Refusals:
+    """Connections refused lately, each for ``ttl`` seconds, at most ``limit`` of them (a
+    full cache forgets the expired ones, or everything: a forgotten refusal costs one more
+    check, never an admission)."""
+
+    __slots__ = ("_limit", "_refused", "_ttl")
+
+    def __init__(self, ttl: float, limit: int) -> None:
+        self._ttl = ttl
+        self._limit = limit
+        self._refused: dict[tuple[Any, ...], tuple[float, str]] = {}  # -> (until, counter)
+
+    def get(self, key: tuple[Any, ...], now: float) -> str | None:
+        """The counter of ``key``'s refusal if it is still in force."""
+        entry = self._refused.get(key)
+        if entry is None:
+            return None
+        if now < entry[0]:
+            return entry[1]
+        del self._refused[key]
+        return None
+
+    def put(self, key: tuple[Any, ...], counter: str, now: float) -> None:
+        refused = self._refused
+        if len(refused) >= self._limit:
+            live = {k: v for k, v in refused.items() if now < v[0]}
+            self._refused = refused = live if len(live) < self._limit // 2 else {}
+        refused[key] = (now + self._ttl, counter)
+
+
 class Receiver(threading.Thread):
     """Reads the ROUTER, decodes frames and hands them to local actors or waiting callers."""
 
@@ -121,13 +160,17 @@ class Receiver(threading.Thread):
         dist.counters.add_dict(self.counts)
         self._senders: dict[bytes, _Conn] = {}
         self._hosts: dict[str, frozenset[str]] = {}
-        rate = dist.settings.new_peers_per_s
-        self._new_peers = policy.TokenBucket(rate, 2 * rate)
+        settings = dist.settings
+        rate = settings.new_peers_per_s
+        # Unknown ids admitted per sender key (see _new_peer), and how many it holds.
+        self._new_ids = policy.KeyedBuckets(rate, 2 * rate)
+        self._ids_of_key = policy.IdCap(MAX_IDS_PER_KEY, dist.peers.by_id)
+        self._client_reserve = settings.max_peers // CLIENT_RESERVE_SHARE
+        self._refusals = _Refusals(REFUSAL_TTL, _MAX_REFUSALS)
         self._limiter = policy.RateLimiter(
-            dist.settings.admin_rate_per_sender, dist.settings.admin_rate_per_node
+            settings.admin_rate_per_sender, settings.admin_rate_per_node
         )
         self._decode_budget = policy.DecodeBudget(DECODE_SHARE, DECODE_BURST_S)
-        self._ids_of_key: dict[str, set[str]] = {}  # see _key_may_add
         # Socket errors can repeat at loop speed and a handler bug can be hit by every
         # frame a peer sends: at most one line a second each (the counters count them all).
         self._socket_errors = LogThrottle()
@@ -257,7 +300,9 @@ class Receiver(threading.Thread):
     def _connection(self, head: zmq.Frame) -> _Conn | None:
         """The connection a message came on (checked and cached per routing id): None,
         counted, if it names no node, comes from another host than its node id names, holds
-        a key not issued for that node id, or the peer table is full."""
+        a key not issued for that node id, or may not bring a new node id in (``_new_peer``).
+        A refusal is remembered for ``REFUSAL_TTL``: the connection's next frames are refused
+        for the price of a lookup."""
         routing_id = head.bytes
         conn = self._senders.get(routing_id)
         address = _peer_address(head)
@@ -276,39 +321,78 @@ class Receiver(threading.Thread):
         # Read before the checks: a reload of the keys or a new cluster id meanwhile (the
         # new one in place before the generation moves on) makes this entry stale at once.
         gen = dist.cluster_gen
+        now = time.monotonic()
+        # The key names everything the checks depend on: a refusal of one key's connection
+        # never refuses another key's connection presenting the same routing id.
+        seen = (routing_id, address, user, gen)
+        refusal = self._refusals.get(seen, now)
+        if refusal is None:
+            found = self._check(routing_id, address, user, now, gen)
+            if isinstance(found, _Conn):
+                if len(self._senders) >= _MAX_SENDER_CACHE:
+                    self._senders.clear()
+                self._senders[routing_id] = found
+                return found
+            refusal = found
+            self._refusals.put(seen, found, now)
+        self._count(refusal)
+        return None
+
+    def _check(
+        self, routing_id: bytes, address: str | None, user: str | None, now: float, gen: int
+    ) -> _Conn | str:
+        """A new connection's checks (against the keys and cluster id of generation
+        ``gen``): its ``_Conn``, or the counter naming why it is refused."""
         node_id = nodeid.sender_of(routing_id)
         if node_id is None:
-            self._count("rx_bad_identity")
-            return None
+            return "rx_bad_identity"
         if not self._from_its_host(node_id, address):
-            self._count("rx_wrong_host")
-            return None
+            return "rx_wrong_host"
         if self._of_another_cluster(node_id, routing_id):
-            return None
+            return "rx_other_cluster"
         rights = self._rights(node_id, user)
         if rights is None:
-            self._count("rx_wrong_key")
-            return None
-        known = node_id in self._dist.peers.by_id
-        if not known and not self._new_peers.take(time.monotonic()):
-            self._count("rx_new_peer_limited")
-            return None
-        if not known and not self._key_may_add(user, rights, node_id):
-            self._count("rx_key_id_limit")
-            return None
+            return "rx_wrong_key"
+        dist = self._dist
         try:
-            peer = self._dist.peers.get(node_id)
+            if node_id in dist.peers.by_id:
+                peer = dist.peers.get(node_id)
+            else:
+                found = self._new_peer(node_id, user, rights, now)
+                if isinstance(found, str):
+                    return found
+                peer = found
         except PeerLimitError:
-            self._count("rx_peer_limit")
-            return None
-        if len(self._senders) >= _MAX_SENDER_CACHE:
-            self._senders.clear()
-        conn = self._senders[routing_id] = _Conn(peer, Sender(node_id, rights), address, user, gen)
-        return conn
+            return "rx_peer_limit"
+        return _Conn(peer, Sender(node_id, rights), address, user, gen)
+
+    def _new_peer(
+        self, node_id: str, user: str | None, rights: frozenset[str], now: float
+    ) -> Peer | str:
+        """The peer for a node id this node does not know, or the counter naming why the
+        sender may not bring it in. Raises ``PeerLimitError`` if the table is full.
+
+        Each sender key has its own rate of new ids (``new_peers_per_s``; without keys,
+        nothing tells senders apart and all share one): one client key churning made-up
+        ids took a node-wide bucket's every token, and new clients and admins were locked
+        out. A client or admin key may hold ``MAX_IDS_PER_KEY`` ids at a time (a review
+        kept 1,100 made-up ids of one key alive with pings, filling the table), checked
+        before any token is taken; a node key can only claim its own id. Client keys'
+        ids leave ``max_peers / CLIENT_RESERVE_SHARE`` entries of the table free."""
+        capped = user if user is not None and policy.MEMBER not in rights else None
+        if capped is not None and self._ids_of_key.full(capped, node_id, now):
+            return "rx_key_id_limit"
+        if not self._new_ids.take(user or "", now):
+            return "rx_new_peer_limited"
+        reserve = 0 if rights & _PRIVILEGED else self._client_reserve
+        peer = self._dist.peers.get(node_id, reserve)
+        if capped is not None:
+            self._ids_of_key.add(capped, node_id)
+        return peer
 
     def _of_another_cluster(self, node_id: str, routing_id: bytes) -> bool:
-        """Whether the connection is a node of another cluster than this node's (counted and
-        logged). Every deployment bootstraps its partitions at the same log position, so a
+        """Whether the connection is a node of another cluster than this node's (logged).
+        Every deployment bootstraps its partitions at the same log position, so a
         node started on an earlier deployment's data directory would otherwise pass for a
         member whose log matches: a review read that deployment's values back for keys
         acknowledged since. Senders without a cluster id (clients, older builds) pass."""
@@ -318,37 +402,16 @@ class Receiver(threading.Thread):
         theirs = nodeid.cluster_of(routing_id)
         if theirs is None or theirs == ours:
             return False
-        self._count("rx_other_cluster")
         count = self._other_cluster.ready()
         if count:
             logger.error(
                 "refused %s: it is a node of cluster %s, this node of cluster %s (started on "
-                "another deployment's data directory?); %d such frames since the last line",
+                "another deployment's data directory?); %d such refusals since the last line",
                 node_id,
                 theirs,
                 ours,
                 count,
             )
-        return True
-
-    def _key_may_add(self, user: str | None, rights: frozenset[str], node_id: str) -> bool:
-        """Whether a client or admin key may bring one more node id into the peer table.
-
-        Such a key may claim any id ``<key>.<anything>``: a review kept 1,100 made-up ids of
-        one client key alive with pings (a peer is only evicted once it is down), filled
-        the table and locked new clients out. Each key may hold ``MAX_IDS_PER_KEY`` ids at a
-        time; a node key can only claim its own id, and without keys nothing tells senders
-        apart."""
-        if user is None or policy.MEMBER in rights:
-            return True
-        by_id = self._dist.peers.by_id
-        ids = self._ids_of_key.setdefault(user, set())
-        if len(ids) >= MAX_IDS_PER_KEY:
-            # Forgotten peers no longer count (lookups only: other threads change the table).
-            ids = self._ids_of_key[user] = {i for i in ids if i in by_id}
-            if len(ids) >= MAX_IDS_PER_KEY:
-                return False
-        ids.add(node_id)
         return True
 
     def _rights(self, node_id: str, user: str | None) -> frozenset[str] | None:

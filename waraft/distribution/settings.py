@@ -173,9 +173,11 @@ class DistSettings:
     addresses differ from the hosts in their node ids; use keys then."""
 
     new_peers_per_s: float = 50.0
-    """Unknown node ids accepted per second (burst twice this). Every new peer costs sockets
-    and a probe; a flood of made-up ids is dropped beyond this rate (``rx_new_peer_limited``)
-    instead of starving the receive and liveness threads. Known peers are never limited."""
+    """Unknown node ids accepted per second from one sender key (burst twice this; without
+    keys, from all senders together). Every new peer costs sockets and a probe; a flood of
+    made-up ids is dropped beyond this rate (``rx_new_peer_limited``) instead of starving
+    the receive and liveness threads, and one key's flood leaves the other keys' rate
+    alone. Known peers are never limited."""
 
     admin_rate_per_sender: float = 50.0
     """Rate-limited remote calls (status and admin verbs) per second from one node; the burst
