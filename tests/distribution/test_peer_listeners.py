@@ -11,7 +11,7 @@ import pytest
 from waraft import distribution
 from waraft.distribution import policy
 from waraft.distribution.peers import Peer, PeerState
-from waraft.distribution.receiver import Receiver
+from waraft.distribution.receiver import Receiver, _Conn
 from waraft.distribution.runtime import Counters, Dist
 
 
@@ -55,11 +55,10 @@ def test_only_a_member_going_down_is_a_warning(caplog: pytest.LogCaptureFixture)
     member, client = Peer("m@127.0.0.1:9", 0.0), Peer("waraft-cli1x2@127.0.0.1:9", 0.0)
     try:
         for peer, tag in ((member, "rpc"), (client, "get")):
-            sender = policy.Sender(peer.node_id, policy.RIGHTS)
+            conn = _Conn(peer, policy.Sender(peer.node_id, policy.RIGHTS), None)
             verdict = Receiver._admit(
                 fake_receiver,  # type: ignore[arg-type]
-                peer,
-                sender,
+                conn,
                 name,
                 tag == "get",
                 (tag,),

@@ -32,6 +32,7 @@ from waraft.core.types import Identity
 from waraft.distribution import envelope, keys
 from waraft.distribution.runtime import HANDSHAKE_MS
 from waraft.partition import part_sup, server
+from waraft.services import codec
 from waraft.storage.node_lmdb import NodeLmdbStorage
 from waraft.storage.provider import StorageOptions
 
@@ -55,7 +56,7 @@ def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--nodes",
             "n1,n2,n3",
             "--clients",
-            "app,mallory,churn",
+            "app,mallory,churn,hammer",
         ),
         cwd=ROOT,
         env=child_env(),
@@ -642,3 +643,51 @@ def test_a_client_key_churning_made_up_ids_locks_no_other_key_out(
             assert answer is not None and answer[1] == envelope.Kind.REPLY, (key, answer)
 
     _while(churn, others_get_in)
+
+
+def test_a_client_key_calling_as_many_ids_leaves_the_admins_rate_limit_alone(
+    cluster: Cluster, ctx: zmq.Context[Any], key_dir: Path
+) -> None:
+    """Review N, finding 4: the status/admin rate limit was counted per node id, and one
+    client key may speak as 256. Pinging as 32 ids, a client key drained the node-wide
+    bucket and an admin key's status and promote calls were answered ``rate_limited``.
+    The limit counts keys now, and operators have a node-wide bucket of their own."""
+    node, name = cluster.ids[0], cluster.nodes[0].name
+    curve = curve_of(key_dir, "hammer", name)
+    hammers = [Attacker(ctx, node, name=f"hammer.h{k}", curve=curve) for k in range(32)]
+    frame = envelope.call_frame("waraft_admin", 1, codec.packb(("ping",)))
+    flooding = threading.Event()  # set once the hammer's calls are being refused
+
+    def hammer(stop: threading.Event) -> None:
+        refused = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            for attacker in hammers:  # 32 ids x 30 calls a second
+                attacker.sock.send(frame)
+                while attacker.inbox.poll(0):
+                    answer = codec.unpackb(attacker.inbox.recv_multipart()[1])
+                    refused += answer[1] == envelope.Kind.FAIL and answer[3] == "rate_limited"
+            if refused > 200:
+                flooding.set()
+            time.sleep(max(0.0, 1 / 30 - (time.monotonic() - started)))
+
+    def admin_calls() -> None:
+        assert flooding.wait(30.0)
+        admin = Attacker(ctx, node, name="admin.calls", curve=curve_of(key_dir, "admin", name))
+        try:
+            kinds = []
+            for _ in range(10):
+                for target, verb in ((SERVER, ("status",)), ("waraft_admin", ("dist_stats",))):
+                    ref = admin.call(target, verb)
+                    found = [a for a in admin.answers(timeout=5.0) if ref in a]
+                    kinds.append((found[0][1], found[0][3]) if found else None)
+                time.sleep(0.05)
+            assert all(k is not None and k[0] == envelope.Kind.REPLY for k in kinds), kinds
+        finally:
+            admin.close()
+
+    try:
+        _while(hammer, admin_calls)
+    finally:
+        for attacker in hammers:
+            attacker.close()

@@ -62,12 +62,30 @@ def test_a_guard_that_raises_refuses() -> None:
     )
 
 
-def test_rate_limits_per_sender_and_node_wide() -> None:
+def test_rate_limits_per_caller_and_node_wide() -> None:
     limiter = policy.RateLimiter(per_sender=10, node_wide=15)
-    first = sum(limiter.take("a@h:1") for _ in range(100))
+    now = time.monotonic()  # (the node-wide buckets start full at the current time)
+    first = sum(limiter.take("client:a", False, now) for _ in range(100))
     assert first == 20  # the burst is twice the rate
-    second = sum(limiter.take("b@h:1") for _ in range(100))
+    second = sum(limiter.take("client:b", False, now) for _ in range(100))
     assert second == 10  # what is left of the node-wide burst of 30
+
+
+def test_client_keys_cannot_use_up_the_operators_rate_limit() -> None:
+    """A client key spoke as 32 node ids, each with a bucket of its own, drained the
+    node-wide bucket and had an admin key's status and promote calls answered
+    ``rate_limited``. Callers are counted by key, and operators and members draw on a
+    node-wide bucket of their own."""
+    limiter = policy.RateLimiter(per_sender=10, node_wide=15)
+    now = time.monotonic()
+    # Whatever node ids a key speaks as, the caller is its key ("client:app").
+    assert sum(limiter.take("client:app", False, now) for _ in range(100)) == 20
+    for key in ("client:b", "client:c"):
+        sum(limiter.take(key, False, now) for _ in range(20))
+    assert not limiter.take("client:d", False, now)  # the clients' node-wide bucket: empty
+    assert sum(limiter.take("admin:ops", True, now) for _ in range(100)) == 20
+    assert sum(limiter.take("node:n2", True, now) for _ in range(100)) == 10
+    assert limiter.take("client:app", False, now + 2.0)  # both refill with time
 
 
 def test_keyed_buckets_hold_a_bounded_number_of_keys() -> None:

@@ -26,9 +26,10 @@ CURVE (``--insecure``) every sender has every right and only the allow-list, the
 the partition's membership checks apply. A rule may add a *guard*, a predicate on the sender
 and the message (e.g. "every RPC in this batch names the connection's own node as its
 sender", or "replies go back to the caller's own node"), and may be *rate limited*: status and
-admin calls share a per-sender and a node-wide token bucket so that a flood of them cannot
-starve the Raft traffic behind them (over the limit: counted as ``rx_rate_limited``, a call
-fails with ``"rate_limited"``).
+admin calls share a token bucket per calling key and a node-wide one per class of caller
+(:class:`RateLimiter`) so that a flood of them cannot starve the Raft traffic behind them, and
+client keys cannot use up what operators and members may call (over the limit: counted as
+``rx_rate_limited``, a call fails with ``"rate_limited"``).
 
 Thread safety: rules are written by the starting processes and read by the receive thread;
 each update replaces a whole dict entry (atomic under the GIL).
@@ -289,24 +290,36 @@ class KeyedBuckets:
         return len(self._buckets)
 
 
+def privileged(rights: frozenset[str]) -> bool:
+    """Whether a sender with ``rights`` is an operator or a member (an admin or node key, or
+    anyone without CURVE): what client keys do must not use up what these are allowed."""
+    return ADMIN in rights or MEMBER in rights
+
+
 class RateLimiter:
-    """Rate limits for limited rules: one bucket per sender node and one for the node."""
+    """Rate limits for limited rules (status and admin verbs).
+
+    A bucket per caller, counted by who the caller is: the user id of its key (a client key
+    may speak as 256 node ids at a time; with a bucket per node id it had 256 times the
+    rate), or its node id without keys (nothing else tells senders apart). Then a
+    node-wide bucket per class: privileged callers (:func:`privileged`) have their own, so
+    that client keys together cannot rate-limit an operator's ``waraft status`` or
+    ``promote`` (a review's client key had 16 of 40 such calls answered ``rate_limited``).
+    The callers' table is bounded (:class:`KeyedBuckets`)."""
+
+    __slots__ = ("_callers", "_clients", "_operators")
 
     def __init__(self, per_sender: float, node_wide: float, max_senders: int = 4096) -> None:
-        self._per_sender = per_sender
-        self._node = TokenBucket(node_wide, 2 * node_wide)
-        self._senders: dict[str, TokenBucket] = {}
-        self._max = max_senders
+        self._callers = KeyedBuckets(per_sender, 2 * per_sender, max_senders)
+        self._clients = TokenBucket(node_wide, 2 * node_wide)
+        self._operators = TokenBucket(node_wide, 2 * node_wide)
 
-    def take(self, node_id: str) -> bool:
-        """Whether one more limited request from ``node_id`` may go through now."""
-        now = time.monotonic()
-        bucket = self._senders.get(node_id)
-        if bucket is None:
-            if len(self._senders) >= self._max:
-                self._senders.clear()  # made-up ids must not grow this without bound
-            bucket = self._senders[node_id] = TokenBucket(self._per_sender, 2 * self._per_sender)
-        return bucket.take(now) and self._node.take(now)
+    def take(self, caller: str, is_privileged: bool, now: float | None = None) -> bool:
+        """Whether one more limited request from ``caller`` may go through now."""
+        if now is None:
+            now = time.monotonic()
+        pool = self._operators if is_privileged else self._clients
+        return self._callers.take(caller, now) and pool.take(now)
 
 
 class IdCap:
@@ -380,6 +393,7 @@ __all__ = [
     "allow",
     "forget",
     "open_unlisted_names",
+    "privileged",
     "reply_to_sender",
     "rule_for",
     "same_node",

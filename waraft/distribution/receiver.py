@@ -71,7 +71,6 @@ REFUSAL_TTL = 1.0
 check: each frame of a refused connection used to be checked again, taking a new-peer token
 each time."""
 _MAX_REFUSALS = 16384  # (a routing id may be 255 bytes)
-_PRIVILEGED = frozenset({policy.ADMIN, policy.MEMBER})  # what client keys leave room for
 TOO_DEEP = "too_deep"
 
 
@@ -384,7 +383,7 @@ class Receiver(threading.Thread):
             return "rx_key_id_limit"
         if not self._new_ids.take(user or "", now):
             return "rx_new_peer_limited"
-        reserve = 0 if rights & _PRIVILEGED else self._client_reserve
+        reserve = 0 if policy.privileged(rights) else self._client_reserve
         peer = self._dist.peers.get(node_id, reserve)
         if capped is not None:
             self._ids_of_key.add(capped, node_id)
@@ -483,7 +482,7 @@ class Receiver(threading.Thread):
                 if peer.state is PeerState.DOWN:
                     peer.taken_while_down = True
         if kind == Kind.CAST:
-            if self._admit(peer, conn.sender, obj[2], False, obj[3], frame) is not True:
+            if self._admit(conn, obj[2], False, obj[3], frame) is not True:
                 return
             fast = inline._handlers.get(obj[2]) if inline._handlers else None
             if fast is not None and fast(obj[3], conn.origin):
@@ -493,7 +492,7 @@ class Receiver(threading.Thread):
                 self._count("rx_unserved")
         elif kind == Kind.INFO:
             # By the info rules only: a cast rule's guard was written for handle_cast.
-            if self._admit(peer, conn.sender, obj[2], False, obj[3], frame, info=True) is True:
+            if self._admit(conn, obj[2], False, obj[3], frame, info=True) is True:
                 self._deliver(obj[2], obj[3], messaging.send)
         elif kind == Kind.REPLY:
             if not self._deep(frame, obj[3]):
@@ -524,22 +523,17 @@ class Receiver(threading.Thread):
         return False
 
     def _admit(
-        self,
-        peer: Peer,
-        sender: Sender,
-        name: str,
-        call: bool,
-        msg: Any,
-        frame: bytes,
-        info: bool = False,
+        self, conn: _Conn, name: str, call: bool, msg: Any, frame: bytes, info: bool = False
     ) -> bool | str:
         """True if ``msg`` may go to ``name`` as a call (``call``), an info (``info``) or else
         a cast; else the reason (counted). A peer admitted to a member's request is marked a
-        member (its going down is then worth a warning).
+        member (its going down is then worth a warning). Rate limits count the connection's
+        key (``origin``), whatever node ids it speaks as.
 
         The nesting depth is checked here, after admission, and not for members' traffic
         (Raft RPCs, whose shapes the server checks): walking a 1000-entry AppendEntries would
         cost more than decoding it. Everything from clients and admins is checked."""
+        sender = conn.sender
         rule = policy.rule_for(name, call, msg, info=info)
         if not policy.admits(rule, sender, msg):
             self._count("rx_refused")
@@ -547,11 +541,11 @@ class Receiver(threading.Thread):
             logger.debug("refused %s %s from %s", what, name, sender)
             return REFUSED
         assert rule is not None
-        if rule.limited and not self._limiter.take(sender.node_id):
+        if rule.limited and not self._limiter.take(conn.origin, policy.privileged(sender.rights)):
             self._count("rx_rate_limited")
             return RATE_LIMITED
         if rule.right == policy.MEMBER:
-            peer.member = True
+            conn.peer.member = True
         elif self._deep(frame, msg):
             return TOO_DEEP
         return True
@@ -570,7 +564,7 @@ class Receiver(threading.Thread):
     ) -> None:
         peer = conn.peer
         handle = RemoteReplyTo(self._dist, peer, ref, conn.origin, conn.sender.rights, run)
-        verdict = self._admit(peer, conn.sender, name, True, request, frame)
+        verdict = self._admit(conn, name, True, request, frame)
         if verdict is not True:
             handle.fail(verdict)
             return

@@ -180,11 +180,14 @@ class DistSettings:
     alone. Known peers are never limited."""
 
     admin_rate_per_sender: float = 50.0
-    """Rate-limited remote calls (status and admin verbs) per second from one node; the burst
-    is twice this. Raft, transport and client traffic are never rate limited."""
+    """Rate-limited remote calls (status and admin verbs) per second from one sender key
+    (without keys: one node id), whatever node ids the key speaks as; the burst is twice
+    this. Raft, transport and client traffic are never rate limited."""
 
     admin_rate_per_node: float = 200.0
-    """Rate-limited remote calls per second from all nodes together (burst twice this)."""
+    """Rate-limited remote calls per second from all client keys together, and as many
+    again from admin and node keys (and senders without keys) together; bursts twice
+    this."""
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1024:
