@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -201,12 +202,19 @@ def test_a_link_to_a_client_queues_few_frames_a_link_to_a_node_many() -> None:
     assert insecure._sndhwm_for("app.7@h:3") == settings.sndhwm  # nothing tells them apart
 
 
+_KEYS_DIR: list[Path] = []  # the keys ``_keyed_receiver`` made (a test's own)
+
+
 class _Head:
-    """What the receive thread reads of a message's first frame (a ``zmq.Frame``)."""
+    """What the receive thread reads of a message's first frame (a ``zmq.Frame``). ``user``
+    is ``role:name``; the user id the connection's key gives is ``role:name:<public key>``
+    (read from the keys ``_keyed_receiver`` made)."""
 
     def __init__(self, routing_id: str, user: str) -> None:
         self.bytes = routing_id.encode()
-        self._props = {"User-Id": user, "Peer-Address": "127.0.0.1"}
+        name = user.partition(":")[2]
+        public = json.loads((_KEYS_DIR[-1] / f"{name}.key").read_text())["public_key"]
+        self._props = {"User-Id": f"{user}:{public}", "Peer-Address": "127.0.0.1"}
 
     def get(self, name: str) -> str:
         return self._props[name]
@@ -222,6 +230,7 @@ def _keyed_receiver(
     from waraft.distribution.settings import DistSettings
 
     keys.create(tmp_path, ["n1", "n2"], ["app", "web"], ["ops"])
+    monkeypatch.setattr(sys.modules[__name__], "_KEYS_DIR", [tmp_path])
     frozen = time.monotonic()
     monkeypatch.setattr(
         receiver, "time", SimpleNamespace(monotonic=lambda: frozen, perf_counter=time.perf_counter)
