@@ -21,6 +21,7 @@ from typing import Any
 
 from waraft import otp, transport
 from waraft.services import env
+from waraft.services.logthrottle import LogThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class TransportCleanup(otp.Process):
         self.directory: str = options.transport_directory
         self._timer = otp.send_after(SCAN_INTERVAL_MS, self.pid, "scan")
         self._left = 0  # transfer directories the last scan left in place
+        self._failures = LogThrottle(60.0)  # a scan that fails fails every 30 s
 
     def terminate(self, reason: Any) -> None:
         otp.cancel_timer(self._timer)
@@ -65,8 +67,28 @@ class TransportCleanup(otp.Process):
         return float(DEFAULT_RETAIN_SECS if value is None else value)
 
     def scan(self) -> list[str]:
-        """Delete what is old enough; returns the removed directory names."""
+        """Delete what is old enough; returns the removed directory names.
+
+        A scan the file system refuses (``OSError``: out of descriptors, an unreadable
+        directory) is logged, at most once a minute, and skipped: the next one comes
+        ``SCAN_INTERVAL_MS`` later. It must never crash this actor, whose restarts take the
+        partition down with it (and they would fail for the same reason)."""
         self._left = 0
+        try:
+            return self._scan()
+        except OSError as exc:
+            self._left = 1  # nothing known about what is there: look again soon
+            count = self._failures.ready()
+            if count:
+                logger.warning(
+                    "transport cleanup of %s skipped (%d time(s) since the last report): %s",
+                    self.directory,
+                    count,
+                    exc,
+                )
+            return []
+
+    def _scan(self) -> list[str]:
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
