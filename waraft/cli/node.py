@@ -454,6 +454,12 @@ class NodeRuntime:
         owner = _claim_data_dir(
             data_dir, config.name, config.node_id(), config.cluster_id, write=False
         )
+        # Each incoming connection, log segment, storage file and snapshot costs a
+        # descriptor: take what the hard limit allows before the caps on incoming
+        # connections are derived from it (half of it; see distribution.conncaps).
+        from waraft.distribution.conncaps import raise_fd_limit
+
+        logger.info("descriptor limit: %d", raise_fd_limit())
         dist_kw = dict(config.dist)
         dist_kw["cluster_id"] = owner.cluster
         curve = common.curve_for(config.keys, config.name, "node")

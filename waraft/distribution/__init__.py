@@ -384,6 +384,8 @@ def stats() -> dict[str, int]:
     ``rx_stale_sessions`` (PINGs and PONGs of a peer's superseded run, ignored),
     ``probe_superseded_losses`` (lost connections to a peer's superseded run, no down);
     ``conn_accepted``, ``conn_closed``, ``handshake_failed``, ``auth_denied`` (ROUTER side),
+    ``conn_refused_key_cap``, ``conn_refused_total_cap`` (handshakes refused for the caps on
+    authenticated connections, see ``conncaps``), ``conns_authenticated`` (a gauge),
     ``probe_handshake_failed``, ``pings_dropped``, ``links_reaped``; ``pending_calls``,
     ``peers``. Counters that never moved may be absent.
     """

@@ -6,7 +6,8 @@ outside this process land here. Threads:
 
 * the receive thread (:mod:`~waraft.distribution.receiver`) owns the ROUTER;
 * the liveness thread (:mod:`~waraft.distribution.liveness`) owns the ping sockets, the socket
-  monitors and, with CURVE, the ZAP authentication handler;
+  monitors and, with CURVE, the ZAP authentication handler, which also enforces the caps on
+  authenticated connections (:mod:`~waraft.distribution.conncaps`);
 * every thread that sends owns its DEALERs (:mod:`~waraft.distribution.links`).
 """
 
@@ -23,9 +24,9 @@ from typing import Any
 import zmq
 
 from waraft.distribution import envelope, inline, keys, nodeid
+from waraft.distribution.conncaps import ConnLimits, GatedLiveness, connection_budget
 from waraft.distribution.keys import KeyChanges
 from waraft.distribution.links import Outbound
-from waraft.distribution.liveness import Liveness
 from waraft.distribution.monitors import SIGNALS, DistSignals, allow_signals
 from waraft.distribution.peers import Peer, PeerLimitError, PeerState, PeerTable
 from waraft.distribution.receiver import Receiver
@@ -172,7 +173,7 @@ class Dist:
             self.otp_node = self._adopt_otp_node()
             self.signals = DistSignals(self)
             self.receiver = Receiver(self, router)
-            self.liveness = Liveness(self, self._ctx, monitor, zap)
+            self.liveness = GatedLiveness(self, self._ctx, monitor, zap, self._conn_limits())
         except BaseException:
             # Nothing runs yet: close what was opened so a failed start leaks nothing
             # (monitor mode off first: see liveness._close_monitored).
@@ -192,6 +193,20 @@ class Dist:
         logger.info("distribution started as %s", self.node_id)
 
     # ------------------------------------------------------------------ setup
+    def _conn_limits(self) -> ConnLimits:
+        """The caps on authenticated incoming connections (enforced with CURVE only: without
+        keys nobody is authenticated), the total bounded by the descriptor limit now."""
+        settings = self.settings
+        total = connection_budget(settings.max_connections)
+        if self.curve is not None:
+            logger.info(
+                "incoming connections capped at %d per client key, %d per node key, %d in all",
+                settings.max_conns_per_client_key,
+                settings.max_conns_per_node_key,
+                total,
+            )
+        return ConnLimits(settings.max_conns_per_client_key, settings.max_conns_per_node_key, total)
+
     def _make_router(self, curve: CurveConfig | None) -> zmq.Socket[bytes]:
         settings = self.settings
         router = self._ctx.socket(zmq.ROUTER)

@@ -189,6 +189,23 @@ class DistSettings:
     again from admin and node keys (and senders without keys) together; bursts twice
     this."""
 
+    max_conns_per_client_key: int = 64
+    """Authenticated incoming connections one client or admin key may hold at a time (with
+    CURVE keys; see :mod:`~waraft.distribution.conncaps`). A client process opens one per
+    thread that sends to this node (and one probe); a key shared by many busy processes needs
+    more. Handshakes beyond it are refused (``conn_refused_key_cap``)."""
+
+    max_conns_per_node_key: int = 256
+    """Authenticated incoming connections one node key may hold: a peer node opens one per
+    sending thread (its schedulers, transports, the distribution threads) plus its probe, and
+    for a while after it restarts the old run's connections may still be open."""
+
+    max_connections: int = 4096
+    """Authenticated incoming connections in total; at most half the descriptor limit at start
+    (the rest is kept for the log, storage and snapshots), and client and admin keys together
+    get at most three quarters of it. Beyond it handshakes are refused
+    (``conn_refused_total_cap``)."""
+
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1024:
             raise ValueError("max_frame_bytes must be at least 1024")
@@ -204,3 +221,7 @@ class DistSettings:
             raise ValueError("new_peers_per_s must be positive")
         if self.admin_rate_per_sender <= 0 or self.admin_rate_per_node <= 0:
             raise ValueError("admin rate limits must be positive")
+        if min(self.max_conns_per_client_key, self.max_conns_per_node_key) < 1:
+            raise ValueError("connection caps per key must be positive")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be positive")

@@ -1,0 +1,172 @@
+"""Caps on authenticated incoming connections (review N, finding 1): a client key that opens
+idle connections gets its extra handshakes refused instead of exhausting the node's file
+descriptors, while members and other keys still connect; closed connections free their slots."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from tests.security.attacker import Attacker
+from waraft import distribution as dist
+from waraft.distribution.conncaps import ConnLedger, ConnLimits
+from waraft.distribution.settings import DistSettings
+
+from .helpers import wait_until
+
+pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
+
+CAP = 4
+KEYS = {name: zmq.curve_keypair() for name in ("n1", "n2", "app", "other")}
+ROLES = {"n1": "node", "n2": "node", "app": "client", "other": "client"}
+
+
+@pytest.fixture
+def capped_node() -> Iterator[str]:
+    public, secret = KEYS["n1"]
+    curve = {
+        "public_key": public,
+        "secret_key": secret,
+        "server_keys": {name: pair[0] for name, pair in KEYS.items()},
+        "identities": {pair[0]: (ROLES[name], name) for name, pair in KEYS.items()},
+    }
+    settings = DistSettings(max_conns_per_client_key=CAP, max_conns_per_node_key=64)
+    node_id = dist.start("n1@127.0.0.1:0", curve=curve, settings=settings)
+    try:
+        yield node_id
+    finally:
+        dist.stop()
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)
+
+
+def _curve(name: str) -> tuple[bytes, bytes, bytes]:
+    return (*KEYS[name], KEYS["n1"][0])
+
+
+def _outcome(sock: zmq.Socket[Any], monitor: zmq.Socket[Any], timeout: float = 10.0) -> str:
+    """``"ok"`` once ``sock``'s handshake succeeded, ``"refused"`` once it failed."""
+    while monitor.poll(int(timeout * 1000)):
+        event = parse_monitor_message(monitor.recv_multipart())["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return "ok"
+        if event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return "refused"
+    raise AssertionError("no handshake outcome")
+
+
+def _open(ctx: zmq.Context[Any], node_id: str, key: str, count: int) -> list[Any]:
+    """``count`` idle connections with ``key``, each with its outcome."""
+    out = []
+    for i in range(count):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, f"{key}.idle{i}@127.0.0.1:1/x{i}".encode())
+        sock.setsockopt(zmq.RECONNECT_IVL, 60_000)  # one attempt each: outcomes are countable
+        public, secret, server = _curve(key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server)
+        monitor = sock.get_monitor_socket()
+        sock.connect(dist.nodeid.endpoint(node_id))
+        out.append((sock, monitor, _outcome(sock, monitor)))
+    return out
+
+
+def _close(conns: list[Any]) -> None:
+    for sock, monitor, _ in conns:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
+
+
+def test_a_client_key_over_its_cap_is_refused_and_others_still_connect(
+    capped_node: str, ctx: zmq.Context[Any]
+) -> None:
+    hog = _open(ctx, capped_node, "app", CAP + 3)
+    assert [outcome for *_, outcome in hog] == ["ok"] * CAP + ["refused"] * 3
+    assert dist.stats()["conn_refused_key_cap"] == 3
+    # A member and another client key still connect, and the node answers them.
+    member = Attacker(ctx, capped_node, name="n2", curve=_curve("n2"))
+    other = Attacker(ctx, capped_node, name="other.proc", curve=_curve("other"))
+    assert member.seen_link_id() and other.seen_link_id()
+    # The key's connections that close free their slots (the counts do not drift).
+    _close(hog)
+    wait_until(lambda: dist.stats()["conns_authenticated"] == 2, what="slots freed")
+    again = _open(ctx, capped_node, "app", CAP + 1)
+    assert [outcome for *_, outcome in again] == ["ok"] * CAP + ["refused"]
+    _close(again)
+    member.close()
+    other.close()
+    wait_until(lambda: dist.stats()["conns_authenticated"] == 0, what="every slot freed")
+
+
+# ------------------------------------------------------------------ the ledger alone
+LIMITS = ConnLimits(per_client_key=2, per_node_key=3, total=8)
+
+
+def test_ledger_caps_per_key_and_in_total() -> None:
+    ledger = ConnLedger(LIMITS)
+    for fd in range(10):
+        ledger.accepted(fd, "h")
+    assert [ledger.admit("client:a", False, "h") for _ in range(3)] == [None, None, "key"]
+    for key in ("client:b", "client:c"):
+        assert [ledger.admit(key, False, "h") for _ in range(2)] == [None, None]
+    # Client keys together hold three quarters of the total (6 of 8).
+    assert ledger.admit("client:d", False, "h") == "total"
+    assert ledger.granted == 6
+
+
+def test_ledger_client_total_leaves_room_for_members() -> None:
+    ledger = ConnLedger(ConnLimits(per_client_key=10, per_node_key=10, total=8))
+    for fd in range(10):
+        ledger.accepted(fd, "h")
+    assert [ledger.admit(f"client:{i}", False, "h") for i in range(7)] == [None] * 6 + ["total"]
+    assert [ledger.admit("node:n2", True, "h") for _ in range(3)] == [None, None, "total"]
+
+
+def test_ledger_frees_slots_of_closed_connections_and_moves_failed_grants() -> None:
+    ledger = ConnLedger(LIMITS)
+    ledger.accepted(1, "h")
+    ledger.accepted(2, "h")  # two handshakes at once from one host
+    assert ledger.admit("client:a", False, "h") is None  # rides on 2, the newest
+    ledger.closed(2, authenticated=False)  # 2 failed: the grant was 1's
+    assert ledger.held("client:a") == 1
+    ledger.closed(1, authenticated=True)
+    assert ledger.held("client:a") == 0 and ledger.granted == 0
+    ledger.accepted(3, "h")
+    assert ledger.admit("client:a", False, "h") is None
+    ledger.closed(3, authenticated=False)  # lost after the grant, nothing else to ride on
+    assert ledger.granted == 0
+
+
+def test_ledger_counts_never_outlive_the_connections() -> None:
+    rng = random.Random(7)
+    ledger = ConnLedger(ConnLimits(per_client_key=5, per_node_key=9, total=40))
+    live: set[int] = set()
+    for fd in range(2000):
+        host = rng.choice(["h1", "h2"])
+        ledger.accepted(fd, host)
+        live.add(fd)
+        if rng.random() < 0.8:
+            ledger.admit(rng.choice(["client:a", "client:b", "node:n"]), False, host)
+        for gone in rng.sample(sorted(live), k=min(len(live), rng.randint(0, 2))):
+            live.discard(gone)
+            ledger.closed(gone, authenticated=rng.random() < 0.7)
+        assert ledger.granted <= len(live)
+    for gone in live:
+        ledger.closed(gone, authenticated=True)
+    assert ledger.granted == 0
+    assert all(ledger.held(k) == 0 for k in ("client:a", "client:b", "node:n"))

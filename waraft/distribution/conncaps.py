@@ -1,0 +1,305 @@
+"""Caps on authenticated incoming connections: per key and in total, decided at authentication.
+
+Every incoming connection costs this node a file descriptor and libzmq's buffers (~40 KB), and
+one that completed its handshake stays open as long as its peer wants. Without a cap a single
+client key exhausted a node's descriptors with idle connections: the log, storage and snapshot
+code then failed to open files and the node exited. So the ZAP handler (the liveness thread,
+see :class:`GatedLiveness`) refuses a handshake, before it completes, when the key already
+holds its share of connections (``max_conns_per_client_key`` for client and admin keys,
+``max_conns_per_node_key`` for node keys) or when the node holds its total
+(:func:`connection_budget`; client and admin keys together get at most three quarters of it, so
+members can always connect). A refused connection gets ZAP status 400 (``REFUSED_STATUS``), is
+closed at once and counted (``conn_refused_key_cap``, ``conn_refused_total_cap``).
+
+Accounting. libzmq tells the ZAP handler the key and the peer's IP address of a handshake,
+but not which TCP connection it belongs to; the ROUTER's monitor tells which connection
+(descriptor) was accepted and which one closed, and whether a connection that closed had
+failed its handshake (a handshake failure is reported immediately before its disconnect), but
+never the key. :class:`ConnLedger` joins the two: a granted handshake is attached to the
+newest connection from the same address that carries no grant yet (the one whose handshake
+is under way, in practice), and its slot is released when that connection closes. A grant
+attached to a connection whose handshake then failed moves to another connection of that
+address still without one (or is dropped if there is none). So every counted grant rides on a
+distinct live connection: the counts cannot outlive the connections, a closed connection frees
+its slot, and the total is exact. Only concurrent handshakes of different keys from one address
+can swap which key a connection is counted for until one of them closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import zmq
+from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
+
+from waraft.distribution.liveness import Liveness
+from waraft.services.logthrottle import LogThrottle
+
+if TYPE_CHECKING:
+    from waraft.distribution.runtime import Dist
+
+logger = logging.getLogger(__name__)
+
+CLIENT_SHARE = 0.75
+"""Part of the total that client and admin keys may hold together (the rest is the members')."""
+
+FD_SHARE = 0.5
+"""Part of the descriptor limit incoming connections may take. The rest stays for what the node
+cannot do without: its log segments and storage (LMDB), snapshots and transfers, outgoing links
+(each a socket plus libzmq's own descriptors), log files and the metrics server."""
+
+FD_TARGET = 65536
+"""How far :func:`raise_fd_limit` raises the soft descriptor limit (bounded by the hard one)."""
+
+REFUSED_STATUS = b"400"
+"""ZAP status of a refused handshake. Not 300 (RFC 27's temporary error): libzmq answers a 300
+with silence and keeps the connection, and its descriptor, until the handshake times out
+(``HANDSHAKE_MS``), which is just what the caps are to prevent; a 400 closes it at once and
+tells the client (its handshake fails with status 400)."""
+
+_MAX_EVENTS = 1024  # monitor events taken per step (libzmq queues up to 1000)
+_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnLimits:
+    """The caps of one node (see the module docstring)."""
+
+    per_client_key: int
+    per_node_key: int
+    total: int
+
+    def __post_init__(self) -> None:
+        if min(self.per_client_key, self.per_node_key, self.total) < 1:
+            raise ValueError("connection caps must be positive")
+
+    @property
+    def client_total(self) -> int:
+        """Connections client and admin keys may hold together."""
+        return max(1, int(self.total * CLIENT_SHARE))
+
+
+@dataclass(slots=True)
+class _Conn:
+    host: str | None
+    key: str | None = None  # the grant attached to this connection, if any
+
+
+class ConnLedger:
+    """Live incoming connections and the grants attached to them (single-threaded)."""
+
+    def __init__(self, limits: ConnLimits) -> None:
+        self.limits = limits
+        self._conns: dict[int, _Conn] = {}
+        # Per host, the live connections without a grant, oldest first.
+        self._bare: dict[str | None, dict[int, None]] = {}
+        self._held: dict[str, int] = {}
+        self.granted = 0
+        """Grants attached to live connections: the node's authenticated connections."""
+        self.unattached = 0
+        """Grants that found no connection of their host to ride on (not counted)."""
+
+    def held(self, key: str) -> int:
+        """Authenticated connections ``key`` holds."""
+        return self._held.get(key, 0)
+
+    def accepted(self, fd: int, host: str | None) -> None:
+        """The ROUTER accepted a connection on descriptor ``fd`` from ``host``."""
+        if fd in self._conns:  # its close was never reported: it is closed now
+            self.closed(fd, authenticated=True)
+        self._conns[fd] = _Conn(host)
+        self._bare.setdefault(host, {})[fd] = None
+
+    def closed(self, fd: int, *, authenticated: bool) -> None:
+        """The connection on ``fd`` closed; ``authenticated``: it had completed its handshake."""
+        conn = self._conns.pop(fd, None)
+        if conn is None:
+            return
+        if conn.key is None:
+            self._unbare(conn.host, fd)
+            return
+        self._release(conn.key)
+        if not authenticated:
+            # The grant was another connection's from the same host (or this one's, lost
+            # between the grant and the handshake's end): it moves to one still without.
+            self._attach(conn.key, conn.host)
+
+    def admit(self, key: str, member: bool, host: str | None) -> str | None:
+        """Grant ``key`` one more connection from ``host`` (recorded), or say why not:
+        ``"key"`` (the key holds its cap) or ``"total"`` (the node holds its total)."""
+        limits = self.limits
+        if self.held(key) >= (limits.per_node_key if member else limits.per_client_key):
+            return "key"
+        if self.granted >= (limits.total if member else limits.client_total):
+            return "total"
+        self._attach(key, host)
+        return None
+
+    def _attach(self, key: str, host: str | None) -> None:
+        bare = self._bare.get(host)
+        if not bare:
+            self.unattached += 1
+            return
+        fd = next(reversed(bare))  # the newest: the one whose handshake is under way
+        self._unbare(host, fd)
+        self._conns[fd].key = key
+        self._held[key] = self._held.get(key, 0) + 1
+        self.granted += 1
+
+    def _release(self, key: str) -> None:
+        left = self._held[key] - 1
+        if left:
+            self._held[key] = left
+        else:
+            del self._held[key]
+        self.granted -= 1
+
+    def _unbare(self, host: str | None, fd: int) -> None:
+        bare = self._bare[host]
+        del bare[fd]
+        if not bare:
+            del self._bare[host]
+
+
+def connection_budget(max_connections: int) -> int:
+    """The total cap: ``max_connections``, but at most ``FD_SHARE`` of the soft descriptor
+    limit (read now), so the rest stays for the log, storage and snapshots."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, int(soft * FD_SHARE)))
+
+
+def raise_fd_limit(target: int = FD_TARGET) -> int:
+    """Raise the soft descriptor limit towards ``target``, never above the hard limit, and
+    return the soft limit in force. A lowered limit is never lowered further."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the descriptor limit to %d: %s", want, exc)
+            return soft
+        return want
+    return soft
+
+
+def peer_host(fd: int) -> str | None:
+    """The peer address of the connected socket ``fd`` (owned by libzmq: never closed here),
+    or None if it is not one (any more)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:  # not a socket any more: nothing was taken over
+        return None
+    try:
+        return str(sock.getpeername()[0])
+    except (OSError, IndexError):
+        return None
+    finally:
+        sock.detach()
+
+
+class GatedLiveness(Liveness):
+    """The liveness thread with the connection caps in its ZAP handler and ROUTER monitor."""
+
+    def __init__(
+        self,
+        dist: Dist,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        router_monitor: zmq.Socket[bytes],
+        zap: zmq.Socket[bytes] | None,
+        limits: ConnLimits,
+    ) -> None:
+        super().__init__(dist, ctx, router_monitor, zap)
+        self.ledger = ConnLedger(limits)
+        self._failed_last = False  # the last monitor event was a handshake failure
+        self._refused = LogThrottle()
+        self.counts["conns_authenticated"] = 0  # a gauge: only this dict has it
+
+    def _router_event(self) -> None:
+        events = _drain_with_values(self._router_monitor)
+        last_close = {v: i for i, (k, v) in enumerate(events) if k == zmq.EVENT_DISCONNECTED}
+        ledger = self.ledger
+        for i, (kind, value) in enumerate(events):
+            if kind == zmq.EVENT_ACCEPTED:
+                self._count("conn_accepted")
+                # A descriptor closed later in this batch may be reused already: no address.
+                closed_later = last_close.get(value, -1) > i
+                ledger.accepted(value, None if closed_later else peer_host(value))
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._count("conn_closed")
+                ledger.closed(value, authenticated=not self._failed_last)
+            elif kind & _FAILED:
+                self._count("handshake_failed")
+            self._failed_last = bool(kind & _FAILED)
+        self.counts["conns_authenticated"] = ledger.granted
+
+    def _authenticate(self) -> None:
+        # Every connection a waiting request can belong to was accepted before the request
+        # was made: take those events first, so the grant finds its connection.
+        self._router_event()
+        super()._authenticate()
+
+    def _answer_zap(self, zap: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        refusal = self._over_cap(frames)
+        if refusal is None:
+            super()._answer_zap(zap, frames)
+            self.counts["conns_authenticated"] = self.ledger.granted
+            return
+        request_id = frames[1] if len(frames) > 1 else b""
+        zap.send_multipart([b"1.0", request_id, REFUSED_STATUS, b"too many connections", b"", b""])
+
+    def _over_cap(self, frames: list[bytes]) -> str | None:
+        """Why this handshake is refused for the caps (counted, logged), or None: then its
+        key is either not allowed at all (the base handler refuses it) or granted a slot."""
+        curve = self._dist.curve
+        if curve is None or len(frames) < 7 or frames[5] != b"CURVE" or len(frames[6]) != 32:
+            return None
+        public = z85.encode(frames[6])
+        user = curve.user_for(public)
+        if user is None:
+            return None
+        key = user or "key:" + public.decode()
+        member = not user or user.startswith("node:")
+        host = frames[3].decode(errors="replace")
+        reason = self.ledger.admit(key, member, host)
+        if reason is not None:
+            self._count(f"conn_refused_{reason}_cap")
+            count = self._refused.ready()
+            if count:
+                logger.warning(
+                    "refused %d connection(s) over the connection caps (latest: %s from %s, "
+                    "%s cap; %d connections authenticated)",
+                    count,
+                    key,
+                    host,
+                    reason,
+                    self.ledger.granted,
+                )
+        return reason
+
+
+def _drain_with_values(monitor: zmq.Socket[bytes]) -> list[tuple[int, int]]:
+    """Every (event, value) waiting on ``monitor`` (at most ``_MAX_EVENTS`` at a time)."""
+    events: list[tuple[int, int]] = []
+    for _ in range(_MAX_EVENTS):
+        try:
+            message = monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        try:
+            parsed = parse_monitor_message(message)
+            events.append((int(parsed["event"]), int(parsed["value"])))
+        except (RuntimeError, ValueError, KeyError):
+            continue  # not a monitor message: nothing to act on
+    return events
