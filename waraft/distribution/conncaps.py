@@ -22,7 +22,10 @@ attached to a connection whose handshake then failed moves to another connection
 address still without one (or is dropped if there is none). So every counted grant rides on a
 distinct live connection: the counts cannot outlive the connections, a closed connection frees
 its slot, and the total is exact. Only concurrent handshakes of different keys from one address
-can swap which key a connection is counted for until one of them closes.
+can swap which key a connection is counted for until one of them closes. (That a handshake
+failure is reported right before its disconnect holds because the context has one I/O thread;
+the host of a connection is read with ``getpeername`` and must match what libzmq gives ZAP, or
+the grant is counted in ``conn_grants_unattached`` instead.)
 """
 
 from __future__ import annotations
@@ -255,6 +258,7 @@ class GatedLiveness(Liveness):
         if refusal is None:
             super()._answer_zap(zap, frames)
             self.counts["conns_authenticated"] = self.ledger.granted
+            self.counts["conn_grants_unattached"] = self.ledger.unattached
             return
         request_id = frames[1] if len(frames) > 1 else b""
         zap.send_multipart([b"1.0", request_id, REFUSED_STATUS, b"too many connections", b"", b""])
