@@ -47,7 +47,8 @@ a log entry and a Raft round of its own (``0`` turns this off; ``max_batch=1`` n
 ``("$batch", commands)`` command, the commands msgpack-encoded once by the client: the leader
 appends, replicates and commits a single log entry for the whole frame without decoding it,
 and each replica's storage applies the commands in order (``waraft.storage.is_batch_command``);
-reads are packed the same way. Each request still gets its own result. The commands of one
+reads are packed the same way (at most ``MAX_PACKED_READS``, 1000, to a batch: see
+``raft_max_reads_per_batch``). Each request still gets its own result. The commands of one
 entry are applied atomically with respect to crashes (one storage batch) and in order; a
 failure of the entry (``not_leader``, ...) is the failure of every command in it.
 ``pack=False`` makes every command its own log entry.
@@ -162,6 +163,7 @@ from waraft.core.sessions import (
     is_call,
     register_command,
 )
+from waraft.core.settings import DEFAULT_MAX_READS_PER_BATCH
 from waraft.partition import acceptor
 from waraft.services import codec
 from waraft.services.replies import REPLY_TOO_LARGE
@@ -175,6 +177,9 @@ ADMIN_NAME: Final = "waraft_admin"
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_ATTEMPT_TIMEOUT: Final = 5.0
 DEFAULT_MAX_BATCH: Final = 1000
+MAX_PACKED_READS: Final = DEFAULT_MAX_READS_PER_BATCH
+"""Reads packed into one ``$batch`` at most, whatever ``max_batch`` says: nodes refuse a
+read of more than ``raft_max_reads_per_batch`` reads (by default this many)."""
 DEFAULT_MAX_INFLIGHT: Final = 1000
 DEFAULT_MAX_INFLIGHT_PACKED: Final = 16384
 DEFAULT_MAX_RETRIES: Final = 100
@@ -1658,6 +1663,9 @@ class Client:
             size = self._frame_counts.get(partition, self.max_batch)
             if total >= SAMPLE_AT and size > 1:
                 size = min(size, self._sampled_count(address, requests))
+            if kind == "read" and self.pack:
+                # A packed read is one $batch, which a node refuses past this many reads.
+                size = min(size, MAX_PACKED_READS)
             for chunk in _chunks(requests, size):
                 self._send(address, partition, kind, priority, chunk, now)
 

@@ -22,6 +22,7 @@ import lmdb
 import pytest
 
 from waraft import otp
+from waraft.core.settings import Settings
 from waraft.core.types import LogPos
 from waraft.services.codec import CodecError
 from waraft.storage import node_lmdb
@@ -627,14 +628,19 @@ def test_a_reopened_partition_counts_as_durable_only_once_flushed(root: Path) ->
 
 
 class _Queues:
+    settings = Settings()
+
     def fulfill_apply(self, count: int, size: int) -> None:
         pass
 
     def commits_finished(self, count: int, priority: Any, applied: bool = False) -> None:
         pass
 
-    def take_reads(self, index: int) -> list[Any]:
+    def take_reads(self, index: int, limit: int | None = None) -> list[Any]:
         return []
+
+    def reads_ready(self, index: int) -> bool:
+        return False
 
     def apply_queue_size(self) -> int:
         return 0

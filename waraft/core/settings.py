@@ -12,6 +12,9 @@ from typing import Any
 
 ELECTION_MAX_WEIGHT = 10
 
+DEFAULT_MAX_READS_PER_BATCH = 1000
+"""``raft_max_reads_per_batch``'s default: what ``waraft.client`` packs into one read."""
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -39,6 +42,11 @@ class Settings:
     # answered ``read_queue_bytes_full`` (retried by the client like ``read_queue_full``), so
     # reads are bounded by the bytes they return, not only by their count. 0 = unbounded.
     raft_max_read_reply_bytes: int = 64 * 1024 * 1024
+    # Not a WARaft knob (review N, 2): reads one read command may hold (a ``$batch`` of
+    # reads); a longer one is refused with ``("error", ("badarg", ...))``. Storage serves a
+    # batch in one turn, at one position: this bounds that turn (and each turn of storage
+    # serves about this many reads, whatever queued them).
+    raft_max_reads_per_batch: int = DEFAULT_MAX_READS_PER_BATCH
     raft_election_pre_vote: bool = False
     raft_leader_check_quorum: bool = False
     raft_leader_read_lease_ms: int = 0

@@ -4,7 +4,9 @@ The acceptor admits commits and strong reads against the partition's ``Queues`` 
 caller's reply handle to the server; it never answers a successful request itself — storage does,
 once the entry is applied (or the read's index is reached). Rejections are immediate:
 ``commit_queue_full``, ``commit_queue_bytes_full``, ``apply_queue_full``, ``read_queue_full``,
-``read_queue_bytes_full``.
+``read_queue_bytes_full``; a read of more than ``raft_max_reads_per_batch`` reads (a ``$batch``)
+gets ``("error", ("badarg", text))``, and each read of a batch counts against
+``raft_max_pending_reads``.
 
 Every API function takes the acceptor as a registered name, a pid, or a ``(name, node)`` address
 (another node). Call failures are mapped as WARaft maps them: a timeout is
@@ -60,7 +62,7 @@ from waraft.distribution.reply import RemoteReplyTo
 from waraft.services import codec, env, info
 from waraft.services.logthrottle import LogThrottle
 from waraft.services.options import RaftOptions
-from waraft.services.queues import Queues, command_bytes
+from waraft.services.queues import Queues, command_bytes, oversized_read
 from waraft.services.replies import coalesced_replies, send_client_reply
 
 logger = logging.getLogger(__name__)
@@ -324,6 +326,9 @@ class Acceptor(otp.Process):
             return ("error", ("badarg", f"malformed read {short_repr(request)}"))
         if kind == "read":
             _, command, min_index = request
+            refused = self._oversized(command)
+            if refused is not None:
+                return refused
             return self._single(self._read([(from_, command, min_index)]))
         if kind == "adjust_config":
             _, action, index = request
@@ -341,7 +346,7 @@ class Acceptor(otp.Process):
             commits = _answerable(msg[1])
             self._reject_tail(commits, self._commit(commits, priority_of(msg[2])))
         elif kind == "read_batch" and _valid_batch(msg, 2, _valid_read):
-            reads = _answerable(msg[1])
+            reads = self._sized(_answerable(msg[1]))
             self._reject_tail(reads, self._read(reads))
         elif kind == "adjust_config" and len(msg) == 4 and _is_handle(msg[1]):
             _, from_, action, index = msg
@@ -384,6 +389,26 @@ class Acceptor(otp.Process):
         if reason is not None:
             _log_rejected(self.name, len(items) - len(admitted), "reads", reason)
         return len(admitted), reason
+
+    def _oversized(self, command: Any) -> Any:
+        """The refusal of a read holding more than ``raft_max_reads_per_batch`` reads (a
+        ``$batch``), else None: storage serves a batch in one turn, and one of 50,000 reads
+        held its scheduler for seconds."""
+        return oversized_read(command, self.queues.settings.raft_max_reads_per_batch)
+
+    def _sized(self, reads: Sequence[tuple[Any, Any, int | None]]) -> Sequence[Any]:
+        """``reads`` without the oversized ones (``_oversized``), which are answered here."""
+        limit = self.queues.settings.raft_max_reads_per_batch
+        kept: list[tuple[Any, Any, int | None]] | None = None
+        for index, read in enumerate(reads):
+            refused = oversized_read(read[1], limit)
+            if refused is not None:
+                if kept is None:
+                    kept = list(reads[:index])
+                read[0].reply(refused)
+            elif kept is not None:
+                kept.append(read)
+        return reads if kept is None else kept
 
     def _adjust_config(self, from_: Any, action: Any, index: int | None) -> Any:
         # Held in the commit queue's byte budget with no bytes: whatever ends it (the apply,
@@ -453,7 +478,9 @@ class Acceptor(otp.Process):
             if ops:
                 self._reject_tail(ops, self._commit(ops, priority))
         else:
-            reads = [(batch.slot(index), command, None) for index, command in enumerate(items)]
+            reads = self._sized(
+                [(batch.slot(index), command, None) for index, command in enumerate(items)]
+            )
             if reads:
                 self._reject_tail(reads, self._read(reads))
 

@@ -140,6 +140,7 @@ _AT_LEAST_ONE: Final = frozenset(
         "raft_max_pending_applies",
         "raft_max_pending_high_priority_commits",
         "raft_max_pending_reads",
+        "raft_max_reads_per_batch",
     }
 )
 _OPTIONAL_INT: Final = frozenset({"raft_handover_max_unapplied_entries", "raft_max_log_records"})

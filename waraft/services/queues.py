@@ -15,7 +15,7 @@ import heapq
 import itertools
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from waraft.core.log import approx_command_size
 from waraft.core.settings import Settings
@@ -36,7 +36,8 @@ class Queues:
     Limits come from ``settings`` (WARaft reads them live; the server refreshes the object).
     Every slot taken by ``commits_started`` / ``admit_reads`` / ``reserve_apply`` is released
     by exactly one of the matching ``commits_finished`` / ``release_reads`` / ``take_reads`` /
-    ``fulfill_apply`` calls; a read's bytes by its answer (``ReadReply``).
+    ``fulfill_apply`` calls; a read's bytes, and the slots of the further reads of a
+    ``$batch`` read (``read_count``), by its answer (``ReadReply``).
     """
 
     def __init__(self, table: str, partition: int, settings: Settings) -> None:
@@ -63,7 +64,8 @@ class Queues:
             self._pending = {Priority.HIGH: 0, Priority.LOW: 0}
             self._commit_bytes = 0
             self._commit_held = 0  # admitted commits whose bytes are in _commit_bytes
-            self._read_count = 0
+            self._read_count = 0  # one per admitted read command
+            self._read_extra = 0  # the further reads of the admitted $batch reads
             self._read_bytes = 0
             self._generation += 1
             self._reads: list[tuple[int, int, Any, Any]] = []
@@ -96,7 +98,9 @@ class Queues:
         )
 
     def read_queue_size(self) -> int:
-        return self._read_count
+        """Admitted reads not yet answered, each read of a ``$batch`` counted
+        (``read_count``), bounded by ``raft_max_pending_reads``."""
+        return self._read_count + self._read_extra
 
     def read_queue_byte_size(self) -> int:
         """Estimated bytes of the commands of the admitted strong reads not yet answered,
@@ -188,45 +192,56 @@ class Queues:
     def admit_reads(
         self, items: Sequence[tuple[Any, Any, int | None]]
     ) -> tuple[list[tuple[Any, Any, int | None]], str | None]:
-        """Admit strong reads ``(handle, command, min_index)`` in order, like
-        ``commits_started`` admits commits: bounded in reads (``raft_max_pending_reads``)
-        and in the bytes of their commands (``command_bytes``, across the partition's
-        reads; ``raft_max_pending_read_bytes``; a read larger than the whole budget is
-        admitted only when no read bytes are held). Returns the admitted reads, each with
-        its handle wrapped in a :class:`ReadReply` that gives its bytes back when the read
-        is answered, whatever answers it, and the reason the rest were rejected (``None``
-        when all were admitted): ``apply_queue_full``, ``read_queue_full`` or
-        ``read_queue_bytes_full``."""
+        """Admit reads ``(handle, command, min_index)`` in order, like ``commits_started``
+        admits commits: bounded in reads (``raft_max_pending_reads``, each read of a
+        ``$batch`` read counted: ``read_count``; a batch of more reads than the whole bound
+        is admitted only when no read is held) and in the bytes of their commands
+        (``command_bytes``, across the partition's reads; ``raft_max_pending_read_bytes``;
+        likewise for a read larger than the whole budget). A batch of more reads than
+        ``raft_max_reads_per_batch`` must be refused before (``oversized_read``). Returns
+        the admitted reads, each with its handle wrapped in a :class:`ReadReply` that gives
+        its bytes (and its batch's further reads) back when the read is answered, whatever
+        answers it, and the reason the rest were rejected (``None`` when all were
+        admitted): ``apply_queue_full``, ``read_queue_full`` or ``read_queue_bytes_full``."""
         sizes = [command_bytes(item[1]) for item in items]
-        admitted, reason, generation = self._reserve_reads(len(items), sizes)
+        counts = [read_count(item[1]) for item in items]
+        admitted, reason, generation = self._reserve_reads(len(items), sizes, counts)
         taken = [
-            (ReadReply(handle, self, size, generation), command, min_index)
-            for (handle, command, min_index), size in zip(items[:admitted], sizes, strict=False)
+            (ReadReply(handle, self, size, generation, count - 1), command, min_index)
+            for (handle, command, min_index), size, count in zip(
+                items[:admitted], sizes, counts, strict=False
+            )
         ]
         return taken, reason
 
-    def _reserve_reads(self, count: int, sizes: Sequence[int]) -> tuple[int, str | None, int]:
+    def _reserve_reads(
+        self, count: int, sizes: Sequence[int], counts: Sequence[int]
+    ) -> tuple[int, str | None, int]:
         s = self.settings
         with self._lock:
             if self._apply_count >= s.raft_max_pending_applies:
                 return 0, APPLY_QUEUE_FULL, self._generation
-            room = s.raft_max_pending_reads - self._read_count
-            admitted = max(0, min(count, room))
+            held = self._read_count + self._read_extra
+            admitted, total = _within_bytes(counts, count, held, s.raft_max_pending_reads)
             reason = None if admitted == count else READ_QUEUE_FULL
             limit = s.raft_max_pending_read_bytes
             fits, self._read_bytes = _within_bytes(sizes, admitted, self._read_bytes, limit)
             if fits < admitted:
                 admitted, reason = fits, READ_QUEUE_BYTES_FULL
+                total = held + sum(counts[:admitted])
             self._read_count += admitted
+            self._read_extra += total - held - admitted
             self.reads_admitted += admitted
         return admitted, reason, self._generation
 
-    def release_read_bytes(self, size: int, generation: int) -> None:
-        """A read admitted with ``size`` bytes was answered (a read admitted before the
-        last ``reset`` releases nothing: the reset zeroed its bytes)."""
+    def release_read_bytes(self, size: int, generation: int, extra: int = 0) -> None:
+        """A read admitted with ``size`` bytes and ``extra`` further reads (a ``$batch``)
+        was answered (a read admitted before the last ``reset`` releases nothing: the reset
+        zeroed its bytes)."""
         with self._lock:
             if generation == self._generation:
                 self._read_bytes = max(0, self._read_bytes - size)
+                self._read_extra = max(0, self._read_extra - extra)
 
     def release_reads(self, count: int) -> None:
         """Release read slots of reads answered without going through the read queue."""
@@ -238,19 +253,32 @@ class Queues:
         with self._lock:
             heapq.heappush(self._reads, (read_index, next(self._seq), from_, command))
 
-    def take_reads(self, position: int) -> list[tuple[Any, Any]]:
-        """Remove and return ``(from_, command)`` of every read whose index is ≤ ``position``,
-        in read-index order, releasing their slots. The caller answers them."""
+    def take_reads(self, position: int, limit: int | None = None) -> list[tuple[Any, Any]]:
+        """Remove and return ``(from_, command)`` of the reads whose index is ≤ ``position``,
+        in read-index order, releasing their slots; with ``limit``, only the first of them
+        that hold at most ``limit`` reads together (``read_count``; at least one), the rest
+        left for a later call (``reads_ready``). The caller answers them."""
         reads = self._reads
         if not reads or reads[0][0] > position:
             return []
         taken: list[tuple[Any, Any]] = []
+        left = limit
         with self._lock:
             while reads and reads[0][0] <= position:
+                if left is not None:
+                    count = read_count(reads[0][3])
+                    if taken and count > left:
+                        break
+                    left -= count
                 _, _, from_, command = heapq.heappop(reads)
                 taken.append((from_, command))
             self._read_count = max(0, self._read_count - len(taken))
         return taken
+
+    def reads_ready(self, position: int) -> bool:
+        """Whether a queued read's index is ≤ ``position`` (``take_reads`` would take it)."""
+        reads = self._reads
+        return bool(reads) and reads[0][0] <= position
 
     def take_all_reads(self) -> list[Any]:
         """Remove every queued read, releasing their slots; returns the reply handles."""
@@ -282,20 +310,23 @@ class ReadReply(ReplyTo):
     goes to ``inner``. Every path that ends a read answers it, so none needs to know its
     size."""
 
-    __slots__ = ("_generation", "_inner", "_queues", "_size")
+    __slots__ = ("_extra", "_generation", "_inner", "_queues", "_size")
 
-    def __init__(self, inner: ReplyTo, queues: Queues, size: int, generation: int) -> None:
+    def __init__(
+        self, inner: ReplyTo, queues: Queues, size: int, generation: int, extra: int = 0
+    ) -> None:
         super().__init__()
         self._inner = inner
         self._queues = queues
         self._size = size
         self._generation = generation
+        self._extra = extra
 
     def __repr__(self) -> str:
         return f"ReadReply({self._inner!r}, {self._size})"
 
     def _complete(self, ok: bool, value: Any) -> None:
-        self._queues.release_read_bytes(self._size, self._generation)
+        self._queues.release_read_bytes(self._size, self._generation, self._extra)
         if ok:
             self._inner.reply(value)
         else:
@@ -306,6 +337,53 @@ def command_bytes(command: Any) -> int:
     """The estimated bytes a commit's command occupies in the commit queue: the same
     estimate on admission (acceptor) and on hand-off to storage (server), so they match."""
     return approx_command_size(command)
+
+
+_BATCH: Final = "$batch"  # waraft.storage.BATCH (storage sits above this module)
+
+
+def read_count(command: Any) -> int:
+    """How many reads a read command stands for: a ``("$batch", commands)`` read its
+    commands' number (for commands packed as msgpack bytes, what the array's header says:
+    storage answers a packed batch whose data disagrees as one malformed command), any
+    other read 1. Constant time: it runs on the receive thread for every client read."""
+    if type(command) is not tuple or len(command) != 2 or command[0] != _BATCH:
+        return 1
+    payload = command[1]
+    if isinstance(payload, (list, tuple)):
+        return max(1, len(payload))
+    if isinstance(payload, (bytes, bytearray)):
+        return max(1, _packed_array_length(payload))
+    return 1
+
+
+def _packed_array_length(data: bytes | bytearray) -> int:
+    """The length in the msgpack array header ``data`` starts with (0 if it starts with no
+    array header)."""
+    if not data:
+        return 0
+    head = data[0]
+    if 0x90 <= head <= 0x9F:
+        return head & 0x0F
+    if head == 0xDC and len(data) >= 3:
+        return int.from_bytes(data[1:3], "big")
+    if head == 0xDD and len(data) >= 5:
+        return int.from_bytes(data[1:5], "big")
+    return 0
+
+
+def oversized_read(command: Any, limit: int) -> Any:
+    """The answer to a read holding more than ``limit`` reads
+    (``raft_max_reads_per_batch``), ``("error", ("badarg", text))``; None for any other.
+    Storage serves a ``$batch`` of reads in one turn, so one of 50,000 held its scheduler
+    and, queued many times over, grew the node without bound."""
+    count = read_count(command)
+    if count <= limit:
+        return None
+    return (
+        "error",
+        ("badarg", f"a $batch of {count} reads; at most {limit} (raft_max_reads_per_batch)"),
+    )
 
 
 def _within_bytes(sizes: Sequence[int], count: int, held: int, limit: int) -> tuple[int, int]:
@@ -331,4 +409,6 @@ __all__ = [
     "Queues",
     "ReadReply",
     "command_bytes",
+    "oversized_read",
+    "read_count",
 ]

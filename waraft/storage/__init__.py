@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import time
+from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ from waraft.distribution.reply import RemoteReplyTo
 from waraft.services import codec, env
 from waraft.services.codec import CodecError
 from waraft.services.logthrottle import LogThrottle
-from waraft.services.queues import READ_QUEUE_BYTES_FULL
+from waraft.services.queues import READ_QUEUE_BYTES_FULL, oversized_read, read_count
 from waraft.services.replies import coalesced_replies
 from waraft.storage.provider import (
     BAD_POSITION,
@@ -374,8 +375,18 @@ class StorageServer(otp.Process):
         self.queues = options.queues
         self.server: str = options.server_name
         # From the wire: local (non-consistent) reads and the applied position, for clients.
-        # Nothing that names a path or a module (snapshots, open, config) is reachable.
-        policy.allow(self.name, calls={"read": policy.CLIENT, "position": policy.CLIENT})
+        # Nothing that names a path or a module (snapshots, open, config) is reachable. A
+        # read from the wire passes a door (``_door``) and is admitted as a strong read is
+        # (``_remote_read``).
+        self._door_lock = allocate_lock()
+        self._at_door = 0
+        policy.allow(
+            self.name,
+            calls={
+                "read": policy.Rule(policy.CLIENT, guard=self._door),
+                "position": policy.CLIENT,
+            },
+        )
         self.self_id = options.self_id
         extra = env.get_env(options.application, "raft_storage_options", None) or {}
         if not isinstance(extra, dict):
@@ -404,6 +415,7 @@ class StorageServer(otp.Process):
             self._failed: str | None = None  # see _apply_failed
             self._failure_key = (self.node.id, self.name)
             self._write_back_timer: otp.TimerRef | None = None  # see _arm_write_back
+            self._more_reads = False  # a ("serve_reads",) is on its way (_serve_reads)
             self._sending: frozenset[str] = frozenset()  # see _create_snapshot
             # Apply messages (and the reads queued behind them) held while the provider's
             # buffer waits for its last write (``_hold``), the wake-up it promised when that
@@ -577,9 +589,10 @@ class StorageServer(otp.Process):
             logger.warning("storage %s: writes resumed; accepting commits", self.name)
 
     def _read_now(self, msg: ReadNowRequest) -> None:
-        self.queues.release_reads(1)
-        # A client's read (a $batch of reads, maybe): charged like those served in turns.
-        msg.from_.reply(self._read(msg.command, self._reply_budget()))
+        # Queued at the current position (its slot is held until it is taken), so that a
+        # burst of them is served in turns like the reads queued behind a position.
+        self.queues.submit_read(self.position.index, msg.from_, msg.command)
+        self._serve_reads()
 
     def _handle_apply(self, msg: ApplyRequest) -> None:
         """Apply one message of committed entries (held or not)."""
@@ -616,6 +629,11 @@ class StorageServer(otp.Process):
         elif msg == ("written",):
             self._wake_armed = False
             self._settle_writes()
+        elif msg == ("serve_reads",):
+            self._more_reads = False
+            self._serve_reads()
+            if self._corruption is not None:
+                raise self._corruption
         else:
             super().handle_info(msg)
         if self._corruption is not None:
@@ -1086,12 +1104,26 @@ class StorageServer(otp.Process):
         return result
 
     def _serve_reads(self) -> None:
-        reads = self.queues.take_reads(self.position.index)
+        """Answer the queued reads storage has reached, about ``raft_max_reads_per_batch``
+        reads a turn (a batch is never split: it reads one position); if more are ready,
+        serve them in a later turn, once the scheduler has run the processes waiting for
+        it (``otp.at_turn_end``), and the messages queued here meanwhile (a status call, an
+        apply). Served in one turn, 50,000 reads of one frame held a scheduler for seconds;
+        20 such frames a second, and the leader grew to 3.4 GB and was deposed."""
+        queues = self.queues
+        position = self.position.index
+        reads = queues.take_reads(position, queues.settings.raft_max_reads_per_batch)
         if reads:
-            limit = self.queues.settings.raft_max_read_reply_bytes
-            budget = _ReplyBudget(limit) if limit else None
+            budget = self._reply_budget()
             for from_, command in reads:
                 from_.reply(self._read(command, budget))
+        if queues.reads_ready(position) and not self._more_reads:
+            self._more_reads = True
+            if not otp.at_turn_end(("serve_reads", self.pid), self._continue_reads):
+                self._continue_reads()  # a thread process: behind what its mailbox holds
+
+    def _continue_reads(self) -> None:
+        otp.send(self.pid, ("serve_reads",))
 
     def _reply_budget(self) -> _ReplyBudget | None:
         """A fresh budget of ``raft_max_read_reply_bytes`` (None: unlimited)."""
@@ -1157,7 +1189,8 @@ class StorageServer(otp.Process):
     def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
         result = self._handle_call(request, from_)
         if self._corruption is not None:
-            from_.reply(result)
+            if result is not otp.NOREPLY:
+                from_.reply(result)
             raise self._corruption
         return result
 
@@ -1165,6 +1198,8 @@ class StorageServer(otp.Process):
         if not isinstance(request, tuple) or not request:
             return ("error", "badarg")
         kind = request[0]
+        if kind == "read" and isinstance(from_, RemoteReplyTo):
+            self._through_door(request)
         if kind == "read" and len(request) != 2:
             # Reachable from the wire (distribution.policy): answered, never a crash.
             return ("error", "badarg")
@@ -1185,15 +1220,12 @@ class StorageServer(otp.Process):
             # Why the provider emptied this replica's damaged data (None: it did not).
             return getattr(provider, "quarantine", None)
         if kind == "read":
-            # Clients read from the wire (distribution.policy): never the session rows, which
-            # hold every session's token (its capability) and recorded results, and charged
-            # to the reply budget as the strong reads served in turns are (one frame holds a
-            # $batch of a million reads of one large value).
-            remote = isinstance(from_, RemoteReplyTo)
+            if isinstance(from_, RemoteReplyTo):
+                return self._remote_read(request[1], from_)
             if touches_reserved_key(request[1]):
                 # A caller on this node (an operator, a test) may inspect the session table.
-                return RESERVED_KEY_ERROR if remote else provider.read(request[1], self.position)
-            return self._read(request[1], self._reply_budget() if remote else None)
+                return provider.read(request[1], self.position)
+            return self._read(request[1])
         if kind == "status":
             status = {
                 "name": self.name,
@@ -1230,6 +1262,49 @@ class StorageServer(otp.Process):
             return self._create_snapshot(name, kind == "create_witness_snapshot", keep, in_use)
         logger.warning("storage %s got an unexpected call %r", self.name, request)
         return ("error", "unknown_request")
+
+    def _door(self, sender: policy.Sender, request: Any) -> bool:
+        """The guard of ``read`` calls from the wire, on the receive thread: whether one more
+        may wait in this actor's mailbox. Reads that passed and are not taken yet
+        (``_through_door``) are bounded by ``raft_max_pending_reads`` (a batch larger than
+        the bound passes only into an empty door); past it the call is refused
+        (``refused``) before it takes any memory. Admission behind it (``_remote_read``)
+        bounds what this actor holds; this bounds its mailbox, which a client decoding at
+        half a core filled faster than storage serves."""
+        count = _door_count(request)
+        with self._door_lock:
+            held = self._at_door
+            if held and held + count > self.queues.settings.raft_max_pending_reads:
+                return False
+            self._at_door = held + count
+        return True
+
+    def _through_door(self, request: Any) -> None:
+        """A read call that passed ``_door`` is taken from the mailbox."""
+        count = _door_count(request)
+        with self._door_lock:
+            self._at_door = max(0, self._at_door - count)
+
+    def _remote_read(self, command: Any, from_: RemoteReplyTo) -> Any:
+        """A client's local read from the wire (``distribution.policy``). Never the session
+        rows, which hold every session's token (its capability) and recorded results. A
+        ``$batch`` of at most ``raft_max_reads_per_batch`` reads, admitted as the strong reads
+        are (``raft_max_pending_reads`` and ``raft_max_pending_read_bytes``, shared with
+        them: refused ``read_queue_full`` / ``read_queue_bytes_full``, which the client
+        retries) and served with them in turns, charged to the reply budget. Unadmitted,
+        one client's frames of 50,000 reads each piled up here without bound."""
+        if touches_reserved_key(command):
+            return RESERVED_KEY_ERROR
+        queues = self.queues
+        refused = oversized_read(command, queues.settings.raft_max_reads_per_batch)
+        if refused is not None:
+            return refused
+        admitted, reason = queues.admit_reads([(from_, command, None)])
+        if not admitted:
+            return ("error", reason)
+        queues.submit_read(self.position.index, admitted[0][0], command)
+        self._serve_reads()
+        return otp.NOREPLY
 
     def _open_snapshot(self, path: str, position: LogPos) -> Any:
         logger.info("storage %s at %s opens snapshot %s", self.name, self.position, position)
@@ -1436,6 +1511,13 @@ class _ReplyBudget:
             return result
 
         return read
+
+
+def _door_count(request: Any) -> int:
+    """The reads a ``read`` call stands for at the door (``StorageServer._door``)."""
+    if type(request) is tuple and len(request) == 2:
+        return read_count(request[1])
+    return 0
 
 
 def _snapshot_names(names: Any) -> frozenset[str]:
