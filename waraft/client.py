@@ -180,6 +180,10 @@ DEFAULT_MAX_BATCH: Final = 1000
 MAX_PACKED_READS: Final = DEFAULT_MAX_READS_PER_BATCH
 """Reads packed into one ``$batch`` at most, whatever ``max_batch`` says: nodes refuse a
 read of more than ``raft_max_reads_per_batch`` reads (by default this many)."""
+MAX_INFLIGHT_READS: Final = 5000
+"""Reads of a partition in flight at most (packed or not), whatever ``max_inflight`` says:
+a node admits ``raft_max_pending_reads`` (by default this many) reads of a partition, each
+read of a packed batch counted, and refuses the rest (``read_queue_full``, retried)."""
 DEFAULT_MAX_INFLIGHT: Final = 1000
 DEFAULT_MAX_INFLIGHT_PACKED: Final = 16384
 DEFAULT_MAX_RETRIES: Final = 100
@@ -903,6 +907,7 @@ class Client:
         self._delayed: list[tuple[float, int, _Request]] = []
         self._inflight: dict[int, _Batch] = {}
         self._inflight_items: dict[int, int] = {}
+        self._inflight_reads: dict[int, int] = {}  # of _inflight_items (MAX_INFLIGHT_READS)
         self._inflight_batches: dict[int, int] = {}  # per partition
         self._held: dict[int, list[_Entry]] = {}
         self._leaders: dict[int, str] = {}
@@ -1607,6 +1612,8 @@ class Client:
         if batch is not None:
             partition = batch.partition
             self._inflight_items[partition] -= batch.count
+            if batch.requests[0].kind == "read":
+                self._inflight_reads[partition] -= batch.count
             self._inflight_batches[partition] -= 1
             held = self._held.pop(partition, None)
             if held:
@@ -1650,12 +1657,12 @@ class Client:
                 if self._gathers(partition, total):
                     requests, total = self._gather(partition, kind, priority, requests)
                 else:
-                    room = max(0, self.max_inflight - self._inflight_items.get(partition, 0))
+                    room = max(0, self._room(partition, kind))
                     if room < total:
                         requests, rest = _take(requests, room)
                         self._held.setdefault(partition, []).extend(rest)
                         total = room
-                self._inflight_items[partition] = self._inflight_items.get(partition, 0) + total
+                self._took_room(partition, kind, total)
             if not requests:
                 continue
             node = self._target(partition, now)
@@ -1668,6 +1675,20 @@ class Client:
                 size = min(size, MAX_PACKED_READS)
             for chunk in _chunks(requests, size):
                 self._send(address, partition, kind, priority, chunk, now)
+
+    def _room(self, partition: int, kind: str) -> int:
+        """Under the lock: how many more requests of ``kind`` may go to ``partition`` now
+        (``max_inflight``; for reads also ``MAX_INFLIGHT_READS``)."""
+        room = self.max_inflight - self._inflight_items.get(partition, 0)
+        if kind == "read":
+            room = min(room, MAX_INFLIGHT_READS - self._inflight_reads.get(partition, 0))
+        return room
+
+    def _took_room(self, partition: int, kind: str, count: int) -> None:
+        """Under the lock: ``count`` requests of ``kind`` go in flight to ``partition``."""
+        self._inflight_items[partition] = self._inflight_items.get(partition, 0) + count
+        if kind == "read":
+            self._inflight_reads[partition] = self._inflight_reads.get(partition, 0) + count
 
     def _sampled_count(self, address: tuple[str, str], entries: list[_Entry]) -> int:
         """How many commands a frame to ``address`` carries if all were as large as the
@@ -1746,7 +1767,7 @@ class Client:
         self._counters["partition_holds"] += 1
         same = [e for e in held if e.kind == kind and e.priority == priority]
         waiting = sum([entry.count for entry in same])
-        room = self.max_inflight - self._inflight_items.get(partition, 0)
+        room = self._room(partition, kind)
         if not GATHER_AT <= waiting <= room:
             return [], 0
         others = [e for e in held if e.kind != kind or e.priority != priority]
@@ -1853,8 +1874,7 @@ class Client:
                 return
             requests = batch.materialize()
             if len(requests) > 1:
-                total = len(requests)
-                self._inflight_items[partition] = self._inflight_items.get(partition, 0) + total
+                self._took_room(partition, requests[0].kind, len(requests))
         if len(requests) == 1:
             requests[0].finish(("error", ("badarg", why)))
             return

@@ -663,6 +663,7 @@ def _storage_actor(provider: Any) -> Any:
     actor.name, actor.provider, actor.queues = "s", provider, _Queues()
     actor.position, actor.witness, actor.sessions = provider.position(), False, SessionTable()
     actor._notify_complete = False
+    actor._reads_served = actor._more_reads = False
     actor._merge_batches = bool(getattr(provider, "merge_batches", False))
     actor._check_results = not getattr(provider, "results_encode", False)
     return actor

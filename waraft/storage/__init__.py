@@ -415,7 +415,10 @@ class StorageServer(otp.Process):
             self._failed: str | None = None  # see _apply_failed
             self._failure_key = (self.node.id, self.name)
             self._write_back_timer: otp.TimerRef | None = None  # see _arm_write_back
-            self._more_reads = False  # a ("serve_reads",) is on its way (_serve_reads)
+            # See _serve_reads: a chunk of reads was served in this run of the scheduler,
+            # and (a thread process) a ("serve_reads",) is on its way.
+            self._reads_served = False
+            self._more_reads = False
             self._sending: frozenset[str] = frozenset()  # see _create_snapshot
             # Apply messages (and the reads queued behind them) held while the provider's
             # buffer waits for its last write (``_hold``), the wake-up it promised when that
@@ -1105,11 +1108,15 @@ class StorageServer(otp.Process):
 
     def _serve_reads(self) -> None:
         """Answer the queued reads storage has reached, about ``raft_max_reads_per_batch``
-        reads a turn (a batch is never split: it reads one position); if more are ready,
-        serve them in a later turn, once the scheduler has run the processes waiting for
-        it (``otp.at_turn_end``), and the messages queued here meanwhile (a status call, an
-        apply). Served in one turn, 50,000 reads of one frame held a scheduler for seconds;
-        20 such frames a second, and the leader grew to 3.4 GB and was deposed."""
+        reads at a time (a batch is never split: it reads one position). A scheduled actor
+        serves one such chunk per run of its scheduler: the reads ready after it, or queued
+        by the messages it handles next in the same run (reads from the wire, say), wait
+        until the scheduler has run the processes waiting for it (``otp.at_turn_end``). A
+        thread process serves the rest after the messages already in its mailbox (a status
+        call, an apply). Served in one turn, 50,000 reads of one frame held a scheduler for
+        seconds; 20 such frames a second, and the leader grew to 3.4 GB and was deposed."""
+        if self._reads_served:
+            return  # _turn_over serves them
         queues = self.queues
         position = self.position.index
         reads = queues.take_reads(position, queues.settings.raft_max_reads_per_batch)
@@ -1117,13 +1124,19 @@ class StorageServer(otp.Process):
             budget = self._reply_budget()
             for from_, command in reads:
                 from_.reply(self._read(command, budget))
-        if queues.reads_ready(position) and not self._more_reads:
+        else:
+            return
+        if otp.at_turn_end(("serve_reads", self.pid), self._turn_over):
+            self._reads_served = True
+        elif queues.reads_ready(position) and not self._more_reads:
             self._more_reads = True
-            if not otp.at_turn_end(("serve_reads", self.pid), self._continue_reads):
-                self._continue_reads()  # a thread process: behind what its mailbox holds
+            otp.send(self.pid, ("serve_reads",))
 
-    def _continue_reads(self) -> None:
-        otp.send(self.pid, ("serve_reads",))
+    def _turn_over(self) -> None:
+        """The scheduler ran the others (its thread, this actor suspended): serve on."""
+        self._reads_served = False
+        if self.queues.reads_ready(self.position.index):
+            otp.send(self.pid, ("serve_reads",))
 
     def _reply_budget(self) -> _ReplyBudget | None:
         """A fresh budget of ``raft_max_read_reply_bytes`` (None: unlimited)."""
