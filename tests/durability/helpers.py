@@ -152,11 +152,15 @@ def strong_read_mismatches(client: Client, expected: dict[str, Any]) -> dict[str
 
 
 def local_mismatches(
-    node: str, expected: dict[str, Any], partitions: int, chunk: int = 2000
+    node: str, expected: dict[str, Any], partitions: int, chunk: int | None = None
 ) -> dict[str, Any]:
     """Keys whose value in ``node``'s own storage (a local read through its storage actor
-    over distribution, no Raft involved) is not the expected one."""
+    over distribution, no Raft involved) is not the expected one. Read ``chunk`` keys at a
+    time, by default as many as one read may hold (``raft_max_reads_per_batch``)."""
     from waraft import storage
+    from waraft.core.settings import Settings
+
+    chunk = chunk or Settings().raft_max_reads_per_batch
 
     by_partition: dict[int, list[str]] = {}
     for key in expected:
