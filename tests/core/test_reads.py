@@ -131,6 +131,21 @@ def test_lease_read_hits_while_the_quorum_is_fresh() -> None:
     assert node.core.held_reads == [("r", "get", 2)]
 
 
+def test_an_answer_that_waited_out_a_pause_renews_no_lease() -> None:
+    # The leader was paused (GC, SIGSTOP) for longer than the lease; the followers' answers to
+    # its last heartbeat waited in its mailbox and arrived at once on resume. Taken at their
+    # arrival time they renewed the lease, and the leader served reads the leader the others
+    # elected meanwhile had overwritten (simulator seeds 81571 and 82049).
+    node = lease_leader()
+    node.handle(Timeout(TimeoutKind.HEARTBEAT), now=100)  # sent at 100
+    node.rpc(N2, AppendEntriesResponse(2, True, 2, 2), now=1500)  # resumed at 1500
+    node.rpc(N3, AppendEntriesResponse(2, True, 2, 2), now=1500)
+    assert not [e for e in node.handle(read(), now=1500) if isinstance(e, ReadNow)]
+    node.handle(Timeout(TimeoutKind.HEARTBEAT), now=1510)  # a new round renews it
+    node.rpc(N2, AppendEntriesResponse(2, True, 2, 2), now=1520)
+    assert node.handle(read(), now=1530) == [ReadNow("r", "get")]
+
+
 def test_lease_misses_until_the_term_has_committed() -> None:
     node = make_leader(settings=settings(raft_leader_read_lease_ms=1000))
     assert not [e for e in node.handle(read(), now=1) if isinstance(e, ReadNow)]

@@ -164,5 +164,8 @@ def check_timeout(core: Replica) -> bool:
         core.handover = None
         core.handover_lease_state = LEASE_PENDING_RECONFIRMATION
         core.heartbeat_reply_ts = {}
+        # Only answers to what is sent from now on renew the lease.
+        core.lease_sends = {}
+        core.lease_acks = {}
         return True
     return False

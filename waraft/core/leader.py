@@ -101,6 +101,7 @@ def handle_rpc(core: Replica, sender: Identity, payload: Payload) -> None:
 def on_append_success(core: Replica, sender: Identity, response: AppendEntriesResponse) -> None:
     node = sender.node
     replication.update_heartbeat_reply_ts(core, node)
+    replication.credit_lease(core, node, response.prev_log_index)
     match = response.match_index
     next_index = core.next_indices.get(node, core.first_current_term_log_index)
     core.match_indices[node] = match
@@ -125,6 +126,7 @@ def on_append_failure(core: Replica, sender: Identity, response: AppendEntriesRe
     node = sender.node
     core.count("leader.append.failure")
     replication.update_heartbeat_reply_ts(core, node)
+    replication.credit_lease(core, node, response.prev_log_index)
     snapshot.maybe_request_snapshot(core, sender, response.match_index, response.last_applied_index)
     # Trust the follower's end of log: it may have installed a snapshot since.
     core.next_indices[node] = response.match_index + 1

@@ -90,7 +90,7 @@ def lease_miss(core: Replica, read_index: int) -> str | None:
         return "pending_reconfirmation"
     if core.commit_index < core.first_current_term_log_index:
         return "not_current_term"
-    last_quorum = core.last_quorum_ts
+    last_quorum = replication.lease_quorum_ts(core)  # by send times, not answer times
     if last_quorum is None:
         return "no_quorum_ts"
     if core.last_applied < read_index:

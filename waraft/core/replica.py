@@ -136,6 +136,10 @@ class Replica:
         self.last_applied_indices: dict[str, int] = {}
         self.heartbeat_send_ts: dict[str, int] = {}
         self.heartbeat_reply_ts: dict[str, int] = {}
+        # Read lease (``replication.credit_lease``): per peer, the append_entries sent and not
+        # yet answered as (prev index, sent at), and the send time of the latest one answered.
+        self.lease_sends: dict[str, deque[tuple[int, int]]] = {}
+        self.lease_acks: dict[str, int] = {}
         self.inflight: dict[str, int] = {}  # append_entries sent per peer, not yet answered
         # Entries sent per peer and not yet acknowledged: (last index of a message, its
         # estimated bytes) in send order, and their total (raft_max_bytes_in_flight).

@@ -14,7 +14,7 @@ the heartbeat timeout (``maybe_heartbeat``), it tops a lagging peer up between r
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from waraft.core import commit, config, snapshot
 from waraft.core.effects import Apply, ApplyItem
@@ -80,6 +80,7 @@ def replicate_to_peer(core: Replica, peer: Identity, cfg: Config, quiesce: bool 
         core.count("leader.heartbeat.not_ready")
         last_term = log.term(last)
         core.send(peer, AppendEntries(last, last_term or 0, [], core.commit_index, 0))
+        _note_lease_send(core, node, last)
         return
     max_entries = settings.raft_max_log_entries_per_heartbeat
     max_bytes = settings.raft_max_heartbeat_size
@@ -107,6 +108,7 @@ def replicate_to_peer(core: Replica, peer: Identity, cfg: Config, quiesce: bool 
     core.send(
         peer, AppendEntries(prev_index, prev_term, entries, commit_index, trim_index, quiesce)
     )
+    _note_lease_send(core, node, prev_index)
     core.inflight[node] = core.inflight.get(node, 0) + 1
     if entries and byte_limit > 0:
         size = _sent_size(core, prev_index, entries, peer in cfg.witness)
@@ -307,6 +309,54 @@ def _byte_floor(core: Replica, applied: int) -> int:
     if log.retained_from(applied, limit) <= log.first_index():
         return 0
     return log.retained_from(applied, limit - limit // 4)
+
+
+# -- read lease ------------------------------------------------------------------------------
+#
+# A follower that takes a leader's append_entries grants no vote to anyone else for a minimum
+# election timeout from then (leader stickiness), and the leader holds a read lease from a
+# time when a majority did. That time must be when the answered request was *sent* (which
+# is before it was taken), not when the answer arrived: answers that waited in a paused
+# leader's mailbox (a GC pause, SIGSTOP) arrived seconds after the followers had elected
+# someone else, and read as a fresh lease they let it serve stale reads (simulator seeds
+# 81571 and 82049). Answers carry their request's prev index and come in order: each is
+# matched to the oldest unanswered request with that prev index. A lost request or answer
+# only makes later matches older than the truth (a shorter lease, never a longer one).
+
+LEASE_SENDS_MAX: Final = 256
+"""Unanswered append_entries remembered per peer for the lease; past it, new ones are not
+(their answers then match older ones, or none)."""
+
+
+def _note_lease_send(core: Replica, node: str, prev_index: int) -> None:
+    if core.settings.raft_leader_read_lease_ms <= 0:
+        return
+    sends = core.lease_sends.get(node)
+    if sends is None:
+        sends = core.lease_sends[node] = deque()
+    if len(sends) < LEASE_SENDS_MAX:
+        sends.append((prev_index, core.now))
+
+
+def credit_lease(core: Replica, node: str, prev_index: int) -> None:
+    """``node`` answered an append_entries whose prev index was ``prev_index``: it took one
+    sent at the matched request's send time or later."""
+    sends = core.lease_sends.get(node)
+    if not sends or all(prev != prev_index for prev, _ in sends):
+        return  # not remembered (past LEASE_SENDS_MAX): no credit
+    prev, sent_at = sends.popleft()
+    while prev != prev_index:  # older requests, or their answers, were lost
+        prev, sent_at = sends.popleft()
+    if sent_at > core.lease_acks.get(node, -1):
+        core.lease_acks[node] = sent_at
+
+
+def lease_quorum_ts(core: Replica) -> int | None:
+    """The latest time a majority of members (self: now) took our append_entries sent
+    then or later; None if no majority has answered one."""
+    values = dict(core.lease_acks)
+    values[core.node] = core.now
+    return config.compute_member_quorum(values, core.current_config())
 
 
 # -- liveness --------------------------------------------------------------------------------

@@ -119,6 +119,8 @@ def advance_term(core: Replica, term: int, voted_for: str | None) -> None:
     core.match_indices = {}
     core.last_applied_indices = {}
     core.heartbeat_send_ts = {}
+    core.lease_sends = {}
+    core.lease_acks = {}
     core.inflight = {}
     core.inflight_sent = {}
     core.inflight_bytes = {}
