@@ -4,7 +4,7 @@ Every incoming connection costs this node a file descriptor and libzmq's buffers
 one that completed its handshake stays open as long as its peer wants. Without a cap a single
 client key exhausted a node's descriptors with idle connections: the log, storage and snapshot
 code then failed to open files and the node exited. So the ZAP handler (the liveness thread,
-see :class:`GatedLiveness`) refuses a handshake, before it completes, when the key already
+see ``Liveness._answer_zap``) refuses a handshake, before it completes, when the key already
 holds its share of connections (``max_conns_per_client_key`` for client and admin keys,
 ``max_conns_per_node_key`` for node keys) or when the node holds its total
 (:func:`connection_budget`; client and admin keys together get at most three quarters of it, so
@@ -34,17 +34,6 @@ import logging
 import resource
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-import zmq
-from zmq.utils import z85
-from zmq.utils.monitor import parse_monitor_message
-
-from waraft.distribution.liveness import Liveness
-from waraft.services.logthrottle import LogThrottle
-
-if TYPE_CHECKING:
-    from waraft.distribution.runtime import Dist
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +53,6 @@ REFUSED_STATUS = b"400"
 with silence and keeps the connection, and its descriptor, until the handshake times out
 (``HANDSHAKE_MS``), which is just what the caps are to prevent; a 400 closes it at once and
 tells the client (its handshake fails with status 400)."""
-
-_MAX_EVENTS = 1024  # monitor events taken per step (libzmq queues up to 1000)
-_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,100 +192,3 @@ def peer_host(fd: int) -> str | None:
         return None
     finally:
         sock.detach()
-
-
-class GatedLiveness(Liveness):
-    """The liveness thread with the connection caps in its ZAP handler and ROUTER monitor."""
-
-    def __init__(
-        self,
-        dist: Dist,
-        ctx: zmq.Context[zmq.Socket[bytes]],
-        router_monitor: zmq.Socket[bytes],
-        zap: zmq.Socket[bytes] | None,
-        limits: ConnLimits,
-    ) -> None:
-        super().__init__(dist, ctx, router_monitor, zap)
-        self.ledger = ConnLedger(limits)
-        self._failed_last = False  # the last monitor event was a handshake failure
-        self._refused = LogThrottle()
-        self.counts["conns_authenticated"] = 0  # a gauge: only this dict has it
-
-    def _router_event(self) -> None:
-        events = _drain_with_values(self._router_monitor)
-        last_close = {v: i for i, (k, v) in enumerate(events) if k == zmq.EVENT_DISCONNECTED}
-        ledger = self.ledger
-        for i, (kind, value) in enumerate(events):
-            if kind == zmq.EVENT_ACCEPTED:
-                self._count("conn_accepted")
-                # A descriptor closed later in this batch may be reused already: no address.
-                closed_later = last_close.get(value, -1) > i
-                ledger.accepted(value, None if closed_later else peer_host(value))
-            elif kind == zmq.EVENT_DISCONNECTED:
-                self._count("conn_closed")
-                ledger.closed(value, authenticated=not self._failed_last)
-            elif kind & _FAILED:
-                self._count("handshake_failed")
-            self._failed_last = bool(kind & _FAILED)
-        self.counts["conns_authenticated"] = ledger.granted
-
-    def _authenticate(self) -> None:
-        # Every connection a waiting request can belong to was accepted before the request
-        # was made: take those events first, so the grant finds its connection.
-        self._router_event()
-        super()._authenticate()
-
-    def _answer_zap(self, zap: zmq.Socket[bytes], frames: list[bytes]) -> None:
-        refusal = self._over_cap(frames)
-        if refusal is None:
-            super()._answer_zap(zap, frames)
-            self.counts["conns_authenticated"] = self.ledger.granted
-            self.counts["conn_grants_unattached"] = self.ledger.unattached
-            return
-        request_id = frames[1] if len(frames) > 1 else b""
-        zap.send_multipart([b"1.0", request_id, REFUSED_STATUS, b"too many connections", b"", b""])
-
-    def _over_cap(self, frames: list[bytes]) -> str | None:
-        """Why this handshake is refused for the caps (counted, logged), or None: then its
-        key is either not allowed at all (the base handler refuses it) or granted a slot."""
-        curve = self._dist.curve
-        if curve is None or len(frames) < 7 or frames[5] != b"CURVE" or len(frames[6]) != 32:
-            return None
-        public = z85.encode(frames[6])
-        user = curve.user_for(public)
-        if user is None:
-            return None
-        key = user or "key:" + public.decode()
-        member = not user or user.startswith("node:")
-        host = frames[3].decode(errors="replace")
-        reason = self.ledger.admit(key, member, host)
-        if reason is not None:
-            self._count(f"conn_refused_{reason}_cap")
-            count = self._refused.ready()
-            if count:
-                logger.warning(
-                    "refused %d connection(s) over the connection caps (latest: %s from %s, "
-                    "%s cap; %d connections authenticated)",
-                    count,
-                    key,
-                    host,
-                    reason,
-                    self.ledger.granted,
-                )
-        return reason
-
-
-def _drain_with_values(monitor: zmq.Socket[bytes]) -> list[tuple[int, int]]:
-    """Every (event, value) waiting on ``monitor`` (at most ``_MAX_EVENTS`` at a time)."""
-    events: list[tuple[int, int]] = []
-    for _ in range(_MAX_EVENTS):
-        try:
-            message = monitor.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            break
-        try:
-            parsed = parse_monitor_message(message)
-            events.append((int(parsed["event"]), int(parsed["value"])))
-        except (RuntimeError, ValueError, KeyError):
-            continue  # not a monitor message: nothing to act on
-    return events

@@ -31,6 +31,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from waraft.distribution import envelope, nodeid
+from waraft.distribution.conncaps import REFUSED_STATUS, ConnLedger, ConnLimits, peer_host
 from waraft.distribution.links import apply_curve_client
 from waraft.distribution.peers import Peer, PeerState
 from waraft.otp.threadname import set_os_name
@@ -98,6 +99,7 @@ class Liveness(threading.Thread):
         ctx: zmq.Context[zmq.Socket[bytes]],
         router_monitor: zmq.Socket[bytes],
         zap: zmq.Socket[bytes] | None,
+        limits: ConnLimits,
     ) -> None:
         super().__init__(name="dist:liveness", daemon=True)
         self._dist = dist
@@ -119,6 +121,12 @@ class Liveness(threading.Thread):
         self._keys_gen = dist.cluster_gen  # the keys the probes were opened with
         self.counts: dict[str, int] = {}
         dist.counters.add_dict(self.counts)
+        # The connection caps (``conncaps``): authenticated connections, counted by the
+        # ROUTER monitor's events and granted by the ZAP handler.
+        self.ledger = ConnLedger(limits)
+        self._failed_last = False  # the last monitor event was a handshake failure
+        self._refused = LogThrottle()
+        self.counts["conns_authenticated"] = 0  # a gauge: only this dict has it
 
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -325,7 +333,7 @@ class Liveness(threading.Thread):
         dist = self._dist
         events = _drain_events(probe.monitor)
         faulted = peer.node_id in dist.fault_in() or peer.node_id in dist.fault_out()
-        for event in events:
+        for event, _ in events:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 probe.connected_at = time.monotonic()
                 probe.excused = False
@@ -374,19 +382,32 @@ class Liveness(threading.Thread):
 
     # ------------------------------------------------------------------ router monitor, ZAP
     def _router_event(self) -> None:
-        for kind in _drain_events(self._router_monitor):
+        events = _drain_events(self._router_monitor)
+        last_close = {v: i for i, (k, v) in enumerate(events) if k == zmq.EVENT_DISCONNECTED}
+        ledger = self.ledger
+        for i, (kind, value) in enumerate(events):
             if kind == zmq.EVENT_ACCEPTED:
                 self._count("conn_accepted")
+                # A descriptor closed later in this batch may be reused already: no address.
+                closed_later = last_close.get(value, -1) > i
+                ledger.accepted(value, None if closed_later else peer_host(value))
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._count("conn_closed")
+                ledger.closed(value, authenticated=not self._failed_last)
             elif kind & _HANDSHAKE_FAILED:
                 self._count("handshake_failed")
+            self._failed_last = bool(kind & _HANDSHAKE_FAILED)
+        self.counts["conns_authenticated"] = ledger.granted
 
     def _authenticate(self) -> None:
         """Answer the waiting ZAP requests (RFC 27), at most ``_MAX_ZAP`` per step: CURVE
-        clients whose key is allowed get 200, every other client 400."""
+        clients whose key is allowed get 200 unless it is over its connection caps, every
+        other client 400."""
         zap = self._zap
         assert zap is not None
+        # Every connection a waiting request can belong to was accepted before the request
+        # was made: take those events first, so the grant finds its connection.
+        self._router_event()
         for _ in range(_MAX_ZAP):
             try:
                 frames = zap.recv_multipart(zmq.NOBLOCK)
@@ -411,11 +432,36 @@ class Liveness(threading.Thread):
             self._count("auth_denied")
             self._log_denied(mechanism)
             status = (b"400", b"key not allowed")
+        elif self._over_cap(user, frames[3].decode(errors="replace")):
+            status = (REFUSED_STATUS, b"too many connections")
+            user = None
         else:
             status = (b"200", b"OK")
-        # The User-Id (role and key name) rides on every message of the connection: the
-        # receive thread reads it to bind the connection's node id and rights to its key.
+            self.counts["conns_authenticated"] = self.ledger.granted
+            self.counts["conn_grants_unattached"] = self.ledger.unattached
+        # The User-Id (role, key name and key) rides on every message of the connection:
+        # the receive thread reads it to bind the connection's node id and rights to its key.
         zap.send_multipart([b"1.0", request_id, *status, (user or "").encode(), b""])
+
+    def _over_cap(self, user: str, host: str) -> bool:
+        """Whether the allowed key ``user`` connecting from ``host`` is over its connection
+        caps (counted, logged); if not, its connection is granted a slot."""
+        reason = self.ledger.admit(user, user.startswith("node:"), host)
+        if reason is None:
+            return False
+        self._count(f"conn_refused_{reason}_cap")
+        count = self._refused.ready()
+        if count:
+            logger.warning(
+                "refused %d connection(s) over the connection caps (latest: %s from %s, "
+                "%s cap; %d connections authenticated)",
+                count,
+                user,
+                host,
+                reason,
+                self.ledger.granted,
+            )
+        return True
 
     def _log_denied(self, mechanism: bytes) -> None:
         """Say that a client was refused, at most once a second: anyone who can reach the
@@ -448,22 +494,23 @@ class Liveness(threading.Thread):
             self._zap.close(linger=0)
 
 
-def _drain_events(monitor: zmq.Socket[bytes]) -> list[int]:
-    """Every event waiting on ``monitor`` (at most ``_MAX_EVENTS`` at a time).
+def _drain_events(monitor: zmq.Socket[bytes]) -> list[tuple[int, int]]:
+    """Every (event, value) waiting on ``monitor`` (at most ``_MAX_EVENTS`` at a time).
 
     Taking them all at once, not one per tick, matters beyond promptness: libzmq's I/O thread
     blocks once a monitor's queue is full, so a burst of connections (anyone can open TCP
     connections to the ROUTER, before any authentication) would otherwise pace every socket
     of the node to the liveness loop's rate.
     """
-    events: list[int] = []
+    events: list[tuple[int, int]] = []
     for _ in range(_MAX_EVENTS):
         try:
             message = monitor.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             break
         try:
-            events.append(int(parse_monitor_message(message)["event"]))
+            parsed = parse_monitor_message(message)
+            events.append((int(parsed["event"]), int(parsed["value"])))
         except (RuntimeError, ValueError, KeyError):
             continue  # not a monitor message: nothing to act on
     return events

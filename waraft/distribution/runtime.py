@@ -24,9 +24,10 @@ from typing import Any
 import zmq
 
 from waraft.distribution import envelope, inline, keys, nodeid
-from waraft.distribution.conncaps import ConnLimits, GatedLiveness, connection_budget
+from waraft.distribution.conncaps import ConnLimits, connection_budget
 from waraft.distribution.keys import KeyChanges
 from waraft.distribution.links import Outbound
+from waraft.distribution.liveness import Liveness
 from waraft.distribution.monitors import SIGNALS, DistSignals, allow_signals
 from waraft.distribution.peers import Peer, PeerLimitError, PeerState, PeerTable
 from waraft.distribution.receiver import Receiver
@@ -173,7 +174,7 @@ class Dist:
             self.otp_node = self._adopt_otp_node()
             self.signals = DistSignals(self)
             self.receiver = Receiver(self, router)
-            self.liveness = GatedLiveness(self, self._ctx, monitor, zap, self._conn_limits())
+            self.liveness = Liveness(self, self._ctx, monitor, zap, self._conn_limits())
         except BaseException:
             # Nothing runs yet: close what was opened so a failed start leaks nothing
             # (monitor mode off first: see liveness._close_monitored).

@@ -635,8 +635,6 @@ class StorageServer(otp.Process):
         elif msg == ("serve_reads",):
             self._more_reads = False
             self._serve_reads()
-            if self._corruption is not None:
-                raise self._corruption
         else:
             super().handle_info(msg)
         if self._corruption is not None:
