@@ -213,6 +213,21 @@ def test_a_shell_helper_for_a_partition_the_node_does_not_serve_says_so(
     assert "Traceback" not in done.stderr
 
 
+def test_the_server_api_answers_no_such_partition_from_a_node_without_it(
+    cluster: Cluster, nodes: str
+) -> None:
+    # adjust_config (and every admin verb) to a partition the node does not run ended a
+    # traceback with ``ExitError: refused``, a permission problem to read it.
+    code = (
+        "name = server.default_name('kv', 9); "
+        "print(server.adjust_config((name, NODE), ('add', Identity(name, NODE)))); "
+        "print(server.disable((name, NODE), 'x'))"
+    )
+    done = waraft("shell", "--attach", cluster.ids[0], "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["('error', 'no_such_partition')"] * 2
+
+
 def test_status_refuses_a_timeout_or_count_that_is_not_positive(nodes: str) -> None:
     for args in (["--timeout", "-1"], ["--timeout", "0"], ["--watch", "1", "--count", "0"]):
         done = waraft("status", "--nodes", nodes, *args)

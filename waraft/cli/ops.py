@@ -55,17 +55,17 @@ def _bootstrap_one(node: str, table: str, partition: int, config: Any, timeout: 
             return ("error", _exit_text(exc.reason))
     try:
         name = server.default_name(table, partition)
-        return server.bootstrap((name, node), BOOTSTRAP_POSITION, config)
+        answer = server.bootstrap((name, node), BOOTSTRAP_POSITION, config)
     except otp.ExitError as exc:
-        if exc.reason == "noproc":
-            return _named_missing(("error", ("call_error", "noproc")), table, partition)
         return ("error", _exit_text(exc.reason))
+    return _named_missing(answer, table, partition)
 
 
 def _named_missing(answer: Any, table: str, partition: int) -> Any:
-    """``answer``, or for a node without the partition's server (its admin process answers
-    ``("error", ("call_error", "noproc"))``, printed as such) one that says so."""
-    if answer == ("error", ("call_error", "noproc")):
+    """``answer``, or for a node without the partition's server (``NO_SUCH_PARTITION``;
+    ``bootstrap_many`` and older admin processes answer ``("error", ("call_error",
+    "noproc"))``, which was printed as such) one that says so."""
+    if answer in (server.NO_SUCH_PARTITION, ("error", ("call_error", "noproc"))):
         return ("error", f"serves no partition {partition} of table {table!r}")
     return answer
 

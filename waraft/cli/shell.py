@@ -47,18 +47,24 @@ class Helpers:
 
     def _on(self, call: Any, partition: int, node: str | None, *args: Any) -> Any:
         """``call(server address, *args)``, with a partition the node does not serve said as
-        such: the node refuses a name it does not run (``refused``, ``noproc``), which read
-        like a permission problem at the end of a traceback; and a node that cannot be
-        reached (``("nodedown", node)``) said in one line too."""
+        such: the API answers ``NO_SUCH_PARTITION`` or fails ``noproc``, where a bare
+        ``ExitError: refused`` read like a permission problem at the end of a traceback
+        (``refused`` now means a key without the right, or a node of an older build: both
+        are named); and a node that cannot be reached (``("nodedown", node)``) said in one
+        line too."""
         from waraft import otp
+        from waraft.partition import server
 
+        where = node or self.target
         try:
-            return call(self._server(partition, node), *args)
+            answer = call(self._server(partition, node), *args)
         except otp.ExitError as exc:
-            where = node or self.target
-            if exc.reason in ("refused", "noproc"):
+            if exc.reason == "noproc":
+                raise self._unserved(partition, where) from None
+            if exc.reason == "refused":
                 raise ShellError(
-                    f"{where} serves no partition {partition!r} of table {self.table!r}"
+                    f"{where} refused the call: this key lacks the right, or (an older "
+                    f"node) it serves no partition {partition!r} of table {self.table!r}"
                 ) from None
             if _is_unreachable(exc.reason):
                 why = " (not running, another address, or it refuses these keys)"
@@ -66,6 +72,12 @@ class Helpers:
                     why = common.HANDSHAKE_HINT
                 raise ShellError(f"{where} is unreachable{why}") from None
             raise
+        if answer == server.NO_SUCH_PARTITION:
+            raise self._unserved(partition, where)
+        return answer
+
+    def _unserved(self, partition: int, node: str) -> ShellError:
+        return ShellError(f"{node} serves no partition {partition!r} of table {self.table!r}")
 
     def nodes(self) -> list[str]:
         """The cluster's nodes: the members of the target's partitions, else those given."""

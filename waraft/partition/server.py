@@ -184,9 +184,12 @@ def _bootstrap_dir(database: str, position: LogPos) -> str:
     return tempfile.mkdtemp(prefix=storage.bootstrap_prefix(position), dir=database)
 
 
+NAME_PREFIX: Final = "raft_server_"
+
+
 def default_name(table: str, partition: int) -> str:
     """``raft_server_<table>_<partition>``."""
-    return f"raft_server_{table}_{partition}"
+    return f"{NAME_PREFIX}{table}_{partition}"
 
 
 def _coalesce_settings(application: Any) -> int:
@@ -980,35 +983,52 @@ _ADMIN_CALL = policy.Rule(policy.ADMIN, limited=True)
 _READ_CALL = policy.Rule(policy.CLIENT, limited=True)
 
 
+_ADMIN_VERBS: Final = (
+    "bootstrap",
+    "promote",
+    "trigger_election",
+    "resign",
+    "handover",
+    "disable",
+    "enable",
+    "adjust_config",
+)
+
+
+def _remote_calls() -> dict[str, policy.Rule]:
+    """The calls other nodes may make to a server: read-only ones for clients, the admin
+    verbs for admins."""
+    return {
+        "status": _READ_CALL,
+        "current_config": _READ_CALL,
+        "handover_candidates": _READ_CALL,
+        "is_peer_ready": _READ_CALL,
+        **{verb: _ADMIN_CALL for verb in _ADMIN_VERBS},
+    }
+
+
 def allow_remote(name: str) -> None:
     """What other nodes may send the server registered as ``name`` (see
     ``waraft.distribution.policy``): members' Raft RPCs, read-only status for clients, the
     admin verbs for admins. ``snapshot_available`` (it names a directory) and the casts that
     only local processes send are not reachable from the wire."""
-    admin_verbs = (
-        "bootstrap",
-        "promote",
-        "trigger_election",
-        "resign",
-        "handover",
-        "disable",
-        "enable",
-        "adjust_config",
-    )
     policy.allow(
         name,
         casts={
             "rpcs": policy.Rule(policy.MEMBER, guard=_rpcs_from_sender),
             "handover": _ADMIN_CALL,
         },
-        calls={
-            "status": _READ_CALL,
-            "current_config": _READ_CALL,
-            "handover_candidates": _READ_CALL,
-            "is_peer_ready": _READ_CALL,
-            **{verb: _ADMIN_CALL for verb in admin_verbs},
-        },
+        calls=_remote_calls(),
     )
+
+
+def answer_unserved_calls() -> None:
+    """Have this node fail a call to a partition's server it does not run with ``noproc``,
+    as a local call does, when the caller has the right the call needs: refused (a name
+    without rules), a missing partition read as a permission problem, and the API could not
+    tell it from one (see ``call_verb``). A caller without the right is still refused.
+    Idempotent."""
+    policy.allow_prefix(NAME_PREFIX, calls=_remote_calls())
 
 
 def start_link(options: RaftOptions) -> otp.Pid:
@@ -1034,8 +1054,28 @@ def child_spec(options: RaftOptions) -> dict[str, Any]:
 # -- the API ------------------------------------------------------------------------------------
 
 
+NO_SUCH_PARTITION: Final = ("error", "no_such_partition")
+"""The answer of the API calls whose answers are ``"ok"`` / ``("error", reason)`` (the admin
+verbs, ``is_peer_ready``) when the node runs no server of that name: the client's answer for a
+partition a node does not serve (``waraft.acceptor.NO_SUCH_PARTITION``)."""
+
+
 def _call(server: otp.Target, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
     return otp.call(server, request, timeout)
+
+
+def call_verb(server: otp.Target, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+    """``request`` to ``server``, whose answer is ``"ok"`` / ``("error", reason)``:
+    ``NO_SUCH_PARTITION`` if no process has the name there (a partition the node does not
+    run, remote calls included once the node answers them: ``answer_unserved_calls``). Other
+    failures raise ``otp.ExitError`` as before: a node that cannot be reached, a timeout, a
+    caller without the right (``refused``), a server that exited while answering."""
+    try:
+        return otp.call(server, request, timeout)
+    except otp.ExitError as exc:
+        if exc.reason == "noproc":
+            return NO_SUCH_PARTITION
+        raise
 
 
 def status(server: otp.Target, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
@@ -1114,7 +1154,7 @@ def _check_config(config: Any) -> Config:
 def bootstrap(server: otp.Target, position: LogPos, config: Config, data: Any = None) -> Any:
     """Make a brand-new replica part of a cluster: ``"ok"`` or ``("error", reason)``."""
     request = ("bootstrap", _check_position(position), _check_config(config), data)
-    return _call(server, request, STORAGE_TIMEOUT)
+    return call_verb(server, request, STORAGE_TIMEOUT)
 
 
 def bootstrap_request(
@@ -1147,17 +1187,17 @@ def promote(
     replica with ``config`` first.
     """
     checked = None if config is None else _check_config(config)
-    return _call(server, ("promote", term_or_offset, bool(force), checked), STORAGE_TIMEOUT)
+    return call_verb(server, ("promote", term_or_offset, bool(force), checked), STORAGE_TIMEOUT)
 
 
 def trigger_election(server: otp.Target, term_or_offset: Any = "current") -> Any:
     """Start an election now."""
-    return _call(server, ("trigger_election", term_or_offset))
+    return call_verb(server, ("trigger_election", term_or_offset))
 
 
 def resign(server: otp.Target) -> Any:
     """A leader steps down."""
-    return _call(server, ("resign",))
+    return call_verb(server, ("resign",))
 
 
 def handover(server: otp.Target, peer: str | None = None) -> Any:
@@ -1166,7 +1206,7 @@ def handover(server: otp.Target, peer: str | None = None) -> Any:
     ``invalid_peer`` (no voting member), ``duplicate``, ``peer_lagging``, ``oversize``,
     ``no_valid_peer``, and ``("cannot_lead", why)`` for a target the leader knows cannot take
     over (``witness``, ``down``, ``unresponsive``)."""
-    return _call(server, ("handover", peer))
+    return call_verb(server, ("handover", peer))
 
 
 def handover_async(server: otp.Target, peer: str | None = None) -> None:
@@ -1182,23 +1222,25 @@ def handover_candidates(server: otp.Target) -> list[str]:
 
 def is_peer_ready(server: otp.Target, peer: Identity) -> Any:
     """``"ok"`` or ``("error", not_a_participant | not_ready | not_leader)``."""
-    return _call(server, ("is_peer_ready", Identity(*peer)))
+    return call_verb(server, ("is_peer_ready", Identity(*peer)))
 
 
 def disable(server: otp.Target, reason: Any) -> Any:
     """Take the replica out of the protocol; ``reason`` is persisted (one msgpack cannot
     encode is answered ``("error", ("badarg", text))``)."""
-    return _call(server, ("disable", reason))
+    return call_verb(server, ("disable", reason))
 
 
 def enable(server: otp.Target) -> Any:
     """Bring a disabled replica back (as stalled)."""
-    return _call(server, ("enable",))
+    return call_verb(server, ("enable",))
 
 
 def adjust_config(server: otp.Target, action: Any, index: int | None = None) -> Any:
-    """Change the membership; answered ``("ok", LogPos)`` as soon as the entry is appended."""
-    return _call(server, ("adjust_config", action, index))
+    """Change the membership; answered ``("ok", LogPos)`` as soon as the entry is appended,
+    ``("error", reason)`` if refused (``not_leader``, ``would_lose_quorum``, ...), and
+    ``NO_SUCH_PARTITION`` by a node that does not run the partition."""
+    return call_verb(server, ("adjust_config", action, index))
 
 
 def refresh_config(server: otp.Target) -> Any:
@@ -1217,10 +1259,14 @@ def notify_complete(server: otp.Target) -> None:
 
 
 __all__ = [
+    "NAME_PREFIX",
+    "NO_SUCH_PARTITION",
     "RaftServer",
     "adjust_config",
+    "answer_unserved_calls",
     "bootstrap",
     "bootstrap_request",
+    "call_verb",
     "child_spec",
     "default_name",
     "disable",

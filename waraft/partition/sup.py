@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from waraft import otp
-from waraft.partition import acceptor, part_sup
+from waraft.partition import acceptor, part_sup, server
 from waraft.services import env
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def start_link(
     ).ensure_started()  # node-wide transport & catch-up
     with acceptor.starting_partitions():
         acceptor.answer_unserved_partitions()
+        server.answer_unserved_calls()
         pid = otp.supervisor.start_link(
             dict(FLAGS), [part_sup.child_spec(application)], name=default_name(application)
         )
