@@ -201,15 +201,31 @@ def test_shell_runs_code_against_a_running_node(cluster: Cluster, nodes: str) ->
     assert failing.returncode == 1 and "ZeroDivisionError" in failing.stderr
 
 
-@pytest.mark.parametrize("call", ["promote(9)", "status(9)", "resign(7)", "trigger_election(9)"])
+@pytest.mark.parametrize(
+    "call",
+    ["promote(9)", "status(9)", "resign(7)", "trigger_election(9)", "handover(9)", "leader(9)"],
+)
 def test_a_shell_helper_for_a_partition_the_node_does_not_serve_says_so(
     cluster: Cluster, nodes: str, call: str
 ) -> None:
     # It ended a traceback with ``ExitError: refused``: a missing partition read as a
-    # permission problem.
+    # permission problem. handover(9) answered ("error", "no_leader") and leader(9) None,
+    # as for a partition between two leaders.
     done = waraft("shell", "--attach", cluster.ids[0], "-c", call)
     assert done.returncode == 1
     assert f"serves no partition {call[-2]} of table 'kv'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_interactive_shell_says_a_helper_refusal_in_one_line(
+    cluster: Cluster, nodes: str
+) -> None:
+    done = waraft("shell", "--attach", cluster.ids[0], "--plain", stdin="handover(9)\n")
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "serves no partition" in line]
+    assert len(said) == 1 and said[0].endswith(
+        f"error: {cluster.ids[0]} serves no partition 9 of table 'kv'"
+    ), done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -109,10 +109,16 @@ class Helpers:
         return None
 
     def leader(self, partition: int = 1) -> str | None:
-        """The node that leads ``partition`` (as the cluster reports it)."""
+        """The node that leads ``partition`` (as the cluster reports it), None if no node
+        knows one; an error if the target does not serve the partition and no node knows a
+        leader (None read as an election under way)."""
         from waraft.cli import ops
+        from waraft.partition import server
 
-        return ops.find_leader(self.nodes(), self.table, partition)[0]
+        found = ops.find_leader(self.nodes(), self.table, partition)[0]
+        if found is None:
+            self._on(server.status, partition, None)  # the target has it, or the error says
+        return found
 
     # -- admin -----------------------------------------------------------------------------------
 
@@ -141,7 +147,7 @@ class Helpers:
         leader = self.leader(partition)
         if leader is None:
             return ("error", "no_leader")
-        return server.handover(self._server(partition, leader), to)
+        return self._on(server.handover, partition, leader, to)
 
     def bootstrap_cluster(
         self,
@@ -396,8 +402,20 @@ def _repl(ns: dict[str, Any], text: str, args: argparse.Namespace) -> int:
     if interactive and not args.plain and (_try_ptpython(ns, text) or _try_ipython(ns, text)):
         return 0
     _readline_completion(ns)
-    code.interact(banner=text if interactive else "", local=ns, exitmsg="")
+    Console(ns).interact(banner=text if interactive else "", exitmsg="")
     return 0
+
+
+class Console(code.InteractiveConsole):
+    """The plain REPL: a helper's refusal (``ShellError``) is one ``error: ...`` line, as
+    with ``-c``, not a traceback through the helpers' code."""
+
+    def showtraceback(self) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ShellError):
+            self.write(f"error: {exc}\n")
+            return
+        super().showtraceback()
 
 
 def _try_ptpython(ns: dict[str, Any], text: str) -> bool:
