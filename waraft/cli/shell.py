@@ -16,7 +16,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from waraft.cli import common
 from waraft.cli.common import UsageError
@@ -149,6 +149,71 @@ class Helpers:
             return ("error", "no_leader")
         return self._on(server.handover, partition, leader, to)
 
+    def disable(self, partition: int, reason: Any, node: str | None = None) -> Any:
+        """Take ``node``'s (default: the target's) replica of ``partition`` out of the
+        protocol until ``enable``; ``reason`` is persisted and shown by its status."""
+        from waraft.partition import server
+
+        return self._on(server.disable, partition, node, reason)
+
+    def enable(self, partition: int = 1, node: str | None = None) -> Any:
+        """Bring ``node``'s (default: the target's) disabled replica of ``partition`` back."""
+        from waraft.partition import server
+
+        return self._on(server.enable, partition, node)
+
+    # -- membership (on the partition's leader) ------------------------------------------------
+
+    def adjust_config(
+        self,
+        partition: int = 1,
+        action: str = "refresh",
+        node: str | None = None,
+        index: int | None = None,
+    ) -> Any:
+        """Change ``partition``'s membership on its leader: ``action`` is ``"refresh"`` or a
+        verb of ``waraft.server.adjust_config`` (``add``, ``add_witness``, ``add_participant``,
+        ``add_witness_participant``, ``promote_participant_if_ready``, ``remove``,
+        ``remove_witness``, ``remove_membership``, ``demote_to_witness``) for ``node`` (a
+        node id); ``index``: only if the config is still that of this log index. ``("ok",
+        LogPos)`` once the change is appended, else ``("error", reason)`` (``no_leader`` if
+        no node knows one)."""
+        from waraft.core.types import Identity
+        from waraft.partition import server
+
+        change: Any = action
+        if action != "refresh":
+            if node is None:
+                raise ShellError(f"adjust_config({partition}, {action!r}) needs the node")
+            change = (action, Identity(server.default_name(self.table, partition), node))
+        leader = self.leader(partition)
+        if leader is None:
+            return ("error", "no_leader")
+        return self._on(server.adjust_config, partition, leader, change, index)
+
+    def add_member(self, partition: int, node: str, witness: bool = False) -> Any:
+        """Make ``node`` a voting member (a witness if ``witness``) of ``partition``."""
+        return self.adjust_config(partition, "add_witness" if witness else "add", node)
+
+    def add_participant(self, partition: int, node: str, witness: bool = False) -> Any:
+        """Have ``node`` replicate ``partition`` without a vote, to catch up before
+        ``promote_participant``."""
+        verb = "add_witness_participant" if witness else "add_participant"
+        return self.adjust_config(partition, verb, node)
+
+    def promote_participant(self, partition: int, node: str) -> Any:
+        """Make participant ``node`` a voting member of ``partition`` once it has caught up
+        (``("error", "not_ready")`` until then)."""
+        return self.adjust_config(partition, "promote_participant_if_ready", node)
+
+    def demote_to_witness(self, partition: int, node: str) -> Any:
+        """Make member ``node`` a witness of ``partition`` (it votes, holds no data)."""
+        return self.adjust_config(partition, "demote_to_witness", node)
+
+    def remove_member(self, partition: int, node: str) -> Any:
+        """Take ``node`` out of ``partition``'s config (member, witness or participant)."""
+        return self.adjust_config(partition, "remove", node)
+
     def bootstrap_cluster(
         self,
         nodes: Sequence[str] | None = None,
@@ -220,6 +285,14 @@ HELPERS = (
     "trigger_election",
     "resign",
     "handover",
+    "disable",
+    "enable",
+    "adjust_config",
+    "add_member",
+    "add_participant",
+    "promote_participant",
+    "demote_to_witness",
+    "remove_member",
     "bootstrap_cluster",
     "commit",
     "read",
@@ -261,18 +334,24 @@ def namespace(helpers: Helpers) -> dict[str, Any]:
     return ns
 
 
+HELP: Final = """\
+helpers: status() [table of every node] status(p) leader(p) nodes()
+         promote(p, node, force) trigger_election(p, node) resign(p, node)
+         handover(p, to) disable(p, reason, node) enable(p, node)
+         bootstrap_cluster(nodes, table, partitions)
+members: add_member(p, node, witness) add_participant(p, node, witness)
+         promote_participant(p, node) demote_to_witness(p, node) remove_member(p, node)
+         adjust_config(p, action, node, index) [all on the partition's leader]
+data:    commit(p_or_key, cmd) read(p_or_key, cmd) write(k, v) get(k) delete(k) client()
+modules: waraft otp server acceptor dist env info; types Identity LogPos make_ref"""
+"""The helpers, as the banner and ``waraft shell --help`` list them."""
+
+
 def banner(helpers: Helpers) -> str:
-    lines = [
+    return (
         f"waraft shell on {helpers.target} (this node: {_this_node()}), table "
-        f"{helpers.table!r}, partitions {helpers.partitions}",
-        "helpers: status() [table of every node] status(p) leader(p) nodes()",
-        "         promote(p, node, force) trigger_election(p, node) resign(p, node)",
-        "         handover(p, to)",
-        "         bootstrap_cluster(nodes, table, partitions)",
-        "         commit(p_or_key, cmd) read(p_or_key, cmd) write(k, v) get(k) delete(k) client()",
-        "modules: waraft otp server acceptor dist env info; types Identity LogPos make_ref",
-    ]
-    return "\n".join(lines)
+        f"{helpers.table!r}, partitions {helpers.partitions}\n{HELP}"
+    )
 
 
 def _this_node() -> str:
@@ -286,6 +365,8 @@ def add_parser(sub: Any) -> None:
         "shell",
         help="interactive REPL with the API preloaded",
         description="An interactive Python shell with the waraft API and helpers preloaded.",
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--node", metavar="NAME@HOST:PORT", help="start a node in this process")
