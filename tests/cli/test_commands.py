@@ -92,6 +92,22 @@ def test_bootstrap_of_a_partition_the_nodes_do_not_serve_says_so(nodes: str) -> 
     assert "noproc" not in done.stdout
 
 
+def test_a_bootstrap_refused_as_a_whole_says_why_once(nodes: str) -> None:
+    # The reason was printed on every partition's line (once more before them), and
+    # "nodes were unreachable" on stderr for the --allow-unreachable of its advice.
+    done = waraft("bootstrap", "--nodes", nodes, "--partitions", "4,8-9", "--timeout", "5")
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    said = [line for line in lines if "every node must serve every partition" in line]
+    assert len(said) == 1 and said[0].startswith("not bootstrapped: "), done.stdout
+    for node in nodes.split(","):
+        assert f"{node} serves no partition 8-9" in said[0]
+    for p in (4, 8, 9):
+        assert f"kv.{p}: NO LEADER" in lines, done.stdout
+    assert "3 partition(s) failed" in lines
+    assert "unreachable" not in done.stderr, done.stderr
+
+
 def test_bootstrap_naming_other_nodes_than_the_running_members_leaves_them_alone(
     nodes: str,
 ) -> None:

@@ -252,19 +252,36 @@ def _bootstrap(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     else:
-        print()
-        for r in results:
-            outcome = f"leader {r.leader} (term {r.term})" if r.leader else "NO LEADER"
-            if r.error:
-                outcome += f"  ERROR: {r.error}"
-            elif r.warning:
-                outcome += f"  WARNING: {r.warning}"
-            print(f"{args.table}.{r.partition}: {outcome}")
-        print(_bootstrap_summary(results, failed))
+        _print_bootstrap(args.table, results, failed)
     hint = common.unreachable_hint(args)
-    if hint and any("unreachable" in str(r.error) for r in failed):
+    if hint and any(_names_unreachable(r.error) for r in failed):
         print(f"waraft bootstrap: nodes were unreachable{hint}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_bootstrap(table: str, results: list[Any], failed: list[Any]) -> None:
+    """One line per partition, then the summary; a reason the whole bootstrap was refused
+    for is printed once, not on every partition's line."""
+    from waraft.cli import ops
+
+    refusal = ops.refused_as_a_whole(results)
+    print()
+    for r in results:
+        outcome = f"leader {r.leader} (term {r.term})" if r.leader else "NO LEADER"
+        if r.error and refusal is None:
+            outcome += f"  ERROR: {r.error}"
+        elif r.warning:
+            outcome += f"  WARNING: {r.warning}"
+        print(f"{table}.{r.partition}: {outcome}")
+    if refusal is not None:
+        print(f"not bootstrapped: {refusal}")
+    print(_bootstrap_summary(results, failed))
+
+
+def _names_unreachable(error: str | None) -> bool:
+    """Whether a partition's error names a node that did not answer (the advice to pass
+    --allow-unreachable, which every refusal carries, is no such node)."""
+    return "unreachable" in str(error).replace("--allow-unreachable", "")
 
 
 def _bootstrap_summary(results: list[Any], failed: list[Any]) -> str:

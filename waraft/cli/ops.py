@@ -170,8 +170,7 @@ def bootstrap_cluster(
         untouched = [PartitionResult(p, "") for p in partitions]
         for result in untouched:
             result.error = problem
-        log(f"not bootstrapped: {problem}")
-        return untouched
+        return untouched  # (callers say it once: ``refused_as_a_whole``)
     conflicts = _member_conflicts(nodes, table, partitions)
     partitions = [p for p in partitions if p not in conflicts]
     intended = {p: nodes[(p - 1) % len(nodes)] for p in partitions}
@@ -212,6 +211,17 @@ def bootstrap_cluster(
     if balance:
         _balance(nodes, table, bootstrapped, time.monotonic() + timeout, log)
     return results
+
+
+def refused_as_a_whole(results: Sequence[PartitionResult]) -> str | None:
+    """The one reason every partition failed for without a node being asked to bootstrap
+    it (a node lacking a partition, one that did not answer, nodes of different clusters):
+    to say once, where each partition's line said it again (a thousand times for a
+    thousand partitions). None if anything was bootstrapped or reasons differ."""
+    reasons = {r.error for r in results}
+    if len(reasons) != 1 or any(r.bootstrap or r.leader for r in results):
+        return None
+    return reasons.pop()
 
 
 def _unreachable_is_a_warning(result: PartitionResult) -> None:

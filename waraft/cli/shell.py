@@ -232,6 +232,9 @@ class Helpers:
             allow_unreachable=allow_unreachable,
             log=print,
         )
+        refusal = ops.refused_as_a_whole(results)
+        if refusal is not None:
+            print(f"not bootstrapped: {refusal}")
         return {r.partition: r.error or r.leader for r in results}
 
     # -- data ------------------------------------------------------------------------------------
