@@ -483,6 +483,27 @@ def test_blocking_runs_on_io_threads_while_the_scheduler_serves_others() -> None
     assert otp.blocking(int, "7") == 7  # outside a process: a plain call
 
 
+class _ThreadNamer(otp.Process):
+    """Answers the name of the thread its ``otp.blocking`` call ran on."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return otp.blocking(lambda: threading.current_thread().name)
+
+
+def test_blocking_after_the_io_threads_stopped_runs_on_the_caller() -> None:
+    """The node stops its I/O threads after its processes had their time to stop: a blocking
+    call that comes later (a late terminate releasing a lock or closing a file) used to be
+    queued for threads that were gone, and its process waited for ever."""
+    node = _node("iostop@t", schedulers=1, io_threads=1)
+    try:
+        namer = _ThreadNamer.start(node=node)
+        assert otp.call(namer, "where", timeout=WAIT).startswith("otp:io:")
+        node._io_pool().stop(0.0)
+        assert otp.call(namer, "where", timeout=WAIT).startswith("otp:sched:")
+    finally:
+        node.stop()
+
+
 def test_blocking_in_a_thread_process_is_a_plain_call() -> None:
     node = _node("io2@t", process_type=otp.THREAD)
     syncer = Syncer.start(node=node)

@@ -1764,3 +1764,40 @@ def test_a_full_buffer_behind_a_stalled_flush_never_waits_for_room(
             assert reopened.read(("read", "t", f"b{index}"), reopened.position()) == ("ok", big)
     finally:
         reopened.close()
+
+
+class _Closer(otp.Process):
+    """A stand-in for a storage actor's terminate: closes the partition it is handed."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        request.close()
+        return "closed"
+
+
+def test_the_last_close_after_the_node_stopped_its_io_threads_closes_the_environment(
+    root: Path,
+) -> None:
+    """Node shutdown stops the I/O threads once every process had its time to stop; a storage
+    actor whose terminate comes after that (stopped late, or by hand) used to queue the
+    environment's close for I/O threads that were gone: it never returned and the exiting
+    process kept the environment open (a reopen in the same process failed as in use). The
+    close now runs on the caller when the I/O threads are stopped."""
+    otp_node = otp.Node("lmdbiostop@t", schedulers=1, io_threads=1, process_type=otp.SCHEDULED)
+    storage = open_part(root, 1)
+    node = storage._node
+    assert node is not None
+    seed(storage, "before")
+    try:
+        closer = _Closer.start(node=otp_node)
+        otp_node._io_pool().stop(time.monotonic() + 5.0)  # the node's shutdown order
+        assert otp.call(closer, storage, 10) == "closed"
+    finally:
+        otp_node.stop()
+    assert node.refs == 0 and str(root / NODE_DIR) not in NodeEnv._registry
+    with pytest.raises(lmdb.Error):
+        node.env.info()  # closed
+    reopened = open_part(root, 1)  # the environment's lock was let go
+    try:
+        assert reopened.read(("read", "t", "k"), reopened.position()) == ("ok", "before")
+    finally:
+        reopened.close()

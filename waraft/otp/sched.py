@@ -363,11 +363,18 @@ class IoPool:
     """A node's I/O threads: they run :func:`blocking` calls of scheduled processes (BEAM's
     dirty schedulers). Started on first use; ``Node(io_threads=...)`` or
     ``WARAFT_OTP_IO_THREADS`` (default 4) threads, so that several partitions' fsyncs can be
-    in flight at once while the schedulers keep running."""
+    in flight at once while the schedulers keep running.
+
+    Once ``stop`` has begun the pool takes no more jobs (``submit`` answers False): the node
+    stops them after its processes had their time to stop, and a process that comes to a
+    blocking call later (a terminate that ran late) must not queue it for threads that are
+    gone. Every job taken before is run before the threads end."""
 
     def __init__(self, node: _node.Node, count: int) -> None:
         self.node = node
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders ``submit`` against the stop's sentinels
+        self.stopped = False
         self.threads = [
             threading.Thread(target=self._run, name=f"otp:io:{node.id}:{i}", daemon=True)
             for i in range(count)
@@ -389,9 +396,20 @@ class IoPool:
             finally:
                 job.waker.fire()
 
+    def submit(self, job: _Job) -> bool:
+        """Queue ``job`` for the threads; False (not queued) once ``stop`` has begun."""
+        with self._lock:
+            if self.stopped:
+                return False
+            self.jobs.put(job)
+            return True
+
     def stop(self, deadline: float) -> None:
-        for _ in self.threads:
-            self.jobs.put(None)
+        with self._lock:
+            # Under the lock: a job queued after the sentinels would never run.
+            self.stopped = True
+            for _ in self.threads:
+                self.jobs.put(None)
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
@@ -411,15 +429,19 @@ def blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     In a scheduled process it runs on the node's I/O threads while the process is suspended,
     so the scheduler keeps running the node's other processes; the process handles nothing
     else meanwhile, exactly as if it had called ``fn`` itself. Elsewhere (a thread process, a
-    plain thread) it is a plain call. ``fn`` runs outside any process: it must not rely on
-    ``self_pid()`` or the current node.
+    plain thread) it is a plain call, and so it is once the node has begun to stop its I/O
+    threads (``IoPool.submit``): a process still running then (a terminate that came late in
+    the node's shutdown) would otherwise wait for ever, and what it was releasing (a file
+    lock, an environment, a writer) would stay held. ``fn`` runs outside any process: it
+    must not rely on ``self_pid()`` or the current node.
     """
     proc = scheduled_caller()
     if proc is None:
         return fn(*args, **kwargs)
     waker = _GreenWaker(proc)
     job = _Job(fn, args, kwargs, waker)
-    proc.node._io_pool().jobs.put(job)
+    if not proc.node._io_pool().submit(job):
+        return fn(*args, **kwargs)  # the node's I/O threads are stopping or gone
     waker.wait(None)
     if job.error is not None:
         raise job.error

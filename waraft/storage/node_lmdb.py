@@ -628,7 +628,10 @@ class NodeEnv:
         I/O threads when the caller is a scheduled process (``otp.blocking``: the storage
         actor's terminate): joining the threads, the final sync and the close stalled every
         process on its scheduler. It has returned before the caller goes on, so a storage
-        actor has let go of the environment before it exits and its successor reopens it."""
+        actor has let go of the environment before it exits and its successor reopens it.
+        Called after the node began stopping its I/O threads (a terminate late in the node's
+        shutdown), ``otp.blocking`` runs it on the caller: the environment is closed in any
+        shutdown order, never left open in a process that is exiting."""
         with NodeEnv._registry_lock:
             self.refs -= 1
             if self.refs > 0:
