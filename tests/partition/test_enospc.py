@@ -302,9 +302,12 @@ def _full_lmdb(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return state
 
 
-def _lmdb_node(tmp_path: Path, **settings: Any) -> otp.Node:
-    """A single-replica leader on the node's LMDB with a 4 KiB write-back buffer."""
-    options = {"lmdb_flush_bytes": 4096, "lmdb_flush_interval_ms": 600_000}
+def _lmdb_node(tmp_path: Path, *, sync: bool = False, **settings: Any) -> otp.Node:
+    """A single-replica leader on the node's LMDB with a 4 KiB write-back buffer (``sync``:
+    with ``lmdb_sync``, every apply its own fsynced commit)."""
+    options: dict[str, Any] = {"lmdb_flush_bytes": 4096, "lmdb_flush_interval_ms": 600_000}
+    if sync:
+        options["lmdb_sync"] = True
     settings = {"raft_storage_options": options, **settings}
     node = start_node(tmp_path, "n1", [1], settings, log_module=WAL, storage_module=NODE_LMDB)
     config = server.make_config([ident(node, 1)])
@@ -391,3 +394,37 @@ def test_applies_past_the_buffer_bound_on_a_full_lmdb_are_held_then_applied(
     assert [h.wait(20) for h in handles] == ["ok"] * len(handles)
     assert _storage_status(node)["held_applies"] == 0
     assert [_read(node, key) for key in range(100, 140)] == [("ok", BIG)] * 40
+
+
+def test_with_lmdb_sync_a_full_lmdb_refuses_writes_and_keeps_serving_reads_then_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lmdb_sync``: every apply waited for its own commit, so the apply that found the disk
+    full kept the storage actor from answering anything, reads and status included, until
+    there was room. Now it behaves as lazy sync does: the apply's write waits for room
+    without the apply, new writes are refused with ``commit_stalled``, reads are answered,
+    and everything resumes by itself when there is room, nothing acknowledged lost."""
+    node = _lmdb_node(tmp_path, sync=True)
+    pid = otp.whereis("raft_storage_test_1", node=node)
+    full = _full_lmdb(monkeypatch)
+    try:
+        caught = _commit(node, 100)  # its apply's write finds the disk full
+        wait_until(lambda: full["attempts"] > 0)
+        started = time.monotonic()
+        assert _read(node, 1, timeout=2) == ("ok", 1)  # strong: the leader's read index
+        assert _local_read(node, 1) == ("ok", 1)
+        _storage_status(node)
+        assert time.monotonic() - started < 2.0
+        wait_until(lambda: _storage_status(node)["writes_stalled"] is not None, timeout=5)
+        assert "disk full" in _storage_status(node)["writes_stalled"]
+        assert _commit(node, 101).wait(3) == ("error", "commit_stalled")
+        assert caught.wait(3) == "ok"  # in the log on a majority; durable there
+        assert _local_read(node, 100) == ("ok", 100)  # from the write waiting for room
+        status = _storage_status(node)
+        assert status["durable_position"] < status["position"]  # the log keeps entry 100
+    finally:
+        full["now"] = False  # space returns
+    assert wait_until(lambda: _commit(node, 102).wait(3) == "ok", timeout=20)
+    assert _storage_status(node)["writes_stalled"] is None
+    assert [_read(node, key) for key in (100, 101, 102)] == [("ok", 100), "not_found", ("ok", 102)]
+    assert otp.whereis("raft_storage_test_1", node=node) == pid  # no restart

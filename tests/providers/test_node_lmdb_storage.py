@@ -1801,3 +1801,58 @@ def test_the_last_close_after_the_node_stopped_its_io_threads_closes_the_environ
         assert reopened.read(("read", "t", "k"), reopened.position()) == ("ok", "before")
     finally:
         reopened.close()
+
+
+def test_lmdb_sync_an_apply_on_a_full_disk_returns_and_reads_are_served_until_room_returns(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lmdb_sync``: each apply waits for its own commit, and on a full disk that wait lasted
+    as long as the disk stayed full: the storage actor answered no read meanwhile. Now the
+    apply returns once the committer finds the disk full, its write left waiting for room as
+    a lazy flush is: reads take its row from it, the next applies are held, the partition is
+    stalled (new commits refused), and the durable position stays at the last committed
+    write until it lands (the log keeps the entry: a close meanwhile loses nothing)."""
+    storage, node, full = _failing_commits(
+        root, monkeypatch, errno.ENOSPC, "No space", lmdb_sync=True
+    )
+    assert storage.durable_position() == LogPos(3, 1)
+    returned = threading.Event()
+
+    def apply() -> None:
+        storage.apply(("write", "t", "k", "new"), LogPos(4, 1))
+        returned.set()
+
+    worker = threading.Thread(target=apply, daemon=True)
+    worker.start()
+    try:
+        assert returned.wait(3.0), "the apply waited for room on the full disk"
+        assert node.stalled is not None
+        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "new")
+        assert storage.read(("read", "t", "other"), storage.position()) == ("ok", 7)
+        assert storage.position() == LogPos(4, 1)
+        assert storage.durable_position() == LogPos(3, 1)  # not yet in LMDB
+        assert storage.applies_held()
+        assert storage.write_stalled() == node.stalled
+        woken = threading.Event()
+        assert storage.wake_when_written(woken.set)
+        full["now"] = False  # room returns
+        assert woken.wait(10)
+        assert not storage.applies_held() and storage.write_stalled() is None
+        assert storage.durable_position() == LogPos(4, 1)
+        storage.apply(("write", "t", "k", "after"), LogPos(5, 1))  # waits for its commit again
+        assert storage.durable_position() == LogPos(5, 1)
+        # Closed while a write waits for room: withdrawn, never committed; reopened at the
+        # last committed write (the log holds the rest).
+        full["now"] = True
+        storage.apply(("write", "t", "k", "stalled"), LogPos(6, 1))
+        assert storage.durable_position() == LogPos(5, 1)
+    finally:
+        worker.join(10)
+        storage.close()
+        full["now"] = False
+    reopened = open_lazy(root, 1, lmdb_sync=True)
+    try:
+        assert reopened.position() == LogPos(5, 1)
+        assert reopened.read(("read", "t", "k"), reopened.position()) == ("ok", "after")
+    finally:
+        reopened.close()

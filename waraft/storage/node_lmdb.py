@@ -74,7 +74,14 @@ failure costs:
 ``lmdb_sync=True`` fsyncs every group commit before any of its writes returns (data, then meta
 page): nothing of the environment is ever lost or torn, at the price of LMDB's copy-on-write
 pages written and flushed at every group commit (25-98 KiB of disk writes per client write at
-64 busy partitions, ``benchmarks/SCALE.md``). Whatever installs or replaces a partition's
+64 busy partitions, ``benchmarks/SCALE.md``). Each apply waits for its own write, except on
+a full disk: there the write waits for room in the committer and the apply does not
+(``NodeLmdbStorage._write_synced``), and the partition behaves as with lazy sync: the
+storage actor holds the applies that follow, new commits are refused (``commit_stalled``),
+reads are served (the stalled write's rows from it), and it resumes by itself once the write
+lands. The durable position stays at the last committed write meanwhile, so the log keeps
+the stalled entries (an apply acknowledged before its write landed is in the log, and a
+restart applies it again). Whatever installs or replaces a partition's
 state wholesale (a snapshot, a quarantine, a wiped directory) is synced before it returns either
 way: the log is reset to the snapshot's position right after.
 
@@ -1146,6 +1153,7 @@ class NodeLmdbStorage(LmdbStorage):
         self._unsynced: deque[tuple[int, LogPos]] = deque()
         self._durable = LogPos(0, 0)
         self._written = 0  # the generation of this partition's last group commit
+        self._writing = LogPos(0, 0)  # lmdb_sync: the position the apply being written brings
         # Lazy sync: the partition's last write, queued for a group commit and not yet waited
         # for, with the position it applies (see ``_write``); what failed one, for good.
         self._inflight: tuple[_Write, LogPos] | None = None
@@ -1343,10 +1351,17 @@ class NodeLmdbStorage(LmdbStorage):
     def durable_position(self) -> LogPos:
         """The applied position that survives power loss: with lazy sync, the position as of
         the node's last completed flush (the log must keep every entry above it); with
-        ``lmdb_sync`` every commit is flushed before it returns, so it is ``position()``."""
-        if self._sync:
-            return self._position
+        ``lmdb_sync`` every commit is flushed before it returns, so it is ``position()``, but
+        while an apply's write waits for room on a full disk (``_write_synced``): the position
+        before it until it lands."""
         inflight = self._inflight
+        if self._sync:
+            if inflight is None:
+                return self._position
+            if not inflight[0].done:
+                return self._durable
+            self._drain()  # committed already: no wait
+            return self._position
         if inflight is not None and inflight[0].done:
             self._drain()  # committed already: no wait, only its generation recorded
         self._settle()
@@ -1537,9 +1552,7 @@ class NodeLmdbStorage(LmdbStorage):
         first (``env``)."""
         node = self._open_node()
         if self._sync:
-            write = _Write(self._db, self._seed, ops, meta, self._path, self._lease)
-            node.commit(write)
-            self._written = write.generation
+            self._write_synced(node, ops, meta)
             return
         self._encode_raw()
         pending = self._pending
@@ -1551,6 +1564,32 @@ class NodeLmdbStorage(LmdbStorage):
             else:
                 pending[op] = None  # type: ignore[index]
         self._buffer_meta(meta, size)
+
+    def _write_synced(self, node: NodeEnv, ops: Ops, meta: list[tuple[bytes, bytes]]) -> None:
+        """``lmdb_sync``: commit the apply's write and wait until it is committed (fsynced),
+        raising what failed it (the apply then fails with the position unchanged).
+
+        On a full disk it is not waited for: once the committer finds the disk full
+        (``_caught_up``), the apply returns with its write left in flight, waiting for room
+        in the committer, as a lazy flush is. Waiting, as before, the storage actor served
+        no read for as long as the disk stayed full. The write is what the rest of a lazy
+        stall goes by: reads take its rows from it (``_lookup``), the storage actor holds
+        the applies that follow (``applies_held``: at most one write of a partition in
+        flight), has new commits refused (``write_stalled``) and is woken once it lands
+        (``wake_when_written``). Nothing acknowledged is lost meanwhile: the durable position
+        stays at the last committed write (``durable_position``), so the log keeps the
+        stalled entries, and a restart applies them again."""
+        write = _Write(self._db, self._seed, ops, meta, self._path, self._lease)
+        self._drain()  # at most one write in flight (applies are held behind a stalled one)
+        node.submit(write)
+        position = self._writing
+        self._inflight = (write, position)
+        if not self._caught_up():
+            return  # the disk is full: left in flight (see above)
+        self._inflight = None
+        NodeEnv.wait(write)  # raises what failed it: nothing applied, the apply fails
+        self._written = write.generation
+        self._durable = position
 
     def _buffer_meta(self, meta: list[tuple[bytes, bytes]], size: int) -> None:
         """Account for an apply whose rows (``size`` value bytes) just went into the buffer,
@@ -1784,6 +1823,9 @@ class NodeLmdbStorage(LmdbStorage):
             self._flush_pending()
 
     def applies_held(self) -> bool:
+        if self._sync:
+            # Each apply is a write of its own, and only one may be in flight.
+            return self._stalled_behind()
         return (
             self._pending_position is not None
             and self._pending_bytes >= self._buffer_max
@@ -1819,11 +1861,15 @@ class NodeLmdbStorage(LmdbStorage):
         label: Any,
         incomplete: bool,
     ) -> None:
+        self._writing = position  # the position ``_write_synced`` commits
         super()._commit(ops, position, config, label, incomplete)
         if not self._sync:
             self._buffered(position)
 
     def _note_unsynced(self, position: LogPos) -> None:
+        if self._sync:
+            self._durable = position  # committed means fsynced (``_write_synced``)
+            return
         unsynced = self._unsynced
         if unsynced and unsynced[-1][0] == self._written:
             unsynced.pop()  # one entry per generation: the newest position in it
