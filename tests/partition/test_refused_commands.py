@@ -40,6 +40,7 @@ class FailingOnce(SqliteStorage):
 
     trigger: ClassVar[list[Any]] = []  # the command (at most one), removed once it fires
     fired: ClassVar[list[Any]] = []
+    answers_ok = True  # raises or passes through
 
     def apply_batch(self, items: Any) -> list[Any]:
         _fail_once(items)
@@ -168,6 +169,8 @@ def test_a_crash_after_a_refusal_in_a_merged_batch_entry_never_loses_the_rest(
         pytest.skip("lmdb is not installed")
 
     class FailingOnceNodeLmdb(NodeLmdbStorage):  # type: ignore[misc,valid-type]
+        answers_ok = True
+
         def apply_batch(self, items: Any) -> list[Any]:
             _fail_once(items)
             return list(super().apply_batch(items))
@@ -231,6 +234,8 @@ def test_replicas_agree_after_one_fails_while_answering_a_refusal(tmp_path: Path
 class UnnamingStorage(FailingOnce):
     """A user's transactional provider that refuses a command without saying which
     (``UnknownCommandError.index`` None)."""
+
+    answers_ok = True
 
     def apply_batch(self, items: Any) -> list[Any]:
         try:

@@ -498,6 +498,8 @@ class RaisingStorage(SqliteStorage):
     """A user's durable provider whose apply raises for ``("boom", ...)``, as input
     validation might."""
 
+    answers_ok = True  # raises for boom, passes the rest through
+
     def apply_batch(self, items: Any) -> list[Any]:
         if any(type(c) is tuple and c[:1] == ("boom",) for c, _, _ in items):
             raise TypeError("boom needs an int")

@@ -19,6 +19,7 @@ from waraft.storage.provider import (
     CHECKSUM_FILE,
     InvalidIncompleteReplica,
     PartialApplyError,
+    SessionResultsError,
     SessionStoreError,
     StorageOptions,
     StorageProvider,
@@ -600,4 +601,67 @@ def test_a_transactional_subclass_that_overrides_only_apply_is_refused(kind: str
     def apply_batch(self: Any, items: Any) -> list[Any]:
         return list(base.apply_batch(self, items))
 
-    type("Counter", (base,), {"apply": AddingStorage.apply, "apply_batch": apply_batch})
+    own = {"apply": AddingStorage.apply, "apply_batch": apply_batch, "answers_ok": True}
+    type("Counter", (base,), own)
+
+
+def _passing_through(base: type[StorageProvider]) -> Any:
+    def apply_batch(self: Any, items: Any) -> list[Any]:
+        return list(base.apply_batch(self, items))
+
+    return apply_batch
+
+
+@pytest.mark.parametrize("kind", sorted(set(PROVIDERS) - {"memory"}))
+def test_a_transactional_subclass_must_say_what_its_apply_batch_answers(kind: str) -> None:
+    """``TransactionalStorage.apply_batch_then`` records "ok" for every command in the
+    exactly-once session table, in the batch's own transaction: a subclass whose
+    ``apply_batch`` answered anything else recorded the wrong result for retried requests,
+    without a word. A class that defines ``apply_batch`` now says ``answers_ok = True`` or
+    overrides ``apply_batch_then``; neither is refused when the class is made."""
+    base = PROVIDERS[kind]
+    batch = _passing_through(base)
+    with pytest.raises(TypeError, match="answers_ok"):
+        type("Frobber", (base,), {"apply_batch": batch})
+    with pytest.raises(TypeError, match="answers_ok"):
+        type("Frobber", (base,), {"apply_batch": batch, "answers_ok": False})
+    declared = type("Wrapper", (base,), {"apply_batch": batch, "answers_ok": True})
+    type("Below", (declared,), {})  # inherits apply_batch and its declaration
+    with pytest.raises(TypeError, match="answers_ok"):
+        type("Below", (declared,), {"apply_batch": batch})  # a new apply_batch says again
+
+    def apply_batch_then(self: Any, items: Any, finalize: Any) -> list[Any]:
+        return StorageProvider.apply_batch_then(self, items, finalize)
+
+    real = type("Real", (base,), {"apply_batch": batch, "apply_batch_then": apply_batch_then})
+    type("BelowReal", (real,), {"apply_batch": batch})  # its apply_batch_then records them
+
+
+@pytest.mark.parametrize("kind", sorted(set(PROVIDERS) - {"memory"}))
+def test_a_transactional_subclass_answering_other_than_ok_under_answers_ok_is_caught(
+    kind: str, tmp_path: Path
+) -> None:
+    """A class that declares ``answers_ok`` and answers something else: the session rows
+    committed with the batch say "ok"; ``apply_batch_then`` raises ``SessionResultsError``
+    (the storage actor disables the replica) instead of going on without a word."""
+    base = PROVIDERS[kind]
+
+    def apply_batch(self: Any, items: Any) -> list[Any]:
+        results = list(base.apply_batch(self, items))
+        return [("ok", "written"), *results[1:]]
+
+    lying = type("Lying", (base,), {"apply_batch": apply_batch, "answers_ok": True})
+    provider = lying.open(OPTIONS, tmp_path / "part")
+    try:
+        items = [(("write", "t", "k", 1), pos(1), None)]
+        with pytest.raises(SessionResultsError, match=r"Lying\.apply_batch answered"):
+            provider.apply_batch_then(items, lambda results: [("write", "t", "s", results)])
+        honest = base.open(OPTIONS, tmp_path / "other")
+        try:
+            got = honest.apply_batch_then(items, lambda results: [("write", "t", "s", results)])
+            assert got == ["ok"]
+            assert honest.read(("read", "t", "s"), honest.position()) == ("ok", ("ok",))
+        finally:
+            honest.close()
+    finally:
+        provider.close()

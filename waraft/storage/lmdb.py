@@ -476,6 +476,8 @@ class LmdbStorage(TransactionalStorage):
         )
         return [OK] * len(commands)
 
+    answers_ok: ClassVar[bool] = True  # every command applied answers "ok" (TransactionalStorage)
+
     def apply_batch(self, items: Sequence[ApplyItem]) -> list[Any]:
         """Apply every item in ONE transaction (all or nothing)."""
         if not items:

@@ -1658,6 +1658,8 @@ class NodeLmdbStorage(LmdbStorage):
         self._applied_buffered(position, label, label_row, size)
         return [OK] * len(commands)
 
+    answers_ok: ClassVar[bool] = True  # every command applied answers "ok" (TransactionalStorage)
+
     def apply_batch(self, items: Sequence[ApplyItem]) -> list[Any]:
         """As ``LmdbStorage.apply_batch``; with lazy sync, a chunk of plain writes and deletes
         whose keys and values need no encoding to be compared takes ``apply_many``'s fast

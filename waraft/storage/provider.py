@@ -142,6 +142,22 @@ class SessionStoreError(RuntimeError):
         )
 
 
+class SessionResultsError(SessionStoreError):
+    """A ``TransactionalStorage`` whose ``apply_batch`` answered other than ``"ok"`` for a
+    command: the session rows committed with it recorded ``"ok"`` (see
+    ``TransactionalStorage.answers_ok``). The storage actor disables its replica, which has
+    stored wrong results for retried requests: the provider must be fixed."""
+
+    def __init__(self, provider: str, results: Sequence[Any]) -> None:
+        wrong = next(result for result in results if result != OK)
+        RuntimeError.__init__(
+            self,
+            f"{provider}.apply_batch answered {clipped_repr(wrong)}, not 'ok', for a command "
+            "whose result the exactly-once session table recorded as 'ok' in the same "
+            f"transaction: {provider} declares answers_ok but must override apply_batch_then",
+        )
+
+
 class InvalidIncompleteReplica(StorageError):
     """The storage lacks data (a witness's) but the config makes this replica a data replica.
 
@@ -424,11 +440,32 @@ class TransactionalStorage(StorageProvider):
 
     A subclass adding commands of its own overrides ``apply_batch`` (apply them inside the one
     transaction, hand the rest to ``super()``), not ``apply``: the storage actor applies every
-    command through ``apply_batch`` or ``apply_many``, which never call ``apply`` here. A
-    subclass whose commands answer other than ``"ok"`` also overrides ``apply_batch_then``
-    (``StorageProvider.apply_batch_then`` does for one that is not one transaction). Defining
-    ``apply`` alone is refused when the class is made: every such command would be refused
-    ``unknown_command`` at run time."""
+    command through ``apply_batch`` or ``apply_many``, which never call ``apply`` here.
+    Defining ``apply`` alone is refused when the class is made: every such command would be
+    refused ``unknown_command`` at run time.
+
+    The ``"ok"`` that ``apply_batch_then`` records for each command is a prediction, and a
+    class that defines ``apply_batch`` must say whether it holds: either ``answers_ok = True``
+    in the same class body (every command answers ``"ok"``: a wrapper that only checks, logs
+    or raises, say) or an ``apply_batch_then`` other than this one, its own or a base's, that
+    records the real results (``StorageProvider.apply_batch_then`` does, in two steps, for a
+    provider that is not one transaction). A class that does neither is refused when it is
+    made: it used to record ``"ok"`` for a retried request whose command had answered
+    something else, without a word. What ``apply_batch`` returns is checked after the fact
+    as well: an answer other than ``"ok"`` under ``answers_ok`` raises
+    ``SessionResultsError`` (the storage actor disables the replica, whose session rows are
+    then wrong).
+
+    Why not have the real results inside the transaction instead: the transaction is the
+    provider's ``apply_batch``, and a subclass's commands are applied by its own code before
+    or around ``super().apply_batch``; knowing their results before the session rows are
+    written would take a transaction spanning two ``apply_batch`` calls in every provider
+    (and, in the node LMDB, a write-back buffer that must not flush between them). The
+    declaration costs a subclass one line and cannot be forgotten."""
+
+    answers_ok: ClassVar[bool] = False
+    """Declared by a class that defines ``apply_batch`` (see the class docstring): every
+    command its ``apply_batch`` applies answers ``"ok"``."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -444,6 +481,20 @@ class TransactionalStorage(StorageProvider):
                 "calling apply(), so its commands would be refused (unknown_command). "
                 "Add them in apply_batch() (see TransactionalStorage)."
             )
+        own = cls.__dict__
+        if (
+            ("apply_batch" in own or "answers_ok" in own)
+            and own.get("answers_ok") is not True
+            and cls.apply_batch_then is TransactionalStorage.apply_batch_then
+        ):
+            raise TypeError(
+                f"{cls.__qualname__} defines apply_batch() (or answers_ok) without saying "
+                "that every command answers 'ok': TransactionalStorage.apply_batch_then "
+                "records 'ok' as each command's result in the exactly-once session table. "
+                "Set answers_ok = True in the class if every command answers 'ok', else "
+                "override apply_batch_then() to record the real results (see "
+                "TransactionalStorage)."
+            )
 
     def apply_batch_then(
         self, items: Sequence[ApplyItem], finalize: Callable[[list[Any]], Sequence[Any]]
@@ -453,13 +504,15 @@ class TransactionalStorage(StorageProvider):
         extra = finalize([OK] * len(items))
         _, position, _ = items[-1]
         try:
-            self.apply_batch([*items, *((command, position, None) for command in extra)])
+            results = self.apply_batch([*items, *((command, position, None) for command in extra)])
         except UnknownCommandError as exc:
             if exc.index is not None and exc.index >= len(items):
                 # A refused session row, not one of ``items``: no retry without the command
                 # it names changes that (as in the default above).
                 raise SessionStoreError(type(self).__qualname__, exc) from exc
             raise
+        if results.count(OK) != len(results):  # the prediction ``finalize`` recorded
+            raise SessionResultsError(type(self).__qualname__, results)
         return [OK] * len(items)
 
 
@@ -594,6 +647,7 @@ __all__ = [
     "OK",
     "ApplyItem",
     "InvalidIncompleteReplica",
+    "SessionResultsError",
     "StorageCorruptionError",
     "StorageError",
     "StorageOptions",

@@ -149,6 +149,8 @@ class SqliteStorage(TransactionalStorage):
     def apply_config(self, config: Config, position: LogPos) -> Any:
         return self.apply_batch(((("config", config), position, None),))[0]
 
+    answers_ok: ClassVar[bool] = True  # every command applied answers "ok" (TransactionalStorage)
+
     def apply_batch(self, items: Sequence[ApplyItem]) -> list[Any]:
         """Apply every item in ONE transaction (all or nothing)."""
         if not items:
