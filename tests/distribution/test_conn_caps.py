@@ -113,6 +113,45 @@ def test_a_client_key_over_its_cap_is_refused_and_others_still_connect(
     wait_until(lambda: dist.stats()["conns_authenticated"] == 0, what="every slot freed")
 
 
+def _listening_member(ctx: zmq.Context[Any]) -> tuple[zmq.Socket[Any], int]:
+    """A ROUTER with n2's key on a port of its own (where a made-up id of n2's says n2 is,
+    so the node's probe to that id connects and the id stays up while it pings)."""
+    inbox = ctx.socket(zmq.ROUTER)
+    inbox.setsockopt(zmq.LINGER, 0)
+    inbox.setsockopt(zmq.CURVE_SERVER, 1)
+    inbox.setsockopt(zmq.CURVE_PUBLICKEY, KEYS["n2"][0])
+    inbox.setsockopt(zmq.CURVE_SECRETKEY, KEYS["n2"][1])
+    return inbox, inbox.bind_to_random_port("tcp://127.0.0.1")
+
+
+def test_a_node_key_claiming_many_ids_holds_only_a_few(
+    capped_node: str, ctx: zmq.Context[Any]
+) -> None:
+    """A node key may claim only ids named after it, but at every port of its host: a
+    member's key (buggy or stolen) listening on many ports and pinging from an id for each
+    filled the peer table with up peers (a review locked a client out with it)."""
+    from waraft.distribution.receiver import MAX_IDS_PER_NODE_KEY
+
+    member = Attacker(ctx, capped_node, name="n2", curve=_curve("n2"))
+    assert member.seen_link_id()  # its first id
+    claims = [_listening_member(ctx) for _ in range(MAX_IDS_PER_NODE_KEY + 7)]
+    socks = [member.connect(f"n2@127.0.0.1:{port}") for _, port in claims]
+    for i, sock in enumerate(socks):
+        sock.send(dist.envelope.ping_frame(i))
+    wait_until(lambda: dist.stats().get("rx_key_id_limit", 0) >= 8, what="ids refused")
+    held = [node_id for node_id in dist.peers() if node_id.startswith("n2@")]
+    assert len(held) == MAX_IDS_PER_NODE_KEY and member.node_id in held
+    assert member.seen_link_id()  # the member still speaks as its ids
+    other = Attacker(ctx, capped_node, name="other.proc", curve=_curve("other"))
+    assert other.seen_link_id()
+    for sock in socks:
+        sock.close(0)
+    for inbox, _ in claims:
+        inbox.close(0)
+    member.close()
+    other.close()
+
+
 # ------------------------------------------------------------------ the ledger alone
 LIMITS = ConnLimits(per_client_key=2, per_node_key=3, total=8)
 

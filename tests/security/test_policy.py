@@ -229,7 +229,7 @@ def _keyed_receiver(
     from waraft.distribution.peers import PeerTable
     from waraft.distribution.settings import DistSettings
 
-    keys.create(tmp_path, ["n1", "n2"], ["app", "web"], ["ops"])
+    keys.create(tmp_path, ["n1", "n2", "n3"], ["app", "web"], ["ops"])
     monkeypatch.setattr(sys.modules[__name__], "_KEYS_DIR", [tmp_path])
     frozen = time.monotonic()
     monkeypatch.setattr(
@@ -300,3 +300,30 @@ def test_client_keys_leave_room_in_the_peer_table_for_members_and_operators(
     assert rx._connection(_Head("web.x@127.0.0.1:2/a", "client:web")) is None
     assert rx._connection(_Head("ops.cli@127.0.0.1:3/b", "admin:ops")) is not None
     assert rx._connection(_Head("n2@127.0.0.1:4/c", "node:n2")) is not None
+
+
+def test_a_node_key_holds_a_few_ids_and_cannot_fill_the_peer_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node key may claim only ids named after it, but at any port: a member's key (buggy
+    or stolen) claiming ``n2@<its host>:<port>`` for every port filled the peer table, which
+    keeps up peers, and locked out every newcomer. It now holds ``MAX_IDS_PER_NODE_KEY``."""
+    from waraft.distribution.receiver import MAX_IDS_PER_NODE_KEY
+
+    rx, counts = _keyed_receiver(tmp_path, monkeypatch, max_peers=16)
+    rx._new_ids = policy.KeyedBuckets(1e6, 1e6)  # (the id cap is what this test is about)
+    admitted = [
+        rx._connection(_Head(f"n2@127.0.0.1:{port}/t", "node:n2")) is not None
+        for port in range(1000, 1100)
+    ]
+    assert sum(admitted) == MAX_IDS_PER_NODE_KEY and all(admitted[:MAX_IDS_PER_NODE_KEY])
+    assert counts["rx_key_id_limit"] == 100 - MAX_IDS_PER_NODE_KEY
+    assert len(rx._dist.peers.by_id) == MAX_IDS_PER_NODE_KEY
+    # The ids it holds still work, and everyone else gets in.
+    assert rx._connection(_Head("n2@127.0.0.1:1000/u", "node:n2")) is not None
+    for routing_id, user in (
+        ("web.x@127.0.0.1:2/a", "client:web"),
+        ("ops.cli@127.0.0.1:3/b", "admin:ops"),
+        ("n3@127.0.0.1:4/c", "node:n3"),
+    ):
+        assert rx._connection(_Head(routing_id, user)) is not None, (user, counts)

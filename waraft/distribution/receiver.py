@@ -63,6 +63,13 @@ DECODE_BURST_S = 2.0
 MAX_IDS_PER_KEY = 256
 """Node ids one client or admin key may hold in the peer table at a time (one per client
 process using the key; the table holds ``max_peers``, 1024 by default)."""
+MAX_IDS_PER_NODE_KEY = 4
+"""Node ids one node key may hold in the peer table at a time. A member is one process
+speaking as one id, ``<key name>@host:port`` (``CurveConfig.rights_for``); a member
+restarted on another port or host name holds its previous id too until that one is down and
+forgotten (``down_after`` + ``forget_after``), and this leaves room for a few such restarts.
+Without it a member's key could claim its name at every port of its host, each id up while
+it pinged, and fill the table: a review locked a client out that way."""
 CLIENT_RESERVE_SHARE = 8
 """One ``max_peers``-th of this share of the peer table is kept free of client keys' ids,
 for members and operators (128 of 1024 by default)."""
@@ -164,6 +171,8 @@ class Receiver(threading.Thread):
         # Unknown ids admitted per sender key (see _new_peer), and how many it holds.
         self._new_ids = policy.KeyedBuckets(rate, 2 * rate)
         self._ids_of_key = policy.IdCap(MAX_IDS_PER_KEY, dist.peers.by_id)
+        self._ids_of_node_key = policy.IdCap(MAX_IDS_PER_NODE_KEY, dist.peers.by_id)
+        self._node_id_cap = LogThrottle(10.0)  # a member over its cap is news, not a flood
         self._client_reserve = settings.max_peers // CLIENT_RESERVE_SHARE
         self._refusals = _Refusals(REFUSAL_TTL, _MAX_REFUSALS)
         self._limiter = policy.RateLimiter(
@@ -374,20 +383,47 @@ class Receiver(threading.Thread):
         Each sender key has its own rate of new ids (``new_peers_per_s``; without keys,
         nothing tells senders apart and all share one): one client key churning made-up
         ids took a node-wide bucket's every token, and new clients and admins were locked
-        out. A client or admin key may hold ``MAX_IDS_PER_KEY`` ids at a time (a review
-        kept 1,100 made-up ids of one key alive with pings, filling the table), checked
-        before any token is taken; a node key can only claim its own id. Client keys'
-        ids leave ``max_peers / CLIENT_RESERVE_SHARE`` entries of the table free."""
-        capped = user if user is not None and policy.MEMBER not in rights else None
-        if capped is not None and self._ids_of_key.full(capped, node_id, now):
+        out. Each key holds a bounded number of ids at a time (``_id_cap``; a review kept
+        1,100 made-up ids of one client key alive with pings, filling the table), checked
+        before any token is taken. Client keys' ids leave ``max_peers /
+        CLIENT_RESERVE_SHARE`` entries of the table free."""
+        cap = self._id_cap(user, rights)
+        key = user or ""
+        if cap is not None and cap.full(key, node_id, now):
+            if cap is self._ids_of_node_key:
+                self._log_node_id_cap(key, node_id)
             return "rx_key_id_limit"
-        if not self._new_ids.take(user or "", now):
+        if not self._new_ids.take(key, now):
             return "rx_new_peer_limited"
         reserve = 0 if policy.privileged(rights) else self._client_reserve
         peer = self._dist.peers.get(node_id, reserve)
-        if capped is not None:
-            self._ids_of_key.add(capped, node_id)
+        if cap is not None:
+            cap.add(key, node_id)
         return peer
+
+    def _id_cap(self, user: str | None, rights: frozenset[str]) -> policy.IdCap | None:
+        """The cap on the node ids the connection's key may hold: ``MAX_IDS_PER_NODE_KEY``
+        for a node key (a member, whose ids all carry its name but may name any port),
+        ``MAX_IDS_PER_KEY`` for a client or admin key (one id per process using it). None
+        without CURVE and for keys of the older, member-only form (user id ``""``): nothing
+        tells their senders apart, and one cap shared by all would hold the whole cluster's
+        members to it."""
+        if not user:
+            return None
+        return self._ids_of_node_key if policy.MEMBER in rights else self._ids_of_key
+
+    def _log_node_id_cap(self, user: str, node_id: str) -> None:
+        count = self._node_id_cap.ready()
+        if count:
+            logger.warning(
+                "refused node id %s: key %s holds %d node ids already (a member restarting "
+                "on new addresses gets in once its old ids are forgotten; otherwise the key "
+                "is misused); %d such refusals since the last line",
+                node_id,
+                _identity_of(user),
+                MAX_IDS_PER_NODE_KEY,
+                count,
+            )
 
     def _of_another_cluster(self, node_id: str, routing_id: bytes) -> bool:
         """Whether the connection is a node of another cluster than this node's (logged).
