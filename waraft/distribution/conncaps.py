@@ -11,21 +11,35 @@ holds its share of connections (``max_conns_per_client_key`` for client and admi
 members can always connect). A refused connection gets ZAP status 400 (``REFUSED_STATUS``), is
 closed at once and counted (``conn_refused_key_cap``, ``conn_refused_total_cap``).
 
-Accounting. libzmq tells the ZAP handler the key and the peer's IP address of a handshake,
-but not which TCP connection it belongs to; the ROUTER's monitor tells which connection
-(descriptor) was accepted and which one closed, and whether a connection that closed had
-failed its handshake (a handshake failure is reported immediately before its disconnect), but
-never the key. :class:`ConnLedger` joins the two: a granted handshake is attached to the
-newest connection from the same address that carries no grant yet (the one whose handshake
-is under way, in practice), and its slot is released when that connection closes. A grant
-attached to a connection whose handshake then failed moves to another connection of that
-address still without one (or is dropped if there is none). So every counted grant rides on a
-distinct live connection: the counts cannot outlive the connections, a closed connection frees
-its slot, and the total is exact. Only concurrent handshakes of different keys from one address
-can swap which key a connection is counted for until one of them closes. (That a handshake
-failure is reported right before its disconnect holds because the context has one I/O thread;
-the host of a connection is read with ``getpeername`` and must match what libzmq gives ZAP, or
-the grant is counted in ``conn_grants_unattached`` instead.)
+Accounting. libzmq tells the ZAP handler the key and the peer's IP address of a handshake
+(no port: RFC 27's address frame), but not which TCP connection it belongs to (the request's
+identity frame is the ROUTER's own routing id option, not the peer's); the ROUTER's monitor
+tells which connection (descriptor) was accepted and which one closed, and whether a connection
+that closed had failed its handshake (a handshake failure is reported immediately before its
+disconnect), but never the key. Nothing libzmq reports joins the two exactly before a
+connection sends its first message, and the caps must hold for connections that never send
+one. :class:`ConnLedger` joins them by address: a granted handshake is attached to the newest
+connection from the same address that carries no grant yet (the one whose handshake is under
+way, in practice), and its slot is released when that connection closes. A grant that arrives
+before its connection's accept event (the two travel on different pipes, and the ZAP request
+was seen first in about one handshake in ten under load) waits for the next connection
+accepted from its address, counted meanwhile (``PENDING_S`` at most, then dropped and counted
+in ``conn_grants_unattached``). A grant attached to a connection whose handshake then failed
+moves to another connection of that address still without one (or is dropped if there is
+none).
+
+What holds, exactly: every counted grant rides on (or waits for) a distinct live connection of
+its address, so the counts cannot outlive the connections, a closed connection frees its slot,
+and the node's total is exact; a key that is the only one connecting from its address is held
+to its cap exactly. What does not: concurrent handshakes of different keys from one address
+can swap which key a connection is counted for, and closing connections picks which grant is
+released; the keys connecting from one address can so shift slots among themselves, and one of
+them can hold more connections than its cap, but never more than its cap plus the slots the
+other keys of that address are counted for: together they never exceed the sum of their caps
+(``tests/distribution/test_conn_caps.py`` checks this against adversarial interleavings).
+Keys from different addresses never affect each other's counts. (That a handshake failure is
+reported right before its disconnect holds because the context has one I/O thread; the host of
+a connection is read with ``getpeername`` and must match what libzmq gives ZAP.)
 """
 
 from __future__ import annotations
@@ -33,6 +47,8 @@ from __future__ import annotations
 import logging
 import resource
 import socket
+import time
+from collections import deque
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -53,6 +69,11 @@ REFUSED_STATUS = b"400"
 with silence and keeps the connection, and its descriptor, until the handshake times out
 (``HANDSHAKE_MS``), which is just what the caps are to prevent; a 400 closes it at once and
 tells the client (its handshake fails with status 400)."""
+
+PENDING_S = 10.0
+"""Seconds a grant waits for its connection's accept event (see the module docstring): twice
+the handshake timeout (``HANDSHAKE_MS``), past which libzmq has closed a connection whose
+handshake never completed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +109,18 @@ class ConnLedger:
         # Per host, the live connections without a grant, oldest first.
         self._bare: dict[str | None, dict[int, None]] = {}
         self._held: dict[str, int] = {}
+        # Per host, grants whose connection's accept event has not been seen yet (counted),
+        # oldest first, with when each was made.
+        self._pending: dict[str | None, deque[tuple[str, float]]] = {}
         self.granted = 0
-        """Grants attached to live connections: the node's authenticated connections."""
+        """Grants counted: the node's authenticated connections (and those about to be)."""
         self.unattached = 0
         """Grants that found no connection of their host to ride on (not counted)."""
+
+    @property
+    def waiting(self) -> int:
+        """Grants counted that wait for their connection's accept event."""
+        return sum(len(pending) for pending in self._pending.values())
 
     def held(self, key: str) -> int:
         """Authenticated connections ``key`` holds."""
@@ -101,6 +130,14 @@ class ConnLedger:
         """The ROUTER accepted a connection on descriptor ``fd`` from ``host``."""
         if fd in self._conns:  # its close was never reported: it is closed now
             self.closed(fd, authenticated=True)
+        pending = self._pending.get(host)
+        if pending:
+            # Its grant came first (or another connection's of this host did: either way
+            # a slot of one of this host's keys rides on a live connection again).
+            self._conns[fd] = _Conn(host, pending.popleft()[0])
+            if not pending:
+                del self._pending[host]
+            return
         self._conns[fd] = _Conn(host)
         self._bare.setdefault(host, {})[fd] = None
 
@@ -118,16 +155,38 @@ class ConnLedger:
             # between the grant and the handshake's end): it moves to one still without.
             self._attach(conn.key, conn.host)
 
-    def admit(self, key: str, member: bool, host: str | None) -> str | None:
+    def admit(
+        self, key: str, member: bool, host: str | None, now: float | None = None
+    ) -> str | None:
         """Grant ``key`` one more connection from ``host`` (recorded), or say why not:
-        ``"key"`` (the key holds its cap) or ``"total"`` (the node holds its total)."""
+        ``"key"`` (the key holds its cap) or ``"total"`` (the node holds its total).
+        ``now``: the monotonic clock (read if not given), for grants that must wait for
+        their connection (:meth:`expire`)."""
         limits = self.limits
+        at = time.monotonic() if now is None else now
+        self.expire(at)
         if self.held(key) >= (limits.per_node_key if member else limits.per_client_key):
             return "key"
         if self.granted >= (limits.total if member else limits.client_total):
             return "total"
+        if not self._bare.get(host):
+            self._pending.setdefault(host, deque()).append((key, at))
+            self._count(key)
+            return None
         self._attach(key, host)
         return None
+
+    def expire(self, now: float) -> None:
+        """Drop the grants that waited ``PENDING_S`` for a connection (counted in
+        ``unattached``): their connection's accept event never came (it closed within
+        the batch of events that reported it, its address unknown)."""
+        for host in list(self._pending):
+            pending = self._pending[host]
+            while pending and now - pending[0][1] >= PENDING_S:
+                self._release(pending.popleft()[0])
+                self.unattached += 1
+            if not pending:
+                del self._pending[host]
 
     def _attach(self, key: str, host: str | None) -> None:
         bare = self._bare.get(host)
@@ -137,6 +196,9 @@ class ConnLedger:
         fd = next(reversed(bare))  # the newest: the one whose handshake is under way
         self._unbare(host, fd)
         self._conns[fd].key = key
+        self._count(key)
+
+    def _count(self, key: str) -> None:
         self._held[key] = self._held.get(key, 0) + 1
         self.granted += 1
 
