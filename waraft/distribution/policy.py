@@ -205,15 +205,17 @@ class TokenBucket:
 
 
 class DecodeBudget:
-    """Receive-thread time each untrusted sender may spend on decoding its frames.
+    """Receive-thread time each untrusted sender may spend on its frames.
 
-    Every frame is decoded on the one receive thread serving every peer, before admission
-    can look at it, and msgpack's cost follows the number of objects, not bytes: a client key
-    sending 8 MB frames of small integers kept the thread 95 % busy, its queue behind it grew
-    to 3 GB, and the node served little for 80 s after the attack ended. Each sender key
-    gets ``share`` seconds of decoding per second, up to ``burst`` banked; a frame that
-    arrives while its sender is in debt is dropped undecoded (a receive is a copy, not a
-    decode, so the backlog drains). Single-threaded (the receive thread)."""
+    Every frame is decoded, admitted and (for inline handlers) handled on the one receive
+    thread serving every peer, and msgpack's cost follows the number of objects, not bytes:
+    a client key sending 8 MB frames of small integers kept the thread 95 % busy, its queue
+    behind it grew to 3 GB, and the node served little for 80 s after the attack ended. Each
+    sender key gets ``share`` seconds of that thread per second, up to ``burst`` banked; the
+    caller charges everything a frame cost it (decoding only was not enough: admission's
+    depth walk and the acceptor's inline handling of a client batch cost twice as much). A
+    frame that arrives while its sender is in debt is dropped undecoded (a receive is a
+    copy, not a decode, so the backlog drains). Single-threaded (the receive thread)."""
 
     __slots__ = ("_burst", "_keys", "_max", "_share")
 
