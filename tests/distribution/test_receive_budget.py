@@ -21,7 +21,7 @@ import zmq
 
 from tests.security.attacker import Attacker
 from waraft import distribution as dist
-from waraft.distribution import inline, policy, receiver
+from waraft.distribution import inline, policy
 
 from .helpers import wait_until
 
@@ -36,16 +36,30 @@ FRAMES = 30
 """Frames sent at once: 1.5 s of handling, three times the burst a client key may bank."""
 
 
-@pytest.fixture
-def keyed_node() -> Iterator[str]:
+def _curve() -> dict[str, Any]:
     public, secret = KEYS["n1"]
-    curve = {
+    return {
         "public_key": public,
         "secret_key": secret,
         "server_keys": {name: pair[0] for name, pair in KEYS.items()},
         "identities": {pair[0]: (ROLES[name], name) for name, pair in KEYS.items()},
     }
-    node_id = dist.start("n1@127.0.0.1:0", curve=curve)
+
+
+@pytest.fixture
+def keyed_node() -> Iterator[str]:
+    node_id = dist.start("n1@127.0.0.1:0", curve=_curve())
+    try:
+        yield node_id
+    finally:
+        dist.stop()
+
+
+@pytest.fixture
+def whole_thread_node() -> Iterator[str]:
+    """A keyed node whose client keys may use the whole receive thread."""
+    settings = dist.DistSettings(client_receive_share=1.0)
+    node_id = dist.start("n1@127.0.0.1:0", curve=_curve(), settings=settings)
     try:
         yield node_id
     finally:
@@ -101,9 +115,11 @@ def test_a_client_keys_inline_handling_is_charged_to_its_budget(
     finally:
         app.close()
     dropped = dist.stats().get("rx_decode_limited", 0) - limited
-    # The key may bank DECODE_BURST_S of the thread's time: at COST a frame, and earning
-    # DECODE_SHARE of what it spends back meanwhile, it is in debt long before FRAMES.
-    allowed = receiver.DECODE_BURST_S / (COST * (1 - receiver.DECODE_SHARE))
+    # The key may bank client_receive_burst_s of the thread's time: at COST a frame, and
+    # earning client_receive_share of what it spends back meanwhile, it is in debt long
+    # before FRAMES.
+    settings = dist.DistSettings()
+    allowed = settings.client_receive_burst_s / (COST * (1 - settings.client_receive_share))
     assert dropped > 0
     assert len(handled) <= allowed + 2
 
@@ -117,4 +133,16 @@ def test_a_members_frames_are_never_throttled(
         wait_until(lambda: len(handled) == FRAMES, timeout=15.0)
     finally:
         member.close()
+    assert dist.stats().get("rx_decode_limited", 0) == limited
+
+
+def test_a_client_key_may_be_given_the_whole_thread(
+    whole_thread_node: str, ctx: zmq.Context[Any], handled: list[str]
+) -> None:
+    limited = dist.stats().get("rx_decode_limited", 0)
+    app = _flood(ctx, whole_thread_node, "app", "app.flood")
+    try:
+        wait_until(lambda: len(handled) == FRAMES, timeout=15.0)
+    finally:
+        app.close()
     assert dist.stats().get("rx_decode_limited", 0) == limited

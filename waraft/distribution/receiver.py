@@ -54,15 +54,6 @@ _MAX_SENDER_CACHE = 65536
 _MAX_HOST_CACHE = 1024
 REFUSED = "refused"
 RATE_LIMITED = "rate_limited"
-DECODE_SHARE = 0.25
-"""Seconds per second of the receive thread each sender key without the member right may
-spend on its frames (``policy.DecodeBudget``): decoding them, admitting them and what an
-inline handler does with them. In a Python node this thread's time is the GIL's: at half of
-it, one client key flooding 1 MB batches kept other clients' commits at 50-80 ms (7 ms
-unloaded) and their tail near 1 s; at a quarter, about 18 ms. A quarter is still thousands
-of frames a second of usual client batches, more than a partition commits."""
-DECODE_BURST_S = 0.5
-"""Seconds of that time such a key may bank while quiet (what it may take at once)."""
 MAX_IDS_PER_KEY = 256
 """Node ids one client or admin key may hold in the peer table at a time (one per client
 process using the key; the table holds ``max_peers``, 1024 by default)."""
@@ -181,7 +172,9 @@ class Receiver(threading.Thread):
         self._limiter = policy.RateLimiter(
             settings.admin_rate_per_sender, settings.admin_rate_per_node
         )
-        self._decode_budget = policy.DecodeBudget(DECODE_SHARE, DECODE_BURST_S)
+        self._decode_budget = policy.DecodeBudget(
+            settings.client_receive_share, settings.client_receive_burst_s
+        )
         # Socket errors can repeat at loop speed and a handler bug can be hit by every
         # frame a peer sends: at most one line a second each (the counters count them all).
         self._socket_errors = LogThrottle()

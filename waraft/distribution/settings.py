@@ -206,6 +206,18 @@ class DistSettings:
     get at most three quarters of it. Beyond it handshakes are refused
     (``conn_refused_total_cap``)."""
 
+    client_receive_share: float = 0.25
+    """Seconds per second of the receive thread one client or admin key may use for its
+    frames: decoding, admitting and inline handling (``policy.DecodeBudget``); beyond it the
+    key's frames are dropped undecoded (``rx_decode_limited``) until it is back in credit.
+    Members' frames are never limited. In a Python node this thread's time is the GIL's: at
+    half of it one client key flooding 1 MB batches kept other clients' commits at 50-80 ms
+    (7 ms unloaded), at a quarter about 18 ms. Every process using one key shares it: a
+    deployment whose one key carries many busy, uncoalesced clients may raise it (up to 1)."""
+
+    client_receive_burst_s: float = 0.5
+    """Seconds of the receive thread a client or admin key may bank while quiet."""
+
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1024:
             raise ValueError("max_frame_bytes must be at least 1024")
@@ -225,3 +237,7 @@ class DistSettings:
             raise ValueError("connection caps per key must be positive")
         if self.max_connections < 1:
             raise ValueError("max_connections must be positive")
+        if not 0 < self.client_receive_share <= 1:
+            raise ValueError("client_receive_share must be in (0, 1]")
+        if self.client_receive_burst_s <= 0:
+            raise ValueError("client_receive_burst_s must be positive")
