@@ -12,6 +12,7 @@ member's frames, Raft traffic, are never throttled.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -102,8 +103,12 @@ def _flood(ctx: zmq.Context[Any], node_id: str, key: str, name: str) -> Attacker
 
 
 def test_a_client_keys_inline_handling_is_charged_to_its_budget(
-    keyed_node: str, ctx: zmq.Context[Any], handled: list[str]
+    keyed_node: str,
+    ctx: zmq.Context[Any],
+    handled: list[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="waraft.distribution.receiver")
     limited = dist.stats().get("rx_decode_limited", 0)
     app = _flood(ctx, keyed_node, "app", "app.flood")
     try:
@@ -122,6 +127,9 @@ def test_a_client_keys_inline_handling_is_charged_to_its_budget(
     allowed = settings.client_receive_burst_s / (COST * (1 - settings.client_receive_share))
     assert dropped > 0
     assert len(handled) <= allowed + 2
+    # The operator is told which key is over its share (its requests go unanswered).
+    lines = [r.getMessage() for r in caplog.records if "receive thread" in r.getMessage()]
+    assert lines and "client:app" in lines[0]
 
 
 def test_a_members_frames_are_never_throttled(

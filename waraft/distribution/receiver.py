@@ -180,6 +180,7 @@ class Receiver(threading.Thread):
         self._socket_errors = LogThrottle()
         self._handler_errors = LogThrottle()
         self._other_cluster = LogThrottle(10.0)  # a refused node keeps pinging
+        self._over_share = LogThrottle(10.0)  # a key over its share drops frames by the score
         # When this thread last found the ROUTER empty: every frame queued before then has
         # been read. Silence is evidence against a peer only up to that moment (the liveness
         # thread reads it): a node whose own receive path is behind must not find its peers
@@ -408,6 +409,22 @@ class Receiver(threading.Thread):
             return None
         return self._ids_of_node_key if policy.MEMBER in rights else self._ids_of_key
 
+    def _log_over_share(self, key: str) -> None:
+        """Say which key is over its share of this thread: its dropped requests are never
+        answered, so without this line its clients' timeouts would have no visible cause."""
+        count = self._over_share.ready()
+        if count:
+            settings = self._dist.settings
+            logger.warning(
+                "dropped %d frame(s) of %s undecoded: the key used its share of the receive "
+                "thread (client_receive_share=%s, client_receive_burst_s=%s in [dist]); its "
+                "requests time out until it is back in credit",
+                count,
+                _identity_of(key) if key.count(":") >= 2 else key,
+                settings.client_receive_share,
+                settings.client_receive_burst_s,
+            )
+
     def _log_node_id_cap(self, user: str, node_id: str) -> None:
         count = self._node_id_cap.ready()
         if count:
@@ -515,6 +532,7 @@ class Receiver(threading.Thread):
         start = time.perf_counter()
         if not budget.allows(key, start):
             self._count("rx_decode_limited")
+            self._log_over_share(key)
             return
         try:
             obj = self._decode(conn.peer, frame, True)
