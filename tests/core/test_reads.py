@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from waraft.core import reads
 from waraft.core.effects import (
     AppendLog,
     CancelReads,
@@ -153,9 +154,22 @@ def test_lease_misses_until_the_term_has_committed() -> None:
 
 
 def test_lease_misses_when_not_applied_far_enough() -> None:
-    node = lease_leader()
+    """A fresh lease never answers a read whose index the leader has not applied yet.
+
+    Guards the lease's ``not_applied`` rule (``reads.lease_miss``): served at once, the read
+    would see state older than the caller's minimum (read-your-writes broken). The minimum
+    must be inside the log; past the log's end the read is refused as ``min_index_ahead``
+    before the lease is consulted, which tests nothing here."""
+    node = lease_leader()  # commit 2, applied 2, lease fresh from now=10
+    node.handle(CommitBatch([("c", ("k", "v"))]), now=12)
+    node.handle(BATCH, now=14)  # entry 3 appended, not committed
+    assert node.core.log.last_index() == 3 and node.core.last_applied == 2
     fx = node.handle(read(min_index=3), now=20)
-    assert not [e for e in fx if isinstance(e, ReadNow)]
+    assert not [e for e in fx if isinstance(e, (ReadNow, ReadCancelled))]
+    assert node.core.held_reads == [("r", "get", 3)]
+    assert reads.lease_miss(node.core, 3) == "not_applied"
+    # it takes the read-index path instead: submitted at an index no lower than 3
+    assert submitted(node.handle(BATCH, now=22)) == [SubmitRead(4, "r", "get")]
 
 
 def test_lease_is_off_by_default() -> None:
