@@ -92,6 +92,23 @@ def test_sessions_expire_after_idle_entries_the_same_way_on_every_replica() -> N
     assert sm.table.expire(sm.index + 2000) == 1 and len(sm.table) == 0
 
 
+def test_a_session_expires_only_when_more_than_expire_after_entries_behind() -> None:
+    """The documented boundary: a session is expired when its last activity is MORE than
+    ``expire_after`` entries behind the entry being applied. A call exactly ``expire_after``
+    entries later is applied; one entry later it answers EXPIRED. The lookup (``begin``) and
+    the periodic sweep (``expire``) draw the line at the same entry."""
+    sm = Counter()
+    _, sid = sm.commit(register_command(3))  # index 1: last active at 1
+    for _ in range(2):
+        sm.commit(("incr", 0))  # entries 2..3
+    assert sm.table.expire(sm.index + 1) == 0  # the sweep keeps it at 4 = 1 + 3 too
+    assert sm.commit(call_command(sid, 1, 1, ("incr", 1))) == ("ok", 1)  # index 4: 3 behind
+    for _ in range(3):
+        sm.commit(("incr", 0))  # entries 5..7
+    assert sm.commit(call_command(sid, 2, 2, ("incr", 1))) == EXPIRED  # index 8: 4 behind
+    assert sm.value == 1 and sid not in sm.table
+
+
 def test_close_forgets_a_session() -> None:
     sm = Counter()
     _, sid = sm.commit(register_command())
