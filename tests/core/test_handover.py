@@ -274,6 +274,18 @@ def test_target_with_a_fatal_conflict_declines_and_disables() -> None:
     assert node.state is State.DISABLED
 
 
+def test_target_with_a_conflict_at_its_commit_index_declines_and_disables() -> None:
+    """A handover's entries go through the same guard as a heartbeat's: a conflict exactly at
+    the commit index would delete a committed entry, so the target disables itself."""
+    node = make_node(2, term=3, entries=entries_of([2, 2]))  # terms [1, 2, 2]
+    node.rpc(N1, AppendEntries(3, 2, [], 3, 0))
+    assert node.core.commit_index == 3
+    fx = node.rpc(N1, Handover(7, 2, 2, entries_of([3], first_index=3)))
+    assert [e.rpc.payload for e in fx if isinstance(e, Send)] == [HandoverFailed(7)]
+    assert node.state is State.DISABLED
+    assert node.log.terms() == [1, 2, 2]
+
+
 def test_witness_declines_handover() -> None:
     node = make_node(3, witnesses=[N3], term=2)
     assert node.state is State.WITNESS

@@ -289,6 +289,21 @@ def test_conflict_below_commit_index_disables_the_replica() -> None:
     assert not [e for e in fx if isinstance(e, (TruncateLog, Send))]
 
 
+def test_conflict_exactly_at_the_commit_index_disables_and_keeps_the_log() -> None:
+    """The guard is ``conflict <= commit_index``: the committed entry AT the commit index is
+    as untouchable as those below it. A leader claiming another term there means its log or
+    ours is corrupt, so the replica disables itself and truncates nothing."""
+    node = make_node(2, term=3, entries=entries_of([2, 2]))  # terms [1, 2, 2]
+    node.rpc(N1, AppendEntries(3, 2, [], 3, 0))
+    assert node.core.commit_index == 3
+    fx = node.rpc(N1, AppendEntries(2, 2, entries_of([3], first_index=3), 3, 0))
+    assert node.state is State.DISABLED
+    reason = node.core.disable_reason
+    assert isinstance(reason, str) and "index 3" in reason and "commit index 3" in reason
+    assert node.log.terms() == [1, 2, 2]
+    assert not [e for e in fx if isinstance(e, (TruncateLog, Send))]
+
+
 def test_follower_refuses_to_truncate_its_first_entry() -> None:
     node = make_node(2, term=3, base=LogPos(5, 2), applied=5)
     node.core.commit_index = 4  # pretend: below the snapshot (cannot normally happen)
