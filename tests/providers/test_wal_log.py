@@ -309,9 +309,46 @@ def test_zeros_after_the_records_end_every_file_but_damage_before_them_is_corrup
     log = WalLog.open(crashed / "kv.1")
     assert [log.get(i) for i in range(1, 151)] == _entries(1, 150)
     _crash(log)
-    _flip_inside(root / "damaged" / "wal" / closed.name, _offsets(data)[-1][0])
-    with pytest.raises(LogCorruptionError):
+    damaged, offset = root / "damaged" / "wal" / closed.name, _offsets(data)[-1][0]
+    _flip_inside(damaged, offset)
+    with pytest.raises(LogCorruptionError) as error:
         WalLog.open(root / "damaged" / "kv.1")
+    # Reported as the damage it is (a bad record in an older file, never a torn tail to cut),
+    # not only through the gap the next file's records would show after such a cut.
+    assert (error.value.path, error.value.offset) == (str(damaged), offset)
+
+
+def test_damage_to_the_last_record_of_an_older_file_is_corruption_even_with_no_gap_after(
+    root: Path,
+) -> None:
+    """Only the newest file can have a torn tail: every older one was complete and synced
+    before the writer moved on. A bad record there is corruption, even when it is the older
+    file's last record and no later record of its partition shows a gap; cut as a torn tail,
+    it would silently drop synced (acknowledged) entries."""
+    log1 = WalLog.open(root / "kv.1", max_file_bytes=2000)
+    log2 = WalLog.open(root / "kv.2", max_file_bytes=2000)
+    log2.append(1, _entries(1, 3))
+    log2.sync()
+    i = 1
+    while log1._writer._size + 1000 < 2000:
+        log1.append(i, _entries(i, 3))
+        log1.sync()
+        i += 3
+    log2.append(4, _entries(4, 60))  # crosses the file size: the file's last record
+    log2.sync()
+    log1.append(i, _entries(i, 3))  # goes to a new file; kv.2 writes nothing after entry 63
+    log1.sync()
+    _crash(log1)
+    files = _wal_files(root)
+    assert len(files) == 2, files
+    older = root / "wal" / files[0]
+    offset, op = _offsets(older.read_bytes())[-1]
+    assert op[:3] == ("a", "kv.2", 4), op[:3]
+    _flip_inside(older, offset)
+    with pytest.raises(LogCorruptionError) as error:
+        reopened = WalLog.open(root / "kv.2")
+        pytest.fail(f"opened silently: kv.2 ends at {reopened.last_index()} (synced: 63)")
+    assert (error.value.path, error.value.offset) == (str(older), offset)
 
 
 def test_a_file_of_the_append_only_format_keeps_its_own_recovery_rule(root: Path) -> None:
