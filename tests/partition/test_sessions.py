@@ -4,6 +4,7 @@ durable partition and travels in snapshots."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -150,6 +151,35 @@ def test_the_session_table_survives_a_restart_of_a_durable_partition(
     )
     assert row[0] == "ok" and row[1][3] == ((1, OK),)  # seq 1's recorded result
     node.stop()
+
+
+def test_a_replica_caught_up_by_a_snapshot_applies_later_session_calls_as_the_leader_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Installing a snapshot replaces the storage actor's session table with the one the
+    snapshot carries (``_open_snapshot`` reloads it). Kept from before the install (empty for
+    a new replica), a later call of a session in the snapshot would answer ``session_expired``
+    there and not be applied while the leader applies it: the replicas' data would differ,
+    and a retry after a failover could apply twice."""
+    caplog.set_level(logging.INFO, logger="waraft.transport.manager")
+    spec = {"log_module": DISK, "storage_module": SQLITE}
+    n1 = _single(tmp_path, **spec)
+    n2 = start_node(tmp_path, "n2", [1], **spec)  # empty: only a snapshot can catch it up
+    try:
+        acc = addr("acceptor", n1)
+        _, sid = acceptor.commit(acc, ("r", register_command(1000)))
+        assert acceptor.commit(acc, ("a", call_command(sid, 1, 1, ("write", "t", "k1", 1)))) == OK
+        result = server.adjust_config(addr("server", n1), ("add_participant", ident(n2)))
+        assert result[0] == "ok", result
+        wait_until(lambda: "raft_server_test_1 installed the snapshot" in caplog.text, timeout=20)
+        on_n2 = addr("storage", n2)
+        wait_until(lambda: storage.read(on_n2, ("read", "t", "k1")) == ("ok", 1))
+        later = call_command(sid, 2, 2, ("write", "t", "k2", 2))
+        assert acceptor.commit(acc, ("b", later)) == OK  # applied on the leader
+        wait_until(lambda: storage.read(on_n2, ("read", "t", "k2")) == ("ok", 2), timeout=10)
+    finally:
+        n1.stop()
+        n2.stop()
 
 
 @pytest.mark.parametrize("provider", ["memory", SQLITE])
