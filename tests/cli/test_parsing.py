@@ -61,6 +61,48 @@ def test_settings() -> None:
         known_setting("raft_election_timeout")
 
 
+_NODE = ["node", "--name", "n1", "--listen", "h:1", "--memory", "--insecure"]
+
+
+def test_the_transport_admission_settings_can_be_set(tmp_path: Path) -> None:
+    # README documents them as the knobs of snapshot admission, but ``--set`` and a config
+    # file's [settings] refused them as "unknown setting" (missing from GLOBAL_DEFAULTS).
+    args = _parser().parse_args(
+        [*_NODE, "--set", "raft_transport_disk_reserve_bytes=1048576",
+         "--set", "raft_transport_disk_reserve_percent=0.5",
+         "--set", "raft_max_incoming_transports_per_peer=3"]
+    )  # fmt: skip
+    config = config_from_args(args)
+    assert config.settings["raft_transport_disk_reserve_percent"] == 0.5
+    for key in ("raft_transport_disk_reserve_bytes", "raft_max_incoming_transports_per_peer"):
+        assert known_setting(key) == "global"
+    from_file = _config(
+        tmp_path,
+        'name = "n1"\nlisten = "h:1"\nmemory = true\ninsecure = true\n'
+        "[settings]\nraft_transport_disk_reserve_percent = 5\n"
+        "raft_transport_disk_reserve_bytes = 0\n",
+    )
+    assert from_file.settings["raft_transport_disk_reserve_percent"] == 5
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [("raft_transport_disk_reserve_percent=101", "a number from 0 to 100"),
+     ("raft_transport_disk_reserve_percent=-1", "a number from 0 to 100"),
+     ("raft_transport_disk_reserve_percent=true", "a number from 0 to 100"),
+     ("raft_transport_disk_reserve_percent=lots", "a number from 0 to 100"),
+     ("raft_transport_disk_reserve_bytes=1.5", "must be an integer"),
+     ("raft_transport_disk_reserve_bytes=-1", "between 0 and"),
+     ("raft_max_incoming_transports_per_peer=0", "between 1 and")],
+)  # fmt: skip
+def test_bad_transport_admission_settings_are_usage_errors(
+    assignment: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*_NODE, "--set", assignment]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("waraft node: error:"), err
+
+
 def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "node" in capsys.readouterr().err

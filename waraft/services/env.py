@@ -60,6 +60,11 @@ GLOBAL_DEFAULTS: Final[Mapping[str, Any]] = {
     "dist_transport_ack_timeout_ms": 5000,  # hard-coded in WARaft
     "raft_transport_scan_interval_ms": 30000,  # hard-coded in WARaft
     "raft_server_message_queue_off_heap": True,
+    # Ours (snapshot admission, waraft.transport): free space never promised to an incoming
+    # transport (the larger of the two), and incoming transports one peer may hold per pool.
+    "raft_transport_disk_reserve_bytes": 1 << 30,
+    "raft_transport_disk_reserve_percent": 2.0,
+    "raft_max_incoming_transports_per_peer": 2,
 }
 """Global keys (read from the ``"waraft"`` app only) and their defaults."""
 
@@ -141,10 +146,13 @@ _AT_LEAST_ONE: Final = frozenset(
         "raft_max_pending_high_priority_commits",
         "raft_max_pending_reads",
         "raft_max_reads_per_batch",
+        # At 0 no peer could ever send this node a snapshot: every catch-up refused.
+        "raft_max_incoming_transports_per_peer",
     }
 )
 _OPTIONAL_INT: Final = frozenset({"raft_handover_max_unapplied_entries", "raft_max_log_records"})
 _DICT_SETTINGS: Final = frozenset({"raft_storage_options"})
+_PERCENT_SETTINGS: Final = frozenset({"raft_transport_disk_reserve_percent"})
 
 
 class BadSetting(ValueError):
@@ -154,7 +162,8 @@ class BadSetting(ValueError):
 def check_setting(key: str, value: Any) -> None:
     """Check one setting's type and range (its default's type: bool, int >= 0 (>= 1 for the
     election and heartbeat timeouts and the other ``_AT_LEAST_ONE`` limits), str for modules
-    and paths; ``raft_election_weight`` in ``0..ELECTION_MAX_WEIGHT``). Raises
+    and paths; ``raft_election_weight`` in ``0..ELECTION_MAX_WEIGHT``; a percentage, such as
+    ``raft_transport_disk_reserve_percent``, a number from 0 to 100). Raises
     :class:`BadSetting` saying what was expected; an unknown key raises it too."""
     for table in (GLOBAL_DEFAULTS, APP_DEFAULTS, TABLE_DEFAULTS):
         if key in table:
@@ -174,6 +183,8 @@ def check_setting(key: str, value: Any) -> None:
     if isinstance(default, bool):
         if type(value) is not bool:
             raise BadSetting(f"{key} must be true or false, got {shown}")
+    elif key in _PERCENT_SETTINGS:
+        _check_percent(key, value)
     elif isinstance(default, int) or key in _OPTIONAL_INT or default is _MISSING:
         if value is None and (key in _OPTIONAL_INT or default is _MISSING):
             return
@@ -187,6 +198,12 @@ def check_setting(key: str, value: Any) -> None:
         (isinstance(value, str) and value) or (value is None and default is None)
     ):
         raise BadSetting(f"{key} must be a non-empty string, got {shown}")
+
+
+def _check_percent(key: str, value: Any) -> None:
+    """A percentage: a number (an int will do) from 0 to 100; true/false are not numbers."""
+    if type(value) not in (int, float) or not 0 <= value <= 100:
+        raise BadSetting(f"{key} must be a number from 0 to 100, got {repr(value)[:60]}")
 
 
 def check_settings(settings: Mapping[str, Any]) -> None:

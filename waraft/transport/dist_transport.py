@@ -237,9 +237,9 @@ def _worker_alive() -> bool:
 
 
 RESERVE_BYTES_KEY: Final = "raft_transport_disk_reserve_bytes"  # ours, as the two below
-DEFAULT_RESERVE_BYTES: Final = 1 << 30
+DEFAULT_RESERVE_BYTES: Final[int] = env.GLOBAL_DEFAULTS[RESERVE_BYTES_KEY]
 RESERVE_PERCENT_KEY: Final = "raft_transport_disk_reserve_percent"
-DEFAULT_RESERVE_PERCENT: Final = 2.0
+DEFAULT_RESERVE_PERCENT: Final[float] = env.GLOBAL_DEFAULTS[RESERVE_PERCENT_KEY]
 """Free space admission never promises to a transport: the larger of
 ``raft_transport_disk_reserve_bytes`` (1 GiB) and ``raft_transport_disk_reserve_percent``
 (2 %) of the file system's size. The log and the storage live beside the transport directory

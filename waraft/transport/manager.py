@@ -78,7 +78,7 @@ offered path is resolved and recorded on the manager's scheduler (about 60 us a 
 member's 16 MB offer of a million and a half files held it, and every partition on it, for
 minutes. A snapshot is a few files."""
 PER_PEER_KEY: Final = "raft_max_incoming_transports_per_peer"  # ours: WARaft has no such cap
-DEFAULT_PER_PEER: Final = 2
+DEFAULT_PER_PEER: Final[int] = env.GLOBAL_DEFAULTS[PER_PEER_KEY]
 """Running incoming transports one node may hold in each pool (the snapshot one, shared with
 transfers, and the witness one), so one node cannot take every slot: one member's offers that
 it never sent blocked every catch-up of the node until they timed out. Two, not one: a leader
