@@ -103,6 +103,22 @@ def test_bad_transport_admission_settings_are_usage_errors(
     assert message in err and err.startswith("waraft node: error:"), err
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("WARAFT_OTP_MAX_PROCESSES", "abc"), ("WARAFT_OTP_MAX_PROCESSES", "0"),
+     ("WARAFT_OTP_MAX_MEMORY_MB", "1.5"), ("WARAFT_OTP_MAX_MEMORY_MB", "-1")],
+)  # fmt: skip
+def test_a_bad_limit_in_the_environment_is_a_usage_error_naming_it(
+    variable: str, value: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was "failed to start: invalid literal for int() with base 10: 'abc'", exit 1.
+    monkeypatch.setenv(variable, value)
+    assert main(_NODE) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("waraft node: error:"), err
+    assert variable in err and repr(value) in err, err
+
+
 def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "node" in capsys.readouterr().err

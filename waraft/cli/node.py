@@ -163,6 +163,7 @@ class NodeConfig:
                 f"max_memory_mb must be a whole number of MiB >= 0, got {self.max_memory_mb!r}"
             )
         self.gc()
+        _check_limits_from_env()
         if self.data_dir is None and not self.memory:
             raise UsageError("--data-dir is required (or --memory for a throw-away node)")
         if self.cluster_id is not None:
@@ -206,6 +207,18 @@ class NodeConfig:
             raise UsageError("--keys and --insecure exclude each other")
         common.curve_for(self.keys, self.name, "node")  # a missing or wrong key: one line
         return self
+
+
+def _check_limits_from_env() -> None:
+    """The process and memory limits the node reads from its environment, checked with the
+    other input: a bad value is a usage error naming the variable, not a failed start."""
+    from waraft.otp import node
+
+    try:
+        node.max_processes_from_env()
+        node.max_memory_mb_from_env()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_dist(dist: dict[str, Any]) -> None:

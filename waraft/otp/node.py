@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from waraft.otp.registry import Registry
 
@@ -117,6 +117,36 @@ _link_filter: LinkFilter | None = None
 _atexit_installed = False
 
 
+MAX_PROCESSES_VAR: Final = "WARAFT_OTP_MAX_PROCESSES"
+MAX_MEMORY_VAR: Final = "WARAFT_OTP_MAX_MEMORY_MB"
+
+
+def limit_from_env(variable: str, default: int, minimum: int) -> int:
+    """The whole number the environment variable ``variable`` holds (``default`` when unset
+    or blank); :class:`ValueError` naming the variable and its value when it is not a whole
+    number of at least ``minimum`` (a bare ``int()`` error named neither)."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ValueError(f"{variable} must be a whole number >= {minimum}, got {text!r}"[:200])
+    return value
+
+
+def max_processes_from_env() -> int:
+    """``WARAFT_OTP_MAX_PROCESSES`` (at least 1), else ``DEFAULT_MAX_PROCESSES``."""
+    return limit_from_env(MAX_PROCESSES_VAR, DEFAULT_MAX_PROCESSES, 1)
+
+
+def max_memory_mb_from_env() -> int:
+    """``WARAFT_OTP_MAX_MEMORY_MB`` (MiB, 0: no limit), else 0."""
+    return limit_from_env(MAX_MEMORY_VAR, 0, 0)
+
+
 class Node:
     """A runtime instance: ``id``, ``registry``, its processes and its ``kernel_sup``.
 
@@ -162,10 +192,10 @@ class Node:
         if long_hold_ms is not None and not long_hold_ms > 0:
             raise ValueError(f"long_hold_ms must be > 0, not {long_hold_ms!r}")
         if max_processes is None:
-            max_processes = int(os.environ.get("WARAFT_OTP_MAX_PROCESSES", DEFAULT_MAX_PROCESSES))
+            max_processes = max_processes_from_env()
         self.max_processes = max_processes
         if max_memory_mb is None:
-            max_memory_mb = int(os.environ.get("WARAFT_OTP_MAX_MEMORY_MB", "0"))
+            max_memory_mb = max_memory_mb_from_env()
         if max_memory_mb < 0:
             raise ValueError(f"max_memory_mb must be >= 0, not {max_memory_mb}")
         self.max_memory_mb = max_memory_mb
