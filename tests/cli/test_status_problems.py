@@ -46,6 +46,22 @@ def test_a_member_that_serves_no_replica_is_a_problem() -> None:
     assert _status_problems(rows[:4], None) == []
 
 
+def test_partitions_no_node_serves_are_said_only_when_a_node_answered() -> None:
+    # With every node unreachable it also said "no node serves partition(s) 1", which it
+    # cannot know: the unreachable line is the one reason.
+    down = [{"node": A, "error": "unreachable"}, {"node": B, "error": "timeout"}]
+    assert _status_problems(down, [1]) == [
+        f"unreachable: {A}",
+        f"no status from {B} (timeout) (busy? a longer --timeout may help)",
+    ]
+    assert _status_problems([{"node": A, "error": "unreachable"}], [1]) == [f"unreachable: {A}"]
+    # One node answered without the partition: said, as far as the answers go.
+    some = [*down, {"node": C, "error": "no partitions"}]
+    assert _status_problems(some, [1])[-1] == "no node that answered serves partition(s) 1"
+    every = [_row(A, 1, "leader"), {"node": B, "error": "no partitions"}]
+    assert "no node serves partition(s) 2" in _status_problems(every, [1, 2])
+
+
 def test_unresponsive_members_of_leaders_are_a_problem_on_one_line() -> None:
     rows = [_row(A, p, "leader", unresponsive=[C]) for p in range(1, 1001)]
     (problem,) = _status_problems(rows, None)

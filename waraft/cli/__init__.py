@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Final
 
 from waraft import __version__
 from waraft.cli import common
@@ -356,14 +356,23 @@ def _silent_nodes(rows: list[dict[str, Any]]) -> str:
     )
 
 
+_ANSWERS: Final = frozenset({None, "no partitions", "not running"})
+"""A status row's ``error`` when its node answered (a status, no partition of the table, the
+partition not running there)."""
+
+
 def _missing_partitions(rows: list[dict[str, Any]], partitions: list[int] | None) -> str | None:
-    """What the asked-for status lacks: partitions no reachable node serves (``--partitions
-    9`` of a 4-partition table printed 'no partitions' and exited 0), or any partition."""
+    """What the asked-for status lacks: partitions no node that answered serves
+    (``--partitions 9`` of a 4-partition table printed 'no partitions' and exited 0), or any
+    partition. Nothing when no node answered: that is said already (unreachable, no status),
+    and whether they serve the partitions is not known."""
     served = {r.get("partition") for r in rows if "error" not in r}
-    if partitions:
+    answered = {r.get("node") for r in rows if r.get("error") in _ANSWERS}
+    if partitions and answered:
         lacking = sorted(set(partitions) - served)
         if lacking:
-            return "no node serves partition(s) " + ", ".join(map(str, lacking))
+            who = "node" if answered == {r.get("node") for r in rows} else "node that answered"
+            return f"no {who} serves partition(s) " + ", ".join(map(str, lacking))
     elif not served and rows and all(r.get("error") == "no partitions" for r in rows):
         return "no node serves any partition of that table"
     return None
