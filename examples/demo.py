@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -43,6 +44,40 @@ _t0 = time.monotonic()
 
 class DemoFailed(Exception):
     """A step did not check out."""
+
+
+class Interrupted(BaseException):
+    """The demo was told to stop (Ctrl-C, SIGTERM, SIGHUP). A BaseException, as
+    KeyboardInterrupt: no ``except Exception`` on the way may swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    # SIGTERM (timeout, CI cancelling, kill) and SIGHUP (the terminal closed) ended the
+    # process at once: no finally ran, and the nodes, in their own sessions, served on.
+    ignore_stop_signals()
+    raise Interrupted(signum)
+
+
+def catch_stop_signals() -> None:
+    """Make each stop signal raise :class:`Interrupted`, so the cleanup runs."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_stop_signal)
+
+
+def ignore_stop_signals() -> None:
+    """From the first stop signal on, or once the cleanup began: the cleanup is bounded
+    (``LocalCluster.stop``), and a second signal interrupting it would leave nodes behind."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def say(text: str = "") -> None:
@@ -128,8 +163,9 @@ def run(root: Path) -> None:
     # (`waraft keys create DIR --nodes n1,n2,n3`); this process acts as the admin.
     key_dir = root / "keys"
     keys.create(key_dir, ["n1", "n2", "n3"])
+    # tied: the nodes stop when this process is gone, even after a kill -9.
     cluster = LocalCluster(
-        root, 3, base_port=0, settings=SETTINGS, dist=DIST, keys=key_dir, metrics=True
+        root, 3, base_port=0, settings=SETTINGS, dist=DIST, keys=key_dir, metrics=True, tied=True
     )
     try:
         step("1. Start 3 node processes (durable: WalLog + NodeLmdbStorage, CURVE keys)")
@@ -147,6 +183,7 @@ def run(root: Path) -> None:
         ):
             _scenario(cluster, ids, ops)
     finally:
+        ignore_stop_signals()
         step("8. Stop everything")
         for line in cluster.stop(timeout=10.0):
             say(line)
@@ -247,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="waraft-demo-"))
     print("waraft demo: WARaft's kvstore example on a 3-process cluster (127.0.0.1)", flush=True)
     try:
+        catch_stop_signals()
         run(root)
+    except Interrupted as stop:
+        print(flush=True)
+        say(f"demo interrupted by {stop}")
+        return 128 + stop.signum
     except (DemoFailed, RuntimeError) as exc:
         print(flush=True)
         say(f"DEMO FAILED: {exc}")

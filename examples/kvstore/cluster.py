@@ -104,10 +104,14 @@ class LocalCluster:
         partitions: Sequence[int] = PARTITIONS,
         keys: Path | None = None,
         metrics: bool = False,
+        tied: bool = False,
     ) -> None:
         """``metrics``: every node serves Prometheus metrics on a free port of ``host``
-        (``NodeProc.metrics_port``)."""
+        (``NodeProc.metrics_port``). ``tied``: every node stops (SIGTERM) once this process
+        is gone, however it ended (``kill -9`` too; see ``examples.kvstore.tied``); without
+        it the nodes outlive this process, as ``start`` needs."""
         self.root = Path(root).resolve()
+        self.tied = tied
         self.keys = keys  # a key directory (waraft keys create); None: --insecure
         self.host = host
         self.table = table
@@ -167,8 +171,11 @@ class LocalCluster:
         return [n.node_id or f"{n.name}@{self.host}:{n.port}" for n in self.nodes]
 
     def command(self, node: NodeProc) -> list[str]:
+        main: tuple[str, ...] = ("-m", "waraft.cli")
+        if self.tied:
+            main = ("-m", "examples.kvstore.tied", str(os.getpid()), "waraft.cli")
         cmd = [
-            sys.executable, "-m", "waraft.cli", "node",
+            sys.executable, *main, "node",
             "--name", node.name,
             "--listen", f"{self.host}:{node.port}",
             "--data-dir", str(node.data_dir),
