@@ -268,6 +268,8 @@ def _print_bootstrap(table: str, results: list[Any], failed: list[Any]) -> None:
     print()
     for r in results:
         outcome = f"leader {r.leader} (term {r.term})" if r.leader else "NO LEADER"
+        if r.refused and not r.leader:  # not asked: its state, not this bootstrap's outcome
+            outcome = "no leader reported"
         if r.error and refusal is None:
             outcome += f"  ERROR: {r.error}"
         elif r.warning:
@@ -275,7 +277,9 @@ def _print_bootstrap(table: str, results: list[Any], failed: list[Any]) -> None:
         print(f"{table}.{r.partition}: {outcome}")
     if refusal is not None:
         print(f"not bootstrapped: {refusal}")
-    print(_bootstrap_summary(results, failed))
+        print(f"nothing bootstrapped: {len(results)} partition(s) left as they were")
+    else:
+        print(_bootstrap_summary(results, failed))
 
 
 def _names_unreachable(error: str | None) -> bool:

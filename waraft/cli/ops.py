@@ -41,6 +41,10 @@ class PartitionResult:
     """What did not go as asked without failing the partition: with ``allow_unreachable``,
     the replicas of nodes that did not answer or do not serve the partition (it has a leader
     without them)."""
+    refused: bool = False
+    """The bootstrap was refused as a whole (nothing was asked of any node): ``leader`` and
+    ``term`` are then the partition's running leader, if a node reported one, not the
+    outcome of this bootstrap."""
 
 
 def _bootstrap_one(node: str, table: str, partition: int, config: Any, timeout: float) -> Any:
@@ -167,9 +171,9 @@ def bootstrap_cluster(
     if problem is None:
         problem = _agree_on_cluster(nodes, timeout, allow_unreachable)
     if problem is not None:
-        untouched = [PartitionResult(p, "") for p in partitions]
-        for result in untouched:
-            result.error = problem
+        untouched = [PartitionResult(p, "", error=problem, refused=True) for p in partitions]
+        # Their running leaders, one look: "NO LEADER" read as an outage of healthy ones.
+        _wait_for_leaders(nodes, table, untouched, 0.0)
         return untouched  # (callers say it once: ``refused_as_a_whole``)
     conflicts = _member_conflicts(nodes, table, partitions)
     partitions = [p for p in partitions if p not in conflicts]
@@ -185,9 +189,7 @@ def bootstrap_cluster(
                 found = list(pool.map(one, partitions))
         results = found
     for partition, problem in sorted(conflicts.items()):
-        refused = PartitionResult(partition, "")
-        refused.error = problem
-        results.append(refused)
+        results.append(PartitionResult(partition, "", error=problem))
     results.sort(key=lambda r: r.partition)
     for result in results:
         if result.bootstrap:  # a partition left alone was not asked: its error says why
@@ -219,7 +221,7 @@ def refused_as_a_whole(results: Sequence[PartitionResult]) -> str | None:
     to say once, where each partition's line said it again (a thousand times for a
     thousand partitions). None if anything was bootstrapped or reasons differ."""
     reasons = {r.error for r in results}
-    if len(reasons) != 1 or any(r.bootstrap or r.leader for r in results):
+    if len(reasons) != 1 or not all(r.refused for r in results):
         return None
     return reasons.pop()
 
