@@ -232,6 +232,22 @@ def test_a_client_key_cannot_reload_the_keys(cluster: Cluster, key_dir: Path) ->
     assert "needs an admin key" in refused.stderr
 
 
+def test_a_shell_with_a_client_key_says_an_admin_verb_needs_an_admin_key(
+    cluster: Cluster, key_dir: Path
+) -> None:
+    # promote(1) said "serves no partition 1 of table 'kv'" right after status(1) answered:
+    # the node refused the admin verb for the key's role.
+    done = run_cli(
+        "shell", "--attach", cluster.ids[0], "--keys", str(key_dir), "--as", "client",
+        "-c", "print(status(1)['state']); promote(1)",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "serves no partition" not in done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert f"{cluster.ids[0]} refused promote: an admin verb" in said, said
+    assert "client key (start it with --as admin" in said, said
+
+
 def test_failed_handshakes_are_logged_at_most_once_a_second(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

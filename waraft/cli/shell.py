@@ -31,11 +31,21 @@ class ShellError(Exception):
 class Helpers:
     """The functions the shell preloads; they act on ``target`` (a node id) by default."""
 
-    def __init__(self, target: str, table: str, partitions: list[int], nodes: list[str]) -> None:
+    def __init__(
+        self,
+        target: str,
+        table: str,
+        partitions: list[int],
+        nodes: list[str],
+        role: str | None = None,
+    ) -> None:
+        """``role``: that of the key the shell connects with (``"client"``, ``"admin"``),
+        None when unknown or without keys."""
         self.target = target
         self.table = table
         self.partitions = partitions
         self._nodes = nodes
+        self.role = role
         self._client: Any = None
 
     # -- addressing ------------------------------------------------------------------------------
@@ -62,10 +72,7 @@ class Helpers:
             if exc.reason == "noproc":
                 raise self._unserved(partition, where) from None
             if exc.reason == "refused":
-                raise ShellError(
-                    f"{where} refused the call: this key lacks the right, or (an older "
-                    f"node) it serves no partition {partition!r} of table {self.table!r}"
-                ) from None
+                raise self._refused(call, partition, where) from None
             if _is_unreachable(exc.reason):
                 why = " (not running, another address, or it refuses these keys)"
                 if common.handshakes_refused():
@@ -75,6 +82,22 @@ class Helpers:
         if answer == server.NO_SUCH_PARTITION:
             raise self._unserved(partition, where)
         return answer
+
+    def _refused(self, call: Any, partition: int, node: str) -> ShellError:
+        """A call the node refused: with a client key, an admin verb (all but ``status``) is
+        refused for the key's role, where "serves no partition" sent the user looking for
+        a missing partition."""
+        from waraft.partition import server
+
+        if self.role == "client" and call is not server.status:
+            return ShellError(
+                f"{node} refused {getattr(call, '__name__', 'the call')}: an admin verb, and "
+                "this shell runs with a client key (start it with --as admin, an admin key)"
+            )
+        return ShellError(
+            f"{node} refused the call: this key lacks the right, or (an older node) it "
+            f"serves no partition {partition!r} of table {self.table!r}"
+        )
 
     def _unserved(self, partition: int, node: str) -> ShellError:
         return ShellError(f"{node} serves no partition {partition!r} of table {self.table!r}")
@@ -397,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
     partitions = common.parse_partitions(args.partitions)
     nodes = common.parse_nodes(args.nodes) if args.nodes else []
     runtime = None
+    role: str | None = None  # of the --as key, when attached with keys
     from waraft import distribution as dist
 
     if args.node:
@@ -418,12 +442,13 @@ def run(args: argparse.Namespace) -> int:
             from waraft.distribution.keys import process_name
 
             name = process_name(args.key_name, "shell")
+            role = curve.identities.get(curve.public_key, (None, None))[0]
         else:
             name = f"shell{os.getpid()}"
         dist.start(
             f"{name}@{local_address_for(target)}:0", curve=curve, **common.dist_options(args)
         )
-    helpers = Helpers(target, args.table, partitions, nodes or [target])
+    helpers = Helpers(target, args.table, partitions, nodes or [target], role)
     try:
         return _repl(namespace(helpers), banner(helpers), args)
     finally:
