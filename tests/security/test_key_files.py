@@ -205,3 +205,47 @@ def test_a_reload_takes_added_and_replaced_keys_only(root: Path) -> None:
     keys.add(root, ["n1"], replace=True)
     with pytest.raises(keys.KeysError, match="own key changed"):
         keys.check_reload(current, keys.load(root, "n1", "node"))
+
+
+def test_node_keys_take_every_name_a_node_takes_dots_included(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `waraft node --name db.1` starts, but `waraft keys create/add --nodes db.1` refused the
+    # name: such a node could only run --insecure.
+    from waraft.cli import main
+
+    root = tmp_path / "keys"
+    assert main(["keys", "create", str(root), "--nodes", "db.1,db.2"]) == 0
+    assert main(["keys", "add", str(root), "--nodes", "db.3"]) == 0, capsys.readouterr().err
+    curve = keys.load(root, "db.3", "node")
+    user = curve.user_for(curve.public_key)
+    assert user is not None and curve.rights_for("db.3@127.0.0.1:7001", user) is not None
+    assert curve.rights_for("db.30@127.0.0.1:7001", user) is None  # only its own name
+
+
+def test_client_and_admin_names_stay_dot_free_and_claim_no_node_name(root: Path) -> None:
+    # A client's processes are named <key>.<anything>: a client key "a.b" could not be read
+    # back from its processes' names, and a client key "db" could claim node "db.1"'s name.
+    with pytest.raises(keys.KeysError, match=r"no '\.'"):
+        keys.add(root, clients=["a.b"])
+    with pytest.raises(keys.KeysError, match="client key 'app' may claim"):
+        keys.add(root, nodes=["app.1"])
+    with pytest.raises(keys.KeysError, match="admin key 'ops' may claim"):
+        keys.create(root.parent / "other", ["ops.1"], admins=["ops"])
+    keys.add(root, nodes=["db.1"])
+    with pytest.raises(keys.KeysError, match=r"node key 'db\.1' is a name client key 'db'"):
+        keys.add(root, clients=["db"])
+
+
+def test_a_client_key_may_not_claim_a_node_keys_name(root: Path) -> None:
+    # Whatever wrote cluster.json (waraft keys refuses the pair): client key "db" may claim
+    # the names of its processes, "db.<anything>", but not node "db.1"'s.
+    keys.add(root, nodes=["db.1"])
+    path = root / keys.CLUSTER_FILE
+    data = json.loads(path.read_text())
+    public = zmq.curve_keypair()[0].decode()
+    data["identities"][public] = ["client", "db"]
+    path.write_text(json.dumps(data))
+    curve = keys.load(root, "n1", "node")
+    assert curve.rights_for("db.shell1@127.0.0.1:1", f"client:db:{public}") is not None
+    assert curve.rights_for("db.1@127.0.0.1:1", f"client:db:{public}") is None

@@ -44,11 +44,15 @@ from typing import Any, Final
 
 import zmq
 
+from waraft.distribution.nodeid import is_node_name
 from waraft.distribution.settings import CurveConfig
 
 CLUSTER_FILE: Final = "cluster.json"
 ROLES: Final = ("node", "client", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+"""A client or admin key's name: no ``.``, since its processes are named ``<name>.<tag>``
+(``process_name``) and a connection's key name is read back as the part before the first
+``.``. A node key's name is any node name (``nodeid.is_node_name``), ``.`` included."""
 
 
 class KeysError(ValueError):
@@ -122,12 +126,32 @@ def _wanted(
     wanted = [("node", n) for n in nodes] + [("client", c) for c in clients]
     wanted += [("admin", a) for a in admins]
     names = [name for _, name in wanted]
-    for name in names:
-        if not _NAME.match(name):
-            raise KeysError(f"key names are letters, digits, '-' and '_': {name!r}")
+    for role, name in wanted:
+        if role == "node" and not is_node_name(name):
+            raise KeysError(f"node key names are letters, digits, '_', '.' and '-': {name!r}")
+        if role != "node" and not _NAME.match(name):
+            raise KeysError(
+                f"{role} key names are letters, digits, '-' and '_' (no '.': its processes "
+                f"are named <key>.<anything>): {name!r}"
+            )
     if len(set(names)) != len(names):
         raise KeysError("key names must be distinct")
+    _check_claims(wanted)
     return wanted
+
+
+def _check_claims(identities: Sequence[tuple[str, str]]) -> None:
+    """Refuse a node key ``a.b`` beside a client or admin key ``a``: that key's processes are
+    named ``a.<anything>`` (see ``CurveConfig.rights_for``), so they could claim the node's
+    name, and a connection's key would no longer tell a node from a client process."""
+    others = {name: role for role, name in identities if role != "node"}
+    for role, name in identities:
+        prefix = name.partition(".")[0]
+        if role == "node" and prefix != name and prefix in others:
+            raise KeysError(
+                f"node key {name!r} is a name {others[prefix]} key {prefix!r} may claim (its "
+                f"processes are named {prefix}.<anything>): choose another name"
+            )
 
 
 def add(
@@ -159,6 +183,7 @@ def add(
     data = _read_json(path, secret=False)
     identities = _identities_of(path, data)
     by_name = {name: (role, key) for key, (role, name) in identities.items()}
+    _check_claims([*wanted, *((role, name) for name, (role, _) in by_name.items())])
     for role, name in wanted:
         _check_addable(root, role, name, by_name.get(name), replace)
     written = []

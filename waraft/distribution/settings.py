@@ -101,13 +101,20 @@ class CurveConfig:
         name = node_id.partition("@")[0]
         if role == "node":
             return _NODE_RIGHTS if name == key_name else None
-        if not name.startswith(key_name + "."):
+        if not name.startswith(key_name + ".") or self._is_node_name(name):
+            # (A node key "db.1" beside a client key "db": ``waraft keys`` refuses that
+            # pair; a cluster.json made otherwise must not let "db" claim the node's name.)
             return None
         if role == "client":
             return _CLIENT_RIGHTS
         if role == "admin":
             return _ADMIN_RIGHTS
         return None
+
+    def _is_node_name(self, name: str) -> bool:
+        return any(
+            role == "node" and name == key_name for role, key_name in self.identities.values()
+        )
 
     def client_allowed(self, public_key_z85: bytes) -> bool:
         """Whether a client presenting this (Z85) public key may connect."""
