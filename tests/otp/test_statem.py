@@ -32,6 +32,13 @@ class Machine(otp.StateMachine):
         op, *args = request
         if op == "arm":
             self.set_state_timeout(*args)
+        elif op == "defer":
+            self.defer_state_timeout(*args)
+        elif op == "arm_deferred":
+            self.arm_state_timeout()
+        elif op == "busy":
+            # Stay in this callback until the armed timer's firing is in our own mailbox.
+            wait_until(lambda: self.actor_inbox.qsize() > 0)  # type: ignore[attr-defined]
         elif op == "go":
             self.transition(args[0])
         elif op == "cancel":
@@ -117,6 +124,29 @@ def test_pushing_a_timeout_back_keeps_the_armed_timer(monkeypatch: pytest.Monkey
     assert len(armed) == 1  # one timer for fifty armings, each later than the last
     assert events.wait_len(1) == [("timeout", "idle", "e49")]
     assert len(armed) <= 2  # at most one re-arm for what was left when it fired
+
+
+def test_a_deferred_deadline_holds_back_a_firing_that_came_while_the_process_was_busy() -> None:
+    # The Raft server's group flush: the timer fired while the process was busy, then an
+    # event pushed the deadline back but left the timer to a later arming. The queued firing
+    # must wait out the new deadline and deliver the new event.
+    events = Events()
+    pid = _start(events)
+    start = time.monotonic()
+    otp.call(pid, ("seq", [("arm", 20, "old"), ("busy",), ("defer", 300, "new")]))
+    assert events.wait_len(1) == [("timeout", "idle", "new")]
+    assert time.monotonic() - start >= 0.295
+
+
+def test_arming_a_deferred_timeout_that_already_fired_arms_nothing() -> None:
+    events = Events()
+    pid = _start(events)
+    otp.call(pid, ("seq", [("arm", 20, "old"), ("busy",), ("defer", 0, "due")]))
+    assert events.wait_len(1) == [("timeout", "idle", "due")]
+    otp.call(pid, ("arm_deferred",))  # the flush that comes after the firing
+    assert otp.call(pid, ("armed",)) is False
+    otp.call(pid, ("seq", [("defer", 20, "armed"), ("arm_deferred",)]))
+    assert events.wait_len(2)[1] == ("timeout", "idle", "armed")
 
 
 def test_transition_cancels_the_state_timeout_and_repeat_state_runs_enter() -> None:

@@ -13,6 +13,12 @@
   on every append) thus costs one timer per timeout period instead of a cancel and an arm per
   message.
   The timeout never fires before the newest deadline, and fires with the newest event.
+* ``defer_state_timeout(ms, event)`` sets the deadline and event at once but leaves the timer
+  alone (attribute writes only); ``arm_state_timeout()`` later files the timer for that
+  deadline. Between the two the deadline already counts: a firing of the armed timer that
+  comes before it is armed again for the rest, exactly as a pushed-back one is. A process that
+  defers its timer work to a group flush (the Raft server) thus never takes a firing queued
+  while it was busy for a timeout an event it handled since has pushed back.
 * ``next_event(event)`` queues an event that ``handle_next_event`` handles right after the
   current callback, before the next mailbox message, in FIFO order.
 """
@@ -43,6 +49,7 @@ class StateMachine(Process):
     _st_fires_at: float = 0.0  # monotonic seconds the armed timer is to fire at (postponed)
     _st_deadline: float = 0.0  # monotonic seconds the newest arming asked for
     _st_event: Any = None
+    _st_due: bool = False  # a deadline is set that has neither fired nor been cancelled
 
     def transition(self, new_state: Any) -> None:
         """Cancel the state timeout, switch to ``new_state`` and run ``on_enter``."""
@@ -58,9 +65,24 @@ class StateMachine(Process):
         """Arm the state timeout (replacing any armed one): ``handle_state_timeout(event)``
         runs ``ms`` milliseconds from now at the earliest, unless it is re-armed, cancelled or
         the state changes first."""
-        deadline = time.monotonic() + ms / 1000.0
+        self.defer_state_timeout(ms, event)
+        self.arm_state_timeout()
+
+    def defer_state_timeout(self, ms: float, event: Any) -> None:
+        """Set the state timeout's deadline (``ms`` from now) and event, leaving the timer to
+        a later ``arm_state_timeout``, which the caller must make. The deadline holds from
+        now on: a firing of the armed timer that comes before it is armed again for the rest,
+        and one that comes after it delivers ``event``. Cheap enough for every event."""
+        self._st_deadline = time.monotonic() + ms / 1000.0
         self._st_event = event
-        self._st_deadline = deadline
+        self._st_due = True
+
+    def arm_state_timeout(self) -> None:
+        """File the timer for the deadline the last ``defer_state_timeout`` set; nothing
+        if that timeout has fired or was cancelled since."""
+        if not self._st_due:
+            return
+        deadline = self._st_deadline
         ref = self._st_ref
         if ref is not None and self._st_fires_at <= deadline:
             # Later than planned: the timer thread re-files the armed timer at its old
@@ -71,11 +93,14 @@ class StateMachine(Process):
             return
         self.cancel_state_timeout()
         self._st_fires_at = deadline
-        self._st_ref = send_after(ms, self.pid, _StateTimeout(self._st_generation, event))
+        left_ms = max(0.0, (deadline - time.monotonic()) * 1000.0)
+        msg = _StateTimeout(self._st_generation, self._st_event)
+        self._st_ref = send_after(left_ms, self.pid, msg)
 
     def cancel_state_timeout(self) -> None:
         """Disarm the state timeout; a firing already queued is ignored."""
         self._st_generation += 1
+        self._st_due = False
         ref = self._st_ref
         if ref is not None:
             cancel_timer(ref)
@@ -105,6 +130,7 @@ class StateMachine(Process):
                     self._st_ref = send_after(left_ms, self.pid, msg)
                     return
                 self._st_ref = None
+                self._st_due = False
                 event = self._st_event
                 self._st_event = None
                 self.handle_state_timeout(event)

@@ -255,7 +255,9 @@ class RaftServer(otp.StateMachine):
         self._state_pending: DurableState | None = None
         self._state_retry_at = 0.0
         self._internal: deque[Any] = deque()
-        self._timeout: SetTimeout | None = None
+        # A state timeout an event set whose timer is armed at the next flush (its deadline
+        # and event are already the state machine's: ``defer_state_timeout``).
+        self._timeout_unarmed = False
         self._published: tuple[Any, ...] | None = None
         self._published_flags: tuple[Any, ...] | None = None
         self._participants: tuple[Identity, ...] | None = None  # last noted in member_nodes
@@ -467,7 +469,7 @@ class RaftServer(otp.StateMachine):
         if (
             self._outbox
             or self._log_dirty
-            or self._timeout is not None
+            or self._timeout_unarmed
             or self._state_pending is not None
         ):
             if self._events_since_flush >= FLUSH_EVERY or self.actor_inbox.empty():
@@ -551,26 +553,29 @@ class RaftServer(otp.StateMachine):
         return self._store_state(pending)
 
     def _set_timeout(self, effect: SetTimeout) -> None:
-        # Armed at the flush: a burst of commits re-arms the batch timeout once per event,
-        # and only the last arming can ever fire.
-        self._timeout = effect
+        # The deadline counts from this event at once; the timer is armed at the flush (a
+        # burst of commits re-arms the batch timeout once per event, and only the last
+        # arming can ever fire). A firing queued while the server was busy (a slow WAL sync)
+        # that comes before this deadline is armed again for the rest, so a follower that
+        # handled a heartbeat never times out right after it for the timer set before it.
+        self.defer_state_timeout(effect.ms, effect.kind)
+        self._timeout_unarmed = True
 
     def _cancel_timeout(self, effect: CancelTimeout) -> None:
         # Quiescent: no timer at all until an event wakes the core.
         self.cancel_state_timeout()
-        self._timeout = None
+        self._timeout_unarmed = False
 
     def _state_changed(self, effect: StateChanged) -> None:
         self.cancel_state_timeout()
-        self._timeout = None
+        self._timeout_unarmed = False
         self._published = None  # publish the new state at the next flush
 
     def _flush(self) -> None:
         self._events_since_flush = 0
-        timeout = self._timeout
-        if timeout is not None:
-            self._timeout = None
-            self.set_state_timeout(timeout.ms, timeout.kind)
+        if self._timeout_unarmed:
+            self._timeout_unarmed = False
+            self.arm_state_timeout()
         if not self._state_stored():
             self._hold_back()
             return
