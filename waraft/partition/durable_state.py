@@ -10,6 +10,15 @@ answered (WARaft renames without fsync; we fsync, as DESIGN.md says). ``load`` r
 only when there is no state file: a truncated, corrupt or malformed file raises
 ``DurableStateError`` — never an empty state, which could let a replica vote twice in a term.
 A leftover ``state.temp`` (a crash before the rename) is ignored.
+
+A store whose directory fsync failed after the rename (``RenameNotDurableError``) leaves a
+state this process reads back from the page cache although, after a power loss, the directory
+may still name the old file: the failed store's vote would then be answered by a restarted
+server with nothing durable behind it. Such a directory is remembered in this process (as
+``waraft.log.unsynced`` does for log records whose fsync failed), and the next ``load`` of it
+stores what it reads again, completely, before returning it; if that fails too, ``load``
+raises. A retried fsync (``sync``) never clears the mark: after a failed fsync the kernel may
+report success without writing anything.
 """
 
 from __future__ import annotations
@@ -18,12 +27,18 @@ import contextlib
 import logging
 import os
 import struct
+import threading
 import zlib
 from typing import Final
 
 from waraft.core.types import DurableState
 from waraft.services.codec import CodecError, packb, unpackb
-from waraft.storage.provider import DISK_FULL_ERRNOS, fsync_path, write_file_durably
+from waraft.storage.provider import (
+    DISK_FULL_ERRNOS,
+    RenameNotDurableError,
+    fsync_path,
+    write_file_durably,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +46,24 @@ STATE_FILE: Final = "state"
 TEMP_FILE: Final = "state.temp"
 MAGIC: Final = b"WRAFTDS1"
 HEADER: Final = struct.Struct("<8sII")
+
+# Partition directories (absolute) whose last store may not be durable: see the module doc.
+_not_durable: set[str] = set()
+_not_durable_lock = threading.Lock()
+
+
+def _mark_not_durable(directory: str, not_durable: bool) -> None:
+    key = os.path.abspath(directory)
+    with _not_durable_lock:
+        if not_durable:
+            _not_durable.add(key)
+        else:
+            _not_durable.discard(key)
+
+
+def _is_not_durable(directory: str) -> bool:
+    with _not_durable_lock:
+        return os.path.abspath(directory) in _not_durable
 
 
 class DurableStateError(Exception):
@@ -82,7 +115,9 @@ def decode(data: bytes, path: str = STATE_FILE) -> DurableState:
 
 
 def store(partition_path: str | os.PathLike[str], state: DurableState) -> None:
-    """Durably replace the partition's state file; raises ``DurableStateError`` on failure."""
+    """Durably replace the partition's state file; raises ``DurableStateError`` on failure
+    (after which ``state`` may be what this process reads back, but it is not durable: the
+    next ``load`` in this process stores it again before trusting it)."""
     directory = os.fspath(partition_path)
     data = encode(state)
     temp = os.path.join(directory, TEMP_FILE)
@@ -90,6 +125,8 @@ def store(partition_path: str | os.PathLike[str], state: DurableState) -> None:
         os.makedirs(directory, exist_ok=True)
         write_file_durably(os.path.join(directory, STATE_FILE), data, temp)
     except OSError as exc:
+        if isinstance(exc, RenameNotDurableError):
+            _mark_not_durable(directory, True)
         disk_full = exc.errno in DISK_FULL_ERRNOS
         if not disk_full:  # a full disk is retried, and logged once, by the server
             logger.error("cannot store durable state in %s: %s", directory, exc)
@@ -99,27 +136,63 @@ def store(partition_path: str | os.PathLike[str], state: DurableState) -> None:
             f"cannot store durable state in {directory}: {exc}",
             disk_full=disk_full,
         ) from exc
+    # Complete: the directory names this file durably, whatever an earlier store left.
+    _mark_not_durable(directory, False)
 
 
 def load(partition_path: str | os.PathLike[str]) -> DurableState | None:
-    """The stored state, ``None`` when there is no state file (a new replica)."""
-    path = os.path.join(os.fspath(partition_path), STATE_FILE)
+    """The stored state, ``None`` when there is no state file (a new replica). When the last
+    store in this process did not complete (see the module doc), the state read is stored
+    again first; ``DurableStateError`` if that fails (the state cannot be trusted)."""
+    directory = os.fspath(partition_path)
+    path = os.path.join(directory, STATE_FILE)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
+        _mark_not_durable(directory, False)  # removed since: nothing left to trust
         return None
     except OSError as exc:
         raise DurableStateError(f"cannot read state file {path}: {exc}") from exc
-    return decode(data, path)
+    state = decode(data, path)
+    if _is_not_durable(directory):
+        _store_again(directory, state)
+    return state
+
+
+def _store_again(directory: str, state: DurableState) -> None:
+    """Make ``state``, read back after a store that did not complete, durable."""
+    path = os.path.join(directory, STATE_FILE)
+    try:
+        store(directory, state)
+    except DurableStateError as exc:
+        raise DurableStateError(
+            f"state file {path} was read back after a store that failed, and storing it "
+            f"again failed ({exc}): its term and vote may not be durable"
+        ) from exc
+    logger.warning(
+        "state file %s: its last store had failed after the rename; stored it again "
+        "(term %d) before trusting it",
+        path,
+        state.current_term,
+    )
 
 
 def sync(partition_path: str | os.PathLike[str]) -> None:
     """fsync the state file if it exists (WARaft calls this on server termination; ``store``
-    already syncs, so this is only a belt-and-braces flush)."""
-    path = os.path.join(os.fspath(partition_path), STATE_FILE)
-    with contextlib.suppress(FileNotFoundError):
+    already syncs, so this is only a belt-and-braces flush). It never makes a state trusted:
+    a directory whose last store did not complete stays so (a retried fsync may report
+    success without writing), and a failed fsync here marks it so, then raises ``OSError``
+    (the next ``load`` in this process stores the state again)."""
+    directory = os.fspath(partition_path)
+    path = os.path.join(directory, STATE_FILE)
+    try:
         fsync_path(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        _mark_not_durable(directory, True)
+        raise
 
 
 __all__ = [

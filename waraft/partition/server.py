@@ -21,7 +21,6 @@ pid or a ``(name, node)`` address.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -325,7 +324,7 @@ class RaftServer(otp.StateMachine):
             # A replica that cannot trust its term and vote must not vote or lead: come up
             # disabled with the reason (the corrupt file stays for inspection; ``enable``
             # starts afresh as a stalled replica).
-            logger.error("%s: durable state unreadable, starting disabled: %s", self.name, exc)
+            logger.error("%s: durable state not trusted, starting disabled: %s", self.name, exc)
             return DurableState(0, None, ("durable_state_error", str(exc)))
 
     def terminate(self, reason: Any) -> None:
@@ -337,8 +336,12 @@ class RaftServer(otp.StateMachine):
                 self._flush()
             except Exception:
                 logger.exception("%s: cancelling pending requests failed", self.name)
-            with contextlib.suppress(OSError):
+            try:
+                # Belt and braces only: every store was fsynced. A failure is not retried
+                # and trusted: ``sync`` marks the state for storing again at the next load.
                 otp.blocking(durable_state.sync, self.options.database)
+            except OSError as exc:
+                logger.warning("%s: fsync of the durable state failed: %s", self.name, exc)
         info.clear(self.table, self.partition, self.name)
         logger.info("%s terminating: %r", self.name, reason)
 

@@ -601,17 +601,33 @@ DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 """Write errors that mean "no room now": retried once there is room, not a broken disk."""
 
 
+class RenameNotDurableError(OSError):
+    """``build_file_durably`` renamed the new file to its target, then the directory's fsync
+    failed (``errno`` is that fsync's). This process reads the new file back (the page cache
+    holds the rename), but after a power loss the directory may still name the old one: the
+    new content must not be trusted as durable until a later complete build of the target."""
+
+
 def build_file_durably(target: str, build: Callable[[str], None], temp: str | None = None) -> None:
     """Have ``build`` write a fresh temporary file (``temp``, by default ``target + ".tmp"``),
     then fsync it, rename it to ``target`` and fsync the directory: after a crash ``target``
-    is either whole or as it was."""
+    is either whole or as it was. Raises ``RenameNotDurableError`` when only the directory's
+    fsync failed (the rename is visible, not durable), the failing call's ``OSError`` else."""
     temp = target + ".tmp" if temp is None else temp
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temp)
     build(temp)
     fsync_path(temp)
     os.replace(temp, target)
-    fsync_directory(os.path.dirname(target) or ".")
+    directory = os.path.dirname(target) or "."
+    try:
+        fsync_directory(directory)
+    except OSError as exc:
+        raise RenameNotDurableError(
+            exc.errno,
+            f"{target} was renamed into place but the fsync of {directory} failed "
+            f"({exc.strerror or exc}): the rename may not be durable",
+        ) from exc
 
 
 def write_file_durably(target: str, data: bytes, temp: str | None = None) -> None:
@@ -647,6 +663,7 @@ __all__ = [
     "OK",
     "ApplyItem",
     "InvalidIncompleteReplica",
+    "RenameNotDurableError",
     "SessionResultsError",
     "StorageCorruptionError",
     "StorageError",
