@@ -171,6 +171,39 @@ def test_leader_completeness_at_election_and_at_commit() -> None:
         checker2.after_step("a", State.FOLLOWER, 1, 2)  # then index 2 is seen committed in 1
 
 
+def _figure_8(leader_has_own_term_entry_on_b: bool) -> tuple[InvariantChecker, int]:
+    """Figure 8 (c) of the Raft paper by hand. a led term 2 and wrote A at index 2, then c
+    led term 3 and wrote its own entry there; neither reached anyone. a leads again in term 4
+    (its noop at 3) and has replicated A to b. Returns the checker and the index the leader
+    may claim committed: 2 by counting replicas, or 3 when b also holds the noop of term 4."""
+    checker, logs = _checker("a", "b", "c")
+    checker.voters_of = lambda node: ["a", "b", "c"]
+    _append(checker, logs, "a", _e(2, 1))
+    _append(checker, logs, "c", _e(3, 2))
+    _append(checker, logs, "a", _e(4, 3))
+    _append(checker, logs, "b", _e(2, 1))
+    if leader_has_own_term_entry_on_b:
+        _append(checker, logs, "b", _e(4, 3))
+    checker.after_step("a", State.LEADER, 4, 1)
+    return checker, 3 if leader_has_own_term_entry_on_b else 2
+
+
+def test_commit_protected_reports_a_commit_a_later_leader_could_overwrite() -> None:
+    """Counting replicas commits A (term 2) on a and b, yet c (its log ends at term 3) would
+    get its own and b's votes and overwrite it: reported at the commit, before any schedule
+    has to elect c (leader completeness would only see it then)."""
+    checker, index = _figure_8(leader_has_own_term_entry_on_b=False)
+    with _violation("commit_protected"):
+        checker.after_step("a", State.LEADER, 4, index)
+
+
+def test_commit_protected_accepts_raft_s_commit_of_the_leader_s_own_term() -> None:
+    # §5.4.2: once the noop of term 4 is on b too, c's log is behind b's: c cannot win
+    checker, index = _figure_8(leader_has_own_term_entry_on_b=True)
+    checker.after_step("a", State.LEADER, 4, index)
+    assert checker.committed[2][0] == _e(2, 1)
+
+
 def test_state_machine_safety() -> None:
     checker, _ = _checker("a", "b", "w")
     checker.on_apply("a", 2, _e(1, 1), digest=11)

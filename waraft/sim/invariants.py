@@ -14,6 +14,15 @@ step), so it can run after every step of long randomized runs:
   log of every leader of a term above ``T`` (checked when a leader appears and when a commit is
   observed);
 * **commit safety** — one entry per committed index, and a commit index never beyond the log;
+* **commit protected** — when a leader's commit index advances to ``c``, no voter of its
+  config that lacks the entry at ``c`` could win an election on the logs as they are now: the
+  voters whose log it is at least as up-to-date as (§5.4.1: last term, then last index),
+  itself included, are fewer than a majority. This is leader completeness checked forward at
+  the moment of the commit (the Raft paper's §5.4.3 argument: a majority holds the entry and
+  each of them refuses a candidate without it), so a commit that some future leader could
+  overwrite is reported before a schedule has to make that leader (Figure 8: committing an
+  older term's entry by counting replicas, §5.4.2); it needs ``voters_of`` (the simulator
+  sets it);
 * **state machine safety** — the same entry applied at the same index everywhere, and, on data
   replicas, the same state at the same index: a digest of the machine's data and the session
   table (``SimStorage.state_digest``), compared after every applied index, at both ends of
@@ -34,6 +43,7 @@ A violation raises ``InvariantViolation``; the simulator adds the seed and a tra
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from waraft.core.log_view import LogView
@@ -108,6 +118,8 @@ class InvariantChecker:
         self.applied: dict[int, Entry] = {}
         self._digests: dict[int, int] = {}
         self.checks = 0
+        # node -> the voting members of its current config (``commit_protected``; unset: off)
+        self.voters_of: Callable[[str], Sequence[str]] | None = None
 
     def _violate(self, invariant: str, message: str) -> None:
         if invariant not in self.disabled:
@@ -279,6 +291,8 @@ class InvariantChecker:
                     )
             else:
                 self._observe_commits(node, term, previous, commit_index, log)
+                if state is State.LEADER and self.voters_of is not None:
+                    self._check_commit_protected(node, commit_index, self.voters_of(node))
             self._commit[node] = commit_index
         self._commit_may_drop.discard(node)
 
@@ -347,3 +361,55 @@ class InvariantChecker:
                 f"leader {leader} of term {term} has {mine} at {index}, but {entry} was committed "
                 f"there in term {c_term}",
             )
+
+    def _check_commit_protected(self, leader: str, index: int, voters: Sequence[str]) -> None:
+        """``leader`` just committed up to ``index`` counting ``voters``: no voter without that
+        entry may be electable (``electable_without``). Only the highest index is checked:
+        by log matching, a log holding it holds the ones before it."""
+        term = self.logs[leader].term(index)
+        if term is None or not voters:
+            return
+        found = electable_without(self.logs, voters, index, term)
+        if found is not None:
+            voter, supporters = found
+            end = _end(self.logs[voter])
+            self._violate(
+                "commit_protected",
+                f"leader {leader} committed {index} (term {term}), but {voter} (log ends at "
+                f"term {end[0]}, index {end[1]}) lacks it and would get the votes of "
+                f"{supporters}, a majority of {sorted(voters)}",
+            )
+
+
+def electable_without(
+    logs: Mapping[str, LogView], voters: Sequence[str], index: int, term: int
+) -> tuple[str, list[str]] | None:
+    """A voter whose log lacks the entry of ``term`` at ``index`` and yet is at least as
+    up-to-date (§5.4.1: last term, then last index) as a majority of ``voters``' logs,
+    itself included, with those voters; ``None`` when there is none. Votes are counted on
+    logs alone, ignoring terms already voted in, pre-votes and leader stickiness: those only
+    refuse more, so this over-approximates who could be elected."""
+    ends = {voter: _end(logs[voter]) for voter in voters}
+    majority = len(voters) // 2 + 1
+    for voter in voters:
+        if _holds(logs[voter], index, term):
+            continue
+        end = ends[voter]
+        supporters = sorted(v for v in voters if ends[v] <= end)
+        if len(supporters) >= majority:
+            return voter, supporters
+    return None
+
+
+def _end(log: LogView) -> tuple[int, int]:
+    """(last term, last index): what the up-to-date check compares (§5.4.1)."""
+    last = log.last_index()
+    return (log.term(last) or 0, last)
+
+
+def _holds(log: LogView, index: int, term: int) -> bool:
+    """Does ``log`` hold the entry of ``term`` at ``index``? An index below the log's first
+    is taken as held (a snapshot covers it; the state digests check what it holds)."""
+    if index < log.first_index():
+        return True
+    return log.term(index) == term

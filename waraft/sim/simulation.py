@@ -188,6 +188,7 @@ class Simulation:
             config.net,
         )
         self.invariants = InvariantChecker(config.disabled_invariants)
+        self.invariants.voters_of = self._voters
         self.history = History()
         self.catchup = SnapshotCatchup(self)
         self.appended_keys: set[Any] = set()
@@ -230,6 +231,15 @@ class Simulation:
     def identities(self, node_ids: Iterable[str] | None = None) -> list[Identity]:
         ids = self.node_ids if node_ids is None else node_ids
         return [self.nodes[n].identity for n in ids]
+
+    def _voters(self, node_id: str) -> list[str]:
+        """The voting members of ``node_id``'s current config (``commit_protected``); none
+        when one of them is not a simulated node (the check is then skipped)."""
+        core = self.nodes[node_id].core
+        if core is None:
+            return []
+        voters = [peer.node for peer in core.current_config().membership]
+        return voters if all(voter in self.nodes for voter in voters) else []
 
     def _is_up(self, node_id: str) -> bool:
         node = self.nodes.get(node_id)
