@@ -146,3 +146,74 @@ def test_the_sweep_summary_counts_undetermined_seeds(
     assert main(["--seeds", "2", "--start", "7", "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     assert "0 violation(s), 2 undetermined" in out and "seeds [7, 8]" in out
+
+
+# -- Figure 8 (rolling isolation) ------------------------------------------------------------
+
+FIGURE_8_SEEDS = (0, 9)  # seeds whose Figure 8 phase builds the Raft paper's Figure 8
+
+
+def _unsafe_to_count(sim: Simulation) -> list[tuple[int, str, int]]:
+    """Figure 8's moment, read off the logs: a leader whose older-term entry (beyond its
+    commit index) is held by a majority of voters, while a voter without it could still win
+    an election. Counting replicas would commit it there; §5.4.2 waits for the leader's own
+    term. Returns (time, leader, index) for each such entry."""
+    from waraft.core.types import State
+    from waraft.sim.invariants import electable_without
+
+    logs = {node_id: node.log for node_id, node in sim.nodes.items()}
+    moments = []
+    for node in sim.nodes.values():
+        core = node.core
+        if core is None or core.state is not State.LEADER:
+            continue
+        voters = [peer.node for peer in core.current_config().membership]
+        for index in range(core.commit_index + 1, node.log.last_index() + 1):
+            term = node.log.term(index)
+            if term is None or term >= core.current_term:
+                break
+            holders = sum(1 for voter in voters if logs[voter].term(index) == term)
+            if holders > len(voters) // 2 and electable_without(logs, voters, index, term):
+                moments.append((sim.now, node.id, index))
+    return moments
+
+
+def test_the_figure_8_phase_builds_figure_8_in_sweep_seeds() -> None:
+    """The sweep's Figure 8 phase (rolling isolations: cut each new leader off soon after it
+    takes office, let the previous one back) leaves entries of several terms on minorities at
+    the same index, and brings back a leader with an older term's entry that reaches a
+    majority before its own term's: the real commit rule waits there, and the run stays
+    safe. The mixed faults before it do not build that moment in these seeds."""
+    from waraft.sim.nemesis import Nemesis, random_scenario
+
+    for seed in FIGURE_8_SEEDS:
+        scenario = random_scenario(seed)
+        sim = Simulation(scenario.config)
+        sim.bootstrap(witnesses=scenario.witnesses)
+        sim.add_clients(scenario.clients, scenario.workload)
+        nemesis = Nemesis(sim, scenario.nemesis)
+        nemesis.start()
+        mixed: list[tuple[int, str, int]] = []
+        while sim.steps < 2000 and sim.step():
+            mixed += _unsafe_to_count(sim)
+        assert not mixed, f"seed {seed}: the mixed faults built it already"
+        nemesis.calm()
+        nemesis.rolling_phase()
+        phase: list[tuple[int, str, int]] = []
+        while sim.steps < 2000 + scenario.figure_8_steps and sim.step():
+            phase += _unsafe_to_count(sim)
+        assert phase, f"seed {seed}: no Figure 8 moment"
+
+
+@pytest.mark.parametrize("seed", FIGURE_8_SEEDS)
+def test_committing_older_terms_by_counting_is_caught_by_the_sweep(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review R's mutant C13 (no §5.4.2 check) survived 1000 sweep seeds before the Figure 8
+    phase and ``commit_protected``; these seeds catch it, and pass with the real rule."""
+    from tests.sim.test_mutations import _commit_by_counting_any_term
+
+    assert not run_seed(seed, 2000).failed
+    monkeypatch.setattr(replication, "advance_commit_index", _commit_by_counting_any_term)
+    result = run_seed(seed, 2000)
+    assert result.invariant in ("commit_protected", "leader_completeness"), result.violation

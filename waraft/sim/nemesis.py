@@ -5,7 +5,9 @@ restarts (of any node or of the leader), symmetric partitions, isolating the lea
 link cuts, network quality changes, slow storage, administrative actions (resign, handover,
 trigger_election), disable/enable, membership changes (remove a member, add it back), and the
 loss of a node's durable state file (``lose_state``: its term and vote; an operator enables it
-later and it recovers a term from the voters, ``waraft.core.term_recovery``). Every fault is
+later and it recovers a term from the voters, ``waraft.core.term_recovery``), and rolling
+isolations of successive leaders, each cut off soon after it takes office while the one
+before comes back (the Raft paper's Figure 8, ``Nemesis._start_rolling``). Every fault is
 undone later, and ``calm()`` undoes everything at once.
 
 ``random_scenario(seed)`` derives a whole scenario (cluster size, witnesses, settings, storage
@@ -59,17 +61,38 @@ class NemesisConfig:
     # named in commits and tests still replay).
     lose_state: float = 0.08
 
+    # The chance, at each fault, that a rolling isolation of leaders starts
+    # (``Nemesis._start_rolling``: the schedule of the Raft paper's Figure 8). Off by default:
+    # the sweep runs rolling isolations in a phase of their own after the mixed faults
+    # (``Nemesis.rolling_phase``), so the mixed faults of every seed stay what they were.
+    # Drawn from a generator of its own, as ``lose_state``.
+    rolling_isolation: float = 0.0
+
     def without(self, *kinds: str) -> NemesisConfig:
         return replace(
             self,
             weights={k: w for k, w in self.weights.items() if k not in kinds},
             lose_state=0.0 if "lose_state" in kinds else self.lose_state,
+            rolling_isolation=0.0 if "rolling_isolation" in kinds else self.rolling_isolation,
         )
 
     def kinds(self) -> list[str]:
         """The faults this config may inject."""
-        lost = ["lose_state"] if self.lose_state > 0 else []
-        return sorted([k for k, w in self.weights.items() if w] + lost)
+        extra = ["lose_state"] if self.lose_state > 0 else []
+        extra += ["rolling_isolation"] if self.rolling_isolation > 0 else []
+        return sorted([k for k, w in self.weights.items() if w] + extra)
+
+
+@dataclass
+class _Rolling:
+    """A rolling isolation in progress: ``victim`` is the leader cut off last (``None`` until
+    the first cut); ``left`` leaders are still to be cut off; ``generation`` tells a stale
+    timer from the current one."""
+
+    victim: str | None
+    left: int
+    generation: int = 0
+    cutting: bool = False  # a cut of the newest leader is scheduled
 
 
 class Nemesis:
@@ -85,6 +108,10 @@ class Nemesis:
         # they were
         base = sim.config.seed if seed is None else seed
         self.loss_rng = random.Random(base * 7919 + 71)
+        # rolling_isolation's own, for the same reason
+        self.rolling_rng = random.Random(base * 7919 + 83)
+        self.rolling: _Rolling | None = None
+        sim.state_listeners.append(self._on_state_changed)
         self.active = False
         self.base_net = sim.network.config
         self.log: list[str] = []
@@ -122,7 +149,7 @@ class Nemesis:
         return low if low >= high else (rng or self.rng).randint(low, high)
 
     def _schedule_next(self) -> None:
-        if self.active and self._kinds:
+        if self.active and (self._kinds or self.config.rolling_isolation > 0):
             self.sim.clock.schedule(
                 self._delay(self.config.interval_ms), self._act, label="nemesis"
             )
@@ -143,11 +170,20 @@ class Nemesis:
     def _act(self) -> None:
         if not self.active:
             return
-        kind = self.rng.choices(self._kinds, self._weights)[0]
-        self._actions[kind]()
+        if self.rolling is not None:
+            # A rolling isolation runs alone: a crash, partition or heal of other faults would
+            # cut or reconnect its nodes out of turn and spoil its schedule.
+            self._schedule_next()
+            return
+        if self._kinds:
+            kind = self.rng.choices(self._kinds, self._weights)[0]
+            self._actions[kind]()
         chance = self.config.lose_state
         if chance > 0 and self.loss_rng.random() < chance:
             self._lose_state()
+        rolling = self.config.rolling_isolation
+        if rolling > 0 and self.rolling_rng.random() < rolling:
+            self._start_rolling()
         self._schedule_next()
 
     def calm(self) -> None:
@@ -169,6 +205,7 @@ class Nemesis:
                 sim.call(node.id, _enable, "enable")
         self.disabled.clear()
         self.lost.clear()
+        self.rolling = None
         self._note("calm")
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -246,6 +283,126 @@ class Nemesis:
 
         self._later(self._delay(self.config.downtime_ms), restart, f"restart {node_id}")
 
+    # -- rolling isolation (Figure 8) ------------------------------------------------------------
+
+    def rolling_phase(self) -> None:
+        """Inject rolling isolations only, one after another (a new one within 50-300 ms of
+        the last one's end), until ``calm()``: the sweep's Figure 8 phase. Call it on a calm
+        nemesis; it draws from ``rolling_rng`` only."""
+        self.config = replace(
+            self.config, interval_ms=(50, 300), weights={}, lose_state=0.0, rolling_isolation=1.0
+        )
+        self._kinds, self._weights = [], []
+        self.active = True
+        self.sim.clock.schedule(
+            self._delay(self.config.interval_ms, self.rolling_rng), self._act, label="nemesis"
+        )
+
+    def _start_rolling(self) -> None:
+        """Cut off a run of leaders one after the other, each soon after it takes office, and
+        let the one cut off before back in: the schedule of the Raft paper's Figure 8.
+
+        The current leader is isolated once it holds an entry of its term that no follower
+        acknowledged yet; each next leader (2 to 4 of them) is isolated soon after it takes
+        office (within 4 network delays, when its first entries reached a few followers at
+        most, or within 200 ms, when a backlog may have reached more), and the leader
+        isolated before it is reconnected. So entries of several terms sit on minorities at
+        the same indices, and a leader that comes back with an older term's entry may
+        replicate it to a majority before its own term's entries: exactly when committing by
+        counting replicas is unsafe (§5.4.2), as a next leader of the newer term could
+        overwrite it (``InvariantChecker``: ``commit_protected`` at the commit,
+        ``leader_completeness`` at that election). Links are cut, not nodes: it works with
+        volatile logs too. Other faults wait meanwhile (``_act``); a run ends 50 ms to 1 s
+        after the last cut's successor takes office, or 3 s after a cut no leader followed.
+        """
+        leader = self.sim.leader()
+        if self.rolling is not None or leader is None:
+            return
+        rng = self.rolling_rng
+        self.rolling = _Rolling(victim=None, left=rng.randint(2, 4))
+        self._note(f"rolling isolation: waiting for {leader} to append")
+        self._await_unreplicated(leader, self.rolling, self.sim.now + 300)
+
+    def _await_unreplicated(self, leader: str, rolling: _Rolling, deadline: int) -> None:
+        """Cut ``leader`` off as soon as its log ends with an entry of its term that no
+        follower acknowledged (or at ``deadline``)."""
+        if self.rolling is not rolling or not self.active:
+            return
+        core = self.sim.nodes[leader].core
+        if core is None or core.state is not State.LEADER:
+            self._end_rolling(rolling)  # it is gone already; no run this time
+            return
+        last = core.log.last_index()
+        acked = max(core.match_indices.values(), default=0)
+        if (last > acked and core.log.term(last) == core.current_term) or self.sim.now >= deadline:
+            self._cut(leader, rolling)
+        else:
+            self._later(1, lambda: self._await_unreplicated(leader, rolling, deadline), "await")
+
+    def _on_state_changed(self, node: Any, effect: Any) -> None:
+        """A new leader during a rolling isolation: schedule its cut (at most one pending)."""
+        rolling = self.rolling
+        if rolling is None or effect.new is not State.LEADER or node.id == rolling.victim:
+            return
+        if rolling.victim is None or rolling.cutting:
+            return
+        if rolling.left <= 0:
+            self._end_rolling(rolling, self._delay((50, 1000), self.rolling_rng))
+            return
+        rolling.cutting = True
+        # Short: its first entries reach a few followers at most. Long: a backlog of older
+        # entries reaches a majority first, one message at a time when messages are small.
+        rng = self.rolling_rng
+        delay = rng.randint(0, rng.choice([4 * self.base_net.max_delay_ms, 200]))
+        self._later(delay, lambda: self._cut(node.id, rolling), f"cut {node.id}")
+
+    def _cut(self, node_id: str, rolling: _Rolling) -> None:
+        """Isolate ``node_id``, reconnect the previous victim; give up if no leader follows."""
+        if self.rolling is not rolling:
+            return
+        sim = self.sim
+        previous = rolling.victim
+        sim.isolate(node_id)
+        if previous is not None and previous != node_id:
+            self._reconnect(previous, but=node_id)
+        rolling.victim = node_id
+        rolling.left -= 1
+        rolling.cutting = False
+        rolling.generation += 1
+        self._note(f"rolling isolation: isolate {node_id}, reconnect {previous}")
+        generation = rolling.generation
+
+        def give_up() -> None:
+            if self.rolling is rolling and rolling.generation == generation:
+                self._end_rolling(rolling)
+
+        self._later(3000, give_up, "rolling isolation timeout")
+
+    def _reconnect(self, node_id: str, but: str | None = None) -> None:
+        """Undo ``node_id``'s isolation, except towards ``but`` (the node cut off now)."""
+        network = self.sim.network
+        for other in self.sim.node_ids:
+            if other != node_id and other != but:
+                network.unblock(node_id, other)
+                network.unblock(other, node_id)
+
+    def _end_rolling(self, rolling: _Rolling, delay: int = 0) -> None:
+        """Reconnect the last victim after ``delay`` and end the run."""
+
+        def end() -> None:
+            if self.rolling is not rolling:
+                return
+            self.rolling = None
+            if rolling.victim is not None:
+                self._reconnect(rolling.victim)
+            self._note(f"rolling isolation over: reconnect {rolling.victim}")
+
+        if delay:
+            rolling.cutting = True  # no more cuts meanwhile
+            self._later(delay, end, "rolling isolation end")
+        else:
+            end()
+
     def _restart_partition(self) -> None:
         """Restart one replica's partition while its node stays up (its supervisor
         restarted it): no node liveness event, and without durable providers it comes back
@@ -281,6 +438,8 @@ class Nemesis:
     def _heal_later(self) -> None:
         def heal() -> None:
             self.sim.heal()
+            if self.rolling is not None and self.rolling.victim is not None:
+                self.sim.isolate(self.rolling.victim)  # a rolling isolation's cut stays
             self._note("heal")
 
         self._later(self._delay(self.config.partition_ms), heal, "heal")
@@ -551,6 +710,10 @@ def _enable(h: Any) -> Any:
 # -- randomized scenarios --------------------------------------------------------------------
 
 
+FIGURE_8_STEPS = 1000
+"""Steps of the sweep's Figure 8 phase, run after the mixed faults (``Scenario``)."""
+
+
 @dataclass(frozen=True)
 class Scenario:
     """Everything a sweep run needs, derived from its seed."""
@@ -562,6 +725,9 @@ class Scenario:
     workload: Workload
     nemesis: NemesisConfig
     sessions: bool = False  # clients with exactly-once sessions and list appends
+    # Steps of rolling isolations only (``Nemesis.rolling_phase``), after the mixed faults'
+    # steps: appended, so the run up to there is what it was before the phase existed.
+    figure_8_steps: int = FIGURE_8_STEPS
 
     def describe(self) -> str:
         c = self.config

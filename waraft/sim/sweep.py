@@ -2,7 +2,10 @@
 
 Each seed builds a random scenario (``waraft.sim.nemesis.random_scenario``), bootstraps the
 cluster, runs clients and the nemesis for at least ``--steps`` steps with every invariant
-checked after each step, then calms everything down and checks that the cluster recovers (a
+checked after each step, then a Figure 8 phase (``FIGURE_8_STEPS`` more steps of rolling
+isolations of successive leaders only, ``Nemesis.rolling_phase``; appended after the mixed
+faults so that their steps replay as they did before the phase existed), then calms
+everything down and checks that the cluster recovers (a
 leader, a final write applied on every data replica) and that the client history is
 linearizable; in the scenarios whose clients use exactly-once sessions (``SESSION_SHARE`` of
 the seeds: registers and lists, ambiguous commits retried with the same ``(session, seq)``),
@@ -132,6 +135,12 @@ def run_scenario(
         nemesis.start()
         while sim.steps < steps and sim.step():
             pass
+        if scenario.figure_8_steps > 0:
+            nemesis.calm()
+            nemesis.rolling_phase()
+            end = sim.steps + scenario.figure_8_steps
+            while sim.steps < end and sim.step():
+                pass
         nemesis.calm()
         sim.run_for(2000)
         sim.stop_clients()
