@@ -23,7 +23,7 @@ def _commit_by_counting_any_term(core: Any) -> None:
         core.commit_index = quorum
 
 
-def _figure8(seed: int) -> None:
+def _figure8(seed: int, disabled: frozenset[str] = frozenset()) -> None:
     """Figure 8 of the Raft paper, scripted. Only n1 and n5 may campaign (election weight 0
     elsewhere); one-way cuts decide who receives what; one entry per AppendEntries so that an
     old entry and the new leader's noop travel separately."""
@@ -40,6 +40,7 @@ def _figure8(seed: int) -> None:
         seed=seed,
         settings=settings,
         node_settings=dict.fromkeys(("n2", "n3", "n4"), quiet),
+        disabled_invariants=disabled,
     )
     sim.bootstrap()
     leader = sim.await_leader()
@@ -80,13 +81,18 @@ def _figure8(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_commit_rule_mutation_is_caught_by_leader_completeness(
+def test_commit_rule_mutation_is_caught_at_the_commit_and_at_the_overwrite(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _figure8(seed)  # the real rule: A commits only with n1's own-term noop; n5 cannot win
     monkeypatch.setattr(replication, "advance_commit_index", _commit_by_counting_any_term)
+    # commit_protected reports the commit of A itself, while n5 could still be elected
     with pytest.raises(InvariantViolation) as caught:
         _figure8(seed)
+    assert caught.value.invariant == "commit_protected"
+    # without it, leader completeness reports n5 once it won without A
+    with pytest.raises(InvariantViolation) as caught:
+        _figure8(seed, frozenset({"commit_protected"}))
     assert caught.value.invariant == "leader_completeness"
     assert caught.value.seed == seed and caught.value.trace
 
