@@ -176,3 +176,33 @@ def test_two_replicas_that_lost_their_terms_tell_each_other_where_their_logs_end
     assert not granted(n1)
     n1.rpc(ident(3), RequestVote(ElectionType.ALLOWED, 3, 5), term=7, now=LATER + 1)
     assert granted(n1)
+
+
+def test_three_replicas_that_lost_their_terms_in_a_ring_answer_each_others_questions() -> None:
+    # Sweep seed 89166: n1, n2 and n4 of five lost their state files. Each heard every voter
+    # but one of the others (n1 lacked n2, n2 lacked n4, n4 lacked n1), so each asked only
+    # that one, which was recovering too and only took the question for an answer: no
+    # replica of the three ever heard what it waited for, and with two voters left the
+    # partition had no leader for good.
+    lost = DurableState(0, None, MISSING)
+    nodes = [
+        make_node(n, ids(5), entries=entries_of([5, 5]), durable=lost if n in (1, 2, 4) else None)
+        for n in range(1, 6)
+    ]
+    cluster = Cluster(nodes)
+    ring = {(2, 1), (4, 2), (1, 4)}  # (sender, receiver): the question each never gets
+    cluster.blocked = {(ident(a), ident(b)) for a, b in ring}
+    for n in (1, 2, 4):
+        cluster.handle(n, Enable("op"))
+    cluster.deliver()
+    for n, waits_for in ((1, 2), (2, 4), (4, 1)):
+        node = cluster.node(n)
+        assert node.state is State.STALLED and node.core.status(0)["term_lost"] == [f"n{waits_for}"]
+    cluster.blocked = set()
+    for n in (1, 2, 4):  # each asks again, only the one it lacks
+        cluster.fire(n)
+    cluster.deliver()
+    for n in (1, 2, 4):
+        node = cluster.node(n)
+        assert node.state is State.FOLLOWER, n
+        assert (node.core.current_term, node.core.voted_for) == (5, f"n{n}")

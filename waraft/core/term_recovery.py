@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from waraft.core import terms
-from waraft.core.rpc import RaftRpc, RequestPreVote
+from waraft.core.rpc import PreVote, RaftRpc, RequestPreVote
 from waraft.core.types import State
 
 if TYPE_CHECKING:
@@ -47,7 +47,26 @@ def heard(core: Replica, rpc: RaftRpc) -> None:
     node = rpc.sender.node
     if node != core.node and rpc.term > core.terms_heard.get(node, -1):
         core.terms_heard[node] = rpc.term
+    if _is_recovery_question(rpc) and node in _voters(core) and _is_voter(core):
+        # Another voter recovering at the same time asks us: it waits for our answer, and
+        # we may not wait for its question any more (we heard it before). Three of them can
+        # so wait on each other in a ring for good (n1 on n2, n2 on n4, n4 on n1: each asks
+        # only the one it lacks, which asks only another). Our floor is the answer our own
+        # question would give it (``_floor``); a pre-vote reply, which nobody answers, so
+        # two recovering voters cannot ping-pong.
+        core.send(rpc.sender, PreVote(0), term=_floor(core))
     _recovered(core)
+
+
+def _is_recovery_question(rpc: RaftRpc) -> bool:
+    """Whether ``rpc`` is a recovering replica's question (``ask``): a pre-vote request of
+    ref 0, which no candidate's pre-vote carries."""
+    payload = rpc.payload
+    return type(payload) is RequestPreVote and payload.ref == 0
+
+
+def _is_voter(core: Replica) -> bool:
+    return any(member.node == core.node for member in core.current_config().membership)
 
 
 def ask(core: Replica) -> None:
@@ -62,7 +81,7 @@ def ask(core: Replica) -> None:
     # A voter asks at the term its own log ends in, which is its answer to another voter
     # recovering at the same time (see ``_floor``). A learner is nobody's voter, and asks
     # below everyone's term so that voters answer a non-member (``terms.handle_rpc``).
-    term = _floor(core) if any(m.node == core.node for m in members) else core.current_term
+    term = _floor(core) if _is_voter(core) else core.current_term
     for member in members:
         if member.node in missing:
             core.send(member, RequestPreVote(0), term=term)
