@@ -428,3 +428,58 @@ def test_with_lmdb_sync_a_full_lmdb_refuses_writes_and_keeps_serving_reads_then_
     assert _storage_status(node)["writes_stalled"] is None
     assert [_read(node, key) for key in (100, 101, 102)] == [("ok", 100), "not_found", ("ok", 102)]
     assert otp.whereis("raft_storage_test_1", node=node) == pid  # no restart
+
+
+@pytest.mark.parametrize(
+    ("commands", "answers", "after"),
+    [
+        (
+            [("write", "t", 300, 300), ("$batch", [("incr", "t", 7, 1), ("write", "t", 302, 302)])],
+            ["ok", [("ok", 1), "ok"]],
+            {300: ("ok", 300), 7: ("ok", 1), 302: ("ok", 302)},
+        ),
+        (
+            [("custom_cmd", 1), ("incr", "t", 7, 1)],
+            [
+                ("error", ("unknown_command", "unknown storage command ('custom_cmd', 1)")),
+                ("ok", 1),
+            ],
+            {7: ("ok", 1)},
+        ),
+    ],
+    ids=["write_then_session_batch", "opaque_then_derived"],
+)
+def test_with_lmdb_sync_an_apply_message_of_several_writes_on_a_full_lmdb_keeps_serving_reads(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    commands: list[Any],
+    answers: list[Any],
+    after: dict[int, Any],
+) -> None:
+    """Review V, bug 1: one apply message may need several provider writes (a ``$batch``
+    with a derived command starts a chunk of its own, and so does a derived command after a
+    provider's own). With ``lmdb_sync`` the second write waited on the first, stalled on the
+    full disk, until there was room: status and reads timed out. Now it is answered as with
+    one write per message, and the whole message lands once there is room."""
+    node = _lmdb_node(tmp_path, sync=True)
+    pid = otp.whereis("raft_storage_test_1", node=node)
+    full = _full_lmdb(monkeypatch)
+    try:
+        handles = [otp.LocalReplyTo() for _ in commands]
+        ops = [(h, (400 + n, c)) for n, (h, c) in enumerate(zip(handles, commands, strict=True))]
+        acceptor.commit_batch(addr("acceptor", node), ops)
+        wait_until(lambda: full["attempts"] > 0)
+        # Reported once the whole message is applied (the second write included): the
+        # status call timed out before.
+        wait_until(lambda: _storage_status(node)["writes_stalled"] is not None, timeout=5)
+        assert _local_read(node, 1) == ("ok", 1)
+        assert _read(node, 1, timeout=2) == ("ok", 1)
+        assert _commit(node, 101).wait(3) == ("error", "commit_stalled")
+        assert [handle.wait(3) for handle in handles] == answers  # in the log: durable there
+        status = _storage_status(node)
+        assert status["durable_position"] < status["position"]  # the log keeps the message
+    finally:
+        full["now"] = False  # space returns
+    assert wait_until(lambda: _commit(node, 102).wait(3) == "ok", timeout=20)
+    assert {key: _read(node, key) for key in after} == after
+    assert otp.whereis("raft_storage_test_1", node=node) == pid  # no restart

@@ -1856,3 +1856,64 @@ def test_lmdb_sync_an_apply_on_a_full_disk_returns_and_reads_are_served_until_ro
         assert reopened.read(("read", "t", "k"), reopened.position()) == ("ok", "after")
     finally:
         reopened.close()
+
+
+def test_lmdb_sync_a_second_write_of_one_apply_message_does_not_wait_on_the_stalled_first(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review V, bug 1: the storage actor holds applies behind a stalled write only between
+    apply messages, and one message may need several provider writes (a config entry after
+    a write, a ``$batch`` with session or derived commands). With ``lmdb_sync`` the second
+    write waited on the first, stalled one until there was room: the storage actor answered
+    nothing for as long as the disk stayed full. Now it takes the stalled write back and
+    carries its ops with its own: one write in flight, at the newest position, durable only
+    once it lands, all or nothing (a close meanwhile reopens at the last committed write)."""
+    storage, node, full = _failing_commits(
+        root, monkeypatch, errno.ENOSPC, "No space", lmdb_sync=True
+    )
+    returned = threading.Event()
+
+    def one_message() -> None:
+        storage.apply(("write", "t", "k", "new"), LogPos(4, 1))  # stalls: left in flight
+        storage.apply_config(CONFIG, LogPos(5, 1))
+        storage.apply(("delete", "t", "other"), LogPos(6, 1))
+        storage.apply(("write", "t", "k2", "v2"), LogPos(7, 1))
+        returned.set()
+
+    worker = threading.Thread(target=one_message, daemon=True)
+    worker.start()
+    try:
+        assert returned.wait(3.0), "a later write of the message waited for room on the full disk"
+        assert node.stalled is not None
+        inflight = storage._inflight
+        assert inflight is not None and inflight[1] == LogPos(7, 1)
+        assert storage.position() == LogPos(7, 1)
+        assert storage.durable_position() == LogPos(3, 1)  # none of it in LMDB yet
+        assert storage.read(("read", "t", "k"), storage.position()) == ("ok", "new")
+        assert storage.read(("read", "t", "other"), storage.position()) == "not_found"
+        assert storage.read(("read", "t", "k2"), storage.position()) == ("ok", "v2")
+        assert storage.applies_held() and storage.write_stalled() == node.stalled
+        woken = threading.Event()
+        assert storage.wake_when_written(woken.set)
+        full["now"] = False  # room returns: the one write lands, all of it
+        assert woken.wait(10)
+        assert not storage.applies_held()
+        assert storage.durable_position() == LogPos(7, 1)
+        # Stalled again, then closed: the combined write is withdrawn whole.
+        full["now"] = True
+        storage.apply(("write", "t", "k", "lost"), LogPos(8, 1))
+        storage.apply(("write", "t", "k2", "lost"), LogPos(9, 1))
+        assert storage.durable_position() == LogPos(7, 1)
+    finally:
+        full["now"] = False
+        worker.join(10)
+        storage.close()
+    reopened = open_lazy(root, 1, lmdb_sync=True)
+    try:
+        assert reopened.position() == LogPos(7, 1)
+        assert reopened.config() == (LogPos(5, 1), CONFIG)
+        at = reopened.position()
+        got = [reopened.read(("read", "t", key), at) for key in ("k", "other", "k2")]
+        assert got == [("ok", "new"), "not_found", ("ok", "v2")]
+    finally:
+        reopened.close()

@@ -77,7 +77,9 @@ pages written and flushed at every group commit (25-98 KiB of disk writes per cl
 64 busy partitions, ``benchmarks/SCALE.md``). Each apply waits for its own write, except on
 a full disk: there the write waits for room in the committer and the apply does not
 (``NodeLmdbStorage._write_synced``), and the partition behaves as with lazy sync: the
-storage actor holds the applies that follow, new commits are refused (``commit_stalled``),
+storage actor holds the applies that follow (a later write of the same apply message takes
+the stalled one back and carries its ops before its own, so it waits on nothing either),
+new commits are refused (``commit_stalled``),
 reads are served (the stalled write's rows from it), and it resumes by itself once the write
 lands. The durable position stays at the last committed write meanwhile, so the log keeps
 the stalled entries (an apply acknowledged before its write landed is in the log, and a
@@ -1578,9 +1580,23 @@ class NodeLmdbStorage(LmdbStorage):
         flight), has new commits refused (``write_stalled``) and is woken once it lands
         (``wake_when_written``). Nothing acknowledged is lost meanwhile: the durable position
         stays at the last committed write (``durable_position``), so the log keeps the
-        stalled entries, and a restart applies them again."""
+        stalled entries, and a restart applies them again.
+
+        Holding applies only works between apply messages: one message may need several
+        writes (a config entry, a ``$batch`` with session or derived commands, a derived
+        command after a provider's own). Such a later write never waits on a stalled one
+        (which lasted as long as the disk stayed full): the stalled write is taken back from
+        the committer and this write carries its ops first, then the new ones, with the
+        newer metadata (``_take_back_stalled``). That keeps one write in flight, in order and
+        all or nothing, at the newest position, and it counts as durable only once it
+        lands."""
+        stalled = self._take_back_stalled(node)
+        if stalled is None:
+            self._drain()  # at most one write in flight: done already, or failed (raises)
+        else:
+            ops = [*stalled.ops, *ops]
+            meta = list({**dict(stalled.meta), **dict(meta)}.items())
         write = _Write(self._db, self._seed, ops, meta, self._path, self._lease)
-        self._drain()  # at most one write in flight (applies are held behind a stalled one)
         node.submit(write)
         position = self._writing
         self._inflight = (write, position)
@@ -1590,6 +1606,26 @@ class NodeLmdbStorage(LmdbStorage):
         NodeEnv.wait(write)  # raises what failed it: nothing applied, the apply fails
         self._written = write.generation
         self._durable = position
+
+    def _take_back_stalled(self, node: NodeEnv) -> _Write | None:
+        """``lmdb_sync``: the in-flight write, withdrawn from the committer if it waits for
+        room on a full disk (it is then no longer in flight and never commits); None once it
+        is done (or there is none). Waited for while the disk is not known to be full, as
+        ``_caught_up`` does; while the committer is trying it again (withdraw refuses), for a
+        moment at a time until it is put back in the queue or lands."""
+        inflight = self._inflight
+        if inflight is None:
+            return None
+        write = inflight[0]
+        if not write.done:
+            node.hurry()
+        while not write.done:
+            if node.stalled is not None and node.withdraw(write):
+                self._inflight = None  # not drained: its withdrawal is no failure of ours
+                self._inflight_index = None
+                return write
+            write.event.wait(STALL_CHECK)
+        return None
 
     def _buffer_meta(self, meta: list[tuple[bytes, bytes]], size: int) -> None:
         """Account for an apply whose rows (``size`` value bytes) just went into the buffer,
