@@ -1917,3 +1917,32 @@ def test_lmdb_sync_a_second_write_of_one_apply_message_does_not_wait_on_the_stal
         assert got == [("ok", "new"), "not_found", ("ok", "v2")]
     finally:
         reopened.close()
+
+
+def test_lmdb_sync_a_failed_write_never_counts_as_durable(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review V: with ``lmdb_sync``, a write left in flight on a full disk that then failed
+    for good raised at the next call, but every later ``durable_position`` returned the
+    applied position, the failed apply included (the log could have trimmed it). It stays
+    at the last committed write."""
+    storage, node, full = _failing_commits(
+        root, monkeypatch, errno.ENOSPC, "No space", lmdb_sync=True
+    )
+    try:
+        storage.apply(("write", "t", "k", "new"), LogPos(4, 1))  # left in flight
+        inflight = storage._inflight
+        assert inflight is not None and node.stalled is not None
+
+        def broken(self: Any, group: list[_Write]) -> None:
+            raise lmdb.Error("mdb_txn_commit: Permission denied")
+
+        monkeypatch.setattr(NodeEnv, "_transaction", broken)
+        assert inflight[0].event.wait(10)  # the committer's retry fails it
+        with pytest.raises(lmdb.Error):
+            storage.durable_position()
+        assert storage.durable_position() == LogPos(3, 1)
+        assert storage.position() == LogPos(4, 1)
+    finally:
+        full["now"] = False
+        storage.close()

@@ -1355,9 +1355,12 @@ class NodeLmdbStorage(LmdbStorage):
         the node's last completed flush (the log must keep every entry above it); with
         ``lmdb_sync`` every commit is flushed before it returns, so it is ``position()``, but
         while an apply's write waits for room on a full disk (``_write_synced``): the position
-        before it until it lands."""
+        before it until it lands, and for good once a write failed (its apply is counted in
+        ``position()`` but never reached LMDB: the log must keep it)."""
         inflight = self._inflight
         if self._sync:
+            if self._failed is not None:
+                return self._durable  # the first call after the failure raised it (_drain)
             if inflight is None:
                 return self._position
             if not inflight[0].done:
