@@ -25,8 +25,12 @@ before its connection's accept event (the two travel on different pipes, and the
 was seen first in about one handshake in ten under load) waits for the next connection
 accepted from its address, counted meanwhile (``PENDING_S`` at most, then dropped and counted
 in ``conn_grants_unattached``). A grant attached to a connection whose handshake then failed
-moves to another connection of that address still without one (or is dropped if there is
-none).
+moves to another connection of that address still without one, or, if there is none, waits
+again for the next one accepted from its address, as from when it was made (it may belong to
+a connection whose accept event is still to come: dropped, that connection went uncounted
+once a failing handshake from its address had taken its grant). A grant whose own handshake
+failed after it was made so holds its slot until the next connection of its address, or
+``PENDING_S`` at most.
 
 What holds, exactly: every counted grant rides on (or waits for) a distinct live connection of
 its address, so the counts cannot outlive the connections, a closed connection frees its slot,
@@ -98,6 +102,7 @@ class ConnLimits:
 class _Conn:
     host: str | None
     key: str | None = None  # the grant attached to this connection, if any
+    since: float = 0.0  # when that grant was made (monotonic): how long it may wait again
 
 
 class ConnLedger:
@@ -115,7 +120,8 @@ class ConnLedger:
         self.granted = 0
         """Grants counted: the node's authenticated connections (and those about to be)."""
         self.unattached = 0
-        """Grants that found no connection of their host to ride on (not counted)."""
+        """Grants dropped after waiting ``PENDING_S`` for a connection of their host (no
+        longer counted)."""
 
     @property
     def waiting(self) -> int:
@@ -134,7 +140,7 @@ class ConnLedger:
         if pending:
             # Its grant came first (or another connection's of this host did: either way
             # a slot of one of this host's keys rides on a live connection again).
-            self._conns[fd] = _Conn(host, pending.popleft()[0])
+            self._conns[fd] = _Conn(host, *pending.popleft())
             if not pending:
                 del self._pending[host]
             return
@@ -152,8 +158,9 @@ class ConnLedger:
         self._release(conn.key)
         if not authenticated:
             # The grant was another connection's from the same host (or this one's, lost
-            # between the grant and the handshake's end): it moves to one still without.
-            self._attach(conn.key, conn.host)
+            # between the grant and the handshake's end): it moves to one still without,
+            # or waits for one, since that connection's accept event may still be to come.
+            self._grant(conn.key, conn.host, conn.since)
 
     def admit(
         self, key: str, member: bool, host: str | None, now: float | None = None
@@ -169,11 +176,7 @@ class ConnLedger:
             return "key"
         if self.granted >= (limits.total if member else limits.client_total):
             return "total"
-        if not self._bare.get(host):
-            self._pending.setdefault(host, deque()).append((key, at))
-            self._count(key)
-            return None
-        self._attach(key, host)
+        self._grant(key, host, at)
         return None
 
     def expire(self, now: float) -> None:
@@ -188,15 +191,24 @@ class ConnLedger:
             if not pending:
                 del self._pending[host]
 
-    def _attach(self, key: str, host: str | None) -> None:
+    def _grant(self, key: str, host: str | None, since: float) -> None:
+        """Count a grant of ``key`` made at ``since``: on the newest connection of ``host``
+        without one (the one whose handshake is under way), or waiting for the next one
+        accepted from ``host`` (``_pending``, kept oldest first for ``expire``)."""
+        self._count(key)
         bare = self._bare.get(host)
         if not bare:
-            self.unattached += 1
+            pending = self._pending.setdefault(host, deque())
+            at = len(pending)
+            while at and pending[at - 1][1] > since:
+                at -= 1
+            pending.insert(at, (key, since))
             return
-        fd = next(reversed(bare))  # the newest: the one whose handshake is under way
+        fd = next(reversed(bare))
         self._unbare(host, fd)
-        self._conns[fd].key = key
-        self._count(key)
+        conn = self._conns[fd]
+        conn.key = key
+        conn.since = since
 
     def _count(self, key: str) -> None:
         self._held[key] = self._held.get(key, 0) + 1
