@@ -498,10 +498,43 @@ def test_blocking_after_the_io_threads_stopped_runs_on_the_caller() -> None:
     try:
         namer = _ThreadNamer.start(node=node)
         assert otp.call(namer, "where", timeout=WAIT).startswith("otp:io:")
-        node._io_pool().stop(0.0)
+        pool = node._io_pool()
+        assert pool is not None
+        pool.stop(0.0)
         assert otp.call(namer, "where", timeout=WAIT).startswith("otp:sched:")
     finally:
         node.stop()
+
+
+class _LateBlocker(otp.Process):
+    """Holds its scheduler thread until ``gate`` is set, then makes its first blocking call:
+    ``ran`` gets the name of the thread that ran it."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        gate, ran, done = request
+        gate.wait(WAIT)  # not a yielding wait: the node's stop gives up on this thread
+        ran.append(otp.blocking(lambda: threading.current_thread().name))
+        done.set()
+        return "ok"
+
+
+def test_a_first_blocking_call_after_the_node_stopped_starts_no_io_threads() -> None:
+    """Review V: a node that never used ``blocking`` has no I/O threads to stop; a process
+    still running after the stop (on a scheduler thread the stop gave up on) that then made
+    its first blocking call started a pool of them, never stopped: leaked threads. It now
+    runs the call on its own thread."""
+    node = _node("iolate@t", schedulers=1, io_threads=2)
+    gate, done = threading.Event(), threading.Event()
+    ran: list[str] = []
+    blocker = _LateBlocker.start(node=node)
+    try:
+        otp.send_request(blocker, (gate, ran, done))
+        node.stop(timeout=0.2)  # gives up on the scheduler thread the process holds
+    finally:
+        gate.set()
+    assert done.wait(WAIT)
+    assert ran and ran[0].startswith("otp:sched:")
+    assert not [t for t in threading.enumerate() if t.name.startswith("otp:io:iolate@t")]
 
 
 def test_blocking_in_a_thread_process_is_a_plain_call() -> None:

@@ -1789,7 +1789,9 @@ def test_the_last_close_after_the_node_stopped_its_io_threads_closes_the_environ
     seed(storage, "before")
     try:
         closer = _Closer.start(node=otp_node)
-        otp_node._io_pool().stop(time.monotonic() + 5.0)  # the node's shutdown order
+        pool = otp_node._io_pool()
+        assert pool is not None
+        pool.stop(time.monotonic() + 5.0)  # the node's shutdown order
         assert otp.call(closer, storage, 10) == "closed"
     finally:
         otp_node.stop()

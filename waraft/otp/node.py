@@ -203,6 +203,7 @@ class Node:
         self._pool: SchedulerPool | None = None
         self._n_io_threads = io_threads
         self._io: IoPool | None = None
+        self._io_closed = False  # stop() has taken ``_io`` to stop: none may be started after
         self.registry = Registry(name)
         self._lock = threading.Lock()
         # Insertion-ordered set of live processes, so stop() can go in reverse start order.
@@ -306,15 +307,18 @@ class Node:
                 self._pool = sched.SchedulerPool(self, count, self._long_hold_ms)
             return self._pool
 
-    def _io_pool(self) -> IoPool:
-        """The node's I/O threads for ``otp.blocking``, started on first use."""
+    def _io_pool(self) -> IoPool | None:
+        """The node's I/O threads for ``otp.blocking``, started on first use; None once
+        ``stop`` has come to stopping them and there were none: threads started then would
+        never be stopped (a process still running past its stop, say on a scheduler thread
+        the stop gave up on, calls ``blocking`` on its own thread then)."""
         io = self._io
         if io is not None:
             return io
         from waraft.otp import sched
 
         with self._lock:
-            if self._io is None:
+            if self._io is None and not self._io_closed:
                 self._io = sched.IoPool(self, self._n_io_threads or sched.default_io_threads())
             return self._io
 
@@ -392,7 +396,9 @@ class Node:
         pool = self._pool
         if pool is not None:
             pool.stop(deadline)
-        io = self._io
+        with self._lock:
+            self._io_closed = True  # a pool started past this point would never be stopped
+            io = self._io
         if io is not None:
             io.stop(deadline)
         global _default

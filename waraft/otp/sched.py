@@ -430,17 +430,19 @@ def blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     so the scheduler keeps running the node's other processes; the process handles nothing
     else meanwhile, exactly as if it had called ``fn`` itself. Elsewhere (a thread process, a
     plain thread) it is a plain call, and so it is once the node has begun to stop its I/O
-    threads (``IoPool.submit``): a process still running then (a terminate that came late in
-    the node's shutdown) would otherwise wait for ever, and what it was releasing (a file
-    lock, an environment, a writer) would stay held. ``fn`` runs outside any process: it
-    must not rely on ``self_pid()`` or the current node.
+    threads (``IoPool.submit``), or has stopped without ever starting them (``Node._io_pool``:
+    threads started then would never be stopped): a process still running then (a terminate
+    that came late in the node's shutdown) would otherwise wait for ever, and what it was
+    releasing (a file lock, an environment, a writer) would stay held. ``fn`` runs outside
+    any process: it must not rely on ``self_pid()`` or the current node.
     """
     proc = scheduled_caller()
     if proc is None:
         return fn(*args, **kwargs)
     waker = _GreenWaker(proc)
     job = _Job(fn, args, kwargs, waker)
-    if not proc.node._io_pool().submit(job):
+    pool = proc.node._io_pool()
+    if pool is None or not pool.submit(job):
         return fn(*args, **kwargs)  # the node's I/O threads are stopping or gone
     waker.wait(None)
     if job.error is not None:
