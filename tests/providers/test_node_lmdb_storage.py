@@ -1933,6 +1933,7 @@ def test_lmdb_sync_a_failed_write_never_counts_as_durable(
     )
     try:
         storage.apply(("write", "t", "k", "new"), LogPos(4, 1))  # left in flight
+        storage.apply_config(CONFIG, LogPos(5, 1))  # the same write carries it on
         inflight = storage._inflight
         assert inflight is not None and node.stalled is not None
 
@@ -1944,7 +1945,9 @@ def test_lmdb_sync_a_failed_write_never_counts_as_durable(
         with pytest.raises(lmdb.Error):
             storage.durable_position()
         assert storage.durable_position() == LogPos(3, 1)
-        assert storage.position() == LogPos(4, 1)
+        assert storage.position() == LogPos(5, 1)
+        with pytest.raises(lmdb.Error):  # failed for good: the applies it carried returned
+            storage.read(("read", "t", "k"), storage.position())
     finally:
         full["now"] = False
         storage.close()

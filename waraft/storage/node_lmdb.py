@@ -1600,11 +1600,21 @@ class NodeLmdbStorage(LmdbStorage):
             ops = [*stalled.ops, *ops]
             meta = list({**dict(stalled.meta), **dict(meta)}.items())
         write = _Write(self._db, self._seed, ops, meta, self._path, self._lease)
-        node.submit(write)
+        try:
+            node.submit(write)
+        except BaseException as exc:
+            if stalled is not None:
+                self._failed = exc  # the applies it carried returned: failed for good
+            raise
         position = self._writing
         self._inflight = (write, position)
         if not self._caught_up():
             return  # the disk is full: left in flight (see above)
+        if stalled is not None:
+            # Landed or failed; a failure fails the applies that returned with the stalled
+            # write too (counted in the position): recorded for good, as a lazy flush's.
+            self._drain()
+            return
         self._inflight = None
         NodeEnv.wait(write)  # raises what failed it: nothing applied, the apply fails
         self._written = write.generation
