@@ -3,6 +3,7 @@ and the error cases of the public functions."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -337,6 +338,50 @@ def test_a_snapshot_whose_provider_raises_leaves_no_copy_behind(
     with pytest.raises(otp.ExitError):
         storage.create_snapshot(addr("storage", node))
     assert [n for n in os.listdir(part_dir) if "snapshot" in n] == []
+
+
+@pytest.mark.parametrize("where", ["rename", "fsync_dir"])
+def test_a_disk_fault_publishing_a_snapshot_is_an_error_and_restarts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # The rename of the complete copy into place, or the partition directory's fsync after
+    # it, failing (ENOSPC, EIO) crashed the storage actor: the one_for_all supervisor
+    # restarted the partition, a leader lost its leadership at each catch-up retry, and a
+    # failed fsync left an untracked full copy under the snapshot's name.
+    node = start_node(tmp_path, "n1", [1], storage_module=SQLITE)
+    _bootstrap_single(node)
+    assert acceptor.commit(addr("acceptor", node), ("a", ("write", "t", "a", 1))) == "ok"
+    part_dir = os.path.abspath(server.status(addr("server", node))["partition_path"])
+    pids = {k: otp.whereis(addr(k, node)[0], node=node) for k in ("server", "storage")}
+    faults: list[str] = []
+    if where == "rename":
+        real_rename = os.rename
+
+        def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            if str(src).endswith(".partial") and not faults:
+                faults.append(str(src))
+                raise OSError(errno.ENOSPC, "No space left on device (injected)")
+            real_rename(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "rename", rename)
+    else:
+        real_fsync = storage.fsync_directory
+
+        def fsync_directory(path: str) -> None:
+            if os.path.abspath(path) == part_dir and not faults:
+                faults.append(path)
+                raise OSError(errno.EIO, "Input/output error (injected)")
+            real_fsync(path)
+
+        monkeypatch.setattr(storage, "fsync_directory", fsync_directory)
+    answer = storage.create_snapshot(addr("storage", node))
+    assert faults and answer[0] == "error", answer
+    assert {k: otp.whereis(addr(k, node)[0], node=node) for k in pids} == pids
+    assert [n for n in os.listdir(part_dir) if "snapshot" in n] == []
+    ok, position = storage.create_snapshot(addr("storage", node))  # the retry succeeds
+    assert ok == "ok"
+    assert storage.list_snapshots(part_dir) == [(position, storage.snapshot_name(position))]
+    assert state(node) == "leader"
 
 
 def test_the_storage_removes_the_snapshot_copies_a_crash_left_when_it_opens(

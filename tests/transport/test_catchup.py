@@ -4,11 +4,14 @@ turns follower and replication continues."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.partition.helpers import APP, addr, ident, leader_of, state, wait_until
 from tests.transport.helpers import (
@@ -133,6 +136,43 @@ def test_a_far_behind_follower_is_caught_up_after_the_leader_trimmed(tmp_path: P
         _write(leader, 3, prefix="later")
         wait_until(lambda: _read(follower, "later2") == ("ok", 2))
         wait_until(lambda: _snapshots(leader) == [])
+
+
+def test_a_disk_fault_publishing_the_snapshot_is_retried_without_restarting_the_leader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The partition directory's fsync after the snapshot's rename into place failing (EIO)
+    # crashed the leader's storage actor: its partition restarted and lost the leadership,
+    # and the complete copy was left behind untracked. Now the coordinator backs off and
+    # retries, as after a provider's own snapshot I/O error.
+    with cluster(tmp_path, storage_module=SQLITE) as nodes:
+        leader = leader_of(nodes)
+        assert leader is not None
+        _write(leader, 30)
+        pid = otp.whereis(addr("server", leader)[0], node=leader)
+        part_dir = os.path.abspath(server.status(addr("server", leader))["partition_path"])
+        real = storage.fsync_directory
+        faults: list[str] = []
+
+        def fsync_directory(path: str) -> None:
+            if os.path.abspath(path) == part_dir and not faults:
+                faults.append(path)
+                raise OSError(errno.EIO, "Input/output error (injected)")
+            real(path)
+
+        monkeypatch.setattr(storage, "fsync_directory", fsync_directory)
+        newcomer = start(tmp_path, "n4", storage_module=SQLITE)
+        try:
+            result = server.adjust_config(addr("server", leader), ("add", ident(newcomer)))
+            assert result[0] == "ok"
+            wait_until(lambda: state(newcomer) == "follower", timeout=30)
+            assert faults
+            assert _read(newcomer, "k29") == ("ok", 29)
+            assert otp.whereis(addr("server", leader)[0], node=leader) is pid
+            assert state(leader) == "leader"
+            wait_until(lambda: _snapshots(leader) == [])  # nothing left untracked
+        finally:
+            newcomer.stop()
 
 
 def test_a_witness_is_sent_a_witness_snapshot(tmp_path: Path) -> None:

@@ -1371,11 +1371,35 @@ class StorageServer(otp.Process):
             else:
                 result = self.provider.create_snapshot(partial)
             if result == OK:
-                os.rename(partial, target)
-                fsync_directory(self.path)
+                result = self._publish_snapshot(partial, target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)  # gone already once renamed
         return ("ok", position) if result == OK else result
+
+    def _publish_snapshot(self, partial: str, target: str) -> Any:
+        """Rename the complete snapshot ``partial`` to ``target`` durably: ``"ok"``, or
+        ``("error", reason)`` (as a provider's own snapshot I/O failure) with ``target``
+        absent, so the caller (the catch-up coordinator: its failed backoff) retries rather
+        than the storage actor crashing and restarting the partition (its leadership lost)."""
+        try:
+            os.rename(partial, target)
+        except OSError as exc:  # EIO, ENOSPC: ``partial`` is still there for the caller
+            logger.error("storage %s cannot rename snapshot %s: %s", self.name, target, exc)
+            return ("error", f"cannot rename snapshot {target}: {exc}")
+        try:
+            fsync_directory(self.path)
+        except OSError as exc:
+            # The rename may not survive a power loss: nobody tracks a snapshot answered by an
+            # error (a full copy of the data), and a retry would reuse it by name without
+            # ever fsyncing the directory. Renamed back, it is ``partial`` again, which the
+            # caller removes (a crash before that leaves a leftover the next open removes).
+            logger.error("storage %s cannot fsync %s: %s", self.name, self.path, exc)
+            try:
+                os.rename(target, partial)
+            except OSError:
+                shutil.rmtree(target, ignore_errors=True)
+            return ("error", f"cannot make snapshot {target} durable: {exc}")
+        return OK
 
     def _cleanup_snapshots(self, keep: frozenset[str]) -> None:
         # Before making a new snapshot, keep at most MAX_RETAINED_SNAPSHOT older ones (as
