@@ -3,6 +3,7 @@ map growth, long keys, snapshot installs interrupted at every step, one user per
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -29,6 +30,7 @@ from waraft.storage.lmdb import (
 )
 from waraft.storage.provider import (
     BAD_POSITION,
+    StorageError,
     StorageOptions,
     UnknownCommandError,
 )
@@ -498,6 +500,68 @@ def test_failed_swap_restores_the_old_state(
     assert target.open_snapshot(snapshot, pos(9)) == "ok"
     assert_new(target)
     target.close()
+
+
+def _fail_partition_fsyncs(
+    monkeypatch: pytest.MonkeyPatch, directory: Path, failing: set[int]
+) -> list[str]:
+    """Make the ``failing`` (1-based) fsyncs of ``directory`` raise EIO; the fsyncs seen."""
+    real = lmdb_storage.fsync_directory
+    seen: list[str] = []
+
+    def fsync_directory(path: str) -> None:
+        if os.path.abspath(path) == str(directory):
+            seen.append(path)
+            if len(seen) in failing:
+                raise OSError(errno.EIO, "Input/output error (injected)")
+        real(path)
+
+    monkeypatch.setattr(lmdb_storage, "fsync_directory", fsync_directory)
+    return seen
+
+
+def test_a_failed_fsync_past_the_commit_point_raises_and_the_reopen_is_at_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fsync right after rename(new, live) failing was answered ("error", ...) with the
+    # snapshot's data already live and the old state deleted: the storage actor and the core
+    # kept the old position over the snapshot's data.
+    target, snapshot = two_states(tmp_path)
+    seen = _fail_partition_fsyncs(monkeypatch, tmp_path / "part", {2})
+    with pytest.raises(StorageError, match="not durably"):
+        target.open_snapshot(snapshot, pos(9))
+    assert len(seen) == 2
+    # Both states kept until the rename is known durable (the storage actor's terminate).
+    assert sorted(os.listdir(tmp_path / "part")) == sorted(
+        [ENV_DIR, ENV_DIR + ".old", "storage.lmdb.lock"]
+    )
+    target.close()
+    monkeypatch.undo()
+    reopened = LmdbStorage.open(OPTIONS, tmp_path / "part")  # the actor's restart
+    assert_new(reopened)
+    assert sorted(os.listdir(tmp_path / "part")) == [ENV_DIR, "storage.lmdb.lock"]
+    reopened.close()
+
+
+def test_an_open_after_the_commit_point_fsyncs_before_removing_the_old_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Removing .old before the rename into place is durable: a power loss could keep the
+    # removal and lose the rename, leaving only .new, which the next open discards.
+    target, snapshot = two_states(tmp_path)
+    _fail_partition_fsyncs(monkeypatch, tmp_path / "part", {2})
+    with pytest.raises(StorageError):
+        target.open_snapshot(snapshot, pos(9))
+    target.close()
+    seen = _fail_partition_fsyncs(monkeypatch, tmp_path / "part", {1})
+    with pytest.raises(OSError):
+        LmdbStorage.open(OPTIONS, tmp_path / "part")
+    assert seen
+    assert (tmp_path / "part" / (ENV_DIR + ".old")).is_dir()  # kept: nothing is durable yet
+    monkeypatch.undo()
+    reopened = LmdbStorage.open(OPTIONS, tmp_path / "part")
+    assert_new(reopened)
+    reopened.close()
 
 
 INSTALLER = """

@@ -69,9 +69,12 @@ reads the snapshot's position from the snapshot itself BEFORE touching the live 
 it to ``storage.lmdb.new/`` (fsynced), closes the live environment and swaps directories:
 ``storage.lmdb`` → ``storage.lmdb.old``, fsync the partition directory, ``storage.lmdb.new`` →
 ``storage.lmdb``, fsync again, remove ``.old``. Opening rolls an interrupted swap back: with
-``storage.lmdb`` missing and ``.old`` present, ``.old`` is renamed back; leftover ``.new`` /
-``.old`` directories are removed. A crash at any point thus leaves the old or the new state,
-never a mix.
+``storage.lmdb`` missing and ``.old`` present, ``.old`` is renamed back; with both present (the
+install passed its commit point), the directory is fsynced before ``.old`` goes; leftover
+``.new`` / ``.old`` directories are removed. A crash at any point thus leaves the old or the new
+state, never a mix. The fsync after the commit point failing raises ``StorageError``: the state
+changed, so neither an error (the state unchanged) nor ``"ok"`` (not yet durable) is true, and
+the storage actor's restart reads the position the disk holds.
 """
 
 from __future__ import annotations
@@ -343,6 +346,11 @@ def _recover_swap(directory: str) -> None:
         # Killed between the two renames: the old state is complete, the install never returned.
         logger.warning("LMDB storage %s: rolling back an interrupted snapshot install", live)
         os.rename(old, live)
+        fsync_directory(directory)
+    elif os.path.isdir(live) and os.path.lexists(old):
+        # Past the commit point, the fsync after it not done (a crash) or failed (EIO): made
+        # durable before ``.old`` goes, or a power loss could keep that removal and lose the
+        # rename, leaving neither state (``.new`` is then discarded as a staging leftover).
         fsync_directory(directory)
     for leftover in (new, old):
         if os.path.lexists(leftover):
@@ -689,7 +697,8 @@ class LmdbStorage(TransactionalStorage):
         """Replace the live environment by the staged one in ``new`` (see the module docstring).
 
         ``"ok"``; ``("error", reason)`` when the renames fail and the old state is back in
-        place; raises ``StorageError`` when not even that could be done.
+        place; raises ``StorageError`` when not even that could be done, or when the fsync
+        after the commit point fails (see ``_commit_swap``).
         """
         old = self._path + ".old"
         env, self._env = self._env, None
@@ -699,7 +708,6 @@ class LmdbStorage(TransactionalStorage):
             os.rename(self._path, old)
             fsync_directory(self._dir)
             os.rename(new, self._path)  # the commit point
-            fsync_directory(self._dir)
         except OSError as exc:
             logger.error("LMDB storage %s: snapshot swap failed: %s", self._path, exc)
             try:
@@ -708,9 +716,27 @@ class LmdbStorage(TransactionalStorage):
             except BaseException as again:
                 raise StorageError(f"cannot restore {self._path}: {again}") from again
             return ("error", f"cannot install snapshot: {exc}")
-        shutil.rmtree(old, ignore_errors=True)
+        self._commit_swap(old)
         self._open_env()
         return OK
+
+    def _commit_swap(self, old: str) -> None:
+        """Make the commit point's rename durable, then remove the old state in ``old``.
+
+        A failed fsync raises ``StorageError`` (the storage actor restarts), leaving both
+        states on disk. Not ``("error", ...)``: the new state is live, and the caller would
+        keep the old position over it. Not ``"ok"`` either: the log would be reset to the
+        snapshot's position and entries acknowledged past it, while a power loss could
+        still undo the rename (the open then rolls back to ``.old``), leaving the storage
+        below the log. The restart's open (``_recover_swap``) fsyncs again before removing
+        ``.old``: the partition comes back at the snapshot's position only once that is
+        durable, and a disk that keeps failing keeps it from starting."""
+        try:
+            fsync_directory(self._dir)
+        except OSError as exc:
+            logger.error("LMDB storage %s: snapshot swap not durable: %s", self._path, exc)
+            raise StorageError(f"snapshot installed in {self._path}, not durably: {exc}") from exc
+        shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
     def make_empty_snapshot(
