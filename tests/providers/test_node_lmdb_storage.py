@@ -825,14 +825,14 @@ def test_a_snapshot_install_left_running_by_a_killed_holder_never_lands_under_it
         assert go.wait(20)
         yield from rows
 
-    def replace(self: NodeLmdbStorage, rows: Any, meta: Any) -> None:
+    def replace(self: NodeLmdbStorage, rows: Any, meta: Any, **kwargs: Any) -> None:
         try:
             if held == "before_its_transaction":
                 entered.set()
                 assert go.wait(20)
             else:
                 rows = held_rows(rows)
-            real(self, rows, meta)
+            real(self, rows, meta, **kwargs)
             outcome.append(None)
         except BaseException as exc:
             outcome.append(exc)
@@ -1545,6 +1545,36 @@ def test_after_a_failed_sync_no_later_sync_makes_anything_durable(root: Path) ->
     finally:
         node.env = failing.env
         storage.close()
+
+
+def test_a_snapshot_install_whose_flush_fails_after_the_commit_is_ok_at_the_snapshot(
+    root: Path, tmp_path: Path
+) -> None:
+    """The replace committed, then the flush failed (EIO): answered as "cannot install",
+    the cached position stayed the old one over the snapshot's rows (and so did the storage
+    actor's and the core's), reads serving new values at the old position."""
+    one = open_lazy(root, 1, lmdb_sync_interval_ms=3_600_000)
+    two = open_lazy(root, 2, lmdb_sync_interval_ms=3_600_000)
+    node = two._node
+    assert node is not None
+    failing = _FailingSync(node.env)
+    try:
+        seed(one, "new", index=9)
+        seed(two, "old", index=5)
+        assert one.create_snapshot(tmp_path / "snap") == "ok"
+        node.env = failing
+        failing.fail = True
+        assert two.open_snapshot(tmp_path / "snap", LogPos(9, 1)) == "ok"
+        assert not failing.fail  # the flush after the commit did fail
+        assert node.sync_failure is not None
+        assert two.position() == LogPos(9, 1)
+        assert two.read(("read", "t", "k"), two.position()) == ("ok", "new")
+        assert two.config() == one.config()
+        assert two.durable_position() < LogPos(9, 1)  # not counted durable: never flushed
+    finally:
+        node.env = failing.env
+        one.close()
+        two.close()
 
 
 def test_a_partitions_lmdb_sync_follows_the_environment_it_joins(root: Path) -> None:

@@ -1373,10 +1373,15 @@ class NodeLmdbStorage(LmdbStorage):
         return self._durable
 
     def _replace(
-        self, rows: Iterable[tuple[bytes, bytes]], meta: Mapping[bytes, bytes] | None
+        self,
+        rows: Iterable[tuple[bytes, bytes]],
+        meta: Mapping[bytes, bytes] | None,
+        *,
+        flush: bool = True,
     ) -> None:
         """In ONE write transaction: empty the partition's database, then store ``rows``
-        (``(key, value)`` pairs, iterated inside the transaction) and the ``meta`` rows.
+        (``(key, value)`` pairs, iterated inside the transaction) and the ``meta`` rows;
+        then flush the environment unless ``flush`` is False (the caller flushes).
 
         Fenced by the partition's lease (``NodeEnv.replace``): raises ``StorageError`` and
         changes nothing once another open took the partition over (this holder was killed
@@ -1397,7 +1402,7 @@ class NodeLmdbStorage(LmdbStorage):
                 txn.put(key, _seal(seed, key, value), db=db)
 
         node.replace(db, lease, fill, where)
-        if not self._sync:
+        if flush and not self._sync:
             # Flushed whatever ``lmdb_sync`` says: a snapshot install is followed by a log
             # reset to its position, and a wiped or quarantined partition must not come back.
             node.flush()
@@ -2029,7 +2034,9 @@ class NodeLmdbStorage(LmdbStorage):
 
     def open_snapshot(self, path: str | os.PathLike[str], expected: LogPos) -> Any:
         """Check the snapshot, then empty the partition's database and copy the snapshot in,
-        in one transaction (which also lifts a quarantine)."""
+        in one transaction (which also lifts a quarantine), and flush it. ``("error",
+        reason)`` only when that transaction did not commit; a flush failing after the commit
+        is not the install failing (see ``_flush_installed``)."""
         if self._pending_position is not None:
             # Flushed, not dropped: a snapshot refused below leaves the partition as it was.
             self._flush_pending()
@@ -2054,14 +2061,14 @@ class NodeLmdbStorage(LmdbStorage):
             meta_db = source.open_db(_META, create=False)
             with source.begin() as txn:
                 rows = dict(txn.cursor(meta_db))
-                self._replace(txn.cursor(kv), rows)
+                self._replace(txn.cursor(kv), rows, flush=False)
         except lmdb.Error as exc:
             logger.error("cannot install snapshot %s: %s", directory, exc)
             return ("error", f"cannot install snapshot {directory}: {exc}")
         finally:
             source.close()
         was = self.quarantine
-        self._load_meta(synced=True)
+        self._load_meta(synced=self._flush_installed(directory))
         if self._position != expected:
             raise StorageError(
                 f"snapshot {directory} installed at {self._position}, expected {expected}"
@@ -2074,6 +2081,23 @@ class NodeLmdbStorage(LmdbStorage):
                 was,
             )
         return OK
+
+    def _flush_installed(self, directory: str) -> bool:
+        """Flush the committed install (the log is reset to its position next); True once it
+        is durable. A failed flush still answers ``"ok"``: the database holds the snapshot, and
+        an error would leave the position, config and quarantine cached here, in the storage
+        actor and in the core as they were, over the snapshot's rows. Raising instead would
+        restart the partition only to read the same unsynced rows from the still open node
+        environment. The node's ``sync_failure`` (set by ``flush``) stops its durable
+        positions and asks for the environment's rebuild, as after any other failed sync."""
+        if self._sync:
+            return True  # the commit was synced
+        try:
+            self._open_node().flush()
+        except lmdb.Error as exc:
+            logger.error("snapshot %s installed in %s, not flushed: %s", directory, self._path, exc)
+            return False
+        return True
 
 
 PROVIDER = NodeLmdbStorage
