@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -77,3 +78,13 @@ def raw() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
         yield ctx
     finally:
         ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    """A ZeroMQ context for hand-made peers (attackers, floods), destroyed at the end."""
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)

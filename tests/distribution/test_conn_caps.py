@@ -43,15 +43,6 @@ def capped_node() -> Iterator[str]:
         dist.stop()
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    try:
-        yield context
-    finally:
-        context.destroy(linger=0)
-
-
 def _curve(name: str) -> tuple[bytes, bytes, bytes]:
     return (*KEYS[name], KEYS["n1"][0])
 

@@ -68,15 +68,6 @@ def whole_thread_node() -> Iterator[str]:
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    try:
-        yield context
-    finally:
-        context.destroy(linger=0)
-
-
-@pytest.fixture
 def handled() -> Iterator[list[str]]:
     """The origins of the frames ``SINK``'s costly inline handler took, in order."""
     seen: list[str] = []
@@ -132,25 +123,26 @@ def test_a_client_keys_inline_handling_is_charged_to_its_budget(
     assert lines and "client:app" in lines[0]
 
 
-def test_a_members_frames_are_never_throttled(
-    keyed_node: str, ctx: zmq.Context[Any], handled: list[str]
+def _all_handled(
+    ctx: zmq.Context[Any], node_id: str, key: str, name: str, handled: list[str]
 ) -> None:
+    """Flood ``node_id`` as ``name`` with ``key``: every frame is handled, none dropped."""
     limited = dist.stats().get("rx_decode_limited", 0)
-    member = _flood(ctx, keyed_node, "n2", "n2")
+    sender = _flood(ctx, node_id, key, name)
     try:
         wait_until(lambda: len(handled) == FRAMES, timeout=15.0)
     finally:
-        member.close()
+        sender.close()
     assert dist.stats().get("rx_decode_limited", 0) == limited
+
+
+def test_a_members_frames_are_never_throttled(
+    keyed_node: str, ctx: zmq.Context[Any], handled: list[str]
+) -> None:
+    _all_handled(ctx, keyed_node, "n2", "n2", handled)
 
 
 def test_a_client_key_may_be_given_the_whole_thread(
     whole_thread_node: str, ctx: zmq.Context[Any], handled: list[str]
 ) -> None:
-    limited = dist.stats().get("rx_decode_limited", 0)
-    app = _flood(ctx, whole_thread_node, "app", "app.flood")
-    try:
-        wait_until(lambda: len(handled) == FRAMES, timeout=15.0)
-    finally:
-        app.close()
-    assert dist.stats().get("rx_decode_limited", 0) == limited
+    _all_handled(ctx, whole_thread_node, "app", "app.flood", handled)
