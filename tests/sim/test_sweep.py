@@ -14,7 +14,7 @@ from waraft.sim.simulation import Simulation
 from waraft.sim.sweep import main, replay_command, run_seed
 
 ROOT = Path(__file__).resolve().parents[2]
-SEEDS = int(os.environ.get("WARAFT_SIM_SEEDS", "150"))  # `make sim` runs the long sweep
+SEEDS = int(os.environ.get("WARAFT_SIM_SEEDS", "110"))  # `make sim` runs the long sweep
 
 
 def test_bounded_randomized_sweep() -> None:
