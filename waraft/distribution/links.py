@@ -338,7 +338,7 @@ def _node_names(curve: CurveConfig | None) -> frozenset[str] | None:
     """The names of the cluster's nodes (None without a cluster's keys)."""
     if curve is None or not curve.identities:
         return None
-    return frozenset(name for role, name in curve.identities.values() if role == "node")
+    return curve.node_names()
 
 
 def apply_curve_client(sock: zmq.Socket[Any], curve: CurveConfig | None, node_id: str) -> None:

@@ -101,7 +101,7 @@ class CurveConfig:
         name = node_id.partition("@")[0]
         if role == "node":
             return _NODE_RIGHTS if name == key_name else None
-        if not name.startswith(key_name + ".") or self._is_node_name(name):
+        if not name.startswith(key_name + ".") or name in self.node_names():
             # (A node key "db.1" beside a client key "db": ``waraft keys`` refuses that
             # pair; a cluster.json made otherwise must not let "db" claim the node's name.)
             return None
@@ -111,10 +111,9 @@ class CurveConfig:
             return _ADMIN_RIGHTS
         return None
 
-    def _is_node_name(self, name: str) -> bool:
-        return any(
-            role == "node" and name == key_name for role, key_name in self.identities.values()
-        )
+    def node_names(self) -> frozenset[str]:
+        """The names the cluster's node keys belong to (empty for keys of the older form)."""
+        return frozenset(name for role, name in self.identities.values() if role == "node")
 
     def client_allowed(self, public_key_z85: bytes) -> bool:
         """Whether a client presenting this (Z85) public key may connect."""
