@@ -409,7 +409,7 @@ class Receiver(threading.Thread):
             return None
         return self._ids_of_node_key if policy.MEMBER in rights else self._ids_of_key
 
-    def _log_over_share(self, key: str) -> None:
+    def _log_over_share(self, origin: str) -> None:
         """Say which key is over its share of this thread: its dropped requests are never
         answered, so without this line its clients' timeouts would have no visible cause."""
         count = self._over_share.ready()
@@ -420,7 +420,7 @@ class Receiver(threading.Thread):
                 "thread (client_receive_share=%s, client_receive_burst_s=%s in [dist]); its "
                 "requests time out until it is back in credit",
                 count,
-                _identity_of(key) if key.count(":") >= 2 else key,
+                origin,
                 settings.client_receive_share,
                 settings.client_receive_burst_s,
             )
@@ -532,7 +532,7 @@ class Receiver(threading.Thread):
         start = time.perf_counter()
         if not budget.allows(key, start):
             self._count("rx_decode_limited")
-            self._log_over_share(key)
+            self._log_over_share(conn.origin)
             return
         try:
             obj = self._decode(conn.peer, frame, True)
