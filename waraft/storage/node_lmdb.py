@@ -1628,15 +1628,13 @@ class NodeLmdbStorage(LmdbStorage):
     def _take_back_stalled(self, node: NodeEnv) -> _Write | None:
         """``lmdb_sync``: the in-flight write, withdrawn from the committer if it waits for
         room on a full disk (it is then no longer in flight and never commits); None once it
-        is done (or there is none). Waited for while the disk is not known to be full, as
-        ``_caught_up`` does; while the committer is trying it again (withdraw refuses), for a
+        is done (or there is none). Waited for while the disk is not known to be full
+        (``_caught_up``); while the committer is trying it again (withdraw refuses), for a
         moment at a time until it is put back in the queue or lands."""
         inflight = self._inflight
-        if inflight is None:
+        if inflight is None or self._caught_up():
             return None
         write = inflight[0]
-        if not write.done:
-            node.hurry()
         while not write.done:
             if node.stalled is not None and node.withdraw(write):
                 self._inflight = None  # not drained: its withdrawal is no failure of ours
