@@ -483,3 +483,18 @@ def test_a_status_row_shows_the_flags_the_server_computed_when_asked() -> None:
     assert (row["live"], row["lagging"], row["stale"]) == (True, False, True)
     assert ops._liveness(row) == "yes"
     assert ops._liveness(admin.status_row({"id": "n2@h:2", "state": "follower"})) == "?"
+
+
+def test_the_shell_says_a_partition_restarting_there_is_restarting_not_missing() -> None:
+    from waraft.cli import ops, shell
+    from waraft.partition import server
+
+    helpers = shell.Helpers("n1@127.0.0.1:7001", "kv", [1], ["n1@127.0.0.1:7001"])
+    with pytest.raises(shell.ShellError) as info:
+        helpers._on(lambda _address: server.PARTITION_RESTARTING, 1, None)
+    said = str(info.value)
+    assert "restarting" in said and "try again" in said and "serves no partition" not in said
+    with pytest.raises(shell.ShellError, match="serves no partition 1 of table 'kv'"):
+        helpers._on(lambda _address: server.NO_SUCH_PARTITION, 1, None)
+    named = ops._named_missing(server.PARTITION_RESTARTING, "kv", 1)
+    assert named[0] == "error" and "restarting" in named[1]

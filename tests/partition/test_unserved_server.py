@@ -1,19 +1,26 @@
 """The server API's answer for a partition the node does not run: ``NO_SUCH_PARTITION`` for
 the calls answered ``"ok"`` / ``("error", reason)``, where a raw ``ExitError`` (``noproc``
 here, ``refused`` from another node) came out of ``adjust_config`` and the other admin
-verbs. Over real nodes: ``tests/cli/test_commands.py``."""
+verbs; and ``PARTITION_RESTARTING`` for a partition the node runs whose server is not up
+right now (a restart), which answered ``NO_SUCH_PARTITION`` too. Over real nodes:
+``tests/cli/test_commands.py``; the receive thread's hook: ``tests/distribution``."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.partition.helpers import start_node, wait_until
+from waraft import distribution as dist
 from waraft import otp
 from waraft.core.types import Identity, LogPos
-from waraft.distribution import policy
-from waraft.partition import server
+from waraft.distribution import inline, policy
+from waraft.partition import part_sup, server
+from waraft.services import env
 
 NAME = server.default_name("t", 9)
 
@@ -77,3 +84,111 @@ def test_a_remote_call_to_a_server_not_running_here_takes_the_prefix_rules() -> 
         assert policy.rule_for("raft_acceptor_never_1", True, adjust) is None
     finally:
         policy.allow_prefix(server.NAME_PREFIX)
+
+
+# -- a partition that is restarting: registered here, its supervisor up, its server not -----
+
+
+class _Idle(otp.Process):
+    """Stands in for a partition's supervisor (only its registered name matters here)."""
+
+
+@pytest.fixture
+def restarting(node: str) -> Iterator[str]:
+    """Server name of partition ("r", 5), started on ``node`` and restarting: registered
+    (``env.register_partition``) with its supervisor's name taken, and no server."""
+    env.register_partition("r", 5, "app")
+    supervisor = _Idle.start(name=part_sup.default_name("r", 5))
+    try:
+        yield server.default_name("r", 5)
+    finally:
+        otp.kill(supervisor)
+        env.unregister_partition("r", 5)
+
+
+@pytest.mark.parametrize("call", [c for _, c in VERBS], ids=[v for v, _ in VERBS])
+def test_a_verb_to_a_partition_restarting_here_answers_partition_restarting(
+    restarting: str, node: str, call: Callable[[Any], Any]
+) -> None:
+    # The shell said "serves no partition" of a partition it was restarting.
+    assert call(restarting) == server.PARTITION_RESTARTING
+    assert call((restarting, node)) == server.PARTITION_RESTARTING
+    assert server.PARTITION_RESTARTING == ("error", "partition_restarting")
+    # A partition never started here is still none of this node's.
+    assert call(server.default_name("r", 6)) == server.NO_SUCH_PARTITION
+
+
+def test_a_partition_stopped_here_is_not_restarting(restarting: str) -> None:
+    # Registered, but its supervisor is gone (``waraft.sup.stop_partition``): nothing will
+    # bring the server back, so it is not "restarting".
+    otp.kill(otp.whereis(part_sup.default_name("r", 5)))
+    wait_until(lambda: otp.whereis(part_sup.default_name("r", 5)) is None)
+    assert server.resign(restarting) == server.NO_SUCH_PARTITION
+
+
+def test_the_receive_thread_answers_a_verb_to_a_restarting_partition(
+    restarting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A remote caller cannot look at this node's registry: the node answers for it (the
+    # receive thread, for a call to a name no process has; see ``answer_unserved_calls``).
+    here = otp.node.current()
+    sent: list[Any] = []
+
+    def record(target: Any, request: Any, timeout: Any = None) -> Any:
+        sent.append(request)  # what each verb sends, as the receive thread gets it
+        raise otp.ExitError("noproc")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(otp, "call", record)
+        for _, call in VERBS:
+            call(restarting)
+    assert len(sent) == len(VERBS)
+    server.answer_unserved_calls()
+    try:
+        for request in sent:
+            assert inline.unserved_call(restarting, request, here) == server.PARTITION_RESTARTING
+        assert inline.unserved_call(restarting, ["resign"], here) == server.PARTITION_RESTARTING
+        # Calls answering data still fail noproc; so does a partition not started here.
+        assert inline.unserved_call(restarting, ("status",), here) is None
+        assert inline.unserved_call(server.default_name("r", 6), ("resign",), here) is None
+        for name in ("raft_server_r_\u00b2", "raft_server_r_" + "9" * 30, "raft_server_5"):
+            assert inline.unserved_call(name, ("resign",), here) is None
+    finally:
+        policy.allow_prefix(server.NAME_PREFIX)
+        dist.set_unserved_call_handler(server.NAME_PREFIX, None)
+
+
+def test_a_partition_whose_server_is_being_restarted_answers_partition_restarting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = start_node(tmp_path, "n", [1])
+    try:
+        name = server.default_name("test", 1)
+        with node.activate():
+            first = wait_until(lambda: otp.whereis(name))
+        # Hold the restart before the server's start: its name stays free meanwhile.
+        gate = threading.Event()
+        start_link = server.RaftServer.start_link
+
+        def gated_start_link(*args: Any, **kwargs: Any) -> Any:
+            otp.blocking(gate.wait, 10)
+            return start_link(*args, **kwargs)
+
+        monkeypatch.setattr(server.RaftServer, "start_link", gated_start_link)
+        with node.activate():
+            otp.kill(first)
+            wait_until(lambda: otp.whereis(name) is None)
+            for _, call in VERBS:
+                assert call(name) == server.PARTITION_RESTARTING
+            assert server.trigger_election(server.default_name("test", 2)) == (
+                server.NO_SUCH_PARTITION
+            )
+        assert server.trigger_election((name, node.id)) == server.PARTITION_RESTARTING
+        gate.set()
+        with node.activate():
+            back = wait_until(lambda: otp.whereis(name))
+            assert back is not first
+            answer = server.resign(name)
+            assert answer not in (server.PARTITION_RESTARTING, server.NO_SUCH_PARTITION)
+    finally:
+        node.stop()

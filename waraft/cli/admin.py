@@ -317,7 +317,10 @@ class NodeAdmin(otp.Process):
                 try:
                     answer = otp.wait_response(handle, server.STORAGE_TIMEOUT)
                 except otp.ExitError as exc:
-                    answer = ("error", ("call_error", _plain(exc.reason)))
+                    if exc.reason == "noproc":  # as ``server.bootstrap`` answers it
+                        answer = server.unserved_answer(server.default_name(table, partition))
+                    else:
+                        answer = ("error", ("call_error", _plain(exc.reason)))
             results[at] = (partition, answer, None)
             if answer == "ok" and partition in wanted:
                 name = server.default_name(table, partition)

@@ -67,10 +67,12 @@ def _bootstrap_one(node: str, table: str, partition: int, config: Any, timeout: 
 
 def _named_missing(answer: Any, table: str, partition: int) -> Any:
     """``answer``, or for a node without the partition's server (``NO_SUCH_PARTITION``;
-    ``bootstrap_many`` and older admin processes answer ``("error", ("call_error",
-    "noproc"))``, which was printed as such) one that says so."""
+    older admin processes answer ``("error", ("call_error", "noproc"))``, which was printed
+    as such) or with its partition restarting (``PARTITION_RESTARTING``) one that says so."""
     if answer in (server.NO_SUCH_PARTITION, ("error", ("call_error", "noproc"))):
         return ("error", f"serves no partition {partition} of table {table!r}")
+    if answer == server.PARTITION_RESTARTING:
+        return ("error", f"partition {partition} of table {table!r} is restarting: try again")
     return answer
 
 

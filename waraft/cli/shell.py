@@ -57,7 +57,8 @@ class Helpers:
 
     def _on(self, call: Any, partition: int, node: str | None, *args: Any) -> Any:
         """``call(server address, *args)``, with a partition the node does not serve said as
-        such: the API answers ``NO_SUCH_PARTITION`` or fails ``noproc``, where a bare
+        such (one it runs but is restarting, ``PARTITION_RESTARTING``, said as that): the
+        API answers ``NO_SUCH_PARTITION`` or fails ``noproc``, where a bare
         ``ExitError: refused`` read like a permission problem at the end of a traceback
         (``refused`` now means a key without the right, or a node of an older build: both
         are named); and a node that cannot be reached (``("nodedown", node)``) said in one
@@ -81,6 +82,11 @@ class Helpers:
             raise
         if answer == server.NO_SUCH_PARTITION:
             raise self._unserved(partition, where)
+        if answer == server.PARTITION_RESTARTING:
+            raise ShellError(
+                f"{where} runs partition {partition!r} of table {self.table!r}, but it is "
+                "restarting (its server is not up right now): try again in a moment"
+            )
         return answer
 
     def _refused(self, call: Any, partition: int, node: str) -> ShellError:

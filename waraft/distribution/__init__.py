@@ -82,6 +82,7 @@ __all__ = [
     "set_fault",
     "set_idle_hook",
     "set_inline_handler",
+    "set_unserved_call_handler",
     "set_unserved_handler",
     "start",
     "stats",
@@ -305,6 +306,12 @@ def set_unserved_handler(prefix: str, handler: inline.UnservedHandler | None) ->
     """Let the layer that owns the names starting with ``prefix`` answer casts to such a name
     that no process has (see :func:`waraft.distribution.inline.set_unserved_handler`)."""
     inline.set_unserved_handler(prefix, handler)
+
+
+def set_unserved_call_handler(prefix: str, handler: inline.UnservedCallHandler | None) -> None:
+    """Let the layer that owns the names starting with ``prefix`` answer calls to such a
+    name that no process has (see :func:`waraft.distribution.inline.set_unserved_call_handler`)."""
+    inline.set_unserved_call_handler(prefix, handler)
 
 
 def set_idle_hook(name: str, hook: Callable[[], None] | None) -> None:

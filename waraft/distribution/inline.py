@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from waraft.otp.node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,40 @@ def unserved(name: str, msg: Any, origin: str) -> bool:
                 logger.exception("the unserved-name handler of %s raised", prefix)
                 return False
     return False
+
+
+UnservedCallHandler = Callable[[str, Any, "Node"], Any]
+"""``fn(name, request, node)``: see :func:`set_unserved_call_handler`."""
+
+_unserved_calls: dict[str, UnservedCallHandler] = {}
+
+
+def set_unserved_call_handler(prefix: str, handler: UnservedCallHandler | None) -> None:
+    """Register (or with None, remove) ``handler(name, request, node)`` for the calls to
+    names starting with ``prefix`` that no process has on ``node`` (this node: the receive
+    thread belongs to none): the call is answered with what the handler returns, or failed
+    ``noproc`` as before when it returns None. So the layer that owns the names can tell a
+    caller more than "no such process" (a partition that is restarting), where only this
+    node can know it. The call was admitted by the name's rules or by
+    ``policy.allow_prefix``; the handler runs on the receive thread (quick, no blocking, no
+    raising: an exception is logged and the call failed ``noproc``)."""
+    if handler is None:
+        _unserved_calls.pop(prefix, None)
+    else:
+        _unserved_calls[prefix] = handler
+
+
+def unserved_call(name: str, request: Any, node: Node) -> Any:
+    """The answer of ``name``'s prefix handler to a call no process on ``node`` can take;
+    None: fail it ``noproc``."""
+    for prefix, handler in _unserved_calls.items():
+        if name.startswith(prefix):
+            try:
+                return handler(name, request, node)
+            except Exception:
+                logger.exception("the unserved-call handler of %s raised", prefix)
+                return None
+    return None
 
 
 def set_idle_hook(name: str, hook: Callable[[], None] | None) -> None:

@@ -643,7 +643,13 @@ class Receiver(threading.Thread):
         pid = self._registry.whereis(name)
         if pid is None:
             self._count("rx_noproc")
-            handle.fail(NOPROC)
+            answer = None
+            if inline._unserved_calls:
+                answer = inline.unserved_call(name, request, self._dist.otp_node)
+            if answer is None:
+                handle.fail(NOPROC)
+            else:
+                handle.reply(answer)
             return
         messaging.send_request(pid, request, handle)
 

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from waraft import distribution as dist
 from waraft import otp, storage
 from waraft.core import config as core_config
 from waraft.core import events
@@ -1031,12 +1032,54 @@ def allow_remote(name: str) -> None:
 
 
 def answer_unserved_calls() -> None:
-    """Have this node fail a call to a partition's server it does not run with ``noproc``,
-    as a local call does, when the caller has the right the call needs: refused (a name
-    without rules), a missing partition read as a permission problem, and the API could not
-    tell it from one (see ``call_verb``). A caller without the right is still refused.
-    Idempotent."""
+    """Have this node answer a call to a partition's server it does not run as a local call
+    is answered, when the caller has the right the call needs (before, it was refused: a
+    name without rules, so a missing partition read as a permission problem): an admin
+    verb or ``is_peer_ready`` to a partition that is restarting here gets
+    ``PARTITION_RESTARTING`` (only this node can know it), any other such call fails
+    ``noproc`` (``call_verb`` answers ``NO_SUCH_PARTITION`` for it). A caller without the
+    right is still refused. Idempotent."""
     policy.allow_prefix(NAME_PREFIX, calls=_remote_calls())
+    dist.set_unserved_call_handler(NAME_PREFIX, _unserved_call)
+
+
+_VERB_CALLS: Final = frozenset((*_ADMIN_VERBS, "is_peer_ready"))
+"""The calls answered ``"ok"`` / ``("error", reason)`` (``call_verb``): the only ones a
+``PARTITION_RESTARTING`` answer fits (a status or a config is data)."""
+
+
+def _unserved_call(name: str, request: Any, node: otp.Node) -> Any:
+    """The receive thread's answer to ``request``, a call to server ``name``, which no
+    process on ``node`` has: ``PARTITION_RESTARTING`` for a verb to a partition restarting
+    there, else None (failed ``noproc``)."""
+    if (
+        isinstance(request, (tuple, list))
+        and request
+        and isinstance(request[0], str)
+        and request[0] in _VERB_CALLS
+        and is_restarting(name, node)
+    ):
+        return PARTITION_RESTARTING
+    return None
+
+
+def is_restarting(name: str, node: otp.Node) -> bool:
+    """Whether server ``name`` belongs to a partition started on ``node`` whose supervisor
+    runs there now (its one_for_all restart, or its first start, has not brought the server
+    up yet). A partition stopped since (``waraft.sup.stop_partition``) is not: nothing will
+    bring it back. Only looks ``name`` up (registries, no calls): the receive thread asks."""
+    if not isinstance(name, str) or not name.startswith(NAME_PREFIX):
+        return False
+    table, _, number = name[len(NAME_PREFIX) :].rpartition("_")
+    # ASCII digits only ("²".isdigit() is True, int() refuses it), and no giant numbers.
+    if not table or not number.isascii() or not number.isdigit() or len(number) > 20:
+        return False
+    partition = int(number)
+    if not env.is_partition_registered(table, partition, node=node.id):
+        return False
+    from waraft.partition import part_sup  # (part_sup imports this module's importers)
+
+    return otp.whereis(part_sup.default_name(table, partition), node=node) is not None
 
 
 def start_link(options: RaftOptions) -> otp.Pid:
@@ -1064,8 +1107,34 @@ def child_spec(options: RaftOptions) -> dict[str, Any]:
 
 NO_SUCH_PARTITION: Final = ("error", "no_such_partition")
 """The answer of the API calls whose answers are ``"ok"`` / ``("error", reason)`` (the admin
-verbs, ``is_peer_ready``) when the node runs no server of that name: the client's answer for a
-partition a node does not serve (``waraft.acceptor.NO_SUCH_PARTITION``)."""
+verbs, ``is_peer_ready``) when the node runs no server of that name and the partition is not
+restarting there (never started, or stopped): the client's answer for a partition a node
+does not serve (``waraft.acceptor.NO_SUCH_PARTITION``)."""
+
+PARTITION_RESTARTING: Final = ("error", "partition_restarting")
+"""The answer of the same calls when the node runs the partition but its server is not up
+right now: its supervisor is restarting it (one_for_all: every child of the partition), or
+still starting it. Nothing was done; the same call is worth retrying in a moment (the client
+drops its requests to such a partition and retries them, see ``waraft.acceptor``)."""
+
+
+def unserved_answer(server: otp.Target) -> Any:
+    """What ``call_verb`` answers for ``server`` when no process has its name:
+    ``PARTITION_RESTARTING`` if it names a partition restarting on a node of this Python
+    process (``is_restarting``), else ``NO_SUCH_PARTITION`` (another node answers
+    ``PARTITION_RESTARTING`` itself: ``answer_unserved_calls``)."""
+    here = otp.node.current()
+    node: otp.Node | None
+    if isinstance(server, str):
+        name, node = server, here
+    elif isinstance(server, tuple) and len(server) == 2 and isinstance(server[1], str):
+        name = server[0]
+        node = here if server[1] == here.id else otp.node.get(server[1])
+    else:
+        return NO_SUCH_PARTITION  # a pid names an incarnation, not a partition
+    if node is not None and is_restarting(name, node):
+        return PARTITION_RESTARTING
+    return NO_SUCH_PARTITION
 
 
 def _call(server: otp.Target, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
@@ -1075,14 +1144,16 @@ def _call(server: otp.Target, request: Any, timeout: float | None = DEFAULT_TIME
 def call_verb(server: otp.Target, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
     """``request`` to ``server``, whose answer is ``"ok"`` / ``("error", reason)``:
     ``NO_SUCH_PARTITION`` if no process has the name there (a partition the node does not
-    run, remote calls included once the node answers them: ``answer_unserved_calls``). Other
-    failures raise ``otp.ExitError`` as before: a node that cannot be reached, a timeout, a
-    caller without the right (``refused``), a server that exited while answering."""
+    run, remote calls included once the node answers them: ``answer_unserved_calls``),
+    ``PARTITION_RESTARTING`` if the node runs the partition but its server is not up right
+    now (retry). Other failures raise ``otp.ExitError`` as before: a node that cannot be
+    reached, a timeout, a caller without the right (``refused``), a server that exited while
+    answering."""
     try:
         return otp.call(server, request, timeout)
     except otp.ExitError as exc:
         if exc.reason == "noproc":
-            return NO_SUCH_PARTITION
+            return unserved_answer(server)
         raise
 
 
@@ -1246,8 +1317,9 @@ def enable(server: otp.Target) -> Any:
 
 def adjust_config(server: otp.Target, action: Any, index: int | None = None) -> Any:
     """Change the membership; answered ``("ok", LogPos)`` as soon as the entry is appended,
-    ``("error", reason)`` if refused (``not_leader``, ``would_lose_quorum``, ...), and
-    ``NO_SUCH_PARTITION`` by a node that does not run the partition."""
+    ``("error", reason)`` if refused (``not_leader``, ``would_lose_quorum``, ...),
+    ``NO_SUCH_PARTITION`` by a node that does not run the partition and
+    ``PARTITION_RESTARTING`` by one whose partition is restarting."""
     return call_verb(server, ("adjust_config", action, index))
 
 
@@ -1269,6 +1341,7 @@ def notify_complete(server: otp.Target) -> None:
 __all__ = [
     "NAME_PREFIX",
     "NO_SUCH_PARTITION",
+    "PARTITION_RESTARTING",
     "RaftServer",
     "adjust_config",
     "answer_unserved_calls",
@@ -1284,6 +1357,7 @@ __all__ = [
     "handover_async",
     "handover_candidates",
     "is_peer_ready",
+    "is_restarting",
     "make_config",
     "member_nodes",
     "membership",
@@ -1296,4 +1370,5 @@ __all__ = [
     "status",
     "trigger_election",
     "trigger_election_request",
+    "unserved_answer",
 ]
