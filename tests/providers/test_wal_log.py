@@ -1654,3 +1654,94 @@ def test_a_log_left_open_by_a_dead_holder_is_taken_over_and_fenced(root: Path) -
         reopened.close()
     finally:
         otp_node.stop()
+
+
+def _wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def _fail_a_batch_of(log: WalLog, monkeypatch: pytest.MonkeyPatch, index: int) -> WalWriter:
+    """Append entry ``index`` to ``log`` in a batch whose write gets EIO; the failed writer."""
+    writer = log._writer
+    with monkeypatch.context() as patch:
+        patch.setattr(WalWriter, "fault", staticmethod(lambda d: OSError(errno.EIO, "EIO")))
+        log.append(index, _entries(index, 1))
+        with pytest.raises(LogWriteError):
+            log.sync()
+    return writer
+
+
+def test_a_failed_writer_is_replaced_once_and_durable_logs_move_to_the_new_one(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed writer stayed in service until every partition had closed it: each partition
+    reopened after the failure attached to it again and failed again (the supervisors'
+    restart limits were the way out). It is retired at once and the WAL reopened from disk;
+    a partition whose records were all durable (kv.2) goes on in the new writer without
+    reopening, the one with records in the failed batch (kv.1) keeps refusing until it
+    reopens, and then finds only what was durable."""
+    a, b = WalLog.open(root / "kv.1"), WalLog.open(root / "kv.2")
+    a.append(1, _entries(1, 2))
+    b.append(1, _entries(1, 3))
+    a.sync()
+    b.sync()
+    b.trim(2)  # a trim record in the failed batch leaves kv.2's log in memory as it is
+    failed = _fail_a_batch_of(a, monkeypatch, 3)
+    _wait_for(lambda: b._writer is not failed)
+    assert failed.retired and WalWriter._registry[failed.directory] is b._writer
+    assert b._writer.broken is None and b.can_append(1, Priority.HIGH)
+    b.append(4, _entries(4, 1))
+    b.sync()
+    with pytest.raises(LogWriteError):
+        a.append(3, _entries(3, 1))
+    with pytest.raises(LogWriteError):
+        a.sync()
+    a.close()
+    assert failed.refs == 0 and b._writer.refs == 1
+    a = WalLog.open(root / "kv.1")
+    assert a._writer is b._writer and a.last_index() == 2
+    a.close()
+    b.close()
+    b = WalLog.open(root / "kv.2")
+    assert b.last_index() == 4 and b.entries(2, 4, 10, 1 << 30) == _entries(2, 3)
+
+
+def test_a_wal_that_keeps_failing_is_reopened_with_a_growing_delay_not_in_a_loop(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the directory cannot be read, each attempt to reopen it waits twice as long as
+    the one before; the partitions waiting for it refuse writes and say why; an open in the
+    meantime fails after a bounded wait; once the disk reads again the WAL is back."""
+    a, b = WalLog.open(root / "kv.1"), WalLog.open(root / "kv.2")
+    b.append(1, _entries(1, 1))
+    b.sync()
+    attempts: list[float] = []
+    real = wal_module._read_durably
+
+    def unreadable(path: str) -> bytes:
+        attempts.append(time.monotonic())
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(wal_module, "_read_durably", unreadable)
+        failed = _fail_a_batch_of(a, monkeypatch, 1)
+        time.sleep(1.2)
+        assert 2 <= len(attempts) <= 6, attempts  # 0, 0.1, 0.3, 0.7 s: not a loop
+        gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+        assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
+        assert b._writer is failed and not b.can_append(1, Priority.HIGH)
+        status = b.status()
+        assert status["wal_retired"] and "Input/output error" in status["wal_reopen_error"]
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            WalLog.open(root / "kv.3")
+        assert time.monotonic() - started < wal_module.REOPEN_OPEN_WAIT + 1.0
+    assert wal_module._read_durably is real
+    _wait_for(lambda: b._writer is not failed, timeout=wal_module.REOPEN_BACKOFF_MAX + 5)
+    b.append(2, _entries(2, 1))
+    b.sync()
+    a.close()
+    b.close()

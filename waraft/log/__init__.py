@@ -137,6 +137,12 @@ class LogServer(otp.Process):
             self._retry = None
             if self._held_back:
                 self._trim(self._held_back)
+        elif type(msg) is tuple and len(msg) == 2 and msg[0] == "wal_failed":
+            # The node's WAL failed with records of this partition not durable: its log in
+            # memory may be ahead of the disk. The partition restarts (once) and reopens it
+            # from disk through the WAL's new writer (``waraft.log.wal.WalWriter._replace``).
+            logger.error("log %s: the node's WAL failed (%s); restarting", self.name, msg[1])
+            self.stop_self(("wal_failed", msg[1]))
         else:
             super().handle_info(msg)
 

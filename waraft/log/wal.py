@@ -77,12 +77,16 @@ Failures
 A write that fails for want of room (``ENOSPC``, ``EDQUOT``, ``EFBIG``, also when starting the
 next file) is a stall: the batch is cut off the file, kept queued and retried with a backoff
 (``can_append`` says no meanwhile). Any other failed write (``EIO``: the device failed) or
-fsync makes the writer refuse further writes (``LogWriteError`` from ``sync`` and ``append``)
-until every partition has closed it and it is opened again: after a failed fsync the kernel
-may have dropped the dirty pages, so a retry could lie. The failed batch is cut off the file
-at once, or, if that fails too, by the next open before it replays anything (or the open
-refuses, ``waraft.log.unsynced``): the page cache still holds it and recovery's own fsync
-would succeed, so replayed it would count as durable.
+fsync fails the writer for good: it refuses further writes (``LogWriteError`` from ``sync``
+and ``append``), as after a failed fsync the kernel may have dropped the dirty pages and a
+retry could lie. The failed batch is cut off the file at once, or, if that fails too, by the
+next open before it replays anything (or the open refuses, ``waraft.log.unsynced``): the page
+cache still holds it and recovery's own fsync would succeed, so replayed it would count as
+durable. The failed writer is then replaced once (``WalWriter._replace``): it is retired
+(out of the registry, its files closed), the partitions with records not durable in it are
+restarted (their logs in memory may be ahead of the disk), the directory is opened again from
+disk, and the other partitions' logs move to the new writer as they are. A disk that keeps
+failing is reopened with a growing delay (``REOPEN_BACKOFF_MIN``), never in a loop.
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ from waraft.log.provider import (
     is_config_entry,
     make_marker,
 )
-from waraft.otp.messaging import self_pid
+from waraft.otp.messaging import self_pid, send
 from waraft.otp.sched import Event, blocking, park, resume_all, scheduled_caller
 from waraft.otp.threadname import set_os_name
 from waraft.services import metrics
@@ -165,7 +169,44 @@ STALL_BACKOFF_MIN: Final = 0.1
 STALL_BACKOFF_MAX: Final = 2.0
 """Seconds between attempts to write a batch that failed (a full disk), doubling."""
 
+REOPEN_BACKOFF_MIN: Final = 0.1
+REOPEN_BACKOFF_MAX: Final = 10.0
+"""Seconds before a node's failed WAL (EIO) is opened again: at once after a first failure,
+then doubling from the minimum to the maximum while failures (of a writer or of an open)
+follow each other; a failure more than twice the maximum after the last one starts over. A
+disk that keeps failing is reopened (every file read and fsynced) at most that often."""
+
+REOPEN_OPEN_WAIT: Final = 2.0
+"""Seconds ``WalLog.open`` waits for its WAL's next reopen before it fails (its log actor is
+restarted and opens again): the restarts of a partition stay far below its supervisor's
+limit however long the disk fails."""
+
 _Logs = dict[str, tuple[int, list[Entry]]]
+
+
+class _Reopen:
+    """When a directory's failed WAL may be opened again (``REOPEN_BACKOFF_MIN``)."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.not_before = 0.0
+        self.last = -float("inf")
+        self.reason = ""
+
+    def failed(self, reason: str) -> float:
+        """Note a failure; the seconds until the next open."""
+        now = time.monotonic()
+        if now - self.last > 2 * REOPEN_BACKOFF_MAX:
+            self.delay = 0.0
+        else:
+            self.delay = min(REOPEN_BACKOFF_MAX, max(REOPEN_BACKOFF_MIN, self.delay * 2))
+        self.last, self.reason = now, reason
+        self.not_before = now + self.delay
+        return self.delay
+
+    def wait(self) -> float:
+        """Seconds until the directory may be opened again (0: now)."""
+        return max(0.0, self.not_before - time.monotonic())
 
 
 class _WriteFailed(Exception):
@@ -452,6 +493,7 @@ class WalWriter:
     """A fault hook for tests: called with the directory before each batch is written; an
     ``OSError`` it returns is raised as if ``os.write`` had failed (an injected ENOSPC)."""
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+    _reopens: ClassVar[dict[str, _Reopen]] = {}  # directory -> its reopen backoff (registry lock)
 
     def __init__(
         self,
@@ -465,6 +507,13 @@ class WalWriter:
         if preallocate_bytes < 0:
             raise ValueError(f"preallocate_bytes must be 0 or more, not {preallocate_bytes!r}")
         self.directory = directory
+        self._options: dict[str, Any] = {
+            "max_file_bytes": max_file_bytes,
+            "keep_files": keep_files,
+            "preallocate_bytes": preallocate_bytes,
+        }
+        self.retired = False  # failed and out of service (``_retire``)
+        self._fds_lock = threading.Lock()  # the fds are closed once, by ``_retire`` or ``stop``
         self.max_file_bytes = max_file_bytes
         self.keep_files = keep_files
         self.preallocate_bytes = preallocate_bytes
@@ -556,13 +605,58 @@ class WalWriter:
 
     @classmethod
     def acquire(cls, directory: str, **options: Any) -> WalWriter:
+        """The directory's writer in service, with a reference taken: the registered one, or
+        one opened now (recovery) when there is none or the registered one failed (it is
+        retired, ``_retire``: a partition never attaches to a writer that refuses writes).
+        While a failed WAL waits for its next reopen (``REOPEN_BACKOFF_MIN``) this waits up
+        to ``REOPEN_OPEN_WAIT`` s, then raises ``LogWriteError``; a failed open raises."""
         directory = os.path.abspath(directory)
-        with cls._registry_lock:
-            writer = cls._registry.get(directory)
-            if writer is None:
-                writer = cls._registry[directory] = cls(directory, **options)
-            writer.refs += 1
-            return writer
+        deadline = time.monotonic() + REOPEN_OPEN_WAIT
+        while True:
+            with cls._registry_lock:
+                pause = cls._reopen_wait(directory)
+                if pause <= 0:
+                    writer = cls._in_service(directory, options)
+                    writer.refs += 1
+                    return writer
+                reason = cls._reopens[directory].reason
+            if time.monotonic() + pause > deadline:
+                raise LogWriteError(
+                    errno.EIO,
+                    f"WAL {directory} failed ({reason}); it is opened again in {pause:.1f} s",
+                )
+            time.sleep(pause)
+
+    @classmethod
+    def _reopen_wait(cls, directory: str) -> float:
+        """Under the registry lock: seconds until ``directory``'s writer may be opened (0 when
+        one is in service: it is used as it is)."""
+        writer = cls._registry.get(directory)
+        reopen = cls._reopens.get(directory)
+        if reopen is None or (writer is not None and writer.broken is None):
+            return 0.0
+        return reopen.wait()
+
+    @classmethod
+    def _in_service(cls, directory: str, options: dict[str, Any]) -> WalWriter:
+        """Under the registry lock: the directory's working writer, opened now if there is
+        none (a failed one is retired first). A failed open delays the next one."""
+        writer = cls._registry.get(directory)
+        if writer is not None and writer.broken is not None:
+            writer._retire()
+            writer = None
+        if writer is None:
+            try:
+                writer = cls(directory, **options)
+            except Exception as exc:
+                delay = cls._reopens.setdefault(directory, _Reopen()).failed(str(exc))
+                logger.error(
+                    "WAL %s cannot be opened: %s; next attempt in %.1f s at the earliest",
+                    directory, exc, delay,
+                )  # fmt: skip
+                raise
+            cls._registry[directory] = writer
+        return writer
 
     def release(self) -> None:
         """Give back a reference taken by ``acquire``; the last one stops the writer. Only
@@ -577,8 +671,100 @@ class WalWriter:
                 return
             if WalWriter._registry.get(self.directory) is self:
                 del WalWriter._registry[self.directory]
-        metrics.drop_histogram(FSYNC_METRIC, self.directory)
+                metrics.drop_histogram(FSYNC_METRIC, self.directory)
         self.stop()
+
+    # -- failure: retire and replace ----------------------------------------------------------
+
+    def _retire(self) -> None:
+        """Under the registry lock: take a failed writer out of service for good. It leaves the
+        registry (the next ``acquire`` opens the directory afresh, from disk, after the failed
+        batch was cut off or by ``unsynced.settle``) and closes its files and lock, so that
+        the new writer can open at once; its I/O thread, which ended at the failure, touches
+        them no more. Logs still attached keep refusing writes and waits on it."""
+        if self.retired:
+            return
+        self.retired = True
+        if WalWriter._registry.get(self.directory) is self:
+            del WalWriter._registry[self.directory]
+            metrics.drop_histogram(FSYNC_METRIC, self.directory)
+        self._close_fds()
+
+    def _start_replacing(self) -> None:
+        """After the I/O thread ended on a failure: replace this writer, on a thread of its
+        own (``_replace``), unless the writer is being stopped."""
+        with self._cond:
+            if self.broken is None or self._stopping:
+                return
+        name = f"wal-reopen-{self.directory}"
+        threading.Thread(target=self._replace, name=name, daemon=True).start()
+
+    def _replace(self) -> None:
+        """Replace a failed writer once, without waiting for its partitions to close it.
+
+        The writer is retired at once. The partitions whose log may be ahead of the disk
+        (records queued after its last durable batch: ``WalLog._durable_on``) are told to
+        restart (``("wal_failed", reason)`` to the log actor holding the log): they reopen
+        from disk through a new writer. The others, whose every record is durable, are moved
+        to the new writer as they are (``WalLog._move_to``), so one failed batch restarts only
+        the partitions that had records in it or after it. While opening the directory fails
+        (the disk still fails) the attempts back off (``REOPEN_BACKOFF_MIN``); the moved-to-be
+        partitions refuse writes meanwhile (``can_append``), and their status shows why."""
+        set_os_name("wal:reopen")
+        reason = self.broken or "failed"
+        with WalWriter._registry_lock:
+            self._retire()
+            delay = WalWriter._reopens.setdefault(self.directory, _Reopen()).failed(reason)
+            ahead = [log for log in self._logs.values() if not log._durable_on(self)]
+        logger.error(
+            "WAL %s failed (%s): retired; reopening from disk in %.1f s; restarting the "
+            "partitions with records not durable: %s",
+            self.directory, reason, delay, sorted(log._key for log in ahead) or "none",
+        )  # fmt: skip
+        _tell_restart(ahead, reason)
+        left: list[WalLog] = []
+        while True:
+            with WalWriter._registry_lock:
+                durable = [log for log in self._logs.values() if log._durable_on(self)]
+                if not durable:
+                    break  # closed meanwhile (a node stopping): nothing to move
+                pause = WalWriter._reopen_wait(self.directory)
+                if pause <= 0:
+                    handed = self._hand_over(durable, reason)
+                    if handed is not None:
+                        left = handed
+                        break
+                    pause = WalWriter._reopen_wait(self.directory)
+            time.sleep(max(pause, REOPEN_BACKOFF_MIN / 10))
+        if left:
+            logger.error(
+                "WAL %s: the logs of %s do not match the reopened WAL; restarting them",
+                self.directory, sorted(log._key for log in left),
+            )  # fmt: skip
+            _tell_restart(left, reason)
+        with WalWriter._registry_lock:
+            unused = self.refs == 0
+        if unused:
+            self.stop()
+
+    def _hand_over(self, durable: list[WalLog], reason: str) -> list[WalLog] | None:
+        """Under the registry lock: move ``durable`` (logs of this retired writer whose
+        records are all durable) to the writer in service, opened now if needed; the ones
+        that could not be moved, or None when no writer could be opened (a later attempt
+        follows)."""
+        try:
+            successor = WalWriter._in_service(self.directory, self._options)
+        except Exception:
+            return None  # logged, and the next attempt delayed, by ``_in_service``
+        moved: list[WalLog] = []
+        left: list[WalLog] = []
+        for log in durable:
+            (moved if log._move_to(self, successor) else left).append(log)
+        logger.warning(
+            "WAL %s reopened after: %s; moved %s to the new writer",
+            self.directory, reason, sorted(log._key for log in moved) or "no partition",
+        )  # fmt: skip
+        return left
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -730,7 +916,7 @@ class WalWriter:
             # A log closed in this process may have left records queued and not yet durable
             # (closed while the disk was full: ``LogServer.terminate``); they are part of what
             # is handed over below, so the new log's first sync covers them too.
-            log._ticket = self._queued
+            log._ticket = log._content_ticket = self._queued
             if recovered is not None and fresh:
                 logger.warning(
                     "WAL %s: dropping the log of %s (its directory is new)", self.directory, key
@@ -951,6 +1137,7 @@ class WalWriter:
                 self._cond.notify_all()
                 self._wake()
             logger.exception("WAL %s: %s", self.directory, self.broken)
+        self._start_replacing()
 
     def _loop(self) -> None:
         while True:
@@ -1258,13 +1445,26 @@ class WalWriter:
         self._close_fds()
 
     def _close_fds(self) -> None:
-        for fd in (self._fd, self._dir_fd, self._lock_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._fd = self._dir_fd = self._lock_fd = -1
+        # Once: a second close of a number the new writer of the directory reuses would
+        # close its file.
+        with self._fds_lock:
+            for fd in (self._fd, self._dir_fd, self._lock_fd):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._fd = self._dir_fd = self._lock_fd = -1
 
     def status(self) -> dict[str, Any]:
+        """The writer's figures; a retired writer's also say why the WAL is not open again
+        yet and when it is tried next (``wal_reopen_error``, ``wal_reopen_in`` seconds)."""
+        status = self._figures()
+        reopen = WalWriter._reopens.get(self.directory) if self.retired else None
+        if reopen is not None:
+            status["wal_reopen_error"] = reopen.reason
+            status["wal_reopen_in"] = round(reopen.wait(), 3)
+        return status
+
+    def _figures(self) -> dict[str, Any]:
         return {
             "wal_directory": self.directory,
             "wal_file": self._path,
@@ -1276,8 +1476,18 @@ class WalWriter:
             "wal_partitions": len(self._logs),
             "wal_taken_over": self.taken_over,
             "wal_broken": self.broken,
+            "wal_retired": self.retired,
             "wal_stalled": self.stalled,
         }
+
+
+def _tell_restart(logs: list[WalLog], reason: str) -> None:
+    """Ask the log actors holding ``logs`` (left on a failed writer) to stop, so that their
+    partitions restart and reopen their logs from disk (``waraft.log.LogServer``)."""
+    for log in logs:
+        owner = log.owner
+        if owner is not None:
+            send(owner, ("wal_failed", reason))
 
 
 def _acquire(directory: str, marker: str, options: dict[str, Any]) -> tuple[WalWriter, bool]:
@@ -1315,6 +1525,10 @@ class WalLog(MemoryLog):
         self._writer = writer
         self._key = key
         self._ticket = 0
+        # The ticket of the newest record that changed the log's entries (append, truncate,
+        # reset; not a trim or a checkpoint): once the writer made it durable, the disk holds
+        # this log as it is in memory (see ``_durable_on``).
+        self._content_ticket = 0
         self._closed = False
         self.owner = self_pid()  # the process holding the log (``WalWriter.take_over_dead``)
         self._prefix = _append_prefix(key)
@@ -1391,9 +1605,11 @@ class WalLog(MemoryLog):
             blocking(log.close)
             raise
 
-    def _submit(self, op: tuple[Any, ...], pin: int) -> None:
+    def _submit(self, op: tuple[Any, ...], pin: int, content: bool = True) -> None:
         self._release_held()  # a partition's records are queued in the order of its operations
         self._queue_record(pin, _payload, op)
+        if content:
+            self._content_ticket = self._ticket
 
     def _release_held(self) -> None:
         """Under the lock: queue the held appends as one append record (nothing if none). If
@@ -1408,6 +1624,7 @@ class WalLog(MemoryLog):
         """``_submit`` of the append record of the entries encoded as ``packed``."""
         pin = first_index + len(packed) - 1
         self._queue_record(pin, _append_payload, self._prefix, first_index, packed)
+        self._content_ticket = self._ticket
 
     def _queue_record(self, pin: int, build: Callable[..., bytes], *args: Any) -> None:
         """Queue the record of payload ``build(*args)``; a failure to build or queue it that is not
@@ -1488,7 +1705,7 @@ class WalLog(MemoryLog):
             super().trim(index)
             if self.first_index() > first and self._writer.broken is None:
                 with contextlib.suppress(LogError):
-                    self._submit(("m", self._key, self.first_index()), -1)
+                    self._submit(("m", self._key, self.first_index()), -1, content=False)
 
     def checkpoint_if_needed(self, pin: int) -> tuple[int, int]:
         """Called by the writer while rotating: if this log still needs entries written into
@@ -1519,17 +1736,64 @@ class WalLog(MemoryLog):
         return writer.broken is None and writer.stalled is None
 
     def sync(self) -> None:
-        if self._held:
-            with self._lock:
-                self._release_held()
-        self._writer.wait(self._ticket)
+        writer, ticket = self._to_wait()
+        writer.wait(ticket)
 
     def sync_within(self, stalled_timeout: float) -> bool:
         """False when the node's WAL is stalled (a full disk) for ``stalled_timeout`` s."""
-        if self._held:
-            with self._lock:
+        writer, ticket = self._to_wait()
+        return writer.wait(ticket, stalled_timeout)
+
+    def _to_wait(self) -> tuple[WalWriter, int]:
+        """The writer and ticket a sync waits for, the held appends queued first: read
+        together, as a move to a new writer (``_move_to``) changes both."""
+        with self._lock:
+            if self._held:
                 self._release_held()
-        return self._writer.wait(self._ticket, stalled_timeout)
+            return self._writer, self._ticket
+
+    def _durable_on(self, writer: WalWriter) -> bool:
+        """Whether this open log is on ``writer`` and every change to its entries is durable
+        there: the disk holds the log as it is in memory (a lost trim or checkpoint record
+        only leaves more on disk, which the old files still hold)."""
+        with self._lock:
+            return (
+                not self._closed
+                and self._writer is writer
+                and not self._held
+                and self._content_ticket <= writer._synced
+            )
+
+    def _move_to(self, old: WalWriter, new: WalWriter) -> bool:
+        """Under the registry lock: move this log from the failed writer ``old`` to ``new``,
+        which was opened from disk, if its log there is the one in memory (then the partition
+        goes on without a restart); False if not (it must restart). The reference on the
+        writer moves with it."""
+        key = self._key
+        with self._lock:
+            recovered = new._recovered.get(key)
+            if (
+                not self._durable_on(old)
+                or recovered is None
+                or key in new._logs
+                or not self._same_as(*recovered)
+            ):
+                return False
+            del new._recovered[key]
+            old._logs.pop(key, None)
+            new._logs[key] = self
+            # Tickets are the new writer's from here: nothing of this log is pending there.
+            self._ticket = self._content_ticket = 0
+            self._writer = new
+        old.refs -= 1
+        new.refs += 1
+        return True
+
+    def _same_as(self, first: int, entries: list[Entry]) -> bool:
+        """Whether a recovered log (``first``, ``entries``) ends where this one does, with the
+        same term (it may begin earlier: a trim not yet durable)."""
+        last = first + len(entries) - 1
+        return bool(entries) and last == self.last_index() and entries[-1].term == self.term(last)
 
     def close(self) -> None:
         with self._lock:
