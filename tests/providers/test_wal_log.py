@@ -1745,3 +1745,21 @@ def test_a_wal_that_keeps_failing_is_reopened_with_a_growing_delay_not_in_a_loop
     b.sync()
     a.close()
     b.close()
+
+
+def test_an_open_while_a_failed_wal_waits_to_reopen_fails_only_after_a_bounded_wait(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failing at once, the log actor would be restarted at once, again and again, up to its
+    supervisors' limits: it waits ``REOPEN_OPEN_WAIT`` first."""
+    monkeypatch.setattr(wal_module, "REOPEN_OPEN_WAIT", 0.3)
+    directory = os.path.abspath(root / "wal")
+    reopen = wal_module._Reopen()
+    reopen.failed("Input/output error")
+    reopen.not_before = time.monotonic() + 60
+    monkeypatch.setitem(WalWriter._reopens, directory, reopen)
+    started = time.monotonic()
+    with pytest.raises(LogWriteError, match="Input/output error"):
+        WalLog.open(root / "kv.1")
+    assert 0.25 <= time.monotonic() - started < 5
+    assert directory not in WalWriter._registry

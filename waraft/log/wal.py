@@ -608,8 +608,9 @@ class WalWriter:
         """The directory's writer in service, with a reference taken: the registered one, or
         one opened now (recovery) when there is none or the registered one failed (it is
         retired, ``_retire``: a partition never attaches to a writer that refuses writes).
-        While a failed WAL waits for its next reopen (``REOPEN_BACKOFF_MIN``) this waits up
-        to ``REOPEN_OPEN_WAIT`` s, then raises ``LogWriteError``; a failed open raises."""
+        While a failed WAL waits for its next reopen (``REOPEN_BACKOFF_MIN``) this waits for
+        it, or for ``REOPEN_OPEN_WAIT`` s and then raises ``LogWriteError``; a failed open
+        raises."""
         directory = os.path.abspath(directory)
         deadline = time.monotonic() + REOPEN_OPEN_WAIT
         while True:
@@ -620,10 +621,15 @@ class WalWriter:
                     writer.refs += 1
                     return writer
                 reason = cls._reopens[directory].reason
-            if time.monotonic() + pause > deadline:
+            remaining = deadline - time.monotonic()
+            if pause > remaining:
+                # Not at once: a log actor that failed at once would be restarted at once,
+                # up to its supervisors' limits (the cascade a failed WAL must not start).
+                time.sleep(max(0.0, remaining))
                 raise LogWriteError(
                     errno.EIO,
-                    f"WAL {directory} failed ({reason}); it is opened again in {pause:.1f} s",
+                    f"WAL {directory} failed ({reason}); it is opened again in "
+                    f"{pause - remaining:.1f} s",
                 )
             time.sleep(pause)
 
