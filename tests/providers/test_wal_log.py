@@ -1763,3 +1763,67 @@ def test_an_open_while_a_failed_wal_waits_to_reopen_fails_only_after_a_bounded_w
         WalLog.open(root / "kv.1")
     assert 0.25 <= time.monotonic() - started < 5
     assert directory not in WalWriter._registry
+
+
+class _CountedReopen(wal_module._Reopen):
+    """A reopen backoff that counts how often an open asked how long it must wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def wait(self) -> float:
+        self.asked += 1
+        return super().wait()
+
+
+class _WaitingOpener(otp.Process):
+    """A log actor opening its partition: notes what the open gave and after how long."""
+
+    def handle_cast(self, request: Any) -> None:
+        path, results = request
+        started = time.monotonic()
+        try:
+            outcome: Any = WalLog.open(path)
+        except Exception as exc:
+            outcome = exc
+        results.append((outcome, time.monotonic() - started))
+
+
+class _Blocker(otp.Process):
+    """Makes one (empty) blocking call, as a term store or a storage open does."""
+
+    def handle_call(self, request: Any, from_: otp.ReplyTo) -> Any:
+        return otp.blocking(lambda: "done")
+
+
+def test_opens_waiting_for_a_failed_wal_leave_the_nodes_io_threads_free(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opens waiting for a failed WAL's next reopen slept on the node's I/O threads: as many
+    restarting partitions as there are threads held all of them for the whole failure, and
+    every other blocking call of the node (a healthy partition's term store, a storage open,
+    a log close) waited behind. They wait without a thread, and still fail after the bound."""
+    monkeypatch.setattr(wal_module, "REOPEN_OPEN_WAIT", 3.0)
+    directory = os.path.abspath(root / "wal")
+    reopen = _CountedReopen()
+    reopen.failed("Input/output error")
+    reopen.not_before = time.monotonic() + 60
+    monkeypatch.setitem(WalWriter._reopens, directory, reopen)
+    io_threads = 2
+    node = otp.Node("walwaitio@t", process_type=otp.SCHEDULED, io_threads=io_threads)
+    results: list[tuple[Any, float]] = []
+    try:
+        with node.activate():
+            for i in range(2 * io_threads):
+                otp.cast(_WaitingOpener.start(), (root / f"kv.{i}", results))
+            _wait_for(lambda: reopen.asked >= io_threads)  # the opens are waiting
+            # Before: queued behind the sleeping opens for REOPEN_OPEN_WAIT, past this timeout.
+            assert otp.call(_Blocker.start(), "store", timeout=1.5) == "done"
+            _wait_for(lambda: len(results) == 2 * io_threads, timeout=15)
+    finally:
+        node.stop()
+    for outcome, waited in results:
+        assert isinstance(outcome, LogWriteError) and "Input/output error" in str(outcome)
+        assert waited >= 0.9 * wal_module.REOPEN_OPEN_WAIT  # the bounded wait is kept
+    assert directory not in WalWriter._registry

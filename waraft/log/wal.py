@@ -101,7 +101,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, Self
 
 from waraft.core.settings import Settings
 from waraft.core.types import Entry, LogPos, Priority
@@ -119,6 +119,7 @@ from waraft.log.provider import (
 )
 from waraft.otp.messaging import self_pid, send
 from waraft.otp.sched import Event, blocking, park, resume_all, scheduled_caller
+from waraft.otp.sched import sleep as otp_sleep
 from waraft.otp.threadname import set_os_name
 from waraft.services import metrics
 from waraft.services.codec import CodecError, array_header, packb, unpackb
@@ -207,6 +208,13 @@ class _Reopen:
     def wait(self) -> float:
         """Seconds until the directory may be opened again (0: now)."""
         return max(0.0, self.not_before - time.monotonic())
+
+
+class _Pending(NamedTuple):
+    """``WalWriter.try_acquire`` of a failed WAL not to be opened again yet."""
+
+    seconds: float  # until its next reopen
+    reason: str  # its failure
 
 
 class _WriteFailed(Exception):
@@ -610,28 +618,66 @@ class WalWriter:
         retired, ``_retire``: a partition never attaches to a writer that refuses writes).
         While a failed WAL waits for its next reopen (``REOPEN_BACKOFF_MIN``) this waits for
         it, or for ``REOPEN_OPEN_WAIT`` s and then raises ``LogWriteError``; a failed open
-        raises."""
+        raises.
+
+        Each attempt (``try_acquire``: the lock, the recovery) runs on the node's I/O threads
+        (``otp.blocking``); the waits between them do not (``otp.sleep``: a scheduled caller
+        yields its scheduler, a thread sleeps). Waiting on an I/O thread, a few partitions
+        reopening at once held every one of them for the whole failure, and every other
+        blocking call of the node (term and vote stores, storage opens, closes) queued
+        behind. So this must not itself be called on an I/O thread."""
         directory = os.path.abspath(directory)
         deadline = time.monotonic() + REOPEN_OPEN_WAIT
         while True:
-            with cls._registry_lock:
-                pause = cls._reopen_wait(directory)
-                if pause <= 0:
-                    writer = cls._in_service(directory, options)
-                    writer.refs += 1
-                    return writer
-                reason = cls._reopens[directory].reason
+            got = cls._try_acquire_blocking(directory, options)
+            if isinstance(got, WalWriter):
+                return got
             remaining = deadline - time.monotonic()
-            if pause > remaining:
+            if got.seconds > remaining:
                 # Not at once: a log actor that failed at once would be restarted at once,
                 # up to its supervisors' limits (the cascade a failed WAL must not start).
-                time.sleep(max(0.0, remaining))
+                otp_sleep(max(0.0, remaining))
                 raise LogWriteError(
                     errno.EIO,
-                    f"WAL {directory} failed ({reason}); it is opened again in "
-                    f"{pause - remaining:.1f} s",
+                    f"WAL {directory} failed ({got.reason}); it is opened again in "
+                    f"{got.seconds - remaining:.1f} s",
                 )
-            time.sleep(pause)
+            otp_sleep(got.seconds)
+
+    @classmethod
+    def _try_acquire_blocking(cls, directory: str, options: dict[str, Any]) -> WalWriter | _Pending:
+        """``try_acquire`` on the node's I/O threads (``otp.blocking``). A caller killed while
+        it runs (resumed only once it is done, then raising its exit) gives back the reference
+        taken for it: kept, the writer would never stop, holding the WAL's files and lock."""
+        taken: list[WalWriter] = []
+
+        def attempt() -> WalWriter | _Pending:
+            got = cls.try_acquire(directory, **options)
+            if isinstance(got, WalWriter):
+                taken.append(got)
+            return got
+
+        try:
+            got: WalWriter | _Pending = blocking(attempt)
+            return got
+        except BaseException:
+            if taken:
+                blocking(taken[0].release)
+            raise
+
+    @classmethod
+    def try_acquire(cls, directory: str, **options: Any) -> WalWriter | _Pending:
+        """``acquire`` without waiting: the writer in service with a reference taken, or,
+        while a failed WAL waits for its next reopen, how long until then (nothing taken).
+        It may open the directory (lock, recovery): call it off the schedulers."""
+        directory = os.path.abspath(directory)
+        with cls._registry_lock:
+            pause = cls._reopen_wait(directory)
+            if pause > 0:
+                return _Pending(pause, cls._reopens[directory].reason)
+            writer = cls._in_service(directory, options)
+            writer.refs += 1
+            return writer
 
     @classmethod
     def _reopen_wait(cls, directory: str) -> float:
@@ -1498,28 +1544,21 @@ def _tell_restart(logs: list[WalLog], reason: str) -> None:
 
 def _acquire(directory: str, marker: str, options: dict[str, Any]) -> tuple[WalWriter, bool]:
     """``WalWriter.acquire(directory, **options)`` and whether the partition is new (no
-    ``marker``), off the schedulers: the first acquire of a node's WAL takes its lock (retried
-    for up to 5 s while a writer of this process stops), reads and fsyncs every file and
-    writes the compacted one; a scheduled log actor doing that itself stalled every process
-    on its scheduler (``otp.blocking``; a plain call in a thread).
+    ``marker``), the file work off the schedulers: the first acquire of a node's WAL takes its
+    lock (retried for up to 5 s while a writer of this process stops), reads and fsyncs every
+    file and writes the compacted one; a scheduled log actor doing that itself stalled every
+    process on its scheduler (``otp.blocking``; a plain call in a thread).
 
-    A caller killed while it waits (``otp.blocking`` resumes it only once the acquire is done,
+    A caller killed while it waits (``otp.blocking`` resumes it only once the call is done,
     and then raises its exit) gives back the reference taken for it: kept, the writer would
     never stop, holding the WAL's files and lock for the life of the OS process."""
-    taken: list[WalWriter] = []
-
-    def acquire() -> tuple[WalWriter, bool]:
-        writer = WalWriter.acquire(directory, **options)
-        taken.append(writer)
-        return writer, not os.path.exists(marker)
-
+    writer = WalWriter.acquire(directory, **options)
     try:
-        acquired: tuple[WalWriter, bool] = blocking(acquire)
-        return acquired
+        fresh = not blocking(os.path.exists, marker)
     except BaseException:
-        if taken:  # killed while waiting, or the existence check failed
-            blocking(taken[0].release)
+        blocking(writer.release)
         raise
+    return writer, fresh
 
 
 class WalLog(MemoryLog):
