@@ -1827,3 +1827,39 @@ def test_opens_waiting_for_a_failed_wal_leave_the_nodes_io_threads_free(
         assert isinstance(outcome, LogWriteError) and "Input/output error" in str(outcome)
         assert waited >= 0.9 * wal_module.REOPEN_OPEN_WAIT  # the bounded wait is kept
     assert directory not in WalWriter._registry
+
+
+def test_an_open_racing_a_wal_failure_lands_on_the_new_writer(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL failed, and its writer was retired and replaced, between an open's acquire of
+    it and the attach of the log: the log was registered on the retired writer, in none of
+    the lists of partitions told to restart or moved, and refused writes for good. The
+    attach refuses a failed writer and the open acquires the new one."""
+    a, b = WalLog.open(root / "kv.1"), WalLog.open(root / "kv.2")
+    b.append(1, _entries(1, 3))
+    b.sync()
+    b.close()
+    a.append(1, _entries(1, 2))
+    a.sync()
+    failed = a._writer
+    real_take_over_dead = WalWriter.take_over_dead
+
+    def failing_meanwhile(self: WalWriter, key: str) -> None:
+        if self is failed:  # between the acquire and the attach: kv.1's batch gets EIO
+            _fail_a_batch_of(a, monkeypatch, 3)
+            _wait_for(lambda: failed.retired)
+        real_take_over_dead(self, key)
+
+    monkeypatch.setattr(WalWriter, "take_over_dead", failing_meanwhile)
+    b = WalLog.open(root / "kv.2")
+    assert b._writer is not failed and WalWriter._registry[failed.directory] is b._writer
+    assert b.can_append(1, Priority.HIGH) and b.last_index() == 3
+    b.append(4, _entries(4, 1))
+    b.sync()
+    assert sorted(failed._logs) == ["kv.1"] and failed.refs == 1  # kv.1: told to restart
+    a.close()
+    b.close()
+    b = WalLog.open(root / "kv.2")
+    assert b.entries(1, 4, 10, 1 << 30) == _entries(1, 4)
+    b.close()

@@ -182,6 +182,10 @@ REOPEN_OPEN_WAIT: Final = 2.0
 restarted and opens again): the restarts of a partition stay far below its supervisor's
 limit however long the disk fails."""
 
+OPEN_ATTEMPTS: Final = 3
+"""Times ``WalLog.open`` acquires its WAL's writer when the one acquired failed before the
+log was registered on it (each acquire waits at most ``REOPEN_OPEN_WAIT``)."""
+
 _Logs = dict[str, tuple[int, list[Entry]]]
 
 
@@ -215,6 +219,10 @@ class _Pending(NamedTuple):
 
     seconds: float  # until its next reopen
     reason: str  # its failure
+
+
+class _OutOfService(LogWriteError):
+    """``WalWriter.attach`` to a writer that failed after it was acquired: acquire again."""
 
 
 class _WriteFailed(Exception):
@@ -958,10 +966,18 @@ class WalWriter:
     def attach(self, key: str, log: WalLog, fresh: bool = False) -> None:
         """Hand ``key``'s recovered log (if any) to ``log`` and register it, atomically with
         respect to rotation (which must see the log either here or in ``log``); raises the
-        node's corruption if there is one."""
+        node's corruption if there is one, and ``LogWriteError`` (``_OutOfService``: acquire
+        again) if this writer failed."""
         if self.corruption is not None:
             raise self.corruption
         with WalWriter._registry_lock:
+            if self.retired or self.broken is not None:
+                # Failed since it was acquired. Registered now, the log would be on a writer
+                # that refuses it for good, and in none of the lists by which ``_replace``
+                # restarts or moves its partitions (they were made under this lock).
+                raise _OutOfService(
+                    errno.EIO, f"WAL {self.directory} failed ({self.broken or 'retired'})"
+                )
             if key in self._logs:
                 raise LogError(f"partition {key} already has an open WalLog")
             recovered = self._recovered.pop(key, None)
@@ -1618,13 +1634,8 @@ class WalLog(MemoryLog):
             options.setdefault("max_file_bytes", settings.raft_max_log_bytes_per_file)
             options.setdefault("preallocate_bytes", settings.raft_wal_preallocate_bytes)
         directory = options.pop("wal_dir", None) or os.path.join(os.path.dirname(path), WAL_DIR)
-        writer, fresh = _acquire(directory, os.path.join(path, MARKER), options)
-        try:
-            writer.take_over_dead(os.path.basename(path))
-            log = cls(writer, os.path.basename(path), fresh)
-        except BaseException:
-            blocking(writer.release)  # the last reference stops the writer: joins, closes
-            raise
+        log, fresh = cls._attached(directory, path, options)
+        writer = log._writer
         try:
             if settings is not None:
                 # The node-wide retained-bytes budget: shared with every partition whose
@@ -1649,6 +1660,32 @@ class WalLog(MemoryLog):
             # open released the writer a second time, stopping it under other partitions.
             blocking(log.close)
             raise
+
+    @classmethod
+    def _attached(cls, directory: str, path: str, options: dict[str, Any]) -> tuple[Self, bool]:
+        """The log of partition directory ``path`` registered on the WAL's writer in service
+        (a reference on it taken), and whether the partition is new.
+
+        The WAL may fail between the acquire and the attach; its failed writer, retired and
+        replaced meanwhile (``WalWriter._replace``), refuses the attach, and the open acquires
+        again: the new writer, or a bounded wait for it (``WalWriter.acquire``). Up to
+        ``OPEN_ATTEMPTS`` times, then the ``LogWriteError`` (its log actor is restarted)."""
+        key = os.path.basename(path)
+        attempts = 1
+        while True:
+            writer, fresh = _acquire(directory, os.path.join(path, MARKER), options)
+            try:
+                writer.take_over_dead(key)
+                return cls(writer, key, fresh), fresh
+            except _OutOfService as exc:
+                blocking(writer.release)
+                if attempts >= OPEN_ATTEMPTS:
+                    raise
+                attempts += 1
+                logger.warning("WAL %s: %s acquires it again: %s", directory, key, exc)
+            except BaseException:
+                blocking(writer.release)  # the last reference stops the writer: joins, closes
+                raise
 
     def _submit(self, op: tuple[Any, ...], pin: int, content: bool = True) -> None:
         self._release_held()  # a partition's records are queued in the order of its operations
