@@ -72,10 +72,10 @@ class KVStore:
         return self.client.commit(partition(key), ("incr", TABLE, key, n))
 
     def read_async(self, key: Any) -> Future:
-        return self.client.read_async(partition(key), ("read", TABLE, key))
+        return _made(self.client.read_async(partition(key), ("read", TABLE, key)))
 
     def write_async(self, key: Any, value: Any) -> Future:
-        return self.client.commit_async(partition(key), ("write", TABLE, key, value))
+        return _made(self.client.commit_async(partition(key), ("write", TABLE, key, value)))
 
     def close(self) -> None:
         self.client.close()
@@ -85,6 +85,12 @@ class KVStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _made(future: Future | None) -> Future:
+    """The future of an async call made without a callback (only a callback makes it None)."""
+    assert future is not None
+    return future
 
 
 def main(argv: list[str] | None = None) -> int:
