@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,39 @@ def _quiescent(node: otp.Node) -> bool:
     return bool(server.status(addr("server", node), timeout=2)["quiescent"])
 
 
+def _quiet_followers(nodes: list[otp.Node]) -> tuple[otp.Node, otp.Node, int, str, Any]:
+    """Once every replica is quiescent: the two followers (the first is the one under test),
+    the term, the first one's partition directory and its server's pid."""
+    leader = leader_of(nodes)
+    assert leader is not None
+    wait_until(lambda: all(_quiescent(n) for n in nodes), timeout=10)
+    first, second = (n for n in nodes if n is not leader)
+    status = server.status(addr("server", first))
+    directory = os.path.abspath(str(status["partition_path"]))
+    with first.activate():
+        pid = otp.whereis("raft_server_test_1")
+    return first, second, int(status["current_term"]), directory, pid
+
+
+def _store_recorder(
+    directory: str, note: Callable[[DurableState, bool], None]
+) -> Callable[[Any, DurableState], None]:
+    """``durable_state.store`` that also calls ``note(state, stored)`` for each store into
+    ``directory``, whether it succeeded or raised."""
+    store = durable_state.store
+
+    def recording_store(path: Any, state: DurableState) -> None:
+        stored = False
+        try:
+            store(path, state)
+            stored = True
+        finally:
+            if os.path.abspath(str(path)) == directory:
+                note(state, stored)
+
+    return recording_store
+
+
 def _voted_for(path: str, candidate: str) -> bool:
     try:
         with open(path, "rb") as f:
@@ -43,16 +77,8 @@ def test_a_vote_whose_store_failed_after_the_rename_is_stored_again_before_it_is
 ) -> None:
     # Quiescent: no heartbeat or election moves the cluster on while the voter restarts.
     with cluster(tmp_path, settings={"raft_quiesce_after_ms": 200}, **DURABLE) as nodes:
-        leader = leader_of(nodes)
-        assert leader is not None
-        wait_until(lambda: all(_quiescent(n) for n in nodes), timeout=10)
-        voter, candidate = (n for n in nodes if n is not leader)
-        status = server.status(addr("server", voter))
-        term = status["current_term"]
-        directory = os.path.abspath(str(status["partition_path"]))
+        voter, candidate, term, directory, first_pid = _quiet_followers(nodes)
         state_file = os.path.join(directory, durable_state.STATE_FILE)
-        with voter.activate():
-            first_pid = otp.whereis("raft_server_test_1")
         vote = DurableState(term + 1, candidate.id, None)
 
         # What happens at the voter, in order: its stores of the vote, its vote answers
@@ -68,16 +94,11 @@ def test_a_vote_whose_store_failed_after_the_rename_is_stored_again_before_it_is
                     trace.append(("vote", e.rpc.term, e.rpc.payload.vote))
             return send_outbox(self, [e for e in outbox if not isinstance(e, Send)])
 
-        store = durable_state.store
+        def note_store(state: DurableState, stored: bool) -> None:
+            if state == vote:
+                trace.append(("stored" if stored else "store_failed",))
 
-        def recording_store(path: Any, state: DurableState) -> None:
-            stored = False
-            try:
-                store(path, state)
-                stored = True
-            finally:
-                if os.path.abspath(str(path)) == directory and state == vote:
-                    trace.append(("stored" if stored else "store_failed",))
+        recording_store = _store_recorder(directory, note_store)
 
         left = {"failures": failures}
         fsync_directory = provider.fsync_directory
@@ -145,16 +166,8 @@ def test_a_term_whose_store_failed_is_carried_by_no_message_until_it_is_stored(
     # crashes; neither its terminate nor its restart (the announce of a quiescent replica
     # restarted in place) may send a message at that term before a store of it succeeded.
     with cluster(tmp_path, settings={"raft_quiesce_after_ms": 200}, **DURABLE) as nodes:
-        leader = leader_of(nodes)
-        assert leader is not None
-        wait_until(lambda: all(_quiescent(n) for n in nodes), timeout=10)
-        follower, sender = (n for n in nodes if n is not leader)
-        status = server.status(addr("server", follower))
-        term = status["current_term"]
-        directory = os.path.abspath(str(status["partition_path"]))
+        follower, sender, term, directory, first_pid = _quiet_followers(nodes)
         state_file = os.path.join(directory, durable_state.STATE_FILE)
-        with follower.activate():
-            first_pid = otp.whereis("raft_server_test_1")
 
         # At the follower, in order: its stores and every RPC it sends (kept from leaving,
         # so that the rest of the cluster stays in its term).
@@ -167,16 +180,10 @@ def test_a_term_whose_store_failed_is_carried_by_no_message_until_it_is_stored(
             trace.extend(("send", e.rpc.term) for e in outbox if isinstance(e, Send))
             return send_outbox(self, [e for e in outbox if not isinstance(e, Send)])
 
-        store = durable_state.store
+        def note_store(state: DurableState, stored: bool) -> None:
+            trace.append(("stored" if stored else "store_failed", state.current_term))
 
-        def recording_store(path: Any, state: DurableState) -> None:
-            stored = False
-            try:
-                store(path, state)
-                stored = True
-            finally:
-                if os.path.abspath(str(path)) == directory:
-                    trace.append(("stored" if stored else "store_failed", state.current_term))
+        recording_store = _store_recorder(directory, note_store)
 
         left = {"failures": failures}
         fsync_path, fsync_directory = provider.fsync_path, provider.fsync_directory

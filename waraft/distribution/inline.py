@@ -71,14 +71,8 @@ def set_unserved_handler(prefix: str, handler: UnservedHandler | None) -> None:
 def unserved(name: str, msg: Any, origin: str) -> bool:
     """Hand a cast to ``name``, which no process has, to its prefix's handler; True if one
     took it."""
-    for prefix, handler in _unserved.items():
-        if name.startswith(prefix):
-            try:
-                return handler(name, msg, origin)
-            except Exception:
-                logger.exception("the unserved-name handler of %s raised", prefix)
-                return False
-    return False
+    took: bool = _by_prefix(_unserved, name, (msg, origin), False, "unserved-name")
+    return took
 
 
 UnservedCallHandler = Callable[[str, Any, "Node"], Any]
@@ -105,14 +99,27 @@ def set_unserved_call_handler(prefix: str, handler: UnservedCallHandler | None) 
 def unserved_call(name: str, request: Any, node: Node) -> Any:
     """The answer of ``name``'s prefix handler to a call no process on ``node`` can take;
     None: fail it ``noproc``."""
-    for prefix, handler in _unserved_calls.items():
+    return _by_prefix(_unserved_calls, name, (request, node), None, "unserved-call")
+
+
+def _by_prefix(
+    handlers: dict[str, Callable[..., Any]],
+    name: str,
+    args: tuple[Any, ...],
+    failed: Any,
+    what: str,
+) -> Any:
+    """``handler(name, *args)`` of the first prefix of ``handlers`` that ``name`` starts
+    with; ``failed`` when none does, or when the handler raised (logged: a handler runs on
+    the receive thread, which must go on)."""
+    for prefix, handler in handlers.items():
         if name.startswith(prefix):
             try:
-                return handler(name, request, node)
+                return handler(name, *args)
             except Exception:
-                logger.exception("the unserved-call handler of %s raised", prefix)
-                return None
-    return None
+                logger.exception("the %s handler of %s raised", what, prefix)
+                return failed
+    return failed
 
 
 def set_idle_hook(name: str, hook: Callable[[], None] | None) -> None:
