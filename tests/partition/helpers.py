@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from waraft import otp
+import pytest
+
+from waraft import otp, storage
 from waraft.core.types import Identity, LogPos
 from waraft.partition import server, sup
 from waraft.services import env
@@ -91,3 +95,20 @@ def cluster(root: Path, size: int = 3, partition: int = 1, **kw: Any) -> Iterato
     finally:
         for n in nodes:
             n.stop()
+
+
+def fail_directory_fsync_once(monkeypatch: pytest.MonkeyPatch, directory: str) -> list[str]:
+    """Make the storage layer's next fsync of ``directory`` (``waraft.storage.fsync_directory``,
+    as a snapshot's publication calls it) fail once with EIO; the list of the paths it failed,
+    filled when it does."""
+    real = storage.fsync_directory
+    faults: list[str] = []
+
+    def fsync_directory(path: str) -> None:
+        if os.path.abspath(path) == directory and not faults:
+            faults.append(path)
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        real(path)
+
+    monkeypatch.setattr(storage, "fsync_directory", fsync_directory)
+    return faults

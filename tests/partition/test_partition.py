@@ -17,6 +17,7 @@ from tests.partition.helpers import (
     APP,
     addr,
     cluster,
+    fail_directory_fsync_once,
     ident,
     leader_of,
     start_node,
@@ -366,15 +367,7 @@ def test_a_disk_fault_publishing_a_snapshot_is_an_error_and_restarts_nothing(
 
         monkeypatch.setattr(os, "rename", rename)
     else:
-        real_fsync = storage.fsync_directory
-
-        def fsync_directory(path: str) -> None:
-            if os.path.abspath(path) == part_dir and not faults:
-                faults.append(path)
-                raise OSError(errno.EIO, "Input/output error (injected)")
-            real_fsync(path)
-
-        monkeypatch.setattr(storage, "fsync_directory", fsync_directory)
+        faults = fail_directory_fsync_once(monkeypatch, part_dir)
     answer = storage.create_snapshot(addr("storage", node))
     assert faults and answer[0] == "error", answer
     assert {k: otp.whereis(addr(k, node)[0], node=node) for k in pids} == pids

@@ -4,7 +4,6 @@ turns follower and replication continues."""
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from tests.partition.helpers import APP, addr, ident, leader_of, state, wait_until
+from tests.partition.helpers import (
+    APP,
+    addr,
+    fail_directory_fsync_once,
+    ident,
+    leader_of,
+    state,
+    wait_until,
+)
 from tests.transport.helpers import (
     ChunkCutter,
     ChunkLog,
@@ -151,16 +158,7 @@ def test_a_disk_fault_publishing_the_snapshot_is_retried_without_restarting_the_
         _write(leader, 30)
         pid = otp.whereis(addr("server", leader)[0], node=leader)
         part_dir = os.path.abspath(server.status(addr("server", leader))["partition_path"])
-        real = storage.fsync_directory
-        faults: list[str] = []
-
-        def fsync_directory(path: str) -> None:
-            if os.path.abspath(path) == part_dir and not faults:
-                faults.append(path)
-                raise OSError(errno.EIO, "Input/output error (injected)")
-            real(path)
-
-        monkeypatch.setattr(storage, "fsync_directory", fsync_directory)
+        faults = fail_directory_fsync_once(monkeypatch, part_dir)
         newcomer = start(tmp_path, "n4", storage_module=SQLITE)
         try:
             result = server.adjust_config(addr("server", leader), ("add", ident(newcomer)))
