@@ -643,9 +643,7 @@ class Receiver(threading.Thread):
         pid = self._registry.whereis(name)
         if pid is None:
             self._count("rx_noproc")
-            answer = None
-            if inline._unserved_calls:
-                answer = inline.unserved_call(name, request, self._dist.otp_node)
+            answer = inline.unserved_call(name, request, self._dist.otp_node)
             if answer is None:
                 handle.fail(NOPROC)
             else:
