@@ -147,8 +147,8 @@ def _unserved(name: str, msg: Any, origin: str) -> bool:
         return False
     if _starting or time.monotonic() - _last_start < STARTUP_GRACE:
         return False  # a partition may be about to start: dropped, the client retries
-    table, _, number = name[len(NAME_PREFIX) :].rpartition("_")
-    if not number.isdigit() or env.is_partition_registered(table, int(number)):
+    named = env.partition_named(name, NAME_PREFIX)
+    if named is None or env.is_partition_registered(*named):
         return False
     parsed = parse_client_batch(msg)
     if parsed is None:

@@ -1068,15 +1068,10 @@ def is_restarting(name: str, node: otp.Node) -> bool:
     runs there now (its one_for_all restart, or its first start, has not brought the server
     up yet). A partition stopped since (``waraft.sup.stop_partition``) is not: nothing will
     bring it back. Only looks ``name`` up (registries, no calls): the receive thread asks."""
-    if not isinstance(name, str) or not name.startswith(NAME_PREFIX):
+    named = env.partition_named(name, NAME_PREFIX) if isinstance(name, str) else None
+    if named is None or not env.is_partition_registered(*named, node=node.id):
         return False
-    table, _, number = name[len(NAME_PREFIX) :].rpartition("_")
-    # ASCII digits only ("²".isdigit() is True, int() refuses it), and no giant numbers.
-    if not table or not number.isascii() or not number.isdigit() or len(number) > 20:
-        return False
-    partition = int(number)
-    if not env.is_partition_registered(table, partition, node=node.id):
-        return False
+    table, partition = named
     from waraft.partition import part_sup  # (part_sup imports this module's importers)
 
     return otp.whereis(part_sup.default_name(table, partition), node=node) is not None

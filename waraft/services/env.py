@@ -362,6 +362,19 @@ def is_partition_registered(table: str, partition: int, *, node: str | None = No
     return (table, partition) in _node_env(node).partitions
 
 
+def partition_named(name: str, prefix: str) -> tuple[str, int] | None:
+    """The ``(table, partition)`` that a per-partition process name ``<prefix><table>_<n>``
+    (``default_name`` of a partition's processes) names; None if ``name`` names none. The
+    names come from the network (calls and casts to processes that do not exist): ASCII
+    digits only (``"²".isdigit()`` is true, ``int`` refuses it), at most 20 of them."""
+    if not name.startswith(prefix):
+        return None
+    table, _, number = name[len(prefix) :].rpartition("_")
+    if not table or not number.isascii() or not number.isdigit() or len(number) > 20:
+        return None
+    return table, int(number)
+
+
 def unregister_partition(table: str, partition: int, *, node: str | None = None) -> None:
     env = _node_env(node)
     with _lock:
@@ -581,6 +594,7 @@ __all__ = [
     "is_partition_registered",
     "lookup_env",
     "lookup_table_env",
+    "partition_named",
     "raft_config",
     "register_application",
     "register_partition",
