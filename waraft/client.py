@@ -59,8 +59,10 @@ gateway itself: a reply carrying an error names the leader that node knows of, s
 sent to a follower is redirected in one hop. ``not_leader`` and ``("notify_redirect", node)``
 (a handover in progress) are retried at the new leader; ``commit_queue_full``,
 ``commit_queue_bytes_full``, ``apply_queue_full``, ``read_queue_full``,
-``read_queue_bytes_full`` and ``commit_stalled`` (a leader whose log cannot append, a full
-disk: refused before appending) are retried with exponential backoff;
+``read_queue_bytes_full``, ``commit_stalled`` (a leader whose log cannot append, a full
+disk: refused before appending) and ``overloaded`` (the node's receive thread shed the frame
+unread, this client's key over its share of it: one error for the whole batch) are retried
+with exponential backoff;
 ``not_leader`` without a usable hint (an election under way) is asked again at most every
 ``NOT_LEADER_POLL`` s. A hint naming a node that failed an attempt less than ``STALE_HINT`` s
 ago is ignored: the follower has not noticed yet that the leader is gone. A node that
@@ -234,6 +236,9 @@ _OVERLOAD: Final = frozenset(
         # A leader whose log refuses appends (a full disk) fails its pending commits and
         # reads with it before appending them (``waraft.core.commit``), until it can write.
         "commit_stalled",
+        # The node's receive thread shed the frame undecoded, this client's key over its
+        # share of that thread (``waraft.distribution.receiver``): one error for the batch.
+        "overloaded",
     }
 )
 #: Reasons a node gives for ONE attempt it did not apply (full queues, not the leader, a
@@ -2065,15 +2070,16 @@ class Client:
             self._suspect.pop(batch.node, None)
             self._heard[batch.node] = time.monotonic()
         count = batch.count
-        if batch.packed and len(results) == 1:
-            # One log entry carried the whole chunk: its result is the list of results (a
-            # tuple, off the wire), or one error for all. Anything else is a bad reply: a
+        if len(results) == 1 and count > 1:
+            # One result for several requests: one error for all (a packed frame's one log
+            # entry refused, or any frame shed unread: ``overloaded``), or a packed frame's
+            # list of results (a tuple, off the wire). Anything else is a bad reply: a
             # string "ok" for a frame of two completed its commits with "o" and "k".
-            packed = results[0]
-            if _is_error(packed):
-                results = [packed] * count
-            elif type(packed) is list or type(packed) is tuple:
-                results = packed
+            only = results[0]
+            if _is_error(only):
+                results = [only] * count
+            elif batch.packed and (type(only) is list or type(only) is tuple):
+                results = only
             else:
                 results = ()
         if len(results) != count:

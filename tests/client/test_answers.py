@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import gc
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.client.test_client import _scripted
+from tests.client.test_client import _scripted, _ScriptedGateway
 from tests.partition.helpers import wait_until
 from waraft import client as client_module
 from waraft import otp
@@ -178,6 +179,54 @@ def test_commit_stalled_is_retried_and_after_an_unanswered_attempt_answers_timeo
     kw = {"sessions": True, "attempt_timeout": 0.2, "timeout": 1.0}
     with _scripted(client_node, 1, answer, **kw) as (c, _log):
         assert c.commit(1, ("write", "test", "k", "v")) == ("error", "timeout")
+
+
+class _SheddingGateway(_ScriptedGateway):
+    """A node whose receive thread sheds the first ``shed`` batches (the client's key over
+    its share of that thread): each answered with ONE ``("error", "overloaded")``, as
+    ``acceptor._shed_batch`` answers, whatever the batch holds; later ones answered "ok"."""
+
+    def init(self, partition: int, log: list[tuple[int, object]], shed: int) -> None:  # type: ignore[override]
+        super().init(partition, log, lambda _cmd: "ok")
+        self.shed = shed
+
+    def handle_cast(self, msg: object) -> None:
+        if self.shed:
+            self.shed -= 1
+            assert isinstance(msg, tuple)
+            otp.cast(msg[1], ("client_reply", msg[2], [acceptor.OVERLOADED], None))
+            return
+        super().handle_cast(msg)
+
+
+@pytest.mark.parametrize(("pack", "count"), [(True, 1), (True, 5), (False, 5)])
+def test_a_shed_batch_is_retried_after_a_backoff_not_a_timeout(
+    client_node: otp.Node, pack: bool, count: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node that sheds a batch answers it ``overloaded`` at once, one error for all its
+    requests (their items were never read): each is retried after a backoff, like a full
+    queue, and succeeds once the key is back in credit, long before the attempt timeout. It
+    ended the request with ``overloaded`` (count 1, or packed), or, for an unpacked batch,
+    was taken for an unreadable reply (maybe applied)."""
+    server = otp.Node(f"shedding{next(_ids)}@local")
+    log: list[tuple[int, object]] = []
+    otp.start(_SheddingGateway, 1, log, 2, name=acceptor.default_name("t", 1), node=server)
+    c = Client(
+        [server.id], table="t", partitions=1, node=client_node, discover=False,
+        pack=pack, attempt_timeout=30.0, timeout=10.0,
+    )  # fmt: skip
+    try:
+        start = time.monotonic()
+        futures = c.commit_many([(1, ("write", "t", f"k{i}", i)) for i in range(count)])
+        assert [f.result(10) for f in futures] == ["ok"] * count
+        assert time.monotonic() - start < 5.0  # answered, not timed out
+        assert c.stats()["retries"] >= 2  # (two batches shed, of whatever size)
+        assert sorted(cmd[3] for _, cmd in log) == list(range(count))  # type: ignore[index]
+        assert c.stats().get("attempt_timeouts", 0) == 0
+        assert "results" not in caplog.text  # ("a reply for 5 requests had 1 results")
+    finally:
+        c.close()
+        server.stop()
 
 
 class _GarbledGateway(otp.Process):

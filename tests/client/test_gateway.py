@@ -13,6 +13,7 @@ import pytest
 from tests.partition.helpers import addr, ident, start_node, wait_until
 from waraft import otp
 from waraft.core.types import LogPos, Priority
+from waraft.distribution import inline as dist_inline
 from waraft.partition import acceptor, server
 from waraft.partition.acceptor import BatchReply, parse_client_batch, priority_of
 from waraft.services.logthrottle import LogThrottle
@@ -199,6 +200,16 @@ def test_rejections_fill_their_slots_at_once(tmp_path: Path) -> None:
     _, _, results, _ = inbox[0]
     assert results[:3] == ["ok"] * 3
     assert results[3:] == [("error", "commit_queue_full")] * 7
+
+
+def test_an_acceptor_answers_what_its_nodes_receive_thread_sheds(tmp_path: Path) -> None:
+    """A running acceptor has the receive thread answer the client batches it sheds (the
+    client key over its share of it: ``tests/distribution/test_receive_budget.py``), and a
+    call the callee's receive thread shed maps to the same ``("error", "overloaded")``,
+    retried like a full queue, not to an opaque ``call_error``."""
+    _single_node(tmp_path)
+    assert dist_inline._shed.get(acceptor.NAME_PREFIX) is acceptor._shed_batch
+    assert acceptor.map_exit("overloaded") == acceptor.OVERLOADED == ("error", "overloaded")
 
 
 def test_malformed_gateway_casts_leave_the_acceptor_running(tmp_path: Path) -> None:

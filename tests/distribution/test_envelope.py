@@ -169,3 +169,29 @@ def test_a_members_frame_with_colliding_map_keys_is_refused_too() -> None:
         envelope.decode(frame, 1 << 24, check_depth=False, untrusted=False)
     assert refused.value.counter == "rx_malformed"
     assert "share a hash" in str(refused.value)
+
+
+def test_peek_reads_a_frames_head_only() -> None:
+    """What the receive thread answers a shed frame from: the kind, the name and the values
+    after it, read from the first ``PEEK_BYTES`` whatever follows (a megabyte of junk here,
+    which a decode would refuse); the run id a call ends with, read from its last bytes."""
+    junk = b"\xc1" * LIMIT  # (0xc1: never used by msgpack)
+    run = (1 << 62) + 7
+    call = envelope.call_frame("svc", 99, junk, run)
+    head = envelope.peek(call)
+    assert head is not None and head[:2] == (Kind.CALL, "svc") and head[2].value() == 99
+    assert envelope.call_run(call) == run
+    assert envelope.call_run(envelope.call_frame("svc", 99, junk)) is None  # (a 5-element call)
+    cast = envelope.cast_frame("acc", codec.packb(("client_batch", ("rx", "c@h:1"), 7)) + junk)
+    head = envelope.peek(cast)
+    assert head is not None and head[:2] == (Kind.CAST, "acc")
+    reader = head[2]
+    assert reader.array() == 3 and reader.value() == "client_batch"
+    assert reader.value() == ("rx", "c@h:1") and reader.value() == 7
+    with pytest.raises(codec.CodecError):
+        reader.value()  # junk, or past the bytes read: never a decode of the rest
+    assert envelope.may_want_answer(call) and envelope.may_want_answer(cast)
+    assert envelope.peek(envelope.ping_frame(1)) is None
+    for other in (envelope.ping_frame(1), envelope.info_frame("acc", b"\x01")):
+        assert not envelope.may_want_answer(other)
+    assert envelope.peek(envelope.cast_frame("x" * envelope.PEEK_BYTES, b"\x01")) is None

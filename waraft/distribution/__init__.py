@@ -48,6 +48,7 @@ from typing import Any
 from waraft.distribution import envelope, inline
 from waraft.distribution.keys import KeyChanges
 from waraft.distribution.nodeid import NodeIdError, is_node_id, make, parse
+from waraft.distribution.receiver import OVERLOADED
 from waraft.distribution.reply import RemoteReplyTo
 from waraft.distribution.runtime import Dist, add_peer_listener, remove_peer_listener
 from waraft.distribution.settings import CurveConfig, DistSettings
@@ -56,6 +57,7 @@ from waraft.otp.reply import LocalReplyTo, ReplyTo
 from waraft.services import codec
 
 __all__ = [
+    "OVERLOADED",
     "CurveConfig",
     "DistSettings",
     "NodeIdError",
@@ -82,6 +84,7 @@ __all__ = [
     "set_fault",
     "set_idle_hook",
     "set_inline_handler",
+    "set_shed_handler",
     "set_unserved_call_handler",
     "set_unserved_handler",
     "start",
@@ -314,6 +317,13 @@ def set_unserved_call_handler(prefix: str, handler: inline.UnservedCallHandler |
     inline.set_unserved_call_handler(prefix, handler)
 
 
+def set_shed_handler(prefix: str, handler: inline.ShedHandler | None) -> None:
+    """Let the layer that owns the names starting with ``prefix`` answer the casts to them
+    that the receive thread sheds, their key over its share of it (see
+    :func:`waraft.distribution.inline.set_shed_handler`)."""
+    inline.set_shed_handler(prefix, handler)
+
+
 def set_idle_hook(name: str, hook: Callable[[], None] | None) -> None:
     """Have the receive thread call ``hook()`` each time it has drained its socket (see
     :mod:`waraft.distribution.inline`); None removes it."""
@@ -383,6 +393,9 @@ def stats() -> dict[str, int]:
     ``rx_oversized``, ``rx_bad_version``, ``rx_unknown_kind``, ``rx_bad_identity``,
     ``rx_dropped_fault``, ``rx_peer_limit``, ``rx_noproc`` (no such registered name),
     ``rx_unserved`` (of those, casts an unserved-name handler answered),
+    ``rx_decode_limited`` (frames of a client or admin key over its share of the receive
+    thread, dropped undecoded), ``rx_shed_answers`` (of those, requests answered
+    ``overloaded``),
     ``rx_late_replies``, ``rx_stale_replies`` (answers to a call of an earlier run of this
     node id), ``rx_handler_errors``, ``rx_other_cluster`` (frames on a connection
     of another cluster's node);

@@ -227,6 +227,54 @@ def is_deep(frame: bytes, value: Any) -> bool:
     return too_deep(value, MAX_DEPTH - 1)
 
 
+PEEK_BYTES: Final = 1024
+"""Bytes of a frame :func:`peek` reads at most: room for the fixed fields and the leading
+values of the message (registered names and node ids are short), whatever the frame's size."""
+
+_UINT64: Final = 0xCF
+
+
+def may_want_answer(frame: bytes) -> bool:
+    """Whether a frame's kind byte says CALL or CAST, whose sender may wait for an answer
+    (a cast that carries its reply address); one byte read, nothing decoded."""
+    return len(frame) > 2 and (frame[2] == Kind.CALL or frame[2] == Kind.CAST)
+
+
+def peek(frame: bytes) -> tuple[int, str, codec.Peek] | None:
+    """The kind and destination name of a CAST, INFO or CALL frame, read from its first
+    :data:`PEEK_BYTES` only, and a reader at the element after the name (a call's ``ref``,
+    else the message); None for another kind or a frame whose head does not read as one.
+    Nothing past the head is decoded or checked (see :func:`decode` for that): for the
+    receive thread answering a frame it will not decode (``receiver``)."""
+    if len(frame) < 3 or frame[0] & 0xF0 != _FIXARRAY or frame[1] != VERSION:
+        return None
+    kind = frame[2]
+    if kind > Kind.CALL or frame[0] & 0x0F < _ARITY[kind]:
+        return None
+    reader = codec.Peek(memoryview(frame)[3:PEEK_BYTES])
+    try:
+        name = reader.value()
+    except codec.CodecError:
+        return None
+    return (kind, name, reader) if type(name) is str else None
+
+
+def call_run(frame: bytes) -> int | None:
+    """The caller's run id a CALL frame ends with, read from its last bytes without decoding
+    the request before it; None if the frame has none, or none read that way.
+
+    ``Dist.run_id`` is 63 random bits, so its encoding is a uint64 (``0xcf`` and 8 bytes)
+    but for a chance in 2**31. In that case (or a hand-made caller's other integer) the
+    answer goes without one, which the caller accepts (its references start at a random
+    62-bit number each run, so an answer cannot complete another run's call by its
+    reference); or, should the bytes before the short run id read as a uint64, with a wrong
+    one, which the caller drops: that call times out, as it did before shed calls were
+    answered."""
+    if frame[0] & 0x0F >= _ARITY[Kind.CALL] + 1 and len(frame) >= 9 and frame[-9] == _UINT64:
+        return int.from_bytes(frame[-8:], "big")
+    return None
+
+
 def decode(
     frame: bytes, max_bytes: int, check_depth: bool = True, untrusted: bool = False
 ) -> tuple[Any, ...]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from waraft.otp.node import Node
+    from waraft.services.codec import Peek
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,35 @@ def unserved_call(name: str, request: Any, node: Node) -> Any:
     """The answer of ``name``'s prefix handler to a call no process on ``node`` can take;
     None: fail it ``noproc``."""
     return _by_prefix(_unserved_calls, name, (request, node), None, "unserved-call")
+
+
+ShedHandler = Callable[[str, "Peek", str], bool]
+"""``fn(name, reader, sender)``: see :func:`set_shed_handler`."""
+
+_shed: dict[str, ShedHandler] = {}
+
+
+def set_shed_handler(prefix: str, handler: ShedHandler | None) -> None:
+    """Register (or with None, remove) ``handler(name, reader, sender)`` for the casts to
+    names starting with ``prefix`` that the receive thread sheds, undecoded, because their
+    key is over its share of the thread (``receiver``): so the layer that owns a cast that
+    expects an answer (a client batch carries its reply address) can answer it at once
+    (``("error", "overloaded")``) instead of leaving its sender to time out. ``reader``
+    (``codec.Peek``) reads the message's leading values from the frame's first bytes only,
+    raising ``CodecError`` past them; ``sender`` is the node id the connection speaks as,
+    and an answer may go to that node only (a shed cast was not admitted: no guard checked
+    its reply address). True: answered. The receive thread limits how many shed frames per
+    key it looks at; the handler must be quick, must not block and must not raise."""
+    if handler is None:
+        _shed.pop(prefix, None)
+    else:
+        _shed[prefix] = handler
+
+
+def shed(name: str, reader: Peek, sender: str) -> bool:
+    """Hand a shed cast to ``name`` to its prefix's shed handler; True if one answered it."""
+    took: bool = _by_prefix(_shed, name, (reader, sender), False, "shed")
+    return took
 
 
 def _by_prefix(

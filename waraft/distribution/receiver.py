@@ -41,6 +41,7 @@ from waraft.distribution.reply import RemoteReplyTo
 from waraft.otp import messaging
 from waraft.otp.errors import NOPROC
 from waraft.otp.threadname import set_os_name
+from waraft.services import codec
 from waraft.services.logthrottle import LogThrottle
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ _MAX_SENDER_CACHE = 65536
 _MAX_HOST_CACHE = 1024
 REFUSED = "refused"
 RATE_LIMITED = "rate_limited"
+OVERLOADED = "overloaded"
+"""What a call shed undecoded (its key over its share of this thread) fails with, and the
+reason of the ``("error", "overloaded")`` a shed client batch is answered with (``acceptor``):
+not delivered, so not applied; to be retried after a backoff."""
 MAX_IDS_PER_KEY = 256
 """Node ids one client or admin key may hold in the peer table at a time (one per client
 process using the key; the table holds ``max_peers``, 1024 by default)."""
@@ -175,6 +180,9 @@ class Receiver(threading.Thread):
         self._decode_budget = policy.DecodeBudget(
             settings.client_receive_share, settings.client_receive_burst_s
         )
+        # Shed frames answered ``overloaded`` per key (``_shed``).
+        answers = settings.shed_answers_per_s
+        self._shed_answers = policy.KeyedBuckets(answers, answers)
         # Socket errors can repeat at loop speed and a handler bug can be hit by every
         # frame a peer sends: at most one line a second each (the counters count them all).
         self._socket_errors = LogThrottle()
@@ -410,15 +418,15 @@ class Receiver(threading.Thread):
         return self._ids_of_node_key if policy.MEMBER in rights else self._ids_of_key
 
     def _log_over_share(self, origin: str) -> None:
-        """Say which key is over its share of this thread: its dropped requests are never
-        answered, so without this line its clients' timeouts would have no visible cause."""
+        """Say which key is over its share of this thread: its clients see ``overloaded``
+        answers (or, beyond ``shed_answers_per_s``, timeouts) and the operator why."""
         count = self._over_share.ready()
         if count:
             settings = self._dist.settings
             logger.warning(
                 "dropped %d frame(s) of %s undecoded: the key used its share of the receive "
                 "thread (client_receive_share=%s, client_receive_burst_s=%s in [dist]); its "
-                "requests time out until it is back in credit",
+                "requests are answered overloaded (or time out) until it is back in credit",
                 count,
                 origin,
                 settings.client_receive_share,
@@ -531,8 +539,7 @@ class Receiver(threading.Thread):
         budget = self._decode_budget
         start = time.perf_counter()
         if not budget.allows(key, start):
-            self._count("rx_decode_limited")
-            self._log_over_share(conn.origin)
+            self._shed(conn, key, frame, start)
             return
         try:
             obj = self._decode(conn.peer, frame, True)
@@ -540,6 +547,49 @@ class Receiver(threading.Thread):
                 self._dispatch(conn, obj, frame)
         finally:
             budget.charge(key, time.perf_counter() - start)
+
+    def _shed(self, conn: _Conn, key: str, frame: bytes, start: float) -> None:
+        """A frame of a key in debt: dropped undecoded (``rx_decode_limited``), but answered
+        ``overloaded`` at once if it expects an answer (``rx_shed_answers``): a call, or a
+        cast that carries its reply address (``inline.set_shed_handler``). Left unanswered,
+        its caller waited for its timeout and retried with no cause it could see.
+
+        The answers must not cost this thread what dropping saves, since this thread is what
+        a flooding key attacks: only the frame's head is read (``envelope.peek``, a bounded
+        prefix; nothing is decoded or checked past it), only ``shed_answers_per_s`` calls
+        and casts of a key a second are looked at (its infos, pings and answers never: their
+        senders wait for nothing), the rest dropped unread as before, and what looking and
+        answering cost is charged to the key's budget like a decode, so it pays its answers
+        back before any frame of it is decoded again."""
+        self._count("rx_decode_limited")
+        self._log_over_share(conn.origin)
+        if not envelope.may_want_answer(frame) or not self._shed_answers.take(key, start):
+            return
+        try:
+            if self._answer_shed(conn, frame):
+                self._count("rx_shed_answers")
+        finally:
+            self._decode_budget.charge(key, time.perf_counter() - start)
+
+    def _answer_shed(self, conn: _Conn, frame: bytes) -> bool:
+        """Answer a shed frame ``overloaded`` if it expects an answer; True if answered."""
+        head = envelope.peek(frame)
+        if head is None:
+            return False  # a head that does not read as a call's or a cast's
+        kind, name, reader = head
+        if kind == Kind.CAST:
+            return inline.shed(name, reader, conn.sender.node_id)
+        if kind != Kind.CALL:
+            return False
+        try:
+            ref = reader.value()
+        except codec.CodecError:
+            return False
+        if type(ref) is not int:
+            return False
+        # To the connection's own node, as every answer (no reflection to a third node).
+        self._dist.send_reply(conn.peer, ref, False, OVERLOADED, envelope.call_run(frame))
+        return True
 
     def _dispatch(self, conn: _Conn, obj: tuple[Any, ...], frame: bytes) -> None:
         """Act on a decoded frame: deliver it, complete a call, or answer a ping."""

@@ -215,7 +215,8 @@ class DistSettings:
     client_receive_share: float = 0.25
     """Seconds per second of the receive thread one client or admin key may use for its
     frames: decoding, admitting and inline handling (``policy.DecodeBudget``); beyond it the
-    key's frames are dropped undecoded (``rx_decode_limited``) until it is back in credit.
+    key's frames are dropped undecoded (``rx_decode_limited``) until it is back in credit,
+    its requests answered ``overloaded`` up to ``shed_answers_per_s``.
     Members' frames are never limited. In a Python node this thread's time is the GIL's: at
     half of it one client key flooding 1 MB batches kept other clients' commits at 50-80 ms
     (7 ms unloaded), at a quarter about 18 ms. Every process using one key shares it: a
@@ -223,6 +224,13 @@ class DistSettings:
 
     client_receive_burst_s: float = 0.5
     """Seconds of the receive thread a client or admin key may bank while quiet."""
+
+    shed_answers_per_s: float = 100.0
+    """Frames of a key over its ``client_receive_share`` that are answered ``overloaded`` at
+    once, a second per key (as many banked): calls, and casts that carry a reply address
+    (client batches); the key's other frames are dropped unanswered (``receiver``). Each
+    answer costs this thread a read of the frame's head and a reply frame (charged to the
+    key), so a flood of any rate earns at most this many."""
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1024:
@@ -247,3 +255,5 @@ class DistSettings:
             raise ValueError("client_receive_share must be in (0, 1]")
         if self.client_receive_burst_s <= 0:
             raise ValueError("client_receive_burst_s must be positive")
+        if self.shed_answers_per_s <= 0:
+            raise ValueError("shed_answers_per_s must be positive")

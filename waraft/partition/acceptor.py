@@ -11,7 +11,9 @@ gets ``("error", ("badarg", text))``, and each read of a batch counts against
 Every API function takes the acceptor as a registered name, a pid, or a ``(name, node)`` address
 (another node). Call failures are mapped as WARaft maps them: a timeout is
 ``("error", "timeout")``; a missing process, a node that is down or a process shutting down is
-``("error", "unreachable")``; any other exit is ``("error", ("call_error", reason))``.
+``("error", "unreachable")``; a call the node's receive thread shed, its client key over its
+share of that thread, is ``("error", "overloaded")``; any other exit is
+``("error", ("call_error", reason))``.
 
 Besides WARaft's API, ``commit_batch`` / ``read_batch`` casts admit many requests at once and
 reach the server as one message: the hot path of the client library and of ``waraft.distribution``.
@@ -25,7 +27,9 @@ the server answer them) ONE cast ``("client_reply", batch_id, results, leader_hi
 to ``reply_addr``, results in item order. ``leader_hint`` is the leader this node knows of for
 the partition when some result is an error (None otherwise), so a client redirects in one hop.
 A malformed batch is logged and dropped; a malformed item fails its own slot with
-``("error", ("badarg", text))``.
+``("error", ("badarg", text))``. A batch the receive thread sheds undecoded, its client key
+over its share of that thread, is answered with ONE ``("error", "overloaded")`` for the whole
+batch (``_shed_batch``).
 
 Session owners (``waraft.core.sessions``): a ``("$session", "register", ...)`` commit is
 appended owned by whoever this node authenticated its sender as (``owned_register``): the
@@ -158,6 +162,36 @@ def _unserved(name: str, msg: Any, origin: str) -> bool:
     return True
 
 
+OVERLOADED: Final = ("error", dist.OVERLOADED)
+"""The answer to a client batch the receive thread shed undecoded, its client key over its
+share of that thread (``waraft.distribution.receiver``): one error for the whole batch, whose
+items were never read, so none was admitted. The client retries it after a backoff."""
+
+
+def _shed_batch(name: str, reader: codec.Peek, sender: str) -> bool:
+    """Answer a client batch to acceptor ``name`` that the receive thread shed: ``OVERLOADED``
+    to its reply address, read with its batch id from the frame's head (``reader``) without
+    decoding the items. Only an address on the ``sender``'s own node is answered, as the
+    gateway's guard (``policy.reply_to_sender``) requires of an admitted batch: a shed one
+    was not admitted. True: answered."""
+    try:
+        if reader.array() != 6 or reader.value() != "client_batch":
+            return False
+        reply_addr, batch_id = reader.value(), reader.value()
+    except codec.CodecError:
+        return False  # not a client batch, or its head is not within the bytes read
+    if not (
+        type(reply_addr) is tuple
+        and len(reply_addr) == 2
+        and type(reply_addr[0]) is str
+        and reply_addr[1] == sender
+        and type(batch_id) is int
+    ):
+        return False
+    send_client_reply((reply_addr[0], sender), batch_id, [OVERLOADED], None)
+    return True
+
+
 # Every request names its priority: a dict lookup instead of ``Priority(value)`` (the enum's
 # value lookup measured ~2-4 us a call, a dict hit ~0.1 us). Members hash as their values.
 _PRIORITIES: Final[dict[Any, Priority]] = {
@@ -242,6 +276,7 @@ class Acceptor(otp.Process):
         self._held = 0
         dist.set_idle_hook(self.name, self._forward)
         dist.set_inline_handler(self.name, self._inline)
+        dist.set_shed_handler(NAME_PREFIX, _shed_batch)  # (one for every acceptor)
         # From the wire: client batches whose replies go back to the sender's own node,
         # commits and reads for clients, membership changes for admins. The casts that carry
         # local reply handles (commit_batch, read_batch, adjust_config) stay local.
@@ -713,6 +748,8 @@ def map_exit(reason: Any) -> tuple[str, Any]:
     """WARaft's ``call/3`` error mapping."""
     if reason == "timeout":
         return ("error", "timeout")
+    if reason == dist.OVERLOADED:  # shed by the callee's receive thread: not delivered
+        return OVERLOADED
     if reason in ("noproc", "shutdown", "normal", "killed") or (
         isinstance(reason, tuple) and reason and reason[0] in ("nodedown", "shutdown")
     ):

@@ -206,4 +206,33 @@ def unpackb(
         raise CodecError(f"invalid msgpack data: {type(exc).__name__}: {exc}") from exc
 
 
-__all__ = ["CONFIG_EXT", "MAX_UNTRUSTED_OBJECTS", "CodecError", "packb", "unpackb"]
+class Peek:
+    """The leading values of msgpack data, read one by one without decoding the rest.
+
+    Built over a prefix of the data (the caller bounds it): reading past the prefix, or a
+    value of another type than asked for, raises ``CodecError``, so a reader never costs more
+    than its prefix whatever the data holds. Used where a full decode is what must be
+    avoided (the receive thread answering a frame it sheds)."""
+
+    __slots__ = ("_unpacker",)
+
+    def __init__(self, prefix: bytes | bytearray | memoryview) -> None:
+        self._unpacker = msgpack.Unpacker(use_list=False, raw=False, strict_map_key=False)
+        self._unpacker.feed(prefix)
+
+    def array(self) -> int:
+        """The element count of the next value, an array (whose elements come next)."""
+        try:
+            return int(self._unpacker.read_array_header())
+        except Exception as exc:
+            raise CodecError(f"no array header: {type(exc).__name__}: {exc}") from None
+
+    def value(self) -> Any:
+        """The next value, whole (so a small one: it must end within the prefix)."""
+        try:
+            return self._unpacker.unpack()
+        except Exception as exc:
+            raise CodecError(f"no complete value: {type(exc).__name__}: {exc}") from None
+
+
+__all__ = ["CONFIG_EXT", "MAX_UNTRUSTED_OBJECTS", "CodecError", "Peek", "packb", "unpackb"]
