@@ -206,7 +206,7 @@ def test_a_call_of_a_key_in_debt_is_answered_overloaded_at_once(
     (here: answered ``noproc``, there being no such process)."""
     app = app_in_debt
     before = _limited()
-    run = (1 << 62) + 12345  # (a run id, as ``Dist.run_id``: 63 random bits)
+    run = (1 << 62) + 12345  # (a run id, as ``Dist.run_id``: bit 62 set)
     ref = 4242
     app.raw(envelope.call_frame("nobody", ref, b"\xa3ask", run))
     bare = app.call("nobody", "ask")  # (a hand-made caller's: no run)

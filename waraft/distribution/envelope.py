@@ -263,13 +263,12 @@ def call_run(frame: bytes) -> int | None:
     """The caller's run id a CALL frame ends with, read from its last bytes without decoding
     the request before it; None if the frame has none, or none read that way.
 
-    ``Dist.run_id`` is 63 random bits, so its encoding is a uint64 (``0xcf`` and 8 bytes)
-    but for a chance in 2**31. In that case (or a hand-made caller's other integer) the
-    answer goes without one, which the caller accepts (its references start at a random
-    62-bit number each run, so an answer cannot complete another run's call by its
-    reference); or, should the bytes before the short run id read as a uint64, with a wrong
-    one, which the caller drops: that call times out, as it did before shed calls were
-    answered."""
+    ``Dist.run_id`` always encodes as a uint64 (``0xcf`` and 8 bytes: bit 62 is set), so a
+    waraft caller's run is read exactly. A hand-made caller's other integer gets an answer
+    without one, which the caller accepts (references start at a random 62-bit number each
+    run, so an answer cannot complete another run's call by its reference); or, should the
+    bytes before its short run read as a uint64, a wrong one, which the caller drops: that
+    call times out, as every shed call did before they were answered."""
     if frame[0] & 0x0F >= _ARITY[Kind.CALL] + 1 and len(frame) >= 9 and frame[-9] == _UINT64:
         return int.from_bytes(frame[-8:], "big")
     return None

@@ -150,7 +150,9 @@ class Dist:
         # This run of the distribution: calls carry it and their answers echo it, so an answer
         # to a call made before a restart under the same node id is recognised and dropped
         # (peer entries, and the answering node's handles, outlive the caller's restart).
-        self.run_id = secrets.randbits(63)
+        # Bit 62 set: 62 random bits, and always msgpack's 9-byte uint64, so the receive
+        # thread can read it off a call frame's tail without decoding (``envelope.call_run``).
+        self.run_id = secrets.randbits(62) | 1 << 62
         # Call references start at random too: a reply that carries no run (a hand-made
         # client's answer) still almost never names a call of this run by chance.
         self._refs = itertools.count(secrets.randbits(62) + 1)
