@@ -1863,3 +1863,108 @@ def test_an_open_racing_a_wal_failure_lands_on_the_new_writer(
     b = WalLog.open(root / "kv.2")
     assert b.entries(1, 4, 10, 1 << 30) == _entries(1, 4)
     b.close()
+
+
+def _hung_reads(
+    monkeypatch: pytest.MonkeyPatch, under: Path
+) -> tuple[threading.Event, threading.Event]:
+    """Make the WAL recovery's reads of the files under ``under`` wait for a gate, as on a
+    disk that hangs before it fails: ``(entered, gate)``, ``entered`` set once one waits."""
+    entered, gate = threading.Event(), threading.Event()
+    real = wal_module._read_durably
+
+    def hung(path: str) -> bytes:
+        if path.startswith(str(under)):
+            entered.set()
+            gate.wait(30)
+        return real(path)
+
+    monkeypatch.setattr(wal_module, "_read_durably", hung)
+    return entered, gate
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` on a thread of its own; its result (or exception) lands in the list."""
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except Exception as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _open_write_close(path: Path) -> int:
+    """Open a partition's log, append an entry, sync and close it: its last index."""
+    log = WalLog.open(path)
+    log.append(1, _entries(1, 1))
+    log.sync()
+    log.close()
+    return log.last_index()
+
+
+def test_an_open_on_a_hung_disk_holds_up_no_other_directorys_wal(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition's open of its WAL (the first of the node: the directory's recovery) ran
+    under the process-wide registry lock: a disk that hung there held up every other node's
+    WAL in the process. Another directory's WAL goes on; a second open of the same one waits
+    for the first's writer instead of opening one of its own."""
+    one, two = root / "n1", root / "n2"
+    WalLog.open(one / "kv.1").close()  # a WAL file to recover
+    entered, gate = _hung_reads(monkeypatch, one / "wal")
+    try:
+        first, opened = _in_thread(lambda: WalLog.open(one / "kv.1"))
+        assert entered.wait(10)
+        second, also = _in_thread(lambda: WalLog.open(one / "kv.2"))
+        other, result = _in_thread(lambda: _open_write_close(two / "kv.1"))
+        other.join(10)
+        assert result == [1], "another directory's WAL waited for the hung open"
+        assert not opened and not also
+    finally:
+        gate.set()
+    first.join(10)
+    second.join(10)
+    logs = opened + also
+    assert len(logs) == 2 and all(isinstance(log, WalLog) for log in logs), logs
+    assert logs[0]._writer is logs[1]._writer and logs[0]._writer.refs == 2
+    for log in logs:
+        log.close()
+
+
+def test_a_hand_over_on_a_hung_disk_holds_up_no_other_directorys_wal(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-over of a failed WAL opened its directory (reading, fsyncing and recovering
+    its files) under the process-wide registry lock: while that disk hung, every acquire,
+    attach and release of every other node's WAL in the process waited for it. Another
+    directory's WAL opens, writes and closes meanwhile; an open of the same directory waits
+    for the hand-over's writer (no second writer on it), and the hand-over completes once
+    the disk answers."""
+    one, two = root / "n1", root / "n2"
+    a, b = WalLog.open(one / "kv.1"), WalLog.open(one / "kv.2")
+    b.append(1, _entries(1, 2))
+    b.sync()
+    entered, gate = _hung_reads(monkeypatch, one / "wal")
+    try:
+        failed = _fail_a_batch_of(a, monkeypatch, 1)
+        assert entered.wait(10)  # the hand-over is opening n1's WAL, and its disk hangs
+        same, opened = _in_thread(lambda: WalLog.open(one / "kv.3"))
+        other, result = _in_thread(lambda: _open_write_close(two / "kv.1"))
+        other.join(10)
+        assert result == [1], "another directory's WAL waited for the hung open"
+        assert b._writer is failed and not opened  # the same directory's open waits
+    finally:
+        gate.set()
+    same.join(10)
+    assert len(opened) == 1 and isinstance(opened[0], WalLog), opened
+    _wait_for(lambda: b._writer is not failed)
+    assert opened[0]._writer is b._writer and WalWriter._registry[failed.directory] is b._writer
+    b.append(3, _entries(3, 1))
+    b.sync()
+    for log in (a, b, opened[0]):
+        log.close()

@@ -86,7 +86,10 @@ durable. The failed writer is then replaced once (``WalWriter._replace``): it is
 (out of the registry, its files closed), the partitions with records not durable in it are
 restarted (their logs in memory may be ahead of the disk), the directory is opened again from
 disk, and the other partitions' logs move to the new writer as they are. A disk that keeps
-failing is reopened with a growing delay (``REOPEN_BACKOFF_MIN``), never in a loop.
+failing is reopened with a growing delay (``REOPEN_BACKOFF_MIN``), never in a loop. A
+directory is opened (its lock taken, its files read and recovered) outside the lock of the
+process-wide registry of writers, by one caller at a time (``WalWriter._claim``): a disk that
+hangs holds up its own node's WAL, not the other nodes' of the process.
 """
 
 from __future__ import annotations
@@ -215,10 +218,12 @@ class _Reopen:
 
 
 class _Pending(NamedTuple):
-    """``WalWriter.try_acquire`` of a failed WAL not to be opened again yet."""
+    """``WalWriter.try_acquire`` of a WAL that cannot be had now: a failed one not to be
+    opened again yet, or one another caller is opening (``opening``)."""
 
     seconds: float  # until its next reopen
     reason: str  # its failure
+    opening: Event | None = None  # set once another caller's open of it ended
 
 
 class _OutOfService(LogWriteError):
@@ -510,6 +515,8 @@ class WalWriter:
     ``OSError`` it returns is raised as if ``os.write`` had failed (an injected ENOSPC)."""
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
     _reopens: ClassVar[dict[str, _Reopen]] = {}  # directory -> its reopen backoff (registry lock)
+    # directory -> set once the open a caller claimed (``_claim``) ended (registry lock)
+    _opening: ClassVar[dict[str, Event]] = {}
 
     def __init__(
         self,
@@ -633,13 +640,19 @@ class WalWriter:
         yields its scheduler, a thread sleeps). Waiting on an I/O thread, a few partitions
         reopening at once held every one of them for the whole failure, and every other
         blocking call of the node (term and vote stores, storage opens, closes) queued
-        behind. So this must not itself be called on an I/O thread."""
+        behind. So this must not itself be called on an I/O thread. While another caller
+        opens the directory this waits for that open to end, also without a thread."""
         directory = os.path.abspath(directory)
         deadline = time.monotonic() + REOPEN_OPEN_WAIT
         while True:
             got = cls._try_acquire_blocking(directory, options)
             if isinstance(got, WalWriter):
                 return got
+            if got.opening is not None:
+                # Another caller opens the directory: its outcome, however long the disk
+                # work takes (as long as this caller's own open would), then claim again.
+                got.opening.wait()
+                continue
             remaining = deadline - time.monotonic()
             if got.seconds > remaining:
                 # Not at once: a log actor that failed at once would be restarted at once,
@@ -676,16 +689,17 @@ class WalWriter:
     @classmethod
     def try_acquire(cls, directory: str, **options: Any) -> WalWriter | _Pending:
         """``acquire`` without waiting: the writer in service with a reference taken, or,
-        while a failed WAL waits for its next reopen, how long until then (nothing taken).
-        It may open the directory (lock, recovery): call it off the schedulers."""
+        while a failed WAL waits for its next reopen or another caller opens it, a
+        ``_Pending`` (nothing taken). It may open the directory (lock, recovery), outside the
+        registry lock: call it off the schedulers."""
         directory = os.path.abspath(directory)
         with cls._registry_lock:
-            pause = cls._reopen_wait(directory)
-            if pause > 0:
-                return _Pending(pause, cls._reopens[directory].reason)
-            writer = cls._in_service(directory, options)
-            writer.refs += 1
-            return writer
+            got = cls._claim(directory)
+            if isinstance(got, WalWriter):
+                got.refs += 1
+            if not isinstance(got, Event):
+                return got
+        return cls._open(directory, options, got, refs=1)
 
     @classmethod
     def _reopen_wait(cls, directory: str) -> float:
@@ -698,25 +712,55 @@ class WalWriter:
         return reopen.wait()
 
     @classmethod
-    def _in_service(cls, directory: str, options: dict[str, Any]) -> WalWriter:
-        """Under the registry lock: the directory's working writer, opened now if there is
-        none (a failed one is retired first). A failed open delays the next one."""
+    def _claim(cls, directory: str) -> WalWriter | _Pending | Event:
+        """Under the registry lock: the directory's writer in service (no reference taken);
+        or a ``_Pending`` while its writer may not be opened (a reopen backoff, or another
+        caller's open: wait for its ``opening``, then claim again); or else an ``Event``: the
+        caller now owns the directory's open and must call ``_open`` with it, outside this
+        lock. A failed writer still registered is retired first.
+
+        One claim at a time per directory: no two writers are opened on one directory (the
+        second would wait up to 5 s for the first's file lock and fail), and the registry
+        lock is held for no disk work, so a disk that hangs in an open holds up the registry
+        work of no other directory (every node and partition of the process shares it)."""
+        opening = cls._opening.get(directory)
+        if opening is not None:
+            return _Pending(0.0, "being opened", opening)
+        pause = cls._reopen_wait(directory)
+        if pause > 0:
+            return _Pending(pause, cls._reopens[directory].reason)
         writer = cls._registry.get(directory)
-        if writer is not None and writer.broken is not None:
+        if writer is not None and writer.broken is None:
+            return writer
+        if writer is not None:
             writer._retire()
-            writer = None
-        if writer is None:
-            try:
-                writer = cls(directory, **options)
-            except Exception as exc:
+        opening = cls._opening[directory] = Event()
+        return opening
+
+    @classmethod
+    def _open(cls, directory: str, options: dict[str, Any], opening: Event, refs: int) -> WalWriter:
+        """Open the directory claimed with ``opening`` (``_claim``), outside the registry lock,
+        and register the writer with ``refs`` references taken; a failed open delays the
+        next one (``_Reopen``) and raises. Either way the claim ends and its waiters go on."""
+        writer: WalWriter | None = None
+        try:
+            writer = cls(directory, **options)
+            return writer
+        except Exception as exc:
+            with cls._registry_lock:
                 delay = cls._reopens.setdefault(directory, _Reopen()).failed(str(exc))
-                logger.error(
-                    "WAL %s cannot be opened: %s; next attempt in %.1f s at the earliest",
-                    directory, exc, delay,
-                )  # fmt: skip
-                raise
-            cls._registry[directory] = writer
-        return writer
+            logger.error(
+                "WAL %s cannot be opened: %s; next attempt in %.1f s at the earliest",
+                directory, exc, delay,
+            )  # fmt: skip
+            raise
+        finally:
+            with cls._registry_lock:
+                del cls._opening[directory]
+                if writer is not None:
+                    writer.refs += refs
+                    cls._registry[directory] = writer
+            opening.set()
 
     def release(self) -> None:
         """Give back a reference taken by ``acquire``; the last one stops the writer. Only
@@ -782,20 +826,7 @@ class WalWriter:
             self.directory, reason, delay, sorted(log._key for log in ahead) or "none",
         )  # fmt: skip
         _tell_restart(ahead, reason)
-        left: list[WalLog] = []
-        while True:
-            with WalWriter._registry_lock:
-                durable = [log for log in self._logs.values() if log._durable_on(self)]
-                if not durable:
-                    break  # closed meanwhile (a node stopping): nothing to move
-                pause = WalWriter._reopen_wait(self.directory)
-                if pause <= 0:
-                    handed = self._hand_over(durable, reason)
-                    if handed is not None:
-                        left = handed
-                        break
-                    pause = WalWriter._reopen_wait(self.directory)
-            time.sleep(max(pause, REOPEN_BACKOFF_MIN / 10))
+        left = self._move_durable_logs(reason)
         if left:
             logger.error(
                 "WAL %s: the logs of %s do not match the reopened WAL; restarting them",
@@ -807,19 +838,59 @@ class WalWriter:
         if unused:
             self.stop()
 
-    def _hand_over(self, durable: list[WalLog], reason: str) -> list[WalLog] | None:
-        """Under the registry lock: move ``durable`` (logs of this retired writer whose
-        records are all durable) to the writer in service, opened now if needed; the ones
-        that could not be moved, or None when no writer could be opened (a later attempt
-        follows)."""
+    def _durable_logs(self) -> list[WalLog]:
+        """Under the registry lock: the logs of this writer whose records are all durable."""
+        return [log for log in self._logs.values() if log._durable_on(self)]
+
+    def _move_durable_logs(self, reason: str) -> list[WalLog]:
+        """Move this retired writer's durable logs to the writer in service, opened from disk
+        (outside the registry lock: ``_claim``) as soon as the directory may be opened again;
+        the logs that could not be moved. Nothing (and no open) once none is left: closed
+        meanwhile (a node stopping)."""
+        while True:
+            with WalWriter._registry_lock:
+                if not self._durable_logs():
+                    return []
+                got = WalWriter._claim(self.directory)
+            if isinstance(got, _Pending) and got.opening is not None:
+                got.opening.wait()  # a partition's open: then its writer, or its failure
+                continue
+            successor = self._successor(got)
+            if successor is not None:
+                left = self._hand_over(successor, reason)
+                if left is not None:
+                    return left
+            with WalWriter._registry_lock:
+                pause = WalWriter._reopen_wait(self.directory)
+            time.sleep(max(pause, REOPEN_BACKOFF_MIN / 10))
+
+    def _successor(self, got: WalWriter | _Pending | Event) -> WalWriter | None:
+        """The writer in service from a claim (``_claim``): the registered one, or one opened
+        now when the claim is this caller's; None while the directory may not be opened, or
+        when the open failed (logged, and the next attempt delayed, by ``_open``)."""
+        if isinstance(got, WalWriter):
+            return got
+        if isinstance(got, _Pending):
+            return None
         try:
-            successor = WalWriter._in_service(self.directory, self._options)
+            return WalWriter._open(self.directory, self._options, got, refs=0)
         except Exception:
-            return None  # logged, and the next attempt delayed, by ``_in_service``
-        moved: list[WalLog] = []
-        left: list[WalLog] = []
-        for log in durable:
-            (moved if log._move_to(self, successor) else left).append(log)
+            return None
+
+    def _hand_over(self, successor: WalWriter, reason: str) -> list[WalLog] | None:
+        """Move the logs of this retired writer whose records are all durable to
+        ``successor``, the writer in service, opened from disk; the ones that could not be
+        moved, or None when ``successor`` failed meanwhile (a later attempt follows). The
+        logs are chosen here, under the registry lock, and each is checked again under its
+        own lock (``_move_to``): the directory was opened without the registry lock, and
+        meanwhile logs may have closed."""
+        with WalWriter._registry_lock:
+            if successor.retired or successor.broken is not None:
+                return None
+            moved: list[WalLog] = []
+            left: list[WalLog] = []
+            for log in self._durable_logs():
+                (moved if log._move_to(self, successor) else left).append(log)
         logger.warning(
             "WAL %s reopened after: %s; moved %s to the new writer",
             self.directory, reason, sorted(log._key for log in moved) or "no partition",
