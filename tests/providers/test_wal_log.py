@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import os
 import shutil
@@ -1968,3 +1969,81 @@ def test_a_hand_over_on_a_hung_disk_holds_up_no_other_directorys_wal(
     b.sync()
     for log in (a, b, opened[0]):
         log.close()
+
+
+def _replaced(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once a failed writer's replacement (``WalWriter._replace``) has ended."""
+    done = threading.Event()
+    real = WalWriter._replace
+
+    def replace(self: WalWriter) -> None:
+        try:
+            real(self)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(WalWriter, "_replace", replace)
+    return done
+
+
+def _lock_is_free(directory: str) -> bool:
+    """Whether no writer holds the WAL directory's file lock (as another process sees it)."""
+    fd = os.open(os.path.join(directory, "LOCK"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # the lock, if taken, goes with it
+    return True
+
+
+@pytest.mark.parametrize("ending", ["closed_during_the_open", "none_matching"])
+def test_a_writer_a_hand_over_moved_no_log_to_is_stopped_not_left_open(
+    root: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A hand-over that opened the new writer and moved no log to it left it registered
+    with no reference, its I/O thread, files and file lock held until the process exited
+    (no other process could open the WAL): when the node stopped (its logs closed) while
+    the directory was opened, or when no log matched the reopened WAL (told to restart)
+    and the node stopped before they reopened. It is stopped and unregistered, and the
+    next open of the directory opens it again."""
+    a, b = WalLog.open(root / "kv.1"), WalLog.open(root / "kv.2")
+    b.append(1, _entries(1, 2))
+    b.sync()
+    directory = b._writer.directory
+    writers: list[WalWriter] = []
+    real_init = WalWriter.__init__
+
+    def recording_init(self: WalWriter, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        writers.append(self)
+
+    monkeypatch.setattr(WalWriter, "__init__", recording_init)
+    replaced = _replaced(monkeypatch)
+    if ending == "none_matching":
+        monkeypatch.setattr(WalLog, "_same_as", lambda self, first, entries: False)
+        _fail_a_batch_of(a, monkeypatch, 1)
+        assert replaced.wait(10)
+        a.close()
+        b.close()
+    else:
+        entered, gate = _hung_reads(monkeypatch, root / "wal")
+        try:
+            _fail_a_batch_of(a, monkeypatch, 1)
+            assert entered.wait(10)  # the hand-over opens the directory
+            closing, closed = _in_thread(lambda: [log.close() for log in (a, b)])
+            closing.join(2)  # at once since the open holds no lock
+        finally:
+            gate.set()
+        assert replaced.wait(10)
+        closing.join(10)
+        assert closed == [[None, None]]
+    assert len(writers) == 1  # the hand-over's
+    successor = writers[0]
+    _wait_for(lambda: successor.broken == "stopped")
+    assert directory not in WalWriter._registry and successor.refs == 0
+    assert _lock_is_free(directory)
+    b = WalLog.open(root / "kv.2")
+    assert b._writer is not successor and b.last_index() == 2
+    b.close()

@@ -846,18 +846,29 @@ class WalWriter:
         """Move this retired writer's durable logs to the writer in service, opened from disk
         (outside the registry lock: ``_claim``) as soon as the directory may be opened again;
         the logs that could not be moved. Nothing (and no open) once none is left: closed
-        meanwhile (a node stopping)."""
+        meanwhile (a node stopping).
+
+        The hand-over holds a reference on the writer while it works, and gives it back at
+        the end: a writer it moved no log to (every log closed while the directory was
+        opened, or none matched) is stopped and unregistered like any other writer whose last
+        reference goes, instead of staying registered with none, its files and lock held
+        until the process exits."""
         while True:
             with WalWriter._registry_lock:
                 if not self._durable_logs():
                     return []
                 got = WalWriter._claim(self.directory)
+                if isinstance(got, WalWriter):
+                    got.refs += 1  # the hand-over's own, given back below
             if isinstance(got, _Pending) and got.opening is not None:
                 got.opening.wait()  # a partition's open: then its writer, or its failure
                 continue
             successor = self._successor(got)
             if successor is not None:
-                left = self._hand_over(successor, reason)
+                try:
+                    left = self._hand_over(successor, reason)
+                finally:
+                    successor.release()
                 if left is not None:
                     return left
             with WalWriter._registry_lock:
@@ -865,15 +876,16 @@ class WalWriter:
             time.sleep(max(pause, REOPEN_BACKOFF_MIN / 10))
 
     def _successor(self, got: WalWriter | _Pending | Event) -> WalWriter | None:
-        """The writer in service from a claim (``_claim``): the registered one, or one opened
-        now when the claim is this caller's; None while the directory may not be opened, or
-        when the open failed (logged, and the next attempt delayed, by ``_open``)."""
+        """The writer in service from a claim (``_claim``), with the hand-over's reference:
+        the registered one (taken by the caller), or one opened now when the claim is this
+        caller's; None while the directory may not be opened, or when the open failed
+        (logged, and the next attempt delayed, by ``_open``)."""
         if isinstance(got, WalWriter):
             return got
         if isinstance(got, _Pending):
             return None
         try:
-            return WalWriter._open(self.directory, self._options, got, refs=0)
+            return WalWriter._open(self.directory, self._options, got, refs=1)
         except Exception:
             return None
 
