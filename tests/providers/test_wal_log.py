@@ -2047,3 +2047,46 @@ def test_a_writer_a_hand_over_moved_no_log_to_is_stopped_not_left_open(
     b = WalLog.open(root / "kv.2")
     assert b._writer is not successor and b.last_index() == 2
     b.close()
+
+
+def test_an_open_that_loses_every_attach_race_fails_after_open_attempts(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every writer the open acquires fails before the log is attached to it (a disk that
+    keeps failing): the open acquires again, ``OPEN_ATTEMPTS`` times in all, each time a
+    new writer, and then fails with an error that says so; it neither loops nor hangs, and
+    leaves no log registered and no reference taken. On a healthy disk the next open
+    works."""
+    seed = WalLog.open(root / "kv.1")
+    seed.append(1, _entries(1, 2))
+    seed.sync()
+    seed.close()
+    raced: list[WalWriter] = []
+    real_take_over_dead = WalWriter.take_over_dead
+
+    def failing_meanwhile(self: WalWriter, key: str) -> None:
+        raced.append(self)
+        with monkeypatch.context() as patch:  # the writer's next batch gets EIO
+            patch.setattr(WalWriter, "fault", staticmethod(lambda d: OSError(errno.EIO, "EIO")))
+            ticket = self.submit(packb(("m", key, 0)), key, -1)
+            with pytest.raises(LogWriteError):
+                self.wait(ticket)
+        _wait_for(lambda: self.retired)
+        real_take_over_dead(self, key)
+
+    monkeypatch.setattr(WalWriter, "take_over_dead", failing_meanwhile)
+    started = time.monotonic()
+    with pytest.raises(LogWriteError) as raised:
+        WalLog.open(root / "kv.1")
+    assert time.monotonic() - started < wal_module.OPEN_ATTEMPTS * wal_module.REOPEN_OPEN_WAIT
+    assert len(raced) == len({id(w) for w in raced}) == wal_module.OPEN_ATTEMPTS
+    message = str(raised.value)
+    assert f"{wal_module.OPEN_ATTEMPTS} times" in message and "kv.1" in message, message
+    assert type(raised.value) is LogWriteError and raised.value.errno == errno.EIO
+    _wait_for(lambda: all(w.broken is not None and w._lock_fd == -1 for w in raced))
+    assert all(not w._logs and w.refs == 0 for w in raced)
+    assert os.path.abspath(root / "wal") not in WalWriter._registry
+    monkeypatch.setattr(WalWriter, "take_over_dead", real_take_over_dead)
+    log = WalLog.open(root / "kv.1")
+    assert log.last_index() == 2 and log.can_append(1, Priority.HIGH)
+    log.close()

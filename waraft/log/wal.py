@@ -1752,7 +1752,8 @@ class WalLog(MemoryLog):
         The WAL may fail between the acquire and the attach; its failed writer, retired and
         replaced meanwhile (``WalWriter._replace``), refuses the attach, and the open acquires
         again: the new writer, or a bounded wait for it (``WalWriter.acquire``). Up to
-        ``OPEN_ATTEMPTS`` times, then the ``LogWriteError`` (its log actor is restarted)."""
+        ``OPEN_ATTEMPTS`` times, then a ``LogWriteError`` (EIO) that says so (its log actor is
+        restarted)."""
         key = os.path.basename(path)
         attempts = 1
         while True:
@@ -1763,7 +1764,14 @@ class WalLog(MemoryLog):
             except _OutOfService as exc:
                 blocking(writer.release)
                 if attempts >= OPEN_ATTEMPTS:
-                    raise
+                    # Not the private retry signal itself: it says neither the partition nor
+                    # that the open gave up, and it is not the open's to raise.
+                    raise LogWriteError(
+                        errno.EIO,
+                        f"WAL {directory}: partition {key} not opened: each of the "
+                        f"{OPEN_ATTEMPTS} times it was acquired, the writer failed before the "
+                        f"log could be attached (last: {exc.strerror})",
+                    ) from exc
                 attempts += 1
                 logger.warning("WAL %s: %s acquires it again: %s", directory, key, exc)
             except BaseException:
