@@ -1318,6 +1318,7 @@ def test_a_split_checkpoint_cut_short_at_rotation_keeps_the_log(
     lagging, big = _big_log(root, monkeypatch, **options)
     real = WalWriter._write_out
     killed: list[bool] = []
+    replaced = _replaced(monkeypatch)
 
     def dying(self: WalWriter, data: bytes, at: int) -> None:
         ops, pos = _scan(data, 0)[0], 0
@@ -1339,6 +1340,10 @@ def test_a_split_checkpoint_cut_short_at_rotation_keeps_the_log(
             if killed:
                 break
     assert killed
+    # The failed writer is replaced in the background (its durable logs, lagging's among
+    # them, move to a writer opened from disk): the kill -9 comes after that, or it would
+    # stop one writer while the hand-over registers the other.
+    assert replaced.wait(10), "the failed writer was not replaced"
     _crash(lagging)
     lagging = WalLog.open(root / "kv.1", **options)
     assert lagging.last_index() == 160
