@@ -498,3 +498,37 @@ def test_the_shell_says_a_partition_restarting_there_is_restarting_not_missing()
         helpers._on(lambda _address: server.NO_SUCH_PARTITION, 1, None)
     named = ops._named_missing(server.PARTITION_RESTARTING, "kv", 1)
     assert named[0] == "error" and "restarting" in named[1]
+
+
+def test_the_shell_and_the_status_rows_say_a_partition_restarting_there_is_restarting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A status (or config) of a partition the node was restarting failed noproc: the shell
+    # said "serves no partition" (status(1)) or showed ExitError, and the status table
+    # "not running" (without waraft_admin) or "noproc" (with it).
+    from waraft import otp
+    from waraft.cli import admin, ops, shell
+    from waraft.partition import server
+
+    def status(address: object, timeout: float = 1.0) -> dict[str, object]:
+        name = address[0] if isinstance(address, tuple) else address
+        reason = {"raft_server_kv_1": "partition_restarting", "raft_server_kv_2": "noproc"}
+        if name in reason:
+            raise otp.ExitError(reason[name])
+        return {"id": "n1@127.0.0.1:7001", "table": "kv", "partition": 3, "state": "leader"}
+
+    monkeypatch.setattr(server, "status", status)
+    helpers = shell.Helpers("n1@127.0.0.1:7001", "kv", [1], ["n1@127.0.0.1:7001"])
+    with pytest.raises(shell.ShellError) as info:
+        helpers.status(1)
+    said = str(info.value)
+    assert "restarting" in said and "try again" in said and "serves no partition" not in said
+    with pytest.raises(shell.ShellError, match="serves no partition 2 of table 'kv'"):
+        helpers.status(2)
+    assert helpers.status(3)["state"] == "leader"
+    rows = ops._rows_without_admin("n1@127.0.0.1:7001", 1.0, "kv", [1, 2, 3])
+    assert [r.get("error") for r in rows] == ["restarting", "not running", None]
+    table = ops.format_table(rows).splitlines()
+    assert "| restarting " in table[3] and "| not running " in table[4]
+    assert admin.status_error("partition_restarting") == "restarting"
+    assert admin.status_error("noproc") == "noproc"

@@ -117,3 +117,16 @@ def test_status_names_a_member_its_leader_gets_no_answer_from(cluster: Cluster) 
     cells = [_cells(line) for line in done.stdout.splitlines()[3:-1]]
     assert any(row[2] == "leader" and row[column] == "1" for row in cells), done.stdout
     assert all(row[column] == "" for row in cells if row[2] != "leader"), done.stdout
+
+
+def test_a_replica_restarting_is_a_problem_of_its_own_not_a_missing_partition() -> None:
+    # Its row (error "restarting") was not a problem at all: `waraft status` exited 0 with
+    # a replica down for a restart, or said no node served a partition only restarting.
+    restarting = {"node": C, "table": "kv", "partition": 1, "error": "restarting"}
+    line = f"replicas restarting (ask again in a moment): {C} (kv.1)"
+    rows = [_row(A, 1, "leader"), _row(B, 1, "follower"), restarting]
+    assert _status_problems(rows, None) == [line]
+    assert _status_problems(rows, [1]) == [line]
+    assert _status_problems([restarting], [1]) == [line]
+    # A member restarting its replica serves it: not "serves no replica".
+    assert _status_problems([_row(A, 1, "leader"), restarting], None) == [line]

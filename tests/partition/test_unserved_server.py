@@ -2,8 +2,9 @@
 the calls answered ``"ok"`` / ``("error", reason)``, where a raw ``ExitError`` (``noproc``
 here, ``refused`` from another node) came out of ``adjust_config`` and the other admin
 verbs; and ``PARTITION_RESTARTING`` for a partition the node runs whose server is not up
-right now (a restart), which answered ``NO_SUCH_PARTITION`` too. Over real nodes:
-``tests/cli/test_commands.py``; the receive thread's hook: ``tests/distribution``."""
+right now (a restart), which answered ``NO_SUCH_PARTITION`` too, with the calls answering
+data failing ``ExitError("partition_restarting")`` then (they failed ``noproc``). Over real
+nodes: ``tests/cli/test_commands.py``; the receive thread's hook: ``tests/distribution``."""
 
 from __future__ import annotations
 
@@ -60,12 +61,24 @@ def test_an_admin_verb_to_a_partition_not_running_here_answers_no_such_partition
     assert server.NO_SUCH_PARTITION == ("error", "no_such_partition")
 
 
+DATA_CALLS: list[Callable[[Any], Any]] = [
+    server.status,
+    server.get_current_config,
+    server.membership,
+    server.handover_candidates,
+]
+
+
+def _exit_reason(call: Callable[[Any], Any], target: Any) -> Any:
+    with pytest.raises(otp.ExitError) as info:
+        call(target)
+    return info.value.reason
+
+
 def test_the_calls_that_answer_data_still_raise(node: str) -> None:
     # A status is a dict and a config a Config: no answer of those types says "none here".
-    for call in (server.status, server.get_current_config, server.handover_candidates):
-        with pytest.raises(otp.ExitError) as info:
-            call(NAME)
-        assert info.value.reason == "noproc"
+    for call in DATA_CALLS:
+        assert _exit_reason(call, NAME) == "noproc"
 
 
 def test_a_remote_call_to_a_server_not_running_here_takes_the_prefix_rules() -> None:
@@ -118,12 +131,26 @@ def test_a_verb_to_a_partition_restarting_here_answers_partition_restarting(
     assert call(server.default_name("r", 6)) == server.NO_SUCH_PARTITION
 
 
+@pytest.mark.parametrize("call", DATA_CALLS, ids=lambda c: c.__name__)
+def test_a_data_call_to_a_partition_restarting_here_fails_partition_restarting(
+    restarting: str, node: str, call: Callable[[Any], Any]
+) -> None:
+    # It failed noproc: the shell and `waraft status` said "not running" (or showed an
+    # exception) of a partition the node was only restarting.
+    assert _exit_reason(call, restarting) == "partition_restarting"
+    assert _exit_reason(call, (restarting, node)) == "partition_restarting"
+    assert server.RESTARTING == "partition_restarting"
+    # A partition never started here still fails noproc.
+    assert _exit_reason(call, server.default_name("r", 6)) == "noproc"
+
+
 def test_a_partition_stopped_here_is_not_restarting(restarting: str) -> None:
     # Registered, but its supervisor is gone (``waraft.sup.stop_partition``): nothing will
     # bring the server back, so it is not "restarting".
     otp.kill(otp.whereis(part_sup.default_name("r", 5)))
     wait_until(lambda: otp.whereis(part_sup.default_name("r", 5)) is None)
     assert server.resign(restarting) == server.NO_SUCH_PARTITION
+    assert _exit_reason(server.status, restarting) == "noproc"
 
 
 def test_the_receive_thread_answers_a_verb_to_a_restarting_partition(
@@ -148,9 +175,14 @@ def test_the_receive_thread_answers_a_verb_to_a_restarting_partition(
         for request in sent:
             assert inline.unserved_call(restarting, request, here) == server.PARTITION_RESTARTING
         assert inline.unserved_call(restarting, ["resign"], here) == server.PARTITION_RESTARTING
-        # Calls answering data still fail noproc; so does a partition not started here.
-        assert inline.unserved_call(restarting, ("status",), here) is None
+        # Calls answering data fail with the reason (they failed noproc); a partition not
+        # started here, and a call no remote caller may make, still fail noproc.
+        failed = dist.FailCall("partition_restarting")
+        for request in (("status",), ["current_config"], ("handover_candidates",)):
+            assert inline.unserved_call(restarting, request, here) == failed
+        assert inline.unserved_call(restarting, ("snapshot_available", "/", (1, 1)), here) is None
         assert inline.unserved_call(server.default_name("r", 6), ("resign",), here) is None
+        assert inline.unserved_call(server.default_name("r", 6), ("status",), here) is None
         for name in ("raft_server_r_\u00b2", "raft_server_r_" + "9" * 30, "raft_server_5"):
             assert inline.unserved_call(name, ("resign",), here) is None
     finally:
@@ -180,10 +212,13 @@ def test_a_partition_whose_server_is_being_restarted_answers_partition_restartin
             wait_until(lambda: otp.whereis(name) is None)
             for _, call in VERBS:
                 assert call(name) == server.PARTITION_RESTARTING
+            for data_call in DATA_CALLS:
+                assert _exit_reason(data_call, name) == "partition_restarting"
             assert server.trigger_election(server.default_name("test", 2)) == (
                 server.NO_SUCH_PARTITION
             )
         assert server.trigger_election((name, node.id)) == server.PARTITION_RESTARTING
+        assert _exit_reason(server.status, (name, node.id)) == "partition_restarting"
         gate.set()
         with node.activate():
             back = wait_until(lambda: otp.whereis(name))

@@ -338,6 +338,7 @@ def _status_problems(
         )
     for check in (
         _missing_partitions(rows, partitions),
+        _restarting_replicas(rows),
         _members_without_replica(rows),
         _unanswered_leaders(rows),
     ):
@@ -360,9 +361,13 @@ def _silent_nodes(rows: list[dict[str, Any]]) -> str:
     )
 
 
-_ANSWERS: Final = frozenset({None, "no partitions", "not running"})
+_RESTARTING: Final = "restarting"
+"""A status row's ``error`` for a partition its node runs but is restarting
+(``waraft.cli.admin.RESTARTING``; not imported here, to keep the CLI's start light)."""
+
+_ANSWERS: Final = frozenset({None, "no partitions", "not running", _RESTARTING})
 """A status row's ``error`` when its node answered (a status, no partition of the table, the
-partition not running there)."""
+partition not running there, or restarting there)."""
 
 
 def _missing_partitions(rows: list[dict[str, Any]], partitions: list[int] | None) -> str | None:
@@ -371,15 +376,30 @@ def _missing_partitions(rows: list[dict[str, Any]], partitions: list[int] | None
     partition. Nothing when no node answered: that is said already (unreachable, no status),
     and whether they serve the partitions is not known."""
     served = {r.get("partition") for r in rows if "error" not in r}
+    restarting = {r.get("partition") for r in rows if r.get("error") == _RESTARTING}
     answered = {r.get("node") for r in rows if r.get("error") in _ANSWERS}
     if partitions and answered:
-        lacking = sorted(set(partitions) - served)
+        lacking = sorted(set(partitions) - served - restarting)
         if lacking:
             who = "node" if answered == {r.get("node") for r in rows} else "node that answered"
             return f"no {who} serves partition(s) " + ", ".join(map(str, lacking))
     elif not served and rows and all(r.get("error") == "no partitions" for r in rows):
         return "no node serves any partition of that table"
     return None
+
+
+def _restarting_replicas(rows: list[dict[str, Any]]) -> str | None:
+    """The replicas whose node runs them but was restarting them when asked (their server
+    not up): not lacking, not healthy either; worth asking again in a moment."""
+    found: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("error") == _RESTARTING:
+            replica = f"{r.get('table')}.{r.get('partition')}"
+            found.setdefault(str(r.get("node")), []).append(replica)
+    if not found:
+        return None
+    named = "; ".join(f"{node} ({_some(parts)})" for node, parts in found.items())
+    return f"replicas restarting (ask again in a moment): {named}"
 
 
 def _members_without_replica(rows: list[dict[str, Any]]) -> str | None:

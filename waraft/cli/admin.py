@@ -142,6 +142,18 @@ def _node_of(identity: Any) -> Any:
     return identity
 
 
+RESTARTING: Final = "restarting"
+"""A status row's ``error`` for a partition its node runs but is restarting (the server's
+status failed ``server.RESTARTING``): shown as its state, worth asking again shortly."""
+
+
+def status_error(reason: Any) -> Any:
+    """A status row's ``error`` for a server whose status call failed with ``reason``:
+    ``RESTARTING`` for a partition the node is bringing back, else the reason as plain
+    data (``noproc``: a partition stopped here)."""
+    return RESTARTING if reason == server.RESTARTING else _plain(reason)
+
+
 def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
@@ -260,7 +272,7 @@ class NodeAdmin(otp.Process):
                         "node": self.node.id,
                         "table": table,
                         "partition": partition,
-                        "error": _plain(exc.reason),
+                        "error": status_error(exc.reason),
                     }
                 )
                 continue

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from waraft import otp
 from waraft.cli import admin
@@ -567,6 +567,11 @@ def node_rows(
     return rows or [{"node": node, "error": "no partitions"}]
 
 
+_ANSWERED_ERRORS: Final = {"noproc": "not running", server.RESTARTING: admin.RESTARTING}
+"""A status row's ``error`` for a server's status call that its node failed: the partition
+does not run there, or is restarting (see ``admin.status_error``)."""
+
+
 def _rows_without_admin(
     node: str, timeout: float, table: str | None, partitions: Sequence[int] | None
 ) -> list[dict[str, Any]]:
@@ -577,9 +582,9 @@ def _rows_without_admin(
         try:
             status = server.status((server.default_name(table, partition), node), timeout)
         except otp.ExitError as exc:
-            error = "unreachable" if exc.reason != "noproc" else "not running"
+            error = _ANSWERED_ERRORS.get(exc.reason, "unreachable")
             rows.append({"node": node, "table": table, "partition": partition, "error": error})
-            if exc.reason != "noproc":
+            if exc.reason not in _ANSWERED_ERRORS:
                 break
             continue
         rows.append(admin.status_row(status))

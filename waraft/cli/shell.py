@@ -57,8 +57,9 @@ class Helpers:
 
     def _on(self, call: Any, partition: int, node: str | None, *args: Any) -> Any:
         """``call(server address, *args)``, with a partition the node does not serve said as
-        such (one it runs but is restarting, ``PARTITION_RESTARTING``, said as that): the
-        API answers ``NO_SUCH_PARTITION`` or fails ``noproc``, where a bare
+        such (one it runs but is restarting, ``PARTITION_RESTARTING`` or, from the calls
+        answering data, ``ExitError(RESTARTING)``, said as that): the API answers
+        ``NO_SUCH_PARTITION`` or fails ``noproc``, where a bare
         ``ExitError: refused`` read like a permission problem at the end of a traceback
         (``refused`` now means a key without the right, or a node of an older build: both
         are named); and a node that cannot be reached (``("nodedown", node)``) said in one
@@ -72,6 +73,8 @@ class Helpers:
         except otp.ExitError as exc:
             if exc.reason == "noproc":
                 raise self._unserved(partition, where) from None
+            if exc.reason == server.RESTARTING:
+                raise self._restarting(partition, where) from None
             if exc.reason == "refused":
                 raise self._refused(call, partition, where) from None
             if _is_unreachable(exc.reason):
@@ -83,11 +86,14 @@ class Helpers:
         if answer == server.NO_SUCH_PARTITION:
             raise self._unserved(partition, where)
         if answer == server.PARTITION_RESTARTING:
-            raise ShellError(
-                f"{where} runs partition {partition!r} of table {self.table!r}, but it is "
-                "restarting (its server is not up right now): try again in a moment"
-            )
+            raise self._restarting(partition, where)
         return answer
+
+    def _restarting(self, partition: int, node: str) -> ShellError:
+        return ShellError(
+            f"{node} runs partition {partition!r} of table {self.table!r}, but it is "
+            "restarting (its server is not up right now): try again in a moment"
+        )
 
     def _refused(self, call: Any, partition: int, node: str) -> ShellError:
         """A call the node refused: with a client key, an admin verb (all but ``status``) is

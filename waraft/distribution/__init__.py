@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from waraft.distribution import envelope, inline
+from waraft.distribution.inline import FailCall
 from waraft.distribution.keys import KeyChanges
 from waraft.distribution.nodeid import NodeIdError, is_node_id, make, parse
 from waraft.distribution.receiver import OVERLOADED
@@ -60,6 +61,7 @@ __all__ = [
     "OVERLOADED",
     "CurveConfig",
     "DistSettings",
+    "FailCall",
     "NodeIdError",
     "RemoteReplyTo",
     "add_peer_listener",
@@ -313,7 +315,8 @@ def set_unserved_handler(prefix: str, handler: inline.UnservedHandler | None) ->
 
 def set_unserved_call_handler(prefix: str, handler: inline.UnservedCallHandler | None) -> None:
     """Let the layer that owns the names starting with ``prefix`` answer calls to such a
-    name that no process has (see :func:`waraft.distribution.inline.set_unserved_call_handler`)."""
+    name that no process has, or fail them with a reason of its own (``FailCall``; see
+    :func:`waraft.distribution.inline.set_unserved_call_handler`)."""
     inline.set_unserved_call_handler(prefix, handler)
 
 

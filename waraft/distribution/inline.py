@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from waraft.otp.node import Node
@@ -82,15 +82,25 @@ UnservedCallHandler = Callable[[str, Any, "Node"], Any]
 _unserved_calls: dict[str, UnservedCallHandler] = {}
 
 
+class FailCall(NamedTuple):
+    """An unserved-call handler's answer that fails the call with ``reason`` (the caller's
+    ``otp.call`` raises ``ExitError(reason)``, as for ``noproc``) instead of replying: for a
+    call whose answer is data, where no reply value could say "not here right now".
+    ``reason`` must encode as msgpack (a string, as exit reasons are)."""
+
+    reason: Any
+
+
 def set_unserved_call_handler(prefix: str, handler: UnservedCallHandler | None) -> None:
     """Register (or with None, remove) ``handler(name, request, node)`` for the calls to
     names starting with ``prefix`` that no process has on ``node`` (this node: the receive
-    thread belongs to none): the call is answered with what the handler returns, or failed
-    ``noproc`` as before when it returns None. So the layer that owns the names can tell a
-    caller more than "no such process" (a partition that is restarting), where only this
-    node can know it. The call was admitted by the name's rules or by
-    ``policy.allow_prefix``; the handler runs on the receive thread (quick, no blocking, no
-    raising: an exception is logged and the call failed ``noproc``)."""
+    thread belongs to none): the call is answered with what the handler returns, failed
+    with the reason of a ``FailCall`` it returns, or failed ``noproc`` as before when it
+    returns None. So the layer that owns the names can tell a caller more than "no such
+    process" (a partition that is restarting), where only this node can know it. The call
+    was admitted by the name's rules or by ``policy.allow_prefix``; the handler runs on the
+    receive thread (quick, no blocking, no raising: an exception is logged and the call
+    failed ``noproc``)."""
     if handler is None:
         _unserved_calls.pop(prefix, None)
     else:
@@ -99,7 +109,7 @@ def set_unserved_call_handler(prefix: str, handler: UnservedCallHandler | None) 
 
 def unserved_call(name: str, request: Any, node: Node) -> Any:
     """The answer of ``name``'s prefix handler to a call no process on ``node`` can take;
-    None: fail it ``noproc``."""
+    a ``FailCall``: fail it with that reason; None: fail it ``noproc``."""
     return _by_prefix(_unserved_calls, name, (request, node), None, "unserved-call")
 
 

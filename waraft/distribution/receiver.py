@@ -696,6 +696,8 @@ class Receiver(threading.Thread):
             answer = inline.unserved_call(name, request, self._dist.otp_node)
             if answer is None:
                 handle.fail(NOPROC)
+            elif type(answer) is inline.FailCall:
+                handle.fail(answer.reason)
             else:
                 handle.reply(answer)
             return

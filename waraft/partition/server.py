@@ -1034,33 +1034,35 @@ def allow_remote(name: str) -> None:
 def answer_unserved_calls() -> None:
     """Have this node answer a call to a partition's server it does not run as a local call
     is answered, when the caller has the right the call needs (before, it was refused: a
-    name without rules, so a missing partition read as a permission problem): an admin
-    verb or ``is_peer_ready`` to a partition that is restarting here gets
-    ``PARTITION_RESTARTING`` (only this node can know it), any other such call fails
-    ``noproc`` (``call_verb`` answers ``NO_SUCH_PARTITION`` for it). A caller without the
-    right is still refused. Idempotent."""
+    name without rules, so a missing partition read as a permission problem): to a
+    partition that is restarting here (only this node can know it), an admin verb or
+    ``is_peer_ready`` gets ``PARTITION_RESTARTING`` and a call answering data (``status``,
+    ``current_config``, ``handover_candidates``) fails ``RESTARTING``; any other such call
+    fails ``noproc`` (``call_verb`` answers ``NO_SUCH_PARTITION`` for it). A caller without
+    the right is still refused. Idempotent."""
     policy.allow_prefix(NAME_PREFIX, calls=_remote_calls())
     dist.set_unserved_call_handler(NAME_PREFIX, _unserved_call)
 
 
 _VERB_CALLS: Final = frozenset((*_ADMIN_VERBS, "is_peer_ready"))
 """The calls answered ``"ok"`` / ``("error", reason)`` (``call_verb``): the only ones a
-``PARTITION_RESTARTING`` answer fits (a status or a config is data)."""
+``PARTITION_RESTARTING`` answer fits."""
+
+_DATA_CALLS: Final = frozenset(("status", "current_config", "handover_candidates"))
+"""The remote calls answering data (a status dict, a config, a list): no answer of those
+types says "restarting", so they fail ``RESTARTING`` instead (``_data_call``)."""
 
 
 def _unserved_call(name: str, request: Any, node: otp.Node) -> Any:
     """The receive thread's answer to ``request``, a call to server ``name``, which no
-    process on ``node`` has: ``PARTITION_RESTARTING`` for a verb to a partition restarting
-    there, else None (failed ``noproc``)."""
-    if (
-        isinstance(request, (tuple, list))
-        and request
-        and isinstance(request[0], str)
-        and request[0] in _VERB_CALLS
-        and is_restarting(name, node)
-    ):
-        return PARTITION_RESTARTING
-    return None
+    process on ``node`` has, for a partition restarting there: ``PARTITION_RESTARTING`` for
+    a verb, failed ``RESTARTING`` for a data call. Else None (failed ``noproc``)."""
+    if not isinstance(request, (tuple, list)) or not request or not isinstance(request[0], str):
+        return None
+    verb = request[0] in _VERB_CALLS
+    if not (verb or request[0] in _DATA_CALLS) or not is_restarting(name, node):
+        return None
+    return PARTITION_RESTARTING if verb else dist.FailCall(RESTARTING)
 
 
 def is_restarting(name: str, node: otp.Node) -> bool:
@@ -1106,7 +1108,13 @@ verbs, ``is_peer_ready``) when the node runs no server of that name and the part
 restarting there (never started, or stopped): the client's answer for a partition a node
 does not serve (``waraft.acceptor.NO_SUCH_PARTITION``)."""
 
-PARTITION_RESTARTING: Final = ("error", "partition_restarting")
+RESTARTING: Final = "partition_restarting"
+"""The ``otp.ExitError`` reason of the calls answering data (``status``,
+``get_current_config``, ``membership``, ``handover_candidates``) to a partition the node
+runs whose server is not up right now (see ``PARTITION_RESTARTING``), locally and from
+other nodes; for a partition the node does not run they fail ``noproc``, as before."""
+
+PARTITION_RESTARTING: Final = ("error", RESTARTING)
 """The answer of the same calls when the node runs the partition but its server is not up
 right now: its supervisor is restarting it (one_for_all: every child of the partition), or
 still starting it. Nothing was done; the same call is worth retrying in a moment (the client
@@ -1152,20 +1160,36 @@ def call_verb(server: otp.Target, request: Any, timeout: float | None = DEFAULT_
         raise
 
 
+def _data_call(server: otp.Target, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+    """``request`` to ``server``, whose answer is data: raises ``otp.ExitError(RESTARTING)``
+    if no process has the name but the node runs the partition and is bringing it back
+    (other nodes fail such a call so themselves: ``answer_unserved_calls``), ``noproc`` if
+    the node does not run it, and the other failures as ``otp.call`` does."""
+    try:
+        return otp.call(server, request, timeout)
+    except otp.ExitError as exc:
+        if exc.reason == "noproc" and unserved_answer(server) == PARTITION_RESTARTING:
+            raise otp.ExitError(RESTARTING) from None
+        raise
+
+
 def status(server: otp.Target, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """The server's status (WARaft's fields: state, current_term, commit_index, ...)."""
-    result: dict[str, Any] = _call(server, ("status",), timeout)
+    """The server's status (WARaft's fields: state, current_term, commit_index, ...).
+    Raises ``otp.ExitError``: ``RESTARTING`` for a partition restarting there, ``noproc``
+    for one the node does not run (see ``_data_call``)."""
+    result: dict[str, Any] = _data_call(server, ("status",), timeout)
     return result
 
 
 def membership(server: otp.Target) -> list[Identity]:
-    """The voting members of the effective config."""
+    """The voting members of the effective config (fails as ``get_current_config``)."""
     return list(get_current_config(server).membership)
 
 
 def get_current_config(server: otp.Target) -> Config:
-    """The effective config (the newest appended config entry, or storage's)."""
-    result: Config = _call(server, ("current_config",))
+    """The effective config (the newest appended config entry, or storage's). Raises
+    ``otp.ExitError`` as ``status`` does."""
+    result: Config = _data_call(server, ("current_config",))
     return result
 
 
@@ -1289,8 +1313,8 @@ def handover_async(server: otp.Target, peer: str | None = None) -> None:
 
 
 def handover_candidates(server: otp.Target) -> list[str]:
-    """Peers a handover could go to now."""
-    result: list[str] = _call(server, ("handover_candidates",))
+    """Peers a handover could go to now. Raises ``otp.ExitError`` as ``status`` does."""
+    result: list[str] = _data_call(server, ("handover_candidates",))
     return result
 
 
@@ -1337,6 +1361,7 @@ __all__ = [
     "NAME_PREFIX",
     "NO_SUCH_PARTITION",
     "PARTITION_RESTARTING",
+    "RESTARTING",
     "RaftServer",
     "adjust_config",
     "answer_unserved_calls",
