@@ -3,24 +3,26 @@ the calls answered ``"ok"`` / ``("error", reason)``, where a raw ``ExitError`` (
 here, ``refused`` from another node) came out of ``adjust_config`` and the other admin
 verbs; and ``PARTITION_RESTARTING`` for a partition the node runs whose server is not up
 right now (a restart), which answered ``NO_SUCH_PARTITION`` too, with the calls answering
-data failing ``ExitError("partition_restarting")`` then (they failed ``noproc``). Over real
-nodes: ``tests/cli/test_commands.py``; the receive thread's hook: ``tests/distribution``."""
+data failing ``ExitError("partition_restarting")`` then (they failed ``noproc``), also while
+the partition's supervisor gave up and its parent starts it again. Over real nodes:
+``tests/cli/test_commands.py``; the receive thread's hook: ``tests/distribution``."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.partition.helpers import start_node, wait_until
+from tests.partition.helpers import APP, start_node, wait_until
 from waraft import distribution as dist
 from waraft import otp
 from waraft.core.types import Identity, LogPos
 from waraft.distribution import inline, policy
-from waraft.partition import part_sup, server
+from waraft.partition import part_sup, server, sup
 from waraft.services import env
 
 NAME = server.default_name("t", 9)
@@ -225,5 +227,110 @@ def test_a_partition_whose_server_is_being_restarted_answers_partition_restartin
             assert back is not first
             answer = server.resign(name)
             assert answer not in (server.PARTITION_RESTARTING, server.NO_SUCH_PARTITION)
+    finally:
+        node.stop()
+
+
+# -- a partition whose supervisor gave up: its parent (``waraft.sup``) starts it again -------
+
+
+def _count_restarts_over_a_long_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partition supervisors started from now on give up after their intensity's restarts
+    within 60 s, not 1 s: a loaded machine restarting slowly still gets there."""
+    monkeypatch.setitem(part_sup.FLAGS, "period", 60)
+
+
+def _kill_server_until_its_supervisor_gives_up(node: otp.Node, supervisor: otp.Pid) -> None:
+    """Kill the partition's server each time it is back, until ``supervisor`` (its
+    one_for_all supervisor) has had more restarts than its intensity and exited."""
+    name = server.default_name("test", 1)
+    killed = None
+    deadline = time.monotonic() + 20
+    with node.activate():
+        while supervisor.is_alive():
+            assert time.monotonic() < deadline, "the partition's supervisor never gave up"
+            pid = otp.whereis(name)
+            if pid is not None and pid is not killed:
+                otp.kill(pid)
+                killed = pid
+            else:
+                time.sleep(0.001)
+
+
+def test_a_partition_whose_supervisor_gave_up_is_restarting_while_its_parent_restarts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between the partition supervisor's exit and the new one's registration nothing had a
+    # name of the partition, and every call answered as for a partition the node does not
+    # run (no_such_partition, noproc), although waraft.sup was starting it again.
+    _count_restarts_over_a_long_period(monkeypatch)
+    node = start_node(tmp_path, "n", [1])
+    gate = threading.Event()
+    try:
+        name = server.default_name("test", 1)
+        sup_name = part_sup.default_name("test", 1)
+        with node.activate():
+            first = wait_until(lambda: otp.whereis(sup_name))
+        # Hold the parent's restart of the partition before the new supervisor's start.
+        normalize_spec = part_sup.normalize_spec
+
+        def gated_normalize_spec(*args: Any, **kwargs: Any) -> Any:
+            otp.blocking(gate.wait, 10)
+            return normalize_spec(*args, **kwargs)
+
+        monkeypatch.setattr(part_sup, "normalize_spec", gated_normalize_spec)
+        _kill_server_until_its_supervisor_gives_up(node, first)
+        with node.activate():
+            assert otp.whereis(sup_name) is None and otp.whereis(name) is None
+            for _, call in VERBS:
+                assert call(name) == server.PARTITION_RESTARTING
+            for data_call in DATA_CALLS:
+                assert _exit_reason(data_call, name) == "partition_restarting"
+            assert server.resign(server.default_name("test", 2)) == server.NO_SUCH_PARTITION
+        assert server.resign((name, node.id)) == server.PARTITION_RESTARTING
+        assert _exit_reason(server.status, (name, node.id)) == "partition_restarting"
+        # Other nodes' callers are answered the same by the receive thread.
+        server.answer_unserved_calls()
+        assert inline.unserved_call(name, ("resign",), node) == server.PARTITION_RESTARTING
+        assert inline.unserved_call(name, ("status",), node) == dist.FailCall(
+            "partition_restarting"
+        )
+        gate.set()
+        with node.activate():
+            back = wait_until(lambda: otp.whereis(name))
+            assert wait_until(lambda: otp.whereis(sup_name)) is not first
+            assert server.status(back)["state"] is not None
+            answer = server.resign(name)
+            assert answer not in (server.PARTITION_RESTARTING, server.NO_SUCH_PARTITION)
+        assert not part_sup.is_restarted_by_parent("test", 1, node.id)
+    finally:
+        gate.set()
+        node.stop()
+
+
+def test_a_partition_that_nothing_will_start_again_is_no_such_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its supervisor gave up, and so did its parent (intensity 0), which nothing restarts
+    # (a temporary child): the partition is gone for good, not restarting.
+    monkeypatch.setitem(sup.FLAGS, "intensity", 0)
+    _count_restarts_over_a_long_period(monkeypatch)
+    node = otp.Node("unserved_gone@local")
+    try:
+        with node.activate():
+            env.set_env(APP, "raft_database", str(tmp_path / "gone"))
+            spec = sup.child_spec(APP, [{"table": "test", "partition": 1}])
+            started = otp.supervisor.start_child("kernel_sup", {**spec, "restart": "temporary"})
+            assert started[0] == "ok", started
+            parent = started[1]
+            first = wait_until(lambda: otp.whereis(part_sup.default_name("test", 1)))
+        _kill_server_until_its_supervisor_gives_up(node, first)
+        wait_until(lambda: not parent.is_alive())
+        name = server.default_name("test", 1)
+        with node.activate():
+            assert env.is_partition_registered("test", 1)
+            assert server.resign(name) == server.NO_SUCH_PARTITION
+            assert _exit_reason(server.status, name) == "noproc"
+        assert not part_sup.is_restarted_by_parent("test", 1, node.id)
     finally:
         node.stop()

@@ -20,6 +20,8 @@ Semantics follow Erlang/OTP's ``supervisor`` module:
   as one restart. A restart whose start fails is retried through the mailbox (each retry
   counts). More than ``intensity`` restarts within ``period`` seconds: the supervisor stops
   all children and exits ``shutdown``, and its own supervisor applies its policy (escalation).
+  Its ``gave_up`` is then True, so that a subclass's ``terminate`` can tell this exit from
+  one its own supervisor ordered (both have the reason ``shutdown``).
 * Stopping a child: unlink, exit signal ``shutdown``, wait up to ``shutdown`` ms, then
   ``kill``. ``brutal_kill`` kills at once, ``infinity`` waits forever. The supervisor stops its
   children in reverse start order (simple_one_for_one: all at once) when it terminates.
@@ -203,6 +205,11 @@ class Supervisor(Process):
     """The supervisor process; use :func:`start_link` rather than this class directly."""
 
     trap_exit = True
+
+    gave_up: bool = False
+    """True once the supervisor reached its maximum restart intensity and is stopping (its
+    own supervisor then applies its policy); False while it runs and when it stops for
+    any other reason (its supervisor's order, a node stop)."""
 
     def init(self, *args: Any) -> None:
         init_fn, init_args = args
@@ -458,6 +465,7 @@ class Supervisor(Process):
                 self._period,
             )
             self._del_child(child, key)
+            self.gave_up = True
             self.stop_self(SHUTDOWN)
             return
         retry: Any

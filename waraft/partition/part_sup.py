@@ -9,6 +9,11 @@ table can find them.
 
 The supervisor is ``one_for_all`` with intensity 10 per second over six children started in this
 order (and stopped in reverse): queue, storage, log, server, acceptor, transport cleanup.
+
+A partition supervisor that gives up (more restarts than that) exits, and its own supervisor
+(``waraft.sup``: a permanent child) starts it again; until the new one has registered its
+name, the partition has no process at all. ``is_restarted_by_parent`` tells that window from a
+partition stopped for good (see ``waraft.server.is_restarting``).
 """
 
 from __future__ import annotations
@@ -232,9 +237,52 @@ def child_specs(opts: RaftOptions) -> list[dict[str, Any]]:
 
 FLAGS = {"strategy": "one_for_all", "intensity": 10, "period": 1}
 
+_given_up: dict[tuple[str, str, int], otp.Pid] = {}
+"""``(node id, table, partition)`` of a partition whose supervisor gave up -> the supervisor
+that started it, which restarts it: set as the old one stops, dropped once a new one runs.
+Read without a lock (the receive thread asks); written by the partition's supervisors."""
+
+
+def is_restarted_by_parent(table: str, partition: int, node: str) -> bool:
+    """Whether the partition's supervisor on ``node`` gave up and the supervisor that
+    started it is alive, so will start it again (a permanent child, ``child_spec``): the
+    window in which the partition has no process. False once a new one runs, and when
+    nothing will bring it back (that supervisor gave up too, or was stopped)."""
+    parent = _given_up.get((node, table, partition))
+    return parent is not None and parent.is_alive()
+
+
+class PartitionSupervisor(otp.supervisor.Supervisor):
+    """The ``one_for_all`` supervisor of one partition's processes. Only its stop differs:
+    one that gave up (or crashed) leaves the pid of its parent, which will start it again,
+    in ``_given_up``."""
+
+    def init(self, *args: Any) -> None:
+        opts, parent = args
+        self._given_up_key = (self.node.id, opts.table, opts.partition)
+        self._parent_pid: otp.Pid | None = parent
+        super().init(_flags_and_children, (opts,))
+
+    def terminate(self, reason: Any) -> None:
+        # Noted while the name is still held (it is released after terminate), so that a
+        # caller finds one or the other. A stop its parent ordered (or the node's) is
+        # ``shutdown`` too, but nothing brings the partition back after it.
+        key = self._given_up_key
+        restarted = self.gave_up or not otp.is_normal_exit(reason)
+        if restarted and self._parent_pid is not None:
+            _given_up[key] = self._parent_pid
+        else:
+            _given_up.pop(key, None)
+        super().terminate(reason)
+
+
+def _flags_and_children(opts: RaftOptions) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    return dict(FLAGS), child_specs(opts)
+
 
 def start_link(application: str, spec: dict[str, Any]) -> otp.Pid:
-    """Start the partition's supervisor (registered ``raft_sup_<table>_<partition>``)."""
+    """Start the partition's supervisor (registered ``raft_sup_<table>_<partition>``). Run
+    by its own supervisor (as start functions are), whose pid it keeps as its parent's."""
     opts = normalize_spec(application, spec)
     store_options(opts)
     env.register_partition(opts.table, opts.partition, application)
@@ -245,7 +293,11 @@ def start_link(application: str, spec: dict[str, Any]) -> otp.Pid:
     # on a slow or hung disk stalled every process of that scheduler (DESIGN.md: blocking
     # work runs on the I/O threads).
     otp.blocking(os.makedirs, opts.database, exist_ok=True)
-    return otp.supervisor.start_link(dict(FLAGS), child_specs(opts), name=opts.supervisor_name)
+    pid = PartitionSupervisor.start_link(opts, otp.self_pid(), name=opts.supervisor_name)
+    # Its name answers for the partition now. (A failed start leaves the mark: the parent
+    # retries a restart, or gives up and so stops counting as alive.)
+    _given_up.pop((pid.node_id, opts.table, opts.partition), None)
+    return pid
 
 
 def child_spec(application: str) -> dict[str, Any]:
@@ -265,6 +317,7 @@ __all__ = [
     "FLAGS",
     "KNOWN_ARGS",
     "REQUIRED_ARGS",
+    "PartitionSupervisor",
     "RaftOptions",
     "all_options",
     "check_spec",
@@ -272,6 +325,7 @@ __all__ = [
     "child_specs",
     "default_name",
     "default_partition_path",
+    "is_restarted_by_parent",
     "normalize_spec",
     "options",
     "prepare_spec",

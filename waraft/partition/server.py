@@ -1066,17 +1066,22 @@ def _unserved_call(name: str, request: Any, node: otp.Node) -> Any:
 
 
 def is_restarting(name: str, node: otp.Node) -> bool:
-    """Whether server ``name`` belongs to a partition started on ``node`` whose supervisor
-    runs there now (its one_for_all restart, or its first start, has not brought the server
-    up yet). A partition stopped since (``waraft.sup.stop_partition``) is not: nothing will
-    bring it back. Only looks ``name`` up (registries, no calls): the receive thread asks."""
+    """Whether server ``name`` belongs to a partition started on ``node`` that is being
+    brought back there: its supervisor runs (its one_for_all restart, or its first start,
+    has not brought the server up yet), or it gave up and the supervisor that started it
+    (``waraft.sup``) is starting it again (``part_sup.is_restarted_by_parent``). A
+    partition stopped since (``waraft.sup.stop_partition``), or whose parent gave up too,
+    is not: nothing will bring it back. Only looks ``name`` up (registries, no calls): the
+    receive thread asks."""
     named = env.partition_named(name, NAME_PREFIX) if isinstance(name, str) else None
     if named is None or not env.is_partition_registered(*named, node=node.id):
         return False
     table, partition = named
     from waraft.partition import part_sup  # (part_sup imports this module's importers)
 
-    return otp.whereis(part_sup.default_name(table, partition), node=node) is not None
+    if otp.whereis(part_sup.default_name(table, partition), node=node) is not None:
+        return True
+    return part_sup.is_restarted_by_parent(table, partition, node.id)
 
 
 def start_link(options: RaftOptions) -> otp.Pid:
@@ -1117,8 +1122,9 @@ other nodes; for a partition the node does not run they fail ``noproc``, as befo
 PARTITION_RESTARTING: Final = ("error", RESTARTING)
 """The answer of the same calls when the node runs the partition but its server is not up
 right now: its supervisor is restarting it (one_for_all: every child of the partition), or
-still starting it. Nothing was done; the same call is worth retrying in a moment (the client
-drops its requests to such a partition and retries them, see ``waraft.acceptor``)."""
+still starting it, or gave up and its own supervisor is starting it again. Nothing was done;
+the same call is worth retrying in a moment (the client drops its requests to such a
+partition and retries them, see ``waraft.acceptor``)."""
 
 
 def unserved_answer(server: otp.Target) -> Any:
