@@ -363,6 +363,43 @@ class _Many:
     count: int
 
 
+class _Written:
+    """The value the writes and deletes among the first items of ``items`` (``(command,
+    position, label)`` in log order) leave at each key: ``("ok", value)``, ``NOT_FOUND``, or
+    ``None`` at a key none of them names. Keys are told apart by ``identity`` (the provider's
+    ``key_identity``), as the provider's rows are: Python's ``==`` took ``True``, ``1`` and
+    ``1.0`` for one key, which the durable providers store apart. Built as far as asked, so
+    an apply batch without a derived command computes no identity."""
+
+    __slots__ = ("_identity", "_items", "_seen", "_state")
+
+    def __init__(self, identity: Callable[[Any], Any], items: Sequence[tuple[Any, LogPos, Any]]):
+        self._identity = identity
+        self._items = items
+        self._seen = 0
+        self._state: dict[Any, Any] = {}
+
+    def at(self, key_identity: Any, upto: int) -> Any:
+        """The value at the key of that identity after ``items[:upto]`` (``upto`` never
+        smaller than at an earlier call)."""
+        state, items, identity = self._state, self._items, self._identity
+        for at in range(self._seen, upto):
+            command = items[at][0]
+            if type(command) is not tuple:
+                continue
+            size = len(command)
+            if size == 4 and command[0] == "write":
+                value: Any = ("ok", command[3])
+            elif size == 3 and command[0] == "delete":
+                value = NOT_FOUND
+            else:
+                continue
+            with contextlib.suppress(UnknownCommandError):  # no row: the provider refuses it
+                state[identity(command[2])] = value
+        self._seen = max(self._seen, upto)
+        return state.get(key_identity)
+
+
 class StorageServer(otp.Process):
     """Owns the partition's storage provider."""
 
@@ -829,6 +866,8 @@ class StorageServer(otp.Process):
         own entries; the gateway refuses clients' before they reach the log.)"""
         translated: list[tuple[Any, LogPos, Any]] = []
         derived: dict[int, Any] = {}  # item number -> the result of its derived command
+        rederive: list[int] = []  # the items _derive translated (redone after a refusal)
+        written = _Written(self.provider.key_identity, translated)
         opaque = False
         for mark, (_, position, label) in zip(marks, items, strict=True):
             command = mark.command if type(mark) is Apply else NOOP
@@ -845,7 +884,10 @@ class StorageServer(otp.Process):
                 if opaque:  # only inside one $batch entry: _apply splits chunks before it
                     command, derived[len(translated)] = NOOP, DERIVED_AFTER_OPAQUE
                 else:
-                    command, derived[len(translated)] = self._derive(command, translated)
+                    rederive.append(len(translated))
+                    command, derived[len(translated)] = self._derive(
+                        command, written, len(translated)
+                    )
             else:
                 opaque = opaque or _opaque(command)
             translated.append((command, position, label))
@@ -859,7 +901,7 @@ class StorageServer(otp.Process):
         try:
             results = self._apply_then(translated, marks)
         except UnknownCommandError as exc:
-            return self._after_refusal(items, translated, marks, exc)
+            return self._after_refusal(items, translated, marks, exc, rederive)
         return self._answers(marks, results)
 
     def _answers(self, marks: Sequence[Done | Apply | Pending], results: list[Any]) -> list[Any]:
@@ -882,11 +924,17 @@ class StorageServer(otp.Process):
         translated: Sequence[tuple[Any, LogPos, Any]],
         marks: Sequence[Done | Apply | Pending],
         exc: UnknownCommandError,
+        rederive: Sequence[int] = (),
     ) -> list[Any]:
         """The answers to ``items`` (their commands as the provider gets them:
         ``translated``; their session decisions: ``marks``) once the provider refused a
         command among them (``exc``) and applied none of them (or, a provider that is not one
         transaction, those ``exc`` says).
+
+        The derived commands among them (item numbers ``rederive``) after a refused one are
+        derived again without it: one built on a write the provider refused gave another
+        value (and answer) than on a replica that got that write in an apply message of its
+        own, where the provider refused it before the derived command read the key.
 
         Each refused command is replaced by a ``noop`` answered (and, in a session, recorded)
         with its error, and the items applied again as one transaction: their data, recorded
@@ -910,6 +958,7 @@ class StorageServer(otp.Process):
         translated = list(translated)
         marks = list(marks)
         one_entry = items[0][1] == items[-1][1]
+        refused_items: set[int] = set()
         results: list[Any] = []  # of the items a provider that is not one transaction applied
         looping = False  # it raised a PartialApplyError: it applies in order, one by one
         while True:
@@ -945,6 +994,11 @@ class StorageServer(otp.Process):
                 )
             if not progress:
                 raise exc  # the provider refuses a noop: nothing left to answer for it
+            refused_items.update(refused)
+            after = min(refused)
+            self._rederive(
+                translated, marks, [at for at in rederive if at > after and at not in refused_items]
+            )
             held = _REFUSED_LOG.ready()  # a client may send nothing else: never a line each
             if held:
                 logger.warning(
@@ -991,19 +1045,38 @@ class StorageServer(otp.Process):
             at = end
         return answers
 
-    def _derive(self, command: Any, earlier: Sequence[tuple[Any, LogPos, Any]]) -> tuple[Any, Any]:
+    def _rederive(
+        self,
+        translated: list[tuple[Any, LogPos, Any]],
+        marks: list[Done | Apply | Pending],
+        numbers: Sequence[int],
+    ) -> None:
+        """Derive the derived commands of items ``numbers`` (ascending; their ``marks`` hold
+        the command) again from ``translated`` as it is now, in place."""
+        written = _Written(self.provider.key_identity, translated)
+        for at in numbers:
+            mark = marks[at]
+            if type(mark) is not Apply:
+                continue
+            command, result = self._derive(mark.command, written, at)
+            _, position, label = translated[at]
+            translated[at] = (command, position, label)
+            marks[at] = Apply(mark.command, mark.session, mark.seq, result)
+
+    def _derive(self, command: Any, written: _Written, upto: int) -> tuple[Any, Any]:
         """``(provider command, result)`` for a read-modify-write command, against the state
-        the provider will have after ``earlier`` (this batch's commands before it)."""
+        the provider will have after the first ``upto`` items of ``written`` (this batch's
+        commands before it): the value the last write or delete of its key among them left,
+        else the provider's. The same on every replica, however the apply batches fall (a
+        leader, a follower and a replay group the same entries differently): keys are told
+        apart as the provider's rows are (``key_identity``), no derived command joins a
+        batch after a provider's own command (``_Chunk.holds_opaque``), and one built on a
+        command the provider then refused is derived again (``_after_refusal``)."""
         kind, table, key, argument = command
-        current: Any = None
-        for previous, _, _ in reversed(earlier):
-            if type(previous) is tuple and len(previous) >= 3 and previous[2] == key:
-                if previous[0] == "write" and len(previous) == 4:
-                    current = ("ok", previous[3])
-                    break
-                if previous[0] == "delete" and len(previous) == 3:
-                    current = NOT_FOUND
-                    break
+        try:
+            current = written.at(self.provider.key_identity(key), upto)
+        except UnknownCommandError:
+            current = None  # a key no row can hold: the provider refuses the read below
         if current is None:
             try:
                 current = self.provider.read(("read", table, key), self.position)

@@ -19,7 +19,9 @@ command                                 ``apply`` result      ``read`` result
 ``("read", table, key)``                —                     ``("ok", value)`` / ``"not_found"``
 =====================================  ====================  ===============================
 
-The table element is ignored (one key space per partition, as in WARaft). Any other command
+The table element is ignored (one key space per partition, as in WARaft). Two keys name the
+same row exactly when their msgpack encodings are equal (``key_identity``): a tuple and a list
+of the same items are one key, while ``True``, ``1`` and ``1.0`` are three. Any other command
 raises ``UnknownCommandError``, which the storage actor answers with ``("error",
 ("unknown_command", why))`` on every replica (WARaft crashes here); the entry changes nothing.
 ``apply`` always advances ``position()`` to the entry's position.
@@ -38,6 +40,10 @@ What a provider of one's own must know:
 - Results and read answers go to clients on other nodes as msgpack: a value msgpack cannot
   carry (a set, a datetime) is answered ``("error", "unencodable_result")`` instead (see
   ``results_encode``).
+- The storage actor turns ``incr``/``append`` into writes from the value an earlier write or
+  delete of the same apply batch left at the key, told apart by ``key_identity``: a provider
+  whose rows are keyed otherwise than by the key's msgpack encoding overrides it, or the same
+  log would leave different data on replicas that grouped its entries differently.
 - Exactly-once sessions store their table through the provider as ordinary
   ``("write", "$waraft", key, row)`` and ``("delete", "$waraft", key)`` commands and read it
   back with ``("read", "$waraft", key)``: a provider used with ``Client(sessions=True)`` must
@@ -63,7 +69,7 @@ from typing import Any, ClassVar, Final, Self
 
 from waraft.core.rpc import clipped_repr
 from waraft.core.types import Config, Identity, LogPos, is_config_command
-from waraft.services.codec import packb, unpackb
+from waraft.services.codec import CodecError, packb, unpackb
 
 OK: Final = "ok"
 NOT_FOUND: Final = "not_found"
@@ -205,6 +211,17 @@ class StorageProvider(ABC):
     ``("error", "unencodable_result")`` (it was applied all the same)."""
 
     options: StorageOptions
+
+    @staticmethod
+    def key_identity(key: Any) -> Any:
+        """A hashable value equal for two keys exactly when they name the same row. Default:
+        the key's msgpack encoding, the bytes the built-in durable providers store a row
+        under. Raises ``UnknownCommandError`` for a key that cannot name a row (msgpack
+        cannot encode it): every write, delete and read of it must be refused as well."""
+        try:
+            return packb(key)
+        except CodecError as exc:
+            raise UnknownCommandError(f"a key msgpack cannot encode: {exc}"[:500]) from None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
