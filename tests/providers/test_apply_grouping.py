@@ -7,10 +7,10 @@ answers may depend on either grouping. These tests apply one log to a provider i
 message, entry by entry and in random groups, and compare what each replica answered for
 every entry and the data and session rows it ended with.
 
-A review found it broken: an ``incr`` looked for an earlier write of its key in the same
+Two reviews found it broken: an ``incr`` looked for an earlier write of its key in the same
 batch with Python's ``==`` (``True == 1 == 1.0``, ``[1] != (1,)``) while the providers store
-rows under the key's msgpack encoding, and built on an earlier write the provider then
-refused.
+rows under the key's msgpack encoding; and a provider's own command inside a ``$batch`` merged
+into the batch (``merge_batches``) did not stop a later ``incr`` from joining it.
 """
 
 from __future__ import annotations
@@ -275,11 +275,8 @@ def _outcomes(
 SEEDS = 6
 
 
-@pytest.mark.parametrize(
-    ("merge", "custom"),
-    [(False, False), (False, True), (True, False)],
-    ids=["apply_many-builtin", "apply_many-own_commands", "merge_batches-builtin"],
-)
+@pytest.mark.parametrize("custom", [False, True], ids=["builtin", "own_commands"])
+@pytest.mark.parametrize("merge", [False, True], ids=["apply_many", "merge_batches"])
 @pytest.mark.parametrize("kind", sorted(PROVIDERS))
 def test_a_log_gives_the_same_answers_and_data_however_its_entries_are_grouped(
     replicas: Callable[[str, bool, bool], Replica], kind: str, merge: bool, custom: bool
@@ -316,6 +313,18 @@ CASES: dict[str, tuple[bool, bool, list[Any]]] = {
             register_command(1000),
             ("write", "t", [1], (7,)),
             call_command(1, 1, 1, ("append", "t", (1,), 8)),
+        ],
+    ),
+    # A merged $batch holding the provider's own command, then an incr of the key it wrote.
+    "incr_after_a_merged_batch_of_an_own_command": (
+        True,
+        True,
+        [
+            register_command(1000),
+            register_command(1000),
+            ("write", "t", "a", 1),
+            ("$batch", [("set10", "t", "a")]),
+            call_command(1, 1, 1, ("incr", "t", "a", 1)),
         ],
     ),
     # A write the provider refuses, then an incr of its key: built on nothing.
@@ -358,5 +367,6 @@ def test_the_found_cases_answer_what_the_keys_hold(
         assert answers == {
             "incr_after_a_write_of_an_equal_key": ("ok", 1),
             "append_after_a_write_of_the_same_key_as_a_list": "ok",
+            "incr_after_a_merged_batch_of_an_own_command": ("ok", 11),
             "incr_after_a_refused_write": ("ok", 2),
         }, kind

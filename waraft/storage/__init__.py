@@ -363,6 +363,43 @@ class _Many:
     count: int
 
 
+class _Chunk:
+    """The committed entries ``StorageServer._apply`` gathers for one ``apply_batch``.
+
+    ``items`` are the provider's ``(command, position, label)``; ``shapes`` the reply handle of
+    each top-level item, or a ``_Many`` for the commands of a merged ``$batch`` entry;
+    ``marks`` the session decision of each item, kept only once a session, derived or
+    reserved-key command joined (empty before)."""
+
+    __slots__ = ("_opaque", "_scanned", "items", "marks", "shapes")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, LogPos, Any]] = []
+        self.shapes: list[Any] = []
+        self.marks: list[Done | Apply | Pending] = []
+        self._opaque = False
+        self._scanned = 0  # items[:_scanned] were looked at by holds_opaque
+
+    def holds_opaque(self) -> bool:
+        """Whether an item is a provider's own command (``_opaque``), however it joined (a
+        top-level entry, a merged ``$batch`` entry's command). A derived command must not join
+        such a chunk: it would read the state before that command on a replica that got both
+        in one apply message, and the state after it on one that got them in two. Looked at
+        only when a derived command comes, over the items added since."""
+        if not self._opaque:
+            items = self.items
+            self._opaque = any(_opaque(items[at][0]) for at in range(self._scanned, len(items)))
+            self._scanned = len(items)
+        return self._opaque
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.shapes.clear()
+        self.marks.clear()
+        self._opaque = False
+        self._scanned = 0
+
+
 class _Written:
     """The value the writes and deletes among the first items of ``items`` (``(command,
     position, label)`` in log order) leave at each key: ``("ok", value)``, ``NOT_FOUND``, or
@@ -735,11 +772,7 @@ class StorageServer(otp.Process):
         # Consecutive plain commands go to the provider as one apply_batch (one transaction
         # for a durable provider); a $batch entry is one apply_many of its own, unless the
         # provider merges batches (its plain commands then join the chunk).
-        chunk: list[tuple[Any, LogPos, Any]] = []
-        # The reply handle of each chunk item, or a _Many for the commands of a merged $batch.
-        shapes: list[Any] = []
-        marks: list[Done | Apply | Pending] = []  # the session decision of each chunk item
-        opaque = False  # the chunk holds a provider's own command (``_opaque``)
+        chunk = _Chunk()
         next_index = self.position.index + 1
         for index, entry, reply_to, priority in items:
             if index < next_index:
@@ -754,7 +787,7 @@ class StorageServer(otp.Process):
             if command is None:
                 raise OutOfOrderApply(f"storage {self.name} got the base entry at {index}")
             if is_config_command(command) or (self.witness and command != NOOP):
-                self._apply_chunk(chunk, shapes, replies, marks)
+                self._apply_chunk(chunk, replies)
                 result = self._apply_special(command, position, entry.label)
                 if reply_to is not None:
                     replies.append((reply_to, result))
@@ -765,12 +798,12 @@ class StorageServer(otp.Process):
                 if plain and commands and self._merge_batches:
                     # Its commands join the chunk (same results as apply_many: a command the
                     # provider rejects fails the chunk, which is then applied one by one).
-                    chunk.extend([(c, position, entry.label) for c in commands])
-                    shapes.append(_Many(reply_to, len(commands)))
-                    if marks:
-                        marks.extend(Apply(c) for c in commands)
+                    chunk.items.extend([(c, position, entry.label) for c in commands])
+                    chunk.shapes.append(_Many(reply_to, len(commands)))
+                    if chunk.marks:
+                        chunk.marks.extend(Apply(c) for c in commands)
                     continue
-                self._apply_chunk(chunk, shapes, replies, marks)
+                self._apply_chunk(chunk, replies)
                 if not plain:
                     result = self._apply_session_items(
                         [(c, position, entry.label) for c in commands],
@@ -783,16 +816,13 @@ class StorageServer(otp.Process):
                 if reply_to is not None:
                     replies.append((reply_to, result))
             else:
-                if not chunk:
-                    opaque = False
-                elif opaque and is_derived_command(_inner(command)):
+                if is_derived_command(_inner(command)) and chunk.items and chunk.holds_opaque():
                     # Its entries before it are applied first, so it reads what they left
                     # (the same on every replica, however the apply batches fall).
-                    self._apply_chunk(chunk, shapes, replies, marks)
-                    opaque = False
-                opaque = opaque or _opaque(command)
-                chunk.append((command, position, entry.label))
-                shapes.append(reply_to)
+                    self._apply_chunk(chunk, replies)
+                chunk.items.append((command, position, entry.label))
+                chunk.shapes.append(reply_to)
+                marks = chunk.marks
                 if (
                     marks
                     or is_session_command(command)
@@ -801,9 +831,9 @@ class StorageServer(otp.Process):
                 ):
                     # Marks are kept only once a session command shows up in this chunk.
                     if not marks:
-                        marks.extend(Apply(c) for c, _, _ in chunk[:-1])
+                        marks.extend(Apply(c) for c, _, _ in chunk.items[:-1])
                     marks.append(self.sessions.begin(command, index))
-        self._apply_chunk(chunk, shapes, replies, marks)
+        self._apply_chunk(chunk, replies)
         for priority, count in done.items():
             if count:
                 queues.commits_finished(count, priority, applied=True)
@@ -816,26 +846,21 @@ class StorageServer(otp.Process):
         if self._notify_complete and queues.apply_queue_size() == 0:
             otp.cast(self.server, ("notify_complete",))
 
-    def _apply_chunk(
-        self,
-        chunk: list[tuple[Any, LogPos, Any]],
-        shapes: list[Any],
-        replies: list[tuple[Any, Any]],
-        marks: list[Done | Apply | Pending],
-    ) -> None:
-        if not chunk:
+    def _apply_chunk(self, chunk: _Chunk, replies: list[tuple[Any, Any]]) -> None:
+        """Apply ``chunk`` (then empty it), adding each reply to ``replies``."""
+        items = chunk.items
+        if not items:
             return
-        if marks:
-            results = self._apply_session_items(chunk, marks)
-            marks.clear()
+        if chunk.marks:
+            results = self._apply_session_items(items, chunk.marks)
         else:
             try:
-                results = self.provider.apply_batch(chunk)
+                results = self.provider.apply_batch(items)
             except UnknownCommandError as exc:
-                results = self._after_refusal(chunk, chunk, [Apply(c) for c, _, _ in chunk], exc)
-        self.position = chunk[-1][1]
+                results = self._after_refusal(items, items, [Apply(c) for c, _, _ in items], exc)
+        self.position = items[-1][1]
         at = 0
-        for shape in shapes:
+        for shape in chunk.shapes:
             if type(shape) is _Many:
                 reply_to, result = shape.reply_to, results[at : at + shape.count]
                 at += shape.count
@@ -847,7 +872,6 @@ class StorageServer(otp.Process):
         if at != len(results):
             raise ValueError(f"storage {self.name}: {len(results)} results for {at} commands")
         chunk.clear()
-        shapes.clear()
 
     def _apply_session_items(
         self,
