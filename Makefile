@@ -28,8 +28,12 @@ venv: $(STAMP)
 
 $(VENV): $(STAMP)
 
+# Two workers: the suite spends most of its time waiting on node processes and sockets (one
+# worker: 650 s wall for 480 s of CPU here), and a test file stays on one worker (loadfile) so
+# its module fixtures (a harness run, a cluster) start once. TEST_WORKERS=0 runs it serially.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest tests/
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests/
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
