@@ -17,6 +17,7 @@ frames a second; other casts are still dropped without a word.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -73,23 +74,31 @@ def whole_thread_node() -> Iterator[str]:
         dist.stop()
 
 
-@pytest.fixture
-def handled() -> Iterator[list[str]]:
-    """The origins of the frames ``SINK``'s costly inline handler took, in order."""
-    seen: list[str] = []
+@contextlib.contextmanager
+def _costly_sink(name: str, cost: float) -> Iterator[list[Any]]:
+    """Clients' ``("work", ...)`` casts to ``name`` taken by an inline handler that holds the
+    receive thread ``cost`` s each; yields the messages it took, in order."""
+    took: list[Any] = []
 
     def costly(msg: Any, origin: str) -> bool:
-        time.sleep(COST)  # stands for work on the receive thread
-        seen.append(origin)
+        time.sleep(cost)  # stands for work on the receive thread
+        took.append(msg)
         return True
 
-    policy.allow(SINK, casts={"work": policy.CLIENT})
-    inline.set_handler(SINK, costly)
+    policy.allow(name, casts={"work": policy.CLIENT})
+    inline.set_handler(name, costly)
     try:
-        yield seen
+        yield took
     finally:
-        inline.set_handler(SINK, None)
-        policy.forget(SINK)
+        inline.set_handler(name, None)
+        policy.forget(name)
+
+
+@pytest.fixture
+def handled() -> Iterator[list[Any]]:
+    """The frames ``SINK``'s costly inline handler took, in order."""
+    with _costly_sink(SINK, COST) as took:
+        yield took
 
 
 def _flood(ctx: zmq.Context[Any], node_id: str, key: str, name: str) -> Attacker:
@@ -102,7 +111,7 @@ def _flood(ctx: zmq.Context[Any], node_id: str, key: str, name: str) -> Attacker
 def test_a_client_keys_inline_handling_is_charged_to_its_budget(
     keyed_node: str,
     ctx: zmq.Context[Any],
-    handled: list[str],
+    handled: list[Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="waraft.distribution.receiver")
@@ -130,7 +139,7 @@ def test_a_client_keys_inline_handling_is_charged_to_its_budget(
 
 
 def _all_handled(
-    ctx: zmq.Context[Any], node_id: str, key: str, name: str, handled: list[str]
+    ctx: zmq.Context[Any], node_id: str, key: str, name: str, handled: list[Any]
 ) -> None:
     """Flood ``node_id`` as ``name`` with ``key``: every frame is handled, none dropped."""
     limited = dist.stats().get("rx_decode_limited", 0)
@@ -143,13 +152,13 @@ def _all_handled(
 
 
 def test_a_members_frames_are_never_throttled(
-    keyed_node: str, ctx: zmq.Context[Any], handled: list[str]
+    keyed_node: str, ctx: zmq.Context[Any], handled: list[Any]
 ) -> None:
     _all_handled(ctx, keyed_node, "n2", "n2", handled)
 
 
 def test_a_client_key_may_be_given_the_whole_thread(
-    whole_thread_node: str, ctx: zmq.Context[Any], handled: list[str]
+    whole_thread_node: str, ctx: zmq.Context[Any], handled: list[Any]
 ) -> None:
     _all_handled(ctx, whole_thread_node, "app", "app.flood", handled)
 
@@ -173,24 +182,16 @@ def app_in_debt(ctx: zmq.Context[Any]) -> Iterator[Attacker]:
         client_receive_share=DEBT_SHARE, client_receive_burst_s=0.05, shed_answers_per_s=SHED_RATE
     )
     node_id = dist.start("n1@127.0.0.1:0", curve=_curve(), settings=settings)
-    took: list[Any] = []
-
-    def heavy(msg: Any, origin: str) -> bool:
-        time.sleep(HEAVY)  # stands for work on the receive thread
-        took.append(msg)
-        return True
-
-    policy.allow(HEAVY_SINK, casts={"work": policy.CLIENT})
-    inline.set_handler(HEAVY_SINK, heavy)
-    app = Attacker(ctx, node_id, name="app.debtor", curve=(*KEYS["app"], KEYS["n1"][0]))
     try:
-        app.cast(HEAVY_SINK, ("work", 0))
-        wait_until(lambda: bool(took), timeout=10.0)
-        yield app
+        with _costly_sink(HEAVY_SINK, HEAVY) as took:
+            app = Attacker(ctx, node_id, name="app.debtor", curve=(*KEYS["app"], KEYS["n1"][0]))
+            try:
+                app.cast(HEAVY_SINK, ("work", 0))
+                wait_until(lambda: bool(took), timeout=10.0)
+                yield app
+            finally:
+                app.close()
     finally:
-        app.close()
-        inline.set_handler(HEAVY_SINK, None)
-        policy.forget(HEAVY_SINK)
         dist.stop()
 
 
