@@ -357,15 +357,17 @@ def test_the_found_cases_answer_alike_in_one_apply_message_and_entry_by_entry(
 def test_the_found_cases_answer_what_the_keys_hold(
     replicas: Callable[[str, bool, bool], Replica],
 ) -> None:
-    """And what they answer is right: the rows the provider has, not Python's ``==``."""
+    """And what they answer is right: the rows the provider has (the durable ones key them
+    by the msgpack encoding, the memory one by Python's ``==``, where a list is no key)."""
     for kind in sorted(PROVIDERS):
         answers = {}
         for case, (custom, merge, log) in CASES.items():
             replica = replicas(kind, custom, merge)
             replica.apply(log, [2, len(log) - 2])
             answers[case] = replica.answers[len(log)]
+        memory = kind == "memory"
         assert answers == {
-            "incr_after_a_write_of_an_equal_key": ("ok", 1),
+            "incr_after_a_write_of_an_equal_key": ("ok", 6) if memory else ("ok", 1),
             "append_after_a_write_of_the_same_key_as_a_list": "ok",
             "incr_after_a_merged_batch_of_an_own_command": ("ok", 11),
             "incr_after_a_refused_write": ("ok", 2),

@@ -222,13 +222,12 @@ KEYS_APART: list[Any] = [True, 1, 1.0, False, 0, 0.0, -0.0, "1", b"1", (1,), {"m
 """Keys whose msgpack encodings differ, though Python's ``==`` confuses some."""
 
 
-def test_keys_are_told_apart_by_their_msgpack_encoding(kind: str, tmp_path: Path) -> None:
-    """One key space in every provider: ``True``, ``1`` and ``1.0`` are three keys, a list and
-    a tuple of the same items one (read back as a tuple), through ``apply``, ``apply_many``
-    and a snapshot; ``key_identity`` says the same (the storage actor's ``incr`` relies on
-    it). The memory provider, a dict keyed by the keys themselves, took ``True``, ``1`` and
-    ``1.0`` for one key and refused a list or a map, where the durable ones stored them."""
-    cls = PROVIDERS[kind]
+def test_a_durable_providers_keys_are_told_apart_by_their_msgpack_encoding(tmp_path: Path) -> None:
+    """The durable providers key rows by the key's msgpack encoding: ``True``, ``1`` and
+    ``1.0`` are three keys, a list and a tuple of the same items one (read back as a tuple),
+    through ``apply``, ``apply_many`` and a snapshot; ``key_identity`` says the same (the
+    storage actor's ``incr`` relies on it)."""
+    cls = SqliteStorage
     source = cls.open(OPTIONS, tmp_path / "source")
     source.apply_config(make_config(A, B), pos(1))
     half = len(KEYS_APART) // 2
@@ -254,6 +253,23 @@ def test_keys_are_told_apart_by_their_msgpack_encoding(kind: str, tmp_path: Path
         cls.key_identity({1, 2})  # no row: msgpack cannot encode a set
     source.close()
     target.close()
+
+
+def test_the_memory_providers_keys_are_its_dicts_and_key_identity_says_so(tmp_path: Path) -> None:
+    """The memory provider keys rows by the keys themselves (Python's equality: ``True`` and
+    ``1`` are one key), and its ``key_identity`` agrees, so the storage actor's ``incr`` finds
+    the row it would; a map is no key there, refused by both."""
+    provider = MemoryStorage.open(OPTIONS, tmp_path / "memory")
+    provider.apply_config(make_config(A, B), pos(1))
+    assert provider.apply(("write", "t", True, "x"), pos(2)) == "ok"
+    assert provider.read(("read", "t", 1), pos(2)) == ("ok", "x")
+    assert MemoryStorage.key_identity(True) == MemoryStorage.key_identity(1)
+    assert MemoryStorage.key_identity("1") != MemoryStorage.key_identity(1)
+    with pytest.raises(UnknownCommandError):
+        MemoryStorage.key_identity({"m": 1})
+    with pytest.raises(UnknownCommandError):
+        provider.apply(("write", "t", {"m": 1}, "y"), pos(3))
+    provider.close()
 
 
 def test_corrupt_snapshot_is_an_error_not_a_crash(kind: str, tmp_path: Path) -> None:

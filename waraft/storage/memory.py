@@ -1,11 +1,9 @@
 """In-memory storage: WARaft's ``wa_raft_storage_ets`` (the default, demo-grade provider).
 
-The key space is a dict keyed by ``row_key(key)``, so that keys are told apart as the durable
-providers tell them apart (by their msgpack encoding: ``True``, ``1`` and ``1.0`` are three keys,
-a tuple and a list of the same items one); position, config, label and the incomplete mark are
-attributes. A snapshot is a directory holding ``data`` (one CRC-framed msgpack document with the
-metadata and every key/value pair) and ``metadata`` (position and config, readable without
-loading the data); opening one checks the position first.
+The key space is a dict; position, config, label and the incomplete mark are attributes. A
+snapshot is a directory holding ``data`` (one CRC-framed msgpack document with the metadata and
+every key/value pair) and ``metadata`` (position and config, readable without loading the data);
+opening one checks the position first.
 
 The provider runs in a scheduled storage actor (``blocking_io`` False), so its snapshot file
 work (encoding, writing, fsync, reading) goes through ``otp.blocking``: on the node's I/O
@@ -23,7 +21,7 @@ from typing import Any, ClassVar, Final, Self
 
 from waraft import otp
 from waraft.core.rpc import clipped_repr
-from waraft.core.types import Config, LogPos, is_config_command
+from waraft.core.types import Config, LogPos, is_config_command, is_hashable
 from waraft.services.codec import CodecError, packb, unpackb
 from waraft.storage.provider import (
     BAD_POSITION,
@@ -55,14 +53,13 @@ def _encode_snapshot(
     incomplete: bool,
     data: Mapping[Any, Any],
 ) -> bytes:
-    """``data`` is keyed by ``row_key``; the document holds the keys themselves."""
     body = packb(
         {
             "position": tuple(position),
             "config": None if config is None else (tuple(config[0]), config[1]),
             "label": label,
             "incomplete": incomplete,
-            "data": [(_key_of_row(row), value) for row, value in data.items()],
+            "data": list(data.items()),
         }
     )
     return _HEADER.pack(_MAGIC, zlib.crc32(body), len(body)) + body
@@ -97,18 +94,24 @@ class MemoryStorage(StorageProvider):
     commands it adds and hand every other command to ``super()``; ``apply_batch`` and
     ``apply_many`` then reach the subclass's ``apply`` for them (packed ``$batch`` entries
     too: only plain writes and deletes take ``apply_many``'s inline fast path). Keep the
-    added state in ``_data``, keyed by ``row_key(key)`` (or override
-    ``create_snapshot``/``open_snapshot`` as well), so snapshots carry it. A subclass's own
-    ``apply_batch``/``apply_many``, if it has them, must say which command they refuse
-    (``refused_at``, ``PartialApplyError``)."""
+    added state in ``_data`` (or override ``create_snapshot``/``open_snapshot`` as well), so
+    snapshots carry it. A subclass's own ``apply_batch``/``apply_many``, if it has them,
+    must say which command they refuse (``refused_at``, ``PartialApplyError``)."""
 
     blocking_io: ClassVar[bool] = False
     results_encode: ClassVar[bool] = True  # values came through msgpack or check_local_op
 
     @staticmethod
     def key_identity(key: Any) -> Any:
-        """``row_key``: the durable providers' identity (the key's msgpack encoding), cheaper."""
-        return row_key(key)
+        """The key itself: the rows are a dict keyed by the keys, so two keys name one row
+        when Python finds them equal (``True``, ``1`` and ``1.0`` are one key here, three in
+        the durable providers, which key rows by the msgpack encoding). The storage actor
+        derives ``incr``/``append`` by it, so that it finds the row this provider would.
+        ``UnknownCommandError`` for an unhashable key (a map), which every write, delete and
+        read of it gets as well."""
+        if not is_hashable(key):
+            raise UnknownCommandError(_unhashable(key))
+        return key
 
     def __init__(self, options: StorageOptions) -> None:
         self.options = options
@@ -135,9 +138,9 @@ class MemoryStorage(StorageProvider):
             return self.apply_config(command[1], position)
         kind = command_kind(command)
         if kind == "write" and len(command) == 4:
-            self._data[row_key(command[2])] = command[3]
+            self._data[_key(command)] = command[3]
         elif kind == "delete" and len(command) == 3:
-            self._data.pop(row_key(command[2]), None)
+            self._data.pop(_key(command), None)
         elif kind == "noop_omitted" and command == kind:
             self._incomplete = True
         elif not (kind == "noop" and command == kind):
@@ -160,22 +163,21 @@ class MemoryStorage(StorageProvider):
             ):
                 return self._apply_mixed(commands, position, label)
         data = self._data
-        done = 0
         try:
             for command in commands:
-                key = command[2]
-                if type(key) is not str:  # a str key is its own row (the usual, kept fast)
-                    key = row_key(key)
                 if len(command) == 4:
-                    data[key] = command[3]
+                    data[command[2]] = command[3]
                 else:
-                    data.pop(key, None)
-                done += 1
-        except UnknownCommandError as exc:
-            # A key msgpack cannot encode: the commands before it are applied, this one is
-            # answered with an error (checking each key first would cost every packed batch).
+                    data.pop(command[2], None)
+        except TypeError:
+            # An unhashable key (a map from the wire): the commands before it are applied,
+            # this one is answered with an error (hashing each key first would cost the hot
+            # path of every packed batch).
+            done = next(i for i, c in enumerate(commands) if not is_hashable(c[2]))
             self._position = position
-            raise PartialApplyError([OK] * done, exc) from None
+            raise PartialApplyError(
+                [OK] * done, UnknownCommandError(_unhashable(commands[done]))
+            ) from None
         if label is not None:
             self._label = label
         self._position = position
@@ -211,7 +213,7 @@ class MemoryStorage(StorageProvider):
         if not known:
             raise UnknownCommandError(f"unknown storage command {clipped_repr(command)}")
         if kind in ("write", "delete"):
-            row_key(command[2])
+            _key(command)
 
     def apply_config(self, config: Config, position: LogPos) -> Any:
         self.check_config(config)
@@ -223,9 +225,11 @@ class MemoryStorage(StorageProvider):
         kind = command_kind(command)
         if kind == "read" and len(command) == 3:
             try:
-                return ("ok", self._data[row_key(command[2])])
+                return ("ok", self._data[command[2]])
             except KeyError:
                 return NOT_FOUND
+            except TypeError:
+                raise UnknownCommandError(_unhashable(command)) from None
         if kind == "noop" and command == kind:
             return OK
         raise UnknownCommandError(f"unknown storage read {clipped_repr(command)}")
@@ -270,11 +274,10 @@ class MemoryStorage(StorageProvider):
             position = LogPos(*doc["position"])
             raw_config = doc["config"]
             config = None if raw_config is None else (LogPos(*raw_config[0]), raw_config[1])
-            data = {row_key(key): value for key, value in doc["data"]}
+            data = dict(doc["data"])
             label = doc["label"]
             incomplete = bool(doc["incomplete"])
         except (OSError, CodecError, KeyError, TypeError, ValueError) as exc:
-            # (UnknownCommandError is a ValueError: a key no write could have stored.)
             logger.error("cannot open snapshot %s: %s", path, exc)
             return ("error", str(exc))
         if position != expected:
@@ -297,10 +300,7 @@ class MemoryStorage(StorageProvider):
         *,
         config_position: LogPos | None = None,
     ) -> Any:
-        try:
-            seed = {row_key(k): v for k, v in data.items()} if isinstance(data, Mapping) else {}
-        except UnknownCommandError as exc:
-            return ("error", str(exc))
+        seed = dict(data) if isinstance(data, Mapping) else {}
         config_at = position if config_position is None else config_position
         return otp.blocking(
             cls._write_snapshot, os.fspath(path), position, (config_at, config), None, False, seed
@@ -310,34 +310,17 @@ class MemoryStorage(StorageProvider):
 PROVIDER = MemoryStorage
 """The provider this module stands for when a setting names the module."""
 
-__all__ = ["DATA_FILE", "MemoryStorage", "row_key"]
+__all__ = ["DATA_FILE", "MemoryStorage"]
 
 
-_INT_MIN: Final = -(2**63)
-_INT_MAX: Final = 2**64 - 1
+def _unhashable(command: Any) -> str:
+    return f"a key must be hashable (a map is not): {clipped_repr(command, 500)}"[:500]
 
 
-def row_key(key: Any) -> Any:
-    """What ``MemoryStorage`` keys the row of ``key`` by: equal for two keys exactly when
-    their msgpack encodings are (the durable providers' rows), so that the same log leaves the
-    same keys in every provider and the storage actor's ``incr``/``append`` finds the row the
-    provider has. A ``str`` or an ``int`` msgpack encodes is its own row (Python equality
-    agrees with msgpack's there, and these are the usual keys); any other key is its msgpack
-    encoding, ``bytes``, never equal to a ``str`` or an ``int``. A Python dict keyed by the
-    keys themselves took ``True``, ``1`` and ``1.0`` for one key, and refused a list or a map.
-
-    Raises ``UnknownCommandError`` for a key msgpack cannot encode."""
-    kind = type(key)
-    if kind is str or (kind is int and _INT_MIN <= key <= _INT_MAX):
-        return key
-    try:
-        return packb(key)
-    except CodecError as exc:
-        raise UnknownCommandError(
-            f"a key msgpack cannot encode: {clipped_repr(key, 200)} ({exc})"[:500]
-        ) from None
-
-
-def _key_of_row(row: Any) -> Any:
-    """The key (as msgpack gives it back: a list as a tuple) whose ``row_key`` is ``row``."""
-    return unpackb(row) if type(row) is bytes else row
+def _key(command: Any) -> Any:
+    """``command``'s key; ``UnknownCommandError`` if it cannot be one: a map from the wire
+    raised ``TypeError`` in the storage actor, which crashed on the committed entry."""
+    key = command[2]
+    if not is_hashable(key):
+        raise UnknownCommandError(_unhashable(command))
+    return key
