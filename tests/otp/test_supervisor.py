@@ -353,6 +353,38 @@ def test_simple_one_for_one_terminate_child_by_pid() -> None:
     assert sup.terminate_child(pid, other) == ("error", "not_found")
 
 
+def test_simple_one_for_one_terminate_child_drops_a_restart_to_be_retried() -> None:
+    # A child whose restart failed waits as {restarting, OldPid}: terminate_child by the old
+    # pid answered ok (a dead pid) and left the retry to bring the child back (review Z, 1).
+    events = Events()
+    attempts = itertools.count()
+    supervisor_pid: list[otp.Pid] = []
+    first: list[otp.Pid] = []
+    stops: list[otp.ReplyTo] = []
+
+    def flaky(tag: str) -> otp.Pid:
+        if next(attempts) == 0:
+            return Worker.start_link(events, tag)
+        if not stops:
+            # Runs inside the supervisor: queue the stop ahead of the retry.
+            stops.append(otp.send_request(supervisor_pid[0], ("terminate_child", first[0])))
+        raise RuntimeError("not yet")
+
+    pid = sup.start_link(
+        {"strategy": "simple_one_for_one", "intensity": 5}, [{"id": "f", "start": (flaky, ())}]
+    )
+    supervisor_pid.append(pid)
+    status, kid = sup.start_child(pid, ["k"])
+    assert status == "ok"
+    first.append(kid)
+    crash(kid)
+    sup.which_children(pid)  # the EXIT was queued first: the failed attempt has happened
+    assert otp.wait_response(stops[0], WAIT) == "ok"
+    assert sup.which_children(pid) == []  # after the retry it had queued: nothing left
+    assert next(attempts) == 2  # the first start and the one failed restart
+    assert pid.is_alive()
+
+
 def ignore_start() -> None:
     return None
 

@@ -329,9 +329,9 @@ class Supervisor(Process):
         if self._strategy == SIMPLE_ONE_FOR_ONE:
             if type(key) is not Pid:
                 return ("error", SIMPLE_ONE_FOR_ONE)
-            if key in self._dyn:
-                self._shutdown(self._template, key)
-                del self._dyn[key]
+            found = self._dynamic_key(key)
+            if found is not None:
+                self._stop_dynamic_child(found)
                 return "ok"
             return "ok" if not key.is_alive() else ("error", "not_found")
         child = self._children.get(key)
@@ -341,6 +341,30 @@ class Supervisor(Process):
             self._shutdown(child, child.pid)
         self._del_child(child)
         return "ok"
+
+    def _dynamic_key(self, pid: Pid) -> Pid | _Restarting | None:
+        """simple_one_for_one: the key of the child that is ``pid``, or that was ``pid``
+        before a restart that failed and waits in the mailbox to be tried again (OTP's
+        ``{restarting, Pid}``); None if neither."""
+        if pid in self._dyn:
+            return pid
+        for key in self._dyn:
+            if type(key) is _Restarting and key.old is pid:
+                return key
+        return None
+
+    def _dynamic_children(self) -> list[tuple[Pid | _Restarting, tuple[Any, ...]]]:
+        """simple_one_for_one: each child's key (its pid, or the marker of a restart to be
+        tried again) with its start arguments, for a subclass that finds children by them."""
+        return list(self._dyn.items())
+
+    def _stop_dynamic_child(self, key: Pid | _Restarting) -> None:
+        """simple_one_for_one: stop the child (if it runs) and forget it, as
+        ``terminate_child`` then ``delete_child``: neither the EXIT it may have queued nor a
+        pending retry of its restart (``try_again_restart``) finds it any more."""
+        if type(key) is Pid:
+            self._shutdown(self._template, key)
+        self._del_child(self._template, key)
 
     def _restart_child_by_id(self, child_id: Any) -> StartResult:
         child = self._children.get(child_id)
@@ -690,7 +714,10 @@ def start_child(sup: Target, spec_or_extra_args: Any) -> StartResult:
 
 
 def terminate_child(sup: Target, id_or_pid: Any) -> str | StartResult:
-    """Stop a child (kept, with no pid, unless temporary). ``"ok"`` | ``("error", r)``."""
+    """Stop a child (kept, with no pid, unless temporary). ``"ok"`` | ``("error", r)``.
+
+    simple_one_for_one: by pid, and the child is forgotten too; a pid whose restart failed
+    and is to be tried again names that pending restart, which is dropped (``"ok"``)."""
     return _call(sup, ("terminate_child", id_or_pid))  # type: ignore[no-any-return]
 
 

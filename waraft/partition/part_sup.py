@@ -252,6 +252,12 @@ def is_restarted_by_parent(table: str, partition: int, node: str) -> bool:
     return parent is not None and parent.is_alive()
 
 
+def forget_given_up(node: str, table: str, partition: int) -> None:
+    """The partition on ``node`` was stopped for good (``waraft.sup.stop_partition``): its
+    supervisor's parent will not start it again, whatever mark one that gave up left."""
+    _given_up.pop((node, table, partition), None)
+
+
 class PartitionSupervisor(otp.supervisor.Supervisor):
     """The ``one_for_all`` supervisor of one partition's processes. Only its stop differs:
     one that gave up (or crashed) leaves the pid of its parent, which will start it again,
@@ -325,6 +331,7 @@ __all__ = [
     "child_specs",
     "default_name",
     "default_partition_path",
+    "forget_given_up",
     "is_restarted_by_parent",
     "normalize_spec",
     "options",
