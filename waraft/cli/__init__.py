@@ -339,6 +339,7 @@ def _status_problems(
     for check in (
         _missing_partitions(rows, partitions),
         _restarting_replicas(rows),
+        _shed_replicas(rows),
         _members_without_replica(rows),
         _unanswered_leaders(rows),
     ):
@@ -365,6 +366,10 @@ _RESTARTING: Final = "restarting"
 """A status row's ``error`` for a partition its node runs but is restarting
 (``waraft.cli.admin.RESTARTING``; not imported here, to keep the CLI's start light)."""
 
+_SHED: Final = "overloaded"
+"""A status row's ``error`` for a replica whose status call its node shed unread
+(``waraft.cli.ops.OVERLOADED``)."""
+
 _ANSWERS: Final = frozenset({None, "no partitions", "not running", _RESTARTING})
 """A status row's ``error`` when its node answered (a status, no partition of the table, the
 partition not running there, or restarting there)."""
@@ -376,7 +381,8 @@ def _missing_partitions(rows: list[dict[str, Any]], partitions: list[int] | None
     partition. Nothing when no node answered: that is said already (unreachable, no status),
     and whether they serve the partitions is not known."""
     served = {r.get("partition") for r in rows if "error" not in r}
-    restarting = {r.get("partition") for r in rows if r.get("error") == _RESTARTING}
+    # A partition whose status was shed (``_shed_replicas``) may be served there: not lacking.
+    restarting = {r.get("partition") for r in rows if r.get("error") in (_RESTARTING, _SHED)}
     answered = {r.get("node") for r in rows if r.get("error") in _ANSWERS}
     if partitions and answered:
         lacking = sorted(set(partitions) - served - restarting)
@@ -391,15 +397,27 @@ def _missing_partitions(rows: list[dict[str, Any]], partitions: list[int] | None
 def _restarting_replicas(rows: list[dict[str, Any]]) -> str | None:
     """The replicas whose node runs them but was restarting them when asked (their server
     not up): not lacking, not healthy either; worth asking again in a moment."""
+    named = _replicas_with_error(rows, _RESTARTING)
+    return named and f"replicas restarting (ask again in a moment): {named}"
+
+
+def _shed_replicas(rows: list[dict[str, Any]]) -> str | None:
+    """The replicas whose status call their node shed unread (``overloaded``): the node is
+    up and busy, their state unknown; worth asking again in a moment."""
+    named = _replicas_with_error(rows, _SHED)
+    return named and f"no status (overloaded, ask again in a moment): {named}"
+
+
+def _replicas_with_error(rows: list[dict[str, Any]], error: str) -> str | None:
+    """``node (table.partition, ...); ...`` of the rows with ``error``; None if none."""
     found: dict[str, list[str]] = {}
     for r in rows:
-        if r.get("error") == _RESTARTING:
+        if r.get("error") == error and "partition" in r:
             replica = f"{r.get('table')}.{r.get('partition')}"
             found.setdefault(str(r.get("node")), []).append(replica)
     if not found:
         return None
-    named = "; ".join(f"{node} ({_some(parts)})" for node, parts in found.items())
-    return f"replicas restarting (ask again in a moment): {named}"
+    return "; ".join(f"{node} ({_some(parts)})" for node, parts in found.items())
 
 
 def _members_without_replica(rows: list[dict[str, Any]]) -> str | None:

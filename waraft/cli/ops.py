@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from waraft import distribution as dist
 from waraft import otp
 from waraft.cli import admin
 from waraft.core.types import Identity, LogPos
@@ -567,9 +568,20 @@ def node_rows(
     return rows or [{"node": node, "error": "no partitions"}]
 
 
-_ANSWERED_ERRORS: Final = {"noproc": "not running", server.RESTARTING: admin.RESTARTING}
+OVERLOADED: Final = "overloaded"
+"""A status row's ``error`` for a status call the node's receive thread shed unread
+(``waraft.distribution.OVERLOADED``: the caller's key over its share of that thread): the
+node is up and busy, its partitions' state unknown; worth asking again shortly."""
+
+_ANSWERED_ERRORS: Final = {
+    "noproc": "not running",
+    server.RESTARTING: admin.RESTARTING,
+    dist.OVERLOADED: OVERLOADED,
+}
 """A status row's ``error`` for a server's status call that its node failed: the partition
-does not run there, or is restarting (see ``admin.status_error``)."""
+does not run there, or is restarting (see ``admin.status_error``), or the node shed the
+call. Its other partitions are still asked; any other failure (the node unreachable, a
+timeout) ends the node's rows."""
 
 
 def _rows_without_admin(

@@ -62,8 +62,10 @@ class Helpers:
         ``NO_SUCH_PARTITION`` or fails ``noproc``, where a bare
         ``ExitError: refused`` read like a permission problem at the end of a traceback
         (``refused`` now means a key without the right, or a node of an older build: both
-        are named); and a node that cannot be reached (``("nodedown", node)``) said in one
-        line too."""
+        are named); a node that cannot be reached (``("nodedown", node)``) said in one
+        line too, and one whose receive thread shed the call (``overloaded``: up, but this
+        key is over its share of that thread) as such, not as a raw ``ExitError``."""
+        from waraft import distribution as dist
         from waraft import otp
         from waraft.partition import server
 
@@ -77,6 +79,11 @@ class Helpers:
                 raise self._restarting(partition, where) from None
             if exc.reason == "refused":
                 raise self._refused(call, partition, where) from None
+            if exc.reason == dist.OVERLOADED:
+                raise ShellError(
+                    f"{where} is overloaded: it shed this call unread (this key is over its "
+                    "share of the node's receive thread): try again in a moment"
+                ) from None
             if _is_unreachable(exc.reason):
                 why = " (not running, another address, or it refuses these keys)"
                 if common.handshakes_refused():
