@@ -43,15 +43,16 @@ partition in flight, its further requests wait until one returns, unless ``GATHE
 are ready: with many partitions each has few requests at a time, and sent one by one each would be
 a log entry and a Raft round of its own (``0`` turns this off; ``max_batch=1`` never waits).
 
-**Packing** (``pack=True``, the default). A frame of several commits carries them as ONE
-``("$batch", commands)`` command, the commands msgpack-encoded once by the client: the leader
-appends, replicates and commits a single log entry for the whole frame without decoding it,
-and each replica's storage applies the commands in order (``waraft.storage.is_batch_command``);
-reads are packed the same way (at most ``MAX_PACKED_READS``, 1000, to a batch: see
-``raft_max_reads_per_batch``). Each request still gets its own result. The commands of one
-entry are applied atomically with respect to crashes (one storage batch) and in order; a
-failure of the entry (``not_leader``, ...) is the failure of every command in it.
-``pack=False`` makes every command its own log entry.
+**Packing** (``pack=True``, the default). A frame of three or more commits (``MIN_PACKED``:
+two go as two entries, so that a reply's shape tells their results from an error) carries
+them as ONE ``("$batch", commands)`` command, the commands msgpack-encoded once by the
+client: the leader appends, replicates and commits a single log entry for the whole frame
+without decoding it, and each replica's storage applies the commands in order
+(``waraft.storage.is_batch_command``); reads are packed the same way (at most
+``MAX_PACKED_READS``, 1000, to a batch: see ``raft_max_reads_per_batch``). Each request
+still gets its own result. The commands of one entry are applied atomically with respect to
+crashes (one storage batch) and in order; a failure of the entry (``not_leader``, ...) is
+the failure of every command in it. ``pack=False`` makes every command its own log entry.
 
 **Leaders.** The client caches a leader per partition. Unknown leaders are found by asking a
 node's ``waraft_admin`` process (``waraft node`` registers it) in the background, and by the
@@ -182,6 +183,14 @@ DEFAULT_MAX_BATCH: Final = 1000
 MAX_PACKED_READS: Final = DEFAULT_MAX_READS_PER_BATCH
 """Reads packed into one ``$batch`` at most, whatever ``max_batch`` says: nodes refuse a
 read of more than ``raft_max_reads_per_batch`` reads (by default this many)."""
+MIN_PACKED: Final = 3
+"""Requests a frame holds at least to be packed into one ``$batch``. A packed frame's reply
+is ONE result: the list of its commands' results, or one error for all of them, an
+``("error", reason)`` pair. Off the wire both are arrays (msgpack has no tuples), so a list of
+TWO results whose first is the string ``"error"`` (a provider's own command may answer so)
+read as one error for both. With three or more it cannot be a pair, and a frame of two
+goes as two items, each with its own result: the client alone makes the reply unambiguous,
+whatever build the node runs (a node answers a packed frame as before)."""
 MAX_INFLIGHT_READS: Final = 5000
 """Reads of a partition in flight at most (packed or not), whatever ``max_inflight`` says:
 a node admits ``raft_max_pending_reads`` (by default this many) reads of a partition, each
@@ -1804,7 +1813,7 @@ class Client:
         # (``waraft.partition.acceptor``), so it would share ``BATCH_OWNER``'s cap.
         alone = kind == _REGISTER
         wire = "commit" if alone else kind
-        packed = self.pack and count > 1 and not alone
+        packed = self.pack and count >= MIN_PACKED and not alone
         with self._lock:
             closed = self._closed
             if not closed:
@@ -2073,8 +2082,9 @@ class Client:
         if len(results) == 1 and count > 1:
             # One result for several requests: one error for all (a packed frame's one log
             # entry refused, or any frame shed unread: ``overloaded``), or a packed frame's
-            # list of results (a tuple, off the wire). Anything else is a bad reply: a
-            # string "ok" for a frame of two completed its commits with "o" and "k".
+            # list of results (a tuple, off the wire; never a pair, see MIN_PACKED). Anything
+            # else is a bad reply: a string "ok" for a frame of three completed its commits
+            # with "o" and "k".
             only = results[0]
             if _is_error(only):
                 results = [only] * count

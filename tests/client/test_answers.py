@@ -262,16 +262,15 @@ class _PackedAsStringGateway(otp.Process):
 
 
 def test_a_packed_result_that_is_not_a_list_is_a_bad_reply(client_node: otp.Node) -> None:
-    """A frame of two commits answered ``["ok"]`` completed them with ``"o"`` and ``"k"``."""
+    """A packed frame answered ``["ok"]`` completed two commits with ``"o"`` and ``"k"``
+    (a frame of two is packed no more: ``MIN_PACKED``; three are)."""
     server = otp.Node(f"packed{next(_ids)}@local")
     otp.start(_PackedAsStringGateway, name=acceptor.default_name("t", 1), node=server)
     c = Client([server.id], table="t", partitions=1, node=client_node, discover=False)
     try:
-        futures = c.commit_many(
-            [(1, ("write", "t", "a", 1)), (1, ("write", "t", "b", 2))], timeout=0.5
-        )
+        futures = c.commit_many([(1, ("write", "t", k, 1)) for k in "abc"], timeout=0.5)
         # Unreadable, and the node may have applied them: maybe applied (timeout).
-        assert [f.result(5) for f in futures] == [("error", "timeout")] * 2
+        assert [f.result(5) for f in futures] == [("error", "timeout")] * 3
     finally:
         c.close()
         server.stop()
