@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import pytest
 
 from waraft import otp, storage
 from waraft.core.types import Identity, LogPos
-from waraft.partition import server, sup
+from waraft.partition import part_sup, server, sup
 from waraft.services import env
 
 APP = "test_app"
@@ -112,3 +113,60 @@ def fail_directory_fsync_once(monkeypatch: pytest.MonkeyPatch, directory: str) -
 
     monkeypatch.setattr(storage, "fsync_directory", fsync_directory)
     return faults
+
+
+def count_restarts_over_a_long_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partition supervisors started from now on give up after their intensity's restarts
+    within 60 s, not 1 s: a loaded machine restarting slowly still gets there."""
+    monkeypatch.setitem(part_sup.FLAGS, "period", 60)
+
+
+def kill_server_until_its_supervisor_gives_up(node: otp.Node, supervisor: otp.Pid) -> None:
+    """Kill the partition's server each time it is back, until ``supervisor`` (its
+    one_for_all supervisor) has had more restarts than its intensity and exited."""
+    name = server.default_name("test", 1)
+    killed = None
+    deadline = time.monotonic() + 20
+    with node.activate():
+        while supervisor.is_alive():
+            assert time.monotonic() < deadline, "the partition's supervisor never gave up"
+            pid = otp.whereis(name)
+            if pid is not None and pid is not killed:
+                otp.kill(pid)
+                killed = pid
+            else:
+                time.sleep(0.001)
+
+
+def hold_partition_starts(monkeypatch: pytest.MonkeyPatch, gate: threading.Event) -> None:
+    """Partition supervisors started from now on wait for ``gate`` (10 s at most, on an I/O
+    thread) before they start: holds a parent's restart of a partition until it is set."""
+    normalize_spec = part_sup.normalize_spec
+
+    def held_normalize_spec(*args: Any, **kwargs: Any) -> Any:
+        otp.blocking(gate.wait, 10)
+        return normalize_spec(*args, **kwargs)
+
+    monkeypatch.setattr(part_sup, "normalize_spec", held_normalize_spec)
+
+
+@contextmanager
+def a_partition_whose_supervisor_gave_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[otp.Node, threading.Event, otp.Pid]]:
+    """Node ``n`` running partition test.1, whose one_for_all supervisor was driven past its
+    intensity and exited: yields the node, the gate holding its parent's restart of it (set
+    it to let the restart go on) and the supervisor that gave up. At the end the gate is set
+    and the node stopped."""
+    count_restarts_over_a_long_period(monkeypatch)
+    node = start_node(tmp_path, "n", [1])
+    gate = threading.Event()
+    try:
+        with node.activate():
+            first = wait_until(lambda: otp.whereis(part_sup.default_name("test", 1)))
+        hold_partition_starts(monkeypatch, gate)
+        kill_server_until_its_supervisor_gives_up(node, first)
+        yield node, gate, first
+    finally:
+        gate.set()
+        node.stop()

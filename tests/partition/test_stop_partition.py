@@ -15,10 +15,13 @@ from typing import Any
 
 import pytest
 
-from tests.partition.helpers import APP, start_node, wait_until
-from tests.partition.test_unserved_server import (
-    _count_restarts_over_a_long_period,
-    _kill_server_until_its_supervisor_gives_up,
+from tests.partition.helpers import (
+    APP,
+    a_partition_whose_supervisor_gave_up,
+    count_restarts_over_a_long_period,
+    kill_server_until_its_supervisor_gives_up,
+    start_node,
+    wait_until,
 )
 from waraft import otp
 from waraft.partition import part_sup, server, sup
@@ -95,29 +98,13 @@ def test_a_partition_whose_supervisor_gave_up_stops_while_its_parent_restarts_it
 ) -> None:
     # Its name was free until the parent's restart registered a new one: stop_partition
     # answered not_found, then the parent brought the partition back.
-    _count_restarts_over_a_long_period(monkeypatch)
-    node = start_node(tmp_path, "n", [1])
-    gate = threading.Event()
-    try:
-        with node.activate():
-            first = wait_until(lambda: otp.whereis(SUP_NAME))
-        normalize_spec = part_sup.normalize_spec
-
-        def held_normalize_spec(*args: Any, **kwargs: Any) -> Any:
-            otp.blocking(gate.wait, 10)  # the parent's restart, held
-            return normalize_spec(*args, **kwargs)
-
-        monkeypatch.setattr(part_sup, "normalize_spec", held_normalize_spec)
-        _kill_server_until_its_supervisor_gives_up(node, first)
+    with a_partition_whose_supervisor_gave_up(tmp_path, monkeypatch) as (node, gate, _):
         assert part_sup.is_restarted_by_parent("test", 1, node.id)
         result = _stop_in_background(node, "name")
         time.sleep(0.1)  # (either way: its call waits for the parent's restart, or precedes it)
         gate.set()
         assert result() == "ok"
         _assert_stopped_for_good(node)
-    finally:
-        gate.set()
-        node.stop()
 
 
 @pytest.mark.parametrize("by", ["name", "pid"])
@@ -127,7 +114,7 @@ def test_a_partition_whose_restart_is_retried_through_the_mailbox_stops(
     # The parent's restart failed and was to be tried again: by name stop_partition found
     # nothing; by the old pid, terminate_child answered ok and the retry went on.
     monkeypatch.setitem(sup.FLAGS, "intensity", 1_000_000)  # the parent keeps trying
-    _count_restarts_over_a_long_period(monkeypatch)
+    count_restarts_over_a_long_period(monkeypatch)
     node = start_node(tmp_path, "n", [1])
     failing = threading.Event()
     attempts: list[int] = []
@@ -145,7 +132,7 @@ def test_a_partition_whose_restart_is_retried_through_the_mailbox_stops(
 
         monkeypatch.setattr(part_sup, "normalize_spec", failing_normalize_spec)
         failing.set()
-        _kill_server_until_its_supervisor_gives_up(node, first)
+        kill_server_until_its_supervisor_gives_up(node, first)
         wait_until(lambda: len(attempts) >= 2)  # a restart failed and was tried again
         with node.activate():
             assert _stop(first if by == "pid" else by) == "ok"

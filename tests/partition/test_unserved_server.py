@@ -10,14 +10,20 @@ the partition's supervisor gave up and its parent starts it again. Over real nod
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.partition.helpers import APP, start_node, wait_until
+from tests.partition.helpers import (
+    APP,
+    a_partition_whose_supervisor_gave_up,
+    count_restarts_over_a_long_period,
+    kill_server_until_its_supervisor_gives_up,
+    start_node,
+    wait_until,
+)
 from waraft import distribution as dist
 from waraft import otp
 from waraft.core.types import Identity, LogPos
@@ -234,52 +240,15 @@ def test_a_partition_whose_server_is_being_restarted_answers_partition_restartin
 # -- a partition whose supervisor gave up: its parent (``waraft.sup``) starts it again -------
 
 
-def _count_restarts_over_a_long_period(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Partition supervisors started from now on give up after their intensity's restarts
-    within 60 s, not 1 s: a loaded machine restarting slowly still gets there."""
-    monkeypatch.setitem(part_sup.FLAGS, "period", 60)
-
-
-def _kill_server_until_its_supervisor_gives_up(node: otp.Node, supervisor: otp.Pid) -> None:
-    """Kill the partition's server each time it is back, until ``supervisor`` (its
-    one_for_all supervisor) has had more restarts than its intensity and exited."""
-    name = server.default_name("test", 1)
-    killed = None
-    deadline = time.monotonic() + 20
-    with node.activate():
-        while supervisor.is_alive():
-            assert time.monotonic() < deadline, "the partition's supervisor never gave up"
-            pid = otp.whereis(name)
-            if pid is not None and pid is not killed:
-                otp.kill(pid)
-                killed = pid
-            else:
-                time.sleep(0.001)
-
-
 def test_a_partition_whose_supervisor_gave_up_is_restarting_while_its_parent_restarts_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Between the partition supervisor's exit and the new one's registration nothing had a
     # name of the partition, and every call answered as for a partition the node does not
     # run (no_such_partition, noproc), although waraft.sup was starting it again.
-    _count_restarts_over_a_long_period(monkeypatch)
-    node = start_node(tmp_path, "n", [1])
-    gate = threading.Event()
-    try:
-        name = server.default_name("test", 1)
-        sup_name = part_sup.default_name("test", 1)
-        with node.activate():
-            first = wait_until(lambda: otp.whereis(sup_name))
-        # Hold the parent's restart of the partition before the new supervisor's start.
-        normalize_spec = part_sup.normalize_spec
-
-        def gated_normalize_spec(*args: Any, **kwargs: Any) -> Any:
-            otp.blocking(gate.wait, 10)
-            return normalize_spec(*args, **kwargs)
-
-        monkeypatch.setattr(part_sup, "normalize_spec", gated_normalize_spec)
-        _kill_server_until_its_supervisor_gives_up(node, first)
+    name = server.default_name("test", 1)
+    sup_name = part_sup.default_name("test", 1)
+    with a_partition_whose_supervisor_gave_up(tmp_path, monkeypatch) as (node, gate, first):
         with node.activate():
             assert otp.whereis(sup_name) is None and otp.whereis(name) is None
             for _, call in VERBS:
@@ -303,9 +272,6 @@ def test_a_partition_whose_supervisor_gave_up_is_restarting_while_its_parent_res
             answer = server.resign(name)
             assert answer not in (server.PARTITION_RESTARTING, server.NO_SUCH_PARTITION)
         assert not part_sup.is_restarted_by_parent("test", 1, node.id)
-    finally:
-        gate.set()
-        node.stop()
 
 
 def test_a_partition_that_nothing_will_start_again_is_no_such_partition(
@@ -314,7 +280,7 @@ def test_a_partition_that_nothing_will_start_again_is_no_such_partition(
     # Its supervisor gave up, and so did its parent (intensity 0), which nothing restarts
     # (a temporary child): the partition is gone for good, not restarting.
     monkeypatch.setitem(sup.FLAGS, "intensity", 0)
-    _count_restarts_over_a_long_period(monkeypatch)
+    count_restarts_over_a_long_period(monkeypatch)
     node = otp.Node("unserved_gone@local")
     try:
         with node.activate():
@@ -324,7 +290,7 @@ def test_a_partition_that_nothing_will_start_again_is_no_such_partition(
             assert started[0] == "ok", started
             parent = started[1]
             first = wait_until(lambda: otp.whereis(part_sup.default_name("test", 1)))
-        _kill_server_until_its_supervisor_gives_up(node, first)
+        kill_server_until_its_supervisor_gives_up(node, first)
         wait_until(lambda: not parent.is_alive())
         name = server.default_name("test", 1)
         with node.activate():
