@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 POLL_MS = 50
-IDLE_EVERY = 64  # messages read between checkpoints (``_checkpoint``) when the socket never drains
+IDLE_EVERY = 64  # messages of a burst before idle hooks run, and per sweep step (``_sweep_step``)
 COMMAND_LAG = 50
 """Messages a ROUTER may hand out before it learns that a connection found empty has frames
 again: libzmq takes in its command pipe, where a connection reports new input, once every 100
@@ -290,8 +290,14 @@ class Receiver(threading.Thread):
             burst = True
             since_idle += 1
             if since_idle >= IDLE_EVERY:
-                since_idle = 0
-                self._checkpoint()
+                if since_idle % IDLE_EVERY == 0:
+                    self._sweep_step()
+                if inline.has_due_work():
+                    # Frames never stop arriving: do not hold collected work back forever.
+                    # (The messages since the last step go uncounted: a longer sweep only
+                    # finds peers down later, never sooner.)
+                    since_idle = 0
+                    inline.run_idle_hooks()
             # A multipart message is delivered whole, so these never wait.
             if not head.more:
                 self._count("rx_malformed")  # an envelope-less message (cannot come from a DEALER)
@@ -307,19 +313,16 @@ class Receiver(threading.Thread):
                 self._count("rx_handler_errors")
                 self._log_handler_error(head)
 
-    def _checkpoint(self) -> None:
-        """Every ``IDLE_EVERY`` messages of a burst (frames never stop arriving): count them
-        towards the current sweep, which once complete advances ``drained_at`` to its start
-        (one clock read a sweep), and hand on the inline handlers' collected work, which
-        must not wait for a drain."""
+    def _sweep_step(self) -> None:
+        """``IDLE_EVERY`` more messages of a burst read (frames never stop arriving): count
+        them towards the current sweep, which once complete advances ``drained_at`` to its
+        start (one clock read a sweep)."""
         left = self._sweep_left - IDLE_EVERY
         if left <= 0:
             self.drained_at = self._sweep_start
             self._sweep_start = time.monotonic()
             left = self._sweep_reads
         self._sweep_left = left
-        if inline.has_due_work():
-            inline.run_idle_hooks()
 
     def _log_socket_error(self, what: str, exc: zmq.ZMQError) -> None:
         self._count("rx_socket_errors")
