@@ -46,10 +46,17 @@ def test_a_short_chaos_run_finds_no_violation(tmp_path: Path) -> None:
     assert acked is not None and int(acked.group(1)) >= MIN_ACKNOWLEDGED, out[-3000:]
     wal = re.search(r"WAL files on disk per node: (.*)", out)
     assert wal is not None, out[-3000:]
+    faults = re.search(r"faults: (.*?); final lengths", out)
+    assert faults is not None, out[-3000:]
     for name, seqs in re.findall(r"(n\d) \[([\d, ]*)\]", wal.group(1)):
         numbers = [int(n) for n in seqs.split(",")]
-        # Started far more files than the run had restarts (at most 5 faults; seen: 16-18).
-        assert numbers[-1] >= 8 and len(numbers) <= 3, (name, numbers)
+        # Each start of the node opens a file; beyond those, the WAL rotated (at least twice)
+        # and deleted what it no longer needed. Files started depend on the writes a loaded
+        # machine gets through: seen 16-18 alone, 7 with other tests beside.
+        restarts = sum(
+            f in (f"kill -9 {name}", "kill -9 every node") for f in faults[1].split(", ")
+        )
+        assert numbers[-1] >= restarts + 3 and len(numbers) <= 3, (name, numbers, faults[1])
     assert not list(tmp_path.iterdir())  # no failing history saved
 
 
