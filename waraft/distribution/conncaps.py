@@ -124,11 +124,6 @@ class ConnLedger:
         longer counted)."""
 
     @property
-    def live(self) -> int:
-        """Incoming connections open now, authenticated or not."""
-        return len(self._conns)
-
-    @property
     def waiting(self) -> int:
         """Grants counted that wait for their connection's accept event."""
         return sum(len(pending) for pending in self._pending.values())

@@ -6,13 +6,13 @@ peer for ``ping_interval`` (links that carry traffic are never pinged); the PONG
 the peer's own link to our ROUTER. A PING carries this node's run id and session epoch for the
 peer; a peer found down comes back up only once it acknowledged the down, by a PONG echoing
 them or a PING of its own new session (see ``peers``: down is seen by both nodes). Silence
-counts only up to the moment the receive thread last caught up with (``_silent``). The
-monitor reports TCP-level facts at once: a refused connect (peer not running) or a lost
-connection (peer died) marks the peer down immediately, so callers get ``nodedown`` in
-milliseconds instead of after ``down_after``; a completed handshake triggers an immediate ping
-so a returning peer is back up after one round trip. A lost connection made before a new run
-of the peer was heard of is the old run's end, already taken in with the new run's session: no
-down (``_superseded``).
+counts only up to the receive thread's last drained moment (``_silent``). The monitor reports
+TCP-level facts at once: a refused connect (peer not running) or a lost connection (peer
+died) marks the peer down immediately, so callers get ``nodedown`` in milliseconds instead of
+after ``down_after``; a completed handshake triggers an immediate ping so a returning peer is
+back up after one round trip. A lost connection made before a new run of the peer was heard of
+is the old run's end, already taken in with the new run's session: no down
+(``_superseded``).
 
 The same poll loop serves the ROUTER's monitor (connection counters) and, with CURVE, the ZAP
 handler that decides which client keys may connect. The loop polls for at most one tick
@@ -52,8 +52,7 @@ _MAX_EVENTS = 1024  # monitor events taken per socket per step (libzmq queues up
 _MAX_ZAP = 256
 LAGGING_DOWNS = 10
 """Silence beyond this many ``down_after`` finds a peer down even while this node's receive
-thread has not caught up since (see ``Liveness._silent``): it is held on one frame, or a round
-over its connections takes it that long."""
+thread has not drained its queue since (see ``Liveness._silent``)."""
 _ROUTER_STOP_WAIT = 1.0  # seconds the closing liveness thread waits for the receive thread
 
 _PROBE_EVENTS = (
@@ -229,15 +228,10 @@ class Liveness(threading.Thread):
     def _silent(self, peer: Peer, now: float) -> bool:
         """Whether ``peer`` has been silent for ``down_after``, as far as this node can tell.
 
-        Only silence up to the moment the receive thread last caught up with counts
-        (``Receiver.drained_at``): while that thread is held up (a slow frame, a stall of
-        this process) the peer's pings and traffic may sit unread in the ROUTER's queue, and
-        a down found then is a false one that the peer pays for too (what it asked of this
-        node fails). A flood does not hold it up: the ROUTER serves each connection in turn,
-        so the thread catches up with every connection once a round over them is read, and
-        a paused peer is found down ``down_after`` after its last frame plus at most two such
-        rounds (sweeps of ``connections + COMMAND_LAG`` messages, counted every
-        ``IDLE_EVERY``), whoever floods this node. A receive path behind by more than
+        Only silence up to the receive thread's last drained moment counts: under a flood
+        (or a stall of this process) the peer's pings and traffic may sit unread in the
+        ROUTER's queue, and a down found then is a false one that the peer pays for too
+        (what it asked of this node fails). A receive path behind by more than
         ``LAGGING_DOWNS`` times ``down_after`` no longer shields anyone: a peer paused
         meanwhile is not kept up for ever."""
         heard = peer.last_rx
@@ -404,7 +398,6 @@ class Liveness(threading.Thread):
                 self._count("handshake_failed")
             self._failed_last = bool(kind & _HANDSHAKE_FAILED)
         self.counts["conns_authenticated"] = ledger.granted
-        self._dist.receiver.set_connections(ledger.live)
 
     def _authenticate(self) -> None:
         """Answer the waiting ZAP requests (RFC 27), at most ``_MAX_ZAP`` per step: CURVE

@@ -30,10 +30,9 @@ id): its PINGs and PONGs still queued on the way (another connection than the ne
 stale, not a new session, and are ignored (the last :data:`OLD_RUNS` runs are remembered), so
 a restart costs each side one down, not a down for every switch between the two runs' frames.
 
-Silence is judged by the liveness thread only up to the moment the receive thread last caught
-up with (``Receiver.drained_at``): a node whose receive thread is held up (a slow frame, a
-stall) finds nobody down for it, which the peers, running the node-down too, would pay for. A
-flood from one peer does not count as held up: it takes its turn like every connection.
+Silence is judged by the liveness thread only up to the moment the receive thread last drained
+its queue: a node whose receive path is behind (a flood, a stall) finds nobody down for it,
+which the peers, running the node-down too, would pay for.
 
 Writers: the receive thread (``rx``, ``rtt``), the liveness thread (everything else); state
 changes go through :meth:`PeerTable.set_state` under the table lock. Readers on the hot path

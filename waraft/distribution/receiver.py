@@ -50,11 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 POLL_MS = 50
-IDLE_EVERY = 64  # messages of a burst before idle hooks run, and per sweep step (``_sweep_step``)
-COMMAND_LAG = 50
-"""Messages a ROUTER may hand out before it learns that a connection found empty has frames
-again: libzmq takes in its command pipe, where a connection reports new input, once every 100
-receive calls while messages keep coming (and every message here is two parts)."""
+IDLE_EVERY = 64  # frames handled between idle hooks when the socket never drains
 _MAX_SENDER_CACHE = 65536
 _MAX_HOST_CACHE = 1024
 REFUSED = "refused"
@@ -193,29 +189,11 @@ class Receiver(threading.Thread):
         self._handler_errors = LogThrottle()
         self._other_cluster = LogThrottle(10.0)  # a refused node keeps pinging
         self._over_share = LogThrottle(10.0)  # a key over its share drops frames by the score
-        # A moment this thread has caught up with (see ``drained_at``), and the sweep that
-        # will advance it: when it began and how many messages are left to read in it.
+        # When this thread last found the ROUTER empty: every frame queued before then has
+        # been read. Silence is evidence against a peer only up to that moment (the liveness
+        # thread reads it): a node whose own receive path is behind must not find its peers
+        # down.
         self.drained_at = time.monotonic()
-        self._sweep_start = self.drained_at
-        self._sweep_reads = COMMAND_LAG  # (no connection yet: see ``set_connections``)
-        self._sweep_left = self._sweep_reads
-
-    drained_at: float
-    """The latest moment this thread is known to have caught up with: every connection that
-    had a frame queued then has had a frame read since. Set when the ROUTER is found empty, and
-    while it never is, at the start of each completed *sweep*: libzmq's ROUTER reads its
-    connections in turn, a message from each one that has any, so once as many messages as
-    it has connections (plus ``COMMAND_LAG``) were read after a moment, every connection
-    that had a frame queued then was served. Silence is evidence against a peer only up to
-    this moment (the liveness thread reads it): a node whose receive thread is held up must
-    not find its peers down, while a flood from one peer, which takes its turn like any
-    other connection, hides nobody else's frames."""
-
-    def set_connections(self, count: int) -> None:
-        """The ROUTER holds ``count`` connections (liveness thread, from the ROUTER's
-        monitor): the length of the sweeps from the next one on. Counting connections that
-        cannot send yet (before their handshake) only makes sweeps longer."""
-        self._sweep_reads = count + COMMAND_LAG
 
     def run(self) -> None:
         set_os_name("dist:recv")
@@ -263,8 +241,7 @@ class Receiver(threading.Thread):
             if not direct and not getsockopt(events) & pollin:
                 since_idle = 0
                 burst = False
-                self.drained_at = self._sweep_start = time.monotonic()
-                self._sweep_left = self._sweep_reads
+                self.drained_at = time.monotonic()
                 if inline.has_due_work():
                     inline.run_idle_hooks()
                 try:
@@ -289,15 +266,10 @@ class Receiver(threading.Thread):
             direct = burst
             burst = True
             since_idle += 1
-            if since_idle >= IDLE_EVERY:
-                if since_idle % IDLE_EVERY == 0:
-                    self._sweep_step()
-                if inline.has_due_work():
-                    # Frames never stop arriving: do not hold collected work back forever.
-                    # (The messages since the last step go uncounted: a longer sweep only
-                    # finds peers down later, never sooner.)
-                    since_idle = 0
-                    inline.run_idle_hooks()
+            if since_idle >= IDLE_EVERY and inline.has_due_work():
+                # Frames never stop arriving: do not hold collected work back forever.
+                since_idle = 0
+                inline.run_idle_hooks()
             # A multipart message is delivered whole, so these never wait.
             if not head.more:
                 self._count("rx_malformed")  # an envelope-less message (cannot come from a DEALER)
@@ -312,17 +284,6 @@ class Receiver(threading.Thread):
                 # A bug in delivery must not take the node off the network.
                 self._count("rx_handler_errors")
                 self._log_handler_error(head)
-
-    def _sweep_step(self) -> None:
-        """``IDLE_EVERY`` more messages of a burst read (frames never stop arriving): count
-        them towards the current sweep, which once complete advances ``drained_at`` to its
-        start (one clock read a sweep)."""
-        left = self._sweep_left - IDLE_EVERY
-        if left <= 0:
-            self.drained_at = self._sweep_start
-            self._sweep_start = time.monotonic()
-            left = self._sweep_reads
-        self._sweep_left = left
 
     def _log_socket_error(self, what: str, exc: zmq.ZMQError) -> None:
         self._count("rx_socket_errors")
