@@ -136,10 +136,12 @@ def answer_unserved_partitions() -> None:
     """Have this node answer a client batch to a partition it never started with
     ``NO_SUCH_PARTITION`` for each item (by the receive thread: no process has the name).
     The batch needs what one to a running partition needs: a client key, replies to the
-    sender's own node. Idempotent."""
+    sender's own node. And a client batch the receive thread sheds, its key over its share of
+    that thread, with one ``OVERLOADED`` (``_shed_batch``). Idempotent."""
     rule = policy.Rule(policy.CLIENT, guard=policy.reply_to_sender(1))
     policy.allow_prefix(NAME_PREFIX, casts={"client_batch": rule})
     dist.set_unserved_handler(NAME_PREFIX, _unserved)
+    dist.set_shed_handler(NAME_PREFIX, _shed_batch)
 
 
 def _unserved(name: str, msg: Any, origin: str) -> bool:
@@ -276,7 +278,6 @@ class Acceptor(otp.Process):
         self._held = 0
         dist.set_idle_hook(self.name, self._forward)
         dist.set_inline_handler(self.name, self._inline)
-        dist.set_shed_handler(NAME_PREFIX, _shed_batch)  # (one for every acceptor)
         # From the wire: client batches whose replies go back to the sender's own node,
         # commits and reads for clients, membership changes for admins. The casts that carry
         # local reply handles (commit_batch, read_batch, adjust_config) stay local.
