@@ -380,12 +380,11 @@ def _missing_partitions(rows: list[dict[str, Any]], partitions: list[int] | None
     (``--partitions 9`` of a 4-partition table printed 'no partitions' and exited 0), or any
     partition. Nothing when no node answered: that is said already (unreachable, no status),
     and whether they serve the partitions is not known."""
-    served = {r.get("partition") for r in rows if "error" not in r}
-    # A partition whose status was shed (``_shed_replicas``) may be served there: not lacking.
-    restarting = {r.get("partition") for r in rows if r.get("error") in (_RESTARTING, _SHED)}
+    # A partition restarting there, or whose status was shed, is served there all the same.
+    served = {r.get("partition") for r in rows if r.get("error") in (None, _RESTARTING, _SHED)}
     answered = {r.get("node") for r in rows if r.get("error") in _ANSWERS}
     if partitions and answered:
-        lacking = sorted(set(partitions) - served - restarting)
+        lacking = sorted(set(partitions) - served)
         if lacking:
             who = "node" if answered == {r.get("node") for r in rows} else "node that answered"
             return f"no {who} serves partition(s) " + ", ".join(map(str, lacking))

@@ -302,7 +302,7 @@ def start_link(application: str, spec: dict[str, Any]) -> otp.Pid:
     pid = PartitionSupervisor.start_link(opts, otp.self_pid(), name=opts.supervisor_name)
     # Its name answers for the partition now. (A failed start leaves the mark: the parent
     # retries a restart, or gives up and so stops counting as alive.)
-    _given_up.pop((pid.node_id, opts.table, opts.partition), None)
+    forget_given_up(pid.node_id, opts.table, opts.partition)
     return pid
 
 

@@ -1146,10 +1146,6 @@ def unserved_answer(server: otp.Target) -> Any:
     return NO_SUCH_PARTITION
 
 
-def _call(server: otp.Target, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
-    return otp.call(server, request, timeout)
-
-
 def call_verb(server: otp.Target, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
     """``request`` to ``server``, whose answer is ``"ok"`` / ``("error", reason)``:
     ``NO_SUCH_PARTITION`` if no process has the name there (a partition the node does not
@@ -1355,7 +1351,9 @@ def refresh_config(server: otp.Target) -> Any:
 
 def snapshot_available(server: otp.Target, root: str, position: LogPos) -> Any:
     """Tell the server a snapshot at ``position`` waits in directory ``root``."""
-    return _call(server, ("snapshot_available", root, _check_position(position)), STORAGE_TIMEOUT)
+    return otp.call(
+        server, ("snapshot_available", root, _check_position(position)), STORAGE_TIMEOUT
+    )
 
 
 def notify_complete(server: otp.Target) -> None:
