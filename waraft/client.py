@@ -779,6 +779,14 @@ class _Batch:
         return self.requests  # type: ignore[return-value]
 
 
+def _own_batch_parts(batch: _Batch, inner: bool, total: int) -> bool:
+    """Whether parts of ``total`` values may answer ``batch`` although it holds another count
+    of commands: a caller's own ``$batch`` command sent alone, whose one result is the list of
+    its commands' answers, split inside as a packed frame's is. Bounded as the node bounds
+    a ``$batch``'s values, so a part cannot make this client allocate more."""
+    return inner and not batch.packed and batch.count == 1 and total <= codec.MAX_UNTRUSTED_OBJECTS
+
+
 def _pack(kind: str, commands: list[Any]) -> list[Any]:
     """One ``$batch`` item for a whole chunk's commands (see ``waraft.storage.is_batch_command``).
 
@@ -2040,8 +2048,8 @@ class Client:
                 return True  # expired and retried already
             if not _sent_by(origin, batch.node):
                 return False
-            if total != batch.count:  # an answer per command, whichever way it is cut
-                return False
+            if total != batch.count and not _own_batch_parts(batch, inner, total):
+                return False  # an answer per command, whichever way it is cut
             parts = batch.parts
             if parts is None or len(parts) != total:
                 parts = batch.parts = [_MISSING] * total

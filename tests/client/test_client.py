@@ -976,6 +976,27 @@ def test_a_reply_too_large_for_one_frame_arrives_in_parts_and_answers_every_read
             c.close()
 
 
+def test_a_callers_own_batch_sent_alone_is_answered_when_its_reply_comes_in_parts(
+    tmp_path: Path, client_node: otp.Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ``$batch`` of the caller's own is one request whose one result is the list of its
+    # commands' answers; split into parts (frames of 300 bytes here), it was answered with
+    # parts counting 30 answers for a batch of one, which the client dropped: a timeout.
+    from waraft.services import replies
+
+    monkeypatch.setattr(replies, "REPLY_FRAME_BYTES", 300)
+    with cluster(tmp_path) as nodes:
+        c = _client(nodes, client_node, pack=False)
+        try:
+            writes = [("write", "test", i, bytes([i]) * 100) for i in range(30)]
+            assert [c.commit(1, w) for w in writes] == ["ok"] * 30
+            reads = [("read", "test", i) for i in range(30)]
+            got = c.read(1, ("$batch", reads), timeout=5)
+            assert list(got) == [("ok", bytes([i]) * 100) for i in range(30)]
+        finally:
+            c.close()
+
+
 def test_reads_past_the_reply_byte_budget_are_refused_and_retried(
     tmp_path: Path, client_node: otp.Node
 ) -> None:

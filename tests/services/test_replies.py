@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -81,13 +82,27 @@ def test_a_packed_result_larger_than_a_frame_is_split_inside(
     sent = _casts(monkeypatch)
     answers = [("ok", b"v" * (1024 * 1024))] * 9
     with replies.coalesced_replies():
-        replies.send_client_reply(("gw", "c1"), 6, [answers], None)
+        replies.send_client_reply(("gw", "c1"), 6, [answers], None, packed=True)
         replies.send_client_reply(("gw", "c1"), 7, ["ok"], None)
     kinds = [msg[0] for _, msg in sent]
     assert kinds.count("client_reply_part") > 1 and kinds[-1] == "client_reply"
     parts = [msg for _, msg in sent if msg[0] == "client_reply_part"]
     assert all(p[1] == 6 and p[2] is True and p[4] == 9 for p in parts)
     assert [r for p in parts for r in p[5]] == answers
+
+
+@pytest.mark.parametrize("coalesced", [False, True])
+def test_one_request_whose_result_is_a_list_is_answered_with_the_whole_list(
+    monkeypatch: pytest.MonkeyPatch, coalesced: bool
+) -> None:
+    # A provider's own command answering a list longer than a frame had its list cut into
+    # parts as if each item answered a command of a packed batch: the client, expecting one
+    # answer, dropped every part and the request was never answered.
+    sent = _casts(monkeypatch)
+    value = [b"v" * (1024 * 1024)] * 6
+    with replies.coalesced_replies() if coalesced else contextlib.nullcontext():
+        replies.send_client_reply(("gw", "c1"), 8, [value], None)
+    assert [msg for _, msg in sent] == [("client_reply", 8, [value], None)]
 
 
 MIB = 1024 * 1024
@@ -108,7 +123,7 @@ def test_a_result_larger_than_any_frame_is_answered_reply_too_large(
     big = ("ok", b"x" * (limit + MIB))
     small = ("ok", b"s" * 10)
     if packed:
-        replies.send_client_reply(("gw", "c1"), 1, [[small, big]], None)
+        replies.send_client_reply(("gw", "c1"), 1, [[small, big]], None, packed=True)
         assert [msg for _, msg in sent] == [
             ("client_reply_part", 1, True, 0, 2, [small, replies.REPLY_TOO_LARGE], None)
         ]

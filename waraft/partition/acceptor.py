@@ -68,6 +68,7 @@ from waraft.services.logthrottle import LogThrottle
 from waraft.services.options import RaftOptions
 from waraft.services.queues import Queues, command_bytes, oversized_read
 from waraft.services.replies import coalesced_replies, send_client_reply
+from waraft.storage import is_batch_command
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +238,20 @@ def check_op(op: Any, owner: str | None = None) -> tuple[Any, Any]:
     elif kind is str and is_internal_command(command):
         raise ValueError(_reserved(command))
     return (op[0], command)
+
+
+def _is_packed(kind: str, items: Sequence[Any]) -> bool:
+    """Whether a client batch is one ``$batch`` item (a commit op's command, or a read), whose
+    one result is then the list of its commands' answers (``send_client_reply``'s ``packed``).
+    Malformed items are answered by ``check_op``, not here."""
+    if len(items) != 1:
+        return False
+    item = items[0]
+    if kind == "commit":
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            return False
+        item = item[1]
+    return is_batch_command(item)
 
 
 def _reserved(command: Any) -> str:
@@ -498,9 +513,10 @@ class Acceptor(otp.Process):
             origin = reply_addr[1]
         origin = self._owner(origin)
         table, partition = self.queues.table, self.queues.partition
+        packed = _is_packed(kind, items)
         batch = BatchReply(
             len(items),
-            lambda results, hint: send_client_reply(reply_addr, batch_id, results, hint),
+            lambda results, hint: send_client_reply(reply_addr, batch_id, results, hint, packed),
             lambda: info.get_leader(table, partition),
         )
         if kind == "commit":

@@ -39,7 +39,7 @@ class _ReplyOutbox:
 
     def __init__(self) -> None:
         self.depth = 0
-        self.pending: dict[tuple[str, str], list[tuple[int, Any, Any]]] | None = None
+        self.pending: dict[tuple[str, str], list[tuple[int, Any, Any, bool]]] | None = None
 
 
 # A context variable rather than a thread-local: every thread and every greenlet (scheduled
@@ -57,17 +57,23 @@ def _outbox() -> _ReplyOutbox:
         return box
 
 
-def send_client_reply(addr: tuple[str, str], batch_id: int, results: Any, hint: Any) -> None:
+def send_client_reply(
+    addr: tuple[str, str], batch_id: int, results: Any, hint: Any, packed: bool = False
+) -> None:
     """Answer a client batch: at once, or, inside ``coalesced_replies()``, together with every
-    other reply to the same client in one ``("client_replies", [...])`` cast."""
+    other reply to the same client in one ``("client_replies", [...])`` cast.
+
+    ``packed``: the batch was one ``$batch`` item, so its one result is the list of its
+    commands' answers, which a reply too large for a frame may split (``_send_parts``). Any
+    other result is one value, however it is shaped."""
     outbox = _outbox()
     if outbox.depth:
         pending = outbox.pending
         if pending is None:
             pending = outbox.pending = {}
-        pending.setdefault(addr, []).append((batch_id, results, hint))
+        pending.setdefault(addr, []).append((batch_id, results, hint, packed))
     elif type(results) is list and _results_size(results) > REPLY_FRAME_BYTES:
-        _send_parts(addr, batch_id, results, hint)
+        _send_parts(addr, batch_id, results, hint, packed)
     else:
         otp.cast(addr, ("client_reply", batch_id, results, hint))
 
@@ -93,17 +99,20 @@ def coalesced_replies() -> Iterator[None]:
                         if len(chunk) == 1:
                             send_client_reply(addr, *chunk[0])
                         else:
-                            otp.cast(addr, ("client_replies", chunk))
+                            wire = [(bid, results, hint) for bid, results, hint, _ in chunk]
+                            otp.cast(addr, ("client_replies", wire))
 
 
-def _frames(replies: list[tuple[int, Any, Any]]) -> Iterator[list[tuple[int, Any, Any]]]:
+def _frames(
+    replies: list[tuple[int, Any, Any, bool]],
+) -> Iterator[list[tuple[int, Any, Any, bool]]]:
     """``replies`` cut into runs of about ``REPLY_FRAME_BYTES`` of results.
 
     One frame per client for everything a block completed was unbounded: a client reading
     large values in many small batches got replies coalesced into frames of 100 MB to 1 GB,
     built in memory and then dropped at the frame limit, so every reply in them was lost too.
     """
-    chunk: list[tuple[int, Any, Any]] = []
+    chunk: list[tuple[int, Any, Any, bool]] = []
     size = 0
     for reply in replies:
         bytes_ = _results_size(reply[1])
@@ -116,18 +125,22 @@ def _frames(replies: list[tuple[int, Any, Any]]) -> Iterator[list[tuple[int, Any
         yield chunk
 
 
-def _send_parts(addr: tuple[str, str], batch_id: int, results: list[Any], hint: Any) -> None:
+def _send_parts(
+    addr: tuple[str, str], batch_id: int, results: list[Any], hint: Any, packed: bool
+) -> None:
     """Answer one batch whose results pass ``REPLY_FRAME_BYTES`` in several frames of about
     that size each, which the client puts together: ``("client_reply_part", batch_id, inner,
     start, total, part, hint)``, ``part`` being ``values[start:start + len(part)]`` of the
     ``total`` values. ``inner`` says what ``values`` are: the results themselves, or the items
     of the batch's one result (a packed ``$batch``: one result, a list with an answer per
-    command).
+    command). Only a ``packed`` batch is split inside: one request whose own result is a list
+    (a provider's command of one's own) was cut into its items, which the client, expecting
+    one answer, dropped: the request was never answered.
 
     In one frame, a batch of 136 reads of a 1 MiB value made a 136 MiB reply: dropped at the
     frame limit, so not one of its reads was answered, and the client's retries asked for
     the same again (measured: 4 answers to 1,089 reads in 10 s, ``benchmarks/read_replies.py``)."""
-    inner = len(results) == 1 and type(results[0]) is list
+    inner = packed and len(results) == 1 and type(results[0]) is list
     values: list[Any] = results[0] if inner else results
     limit = _value_limit(addr[1])
     if limit is not None:
