@@ -31,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from waraft import distribution as dist
@@ -177,6 +178,46 @@ def _missing_state(name: str, log_last: LogPos, applied: LogPos) -> DurableState
     return DurableState(0, None, ("durable_state_missing", reason))
 
 
+@dataclass(frozen=True, slots=True)
+class _PendingInstall:
+    """The install storage is running for the core (``RaftServer._install_snapshot``)."""
+
+    token: otp.Ref
+    effect: InstallSnapshot
+    temp_dir: str | None  # bootstrap's empty snapshot, removed once storage answered
+
+
+@dataclass(frozen=True, slots=True)
+class _Installed:
+    """Storage's answer to an install, as the server receives it: ``ok`` False when the
+    request failed (``value`` is then the exit reason), else ``value`` is storage's answer."""
+
+    token: otp.Ref
+    ok: bool
+    value: Any
+
+
+class _InstallReply(otp.ReplyTo):
+    """The reply handle of an install request: completing it (storage's answer on its own
+    thread, or the failure of a storage that died) casts an ``_Installed`` to the server."""
+
+    __slots__ = ("_server", "_token")
+
+    def __init__(self, server: otp.Pid, token: otp.Ref) -> None:
+        super().__init__()
+        self._server = server
+        self._token = token
+
+    def _complete(self, ok: bool, value: Any) -> None:
+        otp.cast(self._server, _Installed(self._token, ok, value))
+
+
+def _opened_failed(effect: InstallSnapshot, result: Any) -> events.SnapshotOpened:
+    """The ``SnapshotOpened`` of an install that storage refused with ``result``."""
+    error = result[1] if isinstance(result, tuple) and len(result) == 2 else result
+    return events.SnapshotOpened(effect.from_, effect.purpose, effect.position, error)
+
+
 def _bootstrap_dir(database: str, position: LogPos) -> str:
     """A fresh directory under ``database`` for bootstrap's empty snapshot (file work: run
     through ``otp.blocking``, off the schedulers)."""
@@ -255,6 +296,7 @@ class RaftServer(otp.StateMachine):
         self._state_pending: DurableState | None = None
         self._state_retry_at = 0.0
         self._internal: deque[Any] = deque()
+        self._install: _PendingInstall | None = None  # see _install_snapshot
         # A state timeout an event set whose timer is armed at the next flush (its deadline
         # and event are already the state machine's: ``defer_state_timeout``).
         self._timeout_unarmed = False
@@ -367,6 +409,8 @@ class RaftServer(otp.StateMachine):
                     self._step(rpc)
         elif msg == _SYNC_LIVENESS:
             self._sync_liveness()
+        elif cls is _Installed:  # never from the wire: no codec builds one
+            self._snapshot_installed(msg)
         elif cls is tuple and msg and msg[0] == "notify_complete":
             self._step(events.NotifyComplete())
         elif cls is tuple and len(msg) == 2 and msg[0] == "storage_incomplete":
@@ -693,49 +737,71 @@ class RaftServer(otp.StateMachine):
     # -- snapshots ------------------------------------------------------------------------------
 
     def _install_snapshot(self, effect: InstallSnapshot) -> None:
-        """Run a snapshot installation against storage, then report back to the core."""
-        storage = self.options.storage_name
+        """Start a snapshot installation in storage; the core hears of it (``SnapshotOpened``)
+        when storage has answered (``_snapshot_installed``), however long that takes.
+
+        Never with a deadline: storage keeps loading a snapshot after its caller stops
+        waiting, so a timed-out install, reported failed, left storage at the snapshot's
+        position and the core at its old one, stalled for good (each retry from the
+        leader timed out the same way). The core holds its ``pending_install`` meanwhile
+        and handles every other event. Storage answers, or dies, and the partition with it."""
         position = effect.position
-        result: Any
         temp_dir: str | None = None
-        try:
-            if effect.purpose == "transfer":
-                assert effect.root is not None
-                result = otp.call(
-                    storage, ("open_snapshot", effect.root, position), STORAGE_TIMEOUT
-                )
-            else:
-                temp_dir = otp.blocking(_bootstrap_dir, self.options.database, position)
-                made = otp.call(
-                    storage,
-                    ("make_empty_snapshot", temp_dir, position, effect.config, effect.data),
-                    STORAGE_TIMEOUT,
-                )
-                result = (
-                    made
-                    if made != "ok"
-                    else otp.call(storage, ("open_snapshot", temp_dir, position), STORAGE_TIMEOUT)
-                )
-        except otp.ExitError as exc:
-            result = ("error", exc.reason)
-        finally:
-            if temp_dir is not None:
-                otp.blocking(shutil.rmtree, temp_dir, ignore_errors=True)
-        if result == "ok":
-            config = otp.call(storage, ("config",), STORAGE_TIMEOUT)
-            label = otp.call(storage, ("label",), STORAGE_TIMEOUT)
-            opened = events.SnapshotOpened(
-                effect.from_,
-                effect.purpose,
-                position,
-                None,
-                None if config is None else (config[0].index, config[1]),
-                label,
-            )
+        if effect.purpose == "transfer":
+            assert effect.root is not None
+            root = effect.root
         else:
-            error = result[1] if isinstance(result, tuple) and len(result) == 2 else result
-            opened = events.SnapshotOpened(effect.from_, effect.purpose, position, error)
-        self._internal.append(opened)
+            # An empty snapshot, made in a fresh directory: storage's position does not move,
+            # so a timed-out make is a failed one.
+            temp_dir = otp.blocking(_bootstrap_dir, self.options.database, position)
+            made = self._make_empty_snapshot(effect, temp_dir)
+            if made != "ok":
+                otp.blocking(shutil.rmtree, temp_dir, ignore_errors=True)
+                self._internal.append(_opened_failed(effect, made))
+                return
+            root = temp_dir
+        token = otp.make_ref()
+        self._install = _PendingInstall(token, effect, temp_dir)
+        request = ("open_snapshot", root, position)
+        otp.send_request(self.options.storage_name, request, _InstallReply(self.pid, token))
+
+    def _make_empty_snapshot(self, effect: InstallSnapshot, temp_dir: str) -> Any:
+        request = ("make_empty_snapshot", temp_dir, effect.position, effect.config, effect.data)
+        try:
+            return otp.call(self.options.storage_name, request, STORAGE_TIMEOUT)
+        except otp.ExitError as exc:
+            return ("error", exc.reason)
+
+    def _snapshot_installed(self, msg: _Installed) -> None:
+        """Storage answered the install started by ``_install_snapshot``: tell the core.
+
+        A failed delivery (storage died or was never there) says nothing of where storage
+        now sits: the server fails, and the partition restarts from storage's position."""
+        pending = self._install
+        if pending is None or msg.token is not pending.token:
+            logger.warning("%s dropped a stale install answer %s", self.name, short_repr(msg))
+            return
+        self._install = None
+        effect = pending.effect
+        if pending.temp_dir is not None:
+            otp.blocking(shutil.rmtree, pending.temp_dir, ignore_errors=True)
+        if not msg.ok:
+            raise RuntimeError(
+                f"{self.name}: storage gave no answer to the install of {effect.position} "
+                f"({msg.value!r}); restarting from what storage holds"
+            )
+        if msg.value != "ok":
+            self._step(_opened_failed(effect, msg.value))
+            return
+        storage = self.options.storage_name
+        config = otp.call(storage, ("config",), STORAGE_TIMEOUT)
+        label = otp.call(storage, ("label",), STORAGE_TIMEOUT)
+        index_config = None if config is None else (config[0].index, config[1])
+        self._step(
+            events.SnapshotOpened(
+                effect.from_, effect.purpose, effect.position, None, index_config, label
+            )
+        )
 
     def _request_snapshot(self, effect: RequestSnapshot) -> None:
         from waraft.transport import snapshot_catchup

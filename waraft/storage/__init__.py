@@ -1597,6 +1597,17 @@ def create_witness_snapshot(
     return otp.call(storage, request, STORAGE_TIMEOUT)
 
 
+def request_snapshot(
+    storage: otp.Target, witness: bool, in_use: Sequence[str], reply_to: otp.ReplyTo
+) -> None:
+    """The catch-up coordinator's ``create_snapshot(storage, in_use=in_use)`` (or
+    ``create_witness_snapshot``) without waiting: the answer completes ``reply_to``, however
+    long the snapshot takes (a copy of the whole partition), or fails it if the storage is
+    not there or dies first."""
+    kind = "create_witness_snapshot" if witness else "create_snapshot"
+    otp.send_request(storage, _snapshot_request(kind, None, (), in_use), reply_to)
+
+
 def _snapshot_request(
     kind: str, name: str | None, keep: Sequence[str], in_use: Sequence[str] | None
 ) -> tuple[Any, ...]:
@@ -1709,6 +1720,7 @@ __all__ = [
     "position",
     "read",
     "remove_leftovers",
+    "request_snapshot",
     "snapshot_name",
     "snapshots_in_use",
     "start_link",

@@ -24,15 +24,17 @@ An offer of more than ``MAX_OFFER_FILES`` files is malformed (``invalid_transpor
 It records file completions (``complete`` casts from this node's own workers on the sending
 side and receiving provider, never from the wire; only a file's first outcome counts), and
 once every file of an incoming snapshot has arrived it calls
-``waraft.server.snapshot_available`` on the partition's server, synchronously, as WARaft does
-(a failure marks the transport failed with ``("notify_failed", reason)``). It also answers the
-advisory ``may_accept`` precheck and runs the idle scan.
+``waraft.server.snapshot_available`` on the partition's server (a failure marks the transport
+failed with ``("notify_failed", reason)``). Unlike WARaft's, the call has no deadline and does
+not hold the manager: its answer comes as a message when storage has loaded the snapshot. It
+also answers the advisory ``may_accept`` precheck and runs the idle scan.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Final
 
 from waraft import otp
@@ -88,8 +90,6 @@ retried after ``raft_snapshot_catchup_overloaded_backoff_ms``."""
 MEMBERSHIP_TIMEOUT_S: Final = 2.0
 """How long admission waits for the partition's server to name its config: well within the
 sender's handshake (``raft_rpc_call_timeout``, 10 s). An unanswered lookup refuses."""
-# How long the server may take to install a received snapshot (its raft_storage_call_timeout).
-SNAPSHOT_INSTALL_TIMEOUT: Final = 60.0
 ENDED_FILE: Final = frozenset({COMPLETED, FAILED})
 """File statuses after which a file's outcome is settled (its first report stands)."""
 
@@ -225,6 +225,8 @@ class TransportManager(otp.Process):
             },
         )
         self._timer = self._schedule_scan()
+        # Received snapshots whose server is installing them (see ``_received``).
+        self._installing: set[int] = set()
 
     def terminate(self, reason: Any) -> None:
         otp.cancel_timer(self._timer)
@@ -259,6 +261,8 @@ class TransportManager(otp.Process):
     def handle_cast(self, msg: Any) -> None:
         if isinstance(msg, tuple) and len(msg) == 4 and msg[0] == "complete":
             self._complete(msg[1], msg[2], msg[3])
+        elif type(msg) is _Notified:  # never from the wire: no codec builds one
+            self._notified(msg)
         else:
             logger.warning("transport manager got an unknown cast %r", msg)
 
@@ -446,8 +450,12 @@ class TransportManager(otp.Process):
 
         The status stays ``running`` while the server installs the snapshot, as in WARaft
         (where the notification runs inside the record update), so the admission counters
-        keep counting it and the idle scan cannot time it out meanwhile."""
-        t = self.tables
+        keep counting it and the idle scan leaves it alone (``_installing``). The server's
+        answer comes as a message (``_notified``), with no deadline: the install takes as
+        long as the partition is large (a 60 s call gave up on partitions of a few million
+        rows and marked the transport failed while the install went on), and this manager,
+        shared by every partition of the node, keeps serving meanwhile. The server answers
+        or dies, and a dead server's deferred calls fail."""
         info = transport_info(transport_id)
         if info is None:
             return
@@ -460,7 +468,26 @@ class TransportManager(otp.Process):
                 logger.exception(
                     "transport %s: the provider's completion hook failed", transport_id
                 )
-        result = _notify_server(transport_id, info)
+        target, outcome = _install_target(transport_id, info)
+        if target is None:  # nothing to install, or nobody to install it
+            self._record_outcome(transport_id, outcome)
+            return
+        meta = info["meta"]
+        # The sender goes along: the server installs only its current leader's snapshot.
+        request = ("snapshot_available", info["root"], meta["position"], info["peer"])
+        self._installing.add(transport_id)
+        otp.send_request(target, request, _NotifyReply(self.pid, transport_id))
+
+    def _notified(self, msg: _Notified) -> None:
+        """The server answered (or failed) the ``snapshot_available`` of ``_received``."""
+        if msg.transport_id not in self._installing:
+            return
+        self._installing.discard(msg.transport_id)
+        answer = msg.value if msg.ok else ("error", msg.value)
+        self._record_outcome(msg.transport_id, _install_outcome(msg.transport_id, answer))
+
+    def _record_outcome(self, transport_id: int, result: Any) -> None:
+        t = self.tables
         with t.lock:
             if result == "ok":
                 update(
@@ -491,6 +518,8 @@ class TransportManager(otp.Process):
         timed_out = []
         with t.lock:
             for transport_id, info in list(t.transports.items()):
+                if transport_id in self._installing:
+                    continue  # idle while its server installs it, for as long as that takes
                 if info["status"] == RUNNING and now - t.touched.get(transport_id, now) >= idle_ms:
                     timed_out.append(transport_id)
                     update(t, transport_id, lambda i: finish(i, TIMED_OUT))
@@ -529,12 +558,39 @@ def _accept_hook(provider: Any, meta: Meta, incoming_bytes: int) -> Any:
     return ("error", answer)
 
 
-def _notify_server(transport_id: int, info: Info) -> Any:
-    """Tell the partition's server about a received snapshot: ``"ok"`` or ``("error", r)``."""
+@dataclass(frozen=True, slots=True)
+class _Notified:
+    """The server's answer to a received snapshot's ``snapshot_available`` (``ok`` False:
+    the call failed, ``value`` is the exit reason)."""
+
+    transport_id: int
+    ok: bool
+    value: Any
+
+
+class _NotifyReply(otp.ReplyTo):
+    """The reply handle of a ``snapshot_available`` request: completing it casts a
+    ``_Notified`` to the manager (from the server's scheduler, or from its death)."""
+
+    __slots__ = ("_manager", "_transport_id")
+
+    def __init__(self, manager: otp.Pid, transport_id: int) -> None:
+        super().__init__()
+        self._manager = manager
+        self._transport_id = transport_id
+
+    def _complete(self, ok: bool, value: Any) -> None:
+        otp.cast(self._manager, _Notified(self._transport_id, ok, value))
+
+
+def _install_target(transport_id: int, info: Info) -> tuple[str | None, Any]:
+    """``(server, None)``: the server to notify of a received snapshot; or ``(None,
+    outcome)`` when there is none to notify: ``"ok"`` for a transfer (nothing to install),
+    ``("error", "not_registered")`` when the partition is not on this node."""
     meta = info["meta"]
     if meta.get("type") != "snapshot":
         logger.info("transport %s finished: %s (nothing to install)", transport_id, info["root"])
-        return "ok"
+        return None, "ok"
     options = partition_options.options(meta["table"], meta["partition"])
     if options is None:
         logger.warning(
@@ -543,24 +599,21 @@ def _notify_server(transport_id: int, info: Info) -> Any:
             meta["table"],
             meta["partition"],
         )
-        return ("error", "not_registered")
-    name = options.server_name
-    try:
-        # The server's snapshot_available call (waraft.partition.server handles it), made by
-        # registered name so that the transport layer need not import the partition's actors.
-        # The sender goes along: the server installs only its current leader's snapshot.
-        request = ("snapshot_available", info["root"], meta["position"], info["peer"])
-        answer = otp.call(name, request, SNAPSHOT_INSTALL_TIMEOUT)
-    except otp.ExitError as exc:
-        answer = ("error", exc.reason)
-    except ValueError as exc:
-        answer = ("error", str(exc))
+        return None, ("error", "not_registered")
+    name: str = options.server_name
+    return name, None
+
+
+def _install_outcome(transport_id: int, answer: Any) -> Any:
+    """``"ok"`` or ``("error", reason)`` from the server's answer, logged."""
+    info = transport_info(transport_id)
+    position = None if info is None else info["meta"].get("position")
     if answer == "ok":
-        logger.info(
-            "transport %s: %s installed the snapshot at %s", transport_id, name, meta["position"]
-        )
+        logger.info("transport %s: the snapshot at %s is installed", transport_id, position)
         return "ok"
-    logger.warning("transport %s: %s did not install the snapshot: %r", transport_id, name, answer)
+    logger.warning(
+        "transport %s: the snapshot at %s was not installed: %r", transport_id, position, answer
+    )
     if isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "error":
         return answer
     return ("error", answer)

@@ -17,9 +17,10 @@ actor, registered ``wa_raft_snapshot_catchup``, decides *whether* to send one no
   made.
 
 Then it asks the partition's storage for a snapshot at its current position (a witness
-snapshot for a witness), starts the transport, and counts the transports using each snapshot;
-every 500 ms it looks at their statuses, and deletes a snapshot once no transport uses it. When
-it stops, it cancels its transports and deletes its snapshots.
+snapshot for a witness; a request answered by message, with no deadline, one at a time per
+partition, while the coordinator serves everyone else), starts the transport, and counts the
+transports using each snapshot; every 500 ms it looks at their statuses, and deletes a snapshot
+once no transport uses it. When it stops, it cancels its transports and deletes its snapshots.
 
 Divergence: it names the partition's snapshots in use when it asks for a new one (and again
 every scan while it sends them), and the storage remembers them: its retention (one older
@@ -130,6 +131,7 @@ class SnapshotCatchup(otp.Process):
 
     def init(self) -> None:
         self.transports: dict[Key, _Transport] = {}
+        self.creating: dict[Key, _Creating] = {}  # snapshots asked of a storage, per target
         self.snapshots: dict[SnapshotKey, int] = {}
         self.overload_backoffs: dict[str, int] = {}
         self.retry_backoffs: dict[Key, int] = {}
@@ -156,6 +158,7 @@ class SnapshotCatchup(otp.Process):
         if request == ("state",):
             return {
                 "transports": {k: e.id for k, e in self.transports.items()},
+                "creating": {k: (e.table, e.partition) for k, e in self.creating.items()},
                 "snapshots": dict(self.snapshots),
                 "overload_backoffs": dict(self.overload_backoffs),
                 "retry_backoffs": dict(self.retry_backoffs),
@@ -166,6 +169,8 @@ class SnapshotCatchup(otp.Process):
     def handle_cast(self, msg: Any) -> None:
         if isinstance(msg, tuple) and len(msg) == 7 and msg[0] == "catchup":
             self._catchup(*msg[1:])
+        elif type(msg) is _Made:  # never from the wire: no codec builds one
+            self._snapshot_made(msg)
         else:
             logger.warning("snapshot catch-up got an unknown cast %r", msg)
 
@@ -186,18 +191,33 @@ class SnapshotCatchup(otp.Process):
             # Cleared first, as WARaft does: a few duplicates may still sit in the mailbox.
             _pending.get(self.node.id, set()).discard(key)
         now = _now_ms()
-        if not self._allowed(now, key):
+        if not self._allowed(now, key) or self._making(table, partition):
             return
         if not self._precheck(app, node, table, witness):
             self.overload_backoffs[node] = now + int(
                 _setting(app, table, "raft_snapshot_catchup_overloaded_backoff_ms")
             )
             return
-        made = self._create_snapshot(table, partition, witness)
+        self._create_snapshot(_Creating(app, table, partition, witness, key, otp.make_ref()))
+
+    def _snapshot_made(self, msg: _Made) -> None:
+        """The storage answered (or failed) the snapshot ``_create_snapshot`` asked for:
+        start the transport, or apply the failed backoff."""
+        creating = self.creating.get(msg.key)
+        if creating is None or creating.token is not msg.token:
+            return  # a request of a coordinator that stopped sending to that target since
+        del self.creating[msg.key]
+        now = _now_ms()
+        made = _made_snapshot(creating, msg)
         if made is None:
-            self._failed(app, table, key, now)
+            self._failed(creating.application, creating.table, msg.key, now)
             return
-        position, path = made
+        self._start_transport(creating, made[0], made[1], now)
+
+    def _start_transport(self, creating: _Creating, position: LogPos, path: str, now: int) -> None:
+        app, key = creating.application, creating.key
+        table, partition, witness = creating.table, creating.partition, creating.witness
+        node = key[1]
         snapshot = (table, partition, position, witness)
         result = transport.start_snapshot_transfer(
             node, table, partition, position, path, witness, None
@@ -229,8 +249,8 @@ class SnapshotCatchup(otp.Process):
 
     def _allowed(self, now: int, key: Key) -> bool:
         limit = int(env.raft_config("raft_max_snapshot_catchup"))
-        limited = len(self.transports) >= limit
-        exists = key in self.transports
+        limited = len(self.transports) + len(self.creating) >= limit
+        exists = key in self.transports or key in self.creating
         overloaded = self.overload_backoffs.get(key[1], now) > now
         blocked = self.retry_backoffs.get(key, now) > now
         if not overloaded:
@@ -249,23 +269,36 @@ class SnapshotCatchup(otp.Process):
             return False
         return True  # peers that cannot answer are asked again by the handshake itself
 
-    def _create_snapshot(
-        self, table: str, partition: int, witness: bool
-    ) -> tuple[LogPos, str] | None:
-        options = partition_options.options(table, partition)
+    def _create_snapshot(self, creating: _Creating) -> None:
+        """Ask the partition's storage for a snapshot at its current position; the answer
+        comes as a message (``_snapshot_made``).
+
+        Not a call: a snapshot copies the whole partition (about 18 us a row with the node's
+        LMDB), and a call's 60 s deadline gave up on partitions of a few million rows for
+        good: every retry made a new snapshot that took as long. Waiting also held this
+        coordinator, and every other partition's catch-up on the node, for the whole copy.
+        The target counts as sending meanwhile (``_allowed``); the storage answers or dies."""
+        options = partition_options.options(creating.table, creating.partition)
         if options is None:
-            logger.warning("no partition %s/%s here to make a snapshot of", table, partition)
-            return None
-        request = storage.create_witness_snapshot if witness else storage.create_snapshot
-        try:
-            result = request(options.storage_name, in_use=self._in_use(table, partition))
-        except otp.ExitError as exc:
-            result = ("error", exc.reason)
-        if not (isinstance(result, tuple) and result[0] == "ok"):
-            logger.warning("storage of %s/%s made no snapshot: %r", table, partition, result)
-            return None
-        position = LogPos(*result[1])
-        return position, os.path.join(options.database, snapshot_name(position, witness))
+            logger.warning(
+                "no partition %s/%s here to make a snapshot of", creating.table, creating.partition
+            )
+            self._failed(creating.application, creating.table, creating.key, _now_ms())
+            return
+        self.creating[creating.key] = creating
+        storage.request_snapshot(
+            options.storage_name,
+            creating.witness,
+            self._in_use(creating.table, creating.partition),
+            _MadeReply(self.pid, creating.key, creating.token),
+        )
+
+    def _making(self, table: str, partition: int) -> bool:
+        """Whether a snapshot of the partition is being made. One at a time per partition:
+        the ``in_use`` a request names (and every reminder) must cover all the partition's
+        snapshots the coordinator sends or is about to, and one being made has no name yet.
+        Another target's request is dropped meanwhile; its leader asks again."""
+        return any(c.table == table and c.partition == partition for c in self.creating.values())
 
     def _in_use(self, table: str, partition: int) -> list[str]:
         """The partition's snapshots a transport still sends: the storage must not delete
@@ -304,7 +337,11 @@ class SnapshotCatchup(otp.Process):
         # while the node-wide transport keeps sending: told again here, it spares them from
         # the next create_snapshot within one scan. After the transfers ended above, so that
         # the reminder never names a snapshot this scan deleted.
+        # Not while a snapshot of the partition is being made: the storage adds it to its list
+        # when made, and a reminder sent before its answer is read here would drop it.
         for table, partition in {(t, p) for (t, p, _, _) in self.snapshots}:
+            if self._making(table, partition):
+                continue
             storage.snapshots_in_use(
                 _storage_name(table, partition), self._in_use(table, partition)
             )
@@ -319,6 +356,59 @@ class SnapshotCatchup(otp.Process):
         elif users is not None:
             self.snapshots[snapshot] = users - 1
         self.retry_backoffs[key] = _now_ms() + backoff
+
+
+@dataclass(frozen=True, slots=True)
+class _Creating:
+    """A snapshot asked of a partition's storage for ``key`` (``_create_snapshot``)."""
+
+    application: str
+    table: str
+    partition: int
+    witness: bool
+    key: Key
+    token: otp.Ref
+
+
+@dataclass(frozen=True, slots=True)
+class _Made:
+    """The storage's answer to a ``_Creating`` (``ok`` False: the request failed, ``value``
+    is the exit reason)."""
+
+    key: Key
+    token: otp.Ref
+    ok: bool
+    value: Any
+
+
+class _MadeReply(otp.ReplyTo):
+    """The reply handle of a snapshot request: completing it casts a ``_Made`` to the
+    coordinator (from the storage's thread, or from its death)."""
+
+    __slots__ = ("_coordinator", "_key", "_token")
+
+    def __init__(self, coordinator: otp.Pid, key: Key, token: otp.Ref) -> None:
+        super().__init__()
+        self._coordinator = coordinator
+        self._key = key
+        self._token = token
+
+    def _complete(self, ok: bool, value: Any) -> None:
+        otp.cast(self._coordinator, _Made(self._key, self._token, ok, value))
+
+
+def _made_snapshot(creating: _Creating, msg: _Made) -> tuple[LogPos, str] | None:
+    """The snapshot's position and path from the storage's answer, or None (logged)."""
+    result = msg.value if msg.ok else ("error", msg.value)
+    options = partition_options.options(creating.table, creating.partition)
+    if options is None or not (isinstance(result, tuple) and result and result[0] == "ok"):
+        logger.warning(
+            "storage of %s/%s made no snapshot: %r", creating.table, creating.partition, result
+        )
+        return None
+    position = LogPos(*result[1])
+    path = os.path.join(options.database, snapshot_name(position, creating.witness))
+    return position, path
 
 
 def _storage_name(table: str, partition: int) -> str:
