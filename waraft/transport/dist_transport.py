@@ -14,13 +14,14 @@ like a chunk's (a call, not WARaft's cast: the receiver must know who reports th
 
 Receiver (this module's actor): opens each file lazily (creating its directories, never
 following a symlink at the file itself; at most ``MAX_OPEN_FILES`` open at once), writes
-every chunk at its offset (rejecting chunks of transports that are not running, and chunks
-outside the size announced at admission), and on ``complete`` fsyncs the file and its
-directories up to the transfer root, checks the size, and reports the file to the local
-transport manager, once: a second ``complete`` of a file is refused (``already_completed``).
-Chunks and completions from another node are taken only from the node
-that offered the transport (the authenticated caller, ``not_peer`` otherwise): a third node
-cannot write into, or finish early, a snapshot it did not send.
+every chunk at its offset (rejecting chunks of transports that are not running, chunks
+outside the size announced at admission, and chunks past the file's written prefix: a sender
+sends in order), counting only bytes new to the file (a resent chunk counts once), and on
+``complete`` fsyncs the file and its directories up to the transfer root, checks the size,
+and reports the file to the local transport manager, once: a second ``complete`` of a file
+is refused (``already_completed``). Chunks and completions from another node are taken only
+from the node that offered the transport (the authenticated caller, ``not_peer`` otherwise):
+a third node cannot write into, or finish early, a snapshot it did not send.
 
 ``transport_accept`` refuses a transport with ``receiver_disk_full`` when its bytes (twice a
 snapshot's: installing it copies it into the storage) do not fit in the free space of the
@@ -427,6 +428,10 @@ class DistTransport(otp.Process):
             return ("error", "invalid_chunk")
         if offset + len(data) > file["total_bytes"]:
             return ("error", "chunk_out_of_range")
+        if offset > file["completed_bytes"]:
+            # Senders send a file in order from offset 0 (again from 0 after a restart), so
+            # what is written is always a prefix, and counted as one (``received_to``).
+            return ("error", "chunk_out_of_order")
         try:
             fd = self._open(transport_id, file_id, file["path"])
             view = memoryview(data)
@@ -438,7 +443,7 @@ class DistTransport(otp.Process):
         except OSError as exc:
             logger.warning("transport %s: writing file %s failed: %s", transport_id, file_id, exc)
             return ("error", ("write_failed", exc.strerror))
-        tables.add_file_bytes(transport_id, file_id, len(data), RECEIVING)
+        tables.received_to(transport_id, file_id, offset + len(data), RECEIVING)
         return "ok"
 
     def _open(self, transport_id: int, file_id: int, path: str) -> int:

@@ -197,6 +197,21 @@ def add_file_bytes(transport_id: int, file_id: int, count: int, status: str | No
     return update_file_info(transport_id, file_id, bump)
 
 
+def received_to(transport_id: int, file_id: int, end: int, status: str | None = None) -> str:
+    """An incoming file now holds every byte before ``end``: its ``completed_bytes`` (the
+    contiguous prefix written) becomes ``end`` if that is more (and ``status`` is set if
+    given). A chunk written again (a resend, a repeat) adds nothing: disk admission reads
+    ``completed_bytes`` as what the file no longer needs (``dist_transport._promised_bytes``)."""
+
+    def advance(info: Info) -> Info:
+        info["completed_bytes"] = max(info.get("completed_bytes", 0), end)
+        if status is not None:
+            info["status"] = status
+        return info
+
+    return update_file_info(transport_id, file_id, advance)
+
+
 def pop_file(transport_id: int, worker: otp.Pid | None = None) -> tuple[str, int] | str:
     """The next queued file of a running transport: ``("ok", file_id)``, ``"empty"``, or
     ``"not_found"`` (unknown, or no longer running).
@@ -356,6 +371,7 @@ __all__ = [
     "mono_ms",
     "now_ms",
     "pop_file",
+    "received_to",
     "running_receives",
     "setup_tables",
     "tables_for",
