@@ -19,7 +19,9 @@ participant of the partition's current config as its server knows it (the server
    through any symlink already there; one bad path rejects the whole transport with
    ``invalid_file_path`` before any record or directory exists.
 
-An offer of more than ``MAX_OFFER_FILES`` files is malformed (``invalid_transport``).
+An offer of more than ``MAX_OFFER_FILES`` files, a name longer than ``MAX_OFFER_NAME_BYTES``
+or names longer than ``MAX_OFFER_NAMES_BYTES`` together is malformed (``invalid_transport``).
+Once an incoming transport ends, its files' records are dropped (their totals stay).
 
 It records file completions (``complete`` casts from this node's own workers on the sending
 side and receiving provider, never from the wire; only a file's first outcome counts), and
@@ -79,6 +81,12 @@ MAX_OFFER_FILES: Final = 10_000
 offered path is resolved and recorded on the manager's scheduler (about 60 us a file), so one
 member's 16 MB offer of a million and a half files held it, and every partition on it, for
 minutes. A snapshot is a few files."""
+MAX_OFFER_NAME_BYTES: Final = 4096
+"""The longest file name (UTF-8 bytes) an offer may hold, as PATH_MAX."""
+MAX_OFFER_NAMES_BYTES: Final = 1 << 20
+"""The bytes all the file names of one offer may take together. Each name is kept, with its
+resolved path, while the transport runs: 10,000 names of 1,250 characters, in an offer well
+under the frame limit, held 25 MB per transport. A snapshot's few names take a few hundred."""
 PER_PEER_KEY: Final = "raft_max_incoming_transports_per_peer"  # ours: WARaft has no such cap
 DEFAULT_PER_PEER: Final[int] = env.GLOBAL_DEFAULTS[PER_PEER_KEY]
 """Running incoming transports one node may hold in each pool (the snapshot one, shared with
@@ -190,11 +198,16 @@ def _valid_offer(transport_id: Any, meta: Any, files: Any) -> list[FileSpec] | N
     if not isinstance(files, list | tuple) or len(files) > MAX_OFFER_FILES:
         return None
     offer: list[FileSpec] = []
+    name_bytes = 0
     for item in files:
         if not isinstance(item, tuple | list) or len(item) != 3:
             return None
         file_id, name, size = item
         if not isinstance(file_id, int) or not isinstance(size, int) or size < 0:
+            return None
+        length = len(name.encode("utf-8", "surrogatepass")) if isinstance(name, str) else 0
+        name_bytes += length
+        if length > MAX_OFFER_NAME_BYTES or name_bytes > MAX_OFFER_NAMES_BYTES:
             return None
         offer.append((file_id, name, size))
     if sorted(f[0] for f in offer) != list(range(1, len(offer) + 1)):

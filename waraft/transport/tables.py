@@ -297,6 +297,8 @@ def update(t: Tables, transport_id: int, fn: Callable[[Info], Info]) -> Info | N
     new = fn(dict(old))
     if new == old:
         return old
+    if new["type"] == "receiver" and new["status"] not in ACTIVE and old["status"] in ACTIVE:
+        _summarize_files(t, transport_id, new)
     t.transports[transport_id] = new
     t.touched[transport_id] = mono_ms()
     _count_receives(t, old, new)
@@ -306,6 +308,24 @@ def update(t: Tables, transport_id: int, fn: Callable[[Info], Info]) -> Info | N
         if waiter is not None:
             waiter.reply(("ok", transport_id))
     return new
+
+
+def _summarize_files(t: Tables, transport_id: int, info: Info) -> None:
+    """An incoming transport ended: forget its files' records, keeping their totals in
+    ``info`` (``total_bytes``, ``received_bytes``). Caller holds ``t.lock``.
+
+    Each record holds the offered name and its resolved path, and finished transports are
+    kept until ``raft_transport_inactive_info_limit`` newer ones end: a member's offers of
+    many files with long names pinned hundreds of MB after they ended. Nothing reads a file
+    of a transport that ended: its chunks and completions are refused."""
+    total = received = 0
+    for file_id in range(1, info["total_files"] + 1):
+        file = t.files.pop((transport_id, file_id), None)
+        if file is not None:
+            total += file["total_bytes"]
+            received += file["completed_bytes"]
+    info["total_bytes"] = total
+    info["received_bytes"] = received
 
 
 def insert(t: Tables, transport_id: int, info: Info) -> None:
