@@ -239,7 +239,7 @@ class TransportManager(otp.Process):
         )
         self._timer = self._schedule_scan()
         # Received snapshots whose server is installing them (see ``_received``).
-        self._installing: set[int] = set()
+        self._installing: dict[int, str] = {}  # transport ID -> server name
 
     def terminate(self, reason: Any) -> None:
         otp.cancel_timer(self._timer)
@@ -488,16 +488,16 @@ class TransportManager(otp.Process):
         meta = info["meta"]
         # The sender goes along: the server installs only its current leader's snapshot.
         request = ("snapshot_available", info["root"], meta["position"], info["peer"])
-        self._installing.add(transport_id)
+        self._installing[transport_id] = target
         otp.send_request(target, request, _NotifyReply(self.pid, transport_id))
 
     def _notified(self, msg: _Notified) -> None:
         """The server answered (or failed) the ``snapshot_available`` of ``_received``."""
-        if msg.transport_id not in self._installing:
+        name = self._installing.pop(msg.transport_id, None)
+        if name is None:
             return
-        self._installing.discard(msg.transport_id)
         answer = msg.value if msg.ok else ("error", msg.value)
-        self._record_outcome(msg.transport_id, _install_outcome(msg.transport_id, answer))
+        self._record_outcome(msg.transport_id, _install_outcome(msg.transport_id, name, answer))
 
     def _record_outcome(self, transport_id: int, result: Any) -> None:
         t = self.tables
@@ -617,16 +617,17 @@ def _install_target(transport_id: int, info: Info) -> tuple[str | None, Any]:
     return name, None
 
 
-def _install_outcome(transport_id: int, answer: Any) -> Any:
+def _install_outcome(transport_id: int, name: str, answer: Any) -> Any:
     """``"ok"`` or ``("error", reason)`` from the server's answer, logged."""
     info = transport_info(transport_id)
     position = None if info is None else info["meta"].get("position")
     if answer == "ok":
-        logger.info("transport %s: the snapshot at %s is installed", transport_id, position)
+        logger.info("transport %s: %s installed the snapshot at %s", transport_id, name, position)
         return "ok"
     logger.warning(
-        "transport %s: the snapshot at %s was not installed: %r", transport_id, position, answer
-    )
+        "transport %s: %s did not install the snapshot at %s: %r",
+        transport_id, name, position, answer,
+    )  # fmt: skip
     if isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "error":
         return answer
     return ("error", answer)
