@@ -14,7 +14,7 @@ from tests.transport.helpers import admit, make_tree, offer, on, start, wait_sta
 from tests.transport.test_faults import _gated_pair, _kill_the_worker
 from tests.transport.test_transfer import _call_from
 from waraft import transport
-from waraft.transport import dist_transport
+from waraft.transport import dist_transport, tables
 
 NO_RESERVE = {dist_transport.RESERVE_BYTES_KEY: 0, dist_transport.RESERVE_PERCENT_KEY: 0}
 
@@ -43,16 +43,29 @@ def test_a_repeated_chunk_does_not_free_its_transports_disk_promise(
         b.stop()
 
 
-def test_a_chunk_past_the_written_prefix_is_refused(tmp_path: Path) -> None:
+def test_chunks_out_of_order_count_each_byte_once_and_a_scattered_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    # A sender keeps a window of chunks in flight, answered from a thread pool: they may land
+    # out of order. Each byte counts once however the chunks overlap; a file left in more than
+    # MAX_RECEIVED_RANGES pieces is refused, so its record stays small.
     b = start(tmp_path, "b")
     try:
         admit(b, "fake@sender")
         assert offer(b, 601, [(1, "data", 600)]) == "ok"
-        gap = _call_from("fake@sender", b, ("chunk", 601, 1, 200, b"x" * 100))
-        assert gap == ("error", "chunk_out_of_order")
-        assert _call_from("fake@sender", b, ("chunk", 601, 1, 0, b"x" * 100)) == "ok"
-        assert _call_from("fake@sender", b, ("chunk", 601, 1, 50, b"y" * 100)) == "ok"
-        assert on(b, transport.file_info, 601, 1)["completed_bytes"] == 150
+        for offset, size in [(200, 100), (0, 100), (50, 100), (250, 100), (100, 100)]:
+            chunk = ("chunk", 601, 1, offset, b"x" * size)
+            assert _call_from("fake@sender", b, chunk) == "ok"
+        assert on(b, transport.file_info, 601, 1)["completed_bytes"] == 350
+        assert offer(b, 602, [(1, "data", 100_000)]) == "ok"
+        limit = tables.MAX_RECEIVED_RANGES
+        for piece in range(limit):
+            chunk = ("chunk", 602, 1, 2 * piece, b"x")
+            assert _call_from("fake@sender", b, chunk) == "ok"
+        scattered = _call_from("fake@sender", b, ("chunk", 602, 1, 2 * limit, b"x"))
+        assert scattered == ("error", "chunk_scattered")
+        assert _call_from("fake@sender", b, ("chunk", 602, 1, 1, b"x")) == "ok"  # joins two
+        assert on(b, transport.file_info, 602, 1)["completed_bytes"] == limit + 1
     finally:
         b.stop()
 

@@ -15,8 +15,9 @@ like a chunk's (a call, not WARaft's cast: the receiver must know who reports th
 Receiver (this module's actor): opens each file lazily (creating its directories, never
 following a symlink at the file itself; at most ``MAX_OPEN_FILES`` open at once), writes
 every chunk at its offset (rejecting chunks of transports that are not running, chunks
-outside the size announced at admission, and chunks past the file's written prefix: a sender
-sends in order), counting only bytes new to the file (a resent chunk counts once), and on
+outside the size announced at admission, and chunks that would leave the file in more than
+``MAX_RECEIVED_RANGES`` pieces), counting only bytes new to the file (a resent chunk counts
+once; a sender's window of chunks may arrive out of order), and on
 ``complete`` fsyncs the file and its directories up to the transfer root, checks the size,
 and reports the file to the local transport manager, once: a second ``complete`` of a file
 is refused (``already_completed``). Chunks and completions from another node are taken only
@@ -49,7 +50,7 @@ from waraft.distribution import policy
 from waraft.services import env
 from waraft.storage.provider import fsync_directory
 from waraft.transport import tables
-from waraft.transport.tables import RECEIVING
+from waraft.transport.tables import MAX_RECEIVED_RANGES, RECEIVING
 
 logger = logging.getLogger(__name__)
 
@@ -428,10 +429,9 @@ class DistTransport(otp.Process):
             return ("error", "invalid_chunk")
         if offset + len(data) > file["total_bytes"]:
             return ("error", "chunk_out_of_range")
-        if offset > file["completed_bytes"]:
-            # Senders send a file in order from offset 0 (again from 0 after a restart), so
-            # what is written is always a prefix, and counted as one (``received_to``).
-            return ("error", "chunk_out_of_order")
+        end = offset + len(data)
+        if len(tables.merged_ranges(file.get("ranges", ()), offset, end)) > MAX_RECEIVED_RANGES:
+            return ("error", "chunk_scattered")
         try:
             fd = self._open(transport_id, file_id, file["path"])
             view = memoryview(data)
@@ -443,7 +443,7 @@ class DistTransport(otp.Process):
         except OSError as exc:
             logger.warning("transport %s: writing file %s failed: %s", transport_id, file_id, exc)
             return ("error", ("write_failed", exc.strerror))
-        tables.received_to(transport_id, file_id, offset + len(data), RECEIVING)
+        tables.received_range(transport_id, file_id, offset, end, RECEIVING)
         return "ok"
 
     def _open(self, transport_id: int, file_id: int, path: str) -> int:

@@ -197,14 +197,42 @@ def add_file_bytes(transport_id: int, file_id: int, count: int, status: str | No
     return update_file_info(transport_id, file_id, bump)
 
 
-def received_to(transport_id: int, file_id: int, end: int, status: str | None = None) -> str:
-    """An incoming file now holds every byte before ``end``: its ``completed_bytes`` (the
-    contiguous prefix written) becomes ``end`` if that is more (and ``status`` is set if
-    given). A chunk written again (a resend, a repeat) adds nothing: disk admission reads
-    ``completed_bytes`` as what the file no longer needs (``dist_transport._promised_bytes``)."""
+MAX_RECEIVED_RANGES: Final = 64
+"""Separate byte ranges an incoming file may hold at once (``merged_ranges``). A sender
+keeps ``dist_transport_max_inflight`` chunks of a file in flight, answered from a thread
+pool, so a few land ahead of a gap; a peer scattering a file in thousands of pieces would
+make this record, and each chunk's merge, as large."""
+
+
+def merged_ranges(
+    ranges: tuple[tuple[int, int], ...], start: int, end: int
+) -> tuple[tuple[int, int], ...]:
+    """``ranges`` (sorted, disjoint ``(start, end)`` byte ranges) with ``[start, end)`` added,
+    overlapping and touching ranges joined."""
+    out: list[tuple[int, int]] = []
+    for low, high in ranges:
+        if high < start or low > end:
+            out.append((low, high))
+        else:
+            start, end = min(start, low), max(end, high)
+    out.append((start, end))
+    out.sort()
+    return tuple(out)
+
+
+def received_range(
+    transport_id: int, file_id: int, start: int, end: int, status: str | None = None
+) -> str:
+    """An incoming file now holds bytes ``[start, end)``: its ``ranges`` gain them and its
+    ``completed_bytes`` is the number of bytes the ranges cover (and ``status`` is set if
+    given). A chunk written again (a resend after a sending worker died, a repeat) adds
+    nothing: disk admission reads ``completed_bytes`` as what the file no longer needs
+    (``dist_transport._promised_bytes``), and counted twice it admitted past the reserve."""
 
     def advance(info: Info) -> Info:
-        info["completed_bytes"] = max(info.get("completed_bytes", 0), end)
+        ranges = merged_ranges(info.get("ranges", ()), start, end)
+        info["ranges"] = ranges
+        info["completed_bytes"] = sum(high - low for low, high in ranges)
         if status is not None:
             info["status"] = status
         return info
@@ -374,6 +402,7 @@ __all__ = [
     "CANCELLED",
     "COMPLETED",
     "FAILED",
+    "MAX_RECEIVED_RANGES",
     "RECEIVING",
     "REQUESTED",
     "RUNNING",
@@ -388,10 +417,11 @@ __all__ = [
     "finish",
     "insert",
     "is_running",
+    "merged_ranges",
     "mono_ms",
     "now_ms",
     "pop_file",
-    "received_to",
+    "received_range",
     "running_receives",
     "setup_tables",
     "tables_for",
