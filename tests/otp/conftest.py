@@ -33,6 +33,20 @@ def process_type(request: pytest.FixtureRequest) -> Iterator[str]:
         if t not in before and t.name.startswith("otp:") and t.name != "otp:timer"
     ]
     for thread in leaked:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        _join(thread, deadline)
     alive = [t.name for t in leaked if t.is_alive()]
     assert not alive, f"actor threads left running: {alive}"
+
+
+def _join(thread: threading.Thread, deadline: float) -> None:
+    """Join ``thread`` by ``deadline``. A thread is listed by ``threading.enumerate`` a moment
+    before it counts as started, and joining it then raises (a node's stop thread, started
+    as the test ended, did once): wait for the start first."""
+    while True:
+        try:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            return
+        except RuntimeError:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.001)
