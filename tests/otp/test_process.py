@@ -280,6 +280,19 @@ def test_send_request_and_wait_response() -> None:
     assert err.value.reason == "noproc"
 
 
+def test_a_cast_reply_brings_the_answer_or_the_failure_back_as_a_message() -> None:
+    """A process that must not wait on a long request gets its outcome in its mailbox: the
+    answer, or the reason the request failed (here an unknown callee), once, however many
+    times the handle is completed."""
+    collector = Echo.start()
+    answered = otp.send_request(Echo.start(), 7, otp.CastReply(collector, lambda *r: ("r", *r)))
+    otp.send_request("nobody", 1, otp.CastReply(collector, lambda *r: ("n", *r)))
+    wait_until(lambda: len(otp.call(collector, "casts")) == 2)
+    answered.reply("again")  # completed already: ignored
+    want = [("n", False, "noproc"), ("r", True, ("echo", 7))]
+    assert sorted(otp.call(collector, "casts")) == want
+
+
 def test_name_clash_fails_like_already_started_and_never_runs_init() -> None:
     events = Events()
     first = Worker.start(events, "a", name="taken")

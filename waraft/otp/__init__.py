@@ -21,6 +21,7 @@ from waraft.otp.errors import (
 from waraft.otp.node import Node, RemoteRouter
 from waraft.otp.pid import MonitorRef, Pid, Ref, RemotePid, make_ref
 from waraft.otp.process import (
+    CastReply,
     Process,
     Target,
     call,
@@ -63,6 +64,7 @@ __all__ = [
     "NOREPLY",
     "SCHEDULED",
     "THREAD",
+    "CastReply",
     "Event",
     "ExitError",
     "LocalReplyTo",

@@ -212,6 +212,24 @@ def send_request(target: Target, request: Any, from_: ReplyTo | None = None) -> 
     return handle
 
 
+class CastReply(ReplyTo):
+    """A reply handle whose outcome comes back as a message: completing it casts
+    ``wrap(ok, value)`` to ``target`` (``ok`` False: the request failed, ``value`` is the
+    reason). For a process that must not wait on a call that takes as long as the callee's
+    work does (a snapshot copied or loaded): it ``send_request``s with this handle and keeps
+    serving, and reads the answer in its mailbox, where a callee's death delivers it too."""
+
+    __slots__ = ("_target", "_wrap")
+
+    def __init__(self, target: Target, wrap: Callable[[bool, Any], Any]) -> None:
+        super().__init__()
+        self._target = target
+        self._wrap = wrap
+
+    def _complete(self, ok: bool, value: Any) -> None:
+        cast(self._target, self._wrap(ok, value))
+
+
 def wait_response(handle: ReplyTo, timeout: float | None = 5.0) -> Any:
     """Wait for a :func:`send_request` reply; raises ``ExitError`` like :func:`call`."""
     if not isinstance(handle, LocalReplyTo):

@@ -89,6 +89,7 @@ from waraft.otp.mailbox import (
     as_inbox,
 )
 from waraft.otp.messaging import (
+    CastReply,
     Target,
     call,
     cast,
@@ -119,6 +120,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NOREPLY",
+    "CastReply",
     "LocalReplyTo",
     "MonitorRef",
     "Pid",

@@ -197,21 +197,6 @@ class _Installed:
     value: Any
 
 
-class _InstallReply(otp.ReplyTo):
-    """The reply handle of an install request: completing it (storage's answer on its own
-    thread, or the failure of a storage that died) casts an ``_Installed`` to the server."""
-
-    __slots__ = ("_server", "_token")
-
-    def __init__(self, server: otp.Pid, token: otp.Ref) -> None:
-        super().__init__()
-        self._server = server
-        self._token = token
-
-    def _complete(self, ok: bool, value: Any) -> None:
-        otp.cast(self._server, _Installed(self._token, ok, value))
-
-
 def _opened_failed(effect: InstallSnapshot, result: Any) -> events.SnapshotOpened:
     """The ``SnapshotOpened`` of an install that storage refused with ``result``."""
     error = result[1] if isinstance(result, tuple) and len(result) == 2 else result
@@ -763,7 +748,8 @@ class RaftServer(otp.StateMachine):
         token = otp.make_ref()
         self._install = _PendingInstall(token, effect, temp_dir)
         request = ("open_snapshot", root, position)
-        otp.send_request(self.options.storage_name, request, _InstallReply(self.pid, token))
+        reply = otp.CastReply(self.pid, lambda ok, value: _Installed(token, ok, value))
+        otp.send_request(self.options.storage_name, request, reply)
 
     def _make_empty_snapshot(self, effect: InstallSnapshot, temp_dir: str) -> Any:
         request = ("make_empty_snapshot", temp_dir, effect.position, effect.config, effect.data)

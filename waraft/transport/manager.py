@@ -489,7 +489,8 @@ class TransportManager(otp.Process):
         # The sender goes along: the server installs only its current leader's snapshot.
         request = ("snapshot_available", info["root"], meta["position"], info["peer"])
         self._installing[transport_id] = target
-        otp.send_request(target, request, _NotifyReply(self.pid, transport_id))
+        reply = otp.CastReply(self.pid, lambda ok, value: _Notified(transport_id, ok, value))
+        otp.send_request(target, request, reply)
 
     def _notified(self, msg: _Notified) -> None:
         """The server answered (or failed) the ``snapshot_available`` of ``_received``."""
@@ -579,21 +580,6 @@ class _Notified:
     transport_id: int
     ok: bool
     value: Any
-
-
-class _NotifyReply(otp.ReplyTo):
-    """The reply handle of a ``snapshot_available`` request: completing it casts a
-    ``_Notified`` to the manager (from the server's scheduler, or from its death)."""
-
-    __slots__ = ("_manager", "_transport_id")
-
-    def __init__(self, manager: otp.Pid, transport_id: int) -> None:
-        super().__init__()
-        self._manager = manager
-        self._transport_id = transport_id
-
-    def _complete(self, ok: bool, value: Any) -> None:
-        otp.cast(self._manager, _Notified(self._transport_id, ok, value))
 
 
 def _install_target(transport_id: int, info: Info) -> tuple[str | None, Any]:

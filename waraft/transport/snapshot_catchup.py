@@ -42,6 +42,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 from waraft import otp, storage, transport
@@ -290,7 +291,7 @@ class SnapshotCatchup(otp.Process):
             options.storage_name,
             creating.witness,
             self._in_use(creating.table, creating.partition),
-            _MadeReply(self.pid, creating.key, creating.token),
+            otp.CastReply(self.pid, partial(_Made, creating.key, creating.token)),
         )
 
     def _making(self, table: str, partition: int) -> bool:
@@ -379,22 +380,6 @@ class _Made:
     token: otp.Ref
     ok: bool
     value: Any
-
-
-class _MadeReply(otp.ReplyTo):
-    """The reply handle of a snapshot request: completing it casts a ``_Made`` to the
-    coordinator (from the storage's thread, or from its death)."""
-
-    __slots__ = ("_coordinator", "_key", "_token")
-
-    def __init__(self, coordinator: otp.Pid, key: Key, token: otp.Ref) -> None:
-        super().__init__()
-        self._coordinator = coordinator
-        self._key = key
-        self._token = token
-
-    def _complete(self, ok: bool, value: Any) -> None:
-        otp.cast(self._coordinator, _Made(self._key, self._token, ok, value))
 
 
 def _made_snapshot(creating: _Creating, msg: _Made) -> tuple[LogPos, str] | None:
