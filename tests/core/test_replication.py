@@ -14,7 +14,7 @@ from waraft.core.effects import (
     StateChanged,
     TruncateLog,
 )
-from waraft.core.events import CommitBatch, HandoverRequest, Timeout
+from waraft.core.events import AdjustConfig, CommitBatch, HandoverRequest, Timeout
 from waraft.core.rpc import AppendEntries, AppendEntriesResponse
 from waraft.core.types import NOOP, NOOP_OMITTED, DurableState, Entry, LogPos, State, TimeoutKind
 
@@ -164,6 +164,32 @@ def test_witness_gets_stubbed_entries_capped_by_full_members() -> None:
     assert [e.command for e in sent.entries] == [NOOP, NOOP_OMITTED, NOOP_OMITTED]
     assert [e.term for e in sent.entries] == [2, 2, 2]
     assert node.core.next_indices["n3"] == 5
+
+
+def test_a_witness_gets_in_full_the_entries_written_while_it_was_a_data_member() -> None:
+    """A config takes effect at its index: entries at or below the demotion were written
+    while the peer held data. Stubs of them, were the demotion never committed, would stay
+    in a data replica's log as the committed writes (see the simulator test
+    ``test_a_demotion_never_committed_leaves_the_replica_its_committed_data``)."""
+    node = make_leader(members=[N1, N2, N3])
+    node.handle(commits(3), now=1)  # 3..5
+    node.handle(HEARTBEAT, now=2)
+    node.rpc(N2, AppendEntriesResponse(2, True, 5, 2), now=3)  # committed in its term
+    node.handle(AdjustConfig("op", ("demote_to_witness", N3)), now=4)  # 6
+    assert node.core.config_index() == 6 and N3 in node.core.current_config().witness
+    node.handle(commits(2, start=3), now=5)  # 7..8
+    node.handle(HEARTBEAT, now=6)
+    node.rpc(N2, AppendEntriesResponse(2, True, 8, 2), now=7)
+    node.core.next_indices["n3"] = 2
+    sent = appends_to(node.handle(HEARTBEAT, now=200), N3)[0]
+    commands = [e.command for e in sent.entries]
+    assert commands[:4] == [NOOP, ("write", 0), ("write", 1), ("write", 2)]
+    assert commands[4][0] == "config"
+    assert commands[5:] == [NOOP_OMITTED, NOOP_OMITTED]
+    # Sent from the demotion on, everything after it is stubbed.
+    node.core.next_indices["n3"] = 6
+    sent = appends_to(node.handle(HEARTBEAT, now=400), N3)[0]
+    assert [e.command for e in sent.entries][1:] == [NOOP_OMITTED, NOOP_OMITTED]
 
 
 def test_witness_follows_a_leader_that_is_the_only_data_replica() -> None:

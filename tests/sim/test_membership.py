@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.sim.helpers import check_one_leader, index_of, one, wait_applied, write
 from waraft.core.events import AdjustConfig, Promote
-from waraft.core.types import Config, State
+from waraft.core.types import NOOP_OMITTED, Config, State
 from waraft.sim import Simulation, fast_settings
 
 
@@ -243,3 +245,51 @@ def test_a_quiescent_partition_changes_its_membership_at_once() -> None:
     assert sim.core(leader).quiescent
     assert _adjust(sim, leader, "add", "n4")[0] == "ok"  # type: ignore[index]
     one(sim, write("four voters"), 4)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 5])
+def test_a_demotion_never_committed_leaves_the_replica_its_committed_data(seed: int) -> None:
+    """A lagging member is demoted to witness while the leader cannot reach the third member,
+    so the demotion is appended but never committed. The leader must go on sending the
+    lagging member the entries written while it was a data member in full: it sent stubs of
+    them, by the newest config, and once the leader died the next one knew nothing of the
+    demotion. The stubs, with the entries' index and term, stayed in the replica's log and
+    were applied as the writes: committed data silently missing on a data replica, which
+    then led and answered strong reads with not_found."""
+    settings = fast_settings(raft_max_log_entries_per_heartbeat=3, raft_quiesce_after_ms=0)
+    sim = Simulation(nodes=3, seed=seed, settings=settings)
+    sim.bootstrap()
+    leader = sim.await_leader()
+    peer, lagging = (n for n in sim.node_ids if n != leader)
+    one(sim, write("x"), 3)
+    sim.block(leader, lagging)
+    for i in range(6):
+        call = sim.submit(leader, ("write", "t", f"k{i}", i), record=True)
+        assert sim.run_until(lambda call=call: call.done) and call.result == "ok"
+    sim.block(leader, peer)  # the demotion cannot commit
+    demote = sim.call(
+        leader, lambda h: AdjustConfig(h, ("demote_to_witness", sim.identity(lagging)), None)
+    )
+    assert sim.run_until(lambda: demote.done, 1000) and demote.result[0] == "ok"
+    demote_index = demote.result[1].index
+    sim.heal()
+    sim.block(leader, peer)
+    start = sim.nodes[lagging].log.last_index()
+    assert sim.run_until(lambda: sim.nodes[lagging].log.last_index() > start, 2000)
+    log = sim.nodes[lagging].log
+    held = [log.get(i) for i in range(start + 1, min(log.last_index(), demote_index) + 1)]
+    assert held and all(e is not None and e.command != NOOP_OMITTED for e in held)
+    sim.crash(leader)  # the demotion dies with it
+    sim.heal()
+    sim.await_leader(among=[peer, lagging])
+    one(sim, write("after"), 2)
+    sim.run_for(2000)
+    assert not sim.core(lagging).is_self_witness()
+    if sim.leader() != lagging:
+        assert sim.handover(sim.leader(), lagging) == ("ok", lagging)
+        sim.run_for(2000)
+    assert sim.leader() == lagging
+    assert sim.nodes[lagging].storage.machine.data.get("k0") == 0
+    read = sim.read(lagging, ("read", "t", "k0"), record=True)
+    assert sim.run_until(lambda: read.done) and read.result == ("ok", 0)
+    assert sim.check_linearizable().ok

@@ -7,8 +7,9 @@ index moves past the sent entries at once, and a follower's failure response res
 
 Deviations from WARaft: an append response no longer replaces a pending batch timeout with
 the heartbeat timeout (``maybe_heartbeat``), it tops a lagging peer up between rounds
-(``catch_up``), and a leader that is the only full member replicates to witnesses
-(``_witness_limit``).
+(``catch_up``), a leader that is the only full member replicates to witnesses
+(``_witness_limit``), and a witness is sent stubs only of the entries after the config that
+made it one (``_for_witness``).
 """
 
 from __future__ import annotations
@@ -98,9 +99,8 @@ def replicate_to_peer(core: Replica, peer: Identity, cfg: Config, quiesce: bool 
         entries = []
     elif peer in cfg.witness:
         cap = min(max_entries, max(0, _witness_limit(core, cfg, last) - next_index + 1))
-        entries = config.stub_entries_for_witness(
-            log.entries(next_index, last, cap, max_bytes) if cap > 0 else []
-        )
+        raw = log.entries(next_index, last, cap, max_bytes) if cap > 0 else []
+        entries = _for_witness(core, peer, next_index, raw)
     else:
         entries = log.entries(next_index, last, max_entries, max_bytes)
     trim_index = _member_floor(core, cfg, last)
@@ -190,6 +190,35 @@ def _witness_limit(core: Replica, cfg: Config, last: int) -> int:
     if not any(p != self_id and p not in witness for p in cfg.membership):
         return last
     return config.full_member_max(core.match_indices, 0, cfg)
+
+
+def _for_witness(core: Replica, peer: Identity, first: int, entries: list[Entry]) -> list[Entry]:
+    """What witness ``peer`` is sent of ``entries`` (the first at index ``first``): a stub of
+    each entry at which the config in force makes ``peer`` a witness, the entry itself
+    elsewhere.
+
+    A config takes effect when appended, and only for the entries after it: an entry at or
+    below the config that made ``peer`` a witness was written while it was a data member. Had
+    it a stub of such an entry, and that config were never committed (a leader dying with it),
+    the next leader would know ``peer`` as a data member, and the stub, having the entry's
+    index and term, would stay in ``peer``'s log and be applied as the entry: committed data
+    missing on a data replica. WARaft stubs by the newest config whatever the entry's index.
+    The config in force below the newest config is known here only from the config entries
+    sent with it; where it is not, the entry goes whole (a witness skips a command's data).
+    """
+    newest = core.config_index()
+    if first > newest:
+        return config.stub_entries_for_witness(entries)
+    out: list[Entry] = []
+    witness = False  # whether the config in force, as far as known, makes peer a witness
+    for index, entry in enumerate(entries, first):
+        command = entry.command
+        if type(command) is tuple and is_config_command(command):
+            witness = peer in command[1].witness
+        elif (index > newest or witness) and command is not None:
+            entry = entry._replace(command=config.stub_command(entry.key, command))
+        out.append(entry)
+    return out
 
 
 def _member_floor(core: Replica, cfg: Config, self_value: int) -> int:

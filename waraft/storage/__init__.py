@@ -574,6 +574,16 @@ class StorageServer(otp.Process):
         self.config: tuple[LogPos, Config] | None = found
         self.witness = found is not None and self.self_id in found[1].witness
 
+    def _holds_data(self) -> bool:
+        """Whether the applied config makes this replica a data replica. Such a replica must
+        not apply a top-level ``noop_omitted``: that is a witness's stub of an entry whose
+        data it lacks (a leader stubbed it by a config never committed), and applied it
+        would leave the committed write out of this replica's data, silently. It waits for
+        a snapshot instead (``_await_data``), as for a config making a witness a data
+        replica."""
+        found = self.config
+        return found is not None and is_data_replica(self.self_id, found[1])
+
     # -- applying -------------------------------------------------------------------------------
 
     def handle_cast(self, msg: Any) -> None:
@@ -786,6 +796,11 @@ class StorageServer(otp.Process):
             command = entry.command
             if command is None:
                 raise OutOfOrderApply(f"storage {self.name} got the base entry at {index}")
+            if command == NOOP_OMITTED and self._holds_data():
+                self._apply_chunk(chunk, replies)
+                raise InvalidIncompleteReplica(
+                    self.self_id, f"holds a witness's stub of committed entry {index}"
+                )
             if is_config_command(command) or (self.witness and command != NOOP):
                 self._apply_chunk(chunk, replies)
                 result = self._apply_special(command, position, entry.label)

@@ -172,8 +172,8 @@ class InvalidIncompleteReplica(StorageError):
 
     reason: Final = "invalid_incomplete_replica"
 
-    def __init__(self, identity: Identity) -> None:
-        super().__init__(f"invalid_incomplete_replica: {identity} holds incomplete data")
+    def __init__(self, identity: Identity, detail: str = "holds incomplete data") -> None:
+        super().__init__(f"invalid_incomplete_replica: {identity} {detail}")
         self.identity = identity
 
 
