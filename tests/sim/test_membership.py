@@ -293,3 +293,27 @@ def test_a_demotion_never_committed_leaves_the_replica_its_committed_data(seed: 
     read = sim.read(lagging, ("read", "t", "k0"), record=True)
     assert sim.run_until(lambda: read.done) and read.result == ("ok", 0)
     assert sim.check_linearizable().ok
+
+
+def test_a_witness_made_a_data_member_again_gets_the_data_before_it_serves() -> None:
+    """demote_to_witness, a write, remove_witness, add: the replica's storage lacks the
+    write. As the real storage does (check_config), the simulated one refuses the config
+    making it a data replica and waits for a snapshot; it went on applying without the data,
+    then led and answered not_found for a committed write."""
+    sim, leader = _cluster(3, ["n1", "n2", "n3"], 1)
+    node = [n for n in sim.node_ids if n != leader][1]
+    for verb, after in (("demote_to_witness", "k0"), ("remove_witness", "k1"), ("add", "k2")):
+        assert _adjust(sim, leader, verb, node)[0] == "ok"  # type: ignore[index]
+        _wait_config_applied(sim, leader)
+        call = sim.submit(leader, ("write", "t", after, verb), record=True)
+        assert sim.run_until(lambda call=call: call.done, 3000) and call.result == "ok"
+    sim.run_for(3000)
+    storage = sim.nodes[node].storage
+    assert sim.state(node) is State.FOLLOWER and not storage.incomplete
+    assert storage.machine.read(("read", "t", "k0")) == ("ok", "demote_to_witness")
+    sim.check_replicas()
+    assert sim.handover(leader, node) == ("ok", node)
+    sim.run_for(2000)
+    read = sim.read(node, ("read", "t", "k0"), record=True)
+    assert sim.run_until(lambda: read.done) and read.result == ("ok", "demote_to_witness")
+    assert sim.check_linearizable().ok

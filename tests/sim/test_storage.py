@@ -20,12 +20,16 @@ class Host:
     def __init__(self) -> None:
         self.replies: list[tuple[Any, Any, Any, bool]] = []
         self.applied: list[int] = []
+        self.incomplete: list[str] = []
 
     def storage_reply(self, to: Any, value: Any, *, commit: Priority | None, read: bool) -> None:
         self.replies.append((to, value, commit, read))
 
     def storage_applied(self, index: int, entry: Entry, witness: bool) -> None:
         self.applied.append(index)
+
+    def storage_incomplete(self, reason: str) -> None:
+        self.incomplete.append(reason)
 
 
 def _storage() -> tuple[SimStorage, Host]:
@@ -92,6 +96,45 @@ def test_witness_skips_users_commands() -> None:
     assert storage2.incomplete
 
 
+def test_an_incomplete_replica_made_a_data_replica_waits_for_a_snapshot() -> None:
+    """The real storage's check_config: a witness's storage (incomplete) refuses the config
+    that makes it a data replica, applies nothing more and says so; the simulated one went
+    on applying with the data missing, so the replica could lead and read not_found."""
+    storage, host = _storage()
+    storage.enqueue_apply(
+        [_item(1, 1, ("config", WITNESS_CONFIG)), _item(2, 1, ("write", "t", "x", 1))]
+    )
+    storage.enqueue_apply([_item(3, 1, ("config", CONFIG)), _item(4, 1, ("write", "t", "y", 2))])
+    _drain(storage)
+    assert storage.incomplete and storage.position == LogPos(2, 1)
+    assert storage.config == (1, WITNESS_CONFIG) and host.applied == [1, 2]
+    assert len(host.incomplete) == 1 and storage.apply_queue_size() == 0
+    # A witness snapshot does not bring the data; a full one does.
+    source, _ = _storage()
+    source.enqueue_apply([_item(1, 1, ("config", CONFIG)), _item(2, 1, ("write", "t", "x", 1))])
+    source.enqueue_apply([_item(3, 1, ("write", "t", "y", 2))])
+    _drain(source)
+    witness_snap = source.create_snapshot(witness=True)
+    assert storage.open_snapshot(witness_snap, LogPos(3, 1)) == "invalid_incomplete_replica"
+    assert storage.position == LogPos(2, 1) and storage.awaiting_data is not None
+    assert storage.open_snapshot(source.create_snapshot(), LogPos(3, 1)) is None
+    assert storage.awaiting_data is None and storage.is_data_replica()
+    storage.enqueue_apply([_item(4, 1, ("write", "t", "z", 3))])
+    _drain(storage)
+    assert storage.position == LogPos(4, 1) and storage.machine.read(("read", "t", "y")) == (
+        "ok",
+        2,
+    )
+
+
+def test_a_data_replica_refuses_a_witness_stub() -> None:
+    storage, host = _storage()
+    storage.enqueue_apply([_item(1, 1, ("config", CONFIG)), _item(2, 1, NOOP_OMITTED)])
+    _drain(storage)
+    assert storage.position == LogPos(1, 1) and not storage.incomplete
+    assert host.incomplete and "stub of committed entry 2" in host.incomplete[0]
+
+
 def test_snapshots_round_trip_and_check_the_position() -> None:
     storage, _ = _storage()
     storage.enqueue_apply([_item(1, 1, ("config", CONFIG)), _item(2, 1, ("write", "t", "x", 7))])
@@ -111,8 +154,10 @@ def test_snapshots_round_trip_and_check_the_position() -> None:
     assert storage.state_digest() == snap.digest  # the state, not the commands that made it
     assert other.machine.read(("read", "t", "x")) == ("ok", 7)
     witness_snap = storage.create_snapshot(witness=True)
-    third, _ = _storage()
-    third.open_snapshot(witness_snap, witness_snap.position)
+    # Not for a replica the snapshot's config makes a data replica (see below).
+    assert other.open_snapshot(witness_snap, witness_snap.position) == "invalid_incomplete_replica"
+    third = SimStorage(Identity("s", "b"), KVStateMachine, Host(), lambda: 3, lambda: 10**9)
+    assert third.open_snapshot(witness_snap, witness_snap.position) is None
     assert third.incomplete and third.machine.read(("read", "t", "x")) == "not_found"
 
 

@@ -49,6 +49,7 @@ from waraft.core.events import (
     NotifyComplete,
     ReadBatch,
     SnapshotOpened,
+    StorageIncomplete,
     Timeout,
 )
 from waraft.core.replica import BOOTSTRAP_TERM
@@ -615,6 +616,20 @@ class SimNode:
         elif commit is not None:
             self._release(to, commit)
         self.sim.reply(to, value)
+
+    def storage_incomplete(self, reason: str) -> None:
+        self.sim.clock.schedule(
+            0,
+            self._storage_incomplete,
+            self.incarnation,
+            reason,
+            target=self.id,
+            label="storage_incomplete",
+        )
+
+    def _storage_incomplete(self, incarnation: int, reason: str) -> None:
+        if incarnation == self.incarnation and self.up:
+            self.handle(StorageIncomplete(reason))
 
     def storage_applied(self, index: int, entry: Entry, witness: bool) -> None:
         storage = self.storage

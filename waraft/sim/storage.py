@@ -9,7 +9,11 @@ configurable delay (``SimStorage.drain``).
 
 Raft commands are handled here, as WARaft's storage server does: ``noop`` and ``noop_omitted``
 only advance the position, ``(CONFIG, Config)`` updates the config (result ``("ok", LogPos)``),
-and a witness skips users' commands. Everything else goes to the state machine, through the
+and a witness skips users' commands. As the real storage actor, it refuses to go on with
+missing data: a config making a replica whose data is a witness's (``incomplete``) a data
+replica, or a witness's stub (``noop_omitted``) reaching a data replica, is not applied; the
+replica applies nothing more and its core goes ``stalled`` (``StorageHost.storage_incomplete``)
+until a snapshot brings the data. Everything else goes to the state machine, through the
 exactly-once session table (``waraft.core.sessions``, as the real storage actor does): a
 ``("$session", ...)`` command registers or closes a session, or applies its inner command once
 per ``(session, seq)`` and answers a retry with the recorded result. The table is part of
@@ -24,9 +28,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from waraft.core.config import is_data_replica
 from waraft.core.effects import ApplyItem
 from waraft.core.sessions import Apply, Done, SessionTable
-from waraft.core.types import NOOP, NOOP_OMITTED, Config, Entry, Identity, LogPos, Priority
+from waraft.core.types import (
+    NOOP,
+    NOOP_OMITTED,
+    Config,
+    Entry,
+    Identity,
+    LogPos,
+    Priority,
+    is_config_command,
+)
 from waraft.sim.log import approx_size
 from waraft.sim.machine import StateMachine
 
@@ -58,6 +72,10 @@ class StorageHost(Protocol):
     def storage_applied(self, index: int, entry: Entry, witness: bool) -> None:
         """An entry was applied (for the invariant checker)."""
 
+    def storage_incomplete(self, reason: str) -> None:
+        """Storage lacks data the applied log says this replica holds: it applies nothing
+        more until a snapshot is loaded (the core should go ``stalled``)."""
+
 
 class SimStorage:
     """Simulated storage; also the node's ``QueueView`` (the apply-queue counters)."""
@@ -80,7 +98,8 @@ class SimStorage:
         self.config: tuple[int, Config] | None = None
         self.label: Any = None
         self.witness = False
-        self.incomplete = False  # a witness snapshot was loaded: data is not trustworthy
+        self.incomplete = False  # holds a witness's data: a stub, a skipped command, a snapshot
+        self.awaiting_data: str | None = None  # see _lacks_data_for
         self.sessions = SessionTable()
         self.tasks: deque[tuple[Any, ...]] = deque()
         self.apply_count = 0
@@ -105,7 +124,15 @@ class SimStorage:
         return len(self._reads)
 
     def is_data_replica(self) -> bool:
-        return not self.witness and not self.incomplete
+        """Whether this replica's state is compared with the others': not a witness, and
+        complete unless its config makes it a data replica all the same (which the checks
+        in ``apply_item`` and ``open_snapshot`` prevent: compared, a gap shows)."""
+        return not self.witness and (not self.incomplete or self._holds_data())
+
+    def _holds_data(self) -> bool:
+        """Whether the applied config makes this replica a data replica."""
+        config = self.config
+        return config is not None and is_data_replica(self.identity, config[1])
 
     def lose_volatile(self) -> None:
         """A crash: the queues go (data, position and config survive in durable storage)."""
@@ -113,6 +140,7 @@ class SimStorage:
         self.apply_count = 0
         self.apply_bytes = 0
         self._reads.clear()
+        self.awaiting_data = None  # the replay after a restart meets the same entry again
 
     def wipe(self) -> None:
         """A crash with volatile storage: everything goes."""
@@ -160,6 +188,8 @@ class SimStorage:
         """Apply one committed entry (WARaft's ``storage apply`` handling)."""
         self.apply_count -= 1
         self.apply_bytes -= size
+        if self.awaiting_data is not None:
+            return  # applied by the snapshot it waits for
         index, entry = item.index, item.entry
         position = self.position
         if index == position.index:
@@ -175,6 +205,8 @@ class SimStorage:
         result: Any
         if command is None:
             raise StorageError(f"{self.identity.node}: apply of the base entry at {index}")
+        if self._lacks_data_for(index, command):
+            return
         if isinstance(command, tuple) and len(command) == 2 and command[0] == "config":
             self._set_config((index, command[1]))
             result = ("ok", new_position)
@@ -183,6 +215,7 @@ class SimStorage:
                 self.incomplete = True
             result = "ok"
         elif self.witness:
+            self.incomplete = True  # as the real storage's first skipped entry makes it
             result = "ok"
         else:
             decision = self.sessions.begin(command, index)
@@ -202,6 +235,24 @@ class SimStorage:
         if item.reply_to is not None:
             self.host.storage_reply(item.reply_to, result, commit=item.priority, read=False)
         self._serve_reads()
+
+    def _lacks_data_for(self, index: int, command: Any) -> bool:
+        """The real storage's ``check_config`` and its refusal of a stub on a data replica:
+        True (and waiting for a snapshot) when applying ``command`` would make this replica
+        a data replica missing data."""
+        if command == NOOP_OMITTED and self._holds_data():
+            reason = f"holds a witness's stub of committed entry {index}"
+        elif (
+            is_config_command(command)
+            and self.incomplete
+            and is_data_replica(self.identity, command[1])
+        ):
+            reason = "holds incomplete data"
+        else:
+            return False
+        self.awaiting_data = reason
+        self.host.storage_incomplete(f"invalid_incomplete_replica: {reason}")
+        return True
 
     def _serve_reads(self) -> None:
         reads = self._reads
@@ -253,6 +304,13 @@ class SimStorage:
         """Load ``snapshot``; returns ``None`` or an error reason (state unchanged on error)."""
         if snapshot.position != expected:
             return "bad_position"
+        if (
+            snapshot.witness
+            and snapshot.config is not None
+            and is_data_replica(self.identity, snapshot.config[1])
+        ):
+            return "invalid_incomplete_replica"
+        self.awaiting_data = None
         self.position = snapshot.position
         self._set_config(snapshot.config)
         self.label = snapshot.label
