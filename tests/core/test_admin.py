@@ -24,8 +24,8 @@ from waraft.core.events import (
     Timeout,
     TriggerElection,
 )
-from waraft.core.rpc import MAX_TERM, AppendEntries, AppendEntriesResponse
-from waraft.core.types import DurableState, LogPos, State, TimeoutKind
+from waraft.core.rpc import MAX_TERM, AppendEntries, AppendEntriesResponse, RequestVote, Vote
+from waraft.core.types import DurableState, ElectionType, LogPos, State, TimeoutKind
 
 from .fakes import Node, ident, ids, make_leader, make_node, open_snapshot, settings
 
@@ -301,15 +301,54 @@ def test_promote_in_stalled_without_config_is_invalid() -> None:
     assert node.handle(TriggerElection("op")) == [Reply("op", ("error", "invalid_state"))]
 
 
-def test_promote_follower_to_a_later_term() -> None:
+def test_forced_promote_takes_a_later_term_without_votes() -> None:
     node = make_node(2, term=3)
-    fx = node.handle(Promote("op", "next"), now=5)
+    fx = node.handle(Promote("op", "next", True), now=5)
     assert node.state is State.LEADER
     assert node.core.current_term == 4 and node.core.voted_for == "n2"
     assert fx.index(PersistState(DurableState(4, "n2", None))) < fx.index(
         StateChanged(State.FOLLOWER, State.LEADER)
     )
     assert fx[-1] == Reply("op", "ok")
+
+
+def _vote_requests(fx: list[object]) -> list[RequestVote]:
+    return [e.rpc.payload for e in fx if isinstance(e, Send) and e.rpc.payload != Vote(True)]
+
+
+def test_promote_without_force_runs_a_forced_election_answered_when_won() -> None:
+    """A review promoted a replica whose log was behind: it led with it, and the up-to-date
+    members disabled themselves. Without force, promote is an election the votes decide."""
+    node = make_node(2, term=3, settings=settings(raft_election_pre_vote=True))
+    fx = node.handle(Promote("op", "next"), now=5)
+    assert node.state is State.CANDIDATE and node.core.current_term == 4
+    assert node.core.voted_for == "n2"  # its own vote, as any candidate's
+    # forced: no pre-vote, and the followers' leader stickiness does not refuse it
+    assert _vote_requests(fx) == [RequestVote(ElectionType.FORCE, 1, 1)] * 2
+    assert not node.of(Reply, fx)  # answered when the election ends
+    fx = node.rpc(N1, Vote(True), now=6)
+    assert node.state is State.LEADER
+    assert Reply("op", "ok") in fx
+
+
+def test_promote_without_force_answers_a_lost_election() -> None:
+    node = make_node(2, term=3)
+    node.handle(Promote("op", "next"))
+    node.rpc(N1, Vote(False))
+    fx = node.rpc(N3, Vote(False))
+    assert node.state is State.FOLLOWER
+    assert node.of(Reply, fx) == [Reply("op", ("error", "election_lost"))]
+    # undecided until the election timeout: not elected
+    node = make_node(2, term=3)
+    node.handle(Promote("op2", "next"))
+    fx = node.fire()
+    assert node.of(Reply, fx) == [Reply("op2", ("error", "not_elected"))]
+    # a newer term ends it too
+    node = make_node(2, term=3)
+    node.handle(Promote("op3", "next"))
+    fx = node.rpc(N1, AppendEntries(1, 1, [], 1, 0), term=9)
+    assert node.state is State.FOLLOWER
+    assert node.of(Reply, fx) == [Reply("op3", ("error", "not_elected"))]
 
 
 @pytest.mark.parametrize(
@@ -325,11 +364,20 @@ def test_promote_follower_to_a_later_term() -> None:
 )
 def test_promote_terms(term: object, expected: str | None) -> None:
     node = make_node(2, term=3)
-    fx = node.handle(Promote("op", term))
+    fx = node.handle(Promote("op", term, True))
     if expected is None:
         assert fx[-1] == Reply("op", "ok")
     else:
         assert fx == [Reply("op", ("error", expected))]
+
+
+@pytest.mark.parametrize(("term", "election_term"), [("current", 4), ("next", 4), (7, 7)])
+def test_promote_without_force_elects_at_the_requested_term(
+    term: object, election_term: int
+) -> None:
+    node = make_node(2, term=3)
+    node.handle(Promote("op", term))
+    assert node.state is State.CANDIDATE and node.core.current_term == election_term
 
 
 def test_promote_refusals() -> None:
@@ -340,7 +388,8 @@ def test_promote_refusals() -> None:
     ]  # this term already has a leader
     assert follower.handle(Promote("op", "next"), now=1001) == [Reply("op", ("error", "rejected"))]
     grace = follower.core.settings.raft_promotion_grace_period_secs * 1000
-    assert follower.handle(Promote("op", "next"), now=1000 + grace)[-1] == Reply("op", "ok")
+    follower.handle(Promote("op", "next"), now=1000 + grace)
+    assert follower.state is State.CANDIDATE
 
     ineligible = make_node(2, settings=settings(raft_leader_eligible=False))
     assert ineligible.handle(Promote("op", "next")) == [Reply("op", ("error", "ineligible"))]
@@ -383,7 +432,7 @@ def test_promote_with_config_on_a_live_replica() -> None:
         Reply("op", ("error", "already_bootstrapped"))
     ]
     same = node.core.current_config()
-    assert node.handle(Promote("op", "next", False, same))[-1] == Reply("op", "ok")
+    assert node.handle(Promote("op", "next", True, same))[-1] == Reply("op", "ok")
 
 
 # -- trigger_election / resign ---------------------------------------------------------------

@@ -400,6 +400,51 @@ def test_trigger_election_and_promote() -> None:
     one(sim, write("promoted"), 3)
 
 
+def _up_to_date(sim: Simulation, stale: str) -> list[str]:
+    return [n for n in sim.node_ids if n != stale]
+
+
+def test_promote_without_force_of_a_stale_replica_is_refused_by_the_votes() -> None:
+    """A review promoted a replica restarted behind the others (it had heard no leader
+    since, so no grace period held it back): it led with its stale log, and the up-to-date
+    members disabled themselves rather than drop committed entries (the simulator's
+    leader-completeness check fails). Without force, promote is a forced election, which a
+    log that is behind loses; the partition goes on under an up-to-date leader."""
+    sim = _sim(3, 7)
+    leader = check_one_leader(sim, sim.node_ids)
+    stale = next(n for n in sim.node_ids if n != leader)
+    sim.crash(stale)
+    for i in range(5):
+        one(sim, write(i), 2)
+    sim.restart(stale)
+    assert sim.core(stale).last_quorum_ts is None
+    # lost (the votes refused it), or not decided before an up-to-date member's election
+    assert sim.promote(stale, "next") in (("error", "election_lost"), ("error", "not_elected"))
+    assert check_one_leader(sim, sim.node_ids) != stale
+    one(sim, write("after"), 3)
+    assert not any(sim.state(n) is State.DISABLED for n in sim.node_ids)
+
+
+def test_promote_without_force_never_makes_a_second_leader_of_a_term() -> None:
+    """With pre-vote, a cut-off replica's term stays behind: promote("next") self-appointed
+    it at the term the majority had just elected a leader in (two leaders of one term,
+    the simulator's log-matching check failed). Its election there is refused (everyone
+    voted in that term), or, cut off, times out."""
+    sim = _sim(3, 7, settings=fast_settings(raft_election_pre_vote=True))
+    leader = check_one_leader(sim, sim.node_ids)
+    one(sim, write("a"), 3)
+    stale = [n for n in sim.node_ids if n != leader][1]
+    sim.isolate(stale)
+    assert sim.resign(leader) == "ok"
+    check_one_leader(sim, _up_to_date(sim, stale))
+    one(sim, write("b"), 2)
+    sim.run_for(2500)
+    assert sim.promote(stale, "next") == ("error", "not_elected")
+    sim.heal()
+    check_one_leader(sim, sim.node_ids)
+    one(sim, write("c"), 3)
+
+
 def test_a_candidates_read_past_the_next_terms_first_index_holds_no_read_slot() -> None:
     """A buffered read whose minimum index no leader's log would reach held one of the
     node's read slots for as long as the candidate went on to lead."""

@@ -165,10 +165,18 @@ class Helpers:
     # -- admin -----------------------------------------------------------------------------------
 
     def promote(self, partition: int = 1, node: str | None = None, force: bool = False) -> Any:
-        """Make ``node`` (default: the target) leader of ``partition`` without an election."""
+        """Make ``node`` (default: the target) leader of ``partition``, at the next term.
+
+        Without ``force`` it runs an election the votes decide (forced: no pre-vote, no
+        leader stickiness), so a replica whose log is behind is refused; ``"ok"`` once it
+        won. ``force=True`` is WARaft's override: leader without votes, nothing checked about
+        its log; on a replica that is behind it loses committed data. What it did is said
+        on stderr, the answer returned."""
         from waraft.partition import server
 
-        return self._on(server.promote, partition, node, "next", force)
+        answer = self._on(server.promote, partition, node, "next", force)
+        print(promote_note(answer, force), file=sys.stderr)
+        return answer
 
     def trigger_election(self, partition: int = 1, node: str | None = None) -> Any:
         """Start an election on ``node`` for ``partition``."""
@@ -377,6 +385,30 @@ def namespace(helpers: Helpers) -> dict[str, Any]:
         ns[name] = getattr(helpers, name)
     ns["banner"] = lambda: print(banner(helpers))
     return ns
+
+
+_PROMOTE_REFUSALS: Final = {
+    "election_lost": "a majority refused its vote (its log is behind, or they voted for "
+    "another in that term)",
+    "not_elected": "its election ended undecided (members unreachable) or another leader "
+    "came first",
+    "rejected": "a leader was heard within raft_promotion_grace_period_secs (move "
+    "leadership with handover)",
+}
+
+
+def promote_note(answer: Any, force: bool) -> str:
+    """One line on what ``promote`` did, for the shell user."""
+    if answer == "ok":
+        if force:
+            return (
+                "promote: leader without votes (force): committed entries its log lacks are "
+                "lost, and up-to-date replicas may disable themselves"
+            )
+        return "promote: won an election; it leads the partition"
+    reason = answer[1] if isinstance(answer, tuple) and len(answer) == 2 else answer
+    why = _PROMOTE_REFUSALS.get(reason) if isinstance(reason, str) else None
+    return f"promote: not leader: {why or reason}"
 
 
 HELP: Final = """\

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from waraft.core import replication, snapshot, terms
-from waraft.core.config import bootstrap_refusal, normalize_config
+from waraft.core.config import bootstrap_refusal, find_member_majority, normalize_config
 from waraft.core.effects import InstallSnapshot
 from waraft.core.events import (
     AdjustConfig,
@@ -35,7 +35,7 @@ from waraft.core.events import (
 )
 from waraft.core.log import approx_command_size
 from waraft.core.rpc import MAX_TERM
-from waraft.core.types import Config, LogPos, Priority, State, error
+from waraft.core.types import Config, ElectionType, LogPos, Priority, State, error
 
 if TYPE_CHECKING:
     from waraft.core.replica import Replica
@@ -176,23 +176,69 @@ def trigger_election(core: Replica, event: TriggerElection) -> None:
 
 
 def promote(core: Replica, from_: Any, term_or_offset: TermOrOffset, force: bool) -> None:
-    """Administrative override: become leader of ``term`` without an election."""
+    """Make this replica leader of ``term`` (the caller's choice of term, as in WARaft).
+
+    With ``force`` it is WARaft's administrative override: it appoints itself leader of
+    ``term`` with no votes and nothing checked about its log. It can lose data: a replica
+    that lags (restarted, or cut off) leads with a shorter log, and the up-to-date members
+    disable themselves rather than drop committed entries; and a term a majority already
+    used gets a second leader.
+
+    Without ``force`` (deviation from WARaft, whose promote self-appoints either way) it runs
+    a forced election (``promote_by_election``), so the votes decide as in any election.
+    """
     term = resolve_term(core, term_or_offset)
     reason = _promote_refusal(core, term, force)
     if reason is not None:
         core.reply(from_, error(reason))
         return
     assert term is not None
-    core.log_notice("promotes itself to leader of term %d", term)
+    if not force:
+        promote_by_election(core, from_, term)
+        return
+    core.log_notice("promotes itself to leader of term %d without votes (forced)", term)
     if term > core.current_term:
         terms.advance_term(core, term, core.node)
-    if force:
-        # No votes were collected: give check-quorum a full grace period from now, and do not
-        # let replies from an earlier tenure stand in for a fresh quorum.
-        core.last_quorum_ts = core.now
-        core.heartbeat_reply_ts = {}
+    # No votes were collected: give check-quorum a full grace period from now, and do not
+    # let replies from an earlier tenure stand in for a fresh quorum.
+    core.last_quorum_ts = core.now
+    core.heartbeat_reply_ts = {}
     core.goto(State.LEADER)
     core.reply(from_, "ok")
+
+
+def promote_by_election(core: Replica, from_: Any, term: int) -> None:
+    """A promote without ``force``: a forced election at ``term`` (or the next term when
+    ``term`` is the current one), answered when it ends (``settle_promotion``).
+
+    A review promoted a restarted replica whose log was behind: it led with its stale log,
+    and the up-to-date members disabled themselves; promoted at the term a majority had just
+    used, it was a second leader of that term. An election has neither flaw: a vote is
+    granted only to a log at least as up to date, and one vote per term. The forced type
+    skips pre-vote and leader stickiness, as a handover's election does: the grace period
+    (``_promote_refusal``) already said no leader is alive."""
+    if term > core.current_term + 1:
+        terms.advance_term(core, term - 1, None)  # the election moves to ``term``
+    core.log_notice("runs a forced election for a promote")
+    core.next_election_type = ElectionType.FORCE
+    core.goto(State.CANDIDATE)
+    core.promotion = from_
+
+
+def settle_promotion(core: Replica, state: State) -> None:
+    """Answer a pending ``promote_by_election`` as this replica enters ``state``: ``"ok"``
+    if it won (``leader``), else ``("error", "election_lost")`` if a majority refused its
+    vote (its log is behind, or they voted for another) or ``("error", "not_elected")``
+    (the election timed out, or another leader or a newer term came first)."""
+    waiter = core.promotion
+    if waiter is None:
+        return
+    core.promotion = None
+    if state is State.LEADER:
+        core.reply(waiter, "ok")
+        return
+    lost = find_member_majority(core.votes, core.current_config()) is False
+    core.reply(waiter, error("election_lost" if lost else "not_elected"))
 
 
 def _promote_refusal(core: Replica, term: int | None, force: bool) -> str | None:
@@ -212,6 +258,9 @@ def _promote_refusal(core: Replica, term: int | None, force: bool) -> str | None
         # A replica removed from the partition (it may not know yet) would lead nobody:
         # the members drop a non-member's RPCs, and clients routed to it time out.
         return "not_a_member"
+    # The grace period keeps an election (``promote_by_election``) from deposing a live
+    # leader; a replica that heard none since it started has nothing to wait for, since the
+    # votes protect the log. The forced override checks nothing.
     if force or core.last_quorum_ts is None:
         return None
     grace_ms = core.settings.raft_promotion_grace_period_secs * 1000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from waraft.core import commit, replication
+from waraft.core import admin, commit, replication
 from waraft.core.types import State
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ def enter_state(core: Replica, state: State) -> None:
     them for the leadership it just won); every other state fails them with ``not_leader``.
     """
     core.state_start_ts = core.now
+    admin.settle_promotion(core, state)  # a promote's election ends with leaving candidate
     if state is State.LEADER:
         core.leader = core.self_id
     elif core.leader == core.self_id:

@@ -74,7 +74,8 @@ class Bootstrap:
 
 @dataclass(frozen=True, slots=True)
 class Promote:
-    """Administrative promotion to leader without an election (digest §2.14).
+    """Administrative promotion to leader (digest §2.14): with ``force``, WARaft's
+    self-appointment without votes; without, a forced election (``admin.promote``).
 
     ``config`` supports the older README's ``promote(name, term, force, config)`` on a stalled,
     empty replica: the config is installed first (as a bootstrap would) and then promoted.

@@ -122,6 +122,8 @@ class Replica:
         self.pre_vote_ref: int | None = None
         self.pre_votes: dict[str, bool] = {}
         self.next_election_type = ElectionType.NORMAL
+        # The caller of a promote without force, answered when its election ends.
+        self.promotion: Any = None
         # leader (pending lists are kept in arrival order)
         self.pending_high: list[tuple[Any, tuple[Any, Any]]] = []
         self.pending_low: list[tuple[Any, tuple[Any, Any]]] = []

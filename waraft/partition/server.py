@@ -1333,7 +1333,9 @@ def promote(
     force: bool = False,
     config: Config | None = None,
 ) -> Any:
-    """Make the replica leader without an election (an administrative override).
+    """Make the replica leader of ``term_or_offset``: with ``force``, WARaft's override
+    (leader without votes; it can lose data if the replica is behind); without, a forced
+    election, answered ``"ok"`` once won, else ``("error", "election_lost" | "not_elected")``.
 
     The older README's form ``promote(name, term, force, config)`` bootstraps a stalled, empty
     replica with ``config`` first.
