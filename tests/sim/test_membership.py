@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.sim.helpers import check_one_leader, index_of, one, wait_applied, write
-from waraft.core.events import AdjustConfig, Promote
+from waraft.core.events import AdjustConfig, HandoverRequest, Promote
 from waraft.core.types import NOOP_OMITTED, Config, State
 from waraft.sim import Simulation, fast_settings
 
@@ -317,3 +317,21 @@ def test_a_witness_made_a_data_member_again_gets_the_data_before_it_serves() -> 
     read = sim.read(node, ("read", "t", "k0"), record=True)
     assert sim.run_until(lambda: read.done) and read.result == ("ok", "demote_to_witness")
     assert sim.check_linearizable().ok
+
+
+def test_a_change_during_a_handover_is_redirected_to_the_successor() -> None:
+    """A change asked of a leader handing over was answered ``("ok", LogPos)``, appended
+    after the successor got its entries, and dropped when the successor won. It is now
+    refused as commits are, with a redirect to the successor; asked again there, it holds."""
+    sim, leader = _cluster(4, ["n1", "n2", "n3"], 3)
+    successor = next(n for n in ("n1", "n2", "n3") if n != leader)
+    handover = sim.call(leader, lambda h: HandoverRequest(h, successor), "handover")
+    action = ("add_participant", sim.identity("n4"))
+    change = sim.call(leader, lambda h: AdjustConfig(h, action, None), "adjust")
+    assert sim.run_until(lambda: handover.done and change.done, 2000)
+    assert handover.result == ("ok", successor)
+    assert change.result == ("error", ("notify_redirect", successor))
+    assert check_one_leader(sim, ["n1", "n2", "n3"]) == successor
+    assert sim.adjust_config(successor, action)[0] == "ok"
+    _wait_config_applied(sim, successor)
+    assert sim.identity("n4") in _config(sim, successor).participants

@@ -227,7 +227,8 @@ class Helpers:
         ``remove_witness``, ``remove_membership``, ``demote_to_witness``) for ``node`` (a
         node id); ``index``: only if the config is still that of this log index. ``("ok",
         LogPos)`` once the change is appended, else ``("error", reason)`` (``no_leader`` if
-        no node knows one)."""
+        no node knows one; ``("notify_redirect", node)`` while the leader hands over to
+        ``node``: ask again once it leads)."""
         from waraft.core.types import Identity
         from waraft.partition import server
 

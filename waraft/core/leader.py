@@ -207,7 +207,9 @@ def adjust_config(core: Replica, event: AdjustConfig) -> None:
     A request that could never apply (``config.action_refusal``) is answered with its own
     error before the readiness checks, which WARaft runs first: its ``not_ready`` while a
     change is unapplied hid a typo until the retry. The rest keeps WARaft's order."""
-    reason: Any = config.action_refusal(event.action, core.self_id)
+    reason: Any = _handover_redirect(core)
+    if reason is None:
+        reason = config.action_refusal(event.action, core.self_id)
     if reason is None:
         reason = config_change_allowed(core, event.expected_index)
     if reason is None:
@@ -231,6 +233,15 @@ def adjust_config(core: Replica, event: AdjustConfig) -> None:
         core.cancel_commit(event.from_, reason, Priority.HIGH, 0)  # admitted with 0 bytes
     else:
         core.reply(event.from_, error(reason))
+
+
+def _handover_redirect(core: Replica) -> tuple[str, str] | None:
+    """``("notify_redirect", successor)`` while a handover runs, as commits are answered.
+
+    The successor already has its entries, so a change appended now is not in its log and
+    vanishes when it wins: a review's change was answered ``("ok", LogPos)`` and dropped."""
+    running = core.handover
+    return None if running is None else ("notify_redirect", running[0])
 
 
 def _quorum_refusal(core: Replica, new_config: Config) -> str | None:

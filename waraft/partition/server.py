@@ -1392,7 +1392,8 @@ def enable(server: otp.Target) -> Any:
 
 def adjust_config(server: otp.Target, action: Any, index: int | None = None) -> Any:
     """Change the membership; answered ``("ok", LogPos)`` as soon as the entry is appended,
-    ``("error", reason)`` if refused (``not_leader``, ``would_lose_quorum``, ...),
+    ``("error", reason)`` if refused (``not_leader``, ``would_lose_quorum``,
+    ``("notify_redirect", successor)`` during a handover, ...),
     ``NO_SUCH_PARTITION`` by a node that does not run the partition and
     ``PARTITION_RESTARTING`` by one whose partition is restarting."""
     return call_verb(server, ("adjust_config", action, index))
