@@ -335,3 +335,21 @@ def test_a_change_during_a_handover_is_redirected_to_the_successor() -> None:
     assert sim.adjust_config(successor, action)[0] == "ok"
     _wait_config_applied(sim, successor)
     assert sim.identity("n4") in _config(sim, successor).participants
+
+
+def test_a_removed_member_learns_it_and_stops_campaigning() -> None:
+    """The leader stopped sending to a member the moment it appended the change removing
+    it, so the member never learned: with pre-vote off it campaigned for ever (40 elections
+    in 30 s, each a persisted term), and adding it back deposed the healthy leader."""
+    sim, leader = _cluster(3, ["n1", "n2", "n3"], 11)
+    removed = next(n for n in sim.node_ids if n != leader)
+    term = sim.term(leader)
+    elections = sim.core(removed).elections_started
+    assert _adjust(sim, leader, "remove", removed)[0] == "ok"  # type: ignore[index]
+    sim.run_for(10_000)
+    assert sim.identity(removed) not in _config(sim, removed).membership
+    assert sim.core(removed).elections_started == elections
+    assert sim.term(removed) == term and sim.state(removed) is State.FOLLOWER
+    assert _adjust(sim, leader, "add", removed)[0] == "ok"  # type: ignore[index]
+    one(sim, write("back"), 3)
+    assert sim.leader() == leader and sim.term(leader) == term

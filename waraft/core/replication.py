@@ -55,9 +55,25 @@ def commit_and_replicate(core: Replica) -> None:
         leader_apply_log(core)
         update_quorum_ts(core)
     self_id = core.self_id
-    for peer in config.participants(cfg):
+    for peer in targets(core, cfg):
         if peer != self_id:
             replicate_to_peer(core, peer, cfg)
+
+
+def targets(core: Replica, cfg: Config) -> tuple[Identity, ...]:
+    """Whom the leader replicates to: ``cfg``'s participants and, until it applied ``cfg``,
+    the participants of the config before it (storage's) that ``cfg`` removed.
+
+    A config takes effect once appended, so a removed replica was sent nothing more and
+    never received the change that removed it: it campaigned for ever (at rising terms with
+    pre-vote off) and deposed the leader when added back. Once it holds the change it is no
+    member in its own config and stops campaigning (``Replica.candidate_eligible``)."""
+    current = config.participants(cfg)
+    applied = core.cached_config
+    if applied is None or applied[0] >= core.config_index():
+        return current
+    removed = tuple(p for p in config.participants(applied[1]) if p not in current)
+    return current + removed if removed else current
 
 
 def replicate_to_peer(core: Replica, peer: Identity, cfg: Config, quiesce: bool = False) -> None:
@@ -160,7 +176,7 @@ def catch_up(core: Replica, peer: Identity) -> None:
     if core.state is not State.LEADER or core.handover is not None:
         return
     cfg = core.current_config()
-    if peer == core.self_id or peer not in config.participants(cfg):
+    if peer == core.self_id or peer not in targets(core, cfg):
         return
     node = peer.node
     limit = core.settings.raft_max_inflight_appends
