@@ -393,8 +393,8 @@ _PROMOTE_REFUSALS: Final = {
     "another in that term)",
     "not_elected": "its election ended undecided (members unreachable) or another leader "
     "came first",
-    "rejected": "a leader was heard within raft_promotion_grace_period_secs (move "
-    "leadership with handover)",
+    "rejected": "a leader (or a majority's votes) was heard within "
+    "raft_promotion_grace_period_secs (move leadership with handover)",
 }
 
 
