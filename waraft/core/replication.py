@@ -50,12 +50,13 @@ def commit_and_replicate(core: Replica) -> None:
     commit.commit_pending(core, Priority.LOW)
     core.batch_deadline = None
     cfg = core.current_config()
+    peers = targets(core, cfg)  # before a sole member applies a change removing the others
     if config.is_single_member(core.self_id, cfg):
         advance_commit_index(core)
         leader_apply_log(core)
         update_quorum_ts(core)
     self_id = core.self_id
-    for peer in targets(core, cfg):
+    for peer in peers:
         if peer != self_id:
             replicate_to_peer(core, peer, cfg)
 
