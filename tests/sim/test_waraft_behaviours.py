@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.sim.helpers import check_one_leader, index_of, one, wait_applied, write
-from waraft.core.events import Bootstrap
+from waraft.core.events import Bootstrap, Promote
 from waraft.core.types import NOOP_OMITTED, LogPos, State
 from waraft.sim import NetConfig, Simulation, fast_settings
 from waraft.sim.simulation import Call
@@ -443,6 +443,21 @@ def test_promote_without_force_never_makes_a_second_leader_of_a_term() -> None:
     sim.heal()
     check_one_leader(sim, sim.node_ids)
     one(sim, write("c"), 3)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_promote_with_a_config_appoints_the_empty_replica_forced_or_not(force: bool) -> None:
+    """The older README's ``promote(name, term, force, config)`` on an empty replica: without
+    force it ran an election, which the other members of the config, empty and stalled,
+    never answer: a candidate at rising terms for good, the caller answered not_elected.
+    It appoints itself, as WARaft's does, forced or not (it has no log to protect)."""
+    sim = Simulation(nodes=3, seed=5)
+    first = sim.node_ids[0]
+    config = sim.cluster_config()
+    answer = sim.call_sync(first, lambda h: Promote(h, 1, force, config), "promote")
+    assert answer == "ok"
+    sim.run_for(5000)
+    assert sim.state(first) is State.LEADER and sim.core(first).current_term == 1
 
 
 def test_a_candidates_read_past_the_next_terms_first_index_holds_no_read_slot() -> None:

@@ -175,7 +175,9 @@ def trigger_election(core: Replica, event: TriggerElection) -> None:
     core.reply(event.from_, "ok")
 
 
-def promote(core: Replica, from_: Any, term_or_offset: TermOrOffset, force: bool) -> None:
+def promote(
+    core: Replica, from_: Any, term_or_offset: TermOrOffset, force: bool, elect: bool = True
+) -> None:
     """Make this replica leader of ``term`` (the caller's choice of term, as in WARaft).
 
     With ``force`` it is WARaft's administrative override: it appoints itself leader of
@@ -186,6 +188,9 @@ def promote(core: Replica, from_: Any, term_or_offset: TermOrOffset, force: bool
 
     Without ``force`` (deviation from WARaft, whose promote self-appoints either way) it runs
     a forced election (``promote_by_election``), so the votes decide as in any election.
+    ``elect`` False keeps WARaft's self-appointment for the one caller with no log to
+    protect: ``promote_with_config`` on an empty replica of a new partition, whose other
+    members are empty and stalled too and answer no vote until a leader's snapshot comes.
     """
     term = resolve_term(core, term_or_offset)
     reason = _promote_refusal(core, term, force)
@@ -193,16 +198,18 @@ def promote(core: Replica, from_: Any, term_or_offset: TermOrOffset, force: bool
         core.reply(from_, error(reason))
         return
     assert term is not None
-    if not force:
+    if not force and elect:
         promote_by_election(core, from_, term)
         return
-    core.log_notice("promotes itself to leader of term %d without votes (forced)", term)
+    how = "forced" if force else "the first config of an empty replica"
+    core.log_notice("promotes itself to leader of term %d without votes (%s)", term, how)
     if term > core.current_term:
         terms.advance_term(core, term, core.node)
-    # No votes were collected: give check-quorum a full grace period from now, and do not
-    # let replies from an earlier tenure stand in for a fresh quorum.
-    core.last_quorum_ts = core.now
-    core.heartbeat_reply_ts = {}
+    if force:
+        # No votes were collected: give check-quorum a full grace period from now, and do
+        # not let replies from an earlier tenure stand in for a fresh quorum.
+        core.last_quorum_ts = core.now
+        core.heartbeat_reply_ts = {}
     core.goto(State.LEADER)
     core.reply(from_, "ok")
 
@@ -361,8 +368,10 @@ PROMOTE_POSITION = LogPos(0, 0)
 def promote_with_config(core: Replica, event: Promote) -> None:
     """The older README's ``promote(name, term, force, config)`` on an empty replica.
 
-    The config is installed first (as a bootstrap at position 0:0 would), then the replica is
-    promoted exactly as ``promote`` does.
+    The config is installed first (as a bootstrap at position 0:0 would), then the replica
+    appoints itself leader as WARaft's promote does, forced or not (``promote``'s ``elect``):
+    the other members of a new partition are empty and stalled, so an election could not be
+    won, and there is no log to lose.
     """
     if core.last_applied != 0 or core.pending_install is not None:
         core.reply(event.from_, error("invalid_state"))
@@ -400,7 +409,7 @@ def snapshot_opened(core: Replica, event: SnapshotOpened) -> None:
     purpose = event.purpose
     if purpose == "promote":
         term_or_offset, force = pending[2]
-        promote(core, event.from_, term_or_offset, force)
+        promote(core, event.from_, term_or_offset, force, elect=False)
         return
     if purpose == "bootstrap":
         term = max(1, position.term)
