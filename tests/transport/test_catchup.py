@@ -5,6 +5,7 @@ turns follower and replication continues."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -246,6 +247,42 @@ def _storage_status(node: otp.Node) -> dict[str, Any]:
 
 def _coordinator(node: otp.Node) -> dict[str, Any]:
     return on(node, snapshot_catchup.state)
+
+
+def test_a_snapshot_a_request_under_way_may_reuse_is_not_deleted_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transport of the partition's only snapshot ended while another target's snapshot was
+    being made at the same position: the coordinator deleted the snapshot (no user left), the
+    storage answered the request with that very directory, and the delete, queued behind it,
+    removed it under the new transport (failed_to_open_file, and a failed backoff). The slow
+    create stands for a storage busy with other work."""
+    leader = _single(tmp_path)
+    t0, t1 = start(tmp_path, "t0"), start(tmp_path, "t1")
+    log0, log1 = ChunkLog(hold=True), ChunkLog(hold=True)
+    replace_receiver(t0, log0)
+    replace_receiver(t1, log1)
+    _ask(leader, t0)
+    wait_until(lambda: log0.wait_chunks(1, timeout=0))
+    (t0_id,) = _coordinator(leader)["transports"].values()
+    made = storage.StorageServer._create_snapshot
+
+    def busy(self: storage.StorageServer, *args: Any) -> Any:
+        otp.blocking(time.sleep, 1.5)
+        return made(self, *args)
+
+    monkeypatch.setattr(storage.StorageServer, "_create_snapshot", busy)
+    _ask(leader, t1)
+    wait_until(lambda: _coordinator(leader)["creating"])
+    on(leader, transport.cancel, t0_id, "test")
+    key1 = ("raft_server_test_1", t1.id)
+    wait_until(lambda: key1 in _coordinator(leader)["transports"], timeout=10)
+    t1_id = _coordinator(leader)["transports"][key1]
+    assert log1.wait_chunks(1)  # its snapshot's files are there to be read and sent
+    assert on(leader, transport.transport_info, t1_id, "status") == transport.RUNNING
+    assert key1 not in _coordinator(leader)["retry_backoffs"]
+    log0.release_all()
+    log1.release_all()
 
 
 def test_concurrent_catchups_are_limited_and_finished_ones_back_off(tmp_path: Path) -> None:

@@ -212,8 +212,9 @@ class SnapshotCatchup(otp.Process):
         made = _made_snapshot(creating, msg)
         if made is None:
             self._failed(creating.application, creating.table, msg.key, now)
-            return
-        self._start_transport(creating, made[0], made[1], now)
+        else:
+            self._start_transport(creating, made[0], made[1], now)
+        self._drop_unused(creating.table, creating.partition)
 
     def _start_transport(self, creating: _Creating, position: LogPos, path: str, now: int) -> None:
         app, key = creating.application, creating.key
@@ -351,12 +352,26 @@ class SnapshotCatchup(otp.Process):
         del self.transports[key]
         snapshot = entry.snapshot
         users = self.snapshots.get(snapshot)
-        if users == 1:
+        if users == 1 and self._making(entry.table, entry.partition):
+            # Kept with no user until the storage answers: at an unchanged position it
+            # answers the request under way with this very directory, and a delete cast
+            # now, queued behind that request, removed it under the transport about to
+            # start (which failed and backed off). ``_drop_unused`` decides after the answer.
+            self.snapshots[snapshot] = 0
+        elif users == 1:
             del self.snapshots[snapshot]
             _delete_snapshot(*snapshot)
         elif users is not None:
             self.snapshots[snapshot] = users - 1
         self.retry_backoffs[key] = _now_ms() + backoff
+
+    def _drop_unused(self, table: str, partition: int) -> None:
+        """Delete the partition's snapshots that ``_finish`` kept with no user while one was
+        being made (and that the new transport does not use)."""
+        for snapshot, users in list(self.snapshots.items()):
+            if users == 0 and snapshot[0] == table and snapshot[1] == partition:
+                del self.snapshots[snapshot]
+                _delete_snapshot(*snapshot)
 
 
 @dataclass(frozen=True, slots=True)
