@@ -82,3 +82,24 @@ def test_a_file_resent_after_its_worker_died_is_counted_once(tmp_path: Path) -> 
     log.release_all()
     wait_status(b, transport_id, "completed")
     assert on(b, transport.transport_info, transport_id, "received_bytes") == 40
+
+
+def test_a_file_resent_after_its_transport_completed_is_answered_already_completed(
+    tmp_path: Path,
+) -> None:
+    # An ended transport keeps totals, not file records: a sender whose worker died after
+    # its last complete resent the file and was answered not_running / invalid_file, so its
+    # transport failed although the receiver had every file.
+    b = start(tmp_path, "b")
+    try:
+        admit(b, "fake@sender")
+        assert offer(b, 701, [(1, "data", 10)]) == "ok"
+        assert _call_from("fake@sender", b, ("chunk", 701, 1, 0, b"x" * 10)) == "ok"
+        assert _call_from("fake@sender", b, ("complete", 701, 1)) == "ok"
+        wait_status(b, 701, "completed")
+        again = _call_from("fake@sender", b, ("chunk", 701, 1, 0, b"x" * 10))
+        done = _call_from("fake@sender", b, ("complete", 701, 1))
+        assert again == done == dist_transport.ALREADY_COMPLETED
+        assert _call_from("fake@sender", b, ("complete", 701, 2)) == ("error", "invalid_file")
+    finally:
+        b.stop()

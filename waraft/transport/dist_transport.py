@@ -420,6 +420,8 @@ class DistTransport(otp.Process):
         # resends it after a worker crash learns that it is there).
         if file is not None and self._already_completed(transport_id, file_id, file):
             return ALREADY_COMPLETED
+        if file is None and _completed_receive(transport_id, file_id):
+            return ALREADY_COMPLETED
         if not _receiving(transport_id):
             self._close(transport_id, file_id)
             return ("error", "not_running")
@@ -469,6 +471,8 @@ class DistTransport(otp.Process):
         manager learns the file's own outcome either way)."""
         file = tables.file_info(transport_id, file_id)
         info = tables.transport_info(transport_id)
+        if file is None and _completed_receive(transport_id, file_id):
+            return ALREADY_COMPLETED
         if file is None or info is None or info["type"] != "receiver":
             logger.warning("transport %s: completion of unknown file %s", transport_id, file_id)
             return ("error", "invalid_file")
@@ -526,6 +530,19 @@ class DistTransport(otp.Process):
             file = tables.file_info(*key)
             if file is None or file["status"] in (tables.COMPLETED, tables.FAILED):
                 self.completed.discard(key)
+
+
+def _completed_receive(transport_id: int, file_id: int) -> bool:
+    """Whether ``file_id`` belongs to an incoming transport that completed (every file
+    checked and reported) and has since dropped its files' records: a sender whose worker
+    died after its last ``complete`` resends the file, and is answered that it arrived."""
+    info = tables.transport_info(transport_id)
+    return (
+        info is not None
+        and info["type"] == "receiver"
+        and info["status"] == tables.COMPLETED
+        and 1 <= file_id <= info["total_files"]
+    )
 
 
 def start_link() -> otp.Pid:
