@@ -150,6 +150,38 @@ class MemoryStorage(StorageProvider):
         self._position = position
         return OK
 
+    def apply_batch(self, items: Sequence[tuple[Any, LogPos, Any]]) -> list[Any]:
+        """``StorageProvider.apply_batch`` with plain writes stored inline (what ``apply`` does
+        with them, without its dispatch: the storage actor's hot path); everything else, and
+        every command of a subclass with its own ``apply``, goes through ``apply``."""
+        if type(self).apply is not MemoryStorage.apply:
+            return super().apply_batch(items)
+        results: list[Any] = []
+        append = results.append
+        data = self._data
+        for command, position, label in items:
+            try:
+                if type(command) is tuple and len(command) == 4 and command[0] == "write":
+                    try:
+                        data[command[2]] = command[3]
+                    except TypeError:  # an unhashable key: apply() refuses it
+                        append(self.apply(command, position, label))
+                        continue
+                    if label is not None:
+                        self._label = label
+                    self._position = position
+                    append(OK)
+                elif is_config_command(command):
+                    append(self.apply_config(command[1], position))
+                else:
+                    append(self.apply(command, position, label))
+            except UnknownCommandError as exc:
+                if results:
+                    raise PartialApplyError(results, exc) from exc
+                refused_at(exc, 0)
+                raise
+        return results
+
     def apply_many(self, commands: Sequence[Any], position: LogPos, label: Any = None) -> list[Any]:
         # The hot path of packed client batches: plain writes and deletes inline, anything
         # else through apply().
