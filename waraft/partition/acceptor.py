@@ -512,17 +512,10 @@ class Acceptor(otp.Process):
         if mailbox and reply_addr[1] != self.node.id:
             origin = reply_addr[1]
         origin = self._owner(origin)
-        table, partition = self.queues.table, self.queues.partition
-        packed = _is_packed(kind, items)
-        batch = BatchReply(
-            len(items),
-            lambda results, hint: send_client_reply(reply_addr, batch_id, results, hint, packed),
-            lambda: info.get_leader(table, partition),
-        )
+        slots = self._reply_slots(reply_addr, batch_id, len(items), _is_packed(kind, items))
         if kind == "commit":
             ops: list[tuple[otp.ReplyTo, Any]] = []
-            for index, item in enumerate(items):
-                slot = batch.slot(index)
+            for slot, item in zip(slots, items, strict=True):
                 try:
                     ops.append((slot, check_op(item, origin)))
                 except ValueError as exc:
@@ -531,10 +524,26 @@ class Acceptor(otp.Process):
                 self._reject_tail(ops, self._commit(ops, priority))
         else:
             reads = self._sized(
-                [(batch.slot(index), command, None) for index, command in enumerate(items)]
+                [(slot, command, None) for slot, command in zip(slots, items, strict=True)]
             )
             if reads:
                 self._reject_tail(reads, self._read(reads))
+
+    def _reply_slots(
+        self, reply_addr: tuple[str, str], batch_id: int, size: int, packed: bool
+    ) -> Sequence[otp.ReplyTo]:
+        """The reply handles of a client batch's ``size`` items: a ``BatchReply``'s slots,
+        or for a batch of one item (every request of an unpacking client, and every packed
+        ``$batch``: ``packed``) a ``SingleReply``, which answers the same in one object."""
+        table, partition = self.queues.table, self.queues.partition
+        if size == 1:
+            return (SingleReply(reply_addr, batch_id, table, partition, packed),)
+        batch = BatchReply(
+            size,
+            lambda results, hint: send_client_reply(reply_addr, batch_id, results, hint),
+            lambda: info.get_leader(table, partition),
+        )
+        return [batch.slot(index) for index in range(size)]
 
     @staticmethod
     def _single(outcome: tuple[int, str | None]) -> Any:
@@ -733,6 +742,39 @@ class BatchSlot(otp.ReplyTo):
         self._batch.fill(self._index, value if ok else map_exit(value))
 
 
+class SingleReply(otp.ReplyTo):
+    """The reply handle of a client batch of one item: what a ``BatchReply`` of size 1 and
+    its slot do, in one object (no results list, closures or second lock; this is built for
+    every request of a client that does not pack them). Completed once, from any thread
+    (``ReplyTo``'s claim), it sends ``[result]``, with the leader hint when the result is an
+    error; a failure holds ``map_exit`` of its reason."""
+
+    __slots__ = ("_addr", "_batch_id", "_packed", "_partition", "_table")
+
+    def __init__(
+        self, addr: tuple[str, str], batch_id: int, table: str, partition: int, packed: bool = False
+    ) -> None:
+        super().__init__()
+        self._addr = addr
+        self._batch_id = batch_id
+        self._table = table
+        self._partition = partition
+        self._packed = packed  # the one item is a $batch (``send_client_reply``'s ``packed``)
+
+    def __repr__(self) -> str:
+        return f"SingleReply({self._batch_id})"
+
+    def _complete(self, ok: bool, value: Any) -> None:
+        result = value if ok else map_exit(value)
+        hint = None
+        if type(result) is tuple and result and result[0] == "error":
+            hint = info.get_leader(self._table, self._partition)
+        try:
+            send_client_reply(self._addr, self._batch_id, [result], hint, self._packed)
+        except Exception:
+            logger.exception("sending a client batch reply failed")
+
+
 def start_link(options: RaftOptions) -> otp.Pid:
     """Start the acceptor registered as ``options.acceptor_name``."""
     pid: otp.Pid = Acceptor.start_link(options, name=options.acceptor_name)
@@ -866,6 +908,7 @@ __all__ = [
     "Acceptor",
     "BatchReply",
     "BatchSlot",
+    "SingleReply",
     "adjust_config",
     "adjust_config_async",
     "answer_unserved_partitions",
