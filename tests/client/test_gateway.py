@@ -15,7 +15,7 @@ from waraft import otp
 from waraft.core.types import LogPos, Priority
 from waraft.distribution import inline as dist_inline
 from waraft.partition import acceptor, server
-from waraft.partition.acceptor import BatchReply, parse_client_batch, priority_of
+from waraft.partition.acceptor import BatchReply, SingleReply, parse_client_batch, priority_of
 from waraft.services.logthrottle import LogThrottle
 
 
@@ -102,6 +102,72 @@ def test_a_failing_send_does_not_raise_into_the_completing_thread() -> None:
 
     batch = BatchReply(1, boom)
     batch.slot(0).reply("ok")  # logged, not raised
+
+
+def _single(monkeypatch: pytest.MonkeyPatch) -> tuple[SingleReply, list[Any]]:
+    """A one-item batch's handle whose replies land in the returned list."""
+    sent: list[Any] = []
+    monkeypatch.setattr(
+        acceptor,
+        "send_client_reply",
+        lambda addr, batch_id, results, hint: sent.append((addr, batch_id, list(results), hint)),
+    )
+    monkeypatch.setattr(acceptor.info, "get_leader", lambda table, partition: "leader@h:1")
+    return SingleReply(("c", "n9@h:1"), 7, "kv", 1), sent
+
+
+@pytest.mark.parametrize(
+    ("complete", "expected"),
+    [
+        (lambda r: r.reply("ok"), (["ok"], None)),
+        (lambda r: r.reply(("error", "not_leader")), ([("error", "not_leader")], "leader@h:1")),
+        (lambda r: r.fail("timeout"), ([("error", "timeout")], "leader@h:1")),
+        (lambda r: r.fail(("weird", 1)), ([("error", ("call_error", ("weird", 1)))], "leader@h:1")),
+    ],
+)
+def test_a_one_item_batch_answers_as_a_batch_of_one_would(
+    monkeypatch: pytest.MonkeyPatch, complete: Any, expected: tuple[list[Any], Any]
+) -> None:
+    """``SingleReply`` stands in for ``BatchReply(1)`` and its slot: the same results list,
+    hint and exit mapping, sent once; later completions are ignored."""
+    reply, sent = _single(monkeypatch)
+    complete(reply)
+    reply.reply("late")
+    reply.fail("noproc")
+    assert reply.done
+    assert sent == [(("c", "n9@h:1"), 7, *expected)]
+    batch_sent = Sent()
+    batch = BatchReply(1, batch_sent, lambda: "leader@h:1")
+    complete(batch.slot(0))
+    assert batch_sent.calls == [expected]
+
+
+def test_a_one_item_batch_sends_once_under_concurrent_completions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reply, sent = _single(monkeypatch)
+    start = threading.Barrier(4)
+
+    def complete(value: int) -> None:
+        start.wait()
+        reply.reply(value)
+
+    threads = [threading.Thread(target=complete, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(sent) == 1
+
+
+def test_a_one_item_batch_logs_a_failing_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any) -> None:
+        raise RuntimeError("socket gone")
+
+    reply, _ = _single(monkeypatch)
+    monkeypatch.setattr(acceptor, "send_client_reply", boom)
+    reply.reply("ok")  # logged, not raised
+    assert reply.done
 
 
 @pytest.mark.parametrize(
