@@ -104,16 +104,27 @@ def test_a_failing_send_does_not_raise_into_the_completing_thread() -> None:
     batch.slot(0).reply("ok")  # logged, not raised
 
 
-def _single(monkeypatch: pytest.MonkeyPatch) -> tuple[SingleReply, list[Any]]:
-    """A one-item batch's handle whose replies land in the returned list."""
+def _single(monkeypatch: pytest.MonkeyPatch, packed: bool = False) -> tuple[SingleReply, list[Any]]:
+    """A one-item batch's handle whose replies land in the returned list (``packed`` too,
+    when the handle passes it on as set)."""
     sent: list[Any] = []
-    monkeypatch.setattr(
-        acceptor,
-        "send_client_reply",
-        lambda addr, batch_id, results, hint: sent.append((addr, batch_id, list(results), hint)),
-    )
+
+    def send(addr: Any, batch_id: int, results: Any, hint: Any, packed: bool = False) -> None:
+        sent.append((addr, batch_id, list(results), hint, *(("packed",) if packed else ())))
+
+    monkeypatch.setattr(acceptor, "send_client_reply", send)
     monkeypatch.setattr(acceptor.info, "get_leader", lambda table, partition: "leader@h:1")
-    return SingleReply(("c", "n9@h:1"), 7, "kv", 1), sent
+    return SingleReply(("c", "n9@h:1"), 7, "kv", 1, packed), sent
+
+
+def test_a_packed_batchs_handle_says_so_to_the_reply() -> None:
+    """A packed client batch is one ``$batch`` item, so its handle is a ``SingleReply``: it
+    must pass ``packed`` on, or a reply too large for a frame is not split into the
+    commands' answers (``waraft.services.replies``)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        reply, sent = _single(monkeypatch, packed=True)
+        reply.reply(["ok", "ok", "ok"])
+    assert sent == [(("c", "n9@h:1"), 7, [["ok", "ok", "ok"]], None, "packed")]
 
 
 @pytest.mark.parametrize(
