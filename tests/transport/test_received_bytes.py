@@ -103,3 +103,17 @@ def test_a_file_resent_after_its_transport_completed_is_answered_already_complet
         assert _call_from("fake@sender", b, ("complete", 701, 2)) == ("error", "invalid_file")
     finally:
         b.stop()
+
+
+def test_a_file_with_bytes_never_written_is_not_completed(tmp_path: Path) -> None:
+    # Its size was right (the last chunk sets it), so it was checked, fsynced and reported:
+    # the bytes never sent read back as zeros.
+    b = start(tmp_path, "b")
+    try:
+        admit(b, "fake@sender")
+        assert offer(b, 801, [(1, "data", 300)]) == "ok"
+        assert _call_from("fake@sender", b, ("chunk", 801, 1, 200, b"x" * 100)) == "ok"
+        done = _call_from("fake@sender", b, ("complete", 801, 1))
+        assert done == ("error", ("size_mismatch", 100, 300))
+    finally:
+        b.stop()

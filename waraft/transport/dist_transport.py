@@ -492,8 +492,10 @@ class DistTransport(otp.Process):
             status: Any = ("sync_failed", exc.strerror)
             transport.complete(transport_id, file_id, status)
             return ("error", status)
-        if size != file["total_bytes"]:
-            status = ("size_mismatch", size, file["total_bytes"])
+        if size != file["total_bytes"] or file["completed_bytes"] != size:
+            # The second test: a file of the right size with bytes never written (a sender
+            # that skipped a chunk, or a peer's holes) would be read as zeros.
+            status = ("size_mismatch", file["completed_bytes"], file["total_bytes"])
             transport.complete(transport_id, file_id, status)
             return ("error", status)
         self.completed.add((transport_id, file_id))
