@@ -10,7 +10,9 @@ runs until stdin closes (the parent's end of the pipe) or ``("stop",)`` is calle
 ``("later", seconds, x)`` (answered ``("later", x)`` that much later),
 ``("noreply",)``, ``("unencodable",)``, ``("crash",)``, ``("stats",)``, ``("peers",)``,
 ``("cast_to", addr, msg)``, ``("send_to", addr, msg)``, ``("call_to", addr, req, timeout)``,
-``("flood", addr, n)``, ``("set_fault", nodes)``, ``("clear_fault",)``, ``("stop",)``, and
+``("flood", addr, n)``, ``("flood_for", addr, seconds)`` (casts to ``addr`` from a thread of
+its own for that long, as fast as they go; returns at once), ``("set_fault", nodes)``,
+``("clear_fault",)``, ``("stop",)``, and
 casts/infos ``("cast_back", addr, msg)`` / ``("info_back", addr, msg)`` (answered with a cast/send).
 
 For links and monitors across nodes: ``("spawn", name, trap_exit)`` starts a :class:`Victim`
@@ -24,6 +26,7 @@ import argparse
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from waraft import distribution as dist
@@ -114,6 +117,11 @@ class Echo(otp.Process):
         if op == "flood":
             addr, n = tuple(request[1]), request[2]
             return sum(dist.cast(addr, ("flood", i)) for i in range(n))
+        if op == "flood_for":
+            flood = threading.Thread(target=_flood, args=(tuple(request[1]), request[2]))
+            flood.daemon = True
+            flood.start()
+            return "ok"
         if op == "set_fault":
             dist.set_fault(request[1])
             return "ok"
@@ -141,6 +149,15 @@ class Echo(otp.Process):
     def handle_info(self, msg: Any) -> None:
         if isinstance(msg, tuple) and msg and msg[0] == "info_back":
             otp.send(tuple(msg[1]), msg[2])
+
+
+def _flood(addr: tuple[str, str], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    i = 0
+    while not _done.is_set() and time.monotonic() < deadline:
+        for _ in range(1000):  # (the clock between batches only)
+            dist.cast(addr, ("flood", i))
+            i += 1
 
 
 def _watch_stdin() -> None:

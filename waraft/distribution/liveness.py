@@ -6,7 +6,9 @@ peer for ``ping_interval`` (links that carry traffic are never pinged); the PONG
 the peer's own link to our ROUTER. A PING carries this node's run id and session epoch for the
 peer; a peer found down comes back up only once it acknowledged the down, by a PONG echoing
 them or a PING of its own new session (see ``peers``: down is seen by both nodes). Silence
-counts only up to the receive thread's last drained moment (``_silent``). The monitor reports
+counts only up to the latest moment the receive thread has caught up with (``_silent``,
+``sweeps``), so a peer whose frames wait unread behind a flood is not found down for it, while
+a peer that stopped is found down whoever floods this node. The monitor reports
 TCP-level facts at once: a refused connect (peer not running) or a lost connection (peer
 died) marks the peer down immediately, so callers get ``nodedown`` in milliseconds instead of
 after ``down_after``; a completed handshake triggers an immediate ping so a returning peer is
@@ -34,6 +36,7 @@ from waraft.distribution import envelope, nodeid
 from waraft.distribution.conncaps import REFUSED_STATUS, ConnLedger, ConnLimits, peer_host
 from waraft.distribution.links import apply_curve_client
 from waraft.distribution.peers import Peer, PeerState
+from waraft.distribution.sweeps import SweepBound
 from waraft.otp.threadname import set_os_name
 from waraft.services.logthrottle import LogThrottle
 
@@ -52,7 +55,12 @@ _MAX_EVENTS = 1024  # monitor events taken per socket per step (libzmq queues up
 _MAX_ZAP = 256
 LAGGING_DOWNS = 10
 """Silence beyond this many ``down_after`` finds a peer down even while this node's receive
-thread has not drained its queue since (see ``Liveness._silent``)."""
+thread has not caught up since (see ``Liveness._silent``): it is held up on a frame or a stall,
+or reading the frames of many connections accepted since its ROUTER was last empty."""
+SWEEP_HEADROOM = 4
+"""The sweeps the receive thread is asked for are a 1/this longer than the length the counts
+give now: they are checked against the counts as they are when they complete."""
+_MAX_DRAINS = 8  # monitor batches taken before the counts are used (else they are not trusted)
 _ROUTER_STOP_WAIT = 1.0  # seconds the closing liveness thread waits for the receive thread
 
 _PROBE_EVENTS = (
@@ -124,6 +132,8 @@ class Liveness(threading.Thread):
         # The connection caps (``conncaps``): authenticated connections, counted by the
         # ROUTER monitor's events and granted by the ZAP handler.
         self.ledger = ConnLedger(limits)
+        # The ROUTER's connection counts that size the receive thread's sweeps (``sweeps``).
+        self.sweeps = SweepBound()
         self._failed_last = False  # the last monitor event was a handshake failure
         self._refused = LogThrottle()
         self.counts["conns_authenticated"] = 0  # a gauge: only this dict has it
@@ -181,6 +191,10 @@ class Liveness(threading.Thread):
         if dist.cluster_gen != self._keys_gen:
             self._keys_gen = dist.cluster_gen
             self._close_stale_probes()
+        # Before any peer's receive count is read: a frame read before the moment is in its
+        # peer's count by then (the receive thread counts it first). Read after, a pong taken
+        # in between would be covered by the moment and missing from the count.
+        caught_up = self._caught_up()
         for peer in dist.peers.all():
             if peer.rx != peer.rx_seen:
                 peer.rx_seen = peer.rx
@@ -204,7 +218,7 @@ class Liveness(threading.Thread):
             if state is PeerState.CONNECTING:
                 if now - peer.since > settings.connect_timeout:
                     dist.peers.set_state(peer, PeerState.DOWN)
-            elif state is PeerState.UP and self._silent(peer, now):
+            elif state is PeerState.UP and self._silent(peer, now, caught_up):
                 dist.peers.set_state(peer, PeerState.DOWN)
             # A peer that is not up is pinged whatever it sends: only its PONG (the echo of
             # the session) or its PING brings back a peer found down, and a busy peer must
@@ -225,23 +239,49 @@ class Liveness(threading.Thread):
             if reaped:
                 self.counts["links_reaped"] = self.counts.get("links_reaped", 0) + reaped
 
-    def _silent(self, peer: Peer, now: float) -> bool:
+    def _caught_up(self) -> float:
+        """The latest moment the receive thread is known to have caught up with: every
+        connection that held a readable frame then has had a message read since (``sweeps``).
+        Its last empty moment, or the start of its latest sweep if that one is later and read
+        enough messages for the connections the ROUTER may have held meanwhile.
+
+        The order matters: the empty moment first (``SweepBound.observe``), then the sweep,
+        then the monitor's events (every connection the sweep can have read is counted by
+        then: its accept was reported before its first frame could arrive)."""
+        receiver = self._dist.receiver
+        bound = self.sweeps
+        empty_at = bound.observe(lambda: receiver.empty_at)
+        start, read = receiver.swept
+        counted = self._take_router_events()
+        length = bound.length()
+        receiver.sweep_length = length + length // SWEEP_HEADROOM
+        if counted and start > empty_at and read >= length:
+            return start
+        return empty_at
+
+    def _take_router_events(self) -> bool:
+        """Take every event the ROUTER's monitor holds; False if it kept more coming than
+        ``_MAX_DRAINS`` batches (then its counts may miss connections)."""
+        return any(self._router_event() < _MAX_EVENTS for _ in range(_MAX_DRAINS))
+
+    def _silent(self, peer: Peer, now: float, caught_up: float) -> bool:
         """Whether ``peer`` has been silent for ``down_after``, as far as this node can tell.
 
-        Only silence up to the receive thread's last drained moment counts: under a flood
-        (or a stall of this process) the peer's pings and traffic may sit unread in the
+        Only silence up to a moment the receive thread has caught up with (``caught_up``,
+        see :meth:`_caught_up`) counts: while it is behind (a stall of this process, a slow
+        frame, many connections' backlogs) the peer's pings and traffic may sit unread in the
         ROUTER's queue, and a down found then is a false one that the peer pays for too
-        (what it asked of this node fails). A receive path behind by more than
-        ``LAGGING_DOWNS`` times ``down_after`` no longer shields anyone: a peer paused
-        meanwhile is not kept up for ever."""
+        (what it asked of this node fails). A flood alone does not hold it back: the ROUTER
+        reads its connections in turn, so a sweep completes whoever floods. A receive path
+        behind by more than ``LAGGING_DOWNS`` times ``down_after`` no longer shields anyone:
+        a peer paused meanwhile is not kept up for ever."""
         heard = peer.last_rx
         if heard is None:
             return True
         down_after = self._dist.settings.down_after
         if now - heard <= down_after:
             return False
-        drained = self._dist.receiver.drained_at
-        return drained - heard > down_after or now - heard > LAGGING_DOWNS * down_after
+        return caught_up - heard > down_after or now - heard > LAGGING_DOWNS * down_after
 
     def _forget(self, now: float) -> None:
         """Release everything held for peers down longer than ``forget_after`` (and for peers
@@ -381,23 +421,31 @@ class Liveness(threading.Thread):
         return probe.excused
 
     # ------------------------------------------------------------------ router monitor, ZAP
-    def _router_event(self) -> None:
+    def _router_event(self) -> int:
+        """Take the ROUTER monitor's waiting events (one batch); how many there were."""
         events = _drain_events(self._router_monitor)
         last_close = {v: i for i, (k, v) in enumerate(events) if k == zmq.EVENT_DISCONNECTED}
         ledger = self.ledger
+        bound = self.sweeps
         for i, (kind, value) in enumerate(events):
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                bound.handshakes += 1
+                continue  # (not between a failure and its disconnect: see ``conncaps``)
             if kind == zmq.EVENT_ACCEPTED:
                 self._count("conn_accepted")
+                bound.accepted += 1
                 # A descriptor closed later in this batch may be reused already: no address.
                 closed_later = last_close.get(value, -1) > i
                 ledger.accepted(value, None if closed_later else peer_host(value))
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._count("conn_closed")
+                bound.closed += 1
                 ledger.closed(value, authenticated=not self._failed_last)
             elif kind & _HANDSHAKE_FAILED:
                 self._count("handshake_failed")
             self._failed_last = bool(kind & _HANDSHAKE_FAILED)
         self.counts["conns_authenticated"] = ledger.granted
+        return len(events)
 
     def _authenticate(self) -> None:
         """Answer the waiting ZAP requests (RFC 27), at most ``_MAX_ZAP`` per step: CURVE

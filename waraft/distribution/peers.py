@@ -30,9 +30,11 @@ id): its PINGs and PONGs still queued on the way (another connection than the ne
 stale, not a new session, and are ignored (the last :data:`OLD_RUNS` runs are remembered), so
 a restart costs each side one down, not a down for every switch between the two runs' frames.
 
-Silence is judged by the liveness thread only up to the moment the receive thread last drained
-its queue: a node whose receive path is behind (a flood, a stall) finds nobody down for it,
-which the peers, running the node-down too, would pay for.
+Silence is judged by the liveness thread only up to the latest moment the receive thread has
+caught up with (its queue found empty, or a sweep long enough for every connection to have had
+its turn: ``sweeps``): a node whose receive thread is held up (a stall, a slow frame) finds
+nobody down for it, which the peers, running the node-down too, would pay for. A flood from one
+connection does not hold it up: the ROUTER reads the others in turn with it.
 
 Writers: the receive thread (``rx``, ``rtt``), the liveness thread (everything else); state
 changes go through :meth:`PeerTable.set_state` under the table lock. Readers on the hot path

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
-from waraft.distribution import envelope, inline, nodeid, policy
+from waraft.distribution import envelope, inline, nodeid, policy, sweeps
 from waraft.distribution.envelope import FrameError, Kind, trailing_int
 from waraft.distribution.peers import Peer, PeerLimitError, PeerState
 from waraft.distribution.policy import Sender
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 POLL_MS = 50
-IDLE_EVERY = 64  # frames handled between idle hooks when the socket never drains
+IDLE_EVERY = 64  # messages of a burst between idle hooks, and per sweep step (``_sweep_step``)
 _MAX_SENDER_CACHE = 65536
 _MAX_HOST_CACHE = 1024
 REFUSED = "refused"
@@ -189,11 +189,29 @@ class Receiver(threading.Thread):
         self._handler_errors = LogThrottle()
         self._other_cluster = LogThrottle(10.0)  # a refused node keeps pinging
         self._over_share = LogThrottle(10.0)  # a key over its share drops frames by the score
-        # When this thread last found the ROUTER empty: every frame queued before then has
-        # been read. Silence is evidence against a peer only up to that moment (the liveness
-        # thread reads it): a node whose own receive path is behind must not find its peers
-        # down.
-        self.drained_at = time.monotonic()
+        # When this thread last found the ROUTER empty, and the latest completed sweep (see
+        # ``sweeps``): the moments it has caught up with, read by the liveness thread, for
+        # which silence is evidence against a peer only up to such a moment (a node whose own
+        # receive path is behind must not find its peers down).
+        self.empty_at = time.monotonic()
+        self.swept: tuple[float, int] = (self.empty_at, 0)
+        self.sweep_length = sweeps.COMMAND_LAG  # (the liveness thread sets it)
+        self._sweep_start = self.empty_at
+        self._sweep_read = 0
+        self._sweep_goal = self.sweep_length
+
+    empty_at: float
+    """When this thread last found the ROUTER empty (the clock read before the check): every
+    frame queued before then has been read."""
+
+    swept: tuple[float, int]
+    """The latest completed sweep: its start, and how many messages were read (and handled)
+    after it. The liveness thread decides whether that many catch up with the start
+    (``sweeps.SweepBound``); published as one tuple, so the two are read together."""
+
+    sweep_length: int
+    """How many messages the next sweeps read before they are published (set by the liveness
+    thread from the connection counts)."""
 
     def run(self) -> None:
         set_os_name("dist:recv")
@@ -235,21 +253,34 @@ class Receiver(threading.Thread):
         # after a lone message, ask ``EVENTS`` (one request at a time: scenario c).
         direct = False
         burst = False
+        unswept = 0  # messages read and handled since the last sweep step
+        monotonic = time.monotonic
         while not dist.stopping:
-            if not direct and not getsockopt(events) & pollin:
-                since_idle = 0
-                burst = False
-                self.drained_at = time.monotonic()
-                if inline.has_due_work():
-                    inline.run_idle_hooks()
-                try:
-                    direct = bool(zmq_poll(poll_items, POLL_MS))
-                except zmq.ZMQError as exc:
-                    if dist.stopping:
-                        return
-                    self._log_socket_error("poll", exc)
-                    time.sleep(0.01)
-                continue
+            if not direct:
+                # (The clock before the check: a frame arriving during it may go unread.)
+                checked = monotonic()
+                if not getsockopt(events) & pollin:
+                    since_idle = unswept = 0
+                    burst = False
+                    # Everything queued before the check was read: caught up, and a new
+                    # sweep starts from here.
+                    self.empty_at = self._sweep_start = checked
+                    self._sweep_read = 0
+                    if inline.has_due_work():
+                        inline.run_idle_hooks()
+                    try:
+                        direct = bool(zmq_poll(poll_items, POLL_MS))
+                    except zmq.ZMQError as exc:
+                        if dist.stopping:
+                            return
+                        self._log_socket_error("poll", exc)
+                        time.sleep(0.01)
+                    continue
+            if unswept >= IDLE_EVERY:
+                # (At the top of an iteration: every message counted has been handled, so a
+                # pong it brought is in its peer's count before the sweep is published.)
+                unswept = 0
+                self._sweep_step()
             try:
                 head = recv(noblock, copy=False)
             except zmq.Again:
@@ -264,6 +295,7 @@ class Receiver(threading.Thread):
             direct = burst
             burst = True
             since_idle += 1
+            unswept += 1
             if since_idle >= IDLE_EVERY and inline.has_due_work():
                 # Frames never stop arriving: do not hold collected work back forever.
                 since_idle = 0
@@ -285,6 +317,19 @@ class Receiver(threading.Thread):
                 # A bug in delivery must not take the node off the network.
                 self._count("rx_handler_errors")
                 self._log_handler_error(head)
+
+    def _sweep_step(self) -> None:
+        """``IDLE_EVERY`` more messages read and handled in a burst (the ROUTER never found
+        empty): count them towards the current sweep; once it has read ``sweep_length`` (as
+        it was when the sweep began), publish it (``swept``) and begin the next one, with
+        one clock read a sweep."""
+        read = self._sweep_read + IDLE_EVERY
+        if read >= self._sweep_goal:
+            self.swept = (self._sweep_start, read)
+            self._sweep_start = time.monotonic()
+            self._sweep_goal = self.sweep_length
+            read = 0
+        self._sweep_read = read
 
     def _log_socket_error(self, what: str, exc: zmq.ZMQError) -> None:
         self._count("rx_socket_errors")
