@@ -250,7 +250,7 @@ class Liveness(threading.Thread):
         then: its accept was reported before its first frame could arrive)."""
         receiver = self._dist.receiver
         bound = self.sweeps
-        empty_at = bound.observe(lambda: receiver.empty_at)
+        empty_at = bound.observe(lambda: receiver.empty_at, time.monotonic)
         start, read = receiver.swept
         counted = self._take_router_events()
         length = bound.length()

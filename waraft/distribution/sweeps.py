@@ -48,12 +48,19 @@ frames it can have read counted).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 COMMAND_LAG = 101
 """Messages the receive thread may read after a moment before the ROUTER has taken in every
 connection's report of input that was pending at that moment (libzmq's 100 receive calls
 between command intakes, at least one call a message, and one prefetched message)."""
+
+
+MAX_CANDIDATES = 64
+"""Counts ``SweepBound.observe`` keeps for a later empty moment: one per liveness check
+since the ROUTER was last found empty. Beyond it the oldest go, so the base can advance less
+far: sweeps stay longer, never shorter."""
 
 
 class SweepBound:
@@ -63,30 +70,36 @@ class SweepBound:
     accept, disconnect and handshake-succeeded events; :meth:`observe` must be called before
     the counts are used, with a reader of the receive thread's last empty moment."""
 
-    __slots__ = ("_base", "_candidate", "_empty_seen", "accepted", "closed", "handshakes")
+    __slots__ = ("_base", "_candidates", "_empty_seen", "accepted", "closed", "handshakes")
 
     def __init__(self) -> None:
         self.accepted = 0
         self.closed = 0
         self.handshakes = 0
-        # (closed, handshakes) counted before the receive thread's last empty moment, and as
-        # counted before its last moment was read (they become the base if it changes).
+        # (closed, handshakes) counted before the ROUTER was last found empty, and the counts
+        # taken since, each with the time it was taken (``observe``).
         self._base = (0, 0)
-        self._candidate = (0, 0)
+        self._candidates: deque[tuple[float, int, int]] = deque(maxlen=MAX_CANDIDATES)
         self._empty_seen: float | None = None
 
-    def observe(self, empty_at: Callable[[], float]) -> float:
+    def observe(self, empty_at: Callable[[], float], now: Callable[[], float]) -> float:
         """The receive thread's last empty moment (``empty_at()``), taking it in.
 
-        Counts taken before an empty moment may be subtracted after it. The counts taken here
-        are read *before* the moment is: if the moment read next time is another one, it came
-        after this read, so after these counts. (One check late, never early.)"""
-        candidate = (self.closed, self.handshakes)
+        Counts may be subtracted only once the ROUTER was found empty *after* they were
+        taken. The receive thread reads its clock before its empty check and publishes the
+        reading after it, so a moment later than the time counts were taken (``now()``, read
+        before the counts) says its check came after them. A moment that is not later says
+        nothing: the check may have come first, and the thread been held up before it
+        published (a review paused it there, as a GIL hand-off or preemption can, while
+        connections with backlogs closed: their unread frames were subtracted and a live
+        peer found down). Then the older base stays, which only makes sweeps longer."""
+        self._candidates.append((now(), self.closed, self.handshakes))
         moment = empty_at()
         if moment != self._empty_seen:
             self._empty_seen = moment
-            self._base = self._candidate
-        self._candidate = candidate
+            while self._candidates and self._candidates[0][0] < moment:
+                _, closed, handshakes = self._candidates.popleft()
+                self._base = (closed, handshakes)
         return moment
 
     def length(self) -> int:
