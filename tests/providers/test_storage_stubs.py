@@ -17,7 +17,7 @@ import pytest
 from waraft import storage
 from waraft.core.effects import ApplyItem
 from waraft.core.sessions import SessionTable
-from waraft.core.types import NOOP_OMITTED, Entry, LogPos, Priority
+from waraft.core.types import CONFIG, NOOP_OMITTED, Entry, LogPos, Priority
 from waraft.storage.memory import MemoryStorage
 from waraft.storage.provider import InvalidIncompleteReplica, StorageOptions
 
@@ -75,3 +75,20 @@ def test_a_witness_applies_stubs(tmp_path: Path) -> None:
     actor._witness_interval = 10
     actor._apply(_items(NOOP_OMITTED, ("write", "t", "k", 1)), 0)
     assert actor.position == LogPos(3, 1) and actor.provider.incomplete()
+
+
+def test_writes_after_a_demotion_in_the_same_message_are_skipped_as_a_witness(
+    tmp_path: Path,
+) -> None:
+    """A config demoting this replica, then client writes, in one apply message: the plain
+    write's fast path read whether the replica is a witness once per message, so it applied
+    them as data (a review); applied in two messages they were skipped. A leader does send a
+    demoted member such writes whole (``replication._for_witness``)."""
+    actor = _actor(tmp_path, make_config(A, B, C))
+    actor.skipped = 0
+    actor._witness_interval = 10
+    demote = (CONFIG, make_config(A, B, C, witness=(A,)))
+    actor._apply(_items(demote, ("write", "t", "k", 1), ("write", "t", "j", 2)), 0)
+    assert actor.witness and actor.position == LogPos(4, 1)
+    assert actor.provider.read(("read", "t", "k"), actor.position) == "not_found"
+    assert actor.provider.incomplete()

@@ -794,7 +794,6 @@ class StorageServer(otp.Process):
         # provider merges batches (its plain commands then join the chunk).
         chunk = _Chunk()
         chunk_items, chunk_shapes = chunk.items, chunk.shapes  # (cleared, never replaced)
-        witness = self.witness
         next_index = self.position.index + 1
         for index, entry, reply_to, priority in items:
             if index < next_index:
@@ -807,7 +806,8 @@ class StorageServer(otp.Process):
             # tuple.__new__: half the NamedTuple constructor's cost, once per applied entry
             position = tuple.__new__(LogPos, (index, entry.term))
             command = entry.command
-            if _plain_write(command) and not witness and not chunk.marks:
+            # (``self.witness`` read each time: a config entry of this message may change it)
+            if _plain_write(command) and not self.witness and not chunk.marks:
                 # The usual entry, one client write, decided in one test: none of the checks
                 # below (config, $batch, derived, session, reserved key) can match it.
                 chunk_items.append((command, position, entry.label))
