@@ -311,12 +311,17 @@ class Receiver(threading.Thread):
             if body.more:
                 self._drain()
                 continue
+            data = body.bytes
+            # Dropped before handling: the Frame holds libzmq's buffer and caches its copy,
+            # and kept until the next message it held a large body twice while idle.
+            del body
             try:
-                handle(head, body.bytes)
+                handle(head, data)
             except Exception:
                 # A bug in delivery must not take the node off the network.
                 self._count("rx_handler_errors")
                 self._log_handler_error(head)
+            del data  # nor its copy: an idle node holds no message it has handled
 
     def _sweep_step(self) -> None:
         """``IDLE_EVERY`` more messages read and handled in a burst (the ROUTER never found
