@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from waraft.core.types import Config, Entry, Identity
+from waraft.core.types import Config, Entry, Identity, Priority
 from waraft.log.provider import LogProvider
 
 LogFactory = Callable[..., LogProvider]
@@ -36,3 +36,17 @@ def stop_wal_writers(under: Path) -> None:
             WalWriter._registry.pop(writer.directory, None)
     for writer in leftover:
         writer.stop()
+
+
+class ApplyQueues:
+    """The partition queues a storage actor's apply reports to, for tests that drive
+    ``StorageServer._apply`` without its process: every report is dropped."""
+
+    def fulfill_apply(self, count: int, size: int) -> None:
+        pass
+
+    def commits_finished(self, count: int, priority: Priority, applied: bool) -> None:
+        pass
+
+    def apply_queue_size(self) -> int:
+        return 0

@@ -36,7 +36,7 @@ from waraft.storage.provider import (
 )
 from waraft.storage.sqlite import SqliteStorage
 
-from .helpers import A
+from .helpers import A, ApplyQueues
 
 # -- providers with a command of their own, and a write they refuse ------------------------------
 
@@ -105,17 +105,6 @@ PROVIDERS: dict[str, tuple[type[StorageProvider], type[StorageProvider], dict[st
 # -- a storage actor without its process ---------------------------------------------------------
 
 
-class _Queues:
-    def fulfill_apply(self, count: int, size: int) -> None:
-        pass
-
-    def commits_finished(self, count: int, priority: Priority, applied: bool) -> None:
-        pass
-
-    def apply_queue_size(self) -> int:
-        return 0
-
-
 class _Reply:
     def __init__(self, answers: dict[int, Any], index: int) -> None:
         self.answers, self.index = answers, index
@@ -133,7 +122,7 @@ class Replica:
         actor.provider = provider
         actor.position = provider.position()
         actor.name = "raft_storage_t_1"
-        actor.queues = _Queues()
+        actor.queues = ApplyQueues()
         actor.witness = False
         actor._merge_batches = merge
         actor._check_results = False

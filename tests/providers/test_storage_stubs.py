@@ -21,18 +21,7 @@ from waraft.core.types import CONFIG, NOOP_OMITTED, Entry, LogPos, Priority
 from waraft.storage.memory import MemoryStorage
 from waraft.storage.provider import InvalidIncompleteReplica, StorageOptions
 
-from .helpers import A, B, C, make_config
-
-
-class _Queues:
-    def fulfill_apply(self, count: int, size: int) -> None:
-        pass
-
-    def commits_finished(self, count: int, priority: Priority, applied: bool) -> None:
-        pass
-
-    def apply_queue_size(self) -> int:
-        return 0
+from .helpers import A, ApplyQueues, B, C, make_config
 
 
 def _actor(tmp_path: Path, config: Any) -> storage.StorageServer:
@@ -45,7 +34,7 @@ def _actor(tmp_path: Path, config: Any) -> storage.StorageServer:
     actor.position = provider.position()
     actor.name = "raft_storage_t_1"
     actor.self_id = A
-    actor.queues = _Queues()
+    actor.queues = ApplyQueues()
     actor._merge_batches = False
     actor._check_results = False
     actor._notify_complete = False
