@@ -256,6 +256,19 @@ def test_a_restarted_manager_keeps_the_records(tmp_path: Path) -> None:
     assert on(b, transport.may_accept, b.id, False) == ("error", "receiver_overloaded")
 
 
+def test_a_transfer_claiming_to_be_for_a_witness_counts_in_the_snapshot_pool(
+    tmp_path: Path,
+) -> None:
+    """Only a snapshot goes to the witness pool: a member's transfer offer saying
+    ``witness`` took a slot of the witness pool once the other pool was full."""
+    b = start(tmp_path, "b", raft={"raft_max_incoming_snapshot_transfers": 1})
+    admit(b, "fake@sender")
+    assert offer(b, 51, [(1, "x", 5)]) == "ok"
+    witness = {"type": "transfer", "table": "test", "partition": 1, "witness": True}
+    assert offer(b, 52, [(1, "y", 5)], meta=witness) == ("error", "receiver_overloaded")
+    assert on(b, transport.transport_info, 51, "meta").get("witness") is None
+
+
 def test_app_start_installs_the_configured_metrics_sink() -> None:
     from waraft.partition import app
     from waraft.services import env, metrics

@@ -324,6 +324,10 @@ class TransportManager(otp.Process):
         if meta["type"] == "snapshot":
             meta["position"] = LogPos(*meta["position"])
             meta["witness"] = bool(meta.get("witness", False))
+        else:
+            # Only a snapshot goes to the witness pool: a transfer claiming it would take a
+            # slot of each pool from one member (reviewed, R1).
+            meta.pop("witness", None)
         refusal = _sender_refusal(transport_id, str(peer), meta)
         if refusal is not None:
             return refusal
