@@ -333,6 +333,30 @@ class SimNode:
                     f"t={self.now} {handle!r} held {held} released {kind}"
                 )
 
+    def held_slots(self) -> list[str]:
+        """Each admission slot still held, with where its request waits: in the core
+        (pending, appended at an index, a held read), in storage (a read or an apply), or
+        ``untracked`` when nothing left would answer it: only that is a leak; the others
+        are released when their entry is applied, truncated or covered by a snapshot."""
+        waits: dict[Any, str] = {}
+        core = self.core
+        if core is not None:
+            for from_, _ in (*core.pending_high, *core.pending_low):
+                waits[from_] = "pending"
+            for index, (from_, _) in core.queued.items():
+                waits[from_] = f"appended at {index}"
+            for from_, _, _ in core.held_reads:
+                waits[from_] = "held read"
+        storage = self.storage
+        for read_index, from_ in storage.waiting_reads():
+            waits[from_] = f"storage read at {read_index}"
+        for task in storage.tasks:
+            if task[0] == "apply":
+                waits[task[1].reply_to] = f"storage apply of {task[1].index}"
+            elif task[0] == "read_now":
+                waits[task[1]] = "storage read"
+        return [f"{handle!r} ({waits.get(handle, 'untracked')})" for handle in self.admitted]
+
     # -- the effects interpreter -----------------------------------------------------------------
 
     def run_effects(self, effects: list[Any]) -> None:

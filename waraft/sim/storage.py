@@ -123,6 +123,10 @@ class SimStorage:
     def read_queue_size(self) -> int:
         return len(self._reads)
 
+    def waiting_reads(self) -> list[tuple[int, Any]]:
+        """The strong reads waiting for their index: ``(read_index, from_)``."""
+        return [(read_index, from_) for read_index, _, from_, _ in self._reads]
+
     def is_data_replica(self) -> bool:
         """Whether this replica's state is compared with the others': not a witness, and
         complete unless its config makes it a data replica all the same (which the checks
