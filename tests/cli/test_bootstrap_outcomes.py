@@ -37,7 +37,7 @@ def test_allow_unreachable_that_elected_every_leader_succeeds_with_warnings(
                   "--down-after", "1", "--timeout", "20")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     for p in (1, 2):
-        line = next(ln for ln in done.stdout.splitlines() if ln.startswith(f"kv.{p}: leader"))
+        line = next(ln for ln in done.stdout.splitlines() if ln.startswith(f"kv.{p}: leader "))
         assert f"WARNING: not bootstrapped on {absent} (unreachable)" in line, done.stdout
         assert "ERROR" not in line
     assert "2/2 partitions have a leader (2 with warnings)" in done.stdout
@@ -98,8 +98,8 @@ def test_allow_unreachable_bootstraps_without_a_node_lacking_a_partition_and_sta
                   "--timeout", "20")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    first = next(ln for ln in lines if ln.startswith("kv.1: leader"))
-    second = next(ln for ln in lines if ln.startswith("kv.2: leader"))
+    first = next(ln for ln in lines if ln.startswith("kv.1: leader "))
+    second = next(ln for ln in lines if ln.startswith("kv.2: leader "))
     assert "WARNING" not in first and "ERROR" not in first, done.stdout
     assert f"WARNING: not bootstrapped on {lacking} (serves no partition 2 of table 'kv')" in (
         second
