@@ -32,6 +32,7 @@ from waraft.storage.provider import (
     StorageOptions,
     StorageProvider,
     UnknownCommandError,
+    batch_refusal,
     command_kind,
     is_data_replica,
     refused_at,
@@ -176,10 +177,7 @@ class MemoryStorage(StorageProvider):
                 else:
                     append(self.apply(command, position, label))
             except UnknownCommandError as exc:
-                if results:
-                    raise PartialApplyError(results, exc) from exc
-                refused_at(exc, 0)
-                raise
+                raise batch_refusal(results, exc)  # noqa: B904 (its own cause, if another)
         return results
 
     def apply_many(self, commands: Sequence[Any], position: LogPos, label: Any = None) -> list[Any]:

@@ -131,6 +131,17 @@ class PartialApplyError(UnknownCommandError):
         self.index = len(applied)
 
 
+def batch_refusal(results: list[Any], exc: UnknownCommandError) -> UnknownCommandError:
+    """What a looping ``apply_batch`` raises when ``exc`` refuses its item ``len(results)``:
+    a ``PartialApplyError`` with the results of the items applied before it, or ``exc``
+    saying that the first item is refused."""
+    if not results:
+        return refused_at(exc, 0)
+    partial = PartialApplyError(results, exc)
+    partial.__cause__ = exc
+    return partial
+
+
 def applied_before(exc: UnknownCommandError) -> list[Any]:
     """The results of the items an ``apply_batch`` applied before it raised ``exc``."""
     return list(exc.applied) if isinstance(exc, PartialApplyError) else []
@@ -356,10 +367,7 @@ class StorageProvider(ABC):
                 else:
                     results.append(self.apply(command, position, label))
             except UnknownCommandError as exc:
-                if results:
-                    raise PartialApplyError(results, exc) from exc
-                refused_at(exc, 0)
-                raise
+                raise batch_refusal(results, exc)  # noqa: B904 (its own cause, if another)
         return results
 
     def apply_batch_then(
@@ -688,6 +696,7 @@ __all__ = [
     "StorageProvider",
     "TransactionalStorage",
     "UnknownCommandError",
+    "batch_refusal",
     "build_file_durably",
     "check_snapshot_checksum",
     "command_kind",
